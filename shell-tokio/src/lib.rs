@@ -1,0 +1,1 @@
+//! Wormhole on tokio.
