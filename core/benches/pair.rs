@@ -1,1 +1,2 @@
+//! Benchmarks of the pair subsystem (filled in below).
 fn main() {}

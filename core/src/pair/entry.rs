@@ -106,7 +106,10 @@ impl PairEntry {
                     PingRole::Ponger => expiry,
                 })
             }
-            PairState::Locking => self.in_flight.front().map(|&(_, sent)| sent + cfg.drain_timeout),
+            PairState::Locking => self
+                .in_flight
+                .front()
+                .map(|&(_, sent)| sent + cfg.drain_timeout),
             PairState::Locked | PairState::InUse | PairState::Expired => None,
         }
     }
@@ -190,7 +193,10 @@ impl PairEntry {
                 Ok(Some(self.transmit(FrameKind::Pong, frame.ping)))
             }
             (PairState::Idle | PairState::Locking, PingRole::Pinger, FrameKind::Pong) => {
-                let Some(pos) = self.in_flight.iter().position(|&(seq, _)| seq == frame.ping)
+                let Some(pos) = self
+                    .in_flight
+                    .iter()
+                    .position(|&(seq, _)| seq == frame.ping)
                 else {
                     return Err(DropReason::Replayed);
                 };
@@ -215,12 +221,17 @@ impl PairEntry {
         self.stats.frames_accepted += 1;
     }
 
-    /// Idle → Locking (or straight to Locked when nothing is in flight).
-    /// Returns false, changing nothing, unless the pair is Idle.
-    pub(super) fn lock(&mut self) -> bool {
+    /// Idle → Locking (or straight to Locked when no ping younger than
+    /// `drain_timeout` is in flight). Returns false, changing nothing,
+    /// unless the pair is Idle.
+    pub(super) fn lock(&mut self, now: Instant, cfg: &PairConfig) -> bool {
         if self.state != PairState::Idle {
             return false;
         }
+        // Pings already older than the drain timeout count as lost now, not
+        // at the next timer tick.
+        self.in_flight
+            .retain(|&(_, sent)| now < sent + cfg.drain_timeout);
         self.state = if self.in_flight.is_empty() {
             PairState::Locked
         } else {

@@ -132,7 +132,11 @@ mod tests {
         let pong = KeepaliveFrame::sealed(&key(1), FrameKind::Pong, PairNonce(0xdead_beef), 300);
         insta::assert_snapshot!(
             "keepalive_wire",
-            format!("ping {:02x?}\npong {:02x?}", &ping.encode()[..], &pong.encode()[..])
+            format!(
+                "ping {:02x?}\npong {:02x?}",
+                &ping.encode()[..],
+                &pong.encode()[..]
+            )
         );
     }
 

@@ -129,7 +129,7 @@ impl PairHandover {
             retransmit_at: Some(step.now + step.cfg.signal_retransmit),
             fail_reason: None,
         };
-        step.entry.lock();
+        step.entry.lock(step.now, step.cfg);
         h.state = HandoverState::Locking;
         step.send(id, SignalKind::Lock);
         h
@@ -149,7 +149,7 @@ impl PairHandover {
             retransmit_at: None,
             fail_reason: None,
         };
-        step.entry.lock();
+        step.entry.lock(step.now, step.cfg);
         h.state = HandoverState::Locking;
         h.on_drained(step);
         h
@@ -281,7 +281,11 @@ impl PairHandover {
                 self.peer_locked = true;
                 self.on_drained(step);
             }
-            (HandoverRole::Initiator, S::Locking | S::Taking | S::Aborting, K::LockBusy(reason)) => {
+            (
+                HandoverRole::Initiator,
+                S::Locking | S::Taking | S::Aborting,
+                K::LockBusy(reason),
+            ) => {
                 // Final answer (rule 4): the responder does not hold the pair
                 // for us and never will, so Idle is safe even after Take.
                 self.fail(FailReason::Busy(reason), step);
@@ -317,7 +321,11 @@ impl PairHandover {
                 });
             }
             (HandoverRole::Responder, S::InUse, K::Take) => step.send(self.id, K::TakeOk),
-            (HandoverRole::Responder, S::Locking | S::Locked | S::InUse | S::Releasing, K::Abort) => {
+            (
+                HandoverRole::Responder,
+                S::Locking | S::Locked | S::InUse | S::Releasing,
+                K::Abort,
+            ) => {
                 step.send(self.id, K::AbortOk);
                 self.fail(FailReason::Aborted, step);
             }

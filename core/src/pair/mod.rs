@@ -20,6 +20,8 @@ mod frame;
 mod handover;
 mod pool;
 mod signal;
+#[cfg(test)]
+mod tests;
 
 pub use config::PairConfig;
 pub use entry::{PairEntry, PairState, PairStats};

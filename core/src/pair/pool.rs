@@ -255,7 +255,8 @@ impl PairPool {
             });
         }
         let interval = u64::try_from(self.cfg.ping_interval.as_nanos()).unwrap_or(u64::MAX);
-        let first_ping = Instant::from_nanos(now.as_nanos().saturating_add(self.rng.below(interval)));
+        let first_ping =
+            Instant::from_nanos(now.as_nanos().saturating_add(self.rng.below(interval)));
         let nonce = pair.nonce;
         self.by_peer.entry(pair.peer).or_default().insert(nonce);
         self.slots.insert(
@@ -311,7 +312,11 @@ impl PairPool {
 
     /// Claims an Idle pair shared with `peer` and starts handing it over, in
     /// one step: no other take can claim the same pair in between.
-    pub fn take(&mut self, now: Instant, peer: PeerId) -> Result<(PairNonce, HandoverId), TakeError> {
+    pub fn take(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+    ) -> Result<(PairNonce, HandoverId), TakeError> {
         let nonce = self
             .by_peer
             .get(&peer)
@@ -330,7 +335,10 @@ impl PairPool {
 
     /// Starts handing over one specific pair, which must be Idle.
     pub fn take_pair(&mut self, now: Instant, nonce: PairNonce) -> Result<HandoverId, TakeError> {
-        let slot = self.slots.get_mut(&nonce).ok_or(TakeError::UnknownPair(nonce))?;
+        let slot = self
+            .slots
+            .get_mut(&nonce)
+            .ok_or(TakeError::UnknownPair(nonce))?;
         if slot.handover.is_some() || slot.entry.state() != PairState::Idle {
             return Err(TakeError::NotIdle {
                 pair: nonce,
@@ -357,7 +365,10 @@ impl PairPool {
     /// the shell: stay silent until the peer confirms, then resume
     /// keepalive.
     pub fn release(&mut self, now: Instant, nonce: PairNonce) -> Result<(), ReleaseError> {
-        let slot = self.slots.get_mut(&nonce).ok_or(ReleaseError::UnknownPair(nonce))?;
+        let slot = self
+            .slots
+            .get_mut(&nonce)
+            .ok_or(ReleaseError::UnknownPair(nonce))?;
         let Some(handover) = slot.handover.as_mut() else {
             return Err(ReleaseError::NotInUse(nonce));
         };
@@ -392,7 +403,13 @@ impl PairPool {
     }
 
     /// A datagram arrived on the socket bound to `local` from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) {
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
         let frame = match KeepaliveFrame::decode(data) {
             Ok(frame) => frame,
             Err(_) => return self.drops.count(DropReason::Malformed),
@@ -569,7 +586,8 @@ impl PairPool {
         }
         if slot.entry.state() == PairState::Expired {
             self.remove(nonce);
-            self.out.push_back(Output::Event(PairEvent::Expired { pair: nonce }));
+            self.out
+                .push_back(Output::Event(PairEvent::Expired { pair: nonce }));
             return;
         }
         let deadline = match (
