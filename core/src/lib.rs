@@ -97,11 +97,13 @@
 //!
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
+//! * [`proto`]: the file protocol's messages, errno values and limits.
 //! * [`codec`]: the one place that knows the wire encoding.
 //! * [`time`], [`rng`]: the injected clock and randomness.
 
 pub mod codec;
 pub mod pair;
+pub mod proto;
 pub mod rng;
 pub mod time;
 

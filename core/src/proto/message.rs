@@ -1,0 +1,498 @@
+//! The messages of the file protocol.
+
+use super::{CHUNK_SIZE, Checksum, Errno, Name};
+use crate::codec::{self, CodecError, MAX_MESSAGE_SIZE, WireMessage};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Correlates a reply with its request; chosen by the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RequestId(pub u64);
+
+/// A file, directory or symlink as the host names it for one host run.
+/// The root is always [`NodeId::ROOT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct NodeId(pub u64);
+
+impl NodeId {
+    /// The shared folder itself.
+    pub const ROOT: NodeId = NodeId(1);
+}
+
+/// A file's identity on the host's disk (device and inode number): stable
+/// across host restarts and renames, so disk caches key on it rather than
+/// on node or inode numbers that change between sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct FileKey {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number on that device.
+    pub ino: u64,
+}
+
+/// What kind of node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (never followed by the host).
+    Symlink,
+}
+
+/// A point in wall-clock time, as file systems store it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch.
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+/// A node's attributes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Attr {
+    /// The node.
+    pub node: NodeId,
+    /// Its stable identity on the host's disk.
+    pub key: FileKey,
+    /// File, directory or symlink.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (`0o7777` at most).
+    pub mode: u32,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last content change.
+    pub mtime: Timestamp,
+    /// Last metadata change.
+    pub ctime: Timestamp,
+    /// Changes whenever content or metadata change (the host derives it
+    /// from ctime, mtime and size): equal versions mean cached data is
+    /// still good.
+    pub version: u64,
+}
+
+/// How a time attribute is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum SetTime {
+    /// The host's current time.
+    Now,
+    /// This time.
+    At(Timestamp),
+}
+
+/// Attribute changes; `None` leaves an attribute as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SetAttr {
+    /// Truncate or extend to this size.
+    pub size: Option<u64>,
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// One directory entry, with its attributes (readdirplus).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct DirEntry {
+    /// The entry's name.
+    pub name: Name,
+    /// Its attributes.
+    pub attr: Attr,
+}
+
+/// File system statistics of the shared folder's file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct StatFs {
+    /// Total blocks.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Total inodes.
+    pub files: u64,
+    /// Free inodes.
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// What a host announces in [`Reply::HelloAck`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Limits {
+    /// Bytes per data chunk.
+    pub chunk_size: u32,
+    /// Entries per directory page.
+    pub max_dir_page: u32,
+    /// Lifetime of a granted lock, in milliseconds.
+    pub lock_ttl_ms: u32,
+    /// The host refuses every change (EROFS).
+    pub read_only: bool,
+}
+
+/// One client session at the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SessionId(pub [u8; 16]);
+
+/// A granted lock: 128 random bits, unguessable, and a fencing token: the
+/// host accepts a change carrying it only while this exact grant is live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct LockToken(pub [u8; 16]);
+
+/// Shared (many readers) or exclusive (one writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum LockKind {
+    /// Compatible with other shared locks.
+    Shared,
+    /// Compatible with nothing.
+    Exclusive,
+}
+
+/// What a lock covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum LockScope {
+    /// One file.
+    File(NodeId),
+    /// A directory's entries (not its children's contents).
+    Directory(NodeId),
+    /// A directory and everything beneath it.
+    Subtree(NodeId),
+}
+
+/// A write transaction at the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct TxnId(pub u64);
+
+/// What an [`HostMessage::Invalidate`] says changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Invalidation {
+    /// Attributes only.
+    Attr,
+    /// Content (and so attributes).
+    Data,
+    /// A directory's entries.
+    Entries,
+    /// The node is gone.
+    Gone,
+}
+
+/// A client's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Request {
+    /// First request of a connection: protocol version and proof of the
+    /// ticket secret (bound to the TLS session, so it cannot be replayed);
+    /// `resume` asks to restore an earlier session.
+    Hello {
+        /// The client's protocol version.
+        version: u16,
+        /// Keyed hash of the TLS exporter secret under the ticket secret.
+        proof: [u8; 32],
+        /// A session to restore after a reconnect.
+        resume: Option<SessionId>,
+    },
+    /// Find `name` in `parent`.
+    Lookup {
+        /// Directory.
+        parent: NodeId,
+        /// Entry name.
+        name: Name,
+    },
+    /// Attributes of a node.
+    GetAttr {
+        /// The node.
+        node: NodeId,
+    },
+    /// Change attributes (a size change is a write: it needs the file's
+    /// exclusive lock if another session holds any lock on it).
+    SetAttr {
+        /// The node.
+        node: NodeId,
+        /// The changes.
+        set: SetAttr,
+        /// Fencing token of a lock covering the node, if held.
+        token: Option<LockToken>,
+    },
+    /// One page of a directory, from `cookie` (0 = the start).
+    ReadDir {
+        /// The directory.
+        dir: NodeId,
+        /// Where to continue: the `next` of the previous page.
+        cookie: u64,
+    },
+    /// Read up to `len` (≤ [`CHUNK_SIZE`]) bytes at `offset`.
+    Read {
+        /// The file.
+        node: NodeId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u32,
+    },
+    /// Create a regular file.
+    Create {
+        /// Directory.
+        parent: NodeId,
+        /// New name.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+        /// Fail with EEXIST if it exists (O_EXCL).
+        exclusive: bool,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Directory.
+        parent: NodeId,
+        /// New name.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Remove a non-directory.
+    Unlink {
+        /// Directory.
+        parent: NodeId,
+        /// Entry name.
+        name: Name,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// Directory.
+        parent: NodeId,
+        /// Entry name.
+        name: Name,
+    },
+    /// Rename, replacing an existing target as POSIX rename does.
+    Rename {
+        /// Source directory.
+        parent: NodeId,
+        /// Source name.
+        name: Name,
+        /// Target directory.
+        new_parent: NodeId,
+        /// Target name.
+        new_name: Name,
+    },
+    /// Create a symbolic link (its target is stored, never followed).
+    Symlink {
+        /// Directory.
+        parent: NodeId,
+        /// Link name.
+        name: Name,
+        /// Link target, at most [`super::MAX_SYMLINK_LEN`] bytes.
+        target: Vec<u8>,
+    },
+    /// A symlink's target.
+    Readlink {
+        /// The symlink.
+        node: NodeId,
+    },
+    /// File system statistics.
+    Statfs,
+    /// Take a lock; with `wait` the request queues (FIFO, with a timeout)
+    /// instead of failing with EAGAIN.
+    AcquireLock {
+        /// What to lock.
+        scope: LockScope,
+        /// Shared or exclusive.
+        kind: LockKind,
+        /// Queue instead of failing at once.
+        wait: bool,
+    },
+    /// Extend a held lock by another lifetime.
+    RefreshLock {
+        /// The lock.
+        token: LockToken,
+    },
+    /// Give a lock back.
+    ReleaseLock {
+        /// The lock.
+        token: LockToken,
+    },
+    /// Start a write transaction on a file under an exclusive lock.
+    BeginWrite {
+        /// The file.
+        node: NodeId,
+        /// The exclusive lock's token.
+        token: LockToken,
+    },
+    /// One chunk of new content.
+    WriteChunk {
+        /// The transaction.
+        txn: TxnId,
+        /// Chunk index (byte offset / [`CHUNK_SIZE`]).
+        index: u64,
+        /// At most [`CHUNK_SIZE`] bytes.
+        data: Bytes,
+        /// Checksum of `data`; the host verifies it.
+        checksum: Checksum,
+    },
+    /// Apply the transaction atomically and durably; the file ends `size`
+    /// bytes long.
+    CommitWrite {
+        /// The transaction.
+        txn: TxnId,
+        /// Final size.
+        size: u64,
+    },
+    /// Drop the transaction; the file keeps its old content.
+    AbortWrite {
+        /// The transaction.
+        txn: TxnId,
+    },
+    /// The client is leaving; its locks and transactions end now.
+    Goodbye,
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Reply {
+    /// Hello accepted.
+    HelloAck {
+        /// The session (new, or the one resumed).
+        session: SessionId,
+        /// The shared folder's attributes.
+        root: Attr,
+        /// The host's limits.
+        limits: Limits,
+    },
+    /// A node's attributes (Lookup, GetAttr, SetAttr, Create, Mkdir,
+    /// Symlink, CommitWrite).
+    Attr(Attr),
+    /// A directory page; `next` is the cookie of the following page, or
+    /// `None` at the end.
+    DirPage {
+        /// Up to [`super::MAX_DIR_PAGE`] entries.
+        entries: Vec<DirEntry>,
+        /// Cookie of the next page.
+        next: Option<u64>,
+    },
+    /// File bytes.
+    Data {
+        /// The bytes (shorter than asked at end of file).
+        data: Bytes,
+        /// Checksum of `data`; the client verifies it.
+        checksum: Checksum,
+    },
+    /// A symlink's target.
+    Link(Vec<u8>),
+    /// File system statistics.
+    StatFs(StatFs),
+    /// A lock granted or refreshed.
+    LockGranted {
+        /// Its fencing token.
+        token: LockToken,
+        /// Time until it expires unless refreshed, in milliseconds.
+        ttl_ms: u32,
+    },
+    /// A write transaction started.
+    WriteBegun {
+        /// Its id.
+        txn: TxnId,
+    },
+    /// Done (Unlink, Rmdir, Rename, ReleaseLock, WriteChunk, AbortWrite,
+    /// Goodbye).
+    Done,
+}
+
+/// Client → host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ClientMessage {
+    /// Echoed in the reply.
+    pub id: RequestId,
+    /// The request.
+    pub request: Request,
+}
+
+impl WireMessage for ClientMessage {
+    // One chunk of data plus its envelope.
+    const MAX_SIZE: usize = CHUNK_SIZE + 1024;
+}
+
+/// Host → client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum HostMessage {
+    /// The answer to request `id`.
+    Reply {
+        /// The request answered.
+        id: RequestId,
+        /// Its outcome.
+        result: Result<Reply, Errno>,
+    },
+    /// Something changed on the host; drop or revalidate cached state.
+    Invalidate {
+        /// The node that changed.
+        node: NodeId,
+        /// What changed.
+        what: Invalidation,
+    },
+}
+
+impl WireMessage for HostMessage {
+    // A full directory page: 512 × (255-byte name + attributes) ≈ 180 KiB.
+    const MAX_SIZE: usize = MAX_MESSAGE_SIZE;
+}
+
+impl ClientMessage {
+    /// Wire bytes.
+    pub fn encode(&self) -> Result<Bytes, CodecError> {
+        codec::encode(self)
+    }
+
+    /// Parses wire bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(bytes)
+    }
+}
+
+impl HostMessage {
+    /// Wire bytes.
+    pub fn encode(&self) -> Result<Bytes, CodecError> {
+        codec::encode(self)
+    }
+
+    /// Parses wire bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        codec::decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! The file protocol between a client and the host: typed requests,
+//! replies and host pushes, over the [`crate::codec`].
+//!
+//! * Every request carries a client-chosen [`RequestId`]; its reply echoes
+//!   it. Requests are independent (the transport runs each on its own
+//!   stream), so a slow read never holds up a lookup.
+//! * Errors are [`Errno`] values, one-to-one with POSIX, so the client
+//!   passes them to the kernel unchanged.
+//! * File data moves in [`CHUNK_SIZE`] chunks addressed by (file, chunk
+//!   index), each with a BLAKE3 [`Checksum`] the receiver verifies.
+//! * Every message type has a size limit ([`crate::codec::WireMessage`]); a
+//!   malformed or oversized message is a typed error that fails its own
+//!   request only.
+
+mod errno;
+mod message;
+mod name;
+
+pub use errno::Errno;
+pub use message::*;
+pub use name::{MAX_NAME_LEN, Name, NameError};
+
+use serde::{Deserialize, Serialize};
+
+/// Size of a data chunk: the unit of reads, writes, caching and checksums.
+pub const CHUNK_SIZE: usize = 128 * 1024;
+
+/// Directory entries per [`Reply::DirPage`] at most.
+pub const MAX_DIR_PAGE: usize = 512;
+
+/// Longest symlink target accepted (Linux PATH_MAX).
+pub const MAX_SYMLINK_LEN: usize = 4096;
+
+/// A BLAKE3 hash of a chunk's bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Checksum(pub [u8; 32]);
+
+impl Checksum {
+    /// The checksum of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Checksum(*blake3::hash(data).as_bytes())
+    }
+
+    /// Whether `data` has this checksum.
+    pub fn verifies(&self, data: &[u8]) -> bool {
+        // Not secret: a plain comparison is fine.
+        Checksum::of(data) == *self
+    }
+}
+
+impl core::fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Checksum(")?;
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
