@@ -177,7 +177,10 @@ fn handover(c: &mut Criterion) {
 }
 
 /// Resident memory, from the kernel's own accounting.
-#[allow(clippy::disallowed_methods, reason = "the benchmark, not the core, reads /proc")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the benchmark, not the core, reads /proc"
+)]
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
