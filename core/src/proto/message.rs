@@ -190,6 +190,23 @@ pub enum LockScope {
     Subtree(NodeId),
 }
 
+/// An open file at the host: it keeps the file readable through this
+/// handle even after the file is unlinked, as POSIX does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct HandleId(pub u64);
+
+/// What a read names: a node, or an open handle (which outlives an
+/// unlink).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum FileRef {
+    /// By node.
+    Node(NodeId),
+    /// By open handle.
+    Handle(HandleId),
+}
+
 /// A write transaction at the host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -253,10 +270,20 @@ pub enum Request {
         /// Where to continue: the `next` of the previous page.
         cookie: u64,
     },
-    /// Read up to `len` (≤ [`CHUNK_SIZE`]) bytes at `offset`.
-    Read {
+    /// Open a file; the handle keeps it readable after an unlink.
+    Open {
         /// The file.
         node: NodeId,
+    },
+    /// Close a handle from [`Request::Open`].
+    Close {
+        /// The handle.
+        handle: HandleId,
+    },
+    /// Read up to `len` (≤ [`CHUNK_SIZE`]) bytes at `offset`.
+    Read {
+        /// The file, by node or by open handle.
+        file: FileRef,
         /// Byte offset.
         offset: u64,
         /// Byte count.
@@ -420,13 +447,21 @@ pub enum Reply {
         /// Time until it expires unless refreshed, in milliseconds.
         ttl_ms: u32,
     },
+    /// A file opened.
+    Opened {
+        /// The handle.
+        handle: HandleId,
+        /// The file's attributes at open (close-to-open: the client
+        /// compares `version` with its cache).
+        attr: Attr,
+    },
     /// A write transaction started.
     WriteBegun {
         /// Its id.
         txn: TxnId,
     },
-    /// Done (Unlink, Rmdir, Rename, ReleaseLock, WriteChunk, AbortWrite,
-    /// Goodbye).
+    /// Done (Close, Unlink, Rmdir, Rename, ReleaseLock, WriteChunk,
+    /// AbortWrite, Goodbye).
     Done,
 }
 

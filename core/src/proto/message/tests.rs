@@ -62,10 +62,19 @@ fn every_request() -> Vec<Request> {
             dir: NodeId::ROOT,
             cookie: 512,
         },
+        Request::Open { node: NodeId(5) },
+        Request::Close {
+            handle: HandleId(8),
+        },
         Request::Read {
-            node: NodeId(5),
+            file: FileRef::Node(NodeId(5)),
             offset: 131_072,
             len: 131_072,
+        },
+        Request::Read {
+            file: FileRef::Handle(HandleId(8)),
+            offset: 0,
+            len: 4096,
         },
         Request::Create {
             parent: NodeId::ROOT,
@@ -180,6 +189,10 @@ fn every_host_message() -> Vec<HostMessage> {
         reply(Reply::LockGranted {
             token: LockToken([0xcd; 16]),
             ttl_ms: 30_000,
+        }),
+        reply(Reply::Opened {
+            handle: HandleId(8),
+            attr: attr(),
         }),
         reply(Reply::WriteBegun { txn: TxnId(3) }),
         reply(Reply::Done),
