@@ -98,6 +98,7 @@
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
+//! * [`vfs`]: the client's inode table: numbers, paths, lookups, orphans.
 //! * [`codec`]: the one place that knows the wire encoding.
 //! * [`time`], [`rng`]: the injected clock and randomness.
 
@@ -106,6 +107,7 @@ pub mod pair;
 pub mod proto;
 pub mod rng;
 pub mod time;
+pub mod vfs;
 
 pub use rng::Rng;
 pub use time::Instant;

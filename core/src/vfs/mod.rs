@@ -1,0 +1,465 @@
+//! The client's inode table (spec §4): kernel inode numbers ↔ host nodes,
+//! the path map, lookup counts, open handles and orphans.
+//!
+//! The kernel names files by inode number and promises to `forget` each
+//! one exactly as many times as we returned it from a lookup (`nlookup`).
+//! An inode number may therefore be reused only when the kernel has
+//! forgotten it **and** no open handle still refers to it; until both are
+//! true the number stays reserved, even for a file the host has deleted.
+//!
+//! ```text
+//! Available ──allocate──► Allocated ──lookup──► Active ──forget(0)──► Available
+//!                            │ (known, nlookup 0)   │ deleted with handles open
+//!                            └──dropped──► Available ▼
+//!                                                 Orphan ──last close + forget──► Available
+//! ```
+//!
+//! The path map is (parent inode, name) → inode. A child refers to its
+//! parent by inode, so renaming a directory moves its whole subtree at once
+//! and the map stays consistent.
+
+use crate::proto::{Attr, FileKind, Name, NodeId};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// A kernel inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// The root of the mount, always 1 (FUSE's FUSE_ROOT_ID).
+    pub const ROOT: Ino = Ino(1);
+    /// The first inode number handed out for anything but the root.
+    pub const FIRST_USER: Ino = Ino(2);
+}
+
+/// Where an inode is in its life (spec §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InodeState {
+    /// Known (from a directory listing) but not yet returned by a lookup.
+    Allocated,
+    /// Returned by a lookup; the kernel holds references.
+    Active,
+    /// Deleted on the host while still referenced: open handles keep
+    /// reading it; the name is gone.
+    Orphan,
+}
+
+/// One inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inode {
+    /// Its number.
+    pub ino: Ino,
+    /// The host node it stands for.
+    pub node: NodeId,
+    /// Parent directory and name; `None` for the root and for orphans.
+    pub link: Option<(Ino, Name)>,
+    /// File, directory or symlink.
+    pub kind: FileKind,
+    /// Lookups the kernel has not yet forgotten.
+    pub nlookup: u64,
+    /// Open handles.
+    pub open: u32,
+    /// Lifecycle state.
+    pub state: InodeState,
+}
+
+/// Why an inode operation was refused.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum VfsError {
+    /// No inode with that number (never allocated, or freed).
+    #[error("unknown inode {0:?}")]
+    UnknownInode(Ino),
+    /// The parent is not a directory.
+    #[error("inode {0:?} is not a directory")]
+    NotDir(Ino),
+    /// More forgets or closes than lookups or opens: a caller bug, refused
+    /// rather than wrapping around.
+    #[error("inode {0:?}: count underflow")]
+    Underflow(Ino),
+    /// The table is full.
+    #[error("inode table full ({0} inodes)")]
+    Full(usize),
+}
+
+/// Hands out inode numbers, reusing freed ones first.
+#[derive(Clone, Debug)]
+struct Allocator {
+    next: u64,
+    free: Vec<u64>,
+}
+
+impl Allocator {
+    fn allocate(&mut self) -> Ino {
+        if let Some(n) = self.free.pop() {
+            return Ino(n);
+        }
+        let n = self.next;
+        self.next += 1;
+        Ino(n)
+    }
+
+    fn release(&mut self, ino: Ino) {
+        // The root is never recycled.
+        if ino.0 >= Ino::FIRST_USER.0 {
+            self.free.push(ino.0);
+        }
+    }
+}
+
+/// The inode table of one mount.
+#[derive(Clone, Debug)]
+pub struct Vfs {
+    inodes: BTreeMap<Ino, Inode>,
+    by_node: BTreeMap<NodeId, Ino>,
+    children: BTreeMap<(Ino, Name), Ino>,
+    alloc: Allocator,
+    max_inodes: usize,
+}
+
+impl Vfs {
+    /// A table holding only the root, which stands for `root`.
+    pub fn new(root: NodeId, max_inodes: usize) -> Self {
+        let mut vfs = Vfs {
+            inodes: BTreeMap::new(),
+            by_node: BTreeMap::new(),
+            children: BTreeMap::new(),
+            alloc: Allocator {
+                next: Ino::FIRST_USER.0,
+                free: Vec::new(),
+            },
+            max_inodes: max_inodes.max(1),
+        };
+        vfs.inodes.insert(
+            Ino::ROOT,
+            Inode {
+                ino: Ino::ROOT,
+                node: root,
+                link: None,
+                kind: FileKind::Dir,
+                // The kernel never forgets the root.
+                nlookup: 1,
+                open: 0,
+                state: InodeState::Active,
+            },
+        );
+        vfs.by_node.insert(root, Ino::ROOT);
+        vfs
+    }
+
+    /// The inode with this number.
+    pub fn get(&self, ino: Ino) -> Option<&Inode> {
+        self.inodes.get(&ino)
+    }
+
+    /// The host node behind an inode, unless it is an orphan (whose name is
+    /// gone; reach it through its open handles).
+    pub fn node(&self, ino: Ino) -> Option<NodeId> {
+        self.inodes
+            .get(&ino)
+            .filter(|i| i.state != InodeState::Orphan)
+            .map(|i| i.node)
+    }
+
+    /// The inode for a host node, if known.
+    pub fn ino_of(&self, node: NodeId) -> Option<Ino> {
+        self.by_node.get(&node).copied()
+    }
+
+    /// The child `name` of directory `parent`, if known.
+    pub fn child(&self, parent: Ino, name: &Name) -> Option<Ino> {
+        self.children.get(&(parent, name.clone())).copied()
+    }
+
+    /// Number of inodes held (root included).
+    pub fn len(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Whether only the root is held.
+    pub fn is_empty(&self) -> bool {
+        self.inodes.len() <= 1
+    }
+
+    /// The path of an inode from the root, as names; `None` for orphans
+    /// and unknown inodes.
+    pub fn path(&self, ino: Ino) -> Option<Vec<Name>> {
+        let mut names = Vec::new();
+        let mut at = self.inodes.get(&ino)?;
+        // Depth is bounded by the number of inodes, so a corrupted cycle
+        // cannot loop forever.
+        for _ in 0..=self.inodes.len() {
+            match &at.link {
+                None if at.ino == Ino::ROOT => {
+                    names.reverse();
+                    return Some(names);
+                }
+                None => return None,
+                Some((parent, name)) => {
+                    names.push(name.clone());
+                    at = self.inodes.get(parent)?;
+                }
+            }
+        }
+        None
+    }
+
+    /// Records that `parent` contains `name` = `attr` (from a lookup,
+    /// create, mkdir or symlink reply) and returns its inode. With
+    /// `lookup`, the kernel now holds one more reference (Active); without
+    /// (a directory listing), the entry is only Allocated.
+    pub fn learn(
+        &mut self,
+        parent: Ino,
+        name: Name,
+        attr: &Attr,
+        lookup: bool,
+    ) -> Result<Ino, VfsError> {
+        let dir = self
+            .inodes
+            .get(&parent)
+            .ok_or(VfsError::UnknownInode(parent))?;
+        if dir.kind != FileKind::Dir {
+            return Err(VfsError::NotDir(parent));
+        }
+        // A different node under this name replaced the old one.
+        if let Some(old) = self.children.get(&(parent, name.clone())).copied()
+            && self.inodes.get(&old).is_some_and(|i| i.node != attr.node)
+        {
+            self.detach(old);
+        }
+        let ino = match self.by_node.get(&attr.node).copied() {
+            Some(ino) => {
+                // Known node, possibly under another name (renamed on the
+                // host): move it here.
+                self.relink(ino, parent, name);
+                ino
+            }
+            None => {
+                if self.inodes.len() >= self.max_inodes {
+                    return Err(VfsError::Full(self.max_inodes));
+                }
+                let ino = self.alloc.allocate();
+                self.inodes.insert(
+                    ino,
+                    Inode {
+                        ino,
+                        node: attr.node,
+                        link: None,
+                        kind: attr.kind,
+                        nlookup: 0,
+                        open: 0,
+                        state: InodeState::Allocated,
+                    },
+                );
+                self.by_node.insert(attr.node, ino);
+                self.relink(ino, parent, name);
+                ino
+            }
+        };
+        if lookup && let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.nlookup += 1;
+            if inode.state == InodeState::Allocated {
+                inode.state = InodeState::Active;
+            }
+        }
+        Ok(ino)
+    }
+
+    fn relink(&mut self, ino: Ino, parent: Ino, name: Name) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        if let Some(old) = inode.link.take() {
+            self.children.remove(&old);
+        }
+        inode.link = Some((parent, name.clone()));
+        if inode.state == InodeState::Orphan {
+            inode.state = if inode.nlookup > 0 {
+                InodeState::Active
+            } else {
+                InodeState::Allocated
+            };
+        }
+        self.children.insert((parent, name), ino);
+    }
+
+    /// The kernel forgets `n` lookups of `ino`.
+    pub fn forget(&mut self, ino: Ino, n: u64) -> Result<(), VfsError> {
+        if ino == Ino::ROOT {
+            return Ok(());
+        }
+        let inode = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or(VfsError::UnknownInode(ino))?;
+        inode.nlookup = inode
+            .nlookup
+            .checked_sub(n)
+            .ok_or(VfsError::Underflow(ino))?;
+        self.maybe_free(ino);
+        Ok(())
+    }
+
+    /// A handle was opened on `ino`.
+    pub fn open(&mut self, ino: Ino) -> Result<(), VfsError> {
+        let inode = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or(VfsError::UnknownInode(ino))?;
+        inode.open = inode.open.saturating_add(1);
+        Ok(())
+    }
+
+    /// A handle on `ino` was closed.
+    pub fn close(&mut self, ino: Ino) -> Result<(), VfsError> {
+        let inode = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or(VfsError::UnknownInode(ino))?;
+        inode.open = inode.open.checked_sub(1).ok_or(VfsError::Underflow(ino))?;
+        self.maybe_free(ino);
+        Ok(())
+    }
+
+    /// The name `name` in `parent` was removed (unlink, rmdir, or replaced
+    /// by a rename). Its inode loses its name; if it is still referenced it
+    /// lives on as an Orphan.
+    pub fn unlink(&mut self, parent: Ino, name: &Name) {
+        if let Some(ino) = self.children.get(&(parent, name.clone())).copied() {
+            self.detach(ino);
+        }
+    }
+
+    /// The host reports `node` gone (deleted by someone else).
+    pub fn node_gone(&mut self, node: NodeId) {
+        if let Some(ino) = self.by_node.get(&node).copied()
+            && ino != Ino::ROOT
+        {
+            self.detach(ino);
+        }
+    }
+
+    /// `parent/name` was renamed to `new_parent/new_name`, replacing any
+    /// entry there.
+    pub fn rename(&mut self, parent: Ino, name: &Name, new_parent: Ino, new_name: Name) {
+        let Some(ino) = self.children.get(&(parent, name.clone())).copied() else {
+            // Not known here: whatever was at the target is replaced.
+            self.unlink(new_parent, &new_name);
+            return;
+        };
+        if let Some(target) = self.children.get(&(new_parent, new_name.clone())).copied()
+            && target != ino
+        {
+            self.detach(target);
+        }
+        self.relink(ino, new_parent, new_name);
+    }
+
+    /// Removes an inode's name and its node mapping: it is either freed at
+    /// once or kept as an orphan while referenced. Its children (if a
+    /// directory) lose their names too.
+    fn detach(&mut self, ino: Ino) {
+        let mut stack = vec![ino];
+        while let Some(ino) = stack.pop() {
+            let Some(inode) = self.inodes.get_mut(&ino) else {
+                continue;
+            };
+            if let Some(link) = inode.link.take() {
+                self.children.remove(&link);
+            }
+            inode.state = InodeState::Orphan;
+            let node = inode.node;
+            if self.by_node.get(&node) == Some(&ino) {
+                self.by_node.remove(&node);
+            }
+            let kids: Vec<Ino> = self
+                .children
+                .range((ino, Name::min())..)
+                .take_while(|((p, _), _)| *p == ino)
+                .map(|(_, &c)| c)
+                .collect();
+            stack.extend(kids);
+            self.maybe_free(ino);
+        }
+    }
+
+    /// Frees an inode once nothing can name it any more: the kernel has
+    /// forgotten it, no handle is open, and (for a never-looked-up entry)
+    /// it has lost its name.
+    fn maybe_free(&mut self, ino: Ino) {
+        let Some(inode) = self.inodes.get(&ino) else {
+            return;
+        };
+        if ino == Ino::ROOT || inode.nlookup > 0 || inode.open > 0 {
+            return;
+        }
+        // Allocated entries with a name are kept (they make the next
+        // lookup cheap) until they are forgotten on purpose or orphaned.
+        if inode.state == InodeState::Allocated && inode.link.is_some() {
+            return;
+        }
+        let inode = self.inodes.remove(&ino).expect("checked above");
+        if let Some(link) = inode.link {
+            self.children.remove(&link);
+        }
+        if self.by_node.get(&inode.node) == Some(&ino) {
+            self.by_node.remove(&inode.node);
+        }
+        self.alloc.release(ino);
+    }
+
+    /// Drops Allocated entries that nobody references (a listing of a huge
+    /// directory need not stay in memory).
+    pub fn trim_unreferenced(&mut self) {
+        let idle: Vec<Ino> = self
+            .inodes
+            .values()
+            .filter(|i| i.state == InodeState::Allocated && i.nlookup == 0 && i.open == 0)
+            .map(|i| i.ino)
+            .collect();
+        for ino in idle {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.state = InodeState::Orphan;
+            }
+            self.detach(ino);
+        }
+    }
+
+    /// After the host restarted, its node ids mean nothing: forget them
+    /// all (inode numbers stay, the kernel still holds them) and return
+    /// the paths to look up again, parents before children.
+    pub fn unbind_nodes(&mut self, new_root: NodeId) -> Vec<(Ino, Vec<Name>)> {
+        self.by_node.clear();
+        if let Some(root) = self.inodes.get_mut(&Ino::ROOT) {
+            root.node = new_root;
+        }
+        self.by_node.insert(new_root, Ino::ROOT);
+        let mut paths: Vec<(Ino, Vec<Name>)> = self
+            .inodes
+            .keys()
+            .filter(|&&i| i != Ino::ROOT)
+            .filter_map(|&i| self.path(i).map(|p| (i, p)))
+            .collect();
+        paths.sort_by_key(|(_, p)| p.len());
+        paths
+    }
+
+    /// Binds an inode to a host node again after [`Self::unbind_nodes`].
+    pub fn rebind(&mut self, ino: Ino, node: NodeId) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.node = node;
+            self.by_node.insert(node, ino);
+        }
+    }
+}
+
+impl Name {
+    /// The smallest name, for range scans over a directory's children.
+    fn min() -> Name {
+        Name::new(vec![1u8]).unwrap_or_else(|_| unreachable!("a single 0x01 byte is a valid name"))
+    }
+}
+
+#[cfg(test)]
+mod tests;
