@@ -98,11 +98,13 @@
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
+//! * [`conn`]: the client's connection: connect, authenticate, reconnect.
 //! * [`vfs`]: the client's inode table: numbers, paths, lookups, orphans.
 //! * [`codec`]: the one place that knows the wire encoding.
 //! * [`time`], [`rng`]: the injected clock and randomness.
 
 pub mod codec;
+pub mod conn;
 pub mod pair;
 pub mod proto;
 pub mod rng;
