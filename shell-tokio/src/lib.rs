@@ -1,1 +1,65 @@
 //! Wormhole on tokio.
+//!
+//! This crate only picks the runtime: a tokio runtime, `quinn::TokioRuntime`
+//! for timers and UDP, tokio TCP streams (through `tokio_util::compat`) for
+//! signalling. Everything else, the pair driver included, is the shared glue
+//! in `wormhole-io`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::compat::TokioAsyncReadCompatExt;
+use wormhole_io::{BoxFuture, Shell, SignalStream, StreamPair};
+
+/// The tokio shell: owns a multi-threaded tokio runtime.
+#[derive(Debug)]
+pub struct TokioShell {
+    rt: tokio::runtime::Runtime,
+}
+
+impl TokioShell {
+    /// A shell on a new tokio runtime with two worker threads (the
+    /// machines this runs on have two cores).
+    pub fn new() -> io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        Ok(TokioShell { rt })
+    }
+}
+
+impl Shell for TokioShell {
+    fn name(&self) -> &'static str {
+        "tokio"
+    }
+
+    fn runtime(&self) -> Arc<dyn quinn::Runtime> {
+        Arc::new(quinn::TokioRuntime)
+    }
+
+    fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        self.rt.block_on(fut)
+    }
+
+    fn bind_udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        std::net::UdpSocket::bind(addr)
+    }
+
+    fn tcp_loopback_pair(&self, addr: SocketAddr) -> BoxFuture<io::Result<StreamPair>> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(addr).await?;
+            let at = listener.local_addr()?;
+            let (client, accepted) = tokio::join!(TcpStream::connect(at), listener.accept());
+            let (client, (server, _)) = (client?, accepted?);
+            // Signals are tiny and latency is what a handover waits on.
+            client.set_nodelay(true)?;
+            server.set_nodelay(true)?;
+            let client: Box<dyn SignalStream> = Box::new(client.compat());
+            let server: Box<dyn SignalStream> = Box::new(server.compat());
+            Ok((client, server))
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! The command line, defined once: both binaries (`wormhole` on tokio,
+//! `wormhole-smol` on smol) call [`main`] with their shell.
+
+use crate::Shell;
+use crate::demo::{self, PairDemoArgs};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Wormhole: share a folder from one computer and mount it on another,
+/// peer to peer, across home NATs.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a NAT pair's whole life over real sockets, on loopback.
+    ///
+    /// Starts two nodes, A and B, in this process, joined by a TCP
+    /// signalling connection. They share one UDP pair: A pings, B answers,
+    /// every frame authenticated under the pair key. A then takes the pair
+    /// (lock / take handover over the signalling connection); both sides
+    /// hand the pair's own UDP socket to QUIC, and a QUIC connection between
+    /// the two pair sockets, pinned to each node's certificate, carries
+    /// data both ways, checked by hash. A releases the pair; keepalive
+    /// resumes on the very same sockets. Exits 0 if every step worked.
+    PairDemo(PairDemoArgs),
+}
+
+/// Parses the command line, sets up logging and runs the command on the
+/// shell `make_shell` builds. `bin` is the binary's name, for help texts.
+pub fn main<S: Shell>(
+    bin: &'static str,
+    make_shell: impl FnOnce() -> std::io::Result<S>,
+) -> ExitCode {
+    let matches = Cli::command().name(bin).bin_name(bin).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_tracing();
+    let shell = match make_shell() {
+        Ok(shell) => shell,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match &cli.command {
+        Command::PairDemo(args) => demo::run(&shell, args, &mut std::io::stdout()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, with the chain of causes.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings by default).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Tests may have installed one already; that one stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,40 @@
+//! # wormhole-io: runtime-agnostic I/O glue shared by both shells
+//!
+//! This crate is **not** part of the pure core. `wormhole-core` never
+//! touches a socket or a clock; this crate is where its machines meet real
+//! sockets and timers, written once for every runtime. It depends on no
+//! runtime: timers, spawning and UDP sockets come from [`quinn::Runtime`]
+//! (implemented by `quinn::TokioRuntime` and `quinn::SmolRuntime`), byte
+//! streams are `futures-io` traits, and the rest a shell provides through
+//! [`Shell`]. The shells `wormhole-tokio` and `wormhole-smol` only pick a
+//! runtime, open sockets and call into this crate.
+//!
+//! What is here:
+//!
+//! * [`NodeHandle`]: a pair node. One task owns a
+//!   [`PairPool`](wormhole_core::pair::PairPool), one UDP socket per pair
+//!   and one signalling stream per peer, and carries out the pool's outputs:
+//!   keepalive datagrams, framed signals, and on `Taken` a QUIC endpoint
+//!   built on the pair's own socket, which comes back to keepalive on
+//!   release.
+//! * [`quic`]: node identities, certificate pinning both ways, the quinn
+//!   configs (ALPN `wormhole/1`).
+//! * [`cli`]: the command line, defined once for both binaries, and
+//!   [`demo`], the `pair-demo` it runs.
+//!
+//! The shells make no protocol decisions, and neither does this crate: it
+//! reads sockets and timers, feeds the core, and does what the core says.
+
+mod driver;
+mod node;
+mod runtime;
+
+pub mod cli;
+pub mod demo;
+pub mod quic;
+
+pub use node::{
+    IoStats, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,
+};
+pub use quic::{Fingerprint, Identity};
+pub use runtime::{BoxFuture, Shell, SignalStream, StreamPair, TimedOut, sleep, timeout, wait_for};

@@ -1,0 +1,395 @@
+//! QUIC on a pair: node identities, certificate pinning, and the quinn
+//! configs a taken pair's endpoint is built with.
+//!
+//! Every node has a self-signed certificate (rcgen). Peers know each other by
+//! the SHA-256 of that certificate (a [`Fingerprint`]), exchanged out of band
+//! (later: in the ticket). Both directions are pinned: the client accepts only
+//! the server certificate it expects, the server only the client certificate
+//! it expects, and both really check the handshake signature with the pinned
+//! certificate's key, so holding the certificate without its key gets nobody
+//! in.
+
+use crate::PairLease;
+use core::fmt;
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use wormhole_core::pair::PeerId;
+
+/// The ALPN protocol id of Wormhole's QUIC connections.
+pub const ALPN: &[u8] = b"wormhole/1";
+
+/// The TLS server name clients ask for. Certificates are pinned, not
+/// checked against names, so this only has to be a valid DNS name.
+pub const SERVER_NAME: &str = "wormhole";
+
+/// SHA-256 of a certificate's DER encoding: how peers name the certificate
+/// they expect.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER-encoded certificate.
+    pub fn of(cert_der: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, cert_der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Fingerprint(out)
+    }
+
+    /// The peer id derived from this fingerprint (its first 16 bytes), so a
+    /// peer id names exactly one certificate.
+    pub fn peer_id(&self) -> PeerId {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.0[..16]);
+        PeerId(id)
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Eight bytes identify a certificate well enough in logs.
+        write!(f, "sha256:")?;
+        self.0[..8].iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        write!(f, "…")
+    }
+}
+
+/// Why a QUIC configuration could not be built.
+#[derive(Debug, Error)]
+pub enum QuicConfigError {
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// rustls refused the configuration.
+    #[error("TLS configuration rejected: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The crypto provider lacks the cipher suite QUIC's initial packets need.
+    #[error("QUIC configuration rejected: {0}")]
+    Quic(#[from] NoInitialCipherSuite),
+}
+
+/// A node's TLS identity: a self-signed certificate and its private key.
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+    fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for Identity {
+    // Never print the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+impl Identity {
+    /// A fresh self-signed identity.
+    pub fn generate() -> Result<Self, QuicConfigError> {
+        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_owned()])?;
+        let cert = certified.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der());
+        Ok(Identity {
+            fingerprint: Fingerprint::of(&cert),
+            cert,
+            key,
+        })
+    }
+
+    /// The certificate's fingerprint, which peers pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// This node's peer id, derived from its certificate.
+    pub fn peer_id(&self) -> PeerId {
+        self.fingerprint.peer_id()
+    }
+
+    /// The certificate, DER-encoded.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly one certificate, by fingerprint, and verifies handshake
+/// signatures against it with the provider's algorithms.
+#[derive(Debug)]
+struct Pinned {
+    pin: Fingerprint,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl Pinned {
+    fn new(pin: Fingerprint, provider: &CryptoProvider) -> Self {
+        Pinned {
+            pin,
+            algs: provider.signature_verification_algorithms,
+        }
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if Fingerprint::of(end_entity) == self.pin {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.check(cert)?;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.check(cert)?;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+}
+
+/// The client's view of the server: pinned.
+#[derive(Debug)]
+struct PinnedServer(Pinned);
+
+impl ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Names and validity dates do not matter for a pinned self-signed
+        // certificate: the fingerprint is the whole trust decision, and the
+        // signature checks below prove the peer holds its key.
+        self.0.check(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algs.supported_schemes()
+    }
+}
+
+/// The server's view of the client: pinned too, and mandatory.
+#[derive(Debug)]
+struct PinnedClient(Pinned);
+
+impl ClientCertVerifier for PinnedClient {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.check(end_entity)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algs.supported_schemes()
+    }
+}
+
+/// Transport settings for a pair's connection.
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // While a connection holds the pair, keepalive frames are silent, so
+    // QUIC must refresh the NAT mapping itself, at the pair's own default
+    // ping interval (see PairConfig for why 10 s).
+    t.keep_alive_interval(Some(Duration::from_secs(10)));
+    Arc::new(t)
+}
+
+/// The server side of a pair endpoint: our certificate, and only `client`
+/// may connect.
+pub fn server_config(
+    identity: &Identity,
+    client: Fingerprint,
+) -> Result<quinn::ServerConfig, QuicConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedClient(Pinned::new(client, &provider)));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert.clone()], identity.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    // A pair is one fixed path; a client showing up from elsewhere is not
+    // the peer the hole was punched for.
+    cfg.migration(false);
+    Ok(cfg)
+}
+
+/// The client side of a pair endpoint: our certificate, and only `server`
+/// is accepted.
+pub fn client_config(
+    identity: &Identity,
+    server: Fingerprint,
+) -> Result<quinn::ClientConfig, QuicConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer(Pinned::new(server, &provider)));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![identity.cert.clone()], identity.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(transport());
+    Ok(cfg)
+}
+
+/// Why a connection over a taken pair could not be set up.
+#[derive(Debug, Error)]
+pub enum PairConnectError {
+    /// quinn refused to start the connection.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake or the connection failed.
+    #[error("connection failed: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The endpoint was closed before a connection arrived.
+    #[error("the pair's endpoint closed before the peer connected")]
+    EndpointClosed,
+}
+
+impl PairLease {
+    /// Connects to the peer's end of the pair (the usual role of the side
+    /// that took it).
+    pub async fn connect(&self) -> Result<quinn::Connection, PairConnectError> {
+        Ok(self.endpoint.connect(self.remote, SERVER_NAME)?.await?)
+    }
+
+    /// Accepts the peer's connection on our end of the pair (the usual role
+    /// of the side that was asked). Connection attempts from any address but
+    /// the pair's remote are refused.
+    pub async fn accept(&self) -> Result<quinn::Connection, PairConnectError> {
+        loop {
+            let incoming = self
+                .endpoint
+                .accept()
+                .await
+                .ok_or(PairConnectError::EndpointClosed)?;
+            if incoming.remote_address() != self.remote {
+                tracing::warn!(from = %incoming.remote_address(), pair = ?self.pair, "refused a connection from outside the pair");
+                incoming.refuse();
+                continue;
+            }
+            return Ok(incoming.await?);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_id_and_fingerprint_follow_the_certificate() {
+        let a = Identity::generate().expect("identity");
+        let b = Identity::generate().expect("identity");
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint(), Fingerprint::of(a.cert_der()));
+        assert_eq!(a.peer_id().0[..], a.fingerprint().0[..16]);
+        assert_eq!(a.fingerprint().to_string().len(), 64);
+        assert!(!format!("{a:?}").contains("key:"));
+    }
+
+    #[test]
+    fn pinning_rejects_any_other_certificate() {
+        let a = Identity::generate().expect("identity");
+        let b = Identity::generate().expect("identity");
+        let pinned = Pinned::new(a.fingerprint(), &provider());
+        assert!(pinned.check(a.cert_der()).is_ok());
+        assert!(pinned.check(b.cert_der()).is_err());
+        assert!(server_config(&a, b.fingerprint()).is_ok());
+        assert!(client_config(&a, b.fingerprint()).is_ok());
+    }
+}
