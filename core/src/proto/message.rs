@@ -377,13 +377,16 @@ pub enum Request {
         /// The exclusive lock's token.
         token: LockToken,
     },
-    /// One chunk of new content.
+    /// New content for part of one chunk. Pieces of one transaction never
+    /// overlap until acknowledged, so they may be applied in any order.
     WriteChunk {
         /// The transaction.
         txn: TxnId,
         /// Chunk index (byte offset / [`CHUNK_SIZE`]).
         index: u64,
-        /// At most [`CHUNK_SIZE`] bytes.
+        /// Where in the chunk `data` starts.
+        offset: u32,
+        /// At most [`CHUNK_SIZE`] − `offset` bytes.
         data: Bytes,
         /// Checksum of `data`; the host verifies it.
         checksum: Checksum,

@@ -132,6 +132,7 @@ fn every_request() -> Vec<Request> {
         Request::WriteChunk {
             txn: TxnId(3),
             index: 2,
+            offset: 100,
             data: Bytes::from_static(b"hello"),
             checksum: Checksum::of(b"hello"),
         },
@@ -242,6 +243,7 @@ fn the_largest_legal_messages_fit_their_limits() {
         request: Request::WriteChunk {
             txn: TxnId(u64::MAX),
             index: u64::MAX,
+            offset: u32::MAX,
             data: Bytes::from(vec![0xee; CHUNK_SIZE]),
             checksum: Checksum([0; 32]),
         },
@@ -281,6 +283,7 @@ fn oversized_and_malformed_messages_are_typed_errors() {
         request: Request::WriteChunk {
             txn: TxnId(1),
             index: 0,
+            offset: 0,
             data: Bytes::from(vec![0; CHUNK_SIZE + 1024]),
             checksum: Checksum([0; 32]),
         },
