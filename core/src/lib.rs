@@ -95,6 +95,7 @@
 //!
 //! ## Modules
 //!
+//! * [`lock`]: the host's lock table and the client's lock machine.
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
