@@ -106,6 +106,7 @@
 
 pub mod codec;
 pub mod conn;
+pub mod lock;
 pub mod pair;
 pub mod proto;
 pub mod rng;

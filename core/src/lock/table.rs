@@ -1,9 +1,7 @@
 //! The host's lock table.
 
 use super::{compatible, millis, scope_node};
-use crate::proto::{
-    Errno, LockKind, LockScope, LockToken, NodeId, Reply, RequestId, SessionId,
-};
+use crate::proto::{Errno, LockKind, LockScope, LockToken, NodeId, Reply, RequestId, SessionId};
 use crate::{Instant, Rng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -535,7 +533,10 @@ impl LockTable {
                 max: self.cfg.max_locks,
             });
         }
-        let session_load = self.sessions.get(&req.session).map_or(0, SessionEntry::load);
+        let session_load = self
+            .sessions
+            .get(&req.session)
+            .map_or(0, SessionEntry::load);
         if session_load >= self.cfg.max_locks_per_session {
             return Err(LockError::SessionFull {
                 max: self.cfg.max_locks_per_session,
@@ -625,7 +626,7 @@ impl LockTable {
         token: LockToken,
     ) -> Result<(), LockError> {
         self.handle_timeout(now);
-        if !self.locks.get(&token).is_some_and(|l| l.session == session) {
+        if self.locks.get(&token).is_none_or(|l| l.session != session) {
             return Err(LockError::UnknownToken);
         }
         self.wake.clear();
@@ -636,9 +637,14 @@ impl LockTable {
 
     /// Withdraws a waiting request of `session` (its client gave up); the
     /// host answers that request itself. Waiters it held up are served.
-    pub fn cancel(&mut self, now: Instant, session: SessionId, wait: WaitId) -> Result<(), LockError> {
+    pub fn cancel(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        wait: WaitId,
+    ) -> Result<(), LockError> {
         self.handle_timeout(now);
-        if !self.waiters.get(&wait).is_some_and(|w| w.session == session) {
+        if self.waiters.get(&wait).is_none_or(|w| w.session != session) {
             return Err(LockError::UnknownWait);
         }
         self.wake.clear();
@@ -844,12 +850,11 @@ impl LockTable {
     /// Whether a lock held now conflicts with `claim`.
     fn held_conflict(&self, claim: &Claim) -> bool {
         let kind = claim.kind;
-        if let Some(n) = self.nodes.get(&claim.node) {
-            if n.held.blocks(kind) || (claim.subtree && n.held_below.blocks(kind)) {
-                return true;
-            }
-        }
-        claim.ancestors.iter().any(|a| {
+        let here = self
+            .nodes
+            .get(&claim.node)
+            .is_some_and(|n| n.held.blocks(kind) || (claim.subtree && n.held_below.blocks(kind)));
+        here || claim.ancestors.iter().any(|a| {
             self.nodes
                 .get(a)
                 .is_some_and(|n| n.held_subtree.blocks(kind))
@@ -859,14 +864,10 @@ impl LockTable {
     /// Whether a waiter queued before `before` conflicts with `claim`.
     fn queued_conflict(&self, claim: &Claim, before: WaitId) -> bool {
         let kind = claim.kind;
-        if let Some(n) = self.nodes.get(&claim.node) {
-            if n.queued.blocks(kind, before)
-                || (claim.subtree && n.queued_below.blocks(kind, before))
-            {
-                return true;
-            }
-        }
-        claim.ancestors.iter().any(|a| {
+        let here = self.nodes.get(&claim.node).is_some_and(|n| {
+            n.queued.blocks(kind, before) || (claim.subtree && n.queued_below.blocks(kind, before))
+        });
+        here || claim.ancestors.iter().any(|a| {
             self.nodes
                 .get(a)
                 .is_some_and(|n| n.queued_subtree.blocks(kind, before))
@@ -887,7 +888,11 @@ impl LockTable {
         let expires_at = now + self.cfg.ttl;
         self.index_held(&claim, true);
         self.expiries.insert((expires_at, token));
-        self.sessions.entry(session).or_default().locks.insert(token);
+        self.sessions
+            .entry(session)
+            .or_default()
+            .locks
+            .insert(token);
         self.locks.insert(
             token,
             Lock {
@@ -990,11 +995,7 @@ impl LockTable {
     fn index_held(&mut self, claim: &Claim, add: bool) {
         let kind = claim.kind;
         let apply = |c: &mut Counts| {
-            if add {
-                c.add(kind)
-            } else {
-                c.remove(kind)
-            }
+            if add { c.add(kind) } else { c.remove(kind) }
         };
         self.update_node(claim.node, |n| {
             apply(&mut n.held);
