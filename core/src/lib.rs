@@ -96,6 +96,7 @@
 //! ## Modules
 //!
 //! * [`lock`]: the host's lock table and the client's lock machine.
+//! * [`cache`]: the client's cache: TTLs, coalescing, invalidation, L1/L2 eviction.
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
@@ -104,6 +105,7 @@
 //! * [`codec`]: the one place that knows the wire encoding.
 //! * [`time`], [`rng`]: the injected clock and randomness.
 
+pub mod cache;
 pub mod codec;
 pub mod conn;
 pub mod lock;
