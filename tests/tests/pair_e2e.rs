@@ -353,15 +353,53 @@ async fn body<S: Shell>(shell: &S) {
     frames_reach(rt, &a, nonce, base_a + FRAMES).await;
     frames_reach(rt, &b, nonce, base_b + FRAMES).await;
 
-    // And the pair can be taken again.
+    // The pair can be taken again, and this time the side that was asked
+    // (B) ends the use: A sees the release as the peer's.
     let again = step(rt, "the second take", a.take(b.id()))
         .await
         .expect("second take");
     assert_eq!(again.endpoint.local_addr().expect("addr"), a_addr);
     assert!(again.handover.seq > lease_a.handover.seq);
-    step(rt, "the second release", a.release(nonce))
+    let again_b = step(
+        rt,
+        "B's second Taken event",
+        b.wait_event(|e| match e {
+            NodeEvent::Taken(lease) if lease.handover == again.handover => Some(lease.clone()),
+            _ => None,
+        }),
+    )
+    .await
+    .expect("B's events");
+    assert_eq!(again_b.endpoint.local_addr().expect("addr"), b_addr);
+    let second = again.handover;
+    drop((again, again_b));
+    step(rt, "B's release", b.release(nonce))
         .await
-        .expect("second release");
+        .expect("release by B");
+    // A's own events of the first round are still queued: the Released
+    // that counts is the one after the second Taken.
+    let mut after_second_take = false;
+    let by_peer = step(
+        rt,
+        "A's Released event",
+        a.wait_event(|e| match e {
+            NodeEvent::Taken(lease) if lease.handover == second => {
+                after_second_take = true;
+                None
+            }
+            NodeEvent::Released { pair, by_peer } if *pair == nonce && after_second_take => {
+                Some(*by_peer)
+            }
+            _ => None,
+        }),
+    )
+    .await
+    .expect("A's events");
+    assert!(by_peer, "A should see B's release as the peer's");
+    let base_a = status(&a, nonce).await.stats.frames_accepted;
+    let base_b = status(&b, nonce).await.stats.frames_accepted;
+    frames_reach(rt, &a, nonce, base_a + FRAMES).await;
+    frames_reach(rt, &b, nonce, base_b + FRAMES).await;
 
     let (sa, sb) = (stats(&a).await, stats(&b).await);
     assert_eq!(sa.drops.get(DropReason::BadMac), 0);
