@@ -101,6 +101,7 @@
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
 //! * [`conn`]: the client's connection: connect, authenticate, reconnect.
+//! * [`host`]: the host session and the host side of the file protocol.
 //! * [`vfs`]: the client's inode table: numbers, paths, lookups, orphans.
 //! * [`codec`]: the one place that knows the wire encoding.
 //! * [`time`], [`rng`]: the injected clock and randomness.
@@ -108,6 +109,7 @@
 pub mod cache;
 pub mod codec;
 pub mod conn;
+pub mod host;
 pub mod lock;
 pub mod pair;
 pub mod proto;

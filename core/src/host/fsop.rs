@@ -1,0 +1,268 @@
+//! The host's file operations as plain data: what the core asks the shell
+//! to do to the shared folder, and what comes back.
+//!
+//! Every path is a [`RelPath`]: a list of checked [`Name`]s, so it cannot
+//! be absolute and cannot contain `..`; it is interpreted beneath the
+//! shared root only. The shell must execute every operation without
+//! following any symlink, the final component included (e.g. `openat2`
+//! with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, `O_NOFOLLOW`,
+//! `AT_SYMLINK_NOFOLLOW`): a symlink is data to report (`Readlink`), never a
+//! path to take. That is the whole of the confinement rule, and it is why a
+//! host never calls into a mount that a symlink points at.
+
+use crate::proto::{Errno, FileKey, FileKind, Name, SetAttr, StatFs, Timestamp, TxnId};
+use bytes::Bytes;
+use core::fmt;
+
+/// A path beneath the shared root; empty is the root itself.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(Vec<Name>);
+
+impl RelPath {
+    /// The shared root.
+    pub fn root() -> Self {
+        RelPath(Vec::new())
+    }
+
+    /// `self/name`.
+    pub fn join(&self, name: &Name) -> Self {
+        let mut v = self.0.clone();
+        v.push(name.clone());
+        RelPath(v)
+    }
+
+    /// The components.
+    pub fn names(&self) -> &[Name] {
+        &self.0
+    }
+
+    /// The parent and last name, unless this is the root.
+    pub fn split_last(&self) -> Option<(RelPath, &Name)> {
+        let (last, rest) = self.0.split_last()?;
+        Some((RelPath(rest.to_vec()), last))
+    }
+
+    /// Whether `self` is `other` or lies beneath it.
+    pub fn starts_with(&self, other: &RelPath) -> bool {
+        self.0.starts_with(&other.0)
+    }
+}
+
+impl From<Vec<Name>> for RelPath {
+    fn from(names: Vec<Name>) -> Self {
+        RelPath(names)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("/");
+        }
+        for n in &self.0 {
+            write!(f, "/{}", String::from_utf8_lossy(n.as_bytes()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Attributes as the disk reports them (the core adds the node id and the
+/// version).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsAttr {
+    /// Device and inode.
+    pub key: FileKey,
+    /// Kind; anything that is not a regular file, directory or symlink
+    /// (devices, sockets, fifos) is never reported: the shell skips it.
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Hard links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time.
+    pub ctime: Timestamp,
+}
+
+/// A file handle the core asks the shell to keep open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FsHandle(pub u64);
+
+/// What to read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Open, read, close (no-follow, beneath the root).
+    Path(RelPath),
+    /// An open handle (works after the file was unlinked).
+    Handle(FsHandle),
+}
+
+/// One operation on the shared folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsOp {
+    /// Attributes (lstat semantics: a symlink is reported, not followed).
+    Stat {
+        /// What.
+        path: RelPath,
+    },
+    /// Up to `max` entries of a directory from position `cookie`; the
+    /// shell returns them in a stable order (by name) so cookies stay valid
+    /// between pages.
+    List {
+        /// The directory.
+        path: RelPath,
+        /// Entries to skip.
+        cookie: u64,
+        /// Entries at most.
+        max: u32,
+    },
+    /// Open a regular file for reading and keep it as `handle`.
+    Open {
+        /// The file.
+        path: RelPath,
+        /// The handle the core will use.
+        handle: FsHandle,
+    },
+    /// Close a handle.
+    Close {
+        /// The handle.
+        handle: FsHandle,
+    },
+    /// Read bytes.
+    Read {
+        /// From where.
+        from: ReadFrom,
+        /// Offset.
+        offset: u64,
+        /// At most this many bytes.
+        len: u32,
+    },
+    /// Create a regular file.
+    Create {
+        /// Where.
+        path: RelPath,
+        /// Permission bits.
+        mode: u32,
+        /// Fail if it exists.
+        exclusive: bool,
+    },
+    /// Create a directory.
+    Mkdir {
+        /// Where.
+        path: RelPath,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Remove a non-directory (a symlink itself, never its target).
+    Unlink {
+        /// What.
+        path: RelPath,
+    },
+    /// Remove an empty directory.
+    Rmdir {
+        /// What.
+        path: RelPath,
+    },
+    /// Rename, replacing the target.
+    Rename {
+        /// From.
+        from: RelPath,
+        /// To.
+        to: RelPath,
+    },
+    /// Create a symlink holding `target` (never resolved by the host).
+    Symlink {
+        /// Where.
+        path: RelPath,
+        /// The link text.
+        target: Vec<u8>,
+    },
+    /// A symlink's text.
+    Readlink {
+        /// The symlink.
+        path: RelPath,
+    },
+    /// Change mode or times (size changes go through a write transaction).
+    SetAttr {
+        /// What.
+        path: RelPath,
+        /// The changes (`size` is always `None` here).
+        set: SetAttr,
+    },
+    /// Statistics of the shared folder's file system.
+    StatFs,
+    /// Start staging a new version of `path`: a hidden file beside it,
+    /// holding a copy of its current content.
+    StageBegin {
+        /// The transaction.
+        txn: TxnId,
+        /// The file.
+        path: RelPath,
+    },
+    /// Write bytes into the staged copy.
+    StageWrite {
+        /// The transaction.
+        txn: TxnId,
+        /// Byte offset.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// Make the staged copy the file, atomically and durably: set its size,
+    /// fsync it, rename it over `path`, fsync the directory. Only then is
+    /// the commit acknowledged, so a crash leaves old or new, never a mix.
+    StageCommit {
+        /// The transaction.
+        txn: TxnId,
+        /// The file.
+        path: RelPath,
+        /// Final size.
+        size: u64,
+    },
+    /// Delete the staged copy; the file is untouched.
+    StageAbort {
+        /// The transaction.
+        txn: TxnId,
+    },
+}
+
+/// The result of an [`FsOp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsOk {
+    /// Attributes (Stat, Create, Mkdir, Symlink, SetAttr, StageCommit).
+    Attr(FsAttr),
+    /// A directory page; `next` is the cookie of the next page.
+    Listing {
+        /// Entries, by name.
+        entries: Vec<(Name, FsAttr)>,
+        /// The next cookie, or `None` at the end.
+        next: Option<u64>,
+    },
+    /// Opened (Open).
+    Opened(FsAttr),
+    /// Bytes (Read).
+    Data(Bytes),
+    /// Link text (Readlink).
+    Link(Vec<u8>),
+    /// Statistics (StatFs).
+    StatFs(StatFs),
+    /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
+    /// StageAbort).
+    Done,
+}
+
+/// What the shell reports for one operation.
+pub type FsResult = Result<FsOk, Errno>;
+
+/// Identifies an operation in flight, so its result finds its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);

@@ -1,0 +1,462 @@
+//! An in-memory disk that executes [`FsOp`]s exactly as the shell must:
+//! beneath the root, never following a symlink, every reported mutation
+//! durable, staging files volatile until committed.
+//!
+//! It is the reference for the shell's file executor and the disk of the
+//! simulations: [`MemFs::crash`] throws away everything a real crash could
+//! (open handles, staging files), and nothing else, because the shell
+//! reports a mutation only after it is on disk.
+
+use super::fsop::{FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use crate::proto::{Errno, FileKey, FileKind, Name, SetTime, StatFs, Timestamp, TxnId};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Inode {
+    kind: FileKind,
+    data: Vec<u8>,
+    target: Vec<u8>,
+    mode: u32,
+    nlink: u32,
+    atime: Timestamp,
+    mtime: Timestamp,
+    ctime: Timestamp,
+    children: BTreeMap<Name, u64>,
+}
+
+/// An in-memory file system.
+#[derive(Clone, Debug)]
+pub struct MemFs {
+    inodes: BTreeMap<u64, Inode>,
+    next_ino: u64,
+    /// Open handles: they keep an inode alive after unlink.
+    handles: BTreeMap<FsHandle, u64>,
+    /// Staged copies, by transaction (volatile).
+    staged: BTreeMap<TxnId, Vec<u8>>,
+    now: Timestamp,
+    /// Largest file accepted (keeps a hostile size from allocating).
+    max_file: u64,
+}
+
+const ROOT: u64 = 1;
+const DEV: u64 = 7;
+
+impl MemFs {
+    /// An empty root directory; files may grow to `max_file` bytes.
+    pub fn new(max_file: u64) -> Self {
+        let mut inodes = BTreeMap::new();
+        inodes.insert(ROOT, Inode::new(FileKind::Dir, 0o755, Timestamp::default()));
+        MemFs {
+            inodes,
+            next_ino: ROOT + 1,
+            handles: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            now: Timestamp::default(),
+            max_file,
+        }
+    }
+
+    /// Sets the clock used for file times.
+    pub fn set_time(&mut self, now: Timestamp) {
+        self.now = now;
+    }
+
+    /// A power cut: open handles and staging files vanish (unlinked-but-open
+    /// files with them); everything whose result was reported survives.
+    pub fn crash(&mut self) {
+        self.handles.clear();
+        self.staged.clear();
+        self.collect();
+    }
+
+    /// The content of a regular file, following no symlink (for checks).
+    pub fn read_file(&self, path: &RelPath) -> Option<&[u8]> {
+        let ino = self.resolve(path).ok()?;
+        let node = self.inodes.get(&ino)?;
+        (node.kind == FileKind::File).then_some(&node.data[..])
+    }
+
+    /// Number of staging files (for checks).
+    pub fn staged(&self) -> usize {
+        self.staged.len()
+    }
+
+    fn resolve(&self, path: &RelPath) -> Result<u64, Errno> {
+        let mut at = ROOT;
+        for name in path.names() {
+            let node = self.inodes.get(&at).ok_or(Errno::NoEnt)?;
+            match node.kind {
+                FileKind::Dir => {}
+                // RESOLVE_NO_SYMLINKS: a symlink inside a path is an error,
+                // never a detour.
+                FileKind::Symlink => return Err(Errno::Loop),
+                FileKind::File => return Err(Errno::NotDir),
+            }
+            at = *node.children.get(name).ok_or(Errno::NoEnt)?;
+        }
+        Ok(at)
+    }
+
+    fn parent_of<'p>(&self, path: &'p RelPath) -> Result<(u64, &'p Name), Errno> {
+        let (parent, name) = path.split_last().ok_or(Errno::Busy)?;
+        let dir = self.resolve(&parent)?;
+        match self.inodes.get(&dir).map(|n| n.kind) {
+            Some(FileKind::Dir) => Ok((dir, name)),
+            Some(FileKind::Symlink) => Err(Errno::Loop),
+            _ => Err(Errno::NotDir),
+        }
+    }
+
+    fn attr(&self, ino: u64) -> Result<FsAttr, Errno> {
+        let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+        Ok(FsAttr {
+            key: FileKey { dev: DEV, ino },
+            kind: n.kind,
+            size: match n.kind {
+                FileKind::File => n.data.len() as u64,
+                FileKind::Symlink => n.target.len() as u64,
+                FileKind::Dir => 4096,
+            },
+            mode: n.mode,
+            nlink: n.nlink,
+            uid: 0,
+            gid: 0,
+            atime: n.atime,
+            mtime: n.mtime,
+            ctime: n.ctime,
+        })
+    }
+
+    fn add(&mut self, dir: u64, name: &Name, node: Inode) -> Result<u64, Errno> {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.inodes.insert(ino, node);
+        let now = self.now;
+        let d = self.inodes.get_mut(&dir).ok_or(Errno::NoEnt)?;
+        d.children.insert(name.clone(), ino);
+        d.mtime = now;
+        d.ctime = now;
+        Ok(ino)
+    }
+
+    fn detach(&mut self, dir: u64, name: &Name) -> Option<u64> {
+        let now = self.now;
+        let d = self.inodes.get_mut(&dir)?;
+        let ino = d.children.remove(name)?;
+        d.mtime = now;
+        d.ctime = now;
+        if let Some(n) = self.inodes.get_mut(&ino) {
+            n.nlink = n.nlink.saturating_sub(1);
+            n.ctime = now;
+        }
+        Some(ino)
+    }
+
+    /// Drops inodes that no directory and no handle reaches.
+    fn collect(&mut self) {
+        let mut reached = std::collections::BTreeSet::new();
+        let mut stack = vec![ROOT];
+        stack.extend(self.handles.values().copied());
+        while let Some(ino) = stack.pop() {
+            if reached.insert(ino)
+                && let Some(n) = self.inodes.get(&ino)
+            {
+                stack.extend(n.children.values().copied());
+            }
+        }
+        self.inodes.retain(|ino, _| reached.contains(ino));
+    }
+
+    fn time(&self, t: SetTime) -> Timestamp {
+        match t {
+            SetTime::Now => self.now,
+            SetTime::At(t) => t,
+        }
+    }
+
+    /// Executes one operation.
+    pub fn execute(&mut self, op: FsOp) -> FsResult {
+        match op {
+            FsOp::Stat { path } => Ok(FsOk::Attr(self.attr(self.resolve(&path)?)?)),
+            FsOp::List { path, cookie, max } => {
+                let dir = self.resolve(&path)?;
+                let node = self.inodes.get(&dir).ok_or(Errno::NoEnt)?;
+                if node.kind != FileKind::Dir {
+                    return Err(Errno::NotDir);
+                }
+                let skip = usize::try_from(cookie).unwrap_or(usize::MAX);
+                let all: Vec<(Name, u64)> =
+                    node.children.iter().map(|(n, &i)| (n.clone(), i)).collect();
+                let page: Vec<(Name, FsAttr)> = all
+                    .iter()
+                    .skip(skip)
+                    .take(max as usize)
+                    .filter_map(|(n, i)| self.attr(*i).ok().map(|a| (n.clone(), a)))
+                    .collect();
+                let end = skip.saturating_add(max as usize);
+                let next = (end < all.len()).then_some(end as u64);
+                Ok(FsOk::Listing {
+                    entries: page,
+                    next,
+                })
+            }
+            FsOp::Open { path, handle } => {
+                let ino = self.resolve(&path)?;
+                match self.inodes.get(&ino).map(|n| n.kind) {
+                    Some(FileKind::File) => {}
+                    Some(FileKind::Dir) => return Err(Errno::IsDir),
+                    // O_NOFOLLOW on a symlink.
+                    _ => return Err(Errno::Loop),
+                }
+                self.handles.insert(handle, ino);
+                Ok(FsOk::Opened(self.attr(ino)?))
+            }
+            FsOp::Close { handle } => {
+                self.handles.remove(&handle).ok_or(Errno::BadF)?;
+                self.collect();
+                Ok(FsOk::Done)
+            }
+            FsOp::Read { from, offset, len } => {
+                let ino = match from {
+                    ReadFrom::Path(p) => self.resolve(&p)?,
+                    ReadFrom::Handle(h) => *self.handles.get(&h).ok_or(Errno::BadF)?,
+                };
+                let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+                match n.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(Errno::IsDir),
+                    FileKind::Symlink => return Err(Errno::Loop),
+                }
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(n.data.len());
+                let end = start.saturating_add(len as usize).min(n.data.len());
+                Ok(FsOk::Data(Bytes::copy_from_slice(&n.data[start..end])))
+            }
+            FsOp::Create {
+                path,
+                mode,
+                exclusive,
+            } => {
+                let (dir, name) = self.parent_of(&path)?;
+                if let Some(&ino) = self.inodes.get(&dir).and_then(|d| d.children.get(name)) {
+                    return match (exclusive, self.inodes.get(&ino).map(|n| n.kind)) {
+                        (true, _) => Err(Errno::Exist),
+                        (false, Some(FileKind::File)) => Ok(FsOk::Attr(self.attr(ino)?)),
+                        (false, Some(FileKind::Dir)) => Err(Errno::IsDir),
+                        (false, _) => Err(Errno::Loop),
+                    };
+                }
+                let ino = self.add(dir, name, Inode::new(FileKind::File, mode, self.now))?;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::Mkdir { path, mode } => {
+                let (dir, name) = self.parent_of(&path)?;
+                if self
+                    .inodes
+                    .get(&dir)
+                    .is_some_and(|d| d.children.contains_key(name))
+                {
+                    return Err(Errno::Exist);
+                }
+                let ino = self.add(dir, name, Inode::new(FileKind::Dir, mode, self.now))?;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::Symlink { path, target } => {
+                let (dir, name) = self.parent_of(&path)?;
+                if self
+                    .inodes
+                    .get(&dir)
+                    .is_some_and(|d| d.children.contains_key(name))
+                {
+                    return Err(Errno::Exist);
+                }
+                let mut node = Inode::new(FileKind::Symlink, 0o777, self.now);
+                node.target = target;
+                let ino = self.add(dir, name, node)?;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::Unlink { path } => {
+                let (dir, name) = self.parent_of(&path)?;
+                let ino = *self
+                    .inodes
+                    .get(&dir)
+                    .and_then(|d| d.children.get(name))
+                    .ok_or(Errno::NoEnt)?;
+                if self.inodes.get(&ino).map(|n| n.kind) == Some(FileKind::Dir) {
+                    return Err(Errno::IsDir);
+                }
+                self.detach(dir, name);
+                self.collect();
+                Ok(FsOk::Done)
+            }
+            FsOp::Rmdir { path } => {
+                let (dir, name) = self.parent_of(&path)?;
+                let ino = *self
+                    .inodes
+                    .get(&dir)
+                    .and_then(|d| d.children.get(name))
+                    .ok_or(Errno::NoEnt)?;
+                let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+                if n.kind != FileKind::Dir {
+                    return Err(Errno::NotDir);
+                }
+                if !n.children.is_empty() {
+                    return Err(Errno::NotEmpty);
+                }
+                self.detach(dir, name);
+                self.collect();
+                Ok(FsOk::Done)
+            }
+            FsOp::Rename { from, to } => {
+                let (fdir, fname) = self.parent_of(&from)?;
+                let (tdir, tname) = self.parent_of(&to)?;
+                let ino = *self
+                    .inodes
+                    .get(&fdir)
+                    .and_then(|d| d.children.get(fname))
+                    .ok_or(Errno::NoEnt)?;
+                if to.starts_with(&from) && to != from {
+                    return Err(Errno::Inval);
+                }
+                if from == to {
+                    return Ok(FsOk::Done);
+                }
+                let moving_dir = self.inodes.get(&ino).map(|n| n.kind) == Some(FileKind::Dir);
+                if let Some(&target) = self.inodes.get(&tdir).and_then(|d| d.children.get(tname)) {
+                    let t = self.inodes.get(&target).ok_or(Errno::NoEnt)?;
+                    match (moving_dir, t.kind == FileKind::Dir) {
+                        (true, false) => return Err(Errno::NotDir),
+                        (false, true) => return Err(Errno::IsDir),
+                        (true, true) if !t.children.is_empty() => return Err(Errno::NotEmpty),
+                        _ => {}
+                    }
+                    self.detach(tdir, tname);
+                }
+                self.detach(fdir, fname);
+                if let Some(n) = self.inodes.get_mut(&ino) {
+                    n.nlink += 1;
+                }
+                let now = self.now;
+                let d = self.inodes.get_mut(&tdir).ok_or(Errno::NoEnt)?;
+                d.children.insert(tname.clone(), ino);
+                d.mtime = now;
+                self.collect();
+                Ok(FsOk::Done)
+            }
+            FsOp::Readlink { path } => {
+                let ino = self.resolve(&path)?;
+                let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+                if n.kind != FileKind::Symlink {
+                    return Err(Errno::Inval);
+                }
+                Ok(FsOk::Link(n.target.clone()))
+            }
+            FsOp::SetAttr { path, set } => {
+                let ino = self.resolve(&path)?;
+                let now = self.now;
+                let max = self.max_file;
+                let atime = set.atime.map(|t| self.time(t));
+                let mtime = set.mtime.map(|t| self.time(t));
+                let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
+                if let Some(size) = set.size {
+                    if n.kind != FileKind::File {
+                        return Err(Errno::IsDir);
+                    }
+                    if size > max {
+                        return Err(Errno::FBig);
+                    }
+                    n.data.resize(size as usize, 0);
+                    n.mtime = now;
+                }
+                if let Some(mode) = set.mode {
+                    n.mode = mode & 0o7777;
+                }
+                if let Some(t) = atime {
+                    n.atime = t;
+                }
+                if let Some(t) = mtime {
+                    n.mtime = t;
+                }
+                n.ctime = now;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::StatFs => Ok(FsOk::StatFs(StatFs {
+                blocks: 1 << 20,
+                bfree: 1 << 19,
+                bavail: 1 << 19,
+                files: 1 << 16,
+                ffree: (1u64 << 16).saturating_sub(self.inodes.len() as u64),
+                bsize: 4096,
+                namelen: 255,
+            })),
+            FsOp::StageBegin { txn, path } => {
+                let ino = self.resolve(&path)?;
+                let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+                if n.kind != FileKind::File {
+                    return Err(Errno::IsDir);
+                }
+                let copy = n.data.clone();
+                self.staged.insert(txn, copy);
+                Ok(FsOk::Done)
+            }
+            FsOp::StageWrite { txn, offset, data } => {
+                let max = self.max_file;
+                let buf = self.staged.get_mut(&txn).ok_or(Errno::BadF)?;
+                let end = offset.checked_add(data.len() as u64).ok_or(Errno::FBig)?;
+                if end > max {
+                    return Err(Errno::FBig);
+                }
+                let (start, end) = (offset as usize, end as usize);
+                if buf.len() < end {
+                    buf.resize(end, 0);
+                }
+                buf[start..end].copy_from_slice(&data);
+                Ok(FsOk::Done)
+            }
+            FsOp::StageCommit { txn, path, size } => {
+                if size > self.max_file {
+                    return Err(Errno::FBig);
+                }
+                let mut data = self.staged.remove(&txn).ok_or(Errno::BadF)?;
+                data.resize(size as usize, 0);
+                // The rename replaces the file by a new inode, as on disk:
+                // open handles keep the old content.
+                let (dir, name) = self.parent_of(&path)?;
+                let old = *self
+                    .inodes
+                    .get(&dir)
+                    .and_then(|d| d.children.get(name))
+                    .ok_or(Errno::NoEnt)?;
+                let mode = self.inodes.get(&old).map_or(0o644, |n| n.mode);
+                self.detach(dir, name);
+                let mut node = Inode::new(FileKind::File, mode, self.now);
+                node.data = data;
+                let ino = self.add(dir, name, node)?;
+                self.collect();
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::StageAbort { txn } => {
+                self.staged.remove(&txn);
+                Ok(FsOk::Done)
+            }
+        }
+    }
+}
+
+impl Inode {
+    fn new(kind: FileKind, mode: u32, now: Timestamp) -> Self {
+        Inode {
+            kind,
+            data: Vec::new(),
+            target: Vec::new(),
+            mode: mode & 0o7777,
+            nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            atime: now,
+            mtime: now,
+            ctime: now,
+            children: BTreeMap::new(),
+        }
+    }
+}

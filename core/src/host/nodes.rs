@@ -1,0 +1,295 @@
+//! The host's file index: node ids ↔ paths beneath the shared root.
+//!
+//! Clients name files by [`NodeId`]; the disk knows paths. A node records
+//! its parent and its name, so a rename re-points one record and the whole
+//! subtree moves with it, and a path is rebuilt by walking up (depth is
+//! bounded by the table size). Ids are never reused within a host run, so
+//! a stale id held by a client can only miss, never name another file.
+
+use super::fsop::RelPath;
+use crate::proto::{FileKey, FileKind, Name, NodeId};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Node {
+    /// Parent and name; `None` for the root.
+    link: Option<(NodeId, Name)>,
+    key: FileKey,
+    kind: FileKind,
+}
+
+/// The index of one host run.
+#[derive(Clone, Debug)]
+pub struct NodeTable {
+    nodes: BTreeMap<NodeId, Node>,
+    children: BTreeMap<(NodeId, Name), NodeId>,
+    next: u64,
+    max_nodes: usize,
+}
+
+impl NodeTable {
+    /// A table holding the root only.
+    pub fn new(root_key: FileKey, max_nodes: usize) -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            NodeId::ROOT,
+            Node {
+                link: None,
+                key: root_key,
+                kind: FileKind::Dir,
+            },
+        );
+        NodeTable {
+            nodes,
+            children: BTreeMap::new(),
+            next: NodeId::ROOT.0 + 1,
+            max_nodes: max_nodes.max(1),
+        }
+    }
+
+    /// Number of nodes (root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether only the root is known.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// Whether `node` is known.
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.nodes.contains_key(&node)
+    }
+
+    /// The kind of a known node.
+    pub fn kind(&self, node: NodeId) -> Option<FileKind> {
+        self.nodes.get(&node).map(|n| n.kind)
+    }
+
+    /// The path of a node.
+    pub fn path(&self, node: NodeId) -> Option<RelPath> {
+        let mut names = Vec::new();
+        let mut at = node;
+        for _ in 0..=self.nodes.len() {
+            let n = self.nodes.get(&at)?;
+            match &n.link {
+                None => {
+                    names.reverse();
+                    return Some(RelPath::from(names));
+                }
+                Some((parent, name)) => {
+                    names.push(name.clone());
+                    at = *parent;
+                }
+            }
+        }
+        None
+    }
+
+    /// The ancestors of a node, parent first, root last (for subtree
+    /// locks).
+    pub fn ancestors(&self, node: NodeId) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        let mut at = node;
+        while let Some((parent, _)) = self.nodes.get(&at).and_then(|n| n.link.as_ref()) {
+            if out.len() > self.nodes.len() {
+                break;
+            }
+            out.push(*parent);
+            at = *parent;
+        }
+        out
+    }
+
+    /// The child `name` of `parent`, if indexed.
+    pub fn child(&self, parent: NodeId, name: &Name) -> Option<NodeId> {
+        self.children.get(&(parent, name.clone())).copied()
+    }
+
+    /// Records that `parent/name` exists with this identity and returns its
+    /// node id: the existing one if the same file is already indexed there,
+    /// a new one otherwise (a different file under a known name replaces
+    /// the old record). `None` when the table is full: the caller answers
+    /// the request with a transient error.
+    pub fn learn(
+        &mut self,
+        parent: NodeId,
+        name: &Name,
+        key: FileKey,
+        kind: FileKind,
+    ) -> Option<NodeId> {
+        if let Some(id) = self.child(parent, name) {
+            if let Some(node) = self.nodes.get_mut(&id)
+                && node.key == key
+                && node.kind == kind
+            {
+                return Some(id);
+            }
+            self.forget(id);
+        }
+        if self.nodes.len() >= self.max_nodes {
+            return None;
+        }
+        let id = NodeId(self.next);
+        self.next += 1;
+        self.nodes.insert(
+            id,
+            Node {
+                link: Some((parent, name.clone())),
+                key,
+                kind,
+            },
+        );
+        self.children.insert((parent, name.clone()), id);
+        Some(id)
+    }
+
+    /// `parent/name` is gone: forget it and everything beneath it. Returns
+    /// the forgotten ids (so clients can be told).
+    pub fn remove(&mut self, parent: NodeId, name: &Name) -> Vec<NodeId> {
+        match self.child(parent, name) {
+            Some(id) => self.forget(id),
+            None => Vec::new(),
+        }
+    }
+
+    fn forget(&mut self, id: NodeId) -> Vec<NodeId> {
+        let mut gone = Vec::new();
+        let mut stack = vec![id];
+        while let Some(id) = stack.pop() {
+            if id == NodeId::ROOT {
+                continue;
+            }
+            let Some(node) = self.nodes.remove(&id) else {
+                continue;
+            };
+            if let Some(link) = node.link {
+                self.children.remove(&link);
+            }
+            let kids: Vec<NodeId> = self
+                .children
+                .range((id, Name::new(vec![1u8]).unwrap_or_else(|_| unreachable!()))..)
+                .take_while(|((p, _), _)| *p == id)
+                .map(|(_, &c)| c)
+                .collect();
+            stack.extend(kids);
+            gone.push(id);
+        }
+        gone
+    }
+
+    /// `parent/name` was renamed to `new_parent/new_name` (replacing any
+    /// node there). Returns the ids that the replacement removed.
+    pub fn rename(
+        &mut self,
+        parent: NodeId,
+        name: &Name,
+        new_parent: NodeId,
+        new_name: &Name,
+    ) -> Vec<NodeId> {
+        let moved = self.child(parent, name);
+        let mut gone = Vec::new();
+        if let Some(target) = self.child(new_parent, new_name)
+            && Some(target) != moved
+        {
+            gone = self.forget(target);
+        }
+        if let Some(id) = moved {
+            self.children.remove(&(parent, name.clone()));
+            if let Some(node) = self.nodes.get_mut(&id) {
+                node.link = Some((new_parent, new_name.clone()));
+            }
+            self.children.insert((new_parent, new_name.clone()), id);
+        }
+        gone
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).expect("valid")
+    }
+
+    fn key(ino: u64) -> FileKey {
+        FileKey { dev: 1, ino }
+    }
+
+    #[test]
+    fn paths_follow_renames_of_whole_subtrees() {
+        let mut t = NodeTable::new(key(1), 100);
+        let d = t
+            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir)
+            .expect("room");
+        let f = t
+            .learn(d, &name("f"), key(3), FileKind::File)
+            .expect("room");
+        assert_eq!(format!("{:?}", t.path(f).expect("path")), "/d/f");
+        assert_eq!(t.ancestors(f), vec![d, NodeId::ROOT]);
+        let e = t
+            .learn(NodeId::ROOT, &name("e"), key(4), FileKind::Dir)
+            .expect("room");
+        t.rename(NodeId::ROOT, &name("d"), e, &name("d2"));
+        assert_eq!(format!("{:?}", t.path(f).expect("path")), "/e/d2/f");
+        assert_eq!(t.child(NodeId::ROOT, &name("d")), None);
+    }
+
+    #[test]
+    fn same_file_same_id_and_replaced_files_get_new_ids() {
+        let mut t = NodeTable::new(key(1), 100);
+        let a = t
+            .learn(NodeId::ROOT, &name("a"), key(2), FileKind::File)
+            .expect("room");
+        assert_eq!(
+            t.learn(NodeId::ROOT, &name("a"), key(2), FileKind::File),
+            Some(a)
+        );
+        let b = t
+            .learn(NodeId::ROOT, &name("a"), key(9), FileKind::File)
+            .expect("room");
+        assert_ne!(a, b, "another file under the same name");
+        assert!(!t.contains(a), "ids are never reused");
+    }
+
+    #[test]
+    fn removal_and_replacing_renames_forget_subtrees() {
+        let mut t = NodeTable::new(key(1), 100);
+        let d = t
+            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir)
+            .expect("room");
+        let f = t
+            .learn(d, &name("f"), key(3), FileKind::File)
+            .expect("room");
+        let g = t
+            .learn(NodeId::ROOT, &name("g"), key(4), FileKind::File)
+            .expect("room");
+        let mut gone = t.remove(NodeId::ROOT, &name("d"));
+        gone.sort();
+        assert_eq!(gone, vec![d, f]);
+        let h = t
+            .learn(NodeId::ROOT, &name("h"), key(5), FileKind::File)
+            .expect("room");
+        assert_eq!(
+            t.rename(NodeId::ROOT, &name("h"), NodeId::ROOT, &name("g")),
+            vec![g]
+        );
+        assert_eq!(t.child(NodeId::ROOT, &name("g")), Some(h));
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut t = NodeTable::new(key(1), 2);
+        assert!(
+            t.learn(NodeId::ROOT, &name("a"), key(2), FileKind::File)
+                .is_some()
+        );
+        assert_eq!(
+            t.learn(NodeId::ROOT, &name("b"), key(3), FileKind::File),
+            None
+        );
+    }
+}

@@ -1,0 +1,972 @@
+//! Host machine tests, run against the in-memory disk.
+
+use super::memfs::MemFs;
+use super::*;
+use crate::conn::auth::{self, TicketSecret};
+use crate::proto::{
+    CHUNK_SIZE, Checksum, ClientMessage, Errno, FileKind, FileRef, HostMessage, Invalidation,
+    LockKind, LockScope, Name, NodeId, Reply, Request, RequestId, SetAttr, TxnId,
+};
+use crate::{Instant, Rng};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const SECRET: TicketSecret = TicketSecret([3; 32]);
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid")
+}
+
+fn path(parts: &[&str]) -> RelPath {
+    RelPath::from(parts.iter().map(|p| name(p)).collect::<Vec<_>>())
+}
+
+/// A host on a MemFs, with every file operation executed at once and every
+/// message kept per connection.
+struct Rig {
+    host: HostServer,
+    disk: MemFs,
+    now: Instant,
+    inbox: BTreeMap<ConnId, Vec<HostMessage>>,
+    closed: Vec<ConnId>,
+    events: Vec<HostEvent>,
+    next_id: u64,
+    /// Hold file operations instead of executing them (to interleave).
+    hold: bool,
+    held: Vec<(OpId, FsOp)>,
+}
+
+impl Rig {
+    fn new(cfg: HostConfig, disk: MemFs) -> Self {
+        let mut rig = Rig {
+            host: HostServer::new(cfg, SECRET, Rng::from_u64(9)),
+            disk,
+            now: Instant::ZERO,
+            inbox: BTreeMap::new(),
+            closed: Vec::new(),
+            events: Vec::new(),
+            next_id: 1,
+            hold: false,
+            held: Vec::new(),
+        };
+        rig.host.start(rig.now);
+        rig.pump();
+        assert_eq!(rig.host.state(), HostState::Listening);
+        rig
+    }
+
+    fn pump(&mut self) {
+        while let Some(out) = self.host.poll_output() {
+            match out {
+                HostOutput::Fs { op, fs } if self.hold => self.held.push((op, fs)),
+                HostOutput::Fs { op, fs } => {
+                    let result = self.disk.execute(fs);
+                    self.host.handle_fs(self.now, op, result);
+                }
+                HostOutput::Send { conn, msg } => self.inbox.entry(conn).or_default().push(msg),
+                HostOutput::Close { conn } => self.closed.push(conn),
+                HostOutput::Event(e) => self.events.push(e),
+            }
+        }
+    }
+
+    fn release_held(&mut self) {
+        for (op, fs) in std::mem::take(&mut self.held) {
+            let result = self.disk.execute(fs);
+            self.host.handle_fs(self.now, op, result);
+        }
+        self.pump();
+    }
+
+    /// Opens a connection and authenticates it; returns the conn.
+    fn client(&mut self, conn: u64) -> ConnId {
+        let conn = ConnId(conn);
+        let exporter = [conn.0 as u8; 32];
+        self.host.conn_opened(self.now, conn, exporter);
+        let reply = self.call(
+            conn,
+            Request::Hello {
+                version: 1,
+                proof: auth::proof(&SECRET, &exporter),
+                resume: None,
+            },
+        );
+        assert!(matches!(reply, Ok(Reply::HelloAck { .. })), "{reply:?}");
+        conn
+    }
+
+    /// Sends a request and returns its reply (the last reply with its id).
+    fn call(&mut self, conn: ConnId, request: Request) -> Result<Reply, Errno> {
+        let id = self.send(conn, request);
+        self.reply(conn, id).expect("answered")
+    }
+
+    fn send(&mut self, conn: ConnId, request: Request) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let bytes = ClientMessage { id, request }.encode().expect("fits");
+        self.host
+            .handle_message(self.now, conn, &bytes)
+            .expect("decodes");
+        self.pump();
+        id
+    }
+
+    fn reply(&self, conn: ConnId, id: RequestId) -> Option<Result<Reply, Errno>> {
+        self.inbox.get(&conn)?.iter().rev().find_map(|m| match m {
+            HostMessage::Reply { id: i, result } if *i == id => Some(result.clone()),
+            _ => None,
+        })
+    }
+
+    fn invalidations(&self, conn: ConnId) -> Vec<(NodeId, Invalidation)> {
+        self.inbox
+            .get(&conn)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| match m {
+                HostMessage::Invalidate { node, what } => Some((*node, *what)),
+                HostMessage::Reply { .. } => None,
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.host.handle_timeout(self.now);
+        self.pump();
+    }
+
+    fn lookup(
+        &mut self,
+        conn: ConnId,
+        parent: NodeId,
+        n: &str,
+    ) -> Result<crate::proto::Attr, Errno> {
+        match self.call(
+            conn,
+            Request::Lookup {
+                parent,
+                name: name(n),
+            },
+        )? {
+            Reply::Attr(a) => Ok(a),
+            other => panic!("lookup answered {other:?}"),
+        }
+    }
+
+    fn lock(&mut self, conn: ConnId, node: NodeId) -> crate::proto::LockToken {
+        match self.call(
+            conn,
+            Request::AcquireLock {
+                scope: LockScope::File(node),
+                kind: LockKind::Exclusive,
+                wait: false,
+            },
+        ) {
+            Ok(Reply::LockGranted { token, .. }) => token,
+            other => panic!("lock: {other:?}"),
+        }
+    }
+
+    fn begin(&mut self, conn: ConnId, node: NodeId, token: crate::proto::LockToken) -> TxnId {
+        match self.call(conn, Request::BeginWrite { node, token }) {
+            Ok(Reply::WriteBegun { txn }) => txn,
+            other => panic!("begin: {other:?}"),
+        }
+    }
+
+    fn chunk(
+        &mut self,
+        conn: ConnId,
+        txn: TxnId,
+        index: u64,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<Reply, Errno> {
+        let data = Bytes::copy_from_slice(data);
+        let checksum = Checksum::of(&data);
+        self.call(
+            conn,
+            Request::WriteChunk {
+                txn,
+                index,
+                offset,
+                data,
+                checksum,
+            },
+        )
+    }
+}
+
+fn disk_with(files: &[(&[&str], &[u8])], dirs: &[&[&str]]) -> MemFs {
+    let mut disk = MemFs::new(1 << 30);
+    for d in dirs {
+        disk.execute(FsOp::Mkdir {
+            path: path(d),
+            mode: 0o755,
+        })
+        .expect("mkdir");
+    }
+    for (p, data) in files {
+        disk.execute(FsOp::Create {
+            path: path(p),
+            mode: 0o644,
+            exclusive: true,
+        })
+        .expect("create");
+        disk.execute(FsOp::StageBegin {
+            txn: TxnId(0),
+            path: path(p),
+        })
+        .expect("stage");
+        disk.execute(FsOp::StageWrite {
+            txn: TxnId(0),
+            offset: 0,
+            data: Bytes::copy_from_slice(data),
+        })
+        .expect("w");
+        disk.execute(FsOp::StageCommit {
+            txn: TxnId(0),
+            path: path(p),
+            size: data.len() as u64,
+        })
+        .expect("c");
+    }
+    disk
+}
+
+fn rig() -> Rig {
+    Rig::new(
+        HostConfig::default(),
+        disk_with(&[(&["a.txt"], b"hello"), (&["d", "f"], b"deep")], &[&["d"]]),
+    )
+}
+
+#[test]
+fn start_scans_the_tree_then_listens() {
+    let r = rig();
+    assert_eq!(r.host.nodes().len(), 4, "root, a.txt, d, d/f");
+    let states: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            HostEvent::State(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, vec![HostState::Scanning, HostState::Listening]);
+}
+
+#[test]
+fn a_root_that_is_not_a_directory_stops_the_host() {
+    let mut host = HostServer::new(HostConfig::default(), SECRET, Rng::from_u64(1));
+    host.start(Instant::ZERO);
+    let Some(HostOutput::Event(_)) = host.poll_output() else {
+        panic!("state event")
+    };
+    let Some(HostOutput::Fs { op, .. }) = host.poll_output() else {
+        panic!("stat root")
+    };
+    host.handle_fs(Instant::ZERO, op, Err(Errno::NoEnt));
+    assert_eq!(host.state(), HostState::Stopped);
+    let outs: Vec<_> = std::iter::from_fn(|| host.poll_output()).collect();
+    assert!(outs.contains(&HostOutput::Event(HostEvent::ScanFailed(Errno::NoEnt))));
+}
+
+#[test]
+fn the_scan_is_bounded_and_the_rest_is_found_on_demand() {
+    let files: Vec<Vec<String>> = (0..50).map(|i| vec![format!("f{i:02}")]).collect();
+    let mut disk = MemFs::new(1 << 20);
+    for f in &files {
+        let p = RelPath::from(f.iter().map(|s| name(s)).collect::<Vec<_>>());
+        disk.execute(FsOp::Create {
+            path: p,
+            mode: 0o644,
+            exclusive: true,
+        })
+        .expect("create");
+    }
+    let mut r = Rig::new(
+        HostConfig {
+            scan_limit: 10,
+            ..HostConfig::default()
+        },
+        disk,
+    );
+    assert_eq!(r.host.nodes().len(), 10);
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "f49").expect("found on demand");
+    assert_eq!(a.kind, FileKind::File);
+}
+
+#[test]
+fn a_wrong_proof_gets_eacces_and_nothing_else() {
+    let mut r = rig();
+    let conn = ConnId(5);
+    r.host.conn_opened(r.now, conn, [5; 32]);
+    let reply = r.call(
+        conn,
+        Request::Hello {
+            version: 1,
+            proof: auth::proof(&SECRET, &[6; 32]),
+            resume: None,
+        },
+    );
+    assert_eq!(reply, Err(Errno::Acces));
+    assert_eq!(r.closed, vec![conn]);
+    assert_eq!(r.host.sessions().count(), 0);
+    // The connection is gone: later requests are ignored entirely.
+    r.send(conn, Request::GetAttr { node: NodeId::ROOT });
+    assert_eq!(r.inbox[&conn].len(), 1);
+}
+
+#[test]
+fn a_request_before_hello_is_refused_and_closes_the_connection() {
+    let mut r = rig();
+    let conn = ConnId(5);
+    r.host.conn_opened(r.now, conn, [5; 32]);
+    assert_eq!(
+        r.call(
+            conn,
+            Request::Lookup {
+                parent: NodeId::ROOT,
+                name: name("a.txt")
+            }
+        ),
+        Err(Errno::Acces)
+    );
+    assert_eq!(r.closed, vec![conn]);
+    assert!(r.events.contains(&HostEvent::AuthRefused { conn }));
+}
+
+#[test]
+fn hosting_and_idle_follow_clients_and_sessions_end_after_grace() {
+    let mut r = rig();
+    let c = r.client(1);
+    assert_eq!(r.host.state(), HostState::Hosting);
+    let token = r.lock(c, NodeId::ROOT);
+    let _ = token;
+    r.host.conn_closed(r.now, c);
+    r.pump();
+    assert_eq!(r.host.state(), HostState::Idle);
+    assert_eq!(r.host.locks().len(), 1, "kept for a resume");
+    r.advance(Duration::from_secs(30));
+    assert_eq!(
+        r.host.locks().len(),
+        0,
+        "released when the grace period ends"
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| matches!(e, HostEvent::SessionEnded { .. }))
+    );
+    let c2 = r.client(2);
+    let _ = c2;
+    assert_eq!(r.host.state(), HostState::Hosting);
+    r.host.stop(r.now);
+    r.pump();
+    assert_eq!(r.host.state(), HostState::Stopped);
+}
+
+#[test]
+fn a_reconnect_resumes_its_session_with_its_locks() {
+    let mut r = rig();
+    let c = r.client(1);
+    let Some(HostMessage::Reply {
+        result: Ok(Reply::HelloAck { session, .. }),
+        ..
+    }) = r.inbox[&c].first().cloned()
+    else {
+        panic!("hello ack")
+    };
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c, a.node);
+    r.host.conn_closed(r.now, c);
+    r.advance(Duration::from_secs(10));
+    let c2 = ConnId(2);
+    r.host.conn_opened(r.now, c2, [2; 32]);
+    let reply = r.call(
+        c2,
+        Request::Hello {
+            version: 1,
+            proof: auth::proof(&SECRET, &[2; 32]),
+            resume: Some(session),
+        },
+    );
+    assert!(matches!(reply, Ok(Reply::HelloAck { session: s, .. }) if s == session));
+    assert!(matches!(
+        r.call(c2, Request::RefreshLock { token }),
+        Ok(Reply::LockGranted { .. })
+    ));
+}
+
+#[test]
+fn reserved_names_are_invisible_and_untouchable() {
+    let mut r = Rig::new(
+        HostConfig::default(),
+        disk_with(&[(&[".wormhole.staging"], b"x"), (&["a"], b"y")], &[]),
+    );
+    let c = r.client(1);
+    assert_eq!(
+        r.lookup(c, NodeId::ROOT, ".wormhole.staging"),
+        Err(Errno::Acces)
+    );
+    let Ok(Reply::DirPage { entries, .. }) = r.call(
+        c,
+        Request::ReadDir {
+            dir: NodeId::ROOT,
+            cookie: 0,
+        },
+    ) else {
+        panic!("page")
+    };
+    let names: Vec<_> = entries.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(names, vec![name("a")]);
+    assert_eq!(
+        r.call(
+            c,
+            Request::Create {
+                parent: NodeId::ROOT,
+                name: name(".wormhole.x"),
+                mode: 0o644,
+                exclusive: true
+            }
+        ),
+        Err(Errno::Acces)
+    );
+}
+
+#[test]
+fn symlinks_are_reported_never_followed() {
+    let mut r = rig();
+    let c = r.client(1);
+    let l = match r.call(
+        c,
+        Request::Symlink {
+            parent: NodeId::ROOT,
+            name: name("up"),
+            target: b"/etc".to_vec(),
+        },
+    ) {
+        Ok(Reply::Attr(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(l.kind, FileKind::Symlink);
+    assert_eq!(
+        r.call(c, Request::Readlink { node: l.node }),
+        Ok(Reply::Link(b"/etc".to_vec()))
+    );
+    // Looking "through" it is refused by the disk layer (no-follow).
+    assert_eq!(r.lookup(c, l.node, "passwd"), Err(Errno::NotDir));
+    assert_eq!(
+        r.call(c, Request::Open { node: l.node }).err(),
+        Some(Errno::Loop)
+    );
+    assert_eq!(
+        r.call(
+            c,
+            Request::Read {
+                file: FileRef::Node(l.node),
+                offset: 0,
+                len: 10
+            }
+        ),
+        Err(Errno::Loop)
+    );
+}
+
+#[test]
+fn large_directories_are_paged_completely() {
+    let mut disk = MemFs::new(1 << 20);
+    disk.execute(FsOp::Mkdir {
+        path: path(&["big"]),
+        mode: 0o755,
+    })
+    .expect("mkdir");
+    for i in 0..1300 {
+        disk.execute(FsOp::Create {
+            path: path(&["big", &format!("e{i:04}")]),
+            mode: 0o644,
+            exclusive: true,
+        })
+        .expect("create");
+    }
+    let mut r = Rig::new(HostConfig::default(), disk);
+    let c = r.client(1);
+    let big = r.lookup(c, NodeId::ROOT, "big").expect("big");
+    let (mut cookie, mut seen, mut pages) = (0, Vec::new(), 0);
+    loop {
+        let Ok(Reply::DirPage { entries, next }) = r.call(
+            c,
+            Request::ReadDir {
+                dir: big.node,
+                cookie,
+            },
+        ) else {
+            panic!("page")
+        };
+        pages += 1;
+        assert!(entries.len() <= crate::proto::MAX_DIR_PAGE);
+        seen.extend(entries.into_iter().map(|e| e.name));
+        match next {
+            Some(n) => cookie = n,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 1300);
+    seen.dedup();
+    assert_eq!(seen.len(), 1300, "no duplicates");
+}
+
+#[test]
+fn a_write_transaction_commits_atomically() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c, a.node);
+    let txn = r.begin(c, a.node, token);
+    assert_eq!(r.chunk(c, txn, 0, 0, b"HE"), Ok(Reply::Done));
+    assert_eq!(r.chunk(c, txn, 1, 5, b"!"), Ok(Reply::Done));
+    assert_eq!(
+        r.disk.read_file(&path(&["a.txt"])),
+        Some(&b"hello"[..]),
+        "nothing visible yet"
+    );
+    let size = (CHUNK_SIZE + 6) as u64;
+    let committed = r.call(c, Request::CommitWrite { txn, size });
+    let Ok(Reply::Attr(attr)) = committed.clone() else {
+        panic!("{committed:?}")
+    };
+    assert_eq!(attr.size, size);
+    let data = r.disk.read_file(&path(&["a.txt"])).expect("file");
+    assert_eq!(&data[..5], b"HEllo");
+    assert_eq!(data[CHUNK_SIZE + 5], b'!');
+    assert_eq!(r.disk.staged(), 0);
+    // A retried commit (lost reply) gets the same answer.
+    assert_eq!(r.call(c, Request::CommitWrite { txn, size }), committed);
+    assert_ne!(attr.version, a.version, "the version changed");
+}
+
+#[test]
+fn writes_are_fenced_by_a_live_exclusive_token() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    let t1 = r.lock(c1, a.node);
+    // Another session cannot use c1's token.
+    assert_eq!(
+        r.call(
+            c2,
+            Request::BeginWrite {
+                node: a.node,
+                token: t1
+            }
+        ),
+        Err(Errno::Stale)
+    );
+    let txn = r.begin(c1, a.node, t1);
+    // c1 is partitioned past its lock's expiry; c2 takes the lock.
+    r.advance(Duration::from_secs(31));
+    let t2 = r.lock(c2, a.node);
+    assert_ne!(t1, t2);
+    assert_eq!(
+        r.chunk(c1, txn, 0, 0, b"stale"),
+        Err(Errno::Stale),
+        "stale token refused"
+    );
+    assert_eq!(
+        r.call(c1, Request::CommitWrite { txn, size: 5 }),
+        Err(Errno::Stale)
+    );
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
+    assert_eq!(r.disk.staged(), 0, "the dead transaction's staging is gone");
+}
+
+#[test]
+fn bad_chunks_are_refused() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c, a.node);
+    let txn = r.begin(c, a.node, token);
+    let data = Bytes::from_static(b"abc");
+    let wrong = Request::WriteChunk {
+        txn,
+        index: 0,
+        offset: 0,
+        data: data.clone(),
+        checksum: Checksum::of(b"abd"),
+    };
+    assert_eq!(r.call(c, wrong), Err(Errno::Io));
+    let past = Request::WriteChunk {
+        txn,
+        index: 0,
+        offset: (CHUNK_SIZE - 1) as u32,
+        data: data.clone(),
+        checksum: Checksum::of(&data),
+    };
+    assert_eq!(r.call(c, past), Err(Errno::Inval));
+    let huge = Request::WriteChunk {
+        txn,
+        index: u64::MAX,
+        offset: 0,
+        data: data.clone(),
+        checksum: Checksum::of(&data),
+    };
+    assert_eq!(r.call(c, huge), Err(Errno::FBig));
+    assert_eq!(r.call(c, Request::AbortWrite { txn }), Ok(Reply::Done));
+    assert_eq!(r.disk.staged(), 0);
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
+}
+
+#[test]
+fn a_crash_mid_transaction_leaves_the_old_content() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c, a.node);
+    let txn = r.begin(c, a.node, token);
+    r.chunk(c, txn, 0, 0, b"NEW!!").expect("chunk");
+    r.disk.crash();
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
+    assert_eq!(r.disk.staged(), 0);
+}
+
+#[test]
+fn read_only_hosts_refuse_every_change() {
+    let mut r = Rig::new(
+        HostConfig {
+            read_only: true,
+            ..HostConfig::default()
+        },
+        disk_with(&[(&["a"], b"x")], &[]),
+    );
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a").expect("a");
+    let token = r.lock(c, a.node);
+    for req in [
+        Request::Create {
+            parent: NodeId::ROOT,
+            name: name("n"),
+            mode: 0o644,
+            exclusive: true,
+        },
+        Request::Mkdir {
+            parent: NodeId::ROOT,
+            name: name("n"),
+            mode: 0o755,
+        },
+        Request::Unlink {
+            parent: NodeId::ROOT,
+            name: name("a"),
+        },
+        Request::Rmdir {
+            parent: NodeId::ROOT,
+            name: name("a"),
+        },
+        Request::Rename {
+            parent: NodeId::ROOT,
+            name: name("a"),
+            new_parent: NodeId::ROOT,
+            new_name: name("b"),
+        },
+        Request::Symlink {
+            parent: NodeId::ROOT,
+            name: name("l"),
+            target: b"a".to_vec(),
+        },
+        Request::SetAttr {
+            node: a.node,
+            set: SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+            token: None,
+        },
+        Request::BeginWrite {
+            node: a.node,
+            token,
+        },
+    ] {
+        assert_eq!(r.call(c, req.clone()), Err(Errno::RoFs), "{req:?}");
+    }
+    assert!(matches!(
+        r.call(
+            c,
+            Request::Read {
+                file: FileRef::Node(a.node),
+                offset: 0,
+                len: 1
+            }
+        ),
+        Ok(Reply::Data { .. })
+    ));
+}
+
+#[test]
+fn an_unlinked_open_file_stays_readable_through_its_handle() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let Ok(Reply::Opened { handle, .. }) = r.call(c, Request::Open { node: a.node }) else {
+        panic!("open")
+    };
+    assert_eq!(
+        r.call(
+            c,
+            Request::Unlink {
+                parent: NodeId::ROOT,
+                name: name("a.txt")
+            }
+        ),
+        Ok(Reply::Done)
+    );
+    assert_eq!(r.lookup(c, NodeId::ROOT, "a.txt"), Err(Errno::NoEnt));
+    let read = r.call(
+        c,
+        Request::Read {
+            file: FileRef::Handle(handle),
+            offset: 0,
+            len: 100,
+        },
+    );
+    assert!(
+        matches!(read, Ok(Reply::Data { ref data, .. }) if &data[..] == b"hello"),
+        "{read:?}"
+    );
+    assert_eq!(r.call(c, Request::Close { handle }), Ok(Reply::Done));
+    assert_eq!(
+        r.call(
+            c,
+            Request::Read {
+                file: FileRef::Handle(handle),
+                offset: 0,
+                len: 1
+            }
+        ),
+        Err(Errno::BadF)
+    );
+    // Another session cannot use someone else's handle.
+    let d = r.lookup(c, NodeId::ROOT, "d").expect("d");
+    let f = r.lookup(c, d.node, "f").expect("f");
+    let Ok(Reply::Opened { handle: h2, .. }) = r.call(c, Request::Open { node: f.node }) else {
+        panic!("open")
+    };
+    let c2 = r.client(2);
+    assert_eq!(
+        r.call(
+            c2,
+            Request::Read {
+                file: FileRef::Handle(h2),
+                offset: 0,
+                len: 1
+            }
+        ),
+        Err(Errno::BadF)
+    );
+}
+
+#[test]
+fn rename_replaces_the_target_and_tells_other_clients() {
+    let mut r = Rig::new(
+        HostConfig::default(),
+        disk_with(&[(&["a"], b"A"), (&["b"], b"B")], &[]),
+    );
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let b = r.lookup(c2, NodeId::ROOT, "b").expect("b");
+    r.lookup(c1, NodeId::ROOT, "a").expect("a");
+    let reply = r.call(
+        c1,
+        Request::Rename {
+            parent: NodeId::ROOT,
+            name: name("a"),
+            new_parent: NodeId::ROOT,
+            new_name: name("b"),
+        },
+    );
+    assert_eq!(reply, Ok(Reply::Done));
+    assert_eq!(r.disk.read_file(&path(&["b"])), Some(&b"A"[..]));
+    let seen = r.invalidations(c2);
+    assert!(seen.contains(&(b.node, Invalidation::Gone)), "{seen:?}");
+    assert!(seen.contains(&(NodeId::ROOT, Invalidation::Entries)));
+    assert!(
+        r.invalidations(c1).is_empty(),
+        "the actor is not told its own change"
+    );
+    assert_eq!(
+        r.call(
+            c1,
+            Request::Rename {
+                parent: NodeId::ROOT,
+                name: name("b"),
+                new_parent: NodeId::ROOT,
+                new_name: name("b")
+            }
+        ),
+        Ok(Reply::Done)
+    );
+}
+
+#[test]
+fn a_directory_lock_blocks_other_sessions_entry_changes() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let d = r.lookup(c1, NodeId::ROOT, "d").expect("d");
+    r.lookup(c2, NodeId::ROOT, "d").expect("d");
+    let got = r.call(
+        c1,
+        Request::AcquireLock {
+            scope: LockScope::Directory(d.node),
+            kind: LockKind::Exclusive,
+            wait: false,
+        },
+    );
+    assert!(matches!(got, Ok(Reply::LockGranted { .. })));
+    assert_eq!(
+        r.call(
+            c2,
+            Request::Create {
+                parent: d.node,
+                name: name("x"),
+                mode: 0o644,
+                exclusive: true
+            }
+        ),
+        Err(Errno::Busy)
+    );
+    assert!(matches!(
+        r.call(
+            c1,
+            Request::Create {
+                parent: d.node,
+                name: name("x"),
+                mode: 0o644,
+                exclusive: true
+            }
+        ),
+        Ok(Reply::Attr(_))
+    ));
+    // Goodbye releases c1's lock at once.
+    assert_eq!(r.call(c1, Request::Goodbye), Ok(Reply::Done));
+    assert!(matches!(
+        r.call(
+            c2,
+            Request::Create {
+                parent: d.node,
+                name: name("y"),
+                mode: 0o644,
+                exclusive: true
+            }
+        ),
+        Ok(Reply::Attr(_))
+    ));
+}
+
+#[test]
+fn waiting_lock_requests_are_answered_when_the_holder_leaves() {
+    let mut r = Rig::new(
+        HostConfig {
+            session_grace: Duration::from_secs(10),
+            ..HostConfig::default()
+        },
+        disk_with(&[(&["a.txt"], b"hello")], &[]),
+    );
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    r.lock(c1, a.node);
+    let id = r.send(
+        c2,
+        Request::AcquireLock {
+            scope: LockScope::File(a.node),
+            kind: LockKind::Exclusive,
+            wait: true,
+        },
+    );
+    assert_eq!(r.reply(c2, id), None, "queued");
+    r.host.conn_closed(r.now, c1);
+    r.advance(Duration::from_secs(9));
+    assert_eq!(r.reply(c2, id), None, "still within c1's grace period");
+    r.advance(Duration::from_secs(1));
+    assert!(matches!(
+        r.reply(c2, id),
+        Some(Ok(Reply::LockGranted { .. }))
+    ));
+}
+
+#[test]
+fn local_changes_reach_every_client() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    r.host.local_change(r.now, &path(&["a.txt"]));
+    r.host.local_change(r.now, &path(&["new-file"]));
+    r.pump();
+    let seen = r.invalidations(c);
+    assert!(seen.contains(&(a.node, Invalidation::Data)));
+    assert!(
+        seen.iter()
+            .filter(|s| **s == (NodeId::ROOT, Invalidation::Entries))
+            .count()
+            >= 2
+    );
+}
+
+#[test]
+fn malformed_messages_fail_alone() {
+    let mut r = rig();
+    let c = r.client(1);
+    assert!(
+        r.host
+            .handle_message(r.now, c, b"\x01\xff\xff\xff")
+            .is_err()
+    );
+    assert!(r.host.handle_message(r.now, c, &[]).is_err());
+    assert!(
+        matches!(r.call(c, Request::Statfs), Ok(Reply::StatFs(_))),
+        "the connection still works"
+    );
+    assert_eq!(
+        r.call(
+            c,
+            Request::Read {
+                file: FileRef::Node(NodeId::ROOT),
+                offset: 0,
+                len: (CHUNK_SIZE + 1) as u32
+            }
+        ),
+        Err(Errno::Inval)
+    );
+    assert_eq!(
+        r.call(c, Request::GetAttr { node: NodeId(9999) }),
+        Err(Errno::Stale)
+    );
+    assert_eq!(r.lookup(c, NodeId(2), "x").err(), Some(Errno::NotDir));
+}
+
+#[test]
+fn in_flight_operations_per_session_are_bounded() {
+    let mut r = Rig::new(
+        HostConfig {
+            max_ops_per_session: 2,
+            ..HostConfig::default()
+        },
+        disk_with(&[], &[]),
+    );
+    let c = r.client(1);
+    r.hold = true;
+    let ids: Vec<RequestId> = (0..3).map(|_| r.send(c, Request::Statfs)).collect();
+    assert_eq!(r.reply(c, ids[2]), Some(Err(Errno::Again)));
+    r.hold = false;
+    r.release_held();
+    assert!(matches!(r.reply(c, ids[0]), Some(Ok(Reply::StatFs(_)))));
+    assert!(matches!(r.call(c, Request::Statfs), Ok(Reply::StatFs(_))));
+}
