@@ -406,11 +406,14 @@ impl ClientLock {
         sent: Instant,
         deadline: Instant,
     ) {
-        if now >= self.refresh_time(sent, ttl) {
+        if now >= self.refresh_time(sent, ttl).min(self.deadline(sent, ttl)) {
             // The request spent so long in flight or in the host's queue
             // that the lifetime we can vouch for (from `sent`) is nearly
             // used up. Confirm with a refresh before reporting the lock:
-            // its reply starts a fresh lifetime from now.
+            // its reply starts a fresh lifetime from now. (So Held always
+            // starts with a refresh point still ahead; a host whose ttl is
+            // shorter than the margin is never believed, and the wait
+            // times out.)
             let op = self.send(Request::RefreshLock { token });
             self.state = State::Waiting {
                 op,
@@ -453,7 +456,14 @@ impl ClientLock {
     }
 
     fn refresh_time(&self, base: Instant, ttl: Duration) -> Instant {
-        base + ttl.mul_f64(self.cfg.refresh_at.clamp(0.0, 1.0))
+        // A NaN or out-of-range fraction in the configuration must not
+        // panic inside `mul_f64`.
+        let fraction = if self.cfg.refresh_at.is_finite() {
+            self.cfg.refresh_at.clamp(0.0, 1.0)
+        } else {
+            ClientLockConfig::default().refresh_at
+        };
+        base + ttl.mul_f64(fraction)
     }
 
     fn send(&mut self, request: Request) -> OpId {

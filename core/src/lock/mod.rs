@@ -36,6 +36,29 @@
 //! EBUSY or wait), otherwise the table keeps judging by the chain given at
 //! grant time.
 //!
+//! ## Deadlock and fairness
+//!
+//! Waiting is FIFO among conflicting requests, so no request is starved by
+//! later ones. Two sessions that each hold what the other waits for are not
+//! detected as a cycle: the wait timeout (30 s, answered with EAGAIN) and
+//! the lock expiry break every such deadlock, which is enough for a file
+//! system whose clients take one lock per write transaction.
+//!
+//! ## Deviations from the spec, and choices it leaves open
+//!
+//! * The spec's `LockToken` struct carries its grant time, expiry, scope,
+//!   kind and owner. On the wire a token is only its 128 random bits
+//!   ([`LockToken`](crate::proto::LockToken)); the host's table keeps the
+//!   rest ([`LockInfo`]), so a client cannot forge an expiry, and the
+//!   client keeps its own, conservative, idea of the expiry.
+//! * Released is a transient state of [`ClientLock`] (the spec: "Immediate
+//!   → Unlocked"), so [`ClientLockState`] has no variant for it.
+//! * Errors: a busy lock without waiting, and a wait that ran out at the
+//!   host, are EAGAIN; a full table is ENOLCK; a dead token (refresh,
+//!   release, or a write fenced off) is ESTALE; a live token that does not
+//!   permit the write is EACCES. A client that hears nothing reports
+//!   [`ClientLockEvent::TimedOut`].
+//!
 //! ## Cost
 //!
 //! Every lock and waiter is indexed under its node and each of its

@@ -1121,6 +1121,41 @@ fn client_confirms_a_grant_that_arrives_late() {
 }
 
 #[test]
+fn client_never_believes_a_lifetime_shorter_than_its_margin() {
+    let mut c = client();
+    c.acquire(at(0), true).expect("unlocked");
+    drain(&mut c);
+    c.handle_reply(at(0), OpId(1), granted(TOKEN, ms(500)));
+    // Every grant is re-confirmed, none believed, until the wait runs out.
+    c.handle_reply(at(1), OpId(2), granted(TOKEN, ms(500)));
+    assert_eq!(c.state(), ClientLockState::Waiting);
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            send(2, Request::RefreshLock { token: TOKEN }),
+            send(3, Request::RefreshLock { token: TOKEN })
+        ]
+    );
+    c.handle_timeout(at(30));
+    assert_eq!(
+        drain(&mut c),
+        vec![
+            send(4, Request::ReleaseLock { token: TOKEN }),
+            ev(ClientLockEvent::TimedOut)
+        ]
+    );
+    // A nonsensical refresh fraction does not panic.
+    let cfg = ClientLockConfig {
+        refresh_at: f64::NAN,
+        ..ClientLockConfig::default()
+    };
+    let mut c = ClientLock::new(file(ABF), X, cfg);
+    c.acquire(at(0), true).expect("unlocked");
+    c.handle_reply(at(0), OpId(1), granted(TOKEN, secs(30)));
+    assert_eq!(c.poll_timeout(), Some(at(25)));
+}
+
+#[test]
 fn client_refresh_now_revalidates() {
     let mut c = client();
     assert_eq!(
