@@ -133,6 +133,8 @@ pub struct Cache {
     files_seq: u64,
     /// In-flight fetches by deadline.
     timers: BTreeSet<(Instant, CacheKey)>,
+    /// Chunks whose [`Output::L2Write`] is still queued.
+    unpolled_writes: BTreeSet<ChunkKey>,
     out: VecDeque<Output>,
     stats: CacheStats,
 }
@@ -150,6 +152,7 @@ impl Cache {
             files_order: BTreeMap::new(),
             files_seq: 0,
             timers: BTreeSet::new(),
+            unpolled_writes: BTreeSet::new(),
             out: VecDeque::new(),
             stats: CacheStats::default(),
         }
@@ -615,7 +618,11 @@ impl Cache {
 
     /// The next thing for the shell to do.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        let out = self.out.pop_front();
+        if let Some(Output::L2Write { key, .. }) = &out {
+            self.unpolled_writes.remove(key);
+        }
+        out
     }
 
     // ----- completion -------------------------------------------------
@@ -727,10 +734,31 @@ impl Cache {
     }
 
     fn l2_remove(&mut self, key: ChunkKey) {
-        if let Some(e) = self.l2.remove(&key) {
+        self.l2_remove_all([key]);
+    }
+
+    /// Drops chunks from the disk index. A chunk whose [`Output::L2Write`]
+    /// the shell has not even polled yet is cancelled by removing that
+    /// output (one pass over the queue for the whole batch) instead of
+    /// being written and deleted right after.
+    fn l2_remove_all(&mut self, keys: impl IntoIterator<Item = ChunkKey>) {
+        let mut cancelled = BTreeSet::new();
+        for key in keys {
+            let Some(e) = self.l2.remove(&key) else {
+                continue;
+            };
             self.l2_bytes -= e.size;
-            self.stats.l2_deletes += 1;
-            self.out.push_back(Output::L2Delete { key });
+            if self.unpolled_writes.remove(&key) {
+                self.stats.l2_writes -= 1;
+                cancelled.insert(key);
+            } else {
+                self.stats.l2_deletes += 1;
+                self.out.push_back(Output::L2Delete { key });
+            }
+        }
+        if !cancelled.is_empty() {
+            self.out
+                .retain(|o| !matches!(o, Output::L2Write { key, .. } if cancelled.contains(key)));
         }
     }
 
@@ -759,6 +787,7 @@ impl Cache {
                 );
                 self.l2_bytes += size;
                 self.stats.l2_writes += 1;
+                self.unpolled_writes.insert(key);
                 self.out.push_back(Output::L2Write {
                     key,
                     data: chunk.data,
@@ -852,9 +881,7 @@ impl Cache {
             len -= 1;
             victims.push(*key);
         }
-        for key in victims {
-            self.l2_remove(key);
-        }
+        self.l2_remove_all(victims);
     }
 
     // ----- invalidation helpers ------------------------------------------
@@ -908,9 +935,7 @@ impl Cache {
             .map(|(k, _)| *k)
             .filter(|k| Some(k.version) != keep)
             .collect();
-        for key in on_disk {
-            self.l2_remove(key);
-        }
+        self.l2_remove_all(on_disk);
     }
 
     /// Drops every negative entry under `parent`: one range of the map.
@@ -1019,4 +1044,68 @@ fn charge(key: &CacheKey, value: Option<&Value>) -> u64 {
             .sum(),
     };
     ENTRY_OVERHEAD + (key_heap + data) as u64
+}
+
+#[cfg(test)]
+impl Cache {
+    /// Asserts the bookkeeping invariants (tests only): byte counters
+    /// match the entries, every entry holds data or a fetch, the timer
+    /// index holds exactly the in-flight fetches, the budgets hold.
+    pub(super) fn check_invariants(&self) {
+        let mut bytes = 0;
+        let mut fetching = BTreeSet::new();
+        for (key, e) in &self.l1 {
+            assert!(
+                e.value.is_some() || e.fetch.is_some(),
+                "{key:?} holds nothing"
+            );
+            assert_eq!(e.charge, charge(key, e.value.as_ref()), "{key:?} charge");
+            if let (CacheKey::Chunk(_), Some(v)) = (key, &e.value) {
+                let c = v.as_chunk().expect("chunk value under a chunk key");
+                assert!(c.checksum.verifies(&c.data), "{key:?} cached unverified");
+            }
+            bytes += e.charge;
+            if let Some(f) = &e.fetch {
+                assert!(f.waiters.len() <= self.cfg.max_waiters);
+                fetching.insert((f.deadline, key.clone()));
+            }
+        }
+        assert_eq!(bytes, self.l1_bytes, "l1 bytes");
+        assert_eq!(fetching, self.timers, "timers are the fetches");
+        assert_eq!(
+            self.l2.values().map(|e| e.size).sum::<u64>(),
+            self.l2_bytes,
+            "l2 bytes"
+        );
+        // Idle entries fit the budget (in-flight ones cannot be evicted).
+        let idle_bytes: u64 = self
+            .l1
+            .values()
+            .filter(|e| e.fetch.is_none())
+            .map(|e| e.charge)
+            .sum();
+        assert!(idle_bytes <= self.cfg.l1_max_bytes, "l1 over budget");
+        assert!(self.l1.len() <= self.cfg.max_entries, "l1 over entry cap");
+        assert!(self.l2_bytes <= self.cfg.l2_max_bytes, "l2 over budget");
+        assert!(
+            self.l2.len() <= self.cfg.max_l2_entries,
+            "l2 over entry cap"
+        );
+        assert_eq!(self.files.len(), self.files_order.len());
+        let queued: BTreeSet<ChunkKey> = self
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Output::L2Write { key, .. } => Some(*key),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(queued, self.unpolled_writes, "queued writes");
+        assert!(self.files.len() <= self.cfg.max_entries);
+    }
+
+    /// Bytes charged per entry besides data (tests only).
+    pub(super) fn entry_overhead() -> u64 {
+        ENTRY_OVERHEAD
+    }
 }
