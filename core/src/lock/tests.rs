@@ -728,6 +728,9 @@ fn bounds_refuse_with_enolck() {
 #[test]
 fn random_operations_keep_the_invariants() {
     const NODES: [NodeId; 6] = [ROOT, A, AB, ABF, C, CG];
+    // (waiters served, waiters timed out) over all seeds: the run must
+    // exercise both, or it proves little.
+    let mut answered = (0u32, 0u32);
     for seed in 0..20 {
         let mut rng = Rng::from_u64(seed);
         let mut t = LockTable::new(LockConfig::default(), Rng::from_u64(seed));
@@ -740,6 +743,7 @@ fn random_operations_keep_the_invariants() {
             seed: u64,
             held: &mut Vec<(SessionId, LockToken)>,
             waiting: &mut BTreeMap<WaitId, SessionId>,
+            answered: &mut (u32, u32),
         ) {
             for out in outputs(t) {
                 match out {
@@ -750,10 +754,12 @@ fn random_operations_keep_the_invariants() {
                         ..
                     } => {
                         assert_eq!(waiting.remove(&wait), Some(session), "seed {seed}");
+                        answered.0 += 1;
                         held.push((session, grant.token));
                     }
                     LockOutput::WaitTimedOut { session, wait, .. } => {
                         assert_eq!(waiting.remove(&wait), Some(session), "seed {seed}");
+                        answered.1 += 1;
                     }
                     LockOutput::Expired { .. } => {}
                 }
@@ -765,7 +771,7 @@ fn random_operations_keep_the_invariants() {
             // Fire the timers first, so the model sees timeouts before the
             // step's command (which would otherwise fire them itself).
             t.handle_timeout(now);
-            settle(&mut t, seed, &mut held, &mut waiting);
+            settle(&mut t, seed, &mut held, &mut waiting, &mut answered);
             let s = sess(rng.below(5) as u8);
             match rng.below(10) {
                 0..=4 => {
@@ -809,7 +815,7 @@ fn random_operations_keep_the_invariants() {
             }
             t.check_invariants()
                 .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-            settle(&mut t, seed, &mut held, &mut waiting);
+            settle(&mut t, seed, &mut held, &mut waiting, &mut answered);
         }
         // Liveness: with nobody refreshing, everything drains.
         while let Some(next) = t.poll_timeout() {
@@ -829,6 +835,7 @@ fn random_operations_keep_the_invariants() {
             "seed {seed}"
         );
     }
+    assert!(answered.0 > 100 && answered.1 > 0, "{answered:?}");
 }
 
 // ------------------------------------------------------------ client
