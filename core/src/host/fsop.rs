@@ -217,6 +217,13 @@ pub enum FsOp {
         /// The bytes.
         data: Bytes,
     },
+    /// Set the staged copy's size (cut, or extend with zeros).
+    StageTruncate {
+        /// The transaction.
+        txn: TxnId,
+        /// New size.
+        size: u64,
+    },
     /// Make the staged copy the file, atomically and durably: set its size,
     /// fsync it, rename it over `path`, fsync the directory. Only then is
     /// the commit acknowledged, so a crash leaves old or new, never a mix.
@@ -256,7 +263,7 @@ pub enum FsOk {
     /// Statistics (StatFs).
     StatFs(StatFs),
     /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
-    /// StageAbort).
+    /// StageTruncate, StageAbort).
     Done,
 }
 

@@ -415,6 +415,14 @@ impl MemFs {
                 buf[start..end].copy_from_slice(&data);
                 Ok(FsOk::Done)
             }
+            FsOp::StageTruncate { txn, size } => {
+                if size > self.max_file {
+                    return Err(Errno::FBig);
+                }
+                let buf = self.staged.get_mut(&txn).ok_or(Errno::BadF)?;
+                buf.resize(size as usize, 0);
+                Ok(FsOk::Done)
+            }
             FsOp::StageCommit { txn, path, size } => {
                 if size > self.max_file {
                     return Err(Errno::FBig);

@@ -990,6 +990,22 @@ impl HostServer {
                     },
                 );
             }
+            Request::TruncateWrite { txn, size } => {
+                let t = self.live_txn(now, session, txn)?;
+                if t.phase != TxnPhase::Open || t.writes > 0 {
+                    // A truncate is a barrier between the chunks before and
+                    // after it: the client sends it with none in flight.
+                    return Err(Errno::Busy);
+                }
+                if let Some(t) = self.txns.get_mut(&txn) {
+                    t.writes += 1;
+                    t.last_activity = now;
+                }
+                self.fs(
+                    answer(Then::StageWrite { txn }),
+                    FsOp::StageTruncate { txn, size },
+                );
+            }
             Request::CommitWrite { txn, size } => {
                 if let Some(attr) = self.sessions.get(&session).and_then(|s| {
                     s.committed

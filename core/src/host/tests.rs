@@ -970,3 +970,22 @@ fn in_flight_operations_per_session_are_bounded() {
     assert!(matches!(r.reply(c, ids[0]), Some(Ok(Reply::StatFs(_)))));
     assert!(matches!(r.call(c, Request::Statfs), Ok(Reply::StatFs(_))));
 }
+
+#[test]
+fn a_truncate_inside_a_transaction_zeroes_what_it_cut() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c, a.node);
+    let txn = r.begin(c, a.node, token);
+    assert_eq!(
+        r.call(c, Request::TruncateWrite { txn, size: 2 }),
+        Ok(Reply::Done)
+    );
+    r.chunk(c, txn, 0, 4, b"Z").expect("chunk");
+    assert!(matches!(
+        r.call(c, Request::CommitWrite { txn, size: 5 }),
+        Ok(Reply::Attr(_))
+    ));
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"he\0\0Z"[..]));
+}

@@ -391,6 +391,14 @@ pub enum Request {
         /// Checksum of `data`; the host verifies it.
         checksum: Checksum,
     },
+    /// Cut (or extend with zeros) the staged content to `size`, between
+    /// the chunks written before and after it (a truncate during a write).
+    TruncateWrite {
+        /// The transaction.
+        txn: TxnId,
+        /// New staged size.
+        size: u64,
+    },
     /// Apply the transaction atomically and durably; the file ends `size`
     /// bytes long.
     CommitWrite {
@@ -464,7 +472,7 @@ pub enum Reply {
         txn: TxnId,
     },
     /// Done (Close, Unlink, Rmdir, Rename, ReleaseLock, WriteChunk,
-    /// AbortWrite, Goodbye).
+    /// TruncateWrite, AbortWrite, Goodbye).
     Done,
 }
 
