@@ -1,1 +1,4 @@
 //! Simulation harness.
+
+pub mod fuzz;
+pub mod pair_sim;

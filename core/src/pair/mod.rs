@@ -19,6 +19,8 @@ mod entry;
 mod frame;
 mod handover;
 mod pool;
+#[cfg(test)]
+mod regressions;
 mod signal;
 #[cfg(test)]
 mod tests;

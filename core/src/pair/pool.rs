@@ -552,6 +552,14 @@ impl PairPool {
                     out: &mut self.out,
                 };
                 h.handle_timeout(&mut step);
+                // A handover that timed out and rolled its pair back to Idle
+                // has made the resumption ping due now: send it in this call,
+                // so poll_timeout() is never <= now after handle_timeout(now).
+                if slot.entry.poll_timeout(&self.cfg).is_some_and(|t| t <= now)
+                    && let Some(tx) = slot.entry.handle_timeout(now, &self.cfg)
+                {
+                    self.out.push_back(Output::Transmit(tx));
+                }
             }
             self.settle(now, nonce);
         }
