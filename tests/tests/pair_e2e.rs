@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use wormhole_core::pair::{
-    DropReason, EndpointPair, FrameKind, KeepaliveFrame, PairKey, PairNonce, PairState, PingRole,
+    DropReason, EndpointPair, FailReason, FrameKind, KeepaliveFrame, PairConfig, PairKey,
+    PairNonce, PairState, PingRole,
 };
 use wormhole_io::demo::{hash_stream, quick_pair_config, send_pattern};
 use wormhole_io::{
-    Identity, NodeConfig, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus, Shell, timeout,
-    wait_for,
+    Identity, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,
+    Shell, timeout, wait_for,
 };
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
@@ -47,9 +48,24 @@ fn pair_lifecycle_on_smol() {
     pair_lifecycle(SmolShell::new().expect("start smol"));
 }
 
+#[test]
+fn unanswered_take_fails_cleanly_on_tokio() {
+    unanswered_take(TokioShell::new().expect("start a tokio runtime"));
+}
+
+#[test]
+fn unanswered_take_fails_cleanly_on_smol() {
+    unanswered_take(SmolShell::new().expect("start smol"));
+}
+
 fn pair_lifecycle<S: Shell>(shell: S) {
     wormhole_io::cli::init_tracing();
     shell.block_on(body(&shell));
+}
+
+fn unanswered_take<S: Shell>(shell: S) {
+    wormhole_io::cli::init_tracing();
+    shell.block_on(unanswered_take_body(&shell));
 }
 
 /// Awaits `fut` for at most [`STEP`], failing the test with `what`.
@@ -405,4 +421,86 @@ async fn body<S: Shell>(shell: &S) {
     assert_eq!(sa.drops.get(DropReason::BadMac), 0);
     assert_eq!(sa.drops.get(DropReason::WrongAddress), 0);
     assert_eq!(sb.drops.get(DropReason::Replayed), 0);
+}
+
+/// The peer never answers the handover (its signalling stream leads
+/// nowhere): the take fails with a timeout, nothing is handed to QUIC, and
+/// the pair goes on with keepalive.
+async fn unanswered_take_body<S: Shell>(shell: &S) {
+    let runtime = shell.runtime();
+    let rt = &*runtime;
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let handshake = Duration::from_millis(300);
+    let cfg = PairConfig {
+        handshake_timeout: handshake,
+        ..quick_pair_config(PING)
+    };
+    let id_a = Identity::generate().expect("identity");
+    let id_b = Identity::generate().expect("identity");
+    let (fp_a, fp_b) = (id_a.fingerprint(), id_b.fingerprint());
+    let a = NodeHandle::spawn(
+        shell.runtime(),
+        NodeConfig::new(id_a, cfg.clone()).expect("config"),
+    );
+    let b = NodeHandle::spawn(shell.runtime(), NodeConfig::new(id_b, cfg).expect("config"));
+    // Each node's signalling stream ends at the test, which never reads or
+    // writes: signals vanish, datagrams still flow.
+    let (to_void_a, _void_a) = step(rt, "a TCP connection", shell.tcp_loopback_pair(loopback))
+        .await
+        .expect("tcp");
+    let (to_void_b, _void_b) = step(rt, "a TCP connection", shell.tcp_loopback_pair(loopback))
+        .await
+        .expect("tcp");
+    a.add_peer(b.id(), fp_b, to_void_a)
+        .await
+        .expect("add B to A");
+    b.add_peer(a.id(), fp_a, to_void_b)
+        .await
+        .expect("add A to B");
+    let ua = shell.bind_udp(loopback).expect("bind A");
+    let ub = shell.bind_udp(loopback).expect("bind B");
+    let (a_addr, b_addr) = (
+        ua.local_addr().expect("addr"),
+        ub.local_addr().expect("addr"),
+    );
+    let nonce = PairNonce(0x5eed_0003);
+    let key = PairKey([0x45; 32]);
+    let pair = |local, remote, peer, role| EndpointPair {
+        nonce,
+        local,
+        remote,
+        peer,
+        key: key.clone(),
+        role,
+    };
+    a.add_pair(pair(a_addr, b_addr, b.id(), PingRole::Pinger), ua)
+        .await
+        .expect("add pair to A");
+    b.add_pair(pair(b_addr, a_addr, a.id(), PingRole::Ponger), ub)
+        .await
+        .expect("add pair to B");
+    frames_reach(rt, &a, nonce, FRAMES).await;
+
+    let started = rt.now();
+    let result = step(rt, "the unanswered take to fail", a.take(b.id())).await;
+    let took = rt.now().saturating_duration_since(started);
+    match result {
+        Err(NodeError::HandoverFailed {
+            pair,
+            reason: FailReason::Timeout,
+        }) => assert_eq!(pair, nonce),
+        other => panic!("expected a handover timeout, got {other:?}"),
+    }
+    assert!(
+        took >= handshake,
+        "gave up after {took:?}, before the handshake timeout"
+    );
+    let s = status(&a, nonce).await;
+    assert_eq!(s.state, PairState::Idle);
+    assert!(!s.with_quic);
+    // Keepalive goes on after the rollback, on both sides.
+    let base_a = s.stats.frames_accepted;
+    let base_b = status(&b, nonce).await.stats.frames_accepted;
+    frames_reach(rt, &a, nonce, base_a + FRAMES).await;
+    frames_reach(rt, &b, nonce, base_b + FRAMES).await;
 }
