@@ -210,8 +210,11 @@ fn rss_bytes() -> Option<u64> {
 
 /// Memory per cached chunk entry, data excluded: every entry shares one
 /// static buffer, so the RSS growth is the bookkeeping alone (key, entry,
-/// map nodes, checksum). Also the disk cache index per chunk.
+/// map slots, index, checksum). Also the disk cache index per chunk.
+/// Every cache is kept until the end, so no measurement reuses memory
+/// another one freed.
 fn memory_per_entry() {
+    let mut keep = Vec::new();
     let data = Bytes::from_static(b"x");
     for n in [100_000u64, 1_000_000] {
         let before = rss_bytes().unwrap_or(0);
@@ -231,7 +234,7 @@ fn memory_per_entry() {
             after.saturating_sub(before) / n,
             cache.l1_bytes() / n - 1,
         );
-        drop(black_box(cache));
+        keep.push(black_box(cache));
     }
     for n in [100_000u64, 1_000_000] {
         let before = rss_bytes().unwrap_or(0);
@@ -246,7 +249,7 @@ fn memory_per_entry() {
             "memory/l2_index_entry ({n} chunks on disk): {} bytes per chunk (RSS delta)",
             after.saturating_sub(before) / n
         );
-        drop(black_box(cache));
+        keep.push(black_box(cache));
     }
 }
 

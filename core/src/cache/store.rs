@@ -9,8 +9,61 @@ use crate::proto::{
     Attr, CHUNK_SIZE, Checksum, DirEntry, Errno, FileKey, FileKind, Invalidation, Name, NodeId,
 };
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem::size_of;
+
+/// A fixed (unseeded) multiply-rotate hasher in the style of rustc's
+/// FxHash: hits must be fast (≥ 1 M/s with 100k entries, where an ordered
+/// map's pointer chasing costs several cache misses per lookup), and a
+/// fixed hasher keeps runs deterministic. Nothing observable depends on
+/// the map's iteration order: whatever is collected from it is sorted
+/// first. (Keys come from the host and the local kernel; a host crafting
+/// collisions could only slow its own clients, which it can do anyway by
+/// answering slowly.)
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(Self::K).rotate_left(26);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn write_isize(&mut self, n: isize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FixedState = BuildHasherDefault<FxHasher>;
 
 /// Where an in-flight fetch gets its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,13 +165,24 @@ pub struct CacheStats {
 /// [`Self::load_l2`] (the disk cache), [`Self::invalidate`] (host pushes),
 /// [`Self::handle_timeout`]. Outputs: [`Self::poll_output`] until `None`.
 ///
-/// All maps are ordered, so outputs never depend on hash seeds; lookups,
-/// fills and invalidations cost O(log n) (plus the keys they touch);
-/// eviction costs one scan and sort per batch.
+/// Memory is one hash map under a fixed hasher (hits are O(1)) plus
+/// ordered indices for the range walks invalidation needs; every other
+/// map is ordered. Nothing that reaches an output depends on hash order
+/// (what is collected from the hash map is sorted), so runs are
+/// deterministic. Lookups and fills cost O(1) or O(log n), invalidations
+/// O(log n) plus the keys they touch, and eviction one scan and sort per
+/// batch.
 #[derive(Debug)]
 pub struct Cache {
     cfg: CacheConfig,
-    l1: BTreeMap<CacheKey, Entry>,
+    /// Everything in memory, for O(1) hits.
+    l1: HashMap<CacheKey, Entry, FixedState>,
+    /// The chunk keys of `l1`, ordered by file: invalidating a file is a
+    /// range walk.
+    l1_chunks: BTreeSet<ChunkKey>,
+    /// The negative keys of `l1`, ordered by parent: invalidating a
+    /// directory's entries is a range walk.
+    l1_negatives: BTreeSet<(NodeId, Name)>,
     l1_bytes: u64,
     l2: BTreeMap<ChunkKey, L2Entry>,
     l2_bytes: u64,
@@ -144,7 +208,9 @@ impl Cache {
     pub fn new(cfg: CacheConfig) -> Self {
         Cache {
             cfg,
-            l1: BTreeMap::new(),
+            l1: HashMap::with_hasher(FixedState::default()),
+            l1_chunks: BTreeSet::new(),
+            l1_negatives: BTreeSet::new(),
             l1_bytes: 0,
             l2: BTreeMap::new(),
             l2_bytes: 0,
@@ -303,7 +369,7 @@ impl Cache {
         let deadline = now + self.cfg.fetch_timeout;
         let charge = charge(&key, None);
         self.timers.insert((deadline, key.clone()));
-        self.l1.insert(
+        self.l1_insert(
             key,
             Entry {
                 value: None,
@@ -319,7 +385,6 @@ impl Cache {
                 })),
             },
         );
-        self.l1_bytes += charge;
         self.stats.misses += 1;
         Ok(match source {
             Source::Disk => {
@@ -410,12 +475,14 @@ impl Cache {
     /// Every fetch in flight fails with `errno` (the connection is gone).
     pub fn fail_all(&mut self, now: Instant, errno: Errno) {
         let _ = now;
-        let keys: Vec<CacheKey> = self
+        let mut keys: Vec<CacheKey> = self
             .l1
             .iter()
             .filter(|(_, e)| e.fetch.is_some())
             .map(|(k, _)| k.clone())
             .collect();
+        // Answers in key order, not hash order.
+        keys.sort_unstable();
         for key in keys {
             self.finish_err(&key, errno);
         }
@@ -668,7 +735,7 @@ impl Cache {
                 return;
             }
         }
-        self.l1.insert(
+        self.l1_insert(
             key,
             Entry {
                 value: Some(value),
@@ -681,7 +748,24 @@ impl Cache {
                 fetch: None,
             },
         );
-        self.l1_bytes += new_charge;
+    }
+
+    /// Adds a new entry and indexes it.
+    fn l1_insert(&mut self, key: CacheKey, entry: Entry) {
+        match &key {
+            CacheKey::Chunk(ck) => {
+                self.l1_chunks.insert(*ck);
+            }
+            CacheKey::Negative { parent, name } => {
+                self.l1_negatives.insert((*parent, name.clone()));
+            }
+            CacheKey::Attr(_) | CacheKey::Dir(_) => {}
+        }
+        self.l1_bytes += entry.charge;
+        if let Some(old) = self.l1.insert(key, entry) {
+            // Callers insert only absent keys; keep the books right anyway.
+            self.l1_bytes -= old.charge;
+        }
     }
 
     /// Ends the fetch of `key` with `errno` for every waiter. False if it
@@ -889,6 +973,15 @@ impl Cache {
     fn remove_entry(&mut self, key: &CacheKey) -> Option<Entry> {
         let entry = self.l1.remove(key)?;
         self.l1_bytes -= entry.charge;
+        match key {
+            CacheKey::Chunk(ck) => {
+                self.l1_chunks.remove(ck);
+            }
+            CacheKey::Negative { parent, name } => {
+                self.l1_negatives.remove(&(*parent, name.clone()));
+            }
+            CacheKey::Attr(_) | CacheKey::Dir(_) => {}
+        }
         if let Some(fetch) = &entry.fetch {
             self.timers.remove(&(fetch.deadline, key.clone()));
         }
@@ -921,10 +1014,10 @@ impl Cache {
     fn drop_chunks(&mut self, file: FileKey, keep: Option<u64>) {
         let (lo, hi) = ChunkKey::file_bounds(file);
         let in_memory: Vec<CacheKey> = self
-            .l1
-            .range(CacheKey::Chunk(lo)..=CacheKey::Chunk(hi))
-            .filter(|(k, _)| !matches!(k, CacheKey::Chunk(c) if Some(c.version) == keep))
-            .map(|(k, _)| k.clone())
+            .l1_chunks
+            .range(lo..=hi)
+            .filter(|k| Some(k.version) != keep)
+            .map(|k| CacheKey::Chunk(*k))
             .collect();
         for key in in_memory {
             self.drop_key(&key);
@@ -938,7 +1031,7 @@ impl Cache {
         self.l2_remove_all(on_disk);
     }
 
-    /// Drops every negative entry under `parent`: one range of the map.
+    /// Drops every negative entry under `parent`: one range of the index.
     fn drop_negatives(&mut self, parent: NodeId) {
         // Names are non-empty and contain no NUL byte, so "\x01" sorts
         // before every valid name: the range starts at the parent's first
@@ -947,16 +1040,13 @@ impl Cache {
             return;
         };
         let keys: Vec<CacheKey> = self
-            .l1
-            .range(
-                CacheKey::Negative {
-                    parent,
-                    name: first,
-                }..,
-            )
-            .map(|(k, _)| k)
-            .take_while(|k| matches!(k, CacheKey::Negative { parent: p, .. } if *p == parent))
-            .cloned()
+            .l1_negatives
+            .range((parent, first)..)
+            .take_while(|(p, _)| *p == parent)
+            .map(|(parent, name)| CacheKey::Negative {
+                parent: *parent,
+                name: name.clone(),
+            })
             .collect();
         for key in keys {
             self.drop_key(&key);
@@ -1071,6 +1161,24 @@ impl Cache {
             }
         }
         assert_eq!(bytes, self.l1_bytes, "l1 bytes");
+        let chunks: BTreeSet<ChunkKey> = self
+            .l1
+            .keys()
+            .filter_map(|k| match k {
+                CacheKey::Chunk(ck) => Some(*ck),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks, self.l1_chunks, "chunk index");
+        let negatives: BTreeSet<(NodeId, Name)> = self
+            .l1
+            .keys()
+            .filter_map(|k| match k {
+                CacheKey::Negative { parent, name } => Some((*parent, name.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(negatives, self.l1_negatives, "negative index");
         assert_eq!(fetching, self.timers, "timers are the fetches");
         assert_eq!(
             self.l2.values().map(|e| e.size).sum::<u64>(),
