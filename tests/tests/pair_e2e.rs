@@ -21,7 +21,7 @@ use wormhole_core::pair::{
 use wormhole_io::demo::{hash_stream, quick_pair_config, send_pattern};
 use wormhole_io::{
     Identity, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,
-    Shell, timeout, wait_for,
+    Shell, quic, timeout, wait_for,
 };
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
@@ -56,6 +56,18 @@ fn unanswered_take_fails_cleanly_on_tokio() {
 #[test]
 fn unanswered_take_fails_cleanly_on_smol() {
     unanswered_take(SmolShell::new().expect("start smol"));
+}
+
+#[test]
+fn quic_pins_certificates_both_ways_on_tokio() {
+    let shell = TokioShell::new().expect("start a tokio runtime");
+    shell.block_on(pinning_body(&shell));
+}
+
+#[test]
+fn quic_pins_certificates_both_ways_on_smol() {
+    let shell = SmolShell::new().expect("start smol");
+    shell.block_on(pinning_body(&shell));
 }
 
 fn pair_lifecycle<S: Shell>(shell: S) {
@@ -503,4 +515,99 @@ async fn unanswered_take_body<S: Shell>(shell: &S) {
     let base_b = status(&b, nonce).await.stats.frames_accepted;
     frames_reach(rt, &a, nonce, base_a + FRAMES).await;
     frames_reach(rt, &b, nonce, base_b + FRAMES).await;
+}
+
+/// The QUIC configs a taken pair uses: the expected client reaches the
+/// expected server with ALPN `wormhole/1`; a client pinning another
+/// certificate gives up, and a client the server does not expect is
+/// refused, whatever it pins.
+async fn pinning_body<S: Shell>(shell: &S) {
+    let runtime = shell.runtime();
+    let rt = &*runtime;
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let server_id = Identity::generate().expect("identity");
+    let client_id = Identity::generate().expect("identity");
+    let stranger = Identity::generate().expect("identity");
+    let endpoint = |server: Option<quinn::ServerConfig>| {
+        quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            server,
+            shell.bind_udp(loopback).expect("bind"),
+            runtime.clone(),
+        )
+        .expect("endpoint")
+    };
+    let server = endpoint(Some(
+        quic::server_config(&server_id, client_id.fingerprint()).expect("server config"),
+    ));
+    let server_addr = server.local_addr().expect("addr");
+    let accept = || async {
+        let incoming = server.accept().await.expect("an incoming connection");
+        incoming.await
+    };
+    let attempt = |me: &Identity, pin| {
+        let client = endpoint(None);
+        let config = quic::client_config(me, pin).expect("client config");
+        let connecting = client
+            .connect_with(config, server_addr, quic::SERVER_NAME)
+            .expect("start connecting");
+        async move {
+            let conn = connecting.await?;
+            // With client certificates the client may finish its side of
+            // the handshake before the server has judged it: a refusal
+            // then arrives as the connection closing.
+            let read = conn.accept_uni().await.map(|_| ());
+            match read {
+                Err(quinn::ConnectionError::ApplicationClosed(_)) => Ok(conn),
+                Err(e) => Err(e),
+                Ok(()) => Ok(conn),
+            }
+        }
+    };
+
+    // The expected pair of certificates connects, with Wormhole's ALPN.
+    let (client_side, server_side) = step(
+        rt,
+        "the pinned handshake",
+        futures_lite::future::zip(attempt(&client_id, server_id.fingerprint()), async {
+            let conn = accept().await.expect("server accepts the pinned client");
+            conn.close(0u32.into(), b"ok");
+            conn
+        }),
+    )
+    .await;
+    let client_side = client_side.expect("client reaches the pinned server");
+    let alpn = server_side
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    assert_eq!(alpn.as_deref(), Some(quic::ALPN));
+    drop(client_side);
+
+    // A client pinning another certificate refuses the server.
+    let (client_side, server_side) = step(
+        rt,
+        "a handshake with the wrong pin",
+        futures_lite::future::zip(attempt(&client_id, stranger.fingerprint()), accept()),
+    )
+    .await;
+    assert!(
+        client_side.is_err(),
+        "client accepted a server it did not pin"
+    );
+    assert!(server_side.is_err());
+
+    // A client the server does not expect is refused, although it pins the
+    // server correctly.
+    let (client_side, server_side) = step(
+        rt,
+        "a handshake from a stranger",
+        futures_lite::future::zip(attempt(&stranger, server_id.fingerprint()), accept()),
+    )
+    .await;
+    assert!(
+        server_side.is_err(),
+        "server accepted a client it did not pin"
+    );
+    assert!(client_side.is_err(), "the stranger's connection survived");
 }

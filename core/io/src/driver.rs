@@ -41,6 +41,8 @@ use wormhole_core::{Instant, Rng};
 const MAX_PASSES: usize = 16;
 /// Datagrams read from one socket per pass.
 const RECV_BATCH: usize = 32;
+/// Commands handled per pass.
+const COMMAND_BATCH: usize = 64;
 /// Reads from one signalling stream per pass.
 const LINK_READ_BATCH: usize = 8;
 /// Keepalive datagrams waiting for a socket (writable again, or back from
@@ -172,7 +174,11 @@ impl Driver {
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..MAX_PASSES {
             let mut busy = false;
-            loop {
+            for n in 0.. {
+                if n == COMMAND_BATCH {
+                    busy = true;
+                    break;
+                }
                 match self.commands.as_mut().poll_next(cx) {
                     Poll::Ready(Some(command)) => {
                         self.command(command);
