@@ -48,6 +48,13 @@
 //! cost per insert is amortised and nothing is rescanned per insert.
 //! Entries being fetched are never evicted (their waiters need them).
 //!
+//! ## Read-ahead
+//!
+//! [`ReadAhead`] watches each open handle's reads; a sequential reader gets
+//! a window of chunks ahead (doubling up to `max_window`) to pass to
+//! [`Cache::prefetch`], which fetches each at most once and answers nobody
+//! until a reader asks for it.
+//!
 //! ## Deviations from the spec, and why
 //!
 //! * Invalidation marks an entry Stale or drops it, but does not start a
@@ -62,11 +69,13 @@
 //!   not cached, since it may predate the change.
 
 mod config;
+mod readahead;
 mod store;
 #[cfg(test)]
 mod tests;
 
 pub use config::CacheConfig;
+pub use readahead::{ReadAhead, ReadAheadConfig};
 pub use store::{Cache, CacheStats};
 
 use crate::proto::{Attr, Checksum, DirEntry, Errno, FileKey, Name, NodeId};
