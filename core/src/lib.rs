@@ -103,6 +103,7 @@
 //! * [`conn`]: the client's connection: connect, authenticate, reconnect.
 //! * [`host`]: the host session and the host side of the file protocol.
 //! * [`vfs`]: the client's inode table: numbers, paths, lookups, orphans.
+//! * [`write`]: the client's write transactions: lock, chunks, commit.
 //! * [`codec`]: the one place that knows the wire encoding.
 //! * [`time`], [`rng`]: the injected clock and randomness.
 
@@ -116,6 +117,7 @@ pub mod proto;
 pub mod rng;
 pub mod time;
 pub mod vfs;
+pub mod write;
 
 pub use rng::Rng;
 pub use time::Instant;

@@ -1,0 +1,508 @@
+//! The client's write transaction (spec §5): lock, chunks, commit, release.
+//!
+//! ```text
+//! Idle ─write─► Locking ─granted─► Writing ─commit, all chunks acked─► Committing ─► Complete
+//!                  │ refused/timeout   │ lock lost / error / abort          │ failed
+//!                  └───────────────────┴────────────────────────────► Aborted(reason)
+//! ```
+//!
+//! Writes are buffered as [`Extents`] the moment the application makes
+//! them, so `write(2)` never waits for the network. Once the exclusive lock
+//! is held and the host has begun the transaction, pending extents stream
+//! to the host's staging copy as [`CHUNK_SIZE`]-aligned pieces, several in
+//! flight at once. A piece is sent only if it overlaps no piece still in
+//! flight, so the host may apply pieces in any order and still end with the
+//! newest bytes. A truncate is a barrier: it goes out alone, after every
+//! earlier piece is acknowledged.
+//!
+//! Commit (on flush, fsync or close) waits for the last acknowledgement,
+//! sends CommitWrite and, once the host confirms (the data is fsynced and
+//! renamed into place), releases the lock. Every failure aborts: the host
+//! drops its staging copy and the file keeps its old content. The machine
+//! keeps every uncommitted byte until the commit is confirmed, so the
+//! writer reads its own writes ([`WriteTxn::overlay`]) and nothing is lost
+//! if the host asks for a retry.
+
+mod extents;
+
+pub use extents::Extents;
+
+use crate::Instant;
+use crate::lock::{
+    ClientLock, ClientLockConfig, ClientLockEvent, ClientLockOutput, ClientLockState,
+    OpId as LockOp,
+};
+use crate::proto::{
+    Attr, CHUNK_SIZE, Checksum, Errno, LockKind, LockScope, LockToken, NodeId, Reply, Request,
+    TxnId,
+};
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Pacing and bounds of a write transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriteConfig {
+    /// Pieces in flight at once.
+    pub max_in_flight: usize,
+    /// Uncommitted bytes a transaction may hold; writes beyond are refused
+    /// until a commit frees them.
+    pub max_dirty: usize,
+    /// With no reply for this long, the transaction is aborted.
+    pub stall_timeout: Duration,
+    /// The lock machine's timing.
+    pub lock: ClientLockConfig,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        WriteConfig {
+            max_in_flight: 16,
+            max_dirty: 256 << 20,
+            stall_timeout: Duration::from_secs(60),
+            lock: ClientLockConfig::default(),
+        }
+    }
+}
+
+/// Where a transaction is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteState {
+    /// Nothing written yet.
+    Idle,
+    /// Waiting for the exclusive lock (and the host's BeginWrite).
+    Locking,
+    /// Streaming pieces to the host.
+    Writing,
+    /// CommitWrite sent.
+    Committing,
+    /// Committed and released.
+    Complete,
+    /// Ended without committing; the file is unchanged.
+    Aborted(AbortReason),
+}
+
+/// Why a transaction aborted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbortReason {
+    /// The lock was refused or never granted.
+    LockFailed(Errno),
+    /// The lock was lost (not refreshed in time, or refused by the host).
+    LockLost,
+    /// The host refused a step.
+    Host(Errno),
+    /// No progress for `stall_timeout`.
+    Stalled,
+    /// The user aborted.
+    Requested,
+}
+
+impl AbortReason {
+    /// The errno to return to the application (from flush, fsync or close).
+    pub fn errno(self) -> Errno {
+        match self {
+            AbortReason::LockFailed(e) | AbortReason::Host(e) => e,
+            AbortReason::LockLost => Errno::Stale,
+            AbortReason::Stalled => Errno::TimedOut,
+            AbortReason::Requested => Errno::Io,
+        }
+    }
+}
+
+/// A refused command.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum WriteError {
+    /// More uncommitted bytes than `max_dirty`: commit first.
+    #[error("too much uncommitted data; flush first")]
+    Full,
+    /// The transaction is over.
+    #[error("the transaction has ended ({0:?})")]
+    Ended(Errno),
+}
+
+/// Names one request of this transaction; the shell maps it to a
+/// [`crate::proto::RequestId`] and hands the reply back with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteOp(pub u64);
+
+/// What the transaction asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutput {
+    /// Send a request; deliver its reply with `op`.
+    Send {
+        /// The request's name.
+        op: WriteOp,
+        /// The request.
+        request: Request,
+    },
+    /// The commit is durable at the host: new attributes.
+    Committed(Attr),
+    /// The transaction ended without committing.
+    Aborted(AbortReason),
+}
+
+#[derive(Clone, Debug)]
+enum Sent {
+    Lock(LockOp),
+    Begin,
+    Piece { start: u64, len: u64 },
+    Truncate,
+    Commit,
+    Abort,
+}
+
+/// One write transaction on one file.
+#[derive(Debug)]
+pub struct WriteTxn {
+    node: NodeId,
+    cfg: WriteConfig,
+    state: WriteState,
+    lock: ClientLock,
+    txn: Option<TxnId>,
+    /// Written, not yet sent.
+    pending: Extents,
+    /// Sent (in flight or acknowledged), not yet committed.
+    sent: Extents,
+    /// Truncations not yet sent, in order (each a barrier).
+    truncates: VecDeque<u64>,
+    /// The file's size as the writer sees it.
+    size: u64,
+    /// Set by `commit`: commit once everything is acknowledged.
+    commit_wanted: bool,
+    in_flight: BTreeMap<WriteOp, Sent>,
+    next_op: u64,
+    last_progress: Instant,
+    out: VecDeque<WriteOutput>,
+}
+
+impl WriteTxn {
+    /// A transaction on `node`, whose size is `size` now.
+    pub fn new(node: NodeId, size: u64, cfg: WriteConfig) -> Self {
+        WriteTxn {
+            lock: ClientLock::new(LockScope::File(node), LockKind::Exclusive, cfg.lock.clone()),
+            node,
+            cfg,
+            state: WriteState::Idle,
+            txn: None,
+            pending: Extents::new(),
+            sent: Extents::new(),
+            truncates: VecDeque::new(),
+            size,
+            commit_wanted: false,
+            in_flight: BTreeMap::new(),
+            next_op: 1,
+            last_progress: Instant::ZERO,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The file.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Current state.
+    pub fn state(&self) -> &WriteState {
+        &self.state
+    }
+
+    /// The file's size including uncommitted writes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Uncommitted bytes held.
+    pub fn dirty(&self) -> usize {
+        self.pending.bytes() + self.sent.bytes()
+    }
+
+    /// Whether the transaction has ended (Complete or Aborted).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, WriteState::Complete | WriteState::Aborted(_))
+    }
+
+    fn ended(&self) -> Option<Errno> {
+        match &self.state {
+            WriteState::Aborted(r) => Some(r.errno()),
+            WriteState::Complete | WriteState::Committing => Some(Errno::Inval),
+            _ => None,
+        }
+    }
+
+    /// The application wrote `data` at `offset`.
+    pub fn write(&mut self, now: Instant, offset: u64, data: Bytes) -> Result<(), WriteError> {
+        if let Some(e) = self.ended() {
+            return Err(WriteError::Ended(e));
+        }
+        if self.dirty() + data.len() > self.cfg.max_dirty {
+            return Err(WriteError::Full);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(WriteError::Ended(Errno::FBig))?;
+        self.size = self.size.max(end);
+        self.pending.write(offset, data);
+        self.start(now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// The application set the file's size (truncate or extend).
+    pub fn set_size(&mut self, now: Instant, size: u64) -> Result<(), WriteError> {
+        if let Some(e) = self.ended() {
+            return Err(WriteError::Ended(e));
+        }
+        self.pending.truncate(size);
+        self.sent.truncate(size);
+        // Extending needs no barrier: the commit's size zero-fills. Cutting
+        // does: bytes beyond must read as zeros if the file grows again.
+        if size < self.size {
+            self.truncates.push_back(size);
+        }
+        self.size = size;
+        self.start(now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Flush, fsync or close: commit when everything is acknowledged.
+    pub fn commit(&mut self, now: Instant) -> Result<(), WriteError> {
+        if let Some(e) = self.ended() {
+            return Err(WriteError::Ended(e));
+        }
+        self.commit_wanted = true;
+        self.start(now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// Give up: the file keeps its old content.
+    pub fn abort(&mut self, now: Instant) {
+        if !self.is_finished() {
+            self.fail(now, AbortReason::Requested);
+        }
+    }
+
+    /// What the writer sees at `offset`: `buf` (read from the host or the
+    /// cache) with uncommitted bytes laid over it.
+    pub fn overlay(&self, offset: u64, buf: &mut [u8]) {
+        self.sent.overlay(offset, buf);
+        self.pending.overlay(offset, buf);
+    }
+
+    fn start(&mut self, now: Instant) {
+        if self.state != WriteState::Idle {
+            return;
+        }
+        self.state = WriteState::Locking;
+        self.last_progress = now;
+        // Queue behind other writers: a busy file is a wait, not an error.
+        if self.lock.acquire(now, true).is_err() {
+            self.fail(now, AbortReason::LockFailed(Errno::NoLck));
+        }
+        self.drain_lock(now);
+    }
+
+    fn send(&mut self, what: Sent, request: Request) {
+        let op = WriteOp(self.next_op);
+        self.next_op += 1;
+        self.in_flight.insert(op, what);
+        self.out.push_back(WriteOutput::Send { op, request });
+    }
+
+    fn token(&self, now: Instant) -> Option<LockToken> {
+        self.lock.token(now)
+    }
+
+    /// Sends what may go now: pieces that overlap nothing in flight, a
+    /// truncate once nothing is in flight, the commit once all is done.
+    fn pump(&mut self, now: Instant) {
+        if self.state != WriteState::Writing {
+            return;
+        }
+        let Some(txn) = self.txn else {
+            return;
+        };
+        loop {
+            let busy = self
+                .in_flight
+                .values()
+                .any(|s| matches!(s, Sent::Truncate | Sent::Commit));
+            if busy {
+                return;
+            }
+            if let Some(&size) = self.truncates.front() {
+                // Barrier: wait for every piece before it; pending bytes
+                // written after the truncate are already trimmed to it.
+                if self.in_flight.is_empty() {
+                    self.truncates.pop_front();
+                    self.send(Sent::Truncate, Request::TruncateWrite { txn, size });
+                }
+                return;
+            }
+            if self.in_flight.len() >= self.cfg.max_in_flight {
+                return;
+            }
+            let flying: Vec<(u64, u64)> = self
+                .in_flight
+                .values()
+                .filter_map(|s| match s {
+                    Sent::Piece { start, len } => Some((*start, start + len)),
+                    _ => None,
+                })
+                .collect();
+            let piece = self
+                .pending
+                .take_piece(CHUNK_SIZE as u64, CHUNK_SIZE, |s, e| {
+                    flying.iter().all(|&(fs, fe)| e <= fs || s >= fe)
+                });
+            match piece {
+                Some((start, data)) => {
+                    let index = start / CHUNK_SIZE as u64;
+                    let offset = (start % CHUNK_SIZE as u64) as u32;
+                    let len = data.len() as u64;
+                    self.sent.write(start, data.clone());
+                    let checksum = Checksum::of(&data);
+                    self.send(
+                        Sent::Piece { start, len },
+                        Request::WriteChunk {
+                            txn,
+                            index,
+                            offset,
+                            data,
+                            checksum,
+                        },
+                    );
+                }
+                None => break,
+            }
+        }
+        if self.commit_wanted
+            && self.pending.is_empty()
+            && self.truncates.is_empty()
+            && self.in_flight.is_empty()
+        {
+            // The lock must still be ours when the host checks the token;
+            // the host's fencing makes that final.
+            if self.token(now).is_none() {
+                return self.fail(now, AbortReason::LockLost);
+            }
+            self.state = WriteState::Committing;
+            let size = self.size;
+            self.send(Sent::Commit, Request::CommitWrite { txn, size });
+        }
+    }
+
+    /// A reply to request `op`.
+    pub fn handle_reply(&mut self, now: Instant, op: WriteOp, result: Result<Reply, Errno>) {
+        let Some(what) = self.in_flight.remove(&op) else {
+            return;
+        };
+        self.last_progress = now;
+        match (what, result) {
+            (Sent::Lock(lop), result) => {
+                self.lock.handle_reply(now, lop, result);
+                self.drain_lock(now);
+            }
+            (Sent::Begin, Ok(Reply::WriteBegun { txn })) if self.state == WriteState::Locking => {
+                self.txn = Some(txn);
+                self.state = WriteState::Writing;
+            }
+            (Sent::Piece { .. } | Sent::Truncate, Ok(Reply::Done)) => {}
+            (Sent::Commit, Ok(Reply::Attr(attr))) => {
+                self.state = WriteState::Complete;
+                self.pending = Extents::new();
+                self.sent = Extents::new();
+                self.out.push_back(WriteOutput::Committed(attr));
+                let _ = self.lock.release(now);
+                self.drain_lock(now);
+            }
+            (Sent::Abort, _) => {}
+            (_, Err(e)) => return self.fail(now, AbortReason::Host(e)),
+            (_, Ok(_)) => return self.fail(now, AbortReason::Host(Errno::Io)),
+        }
+        self.pump(now);
+    }
+
+    fn drain_lock(&mut self, now: Instant) {
+        while let Some(out) = self.lock.poll_output() {
+            match out {
+                ClientLockOutput::Send { op, request } => self.send(Sent::Lock(op), request),
+                ClientLockOutput::Event(ClientLockEvent::Granted { token, .. }) => {
+                    if self.state == WriteState::Locking {
+                        let node = self.node;
+                        self.send(Sent::Begin, Request::BeginWrite { node, token });
+                    }
+                }
+                ClientLockOutput::Event(ClientLockEvent::Refreshed { .. }) => {}
+                ClientLockOutput::Event(ClientLockEvent::Lost { .. }) => {
+                    if !self.is_finished() {
+                        self.fail(now, AbortReason::LockLost);
+                    }
+                }
+                ClientLockOutput::Event(ClientLockEvent::TimedOut) => {
+                    self.fail(now, AbortReason::LockFailed(Errno::TimedOut));
+                }
+                ClientLockOutput::Event(ClientLockEvent::Denied(e)) => {
+                    self.fail(now, AbortReason::LockFailed(e));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, now: Instant, reason: AbortReason) {
+        if self.is_finished() {
+            return;
+        }
+        self.state = WriteState::Aborted(reason);
+        if let Some(txn) = self.txn {
+            self.send(Sent::Abort, Request::AbortWrite { txn });
+        }
+        // Replies to what is still in flight no longer matter, except the
+        // lock's: the lock machine must see its release through.
+        self.in_flight
+            .retain(|_, s| matches!(s, Sent::Lock(_) | Sent::Abort));
+        if self.lock.state() != ClientLockState::Unlocked {
+            let _ = self.lock.release(now);
+        }
+        self.drain_lock(now);
+        self.out.push_back(WriteOutput::Aborted(reason));
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let stall = match self.state {
+            // Locking is bounded by the lock machine's own wait timeout.
+            WriteState::Writing | WriteState::Committing if !self.in_flight.is_empty() => {
+                Some(self.last_progress + self.cfg.stall_timeout)
+            }
+            _ => None,
+        };
+        [stall, self.lock.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Fires due timers: the lock's refresh and expiry, the stall limit.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.lock.handle_timeout(now);
+        self.drain_lock(now);
+        let stalled = matches!(self.state, WriteState::Writing | WriteState::Committing)
+            && !self.in_flight.is_empty()
+            && now >= self.last_progress + self.cfg.stall_timeout;
+        if stalled {
+            self.fail(now, AbortReason::Stalled);
+        }
+        self.pump(now);
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<WriteOutput> {
+        self.out.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests;
