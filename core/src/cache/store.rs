@@ -184,6 +184,9 @@ pub struct Cache {
     /// directory's entries is a range walk.
     l1_negatives: BTreeSet<(NodeId, Name)>,
     l1_bytes: u64,
+    /// Entries of `l1` with a fetch in flight (never evictable): when all
+    /// are, an eviction batch is skipped rather than scanning for nothing.
+    in_flight: usize,
     l2: BTreeMap<ChunkKey, L2Entry>,
     l2_bytes: u64,
     /// Node → file identity, learned from attributes, so that a host
@@ -212,6 +215,7 @@ impl Cache {
             l1_chunks: BTreeSet::new(),
             l1_negatives: BTreeSet::new(),
             l1_bytes: 0,
+            in_flight: 0,
             l2: BTreeMap::new(),
             l2_bytes: 0,
             files: BTreeMap::new(),
@@ -311,6 +315,7 @@ impl Cache {
                 // value in hand to compare against.
                 let value = value.clone();
                 let deadline = now + self.cfg.fetch_timeout;
+                self.in_flight += 1;
                 entry.fetch = Some(Box::new(Fetch {
                     waiters: vec![waiter],
                     deadline,
@@ -703,6 +708,7 @@ impl Cache {
         if let Some(entry) = self.l1.get_mut(&key) {
             let mut keep = fits;
             if let Some(fetch) = entry.fetch.take() {
+                self.in_flight -= 1;
                 self.timers.remove(&(fetch.deadline, key.clone()));
                 keep &= !fetch.poisoned;
                 if !fetch.waiters.is_empty() {
@@ -762,9 +768,11 @@ impl Cache {
             CacheKey::Attr(_) | CacheKey::Dir(_) => {}
         }
         self.l1_bytes += entry.charge;
+        self.in_flight += usize::from(entry.fetch.is_some());
         if let Some(old) = self.l1.insert(key, entry) {
             // Callers insert only absent keys; keep the books right anyway.
             self.l1_bytes -= old.charge;
+            self.in_flight -= usize::from(old.fetch.is_some());
         }
     }
 
@@ -777,6 +785,7 @@ impl Cache {
         let Some(fetch) = entry.fetch.take() else {
             return false;
         };
+        self.in_flight -= 1;
         self.timers.remove(&(fetch.deadline, key.clone()));
         self.stats.failures += 1;
         if !fetch.waiters.is_empty() {
@@ -892,6 +901,9 @@ impl Cache {
     /// One eviction batch: the lowest-scoring idle entries leave memory
     /// until bytes and entries are at the target ratio. Chunks go to disk.
     fn evict_l1(&mut self, now: Instant) {
+        if self.in_flight == self.l1.len() {
+            return;
+        }
         let target_bytes = self.cfg.target(self.cfg.l1_max_bytes);
         let target_len = self.cfg.target(self.cfg.max_entries as u64) as usize;
         let mut candidates: Vec<(f64, Instant, &CacheKey, u64)> = self
@@ -973,6 +985,7 @@ impl Cache {
     fn remove_entry(&mut self, key: &CacheKey) -> Option<Entry> {
         let entry = self.l1.remove(key)?;
         self.l1_bytes -= entry.charge;
+        self.in_flight -= usize::from(entry.fetch.is_some());
         match key {
             CacheKey::Chunk(ck) => {
                 self.l1_chunks.remove(ck);
@@ -1180,6 +1193,7 @@ impl Cache {
             .collect();
         assert_eq!(negatives, self.l1_negatives, "negative index");
         assert_eq!(fetching, self.timers, "timers are the fetches");
+        assert_eq!(fetching.len(), self.in_flight, "in-flight count");
         assert_eq!(
             self.l2.values().map(|e| e.size).sum::<u64>(),
             self.l2_bytes,
