@@ -256,8 +256,9 @@ pub enum FsOk {
     },
     /// Opened (Open).
     Opened(FsAttr),
-    /// Bytes (Read).
-    Data(Bytes),
+    /// Bytes (Read), and the attributes of the file they came from
+    /// (fstat of the same open file, so the two agree).
+    Data(Bytes, FsAttr),
     /// Link text (Readlink).
     Link(Vec<u8>),
     /// Statistics (StatFs).

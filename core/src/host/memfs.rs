@@ -232,7 +232,10 @@ impl MemFs {
                     .unwrap_or(usize::MAX)
                     .min(n.data.len());
                 let end = start.saturating_add(len as usize).min(n.data.len());
-                Ok(FsOk::Data(Bytes::copy_from_slice(&n.data[start..end])))
+                Ok(FsOk::Data(
+                    Bytes::copy_from_slice(&n.data[start..end]),
+                    self.attr(ino)?,
+                ))
             }
             FsOp::Create {
                 path,

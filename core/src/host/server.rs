@@ -1229,9 +1229,14 @@ impl HostServer {
                 }
                 Ok(Reply::Done)
             }
-            (Then::Read, Ok(FsOk::Data(data))) => {
+            (Then::Read, Ok(FsOk::Data(data, attr))) => {
                 let checksum = Checksum::of(&data);
-                Ok(Reply::Data { data, checksum })
+                let version = to_attr(NodeId::ROOT, &attr).version;
+                Ok(Reply::Data {
+                    data,
+                    checksum,
+                    version,
+                })
             }
             (Then::Created { parent, name }, Ok(FsOk::Attr(a))) => {
                 let attr = self.learn(parent, &name, &a)?;

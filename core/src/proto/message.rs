@@ -446,6 +446,10 @@ pub enum Reply {
         data: Bytes,
         /// Checksum of `data`; the client verifies it.
         checksum: Checksum,
+        /// The [`Attr::version`] of the file the bytes were read from, so
+        /// the client caches them under the content they belong to even if
+        /// the file changed since it last looked.
+        version: u64,
     },
     /// A symlink's target.
     Link(Vec<u8>),

@@ -176,6 +176,7 @@ fn every_host_message() -> Vec<HostMessage> {
         reply(Reply::Data {
             data: Bytes::from_static(b"abc"),
             checksum: Checksum::of(b"abc"),
+            version: 9,
         }),
         reply(Reply::Link(b"target".to_vec())),
         reply(Reply::StatFs(StatFs {
