@@ -4,6 +4,25 @@
 //! for timers and UDP, tokio TCP streams (through `tokio_util::compat`) for
 //! signalling. Everything else, the pair driver included, is the shared glue
 //! in `wormhole-io`.
+//!
+//! ```
+//! use wormhole_core::pair::PairConfig;
+//! use wormhole_io::{Identity, NodeConfig, NodeHandle, Shell};
+//! use wormhole_tokio::TokioShell;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shell = TokioShell::new()?;
+//! shell.block_on(async {
+//!     let config = NodeConfig::new(Identity::generate()?, PairConfig::default())?;
+//!     let node = NodeHandle::spawn(shell.runtime(), config);
+//!     // Then: node.add_peer(..), node.add_pair(..), node.take(peer) -> a
+//!     // lease whose QUIC endpoint sits on the pair's own socket, and
+//!     // node.release(pair). `tests/tests/pair_e2e.rs` walks through it all.
+//!     assert!(node.stats().await?.pairs.is_empty());
+//!     Ok(())
+//! })
+//! # }
+//! ```
 
 use std::future::Future;
 use std::io;
