@@ -43,6 +43,8 @@ const MAX_PASSES: usize = 16;
 const RECV_BATCH: usize = 32;
 /// Commands handled per pass.
 const COMMAND_BATCH: usize = 64;
+/// Receive errors in a row after which a socket is left alone for a pass.
+const MAX_RECV_ERRORS: usize = 4;
 /// Reads from one signalling stream per pass.
 const LINK_READ_BATCH: usize = 8;
 /// Keepalive datagrams waiting for a socket (writable again, or back from
@@ -333,6 +335,7 @@ impl Driver {
             let Mode::Keepalive { socket, .. } = &io.mode else {
                 continue;
             };
+            let mut errors = 0;
             for n in 0.. {
                 if n == RECV_BATCH {
                     busy = true;
@@ -346,18 +349,27 @@ impl Driver {
                             // With GRO, one read may hold several datagrams
                             // of `stride` bytes each.
                             let stride = m.stride.max(1);
+                            let from = same_family(m.addr, io.pair.remote);
                             for datagram in self.buf[..m.len].chunks(stride) {
-                                trace!(pair = ?io.pair.nonce, from = %m.addr, len = datagram.len(), "datagram");
+                                trace!(pair = ?io.pair.nonce, %from, len = datagram.len(), "datagram");
                                 self.io.datagrams_in += 1;
                                 self.pool
-                                    .handle_datagram(now, io.pair.local, m.addr, datagram);
+                                    .handle_datagram(now, io.pair.local, from, datagram);
                             }
                         }
                     }
                     Poll::Ready(Err(e)) => {
                         // ICMP errors and the like surface here; UDP has no
-                        // connection to lose, so read on.
+                        // connection to lose, so read on. A socket that
+                        // keeps failing is left until the next wake-up
+                        // (the pool's timer comes at least once an
+                        // interval) instead of spinning on it.
                         debug!(pair = ?io.pair.nonce, error = %e, "receive error");
+                        errors += 1;
+                        if errors == MAX_RECV_ERRORS {
+                            warn!(pair = ?io.pair.nonce, error = %e, "socket keeps failing");
+                            break;
+                        }
                     }
                     Poll::Pending => break,
                 }
@@ -859,5 +871,42 @@ impl Driver {
             drops: self.pool.drops(),
             io: self.io,
         }
+    }
+}
+
+/// A dual-stack socket reports IPv4 senders as IPv4-mapped IPv6 addresses;
+/// the pool compares them with the pair's remote as given, so map them back
+/// when that remote is IPv4.
+fn same_family(from: SocketAddr, remote: SocketAddr) -> SocketAddr {
+    match (from, remote) {
+        (SocketAddr::V6(v6), SocketAddr::V4(_)) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(from, |v4| SocketAddr::new(IpAddr::V4(v4), v6.port())),
+        _ => from,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_family;
+    use core::net::SocketAddr;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    #[test]
+    fn mapped_senders_match_ipv4_remotes() {
+        let v4 = addr("192.0.2.1:4000");
+        assert_eq!(same_family(addr("[::ffff:192.0.2.1]:4000"), v4), v4);
+        assert_eq!(same_family(v4, v4), v4);
+        // A real IPv6 sender stays what it is.
+        let v6 = addr("[2001:db8::1]:4000");
+        assert_eq!(same_family(v6, v4), v6);
+        assert_eq!(
+            same_family(addr("[::ffff:192.0.2.1]:4000"), v6),
+            addr("[::ffff:192.0.2.1]:4000")
+        );
     }
 }
