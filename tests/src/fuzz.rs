@@ -96,6 +96,7 @@ pub fn fuzz_world(input: &FuzzWorld) -> World {
         },
         link,
         hold: HoldPolicy::Manual,
+        max_pairs: 12,
     };
     World::new(input.seed, &config)
 }

@@ -165,6 +165,7 @@ fn readable_trace_snapshot() {
         pair: PairConfig::default(),
         link: LinkParams::CLEAN,
         hold: HoldPolicy::Manual,
+        max_pairs: 4,
     };
     let mut world = World::new(42, &cfg).with_trace(false);
     let ms = |millis| Op::Advance { millis };

@@ -61,8 +61,8 @@ fn random_link(rng: &mut Rng, rough: bool) -> LinkParams {
 pub struct Scenario {
     /// The world's shape.
     pub config: SimConfig,
-    /// Links that differ from `config.link`, as `SetLink` ops come first
-    /// in `ops`.
+    /// The operations: first `SetLink`s that give links their own
+    /// behaviour, then the initial pairs, then the timed workload.
     pub ops: Vec<Op>,
 }
 
@@ -91,6 +91,7 @@ pub fn scenario(seed: u64) -> Scenario {
             min: Duration::ZERO,
             max: Duration::from_millis(hold_max),
         },
+        max_pairs: 200,
     };
     let n = u8_of(nodes as u64);
     let node = |rng: &mut Rng| u8_of(rng.below(u64::from(n)));

@@ -43,6 +43,8 @@ pub struct SimConfig {
     pub link: LinkParams,
     /// How taken pairs are held.
     pub hold: HoldPolicy,
+    /// Pairs the world creates at most; further `AddPair`s do nothing.
+    pub max_pairs: usize,
 }
 
 impl SimConfig {
@@ -217,9 +219,6 @@ type SideView = (PairNonce, PairState, Option<(HandoverId, HandoverState)>);
 /// Pool inputs per world before it is declared a runaway.
 const MAX_STEPS: u64 = 2_000_000;
 
-/// Pairs per world; further `AddPair`s are ignored.
-const MAX_WORLD_PAIRS: usize = 200;
-
 /// The address nobody in the world has.
 const STRANGER_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)), 9);
 
@@ -351,6 +350,7 @@ pub struct World {
     key_rng: Rng,
     hold_rng: Rng,
     hold: HoldPolicy,
+    max_pairs: usize,
     cfg: PairConfig,
     trace: Option<Vec<String>>,
     echo: bool,
@@ -401,6 +401,7 @@ impl World {
             key_rng: Rng::from_u64(master.next_u64()),
             hold_rng: Rng::from_u64(master.next_u64()),
             hold: cfg.hold,
+            max_pairs: cfg.max_pairs,
             cfg: cfg.pair.clone(),
             trace: None,
             echo: false,
@@ -633,7 +634,7 @@ impl World {
     }
 
     fn add_pair(&mut self, a: usize, b: usize, a_pings: bool) -> Result<(), Violation> {
-        if self.pairs.len() >= MAX_WORLD_PAIRS {
+        if self.pairs.len() >= self.max_pairs.min(60_000) {
             return Ok(());
         }
         let k = self.pairs.len();
