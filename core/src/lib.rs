@@ -100,6 +100,7 @@
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
+//! * [`client`]: the mount client: kernel operations in, requests and replies out.
 //! * [`conn`]: the client's connection: connect, authenticate, reconnect.
 //! * [`host`]: the host session and the host side of the file protocol.
 //! * [`vfs`]: the client's inode table: numbers, paths, lookups, orphans.
@@ -108,6 +109,7 @@
 //! * [`time`], [`rng`]: the injected clock and randomness.
 
 pub mod cache;
+pub mod client;
 pub mod codec;
 pub mod conn;
 pub mod host;
@@ -115,6 +117,8 @@ pub mod lock;
 pub mod pair;
 pub mod proto;
 pub mod rng;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod vfs;
 pub mod write;

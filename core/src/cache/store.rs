@@ -281,6 +281,16 @@ impl Cache {
         }
     }
 
+    /// The attributes held for `node`, fresh or not, without touching
+    /// the entry (for sizes and version comparisons, never to answer a
+    /// request).
+    pub fn peek_attr(&self, node: NodeId) -> Option<&Attr> {
+        self.l1
+            .get(&CacheKey::Attr(node))
+            .and_then(|e| e.value.as_ref())
+            .and_then(Value::as_attr)
+    }
+
     /// A consumer (`waiter`) wants `key` at `now`.
     ///
     /// Fresh data is a [`Lookup::Hit`]. Otherwise the waiter is registered

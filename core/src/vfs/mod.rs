@@ -62,6 +62,9 @@ pub struct Inode {
     pub open: u32,
     /// Lifecycle state.
     pub state: InodeState,
+    /// Whether `node` is valid for the current host session (false after
+    /// the host restarted, until the inode is looked up again).
+    pub bound: bool,
 }
 
 /// Why an inode operation was refused.
@@ -141,6 +144,7 @@ impl Vfs {
                 nlookup: 1,
                 open: 0,
                 state: InodeState::Active,
+                bound: true,
             },
         );
         vfs.by_node.insert(root, Ino::ROOT);
@@ -153,11 +157,12 @@ impl Vfs {
     }
 
     /// The host node behind an inode, unless it is an orphan (whose name is
-    /// gone; reach it through its open handles).
+    /// gone; reach it through its open handles) or not yet bound to the
+    /// current host session.
     pub fn node(&self, ino: Ino) -> Option<NodeId> {
         self.inodes
             .get(&ino)
-            .filter(|i| i.state != InodeState::Orphan)
+            .filter(|i| i.state != InodeState::Orphan && i.bound)
             .map(|i| i.node)
     }
 
@@ -250,6 +255,7 @@ impl Vfs {
                         nlookup: 0,
                         open: 0,
                         state: InodeState::Allocated,
+                        bound: true,
                     },
                 );
                 self.by_node.insert(attr.node, ino);
@@ -426,30 +432,48 @@ impl Vfs {
         }
     }
 
-    /// After the host restarted, its node ids mean nothing: forget them
-    /// all (inode numbers stay, the kernel still holds them) and return
-    /// the paths to look up again, parents before children.
-    pub fn unbind_nodes(&mut self, new_root: NodeId) -> Vec<(Ino, Vec<Name>)> {
+    /// After the host restarted, its node ids mean nothing: every inode but
+    /// the root becomes unbound (inode numbers stay: the kernel still holds
+    /// them) until [`Self::rebind`] gives it its new node.
+    pub fn unbind_nodes(&mut self, new_root: NodeId) {
         self.by_node.clear();
+        for inode in self.inodes.values_mut() {
+            inode.bound = inode.ino == Ino::ROOT;
+        }
         if let Some(root) = self.inodes.get_mut(&Ino::ROOT) {
             root.node = new_root;
         }
         self.by_node.insert(new_root, Ino::ROOT);
-        let mut paths: Vec<(Ino, Vec<Name>)> = self
-            .inodes
-            .keys()
-            .filter(|&&i| i != Ino::ROOT)
-            .filter_map(|&i| self.path(i).map(|p| (i, p)))
-            .collect();
-        paths.sort_by_key(|(_, p)| p.len());
-        paths
     }
 
-    /// Binds an inode to a host node again after [`Self::unbind_nodes`].
+    /// Unbound, named inodes whose parent is bound: the ones that can be
+    /// looked up again now, as (inode, parent's node, name).
+    pub fn rebindable(&self) -> Vec<(Ino, NodeId, Name)> {
+        self.inodes
+            .values()
+            .filter(|i| !i.bound)
+            .filter_map(|i| {
+                let (parent, name) = i.link.as_ref()?;
+                let p = self.inodes.get(parent).filter(|p| p.bound)?;
+                Some((i.ino, p.node, name.clone()))
+            })
+            .collect()
+    }
+
+    /// Binds an inode to its node in the new host session.
     pub fn rebind(&mut self, ino: Ino, node: NodeId) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
             inode.node = node;
+            inode.bound = true;
             self.by_node.insert(node, ino);
+        }
+    }
+
+    /// The inode's name is gone in the new host session: it loses its name
+    /// (and its subtree with it), like a file deleted on the host.
+    pub fn unbind_gone(&mut self, ino: Ino) {
+        if ino != Ino::ROOT {
+            self.detach(ino);
         }
     }
 }

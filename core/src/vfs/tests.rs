@@ -224,7 +224,7 @@ fn learn_refuses_non_directories_and_a_full_table() {
 }
 
 #[test]
-fn after_a_host_restart_paths_are_rebound_parents_first() {
+fn after_a_host_restart_inodes_are_rebound_parents_first() {
     let mut v = vfs();
     let d = v
         .learn(Ino::ROOT, name("d"), &attr(10, FileKind::Dir), true)
@@ -232,16 +232,26 @@ fn after_a_host_restart_paths_are_rebound_parents_first() {
     let f = v
         .learn(d, name("f"), &attr(11, FileKind::File), true)
         .expect("learn");
-    let todo = v.unbind_nodes(NodeId(100));
-    assert_eq!(
-        todo,
-        vec![(d, vec![name("d")]), (f, vec![name("d"), name("f")])]
-    );
+    v.unbind_nodes(NodeId(100));
+    assert_eq!(v.node(Ino::ROOT), Some(NodeId(100)));
+    assert_eq!(v.node(d), None, "unbound until looked up again");
     assert_eq!(v.ino_of(NodeId(10)), None);
+    assert_eq!(
+        v.rebindable(),
+        vec![(d, NodeId(100), name("d"))],
+        "children wait for parents"
+    );
     v.rebind(d, NodeId(200));
     assert_eq!(v.node(d), Some(NodeId(200)));
     assert_eq!(v.ino_of(NodeId(200)), Some(d));
-    assert_eq!(v.node(Ino::ROOT), Some(NodeId(100)));
+    assert_eq!(v.rebindable(), vec![(f, NodeId(200), name("f"))]);
+    v.unbind_gone(f);
+    assert_eq!(v.rebindable(), vec![]);
+    assert_eq!(
+        v.get(f).map(|i| i.state),
+        Some(InodeState::Orphan),
+        "still referenced"
+    );
 }
 
 /// Random operation sequences: an inode number is never handed to a new

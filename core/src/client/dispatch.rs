@@ -1,0 +1,599 @@
+//! Kernel operations: answer from the cache or turn into requests.
+
+use super::{AfterCommit, Answer, ClientCore, Cont, Fh, Handle, Op, Purpose, ReadJob, Req, Step};
+use crate::Instant;
+use crate::cache::{CacheKey, ChunkKey, Kind, Lookup, Miss, Value};
+use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, Request, SetAttr};
+use crate::vfs::Ino;
+use crate::write::{WriteError, WriteTxn};
+use bytes::{Bytes, BytesMut};
+
+impl ClientCore {
+    /// A kernel operation. Its answer comes as [`super::ClientOutput::Reply`]
+    /// with `req`, now (cache hit) or later.
+    pub fn op(&mut self, now: Instant, req: Req, op: Op) {
+        if self.gave_up {
+            self.reply(req, Err(Errno::NotConn));
+            return;
+        }
+        if self.vfs.is_none() || self.restoring {
+            // Not connected yet, or re-binding after a host restart: run it
+            // once the inodes mean something again.
+            if self.deferred.len() >= self.cfg.max_queued {
+                self.reply(req, Err(Errno::Again));
+            } else {
+                self.deferred.push_back((req, op));
+            }
+            return;
+        }
+        if let Err(e) = self.run(now, req, op) {
+            self.reads.remove(&req);
+            self.reply(req, Err(e));
+        }
+        self.drain(now);
+    }
+
+    fn node(&self, ino: Ino) -> Result<NodeId, Errno> {
+        let vfs = self.vfs.as_ref().ok_or(Errno::NotConn)?;
+        match vfs.get(ino) {
+            None => Err(Errno::Stale),
+            Some(_) => vfs.node(ino).ok_or(Errno::NoEnt),
+        }
+    }
+
+    fn handle(&self, fh: Fh) -> Result<&Handle, Errno> {
+        self.handles.get(&fh).ok_or(Errno::BadF)
+    }
+
+    fn main(req: Req, op: &Op) -> Purpose {
+        Purpose::Op {
+            req,
+            op: op.clone(),
+            step: Step::Main,
+        }
+    }
+
+    fn run(&mut self, now: Instant, req: Req, op: Op) -> Result<(), Errno> {
+        match &op {
+            Op::Lookup { parent, name } => {
+                let pnode = self.node(*parent)?;
+                let neg = CacheKey::Negative {
+                    parent: pnode,
+                    name: name.clone(),
+                };
+                if self.cache.state(now, &neg) == crate::cache::EntryState::Cached {
+                    return Err(Errno::NoEnt);
+                }
+                let request = Request::Lookup {
+                    parent: pnode,
+                    name: name.clone(),
+                };
+                self.send(now, Self::main(req, &op), request);
+            }
+            Op::GetAttr { ino } => {
+                let node = self.node(*ino)?;
+                let w = self.waiter(Cont::GetAttr { req });
+                match self.cache.lookup(now, &CacheKey::Attr(node), w) {
+                    Ok(Lookup::Hit(Value::Attr(a))) => {
+                        self.waits.remove(&w);
+                        let attr = self.with_local_size(&a);
+                        let ttl = self.kernel_ttl(Kind::Attr);
+                        self.reply(req, Ok(Answer::Attr { attr, ttl }));
+                    }
+                    Ok(Lookup::Hit(_)) => return Err(Errno::Io),
+                    Ok(Lookup::Stale(_) | Lookup::Miss(Miss::Fetch)) => {
+                        self.send(
+                            now,
+                            Purpose::Fetch(CacheKey::Attr(node)),
+                            Request::GetAttr { node },
+                        );
+                    }
+                    Ok(Lookup::Miss(_)) => {}
+                    Err(_) => {
+                        self.waits.remove(&w);
+                        return Err(Errno::Again);
+                    }
+                }
+            }
+            Op::SetAttr { ino, set } => {
+                let node = self.node(*ino)?;
+                match set.size {
+                    Some(size) => {
+                        // A size change is a write: it joins (or starts) the
+                        // file's transaction and answers after the commit.
+                        let rest = SetAttr { size: None, ..*set };
+                        let txn = self.txn(node, now)?;
+                        txn.set_size(now, size).map_err(write_errno)?;
+                        txn.commit(now).map_err(write_errno)?;
+                        self.after_commit
+                            .entry(node)
+                            .or_default()
+                            .push(AfterCommit::SetAttr {
+                                req,
+                                ino: *ino,
+                                rest,
+                            });
+                        self.drain_write(now, node);
+                    }
+                    None => {
+                        let request = Request::SetAttr {
+                            node,
+                            set: *set,
+                            token: None,
+                        };
+                        self.send(now, Self::main(req, &op), request);
+                    }
+                }
+            }
+            Op::ReadDir { ino, offset } => {
+                let node = self.node(*ino)?;
+                let w = self.waiter(Cont::ReadDir {
+                    req,
+                    ino: *ino,
+                    offset: *offset,
+                });
+                match self.cache.lookup(now, &CacheKey::Dir(node), w) {
+                    Ok(Lookup::Hit(Value::Dir(entries))) => {
+                        self.waits.remove(&w);
+                        self.answer_dir(req, *ino, *offset, &entries);
+                    }
+                    Ok(Lookup::Hit(_)) => return Err(Errno::Io),
+                    Ok(Lookup::Stale(_) | Lookup::Miss(Miss::Fetch)) => {
+                        self.fetch_dir(now, node);
+                    }
+                    Ok(Lookup::Miss(_)) => {}
+                    Err(_) => {
+                        self.waits.remove(&w);
+                        return Err(Errno::Again);
+                    }
+                }
+            }
+            Op::Open { ino } => {
+                let node = self.node(*ino)?;
+                self.send(now, Self::main(req, &op), Request::Open { node });
+            }
+            Op::Read { fh, offset, size } => {
+                self.handle(*fh)?;
+                self.reads.insert(
+                    req,
+                    ReadJob {
+                        fh: *fh,
+                        offset: *offset,
+                        size: *size,
+                        parts: Vec::new(),
+                        retries: 0,
+                    },
+                );
+                self.start_read(now, req)?;
+            }
+            Op::Write { fh, offset, data } => {
+                let node = self.handle(*fh)?.node;
+                if self
+                    .blocked_writes
+                    .get(&node)
+                    .is_some_and(|q| !q.is_empty())
+                {
+                    // Keep order behind writes already waiting for space.
+                    self.blocked_writes
+                        .entry(node)
+                        .or_default()
+                        .push_back((req, op.clone()));
+                    return Ok(());
+                }
+                let len = data.len() as u32;
+                let txn = self.txn(node, now)?;
+                match txn.write(now, *offset, data.clone()) {
+                    Ok(()) => self.reply(req, Ok(Answer::Written(len))),
+                    Err(WriteError::Full) => {
+                        // Out of buffer: commit what is there, then retry.
+                        txn.commit(now).map_err(write_errno)?;
+                        self.blocked_writes
+                            .entry(node)
+                            .or_default()
+                            .push_back((req, op.clone()));
+                    }
+                    Err(WriteError::Ended(e)) => return Err(e),
+                }
+                self.drain_write(now, node);
+            }
+            Op::Flush { fh } | Op::Fsync { fh } => {
+                let node = self.handle(*fh)?.node;
+                self.commit_then(now, node, AfterCommit::Reply(req))?;
+            }
+            Op::Release { fh } => {
+                let h = self.handles.remove(fh).ok_or(Errno::BadF)?;
+                self.read_ahead.close(fh.0);
+                if let Some(v) = self.vfs.as_mut() {
+                    let _ = v.close(h.ino);
+                }
+                if let Some(host) = h.host {
+                    self.send(now, Purpose::Forget, Request::Close { handle: host });
+                }
+                if !self.handles.values().any(|o| o.node == h.node) {
+                    self.files.remove(&h.attr.key);
+                }
+                self.commit_then(now, h.node, AfterCommit::Reply(req))?;
+            }
+            Op::Create { parent, name, mode } => {
+                let pnode = self.node(*parent)?;
+                let request = Request::Create {
+                    parent: pnode,
+                    name: name.clone(),
+                    mode: *mode,
+                    exclusive: false,
+                };
+                self.send(now, Self::main(req, &op), request);
+            }
+            Op::Mkdir { parent, name, mode } => {
+                let pnode = self.node(*parent)?;
+                let request = Request::Mkdir {
+                    parent: pnode,
+                    name: name.clone(),
+                    mode: *mode,
+                };
+                self.send(now, Self::main(req, &op), request);
+            }
+            Op::Symlink {
+                parent,
+                name,
+                target,
+            } => {
+                let pnode = self.node(*parent)?;
+                let request = Request::Symlink {
+                    parent: pnode,
+                    name: name.clone(),
+                    target: target.clone(),
+                };
+                self.send(now, Self::main(req, &op), request);
+            }
+            Op::Unlink { parent, name } | Op::Rmdir { parent, name } => {
+                let pnode = self.node(*parent)?;
+                let request = if matches!(op, Op::Unlink { .. }) {
+                    Request::Unlink {
+                        parent: pnode,
+                        name: name.clone(),
+                    }
+                } else {
+                    Request::Rmdir {
+                        parent: pnode,
+                        name: name.clone(),
+                    }
+                };
+                self.send(now, Self::main(req, &op), request);
+            }
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+            } => {
+                let request = Request::Rename {
+                    parent: self.node(*parent)?,
+                    name: name.clone(),
+                    new_parent: self.node(*new_parent)?,
+                    new_name: new_name.clone(),
+                };
+                self.send(now, Self::main(req, &op), request);
+            }
+            Op::Readlink { ino } => {
+                let node = self.node(*ino)?;
+                self.send(now, Self::main(req, &op), Request::Readlink { node });
+            }
+            Op::Statfs => self.send(now, Self::main(req, &op), Request::Statfs),
+        }
+        Ok(())
+    }
+
+    /// The file's open transaction, started if there is none.
+    fn txn(&mut self, node: NodeId, _now: Instant) -> Result<&mut WriteTxn, Errno> {
+        if self.writes.get(&node).is_some_and(WriteTxn::is_finished) {
+            self.writes.remove(&node);
+        }
+        if !self.writes.contains_key(&node) {
+            let size = self.current_size(node);
+            self.writes
+                .insert(node, WriteTxn::new(node, size, self.cfg.write.clone()));
+        }
+        self.writes.get_mut(&node).ok_or(Errno::Io)
+    }
+
+    /// The file's size as this client knows it.
+    fn current_size(&self, node: NodeId) -> u64 {
+        if let Some(w) = self.writes.get(&node) {
+            return w.size();
+        }
+        self.handles
+            .values()
+            .find(|h| h.node == node)
+            .map(|h| h.attr.size)
+            .or_else(|| self.cache.peek_attr(node).map(|a| a.size))
+            .unwrap_or(0)
+    }
+
+    /// Attributes with this client's uncommitted size laid over them.
+    pub(super) fn with_local_size(&self, attr: &Attr) -> Attr {
+        let mut a = attr.clone();
+        if let Some(w) = self.writes.get(&attr.node).filter(|w| !w.is_finished()) {
+            a.size = w.size();
+        }
+        a
+    }
+
+    /// Commits the file's transaction (if any) and runs `then` when it is
+    /// durable; with no transaction, `then` runs now with the last write
+    /// error, if one is unreported.
+    fn commit_then(&mut self, now: Instant, node: NodeId, then: AfterCommit) -> Result<(), Errno> {
+        let open = self.writes.get(&node).is_some_and(|w| !w.is_finished());
+        if !open {
+            let result = match self.write_errors.remove(&node) {
+                Some(e) => Err(e),
+                None => Ok(Answer::Done),
+            };
+            if let AfterCommit::Reply(req) = then {
+                self.reply(req, result);
+            }
+            return Ok(());
+        }
+        if let Some(w) = self.writes.get_mut(&node) {
+            w.commit(now).map_err(write_errno)?;
+        }
+        self.after_commit.entry(node).or_default().push(then);
+        self.drain_write(now, node);
+        Ok(())
+    }
+
+    pub(super) fn fetch_dir(&mut self, now: Instant, node: NodeId) {
+        self.send(
+            now,
+            Purpose::DirPage {
+                node,
+                acc: Vec::new(),
+            },
+            Request::ReadDir {
+                dir: node,
+                cookie: 0,
+            },
+        );
+    }
+
+    /// Replies to a ReadDir from a complete listing: entries from
+    /// `offset`, each learned in the inode table (without a kernel
+    /// reference).
+    pub(super) fn answer_dir(
+        &mut self,
+        req: Req,
+        ino: Ino,
+        offset: u64,
+        entries: &[crate::proto::DirEntry],
+    ) {
+        let Some(vfs) = self.vfs.as_mut() else {
+            return self.reply(req, Err(Errno::NotConn));
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let mut items = Vec::new();
+        for (i, e) in entries.iter().enumerate().skip(skip) {
+            match vfs.learn(ino, e.name.clone(), &e.attr, false) {
+                Ok(child) => items.push(super::DirItem {
+                    ino: child,
+                    next: i as u64 + 1,
+                    kind: e.attr.kind,
+                    name: e.name.clone(),
+                    attr: e.attr.clone(),
+                }),
+                Err(_) => break,
+            }
+        }
+        self.reply(req, Ok(Answer::Dir(items)));
+    }
+
+    /// (Re)starts assembling read `req` from chunks.
+    pub(super) fn start_read(&mut self, now: Instant, req: Req) -> Result<(), Errno> {
+        let job = self.reads.get(&req).cloned().ok_or(Errno::Io)?;
+        let h = self.handles.get(&job.fh).cloned().ok_or(Errno::BadF)?;
+        let size = self
+            .writes
+            .get(&h.node)
+            .filter(|w| !w.is_finished())
+            .map_or(h.attr.size, WriteTxn::size);
+        let end = job.offset.saturating_add(u64::from(job.size)).min(size);
+        if job.offset >= end {
+            self.reads.remove(&req);
+            self.reply(req, Ok(Answer::Data(Bytes::new())));
+            return Ok(());
+        }
+        let chunk = CHUNK_SIZE as u64;
+        let (first, last) = (job.offset / chunk, (end - 1) / chunk);
+        // Chunks wholly beyond what the host has (the writer's own
+        // extension) need no fetch: they are zeros under the overlay.
+        let host_size = h.attr.size;
+        let mut parts = Vec::new();
+        let mut to_fetch = Vec::new();
+        for (slot, index) in (first..=last).enumerate() {
+            if index * chunk >= host_size {
+                parts.push((index, Some(Bytes::new())));
+            } else {
+                parts.push((index, None));
+                to_fetch.push((slot, index));
+            }
+        }
+        if let Some(j) = self.reads.get_mut(&req) {
+            j.parts = parts;
+        }
+        self.files.insert(h.attr.key, h.node);
+        for (slot, index) in to_fetch {
+            let key = ChunkKey {
+                file: h.attr.key,
+                version: h.attr.version,
+                index,
+            };
+            let w = self.waiter(Cont::ReadPart {
+                req,
+                slot,
+                attempt: job.retries,
+            });
+            match self.cache.lookup(now, &CacheKey::Chunk(key), w) {
+                Ok(Lookup::Hit(Value::Chunk(c))) => {
+                    self.waits.remove(&w);
+                    if let Some(j) = self.reads.get_mut(&req) {
+                        j.parts[slot].1 = Some(c.data);
+                    }
+                }
+                Ok(Lookup::Hit(_)) => return Err(Errno::Io),
+                Ok(Lookup::Stale(_)) => self.revalidate_chunk(now, key),
+                Ok(Lookup::Miss(Miss::Fetch)) => self.fetch_chunk(now, key),
+                Ok(Lookup::Miss(Miss::L2Read)) => {
+                    self.out.push_back(super::ClientOutput::L2Read { key })
+                }
+                Ok(Lookup::Miss(Miss::Wait)) => {}
+                Err(_) => {
+                    self.waits.remove(&w);
+                    return Err(Errno::Again);
+                }
+            }
+        }
+        // Sequential readers get the next chunks fetched ahead.
+        let ahead = self.read_ahead.on_read(job.fh.0, first, last);
+        let chunks = host_size.div_ceil(chunk);
+        for index in ahead.start..ahead.end.min(chunks) {
+            let key = ChunkKey {
+                file: h.attr.key,
+                version: h.attr.version,
+                index,
+            };
+            match self.cache.prefetch(now, key) {
+                Ok(Some(Miss::Fetch)) => self.fetch_chunk(now, key),
+                Ok(Some(Miss::L2Read)) => self.out.push_back(super::ClientOutput::L2Read { key }),
+                _ => {}
+            }
+        }
+        self.finish_read(req);
+        Ok(())
+    }
+
+    /// Replies to a read whose chunks have all arrived.
+    pub(super) fn finish_read(&mut self, req: Req) {
+        let done = self
+            .reads
+            .get(&req)
+            .is_some_and(|j| !j.parts.is_empty() && j.parts.iter().all(|(_, p)| p.is_some()));
+        if !done {
+            return;
+        }
+        let Some(job) = self.reads.remove(&req) else {
+            return;
+        };
+        let Some(h) = self.handles.get(&job.fh) else {
+            return self.reply(req, Err(Errno::BadF));
+        };
+        let size = self
+            .writes
+            .get(&h.node)
+            .filter(|w| !w.is_finished())
+            .map_or(h.attr.size, WriteTxn::size);
+        let end = job.offset.saturating_add(u64::from(job.size)).min(size);
+        let len = end.saturating_sub(job.offset) as usize;
+        let mut buf = BytesMut::zeroed(len);
+        let chunk = CHUNK_SIZE as u64;
+        for (index, data) in &job.parts {
+            let Some(data) = data else { continue };
+            let start = index * chunk;
+            let from = start.max(job.offset);
+            let to = (start + data.len() as u64).min(end);
+            if from < to {
+                buf[(from - job.offset) as usize..(to - job.offset) as usize]
+                    .copy_from_slice(&data[(from - start) as usize..(to - start) as usize]);
+            }
+        }
+        if let Some(w) = self.writes.get(&h.node).filter(|w| !w.is_finished()) {
+            w.overlay(job.offset, &mut buf);
+        }
+        self.reply(req, Ok(Answer::Data(buf.freeze())));
+    }
+
+    /// Requests one chunk from the host.
+    pub(super) fn fetch_chunk(&mut self, now: Instant, key: ChunkKey) {
+        let Some(&node) = self.files.get(&key.file) else {
+            let _ = self.cache.fail(now, &CacheKey::Chunk(key), Errno::Stale);
+            return;
+        };
+        // By node, unless the file is only reachable through a handle (it
+        // was unlinked while open).
+        let orphan = self.vfs.as_ref().and_then(|v| v.ino_of(node)).is_none();
+        let host_handle = self
+            .handles
+            .values()
+            .filter(|h| h.node == node)
+            .find_map(|h| h.host);
+        let file = match host_handle {
+            Some(handle) if orphan => FileRef::Handle(handle),
+            _ => FileRef::Node(node),
+        };
+        let request = Request::Read {
+            file,
+            offset: key.index * CHUNK_SIZE as u64,
+            len: CHUNK_SIZE as u32,
+        };
+        self.send(now, Purpose::Fetch(CacheKey::Chunk(key)), request);
+    }
+
+    /// A chunk past its TTL is still good if the file is still at its
+    /// version, which an open handle learned at open (close-to-open).
+    pub(super) fn revalidate_chunk(&mut self, now: Instant, key: ChunkKey) {
+        let current = self
+            .handles
+            .values()
+            .any(|h| h.attr.key == key.file && h.attr.version == key.version);
+        if current {
+            let _ = self.cache.revalidated(now, &CacheKey::Chunk(key));
+        } else {
+            self.fetch_chunk(now, key);
+        }
+    }
+
+    /// Runs writes that waited for buffer space, in order, until one has to
+    /// wait again.
+    pub(super) fn retry_blocked_writes(&mut self, now: Instant, node: NodeId) {
+        while let Some((req, op)) = self
+            .blocked_writes
+            .get_mut(&node)
+            .and_then(|q| q.pop_front())
+        {
+            let Op::Write {
+                offset, ref data, ..
+            } = op
+            else {
+                continue;
+            };
+            let len = data.len() as u32;
+            let txn = match self.txn(node, now) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.reply(req, Err(e));
+                    continue;
+                }
+            };
+            match txn.write(now, offset, data.clone()) {
+                Ok(()) => self.reply(req, Ok(Answer::Written(len))),
+                Err(WriteError::Full) => {
+                    let _ = txn.commit(now);
+                    self.blocked_writes
+                        .entry(node)
+                        .or_default()
+                        .push_front((req, op));
+                    self.drain_write(now, node);
+                    return;
+                }
+                Err(WriteError::Ended(e)) => self.reply(req, Err(e)),
+            }
+            self.drain_write(now, node);
+        }
+    }
+}
+
+/// The errno a refused write command reports.
+fn write_errno(e: WriteError) -> Errno {
+    match e {
+        WriteError::Full => Errno::Again,
+        WriteError::Ended(e) => e,
+    }
+}

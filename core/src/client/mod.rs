@@ -1,0 +1,907 @@
+//! The mount client, sans-IO: kernel file operations in, protocol requests
+//! and kernel replies out. It composes the client machines: the
+//! [`Connection`], the inode table ([`Vfs`]), the [`Cache`] (with
+//! read-ahead) and one [`WriteTxn`] per file being written.
+//!
+//! * **Replies come from wherever the core answers**: a cache hit replies
+//!   within the call; a miss replies when the host answers (or the
+//!   request times out). Many kernel requests are in flight at once, and
+//!   concurrent misses for one key make one request.
+//! * **Writes are write-back**: a write is acknowledged once buffered in its
+//!   transaction; flush, fsync and close commit it and report the outcome,
+//!   so an error is never lost (it surfaces at the next flush).
+//! * **Close-to-open**: open asks the host for the file's current version;
+//!   chunks are cached per version, so a file committed elsewhere is never
+//!   read from old chunks after it is opened again.
+//! * **Losing the host**: cache hits keep being served; misses wait for the
+//!   reconnect (bounded by `request_timeout`, then ETIMEDOUT), and fail at
+//!   once with ENOTCONN once the connection machine gives up. A resumed
+//!   session re-sends what was in flight; a new session (host restarted)
+//!   re-binds every inode by path first, and aborts open write
+//!   transactions, whose errors surface at flush.
+
+mod dispatch;
+mod reply;
+#[cfg(test)]
+mod tests;
+
+use crate::cache::{Cache, CacheConfig, CacheKey, ChunkKey, ReadAhead, ReadAheadConfig, WaiterId};
+use crate::conn::auth::TicketSecret;
+use crate::conn::{ConnConfig, ConnEvent, ConnOutput, Connection};
+use crate::proto::{
+    Attr, Checksum, ClientMessage, Errno, FileKey, FileKind, HandleId, Name, NodeId, Request,
+    RequestId, SetAttr, StatFs,
+};
+use crate::vfs::{Ino, Vfs};
+use crate::write::{WriteConfig, WriteOp, WriteTxn};
+use crate::{Instant, Rng};
+use bytes::Bytes;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// Timing and bounds of the client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// The connection machine.
+    pub conn: ConnConfig,
+    /// The cache.
+    pub cache: CacheConfig,
+    /// Read-ahead.
+    pub read_ahead: ReadAheadConfig,
+    /// Write transactions.
+    pub write: WriteConfig,
+    /// A request unanswered for this long fails with ETIMEDOUT.
+    pub request_timeout: Duration,
+    /// Requests waiting for a connection at most; more fail with EAGAIN.
+    pub max_queued: usize,
+    /// Inodes in the table at most.
+    pub max_inodes: usize,
+    /// Entries of one directory listing at most (larger: EFBIG).
+    pub max_dir_entries: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            conn: ConnConfig::default(),
+            cache: CacheConfig::default(),
+            read_ahead: ReadAheadConfig::default(),
+            write: WriteConfig::default(),
+            request_timeout: Duration::from_secs(60),
+            max_queued: 4096,
+            max_inodes: 1 << 20,
+            max_dir_entries: 1 << 20,
+        }
+    }
+}
+
+/// A kernel request, numbered by the shell (FUSE's `unique`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Req(pub u64);
+
+/// A file handle given to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fh(pub u64);
+
+/// A kernel file operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Find `name` in `parent`.
+    Lookup {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+    },
+    /// Attributes.
+    GetAttr {
+        /// The inode.
+        ino: Ino,
+    },
+    /// Change attributes (a size change is a write).
+    SetAttr {
+        /// The inode.
+        ino: Ino,
+        /// The changes.
+        set: SetAttr,
+    },
+    /// Directory entries from position `offset` (0 = start).
+    ReadDir {
+        /// The directory.
+        ino: Ino,
+        /// Entries to skip.
+        offset: u64,
+    },
+    /// Open a file.
+    Open {
+        /// The file.
+        ino: Ino,
+    },
+    /// Read.
+    Read {
+        /// The handle.
+        fh: Fh,
+        /// Offset.
+        offset: u64,
+        /// Bytes at most.
+        size: u32,
+    },
+    /// Write (buffered; committed on flush, fsync or release).
+    Write {
+        /// The handle.
+        fh: Fh,
+        /// Offset.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// close(2) on a descriptor: commit, report the outcome.
+    Flush {
+        /// The handle.
+        fh: Fh,
+    },
+    /// fsync(2): commit, report the outcome.
+    Fsync {
+        /// The handle.
+        fh: Fh,
+    },
+    /// The last descriptor of a handle is gone.
+    Release {
+        /// The handle.
+        fh: Fh,
+    },
+    /// Create and open a file.
+    Create {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Make a directory.
+    Mkdir {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Remove a file.
+    Unlink {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+    },
+    /// Remove a directory.
+    Rmdir {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+    },
+    /// Rename (replacing the target).
+    Rename {
+        /// Source directory.
+        parent: Ino,
+        /// Source name.
+        name: Name,
+        /// Target directory.
+        new_parent: Ino,
+        /// Target name.
+        new_name: Name,
+    },
+    /// Make a symlink.
+    Symlink {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// Target text.
+        target: Vec<u8>,
+    },
+    /// A symlink's target.
+    Readlink {
+        /// The symlink.
+        ino: Ino,
+    },
+    /// File system statistics.
+    Statfs,
+}
+
+/// One directory entry for the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirItem {
+    /// Its inode.
+    pub ino: Ino,
+    /// The offset of the entry after it (what the kernel passes back).
+    pub next: u64,
+    /// Its kind.
+    pub kind: FileKind,
+    /// Its name.
+    pub name: Name,
+    /// Its attributes.
+    pub attr: Attr,
+}
+
+/// A successful answer to the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Lookup, Mkdir, Symlink: an entry.
+    Entry {
+        /// Its inode (one lookup reference taken).
+        ino: Ino,
+        /// Its attributes.
+        attr: Attr,
+        /// How long the kernel may cache entry and attributes.
+        ttl: Duration,
+    },
+    /// Create: an entry and an open handle.
+    Created {
+        /// Its inode.
+        ino: Ino,
+        /// Its attributes.
+        attr: Attr,
+        /// How long the kernel may cache them.
+        ttl: Duration,
+        /// The handle.
+        fh: Fh,
+    },
+    /// GetAttr, SetAttr.
+    Attr {
+        /// The attributes.
+        attr: Attr,
+        /// How long the kernel may cache them.
+        ttl: Duration,
+    },
+    /// ReadDir: entries from the requested offset (empty at the end).
+    Dir(Vec<DirItem>),
+    /// Open.
+    Opened {
+        /// The handle.
+        fh: Fh,
+        /// The file is unchanged since the kernel last cached it.
+        keep_cache: bool,
+    },
+    /// Read.
+    Data(Bytes),
+    /// Write: bytes accepted.
+    Written(u32),
+    /// Readlink.
+    Link(Vec<u8>),
+    /// Statfs.
+    StatFs(StatFs),
+    /// Done.
+    Done,
+}
+
+/// What the client reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Connected (again); `resumed` if the host kept our session.
+    Connected {
+        /// Whether the session was resumed.
+        resumed: bool,
+    },
+    /// The connection was lost; reconnecting.
+    Lost,
+    /// A reconnect attempt is scheduled.
+    Retrying {
+        /// Attempt number.
+        attempt: u32,
+        /// Delay before it.
+        delay: Duration,
+    },
+    /// Given up: every request fails with ENOTCONN until `connect`.
+    Disconnected,
+}
+
+/// What the client asks the shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOutput {
+    /// Answer a kernel request.
+    Reply {
+        /// The request.
+        req: Req,
+        /// The answer.
+        result: Result<Answer, Errno>,
+    },
+    /// Send a message to the host.
+    Send(ClientMessage),
+    /// Open a transport to the host; report it with
+    /// [`ClientCore::transport_established`] or
+    /// [`ClientCore::transport_lost`].
+    OpenTransport,
+    /// Close the transport.
+    CloseTransport,
+    /// Store a chunk in the disk cache.
+    L2Write {
+        /// The chunk.
+        key: ChunkKey,
+        /// Its bytes.
+        data: Bytes,
+        /// Their checksum.
+        checksum: Checksum,
+    },
+    /// Delete a chunk from the disk cache.
+    L2Delete {
+        /// The chunk.
+        key: ChunkKey,
+    },
+    /// Read a chunk from the disk cache and report it with
+    /// [`ClientCore::l2_loaded`] or [`ClientCore::l2_read_failed`].
+    L2Read {
+        /// The chunk.
+        key: ChunkKey,
+    },
+    /// The kernel's cached data or attributes of `ino` are out of date.
+    InvalidateInode {
+        /// The inode.
+        ino: Ino,
+    },
+    /// The kernel's cached entry `parent/name` is out of date.
+    InvalidateEntry {
+        /// The directory.
+        parent: Ino,
+        /// The name.
+        name: Name,
+    },
+    /// A connection change.
+    Event(ClientEvent),
+}
+
+/// An open file.
+#[derive(Clone, Debug)]
+struct Handle {
+    ino: Ino,
+    node: NodeId,
+    /// The host's handle (keeps an unlinked file readable).
+    host: Option<HandleId>,
+    /// The file's attributes as last learned (version keys its chunks).
+    attr: Attr,
+}
+
+/// Why a request was sent: what to do with its reply.
+#[derive(Clone, Debug)]
+enum Purpose {
+    Hello,
+    /// Fill a cache key.
+    Fetch(CacheKey),
+    /// Collect a directory's pages.
+    DirPage {
+        node: NodeId,
+        acc: Vec<crate::proto::DirEntry>,
+    },
+    /// A kernel operation's own request.
+    Op {
+        req: Req,
+        op: Op,
+        step: Step,
+    },
+    /// A write transaction's request.
+    Write {
+        node: NodeId,
+        op: WriteOp,
+    },
+    /// Re-bind an inode after the host restarted.
+    Rebind {
+        ino: Ino,
+    },
+    /// Nobody waits (closing a host handle).
+    Forget,
+}
+
+/// Which request of a multi-request operation this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Main,
+    /// Create's second request: open the new file.
+    OpenCreated {
+        ino: Ino,
+    },
+    /// SetAttr's mode/time part after its size part committed.
+    Rest,
+    /// A read's attributes refresh after its chunks changed version.
+    RefreshRead,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    request: Request,
+    purpose: Purpose,
+    deadline: Instant,
+}
+
+/// What a cache waiter is for.
+#[derive(Clone, Debug)]
+enum Cont {
+    GetAttr { req: Req },
+    ReadPart { req: Req, slot: usize, attempt: u8 },
+    ReadDir { req: Req, ino: Ino, offset: u64 },
+}
+
+/// A read being assembled from chunks.
+#[derive(Clone, Debug)]
+struct ReadJob {
+    fh: Fh,
+    offset: u64,
+    size: u32,
+    /// `(chunk index, bytes)` per slot, filled as chunks arrive.
+    parts: Vec<(u64, Option<Bytes>)>,
+    retries: u8,
+}
+
+/// Kernel requests waiting for a write transaction's commit.
+#[derive(Clone, Debug)]
+enum AfterCommit {
+    Reply(Req),
+    SetAttr { req: Req, ino: Ino, rest: SetAttr },
+}
+
+/// The mount client.
+#[derive(Debug)]
+pub struct ClientCore {
+    cfg: ClientConfig,
+    conn: Connection,
+    vfs: Option<Vfs>,
+    cache: Cache,
+    read_ahead: ReadAhead,
+    handles: BTreeMap<Fh, Handle>,
+    next_fh: u64,
+    writes: BTreeMap<NodeId, WriteTxn>,
+    /// A write failure not yet reported at a flush.
+    write_errors: BTreeMap<NodeId, Errno>,
+    after_commit: BTreeMap<NodeId, Vec<AfterCommit>>,
+    /// Writes refused for lack of buffer space, retried after a commit.
+    blocked_writes: BTreeMap<NodeId, VecDeque<(Req, Op)>>,
+    in_flight: BTreeMap<RequestId, InFlight>,
+    /// Requests waiting for the connection (built from ops, so a new
+    /// session can rebuild them).
+    queued: VecDeque<(Purpose, Request)>,
+    /// Operations waiting for a new session's inodes to be re-bound.
+    deferred: VecDeque<(Req, Op)>,
+    /// A new session's inodes are being re-bound.
+    restoring: bool,
+    rebinding: usize,
+    next_id: u64,
+    waits: BTreeMap<WaiterId, Cont>,
+    next_waiter: u64,
+    reads: BTreeMap<Req, ReadJob>,
+    /// Which node stands for a file identity (for chunk fetches).
+    files: BTreeMap<FileKey, NodeId>,
+    /// Versions seen in read replies that were newer than expected.
+    stale_versions: BTreeMap<FileKey, u64>,
+    ready: bool,
+    gave_up: bool,
+    out: VecDeque<ClientOutput>,
+}
+
+impl ClientCore {
+    /// A disconnected client that will prove `secret` to the host.
+    pub fn new(cfg: ClientConfig, secret: TicketSecret, mut rng: Rng) -> Self {
+        let conn_rng = Rng::from_u64(rng.next_u64());
+        ClientCore {
+            conn: Connection::new(cfg.conn.clone(), secret, conn_rng),
+            cache: Cache::new(cfg.cache.clone()),
+            read_ahead: ReadAhead::new(cfg.read_ahead.clone()),
+            cfg,
+            vfs: None,
+            handles: BTreeMap::new(),
+            next_fh: 1,
+            writes: BTreeMap::new(),
+            write_errors: BTreeMap::new(),
+            after_commit: BTreeMap::new(),
+            blocked_writes: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            queued: VecDeque::new(),
+            deferred: VecDeque::new(),
+            restoring: false,
+            rebinding: 0,
+            next_id: 1,
+            waits: BTreeMap::new(),
+            next_waiter: 1,
+            reads: BTreeMap::new(),
+            files: BTreeMap::new(),
+            stale_versions: BTreeMap::new(),
+            ready: false,
+            gave_up: false,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The inode table (once connected).
+    pub fn vfs(&self) -> Option<&Vfs> {
+        self.vfs.as_ref()
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Whether connected and authenticated.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Write transactions open.
+    pub fn open_writes(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Connects to the host.
+    pub fn connect(&mut self, now: Instant) {
+        self.gave_up = false;
+        self.conn.connect(now);
+        self.drain(now);
+    }
+
+    /// Disconnects (sends Goodbye when connected).
+    pub fn disconnect(&mut self, now: Instant) {
+        self.conn.disconnect(now);
+        self.drain(now);
+    }
+
+    /// The transport is up; `exporter` is the TLS keying material.
+    pub fn transport_established(&mut self, now: Instant, exporter: &[u8; 32]) {
+        self.conn.transport_established(now, exporter);
+        self.drain(now);
+    }
+
+    /// The transport failed or closed.
+    pub fn transport_lost(&mut self, now: Instant) {
+        self.ready = false;
+        self.conn.transport_lost(now);
+        self.drain(now);
+    }
+
+    /// The shell read a chunk from the disk cache.
+    pub fn l2_loaded(&mut self, now: Instant, key: ChunkKey, data: Bytes, checksum: Checksum) {
+        let _ = self.cache.l2_loaded(now, key, data, checksum);
+        self.drain(now);
+    }
+
+    /// The shell could not read a chunk from the disk cache.
+    pub fn l2_read_failed(&mut self, now: Instant, key: ChunkKey) {
+        let _ = self.cache.l2_read_failed(now, key);
+        self.drain(now);
+    }
+
+    /// Chunks found in the disk cache at startup.
+    pub fn load_l2(&mut self, now: Instant, found: impl IntoIterator<Item = (ChunkKey, u64)>) {
+        self.cache.load_l2(now, found);
+        self.drain(now);
+    }
+
+    /// The kernel forgot `n` lookups of `ino`.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if let Some(vfs) = self.vfs.as_mut() {
+            let _ = vfs.forget(ino, n);
+        }
+    }
+
+    /// The next thing for the shell to do.
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let requests = self.in_flight.values().map(|f| f.deadline).min();
+        let writes = self
+            .writes
+            .values()
+            .filter_map(WriteTxn::poll_timeout)
+            .min();
+        [
+            requests,
+            writes,
+            self.conn.poll_timeout(),
+            self.cache.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Fires due timers: request deadlines, the connection's, the cache's
+    /// fetch deadlines, the write transactions' lock refreshes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.cache.handle_timeout(now);
+        let nodes: Vec<NodeId> = self.writes.keys().copied().collect();
+        for node in nodes {
+            if let Some(w) = self.writes.get_mut(&node) {
+                w.handle_timeout(now);
+            }
+            self.drain_write(now, node);
+        }
+        let late: Vec<RequestId> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| now >= f.deadline)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            if let Some(f) = self.in_flight.remove(&id) {
+                self.fail_purpose(now, f.purpose, Errno::TimedOut);
+            }
+        }
+        self.drain(now);
+    }
+
+    // --------------------------------------------------------- plumbing
+
+    fn reply(&mut self, req: Req, result: Result<Answer, Errno>) {
+        self.out.push_back(ClientOutput::Reply { req, result });
+    }
+
+    fn waiter(&mut self, cont: Cont) -> WaiterId {
+        let w = WaiterId(self.next_waiter);
+        self.next_waiter += 1;
+        self.waits.insert(w, cont);
+        w
+    }
+
+    /// Sends a request now, or queues it until the connection is ready.
+    fn send(&mut self, now: Instant, purpose: Purpose, request: Request) {
+        if self.gave_up {
+            return self.fail_purpose(now, purpose, Errno::NotConn);
+        }
+        if !self.ready || (self.restoring && !matches!(purpose, Purpose::Rebind { .. })) {
+            if self.queued.len() >= self.cfg.max_queued {
+                return self.fail_purpose(now, purpose, Errno::Again);
+            }
+            self.queued.push_back((purpose, request));
+            return;
+        }
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        self.out.push_back(ClientOutput::Send(ClientMessage {
+            id,
+            request: request.clone(),
+        }));
+        self.in_flight.insert(
+            id,
+            InFlight {
+                request,
+                purpose,
+                deadline: now + self.cfg.request_timeout,
+            },
+        );
+    }
+
+    /// Runs every machine's outputs to quiescence.
+    fn drain(&mut self, now: Instant) {
+        // Each pass handles what the previous one produced; the machines
+        // only produce outputs for inputs, so this ends.
+        for _ in 0..64 {
+            let mut moved = false;
+            while let Some(o) = self.conn.poll_output() {
+                moved = true;
+                self.on_conn(now, o);
+            }
+            while let Some(o) = self.cache.poll_output() {
+                moved = true;
+                self.on_cache(now, o);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn on_conn(&mut self, now: Instant, o: ConnOutput) {
+        match o {
+            ConnOutput::OpenTransport => self.out.push_back(ClientOutput::OpenTransport),
+            ConnOutput::CloseTransport => {
+                self.ready = false;
+                self.out.push_back(ClientOutput::CloseTransport);
+            }
+            ConnOutput::Send(request @ Request::Hello { .. }) => {
+                // Hello goes out on the new transport before anything else.
+                let id = RequestId(0);
+                self.out.push_back(ClientOutput::Send(ClientMessage {
+                    id,
+                    request: request.clone(),
+                }));
+                self.in_flight.insert(
+                    id,
+                    InFlight {
+                        request,
+                        purpose: Purpose::Hello,
+                        deadline: now + self.cfg.request_timeout,
+                    },
+                );
+            }
+            ConnOutput::Send(request) => {
+                // Goodbye: fire and forget.
+                let id = RequestId(self.next_id);
+                self.next_id += 1;
+                self.out
+                    .push_back(ClientOutput::Send(ClientMessage { id, request }));
+            }
+            ConnOutput::Event(ConnEvent::Ready { resumed, root, .. }) => {
+                self.on_ready(now, resumed, root)
+            }
+            ConnOutput::Event(ConnEvent::Lost) => {
+                self.ready = false;
+                self.requeue_in_flight();
+                self.out.push_back(ClientOutput::Event(ClientEvent::Lost));
+            }
+            ConnOutput::Event(ConnEvent::Retrying { attempt, delay }) => {
+                self.out
+                    .push_back(ClientOutput::Event(ClientEvent::Retrying {
+                        attempt,
+                        delay,
+                    }));
+            }
+            ConnOutput::Event(ConnEvent::Disconnected(_)) => {
+                self.ready = false;
+                self.gave_up = true;
+                self.fail_everything(now, Errno::NotConn);
+                self.out
+                    .push_back(ClientOutput::Event(ClientEvent::Disconnected));
+            }
+        }
+    }
+
+    /// The connection dropped: what was in flight goes back to the queue,
+    /// to be re-sent (or rebuilt) after the reconnect.
+    fn requeue_in_flight(&mut self) {
+        let flights = std::mem::take(&mut self.in_flight);
+        let mut back: Vec<(Purpose, Request)> = flights
+            .into_values()
+            .filter(|f| !matches!(f.purpose, Purpose::Hello))
+            .map(|f| (f.purpose, f.request))
+            .collect();
+        back.extend(self.queued.drain(..));
+        self.queued = back.into();
+    }
+
+    fn fail_everything(&mut self, now: Instant, errno: Errno) {
+        let flights: Vec<Purpose> = std::mem::take(&mut self.in_flight)
+            .into_values()
+            .map(|f| f.purpose)
+            .collect();
+        let queued: Vec<Purpose> = self.queued.drain(..).map(|(p, _)| p).collect();
+        for p in flights.into_iter().chain(queued) {
+            self.fail_purpose(now, p, errno);
+        }
+        let deferred: Vec<(Req, Op)> = self.deferred.drain(..).collect();
+        for (req, _) in deferred {
+            self.reply(req, Err(errno));
+        }
+        self.cache.fail_all(now, errno);
+    }
+
+    fn on_ready(&mut self, now: Instant, resumed: bool, root: Attr) {
+        self.ready = true;
+        self.out
+            .push_back(ClientOutput::Event(ClientEvent::Connected { resumed }));
+        let first = self.vfs.is_none();
+        if first {
+            self.vfs = Some(Vfs::new(root.node, self.cfg.max_inodes));
+        }
+        let _ = self.cache.fill(
+            now,
+            CacheKey::Attr(root.node),
+            crate::cache::Value::Attr(root.clone().into()),
+        );
+        if first || resumed {
+            self.flush_queue(now);
+            return;
+        }
+        // A new session: the host may have restarted, so node ids, locks
+        // and transactions are gone. Cached data is revalidated, not
+        // trusted; inodes are re-bound by path before any queued operation
+        // runs again.
+        self.cache.mark_all_stale(now);
+        let queued: Vec<(Purpose, Request)> = self.queued.drain(..).collect();
+        for (purpose, request) in queued {
+            match purpose {
+                Purpose::Op { req, op, .. } => self.deferred.push_back((req, op)),
+                Purpose::Write { node, op } => {
+                    if let Some(w) = self.writes.get_mut(&node) {
+                        w.handle_reply(now, op, Err(Errno::Stale));
+                    }
+                }
+                Purpose::Rebind { .. } | Purpose::Forget | Purpose::Hello => {}
+                other => {
+                    let _ = request;
+                    self.fail_purpose(now, other, Errno::Stale);
+                }
+            }
+        }
+        let nodes: Vec<NodeId> = self.writes.keys().copied().collect();
+        for node in nodes {
+            if let Some(w) = self.writes.get_mut(&node) {
+                w.abort(now);
+            }
+            self.drain_write(now, node);
+        }
+        if let Some(v) = self.vfs.as_mut() {
+            v.unbind_nodes(root.node);
+        }
+        // The host's handles died with its session; reads go by node.
+        for h in self.handles.values_mut() {
+            h.host = None;
+        }
+        self.restoring = true;
+        self.rebinding = 0;
+        self.rebind_next(now);
+    }
+
+    /// Re-binds, one lookup each, the inodes whose parent is bound; when
+    /// none is left, runs what waited.
+    fn rebind_next(&mut self, now: Instant) {
+        let pending = self.vfs.as_ref().map(Vfs::rebindable).unwrap_or_default();
+        for (ino, parent, name) in pending {
+            self.rebinding += 1;
+            self.send(
+                now,
+                Purpose::Rebind { ino },
+                Request::Lookup { parent, name },
+            );
+        }
+        if self.rebinding == 0 && self.restoring {
+            self.restoring = false;
+            self.flush_queue(now);
+            let deferred: Vec<(Req, Op)> = self.deferred.drain(..).collect();
+            for (req, op) in deferred {
+                self.op(now, req, op);
+            }
+        }
+    }
+
+    fn flush_queue(&mut self, now: Instant) {
+        let queued: Vec<(Purpose, Request)> = self.queued.drain(..).collect();
+        for (purpose, request) in queued {
+            self.send(now, purpose, request);
+        }
+    }
+
+    /// Answers whoever waits on a request that will never be answered.
+    fn fail_purpose(&mut self, now: Instant, purpose: Purpose, errno: Errno) {
+        match purpose {
+            Purpose::Hello | Purpose::Forget => {}
+            Purpose::Fetch(key) => {
+                let _ = self.cache.fail(now, &key, errno);
+            }
+            Purpose::DirPage { node, .. } => {
+                let _ = self.cache.fail(now, &CacheKey::Dir(node), errno);
+            }
+            Purpose::Op { req, .. } => {
+                self.reads.remove(&req);
+                self.reply(req, Err(errno));
+            }
+            Purpose::Write { node, op } => {
+                if let Some(w) = self.writes.get_mut(&node) {
+                    w.handle_reply(now, op, Err(errno));
+                }
+                self.drain_write(now, node);
+            }
+            Purpose::Rebind { ino } => {
+                self.rebinding = self.rebinding.saturating_sub(1);
+                if let Some(v) = self.vfs.as_mut() {
+                    v.unbind_gone(ino);
+                }
+                if self.rebinding == 0 {
+                    self.rebind_next(now);
+                }
+            }
+        }
+        self.drain(now);
+    }
+
+    fn kernel_ttl(&self, kind: crate::cache::Kind) -> Duration {
+        self.cache.config().ttl(kind)
+    }
+}

@@ -1,0 +1,585 @@
+//! Host messages, cache completions and write-transaction outputs.
+
+use super::{
+    AfterCommit, Answer, ClientCore, ClientOutput, Cont, Fh, Handle, Op, Purpose, Req, Step,
+};
+use crate::Instant;
+use crate::cache::{self, CacheKey, ChunkData, Kind, Value};
+use crate::proto::{Attr, Errno, HostMessage, Invalidation, Reply, RequestId};
+use crate::vfs::Ino;
+use crate::write::WriteOutput;
+use std::sync::Arc;
+
+impl ClientCore {
+    /// A message from the host arrived.
+    pub fn handle_message(&mut self, now: Instant, msg: HostMessage) {
+        match msg {
+            HostMessage::Reply { id, result } => self.on_reply(now, id, result),
+            HostMessage::Invalidate { node, what } => self.on_invalidate(now, node, what),
+        }
+        self.drain(now);
+    }
+
+    /// Decodes and handles a message; a message that does not decode is
+    /// dropped (the shell resets its stream) and its request times out.
+    pub fn handle_message_bytes(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+    ) -> Result<(), crate::codec::CodecError> {
+        let msg = HostMessage::decode(bytes)?;
+        self.handle_message(now, msg);
+        Ok(())
+    }
+
+    fn on_invalidate(&mut self, now: Instant, node: crate::proto::NodeId, what: Invalidation) {
+        self.cache.invalidate(now, node, what);
+        let Some(vfs) = self.vfs.as_mut() else {
+            return;
+        };
+        let Some(ino) = vfs.ino_of(node) else {
+            return;
+        };
+        match what {
+            Invalidation::Gone => {
+                if let Some((parent, name)) = vfs.get(ino).and_then(|i| i.link.clone()) {
+                    self.out
+                        .push_back(ClientOutput::InvalidateEntry { parent, name });
+                }
+                vfs.node_gone(node);
+            }
+            Invalidation::Attr | Invalidation::Data | Invalidation::Entries => {}
+        }
+        self.out.push_back(ClientOutput::InvalidateInode { ino });
+    }
+
+    fn on_reply(&mut self, now: Instant, id: RequestId, result: Result<Reply, Errno>) {
+        let Some(flight) = self.in_flight.remove(&id) else {
+            return;
+        };
+        match flight.purpose {
+            Purpose::Hello => match result {
+                Ok(Reply::HelloAck {
+                    session,
+                    root,
+                    limits,
+                }) => self.conn.hello_ack(now, session, root, limits),
+                Ok(_) => self.conn.hello_refused(now, Errno::Io),
+                Err(e) => self.conn.hello_refused(now, e),
+            },
+            Purpose::Forget => {}
+            Purpose::Fetch(key) => self.on_fetch(now, key, result),
+            Purpose::DirPage { node, mut acc } => match result {
+                Ok(Reply::DirPage { entries, next }) => {
+                    acc.extend(entries);
+                    if acc.len() > self.cfg.max_dir_entries {
+                        let _ = self.cache.fail(now, &CacheKey::Dir(node), Errno::FBig);
+                        return;
+                    }
+                    match next {
+                        Some(cookie) => self.send(
+                            now,
+                            Purpose::DirPage { node, acc },
+                            crate::proto::Request::ReadDir { dir: node, cookie },
+                        ),
+                        None => {
+                            let _ =
+                                self.cache
+                                    .fill(now, CacheKey::Dir(node), Value::Dir(acc.into()));
+                        }
+                    }
+                }
+                Ok(_) => {
+                    let _ = self.cache.fail(now, &CacheKey::Dir(node), Errno::Io);
+                }
+                Err(e) => {
+                    let _ = self.cache.fail(now, &CacheKey::Dir(node), e);
+                }
+            },
+            Purpose::Write { node, op } => {
+                if let Some(w) = self.writes.get_mut(&node) {
+                    w.handle_reply(now, op, result);
+                }
+                self.drain_write(now, node);
+            }
+            Purpose::Rebind { ino } => {
+                self.rebinding = self.rebinding.saturating_sub(1);
+                match (result, self.vfs.as_mut()) {
+                    (Ok(Reply::Attr(attr)), Some(v)) => v.rebind(ino, attr.node),
+                    (_, Some(v)) => v.unbind_gone(ino),
+                    (_, None) => {}
+                }
+                if self.rebinding == 0 {
+                    self.rebind_next(now);
+                }
+            }
+            Purpose::Op { req, op, step } => {
+                let answer = self.on_op_reply(now, req, &op, step, result);
+                if let Some(answer) = answer {
+                    self.reply(req, answer);
+                }
+            }
+        }
+    }
+
+    fn on_fetch(&mut self, now: Instant, key: CacheKey, result: Result<Reply, Errno>) {
+        match (&key, result) {
+            (CacheKey::Attr(_), Ok(Reply::Attr(a))) => {
+                self.learn_attr(&a);
+                let _ = self.cache.fill(now, key, Value::Attr(Arc::new(a)));
+            }
+            (
+                CacheKey::Chunk(ck),
+                Ok(Reply::Data {
+                    data,
+                    checksum,
+                    version,
+                }),
+            ) => {
+                if version != ck.version {
+                    // The file changed since we learned its version: these
+                    // bytes are not of this key. Readers refresh and retry.
+                    self.stale_versions.insert(ck.file, version);
+                    let _ = self.cache.fail(now, &key, Errno::Stale);
+                } else {
+                    let _ = self
+                        .cache
+                        .fill(now, key, Value::Chunk(ChunkData { data, checksum }));
+                }
+            }
+            (_, Err(e)) => {
+                let _ = self.cache.fail(now, &key, e);
+            }
+            (_, Ok(_)) => {
+                let _ = self.cache.fail(now, &key, Errno::Io);
+            }
+        }
+    }
+
+    /// New attributes of a file: open handles on it learn them if its
+    /// content is unchanged for them (same version: e.g. a chmod); a new
+    /// version waits for the next open (close-to-open).
+    fn learn_attr(&mut self, a: &Attr) {
+        for h in self.handles.values_mut() {
+            if h.node == a.node && h.attr.version == a.version {
+                h.attr = a.clone();
+            }
+        }
+    }
+
+    fn entry(
+        &mut self,
+        now: Instant,
+        parent: Ino,
+        op: &Op,
+        attr: Attr,
+        lookup: bool,
+    ) -> Result<Ino, Errno> {
+        let name = match op {
+            Op::Lookup { name, .. }
+            | Op::Create { name, .. }
+            | Op::Mkdir { name, .. }
+            | Op::Symlink { name, .. } => name.clone(),
+            _ => return Err(Errno::Io),
+        };
+        let vfs = self.vfs.as_mut().ok_or(Errno::NotConn)?;
+        let pnode = vfs.node(parent).ok_or(Errno::Stale)?;
+        let ino = vfs
+            .learn(parent, name.clone(), &attr, lookup)
+            .map_err(|_| Errno::NoSpc)?;
+        self.cache.remove(&CacheKey::Negative {
+            parent: pnode,
+            name,
+        });
+        let _ = self
+            .cache
+            .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+        Ok(ino)
+    }
+
+    fn on_op_reply(
+        &mut self,
+        now: Instant,
+        req: Req,
+        op: &Op,
+        step: Step,
+        result: Result<Reply, Errno>,
+    ) -> Option<Result<Answer, Errno>> {
+        let attr_ttl = self.kernel_ttl(Kind::Attr);
+        match (op, step, result) {
+            (Op::Lookup { parent, name }, _, Ok(Reply::Attr(a))) => {
+                let _ = name;
+                Some(
+                    self.entry(now, *parent, op, a.clone(), true)
+                        .map(|ino| Answer::Entry {
+                            ino,
+                            attr: self.with_local_size(&a),
+                            ttl: attr_ttl,
+                        }),
+                )
+            }
+            (Op::Lookup { parent, name }, _, Err(Errno::NoEnt)) => {
+                if let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) {
+                    let key = CacheKey::Negative {
+                        parent: pnode,
+                        name: name.clone(),
+                    };
+                    let _ = self.cache.fill(now, key, Value::Negative);
+                }
+                Some(Err(Errno::NoEnt))
+            }
+            (Op::Mkdir { parent, .. } | Op::Symlink { parent, .. }, _, Ok(Reply::Attr(a))) => {
+                self.entries_changed(now, *parent);
+                Some(
+                    self.entry(now, *parent, op, a.clone(), true)
+                        .map(|ino| Answer::Entry {
+                            ino,
+                            attr: a,
+                            ttl: attr_ttl,
+                        }),
+                )
+            }
+            (Op::Create { parent, .. }, Step::Main, Ok(Reply::Attr(a))) => {
+                self.entries_changed(now, *parent);
+                match self.entry(now, *parent, op, a.clone(), true) {
+                    Ok(ino) => {
+                        let node = a.node;
+                        self.send(
+                            now,
+                            Purpose::Op {
+                                req,
+                                op: op.clone(),
+                                step: Step::OpenCreated { ino },
+                            },
+                            crate::proto::Request::Open { node },
+                        );
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            (Op::Create { .. }, Step::OpenCreated { ino }, Ok(Reply::Opened { handle, attr })) => {
+                let fh = self.open_handle(ino, handle, attr.clone());
+                Some(Ok(Answer::Created {
+                    ino,
+                    attr,
+                    ttl: attr_ttl,
+                    fh,
+                }))
+            }
+            (Op::Open { ino }, _, Ok(Reply::Opened { handle, attr })) => {
+                // Close-to-open: the kernel keeps its cached pages only if
+                // the file is at the version it last saw.
+                let keep_cache = self
+                    .cache
+                    .peek_attr(attr.node)
+                    .is_some_and(|c| c.version == attr.version);
+                let fh = self.open_handle(*ino, handle, attr.clone());
+                let _ =
+                    self.cache
+                        .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+                Some(Ok(Answer::Opened { fh, keep_cache }))
+            }
+            (Op::SetAttr { .. }, _, Ok(Reply::Attr(a))) => {
+                let _ = self.cache.fill(
+                    now,
+                    CacheKey::Attr(a.node),
+                    Value::Attr(Arc::new(a.clone())),
+                );
+                self.learn_attr(&a);
+                Some(Ok(Answer::Attr {
+                    attr: self.with_local_size(&a),
+                    ttl: attr_ttl,
+                }))
+            }
+            (Op::Unlink { parent, name } | Op::Rmdir { parent, name }, _, Ok(Reply::Done)) => {
+                self.entries_changed(now, *parent);
+                if let Some(v) = self.vfs.as_mut() {
+                    if let Some(node) = v
+                        .child(*parent, name)
+                        .and_then(|c| v.get(c))
+                        .map(|i| i.node)
+                    {
+                        self.cache.invalidate(now, node, Invalidation::Gone);
+                    }
+                    v.unlink(*parent, name);
+                }
+                Some(Ok(Answer::Done))
+            }
+            (
+                Op::Rename {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                },
+                _,
+                Ok(Reply::Done),
+            ) => {
+                self.entries_changed(now, *parent);
+                self.entries_changed(now, *new_parent);
+                if let Some(v) = self.vfs.as_mut() {
+                    if let Some(node) = v
+                        .child(*new_parent, new_name)
+                        .and_then(|c| v.get(c))
+                        .map(|i| i.node)
+                    {
+                        self.cache.invalidate(now, node, Invalidation::Gone);
+                    }
+                    v.rename(*parent, name, *new_parent, new_name.clone());
+                }
+                Some(Ok(Answer::Done))
+            }
+            (Op::Readlink { .. }, _, Ok(Reply::Link(target))) => Some(Ok(Answer::Link(target))),
+            (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
+            (Op::Read { .. }, Step::RefreshRead, Ok(Reply::Attr(a))) => {
+                // Handles on this file now read the new version.
+                for h in self.handles.values_mut() {
+                    if h.node == a.node {
+                        h.attr = a.clone();
+                    }
+                }
+                let _ = self
+                    .cache
+                    .fill(now, CacheKey::Attr(a.node), Value::Attr(Arc::new(a)));
+                match self.start_read(now, req) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        self.reads.remove(&req);
+                        Some(Err(e))
+                    }
+                }
+            }
+            (_, _, Err(e)) => {
+                self.reads.remove(&req);
+                Some(Err(e))
+            }
+            (_, _, Ok(_)) => Some(Err(Errno::Io)),
+        }
+    }
+
+    /// This client changed a directory's entries: its listing is stale.
+    fn entries_changed(&mut self, now: Instant, dir: Ino) {
+        if let Some(node) = self.vfs.as_ref().and_then(|v| v.node(dir)) {
+            self.cache.invalidate(now, node, Invalidation::Entries);
+        }
+    }
+
+    fn open_handle(&mut self, ino: Ino, host: crate::proto::HandleId, attr: Attr) -> Fh {
+        let fh = Fh(self.next_fh);
+        self.next_fh += 1;
+        if let Some(v) = self.vfs.as_mut() {
+            let _ = v.open(ino);
+        }
+        self.files.insert(attr.key, attr.node);
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                node: attr.node,
+                host: Some(host),
+                attr,
+            },
+        );
+        fh
+    }
+
+    /// A cache output.
+    pub(super) fn on_cache(&mut self, now: Instant, o: cache::Output) {
+        match o {
+            cache::Output::Fetch { key } => self.fetch_key(now, key),
+            cache::Output::Revalidate { key, .. } => match key {
+                CacheKey::Chunk(ck) => self.revalidate_chunk(now, ck),
+                other => self.fetch_key(now, other),
+            },
+            cache::Output::L2Write {
+                key,
+                data,
+                checksum,
+            } => {
+                self.out.push_back(ClientOutput::L2Write {
+                    key,
+                    data,
+                    checksum,
+                });
+            }
+            cache::Output::L2Delete { key } => self.out.push_back(ClientOutput::L2Delete { key }),
+            cache::Output::Ready {
+                waiters, result, ..
+            } => {
+                for w in waiters {
+                    if let Some(cont) = self.waits.remove(&w) {
+                        self.resume(now, cont, result.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn fetch_key(&mut self, now: Instant, key: CacheKey) {
+        match key {
+            CacheKey::Attr(node) => self.send(
+                now,
+                Purpose::Fetch(key),
+                crate::proto::Request::GetAttr { node },
+            ),
+            CacheKey::Chunk(ck) => self.fetch_chunk(now, ck),
+            CacheKey::Dir(node) => self.fetch_dir(now, node),
+            CacheKey::Negative { .. } => {
+                let _ = self.cache.fail(now, &key, Errno::NoEnt);
+            }
+        }
+    }
+
+    /// A cache key a request waited for is ready.
+    fn resume(&mut self, now: Instant, cont: Cont, result: Result<Value, Errno>) {
+        match (cont, result) {
+            (Cont::GetAttr { req }, Ok(Value::Attr(a))) => {
+                let attr = self.with_local_size(&a);
+                let ttl = self.kernel_ttl(Kind::Attr);
+                self.reply(req, Ok(Answer::Attr { attr, ttl }));
+            }
+            (Cont::ReadDir { req, ino, offset }, Ok(Value::Dir(entries))) => {
+                self.answer_dir(req, ino, offset, &entries);
+            }
+            (Cont::ReadPart { req, slot, attempt }, Ok(Value::Chunk(c))) => {
+                // Answers for an attempt that was restarted are ignored.
+                if let Some(job) = self.reads.get_mut(&req).filter(|j| j.retries == attempt)
+                    && let Some(part) = job.parts.get_mut(slot)
+                {
+                    part.1 = Some(c.data);
+                }
+                self.finish_read(req);
+            }
+            (Cont::ReadPart { req, attempt, .. }, result) => {
+                if self.reads.get(&req).is_some_and(|j| j.retries == attempt) {
+                    match result {
+                        Err(Errno::Stale) => self.refresh_read(now, req),
+                        Err(e) => {
+                            self.reads.remove(&req);
+                            self.reply(req, Err(e));
+                        }
+                        Ok(_) => {
+                            self.reads.remove(&req);
+                            self.reply(req, Err(Errno::Io));
+                        }
+                    }
+                }
+            }
+            (Cont::GetAttr { req } | Cont::ReadDir { req, .. }, Err(e)) => self.reply(req, Err(e)),
+            (Cont::GetAttr { req } | Cont::ReadDir { req, .. }, Ok(_)) => {
+                self.reply(req, Err(Errno::Io));
+            }
+        }
+    }
+
+    /// A read found its chunks at a newer version than its handle knew:
+    /// learn the file's attributes and read again (twice at most).
+    fn refresh_read(&mut self, now: Instant, req: Req) {
+        let Some(job) = self.reads.get_mut(&req) else {
+            return;
+        };
+        if job.retries >= 2 {
+            self.reads.remove(&req);
+            return self.reply(req, Err(Errno::Stale));
+        }
+        job.retries += 1;
+        let fh = job.fh;
+        let (offset, size) = (job.offset, job.size);
+        let Some(node) = self.handles.get(&fh).map(|h| h.node) else {
+            self.reads.remove(&req);
+            return self.reply(req, Err(Errno::BadF));
+        };
+        // Only one resume per read: later chunk answers find no job slot
+        // change to make until the retry restarts it.
+        job.parts.clear();
+        self.send(
+            now,
+            Purpose::Op {
+                req,
+                op: Op::Read { fh, offset, size },
+                step: Step::RefreshRead,
+            },
+            crate::proto::Request::GetAttr { node },
+        );
+    }
+
+    /// Carries out a write transaction's outputs.
+    pub(super) fn drain_write(&mut self, now: Instant, node: crate::proto::NodeId) {
+        loop {
+            let Some(o) = self.writes.get_mut(&node).and_then(|w| w.poll_output()) else {
+                break;
+            };
+            match o {
+                WriteOutput::Send { op, request } => {
+                    self.send(now, Purpose::Write { node, op }, request)
+                }
+                WriteOutput::Committed(attr) => {
+                    for h in self.handles.values_mut() {
+                        if h.node == node {
+                            h.attr = attr.clone();
+                        }
+                    }
+                    self.files.insert(attr.key, node);
+                    let _ = self.cache.fill(
+                        now,
+                        CacheKey::Attr(node),
+                        Value::Attr(Arc::new(attr.clone())),
+                    );
+                    self.finish_commit(now, node, Ok(attr));
+                }
+                WriteOutput::Aborted(reason) => self.finish_commit(now, node, Err(reason.errno())),
+            }
+        }
+    }
+
+    fn finish_commit(
+        &mut self,
+        now: Instant,
+        node: crate::proto::NodeId,
+        result: Result<Attr, Errno>,
+    ) {
+        let waiting = self.after_commit.remove(&node).unwrap_or_default();
+        if waiting.is_empty()
+            && let Err(e) = result
+        {
+            // Nobody asked yet: the next flush, fsync or close reports it.
+            self.write_errors.insert(node, e);
+        }
+        let ttl = self.kernel_ttl(Kind::Attr);
+        for w in waiting {
+            match (w, &result) {
+                (AfterCommit::Reply(req), Ok(_)) => self.reply(req, Ok(Answer::Done)),
+                (AfterCommit::Reply(req), Err(e)) => self.reply(req, Err(*e)),
+                (AfterCommit::SetAttr { req, ino, rest }, Ok(attr)) => {
+                    if rest == crate::proto::SetAttr::default() {
+                        self.reply(
+                            req,
+                            Ok(Answer::Attr {
+                                attr: attr.clone(),
+                                ttl,
+                            }),
+                        );
+                    } else {
+                        self.send(
+                            now,
+                            Purpose::Op {
+                                req,
+                                op: Op::SetAttr { ino, set: rest },
+                                step: Step::Rest,
+                            },
+                            crate::proto::Request::SetAttr {
+                                node,
+                                set: rest,
+                                token: None,
+                            },
+                        );
+                    }
+                }
+                (AfterCommit::SetAttr { req, .. }, Err(e)) => self.reply(req, Err(*e)),
+            }
+        }
+        // Writes that waited for room start the next transaction.
+        self.retry_blocked_writes(now, node);
+    }
+}

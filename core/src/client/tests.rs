@@ -1,0 +1,565 @@
+//! The client against a real host machine and an in-memory disk.
+
+use super::*;
+use crate::host::memfs::MemFs;
+use crate::host::{FsOp, HostConfig, RelPath};
+use crate::proto::{CHUNK_SIZE, FileKind, TxnId};
+use crate::testkit::World;
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid")
+}
+
+fn disk(files: &[(&str, &[u8])]) -> MemFs {
+    let mut d = MemFs::new(1 << 30);
+    for (f, data) in files {
+        let p = RelPath::from(vec![name(f)]);
+        d.execute(FsOp::Create {
+            path: p.clone(),
+            mode: 0o644,
+            exclusive: true,
+        })
+        .expect("create");
+        d.execute(FsOp::StageBegin {
+            txn: TxnId(0),
+            path: p.clone(),
+        })
+        .expect("stage");
+        d.execute(FsOp::StageWrite {
+            txn: TxnId(0),
+            offset: 0,
+            data: Bytes::copy_from_slice(data),
+        })
+        .expect("w");
+        d.execute(FsOp::StageCommit {
+            txn: TxnId(0),
+            path: p,
+            size: data.len() as u64,
+        })
+        .expect("commit");
+    }
+    d
+}
+
+fn world(files: &[(&str, &[u8])], clients: usize) -> World {
+    World::new(
+        7,
+        disk(files),
+        clients,
+        HostConfig::default(),
+        ClientConfig::default(),
+    )
+}
+
+fn lookup(w: &mut World, c: usize, parent: Ino, n: &str) -> Result<(Ino, Attr), Errno> {
+    match w.call(
+        c,
+        Op::Lookup {
+            parent,
+            name: name(n),
+        },
+    )? {
+        Answer::Entry { ino, attr, .. } => Ok((ino, attr)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn open(w: &mut World, c: usize, ino: Ino) -> Fh {
+    match w.call(c, Op::Open { ino }) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn create(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
+    match w.call(
+        c,
+        Op::Create {
+            parent: Ino::ROOT,
+            name: name(n),
+            mode: 0o644,
+        },
+    ) {
+        Ok(Answer::Created { ino, fh, .. }) => (ino, fh),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn read_all(w: &mut World, c: usize, fh: Fh, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let size = 131_072u32;
+        match w.call(
+            c,
+            Op::Read {
+                fh,
+                offset: out.len() as u64,
+                size,
+            },
+        ) {
+            Ok(Answer::Data(d)) if d.is_empty() => return out,
+            Ok(Answer::Data(d)) => {
+                out.extend_from_slice(&d);
+                if out.len() >= len {
+                    return out;
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn write(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8]) {
+    // The kernel writes at most 128 KiB at a time.
+    for (i, piece) in data.chunks(CHUNK_SIZE).enumerate() {
+        let at = offset + (i * CHUNK_SIZE) as u64;
+        let r = w.call(
+            c,
+            Op::Write {
+                fh,
+                offset: at,
+                data: Bytes::copy_from_slice(piece),
+            },
+        );
+        assert_eq!(r, Ok(Answer::Written(piece.len() as u32)));
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn connects_and_answers_repeated_getattrs_from_the_cache() {
+    let mut w = world(&[("a", b"hello")], 1);
+    assert!(w.clients[0].core.is_ready());
+    let (ino, attr) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    assert_eq!(attr.size, 5);
+    assert_eq!(attr.kind, FileKind::File);
+    let sent = w.clients[0].sent;
+    for _ in 0..100 {
+        assert!(matches!(
+            w.call(0, Op::GetAttr { ino }),
+            Ok(Answer::Attr { .. })
+        ));
+    }
+    assert_eq!(w.clients[0].sent, sent, "all hits: nothing sent");
+    // Past the 1 s attribute TTL, the next one asks the host again.
+    w.run_for(Duration::from_millis(1100));
+    w.call(0, Op::GetAttr { ino }).expect("attr");
+    assert_eq!(w.clients[0].sent, sent + 1);
+}
+
+#[test]
+fn missing_names_are_cached_negatively() {
+    let mut w = world(&[], 1);
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "nope").err(),
+        Some(Errno::NoEnt)
+    );
+    let sent = w.clients[0].sent;
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "nope").err(),
+        Some(Errno::NoEnt)
+    );
+    assert_eq!(w.clients[0].sent, sent, "negative hit");
+    // Creating the name here drops the negative entry at once.
+    create(&mut w, 0, "nope");
+    assert!(lookup(&mut w, 0, Ino::ROOT, "nope").is_ok());
+}
+
+#[test]
+fn files_of_every_boundary_size_round_trip() {
+    let mut w = world(&[], 2);
+    for (i, len) in [
+        0,
+        1,
+        CHUNK_SIZE - 1,
+        CHUNK_SIZE,
+        CHUNK_SIZE + 1,
+        3 * CHUNK_SIZE + 7,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = format!("f{i}");
+        let data = pattern(len, i as u8);
+        let (_, fh) = create(&mut w, 0, &n);
+        write(&mut w, 0, fh, 0, &data);
+        assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+        assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+        // Another client opens after the close: it sees the new content.
+        let (ino, attr) = lookup(&mut w, 1, Ino::ROOT, &n).expect("lookup");
+        assert_eq!(attr.size, len as u64);
+        let fh = open(&mut w, 1, ino);
+        assert_eq!(read_all(&mut w, 1, fh, len), data, "size {len}");
+        w.call(1, Op::Release { fh }).expect("release");
+    }
+}
+
+#[test]
+fn the_writer_reads_its_own_uncommitted_writes() {
+    let mut w = world(&[("a", b"0123456789")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, ino);
+    write(&mut w, 0, fh, 8, b"XYZ");
+    assert_eq!(read_all(&mut w, 0, fh, 11), b"01234567XYZ");
+    let Ok(Answer::Attr { attr, .. }) = w.call(0, Op::GetAttr { ino }) else {
+        panic!("attr")
+    };
+    assert_eq!(attr.size, 11, "uncommitted size is visible to the writer");
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("a")])),
+        Some(&b"0123456789"[..])
+    );
+    w.call(0, Op::Fsync { fh }).expect("fsync");
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("a")])),
+        Some(&b"01234567XYZ"[..])
+    );
+}
+
+#[test]
+fn a_truncate_through_setattr_commits() {
+    let mut w = world(&[("a", b"0123456789")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let set = SetAttr {
+        size: Some(3),
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    let Ok(Answer::Attr { attr, .. }) = w.call(0, Op::SetAttr { ino, set }) else {
+        panic!("setattr")
+    };
+    assert_eq!((attr.size, attr.mode), (3, 0o600));
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("a")])),
+        Some(&b"012"[..])
+    );
+}
+
+#[test]
+fn a_large_directory_is_listed_completely() {
+    let mut w = world(&[], 1);
+    for i in 0..1300 {
+        let (_, fh) = create(&mut w, 0, &format!("e{i:04}"));
+        w.call(0, Op::Release { fh }).expect("release");
+    }
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let Ok(Answer::Dir(items)) = w.call(
+            0,
+            Op::ReadDir {
+                ino: Ino::ROOT,
+                offset,
+            },
+        ) else {
+            panic!("readdir")
+        };
+        if items.is_empty() {
+            break;
+        }
+        // The kernel takes what fits in its buffer and comes back.
+        for it in items.iter().take(100) {
+            names.push(it.name.clone());
+            offset = it.next;
+        }
+    }
+    assert_eq!(names.len(), 1300);
+    names.dedup();
+    assert_eq!(names.len(), 1300);
+}
+
+#[test]
+fn an_unlinked_open_file_stays_readable_until_released() {
+    let mut w = world(&[("a", b"still here")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(
+        w.call(
+            0,
+            Op::Unlink {
+                parent: Ino::ROOT,
+                name: name("a")
+            }
+        ),
+        Ok(Answer::Done)
+    );
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "a").err(), Some(Errno::NoEnt));
+    // Past every TTL, so nothing can come from the cache.
+    w.run_for(Duration::from_secs(400));
+    assert_eq!(read_all(&mut w, 0, fh, 10), b"still here");
+    w.call(0, Op::Release { fh }).expect("release");
+    w.forget_all(0, ino);
+    assert!(
+        w.clients[0].core.vfs().expect("vfs").get(ino).is_none(),
+        "freed after release and forget"
+    );
+}
+
+#[test]
+fn rename_over_an_existing_file_replaces_it() {
+    let mut w = world(&[("a", b"AAA"), ("b", b"BBB")], 2);
+    let (b_ino, _) = lookup(&mut w, 1, Ino::ROOT, "b").expect("b");
+    lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let r = w.call(
+        0,
+        Op::Rename {
+            parent: Ino::ROOT,
+            name: name("a"),
+            new_parent: Ino::ROOT,
+            new_name: name("b"),
+        },
+    );
+    assert_eq!(r, Ok(Answer::Done));
+    let (ino, attr) = lookup(&mut w, 0, Ino::ROOT, "b").expect("b");
+    assert_eq!(attr.size, 3);
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 3), b"AAA");
+    assert!(w.clients[1].invalidations > 0, "the other client was told");
+    assert!(w.clients[1].core.vfs().expect("vfs").node(b_ino).is_none());
+}
+
+#[test]
+fn two_writers_are_serialised_and_no_file_is_torn() {
+    let mut w = world(&[("f", b"")], 2);
+    let a = pattern(3 * CHUNK_SIZE, 1);
+    let b = pattern(3 * CHUNK_SIZE, 2);
+    let (ia, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let (ib, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let fa = open(&mut w, 0, ia);
+    let fb = open(&mut w, 1, ib);
+    // Interleave the writes, then close both at once.
+    for i in 0..3 {
+        let s = i * CHUNK_SIZE;
+        write(&mut w, 0, fa, s as u64, &a[s..s + CHUNK_SIZE]);
+        write(&mut w, 1, fb, s as u64, &b[s..s + CHUNK_SIZE]);
+    }
+    let ra = w.op(0, Op::Flush { fh: fa });
+    let rb = w.op(1, Op::Flush { fh: fb });
+    assert_eq!(w.wait(0, ra), Ok(Answer::Done));
+    assert_eq!(w.wait(1, rb), Ok(Answer::Done));
+    let on_disk = w
+        .disk
+        .read_file(&RelPath::from(vec![name("f")]))
+        .expect("f")
+        .to_vec();
+    assert!(
+        on_disk == a || on_disk == b,
+        "one whole version, never a mix"
+    );
+}
+
+#[test]
+fn a_change_on_the_host_reaches_the_client() {
+    let mut w = world(&[("a", b"old")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 3), b"old");
+    w.call(0, Op::Release { fh }).expect("release");
+    // A local program rewrites the file on the host.
+    let p = RelPath::from(vec![name("a")]);
+    w.disk.set_time(crate::proto::Timestamp {
+        secs: 100,
+        nanos: 0,
+    });
+    w.disk
+        .execute(FsOp::StageBegin {
+            txn: TxnId(99),
+            path: p.clone(),
+        })
+        .expect("stage");
+    w.disk
+        .execute(FsOp::StageWrite {
+            txn: TxnId(99),
+            offset: 0,
+            data: Bytes::from_static(b"new!"),
+        })
+        .expect("w");
+    w.disk
+        .execute(FsOp::StageCommit {
+            txn: TxnId(99),
+            path: p.clone(),
+            size: 4,
+        })
+        .expect("c");
+    let now = w.now;
+    w.host.local_change(now, &p);
+    w.settle();
+    assert!(w.clients[0].invalidations > 0);
+    let (ino, attr) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    assert_eq!(attr.size, 4);
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 4), b"new!");
+}
+
+#[test]
+fn the_mount_survives_a_host_restart_and_keeps_acknowledged_data() {
+    let mut w = world(&[], 1);
+    let (_, fh) = create(&mut w, 0, "kept");
+    write(&mut w, 0, fh, 0, b"acknowledged");
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "kept").expect("kept");
+    w.crash_host();
+    // While the host is down, an uncached request waits…
+    let req = w.op(0, Op::Statfs);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(w.answer(0, req), None, "waiting, not failed");
+    w.restart_host();
+    // …and is answered after the reconnect.
+    assert!(matches!(w.wait(0, req), Ok(Answer::StatFs(_))));
+    assert!(w.clients[0].core.is_ready());
+    // The same inode works again (re-bound by path).
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 12), b"acknowledged");
+}
+
+#[test]
+fn a_mount_that_cannot_reconnect_answers_enotconn() {
+    let mut w = world(&[("a", b"x")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    w.crash_host();
+    // Five attempts with backoff: 1+2+4+8+16 s plus connect timeouts.
+    w.run_for(Duration::from_secs(120));
+    assert!(!w.clients[0].core.is_ready());
+    assert_eq!(w.call(0, Op::GetAttr { ino }).err(), Some(Errno::NotConn));
+    assert_eq!(w.call(0, Op::Statfs).err(), Some(Errno::NotConn));
+}
+
+#[test]
+fn a_crashed_client_releases_its_locks_at_the_host() {
+    let mut w = world(&[("f", b"")], 2);
+    let (i0, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let f0 = open(&mut w, 0, i0);
+    write(&mut w, 0, f0, 0, b"never committed");
+    w.settle();
+    assert_eq!(w.host.locks().len(), 1, "client 0 holds the write lock");
+    w.crash_client(0);
+    let (i1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let f1 = open(&mut w, 1, i1);
+    write(&mut w, 1, f1, 0, b"second");
+    // The lock frees when client 0's session grace ends; the flush waits.
+    assert_eq!(w.call(1, Op::Flush { fh: f1 }), Ok(Answer::Done));
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("f")])),
+        Some(&b"second"[..])
+    );
+}
+
+#[test]
+fn symlinks_round_trip_and_are_not_followed() {
+    let mut w = world(&[], 1);
+    let r = w.call(
+        0,
+        Op::Symlink {
+            parent: Ino::ROOT,
+            name: name("l"),
+            target: b"../../etc/passwd".to_vec(),
+        },
+    );
+    let Ok(Answer::Entry { ino, attr, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(attr.kind, FileKind::Symlink);
+    assert_eq!(
+        w.call(0, Op::Readlink { ino }),
+        Ok(Answer::Link(b"../../etc/passwd".to_vec()))
+    );
+    assert_eq!(w.call(0, Op::Open { ino }).err(), Some(Errno::Loop));
+}
+
+#[test]
+fn mkdir_rmdir_and_errno_behaviour() {
+    let mut w = world(&[("f", b"x")], 1);
+    let r = w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+        },
+    );
+    let Ok(Answer::Entry { ino: d, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        w.call(
+            0,
+            Op::Mkdir {
+                parent: Ino::ROOT,
+                name: name("d"),
+                mode: 0o755
+            }
+        )
+        .err(),
+        Some(Errno::Exist)
+    );
+    let Ok(Answer::Created { fh, .. }) = w.call(
+        0,
+        Op::Create {
+            parent: d,
+            name: name("x"),
+            mode: 0o644,
+        },
+    ) else {
+        panic!("create")
+    };
+    w.call(0, Op::Release { fh }).expect("release");
+    assert_eq!(
+        w.call(
+            0,
+            Op::Rmdir {
+                parent: Ino::ROOT,
+                name: name("d")
+            }
+        )
+        .err(),
+        Some(Errno::NotEmpty)
+    );
+    assert_eq!(
+        w.call(
+            0,
+            Op::Unlink {
+                parent: Ino::ROOT,
+                name: name("d")
+            }
+        )
+        .err(),
+        Some(Errno::IsDir)
+    );
+    assert_eq!(
+        w.call(
+            0,
+            Op::Rmdir {
+                parent: Ino::ROOT,
+                name: name("f")
+            }
+        )
+        .err(),
+        Some(Errno::NotDir)
+    );
+    assert_eq!(
+        w.call(
+            0,
+            Op::Unlink {
+                parent: d,
+                name: name("x")
+            }
+        ),
+        Ok(Answer::Done)
+    );
+    assert_eq!(
+        w.call(
+            0,
+            Op::Rmdir {
+                parent: Ino::ROOT,
+                name: name("d")
+            }
+        ),
+        Ok(Answer::Done)
+    );
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "d").err(), Some(Errno::NoEnt));
+}

@@ -1,0 +1,451 @@
+//! A whole Wormhole in memory: one host on a [`MemFs`] disk and any number
+//! of mount clients, joined by a simulated network, all driven by one
+//! simulated clock. Deterministic: the same seed and the same calls give
+//! the same run.
+//!
+//! It is what the client's unit tests and the simulations in `tests/` are
+//! built on. The network carries each message after a seeded delay, so
+//! replies to concurrent requests arrive in any order (QUIC runs each
+//! request on its own stream); a message is never lost or duplicated while
+//! its connection lives. Partitions and crashes are what break
+//! connections, as in real life.
+
+use crate::client::{Answer, ClientConfig, ClientCore, ClientOutput, Op, Req};
+use crate::conn::auth::{self, TicketSecret};
+use crate::host::memfs::MemFs;
+use crate::host::{ConnId, HostConfig, HostOutput, HostServer};
+use crate::proto::{ClientMessage, Errno, HostMessage};
+use crate::{Instant, Rng};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// The ticket secret of every simulated host.
+pub const SECRET: TicketSecret = TicketSecret([0x5e; 32]);
+
+/// One simulated mount.
+#[derive(Debug)]
+pub struct SimClient {
+    /// The client machine.
+    pub core: ClientCore,
+    /// Its connection to the host, while it has one.
+    pub conn: Option<ConnId>,
+    /// Answers to kernel requests, by request.
+    pub answers: BTreeMap<Req, Result<Answer, Errno>>,
+    /// Its disk cache.
+    pub l2: BTreeMap<crate::cache::ChunkKey, (Bytes, crate::proto::Checksum)>,
+    /// Kernel invalidations received.
+    pub invalidations: usize,
+    /// Messages sent to the host.
+    pub sent: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Wire {
+    ToHost(ConnId, Vec<u8>),
+    ToClient(usize, ConnId, Vec<u8>),
+}
+
+/// The simulated world.
+#[derive(Debug)]
+pub struct World {
+    /// Simulated time.
+    pub now: Instant,
+    /// The host machine.
+    pub host: HostServer,
+    /// The host's disk.
+    pub disk: MemFs,
+    /// The mounts.
+    pub clients: Vec<SimClient>,
+    host_cfg: HostConfig,
+    client_cfg: ClientConfig,
+    rng: Rng,
+    /// Largest network delay; each message takes a seeded delay up to it.
+    pub max_delay: Duration,
+    /// Clients cut off from the host.
+    pub partitioned: BTreeSet<usize>,
+    /// Whether the host process is running.
+    pub host_up: bool,
+    wire: BTreeMap<(Instant, u64), Wire>,
+    seq: u64,
+    conns: BTreeMap<ConnId, usize>,
+    next_conn: u64,
+    next_req: u64,
+    host_runs: u64,
+}
+
+impl World {
+    /// A running host on `disk` and `clients` connected mounts.
+    pub fn new(
+        seed: u64,
+        disk: MemFs,
+        clients: usize,
+        host_cfg: HostConfig,
+        client_cfg: ClientConfig,
+    ) -> Self {
+        let mut rng = Rng::from_u64(seed);
+        let host = HostServer::new(host_cfg.clone(), SECRET, Rng::from_u64(rng.next_u64()));
+        let mut w = World {
+            now: Instant::ZERO,
+            host,
+            disk,
+            clients: Vec::new(),
+            host_cfg,
+            client_cfg,
+            rng,
+            max_delay: Duration::from_millis(5),
+            partitioned: BTreeSet::new(),
+            host_up: true,
+            wire: BTreeMap::new(),
+            seq: 0,
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            next_req: 1,
+            host_runs: 1,
+        };
+        w.host.start(w.now);
+        w.settle();
+        for _ in 0..clients {
+            w.add_client();
+        }
+        w
+    }
+
+    /// Adds a mount and connects it.
+    pub fn add_client(&mut self) -> usize {
+        let core = ClientCore::new(
+            self.client_cfg.clone(),
+            SECRET,
+            Rng::from_u64(self.rng.next_u64()),
+        );
+        self.clients.push(SimClient {
+            core,
+            conn: None,
+            answers: BTreeMap::new(),
+            l2: BTreeMap::new(),
+            invalidations: 0,
+            sent: 0,
+        });
+        let c = self.clients.len() - 1;
+        let now = self.now;
+        self.clients[c].core.connect(now);
+        self.settle();
+        c
+    }
+
+    fn post(&mut self, wire: Wire) {
+        let delay = self.rng.below(self.max_delay.as_nanos() as u64 + 1);
+        self.seq += 1;
+        self.wire
+            .insert((self.now + Duration::from_nanos(delay), self.seq), wire);
+    }
+
+    /// Sends a kernel operation from client `c`; returns its request.
+    pub fn op(&mut self, c: usize, op: Op) -> Req {
+        let req = Req(self.next_req);
+        self.next_req += 1;
+        let now = self.now;
+        self.clients[c].core.op(now, req, op);
+        self.pump();
+        req
+    }
+
+    /// Runs `op` and waits (in simulated time) for its answer.
+    pub fn call(&mut self, c: usize, op: Op) -> Result<Answer, Errno> {
+        let req = self.op(c, op);
+        self.wait(c, req)
+    }
+
+    /// Waits for the answer to `req`, for up to ten simulated minutes.
+    pub fn wait(&mut self, c: usize, req: Req) -> Result<Answer, Errno> {
+        let limit = self.now + Duration::from_secs(600);
+        loop {
+            if let Some(a) = self.clients[c].answers.remove(&req) {
+                return a;
+            }
+            if !self.step(limit) {
+                panic!("request {req:?} of client {c} never answered");
+            }
+        }
+    }
+
+    /// The answer to `req`, if it has come.
+    pub fn answer(&mut self, c: usize, req: Req) -> Option<Result<Answer, Errno>> {
+        self.clients[c].answers.remove(&req)
+    }
+
+    /// Lets time pass, delivering and firing everything due.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.step(end) {}
+        self.now = self.now.max(end);
+        self.fire(self.now);
+    }
+
+    /// Runs until nothing is in flight on the wire or due before `limit`.
+    pub fn settle(&mut self) {
+        let limit = self.now + Duration::from_secs(1);
+        while self.step(limit) {}
+    }
+
+    /// Advances to the next event (message or timer) no later than
+    /// `limit`; false if there is none.
+    pub fn step(&mut self, limit: Instant) -> bool {
+        self.pump();
+        let next_wire = self.wire.keys().next().map(|(t, _)| *t);
+        let next_timer = self.next_timer();
+        let next = [next_wire, next_timer].into_iter().flatten().min();
+        let Some(at) = next.filter(|&t| t <= limit) else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        if next_wire == Some(at) {
+            if let Some((_, w)) = self.wire.pop_first() {
+                self.deliver(w);
+            }
+        } else {
+            self.fire(at);
+        }
+        self.pump();
+        true
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let host = if self.host_up {
+            self.host.poll_timeout()
+        } else {
+            None
+        };
+        self.clients
+            .iter()
+            .filter_map(|c| c.core.poll_timeout())
+            .chain(host)
+            .min()
+    }
+
+    fn fire(&mut self, now: Instant) {
+        if self.host_up {
+            self.host.handle_timeout(now);
+        }
+        for c in &mut self.clients {
+            c.core.handle_timeout(now);
+        }
+    }
+
+    fn deliver(&mut self, w: Wire) {
+        let now = self.now;
+        match w {
+            Wire::ToHost(conn, bytes) => {
+                if self.host_up && self.conns.contains_key(&conn) {
+                    // A message that does not decode fails alone.
+                    let _ = self.host.handle_message(now, conn, &bytes);
+                }
+            }
+            Wire::ToClient(c, conn, bytes) => {
+                if self.clients[c].conn == Some(conn) {
+                    let _ = self.clients[c].core.handle_message_bytes(now, &bytes);
+                }
+            }
+        }
+    }
+
+    /// Carries out every output until all machines are quiet.
+    pub fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            while self.host_up
+                && let Some(o) = self.host.poll_output()
+            {
+                moved = true;
+                self.host_output(o);
+            }
+            for c in 0..self.clients.len() {
+                while let Some(o) = self.clients[c].core.poll_output() {
+                    moved = true;
+                    self.client_output(c, o);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn host_output(&mut self, o: HostOutput) {
+        let now = self.now;
+        match o {
+            HostOutput::Fs { op, fs } => {
+                let result = self.disk.execute(fs);
+                self.host.handle_fs(now, op, result);
+            }
+            HostOutput::Send { conn, msg } => {
+                if let Some(&c) = self.conns.get(&conn) {
+                    let bytes = encode_host(&msg);
+                    self.post(Wire::ToClient(c, conn, bytes));
+                }
+            }
+            HostOutput::Close { conn } => self.drop_conn(conn),
+            HostOutput::Event(_) => {}
+        }
+    }
+
+    fn client_output(&mut self, c: usize, o: ClientOutput) {
+        let now = self.now;
+        match o {
+            ClientOutput::Reply { req, result } => {
+                self.clients[c].answers.insert(req, result);
+            }
+            ClientOutput::Send(msg) => {
+                self.clients[c].sent += 1;
+                if let Some(conn) = self.clients[c].conn {
+                    let bytes = msg.encode().unwrap_or_default().to_vec();
+                    self.post(Wire::ToHost(conn, bytes));
+                }
+            }
+            ClientOutput::OpenTransport => {
+                if !self.host_up || self.partitioned.contains(&c) {
+                    // Nothing answers: the connect times out in the client.
+                    return;
+                }
+                let conn = ConnId(self.next_conn);
+                self.next_conn += 1;
+                let exporter = *blake3::hash(&conn.0.to_le_bytes()).as_bytes();
+                self.conns.insert(conn, c);
+                self.clients[c].conn = Some(conn);
+                self.host.conn_opened(now, conn, exporter);
+                self.clients[c].core.transport_established(now, &exporter);
+            }
+            ClientOutput::CloseTransport => {
+                if let Some(conn) = self.clients[c].conn.take() {
+                    self.conns.remove(&conn);
+                    if self.host_up {
+                        self.host.conn_closed(now, conn);
+                    }
+                }
+            }
+            ClientOutput::L2Write {
+                key,
+                data,
+                checksum,
+            } => {
+                self.clients[c].l2.insert(key, (data, checksum));
+            }
+            ClientOutput::L2Delete { key } => {
+                self.clients[c].l2.remove(&key);
+            }
+            ClientOutput::L2Read { key } => match self.clients[c].l2.get(&key).cloned() {
+                Some((data, checksum)) => self.clients[c].core.l2_loaded(now, key, data, checksum),
+                None => self.clients[c].core.l2_read_failed(now, key),
+            },
+            ClientOutput::InvalidateInode { .. } | ClientOutput::InvalidateEntry { .. } => {
+                self.clients[c].invalidations += 1;
+            }
+            ClientOutput::Event(_) => {}
+        }
+    }
+
+    /// Both ends notice a connection is gone.
+    fn drop_conn(&mut self, conn: ConnId) {
+        let now = self.now;
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        if self.host_up {
+            self.host.conn_closed(now, conn);
+        }
+        if self.clients[c].conn == Some(conn) {
+            self.clients[c].conn = None;
+            self.clients[c].core.transport_lost(now);
+        }
+    }
+
+    /// Cuts client `c` off: its connection drops now and reconnects fail
+    /// until [`Self::heal`].
+    pub fn partition(&mut self, c: usize) {
+        self.partitioned.insert(c);
+        if let Some(conn) = self.clients[c].conn {
+            self.drop_conn(conn);
+        }
+        self.pump();
+    }
+
+    /// Ends every partition. Clients still retrying reconnect on their
+    /// next attempt.
+    pub fn heal(&mut self) {
+        self.partitioned.clear();
+    }
+
+    /// The host process dies: its disk loses what was not durable, every
+    /// connection drops.
+    pub fn crash_host(&mut self) {
+        self.host_up = false;
+        self.disk.crash();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.drop_conn(conn);
+        }
+        self.wire.clear();
+        self.pump();
+    }
+
+    /// The host starts again on the same disk, with a new identity for
+    /// nothing but its sessions (the ticket stays valid).
+    pub fn restart_host(&mut self) {
+        self.host_runs += 1;
+        let seed = self.rng.next_u64();
+        self.host = HostServer::new(self.host_cfg.clone(), SECRET, Rng::from_u64(seed));
+        self.host_up = true;
+        let now = self.now;
+        self.host.start(now);
+        self.pump();
+    }
+
+    /// Client `c` dies: the host sees its connection close.
+    pub fn crash_client(&mut self, c: usize) {
+        if let Some(conn) = self.clients[c].conn.take() {
+            self.conns.remove(&conn);
+            if self.host_up {
+                let now = self.now;
+                self.host.conn_closed(now, conn);
+            }
+        }
+        let core = ClientCore::new(
+            self.client_cfg.clone(),
+            SECRET,
+            Rng::from_u64(self.rng.next_u64()),
+        );
+        self.clients[c] = SimClient {
+            core,
+            conn: None,
+            answers: BTreeMap::new(),
+            l2: BTreeMap::new(),
+            invalidations: 0,
+            sent: 0,
+        };
+        self.pump();
+    }
+
+    /// The kernel forgets every lookup of `ino` at client `c`.
+    pub fn forget_all(&mut self, c: usize, ino: crate::vfs::Ino) {
+        let n = self.clients[c]
+            .core
+            .vfs()
+            .and_then(|v| v.get(ino))
+            .map_or(0, |i| i.nlookup);
+        self.clients[c].core.forget(ino, n);
+    }
+
+    /// Proof that the secret is what the clients use (for tests of refusal).
+    pub fn proof(exporter: &[u8; 32]) -> [u8; 32] {
+        auth::proof(&SECRET, exporter)
+    }
+}
+
+fn encode_host(msg: &HostMessage) -> Vec<u8> {
+    msg.encode().map(|b| b.to_vec()).unwrap_or_default()
+}
+
+/// Decodes what a client sent (for tests inspecting traffic).
+pub fn decode_client(bytes: &[u8]) -> Option<ClientMessage> {
+    ClientMessage::decode(bytes).ok()
+}
