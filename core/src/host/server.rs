@@ -327,6 +327,12 @@ impl HostServer {
         self.txns.len()
     }
 
+    /// A transaction's owner, file and fencing token (for simulations that
+    /// check every commit against the lock table).
+    pub fn txn_info(&self, txn: TxnId) -> Option<(SessionId, NodeId, LockToken)> {
+        self.txns.get(&txn).map(|t| (t.session, t.node, t.token))
+    }
+
     fn set_state(&mut self, state: HostState) {
         if self.state != state {
             self.state = state;
