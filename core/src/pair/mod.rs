@@ -66,9 +66,21 @@ impl PeerId {
     }
 }
 
+impl fmt::Display for PeerId {
+    /// Fixed-width hex, all 16 bytes: what logs and people compare against
+    /// a certificate fingerprint.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for PeerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Leading zero bytes are dropped so test ids read as "peer:1".
+        // Leading zero bytes are dropped so test ids read as "peer:1" in
+        // traces; `Display` prints the full id.
         let first = self.0.iter().position(|&b| b != 0).unwrap_or(15);
         write!(f, "peer:")?;
         for (i, b) in self.0[first..].iter().enumerate() {

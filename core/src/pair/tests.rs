@@ -1096,3 +1096,13 @@ fn handover_ids_grow_per_pair() {
         "numbered per initiator"
     );
 }
+
+#[test]
+fn peer_ids_display_in_full_and_debug_short() {
+    assert_eq!(
+        PeerId::from_u64(1).to_string(),
+        "00000000000000000000000000000001"
+    );
+    assert_eq!(format!("{:?}", PeerId::from_u64(0x1234)), "peer:1234");
+    assert_eq!(PeerId([0xab; 16]).to_string().len(), 32);
+}
