@@ -1106,3 +1106,23 @@ fn peer_ids_display_in_full_and_debug_short() {
     assert_eq!(format!("{:?}", PeerId::from_u64(0x1234)), "peer:1234");
     assert_eq!(PeerId([0xab; 16]).to_string().len(), 32);
 }
+
+#[test]
+fn release_traces() {
+    // The responder releases; then both release at once.
+    let mut d = Duo::new();
+    d.take(Side::A);
+    d.pump();
+    d.release(Side::B);
+    d.pump();
+    d.take(Side::A);
+    d.pump();
+    let now = d.now;
+    d.a.release(now, NONCE).expect("a releases");
+    d.b.release(now, NONCE).expect("b releases");
+    d.note("A and B release at once".into());
+    d.pump();
+    assert_eq!(d.state(Side::A), Some(PairState::Idle));
+    assert_eq!(d.state(Side::B), Some(PairState::Idle));
+    insta::assert_snapshot!("release_trace", d.trace);
+}
