@@ -795,15 +795,30 @@ impl ClientCore {
             CacheKey::Attr(root.node),
             crate::cache::Value::Attr(root.clone().into()),
         );
-        if first || resumed {
+        if first {
+            self.flush_queue(now);
+            return;
+        }
+        // Invalidations sent while we were away were lost: nothing cached
+        // is trusted without revalidation (chunks revalidate cheaply by
+        // version).
+        self.cache.mark_all_stale(now);
+        if resumed {
+            // Same session: locks and transactions live on at the host, but
+            // a lock may have expired meanwhile; confirm each at once.
+            let nodes: Vec<NodeId> = self.writes.keys().copied().collect();
+            for node in nodes {
+                if let Some(w) = self.writes.get_mut(&node) {
+                    w.revalidate_lock(now);
+                }
+                self.drain_write(now, node);
+            }
             self.flush_queue(now);
             return;
         }
         // A new session: the host may have restarted, so node ids, locks
-        // and transactions are gone. Cached data is revalidated, not
-        // trusted; inodes are re-bound by path before any queued operation
-        // runs again.
-        self.cache.mark_all_stale(now);
+        // and transactions are gone; inodes are re-bound by path before any
+        // queued operation runs again.
         let queued: Vec<(Purpose, Request)> = self.queued.drain(..).collect();
         for (purpose, request) in queued {
             match purpose {

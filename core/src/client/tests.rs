@@ -563,3 +563,27 @@ fn mkdir_rmdir_and_errno_behaviour() {
     );
     assert_eq!(lookup(&mut w, 0, Ino::ROOT, "d").err(), Some(Errno::NoEnt));
 }
+
+#[test]
+fn a_resumed_session_revalidates_its_cache_and_locks() {
+    let mut w = world(&[("a", b"0123")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, ino);
+    write(&mut w, 0, fh, 0, b"AB");
+    w.settle();
+    // A short partition: the session survives at the host (grace period).
+    w.partition(0);
+    w.heal();
+    w.run_for(Duration::from_secs(3));
+    assert!(w.clients[0].core.is_ready());
+    let sent = w.clients[0].sent;
+    // Nothing cached is trusted after a reconnect: getattr asks the host.
+    w.call(0, Op::GetAttr { ino }).expect("attr");
+    assert!(w.clients[0].sent > sent);
+    // The transaction (and its lock) survived: the commit succeeds.
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("a")])),
+        Some(&b"AB23"[..])
+    );
+}

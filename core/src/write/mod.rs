@@ -277,6 +277,16 @@ impl WriteTxn {
         Ok(())
     }
 
+    /// After a reconnect that resumed the session: the lock may have
+    /// expired at the host while we were away, so confirm it now with a
+    /// refresh instead of waiting for the scheduled one (a refusal aborts
+    /// the transaction as a lost lock).
+    pub fn revalidate_lock(&mut self, now: Instant) {
+        if self.lock.state() == ClientLockState::Held && self.lock.refresh_now(now).is_ok() {
+            self.drain_lock(now);
+        }
+    }
+
     /// Give up: the file keeps its old content.
     pub fn abort(&mut self, now: Instant) {
         if !self.is_finished() {
