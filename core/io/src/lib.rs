@@ -19,6 +19,9 @@
 //!   release.
 //! * [`quic`]: node identities, certificate pinning both ways, the quinn
 //!   configs (ALPN `wormhole/1`).
+//! * [`hostfs`]: the host's disk, every file operation confined beneath
+//!   the shared root (no symlink followed), and [`watch`], the watcher that
+//!   turns local changes into invalidations.
 //! * [`cli`]: the command line, defined once for both binaries, and
 //!   [`demo`], the `pair-demo` it runs.
 //!
@@ -31,7 +34,9 @@ mod runtime;
 
 pub mod cli;
 pub mod demo;
+pub mod hostfs;
 pub mod quic;
+pub mod watch;
 
 pub use node::{
     IoStats, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,

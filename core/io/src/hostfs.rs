@@ -1,0 +1,936 @@
+//! The host's disk: every [`FsOp`] the core asks for, executed against a
+//! real directory and confined beneath it.
+//!
+//! # Confinement
+//!
+//! [`HostFs`] holds one directory fd, the shared root, and reaches every
+//! file through it with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_MAGICLINKS)`; final components go through `*at` calls with
+//! `AT_SYMLINK_NOFOLLOW` / `O_NOFOLLOW`. A symlink anywhere in a path is
+//! ELOOP and is never followed, the final component included: symlinks are
+//! data (`Readlink`). Paths are built from checked
+//! [`Name`](wormhole_core::proto::Name)s, so `..` and absolute names cannot
+//! be written down in the first place; the kernel refuses them again if a
+//! bug ever let one through. This is also why a host cannot deadlock on a
+//! symlink that points into a mount of its own share: it never takes it.
+//!
+//! # Semantics
+//!
+//! Exactly those of [`MemFs`](wormhole_core::host::memfs::MemFs), the
+//! reference, checked by a differential test (`tests/hostfs_diff.rs`):
+//! the same errnos, listings in name order with index cookies, only
+//! files, directories and symlinks reported (anything else is invisible,
+//! as if absent). Known, deliberate differences, which the core never
+//! triggers: a symlink's mode cannot be changed on Linux (EOPNOTSUPP);
+//! committing over a target that became a directory fails with EISDIR
+//! (MemFs replaces it); symlink targets must be non-empty and NUL-free
+//! (the core checks that before asking); a path longer than PATH_MAX is
+//! ENAMETOOLONG.
+//!
+//! # Durability
+//!
+//! A result is reported only once it is on disk: every mutation fsyncs what
+//! it changed (the new file or directory and its parent directory; both
+//! parents of a rename). Staging files are volatile: a crash may leave one
+//! behind (invisible to clients: `.wormhole.` names are reserved), and the
+//! next `StageBegin` of the same transaction number replaces it. A commit
+//! sets the staged copy's size and mode, fsyncs it, renames it over the
+//! target and fsyncs the directory, in that order, so a crash at any point
+//! leaves the old content or the new one.
+//!
+//! # Threads
+//!
+//! Every call blocks (fsync can take long), so it must not run on an async
+//! executor's threads. [`FsPool`] is a small bounded pool of threads for
+//! that, shared by both shells; [`HostFs`] itself is `Sync` and may also be
+//! called from a runtime's own blocking pool. Operations sent at the same
+//! time may complete in any order, as concurrent system calls would; the
+//! core only sends an operation after the results it depends on.
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno as SysErrno;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use wormhole_core::host::{
+    FsAttr, FsHandle, FsOk, FsOp, FsResult, OpId, RESERVED_PREFIX, ReadFrom, RelPath,
+};
+use wormhole_core::proto::{
+    Errno, FileKey, FileKind, Name, SetAttr, SetTime, StatFs, Timestamp, TxnId,
+};
+
+/// Every path walk: stay beneath the root, take no symlink and no
+/// `/proc` magic link, anywhere in the path.
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// `openat2` answers EAGAIN when a rename raced with a `RESOLVE_BENEATH`
+/// walk; it is safe to retry, a few times.
+const RESOLVE_RETRIES: usize = 8;
+
+/// Bounds of a [`HostFs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFsConfig {
+    /// Largest file a write transaction may produce (EFBIG beyond).
+    pub max_file: u64,
+    /// Open handles at once (EAGAIN beyond): each holds a file descriptor.
+    pub max_handles: usize,
+    /// Staging files at once (EAGAIN beyond): each holds a descriptor.
+    pub max_staged: usize,
+}
+
+impl Default for HostFsConfig {
+    fn default() -> Self {
+        HostFsConfig {
+            max_file: 1 << 44,
+            max_handles: 4096,
+            max_staged: 1024,
+        }
+    }
+}
+
+/// A staged new version of a file: a hidden file beside it.
+struct Staged {
+    /// The directory holding the staging file (and, when it was begun, the
+    /// target: same directory, so the commit's rename is atomic).
+    dir: OwnedFd,
+    /// `.wormhole.<txn>`.
+    name: Vec<u8>,
+    file: File,
+    /// Set once renamed over the target, so dropping it unlinks nothing.
+    committed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Abort, a failed commit, a replaced transaction and a host that
+        // shuts down all end here: a staging file that will never be
+        // committed is removed (best effort; a crash leaves it for the next
+        // StageBegin of the same number).
+        if !self.committed.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = rfs::unlinkat(&self.dir, os(&self.name), AtFlags::empty());
+        }
+    }
+}
+
+/// The shared folder on the real disk, executing [`FsOp`]s beneath it.
+pub struct HostFs {
+    root: OwnedFd,
+    cfg: HostFsConfig,
+    handles: Mutex<HashMap<FsHandle, Arc<File>>>,
+    staged: Mutex<HashMap<TxnId, Arc<Staged>>>,
+}
+
+impl std::fmt::Debug for HostFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostFs")
+            .field("root", &self.root)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostFs {
+    /// Opens `root` (a directory; this one path is resolved normally, as
+    /// the person sharing it named it) and serves beneath it.
+    pub fn open(root: &Path, cfg: HostFsConfig) -> std::io::Result<Self> {
+        let fd = rfs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(HostFs {
+            root: fd,
+            cfg,
+            handles: Mutex::new(HashMap::new()),
+            staged: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Open handles (for checks and metrics).
+    pub fn open_handles(&self) -> usize {
+        lock(&self.handles).len()
+    }
+
+    /// Staging files held (for checks and metrics).
+    pub fn staged(&self) -> usize {
+        lock(&self.staged).len()
+    }
+
+    /// Executes one operation; blocks (see the module docs).
+    pub fn execute(&self, op: FsOp) -> FsResult {
+        match op {
+            FsOp::Stat { path } => self.stat(&path).map(FsOk::Attr),
+            FsOp::List { path, cookie, max } => self.list(&path, cookie, max),
+            FsOp::Open { path, handle } => self.open_handle(&path, handle),
+            FsOp::Close { handle } => {
+                lock(&self.handles).remove(&handle).ok_or(Errno::BadF)?;
+                Ok(FsOk::Done)
+            }
+            FsOp::Read { from, offset, len } => self.read(from, offset, len),
+            FsOp::Create {
+                path,
+                mode,
+                exclusive,
+            } => self.create(&path, mode, exclusive),
+            FsOp::Mkdir { path, mode } => self.mkdir(&path, mode),
+            FsOp::Unlink { path } => self.remove(&path, AtFlags::empty()),
+            FsOp::Rmdir { path } => self.remove(&path, AtFlags::REMOVEDIR),
+            FsOp::Rename { from, to } => self.rename(&from, &to),
+            FsOp::Symlink { path, target } => self.symlink(&path, &target),
+            FsOp::Readlink { path } => {
+                let Some((dir, name)) = self.parent(&path)? else {
+                    return Err(Errno::Inval);
+                };
+                let text = rfs::readlinkat(&dir, os(name.as_bytes()), Vec::new()).map_err(sys)?;
+                Ok(FsOk::Link(text.into_bytes()))
+            }
+            FsOp::SetAttr { path, set } => self.set_attr(&path, set),
+            FsOp::StatFs => {
+                let v = rfs::fstatvfs(&self.root).map_err(sys)?;
+                let unit = if v.f_frsize > 0 { v.f_frsize } else { v.f_bsize };
+                Ok(FsOk::StatFs(StatFs {
+                    blocks: v.f_blocks,
+                    bfree: v.f_bfree,
+                    bavail: v.f_bavail,
+                    files: v.f_files,
+                    ffree: v.f_ffree,
+                    bsize: u32::try_from(unit).unwrap_or(u32::MAX),
+                    namelen: u32::try_from(v.f_namemax).unwrap_or(u32::MAX),
+                }))
+            }
+            FsOp::StageBegin { txn, path } => self.stage_begin(txn, &path),
+            FsOp::StageWrite { txn, offset, data } => {
+                let staged = self.staging(txn)?;
+                let end = offset
+                    .checked_add(data.len() as u64)
+                    .ok_or(Errno::FBig)?;
+                if end > self.cfg.max_file {
+                    return Err(Errno::FBig);
+                }
+                staged.file.write_all_at(&data, offset).map_err(io)?;
+                Ok(FsOk::Done)
+            }
+            FsOp::StageTruncate { txn, size } => {
+                if size > self.cfg.max_file {
+                    return Err(Errno::FBig);
+                }
+                self.staging(txn)?.file.set_len(size).map_err(io)?;
+                Ok(FsOk::Done)
+            }
+            FsOp::StageCommit { txn, path, size } => self.stage_commit(txn, &path, size),
+            FsOp::StageAbort { txn } => {
+                // Dropping the last reference unlinks the staging file.
+                lock(&self.staged).remove(&txn);
+                Ok(FsOk::Done)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ walking
+
+    /// Opens `path` beneath the root, following no symlink at all.
+    fn open_beneath(&self, path: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let p = path_bytes(path);
+        let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        for _ in 0..RESOLVE_RETRIES {
+            match rfs::openat2(&self.root, os(&p), flags, Mode::empty(), RESOLVE) {
+                Err(SysErrno::AGAIN) => continue,
+                r => return r.map_err(sys),
+            }
+        }
+        Err(Errno::Again)
+    }
+
+    /// The directory `path` (a symlink there is ELOOP, a file ENOTDIR).
+    fn dir(&self, path: &RelPath) -> Result<OwnedFd, Errno> {
+        self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    /// The parent directory of `path` and the last name, or `None` for the
+    /// root.
+    fn parent<'p>(&self, path: &'p RelPath) -> Result<Option<(OwnedFd, &'p Name)>, Errno> {
+        match path.split_last() {
+            None => Ok(None),
+            Some((parent, name)) => Ok(Some((self.dir(&parent)?, name))),
+        }
+    }
+
+    /// Like [`Self::parent`], for operations on an entry: the root is
+    /// EBUSY, as in MemFs.
+    fn entry<'p>(&self, path: &'p RelPath) -> Result<(OwnedFd, &'p Name), Errno> {
+        self.parent(path)?.ok_or(Errno::Busy)
+    }
+
+    /// lstat of `path`.
+    fn lstat(&self, path: &RelPath) -> Result<Stat, Errno> {
+        match self.parent(path)? {
+            None => rfs::fstat(&self.root).map_err(sys),
+            Some((dir, name)) => {
+                rfs::statat(&dir, os(name.as_bytes()), AtFlags::SYMLINK_NOFOLLOW).map_err(sys)
+            }
+        }
+    }
+
+    fn stat(&self, path: &RelPath) -> Result<FsAttr, Errno> {
+        attr(&self.lstat(path)?).ok_or(Errno::NoEnt)
+    }
+
+    // ------------------------------------------------------------- reading
+
+    fn list(&self, path: &RelPath, cookie: u64, max: u32) -> FsResult {
+        let fd = match self.dir(path) {
+            Ok(fd) => fd,
+            // MemFs: listing a symlink is ENOTDIR (it is found, and is not
+            // a directory); ELOOP stays for a symlink on the way there.
+            Err(Errno::Loop) if kind_of(&self.lstat(path)?) == Some(FileKind::Symlink) => {
+                return Err(Errno::NotDir);
+            }
+            Err(e) => return Err(e),
+        };
+        // The page's attributes are read through this descriptor, so a
+        // rename of the directory meanwhile cannot send them elsewhere.
+        let dir = rfs::Dir::read_from(&fd).map_err(sys)?;
+        let mut names: Vec<Name> = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(sys)?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." || bytes.starts_with(RESERVED_PREFIX) {
+                continue;
+            }
+            let shown = match entry.file_type() {
+                FileType::RegularFile | FileType::Directory | FileType::Symlink => true,
+                // Some file systems do not fill d_type: ask.
+                FileType::Unknown => rfs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()
+                    .and_then(|st| kind_of(&st))
+                    .is_some(),
+                _ => false,
+            };
+            if shown && let Ok(name) = Name::new(bytes) {
+                names.push(name);
+            }
+        }
+        // Name order, as MemFs: cookies are positions in it, stable between
+        // pages while the directory does not change.
+        names.sort_unstable();
+        let skip = usize::try_from(cookie).unwrap_or(usize::MAX);
+        let entries = names
+            .iter()
+            .skip(skip)
+            .take(max as usize)
+            .filter_map(|n| {
+                let st = rfs::statat(&fd, os(n.as_bytes()), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                Some((n.clone(), attr(&st)?))
+            })
+            .collect();
+        let end = skip.saturating_add(max as usize);
+        let next = (end < names.len()).then_some(end as u64);
+        Ok(FsOk::Listing { entries, next })
+    }
+
+    /// Opens a regular file for reading (a directory is EISDIR, a symlink
+    /// ELOOP, anything else invisible).
+    fn open_file(&self, path: &RelPath) -> Result<(File, Stat), Errno> {
+        // NONBLOCK: opening a fifo a local program left in the share must
+        // not hang a worker; it is then refused as invisible.
+        let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let st = rfs::fstat(&fd).map_err(sys)?;
+        match kind_of(&st) {
+            Some(FileKind::File) => Ok((File::from(fd), st)),
+            Some(FileKind::Dir) => Err(Errno::IsDir),
+            Some(FileKind::Symlink) => Err(Errno::Loop),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    fn open_handle(&self, path: &RelPath, handle: FsHandle) -> FsResult {
+        let (file, st) = self.open_file(path)?;
+        let mut handles = lock(&self.handles);
+        if !handles.contains_key(&handle) && handles.len() >= self.cfg.max_handles {
+            return Err(Errno::Again);
+        }
+        handles.insert(handle, Arc::new(file));
+        drop(handles);
+        attr(&st).map(FsOk::Opened).ok_or(Errno::NoEnt)
+    }
+
+    fn read(&self, from: ReadFrom, offset: u64, len: u32) -> FsResult {
+        let file = match from {
+            ReadFrom::Path(p) => Arc::new(self.open_file(&p)?.0),
+            ReadFrom::Handle(h) => lock(&self.handles).get(&h).cloned().ok_or(Errno::BadF)?,
+        };
+        let st = rfs::fstat(&file).map_err(sys)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // Allocate what the file holds, not what the request asks for.
+        let want = u64::from(len).min(size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        buf.truncate(got);
+        let a = attr(&st).ok_or(Errno::NoEnt)?;
+        Ok(FsOk::Data(buf.into(), a))
+    }
+
+    // ------------------------------------------------------------ changing
+
+    fn create(&self, path: &RelPath, mode: u32, exclusive: bool) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        let flags = OFlags::RDONLY
+            | OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NONBLOCK;
+        match rfs::openat(&dir, n, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => {
+                // Exactly the requested bits: the client's umask was applied
+                // on the client; the host's must not be applied again.
+                rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+                rfs::fsync(&fd).map_err(sys)?;
+                rfs::fsync(&dir).map_err(sys)?;
+                fd_attr(&fd)
+            }
+            Err(SysErrno::EXIST) if !exclusive => {
+                let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+                match kind_of(&st) {
+                    Some(FileKind::File) => attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt),
+                    Some(FileKind::Dir) => Err(Errno::IsDir),
+                    Some(FileKind::Symlink) => Err(Errno::Loop),
+                    None => Err(Errno::Exist),
+                }
+            }
+            Err(e) => Err(sys(e)),
+        }
+    }
+
+    fn mkdir(&self, path: &RelPath, mode: u32) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        rfs::mkdirat(&dir, n, Mode::from_raw_mode(0o700)).map_err(sys)?;
+        let fd = rfs::openat(
+            &dir,
+            n,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        rfs::fsync(&fd).map_err(sys)?;
+        rfs::fsync(&dir).map_err(sys)?;
+        fd_attr(&fd)
+    }
+
+    fn symlink(&self, path: &RelPath, target: &[u8]) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        // The text is stored, never resolved.
+        rfs::symlinkat(os(target), &dir, n).map_err(sys)?;
+        rfs::fsync(&dir).map_err(sys)?;
+        let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
+    }
+
+    fn remove(&self, path: &RelPath, flags: AtFlags) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        // unlink(2) of a directory is EISDIR on Linux and rmdir(2) of a
+        // non-directory ENOTDIR, as in MemFs; a symlink itself is removed.
+        match rfs::unlinkat(&dir, n, flags) {
+            // Empty but for staging files: empty as clients see it.
+            Err(SysErrno::NOTEMPTY) if flags == AtFlags::REMOVEDIR && purge_staging(&dir, n) => {
+                rfs::unlinkat(&dir, n, flags).map_err(sys)?;
+            }
+            r => r.map_err(sys)?,
+        }
+        rfs::fsync(&dir).map_err(sys)?;
+        Ok(FsOk::Done)
+    }
+
+    fn rename(&self, from: &RelPath, to: &RelPath) -> FsResult {
+        let (fdir, fname) = self.entry(from)?;
+        let (tdir, tname) = self.entry(to)?;
+        let (fname, tname) = (os(fname.as_bytes()), os(tname.as_bytes()));
+        // MemFs decides in this order; the kernel would find the same
+        // errors, but not always in the same order, so ask first. The
+        // rename itself still checks everything again, atomically.
+        let src = rfs::statat(&fdir, fname, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        if to.starts_with(from) && to != from {
+            return Err(Errno::Inval);
+        }
+        if from == to {
+            return Ok(FsOk::Done);
+        }
+        let moving_dir = kind_of(&src) == Some(FileKind::Dir);
+        if let Ok(t) = rfs::statat(&tdir, tname, AtFlags::SYMLINK_NOFOLLOW) {
+            match (moving_dir, kind_of(&t) == Some(FileKind::Dir)) {
+                (true, false) => return Err(Errno::NotDir),
+                (false, true) => return Err(Errno::IsDir),
+                _ => {}
+            }
+        }
+        match rfs::renameat(&fdir, fname, &tdir, tname) {
+            // A target directory empty but for staging files is empty as
+            // clients see it.
+            Err(SysErrno::NOTEMPTY) if moving_dir && purge_staging(&tdir, tname) => {
+                rfs::renameat(&fdir, fname, &tdir, tname).map_err(sys)?;
+            }
+            r => r.map_err(sys)?,
+        }
+        rfs::fsync(&tdir).map_err(sys)?;
+        if !same_file(&fdir, &tdir) {
+            rfs::fsync(&fdir).map_err(sys)?;
+        }
+        Ok(FsOk::Done)
+    }
+
+    fn set_attr(&self, path: &RelPath, set: SetAttr) -> FsResult {
+        let st = self.lstat(path)?;
+        let kind = kind_of(&st).ok_or(Errno::NoEnt)?;
+        if let Some(size) = set.size {
+            if kind != FileKind::File {
+                return Err(Errno::IsDir);
+            }
+            if size > self.cfg.max_file {
+                return Err(Errno::FBig);
+            }
+        }
+        let times = (set.atime.is_some() || set.mtime.is_some()).then(|| rfs::Timestamps {
+            last_access: timespec(set.atime),
+            last_modification: timespec(set.mtime),
+        });
+        if kind == FileKind::Symlink {
+            // Linux keeps a symlink's mode at 0777 and cannot change it.
+            if set.mode.is_some() {
+                return Err(Errno::NotSup);
+            }
+            let (dir, name) = self.entry(path)?;
+            let n = os(name.as_bytes());
+            if let Some(t) = &times {
+                rfs::utimensat(&dir, n, t, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+                rfs::fsync(&dir).map_err(sys)?;
+            }
+            let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+            return attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt);
+        }
+        // A file or directory: change it through a descriptor (O_NOFOLLOW:
+        // if it became a symlink meanwhile, this is ELOOP, not a detour).
+        let access = if set.size.is_some() {
+            OFlags::WRONLY
+        } else {
+            OFlags::RDONLY
+        };
+        let fd = self.open_beneath(path, access | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        if let Some(size) = set.size {
+            rfs::ftruncate(&fd, size).map_err(sys)?;
+        }
+        if let Some(mode) = set.mode {
+            rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        }
+        if let Some(t) = &times {
+            rfs::futimens(&fd, t).map_err(sys)?;
+        }
+        rfs::fsync(&fd).map_err(sys)?;
+        fd_attr(&fd)
+    }
+
+    // ------------------------------------------------------------- staging
+
+    fn staging(&self, txn: TxnId) -> Result<Arc<Staged>, Errno> {
+        lock(&self.staged).get(&txn).cloned().ok_or(Errno::BadF)
+    }
+
+    fn stage_begin(&self, txn: TxnId, path: &RelPath) -> FsResult {
+        // MemFs: the root is found, and is not a file.
+        let (dir, name) = self.parent(path)?.ok_or(Errno::IsDir)?;
+        let src = match rfs::openat(
+            &dir,
+            os(name.as_bytes()),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => File::from(fd),
+            // MemFs: staging anything but a regular file is EISDIR.
+            Err(SysErrno::LOOP) => return Err(Errno::IsDir),
+            Err(e) => return Err(sys(e)),
+        };
+        let st = rfs::fstat(&src).map_err(sys)?;
+        if kind_of(&st) != Some(FileKind::File) {
+            return Err(Errno::IsDir);
+        }
+        {
+            let mut staged = lock(&self.staged);
+            // A transaction begun again starts over (its old staging file
+            // goes when the last reference does).
+            let old = staged.remove(&txn);
+            if staged.len() >= self.cfg.max_staged {
+                drop(staged);
+                drop(old);
+                return Err(Errno::Again);
+            }
+            drop(staged);
+            drop(old);
+        }
+        let sname = staging_name(txn);
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rfs::openat(&dir, os(&sname), flags, Mode::from_raw_mode(0o600)) {
+            Err(SysErrno::EXIST) => {
+                // Left by a crash (or an earlier run that used the same
+                // number): it was never committed, so it is garbage.
+                let _ = rfs::unlinkat(&dir, os(&sname), AtFlags::empty());
+                rfs::openat(&dir, os(&sname), flags, Mode::from_raw_mode(0o600)).map_err(sys)?
+            }
+            r => r.map_err(sys)?,
+        };
+        let staged = Arc::new(Staged {
+            dir,
+            name: sname,
+            file: File::from(fd),
+            committed: false.into(),
+        });
+        // From here on, dropping `staged` on an error removes the file.
+        // Keep the owner: a commit must not hand a user's file to the
+        // host's account. Only root can; otherwise the host owns both.
+        let _ = rfs::fchown(
+            &staged.file,
+            Some(rfs::Uid::from_raw(st.st_uid)),
+            Some(rfs::Gid::from_raw(st.st_gid)),
+        );
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        copy_content(&src, &staged.file, size).map_err(io)?;
+        let mut map = lock(&self.staged);
+        if map.len() >= self.cfg.max_staged {
+            return Err(Errno::Again);
+        }
+        map.insert(txn, staged);
+        Ok(FsOk::Done)
+    }
+
+    fn stage_commit(&self, txn: TxnId, path: &RelPath, size: u64) -> FsResult {
+        if size > self.cfg.max_file {
+            return Err(Errno::FBig);
+        }
+        // Taken out first: whatever happens next, the transaction is over
+        // (as in MemFs), and on an error the drop removes the file.
+        let staged = lock(&self.staged).remove(&txn).ok_or(Errno::BadF)?;
+        staged.file.set_len(size).map_err(io)?;
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        let old = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        if kind_of(&old) == Some(FileKind::Dir) {
+            return Err(Errno::IsDir);
+        }
+        // The file keeps its permissions, as MemFs: those of the file at
+        // commit time.
+        rfs::fchmod(&staged.file, Mode::from_raw_mode(old.st_mode & 0o7777)).map_err(sys)?;
+        // Content and size on disk before the name points at them: after a
+        // crash the name shows the old file or the complete new one.
+        staged.file.sync_all().map_err(io)?;
+        rfs::renameat(&staged.dir, os(&staged.name), &dir, n).map_err(sys)?;
+        staged
+            .committed
+            .store(true, std::sync::atomic::Ordering::Release);
+        // The rename itself is durable only once the directory is.
+        rfs::fsync(&dir).map_err(sys)?;
+        if !same_file(&staged.dir, &dir) {
+            rfs::fsync(&staged.dir).map_err(sys)?;
+        }
+        fd_attr(&staged.file)
+    }
+}
+
+impl Drop for HostFs {
+    fn drop(&mut self) {
+        // Uncommitted staging files go with the host (see `Staged`'s drop).
+        lock(&self.staged).clear();
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another worker does not make the maps wrong: every
+    // update to them is a single insert or remove.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn os(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}
+
+/// `a/b/c`, or `.` for the root. Names hold no `/` and no NUL and are
+/// never `.` or `..`, so this is a relative path that cannot climb.
+fn path_bytes(path: &RelPath) -> Vec<u8> {
+    if path.names().is_empty() {
+        return b".".to_vec();
+    }
+    let mut p = Vec::new();
+    for (i, n) in path.names().iter().enumerate() {
+        if i > 0 {
+            p.push(b'/');
+        }
+        p.extend_from_slice(n.as_bytes());
+    }
+    p
+}
+
+/// The name of `txn`'s staging file: reserved, so clients never see it.
+pub fn staging_name(txn: TxnId) -> Vec<u8> {
+    let mut n = RESERVED_PREFIX.to_vec();
+    n.extend_from_slice(txn.0.to_string().as_bytes());
+    n
+}
+
+/// If the directory `name` in `parent` holds nothing but staging files,
+/// removes them and says so. Their transactions are doomed with the
+/// directory: their commits will find no target, as in MemFs, whose
+/// staging lives outside the tree.
+fn purge_staging(parent: impl AsFd, name: &OsStr) -> bool {
+    let Ok(fd) = rfs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let Ok(dir) = rfs::Dir::read_from(&fd) else {
+        return false;
+    };
+    let mut staging = Vec::new();
+    for entry in dir {
+        let Ok(entry) = entry else {
+            return false;
+        };
+        let bytes = entry.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        if !bytes.starts_with(RESERVED_PREFIX) {
+            return false;
+        }
+        staging.push(bytes.to_vec());
+    }
+    staging
+        .iter()
+        .all(|n| rfs::unlinkat(&fd, os(n), AtFlags::empty()).is_ok())
+}
+
+fn sys(e: SysErrno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
+fn io(e: std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::Io, Errno::from_raw)
+}
+
+fn kind_of(st: &Stat) -> Option<FileKind> {
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => Some(FileKind::File),
+        FileType::Directory => Some(FileKind::Dir),
+        FileType::Symlink => Some(FileKind::Symlink),
+        _ => None,
+    }
+}
+
+fn ts(secs: i64, nanos: u64) -> Timestamp {
+    Timestamp {
+        secs,
+        nanos: u32::try_from(nanos).unwrap_or(0),
+    }
+}
+
+/// The attributes of a stat, if it is a kind the core may see.
+#[allow(clippy::unnecessary_cast)] // stat field widths differ between targets
+fn attr(st: &Stat) -> Option<FsAttr> {
+    Some(FsAttr {
+        key: FileKey {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+        },
+        kind: kind_of(st)?,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        mode: st.st_mode as u32 & 0o7777,
+        nlink: u32::try_from(st.st_nlink).unwrap_or(u32::MAX),
+        uid: st.st_uid,
+        gid: st.st_gid,
+        atime: ts(st.st_atime as i64, st.st_atime_nsec as u64),
+        mtime: ts(st.st_mtime as i64, st.st_mtime_nsec as u64),
+        ctime: ts(st.st_ctime as i64, st.st_ctime_nsec as u64),
+    })
+}
+
+fn fd_attr(fd: impl AsFd) -> FsResult {
+    let st = rfs::fstat(fd).map_err(sys)?;
+    attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
+}
+
+fn same_file(a: impl AsFd, b: impl AsFd) -> bool {
+    match (rfs::fstat(a), rfs::fstat(b)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
+fn timespec(t: Option<SetTime>) -> rfs::Timespec {
+    match t {
+        None => rfs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => rfs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => rfs::Timespec {
+            tv_sec: t.secs,
+            tv_nsec: i64::from(t.nanos.min(999_999_999)),
+        },
+    }
+}
+
+/// Copies `len` bytes of `src` into the empty `dst`: a reflink where the
+/// file system shares blocks (btrfs, xfs), else an in-kernel copy, else
+/// through a buffer.
+fn copy_content(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if rfs::ioctl_ficlone(dst, src).is_ok() {
+        // A clone takes the whole file, which may have grown since the
+        // stat: cut it to what was seen.
+        return dst.set_len(len);
+    }
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    while off_in < len {
+        let chunk = usize::try_from(len - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => return Ok(()), // the file shrank meanwhile
+            Ok(_) => {}
+            Err(SysErrno::INTR) => {}
+            Err(
+                SysErrno::XDEV
+                | SysErrno::NOSYS
+                | SysErrno::INVAL
+                | SysErrno::OPNOTSUPP
+                | SysErrno::PERM,
+            ) => return copy_buffered(src, dst, off_in, len),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_buffered(src: &File, dst: &File, mut off: u64, len: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 128 * 1024];
+    while off < len {
+        let want = usize::try_from(len - off).unwrap_or(usize::MAX).min(buf.len());
+        let n = match src.read_at(&mut buf[..want], off) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+// --------------------------------------------------------------- the pool
+
+/// A small bounded pool of threads executing [`FsOp`]s for an async shell:
+/// [`FsPool::submit`] waits for room in the queue (backpressure), results
+/// come back on the channel [`FsPool::new`] returns, to be fed to
+/// `HostServer::handle_fs`. Runtime-agnostic (async-channel), so both
+/// shells use it as is.
+#[derive(Debug)]
+pub struct FsPool {
+    jobs: async_channel::Sender<(OpId, FsOp)>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// The pool is gone (shut down).
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("the file operation pool is shut down")]
+pub struct PoolClosed;
+
+impl FsPool {
+    /// Starts `workers` threads (at least one) serving `fs`, with room for
+    /// `queue` operations waiting. The results channel is unbounded: what
+    /// is in it is bounded by what was submitted, which the core bounds
+    /// (operations in flight per session).
+    pub fn new(
+        fs: Arc<HostFs>,
+        workers: usize,
+        queue: usize,
+    ) -> std::io::Result<(FsPool, async_channel::Receiver<(OpId, FsResult)>)> {
+        let (jobs, rx) = async_channel::bounded::<(OpId, FsOp)>(queue.max(1));
+        let (done, results) = async_channel::unbounded();
+        let mut handles = Vec::new();
+        for i in 0..workers.max(1) {
+            let (rx, done, fs) = (rx.clone(), done.clone(), fs.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("wormhole-fs-{i}"))
+                .spawn(move || {
+                    while let Ok((op, fsop)) = rx.recv_blocking() {
+                        let result = fs.execute(fsop);
+                        if done.send_blocking((op, result)).is_err() {
+                            break;
+                        }
+                    }
+                })?;
+            handles.push(h);
+        }
+        Ok((
+            FsPool {
+                jobs,
+                workers: handles,
+            },
+            results,
+        ))
+    }
+
+    /// Queues an operation, waiting while the queue is full.
+    pub async fn submit(&self, op: OpId, fs: FsOp) -> Result<(), PoolClosed> {
+        self.jobs.send((op, fs)).await.map_err(|_| PoolClosed)
+    }
+
+    /// Queues an operation if there is room; gives it back if not.
+    pub fn try_submit(&self, op: OpId, fs: FsOp) -> Result<(), (OpId, FsOp)> {
+        self.jobs.try_send((op, fs)).map_err(|e| e.into_inner())
+    }
+
+    /// Stops taking operations, lets the workers finish what is queued and
+    /// waits for them (blocks: call it from a blocking context).
+    pub fn shutdown(mut self) {
+        self.jobs.close();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for FsPool {
+    fn drop(&mut self) {
+        // Workers end once the queue is drained; nobody waits for them here
+        // (this may run on an executor thread).
+        self.jobs.close();
+    }
+}
