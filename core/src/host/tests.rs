@@ -989,3 +989,120 @@ fn a_truncate_inside_a_transaction_zeroes_what_it_cut() {
     ));
     assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"he\0\0Z"[..]));
 }
+
+/// One client's whole write, as the host's outputs show it.
+#[test]
+fn write_session_trace() {
+    use std::fmt::Write as _;
+    let mut host = HostServer::new(HostConfig::default(), SECRET, Rng::from_u64(1));
+    let mut disk = disk_with(&[(&["a"], b"old")], &[]);
+    let mut trace = String::new();
+    let now = Instant::ZERO;
+    let mut run = |host: &mut HostServer, trace: &mut String, what: &str| {
+        writeln!(trace, "> {what}").expect("write");
+        while let Some(o) = host.poll_output() {
+            match o {
+                HostOutput::Fs { op, fs } => {
+                    let result = disk.execute(fs.clone());
+                    let shown = match &result {
+                        Ok(FsOk::Attr(a)) => format!("Attr(size {})", a.size),
+                        Ok(FsOk::Listing { entries, next }) => {
+                            format!("Listing({} entries, next {next:?})", entries.len())
+                        }
+                        Ok(other) => format!("{other:?}"),
+                        Err(e) => format!("Err({e:?})"),
+                    };
+                    writeln!(trace, "  fs {fs:?} -> {shown}").expect("write");
+                    host.handle_fs(now, op, result);
+                }
+                HostOutput::Send {
+                    msg: HostMessage::Reply { result, .. },
+                    ..
+                } => {
+                    let shown = match result {
+                        Ok(Reply::HelloAck { .. }) => "HelloAck".to_string(),
+                        Ok(Reply::Attr(a)) => format!("Attr(node {:?}, size {})", a.node, a.size),
+                        Ok(Reply::LockGranted { .. }) => "LockGranted".to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    writeln!(trace, "  reply {shown}").expect("write");
+                }
+                other => writeln!(trace, "  {other:?}").expect("write"),
+            }
+        }
+    };
+    host.start(now);
+    run(&mut host, &mut trace, "start");
+    let conn = ConnId(1);
+    host.conn_opened(now, conn, [1; 32]);
+    let mut id = 0;
+    let mut send = |host: &mut HostServer, request: Request| {
+        id += 1;
+        host.handle_request(
+            now,
+            conn,
+            ClientMessage {
+                id: RequestId(id),
+                request,
+            },
+        );
+    };
+    send(
+        &mut host,
+        Request::Hello {
+            version: 1,
+            proof: auth::proof(&SECRET, &[1; 32]),
+            resume: None,
+        },
+    );
+    run(&mut host, &mut trace, "Hello");
+    send(
+        &mut host,
+        Request::Lookup {
+            parent: NodeId::ROOT,
+            name: name("a"),
+        },
+    );
+    run(&mut host, &mut trace, "Lookup a");
+    let node = host
+        .nodes()
+        .child(NodeId::ROOT, &name("a"))
+        .expect("indexed");
+    send(
+        &mut host,
+        Request::AcquireLock {
+            scope: LockScope::File(node),
+            kind: LockKind::Exclusive,
+            wait: true,
+        },
+    );
+    run(&mut host, &mut trace, "AcquireLock");
+    let token = host.locks().locks().next().expect("granted").token;
+    send(&mut host, Request::BeginWrite { node, token });
+    run(&mut host, &mut trace, "BeginWrite");
+    let data = Bytes::from_static(b"new");
+    send(
+        &mut host,
+        Request::WriteChunk {
+            txn: TxnId(1),
+            index: 0,
+            offset: 0,
+            data: data.clone(),
+            checksum: Checksum::of(&data),
+        },
+    );
+    run(&mut host, &mut trace, "WriteChunk");
+    send(
+        &mut host,
+        Request::CommitWrite {
+            txn: TxnId(1),
+            size: 3,
+        },
+    );
+    run(&mut host, &mut trace, "CommitWrite");
+    send(&mut host, Request::ReleaseLock { token });
+    run(&mut host, &mut trace, "ReleaseLock");
+    send(&mut host, Request::Goodbye);
+    run(&mut host, &mut trace, "Goodbye");
+    insta::assert_snapshot!("write_session_trace", trace);
+}
