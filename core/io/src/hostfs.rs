@@ -194,7 +194,11 @@ impl HostFs {
             FsOp::SetAttr { path, set } => self.set_attr(&path, set),
             FsOp::StatFs => {
                 let v = rfs::fstatvfs(&self.root).map_err(sys)?;
-                let unit = if v.f_frsize > 0 { v.f_frsize } else { v.f_bsize };
+                let unit = if v.f_frsize > 0 {
+                    v.f_frsize
+                } else {
+                    v.f_bsize
+                };
                 Ok(FsOk::StatFs(StatFs {
                     blocks: v.f_blocks,
                     bfree: v.f_bfree,
@@ -208,9 +212,7 @@ impl HostFs {
             FsOp::StageBegin { txn, path } => self.stage_begin(txn, &path),
             FsOp::StageWrite { txn, offset, data } => {
                 let staged = self.staging(txn)?;
-                let end = offset
-                    .checked_add(data.len() as u64)
-                    .ok_or(Errno::FBig)?;
+                let end = offset.checked_add(data.len() as u64).ok_or(Errno::FBig)?;
                 if end > self.cfg.max_file {
                     return Err(Errno::FBig);
                 }
@@ -237,8 +239,15 @@ impl HostFs {
 
     /// Opens `path` beneath the root, following no symlink at all.
     fn open_beneath(&self, path: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno> {
+        self.open_raw(path, flags | OFlags::NOFOLLOW)
+    }
+
+    /// `openat2` beneath the root; without `O_NOFOLLOW` a final symlink is
+    /// still not taken (`RESOLVE_NO_SYMLINKS`), and is ELOOP rather than
+    /// the ENOTDIR that `O_NOFOLLOW | O_DIRECTORY` would give.
+    fn open_raw(&self, path: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno> {
         let p = path_bytes(path);
-        let flags = flags | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let flags = flags | OFlags::CLOEXEC;
         for _ in 0..RESOLVE_RETRIES {
             match rfs::openat2(&self.root, os(&p), flags, Mode::empty(), RESOLVE) {
                 Err(SysErrno::AGAIN) => continue,
@@ -250,7 +259,7 @@ impl HostFs {
 
     /// The directory `path` (a symlink there is ELOOP, a file ENOTDIR).
     fn dir(&self, path: &RelPath) -> Result<OwnedFd, Errno> {
-        self.open_beneath(path, OFlags::RDONLY | OFlags::DIRECTORY)
+        self.open_raw(path, OFlags::RDONLY | OFlags::DIRECTORY)
     }
 
     /// The parent directory of `path` and the last name, or `None` for the
@@ -586,7 +595,8 @@ impl HostFs {
             drop(old);
         }
         let sname = staging_name(txn);
-        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rfs::openat(&dir, os(&sname), flags, Mode::from_raw_mode(0o600)) {
             Err(SysErrno::EXIST) => {
                 // Left by a crash (or an earlier run that used the same
@@ -840,7 +850,9 @@ fn copy_content(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
 fn copy_buffered(src: &File, dst: &File, mut off: u64, len: u64) -> std::io::Result<()> {
     let mut buf = vec![0u8; 128 * 1024];
     while off < len {
-        let want = usize::try_from(len - off).unwrap_or(usize::MAX).min(buf.len());
+        let want = usize::try_from(len - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
         let n = match src.read_at(&mut buf[..want], off) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
