@@ -581,18 +581,13 @@ impl HostFs {
         if kind_of(&st) != Some(FileKind::File) {
             return Err(Errno::IsDir);
         }
-        {
-            let mut staged = lock(&self.staged);
-            // A transaction begun again starts over (its old staging file
-            // goes when the last reference does).
-            let old = staged.remove(&txn);
-            if staged.len() >= self.cfg.max_staged {
-                drop(staged);
-                drop(old);
-                return Err(Errno::Again);
-            }
-            drop(staged);
-            drop(old);
+        // A transaction begun again starts over: its old staging file goes
+        // now (outside the lock: dropping it unlinks), before the new one
+        // takes its name.
+        let old = lock(&self.staged).remove(&txn);
+        drop(old);
+        if lock(&self.staged).len() >= self.cfg.max_staged {
+            return Err(Errno::Again);
         }
         let sname = staging_name(txn);
         let flags =
@@ -623,7 +618,10 @@ impl HostFs {
         let size = u64::try_from(st.st_size).unwrap_or(0);
         copy_content(&src, &staged.file, size).map_err(io)?;
         let mut map = lock(&self.staged);
+        // Checked again: others may have begun meanwhile. Refused, the
+        // staging file goes with `staged`.
         if map.len() >= self.cfg.max_staged {
+            drop(map);
             return Err(Errno::Again);
         }
         map.insert(txn, staged);
@@ -668,6 +666,21 @@ impl Drop for HostFs {
         // Uncommitted staging files go with the host (see `Staged`'s drop).
         lock(&self.staged).clear();
     }
+}
+
+/// Raises this process's open-file limit (`RLIMIT_NOFILE`) to its hard
+/// limit and returns the new soft limit. Every open handle and staging file
+/// holds a descriptor, and the usual soft limit of 1024 is below
+/// [`HostFsConfig`]'s defaults; a host calls this once at start and may
+/// size `max_handles` from the result.
+pub fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 // ------------------------------------------------------------------ helpers

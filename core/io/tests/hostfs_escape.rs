@@ -541,6 +541,7 @@ fn unlinked_open_files_stay_readable_and_handles_are_bounded() {
         .tempdir_in("/tmp")
         .expect("tempdir");
     std::fs::write(tmp.path().join("f"), b"still here").expect("write");
+    assert!(wormhole_io::hostfs::raise_fd_limit() >= 1024);
     let fs = HostFs::open(
         tmp.path(),
         HostFsConfig {
