@@ -83,7 +83,11 @@ fn the_scan_indexes_the_real_tree() {
     });
     assert_eq!(state, HostState::Listening);
     // The root, and exactly the visible entries.
-    assert_eq!(host.nodes().len(), visible + 1, "after {ops} file operations");
+    assert_eq!(
+        host.nodes().len(),
+        visible + 1,
+        "after {ops} file operations"
+    );
     let name = |s: &str| Name::new(s).expect("name");
     let big_node = host
         .nodes()
@@ -96,7 +100,11 @@ fn the_scan_indexes_the_real_tree() {
         "the last page was read"
     );
     assert!(host.nodes().child(NodeId::ROOT, &name("fifo")).is_none());
-    assert!(host.nodes().child(NodeId::ROOT, &name(".wormhole.3")).is_none());
+    assert!(
+        host.nodes()
+            .child(NodeId::ROOT, &name(".wormhole.3"))
+            .is_none()
+    );
     let leaf = host
         .nodes()
         .child(NodeId::ROOT, &name("d3"))
