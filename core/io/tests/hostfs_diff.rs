@@ -210,10 +210,15 @@ fn steer(op: FsOp, mem: &mut MemFs) -> FsOp {
     }
 }
 
-fn run(seed: u64, steps: usize, worked: &mut std::collections::BTreeSet<String>) -> usize {
+fn run(
+    base: &std::path::Path,
+    seed: u64,
+    steps: usize,
+    worked: &mut std::collections::BTreeSet<String>,
+) -> usize {
     let tmp = tempfile::Builder::new()
         .prefix("wormhole-hostfs-diff")
-        .tempdir_in("/tmp")
+        .tempdir_in(base)
         .expect("tempdir");
     let disk = HostFs::open(
         tmp.path(),
@@ -280,7 +285,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     let mut ok = 0;
     let mut worked = std::collections::BTreeSet::new();
     for seed in 0..seeds {
-        ok += run(seed, steps, &mut worked);
+        ok += run(std::path::Path::new("/tmp"), seed, steps, &mut worked);
     }
     let total = seeds as usize * steps;
     println!("{total} operations on {seeds} seeds agreed; {ok} of them succeeded");
@@ -293,4 +298,53 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
+}
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The same on tmpfs, whose directories report no size and whose d_type,
+/// link counts and copy paths differ from ext4's.
+#[test]
+fn hostfs_agrees_with_memfs_on_tmpfs() {
+    if !rustix::process::geteuid().is_root() {
+        panic!(
+            "NOT ROOT: this test mounts a tmpfs; run it as root (CI does). Failing rather than skipping."
+        );
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-hostfs-tmpfs")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "wormhole-diff"])
+        .arg(tmp.path())
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount -t tmpfs failed");
+    let _mounted = Mounted(tmp.path().to_path_buf());
+    let mut worked = std::collections::BTreeSet::new();
+    let mut ok = 0;
+    for seed in 1000..1020 {
+        ok += run(tmp.path(), seed, 400, &mut worked);
+    }
+    println!("8000 operations on tmpfs agreed; {ok} succeeded");
+    assert_eq!(worked.len(), 19, "{worked:?}");
+}
+
+#[test]
+fn the_disk_and_the_watcher_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<HostFs>();
+    shared::<wormhole_io::watch::TreeWatcher>();
+    shared::<wormhole_io::hostfs::FsPool>();
 }
