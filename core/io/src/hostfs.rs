@@ -246,15 +246,25 @@ impl HostFs {
     /// still not taken (`RESOLVE_NO_SYMLINKS`), and is ELOOP rather than
     /// the ENOTDIR that `O_NOFOLLOW | O_DIRECTORY` would give.
     fn open_raw(&self, path: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno> {
-        let p = path_bytes(path);
         let flags = flags | OFlags::CLOEXEC;
-        for _ in 0..RESOLVE_RETRIES {
-            match rfs::openat2(&self.root, os(&p), flags, Mode::empty(), RESOLVE) {
-                Err(SysErrno::AGAIN) => continue,
-                r => return r.map_err(sys),
-            }
+        // A path longer than the kernel takes at once (PATH_MAX) is walked
+        // in pieces, each a directory opened beneath the one before with
+        // the same rules, so deep trees work and nothing is looser.
+        let pieces = pieces(path.names());
+        let (last, dirs) = pieces.split_last().ok_or(Errno::Inval)?;
+        let mut at: Option<OwnedFd> = None;
+        for piece in dirs {
+            let dir = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let fd = match &at {
+                None => openat2_retry(&self.root, piece, dir)?,
+                Some(fd) => openat2_retry(fd, piece, dir)?,
+            };
+            at = Some(fd);
         }
-        Err(Errno::Again)
+        match &at {
+            None => openat2_retry(&self.root, last, flags),
+            Some(fd) => openat2_retry(fd, last, flags),
+        }
     }
 
     /// The directory `path` (a symlink there is ELOOP, a file ENOTDIR).
@@ -695,20 +705,42 @@ fn os(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
 }
 
-/// `a/b/c`, or `.` for the root. Names hold no `/` and no NUL and are
-/// never `.` or `..`, so this is a relative path that cannot climb.
-fn path_bytes(path: &RelPath) -> Vec<u8> {
-    if path.names().is_empty() {
-        return b".".to_vec();
-    }
-    let mut p = Vec::new();
-    for (i, n) in path.names().iter().enumerate() {
-        if i > 0 {
-            p.push(b'/');
+/// Bytes of path in one `openat2` call at most: well under PATH_MAX
+/// (4096, the terminating NUL included).
+const PIECE_MAX: usize = 2048;
+
+/// The path as `a/b/c` pieces of at most [`PIECE_MAX`] bytes each (one
+/// piece, `.`, for the root). Names hold no `/` and no NUL and are never
+/// `.` or `..`, so each piece is a relative path that cannot climb.
+fn pieces(names: &[Name]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for n in names {
+        let n = n.as_bytes();
+        if !cur.is_empty() && cur.len() + 1 + n.len() > PIECE_MAX {
+            out.push(std::mem::take(&mut cur));
         }
-        p.extend_from_slice(n.as_bytes());
+        if !cur.is_empty() {
+            cur.push(b'/');
+        }
+        cur.extend_from_slice(n);
     }
-    p
+    if !cur.is_empty() || out.is_empty() {
+        out.push(if cur.is_empty() { b".".to_vec() } else { cur });
+    }
+    out
+}
+
+/// `openat2` beneath `dir`, retried while a concurrent rename makes the
+/// kernel answer EAGAIN.
+fn openat2_retry(dir: impl AsFd, path: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    for _ in 0..RESOLVE_RETRIES {
+        match rfs::openat2(dir.as_fd(), os(path), flags, Mode::empty(), RESOLVE) {
+            Err(SysErrno::AGAIN) => continue,
+            r => return r.map_err(sys),
+        }
+    }
+    Err(Errno::Again)
 }
 
 /// The name of `txn`'s staging file: reserved, so clients never see it.

@@ -624,3 +624,86 @@ fn the_pool_runs_operations_off_the_caller() {
     pool.shutdown();
     assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count() as u64, n);
 }
+
+#[test]
+fn trees_deeper_than_path_max_work_and_stay_confined() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-deep")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let long = |i: usize| Name::new(format!("{i:03}{}", "x".repeat(197))).expect("name");
+    let mut path = RelPath::root();
+    for i in 0..30 {
+        path = path.join(&long(i));
+        fs.execute(FsOp::Mkdir {
+            path: path.clone(),
+            mode: 0o755,
+        })
+        .unwrap_or_else(|e| panic!("mkdir at depth {i}: {e:?}"));
+    }
+    let bytes: usize = path.names().iter().map(|n| n.as_bytes().len() + 1).sum();
+    assert!(bytes > 4096, "deeper than PATH_MAX: {bytes} bytes");
+    let file = path.join(&Name::new("f").expect("name"));
+    fs.execute(FsOp::Create {
+        path: file.clone(),
+        mode: 0o644,
+        exclusive: true,
+    })
+    .expect("create deep");
+    let txn = TxnId(1);
+    fs.execute(FsOp::StageBegin {
+        txn,
+        path: file.clone(),
+    })
+    .expect("begin");
+    fs.execute(FsOp::StageWrite {
+        txn,
+        offset: 0,
+        data: Bytes::from_static(b"deep"),
+    })
+    .expect("write");
+    fs.execute(FsOp::StageCommit {
+        txn,
+        path: file.clone(),
+        size: 4,
+    })
+    .expect("commit");
+    match fs.execute(FsOp::Read {
+        from: ReadFrom::Path(file.clone()),
+        offset: 0,
+        len: 10,
+    }) {
+        Ok(FsOk::Data(b, _)) => assert_eq!(&b[..], b"deep"),
+        other => panic!("{other:?}"),
+    }
+    // A symlink deep down is as refused as one at the top, wherever the
+    // path is cut into pieces.
+    let mut at = RelPath::root();
+    for i in 0..25 {
+        at = at.join(&long(i));
+    }
+    let link = at.join(&Name::new("up").expect("name"));
+    fs.execute(FsOp::Symlink {
+        path: link.clone(),
+        target: b"/".to_vec(),
+    })
+    .expect("symlink");
+    let mut through = link.clone();
+    for n in ["etc", "passwd"] {
+        through = through.join(&Name::new(n).expect("name"));
+    }
+    assert_eq!(fs.execute(FsOp::Stat { path: through }), Err(Errno::Loop));
+    let mut long_through = link;
+    for i in 0..15 {
+        long_through = long_through.join(&long(i));
+    }
+    assert_eq!(
+        fs.execute(FsOp::List {
+            path: long_through,
+            cookie: 0,
+            max: 10
+        }),
+        Err(Errno::Loop)
+    );
+}
