@@ -24,8 +24,8 @@
 //! triggers: a symlink's mode cannot be changed on Linux (EOPNOTSUPP);
 //! committing over a target that became a directory fails with EISDIR
 //! (MemFs replaces it); symlink targets must be non-empty and NUL-free
-//! (the core checks that before asking); a path longer than PATH_MAX is
-//! ENAMETOOLONG.
+//! (the core checks that before asking). Paths longer than PATH_MAX work:
+//! they are walked in pieces, each beneath the last, by the same rules.
 //!
 //! # Durability
 //!

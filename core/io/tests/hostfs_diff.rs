@@ -348,3 +348,134 @@ fn the_disk_and_the_watcher_can_be_shared_between_threads() {
     shared::<wormhole_io::watch::TreeWatcher>();
     shared::<wormhole_io::hostfs::FsPool>();
 }
+
+/// `op` moved into the subtree `top`, with its own transactions and
+/// handles, so threads working in different subtrees cannot disturb each
+/// other's results.
+fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
+    let p = |p: RelPath| {
+        let mut names = vec![top.clone()];
+        names.extend(p.names().iter().cloned());
+        RelPath::from(names)
+    };
+    let txn = |x: TxnId| TxnId(x.0 + 100 * t);
+    let h = |x: FsHandle| FsHandle(x.0 + 100 * t);
+    match op {
+        FsOp::Stat { path } => FsOp::Stat { path: p(path) },
+        FsOp::List { path, cookie, max } => FsOp::List {
+            path: p(path),
+            cookie,
+            max,
+        },
+        FsOp::Open { path, handle } => FsOp::Open {
+            path: p(path),
+            handle: h(handle),
+        },
+        FsOp::Close { handle } => FsOp::Close { handle: h(handle) },
+        FsOp::Read { from, offset, len } => FsOp::Read {
+            from: match from {
+                ReadFrom::Path(x) => ReadFrom::Path(p(x)),
+                ReadFrom::Handle(x) => ReadFrom::Handle(h(x)),
+            },
+            offset,
+            len,
+        },
+        FsOp::Create {
+            path,
+            mode,
+            exclusive,
+        } => FsOp::Create {
+            path: p(path),
+            mode,
+            exclusive,
+        },
+        FsOp::Mkdir { path, mode } => FsOp::Mkdir {
+            path: p(path),
+            mode,
+        },
+        FsOp::Unlink { path } => FsOp::Unlink { path: p(path) },
+        FsOp::Rmdir { path } => FsOp::Rmdir { path: p(path) },
+        FsOp::Rename { from, to } => FsOp::Rename {
+            from: p(from),
+            to: p(to),
+        },
+        FsOp::Symlink { path, target } => FsOp::Symlink {
+            path: p(path),
+            target,
+        },
+        FsOp::Readlink { path } => FsOp::Readlink { path: p(path) },
+        FsOp::SetAttr { path, set } => FsOp::SetAttr { path: p(path), set },
+        FsOp::StageBegin { txn: x, path } => FsOp::StageBegin {
+            txn: txn(x),
+            path: p(path),
+        },
+        FsOp::StageWrite {
+            txn: x,
+            offset,
+            data,
+        } => FsOp::StageWrite {
+            txn: txn(x),
+            offset,
+            data,
+        },
+        FsOp::StageTruncate { txn: x, size } => FsOp::StageTruncate { txn: txn(x), size },
+        FsOp::StageCommit { txn: x, path, size } => FsOp::StageCommit {
+            txn: txn(x),
+            path: p(path),
+            size,
+        },
+        FsOp::StageAbort { txn: x } => FsOp::StageAbort { txn: txn(x) },
+        // Global: its figures depend on the other threads.
+        FsOp::StatFs => FsOp::Stat {
+            path: RelPath::from(vec![top.clone()]),
+        },
+    }
+}
+
+/// Four threads share one disk (its handle and staging tables and its
+/// root), each in its own subtree and checked against its own MemFs.
+#[test]
+fn concurrent_users_of_one_disk_each_get_memfs_results() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-hostfs-conc")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let disk = std::sync::Arc::new(
+        HostFs::open(
+            tmp.path(),
+            HostFsConfig {
+                max_file: MAX_FILE,
+                ..HostFsConfig::default()
+            },
+        )
+        .expect("open share"),
+    );
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let disk = disk.clone();
+            std::thread::spawn(move || {
+                let top = name(&format!("t{t}"));
+                let mkdir = FsOp::Mkdir {
+                    path: RelPath::from(vec![top.clone()]),
+                    mode: 0o755,
+                };
+                let mut mem = MemFs::new(MAX_FILE);
+                mem.execute(mkdir.clone()).expect("mem mkdir");
+                disk.execute(mkdir).expect("disk mkdir");
+                let mut rng = Rng(7000 + t);
+                let mut ok = 0;
+                for step in 0..1500 {
+                    let o = steer(confine(op(&mut rng), &top, t), &mut mem);
+                    let want = norm(mem.execute(o.clone()));
+                    let got = norm(disk.execute(o.clone()));
+                    assert_eq!(got, want, "thread {t} step {step}: {o:?}");
+                    ok += usize::from(!matches!(want, Norm::Err(_)));
+                }
+                assert!(ok > 200, "thread {t}: only {ok} operations succeeded");
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().expect("a thread disagreed with MemFs");
+    }
+}
