@@ -30,6 +30,12 @@ pub enum InjectPayload {
         /// Its ping number.
         ping: u64,
     },
+    /// A genuine datagram from the history of delivered ones (so with a
+    /// valid MAC), replayed by someone at another address.
+    Captured {
+        /// Which one in the history.
+        index: u8,
+    },
 }
 
 impl InjectPayload {
@@ -204,6 +210,13 @@ pub enum Op {
         spoof: bool,
         /// The datagram.
         payload: InjectPayload,
+    },
+    /// Calls `handle_timeout(now)` on a node whether or not a timer is due:
+    /// early or repeated calls must be harmless (nothing happens unless a
+    /// timer is due).
+    Poke {
+        /// The node.
+        node: u8,
     },
     /// A node that is not the pair's peer (another node, or a stranger)
     /// sends a signal about the pair over its own authenticated channel.

@@ -169,7 +169,10 @@ pub fn scenario(seed: u64) -> Scenario {
             },
             42..60 => Op::TakePair { pair, second },
             60..66 => Op::Release { pair, second },
-            66..69 => Op::Remove { pair, second },
+            66..68 => Op::Remove { pair, second },
+            68..69 => Op::Poke {
+                node: node(&mut rng),
+            },
             69..79 => {
                 let (a, b) = (node(&mut rng), node(&mut rng));
                 let channel = match rng.below(3) {
@@ -219,7 +222,11 @@ pub fn scenario(seed: u64) -> Scenario {
                 pair,
                 second,
                 spoof: chance(&mut rng, 50),
-                payload: if chance(&mut rng, 50) {
+                payload: if chance(&mut rng, 30) {
+                    InjectPayload::Captured {
+                        index: u8_of(rng.below(256)),
+                    }
+                } else if chance(&mut rng, 50) {
                     InjectPayload::Forged {
                         pong: chance(&mut rng, 50),
                         ping: rng.below(20),

@@ -302,8 +302,10 @@ enum InputKind {
 ///   than `now` (or `None`).
 /// * **E events agree with state**: after `Taken{h}` the pair's handover is
 ///   `h` and InUse; after `Released` it has no handover and is Idle or gone;
-///   after `HandoverFailed{h}` the handover is no longer `h` (and for
-///   `PeerUnreachable` the pair is gone); after `Expired` the pair is gone.
+///   after `HandoverFailed{h}` the handover is no longer `h`, and the pair
+///   is still there (rolled back, never lost) unless the reason is
+///   `PeerUnreachable`, in which case it is gone; after `Expired` the pair
+///   is gone.
 ///   The holder only ever learns of a pair leaving its hands through
 ///   `Released{by_peer: true}` or its own release: `Taken` for a pair it
 ///   holds, `Released{by_peer: false}` or `Expired` while it holds is a
@@ -599,6 +601,14 @@ impl World {
                 Some(p) => self.inject_datagram(p, usize::from(*second), *spoof, payload),
                 None => Ok(()),
             },
+            Op::Poke { node: x } => {
+                let x = node(*x);
+                let due = self.due_pairs(x);
+                self.log(|| format!("n{x} poked: handle_timeout with {due} due"));
+                self.input(x, InputKind::Timeout { due }, |pool, now| {
+                    pool.handle_timeout(now)
+                })
+            }
             Op::InjectSignal {
                 pair,
                 second,
@@ -830,13 +840,32 @@ impl World {
         let pair = &self.pairs[p];
         let x = pair.ends[side];
         let local = pair.addrs[side];
-        let from = if spoof {
+        let mut from = if spoof {
             pair.addrs[1 - side]
         } else {
             STRANGER_ADDR
         };
         let bytes = match payload {
             InjectPayload::Raw(v) => v.iter().copied().take(256).collect::<Vec<u8>>(),
+            InjectPayload::Captured { index } => {
+                let captured: Vec<&Vec<u8>> = self
+                    .history
+                    .iter()
+                    .filter_map(|m| match m {
+                        Pending::Datagram { payload, .. } => Some(payload),
+                        _ => None,
+                    })
+                    .collect();
+                if captured.is_empty() {
+                    return Ok(());
+                }
+                if spoof {
+                    // From the right address a capture is just a late
+                    // duplicate; `Op::Replay` covers that.
+                    from = STRANGER_ADDR;
+                }
+                captured[usize::from(*index) % captured.len()].clone()
+            }
             InjectPayload::Forged { pong, ping } => {
                 let mut wrong = pair.key.0;
                 wrong[0] ^= 0x80;
@@ -1111,6 +1140,14 @@ impl World {
             InputKind::Timeout { due } => MAX_OUTPUTS_PER_INPUT * due.max(1),
             _ => MAX_OUTPUTS_PER_INPUT,
         };
+        if let InputKind::Timeout { due: 0 } = kind
+            && !outputs.is_empty()
+        {
+            return self.fail(format!(
+                "n{x}: handle_timeout with nothing due gave {} outputs",
+                outputs.len()
+            ));
+        }
         if outputs.len() >= bound {
             return self.fail(format!(
                 "n{x}: {} outputs for one input (bound {bound})",
@@ -1330,7 +1367,9 @@ impl World {
                 reason,
             } => {
                 pool.handover(pair).is_none_or(|h| h.id() != handover)
-                    && (reason != FailReason::PeerUnreachable || pool.get(pair).is_none())
+                    // Never lose a pair on a failed handover: only a peer
+                    // that never confirmed costs the pair.
+                    && (reason == FailReason::PeerUnreachable) == pool.get(pair).is_none()
             }
             PairEvent::Expired { pair } => pool.get(pair).is_none(),
         };
@@ -1534,16 +1573,34 @@ impl World {
     /// whatever was already in flight.
     pub fn liveness_bound(&self) -> Duration {
         let c = &self.cfg;
-        let tail = self
-            .queue
-            .last_key_value()
-            .map_or(Duration::ZERO, |(k, _)| k.0 - self.now);
+        let tail = self.in_flight_tail();
         c.handshake_timeout * 2
             + c.give_up_timeout
             + c.idle_timeout * 2
             + c.ping_interval
             + self.healed_one_way() * 8
             + tail
+    }
+
+    /// The longest time, once the network is healed and every connection
+    /// released, until no handover is left: a responder that was just
+    /// asked to lock may wait two handshakes for a Take that never comes;
+    /// everything else is answered within a few retransmits and round trips
+    /// (a peer that forgot the pair answers for it), plus whatever was
+    /// already in flight.
+    pub fn handover_bound(&self) -> Duration {
+        let c = &self.cfg;
+        c.handshake_timeout * 2
+            + c.signal_retransmit * 2
+            + c.drain_timeout
+            + self.healed_one_way() * 8
+            + self.in_flight_tail()
+    }
+
+    fn in_flight_tail(&self) -> Duration {
+        self.queue
+            .last_key_value()
+            .map_or(Duration::ZERO, |(k, _)| k.0 - self.now)
     }
 
     /// The longest one-way delay once healed: a round trip stays well
@@ -1557,9 +1614,10 @@ impl World {
     /// takes, releases every held pair (and any pair taken from now on, at
     /// once), then requires:
     ///
-    /// * within [`Self::liveness_bound`], every handover has ended
-    ///   (`handover(n)` is `None` on every node) and both sides of every
-    ///   pair agree: Idle on both, or gone from both;
+    /// * within [`Self::handover_bound`], every handover has ended
+    ///   (`handover(n)` is `None` on every node);
+    /// * within [`Self::liveness_bound`], both sides of every pair agree:
+    ///   Idle on both, or gone from both;
     /// * for one more `idle_timeout + ping_interval`, that stays so, no pair
     ///   is lost, and every surviving pair carries keepalive both ways.
     ///
@@ -1585,10 +1643,11 @@ impl World {
             self.release(x, nonce)?;
         }
         let deadline = start + self.liveness_bound();
-        let mut drained_at = (!self.handovers_left()).then_some(self.now);
+        let handover_bound = self.handover_bound();
+        let mut busy_until = start;
         while self.fire_one(deadline)? {
-            if drained_at.is_none() && !self.handovers_left() {
-                drained_at = Some(self.now);
+            if self.handovers_left() {
+                busy_until = self.now;
             }
         }
         self.now = deadline;
@@ -1598,8 +1657,13 @@ impl World {
                 deadline - start
             ));
         }
-        let drained = drained_at.map_or(deadline - start, |t| t - start);
+        let drained = busy_until - start;
         self.log(|| format!("liveness: converged; handovers all ended after {drained:?}"));
+        if drained > handover_bound {
+            return self.fail(format!(
+                "liveness: a handover lasted {drained:?} after healing (bound {handover_bound:?})"
+            ));
+        }
 
         // Stability: nothing changes any more and keepalive flows.
         let alive: Vec<(PairNonce, [usize; 2], [u64; 2])> = self
