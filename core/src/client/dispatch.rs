@@ -71,7 +71,22 @@ impl ClientCore {
                 self.send(now, Self::main(req, &op), request);
             }
             Op::GetAttr { ino } => {
-                let node = self.node(*ino)?;
+                let node = match self.node(*ino) {
+                    Ok(node) => node,
+                    Err(Errno::NoEnt) => {
+                        // fstat(2) on a file unlinked while open works
+                        // (POSIX); only its handles know it now.
+                        let h = self.handles.values().find(|h| h.ino == *ino);
+                        let mut attr = h
+                            .map(|h| self.with_local_size(&h.attr))
+                            .ok_or(Errno::NoEnt)?;
+                        attr.nlink = 0;
+                        let ttl = std::time::Duration::ZERO;
+                        self.reply(req, Ok(Answer::Attr { attr, ttl }));
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
                 let w = self.waiter(Cont::GetAttr { req });
                 match self.cache.lookup(now, &CacheKey::Attr(node), w) {
                     Ok(Lookup::Hit(Value::Attr(a))) => {
@@ -172,8 +187,11 @@ impl ClientCore {
                     .blocked_writes
                     .get(&node)
                     .is_some_and(|q| !q.is_empty())
+                    || self.writes.get(&node).is_some_and(WriteTxn::is_committing)
                 {
-                    // Keep order behind writes already waiting for space.
+                    // Keep order behind writes already waiting for space;
+                    // a write during a commit waits for the next
+                    // transaction (it starts when the commit ends).
                     self.blocked_writes
                         .entry(node)
                         .or_default()
@@ -197,6 +215,9 @@ impl ClientCore {
                 self.drain_write(now, node);
             }
             Op::Flush { fh } | Op::Fsync { fh } => {
+                if let Some(e) = self.handles.get_mut(fh).and_then(|h| h.error.take()) {
+                    return Err(e);
+                }
                 let node = self.handle(*fh)?.node;
                 self.commit_then(now, node, AfterCommit::Reply(req))?;
             }
@@ -211,6 +232,19 @@ impl ClientCore {
                 }
                 if !self.handles.values().any(|o| o.node == h.node) {
                     self.files.remove(&h.attr.key);
+                }
+                if let Some(e) = h.error {
+                    // The old session's failure is this close's answer;
+                    // what was written since still commits (a failure of
+                    // that waits for the next flush on the file).
+                    if let Some(w) = self.writes.get_mut(&h.node)
+                        && !w.is_finished()
+                        && !w.is_committing()
+                    {
+                        let _ = w.commit(now);
+                    }
+                    self.drain_write(now, h.node);
+                    return Err(e);
                 }
                 self.commit_then(now, h.node, AfterCommit::Reply(req))?;
             }
@@ -334,9 +368,13 @@ impl ClientCore {
             }
             return Ok(());
         }
-        if let Some(w) = self.writes.get_mut(&node) {
+        if let Some(w) = self.writes.get_mut(&node)
+            && !w.is_committing()
+        {
             w.commit(now).map_err(write_errno)?;
         }
+        // A commit already under way answers this one too: everything
+        // written before it is in it.
         self.after_commit.entry(node).or_default().push(then);
         self.drain_write(now, node);
         Ok(())

@@ -352,6 +352,11 @@ pub enum ClientOutput {
     Event(ClientEvent),
 }
 
+/// The node of a handle whose file is not (yet) bound in the current host
+/// session. Hosts number nodes from the root (1) up, so 0 names nothing and
+/// every request on it fails with ESTALE.
+const UNBOUND: NodeId = NodeId(0);
+
 /// An open file.
 #[derive(Clone, Debug)]
 struct Handle {
@@ -361,6 +366,10 @@ struct Handle {
     host: Option<HandleId>,
     /// The file's attributes as last learned (version keys its chunks).
     attr: Attr,
+    /// A write failure from a host session that ended, for this handle's
+    /// next flush, fsync or close (errors of the current session wait in
+    /// `ClientCore::write_errors`, by node).
+    error: Option<Errno>,
 }
 
 /// Why a request was sent: what to do with its reply.
@@ -797,6 +806,13 @@ impl ClientCore {
         );
         if first {
             self.flush_queue(now);
+            // Operations the kernel sent before the first connection
+            // completed wait in `deferred`: run them now, or they would
+            // never be answered.
+            let deferred: Vec<(Req, Op)> = self.deferred.drain(..).collect();
+            for (req, op) in deferred {
+                self.op(now, req, op);
+            }
             return;
         }
         // Invalidations sent while we were away were lost: nothing cached
@@ -845,9 +861,16 @@ impl ClientCore {
         if let Some(v) = self.vfs.as_mut() {
             v.unbind_nodes(root.node);
         }
-        // The host's handles died with its session; reads go by node.
+        // The host's handles died with its session, and node ids of the
+        // old session may name other files in the new one: a handle is
+        // cut off until its inode is re-bound to the very same file.
+        let errors = std::mem::take(&mut self.write_errors);
         for h in self.handles.values_mut() {
+            if let Some(&e) = errors.get(&h.node) {
+                h.error = Some(e);
+            }
             h.host = None;
+            h.node = UNBOUND;
         }
         self.restoring = true;
         self.rebinding = 0;

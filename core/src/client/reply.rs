@@ -33,6 +33,12 @@ impl ClientCore {
     }
 
     fn on_invalidate(&mut self, now: Instant, node: crate::proto::NodeId, what: Invalidation) {
+        let root = self.vfs.as_ref().and_then(|v| v.node(Ino::ROOT));
+        if what == Invalidation::Data && Some(node) == root {
+            // "The whole tree may have changed" (the host's watcher lost
+            // track): nothing cached is trusted.
+            self.cache.mark_all_stale(now);
+        }
         self.cache.invalidate(now, node, what);
         let Some(vfs) = self.vfs.as_mut() else {
             return;
@@ -105,7 +111,21 @@ impl ClientCore {
             Purpose::Rebind { ino } => {
                 self.rebinding = self.rebinding.saturating_sub(1);
                 match (result, self.vfs.as_mut()) {
-                    (Ok(Reply::Attr(attr)), Some(v)) => v.rebind(ino, attr.node),
+                    // The same file as before (same identity): re-bound, and
+                    // so are the handles open on it.
+                    (Ok(Reply::Attr(attr)), Some(v))
+                        if v.get(ino).is_some_and(|i| i.key == attr.key) =>
+                    {
+                        v.rebind(ino, attr.node);
+                        for h in self.handles.values_mut() {
+                            if h.ino == ino && h.attr.key == attr.key {
+                                h.node = attr.node;
+                                self.files.insert(attr.key, attr.node);
+                            }
+                        }
+                    }
+                    // Another file under the name now (or none): the inode
+                    // must not silently stand for it.
                     (_, Some(v)) => v.unbind_gone(ino),
                     (_, None) => {}
                 }
@@ -136,9 +156,12 @@ impl ClientCore {
                     version,
                 }),
             ) => {
-                if version != ck.version {
+                if version != ck.version && !self.is_orphan(ck.file) {
                     // The file changed since we learned its version: these
                     // bytes are not of this key. Readers refresh and retry.
+                    // (Not for an unlinked file: only its link count and
+                    // ctime move, since no commit can reach a file without
+                    // a name, and it has no name to refresh through.)
                     self.stale_versions.insert(ck.file, version);
                     let _ = self.cache.fail(now, &key, Errno::Stale);
                 } else {
@@ -154,6 +177,13 @@ impl ClientCore {
                 let _ = self.cache.fail(now, &key, Errno::Io);
             }
         }
+    }
+
+    /// Whether `file` is open but unlinked (reachable only by handle).
+    fn is_orphan(&self, file: crate::proto::FileKey) -> bool {
+        self.files
+            .get(&file)
+            .is_some_and(|&node| self.vfs.as_ref().and_then(|v| v.ino_of(node)).is_none())
     }
 
     /// New attributes of a file: open handles on it learn them if its
@@ -379,6 +409,7 @@ impl ClientCore {
                 node: attr.node,
                 host: Some(host),
                 attr,
+                error: None,
             },
         );
         fh
@@ -515,6 +546,12 @@ impl ClientCore {
                     self.send(now, Purpose::Write { node, op }, request)
                 }
                 WriteOutput::Committed(attr) => {
+                    // The commit gave the file a new identity.
+                    if let Some(v) = self.vfs.as_mut()
+                        && let Some(ino) = v.ino_of(node)
+                    {
+                        v.set_key(ino, attr.key);
+                    }
                     for h in self.handles.values_mut() {
                         if h.node == node {
                             h.attr = attr.clone();

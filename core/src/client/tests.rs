@@ -587,3 +587,39 @@ fn a_resumed_session_revalidates_its_cache_and_locks() {
         Some(&b"AB23"[..])
     );
 }
+
+/// On a real disk, unlinking a file moves its ctime (its link count
+/// changed), so the host reports a new version for the very same bytes.
+/// The orphan has no name to refresh its attributes through: its reads
+/// must still succeed (they used to fail with ESTALE).
+#[test]
+fn an_unlinked_open_file_stays_readable_when_its_ctime_moves() {
+    let data: Vec<u8> = (0..CHUNK_SIZE * 2 + 17).map(|i| (i % 251) as u8).collect();
+    let mut w = world(&[("a", &data)], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, ino);
+    w.disk.set_time(crate::proto::Timestamp {
+        secs: 100,
+        nanos: 0,
+    });
+    assert_eq!(
+        w.call(
+            0,
+            Op::Unlink {
+                parent: Ino::ROOT,
+                name: name("a")
+            }
+        ),
+        Ok(Answer::Done)
+    );
+    w.run_for(Duration::from_secs(400));
+    // fstat(2) on the open descriptor (programs size their reads by it).
+    match w.call(0, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => {
+            assert_eq!((attr.size, attr.nlink), (data.len() as u64, 0));
+        }
+        other => panic!("getattr of an open unlinked file: {other:?}"),
+    }
+    assert_eq!(read_all(&mut w, 0, fh, data.len()), data);
+    w.call(0, Op::Release { fh }).expect("release");
+}

@@ -374,6 +374,11 @@ impl MemFs {
                     n.mtime = now;
                 }
                 if let Some(mode) = set.mode {
+                    // Linux has no mode on a symlink (fchmodat with
+                    // AT_SYMLINK_NOFOLLOW refuses).
+                    if n.kind == FileKind::Symlink {
+                        return Err(Errno::NotSup);
+                    }
                     n.mode = mode & 0o7777;
                 }
                 if let Some(t) = atime {
@@ -440,6 +445,11 @@ impl MemFs {
                     .get(&dir)
                     .and_then(|d| d.children.get(name))
                     .ok_or(Errno::NoEnt)?;
+                // rename(2) of a file over a directory fails; the staging
+                // is gone either way.
+                if self.inodes.get(&old).map(|n| n.kind) == Some(FileKind::Dir) {
+                    return Err(Errno::IsDir);
+                }
                 let mode = self.inodes.get(&old).map_or(0o644, |n| n.mode);
                 self.detach(dir, name);
                 let mut node = Inode::new(FileKind::File, mode, self.now);

@@ -145,6 +145,15 @@ impl NodeTable {
         Some(id)
     }
 
+    /// The file at `node`'s path was replaced by a new version of itself
+    /// (a committed write renames a new file over it): same node, new
+    /// identity.
+    pub fn rekey(&mut self, node: NodeId, key: FileKey) {
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.key = key;
+        }
+    }
+
     /// `parent/name` is gone: forget it and everything beneath it. Returns
     /// the forgotten ids (so clients can be told).
     pub fn remove(&mut self, parent: NodeId, name: &Name) -> Vec<NodeId> {

@@ -182,7 +182,6 @@ struct Txn {
     session: SessionId,
     node: NodeId,
     token: LockToken,
-    path: RelPath,
     phase: TxnPhase,
     /// StageWrites in flight: a commit waits for none.
     writes: usize,
@@ -948,7 +947,6 @@ impl HostServer {
                         session,
                         node,
                         token,
-                        path: path.clone(),
                         phase: TxnPhase::Staging,
                         writes: 0,
                         last_activity: now,
@@ -1028,7 +1026,11 @@ impl HostServer {
                     // every chunk is acknowledged.
                     return Err(Errno::Busy);
                 }
-                let path = t.path.clone();
+                // The file's path now, not at BeginWrite: the writer itself
+                // may have renamed it since (its lock does not stop its own
+                // renames), and committing to the old path would replace
+                // whatever file is there now.
+                let path = self.path_of(t.node)?;
                 if let Some(t) = self.txns.get_mut(&txn) {
                     t.phase = TxnPhase::Committing;
                     t.last_activity = now;
@@ -1301,6 +1303,10 @@ impl HostServer {
                 let Some(node) = node else {
                     return Err(Errno::Stale);
                 };
+                // The commit put a new file (identity) at the node's path:
+                // the index follows, so the next lookup keeps the node id
+                // (and the writer's lock and handles stay valid).
+                self.nodes.rekey(node, a.key);
                 let attr = to_attr(node, &a);
                 if let Some(s) = self.sessions.get_mut(&session) {
                     if s.committed.len() == COMMITTED_MEMORY {

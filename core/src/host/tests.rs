@@ -459,6 +459,22 @@ fn symlinks_are_reported_never_followed() {
         r.call(c, Request::Readlink { node: l.node }),
         Ok(Reply::Link(b"/etc".to_vec()))
     );
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    assert_eq!(
+        r.call(
+            c,
+            Request::SetAttr {
+                node: l.node,
+                set: chmod,
+                token: None
+            }
+        ),
+        Err(Errno::NotSup),
+        "Linux symlinks have no mode"
+    );
     // Looking "through" it is refused by the disk layer (no-follow).
     assert_eq!(r.lookup(c, l.node, "passwd"), Err(Errno::NotDir));
     assert_eq!(
