@@ -24,6 +24,14 @@
 //!   turns local changes into invalidations.
 //! * [`cli`]: the command line, defined once for both binaries, and
 //!   [`demo`], the `pair-demo` it runs.
+//! * [`mount`]: a FUSE mount ([`Mount`]): fuser's session, the
+//!   [`fuse`] adapter that turns kernel requests into the client core's
+//!   operations, and the mount driver that runs the
+//!   [`ClientCore`](wormhole_core::client::ClientCore), its disk cache and
+//!   a [`Transport`] to the host.
+//! * [`loopback`]: an in-process host over the in-memory disk (or any
+//!   [`FsExecutor`](loopback::FsExecutor)), a [`Transport`] without a
+//!   network.
 //!
 //! The shells make no protocol decisions, and neither does this crate: it
 //! reads sockets and timers, feeds the core, and does what the core says.
@@ -34,10 +42,14 @@ mod runtime;
 
 pub mod cli;
 pub mod demo;
+pub mod fuse;
 pub mod hostfs;
+pub mod loopback;
+pub mod mount;
 pub mod quic;
 pub mod watch;
 
+pub use mount::{Link, Mount, MountError, MountOptions, Transport};
 pub use node::{
     IoStats, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,
 };

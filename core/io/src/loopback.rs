@@ -1,0 +1,281 @@
+//! An in-process host: a [`HostServer`] on a file executor (the
+//! in-memory [`MemFs`], or any [`FsExecutor`]) reached through
+//! [`LocalTransport`], a [`Transport`] made of channels.
+//!
+//! It lets a real FUSE mount be tested, and run, without a network: the
+//! mount driver cannot tell it from a remote host, since every message
+//! is encoded and decoded as on the wire. One task on any
+//! [`quinn::Runtime`] owns the host; like the other drivers it carries out
+//! the core's outputs and waits for the next message, connection or timer.
+
+use core::pin::Pin;
+use core::task::{Context, Poll};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_lite::stream::Stream;
+use quinn::AsyncTimer;
+use tracing::{debug, trace, warn};
+use wormhole_core::conn::auth::TicketSecret;
+use wormhole_core::host::memfs::MemFs;
+use wormhole_core::host::{ConnId, FsOp, FsResult, HostConfig, HostOutput, HostServer};
+use wormhole_core::proto::Timestamp;
+use wormhole_core::{Instant, Rng};
+
+use crate::mount::{Link, Transport};
+use crate::runtime::BoxFuture;
+
+/// Passes over all sources before yielding to other tasks.
+const MAX_PASSES: usize = 16;
+/// Messages taken from one connection per pass.
+const BATCH: usize = 64;
+
+/// Carries out the host core's file operations.
+pub trait FsExecutor: Send + 'static {
+    /// Executes one operation beneath the shared root.
+    fn execute(&mut self, op: FsOp) -> FsResult;
+}
+
+impl FsExecutor for MemFs {
+    fn execute(&mut self, op: FsOp) -> FsResult {
+        // Wall-clock file times, so versions (derived from times and
+        // size) change as they would on a real disk.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.set_time(Timestamp {
+            secs: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+            nanos: now.subsec_nanos(),
+        });
+        MemFs::execute(self, op)
+    }
+}
+
+type ConnectReply = async_channel::Sender<io::Result<Link>>;
+
+/// A running in-process host. Dropping it stops the host: every
+/// connection closes, as if its process died.
+#[derive(Debug)]
+pub struct LocalHost {
+    connects: async_channel::Sender<ConnectReply>,
+    _stop: async_channel::Sender<()>,
+}
+
+impl LocalHost {
+    /// Starts a host serving `fs` to clients that prove `secret`.
+    pub fn spawn(
+        runtime: Arc<dyn quinn::Runtime>,
+        fs: impl FsExecutor,
+        secret: TicketSecret,
+        config: HostConfig,
+        seed: u64,
+    ) -> LocalHost {
+        let (connects, connect_rx) = async_channel::unbounded();
+        let (stop, stop_rx) = async_channel::bounded(1);
+        let mut rng = Rng::from_u64(seed);
+        let server = HostServer::new(config, secret, Rng::from_u64(rng.next_u64()));
+        let origin = runtime.now();
+        let mut driver = HostDriver {
+            runtime: runtime.clone(),
+            origin,
+            server,
+            fs: Box::new(fs),
+            rng,
+            connects: Box::pin(connect_rx),
+            stop: Box::pin(stop_rx),
+            conns: BTreeMap::new(),
+            next_conn: 1,
+            timer: None,
+            timer_at: None,
+        };
+        runtime.spawn(Box::pin(async move {
+            let now = driver.now();
+            driver.server.start(now);
+            core::future::poll_fn(|cx| driver.poll_drive(cx)).await;
+            debug!("local host stopped");
+        }));
+        LocalHost {
+            connects,
+            _stop: stop,
+        }
+    }
+
+    /// A transport that connects to this host.
+    pub fn transport(&self) -> LocalTransport {
+        LocalTransport {
+            connects: self.connects.clone(),
+        }
+    }
+}
+
+/// Connects to a [`LocalHost`]; refused once the host has stopped.
+#[derive(Clone, Debug)]
+pub struct LocalTransport {
+    connects: async_channel::Sender<ConnectReply>,
+}
+
+impl Transport for LocalTransport {
+    fn connect(&mut self) -> BoxFuture<io::Result<Link>> {
+        let connects = self.connects.clone();
+        Box::pin(async move {
+            let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+            let (tx, rx) = async_channel::bounded(1);
+            connects.send(tx).await.map_err(|_| refused())?;
+            rx.recv().await.map_err(|_| refused())?
+        })
+    }
+}
+
+struct Conn {
+    incoming: Pin<Box<async_channel::Receiver<Bytes>>>,
+    outgoing: async_channel::Sender<Bytes>,
+}
+
+struct HostDriver {
+    runtime: Arc<dyn quinn::Runtime>,
+    origin: std::time::Instant,
+    server: HostServer,
+    fs: Box<dyn FsExecutor>,
+    rng: Rng,
+    connects: Pin<Box<async_channel::Receiver<ConnectReply>>>,
+    stop: Pin<Box<async_channel::Receiver<()>>>,
+    conns: BTreeMap<ConnId, Conn>,
+    next_conn: u64,
+    timer: Option<Pin<Box<dyn AsyncTimer>>>,
+    timer_at: Option<Instant>,
+}
+
+impl HostDriver {
+    fn now(&self) -> Instant {
+        Instant::from_duration(self.runtime.now().saturating_duration_since(self.origin))
+    }
+
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..MAX_PASSES {
+            if let Poll::Ready(None) = self.stop.as_mut().poll_next(cx) {
+                return Poll::Ready(());
+            }
+            let mut busy = false;
+            while let Poll::Ready(Some(reply)) = self.connects.as_mut().poll_next(cx) {
+                busy = true;
+                self.accept(reply);
+            }
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            for id in ids {
+                for _ in 0..BATCH {
+                    let Some(conn) = self.conns.get_mut(&id) else {
+                        break;
+                    };
+                    match conn.incoming.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(bytes)) => {
+                            busy = true;
+                            let now = self.now();
+                            if let Err(e) = self.server.handle_message(now, id, &bytes) {
+                                debug!(error = %e, ?id, "undecodable request dropped");
+                            }
+                            self.outputs();
+                        }
+                        Poll::Ready(None) => {
+                            busy = true;
+                            trace!(?id, "client closed its connection");
+                            self.conns.remove(&id);
+                            let now = self.now();
+                            self.server.conn_closed(now, id);
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+            }
+            self.outputs();
+            busy |= self.poll_timer(cx);
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn accept(&mut self, reply: ConnectReply) {
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let mut exporter = [0u8; 32];
+        for part in exporter.chunks_mut(8) {
+            part.copy_from_slice(&self.rng.next_u64().to_le_bytes());
+        }
+        let (to_host, incoming) = async_channel::unbounded();
+        let (outgoing, from_host) = async_channel::unbounded();
+        let link = Link {
+            exporter,
+            outgoing: to_host,
+            incoming: from_host,
+        };
+        if reply.try_send(Ok(link)).is_err() {
+            return;
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                incoming: Box::pin(incoming),
+                outgoing,
+            },
+        );
+        let now = self.now();
+        self.server.conn_opened(now, id, exporter);
+        self.outputs();
+    }
+
+    fn outputs(&mut self) {
+        while let Some(o) = self.server.poll_output() {
+            match o {
+                HostOutput::Fs { op, fs } => {
+                    trace!(?fs, "host fs op");
+                    let result = self.fs.execute(fs);
+                    trace!(?result, "host fs result");
+                    let now = self.now();
+                    self.server.handle_fs(now, op, result);
+                }
+                HostOutput::Send { conn, msg } => match (msg.encode(), self.conns.get(&conn)) {
+                    (Ok(bytes), Some(c)) => {
+                        let _ = c.outgoing.try_send(bytes);
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => warn!(error = %e, "reply does not encode"),
+                },
+                HostOutput::Close { conn } => {
+                    if self.conns.remove(&conn).is_some() {
+                        let now = self.now();
+                        self.server.conn_closed(now, conn);
+                    }
+                }
+                HostOutput::Event(event) => debug!(?event, "host"),
+            }
+        }
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(deadline) = self.server.poll_timeout() else {
+            self.timer_at = None;
+            return false;
+        };
+        let now = self.now();
+        if now < deadline {
+            let at = self.origin + deadline.since_origin();
+            let timer = self.timer.get_or_insert_with(|| self.runtime.new_timer(at));
+            if self.timer_at != Some(deadline) {
+                timer.as_mut().reset(at);
+                self.timer_at = Some(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+        self.timer_at = None;
+        self.server.handle_timeout(now.max(deadline));
+        self.outputs();
+        true
+    }
+}
