@@ -218,3 +218,49 @@ fn readable_trace_snapshot() {
         "nothing was left to drain: {drained:?}"
     );
 }
+
+/// The checks have teeth: a peer that breaks the protocol (here, a forged
+/// Release for a handover the sender still uses) is caught at once, as a
+/// pair InUse on one side while the other side is back in keepalive.
+#[test]
+fn invariants_catch_a_peer_that_breaks_the_protocol() {
+    use wormhole_core::pair::{HandoverId, PairNonce, PeerId, Signal, SignalKind};
+    let cfg = SimConfig {
+        nodes: 2,
+        pair: PairConfig::default(),
+        link: LinkParams::CLEAN,
+        hold: HoldPolicy::Manual,
+        max_pairs: 4,
+    };
+    let mut world = World::new(7, &cfg).with_trace(false);
+    for op in [
+        Op::AddPair {
+            a: 0,
+            b: 1,
+            a_pings: true,
+        },
+        Op::Advance { millis: 12_000 },
+        Op::Take { node: 1, peer: 0 },
+        Op::Advance { millis: 1_000 },
+    ] {
+        world.apply(&op).expect("an honest run");
+    }
+    let nonce = PairNonce(1);
+    let handover = world.pool(1).handover(nonce).expect("taken").id();
+    assert_eq!(
+        handover,
+        HandoverId {
+            initiator: PeerId::from_u64(2),
+            seq: 1
+        }
+    );
+    let forged = Signal {
+        pair: nonce,
+        handover,
+        kind: SignalKind::Release,
+    };
+    let violation = world
+        .forge_signal(0, 1, forged)
+        .expect_err("node 1 still uses the pair node 0 just released");
+    assert!(violation.what.starts_with("S3:"), "{violation}");
+}

@@ -915,6 +915,29 @@ impl World {
         })
     }
 
+    /// Delivers `signal` to node `to` as if node `from` had sent it over
+    /// its authenticated channel, bypassing the protocol: a broken or
+    /// malicious peer. Only for showing that the invariant checks catch
+    /// what such a peer causes; honest runs never call it.
+    pub fn forge_signal(
+        &mut self,
+        to: usize,
+        from: usize,
+        signal: Signal,
+    ) -> Result<(), Violation> {
+        let sender = self.nodes[from].id;
+        self.log(|| {
+            format!(
+                "n{to} <- FORGED signal from {sender:?}: {}",
+                fmt_signal(&signal)
+            )
+        });
+        let bytes = signal.encode();
+        self.input(to, InputKind::Other, |pool, now| {
+            pool.handle_signal_bytes(now, sender, &bytes)
+        })
+    }
+
     // ----- time and network ---------------------------------------------
 
     fn schedule(&mut self, delay: Duration, msg: Pending) {
