@@ -13,8 +13,9 @@
 use crate::client::{Answer, ClientConfig, ClientCore, ClientOutput, Op, Req};
 use crate::conn::auth::{self, TicketSecret};
 use crate::host::memfs::MemFs;
-use crate::host::{ConnId, HostConfig, HostOutput, HostServer};
-use crate::proto::{ClientMessage, Errno, HostMessage};
+use crate::host::{ConnId, FsOk, FsOp, FsResult, HostConfig, HostOutput, HostServer};
+use crate::lock::LockInfo;
+use crate::proto::{ClientMessage, Errno, FileKey, HostMessage, LockToken, NodeId, SessionId};
 use crate::{Instant, Rng};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,6 +39,35 @@ pub struct SimClient {
     pub invalidations: usize,
     /// Messages sent to the host.
     pub sent: u64,
+    /// Kernel replies produced, counted before [`Self::answers`] keeps
+    /// the last one per request (so a double reply stays visible).
+    pub replies: u64,
+}
+
+/// One file operation the host had its disk execute, kept (when
+/// [`World::record_fs`] is on) so a simulation can judge the host's
+/// decisions against what it saw at that very moment, not later: was a
+/// staging write fenced by a live lock, what did a commit make durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsRecord {
+    /// When it ran.
+    pub at: Instant,
+    /// The operation.
+    pub op: FsOp,
+    /// For a staging operation: the transaction's owner, file and fencing
+    /// token as the host knew them (`None` if it no longer knows the
+    /// transaction).
+    pub txn: Option<(SessionId, NodeId, LockToken)>,
+    /// The lock that token names, as the host's lock table held it.
+    pub lock: Option<LockInfo>,
+    /// The transaction's file's ancestors (for subtree coverage).
+    pub ancestors: Vec<NodeId>,
+    /// For a commit: the identity of the file it replaced.
+    pub replaced: Option<FileKey>,
+    /// For a successful commit: the file's content right after it.
+    pub committed: Option<Vec<u8>>,
+    /// What the disk answered.
+    pub result: FsResult,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,6 +102,12 @@ pub struct World {
     next_conn: u64,
     next_req: u64,
     host_runs: u64,
+    /// Record every executed file operation in [`Self::fs_log`] (off by
+    /// default: unit tests need no log).
+    pub record_fs: bool,
+    /// Executed file operations, oldest first, while [`Self::record_fs`];
+    /// the reader drains it.
+    pub fs_log: Vec<FsRecord>,
 }
 
 impl World {
@@ -102,6 +138,8 @@ impl World {
             next_conn: 1,
             next_req: 1,
             host_runs: 1,
+            record_fs: false,
+            fs_log: Vec::new(),
         };
         w.host.start(w.now);
         w.settle();
@@ -125,6 +163,7 @@ impl World {
             l2: BTreeMap::new(),
             invalidations: 0,
             sent: 0,
+            replies: 0,
         });
         let c = self.clients.len() - 1;
         let now = self.now;
@@ -275,7 +314,14 @@ impl World {
         let now = self.now;
         match o {
             HostOutput::Fs { op, fs } => {
-                let result = self.disk.execute(fs);
+                if !self.record_fs {
+                    let result = self.disk.execute(fs);
+                    self.host.handle_fs(now, op, result);
+                    return;
+                }
+                let record = self.execute_recorded(fs);
+                let result = record.result.clone();
+                self.fs_log.push(record);
                 self.host.handle_fs(now, op, result);
             }
             HostOutput::Send { conn, msg } => {
@@ -293,6 +339,7 @@ impl World {
         let now = self.now;
         match o {
             ClientOutput::Reply { req, result } => {
+                self.clients[c].replies += 1;
                 self.clients[c].answers.insert(req, result);
             }
             ClientOutput::Send(msg) => {
@@ -341,6 +388,51 @@ impl World {
                 self.clients[c].invalidations += 1;
             }
             ClientOutput::Event(_) => {}
+        }
+    }
+
+    /// Executes `fs` on the disk and records it with what the host knew of
+    /// its transaction at this moment.
+    fn execute_recorded(&mut self, fs: FsOp) -> FsRecord {
+        let txn_id = match &fs {
+            FsOp::StageBegin { txn, .. }
+            | FsOp::StageWrite { txn, .. }
+            | FsOp::StageTruncate { txn, .. }
+            | FsOp::StageCommit { txn, .. }
+            | FsOp::StageAbort { txn } => Some(*txn),
+            _ => None,
+        };
+        let txn = txn_id.and_then(|t| self.host.txn_info(t));
+        let lock = txn.and_then(|(_, _, token)| self.host.locks().lock(token));
+        let ancestors = txn
+            .map(|(_, node, _)| self.host.nodes().ancestors(node))
+            .unwrap_or_default();
+        let commit_path = match &fs {
+            FsOp::StageCommit { path, .. } => Some(path.clone()),
+            _ => None,
+        };
+        // Stat has no side effect on the disk: it only reads the identity
+        // the commit is about to replace.
+        let replaced = commit_path.as_ref().and_then(|path| {
+            match self.disk.execute(FsOp::Stat { path: path.clone() }) {
+                Ok(FsOk::Attr(a)) => Some(a.key),
+                _ => None,
+            }
+        });
+        let result = self.disk.execute(fs.clone());
+        let committed = match (&commit_path, &result) {
+            (Some(path), Ok(_)) => self.disk.read_file(path).map(<[u8]>::to_vec),
+            _ => None,
+        };
+        FsRecord {
+            at: self.now,
+            op: fs,
+            txn,
+            lock,
+            ancestors,
+            replaced,
+            committed,
+            result,
         }
     }
 
@@ -421,6 +513,7 @@ impl World {
             l2: BTreeMap::new(),
             invalidations: 0,
             sent: 0,
+            replies: 0,
         };
         self.pump();
     }

@@ -21,6 +21,8 @@
 //!   transactions, whose errors surface at flush.
 
 mod dispatch;
+#[cfg(test)]
+mod regressions;
 mod reply;
 #[cfg(test)]
 mod tests;

@@ -577,9 +577,11 @@ impl ClientCore {
         result: Result<Attr, Errno>,
     ) {
         let waiting = self.after_commit.remove(&node).unwrap_or_default();
-        if waiting.is_empty()
-            && let Err(e) = result
-        {
+        // Only a flush, fsync or close reports a failure to the writers; a
+        // truncate that shared the transaction learns it too, but the
+        // writes lost with it must still surface at the next flush.
+        let flushed = waiting.iter().any(|w| matches!(w, AfterCommit::Reply(_)));
+        if !flushed && let Err(e) = result {
             // Nobody asked yet: the next flush, fsync or close reports it.
             self.write_errors.insert(node, e);
         }

@@ -18,7 +18,7 @@
 //! parent by inode, so renaming a directory moves its whole subtree at once
 //! and the map stays consistent.
 
-use crate::proto::{Attr, FileKind, Name, NodeId};
+use crate::proto::{Attr, FileKey, FileKind, Name, NodeId};
 use std::collections::BTreeMap;
 use thiserror::Error;
 
@@ -52,6 +52,9 @@ pub struct Inode {
     pub ino: Ino,
     /// The host node it stands for.
     pub node: NodeId,
+    /// The identity of the file on the host's disk, as last learned (a
+    /// re-bind after a host restart requires the same one).
+    pub key: FileKey,
     /// Parent directory and name; `None` for the root and for orphans.
     pub link: Option<(Ino, Name)>,
     /// File, directory or symlink.
@@ -138,6 +141,7 @@ impl Vfs {
             Inode {
                 ino: Ino::ROOT,
                 node: root,
+                key: FileKey { dev: 0, ino: 0 },
                 link: None,
                 kind: FileKind::Dir,
                 // The kernel never forgets the root.
@@ -250,6 +254,7 @@ impl Vfs {
                     Inode {
                         ino,
                         node: attr.node,
+                        key: attr.key,
                         link: None,
                         kind: attr.kind,
                         nlookup: 0,
@@ -263,6 +268,9 @@ impl Vfs {
                 ino
             }
         };
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.key = attr.key;
+        }
         if lookup && let Some(inode) = self.inodes.get_mut(&ino) {
             inode.nlookup += 1;
             if inode.state == InodeState::Allocated {
@@ -458,6 +466,14 @@ impl Vfs {
                 Some((i.ino, p.node, name.clone()))
             })
             .collect()
+    }
+
+    /// The file behind `ino` got a new identity on the host's disk (its
+    /// own committed write replaced it by a new version).
+    pub fn set_key(&mut self, ino: Ino, key: FileKey) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.key = key;
+        }
     }
 
     /// Binds an inode to its node in the new host session.

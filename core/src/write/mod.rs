@@ -230,6 +230,12 @@ impl WriteTxn {
         }
     }
 
+    /// Whether the commit is under way (no more writes join this
+    /// transaction).
+    pub fn is_committing(&self) -> bool {
+        matches!(self.state, WriteState::Committing)
+    }
+
     /// The application wrote `data` at `offset`.
     pub fn write(&mut self, now: Instant, offset: u64, data: Bytes) -> Result<(), WriteError> {
         if let Some(e) = self.ended() {

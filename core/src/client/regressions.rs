@@ -1,0 +1,199 @@
+//! Regressions found by the file system simulation (`tests/src/fs_sim`),
+//! each reduced to the few steps that showed it.
+
+use super::*;
+use crate::host::memfs::MemFs;
+use crate::host::{FsOp, HostConfig, RelPath};
+use crate::proto::TxnId;
+use crate::testkit::World;
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid")
+}
+
+fn path(s: &str) -> RelPath {
+    RelPath::from(vec![name(s)])
+}
+
+fn world(files: &[(&str, &[u8])], clients: usize) -> World {
+    let mut d = MemFs::new(1 << 30);
+    for (f, data) in files {
+        let p = path(f);
+        let create = FsOp::Create {
+            path: p.clone(),
+            mode: 0o644,
+            exclusive: true,
+        };
+        let begin = FsOp::StageBegin {
+            txn: TxnId(0),
+            path: p.clone(),
+        };
+        let write = FsOp::StageWrite {
+            txn: TxnId(0),
+            offset: 0,
+            data: Bytes::copy_from_slice(data),
+        };
+        let commit = FsOp::StageCommit {
+            txn: TxnId(0),
+            path: p,
+            size: data.len() as u64,
+        };
+        for op in [create, begin, write, commit] {
+            d.execute(op).expect("seed the disk");
+        }
+    }
+    World::new(
+        11,
+        d,
+        clients,
+        HostConfig::default(),
+        ClientConfig::default(),
+    )
+}
+
+fn lookup(w: &mut World, c: usize, n: &str) -> Ino {
+    match w.call(
+        c,
+        Op::Lookup {
+            parent: Ino::ROOT,
+            name: name(n),
+        },
+    ) {
+        Ok(Answer::Entry { ino, .. }) => ino,
+        other => panic!("lookup {n}: {other:?}"),
+    }
+}
+
+fn open(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
+    let ino = lookup(w, c, n);
+    match w.call(c, Op::Open { ino }) {
+        Ok(Answer::Opened { fh, .. }) => (ino, fh),
+        other => panic!("open {n}: {other:?}"),
+    }
+}
+
+fn write(w: &mut World, c: usize, fh: Fh, data: &[u8]) {
+    let r = w.call(
+        c,
+        Op::Write {
+            fh,
+            offset: 0,
+            data: Bytes::copy_from_slice(data),
+        },
+    );
+    assert_eq!(r, Ok(Answer::Written(data.len() as u32)));
+}
+
+/// Operations sent before the first connection completed were parked and
+/// never run: their requests were never answered.
+#[test]
+fn operations_sent_before_the_first_connection_are_answered() {
+    let mut w = world(&[], 1);
+    // A fresh mount, not yet connected.
+    w.crash_client(0);
+    let req = w.op(0, Op::GetAttr { ino: Ino::ROOT });
+    let now = w.now;
+    w.clients[0].core.connect(now);
+    w.pump();
+    assert!(matches!(w.wait(0, req), Ok(Answer::Attr { .. })));
+}
+
+/// The host committed to the path the file had at BeginWrite: after the
+/// writer renamed another file over it, the commit replaced that other
+/// file's content.
+#[test]
+fn a_commit_never_lands_on_a_file_renamed_over_the_written_one() {
+    let mut w = world(&[("a", b"old a"), ("d", b"dddd")], 1);
+    let (_, fh) = open(&mut w, 0, "a");
+    write(&mut w, 0, fh, b"NEW");
+    let rename = Op::Rename {
+        parent: Ino::ROOT,
+        name: name("d"),
+        new_parent: Ino::ROOT,
+        new_name: name("a"),
+    };
+    assert_eq!(w.call(0, rename), Ok(Answer::Done));
+    // The written file has no name any more: its commit fails, and the
+    // file now called "a" keeps its own content.
+    assert!(w.call(0, Op::Flush { fh }).is_err());
+    assert_eq!(w.disk.read_file(&path("a")), Some(&b"dddd"[..]));
+}
+
+/// A file renamed by its own writer is committed where it is now.
+#[test]
+fn a_commit_follows_its_writers_own_rename() {
+    let mut w = world(&[("a", b"old a")], 1);
+    let (_, fh) = open(&mut w, 0, "a");
+    write(&mut w, 0, fh, b"NEW");
+    let rename = Op::Rename {
+        parent: Ino::ROOT,
+        name: name("a"),
+        new_parent: Ino::ROOT,
+        new_name: name("e"),
+    };
+    assert_eq!(w.call(0, rename), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.disk.read_file(&path("e")), Some(&b"NEW a"[..]));
+    assert_eq!(w.disk.read_file(&path("a")), None);
+}
+
+/// A commit gives the file a new disk identity; the host's index kept the
+/// old one, so the next lookup (by anyone) made a new node and the
+/// writer's handle went stale: its next flush failed with ESTALE.
+#[test]
+fn a_writer_keeps_writing_after_its_commit_is_looked_up() {
+    let mut w = world(&[("a", b"old a")], 2);
+    let (_, fh) = open(&mut w, 0, "a");
+    write(&mut w, 0, fh, b"one");
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    lookup(&mut w, 1, "a");
+    write(&mut w, 0, fh, b"two");
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.disk.read_file(&path("a")), Some(&b"two a"[..]));
+}
+
+/// After a host restart, handles kept node ids of the old host run, which
+/// name other files in the new one: a handle on a file deleted meanwhile
+/// read another file's bytes.
+#[test]
+fn a_handle_never_reads_another_file_after_a_host_restart() {
+    let mut w = world(&[("a", b"AAAA"), ("b", b"BBBB")], 2);
+    let (_, fh) = open(&mut w, 0, "a");
+    let unlink = Op::Unlink {
+        parent: Ino::ROOT,
+        name: name("a"),
+    };
+    assert_eq!(w.call(1, unlink), Ok(Answer::Done));
+    w.crash_host();
+    w.restart_host();
+    w.run_for(Duration::from_secs(40));
+    assert!(w.clients[0].core.is_ready());
+    let read = w.call(
+        0,
+        Op::Read {
+            fh,
+            offset: 0,
+            size: 4,
+        },
+    );
+    assert!(
+        !matches!(&read, Ok(Answer::Data(d)) if &d[..] == b"BBBB"),
+        "{read:?}"
+    );
+}
+
+/// A close while a flush's commit was in flight failed with EINVAL (the
+/// transaction refused a second commit); it now waits for that commit.
+#[test]
+fn a_close_during_a_commit_waits_for_it() {
+    let mut w = world(&[("a", b"old a")], 1);
+    w.max_delay = Duration::from_millis(20);
+    let (_, fh) = open(&mut w, 0, "a");
+    write(&mut w, 0, fh, b"NEW");
+    let flush = w.op(0, Op::Flush { fh });
+    w.run_for(Duration::from_millis(45));
+    let release = w.op(0, Op::Release { fh });
+    assert_eq!(w.wait(0, flush), Ok(Answer::Done));
+    assert_eq!(w.wait(0, release), Ok(Answer::Done));
+    assert_eq!(w.disk.read_file(&path("a")), Some(&b"NEW a"[..]));
+}
