@@ -18,9 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::conn::auth::TicketSecret;
-use wormhole_core::host::HostConfig;
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::proto::Checksum;
+use wormhole_core::host::{FsOp, HostConfig, RelPath};
+use wormhole_core::proto::{Checksum, Name, TxnId};
 use wormhole_io::loopback::LocalHost;
 use wormhole_io::{Mount, MountOptions, Shell, timeout};
 use wormhole_smol::SmolShell;
@@ -72,14 +72,15 @@ fn scratch(runtime: &str) -> PathBuf {
     dir
 }
 
-fn mount_at<S: Shell>(shell: &S, host: &LocalHost, dir: &Path) -> Mount {
+fn mount_at<S: Shell>(shell: &S, host: &LocalHost, dir: &Path, attr_ttl: Duration) -> Mount {
     let mut options = MountOptions::new(SECRET).expect("randomness");
+    options.client.cache.attr_ttl = attr_ttl;
     options.cache_dir = Some(dir.join("cache"));
     // A small memory cache, so chunks move on to the disk cache.
     options.client.cache.l1_max_bytes = 2 << 20;
     let mountpoint = dir.join("mnt");
     let mount = shell
-        .block_on(async { Mount::mount(shell.runtime(), host.transport(), &mountpoint, options) })
+        .block_on(async { Mount::new(shell.runtime(), host.transport(), &mountpoint, options) })
         .unwrap_or_else(|e| {
             panic!(
                 "FUSE mount failed on {} (this test needs root and /dev/fuse; it does not \
@@ -132,7 +133,7 @@ fn fuse_mount<S: Shell>(shell: S) {
         )
     });
     let mut guard = Guard {
-        mount: Some(mount_at(&shell, &host, &dir)),
+        mount: Some(mount_at(&shell, &host, &dir, Duration::from_secs(1))),
         dir: dir.clone(),
     };
     let root = dir.join("mnt");
@@ -145,7 +146,9 @@ fn fuse_mount<S: Shell>(shell: S) {
         .expect("the disk cache directory")
         .count();
     assert!(chunks > 0, "no chunk reached the disk cache");
-    guard.mount = Some(mount_at(&shell, &host, &dir));
+    // Attributes cached for a minute: only an invalidation pushed by the
+    // host and passed on to the kernel can show a change sooner.
+    guard.mount = Some(mount_at(&shell, &host, &dir, Duration::from_secs(60)));
     run_bounded(&root, |root, _| {
         for len in [CHUNK + 1, BIG] {
             let data = fs::read(root.join(format!("sizes/{len}"))).expect("read after remount");
@@ -154,6 +157,37 @@ fn fuse_mount<S: Shell>(shell: S) {
                 "{len} B file after remount"
             );
         }
+        assert_eq!(fs::metadata(root.join("old")).expect("stat").len(), 11);
+    });
+    let changed = b"changed on the host by a local program";
+    shell.block_on(
+        host.local_change(RelPath::from(vec![Name::new("old").expect("name")]), |fs| {
+            let path = || RelPath::from(vec![Name::new("old").expect("name")]);
+            let txn = TxnId(1 << 40);
+            fs.execute(FsOp::StageBegin { txn, path: path() })
+                .expect("stage");
+            fs.execute(FsOp::StageWrite {
+                txn,
+                offset: 0,
+                data: changed.to_vec().into(),
+            })
+            .expect("write");
+            fs.execute(FsOp::StageCommit {
+                txn,
+                path: path(),
+                size: changed.len() as u64,
+            })
+            .expect("commit");
+        }),
+    );
+    run_bounded(&root, |root, _| {
+        let want = b"changed on the host by a local program";
+        wait_until(
+            Duration::from_secs(10),
+            "the host's change to reach the kernel",
+            || fs::metadata(root.join("old")).is_ok_and(|m| m.len() == want.len() as u64),
+        );
+        assert_eq!(fs::read(root.join("old")).expect("read"), want);
     });
     unmount(&shell, &mut guard);
 }
@@ -197,6 +231,19 @@ impl Steps {
 
     fn now(&self) -> &'static str {
         self.0.lock().map(|s| *s).unwrap_or("?")
+    }
+}
+
+/// Polls `check` until it holds, for at most `limit` (for what no event
+/// announces to this thread: the kernel's view of a file).
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -256,6 +303,24 @@ fn workout(root: &Path, steps: &Steps) {
     f.read_exact(&mut buf).expect("read across chunks");
     assert_eq!(buf, big[at as usize..at as usize + 4096]);
     drop(f);
+
+    steps.at("concurrent readers");
+    // Many requests in flight at once: each thread reads its own file
+    // while the others wait on the host.
+    std::thread::scope(|scope| {
+        for len in lens {
+            let path = sizes.join(len.to_string());
+            scope.spawn(move || {
+                for _ in 0..3 {
+                    let back = fs::read(&path).unwrap_or_else(|e| panic!("read {len} B: {e}"));
+                    assert!(
+                        back == pattern(len, len as u64),
+                        "{len} B file read concurrently"
+                    );
+                }
+            });
+        }
+    });
 
     steps.at("overwrite in place");
     let mut f = OpenOptions::new()

@@ -243,10 +243,10 @@ impl WormholeFs {
     /// queue; a driver that is gone fails the request.
     fn op(&self, op: Op, reply: KernelReply) {
         trace!(?op, "kernel op");
-        if let Err(e) = self.requests.send_blocking(KernelRequest::Op { op, reply }) {
-            if let KernelRequest::Op { reply, .. } = e.into_inner() {
-                reply.error(fuser::Errno::from_i32(Errno::NotConn.raw()));
-            }
+        if let Err(e) = self.requests.send_blocking(KernelRequest::Op { op, reply })
+            && let KernelRequest::Op { reply, .. } = e.into_inner()
+        {
+            reply.error(fuser::Errno::from_i32(Errno::NotConn.raw()));
         }
     }
 

@@ -20,7 +20,7 @@ use quinn::AsyncTimer;
 use tracing::{debug, trace, warn};
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::host::{ConnId, FsOp, FsResult, HostConfig, HostOutput, HostServer};
+use wormhole_core::host::{ConnId, FsOp, FsResult, HostConfig, HostOutput, HostServer, RelPath};
 use wormhole_core::proto::Timestamp;
 use wormhole_core::{Instant, Rng};
 
@@ -55,11 +55,26 @@ impl FsExecutor for MemFs {
 
 type ConnectReply = async_channel::Sender<io::Result<Link>>;
 
+/// A change made to the host's disk behind the core's back.
+type LocalChange = Box<dyn FnOnce(&mut dyn FsExecutor) + Send>;
+
+/// Commands to the host task besides connects.
+enum Command {
+    /// Run a change on the disk, then tell the core `path` changed (what
+    /// the host's tree watcher does for real directories).
+    Change {
+        path: RelPath,
+        change: LocalChange,
+        done: async_channel::Sender<()>,
+    },
+}
+
 /// A running in-process host. Dropping it stops the host: every
 /// connection closes, as if its process died.
 #[derive(Debug)]
 pub struct LocalHost {
     connects: async_channel::Sender<ConnectReply>,
+    commands: async_channel::Sender<Command>,
     _stop: async_channel::Sender<()>,
 }
 
@@ -74,6 +89,7 @@ impl LocalHost {
     ) -> LocalHost {
         let (connects, connect_rx) = async_channel::unbounded();
         let (stop, stop_rx) = async_channel::bounded(1);
+        let (commands, command_rx) = async_channel::unbounded();
         let mut rng = Rng::from_u64(seed);
         let server = HostServer::new(config, secret, Rng::from_u64(rng.next_u64()));
         let origin = runtime.now();
@@ -84,6 +100,7 @@ impl LocalHost {
             fs: Box::new(fs),
             rng,
             connects: Box::pin(connect_rx),
+            commands: Box::pin(command_rx),
             stop: Box::pin(stop_rx),
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -98,7 +115,27 @@ impl LocalHost {
         }));
         LocalHost {
             connects,
+            commands,
             _stop: stop,
+        }
+    }
+
+    /// Changes the disk as a local program would (not through a client)
+    /// and reports the change to the host core, which pushes
+    /// invalidations to its clients. Resolves once the push is sent.
+    pub async fn local_change(
+        &self,
+        path: RelPath,
+        change: impl FnOnce(&mut dyn FsExecutor) + Send + 'static,
+    ) {
+        let (done, finished) = async_channel::bounded(1);
+        let command = Command::Change {
+            path,
+            change: Box::new(change),
+            done,
+        };
+        if self.commands.send(command).await.is_ok() {
+            let _ = finished.recv().await;
         }
     }
 
@@ -140,6 +177,7 @@ struct HostDriver {
     fs: Box<dyn FsExecutor>,
     rng: Rng,
     connects: Pin<Box<async_channel::Receiver<ConnectReply>>>,
+    commands: Pin<Box<async_channel::Receiver<Command>>>,
     stop: Pin<Box<async_channel::Receiver<()>>>,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
@@ -161,6 +199,16 @@ impl HostDriver {
             while let Poll::Ready(Some(reply)) = self.connects.as_mut().poll_next(cx) {
                 busy = true;
                 self.accept(reply);
+            }
+            while let Poll::Ready(Some(Command::Change { path, change, done })) =
+                self.commands.as_mut().poll_next(cx)
+            {
+                busy = true;
+                change(&mut *self.fs);
+                let now = self.now();
+                self.server.local_change(now, &path);
+                self.outputs();
+                let _ = done.try_send(());
             }
             let ids: Vec<ConnId> = self.conns.keys().copied().collect();
             for id in ids {

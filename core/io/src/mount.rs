@@ -164,7 +164,7 @@ impl Mount {
     /// its driver running on `runtime`. Blocks for the mount itself (a
     /// system call and the kernel's INIT), not for the host: operations
     /// wait for the connection inside the core.
-    pub fn mount(
+    pub fn new(
         runtime: Arc<dyn quinn::Runtime>,
         transport: impl Transport,
         mountpoint: &Path,
@@ -444,6 +444,10 @@ impl Notifications {
 
 // ----------------------------------------------------------------- driver
 
+/// Host messages of the established connection (boxed: the receiver is
+/// `!Unpin` and the driver moves into its task).
+type Incoming = Pin<Box<async_channel::Receiver<Bytes>>>;
+
 /// The mount driver: one task owning the client core.
 struct MountDriver {
     runtime: Arc<dyn quinn::Runtime>,
@@ -455,10 +459,8 @@ struct MountDriver {
     pending: BTreeMap<Req, crate::fuse::KernelReply>,
     next_req: u64,
     connecting: Option<BoxFuture<io::Result<Link>>>,
-    link: Option<(
-        async_channel::Sender<Bytes>,
-        Pin<Box<async_channel::Receiver<Bytes>>>,
-    )>,
+    /// The established connection: messages out, messages in.
+    link: Option<(async_channel::Sender<Bytes>, Incoming)>,
     disk: Option<std::sync::mpsc::Sender<DiskCmd>>,
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notifications: Notifications,
