@@ -17,9 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{
-    FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
@@ -268,6 +268,21 @@ fn perm(mode: u32, umask: u32) -> u32 {
 impl fuser::Filesystem for WormholeFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_background(MAX_BACKGROUND);
+        // Each only if the kernel offers it:
+        // * parallel dirops: lookups and readdirs in one directory need
+        //   not queue behind each other in the kernel; the core answers
+        //   them concurrently.
+        // * auto inval data: pages cached under `keep_cache` are dropped
+        //   when the attributes show a new mtime or size.
+        // * cache symlinks: a symlink's target never changes (a new
+        //   target is a new file on the host).
+        for flag in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 

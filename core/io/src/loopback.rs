@@ -79,7 +79,8 @@ pub struct LocalHost {
 }
 
 impl LocalHost {
-    /// Starts a host serving `fs` to clients that prove `secret`.
+    /// Starts a host serving `fs` to clients that prove `secret`. Call it
+    /// from within the runtime: the host task is spawned on it.
     pub fn spawn(
         runtime: Arc<dyn quinn::Runtime>,
         fs: impl FsExecutor,

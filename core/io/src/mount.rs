@@ -163,7 +163,9 @@ impl Mount {
     /// Mounts at `mountpoint` a file system served through `transport`,
     /// its driver running on `runtime`. Blocks for the mount itself (a
     /// system call and the kernel's INIT), not for the host: operations
-    /// wait for the connection inside the core.
+    /// wait for the connection inside the core. Call it from within the
+    /// runtime (e.g. inside [`Shell::block_on`](crate::Shell::block_on)):
+    /// the driver is spawned on it.
     pub fn new(
         runtime: Arc<dyn quinn::Runtime>,
         transport: impl Transport,
