@@ -320,6 +320,11 @@ impl ClientCore {
 
     /// The file's open transaction, started if there is none.
     fn txn(&mut self, node: NodeId, _now: Instant) -> Result<&mut WriteTxn, Errno> {
+        if node == super::UNBOUND {
+            // A handle cut off by a host restart: nothing to lock or write
+            // (and one shared node 0 would mix up files' transactions).
+            return Err(Errno::Stale);
+        }
         if self.writes.get(&node).is_some_and(WriteTxn::is_finished) {
             self.writes.remove(&node);
         }

@@ -853,6 +853,13 @@ impl ClientCore {
                 }
             }
         }
+        // Writes waiting for an old transaction's commit would start a new
+        // one on an old node id (another file, perhaps, in this session):
+        // they fail with it instead (none of them was acknowledged).
+        let blocked = std::mem::take(&mut self.blocked_writes);
+        for (req, _) in blocked.into_values().flatten() {
+            self.reply(req, Err(Errno::Stale));
+        }
         let nodes: Vec<NodeId> = self.writes.keys().copied().collect();
         for node in nodes {
             if let Some(w) = self.writes.get_mut(&node) {

@@ -1,0 +1,1181 @@
+//! The simulated world with its checker: the kernel models, the file
+//! identity and content history, and every invariant.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+use wormhole_core::Instant;
+use wormhole_core::client::{Answer, ClientConfig, Fh, Op, Req};
+use wormhole_core::host::memfs::MemFs;
+use wormhole_core::host::{FsAttr, FsOk, FsOp, HostConfig, RelPath};
+use wormhole_core::lock::scope_node;
+use wormhole_core::proto::{Errno, FileKey, FileKind, LockKind, LockScope, Name, SetAttr};
+use wormhole_core::testkit::{FsRecord, World};
+use wormhole_core::vfs::Ino;
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Simulated time.
+    pub at: Instant,
+    /// What broke.
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at {:?}: {}", self.at, self.what)
+    }
+}
+
+/// What a run did (summed over seeds, to prove the workload reaches every
+/// corner it is meant to).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// Kernel requests sent.
+    pub ops: u64,
+    /// Answered with success.
+    pub ok: u64,
+    /// Answered with an error, by errno.
+    pub errors: BTreeMap<String, u64>,
+    /// Commits the disk executed.
+    pub commits: u64,
+    /// Staging operations whose fencing token was checked.
+    pub fenced: u64,
+    /// Flush/Fsync/Release acknowledgements whose writes were checked.
+    pub acks_checked: u64,
+    /// Whole-file reads checked against the history (close-to-open).
+    pub reads_checked: u64,
+    /// Of those, reads that had an acknowledged close to respect.
+    pub reads_after_ack: u64,
+    /// Partitions shorter than the lock ttl.
+    pub short_partitions: u64,
+    /// Partitions longer than the lock ttl.
+    pub long_partitions: u64,
+    /// Host crashes.
+    pub host_crashes: u64,
+    /// Client crashes.
+    pub client_crashes: u64,
+    /// Runs whose liveness phase converged.
+    pub converged: u64,
+}
+
+impl FsStats {
+    /// Adds another run's counts.
+    pub fn merge(&mut self, o: &FsStats) {
+        self.ops += o.ops;
+        self.ok += o.ok;
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.commits += o.commits;
+        self.fenced += o.fenced;
+        self.acks_checked += o.acks_checked;
+        self.reads_checked += o.reads_checked;
+        self.reads_after_ack += o.reads_after_ack;
+        self.short_partitions += o.short_partitions;
+        self.long_partitions += o.long_partitions;
+        self.host_crashes += o.host_crashes;
+        self.client_crashes += o.client_crashes;
+        self.converged += o.converged;
+    }
+}
+
+/// A write the kernel had acknowledged: its bytes, where, and how many
+/// commits the disk had executed when it was sent.
+#[derive(Clone, Debug)]
+struct WriteRec {
+    /// Order of sending (writes through several handles interleave).
+    seq: u64,
+    offset: u64,
+    data: Vec<u8>,
+    after: usize,
+}
+
+/// An open file handle in a kernel model.
+#[derive(Clone, Debug)]
+struct HandleModel {
+    ino: Ino,
+    /// The file it was opened on (as the kernel believed).
+    file: Option<usize>,
+    /// The oldest commit of that file a read through it may show.
+    min_index: usize,
+    /// Writes acknowledged and not yet covered by a flush.
+    writes: Vec<WriteRec>,
+}
+
+/// What the kernel of one mount holds.
+#[derive(Clone, Debug, Default)]
+struct Kernel {
+    nlookup: BTreeMap<Ino, u64>,
+    /// Open handles per inode.
+    open: BTreeMap<Ino, u32>,
+    /// The file each inode stands for, as the kernel was told.
+    identity: BTreeMap<Ino, usize>,
+    kinds: BTreeMap<Ino, FileKind>,
+    handles: BTreeMap<Fh, HandleModel>,
+    /// Per inode: sequence of the last write or truncate sent, and of the
+    /// last flush-like request answered that was sent after it.
+    dirty: BTreeMap<Ino, (u64, u64)>,
+    /// Answers taken from the world (to compare with its reply count).
+    answered: u64,
+    /// Every write sent, per inode: (sequence, start, end).
+    issued: BTreeMap<Ino, Vec<(u64, usize, usize)>>,
+}
+
+impl Kernel {
+    fn referenced(&self, ino: Ino) -> bool {
+        self.nlookup.get(&ino).is_some_and(|&n| n > 0)
+            || self.open.get(&ino).is_some_and(|&n| n > 0)
+    }
+
+    fn clean(&self, ino: Ino) -> bool {
+        self.dirty.get(&ino).is_none_or(|&(w, f)| f > w)
+    }
+}
+
+/// Why a request was sent, for checking its answer.
+#[derive(Clone, Debug)]
+enum Ctx {
+    Plain,
+    /// Open: the file the kernel meant, and the commit a read must reach.
+    Open {
+        file: Option<usize>,
+        min_index: usize,
+    },
+    /// Write through a handle.
+    Write {
+        fh: Fh,
+        rec: WriteRec,
+    },
+    /// Flush, Fsync, Release: the writes it must have made durable.
+    Flush {
+        ino: Ino,
+        file: Option<usize>,
+        writes: Vec<WriteRec>,
+        seq: u64,
+    },
+    /// A size change.
+    Truncate {
+        ino: Ino,
+        seq: u64,
+    },
+    /// A whole-file read, checkable if nothing local was dirty.
+    Read {
+        fh: Fh,
+        checkable: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    op: Op,
+    ctx: Ctx,
+}
+
+/// File identities and their committed contents, rebuilt from the disk's
+/// operation log.
+#[derive(Clone, Debug, Default)]
+struct Files {
+    by_key: BTreeMap<FileKey, usize>,
+    kinds: Vec<FileKind>,
+    /// Per file: its contents in commit order (a created file starts
+    /// empty).
+    history: Vec<Vec<Vec<u8>>>,
+    /// Every commit, in disk order: (file, index in its history).
+    commits: Vec<(usize, usize)>,
+    /// Per file: the history index an acknowledged close requires.
+    acked: BTreeMap<usize, usize>,
+}
+
+impl Files {
+    fn register(&mut self, key: FileKey, kind: FileKind, content: Option<Vec<u8>>) -> usize {
+        if let Some(&f) = self.by_key.get(&key) {
+            return f;
+        }
+        let f = self.kinds.len();
+        self.kinds.push(kind);
+        self.history.push(content.into_iter().collect());
+        self.by_key.insert(key, f);
+        f
+    }
+}
+
+/// The world, the kernels' models and the checker.
+pub struct Sim {
+    /// The simulated world.
+    pub w: World,
+    kernels: Vec<Kernel>,
+    pending: BTreeMap<(usize, Req), Pending>,
+    files: Files,
+    stats: FsStats,
+    trace: Option<Vec<String>>,
+    echo: bool,
+    seq: u64,
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+}
+
+/// The parts of `[start, end)` that none of `covered` covers.
+fn uncovered(start: usize, end: usize, covered: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let mut parts = vec![(start, end)];
+    for &(cs, ce) in covered {
+        parts = parts
+            .into_iter()
+            .flat_map(|(s, e)| {
+                if ce <= s || cs >= e {
+                    vec![(s, e)]
+                } else {
+                    [(s, cs.max(s)), (ce.min(e), e)]
+                        .into_iter()
+                        .filter(|(a, b)| a < b)
+                        .collect()
+                }
+            })
+            .collect();
+    }
+    parts
+}
+
+/// Writes a file into a disk directly (initial content).
+fn seed_file(disk: &mut MemFs, path: &RelPath, data: &[u8]) {
+    use wormhole_core::proto::TxnId;
+    let ok = disk
+        .execute(FsOp::Create {
+            path: path.clone(),
+            mode: 0o644,
+            exclusive: true,
+        })
+        .is_ok()
+        && disk
+            .execute(FsOp::StageBegin {
+                txn: TxnId(0),
+                path: path.clone(),
+            })
+            .is_ok()
+        && disk
+            .execute(FsOp::StageWrite {
+                txn: TxnId(0),
+                offset: 0,
+                data: bytes::Bytes::copy_from_slice(data),
+            })
+            .is_ok()
+        && disk
+            .execute(FsOp::StageCommit {
+                txn: TxnId(0),
+                path: path.clone(),
+                size: data.len() as u64,
+            })
+            .is_ok();
+    assert!(ok, "seeding {path:?}");
+}
+
+/// Every entry beneath `dir` on the disk, depth first.
+fn walk(disk: &mut MemFs, dir: &RelPath, out: &mut Vec<(RelPath, FsAttr)>) {
+    let mut cookie = 0;
+    loop {
+        let Ok(FsOk::Listing { entries, next }) = disk.execute(FsOp::List {
+            path: dir.clone(),
+            cookie,
+            max: 512,
+        }) else {
+            return;
+        };
+        for (n, a) in entries {
+            let p = dir.join(&n);
+            if a.kind == FileKind::Dir {
+                walk(disk, &p, out);
+            }
+            out.push((p, a));
+        }
+        match next {
+            Some(c) => cookie = c,
+            None => return,
+        }
+    }
+}
+
+fn summary(r: &Result<Answer, Errno>) -> String {
+    match r {
+        Ok(Answer::Data(d)) => format!(
+            "Data({} bytes, {:016x})",
+            d.len(),
+            crate::fs_sim::workload::hash(d)
+        ),
+        Ok(Answer::Entry { ino, attr, .. }) => {
+            format!("Entry({ino:?}, {:?} {} bytes)", attr.kind, attr.size)
+        }
+        Ok(Answer::Created { ino, attr, fh, .. }) => {
+            format!("Created({ino:?}, {fh:?}, {} bytes)", attr.size)
+        }
+        Ok(Answer::Attr { attr, .. }) => format!("Attr({:?} {} bytes)", attr.kind, attr.size),
+        Ok(Answer::Dir(items)) => {
+            let names: Vec<String> = items
+                .iter()
+                .map(|i| format!("{}={}", String::from_utf8_lossy(i.name.as_bytes()), i.ino.0))
+                .collect();
+            format!("Dir[{}]", names.join(" "))
+        }
+        Ok(a) => format!("{a:?}"),
+        Err(e) => format!("Err({e:?})"),
+    }
+}
+
+fn op_summary(op: &Op) -> String {
+    match op {
+        Op::Write { fh, offset, data } => {
+            format!("Write({fh:?}, @{offset}, {} bytes)", data.len())
+        }
+        Op::Lookup { parent, name } | Op::Unlink { parent, name } => format!(
+            "{}({parent:?}, {})",
+            if matches!(op, Op::Lookup { .. }) {
+                "Lookup"
+            } else {
+                "Unlink"
+            },
+            String::from_utf8_lossy(name.as_bytes())
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Sim {
+    /// A world from `seed`: `clients` mounts, network delays up to
+    /// `max_delay`, and a disk holding `files` (path components, content).
+    pub fn new(seed: u64, clients: usize, max_delay: Duration, files: &[(&[&str], &[u8])]) -> Self {
+        let mut disk = MemFs::new(1 << 24);
+        let mut dirs = BTreeSet::new();
+        for (path, data) in files {
+            let names: Vec<Name> = path.iter().map(|s| name(s)).collect();
+            for i in 1..names.len() {
+                let d = RelPath::from(names[..i].to_vec());
+                if dirs.insert(d.clone()) {
+                    let _ = disk.execute(FsOp::Mkdir {
+                        path: d,
+                        mode: 0o755,
+                    });
+                }
+            }
+            seed_file(&mut disk, &RelPath::from(names), data);
+        }
+        let mut fs = Files::default();
+        let mut found = Vec::new();
+        if let Ok(FsOk::Attr(root)) = disk.execute(FsOp::Stat {
+            path: RelPath::root(),
+        }) {
+            found.push((RelPath::root(), root));
+        }
+        walk(&mut disk, &RelPath::root(), &mut found);
+        for (p, a) in found {
+            let content = disk.read_file(&p).map(<[u8]>::to_vec);
+            fs.register(a.key, a.kind, content);
+        }
+        let mut w = World::new(
+            seed,
+            disk,
+            0,
+            HostConfig::default(),
+            ClientConfig::default(),
+        );
+        w.record_fs = true;
+        w.max_delay = max_delay;
+        for _ in 0..clients {
+            w.add_client();
+        }
+        let mut sim = Sim {
+            w,
+            kernels: vec![Kernel::default(); clients],
+            pending: BTreeMap::new(),
+            files: fs,
+            stats: FsStats::default(),
+            trace: None,
+            echo: false,
+            seq: 0,
+        };
+        // The root (and the scan's listing) came before recording started
+        // for nothing: register what the log holds.
+        let _ = sim.check();
+        sim
+    }
+
+    /// Records a trace (printing it as it goes with `echo`).
+    pub fn with_trace(mut self, echo: bool) -> Self {
+        self.trace = Some(Vec::new());
+        self.echo = echo;
+        self
+    }
+
+    /// The trace so far (empty unless [`Self::with_trace`]).
+    pub fn trace(&self) -> &[String] {
+        self.trace.as_deref().unwrap_or(&[])
+    }
+
+    /// What the run did.
+    pub fn stats(&self) -> &FsStats {
+        &self.stats
+    }
+
+    /// Number of clients.
+    pub fn clients(&self) -> usize {
+        self.kernels.len()
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = self.trace.as_mut() {
+            let l = format!(
+                "{:>12.3} {}",
+                self.w
+                    .now
+                    .saturating_duration_since(Instant::ZERO)
+                    .as_secs_f64(),
+                line()
+            );
+            if self.echo {
+                println!("{l}");
+            }
+            t.push(l);
+        }
+    }
+
+    fn violation(&self, what: String) -> Violation {
+        Violation {
+            at: self.w.now,
+            what,
+        }
+    }
+
+    // ------------------------------------------------------------ queries
+
+    /// Inodes client `c`'s kernel references, of `kind`.
+    pub fn referenced(&self, c: usize, kind: FileKind) -> Vec<Ino> {
+        let k = &self.kernels[c];
+        let mut v: Vec<Ino> = k
+            .nlookup
+            .iter()
+            .filter(|&(ino, &n)| n > 0 && k.kinds.get(ino) == Some(&kind))
+            .map(|(&i, _)| i)
+            .collect();
+        if kind == FileKind::Dir {
+            v.insert(0, Ino::ROOT);
+        }
+        v
+    }
+
+    /// Open handles of client `c`.
+    pub fn handles(&self, c: usize) -> Vec<Fh> {
+        self.kernels[c].handles.keys().copied().collect()
+    }
+
+    /// Whether client `c` has a handle or a pending open on `ino`.
+    pub fn busy(&self, c: usize, ino: Ino) -> bool {
+        self.kernels[c].open.get(&ino).is_some_and(|&n| n > 0)
+            || self
+                .pending
+                .iter()
+                .any(|((pc, _), p)| *pc == c && matches!(p.op, Op::Open { ino: i } if i == ino))
+    }
+
+    // ------------------------------------------------------------- inputs
+
+    /// Sends a kernel operation from client `c`, then checks everything.
+    pub fn op(&mut self, c: usize, op: Op) -> Result<Req, Violation> {
+        self.seq += 1;
+        let seq = self.seq;
+        let commits = self.files.commits.len();
+        let k = &mut self.kernels[c];
+        let ctx = match &op {
+            Op::Open { ino } => {
+                let file = k.identity.get(ino).copied();
+                let min_index = file
+                    .and_then(|f| self.files.acked.get(&f).copied())
+                    .unwrap_or(0);
+                Ctx::Open { file, min_index }
+            }
+            Op::Write { fh, offset, data } => {
+                if let Some(h) = k.handles.get(fh) {
+                    k.dirty.entry(h.ino).or_default().0 = seq;
+                    let (s, e) = (*offset as usize, *offset as usize + data.len());
+                    k.issued.entry(h.ino).or_default().push((seq, s, e));
+                }
+                Ctx::Write {
+                    fh: *fh,
+                    rec: WriteRec {
+                        seq,
+                        offset: *offset,
+                        data: data.to_vec(),
+                        after: commits,
+                    },
+                }
+            }
+            Op::Flush { fh } | Op::Fsync { fh } | Op::Release { fh } => {
+                match k.handles.get(fh).map(|h| h.ino) {
+                    Some(ino) => {
+                        let mut writes = Vec::new();
+                        let mut file = None;
+                        for h in k.handles.values_mut().filter(|h| h.ino == ino) {
+                            writes.append(&mut h.writes);
+                            file = file.or(h.file);
+                        }
+                        writes.sort_by_key(|w| w.seq);
+                        if matches!(op, Op::Release { .. }) {
+                            k.handles.remove(fh);
+                            if let Some(n) = k.open.get_mut(&ino) {
+                                *n = n.saturating_sub(1);
+                            }
+                        }
+                        Ctx::Flush {
+                            ino,
+                            file,
+                            writes,
+                            seq,
+                        }
+                    }
+                    None => Ctx::Plain,
+                }
+            }
+            Op::SetAttr {
+                ino,
+                set: SetAttr { size: Some(_), .. },
+            } => {
+                k.dirty.entry(*ino).or_default().0 = seq;
+                // A size change may cut what was written before it: those
+                // writes are no longer checked byte for byte.
+                for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
+                    h.writes.clear();
+                }
+                Ctx::Truncate { ino: *ino, seq }
+            }
+            Op::Read { fh, .. } => {
+                let checkable = k.handles.get(fh).is_some_and(|h| k.clean(h.ino));
+                Ctx::Read { fh: *fh, checkable }
+            }
+            _ => Ctx::Plain,
+        };
+        self.stats.ops += 1;
+        self.note(|| format!("c{c} → {}", op_summary(&op)));
+        let req = self.w.op(c, op.clone());
+        if self.pending.insert((c, req), Pending { op, ctx }).is_some() {
+            return Err(self.violation(format!("request {req:?} of client {c} issued twice")));
+        }
+        self.check()?;
+        Ok(req)
+    }
+
+    /// The kernel of client `c` forgets every lookup of `ino`.
+    pub fn forget(&mut self, c: usize, ino: Ino) {
+        let n = self.kernels[c].nlookup.remove(&ino).unwrap_or(0);
+        if n > 0 {
+            self.note(|| format!("c{c} forget {ino:?} ×{n}"));
+            self.w.clients[c].core.forget(ino, n);
+        }
+    }
+
+    /// Lets `d` of simulated time pass, checking after every event.
+    pub fn advance(&mut self, d: Duration) -> Result<(), Violation> {
+        let end = self.w.now + d;
+        while self.w.step(end) {
+            self.check()?;
+        }
+        self.w.run_for(end.saturating_duration_since(self.w.now));
+        self.check()
+    }
+
+    /// Cuts client `c` off (`long`: for longer than the lock ttl).
+    pub fn partition(&mut self, c: usize, long: bool) -> Result<(), Violation> {
+        if long {
+            self.stats.long_partitions += 1;
+        } else {
+            self.stats.short_partitions += 1;
+        }
+        self.note(|| format!("partition c{c} ({})", if long { "long" } else { "short" }));
+        self.w.partition(c);
+        self.check()
+    }
+
+    /// Ends every partition; clients that gave up connect again.
+    pub fn heal(&mut self) -> Result<(), Violation> {
+        self.note(|| "heal".to_string());
+        self.w.heal();
+        self.reconnect_all();
+        self.check()
+    }
+
+    fn reconnect_all(&mut self) {
+        let now = self.w.now;
+        for c in 0..self.kernels.len() {
+            if !self.w.clients[c].core.is_ready() {
+                self.w.clients[c].core.connect(now);
+            }
+        }
+        self.w.pump();
+    }
+
+    /// The host crashes; its disk keeps what was durable. Every file's
+    /// content must be its last commit.
+    pub fn crash_host(&mut self) -> Result<(), Violation> {
+        self.stats.host_crashes += 1;
+        self.note(|| "host crash".to_string());
+        self.w.crash_host();
+        self.check()?;
+        self.check_disk()
+    }
+
+    /// The host starts again.
+    pub fn restart_host(&mut self) -> Result<(), Violation> {
+        self.note(|| "host restart".to_string());
+        self.w.restart_host();
+        self.check()
+    }
+
+    /// Whether the host process is running.
+    pub fn host_up(&self) -> bool {
+        self.w.host_up
+    }
+
+    /// Client `c` crashes and is mounted again (a new kernel, a new
+    /// client machine).
+    pub fn crash_client(&mut self, c: usize) -> Result<(), Violation> {
+        self.stats.client_crashes += 1;
+        self.note(|| format!("c{c} crash"));
+        // Its kernel's requests die with it.
+        self.pending.retain(|(pc, _), _| *pc != c);
+        self.kernels[c] = Kernel::default();
+        self.w.crash_client(c);
+        let now = self.w.now;
+        self.w.clients[c].core.connect(now);
+        self.w.pump();
+        self.check()
+    }
+
+    // ------------------------------------------------------------- checks
+
+    /// Every invariant, on what happened since the last call.
+    pub fn check(&mut self) -> Result<(), Violation> {
+        self.check_fs_log()?;
+        self.check_locks()?;
+        self.check_answers()
+    }
+
+    /// Fencing, file identities and commits from the disk's log.
+    fn check_fs_log(&mut self) -> Result<(), Violation> {
+        let log = std::mem::take(&mut self.w.fs_log);
+        for r in log {
+            self.check_fence(&r)?;
+            self.learn_record(r)?;
+        }
+        Ok(())
+    }
+
+    fn check_fence(&mut self, r: &FsRecord) -> Result<(), Violation> {
+        let staging = matches!(
+            r.op,
+            FsOp::StageBegin { .. }
+                | FsOp::StageWrite { .. }
+                | FsOp::StageTruncate { .. }
+                | FsOp::StageCommit { .. }
+        );
+        if !staging {
+            return Ok(());
+        }
+        self.stats.fenced += 1;
+        let Some((session, node, token)) = r.txn else {
+            return Err(self.violation(format!(
+                "{:?} of a transaction the host does not know",
+                r.op
+            )));
+        };
+        let Some(lock) = r.lock.filter(|l| l.token == token) else {
+            return Err(
+                self.violation(format!("{:?} with token {token:?}, which is no lock", r.op))
+            );
+        };
+        let covers = match lock.scope {
+            LockScope::File(n) | LockScope::Directory(n) => n == node,
+            LockScope::Subtree(n) => n == node || r.ancestors.contains(&n),
+        };
+        if lock.session != session
+            || lock.kind != LockKind::Exclusive
+            || !covers
+            || lock.expires_at <= r.at
+        {
+            return Err(self.violation(format!(
+                "{:?} fenced by a stale token: lock {lock:?}, txn of {session:?} on {node:?}",
+                r.op
+            )));
+        }
+        Ok(())
+    }
+
+    fn learn_record(&mut self, r: FsRecord) -> Result<(), Violation> {
+        let fresh_content = matches!(r.op, FsOp::Create { .. }).then(Vec::new);
+        match (&r.op, &r.result) {
+            (FsOp::StageCommit { .. }, Ok(FsOk::Attr(a))) => {
+                let file = match r.replaced.and_then(|k| self.files.by_key.get(&k).copied()) {
+                    Some(f) => f,
+                    None => {
+                        return Err(
+                            self.violation(format!("commit {:?} replaced an unknown file", r.op))
+                        );
+                    }
+                };
+                self.files.by_key.insert(a.key, file);
+                let content = r.committed.unwrap_or_default();
+                let h = &mut self.files.history[file];
+                h.push(content);
+                let idx = h.len() - 1;
+                self.files.commits.push((file, idx));
+                self.stats.commits += 1;
+                self.note(|| format!("disk: commit #{idx} of file {file}"));
+            }
+            (_, Ok(FsOk::Attr(a) | FsOk::Opened(a) | FsOk::Data(_, a))) => {
+                self.files.register(a.key, a.kind, fresh_content);
+            }
+            (_, Ok(FsOk::Listing { entries, .. })) => {
+                for (_, a) in entries {
+                    self.files.register(a.key, a.kind, None);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_locks(&self) -> Result<(), Violation> {
+        let table = self.w.host.locks();
+        table
+            .check_invariants()
+            .map_err(|e| self.violation(format!("lock table: {e}")))?;
+        let locks: Vec<_> = table.locks().collect();
+        let nodes = self.w.host.nodes();
+        for (i, a) in locks.iter().enumerate() {
+            for b in &locks[i + 1..] {
+                let exclusive = a.kind == LockKind::Exclusive || b.kind == LockKind::Exclusive;
+                let (na, nb) = (scope_node(a.scope), scope_node(b.scope));
+                let overlap = na == nb
+                    || matches!(a.scope, LockScope::Subtree(n) if nodes.ancestors(nb).contains(&n))
+                    || matches!(b.scope, LockScope::Subtree(n) if nodes.ancestors(na).contains(&n));
+                if exclusive && overlap {
+                    return Err(self.violation(format!("conflicting locks held: {a:?} and {b:?}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every answer the clients produced and checks it.
+    fn check_answers(&mut self) -> Result<(), Violation> {
+        for c in 0..self.kernels.len() {
+            let answers = std::mem::take(&mut self.w.clients[c].answers);
+            for (req, result) in answers {
+                self.kernels[c].answered += 1;
+                let Some(p) = self.pending.remove(&(c, req)) else {
+                    return Err(self.violation(format!(
+                        "client {c} answered {req:?}, which is not pending: {result:?}"
+                    )));
+                };
+                self.note(|| format!("c{c} ← {} = {}", op_summary(&p.op), summary(&result)));
+                match &result {
+                    Ok(_) => self.stats.ok += 1,
+                    Err(e) => *self.stats.errors.entry(format!("{e:?}")).or_default() += 1,
+                }
+                self.check_answer(c, p, result)?;
+            }
+            let replies = self.w.clients[c].replies;
+            if replies != self.kernels[c].answered {
+                return Err(self.violation(format!(
+                    "client {c} replied {replies} times to {} requests",
+                    self.kernels[c].answered
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// An answer hands out `ino` for the file with `key`: it must not be
+    /// an inode the kernel still references for another file.
+    fn hand_out(
+        &mut self,
+        c: usize,
+        ino: Ino,
+        key: FileKey,
+        kind: FileKind,
+        lookup: bool,
+    ) -> Result<(), Violation> {
+        let Some(&file) = self.files.by_key.get(&key) else {
+            return Err(self.violation(format!(
+                "client {c} handed out {ino:?} for unknown file {key:?}"
+            )));
+        };
+        let k = &mut self.kernels[c];
+        if ino == Ino::ROOT {
+            return Ok(());
+        }
+        if k.referenced(ino)
+            && let Some(&old) = k.identity.get(&ino)
+            && old != file
+        {
+            return Err(self.violation(format!(
+                "client {c} reused {ino:?} (still referenced for file {old}) for file {file}"
+            )));
+        }
+        k.identity.insert(ino, file);
+        k.kinds.insert(ino, kind);
+        if lookup {
+            *k.nlookup.entry(ino).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn check_answer(
+        &mut self,
+        c: usize,
+        p: Pending,
+        result: Result<Answer, Errno>,
+    ) -> Result<(), Violation> {
+        let shape_ok = match (&p.op, &result) {
+            (_, Err(_)) => true,
+            (
+                Op::Lookup { .. } | Op::Mkdir { .. } | Op::Symlink { .. },
+                Ok(Answer::Entry { .. }),
+            ) => true,
+            (Op::Create { .. }, Ok(Answer::Created { .. })) => true,
+            (Op::GetAttr { .. } | Op::SetAttr { .. }, Ok(Answer::Attr { .. })) => true,
+            (Op::ReadDir { .. }, Ok(Answer::Dir(_))) => true,
+            (Op::Open { .. }, Ok(Answer::Opened { .. })) => true,
+            (Op::Read { .. }, Ok(Answer::Data(_))) => true,
+            (Op::Write { data, .. }, Ok(Answer::Written(n))) => *n as usize == data.len(),
+            (
+                Op::Flush { .. }
+                | Op::Fsync { .. }
+                | Op::Release { .. }
+                | Op::Unlink { .. }
+                | Op::Rmdir { .. }
+                | Op::Rename { .. },
+                Ok(Answer::Done),
+            ) => true,
+            (Op::Readlink { .. }, Ok(Answer::Link(_))) => true,
+            (Op::Statfs, Ok(Answer::StatFs(_))) => true,
+            _ => false,
+        };
+        if !shape_ok {
+            return Err(self.violation(format!("client {c}: {:?} answered {result:?}", p.op)));
+        }
+        match (p.ctx, result) {
+            (Ctx::Plain, Ok(Answer::Entry { ino, attr, .. })) => {
+                self.hand_out(c, ino, attr.key, attr.kind, true)?;
+            }
+            (Ctx::Plain, Ok(Answer::Dir(items))) => {
+                for i in items {
+                    self.hand_out(c, i.ino, i.attr.key, i.attr.kind, false)?;
+                }
+            }
+            (Ctx::Plain, Ok(Answer::Created { ino, attr, fh, .. })) => {
+                self.hand_out(c, ino, attr.key, attr.kind, true)?;
+                let file = self.files.by_key.get(&attr.key).copied();
+                let min_index = file
+                    .and_then(|f| self.files.acked.get(&f).copied())
+                    .unwrap_or(0);
+                self.new_handle(c, fh, ino, file, min_index)?;
+            }
+            (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
+                let Op::Open { ino } = p.op else {
+                    unreachable!("shape checked")
+                };
+                self.new_handle(c, fh, ino, file, min_index)?;
+            }
+            (Ctx::Write { fh, rec }, Ok(_)) => {
+                if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
+                    h.writes.push(rec);
+                }
+            }
+            (
+                Ctx::Flush {
+                    ino,
+                    file,
+                    writes,
+                    seq,
+                },
+                result,
+            ) => {
+                let k = &mut self.kernels[c];
+                if result.is_ok() {
+                    // Everything written before it is on the host now (a
+                    // failed flush may leave later writes buffered).
+                    let d = k.dirty.entry(ino).or_default();
+                    d.1 = d.1.max(seq);
+                }
+                if result.is_err() {
+                    // The error reports the loss of every write so far.
+                    for h in k.handles.values_mut().filter(|h| h.ino == ino) {
+                        h.writes.clear();
+                    }
+                } else if !writes.is_empty() {
+                    self.check_durable(c, ino, file, &writes)?;
+                }
+            }
+            (Ctx::Truncate { ino, seq }, _) => {
+                let d = self.kernels[c].dirty.entry(ino).or_default();
+                d.1 = d.1.max(seq);
+            }
+            (Ctx::Read { fh, checkable }, Ok(Answer::Data(data))) => {
+                let Op::Read {
+                    offset: 0, size, ..
+                } = p.op
+                else {
+                    return Ok(());
+                };
+                let still_clean = self.kernels[c]
+                    .handles
+                    .get(&fh)
+                    .is_some_and(|h| self.kernels[c].clean(h.ino));
+                if checkable && still_clean && (data.len() as u64) < u64::from(size) {
+                    self.check_read(c, fh, &data)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn new_handle(
+        &mut self,
+        c: usize,
+        fh: Fh,
+        ino: Ino,
+        file: Option<usize>,
+        min_index: usize,
+    ) -> Result<(), Violation> {
+        let k = &mut self.kernels[c];
+        if k.handles.contains_key(&fh) {
+            return Err(self.violation(format!("client {c} handed out {fh:?} twice")));
+        }
+        *k.open.entry(ino).or_default() += 1;
+        k.handles.insert(
+            fh,
+            HandleModel {
+                ino,
+                file,
+                min_index,
+                writes: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// An acknowledged flush: each write is in a commit of that file that
+    /// the disk executed after the write was sent.
+    fn check_durable(
+        &mut self,
+        c: usize,
+        ino: Ino,
+        file: Option<usize>,
+        writes: &[WriteRec],
+    ) -> Result<(), Violation> {
+        self.stats.acks_checked += 1;
+        let mut need = 0;
+        // A later write overwrites an earlier one (one of this group, or
+        // one sent since, which may have joined the same transaction):
+        // only what survives of each must be in a commit.
+        let last = writes.iter().map(|w| w.seq).max().unwrap_or(0);
+        let mut later: Vec<(usize, usize)> = self.kernels[c]
+            .issued
+            .get(&ino)
+            .into_iter()
+            .flatten()
+            .filter(|&&(seq, _, _)| seq > last)
+            .map(|&(_, s, e)| (s, e))
+            .collect();
+        for w in writes.iter().rev() {
+            let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());
+            let parts = uncovered(start, end, &later);
+            later.push((start, end));
+            if parts.is_empty() {
+                continue;
+            }
+            let found = self.files.commits[w.after.min(self.files.commits.len())..]
+                .iter()
+                .find(|&&(f, i)| {
+                    file.is_none_or(|want| want == f) && {
+                        let content = &self.files.history[f][i];
+                        parts.iter().all(|&(s, e)| {
+                            content.len() >= e && content[s..e] == w.data[s - start..e - start]
+                        })
+                    }
+                })
+                .copied();
+            match found {
+                Some((_, i)) => need = need.max(i),
+                None => {
+                    return Err(self.violation(format!(
+                        "client {c}: flush acknowledged, but a write of {} bytes at {} (file {file:?}) is in no commit of that file",
+                        w.data.len(),
+                        w.offset
+                    )));
+                }
+            }
+        }
+        if let Some(f) = file {
+            let a = self.files.acked.entry(f).or_default();
+            *a = (*a).max(need);
+        }
+        Ok(())
+    }
+
+    /// A whole-file read through a clean handle: exactly one committed
+    /// content of its file, no older than what was acknowledged before
+    /// it was opened.
+    fn check_read(&mut self, c: usize, fh: Fh, data: &[u8]) -> Result<(), Violation> {
+        let Some(h) = self.kernels[c].handles.get(&fh) else {
+            return Ok(());
+        };
+        let Some(file) = h.file else { return Ok(()) };
+        let history = &self.files.history[file];
+        if history.is_empty() {
+            return Ok(());
+        }
+        self.stats.reads_checked += 1;
+        if h.min_index > 0 {
+            self.stats.reads_after_ack += 1;
+        }
+        if !history[h.min_index.min(history.len())..]
+            .iter()
+            .any(|v| v[..] == data[..])
+        {
+            let older = history.iter().position(|v| v[..] == data[..]);
+            let elsewhere: Vec<(usize, usize)> = self
+                .files
+                .history
+                .iter()
+                .enumerate()
+                .flat_map(|(f, h)| {
+                    h.iter()
+                        .enumerate()
+                        .filter(|(_, v)| v[..] == data[..])
+                        .map(move |(i, _)| (f, i))
+                })
+                .collect();
+            return Err(self.violation(format!(
+                "client {c}: read of file {file} through {fh:?} gave {} bytes ({:016x}) that are not commit ≥ #{} of it (matches #{older:?}; {} commits)",
+                data.len(),
+                crate::fs_sim::workload::hash(data),
+                h.min_index,
+                history.len()
+            ) + &format!("; it is (file, commit) {elsewhere:?}")));
+        }
+        Ok(())
+    }
+
+    /// After a crash: every file on the disk holds its last commit.
+    fn check_disk(&mut self) -> Result<(), Violation> {
+        let mut found = Vec::new();
+        walk(&mut self.w.disk, &RelPath::root(), &mut found);
+        for (path, a) in found {
+            if a.kind != FileKind::File {
+                continue;
+            }
+            let Some(&file) = self.files.by_key.get(&a.key) else {
+                return Err(self.violation(format!("{path:?} on disk is no file the log made")));
+            };
+            let content = self.w.disk.read_file(&path).unwrap_or_default();
+            if let Some(last) = self.files.history[file].last()
+                && last[..] != content[..]
+            {
+                return Err(self.violation(format!(
+                    "after the crash {path:?} (file {file}) does not hold its last commit"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------- liveness
+
+    /// The liveness phase: heal, restart, reconnect, close and forget
+    /// everything, let time run; then everything must have ended.
+    pub fn converge(&mut self) -> Result<(), Violation> {
+        self.note(|| "liveness phase".to_string());
+        self.w.heal();
+        if !self.w.host_up {
+            self.restart_host()?;
+        }
+        self.reconnect_all();
+        self.advance(Duration::from_secs(40))?;
+        self.reconnect_all();
+        self.advance(Duration::from_secs(40))?;
+        for c in 0..self.kernels.len() {
+            for fh in self.handles(c) {
+                self.op(c, Op::Release { fh })?;
+            }
+            let inos: Vec<Ino> = self.kernels[c].nlookup.keys().copied().collect();
+            for ino in inos {
+                self.forget(c, ino);
+            }
+        }
+        // Lock ttl, transaction idle timeout and session grace all fit.
+        for _ in 0..60 {
+            self.advance(Duration::from_secs(5))?;
+            if self.settled() {
+                break;
+            }
+        }
+        self.advance(Duration::from_secs(5))?;
+        if let Some(((c, req), p)) = self.pending.iter().next() {
+            return Err(self.violation(format!(
+                "liveness: client {c}'s {req:?} ({}) never answered ({} pending)",
+                op_summary(&p.op),
+                self.pending.len()
+            )));
+        }
+        if self.w.host.open_txns() != 0 {
+            return Err(self.violation(format!(
+                "liveness: {} write transactions never ended",
+                self.w.host.open_txns()
+            )));
+        }
+        if !self.w.host.locks().is_empty() {
+            let writers: Vec<(usize, usize, usize)> = (0..self.kernels.len())
+                .map(|c| {
+                    (
+                        c,
+                        self.w.clients[c].core.open_writes(),
+                        self.w.clients[c].core.in_flight(),
+                    )
+                })
+                .collect();
+            return Err(self.violation(format!(
+                "liveness: {} locks never released (clients' open writes, requests in flight: {writers:?}): {:?}",
+                self.w.host.locks().len(),
+                self.w.host.locks().locks().collect::<Vec<_>>()
+            )));
+        }
+        for c in 0..self.kernels.len() {
+            if !self.w.clients[c].core.is_ready() {
+                return Err(self.violation(format!("liveness: client {c} is not Ready")));
+            }
+            if self.w.clients[c].core.open_writes() != 0 && self.w.clients[c].core.in_flight() != 0
+            {
+                return Err(
+                    self.violation(format!("liveness: client {c} still has writes in flight"))
+                );
+            }
+        }
+        if self.w.disk.staged() != 0 {
+            return Err(self.violation(format!(
+                "liveness: {} staging files left",
+                self.w.disk.staged()
+            )));
+        }
+        self.check_disk()?;
+        self.stats.converged += 1;
+        Ok(())
+    }
+
+    fn settled(&self) -> bool {
+        self.pending.is_empty()
+            && self.w.host.open_txns() == 0
+            && self.w.host.locks().is_empty()
+            && self.w.clients.iter().all(|c| c.core.is_ready())
+    }
+}

@@ -1,0 +1,364 @@
+//! Random workloads: a seed becomes a world (3–4 clients, a network delay,
+//! a few seeded files) and a sequence of kernel operations and faults,
+//! chosen as the run goes from what the kernels hold (their inodes and
+//! handles), then the liveness phase.
+
+use super::model::{FsStats, Sim, Violation};
+use bytes::Bytes;
+use std::time::Duration;
+use wormhole_core::client::Op;
+use wormhole_core::proto::{CHUNK_SIZE, FileKind, Name, SetAttr};
+use wormhole_core::vfs::Ino;
+use wormhole_core::{Instant, Rng};
+
+/// The environment variable that replays one seed.
+pub const SEED_VAR: &str = "WORMHOLE_FS_SEED";
+
+/// The command that replays `seed` with its trace printed.
+pub fn replay_command(seed: u64) -> String {
+    format!("{SEED_VAR}={seed} cargo test -p wormhole-tests --test fs_sim -- --nocapture")
+}
+
+/// A stable 64-bit hash (FNV-1a), for traces and determinism checks.
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The hash of a whole trace.
+pub fn trace_hash(lines: &[String]) -> u64 {
+    hash(lines.join("\n").as_bytes())
+}
+
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+const DIRS: [&str; 2] = ["x", "y"];
+
+fn pick<T: Copy>(rng: &mut Rng, v: &[T]) -> Option<T> {
+    if v.is_empty() {
+        None
+    } else {
+        Some(v[rng.below(v.len() as u64) as usize])
+    }
+}
+
+fn name(rng: &mut Rng, dirs: bool) -> Name {
+    let s = if dirs {
+        DIRS[rng.below(DIRS.len() as u64) as usize]
+    } else {
+        NAMES[rng.below(NAMES.len() as u64) as usize]
+    };
+    Name::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Bytes that no other write of the run has: a tag repeated.
+fn payload(tag: u64, len: usize) -> Bytes {
+    let t = tag.to_le_bytes();
+    Bytes::from(
+        (0..len)
+            .map(|i| t[i % 8] ^ (i / 8) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// Runs seed `seed`: random world and workload, then liveness. With
+/// `trace`, records the trace (printing it as it goes if `echo`).
+pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violation>) {
+    let mut rng = Rng::from_u64(seed ^ 0xf5f5_0000_5eed_0001);
+    let clients = 3 + rng.below(2) as usize;
+    let max_delay = match rng.below(4) {
+        0 => Duration::from_micros(100),
+        1 => Duration::from_millis(5),
+        2 => Duration::from_millis(50),
+        _ => Duration::from_millis(400),
+    };
+    let big = vec![7u8; CHUNK_SIZE + 100];
+    let files: [(&[&str], &[u8]); 3] = [
+        (&["a"], b"initial a"),
+        (&["x", "b"], b"initial x/b"),
+        (&["c"], &big),
+    ];
+    let mut sim = Sim::new(seed, clients, max_delay, &files);
+    if trace {
+        sim = sim.with_trace(echo);
+    }
+    let res = workload(&mut sim, &mut rng).and_then(|()| sim.converge());
+    (sim, res)
+}
+
+/// The random phase: 80–200 actions, each followed by a random pause.
+fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
+    let actions = 80 + rng.below(121);
+    let mut heal_at: Option<Instant> = None;
+    let mut restart_at: Option<Instant> = None;
+    let mut tag = 0u64;
+    for _ in 0..actions {
+        let now = sim.w.now;
+        if heal_at.is_some_and(|t| now >= t) {
+            heal_at = None;
+            sim.heal()?;
+        }
+        if restart_at.is_some_and(|t| now >= t) {
+            restart_at = None;
+            sim.restart_host()?;
+        }
+        let c = rng.below(sim.clients() as u64) as usize;
+        let files = sim.referenced(c, FileKind::File);
+        let dirs = sim.referenced(c, FileKind::Dir);
+        let handles = sim.handles(c);
+        let dir = pick(rng, &dirs).unwrap_or(Ino::ROOT);
+        let roll = rng.below(1000);
+        match roll {
+            0..150 => {
+                let dirs_too = rng.below(4) == 0;
+                let n = name(rng, dirs_too);
+                sim.op(
+                    c,
+                    Op::Lookup {
+                        parent: dir,
+                        name: n,
+                    },
+                )?;
+            }
+            150..220 => {
+                let n = name(rng, false);
+                sim.op(
+                    c,
+                    Op::Create {
+                        parent: dir,
+                        name: n,
+                        mode: 0o644,
+                    },
+                )?;
+            }
+            220..310 => {
+                if let Some(ino) = pick(rng, &files).filter(|&i| !sim.busy(c, i)) {
+                    sim.op(c, Op::Open { ino })?;
+                }
+            }
+            310..460 => {
+                if let Some(fh) = pick(rng, &handles) {
+                    tag += 1;
+                    let len = match rng.below(10) {
+                        0 => CHUNK_SIZE,
+                        1..4 => 1 + rng.below(CHUNK_SIZE as u64) as usize,
+                        _ => 1 + rng.below(3000) as usize,
+                    };
+                    let offset = match rng.below(3) {
+                        0 => rng.below(2 * CHUNK_SIZE as u64),
+                        _ => 0,
+                    };
+                    let data =
+                        payload(tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sim_salt(rng), len);
+                    sim.op(c, Op::Write { fh, offset, data })?;
+                }
+            }
+            460..530 => {
+                if let Some(fh) = pick(rng, &handles) {
+                    let op = if rng.below(3) == 0 {
+                        Op::Fsync { fh }
+                    } else {
+                        Op::Flush { fh }
+                    };
+                    sim.op(c, op)?;
+                }
+            }
+            530..600 => {
+                if let Some(fh) = pick(rng, &handles) {
+                    if rng.below(2) == 0 {
+                        sim.op(c, Op::Flush { fh })?;
+                    }
+                    sim.op(c, Op::Release { fh })?;
+                }
+            }
+            600..690 => {
+                if let Some(fh) = pick(rng, &handles) {
+                    sim.op(
+                        c,
+                        Op::Read {
+                            fh,
+                            offset: 0,
+                            size: 4 * CHUNK_SIZE as u32,
+                        },
+                    )?;
+                }
+            }
+            690..730 => {
+                let ino = pick(rng, &files).unwrap_or(dir);
+                sim.op(c, Op::GetAttr { ino })?;
+            }
+            730..760 => {
+                sim.op(
+                    c,
+                    Op::ReadDir {
+                        ino: dir,
+                        offset: 0,
+                    },
+                )?;
+            }
+            760..800 => {
+                let to = pick(rng, &dirs).unwrap_or(Ino::ROOT);
+                let dirs_too = rng.below(5) == 0;
+                let (n, nn) = (name(rng, dirs_too), name(rng, dirs_too));
+                sim.op(
+                    c,
+                    Op::Rename {
+                        parent: dir,
+                        name: n,
+                        new_parent: to,
+                        new_name: nn,
+                    },
+                )?;
+            }
+            800..835 => {
+                let n = name(rng, false);
+                sim.op(
+                    c,
+                    Op::Unlink {
+                        parent: dir,
+                        name: n,
+                    },
+                )?;
+            }
+            835..850 => {
+                let n = name(rng, true);
+                if rng.below(3) == 0 {
+                    sim.op(
+                        c,
+                        Op::Rmdir {
+                            parent: Ino::ROOT,
+                            name: n,
+                        },
+                    )?;
+                } else {
+                    sim.op(
+                        c,
+                        Op::Mkdir {
+                            parent: Ino::ROOT,
+                            name: n,
+                            mode: 0o755,
+                        },
+                    )?;
+                }
+            }
+            850..880 => {
+                if let Some(ino) = pick(rng, &files) {
+                    let size = if rng.below(2) == 0 {
+                        0
+                    } else {
+                        rng.below(5000)
+                    };
+                    let set = SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    };
+                    sim.op(c, Op::SetAttr { ino, set })?;
+                }
+            }
+            880..920 => {
+                // The kernel never evicts an inode it has open (or is
+                // opening).
+                if let Some(ino) = pick(rng, &files).or_else(|| pick(rng, &dirs))
+                    && !sim.busy(c, ino)
+                {
+                    sim.forget(c, ino);
+                }
+            }
+            920..945 => {
+                if heal_at.is_none() {
+                    let long = rng.below(2) == 0;
+                    let secs = if long {
+                        35 + rng.below(60)
+                    } else {
+                        1 + rng.below(20)
+                    };
+                    sim.partition(c, long)?;
+                    heal_at = Some(sim.w.now + Duration::from_secs(secs));
+                }
+            }
+            945..960 => {
+                if sim.host_up() && restart_at.is_none() {
+                    sim.crash_host()?;
+                    restart_at = Some(sim.w.now + Duration::from_millis(rng.below(15_000)));
+                }
+            }
+            960..975 => sim.crash_client(c)?,
+            _ => {
+                sim.advance(Duration::from_secs(1 + rng.below(40)))?;
+            }
+        }
+        let pause = match rng.below(10) {
+            0..6 => Duration::from_millis(rng.below(50)),
+            6..9 => Duration::from_millis(rng.below(2_000)),
+            _ => Duration::from_millis(rng.below(10_000)),
+        };
+        sim.advance(pause)?;
+    }
+    if restart_at.is_some() {
+        sim.restart_host()?;
+    }
+    Ok(())
+}
+
+/// A little more entropy per payload, so two seeds never share bytes.
+fn sim_salt(rng: &mut Rng) -> u64 {
+    rng.next_u64() & 0xffff_0000_0000_0000
+}
+
+/// Why a seed failed.
+#[derive(Debug, Clone)]
+pub struct SeedFailure {
+    /// The seed.
+    pub seed: u64,
+    /// The broken invariant, or the panic message.
+    pub what: String,
+}
+
+impl std::fmt::Display for SeedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed: {}\n  replay: {}",
+            self.seed,
+            self.what,
+            replay_command(self.seed)
+        )
+    }
+}
+
+/// Runs seeds, catching panics; returns the summed stats and the failures
+/// (each printed with its replay command as it happens).
+pub fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (FsStats, Vec<SeedFailure>) {
+    let mut stats = FsStats::default();
+    let mut failures = Vec::new();
+    for seed in seeds {
+        let outcome = std::panic::catch_unwind(|| {
+            let (sim, res) = run_seed(seed, false, false);
+            (sim.stats().clone(), res)
+        });
+        let failure = match outcome {
+            Ok((s, Ok(()))) => {
+                stats.merge(&s);
+                None
+            }
+            Ok((_, Err(v))) => Some(v.to_string()),
+            Err(panic) => Some(format!(
+                "panicked: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".to_string())
+            )),
+        };
+        if let Some(what) = failure {
+            let f = SeedFailure { seed, what };
+            eprintln!("{f}");
+            failures.push(f);
+        }
+    }
+    (stats, failures)
+}
