@@ -2,6 +2,7 @@
 //! `wormhole-smol` on smol) call [`main`] with their shell.
 
 use crate::Shell;
+use crate::commands::{self, HostArgs, MountArgs, UnmountArgs};
 use crate::demo::{self, PairDemoArgs};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +23,28 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Share a folder: print a ticket, serve until Ctrl-C.
+    ///
+    /// Serves DIR over QUIC (UDP port 47470 unless --bind says otherwise)
+    /// and prints one ticket holding this host's addresses, its
+    /// certificate's fingerprint and a secret, and the exact command that
+    /// mounts it on another computer. The host's key, certificate and
+    /// secret are kept in $XDG_CONFIG_HOME/wormhole (or
+    /// ~/.config/wormhole), so the ticket stays the same across restarts;
+    /// --new-identity replaces them and invalidates old tickets. Changes
+    /// made to DIR by local programs reach mounted clients.
+    Host(HostArgs),
+    /// Mount a shared folder from its ticket, until Ctrl-C or unmount.
+    ///
+    /// Connects to the host named in TICKET (its certificate pinned,
+    /// the ticket's secret proved without sending it), checks the ticket,
+    /// then mounts the folder at MOUNTPOINT through FUSE (as root, or with
+    /// fusermount3 installed). Stays in the foreground; Ctrl-C or
+    /// `wormhole unmount MOUNTPOINT` unmounts. A mount that loses its host
+    /// reconnects by itself.
+    Mount(MountArgs),
+    /// Unmount a mounted wormhole (the `mount` command then exits).
+    Unmount(UnmountArgs),
     /// Show a NAT pair's whole life over real sockets, on loopback.
     ///
     /// Starts two nodes, A and B, in this process, joined by a TCP
@@ -56,6 +79,9 @@ pub fn main<S: Shell>(
     };
     let result = match &cli.command {
         Command::PairDemo(args) => demo::run(&shell, args, &mut std::io::stdout()),
+        Command::Host(args) => commands::host(&shell, bin, args, &mut std::io::stdout()),
+        Command::Mount(args) => commands::mount(&shell, bin, args, &mut std::io::stdout()),
+        Command::Unmount(args) => commands::unmount(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

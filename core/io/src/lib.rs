@@ -29,6 +29,10 @@
 //!   operations, and the mount driver that runs the
 //!   [`ClientCore`](wormhole_core::client::ClientCore), its disk cache and
 //!   a [`Transport`] to the host.
+//! * [`host`]: the host driver ([`Host`]), a host core serving a real
+//!   directory over QUIC; [`transport`], the protocol on QUIC streams and
+//!   [`QuicTransport`], the mount's way to a remote host; [`ticket`], the
+//!   one-line ticket and the host's identity kept across restarts.
 //! * [`loopback`]: an in-process host over the in-memory disk (or any
 //!   [`FsExecutor`](loopback::FsExecutor)), a [`Transport`] without a
 //!   network.
@@ -41,17 +45,24 @@ mod node;
 mod runtime;
 
 pub mod cli;
+pub mod commands;
 pub mod demo;
 pub mod fuse;
+pub mod host;
 pub mod hostfs;
 pub mod loopback;
 pub mod mount;
 pub mod quic;
+pub mod ticket;
+pub mod transport;
 pub mod watch;
 
+pub use host::{Host, HostError, HostOptions};
 pub use mount::{Link, Mount, MountError, MountOptions, Transport};
 pub use node::{
     IoStats, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,
 };
 pub use quic::{Fingerprint, Identity};
 pub use runtime::{BoxFuture, Shell, SignalStream, StreamPair, TimedOut, sleep, timeout, wait_for};
+pub use ticket::{Ticket, TicketError};
+pub use transport::QuicTransport;

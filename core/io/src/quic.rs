@@ -135,25 +135,48 @@ impl Identity {
         &self.cert
     }
 
-    fn key(&self) -> PrivateKeyDer<'static> {
+    /// An identity kept from an earlier run: a DER certificate and its
+    /// PKCS#8 DER private key. Checks that the key belongs to the
+    /// certificate, so a mismatched pair fails here, not in a handshake.
+    pub fn from_der(cert: Vec<u8>, key: Vec<u8>) -> Result<Self, QuicConfigError> {
+        let identity = Identity {
+            fingerprint: Fingerprint::of(&cert),
+            cert: CertificateDer::from(cert),
+            key: PrivatePkcs8KeyDer::from(key),
+        };
+        // Building a server config makes rustls compare the key with the
+        // certificate's public key.
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(vec![identity.cert.clone()], identity.key())?;
+        Ok(identity)
+    }
+
+    /// The private key, PKCS#8 DER (to store it; handle with care).
+    pub fn key_der(&self) -> &[u8] {
+        self.key.secret_pkcs8_der()
+    }
+
+    pub(crate) fn key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key.clone_key())
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Accepts exactly one certificate, by fingerprint, and verifies handshake
 /// signatures against it with the provider's algorithms.
 #[derive(Debug)]
-struct Pinned {
+pub(crate) struct Pinned {
     pin: Fingerprint,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl Pinned {
-    fn new(pin: Fingerprint, provider: &CryptoProvider) -> Self {
+    pub(crate) fn new(pin: Fingerprint, provider: &CryptoProvider) -> Self {
         Pinned {
             pin,
             algs: provider.signature_verification_algorithms,
@@ -193,7 +216,7 @@ impl Pinned {
 
 /// The client's view of the server: pinned.
 #[derive(Debug)]
-struct PinnedServer(Pinned);
+pub(crate) struct PinnedServer(pub(crate) Pinned);
 
 impl ServerCertVerifier for PinnedServer {
     fn verify_server_cert(

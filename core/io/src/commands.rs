@@ -1,0 +1,277 @@
+//! `wormhole host`, `wormhole mount` and `wormhole unmount`, written once
+//! for both binaries.
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use futures_lite::StreamExt;
+
+use crate::host::{Host, HostOptions};
+use crate::mount::{Mount, MountOptions};
+use crate::ticket::{HostState, Ticket, config_dir};
+use crate::transport::QuicTransport;
+use crate::{Shell, timeout};
+
+/// The port a host listens on unless told otherwise: fixed, so a ticket
+/// stays valid across restarts.
+pub const DEFAULT_PORT: u16 = 47470;
+/// How long an unmount or a stop may take before we give up waiting.
+const STOP_LIMIT: Duration = Duration::from_secs(20);
+
+/// `wormhole host`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// The folder to share.
+    pub dir: PathBuf,
+    /// Address and UDP port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT))]
+    pub bind: SocketAddr,
+    /// Refuse every change (clients get EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Make a new host key, certificate and secret: every ticket handed
+    /// out before stops working.
+    #[arg(long)]
+    pub new_identity: bool,
+}
+
+/// `wormhole mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The ticket the host printed (`wormhole1-…`).
+    pub ticket: String,
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Keep file contents here across mounts (a disk cache).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Largest size of the disk cache, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub cache_size: Option<u64>,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `wormhole unmount`.
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// Where a wormhole is mounted.
+    pub mountpoint: PathBuf,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() -> Result<()> {
+    use async_signal::{Signal, Signals};
+    let mut signals = Signals::new([Signal::Int, Signal::Term]).context("cannot handle Ctrl-C")?;
+    let _ = signals.next().await;
+    Ok(())
+}
+
+/// The addresses to put in the ticket for an endpoint bound at `bound`.
+fn ticket_addrs(bound: SocketAddr) -> Vec<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let port = bound.port();
+    let mut addrs = Vec::new();
+    // The address of the interface with the default route: connecting a
+    // UDP socket sends nothing, it only picks the route.
+    let probe = |target: SocketAddr, any: SocketAddr| {
+        let s = std::net::UdpSocket::bind(any).ok()?;
+        s.connect(target).ok()?;
+        s.local_addr().ok().map(|a| a.ip())
+    };
+    // Documentation ranges (RFC 5737, RFC 3849): never really reached.
+    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 9);
+    let v6 = SocketAddr::new(
+        IpAddr::V6(core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        9,
+    );
+    if let Some(ip) = probe(v4, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        .filter(|ip| !ip.is_loopback())
+    {
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    if bound.is_ipv6()
+        && let Some(ip) = probe(
+            v6,
+            SocketAddr::new(IpAddr::V6(core::net::Ipv6Addr::UNSPECIFIED), 0),
+        )
+        .filter(|ip| !ip.is_loopback())
+    {
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    // Loopback last: it lets the same machine mount, and fails fast (and
+    // safely: the certificate is pinned) anywhere else.
+    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    addrs
+}
+
+/// Runs `wormhole host`.
+pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write) -> Result<()> {
+    let meta = std::fs::metadata(&args.dir)
+        .with_context(|| format!("cannot share {}", args.dir.display()))?;
+    if !meta.is_dir() {
+        bail!("cannot share {}: not a directory", args.dir.display());
+    }
+    let state = HostState::load_or_create(&config_dir()?, args.new_identity)?;
+    crate::hostfs::raise_fd_limit();
+    let socket = shell
+        .bind_udp(args.bind)
+        .with_context(|| format!("cannot listen on UDP {} (in use? try --bind)", args.bind))?;
+    shell.block_on(async {
+        let mut options = HostOptions::new(
+            args.dir.clone(),
+            state.identity.clone(),
+            state.secret.clone(),
+        );
+        options.config.read_only = args.read_only;
+        let host = Host::spawn(shell.runtime(), socket, options)?;
+        let ticket = Ticket {
+            addrs: ticket_addrs(host.local_addr()),
+            fingerprint: state.identity.fingerprint(),
+            secret: state.secret.clone(),
+        };
+        writeln!(
+            out,
+            "Sharing {}{} on {}.\n\nTicket:\n  {ticket}\n\nOn the other computer, as root:\n  {bin} mount {ticket} /mnt/wormhole\n\nCtrl-C stops sharing.",
+            args.dir.display(),
+            if args.read_only { " (read-only)" } else { "" },
+            host.local_addr(),
+        )?;
+        out.flush()?;
+        interrupted().await?;
+        let rt = shell.runtime();
+        let _ = timeout(&*rt, STOP_LIMIT, "the host to stop", host.stop()).await;
+        Ok(())
+    })
+}
+
+/// Runs `wormhole mount`.
+pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Write) -> Result<()> {
+    let ticket = Ticket::parse(&args.ticket)?;
+    let meta = std::fs::metadata(&args.mountpoint)
+        .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {}: not a directory", args.mountpoint.display());
+    }
+    let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = shell.bind_udp(any).context("cannot open a UDP socket")?;
+    shell.block_on(async {
+        let rt = shell.runtime();
+        let transport =
+            QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
+        // Fail now, with the reason, rather than mount a drive that only
+        // ever answers errors.
+        transport.probe(&ticket.secret).await?;
+        let mut options = MountOptions::new(ticket.secret.clone())?;
+        options.cache_dir = args.cache_dir.clone();
+        if let Some(size) = args.cache_size {
+            options.client.cache.l2_max_bytes = size;
+        }
+        options.read_only = args.read_only;
+        let mount = Mount::new(rt.clone(), transport, &args.mountpoint, options)?;
+        writeln!(
+            out,
+            "Mounted at {}. Ctrl-C or `{bin} unmount {}` unmounts.",
+            args.mountpoint.display(),
+            args.mountpoint.display()
+        )?;
+        out.flush()?;
+        let stopped = mount.stopped();
+        let by_signal = futures_lite::future::or(
+            async {
+                interrupted().await?;
+                Ok::<bool, anyhow::Error>(true)
+            },
+            async {
+                stopped.await;
+                Ok(false)
+            },
+        )
+        .await?;
+        if by_signal {
+            let stopped = mount.stopped();
+            mount.unmount().map_err(|e| {
+                anyhow!(
+                    "cannot unmount {}: {e} (busy? close the files open there)",
+                    args.mountpoint.display()
+                )
+            })?;
+            let _ = timeout(&*rt, STOP_LIMIT, "the mount to stop", stopped).await;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `wormhole unmount`.
+pub fn unmount(args: &UnmountArgs) -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| is_wormhole_mount(&m, &args.mountpoint))
+        .unwrap_or(true);
+    if !mounted {
+        bail!("{} is not a wormhole mount", args.mountpoint.display());
+    }
+    // umount(8) as root; fusermount for a user's own FUSE mount.
+    let tried = [
+        ("umount", vec![]),
+        ("fusermount3", vec!["-u"]),
+        ("fusermount", vec!["-u"]),
+    ];
+    let mut last = String::from("no unmount tool found");
+    for (tool, flags) in tried {
+        match std::process::Command::new(tool)
+            .args(flags)
+            .arg(&args.mountpoint)
+            .output()
+        {
+            Ok(o) if o.status.success() => return Ok(()),
+            Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Err(_) => {}
+        }
+    }
+    bail!("cannot unmount {}: {last}", args.mountpoint.display())
+}
+
+fn is_wormhole_mount(mounts: &str, mountpoint: &Path) -> bool {
+    let want = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_owned());
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (dev, at) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        // /proc/mounts escapes spaces as \040.
+        dev == "wormhole" && Path::new(&at.replace("\\040", " ")) == want
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_addresses() {
+        let fixed: SocketAddr = "10.1.2.3:5000".parse().expect("addr");
+        assert_eq!(ticket_addrs(fixed), vec![fixed]);
+        let any: SocketAddr = "0.0.0.0:5000".parse().expect("addr");
+        let addrs = ticket_addrs(any);
+        assert_eq!(addrs.last(), Some(&"127.0.0.1:5000".parse().expect("addr")));
+        assert!(addrs.iter().all(|a| a.port() == 5000));
+    }
+
+    #[test]
+    fn recognises_wormhole_mounts() {
+        let m = "wormhole /mnt/w fuse.wormhole rw 0 0\nsshfs /mnt/s fuse.sshfs rw 0 0\n";
+        assert!(is_wormhole_mount(m, Path::new("/mnt/w")));
+        assert!(!is_wormhole_mount(m, Path::new("/mnt/s")));
+    }
+}

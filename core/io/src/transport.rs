@@ -1,0 +1,369 @@
+//! The file protocol over QUIC: the host's and the client's quinn
+//! configurations, the framing on streams, and [`QuicTransport`], the
+//! mount driver's [`Transport`] to a remote host.
+//!
+//! # Protocol
+//!
+//! * One bidirectional stream per request: the client writes one
+//!   length-prefixed frame ([`wormhole_core::codec::frame`]) holding an
+//!   encoded [`ClientMessage`] and finishes its side; the host writes the
+//!   reply frame on the same stream and finishes. Requests run
+//!   concurrently, so a slow read never holds up a lookup. Hello is simply
+//!   the first request the client core sends.
+//! * Host pushes ([`HostMessage::Invalidate`], and replies whose request
+//!   stream is gone, e.g. after a session resumed on a new connection) go
+//!   on unidirectional streams, one frame each.
+//! * Every read from a stream has a size limit; a malformed or oversized
+//!   frame resets that stream alone, never the connection.
+//!
+//! # Security
+//!
+//! The client pins the host's certificate by the ticket's fingerprint and
+//! verifies the handshake signature with it ([`crate::quic`]); it presents
+//! no certificate. It proves the ticket secret in Hello, bound to this TLS
+//! session by the keying-material exporter under
+//! [`auth::EXPORTER_LABEL`], so the secret never crosses the wire.
+
+use core::net::SocketAddr;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tracing::{debug, trace};
+use wormhole_core::codec::{FRAME_HEADER_LEN, WireMessage, frame};
+use wormhole_core::conn::auth::{self, TicketSecret};
+use wormhole_core::proto::{ClientMessage, HostMessage, Reply, Request, RequestId};
+
+use crate::mount::{Link, Transport};
+use crate::quic::{
+    ALPN, Fingerprint, Identity, Pinned, PinnedServer, QuicConfigError, SERVER_NAME, provider,
+};
+use crate::runtime::{BoxFuture, timeout};
+
+/// Largest request frame a host reads from a stream.
+pub const MAX_REQUEST_FRAME: usize = FRAME_HEADER_LEN + <ClientMessage as WireMessage>::MAX_SIZE;
+/// Largest reply or push frame a client reads from a stream.
+pub const MAX_HOST_FRAME: usize = FRAME_HEADER_LEN + <HostMessage as WireMessage>::MAX_SIZE;
+
+/// Stream error code: the frame was malformed or too large.
+pub(crate) const BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// Stream error code: no answer will come (the request was dropped).
+pub(crate) const NO_ANSWER: quinn::VarInt = quinn::VarInt::from_u32(2);
+/// Connection close code for an orderly close.
+pub(crate) const CLOSE_OK: quinn::VarInt = quinn::VarInt::from_u32(0);
+
+/// How long one address gets to complete a handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Flow control and liveness for file traffic. A read reply is a 128 KiB
+/// chunk and many are in flight at once; windows of several MiB keep a
+/// loopback or LAN link busy instead of waiting on window updates.
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.send_window(64 << 20);
+    // The client core bounds its requests in flight; this is the
+    // protocol's own ceiling.
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(30_000).into()));
+    Arc::new(t)
+}
+
+/// The host's server configuration: its certificate, ALPN `wormhole/1`,
+/// no client certificate (clients prove the ticket secret in Hello).
+pub fn host_server_config(identity: &Identity) -> Result<quinn::ServerConfig, QuicConfigError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert_der().clone()], identity.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    cfg.transport_config(transport_config());
+    Ok(cfg)
+}
+
+/// A client configuration that accepts only the host certificate `pin`
+/// (real signature checks, see [`crate::quic`]).
+pub fn host_client_config(pin: Fingerprint) -> Result<quinn::ClientConfig, QuicConfigError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedServer(Pinned::new(pin, &provider)));
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut cfg = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    cfg.transport_config(transport_config());
+    Ok(cfg)
+}
+
+/// The 32 bytes Hello's proof binds to, from this connection's TLS session.
+pub fn exporter(conn: &quinn::Connection) -> io::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
+        .map_err(|_| io::Error::other("TLS keying-material export failed"))?;
+    Ok(out)
+}
+
+/// The payload of one whole stream holding exactly one frame.
+pub(crate) fn unframe(bytes: Vec<u8>) -> Option<Bytes> {
+    let bytes = Bytes::from(bytes);
+    let len = u32::from_be_bytes(bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    (bytes.len() == FRAME_HEADER_LEN + len).then(|| bytes.slice(FRAME_HEADER_LEN..))
+}
+
+/// Reads one stream to its end (at most `max` bytes) as one frame.
+/// Anything else stops the stream.
+pub(crate) async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Option<Bytes> {
+    match recv.read_to_end(max).await {
+        Ok(bytes) => {
+            let frame = unframe(bytes);
+            if frame.is_none() {
+                let _ = recv.stop(BAD_FRAME);
+            }
+            frame
+        }
+        Err(quinn::ReadToEndError::TooLong) => {
+            let _ = recv.stop(BAD_FRAME);
+            None
+        }
+        Err(e) => {
+            trace!(error = %e, "stream read failed");
+            None
+        }
+    }
+}
+
+/// Why connecting to a host failed.
+fn unreachable(addrs: &[SocketAddr], last: Option<String>) -> io::Error {
+    let tried: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    io::Error::new(
+        io::ErrorKind::ConnectionRefused,
+        format!(
+            "cannot reach the host at {}: {}",
+            tried.join(", "),
+            last.unwrap_or_else(|| "no address".into())
+        ),
+    )
+}
+
+/// The mount driver's transport to a remote host over QUIC.
+#[derive(Clone, Debug)]
+pub struct QuicTransport {
+    runtime: Arc<dyn quinn::Runtime>,
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addrs: Vec<SocketAddr>,
+}
+
+impl QuicTransport {
+    /// A transport to the host at `addrs` (tried in order) whose
+    /// certificate has fingerprint `pin`, from a client endpoint on
+    /// `socket` (bind it to the unspecified address of the hosts' family,
+    /// port 0). Call it from within the runtime.
+    pub fn new(
+        runtime: Arc<dyn quinn::Runtime>,
+        socket: std::net::UdpSocket,
+        addrs: Vec<SocketAddr>,
+        pin: Fingerprint,
+    ) -> io::Result<Self> {
+        let config = host_client_config(pin).map_err(io::Error::other)?;
+        let socket = runtime.wrap_udp_socket(socket)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            runtime.clone(),
+        )?;
+        Ok(QuicTransport {
+            runtime,
+            endpoint,
+            config,
+            addrs,
+        })
+    }
+
+    /// Opens a QUIC connection to the first address that answers with
+    /// the pinned certificate.
+    pub async fn connect_quic(&self) -> io::Result<quinn::Connection> {
+        let mut last = None;
+        for &addr in &self.addrs {
+            let connecting =
+                match self
+                    .endpoint
+                    .connect_with(self.config.clone(), addr, SERVER_NAME)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = Some(e.to_string());
+                        continue;
+                    }
+                };
+            let what = format!("a QUIC handshake with {addr}");
+            match timeout(&*self.runtime, CONNECT_TIMEOUT, what, connecting).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(e) => last = Some(e.to_string()),
+            }
+            debug!(%addr, error = ?last, "host address failed");
+        }
+        Err(unreachable(&self.addrs, last))
+    }
+
+    /// Checks a ticket before mounting: connects, says Hello with the
+    /// proof of `secret`, and says Goodbye. Errors are one line a person
+    /// can act on (unreachable, wrong certificate, secret refused).
+    pub async fn probe(&self, secret: &TicketSecret) -> io::Result<()> {
+        let conn = self.connect_quic().await?;
+        let proof = auth::proof(secret, &exporter(&conn)?);
+        let hello = Request::Hello {
+            version: u16::from(wormhole_core::codec::PROTOCOL_VERSION),
+            proof,
+            resume: None,
+        };
+        let answer = request(&conn, RequestId(1), hello).await?;
+        let result = match answer {
+            Ok(Reply::HelloAck { .. }) => {
+                let _ = request(&conn, RequestId(2), Request::Goodbye).await;
+                Ok(())
+            }
+            Ok(other) => Err(io::Error::other(format!(
+                "the host answered Hello with {other:?}"
+            ))),
+            Err(wormhole_core::proto::Errno::Acces) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the host refused the ticket's secret (EACCES): the ticket is wrong or the \
+                 host was restarted with --new-identity",
+            )),
+            Err(e) => Err(io::Error::other(format!("the host refused Hello: {e:?}"))),
+        };
+        conn.close(CLOSE_OK, b"probe done");
+        result
+    }
+}
+
+/// One request on its own stream, waiting for its reply (for the probe).
+async fn request(
+    conn: &quinn::Connection,
+    id: RequestId,
+    request: Request,
+) -> io::Result<Result<Reply, wormhole_core::proto::Errno>> {
+    let bytes = ClientMessage { id, request }
+        .encode()
+        .map_err(io::Error::other)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(io::Error::other)?;
+    send.write_all(&frame(&bytes))
+        .await
+        .map_err(io::Error::other)?;
+    let _ = send.finish();
+    let reply = read_frame(&mut recv, MAX_HOST_FRAME)
+        .await
+        .ok_or_else(|| io::Error::other("the host closed the stream without a reply"))?;
+    match HostMessage::decode(&reply).map_err(io::Error::other)? {
+        HostMessage::Reply { id: got, result } if got == id => Ok(result),
+        other => Err(io::Error::other(format!(
+            "unexpected host message {other:?}"
+        ))),
+    }
+}
+
+impl Transport for QuicTransport {
+    fn connect(&mut self) -> BoxFuture<io::Result<Link>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let conn = this.connect_quic().await?;
+            let exporter = exporter(&conn)?;
+            let (outgoing, out_rx) = async_channel::unbounded::<Bytes>();
+            let (in_tx, incoming) = async_channel::unbounded::<Bytes>();
+            let runtime = this.runtime.clone();
+            // Requests: one stream each, replies into `incoming`.
+            {
+                let (conn, in_tx, runtime) = (conn.clone(), in_tx.clone(), runtime.clone());
+                this.runtime.spawn(Box::pin(async move {
+                    loop {
+                        let next =
+                            futures_lite::future::or(async { out_rx.recv().await.ok() }, async {
+                                conn.closed().await;
+                                None
+                            })
+                            .await;
+                        let Some(bytes) = next else { break };
+                        let (conn, in_tx) = (conn.clone(), in_tx.clone());
+                        runtime.spawn(Box::pin(async move {
+                            let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                                return;
+                            };
+                            if send.write_all(&frame(&bytes)).await.is_err() {
+                                return;
+                            }
+                            let _ = send.finish();
+                            if let Some(reply) = read_frame(&mut recv, MAX_HOST_FRAME).await {
+                                let _ = in_tx.send(reply).await;
+                            }
+                        }));
+                    }
+                    // The driver dropped the link, or the connection died.
+                    conn.close(CLOSE_OK, b"closed");
+                }));
+            }
+            // Pushes: one unidirectional stream each.
+            {
+                let conn = conn.clone();
+                this.runtime.spawn(Box::pin(async move {
+                    while let Ok(mut recv) = conn.accept_uni().await {
+                        let in_tx = in_tx.clone();
+                        runtime.spawn(Box::pin(async move {
+                            if let Some(push) = read_frame(&mut recv, MAX_HOST_FRAME).await {
+                                let _ = in_tx.send(push).await;
+                            }
+                        }));
+                    }
+                }));
+            }
+            Ok(Link {
+                exporter,
+                outgoing,
+                incoming,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_must_fill_the_stream_exactly() {
+        let f = frame(b"hello").to_vec();
+        assert_eq!(unframe(f.clone()).as_deref(), Some(&b"hello"[..]));
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(unframe(long), None);
+        assert_eq!(unframe(f[..6].to_vec()), None);
+        assert_eq!(unframe(vec![0, 0]), None);
+        assert_eq!(unframe(frame(b"").to_vec()).as_deref(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn configs_build() {
+        let id = Identity::generate().expect("identity");
+        assert!(host_server_config(&id).is_ok());
+        assert!(host_client_config(id.fingerprint()).is_ok());
+        let again = Identity::from_der(id.cert_der().to_vec(), id.key_der().to_vec())
+            .expect("the same identity back");
+        assert_eq!(again.fingerprint(), id.fingerprint());
+        let other = Identity::generate().expect("identity");
+        assert!(
+            Identity::from_der(id.cert_der().to_vec(), other.key_der().to_vec()).is_err(),
+            "a key that is not the certificate's is refused"
+        );
+    }
+}
