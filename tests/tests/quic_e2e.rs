@@ -1,0 +1,379 @@
+//! End to end with every real piece, on loopback: the host driver serving
+//! a real directory (HostFs through FsPool, the tree watcher) over QUIC,
+//! and the FUSE mount driving the client core through [`QuicTransport`].
+//! One test body, run on both shells (tokio and smol).
+//!
+//! Needs root and `/dev/fuse` (CI has both); if the mount cannot be made
+//! the test fails and says why, it never skips. Every wait has a limit:
+//! file-system calls run on a worker thread the test waits for with a
+//! timeout, naming the step that hung.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use wormhole_core::client::ClientEvent;
+use wormhole_core::conn::auth::TicketSecret;
+use wormhole_core::proto::Checksum;
+use wormhole_io::host::{Host, HostOptions};
+use wormhole_io::{Identity, Mount, MountOptions, QuicTransport, Shell, Ticket, timeout};
+use wormhole_smol::SmolShell;
+use wormhole_tokio::TokioShell;
+
+/// The limit on connecting, probing and stopping.
+const STEP: Duration = Duration::from_secs(20);
+/// The limit on the whole file-system workout.
+const SUITE: Duration = Duration::from_secs(300);
+const CHUNK: usize = 128 * 1024;
+const SECRET: TicketSecret = TicketSecret([0x5a; 32]);
+
+#[test]
+fn quic_mount_on_tokio() {
+    quic_mount(TokioShell::new().expect("start a tokio runtime"));
+}
+
+#[test]
+fn quic_mount_on_smol() {
+    quic_mount(SmolShell::new().expect("start smol"));
+}
+
+#[test]
+fn refusals_on_tokio() {
+    refusals(TokioShell::new().expect("start a tokio runtime"));
+}
+
+#[test]
+fn refusals_on_smol() {
+    refusals(SmolShell::new().expect("start smol"));
+}
+
+/// Unmounts on drop and removes the scratch directory, so a failing test
+/// leaves nothing behind.
+struct Guard {
+    mount: Option<Mount>,
+    dir: PathBuf,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        drop(self.mount.take());
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn scratch(what: &str, runtime: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "wormhole-quic-{what}-{runtime}-{}-{nanos}",
+        std::process::id()
+    ));
+    for sub in ["share", "mnt", "cache"] {
+        fs::create_dir_all(dir.join(sub)).expect("make the scratch directories");
+    }
+    dir
+}
+
+/// Starts a host on 127.0.0.1 (any port) serving `dir/share`.
+fn start_host<S: Shell>(shell: &S, dir: &Path, identity: &Identity) -> Host {
+    let socket = shell
+        .bind_udp("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind the host's UDP socket");
+    let options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);
+    shell
+        .block_on(async { Host::spawn(shell.runtime(), socket, options) })
+        .expect("start the host")
+}
+
+fn transport<S: Shell>(shell: &S, ticket: &Ticket) -> QuicTransport {
+    let socket = shell
+        .bind_udp("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind the client's UDP socket");
+    shell
+        .block_on(async {
+            QuicTransport::new(
+                shell.runtime(),
+                socket,
+                ticket.addrs.clone(),
+                ticket.fingerprint,
+            )
+        })
+        .expect("client endpoint")
+}
+
+fn quic_mount<S: Shell>(shell: S) {
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("mount", shell.name());
+    let identity = Identity::generate().expect("identity");
+    let host = start_host(&shell, &dir, &identity);
+    // The ticket round-trips through its text, as a person would paste it.
+    let ticket = Ticket::parse(
+        &Ticket {
+            addrs: vec![host.local_addr()],
+            fingerprint: identity.fingerprint(),
+            secret: SECRET,
+        }
+        .encode(),
+    )
+    .expect("the ticket parses");
+    let transport = transport(&shell, &ticket);
+    let rt = shell.runtime();
+    shell
+        .block_on(timeout(
+            &*rt,
+            STEP,
+            "the probe",
+            transport.probe(&ticket.secret),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the host accepts the ticket");
+
+    let mut options = MountOptions::new(ticket.secret.clone()).expect("randomness");
+    // Long attribute times: a local change must arrive by invalidation,
+    // not by expiry.
+    options.client.cache.attr_ttl = Duration::from_secs(60);
+    options.cache_dir = Some(dir.join("cache"));
+    let mountpoint = dir.join("mnt");
+    let mount = shell
+        .block_on(async { Mount::new(shell.runtime(), transport, &mountpoint, options) })
+        .unwrap_or_else(|e| {
+            panic!(
+                "FUSE mount failed on {} (this test needs root and /dev/fuse; it does not \
+                 skip): {e}",
+                shell.name()
+            )
+        });
+    let event = shell
+        .block_on(timeout(
+            &*rt,
+            STEP,
+            "the mount to connect",
+            mount.events().recv(),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the mount driver is running");
+    assert_eq!(event, ClientEvent::Connected { resumed: false });
+    let mut guard = Guard {
+        mount: Some(mount),
+        dir: dir.clone(),
+    };
+
+    run_bounded(&dir, workout);
+
+    let mount = guard.mount.take().expect("mounted");
+    let stopped = mount.stopped();
+    mount.unmount().expect("unmount cleanly");
+    shell
+        .block_on(timeout(&*rt, STEP, "the mount driver to stop", stopped))
+        .unwrap_or_else(|e| panic!("{e}"));
+    shell
+        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn workout(dir: &Path, steps: &Steps) {
+    let (mnt, share) = (dir.join("mnt"), dir.join("share"));
+
+    steps.at("write files of chunk-edge sizes");
+    let sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77];
+    for (i, &len) in sizes.iter().enumerate() {
+        let data = pattern(len, i as u64 + 1);
+        fs::write(mnt.join(format!("f{len}")), &data).expect("write through the mount");
+    }
+    steps.at("read them back, through the mount and on the host's disk");
+    for (i, &len) in sizes.iter().enumerate() {
+        let want = Checksum::of(&pattern(len, i as u64 + 1));
+        let name = format!("f{len}");
+        let got = fs::read(mnt.join(&name)).expect("read through the mount");
+        assert_eq!(Checksum::of(&got), want, "{name} through the mount");
+        let on_disk = fs::read(share.join(&name)).expect("read on the host");
+        assert_eq!(Checksum::of(&on_disk), want, "{name} on the host's disk");
+    }
+
+    steps.at("a directory tree");
+    fs::create_dir_all(mnt.join("a/b/c")).expect("mkdir -p");
+    fs::write(mnt.join("a/b/c/leaf"), b"leaf").expect("write a leaf");
+    assert_eq!(
+        fs::read(share.join("a/b/c/leaf")).expect("on disk"),
+        b"leaf"
+    );
+    let mut names: Vec<String> = fs::read_dir(&mnt)
+        .expect("list the root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.contains(&"a".to_owned()) && names.contains(&"f1".to_owned()),
+        "{names:?}"
+    );
+
+    steps.at("a change made on the host by a local program");
+    let seen = fs::read(mnt.join("f1")).expect("read before the change");
+    assert_eq!(seen.len(), 1);
+    fs::write(share.join("f1"), b"changed by a local program").expect("local write");
+    fs::write(share.join("local-new"), b"new").expect("local create");
+    wait_until(
+        Duration::from_secs(10),
+        "the client to see the host's change",
+        || fs::read(mnt.join("f1")).is_ok_and(|d| d == b"changed by a local program"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the client to see a new local file",
+        || fs::read(mnt.join("local-new")).is_ok_and(|d| d == b"new"),
+    );
+
+    steps.at("unlink and rename");
+    fs::rename(mnt.join("f0"), mnt.join("renamed")).expect("rename");
+    assert!(share.join("renamed").exists() && !share.join("f0").exists());
+    fs::remove_file(mnt.join("renamed")).expect("unlink");
+    assert!(!share.join("renamed").exists());
+    steps.at("done");
+}
+
+fn refusals<S: Shell>(shell: S) {
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("refuse", shell.name());
+    let _cleanup = Guard {
+        mount: None,
+        dir: dir.clone(),
+    };
+    let identity = Identity::generate().expect("identity");
+    let host = start_host(&shell, &dir, &identity);
+    let rt = shell.runtime();
+    let good = Ticket {
+        addrs: vec![host.local_addr()],
+        fingerprint: identity.fingerprint(),
+        secret: SECRET,
+    };
+
+    // A wrong secret: the host answers EACCES and nothing else.
+    let wrong_secret = Ticket {
+        secret: TicketSecret([0x11; 32]),
+        ..good.clone()
+    };
+    let t = transport(&shell, &wrong_secret);
+    let err = shell
+        .block_on(timeout(
+            &*rt,
+            STEP,
+            "the wrong-secret probe",
+            t.probe(&wrong_secret.secret),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect_err("a wrong secret is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("EACCES"), "{err}");
+
+    // A wrong certificate fingerprint: the handshake itself fails.
+    let other = Identity::generate().expect("identity");
+    let wrong_cert = Ticket {
+        fingerprint: other.fingerprint(),
+        ..good.clone()
+    };
+    let t = transport(&shell, &wrong_cert);
+    let err = shell
+        .block_on(timeout(
+            &*rt,
+            STEP,
+            "the wrong-certificate probe",
+            t.probe(&SECRET),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect_err("a host with another certificate is refused");
+    assert!(
+        err.to_string().contains("cannot reach the host"),
+        "a clear error: {err}"
+    );
+    let mut t2 = t.clone();
+    let link = shell.block_on(timeout(
+        &*rt,
+        STEP,
+        "the wrong-certificate connect",
+        wormhole_io::Transport::connect(&mut t2),
+    ));
+    assert!(
+        matches!(link, Ok(Err(_))),
+        "the mount's transport refuses it too"
+    );
+
+    // The right ticket still works after all that.
+    let t = transport(&shell, &good);
+    shell
+        .block_on(timeout(&*rt, STEP, "the good probe", t.probe(&SECRET)))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the right ticket is accepted");
+    shell
+        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs `body` on a worker thread and fails, naming the step, if it takes
+/// longer than [`SUITE`]: a hung file-system call must not hang CI.
+fn run_bounded(dir: &Path, body: fn(&Path, &Steps)) {
+    let steps = Steps(Arc::new(Mutex::new("starting")));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let dir = dir.to_owned();
+        let steps = steps.clone();
+        std::thread::spawn(move || {
+            body(&dir, &steps);
+            let _ = done_tx.send(());
+        })
+    };
+    match done_rx.recv_timeout(SUITE) {
+        Ok(()) => worker.join().expect("worker"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("step hung for {SUITE:?}: {}", steps.now());
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Steps(Arc<Mutex<&'static str>>);
+
+impl Steps {
+    fn at(&self, step: &'static str) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = step;
+        }
+    }
+
+    fn now(&self) -> &'static str {
+        self.0.lock().map(|s| *s).unwrap_or("?")
+    }
+}
+
+/// Polls `check` until it holds, for at most `limit` (the kernel's view
+/// of a file is announced to no one).
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Bytes that differ per file and per position.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
