@@ -11,7 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -392,6 +392,11 @@ fn workout(root: &Path, steps: &Steps) {
     fs::write(&t, &data).expect("write");
     let f = OpenOptions::new().write(true).open(&t).expect("open");
     f.set_len(1000).expect("shrink");
+    // Attributes from setattr and getattr replies carry the inode number
+    // (the kernel reports it as st_ino).
+    let ino = f.metadata().expect("fstat").ino();
+    assert_ne!(ino, 0, "st_ino after setattr");
+    assert_eq!(fs::metadata(&t).expect("stat").ino(), ino);
     drop(f);
     assert_eq!(fs::read(&t).expect("read"), data[..1000]);
     let f = OpenOptions::new().write(true).open(&t).expect("open");

@@ -38,8 +38,9 @@ const MAX_BACKGROUND: u16 = 64;
 pub(crate) enum KernelReply {
     /// lookup, mkdir, symlink.
     Entry(ReplyEntry),
-    /// getattr, setattr.
-    Attr(ReplyAttr),
+    /// getattr, setattr, and the inode asked about (the kernel reports
+    /// the reply's inode number as `st_ino`).
+    Attr(ReplyAttr, Ino),
     /// readdir.
     Dir(ReplyDirectory),
     /// open.
@@ -93,9 +94,8 @@ impl KernelReply {
             (KernelReply::Entry(r), Answer::Entry { ino, attr, ttl }) => {
                 r.entry(&ttl, &file_attr(ino, &attr), Generation(0));
             }
-            (KernelReply::Attr(r), Answer::Attr { attr, ttl }) => {
-                // The kernel asked about this inode: the answer is for it.
-                r.attr(&ttl, &file_attr(Ino(0), &attr));
+            (KernelReply::Attr(r, ino), Answer::Attr { attr, ttl }) => {
+                r.attr(&ttl, &file_attr(ino, &attr));
             }
             (KernelReply::Dir(mut r), Answer::Dir(items)) => {
                 for item in items {
@@ -141,7 +141,7 @@ impl KernelReply {
     pub(crate) fn error(self, e: fuser::Errno) {
         match self {
             KernelReply::Entry(r) => r.error(e),
-            KernelReply::Attr(r) => r.error(e),
+            KernelReply::Attr(r, _) => r.error(e),
             KernelReply::Dir(r) => r.error(e),
             KernelReply::Open(r) => r.error(e),
             KernelReply::Data(r) => r.error(e),
@@ -195,8 +195,7 @@ fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
-/// The kernel's attributes for a core `Attr`. `ino` 0 means "the inode
-/// the kernel asked about" (getattr and setattr replies ignore it).
+/// The kernel's attributes for a core `Attr` of inode `ino`.
 fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino.0),
@@ -309,7 +308,10 @@ impl fuser::Filesystem for WormholeFs {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.op(Op::GetAttr { ino: ino(i) }, KernelReply::Attr(reply));
+        self.op(
+            Op::GetAttr { ino: ino(i) },
+            KernelReply::Attr(reply, ino(i)),
+        );
     }
 
     fn setattr(
@@ -340,7 +342,10 @@ impl fuser::Filesystem for WormholeFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
         };
-        self.op(Op::SetAttr { ino: ino(i), set }, KernelReply::Attr(reply));
+        self.op(
+            Op::SetAttr { ino: ino(i), set },
+            KernelReply::Attr(reply, ino(i)),
+        );
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
