@@ -14,9 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wormhole_core::client::ClientEvent;
+use wormhole_core::codec::frame;
+use wormhole_core::conn::auth;
 use wormhole_core::conn::auth::TicketSecret;
-use wormhole_core::proto::Checksum;
+use wormhole_core::proto::{Checksum, Reply, Request, RequestId};
 use wormhole_io::host::{Host, HostOptions};
+use wormhole_io::transport::{self, MAX_REQUEST_FRAME};
 use wormhole_io::{Identity, Mount, MountOptions, QuicTransport, Shell, Ticket, timeout};
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
@@ -46,6 +49,18 @@ fn refusals_on_tokio() {
 #[test]
 fn refusals_on_smol() {
     refusals(SmolShell::new().expect("start smol"));
+}
+
+#[test]
+fn bad_frames_reset_one_stream_on_tokio() {
+    let shell = TokioShell::new().expect("start a tokio runtime");
+    bad_frames(&shell);
+}
+
+#[test]
+fn bad_frames_reset_one_stream_on_smol() {
+    let shell = SmolShell::new().expect("start smol");
+    bad_frames(&shell);
 }
 
 /// Unmounts on drop and removes the scratch directory, so a failing test
@@ -306,6 +321,84 @@ fn refusals<S: Shell>(shell: S) {
         .block_on(timeout(&*rt, STEP, "the good probe", t.probe(&SECRET)))
         .unwrap_or_else(|e| panic!("{e}"))
         .expect("the right ticket is accepted");
+    shell
+        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A raw-protocol client: oversized and malformed frames are refused on
+/// their own stream; the connection, and its Hello, go on.
+fn bad_frames<S: Shell>(shell: &S) {
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("frames", shell.name());
+    let _cleanup = Guard {
+        mount: None,
+        dir: dir.clone(),
+    };
+    let identity = Identity::generate().expect("identity");
+    let host = start_host(shell, &dir, &identity);
+    let ticket = Ticket {
+        addrs: vec![host.local_addr()],
+        fingerprint: identity.fingerprint(),
+        secret: SECRET,
+    };
+    let t = transport(shell, &ticket);
+    let rt = shell.runtime();
+    shell
+        .block_on(timeout(&*rt, STEP, "the raw-protocol exchange", async {
+            let conn = t.connect_quic().await.expect("connect");
+            // A length prefix far beyond any request, then more bytes than
+            // the host reads from one stream.
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            let mut big = vec![0xffu8; 4];
+            big.extend(std::iter::repeat_n(7u8, MAX_REQUEST_FRAME + 1));
+            let _ = send.write_all(&big).await;
+            let _ = send.finish();
+            assert!(
+                recv.read_to_end(1 << 20).await.is_err(),
+                "an oversized frame gets its stream reset, no reply"
+            );
+            // A well-framed message that is not a request.
+            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+            send.write_all(&frame(b"\x01garbage")).await.expect("write");
+            let _ = send.finish();
+            assert!(
+                recv.read_to_end(1 << 20).await.is_err(),
+                "an undecodable request gets its stream reset"
+            );
+            // The same connection still authenticates.
+            let exporter = transport::exporter(&conn).expect("exporter");
+            let hello = Request::Hello {
+                version: u16::from(wormhole_core::codec::PROTOCOL_VERSION),
+                proof: auth::proof(&SECRET, &exporter),
+                resume: None,
+            };
+            let reply = transport::request(&conn, RequestId(1), hello)
+                .await
+                .expect("a reply");
+            assert!(
+                matches!(reply, Ok(Reply::HelloAck { .. })),
+                "Hello after bad frames: {reply:?}"
+            );
+            // Many requests at once, each on its own stream.
+            let root = wormhole_core::proto::NodeId::ROOT;
+            let replies = futures_lite::future::zip(
+                transport::request(&conn, RequestId(2), Request::GetAttr { node: root }),
+                transport::request(&conn, RequestId(3), Request::Statfs),
+            )
+            .await;
+            assert!(
+                matches!(replies.0, Ok(Ok(Reply::Attr(_)))),
+                "{:?}",
+                replies.0
+            );
+            assert!(
+                matches!(replies.1, Ok(Ok(Reply::StatFs(_)))),
+                "{:?}",
+                replies.1
+            );
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
     shell
         .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
         .unwrap_or_else(|e| panic!("{e}"));

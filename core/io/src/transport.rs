@@ -249,8 +249,9 @@ impl QuicTransport {
     }
 }
 
-/// One request on its own stream, waiting for its reply (for the probe).
-async fn request(
+/// One request on its own stream of `conn`, waiting for its reply: the
+/// raw protocol, for the probe and for tests.
+pub async fn request(
     conn: &quinn::Connection,
     id: RequestId,
     request: Request,
