@@ -1,0 +1,229 @@
+//! The body of the `host` / `mount` / `unmount` command-line test, shared
+//! by both binaries (`wormhole` on tokio, `wormhole-smol` on smol): each
+//! shell's test calls [`host_and_mount`] with its own binary.
+//!
+//! It runs the binaries as a person would: a host on a temporary folder
+//! (its identity in a temporary config directory), a FUSE mount of its
+//! ticket (needs root and /dev/fuse; fails, never skips, without them), a
+//! file written through the mount and found on the host, `unmount`, and
+//! the one-line errors for bad and wrong tickets. Every wait has a limit.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wormhole_core::conn::auth::TicketSecret;
+use wormhole_io::Ticket;
+
+/// The limit on any one step.
+const STEP: Duration = Duration::from_secs(30);
+
+/// Kills a child on drop (a failing test leaves no process behind), and
+/// removes the scratch directory after unmounting whatever is left.
+struct Cleanup {
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mnt = self.dir.join("mnt");
+        let _ = Command::new("umount").arg("-l").arg(&mnt).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads `child`'s stdout lines on a thread, so they can be awaited with
+/// a limit.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line satisfying `want`, returning it.
+fn line_where(rx: &mpsc::Receiver<String>, what: &str, want: impl Fn(&str) -> bool) -> String {
+    let end = Instant::now() + STEP;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {what} within {STEP:?}: {e}"),
+        }
+    }
+}
+
+/// Waits for `child` to exit, at most `STEP`.
+fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let end = Instant::now() + STEP;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < end, "{what} did not exit within {STEP:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn start_host(bin: &Path, dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(bin)
+        .arg("host")
+        .arg(dir.join("share"))
+        .args(["--bind", "127.0.0.1:0"])
+        .args(extra)
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run the host");
+    let rx = lines(&mut child);
+    (child, rx)
+}
+
+fn ticket_of(rx: &mpsc::Receiver<String>) -> String {
+    line_where(rx, "the ticket", |l| {
+        l.trim_start().starts_with("wormhole1-")
+    })
+    .trim()
+    .to_owned()
+}
+
+fn interrupt(child: &mut Child, what: &str) {
+    let pid = child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -INT {pid}");
+    let status = exit_of(child, what);
+    assert!(status.success(), "{what} exits 0 on Ctrl-C: {status:?}");
+}
+
+/// One error line on stderr and exit status 1.
+fn one_error_line(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.contains(" WARN ")).collect();
+    assert_eq!(errors.len(), 1, "one line: {stderr}");
+    errors[0].to_owned()
+}
+
+/// The whole command-line story for the binary `bin`.
+pub(crate) fn host_and_mount(bin: &Path) {
+    let name = bin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?")
+        .to_owned();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "wormhole-cli-{name}-{}-{nanos}",
+        std::process::id()
+    ));
+    for sub in ["share", "mnt", "config"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("scratch directories");
+    }
+    let mut cleanup = Cleanup {
+        children: Vec::new(),
+        dir: dir.clone(),
+    };
+    let mnt = dir.join("mnt");
+
+    // The host prints its ticket and the exact mount command.
+    let (host, host_out) = start_host(bin, &dir, &[]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    let command = line_where(&host_out, "the mount command", |l| l.contains(" mount "));
+    assert!(
+        command.contains(&format!("{name} mount {ticket} ")),
+        "the exact command: {command}"
+    );
+    let parsed = Ticket::parse(&ticket).expect("the printed ticket parses");
+
+    // Mount it, write through it, find the file on the host.
+    let mut mount = Command::new(bin)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run mount");
+    let mount_out = lines(&mut mount);
+    cleanup.children.push(mount);
+    line_where(&mount_out, "\"Mounted at\"", |l| {
+        l.starts_with("Mounted at")
+    });
+    std::fs::write(mnt.join("hello.txt"), b"through the wormhole")
+        .expect("write through the mount");
+    assert_eq!(
+        std::fs::read(dir.join("share/hello.txt")).expect("the file on the host"),
+        b"through the wormhole"
+    );
+    let out = Command::new(bin)
+        .arg("unmount")
+        .arg(&mnt)
+        .output()
+        .expect("run unmount");
+    assert!(out.status.success(), "unmount: {out:?}");
+    let mut mount = cleanup.children.pop().expect("the mount process");
+    let status = exit_of(&mut mount, "mount after unmount");
+    assert!(status.success(), "mount exits 0 after unmount: {status:?}");
+
+    // Tickets people get wrong: one clear line each.
+    let out = Command::new(bin)
+        .args(["mount", "wormhole1-notaticket"])
+        .arg(&mnt)
+        .output()
+        .expect("run mount");
+    let line = one_error_line(&out);
+    assert!(line.starts_with("error: bad ticket: "), "{line}");
+    let wrong = Ticket {
+        secret: TicketSecret([0; 32]),
+        ..parsed.clone()
+    };
+    let out = Command::new(bin)
+        .arg("mount")
+        .arg(wrong.encode())
+        .arg(&mnt)
+        .output()
+        .expect("run mount");
+    let line = one_error_line(&out);
+    assert!(line.contains("refused the ticket's secret"), "{line}");
+
+    // A restart keeps the identity and secret; --new-identity changes them.
+    let mut host = cleanup.children.pop().expect("the host process");
+    interrupt(&mut host, "the host");
+    let (host, host_out) = start_host(bin, &dir, &[]);
+    cleanup.children.push(host);
+    let again = Ticket::parse(&ticket_of(&host_out)).expect("parses");
+    assert_eq!(again.fingerprint, parsed.fingerprint);
+    assert_eq!(again.secret, parsed.secret);
+    let mut host = cleanup.children.pop().expect("the host process");
+    interrupt(&mut host, "the restarted host");
+    let (host, host_out) = start_host(bin, &dir, &["--new-identity"]);
+    cleanup.children.push(host);
+    let fresh = Ticket::parse(&ticket_of(&host_out)).expect("parses");
+    assert_ne!(fresh.fingerprint, parsed.fingerprint);
+    assert_ne!(fresh.secret, parsed.secret);
+    let mut host = cleanup.children.pop().expect("the host process");
+    interrupt(&mut host, "the host with a new identity");
+}
