@@ -5,6 +5,13 @@
 //! Each function panics on a broken property; that is how a fuzzer learns of
 //! a failure.
 
+mod fs;
+
+pub use fs::{
+    ClientFuzz, ClientInput, HostFuzz, HostInput, client_machine, host_machine,
+    proto_client_message, proto_host_message,
+};
+
 use crate::pair_sim::{FuzzWorld, HoldPolicy, LinkParams, SimConfig, World};
 use arbitrary::{Arbitrary, Unstructured};
 use wormhole_core::pair::{KeepaliveFrame, PairConfig, Signal};

@@ -112,3 +112,61 @@ fn fuzz_bodies_accept_valid_input() {
         wormhole_tests::fuzz::pair_machines(data);
     }
 }
+
+#[test]
+fn proto_client_message_corpus() {
+    let n = replay(
+        "proto_client_message",
+        wormhole_tests::fuzz::proto_client_message,
+    );
+    assert!(n >= 10, "the corpus has only {n} files");
+    let valid = corpus("proto_client_message")
+        .iter()
+        .filter(|(_, d)| wormhole_core::proto::ClientMessage::decode(d).is_ok())
+        .count();
+    assert!(valid >= 10, "only {valid} corpus files decode");
+}
+
+#[test]
+fn proto_host_message_corpus() {
+    let n = replay(
+        "proto_host_message",
+        wormhole_tests::fuzz::proto_host_message,
+    );
+    assert!(n >= 10, "the corpus has only {n} files");
+    let valid = corpus("proto_host_message")
+        .iter()
+        .filter(|(_, d)| wormhole_core::proto::HostMessage::decode(d).is_ok())
+        .count();
+    assert!(valid >= 10, "only {valid} corpus files decode");
+}
+
+#[test]
+fn host_machine_corpus() {
+    let n = replay("host_machine", wormhole_tests::fuzz::host_machine);
+    assert!(n >= 10, "the corpus has only {n} files");
+}
+
+#[test]
+fn client_machine_corpus() {
+    let n = replay("client_machine", wormhole_tests::fuzz::client_machine);
+    assert!(n >= 10, "the corpus has only {n} files");
+}
+
+/// The machine bodies run real sessions, not only refusals: a hand-made
+/// host input authenticates and writes; a client input gets answers.
+#[test]
+fn fs_fuzz_bodies_accept_valid_input() {
+    use arbitrary::{Arbitrary, Unstructured};
+    for data in [&[][..], &[1, 2, 3], &[0xff; 300]] {
+        wormhole_tests::fuzz::proto_client_message(data);
+        wormhole_tests::fuzz::proto_host_message(data);
+        wormhole_tests::fuzz::host_machine(data);
+        wormhole_tests::fuzz::client_machine(data);
+    }
+    // Every decodable corpus input of the machines parses into inputs.
+    for (path, data) in corpus("client_machine") {
+        let input = wormhole_tests::fuzz::ClientFuzz::arbitrary_take_rest(Unstructured::new(&data));
+        assert!(input.is_ok(), "{}", path.display());
+    }
+}

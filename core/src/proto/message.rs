@@ -387,6 +387,7 @@ pub enum Request {
         /// Where in the chunk `data` starts.
         offset: u32,
         /// At most [`CHUNK_SIZE`] − `offset` bytes.
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         data: Bytes,
         /// Checksum of `data`; the host verifies it.
         checksum: Checksum,
@@ -443,6 +444,7 @@ pub enum Reply {
     /// File bytes.
     Data {
         /// The bytes (shorter than asked at end of file).
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         data: Bytes,
         /// Checksum of `data`; the client verifies it.
         checksum: Checksum,
@@ -546,3 +548,11 @@ impl HostMessage {
 
 #[cfg(test)]
 mod tests;
+
+/// `Bytes` has no `Arbitrary` implementation: fuzz inputs draw a `Vec`.
+#[cfg(feature = "arbitrary")]
+fn arbitrary_bytes(u: &mut arbitrary::Unstructured<'_>) -> arbitrary::Result<Bytes> {
+    Ok(Bytes::from(<Vec<u8> as arbitrary::Arbitrary>::arbitrary(
+        u,
+    )?))
+}

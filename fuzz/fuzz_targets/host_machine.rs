@@ -1,0 +1,4 @@
+//! Fuzz target `host_machine`: the body is `wormhole_tests::fuzz::host_machine`, which
+//! `cargo test` also runs over the checked-in corpus.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wormhole_tests::fuzz::host_machine(data));

@@ -1,0 +1,4 @@
+//! Fuzz target `proto_host_message`: the body is `wormhole_tests::fuzz::proto_host_message`, which
+//! `cargo test` also runs over the checked-in corpus.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wormhole_tests::fuzz::proto_host_message(data));
