@@ -488,3 +488,30 @@ fn workout(root: &Path, steps: &Steps) {
     fs::remove_dir(&deep).expect("rmdir the deepest");
     expect_errno(fs::metadata(&deep), ENOENT, "removed dir");
 }
+
+/// A mount that cannot be made says where and why, in one line.
+#[test]
+fn a_failed_mount_names_the_mountpoint() {
+    let shell = TokioShell::new().expect("start a tokio runtime");
+    let host = shell.block_on(async {
+        LocalHost::spawn(
+            shell.runtime(),
+            MemFs::new(1 << 20),
+            SECRET,
+            HostConfig::default(),
+            1,
+        )
+    });
+    let missing = std::env::temp_dir().join("wormhole-no-such-mountpoint/deeper");
+    let options = MountOptions::new(SECRET).expect("randomness");
+    let err = shell
+        .block_on(async { Mount::new(shell.runtime(), host.transport(), &missing, options) })
+        .expect_err("no such mountpoint");
+    let text = err.to_string();
+    assert!(
+        matches!(err, wormhole_io::MountError::Fuse { .. })
+            && text.contains(missing.to_str().unwrap_or("?")),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "one line: {text}");
+}
