@@ -52,6 +52,16 @@ fn refusals_on_smol() {
 }
 
 #[test]
+fn read_only_host_on_tokio() {
+    read_only(&TokioShell::new().expect("start a tokio runtime"));
+}
+
+#[test]
+fn read_only_host_on_smol() {
+    read_only(&SmolShell::new().expect("start smol"));
+}
+
+#[test]
 fn bad_frames_reset_one_stream_on_tokio() {
     let shell = TokioShell::new().expect("start a tokio runtime");
     bad_frames(&shell);
@@ -94,10 +104,15 @@ fn scratch(what: &str, runtime: &str) -> PathBuf {
 
 /// Starts a host on 127.0.0.1 (any port) serving `dir/share`.
 fn start_host<S: Shell>(shell: &S, dir: &Path, identity: &Identity) -> Host {
+    start_host_with(shell, dir, identity, false)
+}
+
+fn start_host_with<S: Shell>(shell: &S, dir: &Path, identity: &Identity, read_only: bool) -> Host {
     let socket = shell
         .bind_udp("127.0.0.1:0".parse().expect("addr"))
         .expect("bind the host's UDP socket");
-    let options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);
+    let mut options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);
+    options.config.read_only = read_only;
     shell
         .block_on(async { Host::spawn(shell.runtime(), socket, options) })
         .expect("start the host")
@@ -321,6 +336,61 @@ fn refusals<S: Shell>(shell: S) {
         .block_on(timeout(&*rt, STEP, "the good probe", t.probe(&SECRET)))
         .unwrap_or_else(|e| panic!("{e}"))
         .expect("the right ticket is accepted");
+    shell
+        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A read-only host answers every change with EROFS and still serves
+/// reads.
+fn read_only<S: Shell>(shell: &S) {
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("ro", shell.name());
+    let _cleanup = Guard {
+        mount: None,
+        dir: dir.clone(),
+    };
+    fs::write(dir.join("share/existing"), b"x").expect("a file");
+    let identity = Identity::generate().expect("identity");
+    let host = start_host_with(shell, &dir, &identity, true);
+    let ticket = Ticket {
+        addrs: vec![host.local_addr()],
+        fingerprint: identity.fingerprint(),
+        secret: SECRET,
+    };
+    let t = transport(shell, &ticket);
+    let rt = shell.runtime();
+    shell
+        .block_on(timeout(&*rt, STEP, "the read-only exchange", async {
+            let conn = t.connect_quic().await.expect("connect");
+            let exporter = transport::exporter(&conn).expect("exporter");
+            let hello = Request::Hello {
+                version: u16::from(wormhole_core::codec::PROTOCOL_VERSION),
+                proof: auth::proof(&SECRET, &exporter),
+                resume: None,
+            };
+            let reply = transport::request(&conn, RequestId(1), hello).await;
+            assert!(matches!(reply, Ok(Ok(Reply::HelloAck { .. }))), "{reply:?}");
+            let root = wormhole_core::proto::NodeId::ROOT;
+            let mkdir = Request::Mkdir {
+                parent: root,
+                name: wormhole_core::proto::Name::new(b"new".to_vec()).expect("name"),
+                mode: 0o755,
+            };
+            let reply = transport::request(&conn, RequestId(2), mkdir).await;
+            assert!(
+                matches!(reply, Ok(Err(wormhole_core::proto::Errno::RoFs))),
+                "{reply:?}"
+            );
+            let lookup = Request::Lookup {
+                parent: root,
+                name: wormhole_core::proto::Name::new(b"existing".to_vec()).expect("name"),
+            };
+            let reply = transport::request(&conn, RequestId(3), lookup).await;
+            assert!(matches!(reply, Ok(Ok(Reply::Attr(_)))), "{reply:?}");
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!dir.join("share/new").exists());
     shell
         .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
         .unwrap_or_else(|e| panic!("{e}"));
