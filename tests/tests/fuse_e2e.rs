@@ -159,6 +159,13 @@ fn fuse_mount<S: Shell>(shell: S) {
         }
         assert_eq!(fs::metadata(root.join("old")).expect("stat").len(), 11);
     });
+    let stats = shell
+        .block_on(guard.mount.as_ref().expect("mounted").cache_stats())
+        .expect("the driver runs");
+    assert!(
+        stats.l2_reads > 0 && stats.bad_checksums == 0,
+        "the remount reads chunks from the disk cache: {stats:?}"
+    );
     let changed = b"changed on the host by a local program";
     shell.block_on(
         host.local_change(RelPath::from(vec![Name::new("old").expect("name")]), |fs| {

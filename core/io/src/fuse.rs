@@ -74,6 +74,12 @@ pub(crate) enum KernelRequest {
         /// References dropped.
         n: u64,
     },
+    /// Not from the kernel: [`crate::Mount::cache_stats`] asks for the
+    /// cache's counters (on the same channel, so it needs no lock).
+    Stats {
+        /// Where they go.
+        reply: async_channel::Sender<wormhole_core::cache::CacheStats>,
+    },
 }
 
 /// The kernel's errno for a core errno (the same Linux numbers).

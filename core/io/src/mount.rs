@@ -146,6 +146,9 @@ pub enum MountError {
 /// [`Mount::unmount`], which reports errors.
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
+    /// Weak: the driver stops when fuser's session (the only strong
+    /// sender) ends.
+    requests: async_channel::WeakSender<KernelRequest>,
     mountpoint: PathBuf,
     events: async_channel::Receiver<ClientEvent>,
     done: async_channel::Receiver<()>,
@@ -191,6 +194,7 @@ impl Mount {
                 fuser::MountOption::RW
             },
         ];
+        let requests = req_tx.downgrade();
         let session = fuser::Session::new(WormholeFs::new(req_tx), mountpoint, &config).map_err(
             |source| MountError::Fuse {
                 mountpoint: mountpoint.to_owned(),
@@ -215,6 +219,7 @@ impl Mount {
         info!(mountpoint = %mountpoint.display(), "mounted");
         Ok(Mount {
             session: Some(session),
+            requests,
             mountpoint: mountpoint.to_owned(),
             events,
             done,
@@ -239,6 +244,17 @@ impl Mount {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
         }
+    }
+
+    /// The client cache's counters (`None` once the driver has stopped).
+    pub async fn cache_stats(&self) -> Option<wormhole_core::cache::CacheStats> {
+        let (reply, stats) = async_channel::bounded(1);
+        self.requests
+            .upgrade()?
+            .send(KernelRequest::Stats { reply })
+            .await
+            .ok()?;
+        stats.recv().await.ok()
     }
 
     /// Resolves once the driver has stopped (after an unmount).
@@ -585,6 +601,9 @@ impl MountDriver {
                 self.core.op(now, req, op);
             }
             KernelRequest::Forget { ino, n } => self.core.forget(ino, n),
+            KernelRequest::Stats { reply } => {
+                let _ = reply.try_send(self.core.cache().stats());
+            }
         }
     }
 
