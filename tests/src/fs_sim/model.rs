@@ -1062,7 +1062,7 @@ impl Sim {
                 crate::fs_sim::workload::hash(data),
                 h.min_index,
                 history.len()
-            ) + &format!("; it is (file, commit) {elsewhere:?}")));
+            ) + &format!("; it is (file, commit) {elsewhere:?}; first difference from the last commit at {:?}", history.last().and_then(|l| l.iter().zip(data.iter()).position(|(a, b)| a != b).map(|i| (i, l.len())))) ));
         }
         Ok(())
     }
