@@ -64,12 +64,16 @@ pub struct UnmountArgs {
     pub mountpoint: PathBuf,
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() -> Result<()> {
+/// Catches Ctrl-C and SIGTERM from now on (before anything is printed
+/// that could prompt one), so they stop us cleanly.
+fn catch_interrupts() -> Result<async_signal::Signals> {
     use async_signal::{Signal, Signals};
-    let mut signals = Signals::new([Signal::Int, Signal::Term]).context("cannot handle Ctrl-C")?;
+    Signals::new([Signal::Int, Signal::Term]).context("cannot handle Ctrl-C")
+}
+
+/// Resolves on the next Ctrl-C or SIGTERM.
+async fn interrupted(signals: &mut async_signal::Signals) {
     let _ = signals.next().await;
-    Ok(())
 }
 
 /// The addresses to put in the ticket for an endpoint bound at `bound`.
@@ -131,6 +135,7 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             state.secret.clone(),
         );
         options.config.read_only = args.read_only;
+        let mut signals = catch_interrupts()?;
         let host = Host::spawn(shell.runtime(), socket, options)?;
         let ticket = Ticket {
             addrs: ticket_addrs(host.local_addr()),
@@ -145,7 +150,7 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             host.local_addr(),
         )?;
         out.flush()?;
-        interrupted().await?;
+        interrupted(&mut signals).await;
         let rt = shell.runtime();
         let _ = timeout(&*rt, STOP_LIMIT, "the host to stop", host.stop()).await;
         Ok(())
@@ -179,6 +184,7 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             options.client.cache.l2_max_bytes = size;
         }
         options.read_only = args.read_only;
+        let mut signals = catch_interrupts()?;
         let mount = Mount::new(rt.clone(), transport, &args.mountpoint, options)?;
         writeln!(
             out,
@@ -190,15 +196,15 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
         let stopped = mount.stopped();
         let by_signal = futures_lite::future::or(
             async {
-                interrupted().await?;
-                Ok::<bool, anyhow::Error>(true)
+                interrupted(&mut signals).await;
+                true
             },
             async {
                 stopped.await;
-                Ok(false)
+                false
             },
         )
-        .await?;
+        .await;
         if by_signal {
             let stopped = mount.stopped();
             mount.unmount().map_err(|e| {
@@ -208,6 +214,11 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                 )
             })?;
             let _ = timeout(&*rt, STOP_LIMIT, "the mount to stop", stopped).await;
+        } else {
+            // Unmounted from outside (`unmount`): the kernel side is gone
+            // already, so unmounting again only fails; this joins fuser's
+            // thread without the drop's fallback `umount -l`.
+            let _ = mount.unmount();
         }
         Ok(())
     })

@@ -147,6 +147,35 @@ pub(crate) fn host_and_mount(bin: &Path) {
     };
     let mnt = dir.join("mnt");
 
+    // Each command explains itself.
+    for (cmd, words) in [
+        (
+            "host",
+            &["ticket", "--new-identity", "--read-only", "--bind"][..],
+        ),
+        (
+            "mount",
+            &[
+                "TICKET",
+                "MOUNTPOINT",
+                "--cache-dir",
+                "--cache-size",
+                "unmount",
+            ][..],
+        ),
+        ("unmount", &["MOUNTPOINT"][..]),
+    ] {
+        let out = Command::new(bin)
+            .args([cmd, "--help"])
+            .output()
+            .expect("run --help");
+        assert!(out.status.success(), "{cmd} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for w in words {
+            assert!(help.contains(w), "{cmd} --help mentions {w}:\n{help}");
+        }
+    }
+
     // The host prints its ticket and the exact mount command.
     let (host, host_out) = start_host(bin, &dir, &[]);
     cleanup.children.push(host);
@@ -187,6 +216,33 @@ pub(crate) fn host_and_mount(bin: &Path) {
     let mut mount = cleanup.children.pop().expect("the mount process");
     let status = exit_of(&mut mount, "mount after unmount");
     assert!(status.success(), "mount exits 0 after unmount: {status:?}");
+
+    // Ctrl-C unmounts as well.
+    let mut mount = Command::new(bin)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run mount");
+    let mount_out = lines(&mut mount);
+    cleanup.children.push(mount);
+    line_where(&mount_out, "\"Mounted at\"", |l| {
+        l.starts_with("Mounted at")
+    });
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).expect("read through the second mount"),
+        b"through the wormhole"
+    );
+    let mut mount = cleanup.children.pop().expect("the mount process");
+    interrupt(&mut mount, "mount on Ctrl-C");
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    let at = mnt.to_string_lossy().into_owned();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&at)),
+        "Ctrl-C unmounted {at}:\n{mounts}"
+    );
 
     // Tickets people get wrong: one clear line each.
     let out = Command::new(bin)
