@@ -52,6 +52,16 @@ fn refusals_on_smol() {
 }
 
 #[test]
+fn host_restart_on_tokio() {
+    host_restart(TokioShell::new().expect("start a tokio runtime"));
+}
+
+#[test]
+fn host_restart_on_smol() {
+    host_restart(SmolShell::new().expect("start smol"));
+}
+
+#[test]
 fn read_only_host_on_tokio() {
     read_only(&TokioShell::new().expect("start a tokio runtime"));
 }
@@ -336,6 +346,94 @@ fn refusals<S: Shell>(shell: S) {
         .block_on(timeout(&*rt, STEP, "the good probe", t.probe(&SECRET)))
         .unwrap_or_else(|e| panic!("{e}"))
         .expect("the right ticket is accepted");
+    shell
+        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The host stops and starts again on the same address with the same
+/// identity (as `wormhole host` after a restart): the mount reconnects by
+/// itself and what was written before is there.
+fn host_restart<S: Shell>(shell: S) {
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("restart", shell.name());
+    let identity = Identity::generate().expect("identity");
+    let host = start_host(&shell, &dir, &identity);
+    let addr = host.local_addr();
+    let ticket = Ticket {
+        addrs: vec![addr],
+        fingerprint: identity.fingerprint(),
+        secret: SECRET,
+    };
+    let rt = shell.runtime();
+    let options = MountOptions::new(SECRET).expect("randomness");
+    let mountpoint = dir.join("mnt");
+    let t = transport(&shell, &ticket);
+    let mount = shell
+        .block_on(async { Mount::new(shell.runtime(), t, &mountpoint, options) })
+        .unwrap_or_else(|e| panic!("FUSE mount failed (needs root and /dev/fuse): {e}"));
+    let mut guard = Guard {
+        mount: Some(mount),
+        dir: dir.clone(),
+    };
+    let events = guard.mount.as_ref().expect("mounted").events().clone();
+    let next_event = |what: &str| {
+        shell
+            .block_on(timeout(&*rt, STEP, what.to_owned(), events.recv()))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the mount driver is running")
+    };
+    assert_eq!(
+        next_event("the first connect"),
+        ClientEvent::Connected { resumed: false }
+    );
+    run_bounded(&dir, |dir, _| {
+        fs::write(dir.join("mnt/before"), b"written before the restart").expect("write");
+    });
+
+    shell
+        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The old endpoint's socket closes as its runtime task ends, just
+    // after the stop; a new process would not wait at all.
+    let end = std::time::Instant::now() + STEP;
+    let socket = loop {
+        match shell.bind_udp(addr) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < end => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot bind {addr} again within {STEP:?}: {e}"),
+        }
+    };
+    let options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);
+    let host = shell
+        .block_on(async { Host::spawn(shell.runtime(), socket, options) })
+        .expect("restart the host");
+    loop {
+        match next_event("the mount to reconnect") {
+            ClientEvent::Connected { .. } => break,
+            _ => continue,
+        }
+    }
+    run_bounded(&dir, |dir, _| {
+        assert_eq!(
+            fs::read(dir.join("mnt/before")).expect("read after the restart"),
+            b"written before the restart"
+        );
+        fs::write(dir.join("mnt/after"), b"and after").expect("write after the restart");
+        assert_eq!(
+            fs::read(dir.join("share/after")).expect("on disk"),
+            b"and after"
+        );
+    });
+    let mount = guard.mount.take().expect("mounted");
+    let stopped = mount.stopped();
+    mount.unmount().expect("unmount cleanly");
+    shell
+        .block_on(timeout(&*rt, STEP, "the mount driver to stop", stopped))
+        .unwrap_or_else(|e| panic!("{e}"));
     shell
         .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
         .unwrap_or_else(|e| panic!("{e}"));

@@ -211,8 +211,20 @@ impl Host {
             server.stop(now);
             driver.outputs(&mut server);
             endpoint.close(CLOSE_OK, b"host stopped");
-            // Workers finish what is queued on their own threads.
-            drop(driver.pool.take());
+            let runtime = driver.runtime.clone();
+            // Workers finish what is queued on their own threads; the
+            // connections' helper tasks end with their channels.
+            drop(driver);
+            // Let the close reach clients, so they reconnect at once
+            // instead of waiting for an idle timeout.
+            let _ = crate::runtime::timeout(
+                &*runtime,
+                CLOSE_FLUSH,
+                "connections to drain",
+                endpoint.wait_idle(),
+            )
+            .await;
+            drop(endpoint);
             info!("host stopped");
             drop(done_tx);
         }));
