@@ -197,3 +197,47 @@ fn a_close_during_a_commit_waits_for_it() {
     assert_eq!(w.wait(0, release), Ok(Answer::Done));
     assert_eq!(w.disk.read_file(&path("a")), Some(&b"NEW a"[..]));
 }
+
+/// A file its writer committed and another client then replaced by a
+/// rename: reads through the writer's handle went through its host handle,
+/// which still held the pre-commit file, and returned bytes the file never
+/// held (zeros).
+#[test]
+fn a_replaced_file_reads_its_own_commit_or_fails() {
+    let mut w = world(&[("b", b"bbbb")], 2);
+    let fh = match w.call(
+        0,
+        Op::Create {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o644,
+        },
+    ) {
+        Ok(Answer::Created { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    write(&mut w, 0, fh, b"mine");
+    assert_eq!(w.call(0, Op::Fsync { fh }), Ok(Answer::Done));
+    // The transaction's lock goes after the commit.
+    w.run_for(Duration::from_secs(1));
+    let rename = Op::Rename {
+        parent: Ino::ROOT,
+        name: name("b"),
+        new_parent: Ino::ROOT,
+        new_name: name("d"),
+    };
+    assert_eq!(w.call(1, rename), Ok(Answer::Done));
+    w.run_for(Duration::from_secs(2));
+    let read = w.call(
+        0,
+        Op::Read {
+            fh,
+            offset: 0,
+            size: 100,
+        },
+    );
+    assert!(
+        read.is_err() || matches!(&read, Ok(Answer::Data(d)) if &d[..] == b"mine"),
+        "{read:?}"
+    );
+}

@@ -552,10 +552,24 @@ impl ClientCore {
                     {
                         v.set_key(ino, attr.key);
                     }
+                    // The host's handles still hold the replaced file (a
+                    // commit renames a new one over it): reading through
+                    // them would show pre-commit bytes once the file has
+                    // no name. Close them; reads go by node, and fail with
+                    // ESTALE rather than return old bytes if it is gone.
+                    let mut stale = Vec::new();
                     for h in self.handles.values_mut() {
                         if h.node == node {
                             h.attr = attr.clone();
+                            stale.extend(h.host.take());
                         }
+                    }
+                    for handle in stale {
+                        self.send(
+                            now,
+                            Purpose::Forget,
+                            crate::proto::Request::Close { handle },
+                        );
                     }
                     self.files.insert(attr.key, node);
                     let _ = self.cache.fill(
@@ -585,10 +599,20 @@ impl ClientCore {
             // Nobody asked yet: the next flush, fsync or close reports it.
             self.write_errors.insert(node, e);
         }
+        // An earlier transaction of the file failed with nobody to tell, and
+        // this one started before a flush asked: this flush reports that
+        // failure (its writes are lost), not the later success.
+        let earlier = if flushed && result.is_ok() {
+            self.write_errors.remove(&node)
+        } else {
+            None
+        };
         let ttl = self.kernel_ttl(Kind::Attr);
         for w in waiting {
             match (w, &result) {
-                (AfterCommit::Reply(req), Ok(_)) => self.reply(req, Ok(Answer::Done)),
+                (AfterCommit::Reply(req), Ok(_)) => {
+                    self.reply(req, earlier.map_or(Ok(Answer::Done), Err))
+                }
                 (AfterCommit::Reply(req), Err(e)) => self.reply(req, Err(*e)),
                 (AfterCommit::SetAttr { req, ino, rest }, Ok(attr)) => {
                     if rest == crate::proto::SetAttr::default() {

@@ -102,6 +102,8 @@ struct HandleModel {
     min_index: usize,
     /// Writes acknowledged and not yet covered by a flush.
     writes: Vec<WriteRec>,
+    /// Order of sending of the open (or create) that made it.
+    opened: u64,
 }
 
 /// What the kernel of one mount holds.
@@ -171,6 +173,8 @@ enum Ctx {
 struct Pending {
     op: Op,
     ctx: Ctx,
+    /// Order of sending.
+    seq: u64,
 }
 
 /// File identities and their committed contents, rebuilt from the disk's
@@ -512,10 +516,22 @@ impl Sim {
             Op::Flush { fh } | Op::Fsync { fh } | Op::Release { fh } => {
                 match k.handles.get(fh).map(|h| h.ino) {
                     Some(ino) => {
+                        // A close vouches for what was written through its
+                        // handle, and through the file's other handles since
+                        // it was opened (like errseq: an older failure is
+                        // reported to the handles that saw it happen).
+                        let opened = k.handles.get(fh).map_or(0, |h| h.opened);
                         let mut writes = Vec::new();
                         let mut file = None;
-                        for h in k.handles.values_mut().filter(|h| h.ino == ino) {
-                            writes.append(&mut h.writes);
+                        for (f, h) in k.handles.iter_mut().filter(|(_, h)| h.ino == ino) {
+                            if f == fh {
+                                writes.append(&mut h.writes);
+                            } else {
+                                let (late, early) =
+                                    h.writes.drain(..).partition(|w| w.seq > opened);
+                                h.writes = early;
+                                writes.extend::<Vec<WriteRec>>(late);
+                            }
                             file = file.or(h.file);
                         }
                         writes.sort_by_key(|w| w.seq);
@@ -556,7 +572,11 @@ impl Sim {
         self.stats.ops += 1;
         self.note(|| format!("c{c} → {}", op_summary(&op)));
         let req = self.w.op(c, op.clone());
-        if self.pending.insert((c, req), Pending { op, ctx }).is_some() {
+        if self
+            .pending
+            .insert((c, req), Pending { op, ctx, seq })
+            .is_some()
+        {
             return Err(self.violation(format!("request {req:?} of client {c} issued twice")));
         }
         self.check()?;
@@ -877,13 +897,13 @@ impl Sim {
                 let min_index = file
                     .and_then(|f| self.files.acked.get(&f).copied())
                     .unwrap_or(0);
-                self.new_handle(c, fh, ino, file, min_index)?;
+                self.new_handle(c, fh, ino, file, min_index, p.seq)?;
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
                 let Op::Open { ino } = p.op else {
                     unreachable!("shape checked")
                 };
-                self.new_handle(c, fh, ino, file, min_index)?;
+                self.new_handle(c, fh, ino, file, min_index, p.seq)?;
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
                 if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
@@ -946,6 +966,7 @@ impl Sim {
         ino: Ino,
         file: Option<usize>,
         min_index: usize,
+        opened: u64,
     ) -> Result<(), Violation> {
         let k = &mut self.kernels[c];
         if k.handles.contains_key(&fh) {
@@ -959,6 +980,7 @@ impl Sim {
                 file,
                 min_index,
                 writes: Vec::new(),
+                opened,
             },
         );
         Ok(())
