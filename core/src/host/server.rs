@@ -1447,17 +1447,17 @@ fn visible(name: &Name) -> Result<&Name, Errno> {
     }
 }
 
-/// The protocol attributes of a node: the version changes whenever content
-/// or metadata may have (size, mtime or ctime moved).
+/// The protocol attributes of a node. The version names the *content*:
+/// it changes when the identity, size or mtime do (every write moves
+/// mtime; a commit makes a new file), not on chmod, rename or unlink, so
+/// those keep cached chunks and the kernel's page cache.
 fn to_attr(node: NodeId, a: &FsAttr) -> Attr {
     let mut h = blake3::Hasher::new();
     h.update(&a.key.dev.to_le_bytes());
     h.update(&a.key.ino.to_le_bytes());
     h.update(&a.size.to_le_bytes());
-    for t in [a.mtime, a.ctime] {
-        h.update(&t.secs.to_le_bytes());
-        h.update(&t.nanos.to_le_bytes());
-    }
+    h.update(&a.mtime.secs.to_le_bytes());
+    h.update(&a.mtime.nanos.to_le_bytes());
     let mut v = [0u8; 8];
     v.copy_from_slice(&h.finalize().as_bytes()[..8]);
     Attr {

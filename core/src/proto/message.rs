@@ -83,9 +83,9 @@ pub struct Attr {
     pub mtime: Timestamp,
     /// Last metadata change.
     pub ctime: Timestamp,
-    /// Changes whenever content or metadata change (the host derives it
-    /// from ctime, mtime and size): equal versions mean cached data is
-    /// still good.
+    /// Names the content: changes whenever the file's identity, size or
+    /// mtime do (not on chmod or rename). Equal versions mean cached data
+    /// is still good.
     pub version: u64,
 }
 
