@@ -28,8 +28,7 @@ const SHARDS: u64 = 4;
 /// and `known_failures` keeps them honest: it fails once one passes, so
 /// the list only shrinks.
 const KNOWN_FAILING: &[u64] = &[
-    126, 199, 364, 420, 432, 480, 638, 780, 846, 917, 923, 1259, 1307, 1349, 1433, 1487, 1538,
-    1553, 1719, 1808, 1816, 1852, 1880,
+    364, 420, 432, 480, 638, 846, 923, 1433, 1487, 1538, 1719, 1880,
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

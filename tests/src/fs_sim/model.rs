@@ -102,7 +102,7 @@ struct HandleModel {
     min_index: usize,
     /// Writes acknowledged and not yet covered by a flush.
     writes: Vec<WriteRec>,
-    /// Order of sending of the open (or create) that made it.
+    /// The last request sent before it existed (its open was answered).
     opened: u64,
 }
 
@@ -173,8 +173,6 @@ enum Ctx {
 struct Pending {
     op: Op,
     ctx: Ctx,
-    /// Order of sending.
-    seq: u64,
 }
 
 /// File identities and their committed contents, rebuilt from the disk's
@@ -572,11 +570,7 @@ impl Sim {
         self.stats.ops += 1;
         self.note(|| format!("c{c} → {}", op_summary(&op)));
         let req = self.w.op(c, op.clone());
-        if self
-            .pending
-            .insert((c, req), Pending { op, ctx, seq })
-            .is_some()
-        {
+        if self.pending.insert((c, req), Pending { op, ctx }).is_some() {
             return Err(self.violation(format!("request {req:?} of client {c} issued twice")));
         }
         self.check()?;
@@ -897,13 +891,13 @@ impl Sim {
                 let min_index = file
                     .and_then(|f| self.files.acked.get(&f).copied())
                     .unwrap_or(0);
-                self.new_handle(c, fh, ino, file, min_index, p.seq)?;
+                self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
                 let Op::Open { ino } = p.op else {
                     unreachable!("shape checked")
                 };
-                self.new_handle(c, fh, ino, file, min_index, p.seq)?;
+                self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
                 if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
