@@ -27,9 +27,7 @@ const SHARDS: u64 = 4;
 /// They are skipped by the shards so that CI catches every *new* failure,
 /// and `known_failures` keeps them honest: it fails once one passes, so
 /// the list only shrinks.
-const KNOWN_FAILING: &[u64] = &[
-    364, 420, 432, 480, 638, 846, 923, 1433, 1487, 1538, 1719, 1880,
-];
+const KNOWN_FAILING: &[u64] = &[432, 480, 1433, 1487, 1719, 1880];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

@@ -551,9 +551,18 @@ impl Sim {
             }
             Op::SetAttr {
                 ino,
-                set: SetAttr { size: Some(_), .. },
+                set: SetAttr {
+                    size: Some(size), ..
+                },
             } => {
                 k.dirty.entry(*ino).or_default().0 = seq;
+                // It may join the transaction a flush is committing: what
+                // lies beyond `size` need not survive.
+                let cut = usize::try_from(*size).unwrap_or(usize::MAX);
+                k.issued
+                    .entry(*ino)
+                    .or_default()
+                    .push((seq, cut, usize::MAX));
                 // A size change may cut what was written before it: those
                 // writes are no longer checked byte for byte.
                 for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
