@@ -16,18 +16,16 @@ const DEFAULT_SEEDS: u64 = 2_000;
 const SHARDS: u64 = 4;
 
 /// Seeds (of the first 2,000) that still find bugs in the core, not yet
-/// fixed (see `known_failures`). Mostly one class, on the client: "flush
-/// acknowledged, but a write … is in no commit of that file", a flush
-/// answering Done for writes that never reached the disk, after faults
-/// (host restart, partition past the lock ttl) and a file replaced under
-/// its name while open; and one (432) "read … gave … bytes that are not
-/// commit ≥ #n" of a close-to-open read. Replay one with the command the
-/// failure prints.
+/// fixed (see `known_failures`): 1487, "flush acknowledged, but a write …
+/// is in no commit of that file" (a flush answering Done for a write that
+/// never reached the disk), and 432, "read … gave … bytes that are not
+/// commit ≥ #n" (a close-to-open read returning bytes no commit held).
+/// Replay one with the command the failure prints.
 ///
 /// They are skipped by the shards so that CI catches every *new* failure,
 /// and `known_failures` keeps them honest: it fails once one passes, so
 /// the list only shrinks.
-const KNOWN_FAILING: &[u64] = &[432, 480, 1433, 1487, 1719, 1880];
+const KNOWN_FAILING: &[u64] = &[432, 1487];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

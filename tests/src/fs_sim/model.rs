@@ -122,7 +122,9 @@ struct Kernel {
     /// Answers taken from the world (to compare with its reply count).
     answered: u64,
     /// Every write sent, per inode: (sequence, start, end).
-    issued: BTreeMap<Ino, Vec<(u64, usize, usize)>>,
+    /// Keyed by file, not inode: two inodes (one orphaned) may stand for
+    /// one file, and their writes share its transaction.
+    issued: BTreeMap<Option<usize>, Vec<(u64, usize, usize)>>,
 }
 
 impl Kernel {
@@ -499,7 +501,7 @@ impl Sim {
                 if let Some(h) = k.handles.get(fh) {
                     k.dirty.entry(h.ino).or_default().0 = seq;
                     let (s, e) = (*offset as usize, *offset as usize + data.len());
-                    k.issued.entry(h.ino).or_default().push((seq, s, e));
+                    k.issued.entry(h.file).or_default().push((seq, s, e));
                 }
                 Ctx::Write {
                     fh: *fh,
@@ -559,8 +561,9 @@ impl Sim {
                 // It may join the transaction a flush is committing: what
                 // lies beyond `size` need not survive.
                 let cut = usize::try_from(*size).unwrap_or(usize::MAX);
+                let file = k.identity.get(ino).copied();
                 k.issued
-                    .entry(*ino)
+                    .entry(file)
                     .or_default()
                     .push((seq, cut, usize::MAX));
                 // A size change may cut what was written before it: those
@@ -935,7 +938,7 @@ impl Sim {
                         h.writes.clear();
                     }
                 } else if !writes.is_empty() {
-                    self.check_durable(c, ino, file, &writes)?;
+                    self.check_durable(c, file, &writes)?;
                 }
             }
             (Ctx::Truncate { ino, seq }, _) => {
@@ -994,28 +997,28 @@ impl Sim {
     fn check_durable(
         &mut self,
         c: usize,
-        ino: Ino,
         file: Option<usize>,
         writes: &[WriteRec],
     ) -> Result<(), Violation> {
         self.stats.acks_checked += 1;
         let mut need = 0;
-        // A later write overwrites an earlier one (one of this group, or
-        // one sent since, which may have joined the same transaction):
-        // only what survives of each must be in a commit.
-        let last = writes.iter().map(|w| w.seq).max().unwrap_or(0);
-        let mut later: Vec<(usize, usize)> = self.kernels[c]
+        // A later write (or truncate) sent to the file overwrites an
+        // earlier one, whichever handle and flush it went through, and may
+        // have joined the same transaction: only what survives of each
+        // write must be in a commit.
+        let issued = self.kernels[c]
             .issued
-            .get(&ino)
-            .into_iter()
-            .flatten()
-            .filter(|&&(seq, _, _)| seq > last)
-            .map(|&(_, s, e)| (s, e))
-            .collect();
+            .get(&file)
+            .cloned()
+            .unwrap_or_default();
         for w in writes.iter().rev() {
             let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());
+            let later: Vec<(usize, usize)> = issued
+                .iter()
+                .filter(|&&(seq, _, _)| seq > w.seq)
+                .map(|&(_, s, e)| (s, e))
+                .collect();
             let parts = uncovered(start, end, &later);
-            later.push((start, end));
             if parts.is_empty() {
                 continue;
             }
