@@ -219,6 +219,11 @@ impl ClientCore {
                     return Err(e);
                 }
                 let node = self.handle(*fh)?.node;
+                if node == super::UNBOUND {
+                    // Cut off from its file by a host restart: nothing it
+                    // wrote can be made durable, so say so.
+                    return Err(Errno::Stale);
+                }
                 self.commit_then(now, node, AfterCommit::Reply(req))?;
             }
             Op::Release { fh } => {
@@ -245,6 +250,9 @@ impl ClientCore {
                     }
                     self.drain_write(now, h.node);
                     return Err(e);
+                }
+                if h.node == super::UNBOUND {
+                    return Err(Errno::Stale);
                 }
                 self.commit_then(now, h.node, AfterCommit::Reply(req))?;
             }

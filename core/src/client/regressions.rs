@@ -241,3 +241,22 @@ fn a_replaced_file_reads_its_own_commit_or_fails() {
         "{read:?}"
     );
 }
+
+/// A handle cut off from its file by a host restart (the file was
+/// rewritten meanwhile, so it cannot be re-bound) answered Done to flush
+/// and close while another handle's writes to the file stayed buffered; it
+/// now reports ESTALE.
+#[test]
+fn a_cut_off_handle_flushes_with_estale() {
+    let mut w = world(&[("a", b"old a")], 2);
+    let (_, fh) = open(&mut w, 0, "a");
+    let (_, other) = open(&mut w, 1, "a");
+    write(&mut w, 1, other, b"new");
+    assert_eq!(w.call(1, Op::Release { fh: other }), Ok(Answer::Done));
+    w.crash_host();
+    w.restart_host();
+    w.run_for(Duration::from_secs(40));
+    assert!(w.clients[0].core.is_ready());
+    assert_eq!(w.call(0, Op::Flush { fh }), Err(Errno::Stale));
+    assert_eq!(w.call(0, Op::Release { fh }), Err(Errno::Stale));
+}
