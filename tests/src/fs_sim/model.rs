@@ -142,6 +142,11 @@ impl Kernel {
 #[derive(Clone, Debug)]
 enum Ctx {
     Plain,
+    /// Create (and open): the acknowledged closes when it was sent, since
+    /// which file it opens is known only from its answer.
+    Create {
+        acked: BTreeMap<usize, usize>,
+    },
     /// Open: the file the kernel meant, and the commit a read must reach.
     Open {
         file: Option<usize>,
@@ -577,6 +582,9 @@ impl Sim {
                 let checkable = k.handles.get(fh).is_some_and(|h| k.clean(h.ino));
                 Ctx::Read { fh: *fh, checkable }
             }
+            Op::Create { .. } => Ctx::Create {
+                acked: self.files.acked.clone(),
+            },
             _ => Ctx::Plain,
         };
         self.stats.ops += 1;
@@ -897,12 +905,10 @@ impl Sim {
                     self.hand_out(c, i.ino, i.attr.key, i.attr.kind, false)?;
                 }
             }
-            (Ctx::Plain, Ok(Answer::Created { ino, attr, fh, .. })) => {
+            (Ctx::Create { acked }, Ok(Answer::Created { ino, attr, fh, .. })) => {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
                 let file = self.files.by_key.get(&attr.key).copied();
-                let min_index = file
-                    .and_then(|f| self.files.acked.get(&f).copied())
-                    .unwrap_or(0);
+                let min_index = file.and_then(|f| acked.get(&f).copied()).unwrap_or(0);
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
