@@ -28,6 +28,8 @@ use wormhole_tokio::TokioShell;
 const STEP: Duration = Duration::from_secs(20);
 /// The limit on the whole file-system workout.
 const SUITE: Duration = Duration::from_secs(300);
+/// The limit on binding a stopped host's address again.
+const REBIND: Duration = Duration::from_secs(60);
 const CHUNK: usize = 128 * 1024;
 const SECRET: TicketSecret = TicketSecret([0x5a; 32]);
 
@@ -308,6 +310,41 @@ fn refusals<S: Shell>(shell: S) {
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
     assert!(err.to_string().contains("EACCES"), "{err}");
 
+    // Mounted anyway (no probe): the host's EACCES makes the client give
+    // up (ClientEvent::Disconnected, no retry loop) and file operations
+    // fail at once (the core answers ENOTCONN once it has given up)
+    // rather than hang.
+    let t = transport(&shell, &wrong_secret);
+    let options = MountOptions::new(wrong_secret.secret.clone()).expect("randomness");
+    let mountpoint = dir.join("mnt");
+    let mount = shell
+        .block_on(async { Mount::new(shell.runtime(), t, &mountpoint, options) })
+        .unwrap_or_else(|e| panic!("FUSE mount failed (needs root and /dev/fuse): {e}"));
+    let event = shell
+        .block_on(timeout(
+            &*rt,
+            STEP,
+            "the refused mount's event",
+            mount.events().recv(),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the mount driver is running");
+    assert_eq!(event, ClientEvent::Disconnected, "auth refused: given up");
+    let guard = Guard {
+        mount: Some(mount),
+        dir: dir.clone(),
+    };
+    run_bounded(&dir, |dir, _| {
+        let err = fs::metadata(dir.join("mnt/anything")).expect_err("refused");
+        assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
+    });
+    let mount = { guard }.mount.take().expect("mounted");
+    let stopped = mount.stopped();
+    mount.unmount().expect("unmount cleanly");
+    shell
+        .block_on(timeout(&*rt, STEP, "the refused mount to stop", stopped))
+        .unwrap_or_else(|e| panic!("{e}"));
+
     // A wrong certificate fingerprint: the handshake itself fails.
     let other = Identity::generate().expect("identity");
     let wrong_cert = Ticket {
@@ -396,15 +433,19 @@ fn host_restart<S: Shell>(shell: S) {
         .unwrap_or_else(|e| panic!("{e}"));
     // The old endpoint's socket closes as its runtime task ends, just
     // after the stop; a new process would not wait at all.
-    let end = std::time::Instant::now() + STEP;
+    let started = std::time::Instant::now();
+    let end = started + REBIND;
     let socket = loop {
         match shell.bind_udp(addr) {
-            Ok(s) => break s,
+            Ok(s) => {
+                eprintln!("rebound {addr} after {:?}", started.elapsed());
+                break s;
+            }
             Err(e) if std::time::Instant::now() < end => {
                 let _ = e;
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => panic!("cannot bind {addr} again within {STEP:?}: {e}"),
+            Err(e) => panic!("cannot bind {addr} again within {REBIND:?}: {e}"),
         }
     };
     let options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);

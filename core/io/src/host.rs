@@ -31,7 +31,7 @@ use tracing::{debug, info, trace, warn};
 use wormhole_core::codec::frame;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::{
-    ConnId, FsOp, FsResult, HostConfig, HostEvent, HostOutput, HostServer, OpId, RelPath,
+    ConnId, FsOp, FsResult, HostConfig, HostEvent, HostOutput, HostServer, HostState, OpId, RelPath,
 };
 use wormhole_core::proto::{ClientMessage, HostMessage, RequestId};
 use wormhole_core::{Instant, Rng};
@@ -51,6 +51,8 @@ const PUSH_QUEUE: usize = 4096;
 /// How long a closing connection gets to deliver the replies already
 /// written (e.g. the EACCES of a refused Hello).
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Connections held while the first scan runs, at most.
+const EARLY_CONNS: usize = 64;
 
 /// How to host.
 #[derive(Debug)]
@@ -147,10 +149,14 @@ impl Host {
         let (events_tx, events) = async_channel::bounded(256);
         let (tx, rx) = async_channel::unbounded::<Event>();
 
-        // Accept connections.
+        // Accept connections. `accepting` closes when the task ends, so
+        // a stop can wait until it no longer holds the endpoint (whose
+        // socket is released only when every handle is gone).
+        let (accept_done, accepting) = async_channel::bounded::<()>(1);
         {
             let (endpoint, tx, runtime2) = (endpoint.clone(), tx.clone(), runtime.clone());
             runtime.spawn(Box::pin(async move {
+                let _done = accept_done;
                 while let Some(incoming) = endpoint.accept().await {
                     let tx = tx.clone();
                     runtime2.spawn(Box::pin(async move {
@@ -197,6 +203,7 @@ impl Host {
             pool: Some(pool),
             backlog: VecDeque::new(),
             conns: BTreeMap::new(),
+            early: Vec::new(),
             pending: BTreeMap::new(),
             next_conn: 1,
             timer: None,
@@ -212,6 +219,10 @@ impl Host {
             driver.outputs(&mut server);
             endpoint.close(CLOSE_OK, b"host stopped");
             let runtime = driver.runtime.clone();
+            let _ = crate::runtime::timeout(&*runtime, CLOSE_FLUSH, "the accept task", async {
+                let _ = accepting.recv().await;
+            })
+            .await;
             // Workers finish what is queued on their own threads; the
             // connections' helper tasks end with their channels.
             drop(driver);
@@ -293,6 +304,8 @@ struct Driver {
     /// Operations the pool had no room for yet, in order.
     backlog: VecDeque<(OpId, FsOp)>,
     conns: BTreeMap<ConnId, ConnState>,
+    /// Connections that arrived while the first scan ran.
+    early: Vec<quinn::Connection>,
     /// Request streams waiting for their reply.
     pending: BTreeMap<(ConnId, RequestId), ReplySlot>,
     next_conn: u64,
@@ -331,6 +344,13 @@ impl Driver {
                 }
             }
             self.outputs(server);
+            if !self.early.is_empty() && server.state() != HostState::Scanning {
+                busy = true;
+                for conn in std::mem::take(&mut self.early) {
+                    self.opened(conn, server);
+                }
+                self.outputs(server);
+            }
             busy |= self.submit_backlog();
             busy |= self.poll_timer(cx, server);
             if !busy {
@@ -344,7 +364,20 @@ impl Driver {
     fn event(&mut self, event: Event, server: &mut HostServer) {
         let now = self.now();
         match event {
-            Event::Opened(conn) => self.opened(conn, server),
+            Event::Opened(conn) => {
+                if server.state() == HostState::Scanning {
+                    // The core refuses connections until its first scan
+                    // has read the root; a client that came early waits
+                    // for it instead of being turned away.
+                    if self.early.len() < EARLY_CONNS {
+                        self.early.push(conn);
+                    } else {
+                        conn.close(NO_ANSWER, b"host starting");
+                    }
+                } else {
+                    self.opened(conn, server);
+                }
+            }
             Event::Request { conn, bytes, reply } => {
                 if !self.conns.contains_key(&conn) {
                     return;
@@ -555,11 +588,13 @@ async fn serve_stream(
         return;
     };
     let (reply, slot) = async_channel::bounded(1);
-    if tx
-        .send(Event::Request { conn, bytes, reply })
-        .await
-        .is_err()
-    {
+    let sent = tx.send(Event::Request { conn, bytes, reply }).await;
+    // Not held while waiting: a request still queued in the channel holds
+    // our reply slot, and the channel lives while any sender does, so
+    // holding `tx` here could keep this task (and its connection, and
+    // the endpoint's socket) alive forever after the driver stopped.
+    drop(tx);
+    if sent.is_err() {
         let _ = send.reset(NO_ANSWER);
         return;
     }
