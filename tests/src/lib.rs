@@ -1,5 +1,7 @@
-//! Simulation harness.
+//! Deterministic simulations, fuzz target bodies and end-to-end test
+//! helpers of Wormhole.
 
+pub mod e2e;
 pub mod fs_sim;
 pub mod fuzz;
 pub mod pair_sim;

@@ -15,6 +15,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wormhole_tests::e2e::{pattern, wait_until};
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::conn::auth::TicketSecret;
@@ -239,32 +240,6 @@ impl Steps {
     fn now(&self) -> &'static str {
         self.0.lock().map(|s| *s).unwrap_or("?")
     }
-}
-
-/// Polls `check` until it holds, for at most `limit` (for what no event
-/// announces to this thread: the kernel's view of a file).
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Bytes that differ per file and per position.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn errno(e: &std::io::Error) -> i32 {
