@@ -15,7 +15,7 @@ use crate::node::{
     Command, IoStats, NodeConfig, NodeError, NodeEvent, NodeStats, PairLease, PairStatus, Reply,
 };
 use crate::quic::{self, Fingerprint, Identity};
-use crate::runtime::{BoxFuture, SignalStream, timeout};
+use crate::runtime::{BoxFuture, CoreClock, SignalStream, timeout};
 use bytes::Bytes;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use core::pin::Pin;
@@ -23,7 +23,7 @@ use core::task::{Context, Poll};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::stream::Stream;
 use quinn::udp::{RecvMeta, Transmit as UdpTransmit};
-use quinn::{AsyncTimer, AsyncUdpSocket, UdpPoller};
+use quinn::{AsyncUdpSocket, UdpPoller};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::sync::Arc;
@@ -99,7 +99,7 @@ struct PairIo {
 
 pub(crate) struct Driver {
     runtime: Arc<dyn quinn::Runtime>,
-    origin: std::time::Instant,
+    clock: CoreClock,
     identity: Identity,
     pool: PairPool,
     peers: BTreeMap<PeerId, Peer>,
@@ -108,8 +108,6 @@ pub(crate) struct Driver {
     /// Boxed: the receiver is `!Unpin` and the driver moves into its task.
     commands: Pin<Box<async_channel::Receiver<Command>>>,
     events: async_channel::Sender<NodeEvent>,
-    timer: Option<Pin<Box<dyn AsyncTimer>>>,
-    timer_at: Option<Instant>,
     takes: BTreeMap<HandoverId, (PairNonce, Reply<PairLease>)>,
     releases: BTreeMap<PairNonce, Reply<()>>,
     returning: Vec<(PairNonce, BoxFuture<()>)>,
@@ -130,7 +128,7 @@ impl Driver {
             Rng::from_seed(config.seed),
         );
         Driver {
-            origin: runtime.now(),
+            clock: CoreClock::new(runtime.clone()),
             runtime,
             identity: config.identity,
             pool,
@@ -139,8 +137,6 @@ impl Driver {
             by_local: BTreeMap::new(),
             commands: Box::pin(commands),
             events,
-            timer: None,
-            timer_at: None,
             takes: BTreeMap::new(),
             releases: BTreeMap::new(),
             returning: Vec::new(),
@@ -170,7 +166,7 @@ impl Driver {
     /// The core's clock: time since this node started, on the runtime's
     /// clock.
     fn now(&self) -> Instant {
-        Instant::from_duration(self.runtime.now().saturating_duration_since(self.origin))
+        self.clock.now()
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -593,25 +589,10 @@ impl Driver {
     /// Fires the pool's timer when due and arms it for the next deadline.
     /// True if it fired.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.pool.poll_timeout() else {
+        let Some(now) = self.clock.poll_due(cx, self.pool.poll_timeout()) else {
             return false;
         };
-        let now = self.now();
-        if now < deadline {
-            let at = self.origin + deadline.since_origin();
-            let timer = self.timer.get_or_insert_with(|| self.runtime.new_timer(at));
-            if self.timer_at != Some(deadline) {
-                timer.as_mut().reset(at);
-                self.timer_at = Some(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-        }
-        // A timer may fire a hair before the pool's nanosecond deadline;
-        // the deadline itself is the honest "now" then, and avoids waking
-        // again for nothing.
-        self.pool.handle_timeout(now.max(deadline));
+        self.pool.handle_timeout(now);
         true
     }
 

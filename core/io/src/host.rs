@@ -23,9 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::runtime::CoreClock;
 use bytes::Bytes;
 use futures_lite::stream::Stream;
-use quinn::AsyncTimer;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
 use wormhole_core::codec::frame;
@@ -189,12 +189,12 @@ impl Host {
                 }
             }));
         }
-        let origin = runtime.now();
+        let clock = CoreClock::new(runtime.clone());
         let mut server =
             HostServer::new(options.config, options.secret, Rng::from_u64(options.seed));
         let mut driver = Driver {
             runtime: runtime.clone(),
-            origin,
+            clock,
             events_tx,
             tx,
             rx: Box::pin(rx),
@@ -206,8 +206,6 @@ impl Host {
             early: Vec::new(),
             pending: BTreeMap::new(),
             next_conn: 1,
-            timer: None,
-            timer_at: None,
         };
         runtime.spawn(Box::pin(async move {
             let now = driver.now();
@@ -294,7 +292,7 @@ struct ConnState {
 
 struct Driver {
     runtime: Arc<dyn quinn::Runtime>,
-    origin: std::time::Instant,
+    clock: CoreClock,
     events_tx: async_channel::Sender<HostEvent>,
     tx: async_channel::Sender<Event>,
     rx: Pin<Box<async_channel::Receiver<Event>>>,
@@ -309,13 +307,11 @@ struct Driver {
     /// Request streams waiting for their reply.
     pending: BTreeMap<(ConnId, RequestId), ReplySlot>,
     next_conn: u64,
-    timer: Option<Pin<Box<dyn AsyncTimer>>>,
-    timer_at: Option<Instant>,
 }
 
 impl Driver {
     fn now(&self) -> Instant {
-        Instant::from_duration(self.runtime.now().saturating_duration_since(self.origin))
+        self.clock.now()
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>, server: &mut HostServer) -> Poll<()> {
@@ -552,24 +548,10 @@ impl Driver {
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>, server: &mut HostServer) -> bool {
-        let Some(deadline) = server.poll_timeout() else {
-            self.timer_at = None;
+        let Some(now) = self.clock.poll_due(cx, server.poll_timeout()) else {
             return false;
         };
-        let now = self.now();
-        if now < deadline {
-            let at = self.origin + deadline.since_origin();
-            let timer = self.timer.get_or_insert_with(|| self.runtime.new_timer(at));
-            if self.timer_at != Some(deadline) {
-                timer.as_mut().reset(at);
-                self.timer_at = Some(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-        }
-        self.timer_at = None;
-        server.handle_timeout(now.max(deadline));
+        server.handle_timeout(now);
         self.outputs(server);
         true
     }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_lite::stream::Stream;
-use quinn::AsyncTimer;
 use tracing::{debug, trace, warn};
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::memfs::MemFs;
@@ -25,7 +24,7 @@ use wormhole_core::proto::Timestamp;
 use wormhole_core::{Instant, Rng};
 
 use crate::mount::{Link, Transport};
-use crate::runtime::BoxFuture;
+use crate::runtime::{BoxFuture, CoreClock};
 
 /// Passes over all sources before yielding to other tasks.
 const MAX_PASSES: usize = 16;
@@ -93,10 +92,9 @@ impl LocalHost {
         let (commands, command_rx) = async_channel::unbounded();
         let mut rng = Rng::from_u64(seed);
         let server = HostServer::new(config, secret, Rng::from_u64(rng.next_u64()));
-        let origin = runtime.now();
+        let clock = CoreClock::new(runtime.clone());
         let mut driver = HostDriver {
-            runtime: runtime.clone(),
-            origin,
+            clock,
             server,
             fs: Box::new(fs),
             rng,
@@ -105,8 +103,6 @@ impl LocalHost {
             stop: Box::pin(stop_rx),
             conns: BTreeMap::new(),
             next_conn: 1,
-            timer: None,
-            timer_at: None,
         };
         runtime.spawn(Box::pin(async move {
             let now = driver.now();
@@ -172,8 +168,7 @@ struct Conn {
 }
 
 struct HostDriver {
-    runtime: Arc<dyn quinn::Runtime>,
-    origin: std::time::Instant,
+    clock: CoreClock,
     server: HostServer,
     fs: Box<dyn FsExecutor>,
     rng: Rng,
@@ -182,13 +177,11 @@ struct HostDriver {
     stop: Pin<Box<async_channel::Receiver<()>>>,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
-    timer: Option<Pin<Box<dyn AsyncTimer>>>,
-    timer_at: Option<Instant>,
 }
 
 impl HostDriver {
     fn now(&self) -> Instant {
-        Instant::from_duration(self.runtime.now().saturating_duration_since(self.origin))
+        self.clock.now()
     }
 
     fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -306,24 +299,10 @@ impl HostDriver {
     }
 
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.server.poll_timeout() else {
-            self.timer_at = None;
+        let Some(now) = self.clock.poll_due(cx, self.server.poll_timeout()) else {
             return false;
         };
-        let now = self.now();
-        if now < deadline {
-            let at = self.origin + deadline.since_origin();
-            let timer = self.timer.get_or_insert_with(|| self.runtime.new_timer(at));
-            if self.timer_at != Some(deadline) {
-                timer.as_mut().reset(at);
-                self.timer_at = Some(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-        }
-        self.timer_at = None;
-        self.server.handle_timeout(now.max(deadline));
+        self.server.handle_timeout(now);
         self.outputs();
         true
     }

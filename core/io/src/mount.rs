@@ -31,7 +31,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_lite::future::Future;
 use futures_lite::stream::Stream;
-use quinn::AsyncTimer;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
 use wormhole_core::cache::ChunkKey;
@@ -42,7 +41,7 @@ use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
 
 use crate::fuse::{KernelRequest, WormholeFs};
-use crate::runtime::BoxFuture;
+use crate::runtime::{BoxFuture, CoreClock};
 
 /// Kernel requests waiting for the driver at most; fuser's thread waits
 /// when they are all taken.
@@ -468,8 +467,7 @@ type Incoming = Pin<Box<async_channel::Receiver<Bytes>>>;
 
 /// The mount driver: one task owning the client core.
 struct MountDriver {
-    runtime: Arc<dyn quinn::Runtime>,
-    origin: std::time::Instant,
+    clock: CoreClock,
     core: ClientCore,
     transport: Box<dyn Transport>,
     kernel: Pin<Box<async_channel::Receiver<KernelRequest>>>,
@@ -483,8 +481,6 @@ struct MountDriver {
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notifications: Notifications,
     events: async_channel::Sender<ClientEvent>,
-    timer: Option<Pin<Box<dyn AsyncTimer>>>,
-    timer_at: Option<Instant>,
 }
 
 impl MountDriver {
@@ -500,7 +496,7 @@ impl MountDriver {
         let (reads_tx, disk_reads) = async_channel::unbounded();
         let mut core =
             ClientCore::new(options.client, options.secret, Rng::from_seed(options.seed));
-        let origin = runtime.now();
+        let clock = CoreClock::new(runtime.clone());
         let mut found = Vec::new();
         let disk = match disk {
             Some(cache) => {
@@ -511,8 +507,7 @@ impl MountDriver {
         };
         core.load_l2(Instant::ZERO, found);
         Ok(MountDriver {
-            runtime,
-            origin,
+            clock,
             core,
             transport,
             kernel: Box::pin(kernel),
@@ -524,13 +519,11 @@ impl MountDriver {
             disk_reads: Box::pin(disk_reads),
             notifications,
             events,
-            timer: None,
-            timer_at: None,
         })
     }
 
     fn now(&self) -> Instant {
-        Instant::from_duration(self.runtime.now().saturating_duration_since(self.origin))
+        self.clock.now()
     }
 
     async fn run(mut self) {
@@ -736,26 +729,9 @@ impl MountDriver {
 
     /// Fires the core's timer when due and arms it for the next deadline.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(deadline) = self.core.poll_timeout() else {
-            self.timer_at = None;
+        let Some(now) = self.clock.poll_due(cx, self.core.poll_timeout()) else {
             return false;
         };
-        let now = self.now();
-        if deadline > now {
-            let at = self.origin + deadline.since_origin();
-            let timer = self.timer.get_or_insert_with(|| self.runtime.new_timer(at));
-            if self.timer_at != Some(deadline) {
-                timer.as_mut().reset(at);
-                self.timer_at = Some(deadline);
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-        }
-        // A timer may fire a hair before the nanosecond deadline; the core
-        // is told the deadline, never an earlier time.
-        let now = self.now().max(deadline);
-        self.timer_at = None;
         self.core.handle_timeout(now);
         true
     }

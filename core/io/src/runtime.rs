@@ -103,3 +103,76 @@ where
     })
     .await
 }
+
+/// The core's clock on a runtime: core [`wormhole_core::Instant`]s read
+/// from the runtime's own clock (so simulated-time runtimes work too), and
+/// one reusable timer armed for the core's next deadline. Every driver
+/// (pair node, host, mount, in-process host) keeps one.
+pub(crate) struct CoreClock {
+    runtime: Arc<dyn quinn::Runtime>,
+    origin: std::time::Instant,
+    timer: Option<Pin<Box<dyn quinn::AsyncTimer>>>,
+    armed: Option<wormhole_core::Instant>,
+}
+
+impl core::fmt::Debug for CoreClock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CoreClock")
+            .field("origin", &self.origin)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoreClock {
+    /// A clock whose origin is the runtime's now.
+    pub(crate) fn new(runtime: Arc<dyn quinn::Runtime>) -> Self {
+        let origin = runtime.now();
+        CoreClock {
+            runtime,
+            origin,
+            timer: None,
+            armed: None,
+        }
+    }
+
+    /// The core's now.
+    pub(crate) fn now(&self) -> wormhole_core::Instant {
+        wormhole_core::Instant::from_duration(
+            self.runtime.now().saturating_duration_since(self.origin),
+        )
+    }
+
+    /// Polls toward the core's next `deadline` (its `poll_timeout()`):
+    /// `Some(now)` once it is due, for the caller to pass to the core's
+    /// `handle_timeout`; `None` while it is not, with this task's waker
+    /// registered for it.
+    pub(crate) fn poll_due(
+        &mut self,
+        cx: &mut core::task::Context<'_>,
+        deadline: Option<wormhole_core::Instant>,
+    ) -> Option<wormhole_core::Instant> {
+        let Some(deadline) = deadline else {
+            self.armed = None;
+            return None;
+        };
+        let now = self.now();
+        if now < deadline {
+            let at = self.origin + deadline.since_origin();
+            let runtime = &self.runtime;
+            let timer = self.timer.get_or_insert_with(|| runtime.new_timer(at));
+            if self.armed != Some(deadline) {
+                timer.as_mut().reset(at);
+                self.armed = Some(deadline);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+        }
+        self.armed = None;
+        // A timer may fire a hair before the core's nanosecond deadline;
+        // the deadline itself is the honest "now" then, and avoids waking
+        // again for nothing.
+        Some(now.max(deadline))
+    }
+}
