@@ -29,3 +29,48 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The step a bounded test body is at, for the message when it hangs.
+#[derive(Clone, Debug)]
+pub struct Steps(std::sync::Arc<std::sync::Mutex<&'static str>>);
+
+impl Steps {
+    /// Records that the body has reached `step`.
+    pub fn at(&self, step: &'static str) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = step;
+        }
+    }
+
+    /// The last step recorded.
+    pub fn now(&self) -> &'static str {
+        self.0.lock().map(|s| *s).unwrap_or("?")
+    }
+}
+
+/// Runs `body` on a worker thread and fails, naming the step, if it takes
+/// longer than `limit`: a hung file-system call must not hang CI. A panic
+/// in the body is re-raised as it was.
+pub fn run_bounded(dir: &std::path::Path, limit: Duration, body: fn(&std::path::Path, &Steps)) {
+    let steps = Steps(std::sync::Arc::new(std::sync::Mutex::new("starting")));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let dir = dir.to_owned();
+        let steps = steps.clone();
+        std::thread::spawn(move || {
+            body(&dir, &steps);
+            let _ = done_tx.send(());
+        })
+    };
+    match done_rx.recv_timeout(limit) {
+        Ok(()) => worker.join().expect("worker"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("step hung for {limit:?}: {}", steps.now());
+        }
+    }
+}

@@ -13,9 +13,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wormhole_tests::e2e::{pattern, wait_until};
+use wormhole_tests::e2e::{Steps, pattern, run_bounded, wait_until};
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::conn::auth::TicketSecret;
@@ -138,7 +137,7 @@ fn fuse_mount<S: Shell>(shell: S) {
         dir: dir.clone(),
     };
     let root = dir.join("mnt");
-    run_bounded(&root, workout);
+    run_bounded(&root, SUITE, workout);
     unmount(&shell, &mut guard);
 
     // The disk cache survives: the remount finds the chunks the first
@@ -150,7 +149,7 @@ fn fuse_mount<S: Shell>(shell: S) {
     // Attributes cached for a minute: only an invalidation pushed by the
     // host and passed on to the kernel can show a change sooner.
     guard.mount = Some(mount_at(&shell, &host, &dir, Duration::from_secs(60)));
-    run_bounded(&root, |root, _| {
+    run_bounded(&root, SUITE, |root, _| {
         for len in [CHUNK + 1, BIG] {
             let data = fs::read(root.join(format!("sizes/{len}"))).expect("read after remount");
             assert!(
@@ -188,7 +187,7 @@ fn fuse_mount<S: Shell>(shell: S) {
             .expect("commit");
         }),
     );
-    run_bounded(&root, |root, _| {
+    run_bounded(&root, SUITE, |root, _| {
         let want = b"changed on the host by a local program";
         wait_until(
             Duration::from_secs(10),
@@ -198,48 +197,6 @@ fn fuse_mount<S: Shell>(shell: S) {
         assert_eq!(fs::read(root.join("old")).expect("read"), want);
     });
     unmount(&shell, &mut guard);
-}
-
-/// Runs `body` on a worker thread and fails, naming the step, if it takes
-/// longer than [`SUITE`]: a hung file-system call must not hang CI.
-fn run_bounded(root: &Path, body: fn(&Path, &Steps)) {
-    let steps = Steps(Arc::new(Mutex::new("starting")));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let worker = {
-        let root = root.to_owned();
-        let steps = steps.clone();
-        std::thread::spawn(move || {
-            body(&root, &steps);
-            let _ = done_tx.send(());
-        })
-    };
-    match done_rx.recv_timeout(SUITE) {
-        Ok(()) => worker.join().expect("worker"),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            // The worker panicked: report its panic.
-            if let Err(panic) = worker.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("FUSE step hung for {SUITE:?}: {}", steps.now());
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Steps(Arc<Mutex<&'static str>>);
-
-impl Steps {
-    fn at(&self, step: &'static str) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = step;
-        }
-    }
-
-    fn now(&self) -> &'static str {
-        self.0.lock().map(|s| *s).unwrap_or("?")
-    }
 }
 
 fn errno(e: &std::io::Error) -> i32 {

@@ -10,9 +10,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use wormhole_tests::e2e::{pattern, wait_until};
+use wormhole_tests::e2e::{Steps, pattern, run_bounded, wait_until};
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::codec::frame;
@@ -204,7 +203,7 @@ fn quic_mount<S: Shell>(shell: S) {
         dir: dir.clone(),
     };
 
-    run_bounded(&dir, workout);
+    run_bounded(&dir, SUITE, workout);
 
     let mount = guard.mount.take().expect("mounted");
     let stopped = mount.stopped();
@@ -335,7 +334,7 @@ fn refusals<S: Shell>(shell: S) {
         mount: Some(mount),
         dir: dir.clone(),
     };
-    run_bounded(&dir, |dir, _| {
+    run_bounded(&dir, SUITE, |dir, _| {
         let err = fs::metadata(dir.join("mnt/anything")).expect_err("refused");
         assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
     });
@@ -425,7 +424,7 @@ fn host_restart<S: Shell>(shell: S) {
         next_event("the first connect"),
         ClientEvent::Connected { resumed: false }
     );
-    run_bounded(&dir, |dir, _| {
+    run_bounded(&dir, SUITE, |dir, _| {
         fs::write(dir.join("mnt/before"), b"written before the restart").expect("write");
     });
 
@@ -434,21 +433,12 @@ fn host_restart<S: Shell>(shell: S) {
         .unwrap_or_else(|e| panic!("{e}"));
     // The old endpoint's socket closes as its runtime task ends, just
     // after the stop; a new process would not wait at all.
-    let started = std::time::Instant::now();
-    let end = started + REBIND;
-    let socket = loop {
-        match shell.bind_udp(addr) {
-            Ok(s) => {
-                eprintln!("rebound {addr} after {:?}", started.elapsed());
-                break s;
-            }
-            Err(e) if std::time::Instant::now() < end => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("cannot bind {addr} again within {REBIND:?}: {e}"),
-        }
-    };
+    let mut socket = None;
+    wait_until(REBIND, "the host's port to be free again", || {
+        socket = shell.bind_udp(addr).ok();
+        socket.is_some()
+    });
+    let socket = socket.expect("bound");
     let options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);
     let host = shell
         .block_on(async { Host::spawn(shell.runtime(), socket, options) })
@@ -459,7 +449,7 @@ fn host_restart<S: Shell>(shell: S) {
             _ => continue,
         }
     }
-    run_bounded(&dir, |dir, _| {
+    run_bounded(&dir, SUITE, |dir, _| {
         assert_eq!(
             fs::read(dir.join("mnt/before")).expect("read after the restart"),
             b"written before the restart"
@@ -612,45 +602,4 @@ fn bad_frames<S: Shell>(shell: &S) {
     shell
         .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
         .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// Runs `body` on a worker thread and fails, naming the step, if it takes
-/// longer than [`SUITE`]: a hung file-system call must not hang CI.
-fn run_bounded(dir: &Path, body: fn(&Path, &Steps)) {
-    let steps = Steps(Arc::new(Mutex::new("starting")));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let worker = {
-        let dir = dir.to_owned();
-        let steps = steps.clone();
-        std::thread::spawn(move || {
-            body(&dir, &steps);
-            let _ = done_tx.send(());
-        })
-    };
-    match done_rx.recv_timeout(SUITE) {
-        Ok(()) => worker.join().expect("worker"),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(panic) = worker.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("step hung for {SUITE:?}: {}", steps.now());
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Steps(Arc<Mutex<&'static str>>);
-
-impl Steps {
-    fn at(&self, step: &'static str) {
-        if let Ok(mut s) = self.0.lock() {
-            *s = step;
-        }
-    }
-
-    fn now(&self) -> &'static str {
-        self.0.lock().map(|s| *s).unwrap_or("?")
-    }
 }
