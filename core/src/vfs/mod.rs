@@ -170,9 +170,13 @@ impl Vfs {
             .map(|i| i.node)
     }
 
-    /// The inode for a host node, if known.
+    /// The named (not orphaned) inode for a host node, if known.
     pub fn ino_of(&self, node: NodeId) -> Option<Ino> {
-        self.by_node.get(&node).copied()
+        self.by_node.get(&node).copied().filter(|ino| {
+            self.inodes
+                .get(ino)
+                .is_some_and(|i| i.state != InodeState::Orphan)
+        })
     }
 
     /// The child `name` of directory `parent`, if known.
@@ -382,11 +386,12 @@ impl Vfs {
             if let Some(link) = inode.link.take() {
                 self.children.remove(&link);
             }
+            // The node mapping stays while the inode lives: the host never
+            // reuses a node id within its run, so if the node shows up again
+            // the name was lost by a stale reply (replies to concurrent
+            // requests arrive in any order), and `learn` gives the kernel
+            // back the same inode instead of a second one for one file.
             inode.state = InodeState::Orphan;
-            let node = inode.node;
-            if self.by_node.get(&node) == Some(&ino) {
-                self.by_node.remove(&node);
-            }
             let kids: Vec<Ino> = self
                 .children
                 .range((ino, Name::min())..)

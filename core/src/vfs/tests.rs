@@ -189,6 +189,29 @@ fn a_new_node_under_a_known_name_replaces_the_old_one() {
     assert_eq!(v.child(Ino::ROOT, &name("a")), Some(b));
 }
 
+/// Found by fs_sim seed 432: an Unlink reply that the host executed
+/// *before* a Create of the same name arrived after it and took the name
+/// from the new file; when the node came back, the kernel got a second
+/// inode for one file. The node decides, not the name.
+#[test]
+fn a_node_seen_again_after_losing_its_name_gets_its_inode_back() {
+    let mut v = vfs();
+    let a = v
+        .learn(Ino::ROOT, name("c"), &attr(8, FileKind::File), true)
+        .expect("learn");
+    v.open(a).expect("open");
+    v.unlink(Ino::ROOT, &name("c"));
+    assert_eq!(v.get(a).map(|i| i.state), Some(InodeState::Orphan));
+    assert_eq!(v.ino_of(NodeId(8)), None, "an orphan is reached by handle");
+    let again = v
+        .learn(Ino::ROOT, name("c"), &attr(8, FileKind::File), true)
+        .expect("learn");
+    assert_eq!(again, a);
+    assert_eq!(v.get(a).map(|i| i.state), Some(InodeState::Active));
+    assert_eq!(v.ino_of(NodeId(8)), Some(a));
+    assert_eq!(v.path(a), Some(vec![name("c")]));
+}
+
 #[test]
 fn a_deleted_directory_orphans_its_subtree() {
     let mut v = vfs();
