@@ -5,3 +5,4 @@ pub mod e2e;
 pub mod fs_sim;
 pub mod fuzz;
 pub mod pair_sim;
+pub mod quic;

@@ -7,31 +7,38 @@
 //! the test fails and says why, it never skips. Every wait has a limit:
 //! file-system calls run on a worker thread the test waits for with a
 //! timeout, naming the step that hung.
+//!
+//! [`QuicTransport`]: wormhole_io::QuicTransport
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 use wormhole_tests::e2e::{Steps, pattern, run_bounded, wait_until};
+use wormhole_tests::quic::{
+    Guard, RawClient, SECRET, STEP, mount, next_event, scratch, start_host, start_host_with,
+    stop_host, ticket, transport, within,
+};
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::codec::frame;
-use wormhole_core::conn::auth;
 use wormhole_core::conn::auth::TicketSecret;
-use wormhole_core::proto::{Checksum, Reply, Request, RequestId};
+use wormhole_core::proto::{Checksum, Errno, Name, NodeId, Reply, Request};
 use wormhole_io::host::{Host, HostOptions};
-use wormhole_io::transport::{self, MAX_REQUEST_FRAME};
-use wormhole_io::{Identity, Mount, MountOptions, QuicTransport, Shell, Ticket, timeout};
+use wormhole_io::transport::MAX_REQUEST_FRAME;
+use wormhole_io::{Identity, MountOptions, Shell, Ticket};
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
 
-/// The limit on connecting, probing and stopping.
-const STEP: Duration = Duration::from_secs(20);
-/// The limit on the whole file-system workout.
+/// The limit on the whole file-system workout (64 MiB each way and a
+/// 10,000-entry directory included).
 const SUITE: Duration = Duration::from_secs(300);
 /// The limit on binding a stopped host's address again.
 const REBIND: Duration = Duration::from_secs(60);
 const CHUNK: usize = 128 * 1024;
-const SECRET: TicketSecret = TicketSecret([0x5a; 32]);
+/// The large file of the workout.
+const BIG: usize = 64 << 20;
+/// Entries of the large directory.
+const MANY: usize = 10_000;
 
 #[test]
 fn quic_mount_on_tokio() {
@@ -85,92 +92,16 @@ fn bad_frames_reset_one_stream_on_smol() {
     bad_frames(&shell);
 }
 
-/// Unmounts on drop and removes the scratch directory, so a failing test
-/// leaves nothing behind.
-struct Guard {
-    mount: Option<Mount>,
-    dir: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        drop(self.mount.take());
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn scratch(what: &str, runtime: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "wormhole-quic-{what}-{runtime}-{}-{nanos}",
-        std::process::id()
-    ));
-    for sub in ["share", "mnt", "cache"] {
-        fs::create_dir_all(dir.join(sub)).expect("make the scratch directories");
-    }
-    dir
-}
-
-/// Starts a host on 127.0.0.1 (any port) serving `dir/share`.
-fn start_host<S: Shell>(shell: &S, dir: &Path, identity: &Identity) -> Host {
-    start_host_with(shell, dir, identity, false)
-}
-
-fn start_host_with<S: Shell>(shell: &S, dir: &Path, identity: &Identity, read_only: bool) -> Host {
-    let socket = shell
-        .bind_udp("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind the host's UDP socket");
-    let mut options = HostOptions::new(dir.join("share"), identity.clone(), SECRET);
-    options.config.read_only = read_only;
-    shell
-        .block_on(async { Host::spawn(shell.runtime(), socket, options) })
-        .expect("start the host")
-}
-
-fn transport<S: Shell>(shell: &S, ticket: &Ticket) -> QuicTransport {
-    let socket = shell
-        .bind_udp("127.0.0.1:0".parse().expect("addr"))
-        .expect("bind the client's UDP socket");
-    shell
-        .block_on(async {
-            QuicTransport::new(
-                shell.runtime(),
-                socket,
-                ticket.addrs.clone(),
-                ticket.fingerprint,
-            )
-        })
-        .expect("client endpoint")
-}
-
 fn quic_mount<S: Shell>(shell: S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("mount", shell.name());
+    let mut guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
     let host = start_host(&shell, &dir, &identity);
     // The ticket round-trips through its text, as a person would paste it.
-    let ticket = Ticket::parse(
-        &Ticket {
-            addrs: vec![host.local_addr()],
-            fingerprint: identity.fingerprint(),
-            secret: SECRET,
-        }
-        .encode(),
-    )
-    .expect("the ticket parses");
+    let ticket = Ticket::parse(&ticket(&host, &identity).encode()).expect("the ticket parses");
     let transport = transport(&shell, &ticket);
-    let rt = shell.runtime();
-    shell
-        .block_on(timeout(
-            &*rt,
-            STEP,
-            "the probe",
-            transport.probe(&ticket.secret),
-        ))
-        .unwrap_or_else(|e| panic!("{e}"))
+    within(&shell, STEP, "the probe", transport.probe(&ticket.secret))
         .expect("the host accepts the ticket");
 
     let mut options = MountOptions::new(ticket.secret.clone()).expect("randomness");
@@ -178,42 +109,17 @@ fn quic_mount<S: Shell>(shell: S) {
     // not by expiry.
     options.client.cache.attr_ttl = Duration::from_secs(60);
     options.cache_dir = Some(dir.join("cache"));
-    let mountpoint = dir.join("mnt");
-    let mount = shell
-        .block_on(async { Mount::new(shell.runtime(), transport, &mountpoint, options) })
-        .unwrap_or_else(|e| {
-            panic!(
-                "FUSE mount failed on {} (this test needs root and /dev/fuse; it does not \
-                 skip): {e}",
-                shell.name()
-            )
-        });
-    let event = shell
-        .block_on(timeout(
-            &*rt,
-            STEP,
-            "the mount to connect",
-            mount.events().recv(),
-        ))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect("the mount driver is running");
-    assert_eq!(event, ClientEvent::Connected { resumed: false });
-    let mut guard = Guard {
-        mount: Some(mount),
-        dir: dir.clone(),
-    };
+    let mount = mount(&shell, transport, &dir.join("mnt"), options);
+    guard.mounts.push(mount);
+    assert_eq!(
+        next_event(&shell, &guard.mounts[0], "the mount to connect"),
+        ClientEvent::Connected { resumed: false }
+    );
 
     run_bounded(&dir, SUITE, workout);
 
-    let mount = guard.mount.take().expect("mounted");
-    let stopped = mount.stopped();
-    mount.unmount().expect("unmount cleanly");
-    shell
-        .block_on(timeout(&*rt, STEP, "the mount driver to stop", stopped))
-        .unwrap_or_else(|e| panic!("{e}"));
-    shell
-        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    guard.unmount_all(&shell);
+    stop_host(&shell, host);
 }
 
 fn workout(dir: &Path, steps: &Steps) {
@@ -273,24 +179,87 @@ fn workout(dir: &Path, steps: &Steps) {
     assert!(share.join("renamed").exists() && !share.join("f0").exists());
     fs::remove_file(mnt.join("renamed")).expect("unlink");
     assert!(!share.join("renamed").exists());
+
+    steps.at("a 64 MiB file written through the mount");
+    let big = pattern(BIG, 64);
+    let want = Checksum::of(&big);
+    fs::write(mnt.join("big"), &big).expect("write 64 MiB through the mount");
+    drop(big);
+    steps.at("the 64 MiB file read back through the mount");
+    let got = fs::read(mnt.join("big")).expect("read 64 MiB through the mount");
+    assert_eq!(got.len(), BIG, "its length through the mount");
+    assert_eq!(Checksum::of(&got), want, "its BLAKE3 through the mount");
+    drop(got);
+    steps.at("the 64 MiB file on the host's disk");
+    let on_disk = fs::read(share.join("big")).expect("read 64 MiB on the host");
+    assert_eq!(on_disk.len(), BIG, "its length on the host's disk");
+    assert_eq!(
+        Checksum::of(&on_disk),
+        want,
+        "its BLAKE3 on the host's disk"
+    );
+    drop(on_disk);
+    steps.at("a 64 MiB file made on the host, read through the mount");
+    // Never seen by the mount before: every chunk crosses QUIC.
+    let big = pattern(BIG, 65);
+    let want = Checksum::of(&big);
+    fs::write(share.join("big-from-host"), &big).expect("write 64 MiB on the host");
+    drop(big);
+    let got = fs::read(mnt.join("big-from-host")).expect("read 64 MiB through the mount");
+    assert_eq!(got.len(), BIG, "its length through the mount");
+    assert_eq!(Checksum::of(&got), want, "its BLAKE3 through the mount");
+    drop(got);
+
+    steps.at("a directory of 10,000 entries made on the host");
+    let many = share.join("many");
+    fs::create_dir(&many).expect("mkdir on the host");
+    for i in 0..MANY {
+        fs::File::create(many.join(format!("entry-{i:05}"))).expect("create an entry");
+    }
+    steps.at("the 10,000 entries listed through the mount");
+    let want: Vec<String> = (0..MANY).map(|i| format!("entry-{i:05}")).collect();
+    // The mount learns of the new directory from the host's watcher, so
+    // it may take a moment to appear; but every listing it gives is
+    // exact: no entry twice, none that is not on the host.
+    let mut seen = 0;
+    wait_until(
+        Duration::from_secs(60),
+        "the mount to list all 10,000 entries",
+        || {
+            let Ok(dir) = fs::read_dir(mnt.join("many")) else {
+                return false;
+            };
+            let mut names: Vec<String> = dir
+                .map(|e| {
+                    e.expect("readdir")
+                        .file_name()
+                        .into_string()
+                        .expect("utf-8")
+                })
+                .collect();
+            names.sort();
+            let listed = names.len();
+            names.dedup();
+            assert_eq!(names.len(), listed, "an entry listed twice");
+            assert!(
+                names.iter().all(|n| want.binary_search(n).is_ok()),
+                "a listing with a name the host does not have"
+            );
+            seen = listed;
+            names == want
+        },
+    );
+    assert_eq!(seen, MANY, "every entry listed once");
     steps.at("done");
 }
 
 fn refusals<S: Shell>(shell: S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("refuse", shell.name());
-    let _cleanup = Guard {
-        mount: None,
-        dir: dir.clone(),
-    };
+    let mut guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
     let host = start_host(&shell, &dir, &identity);
-    let rt = shell.runtime();
-    let good = Ticket {
-        addrs: vec![host.local_addr()],
-        fingerprint: identity.fingerprint(),
-        secret: SECRET,
-    };
+    let good = ticket(&host, &identity);
 
     // A wrong secret: the host answers EACCES and nothing else.
     let wrong_secret = Ticket {
@@ -298,15 +267,13 @@ fn refusals<S: Shell>(shell: S) {
         ..good.clone()
     };
     let t = transport(&shell, &wrong_secret);
-    let err = shell
-        .block_on(timeout(
-            &*rt,
-            STEP,
-            "the wrong-secret probe",
-            t.probe(&wrong_secret.secret),
-        ))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect_err("a wrong secret is refused");
+    let err = within(
+        &shell,
+        STEP,
+        "the wrong-secret probe",
+        t.probe(&wrong_secret.secret),
+    )
+    .expect_err("a wrong secret is refused");
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
     assert!(err.to_string().contains("EACCES"), "{err}");
 
@@ -316,34 +283,16 @@ fn refusals<S: Shell>(shell: S) {
     // rather than hang.
     let t = transport(&shell, &wrong_secret);
     let options = MountOptions::new(wrong_secret.secret.clone()).expect("randomness");
-    let mountpoint = dir.join("mnt");
-    let mount = shell
-        .block_on(async { Mount::new(shell.runtime(), t, &mountpoint, options) })
-        .unwrap_or_else(|e| panic!("FUSE mount failed (needs root and /dev/fuse): {e}"));
-    let event = shell
-        .block_on(timeout(
-            &*rt,
-            STEP,
-            "the refused mount's event",
-            mount.events().recv(),
-        ))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect("the mount driver is running");
+    guard
+        .mounts
+        .push(mount(&shell, t, &dir.join("mnt"), options));
+    let event = next_event(&shell, &guard.mounts[0], "the refused mount's event");
     assert_eq!(event, ClientEvent::Disconnected, "auth refused: given up");
-    let guard = Guard {
-        mount: Some(mount),
-        dir: dir.clone(),
-    };
     run_bounded(&dir, SUITE, |dir, _| {
         let err = fs::metadata(dir.join("mnt/anything")).expect_err("refused");
         assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
     });
-    let mount = { guard }.mount.take().expect("mounted");
-    let stopped = mount.stopped();
-    mount.unmount().expect("unmount cleanly");
-    shell
-        .block_on(timeout(&*rt, STEP, "the refused mount to stop", stopped))
-        .unwrap_or_else(|e| panic!("{e}"));
+    guard.unmount_all(&shell);
 
     // A wrong certificate fingerprint: the handshake itself fails.
     let other = Identity::generate().expect("identity");
@@ -352,40 +301,30 @@ fn refusals<S: Shell>(shell: S) {
         ..good.clone()
     };
     let t = transport(&shell, &wrong_cert);
-    let err = shell
-        .block_on(timeout(
-            &*rt,
-            STEP,
-            "the wrong-certificate probe",
-            t.probe(&SECRET),
-        ))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect_err("a host with another certificate is refused");
+    let err = within(
+        &shell,
+        STEP,
+        "the wrong-certificate probe",
+        t.probe(&SECRET),
+    )
+    .expect_err("a host with another certificate is refused");
     assert!(
         err.to_string().contains("cannot reach the host"),
         "a clear error: {err}"
     );
     let mut t2 = t.clone();
-    let link = shell.block_on(timeout(
-        &*rt,
+    let link = within(
+        &shell,
         STEP,
         "the wrong-certificate connect",
         wormhole_io::Transport::connect(&mut t2),
-    ));
-    assert!(
-        matches!(link, Ok(Err(_))),
-        "the mount's transport refuses it too"
     );
+    assert!(link.is_err(), "the mount's transport refuses it too");
 
     // The right ticket still works after all that.
     let t = transport(&shell, &good);
-    shell
-        .block_on(timeout(&*rt, STEP, "the good probe", t.probe(&SECRET)))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .expect("the right ticket is accepted");
-    shell
-        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    within(&shell, STEP, "the good probe", t.probe(&SECRET)).expect("the right ticket is accepted");
+    stop_host(&shell, host);
 }
 
 /// The host stops and starts again on the same address with the same
@@ -394,43 +333,25 @@ fn refusals<S: Shell>(shell: S) {
 fn host_restart<S: Shell>(shell: S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("restart", shell.name());
+    let mut guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
     let host = start_host(&shell, &dir, &identity);
     let addr = host.local_addr();
-    let ticket = Ticket {
-        addrs: vec![addr],
-        fingerprint: identity.fingerprint(),
-        secret: SECRET,
-    };
-    let rt = shell.runtime();
+    let ticket = ticket(&host, &identity);
     let options = MountOptions::new(SECRET).expect("randomness");
-    let mountpoint = dir.join("mnt");
     let t = transport(&shell, &ticket);
-    let mount = shell
-        .block_on(async { Mount::new(shell.runtime(), t, &mountpoint, options) })
-        .unwrap_or_else(|e| panic!("FUSE mount failed (needs root and /dev/fuse): {e}"));
-    let mut guard = Guard {
-        mount: Some(mount),
-        dir: dir.clone(),
-    };
-    let events = guard.mount.as_ref().expect("mounted").events().clone();
-    let next_event = |what: &str| {
-        shell
-            .block_on(timeout(&*rt, STEP, what.to_owned(), events.recv()))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .expect("the mount driver is running")
-    };
+    guard
+        .mounts
+        .push(mount(&shell, t, &dir.join("mnt"), options));
     assert_eq!(
-        next_event("the first connect"),
+        next_event(&shell, &guard.mounts[0], "the first connect"),
         ClientEvent::Connected { resumed: false }
     );
     run_bounded(&dir, SUITE, |dir, _| {
         fs::write(dir.join("mnt/before"), b"written before the restart").expect("write");
     });
 
-    shell
-        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    stop_host(&shell, host);
     // The old endpoint's socket closes as its runtime task ends, just
     // after the stop; a new process would not wait at all.
     let mut socket = None;
@@ -443,12 +364,10 @@ fn host_restart<S: Shell>(shell: S) {
     let host = shell
         .block_on(async { Host::spawn(shell.runtime(), socket, options) })
         .expect("restart the host");
-    loop {
-        match next_event("the mount to reconnect") {
-            ClientEvent::Connected { .. } => break,
-            _ => continue,
-        }
-    }
+    while !matches!(
+        next_event(&shell, &guard.mounts[0], "the mount to reconnect"),
+        ClientEvent::Connected { .. }
+    ) {}
     run_bounded(&dir, SUITE, |dir, _| {
         assert_eq!(
             fs::read(dir.join("mnt/before")).expect("read after the restart"),
@@ -460,15 +379,8 @@ fn host_restart<S: Shell>(shell: S) {
             b"and after"
         );
     });
-    let mount = guard.mount.take().expect("mounted");
-    let stopped = mount.stopped();
-    mount.unmount().expect("unmount cleanly");
-    shell
-        .block_on(timeout(&*rt, STEP, "the mount driver to stop", stopped))
-        .unwrap_or_else(|e| panic!("{e}"));
-    shell
-        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    guard.unmount_all(&shell);
+    stop_host(&shell, host);
 }
 
 /// A read-only host answers every change with EROFS and still serves
@@ -476,54 +388,31 @@ fn host_restart<S: Shell>(shell: S) {
 fn read_only<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("ro", shell.name());
-    let _cleanup = Guard {
-        mount: None,
-        dir: dir.clone(),
-    };
+    let _cleanup = Guard::new(&dir);
     fs::write(dir.join("share/existing"), b"x").expect("a file");
     let identity = Identity::generate().expect("identity");
     let host = start_host_with(shell, &dir, &identity, true);
-    let ticket = Ticket {
-        addrs: vec![host.local_addr()],
-        fingerprint: identity.fingerprint(),
-        secret: SECRET,
-    };
-    let t = transport(shell, &ticket);
-    let rt = shell.runtime();
-    shell
-        .block_on(timeout(&*rt, STEP, "the read-only exchange", async {
-            let conn = t.connect_quic().await.expect("connect");
-            let exporter = transport::exporter(&conn).expect("exporter");
-            let hello = Request::Hello {
-                version: u16::from(wormhole_core::codec::PROTOCOL_VERSION),
-                proof: auth::proof(&SECRET, &exporter),
-                resume: None,
-            };
-            let reply = transport::request(&conn, RequestId(1), hello).await;
-            assert!(matches!(reply, Ok(Ok(Reply::HelloAck { .. }))), "{reply:?}");
-            let root = wormhole_core::proto::NodeId::ROOT;
-            let mkdir = Request::Mkdir {
-                parent: root,
-                name: wormhole_core::proto::Name::new(b"new".to_vec()).expect("name"),
+    let t = transport(shell, &ticket(&host, &identity));
+    within(shell, STEP, "the read-only exchange", async {
+        let (mut c, _) = RawClient::authenticated(&t).await;
+        let reply = c
+            .call(Request::Mkdir {
+                parent: NodeId::ROOT,
+                name: Name::new(b"new".to_vec()).expect("name"),
                 mode: 0o755,
-            };
-            let reply = transport::request(&conn, RequestId(2), mkdir).await;
-            assert!(
-                matches!(reply, Ok(Err(wormhole_core::proto::Errno::RoFs))),
-                "{reply:?}"
-            );
-            let lookup = Request::Lookup {
-                parent: root,
-                name: wormhole_core::proto::Name::new(b"existing".to_vec()).expect("name"),
-            };
-            let reply = transport::request(&conn, RequestId(3), lookup).await;
-            assert!(matches!(reply, Ok(Ok(Reply::Attr(_)))), "{reply:?}");
-        }))
-        .unwrap_or_else(|e| panic!("{e}"));
+            })
+            .await;
+        assert_eq!(reply, Err(Errno::RoFs));
+        let reply = c
+            .call(Request::Lookup {
+                parent: NodeId::ROOT,
+                name: Name::new(b"existing".to_vec()).expect("name"),
+            })
+            .await;
+        assert!(matches!(reply, Ok(Reply::Attr(_))), "{reply:?}");
+    });
     assert!(!dir.join("share/new").exists());
-    shell
-        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    stop_host(shell, host);
 }
 
 /// A raw-protocol client: oversized and malformed frames are refused on
@@ -531,75 +420,60 @@ fn read_only<S: Shell>(shell: &S) {
 fn bad_frames<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("frames", shell.name());
-    let _cleanup = Guard {
-        mount: None,
-        dir: dir.clone(),
-    };
+    let _cleanup = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
     let host = start_host(shell, &dir, &identity);
-    let ticket = Ticket {
-        addrs: vec![host.local_addr()],
-        fingerprint: identity.fingerprint(),
-        secret: SECRET,
-    };
-    let t = transport(shell, &ticket);
-    let rt = shell.runtime();
-    shell
-        .block_on(timeout(&*rt, STEP, "the raw-protocol exchange", async {
-            let conn = t.connect_quic().await.expect("connect");
-            // A length prefix far beyond any request, then more bytes than
-            // the host reads from one stream.
-            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-            let mut big = vec![0xffu8; 4];
-            big.extend(std::iter::repeat_n(7u8, MAX_REQUEST_FRAME + 1));
-            let _ = send.write_all(&big).await;
-            let _ = send.finish();
-            assert!(
-                recv.read_to_end(1 << 20).await.is_err(),
-                "an oversized frame gets its stream reset, no reply"
-            );
-            // A well-framed message that is not a request.
-            let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-            send.write_all(&frame(b"\x01garbage")).await.expect("write");
-            let _ = send.finish();
-            assert!(
-                recv.read_to_end(1 << 20).await.is_err(),
-                "an undecodable request gets its stream reset"
-            );
-            // The same connection still authenticates.
-            let exporter = transport::exporter(&conn).expect("exporter");
-            let hello = Request::Hello {
-                version: u16::from(wormhole_core::codec::PROTOCOL_VERSION),
-                proof: auth::proof(&SECRET, &exporter),
-                resume: None,
-            };
-            let reply = transport::request(&conn, RequestId(1), hello)
-                .await
-                .expect("a reply");
-            assert!(
-                matches!(reply, Ok(Reply::HelloAck { .. })),
-                "Hello after bad frames: {reply:?}"
-            );
-            // Many requests at once, each on its own stream.
-            let root = wormhole_core::proto::NodeId::ROOT;
-            let replies = futures_lite::future::zip(
-                transport::request(&conn, RequestId(2), Request::GetAttr { node: root }),
-                transport::request(&conn, RequestId(3), Request::Statfs),
-            )
-            .await;
-            assert!(
-                matches!(replies.0, Ok(Ok(Reply::Attr(_)))),
-                "{:?}",
-                replies.0
-            );
-            assert!(
-                matches!(replies.1, Ok(Ok(Reply::StatFs(_)))),
-                "{:?}",
-                replies.1
-            );
-        }))
-        .unwrap_or_else(|e| panic!("{e}"));
-    shell
-        .block_on(timeout(&*rt, STEP, "the host to stop", host.stop()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let t = transport(shell, &ticket(&host, &identity));
+    within(shell, STEP, "the raw-protocol exchange", async {
+        let mut c = RawClient::connect(&t).await;
+        // A length prefix far beyond any request, then more bytes than
+        // the host reads from one stream.
+        let (mut send, mut recv) = c.conn.open_bi().await.expect("stream");
+        let mut big = vec![0xffu8; 4];
+        big.extend(std::iter::repeat_n(7u8, MAX_REQUEST_FRAME + 1));
+        let _ = send.write_all(&big).await;
+        let _ = send.finish();
+        assert!(
+            recv.read_to_end(1 << 20).await.is_err(),
+            "an oversized frame gets its stream reset, no reply"
+        );
+        // A well-framed message that is not a request.
+        let (mut send, mut recv) = c.conn.open_bi().await.expect("stream");
+        send.write_all(&frame(b"\x01garbage")).await.expect("write");
+        let _ = send.finish();
+        assert!(
+            recv.read_to_end(1 << 20).await.is_err(),
+            "an undecodable request gets its stream reset"
+        );
+        // The same connection still authenticates (Hello fails the test
+        // otherwise).
+        c.hello().await;
+        // Many requests at once, each on its own stream.
+        let root = NodeId::ROOT;
+        let conn = c.conn.clone();
+        let replies = futures_lite::future::zip(
+            wormhole_io::transport::request(
+                &conn,
+                wormhole_core::proto::RequestId(100),
+                Request::GetAttr { node: root },
+            ),
+            wormhole_io::transport::request(
+                &conn,
+                wormhole_core::proto::RequestId(101),
+                Request::Statfs,
+            ),
+        )
+        .await;
+        assert!(
+            matches!(replies.0, Ok(Ok(Reply::Attr(_)))),
+            "{:?}",
+            replies.0
+        );
+        assert!(
+            matches!(replies.1, Ok(Ok(Reply::StatFs(_)))),
+            "{:?}",
+            replies.1
+        );
+    });
+    stop_host(shell, host);
 }
