@@ -16,15 +16,13 @@ const DEFAULT_SEEDS: u64 = 10_000;
 const SHARDS: u64 = 4;
 
 /// Seeds (of the first 10,000) that still find bugs in the core, not yet
-/// fixed (see `known_failures`): "read … gave … bytes that are not commit
-/// ≥ #n" (a close-to-open read returning bytes no commit held) and one
-/// liveness failure (a lock never released). Replay one with the command
-/// the failure prints.
+/// fixed (see `known_failures`): one liveness failure (a lock never
+/// released). Replay one with the command the failure prints.
 ///
 /// They are skipped by the shards so that CI catches every *new* failure,
 /// and `known_failures` keeps them honest: it fails once one passes, so
 /// the list only shrinks.
-const KNOWN_FAILING: &[u64] = &[2541, 6614, 8017, 8731];
+const KNOWN_FAILING: &[u64] = &[2541];
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;

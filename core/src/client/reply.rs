@@ -156,12 +156,11 @@ impl ClientCore {
                     version,
                 }),
             ) => {
-                if version != ck.version && !self.is_orphan(ck.file) {
-                    // The file changed since we learned its version: these
-                    // bytes are not of this key. Readers refresh and retry.
-                    // (Not for an unlinked file: only its link count and
-                    // ctime move, since no commit can reach a file without
-                    // a name, and it has no name to refresh through.)
+                if version != ck.version {
+                    // The file changed since we learned its version (or the
+                    // bytes came through a host handle that still holds the
+                    // file a commit replaced): these bytes are not of this
+                    // key. Readers refresh and retry.
                     self.stale_versions.insert(ck.file, version);
                     let _ = self.cache.fail(now, &key, Errno::Stale);
                 } else {
@@ -177,13 +176,6 @@ impl ClientCore {
                 let _ = self.cache.fail(now, &key, Errno::Io);
             }
         }
-    }
-
-    /// Whether `file` is open but unlinked (reachable only by handle).
-    fn is_orphan(&self, file: crate::proto::FileKey) -> bool {
-        self.files
-            .get(&file)
-            .is_some_and(|&node| self.vfs.as_ref().and_then(|v| v.ino_of(node)).is_none())
     }
 
     /// New attributes of a file: open handles on it learn them if its
@@ -363,9 +355,13 @@ impl ClientCore {
             (Op::Readlink { .. }, _, Ok(Reply::Link(target))) => Some(Ok(Answer::Link(target))),
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
             (Op::Read { .. }, Step::RefreshRead, Ok(Reply::Attr(a))) => {
-                // Handles on this file now read the new version.
+                // Handles on this file now read the new version, unless
+                // the inode lost its name meanwhile: then reads go through
+                // the host handle, which holds the file as it was opened,
+                // and the version by name is not the one they will get.
+                let named = self.vfs.as_ref().and_then(|v| v.ino_of(a.node)).is_some();
                 for h in self.handles.values_mut() {
-                    if h.node == a.node {
+                    if h.node == a.node && named {
                         h.attr = a.clone();
                     }
                 }
