@@ -15,15 +15,6 @@ use wormhole_tests::fs_sim::workload::{SEED_VAR, replay_command, run_seed, run_s
 const DEFAULT_SEEDS: u64 = 10_000;
 const SHARDS: u64 = 4;
 
-/// Seeds (of the first 10,000) that still find bugs in the core, not yet
-/// fixed (see `known_failures`): one liveness failure (a lock never
-/// released). Replay one with the command the failure prints.
-///
-/// They are skipped by the shards so that CI catches every *new* failure,
-/// and `known_failures` keeps them honest: it fails once one passes, so
-/// the list only shrinks.
-const KNOWN_FAILING: &[u64] = &[2541];
-
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
     Some(
@@ -42,12 +33,8 @@ fn shard(shard: u64) {
     let total = env_u64("WORMHOLE_FS_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let per = total.div_ceil(SHARDS);
     let seeds = shard * per..((shard + 1) * per).min(total);
-    let run: Vec<u64> = seeds
-        .clone()
-        .filter(|s| !KNOWN_FAILING.contains(s))
-        .collect();
-    let count = run.len() as u64;
-    let (stats, failures) = run_seeds(run);
+    let count = seeds.end - seeds.start;
+    let (stats, failures) = run_seeds(seeds.clone());
     if !failures.is_empty() {
         let list: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
         panic!(
@@ -104,8 +91,8 @@ fn seeds_shard_3() {
     shard(3);
 }
 
-/// `WORMHOLE_FS_SEED=<n>`: replays seed `n`, printing its trace as it runs
-/// (a known failing seed fails here too). Without it, replays seed 0.
+/// `WORMHOLE_FS_SEED=<n>`: replays seed `n`, printing its trace as it runs.
+/// Without it, replays seed 0.
 #[test]
 fn replay_one_seed() {
     let seed = env_u64(SEED_VAR).unwrap_or(0);
@@ -146,24 +133,4 @@ fn same_seed_same_trace_and_different_seeds_differ() {
     let (traced, _) = run_seed(3, true, false);
     let (silent, _) = run_seed(3, false, false);
     assert_eq!(traced.stats(), silent.stats());
-}
-
-/// The seeds of [`KNOWN_FAILING`] still fail (each with its replay
-/// command printed); once one passes, remove it from the list.
-#[test]
-fn known_failures() {
-    if env_u64(SEED_VAR).is_some() {
-        return;
-    }
-    let (_, failures) = run_seeds(KNOWN_FAILING.iter().copied());
-    let failed: Vec<u64> = failures.iter().map(|f| f.seed).collect();
-    let fixed: Vec<u64> = KNOWN_FAILING
-        .iter()
-        .copied()
-        .filter(|s| !failed.contains(s))
-        .collect();
-    assert!(
-        fixed.is_empty(),
-        "these seeds pass now: remove them from KNOWN_FAILING: {fixed:?}"
-    );
 }

@@ -1,12 +1,15 @@
 //! Kernel operations: answer from the cache or turn into requests.
 
-use super::{AfterCommit, Answer, ClientCore, Cont, Fh, Handle, Op, Purpose, ReadJob, Req, Step};
+use super::{
+    AfterCommit, Answer, Blocked, ClientCore, Cont, Fh, Handle, Op, Purpose, ReadJob, Req, Step,
+};
 use crate::Instant;
 use crate::cache::{CacheKey, ChunkKey, Kind, Lookup, Miss, Value};
 use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, Request, SetAttr};
 use crate::vfs::Ino;
 use crate::write::{WriteError, WriteTxn};
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 
 impl ClientCore {
     /// A kernel operation. Its answer comes as [`super::ClientOutput::Reply`]
@@ -114,21 +117,15 @@ impl ClientCore {
                 let node = self.node(*ino)?;
                 match set.size {
                     Some(size) => {
-                        // A size change is a write: it joins (or starts) the
-                        // file's transaction and answers after the commit.
-                        let rest = SetAttr { size: None, ..*set };
-                        let txn = self.txn(node, now)?;
-                        txn.set_size(now, size).map_err(write_errno)?;
-                        txn.commit(now).map_err(write_errno)?;
-                        self.after_commit
-                            .entry(node)
-                            .or_default()
-                            .push(AfterCommit::SetAttr {
-                                req,
-                                ino: *ino,
-                                rest,
-                            });
-                        self.drain_write(now, node);
+                        let b = Blocked::Truncate {
+                            req,
+                            ino: *ino,
+                            size,
+                            rest: SetAttr { size: None, ..*set },
+                        };
+                        if !self.wait_for_commit(node, b.clone()) {
+                            self.run_blocked(now, node, b)?;
+                        }
                     }
                     None => {
                         let request = Request::SetAttr {
@@ -183,36 +180,14 @@ impl ClientCore {
             }
             Op::Write { fh, offset, data } => {
                 let node = self.handle(*fh)?.node;
-                if self
-                    .blocked_writes
-                    .get(&node)
-                    .is_some_and(|q| !q.is_empty())
-                    || self.writes.get(&node).is_some_and(WriteTxn::is_committing)
-                {
-                    // Keep order behind writes already waiting for space;
-                    // a write during a commit waits for the next
-                    // transaction (it starts when the commit ends).
-                    self.blocked_writes
-                        .entry(node)
-                        .or_default()
-                        .push_back((req, op.clone()));
-                    return Ok(());
+                let b = Blocked::Write {
+                    req,
+                    offset: *offset,
+                    data: data.clone(),
+                };
+                if !self.wait_for_commit(node, b.clone()) {
+                    self.run_blocked(now, node, b)?;
                 }
-                let len = data.len() as u32;
-                let txn = self.txn(node, now)?;
-                match txn.write(now, *offset, data.clone()) {
-                    Ok(()) => self.reply(req, Ok(Answer::Written(len))),
-                    Err(WriteError::Full) => {
-                        // Out of buffer: commit what is there, then retry.
-                        txn.commit(now).map_err(write_errno)?;
-                        self.blocked_writes
-                            .entry(node)
-                            .or_default()
-                            .push_back((req, op.clone()));
-                    }
-                    Err(WriteError::Ended(e)) => return Err(e),
-                }
-                self.drain_write(now, node);
             }
             Op::Flush { fh } | Op::Fsync { fh } => {
                 if let Some(e) = self.handles.get_mut(fh).and_then(|h| h.error.take()) {
@@ -242,13 +217,7 @@ impl ClientCore {
                     // The old session's failure is this close's answer;
                     // what was written since still commits (a failure of
                     // that waits for the next flush on the file).
-                    if let Some(w) = self.writes.get_mut(&h.node)
-                        && !w.is_finished()
-                        && !w.is_committing()
-                    {
-                        let _ = w.commit(now);
-                    }
-                    self.drain_write(now, h.node);
+                    let _ = self.commit_then(now, h.node, AfterCommit::Quiet);
                     return Err(e);
                 }
                 if h.node == super::UNBOUND {
@@ -368,27 +337,99 @@ impl ClientCore {
 
     /// Commits the file's transaction (if any) and runs `then` when it is
     /// durable; with no transaction, `then` runs now with the last write
-    /// error, if one is unreported.
+    /// error, if one is unreported. Behind a commit under way (or
+    /// operations waiting for it) it waits its turn, so that it covers
+    /// every write sent before it.
     fn commit_then(&mut self, now: Instant, node: NodeId, then: AfterCommit) -> Result<(), Errno> {
-        let open = self.writes.get(&node).is_some_and(|w| !w.is_finished());
-        if !open {
-            let result = match self.write_errors.remove(&node) {
-                Some(e) => Err(e),
-                None => Ok(Answer::Done),
-            };
-            if let AfterCommit::Reply(req) = then {
-                self.reply(req, result);
-            }
+        let b = Blocked::Commit { then, lost: None };
+        if self.wait_for_commit(node, b.clone()) {
             return Ok(());
         }
-        if let Some(w) = self.writes.get_mut(&node)
-            && !w.is_committing()
-        {
-            w.commit(now).map_err(write_errno)?;
+        self.run_blocked(now, node, b)
+    }
+
+    /// Queues `b` behind the file's commit under way or the operations
+    /// already waiting for it; false if it may run now.
+    fn wait_for_commit(&mut self, node: NodeId, b: Blocked) -> bool {
+        let busy = self.blocked.get(&node).is_some_and(|q| !q.is_empty())
+            || self.writes.get(&node).is_some_and(WriteTxn::is_committing);
+        if busy {
+            self.blocked.entry(node).or_default().push_back(b);
         }
-        // A commit already under way answers this one too: everything
-        // written before it is in it.
-        self.after_commit.entry(node).or_default().push(then);
+        busy
+    }
+
+    /// Runs one of a file's operations now. A write that finds the buffer
+    /// full commits what is there and waits, first in line, for that
+    /// commit to end.
+    fn run_blocked(&mut self, now: Instant, node: NodeId, b: Blocked) -> Result<(), Errno> {
+        match b {
+            Blocked::Write { req, offset, data } => {
+                let len = data.len() as u32;
+                let txn = self.txn(node, now)?;
+                match txn.write(now, offset, data.clone()) {
+                    Ok(()) => self.reply(req, Ok(Answer::Written(len))),
+                    Err(WriteError::Full) => {
+                        txn.commit(now).map_err(write_errno)?;
+                        self.blocked
+                            .entry(node)
+                            .or_default()
+                            .push_front(Blocked::Write { req, offset, data });
+                    }
+                    Err(WriteError::Ended(e)) => return Err(e),
+                }
+            }
+            Blocked::Truncate {
+                req,
+                ino,
+                size,
+                rest,
+            } => {
+                // A size change is a write: it joins (or starts) the
+                // file's transaction and answers after the commit.
+                let txn = self.txn(node, now)?;
+                txn.set_size(now, size).map_err(write_errno)?;
+                txn.commit(now).map_err(write_errno)?;
+                self.after_commit
+                    .entry(node)
+                    .or_default()
+                    .push(AfterCommit::SetAttr { req, ino, rest });
+            }
+            Blocked::Commit { then, lost } => {
+                // Writes before it were lost already: it says so now, and
+                // what was written since still commits.
+                let then = match (lost, then) {
+                    (Some(e), AfterCommit::Reply(req)) => {
+                        self.reply(req, Err(e));
+                        AfterCommit::Quiet
+                    }
+                    (_, then) => then,
+                };
+                let open = self.writes.get(&node).is_some_and(|w| !w.is_finished());
+                if !open {
+                    let result = match self.write_errors.remove(&node) {
+                        Some(e) => Err(e),
+                        None => Ok(Answer::Done),
+                    };
+                    match then {
+                        AfterCommit::Reply(req) => self.reply(req, result),
+                        // Nobody to tell: the next flush reports it.
+                        AfterCommit::Quiet => {
+                            if let Err(e) = result {
+                                self.write_errors.insert(node, e);
+                            }
+                        }
+                        // Truncates wait as `Blocked::Truncate`, never here.
+                        AfterCommit::SetAttr { req, .. } => self.reply(req, Err(Errno::Io)),
+                    }
+                    return Ok(());
+                }
+                if let Some(w) = self.writes.get_mut(&node) {
+                    w.commit(now).map_err(write_errno)?;
+                }
+                self.after_commit.entry(node).or_default().push(then);
+            }
+        }
         self.drain_write(now, node);
         Ok(())
     }
@@ -601,42 +642,19 @@ impl ClientCore {
         }
     }
 
-    /// Runs writes that waited for buffer space, in order, until one has to
-    /// wait again.
-    pub(super) fn retry_blocked_writes(&mut self, now: Instant, node: NodeId) {
-        while let Some((req, op)) = self
-            .blocked_writes
-            .get_mut(&node)
-            .and_then(|q| q.pop_front())
+    /// Runs the file's waiting operations, in order, until one has to wait
+    /// for a commit again.
+    pub(super) fn retry_blocked(&mut self, now: Instant, node: NodeId) {
+        while !self.writes.get(&node).is_some_and(WriteTxn::is_committing)
+            && let Some(b) = self.blocked.get_mut(&node).and_then(VecDeque::pop_front)
         {
-            let Op::Write {
-                offset, ref data, ..
-            } = op
-            else {
-                continue;
-            };
-            let len = data.len() as u32;
-            let txn = match self.txn(node, now) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.reply(req, Err(e));
-                    continue;
-                }
-            };
-            match txn.write(now, offset, data.clone()) {
-                Ok(()) => self.reply(req, Ok(Answer::Written(len))),
-                Err(WriteError::Full) => {
-                    let _ = txn.commit(now);
-                    self.blocked_writes
-                        .entry(node)
-                        .or_default()
-                        .push_front((req, op));
-                    self.drain_write(now, node);
-                    return;
-                }
-                Err(WriteError::Ended(e)) => self.reply(req, Err(e)),
+            let req = b.req();
+            if let (Err(e), Some(req)) = (self.run_blocked(now, node, b), req) {
+                self.reply(req, Err(e));
             }
-            self.drain_write(now, node);
+        }
+        if self.blocked.get(&node).is_some_and(VecDeque::is_empty) {
+            self.blocked.remove(&node);
         }
     }
 }

@@ -447,8 +447,55 @@ struct ReadJob {
 /// Kernel requests waiting for a write transaction's commit.
 #[derive(Clone, Debug)]
 enum AfterCommit {
+    /// Answer the request with the commit's result.
     Reply(Req),
+    /// Answer the truncate, then set the other attributes.
     SetAttr { req: Req, ino: Ino, rest: SetAttr },
+    /// Nobody waits (a close already answered): a failure waits for the
+    /// next flush.
+    Quiet,
+}
+
+/// A file's operation that must wait for the commit under way (or for
+/// buffer space) and then run in the order the kernel sent it: a flush
+/// must cover every write sent before it, and a truncate must land
+/// between the writes around it.
+#[derive(Clone, Debug)]
+enum Blocked {
+    /// A write.
+    Write { req: Req, offset: u64, data: Bytes },
+    /// A size change (with the other attributes to set after it).
+    Truncate {
+        req: Req,
+        ino: Ino,
+        size: u64,
+        rest: SetAttr,
+    },
+    /// A flush, fsync or close: commit, then answer.
+    Commit {
+        then: AfterCommit,
+        /// A commit that ended while this waited lost writes sent before
+        /// it: the answer is this error.
+        lost: Option<Errno>,
+    },
+}
+
+impl Blocked {
+    /// The kernel request waiting, if one does.
+    fn req(&self) -> Option<Req> {
+        match self {
+            Blocked::Write { req, .. }
+            | Blocked::Truncate { req, .. }
+            | Blocked::Commit {
+                then: AfterCommit::Reply(req) | AfterCommit::SetAttr { req, .. },
+                ..
+            } => Some(*req),
+            Blocked::Commit {
+                then: AfterCommit::Quiet,
+                ..
+            } => None,
+        }
+    }
 }
 
 /// The mount client.
@@ -465,8 +512,8 @@ pub struct ClientCore {
     /// A write failure not yet reported at a flush.
     write_errors: BTreeMap<NodeId, Errno>,
     after_commit: BTreeMap<NodeId, Vec<AfterCommit>>,
-    /// Writes refused for lack of buffer space, retried after a commit.
-    blocked_writes: BTreeMap<NodeId, VecDeque<(Req, Op)>>,
+    /// Per file, operations waiting for a commit to end, in kernel order.
+    blocked: BTreeMap<NodeId, VecDeque<Blocked>>,
     in_flight: BTreeMap<RequestId, InFlight>,
     /// Requests waiting for the connection (built from ops, so a new
     /// session can rebuild them).
@@ -504,7 +551,7 @@ impl ClientCore {
             writes: BTreeMap::new(),
             write_errors: BTreeMap::new(),
             after_commit: BTreeMap::new(),
-            blocked_writes: BTreeMap::new(),
+            blocked: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             queued: VecDeque::new(),
             deferred: VecDeque::new(),
@@ -542,9 +589,9 @@ impl ClientCore {
         self.in_flight.len()
     }
 
-    /// Write transactions open.
+    /// Write transactions open (not yet committed or aborted).
     pub fn open_writes(&self) -> usize {
-        self.writes.len()
+        self.writes.values().filter(|w| !w.is_finished()).count()
     }
 
     /// Connects to the host.
@@ -856,8 +903,8 @@ impl ClientCore {
         // Writes waiting for an old transaction's commit would start a new
         // one on an old node id (another file, perhaps, in this session):
         // they fail with it instead (none of them was acknowledged).
-        let blocked = std::mem::take(&mut self.blocked_writes);
-        for (req, _) in blocked.into_values().flatten() {
+        let blocked = std::mem::take(&mut self.blocked);
+        for req in blocked.into_values().flatten().filter_map(|b| b.req()) {
             self.reply(req, Err(Errno::Stale));
         }
         let nodes: Vec<NodeId> = self.writes.keys().copied().collect();

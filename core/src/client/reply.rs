@@ -1,7 +1,8 @@
 //! Host messages, cache completions and write-transaction outputs.
 
 use super::{
-    AfterCommit, Answer, ClientCore, ClientOutput, Cont, Fh, Handle, Op, Purpose, Req, Step,
+    AfterCommit, Answer, Blocked, ClientCore, ClientOutput, Cont, Fh, Handle, Op, Purpose, Req,
+    Step,
 };
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkData, Kind, Value};
@@ -590,7 +591,21 @@ impl ClientCore {
         // Only a flush, fsync or close reports a failure to the writers; a
         // truncate that shared the transaction learns it too, but the
         // writes lost with it must still surface at the next flush.
-        let flushed = waiting.iter().any(|w| matches!(w, AfterCommit::Reply(_)));
+        let mut flushed = waiting.iter().any(|w| matches!(w, AfterCommit::Reply(_)));
+        if let Err(e) = result {
+            // Flushes waiting for this commit to end were sent after the
+            // writes it lost: each of them reports the loss.
+            for b in self.blocked.get_mut(&node).into_iter().flatten() {
+                if let Blocked::Commit {
+                    then: AfterCommit::Reply(_),
+                    lost,
+                } = b
+                {
+                    *lost = lost.or(Some(e));
+                    flushed = true;
+                }
+            }
+        }
         if !flushed && let Err(e) = result {
             // Nobody asked yet: the next flush, fsync or close reports it.
             self.write_errors.insert(node, e);
@@ -636,9 +651,11 @@ impl ClientCore {
                     }
                 }
                 (AfterCommit::SetAttr { req, .. }, Err(e)) => self.reply(req, Err(*e)),
+                // A failure is kept for the next flush above.
+                (AfterCommit::Quiet, _) => {}
             }
         }
         // Writes that waited for room start the next transaction.
-        self.retry_blocked_writes(now, node);
+        self.retry_blocked(now, node);
     }
 }
