@@ -199,7 +199,7 @@ impl ClientCore {
                     // wrote can be made durable, so say so.
                     return Err(Errno::Stale);
                 }
-                self.commit_then(now, node, AfterCommit::Reply(req))?;
+                self.commit_then(now, node, AfterCommit::Reply(req, *fh))?;
             }
             Op::Release { fh } => {
                 let h = self.handles.remove(fh).ok_or(Errno::BadF)?;
@@ -214,16 +214,16 @@ impl ClientCore {
                     self.files.remove(&h.attr.key);
                 }
                 if let Some(e) = h.error {
-                    // The old session's failure is this close's answer;
-                    // what was written since still commits (a failure of
-                    // that waits for the next flush on the file).
+                    // An earlier loss is this close's answer; what was
+                    // written since still commits (a failure of that is
+                    // for the file's other handles to report).
                     let _ = self.commit_then(now, h.node, AfterCommit::Quiet);
                     return Err(e);
                 }
                 if h.node == super::UNBOUND {
                     return Err(Errno::Stale);
                 }
-                self.commit_then(now, h.node, AfterCommit::Reply(req))?;
+                self.commit_then(now, h.node, AfterCommit::Reply(req, *fh))?;
             }
             Op::Create { parent, name, mode } => {
                 let pnode = self.node(*parent)?;
@@ -399,26 +399,18 @@ impl ClientCore {
                 // Writes before it were lost already: it says so now, and
                 // what was written since still commits.
                 let then = match (lost, then) {
-                    (Some(e), AfterCommit::Reply(req)) => {
+                    (Some(e), AfterCommit::Reply(req, _)) => {
                         self.reply(req, Err(e));
                         AfterCommit::Quiet
                     }
                     (_, then) => then,
                 };
-                let open = self.writes.get(&node).is_some_and(|w| !w.is_finished());
-                if !open {
-                    let result = match self.write_errors.remove(&node) {
-                        Some(e) => Err(e),
-                        None => Ok(Answer::Done),
-                    };
+                if !self.writes.get(&node).is_some_and(|w| !w.is_finished()) {
+                    // Nothing to commit: every write before it is durable,
+                    // or its loss was reported to this handle already.
                     match then {
-                        AfterCommit::Reply(req) => self.reply(req, result),
-                        // Nobody to tell: the next flush reports it.
-                        AfterCommit::Quiet => {
-                            if let Err(e) = result {
-                                self.write_errors.insert(node, e);
-                            }
-                        }
+                        AfterCommit::Reply(req, _) => self.reply(req, Ok(Answer::Done)),
+                        AfterCommit::Quiet => {}
                         // Truncates wait as `Blocked::Truncate`, never here.
                         AfterCommit::SetAttr { req, .. } => self.reply(req, Err(Errno::Io)),
                     }

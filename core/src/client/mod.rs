@@ -368,9 +368,10 @@ struct Handle {
     host: Option<HandleId>,
     /// The file's attributes as last learned (version keys its chunks).
     attr: Attr,
-    /// A write failure from a host session that ended, for this handle's
-    /// next flush, fsync or close (errors of the current session wait in
-    /// `ClientCore::write_errors`, by node).
+    /// A write failure this handle has not reported yet: its next flush,
+    /// fsync or close answers it. Like Linux's per-file error sequence,
+    /// every handle open on a file when its writes were lost reports the
+    /// loss once, whichever handle wrote them.
     error: Option<Errno>,
 }
 
@@ -447,8 +448,9 @@ struct ReadJob {
 /// Kernel requests waiting for a write transaction's commit.
 #[derive(Clone, Debug)]
 enum AfterCommit {
-    /// Answer the request with the commit's result.
-    Reply(Req),
+    /// Answer the request (a flush, fsync or close of this handle) with
+    /// the commit's result.
+    Reply(Req, Fh),
     /// Answer the truncate, then set the other attributes.
     SetAttr { req: Req, ino: Ino, rest: SetAttr },
     /// Nobody waits (a close already answered): a failure waits for the
@@ -487,7 +489,7 @@ impl Blocked {
             Blocked::Write { req, .. }
             | Blocked::Truncate { req, .. }
             | Blocked::Commit {
-                then: AfterCommit::Reply(req) | AfterCommit::SetAttr { req, .. },
+                then: AfterCommit::Reply(req, _) | AfterCommit::SetAttr { req, .. },
                 ..
             } => Some(*req),
             Blocked::Commit {
@@ -509,8 +511,6 @@ pub struct ClientCore {
     handles: BTreeMap<Fh, Handle>,
     next_fh: u64,
     writes: BTreeMap<NodeId, WriteTxn>,
-    /// A write failure not yet reported at a flush.
-    write_errors: BTreeMap<NodeId, Errno>,
     after_commit: BTreeMap<NodeId, Vec<AfterCommit>>,
     /// Per file, operations waiting for a commit to end, in kernel order.
     blocked: BTreeMap<NodeId, VecDeque<Blocked>>,
@@ -549,7 +549,6 @@ impl ClientCore {
             handles: BTreeMap::new(),
             next_fh: 1,
             writes: BTreeMap::new(),
-            write_errors: BTreeMap::new(),
             after_commit: BTreeMap::new(),
             blocked: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -920,11 +919,7 @@ impl ClientCore {
         // The host's handles died with its session, and node ids of the
         // old session may name other files in the new one: a handle is
         // cut off until its inode is re-bound to the very same file.
-        let errors = std::mem::take(&mut self.write_errors);
         for h in self.handles.values_mut() {
-            if let Some(&e) = errors.get(&h.node) {
-                h.error = Some(e);
-            }
             h.host = None;
             h.node = UNBOUND;
         }

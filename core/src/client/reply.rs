@@ -9,6 +9,7 @@ use crate::cache::{self, CacheKey, ChunkData, Kind, Value};
 use crate::proto::{Attr, Errno, HostMessage, Invalidation, Reply, RequestId};
 use crate::vfs::Ino;
 use crate::write::WriteOutput;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 impl ClientCore {
@@ -588,43 +589,40 @@ impl ClientCore {
         result: Result<Attr, Errno>,
     ) {
         let waiting = self.after_commit.remove(&node).unwrap_or_default();
-        // Only a flush, fsync or close reports a failure to the writers; a
-        // truncate that shared the transaction learns it too, but the
-        // writes lost with it must still surface at the next flush.
-        let mut flushed = waiting.iter().any(|w| matches!(w, AfterCommit::Reply(_)));
         if let Err(e) = result {
-            // Flushes waiting for this commit to end were sent after the
-            // writes it lost: each of them reports the loss.
+            // Every handle open on the file reports the loss once: the
+            // flushes waiting for this commit, or queued behind it, now;
+            // the others at their next flush, fsync or close. (A truncate
+            // that shared the transaction learns it too, but it is no
+            // report to the writers.)
+            let mut told: BTreeSet<Fh> = waiting
+                .iter()
+                .filter_map(|w| match w {
+                    AfterCommit::Reply(_, fh) => Some(*fh),
+                    _ => None,
+                })
+                .collect();
             for b in self.blocked.get_mut(&node).into_iter().flatten() {
                 if let Blocked::Commit {
-                    then: AfterCommit::Reply(_),
+                    then: AfterCommit::Reply(_, fh),
                     lost,
                 } = b
                 {
                     *lost = lost.or(Some(e));
-                    flushed = true;
+                    told.insert(*fh);
+                }
+            }
+            for (fh, h) in &mut self.handles {
+                if h.node == node && !told.contains(fh) {
+                    h.error.get_or_insert(e);
                 }
             }
         }
-        if !flushed && let Err(e) = result {
-            // Nobody asked yet: the next flush, fsync or close reports it.
-            self.write_errors.insert(node, e);
-        }
-        // An earlier transaction of the file failed with nobody to tell, and
-        // this one started before a flush asked: this flush reports that
-        // failure (its writes are lost), not the later success.
-        let earlier = if flushed && result.is_ok() {
-            self.write_errors.remove(&node)
-        } else {
-            None
-        };
         let ttl = self.kernel_ttl(Kind::Attr);
         for w in waiting {
             match (w, &result) {
-                (AfterCommit::Reply(req), Ok(_)) => {
-                    self.reply(req, earlier.map_or(Ok(Answer::Done), Err))
-                }
-                (AfterCommit::Reply(req), Err(e)) => self.reply(req, Err(*e)),
+                (AfterCommit::Reply(req, _), Ok(_)) => self.reply(req, Ok(Answer::Done)),
+                (AfterCommit::Reply(req, _), Err(e)) => self.reply(req, Err(*e)),
                 (AfterCommit::SetAttr { req, ino, rest }, Ok(attr)) => {
                     if rest == crate::proto::SetAttr::default() {
                         self.reply(
