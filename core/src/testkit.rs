@@ -15,7 +15,9 @@ use crate::conn::auth::{self, TicketSecret};
 use crate::host::memfs::MemFs;
 use crate::host::{ConnId, FsOk, FsOp, FsResult, HostConfig, HostOutput, HostServer};
 use crate::lock::LockInfo;
-use crate::proto::{ClientMessage, Errno, FileKey, HostMessage, LockToken, NodeId, SessionId};
+use crate::proto::{
+    Attr, ClientMessage, Errno, FileKey, HostMessage, LockToken, NodeId, Reply, SessionId,
+};
 use crate::{Instant, Rng};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,6 +110,26 @@ pub struct World {
     /// Executed file operations, oldest first, while [`Self::record_fs`];
     /// the reader drains it.
     pub fs_log: Vec<FsRecord>,
+    /// Record every file attribute the host's messages bring to a client
+    /// in [`Self::attr_log`] (off by default).
+    pub record_attrs: bool,
+    /// Attributes delivered to clients, oldest first, while
+    /// [`Self::record_attrs`]; the reader drains it.
+    pub attr_log: Vec<AttrDelivery>,
+}
+
+/// File attributes the host's message brought to a client: what a cache
+/// entry's age is measured from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttrDelivery {
+    /// When the client received them.
+    pub at: Instant,
+    /// The client.
+    pub client: usize,
+    /// The node they describe.
+    pub node: NodeId,
+    /// Their content version.
+    pub version: u64,
 }
 
 impl World {
@@ -140,6 +162,8 @@ impl World {
             host_runs: 1,
             record_fs: false,
             fs_log: Vec::new(),
+            record_attrs: false,
+            attr_log: Vec::new(),
         };
         w.host.start(w.now);
         w.settle();
@@ -282,9 +306,36 @@ impl World {
             }
             Wire::ToClient(c, conn, bytes) => {
                 if self.clients[c].conn == Some(conn) {
+                    if self.record_attrs {
+                        self.log_attrs(c, &bytes);
+                    }
                     let _ = self.clients[c].core.handle_message_bytes(now, &bytes);
                 }
             }
+        }
+    }
+
+    fn log_attrs(&mut self, client: usize, bytes: &[u8]) {
+        let Ok(HostMessage::Reply {
+            result: Ok(reply), ..
+        }) = HostMessage::decode(bytes)
+        else {
+            return;
+        };
+        let attrs: Vec<&Attr> = match &reply {
+            Reply::Attr(a) | Reply::Opened { attr: a, .. } | Reply::HelloAck { root: a, .. } => {
+                vec![a]
+            }
+            Reply::DirPage { entries, .. } => entries.iter().map(|e| &e.attr).collect(),
+            _ => Vec::new(),
+        };
+        for a in attrs {
+            self.attr_log.push(AttrDelivery {
+                at: self.now,
+                client,
+                node: a.node,
+                version: a.version,
+            });
         }
     }
 

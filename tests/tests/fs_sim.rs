@@ -59,6 +59,7 @@ fn assert_coverage(s: &FsStats) {
         ("fenced staging operations", s.fenced),
         ("acknowledged flushes checked", s.acks_checked),
         ("whole-file reads checked", s.reads_checked),
+        ("attributes checked against the ttl", s.attrs_checked),
         ("reads after an acknowledged close", s.reads_after_ack),
         ("short partitions", s.short_partitions),
         ("long partitions", s.long_partitions),

@@ -405,7 +405,7 @@ impl ClientCore {
                     }
                     (_, then) => then,
                 };
-                if !self.writes.get(&node).is_some_and(|w| !w.is_finished()) {
+                if self.writes.get(&node).is_none_or(WriteTxn::is_finished) {
                     // Nothing to commit: every write before it is durable,
                     // or its loss was reported to this handle already.
                     match then {

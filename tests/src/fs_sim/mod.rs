@@ -37,6 +37,12 @@
 //!    file's disk identity but not the file.
 //! 6. **Exactly one answer** per kernel request: none unexpected, none
 //!    twice, and after the liveness phase none missing.
+//! 7. **Cache ttl**: every attribute a kernel is given (GetAttr, Lookup,
+//!    Create, ReadDir) reached that client from the host no longer than
+//!    the attribute/listing ttl ago, measured from the messages the
+//!    world delivered ([`wormhole_core::testkit::World::attr_log`]); an
+//!    unlinked file answered from its open handle is exempt (nothing but
+//!    this client can change it).
 //!
 //! **Liveness** ([`Sim::converge`]): heal everything, restart the host if
 //! it is down, reconnect every client, release every handle and forget

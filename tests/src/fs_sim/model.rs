@@ -5,11 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 use wormhole_core::Instant;
+use wormhole_core::cache::Kind;
 use wormhole_core::client::{Answer, ClientConfig, Fh, Op, Req};
 use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{FsAttr, FsOk, FsOp, HostConfig, RelPath};
 use wormhole_core::lock::scope_node;
-use wormhole_core::proto::{Errno, FileKey, FileKind, LockKind, LockScope, Name, SetAttr};
+use wormhole_core::proto::{
+    Attr, Errno, FileKey, FileKind, LockKind, LockScope, Name, NodeId, SetAttr,
+};
 use wormhole_core::testkit::{FsRecord, World};
 use wormhole_core::vfs::Ino;
 
@@ -46,6 +49,9 @@ pub struct FsStats {
     pub acks_checked: u64,
     /// Whole-file reads checked against the history (close-to-open).
     pub reads_checked: u64,
+    /// Attributes answered to a kernel whose age was checked against the
+    /// cache ttl.
+    pub attrs_checked: u64,
     /// Of those, reads that had an acknowledged close to respect.
     pub reads_after_ack: u64,
     /// Partitions shorter than the lock ttl.
@@ -72,6 +78,7 @@ impl FsStats {
         self.fenced += o.fenced;
         self.acks_checked += o.acks_checked;
         self.reads_checked += o.reads_checked;
+        self.attrs_checked += o.attrs_checked;
         self.reads_after_ack += o.reads_after_ack;
         self.short_partitions += o.short_partitions;
         self.long_partitions += o.long_partitions;
@@ -221,6 +228,10 @@ pub struct Sim {
     trace: Option<Vec<String>>,
     echo: bool,
     seq: u64,
+    /// When each client last received each (node, version) of attributes.
+    delivered: BTreeMap<(usize, NodeId, u64), Instant>,
+    /// The longest a client may serve attributes from its cache.
+    attr_ttl: Duration,
 }
 
 fn name(s: &str) -> Name {
@@ -381,14 +392,16 @@ impl Sim {
             let content = disk.read_file(&p).map(<[u8]>::to_vec);
             fs.register(a.key, a.kind, content);
         }
-        let mut w = World::new(
-            seed,
-            disk,
-            0,
-            HostConfig::default(),
-            ClientConfig::default(),
-        );
+        let client_cfg = ClientConfig::default();
+        // Attributes reach the kernel from the attribute cache and from
+        // cached listings.
+        let attr_ttl = client_cfg
+            .cache
+            .ttl(Kind::Attr)
+            .max(client_cfg.cache.ttl(Kind::Dir));
+        let mut w = World::new(seed, disk, 0, HostConfig::default(), client_cfg);
         w.record_fs = true;
+        w.record_attrs = true;
         w.max_delay = max_delay;
         for _ in 0..clients {
             w.add_client();
@@ -402,6 +415,8 @@ impl Sim {
             trace: None,
             echo: false,
             seq: 0,
+            delivered: BTreeMap::new(),
+            attr_ttl,
         };
         // The root (and the scan's listing) came before recording started
         // for nothing: register what the log holds.
@@ -687,6 +702,9 @@ impl Sim {
 
     /// Every invariant, on what happened since the last call.
     pub fn check(&mut self) -> Result<(), Violation> {
+        for d in std::mem::take(&mut self.w.attr_log) {
+            self.delivered.insert((d.client, d.node, d.version), d.at);
+        }
         self.check_fs_log()?;
         self.check_locks()?;
         self.check_answers()
@@ -896,6 +914,9 @@ impl Sim {
         if !shape_ok {
             return Err(self.violation(format!("client {c}: {:?} answered {result:?}", p.op)));
         }
+        if let Ok(answer) = &result {
+            self.check_fresh(c, answer)?;
+        }
         match (p.ctx, result) {
             (Ctx::Plain, Ok(Answer::Entry { ino, attr, .. })) => {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
@@ -967,6 +988,37 @@ impl Sim {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// 7. No cached entry is served past its ttl: every attribute a
+    /// kernel is given came from the host to this client within the ttl
+    /// (a revalidation that brought the same version again counts).
+    fn check_fresh(&mut self, c: usize, answer: &Answer) -> Result<(), Violation> {
+        let attrs: Vec<&Attr> = match answer {
+            Answer::Entry { attr, .. }
+            | Answer::Attr { attr, .. }
+            | Answer::Created { attr, .. } => {
+                vec![attr]
+            }
+            Answer::Dir(items) => items.iter().map(|i| &i.attr).collect(),
+            _ => Vec::new(),
+        };
+        // An unlinked file open here (nlink 0) is answered from its
+        // handle: with no name, no other client's commit can change it.
+        for a in attrs.into_iter().filter(|a| a.nlink > 0) {
+            self.stats.attrs_checked += 1;
+            let age = self
+                .delivered
+                .get(&(c, a.node, a.version))
+                .map(|&at| self.w.now.saturating_duration_since(at));
+            if !age.is_some_and(|age| age <= self.attr_ttl) {
+                return Err(self.violation(format!(
+                    "client {c} served attributes of {:?} (version {:016x}, nlink {}) received {age:?} ago; the ttl is {:?}",
+                    a.node, a.version, a.nlink, self.attr_ttl
+                )));
+            }
         }
         Ok(())
     }
