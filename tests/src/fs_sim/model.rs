@@ -992,9 +992,10 @@ impl Sim {
         Ok(())
     }
 
-    /// 7. No cached entry is served past its ttl: every attribute a
-    /// kernel is given came from the host to this client within the ttl
-    /// (a revalidation that brought the same version again counts).
+    /// Invariant 7, no cached entry is served past its ttl: every
+    /// attribute a kernel is given came from the host to this client
+    /// within the ttl (a revalidation that brought the same version again
+    /// counts).
     fn check_fresh(&mut self, c: usize, answer: &Answer) -> Result<(), Violation> {
         let attrs: Vec<&Attr> = match answer {
             Answer::Entry { attr, .. }
