@@ -1014,7 +1014,7 @@ impl Sim {
                 .delivered
                 .get(&(c, a.node, a.version))
                 .map(|&at| self.w.now.saturating_duration_since(at));
-            if !age.is_some_and(|age| age <= self.attr_ttl) {
+            if age.is_none_or(|age| age > self.attr_ttl) {
                 return Err(self.violation(format!(
                     "client {c} served attributes of {:?} (version {:016x}, nlink {}) received {age:?} ago; the ttl is {:?}",
                     a.node, a.version, a.nlink, self.attr_ttl
