@@ -73,19 +73,15 @@ fn two_writers_on_smol() {
     two_writers(&SmolShell::new().expect("start smol"));
 }
 
-/// Known bug in the client core (see [`torn_reads`]): an open file read
-/// while another client replaces it mixes the two versions.
+/// An open file read while another client replaces it reads one whole
+/// version (see [`torn_reads`]).
 #[test]
-#[ignore = "known bug in the client core: an open file's read switches to a newer version midway \
-            (mixed content, short reads, zeros); see torn_reads"]
 fn reads_during_the_race_on_tokio() {
     torn_reads(&TokioShell::new().expect("start a tokio runtime"));
 }
 
 /// As [`reads_during_the_race_on_tokio`].
 #[test]
-#[ignore = "known bug in the client core: an open file's read switches to a newer version midway \
-            (mixed content, short reads, zeros); see torn_reads"]
 fn reads_during_the_race_on_smol() {
     torn_reads(&SmolShell::new().expect("start smol"));
 }
@@ -123,19 +119,12 @@ fn two_writers<S: Shell>(shell: &S) {
 /// must give one whole version, as it would on a local disk where a
 /// commit's rename leaves an open file its old content.
 ///
-/// Fails today: the client core reads chunks by node, not through the
-/// open's host handle, and when a chunk comes back at a newer version
-/// (the other writer committed) it refreshes the open file's attributes
-/// and goes on at the new version (`refresh_read` in
-/// `core/src/client/reply.rs`, `fetch_chunk` in `dispatch.rs`). One open
-/// then reads the first chunks of one version and the rest of another
-/// (seen: 512 KiB of `B` then 512 KiB of `A`), stops early (a chunk past
-/// the new version's end reads as EOF), or gets zeros the kernel fills
-/// in where its size is still the old one (seen: B's length with its
-/// last 65,543 bytes zero). The host's file is never torn: `two_writers`
-/// checks that. Fetching through a host handle of the open whose version
-/// is the chunk key's (the host's handle keeps the replaced file) makes
-/// this test pass.
+/// It failed before the client read chunks through the open's own host
+/// handle (which keeps the replaced file): one open read the first
+/// chunks of one version and the rest of another (seen: 512 KiB of `B`
+/// then 512 KiB of `A`), stopped early, or got zeros where the kernel's
+/// size was still the old one. The host's file is never torn:
+/// `two_writers` checks that.
 fn torn_reads<S: Shell>(shell: &S) {
     writers_race(shell, "torn-reads", race_reading_back);
 }

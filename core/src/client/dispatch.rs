@@ -600,18 +600,16 @@ impl ClientCore {
             let _ = self.cache.fail(now, &CacheKey::Chunk(key), Errno::Stale);
             return;
         };
-        // By node, unless the file is only reachable through a handle (it
-        // was unlinked while open).
-        let orphan = self.vfs.as_ref().and_then(|v| v.ino_of(node)).is_none();
-        let host_handle = self
+        // Through a host handle open on exactly this version, if there is
+        // one: it keeps the file it opened even after a commit renames a
+        // new one over its name (as an open file on a local disk does), so
+        // one open never reads two versions. Otherwise by node.
+        let file = self
             .handles
             .values()
-            .filter(|h| h.node == node)
-            .find_map(|h| h.host);
-        let file = match host_handle {
-            Some(handle) if orphan => FileRef::Handle(handle),
-            _ => FileRef::Node(node),
-        };
+            .filter(|h| h.attr.key == key.file && h.attr.version == key.version)
+            .find_map(|h| h.host)
+            .map_or(FileRef::Node(node), FileRef::Handle);
         let request = Request::Read {
             file,
             offset: key.index * CHUNK_SIZE as u64,

@@ -357,13 +357,12 @@ impl ClientCore {
             (Op::Readlink { .. }, _, Ok(Reply::Link(target))) => Some(Ok(Answer::Link(target))),
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
             (Op::Read { .. }, Step::RefreshRead, Ok(Reply::Attr(a))) => {
-                // Handles on this file now read the new version, unless
-                // the inode lost its name meanwhile: then reads go through
-                // the host handle, which holds the file as it was opened,
-                // and the version by name is not the one they will get.
-                let named = self.vfs.as_ref().and_then(|v| v.ino_of(a.node)).is_some();
+                // Handles on this file now read the new version: those that
+                // read by node, and those whose host handle holds that very
+                // file (changed in place). A host handle on a file that was
+                // replaced keeps reading the file it opened.
                 for h in self.handles.values_mut() {
-                    if h.node == a.node && named {
+                    if h.node == a.node && (h.host.is_none() || h.attr.key == a.key) {
                         h.attr = a.clone();
                     }
                 }
