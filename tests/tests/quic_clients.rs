@@ -17,19 +17,19 @@
 //! them. Every wait has a limit.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wormhole_core::host::{HostEvent, RESERVED_PREFIX};
-use wormhole_core::proto::{
-    Attr, CHUNK_SIZE, Checksum, Errno, LockKind, LockScope, LockToken, Name, NodeId, Reply,
-    Request, SessionId, TxnId,
-};
+use wormhole_core::proto::{CHUNK_SIZE, Errno, LockToken, NodeId, Reply, Request, SessionId};
 use wormhole_io::{Identity, Shell, Ticket};
 use wormhole_smol::SmolShell;
+use wormhole_tests::doomed::{
+    self, LOCK_TTL, VICTIM, attr_of, chunk, exclusive, name, token_of, txn_of, unhex16,
+};
 use wormhole_tests::e2e::{Steps, run_bounded, wait_until};
 use wormhole_tests::quic::{
     Guard, RawClient, STEP, mount_connected, scratch, start_host, stop_host, ticket, transport,
@@ -47,21 +47,11 @@ const LEN_A: usize = 8 * CHUNK_SIZE;
 /// so a size taken from one writer and bytes from the other show.
 const LEN_B: usize = 9 * CHUNK_SIZE + CHUNK_SIZE / 2 + 7;
 
-/// The host's lock lifetime (`LockConfig::default().ttl`), which
-/// `HelloAck` announces and the test checks.
-const LOCK_TTL: Duration = Duration::from_secs(30);
 /// Slack on top of the promised times: scheduling on a busy CI machine.
 const SLACK: Duration = Duration::from_secs(15);
 /// QUIC idle timeout (`transport_config`) plus the session grace period
 /// (`HostConfig::session_grace`): when the host ends a dead session.
 const DEAD_SESSION_END: Duration = Duration::from_secs(30 + 30);
-
-/// Set in the child process: which shell it runs.
-const CHILD_SHELL: &str = "WORMHOLE_TEST_KILLED_CLIENT_SHELL";
-/// Set in the child process: the host's ticket.
-const CHILD_TICKET: &str = "WORMHOLE_TEST_KILLED_CLIENT_TICKET";
-/// Starts the line the child prints once it holds the lock.
-const CHILD_MARKER: &str = "wormhole-killed-client-holds";
 
 #[test]
 fn two_writers_on_tokio() {
@@ -94,18 +84,6 @@ fn killed_client_on_tokio() {
 #[test]
 fn killed_client_on_smol() {
     killed_client(&SmolShell::new().expect("start smol"));
-}
-
-/// The doomed client of `killed_client_*`, run by them in a child
-/// process of this test binary (it does nothing when run by hand).
-#[test]
-#[ignore = "not a test by itself: killed_client_* runs it in a child process and kills it"]
-fn killed_client_child() {
-    match std::env::var(CHILD_SHELL).as_deref() {
-        Ok("tokio") => doomed_client(&TokioShell::new().expect("start a tokio runtime")),
-        Ok("smol") => doomed_client(&SmolShell::new().expect("start smol")),
-        _ => {}
-    }
 }
 
 // ------------------------------------------------------------ two writers
@@ -280,119 +258,11 @@ impl Drop for Doomed {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex16(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    assert_eq!(s.len(), 32, "32 hex digits: {s:?}");
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex");
-    }
-    out
-}
-
-fn name(s: &str) -> Name {
-    Name::new(s.as_bytes().to_vec()).expect("a valid name")
-}
-
-fn attr_of(reply: Result<Reply, Errno>, what: &str) -> Attr {
-    match reply {
-        Ok(Reply::Attr(a)) => a,
-        other => panic!("{what}: {other:?}"),
-    }
-}
-
-fn token_of(reply: Result<Reply, Errno>, what: &str) -> LockToken {
-    match reply {
-        Ok(Reply::LockGranted { token, ttl_ms }) => {
-            assert_eq!(u128::from(ttl_ms), LOCK_TTL.as_millis(), "the lock's ttl");
-            token
-        }
-        other => panic!("{what}: {other:?}"),
-    }
-}
-
-fn txn_of(reply: Result<Reply, Errno>, what: &str) -> TxnId {
-    match reply {
-        Ok(Reply::WriteBegun { txn }) => txn,
-        other => panic!("{what}: {other:?}"),
-    }
-}
-
-fn exclusive(node: NodeId, wait: bool) -> Request {
-    Request::AcquireLock {
-        scope: LockScope::File(node),
-        kind: LockKind::Exclusive,
-        wait,
-    }
-}
-
-fn chunk(txn: TxnId, index: u64, data: &[u8]) -> Request {
-    Request::WriteChunk {
-        txn,
-        index,
-        offset: 0,
-        data: bytes::Bytes::copy_from_slice(data),
-        checksum: Checksum::of(data),
-    }
-}
-
-/// The child: lock `victim`, stage a chunk of `K`, say so, and wait to
-/// be killed (blocked on stdin, which the parent never writes; if the
-/// parent dies first, stdin closes and the child exits).
-fn doomed_client<S: Shell>(shell: &S) {
-    let ticket =
-        Ticket::parse(&std::env::var(CHILD_TICKET).expect("the ticket in the environment"))
-            .expect("the ticket parses");
-    let t = transport(shell, &ticket);
-    let (client, session, token) = within(shell, STEP, "the doomed client's lock", async {
-        let (mut c, session) = RawClient::authenticated(&t).await;
-        let victim = attr_of(
-            c.call(Request::Lookup {
-                parent: NodeId::ROOT,
-                name: name("victim"),
-            })
-            .await,
-            "look up the victim",
-        );
-        let token = token_of(c.call(exclusive(victim.node, false)).await, "lock it");
-        let txn = txn_of(
-            c.call(Request::BeginWrite {
-                node: victim.node,
-                token,
-            })
-            .await,
-            "begin a write",
-        );
-        let reply = c.call(chunk(txn, 0, &vec![b'K'; CHUNK_SIZE])).await;
-        assert_eq!(reply, Ok(Reply::Done), "stage a chunk");
-        (c, session, token)
-    });
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{CHILD_MARKER} {} {}", hex(&session.0), hex(&token.0)).expect("stdout");
-    out.flush().expect("stdout");
-    drop(out);
-    // The runtime's threads keep the connection alive (keepalives, acks)
-    // while this thread waits.
-    let _ = std::io::stdin().read(&mut [0u8; 1]);
-    drop(client);
-}
-
 /// Starts the doomed client and waits until it holds the lock; returns
 /// it with its session and lock token.
 fn spawn_doomed<S: Shell>(shell: &S, ticket: &Ticket) -> (Doomed, SessionId, LockToken) {
-    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args([
-            "killed_client_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_SHELL, shell.name())
-        .env(CHILD_TICKET, ticket.encode())
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wormhole-doomed-client"))
+        .args([shell.name(), &ticket.encode()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -422,7 +292,7 @@ fn spawn_doomed<S: Shell>(shell: &S, ticket: &Ticket) -> (Doomed, SessionId, Loc
         let left = end.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) => {
-                if let Some(rest) = line.split(CHILD_MARKER).nth(1) {
+                if let Some(rest) = line.split(doomed::MARKER).nth(1) {
                     let mut words = rest.split_whitespace();
                     let session = SessionId(unhex16(words.next().expect("session")));
                     let token = LockToken(unhex16(words.next().expect("token")));
@@ -443,7 +313,7 @@ fn killed_client<S: Shell>(shell: &S) {
     let dir = scratch("killed", shell.name());
     let _cleanup = Guard::new(&dir);
     let share = dir.join("share");
-    fs::write(share.join("victim"), b"before").expect("the victim file");
+    fs::write(share.join(VICTIM), b"before").expect("the victim file");
     let identity = Identity::generate().expect("identity");
     let host = start_host(shell, &dir, &identity);
     let ticket = ticket(&host, &identity);
@@ -456,7 +326,7 @@ fn killed_client<S: Shell>(shell: &S) {
         let victim = attr_of(
             c.call(Request::Lookup {
                 parent: NodeId::ROOT,
-                name: name("victim"),
+                name: name(VICTIM),
             })
             .await,
             "look up the victim",
