@@ -616,7 +616,7 @@ impl fuser::Filesystem for WormholeFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         match Self::name(name) {
@@ -625,6 +625,9 @@ impl fuser::Filesystem for WormholeFs {
                     parent: ino(parent),
                     name,
                     mode: perm(mode, umask),
+                    // The kernel asks only when its cache says the name is
+                    // free, which another client may have changed since.
+                    exclusive: flags & rustix::fs::OFlags::EXCL.bits() as i32 != 0,
                 },
                 KernelReply::Create(reply),
             ),

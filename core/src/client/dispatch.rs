@@ -225,13 +225,18 @@ impl ClientCore {
                 }
                 self.commit_then(now, h.node, AfterCommit::Reply(req, *fh))?;
             }
-            Op::Create { parent, name, mode } => {
+            Op::Create {
+                parent,
+                name,
+                mode,
+                exclusive,
+            } => {
                 let pnode = self.node(*parent)?;
                 let request = Request::Create {
                     parent: pnode,
                     name: name.clone(),
                     mode: *mode,
-                    exclusive: false,
+                    exclusive: *exclusive,
                 };
                 self.send(now, Self::main(req, &op), request);
             }

@@ -160,6 +160,9 @@ pub enum Op {
         name: Name,
         /// Permission bits.
         mode: u32,
+        /// `O_EXCL`: fail with EEXIST if the name exists (otherwise an
+        /// existing file is opened).
+        exclusive: bool,
     },
     /// Make a directory.
     Mkdir {

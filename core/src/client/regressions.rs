@@ -211,6 +211,7 @@ fn a_replaced_file_reads_its_own_commit_or_fails() {
             parent: Ino::ROOT,
             name: name("d"),
             mode: 0o644,
+            exclusive: false,
         },
     ) {
         Ok(Answer::Created { fh, .. }) => fh,
@@ -300,6 +301,7 @@ fn a_read_never_mixes_two_versions_of_a_file() {
             parent: Ino::ROOT,
             name: name("a"),
             mode: 0o644,
+            exclusive: false,
         },
     );
     assert!(matches!(w.wait(0, create), Ok(Answer::Created { .. })));

@@ -78,6 +78,7 @@ fn create(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
             parent: Ino::ROOT,
             name: name(n),
             mode: 0o644,
+            exclusive: false,
         },
     ) {
         Ok(Answer::Created { ino, fh, .. }) => (ino, fh),
@@ -503,6 +504,7 @@ fn mkdir_rmdir_and_errno_behaviour() {
             parent: d,
             name: name("x"),
             mode: 0o644,
+            exclusive: false,
         },
     ) else {
         panic!("create")
@@ -622,4 +624,20 @@ fn an_unlinked_open_file_stays_readable_when_its_ctime_moves() {
     }
     assert_eq!(read_all(&mut w, 0, fh, data.len()), data);
     w.call(0, Op::Release { fh }).expect("release");
+}
+
+/// `O_EXCL` reaches the host: the kernel asks only when its cache says the
+/// name is free, and another client may have taken it since.
+#[test]
+fn an_exclusive_create_of_an_existing_name_fails_with_eexist() {
+    let mut w = world(&[("a", b"kept")], 1);
+    let exclusive = Op::Create {
+        parent: Ino::ROOT,
+        name: name("a"),
+        mode: 0o644,
+        exclusive: true,
+    };
+    assert_eq!(w.call(0, exclusive), Err(Errno::Exist));
+    let (_, fh) = create(&mut w, 0, "a");
+    assert_eq!(read_all(&mut w, 0, fh, 4), b"kept");
 }

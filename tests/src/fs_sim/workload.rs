@@ -131,6 +131,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         parent: dir,
                         name: n,
                         mode: 0o644,
+                        exclusive: rng.below(4) == 0,
                     },
                 )?;
             }
