@@ -317,7 +317,7 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             parent: Ino::ROOT,
             name,
             mode: 0o644,
-            exclusive: n % 2 == 0,
+            exclusive: n.is_multiple_of(2),
         },
         11 => Op::Mkdir {
             parent: Ino::ROOT,
