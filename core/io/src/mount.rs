@@ -271,15 +271,38 @@ impl Drop for Mount {
             // fuser unmounts on drop; a busy mount (a panicking test that
             // left a file open) is detached so the mountpoint is not left
             // dead.
-            if let Err(e) = s.umount_and_join() {
+            if let Err(e) = s.umount_and_join()
+                && still_our_mount(&self.mountpoint)
+            {
                 warn!(error = %e, mountpoint = %self.mountpoint.display(), "unmount failed; detaching");
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.mountpoint)
-                    .status();
+                let _ =
+                    rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
             }
         }
     }
+}
+
+/// Whether a FUSE file system is still mounted at `mountpoint` (it may
+/// have been unmounted from outside, and something else mounted there
+/// since, which a detach must not touch).
+fn still_our_mount(mountpoint: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let Ok(want) = std::path::absolute(mountpoint) else {
+        return false;
+    };
+    // Fields: source, mount point (spaces escaped as \040), type, ...; the
+    // last line for a mount point is what is mounted on top.
+    table
+        .lines()
+        .rev()
+        .find_map(|line| {
+            let mut fields = line.split(' ');
+            let (_, at, kind) = (fields.next(), fields.next()?, fields.next()?);
+            (Path::new(&at.replace("\\040", " ")) == want).then_some(kind)
+        })
+        .is_some_and(|kind| kind == "fuse" || kind.starts_with("fuse."))
 }
 
 // ------------------------------------------------------------ disk cache
@@ -740,6 +763,14 @@ impl MountDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A detach never touches what is not a FUSE mount.
+    #[test]
+    fn only_a_fuse_mount_counts_as_ours() {
+        assert!(!still_our_mount(Path::new("/")));
+        assert!(!still_our_mount(Path::new("/proc")));
+        assert!(!still_our_mount(Path::new("/no/such/mount/point")));
+    }
 
     #[test]
     fn chunk_names_round_trip() {
