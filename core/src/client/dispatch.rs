@@ -445,9 +445,9 @@ impl ClientCore {
         );
     }
 
-    /// Replies to a ReadDir from a complete listing: entries from
-    /// `offset`, each learned in the inode table (without a kernel
-    /// reference).
+    /// Replies to a ReadDir from a complete listing: the entries from
+    /// `offset`, at most [`DIR_ITEMS_PER_ANSWER`] of them, each learned in
+    /// the inode table (without a kernel reference).
     pub(super) fn answer_dir(
         &mut self,
         req: Req,
@@ -460,7 +460,12 @@ impl ClientCore {
         };
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         let mut items = Vec::new();
-        for (i, e) in entries.iter().enumerate().skip(skip) {
+        for (i, e) in entries
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .take(DIR_ITEMS_PER_ANSWER)
+        {
             match vfs.learn(ino, e.name.clone(), &e.attr, false) {
                 Ok(child) => items.push(super::DirItem {
                     ino: child,
@@ -653,6 +658,12 @@ impl ClientCore {
         }
     }
 }
+
+/// The most entries one ReadDir answer carries. The kernel's buffer (a
+/// page: about a hundred entries) takes what fits and asks again from the
+/// last offset it took, until an answer is empty; building the whole rest
+/// of a 10,000-entry listing on every call made reading it quadratic.
+pub(super) const DIR_ITEMS_PER_ANSWER: usize = 256;
 
 /// The errno a refused write command reports.
 fn write_errno(e: WriteError) -> Errno {
