@@ -123,6 +123,9 @@ impl Drop for Staged {
 pub struct HostFs {
     root: OwnedFd,
     cfg: HostFsConfig,
+    /// Starts this run's staging names: a reserved file without it was
+    /// left by an earlier run, and a listing sweeps it.
+    staging_prefix: Vec<u8>,
     handles: Mutex<HashMap<FsHandle, Arc<File>>>,
     staged: Mutex<HashMap<TxnId, Arc<Staged>>>,
 }
@@ -145,9 +148,17 @@ impl HostFs {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        // Unique enough per run: the clock and the process id.
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 40);
+        let mut staging_prefix = RESERVED_PREFIX.to_vec();
+        staging_prefix.extend_from_slice(format!("{run:016x}.").as_bytes());
         Ok(HostFs {
             root: fd,
             cfg,
+            staging_prefix,
             handles: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
         })
@@ -320,7 +331,11 @@ impl HostFs {
         for entry in dir {
             let entry = entry.map_err(sys)?;
             let bytes = entry.file_name().to_bytes();
-            if bytes == b"." || bytes == b".." || bytes.starts_with(RESERVED_PREFIX) {
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            if bytes.starts_with(RESERVED_PREFIX) {
+                self.sweep_leftover(&fd, entry.file_name());
                 continue;
             }
             let shown = match entry.file_type() {
@@ -599,7 +614,7 @@ impl HostFs {
         if lock(&self.staged).len() >= self.cfg.max_staged {
             return Err(Errno::Again);
         }
-        let sname = staging_name(txn);
+        let sname = self.staging_name(txn);
         let flags =
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rfs::openat(&dir, os(&sname), flags, Mode::from_raw_mode(0o600)) {
@@ -743,11 +758,47 @@ fn openat2_retry(dir: impl AsFd, path: &[u8], flags: OFlags) -> Result<OwnedFd, 
     Err(Errno::Again)
 }
 
-/// The name of `txn`'s staging file: reserved, so clients never see it.
-pub fn staging_name(txn: TxnId) -> Vec<u8> {
-    let mut n = RESERVED_PREFIX.to_vec();
-    n.extend_from_slice(txn.0.to_string().as_bytes());
-    n
+/// How old a staging file of another run must be before a listing that
+/// meets it removes it: a host that crashed left it, but another host
+/// serving the same folder right now may still be writing one.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl HostFs {
+    /// The name of `txn`'s staging file: reserved, so clients never see
+    /// it, and marked with this run.
+    fn staging_name(&self, txn: TxnId) -> Vec<u8> {
+        let mut n = self.staging_prefix.clone();
+        n.extend_from_slice(txn.0.to_string().as_bytes());
+        n
+    }
+
+    /// A staging file met while listing: if an earlier run left it (a
+    /// crash between staging and commit) and it has not been touched for
+    /// [`LEFTOVER_AGE`], it is garbage and goes, so crashes do not fill
+    /// the disk. The first scan lists every directory, so a restart
+    /// sweeps the whole share.
+    fn sweep_leftover(&self, dir: &OwnedFd, name: &std::ffi::CStr) {
+        if name.to_bytes().starts_with(&self.staging_prefix) {
+            return;
+        }
+        let Ok(st) = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let age = now.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0));
+        if kind_of(&st) == Some(FileKind::File) && age >= LEFTOVER_AGE.as_secs() {
+            match rfs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) => {
+                    tracing::info!(name = ?name, "removed a staging file left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::debug!(name = ?name, error = %e, "could not remove a leftover staging file")
+                }
+            }
+        }
+    }
 }
 
 /// If the directory `name` in `parent` holds nothing but staging files,

@@ -46,7 +46,20 @@ fn the_scan_indexes_the_real_tree() {
         0,
     )
     .expect("mkfifo");
-    std::fs::write(root.join(".wormhole.3"), b"stale").expect("write");
+    std::fs::write(root.join(".wormhole.3"), b"fresh").expect("write");
+    // One a crash left long ago: the first scan sweeps it.
+    std::fs::write(root.join(".wormhole.old"), b"stale").expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(root.join(".wormhole.old"))
+        .and_then(|f| {
+            f.set_modified(
+                std::time::SystemTime::now()
+                    - wormhole_io::hostfs::LEFTOVER_AGE
+                    - std::time::Duration::from_secs(60),
+            )
+        })
+        .expect("age it");
 
     let fs = Arc::new(HostFs::open(root, HostFsConfig::default()).expect("open"));
     let (pool, results) = FsPool::new(fs, 2, 8).expect("pool");
@@ -105,6 +118,8 @@ fn the_scan_indexes_the_real_tree() {
             .child(NodeId::ROOT, &name(".wormhole.3"))
             .is_none()
     );
+    assert!(root.join(".wormhole.3").exists(), "a fresh one may be live");
+    assert!(!root.join(".wormhole.old").exists(), "the scan swept it");
     let leaf = host
         .nodes()
         .child(NodeId::ROOT, &name("d3"))

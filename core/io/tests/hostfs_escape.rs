@@ -7,7 +7,8 @@
 //! * `..` and absolute names cannot even be written down (`Name`);
 //! * a commit replaces the file (new content read back, old handles keep
 //!   the old content), an interrupted transaction leaves the old content,
-//!   and a staging file a crash left behind is invisible and replaced.
+//!   and a staging file a crash left behind is invisible, kept while it
+//!   may be another host's, and swept by a listing once it is old.
 //!
 //! The mount-point case needs root (to mount a tmpfs); without root it
 //! fails and says why, rather than skipping.
@@ -401,10 +402,11 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
             path: rel("f"),
         })
         .expect("begin");
-        assert_eq!(staging_files(root), vec![".wormhole.1".to_string()]);
+        let staged = staging_files(root);
+        assert_eq!(staged.len(), 1, "{staged:?}");
         // The staging file starts as a copy of the file.
         assert_eq!(
-            std::fs::read(root.join(".wormhole.1")).expect("read staging"),
+            std::fs::read(root.join(&staged[0])).expect("read staging"),
             b"old content"
         );
         fs.execute(FsOp::StageWrite {
@@ -431,7 +433,7 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
 
     // 2. A crash mid-transaction (nothing runs: the host is leaked, its
     //    staging file stays on disk): the old content; the leftover is
-    //    invisible, and the same transaction number starts over cleanly.
+    //    invisible, and once old enough a listing sweeps it.
     {
         let fs = HostFs::open(root, HostFsConfig::default()).expect("open");
         fs.execute(FsOp::StageBegin {
@@ -447,7 +449,9 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
         std::mem::forget(fs);
     }
     assert_eq!(std::fs::read(root.join("f")).expect("read"), b"old content");
-    assert_eq!(staging_files(root), vec![".wormhole.2".to_string()]);
+    let leftover = staging_files(root);
+    assert_eq!(leftover.len(), 1, "{leftover:?}");
+    let leftover = root.join(&leftover[0]);
 
     // 3. A commit: new content, the file's mode kept, a new inode (open
     //    handles keep the old content), no staging file left, and a fresh
@@ -469,7 +473,30 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
             txn,
             path: rel("f"),
         })
-        .expect("begin over the leftover");
+        .expect("begin beside the leftover");
+        // A fresh leftover may be another host's, still writing: kept.
+        let list = FsOp::List {
+            path: RelPath::root(),
+            cookie: 0,
+            max: 10,
+        };
+        assert!(matches!(fs.execute(list.clone()), Ok(FsOk::Listing { .. })));
+        assert!(leftover.exists(), "a fresh leftover is kept");
+        // Untouched for longer than LEFTOVER_AGE: a crash's garbage.
+        std::fs::File::options()
+            .write(true)
+            .open(&leftover)
+            .and_then(|f| {
+                f.set_modified(
+                    std::time::SystemTime::now()
+                        - wormhole_io::hostfs::LEFTOVER_AGE
+                        - std::time::Duration::from_secs(60),
+                )
+            })
+            .expect("age the leftover");
+        assert!(matches!(fs.execute(list), Ok(FsOk::Listing { .. })));
+        assert!(!leftover.exists(), "an old leftover is swept");
+        assert_eq!(staging_files(root).len(), 1, "this run's own staging stays");
         fs.execute(FsOp::StageWrite {
             txn,
             offset: 0,
