@@ -519,8 +519,9 @@ pub struct ClientCore {
     blocked: BTreeMap<NodeId, VecDeque<Blocked>>,
     in_flight: BTreeMap<RequestId, InFlight>,
     /// Requests waiting for the connection (built from ops, so a new
-    /// session can rebuild them).
-    queued: VecDeque<(Purpose, Request)>,
+    /// session can rebuild them), each with the deadline it fails at if
+    /// the connection does not come back in time.
+    queued: VecDeque<(Purpose, Request, Instant)>,
     /// Operations waiting for a new session's inodes to be re-bound.
     deferred: VecDeque<(Req, Op)>,
     /// A new session's inodes are being re-bound.
@@ -654,7 +655,17 @@ impl ClientCore {
 
     /// When [`Self::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let requests = self.in_flight.values().map(|f| f.deadline).min();
+        let requests = self
+            .in_flight
+            .values()
+            .map(|f| f.deadline)
+            .chain(
+                self.queued
+                    .iter()
+                    .filter(|q| !matches!(q.0, Purpose::Rebind { .. }))
+                    .map(|q| q.2),
+            )
+            .min();
         let writes = self
             .writes
             .values()
@@ -694,6 +705,19 @@ impl ClientCore {
                 self.fail_purpose(now, f.purpose, Errno::TimedOut);
             }
         }
+        // Waiting for a connection counts too: a lost host gives a clear
+        // error within `request_timeout`, not a hang until the connection
+        // machine gives up.
+        // (Re-binding lookups are exempt: a new session redoes them.)
+        let late =
+            |q: &(Purpose, Request, Instant)| now >= q.2 && !matches!(q.0, Purpose::Rebind { .. });
+        if self.queued.iter().any(late) {
+            let (late, keep) = std::mem::take(&mut self.queued).into_iter().partition(late);
+            self.queued = keep;
+            for (purpose, _, _) in late {
+                self.fail_purpose(now, purpose, Errno::TimedOut);
+            }
+        }
         self.drain(now);
     }
 
@@ -719,7 +743,8 @@ impl ClientCore {
             if self.queued.len() >= self.cfg.max_queued {
                 return self.fail_purpose(now, purpose, Errno::Again);
             }
-            self.queued.push_back((purpose, request));
+            self.queued
+                .push_back((purpose, request, now + self.cfg.request_timeout));
             return;
         }
         let id = RequestId(self.next_id);
@@ -817,10 +842,10 @@ impl ClientCore {
     /// to be re-sent (or rebuilt) after the reconnect.
     fn requeue_in_flight(&mut self) {
         let flights = std::mem::take(&mut self.in_flight);
-        let mut back: Vec<(Purpose, Request)> = flights
+        let mut back: Vec<(Purpose, Request, Instant)> = flights
             .into_values()
             .filter(|f| !matches!(f.purpose, Purpose::Hello))
-            .map(|f| (f.purpose, f.request))
+            .map(|f| (f.purpose, f.request, f.deadline))
             .collect();
         back.extend(self.queued.drain(..));
         self.queued = back.into();
@@ -831,7 +856,7 @@ impl ClientCore {
             .into_values()
             .map(|f| f.purpose)
             .collect();
-        let queued: Vec<Purpose> = self.queued.drain(..).map(|(p, _)| p).collect();
+        let queued: Vec<Purpose> = self.queued.drain(..).map(|(p, _, _)| p).collect();
         for p in flights.into_iter().chain(queued) {
             self.fail_purpose(now, p, errno);
         }
@@ -886,8 +911,8 @@ impl ClientCore {
         // A new session: the host may have restarted, so node ids, locks
         // and transactions are gone; inodes are re-bound by path before any
         // queued operation runs again.
-        let queued: Vec<(Purpose, Request)> = self.queued.drain(..).collect();
-        for (purpose, request) in queued {
+        let queued: Vec<(Purpose, Request, Instant)> = self.queued.drain(..).collect();
+        for (purpose, request, _) in queued {
             match purpose {
                 Purpose::Op { req, op, .. } => self.deferred.push_back((req, op)),
                 Purpose::Write { node, op } => {
@@ -954,8 +979,8 @@ impl ClientCore {
     }
 
     fn flush_queue(&mut self, now: Instant) {
-        let queued: Vec<(Purpose, Request)> = self.queued.drain(..).collect();
-        for (purpose, request) in queued {
+        let queued: Vec<(Purpose, Request, Instant)> = self.queued.drain(..).collect();
+        for (purpose, request, _) in queued {
             self.send(now, purpose, request);
         }
     }

@@ -644,3 +644,30 @@ fn an_exclusive_create_of_an_existing_name_fails_with_eexist() {
     let (_, fh) = create(&mut w, 0, "a");
     assert_eq!(read_all(&mut w, 0, fh, 4), b"kept");
 }
+
+/// A lost host gives a clear error within `request_timeout`, not a hang
+/// until the connection machine gives up (which, with connect timeouts,
+/// takes longer); what is cached is still served meanwhile.
+#[test]
+fn a_lost_host_fails_requests_within_the_request_timeout() {
+    let mut w = world(&[("a", b"aaaa"), ("b", b"bbbb")], 1);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    w.crash_host();
+    let attr = w.call(0, Op::GetAttr { ino: a });
+    assert!(matches!(attr, Ok(Answer::Attr { .. })), "cached: {attr:?}");
+    let asked = w.now;
+    let miss = w.call(
+        0,
+        Op::Lookup {
+            parent: Ino::ROOT,
+            name: name("b"),
+        },
+    );
+    assert_eq!(miss, Err(Errno::TimedOut));
+    let timeout = ClientConfig::default().request_timeout;
+    assert!(
+        w.now.saturating_duration_since(asked) <= timeout + Duration::from_secs(1),
+        "answered after {:?}",
+        w.now.saturating_duration_since(asked)
+    );
+}
