@@ -71,6 +71,16 @@ fn host_restart_on_smol() {
 }
 
 #[test]
+fn host_gone_on_tokio() {
+    host_gone(&TokioShell::new().expect("start a tokio runtime"));
+}
+
+#[test]
+fn host_gone_on_smol() {
+    host_gone(&SmolShell::new().expect("start smol"));
+}
+
+#[test]
 fn read_only_host_on_tokio() {
     read_only(&TokioShell::new().expect("start a tokio runtime"));
 }
@@ -381,6 +391,81 @@ fn host_restart<S: Shell>(shell: S) {
     });
     guard.unmount_all(&shell);
     stop_host(&shell, host);
+}
+
+/// How long a request may wait for a lost host in `host_gone`.
+const GONE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Content of the file `host_gone` reads before the host goes.
+const KEPT: usize = 3 * CHUNK + 5;
+
+/// The host goes away for good while mounted: what is cached (attributes,
+/// an open file's bytes) is still served, what needs the host fails with
+/// a clear errno within the request timeout instead of hanging, and the
+/// mount still unmounts cleanly.
+fn host_gone<S: Shell>(shell: &S) {
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("gone", shell.name());
+    let mut guard = Guard::new(&dir);
+    fs::write(dir.join("share/kept"), pattern(KEPT, 7)).expect("the kept file");
+    let identity = Identity::generate().expect("identity");
+    let host = start_host(shell, &dir, &identity);
+    let ticket = ticket(&host, &identity);
+    let mut options = MountOptions::new(SECRET).expect("randomness");
+    options.client.request_timeout = GONE_TIMEOUT;
+    options.client.cache.attr_ttl = Duration::from_secs(600);
+    let m = mount(shell, transport(shell, &ticket), &dir.join("mnt"), options);
+    guard.mounts.push(m);
+    assert_eq!(
+        next_event(shell, &guard.mounts[0], "the mount to connect"),
+        ClientEvent::Connected { resumed: false }
+    );
+    // Opened and read while the host is there: the handle stays open
+    // across the loss (its bytes are in the kernel's and the core's
+    // caches).
+    let open = std::sync::Arc::new(std::sync::Mutex::new(None::<fs::File>));
+    let shared = open.clone();
+    let mnt = dir.join("mnt");
+    let opener = std::thread::spawn(move || {
+        let f = fs::File::open(mnt.join("kept")).expect("open the kept file");
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut all).expect("read it");
+        assert_eq!(all, pattern(KEPT, 7));
+        *shared.lock().expect("lock") = Some(f);
+    });
+    wait_until(STEP, "the kept file to be opened and read", || {
+        opener.is_finished()
+    });
+    opener.join().expect("the opener");
+    stop_host(shell, host);
+    run_bounded(&dir, SUITE, gone_workout);
+    drop(open.lock().expect("lock").take());
+    guard.unmount_all(shell);
+}
+
+fn gone_workout(dir: &Path, steps: &Steps) {
+    let mnt = dir.join("mnt");
+    steps.at("stat a cached file");
+    let meta = fs::metadata(mnt.join("kept")).expect("cached attributes are served");
+    assert_eq!(meta.len(), KEPT as u64);
+    steps.at("look up a name never seen");
+    let asked = std::time::Instant::now();
+    let err = fs::metadata(mnt.join("never-seen")).expect_err("no host to ask");
+    let waited = asked.elapsed();
+    assert!(
+        matches!(
+            err.raw_os_error(),
+            Some(code) if code == Errno::TimedOut.raw() || code == Errno::NotConn.raw()
+        ),
+        "a clear errno, not {err:?}"
+    );
+    assert!(
+        waited <= GONE_TIMEOUT + STEP,
+        "answered after {waited:?}, the request timeout is {GONE_TIMEOUT:?}"
+    );
+    steps.at("open the file again");
+    // Opening asks the host for the current version (close-to-open):
+    // refused, not hung.
+    assert!(fs::File::open(mnt.join("kept")).is_err());
 }
 
 /// A read-only host answers every change with EROFS and still serves
