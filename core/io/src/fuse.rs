@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
@@ -43,6 +43,9 @@ pub(crate) enum KernelReply {
     Attr(ReplyAttr, Ino),
     /// readdir.
     Dir(ReplyDirectory),
+    /// readdirplus: entries with their attributes, each one a lookup
+    /// reference the kernel takes.
+    DirPlus(ReplyDirectoryPlus),
     /// open.
     Open(ReplyOpen),
     /// read, readlink.
@@ -88,14 +91,21 @@ fn errno(e: Errno) -> fuser::Errno {
 }
 
 impl KernelReply {
-    /// Sends the core's answer to the kernel. An answer of the wrong shape
-    /// for the request is a core bug; the kernel gets EIO rather than a
-    /// hang.
-    pub(crate) fn answer(self, result: Result<Answer, Errno>) {
+    /// Sends the core's answer to the kernel; returns the inodes the
+    /// kernel took a lookup reference on without a lookup (the entries of
+    /// a readdirplus answer that fit its buffer), which the core must
+    /// count. An answer of the wrong shape for the request is a core bug;
+    /// the kernel gets EIO rather than a hang.
+    #[must_use = "the core must count the lookup references the kernel took"]
+    pub(crate) fn answer(self, result: Result<Answer, Errno>) -> Vec<Ino> {
         let answer = match result {
             Ok(a) => a,
-            Err(e) => return self.error(errno(e)),
+            Err(e) => {
+                self.error(errno(e));
+                return Vec::new();
+            }
         };
+        let mut taken = Vec::new();
         match (self, answer) {
             (KernelReply::Entry(r), Answer::Entry { ino, attr, ttl }) => {
                 r.entry(&ttl, &file_attr(ino, &attr), Generation(0));
@@ -111,6 +121,25 @@ impl KernelReply {
                         // the last offset it took.
                         break;
                     }
+                }
+                r.ok();
+            }
+            (KernelReply::DirPlus(mut r), Answer::Dir(items)) => {
+                for item in items {
+                    let name = OsStr::from_bytes(item.name.as_bytes());
+                    let attr = file_attr(item.ino, &item.attr);
+                    let ttl = item.ttl;
+                    if r.add(
+                        INodeNo(item.ino.0),
+                        item.next,
+                        name,
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    taken.push(item.ino);
                 }
                 r.ok();
             }
@@ -141,6 +170,7 @@ impl KernelReply {
                 reply.error(fuser::Errno::EIO);
             }
         }
+        taken
     }
 
     /// Fails the request with `e`.
@@ -149,6 +179,7 @@ impl KernelReply {
             KernelReply::Entry(r) => r.error(e),
             KernelReply::Attr(r, _) => r.error(e),
             KernelReply::Dir(r) => r.error(e),
+            KernelReply::DirPlus(r) => r.error(e),
             KernelReply::Open(r) => r.error(e),
             KernelReply::Data(r) => r.error(e),
             KernelReply::Write(r) => r.error(e),
@@ -281,7 +312,11 @@ impl fuser::Filesystem for WormholeFs {
         //   when the attributes show a new mtime or size.
         // * cache symlinks: a symlink's target never changes (a new
         //   target is a new file on the host).
+        // * readdirplus (adaptive): a listing carries the attributes, so
+        //   `ls -l` and `find -ls` need no lookup per entry.
         for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,
@@ -551,6 +586,23 @@ impl fuser::Filesystem for WormholeFs {
                 offset,
             },
             KernelReply::Dir(reply),
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.op(
+            Op::ReadDir {
+                ino: ino(i),
+                offset,
+            },
+            KernelReply::DirPlus(reply),
         );
     }
 

@@ -681,11 +681,14 @@ impl MountDriver {
             any = true;
             match o {
                 ClientOutput::Reply { req, result } => match self.pending.remove(&req) {
-                    Some(reply) if result.is_err() => {
-                        debug!(?req, ?result, "kernel request failed");
-                        reply.answer(result);
+                    Some(reply) => {
+                        if result.is_err() {
+                            debug!(?req, ?result, "kernel request failed");
+                        }
+                        for ino in reply.answer(result) {
+                            self.core.kernel_took(ino);
+                        }
                     }
-                    Some(reply) => reply.answer(result),
                     None => warn!(?req, "answer to an unknown kernel request"),
                 },
                 ClientOutput::Send(msg) => match (msg.encode(), &self.link) {

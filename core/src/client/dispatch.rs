@@ -459,6 +459,7 @@ impl ClientCore {
             return self.reply(req, Err(Errno::NotConn));
         };
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        let ttl = self.cache.config().ttl(Kind::Attr);
         let mut items = Vec::new();
         for (i, e) in entries
             .iter()
@@ -473,6 +474,7 @@ impl ClientCore {
                     kind: e.attr.kind,
                     name: e.name.clone(),
                     attr: e.attr.clone(),
+                    ttl,
                 }),
                 Err(_) => break,
             }

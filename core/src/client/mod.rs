@@ -229,6 +229,9 @@ pub struct DirItem {
     pub name: Name,
     /// Its attributes.
     pub attr: Attr,
+    /// How long the kernel may keep the entry and its attributes (for a
+    /// readdirplus answer, which hands the kernel both).
+    pub ttl: Duration,
 }
 
 /// A successful answer to the kernel.
@@ -645,6 +648,16 @@ impl ClientCore {
     pub fn forget(&mut self, ino: Ino, n: u64) {
         if let Some(vfs) = self.vfs.as_mut() {
             let _ = vfs.forget(ino, n);
+        }
+    }
+
+    /// The kernel took a lookup reference on `ino` from a directory
+    /// answer (readdirplus hands out entries as a lookup does, but only
+    /// the shell knows which of them fit in the kernel's buffer); its
+    /// forget will give it back.
+    pub fn kernel_took(&mut self, ino: Ino) {
+        if let Some(vfs) = self.vfs.as_mut() {
+            let _ = vfs.looked_up(ino);
         }
     }
 

@@ -671,3 +671,44 @@ fn a_lost_host_fails_requests_within_the_request_timeout() {
         w.now.saturating_duration_since(asked)
     );
 }
+
+/// A readdirplus entry is a lookup reference the kernel takes (the shell
+/// says which entries fit in its buffer); its forget gives it back, and
+/// the number is free again only then.
+#[test]
+fn readdirplus_entries_are_counted_lookups() {
+    let mut w = world(&[("a", b"1"), ("b", b"2")], 1);
+    let Ok(Answer::Dir(items)) = w.call(
+        0,
+        Op::ReadDir {
+            ino: Ino::ROOT,
+            offset: 0,
+        },
+    ) else {
+        panic!("readdir")
+    };
+    assert_eq!(items.len(), 2);
+    assert!(
+        items
+            .iter()
+            .all(|i| i.ttl == ClientConfig::default().cache.attr_ttl)
+    );
+    let a = items[0].ino;
+    let nlookup = |w: &World, ino| {
+        w.clients[0]
+            .core
+            .vfs
+            .as_ref()
+            .and_then(|v| v.get(ino))
+            .map(|i| i.nlookup)
+    };
+    assert_eq!(
+        nlookup(&w, a),
+        Some(0),
+        "a listing alone takes no reference"
+    );
+    w.clients[0].core.kernel_took(a);
+    assert_eq!(nlookup(&w, a), Some(1));
+    w.clients[0].core.forget(a, 1);
+    assert_eq!(nlookup(&w, a), None, "forgotten and freed");
+}

@@ -319,6 +319,20 @@ impl Vfs {
         Ok(())
     }
 
+    /// The kernel took one more lookup reference on `ino` without a lookup
+    /// (an entry of a readdirplus answer).
+    pub fn looked_up(&mut self, ino: Ino) -> Result<(), VfsError> {
+        let inode = self
+            .inodes
+            .get_mut(&ino)
+            .ok_or(VfsError::UnknownInode(ino))?;
+        inode.nlookup += 1;
+        if inode.state == InodeState::Allocated {
+            inode.state = InodeState::Active;
+        }
+        Ok(())
+    }
+
     /// A handle was opened on `ino`.
     pub fn open(&mut self, ino: Ino) -> Result<(), VfsError> {
         let inode = self
