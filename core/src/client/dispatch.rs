@@ -301,13 +301,17 @@ impl ClientCore {
     }
 
     /// The file's open transaction, started if there is none.
-    fn txn(&mut self, node: NodeId, _now: Instant) -> Result<&mut WriteTxn, Errno> {
+    fn txn(&mut self, node: NodeId, now: Instant) -> Result<&mut WriteTxn, Errno> {
         if node == super::UNBOUND {
             // A handle cut off by a host restart: nothing to lock or write
             // (and one shared node 0 would mix up files' transactions).
             return Err(Errno::Stale);
         }
         if self.writes.get(&node).is_some_and(WriteTxn::is_finished) {
+            // Whatever it still has to send (its lock's release) goes
+            // before it does: a lost release would hold the next
+            // transaction's lock request until the lock expired.
+            self.drain_write(now, node);
             self.writes.remove(&node);
         }
         if !self.writes.contains_key(&node) {

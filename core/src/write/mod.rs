@@ -430,9 +430,12 @@ impl WriteTxn {
                 self.state = WriteState::Complete;
                 self.pending = Extents::new();
                 self.sent = Extents::new();
-                self.out.push_back(WriteOutput::Committed(attr));
+                // The release goes out before the news: whoever hears of
+                // the commit may start the file's next transaction, whose
+                // lock request must not overtake this release.
                 let _ = self.lock.release(now);
                 self.drain_lock(now);
+                self.out.push_back(WriteOutput::Committed(attr));
             }
             (Sent::Abort, _) => {}
             (_, Err(e)) => return self.fail(now, AbortReason::Host(e)),
