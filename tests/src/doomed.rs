@@ -96,6 +96,18 @@ pub fn chunk(txn: TxnId, index: u64, data: &[u8]) -> Request {
     }
 }
 
+/// The attributes of [`VICTIM`], looked up in the share's root.
+pub async fn look_up_victim(c: &mut RawClient) -> Attr {
+    attr_of(
+        c.call(Request::Lookup {
+            parent: NodeId::ROOT,
+            name: name(VICTIM),
+        })
+        .await,
+        "look up the victim",
+    )
+}
+
 /// The child's life: lock [`VICTIM`], stage a chunk of `K`, print
 /// [`MARKER`] with the session and token, and wait to be killed (blocked
 /// on stdin, which the parent never writes; if the parent dies first,
@@ -104,14 +116,7 @@ pub fn run<S: Shell>(shell: &S, ticket: &Ticket) {
     let t = transport(shell, ticket);
     let (client, session, token) = within(shell, STEP, "the doomed client's lock", async {
         let (mut c, session) = RawClient::authenticated(&t).await;
-        let victim = attr_of(
-            c.call(Request::Lookup {
-                parent: NodeId::ROOT,
-                name: name(VICTIM),
-            })
-            .await,
-            "look up the victim",
-        );
+        let victim = look_up_victim(&mut c).await;
         let token = token_of(c.call(exclusive(victim.node, false)).await, "lock it");
         let txn = txn_of(
             c.call(Request::BeginWrite {

@@ -24,11 +24,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use wormhole_core::host::{HostEvent, RESERVED_PREFIX};
-use wormhole_core::proto::{CHUNK_SIZE, Errno, LockToken, NodeId, Reply, Request, SessionId};
+use wormhole_core::proto::{CHUNK_SIZE, Errno, LockToken, Reply, Request, SessionId};
 use wormhole_io::{Identity, Shell, Ticket};
 use wormhole_smol::SmolShell;
 use wormhole_tests::doomed::{
-    self, LOCK_TTL, VICTIM, attr_of, chunk, exclusive, name, token_of, txn_of, unhex16,
+    self, LOCK_TTL, VICTIM, attr_of, chunk, exclusive, look_up_victim, token_of, txn_of, unhex16,
 };
 use wormhole_tests::e2e::{Steps, run_bounded, wait_until};
 use wormhole_tests::quic::{
@@ -323,14 +323,7 @@ fn killed_client<S: Shell>(shell: &S) {
     let (mut c, victim) = within(shell, STEP, "the survivor's first steps", async {
         let (mut c, session) = RawClient::authenticated(&t).await;
         assert_ne!(session, dead_session);
-        let victim = attr_of(
-            c.call(Request::Lookup {
-                parent: NodeId::ROOT,
-                name: name(VICTIM),
-            })
-            .await,
-            "look up the victim",
-        );
+        let victim = look_up_victim(&mut c).await;
         // The doomed client really holds the lock (so what follows is a
         // release, not a lock that was never taken).
         assert_eq!(

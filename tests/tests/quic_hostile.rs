@@ -423,88 +423,9 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
         )
         .await;
         assert_eq!(e1, e2, "{link}: the error says nothing about the outside");
-        refused(
-            c,
-            Request::ReadDir {
-                dir: node,
-                cookie: 0,
-            },
-        )
-        .await;
-        refused(c, Request::Open { node }).await;
-        refused(
-            c,
-            Request::Read {
-                file: FileRef::Node(node),
-                offset: 0,
-                len: 4096,
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Create {
-                parent: node,
-                name: name(&evil("file")),
-                mode: 0o644,
-                exclusive: false,
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Mkdir {
-                parent: node,
-                name: name(&evil("dir")),
-                mode: 0o755,
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Symlink {
-                parent: node,
-                name: name(&evil("link")),
-                target: b"x".to_vec(),
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Unlink {
-                parent: node,
-                name: name(there),
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Rmdir {
-                parent: node,
-                name: name(there),
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Rename {
-                parent: root,
-                name: name("movable"),
-                new_parent: node,
-                new_name: name(&evil("moved")),
-            },
-        )
-        .await;
-        refused(
-            c,
-            Request::Rename {
-                parent: node,
-                name: name(there),
-                new_parent: root,
-                new_name: name("stolen"),
-            },
-        )
-        .await;
+        for request in reaching_through(node, node, there) {
+            refused(c, request).await;
+        }
         for scope in [LockScope::Directory(node), LockScope::Subtree(node)] {
             refused(
                 c,
@@ -632,6 +553,57 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
     }
 }
 
+/// Every request that would reach through `dir` to what lies beyond it
+/// (`there` is a name beyond), or open and read `file` (reached through
+/// it): each must be refused.
+fn reaching_through(dir: NodeId, file: NodeId, there: &str) -> Vec<Request> {
+    vec![
+        Request::ReadDir { dir, cookie: 0 },
+        Request::Open { node: file },
+        Request::Read {
+            file: FileRef::Node(file),
+            offset: 0,
+            len: 4096,
+        },
+        Request::Create {
+            parent: dir,
+            name: name(&evil("file")),
+            mode: 0o644,
+            exclusive: false,
+        },
+        Request::Mkdir {
+            parent: dir,
+            name: name(&evil("dir")),
+            mode: 0o755,
+        },
+        Request::Symlink {
+            parent: dir,
+            name: name(&evil("link")),
+            target: b"x".to_vec(),
+        },
+        Request::Unlink {
+            parent: dir,
+            name: name(there),
+        },
+        Request::Rmdir {
+            parent: dir,
+            name: name(there),
+        },
+        Request::Rename {
+            parent: dir,
+            name: name(there),
+            new_parent: NodeId::ROOT,
+            new_name: name("stolen"),
+        },
+        Request::Rename {
+            parent: NodeId::ROOT,
+            name: name("movable"),
+            new_parent: dir,
+            new_name: name(&evil("moved")),
+        },
+    ]
+}
+
 /// A directory the host indexed, swapped for a symlink to the outside by
 /// a local program: the host's old node ids for it and its children lead
 /// nowhere (its disk executor takes no symlink on the way).
@@ -665,36 +637,6 @@ async fn swapped_dir(c: &mut RawClient, dir: &Path) {
     refused(c, Request::GetAttr { node: i }).await;
     refused(
         c,
-        Request::Read {
-            file: FileRef::Node(i),
-            offset: 0,
-            len: 4096,
-        },
-    )
-    .await;
-    refused(c, Request::Open { node: i }).await;
-    refused(c, Request::ReadDir { dir: s, cookie: 0 }).await;
-    refused(
-        c,
-        Request::Create {
-            parent: s,
-            name: name(&evil("file")),
-            mode: 0o644,
-            exclusive: false,
-        },
-    )
-    .await;
-    refused(
-        c,
-        Request::Mkdir {
-            parent: s,
-            name: name(&evil("dir")),
-            mode: 0o755,
-        },
-    )
-    .await;
-    refused(
-        c,
         Request::SetAttr {
             node: i,
             set: SetAttr {
@@ -706,24 +648,9 @@ async fn swapped_dir(c: &mut RawClient, dir: &Path) {
         },
     )
     .await;
-    refused(
-        c,
-        Request::Unlink {
-            parent: s,
-            name: name("inside"),
-        },
-    )
-    .await;
-    refused(
-        c,
-        Request::Rename {
-            parent: s,
-            name: name("inside"),
-            new_parent: NodeId::ROOT,
-            new_name: name("stolen"),
-        },
-    )
-    .await;
+    for request in reaching_through(s, i, "inside") {
+        refused(c, request).await;
+    }
     if let Ok(Reply::LockGranted { token, .. }) = c
         .call(Request::AcquireLock {
             scope: LockScope::File(i),
