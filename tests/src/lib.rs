@@ -7,3 +7,4 @@ pub mod fs_sim;
 pub mod fuzz;
 pub mod pair_sim;
 pub mod quic;
+pub mod seeds;

@@ -11,19 +11,10 @@
 
 use wormhole_tests::fs_sim::FsStats;
 use wormhole_tests::fs_sim::workload::{SEED_VAR, replay_command, run_seed, run_seeds, trace_hash};
+use wormhole_tests::seeds::env_u64;
 
 const DEFAULT_SEEDS: u64 = 10_000;
 const SHARDS: u64 = 4;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
 
 fn shard(shard: u64) {
     if env_u64(SEED_VAR).is_some() {

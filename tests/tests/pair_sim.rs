@@ -15,19 +15,10 @@ use wormhole_tests::pair_sim::workload::{
     SEED_VAR, replay_command, run_seed, run_seeds, scenario, trace_hash,
 };
 use wormhole_tests::pair_sim::{HoldPolicy, LinkParams, Op, SimConfig, SimStats, World};
+use wormhole_tests::seeds::env_u64;
 
 const DEFAULT_SEEDS: u64 = 10_000;
 const SHARDS: u64 = 4;
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
-}
 
 /// Runs shard `shard` of the seeds and checks that the workload reached
 /// every corner it is meant to.

@@ -309,57 +309,18 @@ fn sim_salt(rng: &mut Rng) -> u64 {
     rng.next_u64() & 0xffff_0000_0000_0000
 }
 
-/// Why a seed failed.
-#[derive(Debug, Clone)]
-pub struct SeedFailure {
-    /// The seed.
-    pub seed: u64,
-    /// The broken invariant, or the panic message.
-    pub what: String,
-}
-
-impl std::fmt::Display for SeedFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "seed {} failed: {}\n  replay: {}",
-            self.seed,
-            self.what,
-            replay_command(self.seed)
-        )
-    }
-}
+pub use crate::seeds::SeedFailure;
 
 /// Runs seeds, catching panics; returns the summed stats and the failures
 /// (each printed with its replay command as it happens).
 pub fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (FsStats, Vec<SeedFailure>) {
-    let mut stats = FsStats::default();
-    let mut failures = Vec::new();
-    for seed in seeds {
-        let outcome = std::panic::catch_unwind(|| {
+    crate::seeds::run_seeds(
+        seeds,
+        replay_command,
+        |seed| {
             let (sim, res) = run_seed(seed, false, false);
             (sim.stats().clone(), res)
-        });
-        let failure = match outcome {
-            Ok((s, Ok(()))) => {
-                stats.merge(&s);
-                None
-            }
-            Ok((_, Err(v))) => Some(v.to_string()),
-            Err(panic) => Some(format!(
-                "panicked: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".to_string())
-            )),
-        };
-        if let Some(what) = failure {
-            let f = SeedFailure { seed, what };
-            eprintln!("{f}");
-            failures.push(f);
-        }
-    }
-    (stats, failures)
+        },
+        FsStats::merge,
+    )
 }

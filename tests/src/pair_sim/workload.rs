@@ -260,26 +260,7 @@ pub fn scenario(seed: u64) -> Scenario {
     Scenario { config, ops }
 }
 
-/// Why a seed failed.
-#[derive(Debug, Clone)]
-pub struct SeedFailure {
-    /// The seed.
-    pub seed: u64,
-    /// The broken invariant, or the panic message.
-    pub what: String,
-}
-
-impl std::fmt::Display for SeedFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "seed {} failed: {}\n  replay: {}",
-            self.seed,
-            self.what,
-            replay_command(self.seed)
-        )
-    }
-}
+pub use crate::seeds::SeedFailure;
 
 /// Runs a scenario's ops, then the liveness phase.
 pub fn run_world(world: &mut World, ops: &[Op]) -> Result<(), Violation> {
@@ -302,41 +283,18 @@ pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (World, Result<(), Violat
     (world, res)
 }
 
-/// Runs seeds, catching panics, and returns the summed stats and the
-/// failures (each printed with its replay command).
+/// Runs seeds, catching panics; returns the summed stats and the failures
+/// (each printed with its replay command as it happens).
 pub fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (SimStats, Vec<SeedFailure>) {
-    let mut stats = SimStats::default();
-    let mut failures = Vec::new();
-    for seed in seeds {
-        let outcome = std::panic::catch_unwind(|| {
+    crate::seeds::run_seeds(
+        seeds,
+        replay_command,
+        |seed| {
             let (world, res) = run_seed(seed, false, false);
             (world.stats().clone(), res)
-        });
-        match outcome {
-            Ok((s, Ok(()))) => stats.merge(&s),
-            Ok((_, Err(v))) => failures.push(SeedFailure {
-                seed,
-                what: v.to_string(),
-            }),
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".to_string());
-                failures.push(SeedFailure {
-                    seed,
-                    what: format!("panicked: {what}"),
-                });
-            }
-        }
-        if let Some(f) = failures.last()
-            && f.seed == seed
-        {
-            eprintln!("{f}");
-        }
-    }
-    (stats, failures)
+        },
+        SimStats::merge,
+    )
 }
 
 /// A stable 64-bit hash (FNV-1a) of a trace, for determinism checks.
