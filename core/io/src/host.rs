@@ -138,8 +138,9 @@ impl Host {
         let (pool, fs_results) = FsPool::new(Arc::new(fs), options.workers, 1024)?;
         let server_config = host_server_config(&options.identity)?;
         let local_addr = socket.local_addr()?;
+        crate::transport::size_socket_buffers(&socket);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quinn::EndpointConfig::default(),
+            crate::transport::endpoint_config(),
             Some(server_config),
             runtime.wrap_udp_socket(socket)?,
             runtime.clone(),

@@ -40,6 +40,7 @@
 //! The shells make no protocol decisions, and neither does this crate: it
 //! reads sockets and timers, feeds the core, and does what the core says.
 
+mod disk_cache;
 mod driver;
 mod node;
 mod runtime;

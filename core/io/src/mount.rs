@@ -33,13 +33,13 @@ use futures_lite::future::Future;
 use futures_lite::stream::Stream;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
-use wormhole_core::cache::ChunkKey;
 use wormhole_core::client::{ClientConfig, ClientCore, ClientEvent, ClientOutput, Req};
 use wormhole_core::conn::auth::TicketSecret;
-use wormhole_core::proto::{Checksum, FileKey, Name};
+use wormhole_core::proto::Name;
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
 
+use crate::disk_cache::{DiskCache, DiskQueue, DiskRead};
 use crate::fuse::{KernelRequest, WormholeFs};
 use crate::runtime::{BoxFuture, CoreClock};
 
@@ -52,8 +52,6 @@ const MAX_PASSES: usize = 16;
 const BATCH: usize = 64;
 /// Connection events kept for a slow reader of [`Mount::events`].
 const EVENT_QUEUE: usize = 64;
-/// Bytes before a chunk's contents in its cache file: its checksum.
-const CHECKSUM_LEN: usize = 32;
 
 /// An established connection to the host: encoded [`ClientMessage`]s out,
 /// encoded [`HostMessage`]s in.
@@ -305,145 +303,6 @@ fn still_our_mount(mountpoint: &Path) -> bool {
         .is_some_and(|kind| kind == "fuse" || kind.starts_with("fuse."))
 }
 
-// ------------------------------------------------------------ disk cache
-
-enum DiskCmd {
-    Write {
-        key: ChunkKey,
-        data: Bytes,
-        checksum: Checksum,
-    },
-    Delete {
-        key: ChunkKey,
-    },
-    Read {
-        key: ChunkKey,
-    },
-}
-
-/// A chunk read back from disk (`None`: missing or unreadable).
-type DiskRead = (ChunkKey, Option<(Bytes, Checksum)>);
-
-/// The disk cache: one file per chunk, named by its key, holding the
-/// checksum and then the bytes. Keys are the file's identity on the host
-/// (device, inode), its version and the chunk index, so a new mount finds
-/// its chunks again; the core checks every checksum on load.
-struct DiskCache {
-    dir: PathBuf,
-    found: Vec<(ChunkKey, u64)>,
-}
-
-impl DiskCache {
-    fn open(root: &Path) -> Result<DiskCache, MountError> {
-        let dir = root.join("chunks");
-        let fail = |source| MountError::CacheDir {
-            dir: dir.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(fail)?;
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(fail)? {
-            let entry = entry.map_err(fail)?;
-            let name = entry.file_name();
-            let parsed = name.to_str().and_then(parse_chunk_name);
-            match (parsed, entry.metadata()) {
-                (Some(key), Ok(meta)) if meta.is_file() && meta.len() >= CHECKSUM_LEN as u64 => {
-                    found.push((key, meta.len() - CHECKSUM_LEN as u64));
-                }
-                // Half-written files of a crashed run, and strangers.
-                _ => {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        info!(dir = %dir.display(), chunks = found.len(), "disk cache opened");
-        Ok(DiskCache { dir, found })
-    }
-
-    /// Runs the disk thread: commands in, reads out. Ends when the driver
-    /// drops its sender.
-    fn spawn(
-        dir: PathBuf,
-        reads: async_channel::Sender<DiskRead>,
-    ) -> io::Result<std::sync::mpsc::Sender<DiskCmd>> {
-        let (tx, rx) = std::sync::mpsc::channel::<DiskCmd>();
-        std::thread::Builder::new()
-            .name("wormhole-l2".into())
-            .spawn(move || {
-                let mut seq = 0u64;
-                for cmd in rx {
-                    match cmd {
-                        DiskCmd::Write {
-                            key,
-                            data,
-                            checksum,
-                        } => {
-                            seq += 1;
-                            if let Err(e) = write_chunk(&dir, seq, &key, &data, &checksum) {
-                                debug!(error = %e, ?key, "disk cache write failed");
-                            }
-                        }
-                        DiskCmd::Delete { key } => {
-                            let _ = std::fs::remove_file(dir.join(chunk_name(&key)));
-                        }
-                        DiskCmd::Read { key } => {
-                            let got =
-                                std::fs::read(dir.join(chunk_name(&key)))
-                                    .ok()
-                                    .and_then(|bytes| {
-                                        let sum: [u8; CHECKSUM_LEN] =
-                                            bytes.get(..CHECKSUM_LEN)?.try_into().ok()?;
-                                        let data = Bytes::from(bytes).slice(CHECKSUM_LEN..);
-                                        Some((data, Checksum(sum)))
-                                    });
-                            if reads.send_blocking((key, got)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            })?;
-        Ok(tx)
-    }
-}
-
-fn chunk_name(key: &ChunkKey) -> String {
-    format!(
-        "{:016x}-{:016x}-{:016x}-{:016x}",
-        key.file.dev, key.file.ino, key.version, key.index
-    )
-}
-
-fn parse_chunk_name(name: &str) -> Option<ChunkKey> {
-    let mut parts = name.split('-').map(|p| u64::from_str_radix(p, 16));
-    let mut next = || parts.next()?.ok();
-    let key = ChunkKey {
-        file: FileKey {
-            dev: next()?,
-            ino: next()?,
-        },
-        version: next()?,
-        index: next()?,
-    };
-    (name.len() == 4 * 16 + 3).then_some(key)
-}
-
-/// Writes beside, then renames: a crash leaves a whole chunk or none.
-fn write_chunk(
-    dir: &Path,
-    seq: u64,
-    key: &ChunkKey,
-    data: &[u8],
-    checksum: &Checksum,
-) -> io::Result<()> {
-    let tmp = dir.join(format!(".tmp-{seq}"));
-    let mut bytes = Vec::with_capacity(CHECKSUM_LEN + data.len());
-    bytes.extend_from_slice(&checksum.0);
-    bytes.extend_from_slice(data);
-    std::fs::write(&tmp, &bytes)?;
-    std::fs::rename(&tmp, dir.join(chunk_name(key)))
-}
-
 // ---------------------------------------------------------- invalidations
 
 enum Notice {
@@ -500,7 +359,7 @@ struct MountDriver {
     connecting: Option<BoxFuture<io::Result<Link>>>,
     /// The established connection: messages out, messages in.
     link: Option<(async_channel::Sender<Bytes>, Incoming)>,
-    disk: Option<std::sync::mpsc::Sender<DiskCmd>>,
+    disk: Option<DiskQueue>,
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notifications: Notifications,
     events: async_channel::Sender<ClientEvent>,
@@ -522,9 +381,9 @@ impl MountDriver {
         let clock = CoreClock::new(runtime.clone());
         let mut found = Vec::new();
         let disk = match disk {
-            Some(cache) => {
-                found = cache.found;
-                Some(DiskCache::spawn(cache.dir, reads_tx).map_err(MountError::Thread)?)
+            Some(mut cache) => {
+                found = std::mem::take(&mut cache.found);
+                Some(cache.spawn(reads_tx).map_err(MountError::Thread)?)
             }
             None => None,
         };
@@ -712,18 +571,24 @@ impl MountDriver {
                     key,
                     data,
                     checksum,
-                } => self.disk(DiskCmd::Write {
-                    key,
-                    data,
-                    checksum,
-                }),
-                ClientOutput::L2Delete { key } => self.disk(DiskCmd::Delete { key }),
+                } => {
+                    if !self
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.write(key, data, checksum))
+                    {
+                        self.core.l2_write_failed(key);
+                    }
+                }
+                ClientOutput::L2Delete { key } => {
+                    if let Some(disk) = &self.disk {
+                        disk.delete(key);
+                    }
+                }
                 ClientOutput::L2Read { key } => {
-                    if self.disk.is_none() {
+                    if !self.disk.as_ref().is_some_and(|d| d.read(key)) {
                         let now = self.now();
                         self.core.l2_read_failed(now, key);
-                    } else {
-                        self.disk(DiskCmd::Read { key });
                     }
                 }
                 ClientOutput::InvalidateInode { ino } => {
@@ -739,18 +604,6 @@ impl MountDriver {
             }
         }
         any
-    }
-
-    fn disk(&mut self, cmd: DiskCmd) {
-        let read = match &cmd {
-            DiskCmd::Read { key } => Some(*key),
-            _ => None,
-        };
-        let sent = self.disk.as_ref().is_some_and(|d| d.send(cmd).is_ok());
-        if !sent && let Some(key) = read {
-            let now = self.now();
-            self.core.l2_read_failed(now, key);
-        }
     }
 
     /// Fires the core's timer when due and arms it for the next deadline.
@@ -773,20 +626,5 @@ mod tests {
         assert!(!still_our_mount(Path::new("/")));
         assert!(!still_our_mount(Path::new("/proc")));
         assert!(!still_our_mount(Path::new("/no/such/mount/point")));
-    }
-
-    #[test]
-    fn chunk_names_round_trip() {
-        let key = ChunkKey {
-            file: FileKey {
-                dev: 7,
-                ino: u64::MAX,
-            },
-            version: 0xdead_beef,
-            index: 3,
-        };
-        assert_eq!(parse_chunk_name(&chunk_name(&key)), Some(key));
-        assert_eq!(parse_chunk_name(".tmp-1"), None);
-        assert_eq!(parse_chunk_name("1-2-3-4"), None);
     }
 }

@@ -24,7 +24,11 @@
 //!   [`Cache::revalidated`] or replaces with [`Cache::fill`].
 //! * **Evicted**: gone from memory. A chunk evicted from L1 is demoted to
 //!   the disk cache ([`Output::L2Write`]) and reported as `Evicted` while
-//!   it is there; anything else evicted is simply Unknown again.
+//!   it is there; anything else evicted is simply Unknown again. Scan
+//!   resistance: a chunk that read-ahead fetched and a reader read only
+//!   once is not demoted (counted in [`CacheStats::scan_skips`]): a long
+//!   sequential read would otherwise push everything reused off the disk,
+//!   and writing a stream costs about as much as receiving it.
 //!
 //! ## Keys and the disk cache
 //!

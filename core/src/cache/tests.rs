@@ -755,6 +755,51 @@ fn l1_eviction_demotes_chunks_to_l2_and_reads_them_back() {
     assert!(c.stats().l2_writes >= writes);
 }
 
+/// Scan resistance: a chunk read-ahead fetched and a reader read once
+/// leaves memory without a disk write; one a reader asked for, or came
+/// back to, is demoted.
+#[test]
+fn a_scan_read_once_does_not_reach_the_disk() {
+    let mut c = room_for(3, 10);
+    // Chunk 0 for a reader; chunks 1 and 2 by read-ahead.
+    let demand = chunk_key(1, 1, 0);
+    assert_eq!(c.lookup(at(0), &demand, W1), Ok(Lookup::Miss(Miss::Fetch)));
+    for i in [1, 2] {
+        assert_eq!(c.prefetch(at(0), ck(1, 1, i)), Ok(Some(Miss::Fetch)));
+    }
+    for i in 0..3 {
+        c.fill(at(1), chunk_key(1, 1, i), chunk_value(i as u8, 1000))
+            .expect("fill");
+    }
+    drain(&mut c);
+    // The scan reads 1 and 2 once; a reader comes back to 2.
+    for (t, i) in [(2, 1), (3, 2), (4, 2)] {
+        assert!(matches!(
+            c.lookup(at(t), &chunk_key(1, 1, i), W1),
+            Ok(Lookup::Hit(_))
+        ));
+    }
+    // A minute later, three new chunks push all three out of memory.
+    for i in 10..13 {
+        c.fill(at(60_000), chunk_key(2, 1, i), chunk_value(0, 1000))
+            .expect("fill");
+    }
+    let mut written: Vec<ChunkKey> = drain(&mut c)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::L2Write { key, .. } if key.file == file(1) => Some(key),
+            _ => None,
+        })
+        .collect();
+    written.sort();
+    assert_eq!(written, vec![ck(1, 1, 0), ck(1, 1, 2)]);
+    assert_eq!(c.stats().scan_skips, 1);
+    assert_eq!(
+        c.state(at(60_001), &chunk_key(1, 1, 1)),
+        EntryState::Unknown
+    );
+}
+
 #[test]
 fn a_chunk_past_its_ttl_on_disk_comes_back_for_revalidation() {
     let mut c = room_for(1, 10);

@@ -638,6 +638,12 @@ impl ClientCore {
         self.drain(now);
     }
 
+    /// The shell did not write a chunk to the disk cache (its queue was
+    /// full, or the write failed): the chunk is no longer in it.
+    pub fn l2_write_failed(&mut self, key: ChunkKey) {
+        self.cache.l2_write_failed(key);
+    }
+
     /// Chunks found in the disk cache at startup.
     pub fn load_l2(&mut self, now: Instant, found: impl IntoIterator<Item = (ChunkKey, u64)>) {
         self.cache.load_l2(now, found);
