@@ -52,6 +52,10 @@ Other environment variables:
                   disturbed (default: 0.15)
   BENCH_TMP       where the temporary directory goes (default: /var/tmp)
   RESULTS_OUT     also write the result table (markdown) to this file
+  KEEP_DAMON      1: leave DAMON proactive reclaim running (default 0: it is
+                  switched off for the run and back on at exit; on VMs that
+                  use it, it drops page-cache pages idle for a few seconds,
+                  so a warm re-read measured what it had reclaimed)
 EOF
 }
 
@@ -74,6 +78,8 @@ STALL_LIMIT=${STALL_LIMIT:-5}
 QUIET_LIMIT=${QUIET_LIMIT:-0.15}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 RESULTS_OUT=${RESULTS_OUT:-}
+KEEP_DAMON=${KEEP_DAMON:-0}
+PAUSED_DAMON=()
 
 while (($#)); do
     case $1 in
@@ -180,6 +186,7 @@ cleanup() {
     fi
     force_unmount "$WH_MNT"
     force_unmount "$SS_MNT"
+    resume_damon
     ((MADE_RUN_SSHD)) && rmdir /run/sshd 2>/dev/null
     if [[ -n $T && -d $T ]]; then
         if ((KEEP)); then
@@ -415,6 +422,30 @@ root_of() {
     sshfs) echo "$SS_MNT" ;;
     local) echo "$SHARE" ;;
     esac
+}
+
+# DAMON-based proactive reclaim (kdamond, action pageout), which some VMs
+# run, evicts page-cache pages that were not touched for a few seconds:
+# a warm re-read then measures the network again for whatever it took.
+# Switched off for the run, back on in cleanup.
+pause_damon() {
+    ((KEEP_DAMON)) && return 0
+    local state
+    for state in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
+        [[ -f $state && $(cat "$state" 2>/dev/null) == on ]] || continue
+        if echo off >"$state" 2>/dev/null; then
+            PAUSED_DAMON+=("$state")
+            log "DAMON reclaim paused for the run ($state)"
+        fi
+    done
+}
+
+resume_damon() {
+    local state
+    for state in "${PAUSED_DAMON[@]}"; do
+        echo on >"$state" 2>/dev/null || log "could not switch $state back on"
+    done
+    PAUSED_DAMON=()
 }
 
 drop_caches() {
@@ -757,6 +788,7 @@ log "working in $T"
 
 make_data
 setup_sshd
+pause_damon
 ((LOCAL)) && SYSTEMS+=(local)
 
 START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -791,6 +823,9 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         "$SIZE_MB" "$FILES" "$FILE_KB" "$FIO_RUNTIME"
     printf '#meta\tuntar\t%s files, %s MB: %s\n' "${UNTAR_FILES:-?}" "${UNTAR_MB:-?}" "${UNTAR_WHAT:-?}"
     printf '#meta\tload\t%s at start, %s at end\n' "$LOAD_START" "$LOAD_END"
+    if ((${#PAUSED_DAMON[@]})); then
+        printf '#meta\tdamon\tDAMON proactive reclaim paused for the run (KEEP_DAMON=1 keeps it)\n'
+    fi
     printf '#meta\tmax_rustc\t%s\n' "$MAX_RUSTC"
     printf '#meta\tstall_limit\t%s\n' "$STALL_LIMIT"
     printf '#meta\tquiet_limit\t%s\n' "$QUIET_LIMIT"
