@@ -47,6 +47,7 @@
 //! time may complete in any order, as concurrent system calls would; the
 //! core only sends an operation after the results it depends on.
 
+use bytes::Bytes;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno as SysErrno;
 use std::collections::HashMap;
@@ -179,7 +180,11 @@ impl HostFs {
         match op {
             FsOp::Stat { path } => self.stat(&path).map(FsOk::Attr),
             FsOp::List { path, cookie, max } => self.list(&path, cookie, max),
-            FsOp::Open { path, handle } => self.open_handle(&path, handle),
+            FsOp::Open {
+                path,
+                handle,
+                inline_max,
+            } => self.open_handle(&path, handle, inline_max),
             FsOp::Close { handle } => {
                 lock(&self.handles).remove(&handle).ok_or(Errno::BadF)?;
                 Ok(FsOk::Done)
@@ -384,15 +389,24 @@ impl HostFs {
         }
     }
 
-    fn open_handle(&self, path: &RelPath, handle: FsHandle) -> FsResult {
+    fn open_handle(&self, path: &RelPath, handle: FsHandle, inline_max: u32) -> FsResult {
         let (file, st) = self.open_file(path)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // A small file's bytes come with its open, read through the same
+        // descriptor as its attributes.
+        let inline = if size <= u64::from(inline_max) {
+            read_from(&file, 0, size as usize)?
+        } else {
+            Bytes::new()
+        };
         let mut handles = lock(&self.handles);
         if !handles.contains_key(&handle) && handles.len() >= self.cfg.max_handles {
             return Err(Errno::Again);
         }
         handles.insert(handle, Arc::new(file));
         drop(handles);
-        attr(&st).map(FsOk::Opened).ok_or(Errno::NoEnt)
+        let a = attr(&st).ok_or(Errno::NoEnt)?;
+        Ok(FsOk::Opened(a, inline))
     }
 
     fn read(&self, from: ReadFrom, offset: u64, len: u32) -> FsResult {
@@ -404,19 +418,9 @@ impl HostFs {
         let size = u64::try_from(st.st_size).unwrap_or(0);
         // Allocate what the file holds, not what the request asks for.
         let want = u64::from(len).min(size.saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; want];
-        let mut got = 0;
-        while got < want {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
-        buf.truncate(got);
+        let data = read_from(&file, offset, want)?;
         let a = attr(&st).ok_or(Errno::NoEnt)?;
-        Ok(FsOk::Data(buf.into(), a))
+        Ok(FsOk::Data(data, a))
     }
 
     // ------------------------------------------------------------ changing
@@ -744,6 +748,22 @@ fn pieces(names: &[Name]) -> Vec<Vec<u8>> {
         out.push(if cur.is_empty() { b".".to_vec() } else { cur });
     }
     out
+}
+
+/// Up to `want` bytes of `file` from `offset` (fewer at end of file).
+fn read_from(file: &File, offset: u64, want: usize) -> Result<Bytes, Errno> {
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf.into())
 }
 
 /// `openat2` beneath `dir`, retried while a concurrent rename makes the

@@ -73,6 +73,7 @@ fn op(rng: &mut Rng) -> FsOp {
         3 => FsOp::Open {
             path: path(rng),
             handle,
+            inline_max: [0, 4, 1 << 20][rng.below(3) as usize],
         },
         4 => FsOp::Close { handle },
         5 => FsOp::Read {
@@ -164,6 +165,7 @@ fn seen(a: &FsAttr) -> Seen {
 #[derive(Debug, PartialEq, Eq)]
 enum Norm {
     Attr(Seen),
+    Opened(Seen, Bytes),
     Listing(Vec<(Name, Seen)>, Option<u64>),
     Data(Bytes, Seen),
     Link(Vec<u8>),
@@ -174,7 +176,8 @@ enum Norm {
 
 fn norm(r: FsResult) -> Norm {
     match r {
-        Ok(FsOk::Attr(a)) | Ok(FsOk::Opened(a)) => Norm::Attr(seen(&a)),
+        Ok(FsOk::Attr(a)) => Norm::Attr(seen(&a)),
+        Ok(FsOk::Opened(a, inline)) => Norm::Opened(seen(&a), inline),
         Ok(FsOk::Listing { entries, next }) => Norm::Listing(
             entries.iter().map(|(n, a)| (n.clone(), seen(a))).collect(),
             next,
@@ -367,9 +370,14 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             cookie,
             max,
         },
-        FsOp::Open { path, handle } => FsOp::Open {
+        FsOp::Open {
+            path,
+            handle,
+            inline_max,
+        } => FsOp::Open {
             path: p(path),
             handle: h(handle),
+            inline_max,
         },
         FsOp::Close { handle } => FsOp::Close { handle: h(handle) },
         FsOp::Read { from, offset, len } => FsOp::Read {

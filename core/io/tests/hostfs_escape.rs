@@ -161,6 +161,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 FsOp::Open {
                     path: p.clone(),
                     handle: FsHandle(1),
+                    inline_max: 0,
                 },
                 Err(Errno::Loop),
             );
@@ -243,6 +244,7 @@ fn symlinks_in_the_share_are_never_followed() {
             FsOp::Open {
                 path: link.clone(),
                 handle: FsHandle(1),
+                inline_max: 0,
             },
             Err(Errno::Loop),
         );
@@ -466,6 +468,7 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
         fs.execute(FsOp::Open {
             path: rel("f"),
             handle: h,
+            inline_max: 0,
         })
         .expect("open handle");
         let txn = TxnId(2);
@@ -581,13 +584,15 @@ fn unlinked_open_files_stay_readable_and_handles_are_bounded() {
         fs.execute(FsOp::Open {
             path: rel("f"),
             handle: FsHandle(h),
+            inline_max: 0,
         })
         .expect("open");
     }
     assert_eq!(
         fs.execute(FsOp::Open {
             path: rel("f"),
-            handle: FsHandle(2)
+            handle: FsHandle(2),
+            inline_max: 0,
         }),
         Err(Errno::Again),
         "bounded"
@@ -615,6 +620,40 @@ fn unlinked_open_files_stay_readable_and_handles_are_bounded() {
         Err(Errno::BadF)
     );
     assert_eq!(fs.open_handles(), 1);
+}
+
+/// An open carries the whole file when it holds at most `inline_max`
+/// bytes, and nothing when it holds more.
+#[test]
+fn small_files_come_with_their_open() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-inline")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("small"), b"twelve bytes").expect("write");
+    std::fs::write(tmp.path().join("big"), vec![7u8; 13]).expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let open = |name: &str, h: u64| {
+        fs.execute(FsOp::Open {
+            path: rel(name),
+            handle: FsHandle(h),
+            inline_max: 12,
+        })
+    };
+    match open("small", 1) {
+        Ok(FsOk::Opened(a, inline)) => {
+            assert_eq!(a.size, 12);
+            assert_eq!(&inline[..], b"twelve bytes");
+        }
+        other => panic!("{other:?}"),
+    }
+    match open("big", 2) {
+        Ok(FsOk::Opened(a, inline)) => {
+            assert_eq!(a.size, 13);
+            assert!(inline.is_empty(), "{inline:?}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -165,7 +165,7 @@ impl ClientCore {
                 self.send(now, Self::main(req, &op), Request::Open { node });
             }
             Op::Read { fh, offset, size } => {
-                self.handle(*fh)?;
+                let node = self.handle(*fh)?.node;
                 self.reads.insert(
                     req,
                     ReadJob {
@@ -176,7 +176,15 @@ impl ClientCore {
                         retries: 0,
                     },
                 );
-                self.start_read(now, req)?;
+                let end = offset.saturating_add(u64::from(*size));
+                if self.spilled(node, *offset, end) {
+                    let b = Blocked::Read { req };
+                    if !self.wait_for_commit(node, b.clone()) {
+                        self.run_blocked(now, node, b)?;
+                    }
+                } else {
+                    self.start_read(now, req)?;
+                }
             }
             Op::Write { fh, offset, data } => {
                 let node = self.handle(*fh)?.node;
@@ -368,18 +376,54 @@ impl ClientCore {
         busy
     }
 
+    /// The kernel request first in `node`'s queue.
+    fn blocked_front(&self, node: NodeId) -> Option<Req> {
+        self.blocked.get(&node)?.front()?.req()
+    }
+
+    /// Whether this client's write transaction on `node` dropped bytes of
+    /// `[start, end)` it had written (see `WriteConfig::keep_acked`).
+    fn spilled(&self, node: NodeId, start: u64, end: u64) -> bool {
+        self.writes
+            .get(&node)
+            .is_some_and(|w| !w.is_finished() && w.spilled_overlaps(start, end))
+    }
+
     /// Runs one of a file's operations now. A write that finds the buffer
     /// full commits what is there and waits, first in line, for that
-    /// commit to end.
+    /// commit to end; so does a read of bytes only the host's staging copy
+    /// holds.
     fn run_blocked(&mut self, now: Instant, node: NodeId, b: Blocked) -> Result<(), Errno> {
         match b {
+            Blocked::Read { req } => {
+                let range = self
+                    .reads
+                    .get(&req)
+                    .map(|j| (j.offset, j.offset + u64::from(j.size)));
+                match range {
+                    Some((start, end)) if self.spilled(node, start, end) => {
+                        self.txn(node, now)?.commit(now).map_err(write_errno)?;
+                        self.blocked
+                            .entry(node)
+                            .or_default()
+                            .push_front(Blocked::Read { req });
+                    }
+                    Some(_) => self.start_read(now, req)?,
+                    None => {}
+                }
+            }
             Blocked::Write { req, offset, data } => {
                 let len = data.len() as u32;
                 let txn = self.txn(node, now)?;
                 match txn.write(now, offset, data.clone()) {
                     Ok(()) => self.reply(req, Ok(Answer::Written(len))),
                     Err(WriteError::Full) => {
-                        txn.commit(now).map_err(write_errno)?;
+                        // Room comes back with the host's acknowledgements
+                        // (see `WriteConfig::keep_acked`); only when none
+                        // will free any does a commit make room.
+                        if !txn.frees_on_ack() {
+                            txn.commit(now).map_err(write_errno)?;
+                        }
                         self.blocked
                             .entry(node)
                             .or_default()
@@ -649,14 +693,21 @@ impl ClientCore {
     }
 
     /// Runs the file's waiting operations, in order, until one has to wait
-    /// for a commit again.
+    /// again (for a commit, or for buffer room).
     pub(super) fn retry_blocked(&mut self, now: Instant, node: NodeId) {
         while !self.writes.get(&node).is_some_and(WriteTxn::is_committing)
             && let Some(b) = self.blocked.get_mut(&node).and_then(VecDeque::pop_front)
         {
             let req = b.req();
-            if let (Err(e), Some(req)) = (self.run_blocked(now, node, b), req) {
-                self.reply(req, Err(e));
+            match self.run_blocked(now, node, b) {
+                Err(e) => {
+                    if let Some(req) = req {
+                        self.reply(req, Err(e));
+                    }
+                }
+                // Put back in front: it waits on.
+                Ok(()) if req.is_some() && self.blocked_front(node) == req => break,
+                Ok(()) => {}
             }
         }
         if self.blocked.get(&node).is_some_and(VecDeque::is_empty) {

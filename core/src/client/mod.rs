@@ -479,6 +479,9 @@ enum Blocked {
         size: u64,
         rest: SetAttr,
     },
+    /// A read of bytes this client wrote that only the host's staging
+    /// copy holds: after the commit, it reads the committed file.
+    Read { req: Req },
     /// A flush, fsync or close: commit, then answer.
     Commit {
         then: AfterCommit,
@@ -494,6 +497,7 @@ impl Blocked {
         match self {
             Blocked::Write { req, .. }
             | Blocked::Truncate { req, .. }
+            | Blocked::Read { req }
             | Blocked::Commit {
                 then: AfterCommit::Reply(req, _) | AfterCommit::SetAttr { req, .. },
                 ..

@@ -5,10 +5,11 @@ use super::{
     Step,
 };
 use crate::Instant;
-use crate::cache::{self, CacheKey, ChunkData, Kind, Value};
-use crate::proto::{Attr, Errno, HostMessage, Invalidation, Reply, RequestId};
+use crate::cache::{self, CacheKey, ChunkData, ChunkKey, Kind, Value};
+use crate::proto::{Attr, Checksum, Errno, HostMessage, Invalidation, Reply, RequestId};
 use crate::vfs::Ino;
 use crate::write::WriteOutput;
+use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -109,6 +110,10 @@ impl ClientCore {
                     w.handle_reply(now, op, result);
                 }
                 self.drain_write(now, node);
+                // An acknowledgement may have made room for a waiting write.
+                if self.blocked.contains_key(&node) {
+                    self.retry_blocked(now, node);
+                }
             }
             Purpose::Rebind { ino } => {
                 self.rebinding = self.rebinding.saturating_sub(1);
@@ -282,7 +287,17 @@ impl ClientCore {
                     Err(e) => Some(Err(e)),
                 }
             }
-            (Op::Create { .. }, Step::OpenCreated { ino }, Ok(Reply::Opened { handle, attr })) => {
+            (
+                Op::Create { .. },
+                Step::OpenCreated { ino },
+                Ok(Reply::Opened {
+                    handle,
+                    attr,
+                    inline,
+                    checksum,
+                }),
+            ) => {
+                self.cache_inline(now, &attr, inline, checksum);
                 let fh = self.open_handle(ino, handle, attr.clone());
                 Some(Ok(Answer::Created {
                     ino,
@@ -291,13 +306,23 @@ impl ClientCore {
                     fh,
                 }))
             }
-            (Op::Open { ino }, _, Ok(Reply::Opened { handle, attr })) => {
+            (
+                Op::Open { ino },
+                _,
+                Ok(Reply::Opened {
+                    handle,
+                    attr,
+                    inline,
+                    checksum,
+                }),
+            ) => {
                 // Close-to-open: the kernel keeps its cached pages only if
                 // the file is at the version it last saw.
                 let keep_cache = self
                     .cache
                     .peek_attr(attr.node)
                     .is_some_and(|c| c.version == attr.version);
+                self.cache_inline(now, &attr, inline, checksum);
                 let fh = self.open_handle(*ino, handle, attr.clone());
                 let _ =
                     self.cache
@@ -390,6 +415,28 @@ impl ClientCore {
         if let Some(node) = self.vfs.as_ref().and_then(|v| v.node(dir)) {
             self.cache.invalidate(now, node, Invalidation::Entries);
         }
+    }
+
+    /// A small file's bytes that came with its open: its one chunk, cached
+    /// under the version they were read at, so the read that follows
+    /// needs no request (the cache checks the checksum).
+    fn cache_inline(&mut self, now: Instant, attr: &Attr, inline: Bytes, checksum: Checksum) {
+        if inline.is_empty() || inline.len() as u64 != attr.size {
+            return;
+        }
+        let key = CacheKey::Chunk(ChunkKey {
+            file: attr.key,
+            version: attr.version,
+            index: 0,
+        });
+        let _ = self.cache.fill(
+            now,
+            key,
+            Value::Chunk(ChunkData {
+                data: inline,
+                checksum,
+            }),
+        );
     }
 
     fn open_handle(&mut self, ino: Ino, host: crate::proto::HandleId, attr: Attr) -> Fh {

@@ -712,3 +712,80 @@ fn readdirplus_entries_are_counted_lookups() {
     w.clients[0].core.forget(a, 1);
     assert_eq!(nlookup(&w, a), None, "forgotten and freed");
 }
+
+/// A small file's bytes come with its open: reading it asks the host for
+/// nothing more.
+#[test]
+fn a_small_file_is_read_with_its_open() {
+    let small: &[u8] = b"twelve bytes";
+    let mut w = world(&[("small", small)], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "small").expect("lookup");
+    w.record_fs = true;
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, small.len()), small);
+    let ops: Vec<&FsOp> = w.fs_log.iter().map(|r| &r.op).collect();
+    assert!(matches!(&ops[..], [FsOp::Open { .. }]), "{ops:?}");
+}
+
+/// A write that outgrew `keep_acked` no longer holds its acknowledged
+/// bytes: the writer reading them back first commits (once), then reads
+/// the committed file, and sees exactly what it wrote.
+#[test]
+fn reading_back_bytes_only_the_host_holds_commits_first() {
+    let mut cfg = ClientConfig::default();
+    cfg.write.keep_acked = 0;
+    let mut w = World::new(7, disk(&[]), 1, HostConfig::default(), cfg);
+    let (_, fh) = create(&mut w, 0, "f");
+    let data = pattern(3 * CHUNK_SIZE + 5, 3);
+    write(&mut w, 0, fh, 0, &data);
+    w.settle();
+    w.record_fs = true;
+    assert_eq!(read_all(&mut w, 0, fh, data.len()), data);
+    let commits = w
+        .fs_log
+        .iter()
+        .filter(|r| matches!(r.op, FsOp::StageCommit { .. }))
+        .count();
+    assert_eq!(commits, 1, "the read committed the staged bytes first");
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    let path = RelPath::from(vec![name("f")]);
+    assert_eq!(w.disk.read_file(&path), Some(&data[..]));
+}
+
+/// A write longer than the buffer waits for the host's acknowledgements
+/// instead of committing midway: one commit for the whole file, so the
+/// host never copies the file into a second staging copy.
+#[test]
+fn a_long_write_is_one_transaction() {
+    let mut cfg = ClientConfig::default();
+    cfg.write.max_dirty = 2 * CHUNK_SIZE;
+    cfg.write.keep_acked = CHUNK_SIZE;
+    let mut w = World::new(7, disk(&[]), 1, HostConfig::default(), cfg);
+    let (_, fh) = create(&mut w, 0, "f");
+    w.record_fs = true;
+    // Acknowledgements take a while, so the writes outrun them.
+    w.max_delay = Duration::from_millis(5);
+    let data = pattern(10 * CHUNK_SIZE + 3, 9);
+    // All at once, as the kernel does: most find the buffer full.
+    let reqs: Vec<(Req, usize)> = data
+        .chunks(CHUNK_SIZE)
+        .enumerate()
+        .map(|(i, piece)| {
+            let op = Op::Write {
+                fh,
+                offset: (i * CHUNK_SIZE) as u64,
+                data: Bytes::copy_from_slice(piece),
+            };
+            (w.op(0, op), piece.len())
+        })
+        .collect();
+    for (req, len) in reqs {
+        assert_eq!(w.wait(0, req), Ok(Answer::Written(len as u32)));
+    }
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    let count = |w: &World, f: fn(&FsOp) -> bool| w.fs_log.iter().filter(|r| f(&r.op)).count();
+    assert_eq!(count(&w, |o| matches!(o, FsOp::StageBegin { .. })), 1);
+    assert_eq!(count(&w, |o| matches!(o, FsOp::StageCommit { .. })), 1);
+    let path = RelPath::from(vec![name("f")]);
+    assert_eq!(w.disk.read_file(&path), Some(&data[..]));
+}

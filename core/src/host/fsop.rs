@@ -131,6 +131,9 @@ pub enum FsOp {
         path: RelPath,
         /// The handle the core will use.
         handle: FsHandle,
+        /// Read the whole file with the open if it holds at most this
+        /// many bytes (a small file then needs no Read).
+        inline_max: u32,
     },
     /// Close a handle.
     Close {
@@ -254,8 +257,9 @@ pub enum FsOk {
         /// The next cookie, or `None` at the end.
         next: Option<u64>,
     },
-    /// Opened (Open).
-    Opened(FsAttr),
+    /// Opened (Open): the attributes and, if the file held at most
+    /// `inline_max` bytes, all of them (else empty).
+    Opened(FsAttr, Bytes),
     /// Bytes (Read), and the attributes of the file they came from
     /// (fstat of the same open file, so the two agree).
     Data(Bytes, FsAttr),

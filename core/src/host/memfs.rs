@@ -201,16 +201,26 @@ impl MemFs {
                     next,
                 })
             }
-            FsOp::Open { path, handle } => {
+            FsOp::Open {
+                path,
+                handle,
+                inline_max,
+            } => {
                 let ino = self.resolve(&path)?;
-                match self.inodes.get(&ino).map(|n| n.kind) {
-                    Some(FileKind::File) => {}
-                    Some(FileKind::Dir) => return Err(Errno::IsDir),
+                let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+                match n.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(Errno::IsDir),
                     // O_NOFOLLOW on a symlink.
-                    _ => return Err(Errno::Loop),
+                    FileKind::Symlink => return Err(Errno::Loop),
                 }
+                let inline = if n.data.len() <= inline_max as usize {
+                    Bytes::copy_from_slice(&n.data)
+                } else {
+                    Bytes::new()
+                };
                 self.handles.insert(handle, ino);
-                Ok(FsOk::Opened(self.attr(ino)?))
+                Ok(FsOk::Opened(self.attr(ino)?, inline))
             }
             FsOp::Close { handle } => {
                 self.handles.remove(&handle).ok_or(Errno::BadF)?;

@@ -785,7 +785,11 @@ impl HostServer {
                 self.next_handle += 1;
                 self.fs(
                     answer(Then::Open { node, handle, fs }),
-                    FsOp::Open { path, handle: fs },
+                    FsOp::Open {
+                        path,
+                        handle: fs,
+                        inline_max: CHUNK_SIZE as u32,
+                    },
                 );
             }
             Request::Close { handle } => {
@@ -1215,13 +1219,15 @@ impl HostServer {
                 }
                 Ok(Reply::DirPage { entries: out, next })
             }
-            (Then::Open { node, handle, fs }, Ok(FsOk::Opened(a))) => {
+            (Then::Open { node, handle, fs }, Ok(FsOk::Opened(a, inline))) => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.handles.insert(handle);
                     self.handles.insert(handle, Handle { session, fs });
                     Ok(Reply::Opened {
                         handle,
                         attr: to_attr(node, &a),
+                        checksum: Checksum::of(&inline),
+                        inline,
                     })
                 } else {
                     // The session ended while the file was opening.

@@ -471,6 +471,12 @@ pub enum Reply {
         /// The file's attributes at open (close-to-open: the client
         /// compares `version` with its cache).
         attr: Attr,
+        /// The whole file when it fits in one chunk, read with the open
+        /// (a small file then needs no Read); empty otherwise.
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
+        inline: Bytes,
+        /// Checksum of `inline`; the client verifies it.
+        checksum: Checksum,
     },
     /// A write transaction started.
     WriteBegun {

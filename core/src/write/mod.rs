@@ -49,6 +49,10 @@ pub struct WriteConfig {
     /// Uncommitted bytes a transaction may hold; writes beyond are refused
     /// until a commit frees them.
     pub max_dirty: usize,
+    /// Bytes the host acknowledged that the transaction keeps for the
+    /// writer's own reads; past this, acknowledged pieces are dropped (the
+    /// host's staging copy has them) and a read of them commits first.
+    pub keep_acked: usize,
     /// With no reply for this long, the transaction is aborted.
     pub stall_timeout: Duration,
     /// The lock machine's timing.
@@ -60,6 +64,7 @@ impl Default for WriteConfig {
         WriteConfig {
             max_in_flight: 16,
             max_dirty: 256 << 20,
+            keep_acked: 32 << 20,
             stall_timeout: Duration::from_secs(60),
             lock: ClientLockConfig::default(),
         }
@@ -164,6 +169,9 @@ pub struct WriteTxn {
     pending: Extents,
     /// Sent (in flight or acknowledged), not yet committed.
     sent: Extents,
+    /// Ranges acknowledged and dropped (`keep_acked`), start → end:
+    /// only the host's staging copy holds them.
+    spilled: BTreeMap<u64, u64>,
     /// Truncations not yet sent, in order (each a barrier).
     truncates: VecDeque<u64>,
     /// The file's size as the writer sees it.
@@ -187,6 +195,7 @@ impl WriteTxn {
             txn: None,
             pending: Extents::new(),
             sent: Extents::new(),
+            spilled: BTreeMap::new(),
             truncates: VecDeque::new(),
             size,
             commit_wanted: false,
@@ -298,6 +307,49 @@ impl WriteTxn {
         if !self.is_finished() {
             self.fail(now, AbortReason::Requested);
         }
+    }
+
+    /// Whether an acknowledgement on its way will free buffer room (a
+    /// piece is in flight and acknowledged bytes are past `keep_acked`):
+    /// a write that found the buffer full can wait for it rather than
+    /// force a commit.
+    pub fn frees_on_ack(&self) -> bool {
+        self.sent.bytes() > self.cfg.keep_acked
+            && self
+                .in_flight
+                .values()
+                .any(|s| matches!(s, Sent::Piece { .. }))
+    }
+
+    /// Whether some of `[start, end)` was written, acknowledged and
+    /// dropped: only the host's staging copy has it, so the writer must
+    /// commit before it reads there.
+    pub fn spilled_overlaps(&self, start: u64, end: u64) -> bool {
+        self.spilled
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &e)| e > start)
+    }
+
+    /// Records `[start, end)` as spilled, merged with its neighbours.
+    fn spill(&mut self, mut start: u64, mut end: u64) {
+        self.sent.cut(start, end);
+        if let Some((&s, &e)) = self.spilled.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+        }
+        let joined: Vec<(u64, u64)> = self
+            .spilled
+            .range(start..=end)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in joined {
+            self.spilled.remove(&s);
+            end = end.max(e);
+        }
+        self.spilled.insert(start, end);
     }
 
     /// What the writer sees at `offset`: `buf` (read from the host or the
@@ -425,7 +477,16 @@ impl WriteTxn {
                 self.txn = Some(txn);
                 self.state = WriteState::Writing;
             }
-            (Sent::Piece { .. } | Sent::Truncate, Ok(Reply::Done)) => {}
+            (Sent::Piece { start, len }, Ok(Reply::Done)) => {
+                // A long write holds what is not yet acknowledged, not the
+                // whole file: acknowledged bytes past `keep_acked` leave
+                // memory, so no commit is forced midway (each would copy
+                // the file into the next staging copy).
+                if self.sent.bytes() > self.cfg.keep_acked {
+                    self.spill(start, start + len);
+                }
+            }
+            (Sent::Truncate, Ok(Reply::Done)) => {}
             (Sent::Commit, Ok(Reply::Attr(attr))) => {
                 self.state = WriteState::Complete;
                 self.pending = Extents::new();

@@ -324,6 +324,69 @@ fn dirty_data_is_bounded() {
     assert!(w.is_finished());
 }
 
+/// A long write holds only what the host has not acknowledged: past
+/// `keep_acked`, acknowledged pieces leave memory (and `max_dirty`), the
+/// writer learns which ranges only the host holds, and one commit at the
+/// end covers everything.
+#[test]
+fn acknowledged_pieces_past_keep_acked_leave_memory() {
+    let cfg = WriteConfig {
+        max_dirty: 2 * CHUNK_SIZE,
+        keep_acked: CHUNK_SIZE,
+        ..WriteConfig::default()
+    };
+    let mut w = writing(cfg);
+    // Ten chunks through a two-chunk buffer, acknowledged as they go.
+    for i in 0..10u64 {
+        let at = 1 + i * CHUNK_SIZE as u64;
+        w.write(t(3), at, Bytes::from(vec![i as u8; CHUNK_SIZE]))
+            .expect("room: acknowledged pieces left memory");
+        for (op, _) in sends(&drain(&mut w)) {
+            w.handle_reply(t(4), op, Ok(Reply::Done));
+        }
+    }
+    assert!(w.dirty() <= 2 * CHUNK_SIZE, "{}", w.dirty());
+    assert!(w.spilled_overlaps(1, 2), "the first chunk left memory");
+    assert!(!w.spilled_overlaps(0, 1), "byte 0 is still held");
+    let end = 1 + 10 * CHUNK_SIZE as u64;
+    assert!(!w.spilled_overlaps(end, end + 10), "past the end");
+    // The last piece (one byte past a chunk boundary) is still held and
+    // reads back through the overlay; the bytes before it left.
+    let mut last = vec![0u8; 1];
+    w.overlay(end - 1, &mut last);
+    assert_eq!(last, [9u8]);
+    assert!(w.spilled_overlaps(end - 4, end - 1));
+    w.commit(t(5)).expect("commit");
+    let (_, size, seen) = ack_until_commit(&mut w, t(6));
+    assert_eq!(size, end);
+    assert!(seen.is_empty(), "nothing left to send: {seen:?}");
+}
+
+/// A full buffer waits for acknowledgements only if one is coming that
+/// frees room; otherwise only a commit can make room.
+#[test]
+fn a_full_buffer_knows_whether_acknowledgements_free_it() {
+    let cfg = WriteConfig {
+        keep_acked: 0,
+        ..WriteConfig::default()
+    };
+    let mut w = writing(cfg);
+    assert!(!w.frees_on_ack(), "nothing in flight");
+    w.write(t(3), 0, Bytes::from(vec![1u8; 10])).expect("write");
+    let flying = sends(&drain(&mut w));
+    assert_eq!(flying.len(), 1);
+    assert!(w.frees_on_ack(), "its acknowledgement drops it");
+    let mut keeps = writing(WriteConfig::default());
+    keeps
+        .write(t(3), 0, Bytes::from(vec![1u8; 10]))
+        .expect("write");
+    drain(&mut keeps);
+    assert!(
+        !keeps.frees_on_ack(),
+        "under keep_acked: kept after the ack"
+    );
+}
+
 /// Random writes and truncates, with the host applying requests in a
 /// random order among those in flight: the committed content always equals
 /// applying the writes one by one.

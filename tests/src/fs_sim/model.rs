@@ -392,7 +392,12 @@ impl Sim {
             let content = disk.read_file(&p).map(<[u8]>::to_vec);
             fs.register(a.key, a.kind, content);
         }
-        let client_cfg = ClientConfig::default();
+        let mut client_cfg = ClientConfig::default();
+        // Every other seed, writes keep nothing the host acknowledged, so
+        // reads of a file being written take the commit-first path.
+        if seed % 2 == 1 {
+            client_cfg.write.keep_acked = 0;
+        }
         // Attributes reach the kernel from the attribute cache and from
         // cached listings.
         let attr_ttl = client_cfg
@@ -781,7 +786,7 @@ impl Sim {
                 self.stats.commits += 1;
                 self.note(|| format!("disk: commit #{idx} of file {file}"));
             }
-            (_, Ok(FsOk::Attr(a) | FsOk::Opened(a) | FsOk::Data(_, a))) => {
+            (_, Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a))) => {
                 self.files.register(a.key, a.kind, fresh_content);
             }
             (_, Ok(FsOk::Listing { entries, .. })) => {

@@ -195,6 +195,8 @@ fn every_host_message() -> Vec<HostMessage> {
         reply(Reply::Opened {
             handle: HandleId(8),
             attr: attr(),
+            inline: Bytes::from_static(b"small"),
+            checksum: Checksum::of(b"small"),
         }),
         reply(Reply::WriteBegun { txn: TxnId(3) }),
         reply(Reply::Done),
