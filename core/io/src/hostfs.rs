@@ -750,19 +750,22 @@ fn pieces(names: &[Name]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Up to `want` bytes of `file` from `offset` (fewer at end of file).
+/// Up to `want` bytes of `file` from `offset` (fewer at end of file),
+/// read into uninitialised capacity: zeroing a buffer the read overwrites
+/// cost as much as the read.
 fn read_from(file: &File, offset: u64, want: usize) -> Result<Bytes, Errno> {
-    let mut buf = vec![0u8; want];
-    let mut got = 0;
-    while got < want {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
+    let mut buf = Vec::with_capacity(want);
+    while buf.len() < want {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
             Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(e)),
+            Ok(_) => {}
+            Err(SysErrno::INTR) => {}
+            Err(e) => return Err(sys(e)),
         }
     }
-    buf.truncate(got);
+    // The capacity may exceed what was asked for.
+    buf.truncate(want);
     Ok(buf.into())
 }
 
