@@ -46,8 +46,8 @@ pub(crate) enum KernelReply {
     /// readdirplus: entries with their attributes, each one a lookup
     /// reference the kernel takes.
     DirPlus(ReplyDirectoryPlus),
-    /// open.
-    Open(ReplyOpen),
+    /// open; `true` when opened for reading only.
+    Open(ReplyOpen, bool),
     /// read, readlink.
     Data(ReplyData),
     /// write.
@@ -143,12 +143,14 @@ impl KernelReply {
                 }
                 r.ok();
             }
-            (KernelReply::Open(r), Answer::Opened { fh, keep_cache }) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
+            (KernelReply::Open(r, read_only), Answer::Opened { fh, keep_cache }) => {
+                let mut flags = FopenFlags::empty();
+                flags.set(FopenFlags::FOPEN_KEEP_CACHE, keep_cache);
+                // A handle that cannot write has nothing to flush at
+                // close: the kernel then skips a FLUSH round trip per
+                // close (small-file reading is a few local requests per
+                // file; this is one of them). Its release still closes it.
+                flags.set(FopenFlags::FOPEN_NOFLUSH, read_only);
                 r.opened(FileHandle(fh.0), flags);
             }
             (KernelReply::Data(r), Answer::Data(data)) => r.data(&data),
@@ -180,7 +182,7 @@ impl KernelReply {
             KernelReply::Attr(r, _) => r.error(e),
             KernelReply::Dir(r) => r.error(e),
             KernelReply::DirPlus(r) => r.error(e),
-            KernelReply::Open(r) => r.error(e),
+            KernelReply::Open(r, _) => r.error(e),
             KernelReply::Data(r) => r.error(e),
             KernelReply::Write(r) => r.error(e),
             KernelReply::Empty(r) => r.error(e),
@@ -490,8 +492,9 @@ impl fuser::Filesystem for WormholeFs {
         }
     }
 
-    fn open(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.op(Op::Open { ino: ino(i) }, KernelReply::Open(reply));
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let read_only = matches!(flags.acc_mode(), fuser::OpenAccMode::O_RDONLY);
+        self.op(Op::Open { ino: ino(i) }, KernelReply::Open(reply, read_only));
     }
 
     fn read(
