@@ -494,7 +494,10 @@ impl fuser::Filesystem for WormholeFs {
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let read_only = matches!(flags.acc_mode(), fuser::OpenAccMode::O_RDONLY);
-        self.op(Op::Open { ino: ino(i) }, KernelReply::Open(reply, read_only));
+        self.op(
+            Op::Open { ino: ino(i) },
+            KernelReply::Open(reply, read_only),
+        );
     }
 
     fn read(
