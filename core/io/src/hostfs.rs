@@ -104,8 +104,41 @@ struct Staged {
     /// `.wormhole.<txn>`.
     name: Vec<u8>,
     file: File,
+    /// The file's old content still to be copied in, and how much of it:
+    /// copied at the first write or the commit, not at begin, so that a
+    /// transaction that starts by truncating (a rewrite with `O_TRUNC`)
+    /// copies only what the truncate keeps.
+    base: Mutex<Option<(File, u64)>>,
     /// Set once renamed over the target, so dropping it unlinks nothing.
     committed: std::sync::atomic::AtomicBool,
+}
+
+impl Staged {
+    /// Copies in the old content still owed (once; concurrent writes wait
+    /// for it, so none lands before the copy).
+    fn settle(&self) -> std::io::Result<()> {
+        let mut base = lock(&self.base);
+        if let Some((src, len)) = base.take() {
+            // A truncate may have extended the staging file past `len`
+            // (zeros), which a clone would undo.
+            let size = self.file.metadata()?.len();
+            copy_content(&src, &self.file, len)?;
+            if size > len {
+                self.file.set_len(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the staged size; of the old content still owed, only what
+    /// fits is copied later.
+    fn truncate(&self, size: u64) -> std::io::Result<()> {
+        let mut base = lock(&self.base);
+        if let Some((_, len)) = base.as_mut() {
+            *len = (*len).min(size);
+        }
+        self.file.set_len(size)
+    }
 }
 
 impl Drop for Staged {
@@ -232,6 +265,7 @@ impl HostFs {
                 if end > self.cfg.max_file {
                     return Err(Errno::FBig);
                 }
+                staged.settle().map_err(io)?;
                 staged.file.write_all_at(&data, offset).map_err(io)?;
                 Ok(FsOk::Done)
             }
@@ -239,7 +273,7 @@ impl HostFs {
                 if size > self.cfg.max_file {
                     return Err(Errno::FBig);
                 }
-                self.staging(txn)?.file.set_len(size).map_err(io)?;
+                self.staging(txn)?.truncate(size).map_err(io)?;
                 Ok(FsOk::Done)
             }
             FsOp::StageCommit { txn, path, size } => self.stage_commit(txn, &path, size),
@@ -634,6 +668,7 @@ impl HostFs {
             dir,
             name: sname,
             file: File::from(fd),
+            base: Mutex::new(None),
             committed: false.into(),
         });
         // From here on, dropping `staged` on an error removes the file.
@@ -645,7 +680,8 @@ impl HostFs {
             Some(rfs::Gid::from_raw(st.st_gid)),
         );
         let size = u64::try_from(st.st_size).unwrap_or(0);
-        copy_content(&src, &staged.file, size).map_err(io)?;
+        // The old content is owed, copied when first needed.
+        *lock(&staged.base) = Some((src, size));
         let mut map = lock(&self.staged);
         // Checked again: others may have begun meanwhile. Refused, the
         // staging file goes with `staged`.
@@ -664,6 +700,7 @@ impl HostFs {
         // Taken out first: whatever happens next, the transaction is over
         // (as in MemFs), and on an error the drop removes the file.
         let staged = lock(&self.staged).remove(&txn).ok_or(Errno::BadF)?;
+        staged.settle().map_err(io)?;
         staged.file.set_len(size).map_err(io)?;
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());

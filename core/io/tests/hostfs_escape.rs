@@ -406,17 +406,17 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
         .expect("begin");
         let staged = staging_files(root);
         assert_eq!(staged.len(), 1, "{staged:?}");
-        // The staging file starts as a copy of the file.
-        assert_eq!(
-            std::fs::read(root.join(&staged[0])).expect("read staging"),
-            b"old content"
-        );
         fs.execute(FsOp::StageWrite {
             txn,
             offset: 0,
             data: Bytes::from_static(b"NEW"),
         })
         .expect("write");
+        // The staging file holds the file's content with the write on it.
+        assert_eq!(
+            std::fs::read(root.join(&staged[0])).expect("read staging"),
+            b"NEW content"
+        );
         // Listings never show it.
         match fs.execute(FsOp::List {
             path: RelPath::root(),
@@ -654,6 +654,63 @@ fn small_files_come_with_their_open() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A transaction that starts with a truncate copies only what the
+/// truncate keeps of the old content (a rewrite with `O_TRUNC` does not
+/// copy the file first), and a later extension reads as zeros.
+#[test]
+fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-trunc")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("f"), b"old content").expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let txn = TxnId(3);
+    let run = |op| fs.execute(op).expect("staging op");
+    run(FsOp::StageBegin {
+        txn,
+        path: rel("f"),
+    });
+    // Nothing copied yet: the first write or the commit copies.
+    let staged = staging_files(tmp.path());
+    let staged_len = || {
+        std::fs::metadata(tmp.path().join(&staged[0]))
+            .expect("staging file")
+            .len()
+    };
+    assert_eq!(staged_len(), 0);
+    run(FsOp::StageTruncate { txn, size: 3 });
+    run(FsOp::StageTruncate { txn, size: 6 });
+    assert_eq!(staged_len(), 6, "sized by the truncates, still not copied");
+    run(FsOp::StageWrite {
+        txn,
+        offset: 6,
+        data: Bytes::from_static(b"!"),
+    });
+    run(FsOp::StageCommit {
+        txn,
+        path: rel("f"),
+        size: 7,
+    });
+    assert_eq!(
+        std::fs::read(tmp.path().join("f")).expect("read"),
+        b"old\0\0\0!"
+    );
+    // Truncated to nothing: nothing of the old content comes back.
+    let txn = TxnId(4);
+    run(FsOp::StageBegin {
+        txn,
+        path: rel("f"),
+    });
+    run(FsOp::StageTruncate { txn, size: 0 });
+    run(FsOp::StageCommit {
+        txn,
+        path: rel("f"),
+        size: 0,
+    });
+    assert_eq!(std::fs::read(tmp.path().join("f")).expect("read"), b"");
 }
 
 #[test]
