@@ -1,4 +1,4 @@
-//! The disk (L2) cache's files, and the thread that writes and reads them.
+//! The disk (L2) cache's files, and the threads that write and read them.
 //!
 //! One file per chunk, named by its key, holding the checksum and then the
 //! bytes. Keys are the file's identity on the host (device, inode), its
@@ -9,8 +9,9 @@
 //! as fast as they arrive; on a small machine writing them costs as much
 //! CPU as receiving them. So writes are best effort:
 //!
-//! * the thread runs at the lowest CPU priority, so it takes only time
-//!   nothing else wants;
+//! * the writing thread runs at the lowest CPU priority, so it takes only
+//!   time nothing else wants (reads have their own thread at normal
+//!   priority: a reader is waiting for them);
 //! * at most [`QUEUED_BYTES`] of writes wait for it; a write that finds
 //!   the queue full is not queued, and the driver tells the core, which
 //!   forgets the chunk (it is fetched from the host when next needed).
@@ -18,9 +19,10 @@
 //! Reads and deletes are always queued: a read has a reader waiting, and
 //! a delete keeps the directory within its budget.
 //!
-//! A chunk file is written in place, without a temporary name: the core
-//! verifies every chunk's checksum when it is read back, so a file a crash
-//! cut short is refused then (and fetched from the host), never served.
+//! A chunk file is written under a temporary name and renamed, so the
+//! reading thread sees a whole chunk or none (a read that overtakes its
+//! chunk's write finds nothing and the chunk comes from the host). The
+//! core also verifies every chunk's checksum when it is read back.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -45,6 +47,7 @@ const NICE: i32 = 19;
 /// A chunk read back from disk (`None`: missing or unreadable).
 pub(crate) type DiskRead = (ChunkKey, Option<(Bytes, Checksum)>);
 
+/// What the writing thread does, in order.
 enum DiskCmd {
     Write {
         key: ChunkKey,
@@ -54,9 +57,9 @@ enum DiskCmd {
     Delete {
         key: ChunkKey,
     },
-    Read {
-        key: ChunkKey,
-    },
+    /// Answered once everything queued before it is done (for tests).
+    #[cfg(test)]
+    Barrier(std::sync::mpsc::Sender<()>),
 }
 
 /// An opened cache directory and the chunks found in it.
@@ -95,20 +98,22 @@ impl DiskCache {
         Ok(DiskCache { dir, found })
     }
 
-    /// Starts the disk thread: commands in through the returned queue,
-    /// reads out through `reads`. It ends when the queue is dropped.
+    /// Starts the disk threads: commands in through the returned queue,
+    /// reads out through `reads`. They end when the queue is dropped.
     pub(crate) fn spawn(self, reads: async_channel::Sender<DiskRead>) -> io::Result<DiskQueue> {
         let (tx, rx) = std::sync::mpsc::channel::<DiskCmd>();
+        let (read_tx, read_rx) = std::sync::mpsc::channel::<ChunkKey>();
         let queued = Arc::new(AtomicU64::new(0));
-        let dir = self.dir;
         let in_thread = queued.clone();
+        let dir = self.dir.clone();
         std::thread::Builder::new()
-            .name("wormhole-l2".into())
+            .name("wormhole-l2-write".into())
             .spawn(move || {
                 let me = rustix::thread::gettid();
                 if let Err(e) = rustix::process::setpriority_process(Some(me), NICE) {
-                    debug!(error = %e, "disk cache thread keeps its priority");
+                    debug!(error = %e, "disk cache writer keeps its priority");
                 }
+                let mut seq = 0u64;
                 for cmd in rx {
                     match cmd {
                         DiskCmd::Write {
@@ -116,7 +121,8 @@ impl DiskCache {
                             data,
                             checksum,
                         } => {
-                            if let Err(e) = write_chunk(&dir, &key, &data, &checksum) {
+                            seq += 1;
+                            if let Err(e) = write_chunk(&dir, seq, &key, &data, &checksum) {
                                 debug!(error = %e, ?key, "disk cache write failed");
                             }
                             in_thread.fetch_sub(data.len() as u64, Ordering::Relaxed);
@@ -124,15 +130,28 @@ impl DiskCache {
                         DiskCmd::Delete { key } => {
                             let _ = std::fs::remove_file(dir.join(chunk_name(&key)));
                         }
-                        DiskCmd::Read { key } => {
-                            if reads.send_blocking((key, read_chunk(&dir, &key))).is_err() {
-                                return;
-                            }
+                        #[cfg(test)]
+                        DiskCmd::Barrier(done) => {
+                            let _ = done.send(());
                         }
                     }
                 }
             })?;
-        Ok(DiskQueue { tx, queued })
+        let dir = self.dir;
+        std::thread::Builder::new()
+            .name("wormhole-l2-read".into())
+            .spawn(move || {
+                for key in read_rx {
+                    if reads.send_blocking((key, read_chunk(&dir, &key))).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(DiskQueue {
+            tx,
+            read_tx,
+            queued,
+        })
     }
 }
 
@@ -140,6 +159,7 @@ impl DiskCache {
 /// whether the command was queued.
 pub(crate) struct DiskQueue {
     tx: std::sync::mpsc::Sender<DiskCmd>,
+    read_tx: std::sync::mpsc::Sender<ChunkKey>,
     /// Bytes of writes queued and not yet written.
     queued: Arc<AtomicU64>,
 }
@@ -169,9 +189,19 @@ impl DiskQueue {
         self.tx.send(DiskCmd::Delete { key }).is_ok()
     }
 
+    /// Waits until every write and delete queued so far is carried out.
+    #[cfg(test)]
+    fn settle(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        self.tx
+            .send(DiskCmd::Barrier(done))
+            .expect("the writer runs");
+        wait.recv().expect("the writer answers");
+    }
+
     /// Queues a read; its result arrives on the thread's `reads` channel.
     pub(crate) fn read(&self, key: ChunkKey) -> bool {
-        self.tx.send(DiskCmd::Read { key }).is_ok()
+        self.read_tx.send(key).is_ok()
     }
 }
 
@@ -196,11 +226,21 @@ fn parse_chunk_name(name: &str) -> Option<ChunkKey> {
     (name.len() == 4 * 16 + 3).then_some(key)
 }
 
-/// Checksum, then bytes, straight from the chunk's buffer (no copy).
-fn write_chunk(dir: &Path, key: &ChunkKey, data: &[u8], checksum: &Checksum) -> io::Result<()> {
-    let mut file = File::create(dir.join(chunk_name(key)))?;
+/// Checksum, then bytes, straight from the chunk's buffer (no copy),
+/// under a temporary name (`.tmp-<seq>`, removed at the next open if a
+/// crash leaves it), then renamed into place.
+fn write_chunk(
+    dir: &Path,
+    seq: u64,
+    key: &ChunkKey,
+    data: &[u8],
+    checksum: &Checksum,
+) -> io::Result<()> {
+    let tmp = dir.join(format!(".tmp-{seq}"));
+    let mut file = File::create(&tmp)?;
     file.write_all(&checksum.0)?;
-    file.write_all(data)
+    file.write_all(data)?;
+    std::fs::rename(&tmp, dir.join(chunk_name(key)))
 }
 
 fn read_chunk(dir: &Path, key: &ChunkKey) -> Option<(Bytes, Checksum)> {
@@ -248,6 +288,8 @@ mod tests {
         assert!(queue.write(key(1), data.clone(), sum));
         assert!(queue.write(key(2), data.clone(), sum));
         assert!(queue.delete(key(2)));
+        // Reads have their own thread: they see what the writer finished.
+        queue.settle();
         assert!(queue.read(key(1)));
         assert!(queue.read(key(2)));
         assert_eq!(
