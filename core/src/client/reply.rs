@@ -297,8 +297,7 @@ impl ClientCore {
                     checksum,
                 }),
             ) => {
-                self.cache_inline(now, &attr, inline, checksum);
-                let fh = self.open_handle(ino, handle, attr.clone());
+                let fh = self.open_handle(now, ino, handle, attr.clone(), (inline, checksum));
                 Some(Ok(Answer::Created {
                     ino,
                     attr,
@@ -322,8 +321,7 @@ impl ClientCore {
                     .cache
                     .peek_attr(attr.node)
                     .is_some_and(|c| c.version == attr.version);
-                self.cache_inline(now, &attr, inline, checksum);
-                let fh = self.open_handle(*ino, handle, attr.clone());
+                let fh = self.open_handle(now, *ino, handle, attr.clone(), (inline, checksum));
                 let _ =
                     self.cache
                         .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -417,29 +415,30 @@ impl ClientCore {
         }
     }
 
-    /// A small file's bytes that came with its open: its one chunk, cached
-    /// under the version they were read at, so the read that follows
-    /// needs no request (the cache checks the checksum).
-    fn cache_inline(&mut self, now: Instant, attr: &Attr, inline: Bytes, checksum: Checksum) {
-        if inline.is_empty() || inline.len() as u64 != attr.size {
-            return;
-        }
-        let key = CacheKey::Chunk(ChunkKey {
-            file: attr.key,
-            version: attr.version,
-            index: 0,
-        });
-        let _ = self.cache.fill(
-            now,
-            key,
-            Value::Chunk(ChunkData {
+    /// A file the host opened: a new handle. A small file's bytes that
+    /// came with the open (`inline`, with their checksum) are its one
+    /// chunk, cached under the version they were read at, so the read that
+    /// follows needs no request (the cache checks the checksum).
+    fn open_handle(
+        &mut self,
+        now: Instant,
+        ino: Ino,
+        host: crate::proto::HandleId,
+        attr: Attr,
+        (inline, checksum): (Bytes, Checksum),
+    ) -> Fh {
+        if !inline.is_empty() && inline.len() as u64 == attr.size {
+            let key = CacheKey::Chunk(ChunkKey {
+                file: attr.key,
+                version: attr.version,
+                index: 0,
+            });
+            let chunk = ChunkData {
                 data: inline,
                 checksum,
-            }),
-        );
-    }
-
-    fn open_handle(&mut self, ino: Ino, host: crate::proto::HandleId, attr: Attr) -> Fh {
+            };
+            let _ = self.cache.fill(now, key, Value::Chunk(chunk));
+        }
         let fh = Fh(self.next_fh);
         self.next_fh += 1;
         if let Some(v) = self.vfs.as_mut() {
