@@ -11,7 +11,9 @@
 //!   writes the reply frame when the driver fills the slot. So requests
 //!   are concurrent, and a slow reply holds up only its own stream;
 //! * [`FsPool`] threads executing the core's file operations through
-//!   [`HostFs`] (blocking calls stay off the runtime);
+//!   [`HostFs`] (blocking calls stay off the runtime); those that need no
+//!   wait for the disk run on the driver itself
+//!   ([`HostFs::try_execute`]);
 //! * a [`TreeWatcher`] whose changes become `local_change`.
 
 use core::net::SocketAddr;
@@ -135,7 +137,8 @@ impl Host {
                 source,
             })?;
         let watcher = TreeWatcher::new(&options.root, WatchConfig::default())?;
-        let (pool, fs_results) = FsPool::new(Arc::new(fs), options.workers, 1024)?;
+        let fs = Arc::new(fs);
+        let (pool, fs_results) = FsPool::new(fs.clone(), options.workers, 1024)?;
         let server_config = host_server_config(&options.identity)?;
         let local_addr = socket.local_addr()?;
         crate::transport::size_socket_buffers(&socket);
@@ -201,6 +204,7 @@ impl Host {
             rx: Box::pin(rx),
             stop: Box::pin(stop_rx),
             fs_results: Box::pin(fs_results),
+            fs,
             pool: Some(pool),
             backlog: VecDeque::new(),
             conns: BTreeMap::new(),
@@ -299,6 +303,9 @@ struct Driver {
     rx: Pin<Box<async_channel::Receiver<Event>>>,
     stop: Pin<Box<async_channel::Receiver<()>>>,
     fs_results: Pin<Box<async_channel::Receiver<(OpId, FsResult)>>>,
+    /// For the operations that need not wait for the disk, run here.
+    fs: Arc<HostFs>,
+    /// For the others.
     pool: Option<FsPool>,
     /// Operations the pool had no room for yet, in order.
     backlog: VecDeque<(OpId, FsOp)>,
@@ -461,7 +468,16 @@ impl Driver {
     fn outputs(&mut self, server: &mut HostServer) {
         while let Some(o) = server.poll_output() {
             match o {
-                HostOutput::Fs { op, fs } => self.backlog.push_back((op, fs)),
+                // Most requests need no disk wait (see
+                // `HostFs::try_execute`): answered here, they skip two
+                // thread hand-offs.
+                HostOutput::Fs { op, fs } => match self.fs.try_execute(fs) {
+                    Ok(result) => {
+                        let now = self.now();
+                        server.handle_fs(now, op, result);
+                    }
+                    Err(fs) => self.backlog.push_back((op, fs)),
+                },
                 HostOutput::Send { conn, msg } => self.send(conn, msg),
                 HostOutput::Close { conn } => {
                     if let Some(state) = self.conns.remove(&conn) {
