@@ -2,13 +2,13 @@
 //! to the kernel.
 //!
 //! [`WormholeFs`] makes no file-system decision. Each request becomes one
-//! [`Op`] that travels, with fuser's reply object, to the mount driver
-//! ([`crate::mount`]), which feeds it to the
-//! [`ClientCore`](wormhole_core::client::ClientCore) and answers from
-//! wherever the core does (a cache hit at once, a miss when the host
-//! replies). fuser's session thread therefore never waits for the host:
-//! it hands the request over and reads the next one, so many requests are
-//! in flight at once.
+//! [`Op`] that fuser's thread feeds, with fuser's reply object, to the
+//! [`ClientCore`](wormhole_core::client::ClientCore) the mount shares
+//! with its driver ([`crate::mount`]); the answer goes wherever the core
+//! gives it (a cache hit at once, on this thread; a miss from the driver
+//! when the host replies). fuser's session thread therefore never waits
+//! for the host: it hands the request over and reads the next one, so
+//! many requests are in flight at once.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -21,12 +21,15 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{trace, warn};
+use std::sync::Arc;
+use tracing::warn;
 use wormhole_core::client::{Answer, Fh, Op};
 use wormhole_core::proto::{
     Attr, CHUNK_SIZE, Errno, FileKind, Name, SetAttr, SetTime, StatFs, Timestamp,
 };
 use wormhole_core::vfs::Ino;
+
+use crate::mount::Shared;
 
 /// Requests the kernel may have queued in the background (reads ahead,
 /// write-back); the core answers them concurrently, so let it send more
@@ -58,31 +61,6 @@ pub(crate) enum KernelReply {
     Create(ReplyCreate),
     /// statfs.
     Statfs(ReplyStatfs),
-}
-
-/// What the adapter sends to the mount driver.
-#[derive(Debug)]
-pub(crate) enum KernelRequest {
-    /// A kernel operation and where its answer goes.
-    Op {
-        /// The operation.
-        op: Op,
-        /// The reply object.
-        reply: KernelReply,
-    },
-    /// The kernel dropped `n` lookup references of `ino`.
-    Forget {
-        /// The inode.
-        ino: Ino,
-        /// References dropped.
-        n: u64,
-    },
-    /// Not from the kernel: [`crate::Mount::cache_stats`] asks for the
-    /// cache's counters (on the same channel, so it needs no lock).
-    Stats {
-        /// Where they go.
-        reply: async_channel::Sender<wormhole_core::cache::CacheStats>,
-    },
 }
 
 /// The kernel's errno for a core errno (the same Linux numbers).
@@ -264,28 +242,28 @@ fn set_time(t: TimeOrNow) -> SetTime {
     }
 }
 
-/// The Wormhole file system as fuser sees it: a thin relay to the mount
-/// driver.
-#[derive(Debug)]
+/// The Wormhole file system as fuser sees it: a thin relay to the client
+/// core.
 pub struct WormholeFs {
-    requests: async_channel::Sender<KernelRequest>,
+    core: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WormholeFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WormholeFs").finish_non_exhaustive()
+    }
 }
 
 impl WormholeFs {
-    pub(crate) fn new(requests: async_channel::Sender<KernelRequest>) -> Self {
-        WormholeFs { requests }
+    pub(crate) fn new(core: Arc<Shared>) -> Self {
+        WormholeFs { core }
     }
 
-    /// Hands an operation to the driver. The channel is bounded, so a
-    /// kernel flooding us waits here (backpressure) instead of growing a
-    /// queue; a driver that is gone fails the request.
+    /// Feeds an operation to the core. The kernel bounds what it has
+    /// outstanding (its background limit, one request per blocked
+    /// thread), and a driver that is gone fails the request.
     fn op(&self, op: Op, reply: KernelReply) {
-        trace!(?op, "kernel op");
-        if let Err(e) = self.requests.send_blocking(KernelRequest::Op { op, reply })
-            && let KernelRequest::Op { reply, .. } = e.into_inner()
-        {
-            reply.error(fuser::Errno::from_i32(Errno::NotConn.raw()));
-        }
+        self.core.op(op, reply);
     }
 
     fn name(name: &OsStr) -> Result<Name, fuser::Errno> {
@@ -301,6 +279,14 @@ fn ino(i: INodeNo) -> Ino {
 /// unless told not to, and applying it again changes nothing.
 fn perm(mode: u32, umask: u32) -> u32 {
     mode & !umask & 0o7777
+}
+
+impl Drop for WormholeFs {
+    /// fuser drops the file system when its session ends, however it
+    /// ends: the driver then says goodbye and stops.
+    fn drop(&mut self) {
+        self.core.unmounted();
+    }
 }
 
 impl fuser::Filesystem for WormholeFs {
@@ -344,10 +330,7 @@ impl fuser::Filesystem for WormholeFs {
     // batch_forget: fuser's default calls forget for each node (its
     // ForgetOne type is not public, so it cannot be overridden).
     fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
-        let _ = self.requests.send_blocking(KernelRequest::Forget {
-            ino: ino(i),
-            n: nlookup,
-        });
+        self.core.forget(ino(i), nlookup);
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

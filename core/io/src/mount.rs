@@ -1,16 +1,18 @@
 //! The mount: a FUSE session, the mount driver that runs a
 //! [`ClientCore`], the disk (L2) cache, and a [`Transport`] to the host.
 //!
-//! The driver is one task on any [`quinn::Runtime`] and runs the sans-IO
-//! loop of the core contract, like the pair driver: carry out every
-//! output, then wait for the next kernel request, host message, finished
-//! connect, disk-cache read or timer. It makes no file-system decision.
+//! The core lives behind one lock shared by fuser's thread and the driver,
+//! a task on any [`quinn::Runtime`]; both run the sans-IO loop of the core
+//! contract: feed it an input, carry out every output. fuser's thread
+//! feeds kernel requests, the driver host messages, finished connects,
+//! disk-cache reads and timers. Neither makes a file-system decision.
 //!
 //! Threads, and why:
 //!
-//! * fuser's session thread reads `/dev/fuse` and hands each request to
-//!   the driver ([`crate::fuse`]); replies are written by the driver
-//!   whenever the core answers.
+//! * fuser's session thread reads `/dev/fuse` and feeds each request to
+//!   the core itself ([`crate::fuse`]): what the core answers from its
+//!   cache is answered there and then, without waking another thread;
+//!   the rest is answered by the driver when the host replies.
 //! * The disk cache runs on its own thread: chunk files are written and
 //!   read with blocking calls, which must not stall the driver's runtime.
 //! * Kernel invalidations are sent from their own thread: the kernel may
@@ -33,22 +35,19 @@ use futures_lite::future::Future;
 use futures_lite::stream::Stream;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
-use wormhole_core::client::{ClientConfig, ClientCore, ClientEvent, ClientOutput, Req};
+use wormhole_core::client::{ClientConfig, ClientCore, ClientEvent, ClientOutput, Op, Req};
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::proto::Name;
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
 
 use crate::disk_cache::{DiskCache, DiskQueue, DiskRead};
-use crate::fuse::{KernelRequest, WormholeFs};
+use crate::fuse::{KernelReply, WormholeFs};
 use crate::runtime::{BoxFuture, CoreClock};
 
-/// Kernel requests waiting for the driver at most; fuser's thread waits
-/// when they are all taken.
-const KERNEL_QUEUE: usize = 1024;
 /// Passes over all sources before yielding to other tasks.
 const MAX_PASSES: usize = 16;
-/// Kernel requests, host messages or disk reads taken per pass, each.
+/// Host messages or disk reads taken per pass, each.
 const BATCH: usize = 64;
 /// Connection events kept for a slow reader of [`Mount::events`].
 const EVENT_QUEUE: usize = 64;
@@ -143,9 +142,7 @@ pub enum MountError {
 /// [`Mount::unmount`], which reports errors.
 pub struct Mount {
     session: Option<fuser::BackgroundSession>,
-    /// Weak: the driver stops when fuser's session (the only strong
-    /// sender) ends.
-    requests: async_channel::WeakSender<KernelRequest>,
+    shared: Arc<Shared>,
     mountpoint: PathBuf,
     events: async_channel::Receiver<ClientEvent>,
     done: async_channel::Receiver<()>,
@@ -176,9 +173,19 @@ impl Mount {
             Some(dir) => Some(DiskCache::open(dir)?),
             None => None,
         };
-        let (req_tx, req_rx) = async_channel::bounded(KERNEL_QUEUE);
         let (events_tx, events) = async_channel::bounded(EVENT_QUEUE);
         let (done_tx, done) = async_channel::bounded(1);
+        let (notices, notice_rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            state: std::sync::Mutex::new(State::new(
+                runtime.clone(),
+                Box::new(transport),
+                options.clone(),
+                events_tx,
+                disk,
+                notices,
+            )?),
+        });
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName("wormhole".into()),
@@ -191,23 +198,15 @@ impl Mount {
                 fuser::MountOption::RW
             },
         ];
-        let requests = req_tx.downgrade();
-        let session = fuser::Session::new(WormholeFs::new(req_tx), mountpoint, &config).map_err(
-            |source| MountError::Fuse {
+        let session = fuser::Session::new(WormholeFs::new(shared.clone()), mountpoint, &config)
+            .map_err(|source| MountError::Fuse {
                 mountpoint: mountpoint.to_owned(),
                 source,
-            },
-        )?;
-        let notifier = Notifications::start(session.notifier())?;
-        let driver = MountDriver::new(
-            runtime.clone(),
-            Box::new(transport),
-            options,
-            req_rx,
-            events_tx,
-            disk,
-            notifier,
-        )?;
+            })?;
+        start_notifier(notice_rx, session.notifier())?;
+        let driver = MountDriver {
+            shared: shared.clone(),
+        };
         runtime.spawn(Box::pin(async move {
             driver.run().await;
             drop(done_tx);
@@ -216,7 +215,7 @@ impl Mount {
         info!(mountpoint = %mountpoint.display(), "mounted");
         Ok(Mount {
             session: Some(session),
-            requests,
+            shared,
             mountpoint: mountpoint.to_owned(),
             events,
             done,
@@ -245,13 +244,8 @@ impl Mount {
 
     /// The client cache's counters (`None` once the driver has stopped).
     pub async fn cache_stats(&self) -> Option<wormhole_core::cache::CacheStats> {
-        let (reply, stats) = async_channel::bounded(1);
-        self.requests
-            .upgrade()?
-            .send(KernelRequest::Stats { reply })
-            .await
-            .ok()?;
-        stats.recv().await.ok()
+        let s = self.shared.lock();
+        (!s.stopped).then(|| s.core.cache().stats())
     }
 
     /// Resolves once the driver has stopped (after an unmount).
@@ -310,75 +304,142 @@ enum Notice {
     Entry(Ino, Name),
 }
 
-/// The thread that passes the core's invalidations to the kernel.
-struct Notifications {
-    tx: std::sync::mpsc::Sender<Notice>,
-}
-
-impl Notifications {
-    fn start(notifier: fuser::Notifier) -> Result<Self, MountError> {
-        let (tx, rx) = std::sync::mpsc::channel::<Notice>();
-        std::thread::Builder::new()
-            .name("wormhole-inval".into())
-            .spawn(move || {
-                for notice in rx {
-                    // The kernel may have dropped the inode or entry
-                    // already; nothing to do then.
-                    let result = match &notice {
-                        Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
-                        Notice::Entry(parent, name) => notifier.inval_entry(
-                            fuser::INodeNo(parent.0),
-                            std::os::unix::ffi::OsStrExt::from_bytes(name.as_bytes()),
-                        ),
-                    };
-                    if let Err(e) = result {
-                        trace!(error = %e, "kernel invalidation not applied");
-                    }
+/// Starts the thread that passes the core's invalidations to the kernel.
+fn start_notifier(
+    notices: std::sync::mpsc::Receiver<Notice>,
+    notifier: fuser::Notifier,
+) -> Result<(), MountError> {
+    std::thread::Builder::new()
+        .name("wormhole-inval".into())
+        .spawn(move || {
+            for notice in notices {
+                // The kernel may have dropped the inode or entry
+                // already; nothing to do then.
+                let result = match &notice {
+                    Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
+                    Notice::Entry(parent, name) => notifier.inval_entry(
+                        fuser::INodeNo(parent.0),
+                        std::os::unix::ffi::OsStrExt::from_bytes(name.as_bytes()),
+                    ),
+                };
+                if let Err(e) = result {
+                    trace!(error = %e, "kernel invalidation not applied");
                 }
-            })
-            .map_err(MountError::Thread)?;
-        Ok(Notifications { tx })
-    }
+            }
+        })
+        .map_err(MountError::Thread)?;
+    Ok(())
 }
 
 // ----------------------------------------------------------------- driver
 
 /// Host messages of the established connection (boxed: the receiver is
-/// `!Unpin` and the driver moves into its task).
+/// `!Unpin` and the state moves between threads).
 type Incoming = Pin<Box<async_channel::Receiver<Bytes>>>;
 
-/// The mount driver: one task owning the client core.
-struct MountDriver {
+/// The client core and everything its outputs reach, shared by fuser's
+/// thread and the driver task. Whoever has an input takes the lock, feeds
+/// the core and carries out what it asks for. So a kernel request the core
+/// answers from its cache is answered on fuser's thread, with no hand-off
+/// to another thread and back: on a machine whose idle cores halt, such a
+/// hand-off (a wake-up of the other thread) cost more than the request.
+/// The driver task keeps what only a task can do: waiting for host
+/// messages, a connect, disk-cache reads and the core's timer.
+pub(crate) struct Shared {
+    state: std::sync::Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing in the state is left half-changed by a panic that matters
+        // more than answering the kernel.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A kernel operation, from fuser's thread: answered before this
+    /// returns if the core can, else when the host replies.
+    pub(crate) fn op(&self, op: Op, reply: KernelReply) {
+        let mut s = self.lock();
+        if s.stopped {
+            drop(s);
+            reply.error(fuser::Errno::from_i32(
+                wormhole_core::proto::Errno::NotConn.raw(),
+            ));
+            return;
+        }
+        let req = Req(s.next_req);
+        s.next_req += 1;
+        trace!(?req, ?op, "kernel request");
+        s.pending.insert(req, reply);
+        let now = s.now();
+        s.core.op(now, req, op);
+        s.outputs();
+        let wake = s.driver_to_wake();
+        drop(s);
+        if let Some(waker) = wake {
+            waker.wake();
+        }
+    }
+
+    /// The kernel dropped `n` lookup references of `ino`.
+    pub(crate) fn forget(&self, ino: Ino, n: u64) {
+        let mut s = self.lock();
+        s.core.forget(ino, n);
+        s.outputs();
+    }
+
+    /// fuser's session ended: the driver says goodbye and stops.
+    pub(crate) fn unmounted(&self) {
+        let mut s = self.lock();
+        s.unmounted = true;
+        let wake = s.driver.take();
+        drop(s);
+        if let Some(waker) = wake {
+            waker.wake();
+        }
+    }
+}
+
+/// The state behind [`Shared`]'s lock.
+struct State {
     clock: CoreClock,
     core: ClientCore,
     transport: Box<dyn Transport>,
-    kernel: Pin<Box<async_channel::Receiver<KernelRequest>>>,
     /// Kernel requests the core has not answered yet.
-    pending: BTreeMap<Req, crate::fuse::KernelReply>,
+    pending: BTreeMap<Req, KernelReply>,
     next_req: u64,
     connecting: Option<BoxFuture<io::Result<Link>>>,
+    /// `connecting` was started outside the driver, which has not polled
+    /// it yet (so nothing wakes anyone when it completes).
+    connect_unpolled: bool,
     /// The established connection: messages out, messages in.
     link: Option<(async_channel::Sender<Bytes>, Incoming)>,
     disk: Option<DiskQueue>,
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
-    notifications: Notifications,
+    notices: std::sync::mpsc::Sender<Notice>,
     events: async_channel::Sender<ClientEvent>,
+    /// The driver task's waker, as of its last poll.
+    driver: Option<core::task::Waker>,
+    /// fuser's session has ended.
+    unmounted: bool,
+    /// The driver has stopped: requests fail at once.
+    stopped: bool,
 }
 
-impl MountDriver {
+impl State {
     fn new(
         runtime: Arc<dyn quinn::Runtime>,
         transport: Box<dyn Transport>,
         options: MountOptions,
-        kernel: async_channel::Receiver<KernelRequest>,
         events: async_channel::Sender<ClientEvent>,
         disk: Option<DiskCache>,
-        notifications: Notifications,
+        notices: std::sync::mpsc::Sender<Notice>,
     ) -> Result<Self, MountError> {
         let (reads_tx, disk_reads) = async_channel::unbounded();
         let mut core =
             ClientCore::new(options.client, options.secret, Rng::from_seed(options.seed));
-        let clock = CoreClock::new(runtime.clone());
         let mut found = Vec::new();
         let disk = match disk {
             Some(mut cache) => {
@@ -388,19 +449,22 @@ impl MountDriver {
             None => None,
         };
         core.load_l2(Instant::ZERO, found);
-        Ok(MountDriver {
-            clock,
+        Ok(State {
+            clock: CoreClock::new(runtime),
             core,
             transport,
-            kernel: Box::pin(kernel),
             pending: BTreeMap::new(),
             next_req: 1,
             connecting: None,
+            connect_unpolled: false,
             link: None,
             disk,
             disk_reads: Box::pin(disk_reads),
-            notifications,
+            notices,
             events,
+            driver: None,
+            unmounted: false,
+            stopped: false,
         })
     }
 
@@ -408,77 +472,19 @@ impl MountDriver {
         self.clock.now()
     }
 
-    async fn run(mut self) {
-        let now = self.now();
-        self.core.connect(now);
-        core::future::poll_fn(|cx| self.poll_drive(cx)).await;
-        // The kernel side is gone (unmounted): say goodbye, so the host
-        // releases our locks at once rather than after the grace period.
-        let now = self.now();
-        self.core.disconnect(now);
-        self.outputs();
-        for (_, reply) in std::mem::take(&mut self.pending) {
-            reply.error(fuser::Errno::from_i32(
-                wormhole_core::proto::Errno::NotConn.raw(),
-            ));
-        }
-        debug!("mount driver stopped");
-    }
-
-    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        for _ in 0..MAX_PASSES {
-            let mut busy = false;
-            for _ in 0..BATCH {
-                match self.kernel.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(request)) => {
-                        busy = true;
-                        self.kernel_request(request);
-                    }
-                    Poll::Ready(None) => return Poll::Ready(()),
-                    Poll::Pending => break,
-                }
-            }
-            busy |= self.poll_link(cx);
-            busy |= self.poll_connect(cx);
-            for _ in 0..BATCH {
-                match self.disk_reads.as_mut().poll_next(cx) {
-                    Poll::Ready(Some((key, got))) => {
-                        busy = true;
-                        let now = self.now();
-                        match got {
-                            Some((data, checksum)) => self.core.l2_loaded(now, key, data, checksum),
-                            None => self.core.l2_read_failed(now, key),
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            // Outputs may start a connect or a link that must be polled
-            // (to register its wake-up) before this task sleeps.
-            busy |= self.outputs();
-            busy |= self.poll_timer(cx);
-            if !busy {
-                return Poll::Pending;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    fn kernel_request(&mut self, request: KernelRequest) {
-        match request {
-            KernelRequest::Op { op, reply } => {
-                let req = Req(self.next_req);
-                self.next_req += 1;
-                trace!(?req, ?op, "kernel request");
-                self.pending.insert(req, reply);
-                let now = self.now();
-                self.core.op(now, req, op);
-            }
-            KernelRequest::Forget { ino, n } => self.core.forget(ino, n),
-            KernelRequest::Stats { reply } => {
-                let _ = reply.try_send(self.core.cache().stats());
-            }
+    /// The driver's waker, if what was just done needs the driver: a
+    /// connect it has not polled, or a core deadline earlier than the
+    /// timer it armed.
+    fn driver_to_wake(&self) -> Option<core::task::Waker> {
+        let earlier = match (self.core.poll_timeout(), self.clock.armed()) {
+            (Some(due), Some(armed)) => due < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if self.connect_unpolled || earlier {
+            self.driver.clone()
+        } else {
+            None
         }
     }
 
@@ -511,6 +517,7 @@ impl MountDriver {
     }
 
     fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
+        self.connect_unpolled = false;
         let Some(fut) = self.connecting.as_mut() else {
             return false;
         };
@@ -531,6 +538,24 @@ impl MountDriver {
             }
         }
         true
+    }
+
+    fn poll_disk(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        for _ in 0..BATCH {
+            match self.disk_reads.as_mut().poll_next(cx) {
+                Poll::Ready(Some((key, got))) => {
+                    busy = true;
+                    let now = self.now();
+                    match got {
+                        Some((data, checksum)) => self.core.l2_loaded(now, key, data, checksum),
+                        None => self.core.l2_read_failed(now, key),
+                    }
+                }
+                _ => break,
+            }
+        }
+        busy
     }
 
     /// Carries out every output of the core; true if there was one.
@@ -562,6 +587,7 @@ impl MountDriver {
                 ClientOutput::OpenTransport => {
                     self.link = None;
                     self.connecting = Some(self.transport.connect());
+                    self.connect_unpolled = true;
                 }
                 ClientOutput::CloseTransport => {
                     self.link = None;
@@ -592,10 +618,10 @@ impl MountDriver {
                     }
                 }
                 ClientOutput::InvalidateInode { ino } => {
-                    let _ = self.notifications.tx.send(Notice::Inode(ino));
+                    let _ = self.notices.send(Notice::Inode(ino));
                 }
                 ClientOutput::InvalidateEntry { parent, name } => {
-                    let _ = self.notifications.tx.send(Notice::Entry(parent, name));
+                    let _ = self.notices.send(Notice::Entry(parent, name));
                 }
                 ClientOutput::Event(event) => {
                     info!(?event, "connection");
@@ -613,6 +639,62 @@ impl MountDriver {
         };
         self.core.handle_timeout(now);
         true
+    }
+}
+
+/// The mount driver: the task side of [`Shared`].
+struct MountDriver {
+    shared: Arc<Shared>,
+}
+
+impl MountDriver {
+    async fn run(self) {
+        {
+            let mut s = self.shared.lock();
+            let now = s.now();
+            s.core.connect(now);
+        }
+        core::future::poll_fn(|cx| self.poll_drive(cx)).await;
+        // The kernel side is gone (unmounted): say goodbye, so the host
+        // releases our locks at once rather than after the grace period.
+        let mut s = self.shared.lock();
+        let now = s.now();
+        s.core.disconnect(now);
+        s.outputs();
+        s.stopped = true;
+        let pending = std::mem::take(&mut s.pending);
+        drop(s);
+        for (_, reply) in pending {
+            reply.error(fuser::Errno::from_i32(
+                wormhole_core::proto::Errno::NotConn.raw(),
+            ));
+        }
+        debug!("mount driver stopped");
+    }
+
+    fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..MAX_PASSES {
+            let mut s = self.shared.lock();
+            if s.unmounted {
+                return Poll::Ready(());
+            }
+            if !s.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.driver = Some(cx.waker().clone());
+            }
+            let mut busy = s.poll_link(cx);
+            busy |= s.poll_connect(cx);
+            busy |= s.poll_disk(cx);
+            // Outputs may start a connect or a link that must be polled
+            // (to register its wake-up) before this task sleeps.
+            busy |= s.outputs();
+            busy |= s.poll_timer(cx);
+            drop(s);
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 

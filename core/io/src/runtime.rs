@@ -143,6 +143,13 @@ impl CoreClock {
         )
     }
 
+    /// The deadline the timer is armed for (`None`: none, or it fired and
+    /// the next is not armed yet). A deadline earlier than this one needs
+    /// the owning task to poll again.
+    pub(crate) fn armed(&self) -> Option<wormhole_core::Instant> {
+        self.armed
+    }
+
     /// Polls toward the core's next `deadline` (its `poll_timeout()`):
     /// `Some(now)` once it is due, for the caller to pass to the core's
     /// `handle_timeout`; `None` while it is not, with this task's waker
