@@ -47,7 +47,10 @@ use crate::runtime::{BoxFuture, CoreClock};
 
 /// Passes over all sources before yielding to other tasks.
 const MAX_PASSES: usize = 16;
-/// Host messages or disk reads taken per pass, each.
+/// Kernel requests queued for the driver at most; fuser's thread waits
+/// when they are all taken.
+const KERNEL_QUEUE: usize = 1024;
+/// Kernel requests, host messages or disk reads taken per pass, each.
 const BATCH: usize = 64;
 /// Connection events kept for a slow reader of [`Mount::events`].
 const EVENT_QUEUE: usize = 64;
@@ -176,7 +179,9 @@ impl Mount {
         let (events_tx, events) = async_channel::bounded(EVENT_QUEUE);
         let (done_tx, done) = async_channel::bounded(1);
         let (notices, notice_rx) = std::sync::mpsc::channel();
+        let (queue, queued) = async_channel::bounded(KERNEL_QUEUE);
         let shared = Arc::new(Shared {
+            queue,
             state: std::sync::Mutex::new(State::new(
                 runtime.clone(),
                 Box::new(transport),
@@ -184,6 +189,7 @@ impl Mount {
                 events_tx,
                 disk,
                 notices,
+                queued,
             )?),
         });
         let mut config = fuser::Config::default();
@@ -344,9 +350,13 @@ type Incoming = Pin<Box<async_channel::Receiver<Bytes>>>;
 /// to another thread and back: on a machine whose idle cores halt, such a
 /// hand-off (a wake-up of the other thread) cost more than the request.
 /// The driver task keeps what only a task can do: waiting for host
-/// messages, a connect, disk-cache reads and the core's timer.
+/// messages, a connect, disk-cache reads and the core's timer. A request
+/// that finds the driver at work is queued for it rather than waiting for
+/// the lock ([`Shared::kernel`]).
 pub(crate) struct Shared {
     state: std::sync::Mutex<State>,
+    /// Kernel requests that met a busy driver, in the kernel's order.
+    queue: async_channel::Sender<Kernel>,
 }
 
 impl Shared {
@@ -361,33 +371,51 @@ impl Shared {
     /// A kernel operation, from fuser's thread: answered before this
     /// returns if the core can, else when the host replies.
     pub(crate) fn op(&self, op: Op, reply: KernelReply) {
-        let mut s = self.lock();
-        if s.stopped {
-            drop(s);
-            reply.error(fuser::Errno::from_i32(
-                wormhole_core::proto::Errno::NotConn.raw(),
-            ));
-            return;
-        }
-        let req = Req(s.next_req);
-        s.next_req += 1;
-        trace!(?req, ?op, "kernel request");
-        s.pending.insert(req, reply);
-        let now = s.now();
-        s.core.op(now, req, op);
-        s.outputs();
-        let wake = s.driver_to_wake();
-        drop(s);
-        if let Some(waker) = wake {
-            waker.wake();
-        }
+        self.kernel(Kernel::Op { op, reply });
     }
 
     /// The kernel dropped `n` lookup references of `ino`.
     pub(crate) fn forget(&self, ino: Ino, n: u64) {
-        let mut s = self.lock();
-        s.core.forget(ino, n);
-        s.outputs();
+        self.kernel(Kernel::Forget { ino, n });
+    }
+
+    /// Feeds a kernel request to the core on this thread if the driver is
+    /// idle, else queues it for the driver. Waiting for the lock instead
+    /// would cost what the lock saves (a sleep and a wake-up per request
+    /// while host data streams in), and queueing whenever the queue is not
+    /// empty keeps the kernel's order: the driver takes from the queue
+    /// only under the lock, so an empty queue seen under the lock means
+    /// every earlier request has been fed.
+    fn kernel(&self, request: Kernel) {
+        if self.queue.is_empty() {
+            let locked = match self.state.try_lock() {
+                Ok(s) => Some(s),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut s) = locked
+                && self.queue.is_empty()
+                && !s.stopped
+            {
+                s.kernel(request);
+                s.outputs();
+                let wake = s.driver_to_wake();
+                drop(s);
+                if let Some(waker) = wake {
+                    waker.wake();
+                }
+                return;
+            }
+        }
+        // Bounded: a kernel flooding a busy driver waits here. A driver
+        // that has stopped closed the queue, which fails the request.
+        if let Err(e) = self.queue.send_blocking(request)
+            && let Kernel::Op { reply, .. } = e.into_inner()
+        {
+            reply.error(fuser::Errno::from_i32(
+                wormhole_core::proto::Errno::NotConn.raw(),
+            ));
+        }
     }
 
     /// fuser's session ended: the driver says goodbye and stops.
@@ -400,6 +428,14 @@ impl Shared {
             waker.wake();
         }
     }
+}
+
+/// A kernel request on its way to the core.
+enum Kernel {
+    /// An operation and where its answer goes.
+    Op { op: Op, reply: KernelReply },
+    /// The kernel dropped `n` lookup references of `ino`.
+    Forget { ino: Ino, n: u64 },
 }
 
 /// The state behind [`Shared`]'s lock.
@@ -420,6 +456,8 @@ struct State {
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notices: std::sync::mpsc::Sender<Notice>,
     events: async_channel::Sender<ClientEvent>,
+    /// [`Shared::queue`]'s other end.
+    queued: Pin<Box<async_channel::Receiver<Kernel>>>,
     /// The driver task's waker, as of its last poll.
     driver: Option<core::task::Waker>,
     /// fuser's session has ended.
@@ -436,6 +474,7 @@ impl State {
         events: async_channel::Sender<ClientEvent>,
         disk: Option<DiskCache>,
         notices: std::sync::mpsc::Sender<Notice>,
+        queued: async_channel::Receiver<Kernel>,
     ) -> Result<Self, MountError> {
         let (reads_tx, disk_reads) = async_channel::unbounded();
         let mut core =
@@ -462,6 +501,7 @@ impl State {
             disk_reads: Box::pin(disk_reads),
             notices,
             events,
+            queued: Box::pin(queued),
             driver: None,
             unmounted: false,
             stopped: false,
@@ -470,6 +510,36 @@ impl State {
 
     fn now(&self) -> Instant {
         self.clock.now()
+    }
+
+    /// Feeds one kernel request to the core.
+    fn kernel(&mut self, request: Kernel) {
+        match request {
+            Kernel::Op { op, reply } => {
+                let req = Req(self.next_req);
+                self.next_req += 1;
+                trace!(?req, ?op, "kernel request");
+                self.pending.insert(req, reply);
+                let now = self.now();
+                self.core.op(now, req, op);
+            }
+            Kernel::Forget { ino, n } => self.core.forget(ino, n),
+        }
+    }
+
+    /// Kernel requests queued while the lock was taken.
+    fn poll_kernel(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        for _ in 0..BATCH {
+            match self.queued.as_mut().poll_next(cx) {
+                Poll::Ready(Some(request)) => {
+                    busy = true;
+                    self.kernel(request);
+                }
+                _ => break,
+            }
+        }
+        busy
     }
 
     /// The driver's waker, if what was just done needs the driver: a
@@ -662,9 +732,17 @@ impl MountDriver {
         s.core.disconnect(now);
         s.outputs();
         s.stopped = true;
-        let pending = std::mem::take(&mut s.pending);
+        // Requests queued from now on fail at once; those queued before
+        // fail with the ones the core had not answered.
+        s.queued.close();
+        let mut pending: Vec<KernelReply> = std::mem::take(&mut s.pending).into_values().collect();
+        while let Ok(request) = s.queued.try_recv() {
+            if let Kernel::Op { reply, .. } = request {
+                pending.push(reply);
+            }
+        }
         drop(s);
-        for (_, reply) in pending {
+        for reply in pending {
             reply.error(fuser::Errno::from_i32(
                 wormhole_core::proto::Errno::NotConn.raw(),
             ));
@@ -681,7 +759,8 @@ impl MountDriver {
             if !s.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 s.driver = Some(cx.waker().clone());
             }
-            let mut busy = s.poll_link(cx);
+            let mut busy = s.poll_kernel(cx);
+            busy |= s.poll_link(cx);
             busy |= s.poll_connect(cx);
             busy |= s.poll_disk(cx);
             // Outputs may start a connect or a link that must be polled
