@@ -230,28 +230,25 @@ impl HostFs {
     ///
     /// A result is final, exactly as [`HostFs::execute`] would give it.
     pub fn try_execute(&self, op: FsOp) -> Result<FsResult, FsOp> {
-        match op {
+        let done = match op {
             FsOp::Stat { .. } | FsOp::Close { .. } | FsOp::Readlink { .. } | FsOp::StatFs => {
-                Ok(self.execute(op))
+                return Ok(self.execute(op));
             }
             FsOp::Open {
                 ref path,
                 handle,
                 inline_max,
-            } => match self.open_cached(path, handle, inline_max) {
-                Some(result) => Ok(result),
-                None => Err(op),
-            },
+            } => self.open_handle(path, handle, inline_max, Reading::CachedOnly),
             FsOp::Read {
-                from: ReadFrom::Handle(handle),
+                from: ReadFrom::Handle(h),
                 offset,
                 len,
-            } => match self.read_handle_cached(handle, offset, len) {
-                Some(result) => Ok(result),
-                None => Err(op),
-            },
-            other => Err(other),
-        }
+            } => self
+                .handle(h)
+                .and_then(|file| self.read_through(&file, offset, len, Reading::CachedOnly)),
+            other => return Err(other),
+        };
+        done.transpose().ok_or(op)
     }
 
     /// Executes one operation; blocks (see the module docs).
@@ -263,7 +260,7 @@ impl HostFs {
                 path,
                 handle,
                 inline_max,
-            } => self.open_handle(&path, handle, inline_max),
+            } => waited(self.open_handle(&path, handle, inline_max, Reading::Wait)),
             FsOp::Close { handle } => {
                 lock(&self.handles).remove(&handle).ok_or(Errno::BadF)?;
                 Ok(FsOk::Done)
@@ -469,81 +466,69 @@ impl HostFs {
         }
     }
 
-    fn open_handle(&self, path: &RelPath, handle: FsHandle, inline_max: u32) -> FsResult {
+    /// Opens `path` as `handle`; `Ok(None)` if its inline bytes would
+    /// wait for the disk and `reading` says they may not.
+    fn open_handle(
+        &self,
+        path: &RelPath,
+        handle: FsHandle,
+        inline_max: u32,
+        reading: Reading,
+    ) -> Result<Option<FsOk>, Errno> {
         let (file, st) = self.open_file(path)?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         // A small file's bytes come with its open, read through the same
         // descriptor as its attributes.
         let inline = if size <= u64::from(inline_max) {
-            read_from(&file, 0, size as usize)?
+            match reading.read(&file, 0, size as usize)? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
+            }
         } else {
             Bytes::new()
         };
-        self.keep_handle(handle, file, &st, inline)
-    }
-
-    /// Keeps an opened file as `handle`: the end of an open.
-    fn keep_handle(&self, handle: FsHandle, file: File, st: &Stat, inline: Bytes) -> FsResult {
         let mut handles = lock(&self.handles);
         if !handles.contains_key(&handle) && handles.len() >= self.cfg.max_handles {
             return Err(Errno::Again);
         }
         handles.insert(handle, Arc::new(file));
         drop(handles);
-        let a = attr(st).ok_or(Errno::NoEnt)?;
-        Ok(FsOk::Opened(a, inline))
+        let a = attr(&st).ok_or(Errno::NoEnt)?;
+        Ok(Some(FsOk::Opened(a, inline)))
     }
 
-    /// [`Self::open_handle`] if the inline bytes are in the page cache;
-    /// `None` if reading them would wait for the disk.
-    fn open_cached(&self, path: &RelPath, handle: FsHandle, inline_max: u32) -> Option<FsResult> {
-        let (file, st) = match self.open_file(path) {
-            Ok(opened) => opened,
-            Err(e) => return Some(Err(e)),
-        };
-        let size = u64::try_from(st.st_size).unwrap_or(0);
-        let inline = if size <= u64::from(inline_max) {
-            match read_cached(&file, 0, size as usize)? {
-                Ok(bytes) => bytes,
-                Err(e) => return Some(Err(e)),
-            }
-        } else {
-            Bytes::new()
-        };
-        Some(self.keep_handle(handle, file, &st, inline))
-    }
-
-    /// [`Self::read`] through a handle if its bytes are in the page cache;
-    /// `None` if reading them would wait for the disk.
-    fn read_handle_cached(&self, handle: FsHandle, offset: u64, len: u32) -> Option<FsResult> {
-        let Some(file) = lock(&self.handles).get(&handle).cloned() else {
-            return Some(Err(Errno::BadF));
-        };
-        let st = match rfs::fstat(&file) {
-            Ok(st) => st,
-            Err(e) => return Some(Err(sys(e))),
-        };
-        let size = u64::try_from(st.st_size).unwrap_or(0);
-        let want = u64::from(len).min(size.saturating_sub(offset)) as usize;
-        let data = match read_cached(&file, offset, want)? {
-            Ok(data) => data,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(attr(&st).ok_or(Errno::NoEnt).map(|a| FsOk::Data(data, a)))
+    /// The open file behind `handle`.
+    fn handle(&self, handle: FsHandle) -> Result<Arc<File>, Errno> {
+        lock(&self.handles).get(&handle).cloned().ok_or(Errno::BadF)
     }
 
     fn read(&self, from: ReadFrom, offset: u64, len: u32) -> FsResult {
         let file = match from {
             ReadFrom::Path(p) => Arc::new(self.open_file(&p)?.0),
-            ReadFrom::Handle(h) => lock(&self.handles).get(&h).cloned().ok_or(Errno::BadF)?,
+            ReadFrom::Handle(h) => self.handle(h)?,
         };
-        let st = rfs::fstat(&file).map_err(sys)?;
+        waited(self.read_through(&file, offset, len, Reading::Wait))
+    }
+
+    /// Up to `len` bytes of `file` from `offset`, with the attributes of
+    /// the same open file; `Ok(None)` if they would wait for the disk and
+    /// `reading` says they may not.
+    fn read_through(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u32,
+        reading: Reading,
+    ) -> Result<Option<FsOk>, Errno> {
+        let st = rfs::fstat(file).map_err(sys)?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         // Allocate what the file holds, not what the request asks for.
         let want = u64::from(len).min(size.saturating_sub(offset)) as usize;
-        let data = read_from(&file, offset, want)?;
+        let Some(data) = reading.read(file, offset, want)? else {
+            return Ok(None);
+        };
         let a = attr(&st).ok_or(Errno::NoEnt)?;
-        Ok(FsOk::Data(data, a))
+        Ok(Some(FsOk::Data(data, a)))
     }
 
     // ------------------------------------------------------------ changing
@@ -895,10 +880,35 @@ fn read_from(file: &File, offset: u64, want: usize) -> Result<Bytes, Errno> {
     Ok(buf.into())
 }
 
+/// How an operation may get file bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    /// From the disk if need be (the pool's way).
+    Wait,
+    /// Only what the page cache holds (the caller must not block).
+    CachedOnly,
+}
+
+impl Reading {
+    /// Up to `want` bytes of `file` from `offset`; `None` only for
+    /// [`Reading::CachedOnly`], when they would wait for the disk.
+    fn read(self, file: &File, offset: u64, want: usize) -> Result<Option<Bytes>, Errno> {
+        match self {
+            Reading::Wait => read_from(file, offset, want).map(Some),
+            Reading::CachedOnly => read_cached(file, offset, want),
+        }
+    }
+}
+
+/// The answer of an operation allowed to wait (so never "would wait").
+fn waited(done: Result<Option<FsOk>, Errno>) -> FsResult {
+    done.transpose().unwrap_or(Err(Errno::Io))
+}
+
 /// Like [`read_from`], but only what the page cache holds: `None` as soon
 /// as a read would wait for the disk (`RWF_NOWAIT` answers EAGAIN, or the
 /// kernel or file system does not support it).
-fn read_cached(file: &File, offset: u64, want: usize) -> Option<Result<Bytes, Errno>> {
+fn read_cached(file: &File, offset: u64, want: usize) -> Result<Option<Bytes>, Errno> {
     let mut buf = vec![0u8; want];
     let mut done = 0;
     while done < want {
@@ -908,12 +918,12 @@ fn read_cached(file: &File, offset: u64, want: usize) -> Option<Result<Bytes, Er
             Ok(0) => break,
             Ok(n) => done += n,
             Err(SysErrno::INTR) => {}
-            Err(SysErrno::AGAIN | SysErrno::OPNOTSUPP | SysErrno::NOSYS) => return None,
-            Err(e) => return Some(Err(sys(e))),
+            Err(SysErrno::AGAIN | SysErrno::OPNOTSUPP | SysErrno::NOSYS) => return Ok(None),
+            Err(e) => return Err(sys(e)),
         }
     }
     buf.truncate(done);
-    Some(Ok(buf.into()))
+    Ok(Some(buf.into()))
 }
 
 /// `openat2` beneath `dir`, retried while a concurrent rename makes the
