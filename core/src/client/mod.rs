@@ -540,8 +540,6 @@ pub struct ClientCore {
     reads: BTreeMap<Req, ReadJob>,
     /// Which node stands for a file identity (for chunk fetches).
     files: BTreeMap<FileKey, NodeId>,
-    /// Versions seen in read replies that were newer than expected.
-    stale_versions: BTreeMap<FileKey, u64>,
     ready: bool,
     gave_up: bool,
     out: VecDeque<ClientOutput>,
@@ -572,7 +570,6 @@ impl ClientCore {
             next_waiter: 1,
             reads: BTreeMap::new(),
             files: BTreeMap::new(),
-            stale_versions: BTreeMap::new(),
             ready: false,
             gave_up: false,
             out: VecDeque::new(),

@@ -168,7 +168,6 @@ impl ClientCore {
                     // bytes came through a host handle that still holds the
                     // file a commit replaced): these bytes are not of this
                     // key. Readers refresh and retry.
-                    self.stale_versions.insert(ck.file, version);
                     let _ = self.cache.fail(now, &key, Errno::Stale);
                 } else {
                     let _ = self
