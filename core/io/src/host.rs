@@ -30,7 +30,6 @@ use bytes::Bytes;
 use futures_lite::stream::Stream;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
-use wormhole_core::codec::frame;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::{
     ConnId, FsOp, FsResult, HostConfig, HostEvent, HostOutput, HostServer, HostState, OpId, RelPath,
@@ -40,7 +39,9 @@ use wormhole_core::{Instant, Rng};
 
 use crate::hostfs::{FsPool, HostFs, HostFsConfig};
 use crate::quic::{Identity, QuicConfigError};
-use crate::transport::{CLOSE_OK, MAX_REQUEST_FRAME, NO_ANSWER, host_server_config, read_frame};
+use crate::transport::{
+    CLOSE_OK, MAX_REQUEST_FRAME, NO_ANSWER, host_server_config, read_frame, write_frame,
+};
 use crate::watch::{TreeWatcher, WatchConfig, WatchError};
 
 /// Passes over all sources before yielding to other tasks.
@@ -270,8 +271,8 @@ impl Host {
     }
 }
 
-/// A reply frame and the guard that keeps its connection open until it
-/// is written.
+/// An encoded reply (written as one frame) and the guard that keeps its
+/// connection open until it is written.
 type ReplySlot = async_channel::Sender<(Bytes, async_channel::Sender<()>)>;
 
 /// What the helper tasks tell the driver.
@@ -445,7 +446,7 @@ impl Driver {
                     let Ok(mut send) = c.open_uni().await else {
                         break;
                     };
-                    if send.write_all(&bytes).await.is_err() {
+                    if write_frame(&mut send, bytes).await.is_err() {
                         break;
                     }
                     let _ = send.finish();
@@ -498,7 +499,7 @@ impl Driver {
 
     fn send(&mut self, conn: ConnId, msg: HostMessage) {
         let bytes = match msg.encode() {
-            Ok(bytes) => frame(&bytes),
+            Ok(bytes) => bytes,
             Err(e) => {
                 warn!(error = %e, "host message does not encode");
                 return;
@@ -598,8 +599,8 @@ async fn serve_stream(
         return;
     }
     match slot.recv().await {
-        Ok((frame, _guard)) => {
-            if send.write_all(&frame).await.is_ok() {
+        Ok((payload, _guard)) => {
+            if write_frame(&mut send, payload).await.is_ok() {
                 let _ = send.finish();
                 // Keep the guard until the client has the bytes, so a
                 // close right after (a refused Hello) does not cut them.

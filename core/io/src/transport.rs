@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tracing::{debug, trace};
-use wormhole_core::codec::{FRAME_HEADER_LEN, WireMessage, frame};
+use wormhole_core::codec::{FRAME_HEADER_LEN, WireMessage, frame_header};
 use wormhole_core::conn::auth::{self, TicketSecret};
 use wormhole_core::proto::{ClientMessage, HostMessage, Reply, Request, RequestId};
 
@@ -159,6 +159,17 @@ pub(crate) fn unframe(bytes: Vec<u8>) -> Option<Bytes> {
     let len = u32::from_be_bytes(bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?);
     let len = usize::try_from(len).ok()?;
     (bytes.len() == FRAME_HEADER_LEN + len).then(|| bytes.slice(FRAME_HEADER_LEN..))
+}
+
+/// Writes `payload` as one frame: its length, then the payload itself,
+/// handed to quinn as is (a copy into a framed buffer and quinn's own copy
+/// of a borrowed slice would each move a chunk's bytes once more).
+pub(crate) async fn write_frame(
+    send: &mut quinn::SendStream,
+    payload: Bytes,
+) -> Result<(), quinn::WriteError> {
+    let header = Bytes::copy_from_slice(&frame_header(payload.len()));
+    send.write_all_chunks(&mut [header, payload]).await
 }
 
 /// Reads one stream to its end (at most `max` bytes) as one frame.
@@ -303,7 +314,7 @@ pub async fn request(
         .encode()
         .map_err(io::Error::other)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(io::Error::other)?;
-    send.write_all(&frame(&bytes))
+    write_frame(&mut send, bytes)
         .await
         .map_err(io::Error::other)?;
     let _ = send.finish();
@@ -344,7 +355,7 @@ impl Transport for QuicTransport {
                             let Ok((mut send, mut recv)) = conn.open_bi().await else {
                                 return;
                             };
-                            if send.write_all(&frame(&bytes)).await.is_err() {
+                            if write_frame(&mut send, bytes).await.is_err() {
                                 return;
                             }
                             let _ = send.finish();
@@ -383,6 +394,7 @@ impl Transport for QuicTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wormhole_core::codec::frame;
 
     #[test]
     fn frames_must_fill_the_stream_exactly() {
