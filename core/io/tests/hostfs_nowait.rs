@@ -21,15 +21,34 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// Writes `bytes` to `name`, durably, so its pages are clean and can be
 /// dropped from the page cache.
 fn write_synced(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::fs::File {
-    let f = std::fs::File::create(dir.join(name)).expect("create");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join(name))
+        .expect("create");
     f.write_all_at(bytes, 0).expect("write");
     f.sync_all().expect("fsync");
     f
 }
 
-/// Drops the file's (clean) pages from the page cache.
+/// Drops the file's (clean) pages from the page cache. `DONTNEED` is
+/// advice: a page another CPU still holds in its LRU batch stays. So it is
+/// repeated until a read that must not wait for the disk (`RWF_NOWAIT`,
+/// the probe `try_execute` itself uses) finds the first page gone.
 fn evict(f: &std::fs::File) {
-    rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+    for _ in 0..1000 {
+        rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+        let mut byte = [0u8; 1];
+        let mut slice = [std::io::IoSliceMut::new(&mut byte)];
+        match rustix::io::preadv2(f, &mut slice, 0, rustix::io::ReadWriteFlags::NOWAIT) {
+            Err(rustix::io::Errno::AGAIN) => return,
+            Ok(_) => std::thread::yield_now(),
+            Err(e) => panic!("probe read: {e}"),
+        }
+    }
+    panic!("the page cache kept the file's pages through 1000 DONTNEED advices");
 }
 
 #[test]
