@@ -73,16 +73,17 @@ pub fn encode<M: WireMessage>(msg: &M) -> Result<Bytes, CodecError> {
     let mut size = bincode::enc::write::SizeWriter::default();
     bincode::serde::encode_into_writer(msg, &mut size, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    let mut out = Vec::with_capacity(1 + size.bytes_written);
-    out.push(PROTOCOL_VERSION);
-    bincode::serde::encode_into_std_write(msg, &mut out, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
-    if out.len() > M::MAX_SIZE {
+    let len = 1 + size.bytes_written;
+    if len > M::MAX_SIZE {
         return Err(CodecError::TooLarge {
-            len: out.len(),
+            len,
             max: M::MAX_SIZE,
         });
     }
+    let mut out = Vec::with_capacity(len);
+    out.push(PROTOCOL_VERSION);
+    bincode::serde::encode_into_std_write(msg, &mut out, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 

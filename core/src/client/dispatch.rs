@@ -629,15 +629,11 @@ impl ClientCore {
         let Some(h) = self.handles.get(&job.fh) else {
             return self.reply(req, Err(Errno::BadF));
         };
-        let size = self
-            .writes
-            .get(&h.node)
-            .filter(|w| !w.is_finished())
-            .map_or(h.attr.size, WriteTxn::size);
+        let writing = self.writes.get(&h.node).filter(|w| !w.is_finished());
+        let size = writing.map_or(h.attr.size, WriteTxn::size);
         let end = job.offset.saturating_add(u64::from(job.size)).min(size);
         let len = end.saturating_sub(job.offset) as usize;
         let chunk = CHUNK_SIZE as u64;
-        let writing = self.writes.get(&h.node).filter(|w| !w.is_finished());
         // The common read, within one chunk that holds all of it and with
         // no write of ours to lay over it, is a slice of the cached bytes:
         // no buffer to zero and fill.
