@@ -907,7 +907,9 @@ fn waited(done: Result<Option<FsOk>, Errno>) -> FsResult {
 
 /// Like [`read_from`], but only what the page cache holds: `None` as soon
 /// as a read would wait for the disk (`RWF_NOWAIT` answers EAGAIN, or the
-/// kernel or file system does not support it).
+/// kernel or file system does not support it). A miss is not wasted: the
+/// kernel starts reading what was missed before it answers EAGAIN, so the
+/// pool's read that follows often finds it cached.
 fn read_cached(file: &File, offset: u64, want: usize) -> Result<Option<Bytes>, Errno> {
     let mut buf = vec![0u8; want];
     let mut done = 0;
