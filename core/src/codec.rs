@@ -87,7 +87,9 @@ pub fn encode<M: WireMessage>(msg: &M) -> Result<Bytes, CodecError> {
     Ok(Bytes::from(out))
 }
 
-/// Decodes one whole message; any byte left over is an error.
+/// Decodes one whole message; any byte left over is an error. Byte fields
+/// marked [`shared_bytes`] are copied out of `bytes`; [`decode_shared`]
+/// avoids that.
 pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if bytes.len() > M::MAX_SIZE {
@@ -99,12 +101,81 @@ pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {
     if version != PROTOCOL_VERSION {
         return Err(CodecError::Version { got: version });
     }
-    let (msg, used) = bincode::serde::decode_from_slice::<M, _>(body, config())
+    // Borrowing, so that a byte field sees its bytes where they lie in the
+    // input and can share them ([`shared_bytes`]).
+    let (msg, used) = bincode::serde::borrow_decode_from_slice::<M, _>(body, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Trailing(body.len() - used));
     }
     Ok(msg)
+}
+
+/// [`decode`] of a received frame, whose byte fields marked
+/// [`shared_bytes`] become slices of `frame` instead of copies: a chunk's
+/// 128 KiB is not moved again after it arrived.
+pub fn decode_shared<M: WireMessage>(frame: &Bytes) -> Result<M, CodecError> {
+    let _lent = Lent::new(frame);
+    decode(frame)
+}
+
+thread_local! {
+    /// The frame [`decode_shared`] is decoding, for [`shared_bytes`]. A
+    /// serde visitor sees a borrowed `&[u8]` and nothing of the buffer
+    /// behind it; this lends it for the one decode (no I/O, nothing
+    /// carried over: it is put back when the decode ends).
+    static LENT: std::cell::RefCell<Option<Bytes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The frame lent to [`shared_bytes`] while it lives; it puts back what
+/// was lent before (so a decode within a decode is fine), even on unwind.
+struct Lent(Option<Bytes>);
+
+impl Lent {
+    fn new(frame: &Bytes) -> Lent {
+        Lent(LENT.with(|l| l.replace(Some(frame.clone()))))
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        LENT.with(|l| *l.borrow_mut() = previous);
+    }
+}
+
+/// Serde `deserialize_with` for a message's bulk `Bytes` fields (file
+/// data): the field shares the frame [`decode_shared`] decodes, and is a
+/// copy otherwise. The encoding is that of `Bytes` itself (a length, then
+/// the bytes), so marking a field changes nothing on the wire.
+pub fn shared_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Bytes;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            Ok(LENT.with(|l| match &*l.borrow() {
+                Some(frame) if holds(frame, v) => frame.slice_ref(v),
+                _ => Bytes::copy_from_slice(v),
+            }))
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+    }
+    d.deserialize_bytes(Visitor)
+}
+
+/// Whether `part` lies within `whole`'s memory (what `slice_ref` needs).
+fn holds(whole: &[u8], part: &[u8]) -> bool {
+    let start = whole.as_ptr() as usize;
+    let at = part.as_ptr() as usize;
+    at >= start && at + part.len() <= start + whole.len()
 }
 
 /// Why a byte stream could not be split into frames.
@@ -214,6 +285,58 @@ mod tests {
         let bytes = encode(&msg).expect("fits");
         assert_eq!(bytes[0], PROTOCOL_VERSION);
         assert_eq!(decode::<Small>(&bytes), Ok(msg));
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Chunk {
+        index: u64,
+        #[serde(deserialize_with = "shared_bytes")]
+        data: Bytes,
+    }
+    impl WireMessage for Chunk {
+        const MAX_SIZE: usize = 1 << 20;
+    }
+
+    #[test]
+    fn shared_fields_are_slices_of_the_frame_and_copies_otherwise() {
+        let msg = Chunk {
+            index: 3,
+            data: Bytes::from(vec![7u8; 4096]),
+        };
+        let frame = encode(&msg).expect("fits");
+        // The encoding is that of an unmarked `Bytes`.
+        #[derive(Serialize)]
+        struct Unmarked {
+            index: u64,
+            data: Bytes,
+        }
+        let unmarked = Unmarked {
+            index: 3,
+            data: msg.data.clone(),
+        };
+        assert_eq!(frame, encode_unchecked(&unmarked));
+
+        let shared: Chunk = decode_shared(&frame).expect("decodes");
+        assert_eq!(shared, msg);
+        assert!(holds(&frame, &shared.data), "a slice of the frame");
+        let copied: Chunk = decode(&frame).expect("decodes");
+        assert_eq!(copied, msg);
+        assert!(!holds(&frame, &copied.data), "a copy");
+        // Nothing stays lent: a later plain decode copies again.
+        let again: Chunk = decode(&frame).expect("decodes");
+        assert!(!holds(&frame, &again.data));
+        // A frame's bytes elsewhere (a sub-slice decoded on its own) are
+        // no part of the frame lent, and are copied.
+        let inner = frame.slice(..);
+        let _lent = Lent::new(&Bytes::from_static(b"something else"));
+        let other: Chunk = decode(&inner).expect("decodes");
+        assert!(!holds(&frame, &other.data));
+    }
+
+    fn encode_unchecked<T: Serialize>(msg: &T) -> Bytes {
+        let mut out = vec![PROTOCOL_VERSION];
+        bincode::serde::encode_into_std_write(msg, &mut out, config()).expect("encodes");
+        Bytes::from(out)
     }
 
     #[test]

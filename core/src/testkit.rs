@@ -74,8 +74,8 @@ pub struct FsRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Wire {
-    ToHost(ConnId, Vec<u8>),
-    ToClient(usize, ConnId, Vec<u8>),
+    ToHost(ConnId, Bytes),
+    ToClient(usize, ConnId, Bytes),
 }
 
 /// The simulated world.
@@ -396,7 +396,7 @@ impl World {
             ClientOutput::Send(msg) => {
                 self.clients[c].sent += 1;
                 if let Some(conn) = self.clients[c].conn {
-                    let bytes = msg.encode().unwrap_or_default().to_vec();
+                    let bytes = msg.encode().unwrap_or_default();
                     self.post(Wire::ToHost(conn, bytes));
                 }
             }
@@ -585,8 +585,8 @@ impl World {
     }
 }
 
-fn encode_host(msg: &HostMessage) -> Vec<u8> {
-    msg.encode().map(|b| b.to_vec()).unwrap_or_default()
+fn encode_host(msg: &HostMessage) -> Bytes {
+    msg.encode().unwrap_or_default()
 }
 
 /// Decodes what a client sent (for tests inspecting traffic).

@@ -268,10 +268,14 @@ impl RawClient {
     /// decoded reply, or an error if the host reset the stream or closed
     /// the connection.
     pub async fn call_raw(&mut self, payload: &[u8]) -> io::Result<HostMessage> {
+        self.call_stream(&frame(payload)).await
+    }
+
+    /// Sends `stream` as a request stream's whole content, framed or not,
+    /// and reads the host's answer as [`RawClient::call_raw`] does.
+    pub async fn call_stream(&mut self, stream: &[u8]) -> io::Result<HostMessage> {
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(io::Error::other)?;
-        send.write_all(&frame(payload))
-            .await
-            .map_err(io::Error::other)?;
+        send.write_all(stream).await.map_err(io::Error::other)?;
         let _ = send.finish();
         let bytes = recv
             .read_to_end(MAX_HOST_FRAME)

@@ -387,7 +387,7 @@ impl Driver {
                 if !self.conns.contains_key(&conn) {
                     return;
                 }
-                match ClientMessage::decode(&bytes) {
+                match ClientMessage::decode_shared(&bytes) {
                     Ok(msg) => {
                         let key = (conn, msg.id);
                         if self.pending.contains_key(&key) {

@@ -29,7 +29,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tracing::{debug, trace};
 use wormhole_core::codec::{FRAME_HEADER_LEN, WireMessage, frame_header};
@@ -153,14 +153,6 @@ pub fn exporter(conn: &quinn::Connection) -> io::Result<[u8; 32]> {
     Ok(out)
 }
 
-/// The payload of one whole stream holding exactly one frame.
-pub(crate) fn unframe(bytes: Vec<u8>) -> Option<Bytes> {
-    let bytes = Bytes::from(bytes);
-    let len = u32::from_be_bytes(bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?;
-    (bytes.len() == FRAME_HEADER_LEN + len).then(|| bytes.slice(FRAME_HEADER_LEN..))
-}
-
 /// Writes `payload` as one frame: its length, then the payload itself,
 /// handed to quinn as is (a copy into a framed buffer and quinn's own copy
 /// of a borrowed slice would each move a chunk's bytes once more).
@@ -172,26 +164,72 @@ pub(crate) async fn write_frame(
     send.write_all_chunks(&mut [header, payload]).await
 }
 
-/// Reads one stream to its end (at most `max` bytes) as one frame.
-/// Anything else stops the stream.
+/// Reads one stream to its end as one frame of at most `max` bytes,
+/// header included, and returns its payload. A stream holding anything
+/// else (a short header, a payload shorter or longer than its header
+/// says, a frame beyond `max`) is stopped.
 pub(crate) async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Option<Bytes> {
-    match recv.read_to_end(max).await {
-        Ok(bytes) => {
-            let frame = unframe(bytes);
-            if frame.is_none() {
-                let _ = recv.stop(BAD_FRAME);
-            }
-            frame
-        }
-        Err(quinn::ReadToEndError::TooLong) => {
+    match read_whole_frame(recv, max).await {
+        Ok(payload) => Some(payload),
+        Err(FrameRead::Bad) => {
             let _ = recv.stop(BAD_FRAME);
             None
         }
-        Err(e) => {
+        Err(FrameRead::Lost(e)) => {
             trace!(error = %e, "stream read failed");
             None
         }
     }
+}
+
+/// Why a stream held no frame.
+enum FrameRead {
+    /// The peer sent something that is not one frame.
+    Bad,
+    /// The stream or connection broke.
+    Lost(quinn::ReadError),
+}
+
+async fn read_whole_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Bytes, FrameRead> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    recv.read_exact(&mut header).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => FrameRead::Bad,
+        quinn::ReadExactError::ReadError(e) => FrameRead::Lost(e),
+    })?;
+    let len = usize::try_from(u32::from_be_bytes(header)).map_err(|_| FrameRead::Bad)?;
+    if len > max.saturating_sub(FRAME_HEADER_LEN) {
+        return Err(FrameRead::Bad);
+    }
+    // The payload arrives as one piece per QUIC packet. They are kept as
+    // they come and joined once at the end, into a buffer of the exact
+    // size: no zeroing and no regrowth (quinn's `read_to_end` does both),
+    // and no memory promised to a length the peer has not yet sent.
+    let mut pieces = Vec::new();
+    let mut got = 0;
+    while got < len {
+        match recv.read_chunk(len - got, true).await {
+            Ok(Some(chunk)) => {
+                got += chunk.bytes.len();
+                pieces.push(chunk.bytes);
+            }
+            Ok(None) => return Err(FrameRead::Bad),
+            Err(e) => return Err(FrameRead::Lost(e)),
+        }
+    }
+    // The frame must fill the stream exactly.
+    match recv.read_chunk(1, true).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(FrameRead::Bad),
+        Err(e) => return Err(FrameRead::Lost(e)),
+    }
+    if pieces.len() == 1 {
+        return Ok(pieces.swap_remove(0));
+    }
+    let mut payload = BytesMut::with_capacity(len);
+    for piece in &pieces {
+        payload.extend_from_slice(piece);
+    }
+    Ok(payload.freeze())
 }
 
 /// Why connecting to a host failed.
@@ -321,7 +359,7 @@ pub async fn request(
     let reply = read_frame(&mut recv, MAX_HOST_FRAME)
         .await
         .ok_or_else(|| io::Error::other("the host closed the stream without a reply"))?;
-    match HostMessage::decode(&reply).map_err(io::Error::other)? {
+    match HostMessage::decode_shared(&reply).map_err(io::Error::other)? {
         HostMessage::Reply { id: got, result } if got == id => Ok(result),
         other => Err(io::Error::other(format!(
             "unexpected host message {other:?}"
@@ -394,19 +432,6 @@ impl Transport for QuicTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wormhole_core::codec::frame;
-
-    #[test]
-    fn frames_must_fill_the_stream_exactly() {
-        let f = frame(b"hello").to_vec();
-        assert_eq!(unframe(f.clone()).as_deref(), Some(&b"hello"[..]));
-        let mut long = f.clone();
-        long.push(0);
-        assert_eq!(unframe(long), None);
-        assert_eq!(unframe(f[..6].to_vec()), None);
-        assert_eq!(unframe(vec![0, 0]), None);
-        assert_eq!(unframe(frame(b"").to_vec()).as_deref(), Some(&b""[..]));
-    }
 
     #[test]
     fn configs_build() {

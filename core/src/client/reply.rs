@@ -28,9 +28,9 @@ impl ClientCore {
     pub fn handle_message_bytes(
         &mut self,
         now: Instant,
-        bytes: &[u8],
+        bytes: &Bytes,
     ) -> Result<(), crate::codec::CodecError> {
-        let msg = HostMessage::decode(bytes)?;
+        let msg = HostMessage::decode_shared(bytes)?;
         self.handle_message(now, msg);
         Ok(())
     }

@@ -519,9 +519,9 @@ impl HostServer {
         &mut self,
         now: Instant,
         conn: ConnId,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
     ) -> Result<(), CodecError> {
-        let msg = ClientMessage::decode(bytes)?;
+        let msg = ClientMessage::decode_shared(bytes)?;
         self.handle_request(now, conn, msg);
         Ok(())
     }

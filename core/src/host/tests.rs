@@ -942,10 +942,10 @@ fn malformed_messages_fail_alone() {
     let c = r.client(1);
     assert!(
         r.host
-            .handle_message(r.now, c, b"\x01\xff\xff\xff")
+            .handle_message(r.now, c, &Bytes::from_static(b"\x01\xff\xff\xff"))
             .is_err()
     );
-    assert!(r.host.handle_message(r.now, c, &[]).is_err());
+    assert!(r.host.handle_message(r.now, c, &Bytes::new()).is_err());
     assert!(
         matches!(r.call(c, Request::Statfs), Ok(Reply::StatFs(_))),
         "the connection still works"

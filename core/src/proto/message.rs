@@ -388,6 +388,7 @@ pub enum Request {
         offset: u32,
         /// At most [`CHUNK_SIZE`] − `offset` bytes.
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
+        #[serde(deserialize_with = "codec::shared_bytes")]
         data: Bytes,
         /// Checksum of `data`; the host verifies it.
         checksum: Checksum,
@@ -445,6 +446,7 @@ pub enum Reply {
     Data {
         /// The bytes (shorter than asked at end of file).
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
+        #[serde(deserialize_with = "codec::shared_bytes")]
         data: Bytes,
         /// Checksum of `data`; the client verifies it.
         checksum: Checksum,
@@ -474,6 +476,7 @@ pub enum Reply {
         /// The whole file when it fits in one chunk, read with the open
         /// (a small file then needs no Read); empty otherwise.
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
+        #[serde(deserialize_with = "codec::shared_bytes")]
         inline: Bytes,
         /// Checksum of `inline`; the client verifies it.
         checksum: Checksum,
@@ -538,6 +541,12 @@ impl ClientMessage {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
     }
+
+    /// Parses a received frame; the data it carries shares the frame's
+    /// buffer ([`codec::decode_shared`]).
+    pub fn decode_shared(frame: &Bytes) -> Result<Self, CodecError> {
+        codec::decode_shared(frame)
+    }
 }
 
 impl HostMessage {
@@ -549,6 +558,12 @@ impl HostMessage {
     /// Parses wire bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
+    }
+
+    /// Parses a received frame; the data it carries shares the frame's
+    /// buffer ([`codec::decode_shared`]).
+    pub fn decode_shared(frame: &Bytes) -> Result<Self, CodecError> {
+        codec::decode_shared(frame)
     }
 }
 

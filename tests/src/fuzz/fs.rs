@@ -155,7 +155,11 @@ pub fn host_machine(data: &[u8]) {
                 host.handle_request(now, ConnId(u64::from(conn % 4)), msg.clone())
             }
             HostInput::Raw { conn, bytes } => {
-                let _ = host.handle_message(now, ConnId(u64::from(conn % 4)), bytes);
+                let _ = host.handle_message(
+                    now,
+                    ConnId(u64::from(conn % 4)),
+                    &bytes::Bytes::copy_from_slice(bytes),
+                );
             }
             HostInput::Advance(t) => {
                 now += Duration::from_millis(u64::from(*t) * 100);
