@@ -87,9 +87,124 @@ pub fn encode<M: WireMessage>(msg: &M) -> Result<Bytes, CodecError> {
     Ok(Bytes::from(out))
 }
 
+/// An encoded message in the pieces it is sent as: what the encoder wrote,
+/// with the bytes of each [`shared`] field (file data) in between as they
+/// are, not copied. Joined, the pieces are exactly [`encode`]'s bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pieces(Vec<Bytes>);
+
+impl Pieces {
+    /// Length of the whole encoding.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether the encoding is empty (no message encodes so).
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    /// The pieces, in order.
+    pub fn into_vec(self) -> Vec<Bytes> {
+        self.0
+    }
+
+    /// The pieces joined into one buffer (a copy, unless there is one).
+    pub fn join(self) -> Bytes {
+        match <[Bytes; 1]>::try_from(self.0) {
+            Ok([one]) => one,
+            Err(pieces) => Bytes::from(pieces.concat()),
+        }
+    }
+}
+
+/// [`encode`], but a [`shared`] field's bytes are not copied into the
+/// encoding: they become a piece of their own. For file data on its way
+/// to a socket, which takes the pieces as they are.
+pub fn encode_pieces<M: WireMessage>(msg: &M) -> Result<Pieces, CodecError> {
+    let spliced = {
+        let _splicing = Splicing::start();
+        bincode::serde::encode_into_writer(msg, SpliceWriter, config())
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+        SPLICE.with(|s| s.borrow_mut().take()).unwrap_or_default()
+    };
+    let len = spliced.out.len() + spliced.cuts.iter().map(|(_, b)| b.len()).sum::<usize>();
+    if len > M::MAX_SIZE {
+        return Err(CodecError::TooLarge {
+            len,
+            max: M::MAX_SIZE,
+        });
+    }
+    let out = Bytes::from(spliced.out);
+    let mut pieces = Vec::with_capacity(2 * spliced.cuts.len() + 1);
+    let mut from = 0;
+    for (at, data) in spliced.cuts {
+        pieces.push(out.slice(from..at));
+        pieces.push(data);
+        from = at;
+    }
+    pieces.push(out.slice(from..));
+    pieces.retain(|p| !p.is_empty());
+    Ok(Pieces(pieces))
+}
+
+/// What [`encode_pieces`] has written so far, and where the bytes of each
+/// [`shared`] field go in it.
+struct Splice {
+    out: Vec<u8>,
+    cuts: Vec<(usize, Bytes)>,
+}
+
+impl Default for Splice {
+    fn default() -> Self {
+        Splice {
+            out: vec![PROTOCOL_VERSION],
+            cuts: Vec::new(),
+        }
+    }
+}
+
+thread_local! {
+    /// The encoding [`encode_pieces`] is making: its writer and the
+    /// [`shared`] fields both need it, and serde lets a field see only
+    /// the serializer. Set for the one encode, then put back.
+    static SPLICE: std::cell::RefCell<Option<Splice>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets up [`SPLICE`] for one encode and puts back what was there before
+/// when dropped, even on unwind.
+struct Splicing(Option<Splice>);
+
+impl Splicing {
+    fn start() -> Splicing {
+        Splicing(SPLICE.with(|s| s.replace(Some(Splice::default()))))
+    }
+}
+
+impl Drop for Splicing {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        SPLICE.with(|s| *s.borrow_mut() = previous);
+    }
+}
+
+/// bincode's output for [`encode_pieces`]: appended to [`SPLICE`].
+struct SpliceWriter;
+
+impl bincode::enc::write::Writer for SpliceWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        SPLICE.with(|s| {
+            if let Some(s) = s.borrow_mut().as_mut() {
+                s.out.extend_from_slice(bytes);
+            }
+        });
+        Ok(())
+    }
+}
+
 /// Decodes one whole message; any byte left over is an error. Byte fields
-/// marked [`shared_bytes`] are copied out of `bytes`; [`decode_shared`]
-/// avoids that.
+/// marked [`shared`] are copied out of `bytes`; [`decode_shared`] avoids
+/// that.
 pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if bytes.len() > M::MAX_SIZE {
@@ -102,7 +217,7 @@ pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {
         return Err(CodecError::Version { got: version });
     }
     // Borrowing, so that a byte field sees its bytes where they lie in the
-    // input and can share them ([`shared_bytes`]).
+    // input and can share them ([`shared`]).
     let (msg, used) = bincode::serde::borrow_decode_from_slice::<M, _>(body, config())
         .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != body.len() {
@@ -112,7 +227,7 @@ pub fn decode<M: WireMessage>(bytes: &[u8]) -> Result<M, CodecError> {
 }
 
 /// [`decode`] of a received frame, whose byte fields marked
-/// [`shared_bytes`] become slices of `frame` instead of copies: a chunk's
+/// [`shared`] become slices of `frame` instead of copies: a chunk's
 /// 128 KiB is not moved again after it arrived.
 pub fn decode_shared<M: WireMessage>(frame: &Bytes) -> Result<M, CodecError> {
     let _lent = Lent::new(frame);
@@ -120,14 +235,14 @@ pub fn decode_shared<M: WireMessage>(frame: &Bytes) -> Result<M, CodecError> {
 }
 
 thread_local! {
-    /// The frame [`decode_shared`] is decoding, for [`shared_bytes`]. A
+    /// The frame [`decode_shared`] is decoding, for [`shared`]. A
     /// serde visitor sees a borrowed `&[u8]` and nothing of the buffer
     /// behind it; this lends it for the one decode (no I/O, nothing
     /// carried over: it is put back when the decode ends).
     static LENT: std::cell::RefCell<Option<Bytes>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The frame lent to [`shared_bytes`] while it lives; it puts back what
+/// The frame lent to [`shared`] while it lives; it puts back what
 /// was lent before (so a decode within a decode is fine), even on unwind.
 struct Lent(Option<Bytes>);
 
@@ -144,31 +259,58 @@ impl Drop for Lent {
     }
 }
 
-/// Serde `deserialize_with` for a message's bulk `Bytes` fields (file
-/// data): the field shares the frame [`decode_shared`] decodes, and is a
-/// copy otherwise. The encoding is that of `Bytes` itself (a length, then
-/// the bytes), so marking a field changes nothing on the wire.
-pub fn shared_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-    struct Visitor;
-    impl<'de> serde::de::Visitor<'de> for Visitor {
-        type Value = Bytes;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("bytes")
+/// Serde `with` module for a message's bulk `Bytes` fields (file data),
+/// which then cross the codec without a copy: [`encode_pieces`] sends them
+/// as pieces of their own, and [`decode_shared`] makes them slices of the
+/// received frame. Elsewhere they encode and decode as any `Bytes` (a
+/// length, then the bytes), so marking a field changes nothing on the
+/// wire.
+pub mod shared {
+    use super::{LENT, SPLICE, holds};
+    use bytes::Bytes;
+    use serde::{Deserializer, Serializer};
+
+    /// Encodes `data`; within [`super::encode_pieces`], only its length,
+    /// and the bytes are spliced in after it.
+    pub fn serialize<S: Serializer>(data: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        if !SPLICE.with(|sp| sp.borrow().is_some()) {
+            return s.serialize_bytes(data);
         }
-        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
-            Ok(LENT.with(|l| match &*l.borrow() {
-                Some(frame) if holds(frame, v) => frame.slice_ref(v),
-                _ => Bytes::copy_from_slice(v),
-            }))
-        }
-        fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-            Ok(Bytes::copy_from_slice(v))
-        }
-        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
-            Ok(Bytes::from(v))
-        }
+        // A slice's length is encoded as a u64 is, so this is the prefix
+        // `serialize_bytes` would write (the codec's tests check it).
+        let ok = s.serialize_u64(data.len() as u64)?;
+        SPLICE.with(|sp| {
+            if let Some(sp) = sp.borrow_mut().as_mut() {
+                sp.cuts.push((sp.out.len(), data.clone()));
+            }
+        });
+        Ok(ok)
     }
-    d.deserialize_bytes(Visitor)
+
+    /// Decodes bytes; within [`super::decode_shared`], as a slice of the
+    /// frame.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Bytes, E> {
+                Ok(LENT.with(|l| match &*l.borrow() {
+                    Some(frame) if holds(frame, v) => frame.slice_ref(v),
+                    _ => Bytes::copy_from_slice(v),
+                }))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes::copy_from_slice(v))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes::from(v))
+            }
+        }
+        d.deserialize_bytes(Visitor)
+    }
 }
 
 /// Whether `part` lies within `whole`'s memory (what `slice_ref` needs).
@@ -290,7 +432,7 @@ mod tests {
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Chunk {
         index: u64,
-        #[serde(deserialize_with = "shared_bytes")]
+        #[serde(with = "shared")]
         data: Bytes,
     }
     impl WireMessage for Chunk {
@@ -319,6 +461,27 @@ mod tests {
         let shared: Chunk = decode_shared(&frame).expect("decodes");
         assert_eq!(shared, msg);
         assert!(holds(&frame, &shared.data), "a slice of the frame");
+        // In pieces: the data is the caller's own buffer, and the pieces
+        // join to the same encoding.
+        let pieces = encode_pieces(&msg).expect("fits");
+        assert_eq!(pieces.len(), frame.len());
+        let parts = pieces.clone().into_vec();
+        assert!(
+            parts.iter().any(|p| p.as_ptr() == msg.data.as_ptr()),
+            "not copied"
+        );
+        assert_eq!(pieces.join(), frame);
+        let too_big = Chunk {
+            index: 0,
+            data: Bytes::from(vec![0; 1 << 20]),
+        };
+        assert!(matches!(
+            encode_pieces(&too_big),
+            Err(CodecError::TooLarge { .. })
+        ));
+        // Nothing stays spliced: a later plain encode is whole.
+        assert_eq!(encode(&msg).expect("fits"), frame);
+
         let copied: Chunk = decode(&frame).expect("decodes");
         assert_eq!(copied, msg);
         assert!(!holds(&frame, &copied.data), "a copy");

@@ -30,6 +30,7 @@ use bytes::Bytes;
 use futures_lite::stream::Stream;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
+use wormhole_core::codec::Pieces;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::{
     ConnId, FsOp, FsResult, HostConfig, HostEvent, HostOutput, HostServer, HostState, OpId, RelPath,
@@ -273,7 +274,7 @@ impl Host {
 
 /// An encoded reply (written as one frame) and the guard that keeps its
 /// connection open until it is written.
-type ReplySlot = async_channel::Sender<(Bytes, async_channel::Sender<()>)>;
+type ReplySlot = async_channel::Sender<(Pieces, async_channel::Sender<()>)>;
 
 /// What the helper tasks tell the driver.
 enum Event {
@@ -289,7 +290,7 @@ enum Event {
 
 struct ConnState {
     conn: quinn::Connection,
-    pushes: async_channel::Sender<Bytes>,
+    pushes: async_channel::Sender<Pieces>,
     /// Cloned into every reply handed out; the closer waits until all
     /// are dropped (written) before closing the connection.
     flush: async_channel::Sender<()>,
@@ -426,7 +427,7 @@ impl Driver {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         debug!(?id, remote = %conn.remote_address(), "connection");
-        let (pushes, push_rx) = async_channel::bounded::<Bytes>(PUSH_QUEUE);
+        let (pushes, push_rx) = async_channel::bounded::<Pieces>(PUSH_QUEUE);
         let (flush, flushed) = async_channel::bounded(1);
         // Request streams.
         {
@@ -498,7 +499,7 @@ impl Driver {
     }
 
     fn send(&mut self, conn: ConnId, msg: HostMessage) {
-        let bytes = match msg.encode() {
+        let bytes = match msg.encode_pieces() {
             Ok(bytes) => bytes,
             Err(e) => {
                 warn!(error = %e, "host message does not encode");

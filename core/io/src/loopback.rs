@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_lite::stream::Stream;
 use tracing::{debug, trace, warn};
+use wormhole_core::codec::Pieces;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{ConnId, FsOp, FsResult, HostConfig, HostOutput, HostServer, RelPath};
@@ -163,7 +164,7 @@ impl Transport for LocalTransport {
 }
 
 struct Conn {
-    incoming: Pin<Box<async_channel::Receiver<Bytes>>>,
+    incoming: Pin<Box<async_channel::Receiver<Pieces>>>,
     outgoing: async_channel::Sender<Bytes>,
 }
 
@@ -211,10 +212,10 @@ impl HostDriver {
                         break;
                     };
                     match conn.incoming.as_mut().poll_next(cx) {
-                        Poll::Ready(Some(bytes)) => {
+                        Poll::Ready(Some(pieces)) => {
                             busy = true;
                             let now = self.now();
-                            if let Err(e) = self.server.handle_message(now, id, &bytes) {
+                            if let Err(e) = self.server.handle_message(now, id, &pieces.join()) {
                                 debug!(error = %e, ?id, "undecodable request dropped");
                             }
                             self.outputs();

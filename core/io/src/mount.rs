@@ -36,6 +36,7 @@ use futures_lite::stream::Stream;
 use thiserror::Error;
 use tracing::{debug, info, trace, warn};
 use wormhole_core::client::{ClientConfig, ClientCore, ClientEvent, ClientOutput, Op, Req};
+use wormhole_core::codec::Pieces;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::proto::Name;
 use wormhole_core::vfs::Ino;
@@ -68,7 +69,7 @@ pub struct Link {
     /// TLS keying material of this connection (what Hello's proof binds).
     pub exporter: [u8; 32],
     /// Messages to the host, one request each.
-    pub outgoing: async_channel::Sender<Bytes>,
+    pub outgoing: async_channel::Sender<Pieces>,
     /// Messages from the host: replies and invalidations.
     pub incoming: async_channel::Receiver<Bytes>,
 }
@@ -451,7 +452,7 @@ struct State {
     /// it yet (so nothing wakes anyone when it completes).
     connect_unpolled: bool,
     /// The established connection: messages out, messages in.
-    link: Option<(async_channel::Sender<Bytes>, Incoming)>,
+    link: Option<(async_channel::Sender<Pieces>, Incoming)>,
     disk: Option<DiskQueue>,
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notices: std::sync::mpsc::Sender<Notice>,
@@ -645,7 +646,7 @@ impl State {
                     }
                     None => warn!(?req, "answer to an unknown kernel request"),
                 },
-                ClientOutput::Send(msg) => match (msg.encode(), &self.link) {
+                ClientOutput::Send(msg) => match (msg.encode_pieces(), &self.link) {
                     (Ok(bytes), Some((outgoing, _))) => {
                         // Unbounded on our side: the core bounds what it
                         // has in flight. A closed link shows up as lost.

@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tracing::{debug, trace};
-use wormhole_core::codec::{FRAME_HEADER_LEN, WireMessage, frame_header};
+use wormhole_core::codec::{FRAME_HEADER_LEN, Pieces, WireMessage, frame_header};
 use wormhole_core::conn::auth::{self, TicketSecret};
 use wormhole_core::proto::{ClientMessage, HostMessage, Reply, Request, RequestId};
 
@@ -153,15 +153,17 @@ pub fn exporter(conn: &quinn::Connection) -> io::Result<[u8; 32]> {
     Ok(out)
 }
 
-/// Writes `payload` as one frame: its length, then the payload itself,
-/// handed to quinn as is (a copy into a framed buffer and quinn's own copy
-/// of a borrowed slice would each move a chunk's bytes once more).
+/// Writes `payload` as one frame: its length, then the payload's pieces,
+/// handed to quinn as they are (a copy into a framed buffer and quinn's
+/// own copy of a borrowed slice would each move a chunk's bytes once
+/// more).
 pub(crate) async fn write_frame(
     send: &mut quinn::SendStream,
-    payload: Bytes,
+    payload: Pieces,
 ) -> Result<(), quinn::WriteError> {
     let header = Bytes::copy_from_slice(&frame_header(payload.len()));
-    send.write_all_chunks(&mut [header, payload]).await
+    let mut chunks: Vec<Bytes> = std::iter::once(header).chain(payload.into_vec()).collect();
+    send.write_all_chunks(&mut chunks).await
 }
 
 /// Reads one stream to its end as one frame of at most `max` bytes,
@@ -349,7 +351,7 @@ pub async fn request(
     request: Request,
 ) -> io::Result<Result<Reply, wormhole_core::proto::Errno>> {
     let bytes = ClientMessage { id, request }
-        .encode()
+        .encode_pieces()
         .map_err(io::Error::other)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(io::Error::other)?;
     write_frame(&mut send, bytes)
@@ -373,7 +375,7 @@ impl Transport for QuicTransport {
         Box::pin(async move {
             let conn = this.connect_quic().await?;
             let exporter = exporter(&conn)?;
-            let (outgoing, out_rx) = async_channel::unbounded::<Bytes>();
+            let (outgoing, out_rx) = async_channel::unbounded::<Pieces>();
             let (in_tx, incoming) = async_channel::unbounded::<Bytes>();
             let runtime = this.runtime.clone();
             // Requests: one stream each, replies into `incoming`.

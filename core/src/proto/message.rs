@@ -388,7 +388,7 @@ pub enum Request {
         offset: u32,
         /// At most [`CHUNK_SIZE`] − `offset` bytes.
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
-        #[serde(deserialize_with = "codec::shared_bytes")]
+        #[serde(with = "codec::shared")]
         data: Bytes,
         /// Checksum of `data`; the host verifies it.
         checksum: Checksum,
@@ -446,7 +446,7 @@ pub enum Reply {
     Data {
         /// The bytes (shorter than asked at end of file).
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
-        #[serde(deserialize_with = "codec::shared_bytes")]
+        #[serde(with = "codec::shared")]
         data: Bytes,
         /// Checksum of `data`; the client verifies it.
         checksum: Checksum,
@@ -476,7 +476,7 @@ pub enum Reply {
         /// The whole file when it fits in one chunk, read with the open
         /// (a small file then needs no Read); empty otherwise.
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
-        #[serde(deserialize_with = "codec::shared_bytes")]
+        #[serde(with = "codec::shared")]
         inline: Bytes,
         /// Checksum of `inline`; the client verifies it.
         checksum: Checksum,
@@ -537,6 +537,12 @@ impl ClientMessage {
         codec::encode(self)
     }
 
+    /// Wire bytes in pieces, the data it carries not copied
+    /// ([`codec::encode_pieces`]).
+    pub fn encode_pieces(&self) -> Result<codec::Pieces, CodecError> {
+        codec::encode_pieces(self)
+    }
+
     /// Parses wire bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         codec::decode(bytes)
@@ -553,6 +559,12 @@ impl HostMessage {
     /// Wire bytes.
     pub fn encode(&self) -> Result<Bytes, CodecError> {
         codec::encode(self)
+    }
+
+    /// Wire bytes in pieces, the data it carries not copied
+    /// ([`codec::encode_pieces`]).
+    pub fn encode_pieces(&self) -> Result<codec::Pieces, CodecError> {
+        codec::encode_pieces(self)
     }
 
     /// Parses wire bytes.

@@ -219,6 +219,8 @@ fn every_host_message() -> Vec<HostMessage> {
     all
 }
 
+/// Each way of encoding and decoding (whole, in pieces, sharing the
+/// frame) gives the same bytes and the same message.
 #[test]
 fn every_message_round_trips_and_its_wire_bytes_are_pinned() {
     let mut listing = String::new();
@@ -229,11 +231,15 @@ fn every_message_round_trips_and_its_wire_bytes_are_pinned() {
         };
         let bytes = msg.encode().expect("fits");
         assert_eq!(ClientMessage::decode(&bytes).as_ref(), Ok(&msg));
+        assert_eq!(ClientMessage::decode_shared(&bytes).as_ref(), Ok(&msg));
+        assert_eq!(msg.encode_pieces().expect("fits").join(), bytes);
         writeln!(listing, "{:?}\n  {:02x?}", msg.request, &bytes[..]).expect("write");
     }
     for msg in every_host_message() {
         let bytes = msg.encode().expect("fits");
         assert_eq!(HostMessage::decode(&bytes).as_ref(), Ok(&msg));
+        assert_eq!(HostMessage::decode_shared(&bytes).as_ref(), Ok(&msg));
+        assert_eq!(msg.encode_pieces().expect("fits").join(), bytes);
         writeln!(listing, "{msg:?}\n  {:02x?}", &bytes[..]).expect("write");
     }
     insta::assert_snapshot!("proto_wire", listing);
