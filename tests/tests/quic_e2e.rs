@@ -422,23 +422,32 @@ fn host_gone<S: Shell>(shell: &S) {
     // Opened and read while the host is there: the handle stays open
     // across the loss (its bytes are in the kernel's and the core's
     // caches).
-    let open = std::sync::Arc::new(std::sync::Mutex::new(None::<fs::File>));
-    let shared = open.clone();
+    // On a thread of its own, so that a hung mount fails the test at the
+    // limit instead of hanging it; the handle comes back on a channel.
+    let (opened, open) = std::sync::mpsc::channel();
     let mnt = dir.join("mnt");
     let opener = std::thread::spawn(move || {
         let f = fs::File::open(mnt.join("kept")).expect("open the kept file");
         let mut all = Vec::new();
         std::io::Read::read_to_end(&mut &f, &mut all).expect("read it");
         assert_eq!(all, pattern(KEPT, 7));
-        *shared.lock().expect("lock") = Some(f);
+        let _ = opened.send(f);
     });
-    wait_until(STEP, "the kept file to be opened and read", || {
-        opener.is_finished()
-    });
+    let kept = match open.recv_timeout(STEP) {
+        Ok(f) => f,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("timed out after {STEP:?} waiting for the kept file to be opened and read")
+        }
+        // The opener failed: its panic says why.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            opener.join().expect("the opener");
+            unreachable!("the opener ended without sending the file")
+        }
+    };
     opener.join().expect("the opener");
     stop_host(shell, host);
     run_bounded(&dir, SUITE, gone_workout);
-    drop(open.lock().expect("lock").take());
+    drop(kept);
     guard.unmount_all(shell);
 }
 
