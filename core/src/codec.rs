@@ -109,12 +109,19 @@ impl Pieces {
         self.0
     }
 
-    /// The pieces joined into one buffer (a copy, unless there is one).
+    /// The pieces joined into one buffer of the exact size (a copy, unless
+    /// there is one piece).
     pub fn join(self) -> Bytes {
         match <[Bytes; 1]>::try_from(self.0) {
             Ok([one]) => one,
             Err(pieces) => Bytes::from(pieces.concat()),
         }
+    }
+}
+
+impl From<Vec<Bytes>> for Pieces {
+    fn from(pieces: Vec<Bytes>) -> Self {
+        Pieces(pieces)
     }
 }
 

@@ -443,11 +443,11 @@ impl Driver {
         {
             let c = conn.clone();
             self.runtime.spawn(Box::pin(async move {
-                while let Ok(bytes) = push_rx.recv().await {
+                while let Ok(pieces) = push_rx.recv().await {
                     let Ok(mut send) = c.open_uni().await else {
                         break;
                     };
-                    if write_frame(&mut send, bytes).await.is_err() {
+                    if write_frame(&mut send, pieces).await.is_err() {
                         break;
                     }
                     let _ = send.finish();
@@ -499,8 +499,8 @@ impl Driver {
     }
 
     fn send(&mut self, conn: ConnId, msg: HostMessage) {
-        let bytes = match msg.encode_pieces() {
-            Ok(bytes) => bytes,
+        let pieces = match msg.encode_pieces() {
+            Ok(pieces) => pieces,
             Err(e) => {
                 warn!(error = %e, "host message does not encode");
                 return;
@@ -514,10 +514,10 @@ impl Driver {
         {
             // A failed send means the client reset the stream: nothing
             // to deliver then.
-            let _ = slot.try_send((bytes, state.flush.clone()));
+            let _ = slot.try_send((pieces, state.flush.clone()));
             return;
         }
-        if state.pushes.try_send(bytes).is_err() {
+        if state.pushes.try_send(pieces).is_err() {
             warn!(
                 ?conn,
                 "client does not keep up with invalidations; disconnecting it"

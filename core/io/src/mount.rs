@@ -647,10 +647,10 @@ impl State {
                     None => warn!(?req, "answer to an unknown kernel request"),
                 },
                 ClientOutput::Send(msg) => match (msg.encode_pieces(), &self.link) {
-                    (Ok(bytes), Some((outgoing, _))) => {
+                    (Ok(pieces), Some((outgoing, _))) => {
                         // Unbounded on our side: the core bounds what it
                         // has in flight. A closed link shows up as lost.
-                        let _ = outgoing.try_send(bytes);
+                        let _ = outgoing.try_send(pieces);
                     }
                     (Ok(_), None) => trace!("no link; the core re-sends after reconnecting"),
                     (Err(e), _) => warn!(error = %e, "request does not encode"),

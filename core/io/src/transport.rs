@@ -29,7 +29,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tracing::{debug, trace};
 use wormhole_core::codec::{FRAME_HEADER_LEN, Pieces, WireMessage, frame_header};
@@ -203,9 +203,10 @@ async fn read_whole_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<By
         return Err(FrameRead::Bad);
     }
     // The payload arrives as one piece per QUIC packet. They are kept as
-    // they come and joined once at the end, into a buffer of the exact
-    // size: no zeroing and no regrowth (quinn's `read_to_end` does both),
-    // and no memory promised to a length the peer has not yet sent.
+    // they come and joined once at the end (`Pieces::join`: a buffer of
+    // the exact size, no zeroing and no regrowth, which quinn's
+    // `read_to_end` does both), and no memory is promised to a length the
+    // peer has not yet sent.
     let mut pieces = Vec::new();
     let mut got = 0;
     while got < len {
@@ -224,14 +225,7 @@ async fn read_whole_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<By
         Ok(Some(_)) => return Err(FrameRead::Bad),
         Err(e) => return Err(FrameRead::Lost(e)),
     }
-    if pieces.len() == 1 {
-        return Ok(pieces.swap_remove(0));
-    }
-    let mut payload = BytesMut::with_capacity(len);
-    for piece in &pieces {
-        payload.extend_from_slice(piece);
-    }
-    Ok(payload.freeze())
+    Ok(Pieces::from(pieces).join())
 }
 
 /// Why connecting to a host failed.
@@ -350,11 +344,11 @@ pub async fn request(
     id: RequestId,
     request: Request,
 ) -> io::Result<Result<Reply, wormhole_core::proto::Errno>> {
-    let bytes = ClientMessage { id, request }
+    let pieces = ClientMessage { id, request }
         .encode_pieces()
         .map_err(io::Error::other)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(io::Error::other)?;
-    write_frame(&mut send, bytes)
+    write_frame(&mut send, pieces)
         .await
         .map_err(io::Error::other)?;
     let _ = send.finish();
@@ -389,13 +383,13 @@ impl Transport for QuicTransport {
                                 None
                             })
                             .await;
-                        let Some(bytes) = next else { break };
+                        let Some(pieces) = next else { break };
                         let (conn, in_tx) = (conn.clone(), in_tx.clone());
                         runtime.spawn(Box::pin(async move {
                             let Ok((mut send, mut recv)) = conn.open_bi().await else {
                                 return;
                             };
-                            if write_frame(&mut send, bytes).await.is_err() {
+                            if write_frame(&mut send, pieces).await.is_err() {
                                 return;
                             }
                             let _ = send.finish();
