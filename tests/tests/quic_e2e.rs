@@ -22,7 +22,9 @@ use wormhole_tests::quic::{
 use wormhole_core::client::ClientEvent;
 use wormhole_core::codec::frame;
 use wormhole_core::conn::auth::TicketSecret;
-use wormhole_core::proto::{Checksum, Errno, Name, NodeId, Reply, Request};
+use wormhole_core::proto::{
+    CHUNK_SIZE, Checksum, Errno, HostMessage, Name, NodeId, Reply, Request, TxnId,
+};
 use wormhole_io::host::{Host, HostOptions};
 use wormhole_io::transport::MAX_REQUEST_FRAME;
 use wormhole_io::{Identity, MountOptions, Shell, Ticket};
@@ -542,6 +544,7 @@ fn bad_frames<S: Shell>(shell: &S) {
         // The same connection still authenticates (Hello fails the test
         // otherwise).
         c.hello().await;
+        streams_not_one_frame(&mut c).await;
         // Many requests at once, each on its own stream.
         let root = NodeId::ROOT;
         let conn = c.conn.clone();
@@ -570,4 +573,45 @@ fn bad_frames<S: Shell>(shell: &S) {
         );
     });
     stop_host(shell, host);
+}
+
+/// Request streams that do not hold exactly one frame: each is refused
+/// alone (the stream is reset, no reply), and the connection goes on.
+async fn streams_not_one_frame(c: &mut RawClient) {
+    // Large enough to cross the wire in many QUIC packets, so the host
+    // joins the frame from pieces; about a transaction never begun, so
+    // the answer, when there is one, is an error reply.
+    let data = vec![0x33; CHUNK_SIZE];
+    let good = c.encode(Request::WriteChunk {
+        txn: TxnId(u64::MAX),
+        index: 0,
+        offset: 0,
+        checksum: Checksum::of(&data),
+        data: data.into(),
+    });
+    let framed = frame(&good).to_vec();
+    let with = |tail: &[u8]| [&framed[..], tail].concat();
+    let announced = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
+    let too_long = u32::try_from(MAX_REQUEST_FRAME).expect("fits a header");
+    let broken: [(&str, Vec<u8>); 6] = [
+        ("an empty stream", Vec::new()),
+        ("half a header", framed[..2].to_vec()),
+        (
+            "a payload shorter than its header",
+            framed[..framed.len() - 1].to_vec(),
+        ),
+        ("a byte after the frame", with(&[0])),
+        ("a second frame", with(&framed)),
+        ("a header beyond the limit", announced(too_long, &good)),
+    ];
+    for (what, stream) in broken {
+        let answer = c.call_stream(&stream).await;
+        assert!(answer.is_err(), "{what} got an answer: {answer:?}");
+    }
+    // The same frame whole: answered (the transaction is unknown).
+    let answer = c.call_stream(&framed).await;
+    assert!(
+        matches!(answer, Ok(HostMessage::Reply { result: Err(_), .. })),
+        "{answer:?}"
+    );
 }

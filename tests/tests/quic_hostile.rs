@@ -30,13 +30,11 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use wormhole_core::codec::frame;
 use wormhole_core::host::RESERVED_PREFIX;
 use wormhole_core::proto::{
     Attr, CHUNK_SIZE, Checksum, Errno, FileKind, FileRef, HandleId, HostMessage, LockKind,
     LockScope, LockToken, Name, NodeId, Reply, Request, SetAttr, SetTime, Timestamp, TxnId,
 };
-use wormhole_io::transport::MAX_REQUEST_FRAME;
 use wormhole_io::{Identity, Shell};
 use wormhole_smol::SmolShell;
 use wormhole_tests::quic::{
@@ -304,7 +302,6 @@ fn hostile<S: Shell>(shell: &S) {
     within(shell, 4 * STEP, "the hostile client's attempts", async {
         let (mut c, _) = RawClient::authenticated(&t).await;
         let (mut honest, _) = RawClient::authenticated(&t2).await;
-        broken_frames(&mut c).await;
         bad_names(&mut c).await;
         through_links(&mut c, &links, &share).await;
         swapped_dir(&mut c, &dir).await;
@@ -339,47 +336,6 @@ fn hostile<S: Shell>(shell: &S) {
         "nothing was moved in from outside"
     );
     stop_host(shell, host);
-}
-
-/// Request streams that do not hold exactly one frame: each is refused
-/// alone (the stream is reset, no reply), and the connection goes on.
-async fn broken_frames(c: &mut RawClient) {
-    // Large enough to cross the wire in many QUIC packets, so the host
-    // joins the frame from pieces; about a transaction never begun, so
-    // the answer, when there is one, is an error reply.
-    let data = vec![0x33; CHUNK_SIZE];
-    let good = c.encode(Request::WriteChunk {
-        txn: TxnId(u64::MAX),
-        index: 0,
-        offset: 0,
-        checksum: Checksum::of(&data),
-        data: data.into(),
-    });
-    let framed = frame(&good).to_vec();
-    let with = |tail: &[u8]| [&framed[..], tail].concat();
-    let announced = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
-    let too_long = u32::try_from(MAX_REQUEST_FRAME).expect("fits a header");
-    let broken: [(&str, Vec<u8>); 6] = [
-        ("an empty stream", Vec::new()),
-        ("half a header", framed[..2].to_vec()),
-        (
-            "a payload shorter than its header",
-            framed[..framed.len() - 1].to_vec(),
-        ),
-        ("a byte after the frame", with(&[0])),
-        ("a second frame", with(&framed)),
-        ("a header beyond the limit", announced(too_long, &good)),
-    ];
-    for (what, stream) in broken {
-        let answer = c.call_stream(&stream).await;
-        assert!(answer.is_err(), "{what} got an answer: {answer:?}");
-    }
-    // The same frame whole: answered (the transaction is unknown).
-    let answer = c.call_stream(&framed).await;
-    assert!(
-        matches!(answer, Ok(HostMessage::Reply { result: Err(_), .. })),
-        "{answer:?}"
-    );
 }
 
 /// Names that are not one component, in every request that carries a
