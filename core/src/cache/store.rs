@@ -308,6 +308,16 @@ impl Cache {
             .and_then(Value::as_attr)
     }
 
+    /// The listing held for directory `node`, fresh or not, without
+    /// touching the entry (to guess what will be opened next, never to
+    /// answer a request).
+    pub fn peek_dir(&self, node: NodeId) -> Option<&[DirEntry]> {
+        self.l1
+            .get(&CacheKey::Dir(node))
+            .and_then(|e| e.value.as_ref())
+            .and_then(Value::as_dir)
+    }
+
     /// A consumer (`waiter`) wants `key` at `now`.
     ///
     /// Fresh data is a [`Lookup::Hit`]. Otherwise the waiter is registered

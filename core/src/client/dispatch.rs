@@ -1,5 +1,6 @@
 //! Kernel operations: answer from the cache or turn into requests.
 
+use super::ahead::Take;
 use super::{
     AfterCommit, Answer, Blocked, ClientCore, Cont, Fh, Handle, Op, Purpose, ReadJob, Req, Step,
 };
@@ -46,6 +47,28 @@ impl ClientCore {
 
     fn handle(&self, fh: Fh) -> Result<&Handle, Errno> {
         self.handles.get(&fh).ok_or(Errno::BadF)
+    }
+
+    /// After the kernel opened `ino`: opens ahead the small files that
+    /// follow it in its directory's listing, if the opens sweep through it.
+    fn open_ahead(&mut self, now: Instant, ino: Ino) {
+        let Some((parent, name)) = self
+            .vfs
+            .as_ref()
+            .and_then(|v| v.get(ino))
+            .and_then(|i| i.link.clone())
+        else {
+            return;
+        };
+        let Ok(dir) = self.node(parent) else {
+            return;
+        };
+        let Some(entries) = self.cache.peek_dir(dir) else {
+            return;
+        };
+        for node in self.ahead.next(dir, &name, entries) {
+            self.send(now, Purpose::OpenAhead { node }, Request::Open { node });
+        }
     }
 
     fn main(req: Req, op: &Op) -> Purpose {
@@ -162,7 +185,21 @@ impl ClientCore {
             }
             Op::Open { ino } => {
                 let node = self.node(*ino)?;
-                self.send(now, Self::main(req, &op), Request::Open { node });
+                // Checked here, not in the closure: it borrows nothing.
+                let known = self.cache.peek_attr(node).map(|a| a.version);
+                let writing = self.writes.contains_key(&node);
+                let valid = |a: &Attr| !writing && known.is_none_or(|v| v == a.version);
+                let mut stale = Vec::new();
+                match self.ahead.take(now, node, req, *ino, valid, &mut stale) {
+                    Take::Ready(opened) => {
+                        let answer = self.opened(now, *ino, opened);
+                        self.reply(req, Ok(answer));
+                    }
+                    Take::Joined => {}
+                    Take::Miss => self.send(now, Self::main(req, &op), Request::Open { node }),
+                }
+                self.close_host_handles(now, stale);
+                self.open_ahead(now, *ino);
             }
             Op::Read { fh, offset, size } => {
                 let node = self.handle(*fh)?.node;

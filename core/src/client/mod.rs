@@ -20,6 +20,7 @@
 //!   re-binds every inode by path first, and aborts open write
 //!   transactions, whose errors surface at flush.
 
+mod ahead;
 mod dispatch;
 #[cfg(test)]
 mod regressions;
@@ -407,6 +408,10 @@ enum Purpose {
     Rebind {
         ino: Ino,
     },
+    /// Open a file ahead of the kernel ([`ahead`]).
+    OpenAhead {
+        node: NodeId,
+    },
     /// Nobody waits (closing a host handle).
     Forget,
 }
@@ -540,6 +545,7 @@ pub struct ClientCore {
     reads: BTreeMap<Req, ReadJob>,
     /// Which node stands for a file identity (for chunk fetches).
     files: BTreeMap<FileKey, NodeId>,
+    ahead: ahead::OpenAhead,
     ready: bool,
     gave_up: bool,
     out: VecDeque<ClientOutput>,
@@ -570,6 +576,7 @@ impl ClientCore {
             next_waiter: 1,
             reads: BTreeMap::new(),
             files: BTreeMap::new(),
+            ahead: ahead::OpenAhead::default(),
             ready: false,
             gave_up: false,
             out: VecDeque::new(),
@@ -696,6 +703,7 @@ impl ClientCore {
             writes,
             self.conn.poll_timeout(),
             self.cache.poll_timeout(),
+            self.ahead.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -703,10 +711,13 @@ impl ClientCore {
     }
 
     /// Fires due timers: request deadlines, the connection's, the cache's
-    /// fetch deadlines, the write transactions' lock refreshes.
+    /// fetch deadlines, the write transactions' lock refreshes, unused
+    /// open-aheads.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
         self.cache.handle_timeout(now);
+        let unused = self.ahead.expire(now);
+        self.close_host_handles(now, unused);
         let nodes: Vec<NodeId> = self.writes.keys().copied().collect();
         for node in nodes {
             if let Some(w) = self.writes.get_mut(&node) {
@@ -885,6 +896,7 @@ impl ClientCore {
             self.reply(req, Err(errno));
         }
         self.cache.fail_all(now, errno);
+        self.ahead.forget_answered();
     }
 
     fn on_ready(&mut self, now: Instant, resumed: bool, root: Attr) {
@@ -916,6 +928,8 @@ impl ClientCore {
         // version).
         self.cache.mark_all_stale(now);
         if resumed {
+            let spoiled = self.ahead.spoil_all();
+            self.close_host_handles(now, spoiled);
             // Same session: locks and transactions live on at the host, but
             // a lock may have expired meanwhile; confirm each at once.
             let nodes: Vec<NodeId> = self.writes.keys().copied().collect();
@@ -938,6 +952,13 @@ impl ClientCore {
                 Purpose::Write { node, op } => {
                     if let Some(w) = self.writes.get_mut(&node) {
                         w.handle_reply(now, op, Err(Errno::Stale));
+                    }
+                }
+                Purpose::OpenAhead { node } => {
+                    // Asked of the old session: the kernel's open that
+                    // joined it asks again once inodes are re-bound.
+                    if let Some((req, ino)) = self.ahead.failed(node) {
+                        self.deferred.push_back((req, Op::Open { ino }));
                     }
                 }
                 Purpose::Rebind { .. } | Purpose::Forget | Purpose::Hello => {}
@@ -964,6 +985,7 @@ impl ClientCore {
         if let Some(v) = self.vfs.as_mut() {
             v.unbind_nodes(root.node);
         }
+        self.ahead.forget_answered();
         // The host's handles died with its session, and node ids of the
         // old session may name other files in the new one: a handle is
         // cut off until its inode is re-bound to the very same file.
@@ -1019,6 +1041,11 @@ impl ClientCore {
                 self.reads.remove(&req);
                 self.reply(req, Err(errno));
             }
+            Purpose::OpenAhead { node } => {
+                if let Some((req, _)) = self.ahead.failed(node) {
+                    self.reply(req, Err(errno));
+                }
+            }
             Purpose::Write { node, op } => {
                 if let Some(w) = self.writes.get_mut(&node) {
                     w.handle_reply(now, op, Err(errno));
@@ -1036,6 +1063,13 @@ impl ClientCore {
             }
         }
         self.drain(now);
+    }
+
+    /// Closes host handles nobody holds (unused open-aheads).
+    fn close_host_handles(&mut self, now: Instant, handles: Vec<crate::proto::HandleId>) {
+        for handle in handles {
+            self.send(now, Purpose::Forget, Request::Close { handle });
+        }
     }
 
     fn kernel_ttl(&self, kind: crate::cache::Kind) -> Duration {

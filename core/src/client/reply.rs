@@ -1,12 +1,13 @@
 //! Host messages, cache completions and write-transaction outputs.
 
+use super::ahead::{Answered, Opened};
 use super::{
     AfterCommit, Answer, Blocked, ClientCore, ClientOutput, Cont, Fh, Handle, Op, Purpose, Req,
     Step,
 };
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkData, ChunkKey, Kind, Value};
-use crate::proto::{Attr, Checksum, Errno, HostMessage, Invalidation, Reply, RequestId};
+use crate::proto::{Attr, Checksum, Errno, HostMessage, Invalidation, NodeId, Reply, RequestId};
 use crate::vfs::Ino;
 use crate::write::WriteOutput;
 use bytes::Bytes;
@@ -41,6 +42,13 @@ impl ClientCore {
             // "The whole tree may have changed" (the host's watcher lost
             // track): nothing cached is trusted.
             self.cache.mark_all_stale(now);
+            let spoiled = self.ahead.spoil_all();
+            self.close_host_handles(now, spoiled);
+        }
+        if what != Invalidation::Entries
+            && let Some(handle) = self.ahead.spoil(node)
+        {
+            self.close_host_handles(now, vec![handle]);
         }
         self.cache.invalidate(now, node, what);
         let Some(vfs) = self.vfs.as_mut() else {
@@ -77,6 +85,7 @@ impl ClientCore {
                 Err(e) => self.conn.hello_refused(now, e),
             },
             Purpose::Forget => {}
+            Purpose::OpenAhead { node } => self.on_open_ahead(now, node, result),
             Purpose::Fetch(key) => self.on_fetch(now, key, result),
             Purpose::DirPage { node, mut acc } => match result {
                 Ok(Reply::DirPage { entries, next }) => {
@@ -313,19 +322,16 @@ impl ClientCore {
                     inline,
                     checksum,
                 }),
-            ) => {
-                // Close-to-open: the kernel keeps its cached pages only if
-                // the file is at the version it last saw.
-                let keep_cache = self
-                    .cache
-                    .peek_attr(attr.node)
-                    .is_some_and(|c| c.version == attr.version);
-                let fh = self.open_handle(now, *ino, handle, attr.clone(), (inline, checksum));
-                let _ =
-                    self.cache
-                        .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
-                Some(Ok(Answer::Opened { fh, keep_cache }))
-            }
+            ) => Some(Ok(self.opened(
+                now,
+                *ino,
+                Opened {
+                    handle,
+                    attr,
+                    inline,
+                    checksum,
+                },
+            ))),
             (Op::SetAttr { .. }, _, Ok(Reply::Attr(a))) => {
                 let _ = self.cache.fill(
                     now,
@@ -418,6 +424,82 @@ impl ClientCore {
     /// came with the open (`inline`, with their checksum) are its one
     /// chunk, cached under the version they were read at, so the read that
     /// follows needs no request (the cache checks the checksum).
+    /// The kernel's open of `ino` is answered by the host's `opened`
+    /// (asked for it or ahead of it).
+    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened) -> Answer {
+        let Opened {
+            handle,
+            attr,
+            inline,
+            checksum,
+        } = opened;
+        // Close-to-open: the kernel keeps its cached pages only if the
+        // file is at the version it last saw.
+        let keep_cache = self
+            .cache
+            .peek_attr(attr.node)
+            .is_some_and(|c| c.version == attr.version);
+        let fh = self.open_handle(now, ino, handle, attr.clone(), (inline, checksum));
+        let _ = self
+            .cache
+            .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+        Answer::Opened { fh, keep_cache }
+    }
+
+    /// The host answered the open-ahead of `node`.
+    fn on_open_ahead(&mut self, now: Instant, node: NodeId, result: Result<Reply, Errno>) {
+        let Ok(Reply::Opened {
+            handle,
+            attr,
+            inline,
+            checksum,
+        }) = result
+        else {
+            if let Some((req, ino)) = self.ahead.failed(node) {
+                self.open_at_host(now, req, ino);
+            }
+            return;
+        };
+        let opened = Opened {
+            handle,
+            attr,
+            inline,
+            checksum,
+        };
+        let expires = now + self.kernel_ttl(Kind::Attr);
+        match self.ahead.answered(node, opened, expires) {
+            Answered::Waiting(req, ino, opened) => {
+                let answer = self.opened(now, ino, opened);
+                self.reply(req, Ok(answer));
+            }
+            Answered::Kept => {}
+            Answered::Spoiled(handle, waiting) => {
+                self.close_host_handles(now, vec![handle]);
+                if let Some((req, ino)) = waiting {
+                    self.open_at_host(now, req, ino);
+                }
+            }
+        }
+    }
+
+    /// The kernel's open `req` of `ino` asks the host itself (its
+    /// open-ahead could not answer it).
+    fn open_at_host(&mut self, now: Instant, req: Req, ino: Ino) {
+        let op = Op::Open { ino };
+        match self.vfs.as_ref().and_then(|v| v.node(ino)) {
+            Some(node) => self.send(
+                now,
+                Purpose::Op {
+                    req,
+                    op,
+                    step: Step::Main,
+                },
+                crate::proto::Request::Open { node },
+            ),
+            None => self.reply(req, Err(Errno::Stale)),
+        }
+    }
+
     fn open_handle(
         &mut self,
         now: Instant,
