@@ -789,3 +789,168 @@ fn a_long_write_is_one_transaction() {
     let path = RelPath::from(vec![name("f")]);
     assert_eq!(w.disk.read_file(&path), Some(&data[..]));
 }
+
+// ----- open-ahead -------------------------------------------------------
+
+/// A folder of `n` small files `f00`, `f01`, …, listed by client 0 the way
+/// `find` or `ls` lists it; returns the files' inodes in listing order.
+fn listed_world(n: usize, clients: usize) -> (World, Vec<Ino>) {
+    let names: Vec<String> = (0..n).map(|i| format!("f{i:02}")).collect();
+    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(100 + i, i as u8)).collect();
+    let files: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let mut w = world(&files, clients);
+    let Ok(Answer::Dir(items)) = w.call(
+        0,
+        Op::ReadDir {
+            ino: Ino::ROOT,
+            offset: 0,
+        },
+    ) else {
+        panic!("readdir")
+    };
+    let inos = items
+        .iter()
+        .map(|it| {
+            let n = String::from_utf8(it.name.as_bytes().to_vec()).expect("utf-8");
+            lookup(&mut w, 0, Ino::ROOT, &n).expect("lookup").0
+        })
+        .collect();
+    w.record_fs = true;
+    (w, inos)
+}
+
+/// Time a program spends between files in these tests: long enough for
+/// the simulated wire (at most 5 ms each way) to answer, far shorter than
+/// the attribute TTL.
+const THINK: Duration = Duration::from_millis(20);
+
+/// Host opens and closes recorded since `listed_world`.
+fn host_opens_and_closes(w: &World) -> (usize, usize) {
+    let count = |f: fn(&FsOp) -> bool| w.fs_log.iter().filter(|r| f(&r.op)).count();
+    (
+        count(|o| matches!(o, FsOp::Open { .. })),
+        count(|o| matches!(o, FsOp::Close { .. })),
+    )
+}
+
+/// Opens, reads and closes `ino` like `cat`; whether the open was answered
+/// within the call (no round trip).
+fn cat(w: &mut World, ino: Ino, want: &[u8]) -> bool {
+    let req = w.op(0, Op::Open { ino });
+    let at_once = w.answer(0, req);
+    let answered_at_once = at_once.is_some();
+    let fh = match at_once.unwrap_or_else(|| w.wait(0, req)) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(read_all(w, 0, fh, want.len()), want);
+    w.call(0, Op::Release { fh }).expect("release");
+    answered_at_once
+}
+
+#[test]
+fn a_sweep_through_a_listing_is_answered_from_open_aheads() {
+    let (mut w, inos) = listed_world(20, 1);
+    let mut at_once = Vec::new();
+    for (i, &ino) in inos.iter().enumerate() {
+        at_once.push(cat(&mut w, ino, &pattern(100 + i, i as u8)));
+        // The program's own time between files: the open-aheads arrive.
+        w.run_for(THINK);
+    }
+    // The first two opens make the sweep; every later one was opened
+    // ahead and answered without a round trip.
+    assert_eq!(at_once[..2], [false, false]);
+    assert!(at_once[2..].iter().all(|&a| a), "{at_once:?}");
+    // Each file was opened at the host once, and every handle closed.
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(host_opens_and_closes(&w), (20, 20));
+}
+
+#[test]
+fn an_open_that_comes_while_its_open_ahead_is_in_flight_joins_it() {
+    let (mut w, inos) = listed_world(10, 1);
+    cat(&mut w, inos[0], &pattern(100, 0));
+    // f01's open sends the open-aheads; f02's comes before any answer.
+    let first = w.op(0, Op::Open { ino: inos[1] });
+    let second = w.op(0, Op::Open { ino: inos[2] });
+    assert_eq!(w.answer(0, second), None, "not answered before the host");
+    for (req, i) in [(first, 1), (second, 2)] {
+        let Ok(Answer::Opened { fh, .. }) = w.wait(0, req) else {
+            panic!("open f{i:02}")
+        };
+        assert_eq!(read_all(&mut w, 0, fh, 100 + i), pattern(100 + i, i as u8));
+        w.call(0, Op::Release { fh }).expect("release");
+    }
+    w.run_for(Duration::from_secs(2));
+    let (opens, closes) = host_opens_and_closes(&w);
+    assert_eq!(opens, closes, "every handle closed");
+    // f00, f01, then the window f02..f09: f02's open joined its
+    // open-ahead instead of opening the file a second time.
+    assert_eq!(opens, 10);
+}
+
+#[test]
+fn a_single_open_opens_nothing_ahead() {
+    let (mut w, inos) = listed_world(10, 1);
+    cat(&mut w, inos[4], &pattern(104, 4));
+    cat(&mut w, inos[0], &pattern(100, 0));
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(host_opens_and_closes(&w), (2, 2));
+}
+
+#[test]
+fn unused_open_aheads_are_closed_when_they_expire() {
+    let (mut w, inos) = listed_world(10, 1);
+    cat(&mut w, inos[0], &pattern(100, 0));
+    cat(&mut w, inos[1], &pattern(101, 1));
+    w.run_for(THINK);
+    assert_eq!(host_opens_and_closes(&w), (10, 2), "f02..f09 opened ahead");
+    // Past the attribute TTL an open-ahead no longer stands for an open.
+    w.run_for(Duration::from_millis(1100));
+    assert_eq!(host_opens_and_closes(&w), (10, 10));
+    assert!(!cat(&mut w, inos[2], &pattern(102, 2)), "asked the host");
+}
+
+#[test]
+fn a_file_changed_after_its_open_ahead_is_read_as_it_is_now() {
+    let (mut w, inos) = listed_world(10, 2);
+    cat(&mut w, inos[0], &pattern(100, 0));
+    cat(&mut w, inos[1], &pattern(101, 1));
+    w.run_for(THINK);
+    // Another client rewrites f02 (opened ahead by client 0) and closes.
+    let (ino, _) = lookup(&mut w, 1, Ino::ROOT, "f02").expect("f02");
+    let fh = open(&mut w, 1, ino);
+    write(&mut w, 1, fh, 0, b"new content");
+    assert_eq!(w.call(1, Op::Flush { fh }), Ok(Answer::Done));
+    w.call(1, Op::Release { fh }).expect("release");
+    w.run_for(THINK);
+    let mut want = pattern(102, 2);
+    want[..11].copy_from_slice(b"new content");
+    // The host's invalidation spoiled the open-ahead: the open asks.
+    assert!(!cat(&mut w, inos[2], &want));
+    // The others still stand.
+    assert!(cat(&mut w, inos[3], &pattern(103, 3)));
+}
+
+#[test]
+fn open_aheads_do_not_outlive_the_host_session() {
+    let (mut w, inos) = listed_world(10, 1);
+    cat(&mut w, inos[0], &pattern(100, 0));
+    cat(&mut w, inos[1], &pattern(101, 1));
+    w.run_for(THINK);
+    let answered = w.now;
+    w.crash_host();
+    w.restart_host();
+    assert!(matches!(w.call(0, Op::Statfs), Ok(Answer::StatFs(_))));
+    assert!(
+        w.now < answered + Duration::from_secs(1),
+        "reconnected while the open-aheads were still fresh"
+    );
+    // Their handles died with the session: the open asks the new host.
+    assert!(!cat(&mut w, inos[2], &pattern(102, 2)));
+    assert!(!cat(&mut w, inos[3], &pattern(103, 3)));
+}
