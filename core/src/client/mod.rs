@@ -12,7 +12,10 @@
 //!   so an error is never lost (it surfaces at the next flush).
 //! * **Close-to-open**: open asks the host for the file's current version;
 //!   chunks are cached per version, so a file committed elsewhere is never
-//!   read from old chunks after it is opened again.
+//!   read from old chunks after it is opened again. The one relaxation is
+//!   open-ahead ([`ahead`]): a sweep through a directory's small files is
+//!   answered from opens made a moment earlier, trusted exactly as long as
+//!   the attributes they brought.
 //! * **Losing the host**: cache hits keep being served; misses wait for the
 //!   reconnect (bounded by `request_timeout`, then ETIMEDOUT), and fail at
 //!   once with ENOTCONN once the connection machine gives up. A resumed
