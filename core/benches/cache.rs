@@ -14,9 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 use wormhole_core::Instant;
-use wormhole_core::cache::{
-    Cache, CacheConfig, CacheKey, ChunkData, ChunkKey, Lookup, Value, WaiterId,
-};
+use wormhole_core::cache::{Cache, CacheConfig, CacheKey, ChunkKey, Lookup, Value, WaiterId};
 use wormhole_core::proto::{Attr, CHUNK_SIZE, FileKey, FileKind, NodeId, Timestamp};
 
 fn attr(node: u64) -> Attr {
@@ -110,7 +108,7 @@ fn chunk_hits(c: &mut Criterion) {
             .fill(
                 Instant::ZERO,
                 CacheKey::Chunk(chunk_key(n)),
-                Value::Chunk(ChunkData::new(data.clone())),
+                Value::Chunk(data.clone()),
             )
             .expect("fill");
     }
@@ -181,7 +179,7 @@ fn churn(c: &mut Criterion) {
                         .fill(
                             now,
                             CacheKey::Chunk(chunk_key(n)),
-                            Value::Chunk(ChunkData::new(data.clone())),
+                            Value::Chunk(data.clone()),
                         )
                         .expect("fill");
                     while let Some(out) = cache.poll_output() {
@@ -224,7 +222,7 @@ fn memory_per_entry() {
                 .fill(
                     Instant::ZERO,
                     CacheKey::Chunk(chunk_key(i)),
-                    Value::Chunk(ChunkData::new(data.clone())),
+                    Value::Chunk(data.clone()),
                 )
                 .expect("fill");
         }

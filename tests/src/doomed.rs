@@ -10,8 +10,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use wormhole_core::proto::{
-    Attr, CHUNK_SIZE, Checksum, Errno, LockKind, LockScope, LockToken, Name, NodeId, Reply,
-    Request, TxnId,
+    Attr, CHUNK_SIZE, Errno, LockKind, LockScope, LockToken, Name, NodeId, Reply, Request, TxnId,
 };
 use wormhole_io::{Shell, Ticket};
 
@@ -85,14 +84,13 @@ pub fn exclusive(node: NodeId, wait: bool) -> Request {
     }
 }
 
-/// Chunk `index` of a write transaction, checksummed.
+/// Chunk `index` of a write transaction.
 pub fn chunk(txn: TxnId, index: u64, data: &[u8]) -> Request {
     Request::WriteChunk {
         txn,
         index,
         offset: 0,
         data: bytes::Bytes::copy_from_slice(data),
-        checksum: Checksum::of(data),
     }
 }
 

@@ -586,7 +586,6 @@ async fn streams_not_one_frame(c: &mut RawClient) {
         txn: TxnId(u64::MAX),
         index: 0,
         offset: 0,
-        checksum: Checksum::of(&data),
         data: data.into(),
     });
     let framed = frame(&good).to_vec();

@@ -732,7 +732,6 @@ async fn never_given_out(c: &mut RawClient) {
             index: 0,
             offset: 0,
             data: bytes::Bytes::from_static(b"evil"),
-            checksum: Checksum::of(b"evil"),
         },
         Request::TruncateWrite { txn, size: 0 },
         Request::CommitWrite { txn, size: 0 },
@@ -811,7 +810,6 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
                 index: i as u64,
                 offset: 0,
                 data: bytes::Bytes::copy_from_slice(piece),
-                checksum: Checksum::of(piece),
             })
             .await;
         assert_eq!(reply, Ok(Reply::Done));
@@ -856,7 +854,6 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
             index: 0,
             offset: 0,
             data: bytes::Bytes::copy_from_slice(&evil_bytes),
-            checksum: Checksum::of(&evil_bytes),
         },
         Request::TruncateWrite { txn, size: 1 },
         Request::CommitWrite { txn, size: 1 },

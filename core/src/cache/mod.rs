@@ -39,8 +39,9 @@
 //! remounts: the shell lists what it finds on disk at startup and feeds it
 //! to [`Cache::load_l2`]. The shell carries out [`Output::L2Write`] and
 //! [`Output::L2Delete`] in order, reads a chunk when a lookup answers
-//! [`Miss::L2Read`], and reports the bytes with [`Cache::l2_loaded`] (their
-//! checksum is verified again: disks corrupt data too).
+//! [`Miss::L2Read`], and reports the bytes with [`Cache::l2_loaded`] (the
+//! checksum taken when the chunk went to disk is verified: disks corrupt
+//! data).
 //!
 //! ## Eviction
 //!
@@ -165,31 +166,13 @@ pub enum Kind {
     Negative,
 }
 
-/// A chunk's bytes and their checksum (kept so that a demoted chunk can be
-/// verified again when it comes back from disk).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChunkData {
-    /// At most [`crate::proto::CHUNK_SIZE`] bytes (shorter at end of file).
-    pub data: Bytes,
-    /// BLAKE3 of `data`.
-    pub checksum: Checksum,
-}
-
-impl ChunkData {
-    /// Wraps `data` with its computed checksum (for tests and for data the
-    /// client produced itself).
-    pub fn new(data: Bytes) -> Self {
-        let checksum = Checksum::of(&data);
-        ChunkData { data, checksum }
-    }
-}
-
 /// Cached data. Attributes and listings are behind `Arc` so that a hit is
 /// a reference-count increment, not a copy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
-    /// A chunk of file data.
-    Chunk(ChunkData),
+    /// A chunk of file data: at most [`crate::proto::CHUNK_SIZE`] bytes
+    /// (shorter at end of file).
+    Chunk(Bytes),
     /// A node's attributes.
     Attr(Arc<Attr>),
     /// A directory's complete listing, in the host's order.
@@ -210,7 +193,7 @@ impl Value {
     }
 
     /// The chunk, if this is one.
-    pub fn as_chunk(&self) -> Option<&ChunkData> {
+    pub fn as_chunk(&self) -> Option<&Bytes> {
         match self {
             Value::Chunk(c) => Some(c),
             _ => None,
@@ -289,7 +272,10 @@ pub enum Output {
         value: Value,
     },
     /// Store this chunk in the disk cache (it left memory), with its
-    /// checksum; the shell reports failure with [`Cache::l2_write_failed`].
+    /// checksum, computed here: a chunk is hashed only when it goes to
+    /// disk, where corruption is real (on the wire QUIC's AEAD already
+    /// authenticates every byte). The shell reports failure with
+    /// [`Cache::l2_write_failed`].
     L2Write {
         /// The chunk.
         key: ChunkKey,
@@ -332,9 +318,8 @@ pub enum EntryState {
 /// Why a cache command was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum CacheError {
-    /// Chunk bytes do not match their checksum; they are not cached, and
-    /// the key's waiters got EIO (for [`Cache::l2_loaded`]: the chunk is
-    /// refetched from the host instead).
+    /// Chunk bytes from the disk cache do not match their checksum; they
+    /// are not cached, and the chunk is refetched from the host.
     #[error("chunk {0:?} failed its checksum")]
     BadChecksum(ChunkKey),
     /// A chunk longer than [`crate::proto::CHUNK_SIZE`].

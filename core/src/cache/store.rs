@@ -1,8 +1,7 @@
 //! The cache machine: entries, coalescing, invalidation and eviction.
 
 use super::{
-    CacheConfig, CacheError, CacheKey, ChunkData, ChunkKey, EntryState, Lookup, Miss, Output,
-    Value, WaiterId,
+    CacheConfig, CacheError, CacheKey, ChunkKey, EntryState, Lookup, Miss, Output, Value, WaiterId,
 };
 use crate::Instant;
 use crate::proto::{
@@ -160,7 +159,7 @@ pub struct CacheStats {
     pub failures: u64,
     /// Fetches that timed out.
     pub timeouts: u64,
-    /// Chunks refused for a bad checksum (network or disk).
+    /// Chunks from the disk cache refused for a bad checksum.
     pub bad_checksums: u64,
     /// Entries evicted from memory.
     pub l1_evictions: u64,
@@ -442,8 +441,9 @@ impl Cache {
     /// otherwise, e.g. attributes from a directory listing): it is cached
     /// fresh for the kind's TTL and every waiter is answered.
     ///
-    /// A chunk is verified against its checksum first; a bad one is not
-    /// cached, its waiters get EIO, and the error says so.
+    /// A chunk longer than [`CHUNK_SIZE`] is not cached, its waiters get
+    /// EIO, and the error says so. (Chunks from the host are not hashed:
+    /// QUIC's AEAD authenticated every byte on the way.)
     pub fn fill(&mut self, now: Instant, key: CacheKey, value: Value) -> Result<(), CacheError> {
         if key.kind() != value.kind() {
             return Err(CacheError::KindMismatch {
@@ -451,18 +451,12 @@ impl Cache {
                 value: value.kind(),
             });
         }
-        if let (CacheKey::Chunk(ck), Value::Chunk(chunk)) = (&key, &value) {
-            let ck = *ck;
-            if chunk.data.len() > CHUNK_SIZE {
-                let len = chunk.data.len();
-                self.finish_err(&key, Errno::Io);
-                return Err(CacheError::TooLarge { len });
-            }
-            if !chunk.checksum.verifies(&chunk.data) {
-                self.stats.bad_checksums += 1;
-                self.finish_err(&key, Errno::Io);
-                return Err(CacheError::BadChecksum(ck));
-            }
+        if let Value::Chunk(chunk) = &value
+            && chunk.len() > CHUNK_SIZE
+        {
+            let len = chunk.len();
+            self.finish_err(&key, Errno::Io);
+            return Err(CacheError::TooLarge { len });
         }
         match &value {
             Value::Attr(attr) => self.learn_attr(attr),
@@ -567,7 +561,7 @@ impl Cache {
             return Err(CacheError::BadChecksum(key));
         }
         let l2_expires = self.l2.get(&key).and_then(|e| e.expires);
-        let value = Value::Chunk(ChunkData { data, checksum });
+        let value = Value::Chunk(data);
         match l2_expires {
             Some(expires) if now < expires => {
                 self.stats.fills += 1;
@@ -896,8 +890,8 @@ impl Cache {
 
     /// A chunk left memory: keep it on disk (one write; none if the disk
     /// already has it).
-    fn demote(&mut self, key: ChunkKey, chunk: ChunkData, entry: &Entry) {
-        let size = chunk.data.len() as u64;
+    fn demote(&mut self, key: ChunkKey, chunk: Bytes, entry: &Entry) {
+        let size = chunk.len() as u64;
         if size > self.cfg.l2_max_bytes {
             return;
         }
@@ -926,8 +920,8 @@ impl Cache {
                 self.unpolled_writes.insert(key);
                 self.out.push_back(Output::L2Write {
                     key,
-                    data: chunk.data,
-                    checksum: chunk.checksum,
+                    checksum: Checksum::of(&chunk),
+                    data: chunk,
                 });
             }
         }
@@ -1182,7 +1176,7 @@ fn charge(key: &CacheKey, value: Option<&Value>) -> u64 {
     };
     let data = match value {
         None | Some(Value::Negative) => 0,
-        Some(Value::Chunk(c)) => c.data.len(),
+        Some(Value::Chunk(c)) => c.len(),
         Some(Value::Attr(_)) => size_of::<Attr>(),
         Some(Value::Dir(entries)) => entries
             .iter()
@@ -1208,7 +1202,7 @@ impl Cache {
             assert_eq!(e.charge, charge(key, e.value.as_ref()), "{key:?} charge");
             if let (CacheKey::Chunk(_), Some(v)) = (key, &e.value) {
                 let c = v.as_chunk().expect("chunk value under a chunk key");
-                assert!(c.checksum.verifies(&c.data), "{key:?} cached unverified");
+                assert!(c.len() <= CHUNK_SIZE, "{key:?} too large");
             }
             bytes += e.charge;
             if let Some(f) = &e.fetch {

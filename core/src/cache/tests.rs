@@ -54,8 +54,8 @@ fn attr(node: u64, version: u64) -> Attr {
 fn attr_value(node: u64, version: u64) -> Value {
     Value::Attr(Arc::new(attr(node, version)))
 }
-fn chunk(byte: u8, len: usize) -> ChunkData {
-    ChunkData::new(Bytes::from(vec![byte; len]))
+fn chunk(byte: u8, len: usize) -> Bytes {
+    Bytes::from(vec![byte; len])
 }
 fn chunk_value(byte: u8, len: usize) -> Value {
     Value::Chunk(chunk(byte, len))
@@ -354,36 +354,7 @@ fn a_fill_cancels_the_timer() {
     assert_eq!(c.poll_timeout(), None);
 }
 
-// ----- checksums and kinds ------------------------------------------------
-
-#[test]
-fn a_bad_checksum_is_an_error_and_is_not_cached() {
-    let mut c = cache();
-    let key = chunk_key(1, 1, 0);
-    c.lookup(at(0), &key, W1).expect("lookup");
-    c.lookup(at(0), &key, W2).expect("lookup");
-    let bad = Value::Chunk(ChunkData {
-        data: Bytes::from_static(b"corrupted"),
-        checksum: Checksum::of(b"original"),
-    });
-    assert_eq!(
-        c.fill(at(1), key.clone(), bad),
-        Err(CacheError::BadChecksum(ck(1, 1, 0)))
-    );
-    assert_eq!(
-        drain(&mut c),
-        vec![ready(key.clone(), &[1, 2], Err(Errno::Io))]
-    );
-    assert_eq!(c.state(at(1), &key), EntryState::Unknown);
-    assert_eq!(c.stats().bad_checksums, 1);
-    // Unsolicited bad data is refused as well.
-    let bad = Value::Chunk(ChunkData {
-        data: Bytes::from_static(b"x"),
-        checksum: Checksum([0; 32]),
-    });
-    assert!(c.fill(at(2), key.clone(), bad).is_err());
-    assert_eq!(c.state(at(2), &key), EntryState::Unknown);
-}
+// ----- sizes and kinds ------------------------------------------------
 
 #[test]
 fn oversized_chunks_and_mismatched_kinds_are_refused() {
@@ -598,7 +569,7 @@ fn reconnect_helpers_fail_fetches_and_distrust_everything() {
         at(6),
         ck(10, 1, 0),
         Bytes::from(vec![0; 6000]),
-        chunk(0, 6000).checksum,
+        Checksum::of(&chunk(0, 6000)),
     )
     .expect("loaded");
     // (Bringing it into memory pushes chunk 1 out to disk.)
@@ -723,8 +694,8 @@ fn l1_eviction_demotes_chunks_to_l2_and_reads_them_back() {
         out,
         vec![Output::L2Write {
             key: ck(1, 1, 0),
-            data: chunk(0, 1000).data,
-            checksum: chunk(0, 1000).checksum,
+            data: chunk(0, 1000),
+            checksum: Checksum::of(&chunk(0, 1000)),
         }]
     );
     assert_eq!(c.state(at(3), &chunk_key(1, 1, 0)), EntryState::Evicted);
@@ -736,7 +707,7 @@ fn l1_eviction_demotes_chunks_to_l2_and_reads_them_back() {
     assert_eq!(c.lookup(at(4), &key, W1), Ok(Lookup::Miss(Miss::L2Read)));
     assert_eq!(c.lookup(at(4), &key, W2), Ok(Lookup::Miss(Miss::Wait)));
     let back = chunk(0, 1000);
-    c.l2_loaded(at(5), ck(1, 1, 0), back.data.clone(), back.checksum)
+    c.l2_loaded(at(5), ck(1, 1, 0), back.clone(), Checksum::of(&back))
         .expect("loaded");
     let out = drain(&mut c);
     assert!(
@@ -812,7 +783,7 @@ fn a_chunk_past_its_ttl_on_disk_comes_back_for_revalidation() {
     let late = at(0) + c.config().chunk_ttl;
     assert_eq!(c.lookup(late, &key, W1), Ok(Lookup::Miss(Miss::L2Read)));
     let data = chunk(0, 1000);
-    c.l2_loaded(late, ck(1, 1, 0), data.data.clone(), data.checksum)
+    c.l2_loaded(late, ck(1, 1, 0), data.clone(), Checksum::of(&data))
         .expect("loaded");
     assert_eq!(
         drain(&mut c),
@@ -925,7 +896,7 @@ fn l2_is_reloaded_from_what_the_shell_finds_on_disk() {
     let key = chunk_key(2, 7, 0);
     assert_eq!(c.lookup(at(1), &key, W1), Ok(Lookup::Miss(Miss::L2Read)));
     let data = chunk(2, 500);
-    c.l2_loaded(at(2), ck(2, 7, 0), data.data.clone(), data.checksum)
+    c.l2_loaded(at(2), ck(2, 7, 0), data.clone(), Checksum::of(&data))
         .expect("ok");
     assert!(matches!(&drain(&mut c)[..], [Output::Revalidate { .. }]));
     c.revalidated(at(3), &key).expect("same version");
@@ -1172,7 +1143,7 @@ impl Trace {
                     result: Ok(Value::Chunk(c)),
                 } => format!(
                     "Ready {{ key: {key:?}, waiters: {waiters:?}, chunk of {} bytes }}",
-                    c.data.len()
+                    c.len()
                 ),
                 Output::Ready {
                     key,
@@ -1231,15 +1202,9 @@ fn representative_trace() {
     let s = t.c.state(at(1020), &neg);
     t.call(at(1020), "invalidate dir 1 Entries; negative is", s);
 
-    // Chunks: a bad checksum, then three good ones over a 2-chunk budget.
+    // Chunks: three over a 2-chunk budget.
     let r = t.c.lookup(at(2000), &c0, WaiterId(6));
     t.call(at(2000), "lookup chunk 0", r);
-    let bad = Value::Chunk(ChunkData {
-        data: Bytes::from(vec![0; 1000]),
-        checksum: Checksum::of(b"other"),
-    });
-    let r = t.c.fill(at(2001), c0.clone(), bad);
-    t.call(at(2001), "fill chunk 0 (bad checksum)", r);
     for (i, key) in [&c0, &c1, &c2].into_iter().enumerate() {
         let now = at(3000 + i as u64 * 1000);
         let r = t.c.fill(now, key.clone(), chunk_value(i as u8, 1000));
@@ -1248,7 +1213,8 @@ fn representative_trace() {
     let r = t.c.lookup(at(6000), &c0, WaiterId(7));
     t.call(at(6000), "lookup chunk 0", r);
     let d = chunk(0, 1000);
-    let r = t.c.l2_loaded(at(6001), ck(10, 1, 0), d.data, d.checksum);
+    let r =
+        t.c.l2_loaded(at(6001), ck(10, 1, 0), d.clone(), Checksum::of(&d));
     t.call(at(6001), "l2_loaded chunk 0", r);
 
     // The file changes on the host: its chunks go, memory and disk.

@@ -20,7 +20,7 @@
 
 use super::Req;
 use crate::Instant;
-use crate::proto::{Attr, CHUNK_SIZE, Checksum, DirEntry, FileKind, HandleId, Name, NodeId};
+use crate::proto::{Attr, CHUNK_SIZE, DirEntry, FileKind, HandleId, Name, NodeId};
 use crate::vfs::Ino;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -31,7 +31,6 @@ pub(super) struct Opened {
     pub(super) handle: HandleId,
     pub(super) attr: Attr,
     pub(super) inline: Bytes,
-    pub(super) checksum: Checksum,
 }
 
 #[derive(Debug)]

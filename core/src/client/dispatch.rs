@@ -616,7 +616,7 @@ impl ClientCore {
                 Ok(Lookup::Hit(Value::Chunk(c))) => {
                     self.waits.remove(&w);
                     if let Some(j) = self.reads.get_mut(&req) {
-                        j.parts[slot].1 = Some(c.data);
+                        j.parts[slot].1 = Some(c);
                     }
                 }
                 Ok(Lookup::Hit(_)) => return Err(Errno::Io),

@@ -6,8 +6,8 @@ use super::{
     Step,
 };
 use crate::Instant;
-use crate::cache::{self, CacheKey, ChunkData, ChunkKey, Kind, Value};
-use crate::proto::{Attr, Checksum, Errno, HostMessage, Invalidation, NodeId, Reply, RequestId};
+use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
+use crate::proto::{Attr, Errno, HostMessage, Invalidation, NodeId, Reply, RequestId};
 use crate::vfs::Ino;
 use crate::write::WriteOutput;
 use bytes::Bytes;
@@ -164,14 +164,7 @@ impl ClientCore {
                 self.learn_attr(&a);
                 let _ = self.cache.fill(now, key, Value::Attr(Arc::new(a)));
             }
-            (
-                CacheKey::Chunk(ck),
-                Ok(Reply::Data {
-                    data,
-                    checksum,
-                    version,
-                }),
-            ) => {
+            (CacheKey::Chunk(ck), Ok(Reply::Data { data, version })) => {
                 if version != ck.version {
                     // The file changed since we learned its version (or the
                     // bytes came through a host handle that still holds the
@@ -179,9 +172,7 @@ impl ClientCore {
                     // key. Readers refresh and retry.
                     let _ = self.cache.fail(now, &key, Errno::Stale);
                 } else {
-                    let _ = self
-                        .cache
-                        .fill(now, key, Value::Chunk(ChunkData { data, checksum }));
+                    let _ = self.cache.fill(now, key, Value::Chunk(data));
                 }
             }
             (_, Err(e)) => {
@@ -302,10 +293,9 @@ impl ClientCore {
                     handle,
                     attr,
                     inline,
-                    checksum,
                 }),
             ) => {
-                let fh = self.open_handle(now, ino, handle, attr.clone(), (inline, checksum));
+                let fh = self.open_handle(now, ino, handle, attr.clone(), inline);
                 Some(Ok(Answer::Created {
                     ino,
                     attr,
@@ -320,7 +310,6 @@ impl ClientCore {
                     handle,
                     attr,
                     inline,
-                    checksum,
                 }),
             ) => Some(Ok(self.opened(
                 now,
@@ -329,7 +318,6 @@ impl ClientCore {
                     handle,
                     attr,
                     inline,
-                    checksum,
                 },
             ))),
             (Op::SetAttr { .. }, _, Ok(Reply::Attr(a))) => {
@@ -420,10 +408,6 @@ impl ClientCore {
         }
     }
 
-    /// A file the host opened: a new handle. A small file's bytes that
-    /// came with the open (`inline`, with their checksum) are its one
-    /// chunk, cached under the version they were read at, so the read that
-    /// follows needs no request (the cache checks the checksum).
     /// The kernel's open of `ino` is answered by the host's `opened`
     /// (asked for it or ahead of it).
     pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened) -> Answer {
@@ -431,7 +415,6 @@ impl ClientCore {
             handle,
             attr,
             inline,
-            checksum,
         } = opened;
         // Close-to-open: the kernel keeps its cached pages only if the
         // file is at the version it last saw.
@@ -439,7 +422,7 @@ impl ClientCore {
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, handle, attr.clone(), (inline, checksum));
+        let fh = self.open_handle(now, ino, handle, attr.clone(), inline);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -452,7 +435,6 @@ impl ClientCore {
             handle,
             attr,
             inline,
-            checksum,
         }) = result
         else {
             if let Some((req, ino)) = self.ahead.failed(node) {
@@ -464,7 +446,6 @@ impl ClientCore {
             handle,
             attr,
             inline,
-            checksum,
         };
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
@@ -500,13 +481,17 @@ impl ClientCore {
         }
     }
 
+    /// A file the host opened: a new handle. A small file's bytes that
+    /// came with the open (`inline`) are its one chunk, cached under the
+    /// version they were read at, so the read that follows needs no
+    /// request.
     fn open_handle(
         &mut self,
         now: Instant,
         ino: Ino,
         host: crate::proto::HandleId,
         attr: Attr,
-        (inline, checksum): (Bytes, Checksum),
+        inline: Bytes,
     ) -> Fh {
         if !inline.is_empty() && inline.len() as u64 == attr.size {
             let key = CacheKey::Chunk(ChunkKey {
@@ -514,11 +499,7 @@ impl ClientCore {
                 version: attr.version,
                 index: 0,
             });
-            let chunk = ChunkData {
-                data: inline,
-                checksum,
-            };
-            let _ = self.cache.fill(now, key, Value::Chunk(chunk));
+            let _ = self.cache.fill(now, key, Value::Chunk(inline));
         }
         let fh = Fh(self.next_fh);
         self.next_fh += 1;
@@ -602,7 +583,7 @@ impl ClientCore {
                 if let Some(job) = self.reads.get_mut(&req).filter(|j| j.retries == attempt)
                     && let Some(part) = job.parts.get_mut(slot)
                 {
-                    part.1 = Some(c.data);
+                    part.1 = Some(c);
                 }
                 self.finish_read(req);
             }

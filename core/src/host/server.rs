@@ -6,9 +6,9 @@ use crate::codec::CodecError;
 use crate::conn::auth::{self, TicketSecret};
 use crate::lock::{Acquired, LockConfig, LockOutput, LockRequest, LockTable, scope_node};
 use crate::proto::{
-    Attr, CHUNK_SIZE, Checksum, ClientMessage, DirEntry, Errno, FileKey, FileKind, FileRef,
-    HandleId, HostMessage, Invalidation, Limits, LockScope, LockToken, MAX_DIR_PAGE,
-    MAX_SYMLINK_LEN, Name, NodeId, Reply, Request, RequestId, SessionId, TxnId,
+    Attr, CHUNK_SIZE, ClientMessage, DirEntry, Errno, FileKey, FileKind, FileRef, HandleId,
+    HostMessage, Invalidation, Limits, LockScope, LockToken, MAX_DIR_PAGE, MAX_SYMLINK_LEN, Name,
+    NodeId, Reply, Request, RequestId, SessionId, TxnId,
 };
 use crate::{Instant, Rng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -969,7 +969,6 @@ impl HostServer {
                 index,
                 offset,
                 data,
-                checksum,
             } => {
                 let t = self.live_txn(now, session, txn)?;
                 if t.phase != TxnPhase::Open {
@@ -977,9 +976,6 @@ impl HostServer {
                 }
                 if offset as usize + data.len() > CHUNK_SIZE {
                     return Err(Errno::Inval);
-                }
-                if !checksum.verifies(&data) {
-                    return Err(Errno::Io);
                 }
                 let at = index
                     .checked_mul(CHUNK_SIZE as u64)
@@ -1226,7 +1222,6 @@ impl HostServer {
                     Ok(Reply::Opened {
                         handle,
                         attr: to_attr(node, &a),
-                        checksum: Checksum::of(&inline),
                         inline,
                     })
                 } else {
@@ -1244,13 +1239,8 @@ impl HostServer {
                 Ok(Reply::Done)
             }
             (Then::Read, Ok(FsOk::Data(data, attr))) => {
-                let checksum = Checksum::of(&data);
                 let version = to_attr(NodeId::ROOT, &attr).version;
-                Ok(Reply::Data {
-                    data,
-                    checksum,
-                    version,
-                })
+                Ok(Reply::Data { data, version })
             }
             (Then::Created { parent, name }, Ok(FsOk::Attr(a))) => {
                 let attr = self.learn(parent, &name, &a)?;

@@ -4,8 +4,8 @@ use super::memfs::MemFs;
 use super::*;
 use crate::conn::auth::{self, TicketSecret};
 use crate::proto::{
-    CHUNK_SIZE, Checksum, ClientMessage, Errno, FileKind, FileRef, HostMessage, Invalidation,
-    LockKind, LockScope, Name, NodeId, Reply, Request, RequestId, SetAttr, TxnId,
+    CHUNK_SIZE, ClientMessage, Errno, FileKind, FileRef, HostMessage, Invalidation, LockKind,
+    LockScope, Name, NodeId, Reply, Request, RequestId, SetAttr, TxnId,
 };
 use crate::{Instant, Rng};
 use bytes::Bytes;
@@ -186,7 +186,6 @@ impl Rig {
         data: &[u8],
     ) -> Result<Reply, Errno> {
         let data = Bytes::copy_from_slice(data);
-        let checksum = Checksum::of(&data);
         self.call(
             conn,
             Request::WriteChunk {
@@ -194,7 +193,6 @@ impl Rig {
                 index,
                 offset,
                 data,
-                checksum,
             },
         )
     }
@@ -612,20 +610,11 @@ fn bad_chunks_are_refused() {
     let token = r.lock(c, a.node);
     let txn = r.begin(c, a.node, token);
     let data = Bytes::from_static(b"abc");
-    let wrong = Request::WriteChunk {
-        txn,
-        index: 0,
-        offset: 0,
-        data: data.clone(),
-        checksum: Checksum::of(b"abd"),
-    };
-    assert_eq!(r.call(c, wrong), Err(Errno::Io));
     let past = Request::WriteChunk {
         txn,
         index: 0,
         offset: (CHUNK_SIZE - 1) as u32,
         data: data.clone(),
-        checksum: Checksum::of(&data),
     };
     assert_eq!(r.call(c, past), Err(Errno::Inval));
     let huge = Request::WriteChunk {
@@ -633,7 +622,6 @@ fn bad_chunks_are_refused() {
         index: u64::MAX,
         offset: 0,
         data: data.clone(),
-        checksum: Checksum::of(&data),
     };
     assert_eq!(r.call(c, huge), Err(Errno::FBig));
     assert_eq!(r.call(c, Request::AbortWrite { txn }), Ok(Reply::Done));
@@ -1104,7 +1092,6 @@ fn write_session_trace() {
             index: 0,
             offset: 0,
             data: data.clone(),
-            checksum: Checksum::of(&data),
         },
     );
     run(&mut host, &mut trace, "WriteChunk");

@@ -1,6 +1,6 @@
 //! The messages of the file protocol.
 
-use super::{CHUNK_SIZE, Checksum, Errno, Name};
+use super::{CHUNK_SIZE, Errno, Name};
 use crate::codec::{self, CodecError, MAX_MESSAGE_SIZE, WireMessage};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -390,8 +390,6 @@ pub enum Request {
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         #[serde(with = "codec::shared")]
         data: Bytes,
-        /// Checksum of `data`; the host verifies it.
-        checksum: Checksum,
     },
     /// Cut (or extend with zeros) the staged content to `size`, between
     /// the chunks written before and after it (a truncate during a write).
@@ -448,8 +446,6 @@ pub enum Reply {
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         #[serde(with = "codec::shared")]
         data: Bytes,
-        /// Checksum of `data`; the client verifies it.
-        checksum: Checksum,
         /// The [`Attr::version`] of the file the bytes were read from, so
         /// the client caches them under the content they belong to even if
         /// the file changed since it last looked.
@@ -478,8 +474,6 @@ pub enum Reply {
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         #[serde(with = "codec::shared")]
         inline: Bytes,
-        /// Checksum of `inline`; the client verifies it.
-        checksum: Checksum,
     },
     /// A write transaction started.
     WriteBegun {

@@ -33,8 +33,7 @@ use crate::lock::{
     OpId as LockOp,
 };
 use crate::proto::{
-    Attr, CHUNK_SIZE, Checksum, Errno, LockKind, LockScope, LockToken, NodeId, Reply, Request,
-    TxnId,
+    Attr, CHUNK_SIZE, Errno, LockKind, LockScope, LockToken, NodeId, Reply, Request, TxnId,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -431,7 +430,6 @@ impl WriteTxn {
                     let offset = (start % CHUNK_SIZE as u64) as u32;
                     let len = data.len() as u64;
                     self.sent.write(start, data.clone());
-                    let checksum = Checksum::of(&data);
                     self.send(
                         Sent::Piece { start, len },
                         Request::WriteChunk {
@@ -439,7 +437,6 @@ impl WriteTxn {
                             index,
                             offset,
                             data,
-                            checksum,
                         },
                     );
                 }
