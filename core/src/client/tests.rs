@@ -126,6 +126,20 @@ fn write(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8]) {
     }
 }
 
+/// Client 0's kernel reads the root directory from `offset`.
+fn read_root(w: &mut World, offset: u64) -> Vec<DirItem> {
+    match w.call(
+        0,
+        Op::ReadDir {
+            ino: Ino::ROOT,
+            offset,
+        },
+    ) {
+        Ok(Answer::Dir(items)) => items,
+        other => panic!("readdir: {other:?}"),
+    }
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -251,15 +265,7 @@ fn a_large_directory_is_listed_completely() {
     let mut names = Vec::new();
     let mut offset = 0;
     loop {
-        let Ok(Answer::Dir(items)) = w.call(
-            0,
-            Op::ReadDir {
-                ino: Ino::ROOT,
-                offset,
-            },
-        ) else {
-            panic!("readdir")
-        };
+        let items = read_root(&mut w, offset);
         if items.is_empty() {
             break;
         }
@@ -678,15 +684,7 @@ fn a_lost_host_fails_requests_within_the_request_timeout() {
 #[test]
 fn readdirplus_entries_are_counted_lookups() {
     let mut w = world(&[("a", b"1"), ("b", b"2")], 1);
-    let Ok(Answer::Dir(items)) = w.call(
-        0,
-        Op::ReadDir {
-            ino: Ino::ROOT,
-            offset: 0,
-        },
-    ) else {
-        panic!("readdir")
-    };
+    let items = read_root(&mut w, 0);
     assert_eq!(items.len(), 2);
     assert!(
         items
@@ -796,29 +794,15 @@ fn a_long_write_is_one_transaction() {
 /// `find` or `ls` lists it; returns the files' inodes in listing order.
 fn listed_world(n: usize, clients: usize) -> (World, Vec<Ino>) {
     let names: Vec<String> = (0..n).map(|i| format!("f{i:02}")).collect();
-    let data: Vec<Vec<u8>> = (0..n).map(|i| pattern(100 + i, i as u8)).collect();
+    let data: Vec<Vec<u8>> = (0..n).map(content).collect();
     let files: Vec<(&str, &[u8])> = names
         .iter()
         .zip(&data)
         .map(|(n, d)| (n.as_str(), d.as_slice()))
         .collect();
     let mut w = world(&files, clients);
-    let Ok(Answer::Dir(items)) = w.call(
-        0,
-        Op::ReadDir {
-            ino: Ino::ROOT,
-            offset: 0,
-        },
-    ) else {
-        panic!("readdir")
-    };
-    let inos = items
-        .iter()
-        .map(|it| {
-            let n = String::from_utf8(it.name.as_bytes().to_vec()).expect("utf-8");
-            lookup(&mut w, 0, Ino::ROOT, &n).expect("lookup").0
-        })
-        .collect();
+    // readdirplus: every entry comes with its inode, as `find` gets them.
+    let inos = read_root(&mut w, 0).iter().map(|it| it.ino).collect();
     w.record_fs = true;
     (w, inos)
 }
@@ -827,6 +811,16 @@ fn listed_world(n: usize, clients: usize) -> (World, Vec<Ino>) {
 /// the simulated wire (at most 5 ms each way) to answer, far shorter than
 /// the attribute TTL.
 const THINK: Duration = Duration::from_millis(20);
+
+/// The content of file `i` of a [`listed_world`].
+fn content(i: usize) -> Vec<u8> {
+    pattern(100 + i, i as u8)
+}
+
+/// [`cat`] of file `i` of a [`listed_world`].
+fn cat_nth(w: &mut World, inos: &[Ino], i: usize) -> bool {
+    cat(w, inos[i], &content(i))
+}
 
 /// Host opens and closes recorded since `listed_world`.
 fn host_opens_and_closes(w: &World) -> (usize, usize) {
@@ -857,7 +851,7 @@ fn a_sweep_through_a_listing_is_answered_from_open_aheads() {
     let (mut w, inos) = listed_world(20, 1);
     let mut at_once = Vec::new();
     for (i, &ino) in inos.iter().enumerate() {
-        at_once.push(cat(&mut w, ino, &pattern(100 + i, i as u8)));
+        at_once.push(cat(&mut w, ino, &content(i)));
         // The program's own time between files: the open-aheads arrive.
         w.run_for(THINK);
     }
@@ -873,7 +867,7 @@ fn a_sweep_through_a_listing_is_answered_from_open_aheads() {
 #[test]
 fn an_open_that_comes_while_its_open_ahead_is_in_flight_joins_it() {
     let (mut w, inos) = listed_world(10, 1);
-    cat(&mut w, inos[0], &pattern(100, 0));
+    cat_nth(&mut w, &inos, 0);
     // f01's open sends the open-aheads; f02's comes before any answer.
     let first = w.op(0, Op::Open { ino: inos[1] });
     let second = w.op(0, Op::Open { ino: inos[2] });
@@ -882,7 +876,7 @@ fn an_open_that_comes_while_its_open_ahead_is_in_flight_joins_it() {
         let Ok(Answer::Opened { fh, .. }) = w.wait(0, req) else {
             panic!("open f{i:02}")
         };
-        assert_eq!(read_all(&mut w, 0, fh, 100 + i), pattern(100 + i, i as u8));
+        assert_eq!(read_all(&mut w, 0, fh, 100 + i), content(i));
         w.call(0, Op::Release { fh }).expect("release");
     }
     w.run_for(Duration::from_secs(2));
@@ -896,8 +890,8 @@ fn an_open_that_comes_while_its_open_ahead_is_in_flight_joins_it() {
 #[test]
 fn a_single_open_opens_nothing_ahead() {
     let (mut w, inos) = listed_world(10, 1);
-    cat(&mut w, inos[4], &pattern(104, 4));
-    cat(&mut w, inos[0], &pattern(100, 0));
+    cat_nth(&mut w, &inos, 4);
+    cat_nth(&mut w, &inos, 0);
     w.run_for(Duration::from_secs(2));
     assert_eq!(host_opens_and_closes(&w), (2, 2));
 }
@@ -905,21 +899,21 @@ fn a_single_open_opens_nothing_ahead() {
 #[test]
 fn unused_open_aheads_are_closed_when_they_expire() {
     let (mut w, inos) = listed_world(10, 1);
-    cat(&mut w, inos[0], &pattern(100, 0));
-    cat(&mut w, inos[1], &pattern(101, 1));
+    cat_nth(&mut w, &inos, 0);
+    cat_nth(&mut w, &inos, 1);
     w.run_for(THINK);
     assert_eq!(host_opens_and_closes(&w), (10, 2), "f02..f09 opened ahead");
     // Past the attribute TTL an open-ahead no longer stands for an open.
     w.run_for(Duration::from_millis(1100));
     assert_eq!(host_opens_and_closes(&w), (10, 10));
-    assert!(!cat(&mut w, inos[2], &pattern(102, 2)), "asked the host");
+    assert!(!cat_nth(&mut w, &inos, 2), "asked the host");
 }
 
 #[test]
 fn a_file_changed_after_its_open_ahead_is_read_as_it_is_now() {
     let (mut w, inos) = listed_world(10, 2);
-    cat(&mut w, inos[0], &pattern(100, 0));
-    cat(&mut w, inos[1], &pattern(101, 1));
+    cat_nth(&mut w, &inos, 0);
+    cat_nth(&mut w, &inos, 1);
     w.run_for(THINK);
     // Another client rewrites f02 (opened ahead by client 0) and closes.
     let (ino, _) = lookup(&mut w, 1, Ino::ROOT, "f02").expect("f02");
@@ -928,19 +922,19 @@ fn a_file_changed_after_its_open_ahead_is_read_as_it_is_now() {
     assert_eq!(w.call(1, Op::Flush { fh }), Ok(Answer::Done));
     w.call(1, Op::Release { fh }).expect("release");
     w.run_for(THINK);
-    let mut want = pattern(102, 2);
+    let mut want = content(2);
     want[..11].copy_from_slice(b"new content");
     // The host's invalidation spoiled the open-ahead: the open asks.
     assert!(!cat(&mut w, inos[2], &want));
     // The others still stand.
-    assert!(cat(&mut w, inos[3], &pattern(103, 3)));
+    assert!(cat_nth(&mut w, &inos, 3));
 }
 
 #[test]
 fn open_aheads_do_not_outlive_the_host_session() {
     let (mut w, inos) = listed_world(10, 1);
-    cat(&mut w, inos[0], &pattern(100, 0));
-    cat(&mut w, inos[1], &pattern(101, 1));
+    cat_nth(&mut w, &inos, 0);
+    cat_nth(&mut w, &inos, 1);
     w.run_for(THINK);
     let answered = w.now;
     w.crash_host();
@@ -951,6 +945,6 @@ fn open_aheads_do_not_outlive_the_host_session() {
         "reconnected while the open-aheads were still fresh"
     );
     // Their handles died with the session: the open asks the new host.
-    assert!(!cat(&mut w, inos[2], &pattern(102, 2)));
-    assert!(!cat(&mut w, inos[3], &pattern(103, 3)));
+    assert!(!cat_nth(&mut w, &inos, 2));
+    assert!(!cat_nth(&mut w, &inos, 3));
 }
