@@ -120,11 +120,14 @@ impl OpenAhead {
             Some((d, at)) if d == dir => at + 1,
             _ => 0,
         };
+        // Hosts list in name order, so a jump costs a binary search, not
+        // a scan of a huge directory per open (a listing out of order only
+        // means no open-ahead).
         let found = entries
             .get(guess)
             .filter(|e| e.name == *name)
             .map(|_| guess)
-            .or_else(|| entries.iter().position(|e| e.name == *name));
+            .or_else(|| entries.binary_search_by(|e| e.name.cmp(name)).ok());
         let Some(at) = found else {
             self.cursor = None;
             return Vec::new();
