@@ -185,7 +185,8 @@ impl ClientCore {
             }
             Op::Open { ino } => {
                 let node = self.node(*ino)?;
-                // Checked here, not in the closure: it borrows nothing.
+                // Read before `take` borrows `self.ahead`, so that the
+                // check it runs borrows nothing of `self`.
                 let known = self.cache.peek_attr(node).map(|a| a.version);
                 let writing = self.writes.contains_key(&node);
                 let valid = |a: &Attr| !writing && known.is_none_or(|v| v == a.version);
