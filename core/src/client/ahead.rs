@@ -20,7 +20,7 @@
 
 use super::Req;
 use crate::Instant;
-use crate::proto::{Attr, CHUNK_SIZE, DirEntry, FileKind, HandleId, Name, NodeId};
+use crate::proto::{Attr, CHUNK_SIZE, DirEntry, FileKind, HandleId, Name, NodeId, Reply};
 use crate::vfs::Ino;
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -31,6 +31,24 @@ pub(super) struct Opened {
     pub(super) handle: HandleId,
     pub(super) attr: Attr,
     pub(super) inline: Bytes,
+}
+
+impl Opened {
+    /// The open a host reply carries, if it is one.
+    pub(super) fn from_reply(reply: Reply) -> Option<Self> {
+        match reply {
+            Reply::Opened {
+                handle,
+                attr,
+                inline,
+            } => Some(Opened {
+                handle,
+                attr,
+                inline,
+            }),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]

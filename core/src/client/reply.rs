@@ -431,21 +431,11 @@ impl ClientCore {
 
     /// The host answered the open-ahead of `node`.
     fn on_open_ahead(&mut self, now: Instant, node: NodeId, result: Result<Reply, Errno>) {
-        let Ok(Reply::Opened {
-            handle,
-            attr,
-            inline,
-        }) = result
-        else {
+        let Some(opened) = result.ok().and_then(Opened::from_reply) else {
             if let Some((req, ino)) = self.ahead.failed(node) {
                 self.open_at_host(now, req, ino);
             }
             return;
-        };
-        let opened = Opened {
-            handle,
-            attr,
-            inline,
         };
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
