@@ -43,6 +43,7 @@
 mod disk_cache;
 mod driver;
 mod node;
+mod recycle;
 mod runtime;
 
 pub mod cli;

@@ -203,10 +203,9 @@ async fn read_whole_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<By
         return Err(FrameRead::Bad);
     }
     // The payload arrives as one piece per QUIC packet. They are kept as
-    // they come and joined once at the end (`Pieces::join`: a buffer of
-    // the exact size, no zeroing and no regrowth, which quinn's
-    // `read_to_end` does both), and no memory is promised to a length the
-    // peer has not yet sent.
+    // they come and joined once at the end (into a recycled buffer, no
+    // zeroing and no regrowth, which quinn's `read_to_end` does both), and
+    // no memory is promised to a length the peer has not yet sent.
     let mut pieces = Vec::new();
     let mut got = 0;
     while got < len {
@@ -225,7 +224,7 @@ async fn read_whole_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<By
         Ok(Some(_)) => return Err(FrameRead::Bad),
         Err(e) => return Err(FrameRead::Lost(e)),
     }
-    Ok(Pieces::from(pieces).join())
+    Ok(crate::recycle::join(pieces, len))
 }
 
 /// Why connecting to a host failed.
