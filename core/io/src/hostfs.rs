@@ -915,22 +915,21 @@ fn pieces(names: &[Name]) -> Vec<Vec<u8>> {
 }
 
 /// Up to `want` bytes of `file` from `offset` (fewer at end of file),
-/// read into uninitialised capacity: zeroing a buffer the read overwrites
-/// cost as much as the read.
+/// read into a recycled buffer: zeroing or faulting in a fresh buffer for
+/// each read cost as much as the read.
 fn read_from(file: &File, offset: u64, want: usize) -> Result<Bytes, Errno> {
-    let mut buf = Vec::with_capacity(want);
-    while buf.len() < want {
-        let at = offset + buf.len() as u64;
-        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(SysErrno::INTR) => {}
-            Err(e) => return Err(sys(e)),
+    crate::recycle::fill(want, |buf| {
+        let mut done = 0;
+        while done < want {
+            match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(SysErrno::INTR) => {}
+                Err(e) => return Err(sys(e)),
+            }
         }
-    }
-    // The capacity may exceed what was asked for.
-    buf.truncate(want);
-    Ok(buf.into())
+        Ok(done)
+    })
 }
 
 /// How an operation may get file bytes.
@@ -964,21 +963,33 @@ fn waited(done: Result<Option<FsOk>, Errno>) -> FsResult {
 /// kernel starts reading what was missed before it answers EAGAIN, so the
 /// pool's read that follows often finds it cached.
 fn read_cached(file: &File, offset: u64, want: usize) -> Result<Option<Bytes>, Errno> {
-    let mut buf = vec![0u8; want];
-    let mut done = 0;
-    while done < want {
-        let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
-        let at = offset + done as u64;
-        match rustix::io::preadv2(file, &mut slice, at, rustix::io::ReadWriteFlags::NOWAIT) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(SysErrno::INTR) => {}
-            Err(SysErrno::AGAIN | SysErrno::OPNOTSUPP | SysErrno::NOSYS) => return Ok(None),
-            Err(e) => return Err(sys(e)),
-        }
+    /// Why a read from the page cache gave nothing.
+    enum Miss {
+        WouldWait,
+        Failed(Errno),
     }
-    buf.truncate(done);
-    Ok(Some(buf.into()))
+    let read = crate::recycle::fill(want, |buf| {
+        let mut done = 0;
+        while done < want {
+            let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
+            let at = offset + done as u64;
+            match rustix::io::preadv2(file, &mut slice, at, rustix::io::ReadWriteFlags::NOWAIT) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(SysErrno::INTR) => {}
+                Err(SysErrno::AGAIN | SysErrno::OPNOTSUPP | SysErrno::NOSYS) => {
+                    return Err(Miss::WouldWait);
+                }
+                Err(e) => return Err(Miss::Failed(sys(e))),
+            }
+        }
+        Ok(done)
+    });
+    match read {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Miss::WouldWait) => Ok(None),
+        Err(Miss::Failed(e)) => Err(e),
+    }
 }
 
 /// `openat2` beneath `dir`, retried while a concurrent rename makes the

@@ -1,69 +1,97 @@
-//! Recycled buffers for received frames.
+//! Recycled buffers for chunk-sized file data.
 //!
-//! A frame of file data (a `WriteChunk` at the host, a `Data` reply at the
-//! mount) arrives in one piece per QUIC packet and is joined into one
-//! buffer of up to a chunk. Allocating that buffer fresh for every frame
-//! cost page faults: glibc hands the top of a heap back to the kernel as
-//! soon as it is free, so a stream of 128 KiB buffers kept faulting in
-//! new zeroed pages (up to 180,000 faults per GiB written at the host, on
-//! the thread that drives its connection). Buffers come back here when
-//! the last slice of their frame is dropped and are reused.
+//! Two places make a chunk-sized buffer per message: a received frame
+//! (a `WriteChunk` at the host, a `Data` reply at the mount), which
+//! arrives in one piece per QUIC packet and is joined, and the host's
+//! read of a file. Allocating those fresh each time cost page faults:
+//! glibc hands a large free block back to the kernel at once, so a stream
+//! of 128 KiB buffers kept faulting in new zeroed pages (up to 180,000
+//! faults per GiB at the host, on the thread that drives its connection),
+//! and a read into a zeroed buffer paid a `memset` as large as the read.
+//! Buffers here are zeroed once, when first made, and come back when the
+//! last slice of the bytes made in them is dropped.
 
 use bytes::Bytes;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use wormhole_core::proto::CHUNK_SIZE;
 
 /// The size class recycled: a chunk and its message around it.
 const CAPACITY: usize = CHUNK_SIZE + 4096;
 
-/// Frames smaller than this are joined into a plain allocation (small
-/// buffers come from the allocator's caches, without faults).
-const MIN_POOLED: usize = 16 * 1024;
+/// Shorter data goes into a plain allocation of its own size: small
+/// buffers come from the allocator's caches without faults, and a short
+/// file's bytes kept in the mount's cache must not pin a whole buffer
+/// (at most twice the bytes are held this way).
+const MIN_POOLED: usize = CAPACITY / 2;
 
-/// Buffers kept at most (about 33 MiB): enough for the frames in flight
-/// of a fast stream; more are freed.
+/// Buffers kept at most (about 33 MiB): enough for the data in flight of
+/// a fast stream; more are freed.
 const MAX_KEPT: usize = 256;
 
-/// Free buffers of [`CAPACITY`], shared by every connection of the
-/// process (buffers are taken on one thread and often freed on another).
+/// Free buffers, each `CAPACITY` long and initialised, shared by every
+/// connection of the process (buffers are taken on one thread and often
+/// given back on another).
 static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// `pieces`, `len` bytes in all, joined into one buffer; a frame that
-/// fits the size class goes into a recycled one.
+/// `pieces`, `len` bytes in all, joined into one buffer.
 pub(crate) fn join(mut pieces: Vec<Bytes>, len: usize) -> Bytes {
     if pieces.len() == 1 {
         return pieces.pop().unwrap_or_default();
     }
-    if !(MIN_POOLED..=CAPACITY).contains(&len) {
-        return Bytes::from(pieces.concat());
-    }
-    let mut buf = lock().pop().unwrap_or_else(|| Vec::with_capacity(CAPACITY));
-    for p in &pieces {
-        buf.extend_from_slice(p);
-    }
-    Bytes::from_owner(Recycled(buf))
+    let joined: Result<Bytes, std::convert::Infallible> = fill(len, |buf| {
+        let mut at = 0;
+        for p in &pieces {
+            let n = p.len().min(buf.len() - at);
+            buf[at..at + n].copy_from_slice(&p[..n]);
+            at += n;
+        }
+        Ok(at)
+    });
+    joined.unwrap_or_else(|never| match never {})
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+/// The bytes `write` puts into a buffer of `want` bytes, whose contents
+/// it must not read; it answers how many it wrote (at most `want`).
+pub(crate) fn fill<E>(
+    want: usize,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<Bytes, E> {
+    if !(MIN_POOLED..=CAPACITY).contains(&want) {
+        let mut buf = vec![0u8; want];
+        let n = write(&mut buf)?.min(want);
+        buf.truncate(n);
+        return Ok(Bytes::from(buf));
+    }
+    let mut buf = free().pop().unwrap_or_else(|| vec![0u8; CAPACITY]);
+    // A failed fill drops `buf` here; it was never shared, so it is
+    // simply freed.
+    let len = write(&mut buf[..want])?.min(want);
+    Ok(Bytes::from_owner(Recycled { buf, len }))
+}
+
+fn free() -> MutexGuard<'static, Vec<Vec<u8>>> {
     // A panic while holding the lock leaves a valid list.
-    FREE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    FREE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A joined frame's buffer; back to [`FREE`] when its last slice goes.
-struct Recycled(Vec<u8>);
+/// A filled buffer, of which the first `len` bytes are the data; back to
+/// [`FREE`] when the last slice of it goes.
+struct Recycled {
+    buf: Vec<u8>,
+    len: usize,
+}
 
 impl AsRef<[u8]> for Recycled {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.buf[..self.len]
     }
 }
 
 impl Drop for Recycled {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        buf.clear();
-        let mut free = lock();
-        if free.len() < MAX_KEPT && buf.capacity() == CAPACITY {
+        let buf = std::mem::take(&mut self.buf);
+        let mut free = free();
+        if free.len() < MAX_KEPT {
             free.push(buf);
         }
     }
@@ -77,25 +105,48 @@ mod tests {
         data.chunks(piece).map(Bytes::copy_from_slice).collect()
     }
 
+    fn pattern(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i + seed) % 251) as u8).collect()
+    }
+
     /// One test, so that no other test of this module takes buffers from
     /// the list while it looks (nothing else in the crate's unit tests
-    /// joins frames).
+    /// joins frames or reads files through here).
     #[test]
-    fn joins_to_the_same_bytes_and_reuses_a_buffer_once_its_last_slice_goes() {
-        for len in [1, 5000, MIN_POOLED, CHUNK_SIZE, CAPACITY, CAPACITY + 1] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    fn bytes_are_what_was_written_and_a_buffer_is_reused_once_its_last_slice_goes() {
+        for len in [
+            1,
+            5000,
+            MIN_POOLED - 1,
+            MIN_POOLED,
+            CHUNK_SIZE,
+            CAPACITY,
+            CAPACITY + 1,
+        ] {
+            let data = pattern(len, 0);
             assert_eq!(join(split(&data, 4000), len), data, "len {len}");
         }
-        let data = vec![7u8; CHUNK_SIZE];
+
+        let data = pattern(CHUNK_SIZE, 3);
         let frame = join(split(&data, 4000), data.len());
         let slice = frame.slice(100..200);
         let at = frame.as_ptr();
         drop(frame);
         assert_eq!(slice, data[100..200], "a slice keeps its bytes");
-        assert!(!lock().iter().any(|b| b.as_ptr() == at), "still in use");
+        assert!(!free().iter().any(|b| b.as_ptr() == at), "still in use");
         drop(slice);
-        assert!(lock().iter().any(|b| b.as_ptr() == at), "given back");
-        let again = join(split(&data, 4000), data.len());
-        assert_eq!(again, data);
+        assert!(free().iter().any(|b| b.as_ptr() == at), "given back");
+
+        // A reused buffer still holds the old bytes; only what the new
+        // fill wrote is seen, even when it wrote less than it asked for.
+        let short: Result<Bytes, ()> = fill(CHUNK_SIZE, |buf| {
+            buf[..10].copy_from_slice(b"0123456789");
+            Ok(10)
+        });
+        assert_eq!(short, Ok(Bytes::from_static(b"0123456789")));
+        let failed: Result<Bytes, &str> = fill(CHUNK_SIZE, |_| Err("eof"));
+        assert_eq!(failed, Err("eof"));
+        let again = pattern(CHUNK_SIZE, 7);
+        assert_eq!(join(split(&again, 1500), again.len()), again);
     }
 }
