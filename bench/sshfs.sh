@@ -52,10 +52,14 @@ Other environment variables:
                   disturbed (default: 0.15)
   BENCH_TMP       where the temporary directory goes (default: /var/tmp)
   RESULTS_OUT     also write the result table (markdown) to this file
-  KEEP_DAMON      1: leave DAMON proactive reclaim running (default 0: it is
-                  switched off for the run and back on at exit; on VMs that
-                  use it, it drops page-cache pages idle for a few seconds,
-                  so a warm re-read measured what it had reclaimed)
+  KEEP_VM_RECLAIM 1: leave the VM's memory reclaim as it is (default 0: DAMON
+                  proactive reclaim and virtio free page reporting are
+                  switched off for the run and back on at exit; DAMON drops
+                  page-cache pages idle for a few seconds, so a warm re-read
+                  measured what it had reclaimed; free page reporting hands
+                  pages freed by drop_caches back to the hypervisor, and the
+                  next cold read paid 2-8x the kernel time to touch them
+                  again, at random for either system)
 EOF
 }
 
@@ -78,8 +82,10 @@ STALL_LIMIT=${STALL_LIMIT:-5}
 QUIET_LIMIT=${QUIET_LIMIT:-0.15}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 RESULTS_OUT=${RESULTS_OUT:-}
-KEEP_DAMON=${KEEP_DAMON:-0}
+KEEP_VM_RECLAIM=${KEEP_VM_RECLAIM:-${KEEP_DAMON:-0}}
 PAUSED_DAMON=()
+PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
+PAUSED_REPORTING_ORDER=""
 
 while (($#)); do
     case $1 in
@@ -186,7 +192,7 @@ cleanup() {
     fi
     force_unmount "$WH_MNT"
     force_unmount "$SS_MNT"
-    resume_damon
+    resume_vm_reclaim
     ((MADE_RUN_SSHD)) && rmdir /run/sshd 2>/dev/null
     if [[ -n $T && -d $T ]]; then
         if ((KEEP)); then
@@ -424,12 +430,20 @@ root_of() {
     esac
 }
 
-# DAMON-based proactive reclaim (kdamond, action pageout), which some VMs
-# run, evicts page-cache pages that were not touched for a few seconds:
-# a warm re-read then measures the network again for whatever it took.
-# Switched off for the run, back on in cleanup.
-pause_damon() {
-    ((KEEP_DAMON)) && return 0
+# Two ways a VM takes memory back from its guest, each of which disturbed
+# the figures; both are switched off for the run and back on in cleanup.
+# * DAMON-based proactive reclaim (kdamond, action pageout) evicts
+#   page-cache pages that were not touched for a few seconds: a warm
+#   re-read then measures the network again for whatever it took.
+# * virtio free page reporting tells the hypervisor about free pages of
+#   at least 2^order pages that stayed free for about 2 s; it may unmap
+#   them, and the guest's next touch of each faults on the host. The
+#   pages drop_caches frees are reported during the 2 s quiet check
+#   before a step, so a cold read of 1 GiB took 0.7-1.2 s of kernel time
+#   instead of 0.14 s whenever its page cache landed in them. An order
+#   above the largest buddy order (10) reports nothing.
+pause_vm_reclaim() {
+    ((KEEP_VM_RECLAIM)) && return 0
     local state
     for state in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
         [[ -f $state && $(cat "$state" 2>/dev/null) == on ]] || continue
@@ -438,14 +452,27 @@ pause_damon() {
             log "DAMON reclaim paused for the run ($state)"
         fi
     done
+    if [[ -w $PAGE_REPORTING ]]; then
+        local order
+        order=$(cat "$PAGE_REPORTING")
+        if ((order <= 10)) && echo 11 >"$PAGE_REPORTING" 2>/dev/null; then
+            PAUSED_REPORTING_ORDER=$order
+            log "free page reporting paused for the run (order $order -> 11)"
+        fi
+    fi
 }
 
-resume_damon() {
+resume_vm_reclaim() {
     local state
     for state in "${PAUSED_DAMON[@]}"; do
         echo on >"$state" 2>/dev/null || log "could not switch $state back on"
     done
     PAUSED_DAMON=()
+    if [[ -n $PAUSED_REPORTING_ORDER ]]; then
+        echo "$PAUSED_REPORTING_ORDER" >"$PAGE_REPORTING" 2>/dev/null ||
+            log "could not set $PAGE_REPORTING back to $PAUSED_REPORTING_ORDER"
+        PAUSED_REPORTING_ORDER=""
+    fi
 }
 
 drop_caches() {
@@ -788,7 +815,7 @@ log "working in $T"
 
 make_data
 setup_sshd
-pause_damon
+pause_vm_reclaim
 ((LOCAL)) && SYSTEMS+=(local)
 
 START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -823,8 +850,11 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         "$SIZE_MB" "$FILES" "$FILE_KB" "$FIO_RUNTIME"
     printf '#meta\tuntar\t%s files, %s MB: %s\n' "${UNTAR_FILES:-?}" "${UNTAR_MB:-?}" "${UNTAR_WHAT:-?}"
     printf '#meta\tload\t%s at start, %s at end\n' "$LOAD_START" "$LOAD_END"
-    if ((${#PAUSED_DAMON[@]})); then
-        printf '#meta\tdamon\tDAMON proactive reclaim paused for the run (KEEP_DAMON=1 keeps it)\n'
+    paused=""
+    ((${#PAUSED_DAMON[@]})) && paused="DAMON proactive reclaim"
+    [[ -n $PAUSED_REPORTING_ORDER ]] && paused+="${paused:+ and }free page reporting"
+    if [[ -n $paused ]]; then
+        printf '#meta\tvm_reclaim\t%s paused for the run (KEEP_VM_RECLAIM=1 keeps it)\n' "$paused"
     fi
     printf '#meta\tmax_rustc\t%s\n' "$MAX_RUSTC"
     printf '#meta\tstall_limit\t%s\n' "$STALL_LIMIT"

@@ -115,7 +115,7 @@ def main():
 
     print("## Wormhole vs sshfs")
     print()
-    for k in ("date", "machine", "sshfs", "wormhole", "untar", "load", "damon", "duration_s"):
+    for k in ("date", "machine", "sshfs", "wormhole", "untar", "load", "damon", "vm_reclaim", "duration_s"):
         if k in meta:
             print(f"* {k}: {meta[k]}")
     print()
