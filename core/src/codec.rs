@@ -21,8 +21,10 @@ use thiserror::Error;
 /// Version of the wire protocol; the first byte of every encoded message.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// The largest message any decoder accepts, whatever its type.
-pub const MAX_MESSAGE_SIZE: usize = 1 << 20;
+/// The largest message any decoder accepts, whatever its type (above
+/// every type's own limit: a write piece and its envelope, a page of a
+/// listing).
+pub const MAX_MESSAGE_SIZE: usize = 2 << 20;
 
 /// A message type that can cross the wire.
 pub trait WireMessage: Serialize + DeserializeOwned {

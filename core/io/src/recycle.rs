@@ -1,37 +1,60 @@
-//! Recycled buffers for chunk-sized file data.
+//! Recycled buffers for file data.
 //!
-//! Two places make a chunk-sized buffer per message: a received frame
-//! (a `WriteChunk` at the host, a `Data` reply at the mount), which
-//! arrives in one piece per QUIC packet and is joined, and the host's
-//! read of a file. Allocating those fresh each time cost page faults:
-//! glibc hands a large free block back to the kernel at once, so a stream
-//! of 128 KiB buffers kept faulting in new zeroed pages (up to 180,000
-//! faults per GiB at the host, on the thread that drives its connection),
-//! and a read into a zeroed buffer paid a `memset` as large as the read.
-//! Buffers here are zeroed once, when first made, and come back when the
-//! last slice of the bytes made in them is dropped.
+//! Three places make a large buffer per message: a received frame (a
+//! `WriteChunk` at the host, a `Data` reply at the mount), which arrives
+//! in one piece per QUIC packet and is joined, and the host's read of a
+//! file. Allocating those fresh each time cost page faults: glibc hands a
+//! large free block back to the kernel at once, so a stream of 128 KiB
+//! buffers kept faulting in new zeroed pages (up to 180,000 faults per
+//! GiB at the host, on the thread that drives its connection), and a read
+//! into a zeroed buffer paid a `memset` as large as the read. Buffers here
+//! are zeroed once, when first made, and come back when the last slice of
+//! the bytes made in them is dropped.
 
 use bytes::Bytes;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use wormhole_core::proto::CHUNK_SIZE;
+use wormhole_core::proto::{CHUNK_SIZE, MAX_WRITE_PIECE};
 
-/// The size class recycled: a chunk and its message around it.
-const CAPACITY: usize = CHUNK_SIZE + 4096;
+/// Buffers of one size, and how many of them are kept when free.
+struct Class {
+    /// Length of every buffer of the class.
+    capacity: usize,
+    /// Free buffers kept at most; more are freed.
+    max_kept: usize,
+    /// Free buffers, each `capacity` long and initialised, shared by every
+    /// connection of the process (buffers are taken on one thread and
+    /// often given back on another).
+    free: Mutex<Vec<Vec<u8>>>,
+}
 
-/// Shorter data goes into a plain allocation of its own size: small
-/// buffers come from the allocator's caches without faults, and a short
-/// file's bytes kept in the mount's cache must not pin a whole buffer
-/// (at most twice the bytes are held this way).
-const MIN_POOLED: usize = CAPACITY / 2;
+/// The sizes recycled, smallest first: a chunk (a read, a `Data` reply)
+/// and a write piece, each with room for its message around it. Kept at
+/// most: about 33 MiB of chunks, enough for the data in flight of a fast
+/// read; 33 MiB of pieces, twice the pieces a writer has in flight.
+static CLASSES: [Class; 2] = [
+    Class {
+        capacity: CHUNK_SIZE + 4096,
+        max_kept: 256,
+        free: Mutex::new(Vec::new()),
+    },
+    Class {
+        capacity: MAX_WRITE_PIECE + 4096,
+        max_kept: 32,
+        free: Mutex::new(Vec::new()),
+    },
+];
 
-/// Buffers kept at most (about 33 MiB): enough for the data in flight of
-/// a fast stream; more are freed.
-const MAX_KEPT: usize = 256;
-
-/// Free buffers, each `CAPACITY` long and initialised, shared by every
-/// connection of the process (buffers are taken on one thread and often
-/// given back on another).
-static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// The class for `want` bytes: the smallest that holds them, if they fill
+/// at least half of it. Shorter data goes into a plain allocation of its
+/// own size: small buffers come from the allocator's caches without
+/// faults, and a short file's bytes kept in the mount's cache must not
+/// pin a whole buffer (at most twice the bytes are held this way).
+fn class_for(want: usize) -> Option<&'static Class> {
+    CLASSES
+        .iter()
+        .find(|c| want <= c.capacity)
+        .filter(|c| want >= c.capacity / 2)
+}
 
 /// `pieces`, `len` bytes in all, joined into one buffer.
 pub(crate) fn join(mut pieces: Vec<Bytes>, len: usize) -> Bytes {
@@ -56,29 +79,35 @@ pub(crate) fn fill<E>(
     want: usize,
     write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
 ) -> Result<Bytes, E> {
-    if !(MIN_POOLED..=CAPACITY).contains(&want) {
+    let Some(class) = class_for(want) else {
         let mut buf = vec![0u8; want];
         let n = write(&mut buf)?.min(want);
         buf.truncate(n);
         return Ok(Bytes::from(buf));
-    }
-    let mut buf = free().pop().unwrap_or_else(|| vec![0u8; CAPACITY]);
+    };
+    let mut buf = class
+        .free()
+        .pop()
+        .unwrap_or_else(|| vec![0u8; class.capacity]);
     // A failed fill drops `buf` here; it was never shared, so it is
     // simply freed.
     let len = write(&mut buf[..want])?.min(want);
-    Ok(Bytes::from_owner(Recycled { buf, len }))
+    Ok(Bytes::from_owner(Recycled { buf, len, class }))
 }
 
-fn free() -> MutexGuard<'static, Vec<Vec<u8>>> {
-    // A panic while holding the lock leaves a valid list.
-    FREE.lock().unwrap_or_else(PoisonError::into_inner)
+impl Class {
+    fn free(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        // A panic while holding the lock leaves a valid list.
+        self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A filled buffer, of which the first `len` bytes are the data; back to
-/// [`FREE`] when the last slice of it goes.
+/// its class's free list when the last slice of it goes.
 struct Recycled {
     buf: Vec<u8>,
     len: usize,
+    class: &'static Class,
 }
 
 impl AsRef<[u8]> for Recycled {
@@ -90,8 +119,8 @@ impl AsRef<[u8]> for Recycled {
 impl Drop for Recycled {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
-        let mut free = free();
-        if free.len() < MAX_KEPT {
+        let mut free = self.class.free();
+        if free.len() < self.class.max_kept {
             free.push(buf);
         }
     }
@@ -114,18 +143,29 @@ mod tests {
     /// joins frames or reads files through here).
     #[test]
     fn bytes_are_what_was_written_and_a_buffer_is_reused_once_its_last_slice_goes() {
+        let [chunks, pieces] = &CLASSES;
         for len in [
             1,
             5000,
-            MIN_POOLED - 1,
-            MIN_POOLED,
+            chunks.capacity / 2 - 1,
+            chunks.capacity / 2,
             CHUNK_SIZE,
-            CAPACITY,
-            CAPACITY + 1,
+            chunks.capacity,
+            chunks.capacity + 1,
+            pieces.capacity / 2 - 1,
+            pieces.capacity / 2,
+            MAX_WRITE_PIECE,
+            pieces.capacity,
+            pieces.capacity + 1,
         ] {
             let data = pattern(len, 0);
             assert_eq!(join(split(&data, 4000), len), data, "len {len}");
         }
+        assert!(class_for(chunks.capacity / 2 - 1).is_none());
+        assert!(class_for(CHUNK_SIZE).is_some_and(|c| std::ptr::eq(c, chunks)));
+        assert!(class_for(chunks.capacity + 1).is_none());
+        assert!(class_for(MAX_WRITE_PIECE).is_some_and(|c| std::ptr::eq(c, pieces)));
+        assert!(class_for(pieces.capacity + 1).is_none());
 
         let data = pattern(CHUNK_SIZE, 3);
         let frame = join(split(&data, 4000), data.len());
@@ -133,9 +173,12 @@ mod tests {
         let at = frame.as_ptr();
         drop(frame);
         assert_eq!(slice, data[100..200], "a slice keeps its bytes");
-        assert!(!free().iter().any(|b| b.as_ptr() == at), "still in use");
+        assert!(
+            !chunks.free().iter().any(|b| b.as_ptr() == at),
+            "still in use"
+        );
         drop(slice);
-        assert!(free().iter().any(|b| b.as_ptr() == at), "given back");
+        assert!(chunks.free().iter().any(|b| b.as_ptr() == at), "given back");
 
         // A reused buffer still holds the old bytes; only what the new
         // fill wrote is seen, even when it wrote less than it asked for.

@@ -7,8 +7,8 @@ use crate::conn::auth::{self, TicketSecret};
 use crate::lock::{Acquired, LockConfig, LockOutput, LockRequest, LockTable, scope_node};
 use crate::proto::{
     Attr, CHUNK_SIZE, ClientMessage, DirEntry, Errno, FileKey, FileKind, FileRef, HandleId,
-    HostMessage, Invalidation, Limits, LockScope, LockToken, MAX_DIR_PAGE, MAX_SYMLINK_LEN, Name,
-    NodeId, Reply, Request, RequestId, SessionId, TxnId,
+    HostMessage, Invalidation, Limits, LockScope, LockToken, MAX_DIR_PAGE, MAX_SYMLINK_LEN,
+    MAX_WRITE_PIECE, Name, NodeId, Reply, Request, RequestId, SessionId, TxnId,
 };
 use crate::{Instant, Rng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -974,7 +974,7 @@ impl HostServer {
                 if t.phase != TxnPhase::Open {
                     return Err(Errno::Inval);
                 }
-                if offset as usize + data.len() > CHUNK_SIZE {
+                if offset as usize >= CHUNK_SIZE || data.len() > MAX_WRITE_PIECE {
                     return Err(Errno::Inval);
                 }
                 let at = index

@@ -5,7 +5,7 @@ use super::*;
 use crate::conn::auth::{self, TicketSecret};
 use crate::proto::{
     CHUNK_SIZE, ClientMessage, Errno, FileKind, FileRef, HostMessage, Invalidation, LockKind,
-    LockScope, Name, NodeId, Reply, Request, RequestId, SetAttr, TxnId,
+    LockScope, MAX_WRITE_PIECE, Name, NodeId, Reply, Request, RequestId, SetAttr, TxnId,
 };
 use crate::{Instant, Rng};
 use bytes::Bytes;
@@ -610,13 +610,22 @@ fn bad_chunks_are_refused() {
     let token = r.lock(c, a.node);
     let txn = r.begin(c, a.node, token);
     let data = Bytes::from_static(b"abc");
+    // An offset is within its chunk, and a piece holds at most
+    // MAX_WRITE_PIECE bytes.
     let past = Request::WriteChunk {
         txn,
         index: 0,
-        offset: (CHUNK_SIZE - 1) as u32,
+        offset: CHUNK_SIZE as u32,
         data: data.clone(),
     };
     assert_eq!(r.call(c, past), Err(Errno::Inval));
+    let long = Request::WriteChunk {
+        txn,
+        index: 0,
+        offset: 0,
+        data: Bytes::from(vec![0; MAX_WRITE_PIECE + 1]),
+    };
+    assert_eq!(r.call(c, long), Err(Errno::Inval));
     let huge = Request::WriteChunk {
         txn,
         index: u64::MAX,

@@ -1,6 +1,8 @@
 //! The messages of the file protocol.
 
-use super::{CHUNK_SIZE, Errno, Name};
+#[cfg(doc)]
+use super::CHUNK_SIZE;
+use super::{Errno, MAX_WRITE_PIECE, Name};
 use crate::codec::{self, CodecError, MAX_MESSAGE_SIZE, WireMessage};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -377,16 +379,18 @@ pub enum Request {
         /// The exclusive lock's token.
         token: LockToken,
     },
-    /// New content for part of one chunk. Pieces of one transaction never
-    /// overlap until acknowledged, so they may be applied in any order.
+    /// New content for a range of the file, starting in chunk `index`
+    /// and running on into the chunks after it. Pieces of one transaction
+    /// never overlap until acknowledged, so they may be applied in any
+    /// order.
     WriteChunk {
         /// The transaction.
         txn: TxnId,
-        /// Chunk index (byte offset / [`CHUNK_SIZE`]).
+        /// Chunk index (byte offset / [`CHUNK_SIZE`]) where `data` starts.
         index: u64,
-        /// Where in the chunk `data` starts.
+        /// Where in that chunk `data` starts: less than [`CHUNK_SIZE`].
         offset: u32,
-        /// At most [`CHUNK_SIZE`] − `offset` bytes.
+        /// At most [`MAX_WRITE_PIECE`] bytes.
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         #[serde(with = "codec::shared")]
         data: Bytes,
@@ -496,8 +500,8 @@ pub struct ClientMessage {
 }
 
 impl WireMessage for ClientMessage {
-    // One chunk of data plus its envelope.
-    const MAX_SIZE: usize = CHUNK_SIZE + 1024;
+    // One write piece plus its envelope.
+    const MAX_SIZE: usize = MAX_WRITE_PIECE + 1024;
 }
 
 /// Host → client.

@@ -25,6 +25,15 @@ use serde::{Deserialize, Serialize};
 /// Size of a data chunk: the unit of reads, writes, caching and checksums.
 pub const CHUNK_SIZE: usize = 128 * 1024;
 
+/// The most data one [`Request::WriteChunk`] carries: eight chunks.
+///
+/// A write piece is larger than a chunk because every request has a cost
+/// of its own that does not depend on its size: a stream, a reply, a task
+/// and a `pwrite` at the host. A sequential write sent as one request per
+/// chunk spent a fifth of its time on that (1 GiB on loopback, alternating
+/// builds: 717–749 MB/s with 128 KiB pieces, 864–914 MB/s with 1 MiB).
+pub const MAX_WRITE_PIECE: usize = 8 * CHUNK_SIZE;
+
 /// Directory entries per [`Reply::DirPage`] at most.
 pub const MAX_DIR_PAGE: usize = 512;
 

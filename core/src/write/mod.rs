@@ -9,8 +9,8 @@
 //! Writes are buffered as [`Extents`] the moment the application makes
 //! them, so `write(2)` never waits for the network. Once the exclusive lock
 //! is held and the host has begun the transaction, pending extents stream
-//! to the host's staging copy as [`CHUNK_SIZE`]-aligned pieces, several in
-//! flight at once. A piece is sent only if it overlaps no piece still in
+//! to the host's staging copy as pieces of up to [`MAX_WRITE_PIECE`] that
+//! do not cross a multiple of it, several in flight at once. A piece is sent only if it overlaps no piece still in
 //! flight, so the host may apply pieces in any order and still end with the
 //! newest bytes. A truncate is a barrier: it goes out alone, after every
 //! earlier piece is acknowledged.
@@ -33,7 +33,8 @@ use crate::lock::{
     OpId as LockOp,
 };
 use crate::proto::{
-    Attr, CHUNK_SIZE, Errno, LockKind, LockScope, LockToken, NodeId, Reply, Request, TxnId,
+    Attr, CHUNK_SIZE, Errno, LockKind, LockScope, LockToken, MAX_WRITE_PIECE, NodeId, Reply,
+    Request, TxnId,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -421,7 +422,7 @@ impl WriteTxn {
                 .collect();
             let piece = self
                 .pending
-                .take_piece(CHUNK_SIZE as u64, CHUNK_SIZE, |s, e| {
+                .take_piece(MAX_WRITE_PIECE as u64, MAX_WRITE_PIECE, |s, e| {
                     flying.iter().all(|&(fs, fe)| e <= fs || s >= fe)
                 });
             match piece {

@@ -119,11 +119,14 @@ fn ack_until_commit(w: &mut WriteTxn, now: Instant) -> (WriteOp, u64, Vec<Reques
 #[test]
 fn a_write_locks_begins_streams_commits_and_releases() {
     let mut w = writing(WriteConfig::default());
-    let big = vec![7u8; CHUNK_SIZE * 2 + 10];
+    let big = vec![7u8; MAX_WRITE_PIECE * 2 + 10];
     w.write(t(3), 5, Bytes::from(big)).expect("write");
     w.commit(t(4)).expect("commit");
     let (commit, size, sent) = ack_until_commit(&mut w, t(5));
-    assert_eq!(size, (CHUNK_SIZE * 2 + 15) as u64);
+    assert_eq!(size, (MAX_WRITE_PIECE * 2 + 15) as u64);
+    // Pieces run up to the next multiple of MAX_WRITE_PIECE, each
+    // addressed by the chunk it starts in.
+    let per = (MAX_WRITE_PIECE / CHUNK_SIZE) as u64;
     let pieces: Vec<(u64, u32, usize)> = sent
         .iter()
         .filter_map(|r| match r {
@@ -133,7 +136,7 @@ fn a_write_locks_begins_streams_commits_and_releases() {
                 data,
                 ..
             } => {
-                assert!(*offset as usize + data.len() <= CHUNK_SIZE);
+                assert!((*offset as usize) < CHUNK_SIZE && data.len() <= MAX_WRITE_PIECE);
                 Some((*index, *offset, data.len()))
             }
             _ => None,
@@ -141,7 +144,11 @@ fn a_write_locks_begins_streams_commits_and_releases() {
         .collect();
     assert_eq!(
         pieces,
-        vec![(0, 5, CHUNK_SIZE - 5), (1, 0, CHUNK_SIZE), (2, 0, 15)]
+        vec![
+            (0, 5, MAX_WRITE_PIECE - 5),
+            (per, 0, MAX_WRITE_PIECE),
+            (2 * per, 0, 15)
+        ]
     );
     assert_eq!(w.state(), &WriteState::Committing);
     w.handle_reply(t(6), commit, Ok(Reply::Attr(attr(size))));
@@ -168,18 +175,18 @@ fn pieces_in_flight_are_bounded_and_never_overlap() {
     };
     let mut w = writing(cfg);
     drain(&mut w);
-    w.write(t(3), 0, Bytes::from(vec![1u8; CHUNK_SIZE * 4]))
+    w.write(t(3), 0, Bytes::from(vec![1u8; MAX_WRITE_PIECE * 4]))
         .expect("write");
     let first = sends(&drain(&mut w));
-    // The one-byte write from `writing` and chunk 0 overlap: only one of
-    // them may fly; then chunk 1 fills the window.
+    // The one-byte write from `writing` and piece 0 overlap: only one of
+    // them may fly; then piece 1 fills the window.
     assert_eq!(first.len(), 2);
-    // Rewrite chunk 1 while it is in flight: the new bytes wait.
-    w.write(t(4), CHUNK_SIZE as u64, Bytes::from(vec![2u8; 10]))
+    // Rewrite piece 1 while it is in flight: the new bytes wait.
+    w.write(t(4), MAX_WRITE_PIECE as u64, Bytes::from(vec![2u8; 10]))
         .expect("write");
     assert!(sends(&drain(&mut w)).is_empty(), "window full");
     let mut buf = vec![0u8; 12];
-    w.overlay(CHUNK_SIZE as u64 - 1, &mut buf);
+    w.overlay(MAX_WRITE_PIECE as u64 - 1, &mut buf);
     assert_eq!(buf[0], 1);
     assert_eq!(&buf[1..11], &[2u8; 10], "the writer reads its newest bytes");
     for (op, _) in first {
@@ -202,7 +209,9 @@ fn pieces_in_flight_are_bounded_and_never_overlap() {
             data.len() as u64,
         );
         assert!(
-            s + e <= CHUNK_SIZE as u64 || s >= CHUNK_SIZE as u64 + 10 || s == CHUNK_SIZE as u64
+            s + e <= MAX_WRITE_PIECE as u64
+                || s >= MAX_WRITE_PIECE as u64 + 10
+                || s == MAX_WRITE_PIECE as u64
         );
     }
 }
@@ -329,26 +338,26 @@ fn dirty_data_is_bounded() {
 #[test]
 fn acknowledged_pieces_past_keep_acked_leave_memory() {
     let cfg = WriteConfig {
-        max_dirty: 2 * CHUNK_SIZE,
-        keep_acked: CHUNK_SIZE,
+        max_dirty: 2 * MAX_WRITE_PIECE,
+        keep_acked: MAX_WRITE_PIECE,
         ..WriteConfig::default()
     };
     let mut w = writing(cfg);
-    // Ten chunks through a two-chunk buffer, acknowledged as they go.
+    // Ten pieces through a two-piece buffer, acknowledged as they go.
     for i in 0..10u64 {
-        let at = 1 + i * CHUNK_SIZE as u64;
-        w.write(t(3), at, Bytes::from(vec![i as u8; CHUNK_SIZE]))
+        let at = 1 + i * MAX_WRITE_PIECE as u64;
+        w.write(t(3), at, Bytes::from(vec![i as u8; MAX_WRITE_PIECE]))
             .expect("room: acknowledged pieces left memory");
         for (op, _) in sends(&drain(&mut w)) {
             w.handle_reply(t(4), op, Ok(Reply::Done));
         }
     }
-    assert!(w.dirty() <= 2 * CHUNK_SIZE, "{}", w.dirty());
-    assert!(w.spilled_overlaps(1, 2), "the first chunk left memory");
+    assert!(w.dirty() <= 2 * MAX_WRITE_PIECE, "{}", w.dirty());
+    assert!(w.spilled_overlaps(1, 2), "the first piece left memory");
     assert!(!w.spilled_overlaps(0, 1), "byte 0 is still held");
-    let end = 1 + 10 * CHUNK_SIZE as u64;
+    let end = 1 + 10 * MAX_WRITE_PIECE as u64;
     assert!(!w.spilled_overlaps(end, end + 10), "past the end");
-    // The last piece (one byte past a chunk boundary) is still held and
+    // The last piece (one byte past a piece boundary) is still held and
     // reads back through the overlay; the bytes before it left.
     let mut last = vec![0u8; 1];
     w.overlay(end - 1, &mut last);

@@ -251,7 +251,7 @@ fn the_largest_legal_messages_fit_their_limits() {
             txn: TxnId(u64::MAX),
             index: u64::MAX,
             offset: u32::MAX,
-            data: Bytes::from(vec![0xee; CHUNK_SIZE]),
+            data: Bytes::from(vec![0xee; MAX_WRITE_PIECE]),
         },
     };
     assert!(chunk.encode().is_ok());
@@ -290,7 +290,7 @@ fn oversized_and_malformed_messages_are_typed_errors() {
             txn: TxnId(1),
             index: 0,
             offset: 0,
-            data: Bytes::from(vec![0; CHUNK_SIZE + 1024]),
+            data: Bytes::from(vec![0; MAX_WRITE_PIECE + 1024]),
         },
     };
     assert!(matches!(too_big.encode(), Err(CodecError::TooLarge { .. })));
