@@ -501,8 +501,13 @@ fresh() {
 RESULTS=""
 MAX_RUSTC=0
 
-# CPU seconds used by the whole machine (user+nice+system+irq+softirq+steal).
-machine_cpu() { awk -v hz="$HZ" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
+# CPU seconds used by the whole machine (user+nice+system+irq+softirq).
+machine_cpu() { awk -v hz="$HZ" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+
+# CPU seconds the hypervisor gave to someone else while this VM wanted to
+# run (steal). On a shared host it comes in bursts, and a step that loses
+# a good part of its cores to it measures the neighbours, not the systems.
+steal_cpu() { awk -v hz="$HZ" '/^cpu / { printf "%.2f", $9 / hz }' /proc/stat; }
 
 # CPU seconds used so far by the given processes (live ones).
 procs_cpu() {
@@ -540,9 +545,9 @@ stall_watch() {
 # Cores kept busy by everything on the machine over the next 2 s.
 background_load() {
     local m0 m1
-    m0=$(machine_cpu)
+    m0=$(awk -v a="$(machine_cpu)" -v b="$(steal_cpu)" 'BEGIN { print a + b }')
     sleep 2
-    m1=$(machine_cpu)
+    m1=$(awk -v a="$(machine_cpu)" -v b="$(steal_cpu)" 'BEGIN { print a + b }')
     awk -v a="$m0" -v b="$m1" 'BEGIN { printf "%.2f", (b - a) / 2 }'
 }
 
@@ -554,7 +559,7 @@ sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 # measure SYS TEST CMD: runs the shell command CMD timed; sets ELAPSED and
 # the CPU figures; returns CMD's status (124 if it timed out).
 measure() {
-    local sys=$1 test=$2 cmd=$3 rc=0 t0 t1 m0 m1 c0 c1 s0 s1 r waited=0 stall_file
+    local sys=$1 test=$2 cmd=$3 rc=0 t0 t1 m0 m1 c0 c1 s0 s1 st0 st1 r waited=0 stall_file
     # Other work on the machine right before the step (our own processes
     # are idle then): cores busy, over 2 s.
     BG=$(background_load)
@@ -568,7 +573,7 @@ measure() {
     ((r > MAX_RUSTC)) && MAX_RUSTC=$r
     RUSTC_AT_START=$r
     # shellcheck disable=SC2086
-    { m0=$(machine_cpu); c0=$(procs_cpu $CLIENT_PIDS); s0=$(procs_cpu $SERVER_PIDS); }
+    { m0=$(machine_cpu); st0=$(steal_cpu); c0=$(procs_cpu $CLIENT_PIDS); s0=$(procs_cpu $SERVER_PIDS); }
     echo "\$ $cmd" >"$LOGS/$sys.$test.out"
     stall_file=$LOGS/stall.$sys.$test
     STALL=""
@@ -587,9 +592,10 @@ measure() {
         STALL=$(cat "$stall_file" 2>/dev/null || true)
     fi
     # shellcheck disable=SC2086
-    { m1=$(machine_cpu); c1=$(procs_cpu $CLIENT_PIDS); s1=$(procs_cpu $SERVER_PIDS); }
+    { m1=$(machine_cpu); st1=$(steal_cpu); c1=$(procs_cpu $CLIENT_PIDS); s1=$(procs_cpu $SERVER_PIDS); }
     ELAPSED=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     CPU_MACHINE=$(sub "$m0" "$m1")
+    CPU_STEAL=$(sub "$st0" "$st1")
     CPU_CLIENT=$(sub "$c0" "$c1")
     CPU_SERVER=$(sub "$s0" "$s1")
     r=$(pgrep -c rustc || true)
@@ -600,11 +606,11 @@ measure() {
 
 # record TEST SYS VALUE UNIT STATUS
 record() {
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" \
         "${ELAPSED:-}" "${CPU_MACHINE:-}" "${CPU_CLIENT:-}" "${CPU_SERVER:-}" "${RUSTC_AT_START:-0}" \
-        "${STALL:-}" "${BG:-}" >>"$RESULTS"
+        "${STALL:-}" "${BG:-}" "${CPU_STEAL:-}" >>"$RESULTS"
     if [[ $5 == ok ]]; then
-        log "  $2 $1: $3 $4 (${ELAPSED:-?} s; CPU s: machine ${CPU_MACHINE:-?}, client ${CPU_CLIENT:-?}, server ${CPU_SERVER:-?}; longest idle ${STALL:-0} s; background load before: ${BG:-?} cores)"
+        log "  $2 $1: $3 $4 (${ELAPSED:-?} s; CPU s: machine ${CPU_MACHINE:-?}, client ${CPU_CLIENT:-?}, server ${CPU_SERVER:-?}, stolen ${CPU_STEAL:-?}; longest idle ${STALL:-0} s; background load before: ${BG:-?} cores)"
         if [[ -n $STALL ]] && awk -v g="$STALL" -v l="$STALL_LIMIT" 'BEGIN { exit !(g >= l) }'; then
             STALLED=1
             {

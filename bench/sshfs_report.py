@@ -3,7 +3,8 @@
 
 The results file has one line per figure, tab-separated:
 test, system, value, unit, status, elapsed s, machine CPU s, client CPU s,
-server CPU s, rustc processes seen; and `#meta` lines (key, value).
+server CPU s, rustc processes seen, longest stall s, cores busy before,
+CPU s stolen by the hypervisor; and `#meta` lines (key, value).
 """
 
 import sys
@@ -23,6 +24,11 @@ TESTS = [
 ]
 SYSTEMS = ["wormhole", "sshfs", "local"]
 
+# A step during which the hypervisor took more than this many of the VM's
+# cores on average (steal time) measured the neighbours as much as the
+# system under test; it is named in the report.
+STEAL_LIMIT = 0.2
+
 
 def load(path):
     rows, meta = {}, {}
@@ -34,7 +40,7 @@ def load(path):
                 continue
             if len(parts) < 5:
                 continue
-            parts += [""] * (12 - len(parts))
+            parts += [""] * (13 - len(parts))
             test, system, value, unit, status = parts[:5]
             rows[(test, system)] = {
                 "value": float(value) if status == "ok" and value else None,
@@ -45,6 +51,7 @@ def load(path):
                 "rustc": parts[9],
                 "stall": float(parts[10]) if parts[10] else 0.0,
                 "bg": float(parts[11]) if parts[11] else 0.0,
+                "steal": float(parts[12]) if parts[12] else None,
             }
     return rows, meta
 
@@ -87,7 +94,7 @@ def main():
     head = ["test", "wormhole", "sshfs"] + (["local disk"] if have_local else [])
     head += ["wormhole/sshfs", "target", "met"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    disturbed, stalls = [], []
+    disturbed, stalls, stolen = [], [], []
     for key, label, kind, target in TESTS:
         got = {s: rows.get((key, s)) for s in systems}
         if all(r is None for r in got.values()):
@@ -110,6 +117,11 @@ def main():
             r = got[x]
             if r and (r["rustc"] not in ("", "0") or r["bg"] > quiet_limit):
                 disturbed.append(f"{key}/{x} (rustc {r['rustc'] or 0}, {r['bg']:.2f} cores busy before)")
+            if r and r["steal"] is not None and r["elapsed"]:
+                cores = r["steal"] / max(float(r["elapsed"]), 1e-3)
+                if cores > STEAL_LIMIT:
+                    stolen.append(f"{key}/{x} ({r['steal']:.2f} CPU-s in {float(r['elapsed']):.1f} s,"
+                                  f" {cores:.2f} cores)")
             if r and r["value"] is not None and r["stall"] >= stall_limit:
                 stalls.append(f"{key}/{x} ({r['stall']:.1f} s of {float(r['elapsed']):.1f} s)")
 
@@ -125,11 +137,12 @@ def main():
     print("higher is better for wormhole. MB/s = 10^6 bytes/s.")
     print()
     print("CPU seconds used during each step (client = wormhole mount / sshfs + ssh;")
-    print("server = wormhole host / sshd + sftp-server; machine = all processes):")
+    print("server = wormhole host / sshd + sftp-server; machine = all processes;")
+    print("stolen = taken by the hypervisor for other guests, not counted in machine):")
     print()
-    print("| test | wormhole client | wormhole server | wormhole machine |"
-          " sshfs client | sshfs server | sshfs machine |")
-    print("|---|---|---|---|---|---|---|")
+    print("| test | wormhole client | wormhole server | wormhole machine | wormhole stolen |"
+          " sshfs client | sshfs server | sshfs machine | sshfs stolen |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key, label, _, _ in TESTS:
         w, s = rows.get((key, "wormhole")), rows.get((key, "sshfs"))
         if not w and not s:
@@ -138,14 +151,19 @@ def main():
         for r in (w, s):
             if r and r["value"] is not None:
                 machine, client, server = r["cpu"]
-                cells += [client, server, machine]
+                steal = f"{r['steal']:.2f}" if r["steal"] is not None else ""
+                cells += [client, server, machine, steal]
             else:
-                cells += ["—"] * 3
+                cells += ["—"] * 4
         print("| " + " | ".join(c or "—" for c in cells) + " |")
     print()
     if stalls:
         print("STALLS (client and server processes used no CPU for that long in a row,")
         print("i.e. waited instead of working): " + ", ".join(stalls) + ".")
+        print()
+    if stolen:
+        print(f"The hypervisor took more than {STEAL_LIMIT:g} cores on average (steal time) during: "
+              + "; ".join(stolen) + ". Those figures may be low.")
         print()
     if disturbed:
         print("Other work was running on the machine (rustc seen during the step, or more than"
