@@ -46,15 +46,44 @@ pub struct MountArgs {
     pub ticket: String,
     /// An empty directory to mount on.
     pub mountpoint: PathBuf,
-    /// Keep file contents here across mounts (a disk cache).
+    /// Keep file contents here across mounts (a disk cache). Without it,
+    /// only a memory cache (256 MiB) is kept, and lost at unmount.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// Largest size of the disk cache, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    /// Largest size of the disk cache: bytes, or with a suffix K, M, G or
+    /// T (powers of 1024: 512M, 20G) [default: 10G].
+    #[arg(long, value_name = "SIZE", requires = "cache_dir", value_parser = parse_size)]
     pub cache_size: Option<u64>,
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+}
+
+/// Parses a size as people write one: `1073741824`, `512M`, `20G`,
+/// `64KiB` (every suffix a power of 1024; an optional `B` or `iB` after
+/// it).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(split);
+    let shift = match suffix.trim_start().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (e.g. 512M, 20G or a number of bytes)"
+            ));
+        }
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512M, 20G or a number of bytes)"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// `wormhole unmount`.
@@ -277,6 +306,44 @@ mod tests {
         let addrs = ticket_addrs(any);
         assert_eq!(addrs.last(), Some(&"127.0.0.1:5000".parse().expect("addr")));
         assert!(addrs.iter().all(|a| a.port() == 5000));
+    }
+
+    #[test]
+    fn sizes_are_read_as_people_write_them() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("20 GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("64kb"), Ok(64 << 10));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        for bad in ["", "G", "-1", "1.5G", "12X", "1GG", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        // The largest number that fits, and one unit past it.
+        assert_eq!(parse_size("16777215T"), Ok(16_777_215 << 40));
+        assert!(
+            parse_size("16777216T")
+                .expect_err("2^64 bytes")
+                .contains("too large")
+        );
+    }
+
+    /// `mount --help` states the cache defaults; they are the core's.
+    #[test]
+    fn the_help_states_the_cache_defaults() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mount: MountArgs,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        let cache = wormhole_core::cache::CacheConfig::default();
+        assert_eq!(cache.l1_max_bytes, 256 << 20);
+        assert!(help.contains("memory cache (256 MiB)"), "{help}");
+        assert_eq!(parse_size("10G"), Ok(cache.l2_max_bytes));
+        assert!(help.contains("[default: 10G]"), "{help}");
     }
 
     #[test]
