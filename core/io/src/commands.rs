@@ -186,14 +186,37 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
     })
 }
 
+/// Refuses a mountpoint a mount would make a mess of, with what to do:
+/// a mount over files hides them until the unmount, and a mount whose
+/// process died (`ENOTCONN` on every access) has to go first.
+fn check_mountpoint(at: &Path) -> Result<()> {
+    let shown = at.display();
+    let dead =
+        |e: &std::io::Error| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error());
+    let meta = match std::fs::metadata(at) {
+        Err(e) if dead(&e) => bail!(
+            "mountpoint {shown}: an earlier mount there lost its process ({e}); \
+             unmount it first (umount -l {shown})"
+        ),
+        other => other.with_context(|| format!("mountpoint {shown}"))?,
+    };
+    if !meta.is_dir() {
+        bail!("mountpoint {shown}: not a directory");
+    }
+    let mut entries = std::fs::read_dir(at).with_context(|| format!("mountpoint {shown}"))?;
+    if entries.next().is_some() {
+        bail!(
+            "mountpoint {shown} is not empty: its files would be hidden while mounted \
+             (mount on an empty directory)"
+        );
+    }
+    Ok(())
+}
+
 /// Runs `wormhole mount`.
 pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Write) -> Result<()> {
     let ticket = Ticket::parse(&args.ticket)?;
-    let meta = std::fs::metadata(&args.mountpoint)
-        .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
-    if !meta.is_dir() {
-        bail!("mountpoint {}: not a directory", args.mountpoint.display());
-    }
+    check_mountpoint(&args.mountpoint)?;
     let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
         "0.0.0.0:0".parse()?
     } else {
@@ -327,6 +350,22 @@ mod tests {
                 .expect_err("2^64 bytes")
                 .contains("too large")
         );
+    }
+
+    #[test]
+    fn mountpoints_that_would_hide_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("wormhole-mnt-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        check_mountpoint(&dir).expect("an empty directory is a mountpoint");
+        std::fs::write(dir.join("x"), b"x").expect("a file in it");
+        let e = check_mountpoint(&dir).expect_err("a non-empty one is not");
+        assert!(e.to_string().contains("is not empty"), "{e}");
+        let e = check_mountpoint(&dir.join("x")).expect_err("nor is a file");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let e = check_mountpoint(&dir.join("missing")).expect_err("nor a missing path");
+        assert!(format!("{e:#}").contains("No such file"), "{e:#}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     /// `mount --help` states the cache defaults; they are the core's.

@@ -45,11 +45,11 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().expect("stdout piped");
     std::thread::spawn(move || {
+        // Drained to the end even when nobody listens any more, so the
+        // child never writes into a closed pipe.
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+            let _ = tx.send(line);
         }
     });
     rx
@@ -93,6 +93,21 @@ fn start_host(bin: &Path, dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<
         .expect("run the host");
     let rx = lines(&mut child);
     (child, rx)
+}
+
+/// Runs `mount` and waits until it says it is mounted.
+fn mounted(bin: &Path, ticket: &str, mnt: &Path) -> Child {
+    let mut mount = Command::new(bin)
+        .arg("mount")
+        .arg(ticket)
+        .arg(mnt)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run mount");
+    let out = lines(&mut mount);
+    line_where(&out, "\"Mounted at\"", |l| l.starts_with("Mounted at"));
+    mount
 }
 
 fn ticket_of(rx: &mpsc::Receiver<String>) -> String {
@@ -188,19 +203,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
     let parsed = Ticket::parse(&ticket).expect("the printed ticket parses");
 
     // Mount it, write through it, find the file on the host.
-    let mut mount = Command::new(bin)
-        .arg("mount")
-        .arg(&ticket)
-        .arg(&mnt)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run mount");
-    let mount_out = lines(&mut mount);
-    cleanup.children.push(mount);
-    line_where(&mount_out, "\"Mounted at\"", |l| {
-        l.starts_with("Mounted at")
-    });
+    cleanup.children.push(mounted(bin, &ticket, &mnt));
     std::fs::write(mnt.join("hello.txt"), b"through the wormhole")
         .expect("write through the mount");
     assert_eq!(
@@ -218,19 +221,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
     assert!(status.success(), "mount exits 0 after unmount: {status:?}");
 
     // Ctrl-C unmounts as well.
-    let mut mount = Command::new(bin)
-        .arg("mount")
-        .arg(&ticket)
-        .arg(&mnt)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run mount");
-    let mount_out = lines(&mut mount);
-    cleanup.children.push(mount);
-    line_where(&mount_out, "\"Mounted at\"", |l| {
-        l.starts_with("Mounted at")
-    });
+    cleanup.children.push(mounted(bin, &ticket, &mnt));
     assert_eq!(
         std::fs::read(mnt.join("hello.txt")).expect("read through the second mount"),
         b"through the wormhole"
@@ -264,6 +255,39 @@ pub(crate) fn host_and_mount(bin: &Path) {
         .expect("run mount");
     let line = one_error_line(&out);
     assert!(line.contains("refused the ticket's secret"), "{line}");
+
+    // Mountpoints a mount would make a mess of: one clear line each.
+    std::fs::write(mnt.join("stray"), b"x").expect("a file in the mountpoint");
+    let out = Command::new(bin)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .output()
+        .expect("run mount");
+    let line = one_error_line(&out);
+    assert!(line.contains("is not empty"), "{line}");
+    std::fs::remove_file(mnt.join("stray")).expect("remove the stray file");
+    // A killed mount leaves a dead one behind (ENOTCONN on every access).
+    let mut mount = mounted(bin, &ticket, &mnt);
+    mount.kill().expect("kill the mount");
+    mount.wait().expect("reap the mount");
+    let out = Command::new(bin)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .output()
+        .expect("run mount");
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("lost its process") && line.contains("umount -l"),
+        "{line}"
+    );
+    let out = Command::new("umount")
+        .arg("-l")
+        .arg(&mnt)
+        .output()
+        .expect("run umount");
+    assert!(out.status.success(), "umount -l of the dead mount: {out:?}");
 
     // A restart keeps the identity and secret; --new-identity changes them.
     let mut host = cleanup.children.pop().expect("the host process");
