@@ -44,6 +44,8 @@ pub struct SimClient {
     /// Kernel replies produced, counted before [`Self::answers`] keeps
     /// the last one per request (so a double reply stays visible).
     pub replies: u64,
+    /// What the client told its user, in order.
+    pub events: Vec<crate::client::ClientEvent>,
 }
 
 /// One file operation the host had its disk execute, kept (when
@@ -188,6 +190,7 @@ impl World {
             invalidations: 0,
             sent: 0,
             replies: 0,
+            events: Vec::new(),
         });
         let c = self.clients.len() - 1;
         let now = self.now;
@@ -438,7 +441,7 @@ impl World {
             ClientOutput::InvalidateInode { .. } | ClientOutput::InvalidateEntry { .. } => {
                 self.clients[c].invalidations += 1;
             }
-            ClientOutput::Event(_) => {}
+            ClientOutput::Event(e) => self.clients[c].events.push(e),
         }
     }
 
@@ -565,6 +568,7 @@ impl World {
             invalidations: 0,
             sent: 0,
             replies: 0,
+            events: Vec::new(),
         };
         self.pump();
     }

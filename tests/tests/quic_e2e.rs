@@ -21,6 +21,7 @@ use wormhole_tests::quic::{
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::codec::frame;
+use wormhole_core::conn::DisconnectReason;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::proto::{
     CHUNK_SIZE, Checksum, Errno, HostMessage, Name, NodeId, Reply, Request, TxnId,
@@ -290,7 +291,8 @@ fn refusals<S: Shell>(shell: S) {
     assert!(err.to_string().contains("EACCES"), "{err}");
 
     // Mounted anyway (no probe): the host's EACCES makes the client give
-    // up (ClientEvent::Disconnected, no retry loop) and file operations
+    // up for good (ClientEvent::Disconnected with no redial: a refused
+    // secret stays refused) and file operations
     // fail at once (the core answers ENOTCONN once it has given up)
     // rather than hang.
     let t = transport(&shell, &wrong_secret);
@@ -299,7 +301,14 @@ fn refusals<S: Shell>(shell: S) {
         .mounts
         .push(mount(&shell, t, &dir.join("mnt"), options));
     let event = next_event(&shell, &guard.mounts[0], "the refused mount's event");
-    assert_eq!(event, ClientEvent::Disconnected, "auth refused: given up");
+    assert_eq!(
+        event,
+        ClientEvent::Disconnected {
+            reason: DisconnectReason::AuthFailed,
+            redial_in: None
+        },
+        "auth refused: given up for good"
+    );
     run_bounded(&dir, SUITE, |dir, _| {
         let err = fs::metadata(dir.join("mnt/anything")).expect_err("refused");
         assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");

@@ -10,6 +10,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures_lite::StreamExt;
 
+use wormhole_core::client::ClientEvent;
+use wormhole_core::conn::DisconnectReason;
+
 use crate::host::{Host, HostOptions};
 use crate::mount::{Mount, MountOptions};
 use crate::ticket::{HostState, Ticket, config_dir};
@@ -246,15 +249,23 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
         )?;
         out.flush()?;
         let stopped = mount.stopped();
+        let events = mount.events().clone();
         let by_signal = futures_lite::future::or(
             async {
                 interrupted(&mut signals).await;
                 true
             },
-            async {
-                stopped.await;
-                false
-            },
+            futures_lite::future::or(
+                async {
+                    stopped.await;
+                    false
+                },
+                async {
+                    tell_connection_news(&events, out).await;
+                    // No more news: the driver is gone; wait for the stop.
+                    core::future::pending().await
+                },
+            ),
         )
         .await;
         if by_signal {
@@ -273,6 +284,69 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             let _ = mount.unmount();
         }
         Ok(())
+    })
+}
+
+/// Tells the person running `mount` what happens to the connection, a
+/// line per change, until the mount's driver ends.
+async fn tell_connection_news(events: &async_channel::Receiver<ClientEvent>, out: &mut dyn Write) {
+    // The first connect is the mount itself ("Mounted at" said so).
+    let mut connected_before = false;
+    let mut last = String::new();
+    while let Ok(event) = events.recv().await {
+        let first = !connected_before;
+        connected_before |= matches!(event, ClientEvent::Connected { .. });
+        let Some(line) = connection_news(&event, first) else {
+            continue;
+        };
+        // A host that stays away fails every redial the same way.
+        if line != last {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            last = line;
+        }
+    }
+}
+
+/// The line a person is told about `event`; `None` when there is nothing
+/// to say. `first`: no connection has been made yet.
+fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
+    Some(match *event {
+        ClientEvent::Connected { .. } if first => return None,
+        ClientEvent::Connected { resumed: true } => {
+            "Reconnected to the host; the session was resumed.".to_owned()
+        }
+        ClientEvent::Connected { resumed: false } => {
+            "Reconnected to the host (a new session).".to_owned()
+        }
+        ClientEvent::Lost => {
+            "Lost the connection to the host; reconnecting. Cached files still answer.".to_owned()
+        }
+        ClientEvent::Retrying { attempt, delay } => {
+            format!(
+                "Reconnect attempt {attempt} in {:.1} s.",
+                delay.as_secs_f64()
+            )
+        }
+        ClientEvent::Disconnected {
+            reason: DisconnectReason::Requested,
+            ..
+        } => return None,
+        ClientEvent::Disconnected {
+            reason,
+            redial_in: Some(every),
+        } => format!(
+            "Cannot reach the host ({reason}); trying again every {} s. Meanwhile what is not \
+             cached fails with ENOTCONN.",
+            every.as_secs()
+        ),
+        ClientEvent::Disconnected {
+            reason,
+            redial_in: None,
+        } => format!(
+            "Disconnected: {reason}. Files fail with ENOTCONN; unmount, and mount again with a \
+             current ticket."
+        ),
     })
 }
 
@@ -366,6 +440,55 @@ mod tests {
         let e = check_mountpoint(&dir.join("missing")).expect_err("nor a missing path");
         assert!(format!("{e:#}").contains("No such file"), "{e:#}");
         std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn connection_news_is_one_line_per_change() {
+        use std::time::Duration;
+        let first = ClientEvent::Connected { resumed: false };
+        assert_eq!(connection_news(&first, true), None, "the mount said it");
+        let lines: Vec<String> = [
+            ClientEvent::Lost,
+            ClientEvent::Retrying {
+                attempt: 2,
+                delay: Duration::from_millis(2150),
+            },
+            ClientEvent::Disconnected {
+                reason: DisconnectReason::RetriesExhausted,
+                redial_in: Some(Duration::from_secs(30)),
+            },
+            ClientEvent::Connected { resumed: true },
+            ClientEvent::Connected { resumed: false },
+            ClientEvent::Disconnected {
+                reason: DisconnectReason::AuthFailed,
+                redial_in: None,
+            },
+        ]
+        .iter()
+        .map(|e| connection_news(e, false).expect("news"))
+        .collect();
+        assert!(lines[0].starts_with("Lost the connection"), "{}", lines[0]);
+        assert_eq!(lines[1], "Reconnect attempt 2 in 2.1 s.");
+        assert!(
+            lines[2].contains("every reconnect attempt failed")
+                && lines[2].contains("every 30 s")
+                && lines[2].contains("ENOTCONN"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].contains("resumed"), "{}", lines[3]);
+        assert!(lines[4].contains("new session"), "{}", lines[4]);
+        assert!(
+            lines[5].contains("refused the ticket's secret") && lines[5].contains("mount again"),
+            "{}",
+            lines[5]
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+        let ours = ClientEvent::Disconnected {
+            reason: DisconnectReason::Requested,
+            redial_in: None,
+        };
+        assert_eq!(connection_news(&ours, false), None, "our own unmount");
     }
 
     /// `mount --help` states the cache defaults; they are the core's.

@@ -33,7 +33,7 @@ mod tests;
 
 use crate::cache::{Cache, CacheConfig, CacheKey, ChunkKey, ReadAhead, ReadAheadConfig, WaiterId};
 use crate::conn::auth::TicketSecret;
-use crate::conn::{ConnConfig, ConnEvent, ConnOutput, Connection};
+use crate::conn::{ConnConfig, ConnEvent, ConnOutput, Connection, DisconnectReason};
 use crate::proto::{
     Attr, Checksum, ClientMessage, Errno, FileKey, FileKind, HandleId, Name, NodeId, Request,
     RequestId, SetAttr, StatFs,
@@ -64,6 +64,13 @@ pub struct ClientConfig {
     pub max_inodes: usize,
     /// Entries of one directory listing at most (larger: EFBIG).
     pub max_dir_entries: usize,
+    /// When the connection machine has given up on a host that may come
+    /// back (it went away or said goodbye; not a refused ticket, not our
+    /// own disconnect), connect again this long after, and again after
+    /// every failed try: a mount outlives a host that is down for an
+    /// hour. Requests in between fail at once with ENOTCONN. `None`
+    /// stays disconnected.
+    pub redial: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -77,6 +84,7 @@ impl Default for ClientConfig {
             max_queued: 4096,
             max_inodes: 1 << 20,
             max_dir_entries: 1 << 20,
+            redial: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -306,8 +314,15 @@ pub enum ClientEvent {
         /// Delay before it.
         delay: Duration,
     },
-    /// Given up: every request fails with ENOTCONN until `connect`.
-    Disconnected,
+    /// Given up: every request fails with ENOTCONN until the next
+    /// connect.
+    Disconnected {
+        /// Why the connection machine gave up.
+        reason: DisconnectReason,
+        /// When the client connects again by itself ([`ClientConfig::redial`]);
+        /// `None`: not until `connect`.
+        redial_in: Option<Duration>,
+    },
 }
 
 /// What the client asks the shell to do.
@@ -551,6 +566,8 @@ pub struct ClientCore {
     ahead: ahead::OpenAhead,
     ready: bool,
     gave_up: bool,
+    /// When to connect again after giving up (see [`ClientConfig::redial`]).
+    redial_at: Option<Instant>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -582,6 +599,7 @@ impl ClientCore {
             ahead: ahead::OpenAhead::default(),
             ready: false,
             gave_up: false,
+            redial_at: None,
             out: VecDeque::new(),
         }
     }
@@ -614,12 +632,14 @@ impl ClientCore {
     /// Connects to the host.
     pub fn connect(&mut self, now: Instant) {
         self.gave_up = false;
+        self.redial_at = None;
         self.conn.connect(now);
         self.drain(now);
     }
 
     /// Disconnects (sends Goodbye when connected).
     pub fn disconnect(&mut self, now: Instant) {
+        self.redial_at = None;
         self.conn.disconnect(now);
         self.drain(now);
     }
@@ -705,6 +725,7 @@ impl ClientCore {
             requests,
             writes,
             self.conn.poll_timeout(),
+            self.redial_at,
             self.cache.poll_timeout(),
             self.ahead.poll_timeout(),
         ]
@@ -717,6 +738,9 @@ impl ClientCore {
     /// fetch deadlines, the write transactions' lock refreshes, unused
     /// open-aheads.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.redial_at.is_some_and(|at| now >= at) {
+            self.connect(now);
+        }
         self.conn.handle_timeout(now);
         self.cache.handle_timeout(now);
         let unused = self.ahead.expire(now);
@@ -862,12 +886,17 @@ impl ClientCore {
                         delay,
                     }));
             }
-            ConnOutput::Event(ConnEvent::Disconnected(_)) => {
+            ConnOutput::Event(ConnEvent::Disconnected(reason)) => {
                 self.ready = false;
                 self.gave_up = true;
                 self.fail_everything(now, Errno::NotConn);
+                let redial_in = self.cfg.redial.filter(|_| reason.may_recover());
+                self.redial_at = redial_in.map(|d| now + d);
                 self.out
-                    .push_back(ClientOutput::Event(ClientEvent::Disconnected));
+                    .push_back(ClientOutput::Event(ClientEvent::Disconnected {
+                        reason,
+                        redial_in,
+                    }));
             }
         }
     }

@@ -439,6 +439,61 @@ fn a_mount_that_cannot_reconnect_answers_enotconn() {
     assert_eq!(w.call(0, Op::Statfs).err(), Some(Errno::NotConn));
 }
 
+/// A mount outlives a host that is down for longer than the connection
+/// machine's retries: given up, it answers ENOTCONN at once, tries again
+/// every `redial`, and is whole again once the host is back.
+#[test]
+fn a_mount_that_gave_up_redials_until_the_host_is_back() {
+    let mut w = world(&[("a", b"x")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    w.crash_host();
+    w.run_for(Duration::from_secs(120));
+    let redial = ClientConfig::default().redial.expect("on by default");
+    let gave_up = |e: &ClientEvent| {
+        matches!(
+            e,
+            ClientEvent::Disconnected {
+                reason: DisconnectReason::RetriesExhausted,
+                redial_in: Some(d),
+            } if *d == redial
+        )
+    };
+    assert!(
+        w.clients[0].events.iter().any(gave_up),
+        "{:?}",
+        w.clients[0].events
+    );
+    // Down for an hour: every redial fails and says so again.
+    w.run_for(Duration::from_secs(3600));
+    let tries = w.clients[0]
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                ClientEvent::Disconnected {
+                    redial_in: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(
+        tries >= 3600 / (redial.as_secs() as usize + 10),
+        "{tries} redials in an hour"
+    );
+    assert!(!w.clients[0].core.is_ready());
+    w.restart_host();
+    w.run_for(redial + Duration::from_secs(11));
+    assert!(
+        w.clients[0].core.is_ready(),
+        "{:?}",
+        w.clients[0].events.last()
+    );
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 1), b"x");
+}
+
 #[test]
 fn a_crashed_client_releases_its_locks_at_the_host() {
     let mut w = world(&[("f", b"")], 2);

@@ -88,6 +88,29 @@ pub enum DisconnectReason {
     RetriesExhausted,
 }
 
+impl DisconnectReason {
+    /// Whether trying again later may succeed: the host was unreachable,
+    /// slow or going away. A refused proof stays refused (the ticket is
+    /// wrong), and a disconnect we asked for is not to be undone.
+    pub fn may_recover(self) -> bool {
+        !matches!(self, Self::AuthFailed | Self::Requested)
+    }
+}
+
+impl core::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::ConnectTimeout => "no answer from the host",
+            Self::TransportError => "the connection failed",
+            Self::AuthTimeout => "the host did not answer the ticket's proof",
+            Self::AuthFailed => "the host refused the ticket's secret",
+            Self::HostGoodbye => "the host shut down",
+            Self::Requested => "disconnected on request",
+            Self::RetriesExhausted => "every reconnect attempt failed",
+        })
+    }
+}
+
 /// What the shell must do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConnOutput {

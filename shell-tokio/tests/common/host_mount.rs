@@ -17,6 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_io::Ticket;
 
+/// A host's `--bind` for any free port.
+const ANY_PORT: &str = "127.0.0.1:0";
+
 /// The limit on any one step.
 const STEP: Duration = Duration::from_secs(30);
 
@@ -80,11 +83,17 @@ fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
     }
 }
 
-fn start_host(bin: &Path, dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+/// Runs `host` on `bind` (`127.0.0.1:0`: any port).
+fn start_host(
+    bin: &Path,
+    dir: &Path,
+    bind: &str,
+    extra: &[&str],
+) -> (Child, mpsc::Receiver<String>) {
     let mut child = Command::new(bin)
         .arg("host")
         .arg(dir.join("share"))
-        .args(["--bind", "127.0.0.1:0"])
+        .args(["--bind", bind])
         .args(extra)
         .env("XDG_CONFIG_HOME", dir.join("config"))
         .stdout(Stdio::piped())
@@ -95,8 +104,9 @@ fn start_host(bin: &Path, dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<
     (child, rx)
 }
 
-/// Runs `mount` and waits until it says it is mounted.
-fn mounted(bin: &Path, ticket: &str, mnt: &Path) -> Child {
+/// Runs `mount` and waits until it says it is mounted; its later lines
+/// come on the receiver.
+fn mounted(bin: &Path, ticket: &str, mnt: &Path) -> (Child, mpsc::Receiver<String>) {
     let mut mount = Command::new(bin)
         .arg("mount")
         .arg(ticket)
@@ -107,7 +117,7 @@ fn mounted(bin: &Path, ticket: &str, mnt: &Path) -> Child {
         .expect("run mount");
     let out = lines(&mut mount);
     line_where(&out, "\"Mounted at\"", |l| l.starts_with("Mounted at"));
-    mount
+    (mount, out)
 }
 
 fn ticket_of(rx: &mpsc::Receiver<String>) -> String {
@@ -192,7 +202,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
     }
 
     // The host prints its ticket and the exact mount command.
-    let (host, host_out) = start_host(bin, &dir, &[]);
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
     cleanup.children.push(host);
     let ticket = ticket_of(&host_out);
     let command = line_where(&host_out, "the mount command", |l| l.contains(" mount "));
@@ -203,7 +213,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
     let parsed = Ticket::parse(&ticket).expect("the printed ticket parses");
 
     // Mount it, write through it, find the file on the host.
-    cleanup.children.push(mounted(bin, &ticket, &mnt));
+    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
     std::fs::write(mnt.join("hello.txt"), b"through the wormhole")
         .expect("write through the mount");
     assert_eq!(
@@ -221,7 +231,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
     assert!(status.success(), "mount exits 0 after unmount: {status:?}");
 
     // Ctrl-C unmounts as well.
-    cleanup.children.push(mounted(bin, &ticket, &mnt));
+    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
     assert_eq!(
         std::fs::read(mnt.join("hello.txt")).expect("read through the second mount"),
         b"through the wormhole"
@@ -268,7 +278,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
     assert!(line.contains("is not empty"), "{line}");
     std::fs::remove_file(mnt.join("stray")).expect("remove the stray file");
     // A killed mount leaves a dead one behind (ENOTCONN on every access).
-    let mut mount = mounted(bin, &ticket, &mnt);
+    let (mut mount, _) = mounted(bin, &ticket, &mnt);
     mount.kill().expect("kill the mount");
     mount.wait().expect("reap the mount");
     let out = Command::new(bin)
@@ -289,17 +299,45 @@ pub(crate) fn host_and_mount(bin: &Path) {
         .expect("run umount");
     assert!(out.status.success(), "umount -l of the dead mount: {out:?}");
 
+    // The host goes and comes back on its address: the mount says so, and
+    // carries on by itself.
+    let (mount, mount_out) = mounted(bin, &ticket, &mnt);
+    // Read through it first, so that it is connected (not still making
+    // its first connection) when the host goes.
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).expect("read through the mount"),
+        b"through the wormhole"
+    );
+    let mut host = cleanup.children.pop().expect("the host process");
+    cleanup.children.push(mount);
+    interrupt(&mut host, "the host");
+    line_where(&mount_out, "the lost host", |l| {
+        l.starts_with("Lost the connection to the host")
+    });
+    let addr = parsed.addrs[0].to_string();
+    let (host, _) = start_host(bin, &dir, &addr, &[]);
+    line_where(&mount_out, "the reconnect", |l| {
+        l.starts_with("Reconnected to the host")
+    });
+    assert_eq!(
+        std::fs::read(mnt.join("hello.txt")).expect("read after the reconnect"),
+        b"through the wormhole"
+    );
+    let mut mount = cleanup.children.pop().expect("the mount process");
+    cleanup.children.push(host);
+    interrupt(&mut mount, "mount after the reconnect");
+
     // A restart keeps the identity and secret; --new-identity changes them.
     let mut host = cleanup.children.pop().expect("the host process");
     interrupt(&mut host, "the host");
-    let (host, host_out) = start_host(bin, &dir, &[]);
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
     cleanup.children.push(host);
     let again = Ticket::parse(&ticket_of(&host_out)).expect("parses");
     assert_eq!(again.fingerprint, parsed.fingerprint);
     assert_eq!(again.secret, parsed.secret);
     let mut host = cleanup.children.pop().expect("the host process");
     interrupt(&mut host, "the restarted host");
-    let (host, host_out) = start_host(bin, &dir, &["--new-identity"]);
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &["--new-identity"]);
     cleanup.children.push(host);
     let fresh = Ticket::parse(&ticket_of(&host_out)).expect("parses");
     assert_ne!(fresh.fingerprint, parsed.fingerprint);
