@@ -148,6 +148,17 @@ fn one_error_line(out: &std::process::Output) -> String {
     errors[0].to_owned()
 }
 
+/// Runs a `mount` that must fail, returning its one error line.
+fn refused_mount(bin: &Path, ticket: &str, mnt: &Path) -> String {
+    let out = Command::new(bin)
+        .arg("mount")
+        .arg(ticket)
+        .arg(mnt)
+        .output()
+        .expect("run mount");
+    one_error_line(&out)
+}
+
 /// The whole command-line story for the binary `bin`.
 pub(crate) fn host_and_mount(bin: &Path) {
     let name = bin
@@ -246,48 +257,25 @@ pub(crate) fn host_and_mount(bin: &Path) {
     );
 
     // Tickets people get wrong: one clear line each.
-    let out = Command::new(bin)
-        .args(["mount", "wormhole1-notaticket"])
-        .arg(&mnt)
-        .output()
-        .expect("run mount");
-    let line = one_error_line(&out);
+    let line = refused_mount(bin, "wormhole1-notaticket", &mnt);
     assert!(line.starts_with("error: bad ticket: "), "{line}");
     let wrong = Ticket {
         secret: TicketSecret([0; 32]),
         ..parsed.clone()
     };
-    let out = Command::new(bin)
-        .arg("mount")
-        .arg(wrong.encode())
-        .arg(&mnt)
-        .output()
-        .expect("run mount");
-    let line = one_error_line(&out);
+    let line = refused_mount(bin, &wrong.encode(), &mnt);
     assert!(line.contains("refused the ticket's secret"), "{line}");
 
     // Mountpoints a mount would make a mess of: one clear line each.
     std::fs::write(mnt.join("stray"), b"x").expect("a file in the mountpoint");
-    let out = Command::new(bin)
-        .arg("mount")
-        .arg(&ticket)
-        .arg(&mnt)
-        .output()
-        .expect("run mount");
-    let line = one_error_line(&out);
+    let line = refused_mount(bin, &ticket, &mnt);
     assert!(line.contains("is not empty"), "{line}");
     std::fs::remove_file(mnt.join("stray")).expect("remove the stray file");
     // A killed mount leaves a dead one behind (ENOTCONN on every access).
     let (mut mount, _) = mounted(bin, &ticket, &mnt);
     mount.kill().expect("kill the mount");
     mount.wait().expect("reap the mount");
-    let out = Command::new(bin)
-        .arg("mount")
-        .arg(&ticket)
-        .arg(&mnt)
-        .output()
-        .expect("run mount");
-    let line = one_error_line(&out);
+    let line = refused_mount(bin, &ticket, &mnt);
     assert!(
         line.contains("lost its process") && line.contains("umount -l"),
         "{line}"
