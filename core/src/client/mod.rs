@@ -68,8 +68,8 @@ pub struct ClientConfig {
     /// back (it went away or said goodbye; not a refused ticket, not our
     /// own disconnect), connect again this long after, and again after
     /// every failed try: a mount outlives a host that is down for an
-    /// hour. Requests in between fail at once with ENOTCONN. `None`
-    /// stays disconnected.
+    /// hour. Requests in between fail at once with ENOTCONN (during a
+    /// try, they wait for its outcome). `None` stays disconnected.
     pub redial: Option<Duration>,
 }
 
