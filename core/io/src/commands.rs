@@ -12,6 +12,8 @@ use futures_lite::StreamExt;
 
 use wormhole_core::client::ClientEvent;
 use wormhole_core::conn::DisconnectReason;
+use wormhole_core::host::HostEvent;
+use wormhole_core::proto::Errno;
 
 use crate::host::{Host, HostOptions};
 use crate::mount::{Mount, MountOptions};
@@ -182,11 +184,75 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             host.local_addr(),
         )?;
         out.flush()?;
-        interrupted(&mut signals).await;
+        let events = host.events().clone();
+        let failed = futures_lite::future::or(
+            async {
+                interrupted(&mut signals).await;
+                None
+            },
+            tell_host_news(&events, out),
+        )
+        .await;
         let rt = shell.runtime();
         let _ = timeout(&*rt, STOP_LIMIT, "the host to stop", host.stop()).await;
-        Ok(())
+        match failed {
+            Some(errno) => bail!(
+                "cannot read the shared folder {} ({errno}); stopped sharing",
+                args.dir.display()
+            ),
+            None => Ok(()),
+        }
     })
+}
+
+/// Tells the person running `host` who comes and goes, a line each;
+/// returns why the host stopped if it stopped by itself (the shared folder
+/// could not be read).
+async fn tell_host_news(
+    events: &async_channel::Receiver<HostEvent>,
+    out: &mut dyn Write,
+) -> Option<Errno> {
+    let mut sessions = 0usize;
+    while let Ok(event) = events.recv().await {
+        if let HostEvent::ScanFailed(errno) = event {
+            return Some(errno);
+        }
+        if let Some(line) = host_news(&event, &mut sessions) {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+    // The host's driver is gone; only Ctrl-C is left to wait for.
+    core::future::pending().await
+}
+
+/// The line a person is told about `event`, keeping `sessions` (clients
+/// the host holds a session for) up to date; `None`: nothing to say.
+fn host_news(event: &HostEvent, sessions: &mut usize) -> Option<String> {
+    let count = |n: usize| match n {
+        1 => "1 client".to_owned(),
+        n => format!("{n} clients"),
+    };
+    match *event {
+        HostEvent::Authenticated { resumed: true, .. } => {
+            Some("A client reconnected and resumed its session.".to_owned())
+        }
+        HostEvent::Authenticated { resumed: false, .. } => {
+            *sessions += 1;
+            Some(format!("A client connected ({} now).", count(*sessions)))
+        }
+        HostEvent::AuthRefused { .. } => {
+            Some("Refused a client: it does not know the ticket's secret.".to_owned())
+        }
+        HostEvent::SessionEnded { .. } => {
+            *sessions = sessions.saturating_sub(1);
+            Some(format!(
+                "A client left; its locks and open files are released ({} now).",
+                count(*sessions)
+            ))
+        }
+        HostEvent::State(_) | HostEvent::ScanFailed(_) => None,
+    }
 }
 
 /// Refuses a mountpoint a mount would make a mess of, with what to do:
@@ -489,6 +555,41 @@ mod tests {
             redial_in: None,
         };
         assert_eq!(connection_news(&ours, false), None, "our own unmount");
+    }
+
+    #[test]
+    fn host_news_counts_the_clients() {
+        use wormhole_core::host::ConnId;
+        use wormhole_core::proto::SessionId;
+        let mut n = 0;
+        let joined = |s: u8| HostEvent::Authenticated {
+            conn: ConnId(u64::from(s)),
+            session: SessionId([s; 16]),
+            resumed: false,
+        };
+        let news = |e: HostEvent, n: &mut usize| host_news(&e, n).expect("news");
+        assert_eq!(
+            news(joined(1), &mut n),
+            "A client connected (1 client now)."
+        );
+        assert_eq!(
+            news(joined(2), &mut n),
+            "A client connected (2 clients now)."
+        );
+        let back = HostEvent::Authenticated {
+            conn: ConnId(3),
+            session: SessionId([1; 16]),
+            resumed: true,
+        };
+        assert!(news(back, &mut n).contains("resumed"));
+        assert_eq!(n, 2, "a resumed session is not a new client");
+        let left = HostEvent::SessionEnded {
+            session: SessionId([2; 16]),
+        };
+        assert!(news(left, &mut n).ends_with("(1 client now)."));
+        let refused = HostEvent::AuthRefused { conn: ConnId(4) };
+        assert!(news(refused, &mut n).contains("secret"));
+        assert_eq!(n, 1);
     }
 
     /// `mount --help` states the cache defaults; they are the core's.

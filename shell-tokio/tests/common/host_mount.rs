@@ -227,6 +227,11 @@ pub(crate) fn host_and_mount(bin: &Path) {
     cleanup.children.push(mounted(bin, &ticket, &mnt).0);
     std::fs::write(mnt.join("hello.txt"), b"through the wormhole")
         .expect("write through the mount");
+    // The host says who came (the mount's check of the ticket first, then
+    // the mount itself).
+    line_where(&host_out, "a client's arrival", |l| {
+        l.starts_with("A client connected (1 client now)")
+    });
     assert_eq!(
         std::fs::read(dir.join("share/hello.txt")).expect("the file on the host"),
         b"through the wormhole"
