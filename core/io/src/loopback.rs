@@ -251,10 +251,13 @@ impl HostDriver {
         }
         let (to_host, incoming) = async_channel::unbounded();
         let (outgoing, from_host) = async_channel::unbounded();
+        // Handed over at once: nothing is ever left to drain.
+        let (_, drained) = async_channel::bounded(1);
         let link = Link {
             exporter,
             outgoing: to_host,
             incoming: from_host,
+            drained,
         };
         if reply.try_send(Ok(link)).is_err() {
             return;

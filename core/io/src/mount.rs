@@ -72,6 +72,11 @@ pub struct Link {
     pub outgoing: async_channel::Sender<Pieces>,
     /// Messages from the host: replies and invalidations.
     pub incoming: async_channel::Receiver<Bytes>,
+    /// Closed (its `recv` fails) once `outgoing` was dropped and what was
+    /// sent on it before has reached the host, or could not, within a
+    /// bound the transport keeps. The driver waits for it before it
+    /// stops, so the last Goodbye is not lost with the process.
+    pub drained: async_channel::Receiver<()>,
 }
 
 /// How the mount reaches its host.
@@ -451,8 +456,15 @@ struct State {
     /// `connecting` was started outside the driver, which has not polled
     /// it yet (so nothing wakes anyone when it completes).
     connect_unpolled: bool,
-    /// The established connection: messages out, messages in.
-    link: Option<(async_channel::Sender<Pieces>, Incoming)>,
+    /// The established connection: messages out, messages in, and its
+    /// [`Link::drained`].
+    link: Option<(
+        async_channel::Sender<Pieces>,
+        Incoming,
+        async_channel::Receiver<()>,
+    )>,
+    /// [`Link::drained`] of the link dropped last.
+    closing: Option<async_channel::Receiver<()>>,
     disk: Option<DiskQueue>,
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notices: std::sync::mpsc::Sender<Notice>,
@@ -498,6 +510,7 @@ impl State {
             connecting: None,
             connect_unpolled: false,
             link: None,
+            closing: None,
             disk,
             disk_reads: Box::pin(disk_reads),
             notices,
@@ -563,7 +576,7 @@ impl State {
     fn poll_link(&mut self, cx: &mut Context<'_>) -> bool {
         let mut busy = false;
         for _ in 0..BATCH {
-            let Some((_, incoming)) = self.link.as_mut() else {
+            let Some((_, incoming, _)) = self.link.as_mut() else {
                 return busy;
             };
             match incoming.as_mut().poll_next(cx) {
@@ -576,7 +589,7 @@ impl State {
                 }
                 Poll::Ready(None) => {
                     info!("connection to the host lost");
-                    self.link = None;
+                    self.drop_link();
                     let now = self.now();
                     self.core.transport_lost(now);
                     return true;
@@ -585,6 +598,13 @@ impl State {
             }
         }
         busy
+    }
+
+    /// Lets the link go; what was sent on it may still be on its way.
+    fn drop_link(&mut self) {
+        if let Some((_, _, drained)) = self.link.take() {
+            self.closing = Some(drained);
+        }
     }
 
     fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
@@ -600,7 +620,7 @@ impl State {
         match result {
             Ok(link) => {
                 debug!("transport established");
-                self.link = Some((link.outgoing, Box::pin(link.incoming)));
+                self.link = Some((link.outgoing, Box::pin(link.incoming), link.drained));
                 self.core.transport_established(now, &link.exporter);
             }
             Err(e) => {
@@ -647,7 +667,7 @@ impl State {
                     None => warn!(?req, "answer to an unknown kernel request"),
                 },
                 ClientOutput::Send(msg) => match (msg.encode_pieces(), &self.link) {
-                    (Ok(pieces), Some((outgoing, _))) => {
+                    (Ok(pieces), Some((outgoing, _, _))) => {
                         // Unbounded on our side: the core bounds what it
                         // has in flight. A closed link shows up as lost.
                         let _ = outgoing.try_send(pieces);
@@ -656,12 +676,12 @@ impl State {
                     (Err(e), _) => warn!(error = %e, "request does not encode"),
                 },
                 ClientOutput::OpenTransport => {
-                    self.link = None;
+                    self.drop_link();
                     self.connecting = Some(self.transport.connect());
                     self.connect_unpolled = true;
                 }
                 ClientOutput::CloseTransport => {
-                    self.link = None;
+                    self.drop_link();
                     self.connecting = None;
                 }
                 ClientOutput::L2Write {
@@ -728,25 +748,33 @@ impl MountDriver {
         core::future::poll_fn(|cx| self.poll_drive(cx)).await;
         // The kernel side is gone (unmounted): say goodbye, so the host
         // releases our locks at once rather than after the grace period.
-        let mut s = self.shared.lock();
-        let now = s.now();
-        s.core.disconnect(now);
-        s.outputs();
-        s.stopped = true;
-        // Requests queued from now on fail at once; those queued before
-        // fail with the ones the core had not answered.
-        s.queued.close();
-        let mut pending: Vec<KernelReply> = std::mem::take(&mut s.pending).into_values().collect();
-        while let Ok(request) = s.queued.try_recv() {
-            if let Kernel::Op { reply, .. } = request {
-                pending.push(reply);
+        let (pending, closing) = {
+            let mut s = self.shared.lock();
+            let now = s.now();
+            s.core.disconnect(now);
+            s.outputs();
+            s.stopped = true;
+            // Requests queued from now on fail at once; those queued
+            // before fail with the ones the core had not answered.
+            s.queued.close();
+            let mut pending: Vec<KernelReply> =
+                std::mem::take(&mut s.pending).into_values().collect();
+            while let Ok(request) = s.queued.try_recv() {
+                if let Kernel::Op { reply, .. } = request {
+                    pending.push(reply);
+                }
             }
-        }
-        drop(s);
+            (pending, s.closing.take())
+        };
         for reply in pending {
             reply.error(fuser::Errno::from_i32(
                 wormhole_core::proto::Errno::NotConn.raw(),
             ));
+        }
+        // The Goodbye is on its way: let it arrive before we say we have
+        // stopped (and the process, perhaps, exits).
+        if let Some(drained) = closing {
+            let _ = drained.recv().await;
         }
         debug!("mount driver stopped");
     }

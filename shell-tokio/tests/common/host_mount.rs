@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wormhole_core::conn::auth::TicketSecret;
+use wormhole_core::host::HostConfig;
 use wormhole_io::Ticket;
 
 /// A host's `--bind` for any free port.
@@ -60,13 +61,23 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
 
 /// Waits for a line satisfying `want`, returning it.
 fn line_where(rx: &mpsc::Receiver<String>, what: &str, want: impl Fn(&str) -> bool) -> String {
-    let end = Instant::now() + STEP;
+    line_within(rx, what, STEP, want)
+}
+
+/// Waits at most `limit` for a line satisfying `want`, returning it.
+fn line_within(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    limit: Duration,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let end = Instant::now() + limit;
     loop {
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) if want(&line) => return line,
             Ok(_) => {}
-            Err(e) => panic!("no line with {what} within {STEP:?}: {e}"),
+            Err(e) => panic!("no line with {what} within {limit:?}: {e}"),
         }
     }
 }
@@ -227,11 +238,15 @@ pub(crate) fn host_and_mount(bin: &Path) {
     cleanup.children.push(mounted(bin, &ticket, &mnt).0);
     std::fs::write(mnt.join("hello.txt"), b"through the wormhole")
         .expect("write through the mount");
-    // The host says who came (the mount's check of the ticket first, then
-    // the mount itself).
-    line_where(&host_out, "a client's arrival", |l| {
-        l.starts_with("A client connected (1 client now)")
-    });
+    // The host says who came: the mount's check of the ticket, which
+    // leaves at once, then the mount itself.
+    for (what, line) in [
+        ("the ticket check", "A client connected (1 client now)"),
+        ("the end of the ticket check", "A client left"),
+        ("the mount's arrival", "A client connected (1 client now)"),
+    ] {
+        line_where(&host_out, what, |l| l.starts_with(line));
+    }
     assert_eq!(
         std::fs::read(dir.join("share/hello.txt")).expect("the file on the host"),
         b"through the wormhole"
@@ -245,6 +260,12 @@ pub(crate) fn host_and_mount(bin: &Path) {
     let mut mount = cleanup.children.pop().expect("the mount process");
     let status = exit_of(&mut mount, "mount after unmount");
     assert!(status.success(), "mount exits 0 after unmount: {status:?}");
+    // Its Goodbye arrived before it exited: the host let its session go at
+    // once, not after the grace period a vanished client gets.
+    let grace = HostConfig::default().session_grace;
+    line_within(&host_out, "the mount's goodbye", grace / 3, |l| {
+        l.starts_with("A client left")
+    });
 
     // Ctrl-C unmounts as well.
     cleanup.children.push(mounted(bin, &ticket, &mnt).0);
