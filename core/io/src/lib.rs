@@ -42,6 +42,7 @@
 
 mod disk_cache;
 mod driver;
+mod news;
 mod node;
 mod recycle;
 mod runtime;

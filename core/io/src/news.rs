@@ -1,0 +1,215 @@
+//! What `wormhole host` and `wormhole mount` tell the person running
+//! them while they run: a line per change, in words, on standard output
+//! (logs, for the curious, go to stderr through `tracing`).
+
+use std::io::Write;
+
+use wormhole_core::client::ClientEvent;
+use wormhole_core::conn::DisconnectReason;
+use wormhole_core::host::HostEvent;
+use wormhole_core::proto::Errno;
+
+/// Tells the person running `mount` what happens to the connection, a
+/// line per change, until the mount's driver ends.
+pub(crate) async fn tell_connection_news(
+    events: &async_channel::Receiver<ClientEvent>,
+    out: &mut dyn Write,
+) {
+    // The first connect is the mount itself ("Mounted at" said so).
+    let mut connected_before = false;
+    let mut last = String::new();
+    while let Ok(event) = events.recv().await {
+        let first = !connected_before;
+        connected_before |= matches!(event, ClientEvent::Connected { .. });
+        let Some(line) = connection_news(&event, first) else {
+            continue;
+        };
+        // A host that stays away fails every redial the same way.
+        if line != last {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            last = line;
+        }
+    }
+}
+
+/// The line a person is told about `event`; `None` when there is nothing
+/// to say. `first`: no connection has been made yet.
+fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
+    Some(match *event {
+        ClientEvent::Connected { .. } if first => return None,
+        ClientEvent::Connected { resumed: true } => {
+            "Reconnected to the host; the session was resumed.".to_owned()
+        }
+        ClientEvent::Connected { resumed: false } => {
+            "Reconnected to the host (a new session).".to_owned()
+        }
+        ClientEvent::Lost => {
+            "Lost the connection to the host; reconnecting. Cached files still answer.".to_owned()
+        }
+        ClientEvent::Retrying { attempt, delay } => {
+            format!(
+                "Reconnect attempt {attempt} in {:.1} s.",
+                delay.as_secs_f64()
+            )
+        }
+        ClientEvent::Disconnected {
+            reason: DisconnectReason::Requested,
+            ..
+        } => return None,
+        ClientEvent::Disconnected {
+            reason,
+            redial_in: Some(every),
+        } => format!(
+            "Cannot reach the host ({reason}); trying again every {} s. Meanwhile what is not \
+             cached fails with ENOTCONN.",
+            every.as_secs()
+        ),
+        ClientEvent::Disconnected {
+            reason,
+            redial_in: None,
+        } => format!(
+            "Disconnected: {reason}. Files fail with ENOTCONN; unmount, and mount again with a \
+             current ticket."
+        ),
+    })
+}
+
+/// Tells the person running `host` who comes and goes, a line each;
+/// returns why the host stopped if it stopped by itself (the shared folder
+/// could not be read).
+pub(crate) async fn tell_host_news(
+    events: &async_channel::Receiver<HostEvent>,
+    out: &mut dyn Write,
+) -> Option<Errno> {
+    let mut sessions = 0usize;
+    while let Ok(event) = events.recv().await {
+        if let HostEvent::ScanFailed(errno) = event {
+            return Some(errno);
+        }
+        if let Some(line) = host_news(&event, &mut sessions) {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+    // The host's driver is gone; only Ctrl-C is left to wait for.
+    core::future::pending().await
+}
+
+/// The line a person is told about `event`, keeping `sessions` (clients
+/// the host holds a session for) up to date; `None`: nothing to say.
+fn host_news(event: &HostEvent, sessions: &mut usize) -> Option<String> {
+    let count = |n: usize| match n {
+        1 => "1 client".to_owned(),
+        n => format!("{n} clients"),
+    };
+    match *event {
+        HostEvent::Authenticated { resumed: true, .. } => {
+            Some("A client reconnected and resumed its session.".to_owned())
+        }
+        HostEvent::Authenticated { resumed: false, .. } => {
+            *sessions += 1;
+            Some(format!("A client connected ({} now).", count(*sessions)))
+        }
+        HostEvent::AuthRefused { .. } => {
+            Some("Refused a client: it does not know the ticket's secret.".to_owned())
+        }
+        HostEvent::SessionEnded { .. } => {
+            *sessions = sessions.saturating_sub(1);
+            Some(format!(
+                "A client left; its locks and open files are released ({} now).",
+                count(*sessions)
+            ))
+        }
+        HostEvent::State(_) | HostEvent::ScanFailed(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_news_is_one_line_per_change() {
+        use std::time::Duration;
+        let first = ClientEvent::Connected { resumed: false };
+        assert_eq!(connection_news(&first, true), None, "the mount said it");
+        let lines: Vec<String> = [
+            ClientEvent::Lost,
+            ClientEvent::Retrying {
+                attempt: 2,
+                delay: Duration::from_millis(2150),
+            },
+            ClientEvent::Disconnected {
+                reason: DisconnectReason::RetriesExhausted,
+                redial_in: Some(Duration::from_secs(30)),
+            },
+            ClientEvent::Connected { resumed: true },
+            ClientEvent::Connected { resumed: false },
+            ClientEvent::Disconnected {
+                reason: DisconnectReason::AuthFailed,
+                redial_in: None,
+            },
+        ]
+        .iter()
+        .map(|e| connection_news(e, false).expect("news"))
+        .collect();
+        assert!(lines[0].starts_with("Lost the connection"), "{}", lines[0]);
+        assert_eq!(lines[1], "Reconnect attempt 2 in 2.1 s.");
+        assert!(
+            lines[2].contains("every reconnect attempt failed")
+                && lines[2].contains("every 30 s")
+                && lines[2].contains("ENOTCONN"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].contains("resumed"), "{}", lines[3]);
+        assert!(lines[4].contains("new session"), "{}", lines[4]);
+        assert!(
+            lines[5].contains("refused the ticket's secret") && lines[5].contains("mount again"),
+            "{}",
+            lines[5]
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+        let ours = ClientEvent::Disconnected {
+            reason: DisconnectReason::Requested,
+            redial_in: None,
+        };
+        assert_eq!(connection_news(&ours, false), None, "our own unmount");
+    }
+
+    #[test]
+    fn host_news_counts_the_clients() {
+        use wormhole_core::host::ConnId;
+        use wormhole_core::proto::SessionId;
+        let mut n = 0;
+        let joined = |s: u8| HostEvent::Authenticated {
+            conn: ConnId(u64::from(s)),
+            session: SessionId([s; 16]),
+            resumed: false,
+        };
+        let news = |e: HostEvent, n: &mut usize| host_news(&e, n).expect("news");
+        assert_eq!(
+            news(joined(1), &mut n),
+            "A client connected (1 client now)."
+        );
+        assert_eq!(
+            news(joined(2), &mut n),
+            "A client connected (2 clients now)."
+        );
+        let back = HostEvent::Authenticated {
+            conn: ConnId(3),
+            session: SessionId([1; 16]),
+            resumed: true,
+        };
+        assert!(news(back, &mut n).contains("resumed"));
+        assert_eq!(n, 2, "a resumed session is not a new client");
+        let left = HostEvent::SessionEnded {
+            session: SessionId([2; 16]),
+        };
+        assert!(news(left, &mut n).ends_with("(1 client now)."));
+        let refused = HostEvent::AuthRefused { conn: ConnId(4) };
+        assert!(news(refused, &mut n).contains("secret"));
+        assert_eq!(n, 1);
+    }
+}
