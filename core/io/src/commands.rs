@@ -64,6 +64,7 @@ pub struct MountArgs {
 /// `64KiB` (every suffix a power of 1024; an optional `B` or `iB` after
 /// it).
 fn parse_size(text: &str) -> Result<u64, String> {
+    let not_a_size = || format!("{text:?} is not a size (e.g. 512M, 20G or a number of bytes)");
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, suffix) = t.split_at(split);
@@ -73,15 +74,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a size (e.g. 512M, 20G or a number of bytes)"
-            ));
-        }
+        _ => return Err(not_a_size()),
     };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 512M, 20G or a number of bytes)"))?;
+    let number: u64 = number.parse().map_err(|_| not_a_size())?;
     number
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("{text:?} is too large"))

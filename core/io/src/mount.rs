@@ -463,8 +463,6 @@ struct State {
         Incoming,
         async_channel::Receiver<()>,
     )>,
-    /// [`Link::drained`] of the link dropped last.
-    closing: Option<async_channel::Receiver<()>>,
     disk: Option<DiskQueue>,
     disk_reads: Pin<Box<async_channel::Receiver<DiskRead>>>,
     notices: std::sync::mpsc::Sender<Notice>,
@@ -510,7 +508,6 @@ impl State {
             connecting: None,
             connect_unpolled: false,
             link: None,
-            closing: None,
             disk,
             disk_reads: Box::pin(disk_reads),
             notices,
@@ -589,7 +586,7 @@ impl State {
                 }
                 Poll::Ready(None) => {
                     info!("connection to the host lost");
-                    self.drop_link();
+                    self.link = None;
                     let now = self.now();
                     self.core.transport_lost(now);
                     return true;
@@ -598,13 +595,6 @@ impl State {
             }
         }
         busy
-    }
-
-    /// Lets the link go; what was sent on it may still be on its way.
-    fn drop_link(&mut self) {
-        if let Some((_, _, drained)) = self.link.take() {
-            self.closing = Some(drained);
-        }
     }
 
     fn poll_connect(&mut self, cx: &mut Context<'_>) -> bool {
@@ -676,12 +666,12 @@ impl State {
                     (Err(e), _) => warn!(error = %e, "request does not encode"),
                 },
                 ClientOutput::OpenTransport => {
-                    self.drop_link();
+                    self.link = None;
                     self.connecting = Some(self.transport.connect());
                     self.connect_unpolled = true;
                 }
                 ClientOutput::CloseTransport => {
-                    self.drop_link();
+                    self.link = None;
                     self.connecting = None;
                 }
                 ClientOutput::L2Write {
@@ -750,9 +740,12 @@ impl MountDriver {
         // releases our locks at once rather than after the grace period.
         let (pending, closing) = {
             let mut s = self.shared.lock();
+            let closing = s.link.as_ref().map(|(_, _, drained)| drained.clone());
             let now = s.now();
             s.core.disconnect(now);
             s.outputs();
+            // Done with the link: letting it go is what lets it drain.
+            s.link = None;
             s.stopped = true;
             // Requests queued from now on fail at once; those queued
             // before fail with the ones the core had not answered.
@@ -764,7 +757,7 @@ impl MountDriver {
                     pending.push(reply);
                 }
             }
-            (pending, s.closing.take())
+            (pending, closing)
         };
         for reply in pending {
             reply.error(fuser::Errno::from_i32(

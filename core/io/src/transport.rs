@@ -96,10 +96,10 @@ pub(crate) fn size_socket_buffers(socket: &std::net::UdpSocket) {
 /// How long one address gets to complete a handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a link that is let go waits for the host to acknowledge what
-/// was sent on it last (an unmount's Goodbye) before closing anyway: a
-/// round trip on any working path, and a bound on an unmount's wait for a
-/// host that is gone.
+/// How long a link that is let go waits for the host to answer what was
+/// sent on it last (an unmount's Goodbye) before closing anyway: a round
+/// trip on any working path, and a bound on an unmount's wait for a host
+/// that is gone.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Flow control and liveness for file traffic. A read reply is a 128 KiB
@@ -376,9 +376,11 @@ impl Transport for QuicTransport {
             let exporter = exporter(&conn)?;
             let (outgoing, out_rx) = async_channel::unbounded::<Pieces>();
             let (in_tx, incoming) = async_channel::unbounded::<Bytes>();
-            // Every request holds a clone of `unacked` until the host has
-            // acknowledged its bytes; `drained_tx` goes once they all have.
-            let (unacked, all_acked) = async_channel::bounded::<()>(1);
+            // Every request's task holds a clone of `in_flight` until it
+            // ends (answered, or its stream or connection gone), so a link
+            // that is let go can wait for the last ones; `drained_tx` goes
+            // when it has.
+            let (in_flight, all_done) = async_channel::bounded::<()>(1);
             let (drained_tx, drained) = async_channel::bounded::<()>(1);
             let runtime = this.runtime.clone();
             // Requests: one stream each, replies into `incoming`.
@@ -393,8 +395,10 @@ impl Transport for QuicTransport {
                             })
                             .await;
                         let Some(pieces) = next else { break };
-                        let (conn, in_tx, unacked) = (conn.clone(), in_tx.clone(), unacked.clone());
+                        let (conn, in_tx, in_flight) =
+                            (conn.clone(), in_tx.clone(), in_flight.clone());
                         runtime.spawn(Box::pin(async move {
+                            let _in_flight = in_flight;
                             let Ok((mut send, mut recv)) = conn.open_bi().await else {
                                 return;
                             };
@@ -402,28 +406,22 @@ impl Transport for QuicTransport {
                                 return;
                             }
                             let _ = send.finish();
-                            let acked = async move {
-                                let _ = send.stopped().await;
-                                drop(unacked);
-                            };
-                            let reply = async {
-                                if let Some(reply) = read_frame(&mut recv, MAX_HOST_FRAME).await {
-                                    let _ = in_tx.send(reply).await;
-                                }
-                            };
-                            futures_lite::future::zip(acked, reply).await;
+                            if let Some(reply) = read_frame(&mut recv, MAX_HOST_FRAME).await {
+                                let _ = in_tx.send(reply).await;
+                            }
                         }));
                     }
                     // The driver dropped the link, or the connection died.
                     // Closing discards what the host has not acknowledged,
-                    // the driver's last Goodbye among it: wait for that
-                    // first (a dead connection ends the wait at once).
-                    drop(unacked);
+                    // the driver's last Goodbye among it: wait until the
+                    // last requests are answered (a dead connection ends
+                    // them at once).
+                    drop(in_flight);
                     let _ = crate::timeout(
                         &*runtime,
                         DRAIN_LIMIT,
                         "the last requests",
-                        all_acked.recv(),
+                        all_done.recv(),
                     )
                     .await;
                     conn.close(CLOSE_OK, b"closed");
