@@ -13,7 +13,9 @@
 use crate::client::{Answer, ClientConfig, ClientCore, ClientOutput, Op, Req};
 use crate::conn::auth::{self, TicketSecret};
 use crate::host::memfs::MemFs;
-use crate::host::{ConnId, FsOk, FsOp, FsResult, HostConfig, HostOutput, HostServer};
+use crate::host::{
+    ConnId, FsOk, FsOp, FsOpId, FsResult, HostConfig, HostEvent, HostIo, HostServer,
+};
 use crate::lock::LockInfo;
 use crate::proto::{
     Attr, ClientMessage, Errno, FileKey, HostMessage, LockToken, NodeId, Reply, SessionId,
@@ -346,11 +348,25 @@ impl World {
     pub fn pump(&mut self) {
         loop {
             let mut moved = false;
-            while self.host_up
-                && let Some(o) = self.host.poll_output()
-            {
-                moved = true;
-                self.host_output(o);
+            if self.host_up {
+                let mut io = SimHostIo {
+                    now: self.now,
+                    disk: &mut self.disk,
+                    log: self.record_fs.then_some(&mut self.fs_log),
+                    wire: Vec::new(),
+                };
+                moved |= self.host.pump(self.now, &mut io) > 0;
+                for (conn, msg) in io.wire {
+                    match msg {
+                        Some(msg) => {
+                            if let Some(&c) = self.conns.get(&conn) {
+                                let bytes = encode_host(&msg);
+                                self.post(Wire::ToClient(c, conn, bytes));
+                            }
+                        }
+                        None => self.drop_conn(conn),
+                    }
+                }
             }
             for c in 0..self.clients.len() {
                 while let Some(o) = self.clients[c].core.poll_output() {
@@ -361,31 +377,6 @@ impl World {
             if !moved {
                 return;
             }
-        }
-    }
-
-    fn host_output(&mut self, o: HostOutput) {
-        let now = self.now;
-        match o {
-            HostOutput::Fs { op, fs } => {
-                if !self.record_fs {
-                    let result = self.disk.execute(fs);
-                    self.host.handle_fs(now, op, result);
-                    return;
-                }
-                let record = self.execute_recorded(fs);
-                let result = record.result.clone();
-                self.fs_log.push(record);
-                self.host.handle_fs(now, op, result);
-            }
-            HostOutput::Send { conn, msg } => {
-                if let Some(&c) = self.conns.get(&conn) {
-                    let bytes = encode_host(&msg);
-                    self.post(Wire::ToClient(c, conn, bytes));
-                }
-            }
-            HostOutput::Close { conn } => self.drop_conn(conn),
-            HostOutput::Event(_) => {}
         }
     }
 
@@ -442,51 +433,6 @@ impl World {
                 self.clients[c].invalidations += 1;
             }
             ClientOutput::Event(e) => self.clients[c].events.push(e),
-        }
-    }
-
-    /// Executes `fs` on the disk and records it with what the host knew of
-    /// its transaction at this moment.
-    fn execute_recorded(&mut self, fs: FsOp) -> FsRecord {
-        let txn_id = match &fs {
-            FsOp::StageBegin { txn, .. }
-            | FsOp::StageWrite { txn, .. }
-            | FsOp::StageTruncate { txn, .. }
-            | FsOp::StageCommit { txn, .. }
-            | FsOp::StageAbort { txn } => Some(*txn),
-            _ => None,
-        };
-        let txn = txn_id.and_then(|t| self.host.txn_info(t));
-        let lock = txn.and_then(|(_, _, token)| self.host.locks().lock(token));
-        let ancestors = txn
-            .map(|(_, node, _)| self.host.nodes().ancestors(node))
-            .unwrap_or_default();
-        let commit_path = match &fs {
-            FsOp::StageCommit { path, .. } => Some(path.clone()),
-            _ => None,
-        };
-        // Stat has no side effect on the disk: it only reads the identity
-        // the commit is about to replace.
-        let replaced = commit_path.as_ref().and_then(|path| {
-            match self.disk.execute(FsOp::Stat { path: path.clone() }) {
-                Ok(FsOk::Attr(a)) => Some(a.key),
-                _ => None,
-            }
-        });
-        let result = self.disk.execute(fs.clone());
-        let committed = match (&commit_path, &result) {
-            (Some(path), Ok(_)) => self.disk.read_file(path).map(<[u8]>::to_vec),
-            _ => None,
-        };
-        FsRecord {
-            at: self.now,
-            op: fs,
-            txn,
-            lock,
-            ancestors,
-            replaced,
-            committed,
-            result,
         }
     }
 
@@ -586,6 +532,85 @@ impl World {
     /// Proof that the secret is what the clients use (for tests of refusal).
     pub fn proof(exporter: &[u8; 32]) -> [u8; 32] {
         auth::proof(&SECRET, exporter)
+    }
+}
+
+/// The host's side of the simulated world: its disk, its log, and what it
+/// sends, carried out (in order) once its pump returns.
+struct SimHostIo<'w> {
+    now: Instant,
+    disk: &'w mut MemFs,
+    log: Option<&'w mut Vec<FsRecord>>,
+    /// Messages to send (`Some`) and connections to close (`None`).
+    wire: Vec<(ConnId, Option<HostMessage>)>,
+}
+
+impl HostIo for SimHostIo<'_> {
+    fn fs(&mut self, host: &HostServer, _: FsOpId, fs: FsOp) -> Option<FsResult> {
+        Some(match self.log.as_deref_mut() {
+            None => self.disk.execute(fs),
+            Some(log) => {
+                let record = execute_recorded(host, self.disk, self.now, fs);
+                let result = record.result.clone();
+                log.push(record);
+                result
+            }
+        })
+    }
+
+    fn send(&mut self, conn: ConnId, msg: HostMessage) {
+        self.wire.push((conn, Some(msg)));
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        self.wire.push((conn, None));
+    }
+
+    fn event(&mut self, _: HostEvent) {}
+}
+
+/// Executes `fs` on the disk and records it with what the host knew of
+/// its transaction at this moment.
+fn execute_recorded(host: &HostServer, disk: &mut MemFs, now: Instant, fs: FsOp) -> FsRecord {
+    let txn_id = match &fs {
+        FsOp::StageBegin { txn, .. }
+        | FsOp::StageWrite { txn, .. }
+        | FsOp::StageTruncate { txn, .. }
+        | FsOp::StageCommit { txn, .. }
+        | FsOp::StageAbort { txn } => Some(*txn),
+        _ => None,
+    };
+    let txn = txn_id.and_then(|t| host.txn_info(t));
+    let lock = txn.and_then(|(_, _, token)| host.locks().lock(token));
+    let ancestors = txn
+        .map(|(_, node, _)| host.nodes().ancestors(node))
+        .unwrap_or_default();
+    let commit_path = match &fs {
+        FsOp::StageCommit { path, .. } => Some(path.clone()),
+        _ => None,
+    };
+    // Stat has no side effect on the disk: it only reads the identity
+    // the commit is about to replace.
+    let replaced = commit_path.as_ref().and_then(|path| {
+        match disk.execute(FsOp::Stat { path: path.clone() }) {
+            Ok(FsOk::Attr(a)) => Some(a.key),
+            _ => None,
+        }
+    });
+    let result = disk.execute(fs.clone());
+    let committed = match (&commit_path, &result) {
+        (Some(path), Ok(_)) => disk.read_file(path).map(<[u8]>::to_vec),
+        _ => None,
+    };
+    FsRecord {
+        at: now,
+        op: fs,
+        txn,
+        lock,
+        ancestors,
+        replaced,
+        committed,
+        result,
     }
 }
 

@@ -7,18 +7,18 @@
 //!
 //! ```
 //! use wormhole_core::pair::PairConfig;
-//! use wormhole_io::{Identity, NodeConfig, NodeHandle, Shell};
+//! use wormhole_io::{Identity, AgentConfig, PairAgent, Shell};
 //! use wormhole_smol::SmolShell;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let shell = SmolShell::new()?;
 //! shell.block_on(async {
-//!     let config = NodeConfig::new(Identity::generate()?, PairConfig::default())?;
-//!     let node = NodeHandle::spawn(shell.runtime(), config);
-//!     // Then: node.add_peer(..), node.add_pair(..), node.take(peer) -> a
+//!     let config = AgentConfig::new(Identity::generate()?, PairConfig::default())?;
+//!     let agent = PairAgent::spawn(shell.runtime(), config);
+//!     // Then: agent.add_peer(..), agent.add_pair(..), agent.take(peer) -> a
 //!     // lease whose QUIC endpoint sits on the pair's own socket, and
-//!     // node.release(pair). `tests/tests/pair_e2e.rs` walks through it all.
-//!     assert!(node.stats().await?.pairs.is_empty());
+//!     // agent.release(pair). `tests/tests/pair_e2e.rs` walks through it all.
+//!     assert!(agent.stats().await?.pairs.is_empty());
 //!     Ok(())
 //! })
 //! # }

@@ -20,7 +20,8 @@ use wormhole_core::proto::{
     ClientMessage, Errno, HostMessage, Reply, Request, RequestId, SessionId,
 };
 use wormhole_io::host::{Host, HostOptions};
-use wormhole_io::transport::{self, MAX_HOST_FRAME};
+use wormhole_io::net::frame::MAX_HOST_FRAME;
+use wormhole_io::net::{quic, transport};
 use wormhole_io::{Identity, Mount, MountOptions, QuicTransport, Shell, Ticket, timeout};
 
 /// The limit on one step: connecting, one request, mounting, stopping.
@@ -230,7 +231,7 @@ impl RawClient {
     /// Says Hello with the proof of [`SECRET`] for this TLS session; fails
     /// the test unless the host accepts.
     pub async fn hello(&mut self) -> SessionId {
-        let exporter = transport::exporter(&self.conn).expect("exporter");
+        let exporter = quic::exporter(&self.conn).expect("exporter");
         let hello = Request::Hello {
             version: u16::from(PROTOCOL_VERSION),
             proof: auth::proof(&SECRET, &exporter),

@@ -21,7 +21,7 @@ use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{FsOp, HostConfig, RelPath};
 use wormhole_core::proto::{Checksum, Name, TxnId};
-use wormhole_io::loopback::LocalHost;
+use wormhole_io::testkit::LocalHost;
 use wormhole_io::{Mount, MountOptions, Shell, timeout};
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;

@@ -1,7 +1,7 @@
 //! End to end: a NAT pair's whole life over real sockets on loopback, with
 //! one test body run on both shells (tokio and smol).
 //!
-//! Two nodes share a pair: keepalive frames flow and are accepted on both
+//! Two agents share a pair: keepalive frames flow and are accepted on both
 //! sides; forged datagrams are counted as drops and change nothing; a
 //! handover takes the pair; a QUIC connection between the two pair sockets
 //! (the very sockets keepalive used) carries data both ways; release brings
@@ -18,10 +18,12 @@ use wormhole_core::pair::{
     DropReason, EndpointPair, FailReason, FrameKind, KeepaliveFrame, PairConfig, PairKey,
     PairNonce, PairState, PingRole,
 };
-use wormhole_io::demo::{hash_stream, quick_pair_config, send_pattern};
+use wormhole_io::cli::demo::{hash_stream, quick_pair_config, send_pattern};
+use wormhole_io::net::identity;
+use wormhole_io::pair;
 use wormhole_io::{
-    Identity, NodeConfig, NodeError, NodeEvent, NodeHandle, NodeStats, PairLease, PairStatus,
-    Shell, quic, timeout, wait_for,
+    AgentConfig, AgentError, AgentEvent, AgentStats, Identity, PairAgent, PairLease, PairStatus,
+    Shell, timeout, wait_for,
 };
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
@@ -91,23 +93,24 @@ async fn step<T>(
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn stats(node: &NodeHandle) -> NodeStats {
-    node.stats().await.expect("node is running")
+async fn stats(agent: &PairAgent) -> AgentStats {
+    agent.stats().await.expect("agent is running")
 }
 
-async fn status(node: &NodeHandle, pair: PairNonce) -> PairStatus {
-    stats(node)
+async fn status(agent: &PairAgent, pair: PairNonce) -> PairStatus {
+    stats(agent)
         .await
         .pair(pair)
         .cloned()
         .unwrap_or_else(|| panic!("pair {pair:?} is gone"))
 }
 
-/// Waits until `node` has accepted at least `at_least` frames on `pair`.
-async fn frames_reach(rt: &dyn quinn::Runtime, node: &NodeHandle, pair: PairNonce, at_least: u64) {
-    let what = format!("{:?} to accept {at_least} keepalive frames", node.id());
+/// Waits until `agent` has accepted at least `at_least` frames on `pair`.
+async fn frames_reach(rt: &dyn quinn::Runtime, agent: &PairAgent, pair: PairNonce, at_least: u64) {
+    let what = format!("{:?} to accept {at_least} keepalive frames", agent.id());
     wait_for(rt, STEP, POLL, what, || async {
-        node.stats()
+        agent
+            .stats()
             .await
             .ok()?
             .pair(pair)
@@ -118,16 +121,16 @@ async fn frames_reach(rt: &dyn quinn::Runtime, node: &NodeHandle, pair: PairNonc
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Waits until `node` has dropped at least `at_least` inputs for `reason`.
+/// Waits until `agent` has dropped at least `at_least` inputs for `reason`.
 async fn drops_reach(
     rt: &dyn quinn::Runtime,
-    node: &NodeHandle,
+    agent: &PairAgent,
     reason: DropReason,
     at_least: u64,
 ) {
-    let what = format!("{:?} to count {at_least} {reason:?} drops", node.id());
+    let what = format!("{:?} to count {at_least} {reason:?} drops", agent.id());
     wait_for(rt, STEP, POLL, what, || async {
-        (node.stats().await.ok()?.drops.get(reason) >= at_least).then_some(())
+        (agent.stats().await.ok()?.drops.get(reason) >= at_least).then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -181,16 +184,19 @@ async fn body<S: Shell>(shell: &S) {
     let rt = &*runtime;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
 
-    // Two nodes, each with its own certificate, joined by TCP signalling.
+    // Two agents, each with its own certificate, joined by TCP signalling.
     let cfg = quick_pair_config(PING);
     let id_a = Identity::generate().expect("identity");
     let id_b = Identity::generate().expect("identity");
     let (fp_a, fp_b) = (id_a.fingerprint(), id_b.fingerprint());
-    let a = NodeHandle::spawn(
+    let a = PairAgent::spawn(
         shell.runtime(),
-        NodeConfig::new(id_a, cfg.clone()).expect("config"),
+        AgentConfig::new(id_a, cfg.clone()).expect("config"),
     );
-    let b = NodeHandle::spawn(shell.runtime(), NodeConfig::new(id_b, cfg).expect("config"));
+    let b = PairAgent::spawn(
+        shell.runtime(),
+        AgentConfig::new(id_b, cfg).expect("config"),
+    );
     let (sa, sb) = step(
         rt,
         "a TCP connection on loopback",
@@ -228,8 +234,8 @@ async fn body<S: Shell>(shell: &S) {
     // Keepalive: authenticated frames accepted on both sides.
     frames_reach(rt, &a, nonce, FRAMES).await;
     frames_reach(rt, &b, nonce, FRAMES).await;
-    for node in [&a, &b] {
-        let s = status(node, nonce).await;
+    for agent in [&a, &b] {
+        let s = status(agent, nonce).await;
         assert_eq!(s.state, PairState::Idle);
         assert!(!s.with_quic);
     }
@@ -290,7 +296,7 @@ async fn body<S: Shell>(shell: &S) {
         rt,
         "B's Taken event",
         b.wait_event(|e| match e {
-            NodeEvent::Taken(lease) if lease.pair == nonce => Some(lease.clone()),
+            AgentEvent::Taken(lease) if lease.pair == nonce => Some(lease.clone()),
             _ => None,
         }),
     )
@@ -302,8 +308,8 @@ async fn body<S: Shell>(shell: &S) {
     assert_eq!(lease_b.endpoint.local_addr().expect("addr"), b_addr);
     assert_eq!((lease_a.remote, lease_b.remote), (b_addr, a_addr));
     let pings_at_take = status(&a, nonce).await.stats.pings_sent;
-    for node in [&a, &b] {
-        let s = status(node, nonce).await;
+    for agent in [&a, &b] {
+        let s = status(agent, nonce).await;
         assert_eq!(s.state, PairState::InUse);
         assert!(s.with_quic);
     }
@@ -346,7 +352,7 @@ async fn body<S: Shell>(shell: &S) {
     conn_a.close(0u32.into(), b"done");
     drop((conn_a, conn_b));
 
-    // Release. A still holds a clone of its endpoint on purpose: the node
+    // Release. A still holds a clone of its endpoint on purpose: the agent
     // must take the socket back regardless.
     let base_a = status(&a, nonce).await.stats.frames_accepted;
     let base_b = status(&b, nonce).await.stats.frames_accepted;
@@ -357,15 +363,15 @@ async fn body<S: Shell>(shell: &S) {
         rt,
         "B's Released event",
         b.wait_event(|e| match e {
-            NodeEvent::Released { pair, by_peer } if *pair == nonce => Some(*by_peer),
+            AgentEvent::Released { pair, by_peer } if *pair == nonce => Some(*by_peer),
             _ => None,
         }),
     )
     .await
     .expect("B's events");
     assert!(by_peer, "B should see the release as the peer's");
-    for (node, addr) in [(&a, a_addr), (&b, b_addr)] {
-        let s = status(node, nonce).await;
+    for (agent, addr) in [(&a, a_addr), (&b, b_addr)] {
+        let s = status(agent, nonce).await;
         assert_eq!(s.state, PairState::Idle);
         assert!(!s.with_quic);
         assert_eq!(s.bound, Some(addr), "the pair's socket changed");
@@ -392,7 +398,7 @@ async fn body<S: Shell>(shell: &S) {
         rt,
         "B's second Taken event",
         b.wait_event(|e| match e {
-            NodeEvent::Taken(lease) if lease.handover == again.handover => Some(lease.clone()),
+            AgentEvent::Taken(lease) if lease.handover == again.handover => Some(lease.clone()),
             _ => None,
         }),
     )
@@ -411,11 +417,11 @@ async fn body<S: Shell>(shell: &S) {
         rt,
         "A's Released event",
         a.wait_event(|e| match e {
-            NodeEvent::Taken(lease) if lease.handover == second => {
+            AgentEvent::Taken(lease) if lease.handover == second => {
                 after_second_take = true;
                 None
             }
-            NodeEvent::Released { pair, by_peer } if *pair == nonce && after_second_take => {
+            AgentEvent::Released { pair, by_peer } if *pair == nonce && after_second_take => {
                 Some(*by_peer)
             }
             _ => None,
@@ -450,12 +456,15 @@ async fn unanswered_take_body<S: Shell>(shell: &S) {
     let id_a = Identity::generate().expect("identity");
     let id_b = Identity::generate().expect("identity");
     let (fp_a, fp_b) = (id_a.fingerprint(), id_b.fingerprint());
-    let a = NodeHandle::spawn(
+    let a = PairAgent::spawn(
         shell.runtime(),
-        NodeConfig::new(id_a, cfg.clone()).expect("config"),
+        AgentConfig::new(id_a, cfg.clone()).expect("config"),
     );
-    let b = NodeHandle::spawn(shell.runtime(), NodeConfig::new(id_b, cfg).expect("config"));
-    // Each node's signalling stream ends at the test, which never reads or
+    let b = PairAgent::spawn(
+        shell.runtime(),
+        AgentConfig::new(id_b, cfg).expect("config"),
+    );
+    // Each agent's signalling stream ends at the test, which never reads or
     // writes: signals vanish, datagrams still flow.
     let (to_void_a, _void_a) = step(rt, "a TCP connection", shell.tcp_loopback_pair(loopback))
         .await
@@ -497,7 +506,7 @@ async fn unanswered_take_body<S: Shell>(shell: &S) {
     let result = step(rt, "the unanswered take to fail", a.take(b.id())).await;
     let took = rt.now().saturating_duration_since(started);
     match result {
-        Err(NodeError::HandoverFailed {
+        Err(AgentError::HandoverFailed {
             pair,
             reason: FailReason::Timeout,
         }) => assert_eq!(pair, nonce),
@@ -538,7 +547,7 @@ async fn pinning_body<S: Shell>(shell: &S) {
         .expect("endpoint")
     };
     let server = endpoint(Some(
-        quic::server_config(&server_id, client_id.fingerprint()).expect("server config"),
+        pair::server_config(&server_id, client_id.fingerprint()).expect("server config"),
     ));
     let server_addr = server.local_addr().expect("addr");
     let accept = || async {
@@ -547,9 +556,9 @@ async fn pinning_body<S: Shell>(shell: &S) {
     };
     let attempt = |me: &Identity, pin| {
         let client = endpoint(None);
-        let config = quic::client_config(me, pin).expect("client config");
+        let config = pair::client_config(me, pin).expect("client config");
         let connecting = client
-            .connect_with(config, server_addr, quic::SERVER_NAME)
+            .connect_with(config, server_addr, identity::SERVER_NAME)
             .expect("start connecting");
         async move {
             let conn = connecting.await?;
@@ -581,7 +590,7 @@ async fn pinning_body<S: Shell>(shell: &S) {
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
-    assert_eq!(alpn.as_deref(), Some(quic::ALPN));
+    assert_eq!(alpn.as_deref(), Some(identity::ALPN));
     drop(client_side);
 
     // A client pinning another certificate refuses the server.

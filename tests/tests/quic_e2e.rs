@@ -27,7 +27,7 @@ use wormhole_core::proto::{
     CHUNK_SIZE, Checksum, Errno, HostMessage, Name, NodeId, Reply, Request, TxnId,
 };
 use wormhole_io::host::{Host, HostOptions};
-use wormhole_io::transport::MAX_REQUEST_FRAME;
+use wormhole_io::net::frame::MAX_REQUEST_FRAME;
 use wormhole_io::{Identity, MountOptions, Shell, Ticket};
 use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
@@ -558,12 +558,12 @@ fn bad_frames<S: Shell>(shell: &S) {
         let root = NodeId::ROOT;
         let conn = c.conn.clone();
         let replies = futures_lite::future::zip(
-            wormhole_io::transport::request(
+            wormhole_io::net::transport::request(
                 &conn,
                 wormhole_core::proto::RequestId(100),
                 Request::GetAttr { node: root },
             ),
-            wormhole_io::transport::request(
+            wormhole_io::net::transport::request(
                 &conn,
                 wormhole_core::proto::RequestId(101),
                 Request::Statfs,

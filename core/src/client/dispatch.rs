@@ -2,7 +2,7 @@
 
 use super::ahead::Take;
 use super::{
-    AfterCommit, Answer, Blocked, ClientCore, Cont, Fh, Handle, Op, Purpose, ReadJob, Req, Step,
+    AfterCommit, Answer, Blocked, CacheWait, ClientCore, Fh, Handle, Op, Purpose, ReadJob, Req,
 };
 use crate::Instant;
 use crate::cache::{CacheKey, ChunkKey, Kind, Lookup, Miss, Value};
@@ -16,11 +16,11 @@ impl ClientCore {
     /// A kernel operation. Its answer comes as [`super::ClientOutput::Reply`]
     /// with `req`, now (cache hit) or later.
     pub fn op(&mut self, now: Instant, req: Req, op: Op) {
-        if self.gave_up {
+        if self.phase.gave_up() {
             self.reply(req, Err(Errno::NotConn));
             return;
         }
-        if self.vfs.is_none() || self.restoring {
+        if self.vfs.is_none() || self.rebinding.is_some() {
             // Not connected yet, or re-binding after a host restart: run it
             // once the inodes mean something again.
             if self.deferred.len() >= self.cfg.max_queued {
@@ -71,14 +71,6 @@ impl ClientCore {
         }
     }
 
-    fn main(req: Req, op: &Op) -> Purpose {
-        Purpose::Op {
-            req,
-            op: op.clone(),
-            step: Step::Main,
-        }
-    }
-
     fn run(&mut self, now: Instant, req: Req, op: Op) -> Result<(), Errno> {
         match &op {
             Op::Lookup { parent, name } => {
@@ -94,7 +86,7 @@ impl ClientCore {
                     parent: pnode,
                     name: name.clone(),
                 };
-                self.send(now, Self::main(req, &op), request);
+                self.send(now, Purpose::kernel_op(req, &op), request);
             }
             Op::GetAttr { ino } => {
                 let node = match self.node(*ino) {
@@ -113,7 +105,7 @@ impl ClientCore {
                     }
                     Err(e) => return Err(e),
                 };
-                let w = self.waiter(Cont::GetAttr { req });
+                let w = self.waiter(CacheWait::GetAttr { req });
                 match self.cache.lookup(now, &CacheKey::Attr(node), w) {
                     Ok(Lookup::Hit(Value::Attr(a))) => {
                         self.waits.remove(&w);
@@ -156,13 +148,13 @@ impl ClientCore {
                             set: *set,
                             token: None,
                         };
-                        self.send(now, Self::main(req, &op), request);
+                        self.send(now, Purpose::kernel_op(req, &op), request);
                     }
                 }
             }
             Op::ReadDir { ino, offset } => {
                 let node = self.node(*ino)?;
-                let w = self.waiter(Cont::ReadDir {
+                let w = self.waiter(CacheWait::ReadDir {
                     req,
                     ino: *ino,
                     offset: *offset,
@@ -197,7 +189,9 @@ impl ClientCore {
                         self.reply(req, Ok(answer));
                     }
                     Take::Joined => {}
-                    Take::Miss => self.send(now, Self::main(req, &op), Request::Open { node }),
+                    Take::Miss => {
+                        self.send(now, Purpose::kernel_op(req, &op), Request::Open { node })
+                    }
                 }
                 self.close_host_handles(now, stale);
                 self.open_ahead(now, *ino);
@@ -284,7 +278,7 @@ impl ClientCore {
                     mode: *mode,
                     exclusive: *exclusive,
                 };
-                self.send(now, Self::main(req, &op), request);
+                self.send(now, Purpose::kernel_op(req, &op), request);
             }
             Op::Mkdir { parent, name, mode } => {
                 let pnode = self.node(*parent)?;
@@ -293,7 +287,7 @@ impl ClientCore {
                     name: name.clone(),
                     mode: *mode,
                 };
-                self.send(now, Self::main(req, &op), request);
+                self.send(now, Purpose::kernel_op(req, &op), request);
             }
             Op::Symlink {
                 parent,
@@ -306,7 +300,7 @@ impl ClientCore {
                     name: name.clone(),
                     target: target.clone(),
                 };
-                self.send(now, Self::main(req, &op), request);
+                self.send(now, Purpose::kernel_op(req, &op), request);
             }
             Op::Unlink { parent, name } | Op::Rmdir { parent, name } => {
                 let pnode = self.node(*parent)?;
@@ -321,7 +315,7 @@ impl ClientCore {
                         name: name.clone(),
                     }
                 };
-                self.send(now, Self::main(req, &op), request);
+                self.send(now, Purpose::kernel_op(req, &op), request);
             }
             Op::Rename {
                 parent,
@@ -335,13 +329,17 @@ impl ClientCore {
                     new_parent: self.node(*new_parent)?,
                     new_name: new_name.clone(),
                 };
-                self.send(now, Self::main(req, &op), request);
+                self.send(now, Purpose::kernel_op(req, &op), request);
             }
             Op::Readlink { ino } => {
                 let node = self.node(*ino)?;
-                self.send(now, Self::main(req, &op), Request::Readlink { node });
+                self.send(
+                    now,
+                    Purpose::kernel_op(req, &op),
+                    Request::Readlink { node },
+                );
             }
-            Op::Statfs => self.send(now, Self::main(req, &op), Request::Statfs),
+            Op::Statfs => self.send(now, Purpose::kernel_op(req, &op), Request::Statfs),
         }
         Ok(())
     }
@@ -608,7 +606,7 @@ impl ClientCore {
                 version: h.attr.version,
                 index,
             };
-            let w = self.waiter(Cont::ReadPart {
+            let w = self.waiter(CacheWait::ReadPart {
                 req,
                 slot,
                 attempt: job.retries,

@@ -24,6 +24,7 @@
 //!   transactions, whose errors surface at flush.
 
 mod ahead;
+mod api;
 mod dispatch;
 #[cfg(test)]
 mod regressions;
@@ -31,353 +32,20 @@ mod reply;
 #[cfg(test)]
 mod tests;
 
-use crate::cache::{Cache, CacheConfig, CacheKey, ChunkKey, ReadAhead, ReadAheadConfig, WaiterId};
+pub use api::{Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, Op, Req};
+
+use crate::cache::{Cache, CacheKey, ChunkKey, ReadAhead, WaiterId};
 use crate::conn::auth::TicketSecret;
-use crate::conn::{ConnConfig, ConnEvent, ConnOutput, Connection, DisconnectReason};
+use crate::conn::{ConnEvent, ConnOutput, Connection};
 use crate::proto::{
-    Attr, Checksum, ClientMessage, Errno, FileKey, FileKind, HandleId, Name, NodeId, Request,
-    RequestId, SetAttr, StatFs,
+    Attr, Checksum, ClientMessage, Errno, FileKey, HandleId, NodeId, Request, RequestId, SetAttr,
 };
 use crate::vfs::{Ino, Vfs};
-use crate::write::{WriteConfig, WriteOp, WriteTxn};
+use crate::write::{WriteOp, WriteTxn};
 use crate::{Instant, Rng};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
-
-/// Timing and bounds of the client.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ClientConfig {
-    /// The connection machine.
-    pub conn: ConnConfig,
-    /// The cache.
-    pub cache: CacheConfig,
-    /// Read-ahead.
-    pub read_ahead: ReadAheadConfig,
-    /// Write transactions.
-    pub write: WriteConfig,
-    /// A request unanswered for this long fails with ETIMEDOUT.
-    pub request_timeout: Duration,
-    /// Requests waiting for a connection at most; more fail with EAGAIN.
-    pub max_queued: usize,
-    /// Inodes in the table at most.
-    pub max_inodes: usize,
-    /// Entries of one directory listing at most (larger: EFBIG).
-    pub max_dir_entries: usize,
-    /// When the connection machine has given up on a host that may come
-    /// back (it went away or said goodbye; not a refused ticket, not our
-    /// own disconnect), connect again this long after, and again after
-    /// every failed try: a mount outlives a host that is down for an
-    /// hour. Requests in between fail at once with ENOTCONN (during a
-    /// try, they wait for its outcome). `None` stays disconnected.
-    pub redial: Option<Duration>,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            conn: ConnConfig::default(),
-            cache: CacheConfig::default(),
-            read_ahead: ReadAheadConfig::default(),
-            write: WriteConfig::default(),
-            request_timeout: Duration::from_secs(60),
-            max_queued: 4096,
-            max_inodes: 1 << 20,
-            max_dir_entries: 1 << 20,
-            redial: Some(Duration::from_secs(30)),
-        }
-    }
-}
-
-/// A kernel request, numbered by the shell (FUSE's `unique`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Req(pub u64);
-
-/// A file handle given to the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Fh(pub u64);
-
-/// A kernel file operation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Find `name` in `parent`.
-    Lookup {
-        /// Directory.
-        parent: Ino,
-        /// Name.
-        name: Name,
-    },
-    /// Attributes.
-    GetAttr {
-        /// The inode.
-        ino: Ino,
-    },
-    /// Change attributes (a size change is a write).
-    SetAttr {
-        /// The inode.
-        ino: Ino,
-        /// The changes.
-        set: SetAttr,
-    },
-    /// Directory entries from position `offset` (0 = start).
-    ReadDir {
-        /// The directory.
-        ino: Ino,
-        /// Entries to skip.
-        offset: u64,
-    },
-    /// Open a file.
-    Open {
-        /// The file.
-        ino: Ino,
-    },
-    /// Read.
-    Read {
-        /// The handle.
-        fh: Fh,
-        /// Offset.
-        offset: u64,
-        /// Bytes at most.
-        size: u32,
-    },
-    /// Write (buffered; committed on flush, fsync or release).
-    Write {
-        /// The handle.
-        fh: Fh,
-        /// Offset.
-        offset: u64,
-        /// The bytes.
-        data: Bytes,
-    },
-    /// close(2) on a descriptor: commit, report the outcome.
-    Flush {
-        /// The handle.
-        fh: Fh,
-    },
-    /// fsync(2): commit, report the outcome.
-    Fsync {
-        /// The handle.
-        fh: Fh,
-    },
-    /// The last descriptor of a handle is gone.
-    Release {
-        /// The handle.
-        fh: Fh,
-    },
-    /// Create and open a file.
-    Create {
-        /// Directory.
-        parent: Ino,
-        /// Name.
-        name: Name,
-        /// Permission bits.
-        mode: u32,
-        /// `O_EXCL`: fail with EEXIST if the name exists (otherwise an
-        /// existing file is opened).
-        exclusive: bool,
-    },
-    /// Make a directory.
-    Mkdir {
-        /// Directory.
-        parent: Ino,
-        /// Name.
-        name: Name,
-        /// Permission bits.
-        mode: u32,
-    },
-    /// Remove a file.
-    Unlink {
-        /// Directory.
-        parent: Ino,
-        /// Name.
-        name: Name,
-    },
-    /// Remove a directory.
-    Rmdir {
-        /// Directory.
-        parent: Ino,
-        /// Name.
-        name: Name,
-    },
-    /// Rename (replacing the target).
-    Rename {
-        /// Source directory.
-        parent: Ino,
-        /// Source name.
-        name: Name,
-        /// Target directory.
-        new_parent: Ino,
-        /// Target name.
-        new_name: Name,
-    },
-    /// Make a symlink.
-    Symlink {
-        /// Directory.
-        parent: Ino,
-        /// Name.
-        name: Name,
-        /// Target text.
-        target: Vec<u8>,
-    },
-    /// A symlink's target.
-    Readlink {
-        /// The symlink.
-        ino: Ino,
-    },
-    /// File system statistics.
-    Statfs,
-}
-
-/// One directory entry for the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DirItem {
-    /// Its inode.
-    pub ino: Ino,
-    /// The offset of the entry after it (what the kernel passes back).
-    pub next: u64,
-    /// Its kind.
-    pub kind: FileKind,
-    /// Its name.
-    pub name: Name,
-    /// Its attributes.
-    pub attr: Attr,
-    /// How long the kernel may keep the entry and its attributes (for a
-    /// readdirplus answer, which hands the kernel both).
-    pub ttl: Duration,
-}
-
-/// A successful answer to the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// Lookup, Mkdir, Symlink: an entry.
-    Entry {
-        /// Its inode (one lookup reference taken).
-        ino: Ino,
-        /// Its attributes.
-        attr: Attr,
-        /// How long the kernel may cache entry and attributes.
-        ttl: Duration,
-    },
-    /// Create: an entry and an open handle.
-    Created {
-        /// Its inode.
-        ino: Ino,
-        /// Its attributes.
-        attr: Attr,
-        /// How long the kernel may cache them.
-        ttl: Duration,
-        /// The handle.
-        fh: Fh,
-    },
-    /// GetAttr, SetAttr.
-    Attr {
-        /// The attributes.
-        attr: Attr,
-        /// How long the kernel may cache them.
-        ttl: Duration,
-    },
-    /// ReadDir: entries from the requested offset (empty at the end).
-    Dir(Vec<DirItem>),
-    /// Open.
-    Opened {
-        /// The handle.
-        fh: Fh,
-        /// The file is unchanged since the kernel last cached it.
-        keep_cache: bool,
-    },
-    /// Read.
-    Data(Bytes),
-    /// Write: bytes accepted.
-    Written(u32),
-    /// Readlink.
-    Link(Vec<u8>),
-    /// Statfs.
-    StatFs(StatFs),
-    /// Done.
-    Done,
-}
-
-/// What the client reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientEvent {
-    /// Connected (again); `resumed` if the host kept our session.
-    Connected {
-        /// Whether the session was resumed.
-        resumed: bool,
-    },
-    /// The connection was lost; reconnecting.
-    Lost,
-    /// A reconnect attempt is scheduled.
-    Retrying {
-        /// Attempt number.
-        attempt: u32,
-        /// Delay before it.
-        delay: Duration,
-    },
-    /// Given up: every request fails with ENOTCONN until the next
-    /// connect.
-    Disconnected {
-        /// Why the connection machine gave up.
-        reason: DisconnectReason,
-        /// When the client connects again by itself ([`ClientConfig::redial`]);
-        /// `None`: not until `connect`.
-        redial_in: Option<Duration>,
-    },
-}
-
-/// What the client asks the shell to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientOutput {
-    /// Answer a kernel request.
-    Reply {
-        /// The request.
-        req: Req,
-        /// The answer.
-        result: Result<Answer, Errno>,
-    },
-    /// Send a message to the host.
-    Send(ClientMessage),
-    /// Open a transport to the host; report it with
-    /// [`ClientCore::transport_established`] or
-    /// [`ClientCore::transport_lost`].
-    OpenTransport,
-    /// Close the transport.
-    CloseTransport,
-    /// Store a chunk in the disk cache.
-    L2Write {
-        /// The chunk.
-        key: ChunkKey,
-        /// Its bytes.
-        data: Bytes,
-        /// Their checksum.
-        checksum: Checksum,
-    },
-    /// Delete a chunk from the disk cache.
-    L2Delete {
-        /// The chunk.
-        key: ChunkKey,
-    },
-    /// Read a chunk from the disk cache and report it with
-    /// [`ClientCore::l2_loaded`] or [`ClientCore::l2_read_failed`].
-    L2Read {
-        /// The chunk.
-        key: ChunkKey,
-    },
-    /// The kernel's cached data or attributes of `ino` are out of date.
-    InvalidateInode {
-        /// The inode.
-        ino: Ino,
-    },
-    /// The kernel's cached entry `parent/name` is out of date.
-    InvalidateEntry {
-        /// The directory.
-        parent: Ino,
-        /// The name.
-        name: Name,
-    },
-    /// A connection change.
-    Event(ClientEvent),
-}
 
 /// The node of a handle whose file is not (yet) bound in the current host
 /// session. Hosts number nodes from the root (1) up, so 0 names nothing and
@@ -415,7 +83,7 @@ enum Purpose {
     Op {
         req: Req,
         op: Op,
-        step: Step,
+        part: OpPart,
     },
     /// A write transaction's request.
     Write {
@@ -434,14 +102,24 @@ enum Purpose {
     Forget,
 }
 
+impl Purpose {
+    /// A kernel operation's own (first) request.
+    fn kernel_op(req: Req, op: &Op) -> Purpose {
+        Purpose::Op {
+            req,
+            op: op.clone(),
+            part: OpPart::First,
+        }
+    }
+}
+
 /// Which request of a multi-request operation this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    Main,
+enum OpPart {
+    /// The operation's own request (for most, the only one).
+    First,
     /// Create's second request: open the new file.
-    OpenCreated {
-        ino: Ino,
-    },
+    OpenCreated { ino: Ino },
     /// SetAttr's mode/time part after its size part committed.
     Rest,
     /// A read's attributes refresh after its chunks changed version.
@@ -457,7 +135,7 @@ struct InFlight {
 
 /// What a cache waiter is for.
 #[derive(Clone, Debug)]
-enum Cont {
+enum CacheWait {
     GetAttr { req: Req },
     ReadPart { req: Req, slot: usize, attempt: u8 },
     ReadDir { req: Req, ino: Ino, offset: u64 },
@@ -533,6 +211,40 @@ impl Blocked {
     }
 }
 
+/// Where the client stands with its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a connection (the first, or after a loss): requests
+    /// queue until `request_timeout`.
+    Connecting,
+    /// Connected and authenticated: requests go out.
+    Ready,
+    /// The connection machine gave up: requests fail at once with
+    /// ENOTCONN until the next connect, which comes by itself at
+    /// `redial_at` (see [`ClientConfig::redial`]).
+    GaveUp { redial_at: Option<Instant> },
+}
+
+impl Phase {
+    fn gave_up(self) -> bool {
+        matches!(self, Phase::GaveUp { .. })
+    }
+
+    fn redial_at(self) -> Option<Instant> {
+        match self {
+            Phase::GaveUp { redial_at } => redial_at,
+            _ => None,
+        }
+    }
+
+    /// The connection is gone; a client that gave up stays given up.
+    fn lost(&mut self) {
+        if *self == Phase::Ready {
+            *self = Phase::Connecting;
+        }
+    }
+}
+
 /// The mount client.
 #[derive(Debug)]
 pub struct ClientCore {
@@ -554,20 +266,20 @@ pub struct ClientCore {
     queued: VecDeque<(Purpose, Request, Instant)>,
     /// Operations waiting for a new session's inodes to be re-bound.
     deferred: VecDeque<(Req, Op)>,
-    /// A new session's inodes are being re-bound.
-    restoring: bool,
-    rebinding: usize,
+    /// Where the client stands with its host.
+    phase: Phase,
+    /// While a new session's inodes are re-bound by path: the re-binding
+    /// lookups not answered yet. Not part of [`Phase`]: the re-binding
+    /// outlives a transient loss of the connection (its lookups are
+    /// re-sent after the reconnect), so it is orthogonal to it.
+    rebinding: Option<usize>,
     next_id: u64,
-    waits: BTreeMap<WaiterId, Cont>,
+    waits: BTreeMap<WaiterId, CacheWait>,
     next_waiter: u64,
     reads: BTreeMap<Req, ReadJob>,
     /// Which node stands for a file identity (for chunk fetches).
     files: BTreeMap<FileKey, NodeId>,
     ahead: ahead::OpenAhead,
-    ready: bool,
-    gave_up: bool,
-    /// When to connect again after giving up (see [`ClientConfig::redial`]).
-    redial_at: Option<Instant>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -589,17 +301,14 @@ impl ClientCore {
             in_flight: BTreeMap::new(),
             queued: VecDeque::new(),
             deferred: VecDeque::new(),
-            restoring: false,
-            rebinding: 0,
+            phase: Phase::Connecting,
+            rebinding: None,
             next_id: 1,
             waits: BTreeMap::new(),
             next_waiter: 1,
             reads: BTreeMap::new(),
             files: BTreeMap::new(),
             ahead: ahead::OpenAhead::default(),
-            ready: false,
-            gave_up: false,
-            redial_at: None,
             out: VecDeque::new(),
         }
     }
@@ -616,7 +325,7 @@ impl ClientCore {
 
     /// Whether connected and authenticated.
     pub fn is_ready(&self) -> bool {
-        self.ready
+        self.phase == Phase::Ready
     }
 
     /// Requests sent and not yet answered.
@@ -631,15 +340,18 @@ impl ClientCore {
 
     /// Connects to the host.
     pub fn connect(&mut self, now: Instant) {
-        self.gave_up = false;
-        self.redial_at = None;
+        if self.phase.gave_up() {
+            self.phase = Phase::Connecting;
+        }
         self.conn.connect(now);
         self.drain(now);
     }
 
     /// Disconnects (sends Goodbye when connected).
     pub fn disconnect(&mut self, now: Instant) {
-        self.redial_at = None;
+        if self.phase.gave_up() {
+            self.phase = Phase::GaveUp { redial_at: None };
+        }
         self.conn.disconnect(now);
         self.drain(now);
     }
@@ -652,7 +364,7 @@ impl ClientCore {
 
     /// The transport failed or closed.
     pub fn transport_lost(&mut self, now: Instant) {
-        self.ready = false;
+        self.phase.lost();
         self.conn.transport_lost(now);
         self.drain(now);
     }
@@ -725,7 +437,7 @@ impl ClientCore {
             requests,
             writes,
             self.conn.poll_timeout(),
-            self.redial_at,
+            self.phase.redial_at(),
             self.cache.poll_timeout(),
             self.ahead.poll_timeout(),
         ]
@@ -738,7 +450,7 @@ impl ClientCore {
     /// fetch deadlines, the write transactions' lock refreshes, unused
     /// open-aheads.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.redial_at.is_some_and(|at| now >= at) {
+        if self.phase.redial_at().is_some_and(|at| now >= at) {
             self.connect(now);
         }
         self.conn.handle_timeout(now);
@@ -785,7 +497,7 @@ impl ClientCore {
         self.out.push_back(ClientOutput::Reply { req, result });
     }
 
-    fn waiter(&mut self, cont: Cont) -> WaiterId {
+    fn waiter(&mut self, cont: CacheWait) -> WaiterId {
         let w = WaiterId(self.next_waiter);
         self.next_waiter += 1;
         self.waits.insert(w, cont);
@@ -794,10 +506,11 @@ impl ClientCore {
 
     /// Sends a request now, or queues it until the connection is ready.
     fn send(&mut self, now: Instant, purpose: Purpose, request: Request) {
-        if self.gave_up {
+        if self.phase.gave_up() {
             return self.fail_purpose(now, purpose, Errno::NotConn);
         }
-        if !self.ready || (self.restoring && !matches!(purpose, Purpose::Rebind { .. })) {
+        let restoring = self.rebinding.is_some();
+        if !self.is_ready() || (restoring && !matches!(purpose, Purpose::Rebind { .. })) {
             if self.queued.len() >= self.cfg.max_queued {
                 return self.fail_purpose(now, purpose, Errno::Again);
             }
@@ -845,7 +558,7 @@ impl ClientCore {
         match o {
             ConnOutput::OpenTransport => self.out.push_back(ClientOutput::OpenTransport),
             ConnOutput::CloseTransport => {
-                self.ready = false;
+                self.phase.lost();
                 self.out.push_back(ClientOutput::CloseTransport);
             }
             ConnOutput::Send(request @ Request::Hello { .. }) => {
@@ -875,7 +588,7 @@ impl ClientCore {
                 self.on_ready(now, resumed, root)
             }
             ConnOutput::Event(ConnEvent::Lost) => {
-                self.ready = false;
+                self.phase.lost();
                 self.requeue_in_flight();
                 self.out.push_back(ClientOutput::Event(ClientEvent::Lost));
             }
@@ -887,11 +600,12 @@ impl ClientCore {
                     }));
             }
             ConnOutput::Event(ConnEvent::Disconnected(reason)) => {
-                self.ready = false;
-                self.gave_up = true;
+                self.phase = Phase::GaveUp { redial_at: None };
                 self.fail_everything(now, Errno::NotConn);
                 let redial_in = self.cfg.redial.filter(|_| reason.may_recover());
-                self.redial_at = redial_in.map(|d| now + d);
+                self.phase = Phase::GaveUp {
+                    redial_at: redial_in.map(|d| now + d),
+                };
                 self.out
                     .push_back(ClientOutput::Event(ClientEvent::Disconnected {
                         reason,
@@ -932,7 +646,7 @@ impl ClientCore {
     }
 
     fn on_ready(&mut self, now: Instant, resumed: bool, root: Attr) {
-        self.ready = true;
+        self.phase = Phase::Ready;
         self.out
             .push_back(ClientOutput::Event(ClientEvent::Connected { resumed }));
         let first = self.vfs.is_none();
@@ -1025,8 +739,7 @@ impl ClientCore {
             h.host = None;
             h.node = UNBOUND;
         }
-        self.restoring = true;
-        self.rebinding = 0;
+        self.rebinding = Some(0);
         self.rebind_next(now);
     }
 
@@ -1035,20 +748,29 @@ impl ClientCore {
     fn rebind_next(&mut self, now: Instant) {
         let pending = self.vfs.as_ref().map(Vfs::rebindable).unwrap_or_default();
         for (ino, parent, name) in pending {
-            self.rebinding += 1;
+            if let Some(n) = self.rebinding.as_mut() {
+                *n += 1;
+            }
             self.send(
                 now,
                 Purpose::Rebind { ino },
                 Request::Lookup { parent, name },
             );
         }
-        if self.rebinding == 0 && self.restoring {
-            self.restoring = false;
+        if self.rebinding == Some(0) {
+            self.rebinding = None;
             self.flush_queue(now);
             let deferred: Vec<(Req, Op)> = self.deferred.drain(..).collect();
             for (req, op) in deferred {
                 self.op(now, req, op);
             }
+        }
+    }
+
+    /// One re-binding lookup is answered (or failed).
+    fn rebind_answered(&mut self) {
+        if let Some(n) = self.rebinding.as_mut() {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -1085,11 +807,11 @@ impl ClientCore {
                 self.drain_write(now, node);
             }
             Purpose::Rebind { ino } => {
-                self.rebinding = self.rebinding.saturating_sub(1);
+                self.rebind_answered();
                 if let Some(v) = self.vfs.as_mut() {
                     v.unbind_gone(ino);
                 }
-                if self.rebinding == 0 {
+                if self.rebinding == Some(0) {
                     self.rebind_next(now);
                 }
             }

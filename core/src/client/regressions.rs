@@ -4,7 +4,7 @@
 use super::*;
 use crate::host::memfs::MemFs;
 use crate::host::{FsOp, HostConfig, RelPath};
-use crate::proto::TxnId;
+use crate::proto::{Name, TxnId};
 use crate::testkit::World;
 
 fn name(s: &str) -> Name {

@@ -2,8 +2,8 @@
 
 use super::ahead::{Answered, Opened};
 use super::{
-    AfterCommit, Answer, Blocked, ClientCore, ClientOutput, Cont, Fh, Handle, Op, Purpose, Req,
-    Step,
+    AfterCommit, Answer, Blocked, CacheWait, ClientCore, ClientOutput, Fh, Handle, Op, OpPart,
+    Purpose, Req,
 };
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
@@ -125,7 +125,7 @@ impl ClientCore {
                 }
             }
             Purpose::Rebind { ino } => {
-                self.rebinding = self.rebinding.saturating_sub(1);
+                self.rebind_answered();
                 match (result, self.vfs.as_mut()) {
                     // The same file as before (same identity): re-bound, and
                     // so are the handles open on it.
@@ -145,12 +145,12 @@ impl ClientCore {
                     (_, Some(v)) => v.unbind_gone(ino),
                     (_, None) => {}
                 }
-                if self.rebinding == 0 {
+                if self.rebinding == Some(0) {
                     self.rebind_next(now);
                 }
             }
-            Purpose::Op { req, op, step } => {
-                let answer = self.on_op_reply(now, req, &op, step, result);
+            Purpose::Op { req, op, part } => {
+                let answer = self.on_op_reply(now, req, &op, part, result);
                 if let Some(answer) = answer {
                     self.reply(req, answer);
                 }
@@ -230,11 +230,11 @@ impl ClientCore {
         now: Instant,
         req: Req,
         op: &Op,
-        step: Step,
+        part: OpPart,
         result: Result<Reply, Errno>,
     ) -> Option<Result<Answer, Errno>> {
         let attr_ttl = self.kernel_ttl(Kind::Attr);
-        match (op, step, result) {
+        match (op, part, result) {
             (Op::Lookup { parent, name }, _, Ok(Reply::Attr(a))) => {
                 let _ = name;
                 Some(
@@ -267,7 +267,7 @@ impl ClientCore {
                         }),
                 )
             }
-            (Op::Create { parent, .. }, Step::Main, Ok(Reply::Attr(a))) => {
+            (Op::Create { parent, .. }, OpPart::First, Ok(Reply::Attr(a))) => {
                 self.entries_changed(now, *parent);
                 match self.entry(now, *parent, op, a.clone(), true) {
                     Ok(ino) => {
@@ -277,7 +277,7 @@ impl ClientCore {
                             Purpose::Op {
                                 req,
                                 op: op.clone(),
-                                step: Step::OpenCreated { ino },
+                                part: OpPart::OpenCreated { ino },
                             },
                             crate::proto::Request::Open { node },
                         );
@@ -288,7 +288,7 @@ impl ClientCore {
             }
             (
                 Op::Create { .. },
-                Step::OpenCreated { ino },
+                OpPart::OpenCreated { ino },
                 Ok(Reply::Opened {
                     handle,
                     attr,
@@ -372,7 +372,7 @@ impl ClientCore {
             }
             (Op::Readlink { .. }, _, Ok(Reply::Link(target))) => Some(Ok(Answer::Link(target))),
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
-            (Op::Read { .. }, Step::RefreshRead, Ok(Reply::Attr(a))) => {
+            (Op::Read { .. }, OpPart::RefreshRead, Ok(Reply::Attr(a))) => {
                 // Handles on this file now read the new version: those that
                 // read by node, and those whose host handle holds that very
                 // file (changed in place). A host handle on a file that was
@@ -463,7 +463,7 @@ impl ClientCore {
                 Purpose::Op {
                     req,
                     op,
-                    step: Step::Main,
+                    part: OpPart::First,
                 },
                 crate::proto::Request::Open { node },
             ),
@@ -558,17 +558,17 @@ impl ClientCore {
     }
 
     /// A cache key a request waited for is ready.
-    fn resume(&mut self, now: Instant, cont: Cont, result: Result<Value, Errno>) {
+    fn resume(&mut self, now: Instant, cont: CacheWait, result: Result<Value, Errno>) {
         match (cont, result) {
-            (Cont::GetAttr { req }, Ok(Value::Attr(a))) => {
+            (CacheWait::GetAttr { req }, Ok(Value::Attr(a))) => {
                 let attr = self.with_local_size(&a);
                 let ttl = self.kernel_ttl(Kind::Attr);
                 self.reply(req, Ok(Answer::Attr { attr, ttl }));
             }
-            (Cont::ReadDir { req, ino, offset }, Ok(Value::Dir(entries))) => {
+            (CacheWait::ReadDir { req, ino, offset }, Ok(Value::Dir(entries))) => {
                 self.answer_dir(req, ino, offset, &entries);
             }
-            (Cont::ReadPart { req, slot, attempt }, Ok(Value::Chunk(c))) => {
+            (CacheWait::ReadPart { req, slot, attempt }, Ok(Value::Chunk(c))) => {
                 // Answers for an attempt that was restarted are ignored.
                 if let Some(job) = self.reads.get_mut(&req).filter(|j| j.retries == attempt)
                     && let Some(part) = job.parts.get_mut(slot)
@@ -577,7 +577,7 @@ impl ClientCore {
                 }
                 self.finish_read(req);
             }
-            (Cont::ReadPart { req, attempt, .. }, result) => {
+            (CacheWait::ReadPart { req, attempt, .. }, result) => {
                 if self.reads.get(&req).is_some_and(|j| j.retries == attempt) {
                     match result {
                         Err(Errno::Stale) => self.refresh_read(now, req),
@@ -592,8 +592,10 @@ impl ClientCore {
                     }
                 }
             }
-            (Cont::GetAttr { req } | Cont::ReadDir { req, .. }, Err(e)) => self.reply(req, Err(e)),
-            (Cont::GetAttr { req } | Cont::ReadDir { req, .. }, Ok(_)) => {
+            (CacheWait::GetAttr { req } | CacheWait::ReadDir { req, .. }, Err(e)) => {
+                self.reply(req, Err(e))
+            }
+            (CacheWait::GetAttr { req } | CacheWait::ReadDir { req, .. }, Ok(_)) => {
                 self.reply(req, Err(Errno::Io));
             }
         }
@@ -624,7 +626,7 @@ impl ClientCore {
             Purpose::Op {
                 req,
                 op: Op::Read { fh, offset, size },
-                step: Step::RefreshRead,
+                part: OpPart::RefreshRead,
             },
             crate::proto::Request::GetAttr { node },
         );
@@ -735,7 +737,7 @@ impl ClientCore {
                             Purpose::Op {
                                 req,
                                 op: Op::SetAttr { ino, set: rest },
-                                step: Step::Rest,
+                                part: OpPart::Rest,
                             },
                             crate::proto::Request::SetAttr {
                                 node,

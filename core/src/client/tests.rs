@@ -1,9 +1,10 @@
 //! The client against a real host machine and an in-memory disk.
 
 use super::*;
+use crate::conn::DisconnectReason;
 use crate::host::memfs::MemFs;
 use crate::host::{FsOp, HostConfig, RelPath};
-use crate::proto::{CHUNK_SIZE, FileKind, TxnId};
+use crate::proto::{CHUNK_SIZE, FileKind, Name, TxnId};
 use crate::testkit::World;
 
 fn name(s: &str) -> Name {

@@ -277,4 +277,4 @@ pub type FsResult = Result<FsOk, Errno>;
 
 /// Identifies an operation in flight, so its result finds its request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OpId(pub u64);
+pub struct FsOpId(pub u64);

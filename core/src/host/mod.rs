@@ -28,12 +28,14 @@
 mod fsop;
 pub mod memfs;
 mod nodes;
+mod pump;
 mod server;
 #[cfg(test)]
 mod tests;
 
-pub use fsop::{FsAttr, FsHandle, FsOk, FsOp, FsResult, OpId, ReadFrom, RelPath};
+pub use fsop::{FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
 pub use nodes::NodeTable;
+pub use pump::HostIo;
 pub use server::{
     ConnId, HostConfig, HostEvent, HostOutput, HostServer, HostState, RESERVED_PREFIX,
 };

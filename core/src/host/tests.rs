@@ -34,7 +34,7 @@ struct Rig {
     next_id: u64,
     /// Hold file operations instead of executing them (to interleave).
     hold: bool,
-    held: Vec<(OpId, FsOp)>,
+    held: Vec<(FsOpId, FsOp)>,
 }
 
 impl Rig {

@@ -44,7 +44,7 @@ impl Default for ClientLockConfig {
 /// The shell maps it to the connection's [`crate::proto::RequestId`] and
 /// hands the reply to [`ClientLock::handle_reply`] with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OpId(pub u64);
+pub struct LockOpId(pub u64);
 
 /// The machine's resting states (seed 002 §2).
 ///
@@ -110,7 +110,7 @@ pub enum ClientLockOutput {
     /// Send this request to the host; deliver its reply with `op`.
     Send {
         /// The request's name in [`ClientLock::handle_reply`].
-        op: OpId,
+        op: LockOpId,
         /// The request.
         request: Request,
     },
@@ -135,7 +135,7 @@ enum State {
     /// `op` was sent at `sent`; `confirming` is a grant received too late
     /// to trust its lifetime, being confirmed by a refresh.
     Waiting {
-        op: OpId,
+        op: LockOpId,
         sent: Instant,
         deadline: Instant,
         confirming: Option<LockToken>,
@@ -146,7 +146,7 @@ enum State {
         token: LockToken,
         base: Instant,
         ttl: Duration,
-        refresh: Option<(OpId, Instant)>,
+        refresh: Option<(LockOpId, Instant)>,
     },
 }
 
@@ -221,7 +221,7 @@ impl ClientLock {
 
     /// Asks for the lock: sends AcquireLock and waits. With `wait` the host
     /// queues the request; without, it refuses at once if the lock is busy.
-    pub fn acquire(&mut self, now: Instant, wait: bool) -> Result<OpId, ClientLockError> {
+    pub fn acquire(&mut self, now: Instant, wait: bool) -> Result<LockOpId, ClientLockError> {
         self.handle_timeout(now);
         if !matches!(self.state, State::Unlocked) {
             return Err(ClientLockError::NotUnlocked(self.state()));
@@ -275,7 +275,7 @@ impl ClientLock {
     }
 
     /// The host's answer to request `op`.
-    pub fn handle_reply(&mut self, now: Instant, op: OpId, result: Result<Reply, Errno>) {
+    pub fn handle_reply(&mut self, now: Instant, op: LockOpId, result: Result<Reply, Errno>) {
         self.handle_timeout(now);
         let granted = match &result {
             Ok(Reply::LockGranted { token, ttl_ms }) => {
@@ -466,8 +466,8 @@ impl ClientLock {
         base + ttl.mul_f64(fraction)
     }
 
-    fn send(&mut self, request: Request) -> OpId {
-        let op = OpId(self.next_op);
+    fn send(&mut self, request: Request) -> LockOpId {
+        let op = LockOpId(self.next_op);
         self.next_op += 1;
         self.out.push_back(ClientLockOutput::Send { op, request });
         op

@@ -73,7 +73,7 @@ mod tests;
 
 pub use client::{
     ClientLock, ClientLockConfig, ClientLockError, ClientLockEvent, ClientLockOutput,
-    ClientLockState, LostReason, OpId,
+    ClientLockState, LockOpId, LostReason,
 };
 pub use table::{
     Acquired, FenceError, Grant, LockConfig, LockError, LockInfo, LockOutput, LockRequest,

@@ -850,7 +850,7 @@ fn drain(c: &mut ClientLock) -> Vec<ClientLockOutput> {
 
 fn send(op: u64, request: Request) -> ClientLockOutput {
     ClientLockOutput::Send {
-        op: OpId(op),
+        op: LockOpId(op),
         request,
     }
 }
@@ -872,7 +872,7 @@ fn granted(token: LockToken, ttl: Duration) -> Result<Reply, Errno> {
 fn held_client() -> ClientLock {
     let mut c = client();
     c.acquire(at(0), true).expect("unlocked");
-    c.handle_reply(at_ms(200), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at_ms(200), LockOpId(1), granted(TOKEN, secs(30)));
     drain(&mut c);
     c
 }
@@ -882,7 +882,7 @@ fn client_acquire_sends_the_request_and_waits() {
     let mut c = client();
     assert_eq!(c.state(), ClientLockState::Unlocked);
     assert_eq!(c.poll_timeout(), None);
-    assert_eq!(c.acquire(at(0), true), Ok(OpId(1)));
+    assert_eq!(c.acquire(at(0), true), Ok(LockOpId(1)));
     assert_eq!(
         drain(&mut c),
         vec![send(
@@ -908,7 +908,7 @@ fn client_grant_makes_it_held_with_an_expiry_counted_from_the_send() {
     let mut c = client();
     c.acquire(at(0), true).expect("unlocked");
     drain(&mut c);
-    c.handle_reply(at_ms(200), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at_ms(200), LockOpId(1), granted(TOKEN, secs(30)));
     // 30 s from the send (0), minus the 1 s margin: 29 s, not 30.2 s.
     assert_eq!(
         drain(&mut c),
@@ -936,7 +936,7 @@ fn client_refreshes_at_five_sixths_and_extends_on_confirmation() {
     assert_eq!(c.poll_timeout(), Some(at(29)), "now only the expiry is due");
     c.handle_timeout(at(26));
     assert!(drain(&mut c).is_empty(), "one refresh in flight at a time");
-    c.handle_reply(at(26), OpId(2), granted(TOKEN, secs(30)));
+    c.handle_reply(at(26), LockOpId(2), granted(TOKEN, secs(30)));
     assert_eq!(
         drain(&mut c),
         vec![ev(ClientLockEvent::Refreshed {
@@ -972,7 +972,7 @@ fn client_gives_the_lock_up_before_the_host_can_expire_it() {
     assert_eq!(c.poll_timeout(), None);
     // The refresh's reply limps in afterwards: the lock stays lost (and is
     // released again, harmlessly).
-    c.handle_reply(at(30), OpId(2), granted(TOKEN, secs(30)));
+    c.handle_reply(at(30), LockOpId(2), granted(TOKEN, secs(30)));
     assert_eq!(c.state(), ClientLockState::Unlocked);
     assert_eq!(
         drain(&mut c),
@@ -985,7 +985,7 @@ fn client_loses_the_lock_when_the_refresh_is_refused() {
     let mut c = held_client();
     c.handle_timeout(at(25));
     drain(&mut c);
-    c.handle_reply(at(26), OpId(2), Err(Errno::Stale));
+    c.handle_reply(at(26), LockOpId(2), Err(Errno::Stale));
     assert_eq!(
         drain(&mut c),
         vec![
@@ -1010,7 +1010,7 @@ fn client_wait_times_out_and_releases_a_late_grant() {
     assert_eq!(drain(&mut c), vec![ev(ClientLockEvent::TimedOut)]);
     assert_eq!(c.state(), ClientLockState::Unlocked);
     // The host's grant crosses the timeout: nobody wants it, give it back.
-    c.handle_reply(at(31), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at(31), LockOpId(1), granted(TOKEN, secs(30)));
     assert_eq!(
         drain(&mut c),
         vec![send(2, Request::ReleaseLock { token: TOKEN })]
@@ -1023,7 +1023,7 @@ fn client_is_denied_on_an_error_reply() {
     let mut c = client();
     c.acquire(at(0), false).expect("unlocked");
     drain(&mut c);
-    c.handle_reply(at(0), OpId(1), Err(Errno::Again));
+    c.handle_reply(at(0), LockOpId(1), Err(Errno::Again));
     assert_eq!(
         drain(&mut c),
         vec![ev(ClientLockEvent::Denied(Errno::Again))]
@@ -1032,7 +1032,7 @@ fn client_is_denied_on_an_error_reply() {
     // A reply that is no grant is a protocol error: EIO.
     c.acquire(at(1), false).expect("unlocked");
     drain(&mut c);
-    c.handle_reply(at(1), OpId(2), Ok(Reply::Done));
+    c.handle_reply(at(1), LockOpId(2), Ok(Reply::Done));
     assert_eq!(drain(&mut c), vec![ev(ClientLockEvent::Denied(Errno::Io))]);
 }
 
@@ -1048,14 +1048,14 @@ fn client_release_sends_release_and_unlocks() {
     assert_eq!(c.token(at(10)), None);
     assert_eq!(c.poll_timeout(), None);
     // The release's own reply changes nothing.
-    c.handle_reply(at(10), OpId(2), Ok(Reply::Done));
+    c.handle_reply(at(10), LockOpId(2), Ok(Reply::Done));
     assert!(drain(&mut c).is_empty());
     assert_eq!(
         c.release(at(10)),
         Err(ClientLockError::NotHeld(ClientLockState::Unlocked))
     );
     // And the lock can be taken again.
-    assert_eq!(c.acquire(at(11), true), Ok(OpId(3)));
+    assert_eq!(c.acquire(at(11), true), Ok(LockOpId(3)));
 }
 
 #[test]
@@ -1066,7 +1066,7 @@ fn client_cancel_while_waiting_releases_a_grant_that_still_arrives() {
     c.release(at(5)).expect("waiting");
     assert!(drain(&mut c).is_empty(), "nothing to release yet");
     assert_eq!(c.state(), ClientLockState::Unlocked);
-    c.handle_reply(at(6), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at(6), LockOpId(1), granted(TOKEN, secs(30)));
     assert_eq!(
         drain(&mut c),
         vec![send(2, Request::ReleaseLock { token: TOKEN })]
@@ -1080,14 +1080,14 @@ fn client_confirms_a_grant_that_arrives_late() {
     drain(&mut c);
     // Queued at the host for 26 s: the lifetime the client can vouch for
     // (from its send) is nearly gone, so it refreshes before believing.
-    c.handle_reply(at(26), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at(26), LockOpId(1), granted(TOKEN, secs(30)));
     assert_eq!(
         drain(&mut c),
         vec![send(2, Request::RefreshLock { token: TOKEN })]
     );
     assert_eq!(c.state(), ClientLockState::Waiting);
     assert_eq!(c.token(at(26)), None);
-    c.handle_reply(at_ms(26_100), OpId(2), granted(TOKEN, secs(30)));
+    c.handle_reply(at_ms(26_100), LockOpId(2), granted(TOKEN, secs(30)));
     assert_eq!(
         drain(&mut c),
         vec![ev(ClientLockEvent::Granted {
@@ -1100,9 +1100,9 @@ fn client_confirms_a_grant_that_arrives_late() {
     // A confirmation the host refuses: denied.
     let mut c = client();
     c.acquire(at(0), true).expect("unlocked");
-    c.handle_reply(at(27), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at(27), LockOpId(1), granted(TOKEN, secs(30)));
     drain(&mut c);
-    c.handle_reply(at(27), OpId(2), Err(Errno::Stale));
+    c.handle_reply(at(27), LockOpId(2), Err(Errno::Stale));
     assert_eq!(
         drain(&mut c),
         vec![
@@ -1115,7 +1115,7 @@ fn client_confirms_a_grant_that_arrives_late() {
     // grant is given back.
     let mut c = client();
     c.acquire(at(0), true).expect("unlocked");
-    c.handle_reply(at(29), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at(29), LockOpId(1), granted(TOKEN, secs(30)));
     drain(&mut c);
     c.handle_timeout(at(30));
     assert_eq!(
@@ -1132,9 +1132,9 @@ fn client_never_believes_a_lifetime_shorter_than_its_margin() {
     let mut c = client();
     c.acquire(at(0), true).expect("unlocked");
     drain(&mut c);
-    c.handle_reply(at(0), OpId(1), granted(TOKEN, ms(500)));
+    c.handle_reply(at(0), LockOpId(1), granted(TOKEN, ms(500)));
     // Every grant is re-confirmed, none believed, until the wait runs out.
-    c.handle_reply(at(1), OpId(2), granted(TOKEN, ms(500)));
+    c.handle_reply(at(1), LockOpId(2), granted(TOKEN, ms(500)));
     assert_eq!(c.state(), ClientLockState::Waiting);
     assert_eq!(
         drain(&mut c),
@@ -1158,7 +1158,7 @@ fn client_never_believes_a_lifetime_shorter_than_its_margin() {
     };
     let mut c = ClientLock::new(file(ABF), X, cfg);
     c.acquire(at(0), true).expect("unlocked");
-    c.handle_reply(at(0), OpId(1), granted(TOKEN, secs(30)));
+    c.handle_reply(at(0), LockOpId(1), granted(TOKEN, secs(30)));
     assert_eq!(c.poll_timeout(), Some(at(25)));
 }
 
@@ -1176,7 +1176,7 @@ fn client_refresh_now_revalidates() {
         drain(&mut c),
         vec![send(2, Request::RefreshLock { token: TOKEN })]
     );
-    c.handle_reply(at(4), OpId(2), granted(TOKEN, secs(30)));
+    c.handle_reply(at(4), LockOpId(2), granted(TOKEN, secs(30)));
     assert_eq!(c.expires_at(), Some(at(3 + 29)));
 }
 
@@ -1184,8 +1184,8 @@ fn client_refresh_now_revalidates() {
 fn client_ignores_replies_it_did_not_ask_for() {
     let mut c = held_client();
     // A grant of our own token to an unknown op: ours already, kept.
-    c.handle_reply(at(1), OpId(77), granted(TOKEN, secs(30)));
-    c.handle_reply(at(1), OpId(77), Err(Errno::Io));
+    c.handle_reply(at(1), LockOpId(77), granted(TOKEN, secs(30)));
+    c.handle_reply(at(1), LockOpId(77), Err(Errno::Io));
     assert!(drain(&mut c).is_empty());
     assert_eq!(c.state(), ClientLockState::Held);
     assert_eq!(c.expires_at(), Some(at(29)), "unchanged");
@@ -1193,7 +1193,7 @@ fn client_ignores_replies_it_did_not_ask_for() {
     c.refresh_now(at(2)).expect("held");
     drain(&mut c);
     let other = LockToken([1; 16]);
-    c.handle_reply(at(2), OpId(2), granted(other, secs(30)));
+    c.handle_reply(at(2), LockOpId(2), granted(other, secs(30)));
     assert_eq!(
         drain(&mut c),
         vec![
@@ -1218,7 +1218,7 @@ struct World {
     now: Instant,
     next_request: u64,
     /// Queued host requests: whose, and under which op.
-    pending: BTreeMap<RequestId, (usize, OpId)>,
+    pending: BTreeMap<RequestId, (usize, LockOpId)>,
     /// Short names for tokens, in order of appearance.
     names: Vec<LockToken>,
     trace: String,
@@ -1399,7 +1399,7 @@ impl World {
         }
     }
 
-    fn carry_reply(&mut self, i: usize, op: OpId, result: Result<Reply, Errno>) {
+    fn carry_reply(&mut self, i: usize, op: LockOpId, result: Result<Reply, Errno>) {
         let name = self.clients[i].0;
         let text = self.reply(&result);
         if !self.up[i] {

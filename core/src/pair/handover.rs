@@ -92,14 +92,14 @@ pub struct PairHandover {
 
 /// What a handover step needs besides the handover: the time, the config,
 /// the pair it acts on and where outputs go.
-pub(super) struct Step<'a> {
+pub(super) struct HandoverCtx<'a> {
     pub now: Instant,
     pub cfg: &'a PairConfig,
     pub entry: &'a mut PairEntry,
     pub out: &'a mut VecDeque<Output>,
 }
 
-impl Step<'_> {
+impl HandoverCtx<'_> {
     fn send(&mut self, id: HandoverId, kind: SignalKind) {
         self.out.push_back(Output::Signal {
             to: self.entry.pair().peer,
@@ -119,25 +119,25 @@ impl Step<'_> {
 impl PairHandover {
     /// Starts a handover as initiator on an Idle pair: lock our side and
     /// send Lock at once; the drain runs while Lock travels.
-    pub(super) fn initiate(id: HandoverId, step: &mut Step<'_>) -> Self {
+    pub(super) fn initiate(id: HandoverId, ctx: &mut HandoverCtx<'_>) -> Self {
         let mut h = PairHandover {
             id,
             role: HandoverRole::Initiator,
             state: HandoverState::Init,
             peer_locked: false,
-            deadline: step.now + step.cfg.handshake_timeout,
-            retransmit_at: Some(step.now + step.cfg.signal_retransmit),
+            deadline: ctx.now + ctx.cfg.handshake_timeout,
+            retransmit_at: Some(ctx.now + ctx.cfg.signal_retransmit),
             fail_reason: None,
         };
-        step.entry.lock(step.now, step.cfg);
+        ctx.entry.lock(ctx.now, ctx.cfg);
         h.state = HandoverState::Locking;
-        step.send(id, SignalKind::Lock);
+        ctx.send(id, SignalKind::Lock);
         h
     }
 
     /// Accepts a peer's Lock on a pair that is Idle, or Locking for our own
     /// handover that just lost the tie-break.
-    pub(super) fn respond(id: HandoverId, step: &mut Step<'_>) -> Self {
+    pub(super) fn respond(id: HandoverId, ctx: &mut HandoverCtx<'_>) -> Self {
         let mut h = PairHandover {
             id,
             role: HandoverRole::Responder,
@@ -145,13 +145,13 @@ impl PairHandover {
             peer_locked: false,
             // Generous: the initiator needs up to one handshake_timeout for
             // its own drain + LockOk, then another for Take.
-            deadline: step.now + step.cfg.handshake_timeout * 2,
+            deadline: ctx.now + ctx.cfg.handshake_timeout * 2,
             retransmit_at: None,
             fail_reason: None,
         };
-        step.entry.lock(step.now, step.cfg);
+        ctx.entry.lock(ctx.now, ctx.cfg);
         h.state = HandoverState::Locking;
-        h.on_drained(step);
+        h.on_drained(ctx);
         h
     }
 
@@ -200,46 +200,46 @@ impl PairHandover {
     }
 
     /// The pair entry finished draining (it is now Locked).
-    pub(super) fn on_drained(&mut self, step: &mut Step<'_>) {
-        if self.state != HandoverState::Locking || step.entry.state() != PairState::Locked {
+    pub(super) fn on_drained(&mut self, ctx: &mut HandoverCtx<'_>) {
+        if self.state != HandoverState::Locking || ctx.entry.state() != PairState::Locked {
             return;
         }
         match self.role {
-            HandoverRole::Initiator if self.peer_locked => self.send_take(step),
+            HandoverRole::Initiator if self.peer_locked => self.send_take(ctx),
             HandoverRole::Initiator => {}
             HandoverRole::Responder => {
                 self.state = HandoverState::Locked;
-                step.send(self.id, SignalKind::LockOk);
+                ctx.send(self.id, SignalKind::LockOk);
             }
         }
     }
 
-    fn send_take(&mut self, step: &mut Step<'_>) {
+    fn send_take(&mut self, ctx: &mut HandoverCtx<'_>) {
         self.state = HandoverState::Taking;
-        self.deadline = step.now + step.cfg.handshake_timeout;
-        self.retransmit_at = Some(step.now + step.cfg.signal_retransmit);
-        step.send(self.id, SignalKind::Take);
+        self.deadline = ctx.now + ctx.cfg.handshake_timeout;
+        self.retransmit_at = Some(ctx.now + ctx.cfg.signal_retransmit);
+        ctx.send(self.id, SignalKind::Take);
     }
 
     /// Rolls the pair back to Idle and ends the handover as failed.
-    fn fail(&mut self, reason: FailReason, step: &mut Step<'_>) {
-        let was_in_use = step.entry.state() == PairState::InUse;
-        step.entry.release(step.now);
-        self.finish_failed(reason, was_in_use, step);
+    fn fail(&mut self, reason: FailReason, ctx: &mut HandoverCtx<'_>) {
+        let was_in_use = ctx.entry.state() == PairState::InUse;
+        ctx.entry.release(ctx.now);
+        self.finish_failed(reason, was_in_use, ctx);
     }
 
-    fn finish_failed(&mut self, reason: FailReason, was_in_use: bool, step: &mut Step<'_>) {
+    fn finish_failed(&mut self, reason: FailReason, was_in_use: bool, ctx: &mut HandoverCtx<'_>) {
         self.state = HandoverState::Failed;
         self.fail_reason = Some(reason);
         self.retransmit_at = None;
-        let pair = step.entry.pair().nonce;
+        let pair = ctx.entry.pair().nonce;
         if was_in_use {
-            step.event(PairEvent::Released {
+            ctx.event(PairEvent::Released {
                 pair,
                 by_peer: true,
             });
         }
-        step.event(PairEvent::HandoverFailed {
+        ctx.event(PairEvent::HandoverFailed {
             pair,
             handover: self.id,
             reason,
@@ -247,39 +247,39 @@ impl PairHandover {
     }
 
     /// Ends a handover whose connection has been released on both sides.
-    fn done(&mut self, by_peer: bool, step: &mut Step<'_>) {
-        step.entry.release(step.now);
+    fn done(&mut self, by_peer: bool, ctx: &mut HandoverCtx<'_>) {
+        ctx.entry.release(ctx.now);
         self.state = HandoverState::Done;
         self.retransmit_at = None;
-        step.event(PairEvent::Released {
-            pair: step.entry.pair().nonce,
+        ctx.event(PairEvent::Released {
+            pair: ctx.entry.pair().nonce,
             by_peer,
         });
     }
 
     /// Our side stops using the pair: silent, and ask the peer to confirm.
     /// Returns false unless InUse.
-    pub(super) fn release(&mut self, step: &mut Step<'_>) -> bool {
+    pub(super) fn release(&mut self, ctx: &mut HandoverCtx<'_>) -> bool {
         if self.state != HandoverState::InUse {
             return false;
         }
-        step.entry.silence();
+        ctx.entry.silence();
         self.state = HandoverState::Releasing;
-        self.deadline = step.now + step.cfg.give_up_timeout;
-        self.retransmit_at = Some(step.now + step.cfg.signal_retransmit);
-        step.send(self.id, SignalKind::Release);
+        self.deadline = ctx.now + ctx.cfg.give_up_timeout;
+        self.retransmit_at = Some(ctx.now + ctx.cfg.signal_retransmit);
+        ctx.send(self.id, SignalKind::Release);
         true
     }
 
     /// A signal for this handover arrived from the peer.
-    pub(super) fn on_signal(&mut self, kind: SignalKind, step: &mut Step<'_>) {
+    pub(super) fn on_signal(&mut self, kind: SignalKind, ctx: &mut HandoverCtx<'_>) {
         use HandoverState as S;
         use SignalKind as K;
         match (self.role, self.state, kind) {
             // Initiator, waiting for the responder to lock.
             (HandoverRole::Initiator, S::Locking, K::LockOk) => {
                 self.peer_locked = true;
-                self.on_drained(step);
+                self.on_drained(ctx);
             }
             (
                 HandoverRole::Initiator,
@@ -288,60 +288,60 @@ impl PairHandover {
             ) => {
                 // Final answer (rule 4): the responder does not hold the pair
                 // for us and never will, so Idle is safe even after Take.
-                self.fail(FailReason::Busy(reason), step);
+                self.fail(FailReason::Busy(reason), ctx);
             }
             (HandoverRole::Initiator, S::Taking, K::TakeOk) => {
-                step.entry.take();
+                ctx.entry.take();
                 self.state = S::InUse;
                 self.retransmit_at = None;
-                step.event(PairEvent::Taken {
-                    pair: step.entry.pair().nonce,
+                ctx.event(PairEvent::Taken {
+                    pair: ctx.entry.pair().nonce,
                     handover: self.id,
                 });
             }
             (HandoverRole::Initiator, S::Taking | S::Aborting, K::Release) => {
                 // The responder was in use and has already released: it is
                 // silent and waits for our ReleaseOk.
-                step.send(self.id, K::ReleaseOk);
-                self.fail(FailReason::ReleasedByPeer, step);
+                ctx.send(self.id, K::ReleaseOk);
+                self.fail(FailReason::ReleasedByPeer, ctx);
             }
             (HandoverRole::Initiator, S::Aborting, K::AbortOk) => {
-                self.fail(FailReason::Timeout, step);
+                self.fail(FailReason::Timeout, ctx);
             }
 
             // Responder.
-            (HandoverRole::Responder, S::Locked, K::Lock) => step.send(self.id, K::LockOk),
+            (HandoverRole::Responder, S::Locked, K::Lock) => ctx.send(self.id, K::LockOk),
             (HandoverRole::Responder, S::Locked, K::Take) => {
-                step.entry.take();
+                ctx.entry.take();
                 self.state = S::InUse;
-                step.send(self.id, K::TakeOk);
-                step.event(PairEvent::Taken {
-                    pair: step.entry.pair().nonce,
+                ctx.send(self.id, K::TakeOk);
+                ctx.event(PairEvent::Taken {
+                    pair: ctx.entry.pair().nonce,
                     handover: self.id,
                 });
             }
-            (HandoverRole::Responder, S::InUse, K::Take) => step.send(self.id, K::TakeOk),
+            (HandoverRole::Responder, S::InUse, K::Take) => ctx.send(self.id, K::TakeOk),
             (
                 HandoverRole::Responder,
                 S::Locking | S::Locked | S::InUse | S::Releasing,
                 K::Abort,
             ) => {
-                step.send(self.id, K::AbortOk);
-                self.fail(FailReason::Aborted, step);
+                ctx.send(self.id, K::AbortOk);
+                self.fail(FailReason::Aborted, ctx);
             }
 
             // Either side, while the pair carries (or just carried) a
             // connection.
             (_, S::InUse, K::Release) => {
-                step.send(self.id, K::ReleaseOk);
-                self.done(true, step);
+                ctx.send(self.id, K::ReleaseOk);
+                self.done(true, ctx);
             }
-            (_, S::Releasing, K::ReleaseOk) => self.done(false, step),
+            (_, S::Releasing, K::ReleaseOk) => self.done(false, ctx),
             (_, S::Releasing, K::Release) => {
                 // Both released at once: each answers the other; both silent
                 // until now, so Idle is safe.
-                step.send(self.id, K::ReleaseOk);
-                self.done(false, step);
+                ctx.send(self.id, K::ReleaseOk);
+                self.done(false, ctx);
             }
 
             // Everything else is a duplicate or a late arrival: ignore.
@@ -350,8 +350,8 @@ impl PairHandover {
     }
 
     /// Timers: repeat the pending request, or give up on it.
-    pub(super) fn handle_timeout(&mut self, step: &mut Step<'_>) {
-        let now = step.now;
+    pub(super) fn handle_timeout(&mut self, ctx: &mut HandoverCtx<'_>) {
+        let now = ctx.now;
         if self.poll_timeout().is_none_or(|t| now < t) {
             return;
         }
@@ -361,20 +361,20 @@ impl PairHandover {
                 // the responder so it need not wait for its own timeout.
                 HandoverState::Locking | HandoverState::Locked => {
                     if self.role == HandoverRole::Initiator {
-                        step.send(self.id, SignalKind::Abort);
+                        ctx.send(self.id, SignalKind::Abort);
                     }
-                    self.fail(FailReason::Timeout, step);
+                    self.fail(FailReason::Timeout, ctx);
                 }
                 // Take may have landed: stay silent and ask (rule 2).
                 HandoverState::Taking => {
                     self.state = HandoverState::Aborting;
-                    self.deadline = now + step.cfg.give_up_timeout;
-                    self.retransmit_at = Some(now + step.cfg.signal_retransmit);
-                    step.send(self.id, SignalKind::Abort);
+                    self.deadline = now + ctx.cfg.give_up_timeout;
+                    self.retransmit_at = Some(now + ctx.cfg.signal_retransmit);
+                    ctx.send(self.id, SignalKind::Abort);
                 }
                 HandoverState::Releasing | HandoverState::Aborting => {
-                    step.entry.expire();
-                    self.finish_failed(FailReason::PeerUnreachable, false, step);
+                    ctx.entry.expire();
+                    self.finish_failed(FailReason::PeerUnreachable, false, ctx);
                 }
                 HandoverState::Init
                 | HandoverState::InUse
@@ -386,7 +386,7 @@ impl PairHandover {
         if let Some(at) = self.retransmit_at
             && now >= at
         {
-            self.retransmit_at = Some(now + step.cfg.signal_retransmit);
+            self.retransmit_at = Some(now + ctx.cfg.signal_retransmit);
             let repeat = match self.state {
                 HandoverState::Locking if !self.peer_locked => Some(SignalKind::Lock),
                 HandoverState::Taking => Some(SignalKind::Take),
@@ -395,7 +395,7 @@ impl PairHandover {
                 _ => None,
             };
             if let Some(kind) = repeat {
-                step.send(self.id, kind);
+                ctx.send(self.id, kind);
             }
         }
     }

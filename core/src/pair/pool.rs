@@ -1,7 +1,7 @@
 //! One node's registry of pairs, and the machine the shell drives.
 
 use super::frame::KeepaliveFrame;
-use super::handover::{FailReason, PairHandover, Step};
+use super::handover::{FailReason, HandoverCtx, PairHandover};
 use super::{
     BusyReason, EndpointPair, HandoverId, HandoverState, PairConfig, PairEntry, PairNonce,
     PairState, PeerId, Signal, SignalKind, Transmit,
@@ -350,13 +350,13 @@ impl PairPool {
             initiator: self.local,
             seq: slot.entry.own_handover_seq,
         };
-        let mut step = Step {
+        let mut ctx = HandoverCtx {
             now,
             cfg: &self.cfg,
             entry: &mut slot.entry,
             out: &mut self.out,
         };
-        slot.handover = Some(PairHandover::initiate(id, &mut step));
+        slot.handover = Some(PairHandover::initiate(id, &mut ctx));
         self.settle(now, nonce);
         Ok(id)
     }
@@ -372,13 +372,13 @@ impl PairPool {
         let Some(handover) = slot.handover.as_mut() else {
             return Err(ReleaseError::NotInUse(nonce));
         };
-        let mut step = Step {
+        let mut ctx = HandoverCtx {
             now,
             cfg: &self.cfg,
             entry: &mut slot.entry,
             out: &mut self.out,
         };
-        if !handover.release(&mut step) {
+        if !handover.release(&mut ctx) {
             return Err(ReleaseError::NotInUse(nonce));
         }
         self.settle(now, nonce);
@@ -445,26 +445,26 @@ impl PairPool {
         if slot.entry.pair().peer != from {
             return self.drops.count(DropReason::WrongPeer);
         }
-        let mut step = Step {
+        let mut ctx = HandoverCtx {
             now,
             cfg: &self.cfg,
             entry: &mut slot.entry,
             out: &mut self.out,
         };
         match slot.handover.as_mut() {
-            Some(h) if h.id() == signal.handover => h.on_signal(signal.kind, &mut step),
+            Some(h) if h.id() == signal.handover => h.on_signal(signal.kind, &mut ctx),
             current => {
                 if signal.kind != SignalKind::Lock || initiator != from {
                     return self.answer_unknown(from, signal, BusyReason::NoSuchHandover);
                 }
                 // A new Lock from the peer. Ids only grow: one we have seen
                 // before is over for us, whatever we answered then.
-                if signal.handover.seq <= step.entry.peer_handover_seq {
+                if signal.handover.seq <= ctx.entry.peer_handover_seq {
                     return self.answer_unknown(from, signal, BusyReason::NoSuchHandover);
                 }
-                step.entry.peer_handover_seq = signal.handover.seq;
+                ctx.entry.peer_handover_seq = signal.handover.seq;
                 let busy = match current {
-                    None if step.entry.state() == PairState::Idle => None,
+                    None if ctx.entry.state() == PairState::Idle => None,
                     None => Some(BusyReason::AlreadyLocked),
                     // Both sides locked at once: the lower peer id wins, so
                     // exactly one of the two handovers goes on.
@@ -475,7 +475,7 @@ impl PairPool {
                         if self.local < from {
                             Some(BusyReason::Contended)
                         } else {
-                            step.out.push_back(Output::Event(PairEvent::HandoverFailed {
+                            ctx.out.push_back(Output::Event(PairEvent::HandoverFailed {
                                 pair: signal.pair,
                                 handover: ours.id(),
                                 reason: FailReason::LostTie,
@@ -486,8 +486,8 @@ impl PairPool {
                     Some(_) => Some(BusyReason::AlreadyLocked),
                 };
                 match busy {
-                    Some(reason) => step.send_busy(signal, reason),
-                    None => slot.handover = Some(PairHandover::respond(signal.handover, &mut step)),
+                    Some(reason) => ctx.send_busy(signal, reason),
+                    None => slot.handover = Some(PairHandover::respond(signal.handover, &mut ctx)),
                 }
             }
         }
@@ -545,13 +545,13 @@ impl PairPool {
                 self.out.push_back(Output::Transmit(tx));
             }
             if let Some(h) = slot.handover.as_mut() {
-                let mut step = Step {
+                let mut ctx = HandoverCtx {
                     now,
                     cfg: &self.cfg,
                     entry: &mut slot.entry,
                     out: &mut self.out,
                 };
-                h.handle_timeout(&mut step);
+                h.handle_timeout(&mut ctx);
                 // A handover that timed out and rolled its pair back to Idle
                 // has made the resumption ping due now: send it in this call,
                 // so poll_timeout() is never <= now after handle_timeout(now).
@@ -581,13 +581,13 @@ impl PairPool {
         if let Some(h) = slot.handover.as_mut() {
             // A drain that just finished moves its handover on (no-op in
             // any other state).
-            let mut step = Step {
+            let mut ctx = HandoverCtx {
                 now,
                 cfg: &self.cfg,
                 entry: &mut slot.entry,
                 out: &mut self.out,
             };
-            h.on_drained(&mut step);
+            h.on_drained(&mut ctx);
             if h.is_finished() {
                 slot.handover = None;
             }
@@ -617,7 +617,7 @@ impl PairPool {
     }
 }
 
-impl Step<'_> {
+impl HandoverCtx<'_> {
     fn send_busy(&mut self, signal: Signal, reason: BusyReason) {
         self.out.push_back(Output::Signal {
             to: self.entry.pair().peer,

@@ -29,8 +29,7 @@ pub use extents::Extents;
 
 use crate::Instant;
 use crate::lock::{
-    ClientLock, ClientLockConfig, ClientLockEvent, ClientLockOutput, ClientLockState,
-    OpId as LockOp,
+    ClientLock, ClientLockConfig, ClientLockEvent, ClientLockOutput, ClientLockState, LockOpId,
 };
 use crate::proto::{
     Attr, CHUNK_SIZE, Errno, LockKind, LockScope, LockToken, MAX_WRITE_PIECE, NodeId, Reply,
@@ -149,7 +148,7 @@ pub enum WriteOutput {
 
 #[derive(Clone, Debug)]
 enum Sent {
-    Lock(LockOp),
+    Lock(LockOpId),
     Begin,
     Piece { start: u64, len: u64 },
     Truncate,

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use wormhole_core::client::{ClientConfig, Op, Req};
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::host::{ConnId, FsOp, HostConfig, HostOutput, HostServer, RESERVED_PREFIX};
+use wormhole_core::host::{
+    ConnId, FsOp, FsOpId, FsResult, HostConfig, HostEvent, HostIo, HostServer, RESERVED_PREFIX,
+};
 use wormhole_core::proto::{
     ClientMessage, Errno, HostMessage, Name, Request, RequestId, SessionId, SetAttr,
 };
@@ -174,6 +176,37 @@ pub fn host_machine(data: &[u8]) {
     }
 }
 
+/// The fuzzed host's disk: answers every file operation at once (or
+/// fails it with `fail`), and notes the sessions it authenticated.
+struct FuzzHostIo<'a> {
+    disk: &'a mut MemFs,
+    fail: Option<Errno>,
+    sessions: &'a mut Vec<SessionId>,
+}
+
+impl HostIo for FuzzHostIo<'_> {
+    fn fs(&mut self, _: &HostServer, _: FsOpId, fs: FsOp) -> Option<FsResult> {
+        check_paths(&fs);
+        Some(match self.fail {
+            Some(e) => Err(e),
+            None => self.disk.execute(fs),
+        })
+    }
+
+    fn send(&mut self, _: ConnId, _: HostMessage) {}
+
+    fn close(&mut self, _: ConnId) {}
+
+    fn event(&mut self, event: HostEvent) {
+        if let HostEvent::Authenticated { session, .. } = event
+            && !self.sessions.contains(&session)
+            && self.sessions.len() < 16
+        {
+            self.sessions.push(session);
+        }
+    }
+}
+
 fn drain_host(
     host: &mut HostServer,
     disk: &mut MemFs,
@@ -181,28 +214,16 @@ fn drain_host(
     fail: Option<Errno>,
     sessions: &mut Vec<SessionId>,
 ) {
-    // Each output is answered at once; the bound keeps a runaway loop a
-    // failure rather than a hang.
-    for _ in 0..100_000 {
-        let Some(o) = host.poll_output() else { return };
-        match o {
-            HostOutput::Fs { op, fs } => {
-                check_paths(&fs);
-                let result = match fail {
-                    Some(e) => Err(e),
-                    None => disk.execute(fs),
-                };
-                host.handle_fs(now, op, result);
-            }
-            HostOutput::Event(wormhole_core::host::HostEvent::Authenticated {
-                session, ..
-            }) if !sessions.contains(&session) && sessions.len() < 16 => {
-                sessions.push(session);
-            }
-            _ => {}
-        }
-    }
-    panic!("the host never stops producing outputs");
+    let mut io = FuzzHostIo {
+        disk,
+        fail,
+        sessions,
+    };
+    host.pump(now, &mut io);
+    assert!(
+        host.poll_output().is_none(),
+        "the host never stops producing outputs"
+    );
 }
 
 /// Every path the host builds is made of valid names that are not the

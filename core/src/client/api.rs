@@ -1,0 +1,347 @@
+//! What the client core takes and gives: its configuration, the kernel's
+//! operations and their answers, and the outputs the shell carries out.
+
+use crate::cache::{CacheConfig, ChunkKey, ReadAheadConfig};
+use crate::conn::{ConnConfig, DisconnectReason};
+use crate::proto::{Attr, Checksum, ClientMessage, Errno, FileKind, Name, SetAttr, StatFs};
+use crate::vfs::Ino;
+use crate::write::WriteConfig;
+use bytes::Bytes;
+use std::time::Duration;
+
+#[allow(unused_imports)] // for doc links
+use super::ClientCore;
+
+/// Timing and bounds of the client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// The connection machine.
+    pub conn: ConnConfig,
+    /// The cache.
+    pub cache: CacheConfig,
+    /// Read-ahead.
+    pub read_ahead: ReadAheadConfig,
+    /// Write transactions.
+    pub write: WriteConfig,
+    /// A request unanswered for this long fails with ETIMEDOUT.
+    pub request_timeout: Duration,
+    /// Requests waiting for a connection at most; more fail with EAGAIN.
+    pub max_queued: usize,
+    /// Inodes in the table at most.
+    pub max_inodes: usize,
+    /// Entries of one directory listing at most (larger: EFBIG).
+    pub max_dir_entries: usize,
+    /// When the connection machine has given up on a host that may come
+    /// back (it went away or said goodbye; not a refused ticket, not our
+    /// own disconnect), connect again this long after, and again after
+    /// every failed try: a mount outlives a host that is down for an
+    /// hour. Requests in between fail at once with ENOTCONN (during a
+    /// try, they wait for its outcome). `None` stays disconnected.
+    pub redial: Option<Duration>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            conn: ConnConfig::default(),
+            cache: CacheConfig::default(),
+            read_ahead: ReadAheadConfig::default(),
+            write: WriteConfig::default(),
+            request_timeout: Duration::from_secs(60),
+            max_queued: 4096,
+            max_inodes: 1 << 20,
+            max_dir_entries: 1 << 20,
+            redial: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// A kernel request, numbered by the shell (FUSE's `unique`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Req(pub u64);
+
+/// A file handle given to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fh(pub u64);
+
+/// A kernel file operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Find `name` in `parent`.
+    Lookup {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+    },
+    /// Attributes.
+    GetAttr {
+        /// The inode.
+        ino: Ino,
+    },
+    /// Change attributes (a size change is a write).
+    SetAttr {
+        /// The inode.
+        ino: Ino,
+        /// The changes.
+        set: SetAttr,
+    },
+    /// Directory entries from position `offset` (0 = start).
+    ReadDir {
+        /// The directory.
+        ino: Ino,
+        /// Entries to skip.
+        offset: u64,
+    },
+    /// Open a file.
+    Open {
+        /// The file.
+        ino: Ino,
+    },
+    /// Read.
+    Read {
+        /// The handle.
+        fh: Fh,
+        /// Offset.
+        offset: u64,
+        /// Bytes at most.
+        size: u32,
+    },
+    /// Write (buffered; committed on flush, fsync or release).
+    Write {
+        /// The handle.
+        fh: Fh,
+        /// Offset.
+        offset: u64,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// close(2) on a descriptor: commit, report the outcome.
+    Flush {
+        /// The handle.
+        fh: Fh,
+    },
+    /// fsync(2): commit, report the outcome.
+    Fsync {
+        /// The handle.
+        fh: Fh,
+    },
+    /// The last descriptor of a handle is gone.
+    Release {
+        /// The handle.
+        fh: Fh,
+    },
+    /// Create and open a file.
+    Create {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+        /// `O_EXCL`: fail with EEXIST if the name exists (otherwise an
+        /// existing file is opened).
+        exclusive: bool,
+    },
+    /// Make a directory.
+    Mkdir {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Remove a file.
+    Unlink {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+    },
+    /// Remove a directory.
+    Rmdir {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+    },
+    /// Rename (replacing the target).
+    Rename {
+        /// Source directory.
+        parent: Ino,
+        /// Source name.
+        name: Name,
+        /// Target directory.
+        new_parent: Ino,
+        /// Target name.
+        new_name: Name,
+    },
+    /// Make a symlink.
+    Symlink {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// Target text.
+        target: Vec<u8>,
+    },
+    /// A symlink's target.
+    Readlink {
+        /// The symlink.
+        ino: Ino,
+    },
+    /// File system statistics.
+    Statfs,
+}
+
+/// One directory entry for the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirItem {
+    /// Its inode.
+    pub ino: Ino,
+    /// The offset of the entry after it (what the kernel passes back).
+    pub next: u64,
+    /// Its kind.
+    pub kind: FileKind,
+    /// Its name.
+    pub name: Name,
+    /// Its attributes.
+    pub attr: Attr,
+    /// How long the kernel may keep the entry and its attributes (for a
+    /// readdirplus answer, which hands the kernel both).
+    pub ttl: Duration,
+}
+
+/// A successful answer to the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Lookup, Mkdir, Symlink: an entry.
+    Entry {
+        /// Its inode (one lookup reference taken).
+        ino: Ino,
+        /// Its attributes.
+        attr: Attr,
+        /// How long the kernel may cache entry and attributes.
+        ttl: Duration,
+    },
+    /// Create: an entry and an open handle.
+    Created {
+        /// Its inode.
+        ino: Ino,
+        /// Its attributes.
+        attr: Attr,
+        /// How long the kernel may cache them.
+        ttl: Duration,
+        /// The handle.
+        fh: Fh,
+    },
+    /// GetAttr, SetAttr.
+    Attr {
+        /// The attributes.
+        attr: Attr,
+        /// How long the kernel may cache them.
+        ttl: Duration,
+    },
+    /// ReadDir: entries from the requested offset (empty at the end).
+    Dir(Vec<DirItem>),
+    /// Open.
+    Opened {
+        /// The handle.
+        fh: Fh,
+        /// The file is unchanged since the kernel last cached it.
+        keep_cache: bool,
+    },
+    /// Read.
+    Data(Bytes),
+    /// Write: bytes accepted.
+    Written(u32),
+    /// Readlink.
+    Link(Vec<u8>),
+    /// Statfs.
+    StatFs(StatFs),
+    /// Done.
+    Done,
+}
+
+/// What the client reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Connected (again); `resumed` if the host kept our session.
+    Connected {
+        /// Whether the session was resumed.
+        resumed: bool,
+    },
+    /// The connection was lost; reconnecting.
+    Lost,
+    /// A reconnect attempt is scheduled.
+    Retrying {
+        /// Attempt number.
+        attempt: u32,
+        /// Delay before it.
+        delay: Duration,
+    },
+    /// Given up: every request fails with ENOTCONN until the next
+    /// connect.
+    Disconnected {
+        /// Why the connection machine gave up.
+        reason: DisconnectReason,
+        /// When the client connects again by itself ([`ClientConfig::redial`]);
+        /// `None`: not until `connect`.
+        redial_in: Option<Duration>,
+    },
+}
+
+/// What the client asks the shell to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOutput {
+    /// Answer a kernel request.
+    Reply {
+        /// The request.
+        req: Req,
+        /// The answer.
+        result: Result<Answer, Errno>,
+    },
+    /// Send a message to the host.
+    Send(ClientMessage),
+    /// Open a transport to the host; report it with
+    /// [`ClientCore::transport_established`] or
+    /// [`ClientCore::transport_lost`].
+    OpenTransport,
+    /// Close the transport.
+    CloseTransport,
+    /// Store a chunk in the disk cache.
+    L2Write {
+        /// The chunk.
+        key: ChunkKey,
+        /// Its bytes.
+        data: Bytes,
+        /// Their checksum.
+        checksum: Checksum,
+    },
+    /// Delete a chunk from the disk cache.
+    L2Delete {
+        /// The chunk.
+        key: ChunkKey,
+    },
+    /// Read a chunk from the disk cache and report it with
+    /// [`ClientCore::l2_loaded`] or [`ClientCore::l2_read_failed`].
+    L2Read {
+        /// The chunk.
+        key: ChunkKey,
+    },
+    /// The kernel's cached data or attributes of `ino` are out of date.
+    InvalidateInode {
+        /// The inode.
+        ino: Ino,
+    },
+    /// The kernel's cached entry `parent/name` is out of date.
+    InvalidateEntry {
+        /// The directory.
+        parent: Ino,
+        /// The name.
+        name: Name,
+    },
+    /// A connection change.
+    Event(ClientEvent),
+}

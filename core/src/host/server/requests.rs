@@ -1,0 +1,477 @@
+//! Requests: each client request checked (session, confinement, locks,
+//! transactions) and turned into file operations or an answer.
+
+use super::*;
+
+impl HostServer {
+    fn path_of(&self, node: NodeId) -> Result<RelPath, Errno> {
+        self.nodes.path(node).ok_or(Errno::Stale)
+    }
+
+    fn dir_path(&self, node: NodeId) -> Result<RelPath, Errno> {
+        match self.nodes.kind(node) {
+            None => Err(Errno::Stale),
+            Some(FileKind::Dir) => self.path_of(node),
+            Some(_) => Err(Errno::NotDir),
+        }
+    }
+
+    fn writable(&self) -> Result<(), Errno> {
+        if self.cfg.read_only {
+            Err(Errno::RoFs)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Refuses a change to `node` while another session holds a lock that
+    /// covers it: with `entries`, a directory-entry change (a Directory or
+    /// Subtree lock on it, or a subtree lock above it, blocks it); without,
+    /// a change to the node itself (any lock on it or a subtree above).
+    fn guard(&self, session: SessionId, node: NodeId, entries: bool) -> Result<(), Errno> {
+        let ancestors = self.nodes.ancestors(node);
+        for lock in self.locks.locks() {
+            if lock.session == session {
+                continue;
+            }
+            let blocks = match lock.scope {
+                LockScope::Subtree(n) => n == node || ancestors.contains(&n),
+                LockScope::Directory(n) => entries && n == node,
+                LockScope::File(n) => !entries && n == node,
+            };
+            if blocks {
+                return Err(Errno::Busy);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn dispatch(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        id: RequestId,
+        request: Request,
+    ) -> Result<(), Errno> {
+        let answer = |then| Purpose::Answer { session, id, then };
+        match request {
+            Request::Hello { .. } => return Err(Errno::Inval),
+            Request::Lookup { parent, name } => {
+                let path = self.dir_path(parent)?.join(visible(&name)?);
+                self.fs(
+                    answer(ReplyAs::Lookup { parent, name }),
+                    FsOp::Stat { path },
+                );
+            }
+            Request::GetAttr { node } => {
+                let path = self.path_of(node)?;
+                self.fs(answer(ReplyAs::Stat { node }), FsOp::Stat { path });
+            }
+            Request::SetAttr { node, set, token } => {
+                self.writable()?;
+                let path = self.path_of(node)?;
+                match token {
+                    Some(token) => {
+                        let ancestors = self.nodes.ancestors(node);
+                        self.locks.validate(now, session, token, node, &ancestors)?;
+                    }
+                    None => self.guard(session, node, false)?,
+                }
+                self.fs(answer(ReplyAs::Stat { node }), FsOp::SetAttr { path, set });
+            }
+            Request::ReadDir { dir, cookie } => {
+                let path = self.dir_path(dir)?;
+                self.fs(
+                    answer(ReplyAs::ReadDir { dir }),
+                    FsOp::List {
+                        path,
+                        cookie,
+                        max: MAX_DIR_PAGE as u32,
+                    },
+                );
+            }
+            Request::Open { node } => {
+                let path = self.path_of(node)?;
+                let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
+                if s.handles.len() >= self.cfg.max_handles_per_session {
+                    return Err(Errno::Again);
+                }
+                let handle = HandleId(self.next_handle);
+                let fs = FsHandle(self.next_handle);
+                self.next_handle += 1;
+                self.fs(
+                    answer(ReplyAs::Open { node, handle, fs }),
+                    FsOp::Open {
+                        path,
+                        handle: fs,
+                        inline_max: CHUNK_SIZE as u32,
+                    },
+                );
+            }
+            Request::Close { handle } => {
+                let h = self.own_handle(session, handle)?;
+                self.fs(answer(ReplyAs::Close { handle }), FsOp::Close { handle: h });
+            }
+            Request::Read { file, offset, len } => {
+                if len as usize > CHUNK_SIZE {
+                    return Err(Errno::Inval);
+                }
+                let from = match file {
+                    FileRef::Node(node) => ReadFrom::Path(self.path_of(node)?),
+                    FileRef::Handle(handle) => ReadFrom::Handle(self.own_handle(session, handle)?),
+                };
+                self.fs(answer(ReplyAs::Read), FsOp::Read { from, offset, len });
+            }
+            Request::Create {
+                parent,
+                name,
+                mode,
+                exclusive,
+            } => {
+                self.writable()?;
+                let path = self.dir_path(parent)?.join(visible(&name)?);
+                self.guard(session, parent, true)?;
+                self.fs(
+                    answer(ReplyAs::Created { parent, name }),
+                    FsOp::Create {
+                        path,
+                        mode: mode & 0o7777,
+                        exclusive,
+                    },
+                );
+            }
+            Request::Mkdir { parent, name, mode } => {
+                self.writable()?;
+                let path = self.dir_path(parent)?.join(visible(&name)?);
+                self.guard(session, parent, true)?;
+                self.fs(
+                    answer(ReplyAs::Created { parent, name }),
+                    FsOp::Mkdir {
+                        path,
+                        mode: mode & 0o7777,
+                    },
+                );
+            }
+            Request::Symlink {
+                parent,
+                name,
+                target,
+            } => {
+                self.writable()?;
+                if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
+                    return Err(Errno::Inval);
+                }
+                let path = self.dir_path(parent)?.join(visible(&name)?);
+                self.guard(session, parent, true)?;
+                self.fs(
+                    answer(ReplyAs::Created { parent, name }),
+                    FsOp::Symlink { path, target },
+                );
+            }
+            Request::Unlink { parent, name } => self.remove(session, id, parent, name, false)?,
+            Request::Rmdir { parent, name } => self.remove(session, id, parent, name, true)?,
+            Request::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+            } => {
+                self.writable()?;
+                let from = self.dir_path(parent)?.join(visible(&name)?);
+                let to = self.dir_path(new_parent)?.join(visible(&new_name)?);
+                if to.starts_with(&from) && to != from {
+                    return Err(Errno::Inval);
+                }
+                self.guard(session, parent, true)?;
+                self.guard(session, new_parent, true)?;
+                for (p, n) in [(parent, &name), (new_parent, &new_name)] {
+                    if let Some(child) = self.nodes.child(p, n)
+                        && self.locked_below_by_other(session, child)
+                    {
+                        return Err(Errno::Busy);
+                    }
+                }
+                self.fs(
+                    answer(ReplyAs::Renamed {
+                        parent,
+                        name,
+                        new_parent,
+                        new_name,
+                    }),
+                    FsOp::Rename { from, to },
+                );
+            }
+            Request::Readlink { node } => {
+                let path = self.path_of(node)?;
+                self.fs(answer(ReplyAs::Readlink), FsOp::Readlink { path });
+            }
+            Request::Statfs => {
+                self.fs(answer(ReplyAs::Statfs), FsOp::StatFs);
+            }
+            Request::AcquireLock { scope, kind, wait } => {
+                let node = scope_node(scope);
+                match (scope, self.nodes.kind(node)) {
+                    (_, None) => return Err(Errno::Stale),
+                    (LockScope::Directory(_) | LockScope::Subtree(_), Some(k))
+                        if k != FileKind::Dir =>
+                    {
+                        return Err(Errno::NotDir);
+                    }
+                    _ => {}
+                }
+                let ancestors = self.nodes.ancestors(node);
+                let req = LockRequest {
+                    session,
+                    request: id,
+                    scope,
+                    kind,
+                    wait,
+                    ancestors: &ancestors,
+                };
+                match self.locks.acquire(now, &req)? {
+                    Acquired::Granted(grant) => self.answer(session, id, Ok(grant.reply())),
+                    Acquired::Queued(_) => {}
+                }
+                self.drain_locks();
+            }
+            Request::RefreshLock { token } => {
+                let grant = self.locks.refresh(now, session, token)?;
+                self.answer(session, id, Ok(grant.reply()));
+            }
+            Request::ReleaseLock { token } => {
+                self.locks.release(now, session, token)?;
+                self.answer(session, id, Ok(Reply::Done));
+                self.drain_locks();
+            }
+            Request::BeginWrite { node, token } => {
+                self.writable()?;
+                if self.nodes.kind(node) != Some(FileKind::File) {
+                    return Err(if self.nodes.kind(node).is_none() {
+                        Errno::Stale
+                    } else {
+                        Errno::IsDir
+                    });
+                }
+                let ancestors = self.nodes.ancestors(node);
+                self.locks.validate(now, session, token, node, &ancestors)?;
+                let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
+                if s.txns.len() >= self.cfg.max_txns_per_session {
+                    return Err(Errno::Again);
+                }
+                let path = self.path_of(node)?;
+                let txn = TxnId(self.next_txn);
+                self.next_txn += 1;
+                self.txns.insert(
+                    txn,
+                    Txn {
+                        session,
+                        node,
+                        token,
+                        phase: TxnPhase::Staging,
+                        writes: 0,
+                        last_activity: now,
+                    },
+                );
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.txns.insert(txn);
+                }
+                self.fs(
+                    answer(ReplyAs::StageBegin { txn }),
+                    FsOp::StageBegin { txn, path },
+                );
+            }
+            Request::WriteChunk {
+                txn,
+                index,
+                offset,
+                data,
+            } => {
+                let t = self.live_txn(now, session, txn)?;
+                if t.phase != TxnPhase::Open {
+                    return Err(Errno::Inval);
+                }
+                if offset as usize >= CHUNK_SIZE || data.len() > MAX_WRITE_PIECE {
+                    return Err(Errno::Inval);
+                }
+                let at = index
+                    .checked_mul(CHUNK_SIZE as u64)
+                    .and_then(|b| b.checked_add(u64::from(offset)))
+                    .ok_or(Errno::FBig)?;
+                if let Some(t) = self.txns.get_mut(&txn) {
+                    t.writes += 1;
+                    t.last_activity = now;
+                }
+                self.fs(
+                    answer(ReplyAs::StageWrite { txn }),
+                    FsOp::StageWrite {
+                        txn,
+                        offset: at,
+                        data,
+                    },
+                );
+            }
+            Request::TruncateWrite { txn, size } => {
+                let t = self.live_txn(now, session, txn)?;
+                if t.phase != TxnPhase::Open || t.writes > 0 {
+                    // A truncate is a barrier between the chunks before and
+                    // after it: the client sends it with none in flight.
+                    return Err(Errno::Busy);
+                }
+                if let Some(t) = self.txns.get_mut(&txn) {
+                    t.writes += 1;
+                    t.last_activity = now;
+                }
+                self.fs(
+                    answer(ReplyAs::StageWrite { txn }),
+                    FsOp::StageTruncate { txn, size },
+                );
+            }
+            Request::CommitWrite { txn, size } => {
+                if let Some(attr) = self.sessions.get(&session).and_then(|s| {
+                    s.committed
+                        .iter()
+                        .find(|(t, _)| *t == txn)
+                        .map(|(_, a)| a.clone())
+                }) {
+                    self.answer(session, id, Ok(Reply::Attr(attr)));
+                    return Ok(());
+                }
+                let t = self.live_txn(now, session, txn)?;
+                if t.phase != TxnPhase::Open || t.writes > 0 {
+                    // Chunks still in flight: the client commits only after
+                    // every chunk is acknowledged.
+                    return Err(Errno::Busy);
+                }
+                // The file's path now, not at BeginWrite: the writer itself
+                // may have renamed it since (its lock does not stop its own
+                // renames), and committing to the old path would replace
+                // whatever file is there now.
+                let path = self.path_of(t.node)?;
+                if let Some(t) = self.txns.get_mut(&txn) {
+                    t.phase = TxnPhase::Committing;
+                    t.last_activity = now;
+                }
+                self.fs(
+                    answer(ReplyAs::Commit { txn }),
+                    FsOp::StageCommit { txn, path, size },
+                );
+            }
+            Request::AbortWrite { txn } => {
+                let t = self
+                    .txns
+                    .get(&txn)
+                    .filter(|t| t.session == session)
+                    .ok_or(Errno::Stale)?;
+                if t.phase == TxnPhase::Committing {
+                    return Err(Errno::Busy);
+                }
+                self.drop_txn(txn);
+                self.fs(answer(ReplyAs::Abort), FsOp::StageAbort { txn });
+            }
+            Request::Goodbye => {
+                self.answer(session, id, Ok(Reply::Done));
+                self.end_session(now, session);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unlink (`dir` false) or rmdir: refused while another session's lock
+    /// covers the directory's entries or the node itself (or anything
+    /// beneath it).
+    fn remove(
+        &mut self,
+        session: SessionId,
+        id: RequestId,
+        parent: NodeId,
+        name: Name,
+        dir: bool,
+    ) -> Result<(), Errno> {
+        self.writable()?;
+        let path = self.dir_path(parent)?.join(visible(&name)?);
+        self.guard(session, parent, true)?;
+        if let Some(child) = self.nodes.child(parent, &name) {
+            self.guard(session, child, false)?;
+            if self.locked_below_by_other(session, child) {
+                return Err(Errno::Busy);
+            }
+        }
+        let fs = if dir {
+            FsOp::Rmdir { path }
+        } else {
+            FsOp::Unlink { path }
+        };
+        self.fs(
+            Purpose::Answer {
+                session,
+                id,
+                then: ReplyAs::Removed { parent, name },
+            },
+            fs,
+        );
+        Ok(())
+    }
+
+    /// Whether a session other than `session` holds a lock on `node` or on
+    /// anything beneath it (what moving or removing `node` would disturb).
+    fn locked_below_by_other(&self, session: SessionId, node: NodeId) -> bool {
+        self.locks.locks().any(|l| {
+            l.session != session && {
+                let n = scope_node(l.scope);
+                n == node || self.nodes.ancestors(n).contains(&node)
+            }
+        })
+    }
+
+    fn own_handle(&self, session: SessionId, handle: HandleId) -> Result<FsHandle, Errno> {
+        self.handles
+            .get(&handle)
+            .filter(|h| h.session == session)
+            .map(|h| h.fs)
+            .ok_or(Errno::BadF)
+    }
+
+    /// A transaction of `session` whose token is still a live exclusive
+    /// lock on its file: the fencing check, made at every step.
+    fn live_txn(&self, now: Instant, session: SessionId, txn: TxnId) -> Result<&Txn, Errno> {
+        let t = self
+            .txns
+            .get(&txn)
+            .filter(|t| t.session == session)
+            .ok_or(Errno::Stale)?;
+        let ancestors = self.nodes.ancestors(t.node);
+        self.locks
+            .validate(now, session, t.token, t.node, &ancestors)?;
+        Ok(t)
+    }
+
+    pub(super) fn drop_txn(&mut self, txn: TxnId) {
+        if let Some(t) = self.txns.remove(&txn)
+            && let Some(s) = self.sessions.get_mut(&t.session)
+        {
+            s.txns.remove(&txn);
+        }
+    }
+
+    pub(super) fn drain_locks(&mut self) {
+        while let Some(out) = self.locks.poll_output() {
+            if let Some((session, id, result)) = out.reply() {
+                self.answer(session, id, result);
+            }
+            if let LockOutput::Expired { token, .. } = out {
+                // A transaction fenced by a dead lock can never commit:
+                // drop its staging now rather than at its idle timeout.
+                let dead: Vec<TxnId> = self
+                    .txns
+                    .iter()
+                    .filter(|(_, t)| t.token == token && t.phase != TxnPhase::Committing)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for txn in dead {
+                    self.drop_txn(txn);
+                    self.fs(Purpose::Housekeeping, FsOp::StageAbort { txn });
+                }
+            }
+        }
+    }
+}

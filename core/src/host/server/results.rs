@@ -1,0 +1,191 @@
+//! Results: a finished file operation's outcome learned into the file
+//! index and turned into the reply its request waits for.
+
+use super::*;
+
+impl HostServer {
+    /// The shell finished file operation `op`.
+    pub fn handle_fs(&mut self, now: Instant, op: FsOpId, result: FsResult) {
+        let Some(purpose) = self.ops.remove(&op) else {
+            return;
+        };
+        match purpose {
+            Purpose::ScanRoot | Purpose::ScanList { .. } => self.scan_result(purpose, result),
+            Purpose::Housekeeping => {}
+            Purpose::Answer { session, id, then } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.ops = s.ops.saturating_sub(1);
+                }
+                let reply = self.complete(now, session, then, result);
+                self.answer(session, id, reply);
+            }
+        }
+    }
+
+    fn learn(&mut self, parent: NodeId, name: &Name, attr: &FsAttr) -> Result<Attr, Errno> {
+        let id = self
+            .nodes
+            .learn(parent, name, attr.key, attr.kind)
+            .ok_or(Errno::NoSpc)?;
+        Ok(to_attr(id, attr))
+    }
+
+    fn complete(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        then: ReplyAs,
+        result: FsResult,
+    ) -> Result<Reply, Errno> {
+        match (then, result) {
+            (ReplyAs::Lookup { parent, name }, Ok(FsOk::Attr(a))) => {
+                Ok(Reply::Attr(self.learn(parent, &name, &a)?))
+            }
+            (ReplyAs::Lookup { parent, name }, Err(Errno::NoEnt)) => {
+                self.nodes.remove(parent, &name);
+                Err(Errno::NoEnt)
+            }
+            (ReplyAs::Stat { node }, Ok(FsOk::Attr(a))) => Ok(Reply::Attr(to_attr(node, &a))),
+            (ReplyAs::ReadDir { dir }, Ok(FsOk::Listing { entries, next })) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (name, attr) in entries {
+                    if is_reserved(&name) {
+                        continue;
+                    }
+                    if let Ok(attr) = self.learn(dir, &name, &attr) {
+                        out.push(DirEntry { name, attr });
+                    }
+                }
+                Ok(Reply::DirPage { entries: out, next })
+            }
+            (ReplyAs::Open { node, handle, fs }, Ok(FsOk::Opened(a, inline))) => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.handles.insert(handle);
+                    self.handles.insert(handle, Handle { session, fs });
+                    Ok(Reply::Opened {
+                        handle,
+                        attr: to_attr(node, &a),
+                        inline,
+                    })
+                } else {
+                    // The session ended while the file was opening.
+                    self.fs(Purpose::Housekeeping, FsOp::Close { handle: fs });
+                    Err(Errno::BadF)
+                }
+            }
+            (ReplyAs::Close { handle }, Ok(_)) => {
+                if let Some(h) = self.handles.remove(&handle)
+                    && let Some(s) = self.sessions.get_mut(&h.session)
+                {
+                    s.handles.remove(&handle);
+                }
+                Ok(Reply::Done)
+            }
+            (ReplyAs::Read, Ok(FsOk::Data(data, attr))) => {
+                let version = to_attr(NodeId::ROOT, &attr).version;
+                Ok(Reply::Data { data, version })
+            }
+            (ReplyAs::Created { parent, name }, Ok(FsOk::Attr(a))) => {
+                let attr = self.learn(parent, &name, &a)?;
+                self.broadcast(Some(session), parent, Invalidation::Entries);
+                Ok(Reply::Attr(attr))
+            }
+            (ReplyAs::Removed { parent, name }, Ok(_)) => {
+                for gone in self.nodes.remove(parent, &name) {
+                    self.broadcast(Some(session), gone, Invalidation::Gone);
+                }
+                self.broadcast(Some(session), parent, Invalidation::Entries);
+                Ok(Reply::Done)
+            }
+            (
+                ReplyAs::Renamed {
+                    parent,
+                    name,
+                    new_parent,
+                    new_name,
+                },
+                Ok(_),
+            ) => {
+                for gone in self.nodes.rename(parent, &name, new_parent, &new_name) {
+                    self.broadcast(Some(session), gone, Invalidation::Gone);
+                }
+                self.broadcast(Some(session), parent, Invalidation::Entries);
+                if new_parent != parent {
+                    self.broadcast(Some(session), new_parent, Invalidation::Entries);
+                }
+                Ok(Reply::Done)
+            }
+            (ReplyAs::Readlink, Ok(FsOk::Link(target))) => Ok(Reply::Link(target)),
+            (ReplyAs::Statfs, Ok(FsOk::StatFs(s))) => Ok(Reply::StatFs(s)),
+            (ReplyAs::StageBegin { txn }, Ok(_)) => match self.txns.get_mut(&txn) {
+                Some(t) => {
+                    t.phase = TxnPhase::Open;
+                    t.last_activity = now;
+                    Ok(Reply::WriteBegun { txn })
+                }
+                None => {
+                    // Dropped meanwhile (lock expired, session ended).
+                    self.fs(Purpose::Housekeeping, FsOp::StageAbort { txn });
+                    Err(Errno::Stale)
+                }
+            },
+            (ReplyAs::StageWrite { txn }, Ok(_)) => {
+                if let Some(t) = self.txns.get_mut(&txn) {
+                    t.writes = t.writes.saturating_sub(1);
+                    t.last_activity = now;
+                }
+                Ok(Reply::Done)
+            }
+            (ReplyAs::Commit { txn }, Ok(FsOk::Attr(a))) => {
+                let node = self.txns.get(&txn).map(|t| t.node);
+                self.drop_txn(txn);
+                let Some(node) = node else {
+                    return Err(Errno::Stale);
+                };
+                // The commit put a new file (identity) at the node's path:
+                // the index follows, so the next lookup keeps the node id
+                // (and the writer's lock and handles stay valid).
+                self.nodes.rekey(node, a.key);
+                let attr = to_attr(node, &a);
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    if s.committed.len() == COMMITTED_MEMORY {
+                        s.committed.pop_front();
+                    }
+                    s.committed.push_back((txn, attr.clone()));
+                }
+                self.broadcast(Some(session), node, Invalidation::Data);
+                Ok(Reply::Attr(attr))
+            }
+            (ReplyAs::Abort, Ok(_)) => Ok(Reply::Done),
+            (then, Err(e)) => {
+                match then {
+                    ReplyAs::StageBegin { txn } | ReplyAs::Commit { txn } => {
+                        self.drop_txn(txn);
+                        self.fs(Purpose::Housekeeping, FsOp::StageAbort { txn });
+                    }
+                    ReplyAs::StageWrite { txn } => {
+                        if let Some(t) = self.txns.get_mut(&txn) {
+                            t.writes = t.writes.saturating_sub(1);
+                        }
+                    }
+                    ReplyAs::Stat { node } if e == Errno::NoEnt => {
+                        // Deleted behind our back: forget it.
+                        let parent = self.nodes.ancestors(node).first().copied();
+                        let path = self.nodes.path(node);
+                        if let (Some(parent), Some((_, name))) =
+                            (parent, path.as_ref().and_then(RelPath::split_last))
+                        {
+                            let name = name.clone();
+                            self.nodes.remove(parent, &name);
+                        }
+                    }
+                    _ => {}
+                }
+                Err(e)
+            }
+            // A result of the wrong shape is a shell bug; fail the request
+            // rather than guess.
+            (_, Ok(_)) => Err(Errno::Io),
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! `wormhole host`, `wormhole mount` and `wormhole unmount`, written once
+//! for both binaries.
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use futures_lite::StreamExt;
+
+use super::news;
+use crate::host::keys::{HostKeys, config_dir};
+use crate::host::{Host, HostOptions};
+use crate::mount::{Mount, MountOptions};
+use crate::net::{QuicTransport, Ticket};
+use crate::{Shell, timeout};
+
+/// The port a host listens on unless told otherwise: fixed, so a ticket
+/// stays valid across restarts.
+pub const DEFAULT_PORT: u16 = 47470;
+/// How long an unmount or a stop may take before we give up waiting.
+const STOP_LIMIT: Duration = Duration::from_secs(20);
+
+/// `wormhole host`.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// The folder to share.
+    pub dir: PathBuf,
+    /// Address and UDP port to listen on.
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT))]
+    pub bind: SocketAddr,
+    /// Refuse every change (clients get EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Make a new host key, certificate and secret: every ticket handed
+    /// out before stops working.
+    #[arg(long)]
+    pub new_identity: bool,
+}
+
+/// `wormhole mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The ticket the host printed (`wormhole1-…`).
+    pub ticket: String,
+    /// An empty directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Keep file contents here across mounts (a disk cache). Without it,
+    /// only a memory cache (256 MiB) is kept, and lost at unmount.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Largest size of the disk cache: bytes, or with a suffix K, M, G or
+    /// T (powers of 1024: 512M, 20G) [default: 10G].
+    #[arg(long, value_name = "SIZE", requires = "cache_dir", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Mount read-only.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// Parses a size as people write one: `1073741824`, `512M`, `20G`,
+/// `64KiB` (every suffix a power of 1024; an optional `B` or `iB` after
+/// it).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let not_a_size = || format!("{text:?} is not a size (e.g. 512M, 20G or a number of bytes)");
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(split);
+    let shift = match suffix.trim_start().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(not_a_size()),
+    };
+    let number: u64 = number.parse().map_err(|_| not_a_size())?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `wormhole unmount`.
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// Where a wormhole is mounted.
+    pub mountpoint: PathBuf,
+}
+
+/// Catches Ctrl-C and SIGTERM from now on (before anything is printed
+/// that could prompt one), so they stop us cleanly.
+fn catch_interrupts() -> Result<async_signal::Signals> {
+    use async_signal::{Signal, Signals};
+    Signals::new([Signal::Int, Signal::Term]).context("cannot handle Ctrl-C")
+}
+
+/// Resolves on the next Ctrl-C or SIGTERM.
+async fn interrupted(signals: &mut async_signal::Signals) {
+    let _ = signals.next().await;
+}
+
+/// The addresses to put in the ticket for an endpoint bound at `bound`.
+fn ticket_addrs(bound: SocketAddr) -> Vec<SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let port = bound.port();
+    let mut addrs = Vec::new();
+    // The address of the interface with the default route: connecting a
+    // UDP socket sends nothing, it only picks the route.
+    let probe = |target: SocketAddr, any: SocketAddr| {
+        let s = std::net::UdpSocket::bind(any).ok()?;
+        s.connect(target).ok()?;
+        s.local_addr().ok().map(|a| a.ip())
+    };
+    // Documentation ranges (RFC 5737, RFC 3849): never really reached.
+    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 9);
+    let v6 = SocketAddr::new(
+        IpAddr::V6(core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        9,
+    );
+    if let Some(ip) = probe(v4, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        .filter(|ip| !ip.is_loopback())
+    {
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    if bound.is_ipv6()
+        && let Some(ip) = probe(
+            v6,
+            SocketAddr::new(IpAddr::V6(core::net::Ipv6Addr::UNSPECIFIED), 0),
+        )
+        .filter(|ip| !ip.is_loopback())
+    {
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    // Loopback last: it lets the same machine mount, and fails fast (and
+    // safely: the certificate is pinned) anywhere else.
+    addrs.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    addrs
+}
+
+/// Runs `wormhole host`.
+pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write) -> Result<()> {
+    let meta = std::fs::metadata(&args.dir)
+        .with_context(|| format!("cannot share {}", args.dir.display()))?;
+    if !meta.is_dir() {
+        bail!("cannot share {}: not a directory", args.dir.display());
+    }
+    let state = HostKeys::load_or_create(&config_dir()?, args.new_identity)?;
+    crate::host::fs::raise_fd_limit();
+    let socket = shell
+        .bind_udp(args.bind)
+        .with_context(|| format!("cannot listen on UDP {} (in use? try --bind)", args.bind))?;
+    shell.block_on(async {
+        let mut options = HostOptions::new(
+            args.dir.clone(),
+            state.identity.clone(),
+            state.secret.clone(),
+        );
+        options.config.read_only = args.read_only;
+        let mut signals = catch_interrupts()?;
+        let host = Host::spawn(shell.runtime(), socket, options)?;
+        let ticket = Ticket {
+            addrs: ticket_addrs(host.local_addr()),
+            fingerprint: state.identity.fingerprint(),
+            secret: state.secret.clone(),
+        };
+        writeln!(
+            out,
+            "Sharing {}{} on {}.\n\nTicket:\n  {ticket}\n\nOn the other computer, as root:\n  {bin} mount {ticket} /mnt/wormhole\n\nCtrl-C stops sharing.",
+            args.dir.display(),
+            if args.read_only { " (read-only)" } else { "" },
+            host.local_addr(),
+        )?;
+        out.flush()?;
+        let events = host.events().clone();
+        let failed = futures_lite::future::or(
+            async {
+                interrupted(&mut signals).await;
+                None
+            },
+            news::tell_host_news(&events, out),
+        )
+        .await;
+        let rt = shell.runtime();
+        let _ = timeout(&*rt, STOP_LIMIT, "the host to stop", host.stop()).await;
+        match failed {
+            Some(errno) => bail!(
+                "cannot read the shared folder {} ({errno}); stopped sharing",
+                args.dir.display()
+            ),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Refuses a mountpoint a mount would make a mess of, with what to do:
+/// a mount over files hides them until the unmount, and a mount whose
+/// process died (`ENOTCONN` on every access) has to go first.
+fn check_mountpoint(at: &Path) -> Result<()> {
+    let shown = at.display();
+    let dead =
+        |e: &std::io::Error| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error());
+    let meta = match std::fs::metadata(at) {
+        Err(e) if dead(&e) => bail!(
+            "mountpoint {shown}: an earlier mount there lost its process ({e}); \
+             unmount it first (umount -l {shown})"
+        ),
+        other => other.with_context(|| format!("mountpoint {shown}"))?,
+    };
+    if !meta.is_dir() {
+        bail!("mountpoint {shown}: not a directory");
+    }
+    let mut entries = std::fs::read_dir(at).with_context(|| format!("mountpoint {shown}"))?;
+    if entries.next().is_some() {
+        bail!(
+            "mountpoint {shown} is not empty: its files would be hidden while mounted \
+             (mount on an empty directory)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `wormhole mount`.
+pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Write) -> Result<()> {
+    let ticket = Ticket::parse(&args.ticket)?;
+    check_mountpoint(&args.mountpoint)?;
+    let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let socket = shell.bind_udp(any).context("cannot open a UDP socket")?;
+    shell.block_on(async {
+        let rt = shell.runtime();
+        let transport =
+            QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
+        // Fail now, with the reason, rather than mount a drive that only
+        // ever answers errors.
+        transport.probe(&ticket.secret).await?;
+        let mut options = MountOptions::new(ticket.secret.clone())?;
+        options.cache_dir = args.cache_dir.clone();
+        if let Some(size) = args.cache_size {
+            options.client.cache.l2_max_bytes = size;
+        }
+        options.read_only = args.read_only;
+        let mut signals = catch_interrupts()?;
+        let mount = Mount::new(rt.clone(), transport, &args.mountpoint, options)?;
+        writeln!(
+            out,
+            "Mounted at {}. Ctrl-C or `{bin} unmount {}` unmounts.",
+            args.mountpoint.display(),
+            args.mountpoint.display()
+        )?;
+        out.flush()?;
+        let stopped = mount.stopped();
+        let events = mount.events().clone();
+        let by_signal = futures_lite::future::or(
+            async {
+                interrupted(&mut signals).await;
+                true
+            },
+            futures_lite::future::or(
+                async {
+                    stopped.await;
+                    false
+                },
+                async {
+                    news::tell_connection_news(&events, out).await;
+                    // No more news: the driver is gone; wait for the stop.
+                    core::future::pending().await
+                },
+            ),
+        )
+        .await;
+        if by_signal {
+            let stopped = mount.stopped();
+            mount.unmount().map_err(|e| {
+                anyhow!(
+                    "cannot unmount {}: {e} (busy? close the files open there)",
+                    args.mountpoint.display()
+                )
+            })?;
+            let _ = timeout(&*rt, STOP_LIMIT, "the mount to stop", stopped).await;
+        } else {
+            // Unmounted from outside (`unmount`): the kernel side is gone
+            // already, so unmounting again only fails; this joins fuser's
+            // thread without the drop's fallback `umount -l`.
+            let _ = mount.unmount();
+        }
+        Ok(())
+    })
+}
+
+/// Runs `wormhole unmount`.
+pub fn unmount(args: &UnmountArgs) -> Result<()> {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| is_wormhole_mount(&m, &args.mountpoint))
+        .unwrap_or(true);
+    if !mounted {
+        bail!("{} is not a wormhole mount", args.mountpoint.display());
+    }
+    // umount(8) as root; fusermount for a user's own FUSE mount.
+    let tried = [
+        ("umount", vec![]),
+        ("fusermount3", vec!["-u"]),
+        ("fusermount", vec!["-u"]),
+    ];
+    let mut last = String::from("no unmount tool found");
+    for (tool, flags) in tried {
+        match std::process::Command::new(tool)
+            .args(flags)
+            .arg(&args.mountpoint)
+            .output()
+        {
+            Ok(o) if o.status.success() => return Ok(()),
+            Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            Err(_) => {}
+        }
+    }
+    bail!("cannot unmount {}: {last}", args.mountpoint.display())
+}
+
+fn is_wormhole_mount(mounts: &str, mountpoint: &Path) -> bool {
+    let want = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_owned());
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (dev, at) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+        // /proc/mounts escapes spaces as \040.
+        dev == "wormhole" && Path::new(&at.replace("\\040", " ")) == want
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_addresses() {
+        let fixed: SocketAddr = "10.1.2.3:5000".parse().expect("addr");
+        assert_eq!(ticket_addrs(fixed), vec![fixed]);
+        let any: SocketAddr = "0.0.0.0:5000".parse().expect("addr");
+        let addrs = ticket_addrs(any);
+        assert_eq!(addrs.last(), Some(&"127.0.0.1:5000".parse().expect("addr")));
+        assert!(addrs.iter().all(|a| a.port() == 5000));
+    }
+
+    #[test]
+    fn sizes_are_read_as_people_write_them() {
+        assert_eq!(parse_size("1073741824"), Ok(1 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("20 GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("64kb"), Ok(64 << 10));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        for bad in ["", "G", "-1", "1.5G", "12X", "1GG", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        // The largest number that fits, and one unit past it.
+        assert_eq!(parse_size("16777215T"), Ok(16_777_215 << 40));
+        assert!(
+            parse_size("16777216T")
+                .expect_err("2^64 bytes")
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn mountpoints_that_would_hide_files_are_refused() {
+        let dir = std::env::temp_dir().join(format!("wormhole-mnt-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        check_mountpoint(&dir).expect("an empty directory is a mountpoint");
+        std::fs::write(dir.join("x"), b"x").expect("a file in it");
+        let e = check_mountpoint(&dir).expect_err("a non-empty one is not");
+        assert!(e.to_string().contains("is not empty"), "{e}");
+        let e = check_mountpoint(&dir.join("x")).expect_err("nor is a file");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        let e = check_mountpoint(&dir.join("missing")).expect_err("nor a missing path");
+        assert!(format!("{e:#}").contains("No such file"), "{e:#}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    /// `mount --help` states the cache defaults; they are the core's.
+    #[test]
+    fn the_help_states_the_cache_defaults() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            mount: MountArgs,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        let cache = wormhole_core::cache::CacheConfig::default();
+        assert_eq!(cache.l1_max_bytes, 256 << 20);
+        assert!(help.contains("memory cache (256 MiB)"), "{help}");
+        assert_eq!(parse_size("10G"), Ok(cache.l2_max_bytes));
+        assert!(help.contains("[default: 10G]"), "{help}");
+    }
+
+    #[test]
+    fn recognises_wormhole_mounts() {
+        let m = "wormhole /mnt/w fuse.wormhole rw 0 0\nsshfs /mnt/s fuse.sshfs rw 0 0\n";
+        assert!(is_wormhole_mount(m, Path::new("/mnt/w")));
+        assert!(!is_wormhole_mount(m, Path::new("/mnt/s")));
+    }
+}

@@ -1,0 +1,395 @@
+//! The operations on the shared tree: listing, opening and reading, and
+//! every change (create, mkdir, symlink, remove, rename, set attributes),
+//! each durable before it is reported.
+
+use bytes::Bytes;
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno as SysErrno;
+use std::fs::File;
+use std::sync::Arc;
+use wormhole_core::host::{FsHandle, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, RelPath};
+use wormhole_core::proto::{Errno, FileKind, Name, SetAttr};
+
+use super::staging::purge_staging;
+use super::{HostFs, attr, fd_attr, kind_of, lock, os, same_file, sys, timespec};
+
+impl HostFs {
+    pub(super) fn list(&self, path: &RelPath, cookie: u64, max: u32) -> FsResult {
+        let fd = match self.dir(path) {
+            Ok(fd) => fd,
+            // MemFs: listing a symlink is ENOTDIR (it is found, and is not
+            // a directory); ELOOP stays for a symlink on the way there.
+            Err(Errno::Loop) if kind_of(&self.lstat(path)?) == Some(FileKind::Symlink) => {
+                return Err(Errno::NotDir);
+            }
+            Err(e) => return Err(e),
+        };
+        // The page's attributes are read through this descriptor, so a
+        // rename of the directory meanwhile cannot send them elsewhere.
+        let dir = rfs::Dir::read_from(&fd).map_err(sys)?;
+        let mut names: Vec<Name> = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(sys)?;
+            let bytes = entry.file_name().to_bytes();
+            if bytes == b"." || bytes == b".." {
+                continue;
+            }
+            if bytes.starts_with(RESERVED_PREFIX) {
+                self.sweep_leftover(&fd, entry.file_name());
+                continue;
+            }
+            let shown = match entry.file_type() {
+                FileType::RegularFile | FileType::Directory | FileType::Symlink => true,
+                // Some file systems do not fill d_type: ask.
+                FileType::Unknown => rfs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()
+                    .and_then(|st| kind_of(&st))
+                    .is_some(),
+                _ => false,
+            };
+            if shown && let Ok(name) = Name::new(bytes) {
+                names.push(name);
+            }
+        }
+        // Name order, as MemFs: cookies are positions in it, stable between
+        // pages while the directory does not change.
+        names.sort_unstable();
+        let skip = usize::try_from(cookie).unwrap_or(usize::MAX);
+        let entries = names
+            .iter()
+            .skip(skip)
+            .take(max as usize)
+            .filter_map(|n| {
+                let st = rfs::statat(&fd, os(n.as_bytes()), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+                Some((n.clone(), attr(&st)?))
+            })
+            .collect();
+        let end = skip.saturating_add(max as usize);
+        let next = (end < names.len()).then_some(end as u64);
+        Ok(FsOk::Listing { entries, next })
+    }
+
+    /// Opens a regular file for reading (a directory is EISDIR, a symlink
+    /// ELOOP, anything else invisible).
+    fn open_file(&self, path: &RelPath) -> Result<(File, Stat), Errno> {
+        // NONBLOCK: opening a fifo a local program left in the share must
+        // not hang a worker; it is then refused as invisible.
+        let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let st = rfs::fstat(&fd).map_err(sys)?;
+        match kind_of(&st) {
+            Some(FileKind::File) => Ok((File::from(fd), st)),
+            Some(FileKind::Dir) => Err(Errno::IsDir),
+            Some(FileKind::Symlink) => Err(Errno::Loop),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    /// Opens `path` as `handle`; `Ok(None)` if its inline bytes would
+    /// wait for the disk and `reading` says they may not.
+    pub(super) fn open_handle(
+        &self,
+        path: &RelPath,
+        handle: FsHandle,
+        inline_max: u32,
+        reading: Reading,
+    ) -> Result<Option<FsOk>, Errno> {
+        let (file, st) = self.open_file(path)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // A small file's bytes come with its open, read through the same
+        // descriptor as its attributes.
+        let inline = if size <= u64::from(inline_max) {
+            match reading.read(&file, 0, size as usize)? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
+            }
+        } else {
+            Bytes::new()
+        };
+        let mut handles = lock(&self.handles);
+        if !handles.contains_key(&handle) && handles.len() >= self.cfg.max_handles {
+            return Err(Errno::Again);
+        }
+        handles.insert(handle, Arc::new(file));
+        drop(handles);
+        let a = attr(&st).ok_or(Errno::NoEnt)?;
+        Ok(Some(FsOk::Opened(a, inline)))
+    }
+
+    /// The open file behind `handle`.
+    pub(super) fn handle(&self, handle: FsHandle) -> Result<Arc<File>, Errno> {
+        lock(&self.handles).get(&handle).cloned().ok_or(Errno::BadF)
+    }
+
+    pub(super) fn read(&self, from: ReadFrom, offset: u64, len: u32) -> FsResult {
+        let file = match from {
+            ReadFrom::Path(p) => Arc::new(self.open_file(&p)?.0),
+            ReadFrom::Handle(h) => self.handle(h)?,
+        };
+        waited(self.read_through(&file, offset, len, Reading::Wait))
+    }
+
+    /// Up to `len` bytes of `file` from `offset`, with the attributes of
+    /// the same open file; `Ok(None)` if they would wait for the disk and
+    /// `reading` says they may not.
+    pub(super) fn read_through(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u32,
+        reading: Reading,
+    ) -> Result<Option<FsOk>, Errno> {
+        let st = rfs::fstat(file).map_err(sys)?;
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // Allocate what the file holds, not what the request asks for.
+        let want = u64::from(len).min(size.saturating_sub(offset)) as usize;
+        let Some(data) = reading.read(file, offset, want)? else {
+            return Ok(None);
+        };
+        let a = attr(&st).ok_or(Errno::NoEnt)?;
+        Ok(Some(FsOk::Data(data, a)))
+    }
+
+    pub(super) fn create(&self, path: &RelPath, mode: u32, exclusive: bool) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        let flags = OFlags::RDONLY
+            | OFlags::CREATE
+            | OFlags::EXCL
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NONBLOCK;
+        match rfs::openat(&dir, n, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => {
+                // Exactly the requested bits: the client's umask was applied
+                // on the client; the host's must not be applied again.
+                rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+                rfs::fsync(&fd).map_err(sys)?;
+                rfs::fsync(&dir).map_err(sys)?;
+                fd_attr(&fd)
+            }
+            Err(SysErrno::EXIST) if !exclusive => {
+                let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+                match kind_of(&st) {
+                    Some(FileKind::File) => attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt),
+                    Some(FileKind::Dir) => Err(Errno::IsDir),
+                    Some(FileKind::Symlink) => Err(Errno::Loop),
+                    None => Err(Errno::Exist),
+                }
+            }
+            Err(e) => Err(sys(e)),
+        }
+    }
+
+    pub(super) fn mkdir(&self, path: &RelPath, mode: u32) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        rfs::mkdirat(&dir, n, Mode::from_raw_mode(0o700)).map_err(sys)?;
+        let fd = rfs::openat(
+            &dir,
+            n,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        rfs::fsync(&fd).map_err(sys)?;
+        rfs::fsync(&dir).map_err(sys)?;
+        fd_attr(&fd)
+    }
+
+    pub(super) fn symlink(&self, path: &RelPath, target: &[u8]) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        // The text is stored, never resolved.
+        rfs::symlinkat(os(target), &dir, n).map_err(sys)?;
+        rfs::fsync(&dir).map_err(sys)?;
+        let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
+    }
+
+    pub(super) fn remove(&self, path: &RelPath, flags: AtFlags) -> FsResult {
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        // unlink(2) of a directory is EISDIR on Linux and rmdir(2) of a
+        // non-directory ENOTDIR, as in MemFs; a symlink itself is removed.
+        match rfs::unlinkat(&dir, n, flags) {
+            // Empty but for staging files: empty as clients see it.
+            Err(SysErrno::NOTEMPTY) if flags == AtFlags::REMOVEDIR && purge_staging(&dir, n) => {
+                rfs::unlinkat(&dir, n, flags).map_err(sys)?;
+            }
+            r => r.map_err(sys)?,
+        }
+        rfs::fsync(&dir).map_err(sys)?;
+        Ok(FsOk::Done)
+    }
+
+    pub(super) fn rename(&self, from: &RelPath, to: &RelPath) -> FsResult {
+        let (fdir, fname) = self.entry(from)?;
+        let (tdir, tname) = self.entry(to)?;
+        let (fname, tname) = (os(fname.as_bytes()), os(tname.as_bytes()));
+        // MemFs decides in this order; the kernel would find the same
+        // errors, but not always in the same order, so ask first. The
+        // rename itself still checks everything again, atomically.
+        let src = rfs::statat(&fdir, fname, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        if to.starts_with(from) && to != from {
+            return Err(Errno::Inval);
+        }
+        if from == to {
+            return Ok(FsOk::Done);
+        }
+        let moving_dir = kind_of(&src) == Some(FileKind::Dir);
+        if let Ok(t) = rfs::statat(&tdir, tname, AtFlags::SYMLINK_NOFOLLOW) {
+            match (moving_dir, kind_of(&t) == Some(FileKind::Dir)) {
+                (true, false) => return Err(Errno::NotDir),
+                (false, true) => return Err(Errno::IsDir),
+                _ => {}
+            }
+        }
+        match rfs::renameat(&fdir, fname, &tdir, tname) {
+            // A target directory empty but for staging files is empty as
+            // clients see it.
+            Err(SysErrno::NOTEMPTY) if moving_dir && purge_staging(&tdir, tname) => {
+                rfs::renameat(&fdir, fname, &tdir, tname).map_err(sys)?;
+            }
+            r => r.map_err(sys)?,
+        }
+        rfs::fsync(&tdir).map_err(sys)?;
+        if !same_file(&fdir, &tdir) {
+            rfs::fsync(&fdir).map_err(sys)?;
+        }
+        Ok(FsOk::Done)
+    }
+
+    pub(super) fn set_attr(&self, path: &RelPath, set: SetAttr) -> FsResult {
+        let st = self.lstat(path)?;
+        let kind = kind_of(&st).ok_or(Errno::NoEnt)?;
+        if let Some(size) = set.size {
+            if kind != FileKind::File {
+                return Err(Errno::IsDir);
+            }
+            if size > self.cfg.max_file {
+                return Err(Errno::FBig);
+            }
+        }
+        let times = (set.atime.is_some() || set.mtime.is_some()).then(|| rfs::Timestamps {
+            last_access: timespec(set.atime),
+            last_modification: timespec(set.mtime),
+        });
+        if kind == FileKind::Symlink {
+            // Linux keeps a symlink's mode at 0777 and cannot change it.
+            if set.mode.is_some() {
+                return Err(Errno::NotSup);
+            }
+            let (dir, name) = self.entry(path)?;
+            let n = os(name.as_bytes());
+            if let Some(t) = &times {
+                rfs::utimensat(&dir, n, t, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+                rfs::fsync(&dir).map_err(sys)?;
+            }
+            let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+            return attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt);
+        }
+        // A file or directory: change it through a descriptor (O_NOFOLLOW:
+        // if it became a symlink meanwhile, this is ELOOP, not a detour).
+        let access = if set.size.is_some() {
+            OFlags::WRONLY
+        } else {
+            OFlags::RDONLY
+        };
+        let fd = self.open_beneath(path, access | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        if let Some(size) = set.size {
+            rfs::ftruncate(&fd, size).map_err(sys)?;
+        }
+        if let Some(mode) = set.mode {
+            rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        }
+        if let Some(t) = &times {
+            rfs::futimens(&fd, t).map_err(sys)?;
+        }
+        rfs::fsync(&fd).map_err(sys)?;
+        fd_attr(&fd)
+    }
+}
+
+/// Up to `want` bytes of `file` from `offset` (fewer at end of file),
+/// read into a recycled buffer: zeroing or faulting in a fresh buffer for
+/// each read cost as much as the read.
+fn read_from(file: &File, offset: u64, want: usize) -> Result<Bytes, Errno> {
+    crate::recycle::fill(want, |buf| {
+        let mut done = 0;
+        while done < want {
+            match rustix::io::pread(file, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(SysErrno::INTR) => {}
+                Err(e) => return Err(sys(e)),
+            }
+        }
+        Ok(done)
+    })
+}
+
+/// How an operation may get file bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reading {
+    /// From the disk if need be (the pool's way).
+    Wait,
+    /// Only what the page cache holds (the caller must not block).
+    CachedOnly,
+}
+
+impl Reading {
+    /// Up to `want` bytes of `file` from `offset`; `None` only for
+    /// [`Reading::CachedOnly`], when they would wait for the disk.
+    pub(super) fn read(
+        self,
+        file: &File,
+        offset: u64,
+        want: usize,
+    ) -> Result<Option<Bytes>, Errno> {
+        match self {
+            Reading::Wait => read_from(file, offset, want).map(Some),
+            Reading::CachedOnly => read_cached(file, offset, want),
+        }
+    }
+}
+
+/// The answer of an operation allowed to wait (so never "would wait").
+pub(super) fn waited(done: Result<Option<FsOk>, Errno>) -> FsResult {
+    done.transpose().unwrap_or(Err(Errno::Io))
+}
+
+/// Like [`read_from`], but only what the page cache holds: `None` as soon
+/// as a read would wait for the disk (`RWF_NOWAIT` answers EAGAIN, or the
+/// kernel or file system does not support it). A miss is not wasted: the
+/// kernel starts reading what was missed before it answers EAGAIN, so the
+/// pool's read that follows often finds it cached.
+fn read_cached(file: &File, offset: u64, want: usize) -> Result<Option<Bytes>, Errno> {
+    /// Why a read from the page cache gave nothing.
+    enum Miss {
+        WouldWait,
+        Failed(Errno),
+    }
+    let read = crate::recycle::fill(want, |buf| {
+        let mut done = 0;
+        while done < want {
+            let mut slice = [std::io::IoSliceMut::new(&mut buf[done..])];
+            let at = offset + done as u64;
+            match rustix::io::preadv2(file, &mut slice, at, rustix::io::ReadWriteFlags::NOWAIT) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(SysErrno::INTR) => {}
+                Err(SysErrno::AGAIN | SysErrno::OPNOTSUPP | SysErrno::NOSYS) => {
+                    return Err(Miss::WouldWait);
+                }
+                Err(e) => return Err(Miss::Failed(sys(e))),
+            }
+        }
+        Ok(done)
+    });
+    match read {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Miss::WouldWait) => Ok(None),
+        Err(Miss::Failed(e)) => Err(e),
+    }
+}

@@ -1,0 +1,361 @@
+//! Staging: a write transaction's new version of a file, kept in a hidden
+//! file beside it and renamed over it at commit; the write-behind that
+//! keeps the disk busy while a long write arrives; and the sweep of
+//! staging files an earlier run left.
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::io::Errno as SysErrno;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use wormhole_core::host::{FsOk, FsResult, RESERVED_PREFIX, RelPath};
+use wormhole_core::proto::{Errno, FileKind, TxnId};
+
+use super::{HostFs, fd_attr, io, kind_of, lock, os, same_file, sys};
+
+/// A staged new version of a file: a hidden file beside it.
+pub(super) struct Staged {
+    /// The directory holding the staging file (and, when it was begun, the
+    /// target: same directory, so the commit's rename is atomic).
+    dir: OwnedFd,
+    /// `.wormhole.<txn>`.
+    name: Vec<u8>,
+    pub(super) file: File,
+    /// The file's old content still to be copied in, and how much of it:
+    /// copied at the first write or the commit, not at begin, so that a
+    /// transaction that starts by truncating (a rewrite with `O_TRUNC`)
+    /// copies only what the truncate keeps.
+    base: Mutex<Option<(File, u64)>>,
+    /// Set once renamed over the target, so dropping it unlinks nothing.
+    committed: std::sync::atomic::AtomicBool,
+    /// Where bytes were written since their disk write was last started,
+    /// and how many ([`Staged::wrote`]).
+    behind: Mutex<Behind>,
+}
+
+/// Written bytes whose disk write has not been started yet.
+#[derive(Default)]
+struct Behind {
+    /// The range they lie in.
+    range: Option<(u64, u64)>,
+    /// How many.
+    bytes: u64,
+}
+
+/// Staged bytes after which their disk write is started ([`Staged::wrote`]).
+const WRITE_BEHIND: u64 = 8 << 20;
+
+impl Staged {
+    /// Copies in the old content still owed (once; concurrent writes wait
+    /// for it, so none lands before the copy).
+    pub(super) fn settle(&self) -> std::io::Result<()> {
+        let mut base = lock(&self.base);
+        if let Some((src, len)) = base.take() {
+            // A truncate may have extended the staging file past `len`
+            // (zeros), which a clone would undo.
+            let size = self.file.metadata()?.len();
+            copy_content(&src, &self.file, len)?;
+            if size > len {
+                self.file.set_len(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes `len` bytes written at `offset`, and every [`WRITE_BEHIND`]
+    /// bytes starts the disk write of the range they were written in,
+    /// without waiting for it. Otherwise a long write sits in the page
+    /// cache until the commit's fsync writes all of it (the kernel's own
+    /// writeback starts only at a share of memory, gigabytes on a large
+    /// machine), and the disk idles while the network works, then the
+    /// other way round.
+    ///
+    /// `DONTNEED` advice is how to start it without `unsafe` (rustix has
+    /// no `sync_file_range`): Linux begins the writeback of the range's
+    /// dirty pages and does not wait for it (`generic_fadvise`,
+    /// `WB_SYNC_NONE`), and drops only pages already clean, which pages
+    /// just written are not. It is advice: if it fails, the fsync at the
+    /// commit still writes everything.
+    pub(super) fn wrote(&self, offset: u64, len: u64) {
+        let (start, end) = {
+            let mut b = lock(&self.behind);
+            let end = offset.saturating_add(len);
+            let (lo, hi) = b.range.unwrap_or((offset, end));
+            b.range = Some((lo.min(offset), hi.max(end)));
+            b.bytes += len;
+            if b.bytes < WRITE_BEHIND {
+                return;
+            }
+            let range = b.range.take().unwrap_or_default();
+            b.bytes = 0;
+            range
+        };
+        let _ = rfs::fadvise(
+            &self.file,
+            start,
+            std::num::NonZeroU64::new(end - start),
+            rfs::Advice::DontNeed,
+        );
+    }
+
+    /// Sets the staged size; of the old content still owed, only what
+    /// fits is copied later.
+    pub(super) fn truncate(&self, size: u64) -> std::io::Result<()> {
+        let mut base = lock(&self.base);
+        if let Some((_, len)) = base.as_mut() {
+            *len = (*len).min(size);
+        }
+        self.file.set_len(size)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Abort, a failed commit, a replaced transaction and a host that
+        // shuts down all end here: a staging file that will never be
+        // committed is removed (best effort; a crash leaves it for the next
+        // StageBegin of the same number).
+        if !self.committed.load(std::sync::atomic::Ordering::Acquire) {
+            let _ = rfs::unlinkat(&self.dir, os(&self.name), AtFlags::empty());
+        }
+    }
+}
+
+impl HostFs {
+    pub(super) fn staging(&self, txn: TxnId) -> Result<Arc<Staged>, Errno> {
+        lock(&self.staged).get(&txn).cloned().ok_or(Errno::BadF)
+    }
+
+    pub(super) fn stage_begin(&self, txn: TxnId, path: &RelPath) -> FsResult {
+        // MemFs: the root is found, and is not a file.
+        let (dir, name) = self.parent(path)?.ok_or(Errno::IsDir)?;
+        let src = match rfs::openat(
+            &dir,
+            os(name.as_bytes()),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => File::from(fd),
+            // MemFs: staging anything but a regular file is EISDIR.
+            Err(SysErrno::LOOP) => return Err(Errno::IsDir),
+            Err(e) => return Err(sys(e)),
+        };
+        let st = rfs::fstat(&src).map_err(sys)?;
+        if kind_of(&st) != Some(FileKind::File) {
+            return Err(Errno::IsDir);
+        }
+        // A transaction begun again starts over: its old staging file goes
+        // now (outside the lock: dropping it unlinks), before the new one
+        // takes its name.
+        let old = lock(&self.staged).remove(&txn);
+        drop(old);
+        if lock(&self.staged).len() >= self.cfg.max_staged {
+            return Err(Errno::Again);
+        }
+        let sname = self.staging_name(txn);
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rfs::openat(&dir, os(&sname), flags, Mode::from_raw_mode(0o600)) {
+            Err(SysErrno::EXIST) => {
+                // Left by a crash (or an earlier run that used the same
+                // number): it was never committed, so it is garbage.
+                let _ = rfs::unlinkat(&dir, os(&sname), AtFlags::empty());
+                rfs::openat(&dir, os(&sname), flags, Mode::from_raw_mode(0o600)).map_err(sys)?
+            }
+            r => r.map_err(sys)?,
+        };
+        let staged = Arc::new(Staged {
+            dir,
+            name: sname,
+            file: File::from(fd),
+            base: Mutex::new(None),
+            committed: false.into(),
+            behind: Mutex::default(),
+        });
+        // From here on, dropping `staged` on an error removes the file.
+        // Keep the owner: a commit must not hand a user's file to the
+        // host's account. Only root can; otherwise the host owns both.
+        let _ = rfs::fchown(
+            &staged.file,
+            Some(rfs::Uid::from_raw(st.st_uid)),
+            Some(rfs::Gid::from_raw(st.st_gid)),
+        );
+        let size = u64::try_from(st.st_size).unwrap_or(0);
+        // The old content is owed, copied when first needed.
+        *lock(&staged.base) = Some((src, size));
+        let mut map = lock(&self.staged);
+        // Checked again: others may have begun meanwhile. Refused, the
+        // staging file goes with `staged`.
+        if map.len() >= self.cfg.max_staged {
+            drop(map);
+            return Err(Errno::Again);
+        }
+        map.insert(txn, staged);
+        Ok(FsOk::Done)
+    }
+
+    pub(super) fn stage_commit(&self, txn: TxnId, path: &RelPath, size: u64) -> FsResult {
+        if size > self.cfg.max_file {
+            return Err(Errno::FBig);
+        }
+        // Taken out first: whatever happens next, the transaction is over
+        // (as in MemFs), and on an error the drop removes the file.
+        let staged = lock(&self.staged).remove(&txn).ok_or(Errno::BadF)?;
+        staged.settle().map_err(io)?;
+        staged.file.set_len(size).map_err(io)?;
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        let old = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        if kind_of(&old) == Some(FileKind::Dir) {
+            return Err(Errno::IsDir);
+        }
+        // The file keeps its permissions, as MemFs: those of the file at
+        // commit time.
+        rfs::fchmod(&staged.file, Mode::from_raw_mode(old.st_mode & 0o7777)).map_err(sys)?;
+        // Content and size on disk before the name points at them: after a
+        // crash the name shows the old file or the complete new one.
+        staged.file.sync_all().map_err(io)?;
+        rfs::renameat(&staged.dir, os(&staged.name), &dir, n).map_err(sys)?;
+        staged
+            .committed
+            .store(true, std::sync::atomic::Ordering::Release);
+        // The rename itself is durable only once the directory is.
+        rfs::fsync(&dir).map_err(sys)?;
+        if !same_file(&staged.dir, &dir) {
+            rfs::fsync(&staged.dir).map_err(sys)?;
+        }
+        fd_attr(&staged.file)
+    }
+}
+
+/// How old a staging file of another run must be before a listing that
+/// meets it removes it: a host that crashed left it, but another host
+/// serving the same folder right now may still be writing one.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl HostFs {
+    /// The name of `txn`'s staging file: reserved, so clients never see
+    /// it, and marked with this run.
+    fn staging_name(&self, txn: TxnId) -> Vec<u8> {
+        let mut n = self.staging_prefix.clone();
+        n.extend_from_slice(txn.0.to_string().as_bytes());
+        n
+    }
+
+    /// A staging file met while listing: if an earlier run left it (a
+    /// crash between staging and commit) and it has not been touched for
+    /// [`LEFTOVER_AGE`], it is garbage and goes, so crashes do not fill
+    /// the disk. The first scan lists every directory, so a restart
+    /// sweeps the whole share.
+    pub(super) fn sweep_leftover(&self, dir: &OwnedFd, name: &std::ffi::CStr) {
+        if name.to_bytes().starts_with(&self.staging_prefix) {
+            return;
+        }
+        let Ok(st) = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let age = now.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0));
+        if kind_of(&st) == Some(FileKind::File) && age >= LEFTOVER_AGE.as_secs() {
+            match rfs::unlinkat(dir, name, AtFlags::empty()) {
+                Ok(()) => {
+                    tracing::info!(name = ?name, "removed a staging file left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::debug!(name = ?name, error = %e, "could not remove a leftover staging file")
+                }
+            }
+        }
+    }
+}
+
+/// If the directory `name` in `parent` holds nothing but staging files,
+/// removes them and says so. Their transactions are doomed with the
+/// directory: their commits will find no target, as in MemFs, whose
+/// staging lives outside the tree.
+pub(super) fn purge_staging(parent: impl AsFd, name: &OsStr) -> bool {
+    let Ok(fd) = rfs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let Ok(dir) = rfs::Dir::read_from(&fd) else {
+        return false;
+    };
+    let mut staging = Vec::new();
+    for entry in dir {
+        let Ok(entry) = entry else {
+            return false;
+        };
+        let bytes = entry.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        if !bytes.starts_with(RESERVED_PREFIX) {
+            return false;
+        }
+        staging.push(bytes.to_vec());
+    }
+    staging
+        .iter()
+        .all(|n| rfs::unlinkat(&fd, os(n), AtFlags::empty()).is_ok())
+}
+
+/// Copies `len` bytes of `src` into the empty `dst`: a reflink where the
+/// file system shares blocks (btrfs, xfs), else an in-kernel copy, else
+/// through a buffer.
+fn copy_content(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    if rfs::ioctl_ficlone(dst, src).is_ok() {
+        // A clone takes the whole file, which may have grown since the
+        // stat: cut it to what was seen.
+        return dst.set_len(len);
+    }
+    let (mut off_in, mut off_out) = (0u64, 0u64);
+    while off_in < len {
+        let chunk = usize::try_from(len - off_in)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => return Ok(()), // the file shrank meanwhile
+            Ok(_) => {}
+            Err(SysErrno::INTR) => {}
+            Err(
+                SysErrno::XDEV
+                | SysErrno::NOSYS
+                | SysErrno::INVAL
+                | SysErrno::OPNOTSUPP
+                | SysErrno::PERM,
+            ) => return copy_buffered(src, dst, off_in, len),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn copy_buffered(src: &File, dst: &File, mut off: u64, len: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 128 * 1024];
+    while off < len {
+        let want = usize::try_from(len - off)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let n = match src.read_at(&mut buf[..want], off) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all_at(&buf[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,744 @@
+//! The FUSE adapter: kernel requests in, [`Op`]s out, and core answers back
+//! to the kernel.
+//!
+//! [`WormholeFs`] makes no file-system decision. Each request becomes one
+//! [`Op`] that fuser's thread feeds, with fuser's reply object, to the
+//! [`ClientCore`](wormhole_core::client::ClientCore) the mount shares
+//! with its driver ([`crate::mount`]); the answer goes wherever the core
+//! gives it (a cache hit at once, on this thread; a miss from the driver
+//! when the host replies). fuser's session thread therefore never waits
+//! for the host: it hands the request over and reads the next one, so
+//! many requests are in flight at once.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{
+    FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::sync::Arc;
+use tracing::{trace, warn};
+use wormhole_core::client::{Answer, Fh, Op};
+use wormhole_core::proto::{
+    Attr, CHUNK_SIZE, Errno, FileKind, Name, SetAttr, SetTime, StatFs, Timestamp,
+};
+use wormhole_core::vfs::Ino;
+
+use super::MountError;
+use super::driver::Shared;
+
+/// Requests the kernel may have queued in the background (reads ahead,
+/// write-back); the core answers them concurrently, so let it send more
+/// than fuser's default of 16.
+const MAX_BACKGROUND: u16 = 64;
+
+/// A kernel reply object, waiting for the core's answer.
+#[derive(Debug)]
+pub(crate) enum KernelReply {
+    /// lookup, mkdir, symlink.
+    Entry(ReplyEntry),
+    /// getattr, setattr, and the inode asked about (the kernel reports
+    /// the reply's inode number as `st_ino`).
+    Attr(ReplyAttr, Ino),
+    /// readdir.
+    Dir(ReplyDirectory),
+    /// readdirplus: entries with their attributes, each one a lookup
+    /// reference the kernel takes.
+    DirPlus(ReplyDirectoryPlus),
+    /// open; `true` when opened for reading only.
+    Open(ReplyOpen, bool),
+    /// read, readlink.
+    Data(ReplyData),
+    /// write.
+    Write(ReplyWrite),
+    /// Operations that answer nothing but success or an errno.
+    Empty(ReplyEmpty),
+    /// create.
+    Create(ReplyCreate),
+    /// statfs.
+    Statfs(ReplyStatfs),
+}
+
+/// The kernel's errno for a core errno (the same Linux numbers).
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.raw())
+}
+
+impl KernelReply {
+    /// Sends the core's answer to the kernel; returns the inodes the
+    /// kernel took a lookup reference on without a lookup (the entries of
+    /// a readdirplus answer that fit its buffer), which the core must
+    /// count. An answer of the wrong shape for the request is a core bug;
+    /// the kernel gets EIO rather than a hang.
+    #[must_use = "the core must count the lookup references the kernel took"]
+    pub(crate) fn answer(self, result: Result<Answer, Errno>) -> Vec<Ino> {
+        let answer = match result {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(errno(e));
+                return Vec::new();
+            }
+        };
+        let mut taken = Vec::new();
+        match (self, answer) {
+            (KernelReply::Entry(r), Answer::Entry { ino, attr, ttl }) => {
+                r.entry(&ttl, &file_attr(ino, &attr), Generation(0));
+            }
+            (KernelReply::Attr(r, ino), Answer::Attr { attr, ttl }) => {
+                r.attr(&ttl, &file_attr(ino, &attr));
+            }
+            (KernelReply::Dir(mut r), Answer::Dir(items)) => {
+                for item in items {
+                    let name = OsStr::from_bytes(item.name.as_bytes());
+                    if r.add(INodeNo(item.ino.0), item.next, file_type(item.kind), name) {
+                        // The kernel's buffer is full; it asks again from
+                        // the last offset it took.
+                        break;
+                    }
+                }
+                r.ok();
+            }
+            (KernelReply::DirPlus(mut r), Answer::Dir(items)) => {
+                for item in items {
+                    let name = OsStr::from_bytes(item.name.as_bytes());
+                    let attr = file_attr(item.ino, &item.attr);
+                    let ttl = item.ttl;
+                    if r.add(
+                        INodeNo(item.ino.0),
+                        item.next,
+                        name,
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    taken.push(item.ino);
+                }
+                r.ok();
+            }
+            (KernelReply::Open(r, read_only), Answer::Opened { fh, keep_cache }) => {
+                let mut flags = FopenFlags::empty();
+                flags.set(FopenFlags::FOPEN_KEEP_CACHE, keep_cache);
+                // A handle that cannot write has nothing to flush at
+                // close: the kernel then skips a FLUSH round trip per
+                // close (small-file reading is a few local requests per
+                // file; this is one of them). Its release still closes it.
+                flags.set(FopenFlags::FOPEN_NOFLUSH, read_only);
+                r.opened(FileHandle(fh.0), flags);
+            }
+            (KernelReply::Data(r), Answer::Data(data)) => r.data(&data),
+            (KernelReply::Data(r), Answer::Link(target)) => r.data(&target),
+            (KernelReply::Write(r), Answer::Written(n)) => r.written(n),
+            (KernelReply::Empty(r), Answer::Done) => r.ok(),
+            (KernelReply::Create(r), Answer::Created { ino, attr, ttl, fh }) => {
+                r.created(
+                    &ttl,
+                    &file_attr(ino, &attr),
+                    Generation(0),
+                    FileHandle(fh.0),
+                    FopenFlags::empty(),
+                );
+            }
+            (KernelReply::Statfs(r), Answer::StatFs(s)) => statfs(r, &s),
+            (reply, answer) => {
+                warn!(?answer, "core answer does not fit the kernel request");
+                reply.error(fuser::Errno::EIO);
+            }
+        }
+        taken
+    }
+
+    /// Fails the request with `e`.
+    pub(crate) fn error(self, e: fuser::Errno) {
+        match self {
+            KernelReply::Entry(r) => r.error(e),
+            KernelReply::Attr(r, _) => r.error(e),
+            KernelReply::Dir(r) => r.error(e),
+            KernelReply::DirPlus(r) => r.error(e),
+            KernelReply::Open(r, _) => r.error(e),
+            KernelReply::Data(r) => r.error(e),
+            KernelReply::Write(r) => r.error(e),
+            KernelReply::Empty(r) => r.error(e),
+            KernelReply::Create(r) => r.error(e),
+            KernelReply::Statfs(r) => r.error(e),
+        }
+    }
+}
+
+fn statfs(r: ReplyStatfs, s: &StatFs) {
+    r.statfs(
+        s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+    );
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(t.nanos));
+    match u64::try_from(t.secs) {
+        Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs) + nanos,
+        Err(_) => UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + nanos,
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            // Before 1970: whole seconds back, then nanoseconds forward.
+            let d = e.duration();
+            let mut secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            let mut nanos = d.subsec_nanos();
+            if nanos > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - nanos;
+            }
+            Timestamp { secs, nanos }
+        }
+    }
+}
+
+/// The kernel's attributes for a core `Attr` of inode `ino`.
+fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.ctime),
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        // Programs that size their I/O by st_blksize (cp, cat) then move
+        // whole chunks.
+        blksize: CHUNK_SIZE as u32,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(timestamp(t)),
+    }
+}
+
+/// The Wormhole file system as fuser sees it: a thin relay to the client
+/// core.
+pub(super) struct WormholeFs {
+    core: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WormholeFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WormholeFs").finish_non_exhaustive()
+    }
+}
+
+impl WormholeFs {
+    pub(crate) fn new(core: Arc<Shared>) -> Self {
+        WormholeFs { core }
+    }
+
+    /// Feeds an operation to the core. The kernel bounds what it has
+    /// outstanding (its background limit, one request per blocked
+    /// thread), and a driver that is gone fails the request.
+    fn op(&self, op: Op, reply: KernelReply) {
+        self.core.op(op, reply);
+    }
+
+    fn name(name: &OsStr) -> Result<Name, fuser::Errno> {
+        Name::new(name.as_bytes()).map_err(|e| errno(e.errno()))
+    }
+}
+
+fn ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
+
+/// Only permission bits travel; the kernel has applied the umask already
+/// unless told not to, and applying it again changes nothing.
+fn perm(mode: u32, umask: u32) -> u32 {
+    mode & !umask & 0o7777
+}
+
+impl Drop for WormholeFs {
+    /// fuser drops the file system when its session ends, however it
+    /// ends: the driver then says goodbye and stops.
+    fn drop(&mut self) {
+        self.core.unmounted();
+    }
+}
+
+impl fuser::Filesystem for WormholeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        // Each only if the kernel offers it:
+        // * parallel dirops: lookups and readdirs in one directory need
+        //   not queue behind each other in the kernel; the core answers
+        //   them concurrently.
+        // * auto inval data: pages cached under `keep_cache` are dropped
+        //   when the attributes show a new mtime or size.
+        // * cache symlinks: a symlink's target never changes (a new
+        //   target is a new file on the host).
+        // * readdirplus (adaptive): a listing carries the attributes, so
+        //   `ls -l` and `find -ls` need no lookup per entry.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match Self::name(name) {
+            Ok(name) => self.op(
+                Op::Lookup {
+                    parent: ino(parent),
+                    name,
+                },
+                KernelReply::Entry(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    // batch_forget: fuser's default calls forget for each node (its
+    // ForgetOne type is not public, so it cannot be overridden).
+    fn forget(&self, _req: &Request, i: INodeNo, nlookup: u64) {
+        self.core.forget(ino(i), nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.op(
+            Op::GetAttr { ino: ino(i) },
+            KernelReply::Attr(reply, ino(i)),
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        if uid.is_some() || gid.is_some() {
+            // The protocol has no chown: files belong to the host's user.
+            return reply.error(fuser::Errno::EPERM);
+        }
+        let set = SetAttr {
+            size,
+            mode: mode.map(|m| m & 0o7777),
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+        };
+        self.op(
+            Op::SetAttr { ino: ino(i), set },
+            KernelReply::Attr(reply, ino(i)),
+        );
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        self.op(Op::Readlink { ino: ino(i) }, KernelReply::Data(reply));
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match Self::name(name) {
+            Ok(name) => self.op(
+                Op::Mkdir {
+                    parent: ino(parent),
+                    name,
+                    mode: perm(mode, umask),
+                },
+                KernelReply::Entry(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match Self::name(name) {
+            Ok(name) => self.op(
+                Op::Unlink {
+                    parent: ino(parent),
+                    name,
+                },
+                KernelReply::Empty(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match Self::name(name) {
+            Ok(name) => self.op(
+                Op::Rmdir {
+                    parent: ino(parent),
+                    name,
+                },
+                KernelReply::Empty(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match Self::name(link_name) {
+            Ok(name) => self.op(
+                Op::Symlink {
+                    parent: ino(parent),
+                    name,
+                    target: target.as_os_str().as_bytes().to_vec(),
+                },
+                KernelReply::Entry(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !flags.is_empty() {
+            // RENAME_NOREPLACE / EXCHANGE have no protocol request.
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        match (Self::name(name), Self::name(newname)) {
+            (Ok(name), Ok(new_name)) => self.op(
+                Op::Rename {
+                    parent: ino(parent),
+                    name,
+                    new_parent: ino(newparent),
+                    new_name,
+                },
+                KernelReply::Empty(reply),
+            ),
+            (Err(e), _) | (_, Err(e)) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let read_only = matches!(flags.acc_mode(), fuser::OpenAccMode::O_RDONLY);
+        self.op(
+            Op::Open { ino: ino(i) },
+            KernelReply::Open(reply, read_only),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.op(
+            Op::Read {
+                fh: Fh(fh.0),
+                offset,
+                size,
+            },
+            KernelReply::Data(reply),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.op(
+            Op::Write {
+                fh: Fh(fh.0),
+                offset,
+                data: Bytes::copy_from_slice(data),
+            },
+            KernelReply::Write(reply),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.op(Op::Flush { fh: Fh(fh.0) }, KernelReply::Empty(reply));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.op(Op::Release { fh: Fh(fh.0) }, KernelReply::Empty(reply));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.op(Op::Fsync { fh: Fh(fh.0) }, KernelReply::Empty(reply));
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.op(
+            Op::ReadDir {
+                ino: ino(i),
+                offset,
+            },
+            KernelReply::Dir(reply),
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.op(
+            Op::ReadDir {
+                ino: ino(i),
+                offset,
+            },
+            KernelReply::DirPlus(reply),
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // The host fsyncs a directory after every change it makes to it.
+        reply.ok();
+    }
+
+    // Extended attributes and access(2): the protocol has neither.
+    // ENOSYS (not ENOTSUP) makes the kernel stop asking for the whole
+    // mount; for access it then allows what the mode bits allow.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.error(fuser::Errno::ENOSYS);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.op(Op::Statfs, KernelReply::Statfs(reply));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match Self::name(name) {
+            Ok(name) => self.op(
+                Op::Create {
+                    parent: ino(parent),
+                    name,
+                    mode: perm(mode, umask),
+                    // The kernel asks only when its cache says the name is
+                    // free, which another client may have changed since.
+                    exclusive: flags & rustix::fs::OFlags::EXCL.bits() as i32 != 0,
+                },
+                KernelReply::Create(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+// ---------------------------------------------------------- invalidations
+
+/// An invalidation for the kernel.
+pub(super) enum Notice {
+    /// Data and attributes of an inode.
+    Inode(Ino),
+    /// A name in a directory.
+    Entry(Ino, Name),
+}
+
+/// Starts the thread that passes the core's invalidations to the kernel.
+pub(super) fn start_notifier(
+    notices: std::sync::mpsc::Receiver<Notice>,
+    notifier: fuser::Notifier,
+) -> Result<(), MountError> {
+    std::thread::Builder::new()
+        .name("wormhole-inval".into())
+        .spawn(move || {
+            for notice in notices {
+                // The kernel may have dropped the inode or entry
+                // already; nothing to do then.
+                let result = match &notice {
+                    Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
+                    Notice::Entry(parent, name) => notifier.inval_entry(
+                        fuser::INodeNo(parent.0),
+                        std::os::unix::ffi::OsStrExt::from_bytes(name.as_bytes()),
+                    ),
+                };
+                if let Err(e) = result {
+                    trace!(error = %e, "kernel invalidation not applied");
+                }
+            }
+        })
+        .map_err(MountError::Thread)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for t in [
+            Timestamp { secs: 0, nanos: 0 },
+            Timestamp {
+                secs: 1_700_000_000,
+                nanos: 123_456_789,
+            },
+            Timestamp {
+                secs: -5,
+                nanos: 250_000_000,
+            },
+        ] {
+            assert_eq!(timestamp(system_time(t)), t);
+        }
+    }
+
+    #[test]
+    fn permission_bits_only() {
+        assert_eq!(perm(0o100644, 0o022), 0o644);
+        assert_eq!(perm(0o40777, 0o022), 0o755);
+    }
+}

@@ -1,0 +1,832 @@
+//! Confinement and durability of [`HostFs`] on a real directory:
+//!
+//! * symlinks placed in the share, pointing to `/`, to `..`, to an
+//!   absolute path outside, and to a mount point, are never followed by
+//!   any operation (they stay data: Stat reports them, Readlink reads
+//!   them, Unlink removes the link itself);
+//! * `..` and absolute names cannot even be written down (`Name`);
+//! * a commit replaces the file (new content read back, old handles keep
+//!   the old content), an interrupted transaction leaves the old content,
+//!   and a staging file a crash left behind is invisible, kept while it
+//!   may be another host's, and swept by a listing once it is old.
+//!
+//! The mount-point case needs root (to mount a tmpfs); without root it
+//! fails and says why, rather than skipping.
+
+use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use wormhole_core::host::{FsHandle, FsOk, FsOp, ReadFrom, RelPath};
+use wormhole_core::proto::{Errno, FileKind, Name, SetAttr, SetTime, Timestamp, TxnId};
+use wormhole_io::host::fs::{HostFs, HostFsConfig};
+
+fn rel(p: &str) -> RelPath {
+    RelPath::from(
+        p.split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| Name::new(s).expect("name"))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Everything outside the share, to check nothing there changed.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let md = std::fs::symlink_metadata(e.path()).expect("lstat");
+            let data = if md.is_file() {
+                std::fs::read(e.path()).expect("read")
+            } else {
+                Vec::new()
+            };
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path(), data, md.permissions().mode()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn names_cannot_climb_or_be_absolute() {
+    assert!(Name::new("..").is_err());
+    assert!(Name::new(".").is_err());
+    assert!(Name::new("/etc").is_err());
+    assert!(Name::new("a/../../b").is_err());
+    assert!(Name::new("a\0b").is_err());
+    // The only way to build a path is from names, so every RelPath is a
+    // downward path.
+    assert_eq!(rel("a/b").names().len(), 2);
+}
+
+#[test]
+fn symlinks_in_the_share_are_never_followed() {
+    if !is_root() {
+        panic!(
+            "NOT ROOT: this test mounts a tmpfs to check that a symlink to a mount \
+             point is not followed; run it as root (CI does). Failing rather than \
+             skipping."
+        );
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-escape")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let share = tmp.path().join("share");
+    let outside = tmp.path().join("outside");
+    let mnt = tmp.path().join("mnt");
+    for d in [&share, &outside, &mnt] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    std::fs::write(outside.join("secret.txt"), b"SECRET").expect("write");
+    std::fs::create_dir(outside.join("sub")).expect("mkdir");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "wormhole-escape"])
+        .arg(&mnt)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount -t tmpfs failed");
+    let _mounted = Mounted(mnt.clone());
+    std::fs::write(mnt.join("secret.txt"), b"IN MOUNT").expect("write");
+    std::fs::create_dir(mnt.join("sub")).expect("mkdir");
+
+    std::fs::write(share.join("own.txt"), b"own").expect("write");
+    std::fs::create_dir(share.join("d")).expect("mkdir");
+    let links: Vec<(&str, PathBuf)> = vec![
+        ("to_root", PathBuf::from("/")),
+        ("to_parent", PathBuf::from("..")),
+        ("to_outside", outside.clone()),
+        ("to_secret", outside.join("secret.txt")),
+        ("to_mount", mnt.clone()),
+        ("d/up", PathBuf::from("../..")),
+    ];
+    for (l, target) in &links {
+        std::os::unix::fs::symlink(target, share.join(l)).expect("symlink");
+    }
+    let before_outside = snapshot(&outside);
+    let before_mount = snapshot(&mnt);
+
+    let fs = HostFs::open(&share, HostFsConfig::default()).expect("open share");
+    let mut checked = 0;
+    for (i, (l, target)) in links.iter().enumerate() {
+        let link = rel(l);
+        let through = |rest: &str| rel(&format!("{l}/{rest}"));
+        let expect = |op: FsOp, want: Result<(), Errno>| {
+            let got = fs.execute(op.clone()).map(|_| ());
+            assert_eq!(got, want, "{op:?}");
+        };
+        // The link itself is data.
+        match fs.execute(FsOp::Stat { path: link.clone() }) {
+            Ok(FsOk::Attr(a)) => {
+                assert_eq!(a.kind, FileKind::Symlink, "{l}");
+                assert_eq!(a.size, target.as_os_str().len() as u64, "{l}");
+            }
+            other => panic!("stat {l}: {other:?}"),
+        }
+        assert_eq!(
+            fs.execute(FsOp::Readlink { path: link.clone() }),
+            Ok(FsOk::Link(target.as_os_str().as_encoded_bytes().to_vec()))
+        );
+        // Nothing goes through it.
+        for rest in ["secret.txt", "sub", "etc/passwd", "share/own.txt"] {
+            let p = through(rest);
+            expect(FsOp::Stat { path: p.clone() }, Err(Errno::Loop));
+            expect(
+                FsOp::List {
+                    path: p.clone(),
+                    cookie: 0,
+                    max: 10,
+                },
+                Err(Errno::Loop),
+            );
+            expect(
+                FsOp::Open {
+                    path: p.clone(),
+                    handle: FsHandle(1),
+                    inline_max: 0,
+                },
+                Err(Errno::Loop),
+            );
+            expect(
+                FsOp::Read {
+                    from: ReadFrom::Path(p.clone()),
+                    offset: 0,
+                    len: 100,
+                },
+                Err(Errno::Loop),
+            );
+            expect(FsOp::Unlink { path: p.clone() }, Err(Errno::Loop));
+            expect(FsOp::Rmdir { path: p.clone() }, Err(Errno::Loop));
+            expect(
+                FsOp::Rename {
+                    from: p.clone(),
+                    to: rel("stolen"),
+                },
+                Err(Errno::Loop),
+            );
+            expect(
+                FsOp::SetAttr {
+                    path: p.clone(),
+                    set: SetAttr {
+                        mode: Some(0o777),
+                        ..SetAttr::default()
+                    },
+                },
+                Err(Errno::Loop),
+            );
+            expect(
+                FsOp::StageBegin {
+                    txn: TxnId(9),
+                    path: p.clone(),
+                },
+                Err(Errno::Loop),
+            );
+            checked += 9;
+        }
+        let new = through("new");
+        expect(
+            FsOp::Create {
+                path: new.clone(),
+                mode: 0o644,
+                exclusive: false,
+            },
+            Err(Errno::Loop),
+        );
+        expect(
+            FsOp::Mkdir {
+                path: new.clone(),
+                mode: 0o755,
+            },
+            Err(Errno::Loop),
+        );
+        expect(
+            FsOp::Symlink {
+                path: new.clone(),
+                target: b"x".to_vec(),
+            },
+            Err(Errno::Loop),
+        );
+        expect(
+            FsOp::Rename {
+                from: rel("own.txt"),
+                to: new.clone(),
+            },
+            Err(Errno::Loop),
+        );
+        // Operations on the link's own name act on the link, or refuse.
+        expect(
+            FsOp::List {
+                path: link.clone(),
+                cookie: 0,
+                max: 10,
+            },
+            Err(Errno::NotDir),
+        );
+        expect(
+            FsOp::Open {
+                path: link.clone(),
+                handle: FsHandle(1),
+                inline_max: 0,
+            },
+            Err(Errno::Loop),
+        );
+        expect(
+            FsOp::Read {
+                from: ReadFrom::Path(link.clone()),
+                offset: 0,
+                len: 100,
+            },
+            Err(Errno::Loop),
+        );
+        expect(
+            FsOp::Create {
+                path: link.clone(),
+                mode: 0o644,
+                exclusive: false,
+            },
+            Err(Errno::Loop),
+        );
+        expect(
+            FsOp::Create {
+                path: link.clone(),
+                mode: 0o644,
+                exclusive: true,
+            },
+            Err(Errno::Exist),
+        );
+        expect(
+            FsOp::Mkdir {
+                path: link.clone(),
+                mode: 0o755,
+            },
+            Err(Errno::Exist),
+        );
+        expect(FsOp::Rmdir { path: link.clone() }, Err(Errno::NotDir));
+        expect(
+            FsOp::SetAttr {
+                path: link.clone(),
+                set: SetAttr {
+                    mode: Some(0o777),
+                    ..SetAttr::default()
+                },
+            },
+            Err(Errno::NotSup),
+        );
+        // Times of the link itself (utimensat with AT_SYMLINK_NOFOLLOW).
+        expect(
+            FsOp::SetAttr {
+                path: link.clone(),
+                set: SetAttr {
+                    mtime: Some(SetTime::At(Timestamp {
+                        secs: 1_000_000_000,
+                        nanos: 0,
+                    })),
+                    ..SetAttr::default()
+                },
+            },
+            Ok(()),
+        );
+        expect(
+            FsOp::StageBegin {
+                txn: TxnId(9),
+                path: link.clone(),
+            },
+            Err(Errno::IsDir),
+        );
+        // A commit onto the link's name replaces the link, never writes
+        // through it.
+        let txn = TxnId(100 + i as u64);
+        expect(
+            FsOp::StageBegin {
+                txn,
+                path: rel("own.txt"),
+            },
+            Ok(()),
+        );
+        expect(
+            FsOp::StageWrite {
+                txn,
+                offset: 0,
+                data: Bytes::from_static(b"OVERWRITTEN"),
+            },
+            Ok(()),
+        );
+        expect(
+            FsOp::StageCommit {
+                txn,
+                path: link.clone(),
+                size: 11,
+            },
+            Ok(()),
+        );
+        assert_eq!(
+            std::fs::read(share.join(l)).expect("read replaced link"),
+            b"OVERWRITTEN"
+        );
+        // Put the link back and remove it with Unlink: the link goes, not
+        // its target.
+        std::fs::remove_file(share.join(l)).expect("rm");
+        std::os::unix::fs::symlink(target, share.join(l)).expect("symlink");
+        expect(FsOp::Unlink { path: link.clone() }, Ok(()));
+        assert!(std::fs::symlink_metadata(share.join(l)).is_err());
+        checked += 20;
+    }
+    assert_eq!(snapshot(&outside), before_outside, "outside changed");
+    assert_eq!(snapshot(&mnt), before_mount, "mount changed");
+    assert!(!tmp.path().join("stolen").exists());
+    assert!(!Path::new("/new").exists());
+    println!(
+        "{checked} operations through or on {} symlinks (to /, .., an absolute path, \
+         a file outside, a tmpfs mount point, ../.. from a subdirectory): none followed",
+        links.len()
+    );
+}
+
+fn read_all(fs: &HostFs, path: &str) -> Vec<u8> {
+    match fs.execute(FsOp::Read {
+        from: ReadFrom::Path(rel(path)),
+        offset: 0,
+        len: 1 << 20,
+    }) {
+        Ok(FsOk::Data(b, _)) => b.to_vec(),
+        other => panic!("read {path}: {other:?}"),
+    }
+}
+
+fn staging_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".wormhole."))
+        .collect()
+}
+
+#[test]
+fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-commit")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let root = tmp.path();
+    std::fs::write(root.join("f"), b"old content").expect("write");
+    std::fs::set_permissions(
+        root.join("f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .expect("chmod");
+
+    // 1. Interrupted before the commit (the transaction is dropped with the
+    //    host): the old content, and no staging file.
+    {
+        let fs = HostFs::open(root, HostFsConfig::default()).expect("open");
+        let txn = TxnId(1);
+        fs.execute(FsOp::StageBegin {
+            txn,
+            path: rel("f"),
+        })
+        .expect("begin");
+        let staged = staging_files(root);
+        assert_eq!(staged.len(), 1, "{staged:?}");
+        fs.execute(FsOp::StageWrite {
+            txn,
+            offset: 0,
+            data: Bytes::from_static(b"NEW"),
+        })
+        .expect("write");
+        // The staging file holds the file's content with the write on it.
+        assert_eq!(
+            std::fs::read(root.join(&staged[0])).expect("read staging"),
+            b"NEW content"
+        );
+        // Listings never show it.
+        match fs.execute(FsOp::List {
+            path: RelPath::root(),
+            cookie: 0,
+            max: 10,
+        }) {
+            Ok(FsOk::Listing { entries, .. }) => {
+                let names: Vec<_> = entries.iter().map(|(n, _)| n.clone()).collect();
+                assert_eq!(names, vec![Name::new("f").expect("name")]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read(root.join("f")).expect("read"), b"old content");
+    assert!(staging_files(root).is_empty(), "dropped staging removed");
+
+    // 2. A crash mid-transaction (nothing runs: the host is leaked, its
+    //    staging file stays on disk): the old content; the leftover is
+    //    invisible, and once old enough a listing sweeps it.
+    {
+        let fs = HostFs::open(root, HostFsConfig::default()).expect("open");
+        fs.execute(FsOp::StageBegin {
+            txn: TxnId(2),
+            path: rel("f"),
+        })
+        .expect("begin");
+        fs.execute(FsOp::StageTruncate {
+            txn: TxnId(2),
+            size: 0,
+        })
+        .expect("truncate");
+        std::mem::forget(fs);
+    }
+    assert_eq!(std::fs::read(root.join("f")).expect("read"), b"old content");
+    let leftover = staging_files(root);
+    assert_eq!(leftover.len(), 1, "{leftover:?}");
+    let leftover = root.join(&leftover[0]);
+
+    // 3. A commit: new content, the file's mode kept, a new inode (open
+    //    handles keep the old content), no staging file left, and a fresh
+    //    host (a restart) reads the new content back.
+    let old_ino = std::fs::metadata(root.join("f")).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    });
+    {
+        let fs = HostFs::open(root, HostFsConfig::default()).expect("open");
+        let h = FsHandle(7);
+        fs.execute(FsOp::Open {
+            path: rel("f"),
+            handle: h,
+            inline_max: 0,
+        })
+        .expect("open handle");
+        let txn = TxnId(2);
+        fs.execute(FsOp::StageBegin {
+            txn,
+            path: rel("f"),
+        })
+        .expect("begin beside the leftover");
+        // A fresh leftover may be another host's, still writing: kept.
+        let list = FsOp::List {
+            path: RelPath::root(),
+            cookie: 0,
+            max: 10,
+        };
+        assert!(matches!(fs.execute(list.clone()), Ok(FsOk::Listing { .. })));
+        assert!(leftover.exists(), "a fresh leftover is kept");
+        // Untouched for longer than LEFTOVER_AGE: a crash's garbage.
+        std::fs::File::options()
+            .write(true)
+            .open(&leftover)
+            .and_then(|f| {
+                f.set_modified(
+                    std::time::SystemTime::now()
+                        - wormhole_io::host::fs::LEFTOVER_AGE
+                        - std::time::Duration::from_secs(60),
+                )
+            })
+            .expect("age the leftover");
+        assert!(matches!(fs.execute(list), Ok(FsOk::Listing { .. })));
+        assert!(!leftover.exists(), "an old leftover is swept");
+        assert_eq!(staging_files(root).len(), 1, "this run's own staging stays");
+        fs.execute(FsOp::StageWrite {
+            txn,
+            offset: 0,
+            data: Bytes::from_static(b"new content, longer"),
+        })
+        .expect("write");
+        let attr = match fs.execute(FsOp::StageCommit {
+            txn,
+            path: rel("f"),
+            size: 19,
+        }) {
+            Ok(FsOk::Attr(a)) => a,
+            other => panic!("commit: {other:?}"),
+        };
+        assert_eq!(attr.size, 19);
+        assert_eq!(attr.mode, 0o640);
+        assert_ne!(Ok(attr.key.ino), old_ino.as_ref().map_err(|_| ()).copied());
+        assert_eq!(read_all(&fs, "f"), b"new content, longer");
+        match fs.execute(FsOp::Read {
+            from: ReadFrom::Handle(h),
+            offset: 0,
+            len: 100,
+        }) {
+            Ok(FsOk::Data(b, _)) => assert_eq!(&b[..], b"old content"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            fs.execute(FsOp::StageCommit {
+                txn,
+                path: rel("f"),
+                size: 1
+            }),
+            Err(Errno::BadF),
+            "a transaction commits once"
+        );
+        assert!(staging_files(root).is_empty());
+        // Abort leaves the file alone.
+        fs.execute(FsOp::StageBegin {
+            txn: TxnId(3),
+            path: rel("f"),
+        })
+        .expect("begin");
+        fs.execute(FsOp::StageTruncate {
+            txn: TxnId(3),
+            size: 0,
+        })
+        .expect("truncate");
+        fs.execute(FsOp::StageAbort { txn: TxnId(3) })
+            .expect("abort");
+        assert!(staging_files(root).is_empty());
+    }
+    let fs = HostFs::open(root, HostFsConfig::default()).expect("reopen");
+    assert_eq!(read_all(&fs, "f"), b"new content, longer");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(root.join("f"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+}
+
+#[test]
+fn unlinked_open_files_stay_readable_and_handles_are_bounded() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-handles")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("f"), b"still here").expect("write");
+    assert!(wormhole_io::host::fs::raise_fd_limit() >= 1024);
+    let fs = HostFs::open(
+        tmp.path(),
+        HostFsConfig {
+            max_handles: 2,
+            ..HostFsConfig::default()
+        },
+    )
+    .expect("open");
+    for h in 0..2 {
+        fs.execute(FsOp::Open {
+            path: rel("f"),
+            handle: FsHandle(h),
+            inline_max: 0,
+        })
+        .expect("open");
+    }
+    assert_eq!(
+        fs.execute(FsOp::Open {
+            path: rel("f"),
+            handle: FsHandle(2),
+            inline_max: 0,
+        }),
+        Err(Errno::Again),
+        "bounded"
+    );
+    fs.execute(FsOp::Unlink { path: rel("f") }).expect("unlink");
+    match fs.execute(FsOp::Read {
+        from: ReadFrom::Handle(FsHandle(0)),
+        offset: 6,
+        len: 100,
+    }) {
+        Ok(FsOk::Data(b, a)) => {
+            assert_eq!(&b[..], b"here");
+            assert_eq!(a.nlink, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    fs.execute(FsOp::Close {
+        handle: FsHandle(0),
+    })
+    .expect("close");
+    assert_eq!(
+        fs.execute(FsOp::Close {
+            handle: FsHandle(0)
+        }),
+        Err(Errno::BadF)
+    );
+    assert_eq!(fs.open_handles(), 1);
+}
+
+/// An open carries the whole file when it holds at most `inline_max`
+/// bytes, and nothing when it holds more.
+#[test]
+fn small_files_come_with_their_open() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-inline")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("small"), b"twelve bytes").expect("write");
+    std::fs::write(tmp.path().join("big"), vec![7u8; 13]).expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let open = |name: &str, h: u64| {
+        fs.execute(FsOp::Open {
+            path: rel(name),
+            handle: FsHandle(h),
+            inline_max: 12,
+        })
+    };
+    match open("small", 1) {
+        Ok(FsOk::Opened(a, inline)) => {
+            assert_eq!(a.size, 12);
+            assert_eq!(&inline[..], b"twelve bytes");
+        }
+        other => panic!("{other:?}"),
+    }
+    match open("big", 2) {
+        Ok(FsOk::Opened(a, inline)) => {
+            assert_eq!(a.size, 13);
+            assert!(inline.is_empty(), "{inline:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A transaction that starts with a truncate copies only what the
+/// truncate keeps of the old content (a rewrite with `O_TRUNC` does not
+/// copy the file first), and a later extension reads as zeros.
+#[test]
+fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-trunc")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("f"), b"old content").expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let txn = TxnId(3);
+    let run = |op| fs.execute(op).expect("staging op");
+    run(FsOp::StageBegin {
+        txn,
+        path: rel("f"),
+    });
+    // Nothing copied yet: the first write or the commit copies.
+    let staged = staging_files(tmp.path());
+    let staged_len = || {
+        std::fs::metadata(tmp.path().join(&staged[0]))
+            .expect("staging file")
+            .len()
+    };
+    assert_eq!(staged_len(), 0);
+    run(FsOp::StageTruncate { txn, size: 3 });
+    run(FsOp::StageTruncate { txn, size: 6 });
+    assert_eq!(staged_len(), 6, "sized by the truncates, still not copied");
+    run(FsOp::StageWrite {
+        txn,
+        offset: 6,
+        data: Bytes::from_static(b"!"),
+    });
+    run(FsOp::StageCommit {
+        txn,
+        path: rel("f"),
+        size: 7,
+    });
+    assert_eq!(
+        std::fs::read(tmp.path().join("f")).expect("read"),
+        b"old\0\0\0!"
+    );
+    // Truncated to nothing: nothing of the old content comes back.
+    let txn = TxnId(4);
+    run(FsOp::StageBegin {
+        txn,
+        path: rel("f"),
+    });
+    run(FsOp::StageTruncate { txn, size: 0 });
+    run(FsOp::StageCommit {
+        txn,
+        path: rel("f"),
+        size: 0,
+    });
+    assert_eq!(std::fs::read(tmp.path().join("f")).expect("read"), b"");
+}
+
+#[test]
+fn the_pool_runs_operations_off_the_caller() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-pool")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let fs = std::sync::Arc::new(HostFs::open(tmp.path(), HostFsConfig::default()).expect("open"));
+    let (pool, results) = wormhole_io::host::fs::FsPool::new(fs, 3, 4).expect("pool");
+    let n = 50u64;
+    futures_lite::future::block_on(async {
+        for i in 0..n {
+            let name = format!("f{i}");
+            pool.submit(
+                wormhole_core::host::FsOpId(i),
+                FsOp::Create {
+                    path: rel(&name),
+                    mode: 0o644,
+                    exclusive: true,
+                },
+            )
+            .await
+            .expect("submit");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n {
+            let (op, r) = results.recv().await.expect("result");
+            assert!(matches!(r, Ok(FsOk::Attr(_))), "{op:?}: {r:?}");
+            seen.insert(op.0);
+        }
+        assert_eq!(seen.len() as u64, n);
+    });
+    pool.shutdown();
+    assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count() as u64, n);
+}
+
+#[test]
+fn trees_deeper_than_path_max_work_and_stay_confined() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-deep")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let long = |i: usize| Name::new(format!("{i:03}{}", "x".repeat(197))).expect("name");
+    let mut path = RelPath::root();
+    for i in 0..30 {
+        path = path.join(&long(i));
+        fs.execute(FsOp::Mkdir {
+            path: path.clone(),
+            mode: 0o755,
+        })
+        .unwrap_or_else(|e| panic!("mkdir at depth {i}: {e:?}"));
+    }
+    let bytes: usize = path.names().iter().map(|n| n.as_bytes().len() + 1).sum();
+    assert!(bytes > 4096, "deeper than PATH_MAX: {bytes} bytes");
+    let file = path.join(&Name::new("f").expect("name"));
+    fs.execute(FsOp::Create {
+        path: file.clone(),
+        mode: 0o644,
+        exclusive: true,
+    })
+    .expect("create deep");
+    let txn = TxnId(1);
+    fs.execute(FsOp::StageBegin {
+        txn,
+        path: file.clone(),
+    })
+    .expect("begin");
+    fs.execute(FsOp::StageWrite {
+        txn,
+        offset: 0,
+        data: Bytes::from_static(b"deep"),
+    })
+    .expect("write");
+    fs.execute(FsOp::StageCommit {
+        txn,
+        path: file.clone(),
+        size: 4,
+    })
+    .expect("commit");
+    match fs.execute(FsOp::Read {
+        from: ReadFrom::Path(file.clone()),
+        offset: 0,
+        len: 10,
+    }) {
+        Ok(FsOk::Data(b, _)) => assert_eq!(&b[..], b"deep"),
+        other => panic!("{other:?}"),
+    }
+    // A symlink deep down is as refused as one at the top, wherever the
+    // path is cut into pieces.
+    let mut at = RelPath::root();
+    for i in 0..25 {
+        at = at.join(&long(i));
+    }
+    let link = at.join(&Name::new("up").expect("name"));
+    fs.execute(FsOp::Symlink {
+        path: link.clone(),
+        target: b"/".to_vec(),
+    })
+    .expect("symlink");
+    let mut through = link.clone();
+    for n in ["etc", "passwd"] {
+        through = through.join(&Name::new(n).expect("name"));
+    }
+    assert_eq!(fs.execute(FsOp::Stat { path: through }), Err(Errno::Loop));
+    let mut long_through = link;
+    for i in 0..15 {
+        long_through = long_through.join(&long(i));
+    }
+    assert_eq!(
+        fs.execute(FsOp::List {
+            path: long_through,
+            cookie: 0,
+            max: 10
+        }),
+        Err(Errno::Loop)
+    );
+}

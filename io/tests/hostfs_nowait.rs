@@ -1,0 +1,213 @@
+//! [`HostFs::try_execute`], what the host driver runs on its own thread:
+//! it answers exactly as [`HostFs::execute`] would when it needs no disk
+//! wait, and gives the operation back when it would (the bytes are not in
+//! the page cache) or when it changes something.
+
+use std::os::unix::fs::FileExt;
+use wormhole_core::host::{FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use wormhole_core::proto::Name;
+use wormhole_io::host::fs::{HostFs, HostFsConfig};
+
+fn path(name: &str) -> RelPath {
+    RelPath::from(vec![Name::new(name.as_bytes()).expect("name")])
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+/// Writes `bytes` to `name`, durably, so its pages are clean and can be
+/// dropped from the page cache.
+fn write_synced(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join(name))
+        .expect("create");
+    f.write_all_at(bytes, 0).expect("write");
+    f.sync_all().expect("fsync");
+    f
+}
+
+/// Advises the kernel to drop the file's (clean) pages from the page cache.
+fn evict(f: &std::fs::File) {
+    rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed).expect("fadvise");
+}
+
+/// Evicts `f` and offers `op()` to `try_execute` until it is given back,
+/// and returns what was given back. One eviction is not always enough:
+/// `DONTNEED` is advice (a page another CPU holds in its LRU batch stays),
+/// and a `RWF_NOWAIT` read that misses starts the readahead of what it
+/// missed (the kernel's `filemap_get_pages`) before it answers EAGAIN, so
+/// the pages can be back before the next attempt. An attempt that ran
+/// anyway must have answered correctly (`check`).
+fn given_back_once_evicted(
+    disk: &HostFs,
+    f: &std::fs::File,
+    mut op: impl FnMut(u32) -> FsOp,
+    mut check: impl FnMut(FsResult),
+) -> FsOp {
+    for attempt in 0..1000 {
+        evict(f);
+        match disk.try_execute(op(attempt)) {
+            Err(back) => return back,
+            Ok(answer) => check(answer),
+        }
+    }
+    panic!("1000 evictions, and the operation never had to wait for the disk");
+}
+
+#[test]
+fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
+    // On the machine's disk, not a tmpfs: only a real page cache can miss.
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-nowait")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let small = pattern(3000, 1);
+    let big = pattern(1 << 20, 2);
+    write_synced(tmp.path(), "small", &small);
+    let big_file = write_synced(tmp.path(), "big", &big);
+    let disk = HostFs::open(tmp.path(), HostFsConfig::default()).expect("share");
+
+    // Metadata runs.
+    let stat = disk.try_execute(FsOp::Stat {
+        path: path("small"),
+    });
+    assert!(
+        matches!(&stat, Ok(Ok(FsOk::Attr(a))) if a.size == small.len() as u64),
+        "{stat:?}"
+    );
+    assert!(matches!(
+        disk.try_execute(FsOp::StatFs),
+        Ok(Ok(FsOk::StatFs(_)))
+    ));
+    // A missing file is a final answer too, not a retry on the pool.
+    assert!(matches!(
+        disk.try_execute(FsOp::Stat { path: path("nope") }),
+        Ok(Err(_))
+    ));
+
+    // A small file just written is in the page cache: its open brings its
+    // bytes at once.
+    let open = FsOp::Open {
+        path: path("small"),
+        handle: FsHandle(1),
+        inline_max: 128 << 10,
+    };
+    match disk.try_execute(open) {
+        Ok(Ok(FsOk::Opened(a, bytes))) => {
+            assert_eq!(a.size, small.len() as u64);
+            assert_eq!(&bytes[..], &small[..]);
+        }
+        other => panic!("open of a cached small file: {other:?}"),
+    }
+
+    // A read through a handle: at once while cached...
+    let open_big = FsOp::Open {
+        path: path("big"),
+        handle: FsHandle(2),
+        inline_max: 128 << 10,
+    };
+    assert!(matches!(
+        disk.try_execute(open_big),
+        Ok(Ok(FsOk::Opened(_, ref b))) if b.is_empty()
+    ));
+    let read = FsOp::Read {
+        from: ReadFrom::Handle(FsHandle(2)),
+        offset: 4096,
+        len: 65536,
+    };
+    match disk.try_execute(read.clone()) {
+        Ok(Ok(FsOk::Data(bytes, _))) => assert_eq!(&bytes[..], &big[4096..4096 + 65536]),
+        other => panic!("cached read: {other:?}"),
+    }
+    // ...given back once the bytes would come from the disk, and then the
+    // pool's way reads them.
+    let back = given_back_once_evicted(
+        &disk,
+        &big_file,
+        |_| read.clone(),
+        |answer| match answer {
+            Ok(FsOk::Data(bytes, _)) => assert_eq!(&bytes[..], &big[4096..4096 + 65536]),
+            other => panic!("read that ran anyway: {other:?}"),
+        },
+    );
+    assert_eq!(back, read, "given back untouched");
+    match disk.execute(back) {
+        Ok(FsOk::Data(bytes, _)) => assert_eq!(&bytes[..], &big[4096..4096 + 65536]),
+        other => panic!("pool read: {other:?}"),
+    }
+    // The same for a small file's open whose bytes were evicted: nothing
+    // is kept of the attempt (the handle is free for the pool's open).
+    let small_file = std::fs::File::open(tmp.path().join("small")).expect("open");
+    // Each attempt opens a fresh handle; one that ran anyway is closed.
+    let open_small = |attempt: u32| FsOp::Open {
+        path: path("small"),
+        handle: FsHandle(3 + u64::from(attempt)),
+        inline_max: 128 << 10,
+    };
+    let mut ran = 0;
+    let back = given_back_once_evicted(&disk, &small_file, open_small, |answer| match answer {
+        Ok(FsOk::Opened(_, bytes)) => {
+            assert_eq!(&bytes[..], &small[..]);
+            ran += 1;
+        }
+        other => panic!("open that ran anyway: {other:?}"),
+    });
+    let FsOp::Open { handle, .. } = back else {
+        panic!("given back as another operation: {back:?}");
+    };
+    for h in 3..handle.0 {
+        assert_eq!(
+            disk.try_execute(FsOp::Close {
+                handle: FsHandle(h)
+            }),
+            Ok(Ok(FsOk::Done))
+        );
+    }
+    assert_eq!(ran, handle.0 - 3, "every attempt that ran was counted");
+    assert_eq!(
+        disk.open_handles(),
+        2,
+        "the given-back open keeps no handle"
+    );
+    assert!(matches!(disk.execute(back), Ok(FsOk::Opened(_, ref b)) if b[..] == small[..]));
+
+    // Closing runs at once.
+    assert!(matches!(
+        disk.try_execute(FsOp::Close { handle }),
+        Ok(Ok(FsOk::Done))
+    ));
+    assert_eq!(disk.open_handles(), 2);
+
+    // Listings and changes always go to the pool.
+    for op in [
+        FsOp::List {
+            path: RelPath::root(),
+            cookie: 0,
+            max: 10,
+        },
+        FsOp::Mkdir {
+            path: path("d"),
+            mode: 0o755,
+        },
+        FsOp::Unlink {
+            path: path("small"),
+        },
+        FsOp::Read {
+            from: ReadFrom::Path(path("small")),
+            offset: 0,
+            len: 10,
+        },
+    ] {
+        let back = disk.try_execute(op.clone());
+        assert_eq!(back, Err(op), "given back untouched");
+    }
+    assert!(tmp.path().join("small").exists());
+    assert!(!tmp.path().join("d").exists());
+}
