@@ -74,3 +74,34 @@ pub fn run_bounded(dir: &std::path::Path, limit: Duration, body: fn(&std::path::
         }
     }
 }
+
+/// The two shells every end-to-end body runs on.
+pub use wormhole_smol::SmolShell;
+pub use wormhole_tokio::TokioShell;
+
+/// Writes an end-to-end body once and runs it on both shells:
+/// `both_shells! { name: body; }` makes the tests `name::on_tokio` and
+/// `name::on_smol`, each calling `body(&shell)` with a fresh shell of its
+/// runtime. Doc comments before `name` document the pair.
+#[macro_export]
+macro_rules! both_shells {
+    ($($(#[$meta:meta])* $name:ident: $body:expr;)+) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[test]
+            fn on_tokio() {
+                let shell = $crate::e2e::TokioShell::new().expect("start a tokio runtime");
+                ($body)(&shell);
+            }
+
+            #[test]
+            fn on_smol() {
+                let shell = $crate::e2e::SmolShell::new().expect("start smol");
+                ($body)(&shell);
+            }
+        }
+    )+};
+}

@@ -23,7 +23,6 @@ use wormhole_core::host::{FsOp, HostConfig, RelPath};
 use wormhole_core::proto::{Checksum, Name, TxnId};
 use wormhole_io::testkit::LocalHost;
 use wormhole_io::{Mount, MountOptions, Shell, timeout};
-use wormhole_smol::SmolShell;
 use wormhole_tokio::TokioShell;
 
 /// The limit on connecting and on stopping.
@@ -34,14 +33,8 @@ const CHUNK: usize = 128 * 1024;
 const BIG: usize = 3 * 1024 * 1024 + 7;
 const SECRET: TicketSecret = TicketSecret([0x42; 32]);
 
-#[test]
-fn fuse_mount_on_tokio() {
-    fuse_mount(TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn fuse_mount_on_smol() {
-    fuse_mount(SmolShell::new().expect("start smol"));
+wormhole_tests::both_shells! {
+    fuse_mount: fuse_mount;
 }
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
@@ -120,7 +113,7 @@ fn unmount<S: Shell>(shell: &S, guard: &mut Guard) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-fn fuse_mount<S: Shell>(shell: S) {
+fn fuse_mount<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch(shell.name());
     let host = shell.block_on(async {
@@ -133,12 +126,12 @@ fn fuse_mount<S: Shell>(shell: S) {
         )
     });
     let mut guard = Guard {
-        mount: Some(mount_at(&shell, &host, &dir, Duration::from_secs(1))),
+        mount: Some(mount_at(shell, &host, &dir, Duration::from_secs(1))),
         dir: dir.clone(),
     };
     let root = dir.join("mnt");
     run_bounded(&root, SUITE, workout);
-    unmount(&shell, &mut guard);
+    unmount(shell, &mut guard);
 
     // The disk cache survives: the remount finds the chunks the first
     // mount stored, and reads what the host holds.
@@ -148,7 +141,7 @@ fn fuse_mount<S: Shell>(shell: S) {
     assert!(chunks > 0, "no chunk reached the disk cache");
     // Attributes cached for a minute: only an invalidation pushed by the
     // host and passed on to the kernel can show a change sooner.
-    guard.mount = Some(mount_at(&shell, &host, &dir, Duration::from_secs(60)));
+    guard.mount = Some(mount_at(shell, &host, &dir, Duration::from_secs(60)));
     run_bounded(&root, SUITE, |root, _| {
         for len in [CHUNK + 1, BIG] {
             let data = fs::read(root.join(format!("sizes/{len}"))).expect("read after remount");
@@ -196,7 +189,7 @@ fn fuse_mount<S: Shell>(shell: S) {
         );
         assert_eq!(fs::read(root.join("old")).expect("read"), want);
     });
-    unmount(&shell, &mut guard);
+    unmount(shell, &mut guard);
 }
 
 fn errno(e: &std::io::Error) -> i32 {

@@ -25,8 +25,6 @@ use wormhole_io::{
     AgentConfig, AgentError, AgentEvent, AgentStats, Identity, PairAgent, PairLease, PairStatus,
     Shell, timeout, wait_for,
 };
-use wormhole_smol::SmolShell;
-use wormhole_tokio::TokioShell;
 
 /// The limit on any one step. Steps take milliseconds; this only turns a
 /// hang into a failure that names the step.
@@ -40,46 +38,26 @@ const FRAMES: u64 = 3;
 /// Bytes sent each way over QUIC.
 const PAYLOAD: u64 = 1 << 20;
 
-#[test]
-fn pair_lifecycle_on_tokio() {
-    pair_lifecycle(TokioShell::new().expect("start a tokio runtime"));
+wormhole_tests::both_shells! {
+    pair_lifecycle: pair_lifecycle;
+
+    unanswered_take_fails_cleanly: unanswered_take;
+
+    quic_pins_certificates_both_ways: pinning;
 }
 
-#[test]
-fn pair_lifecycle_on_smol() {
-    pair_lifecycle(SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn unanswered_take_fails_cleanly_on_tokio() {
-    unanswered_take(TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn unanswered_take_fails_cleanly_on_smol() {
-    unanswered_take(SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn quic_pins_certificates_both_ways_on_tokio() {
-    let shell = TokioShell::new().expect("start a tokio runtime");
-    shell.block_on(pinning_body(&shell));
-}
-
-#[test]
-fn quic_pins_certificates_both_ways_on_smol() {
-    let shell = SmolShell::new().expect("start smol");
-    shell.block_on(pinning_body(&shell));
-}
-
-fn pair_lifecycle<S: Shell>(shell: S) {
+fn pair_lifecycle<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
-    shell.block_on(body(&shell));
+    shell.block_on(body(shell));
 }
 
-fn unanswered_take<S: Shell>(shell: S) {
+fn unanswered_take<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
-    shell.block_on(unanswered_take_body(&shell));
+    shell.block_on(unanswered_take_body(shell));
+}
+
+fn pinning<S: Shell>(shell: &S) {
+    shell.block_on(pinning_body(shell));
 }
 
 /// Awaits `fut` for at most [`STEP`], failing the test with `what`.

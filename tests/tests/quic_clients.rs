@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use wormhole_core::host::{HostEvent, RESERVED_PREFIX};
 use wormhole_core::proto::{CHUNK_SIZE, Errno, LockToken, Reply, Request, SessionId};
 use wormhole_io::{Identity, Shell, Ticket};
-use wormhole_smol::SmolShell;
 use wormhole_tests::doomed::{
     self, LOCK_TTL, VICTIM, attr_of, chunk, exclusive, look_up_victim, token_of, txn_of, unhex16,
 };
@@ -35,7 +34,6 @@ use wormhole_tests::quic::{
     Guard, RawClient, STEP, mount_connected, scratch, start_host, stop_host, ticket, transport,
     within,
 };
-use wormhole_tokio::TokioShell;
 
 /// The limit on the writers' race.
 const RACE: Duration = Duration::from_secs(240);
@@ -53,37 +51,14 @@ const SLACK: Duration = Duration::from_secs(15);
 /// (`HostConfig::session_grace`): when the host ends a dead session.
 const DEAD_SESSION_END: Duration = Duration::from_secs(30 + 30);
 
-#[test]
-fn two_writers_on_tokio() {
-    two_writers(&TokioShell::new().expect("start a tokio runtime"));
-}
+wormhole_tests::both_shells! {
+    two_writers: two_writers;
 
-#[test]
-fn two_writers_on_smol() {
-    two_writers(&SmolShell::new().expect("start smol"));
-}
+    /// An open file read while another client replaces it reads one whole
+    /// version (see [`torn_reads`]).
+    reads_during_the_race: torn_reads;
 
-/// An open file read while another client replaces it reads one whole
-/// version (see [`torn_reads`]).
-#[test]
-fn reads_during_the_race_on_tokio() {
-    torn_reads(&TokioShell::new().expect("start a tokio runtime"));
-}
-
-/// As [`reads_during_the_race_on_tokio`].
-#[test]
-fn reads_during_the_race_on_smol() {
-    torn_reads(&SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn killed_client_on_tokio() {
-    killed_client(&TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn killed_client_on_smol() {
-    killed_client(&SmolShell::new().expect("start smol"));
+    killed_client: killed_client;
 }
 
 // ------------------------------------------------------------ two writers

@@ -29,8 +29,6 @@ use wormhole_core::proto::{
 use wormhole_io::host::{Host, HostOptions};
 use wormhole_io::net::frame::MAX_REQUEST_FRAME;
 use wormhole_io::{Identity, MountOptions, Shell, Ticket};
-use wormhole_smol::SmolShell;
-use wormhole_tokio::TokioShell;
 
 /// The limit on the whole file-system workout (64 MiB each way and a
 /// 10,000-entry directory included).
@@ -43,78 +41,30 @@ const BIG: usize = 64 << 20;
 /// Entries of the large directory.
 const MANY: usize = 10_000;
 
-#[test]
-fn quic_mount_on_tokio() {
-    quic_mount(TokioShell::new().expect("start a tokio runtime"));
+wormhole_tests::both_shells! {
+    quic_mount: quic_mount;
+
+    refusals: refusals;
+
+    host_restart: host_restart;
+
+    host_gone: host_gone;
+
+    read_only_host: read_only;
+
+    bad_frames_reset_one_stream: bad_frames;
 }
 
-#[test]
-fn quic_mount_on_smol() {
-    quic_mount(SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn refusals_on_tokio() {
-    refusals(TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn refusals_on_smol() {
-    refusals(SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn host_restart_on_tokio() {
-    host_restart(TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn host_restart_on_smol() {
-    host_restart(SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn host_gone_on_tokio() {
-    host_gone(&TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn host_gone_on_smol() {
-    host_gone(&SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn read_only_host_on_tokio() {
-    read_only(&TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn read_only_host_on_smol() {
-    read_only(&SmolShell::new().expect("start smol"));
-}
-
-#[test]
-fn bad_frames_reset_one_stream_on_tokio() {
-    let shell = TokioShell::new().expect("start a tokio runtime");
-    bad_frames(&shell);
-}
-
-#[test]
-fn bad_frames_reset_one_stream_on_smol() {
-    let shell = SmolShell::new().expect("start smol");
-    bad_frames(&shell);
-}
-
-fn quic_mount<S: Shell>(shell: S) {
+fn quic_mount<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("mount", shell.name());
     let mut guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
-    let host = start_host(&shell, &dir, &identity);
+    let host = start_host(shell, &dir, &identity);
     // The ticket round-trips through its text, as a person would paste it.
     let ticket = Ticket::parse(&ticket(&host, &identity).encode()).expect("the ticket parses");
-    let transport = transport(&shell, &ticket);
-    within(&shell, STEP, "the probe", transport.probe(&ticket.secret))
+    let transport = transport(shell, &ticket);
+    within(shell, STEP, "the probe", transport.probe(&ticket.secret))
         .expect("the host accepts the ticket");
 
     let mut options = MountOptions::new(ticket.secret.clone()).expect("randomness");
@@ -122,17 +72,17 @@ fn quic_mount<S: Shell>(shell: S) {
     // not by expiry.
     options.client.cache.attr_ttl = Duration::from_secs(60);
     options.cache_dir = Some(dir.join("cache"));
-    let mount = mount(&shell, transport, &dir.join("mnt"), options);
+    let mount = mount(shell, transport, &dir.join("mnt"), options);
     guard.mounts.push(mount);
     assert_eq!(
-        next_event(&shell, &guard.mounts[0], "the mount to connect"),
+        next_event(shell, &guard.mounts[0], "the mount to connect"),
         ClientEvent::Connected { resumed: false }
     );
 
     run_bounded(&dir, SUITE, workout);
 
-    guard.unmount_all(&shell);
-    stop_host(&shell, host);
+    guard.unmount_all(shell);
+    stop_host(shell, host);
 }
 
 fn workout(dir: &Path, steps: &Steps) {
@@ -266,12 +216,12 @@ fn workout(dir: &Path, steps: &Steps) {
     steps.at("done");
 }
 
-fn refusals<S: Shell>(shell: S) {
+fn refusals<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("refuse", shell.name());
     let mut guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
-    let host = start_host(&shell, &dir, &identity);
+    let host = start_host(shell, &dir, &identity);
     let good = ticket(&host, &identity);
 
     // A wrong secret: the host answers EACCES and nothing else.
@@ -279,9 +229,9 @@ fn refusals<S: Shell>(shell: S) {
         secret: TicketSecret([0x11; 32]),
         ..good.clone()
     };
-    let t = transport(&shell, &wrong_secret);
+    let t = transport(shell, &wrong_secret);
     let err = within(
-        &shell,
+        shell,
         STEP,
         "the wrong-secret probe",
         t.probe(&wrong_secret.secret),
@@ -295,12 +245,12 @@ fn refusals<S: Shell>(shell: S) {
     // secret stays refused) and file operations
     // fail at once (the core answers ENOTCONN once it has given up)
     // rather than hang.
-    let t = transport(&shell, &wrong_secret);
+    let t = transport(shell, &wrong_secret);
     let options = MountOptions::new(wrong_secret.secret.clone()).expect("randomness");
     guard
         .mounts
-        .push(mount(&shell, t, &dir.join("mnt"), options));
-    let event = next_event(&shell, &guard.mounts[0], "the refused mount's event");
+        .push(mount(shell, t, &dir.join("mnt"), options));
+    let event = next_event(shell, &guard.mounts[0], "the refused mount's event");
     assert_eq!(
         event,
         ClientEvent::Disconnected {
@@ -313,7 +263,7 @@ fn refusals<S: Shell>(shell: S) {
         let err = fs::metadata(dir.join("mnt/anything")).expect_err("refused");
         assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
     });
-    guard.unmount_all(&shell);
+    guard.unmount_all(shell);
 
     // A wrong certificate fingerprint: the handshake itself fails.
     let other = Identity::generate().expect("identity");
@@ -321,21 +271,16 @@ fn refusals<S: Shell>(shell: S) {
         fingerprint: other.fingerprint(),
         ..good.clone()
     };
-    let t = transport(&shell, &wrong_cert);
-    let err = within(
-        &shell,
-        STEP,
-        "the wrong-certificate probe",
-        t.probe(&SECRET),
-    )
-    .expect_err("a host with another certificate is refused");
+    let t = transport(shell, &wrong_cert);
+    let err = within(shell, STEP, "the wrong-certificate probe", t.probe(&SECRET))
+        .expect_err("a host with another certificate is refused");
     assert!(
         err.to_string().contains("cannot reach the host"),
         "a clear error: {err}"
     );
     let mut t2 = t.clone();
     let link = within(
-        &shell,
+        shell,
         STEP,
         "the wrong-certificate connect",
         wormhole_io::Transport::connect(&mut t2),
@@ -343,36 +288,36 @@ fn refusals<S: Shell>(shell: S) {
     assert!(link.is_err(), "the mount's transport refuses it too");
 
     // The right ticket still works after all that.
-    let t = transport(&shell, &good);
-    within(&shell, STEP, "the good probe", t.probe(&SECRET)).expect("the right ticket is accepted");
-    stop_host(&shell, host);
+    let t = transport(shell, &good);
+    within(shell, STEP, "the good probe", t.probe(&SECRET)).expect("the right ticket is accepted");
+    stop_host(shell, host);
 }
 
 /// The host stops and starts again on the same address with the same
 /// identity (as `wormhole host` after a restart): the mount reconnects by
 /// itself and what was written before is there.
-fn host_restart<S: Shell>(shell: S) {
+fn host_restart<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch("restart", shell.name());
     let mut guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
-    let host = start_host(&shell, &dir, &identity);
+    let host = start_host(shell, &dir, &identity);
     let addr = host.local_addr();
     let ticket = ticket(&host, &identity);
     let options = MountOptions::new(SECRET).expect("randomness");
-    let t = transport(&shell, &ticket);
+    let t = transport(shell, &ticket);
     guard
         .mounts
-        .push(mount(&shell, t, &dir.join("mnt"), options));
+        .push(mount(shell, t, &dir.join("mnt"), options));
     assert_eq!(
-        next_event(&shell, &guard.mounts[0], "the first connect"),
+        next_event(shell, &guard.mounts[0], "the first connect"),
         ClientEvent::Connected { resumed: false }
     );
     run_bounded(&dir, SUITE, |dir, _| {
         fs::write(dir.join("mnt/before"), b"written before the restart").expect("write");
     });
 
-    stop_host(&shell, host);
+    stop_host(shell, host);
     // The old endpoint's socket closes as its runtime task ends, just
     // after the stop; a new process would not wait at all.
     let mut socket = None;
@@ -386,7 +331,7 @@ fn host_restart<S: Shell>(shell: S) {
         .block_on(async { Host::spawn(shell.runtime(), socket, options) })
         .expect("restart the host");
     while !matches!(
-        next_event(&shell, &guard.mounts[0], "the mount to reconnect"),
+        next_event(shell, &guard.mounts[0], "the mount to reconnect"),
         ClientEvent::Connected { .. }
     ) {}
     run_bounded(&dir, SUITE, |dir, _| {
@@ -400,8 +345,8 @@ fn host_restart<S: Shell>(shell: S) {
             b"and after"
         );
     });
-    guard.unmount_all(&shell);
-    stop_host(&shell, host);
+    guard.unmount_all(shell);
+    stop_host(shell, host);
 }
 
 /// How long a request may wait for a lost host in `host_gone`.

@@ -36,20 +36,12 @@ use wormhole_core::proto::{
     LockScope, LockToken, Name, NodeId, Reply, Request, SetAttr, SetTime, Timestamp, TxnId,
 };
 use wormhole_io::{Identity, Shell};
-use wormhole_smol::SmolShell;
 use wormhole_tests::quic::{
     Guard, RawClient, STEP, scratch, start_host, stop_host, ticket, transport, within,
 };
-use wormhole_tokio::TokioShell;
 
-#[test]
-fn hostile_client_on_tokio() {
-    hostile(&TokioShell::new().expect("start a tokio runtime"));
-}
-
-#[test]
-fn hostile_client_on_smol() {
-    hostile(&SmolShell::new().expect("start smol"));
+wormhole_tests::both_shells! {
+    hostile_client: hostile;
 }
 
 /// Stands for the name in a request encoded by the test, which then puts

@@ -319,11 +319,7 @@ fn walk(disk: &mut MemFs, dir: &RelPath, out: &mut Vec<(RelPath, FsAttr)>) {
 
 fn summary(r: &Result<Answer, Errno>) -> String {
     match r {
-        Ok(Answer::Data(d)) => format!(
-            "Data({} bytes, {:016x})",
-            d.len(),
-            crate::fs_sim::workload::hash(d)
-        ),
+        Ok(Answer::Data(d)) => format!("Data({} bytes, {:016x})", d.len(), crate::seeds::hash(d)),
         Ok(Answer::Entry { ino, attr, .. }) => {
             format!("Entry({ino:?}, {:?} {} bytes)", attr.kind, attr.size)
         }
@@ -1151,7 +1147,7 @@ impl Sim {
             return Err(self.violation(format!(
                 "client {c}: read of file {file} through {fh:?} gave {} bytes ({:016x}) that are not commit ≥ #{} of it (matches #{older:?}; {} commits)",
                 data.len(),
-                crate::fs_sim::workload::hash(data),
+                crate::seeds::hash(data),
                 h.min_index,
                 history.len()
             ) + &format!("; it is (file, commit) {elsewhere:?}; first difference from the last commit at {:?}", history.last().and_then(|l| l.iter().zip(data.iter()).position(|(a, b)| a != b).map(|i| (i, l.len())))) ));

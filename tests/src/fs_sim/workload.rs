@@ -4,35 +4,13 @@
 //! handles), then the liveness phase.
 
 use super::model::{FsStats, Sim, Violation};
+use crate::seeds::Simulation;
 use bytes::Bytes;
 use std::time::Duration;
 use wormhole_core::client::Op;
 use wormhole_core::proto::{CHUNK_SIZE, FileKind, Name, SetAttr};
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
-
-/// The environment variable that replays one seed.
-pub const SEED_VAR: &str = "WORMHOLE_FS_SEED";
-
-/// The command that replays `seed` with its trace printed.
-pub fn replay_command(seed: u64) -> String {
-    format!("{SEED_VAR}={seed} cargo test -p wormhole-tests --test fs_sim -- --nocapture")
-}
-
-/// A stable 64-bit hash (FNV-1a), for traces and determinism checks.
-pub fn hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// The hash of a whole trace.
-pub fn trace_hash(lines: &[String]) -> u64 {
-    hash(lines.join("\n").as_bytes())
-}
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const DIRS: [&str; 2] = ["x", "y"];
@@ -309,18 +287,61 @@ fn sim_salt(rng: &mut Rng) -> u64 {
     rng.next_u64() & 0xffff_0000_0000_0000
 }
 
-pub use crate::seeds::SeedFailure;
+/// The file-system simulation, for the shared seed runner
+/// ([`simulation_tests!`](crate::simulation_tests)).
+#[derive(Debug)]
+pub struct FsSim;
 
-/// Runs seeds, catching panics; returns the summed stats and the failures
-/// (each printed with its replay command as it happens).
-pub fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (FsStats, Vec<SeedFailure>) {
-    crate::seeds::run_seeds(
-        seeds,
-        replay_command,
-        |seed| {
-            let (sim, res) = run_seed(seed, false, false);
-            (sim.stats().clone(), res)
-        },
-        FsStats::merge,
-    )
+impl Simulation for FsSim {
+    const TEST: &'static str = "fs_sim";
+    const SEED_VAR: &'static str = "WORMHOLE_FS_SEED";
+    const SEEDS_VAR: &'static str = "WORMHOLE_FS_SEEDS";
+    const COVERAGE_FROM: u64 = 200;
+    const MIN_TRACE: usize = 100;
+
+    type Stats = FsStats;
+    type World = Sim;
+    type Violation = Violation;
+
+    fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violation>) {
+        run_seed(seed, trace, echo)
+    }
+
+    fn trace(sim: &Sim) -> &[String] {
+        sim.trace()
+    }
+
+    fn stats(sim: &Sim) -> &FsStats {
+        sim.stats()
+    }
+
+    fn merge(into: &mut FsStats, from: &FsStats) {
+        into.merge(from);
+    }
+
+    fn converged(stats: &FsStats) -> u64 {
+        stats.converged
+    }
+
+    /// The workload is worth its seeds only if the checks had something to
+    /// check: every kind of fault, commits, acknowledged closes followed by
+    /// opens elsewhere.
+    fn assert_coverage(s: &FsStats) {
+        let checks = [
+            ("commits", s.commits),
+            ("fenced staging operations", s.fenced),
+            ("acknowledged flushes checked", s.acks_checked),
+            ("whole-file reads checked", s.reads_checked),
+            ("attributes checked against the ttl", s.attrs_checked),
+            ("reads after an acknowledged close", s.reads_after_ack),
+            ("short partitions", s.short_partitions),
+            ("long partitions", s.long_partitions),
+            ("host crashes", s.host_crashes),
+            ("client crashes", s.client_crashes),
+        ];
+        for (what, n) in checks {
+            assert!(n > 0, "the workload never produced {what}: {s:#?}");
+        }
+        assert!(s.ok > s.ops / 2, "most operations should succeed: {s:#?}");
+    }
 }

@@ -4,17 +4,10 @@
 use super::net::LinkParams;
 use super::op::{ArbSignal, Channel, InjectPayload, Op};
 use super::world::{HoldPolicy, SimConfig, SimStats, Violation, World};
+use crate::seeds::Simulation;
 use std::time::Duration;
 use wormhole_core::Rng;
 use wormhole_core::pair::PairConfig;
-
-/// The environment variable that replays one seed.
-pub const SEED_VAR: &str = "WORMHOLE_SIM_SEED";
-
-/// The command that replays `seed` with its trace printed.
-pub fn replay_command(seed: u64) -> String {
-    format!("{SEED_VAR}={seed} cargo test -p wormhole-tests --test pair_sim -- --nocapture")
-}
 
 fn chance(rng: &mut Rng, pct: u64) -> bool {
     rng.below(100) < pct
@@ -283,28 +276,77 @@ pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (World, Result<(), Violat
     (world, res)
 }
 
-/// Runs seeds, catching panics; returns the summed stats and the failures
-/// (each printed with its replay command as it happens).
-pub fn run_seeds(seeds: impl IntoIterator<Item = u64>) -> (SimStats, Vec<SeedFailure>) {
-    crate::seeds::run_seeds(
-        seeds,
-        replay_command,
-        |seed| {
-            let (world, res) = run_seed(seed, false, false);
-            (world.stats().clone(), res)
-        },
-        SimStats::merge,
-    )
-}
+/// The pair simulation, for the shared seed runner
+/// ([`simulation_tests!`](crate::simulation_tests)).
+#[derive(Debug)]
+pub struct PairSim;
 
-/// A stable 64-bit hash (FNV-1a) of a trace, for determinism checks.
-pub fn trace_hash(lines: &[String]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for line in lines {
-        for &b in line.as_bytes().iter().chain(b"\n") {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+impl Simulation for PairSim {
+    const TEST: &'static str = "pair_sim";
+    const SEED_VAR: &'static str = "WORMHOLE_SIM_SEED";
+    const SEEDS_VAR: &'static str = "WORMHOLE_SIM_SEEDS";
+    const COVERAGE_FROM: u64 = 1000;
+    const MIN_TRACE: usize = 50;
+    const DETERMINISM_SEEDS: u64 = 5;
+
+    type Stats = SimStats;
+    type World = World;
+    type Violation = Violation;
+
+    fn run_seed(seed: u64, trace: bool, echo: bool) -> (World, Result<(), Violation>) {
+        run_seed(seed, trace, echo)
+    }
+
+    fn trace(world: &World) -> &[String] {
+        world.trace()
+    }
+
+    fn stats(world: &World) -> &SimStats {
+        world.stats()
+    }
+
+    fn merge(into: &mut SimStats, from: &SimStats) {
+        into.merge(from);
+    }
+
+    fn converged(stats: &SimStats) -> u64 {
+        stats.converged
+    }
+
+    /// The random workload is only worth its seeds if it exercises every
+    /// outcome: these prove it does (per 1000 seeds, each happens many
+    /// times).
+    fn assert_coverage(stats: &SimStats) {
+        let failed = |reason: &str| stats.failed.get(reason).copied().unwrap_or(0);
+        let checks = [
+            ("Taken events", stats.taken),
+            ("releases by the peer", stats.released_by_peer),
+            ("releases by us", stats.released_by_us),
+            ("expiries", stats.expired),
+            ("refused takes", stats.takes_refused),
+            ("lost messages", stats.lost),
+            ("duplicated messages", stats.duplicated),
+            ("dropped inputs", stats.drops),
+            (
+                "keepalive reaching an in-use side",
+                stats.keepalive_reached_in_use,
+            ),
+            ("pairs surviving the liveness phase", stats.pairs_survived),
+            ("handover timeouts", failed("Timeout")),
+            ("lost tie-breaks", failed("LostTie")),
+            ("Busy(Contended)", failed("Busy(Contended)")),
+            ("Busy(AlreadyLocked)", failed("Busy(AlreadyLocked)")),
+            ("Busy(UnknownPair)", failed("Busy(UnknownPair)")),
+            ("aborts", failed("Aborted")),
+            ("releases racing a take", failed("ReleasedByPeer")),
+            ("unreachable peers", failed("PeerUnreachable")),
+        ];
+        for (what, count) in checks {
+            assert!(count > 0, "the workload never produced {what}: {stats:#?}");
         }
     }
-    h
+
+    fn describe(seed: u64) -> Option<String> {
+        Some(format!("{:?}", scenario(seed).config))
+    }
 }
