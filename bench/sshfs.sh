@@ -52,14 +52,16 @@ Other environment variables:
                   disturbed (default: 0.15)
   BENCH_TMP       where the temporary directory goes (default: /var/tmp)
   RESULTS_OUT     also write the result table (markdown) to this file
-  KEEP_VM_RECLAIM 1: leave the VM's memory reclaim as it is (default 0: DAMON
-                  proactive reclaim and virtio free page reporting are
-                  switched off for the run and back on at exit; DAMON drops
+  PAUSE_VM_RECLAIM 1: switch the VM's memory reclaim off for the run and back
+                  on at exit (default 0: the machine is measured as it is
+                  set up; a benchmark does not tune the machine unless the
+                  person running it asks). DAMON proactive reclaim drops
                   page-cache pages idle for a few seconds, so a warm re-read
-                  measured what it had reclaimed; free page reporting hands
-                  pages freed by drop_caches back to the hypervisor, and the
-                  next cold read paid 2-8x the kernel time to touch them
-                  again, at random for either system)
+                  measures what it reclaimed; virtio free page reporting
+                  hands pages freed by drop_caches back to the hypervisor,
+                  and the next cold read may pay 2-8x the kernel time to
+                  touch them again, at random for either system. The report
+                  says which of them were active.
 EOF
 }
 
@@ -82,7 +84,7 @@ STALL_LIMIT=${STALL_LIMIT:-5}
 QUIET_LIMIT=${QUIET_LIMIT:-0.15}
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 RESULTS_OUT=${RESULTS_OUT:-}
-KEEP_VM_RECLAIM=${KEEP_VM_RECLAIM:-${KEEP_DAMON:-0}}
+PAUSE_VM_RECLAIM=${PAUSE_VM_RECLAIM:-0}
 PAUSED_DAMON=()
 PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
 PAUSED_REPORTING_ORDER=""
@@ -431,7 +433,8 @@ root_of() {
 }
 
 # Two ways a VM takes memory back from its guest, each of which disturbed
-# the figures; both are switched off for the run and back on in cleanup.
+# the figures; with PAUSE_VM_RECLAIM=1 both are switched off for the run
+# and back on in cleanup, otherwise the report only says they were on.
 # * DAMON-based proactive reclaim (kdamond, action pageout) evicts
 #   page-cache pages that were not touched for a few seconds: a warm
 #   re-read then measures the network again for whatever it took.
@@ -443,7 +446,7 @@ root_of() {
 #   instead of 0.14 s whenever its page cache landed in them. An order
 #   above the largest buddy order (10) reports nothing.
 pause_vm_reclaim() {
-    ((KEEP_VM_RECLAIM)) && return 0
+    ((PAUSE_VM_RECLAIM)) || return 0
     local state
     for state in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
         [[ -f $state && $(cat "$state" 2>/dev/null) == on ]] || continue
@@ -860,7 +863,16 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
     ((${#PAUSED_DAMON[@]})) && paused="DAMON proactive reclaim"
     [[ -n $PAUSED_REPORTING_ORDER ]] && paused+="${paused:+ and }free page reporting"
     if [[ -n $paused ]]; then
-        printf '#meta\tvm_reclaim\t%s paused for the run (KEEP_VM_RECLAIM=1 keeps it)\n' "$paused"
+        printf '#meta\tvm_reclaim\t%s paused for the run (PAUSE_VM_RECLAIM=1)\n' "$paused"
+    else
+        active=""
+        for state in /sys/kernel/mm/damon/admin/kdamonds/*/state; do
+            [[ -f $state && $(cat "$state" 2>/dev/null) == on ]] && active="DAMON proactive reclaim"
+        done
+        [[ -r $PAGE_REPORTING ]] && (($(cat "$PAGE_REPORTING") <= 10)) &&
+            active+="${active:+ and }free page reporting"
+        [[ -n $active ]] &&
+            printf '#meta\tvm_reclaim\t%s active, as the machine is set up (PAUSE_VM_RECLAIM=1 pauses it)\n' "$active"
     fi
     printf '#meta\tmax_rustc\t%s\n' "$MAX_RUSTC"
     printf '#meta\tstall_limit\t%s\n' "$STALL_LIMIT"

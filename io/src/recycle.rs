@@ -3,13 +3,11 @@
 //! Three places make a large buffer per message: a received frame (a
 //! `WriteChunk` at the host, a `Data` reply at the mount), which arrives
 //! in one piece per QUIC packet and is joined, and the host's read of a
-//! file. Allocating those fresh each time cost page faults: glibc hands a
-//! large free block back to the kernel at once, so a stream of 128 KiB
-//! buffers kept faulting in new zeroed pages (up to 180,000 faults per
-//! GiB at the host, on the thread that drives its connection), and a read
-//! into a zeroed buffer paid a `memset` as large as the read. Buffers here
+//! file. Fresh buffers cost a page fault per page (the allocator returns
+//! large blocks to the kernel at once) and a `memset` per read; these
 //! are zeroed once, when first made, and come back when the last slice of
-//! the bytes made in them is dropped.
+//! the bytes made in them is dropped. The measurements are in
+//! `bench/README.md`, "Session of 2026-12-03".
 
 use bytes::Bytes;
 use std::sync::{Mutex, MutexGuard, PoisonError};

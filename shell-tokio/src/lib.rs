@@ -39,14 +39,13 @@ pub struct TokioShell {
 }
 
 impl TokioShell {
-    /// A shell on a new tokio runtime with one worker thread. The work
+    /// A shell on a new tokio runtime with one worker thread: the work
     /// that can use more cores has threads of its own (host file
-    /// operations, the disk cache, reading `/dev/fuse`); the tasks left
-    /// hand each request from one to the next, and on two workers most
-    /// hand-offs crossed threads: measured on two cores, one worker read
-    /// 10,000 small files in 20 % less time and CPU, and 1 GiB no slower.
-    /// A multi-thread runtime all the same, so that spawned tasks run
-    /// while the caller blocks outside [`Shell::block_on`].
+    /// operations, the disk cache, reading `/dev/fuse`), and the tasks
+    /// left hand each request on to the next, which is cheapest on one
+    /// thread (figures in `bench/README.md`, "Targets (2026-11-22)"). A
+    /// multi-thread runtime all the same, so that spawned tasks run while
+    /// the caller blocks outside [`Shell::block_on`].
     pub fn new() -> io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// TTLs, budgets and caps of a [`super::Cache`].
 ///
-/// The TTLs are the spec's table (seed 002 §3), and why they differ:
+/// The TTLs are the spec's table (docs/filesystem.md, "Cache"), and why they differ:
 ///
 /// * `chunk_ttl` 5 min: a chunk is keyed by the file's content version, so
 ///   its bytes can only be wrong if the version check itself is stale;

@@ -1,4 +1,4 @@
-//! The client's cache (seed 002 §3): file chunks, attributes, directory
+//! The client's cache (docs/filesystem.md, "Cache"): file chunks, attributes, directory
 //! listings and negative lookups, with TTLs, request coalescing, host
 //! invalidation and score-based eviction over a memory (L1) and a disk (L2)
 //! budget. Sans-IO: the disk is the shell's; the core only decides.

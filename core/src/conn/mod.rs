@@ -1,4 +1,4 @@
-//! The client's connection to the host (spec §1): connect, authenticate,
+//! The client's connection to the host (docs/filesystem.md, "Connection"): connect, authenticate,
 //! and reconnect with backoff, restoring the session.
 //!
 //! ```text
@@ -24,7 +24,7 @@ use auth::TicketSecret;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// Timeouts and retry policy (spec §1 defaults).
+/// Timeouts and retry policy (the defaults of docs/filesystem.md, "Connection").
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnConfig {
     /// Transport handshake limit.

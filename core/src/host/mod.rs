@@ -1,4 +1,4 @@
-//! The host (spec §6): the session lifecycle and the host side of the file
+//! The host (docs/filesystem.md, "Host session"): the session lifecycle and the host side of the file
 //! protocol. Every decision about a file operation is made here, inside the
 //! core; the shell only executes [`FsOp`]s beneath the shared root.
 //!

@@ -46,7 +46,7 @@ impl Default for ClientLockConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LockOpId(pub u64);
 
-/// The machine's resting states (seed 002 §2).
+/// The machine's resting states (docs/filesystem.md, "Locks").
 ///
 /// The spec's fourth state, Released, is passed through, not rested in
 /// ("Immediate → Unlocked"): on [`ClientLock::release`] or when the lock

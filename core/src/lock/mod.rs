@@ -1,4 +1,4 @@
-//! Locks (seed 002 §2): the host's lock table and the client's lock machine.
+//! Locks (docs/filesystem.md, "Locks"): the host's lock table and the client's lock machine.
 //!
 //! * [`LockTable`] is the host side: it grants, refreshes, expires and
 //!   releases locks for client sessions, queues waiting requests in strict

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 /// Lifetimes and capacity of a [`LockTable`].
 ///
-/// * `ttl` 30 s and `wait_timeout` 30 s are the spec's (§2: Held "30s (must
+/// * `ttl` 30 s and `wait_timeout` 30 s are the specification's (docs/filesystem.md, "Locks": Held "30s (must
 ///   refresh)", Waiting "30s"). The ttl is what a partitioned client can
 ///   block others for; the client refreshes at 5/6 of it, so one lost
 ///   refresh round trip of up to 5 s is survivable.

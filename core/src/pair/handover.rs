@@ -1,4 +1,4 @@
-//! The pair handover FSM of seed 000, sans-IO: lock, take and release one
+//! The pair handover machine (docs/pairs.md, "Handover"), sans-IO: lock, take and release one
 //! pair between its two peers.
 //!
 //! Unlike the seed's sketch it has no loop: it acts only when a signal, a

@@ -1,4 +1,4 @@
-//! The client's inode table (spec §4): kernel inode numbers ↔ host nodes,
+//! The client's inode table (docs/filesystem.md, "Inodes"): kernel inode numbers ↔ host nodes,
 //! the path map, lookup counts, open handles and orphans.
 //!
 //! The kernel names files by inode number and promises to `forget` each
@@ -33,7 +33,7 @@ impl Ino {
     pub const FIRST_USER: Ino = Ino(2);
 }
 
-/// Where an inode is in its life (spec §4).
+/// Where an inode is in its life (docs/filesystem.md, "Inodes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InodeState {
     /// Known (from a directory listing) but not yet returned by a lookup.

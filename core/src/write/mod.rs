@@ -1,4 +1,4 @@
-//! The client's write transaction (spec §5): lock, chunks, commit, release.
+//! The client's write transaction (docs/filesystem.md, "Write transactions"): lock, chunks, commit, release.
 //!
 //! ```text
 //! Idle ─write─► Locking ─granted─► Writing ─commit, all chunks acked─► Committing ─► Complete

@@ -143,8 +143,13 @@ fn ticket_addrs(bound: SocketAddr) -> Vec<SocketAddr> {
 
 /// Runs `wormhole host`.
 pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write) -> Result<()> {
-    let meta = std::fs::metadata(&args.dir)
-        .with_context(|| format!("cannot share {}", args.dir.display()))?;
+    let shown = args.dir.display();
+    let meta = match std::fs::metadata(&args.dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("cannot share {shown}: there is no such folder (create it: mkdir -p {shown})")
+        }
+        other => other.with_context(|| format!("cannot share {shown}"))?,
+    };
     if !meta.is_dir() {
         bail!("cannot share {}: not a directory", args.dir.display());
     }
@@ -208,6 +213,9 @@ fn check_mountpoint(at: &Path) -> Result<()> {
             "mountpoint {shown}: an earlier mount there lost its process ({e}); \
              unmount it first (umount -l {shown})"
         ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mountpoint {shown} does not exist (create an empty directory: mkdir -p {shown})")
+        }
         other => other.with_context(|| format!("mountpoint {shown}"))?,
     };
     if !meta.is_dir() {
@@ -381,8 +389,13 @@ mod tests {
         assert!(e.to_string().contains("is not empty"), "{e}");
         let e = check_mountpoint(&dir.join("x")).expect_err("nor is a file");
         assert!(e.to_string().contains("not a directory"), "{e}");
-        let e = check_mountpoint(&dir.join("missing")).expect_err("nor a missing path");
-        assert!(format!("{e:#}").contains("No such file"), "{e:#}");
+        let missing = dir.join("missing");
+        let e = check_mountpoint(&missing).expect_err("nor a missing path");
+        assert!(
+            e.to_string()
+                .contains(&format!("{} does not exist", missing.display())),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

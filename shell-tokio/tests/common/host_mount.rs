@@ -292,6 +292,28 @@ pub(crate) fn host_and_mount(bin: &Path) {
     let line = refused_mount(bin, &wrong.encode(), &mnt);
     assert!(line.contains("refused the ticket's secret"), "{line}");
 
+    // Paths that are not there: named, with what to do.
+    let missing = cleanup.dir.join("no-such-dir");
+    let line = refused_mount(bin, &ticket, &missing);
+    assert!(
+        line.contains(&format!("{} does not exist", missing.display()))
+            && line.contains("mkdir -p"),
+        "{line}"
+    );
+    let out = Command::new(bin)
+        .arg("host")
+        .arg(&missing)
+        .output()
+        .expect("run host");
+    let line = one_error_line(&out);
+    assert!(
+        line.contains(&format!(
+            "cannot share {}: there is no such folder",
+            missing.display()
+        )) && line.contains("mkdir -p"),
+        "{line}"
+    );
+
     // Mountpoints a mount would make a mess of: one clear line each.
     std::fs::write(mnt.join("stray"), b"x").expect("a file in the mountpoint");
     let line = refused_mount(bin, &ticket, &mnt);

@@ -79,7 +79,7 @@ impl Default for HostConfig {
     }
 }
 
-/// The host session's state (spec §6).
+/// The host session's state (docs/filesystem.md, "Host session").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostState {
     /// Not hosting.
