@@ -6,9 +6,10 @@
 //! (file-system specific).
 
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::host::{FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
-use wormhole_core::proto::{FileKind, Name, SetAttr, SetTime, Timestamp, TxnId};
+use wormhole_core::host::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use wormhole_core::proto::{FileKey, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp, TxnId};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
 const MAX_FILE: u64 = 1024;
@@ -72,6 +73,7 @@ fn op(rng: &mut Rng) -> FsOp {
         },
         3 => FsOp::Open {
             path: path(rng),
+            mode: *rng.pick(&[OpenFor::Read, OpenFor::Write, OpenFor::Append]),
             handle,
             inline_max: [0, 4, 1 << 20][rng.below(3) as usize],
         },
@@ -138,6 +140,8 @@ fn op(rng: &mut Rng) -> FsOp {
             txn,
             path: path(rng),
             size: rng.below(MAX_FILE + 50),
+            // Each side's own, from its StageBegin (see `Stamps`).
+            base: NO_STAMP,
         },
         _ => FsOp::StageAbort { txn },
     }
@@ -190,10 +194,66 @@ fn norm(r: FsResult) -> Norm {
     }
 }
 
-/// Steers around the two documented differences (see `hostfs`'s module
-/// docs), which the core never asks for: chmod of a symlink, and a commit
-/// over a path that became a directory.
-fn steer(op: FsOp, mem: &mut MemFs) -> FsOp {
+/// A stamp no file has.
+const NO_STAMP: FileStamp = FileStamp {
+    key: FileKey { dev: 0, ino: 0 },
+    size: 0,
+    mtime: Timestamp { secs: 0, nanos: 0 },
+};
+
+/// What each side's StageBegin answered, per transaction: the base its
+/// commit is given, as the core gives it (stamps differ between the two
+/// disks, so each side gets its own).
+#[derive(Default)]
+struct Stamps {
+    mem: BTreeMap<TxnId, FileStamp>,
+    disk: BTreeMap<TxnId, FileStamp>,
+}
+
+impl Stamps {
+    /// Records what a StageBegin (or any other op of `txn`) answered.
+    fn learn(&mut self, op: &FsOp, mem: &FsResult, disk: &FsResult) {
+        match (op, mem, disk) {
+            (FsOp::StageBegin { txn, .. }, Ok(FsOk::Attr(m)), Ok(FsOk::Attr(d))) => {
+                self.mem.insert(*txn, FileStamp::from(m));
+                self.disk.insert(*txn, FileStamp::from(d));
+            }
+            (
+                FsOp::StageBegin { txn, .. }
+                | FsOp::StageCommit { txn, .. }
+                | FsOp::StageAbort { txn },
+                _,
+                _,
+            ) => {
+                self.mem.remove(txn);
+                self.disk.remove(txn);
+            }
+            _ => {}
+        }
+    }
+
+    /// `op` with `base` set to the stamp one side recorded.
+    fn with_base(op: &FsOp, stamps: &BTreeMap<TxnId, FileStamp>) -> FsOp {
+        match op.clone() {
+            FsOp::StageCommit {
+                txn, path, size, ..
+            } => FsOp::StageCommit {
+                txn,
+                path,
+                size,
+                base: stamps.get(&txn).copied().unwrap_or(NO_STAMP),
+            },
+            op => op,
+        }
+    }
+}
+
+/// Steers around the documented differences (see `hostfs`'s module
+/// docs), which the core never asks for: chmod of a symlink, a commit
+/// over a path that became a directory, and a commit over its own file
+/// changed in place since it was staged (a real disk may not see that
+/// change when it falls in the same clock tick; MemFs always does).
+fn steer(op: FsOp, mem: &mut MemFs, stamps: &Stamps) -> FsOp {
     let kind =
         |mem: &mut MemFs, path: &RelPath| match mem.execute(FsOp::Stat { path: path.clone() }) {
             Ok(FsOk::Attr(a)) => Some(a.kind),
@@ -208,6 +268,18 @@ fn steer(op: FsOp, mem: &mut MemFs) -> FsOp {
         }
         FsOp::StageCommit { txn, ref path, .. } if kind(mem, path) == Some(FileKind::Dir) => {
             FsOp::StageAbort { txn }
+        }
+        FsOp::StageCommit { txn, ref path, .. } => {
+            let now = match mem.execute(FsOp::Stat { path: path.clone() }) {
+                Ok(FsOk::Attr(a)) => Some(FileStamp::from(&a)),
+                _ => None,
+            };
+            match (now, stamps.mem.get(&txn)) {
+                (Some(now), Some(base)) if now.key == base.key && now != *base => {
+                    FsOp::StageAbort { txn }
+                }
+                _ => op,
+            }
         }
         op => op,
     }
@@ -243,17 +315,21 @@ fn run(
     let mut mem = MemFs::new(MAX_FILE);
     let mut rng = Rng(seed);
     let mut ok = 0;
+    let mut stamps = Stamps::default();
     for step in 0..steps {
-        let o = steer(op(&mut rng), &mut mem);
-        let want = norm(mem.execute(o.clone()));
+        let o = steer(op(&mut rng), &mut mem, &stamps);
+        let mem_result = mem.execute(Stamps::with_base(&o, &stamps.mem));
         // Odd steps the host driver's way: at once if no disk wait is
         // needed, else on the pool. Either must agree with MemFs.
-        let got = norm(if step % 2 == 1 {
-            disk.try_execute(o.clone())
+        let od = Stamps::with_base(&o, &stamps.disk);
+        let disk_result = if step % 2 == 1 {
+            disk.try_execute(od)
                 .unwrap_or_else(|back| disk.execute(back))
         } else {
-            disk.execute(o.clone())
-        });
+            disk.execute(od)
+        };
+        stamps.learn(&o, &mem_result, &disk_result);
+        let (want, got) = (norm(mem_result), norm(disk_result));
         assert_eq!(
             got, want,
             "seed {seed} step {step}: {o:?}\n  disk: {got:?}\n  memfs: {want:?}"
@@ -379,10 +455,12 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         },
         FsOp::Open {
             path,
+            mode,
             handle,
             inline_max,
         } => FsOp::Open {
             path: p(path),
+            mode,
             handle: h(handle),
             inline_max,
         },
@@ -434,10 +512,16 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             data,
         },
         FsOp::StageTruncate { txn: x, size } => FsOp::StageTruncate { txn: txn(x), size },
-        FsOp::StageCommit { txn: x, path, size } => FsOp::StageCommit {
+        FsOp::StageCommit {
+            txn: x,
+            path,
+            size,
+            base,
+        } => FsOp::StageCommit {
             txn: txn(x),
             path: p(path),
             size,
+            base,
         },
         FsOp::StageAbort { txn: x } => FsOp::StageAbort { txn: txn(x) },
         // Global: its figures depend on the other threads.
@@ -479,10 +563,13 @@ fn concurrent_users_of_one_disk_each_get_memfs_results() {
                 disk.execute(mkdir).expect("disk mkdir");
                 let mut rng = Rng(7000 + t);
                 let mut ok = 0;
+                let mut stamps = Stamps::default();
                 for step in 0..1500 {
-                    let o = steer(confine(op(&mut rng), &top, t), &mut mem);
-                    let want = norm(mem.execute(o.clone()));
-                    let got = norm(disk.execute(o.clone()));
+                    let o = steer(confine(op(&mut rng), &top, t), &mut mem, &stamps);
+                    let mem_result = mem.execute(Stamps::with_base(&o, &stamps.mem));
+                    let disk_result = disk.execute(Stamps::with_base(&o, &stamps.disk));
+                    stamps.learn(&o, &mem_result, &disk_result);
+                    let (want, got) = (norm(mem_result), norm(disk_result));
                     assert_eq!(got, want, "thread {t} step {step}: {o:?}");
                     ok += usize::from(!matches!(want, Norm::Err(_)));
                 }

@@ -16,9 +16,20 @@
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use wormhole_core::host::{FsHandle, FsOk, FsOp, ReadFrom, RelPath};
+use wormhole_core::host::{FileStamp, FsHandle, FsOk, FsOp, ReadFrom, RelPath};
 use wormhole_core::proto::{Errno, FileKind, Name, SetAttr, SetTime, Timestamp, TxnId};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
+
+/// Begins staging `path` as `txn`, returning what its commit replaces.
+fn begin(fs: &HostFs, txn: TxnId, path: &str) -> FileStamp {
+    match fs.execute(FsOp::StageBegin {
+        txn,
+        path: rel(path),
+    }) {
+        Ok(FsOk::Attr(a)) => FileStamp::from(&a),
+        other => panic!("begin {path}: {other:?}"),
+    }
+}
 
 fn rel(p: &str) -> RelPath {
     RelPath::from(
@@ -159,6 +170,7 @@ fn symlinks_in_the_share_are_never_followed() {
             );
             expect(
                 FsOp::Open {
+                    mode: wormhole_core::proto::OpenFor::Read,
                     path: p.clone(),
                     handle: FsHandle(1),
                     inline_max: 0,
@@ -242,6 +254,7 @@ fn symlinks_in_the_share_are_never_followed() {
         );
         expect(
             FsOp::Open {
+                mode: wormhole_core::proto::OpenFor::Read,
                 path: link.clone(),
                 handle: FsHandle(1),
                 inline_max: 0,
@@ -314,13 +327,7 @@ fn symlinks_in_the_share_are_never_followed() {
         // A commit onto the link's name replaces the link, never writes
         // through it.
         let txn = TxnId(100 + i as u64);
-        expect(
-            FsOp::StageBegin {
-                txn,
-                path: rel("own.txt"),
-            },
-            Ok(()),
-        );
+        let base = begin(&fs, txn, "own.txt");
         expect(
             FsOp::StageWrite {
                 txn,
@@ -329,17 +336,23 @@ fn symlinks_in_the_share_are_never_followed() {
             },
             Ok(()),
         );
+        // A commit onto the link's name is refused (the link is not the
+        // file staged from) and writes nothing anywhere: the link stays.
         expect(
             FsOp::StageCommit {
                 txn,
                 path: link.clone(),
                 size: 11,
+                base,
             },
-            Ok(()),
+            Err(Errno::Stale),
         );
-        assert_eq!(
-            std::fs::read(share.join(l)).expect("read replaced link"),
-            b"OVERWRITTEN"
+        assert!(
+            std::fs::symlink_metadata(share.join(l))
+                .expect("the link")
+                .file_type()
+                .is_symlink(),
+            "the link is still a link"
         );
         // Put the link back and remove it with Unlink: the link goes, not
         // its target.
@@ -466,17 +479,14 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
         let fs = HostFs::open(root, HostFsConfig::default()).expect("open");
         let h = FsHandle(7);
         fs.execute(FsOp::Open {
+            mode: wormhole_core::proto::OpenFor::Read,
             path: rel("f"),
             handle: h,
             inline_max: 0,
         })
         .expect("open handle");
         let txn = TxnId(2);
-        fs.execute(FsOp::StageBegin {
-            txn,
-            path: rel("f"),
-        })
-        .expect("begin beside the leftover");
+        let base = begin(&fs, txn, "f");
         // A fresh leftover may be another host's, still writing: kept.
         let list = FsOp::List {
             path: RelPath::root(),
@@ -510,6 +520,7 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
             txn,
             path: rel("f"),
             size: 19,
+            base,
         }) {
             Ok(FsOk::Attr(a)) => a,
             other => panic!("commit: {other:?}"),
@@ -530,7 +541,8 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
             fs.execute(FsOp::StageCommit {
                 txn,
                 path: rel("f"),
-                size: 1
+                size: 1,
+                base,
             }),
             Err(Errno::BadF),
             "a transaction commits once"
@@ -582,6 +594,7 @@ fn unlinked_open_files_stay_readable_and_handles_are_bounded() {
     .expect("open");
     for h in 0..2 {
         fs.execute(FsOp::Open {
+            mode: wormhole_core::proto::OpenFor::Read,
             path: rel("f"),
             handle: FsHandle(h),
             inline_max: 0,
@@ -590,6 +603,7 @@ fn unlinked_open_files_stay_readable_and_handles_are_bounded() {
     }
     assert_eq!(
         fs.execute(FsOp::Open {
+            mode: wormhole_core::proto::OpenFor::Read,
             path: rel("f"),
             handle: FsHandle(2),
             inline_max: 0,
@@ -635,6 +649,7 @@ fn small_files_come_with_their_open() {
     let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
     let open = |name: &str, h: u64| {
         fs.execute(FsOp::Open {
+            mode: wormhole_core::proto::OpenFor::Read,
             path: rel(name),
             handle: FsHandle(h),
             inline_max: 12,
@@ -669,10 +684,7 @@ fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
     let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
     let txn = TxnId(3);
     let run = |op| fs.execute(op).expect("staging op");
-    run(FsOp::StageBegin {
-        txn,
-        path: rel("f"),
-    });
+    let base = begin(&fs, txn, "f");
     // Nothing copied yet: the first write or the commit copies.
     let staged = staging_files(tmp.path());
     let staged_len = || {
@@ -693,6 +705,7 @@ fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
         txn,
         path: rel("f"),
         size: 7,
+        base,
     });
     assert_eq!(
         std::fs::read(tmp.path().join("f")).expect("read"),
@@ -700,15 +713,13 @@ fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
     );
     // Truncated to nothing: nothing of the old content comes back.
     let txn = TxnId(4);
-    run(FsOp::StageBegin {
-        txn,
-        path: rel("f"),
-    });
+    let base = begin(&fs, txn, "f");
     run(FsOp::StageTruncate { txn, size: 0 });
     run(FsOp::StageCommit {
         txn,
         path: rel("f"),
         size: 0,
+        base,
     });
     assert_eq!(std::fs::read(tmp.path().join("f")).expect("read"), b"");
 }
@@ -775,11 +786,13 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
     })
     .expect("create deep");
     let txn = TxnId(1);
-    fs.execute(FsOp::StageBegin {
+    let base = match fs.execute(FsOp::StageBegin {
         txn,
         path: file.clone(),
-    })
-    .expect("begin");
+    }) {
+        Ok(FsOk::Attr(a)) => FileStamp::from(&a),
+        other => panic!("begin: {other:?}"),
+    };
     fs.execute(FsOp::StageWrite {
         txn,
         offset: 0,
@@ -790,6 +803,7 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
         txn,
         path: file.clone(),
         size: 4,
+        base,
     })
     .expect("commit");
     match fs.execute(FsOp::Read {

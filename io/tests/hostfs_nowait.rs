@@ -95,6 +95,7 @@ fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
     // A small file just written is in the page cache: its open brings its
     // bytes at once.
     let open = FsOp::Open {
+        mode: wormhole_core::proto::OpenFor::Read,
         path: path("small"),
         handle: FsHandle(1),
         inline_max: 128 << 10,
@@ -109,6 +110,7 @@ fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
 
     // A read through a handle: at once while cached...
     let open_big = FsOp::Open {
+        mode: wormhole_core::proto::OpenFor::Read,
         path: path("big"),
         handle: FsHandle(2),
         inline_max: 128 << 10,
@@ -147,6 +149,7 @@ fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
     let small_file = std::fs::File::open(tmp.path().join("small")).expect("open");
     // Each attempt opens a fresh handle; one that ran anyway is closed.
     let open_small = |attempt: u32| FsOp::Open {
+        mode: wormhole_core::proto::OpenFor::Read,
         path: path("small"),
         handle: FsHandle(3 + u64::from(attempt)),
         inline_max: 128 << 10,

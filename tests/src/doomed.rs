@@ -120,6 +120,7 @@ pub fn run<S: Shell>(shell: &S, ticket: &Ticket) {
             c.call(Request::BeginWrite {
                 node: victim.node,
                 token,
+                base: None,
             })
             .await,
             "begin a write",

@@ -19,7 +19,7 @@ use wormhole_tests::e2e::{Steps, pattern, run_bounded, wait_until};
 use wormhole_core::client::ClientEvent;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::host::{FsOp, HostConfig, RelPath};
+use wormhole_core::host::{FileStamp, FsOk, FsOp, HostConfig, RelPath};
 use wormhole_core::proto::{Checksum, Name, TxnId};
 use wormhole_io::testkit::LocalHost;
 use wormhole_io::{Mount, MountOptions, Shell, timeout};
@@ -164,8 +164,9 @@ fn fuse_mount<S: Shell>(shell: &S) {
         host.local_change(RelPath::from(vec![Name::new("old").expect("name")]), |fs| {
             let path = || RelPath::from(vec![Name::new("old").expect("name")]);
             let txn = TxnId(1 << 40);
-            fs.execute(FsOp::StageBegin { txn, path: path() })
-                .expect("stage");
+            let Ok(FsOk::Attr(was)) = fs.execute(FsOp::StageBegin { txn, path: path() }) else {
+                panic!("stage");
+            };
             fs.execute(FsOp::StageWrite {
                 txn,
                 offset: 0,
@@ -176,6 +177,7 @@ fn fuse_mount<S: Shell>(shell: &S) {
                 txn,
                 path: path(),
                 size: changed.len() as u64,
+                base: FileStamp::from(&was),
             })
             .expect("commit");
         }),

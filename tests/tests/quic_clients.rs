@@ -351,6 +351,7 @@ fn killed_client<S: Shell>(shell: &S) {
             .call(Request::BeginWrite {
                 node: victim,
                 token: dead_token,
+                base: None,
             })
             .await;
         assert!(stolen.is_err(), "a dead session's token: {stolen:?}");
@@ -358,6 +359,7 @@ fn killed_client<S: Shell>(shell: &S) {
             c.call(Request::BeginWrite {
                 node: victim,
                 token,
+                base: None,
             })
             .await,
             "begin the survivor's write",

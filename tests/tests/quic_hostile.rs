@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use wormhole_core::host::RESERVED_PREFIX;
 use wormhole_core::proto::{
     Attr, CHUNK_SIZE, Checksum, Errno, FileKind, FileRef, HandleId, HostMessage, LockKind,
-    LockScope, LockToken, Name, NodeId, Reply, Request, SetAttr, SetTime, Timestamp, TxnId,
+    LockScope, LockToken, Name, NodeId, OpenFor, Reply, Request, SetAttr, SetTime, Timestamp,
+    TxnId,
 };
 use wormhole_io::{Identity, Shell};
 use wormhole_tests::quic::{
@@ -439,7 +440,15 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
             })
             .await
         {
-            refused(c, Request::BeginWrite { node, token }).await;
+            refused(
+                c,
+                Request::BeginWrite {
+                    node,
+                    token,
+                    base: None,
+                },
+            )
+            .await;
             refused(
                 c,
                 Request::SetAttr {
@@ -551,7 +560,10 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
 fn reaching_through(dir: NodeId, file: NodeId, there: &str) -> Vec<Request> {
     vec![
         Request::ReadDir { dir, cookie: 0 },
-        Request::Open { node: file },
+        Request::Open {
+            node: file,
+            mode: OpenFor::Write,
+        },
         Request::Read {
             file: FileRef::Node(file),
             offset: 0,
@@ -651,7 +663,15 @@ async fn swapped_dir(c: &mut RawClient, dir: &Path) {
         })
         .await
     {
-        refused(c, Request::BeginWrite { node: i, token }).await;
+        refused(
+            c,
+            Request::BeginWrite {
+                node: i,
+                token,
+                base: None,
+            },
+        )
+        .await;
         let _ = c.call(Request::ReleaseLock { token }).await;
     }
 }
@@ -670,7 +690,10 @@ async fn never_given_out(c: &mut RawClient) {
                 dir: node,
                 cookie: 0,
             },
-            Request::Open { node },
+            Request::Open {
+                node,
+                mode: OpenFor::Read,
+            },
             Request::Read {
                 file: FileRef::Node(node),
                 offset: 0,
@@ -753,6 +776,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
         Request::BeginWrite {
             node: victim,
             token: forged,
+            base: None,
         },
     )
     .await;
@@ -788,6 +812,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
         .call(Request::BeginWrite {
             node: victim,
             token,
+            base: None,
         })
         .await
     {
@@ -813,6 +838,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
         Request::BeginWrite {
             node: victim,
             token,
+            base: None,
         },
     )
     .await;
@@ -930,7 +956,13 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
     );
 
     // Nor its open handle.
-    let handle = match honest.call(Request::Open { node: victim }).await {
+    let handle = match honest
+        .call(Request::Open {
+            node: victim,
+            mode: OpenFor::Read,
+        })
+        .await
+    {
         Ok(Reply::Opened { handle, .. }) => handle,
         other => panic!("the honest open: {other:?}"),
     };

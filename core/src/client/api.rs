@@ -3,7 +3,9 @@
 
 use crate::cache::{CacheConfig, ChunkKey, ReadAheadConfig};
 use crate::conn::{ConnConfig, DisconnectReason};
-use crate::proto::{Attr, Checksum, ClientMessage, Errno, FileKind, Name, SetAttr, StatFs};
+use crate::proto::{
+    Attr, Checksum, ClientMessage, Errno, FileKind, Name, OpenFor, SetAttr, StatFs,
+};
 use crate::vfs::Ino;
 use crate::write::WriteConfig;
 use bytes::Bytes;
@@ -97,6 +99,13 @@ pub enum Op {
     Open {
         /// The file.
         ino: Ino,
+        /// What for (the host refuses at once what it would refuse to
+        /// write later).
+        mode: OpenFor,
+        /// `O_TRUNC`: the file's content goes, in a transaction that
+        /// commits with the handle's first flush, fsync or close (until
+        /// then everyone else, and a crash, keep the old content).
+        truncate: bool,
     },
     /// Read.
     Read {
@@ -142,6 +151,9 @@ pub enum Op {
         /// `O_EXCL`: fail with EEXIST if the name exists (otherwise an
         /// existing file is opened).
         exclusive: bool,
+        /// `O_TRUNC`: an existing file that is opened loses its content,
+        /// as with [`Op::Open`].
+        truncate: bool,
     },
     /// Make a directory.
     Mkdir {
@@ -193,6 +205,17 @@ pub enum Op {
     },
     /// File system statistics.
     Statfs,
+}
+
+impl Op {
+    /// An open for reading.
+    pub fn open(ino: Ino) -> Op {
+        Op::Open {
+            ino,
+            mode: OpenFor::Read,
+            truncate: false,
+        }
+    }
 }
 
 /// One directory entry for the kernel.

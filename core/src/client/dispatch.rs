@@ -6,7 +6,7 @@ use super::{
 };
 use crate::Instant;
 use crate::cache::{CacheKey, ChunkKey, Kind, Lookup, Miss, Value};
-use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, Request, SetAttr};
+use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, OpenFor, Request, SetAttr};
 use crate::vfs::Ino;
 use crate::write::{WriteError, WriteTxn};
 use bytes::{Bytes, BytesMut};
@@ -67,7 +67,11 @@ impl ClientCore {
             return;
         };
         for node in self.ahead.next(dir, &name, entries) {
-            self.send(now, Purpose::OpenAhead { node }, Request::Open { node });
+            let request = Request::Open {
+                node,
+                mode: OpenFor::Read,
+            };
+            self.send(now, Purpose::OpenAhead { node }, request);
         }
     }
 
@@ -142,6 +146,18 @@ impl ClientCore {
                             self.run_blocked(now, node, b)?;
                         }
                     }
+                    None if self.writes.get(&node).is_some_and(|w| !w.is_finished()) => {
+                        // Mode and times apply to the content the writer
+                        // made: after its commit (a new time set on the
+                        // old file would be lost with it).
+                        let then = AfterCommit::SetAttr {
+                            req,
+                            ino: *ino,
+                            rest: *set,
+                            truncated: false,
+                        };
+                        self.commit_then(now, node, then)?;
+                    }
                     None => {
                         let request = Request::SetAttr {
                             node,
@@ -175,7 +191,18 @@ impl ClientCore {
                     }
                 }
             }
-            Op::Open { ino } => {
+            Op::Open {
+                ino,
+                mode,
+                truncate,
+            } if *mode != OpenFor::Read || *truncate => {
+                // An open for writing asks the host itself (open-ahead
+                // opens only read): it checks what it would refuse.
+                let node = self.node(*ino)?;
+                let request = Request::Open { node, mode: *mode };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
+            Op::Open { ino, .. } => {
                 let node = self.node(*ino)?;
                 // Read before `take` borrows `self.ahead`, so that the
                 // check it runs borrows nothing of `self`.
@@ -190,7 +217,11 @@ impl ClientCore {
                     }
                     Take::Joined => {}
                     Take::Miss => {
-                        self.send(now, Purpose::kernel_op(req, &op), Request::Open { node })
+                        let request = Request::Open {
+                            node,
+                            mode: OpenFor::Read,
+                        };
+                        self.send(now, Purpose::kernel_op(req, &op), request);
                     }
                 }
                 self.close_host_handles(now, stale);
@@ -222,6 +253,7 @@ impl ClientCore {
                 let node = self.handle(*fh)?.node;
                 let b = Blocked::Write {
                     req,
+                    fh: *fh,
                     offset: *offset,
                     data: data.clone(),
                 };
@@ -270,6 +302,7 @@ impl ClientCore {
                 name,
                 mode,
                 exclusive,
+                truncate: _,
             } => {
                 let pnode = self.node(*parent)?;
                 let request = Request::Create {
@@ -345,7 +378,7 @@ impl ClientCore {
     }
 
     /// The file's open transaction, started if there is none.
-    fn txn(&mut self, node: NodeId, now: Instant) -> Result<&mut WriteTxn, Errno> {
+    pub(super) fn txn(&mut self, node: NodeId, now: Instant) -> Result<&mut WriteTxn, Errno> {
         if node == super::UNBOUND {
             // A handle cut off by a host restart: nothing to lock or write
             // (and one shared node 0 would mix up files' transactions).
@@ -359,24 +392,29 @@ impl ClientCore {
             self.writes.remove(&node);
         }
         if !self.writes.contains_key(&node) {
-            let size = self.current_size(node);
-            self.writes
-                .insert(node, WriteTxn::new(node, size, self.cfg.write.clone()));
+            let (size, base) = self.current_content(node);
+            self.writes.insert(
+                node,
+                WriteTxn::new(node, size, base, self.cfg.write.clone()),
+            );
         }
         self.writes.get_mut(&node).ok_or(Errno::Io)
     }
 
-    /// The file's size as this client knows it.
-    fn current_size(&self, node: NodeId) -> u64 {
-        if let Some(w) = self.writes.get(&node) {
-            return w.size();
-        }
+    /// The file's size and content version as this client's writes see
+    /// it: its open handles' (their reads show that version), else the
+    /// cached attributes'. A file never seen has no version to build on.
+    fn current_content(&self, node: NodeId) -> (u64, Option<u64>) {
         self.handles
             .values()
             .find(|h| h.node == node)
-            .map(|h| h.attr.size)
-            .or_else(|| self.cache.peek_attr(node).map(|a| a.size))
-            .unwrap_or(0)
+            .map(|h| (h.attr.size, Some(h.attr.version)))
+            .or_else(|| {
+                self.cache
+                    .peek_attr(node)
+                    .map(|a| (a.size, Some(a.version)))
+            })
+            .unwrap_or((0, None))
     }
 
     /// Attributes with this client's uncommitted size laid over them.
@@ -448,7 +486,20 @@ impl ClientCore {
                     None => {}
                 }
             }
-            Blocked::Write { req, offset, data } => {
+            Blocked::Write {
+                req,
+                fh,
+                offset,
+                data,
+            } => {
+                // A handle whose earlier writes were lost (a full or
+                // failing disk, a refused transaction) fails its writes
+                // until it has reported the loss: a write after them must
+                // not start a new transaction that commits it without
+                // them, over holes.
+                if let Some(e) = self.handles.get(&fh).and_then(|h| h.error) {
+                    return Err(e);
+                }
                 let len = data.len() as u32;
                 let txn = self.txn(node, now)?;
                 match txn.write(now, offset, data.clone()) {
@@ -463,7 +514,12 @@ impl ClientCore {
                         self.blocked
                             .entry(node)
                             .or_default()
-                            .push_front(Blocked::Write { req, offset, data });
+                            .push_front(Blocked::Write {
+                                req,
+                                fh,
+                                offset,
+                                data,
+                            });
                     }
                     Err(WriteError::Ended(e)) => return Err(e),
                 }
@@ -482,7 +538,12 @@ impl ClientCore {
                 self.after_commit
                     .entry(node)
                     .or_default()
-                    .push(AfterCommit::SetAttr { req, ino, rest });
+                    .push(AfterCommit::SetAttr {
+                        req,
+                        ino,
+                        rest,
+                        truncated: true,
+                    });
             }
             Blocked::Commit { then, lost } => {
                 // Writes before it were lost already: it says so now, and
@@ -500,8 +561,11 @@ impl ClientCore {
                     match then {
                         AfterCommit::Reply(req, _) => self.reply(req, Ok(Answer::Done)),
                         AfterCommit::Quiet => {}
-                        // Truncates wait as `Blocked::Truncate`, never here.
-                        AfterCommit::SetAttr { req, .. } => self.reply(req, Err(Errno::Io)),
+                        // A mode or time change that waited for a commit
+                        // already over.
+                        AfterCommit::SetAttr { req, ino, rest, .. } => {
+                            self.set_rest(now, req, ino, node, rest);
+                        }
                     }
                     return Ok(());
                 }
@@ -766,7 +830,7 @@ impl ClientCore {
 pub(super) const DIR_ITEMS_PER_ANSWER: usize = 256;
 
 /// The errno a refused write command reports.
-fn write_errno(e: WriteError) -> Errno {
+pub(super) fn write_errno(e: WriteError) -> Errno {
     match e {
         WriteError::Full => Errno::Again,
         WriteError::Ended(e) => e,

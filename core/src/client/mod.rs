@@ -158,8 +158,17 @@ enum AfterCommit {
     /// Answer the request (a flush, fsync or close of this handle) with
     /// the commit's result.
     Reply(Req, Fh),
-    /// Answer the truncate, then set the other attributes.
-    SetAttr { req: Req, ino: Ino, rest: SetAttr },
+    /// Set the attributes other than the size once the commit is over.
+    /// `truncated`: the size was part of the commit, whose failure is the
+    /// answer then; otherwise (a mode or time change that waited for the
+    /// writes before it) they are set whatever the commit's outcome (a
+    /// loss is the writers' to report).
+    SetAttr {
+        req: Req,
+        ino: Ino,
+        rest: SetAttr,
+        truncated: bool,
+    },
     /// Nobody waits (a close already answered): a failure waits for the
     /// next flush.
     Quiet,
@@ -171,8 +180,13 @@ enum AfterCommit {
 /// between the writes around it.
 #[derive(Clone, Debug)]
 enum Blocked {
-    /// A write.
-    Write { req: Req, offset: u64, data: Bytes },
+    /// A write through `fh`.
+    Write {
+        req: Req,
+        fh: Fh,
+        offset: u64,
+        data: Bytes,
+    },
     /// A size change (with the other attributes to set after it).
     Truncate {
         req: Req,
@@ -704,7 +718,7 @@ impl ClientCore {
                     // Asked of the old session: the kernel's open that
                     // joined it asks again once inodes are re-bound.
                     if let Some((req, ino)) = self.ahead.failed(node) {
-                        self.deferred.push_back((req, Op::Open { ino }));
+                        self.deferred.push_back((req, Op::open(ino)));
                     }
                 }
                 Purpose::Rebind { .. } | Purpose::Forget | Purpose::Hello => {}

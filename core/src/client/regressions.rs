@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::host::memfs::MemFs;
-use crate::host::{FsOp, HostConfig, RelPath};
-use crate::proto::{Name, TxnId};
+use crate::host::{HostConfig, RelPath};
+use crate::proto::Name;
 use crate::testkit::World;
 
 fn name(s: &str) -> Name {
@@ -19,28 +19,7 @@ fn world(files: &[(&str, &[u8])], clients: usize) -> World {
     let mut d = MemFs::new(1 << 30);
     for (f, data) in files {
         let p = path(f);
-        let create = FsOp::Create {
-            path: p.clone(),
-            mode: 0o644,
-            exclusive: true,
-        };
-        let begin = FsOp::StageBegin {
-            txn: TxnId(0),
-            path: p.clone(),
-        };
-        let write = FsOp::StageWrite {
-            txn: TxnId(0),
-            offset: 0,
-            data: Bytes::copy_from_slice(data),
-        };
-        let commit = FsOp::StageCommit {
-            txn: TxnId(0),
-            path: p,
-            size: data.len() as u64,
-        };
-        for op in [create, begin, write, commit] {
-            d.execute(op).expect("seed the disk");
-        }
+        d.local_replace(&p, data).expect("seed the disk");
     }
     World::new(
         11,
@@ -66,7 +45,7 @@ fn lookup(w: &mut World, c: usize, n: &str) -> Ino {
 
 fn open(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
     let ino = lookup(w, c, n);
-    match w.call(c, Op::Open { ino }) {
+    match w.call(c, Op::open(ino)) {
         Ok(Answer::Opened { fh, .. }) => (ino, fh),
         other => panic!("open {n}: {other:?}"),
     }
@@ -212,6 +191,7 @@ fn a_replaced_file_reads_its_own_commit_or_fails() {
             name: name("d"),
             mode: 0o644,
             exclusive: false,
+            truncate: false,
         },
     ) {
         Ok(Answer::Created { fh, .. }) => fh,
@@ -302,6 +282,7 @@ fn a_read_never_mixes_two_versions_of_a_file() {
             name: name("a"),
             mode: 0o644,
             exclusive: false,
+            truncate: false,
         },
     );
     assert!(matches!(w.wait(0, create), Ok(Answer::Created { .. })));
@@ -429,6 +410,7 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
             name: name("big"),
             mode: 0o644,
             exclusive: false,
+            truncate: false,
         },
     ) {
         Ok(Answer::Created { fh, .. }) => fh,

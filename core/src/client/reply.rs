@@ -279,7 +279,10 @@ impl ClientCore {
                                 op: op.clone(),
                                 part: OpPart::OpenCreated { ino },
                             },
-                            crate::proto::Request::Open { node },
+                            crate::proto::Request::Open {
+                                node,
+                                mode: crate::proto::OpenFor::Read,
+                            },
                         );
                         None
                     }
@@ -295,38 +298,54 @@ impl ClientCore {
                     inline,
                 }),
             ) => {
+                let (node, size) = (attr.node, attr.size);
                 let fh = self.open_handle(now, ino, handle, attr.clone(), inline);
+                let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
+                if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
+                    return Some(Err(e));
+                }
                 Some(Ok(Answer::Created {
                     ino,
-                    attr,
+                    attr: self.with_local_size(&attr),
                     ttl: attr_ttl,
                     fh,
                 }))
             }
             (
-                Op::Open { ino },
+                Op::Open { ino, truncate, .. },
                 _,
                 Ok(Reply::Opened {
                     handle,
                     attr,
                     inline,
                 }),
-            ) => Some(Ok(self.opened(
-                now,
-                *ino,
-                Opened {
-                    handle,
-                    attr,
-                    inline,
-                },
-            ))),
+            ) => {
+                let (node, size) = (attr.node, attr.size);
+                let answer = self.opened(
+                    now,
+                    *ino,
+                    Opened {
+                        handle,
+                        attr,
+                        inline,
+                    },
+                );
+                Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
+            }
             (Op::SetAttr { .. }, _, Ok(Reply::Attr(a))) => {
                 let _ = self.cache.fill(
                     now,
                     CacheKey::Attr(a.node),
                     Value::Attr(Arc::new(a.clone())),
                 );
-                self.learn_attr(&a);
+                // Our own change (a new mtime is a new version): the
+                // handles on the same file learn it, so that their next
+                // transaction builds on it rather than fail as stale.
+                for h in self.handles.values_mut() {
+                    if h.node == a.node && h.attr.key == a.key {
+                        h.attr = a.clone();
+                    }
+                }
                 Some(Ok(Answer::Attr {
                     attr: self.with_local_size(&a),
                     ttl: attr_ttl,
@@ -456,7 +475,7 @@ impl ClientCore {
     /// The kernel's open `req` of `ino` asks the host itself (its
     /// open-ahead could not answer it).
     fn open_at_host(&mut self, now: Instant, req: Req, ino: Ino) {
-        let op = Op::Open { ino };
+        let op = Op::open(ino);
         match self.vfs.as_ref().and_then(|v| v.node(ino)) {
             Some(node) => self.send(
                 now,
@@ -465,7 +484,10 @@ impl ClientCore {
                     op,
                     part: OpPart::First,
                 },
-                crate::proto::Request::Open { node },
+                crate::proto::Request::Open {
+                    node,
+                    mode: crate::proto::OpenFor::Read,
+                },
             ),
             None => self.reply(req, Err(Errno::Stale)),
         }
@@ -681,6 +703,50 @@ impl ClientCore {
         }
     }
 
+    /// `O_TRUNC`: the file's content goes in a transaction of its own
+    /// that commits with the handle's first flush, fsync or close, so that
+    /// until then (and after a crash) the file keeps its old content. A
+    /// file already empty needs none.
+    fn truncate_at_open(
+        &mut self,
+        now: Instant,
+        node: crate::proto::NodeId,
+        truncate: bool,
+        answer: Result<Answer, Errno>,
+    ) -> Result<Answer, Errno> {
+        if truncate {
+            self.txn(node, now)?
+                .set_size(now, 0)
+                .map_err(super::dispatch::write_errno)?;
+            self.drain_write(now, node);
+        }
+        answer
+    }
+
+    /// Sends the mode and time changes of the kernel's SetAttr `req`.
+    pub(super) fn set_rest(
+        &mut self,
+        now: Instant,
+        req: Req,
+        ino: Ino,
+        node: crate::proto::NodeId,
+        rest: crate::proto::SetAttr,
+    ) {
+        self.send(
+            now,
+            Purpose::Op {
+                req,
+                op: Op::SetAttr { ino, set: rest },
+                part: OpPart::Rest,
+            },
+            crate::proto::Request::SetAttr {
+                node,
+                set: rest,
+                token: None,
+            },
+        );
+    }
+
     fn finish_commit(
         &mut self,
         now: Instant,
@@ -722,32 +788,28 @@ impl ClientCore {
             match (w, &result) {
                 (AfterCommit::Reply(req, _), Ok(_)) => self.reply(req, Ok(Answer::Done)),
                 (AfterCommit::Reply(req, _), Err(e)) => self.reply(req, Err(*e)),
-                (AfterCommit::SetAttr { req, ino, rest }, Ok(attr)) => {
-                    if rest == crate::proto::SetAttr::default() {
-                        self.reply(
-                            req,
-                            Ok(Answer::Attr {
-                                attr: attr.clone(),
-                                ttl,
-                            }),
-                        );
-                    } else {
-                        self.send(
-                            now,
-                            Purpose::Op {
-                                req,
-                                op: Op::SetAttr { ino, set: rest },
-                                part: OpPart::Rest,
-                            },
-                            crate::proto::Request::SetAttr {
-                                node,
-                                set: rest,
-                                token: None,
-                            },
-                        );
-                    }
+                (AfterCommit::SetAttr { req, rest, .. }, Ok(attr))
+                    if rest == crate::proto::SetAttr::default() =>
+                {
+                    self.reply(
+                        req,
+                        Ok(Answer::Attr {
+                            attr: attr.clone(),
+                            ttl,
+                        }),
+                    );
                 }
-                (AfterCommit::SetAttr { req, .. }, Err(e)) => self.reply(req, Err(*e)),
+                (
+                    AfterCommit::SetAttr {
+                        req,
+                        truncated: true,
+                        ..
+                    },
+                    Err(e),
+                ) => self.reply(req, Err(*e)),
+                (AfterCommit::SetAttr { req, ino, rest, .. }, _) => {
+                    self.set_rest(now, req, ino, node, rest);
+                }
                 // A failure is kept for the next flush above.
                 (AfterCommit::Quiet, _) => {}
             }

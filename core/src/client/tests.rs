@@ -4,7 +4,7 @@ use super::*;
 use crate::conn::DisconnectReason;
 use crate::host::memfs::MemFs;
 use crate::host::{FsOp, HostConfig, RelPath};
-use crate::proto::{CHUNK_SIZE, FileKind, Name, TxnId};
+use crate::proto::{CHUNK_SIZE, FileKind, Name};
 use crate::testkit::World;
 
 fn name(s: &str) -> Name {
@@ -15,29 +15,7 @@ fn disk(files: &[(&str, &[u8])]) -> MemFs {
     let mut d = MemFs::new(1 << 30);
     for (f, data) in files {
         let p = RelPath::from(vec![name(f)]);
-        d.execute(FsOp::Create {
-            path: p.clone(),
-            mode: 0o644,
-            exclusive: true,
-        })
-        .expect("create");
-        d.execute(FsOp::StageBegin {
-            txn: TxnId(0),
-            path: p.clone(),
-        })
-        .expect("stage");
-        d.execute(FsOp::StageWrite {
-            txn: TxnId(0),
-            offset: 0,
-            data: Bytes::copy_from_slice(data),
-        })
-        .expect("w");
-        d.execute(FsOp::StageCommit {
-            txn: TxnId(0),
-            path: p,
-            size: data.len() as u64,
-        })
-        .expect("commit");
+        d.local_replace(&p, data).expect("seed a file");
     }
     d
 }
@@ -66,7 +44,7 @@ fn lookup(w: &mut World, c: usize, parent: Ino, n: &str) -> Result<(Ino, Attr), 
 }
 
 fn open(w: &mut World, c: usize, ino: Ino) -> Fh {
-    match w.call(c, Op::Open { ino }) {
+    match w.call(c, Op::open(ino)) {
         Ok(Answer::Opened { fh, .. }) => fh,
         other => panic!("{other:?}"),
     }
@@ -80,6 +58,7 @@ fn create(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
             name: name(n),
             mode: 0o644,
             exclusive: false,
+            truncate: false,
         },
     ) {
         Ok(Answer::Created { ino, fh, .. }) => (ino, fh),
@@ -335,7 +314,7 @@ fn rename_over_an_existing_file_replaces_it() {
 }
 
 #[test]
-fn two_writers_are_serialised_and_no_file_is_torn() {
+fn of_two_writers_of_one_version_the_first_commits_and_the_second_is_told() {
     let mut w = world(&[("f", b"")], 2);
     let a = pattern(3 * CHUNK_SIZE, 1);
     let b = pattern(3 * CHUNK_SIZE, 2);
@@ -351,17 +330,20 @@ fn two_writers_are_serialised_and_no_file_is_torn() {
     }
     let ra = w.op(0, Op::Flush { fh: fa });
     let rb = w.op(1, Op::Flush { fh: fb });
-    assert_eq!(w.wait(0, ra), Ok(Answer::Done));
-    assert_eq!(w.wait(1, rb), Ok(Answer::Done));
+    let (da, db) = (w.wait(0, ra), w.wait(1, rb));
     let on_disk = w
         .disk
         .read_file(&RelPath::from(vec![name("f")]))
         .expect("f")
         .to_vec();
-    assert!(
-        on_disk == a || on_disk == b,
-        "one whole version, never a mix"
-    );
+    // Both wrote to the version they opened: the first commit wins, and
+    // the second, whose writes build on a version that is gone, is told
+    // (ESTALE) instead of being laid over the first.
+    match (da, db) {
+        (Ok(Answer::Done), Err(Errno::Stale)) => assert!(on_disk == a, "a's whole version"),
+        (Err(Errno::Stale), Ok(Answer::Done)) => assert!(on_disk == b, "b's whole version"),
+        other => panic!("one commit and one ESTALE, not {other:?}"),
+    }
 }
 
 #[test]
@@ -377,26 +359,7 @@ fn a_change_on_the_host_reaches_the_client() {
         secs: 100,
         nanos: 0,
     });
-    w.disk
-        .execute(FsOp::StageBegin {
-            txn: TxnId(99),
-            path: p.clone(),
-        })
-        .expect("stage");
-    w.disk
-        .execute(FsOp::StageWrite {
-            txn: TxnId(99),
-            offset: 0,
-            data: Bytes::from_static(b"new!"),
-        })
-        .expect("w");
-    w.disk
-        .execute(FsOp::StageCommit {
-            txn: TxnId(99),
-            path: p.clone(),
-            size: 4,
-        })
-        .expect("c");
+    w.disk.local_replace(&p, b"new!").expect("a local save");
     let now = w.now;
     w.host.local_change(now, &p);
     w.settle();
@@ -534,7 +497,7 @@ fn symlinks_round_trip_and_are_not_followed() {
         w.call(0, Op::Readlink { ino }),
         Ok(Answer::Link(b"../../etc/passwd".to_vec()))
     );
-    assert_eq!(w.call(0, Op::Open { ino }).err(), Some(Errno::Loop));
+    assert_eq!(w.call(0, Op::open(ino)).err(), Some(Errno::Loop));
 }
 
 #[test]
@@ -570,6 +533,7 @@ fn mkdir_rmdir_and_errno_behaviour() {
             name: name("x"),
             mode: 0o644,
             exclusive: false,
+            truncate: false,
         },
     ) else {
         panic!("create")
@@ -701,6 +665,7 @@ fn an_exclusive_create_of_an_existing_name_fails_with_eexist() {
         name: name("a"),
         mode: 0o644,
         exclusive: true,
+        truncate: false,
     };
     assert_eq!(w.call(0, exclusive), Err(Errno::Exist));
     let (_, fh) = create(&mut w, 0, "a");
@@ -890,7 +855,7 @@ fn host_opens_and_closes(w: &World) -> (usize, usize) {
 /// Opens, reads and closes `ino` like `cat`; whether the open was answered
 /// within the call (no round trip).
 fn cat(w: &mut World, ino: Ino, want: &[u8]) -> bool {
-    let req = w.op(0, Op::Open { ino });
+    let req = w.op(0, Op::open(ino));
     let at_once = w.answer(0, req);
     let answered_at_once = at_once.is_some();
     let fh = match at_once.unwrap_or_else(|| w.wait(0, req)) {
@@ -925,8 +890,8 @@ fn an_open_that_comes_while_its_open_ahead_is_in_flight_joins_it() {
     let (mut w, inos) = listed_world(10, 1);
     cat_nth(&mut w, &inos, 0);
     // f01's open sends the open-aheads; f02's comes before any answer.
-    let first = w.op(0, Op::Open { ino: inos[1] });
-    let second = w.op(0, Op::Open { ino: inos[2] });
+    let first = w.op(0, Op::open(inos[1]));
+    let second = w.op(0, Op::open(inos[2]));
     assert_eq!(w.answer(0, second), None, "not answered before the host");
     for (req, i) in [(first, 1), (second, 2)] {
         let Ok(Answer::Opened { fh, .. }) = w.wait(0, req) else {

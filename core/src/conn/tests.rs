@@ -74,7 +74,7 @@ fn connect_authenticates_with_a_session_bound_proof() {
     else {
         panic!("a Hello")
     };
-    assert_eq!(*version, 1);
+    assert_eq!(*version, u16::from(crate::codec::PROTOCOL_VERSION));
     assert_eq!(*resume, None);
     assert!(auth::verify(&TicketSecret([7; 32]), &[5; 32], proof));
     c.hello_ack(t(20), S1, root(), limits());

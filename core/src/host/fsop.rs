@@ -10,7 +10,7 @@
 //! path to take. That is the whole of the confinement rule, and it is why a
 //! host never calls into a mount that a symlink points at.
 
-use crate::proto::{Errno, FileKey, FileKind, Name, SetAttr, StatFs, Timestamp, TxnId};
+use crate::proto::{Errno, FileKey, FileKind, Name, OpenFor, SetAttr, StatFs, Timestamp, TxnId};
 use bytes::Bytes;
 use core::fmt;
 
@@ -93,6 +93,31 @@ pub struct FsAttr {
     pub ctime: Timestamp,
 }
 
+/// One content of a file on the host's disk: its identity, size and
+/// modification time. A transaction stages from one stamp and commits
+/// only over the same one, so a file replaced or changed in between (by
+/// a local program) is never overwritten with a version built on what it
+/// held before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Device and inode.
+    pub key: FileKey,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+}
+
+impl From<&FsAttr> for FileStamp {
+    fn from(a: &FsAttr) -> Self {
+        FileStamp {
+            key: a.key,
+            size: a.size,
+            mtime: a.mtime,
+        }
+    }
+}
+
 /// A file handle the core asks the shell to keep open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FsHandle(pub u64);
@@ -125,10 +150,15 @@ pub enum FsOp {
         /// Entries at most.
         max: u32,
     },
-    /// Open a regular file for reading and keep it as `handle`.
+    /// Open a regular file for reading and keep it as `handle`. With
+    /// `mode` other than [`OpenFor::Read`], first check that the host may
+    /// also open it for writing that way (an open for writing that fails
+    /// with its errno), so a refusal comes at open, not at close.
     Open {
         /// The file.
         path: RelPath,
+        /// What the client's open is for.
+        mode: OpenFor,
         /// The handle the core will use.
         handle: FsHandle,
         /// Read the whole file with the open if it holds at most this
@@ -204,7 +234,8 @@ pub enum FsOp {
     /// Statistics of the shared folder's file system.
     StatFs,
     /// Start staging a new version of `path`: a hidden file beside it,
-    /// holding a copy of its current content.
+    /// holding a copy of its current content. Answers the attributes of
+    /// the content staged from ([`FsOk::Attr`]).
     StageBegin {
         /// The transaction.
         txn: TxnId,
@@ -230,6 +261,9 @@ pub enum FsOp {
     /// Make the staged copy the file, atomically and durably: set its size,
     /// fsync it, rename it over `path`, fsync the directory. Only then is
     /// the commit acknowledged, so a crash leaves old or new, never a mix.
+    /// If the file at `path` is no longer `base` (another file was put
+    /// there, or it was changed in place), nothing is renamed: ESTALE,
+    /// and the staging is dropped.
     StageCommit {
         /// The transaction.
         txn: TxnId,
@@ -237,6 +271,8 @@ pub enum FsOp {
         path: RelPath,
         /// Final size.
         size: u64,
+        /// The content the transaction was staged from.
+        base: FileStamp,
     },
     /// Delete the staged copy; the file is untouched.
     StageAbort {

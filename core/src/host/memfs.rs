@@ -5,9 +5,17 @@
 //! It is the reference for the shell's file executor and the disk of the
 //! simulations: [`MemFs::crash`] throws away everything a real crash could
 //! (open handles, staging files), and nothing else, because the shell
-//! reports a mutation only after it is on disk.
+//! reports a mutation only after it is on disk. For the simulations it
+//! also plays what happens to a real disk behind the core's back: local
+//! programs ([`MemFs::local_replace`] and its neighbours), a disk that
+//! fills up ([`MemFs::set_capacity`]) and one that fails
+//! ([`MemFs::fail_next`]).
+//!
+//! Its clock ticks: every operation happens at a later time than the one
+//! before (at least by a nanosecond), so a change in place always moves
+//! the file's modification time, as a [`FileStamp`] needs.
 
-use super::fsop::{FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
 use crate::proto::{Errno, FileKey, FileKind, Name, SetTime, StatFs, Timestamp, TxnId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -34,9 +42,17 @@ pub struct MemFs {
     handles: BTreeMap<FsHandle, u64>,
     /// Staged copies, by transaction (volatile).
     staged: BTreeMap<TxnId, Vec<u8>>,
+    /// The time of the operation under way.
     now: Timestamp,
+    /// No operation happens before this (see [`MemFs::set_time`]).
+    floor: Timestamp,
     /// Largest file accepted (keeps a hostile size from allocating).
     max_file: u64,
+    /// Bytes of file data (files and staging copies) the disk holds at
+    /// most; `None`: unlimited.
+    capacity: Option<u64>,
+    /// The next this many data writes fail with this errno.
+    failing: Option<(Errno, u32)>,
 }
 
 const ROOT: u64 = 1;
@@ -53,13 +69,141 @@ impl MemFs {
             handles: BTreeMap::new(),
             staged: BTreeMap::new(),
             now: Timestamp::default(),
+            floor: Timestamp::default(),
             max_file,
+            capacity: None,
+            failing: None,
         }
     }
 
-    /// Sets the clock used for file times.
+    /// Sets the clock used for file times: operations from now on happen
+    /// at `now` or later (each still a tick after the one before).
     pub fn set_time(&mut self, now: Timestamp) {
-        self.now = now;
+        self.floor = now;
+    }
+
+    /// The time of the next operation: the floor, or a nanosecond after
+    /// the last one.
+    fn tick(&mut self) {
+        let next = if self.now.nanos >= 999_999_999 {
+            Timestamp {
+                secs: self.now.secs.saturating_add(1),
+                nanos: 0,
+            }
+        } else {
+            Timestamp {
+                secs: self.now.secs,
+                nanos: self.now.nanos + 1,
+            }
+        };
+        self.now = next.max(self.floor);
+    }
+
+    /// A disk of `bytes` bytes of file data (files and staging copies
+    /// together): a write beyond fails with ENOSPC. `None`: unlimited.
+    pub fn set_capacity(&mut self, bytes: Option<u64>) {
+        self.capacity = bytes;
+    }
+
+    /// The next `count` data writes (to a staging copy, or a commit) fail
+    /// with `errno`, as a failing disk's would.
+    pub fn fail_next(&mut self, errno: Errno, count: u32) {
+        self.failing = (count > 0).then_some((errno, count));
+    }
+
+    /// Bytes of file data held, staging copies included.
+    pub fn used(&self) -> u64 {
+        let files: usize = self
+            .inodes
+            .values()
+            .filter(|n| n.kind == FileKind::File)
+            .map(|n| n.data.len())
+            .sum();
+        let staged: usize = self.staged.values().map(Vec::len).sum();
+        (files + staged) as u64
+    }
+
+    /// Fails a data write that would take the disk from `before` to
+    /// `after` bytes of data, if the disk is full or failing.
+    fn room(&mut self, before: usize, after: usize) -> Result<(), Errno> {
+        if let Some((errno, left)) = self.failing {
+            self.failing = (left > 1).then_some((errno, left - 1));
+            return Err(errno);
+        }
+        let grow = after.saturating_sub(before) as u64;
+        match self.capacity {
+            Some(cap) if grow > 0 && self.used().saturating_add(grow) > cap => Err(Errno::NoSpc),
+            _ => Ok(()),
+        }
+    }
+
+    // ------------------------------------------------ local programs
+
+    /// A local program saves `path` atomically, as editors do: writes a new
+    /// file beside it and renames it over (a new identity). The parent
+    /// must exist; a directory there is left alone (EISDIR).
+    pub fn local_replace(&mut self, path: &RelPath, data: &[u8]) -> Result<(), Errno> {
+        self.tick();
+        let (dir, name) = self.parent_of(path)?;
+        let mode = match self.inodes.get(&dir).and_then(|d| d.children.get(name)) {
+            Some(&old) => {
+                let n = self.inodes.get(&old).ok_or(Errno::NoEnt)?;
+                if n.kind == FileKind::Dir {
+                    return Err(Errno::IsDir);
+                }
+                let mode = n.mode;
+                self.detach(dir, name);
+                mode
+            }
+            None => 0o644,
+        };
+        let mut node = Inode::new(FileKind::File, mode, self.now);
+        node.data = data.to_vec();
+        self.add(dir, name, node)?;
+        self.collect();
+        Ok(())
+    }
+
+    /// A local program appends to `path` in place.
+    pub fn local_append(&mut self, path: &RelPath, data: &[u8]) -> Result<(), Errno> {
+        self.tick();
+        let ino = self.resolve(path)?;
+        let now = self.now;
+        let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
+        if n.kind != FileKind::File {
+            return Err(Errno::IsDir);
+        }
+        n.data.extend_from_slice(data);
+        n.mtime = now;
+        n.ctime = now;
+        Ok(())
+    }
+
+    /// A local program truncates `path` in place.
+    pub fn local_truncate(&mut self, path: &RelPath, size: u64) -> Result<(), Errno> {
+        self.execute(FsOp::SetAttr {
+            path: path.clone(),
+            set: crate::proto::SetAttr {
+                size: Some(size),
+                ..Default::default()
+            },
+        })
+        .map(|_| ())
+    }
+
+    /// A local program deletes `path` (a file or symlink).
+    pub fn local_delete(&mut self, path: &RelPath) -> Result<(), Errno> {
+        self.execute(FsOp::Unlink { path: path.clone() })
+            .map(|_| ())
+    }
+
+    /// A local program renames `from` to `to`.
+    pub fn local_rename(&mut self, from: &RelPath, to: &RelPath) -> Result<(), Errno> {
+        self.execute(FsOp::Rename {
+            from: from.clone(),
+            to: to.clone(),
+        })
+        .map(|_| ())
     }
 
     /// A power cut: open handles and staging files vanish (unlinked-but-open
@@ -177,6 +321,7 @@ impl MemFs {
 
     /// Executes one operation.
     pub fn execute(&mut self, op: FsOp) -> FsResult {
+        self.tick();
         match op {
             FsOp::Stat { path } => Ok(FsOk::Attr(self.attr(self.resolve(&path)?)?)),
             FsOp::List { path, cookie, max } => {
@@ -201,10 +346,13 @@ impl MemFs {
                     next,
                 })
             }
+            // No permission model: the host's user may open every file
+            // for writing (the real executor asks the kernel).
             FsOp::Open {
                 path,
                 handle,
                 inline_max,
+                mode: _,
             } => {
                 let ino = self.resolve(&path)?;
                 let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
@@ -416,17 +564,20 @@ impl MemFs {
                     return Err(Errno::IsDir);
                 }
                 let copy = n.data.clone();
+                self.room(0, copy.len())?;
                 self.staged.insert(txn, copy);
-                Ok(FsOk::Done)
+                Ok(FsOk::Attr(self.attr(ino)?))
             }
             FsOp::StageWrite { txn, offset, data } => {
                 let max = self.max_file;
-                let buf = self.staged.get_mut(&txn).ok_or(Errno::BadF)?;
+                let len = self.staged.get(&txn).ok_or(Errno::BadF)?.len();
                 let end = offset.checked_add(data.len() as u64).ok_or(Errno::FBig)?;
                 if end > max {
                     return Err(Errno::FBig);
                 }
                 let (start, end) = (offset as usize, end as usize);
+                self.room(len, len.max(end))?;
+                let buf = self.staged.get_mut(&txn).ok_or(Errno::BadF)?;
                 if buf.len() < end {
                     buf.resize(end, 0);
                 }
@@ -437,15 +588,25 @@ impl MemFs {
                 if size > self.max_file {
                     return Err(Errno::FBig);
                 }
+                let len = self.staged.get(&txn).ok_or(Errno::BadF)?.len();
+                self.room(len, size as usize)?;
                 let buf = self.staged.get_mut(&txn).ok_or(Errno::BadF)?;
                 buf.resize(size as usize, 0);
                 Ok(FsOk::Done)
             }
-            FsOp::StageCommit { txn, path, size } => {
+            FsOp::StageCommit {
+                txn,
+                path,
+                size,
+                base,
+            } => {
                 if size > self.max_file {
                     return Err(Errno::FBig);
                 }
                 let mut data = self.staged.remove(&txn).ok_or(Errno::BadF)?;
+                // A failing or full disk fails the commit (its fsync, or
+                // the size it sets); the staging is gone either way.
+                self.room(data.len(), size as usize)?;
                 data.resize(size as usize, 0);
                 // The rename replaces the file by a new inode, as on disk:
                 // open handles keep the old content.
@@ -459,6 +620,11 @@ impl MemFs {
                 // is gone either way.
                 if self.inodes.get(&old).map(|n| n.kind) == Some(FileKind::Dir) {
                     return Err(Errno::IsDir);
+                }
+                // Only over the content it was staged from: a file replaced
+                // or changed since keeps what it holds.
+                if FileStamp::from(&self.attr(old)?) != base {
+                    return Err(Errno::Stale);
                 }
                 let mode = self.inodes.get(&old).map_or(0o644, |n| n.mode);
                 self.detach(dir, name);

@@ -87,7 +87,7 @@ impl Rig {
         let reply = self.call(
             conn,
             Request::Hello {
-                version: 1,
+                version: u16::from(crate::codec::PROTOCOL_VERSION),
                 proof: auth::proof(&SECRET, &exporter),
                 resume: None,
             },
@@ -171,7 +171,14 @@ impl Rig {
     }
 
     fn begin(&mut self, conn: ConnId, node: NodeId, token: crate::proto::LockToken) -> TxnId {
-        match self.call(conn, Request::BeginWrite { node, token }) {
+        match self.call(
+            conn,
+            Request::BeginWrite {
+                node,
+                token,
+                base: None,
+            },
+        ) {
             Ok(Reply::WriteBegun { txn }) => txn,
             other => panic!("begin: {other:?}"),
         }
@@ -208,29 +215,7 @@ fn disk_with(files: &[(&[&str], &[u8])], dirs: &[&[&str]]) -> MemFs {
         .expect("mkdir");
     }
     for (p, data) in files {
-        disk.execute(FsOp::Create {
-            path: path(p),
-            mode: 0o644,
-            exclusive: true,
-        })
-        .expect("create");
-        disk.execute(FsOp::StageBegin {
-            txn: TxnId(0),
-            path: path(p),
-        })
-        .expect("stage");
-        disk.execute(FsOp::StageWrite {
-            txn: TxnId(0),
-            offset: 0,
-            data: Bytes::copy_from_slice(data),
-        })
-        .expect("w");
-        disk.execute(FsOp::StageCommit {
-            txn: TxnId(0),
-            path: path(p),
-            size: data.len() as u64,
-        })
-        .expect("c");
+        disk.local_replace(&path(p), data).expect("seed a file");
     }
     disk
 }
@@ -307,7 +292,7 @@ fn a_wrong_proof_gets_eacces_and_nothing_else() {
     let reply = r.call(
         conn,
         Request::Hello {
-            version: 1,
+            version: u16::from(crate::codec::PROTOCOL_VERSION),
             proof: auth::proof(&SECRET, &[6; 32]),
             resume: None,
         },
@@ -389,7 +374,7 @@ fn a_reconnect_resumes_its_session_with_its_locks() {
     let reply = r.call(
         c2,
         Request::Hello {
-            version: 1,
+            version: u16::from(crate::codec::PROTOCOL_VERSION),
             proof: auth::proof(&SECRET, &[2; 32]),
             resume: Some(session),
         },
@@ -476,7 +461,14 @@ fn symlinks_are_reported_never_followed() {
     // Looking "through" it is refused by the disk layer (no-follow).
     assert_eq!(r.lookup(c, l.node, "passwd"), Err(Errno::NotDir));
     assert_eq!(
-        r.call(c, Request::Open { node: l.node }).err(),
+        r.call(
+            c,
+            Request::Open {
+                node: l.node,
+                mode: crate::proto::OpenFor::Read,
+            }
+        )
+        .err(),
         Some(Errno::Loop)
     );
     assert_eq!(
@@ -579,7 +571,8 @@ fn writes_are_fenced_by_a_live_exclusive_token() {
             c2,
             Request::BeginWrite {
                 node: a.node,
-                token: t1
+                token: t1,
+                base: None,
             }
         ),
         Err(Errno::Stale)
@@ -705,6 +698,7 @@ fn read_only_hosts_refuse_every_change() {
         Request::BeginWrite {
             node: a.node,
             token,
+            base: None,
         },
     ] {
         assert_eq!(r.call(c, req.clone()), Err(Errno::RoFs), "{req:?}");
@@ -727,7 +721,13 @@ fn an_unlinked_open_file_stays_readable_through_its_handle() {
     let mut r = rig();
     let c = r.client(1);
     let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
-    let Ok(Reply::Opened { handle, .. }) = r.call(c, Request::Open { node: a.node }) else {
+    let Ok(Reply::Opened { handle, .. }) = r.call(
+        c,
+        Request::Open {
+            node: a.node,
+            mode: crate::proto::OpenFor::Read,
+        },
+    ) else {
         panic!("open")
     };
     assert_eq!(
@@ -768,7 +768,13 @@ fn an_unlinked_open_file_stays_readable_through_its_handle() {
     // Another session cannot use someone else's handle.
     let d = r.lookup(c, NodeId::ROOT, "d").expect("d");
     let f = r.lookup(c, d.node, "f").expect("f");
-    let Ok(Reply::Opened { handle: h2, .. }) = r.call(c, Request::Open { node: f.node }) else {
+    let Ok(Reply::Opened { handle: h2, .. }) = r.call(
+        c,
+        Request::Open {
+            node: f.node,
+            mode: crate::proto::OpenFor::Read,
+        },
+    ) else {
         panic!("open")
     };
     let c2 = r.client(2);
@@ -1063,7 +1069,7 @@ fn write_session_trace() {
     send(
         &mut host,
         Request::Hello {
-            version: 1,
+            version: u16::from(crate::codec::PROTOCOL_VERSION),
             proof: auth::proof(&SECRET, &[1; 32]),
             resume: None,
         },
@@ -1091,7 +1097,14 @@ fn write_session_trace() {
     );
     run(&mut host, &mut trace, "AcquireLock");
     let token = host.locks().locks().next().expect("granted").token;
-    send(&mut host, Request::BeginWrite { node, token });
+    send(
+        &mut host,
+        Request::BeginWrite {
+            node,
+            token,
+            base: None,
+        },
+    );
     run(&mut host, &mut trace, "BeginWrite");
     let data = Bytes::from_static(b"new");
     send(

@@ -35,6 +35,22 @@ pub struct FileKey {
     pub ino: u64,
 }
 
+/// What an open is for: the host checks at open what it would refuse
+/// later, so that a file the host's user may not change fails its
+/// `open`, not its `close`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum OpenFor {
+    /// Reading only.
+    #[default]
+    Read,
+    /// Writing anywhere in the file.
+    Write,
+    /// Writing at its end only (`O_APPEND`; an append-only file allows
+    /// it).
+    Append,
+}
+
 /// What kind of node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -276,6 +292,8 @@ pub enum Request {
     Open {
         /// The file.
         node: NodeId,
+        /// Reading, or writing too (checked now: a refusal fails the open).
+        mode: OpenFor,
     },
     /// Close a handle from [`Request::Open`].
     Close {
@@ -378,6 +396,12 @@ pub enum Request {
         node: NodeId,
         /// The exclusive lock's token.
         token: LockToken,
+        /// The content version (`Attr::version`) the writes build on: the
+        /// host refuses the transaction with ESTALE if the file holds any
+        /// other now, and its commit if the file changes before it. `None`
+        /// for a transaction that first truncates the file to nothing,
+        /// whose result does not depend on what was there.
+        base: Option<u64>,
     },
     /// New content for a range of the file, starting in chunk `index`
     /// and running on into the chunks after it. Pieces of one transaction

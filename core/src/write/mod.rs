@@ -175,6 +175,10 @@ pub struct WriteTxn {
     truncates: VecDeque<u64>,
     /// The file's size as the writer sees it.
     size: u64,
+    /// The content version the writes build on (told to the host, which
+    /// refuses the transaction if the file holds another); `None` once
+    /// the transaction truncates to nothing before anything is written.
+    base: Option<u64>,
     /// Set by `commit`: commit once everything is acknowledged.
     commit_wanted: bool,
     in_flight: BTreeMap<WriteOp, Sent>,
@@ -184,8 +188,9 @@ pub struct WriteTxn {
 }
 
 impl WriteTxn {
-    /// A transaction on `node`, whose size is `size` now.
-    pub fn new(node: NodeId, size: u64, cfg: WriteConfig) -> Self {
+    /// A transaction on `node`, whose content is version `base` (see
+    /// [`Attr::version`]) of `size` bytes now.
+    pub fn new(node: NodeId, size: u64, base: Option<u64>, cfg: WriteConfig) -> Self {
         WriteTxn {
             lock: ClientLock::new(LockScope::File(node), LockKind::Exclusive, cfg.lock.clone()),
             node,
@@ -197,6 +202,7 @@ impl WriteTxn {
             spilled: BTreeMap::new(),
             truncates: VecDeque::new(),
             size,
+            base,
             commit_wanted: false,
             in_flight: BTreeMap::new(),
             next_op: 1,
@@ -266,6 +272,11 @@ impl WriteTxn {
     pub fn set_size(&mut self, now: Instant, size: u64) -> Result<(), WriteError> {
         if let Some(e) = self.ended() {
             return Err(WriteError::Ended(e));
+        }
+        if size == 0 && self.pending.is_empty() && self.sent.is_empty() && self.txn.is_none() {
+            // Nothing written yet and nothing kept: what the file holds
+            // does not matter to the result (`O_TRUNC`).
+            self.base = None;
         }
         self.pending.truncate(size);
         self.sent.truncate(size);
@@ -508,8 +519,8 @@ impl WriteTxn {
                 ClientLockOutput::Send { op, request } => self.send(Sent::Lock(op), request),
                 ClientLockOutput::Event(ClientLockEvent::Granted { token, .. }) => {
                     if self.state == WriteState::Locking {
-                        let node = self.node;
-                        self.send(Sent::Begin, Request::BeginWrite { node, token });
+                        let (node, base) = (self.node, self.base);
+                        self.send(Sent::Begin, Request::BeginWrite { node, token, base });
                     }
                 }
                 ClientLockOutput::Event(ClientLockEvent::Refreshed { .. }) => {}

@@ -2,6 +2,8 @@ use super::*;
 use crate::proto::{FileKey, FileKind, Timestamp};
 
 const NODE: NodeId = NodeId(5);
+/// The content version every test transaction builds on.
+const BASE: u64 = 0xba5e;
 const TOKEN: LockToken = LockToken([4; 16]);
 
 fn t(ms: u64) -> Instant {
@@ -40,7 +42,7 @@ fn sends(outs: &[WriteOutput]) -> Vec<(WriteOp, Request)> {
 
 /// Drives a transaction through lock + begin; returns it Writing.
 fn writing(cfg: WriteConfig) -> WriteTxn {
-    let mut w = WriteTxn::new(NODE, 0, cfg);
+    let mut w = WriteTxn::new(NODE, 0, Some(BASE), cfg);
     w.write(t(0), 0, Bytes::from_static(b"x")).expect("write");
     let outs = drain(&mut w);
     let [
@@ -71,6 +73,7 @@ fn writing(cfg: WriteConfig) -> WriteTxn {
             Request::BeginWrite {
                 node: NODE,
                 token: TOKEN,
+                base: Some(BASE),
             },
         ),
     ] = &sends(&outs)[..]
@@ -251,7 +254,7 @@ fn a_truncate_is_a_barrier_between_pieces() {
 
 #[test]
 fn a_busy_file_queues_for_the_lock_and_a_refused_lock_aborts() {
-    let mut w = WriteTxn::new(NODE, 0, WriteConfig::default());
+    let mut w = WriteTxn::new(NODE, 0, Some(BASE), WriteConfig::default());
     w.write(t(0), 0, Bytes::from_static(b"x")).expect("write");
     let (op, _) = sends(&drain(&mut w))[0].clone();
     w.handle_reply(t(1), op, Err(Errno::Again));
@@ -321,7 +324,7 @@ fn dirty_data_is_bounded() {
         max_dirty: 100,
         ..WriteConfig::default()
     };
-    let mut w = WriteTxn::new(NODE, 0, cfg);
+    let mut w = WriteTxn::new(NODE, 0, Some(BASE), cfg);
     w.write(t(0), 0, Bytes::from(vec![0u8; 100])).expect("fits");
     assert_eq!(
         w.write(t(0), 100, Bytes::from(vec![0u8; 1])),
@@ -408,7 +411,7 @@ fn any_delivery_order_commits_the_sequential_result() {
             max_in_flight: 1 + rng.below(6) as usize,
             ..WriteConfig::default()
         };
-        let mut w = WriteTxn::new(NODE, original.len() as u64, cfg);
+        let mut w = WriteTxn::new(NODE, original.len() as u64, Some(BASE), cfg);
         let mut model = original.clone();
         let mut staging: Option<Vec<u8>> = None;
         let mut flying: Vec<(WriteOp, Request)> = Vec::new();

@@ -25,6 +25,9 @@ pub mod keys;
 pub mod watch;
 
 mod driver;
+mod share_lock;
+
+pub use share_lock::{ShareLock, ShareLockError};
 
 use core::net::SocketAddr;
 use std::io;
@@ -38,7 +41,7 @@ use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::{HostConfig, HostEvent, HostServer};
 
 use crate::net::identity::{Identity, QuicConfigError};
-use crate::net::quic::{endpoint_config, host_server_config, size_socket_buffers};
+use crate::net::quic::{host_endpoint_config, host_server_config, size_socket_buffers};
 use driver::{Event, HostDriver};
 use fs::{FsPool, HostFs, HostFsConfig};
 use watch::{TreeWatcher, WatchConfig, WatchError};
@@ -90,6 +93,9 @@ pub enum HostError {
         /// Why.
         source: io::Error,
     },
+    /// Another host shares the folder, or it cannot be claimed.
+    #[error("{0}")]
+    Claimed(#[from] ShareLockError),
     /// The folder cannot be watched.
     #[error("{0}")]
     Watch(#[from] WatchError),
@@ -118,11 +124,17 @@ impl Host {
         socket: std::net::UdpSocket,
         options: HostOptions,
     ) -> Result<Host, HostError> {
-        let fs =
-            HostFs::open(&options.root, options.fs.clone()).map_err(|source| HostError::Root {
-                dir: options.root.clone(),
-                source,
-            })?;
+        // First: with the folder claimed, any staging file of another run
+        // is a crash's, and the first scan sweeps it.
+        let claim = ShareLock::acquire(&options.root)?;
+        let fs_config = HostFsConfig {
+            sole_host: true,
+            ..options.fs.clone()
+        };
+        let fs = HostFs::open(&options.root, fs_config).map_err(|source| HostError::Root {
+            dir: options.root.clone(),
+            source,
+        })?;
         let watcher = TreeWatcher::new(&options.root, WatchConfig::default())?;
         let fs = Arc::new(fs);
         let (pool, fs_results) = FsPool::new(fs.clone(), options.workers, 1024)?;
@@ -130,7 +142,7 @@ impl Host {
         let local_addr = socket.local_addr()?;
         size_socket_buffers(&socket);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config(),
+            host_endpoint_config(&options.identity),
             Some(server_config),
             runtime.wrap_udp_socket(socket)?,
             runtime.clone(),
@@ -192,6 +204,8 @@ impl Host {
         );
         runtime.spawn(Box::pin(async move {
             driver.run(server, endpoint, accepting).await;
+            // The folder is free for another host only now.
+            drop(claim);
             drop(done_tx);
         }));
         info!(%local_addr, "hosting");

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
 use wormhole_core::proto::{
-    Attr, CHUNK_SIZE, Errno, FileKind, Name, SetAttr, SetTime, StatFs, Timestamp,
+    Attr, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr, SetTime, StatFs, Timestamp,
 };
 use wormhole_core::vfs::Ino;
 
@@ -303,7 +303,12 @@ impl fuser::Filesystem for WormholeFs {
         //   target is a new file on the host).
         // * readdirplus (adaptive): a listing carries the attributes, so
         //   `ls -l` and `find -ls` need no lookup per entry.
+        // * atomic O_TRUNC: the kernel passes O_TRUNC with the open
+        //   instead of truncating first with a SETATTR of its own, so the
+        //   truncate joins the writes' transaction and the old content
+        //   stays until it commits (a crash or a failure keeps it).
         for flag in [
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
@@ -478,10 +483,38 @@ impl fuser::Filesystem for WormholeFs {
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let read_only = matches!(flags.acc_mode(), fuser::OpenAccMode::O_RDONLY);
+        let has = |f: rustix::fs::OFlags| flags.0 & f.bits() as i32 != 0;
+        let mode = match (read_only, has(rustix::fs::OFlags::APPEND)) {
+            (true, _) => OpenFor::Read,
+            (false, true) => OpenFor::Append,
+            (false, false) => OpenFor::Write,
+        };
         self.op(
-            Op::Open { ino: ino(i) },
+            Op::Open {
+                ino: ino(i),
+                mode,
+                // Only passed with FUSE_ATOMIC_O_TRUNC (see `init`).
+                truncate: has(rustix::fs::OFlags::TRUNC),
+            },
             KernelReply::Open(reply, read_only),
         );
+    }
+
+    /// No ioctl is supported: ENOTTY, as for a file that is not a
+    /// terminal, without fuser's warning (programs probe with ioctls at
+    /// every open).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
     }
 
     fn read(
@@ -670,6 +703,7 @@ impl fuser::Filesystem for WormholeFs {
                     // The kernel asks only when its cache says the name is
                     // free, which another client may have changed since.
                     exclusive: flags & rustix::fs::OFlags::EXCL.bits() as i32 != 0,
+                    truncate: flags & rustix::fs::OFlags::TRUNC.bits() as i32 != 0,
                 },
                 KernelReply::Create(reply),
             ),

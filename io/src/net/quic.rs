@@ -34,10 +34,28 @@ const MTU_UPPER_BOUND: u16 = 4000;
 /// Endpoint settings: accept datagrams as large as MTU discovery may
 /// find.
 pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
-    let mut c = quinn::EndpointConfig::default();
+    with_large_datagrams(quinn::EndpointConfig::default())
+}
+
+fn with_large_datagrams(mut c: quinn::EndpointConfig) -> quinn::EndpointConfig {
     c.max_udp_payload_size(MTU_UPPER_BOUND)
         .expect("within QUIC's bounds");
     c
+}
+
+/// A host's endpoint settings: as [`endpoint_config`], with the key of
+/// its stateless resets derived from its identity. So a host restarted
+/// on its address answers a client of the run before with a reset the
+/// client accepts (a reset is authenticated by a token of that key), and
+/// the client reconnects at its next packet instead of waiting out its
+/// idle timeout.
+pub(crate) fn host_endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let secret = blake3::derive_key(
+        "wormhole 2026-12 host stateless reset key",
+        identity.key_der(),
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    with_large_datagrams(quinn::EndpointConfig::new(Arc::new(key)))
 }
 
 /// Socket buffer, each way, for an endpoint carrying file traffic.

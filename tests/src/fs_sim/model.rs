@@ -261,35 +261,8 @@ fn uncovered(start: usize, end: usize, covered: &[(usize, usize)]) -> Vec<(usize
 
 /// Writes a file into a disk directly (initial content).
 fn seed_file(disk: &mut MemFs, path: &RelPath, data: &[u8]) {
-    use wormhole_core::proto::TxnId;
-    let ok = disk
-        .execute(FsOp::Create {
-            path: path.clone(),
-            mode: 0o644,
-            exclusive: true,
-        })
-        .is_ok()
-        && disk
-            .execute(FsOp::StageBegin {
-                txn: TxnId(0),
-                path: path.clone(),
-            })
-            .is_ok()
-        && disk
-            .execute(FsOp::StageWrite {
-                txn: TxnId(0),
-                offset: 0,
-                data: bytes::Bytes::copy_from_slice(data),
-            })
-            .is_ok()
-        && disk
-            .execute(FsOp::StageCommit {
-                txn: TxnId(0),
-                path: path.clone(),
-                size: data.len() as u64,
-            })
-            .is_ok();
-    assert!(ok, "seeding {path:?}");
+    let seeded = disk.local_replace(path, data);
+    assert!(seeded.is_ok(), "seeding {path:?}: {seeded:?}");
 }
 
 /// Every entry beneath `dir` on the disk, depth first.
@@ -499,7 +472,7 @@ impl Sim {
             || self
                 .pending
                 .iter()
-                .any(|((pc, _), p)| *pc == c && matches!(p.op, Op::Open { ino: i } if i == ino))
+                .any(|((pc, _), p)| *pc == c && matches!(p.op, Op::Open { ino: i, .. } if i == ino))
     }
 
     // ------------------------------------------------------------- inputs
@@ -511,7 +484,7 @@ impl Sim {
         let commits = self.files.commits.len();
         let k = &mut self.kernels[c];
         let ctx = match &op {
-            Op::Open { ino } => {
+            Op::Open { ino, .. } => {
                 let file = k.identity.get(ino).copied();
                 let min_index = file
                     .and_then(|f| self.files.acked.get(&f).copied())
@@ -934,7 +907,7 @@ impl Sim {
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
-                let Op::Open { ino } = p.op else {
+                let Op::Open { ino, .. } = p.op else {
                     unreachable!("shape checked")
                 };
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;

@@ -110,12 +110,13 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         name: n,
                         mode: 0o644,
                         exclusive: rng.below(4) == 0,
+                        truncate: false,
                     },
                 )?;
             }
             220..310 => {
                 if let Some(ino) = pick(rng, &files).filter(|&i| !sim.busy(c, i)) {
-                    sim.op(c, Op::Open { ino })?;
+                    sim.op(c, Op::open(ino))?;
                 }
             }
             310..460 => {

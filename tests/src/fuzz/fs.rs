@@ -324,7 +324,7 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             ino,
             offset: n64 % 8,
         },
-        4 => Op::Open { ino },
+        4 => Op::open(ino),
         5 => Op::Read {
             fh,
             offset: n64,
@@ -343,6 +343,7 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             name,
             mode: 0o644,
             exclusive: n.is_multiple_of(2),
+            truncate: false,
         },
         11 => Op::Mkdir {
             parent: Ino::ROOT,

@@ -10,7 +10,7 @@ mod requests;
 mod results;
 mod time;
 
-use super::fsop::{FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
+use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
 use super::nodes::NodeTable;
 use crate::codec::CodecError;
 use crate::conn::auth::{self, TicketSecret};
@@ -18,7 +18,7 @@ use crate::lock::{Acquired, LockConfig, LockOutput, LockRequest, LockTable, scop
 use crate::proto::{
     Attr, CHUNK_SIZE, ClientMessage, DirEntry, Errno, FileKey, FileKind, FileRef, HandleId,
     HostMessage, Invalidation, Limits, LockScope, LockToken, MAX_DIR_PAGE, MAX_SYMLINK_LEN,
-    MAX_WRITE_PIECE, Name, NodeId, Reply, Request, RequestId, SessionId, TxnId,
+    MAX_WRITE_PIECE, Name, NodeId, OpenFor, Reply, Request, RequestId, SessionId, TxnId,
 };
 use crate::{Instant, Rng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -196,6 +196,9 @@ struct Txn {
     /// StageWrites in flight: a commit waits for none.
     writes: usize,
     last_activity: Instant,
+    /// The content staged from, once StageBegin has answered: the commit
+    /// replaces only that.
+    base: Option<FileStamp>,
 }
 
 /// What an operation in flight is for.
@@ -254,6 +257,8 @@ enum ReplyAs {
     Statfs,
     StageBegin {
         txn: TxnId,
+        /// The version the client's writes build on, if they do.
+        expect: Option<u64>,
     },
     StageWrite {
         txn: TxnId,

@@ -90,7 +90,10 @@ impl HostServer {
                     },
                 );
             }
-            Request::Open { node } => {
+            Request::Open { node, mode } => {
+                if mode != OpenFor::Read {
+                    self.writable()?;
+                }
                 let path = self.path_of(node)?;
                 let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
                 if s.handles.len() >= self.cfg.max_handles_per_session {
@@ -103,6 +106,7 @@ impl HostServer {
                     answer(ReplyAs::Open { node, handle, fs }),
                     FsOp::Open {
                         path,
+                        mode,
                         handle: fs,
                         inline_max: CHUNK_SIZE as u32,
                     },
@@ -243,7 +247,7 @@ impl HostServer {
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_locks();
             }
-            Request::BeginWrite { node, token } => {
+            Request::BeginWrite { node, token, base } => {
                 self.writable()?;
                 if self.nodes.kind(node) != Some(FileKind::File) {
                     return Err(if self.nodes.kind(node).is_none() {
@@ -270,13 +274,14 @@ impl HostServer {
                         phase: TxnPhase::Staging,
                         writes: 0,
                         last_activity: now,
+                        base: None,
                     },
                 );
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.txns.insert(txn);
                 }
                 self.fs(
-                    answer(ReplyAs::StageBegin { txn }),
+                    answer(ReplyAs::StageBegin { txn, expect: base }),
                     FsOp::StageBegin { txn, path },
                 );
             }
@@ -346,6 +351,7 @@ impl HostServer {
                 // may have renamed it since (its lock does not stop its own
                 // renames), and committing to the old path would replace
                 // whatever file is there now.
+                let base = t.base.ok_or(Errno::Inval)?;
                 let path = self.path_of(t.node)?;
                 if let Some(t) = self.txns.get_mut(&txn) {
                     t.phase = TxnPhase::Committing;
@@ -353,7 +359,12 @@ impl HostServer {
                 }
                 self.fs(
                     answer(ReplyAs::Commit { txn }),
-                    FsOp::StageCommit { txn, path, size },
+                    FsOp::StageCommit {
+                        txn,
+                        path,
+                        size,
+                        base,
+                    },
                 );
             }
             Request::AbortWrite { txn } => {

@@ -117,18 +117,28 @@ impl HostServer {
             }
             (ReplyAs::Readlink, Ok(FsOk::Link(target))) => Ok(Reply::Link(target)),
             (ReplyAs::Statfs, Ok(FsOk::StatFs(s))) => Ok(Reply::StatFs(s)),
-            (ReplyAs::StageBegin { txn }, Ok(_)) => match self.txns.get_mut(&txn) {
-                Some(t) => {
-                    t.phase = TxnPhase::Open;
-                    t.last_activity = now;
-                    Ok(Reply::WriteBegun { txn })
+            (ReplyAs::StageBegin { txn, expect }, Ok(FsOk::Attr(a))) => {
+                // The writes were made to the version the client holds;
+                // staged from any other, they would make a version that
+                // never was (a local save or another client's commit came
+                // in between): refused, the file keeps what it holds.
+                let moved = expect.is_some_and(|v| v != to_attr(NodeId::ROOT, &a).version);
+                match self.txns.get_mut(&txn) {
+                    Some(t) if !moved => {
+                        t.phase = TxnPhase::Open;
+                        t.last_activity = now;
+                        t.base = Some(FileStamp::from(&a));
+                        Ok(Reply::WriteBegun { txn })
+                    }
+                    _ => {
+                        // Changed, or dropped meanwhile (lock expired,
+                        // session ended).
+                        self.drop_txn(txn);
+                        self.fs(Purpose::Housekeeping, FsOp::StageAbort { txn });
+                        Err(Errno::Stale)
+                    }
                 }
-                None => {
-                    // Dropped meanwhile (lock expired, session ended).
-                    self.fs(Purpose::Housekeeping, FsOp::StageAbort { txn });
-                    Err(Errno::Stale)
-                }
-            },
+            }
             (ReplyAs::StageWrite { txn }, Ok(_)) => {
                 if let Some(t) = self.txns.get_mut(&txn) {
                     t.writes = t.writes.saturating_sub(1);
@@ -159,7 +169,7 @@ impl HostServer {
             (ReplyAs::Abort, Ok(_)) => Ok(Reply::Done),
             (then, Err(e)) => {
                 match then {
-                    ReplyAs::StageBegin { txn } | ReplyAs::Commit { txn } => {
+                    ReplyAs::StageBegin { txn, .. } | ReplyAs::Commit { txn } => {
                         self.drop_txn(txn);
                         self.fs(Purpose::Housekeeping, FsOp::StageAbort { txn });
                     }

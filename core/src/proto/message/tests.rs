@@ -62,7 +62,10 @@ fn every_request() -> Vec<Request> {
             dir: NodeId::ROOT,
             cookie: 512,
         },
-        Request::Open { node: NodeId(5) },
+        Request::Open {
+            node: NodeId(5),
+            mode: OpenFor::Append,
+        },
         Request::Close {
             handle: HandleId(8),
         },
@@ -128,6 +131,7 @@ fn every_request() -> Vec<Request> {
         Request::BeginWrite {
             node: NodeId(5),
             token,
+            base: Some(0x1234_5678_9abc_def0),
         },
         Request::WriteChunk {
             txn: TxnId(3),

@@ -92,6 +92,11 @@ pub struct HostFsConfig {
     pub max_handles: usize,
     /// Staging files at once (EAGAIN beyond): each holds a descriptor.
     pub max_staged: usize,
+    /// No other host serves this folder (the caller holds its
+    /// [`ShareLock`](crate::host::ShareLock)): staging files of other runs
+    /// are a crash's leftovers and go as soon as a listing meets them.
+    /// Otherwise they go only once [`LEFTOVER_AGE`] old.
+    pub sole_host: bool,
 }
 
 impl Default for HostFsConfig {
@@ -100,6 +105,7 @@ impl Default for HostFsConfig {
             max_file: 1 << 44,
             max_handles: 4096,
             max_staged: 1024,
+            sole_host: false,
         }
     }
 }
@@ -179,9 +185,10 @@ impl HostFs {
             }
             FsOp::Open {
                 ref path,
+                mode,
                 handle,
                 inline_max,
-            } => self.open_handle(path, handle, inline_max, Reading::CachedOnly),
+            } => self.open_handle(path, mode, handle, inline_max, Reading::CachedOnly),
             FsOp::Read {
                 from: ReadFrom::Handle(h),
                 offset,
@@ -201,9 +208,10 @@ impl HostFs {
             FsOp::List { path, cookie, max } => self.list(&path, cookie, max),
             FsOp::Open {
                 path,
+                mode,
                 handle,
                 inline_max,
-            } => waited(self.open_handle(&path, handle, inline_max, Reading::Wait)),
+            } => waited(self.open_handle(&path, mode, handle, inline_max, Reading::Wait)),
             FsOp::Close { handle } => {
                 lock(&self.handles).remove(&handle).ok_or(Errno::BadF)?;
                 Ok(FsOk::Done)
@@ -263,7 +271,12 @@ impl HostFs {
                 self.staging(txn)?.truncate(size).map_err(io)?;
                 Ok(FsOk::Done)
             }
-            FsOp::StageCommit { txn, path, size } => self.stage_commit(txn, &path, size),
+            FsOp::StageCommit {
+                txn,
+                path,
+                size,
+                base,
+            } => self.stage_commit(txn, &path, size, base),
             FsOp::StageAbort { txn } => {
                 // Dropping the last reference unlinks the staging file.
                 lock(&self.staged).remove(&txn);

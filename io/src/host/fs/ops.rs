@@ -8,7 +8,7 @@ use rustix::io::Errno as SysErrno;
 use std::fs::File;
 use std::sync::Arc;
 use wormhole_core::host::{FsHandle, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, RelPath};
-use wormhole_core::proto::{Errno, FileKind, Name, SetAttr};
+use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr};
 
 use super::staging::purge_staging;
 use super::{HostFs, attr, fd_attr, kind_of, lock, os, same_file, sys, timespec};
@@ -85,14 +85,27 @@ impl HostFs {
     }
 
     /// Opens `path` as `handle`; `Ok(None)` if its inline bytes would
-    /// wait for the disk and `reading` says they may not.
+    /// wait for the disk and `reading` says they may not. An open `for`
+    /// writing is refused now with what an open for writing would answer
+    /// (EACCES, EPERM of an immutable file, ETXTBSY…), not at the commit.
     pub(super) fn open_handle(
         &self,
         path: &RelPath,
+        mode: OpenFor,
         handle: FsHandle,
         inline_max: u32,
         reading: Reading,
     ) -> Result<Option<FsOk>, Errno> {
+        let write = match mode {
+            OpenFor::Read => None,
+            OpenFor::Write => Some(OFlags::WRONLY),
+            OpenFor::Append => Some(OFlags::WRONLY | OFlags::APPEND),
+        };
+        if let Some(flags) = write {
+            // Opened only to ask; closed at once. Writes go to a staging
+            // copy, never through a descriptor of the file itself.
+            drop(self.open_beneath(path, flags | OFlags::NONBLOCK | OFlags::NOCTTY)?);
+        }
         let (file, st) = self.open_file(path)?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
         // A small file's bytes come with its open, read through the same

@@ -10,10 +10,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-use wormhole_core::host::{FsOk, FsResult, RESERVED_PREFIX, RelPath};
+use wormhole_core::host::{FileStamp, FsOk, FsResult, RESERVED_PREFIX, RelPath};
 use wormhole_core::proto::{Errno, FileKind, TxnId};
 
-use super::{HostFs, fd_attr, io, kind_of, lock, os, same_file, sys};
+use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, same_file, sys};
 
 /// A staged new version of a file: a hidden file beside it.
 pub(super) struct Staged {
@@ -193,10 +193,19 @@ impl HostFs {
             return Err(Errno::Again);
         }
         map.insert(txn, staged);
-        Ok(FsOk::Done)
+        // What the transaction builds on: the core compares it with the
+        // version the client wrote to, and the commit with what is there
+        // then.
+        attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
 
-    pub(super) fn stage_commit(&self, txn: TxnId, path: &RelPath, size: u64) -> FsResult {
+    pub(super) fn stage_commit(
+        &self,
+        txn: TxnId,
+        path: &RelPath,
+        size: u64,
+        base: FileStamp,
+    ) -> FsResult {
         if size > self.cfg.max_file {
             return Err(Errno::FBig);
         }
@@ -217,6 +226,17 @@ impl HostFs {
         // Content and size on disk before the name points at them: after a
         // crash the name shows the old file or the complete new one.
         staged.file.sync_all().map_err(io)?;
+        // Only over the content it was staged from, checked as late as
+        // can be: a local program that saved the file meanwhile (a new
+        // identity) or changed it in place (a new size or mtime) keeps
+        // its version, and the writer learns ESTALE. (A change inside the
+        // microseconds between this check and the rename, or one that
+        // keeps size and mtime, is not seen: no system call compares and
+        // renames at once.)
+        let now = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        if attr(&now).map(|a| FileStamp::from(&a)) != Some(base) {
+            return Err(Errno::Stale);
+        }
         rfs::renameat(&staged.dir, os(&staged.name), &dir, n).map_err(sys)?;
         staged
             .committed
@@ -231,8 +251,10 @@ impl HostFs {
 }
 
 /// How old a staging file of another run must be before a listing that
-/// meets it removes it: a host that crashed left it, but another host
-/// serving the same folder right now may still be writing one.
+/// meets it removes it, unless this host is known to be the folder's only
+/// one ([`HostFsConfig::sole_host`](super::HostFsConfig::sole_host)): a
+/// host that crashed left it, but another host serving the same folder
+/// right now may still be writing one.
 pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl HostFs {
@@ -245,10 +267,10 @@ impl HostFs {
     }
 
     /// A staging file met while listing: if an earlier run left it (a
-    /// crash between staging and commit) and it has not been touched for
-    /// [`LEFTOVER_AGE`], it is garbage and goes, so crashes do not fill
-    /// the disk. The first scan lists every directory, so a restart
-    /// sweeps the whole share.
+    /// crash between staging and commit), it is garbage and goes, so
+    /// crashes do not fill the disk; at once for the folder's only host,
+    /// else once untouched for [`LEFTOVER_AGE`]. The first scan lists
+    /// every directory, so a restart sweeps the whole share.
     pub(super) fn sweep_leftover(&self, dir: &OwnedFd, name: &std::ffi::CStr) {
         if name.to_bytes().starts_with(&self.staging_prefix) {
             return;
@@ -260,7 +282,8 @@ impl HostFs {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let age = now.saturating_sub(u64::try_from(st.st_mtime).unwrap_or(0));
-        if kind_of(&st) == Some(FileKind::File) && age >= LEFTOVER_AGE.as_secs() {
+        let old = self.cfg.sole_host || age >= LEFTOVER_AGE.as_secs();
+        if kind_of(&st) == Some(FileKind::File) && old {
             match rfs::unlinkat(dir, name, AtFlags::empty()) {
                 Ok(()) => {
                     tracing::info!(name = ?name, "removed a staging file left by an earlier run")
