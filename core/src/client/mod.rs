@@ -27,6 +27,8 @@ mod ahead;
 mod api;
 mod dispatch;
 #[cfg(test)]
+mod integrity;
+#[cfg(test)]
 mod regressions;
 mod reply;
 #[cfg(test)]
