@@ -70,6 +70,14 @@ pub struct FsRecord {
     pub ancestors: Vec<NodeId>,
     /// For a commit: the identity of the file it replaced.
     pub replaced: Option<FileKey>,
+    /// For a commit: the content of the file it replaced, right before.
+    pub replaced_content: Option<Vec<u8>>,
+    /// For a successful StageBegin: the identity and content of the file
+    /// the transaction is staged from.
+    pub staged_from: Option<(FileKey, Vec<u8>)>,
+    /// For a staging operation: the client whose session owns the
+    /// transaction.
+    pub writer: Option<usize>,
     /// For a successful commit: the file's content right after it.
     pub committed: Option<Vec<u8>>,
     /// What the disk answered.
@@ -114,6 +122,8 @@ pub struct World {
     /// Executed file operations, oldest first, while [`Self::record_fs`];
     /// the reader drains it.
     pub fs_log: Vec<FsRecord>,
+    /// Which client each host session belongs to.
+    sessions: BTreeMap<SessionId, usize>,
     /// Record every file attribute the host's messages bring to a client
     /// in [`Self::attr_log`] (off by default).
     pub record_attrs: bool,
@@ -166,6 +176,7 @@ impl World {
             host_runs: 1,
             record_fs: false,
             fs_log: Vec::new(),
+            sessions: BTreeMap::new(),
             record_attrs: false,
             attr_log: Vec::new(),
         };
@@ -353,6 +364,8 @@ impl World {
                     now: self.now,
                     disk: &mut self.disk,
                     log: self.record_fs.then_some(&mut self.fs_log),
+                    conns: &self.conns,
+                    sessions: &mut self.sessions,
                     wire: Vec::new(),
                 };
                 moved |= self.host.pump(self.now, &mut io) > 0;
@@ -541,6 +554,8 @@ struct SimHostIo<'w> {
     now: Instant,
     disk: &'w mut MemFs,
     log: Option<&'w mut Vec<FsRecord>>,
+    conns: &'w BTreeMap<ConnId, usize>,
+    sessions: &'w mut BTreeMap<SessionId, usize>,
     /// Messages to send (`Some`) and connections to close (`None`).
     wire: Vec<(ConnId, Option<HostMessage>)>,
 }
@@ -550,7 +565,7 @@ impl HostIo for SimHostIo<'_> {
         Some(match self.log.as_deref_mut() {
             None => self.disk.execute(fs),
             Some(log) => {
-                let record = execute_recorded(host, self.disk, self.now, fs);
+                let record = execute_recorded(host, self.disk, self.sessions, self.now, fs);
                 let result = record.result.clone();
                 log.push(record);
                 result
@@ -566,12 +581,24 @@ impl HostIo for SimHostIo<'_> {
         self.wire.push((conn, None));
     }
 
-    fn event(&mut self, _: HostEvent) {}
+    fn event(&mut self, event: HostEvent) {
+        if let HostEvent::Authenticated { conn, session, .. } = event
+            && let Some(&c) = self.conns.get(&conn)
+        {
+            self.sessions.insert(session, c);
+        }
+    }
 }
 
 /// Executes `fs` on the disk and records it with what the host knew of
 /// its transaction at this moment.
-fn execute_recorded(host: &HostServer, disk: &mut MemFs, now: Instant, fs: FsOp) -> FsRecord {
+fn execute_recorded(
+    host: &HostServer,
+    disk: &mut MemFs,
+    sessions: &BTreeMap<SessionId, usize>,
+    now: Instant,
+    fs: FsOp,
+) -> FsRecord {
     let txn_id = match &fs {
         FsOp::StageBegin { txn, .. }
         | FsOp::StageWrite { txn, .. }
@@ -597,7 +624,22 @@ fn execute_recorded(host: &HostServer, disk: &mut MemFs, now: Instant, fs: FsOp)
             _ => None,
         }
     });
+    let replaced_content = commit_path
+        .as_ref()
+        .and_then(|path| disk.read_file(path).map(<[u8]>::to_vec));
+    let begin_path = match &fs {
+        FsOp::StageBegin { path, .. } => Some(path.clone()),
+        _ => None,
+    };
+    let begin_content = begin_path
+        .as_ref()
+        .and_then(|path| disk.read_file(path).map(<[u8]>::to_vec));
+    let writer = txn.and_then(|(session, _, _)| sessions.get(&session).copied());
     let result = disk.execute(fs.clone());
+    let staged_from = match (&result, begin_content) {
+        (Ok(FsOk::Attr(a)), Some(content)) if begin_path.is_some() => Some((a.key, content)),
+        _ => None,
+    };
     let committed = match (&commit_path, &result) {
         (Some(path), Ok(_)) => disk.read_file(path).map(<[u8]>::to_vec),
         _ => None,
@@ -609,6 +651,9 @@ fn execute_recorded(host: &HostServer, disk: &mut MemFs, now: Instant, fs: FsOp)
         lock,
         ancestors,
         replaced,
+        replaced_content,
+        staged_from,
+        writer,
         committed,
         result,
     }

@@ -154,6 +154,17 @@ impl NodeTable {
         }
     }
 
+    /// The identity a node stands for.
+    pub fn key(&self, node: NodeId) -> Option<FileKey> {
+        self.nodes.get(&node).map(|n| n.key)
+    }
+
+    /// The node is gone (its path holds another file now): forget it and
+    /// everything beneath it. Returns the forgotten ids.
+    pub fn forget_node(&mut self, node: NodeId) -> Vec<NodeId> {
+        self.forget(node)
+    }
+
     /// `parent/name` is gone: forget it and everything beneath it. Returns
     /// the forgotten ids (so clients can be told).
     pub fn remove(&mut self, parent: NodeId, name: &Name) -> Vec<NodeId> {

@@ -273,16 +273,22 @@ impl WriteTxn {
         if let Some(e) = self.ended() {
             return Err(WriteError::Ended(e));
         }
-        if size == 0 && self.pending.is_empty() && self.sent.is_empty() && self.txn.is_none() {
+        let from_empty =
+            size == 0 && self.pending.is_empty() && self.sent.is_empty() && self.txn.is_none();
+        if from_empty {
             // Nothing written yet and nothing kept: what the file holds
-            // does not matter to the result (`O_TRUNC`).
+            // does not matter to the result (`O_TRUNC`), whatever version
+            // it is by the time the transaction begins.
             self.base = None;
         }
         self.pending.truncate(size);
         self.sent.truncate(size);
-        // Extending needs no barrier: the commit's size zero-fills. Cutting
-        // does: bytes beyond must read as zeros if the file grows again.
-        if size < self.size {
+        // A barrier either way: cutting, so that bytes beyond read as zeros
+        // if the file grows again; extending, so that the staging copy
+        // holds every size change the commit's size stands for (the commit
+        // then only restates it, and the simulation can replay a
+        // transaction from its staging operations alone).
+        if size != self.size || from_empty {
             self.truncates.push_back(size);
         }
         self.size = size;

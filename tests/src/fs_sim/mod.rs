@@ -58,4 +58,4 @@
 mod model;
 pub mod workload;
 
-pub use model::{FsStats, Sim, Violation};
+pub use model::{FsStats, Local, Sim, Violation};

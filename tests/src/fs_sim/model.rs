@@ -62,6 +62,18 @@ pub struct FsStats {
     pub host_crashes: u64,
     /// Client crashes.
     pub client_crashes: u64,
+    /// Commits replayed from their staging operations and found whole.
+    pub commits_replayed: u64,
+    /// Flushes that reported a loss, whose epoch was checked for holes.
+    pub losses_checked: u64,
+    /// Changes made by local programs on the host.
+    pub local_changes: u64,
+    /// Times the host's disk filled up.
+    pub disk_full: u64,
+    /// Injected disk write failures.
+    pub disk_failures: u64,
+    /// Opens with `O_TRUNC`.
+    pub truncating_opens: u64,
     /// Runs whose liveness phase converged.
     pub converged: u64,
 }
@@ -75,6 +87,12 @@ impl FsStats {
             *self.errors.entry(k.clone()).or_default() += v;
         }
         self.commits += o.commits;
+        self.commits_replayed += o.commits_replayed;
+        self.losses_checked += o.losses_checked;
+        self.local_changes += o.local_changes;
+        self.disk_full += o.disk_full;
+        self.disk_failures += o.disk_failures;
+        self.truncating_opens += o.truncating_opens;
         self.fenced += o.fenced;
         self.acks_checked += o.acks_checked;
         self.reads_checked += o.reads_checked;
@@ -94,6 +112,8 @@ impl FsStats {
 struct WriteRec {
     /// Order of sending (writes through several handles interleave).
     seq: u64,
+    /// The handle it went through.
+    fh: Fh,
     offset: u64,
     data: Vec<u8>,
     after: usize,
@@ -198,8 +218,9 @@ struct Files {
     /// Per file: its contents in commit order (a created file starts
     /// empty).
     history: Vec<Vec<Vec<u8>>>,
-    /// Every commit, in disk order: (file, index in its history).
-    commits: Vec<(usize, usize)>,
+    /// Every commit, in disk order: (file, index in its history), and the
+    /// client whose transaction it was (`None`: a local program's change).
+    commits: Vec<(usize, usize, Option<usize>)>,
     /// Per file: the history index an acknowledged close requires.
     acked: BTreeMap<usize, usize>,
 }
@@ -217,6 +238,31 @@ impl Files {
     }
 }
 
+/// What a local program on the host does to the shared folder.
+#[derive(Clone, Debug)]
+pub enum Local {
+    /// Saves a file atomically (a new file renamed over it).
+    Replace(RelPath, Vec<u8>),
+    /// Appends in place.
+    Append(RelPath, Vec<u8>),
+    /// Truncates in place.
+    Truncate(RelPath, u64),
+    /// Deletes a file.
+    Delete(RelPath),
+    /// Renames.
+    Rename(RelPath, RelPath),
+}
+
+/// A transaction replayed from the disk's log: the content it was staged
+/// from, and that content with the transaction's staging operations
+/// applied, in the order the disk executed them.
+#[derive(Clone, Debug)]
+struct Replay {
+    base_key: FileKey,
+    base: Vec<u8>,
+    staged: Vec<u8>,
+}
+
 /// The world, the kernels' models and the checker.
 pub struct Sim {
     /// The simulated world.
@@ -232,6 +278,8 @@ pub struct Sim {
     delivered: BTreeMap<(usize, NodeId, u64), Instant>,
     /// The longest a client may serve attributes from its cache.
     attr_ttl: Duration,
+    /// Transactions staged on the disk, replayed.
+    replays: BTreeMap<wormhole_core::proto::TxnId, Replay>,
 }
 
 fn name(s: &str) -> Name {
@@ -391,6 +439,7 @@ impl Sim {
             seq: 0,
             delivered: BTreeMap::new(),
             attr_ttl,
+            replays: BTreeMap::new(),
         };
         // The root (and the scan's listing) came before recording started
         // for nothing: register what the log holds.
@@ -484,11 +533,21 @@ impl Sim {
         let commits = self.files.commits.len();
         let k = &mut self.kernels[c];
         let ctx = match &op {
-            Op::Open { ino, .. } => {
+            Op::Open { ino, truncate, .. } => {
                 let file = k.identity.get(ino).copied();
                 let min_index = file
                     .and_then(|f| self.files.acked.get(&f).copied())
                     .unwrap_or(0);
+                if *truncate {
+                    // O_TRUNC: a size change that lasts until the handle's
+                    // first flush commits it (the file stays dirty).
+                    self.stats.truncating_opens += 1;
+                    k.dirty.entry(*ino).or_default().0 = seq;
+                    k.issued.entry(file).or_default().push((seq, 0, usize::MAX));
+                    for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
+                        h.writes.clear();
+                    }
+                }
                 Ctx::Open { file, min_index }
             }
             Op::Write { fh, offset, data } => {
@@ -501,6 +560,7 @@ impl Sim {
                     fh: *fh,
                     rec: WriteRec {
                         seq,
+                        fh: *fh,
                         offset: *offset,
                         data: data.to_vec(),
                         after: commits,
@@ -640,7 +700,10 @@ impl Sim {
     pub fn crash_host(&mut self) -> Result<(), Violation> {
         self.stats.host_crashes += 1;
         self.note(|| "host crash".to_string());
+        self.check()?;
         self.w.crash_host();
+        // Staging dies with the host; the next run numbers its own.
+        self.replays.clear();
         self.check()?;
         self.check_disk()
     }
@@ -655,6 +718,76 @@ impl Sim {
     /// Whether the host process is running.
     pub fn host_up(&self) -> bool {
         self.w.host_up
+    }
+
+    /// A local program on the host changes its folder behind the clients'
+    /// backs (the host's watcher reports it, if the host runs). What it
+    /// makes is a version of its own: a new file for an atomic save, a
+    /// new content of the same file for an append or a truncate.
+    pub fn local(&mut self, change: Local) -> Result<(), Violation> {
+        // Everything the disk did before belongs before this change.
+        self.check()?;
+        self.stats.local_changes += 1;
+        self.note(|| format!("local: {change:?}"));
+        let disk = &mut self.w.disk;
+        let (done, touched) = match &change {
+            Local::Replace(p, data) => (disk.local_replace(p, data), vec![p.clone()]),
+            Local::Append(p, data) => (disk.local_append(p, data), vec![p.clone()]),
+            Local::Truncate(p, size) => (disk.local_truncate(p, *size), vec![p.clone()]),
+            Local::Delete(p) => (disk.local_delete(p), vec![p.clone()]),
+            Local::Rename(from, to) => (disk.local_rename(from, to), vec![from.clone(), to.clone()]),
+        };
+        if done.is_err() {
+            return Ok(());
+        }
+        if let Local::Replace(p, _) | Local::Append(p, _) | Local::Truncate(p, _) = &change
+            && let Ok(FsOk::Attr(a)) = self.w.disk.execute(FsOp::Stat { path: p.clone() })
+        {
+            let content = self.w.disk.read_file(p).unwrap_or_default().to_vec();
+            match self.files.by_key.get(&a.key).copied() {
+                Some(f) => {
+                    let h = &mut self.files.history[f];
+                    h.push(content);
+                    let idx = h.len() - 1;
+                    self.files.commits.push((f, idx, None));
+                }
+                None => {
+                    self.files.register(a.key, a.kind, Some(content));
+                }
+            }
+        }
+        if self.w.host_up {
+            let now = self.w.now;
+            for p in &touched {
+                self.w.host.local_change(now, p);
+            }
+            self.w.pump();
+        }
+        self.check()
+    }
+
+    /// The host's disk fills up: `room` more bytes of file data fit.
+    pub fn fill_disk(&mut self, room: u64) -> Result<(), Violation> {
+        self.stats.disk_full += 1;
+        let cap = self.w.disk.used() + room;
+        self.note(|| format!("disk full at {cap} bytes"));
+        self.w.disk.set_capacity(Some(cap));
+        self.check()
+    }
+
+    /// The host's disk has room again.
+    pub fn free_disk(&mut self) -> Result<(), Violation> {
+        self.note(|| "disk has room again".to_string());
+        self.w.disk.set_capacity(None);
+        self.check()
+    }
+
+    /// The host's disk fails its next `count` data writes with `errno`.
+    pub fn fail_disk(&mut self, errno: Errno, count: u32) -> Result<(), Violation> {
+        self.stats.disk_failures += 1;
+        self.note(|| format!("disk fails the next {count} writes with {errno:?}"));
+        self.w.disk.fail_next(errno, count);
+        self.check()
     }
 
     /// Client `c` crashes and is mounted again (a new kernel, a new
@@ -734,7 +867,73 @@ impl Sim {
         Ok(())
     }
 
+    /// Invariant 8, every version is whole: a transaction is replayed from
+    /// the staging operations the disk executed, starting from the
+    /// content it was staged from. Its commit must be exactly that replay
+    /// (no size the writer assumed from another version, no padding), and
+    /// must replace exactly the content it was staged from (never a file a
+    /// local program or another client put there since).
+    fn replay(&mut self, r: &FsRecord) -> Result<(), Violation> {
+        use wormhole_core::host::FsOp as F;
+        match (&r.op, &r.result) {
+            (F::StageBegin { txn, .. }, Ok(_)) => {
+                if let Some((key, content)) = &r.staged_from {
+                    let replay = Replay {
+                        base_key: *key,
+                        base: content.clone(),
+                        staged: content.clone(),
+                    };
+                    self.replays.insert(*txn, replay);
+                }
+            }
+            (F::StageWrite { txn, offset, data }, Ok(_)) => {
+                if let Some(x) = self.replays.get_mut(txn) {
+                    let (s, e) = (*offset as usize, *offset as usize + data.len());
+                    if x.staged.len() < e {
+                        x.staged.resize(e, 0);
+                    }
+                    x.staged[s..e].copy_from_slice(data);
+                }
+            }
+            (F::StageTruncate { txn, size }, Ok(_)) => {
+                if let Some(x) = self.replays.get_mut(txn) {
+                    x.staged.resize(*size as usize, 0);
+                }
+            }
+            (F::StageCommit { txn, size, .. }, Ok(_)) => {
+                let Some(x) = self.replays.remove(txn) else {
+                    return Err(self.violation(format!("{txn:?} committed but never staged")));
+                };
+                self.stats.commits_replayed += 1;
+                if r.replaced != Some(x.base_key) || r.replaced_content.as_deref() != Some(&x.base)
+                {
+                    return Err(self.violation(format!(
+                        "{txn:?} was staged from {:?} ({} bytes) but its commit replaced {:?} ({:?} bytes): another version was lost",
+                        x.base_key,
+                        x.base.len(),
+                        r.replaced,
+                        r.replaced_content.as_ref().map(Vec::len)
+                    )));
+                }
+                let committed = r.committed.as_deref().unwrap_or_default();
+                if committed.len() as u64 != *size || committed != x.staged {
+                    return Err(self.violation(format!(
+                        "{txn:?} committed {} bytes (size {size}) that are not its staged content ({} bytes): a version that never was",
+                        committed.len(),
+                        x.staged.len()
+                    )));
+                }
+            }
+            (F::StageBegin { txn, .. } | F::StageCommit { txn, .. } | F::StageAbort { txn }, _) => {
+                self.replays.remove(txn);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn learn_record(&mut self, r: FsRecord) -> Result<(), Violation> {
+        self.replay(&r)?;
         let fresh_content = matches!(r.op, FsOp::Create { .. }).then(Vec::new);
         match (&r.op, &r.result) {
             (FsOp::StageCommit { .. }, Ok(FsOk::Attr(a))) => {
@@ -751,7 +950,7 @@ impl Sim {
                 let h = &mut self.files.history[file];
                 h.push(content);
                 let idx = h.len() - 1;
-                self.files.commits.push((file, idx));
+                self.files.commits.push((file, idx, r.writer));
                 self.stats.commits += 1;
                 self.note(|| format!("disk: commit #{idx} of file {file}"));
             }
@@ -938,6 +1137,7 @@ impl Sim {
                     for h in k.handles.values_mut().filter(|h| h.ino == ino) {
                         h.writes.clear();
                     }
+                    self.check_no_hole(c, file, &writes)?;
                 } else if !writes.is_empty() {
                     self.check_durable(c, file, &writes)?;
                 }
@@ -1057,15 +1257,15 @@ impl Sim {
             }
             let found = self.files.commits[w.after.min(self.files.commits.len())..]
                 .iter()
-                .find(|&&(f, i)| {
+                .map(|&(f, i, _)| (f, i))
+                .find(|&(f, i)| {
                     file.is_none_or(|want| want == f) && {
                         let content = &self.files.history[f][i];
                         parts.iter().all(|&(s, e)| {
                             content.len() >= e && content[s..e] == w.data[s - start..e - start]
                         })
                     }
-                })
-                .copied();
+                });
             match found {
                 Some((_, i)) => need = need.max(i),
                 None => {
@@ -1080,6 +1280,74 @@ impl Sim {
         if let Some(f) = file {
             let a = self.files.acked.entry(f).or_default();
             *a = (*a).max(need);
+        }
+        Ok(())
+    }
+
+    /// Invariant 9, a loss leaves no hole: the writes a failed flush
+    /// reports as lost were made, in order, to one file by one writer, so
+    /// no commit of that writer may hold a later one of them without an
+    /// earlier one made through the same handle (a transaction that lost
+    /// writes, and a later one that committed over the hole: a file that
+    /// looks whole, mostly zeros). A handle opened after the loss starts
+    /// afresh on the intact file: its writes may commit without those.
+    fn check_no_hole(
+        &mut self,
+        c: usize,
+        file: Option<usize>,
+        writes: &[WriteRec],
+    ) -> Result<(), Violation> {
+        let (Some(file), Some(first)) = (file, writes.iter().map(|w| w.after).min()) else {
+            return Ok(());
+        };
+        self.stats.losses_checked += 1;
+        let issued = self.kernels[c]
+            .issued
+            .get(&Some(file))
+            .cloned()
+            .unwrap_or_default();
+        // The part of each write no later write or truncate replaced.
+        let parts: Vec<(u64, Vec<(usize, usize)>)> = writes
+            .iter()
+            .map(|w| {
+                let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());
+                let later: Vec<(usize, usize)> = issued
+                    .iter()
+                    .filter(|&&(seq, _, _)| seq > w.seq)
+                    .map(|&(_, s, e)| (s, e))
+                    .collect();
+                (w.seq, uncovered(start, end, &later))
+            })
+            .collect();
+        for &(f, i, writer) in self.files.commits.get(first..).unwrap_or_default() {
+            if f != file || writer != Some(c) {
+                continue;
+            }
+            let content = &self.files.history[f][i];
+            let holds = |k: usize| {
+                let w = &writes[k];
+                let start = w.offset as usize;
+                parts[k].1.iter().all(|&(s, e)| {
+                    content.len() >= e && content[s..e] == w.data[s - start..e - start]
+                })
+            };
+            let mut missing: BTreeMap<Fh, usize> = BTreeMap::new();
+            for k in 0..writes.len() {
+                if parts[k].1.is_empty() {
+                    continue;
+                }
+                let fh = writes[k].fh;
+                if holds(k) {
+                    if let Some(&m) = missing.get(&fh) {
+                        return Err(self.violation(format!(
+                            "client {c}: commit #{i} of file {f} holds the write at {} (seq {}) but not the earlier one at {} (seq {}) through {fh:?}, lost with it: a hole",
+                            writes[k].offset, writes[k].seq, writes[m].offset, writes[m].seq
+                        )));
+                    }
+                } else {
+                    missing.entry(fh).or_insert(k);
+                }
+            }
         }
         Ok(())
     }
@@ -1158,6 +1426,8 @@ impl Sim {
     pub fn converge(&mut self) -> Result<(), Violation> {
         self.note(|| "liveness phase".to_string());
         self.w.heal();
+        self.w.disk.set_capacity(None);
+        self.w.disk.fail_next(Errno::Io, 0);
         if !self.w.host_up {
             self.restart_host()?;
         }

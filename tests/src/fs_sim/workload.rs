@@ -3,12 +3,13 @@
 //! chosen as the run goes from what the kernels hold (their inodes and
 //! handles), then the liveness phase.
 
-use super::model::{FsStats, Sim, Violation};
+use super::model::{FsStats, Local, Sim, Violation};
 use crate::seeds::Simulation;
 use bytes::Bytes;
 use std::time::Duration;
 use wormhole_core::client::Op;
-use wormhole_core::proto::{CHUNK_SIZE, FileKind, Name, SetAttr};
+use wormhole_core::host::RelPath;
+use wormhole_core::proto::{CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr};
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
 
@@ -72,6 +73,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
     let actions = 80 + rng.below(121);
     let mut heal_at: Option<Instant> = None;
     let mut restart_at: Option<Instant> = None;
+    let mut room_at: Option<Instant> = None;
     let mut tag = 0u64;
     for _ in 0..actions {
         let now = sim.w.now;
@@ -82,6 +84,16 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
         if restart_at.is_some_and(|t| now >= t) {
             restart_at = None;
             sim.restart_host()?;
+        }
+        if room_at.is_some_and(|t| now >= t) {
+            room_at = None;
+            sim.free_disk()?;
+        }
+        // Now and then, something happens at the host itself: a local
+        // program edits the folder, or the disk fills up or fails.
+        if rng.below(100) < 5 {
+            tag += 1;
+            host_side(sim, rng, tag, &mut room_at)?;
         }
         let c = rng.below(sim.clients() as u64) as usize;
         let files = sim.referenced(c, FileKind::File);
@@ -116,7 +128,20 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
             }
             220..310 => {
                 if let Some(ino) = pick(rng, &files).filter(|&i| !sim.busy(c, i)) {
-                    sim.op(c, Op::open(ino))?;
+                    let mode = match rng.below(10) {
+                        0..6 => OpenFor::Read,
+                        6..9 => OpenFor::Write,
+                        _ => OpenFor::Append,
+                    };
+                    let truncate = mode != OpenFor::Read && rng.below(3) == 0;
+                    sim.op(
+                        c,
+                        Op::Open {
+                            ino,
+                            mode,
+                            truncate,
+                        },
+                    )?;
                 }
             }
             310..460 => {
@@ -281,6 +306,72 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
         sim.restart_host()?;
     }
     Ok(())
+}
+
+/// A path the workload's names make: a file at the top or in a directory.
+fn some_path(rng: &mut Rng) -> RelPath {
+    let file = name(rng, false);
+    if rng.below(3) == 0 {
+        RelPath::from(vec![name(rng, true), file])
+    } else {
+        RelPath::from(vec![file])
+    }
+}
+
+/// One thing that happens at the host behind the clients' backs: a local
+/// program's save, append, truncate, delete or rename, or a disk that
+/// fills up for a while or fails a few writes.
+fn host_side(
+    sim: &mut Sim,
+    rng: &mut Rng,
+    tag: u64,
+    room_at: &mut Option<Instant>,
+) -> Result<(), Violation> {
+    let data = |rng: &mut Rng| {
+        let len = 1 + rng.below(3000) as usize;
+        payload(tag.wrapping_mul(0xa076_1d64_78bd_642f) ^ sim_salt(rng), len).to_vec()
+    };
+    match rng.below(10) {
+        0..3 => {
+            let p = some_path(rng);
+            let d = data(rng);
+            sim.local(Local::Replace(p, d))
+        }
+        3..5 => {
+            let p = some_path(rng);
+            let d = data(rng);
+            sim.local(Local::Append(p, d))
+        }
+        5 => {
+            let p = some_path(rng);
+            let size = rng.below(4000);
+            sim.local(Local::Truncate(p, size))
+        }
+        6 => {
+            let p = some_path(rng);
+            sim.local(Local::Delete(p))
+        }
+        7 => {
+            let (from, to) = (some_path(rng), some_path(rng));
+            sim.local(Local::Rename(from, to))
+        }
+        8 => {
+            if room_at.is_none() {
+                let room = rng.below(400_000);
+                sim.fill_disk(room)?;
+                *room_at = Some(sim.w.now + Duration::from_secs(1 + rng.below(60)));
+            }
+            Ok(())
+        }
+        _ => {
+            let errno = if rng.below(2) == 0 {
+                Errno::Io
+            } else {
+                Errno::NoSpc
+            };
+            sim.fail_disk(errno, 1 + rng.below(3) as u32)
+        }
+    }
 }
 
 /// A little more entropy per payload, so two seeds never share bytes.

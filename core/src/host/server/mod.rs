@@ -238,7 +238,10 @@ enum ReplyAs {
     Close {
         handle: HandleId,
     },
-    Read,
+    /// By path (`node`) or through a handle (`None`).
+    Read {
+        node: Option<NodeId>,
+    },
     Created {
         parent: NodeId,
         name: Name,

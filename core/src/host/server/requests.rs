@@ -120,11 +120,13 @@ impl HostServer {
                 if len as usize > CHUNK_SIZE {
                     return Err(Errno::Inval);
                 }
-                let from = match file {
-                    FileRef::Node(node) => ReadFrom::Path(self.path_of(node)?),
-                    FileRef::Handle(handle) => ReadFrom::Handle(self.own_handle(session, handle)?),
+                let (from, node) = match file {
+                    FileRef::Node(node) => (ReadFrom::Path(self.path_of(node)?), Some(node)),
+                    FileRef::Handle(handle) => {
+                        (ReadFrom::Handle(self.own_handle(session, handle)?), None)
+                    }
                 };
-                self.fs(answer(ReplyAs::Read), FsOp::Read { from, offset, len });
+                self.fs(answer(ReplyAs::Read { node }), FsOp::Read { from, offset, len });
             }
             Request::Create {
                 parent,

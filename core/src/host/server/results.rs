@@ -30,6 +30,17 @@ impl HostServer {
         Ok(to_attr(id, attr))
     }
 
+    /// The node whose file a result describes, for results by path.
+    fn described(&self, then: &ReplyAs) -> Option<NodeId> {
+        match then {
+            ReplyAs::Stat { node }
+            | ReplyAs::Open { node, .. }
+            | ReplyAs::Read { node: Some(node) } => Some(*node),
+            ReplyAs::StageBegin { txn, .. } => self.txns.get(txn).map(|t| t.node),
+            _ => None,
+        }
+    }
+
     fn complete(
         &mut self,
         now: Instant,
@@ -37,6 +48,26 @@ impl HostServer {
         then: ReplyAs,
         result: FsResult,
     ) -> Result<Reply, Errno> {
+        let found = match &result {
+            Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a)) => Some(a.key),
+            _ => None,
+        };
+        if let (Some(node), Some(key)) = (self.described(&then), found)
+            && self.nodes.key(node).is_some_and(|k| k != key)
+        {
+            // Another file is at the node's path now: a local program
+            // saved one over it (or moved one there). The node's file is
+            // gone, as after an unlink: ESTALE, and the new file gets a
+            // node of its own at its next lookup, so a client never takes
+            // one file for the other (an inode that changes identity, a
+            // handle that reads another file's bytes, a rewrite that
+            // replaces a file it never opened).
+            self.nodes.forget_node(node);
+            if let (ReplyAs::Open { fs, .. }, Ok(FsOk::Opened(..))) = (&then, &result) {
+                self.fs(Purpose::Housekeeping, FsOp::Close { handle: *fs });
+            }
+            return self.complete(now, session, then, Err(Errno::Stale));
+        }
         match (then, result) {
             (ReplyAs::Lookup { parent, name }, Ok(FsOk::Attr(a))) => {
                 Ok(Reply::Attr(self.learn(parent, &name, &a)?))
@@ -81,7 +112,7 @@ impl HostServer {
                 }
                 Ok(Reply::Done)
             }
-            (ReplyAs::Read, Ok(FsOk::Data(data, attr))) => {
+            (ReplyAs::Read { .. }, Ok(FsOk::Data(data, attr))) => {
                 let version = to_attr(NodeId::ROOT, &attr).version;
                 Ok(Reply::Data { data, version })
             }
