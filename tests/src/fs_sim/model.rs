@@ -239,7 +239,7 @@ impl Files {
 }
 
 /// What a local program on the host does to the shared folder.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Local {
     /// Saves a file atomically (a new file renamed over it).
     Replace(RelPath, Vec<u8>),
@@ -251,6 +251,29 @@ pub enum Local {
     Delete(RelPath),
     /// Renames.
     Rename(RelPath, RelPath),
+}
+
+/// Writes a failed flush reported lost, kept to check every commit of
+/// their writer and file, then and later (invariant 9).
+#[derive(Clone, Debug)]
+struct Loss {
+    client: usize,
+    file: usize,
+    writes: Vec<WriteRec>,
+    /// Per write, the ranges no later write or truncate replaced.
+    parts: Vec<Vec<(usize, usize)>>,
+}
+
+impl fmt::Debug for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Local::Replace(p, d) => write!(f, "Replace({p:?}, {} bytes)", d.len()),
+            Local::Append(p, d) => write!(f, "Append({p:?}, {} bytes)", d.len()),
+            Local::Truncate(p, n) => write!(f, "Truncate({p:?}, {n})"),
+            Local::Delete(p) => write!(f, "Delete({p:?})"),
+            Local::Rename(a, b) => write!(f, "Rename({a:?}, {b:?})"),
+        }
+    }
 }
 
 /// A transaction replayed from the disk's log: the content it was staged
@@ -280,6 +303,12 @@ pub struct Sim {
     attr_ttl: Duration,
     /// Transactions staged on the disk, replayed.
     replays: BTreeMap<wormhole_core::proto::TxnId, Replay>,
+    /// Losses reported so far.
+    losses: Vec<Loss>,
+    /// Per (client, file): requests of its kernel that may commit (a
+    /// write, read, flush, fsync, close or attribute change), less the
+    /// commits made.
+    asked: BTreeMap<(usize, usize), u64>,
 }
 
 fn name(s: &str) -> Name {
@@ -440,6 +469,8 @@ impl Sim {
             delivered: BTreeMap::new(),
             attr_ttl,
             replays: BTreeMap::new(),
+            losses: Vec::new(),
+            asked: BTreeMap::new(),
         };
         // The root (and the scan's listing) came before recording started
         // for nothing: register what the log holds.
@@ -530,6 +561,20 @@ impl Sim {
     pub fn op(&mut self, c: usize, op: Op) -> Result<Req, Violation> {
         self.seq += 1;
         let seq = self.seq;
+        // Invariant 10's record: which files this request may commit.
+        let k = &self.kernels[c];
+        let may_commit = match &op {
+            Op::Write { fh, .. }
+            | Op::Read { fh, .. }
+            | Op::Flush { fh }
+            | Op::Fsync { fh }
+            | Op::Release { fh } => k.handles.get(fh).and_then(|h| h.file),
+            Op::SetAttr { ino, .. } => k.identity.get(ino).copied(),
+            _ => None,
+        };
+        if let Some(f) = may_commit {
+            *self.asked.entry((c, f)).or_default() += 1;
+        }
         let commits = self.files.commits.len();
         let k = &mut self.kernels[c];
         let ctx = match &op {
@@ -735,7 +780,9 @@ impl Sim {
             Local::Append(p, data) => (disk.local_append(p, data), vec![p.clone()]),
             Local::Truncate(p, size) => (disk.local_truncate(p, *size), vec![p.clone()]),
             Local::Delete(p) => (disk.local_delete(p), vec![p.clone()]),
-            Local::Rename(from, to) => (disk.local_rename(from, to), vec![from.clone(), to.clone()]),
+            Local::Rename(from, to) => {
+                (disk.local_rename(from, to), vec![from.clone(), to.clone()])
+            }
         };
         if done.is_err() {
             return Ok(());
@@ -953,6 +1000,28 @@ impl Sim {
                 self.files.commits.push((file, idx, r.writer));
                 self.stats.commits += 1;
                 self.note(|| format!("disk: commit #{idx} of file {file}"));
+                if let Some(c) = r.writer {
+                    // Invariant 10: a client commits a file only when its
+                    // kernel asked (a flush, a close, a write or read that
+                    // needs it, a size or attribute change): never at an
+                    // open, whose O_TRUNC must wait for the rewrite.
+                    let asked = self.asked.entry((c, file)).or_default();
+                    if *asked == 0 {
+                        return Err(self.violation(format!(
+                            "client {c} committed file {file} (#{idx}) though its kernel asked for nothing that commits since its last commit"
+                        )));
+                    }
+                    *asked -= 1;
+                    let losses: Vec<Loss> = self
+                        .losses
+                        .iter()
+                        .filter(|l| l.client == c && l.file == file)
+                        .cloned()
+                        .collect();
+                    for loss in &losses {
+                        self.check_loss(loss, file, idx)?;
+                    }
+                }
             }
             (_, Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a))) => {
                 self.files.register(a.key, a.kind, fresh_content);
@@ -1306,8 +1375,7 @@ impl Sim {
             .get(&Some(file))
             .cloned()
             .unwrap_or_default();
-        // The part of each write no later write or truncate replaced.
-        let parts: Vec<(u64, Vec<(usize, usize)>)> = writes
+        let parts = writes
             .iter()
             .map(|w| {
                 let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());
@@ -1316,37 +1384,60 @@ impl Sim {
                     .filter(|&&(seq, _, _)| seq > w.seq)
                     .map(|&(_, s, e)| (s, e))
                     .collect();
-                (w.seq, uncovered(start, end, &later))
+                uncovered(start, end, &later)
             })
             .collect();
-        for &(f, i, writer) in self.files.commits.get(first..).unwrap_or_default() {
-            if f != file || writer != Some(c) {
+        let loss = Loss {
+            client: c,
+            file,
+            writes: writes.to_vec(),
+            parts,
+        };
+        // The commits already made, and (see `learn_record`) every later
+        // one of this writer and file.
+        let past: Vec<usize> = self
+            .files
+            .commits
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&(f, _, writer)| f == file && writer == Some(c))
+            .map(|&(_, i, _)| i)
+            .collect();
+        for i in past {
+            self.check_loss(&loss, file, i)?;
+        }
+        self.losses.push(loss);
+        Ok(())
+    }
+
+    /// Whether commit `i` of `file` holds a later write of `loss` without
+    /// an earlier one made through the same handle.
+    fn check_loss(&self, loss: &Loss, file: usize, i: usize) -> Result<(), Violation> {
+        let content = &self.files.history[file][i];
+        let holds = |k: usize| {
+            let w = &loss.writes[k];
+            let start = w.offset as usize;
+            loss.parts[k]
+                .iter()
+                .all(|&(s, e)| content.len() >= e && content[s..e] == w.data[s - start..e - start])
+        };
+        let mut missing: BTreeMap<Fh, usize> = BTreeMap::new();
+        for k in 0..loss.writes.len() {
+            if loss.parts[k].is_empty() {
                 continue;
             }
-            let content = &self.files.history[f][i];
-            let holds = |k: usize| {
-                let w = &writes[k];
-                let start = w.offset as usize;
-                parts[k].1.iter().all(|&(s, e)| {
-                    content.len() >= e && content[s..e] == w.data[s - start..e - start]
-                })
-            };
-            let mut missing: BTreeMap<Fh, usize> = BTreeMap::new();
-            for k in 0..writes.len() {
-                if parts[k].1.is_empty() {
-                    continue;
+            let w = &loss.writes[k];
+            if holds(k) {
+                if let Some(&m) = missing.get(&w.fh) {
+                    let e = &loss.writes[m];
+                    return Err(self.violation(format!(
+                        "client {}: commit #{i} of file {file} holds the write at {} (seq {}) but not the earlier one at {} (seq {}) through {:?}, lost with it: a hole",
+                        loss.client, w.offset, w.seq, e.offset, e.seq, w.fh
+                    )));
                 }
-                let fh = writes[k].fh;
-                if holds(k) {
-                    if let Some(&m) = missing.get(&fh) {
-                        return Err(self.violation(format!(
-                            "client {c}: commit #{i} of file {f} holds the write at {} (seq {}) but not the earlier one at {} (seq {}) through {fh:?}, lost with it: a hole",
-                            writes[k].offset, writes[k].seq, writes[m].offset, writes[m].seq
-                        )));
-                    }
-                } else {
-                    missing.entry(fh).or_insert(k);
-                }
+            } else {
+                missing.entry(w.fh).or_insert(k);
             }
         }
         Ok(())

@@ -126,7 +126,10 @@ impl HostServer {
                         (ReadFrom::Handle(self.own_handle(session, handle)?), None)
                     }
                 };
-                self.fs(answer(ReplyAs::Read { node }), FsOp::Read { from, offset, len });
+                self.fs(
+                    answer(ReplyAs::Read { node }),
+                    FsOp::Read { from, offset, len },
+                );
             }
             Request::Create {
                 parent,
