@@ -430,6 +430,12 @@ impl Simulation for FsSim {
             ("long partitions", s.long_partitions),
             ("host crashes", s.host_crashes),
             ("client crashes", s.client_crashes),
+            ("commits replayed from their staging", s.commits_replayed),
+            ("reported losses checked for holes", s.losses_checked),
+            ("local programs' changes", s.local_changes),
+            ("full disks", s.disk_full),
+            ("failing disk writes", s.disk_failures),
+            ("opens with O_TRUNC", s.truncating_opens),
         ];
         for (what, n) in checks {
             assert!(n > 0, "the workload never produced {what}: {s:#?}");
