@@ -259,9 +259,9 @@ pub enum Local {
 struct Loss {
     client: usize,
     file: usize,
+    /// The file's last local change when the loss was reported.
+    local: u64,
     writes: Vec<WriteRec>,
-    /// Per write, the ranges no later write or truncate replaced.
-    parts: Vec<Vec<(usize, usize)>>,
 }
 
 impl fmt::Debug for Local {
@@ -305,6 +305,9 @@ pub struct Sim {
     replays: BTreeMap<wormhole_core::proto::TxnId, Replay>,
     /// Losses reported so far.
     losses: Vec<Loss>,
+    /// Per file: the request sequence at its last change by a local
+    /// program (which may cut or replace what clients wrote).
+    local_seq: BTreeMap<usize, u64>,
     /// Per (client, file): requests of its kernel that may commit (a
     /// write, read, flush, fsync, close or attribute change), less the
     /// commits made.
@@ -470,6 +473,7 @@ impl Sim {
             attr_ttl,
             replays: BTreeMap::new(),
             losses: Vec::new(),
+            local_seq: BTreeMap::new(),
             asked: BTreeMap::new(),
         };
         // The root (and the scan's listing) came before recording started
@@ -793,6 +797,7 @@ impl Sim {
             let content = self.w.disk.read_file(p).unwrap_or_default().to_vec();
             match self.files.by_key.get(&a.key).copied() {
                 Some(f) => {
+                    self.local_seq.insert(f, self.seq);
                     let h = &mut self.files.history[f];
                     h.push(content);
                     let idx = h.len() - 1;
@@ -1370,28 +1375,11 @@ impl Sim {
             return Ok(());
         };
         self.stats.losses_checked += 1;
-        let issued = self.kernels[c]
-            .issued
-            .get(&Some(file))
-            .cloned()
-            .unwrap_or_default();
-        let parts = writes
-            .iter()
-            .map(|w| {
-                let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());
-                let later: Vec<(usize, usize)> = issued
-                    .iter()
-                    .filter(|&&(seq, _, _)| seq > w.seq)
-                    .map(|&(_, s, e)| (s, e))
-                    .collect();
-                uncovered(start, end, &later)
-            })
-            .collect();
         let loss = Loss {
             client: c,
             file,
+            local: self.local_seq.get(&file).copied().unwrap_or(0),
             writes: writes.to_vec(),
-            parts,
         };
         // The commits already made, and (see `learn_record`) every later
         // one of this writer and file.
@@ -1412,32 +1400,46 @@ impl Sim {
     }
 
     /// Whether commit `i` of `file` holds a later write of `loss` without
-    /// an earlier one made through the same handle.
+    /// an earlier one made through the same handle. Only what no later
+    /// write or truncate of the writer replaced must be there; what a
+    /// local program changed since may be gone for good.
     fn check_loss(&self, loss: &Loss, file: usize, i: usize) -> Result<(), Violation> {
+        if self.local_seq.get(&file).is_some_and(|&l| l > loss.local) {
+            return Ok(());
+        }
+        let issued = self.kernels[loss.client]
+            .issued
+            .get(&Some(file))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let content = &self.files.history[file][i];
-        let holds = |k: usize| {
-            let w = &loss.writes[k];
-            let start = w.offset as usize;
-            loss.parts[k]
-                .iter()
-                .all(|&(s, e)| content.len() >= e && content[s..e] == w.data[s - start..e - start])
-        };
-        let mut missing: BTreeMap<Fh, usize> = BTreeMap::new();
-        for k in 0..loss.writes.len() {
-            if loss.parts[k].is_empty() {
+        let mut missing: BTreeMap<Fh, &WriteRec> = BTreeMap::new();
+        for w in &loss.writes {
+            if w.seq < loss.local {
                 continue;
             }
-            let w = &loss.writes[k];
-            if holds(k) {
-                if let Some(&m) = missing.get(&w.fh) {
-                    let e = &loss.writes[m];
+            let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());
+            let later: Vec<(usize, usize)> = issued
+                .iter()
+                .filter(|&&(seq, _, _)| seq > w.seq)
+                .map(|&(_, s, e)| (s, e))
+                .collect();
+            let parts = uncovered(start, end, &later);
+            if parts.is_empty() {
+                continue;
+            }
+            let holds = parts
+                .iter()
+                .all(|&(s, e)| content.len() >= e && content[s..e] == w.data[s - start..e - start]);
+            if holds {
+                if let Some(e) = missing.get(&w.fh) {
                     return Err(self.violation(format!(
                         "client {}: commit #{i} of file {file} holds the write at {} (seq {}) but not the earlier one at {} (seq {}) through {:?}, lost with it: a hole",
                         loss.client, w.offset, w.seq, e.offset, e.seq, w.fh
                     )));
                 }
             } else {
-                missing.entry(w.fh).or_insert(k);
+                missing.entry(w.fh).or_insert(w);
             }
         }
         Ok(())
