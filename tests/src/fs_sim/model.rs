@@ -146,6 +146,10 @@ struct Kernel {
     /// Per inode: sequence of the last write or truncate sent, and of the
     /// last flush-like request answered that was sent after it.
     dirty: BTreeMap<Ino, (u64, u64)>,
+    /// The same per file: an inode may be forgotten with a size change
+    /// still pending, and the file looked up again under a new one (or
+    /// the old number given to another file).
+    dirty_files: BTreeMap<usize, (u64, u64)>,
     /// Answers taken from the world (to compare with its reply count).
     answered: u64,
     /// Every write sent, per inode: (sequence, start, end).
@@ -160,8 +164,34 @@ impl Kernel {
             || self.open.get(&ino).is_some_and(|&n| n > 0)
     }
 
+    /// Nothing written through `ino`, nor to its file through another
+    /// inode, waits for a flush.
     fn clean(&self, ino: Ino) -> bool {
-        self.dirty.get(&ino).is_none_or(|&(w, f)| f > w)
+        let done = |d: Option<&(u64, u64)>| d.is_none_or(|&(w, f)| f > w);
+        done(self.dirty.get(&ino))
+            && self
+                .identity
+                .get(&ino)
+                .is_none_or(|file| done(self.dirty_files.get(file)))
+    }
+
+    /// A write or size change of `ino` (file `file`) sent as `seq`.
+    fn dirtied(&mut self, ino: Ino, file: Option<usize>, seq: u64) {
+        self.dirty.entry(ino).or_default().0 = seq;
+        if let Some(f) = file {
+            self.dirty_files.entry(f).or_default().0 = seq;
+        }
+    }
+
+    /// A flush-like request sent as `seq` has made what came before it
+    /// durable (or reported it lost).
+    fn cleaned(&mut self, ino: Ino, file: Option<usize>, seq: u64) {
+        let d = self.dirty.entry(ino).or_default();
+        d.1 = d.1.max(seq);
+        if let Some(f) = file {
+            let d = self.dirty_files.entry(f).or_default();
+            d.1 = d.1.max(seq);
+        }
     }
 }
 
@@ -194,6 +224,7 @@ enum Ctx {
     /// A size change.
     Truncate {
         ino: Ino,
+        file: Option<usize>,
         seq: u64,
     },
     /// A whole-file read, checkable if nothing local was dirty.
@@ -591,7 +622,7 @@ impl Sim {
                     // O_TRUNC: a size change that lasts until the handle's
                     // first flush commits it (the file stays dirty).
                     self.stats.truncating_opens += 1;
-                    k.dirty.entry(*ino).or_default().0 = seq;
+                    k.dirtied(*ino, file, seq);
                     k.issued.entry(file).or_default().push((seq, 0, usize::MAX));
                     for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
                         h.writes.clear();
@@ -600,10 +631,10 @@ impl Sim {
                 Ctx::Open { file, min_index }
             }
             Op::Write { fh, offset, data } => {
-                if let Some(h) = k.handles.get(fh) {
-                    k.dirty.entry(h.ino).or_default().0 = seq;
+                if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
+                    k.dirtied(ino, file, seq);
                     let (s, e) = (*offset as usize, *offset as usize + data.len());
-                    k.issued.entry(h.file).or_default().push((seq, s, e));
+                    k.issued.entry(file).or_default().push((seq, s, e));
                 }
                 Ctx::Write {
                     fh: *fh,
@@ -660,11 +691,11 @@ impl Sim {
                     size: Some(size), ..
                 },
             } => {
-                k.dirty.entry(*ino).or_default().0 = seq;
                 // It may join the transaction a flush is committing: what
                 // lies beyond `size` need not survive.
                 let cut = usize::try_from(*size).unwrap_or(usize::MAX);
                 let file = k.identity.get(ino).copied();
+                k.dirtied(*ino, file, seq);
                 k.issued
                     .entry(file)
                     .or_default()
@@ -674,7 +705,11 @@ impl Sim {
                 for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
                     h.writes.clear();
                 }
-                Ctx::Truncate { ino: *ino, seq }
+                Ctx::Truncate {
+                    ino: *ino,
+                    file,
+                    seq,
+                }
             }
             Op::Read { fh, .. } => {
                 let checkable = k.handles.get(fh).is_some_and(|h| k.clean(h.ino));
@@ -1203,8 +1238,7 @@ impl Sim {
                 if result.is_ok() {
                     // Everything written before it is on the host now (a
                     // failed flush may leave later writes buffered).
-                    let d = k.dirty.entry(ino).or_default();
-                    d.1 = d.1.max(seq);
+                    k.cleaned(ino, file, seq);
                 }
                 if result.is_err() {
                     // The error reports the loss of every write so far.
@@ -1216,9 +1250,8 @@ impl Sim {
                     self.check_durable(c, file, &writes)?;
                 }
             }
-            (Ctx::Truncate { ino, seq }, _) => {
-                let d = self.kernels[c].dirty.entry(ino).or_default();
-                d.1 = d.1.max(seq);
+            (Ctx::Truncate { ino, file, seq }, _) => {
+                self.kernels[c].cleaned(ino, file, seq);
             }
             (Ctx::Read { fh, checkable }, Ok(Answer::Data(data))) => {
                 let Op::Read {
