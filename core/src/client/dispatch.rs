@@ -271,6 +271,22 @@ impl ClientCore {
                     // wrote can be made durable, so say so.
                     return Err(Errno::Stale);
                 }
+                // (Nothing waiting either: a write queued behind a commit
+                // must be covered by this flush.)
+                let bare_truncate = self.blocked.get(&node).is_none_or(VecDeque::is_empty)
+                    && self.writes.get(&node).is_some_and(|w| {
+                        !w.is_finished() && !w.is_committing() && w.only_emptied()
+                    });
+                if matches!(op, Op::Flush { .. }) && bare_truncate {
+                    // A FLUSH comes at every close of a descriptor,
+                    // including the copies a fork makes (closed at exec):
+                    // a rewrite with O_TRUNC that has written nothing yet
+                    // would commit an empty file the writer never meant.
+                    // It commits at its next write's flush, at fsync, or at
+                    // the release (`: > f` truncates at close).
+                    self.reply(req, Ok(Answer::Done));
+                    return Ok(());
+                }
                 self.commit_then(now, node, AfterCommit::Reply(req, *fh))?;
             }
             Op::Release { fh } => {

@@ -716,7 +716,7 @@ impl ClientCore {
     ) -> Result<Answer, Errno> {
         if truncate {
             self.txn(node, now)?
-                .set_size(now, 0)
+                .empty_at_open(now)
                 .map_err(super::dispatch::write_errno)?;
             self.drain_write(now, node);
         }

@@ -175,6 +175,11 @@ pub struct WriteTxn {
     truncates: VecDeque<u64>,
     /// The file's size as the writer sees it.
     size: u64,
+    /// Whether anything was written (or a size set other than the first
+    /// truncation to nothing).
+    written: bool,
+    /// It began with the truncation of a truncating open.
+    emptied_at_open: bool,
     /// The content version the writes build on (told to the host, which
     /// refuses the transaction if the file holds another); `None` once
     /// the transaction truncates to nothing before anything is written.
@@ -202,6 +207,8 @@ impl WriteTxn {
             spilled: BTreeMap::new(),
             truncates: VecDeque::new(),
             size,
+            written: false,
+            emptied_at_open: false,
             base,
             commit_wanted: false,
             in_flight: BTreeMap::new(),
@@ -244,6 +251,21 @@ impl WriteTxn {
         }
     }
 
+    /// Whether all the transaction holds is the truncation of a
+    /// truncating open ([`Self::empty_at_open`]), with nothing written
+    /// since.
+    pub fn only_emptied(&self) -> bool {
+        self.emptied_at_open && !self.written
+    }
+
+    /// `O_TRUNC`: the file's content goes, as the transaction's first
+    /// change.
+    pub fn empty_at_open(&mut self, now: Instant) -> Result<(), WriteError> {
+        self.set_size(now, 0)?;
+        self.emptied_at_open = true;
+        Ok(())
+    }
+
     /// Whether the commit is under way (no more writes join this
     /// transaction).
     pub fn is_committing(&self) -> bool {
@@ -262,6 +284,7 @@ impl WriteTxn {
             .checked_add(data.len() as u64)
             .ok_or(WriteError::Ended(Errno::FBig))?;
         self.size = self.size.max(end);
+        self.written = true;
         self.pending.write(offset, data);
         self.start(now);
         self.pump(now);
@@ -290,6 +313,9 @@ impl WriteTxn {
         // transaction from its staging operations alone).
         if size != self.size || from_empty {
             self.truncates.push_back(size);
+        }
+        if !from_empty {
+            self.written = true;
         }
         self.size = size;
         self.start(now);

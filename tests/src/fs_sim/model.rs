@@ -150,6 +150,9 @@ struct Kernel {
     /// still pending, and the file looked up again under a new one (or
     /// the old number given to another file).
     dirty_files: BTreeMap<usize, (u64, u64)>,
+    /// Files truncated by an open with nothing written to them since: a
+    /// plain FLUSH leaves them as they are (see the client's dispatch).
+    emptied: BTreeSet<Option<usize>>,
     /// Answers taken from the world (to compare with its reply count).
     answered: u64,
     /// Every write sent, per inode: (sequence, start, end).
@@ -220,6 +223,9 @@ enum Ctx {
         file: Option<usize>,
         writes: Vec<WriteRec>,
         seq: u64,
+        /// A plain FLUSH while the file's only change is a truncating
+        /// open's: it commits nothing.
+        bare: bool,
     },
     /// A size change.
     Truncate {
@@ -623,6 +629,7 @@ impl Sim {
                     // first flush commits it (the file stays dirty).
                     self.stats.truncating_opens += 1;
                     k.dirtied(*ino, file, seq);
+                    k.emptied.insert(file);
                     k.issued.entry(file).or_default().push((seq, 0, usize::MAX));
                     for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
                         h.writes.clear();
@@ -633,6 +640,7 @@ impl Sim {
             Op::Write { fh, offset, data } => {
                 if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
                     k.dirtied(ino, file, seq);
+                    k.emptied.remove(&file);
                     let (s, e) = (*offset as usize, *offset as usize + data.len());
                     k.issued.entry(file).or_default().push((seq, s, e));
                 }
@@ -669,6 +677,10 @@ impl Sim {
                             file = file.or(h.file);
                         }
                         writes.sort_by_key(|w| w.seq);
+                        let bare = matches!(op, Op::Flush { .. }) && k.emptied.contains(&file);
+                        if !bare {
+                            k.emptied.remove(&file);
+                        }
                         if matches!(op, Op::Release { .. }) {
                             k.handles.remove(fh);
                             if let Some(n) = k.open.get_mut(&ino) {
@@ -680,6 +692,7 @@ impl Sim {
                             file,
                             writes,
                             seq,
+                            bare,
                         }
                     }
                     None => Ctx::Plain,
@@ -696,6 +709,7 @@ impl Sim {
                 let cut = usize::try_from(*size).unwrap_or(usize::MAX);
                 let file = k.identity.get(ino).copied();
                 k.dirtied(*ino, file, seq);
+                k.emptied.remove(&file);
                 k.issued
                     .entry(file)
                     .or_default()
@@ -1231,11 +1245,12 @@ impl Sim {
                     file,
                     writes,
                     seq,
+                    bare,
                 },
                 result,
             ) => {
                 let k = &mut self.kernels[c];
-                if result.is_ok() {
+                if result.is_ok() && !bare {
                     // Everything written before it is on the host now (a
                     // failed flush may leave later writes buffered).
                     k.cleaned(ino, file, seq);
