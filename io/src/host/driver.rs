@@ -349,6 +349,7 @@ impl HostDriver {
 
 impl HostIo for HostDriver {
     fn fs(&mut self, _: &HostServer, op: FsOpId, fs: FsOp) -> Option<FsResult> {
+        trace!(?op, fs = ?FsOpSummary(&fs), "file operation");
         // Most requests need no disk wait (see `HostFs::try_execute`):
         // answered here, they skip two thread hand-offs.
         match self.fs.try_execute(fs) {
@@ -437,6 +438,20 @@ async fn serve_stream(
         }
         Err(_) => {
             let _ = send.reset(NO_ANSWER);
+        }
+    }
+}
+
+/// A file operation for the log, without the bytes it carries.
+struct FsOpSummary<'a>(&'a FsOp);
+
+impl core::fmt::Debug for FsOpSummary<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            FsOp::StageWrite { txn, offset, data } => {
+                write!(f, "StageWrite({txn:?}, {offset}, {} bytes)", data.len())
+            }
+            op => write!(f, "{op:?}"),
         }
     }
 }

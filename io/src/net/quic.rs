@@ -55,7 +55,36 @@ pub(crate) fn host_endpoint_config(identity: &Identity) -> quinn::EndpointConfig
         identity.key_der(),
     );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
-    with_large_datagrams(quinn::EndpointConfig::new(Arc::new(key)))
+    let mut c = quinn::EndpointConfig::new(Arc::new(key));
+    // quinn's default generator drops packets whose connection id another
+    // run issued (its validation key is random per run), so they would
+    // never be answered with a reset: ids here are random and every one is
+    // taken for ours.
+    c.cid_generator(|| Box::new(AnyRunIds));
+    with_large_datagrams(c)
+}
+
+/// Random connection ids, every id accepted as possibly ours (see
+/// [`host_endpoint_config`]).
+struct AnyRunIds;
+
+impl quinn::ConnectionIdGenerator for AnyRunIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; 8];
+        // Without randomness the id is still unique enough per connection
+        // for routing (quinn checks for collisions); it is only less
+        // private.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id);
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Socket buffer, each way, for an endpoint carrying file traffic.
