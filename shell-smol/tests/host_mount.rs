@@ -3,6 +3,8 @@
 
 #[path = "../../shell-tokio/tests/common/host_mount.rs"]
 mod host_mount;
+#[path = "../../shell-tokio/tests/common/procs.rs"]
+mod procs;
 
 #[test]
 fn host_mount_unmount_and_ticket_errors() {

@@ -3,6 +3,7 @@
 
 mod common {
     pub(crate) mod host_mount;
+    pub(crate) mod procs;
 }
 
 #[test]

@@ -8,167 +8,17 @@
 //! file written through the mount and found on the host, `unmount`, and
 //! the one-line errors for bad and wrong tickets. Every wait has a limit.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+
+use super::procs::{
+    ANY_PORT, exit_of, interrupt, line_where, line_within, mounted, one_error_line, refused_mount,
+    scratch, start_host, ticket_of,
+};
 
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::HostConfig;
 use wormhole_io::Ticket;
-
-/// A host's `--bind` for any free port.
-const ANY_PORT: &str = "127.0.0.1:0";
-
-/// The limit on any one step.
-const STEP: Duration = Duration::from_secs(30);
-
-/// Kills a child on drop (a failing test leaves no process behind), and
-/// removes the scratch directory after unmounting whatever is left.
-struct Cleanup {
-    children: Vec<Child>,
-    dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let mnt = self.dir.join("mnt");
-        let _ = Command::new("umount").arg("-l").arg(&mnt).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Reads `child`'s stdout lines on a thread, so they can be awaited with
-/// a limit.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().expect("stdout piped");
-    std::thread::spawn(move || {
-        // Drained to the end even when nobody listens any more, so the
-        // child never writes into a closed pipe.
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-/// Waits for a line satisfying `want`, returning it.
-fn line_where(rx: &mpsc::Receiver<String>, what: &str, want: impl Fn(&str) -> bool) -> String {
-    line_within(rx, what, STEP, want)
-}
-
-/// Waits at most `limit` for a line satisfying `want`, returning it.
-fn line_within(
-    rx: &mpsc::Receiver<String>,
-    what: &str,
-    limit: Duration,
-    want: impl Fn(&str) -> bool,
-) -> String {
-    let end = Instant::now() + limit;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if want(&line) => return line,
-            Ok(_) => {}
-            Err(e) => panic!("no line with {what} within {limit:?}: {e}"),
-        }
-    }
-}
-
-/// Waits for `child` to exit, at most `STEP`.
-fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let end = Instant::now() + STEP;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(Instant::now() < end, "{what} did not exit within {STEP:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `host` on `bind` (`127.0.0.1:0`: any port).
-fn start_host(
-    bin: &Path,
-    dir: &Path,
-    bind: &str,
-    extra: &[&str],
-) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(bin)
-        .arg("host")
-        .arg(dir.join("share"))
-        .args(["--bind", bind])
-        .args(extra)
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run the host");
-    let rx = lines(&mut child);
-    (child, rx)
-}
-
-/// Runs `mount` and waits until it says it is mounted; its later lines
-/// come on the receiver.
-fn mounted(bin: &Path, ticket: &str, mnt: &Path) -> (Child, mpsc::Receiver<String>) {
-    let mut mount = Command::new(bin)
-        .arg("mount")
-        .arg(ticket)
-        .arg(mnt)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run mount");
-    let out = lines(&mut mount);
-    line_where(&out, "\"Mounted at\"", |l| l.starts_with("Mounted at"));
-    (mount, out)
-}
-
-fn ticket_of(rx: &mpsc::Receiver<String>) -> String {
-    line_where(rx, "the ticket", |l| {
-        l.trim_start().starts_with("wormhole1-")
-    })
-    .trim()
-    .to_owned()
-}
-
-fn interrupt(child: &mut Child, what: &str) {
-    let pid = child.id().to_string();
-    let sent = Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("run kill");
-    assert!(sent.success(), "kill -INT {pid}");
-    let status = exit_of(child, what);
-    assert!(status.success(), "{what} exits 0 on Ctrl-C: {status:?}");
-}
-
-/// One error line on stderr and exit status 1.
-fn one_error_line(out: &std::process::Output) -> String {
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let errors: Vec<&str> = stderr.lines().filter(|l| !l.contains(" WARN ")).collect();
-    assert_eq!(errors.len(), 1, "one line: {stderr}");
-    errors[0].to_owned()
-}
-
-/// Runs a `mount` that must fail, returning its one error line.
-fn refused_mount(bin: &Path, ticket: &str, mnt: &Path) -> String {
-    let out = Command::new(bin)
-        .arg("mount")
-        .arg(ticket)
-        .arg(mnt)
-        .output()
-        .expect("run mount");
-    one_error_line(&out)
-}
 
 /// The whole command-line story for the binary `bin`.
 pub(crate) fn host_and_mount(bin: &Path) {
@@ -177,21 +27,8 @@ pub(crate) fn host_and_mount(bin: &Path) {
         .and_then(|n| n.to_str())
         .unwrap_or("?")
         .to_owned();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "wormhole-cli-{name}-{}-{nanos}",
-        std::process::id()
-    ));
-    for sub in ["share", "mnt", "config"] {
-        std::fs::create_dir_all(dir.join(sub)).expect("scratch directories");
-    }
-    let mut cleanup = Cleanup {
-        children: Vec::new(),
-        dir: dir.clone(),
-    };
+    let mut cleanup = scratch("cli", bin);
+    let dir = cleanup.dir.clone();
     let mnt = dir.join("mnt");
 
     // Each command explains itself.

@@ -1,0 +1,36 @@
+//! Fault injection on the `wormhole-smol` binary; the bodies are shared
+//! with the tokio binary's test.
+
+#[path = "../../shell-tokio/tests/common/faults.rs"]
+mod faults;
+#[path = "../../shell-tokio/tests/common/procs.rs"]
+mod procs;
+
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wormhole-smol");
+
+#[test]
+fn a_host_side_save_during_a_write_keeps_one_whole_version() {
+    faults::a_host_side_save_during_a_write_keeps_one_whole_version(Path::new(BIN));
+}
+
+#[test]
+fn an_o_trunc_rewrite_survives_kill_9_of_the_host() {
+    faults::an_o_trunc_rewrite_survives_kill_9_of_the_host(Path::new(BIN));
+}
+
+#[test]
+fn a_full_disk_fails_the_writer_and_keeps_the_old_content() {
+    faults::a_full_disk_fails_the_writer_and_keeps_the_old_content(Path::new(BIN));
+}
+
+#[test]
+fn errors_that_belong_to_open_come_at_open() {
+    faults::errors_that_belong_to_open_come_at_open(Path::new(BIN));
+}
+
+#[test]
+fn a_folder_has_one_host_at_a_time() {
+    faults::a_folder_has_one_host_at_a_time(Path::new(BIN));
+}

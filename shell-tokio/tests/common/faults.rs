@@ -1,0 +1,400 @@
+//! Fault injection, end to end: the real binaries (`host` and `mount`, on
+//! the shell under test) on a real folder and a real FUSE mount, with the
+//! faults that once corrupted files (issue 16): a host-side save racing a
+//! client's write, a host killed with `kill -9` in the middle of a rewrite
+//! and started again, a full disk, errors that belong to `open`, two hosts
+//! of one folder. After each, the rule: every file on the host is whole
+//! (its old content or exactly what a client committed, never a mix, never
+//! padding), nothing acknowledged is lost, and no staging file outlives a
+//! restart's first scan.
+//!
+//! Needs root and /dev/fuse (it fails, never skips, without them).
+//!
+//! The tests take turns ([`serial`]), and a writer that must keep a file
+//! open while the test starts processes is itself a process (`dd`): a
+//! fork copies every open descriptor, and its exec closes the copies,
+//! which the kernel reports to FUSE as a FLUSH of the file, a commit the
+//! writer never asked for.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::procs::{
+    ANY_PORT, Cleanup, STEP, line_where, mounted, one_error_line, scratch, start_host, ticket_of,
+};
+
+/// Errnos the tests expect, as `raw_os_error` gives them.
+const EPERM: i32 = 1;
+const EROFS: i32 = 30;
+const ESTALE: i32 = 116;
+
+/// One fault test at a time (see the module's docs).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `dd` writing `mib` MiB of `from` to `to` (truncating it, as a
+/// shell's `>` does), with an fsync at the end.
+fn dd(from: &str, to: &Path, mib: u32) -> Child {
+    Command::new("dd")
+        .arg(format!("if={from}"))
+        .arg(format!("of={}", to.display()))
+        .args([
+            "bs=1M",
+            &format!("count={mib}"),
+            "conv=fsync",
+            "status=none",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run dd")
+}
+
+/// Waits at most `limit` for `child` to end; its status and stderr.
+fn ended(mut child: Child, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status, err);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A host process and what it printed: its ticket and its address.
+struct HostProc {
+    ticket: String,
+    addr: String,
+}
+
+/// Starts `bin host` on `share` bound to `bind`; returns its ticket and
+/// address once it has printed them.
+fn host(cleanup: &mut Cleanup, bin: &Path, bind: &str) -> HostProc {
+    let (child, out) = start_host(bin, &cleanup.dir, bind, &[]);
+    cleanup.children.push(child);
+    let first = line_where(&out, "the host's first line", |l| l.starts_with("Sharing "));
+    // "Sharing DIR on ADDR."
+    let addr = first
+        .rsplit(" on ")
+        .next()
+        .map(|a| a.trim_end_matches('.').to_owned())
+        .expect("the address");
+    let ticket = ticket_of(&out);
+    HostProc { ticket, addr }
+}
+
+/// `kill -9` of the host started last: no Goodbye, no cleanup, as a power
+/// cut would leave it (the disk keeps what was durable).
+fn kill_host(cleanup: &mut Cleanup) {
+    let mut child: Child = cleanup.children.remove(0);
+    child.kill().expect("kill -9 the host");
+    child.wait().expect("reap the host");
+}
+
+/// Waits up to `limit` for `check` (the host's files, which no event of
+/// ours announces).
+fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The staging files (`.wormhole.*`) beneath `dir`.
+fn staging(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("list").flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with(".wormhole.") {
+            out.push(p);
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(staging(&p));
+        }
+    }
+    out
+}
+
+/// Whether the file at `path` holds exactly `want` (compared, not
+/// printed: a failed comparison of megabytes would bury the message).
+fn holds(path: &Path, want: &[u8]) -> bool {
+    std::fs::read(path).is_ok_and(|got| got == want)
+}
+
+/// Bytes that differ per seed and position.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+/// A host and a mount of it, in a fresh scratch directory.
+fn rig(test: &str, bin: &Path) -> (Cleanup, HostProc, PathBuf, PathBuf) {
+    let mut cleanup = scratch(test, bin);
+    let share = cleanup.dir.join("share");
+    let mnt = cleanup.dir.join("mnt");
+    let h = host(&mut cleanup, bin, ANY_PORT);
+    let (mount, _) = mounted(bin, &h.ticket, &mnt);
+    cleanup.children.push(mount);
+    (cleanup, h, share, mnt)
+}
+
+/// Case 1: a client has `doc.txt` open for writing when a program on the
+/// host saves it atomically (a new file renamed over it), before and
+/// after the client's first write. The client's fsync fails (ESTALE): its
+/// writes were made to a version that is gone. The host keeps the
+/// program's version whole.
+pub(crate) fn a_host_side_save_during_a_write_keeps_one_whole_version(bin: &Path) {
+    let _turn = serial();
+    let (_cleanup, _h, share, mnt) = rig("save-race", bin);
+    for write_first in [false, true] {
+        std::fs::write(share.join("doc.txt"), b"version2 longer\n").expect("seed");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mnt.join("doc.txt"))
+            .expect("open r+ through the mount");
+        let save = || {
+            std::fs::write(share.join("doc.tmp"), b"version3\n").expect("temp");
+            std::fs::rename(share.join("doc.tmp"), share.join("doc.txt")).expect("rename");
+        };
+        if write_first {
+            f.write_all(b"CLIENT").expect("write");
+            // Let the transaction begin at the host before the save.
+            wait_for(STEP, "the transaction to begin", || {
+                !staging(&share).is_empty()
+            });
+            save();
+        } else {
+            save();
+            f.write_all(b"CLIENT").expect("write");
+        }
+        let synced = f.sync_all();
+        assert_eq!(
+            synced.as_ref().map_err(std::io::Error::raw_os_error),
+            Err(Some(ESTALE)),
+            "write_first {write_first}: the writer is told"
+        );
+        drop(f);
+        assert_eq!(
+            std::fs::read(share.join("doc.txt")).expect("read"),
+            b"version3\n",
+            "write_first {write_first}: the host program's version, whole"
+        );
+        wait_for(STEP, "no staging file", || staging(&share).is_empty());
+    }
+}
+
+/// Case 2: a rewrite with `O_TRUNC` of a 20 MB file, the host killed with
+/// `kill -9` in the middle and started again on its address. Until the
+/// rewrite commits the host keeps the old content; after the crash the
+/// file is the old content, whole; the restart's first scan removes the
+/// staging file; the writer gets an error instead of hanging.
+pub(crate) fn an_o_trunc_rewrite_survives_kill_9_of_the_host(bin: &Path) {
+    let _turn = serial();
+    let (mut cleanup, h, share, mnt) = rig("kill9", bin);
+    let old = pattern(20 << 20, 1);
+    std::fs::write(share.join("big.bin"), &old).expect("seed");
+    // dd's `of=` truncates: the rewrite of 400 MiB starts with O_TRUNC.
+    let writer = dd("/dev/urandom", &mnt.join("big.bin"), 400);
+    wait_for(STEP, "the rewrite to be staged", || {
+        staging(&share)
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 8 << 20))
+    });
+    assert!(
+        holds(&share.join("big.bin"), &old),
+        "the old content until the rewrite commits"
+    );
+    kill_host(&mut cleanup);
+    assert!(
+        holds(&share.join("big.bin"), &old),
+        "after kill -9: the old content, whole"
+    );
+    let _h2 = host(&mut cleanup, bin, &h.addr);
+    wait_for(STEP, "the restart's scan to sweep the staging file", || {
+        staging(&share).is_empty()
+    });
+    let (status, err) = ended(writer, Duration::from_secs(120), "the writer");
+    assert!(
+        !status.success(),
+        "the lost rewrite is reported, not hidden: {err}"
+    );
+    assert!(holds(&share.join("big.bin"), &old), "still the old content");
+}
+
+/// Case 3: a disk that fills up. A share on a 20 MB tmpfs: overwriting a
+/// 5 MB file with 50 MB fails with ENOSPC (at a write, or at fsync or
+/// close) and leaves the 5 MB whole; a new 50 MB file fails the same way
+/// and stays empty, not full-sized and full of holes; nothing is left
+/// staged.
+pub(crate) fn a_full_disk_fails_the_writer_and_keeps_the_old_content(bin: &Path) {
+    let _turn = serial();
+    let mut cleanup = scratch("full", bin);
+    let share = cleanup.dir.join("share");
+    let mnt = cleanup.dir.join("mnt");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=20m", "wormhole-full"])
+        .arg(&share)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount a 20 MB tmpfs (needs root)");
+    let _tmpfs = Unmount(share.clone());
+    let old = pattern(5 << 20, 3);
+    std::fs::write(share.join("old.bin"), &old).expect("seed");
+    let h = host(&mut cleanup, bin, ANY_PORT);
+    let (mount, _) = mounted(bin, &h.ticket, &mnt);
+    cleanup.children.push(mount);
+    let (status, err) = ended(dd("/dev/zero", &mnt.join("old.bin"), 50), STEP, "dd");
+    assert!(!status.success(), "50 MB do not fit");
+    assert!(err.contains("No space left on device"), "{err}");
+    let len = std::fs::metadata(share.join("old.bin")).map_or(0, |m| m.len());
+    assert!(
+        holds(&share.join("old.bin"), &old),
+        "the old content, whole (the file holds {len} bytes)"
+    );
+    let (status, err) = ended(dd("/dev/zero", &mnt.join("fill.bin"), 50), STEP, "dd");
+    assert!(!status.success(), "50 MB do not fit");
+    assert!(err.contains("No space left on device"), "{err}");
+    let len = std::fs::metadata(share.join("fill.bin")).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "the new file stays empty, not 50 MB of holes");
+    wait_for(STEP, "no staging file", || staging(&share).is_empty());
+    // The disk has room again: the same write succeeds, whole.
+    std::fs::remove_file(share.join("old.bin")).expect("make room");
+    let mut f = std::fs::File::create(mnt.join("fill.bin")).expect("create");
+    f.write_all(&pattern(8 << 20, 5)).expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    assert!(
+        holds(&share.join("fill.bin"), &pattern(8 << 20, 5)),
+        "written whole"
+    );
+}
+
+/// Unmounts a tmpfs on drop (after the scratch directory's own cleanup
+/// would fail to remove a mounted directory).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Case 4: what the host's open would refuse fails the client's `open`,
+/// not its `close` (which shells ignore): appending to a file made
+/// immutable on the host is EPERM at open (`echo X >> f` exits non-zero),
+/// and writing to a share the host may only read is EROFS at open.
+pub(crate) fn errors_that_belong_to_open_come_at_open(bin: &Path) {
+    let _turn = serial();
+    let (_cleanup, _h, share, mnt) = rig("open-errors", bin);
+    std::fs::write(share.join("imm.txt"), b"keep\n").expect("seed");
+    let chattr = Command::new("chattr")
+        .arg("+i")
+        .arg(share.join("imm.txt"))
+        .status()
+        .expect("run chattr");
+    assert!(
+        chattr.success(),
+        "chattr +i (needs root and a file system with the flag)"
+    );
+    let _mutable = Chattr(share.join("imm.txt"));
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("imm.txt"))
+        .expect_err("an immutable file cannot be opened to append");
+    assert_eq!(err.raw_os_error(), Some(EPERM), "{err}");
+    let sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo X >> '{}'", mnt.join("imm.txt").display()))
+        .status()
+        .expect("run sh");
+    assert!(!sh.success(), "the shell sees the refusal");
+    assert_eq!(
+        std::fs::read(share.join("imm.txt")).expect("read"),
+        b"keep\n"
+    );
+    // Reading it still works.
+    let mut text = String::new();
+    std::fs::File::open(mnt.join("imm.txt"))
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .expect("read through the mount");
+    assert_eq!(text, "keep\n");
+    // A read-only bind of the share: EROFS at open.
+    let ro = share.join("ro");
+    std::fs::create_dir_all(&ro).expect("mkdir");
+    std::fs::write(ro.join("f.txt"), b"ro\n").expect("seed");
+    for args in [
+        vec![
+            "--bind".to_owned(),
+            ro.display().to_string(),
+            ro.display().to_string(),
+        ],
+        vec![
+            "-o".to_owned(),
+            "remount,bind,ro".to_owned(),
+            ro.display().to_string(),
+        ],
+    ] {
+        let status = Command::new("mount").args(&args).status().expect("mount");
+        assert!(status.success(), "mount {args:?}");
+    }
+    let _ro = Unmount(ro.clone());
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("ro").join("f.txt"))
+        .expect_err("a read-only folder cannot be opened to write");
+    assert_eq!(err.raw_os_error(), Some(EROFS), "{err}");
+    let mut f = std::fs::File::open(mnt.join("ro").join("f.txt")).expect("open to read");
+    let mut text = String::new();
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.read_to_string(&mut text).expect("read");
+    assert_eq!(text, "ro\n");
+}
+
+/// Clears the immutable flag on drop, so the scratch directory can go.
+struct Chattr(PathBuf);
+
+impl Drop for Chattr {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// One folder, one host: a second host of the same folder is refused with
+/// a clear line (two lock tables over one directory would let their
+/// clients overwrite each other's writes); once the first is gone, a new
+/// one starts.
+pub(crate) fn a_folder_has_one_host_at_a_time(bin: &Path) {
+    let _turn = serial();
+    let mut cleanup = scratch("one-host", bin);
+    let share = cleanup.dir.join("share");
+    let _first = host(&mut cleanup, bin, ANY_PORT);
+    let out = Command::new(bin)
+        .arg("host")
+        .arg(&share)
+        .args(["--bind", ANY_PORT])
+        .env("XDG_CONFIG_HOME", cleanup.dir.join("config"))
+        .output()
+        .expect("run a second host");
+    let line = one_error_line(&out);
+    assert!(line.contains("already shared"), "{line}");
+    kill_host(&mut cleanup);
+    // Gone with its process: a new host starts (it prints its ticket).
+    let _second = host(&mut cleanup, bin, ANY_PORT);
+}
