@@ -58,11 +58,14 @@ pub struct SimClient {
 pub struct FsRecord {
     /// When it ran.
     pub at: Instant,
+    /// When the host issued it (earlier than `at` if a worker ran it
+    /// late); what the record says of its transaction is as of then.
+    pub issued_at: Instant,
     /// The operation.
     pub op: FsOp,
     /// For a staging operation: the transaction's owner, file and fencing
-    /// token as the host knew them (`None` if it no longer knows the
-    /// transaction).
+    /// token as the host knew them when it issued the operation (`None`
+    /// if it no longer knew the transaction).
     pub txn: Option<(SessionId, NodeId, LockToken)>,
     /// The lock that token names, as the host's lock table held it.
     pub lock: Option<LockInfo>,
@@ -84,10 +87,14 @@ pub struct FsRecord {
     pub result: FsResult,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug)]
 enum Wire {
     ToHost(ConnId, Bytes),
     ToClient(usize, ConnId, Bytes),
+    /// A file operation a host worker thread starts now.
+    FsRun(FsOpId, FsOp, Option<Box<Issued>>),
+    /// A worker's result reaching the host's loop.
+    FsDone(FsOpId, FsResult),
 }
 
 /// The simulated world.
@@ -110,6 +117,13 @@ pub struct World {
     pub partitioned: BTreeSet<usize>,
     /// Whether the host process is running.
     pub host_up: bool,
+    /// Percent of file operations the host hands to its worker pool, as
+    /// the real host does with those that wait for the disk: each runs
+    /// after a seeded delay and its result reaches the host's loop after
+    /// another (both up to `max_delay`), so operations run and complete
+    /// in any order, and a result may describe the disk as it was before
+    /// results already handled (0 by default: in order, at once).
+    pub fs_late_percent: u64,
     wire: BTreeMap<(Instant, u64), Wire>,
     seq: u64,
     conns: BTreeMap<ConnId, usize>,
@@ -168,6 +182,7 @@ impl World {
             max_delay: Duration::from_millis(5),
             partitioned: BTreeSet::new(),
             host_up: true,
+            fs_late_percent: 0,
             wire: BTreeMap::new(),
             seq: 0,
             conns: BTreeMap::new(),
@@ -320,6 +335,23 @@ impl World {
                     let _ = self.host.handle_message(now, conn, &bytes);
                 }
             }
+            Wire::FsRun(op, fs, issued) => {
+                let result = match issued {
+                    None => self.disk.execute(fs),
+                    Some(issued) => {
+                        let record = execute_recorded(*issued, &mut self.disk, now, fs);
+                        let result = record.result.clone();
+                        self.fs_log.push(record);
+                        result
+                    }
+                };
+                self.post(Wire::FsDone(op, result));
+            }
+            Wire::FsDone(op, result) => {
+                if self.host_up {
+                    self.host.handle_fs(now, op, result);
+                }
+            }
             Wire::ToClient(c, conn, bytes) => {
                 if self.clients[c].conn == Some(conn) {
                     if self.record_attrs {
@@ -366,10 +398,17 @@ impl World {
                     log: self.record_fs.then_some(&mut self.fs_log),
                     conns: &self.conns,
                     sessions: &mut self.sessions,
+                    rng: &mut self.rng,
+                    late_percent: self.fs_late_percent,
+                    late: Vec::new(),
                     wire: Vec::new(),
                 };
                 moved |= self.host.pump(self.now, &mut io) > 0;
-                for (conn, msg) in io.wire {
+                let (late, wire) = (io.late, io.wire);
+                for (op, fs, issued) in late {
+                    self.post(Wire::FsRun(op, fs, issued.map(Box::new)));
+                }
+                for (conn, msg) in wire {
                     match msg {
                         Some(msg) => {
                             if let Some(&c) = self.conns.get(&conn) {
@@ -556,20 +595,33 @@ struct SimHostIo<'w> {
     log: Option<&'w mut Vec<FsRecord>>,
     conns: &'w BTreeMap<ConnId, usize>,
     sessions: &'w mut BTreeMap<SessionId, usize>,
+    rng: &'w mut Rng,
+    /// See [`World::fs_late_percent`].
+    late_percent: u64,
+    /// Operations handed to the worker pool.
+    late: Vec<(FsOpId, FsOp, Option<Issued>)>,
     /// Messages to send (`Some`) and connections to close (`None`).
     wire: Vec<(ConnId, Option<HostMessage>)>,
 }
 
 impl HostIo for SimHostIo<'_> {
-    fn fs(&mut self, host: &HostServer, _: FsOpId, fs: FsOp) -> Option<FsResult> {
-        Some(match self.log.as_deref_mut() {
-            None => self.disk.execute(fs),
-            Some(log) => {
-                let record = execute_recorded(host, self.disk, self.sessions, self.now, fs);
+    fn fs(&mut self, host: &HostServer, op: FsOpId, fs: FsOp) -> Option<FsResult> {
+        let issued = self
+            .log
+            .is_some()
+            .then(|| Issued::now(host, self.sessions, self.now, &fs));
+        if self.late_percent > 0 && self.rng.below(100) < self.late_percent {
+            self.late.push((op, fs, issued));
+            return None;
+        }
+        Some(match (self.log.as_deref_mut(), issued) {
+            (Some(log), Some(issued)) => {
+                let record = execute_recorded(issued, self.disk, self.now, fs);
                 let result = record.result.clone();
                 log.push(record);
                 result
             }
+            _ => self.disk.execute(fs),
         })
     }
 
@@ -590,28 +642,48 @@ impl HostIo for SimHostIo<'_> {
     }
 }
 
+/// What the host knew of a file operation's transaction when it issued
+/// the operation (a worker may run it later, when the host knows less).
+#[derive(Clone, Debug)]
+struct Issued {
+    at: Instant,
+    txn: Option<(SessionId, NodeId, LockToken)>,
+    lock: Option<LockInfo>,
+    ancestors: Vec<NodeId>,
+    writer: Option<usize>,
+}
+
+impl Issued {
+    fn now(
+        host: &HostServer,
+        sessions: &BTreeMap<SessionId, usize>,
+        now: Instant,
+        fs: &FsOp,
+    ) -> Self {
+        let txn_id = match fs {
+            FsOp::StageBegin { txn, .. }
+            | FsOp::StageWrite { txn, .. }
+            | FsOp::StageTruncate { txn, .. }
+            | FsOp::StageCommit { txn, .. }
+            | FsOp::StageAbort { txn } => Some(*txn),
+            _ => None,
+        };
+        let txn = txn_id.and_then(|t| host.txn_info(t));
+        Issued {
+            at: now,
+            txn,
+            lock: txn.and_then(|(_, _, token)| host.locks().lock(token)),
+            ancestors: txn
+                .map(|(_, node, _)| host.nodes().ancestors(node))
+                .unwrap_or_default(),
+            writer: txn.and_then(|(session, _, _)| sessions.get(&session).copied()),
+        }
+    }
+}
+
 /// Executes `fs` on the disk and records it with what the host knew of
-/// its transaction at this moment.
-fn execute_recorded(
-    host: &HostServer,
-    disk: &mut MemFs,
-    sessions: &BTreeMap<SessionId, usize>,
-    now: Instant,
-    fs: FsOp,
-) -> FsRecord {
-    let txn_id = match &fs {
-        FsOp::StageBegin { txn, .. }
-        | FsOp::StageWrite { txn, .. }
-        | FsOp::StageTruncate { txn, .. }
-        | FsOp::StageCommit { txn, .. }
-        | FsOp::StageAbort { txn } => Some(*txn),
-        _ => None,
-    };
-    let txn = txn_id.and_then(|t| host.txn_info(t));
-    let lock = txn.and_then(|(_, _, token)| host.locks().lock(token));
-    let ancestors = txn
-        .map(|(_, node, _)| host.nodes().ancestors(node))
-        .unwrap_or_default();
+/// its transaction when it issued it.
+fn execute_recorded(issued: Issued, disk: &mut MemFs, now: Instant, fs: FsOp) -> FsRecord {
     let commit_path = match &fs {
         FsOp::StageCommit { path, .. } => Some(path.clone()),
         _ => None,
@@ -634,7 +706,6 @@ fn execute_recorded(
     let begin_content = begin_path
         .as_ref()
         .and_then(|path| disk.read_file(path).map(<[u8]>::to_vec));
-    let writer = txn.and_then(|(session, _, _)| sessions.get(&session).copied());
     let result = disk.execute(fs.clone());
     let staged_from = match (&result, begin_content) {
         (Ok(FsOk::Attr(a)), Some(content)) if begin_path.is_some() => Some((a.key, content)),
@@ -646,14 +717,15 @@ fn execute_recorded(
     };
     FsRecord {
         at: now,
+        issued_at: issued.at,
         op: fs,
-        txn,
-        lock,
-        ancestors,
+        txn: issued.txn,
+        lock: issued.lock,
+        ancestors: issued.ancestors,
         replaced,
         replaced_content,
         staged_from,
-        writer,
+        writer: issued.writer,
         committed,
         result,
     }

@@ -221,6 +221,11 @@ impl MemFs {
         (node.kind == FileKind::File).then_some(&node.data[..])
     }
 
+    /// Number of open handles (the host closes what it no longer needs).
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
     /// Number of staging files (for checks).
     pub fn staged(&self) -> usize {
         self.staged.len()

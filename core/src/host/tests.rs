@@ -1131,3 +1131,151 @@ fn write_session_trace() {
     run(&mut host, &mut trace, "Goodbye");
     insta::assert_snapshot!("write_session_trace", trace);
 }
+
+impl Rig {
+    /// Takes the held operation that `pick` selects, executes it on the
+    /// disk and returns its id and result, undelivered.
+    fn run_held(&mut self, pick: impl Fn(&FsOp) -> bool) -> (FsOpId, FsResult) {
+        let at = self
+            .held
+            .iter()
+            .position(|(_, fs)| pick(fs))
+            .expect("the operation is held");
+        let (op, fs) = self.held.remove(at);
+        (op, self.disk.execute(fs))
+    }
+
+    /// Delivers a result a worker finished.
+    fn deliver(&mut self, (op, result): (FsOpId, FsResult)) {
+        self.host.handle_fs(self.now, op, result);
+        self.pump();
+    }
+}
+
+fn is_open(fs: &FsOp) -> bool {
+    matches!(fs, FsOp::Open { .. })
+}
+
+fn is_commit(fs: &FsOp) -> bool {
+    matches!(fs, FsOp::StageCommit { .. })
+}
+
+/// c1 has a write of "HELLO" over `a.txt` ready to commit; c2 knows the
+/// file. Returns the rig, both connections, the node and the transaction.
+fn commit_ready() -> (Rig, ConnId, ConnId, NodeId, TxnId) {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c1, a.node);
+    let txn = r.begin(c1, a.node, token);
+    r.chunk(c1, txn, 0, 0, b"HELLO").expect("staged");
+    (r, c1, c2, a.node, txn)
+}
+
+fn open_for_read(r: &mut Rig, conn: ConnId, node: NodeId) -> RequestId {
+    r.send(
+        conn,
+        Request::Open {
+            node,
+            mode: crate::proto::OpenFor::Read,
+        },
+    )
+}
+
+/// Workers run a commit's rename and another client's open in any order,
+/// and report them in any order: the open finds the file the commit put
+/// there (before the commit's result arrived) or the one it replaced
+/// (after). Both are the node's own versions, not a local program's
+/// file, so neither is ESTALE.
+#[test]
+fn an_open_racing_the_hosts_own_commit_is_not_stale() {
+    // The rename runs first; the open's result arrives first.
+    let (mut r, c1, c2, node, txn) = commit_ready();
+    r.hold = true;
+    let commit = r.send(c1, Request::CommitWrite { txn, size: 5 });
+    let open = open_for_read(&mut r, c2, node);
+    let renamed = r.run_held(is_commit);
+    let opened = r.run_held(is_open);
+    r.deliver(opened);
+    assert!(
+        matches!(r.reply(c2, open), Some(Ok(Reply::Opened { .. }))),
+        "open before the commit's result: {:?}",
+        r.reply(c2, open)
+    );
+    r.deliver(renamed);
+    assert!(matches!(r.reply(c1, commit), Some(Ok(Reply::Attr(_)))));
+
+    // The open runs first; its result arrives after the commit's.
+    let (mut r, c1, c2, node, txn) = commit_ready();
+    r.hold = true;
+    let open = open_for_read(&mut r, c2, node);
+    let commit = r.send(c1, Request::CommitWrite { txn, size: 5 });
+    let opened = r.run_held(is_open);
+    let renamed = r.run_held(is_commit);
+    r.deliver(renamed);
+    assert!(matches!(r.reply(c1, commit), Some(Ok(Reply::Attr(_)))));
+    r.deliver(opened);
+    assert!(
+        matches!(r.reply(c2, open), Some(Ok(Reply::Opened { .. }))),
+        "open of the replaced version: {:?}",
+        r.reply(c2, open)
+    );
+
+    // The node keeps its id: the next lookup finds it, the next open too.
+    r.hold = false;
+    assert_eq!(
+        r.lookup(c2, NodeId::ROOT, "a.txt").map(|a| a.node),
+        Ok(node)
+    );
+    assert!(matches!(
+        r.call(
+            c2,
+            Request::Open {
+                node,
+                mode: crate::proto::OpenFor::Read
+            }
+        ),
+        Ok(Reply::Opened { .. })
+    ));
+}
+
+/// A lookup that found a local program's file at a node's path gives the
+/// path a new node; an open of the old node that a worker ran meanwhile
+/// is ESTALE even when its result comes after (it opened the new file).
+#[test]
+fn an_open_of_a_node_forgotten_meanwhile_is_stale() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let old = r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    r.disk
+        .local_replace(&path(&["a.txt"]), b"saved by an editor")
+        .expect("local save");
+    r.hold = true;
+    let open = open_for_read(&mut r, c2, old.node);
+    let lookup = r.send(
+        c1,
+        Request::Lookup {
+            parent: NodeId::ROOT,
+            name: name("a.txt"),
+        },
+    );
+    let opened = r.run_held(is_open);
+    let found = r.run_held(|fs| matches!(fs, FsOp::Stat { .. }));
+    r.deliver(found);
+    let Some(Ok(Reply::Attr(new))) = r.reply(c1, lookup) else {
+        panic!("lookup: {:?}", r.reply(c1, lookup))
+    };
+    assert_ne!(new.node, old.node, "the new file has a node of its own");
+    r.deliver(opened);
+    assert_eq!(r.reply(c2, open), Some(Err(Errno::Stale)));
+    r.hold = false;
+    r.release_held();
+    assert_eq!(
+        r.disk.open_handles(),
+        0,
+        "the disk handle of the refused open is closed"
+    );
+}

@@ -314,7 +314,9 @@ impl WriteTxn {
         if size != self.size || from_empty {
             self.truncates.push_back(size);
         }
-        if !from_empty {
+        // Emptying a file that holds only the open's truncation changes
+        // nothing: a bare FLUSH still commits nothing.
+        if !(size == 0 && self.size == 0 && self.only_emptied()) && !from_empty {
             self.written = true;
         }
         self.size = size;

@@ -150,9 +150,10 @@ struct Kernel {
     /// still pending, and the file looked up again under a new one (or
     /// the old number given to another file).
     dirty_files: BTreeMap<usize, (u64, u64)>,
-    /// Files truncated by an open with nothing written to them since: a
-    /// plain FLUSH leaves them as they are (see the client's dispatch).
-    emptied: BTreeSet<Option<usize>>,
+    /// Files truncated by an open with nothing written to them since
+    /// (with the open's sequence): a plain FLUSH leaves them as they are
+    /// (see the client's dispatch).
+    emptied: BTreeMap<Option<usize>, u64>,
     /// Answers taken from the world (to compare with its reply count).
     answered: u64,
     /// Every write sent, per inode: (sequence, start, end).
@@ -232,6 +233,8 @@ enum Ctx {
         ino: Ino,
         file: Option<usize>,
         seq: u64,
+        /// The new size is not zero.
+        grows: bool,
     },
     /// A whole-file read, checkable if nothing local was dirty.
     Read {
@@ -629,7 +632,7 @@ impl Sim {
                     // first flush commits it (the file stays dirty).
                     self.stats.truncating_opens += 1;
                     k.dirtied(*ino, file, seq);
-                    k.emptied.insert(file);
+                    k.emptied.insert(file, seq);
                     k.issued.entry(file).or_default().push((seq, 0, usize::MAX));
                     for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
                         h.writes.clear();
@@ -677,7 +680,7 @@ impl Sim {
                             file = file.or(h.file);
                         }
                         writes.sort_by_key(|w| w.seq);
-                        let bare = matches!(op, Op::Flush { .. }) && k.emptied.contains(&file);
+                        let bare = matches!(op, Op::Flush { .. }) && k.emptied.contains_key(&file);
                         if !bare {
                             k.emptied.remove(&file);
                         }
@@ -709,7 +712,6 @@ impl Sim {
                 let cut = usize::try_from(*size).unwrap_or(usize::MAX);
                 let file = k.identity.get(ino).copied();
                 k.dirtied(*ino, file, seq);
-                k.emptied.remove(&file);
                 k.issued
                     .entry(file)
                     .or_default()
@@ -723,6 +725,7 @@ impl Sim {
                     ino: *ino,
                     file,
                     seq,
+                    grows: cut != 0,
                 }
             }
             Op::Read { fh, .. } => {
@@ -958,7 +961,7 @@ impl Sim {
         if lock.session != session
             || lock.kind != LockKind::Exclusive
             || !covers
-            || lock.expires_at <= r.at
+            || lock.expires_at <= r.issued_at
         {
             return Err(self.violation(format!(
                 "{:?} fenced by a stale token: lock {lock:?}, txn of {session:?} on {node:?}",
@@ -1265,8 +1268,26 @@ impl Sim {
                     self.check_durable(c, file, &writes)?;
                 }
             }
-            (Ctx::Truncate { ino, file, seq }, _) => {
-                self.kernels[c].cleaned(ino, file, seq);
+            (
+                Ctx::Truncate {
+                    ino,
+                    file,
+                    seq,
+                    grows,
+                },
+                result,
+            ) => {
+                let k = &mut self.kernels[c];
+                if result.is_ok() {
+                    k.cleaned(ino, file, seq);
+                    // Emptying an emptied file changes nothing; any other
+                    // size makes the next FLUSH commit. (Known once it
+                    // succeeded: a FLUSH sent meanwhile is then taken for
+                    // a bare one, which only checks less.)
+                    if grows && k.emptied.get(&file).is_some_and(|&at| at < seq) {
+                        k.emptied.remove(&file);
+                    }
+                }
             }
             (Ctx::Read { fh, checkable }, Ok(Answer::Data(data))) => {
                 let Op::Read {

@@ -61,6 +61,14 @@ pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violatio
         (&["c"], &big),
     ];
     let mut sim = Sim::new(seed, clients, max_delay, &files);
+    // The host's worker pool: some seeds run every file operation in
+    // order at once, others hand some to workers that finish them late
+    // and out of order (as the real host does with disk waits).
+    sim.w.fs_late_percent = match rng.below(3) {
+        0 => 0,
+        1 => 10,
+        _ => 50,
+    };
     if trace {
         sim = sim.with_trace(echo);
     }

@@ -287,6 +287,11 @@ pub struct HostServer {
     handles: BTreeMap<HandleId, Handle>,
     txns: BTreeMap<TxnId, Txn>,
     ops: BTreeMap<FsOpId, Purpose>,
+    /// Files this host's own commits replaced, each with the first
+    /// operation id issued after the commit's result: an operation issued
+    /// earlier may still report the file the commit replaced (workers run
+    /// operations in any order). Kept while such an operation is out.
+    recommitted: BTreeMap<NodeId, u64>,
     scan_queue: VecDeque<(NodeId, u64)>,
     next_op: u64,
     next_handle: u64,
@@ -311,6 +316,7 @@ impl HostServer {
             handles: BTreeMap::new(),
             txns: BTreeMap::new(),
             ops: BTreeMap::new(),
+            recommitted: BTreeMap::new(),
             scan_queue: VecDeque::new(),
             next_op: 1,
             next_handle: 1,

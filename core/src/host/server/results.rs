@@ -16,9 +16,12 @@ impl HostServer {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.ops = s.ops.saturating_sub(1);
                 }
-                let reply = self.complete(now, session, then, result);
+                let reply = self.complete(now, op, session, then, result);
                 self.answer(session, id, reply);
             }
+        }
+        if !self.recommitted.is_empty() {
+            self.forget_old_commits();
         }
     }
 
@@ -41,20 +44,49 @@ impl HostServer {
         }
     }
 
+    /// The node whose file a result of `op` shows replaced by a file no
+    /// commit of this host put there, or that was forgotten meanwhile, if
+    /// any. A file this host's own
+    /// commit put there, or the one it replaced, is the node's: a worker
+    /// may run an operation while a commit renames (and report the new
+    /// file before the commit's result arrives), or before it (and report
+    /// the old file after). A local save that races one of this host's
+    /// commits is then caught by the node's next operation instead.
+    fn replaced_meanwhile(&self, op: FsOpId, then: &ReplyAs, result: &FsResult) -> Option<NodeId> {
+        let found = match result {
+            Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a)) => a.key,
+            _ => return None,
+        };
+        let node = self.described(then)?;
+        // A node forgotten meanwhile (another result found a new file at
+        // its path) names no file any more.
+        let Some(key) = self.nodes.key(node) else {
+            return Some(node);
+        };
+        let replaced = key != found;
+        let committed_since = self.recommitted.get(&node).is_some_and(|&m| op.0 < m);
+        let committing = self
+            .txns
+            .values()
+            .any(|t| t.node == node && t.phase == TxnPhase::Committing);
+        (replaced && !committed_since && !committing).then_some(node)
+    }
+
+    /// Forgets own commits that no operation still out was issued before.
+    fn forget_old_commits(&mut self) {
+        let oldest = self.ops.keys().next().map_or(u64::MAX, |o| o.0);
+        self.recommitted.retain(|_, &mut mark| oldest < mark);
+    }
+
     fn complete(
         &mut self,
         now: Instant,
+        op: FsOpId,
         session: SessionId,
         then: ReplyAs,
         result: FsResult,
     ) -> Result<Reply, Errno> {
-        let found = match &result {
-            Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a)) => Some(a.key),
-            _ => None,
-        };
-        if let (Some(node), Some(key)) = (self.described(&then), found)
-            && self.nodes.key(node).is_some_and(|k| k != key)
-        {
+        if let Some(node) = self.replaced_meanwhile(op, &then, &result) {
             // Another file is at the node's path now: a local program
             // saved one over it (or moved one there). The node's file is
             // gone, as after an unlink: ESTALE, and the new file gets a
@@ -66,7 +98,7 @@ impl HostServer {
             if let (ReplyAs::Open { fs, .. }, Ok(FsOk::Opened(..))) = (&then, &result) {
                 self.fs(Purpose::Housekeeping, FsOp::Close { handle: *fs });
             }
-            return self.complete(now, session, then, Err(Errno::Stale));
+            return self.complete(now, op, session, then, Err(Errno::Stale));
         }
         match (then, result) {
             (ReplyAs::Lookup { parent, name }, Ok(FsOk::Attr(a))) => {
@@ -187,6 +219,7 @@ impl HostServer {
                 // the index follows, so the next lookup keeps the node id
                 // (and the writer's lock and handles stay valid).
                 self.nodes.rekey(node, a.key);
+                self.recommitted.insert(node, self.next_op);
                 let attr = to_attr(node, &a);
                 if let Some(s) = self.sessions.get_mut(&session) {
                     if s.committed.len() == COMMITTED_MEMORY {
