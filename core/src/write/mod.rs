@@ -316,7 +316,8 @@ impl WriteTxn {
         }
         // Emptying a file that holds only the open's truncation changes
         // nothing: a bare FLUSH still commits nothing.
-        if !(size == 0 && self.size == 0 && self.only_emptied()) && !from_empty {
+        let empties_the_emptied = size == 0 && self.size == 0 && self.only_emptied();
+        if !(from_empty || empties_the_emptied) {
             self.written = true;
         }
         self.size = size;
