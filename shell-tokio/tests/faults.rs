@@ -35,3 +35,13 @@ fn errors_that_belong_to_open_come_at_open() {
 fn a_folder_has_one_host_at_a_time() {
     faults::a_folder_has_one_host_at_a_time(Path::new(BIN));
 }
+
+#[test]
+fn an_open_file_keeps_its_content_when_the_host_saves_a_new_one() {
+    faults::an_open_file_keeps_its_content_when_the_host_saves_a_new_one(Path::new(BIN));
+}
+
+#[test]
+fn a_directory_renamed_on_the_host_keeps_the_shell_in_it() {
+    faults::a_directory_renamed_on_the_host_keeps_the_shell_in_it(Path::new(BIN));
+}

@@ -23,6 +23,9 @@ struct Node {
 pub struct NodeTable {
     nodes: BTreeMap<NodeId, Node>,
     children: BTreeMap<(NodeId, Name), NodeId>,
+    /// Directories by identity (a directory has one name, no hard links),
+    /// to follow one a local program moved ([`Self::dir_by_key`]).
+    dirs: BTreeMap<FileKey, NodeId>,
     next: u64,
     max_nodes: usize,
 }
@@ -42,6 +45,7 @@ impl NodeTable {
         NodeTable {
             nodes,
             children: BTreeMap::new(),
+            dirs: BTreeMap::new(),
             next: NodeId::ROOT.0 + 1,
             max_nodes: max_nodes.max(1),
         }
@@ -142,7 +146,21 @@ impl NodeTable {
             },
         );
         self.children.insert((parent, name.clone()), id);
+        if kind == FileKind::Dir {
+            self.dirs.insert(key, id);
+        }
         Some(id)
+    }
+
+    /// The indexed directory with identity `key`, if any (the root is
+    /// not: it never moves).
+    pub fn dir_by_key(&self, key: FileKey) -> Option<NodeId> {
+        self.dirs.get(&key).copied()
+    }
+
+    /// A node's parent and name; `None` for the root and unknown nodes.
+    pub fn link(&self, node: NodeId) -> Option<(NodeId, Name)> {
+        self.nodes.get(&node).and_then(|n| n.link.clone())
     }
 
     /// The file at `node`'s path was replaced by a new version of itself
@@ -186,6 +204,9 @@ impl NodeTable {
             };
             if let Some(link) = node.link {
                 self.children.remove(&link);
+            }
+            if self.dirs.get(&node.key) == Some(&id) {
+                self.dirs.remove(&node.key);
             }
             let kids: Vec<NodeId> = self
                 .children

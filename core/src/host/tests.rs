@@ -1279,3 +1279,60 @@ fn an_open_of_a_node_forgotten_meanwhile_is_stale() {
         "the disk handle of the refused open is closed"
     );
 }
+
+/// A local program renames a directory a client works in: the client's
+/// node follows it (lookups, listings and creates there go on), while a
+/// directory really deleted stays gone. On a local disk a shell's
+/// current directory follows a rename.
+#[test]
+fn a_directory_moved_on_the_host_is_followed() {
+    let mut r = Rig::new(
+        HostConfig::default(),
+        disk_with(
+            &[(&["dir", "a.txt"], b"a"), (&["gone", "b.txt"], b"b")],
+            &[&["dir"], &["gone"]],
+        ),
+    );
+    let c = r.client(1);
+    let dir = r.lookup(c, NodeId::ROOT, "dir").expect("dir");
+    let a = r.lookup(c, dir.node, "a.txt").expect("a");
+    let gone = r.lookup(c, NodeId::ROOT, "gone").expect("gone");
+    r.disk
+        .local_rename(&path(&["dir"]), &path(&["dir2"]))
+        .expect("local mv");
+    r.disk.local_delete(&path(&["gone", "b.txt"])).expect("rm");
+    r.disk
+        .execute(FsOp::Rmdir {
+            path: path(&["gone"]),
+        })
+        .expect("rmdir");
+    for changed in [&["dir"][..], &["dir2"], &["gone"]] {
+        r.host.local_change(r.now, &path(changed));
+    }
+    r.pump();
+    let seen = r.invalidations(c);
+    assert!(
+        seen.contains(&(NodeId::ROOT, Invalidation::Entries)),
+        "{seen:?}"
+    );
+    // Everything beneath the moved directory keeps its node.
+    assert_eq!(r.lookup(c, dir.node, "a.txt").map(|x| x.node), Ok(a.node));
+    assert_eq!(
+        r.lookup(c, NodeId::ROOT, "dir2").map(|x| x.node),
+        Ok(dir.node)
+    );
+    assert_eq!(r.lookup(c, NodeId::ROOT, "dir").err(), Some(Errno::NoEnt));
+    let created = r.call(
+        c,
+        Request::Create {
+            parent: dir.node,
+            name: name("new.txt"),
+            mode: 0o644,
+            exclusive: true,
+        },
+    );
+    assert!(created.is_ok(), "{created:?}");
+    assert!(r.disk.read_file(&path(&["dir2", "new.txt"])).is_some());
+    // The deleted one is not followed anywhere.
+    assert!(r.lookup(c, gone.node, "b.txt").is_err());
+}

@@ -398,3 +398,84 @@ pub(crate) fn a_folder_has_one_host_at_a_time(bin: &Path) {
     // Gone with its process: a new host starts (it prints its ticket).
     let _second = host(&mut cleanup, bin, ANY_PORT);
 }
+
+/// Case 7: a file open for reading keeps its content when a program on
+/// the host saves a new version (a new file renamed over it), as an open
+/// file on a local disk does; a new open reads the new version.
+pub(crate) fn an_open_file_keeps_its_content_when_the_host_saves_a_new_one(bin: &Path) {
+    let _turn = serial();
+    let (_cleanup, _h, share, mnt) = rig("open-keeps", bin);
+    // Several chunks, so the held handle needs the host for the rest.
+    let old = pattern(3 << 20, 7);
+    std::fs::write(share.join("doc.bin"), &old).expect("seed");
+    let mut held = std::fs::File::open(mnt.join("doc.bin")).expect("open through the mount");
+    let mut start = vec![0u8; 4096];
+    held.read_exact(&mut start).expect("read the start");
+    assert_eq!(start, old[..4096]);
+    std::fs::write(share.join("doc.tmp"), b"new version\n").expect("temp");
+    std::fs::rename(share.join("doc.tmp"), share.join("doc.bin")).expect("save");
+    wait_for(STEP, "a new open to read the saved version", || {
+        std::fs::read(mnt.join("doc.bin")).is_ok_and(|d| d == b"new version\n")
+    });
+    let mut all = Vec::new();
+    held.seek(SeekFrom::Start(0)).expect("seek");
+    held.read_to_end(&mut all)
+        .expect("read through the held handle");
+    assert!(
+        all == old,
+        "the held handle reads the old content, whole ({} bytes)",
+        all.len()
+    );
+}
+
+/// Case 6: a shell standing in a directory of the mount goes on working
+/// there when a program on the host renames the directory: `ls`, `cat`
+/// and creating a file work (as a current directory on a local disk
+/// follows a rename), and the file lands in the renamed directory.
+pub(crate) fn a_directory_renamed_on_the_host_keeps_the_shell_in_it(bin: &Path) {
+    let _turn = serial();
+    let (cleanup, _h, share, mnt) = rig("dir-rename", bin);
+    std::fs::create_dir(share.join("dir")).expect("mkdir");
+    std::fs::write(share.join("dir").join("a.txt"), b"A\n").expect("seed");
+    // The shell waits on a FIFO (outside the mount) between `cd` and the
+    // rest, so the rename happens while it stands in the directory.
+    let fifo = cleanup.dir.join("go");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && read go < '{}' && ls && cat a.txt && echo new > b.txt",
+            mnt.join("dir").display(),
+            fifo.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    // Opening the FIFO to write waits for the shell to open it to read,
+    // which it does after its `cd`.
+    let mut go = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    std::fs::rename(share.join("dir"), share.join("dir2")).expect("rename on the host");
+    // The mount learns of the rename from the host's watcher.
+    wait_for(STEP, "the mount to see the rename", || {
+        mnt.join("dir2").exists()
+    });
+    go.write_all(b"go\n").expect("signal the shell");
+    drop(go);
+    let out = shell.wait_with_output().expect("wait for sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the shell works on in the renamed directory: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a.txt") && stdout.contains("A"), "{stdout}");
+    assert_eq!(
+        std::fs::read(share.join("dir2").join("b.txt")).expect("the new file"),
+        b"new\n"
+    );
+}

@@ -210,6 +210,12 @@ enum Purpose {
     },
     /// Clean-up with no one to answer (closing handles, dropping staging).
     Housekeeping,
+    /// What a local program put at `parent/name`, where no node is: a
+    /// directory it moved there is followed ([`HostServer::local_change`]).
+    Follow {
+        parent: NodeId,
+        name: Name,
+    },
     Answer {
         session: SessionId,
         id: RequestId,

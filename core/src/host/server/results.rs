@@ -12,6 +12,7 @@ impl HostServer {
         match purpose {
             Purpose::ScanRoot | Purpose::ScanList { .. } => self.scan_result(purpose, result),
             Purpose::Housekeeping => {}
+            Purpose::Follow { parent, name } => self.follow(parent, name, result),
             Purpose::Answer { session, id, then } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.ops = s.ops.saturating_sub(1);

@@ -13,9 +13,15 @@ impl HostServer {
             match self.nodes.child(at, name) {
                 Some(child) => at = child,
                 None => {
-                    // Not indexed: only its directory's listing changed.
+                    // Not indexed: its directory's listing changed, and it
+                    // may be a directory moved here (see `follow`).
                     if i + 1 == names.len() {
                         self.broadcast(None, at, Invalidation::Entries);
+                        let follow = Purpose::Follow {
+                            parent: at,
+                            name: name.clone(),
+                        };
+                        self.fs(follow, FsOp::Stat { path: path.clone() });
                     }
                     return;
                 }
@@ -25,6 +31,40 @@ impl HostServer {
         if let Some(parent) = self.nodes.ancestors(at).first().copied() {
             self.broadcast(None, parent, Invalidation::Entries);
         }
+    }
+
+    /// A local program's change put `result`'s file at `parent/name`. If
+    /// it is an indexed directory that was elsewhere, a local program
+    /// moved it: its node follows (with everything beneath it), so a
+    /// client working in it (a shell's current directory, an open
+    /// listing) goes on as on a local disk instead of meeting ESTALE.
+    /// A directory has one name, so the identity says which it is.
+    /// Files are not followed: a client's handles on a moved file keep
+    /// working, and its next lookup finds the new name.
+    pub(super) fn follow(&mut self, parent: NodeId, name: Name, result: FsResult) {
+        let Ok(FsOk::Attr(a)) = result else {
+            return;
+        };
+        let Some(moved) = self
+            .nodes
+            .dir_by_key(a.key)
+            .filter(|_| a.kind == FileKind::Dir)
+        else {
+            return;
+        };
+        let Some((old_parent, old_name)) = self.nodes.link(moved) else {
+            return;
+        };
+        let into_itself = parent == moved || self.nodes.ancestors(parent).contains(&moved);
+        if (old_parent, &old_name) == (parent, &name) || !self.nodes.contains(parent) || into_itself
+        {
+            return;
+        }
+        for gone in self.nodes.rename(old_parent, &old_name, parent, &name) {
+            self.broadcast(None, gone, Invalidation::Gone);
+        }
+        self.broadcast(None, old_parent, Invalidation::Entries);
+        self.broadcast(None, parent, Invalidation::Entries);
     }
 
     /// When [`Self::handle_timeout`] is next due.
