@@ -30,6 +30,7 @@
 //! The shells make no protocol decisions, and neither does this crate: it
 //! reads sockets and timers, feeds the core, and does what the core says.
 
+mod claim;
 mod drive;
 mod recycle;
 mod runtime;

@@ -44,3 +44,8 @@ fn an_open_file_keeps_its_content_when_the_host_saves_a_new_one() {
 fn a_directory_renamed_on_the_host_keeps_the_shell_in_it() {
     faults::a_directory_renamed_on_the_host_keeps_the_shell_in_it(Path::new(BIN));
 }
+
+#[test]
+fn one_mountpoint_has_one_mount() {
+    faults::one_mountpoint_has_one_mount(Path::new(BIN));
+}

@@ -11,6 +11,7 @@ use clap::Args;
 use futures_lite::StreamExt;
 
 use super::news;
+use crate::claim::{ClaimError, DirClaim};
 use crate::host::keys::{HostKeys, config_dir};
 use crate::host::{Host, HostOptions};
 use crate::mount::{Mount, MountOptions};
@@ -202,10 +203,21 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
 }
 
 /// Refuses a mountpoint a mount would make a mess of, with what to do:
-/// a mount over files hides them until the unmount, and a mount whose
-/// process died (`ENOTCONN` on every access) has to go first.
-fn check_mountpoint(at: &Path) -> Result<()> {
+/// a mount over files hides them until the unmount, a mount whose
+/// process died (`ENOTCONN` on every access) has to go first, and a
+/// second mount on one directory would stack on the first (one unmount
+/// would then remove both). Returns the claim on the directory, held for
+/// the mount's lifetime: a mount started at the same moment is refused
+/// by the claim, one started later by `/proc/mounts`, which is read after
+/// claiming for that reason.
+fn check_mountpoint(at: &Path) -> Result<DirClaim> {
     let shown = at.display();
+    let already = || {
+        anyhow!(
+            "{shown} is already a wormhole mount (another `wormhole mount` is using it; \
+             `wormhole unmount {shown}` ends it)"
+        )
+    };
     let dead =
         |e: &std::io::Error| e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error());
     let meta = match std::fs::metadata(at) {
@@ -221,6 +233,15 @@ fn check_mountpoint(at: &Path) -> Result<()> {
     if !meta.is_dir() {
         bail!("mountpoint {shown}: not a directory");
     }
+    let claim = match DirClaim::acquire(at) {
+        Ok(claim) => claim,
+        Err(ClaimError::Busy) => return Err(already()),
+        Err(ClaimError::Io(e)) => return Err(e).with_context(|| format!("mountpoint {shown}")),
+    };
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if is_wormhole_mount(&mounts, at) {
+        return Err(already());
+    }
     let mut entries = std::fs::read_dir(at).with_context(|| format!("mountpoint {shown}"))?;
     if entries.next().is_some() {
         bail!(
@@ -228,13 +249,13 @@ fn check_mountpoint(at: &Path) -> Result<()> {
              (mount on an empty directory)"
         );
     }
-    Ok(())
+    Ok(claim)
 }
 
 /// Runs `wormhole mount`.
 pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Write) -> Result<()> {
     let ticket = Ticket::parse(&args.ticket)?;
-    check_mountpoint(&args.mountpoint)?;
+    let _claim = check_mountpoint(&args.mountpoint)?;
     let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
         "0.0.0.0:0".parse()?
     } else {
@@ -346,6 +367,16 @@ fn is_wormhole_mount(mounts: &str, mountpoint: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mountpoint_in_use_is_named_as_such() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = check_mountpoint(dir.path()).expect("a free mountpoint");
+        let e = check_mountpoint(dir.path()).expect_err("claimed by the first mount");
+        assert!(e.to_string().contains("already a wormhole mount"), "{e}");
+        drop(first);
+        check_mountpoint(dir.path()).expect("free again");
+    }
 
     #[test]
     fn ticket_addresses() {

@@ -25,9 +25,6 @@ pub mod keys;
 pub mod watch;
 
 mod driver;
-mod share_lock;
-
-pub use share_lock::{ShareLock, ShareLockError};
 
 use core::net::SocketAddr;
 use std::io;
@@ -40,6 +37,7 @@ use wormhole_core::Rng;
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::host::{HostConfig, HostEvent, HostServer};
 
+use crate::claim::{ClaimError, DirClaim};
 use crate::net::identity::{Identity, QuicConfigError};
 use crate::net::quic::{host_endpoint_config, host_server_config, size_socket_buffers};
 use driver::{Event, HostDriver};
@@ -93,9 +91,20 @@ pub enum HostError {
         /// Why.
         source: io::Error,
     },
-    /// Another host shares the folder, or it cannot be claimed.
-    #[error("{0}")]
-    Claimed(#[from] ShareLockError),
+    /// Another host shares the folder.
+    #[error(
+        "{0} is already shared by another wormhole host on this machine (one folder, one host: \
+         two would let their clients overwrite each other's writes)"
+    )]
+    Shared(PathBuf),
+    /// The folder cannot be claimed for sharing.
+    #[error("cannot lock {dir} for sharing: {source}")]
+    Claim {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// The folder cannot be watched.
     #[error("{0}")]
     Watch(#[from] WatchError),
@@ -126,7 +135,13 @@ impl Host {
     ) -> Result<Host, HostError> {
         // First: with the folder claimed, any staging file of another run
         // is a crash's, and the first scan sweeps it.
-        let claim = ShareLock::acquire(&options.root)?;
+        let claim = DirClaim::acquire(&options.root).map_err(|e| match e {
+            ClaimError::Busy => HostError::Shared(options.root.clone()),
+            ClaimError::Io(source) => HostError::Claim {
+                dir: options.root.clone(),
+                source,
+            },
+        })?;
         let fs_config = HostFsConfig {
             sole_host: true,
             ..options.fs.clone()

@@ -479,3 +479,65 @@ pub(crate) fn a_directory_renamed_on_the_host_keeps_the_shell_in_it(bin: &Path) 
         b"new\n"
     );
 }
+
+/// Case 8: two `wormhole mount`s started at the same moment on one empty
+/// mountpoint: one mounts, the other is refused with a line that says
+/// the directory is a wormhole mount already (they used to stack, and one
+/// unmount removed both). A later one is refused the same way.
+pub(crate) fn one_mountpoint_has_one_mount(bin: &Path) {
+    let _turn = serial();
+    let (cleanup, h, _share, _mnt) = rig("double-mount", bin);
+    let at = cleanup.dir.join("mnt-twice");
+    std::fs::create_dir(&at).expect("mkdir");
+    let start = || {
+        Command::new(bin)
+            .arg("mount")
+            .arg(&h.ticket)
+            .arg(&at)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run mount")
+    };
+    let mut both = [start(), start()];
+    // The refused one exits; the other keeps running, mounted.
+    let end = Instant::now() + STEP;
+    let refused = loop {
+        if let Some(i) = both
+            .iter_mut()
+            .position(|c| c.try_wait().ok().flatten().is_some())
+        {
+            break i;
+        }
+        assert!(Instant::now() < end, "neither mount was refused");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let [a, b] = both;
+    let (loser, mut winner) = if refused == 0 { (a, b) } else { (b, a) };
+    let out = loser.wait_with_output().expect("the refused mount");
+    let line = one_error_line(&out);
+    assert!(line.contains("already a wormhole mount"), "{line}");
+    let stdout = winner.stdout.take().expect("stdout");
+    let first = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    assert!(first.starts_with("Mounted at"), "{first}");
+    // Later, the same answer, not "not empty".
+    let out = Command::new(bin)
+        .arg("mount")
+        .arg(&h.ticket)
+        .arg(&at)
+        .output()
+        .expect("run a third mount");
+    let line = one_error_line(&out);
+    assert!(line.contains("already a wormhole mount"), "{line}");
+    let unmounted = Command::new(bin)
+        .arg("unmount")
+        .arg(&at)
+        .status()
+        .expect("unmount");
+    assert!(unmounted.success());
+    let status = winner.wait().expect("the mount ends");
+    assert!(status.success(), "{status:?}");
+}

@@ -93,7 +93,7 @@ pub struct HostFsConfig {
     /// Staging files at once (EAGAIN beyond): each holds a descriptor.
     pub max_staged: usize,
     /// No other host serves this folder (the caller holds its
-    /// [`ShareLock`](crate::host::ShareLock)): staging files of other runs
+    /// `DirClaim` in `claim.rs`): staging files of other runs
     /// are a crash's leftovers and go as soon as a listing meets them.
     /// Otherwise they go only once [`LEFTOVER_AGE`] old.
     pub sole_host: bool,
