@@ -48,6 +48,9 @@ pub struct SimClient {
     pub replies: u64,
     /// What the client told its user, in order.
     pub events: Vec<crate::client::ClientEvent>,
+    /// Answers given while the client found its host unreachable (from
+    /// its cache, past the TTL; see `client/offline.rs`).
+    pub offline_answers: BTreeSet<Req>,
 }
 
 /// One file operation the host had its disk execute, kept (when
@@ -115,6 +118,12 @@ pub struct World {
     pub max_delay: Duration,
     /// Clients cut off from the host.
     pub partitioned: BTreeSet<usize>,
+    /// Clients cut off without their connection noticing (a partition
+    /// inside QUIC's idle timeout): every message between them and the
+    /// host is lost.
+    pub silenced: BTreeSet<usize>,
+    /// Clients whose connect attempt waits for the host.
+    dialing: BTreeSet<usize>,
     /// Whether the host process is running.
     pub host_up: bool,
     /// Percent of file operations the host hands to its worker pool, as
@@ -181,6 +190,8 @@ impl World {
             rng,
             max_delay: Duration::from_millis(5),
             partitioned: BTreeSet::new(),
+            silenced: BTreeSet::new(),
+            dialing: BTreeSet::new(),
             host_up: true,
             fs_late_percent: 0,
             wire: BTreeMap::new(),
@@ -219,6 +230,7 @@ impl World {
             sent: 0,
             replies: 0,
             events: Vec::new(),
+            offline_answers: BTreeSet::new(),
         });
         let c = self.clients.len() - 1;
         let now = self.now;
@@ -329,6 +341,11 @@ impl World {
     fn deliver(&mut self, w: Wire) {
         let now = self.now;
         match w {
+            Wire::ToHost(conn, _) | Wire::ToClient(_, conn, _)
+                if self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| self.silenced.contains(c)) => {}
             Wire::ToHost(conn, bytes) => {
                 if self.host_up && self.conns.contains_key(&conn) {
                     // A message that does not decode fails alone.
@@ -436,6 +453,9 @@ impl World {
         let now = self.now;
         match o {
             ClientOutput::Reply { req, result } => {
+                if self.clients[c].core.host_unreachable() {
+                    self.clients[c].offline_answers.insert(req);
+                }
                 self.clients[c].replies += 1;
                 self.clients[c].answers.insert(req, result);
             }
@@ -448,18 +468,16 @@ impl World {
             }
             ClientOutput::OpenTransport => {
                 if !self.host_up || self.partitioned.contains(&c) {
-                    // Nothing answers: the connect times out in the client.
+                    // Nothing answers yet: the handshake goes on (QUIC
+                    // sends its first packet again and again) until the
+                    // host is back, or the client's connect times out.
+                    self.dialing.insert(c);
                     return;
                 }
-                let conn = ConnId(self.next_conn);
-                self.next_conn += 1;
-                let exporter = *blake3::hash(&conn.0.to_le_bytes()).as_bytes();
-                self.conns.insert(conn, c);
-                self.clients[c].conn = Some(conn);
-                self.host.conn_opened(now, conn, exporter);
-                self.clients[c].core.transport_established(now, &exporter);
+                self.open_transport(c);
             }
             ClientOutput::CloseTransport => {
+                self.dialing.remove(&c);
                 if let Some(conn) = self.clients[c].conn.take() {
                     self.conns.remove(&conn);
                     if self.host_up {
@@ -513,10 +531,49 @@ impl World {
         self.pump();
     }
 
-    /// Ends every partition. Clients still retrying reconnect on their
-    /// next attempt.
+    /// Ends every partition. A client's connect attempt under way gets
+    /// through; the others reconnect at their next attempt.
     pub fn heal(&mut self) {
         self.partitioned.clear();
+        self.silenced.clear();
+        self.finish_dialing();
+    }
+
+    /// Connect attempts that waited for the host (down, or cut off) and
+    /// can reach it now complete.
+    fn finish_dialing(&mut self) {
+        if !self.host_up {
+            return;
+        }
+        let ready: Vec<usize> = self
+            .dialing
+            .iter()
+            .copied()
+            .filter(|c| !self.partitioned.contains(c))
+            .collect();
+        for c in ready {
+            self.dialing.remove(&c);
+            self.open_transport(c);
+        }
+        self.pump();
+    }
+
+    /// Client `c`'s transport reaches the host.
+    fn open_transport(&mut self, c: usize) {
+        let now = self.now;
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let exporter = *blake3::hash(&conn.0.to_le_bytes()).as_bytes();
+        self.conns.insert(conn, c);
+        self.clients[c].conn = Some(conn);
+        self.host.conn_opened(now, conn, exporter);
+        self.clients[c].core.transport_established(now, &exporter);
+    }
+
+    /// Cuts client `c` off without its connection noticing: what it sends
+    /// and what is sent to it is lost until [`Self::heal`].
+    pub fn silence(&mut self, c: usize) {
+        self.silenced.insert(c);
     }
 
     /// The host process dies: its disk loses what was not durable, every
@@ -542,10 +599,12 @@ impl World {
         let now = self.now;
         self.host.start(now);
         self.pump();
+        self.finish_dialing();
     }
 
     /// Client `c` dies: the host sees its connection close.
     pub fn crash_client(&mut self, c: usize) {
+        self.dialing.remove(&c);
         if let Some(conn) = self.clients[c].conn.take() {
             self.conns.remove(&conn);
             if self.host_up {
@@ -567,6 +626,7 @@ impl World {
             sent: 0,
             replies: 0,
             events: Vec::new(),
+            offline_answers: BTreeSet::new(),
         };
         self.pump();
     }

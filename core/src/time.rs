@@ -43,6 +43,12 @@ impl Instant {
         Duration::from_nanos(self.0)
     }
 
+    /// `duration` before `self`, or the origin if that is earlier.
+    pub fn saturating_sub(self, duration: Duration) -> Instant {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        Instant(self.0.saturating_sub(nanos))
+    }
+
     /// `self - earlier`, or zero if `earlier` is later.
     pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))

@@ -159,6 +159,8 @@ pub struct CacheStats {
     pub failures: u64,
     /// Fetches that timed out.
     pub timeouts: u64,
+    /// Fetches answered with stale data because the host was unreachable.
+    pub stale_served: u64,
     /// Chunks from the disk cache refused for a bad checksum.
     pub bad_checksums: u64,
     /// Entries evicted from memory.
@@ -497,6 +499,24 @@ impl Cache {
         Ok(())
     }
 
+    /// The host cannot be reached: the fetch of `key` under way ends with
+    /// the data held, which stays stale (the first lookup once the host is
+    /// back fetches again). False, and nothing changes, if there is no
+    /// fetch or no data.
+    pub fn serve_stale(&mut self, now: Instant, key: &CacheKey) -> bool {
+        let value = match self.l1.get(key) {
+            Some(Entry {
+                fetch: Some(_),
+                value: Some(value),
+                ..
+            }) => value.clone(),
+            _ => return false,
+        };
+        self.stats.stale_served += 1;
+        self.complete(now, key.clone(), value, now);
+        true
+    }
+
     /// The fetch of `key` failed with `errno`: every waiter gets the error.
     /// Old data stays Stale (for a later revalidation); a first fetch
     /// leaves the key Unknown.
@@ -537,6 +557,37 @@ impl Cache {
         }
         for l2 in self.l2.values_mut() {
             l2.expires = None;
+        }
+    }
+
+    /// A new host run: node ids name other files now. What is keyed by
+    /// node (attributes, listings, negative entries) goes, so that nothing
+    /// of the old run is ever served, not even while the host is
+    /// unreachable; a fetch in flight for such a key keeps its waiters but
+    /// loses its old data and is poisoned (its answer is not kept).
+    /// Chunks, keyed by file identity, stay.
+    pub fn forget_nodes(&mut self) {
+        let keys: Vec<CacheKey> = self
+            .l1
+            .keys()
+            .filter(|k| !matches!(k, CacheKey::Chunk(_)))
+            .cloned()
+            .collect();
+        for key in keys {
+            let fetching = self.l1.get(&key).is_some_and(|e| e.fetch.is_some());
+            if !fetching {
+                self.remove_entry(&key);
+                continue;
+            }
+            if let Some(entry) = self.l1.get_mut(&key) {
+                let bare = charge(&key, None);
+                self.l1_bytes = self.l1_bytes - entry.charge + bare;
+                entry.charge = bare;
+                entry.value = None;
+                if let Some(fetch) = entry.fetch.as_mut() {
+                    fetch.poisoned = true;
+                }
+            }
         }
     }
 

@@ -38,8 +38,18 @@ pub struct ClientConfig {
     /// own disconnect), connect again this long after, and again after
     /// every failed try: a mount outlives a host that is down for an
     /// hour. Requests in between fail at once with ENOTCONN (during a
-    /// try, they wait for its outcome). `None` stays disconnected.
+    /// try, they wait for its outcome; a kernel request brings the next
+    /// try forward to now). `None` stays disconnected.
     pub redial: Option<Duration>,
+    /// The host is unreachable for now (see `offline.rs`) once nothing at
+    /// all was heard from it for this long while a request waited (a
+    /// `Ping` goes out at a third of it, so a slow disk is not mistaken
+    /// for a partition): what the cache holds answers, even past its TTL.
+    pub unreachable_after: Duration,
+    /// While the host is unreachable, a kernel request the cache cannot
+    /// answer fails with ETIMEDOUT this long after it was made (or after
+    /// the host went quiet, if that was later).
+    pub unreachable_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -54,6 +64,8 @@ impl Default for ClientConfig {
             max_inodes: 1 << 20,
             max_dir_entries: 1 << 20,
             redial: Some(Duration::from_secs(30)),
+            unreachable_after: Duration::from_secs(3),
+            unreachable_wait: Duration::from_secs(10),
         }
     }
 }
@@ -297,6 +309,13 @@ pub enum ClientEvent {
     },
     /// The connection was lost; reconnecting.
     Lost,
+    /// The host has not answered for [`ClientConfig::unreachable_after`]
+    /// although the connection is up (a partition, or a host that
+    /// stopped): cached files answer, other requests fail after
+    /// [`ClientConfig::unreachable_wait`].
+    Unreachable,
+    /// The host answers again after [`ClientEvent::Unreachable`].
+    Reachable,
     /// A reconnect attempt is scheduled.
     Retrying {
         /// Attempt number.

@@ -16,8 +16,29 @@ impl ClientCore {
     /// A kernel operation. Its answer comes as [`super::ClientOutput::Reply`]
     /// with `req`, now (cache hit) or later.
     pub fn op(&mut self, now: Instant, req: Req, op: Op) {
+        if self.phase.redial_at().is_some() {
+            // Someone is waiting: try the host now rather than at the next
+            // redial; the request waits for the try.
+            self.connect(now);
+        }
         if self.phase.gave_up() {
-            self.reply(req, Err(Errno::NotConn));
+            // For good (a refused ticket): the cache answers what it can.
+            let local = matches!(
+                op,
+                Op::GetAttr { .. } | Op::ReadDir { .. } | Op::Read { .. }
+            ) || self.answer_from_cache(now, req, &op);
+            if !local {
+                self.reply(req, Err(Errno::NotConn));
+                return;
+            }
+            if self.vfs.is_none() || self.rebinding.is_some() {
+                return;
+            }
+            if let Err(e) = self.run(now, req, op) {
+                self.reads.remove(&req);
+                self.reply(req, Err(e));
+            }
+            self.drain(now);
             return;
         }
         if self.vfs.is_none() || self.rebinding.is_some() {
@@ -37,7 +58,7 @@ impl ClientCore {
         self.drain(now);
     }
 
-    fn node(&self, ino: Ino) -> Result<NodeId, Errno> {
+    pub(super) fn node(&self, ino: Ino) -> Result<NodeId, Errno> {
         let vfs = self.vfs.as_ref().ok_or(Errno::NotConn)?;
         match vfs.get(ino) {
             None => Err(Errno::Stale),
@@ -86,6 +107,9 @@ impl ClientCore {
                 if self.cache.state(now, &neg) == crate::cache::EntryState::Cached {
                     return Err(Errno::NoEnt);
                 }
+                if self.unreachable() && self.answer_from_cache(now, req, &op) {
+                    return Ok(());
+                }
                 let request = Request::Lookup {
                     parent: pnode,
                     name: name.clone(),
@@ -118,6 +142,9 @@ impl ClientCore {
                         self.reply(req, Ok(Answer::Attr { attr, ttl }));
                     }
                     Ok(Lookup::Hit(_)) => return Err(Errno::Io),
+                    Ok(Lookup::Stale(_))
+                        if self.unreachable()
+                            && self.cache.serve_stale(now, &CacheKey::Attr(node)) => {}
                     Ok(Lookup::Stale(_) | Lookup::Miss(Miss::Fetch)) => {
                         self.send(
                             now,
@@ -181,6 +208,9 @@ impl ClientCore {
                         self.answer_dir(req, *ino, *offset, &entries);
                     }
                     Ok(Lookup::Hit(_)) => return Err(Errno::Io),
+                    Ok(Lookup::Stale(_))
+                        if self.unreachable()
+                            && self.cache.serve_stale(now, &CacheKey::Dir(node)) => {}
                     Ok(Lookup::Stale(_) | Lookup::Miss(Miss::Fetch)) => {
                         self.fetch_dir(now, node);
                     }
@@ -202,6 +232,7 @@ impl ClientCore {
                 let request = Request::Open { node, mode: *mode };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }
+            Op::Open { .. } if self.unreachable() && self.answer_from_cache(now, req, &op) => {}
             Op::Open { ino, .. } => {
                 let node = self.node(*ino)?;
                 // Read before `take` borrows `self.ahead`, so that the
@@ -808,7 +839,10 @@ impl ClientCore {
             .handles
             .values()
             .any(|h| h.attr.key == key.file && h.attr.version == key.version);
-        if current {
+        if !current && self.unreachable() && self.cache.serve_stale(now, &CacheKey::Chunk(key)) {
+            // A chunk is its version's bytes: stale only in that the file
+            // may be at another version by now, which the host cannot say.
+        } else if current {
             let _ = self.cache.revalidated(now, &CacheKey::Chunk(key));
         } else {
             self.fetch_chunk(now, key);

@@ -28,6 +28,7 @@ mod api;
 mod dispatch;
 #[cfg(test)]
 mod integrity;
+mod offline;
 #[cfg(test)]
 mod regressions;
 mod reply;
@@ -102,6 +103,12 @@ enum Purpose {
     },
     /// Nobody waits (closing a host handle).
     Forget,
+    /// Is the silent host still there? ([`offline`])
+    Probe,
+    /// A kernel request answered without this request's reply (from the
+    /// cache, the host being unreachable, or failed for waiting too
+    /// long): a handle its reply opens is closed.
+    Abandoned,
 }
 
 impl Purpose {
@@ -296,6 +303,12 @@ pub struct ClientCore {
     /// Which node stands for a file identity (for chunk fetches).
     files: BTreeMap<FileKey, NodeId>,
     ahead: ahead::OpenAhead,
+    /// When the host was last heard from ([`offline`]).
+    heard_at: Instant,
+    /// A `Ping` to a silent host is out.
+    probing: bool,
+    /// Since when the host is unreachable: no connection, or silence.
+    unreachable_since: Option<Instant>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -325,6 +338,9 @@ impl ClientCore {
             reads: BTreeMap::new(),
             files: BTreeMap::new(),
             ahead: ahead::OpenAhead::default(),
+            heard_at: Instant::ZERO,
+            probing: false,
+            unreachable_since: None,
             out: VecDeque::new(),
         }
     }
@@ -456,6 +472,7 @@ impl ClientCore {
             self.phase.redial_at(),
             self.cache.poll_timeout(),
             self.ahead.poll_timeout(),
+            self.watch_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -504,6 +521,7 @@ impl ClientCore {
                 self.fail_purpose(now, purpose, Errno::TimedOut);
             }
         }
+        self.watch_host(now);
         self.drain(now);
     }
 
@@ -529,6 +547,10 @@ impl ClientCore {
         if !self.is_ready() || (restoring && !matches!(purpose, Purpose::Rebind { .. })) {
             if self.queued.len() >= self.cfg.max_queued {
                 return self.fail_purpose(now, purpose, Errno::Again);
+            }
+            if matches!(purpose, Purpose::Op { .. }) {
+                // A kernel request waits: no backoff (see `retry_now`).
+                self.conn.retry_now(now);
             }
             self.queued
                 .push_back((purpose, request, now + self.cfg.request_timeout));
@@ -575,6 +597,7 @@ impl ClientCore {
             ConnOutput::OpenTransport => self.out.push_back(ClientOutput::OpenTransport),
             ConnOutput::CloseTransport => {
                 self.phase.lost();
+                self.connection_gone(now);
                 self.out.push_back(ClientOutput::CloseTransport);
             }
             ConnOutput::Send(request @ Request::Hello { .. }) => {
@@ -606,6 +629,7 @@ impl ClientCore {
             ConnOutput::Event(ConnEvent::Lost) => {
                 self.phase.lost();
                 self.requeue_in_flight();
+                self.connection_gone(now);
                 self.out.push_back(ClientOutput::Event(ClientEvent::Lost));
             }
             ConnOutput::Event(ConnEvent::Retrying { attempt, delay }) => {
@@ -637,7 +661,12 @@ impl ClientCore {
         let flights = std::mem::take(&mut self.in_flight);
         let mut back: Vec<(Purpose, Request, Instant)> = flights
             .into_values()
-            .filter(|f| !matches!(f.purpose, Purpose::Hello))
+            .filter(|f| {
+                !matches!(
+                    f.purpose,
+                    Purpose::Hello | Purpose::Probe | Purpose::Abandoned
+                )
+            })
             .map(|f| (f.purpose, f.request, f.deadline))
             .collect();
         back.extend(self.queued.drain(..));
@@ -663,11 +692,16 @@ impl ClientCore {
 
     fn on_ready(&mut self, now: Instant, resumed: bool, root: Attr) {
         self.phase = Phase::Ready;
+        self.connection_back(now);
         self.out
             .push_back(ClientOutput::Event(ClientEvent::Connected { resumed }));
         let first = self.vfs.is_none();
         if first {
             self.vfs = Some(Vfs::new(root.node, self.cfg.max_inodes));
+        }
+        if !resumed {
+            // A new host run may number its nodes differently.
+            self.cache.forget_nodes();
         }
         let _ = self.cache.fill(
             now,
@@ -800,7 +834,8 @@ impl ClientCore {
     /// Answers whoever waits on a request that will never be answered.
     fn fail_purpose(&mut self, now: Instant, purpose: Purpose, errno: Errno) {
         match purpose {
-            Purpose::Hello | Purpose::Forget => {}
+            Purpose::Hello | Purpose::Forget | Purpose::Abandoned => {}
+            Purpose::Probe => self.probing = false,
             Purpose::Fetch(key) => {
                 let _ = self.cache.fail(now, &key, errno);
             }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 impl ClientCore {
     /// A message from the host arrived.
     pub fn handle_message(&mut self, now: Instant, msg: HostMessage) {
+        self.heard(now);
         match msg {
             HostMessage::Reply { id, result } => self.on_reply(now, id, result),
             HostMessage::Invalidate { node, what } => self.on_invalidate(now, node, what),
@@ -85,6 +86,12 @@ impl ClientCore {
                 Err(e) => self.conn.hello_refused(now, e),
             },
             Purpose::Forget => {}
+            Purpose::Probe => self.probing = false,
+            Purpose::Abandoned => {
+                if let Ok(Reply::Opened { handle, .. }) = result {
+                    self.close_host_handles(now, vec![handle]);
+                }
+            }
             Purpose::OpenAhead { node } => self.on_open_ahead(now, node, result),
             Purpose::Fetch(key) => self.on_fetch(now, key, result),
             Purpose::DirPage { node, mut acc } => match result {
@@ -299,7 +306,7 @@ impl ClientCore {
                 }),
             ) => {
                 let (node, size) = (attr.node, attr.size);
-                let fh = self.open_handle(now, ino, handle, attr.clone(), inline);
+                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));
@@ -441,7 +448,7 @@ impl ClientCore {
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, handle, attr.clone(), inline);
+        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -497,11 +504,11 @@ impl ClientCore {
     /// came with the open (`inline`) are its one chunk, cached under the
     /// version they were read at, so the read that follows needs no
     /// request.
-    fn open_handle(
+    pub(super) fn open_handle(
         &mut self,
         now: Instant,
         ino: Ino,
-        host: crate::proto::HandleId,
+        host: Option<crate::proto::HandleId>,
         attr: Attr,
         inline: Bytes,
     ) -> Fh {
@@ -524,7 +531,7 @@ impl ClientCore {
             Handle {
                 ino,
                 node: attr.node,
-                host: Some(host),
+                host,
                 attr,
                 error: None,
             },

@@ -378,9 +378,10 @@ fn the_mount_survives_a_host_restart_and_keeps_acknowledged_data() {
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "kept").expect("kept");
     w.crash_host();
-    // While the host is down, an uncached request waits…
+    // While the host is down, an uncached request waits (a while:
+    // `unreachable_wait`)…
     let req = w.op(0, Op::Statfs);
-    w.run_for(Duration::from_secs(2));
+    w.run_for(Duration::from_millis(500));
     assert_eq!(w.answer(0, req), None, "waiting, not failed");
     w.restart_host();
     // …and is answered after the reconnect.
@@ -391,16 +392,49 @@ fn the_mount_survives_a_host_restart_and_keeps_acknowledged_data() {
     assert_eq!(read_all(&mut w, 0, fh, 12), b"acknowledged");
 }
 
+/// Given up on the host: what the cache holds still answers; anything
+/// else brings the next try forward, waits for it at most
+/// `unreachable_wait`, and fails (ETIMEDOUT, or ENOTCONN when the try
+/// fails first); with no tries left (a refused ticket, or redial off) it
+/// fails at once with ENOTCONN.
 #[test]
-fn a_mount_that_cannot_reconnect_answers_enotconn() {
-    let mut w = world(&[("a", b"x")], 1);
-    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    w.crash_host();
-    // Five attempts with backoff: 1+2+4+8+16 s plus connect timeouts.
-    w.run_for(Duration::from_secs(120));
-    assert!(!w.clients[0].core.is_ready());
-    assert_eq!(w.call(0, Op::GetAttr { ino }).err(), Some(Errno::NotConn));
-    assert_eq!(w.call(0, Op::Statfs).err(), Some(Errno::NotConn));
+fn a_mount_that_cannot_reconnect_answers_from_its_cache() {
+    for redial in [true, false] {
+        let mut w = world(&[("a", b"x")], 1);
+        if !redial {
+            w.clients[0].core.cfg.redial = None;
+        }
+        let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+        w.crash_host();
+        // Five attempts with backoff: 1+2+4+8+16 s plus connect timeouts.
+        w.run_for(Duration::from_secs(120));
+        assert!(!w.clients[0].core.is_ready());
+        let attr = w.call(0, Op::GetAttr { ino });
+        assert!(
+            matches!(attr, Ok(Answer::Attr { ref attr, .. }) if attr.size == 1),
+            "redial {redial}: the cached attributes: {attr:?}"
+        );
+        let (ino2, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a cached lookup");
+        assert_eq!(ino2, ino);
+        let start = w.now;
+        let statfs = w.call(0, Op::Statfs).err();
+        if redial {
+            // The try ends at the connect timeout, 10 s, as the wait does.
+            assert!(
+                matches!(statfs, Some(Errno::TimedOut | Errno::NotConn)),
+                "{statfs:?}"
+            );
+            let waited = w.now - start;
+            let limit = ClientConfig::default().unreachable_wait;
+            assert!(
+                waited <= limit,
+                "failed after {waited:?}, not within {limit:?}"
+            );
+        } else {
+            assert_eq!(statfs, Some(Errno::NotConn));
+            assert_eq!(w.now, start, "at once");
+        }
+    }
 }
 
 /// A mount outlives a host that is down for longer than the connection
@@ -968,4 +1002,95 @@ fn open_aheads_do_not_outlive_the_host_session() {
     // Their handles died with the session: the open asks the new host.
     assert!(!cat_nth(&mut w, &inos, 2));
     assert!(!cat_nth(&mut w, &inos, 3));
+}
+
+/// A partition the connection does not notice (inside QUIC's idle
+/// timeout): a request that meets silence probes the host, and after
+/// `unreachable_after` the cache answers what it holds, past its TTL (a
+/// lookup, the file's attributes, an open and the reads of a file it
+/// holds whole, a listing), while what it cannot answer fails with
+/// ETIMEDOUT within `unreachable_wait`, not the request timeout. Once the
+/// host answers again, so does everything else, at once.
+#[test]
+fn a_silent_partition_is_answered_from_the_cache_then_healed() {
+    let cfg = ClientConfig::default();
+    let mut w = world(&[("a", b"cached"), ("b", b"never read")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 6), b"cached");
+    w.call(0, Op::Release { fh }).expect("release");
+    assert!(matches!(
+        w.call(
+            0,
+            Op::ReadDir {
+                ino: Ino::ROOT,
+                offset: 0
+            }
+        ),
+        Ok(Answer::Dir(_))
+    ));
+    // Everything cached is past its TTL when the partition starts.
+    w.run_for(Duration::from_secs(60));
+    w.silence(0);
+    let start = w.now;
+    let (again, attr) = lookup(&mut w, 0, Ino::ROOT, "a").expect("the cached entry");
+    assert_eq!((again, attr.size), (ino, 6));
+    let waited = w.now - start;
+    assert!(
+        waited >= cfg.unreachable_after && waited <= cfg.unreachable_after + Duration::from_secs(1),
+        "answered once the host was found unreachable, after {waited:?}"
+    );
+    assert!(
+        w.clients[0].events.contains(&ClientEvent::Unreachable),
+        "{:?}",
+        w.clients[0].events
+    );
+    // From now on at once, from the cache.
+    let start = w.now;
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 6), b"cached");
+    w.call(0, Op::Release { fh }).expect("release");
+    assert!(matches!(
+        w.call(0, Op::GetAttr { ino }),
+        Ok(Answer::Attr { .. })
+    ));
+    assert!(matches!(
+        w.call(
+            0,
+            Op::ReadDir {
+                ino: Ino::ROOT,
+                offset: 0
+            }
+        ),
+        Ok(Answer::Dir(_))
+    ));
+    assert_eq!(w.now, start, "the cache answered at once");
+    // What it does not hold fails, within `unreachable_wait`.
+    let (b, _) = lookup(&mut w, 0, Ino::ROOT, "b").expect("listed, so cached");
+    let start = w.now;
+    let opened = w.call(0, Op::open(b));
+    assert_eq!(
+        opened.err(),
+        Some(Errno::TimedOut),
+        "b's bytes were never read"
+    );
+    assert!(w.now - start <= cfg.unreachable_wait);
+    let created = w.call(
+        0,
+        Op::Create {
+            parent: Ino::ROOT,
+            name: name("new"),
+            mode: 0o644,
+            exclusive: false,
+            truncate: false,
+        },
+    );
+    assert_eq!(created.err(), Some(Errno::TimedOut));
+    // Healed: the next request goes to the host and is answered.
+    w.heal();
+    let start = w.now;
+    let fh = open(&mut w, 0, b);
+    assert_eq!(read_all(&mut w, 0, fh, 10), b"never read");
+    assert!(w.now - start < Duration::from_secs(1), "at once");
+    assert!(w.clients[0].events.contains(&ClientEvent::Reachable));
 }

@@ -335,6 +335,17 @@ impl Connection {
             .push_back(ConnOutput::Event(ConnEvent::Retrying { attempt, delay }));
     }
 
+    /// Someone is waiting for the connection: a reconnect attempt waiting
+    /// out its backoff starts now (decision of 2026-12-04: the backoff
+    /// spares a host nobody is waiting for; a person waiting gets the
+    /// next attempt at once, and attempts still run one at a time, each
+    /// bounded by the connect timeout). Otherwise nothing changes.
+    pub fn retry_now(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Waiting { .. }) {
+            self.open(now);
+        }
+    }
+
     /// Delay before reconnect attempt `attempt` (from 1): initial × 2^(n-1),
     /// capped, jittered.
     fn backoff(&mut self, attempt: u32) -> Duration {

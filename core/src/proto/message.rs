@@ -442,6 +442,10 @@ pub enum Request {
     },
     /// The client is leaving; its locks and transactions end now.
     Goodbye,
+    /// Are you there? Answered `Done` at once, without touching the disk:
+    /// a client that has heard nothing for a while tells a slow disk from
+    /// an unreachable host by it.
+    Ping,
 }
 
 /// A successful reply.

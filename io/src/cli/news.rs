@@ -47,6 +47,10 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
         ClientEvent::Lost => {
             "Lost the connection to the host; reconnecting. Cached files still answer.".to_owned()
         }
+        ClientEvent::Unreachable => "The host is not answering; cached files still answer, \
+                                     other requests fail with ETIMEDOUT within seconds."
+            .to_owned(),
+        ClientEvent::Reachable => "The host answers again.".to_owned(),
         ClientEvent::Retrying { attempt, delay } => {
             format!(
                 "Reconnect attempt {attempt} in {:.1} s.",

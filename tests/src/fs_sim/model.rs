@@ -58,6 +58,10 @@ pub struct FsStats {
     pub short_partitions: u64,
     /// Partitions longer than the lock ttl.
     pub long_partitions: u64,
+    /// Partitions the connection does not notice.
+    pub silent_partitions: u64,
+    /// Answers given while the client found its host unreachable.
+    pub offline_answers: u64,
     /// Host crashes.
     pub host_crashes: u64,
     /// Client crashes.
@@ -100,6 +104,8 @@ impl FsStats {
         self.reads_after_ack += o.reads_after_ack;
         self.short_partitions += o.short_partitions;
         self.long_partitions += o.long_partitions;
+        self.offline_answers += o.offline_answers;
+        self.silent_partitions += o.silent_partitions;
         self.host_crashes += o.host_crashes;
         self.client_crashes += o.client_crashes;
         self.converged += o.converged;
@@ -778,6 +784,15 @@ impl Sim {
         self.check()
     }
 
+    /// Cuts client `c` off without its connection noticing: messages are
+    /// lost both ways (`long`: for longer than the lock ttl).
+    pub fn silence(&mut self, c: usize, long: bool) -> Result<(), Violation> {
+        self.stats.silent_partitions += 1;
+        self.note(|| format!("silence c{c} ({})", if long { "long" } else { "short" }));
+        self.w.silence(c);
+        self.check()
+    }
+
     /// Ends every partition; clients that gave up connect again.
     pub fn heal(&mut self) -> Result<(), Violation> {
         self.note(|| "heal".to_string());
@@ -1126,12 +1141,19 @@ impl Sim {
                         "client {c} answered {req:?}, which is not pending: {result:?}"
                     )));
                 };
-                self.note(|| format!("c{c} ← {} = {}", op_summary(&p.op), summary(&result)));
+                let offline = self.w.clients[c].offline_answers.remove(&req);
+                self.note(|| {
+                    let from = if offline { " (host unreachable)" } else { "" };
+                    format!("c{c} ← {} = {}{from}", op_summary(&p.op), summary(&result))
+                });
+                if offline {
+                    self.stats.offline_answers += 1;
+                }
                 match &result {
                     Ok(_) => self.stats.ok += 1,
                     Err(e) => *self.stats.errors.entry(format!("{e:?}")).or_default() += 1,
                 }
-                self.check_answer(c, p, result)?;
+                self.check_answer(c, p, result, offline)?;
             }
             let replies = self.w.clients[c].replies;
             if replies != self.kernels[c].answered {
@@ -1179,11 +1201,14 @@ impl Sim {
         Ok(())
     }
 
+    /// Checks one answer; `offline`: given while the client found its host
+    /// unreachable, from its cache.
     fn check_answer(
         &mut self,
         c: usize,
         p: Pending,
         result: Result<Answer, Errno>,
+        offline: bool,
     ) -> Result<(), Violation> {
         let shape_ok = match (&p.op, &result) {
             (_, Err(_)) => true,
@@ -1214,7 +1239,7 @@ impl Sim {
             return Err(self.violation(format!("client {c}: {:?} answered {result:?}", p.op)));
         }
         if let Ok(answer) = &result {
-            self.check_fresh(c, answer)?;
+            self.check_fresh(c, answer, offline)?;
         }
         match (p.ctx, result) {
             (Ctx::Plain, Ok(Answer::Entry { ino, attr, .. })) => {
@@ -1235,6 +1260,10 @@ impl Sim {
                 let Op::Open { ino, .. } = p.op else {
                     unreachable!("shape checked")
                 };
+                // Close-to-open needs the host: an open the cache answered
+                // while it was unreachable may be at any committed version
+                // (still a whole one: the reads check that).
+                let min_index = if offline { 0 } else { min_index };
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
@@ -1312,8 +1341,10 @@ impl Sim {
     /// Invariant 7, no cached entry is served past its ttl: every
     /// attribute a kernel is given came from the host to this client
     /// within the ttl (a revalidation that brought the same version again
-    /// counts).
-    fn check_fresh(&mut self, c: usize, answer: &Answer) -> Result<(), Violation> {
+    /// counts). While the host is unreachable (`offline`), the cache
+    /// answers past the ttl, but only with what the host sent: the
+    /// attributes must have come to this client, at any time.
+    fn check_fresh(&mut self, c: usize, answer: &Answer, offline: bool) -> Result<(), Violation> {
         let attrs: Vec<&Attr> = match answer {
             Answer::Entry { attr, .. }
             | Answer::Attr { attr, .. }
@@ -1331,7 +1362,8 @@ impl Sim {
                 .delivered
                 .get(&(c, a.node, a.version))
                 .map(|&at| self.w.now.saturating_duration_since(at));
-            if age.is_none_or(|age| age > self.attr_ttl) {
+            let stale = age.is_none_or(|age| age > self.attr_ttl);
+            if stale && !(offline && age.is_some()) {
                 return Err(self.violation(format!(
                     "client {c} served attributes of {:?} (version {:016x}, nlink {}) received {age:?} ago; the ttl is {:?}",
                     a.node, a.version, a.nlink, self.attr_ttl

@@ -288,7 +288,13 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                     } else {
                         1 + rng.below(20)
                     };
-                    sim.partition(c, long)?;
+                    // Half of them silent: the connection does not
+                    // notice (inside QUIC's idle timeout), the client must.
+                    if rng.below(2) == 0 {
+                        sim.silence(c, long)?;
+                    } else {
+                        sim.partition(c, long)?;
+                    }
                     heal_at = Some(sim.w.now + Duration::from_secs(secs));
                 }
             }
@@ -436,6 +442,8 @@ impl Simulation for FsSim {
             ("reads after an acknowledged close", s.reads_after_ack),
             ("short partitions", s.short_partitions),
             ("long partitions", s.long_partitions),
+            ("silent partitions", s.silent_partitions),
+            ("answers while the host was unreachable", s.offline_answers),
             ("host crashes", s.host_crashes),
             ("client crashes", s.client_crashes),
             ("commits replayed from their staging", s.commits_replayed),

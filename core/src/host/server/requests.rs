@@ -388,6 +388,7 @@ impl HostServer {
                 self.answer(session, id, Ok(Reply::Done));
                 self.end_session(now, session);
             }
+            Request::Ping => self.answer(session, id, Ok(Reply::Done)),
         }
         Ok(())
     }
