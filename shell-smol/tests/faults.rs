@@ -49,3 +49,8 @@ fn a_directory_renamed_on_the_host_keeps_the_shell_in_it() {
 fn one_mountpoint_has_one_mount() {
     faults::one_mountpoint_has_one_mount(Path::new(BIN));
 }
+
+#[test]
+fn a_partition_is_answered_from_the_cache_and_heals_at_once() {
+    faults::a_partition_is_answered_from_the_cache_and_heals_at_once(Path::new(BIN));
+}

@@ -548,7 +548,7 @@ impl ClientCore {
             if self.queued.len() >= self.cfg.max_queued {
                 return self.fail_purpose(now, purpose, Errno::Again);
             }
-            if matches!(purpose, Purpose::Op { .. }) {
+            if offline::for_the_kernel(&purpose) {
                 // A kernel request waits: no backoff (see `retry_now`).
                 self.conn.retry_now(now);
             }

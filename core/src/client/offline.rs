@@ -34,7 +34,7 @@ use std::time::Duration;
 /// Whether a kernel request waits on `purpose`: those fail once the host
 /// has been unreachable for a while. (Write transactions and lock traffic
 /// do not: they wait for the host as across a reconnect.)
-fn for_the_kernel(purpose: &Purpose) -> bool {
+pub(super) fn for_the_kernel(purpose: &Purpose) -> bool {
     matches!(
         purpose,
         Purpose::Fetch(_)

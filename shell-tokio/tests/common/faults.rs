@@ -23,7 +23,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::procs::{
-    ANY_PORT, Cleanup, STEP, line_where, mounted, one_error_line, scratch, start_host, ticket_of,
+    ANY_PORT, Cleanup, STEP, line_where, line_within, mounted, one_error_line, scratch, start_host,
+    ticket_of,
 };
 
 /// Errnos the tests expect, as `raw_os_error` gives them.
@@ -540,4 +541,111 @@ pub(crate) fn one_mountpoint_has_one_mount(bin: &Path) {
     assert!(unmounted.success());
     let status = winner.wait().expect("the mount ends");
     assert!(status.success(), "{status:?}");
+}
+
+/// Drops the host's UDP traffic on loopback (both ways) until dropped:
+/// a partition, as a home router losing its uplink makes one.
+struct Partition {
+    port: String,
+}
+
+impl Partition {
+    fn rules(&self, op: &str) -> bool {
+        ["--dport", "--sport"].iter().all(|side| {
+            Command::new("iptables")
+                .args([
+                    op, "INPUT", "-i", "lo", "-p", "udp", side, &self.port, "-j", "DROP",
+                ])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    }
+
+    fn start(addr: &str) -> Partition {
+        let port = addr.rsplit(':').next().expect("a port").to_owned();
+        let p = Partition { port };
+        assert!(p.rules("-A"), "iptables -A (needs root and iptables)");
+        p
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.rules("-D");
+    }
+}
+
+/// Case 5: a partition (the host's packets dropped) that the connection
+/// does not notice at first. A file read before it is read again from the
+/// cache within a few seconds (it used to block for the whole partition);
+/// a listing never fetched fails with ETIMEDOUT within the documented
+/// 13 s (3 s of silence, then 10 s), not after a minute; once the path
+/// is back, the next request is answered at once, whether the partition
+/// outlived QUIC's idle timeout (a reconnect) or not.
+pub(crate) fn a_partition_is_answered_from_the_cache_and_heals_at_once(bin: &Path) {
+    const ETIMEDOUT: i32 = 110;
+    let _turn = serial();
+    let mut cleanup = scratch("partition", bin);
+    let share = cleanup.dir.join("share");
+    let mnt = cleanup.dir.join("mnt");
+    let h = host(&mut cleanup, bin, ANY_PORT);
+    let (mount, news) = mounted(bin, &h.ticket, &mnt);
+    cleanup.children.push(mount);
+    std::fs::write(share.join("f.txt"), b"cached\n").expect("seed");
+    for dir in ["d", "e"] {
+        std::fs::create_dir(share.join(dir)).expect("mkdir");
+        std::fs::write(share.join(dir).join("g.txt"), b"g\n").expect("seed");
+    }
+    assert_eq!(std::fs::read(mnt.join("f.txt")).expect("read"), b"cached\n");
+    for (dir, outlive_quic) in [("d", false), ("e", true)] {
+        let cut = Partition::start(&h.addr);
+        let start = Instant::now();
+        assert_eq!(
+            std::fs::read(mnt.join("f.txt")).expect("the cached file"),
+            b"cached\n"
+        );
+        let cached_after = start.elapsed();
+        assert!(
+            cached_after < Duration::from_secs(8),
+            "the cache answered after {cached_after:?}"
+        );
+        let start = Instant::now();
+        let err = std::fs::read_dir(mnt.join(dir))
+            .and_then(|mut entries| entries.next().transpose())
+            .expect_err("a listing never fetched cannot be answered");
+        let failed_after = start.elapsed();
+        assert_eq!(err.raw_os_error(), Some(ETIMEDOUT), "{err}");
+        assert!(
+            failed_after < Duration::from_secs(20),
+            "failed after {failed_after:?}"
+        );
+        line_within(&news, "\"The host is not answering\"", STEP, |l| {
+            l.starts_with("The host is not answering")
+        });
+        if outlive_quic {
+            // Past QUIC's idle timeout (30 s): the connection is gone, and
+            // the mount reconnects with backoff.
+            line_within(&news, "\"Reconnect attempt 2\"", STEP * 2, |l| {
+                l.starts_with("Reconnect attempt 2 ")
+            });
+        }
+        drop(cut);
+        let start = Instant::now();
+        let names: Vec<String> = std::fs::read_dir(mnt.join(dir))
+            .expect("the listing, once healed")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["g.txt"]);
+        let healed_after = start.elapsed();
+        assert!(
+            healed_after < Duration::from_secs(5),
+            "answered {healed_after:?} after the heal (outlive_quic {outlive_quic})"
+        );
+        let back = if outlive_quic {
+            "Reconnected"
+        } else {
+            "The host answers again"
+        };
+        line_within(&news, back, STEP, |l| l.starts_with(back));
+    }
 }
