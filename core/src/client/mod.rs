@@ -16,9 +16,11 @@
 //!   open-ahead ([`ahead`]): a sweep through a directory's small files is
 //!   answered from opens made a moment earlier, trusted exactly as long as
 //!   the attributes they brought.
-//! * **Losing the host**: cache hits keep being served; misses wait for the
-//!   reconnect (bounded by `request_timeout`, then ETIMEDOUT), and fail at
-//!   once with ENOTCONN once the connection machine gives up. A resumed
+//! * **Losing the host** ([`offline`]): a silent host is probed, and once
+//!   it is unreachable (or the connection is gone) the cache answers what
+//!   it holds, past its TTL; misses wait for the host at most
+//!   `unreachable_wait`, then fail with ETIMEDOUT, and a waiting request
+//!   cuts a reconnect's backoff short. A resumed
 //!   session re-sends what was in flight; a new session (host restarted)
 //!   re-binds every inode by path first, and aborts open write
 //!   transactions, whose errors surface at flush.

@@ -65,8 +65,8 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
             reason,
             redial_in: Some(every),
         } => format!(
-            "Cannot reach the host ({reason}); trying again every {} s. Meanwhile what is not \
-             cached fails with ENOTCONN.",
+            "Cannot reach the host ({reason}); trying again every {} s, and at once when a \
+             file is wanted. Meanwhile cached files answer; the rest fails.",
             every.as_secs()
         ),
         ClientEvent::Disconnected {
@@ -138,6 +138,14 @@ mod tests {
         use std::time::Duration;
         let first = ClientEvent::Connected { resumed: false };
         assert_eq!(connection_news(&first, true), None, "the mount said it");
+        assert!(
+            connection_news(&ClientEvent::Unreachable, false)
+                .is_some_and(|l| l.starts_with("The host is not answering")),
+        );
+        assert_eq!(
+            connection_news(&ClientEvent::Reachable, false).as_deref(),
+            Some("The host answers again.")
+        );
         let lines: Vec<String> = [
             ClientEvent::Lost,
             ClientEvent::Retrying {
@@ -163,7 +171,7 @@ mod tests {
         assert!(
             lines[2].contains("every reconnect attempt failed")
                 && lines[2].contains("every 30 s")
-                && lines[2].contains("ENOTCONN"),
+                && lines[2].contains("cached files answer"),
             "{}",
             lines[2]
         );
