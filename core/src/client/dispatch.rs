@@ -22,24 +22,24 @@ impl ClientCore {
             self.connect(now);
         }
         if self.phase.gave_up() {
-            // For good (a refused ticket): the cache answers what it can.
-            let local = matches!(
-                op,
-                Op::GetAttr { .. } | Op::ReadDir { .. } | Op::Read { .. }
-            ) || self.answer_from_cache(now, req, &op);
-            if !local {
+            // For good (a refused ticket): the cache answers what it can
+            // (lookups and opens here; attributes, listings and reads in
+            // `run`, which serves stale entries while unreachable).
+            if self.vfs.is_none() || self.rebinding.is_some() {
                 self.reply(req, Err(Errno::NotConn));
                 return;
             }
-            if self.vfs.is_none() || self.rebinding.is_some() {
+            if self.answer_from_cache(now, req, &op) {
+                self.drain(now);
                 return;
             }
-            if let Err(e) = self.run(now, req, op) {
-                self.reads.remove(&req);
-                self.reply(req, Err(e));
+            if !matches!(
+                op,
+                Op::GetAttr { .. } | Op::ReadDir { .. } | Op::Read { .. }
+            ) {
+                self.reply(req, Err(Errno::NotConn));
+                return;
             }
-            self.drain(now);
-            return;
         }
         if self.vfs.is_none() || self.rebinding.is_some() {
             // Not connected yet, or re-binding after a host restart: run it
