@@ -635,10 +635,11 @@ impl Sim {
                     .unwrap_or(0);
                 if *truncate {
                     // O_TRUNC: a size change that lasts until the handle's
-                    // first flush commits it (the file stays dirty).
+                    // first flush commits it (the file stays dirty, from
+                    // the open's answer: the truncation joins a
+                    // transaction then, so a close sent meanwhile does not
+                    // cover it).
                     self.stats.truncating_opens += 1;
-                    k.dirtied(*ino, file, seq);
-                    k.emptied.insert(file, seq);
                     k.issued.entry(file).or_default().push((seq, 0, usize::MAX));
                     for h in k.handles.values_mut().filter(|h| h.ino == *ino) {
                         h.writes.clear();
@@ -1264,6 +1265,13 @@ impl Sim {
                 // while it was unreachable may be at any committed version
                 // (still a whole one: the reads check that).
                 let min_index = if offline { 0 } else { min_index };
+                if let Op::Open { truncate: true, .. } = p.op {
+                    self.seq += 1;
+                    let at = self.seq;
+                    let k = &mut self.kernels[c];
+                    k.dirtied(ino, file, at);
+                    k.emptied.insert(file, at);
+                }
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
