@@ -54,3 +54,8 @@ fn one_mountpoint_has_one_mount() {
 fn a_partition_is_answered_from_the_cache_and_heals_at_once() {
     faults::a_partition_is_answered_from_the_cache_and_heals_at_once(Path::new(BIN));
 }
+
+#[test]
+fn an_append_survives_kill_9_of_the_host() {
+    faults::an_append_survives_kill_9_of_the_host(Path::new(BIN));
+}

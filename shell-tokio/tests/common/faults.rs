@@ -41,15 +41,16 @@ fn serial() -> MutexGuard<'static, ()> {
 /// Runs `dd` writing `mib` MiB of `from` to `to` (truncating it, as a
 /// shell's `>` does), with an fsync at the end.
 fn dd(from: &str, to: &Path, mib: u32) -> Child {
+    dd_with(from, to, mib, &["conv=fsync"])
+}
+
+/// [`dd`] with other flags (`oflag=append conv=notrunc,fsync` appends).
+fn dd_with(from: &str, to: &Path, mib: u32, flags: &[&str]) -> Child {
     Command::new("dd")
         .arg(format!("if={from}"))
         .arg(format!("of={}", to.display()))
-        .args([
-            "bs=1M",
-            &format!("count={mib}"),
-            "conv=fsync",
-            "status=none",
-        ])
+        .args(["bs=1M", &format!("count={mib}"), "status=none"])
+        .args(flags)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run dd")
@@ -207,20 +208,31 @@ pub(crate) fn a_host_side_save_during_a_write_keeps_one_whole_version(bin: &Path
 /// file is the old content, whole; the restart's first scan removes the
 /// staging file; the writer gets an error instead of hanging.
 pub(crate) fn an_o_trunc_rewrite_survives_kill_9_of_the_host(bin: &Path) {
+    // dd's `of=` truncates: the rewrite of 400 MiB starts with O_TRUNC.
+    killed_during_a_write(bin, "kill9", &["conv=fsync"]);
+}
+
+/// The same with an append (`>>`): 400 MiB appended to the 20 MB file,
+/// the host killed in the middle. The file stays its 20 MB, whole: an
+/// append commits as a whole too.
+pub(crate) fn an_append_survives_kill_9_of_the_host(bin: &Path) {
+    killed_during_a_write(bin, "kill9-append", &["oflag=append", "conv=notrunc,fsync"]);
+}
+
+fn killed_during_a_write(bin: &Path, test: &str, flags: &[&str]) {
     let _turn = serial();
-    let (mut cleanup, h, share, mnt) = rig("kill9", bin);
+    let (mut cleanup, h, share, mnt) = rig(test, bin);
     let old = pattern(20 << 20, 1);
     std::fs::write(share.join("big.bin"), &old).expect("seed");
-    // dd's `of=` truncates: the rewrite of 400 MiB starts with O_TRUNC.
-    let writer = dd("/dev/urandom", &mnt.join("big.bin"), 400);
-    wait_for(STEP, "the rewrite to be staged", || {
+    let writer = dd_with("/dev/urandom", &mnt.join("big.bin"), 400, flags);
+    wait_for(STEP, "the write to be staged", || {
         staging(&share)
             .iter()
-            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 8 << 20))
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 28 << 20))
     });
     assert!(
         holds(&share.join("big.bin"), &old),
-        "the old content until the rewrite commits"
+        "the old content until the write commits"
     );
     kill_host(&mut cleanup);
     assert!(
@@ -234,7 +246,7 @@ pub(crate) fn an_o_trunc_rewrite_survives_kill_9_of_the_host(bin: &Path) {
     let (status, err) = ended(writer, Duration::from_secs(120), "the writer");
     assert!(
         !status.success(),
-        "the lost rewrite is reported, not hidden: {err}"
+        "the lost write is reported, not hidden: {err}"
     );
     assert!(holds(&share.join("big.bin"), &old), "still the old content");
 }
