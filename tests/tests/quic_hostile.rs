@@ -616,7 +616,10 @@ async fn swapped_dir(c: &mut RawClient, dir: &Path) {
     let swap = lookup(c, NodeId::ROOT, "swap").await;
     assert_eq!(swap.kind, FileKind::Dir);
     let inside = lookup(c, swap.node, "inside").await;
-    fs::rename(share.join("swap"), share.join("swap-old")).expect("move the directory away");
+    // Removed, not moved within the share: a directory moved within it
+    // is followed (its node names it at its new place, still the share's
+    // own), so its old ids would still name it, legitimately.
+    fs::remove_dir_all(share.join("swap")).expect("remove the directory");
     symlink(dir.join("outside"), share.join("swap")).expect("a symlink in its place");
     // At once, before the host's watcher may have noticed: the core
     // still believes `swap` is a directory.
