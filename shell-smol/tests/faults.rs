@@ -59,3 +59,18 @@ fn a_partition_is_answered_from_the_cache_and_heals_at_once() {
 fn an_append_survives_kill_9_of_the_host() {
     faults::an_append_survives_kill_9_of_the_host(Path::new(BIN));
 }
+
+#[test]
+fn renames_survive_kill_9_of_the_host() {
+    faults::renames_survive_kill_9_of_the_host(Path::new(BIN));
+}
+
+#[test]
+fn a_host_side_delete_during_a_write_is_not_undone() {
+    faults::a_host_side_delete_during_a_write_is_not_undone(Path::new(BIN));
+}
+
+#[test]
+fn what_the_host_may_not_touch_is_refused_at_once() {
+    faults::what_the_host_may_not_touch_is_refused_at_once(Path::new(BIN));
+}

@@ -661,3 +661,131 @@ pub(crate) fn a_partition_is_answered_from_the_cache_and_heals_at_once(bin: &Pat
         line_within(&news, back, STEP, |l| l.starts_with(back));
     }
 }
+
+/// Renames under `kill -9`: a client renames fifty files one after the
+/// other while the host is killed and started again. Every file is then
+/// on the host under exactly one of its two names, whole; nothing is lost
+/// or doubled, and no staging file is left.
+pub(crate) fn renames_survive_kill_9_of_the_host(bin: &Path) {
+    let _turn = serial();
+    let (mut cleanup, h, share, mnt) = rig("kill9-rename", bin);
+    const FILES: usize = 50;
+    for i in 0..FILES {
+        std::fs::write(share.join(format!("r{i}")), pattern(64 << 10, i as u8)).expect("seed");
+    }
+    let renamer = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && i=0; while [ $i -lt {FILES} ]; do mv r$i s$i; i=$((i+1)); done",
+            mnt.display()
+        ))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    wait_for(STEP, "some renames to be done", || {
+        share.join("s5").exists()
+    });
+    kill_host(&mut cleanup);
+    let _h2 = host(&mut cleanup, bin, &h.addr);
+    let _ = ended(renamer, Duration::from_secs(120), "the renamer");
+    for i in 0..FILES {
+        let (r, s) = (share.join(format!("r{i}")), share.join(format!("s{i}")));
+        let want = pattern(64 << 10, i as u8);
+        match (r.exists(), s.exists()) {
+            (true, false) => assert!(holds(&r, &want), "r{i} whole"),
+            (false, true) => assert!(holds(&s, &want), "s{i} whole"),
+            other => panic!("file {i} under one name, not {other:?}"),
+        }
+    }
+    wait_for(STEP, "no staging file", || staging(&share).is_empty());
+}
+
+/// A host-side delete racing a client: a file a client is writing is
+/// deleted on the host; the client's fsync fails and the file is not
+/// brought back by its commit.
+pub(crate) fn a_host_side_delete_during_a_write_is_not_undone(bin: &Path) {
+    let _turn = serial();
+    let (_cleanup, _h, share, mnt) = rig("delete-race", bin);
+    for write_first in [false, true] {
+        std::fs::write(share.join("doomed.txt"), b"old\n").expect("seed");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mnt.join("doomed.txt"))
+            .expect("open r+");
+        if write_first {
+            f.write_all(b"CLIENT").expect("write");
+            wait_for(STEP, "the transaction to begin", || {
+                !staging(&share).is_empty()
+            });
+        }
+        std::fs::remove_file(share.join("doomed.txt")).expect("delete on the host");
+        if !write_first {
+            f.write_all(b"CLIENT").expect("write");
+        }
+        let synced = f.sync_all();
+        assert!(
+            synced.is_err(),
+            "write_first {write_first}: the writer is told its file is gone"
+        );
+        drop(f);
+        assert!(
+            !share.join("doomed.txt").exists(),
+            "write_first {write_first}: a deleted file is not brought back by a commit"
+        );
+        wait_for(STEP, "no staging file", || staging(&share).is_empty());
+    }
+}
+
+/// Files and folders the host may not touch: with the host running as an
+/// ordinary user (`nobody`), a file it cannot read fails the client's
+/// open with EACCES, and a folder it cannot write refuses a new file with
+/// EACCES, at the call that asks, not later.
+pub(crate) fn what_the_host_may_not_touch_is_refused_at_once(bin: &Path) {
+    const EACCES: i32 = 13;
+    let _turn = serial();
+    let mut cleanup = scratch("unreadable", bin);
+    let share = cleanup.dir.join("share");
+    let mnt = cleanup.dir.join("mnt");
+    std::fs::write(share.join("secret.txt"), b"secret\n").expect("seed");
+    std::fs::create_dir(share.join("locked")).expect("mkdir");
+    std::fs::write(share.join("open.txt"), b"open\n").expect("seed");
+    let own = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&cleanup.dir)
+        .status()
+        .expect("chown");
+    assert!(own.success());
+    for (path, mode) in [("secret.txt", 0o000), ("locked", 0o555)] {
+        let set = Command::new("chmod")
+            .arg(format!("{mode:o}"))
+            .arg(share.join(path))
+            .status()
+            .expect("chmod");
+        assert!(set.success());
+    }
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin)
+        .arg("host")
+        .arg(&share)
+        .args(["--bind", ANY_PORT])
+        .env("XDG_CONFIG_HOME", cleanup.dir.join("config"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the host as nobody");
+    let out = super::procs::lines(&mut child);
+    cleanup.children.push(child);
+    let ticket = ticket_of(&out);
+    let (mount, _) = mounted(bin, &ticket, &mnt);
+    cleanup.children.push(mount);
+    let err = std::fs::read(mnt.join("secret.txt")).expect_err("the host cannot read it");
+    assert_eq!(err.raw_os_error(), Some(EACCES), "{err}");
+    let err = std::fs::write(mnt.join("locked").join("new.txt"), b"x")
+        .expect_err("the host cannot write there");
+    assert_eq!(err.raw_os_error(), Some(EACCES), "{err}");
+    assert_eq!(
+        std::fs::read(mnt.join("open.txt")).expect("what it may read"),
+        b"open\n"
+    );
+}
