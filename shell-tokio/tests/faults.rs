@@ -75,3 +75,8 @@ fn a_host_side_delete_during_a_write_is_not_undone() {
 fn what_the_host_may_not_touch_is_refused_at_once() {
     faults::what_the_host_may_not_touch_is_refused_at_once(Path::new(BIN));
 }
+
+#[test]
+fn a_log_appended_on_the_host_reads_as_a_prefix() {
+    faults::a_log_appended_on_the_host_reads_as_a_prefix(Path::new(BIN));
+}

@@ -268,6 +268,7 @@ impl ClientCore {
                         size: *size,
                         parts: Vec::new(),
                         retries: 0,
+                        through: false,
                     },
                 );
                 let end = offset.saturating_add(u64::from(*size));
@@ -778,9 +779,19 @@ impl ClientCore {
         };
         let writing = self.writes.get(&h.node).filter(|w| !w.is_finished());
         let size = writing.map_or(h.attr.size, WriteTxn::size);
-        let end = job.offset.saturating_add(u64::from(job.size)).min(size);
-        let len = end.saturating_sub(job.offset) as usize;
         let chunk = CHUNK_SIZE as u64;
+        let mut end = job.offset.saturating_add(u64::from(job.size)).min(size);
+        if job.through
+            && writing.is_none()
+            && let Some(eof) = job.parts.iter().find_map(|(index, data)| {
+                data.as_ref()
+                    .filter(|d| (d.len() as u64) < chunk)
+                    .map(|d| index * chunk + d.len() as u64)
+            })
+        {
+            end = end.min(eof.max(job.offset));
+        }
+        let len = end.saturating_sub(job.offset) as usize;
         // The common read, within one chunk that holds all of it and with
         // no write of ours to lay over it, is a slice of the cached bytes:
         // no buffer to zero and fill.

@@ -107,6 +107,12 @@ enum Purpose {
     Forget,
     /// Is the silent host still there? ([`offline`])
     Probe,
+    /// One chunk of a read served through its open's host handle,
+    /// unversioned (a file changing in place; see `read_through`).
+    ReadThrough {
+        req: Req,
+        slot: usize,
+    },
     /// A kernel request answered without this request's reply (from the
     /// cache, the host being unreachable, or failed for waiting too
     /// long): a handle its reply opens is closed.
@@ -161,6 +167,10 @@ struct ReadJob {
     /// `(chunk index, bytes)` per slot, filled as chunks arrive.
     parts: Vec<(u64, Option<Bytes>)>,
     retries: u8,
+    /// Read through the host handle, unversioned (`read_through`): the
+    /// file may have shrunk since its size was learned, and a short chunk
+    /// is its end.
+    through: bool,
 }
 
 /// Kernel requests waiting for a write transaction's commit.
@@ -847,6 +857,11 @@ impl ClientCore {
             Purpose::Op { req, .. } => {
                 self.reads.remove(&req);
                 self.reply(req, Err(errno));
+            }
+            Purpose::ReadThrough { req, .. } => {
+                if self.reads.remove(&req).is_some() {
+                    self.reply(req, Err(errno));
+                }
             }
             Purpose::OpenAhead { node } => {
                 if let Some((req, _)) = self.ahead.failed(node) {

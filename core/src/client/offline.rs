@@ -41,6 +41,7 @@ pub(super) fn for_the_kernel(purpose: &Purpose) -> bool {
             | Purpose::DirPage { .. }
             | Purpose::Op { .. }
             | Purpose::OpenAhead { .. }
+            | Purpose::ReadThrough { .. }
     )
 }
 

@@ -7,9 +7,9 @@ use super::{
 };
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
-use crate::proto::{Attr, Errno, HostMessage, Invalidation, NodeId, Reply, RequestId};
+use crate::proto::{Attr, CHUNK_SIZE, Errno, HostMessage, Invalidation, NodeId, Reply, RequestId};
 use crate::vfs::Ino;
-use crate::write::WriteOutput;
+use crate::write::{WriteOutput, WriteTxn};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -87,6 +87,20 @@ impl ClientCore {
             },
             Purpose::Forget => {}
             Purpose::Probe => self.probing = false,
+            Purpose::ReadThrough { req, slot } => match result {
+                Ok(Reply::Data { data, .. }) => {
+                    if let Some(part) = self.reads.get_mut(&req).and_then(|j| j.parts.get_mut(slot))
+                    {
+                        part.1 = Some(data);
+                    }
+                    self.finish_read(req);
+                }
+                other => {
+                    if self.reads.remove(&req).is_some() {
+                        self.reply(req, Err(other.err().unwrap_or(Errno::Io)));
+                    }
+                }
+            },
             Purpose::Abandoned => {
                 if let Ok(Reply::Opened { handle, .. }) = result {
                     self.close_host_handles(now, vec![handle]);
@@ -637,8 +651,7 @@ impl ClientCore {
             return;
         };
         if job.retries >= 2 {
-            self.reads.remove(&req);
-            return self.reply(req, Err(Errno::Stale));
+            return self.read_through(now, req);
         }
         job.retries += 1;
         let fh = job.fh;
@@ -659,6 +672,57 @@ impl ClientCore {
             },
             crate::proto::Request::GetAttr { node },
         );
+    }
+
+    /// A read whose chunks changed version on every try: the file keeps
+    /// changing in place (a log a program appends to) faster than a
+    /// refresh's round trip. Its bytes are read through the open's host
+    /// handle, which holds this very file (never another's bytes), and
+    /// handed over unversioned and uncached, as a local disk's read racing
+    /// a writer would give them. Without a host handle: ESTALE.
+    fn read_through(&mut self, now: Instant, req: Req) {
+        let Some(job) = self.reads.get(&req) else {
+            return;
+        };
+        let Some((host, size)) = self
+            .handles
+            .get(&job.fh)
+            .and_then(|h| h.host.map(|host| (host, h.attr.size)))
+        else {
+            self.reads.remove(&req);
+            return self.reply(req, Err(Errno::Stale));
+        };
+        let size = self
+            .handles
+            .get(&job.fh)
+            .and_then(|h| self.writes.get(&h.node))
+            .filter(|w| !w.is_finished())
+            .map_or(size, WriteTxn::size);
+        let end = job.offset.saturating_add(u64::from(job.size)).min(size);
+        if job.offset >= end {
+            self.reads.remove(&req);
+            return self.reply(req, Ok(Answer::Data(Bytes::new())));
+        }
+        let chunk = CHUNK_SIZE as u64;
+        let parts: Vec<(u64, Option<Bytes>)> = (job.offset / chunk..=(end - 1) / chunk)
+            .map(|index| (index, None))
+            .collect();
+        let indexes: Vec<u64> = parts.iter().map(|(i, _)| *i).collect();
+        if let Some(j) = self.reads.get_mut(&req) {
+            j.parts = parts;
+            j.through = true;
+        }
+        for (slot, index) in indexes.into_iter().enumerate() {
+            self.send(
+                now,
+                Purpose::ReadThrough { req, slot },
+                crate::proto::Request::Read {
+                    file: crate::proto::FileRef::Handle(host),
+                    offset: index * chunk,
+                    len: CHUNK_SIZE as u32,
+                },
+            );
+        }
     }
 
     /// Carries out a write transaction's outputs.

@@ -789,3 +789,39 @@ pub(crate) fn what_the_host_may_not_touch_is_refused_at_once(bin: &Path) {
         b"open\n"
     );
 }
+
+/// Host-side appends racing a client's reads: a program on the host
+/// appends to a log while a client reads it again and again. Every read
+/// succeeds and is a prefix of what the log ends up holding (an append
+/// never changes earlier bytes, so a mix of two states, or bytes of
+/// another file, would show as a difference). It used to fail with
+/// ESTALE when the log changed faster than a refresh's round trip.
+pub(crate) fn a_log_appended_on_the_host_reads_as_a_prefix(bin: &Path) {
+    let _turn = serial();
+    let (_cleanup, _h, share, mnt) = rig("append-race", bin);
+    let log = share.join("log.txt");
+    std::fs::write(&log, b"").expect("seed the log");
+    let mut appender = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt 20000 ]; do \
+             echo \"line $i of the log, padded to some length\" >> '{}'; i=$((i+1)); done",
+            log.display()
+        ))
+        .spawn()
+        .expect("run the appender");
+    let mut reads = Vec::new();
+    while appender.try_wait().expect("wait").is_none() {
+        reads.push(std::fs::read(mnt.join("log.txt")).expect("read the log"));
+    }
+    let last = std::fs::read(&log).expect("the whole log");
+    assert!(reads.len() > 1, "read while it grew");
+    for (n, r) in reads.iter().enumerate() {
+        assert!(
+            last.starts_with(r),
+            "read {n} ({} bytes) is not a prefix of the log ({} bytes)",
+            r.len(),
+            last.len()
+        );
+    }
+}
