@@ -224,6 +224,12 @@ fn killed_during_a_write(bin: &Path, test: &str, flags: &[&str]) {
     let (mut cleanup, h, share, mnt) = rig(test, bin);
     let old = pattern(20 << 20, 1);
     std::fs::write(share.join("big.bin"), &old).expect("seed");
+    // A file written through the mount and fsynced before the crash: the
+    // host acknowledged it durable, so it must survive kill -9.
+    let acked = pattern(3 << 20, 2);
+    let mut f = std::fs::File::create(mnt.join("acked.bin")).expect("create");
+    f.write_all(&acked).expect("write");
+    f.sync_all().expect("fsync");
     let writer = dd_with("/dev/urandom", &mnt.join("big.bin"), 400, flags);
     wait_for(STEP, "the write to be staged", || {
         staging(&share)
@@ -249,6 +255,11 @@ fn killed_during_a_write(bin: &Path, test: &str, flags: &[&str]) {
         "the lost write is reported, not hidden: {err}"
     );
     assert!(holds(&share.join("big.bin"), &old), "still the old content");
+    drop(f);
+    assert!(
+        holds(&share.join("acked.bin"), &acked),
+        "what fsync acknowledged survived kill -9, whole"
+    );
 }
 
 /// Case 3: a disk that fills up. A share on a 20 MB tmpfs: overwriting a
