@@ -80,3 +80,8 @@ fn what_the_host_may_not_touch_is_refused_at_once() {
 fn a_log_appended_on_the_host_reads_as_a_prefix() {
     faults::a_log_appended_on_the_host_reads_as_a_prefix(Path::new(BIN));
 }
+
+#[test]
+fn an_ioctl_is_answered_enotty_quietly() {
+    faults::an_ioctl_is_answered_enotty_quietly(Path::new(BIN));
+}

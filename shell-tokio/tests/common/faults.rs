@@ -843,3 +843,40 @@ pub(crate) fn a_log_appended_on_the_host_reads_as_a_prefix(bin: &Path) {
     }
     assert!(!reads.is_empty(), "a read started while the log grew");
 }
+
+/// Case 8, ioctls: programs probe files with ioctls (a terminal's TCGETS
+/// from `stty`, `isatty`); the mount answers ENOTTY, as a local file
+/// system does for a file that is not a terminal, and logs nothing about
+/// it (it used to print a three-line warning per open).
+pub(crate) fn an_ioctl_is_answered_enotty_quietly(bin: &Path) {
+    let _turn = serial();
+    let mut cleanup = scratch("ioctl", bin);
+    let share = cleanup.dir.join("share");
+    let mnt = cleanup.dir.join("mnt");
+    std::fs::write(share.join("f.txt"), b"f\n").expect("seed");
+    let h = host(&mut cleanup, bin, ANY_PORT);
+    let log = cleanup.dir.join("mount.log");
+    let mut mount = Command::new(bin)
+        .arg("mount")
+        .arg(&h.ticket)
+        .arg(&mnt)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("the mount's log"))
+        .spawn()
+        .expect("run mount");
+    let out = super::procs::lines(&mut mount);
+    cleanup.children.push(mount);
+    line_where(&out, "\"Mounted at\"", |l| l.starts_with("Mounted at"));
+    let stty = Command::new("stty")
+        .arg("-F")
+        .arg(mnt.join("f.txt"))
+        .output()
+        .expect("run stty");
+    assert!(!stty.status.success(), "not a terminal");
+    let err = String::from_utf8_lossy(&stty.stderr);
+    assert!(err.contains("Inappropriate ioctl for device"), "{err}");
+    // Still a working file, and nothing logged about the ioctl.
+    assert_eq!(std::fs::read(mnt.join("f.txt")).expect("read"), b"f\n");
+    let logged = std::fs::read_to_string(&log).expect("the mount's log");
+    assert!(!logged.to_lowercase().contains("ioctl"), "{logged}");
+}
