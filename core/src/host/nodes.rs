@@ -123,13 +123,27 @@ impl NodeTable {
         key: FileKey,
         kind: FileKind,
     ) -> Option<NodeId> {
+        if let Some(id) = self.child(parent, name)
+            && self
+                .nodes
+                .get(&id)
+                .is_some_and(|n| n.key == key && n.kind == kind)
+        {
+            return Some(id);
+        }
+        // A directory has one name: one indexed elsewhere with this
+        // identity was moved here (by a local program; its watcher event
+        // may not have come yet). Its node follows, with what is beneath.
+        if kind == FileKind::Dir
+            && let Some(moved) = self.dirs.get(&key).copied()
+            && let Some((old_parent, old_name)) = self.link(moved)
+            && moved != parent
+            && !self.ancestors(parent).contains(&moved)
+        {
+            self.rename(old_parent, &old_name, parent, name);
+            return Some(moved);
+        }
         if let Some(id) = self.child(parent, name) {
-            if let Some(node) = self.nodes.get_mut(&id)
-                && node.key == key
-                && node.kind == kind
-            {
-                return Some(id);
-            }
             self.forget(id);
         }
         if self.nodes.len() >= self.max_nodes {

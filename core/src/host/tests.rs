@@ -1336,3 +1336,34 @@ fn a_directory_moved_on_the_host_is_followed() {
     // The deleted one is not followed anywhere.
     assert!(r.lookup(c, gone.node, "b.txt").is_err());
 }
+
+/// The same move, met first by a lookup of the new name (the watcher's
+/// event not in yet): the lookup finds the directory's own node.
+#[test]
+fn a_directory_moved_on_the_host_is_followed_at_its_next_lookup() {
+    let mut r = Rig::new(
+        HostConfig::default(),
+        disk_with(&[(&["dir", "a.txt"], b"a")], &[&["dir"]]),
+    );
+    let c = r.client(1);
+    let dir = r.lookup(c, NodeId::ROOT, "dir").expect("dir");
+    let a = r.lookup(c, dir.node, "a.txt").expect("a");
+    r.disk
+        .local_rename(&path(&["dir"]), &path(&["dir2"]))
+        .expect("local mv");
+    assert_eq!(
+        r.lookup(c, NodeId::ROOT, "dir2").map(|x| x.node),
+        Ok(dir.node)
+    );
+    assert_eq!(r.lookup(c, dir.node, "a.txt").map(|x| x.node), Ok(a.node));
+    // The watcher's events, late, change nothing.
+    for changed in [&["dir"][..], &["dir2"]] {
+        r.host.local_change(r.now, &path(changed));
+    }
+    r.pump();
+    assert_eq!(
+        r.lookup(c, NodeId::ROOT, "dir2").map(|x| x.node),
+        Ok(dir.node)
+    );
+    assert_eq!(r.lookup(c, NodeId::ROOT, "dir").err(), Some(Errno::NoEnt));
+}
