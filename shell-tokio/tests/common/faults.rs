@@ -19,12 +19,12 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use super::procs::{
-    ANY_PORT, Cleanup, STEP, line_where, line_within, mounted, one_error_line, scratch, start_host,
-    ticket_of,
+    ANY_PORT, Cleanup, STEP, exit_of, exited, line_where, line_within, mounted, one_error_line,
+    scratch, start_host, ticket_of,
 };
 
 /// Errnos the tests expect, as `raw_os_error` gives them.
@@ -57,22 +57,12 @@ fn dd_with(from: &str, to: &Path, mib: u32, flags: &[&str]) -> Child {
 }
 
 /// Waits at most `limit` for `child` to end; its status and stderr.
-fn ended(mut child: Child, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            return (status, err);
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            panic!("{what} did not end within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn ended(child: Child, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
+    let out = exited(child, limit, what);
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A host process and what it printed: its ticket and its address.
@@ -105,16 +95,29 @@ fn kill_host(cleanup: &mut Cleanup) {
     child.wait().expect("reap the host");
 }
 
-/// Waits up to `limit` for `check` (the host's files, which no event of
-/// ours announces).
-fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+/// Waits up to `limit` for `check` on the host's files beneath `dir`,
+/// checking again at each change inotify reports there.
+fn wait_for(dir: &Path, limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let (tx, rx) = mpsc::channel();
+    use notify::Watcher;
+    let mut watcher = notify::INotifyWatcher::new(
+        move |event| {
+            let _ = tx.send(event);
+        },
+        notify::Config::default(),
+    )
+    .expect("inotify");
+    watcher
+        .watch(dir, notify::RecursiveMode::Recursive)
+        .expect("watch the share");
     let end = Instant::now() + limit;
     while !check() {
+        let left = end.saturating_duration_since(Instant::now());
         assert!(
-            Instant::now() < end,
+            !left.is_zero(),
             "timed out after {limit:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        let _ = rx.recv_timeout(left);
     }
 }
 
@@ -178,7 +181,7 @@ pub(crate) fn a_host_side_save_during_a_write_keeps_one_whole_version(bin: &Path
         if write_first {
             f.write_all(b"CLIENT").expect("write");
             // Let the transaction begin at the host before the save.
-            wait_for(STEP, "the transaction to begin", || {
+            wait_for(&share, STEP, "the transaction to begin", || {
                 !staging(&share).is_empty()
             });
             save();
@@ -198,7 +201,9 @@ pub(crate) fn a_host_side_save_during_a_write_keeps_one_whole_version(bin: &Path
             b"version3\n",
             "write_first {write_first}: the host program's version, whole"
         );
-        wait_for(STEP, "no staging file", || staging(&share).is_empty());
+        wait_for(&share, STEP, "no staging file", || {
+            staging(&share).is_empty()
+        });
     }
 }
 
@@ -231,7 +236,7 @@ fn killed_during_a_write(bin: &Path, test: &str, flags: &[&str]) {
     f.write_all(&acked).expect("write");
     f.sync_all().expect("fsync");
     let writer = dd_with("/dev/urandom", &mnt.join("big.bin"), 400, flags);
-    wait_for(STEP, "the write to be staged", || {
+    wait_for(&share, STEP, "the write to be staged", || {
         staging(&share)
             .iter()
             .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() >= 28 << 20))
@@ -246,9 +251,12 @@ fn killed_during_a_write(bin: &Path, test: &str, flags: &[&str]) {
         "after kill -9: the old content, whole"
     );
     let _h2 = host(&mut cleanup, bin, &h.addr);
-    wait_for(STEP, "the restart's scan to sweep the staging file", || {
-        staging(&share).is_empty()
-    });
+    wait_for(
+        &share,
+        STEP,
+        "the restart's scan to sweep the staging file",
+        || staging(&share).is_empty(),
+    );
     let (status, err) = ended(writer, Duration::from_secs(120), "the writer");
     assert!(
         !status.success(),
@@ -297,7 +305,9 @@ pub(crate) fn a_full_disk_fails_the_writer_and_keeps_the_old_content(bin: &Path)
     assert!(err.contains("No space left on device"), "{err}");
     let len = std::fs::metadata(share.join("fill.bin")).map_or(0, |m| m.len());
     assert_eq!(len, 0, "the new file stays empty, not 50 MB of holes");
-    wait_for(STEP, "no staging file", || staging(&share).is_empty());
+    wait_for(&share, STEP, "no staging file", || {
+        staging(&share).is_empty()
+    });
     // The disk has room again: the same write succeeds, whole.
     std::fs::remove_file(share.join("old.bin")).expect("make room");
     let mut f = std::fs::File::create(mnt.join("fill.bin")).expect("create");
@@ -438,9 +448,11 @@ pub(crate) fn an_open_file_keeps_its_content_when_the_host_saves_a_new_one(bin: 
     assert_eq!(start, old[..4096]);
     std::fs::write(share.join("doc.tmp"), b"new version\n").expect("temp");
     std::fs::rename(share.join("doc.tmp"), share.join("doc.bin")).expect("save");
-    wait_for(STEP, "a new open to read the saved version", || {
-        std::fs::read(mnt.join("doc.bin")).is_ok_and(|d| d == b"new version\n")
-    });
+    // A new open asks the host (close-to-open): the saved version.
+    assert_eq!(
+        std::fs::read(mnt.join("doc.bin")).expect("a new open"),
+        b"new version\n"
+    );
     let mut all = Vec::new();
     held.seek(SeekFrom::Start(0)).expect("seek");
     held.read_to_end(&mut all)
@@ -484,10 +496,10 @@ pub(crate) fn a_directory_renamed_on_the_host_keeps_the_shell_in_it(bin: &Path) 
         .open(&fifo)
         .expect("open the FIFO");
     std::fs::rename(share.join("dir"), share.join("dir2")).expect("rename on the host");
-    // The mount learns of the rename from the host's watcher.
-    wait_for(STEP, "the mount to see the rename", || {
-        mnt.join("dir2").exists()
-    });
+    // The host learns of the move from its watcher, or (if that event is
+    // not in yet) from this lookup of the new name, which finds the
+    // directory's own node either way.
+    assert!(mnt.join("dir2").exists(), "the mount sees the new name");
     go.write_all(b"go\n").expect("signal the shell");
     drop(go);
     let out = shell.wait_with_output().expect("wait for sh");
@@ -523,30 +535,36 @@ pub(crate) fn one_mountpoint_has_one_mount(bin: &Path) {
             .spawn()
             .expect("run mount")
     };
+    // Both mounts' standard output, line by line, on one channel: the
+    // refused one's ends (it exited), the other says it is mounted.
     let mut both = [start(), start()];
-    // The refused one exits; the other keeps running, mounted.
-    let end = Instant::now() + STEP;
-    let refused = loop {
-        if let Some(i) = both
-            .iter_mut()
-            .position(|c| c.try_wait().ok().flatten().is_some())
-        {
-            break i;
+    let (tx, rx) = mpsc::channel();
+    for (i, child) in both.iter_mut().enumerate() {
+        let out = child.stdout.take().expect("stdout piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+                let Ok(line) = line else { break };
+                let _ = tx.send((i, Some(line)));
+            }
+            let _ = tx.send((i, None));
+        });
+    }
+    let (mut refused, mut mounted_by) = (None, None);
+    while refused.is_none() || mounted_by.is_none() {
+        match rx.recv_timeout(STEP) {
+            Ok((i, None)) => refused = refused.or(Some(i)),
+            Ok((i, Some(line))) if line.starts_with("Mounted at") => mounted_by = Some(i),
+            Ok(_) => {}
+            Err(e) => panic!("one mount refused and one mounted, not within {STEP:?}: {e}"),
         }
-        assert!(Instant::now() < end, "neither mount was refused");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    assert_ne!(refused, mounted_by, "one mounts, the other is refused");
     let [a, b] = both;
-    let (loser, mut winner) = if refused == 0 { (a, b) } else { (b, a) };
-    let out = loser.wait_with_output().expect("the refused mount");
+    let (loser, winner) = if refused == Some(0) { (a, b) } else { (b, a) };
+    let out = exited(loser, STEP, "the refused mount");
     let line = one_error_line(&out);
     assert!(line.contains("already a wormhole mount"), "{line}");
-    let stdout = winner.stdout.take().expect("stdout");
-    let first = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .next()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    assert!(first.starts_with("Mounted at"), "{first}");
     // Later, the same answer, not "not empty".
     let out = Command::new(bin)
         .arg("mount")
@@ -562,7 +580,7 @@ pub(crate) fn one_mountpoint_has_one_mount(bin: &Path) {
         .status()
         .expect("unmount");
     assert!(unmounted.success());
-    let status = winner.wait().expect("the mount ends");
+    let status = exit_of(winner, "the mount after unmount");
     assert!(status.success(), "{status:?}");
 }
 
@@ -693,7 +711,7 @@ pub(crate) fn renames_survive_kill_9_of_the_host(bin: &Path) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run sh");
-    wait_for(STEP, "some renames to be done", || {
+    wait_for(&share, STEP, "some renames to be done", || {
         share.join("s5").exists()
     });
     kill_host(&mut cleanup);
@@ -708,7 +726,9 @@ pub(crate) fn renames_survive_kill_9_of_the_host(bin: &Path) {
             other => panic!("file {i} under one name, not {other:?}"),
         }
     }
-    wait_for(STEP, "no staging file", || staging(&share).is_empty());
+    wait_for(&share, STEP, "no staging file", || {
+        staging(&share).is_empty()
+    });
 }
 
 /// A host-side delete racing a client: a file a client is writing is
@@ -726,7 +746,7 @@ pub(crate) fn a_host_side_delete_during_a_write_is_not_undone(bin: &Path) {
             .expect("open r+");
         if write_first {
             f.write_all(b"CLIENT").expect("write");
-            wait_for(STEP, "the transaction to begin", || {
+            wait_for(&share, STEP, "the transaction to begin", || {
                 !staging(&share).is_empty()
             });
         }
@@ -744,7 +764,9 @@ pub(crate) fn a_host_side_delete_during_a_write_is_not_undone(bin: &Path) {
             !share.join("doomed.txt").exists(),
             "write_first {write_first}: a deleted file is not brought back by a commit"
         );
-        wait_for(STEP, "no staging file", || staging(&share).is_empty());
+        wait_for(&share, STEP, "no staging file", || {
+            staging(&share).is_empty()
+        });
     }
 }
 

@@ -94,8 +94,8 @@ pub(crate) fn host_and_mount(bin: &Path) {
         .output()
         .expect("run unmount");
     assert!(out.status.success(), "unmount: {out:?}");
-    let mut mount = cleanup.children.pop().expect("the mount process");
-    let status = exit_of(&mut mount, "mount after unmount");
+    let mount = cleanup.children.pop().expect("the mount process");
+    let status = exit_of(mount, "mount after unmount");
     assert!(status.success(), "mount exits 0 after unmount: {status:?}");
     // Its Goodbye arrived before it exited: the host let its session go at
     // once, not after the grace period a vanished client gets.
@@ -110,8 +110,8 @@ pub(crate) fn host_and_mount(bin: &Path) {
         std::fs::read(mnt.join("hello.txt")).expect("read through the second mount"),
         b"through the wormhole"
     );
-    let mut mount = cleanup.children.pop().expect("the mount process");
-    interrupt(&mut mount, "mount on Ctrl-C");
+    let mount = cleanup.children.pop().expect("the mount process");
+    interrupt(mount, "mount on Ctrl-C");
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     let at = mnt.to_string_lossy().into_owned();
     assert!(
@@ -181,9 +181,9 @@ pub(crate) fn host_and_mount(bin: &Path) {
         std::fs::read(mnt.join("hello.txt")).expect("read through the mount"),
         b"through the wormhole"
     );
-    let mut host = cleanup.children.pop().expect("the host process");
+    let host = cleanup.children.pop().expect("the host process");
     cleanup.children.push(mount);
-    interrupt(&mut host, "the host");
+    interrupt(host, "the host");
     line_where(&mount_out, "the lost host", |l| {
         l.starts_with("Lost the connection to the host")
     });
@@ -196,25 +196,25 @@ pub(crate) fn host_and_mount(bin: &Path) {
         std::fs::read(mnt.join("hello.txt")).expect("read after the reconnect"),
         b"through the wormhole"
     );
-    let mut mount = cleanup.children.pop().expect("the mount process");
+    let mount = cleanup.children.pop().expect("the mount process");
     cleanup.children.push(host);
-    interrupt(&mut mount, "mount after the reconnect");
+    interrupt(mount, "mount after the reconnect");
 
     // A restart keeps the identity and secret; --new-identity changes them.
-    let mut host = cleanup.children.pop().expect("the host process");
-    interrupt(&mut host, "the host");
+    let host = cleanup.children.pop().expect("the host process");
+    interrupt(host, "the host");
     let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
     cleanup.children.push(host);
     let again = Ticket::parse(&ticket_of(&host_out)).expect("parses");
     assert_eq!(again.fingerprint, parsed.fingerprint);
     assert_eq!(again.secret, parsed.secret);
-    let mut host = cleanup.children.pop().expect("the host process");
-    interrupt(&mut host, "the restarted host");
+    let host = cleanup.children.pop().expect("the host process");
+    interrupt(host, "the restarted host");
     let (host, host_out) = start_host(bin, &dir, ANY_PORT, &["--new-identity"]);
     cleanup.children.push(host);
     let fresh = Ticket::parse(&ticket_of(&host_out)).expect("parses");
     assert_ne!(fresh.fingerprint, parsed.fingerprint);
     assert_ne!(fresh.secret, parsed.secret);
-    let mut host = cleanup.children.pop().expect("the host process");
-    interrupt(&mut host, "the host with a new identity");
+    let host = cleanup.children.pop().expect("the host process");
+    interrupt(host, "the host with a new identity");
 }

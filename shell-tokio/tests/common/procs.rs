@@ -79,16 +79,27 @@ pub(crate) fn line_within(
     }
 }
 
-/// Waits for `child` to exit, at most `STEP`.
-pub(crate) fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let end = Instant::now() + STEP;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
+/// Waits at most `limit` for `child` to end, its exit awaited on a
+/// thread of its own; one still running at the limit is killed and the
+/// test fails. Its output is what it wrote to pipes nobody else read.
+pub(crate) fn exited(child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let pid = child.id().to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for the child"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("{what} did not exit within {limit:?}")
         }
-        assert!(Instant::now() < end, "{what} did not exit within {STEP:?}");
-        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits for `child` to exit, at most `STEP`.
+pub(crate) fn exit_of(child: Child, what: &str) -> std::process::ExitStatus {
+    exited(child, STEP, what).status
 }
 
 /// Runs `host` on `bind` (`127.0.0.1:0`: any port).
@@ -136,7 +147,7 @@ pub(crate) fn ticket_of(rx: &mpsc::Receiver<String>) -> String {
     .to_owned()
 }
 
-pub(crate) fn interrupt(child: &mut Child, what: &str) {
+pub(crate) fn interrupt(child: Child, what: &str) {
     let pid = child.id().to_string();
     let sent = Command::new("kill")
         .args(["-INT", &pid])
