@@ -98,6 +98,8 @@ enum Wire {
     FsRun(FsOpId, FsOp, Option<Box<Issued>>),
     /// A worker's result reaching the host's loop.
     FsDone(FsOpId, FsResult),
+    /// The host's file watcher reporting a local program's change.
+    Watched(crate::host::RelPath),
 }
 
 /// The simulated world.
@@ -369,6 +371,11 @@ impl World {
                     self.host.handle_fs(now, op, result);
                 }
             }
+            Wire::Watched(path) => {
+                if self.host_up {
+                    self.host.local_change(now, &path);
+                }
+            }
             Wire::ToClient(c, conn, bytes) => {
                 if self.clients[c].conn == Some(conn) {
                     if self.record_attrs {
@@ -568,6 +575,14 @@ impl World {
         self.clients[c].conn = Some(conn);
         self.host.conn_opened(now, conn, exporter);
         self.clients[c].core.transport_established(now, &exporter);
+    }
+
+    /// A local program changed `path` on the host's disk: the host's
+    /// watcher reports it after a seeded delay (up to `max_delay`), so
+    /// requests may meet the change before the host hears of it. A crash
+    /// loses the report (the restart's scan sees the disk anew).
+    pub fn local_change(&mut self, path: crate::host::RelPath) {
+        self.post(Wire::Watched(path));
     }
 
     /// Cuts client `c` off without its connection noticing: what it sends

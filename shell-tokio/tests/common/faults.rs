@@ -902,3 +902,37 @@ pub(crate) fn an_ioctl_is_answered_enotty_quietly(bin: &Path) {
     let logged = std::fs::read_to_string(&log).expect("the mount's log");
     assert!(!logged.to_lowercase().contains("ioctl"), "{logged}");
 }
+
+/// One `#[test]` per fault test above, running it on the binary `$bin`;
+/// each shell's `tests/faults.rs` invokes it with `faults` in scope, so
+/// the list is written once.
+macro_rules! fault_tests {
+    ($bin:expr) => {
+        faults::fault_tests!(@ $bin;
+            a_host_side_save_during_a_write_keeps_one_whole_version,
+            an_o_trunc_rewrite_survives_kill_9_of_the_host,
+            an_append_survives_kill_9_of_the_host,
+            renames_survive_kill_9_of_the_host,
+            a_full_disk_fails_the_writer_and_keeps_the_old_content,
+            errors_that_belong_to_open_come_at_open,
+            what_the_host_may_not_touch_is_refused_at_once,
+            a_folder_has_one_host_at_a_time,
+            one_mountpoint_has_one_mount,
+            an_ioctl_is_answered_enotty_quietly,
+            an_open_file_keeps_its_content_when_the_host_saves_a_new_one,
+            a_directory_renamed_on_the_host_keeps_the_shell_in_it,
+            a_host_side_delete_during_a_write_is_not_undone,
+            a_log_appended_on_the_host_reads_as_a_prefix,
+            a_partition_is_answered_from_the_cache_and_heals_at_once,
+        );
+    };
+    (@ $bin:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                faults::$name(std::path::Path::new($bin));
+            }
+        )*
+    };
+}
+pub(crate) use fault_tests;

@@ -877,9 +877,8 @@ impl Sim {
             }
         }
         if self.w.host_up {
-            let now = self.w.now;
-            for p in &touched {
-                self.w.host.local_change(now, p);
+            for p in touched {
+                self.w.local_change(p);
             }
             self.w.pump();
         }

@@ -64,13 +64,15 @@ impl HostServer {
         let Some(key) = self.nodes.key(node) else {
             return Some(node);
         };
-        let replaced = key != found;
-        let committed_since = self.recommitted.get(&node).is_some_and(|&m| op.0 < m);
-        let committing = self
-            .txns
-            .values()
-            .any(|t| t.node == node && t.phase == TxnPhase::Committing);
-        (replaced && !committed_since && !committing).then_some(node)
+        // (Checked in order of cost: this runs for every result by path.)
+        let ours = || {
+            self.recommitted.get(&node).is_some_and(|&m| op.0 < m)
+                || self
+                    .txns
+                    .values()
+                    .any(|t| t.node == node && t.phase == TxnPhase::Committing)
+        };
+        (key != found && !ours()).then_some(node)
     }
 
     /// Forgets own commits that no operation still out was issued before.
