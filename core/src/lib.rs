@@ -97,6 +97,8 @@
 //!
 //! * [`lock`]: the host's lock table and the client's lock machine.
 //! * [`cache`]: the client's cache: TTLs, coalescing, invalidation, L1/L2 eviction.
+//! * [`nat`]: STUN and NAT classification (traversal to come).
+//! * [`rendezvous`]: the rendezvous server's machine (STUN answers).
 //! * [`pair`]: NAT pairs: keepalive, the pool, the lock/take/release
 //!   handover.
 //! * [`proto`]: the file protocol's messages, errno values and limits.
@@ -114,8 +116,10 @@ pub mod codec;
 pub mod conn;
 pub mod host;
 pub mod lock;
+pub mod nat;
 pub mod pair;
 pub mod proto;
+pub mod rendezvous;
 pub mod rng;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -1,0 +1,323 @@
+//! The STUN messages Wormhole speaks (RFC 8489 Binding, with the RFC 5780
+//! attributes NAT classification needs), encoded and parsed by
+//! `stun-types` behind this one module.
+//!
+//! Nothing here draws randomness or reads a clock: transaction ids come
+//! from the caller (the machines draw them from their seeded [`Rng`]), so a
+//! trace stays byte-identical per seed. `core/clippy.toml` forbids the
+//! crate's own id generator.
+//!
+//! [`Rng`]: crate::Rng
+
+use bytes::Bytes;
+use core::fmt;
+use core::net::SocketAddr;
+use stun_types::attribute::{AttributeType, MappedSocketAddr, RawAttribute, XorMappedAddress};
+use stun_types::message::{
+    BINDING, Message, MessageClass, MessageType, MessageWrite, MessageWriteExt, MessageWriteVec,
+    TransactionId,
+};
+use thiserror::Error;
+
+/// CHANGE-REQUEST (RFC 5780 §7.2): ask the server to answer from its
+/// other address and/or port.
+const CHANGE_REQUEST: AttributeType = AttributeType::new(0x0003);
+/// RESPONSE-ORIGIN (RFC 5780 §7.3): the address the answer was sent from.
+const RESPONSE_ORIGIN: AttributeType = AttributeType::new(0x802b);
+/// OTHER-ADDRESS (RFC 5780 §7.4): the server's alternate address.
+const OTHER_ADDRESS: AttributeType = AttributeType::new(0x802c);
+/// MAPPED-ADDRESS (RFC 8489 §14.1), answered too for RFC 3489 clients.
+const MAPPED_ADDRESS: AttributeType = AttributeType::new(0x0001);
+/// CHANGE-REQUEST flag bits.
+const CHANGE_IP: u32 = 0x4;
+const CHANGE_PORT: u32 = 0x2;
+
+/// A STUN transaction id: 96 bits (the top 32 of the `u128` are zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct TxId(u128);
+
+impl TxId {
+    /// The id from its 96 bits; higher bits are dropped.
+    pub fn new(bits: u128) -> TxId {
+        TxId(bits & ((1 << 96) - 1))
+    }
+
+    /// The id's 96 bits.
+    pub fn bits(self) -> u128 {
+        self.0
+    }
+
+    fn stun(self) -> TransactionId {
+        self.0.into()
+    }
+}
+
+/// Which of its addresses a server is asked to answer from (RFC 5780).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Change {
+    /// From its other IP address.
+    pub ip: bool,
+    /// From its other port.
+    pub port: bool,
+}
+
+impl Change {
+    /// Answer from where the request arrived.
+    pub const NONE: Change = Change {
+        ip: false,
+        port: false,
+    };
+    /// Answer from the other port.
+    pub const PORT: Change = Change {
+        ip: false,
+        port: true,
+    };
+    /// Answer from the other address and port.
+    pub const IP_AND_PORT: Change = Change {
+        ip: true,
+        port: true,
+    };
+
+    fn is_none(self) -> bool {
+        !self.ip && !self.port
+    }
+}
+
+/// A parsed STUN message of the kinds Wormhole uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stun {
+    /// A Binding request.
+    Request {
+        /// Its transaction.
+        tx: TxId,
+        /// Where the client asked to be answered from.
+        change: Change,
+    },
+    /// A Binding success response.
+    Success {
+        /// The transaction it answers.
+        tx: TxId,
+        /// The client's address as the server saw it (XOR-MAPPED-ADDRESS,
+        /// or MAPPED-ADDRESS from an RFC 3489 server).
+        mapped: SocketAddr,
+        /// The server's alternate address, if it offers one.
+        other: Option<SocketAddr>,
+        /// The address the server says it answered from.
+        origin: Option<SocketAddr>,
+    },
+    /// A Binding error response.
+    Error {
+        /// The transaction it answers.
+        tx: TxId,
+    },
+    /// A STUN message of another method or class (an indication).
+    Other,
+}
+
+/// Why a datagram is not a usable STUN message.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum StunError {
+    /// Not STUN at all, or malformed (bad header, length, FINGERPRINT).
+    #[error("malformed STUN message: {0}")]
+    Malformed(String),
+    /// A success response without a mapped address.
+    #[error("Binding response without a mapped address")]
+    NoMappedAddress,
+}
+
+/// Whether a datagram's first byte puts it in STUN's range (RFC 7983:
+/// 0–3), which no QUIC packet (fixed bit set, greasing off) and no pair
+/// keepalive frame uses.
+pub fn looks_like_stun(datagram: &[u8]) -> bool {
+    datagram.len() >= 20 && datagram[0] <= 3
+}
+
+/// A Binding request with FINGERPRINT (and CHANGE-REQUEST if `change`
+/// asks for another origin).
+pub fn binding_request(tx: TxId, change: Change) -> Bytes {
+    let mut msg = Message::builder(
+        MessageType::from_class_method(MessageClass::Request, BINDING),
+        tx.stun(),
+        MessageWriteVec::new(),
+    );
+    if !change.is_none() {
+        let flags = (u32::from(change.ip) * CHANGE_IP) | (u32::from(change.port) * CHANGE_PORT);
+        let value = flags.to_be_bytes();
+        add(&mut msg, &RawAttribute::new(CHANGE_REQUEST, &value));
+    }
+    finish(msg)
+}
+
+/// A Binding success response to `tx`: `mapped` as XOR-MAPPED-ADDRESS and
+/// MAPPED-ADDRESS, the server's `other` address and the `origin` it sends
+/// from, and FINGERPRINT.
+pub fn binding_success(
+    tx: TxId,
+    mapped: SocketAddr,
+    other: Option<SocketAddr>,
+    origin: SocketAddr,
+) -> Bytes {
+    let mut msg = Message::builder(
+        MessageType::from_class_method(MessageClass::Success, BINDING),
+        tx.stun(),
+        MessageWriteVec::new(),
+    );
+    add(&mut msg, &XorMappedAddress::new(mapped, tx.stun()));
+    add(
+        &mut msg,
+        &MappedSocketAddr::new(mapped).to_raw(MAPPED_ADDRESS),
+    );
+    add(
+        &mut msg,
+        &MappedSocketAddr::new(origin).to_raw(RESPONSE_ORIGIN),
+    );
+    if let Some(other) = other {
+        add(
+            &mut msg,
+            &MappedSocketAddr::new(other).to_raw(OTHER_ADDRESS),
+        );
+    }
+    finish(msg)
+}
+
+/// Parses a datagram as STUN.
+pub fn decode(datagram: &[u8]) -> Result<Stun, StunError> {
+    let msg = Message::from_bytes(datagram).map_err(|e| StunError::Malformed(e.to_string()))?;
+    if !msg.has_method(BINDING) {
+        return Ok(Stun::Other);
+    }
+    let tx = TxId::new(msg.transaction_id().into());
+    let addr = |atype| {
+        msg.raw_attribute(atype)
+            .and_then(|raw| MappedSocketAddr::from_raw(&raw).ok())
+            .map(|a| a.addr())
+    };
+    Ok(match msg.class() {
+        MessageClass::Request => Stun::Request {
+            tx,
+            change: msg
+                .raw_attribute(CHANGE_REQUEST)
+                .map_or(Change::NONE, |raw| {
+                    let flags = raw
+                        .value
+                        .get(..4)
+                        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    Change {
+                        ip: flags & CHANGE_IP != 0,
+                        port: flags & CHANGE_PORT != 0,
+                    }
+                }),
+        },
+        MessageClass::Success => {
+            let mapped = msg
+                .attribute::<XorMappedAddress>()
+                .map(|x| x.addr(msg.transaction_id()))
+                .ok()
+                .or_else(|| addr(MAPPED_ADDRESS))
+                .ok_or(StunError::NoMappedAddress)?;
+            Stun::Success {
+                tx,
+                mapped,
+                other: addr(OTHER_ADDRESS),
+                origin: addr(RESPONSE_ORIGIN),
+            }
+        }
+        MessageClass::Error => Stun::Error { tx },
+        MessageClass::Indication => Stun::Other,
+    })
+}
+
+/// Adds an attribute the builder has room and rules for. Our own messages
+/// only ever hold a few fixed attributes before FINGERPRINT, so a refusal
+/// would be a bug in this module, not bad input.
+fn add(msg: &mut MessageWriteVec, attr: &dyn stun_types::attribute::AttributeWrite) {
+    let added = msg.add_attribute(attr);
+    debug_assert!(added.is_ok(), "attribute refused: {added:?}");
+}
+
+fn finish(mut msg: MessageWriteVec) -> Bytes {
+    let added = msg.add_fingerprint();
+    debug_assert!(added.is_ok(), "fingerprint refused: {added:?}");
+    Bytes::from(msg.finish())
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ip, self.port) {
+            (false, false) => f.write_str("same origin"),
+            (false, true) => f.write_str("other port"),
+            (true, false) => f.write_str("other address"),
+            (true, true) => f.write_str("other address and port"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn a_request_round_trips_with_its_change_flags() {
+        for change in [Change::NONE, Change::PORT, Change::IP_AND_PORT] {
+            let tx = TxId::new(0x1234_5678_9abc_def0_1122_3344);
+            let bytes = binding_request(tx, change);
+            assert!(looks_like_stun(&bytes));
+            assert_eq!(decode(&bytes), Ok(Stun::Request { tx, change }));
+        }
+    }
+
+    #[test]
+    fn a_success_carries_mapped_other_and_origin() {
+        let tx = TxId::new(7);
+        for mapped in [addr("203.0.113.9:40000"), addr("[2001:db8::9]:40000")] {
+            let bytes = binding_success(
+                tx,
+                mapped,
+                Some(addr("198.51.100.2:3479")),
+                addr("198.51.100.1:3478"),
+            );
+            assert_eq!(
+                decode(&bytes),
+                Ok(Stun::Success {
+                    tx,
+                    mapped,
+                    other: Some(addr("198.51.100.2:3479")),
+                    origin: Some(addr("198.51.100.1:3478")),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupted_fingerprint_is_refused() {
+        let mut bytes = binding_request(TxId::new(9), Change::NONE).to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(matches!(decode(&bytes), Err(StunError::Malformed(_))));
+    }
+
+    #[test]
+    fn garbage_and_truncations_are_errors_not_panics() {
+        let bytes = binding_success(TxId::new(1), addr("192.0.2.1:1"), None, addr("192.0.2.2:2"));
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes");
+        }
+        assert!(!looks_like_stun(&[0x40; 40]));
+    }
+
+    #[test]
+    fn the_wire_bytes_are_stable() {
+        let bytes = binding_request(TxId::new(0xabcdef), Change::PORT);
+        insta::assert_snapshot!(hex(&bytes));
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
