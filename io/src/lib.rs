@@ -19,6 +19,7 @@
 //!   watcher of local changes and the keys kept across restarts.
 //! * [`mount`]: a FUSE [`Mount`]: fuser's session, the adapter from kernel
 //!   requests to the client core, the mount driver and the disk cache.
+//! * [`nat`]: the rendezvous server and `nat-check`, over real UDP.
 //! * [`pair`]: the [`PairAgent`], which drives a NAT pair pool over real
 //!   UDP sockets and hands a taken pair's socket to QUIC.
 //! * [`cli`]: the command line, defined once for both binaries.
@@ -38,6 +39,7 @@ mod runtime;
 pub mod cli;
 pub mod host;
 pub mod mount;
+pub mod nat;
 pub mod net;
 pub mod pair;
 #[cfg(feature = "testkit")]

@@ -183,3 +183,11 @@ impl CoreClock {
         Some(now.max(deadline))
     }
 }
+
+/// A seed for a core [`wormhole_core::Rng`], from the operating system.
+pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| io::Error::other("the operating system gave no randomness"))?;
+    Ok(seed)
+}

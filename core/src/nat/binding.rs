@@ -431,7 +431,8 @@ mod tests {
             stun::decode(&sent[0].payload),
             Ok(Stun::Request {
                 tx,
-                change: Change::NONE
+                change: Change::NONE,
+                response_port: None
             })
         );
         let mapped = addr("203.0.113.5:61000");

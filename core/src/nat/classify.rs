@@ -267,7 +267,16 @@ impl Classifier {
                     tx, mapped, other, ..
                 } => {
                     if Some(tx) == self.first.tx {
-                        self.other = other;
+                        // A server bound to a wildcard address cannot name
+                        // its own IP; its other port is then on the IP we
+                        // reached it at.
+                        self.other = other.map(|o| {
+                            if o.ip().is_unspecified() {
+                                SocketAddr::new(self.server.ip(), o.port())
+                            } else {
+                                o
+                            }
+                        });
                     }
                     (tx, Answer::Mapped(mapped))
                 }

@@ -12,7 +12,9 @@
 use bytes::Bytes;
 use core::fmt;
 use core::net::SocketAddr;
-use stun_types::attribute::{AttributeType, MappedSocketAddr, RawAttribute, XorMappedAddress};
+use stun_types::attribute::{
+    AttributeType, ErrorCode, MappedSocketAddr, RawAttribute, XorMappedAddress,
+};
 use stun_types::message::{
     BINDING, Message, MessageClass, MessageType, MessageWrite, MessageWriteExt, MessageWriteVec,
     TransactionId,
@@ -26,6 +28,8 @@ const CHANGE_REQUEST: AttributeType = AttributeType::new(0x0003);
 const RESPONSE_ORIGIN: AttributeType = AttributeType::new(0x802b);
 /// OTHER-ADDRESS (RFC 5780 §7.4): the server's alternate address.
 const OTHER_ADDRESS: AttributeType = AttributeType::new(0x802c);
+/// RESPONSE-PORT (RFC 5780 §7.5): answer to this port of the sender's IP.
+const RESPONSE_PORT: AttributeType = AttributeType::new(0x0027);
 /// MAPPED-ADDRESS (RFC 8489 §14.1), answered too for RFC 3489 clients.
 const MAPPED_ADDRESS: AttributeType = AttributeType::new(0x0001);
 /// CHANGE-REQUEST flag bits.
@@ -94,6 +98,9 @@ pub enum Stun {
         tx: TxId,
         /// Where the client asked to be answered from.
         change: Change,
+        /// The port of the client's IP it asked to be answered at
+        /// (RESPONSE-PORT), if not the one it sent from.
+        response_port: Option<u16>,
     },
     /// A Binding success response.
     Success {
@@ -182,6 +189,24 @@ pub fn binding_success(
     finish(msg)
 }
 
+/// A Binding error response to `tx` saying the server cannot honour an
+/// attribute (420, as for a CHANGE-REQUEST to an IP it does not have).
+pub fn binding_unsupported(tx: TxId) -> Bytes {
+    let mut msg = Message::builder(
+        MessageType::from_class_method(MessageClass::Error, BINDING),
+        tx.stun(),
+        MessageWriteVec::new(),
+    );
+    let code = ErrorCode::builder(ErrorCode::UNKNOWN_ATTRIBUTE)
+        .reason("No alternate address")
+        .build();
+    debug_assert!(code.is_ok(), "420 is in range");
+    if let Ok(code) = code {
+        add(&mut msg, &code);
+    }
+    finish(msg)
+}
+
 /// Parses a datagram as STUN.
 pub fn decode(datagram: &[u8]) -> Result<Stun, StunError> {
     let msg = Message::from_bytes(datagram).map_err(|e| StunError::Malformed(e.to_string()))?;
@@ -209,6 +234,9 @@ pub fn decode(datagram: &[u8]) -> Result<Stun, StunError> {
                         port: flags & CHANGE_PORT != 0,
                     }
                 }),
+            response_port: msg
+                .raw_attribute(RESPONSE_PORT)
+                .and_then(|raw| raw.value.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]))),
         },
         MessageClass::Success => {
             let mapped = msg
@@ -268,7 +296,14 @@ mod tests {
             let tx = TxId::new(0x1234_5678_9abc_def0_1122_3344);
             let bytes = binding_request(tx, change);
             assert!(looks_like_stun(&bytes));
-            assert_eq!(decode(&bytes), Ok(Stun::Request { tx, change }));
+            assert_eq!(
+                decode(&bytes),
+                Ok(Stun::Request {
+                    tx,
+                    change,
+                    response_port: None
+                })
+            );
         }
     }
 
@@ -292,6 +327,12 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn an_error_response_decodes_as_one() {
+        let tx = TxId::new(3);
+        assert_eq!(decode(&binding_unsupported(tx)), Ok(Stun::Error { tx }));
     }
 
     #[test]

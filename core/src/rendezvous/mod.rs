@@ -4,7 +4,7 @@
 //! Today it is a STUN server with the RFC 5780 extensions (it answers
 //! Binding requests with XOR-MAPPED-ADDRESS, MAPPED-ADDRESS,
 //! RESPONSE-ORIGIN, OTHER-ADDRESS and FINGERPRINT, and honours
-//! CHANGE-REQUEST), so that clients can learn and classify their NAT
+//! CHANGE-REQUEST and RESPONSE-PORT), so that clients can learn and classify their NAT
 //! against it. It listens on two ports of one address, or on two ports of
 //! each of two addresses. Signalling between hosts and clients arrives
 //! next (docs/nat.md).
@@ -84,8 +84,11 @@ impl ServerAddrs {
 pub struct RendezvousStats {
     /// Binding requests answered.
     pub answered: u64,
-    /// Datagrams dropped: not STUN, malformed, not a request, a
-    /// CHANGE-REQUEST for an IP we do not have, or a full queue.
+    /// Binding requests refused (a CHANGE-REQUEST for an IP we do not
+    /// have).
+    pub refused: u64,
+    /// Datagrams dropped: not STUN, malformed, not a request, or a full
+    /// queue.
     pub dropped: u64,
 }
 
@@ -112,14 +115,31 @@ impl Rendezvous {
         let request = stun::looks_like_stun(datagram)
             .then(|| stun::decode(datagram).ok())
             .flatten();
-        let (Some(Stun::Request { tx, change }), Some((ip, port))) =
-            (request, self.addrs.index(local))
+        let (
+            Some(Stun::Request {
+                tx,
+                change,
+                response_port,
+            }),
+            Some((ip, port)),
+        ) = (request, self.addrs.index(local))
         else {
             self.stats.dropped += 1;
             return;
         };
-        if (change.ip && !self.addrs.two_ips) || self.transmits.len() >= MAX_QUEUED {
+        if self.transmits.len() >= MAX_QUEUED {
             self.stats.dropped += 1;
+            return;
+        }
+        if change.ip && !self.addrs.two_ips {
+            // RFC 5780 clients learn from OTHER-ADDRESS that there is no
+            // second IP; one that asks anyway is told at once.
+            self.transmits.push_back(Transmit {
+                local,
+                remote: from,
+                payload: stun::binding_unsupported(tx),
+            });
+            self.stats.refused += 1;
             return;
         }
         let Change {
@@ -132,9 +152,12 @@ impl Rendezvous {
         let other = self
             .addrs
             .at(ip ^ usize::from(self.addrs.two_ips), port ^ 1);
+        // RESPONSE-PORT (RFC 5780 §7.5) may move the answer to another
+        // port of the sender's own IP, never to another IP.
+        let to = SocketAddr::new(from.ip(), response_port.unwrap_or(from.port()));
         self.transmits.push_back(Transmit {
             local: origin,
-            remote: from,
+            remote: to,
             payload: stun::binding_success(tx, from, Some(other), origin),
         });
         self.stats.answered += 1;

@@ -70,17 +70,26 @@ fn classify(
                     if let Some(inside) = back {
                         c.handle_datagram(now, inside, src, &t.payload);
                     }
-                } else if let Some(r) = rendezvous
-                    .as_mut()
-                    .filter(|r| r.addrs.sockets().contains(&t.remote))
-                {
-                    r.handle_datagram(t.remote, src, &t.payload);
+                } else if let Some((r, local)) = rendezvous.as_mut().and_then(|r| {
+                    let local = r.addrs.sockets().into_iter().find(|s| {
+                        s.port() == t.remote.port()
+                            && (s.ip() == t.remote.ip() || s.ip().is_unspecified())
+                    })?;
+                    Some((r, local))
+                }) {
+                    r.handle_datagram(local, src, &t.payload);
                 }
             }
             while let Some(t) = rendezvous.as_mut().and_then(Rendezvous::poll_transmit) {
                 moved = true;
-                if let Some(inside) = nat.inbound(now, t.local, t.remote.port()) {
-                    c.handle_datagram(now, inside, t.local, &t.payload);
+                // A wildcard socket sends from the address it was reached at.
+                let origin = if t.local.ip().is_unspecified() {
+                    SocketAddr::new(server.ip(), t.local.port())
+                } else {
+                    t.local
+                };
+                if let Some(inside) = nat.inbound(now, origin, t.remote.port()) {
+                    c.handle_datagram(now, inside, origin, &t.payload);
                 }
             }
         }
@@ -194,6 +203,22 @@ fn one_server_ip_tells_port_behaviour_and_says_what_it_could_not_test() {
 }
 
 #[test]
+fn a_server_on_a_wildcard_address_classifies_too() {
+    let wildcard = ServerAddrs::one_ip("0.0.0.0".parse().expect("ip"), [3478, 3479]);
+    let got = classify(
+        nat(
+            Mapping::AddressAndPortDependent,
+            Filtering::AddressAndPortDependent,
+        ),
+        Some(wildcard),
+        6,
+    )
+    .expect("classified");
+    assert_eq!(got.nat_type(), NatType::Symmetric);
+    assert!(!got.other_ip_tested);
+}
+
+#[test]
 fn a_silent_server_is_unreachable_in_bounded_time() {
     let got = classify(
         nat(Mapping::EndpointIndependent, Filtering::EndpointIndependent),
@@ -243,14 +268,35 @@ fn what_is_not_a_binding_request_is_dropped_and_counted() {
     let answer = stun::binding_success(tx, from, None, local);
     r.handle_datagram(local, from, &answer);
     r.handle_datagram(local, from, b"\x40hello, not stun at all");
-    // A one-IP server cannot answer from another IP.
-    r.handle_datagram(local, from, &stun::binding_request(tx, Change::IP_AND_PORT));
     assert_eq!(r.poll_transmit(), None);
+    // A one-IP server cannot answer from another IP, and says so.
+    r.handle_datagram(local, from, &stun::binding_request(tx, Change::IP_AND_PORT));
+    let refusal = r.poll_transmit().expect("a refusal");
+    assert_eq!(stun::decode(&refusal.payload), Ok(Stun::Error { tx }));
     assert_eq!(
         r.stats(),
         RendezvousStats {
             answered: 0,
-            dropped: 3
+            refused: 1,
+            dropped: 2
         }
     );
+}
+
+#[test]
+fn response_port_moves_the_answer_to_another_port_of_the_same_ip() {
+    // The second request of coturn's `turnutils_stunclient` (RFC 5780
+    // test II), as captured: CHANGE-REQUEST ip+port, RESPONSE-PORT 42088.
+    let request: [u8; 36] = [
+        0x00, 0x01, 0x00, 0x10, 0x21, 0x12, 0xa4, 0x42, 0x45, 0xe5, 0x51, 0xc9, 0x52, 0xc8, 0x2b,
+        0x9e, 0x6a, 0x75, 0xe3, 0xe6, 0x00, 0x27, 0x00, 0x04, 0xa4, 0x68, 0x00, 0x00, 0x00, 0x03,
+        0x00, 0x04, 0x00, 0x00, 0x00, 0x06,
+    ];
+    let mut r = Rendezvous::new(two_ip_server());
+    let from = addr("203.0.113.7:42087");
+    r.handle_datagram(addr("198.51.100.1:3478"), from, &request);
+    let t = r.poll_transmit().expect("an answer");
+    assert_eq!(t.local, addr("198.51.100.2:3479"));
+    assert_eq!(t.remote, addr("203.0.113.7:42088"));
+    assert!(matches!(stun::decode(&t.payload), Ok(Stun::Success { mapped, .. }) if mapped == from));
 }

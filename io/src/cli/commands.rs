@@ -92,13 +92,13 @@ pub struct UnmountArgs {
 
 /// Catches Ctrl-C and SIGTERM from now on (before anything is printed
 /// that could prompt one), so they stop us cleanly.
-fn catch_interrupts() -> Result<async_signal::Signals> {
+pub(super) fn catch_interrupts() -> Result<async_signal::Signals> {
     use async_signal::{Signal, Signals};
     Signals::new([Signal::Int, Signal::Term]).context("cannot handle Ctrl-C")
 }
 
 /// Resolves on the next Ctrl-C or SIGTERM.
-async fn interrupted(signals: &mut async_signal::Signals) {
+pub(super) async fn interrupted(signals: &mut async_signal::Signals) {
     let _ = signals.next().await;
 }
 

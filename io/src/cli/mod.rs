@@ -3,12 +3,14 @@
 
 pub mod commands;
 pub mod demo;
+pub mod nat;
 mod news;
 
 use crate::Shell;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{HostArgs, MountArgs, UnmountArgs};
 use demo::PairDemoArgs;
+use nat::{NatCheckArgs, RendezvousArgs};
 use std::process::ExitCode;
 
 /// Wormhole: share a folder from one computer and mount it on another,
@@ -49,6 +51,21 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a mounted wormhole (the `mount` command then exits).
     Unmount(UnmountArgs),
+    /// Help peers behind NATs find each other: a STUN server for now.
+    ///
+    /// Run it on a machine both peers can reach over UDP (a small server,
+    /// or a home server with its ports forwarded). It answers STUN Binding
+    /// requests (RFC 8489) on --bind and on a second port, with the RFC
+    /// 5780 extensions that let `nat-check` classify a NAT. It keeps no
+    /// state per peer and stores nothing on disk.
+    Rendezvous(RendezvousArgs),
+    /// Show how this machine's NAT behaves, as hole punching sees it.
+    ///
+    /// Sends STUN requests to a rendezvous from two fresh UDP sockets and
+    /// reports the NAT's mapping and filtering behaviour (RFC 4787), the
+    /// public address, whether hairpinning works, and what that means for
+    /// punching a direct path to a peer.
+    NatCheck(NatCheckArgs),
     /// Show a NAT pair's whole life over real sockets, on loopback.
     ///
     /// Starts two nodes, A and B, in this process, joined by a TCP
@@ -86,6 +103,8 @@ pub fn main<S: Shell>(
         Command::Host(args) => commands::host(&shell, bin, args, &mut std::io::stdout()),
         Command::Mount(args) => commands::mount(&shell, bin, args, &mut std::io::stdout()),
         Command::Unmount(args) => commands::unmount(args),
+        Command::Rendezvous(args) => nat::rendezvous(&shell, args, &mut std::io::stdout()),
+        Command::NatCheck(args) => nat::nat_check_command(&shell, args, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +119,7 @@ pub fn main<S: Shell>(
 /// Logs to stderr, filtered by `RUST_LOG` (warnings by default).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,stun_types=error"));
     // Tests may have installed one already; that one stays.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
