@@ -6,11 +6,13 @@
 //! a failure.
 
 mod fs;
+mod nat;
 
 pub use fs::{
     ClientFuzz, ClientInput, HostFuzz, HostInput, client_machine, host_machine,
     proto_client_message, proto_host_message,
 };
+pub use nat::stun;
 
 use crate::pair_sim::{FuzzWorld, HoldPolicy, LinkParams, SimConfig, World};
 use arbitrary::{Arbitrary, Unstructured};

@@ -170,3 +170,14 @@ fn fs_fuzz_bodies_accept_valid_input() {
         assert!(input.is_ok(), "{}", path.display());
     }
 }
+
+#[test]
+fn stun_corpus() {
+    let n = replay("stun", wormhole_tests::fuzz::stun);
+    assert!(n >= 10, "the corpus has only {n} files");
+    let valid = corpus("stun")
+        .iter()
+        .filter(|(_, d)| wormhole_core::nat::stun::decode(d).is_ok())
+        .count();
+    assert!(valid >= 8, "only {valid} corpus files decode");
+}

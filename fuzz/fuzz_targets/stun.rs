@@ -1,0 +1,4 @@
+//! Fuzz target `stun`: the body is `wormhole_tests::fuzz::stun`, which
+//! `cargo test` also runs over the checked-in corpus.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wormhole_tests::fuzz::stun(data));
