@@ -5,6 +5,7 @@ pub mod doomed;
 pub mod e2e;
 pub mod fs_sim;
 pub mod fuzz;
+pub mod nat_sim;
 pub mod pair_sim;
 pub mod quic;
 pub mod seeds;

@@ -16,8 +16,8 @@ use stun_types::attribute::{
     AttributeType, ErrorCode, MappedSocketAddr, RawAttribute, XorMappedAddress,
 };
 use stun_types::message::{
-    BINDING, Message, MessageClass, MessageType, MessageWrite, MessageWriteExt, MessageWriteVec,
-    TransactionId,
+    BINDING, IntegrityAlgorithm, Message, MessageClass, MessageIntegrityCredentials, MessageType,
+    MessageWrite, MessageWriteExt, MessageWriteVec, ShortTermCredentials, TransactionId,
 };
 use thiserror::Error;
 
@@ -32,6 +32,11 @@ const OTHER_ADDRESS: AttributeType = AttributeType::new(0x802c);
 const RESPONSE_PORT: AttributeType = AttributeType::new(0x0027);
 /// MAPPED-ADDRESS (RFC 8489 §14.1), answered too for RFC 3489 clients.
 const MAPPED_ADDRESS: AttributeType = AttributeType::new(0x0001);
+/// PRIORITY (RFC 8445 §16.1): the priority a peer-reflexive candidate
+/// learned from this check would have.
+const PRIORITY: AttributeType = AttributeType::new(0x0024);
+/// USE-CANDIDATE (RFC 8445 §16.1): the controlling side nominates.
+const USE_CANDIDATE: AttributeType = AttributeType::new(0x0025);
 /// CHANGE-REQUEST flag bits.
 const CHANGE_IP: u32 = 0x4;
 const CHANGE_PORT: u32 = 0x2;
@@ -207,6 +212,123 @@ pub fn binding_unsupported(tx: TxId) -> Bytes {
     finish(msg)
 }
 
+/// The key of one traversal's connectivity checks: both peers derive it
+/// for this exchange, and a check without a valid MAC under it (HMAC-SHA256
+/// MESSAGE-INTEGRITY-SHA256, RFC 8489 §14.6) is dropped.
+#[derive(Clone)]
+pub struct CheckKey(ShortTermCredentials);
+
+impl CheckKey {
+    /// The key from 32 secret bytes.
+    pub fn new(secret: &[u8; 32]) -> Self {
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        CheckKey(ShortTermCredentials::new(hex))
+    }
+
+    fn credentials(&self) -> MessageIntegrityCredentials {
+        self.0.clone().into()
+    }
+}
+
+impl fmt::Debug for CheckKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CheckKey(…)")
+    }
+}
+
+/// A connectivity check or its answer, authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// "Can you hear me here?"
+    Request {
+        /// Its transaction.
+        tx: TxId,
+        /// The sender's priority for a candidate learned from it.
+        priority: u32,
+        /// The controlling side nominates this path.
+        nominate: bool,
+    },
+    /// "Yes, and you came from `mapped`."
+    Success {
+        /// The transaction answered.
+        tx: TxId,
+        /// The requester's address as the answering side saw it.
+        mapped: SocketAddr,
+    },
+}
+
+/// A connectivity check request.
+pub fn check_request(tx: TxId, key: &CheckKey, priority: u32, nominate: bool) -> Bytes {
+    let mut msg = Message::builder(
+        MessageType::from_class_method(MessageClass::Request, BINDING),
+        tx.stun(),
+        MessageWriteVec::new(),
+    );
+    add(
+        &mut msg,
+        &RawAttribute::new(PRIORITY, &priority.to_be_bytes()),
+    );
+    if nominate {
+        add(&mut msg, &RawAttribute::new(USE_CANDIDATE, &[]));
+    }
+    sign_and_finish(msg, key)
+}
+
+/// The answer to a connectivity check that arrived from `mapped`.
+pub fn check_success(tx: TxId, key: &CheckKey, mapped: SocketAddr) -> Bytes {
+    let mut msg = Message::builder(
+        MessageType::from_class_method(MessageClass::Success, BINDING),
+        tx.stun(),
+        MessageWriteVec::new(),
+    );
+    add(&mut msg, &XorMappedAddress::new(mapped, tx.stun()));
+    sign_and_finish(msg, key)
+}
+
+fn sign_and_finish(mut msg: MessageWriteVec, key: &CheckKey) -> Bytes {
+    let signed = msg.add_message_integrity(&key.credentials(), IntegrityAlgorithm::Sha256);
+    debug_assert!(signed.is_ok(), "integrity refused: {signed:?}");
+    finish(msg)
+}
+
+/// Parses a datagram as a connectivity check under `key`. `None` if it is
+/// not one: not STUN, not a Binding request or success, or without a
+/// valid MAC under this key (a plain STUN answer, or a forgery).
+pub fn decode_check(datagram: &[u8], key: &CheckKey) -> Option<Check> {
+    if !looks_like_stun(datagram) {
+        return None;
+    }
+    let msg = Message::from_bytes(datagram).ok()?;
+    if !msg.has_method(BINDING)
+        || !matches!(
+            msg.validate_integrity(&key.credentials()),
+            Ok(IntegrityAlgorithm::Sha256)
+        )
+    {
+        return None;
+    }
+    let tx = TxId::new(msg.transaction_id().into());
+    match msg.class() {
+        MessageClass::Request => {
+            let raw = msg.raw_attribute(PRIORITY)?;
+            let b = raw.value.get(..4)?;
+            Some(Check::Request {
+                tx,
+                priority: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                nominate: msg.has_attribute(USE_CANDIDATE),
+            })
+        }
+        MessageClass::Success => Some(Check::Success {
+            tx,
+            mapped: msg
+                .attribute::<XorMappedAddress>()
+                .ok()?
+                .addr(msg.transaction_id()),
+        }),
+        _ => None,
+    }
+}
+
 /// Parses a datagram as STUN.
 pub fn decode(datagram: &[u8]) -> Result<Stun, StunError> {
     let msg = Message::from_bytes(datagram).map_err(|e| StunError::Malformed(e.to_string()))?;
@@ -333,6 +455,37 @@ mod tests {
     fn an_error_response_decodes_as_one() {
         let tx = TxId::new(3);
         assert_eq!(decode(&binding_unsupported(tx)), Ok(Stun::Error { tx }));
+    }
+
+    #[test]
+    fn checks_round_trip_under_their_key_only() {
+        let key = CheckKey::new(&[7; 32]);
+        let other = CheckKey::new(&[8; 32]);
+        let tx = TxId::new(11);
+        let request = check_request(tx, &key, 0x6e00_01ff, true);
+        assert_eq!(
+            decode_check(&request, &key),
+            Some(Check::Request {
+                tx,
+                priority: 0x6e00_01ff,
+                nominate: true
+            })
+        );
+        assert_eq!(decode_check(&request, &other), None);
+        let mapped = "203.0.113.9:4000".parse().expect("address");
+        let success = check_success(tx, &key, mapped);
+        assert_eq!(
+            decode_check(&success, &key),
+            Some(Check::Success { tx, mapped })
+        );
+        assert_eq!(decode_check(&success, &other), None);
+        // A plain Binding answer is not a check.
+        let plain = binding_success(tx, mapped, None, mapped);
+        assert_eq!(decode_check(&plain, &key), None);
+        // A check whose MAC was computed over other bytes fails.
+        let mut forged = request.to_vec();
+        forged[27] ^= 1;
+        assert_eq!(decode_check(&forged, &key), None);
     }
 
     #[test]
