@@ -10,7 +10,7 @@ use crate::Shell;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use commands::{HostArgs, MountArgs, UnmountArgs};
 use demo::PairDemoArgs;
-use nat::{NatCheckArgs, RendezvousArgs};
+use nat::{NatCheckArgs, PunchArgs, RendezvousArgs};
 use std::process::ExitCode;
 
 /// Wormhole: share a folder from one computer and mount it on another,
@@ -66,6 +66,14 @@ pub enum Command {
     /// public address, whether hairpinning works, and what that means for
     /// punching a direct path to a peer.
     NatCheck(NatCheckArgs),
+    /// Punch a hole to a peer and report how (a test and diagnosis tool).
+    ///
+    /// Prints this side's candidates as a line `candidates …`, reads the
+    /// peer's line from stdin, runs connectivity checks, and prints
+    /// `connected REMOTE KIND MS` or `failed REASON`. Keeps answering the
+    /// peer's checks until stdin closes.
+    #[command(hide = true)]
+    DebugPunch(PunchArgs),
     /// Show a NAT pair's whole life over real sockets, on loopback.
     ///
     /// Starts two nodes, A and B, in this process, joined by a TCP
@@ -105,6 +113,7 @@ pub fn main<S: Shell>(
         Command::Unmount(args) => commands::unmount(args),
         Command::Rendezvous(args) => nat::rendezvous(&shell, args, &mut std::io::stdout()),
         Command::NatCheck(args) => nat::nat_check_command(&shell, args, &mut std::io::stdout()),
+        Command::DebugPunch(args) => nat::debug_punch(&shell, args, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -115,3 +115,153 @@ pub fn describe(b: &NatBehaviour) -> String {
         if b.hairpin { "works" } else { "no" },
     )
 }
+
+/// Which side a `debug-punch` plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PunchRole {
+    /// The controlled side.
+    Host,
+    /// The controlling side, which nominates.
+    Mount,
+}
+
+/// `wormhole debug-punch`: hole punching alone, for tests and diagnosis.
+#[derive(Debug, Args)]
+pub struct PunchArgs {
+    /// The rendezvous to learn our public address from.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub rendezvous: SocketAddr,
+    /// The side this process plays.
+    #[arg(long, value_enum)]
+    pub role: PunchRole,
+    /// The checks' key, 64 hex digits, the same on both sides.
+    #[arg(long, value_name = "HEX")]
+    pub key: String,
+}
+
+/// Runs `wormhole debug-punch`: prints `candidates …` (ours), reads the
+/// peer's `candidates …` line from stdin, punches, prints `connected
+/// REMOTE KIND MS` or `failed REASON`, and keeps answering checks until
+/// stdin closes.
+pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -> Result<()> {
+    use wormhole_core::nat::{CheckKey, Role, Traversal, TraversalConfig, TraversalEvent};
+    let key = parse_key(&args.key).context("--key must be 64 hex digits")?;
+    let ip = crate::nat::route_to(args.rendezvous)
+        .with_context(|| format!("no route to {}", args.rendezvous))?;
+    let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
+    let local = socket.local_addr()?;
+    let role = match args.role {
+        PunchRole::Host => Role::Controlled,
+        PunchRole::Mount => Role::Controlling,
+    };
+    let seed = crate::runtime::os_seed()?;
+    let traversal = Traversal::new(
+        TraversalConfig::default(),
+        role,
+        CheckKey::new(&key),
+        local,
+        vec![local],
+        wormhole_core::Rng::from_seed(seed),
+    );
+    let (candidates_tx, candidates_rx) = async_channel::bounded(4);
+    let (eof_tx, eof_rx) = async_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        let _eof = eof_tx;
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if let Some(list) = line.strip_prefix("candidates") {
+                match list
+                    .split_whitespace()
+                    .map(parse_candidate)
+                    .collect::<Option<Vec<_>>>()
+                {
+                    Some(c) => {
+                        let _ = candidates_tx.send_blocking(c);
+                    }
+                    None => eprintln!("error: cannot read candidates: {line}"),
+                }
+            }
+        }
+    });
+    let runtime = shell.runtime();
+    let started = runtime.now();
+    let mut failed = None;
+    let mut write_error = None;
+    let mut on_event = |event: &TraversalEvent| {
+        let line = match event {
+            TraversalEvent::LocalCandidates(c) => {
+                let list: Vec<String> = c.iter().map(format_candidate).collect();
+                format!("candidates {}", list.join(" "))
+            }
+            TraversalEvent::Connected { remote, kind, .. } => format!(
+                "connected {remote} {} {}",
+                kind_name(*kind),
+                runtime.now().saturating_duration_since(started).as_millis()
+            ),
+            TraversalEvent::Failed(why) => {
+                failed = Some(*why);
+                format!("failed {why:?}")
+            }
+        };
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            write_error = Some(e);
+        }
+    };
+    shell.block_on(crate::nat::punch(
+        shell.runtime(),
+        socket,
+        traversal,
+        Some(args.rendezvous),
+        candidates_rx,
+        &mut on_event,
+        async move {
+            let _ = eof_rx.recv().await;
+        },
+    ))?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    match failed {
+        Some(why) => anyhow::bail!("no direct path: {why:?}"),
+        None => Ok(()),
+    }
+}
+
+fn parse_key(hex: &str) -> Option<[u8; 32]> {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
+}
+
+fn kind_name(kind: wormhole_core::nat::CandidateKind) -> &'static str {
+    use wormhole_core::nat::CandidateKind as K;
+    match kind {
+        K::Host => "host",
+        K::ServerReflexive => "srflx",
+        K::PeerReflexive => "prflx",
+        K::Relay => "relay",
+    }
+}
+
+fn format_candidate(c: &wormhole_core::nat::Candidate) -> String {
+    format!("{}/{}/{}", kind_name(c.kind), c.addr, c.priority)
+}
+
+fn parse_candidate(s: &str) -> Option<wormhole_core::nat::Candidate> {
+    use wormhole_core::nat::CandidateKind as K;
+    let mut parts = s.split('/');
+    let kind = match parts.next()? {
+        "host" => K::Host,
+        "srflx" => K::ServerReflexive,
+        "prflx" => K::PeerReflexive,
+        "relay" => K::Relay,
+        _ => return None,
+    };
+    Some(wormhole_core::nat::Candidate {
+        kind,
+        addr: parts.next()?.parse().ok()?,
+        priority: parts.next()?.parse().ok()?,
+    })
+}

@@ -28,7 +28,7 @@ pub enum CheckError {
 
 /// The address of this machine that routes to `server`. Connecting a UDP
 /// socket sends nothing; it only asks the kernel for the route.
-pub(crate) fn route_to(server: SocketAddr) -> io::Result<IpAddr> {
+pub fn route_to(server: SocketAddr) -> io::Result<IpAddr> {
     let any = match server {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),

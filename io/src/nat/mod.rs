@@ -5,11 +5,14 @@
 //! * [`rendezvous`]: `wormhole rendezvous`, the STUN (RFC 5780) server
 //!   peers learn and classify their NATs against.
 //! * [`check`]: `wormhole nat-check`: classify this machine's NAT.
+//! * [`punch`]: hole punching on the socket the connection will use.
 //! * `udp`: the small set-of-sockets reader and writer both use.
 
 pub mod check;
+pub mod punch;
 pub mod rendezvous;
 mod udp;
 
-pub use check::{CheckError, nat_check};
+pub use check::{CheckError, nat_check, route_to};
+pub use punch::punch;
 pub use rendezvous::{RendezvousServer, RendezvousStart};

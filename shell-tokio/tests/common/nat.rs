@@ -122,12 +122,138 @@ pub(crate) fn every_kernel_nat_is_classified_as_what_it_is(bin: &Path, tag: &str
     assert!(failures.is_empty(), "misclassified: {failures:#?}");
 }
 
+/// Whether the kernel NATs of host and mount allow a direct path without
+/// birthday punching (the simulation's `Router::punchable` says the same).
+fn punchable(a: Behaviour, b: Behaviour) -> bool {
+    use Behaviour::*;
+    !matches!(
+        (a, b),
+        (Symmetric, Symmetric) | (Symmetric, PortRestricted) | (PortRestricted, Symmetric)
+    )
+}
+
+/// One side of a punch: the process, its stdout lines.
+struct Side {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+fn start_punch(bin: &Path, ns: &str, rendezvous: &str, role: &str, key: &str) -> Side {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin)
+        .args([
+            "debug-punch",
+            "--rendezvous",
+            rendezvous,
+            "--role",
+            role,
+            "--key",
+            key,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start debug-punch");
+    let rx = lines(&mut child);
+    Side { child, rx }
+}
+
+/// Hole punching between every pair of kernel NATs: host behind one,
+/// mount behind the other, candidates carried by the test (as the
+/// rendezvous will carry them). Every cell the NATs allow connects; the
+/// others fail, as the simulation predicts.
+pub(crate) fn hole_punching_across_every_pair_of_kernel_nats(bin: &Path, tag: &str) {
+    use std::io::Write;
+    // Homes 1–4 host, 5–8 mount, one of each behaviour on each side.
+    let behaviours: Vec<Behaviour> = Behaviour::ALL
+        .iter()
+        .chain(Behaviour::ALL.iter())
+        .copied()
+        .collect();
+    let net = Internet::new(tag, &behaviours);
+    let mut guard = Cleanup {
+        children: Vec::new(),
+        dir: std::env::temp_dir().join(format!("wormhole-punch-{tag}-{}", std::process::id())),
+    };
+    let rendezvous = start_rendezvous(bin, &net, &mut guard);
+    println!(
+        "{:<16} {:<16} {:<10} {:<8} {:>8}",
+        "host behind", "mount behind", "result", "via", "ms"
+    );
+    let mut wrong = Vec::new();
+    for (h, host) in net.homes[..4].iter().enumerate() {
+        for (m, mount) in net.homes[4..].iter().enumerate() {
+            net.flush_conntrack();
+            let key = format!("{:02x}", h * 4 + m + 1).repeat(32);
+            let mut sides = [
+                start_punch(bin, &host.ns, &rendezvous, "host", &key),
+                start_punch(bin, &mount.ns, &rendezvous, "mount", &key),
+            ];
+            let candidates: Vec<String> = sides
+                .iter()
+                .map(|s| line_where(&s.rx, "candidates", |l| l.starts_with("candidates")))
+                .collect();
+            for (side, peer_line) in sides.iter_mut().zip(candidates.iter().rev()) {
+                let stdin = side.child.stdin.as_mut().expect("stdin piped");
+                writeln!(stdin, "{peer_line}").expect("hand over the candidates");
+            }
+            let results: Vec<String> = sides
+                .iter()
+                .map(|s| {
+                    line_where(&s.rx, "the outcome", |l| {
+                        l.starts_with("connected") || l.starts_with("failed")
+                    })
+                })
+                .collect();
+            for side in &mut sides {
+                drop(side.child.stdin.take());
+            }
+            for side in sides {
+                let _ = exited(side.child, STEP, "debug-punch");
+            }
+            let connected = results.iter().all(|r| r.starts_with("connected"));
+            let mount_words: Vec<&str> = results[1].split_whitespace().collect();
+            let (via, ms) = if connected {
+                (
+                    mount_words.get(2).copied().unwrap_or("?"),
+                    mount_words.get(3).copied().unwrap_or("?"),
+                )
+            } else {
+                ("-", "-")
+            };
+            println!(
+                "{:<16} {:<16} {:<10} {via:<8} {ms:>8}",
+                host.behaviour.name(),
+                mount.behaviour.name(),
+                if connected { "direct" } else { "no path" },
+            );
+            if connected != punchable(host.behaviour, mount.behaviour) {
+                wrong.push(format!(
+                    "{} × {}: {results:?}",
+                    host.behaviour.name(),
+                    mount.behaviour.name()
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "cells against expectation: {wrong:#?}");
+}
+
 /// The NAT tests, for the binary `$bin`; `$tag` names its namespaces.
 macro_rules! nat_tests {
     ($bin:expr, $tag:expr) => {
         #[test]
         fn every_kernel_nat_is_classified_as_what_it_is() {
             nat::every_kernel_nat_is_classified_as_what_it_is(std::path::Path::new($bin), $tag);
+        }
+
+        #[test]
+        fn hole_punching_across_every_pair_of_kernel_nats() {
+            nat::hole_punching_across_every_pair_of_kernel_nats(
+                std::path::Path::new($bin),
+                concat!($tag, "p"),
+            );
         }
     };
 }
