@@ -316,7 +316,8 @@ impl NatWorld {
         payload: &[u8],
     ) -> Result<(), NatViolation> {
         if self.rendezvous_addrs.contains(&to) {
-            self.rendezvous.handle_datagram(to, from, payload);
+            let now = self.now;
+            self.rendezvous.handle_datagram(now, to, from, payload);
             while let Some(t) = self.rendezvous.poll_transmit() {
                 self.send(t.local, t.remote, t.payload);
             }

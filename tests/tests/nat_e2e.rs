@@ -60,9 +60,8 @@ where
         let serving = scope.spawn(|| {
             shell.block_on(async move {
                 // Sockets join the runtime they are bound in.
-                let server =
-                    RendezvousServer::bind(&*shell.runtime(), start, |a| shell.bind_udp(a))
-                        .expect("bind the rendezvous");
+                let server = RendezvousServer::bind(shell.runtime(), start, |a| shell.bind_udp(a))
+                    .expect("bind the rendezvous");
                 let _ = bound_tx.send(());
                 server
                     .serve(async move {

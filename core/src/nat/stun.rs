@@ -139,11 +139,19 @@ pub enum StunError {
     NoMappedAddress,
 }
 
-/// Whether a datagram's first byte puts it in STUN's range (RFC 7983:
-/// 0–3), which no QUIC packet (fixed bit set, greasing off) and no pair
-/// keepalive frame uses.
+/// The magic cookie every RFC 5389/8489 message carries in bytes 4–7.
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// Whether a datagram is shaped like STUN: first byte in STUN's range
+/// (RFC 7983: 0–3, which no QUIC packet uses with greasing off), the magic
+/// cookie, and a length that is a multiple of four. Wormhole's own frames
+/// begin with the protocol version (2), inside that range, so the cookie
+/// is what tells them apart.
 pub fn looks_like_stun(datagram: &[u8]) -> bool {
-    datagram.len() >= 20 && datagram[0] <= 3
+    datagram.len() >= 20
+        && datagram[0] <= 3
+        && datagram[4..8] == MAGIC_COOKIE
+        && datagram.len().is_multiple_of(4)
 }
 
 /// A Binding request with FINGERPRINT (and CHANGE-REQUEST if `change`

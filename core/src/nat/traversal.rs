@@ -30,13 +30,14 @@ use crate::pair::Transmit;
 use crate::{Instant, Rng};
 use core::net::SocketAddr;
 use core::time::Duration;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Remote candidates and peer-reflexive addresses kept at most.
 pub const MAX_PATHS: usize = 32;
 
 /// A candidate's type (seed 002 §7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum CandidateKind {
     /// An address of the machine itself.
@@ -62,7 +63,7 @@ impl CandidateKind {
 }
 
 /// A transport address a peer may be reached at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Candidate {
     /// Its type.

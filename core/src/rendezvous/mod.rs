@@ -1,23 +1,28 @@
 //! The rendezvous server's machine: what `wormhole rendezvous` answers on
 //! its UDP sockets.
 //!
-//! Today it is a STUN server with the RFC 5780 extensions (it answers
-//! Binding requests with XOR-MAPPED-ADDRESS, MAPPED-ADDRESS,
-//! RESPONSE-ORIGIN, OTHER-ADDRESS and FINGERPRINT, and honours
-//! CHANGE-REQUEST and RESPONSE-PORT), so that clients can learn and classify their NAT
-//! against it. It listens on two ports of one address, or on two ports of
-//! each of two addresses. Signalling between hosts and clients arrives
-//! next (docs/nat.md).
-//!
-//! It keeps no state per client: a Binding answer is a pure function of
-//! the request, so a flood costs it nothing but the answers, one per
-//! request, never more bytes out than a request can make a reflector
-//! send (an answer is under 100 bytes).
+//! * **STUN** with the RFC 5780 extensions (XOR-MAPPED-ADDRESS,
+//!   MAPPED-ADDRESS, RESPONSE-ORIGIN, OTHER-ADDRESS, FINGERPRINT;
+//!   CHANGE-REQUEST and RESPONSE-PORT honoured), so that peers learn and
+//!   classify their NATs against it. It listens on two ports of one
+//!   address, or of each of two addresses. An answer is a pure function
+//!   of the request and never more than a few times its size.
+//! * **Signalling** ([`wire`]), on the same ports: hosts register by id
+//!   with the hash of their rendezvous token; a client that shows the
+//!   token is put through: its candidates go to the host, the host's come
+//!   back. State is bounded (hosts and sessions, each with a lifetime);
+//!   nothing is stored on disk.
 
+pub mod peer;
+pub mod wire;
+
+use crate::Instant;
 use crate::nat::stun::{self, Change, Stun};
 use crate::pair::Transmit;
 use core::net::{IpAddr, SocketAddr};
-use std::collections::VecDeque;
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+use wire::{HostId, Refusal, Signalling, Token};
 
 /// Answers waiting to be sent; a shell that does not drain them drops the
 /// newest beyond this, as a full socket buffer would.
@@ -79,6 +84,45 @@ impl ServerAddrs {
     }
 }
 
+/// Bounds and lifetimes of the signalling state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RendezvousConfig {
+    /// Registered hosts kept at most.
+    pub max_hosts: usize,
+    /// A registration lapses this long after its last Register.
+    pub registration_ttl: Duration,
+    /// Sessions (clients being put through) kept at most.
+    pub max_sessions: usize,
+    /// A session is forgotten this long after its last message.
+    pub session_ttl: Duration,
+}
+
+impl Default for RendezvousConfig {
+    /// 100,000 hosts for 60 s each, 100,000 sessions for 30 s.
+    fn default() -> Self {
+        RendezvousConfig {
+            max_hosts: 100_000,
+            registration_ttl: Duration::from_secs(60),
+            max_sessions: 100_000,
+            session_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Registration {
+    addr: SocketAddr,
+    verifier: [u8; 32],
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Session {
+    host: HostId,
+    client: SocketAddr,
+    expires: Instant,
+}
+
 /// Counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RendezvousStats {
@@ -87,34 +131,81 @@ pub struct RendezvousStats {
     /// Binding requests refused (a CHANGE-REQUEST for an IP we do not
     /// have).
     pub refused: u64,
-    /// Datagrams dropped: not STUN, malformed, not a request, or a full
+    /// Datagrams dropped: malformed, not a request, a message only the
+    /// rendezvous sends, an Answer not from the registered host, or a full
     /// queue.
     pub dropped: u64,
+    /// Registrations accepted (first and renewed).
+    pub registered: u64,
+    /// Clients put through (Incoming sent to a host).
+    pub put_through: u64,
+    /// Clients refused.
+    pub refused_clients: u64,
 }
 
 /// The rendezvous machine.
 #[derive(Debug)]
 pub struct Rendezvous {
     addrs: ServerAddrs,
+    config: RendezvousConfig,
+    hosts: BTreeMap<HostId, Registration>,
+    sessions: BTreeMap<u64, Session>,
+    /// When expired entries were last swept (at most once a second, so a
+    /// flood cannot make every message walk the tables).
+    swept: Option<Instant>,
     transmits: VecDeque<Transmit>,
     stats: RendezvousStats,
 }
 
 impl Rendezvous {
-    /// A rendezvous listening on `addrs`.
+    /// A rendezvous listening on `addrs`, with default bounds.
     pub fn new(addrs: ServerAddrs) -> Self {
+        Self::with_config(addrs, RendezvousConfig::default())
+    }
+
+    /// A rendezvous listening on `addrs` with `config`'s bounds.
+    pub fn with_config(addrs: ServerAddrs, config: RendezvousConfig) -> Self {
         Rendezvous {
             addrs,
+            config,
+            hosts: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            swept: None,
             transmits: VecDeque::new(),
             stats: RendezvousStats::default(),
         }
     }
 
+    /// Registered hosts right now (expired ones may linger until a sweep).
+    pub fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
+
     /// Handles a datagram that arrived on `local` from `from`.
-    pub fn handle_datagram(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
-        let request = stun::looks_like_stun(datagram)
-            .then(|| stun::decode(datagram).ok())
-            .flatten();
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
+        if self.transmits.len() >= MAX_QUEUED {
+            self.stats.dropped += 1;
+            return;
+        }
+        if stun::looks_like_stun(datagram) {
+            self.handle_stun(local, from, datagram);
+        } else {
+            match Signalling::decode(datagram) {
+                Ok(msg) => self.handle_signalling(now, local, from, msg),
+                Err(_) => self.stats.dropped += 1,
+            }
+        }
+        self.check();
+    }
+
+    fn handle_stun(&mut self, local: SocketAddr, from: SocketAddr, datagram: &[u8]) {
+        let request = stun::decode(datagram).ok();
         let (
             Some(Stun::Request {
                 tx,
@@ -127,10 +218,6 @@ impl Rendezvous {
             self.stats.dropped += 1;
             return;
         };
-        if self.transmits.len() >= MAX_QUEUED {
-            self.stats.dropped += 1;
-            return;
-        }
         if change.ip && !self.addrs.two_ips {
             // RFC 5780 clients learn from OTHER-ADDRESS that there is no
             // second IP; one that asks anyway is told at once.
@@ -161,7 +248,151 @@ impl Rendezvous {
             payload: stun::binding_success(tx, from, Some(other), origin),
         });
         self.stats.answered += 1;
+    }
+
+    fn handle_signalling(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        msg: Signalling,
+    ) {
+        self.sweep(now);
+        match msg {
+            Signalling::Register { host, verifier } => {
+                let known = self.hosts.contains_key(&host);
+                if !known && self.hosts.len() >= self.config.max_hosts {
+                    self.stats.dropped += 1;
+                    return;
+                }
+                // A new address or verifier replaces the old: the host
+                // moved, or restarted with a new ticket.
+                self.hosts.insert(
+                    host,
+                    Registration {
+                        addr: from,
+                        verifier,
+                        expires: now + self.config.registration_ttl,
+                    },
+                );
+                self.stats.registered += 1;
+                let ttl_secs =
+                    u32::try_from(self.config.registration_ttl.as_secs()).unwrap_or(u32::MAX);
+                self.send(local, from, Signalling::Registered { ttl_secs });
+            }
+            Signalling::Connect {
+                host,
+                token,
+                session,
+                candidates,
+            } => self.connect(now, local, from, host, token, session, candidates),
+            Signalling::Answer {
+                host,
+                session,
+                candidates,
+            } => {
+                let from_host = self.hosts.get(&host).is_some_and(|r| r.addr == from);
+                let client = self
+                    .sessions
+                    .get_mut(&session)
+                    .filter(|s| s.host == host && from_host);
+                let Some(s) = client else {
+                    self.stats.dropped += 1;
+                    return;
+                };
+                s.expires = now + self.config.session_ttl;
+                let to = s.client;
+                self.send(
+                    local,
+                    to,
+                    Signalling::Answered {
+                        session,
+                        candidates,
+                    },
+                );
+            }
+            Signalling::Registered { .. }
+            | Signalling::Incoming { .. }
+            | Signalling::Answered { .. }
+            | Signalling::Refused { .. } => self.stats.dropped += 1,
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one Connect message, unpacked")]
+    fn connect(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        host: HostId,
+        token: Token,
+        session: u64,
+        candidates: Vec<crate::nat::Candidate>,
+    ) {
+        let refusal = match self.hosts.get(&host) {
+            None => Some(Refusal::NotRegistered),
+            Some(r) if r.verifier != token.verifier() => Some(Refusal::BadToken),
+            Some(_) => match self.sessions.get(&session) {
+                // A session id belongs to the client that chose it first.
+                Some(s) if s.client != from || s.host != host => Some(Refusal::Busy),
+                Some(_) => None,
+                None if self.sessions.len() >= self.config.max_sessions => Some(Refusal::Busy),
+                None => None,
+            },
+        };
+        if let Some(why) = refusal {
+            self.stats.refused_clients += 1;
+            self.send(local, from, Signalling::Refused { session, why });
+            return;
+        }
+        self.sessions.insert(
+            session,
+            Session {
+                host,
+                client: from,
+                expires: now + self.config.session_ttl,
+            },
+        );
+        let Some(host_addr) = self.hosts.get(&host).map(|r| r.addr) else {
+            return;
+        };
+        self.stats.put_through += 1;
+        self.send(
+            local,
+            host_addr,
+            Signalling::Incoming {
+                session,
+                candidates,
+            },
+        );
+    }
+
+    fn send(&mut self, local: SocketAddr, to: SocketAddr, msg: Signalling) {
+        self.transmits.push_back(Transmit {
+            local,
+            remote: to,
+            payload: msg.encode(),
+        });
+    }
+
+    /// Forgets lapsed registrations and sessions, at most once a second.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.hosts.retain(|_, r| r.expires > now);
+        self.sessions.retain(|_, s| s.expires > now);
+    }
+
+    /// Postconditions of every input.
+    fn check(&self) {
         debug_assert!(self.transmits.len() <= MAX_QUEUED);
+        debug_assert!(self.hosts.len() <= self.config.max_hosts);
+        debug_assert!(self.sessions.len() <= self.config.max_sessions);
     }
 
     /// The next datagram to send, from the socket bound to its `local`.

@@ -77,7 +77,7 @@ fn classify(
                     })?;
                     Some((r, local))
                 }) {
-                    r.handle_datagram(local, src, &t.payload);
+                    r.handle_datagram(now, local, src, &t.payload);
                 }
             }
             while let Some(t) = rendezvous.as_mut().and_then(Rendezvous::poll_transmit) {
@@ -244,7 +244,12 @@ fn answers_come_from_the_socket_the_client_asked_for() {
         (Change::IP_AND_PORT, "198.51.100.2:3479"),
     ] {
         let tx = crate::nat::TxId::new(42);
-        r.handle_datagram(primary, from, &stun::binding_request(tx, change));
+        r.handle_datagram(
+            Instant::ZERO,
+            primary,
+            from,
+            &stun::binding_request(tx, change),
+        );
         let t = r.poll_transmit().expect("an answer");
         assert_eq!((t.local, t.remote), (addr(origin), from));
         assert_eq!(
@@ -266,11 +271,16 @@ fn what_is_not_a_binding_request_is_dropped_and_counted() {
     let from = addr("203.0.113.7:50000");
     let tx = crate::nat::TxId::new(1);
     let answer = stun::binding_success(tx, from, None, local);
-    r.handle_datagram(local, from, &answer);
-    r.handle_datagram(local, from, b"\x40hello, not stun at all");
+    r.handle_datagram(Instant::ZERO, local, from, &answer);
+    r.handle_datagram(Instant::ZERO, local, from, b"\x40hello, not stun at all");
     assert_eq!(r.poll_transmit(), None);
     // A one-IP server cannot answer from another IP, and says so.
-    r.handle_datagram(local, from, &stun::binding_request(tx, Change::IP_AND_PORT));
+    r.handle_datagram(
+        Instant::ZERO,
+        local,
+        from,
+        &stun::binding_request(tx, Change::IP_AND_PORT),
+    );
     let refusal = r.poll_transmit().expect("a refusal");
     assert_eq!(stun::decode(&refusal.payload), Ok(Stun::Error { tx }));
     assert_eq!(
@@ -278,7 +288,8 @@ fn what_is_not_a_binding_request_is_dropped_and_counted() {
         RendezvousStats {
             answered: 0,
             refused: 1,
-            dropped: 2
+            dropped: 2,
+            ..RendezvousStats::default()
         }
     );
 }
@@ -294,9 +305,203 @@ fn response_port_moves_the_answer_to_another_port_of_the_same_ip() {
     ];
     let mut r = Rendezvous::new(two_ip_server());
     let from = addr("203.0.113.7:42087");
-    r.handle_datagram(addr("198.51.100.1:3478"), from, &request);
+    r.handle_datagram(Instant::ZERO, addr("198.51.100.1:3478"), from, &request);
     let t = r.poll_transmit().expect("an answer");
     assert_eq!(t.local, addr("198.51.100.2:3479"));
     assert_eq!(t.remote, addr("203.0.113.7:42088"));
     assert!(matches!(stun::decode(&t.payload), Ok(Stun::Success { mapped, .. }) if mapped == from));
+}
+
+mod signalling {
+    use super::*;
+    use crate::conn::auth::TicketSecret;
+    use crate::nat::TraversalConfig;
+    use crate::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, HostRendezvous};
+    use crate::rendezvous::wire::{Refusal, Signalling};
+
+    const FINGERPRINT: [u8; 32] = [5; 32];
+
+    /// Host, client and rendezvous on one flat network; returns the
+    /// client's outcome and the host's events.
+    fn run(client_secret: TicketSecret, register: bool) -> (ClientEvent, Vec<HostEvent>) {
+        let secret = TicketSecret([9; 32]);
+        let server = one_ip_server();
+        let rv_addr = server.primary();
+        let mut rv = Rendezvous::new(server);
+        let (host_reg, host_punch, client_addr) = (
+            addr("192.0.2.10:4000"),
+            addr("192.0.2.10:4001"),
+            addr("192.0.2.20:5000"),
+        );
+        let mut now = Instant::ZERO;
+        let config = TraversalConfig::default();
+        let mut host = register.then(|| {
+            HostRendezvous::new(
+                now,
+                rv_addr,
+                host_reg,
+                &FINGERPRINT,
+                secret.clone(),
+                config,
+                Rng::from_u64(1),
+            )
+        });
+        let mut client = ClientRendezvous::new(
+            now,
+            rv_addr,
+            client_addr,
+            vec![client_addr],
+            &FINGERPRINT,
+            &client_secret,
+            config,
+            Rng::from_u64(2),
+        );
+        let mut host_events = Vec::new();
+        for _ in 0..10_000 {
+            let mut packets = Vec::new();
+            if let Some(h) = host.as_mut() {
+                while let Some(t) = h.poll_transmit() {
+                    packets.push(t);
+                }
+                while let Some(e) = h.poll_event() {
+                    if let HostEvent::NeedSocket { session } = e {
+                        h.add_socket(now, session, host_punch, vec![host_punch]);
+                    }
+                    host_events.push(e);
+                }
+            }
+            while let Some(t) = client.poll_transmit() {
+                packets.push(t);
+            }
+            if let Some(e) = client.poll_event() {
+                // Let the host finish too (it lingers and answers).
+                for _ in 0..3 {
+                    now += Duration::from_millis(100);
+                    if let Some(h) = host.as_mut() {
+                        h.handle_timeout(now);
+                        while let Some(e) = h.poll_event() {
+                            host_events.push(e);
+                        }
+                    }
+                }
+                return (e, host_events);
+            }
+            while let Some(t) = rv.poll_transmit() {
+                packets.push(t);
+            }
+            if packets.is_empty() {
+                let next = [
+                    client.poll_timeout(),
+                    host.as_ref().and_then(HostRendezvous::poll_timeout),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("something is pending");
+                now = now.max(next);
+                client.handle_timeout(now);
+                if let Some(h) = host.as_mut() {
+                    h.handle_timeout(now);
+                }
+                continue;
+            }
+            for t in packets {
+                if t.remote == rv_addr {
+                    rv.handle_datagram(now, rv_addr, t.local, &t.payload);
+                } else if t.remote == client_addr {
+                    client.handle_datagram(now, t.local, &t.payload);
+                } else if let Some(h) = host.as_mut() {
+                    h.handle_datagram(now, t.remote, t.local, &t.payload);
+                }
+            }
+        }
+        panic!("no outcome");
+    }
+
+    #[test]
+    fn a_client_with_the_ticket_is_put_through_and_both_punch() {
+        let (outcome, host_events) = run(TicketSecret([9; 32]), true);
+        // The host's first check may arrive before its answer does, so
+        // the client may learn the address as peer-reflexive.
+        assert!(
+            matches!(outcome, ClientEvent::Connected { remote, .. } if remote == addr("192.0.2.10:4001")),
+            "{outcome:?}"
+        );
+        assert!(host_events.contains(&HostEvent::Registered));
+        assert!(host_events.iter().any(|e| matches!(e, HostEvent::Connected { remote, .. } if *remote == addr("192.0.2.20:5000"))), "{host_events:?}");
+    }
+
+    #[test]
+    fn a_wrong_ticket_is_refused_and_the_host_never_hears_of_it() {
+        let (outcome, host_events) = run(TicketSecret([8; 32]), true);
+        assert_eq!(outcome, ClientEvent::Refused(Refusal::BadToken));
+        assert_eq!(host_events, [HostEvent::Registered]);
+    }
+
+    #[test]
+    fn an_unregistered_host_is_named_as_such() {
+        let (outcome, _) = run(TicketSecret([9; 32]), false);
+        assert_eq!(outcome, ClientEvent::Refused(Refusal::NotRegistered));
+    }
+
+    #[test]
+    fn an_answer_from_anyone_but_the_registered_host_is_dropped() {
+        let mut rv = Rendezvous::new(one_ip_server());
+        let local = addr("198.51.100.1:3478");
+        let host = crate::rendezvous::wire::HostId([1; 32]);
+        let token = crate::rendezvous::wire::Token([2; 32]);
+        let reg = Signalling::Register {
+            host,
+            verifier: token.verifier(),
+        }
+        .encode();
+        rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.10:4000"), &reg);
+        let connect = Signalling::Connect {
+            host,
+            token,
+            session: 7,
+            candidates: vec![],
+        }
+        .encode();
+        rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.20:5000"), &connect);
+        while rv.poll_transmit().is_some() {}
+        let forged = Signalling::Answer {
+            host,
+            session: 7,
+            candidates: vec![],
+        }
+        .encode();
+        rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.66:6666"), &forged);
+        assert_eq!(rv.poll_transmit(), None);
+        rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.10:4000"), &forged);
+        let answered = rv.poll_transmit().expect("forwarded");
+        assert_eq!(answered.remote, addr("192.0.2.20:5000"));
+    }
+
+    #[test]
+    fn registrations_are_bounded_and_lapse() {
+        let config = crate::rendezvous::RendezvousConfig {
+            max_hosts: 2,
+            ..Default::default()
+        };
+        let mut rv = Rendezvous::with_config(one_ip_server(), config);
+        let local = addr("198.51.100.1:3478");
+        for i in 0..3u8 {
+            let reg = Signalling::Register {
+                host: crate::rendezvous::wire::HostId([i; 32]),
+                verifier: [0; 32],
+            }
+            .encode();
+            rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.10:4000"), &reg);
+        }
+        assert_eq!(rv.hosts(), 2);
+        let later = Instant::ZERO + Duration::from_secs(61);
+        let reg = Signalling::Register {
+            host: crate::rendezvous::wire::HostId([9; 32]),
+            verifier: [0; 32],
+        }
+        .encode();
+        rv.handle_datagram(later, local, addr("192.0.2.10:4000"), &reg);
+        assert_eq!(rv.hosts(), 1, "the lapsed two were swept");
+    }
 }

@@ -59,7 +59,7 @@ pub fn rendezvous<S: Shell>(shell: &S, args: &RendezvousArgs, out: &mut dyn Writ
     }
     shell.block_on(async {
         let mut signals = catch_interrupts()?;
-        let server = RendezvousServer::bind(&*shell.runtime(), start, |a| shell.bind_udp(a))?;
+        let server = RendezvousServer::bind(shell.runtime(), start, |a| shell.bind_udp(a))?;
         let locals: Vec<String> = server.locals().iter().map(ToString::to_string).collect();
         writeln!(
             out,

@@ -2,9 +2,11 @@
 
 use super::udp::UdpSet;
 use crate::drive::{Pass, poll_passes};
+use crate::runtime::CoreClock;
 use core::future::Future;
 use core::net::SocketAddr;
 use std::io;
+use std::sync::Arc;
 use wormhole_core::rendezvous::{Rendezvous, RendezvousStats, ServerAddrs};
 
 /// Where a rendezvous listens: a primary address, a second port on it,
@@ -33,6 +35,7 @@ impl RendezvousStart {
 
 /// A running rendezvous: its sockets and the machine they feed.
 pub struct RendezvousServer {
+    clock: CoreClock,
     machine: Rendezvous,
     udp: UdpSet,
 }
@@ -51,7 +54,7 @@ impl RendezvousServer {
     /// bind), so that a port in use fails here, before anything is
     /// printed.
     pub fn bind(
-        runtime: &dyn quinn::Runtime,
+        runtime: Arc<dyn quinn::Runtime>,
         start: RendezvousStart,
         bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
     ) -> io::Result<Self> {
@@ -64,8 +67,9 @@ impl RendezvousServer {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on UDP {a}: {e}")))
             })
             .collect::<io::Result<Vec<_>>>()?;
-        let udp = UdpSet::new(runtime, sockets)?;
+        let udp = UdpSet::new(&*runtime, sockets)?;
         Ok(RendezvousServer {
+            clock: CoreClock::new(runtime),
             machine: Rendezvous::new(addrs),
             udp,
         })
@@ -81,8 +85,9 @@ impl RendezvousServer {
         let drive = core::future::poll_fn(|cx| {
             poll_passes(cx, |cx| {
                 let machine = &mut self.machine;
+                let now = self.clock.now();
                 let more = self.udp.poll_recv(cx, |local, from, datagram| {
-                    machine.handle_datagram(local, from, datagram);
+                    machine.handle_datagram(now, local, from, datagram);
                 });
                 while let Some(t) = self.machine.poll_transmit() {
                     self.udp.send(t.local, t.remote, &t.payload);

@@ -28,7 +28,7 @@ pub fn stun(data: &[u8]) {
     );
     let mut rendezvous = Rendezvous::new(addrs);
     for local in addrs.sockets() {
-        rendezvous.handle_datagram(local, from, data);
+        rendezvous.handle_datagram(Instant::ZERO, local, from, data);
         let answer = rendezvous.poll_transmit();
         assert!(
             rendezvous.poll_transmit().is_none(),

@@ -1,0 +1,553 @@
+//! The peers' side of the rendezvous: a host registers and answers
+//! clients, a client asks to be put through, and each then punches (a
+//! [`Traversal`]) with the candidates the other sent.
+//!
+//! The host keeps its registration on one socket and punches toward each
+//! client from a fresh socket of its own (asked of the shell with
+//! [`HostEvent::NeedSocket`]), because a punched socket goes on to carry
+//! that client's connection. The client punches from the one socket it
+//! asks from.
+
+use super::wire::{HostId, MAX_CANDIDATES, Refusal, Signalling, Token, check_key};
+use crate::conn::auth::TicketSecret;
+use crate::nat::stun;
+use crate::nat::{
+    Candidate, CandidateKind, FailReason, Role, Traversal, TraversalConfig, TraversalEvent,
+};
+use crate::pair::Transmit;
+use crate::{Instant, Rng};
+use core::net::SocketAddr;
+use core::time::Duration;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Punching sessions a host runs at once; more clients wait for their
+/// Connect to be repeated.
+pub const MAX_HOST_SESSIONS: usize = 16;
+/// Registration refresh: well inside the rendezvous's 60 s and common NAT
+/// UDP timeouts (30 s and up), so the host's mapping stays open.
+const REGISTER_EVERY: Duration = Duration::from_secs(15);
+/// Until the first Registered, and after a silence, Register is repeated
+/// this often.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+/// Connect is repeated this often until answered...
+const CONNECT_EVERY: Duration = Duration::from_millis(500);
+/// ...this many times.
+const CONNECT_SENDS: u32 = 10;
+
+/// What a host's rendezvous side reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    /// The rendezvous confirmed the registration (first time, or again
+    /// after it had lapsed).
+    Registered,
+    /// A client was put through: bind a fresh UDP socket and pass it to
+    /// [`HostRendezvous::add_socket`].
+    NeedSocket {
+        /// The client's session.
+        session: u64,
+    },
+    /// A punched path to a client: the socket `local` now belongs to it.
+    Connected {
+        /// The session.
+        session: u64,
+        /// The punched socket.
+        local: SocketAddr,
+        /// The client's address on the path.
+        remote: SocketAddr,
+        /// How that address was learned.
+        kind: CandidateKind,
+    },
+    /// No direct path to a client; its socket may be closed.
+    Failed {
+        /// The session.
+        session: u64,
+        /// The punched socket.
+        local: SocketAddr,
+        /// Why.
+        why: FailReason,
+    },
+}
+
+struct HostSession {
+    /// The client's candidates, until the socket exists.
+    candidates: Vec<Candidate>,
+    traversal: Option<Traversal>,
+    /// Our answer, resent when the client repeats its Connect.
+    answer: Option<Vec<Candidate>>,
+}
+
+/// A host's side: registration with the rendezvous, and one traversal
+/// per client put through.
+pub struct HostRendezvous {
+    rendezvous: SocketAddr,
+    local: SocketAddr,
+    host: HostId,
+    token: Token,
+    secret: TicketSecret,
+    config: TraversalConfig,
+    rng: Rng,
+    next_register: Instant,
+    registered: bool,
+    sessions: BTreeMap<u64, HostSession>,
+    by_local: BTreeMap<SocketAddr, u64>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<HostEvent>,
+}
+
+impl core::fmt::Debug for HostRendezvous {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostRendezvous")
+            .field("rendezvous", &self.rendezvous)
+            .field("local", &self.local)
+            .field("registered", &self.registered)
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostRendezvous {
+    /// A host registering from the socket bound to `local` with the
+    /// rendezvous at `rendezvous`. `fingerprint` is the host certificate's.
+    pub fn new(
+        now: Instant,
+        rendezvous: SocketAddr,
+        local: SocketAddr,
+        fingerprint: &[u8; 32],
+        secret: TicketSecret,
+        config: TraversalConfig,
+        rng: Rng,
+    ) -> Self {
+        let mut host = HostRendezvous {
+            rendezvous,
+            local,
+            host: HostId::of(fingerprint),
+            token: Token::of(&secret),
+            secret,
+            config,
+            rng,
+            next_register: now,
+            registered: false,
+            sessions: BTreeMap::new(),
+            by_local: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        host.handle_timeout(now);
+        host
+    }
+
+    /// Offers a datagram that arrived on socket `local`; returns whether
+    /// it was for the rendezvous side (signalling or a session's STUN).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        if let Some(session) = self.by_local.get(&local).copied() {
+            let consumed = self
+                .sessions
+                .get_mut(&session)
+                .and_then(|s| s.traversal.as_mut())
+                .is_some_and(|t| t.handle_datagram(now, from, data));
+            self.collect(session);
+            return consumed;
+        }
+        if local != self.local || from != self.rendezvous || stun::looks_like_stun(data) {
+            return false;
+        }
+        match Signalling::decode(data) {
+            Ok(Signalling::Registered { .. }) => {
+                if !self.registered {
+                    self.registered = true;
+                    self.events.push_back(HostEvent::Registered);
+                }
+                self.next_register = now + REGISTER_EVERY;
+            }
+            Ok(Signalling::Incoming {
+                session,
+                candidates,
+            }) => self.incoming(session, candidates),
+            _ => {}
+        }
+        true
+    }
+
+    fn incoming(&mut self, session: u64, candidates: Vec<Candidate>) {
+        if let Some(s) = self.sessions.get(&session) {
+            // The client repeated its Connect: our answer was lost.
+            if let Some(answer) = s.answer.clone() {
+                self.send_answer(session, answer);
+            }
+            return;
+        }
+        if self.sessions.len() >= MAX_HOST_SESSIONS {
+            return;
+        }
+        self.sessions.insert(
+            session,
+            HostSession {
+                candidates,
+                traversal: None,
+                answer: None,
+            },
+        );
+        self.events.push_back(HostEvent::NeedSocket { session });
+    }
+
+    /// The fresh socket for `session` (bound to `local`, reachable at
+    /// `host_addrs` on this machine): punching starts.
+    pub fn add_socket(
+        &mut self,
+        now: Instant,
+        session: u64,
+        local: SocketAddr,
+        host_addrs: Vec<SocketAddr>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        if s.traversal.is_some() {
+            return;
+        }
+        let mut t = Traversal::new(
+            self.config,
+            Role::Controlled,
+            check_key(&self.secret, session),
+            local,
+            host_addrs,
+            Rng::from_u64(self.rng.next_u64()),
+        );
+        t.start(now, Some(self.rendezvous));
+        t.add_remote_candidates(now, &s.candidates);
+        s.traversal = Some(t);
+        self.by_local.insert(local, session);
+        self.collect(session);
+    }
+
+    /// Ends a session: its socket is no longer ours to read (it carries the
+    /// connection, or was closed).
+    pub fn forget(&mut self, session: u64) {
+        self.sessions.remove(&session);
+        self.by_local.retain(|_, s| *s != session);
+    }
+
+    /// Keeps the registration fresh and drives the traversals' timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_register {
+            let msg = Signalling::Register {
+                host: self.host,
+                verifier: self.token.verifier(),
+            };
+            self.transmits.push_back(Transmit {
+                local: self.local,
+                remote: self.rendezvous,
+                payload: msg.encode(),
+            });
+            // Until the next Registered arrives, ask again soon.
+            self.next_register = now + REGISTER_RETRY;
+        }
+        let sessions: Vec<u64> = self.sessions.keys().copied().collect();
+        for session in sessions {
+            if let Some(t) = self
+                .sessions
+                .get_mut(&session)
+                .and_then(|s| s.traversal.as_mut())
+                && t.poll_timeout().is_some_and(|d| d <= now)
+            {
+                t.handle_timeout(now);
+            }
+            self.collect(session);
+        }
+    }
+
+    fn collect(&mut self, session: u64) {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        let Some(t) = s.traversal.as_mut() else {
+            return;
+        };
+        while let Some(tr) = t.poll_transmit() {
+            self.transmits.push_back(tr);
+        }
+        let mut answer = None;
+        while let Some(event) = t.poll_event() {
+            match event {
+                TraversalEvent::LocalCandidates(mut c) => {
+                    c.truncate(MAX_CANDIDATES);
+                    answer = Some(c);
+                }
+                TraversalEvent::Connected {
+                    local,
+                    remote,
+                    kind,
+                } => {
+                    self.events.push_back(HostEvent::Connected {
+                        session,
+                        local,
+                        remote,
+                        kind,
+                    });
+                }
+                TraversalEvent::Failed(why) => {
+                    if let Some(local) = self
+                        .by_local
+                        .iter()
+                        .find(|(_, s)| **s == session)
+                        .map(|(l, _)| *l)
+                    {
+                        self.events.push_back(HostEvent::Failed {
+                            session,
+                            local,
+                            why,
+                        });
+                    }
+                }
+            }
+        }
+        if let Some(c) = answer {
+            s.answer = Some(c.clone());
+            self.send_answer(session, c);
+        }
+    }
+
+    fn send_answer(&mut self, session: u64, candidates: Vec<Candidate>) {
+        let msg = Signalling::Answer {
+            host: self.host,
+            session,
+            candidates,
+        };
+        self.transmits.push_back(Transmit {
+            local: self.local,
+            remote: self.rendezvous,
+            payload: msg.encode(),
+        });
+    }
+
+    /// The next datagram to send (from its `local` socket).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<HostEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter_map(|s| s.traversal.as_ref()?.poll_timeout())
+            .chain([self.next_register])
+            .min()
+    }
+}
+
+/// What a client's rendezvous side reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A punched path to the host.
+    Connected {
+        /// The peer's address on the path.
+        remote: SocketAddr,
+        /// How that address was learned.
+        kind: CandidateKind,
+    },
+    /// The rendezvous refused.
+    Refused(Refusal),
+    /// The rendezvous never answered.
+    RendezvousSilent,
+    /// No direct path.
+    Failed(FailReason),
+}
+
+/// A client's side: ask the rendezvous to be put through to a host, and
+/// punch toward the candidates it answers with, from one socket.
+pub struct ClientRendezvous {
+    rendezvous: SocketAddr,
+    local: SocketAddr,
+    host: HostId,
+    token: Token,
+    session: u64,
+    traversal: Traversal,
+    candidates: Option<Vec<Candidate>>,
+    sends: u32,
+    next_connect: Option<Instant>,
+    answered: bool,
+    done: bool,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ClientEvent>,
+}
+
+impl core::fmt::Debug for ClientRendezvous {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ClientRendezvous")
+            .field("rendezvous", &self.rendezvous)
+            .field("local", &self.local)
+            .field("session", &self.session)
+            .field("answered", &self.answered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientRendezvous {
+    /// Starts: gathers candidates on the socket bound to `local`, then asks
+    /// the rendezvous to put us through to the host with `fingerprint`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "everything a ticket and a socket give"
+    )]
+    pub fn new(
+        now: Instant,
+        rendezvous: SocketAddr,
+        local: SocketAddr,
+        host_addrs: Vec<SocketAddr>,
+        fingerprint: &[u8; 32],
+        secret: &TicketSecret,
+        config: TraversalConfig,
+        mut rng: Rng,
+    ) -> Self {
+        let session = rng.next_u64();
+        let mut traversal = Traversal::new(
+            config,
+            Role::Controlling,
+            check_key(secret, session),
+            local,
+            host_addrs,
+            Rng::from_u64(rng.next_u64()),
+        );
+        traversal.start(now, Some(rendezvous));
+        let mut c = ClientRendezvous {
+            rendezvous,
+            local,
+            host: HostId::of(fingerprint),
+            token: Token::of(secret),
+            session,
+            traversal,
+            candidates: None,
+            sends: 0,
+            next_connect: None,
+            answered: false,
+            done: false,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        c.collect(now);
+        c
+    }
+
+    /// Offers a datagram that arrived on our socket.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        let consumed = if from == self.rendezvous && !stun::looks_like_stun(data) {
+            match Signalling::decode(data) {
+                Ok(Signalling::Answered {
+                    session,
+                    candidates,
+                }) if session == self.session => {
+                    if !self.answered {
+                        self.answered = true;
+                        self.next_connect = None;
+                        self.traversal.add_remote_candidates(now, &candidates);
+                    }
+                }
+                Ok(Signalling::Refused { session, why })
+                    if session == self.session && !self.done =>
+                {
+                    self.done = true;
+                    self.next_connect = None;
+                    self.events.push_back(ClientEvent::Refused(why));
+                }
+                _ => {}
+            }
+            true
+        } else {
+            self.traversal.handle_datagram(now, from, data)
+        };
+        self.collect(now);
+        consumed
+    }
+
+    /// Repeats Connect and drives the traversal's timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_connect.is_some_and(|t| t <= now) {
+            if self.sends >= CONNECT_SENDS {
+                self.next_connect = None;
+                if !self.done {
+                    self.done = true;
+                    self.events.push_back(ClientEvent::RendezvousSilent);
+                }
+            } else {
+                self.send_connect(now);
+            }
+        }
+        if self.traversal.poll_timeout().is_some_and(|t| t <= now) {
+            self.traversal.handle_timeout(now);
+        }
+        self.collect(now);
+    }
+
+    fn send_connect(&mut self, now: Instant) {
+        let Some(candidates) = self.candidates.clone() else {
+            return;
+        };
+        self.sends += 1;
+        self.next_connect = Some(now + CONNECT_EVERY);
+        let msg = Signalling::Connect {
+            host: self.host,
+            token: self.token,
+            session: self.session,
+            candidates,
+        };
+        self.transmits.push_back(Transmit {
+            local: self.local,
+            remote: self.rendezvous,
+            payload: msg.encode(),
+        });
+    }
+
+    fn collect(&mut self, now: Instant) {
+        while let Some(t) = self.traversal.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+        while let Some(event) = self.traversal.poll_event() {
+            match event {
+                TraversalEvent::LocalCandidates(mut c) => {
+                    c.truncate(MAX_CANDIDATES);
+                    self.candidates = Some(c);
+                    self.send_connect(now);
+                }
+                TraversalEvent::Connected { remote, kind, .. } if !self.done => {
+                    self.done = true;
+                    self.events
+                        .push_back(ClientEvent::Connected { remote, kind });
+                }
+                TraversalEvent::Failed(why) if !self.done => {
+                    self.done = true;
+                    self.events.push_back(ClientEvent::Failed(why));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next datagram to send, from our socket.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.next_connect, self.traversal.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
