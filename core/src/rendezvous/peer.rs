@@ -446,12 +446,10 @@ impl ClientRendezvous {
                 Ok(Signalling::Answered {
                     session,
                     candidates,
-                }) if session == self.session => {
-                    if !self.answered {
-                        self.answered = true;
-                        self.next_connect = None;
-                        self.traversal.add_remote_candidates(now, &candidates);
-                    }
+                }) if session == self.session && !self.answered => {
+                    self.answered = true;
+                    self.next_connect = None;
+                    self.traversal.add_remote_candidates(now, &candidates);
                 }
                 Ok(Signalling::Refused { session, why })
                     if session == self.session && !self.done =>
