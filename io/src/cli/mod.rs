@@ -66,12 +66,12 @@ pub enum Command {
     /// public address, whether hairpinning works, and what that means for
     /// punching a direct path to a peer.
     NatCheck(NatCheckArgs),
-    /// Punch a hole to a peer and report how (a test and diagnosis tool).
+    /// Punch a hole through a rendezvous and report how (a test and
+    /// diagnosis tool).
     ///
-    /// Prints this side's candidates as a line `candidates …`, reads the
-    /// peer's line from stdin, runs connectivity checks, and prints
-    /// `connected REMOTE KIND MS` or `failed REASON`. Keeps answering the
-    /// peer's checks until stdin closes.
+    /// `--role host` registers and punches toward every client put
+    /// through; `--role mount` asks to be put through and punches. Both
+    /// print one line per outcome and run until stdin closes.
     #[command(hide = true)]
     DebugPunch(PunchArgs),
     /// Show a NAT pair's whole life over real sockets, on loopback.

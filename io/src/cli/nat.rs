@@ -125,106 +125,140 @@ pub enum PunchRole {
     Mount,
 }
 
-/// `wormhole debug-punch`: hole punching alone, for tests and diagnosis.
+/// `wormhole debug-punch`: hole punching through a rendezvous, alone.
 #[derive(Debug, Args)]
 pub struct PunchArgs {
-    /// The rendezvous to learn our public address from.
+    /// The rendezvous.
     #[arg(long, value_name = "ADDR:PORT")]
     pub rendezvous: SocketAddr,
     /// The side this process plays.
     #[arg(long, value_enum)]
     pub role: PunchRole,
-    /// The checks' key, 64 hex digits, the same on both sides.
+    /// A ticket secret, 64 hex digits, the same on both sides (the host's
+    /// id at the rendezvous is derived from it too).
     #[arg(long, value_name = "HEX")]
-    pub key: String,
+    pub secret: String,
 }
 
-/// Runs `wormhole debug-punch`: prints `candidates …` (ours), reads the
-/// peer's `candidates …` line from stdin, punches, prints `connected
-/// REMOTE KIND MS` or `failed REASON`, and keeps answering checks until
-/// stdin closes.
+/// Runs `wormhole debug-punch` until stdin closes. The host prints
+/// `registered`, then `connected REMOTE KIND MS` or `failed REASON` per
+/// client; the mount prints one of `connected REMOTE KIND MS`, `refused
+/// WHY`, `silent` or `failed REASON` (and exits 1 unless connected). Both
+/// keep answering checks until stdin closes.
 pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -> Result<()> {
-    use wormhole_core::nat::{CheckKey, Role, Traversal, TraversalConfig, TraversalEvent};
-    let key = parse_key(&args.key).context("--key must be 64 hex digits")?;
+    use wormhole_core::conn::auth::TicketSecret;
+    use wormhole_core::nat::TraversalConfig;
+    use wormhole_core::rendezvous::peer::{
+        ClientEvent, ClientRendezvous, HostEvent, HostRendezvous,
+    };
+    let secret = TicketSecret(parse_key(&args.secret).context("--secret must be 64 hex digits")?);
+    let fingerprint = *blake3::hash(&secret.0).as_bytes();
     let ip = crate::nat::route_to(args.rendezvous)
         .with_context(|| format!("no route to {}", args.rendezvous))?;
     let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
-    let local = socket.local_addr()?;
-    let role = match args.role {
-        PunchRole::Host => Role::Controlled,
-        PunchRole::Mount => Role::Controlling,
-    };
     let seed = crate::runtime::os_seed()?;
-    let traversal = Traversal::new(
-        TraversalConfig::default(),
-        role,
-        CheckKey::new(&key),
-        local,
-        vec![local],
-        wormhole_core::Rng::from_seed(seed),
-    );
-    let (candidates_tx, candidates_rx) = async_channel::bounded(4);
+    let rng = wormhole_core::Rng::from_seed(seed);
     let (eof_tx, eof_rx) = async_channel::bounded::<()>(1);
     std::thread::spawn(move || {
         let _eof = eof_tx;
         for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if let Some(list) = line.strip_prefix("candidates") {
-                match list
-                    .split_whitespace()
-                    .map(parse_candidate)
-                    .collect::<Option<Vec<_>>>()
-                {
-                    Some(c) => {
-                        let _ = candidates_tx.send_blocking(c);
-                    }
-                    None => eprintln!("error: cannot read candidates: {line}"),
-                }
+            if line.is_err() {
+                break;
             }
         }
     });
+    let stop = async move {
+        let _ = eof_rx.recv().await;
+    };
     let runtime = shell.runtime();
     let started = runtime.now();
-    let mut failed = None;
-    let mut write_error = None;
-    let mut on_event = |event: &TraversalEvent| {
-        let line = match event {
-            TraversalEvent::LocalCandidates(c) => {
-                let list: Vec<String> = c.iter().map(format_candidate).collect();
-                format!("candidates {}", list.join(" "))
-            }
-            TraversalEvent::Connected { remote, kind, .. } => format!(
-                "connected {remote} {} {}",
-                kind_name(*kind),
-                runtime.now().saturating_duration_since(started).as_millis()
-            ),
-            TraversalEvent::Failed(why) => {
-                failed = Some(*why);
-                format!("failed {why:?}")
-            }
-        };
-        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-            write_error = Some(e);
-        }
+    let ms = || runtime.now().saturating_duration_since(started).as_millis();
+    let mut lines = Vec::new();
+    let mut ok = true;
+    let rendezvous = args.rendezvous;
+    let mut say = |line: String, out: &mut dyn Write| {
+        lines.push(writeln!(out, "{line}").and_then(|()| out.flush()));
     };
-    shell.block_on(crate::nat::punch(
-        shell.runtime(),
-        socket,
-        traversal,
-        Some(args.rendezvous),
-        candidates_rx,
-        &mut on_event,
-        async move {
-            let _ = eof_rx.recv().await;
-        },
-    ))?;
-    if let Some(e) = write_error {
-        return Err(e.into());
+    match args.role {
+        PunchRole::Host => {
+            let on_event = |event: &HostEvent| match event {
+                HostEvent::Registered => say("registered".into(), out),
+                HostEvent::NeedSocket { .. } => {}
+                HostEvent::Connected { remote, kind, .. } => {
+                    say(
+                        format!("connected {remote} {} {}", kind_name(*kind), ms()),
+                        out,
+                    );
+                }
+                HostEvent::Failed { why, .. } => say(format!("failed {why:?}"), out),
+            };
+            shell.block_on(crate::nat::host_punch(
+                runtime.clone(),
+                socket,
+                |a| shell.bind_udp(a),
+                |now, local| {
+                    HostRendezvous::new(
+                        now,
+                        rendezvous,
+                        local,
+                        &fingerprint,
+                        secret.clone(),
+                        TraversalConfig::default(),
+                        rng,
+                    )
+                },
+                on_event,
+                stop,
+            ))?;
+        }
+        PunchRole::Mount => {
+            let on_event = |event: &ClientEvent| {
+                let line = match event {
+                    ClientEvent::Connected { remote, kind } => {
+                        format!("connected {remote} {} {}", kind_name(*kind), ms())
+                    }
+                    ClientEvent::Refused(why) => {
+                        ok = false;
+                        format!("refused {why:?}")
+                    }
+                    ClientEvent::RendezvousSilent => {
+                        ok = false;
+                        "silent".to_owned()
+                    }
+                    ClientEvent::Failed(why) => {
+                        ok = false;
+                        format!("failed {why:?}")
+                    }
+                };
+                say(line, out);
+            };
+            shell.block_on(crate::nat::client_punch(
+                runtime.clone(),
+                socket,
+                |now, local| {
+                    ClientRendezvous::new(
+                        now,
+                        rendezvous,
+                        local,
+                        vec![local],
+                        &fingerprint,
+                        &secret,
+                        TraversalConfig::default(),
+                        rng,
+                    )
+                },
+                on_event,
+                stop,
+            ))?;
+        }
     }
-    match failed {
-        Some(why) => anyhow::bail!("no direct path: {why:?}"),
-        None => Ok(()),
+    for written in lines {
+        written?;
     }
+    if !ok {
+        anyhow::bail!("no direct path to the host");
+    }
+    Ok(())
 }
 
 fn parse_key(hex: &str) -> Option<[u8; 32]> {
@@ -243,25 +277,4 @@ fn kind_name(kind: wormhole_core::nat::CandidateKind) -> &'static str {
         K::PeerReflexive => "prflx",
         K::Relay => "relay",
     }
-}
-
-fn format_candidate(c: &wormhole_core::nat::Candidate) -> String {
-    format!("{}/{}/{}", kind_name(c.kind), c.addr, c.priority)
-}
-
-fn parse_candidate(s: &str) -> Option<wormhole_core::nat::Candidate> {
-    use wormhole_core::nat::CandidateKind as K;
-    let mut parts = s.split('/');
-    let kind = match parts.next()? {
-        "host" => K::Host,
-        "srflx" => K::ServerReflexive,
-        "prflx" => K::PeerReflexive,
-        "relay" => K::Relay,
-        _ => return None,
-    };
-    Some(wormhole_core::nat::Candidate {
-        kind,
-        addr: parts.next()?.parse().ok()?,
-        priority: parts.next()?.parse().ok()?,
-    })
 }

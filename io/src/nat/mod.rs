@@ -5,7 +5,8 @@
 //! * [`rendezvous`]: `wormhole rendezvous`, the STUN (RFC 5780) server
 //!   peers learn and classify their NATs against.
 //! * [`check`]: `wormhole nat-check`: classify this machine's NAT.
-//! * [`punch`]: hole punching on the socket the connection will use.
+//! * [`punch`]: hole punching through a rendezvous, on the sockets the
+//!   connections will use.
 //! * `udp`: the small set-of-sockets reader and writer both use.
 
 pub mod check;
@@ -14,5 +15,5 @@ pub mod rendezvous;
 mod udp;
 
 pub use check::{CheckError, nat_check, route_to};
-pub use punch::punch;
+pub use punch::{client_punch, host_punch};
 pub use rendezvous::{RendezvousServer, RendezvousStart};

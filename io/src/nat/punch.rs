@@ -1,61 +1,90 @@
-//! The core's hole punching ([`Traversal`]) on one real UDP socket: the
-//! socket the connection will then use.
+//! Hole punching through a rendezvous on real UDP sockets: the core's
+//! [`HostRendezvous`] and [`ClientRendezvous`] driven until a stop.
 
 use super::udp::UdpSet;
 use crate::drive::{Pass, poll_passes};
 use crate::runtime::CoreClock;
 use core::future::Future;
 use core::net::SocketAddr;
-use core::pin::pin;
-use core::task::Poll;
-use futures_lite::Stream;
 use std::io;
 use std::sync::Arc;
-use wormhole_core::nat::{Candidate, Traversal, TraversalEvent};
+use tracing::warn;
+use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, HostRendezvous};
 
-/// Runs `traversal` on `socket` until `stop` resolves: starts it against
-/// `rendezvous`, feeds it the peer's candidates as they come from
-/// `remote`, and reports every event to `on_event` (our candidates, to be
-/// sent to the peer; the outcome). It keeps answering checks after the
-/// outcome, for the peer that may not have finished yet.
-pub async fn punch(
+/// Runs a host's rendezvous side until `stop`: registration from
+/// `socket`, and for each client put through a fresh socket from `bind`
+/// (on `socket`'s address) that punches toward it. Every event goes to
+/// `on_event`.
+pub async fn host_punch(
     runtime: Arc<dyn quinn::Runtime>,
     socket: std::net::UdpSocket,
-    mut traversal: Traversal,
-    rendezvous: Option<SocketAddr>,
-    remote: impl Stream<Item = Vec<Candidate>>,
-    mut on_event: impl FnMut(&TraversalEvent),
+    bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
+    make: impl FnOnce(wormhole_core::Instant, SocketAddr) -> HostRendezvous,
+    mut on_event: impl FnMut(&HostEvent),
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let ip = socket.local_addr()?.ip();
+    let mut udp = UdpSet::new(&*runtime, vec![socket])?;
+    let mut clock = CoreClock::new(runtime.clone());
+    let local = udp.locals()[0];
+    let mut machine = make(clock.now(), local);
+    let drive = core::future::poll_fn(|cx| {
+        poll_passes(cx, |cx| {
+            let now = clock.now();
+            let mut busy = udp.poll_recv(cx, |local, from, datagram| {
+                machine.handle_datagram(now, local, from, datagram);
+            });
+            if let Some(now) = clock.poll_due(cx, machine.poll_timeout()) {
+                machine.handle_timeout(now);
+                busy = true;
+            }
+            while let Some(event) = machine.poll_event() {
+                if let HostEvent::NeedSocket { session } = event {
+                    match bind(SocketAddr::new(ip, 0)).and_then(|s| udp.add(&*runtime, s)) {
+                        Ok(local) => machine.add_socket(now, session, local, vec![local]),
+                        Err(e) => warn!(error = %e, "no socket for a client"),
+                    }
+                    busy = true;
+                }
+                on_event(&event);
+            }
+            while let Some(t) = machine.poll_transmit() {
+                udp.send(t.local, t.remote, &t.payload);
+            }
+            Pass::from_busy(busy)
+        })
+    });
+    futures_lite::future::or(stop, drive).await;
+    Ok(())
+}
+
+/// Runs a client's rendezvous side on `socket` until `stop`: asks to be
+/// put through, punches, reports every event to `on_event`, and keeps
+/// answering the host's checks after the outcome.
+pub async fn client_punch(
+    runtime: Arc<dyn quinn::Runtime>,
+    socket: std::net::UdpSocket,
+    make: impl FnOnce(wormhole_core::Instant, SocketAddr) -> ClientRendezvous,
+    mut on_event: impl FnMut(&ClientEvent),
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let mut udp = UdpSet::new(&*runtime, vec![socket])?;
     let mut clock = CoreClock::new(runtime);
-    traversal.start(clock.now(), rendezvous);
-    let mut remote = pin!(remote);
-    let mut remote_open = true;
+    let mut machine = make(clock.now(), udp.locals()[0]);
     let drive = core::future::poll_fn(|cx| {
         poll_passes(cx, |cx| {
             let now = clock.now();
             let mut busy = udp.poll_recv(cx, |_, from, datagram| {
-                traversal.handle_datagram(now, from, datagram);
+                machine.handle_datagram(now, from, datagram);
             });
-            while remote_open {
-                match remote.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(candidates)) => {
-                        traversal.add_remote_candidates(now, &candidates);
-                        busy = true;
-                    }
-                    Poll::Ready(None) => remote_open = false,
-                    Poll::Pending => break,
-                }
-            }
-            if let Some(now) = clock.poll_due(cx, traversal.poll_timeout()) {
-                traversal.handle_timeout(now);
+            if let Some(now) = clock.poll_due(cx, machine.poll_timeout()) {
+                machine.handle_timeout(now);
                 busy = true;
             }
-            while let Some(t) = traversal.poll_transmit() {
+            while let Some(t) = machine.poll_transmit() {
                 udp.send(t.local, t.remote, &t.payload);
             }
-            while let Some(event) = traversal.poll_event() {
+            while let Some(event) = machine.poll_event() {
                 on_event(&event);
             }
             Pass::from_busy(busy)

@@ -49,6 +49,18 @@ impl UdpSet {
         })
     }
 
+    /// Takes over one more bound socket; returns its local address.
+    pub(crate) fn add(
+        &mut self,
+        runtime: &dyn quinn::Runtime,
+        socket: std::net::UdpSocket,
+    ) -> io::Result<SocketAddr> {
+        let local = socket.local_addr()?;
+        let socket = runtime.wrap_udp_socket(socket)?;
+        self.sockets.push(Bound { local, socket });
+        Ok(local)
+    }
+
     /// The sockets' local addresses.
     pub(crate) fn locals(&self) -> Vec<SocketAddr> {
         self.sockets.iter().map(|b| b.local).collect()

@@ -138,7 +138,7 @@ struct Side {
     rx: std::sync::mpsc::Receiver<String>,
 }
 
-fn start_punch(bin: &Path, ns: &str, rendezvous: &str, role: &str, key: &str) -> Side {
+fn start_punch(bin: &Path, ns: &str, rendezvous: &str, role: &str, secret: &str) -> Side {
     let mut child = Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(bin)
@@ -148,8 +148,8 @@ fn start_punch(bin: &Path, ns: &str, rendezvous: &str, role: &str, key: &str) ->
             rendezvous,
             "--role",
             role,
-            "--key",
-            key,
+            "--secret",
+            secret,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -159,12 +159,12 @@ fn start_punch(bin: &Path, ns: &str, rendezvous: &str, role: &str, key: &str) ->
     Side { child, rx }
 }
 
-/// Hole punching between every pair of kernel NATs: host behind one,
-/// mount behind the other, candidates carried by the test (as the
-/// rendezvous will carry them). Every cell the NATs allow connects; the
+/// Hole punching between every pair of kernel NATs, through the
+/// rendezvous: the host registers from behind one NAT, the mount asks to
+/// be put through from behind the other, their candidates go through the
+/// rendezvous, and both punch. Every cell the NATs allow connects; the
 /// others fail, as the simulation predicts.
 pub(crate) fn hole_punching_across_every_pair_of_kernel_nats(bin: &Path, tag: &str) {
-    use std::io::Write;
     // Homes 1–4 host, 5–8 mount, one of each behaviour on each side.
     let behaviours: Vec<Behaviour> = Behaviour::ALL
         .iter()
@@ -185,39 +185,29 @@ pub(crate) fn hole_punching_across_every_pair_of_kernel_nats(bin: &Path, tag: &s
     for (h, host) in net.homes[..4].iter().enumerate() {
         for (m, mount) in net.homes[4..].iter().enumerate() {
             net.flush_conntrack();
-            let key = format!("{:02x}", h * 4 + m + 1).repeat(32);
-            let mut sides = [
-                start_punch(bin, &host.ns, &rendezvous, "host", &key),
-                start_punch(bin, &mount.ns, &rendezvous, "mount", &key),
-            ];
-            let candidates: Vec<String> = sides
-                .iter()
-                .map(|s| line_where(&s.rx, "candidates", |l| l.starts_with("candidates")))
-                .collect();
-            for (side, peer_line) in sides.iter_mut().zip(candidates.iter().rev()) {
-                let stdin = side.child.stdin.as_mut().expect("stdin piped");
-                writeln!(stdin, "{peer_line}").expect("hand over the candidates");
-            }
-            let results: Vec<String> = sides
-                .iter()
-                .map(|s| {
-                    line_where(&s.rx, "the outcome", |l| {
-                        l.starts_with("connected") || l.starts_with("failed")
-                    })
-                })
-                .collect();
+            let secret = format!("{:02x}", h * 4 + m + 1).repeat(32);
+            let host_side = start_punch(bin, &host.ns, &rendezvous, "host", &secret);
+            line_where(&host_side.rx, "the host registered", |l| l == "registered");
+            let mount_side = start_punch(bin, &mount.ns, &rendezvous, "mount", &secret);
+            let mut sides = [host_side, mount_side];
+            let outcome = |l: &str| l.starts_with("connected") || l.starts_with("failed");
+            let mount_result = line_where(&sides[1].rx, "the mount's outcome", |l| {
+                outcome(l) || l.starts_with("refused") || l == "silent"
+            });
+            let host_result = line_where(&sides[0].rx, "the host's outcome", outcome);
             for side in &mut sides {
                 drop(side.child.stdin.take());
             }
             for side in sides {
                 let _ = exited(side.child, STEP, "debug-punch");
             }
-            let connected = results.iter().all(|r| r.starts_with("connected"));
-            let mount_words: Vec<&str> = results[1].split_whitespace().collect();
+            let connected =
+                host_result.starts_with("connected") && mount_result.starts_with("connected");
+            let words: Vec<&str> = mount_result.split_whitespace().collect();
             let (via, ms) = if connected {
                 (
-                    mount_words.get(2).copied().unwrap_or("?"),
-                    mount_words.get(3).copied().unwrap_or("?"),
+                    words.get(2).copied().unwrap_or("?"),
+                    words.get(3).copied().unwrap_or("?"),
                 )
             } else {
                 ("-", "-")
@@ -230,7 +220,7 @@ pub(crate) fn hole_punching_across_every_pair_of_kernel_nats(bin: &Path, tag: &s
             );
             if connected != punchable(host.behaviour, mount.behaviour) {
                 wrong.push(format!(
-                    "{} × {}: {results:?}",
+                    "{} × {}: host {host_result:?}, mount {mount_result:?}",
                     host.behaviour.name(),
                     mount.behaviour.name()
                 ));
