@@ -181,3 +181,17 @@ fn stun_corpus() {
         .count();
     assert!(valid >= 8, "only {valid} corpus files decode");
 }
+
+#[test]
+fn rendezvous_signalling_corpus() {
+    let n = replay(
+        "rendezvous_signalling",
+        wormhole_tests::fuzz::rendezvous_signalling,
+    );
+    assert!(n >= 8, "the corpus has only {n} files");
+    let valid = corpus("rendezvous_signalling")
+        .iter()
+        .filter(|(_, d)| wormhole_core::rendezvous::wire::Signalling::decode(d).is_ok())
+        .count();
+    assert!(valid >= 6, "only {valid} corpus files decode");
+}

@@ -86,3 +86,54 @@ pub fn stun(data: &[u8]) {
         assert_eq!(client.in_flight(), 1);
     }
 }
+
+/// `rendezvous_signalling`: arbitrary bytes as a signalling message. A
+/// message that decodes re-encodes to bytes that decode to the same
+/// message, holds at most `MAX_CANDIDATES` candidates per side, and fed
+/// to a rendezvous (after a registration) makes at most one datagram,
+/// never larger than the message's limit, never to a third address.
+pub fn rendezvous_signalling(data: &[u8]) {
+    use wormhole_core::codec::WireMessage;
+    use wormhole_core::rendezvous::wire::{HostId, MAX_CANDIDATES, Signalling, Token};
+    let decoded = Signalling::decode(data);
+    if let Ok(msg) = &decoded {
+        let bytes = msg.encode();
+        assert_eq!(
+            Signalling::decode(&bytes).as_ref(),
+            Ok(msg),
+            "encode∘decode"
+        );
+        if let Signalling::Connect { candidates, .. }
+        | Signalling::Incoming { candidates, .. }
+        | Signalling::Answer { candidates, .. }
+        | Signalling::Answered { candidates, .. } = msg
+        {
+            assert!(candidates.len() <= MAX_CANDIDATES);
+        }
+    }
+    let addrs = ServerAddrs::one_ip("198.51.100.1".parse().expect("ip"), [3478, 3479]);
+    let local = addrs.primary();
+    let host: SocketAddr = "192.0.2.10:4000".parse().expect("address");
+    let client: SocketAddr = "203.0.113.7:40000".parse().expect("address");
+    let mut rendezvous = Rendezvous::new(addrs);
+    let register = Signalling::Register {
+        host: HostId([1; 32]),
+        verifier: Token([2; 32]).verifier(),
+    };
+    rendezvous.handle_datagram(Instant::ZERO, local, host, &register.encode());
+    while rendezvous.poll_transmit().is_some() {}
+    rendezvous.handle_datagram(Instant::ZERO, local, client, data);
+    let answer = rendezvous.poll_transmit();
+    assert!(
+        rendezvous.poll_transmit().is_none(),
+        "one datagram per message"
+    );
+    if let Some(t) = answer {
+        assert!(
+            t.remote == client || t.remote == host,
+            "sent to {}",
+            t.remote
+        );
+        assert!(t.payload.len() <= Signalling::MAX_SIZE.max(128));
+    }
+}
