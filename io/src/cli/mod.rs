@@ -51,13 +51,16 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a mounted wormhole (the `mount` command then exits).
     Unmount(UnmountArgs),
-    /// Help peers behind NATs find each other: a STUN server for now.
+    /// Help peers behind NATs find each other.
     ///
     /// Run it on a machine both peers can reach over UDP (a small server,
-    /// or a home server with its ports forwarded). It answers STUN Binding
-    /// requests (RFC 8489) on --bind and on a second port, with the RFC
-    /// 5780 extensions that let `nat-check` classify a NAT. It keeps no
-    /// state per peer and stores nothing on disk.
+    /// or a home server with its ports forwarded). On --bind and a second
+    /// port it answers STUN Binding requests (RFC 8489, with the RFC 5780
+    /// extensions that let `nat-check` classify a NAT) and carries
+    /// signalling: hosts register, and clients that hold a host's ticket
+    /// are put through to it to punch a direct path. It never learns
+    /// ticket secrets, keeps bounded state with timeouts, and stores
+    /// nothing on disk.
     Rendezvous(RendezvousArgs),
     /// Show how this machine's NAT behaves, as hole punching sees it.
     ///
