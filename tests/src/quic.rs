@@ -95,6 +95,7 @@ pub fn ticket(host: &Host, identity: &Identity) -> Ticket {
         addrs: vec![host.local_addr()],
         fingerprint: identity.fingerprint(),
         secret: SECRET,
+        rendezvous: None,
     }
 }
 

@@ -39,6 +39,11 @@ pub struct HostArgs {
     /// out before stops working.
     #[arg(long)]
     pub new_identity: bool,
+    /// Register with this rendezvous (`wormhole rendezvous` on a machine
+    /// both sides reach), so that clients behind NATs can punch through
+    /// to this host. The ticket then names it.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub rendezvous: Option<SocketAddr>,
 }
 
 /// `wormhole mount`.
@@ -172,6 +177,7 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             addrs: ticket_addrs(host.local_addr()),
             fingerprint: state.identity.fingerprint(),
             secret: state.secret.clone(),
+            rendezvous: args.rendezvous,
         };
         writeln!(
             out,
@@ -182,12 +188,21 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
         )?;
         out.flush()?;
         let events = host.events().clone();
+        let punching = async {
+            if let Some(rendezvous) = args.rendezvous {
+                let result = punch_for_clients(shell, &host, rendezvous, &state).await;
+                if let Err(e) = result {
+                    eprintln!("error: the rendezvous {rendezvous} cannot be used: {e:#}");
+                }
+            }
+            core::future::pending::<Option<wormhole_core::proto::Errno>>().await
+        };
         let failed = futures_lite::future::or(
             async {
                 interrupted(&mut signals).await;
                 None
             },
-            news::tell_host_news(&events, out),
+            futures_lite::future::or(news::tell_host_news(&events, out), punching),
         )
         .await;
         let rt = shell.runtime();
@@ -200,6 +215,195 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             None => Ok(()),
         }
     })
+}
+
+/// Keeps the host registered with `rendezvous` and serves every client
+/// that punches through on its punched socket. Its lines go to stdout
+/// directly: the host's other news holds `out`.
+async fn punch_for_clients<S: Shell>(
+    shell: &S,
+    host: &Host,
+    rendezvous: SocketAddr,
+    keys: &HostKeys,
+) -> Result<()> {
+    use wormhole_core::nat::TraversalConfig;
+    use wormhole_core::rendezvous::peer::{HostEvent, HostRendezvous};
+    let ip =
+        crate::nat::route_to(rendezvous).with_context(|| format!("no route to {rendezvous}"))?;
+    let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
+    let fingerprint = keys.identity.fingerprint().0;
+    let secret = keys.secret.clone();
+    let rng = wormhole_core::Rng::from_seed(crate::runtime::os_seed()?);
+    let say = |line: String| {
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    };
+    let on_event = |event: &HostEvent, socket: Option<std::net::UdpSocket>| match event {
+        HostEvent::Registered => say(format!(
+            "Registered with the rendezvous {rendezvous}: clients behind NATs can punch through."
+        )),
+        HostEvent::Connected { remote, kind, .. } => {
+            let served = socket
+                .ok_or_else(|| std::io::Error::other("no socket"))
+                .and_then(|s| host.serve_socket(s));
+            match served {
+                Ok(()) => say(format!(
+                    "A client punched through from {remote} ({}).",
+                    kind_words(*kind)
+                )),
+                Err(e) => eprintln!("warning: cannot serve the client at {remote}: {e}"),
+            }
+        }
+        HostEvent::Failed { why, .. } => say(format!("A client could not punch through: {why:?}.")),
+        HostEvent::NeedSocket { .. } => {}
+    };
+    crate::nat::host_punch(
+        shell.runtime(),
+        socket,
+        |a| shell.bind_udp(a),
+        |now, local| {
+            HostRendezvous::new(
+                now,
+                rendezvous,
+                local,
+                &fingerprint,
+                secret,
+                TraversalConfig::default(),
+                rng,
+            )
+        },
+        on_event,
+        core::future::pending(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Punches a path to the host through `rendezvous`; returns the punched
+/// socket (to carry the connection) and the host's address on it.
+async fn punch_to_host<S: Shell>(
+    shell: &S,
+    ticket: &Ticket,
+    rendezvous: SocketAddr,
+) -> Result<(std::net::UdpSocket, SocketAddr)> {
+    use wormhole_core::nat::{FailReason, TraversalConfig};
+    use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous};
+    use wormhole_core::rendezvous::wire::Refusal;
+    let ip = crate::nat::route_to(rendezvous)
+        .with_context(|| format!("no route to the rendezvous {rendezvous}"))?;
+    let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
+    let master = socket.try_clone()?;
+    let rng = wormhole_core::Rng::from_seed(crate::runtime::os_seed()?);
+    let (fingerprint, secret) = (ticket.fingerprint.0, ticket.secret.clone());
+    let (outcome_tx, outcome_rx) = async_channel::bounded::<ClientEvent>(1);
+    let runtime = shell.runtime();
+    // After the outcome, checks are still answered a moment (the host may
+    // still be finishing its side), then the socket goes to QUIC.
+    let stop = {
+        let (runtime, outcome_rx) = (runtime.clone(), outcome_rx.clone());
+        async move {
+            let _ = outcome_rx.recv().await;
+            crate::sleep(&*runtime, HANDOVER_GRACE).await;
+        }
+    };
+    let mut outcome = None;
+    crate::nat::client_punch(
+        runtime,
+        socket,
+        |now, local| {
+            ClientRendezvous::new(
+                now,
+                rendezvous,
+                local,
+                vec![local],
+                &fingerprint,
+                &secret,
+                TraversalConfig::default(),
+                rng,
+            )
+        },
+        |event| {
+            if outcome.is_none() {
+                outcome = Some(event.clone());
+                let _ = outcome_tx.try_send(event.clone());
+            }
+        },
+        stop,
+    )
+    .await?;
+    match outcome {
+        Some(ClientEvent::Connected { remote, .. }) => Ok((master, remote)),
+        Some(ClientEvent::Refused(Refusal::NotRegistered)) => bail!(
+            "the host is not registered with the rendezvous {rendezvous} (is `wormhole host --rendezvous {rendezvous}` running?)"
+        ),
+        Some(ClientEvent::Refused(Refusal::BadToken)) => {
+            bail!("the rendezvous {rendezvous} says this ticket is not the host's current one")
+        }
+        Some(ClientEvent::Refused(Refusal::Busy)) => {
+            bail!("the rendezvous {rendezvous} is full; try again later")
+        }
+        Some(ClientEvent::RendezvousSilent) => {
+            bail!("the rendezvous {rendezvous} does not answer over UDP")
+        }
+        Some(ClientEvent::Failed(FailReason::NoRemoteCandidates)) => {
+            bail!("the host did not answer through the rendezvous {rendezvous}")
+        }
+        Some(ClientEvent::Failed(FailReason::NoPathAnswered)) => bail!(
+            "hole punching failed: no path answered (both NATs may map ports per destination; relaying is not built yet)"
+        ),
+        None => bail!("punching ended without an outcome"),
+    }
+}
+
+/// How long checks are still answered after a path is found, before its
+/// socket goes to QUIC: the host may still be finishing its side.
+const HANDOVER_GRACE: Duration = Duration::from_millis(300);
+
+/// The first of two fallible futures to succeed, or both errors.
+async fn first_ok<T>(
+    a: impl core::future::Future<Output = Result<T>>,
+    b: impl core::future::Future<Output = Result<T>>,
+) -> core::result::Result<T, (anyhow::Error, anyhow::Error)> {
+    let (mut a, mut b) = (core::pin::pin!(a), core::pin::pin!(b));
+    let (mut a_err, mut b_err) = (None, None);
+    core::future::poll_fn(|cx| {
+        if a_err.is_none()
+            && let core::task::Poll::Ready(r) = a.as_mut().poll(cx)
+        {
+            match r {
+                Ok(v) => return core::task::Poll::Ready(Ok(v)),
+                Err(e) => a_err = Some(e),
+            }
+        }
+        if b_err.is_none()
+            && let core::task::Poll::Ready(r) = b.as_mut().poll(cx)
+        {
+            match r {
+                Ok(v) => return core::task::Poll::Ready(Ok(v)),
+                Err(e) => b_err = Some(e),
+            }
+        }
+        match (a_err.take(), b_err.take()) {
+            (Some(a), Some(b)) => core::task::Poll::Ready(Err((a, b))),
+            (a, b) => {
+                a_err = a;
+                b_err = b;
+                core::task::Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// How a peer's address was learned, for people.
+pub(super) fn kind_words(kind: wormhole_core::nat::CandidateKind) -> &'static str {
+    use wormhole_core::nat::CandidateKind as K;
+    match kind {
+        K::Host => "its own address",
+        K::ServerReflexive => "its public address",
+        K::PeerReflexive => "an address found while punching",
+        K::Relay => "a relay",
+    }
 }
 
 /// Refuses a mountpoint a mount would make a mess of, with what to do:
@@ -264,11 +468,37 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
     let socket = shell.bind_udp(any).context("cannot open a UDP socket")?;
     shell.block_on(async {
         let rt = shell.runtime();
-        let transport =
-            QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
+        let started = rt.now();
         // Fail now, with the reason, rather than mount a drive that only
-        // ever answers errors.
-        transport.probe(&ticket.secret).await?;
+        // ever answers errors. The host's own addresses and the rendezvous
+        // (if the ticket names one) are tried at once; the first path that
+        // works is used.
+        let direct = async {
+            let transport =
+                QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
+            transport.probe(&ticket.secret).await?;
+            anyhow::Ok((transport, "directly".to_owned()))
+        };
+        let (transport, how) = match ticket.rendezvous {
+            None => direct.await?,
+            Some(rendezvous) => {
+                let punched = async {
+                    let (socket, remote) = punch_to_host(shell, &ticket, rendezvous).await?;
+                    let transport =
+                        QuicTransport::new(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
+                    transport.probe(&ticket.secret).await?;
+                    anyhow::Ok((
+                        transport,
+                        format!("directly, via hole punching to {remote}"),
+                    ))
+                };
+                first_ok(direct, punched).await.map_err(|(d, p)| {
+                    anyhow!("cannot reach the host: directly: {d:#}; through the rendezvous: {p:#}")
+                })?
+            }
+        };
+        let ms = rt.now().saturating_duration_since(started).as_millis();
+        writeln!(out, "Connected {how}, {ms} ms to the host's first answer.")?;
         let mut options = MountOptions::new(ticket.secret.clone())?;
         options.cache_dir = args.cache_dir.clone();
         if let Some(size) = args.cache_size {

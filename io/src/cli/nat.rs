@@ -181,7 +181,7 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
     };
     match args.role {
         PunchRole::Host => {
-            let on_event = |event: &HostEvent| match event {
+            let on_event = |event: &HostEvent, _: Option<std::net::UdpSocket>| match event {
                 HostEvent::Registered => say("registered".into(), out),
                 HostEvent::NeedSocket { .. } => {}
                 HostEvent::Connected { remote, kind, .. } => {

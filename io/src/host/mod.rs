@@ -117,12 +117,30 @@ pub enum HostError {
 }
 
 /// A running host. Dropping it stops the host.
-#[derive(Debug)]
 pub struct Host {
     local_addr: SocketAddr,
     _stop: async_channel::Sender<()>,
     done: async_channel::Receiver<()>,
     events: async_channel::Receiver<HostEvent>,
+    /// What [`Host::serve_socket`] needs to add an endpoint.
+    more: MoreEndpoints,
+}
+
+/// The parts of a host that serve one more socket.
+struct MoreEndpoints {
+    runtime: Arc<dyn quinn::Runtime>,
+    endpoint_config: quinn::EndpointConfig,
+    server_config: quinn::ServerConfig,
+    opened: async_channel::Sender<Event>,
+    stop: async_channel::Receiver<()>,
+}
+
+impl core::fmt::Debug for Host {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Host")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Host {
@@ -158,7 +176,7 @@ impl Host {
         size_socket_buffers(&socket);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             host_endpoint_config(&options.identity),
-            Some(server_config),
+            Some(server_config.clone()),
             runtime.wrap_udp_socket(socket)?,
             runtime.clone(),
         )?;
@@ -207,6 +225,13 @@ impl Host {
                 }
             }));
         }
+        let more = MoreEndpoints {
+            runtime: runtime.clone(),
+            endpoint_config: host_endpoint_config(&options.identity),
+            server_config,
+            opened: tx.clone(),
+            stop: stop_rx.clone(),
+        };
         let server = HostServer::new(options.config, options.secret, Rng::from_u64(options.seed));
         let driver = HostDriver::new(
             runtime.clone(),
@@ -229,7 +254,45 @@ impl Host {
             _stop: stop,
             done,
             events,
+            more,
         })
+    }
+
+    /// Serves clients on one more socket: a hole punched toward a client,
+    /// whose connection arrives on it. The endpoint closes when the host
+    /// stops.
+    pub fn serve_socket(&self, socket: std::net::UdpSocket) -> io::Result<()> {
+        let m = &self.more;
+        size_socket_buffers(&socket);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            m.endpoint_config.clone(),
+            Some(m.server_config.clone()),
+            m.runtime.wrap_udp_socket(socket)?,
+            m.runtime.clone(),
+        )?;
+        let (opened, stop, runtime) = (m.opened.clone(), m.stop.clone(), m.runtime.clone());
+        m.runtime.spawn(Box::pin(async move {
+            loop {
+                let next = futures_lite::future::or(async { endpoint.accept().await }, async {
+                    let _ = stop.recv().await;
+                    None
+                })
+                .await;
+                let Some(incoming) = next else { break };
+                let opened = opened.clone();
+                runtime.spawn(Box::pin(async move {
+                    let from = incoming.remote_address();
+                    match incoming.await {
+                        Ok(conn) => {
+                            let _ = opened.send(Event::Opened(conn)).await;
+                        }
+                        Err(e) => debug!(%from, error = %e, "handshake failed"),
+                    }
+                }));
+            }
+            endpoint.close(crate::net::quic::CLOSE_OK, b"host stopped");
+        }));
+        Ok(())
     }
 
     /// The address the endpoint is bound to.

@@ -6,6 +6,7 @@ use crate::drive::{Pass, poll_passes};
 use crate::runtime::CoreClock;
 use core::future::Future;
 use core::net::SocketAddr;
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use tracing::warn;
@@ -14,13 +15,15 @@ use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, 
 /// Runs a host's rendezvous side until `stop`: registration from
 /// `socket`, and for each client put through a fresh socket from `bind`
 /// (on `socket`'s address) that punches toward it. Every event goes to
-/// `on_event`.
+/// `on_event`; with a `Connected` event goes the punched socket itself,
+/// which this driver no longer reads: it is the caller's to serve the
+/// client on.
 pub async fn host_punch(
     runtime: Arc<dyn quinn::Runtime>,
     socket: std::net::UdpSocket,
     bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
     make: impl FnOnce(wormhole_core::Instant, SocketAddr) -> HostRendezvous,
-    mut on_event: impl FnMut(&HostEvent),
+    mut on_event: impl FnMut(&HostEvent, Option<std::net::UdpSocket>),
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let ip = socket.local_addr()?.ip();
@@ -28,6 +31,9 @@ pub async fn host_punch(
     let mut clock = CoreClock::new(runtime.clone());
     let local = udp.locals()[0];
     let mut machine = make(clock.now(), local);
+    // Each punched socket's own handle, kept to hand over: the set reads
+    // a duplicate, so the very socket (and its NAT mapping) survives.
+    let mut masters: BTreeMap<SocketAddr, std::net::UdpSocket> = BTreeMap::new();
     let drive = core::future::poll_fn(|cx| {
         poll_passes(cx, |cx| {
             let now = clock.now();
@@ -38,15 +44,41 @@ pub async fn host_punch(
                 machine.handle_timeout(now);
                 busy = true;
             }
+            // Transmits before events: a Connected socket leaves the set
+            // below, and its last answers must still go out.
+            while let Some(t) = machine.poll_transmit() {
+                udp.send(t.local, t.remote, &t.payload);
+            }
             while let Some(event) = machine.poll_event() {
-                if let HostEvent::NeedSocket { session } = event {
-                    match bind(SocketAddr::new(ip, 0)).and_then(|s| udp.add(&*runtime, s)) {
-                        Ok(local) => machine.add_socket(now, session, local, vec![local]),
-                        Err(e) => warn!(error = %e, "no socket for a client"),
+                busy = true;
+                let socket = match &event {
+                    HostEvent::NeedSocket { session } => {
+                        let added = bind(SocketAddr::new(ip, 0)).and_then(|s| {
+                            let master = s.try_clone()?;
+                            let local = udp.add(&*runtime, s)?;
+                            masters.insert(local, master);
+                            Ok(local)
+                        });
+                        match added {
+                            Ok(local) => machine.add_socket(now, *session, local, vec![local]),
+                            Err(e) => warn!(error = %e, "no socket for a client"),
+                        }
+                        None
                     }
-                    busy = true;
-                }
-                on_event(&event);
+                    HostEvent::Connected { session, local, .. } => {
+                        machine.forget(*session);
+                        udp.remove(*local);
+                        masters.remove(local)
+                    }
+                    HostEvent::Failed { session, local, .. } => {
+                        machine.forget(*session);
+                        udp.remove(*local);
+                        masters.remove(local);
+                        None
+                    }
+                    HostEvent::Registered => None,
+                };
+                on_event(&event, socket);
             }
             while let Some(t) = machine.poll_transmit() {
                 udp.send(t.local, t.remote, &t.payload);

@@ -61,6 +61,11 @@ impl UdpSet {
         Ok(local)
     }
 
+    /// Stops reading and writing the socket bound to `local`.
+    pub(crate) fn remove(&mut self, local: SocketAddr) {
+        self.sockets.retain(|b| b.local != local);
+    }
+
     /// The sockets' local addresses.
     pub(crate) fn locals(&self) -> Vec<SocketAddr> {
         self.sockets.iter().map(|b| b.local).collect()

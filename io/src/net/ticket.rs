@@ -25,8 +25,9 @@ pub const PREFIX: &str = "wormhole1-";
 pub const MAX_ADDRS: usize = 16;
 /// Bytes of checksum after the encoding.
 const CHECKSUM: usize = 4;
-/// Version of the encoded ticket body.
-const BODY_VERSION: u8 = 1;
+/// Version of the encoded ticket body: 2 adds the rendezvous. Version 1
+/// tickets (no rendezvous) still parse.
+const BODY_VERSION: u8 = 2;
 
 /// What a client needs to reach and prove itself to a host.
 #[derive(Clone, PartialEq, Eq)]
@@ -37,6 +38,9 @@ pub struct Ticket {
     pub fingerprint: Fingerprint,
     /// The secret proved in Hello.
     pub secret: TicketSecret,
+    /// The rendezvous the host is registered with, for peers that cannot
+    /// reach `addrs` (behind NATs).
+    pub rendezvous: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Ticket {
@@ -45,6 +49,7 @@ impl fmt::Debug for Ticket {
         f.debug_struct("Ticket")
             .field("addrs", &self.addrs)
             .field("fingerprint", &self.fingerprint)
+            .field("rendezvous", &self.rendezvous)
             .finish_non_exhaustive()
     }
 }
@@ -55,10 +60,25 @@ struct Body {
     addrs: Vec<SocketAddr>,
     fingerprint: [u8; 32],
     secret: [u8; 32],
+    rendezvous: Option<SocketAddr>,
 }
 
 impl WireMessage for Body {
-    // Version bytes, 16 IPv6 addresses, fingerprint and secret, with room.
+    // Version bytes, 16 IPv6 addresses, fingerprint, secret and the
+    // rendezvous, with room.
+    const MAX_SIZE: usize = 512;
+}
+
+/// A version 1 body: no rendezvous.
+#[derive(Serialize, Deserialize)]
+struct BodyV1 {
+    version: u8,
+    addrs: Vec<SocketAddr>,
+    fingerprint: [u8; 32],
+    secret: [u8; 32],
+}
+
+impl WireMessage for BodyV1 {
     const MAX_SIZE: usize = 512;
 }
 
@@ -97,6 +117,7 @@ impl Ticket {
             addrs: self.addrs.clone(),
             fingerprint: self.fingerprint.0,
             secret: self.secret.0,
+            rendezvous: self.rendezvous,
         };
         // At most MAX_ADDRS addresses fit MAX_SIZE; more is a caller bug,
         // which parse would refuse anyway.
@@ -126,13 +147,22 @@ impl Ticket {
         if blake3::hash(body).as_bytes()[..CHECKSUM] != *sum {
             return Err(TicketError::Checksum);
         }
-        let body: Body = codec::decode(body).map_err(|e| match e {
-            codec::CodecError::Version { got } => TicketError::Version(got),
-            e => TicketError::Body(e.to_string()),
-        })?;
-        if body.version != BODY_VERSION {
-            return Err(TicketError::Version(body.version));
-        }
+        let decoded: Result<Body, _> = codec::decode(body);
+        let body = match decoded {
+            Ok(b) if b.version == BODY_VERSION => b,
+            Ok(b) => return Err(TicketError::Version(b.version)),
+            Err(codec::CodecError::Version { got }) => return Err(TicketError::Version(got)),
+            Err(e) => match codec::decode::<BodyV1>(body) {
+                Ok(v1) if v1.version == 1 => Body {
+                    version: 1,
+                    addrs: v1.addrs,
+                    fingerprint: v1.fingerprint,
+                    secret: v1.secret,
+                    rendezvous: None,
+                },
+                _ => return Err(TicketError::Body(e.to_string())),
+            },
+        };
         if body.addrs.is_empty() || body.addrs.len() > MAX_ADDRS {
             return Err(TicketError::Addrs(body.addrs.len()));
         }
@@ -140,6 +170,7 @@ impl Ticket {
             addrs: body.addrs,
             fingerprint: Fingerprint(body.fingerprint),
             secret: TicketSecret(body.secret),
+            rendezvous: body.rendezvous,
         })
     }
 }
@@ -208,7 +239,27 @@ mod tests {
             ],
             fingerprint: Fingerprint([7; 32]),
             secret: TicketSecret([9; 32]),
+            rendezvous: Some("198.51.100.1:3478".parse().expect("addr")),
         }
+    }
+
+    #[test]
+    fn a_version_1_ticket_still_parses() {
+        let t = Ticket {
+            rendezvous: None,
+            ..ticket()
+        };
+        let body = BodyV1 {
+            version: 1,
+            addrs: t.addrs.clone(),
+            fingerprint: t.fingerprint.0,
+            secret: t.secret.0,
+        };
+        let mut bytes = codec::encode(&body).expect("encode").to_vec();
+        let sum = blake3::hash(&bytes);
+        bytes.extend_from_slice(&sum.as_bytes()[..CHECKSUM]);
+        let text = format!("{PREFIX}{}", base32_encode(&bytes));
+        assert_eq!(Ticket::parse(&text), Ok(t));
     }
 
     #[test]

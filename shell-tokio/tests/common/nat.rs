@@ -6,7 +6,7 @@
 //! without them; CI installs them).
 
 use super::netns::{Behaviour, Internet, RENDEZVOUS_IPS};
-use super::procs::{Cleanup, STEP, exited, line_where, lines};
+use super::procs::{Cleanup, STEP, exited, line_where, lines, scratch};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -230,12 +230,84 @@ pub(crate) fn hole_punching_across_every_pair_of_kernel_nats(bin: &Path, tag: &s
     assert!(wrong.is_empty(), "cells against expectation: {wrong:#?}");
 }
 
+/// The real thing: `wormhole host --rendezvous` behind one port-restricted
+/// NAT, `wormhole mount` behind another (neither can reach the other's
+/// address), the mount punches through and a file is read and written
+/// through FUSE. The processes enter the homes' network namespaces only
+/// (`nsenter --net`), so the FUSE mount is visible to the test.
+pub(crate) fn a_folder_is_mounted_across_two_nats(bin: &Path, tag: &str) {
+    let net = Internet::new(tag, &[Behaviour::PortRestricted, Behaviour::PortRestricted]);
+    let mut guard = scratch("nat-mount", bin);
+    let rendezvous = start_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    std::fs::write(dir.join("share/hello.txt"), b"hello across two NATs\n")
+        .expect("seed the share");
+    let in_home = |home: usize| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", net.homes[home].ns))
+            .arg("--")
+            .arg(bin);
+        c
+    };
+    let mut host = in_home(0)
+        .args(["host"])
+        .arg(dir.join("share"))
+        .args(["--rendezvous", &rendezvous])
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the host");
+    let host_out = lines(&mut host);
+    guard.children.push(host);
+    let ticket = line_where(&host_out, "the ticket", |l| {
+        l.trim_start().starts_with("wormhole1-")
+    })
+    .trim()
+    .to_owned();
+    line_where(&host_out, "the registration", |l| {
+        l.starts_with("Registered with the rendezvous")
+    });
+    let mnt = dir.join("mnt");
+    let mut mount = in_home(1)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the mount");
+    let mount_out = lines(&mut mount);
+    guard.children.push(mount);
+    let how = line_where(&mount_out, "how it connected", |l| {
+        l.starts_with("Connected")
+    });
+    println!("{how}");
+    assert!(how.contains("via hole punching"), "{how}");
+    line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
+    line_where(&host_out, "the punched client", |l| {
+        l.starts_with("A client punched through")
+    });
+    let read = std::fs::read_to_string(mnt.join("hello.txt")).expect("read through the mount");
+    assert_eq!(read, "hello across two NATs\n");
+    std::fs::write(mnt.join("back.txt"), b"and back\n").expect("write through the mount");
+    let on_host = std::fs::read_to_string(dir.join("share/back.txt")).expect("the host has it");
+    assert_eq!(on_host, "and back\n");
+    let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
+}
+
 /// The NAT tests, for the binary `$bin`; `$tag` names its namespaces.
 macro_rules! nat_tests {
     ($bin:expr, $tag:expr) => {
         #[test]
         fn every_kernel_nat_is_classified_as_what_it_is() {
             nat::every_kernel_nat_is_classified_as_what_it_is(std::path::Path::new($bin), $tag);
+        }
+
+        #[test]
+        fn a_folder_is_mounted_across_two_nats() {
+            nat::a_folder_is_mounted_across_two_nats(
+                std::path::Path::new($bin),
+                concat!($tag, "m"),
+            );
         }
 
         #[test]
