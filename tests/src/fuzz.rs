@@ -12,7 +12,7 @@ pub use fs::{
     ClientFuzz, ClientInput, HostFuzz, HostInput, client_machine, host_machine,
     proto_client_message, proto_host_message,
 };
-pub use nat::{rendezvous_signalling, stun};
+pub use nat::{TraversalFuzz, TraversalInput, rendezvous_signalling, stun, traversal_machine};
 
 use crate::pair_sim::{FuzzWorld, HoldPolicy, LinkParams, SimConfig, World};
 use arbitrary::{Arbitrary, Unstructured};

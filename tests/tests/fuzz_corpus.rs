@@ -195,3 +195,9 @@ fn rendezvous_signalling_corpus() {
         .count();
     assert!(valid >= 6, "only {valid} corpus files decode");
 }
+
+#[test]
+fn traversal_machine_corpus() {
+    let n = replay("traversal_machine", wormhole_tests::fuzz::traversal_machine);
+    assert!(n >= 10, "the corpus has only {n} files");
+}

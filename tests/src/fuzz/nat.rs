@@ -137,3 +137,165 @@ pub fn rendezvous_signalling(data: &[u8]) {
         assert!(t.payload.len() <= Signalling::MAX_SIZE.max(128));
     }
 }
+
+/// One input to a traversal under the fuzzer.
+#[derive(Debug, arbitrary::Arbitrary)]
+pub enum TraversalInput {
+    /// The peer's candidates (addresses from a small set).
+    Candidates(Vec<(u8, bool)>),
+    /// A check request from address `from`, under the right key or not.
+    Request {
+        /// Sender (index into a small set).
+        from: u8,
+        /// Signed with the session key.
+        signed: bool,
+        /// Nominating.
+        nominate: bool,
+    },
+    /// An answer to the `nth` check the traversal sent, signed or not.
+    Answer {
+        /// Which transmitted check it answers (modulo those sent).
+        nth: u16,
+        /// Signed with the session key.
+        signed: bool,
+    },
+    /// The rendezvous's Binding answer.
+    Mapped(u8),
+    /// Arbitrary bytes from anyone.
+    Bytes(u8, Vec<u8>),
+    /// Time passes (milliseconds) and timers run.
+    Wait(u16),
+}
+
+/// Fuzz input for `traversal_machine`.
+#[derive(Debug, arbitrary::Arbitrary)]
+pub struct TraversalFuzz {
+    /// The side.
+    pub controlling: bool,
+    /// Whether a rendezvous is asked.
+    pub with_rendezvous: bool,
+    /// What happens.
+    pub inputs: Vec<TraversalInput>,
+}
+
+/// `traversal_machine`: a traversal driven by arbitrary inputs. Its own
+/// postconditions run after each (debug assertions); besides: each input
+/// makes a bounded number of datagrams, nothing is ever sent to an
+/// address the traversal did not learn from the peer's candidates, an
+/// authenticated check or the rendezvous, and it ends within its deadline
+/// once time passes.
+pub fn traversal_machine(data: &[u8]) {
+    use arbitrary::{Arbitrary, Unstructured};
+    use wormhole_core::nat::stun::CheckKey;
+    use wormhole_core::nat::traversal::MAX_PATHS;
+    use wormhole_core::nat::{
+        Candidate, CandidateKind, Role, Traversal, TraversalConfig, TraversalState, TxId,
+    };
+    let Ok(fuzz) = TraversalFuzz::arbitrary(&mut Unstructured::new(data)) else {
+        return;
+    };
+    let key = CheckKey::new(&[1; 32]);
+    let wrong = CheckKey::new(&[2; 32]);
+    let peer = |i: u8| SocketAddr::from(([203, 0, 113, i % 8], 4000 + u16::from(i % 4)));
+    let rendezvous = SocketAddr::from(([198, 51, 100, 1], 3478));
+    let local = SocketAddr::from(([10, 0, 0, 2], 5000));
+    let role = if fuzz.controlling {
+        Role::Controlling
+    } else {
+        Role::Controlled
+    };
+    let config = TraversalConfig::default();
+    let mut t = Traversal::new(
+        config,
+        role,
+        key.clone(),
+        local,
+        vec![local],
+        Rng::from_u64(1),
+    );
+    let mut now = Instant::ZERO;
+    t.start(now, fuzz.with_rendezvous.then_some(rendezvous));
+    let mut allowed: Vec<SocketAddr> = vec![rendezvous];
+    let mut sent: Vec<TxId> = Vec::new();
+    let drain = |t: &mut Traversal, allowed: &[SocketAddr], sent: &mut Vec<TxId>| {
+        let mut n = 0;
+        while let Some(out) = t.poll_transmit() {
+            n += 1;
+            assert!(
+                allowed.contains(&out.remote),
+                "sent to {} which it never learned",
+                out.remote
+            );
+            if let Some(stun::Check::Request { tx, .. }) = stun::decode_check(&out.payload, &key) {
+                sent.push(tx);
+            }
+        }
+        assert!(n <= MAX_PATHS + 4, "{n} datagrams for one input");
+        while t.poll_event().is_some() {}
+    };
+    drain(&mut t, &allowed, &mut sent);
+    for input in fuzz.inputs.into_iter().take(256) {
+        match input {
+            TraversalInput::Candidates(list) => {
+                let c: Vec<Candidate> = list
+                    .into_iter()
+                    .take(16)
+                    .map(|(i, srflx)| {
+                        let kind = if srflx {
+                            CandidateKind::ServerReflexive
+                        } else {
+                            CandidateKind::Host
+                        };
+                        Candidate::new(kind, peer(i), 1)
+                    })
+                    .collect();
+                allowed.extend(c.iter().map(|c| c.addr));
+                t.add_remote_candidates(now, &c);
+            }
+            TraversalInput::Request {
+                from,
+                signed,
+                nominate,
+            } => {
+                let k = if signed { &key } else { &wrong };
+                if signed {
+                    allowed.push(peer(from));
+                }
+                let tx = TxId::new(u128::from(from) << 64 | u128::from(nominate));
+                t.handle_datagram(now, peer(from), &stun::check_request(tx, k, 7, nominate));
+            }
+            TraversalInput::Answer { nth, signed } => {
+                if let Some(tx) = sent.get(usize::from(nth) % sent.len().max(1)).copied() {
+                    let k = if signed { &key } else { &wrong };
+                    t.handle_datagram(now, peer(0), &stun::check_success(tx, k, local));
+                }
+            }
+            TraversalInput::Mapped(i) => {
+                // Not the gathering transaction's id: a stray, dropped.
+                let answer =
+                    stun::binding_success(TxId::new(u128::from(i)), peer(i), None, rendezvous);
+                t.handle_datagram(now, rendezvous, &answer);
+            }
+            TraversalInput::Bytes(from, bytes) => {
+                t.handle_datagram(now, peer(from), &bytes);
+            }
+            TraversalInput::Wait(ms) => {
+                now += core::time::Duration::from_millis(u64::from(ms));
+                t.handle_timeout(now);
+            }
+        }
+        drain(&mut t, &allowed, &mut sent);
+    }
+    // Liveness: past the deadline, it has ended.
+    now += config.deadline + core::time::Duration::from_secs(1);
+    t.handle_timeout(now);
+    drain(&mut t, &allowed, &mut sent);
+    assert!(
+        matches!(
+            t.state(),
+            TraversalState::Connected { .. } | TraversalState::DirectFailed(_)
+        ),
+        "still {:?} after its deadline",
+        t.state()
+    );
+}
