@@ -1,8 +1,10 @@
-//! The deterministic simulation of hole punching: two peers, each behind a
-//! simulated NAT of one of the four behaviours the kernel matrix builds
-//! (public, full cone, port-restricted, symmetric), a rendezvous answering
-//! STUN, candidates exchanged through signalling, and a network that
-//! delays, loses, duplicates and reorders. Seed `s` runs cell `s % 16`.
+//! The deterministic simulation of hole punching through the rendezvous:
+//! a host and a mount, each behind a simulated NAT of one of the four
+//! behaviours the kernel matrix builds (public, full cone, port-restricted,
+//! symmetric), the rendezvous machine (STUN and signalling), and a network
+//! that delays, loses, duplicates and reorders every datagram, signalling
+//! included. The host registers; once registered the mount asks to be put
+//! through; both punch. Seed `s` runs cell `s % 16`.
 //!
 //! Checked at every step: each input makes a bounded number of datagrams;
 //! nothing is ever sent to a third party that injects checks under a wrong
@@ -21,11 +23,11 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::time::Duration;
 use std::collections::BTreeMap;
 use std::fmt;
+use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::nat::model::NatModel;
 use wormhole_core::nat::stun::CheckKey;
-use wormhole_core::nat::{
-    Candidate, Filtering, Mapping, Role, Traversal, TraversalConfig, TraversalEvent, TraversalState,
-};
+use wormhole_core::nat::{CandidateKind, Filtering, Mapping, TraversalConfig};
+use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, HostRendezvous};
 use wormhole_core::rendezvous::{Rendezvous, ServerAddrs};
 use wormhole_core::{Instant, Rng};
 
@@ -127,21 +129,30 @@ enum Ev {
         to: SocketAddr,
         payload: Bytes,
     },
-    /// Candidates arrive at peer `to` through signalling.
-    Candidates {
-        to: usize,
-        candidates: Vec<Candidate>,
-    },
-    /// A forged check arrives at peer `to`'s socket.
+    /// The mount starts (after the host has registered).
+    StartClient,
+    /// A forged check arrives at a peer's socket.
     Forged { to: usize },
 }
 
+/// Either side's machine.
+enum Side {
+    Host(HostRendezvous),
+    Client(Option<ClientRendezvous>),
+}
+
 struct Peer {
-    traversal: Traversal,
+    side: Side,
+    /// The inside address of the peer's first socket (the host's
+    /// registration socket, the client's only one).
     inside: SocketAddr,
+    /// Every socket of the peer (the host adds one per client).
+    sockets: Vec<SocketAddr>,
     nat: NatModel,
     router: Router,
-    outcome: Option<TraversalEvent>,
+    outcome: Option<bool>,
+    /// How the client's path was learned.
+    via: Option<CandidateKind>,
 }
 
 /// One run's world.
@@ -151,10 +162,12 @@ pub struct NatWorld {
     peers: [Peer; 2],
     rendezvous: Rendezvous,
     rendezvous_addrs: Vec<SocketAddr>,
+    secret: TicketSecret,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
     loss: u64,
     dup: u64,
+    client_started: Option<Instant>,
     trace: Vec<String>,
     tracing: bool,
     echo: bool,
@@ -164,6 +177,9 @@ pub struct NatWorld {
 fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
+
+/// The host's certificate fingerprint in every run.
+const FINGERPRINT: [u8; 32] = [0x5a; 32];
 
 impl NatWorld {
     fn new(seed: u64, trace: bool, echo: bool) -> Self {
@@ -181,9 +197,9 @@ impl NatWorld {
         };
         let mut secret = [0u8; 32];
         rng.fill(&mut secret);
-        let key = CheckKey::new(&secret);
+        let secret = TicketSecret(secret);
         let addrs = ServerAddrs::one_ip(ip(198, 18, 0, 1), [3478, 3479]);
-        let peer = |i: usize, rng: &mut Rng| {
+        let peer = |i: usize| {
             let router = routers[i];
             let k = u8::try_from(i).unwrap_or(0) + 1;
             let inside_ip = if router == Router::Public {
@@ -192,37 +208,51 @@ impl NatWorld {
                 ip(10, k, 0, 2)
             };
             let inside = SocketAddr::new(inside_ip, 40000 + u16::from(k));
-            let role = if i == 0 {
-                Role::Controlled
-            } else {
-                Role::Controlling
-            };
-            Peer {
-                traversal: Traversal::new(
-                    TraversalConfig::default(),
-                    role,
-                    key.clone(),
-                    inside,
-                    vec![inside],
-                    Rng::from_u64(rng.next_u64()),
-                ),
-                inside,
-                nat: router.model(ip(198, 18, k, 1), inside_ip),
-                router,
-                outcome: None,
-            }
+            (inside, router.model(ip(198, 18, k, 1), inside_ip), router)
         };
-        let peers = [peer(0, &mut rng), peer(1, &mut rng)];
+        let (host_inside, host_nat, host_router) = peer(0);
+        let (client_inside, client_nat, client_router) = peer(1);
+        let host = HostRendezvous::new(
+            Instant::ZERO,
+            addrs.primary(),
+            host_inside,
+            &FINGERPRINT,
+            secret.clone(),
+            TraversalConfig::default(),
+            Rng::from_u64(rng.next_u64()),
+        );
+        let peers = [
+            Peer {
+                side: Side::Host(host),
+                inside: host_inside,
+                sockets: vec![host_inside],
+                nat: host_nat,
+                router: host_router,
+                outcome: None,
+                via: None,
+            },
+            Peer {
+                side: Side::Client(None),
+                inside: client_inside,
+                sockets: vec![client_inside],
+                nat: client_nat,
+                router: client_router,
+                outcome: None,
+                via: None,
+            },
+        ];
         NatWorld {
             rng,
             now: Instant::ZERO,
             peers,
             rendezvous: Rendezvous::new(addrs),
             rendezvous_addrs: addrs.sockets(),
+            secret,
             queue: BTreeMap::new(),
             seq: 0,
             loss,
             dup,
+            client_started: None,
             trace: Vec::new(),
             tracing: trace,
             echo,
@@ -269,41 +299,83 @@ impl NatWorld {
 
     /// Carries out what peer `i` asked for after one input.
     fn drain(&mut self, i: usize) -> Result<(), NatViolation> {
-        let mut sent = 0;
-        while let Some(t) = self.peers[i].traversal.poll_transmit() {
-            sent += 1;
+        let now = self.now;
+        let mut transmits = Vec::new();
+        let mut host_events = Vec::new();
+        let mut client_events = Vec::new();
+        match &mut self.peers[i].side {
+            Side::Host(h) => {
+                while let Some(e) = h.poll_event() {
+                    if let HostEvent::NeedSocket { session } = e {
+                        // A fresh socket of the host for this client.
+                        let n = u16::try_from(self.peers[i].sockets.len()).unwrap_or(0);
+                        let local = SocketAddr::new(self.peers[i].inside.ip(), 41000 + n);
+                        self.peers[i].sockets.push(local);
+                        h.add_socket(now, session, local, vec![local]);
+                    }
+                    host_events.push(e);
+                }
+                while let Some(t) = h.poll_transmit() {
+                    transmits.push(t);
+                }
+            }
+            Side::Client(Some(c)) => {
+                while let Some(t) = c.poll_transmit() {
+                    transmits.push(t);
+                }
+                while let Some(e) = c.poll_event() {
+                    client_events.push(e);
+                }
+            }
+            Side::Client(None) => {}
+        }
+        if transmits.len() > MAX_PER_INPUT {
+            return Err(NatViolation(format!(
+                "peer {i} sent {} datagrams for one input",
+                transmits.len()
+            )));
+        }
+        for t in transmits {
             if t.remote == ATTACKER {
                 return Err(NatViolation(format!("peer {i} answered a forged check")));
             }
-            let now = self.now;
             let src = self.peers[i].nat.outbound(now, t.local, t.remote);
             self.log(|| format!("peer {i} {src} -> {} ({} bytes)", t.remote, t.payload.len()));
             self.send(src, t.remote, t.payload);
         }
-        if sent > MAX_PER_INPUT {
-            return Err(NatViolation(format!(
-                "peer {i} sent {sent} datagrams for one input"
-            )));
-        }
-        while let Some(event) = self.peers[i].traversal.poll_event() {
-            self.log(|| format!("peer {i} {event:?}"));
-            match event {
-                TraversalEvent::LocalCandidates(candidates) => {
-                    let delay = Duration::from_millis(20 + self.rng.below(200));
-                    self.schedule(
-                        delay,
-                        Ev::Candidates {
-                            to: 1 - i,
-                            candidates,
-                        },
-                    );
-                }
-                done => {
-                    if self.peers[i].outcome.is_some() {
-                        return Err(NatViolation(format!("peer {i} ended twice")));
+        for e in host_events {
+            self.log(|| format!("host {e:?}"));
+            match e {
+                HostEvent::Registered => {
+                    if self.client_started.is_none() {
+                        let after = Duration::from_millis(self.rng.below(500));
+                        self.schedule(after, Ev::StartClient);
                     }
-                    self.peers[i].outcome = Some(done);
                 }
+                HostEvent::Connected { .. } | HostEvent::Failed { .. } => {
+                    if self.peers[0].outcome.is_some() {
+                        return Err(NatViolation("the host ended twice".into()));
+                    }
+                    self.peers[0].outcome = Some(matches!(e, HostEvent::Connected { .. }));
+                }
+                HostEvent::NeedSocket { .. } => {}
+            }
+        }
+        for e in client_events {
+            self.log(|| format!("client {e:?}"));
+            if self.peers[1].outcome.is_some() {
+                return Err(NatViolation("the client ended twice".into()));
+            }
+            match e {
+                ClientEvent::Connected { kind, .. } => {
+                    self.peers[1].outcome = Some(true);
+                    self.peers[1].via = Some(kind);
+                }
+                ClientEvent::Failed(_) => self.peers[1].outcome = Some(false),
+                ClientEvent::Refused(why) => {
+                    return Err(NatViolation(format!("the rendezvous refused: {why:?}")));
+                }
+                ClientEvent::RendezvousSilent => self.peers[1].outcome = Some(false),
             }
         }
         Ok(())
@@ -315,15 +387,14 @@ impl NatWorld {
         to: SocketAddr,
         payload: &[u8],
     ) -> Result<(), NatViolation> {
+        let now = self.now;
         if self.rendezvous_addrs.contains(&to) {
-            let now = self.now;
             self.rendezvous.handle_datagram(now, to, from, payload);
             while let Some(t) = self.rendezvous.poll_transmit() {
                 self.send(t.local, t.remote, t.payload);
             }
             return Ok(());
         }
-        let now = self.now;
         for i in 0..2 {
             if self.peers[i].nat.public_ip != to.ip() {
                 continue;
@@ -332,32 +403,47 @@ impl NatWorld {
                 self.log(|| format!("peer {i}'s NAT filters {from} -> {to}"));
                 return Ok(());
             };
-            if inside == self.peers[i].inside {
-                self.peers[i].traversal.handle_datagram(now, from, payload);
-                self.drain(i)?;
+            if !self.peers[i].sockets.contains(&inside) {
+                return Ok(());
             }
+            match &mut self.peers[i].side {
+                Side::Host(h) => {
+                    h.handle_datagram(now, inside, from, payload);
+                }
+                Side::Client(Some(c)) => {
+                    c.handle_datagram(now, from, payload);
+                }
+                Side::Client(None) => {}
+            }
+            self.drain(i)?;
         }
         Ok(())
     }
 
-    fn run(&mut self) -> Result<(), NatViolation> {
-        let rendezvous = self.rendezvous_addrs[0];
-        for i in 0..2 {
-            // The host starts at once, the mount a little later.
-            self.peers[i].traversal.start(self.now, Some(rendezvous));
-            self.drain(i)?;
+    fn timeout_of(&self, i: usize) -> Option<Instant> {
+        match &self.peers[i].side {
+            Side::Host(h) => h.poll_timeout(),
+            Side::Client(Some(c)) => c.poll_timeout(),
+            Side::Client(None) => None,
         }
+    }
+
+    fn run(&mut self) -> Result<(), NatViolation> {
+        self.drain(0)?;
         for to in 0..2 {
-            let at = Duration::from_millis(self.rng.below(3000));
+            let at = Duration::from_millis(self.rng.below(5000));
             self.schedule(at, Ev::Forged { to });
         }
-        let end = Instant::ZERO + TraversalConfig::default().deadline + Duration::from_secs(2);
+        let limit = TraversalConfig::default().deadline + Duration::from_secs(15);
         loop {
-            let timers = self
-                .peers
-                .iter()
-                .filter_map(|p| p.traversal.poll_timeout())
-                .min();
+            if self.peers.iter().all(|p| p.outcome.is_some()) {
+                break;
+            }
+            let end = self
+                .client_started
+                .unwrap_or(Instant::ZERO + Duration::from_secs(30))
+                + limit;
+            let timers = (0..2).filter_map(|i| self.timeout_of(i)).min();
             let next_ev = self.queue.keys().next().map(|(t, _)| *t);
             let Some(next) = [timers, next_ev].into_iter().flatten().min() else {
                 break;
@@ -372,12 +458,20 @@ impl NatWorld {
                 };
                 match ev {
                     Ev::Packet { from, to, payload } => self.deliver(from, to, &payload)?,
-                    Ev::Candidates { to, candidates } => {
-                        let now = self.now;
-                        self.peers[to]
-                            .traversal
-                            .add_remote_candidates(now, &candidates);
-                        self.drain(to)?;
+                    Ev::StartClient => {
+                        self.client_started = Some(self.now);
+                        let c = ClientRendezvous::new(
+                            self.now,
+                            self.rendezvous_addrs[0],
+                            self.peers[1].inside,
+                            vec![self.peers[1].inside],
+                            &FINGERPRINT,
+                            &self.secret,
+                            TraversalConfig::default(),
+                            Rng::from_u64(self.rng.next_u64()),
+                        );
+                        self.peers[1].side = Side::Client(Some(c));
+                        self.drain(1)?;
                     }
                     Ev::Forged { to } => {
                         self.stats.forged += 1;
@@ -388,21 +482,31 @@ impl NatWorld {
                             true,
                         );
                         let now = self.now;
-                        self.peers[to]
-                            .traversal
-                            .handle_datagram(now, ATTACKER, &forged);
-                        self.drain(to)?;
+                        // Into every socket the peer has, as if on path.
+                        let sockets = self.peers[to].sockets.clone();
+                        for local in sockets {
+                            match &mut self.peers[to].side {
+                                Side::Host(h) => {
+                                    h.handle_datagram(now, local, ATTACKER, &forged);
+                                }
+                                Side::Client(Some(c)) => {
+                                    c.handle_datagram(now, ATTACKER, &forged);
+                                }
+                                Side::Client(None) => {}
+                            }
+                            self.drain(to)?;
+                        }
                     }
                 }
             } else {
                 for i in 0..2 {
-                    if self.peers[i]
-                        .traversal
-                        .poll_timeout()
-                        .is_some_and(|t| t <= self.now)
-                    {
+                    if self.timeout_of(i).is_some_and(|t| t <= self.now) {
                         let now = self.now;
-                        self.peers[i].traversal.handle_timeout(now);
+                        match &mut self.peers[i].side {
+                            Side::Host(h) => h.handle_timeout(now),
+                            Side::Client(Some(c)) => c.handle_timeout(now),
+                            Side::Client(None) => {}
+                        }
                         self.drain(i)?;
                     }
                 }
@@ -413,54 +517,38 @@ impl NatWorld {
 
     fn liveness(&mut self) -> Result<(), NatViolation> {
         let routers = (self.peers[0].router, self.peers[1].router);
-        let states = [
-            self.peers[0].traversal.state(),
-            self.peers[1].traversal.state(),
-        ];
-        for (i, s) in states.iter().enumerate() {
-            if matches!(
-                s,
-                TraversalState::Initial | TraversalState::Probing | TraversalState::Candidates
-            ) {
-                return Err(NatViolation(format!("peer {i} never ended: {s:?}")));
-            }
+        if self.client_started.is_none() {
+            return Err(NatViolation("the host never registered".into()));
         }
-        let connected = states.map(|s| matches!(s, TraversalState::Connected { .. }));
+        let outcomes = [self.peers[0].outcome, self.peers[1].outcome];
+        // A client that failed before being put through leaves the host
+        // with no session at all: that counts as "not connected".
+        let host = outcomes[0].unwrap_or(false);
+        let Some(client) = outcomes[1] else {
+            return Err(NatViolation("the client never ended".into()));
+        };
         let cell = (routers.0 as u8, routers.1 as u8);
         let entry = self.stats.cells.entry(cell).or_default();
         entry.0 += 1;
-        entry.1 += u64::from(connected[0] && connected[1]);
-        if self.peers.iter().any(|p| {
-            matches!(
-                p.outcome,
-                Some(TraversalEvent::Connected {
-                    kind: wormhole_core::nat::CandidateKind::PeerReflexive,
-                    ..
-                })
-            )
-        }) {
+        entry.1 += u64::from(host && client);
+        if self.peers[1].via == Some(CandidateKind::PeerReflexive) {
             self.stats.via_peer_reflexive += 1;
         }
         self.stats.converged += 1;
         let lossless = self.loss == 0;
-        if connected[0] != connected[1] {
+        if host != client {
             if lossless {
                 return Err(NatViolation(format!(
-                    "the sides disagree on a clean network: {states:?}"
+                    "the sides disagree on a clean network: host {host}, client {client}"
                 )));
             }
             self.stats.lossy_disagreements += 1;
             return Ok(());
         }
-        if lossless && connected[0] != Router::punchable(routers.0, routers.1) {
+        if lossless && client != Router::punchable(routers.0, routers.1) {
             return Err(NatViolation(format!(
-                "{routers:?}: connected = {}, but the NATs {} a direct path",
-                connected[0],
-                if connected[0] {
-                    "do not allow"
-                } else {
-                    "allow"
-                }
+                "{routers:?}: connected = {client}, but the NATs {} a direct path",
+                if client { "do not allow" } else { "allow" }
             )));
         }
         Ok(())
