@@ -137,8 +137,8 @@ enum Ev {
 
 /// Either side's machine.
 enum Side {
-    Host(HostRendezvous),
-    Client(Option<ClientRendezvous>),
+    Host(Box<HostRendezvous>),
+    Client(Option<Box<ClientRendezvous>>),
 }
 
 struct Peer {
@@ -223,7 +223,7 @@ impl NatWorld {
         );
         let peers = [
             Peer {
-                side: Side::Host(host),
+                side: Side::Host(Box::new(host)),
                 inside: host_inside,
                 sockets: vec![host_inside],
                 nat: host_nat,
@@ -470,7 +470,7 @@ impl NatWorld {
                             TraversalConfig::default(),
                             Rng::from_u64(self.rng.next_u64()),
                         );
-                        self.peers[1].side = Side::Client(Some(c));
+                        self.peers[1].side = Side::Client(Some(Box::new(c)));
                         self.drain(1)?;
                     }
                     Ev::Forged { to } => {
