@@ -377,6 +377,8 @@ pub struct ClientRendezvous {
     sends: u32,
     next_connect: Option<Instant>,
     answered: bool,
+    /// Anything at all came from the rendezvous (its STUN answer first).
+    heard: bool,
     done: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ClientEvent>,
@@ -431,6 +433,7 @@ impl ClientRendezvous {
             sends: 0,
             next_connect: None,
             answered: false,
+            heard: false,
             done: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -441,6 +444,9 @@ impl ClientRendezvous {
 
     /// Offers a datagram that arrived on our socket.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
+        if from == self.rendezvous {
+            self.heard = true;
+        }
         let consumed = if from == self.rendezvous && !stun::looks_like_stun(data) {
             match Signalling::decode(data) {
                 Ok(Signalling::Answered {
@@ -512,6 +518,12 @@ impl ClientRendezvous {
         }
         while let Some(event) = self.traversal.poll_event() {
             match event {
+                TraversalEvent::LocalCandidates(_) if !self.heard && !self.done => {
+                    // Gathering asked the rendezvous and got no answer: it
+                    // is not there, so Connect would go unanswered too.
+                    self.done = true;
+                    self.events.push_back(ClientEvent::RendezvousSilent);
+                }
                 TraversalEvent::LocalCandidates(mut c) => {
                     c.truncate(MAX_CANDIDATES);
                     self.candidates = Some(c);

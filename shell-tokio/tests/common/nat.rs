@@ -294,6 +294,78 @@ pub(crate) fn a_folder_is_mounted_across_two_nats(bin: &Path, tag: &str) {
     let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
 }
 
+/// What a person is told when the punched path cannot work: a host not
+/// registered with the ticket's rendezvous, and a rendezvous that does not
+/// answer. One line each, naming the rendezvous, exit status 1.
+pub(crate) fn a_mount_says_why_the_rendezvous_path_fails(bin: &Path, tag: &str) {
+    let net = Internet::new(tag, &[Behaviour::PortRestricted, Behaviour::PortRestricted]);
+    let mut guard = scratch("nat-errors", bin);
+    let rendezvous = start_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    let in_home = |home: usize| {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", net.homes[home].ns))
+            .arg("--")
+            .arg(bin);
+        c
+    };
+    let mut host = in_home(0)
+        .args(["host"])
+        .arg(dir.join("share"))
+        .args(["--rendezvous", &rendezvous])
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the host");
+    let host_out = lines(&mut host);
+    guard.children.push(host);
+    let text = line_where(&host_out, "the ticket", |l| {
+        l.trim_start().starts_with("wormhole1-")
+    });
+    let ticket = wormhole_io::Ticket::parse(&text).expect("the host's ticket");
+    line_where(&host_out, "the registration", |l| {
+        l.starts_with("Registered with the rendezvous")
+    });
+    // A second rendezvous on which nobody registered, and an address where
+    // no rendezvous runs.
+    let primary = format!("{}:3490", RENDEZVOUS_IPS[0]);
+    let mut other = Command::new("ip")
+        .args(["netns", "exec", &net.ns])
+        .arg(bin)
+        .args(["rendezvous", "--bind", &primary])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a second rendezvous");
+    let other_out = lines(&mut other);
+    guard.children.push(other);
+    line_where(&other_out, "the second rendezvous listening", |l| {
+        l.starts_with("Rendezvous listening")
+    });
+    for (rv, expected) in [
+        (
+            primary.as_str(),
+            "is not registered with the rendezvous 198.18.0.1:3490",
+        ),
+        (
+            "198.18.0.1:3999",
+            "the rendezvous 198.18.0.1:3999 does not answer",
+        ),
+    ] {
+        let wrong = wormhole_io::Ticket {
+            rendezvous: Some(rv.parse().expect("address")),
+            ..ticket.clone()
+        };
+        let out = in_home(1)
+            .arg("mount")
+            .arg(wrong.encode())
+            .arg(dir.join("mnt"))
+            .output()
+            .expect("run the mount");
+        let line = super::procs::one_error_line(&out);
+        assert!(line.contains(expected), "{line}");
+    }
+}
+
 /// The NAT tests, for the binary `$bin`; `$tag` names its namespaces.
 macro_rules! nat_tests {
     ($bin:expr, $tag:expr) => {
@@ -307,6 +379,14 @@ macro_rules! nat_tests {
             nat::a_folder_is_mounted_across_two_nats(
                 std::path::Path::new($bin),
                 concat!($tag, "m"),
+            );
+        }
+
+        #[test]
+        fn a_mount_says_why_the_rendezvous_path_fails() {
+            nat::a_mount_says_why_the_rendezvous_path_fails(
+                std::path::Path::new($bin),
+                concat!($tag, "e"),
             );
         }
 
