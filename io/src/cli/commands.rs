@@ -355,6 +355,15 @@ async fn punch_to_host<S: Shell>(
     }
 }
 
+/// Whether `ip` is on this machine or a private network (RFC 1918,
+/// RFC 4193, link-local): a host reached there is on the LAN.
+fn is_local_network(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
 /// How long checks are still answered after a path is found, before its
 /// socket goes to QUIC: the host may still be finishing its side.
 const HANDOVER_GRACE: Duration = Duration::from_millis(300);
@@ -477,7 +486,13 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             let transport =
                 QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
             transport.probe(&ticket.secret).await?;
-            anyhow::Ok((transport, "directly".to_owned()))
+            let local = ticket.addrs.iter().all(|a| is_local_network(a.ip()));
+            let how = if local {
+                "directly on the local network"
+            } else {
+                "directly"
+            };
+            anyhow::Ok((transport, how.to_owned()))
         };
         let (transport, how) = match ticket.rendezvous {
             None => direct.await?,

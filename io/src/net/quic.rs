@@ -40,6 +40,10 @@ pub(crate) fn endpoint_config() -> quinn::EndpointConfig {
 fn with_large_datagrams(mut c: quinn::EndpointConfig) -> quinn::EndpointConfig {
     c.max_udp_payload_size(MTU_UPPER_BOUND)
         .expect("within QUIC's bounds");
+    // A punched socket also carries STUN and connectivity checks, told
+    // apart from QUIC by the first byte (RFC 7983, RFC 9443): QUIC keeps
+    // its fixed bit set only if neither side greases it (RFC 9287).
+    c.grease_quic_bit(false);
     c
 }
 
