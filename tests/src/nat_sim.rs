@@ -358,7 +358,7 @@ impl NatWorld {
                     }
                     self.peers[0].outcome = Some(matches!(e, HostEvent::Connected { .. }));
                 }
-                HostEvent::NeedSocket { .. } => {}
+                HostEvent::NeedSocket { .. } | HostEvent::RendezvousSilent => {}
             }
         }
         for e in client_events {

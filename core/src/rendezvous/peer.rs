@@ -29,6 +29,8 @@ const REGISTER_EVERY: Duration = Duration::from_secs(15);
 /// Until the first Registered, and after a silence, Register is repeated
 /// this often.
 const REGISTER_RETRY: Duration = Duration::from_secs(1);
+/// Registration unanswered this long is reported (once, until answered).
+const SILENT_AFTER: Duration = Duration::from_secs(5);
 /// Connect is repeated this often until answered...
 const CONNECT_EVERY: Duration = Duration::from_millis(500);
 /// ...this many times.
@@ -38,8 +40,12 @@ const CONNECT_SENDS: u32 = 10;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostEvent {
     /// The rendezvous confirmed the registration (first time, or again
-    /// after it had lapsed).
+    /// after it had gone silent).
     Registered,
+    /// The rendezvous has not answered the registration for a while:
+    /// clients behind NATs cannot be put through meanwhile. Registering
+    /// goes on.
+    RendezvousSilent,
     /// A client was put through: bind a fresh UDP socket and pass it to
     /// [`HostRendezvous::add_socket`].
     NeedSocket {
@@ -88,6 +94,10 @@ pub struct HostRendezvous {
     rng: Rng,
     next_register: Instant,
     registered: bool,
+    /// When the oldest unanswered Register went out.
+    unanswered_since: Option<Instant>,
+    /// The current silence has been reported.
+    silent_reported: bool,
     sessions: BTreeMap<u64, HostSession>,
     by_local: BTreeMap<SocketAddr, u64>,
     transmits: VecDeque<Transmit>,
@@ -127,6 +137,8 @@ impl HostRendezvous {
             rng,
             next_register: now,
             registered: false,
+            unanswered_since: None,
+            silent_reported: false,
             sessions: BTreeMap::new(),
             by_local: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -163,6 +175,8 @@ impl HostRendezvous {
                     self.registered = true;
                     self.events.push_back(HostEvent::Registered);
                 }
+                self.unanswered_since = None;
+                self.silent_reported = false;
                 self.next_register = now + REGISTER_EVERY;
             }
             Ok(Signalling::Incoming {
@@ -247,6 +261,12 @@ impl HostRendezvous {
             });
             // Until the next Registered arrives, ask again soon.
             self.next_register = now + REGISTER_RETRY;
+            let since = *self.unanswered_since.get_or_insert(now);
+            if !self.silent_reported && now.saturating_duration_since(since) >= SILENT_AFTER {
+                self.registered = false;
+                self.silent_reported = true;
+                self.events.push_back(HostEvent::RendezvousSilent);
+            }
         }
         let sessions: Vec<u64> = self.sessions.keys().copied().collect();
         for session in sessions {

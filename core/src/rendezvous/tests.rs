@@ -445,6 +445,36 @@ mod signalling {
     }
 
     #[test]
+    fn a_silent_rendezvous_is_reported_once_and_its_return_too() {
+        let rv = addr("198.51.100.1:3478");
+        let local = addr("192.0.2.10:4000");
+        let mut host = HostRendezvous::new(
+            Instant::ZERO,
+            rv,
+            local,
+            &FINGERPRINT,
+            TicketSecret([9; 32]),
+            TraversalConfig::default(),
+            Rng::from_u64(1),
+        );
+        let mut events = Vec::new();
+        for s in 0..=12 {
+            host.handle_timeout(Instant::ZERO + Duration::from_secs(s));
+            while host.poll_transmit().is_some() {}
+            events.extend(core::iter::from_fn(|| host.poll_event()));
+        }
+        assert_eq!(events, [HostEvent::RendezvousSilent], "reported once");
+        let registered = Signalling::Registered { ttl_secs: 60 }.encode();
+        host.handle_datagram(
+            Instant::ZERO + Duration::from_secs(13),
+            local,
+            rv,
+            &registered,
+        );
+        assert_eq!(host.poll_event(), Some(HostEvent::Registered));
+    }
+
+    #[test]
     fn an_answer_from_anyone_but_the_registered_host_is_dropped() {
         let mut rv = Rendezvous::new(one_ip_server());
         let local = addr("198.51.100.1:3478");

@@ -255,6 +255,9 @@ async fn punch_for_clients<S: Shell>(
             }
         }
         HostEvent::Failed { why, .. } => say(format!("A client could not punch through: {why:?}.")),
+        HostEvent::RendezvousSilent => eprintln!(
+            "warning: the rendezvous {rendezvous} does not answer over UDP; still trying (clients behind NATs cannot reach this host meanwhile)"
+        ),
         HostEvent::NeedSocket { .. } => {}
     };
     crate::nat::host_punch(

@@ -183,6 +183,7 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
         PunchRole::Host => {
             let on_event = |event: &HostEvent, _: Option<std::net::UdpSocket>| match event {
                 HostEvent::Registered => say("registered".into(), out),
+                HostEvent::RendezvousSilent => say("silent".into(), out),
                 HostEvent::NeedSocket { .. } => {}
                 HostEvent::Connected { remote, kind, .. } => {
                     say(

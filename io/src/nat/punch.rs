@@ -76,7 +76,7 @@ pub async fn host_punch(
                         masters.remove(local);
                         None
                     }
-                    HostEvent::Registered => None,
+                    HostEvent::Registered | HostEvent::RendezvousSilent => None,
                 };
                 on_event(&event, socket);
             }
