@@ -107,6 +107,8 @@ pub struct NatSimStats {
     pub forged: u64,
     /// Runs on a lossy network where the two sides disagreed at the end.
     pub lossy_disagreements: u64,
+    /// Runs where the client, connected, reported it had settled.
+    pub settled: u64,
     /// Runs connected through a peer-reflexive address (a punched hole
     /// found from the other side's check).
     pub via_peer_reflexive: u64,
@@ -168,6 +170,8 @@ pub struct NatWorld {
     loss: u64,
     dup: u64,
     client_started: Option<Instant>,
+    /// The connected client said its socket may go to the connection.
+    client_settled: bool,
     trace: Vec<String>,
     tracing: bool,
     echo: bool,
@@ -253,6 +257,7 @@ impl NatWorld {
             loss,
             dup,
             client_started: None,
+            client_settled: false,
             trace: Vec::new(),
             tracing: trace,
             echo,
@@ -363,6 +368,17 @@ impl NatWorld {
         }
         for e in client_events {
             self.log(|| format!("client {e:?}"));
+            if matches!(e, ClientEvent::Settled) {
+                if self.peers[1].outcome != Some(true) {
+                    return Err(NatViolation("the client settled without a path".into()));
+                }
+                if self.client_settled {
+                    return Err(NatViolation("the client settled twice".into()));
+                }
+                self.client_settled = true;
+                self.stats.settled += 1;
+                continue;
+            }
             if self.peers[1].outcome.is_some() {
                 return Err(NatViolation("the client ended twice".into()));
             }
@@ -375,7 +391,9 @@ impl NatWorld {
                 ClientEvent::Refused(why) => {
                     return Err(NatViolation(format!("the rendezvous refused: {why:?}")));
                 }
-                ClientEvent::RendezvousSilent => self.peers[1].outcome = Some(false),
+                ClientEvent::RendezvousSilent | ClientEvent::Settled => {
+                    self.peers[1].outcome = Some(false)
+                }
             }
         }
         Ok(())
@@ -436,7 +454,12 @@ impl NatWorld {
         }
         let limit = TraversalConfig::default().deadline + Duration::from_secs(15);
         loop {
-            if self.peers.iter().all(|p| p.outcome.is_some()) {
+            let client_done = match self.peers[1].outcome {
+                Some(true) => self.client_settled,
+                Some(false) => true,
+                None => false,
+            };
+            if self.peers[0].outcome.is_some() && client_done {
                 break;
             }
             let end = self
@@ -527,6 +550,9 @@ impl NatWorld {
         let Some(client) = outcomes[1] else {
             return Err(NatViolation("the client never ended".into()));
         };
+        if client && !self.client_settled {
+            return Err(NatViolation("the connected client never settled".into()));
+        }
         let cell = (routers.0 as u8, routers.1 as u8);
         let entry = self.stats.cells.entry(cell).or_default();
         entry.0 += 1;
@@ -596,6 +622,7 @@ impl Simulation for NatSim {
         into.forged += from.forged;
         into.lossy_disagreements += from.lossy_disagreements;
         into.via_peer_reflexive += from.via_peer_reflexive;
+        into.settled += from.settled;
     }
 
     fn converged(stats: &NatSimStats) -> u64 {

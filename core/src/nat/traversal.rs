@@ -186,6 +186,9 @@ pub enum TraversalEvent {
     },
     /// No direct path.
     Failed(FailReason),
+    /// After `Connected`, the lingering checks are done: the peer has had
+    /// time to finish its side, and the socket may go to the connection.
+    Settled,
 }
 
 /// Counters.
@@ -250,6 +253,8 @@ pub struct Traversal {
     in_flight: BTreeMap<TxId, InFlight>,
     nominating: bool,
     linger_left: u32,
+    /// `Settled` has been reported.
+    settled: bool,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TraversalEvent>,
     stats: TraversalStats,
@@ -284,6 +289,7 @@ impl Traversal {
             in_flight: BTreeMap::new(),
             nominating: false,
             linger_left: 0,
+            settled: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TraversalStats::default(),
@@ -352,11 +358,16 @@ impl Traversal {
         self.binding.handle_timeout(now);
         self.flush_binding();
         if let TraversalState::Connected { remote } = self.state {
-            if self.linger_left > 0 && self.next_check <= now {
-                self.linger_left -= 1;
-                self.next_check = now + self.config.pace * 5;
-                let tx = self.fresh_tx();
-                self.send_check(tx, remote, false);
+            if self.next_check <= now {
+                if self.linger_left > 0 {
+                    self.linger_left -= 1;
+                    self.next_check = now + self.config.pace * 5;
+                    let tx = self.fresh_tx();
+                    self.send_check(tx, remote, false);
+                } else if !self.settled {
+                    self.settled = true;
+                    self.events.push_back(TraversalEvent::Settled);
+                }
             }
             self.check();
             return;
@@ -429,7 +440,7 @@ impl Traversal {
         let binding = self.binding.poll_timeout();
         let own = match self.state {
             TraversalState::Initial | TraversalState::DirectFailed(_) => None,
-            TraversalState::Connected { .. } => (self.linger_left > 0).then_some(self.next_check),
+            TraversalState::Connected { .. } => (!self.settled).then_some(self.next_check),
             TraversalState::Probing | TraversalState::Candidates => {
                 let retransmit = self.in_flight.values().map(|f| f.next).min();
                 let pace = self.best_waiting().map(|_| self.next_check);

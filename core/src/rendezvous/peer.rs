@@ -311,6 +311,8 @@ impl HostRendezvous {
                         kind,
                     });
                 }
+                // The socket left for the connection at `Connected`.
+                TraversalEvent::Settled => {}
                 TraversalEvent::Failed(why) => {
                     if let Some(local) = self
                         .by_local
@@ -382,6 +384,9 @@ pub enum ClientEvent {
     RendezvousSilent,
     /// No direct path.
     Failed(FailReason),
+    /// After `Connected`: the host has had time to finish its side; the
+    /// socket may now go to QUIC.
+    Settled,
 }
 
 /// A client's side: ask the rendezvous to be put through to a host, and
@@ -558,6 +563,7 @@ impl ClientRendezvous {
                     self.done = true;
                     self.events.push_back(ClientEvent::Failed(why));
                 }
+                TraversalEvent::Settled => self.events.push_back(ClientEvent::Settled),
                 _ => {}
             }
         }

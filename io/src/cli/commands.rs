@@ -226,14 +226,13 @@ async fn punch_for_clients<S: Shell>(
     rendezvous: SocketAddr,
     keys: &HostKeys,
 ) -> Result<()> {
-    use wormhole_core::nat::TraversalConfig;
-    use wormhole_core::rendezvous::peer::{HostEvent, HostRendezvous};
-    let ip =
-        crate::nat::route_to(rendezvous).with_context(|| format!("no route to {rendezvous}"))?;
-    let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
-    let fingerprint = keys.identity.fingerprint().0;
-    let secret = keys.secret.clone();
-    let rng = wormhole_core::Rng::from_seed(crate::runtime::os_seed()?);
+    use wormhole_core::rendezvous::peer::HostEvent;
+    let party = crate::nat::PunchParty {
+        rendezvous,
+        fingerprint: keys.identity.fingerprint().0,
+        secret: keys.secret.clone(),
+        seed: crate::runtime::os_seed()?,
+    };
     let say = |line: String| {
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
@@ -262,19 +261,8 @@ async fn punch_for_clients<S: Shell>(
     };
     crate::nat::host_punch(
         shell.runtime(),
-        socket,
+        party,
         |a| shell.bind_udp(a),
-        |now, local| {
-            HostRendezvous::new(
-                now,
-                rendezvous,
-                local,
-                &fingerprint,
-                secret,
-                TraversalConfig::default(),
-                rng,
-            )
-        },
         on_event,
         core::future::pending(),
     )
@@ -289,53 +277,41 @@ async fn punch_to_host<S: Shell>(
     ticket: &Ticket,
     rendezvous: SocketAddr,
 ) -> Result<(std::net::UdpSocket, SocketAddr)> {
-    use wormhole_core::nat::{FailReason, TraversalConfig};
-    use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous};
+    use wormhole_core::nat::FailReason;
+    use wormhole_core::rendezvous::peer::ClientEvent;
     use wormhole_core::rendezvous::wire::Refusal;
-    let ip = crate::nat::route_to(rendezvous)
-        .with_context(|| format!("no route to the rendezvous {rendezvous}"))?;
-    let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
-    let master = socket.try_clone()?;
-    let rng = wormhole_core::Rng::from_seed(crate::runtime::os_seed()?);
-    let (fingerprint, secret) = (ticket.fingerprint.0, ticket.secret.clone());
-    let (outcome_tx, outcome_rx) = async_channel::bounded::<ClientEvent>(1);
-    let runtime = shell.runtime();
-    // After the outcome, checks are still answered a moment (the host may
-    // still be finishing its side), then the socket goes to QUIC.
-    let stop = {
-        let (runtime, outcome_rx) = (runtime.clone(), outcome_rx.clone());
-        async move {
-            let _ = outcome_rx.recv().await;
-            crate::sleep(&*runtime, HANDOVER_GRACE).await;
-        }
+    let party = crate::nat::PunchParty {
+        rendezvous,
+        fingerprint: ticket.fingerprint.0,
+        secret: ticket.secret.clone(),
+        seed: crate::runtime::os_seed()?,
     };
+    // Punching ends at a failure, or once connected and settled (the core
+    // says when the host has had time to finish its side); then the
+    // socket goes to QUIC.
+    let (end_tx, end_rx) = async_channel::bounded::<()>(1);
     let mut outcome = None;
-    crate::nat::client_punch(
-        runtime,
-        socket,
-        |now, local| {
-            ClientRendezvous::new(
-                now,
-                rendezvous,
-                local,
-                vec![local],
-                &fingerprint,
-                &secret,
-                TraversalConfig::default(),
-                rng,
-            )
-        },
+    let socket = crate::nat::client_punch(
+        shell.runtime(),
+        party,
+        |a| shell.bind_udp(a),
         |event| {
             if outcome.is_none() {
                 outcome = Some(event.clone());
-                let _ = outcome_tx.try_send(event.clone());
+            }
+            let connected = matches!(outcome, Some(ClientEvent::Connected { .. }));
+            if !connected || matches!(event, ClientEvent::Settled) {
+                let _ = end_tx.try_send(());
             }
         },
-        stop,
+        async move {
+            let _ = end_rx.recv().await;
+        },
     )
-    .await?;
+    .await
+    .with_context(|| format!("cannot use the rendezvous {rendezvous}"))?;
     match outcome {
-        Some(ClientEvent::Connected { remote, .. }) => Ok((master, remote)),
+        Some(ClientEvent::Connected { remote, .. }) => Ok((socket, remote)),
         Some(ClientEvent::Refused(Refusal::NotRegistered)) => bail!(
             "the host is not registered with the rendezvous {rendezvous} (is `wormhole host --rendezvous {rendezvous}` running?)"
         ),
@@ -354,7 +330,7 @@ async fn punch_to_host<S: Shell>(
         Some(ClientEvent::Failed(FailReason::NoPathAnswered)) => bail!(
             "hole punching failed: no path answered (both NATs may map ports per destination; relaying is not built yet)"
         ),
-        None => bail!("punching ended without an outcome"),
+        Some(ClientEvent::Settled) | None => bail!("punching ended without an outcome"),
     }
 }
 
@@ -366,10 +342,6 @@ fn is_local_network(ip: IpAddr) -> bool {
         IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
     }
 }
-
-/// How long checks are still answered after a path is found, before its
-/// socket goes to QUIC: the host may still be finishing its side.
-const HANDOVER_GRACE: Duration = Duration::from_millis(300);
 
 /// The first of two fallible futures to succeed, or both errors.
 async fn first_ok<T>(

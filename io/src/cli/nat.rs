@@ -147,17 +147,14 @@ pub struct PunchArgs {
 /// keep answering checks until stdin closes.
 pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -> Result<()> {
     use wormhole_core::conn::auth::TicketSecret;
-    use wormhole_core::nat::TraversalConfig;
-    use wormhole_core::rendezvous::peer::{
-        ClientEvent, ClientRendezvous, HostEvent, HostRendezvous,
-    };
+    use wormhole_core::rendezvous::peer::{ClientEvent, HostEvent};
     let secret = TicketSecret(parse_key(&args.secret).context("--secret must be 64 hex digits")?);
-    let fingerprint = *blake3::hash(&secret.0).as_bytes();
-    let ip = crate::nat::route_to(args.rendezvous)
-        .with_context(|| format!("no route to {}", args.rendezvous))?;
-    let socket = shell.bind_udp(SocketAddr::new(ip, 0))?;
-    let seed = crate::runtime::os_seed()?;
-    let rng = wormhole_core::Rng::from_seed(seed);
+    let party = crate::nat::PunchParty {
+        rendezvous: args.rendezvous,
+        fingerprint: *blake3::hash(&secret.0).as_bytes(),
+        secret,
+        seed: crate::runtime::os_seed()?,
+    };
     let (eof_tx, eof_rx) = async_channel::bounded::<()>(1);
     std::thread::spawn(move || {
         let _eof = eof_tx;
@@ -175,7 +172,6 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
     let ms = || runtime.now().saturating_duration_since(started).as_millis();
     let mut lines = Vec::new();
     let mut ok = true;
-    let rendezvous = args.rendezvous;
     let mut say = |line: String, out: &mut dyn Write| {
         lines.push(writeln!(out, "{line}").and_then(|()| out.flush()));
     };
@@ -195,19 +191,8 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
             };
             shell.block_on(crate::nat::host_punch(
                 runtime.clone(),
-                socket,
+                party,
                 |a| shell.bind_udp(a),
-                |now, local| {
-                    HostRendezvous::new(
-                        now,
-                        rendezvous,
-                        local,
-                        &fingerprint,
-                        secret.clone(),
-                        TraversalConfig::default(),
-                        rng,
-                    )
-                },
                 on_event,
                 stop,
             ))?;
@@ -230,24 +215,14 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
                         ok = false;
                         format!("failed {why:?}")
                     }
+                    ClientEvent::Settled => return,
                 };
                 say(line, out);
             };
             shell.block_on(crate::nat::client_punch(
                 runtime.clone(),
-                socket,
-                |now, local| {
-                    ClientRendezvous::new(
-                        now,
-                        rendezvous,
-                        local,
-                        vec![local],
-                        &fingerprint,
-                        &secret,
-                        TraversalConfig::default(),
-                        rng,
-                    )
-                },
+                party,
+                |a| shell.bind_udp(a),
                 on_event,
                 stop,
             ))?;

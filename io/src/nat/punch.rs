@@ -10,27 +10,59 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 use tracing::warn;
+use wormhole_core::Rng;
+use wormhole_core::conn::auth::TicketSecret;
+use wormhole_core::nat::TraversalConfig;
 use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, HostRendezvous};
 
-/// Runs a host's rendezvous side until `stop`: registration from
-/// `socket`, and for each client put through a fresh socket from `bind`
-/// (on `socket`'s address) that punches toward it. Every event goes to
-/// `on_event`; with a `Connected` event goes the punched socket itself,
-/// which this driver no longer reads: it is the caller's to serve the
-/// client on.
+/// Who punches, and through which rendezvous: what a ticket gives.
+#[derive(Clone, Debug)]
+pub struct PunchParty {
+    /// The rendezvous.
+    pub rendezvous: SocketAddr,
+    /// The host certificate's fingerprint (names the host there).
+    pub fingerprint: [u8; 32],
+    /// The ticket secret (the token and the checks' key derive from it).
+    pub secret: TicketSecret,
+    /// Seed of the core's Rng.
+    pub seed: [u8; 32],
+}
+
+/// Binds a socket (with `bind`, the shell's) on the address that routes
+/// to `rendezvous`: the one whose mapping punching learns and uses.
+fn bind_toward(
+    rendezvous: SocketAddr,
+    bind: &impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
+) -> io::Result<std::net::UdpSocket> {
+    bind(SocketAddr::new(super::route_to(rendezvous)?, 0))
+}
+
+/// Runs a host's rendezvous side until `stop`: registration from a socket
+/// of its own, and for each client put through a fresh socket (all bound
+/// with `bind`) that punches toward it. Every event goes to `on_event`;
+/// with a `Connected` event goes the punched socket itself, which this
+/// driver no longer reads: it is the caller's to serve the client on.
 pub async fn host_punch(
     runtime: Arc<dyn quinn::Runtime>,
-    socket: std::net::UdpSocket,
+    party: PunchParty,
     bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
-    make: impl FnOnce(wormhole_core::Instant, SocketAddr) -> HostRendezvous,
     mut on_event: impl FnMut(&HostEvent, Option<std::net::UdpSocket>),
     stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let socket = bind_toward(party.rendezvous, &bind)?;
     let ip = socket.local_addr()?.ip();
     let mut udp = UdpSet::new(&*runtime, vec![socket])?;
     let mut clock = CoreClock::new(runtime.clone());
     let local = udp.locals()[0];
-    let mut machine = make(clock.now(), local);
+    let mut machine = HostRendezvous::new(
+        clock.now(),
+        party.rendezvous,
+        local,
+        &party.fingerprint,
+        party.secret,
+        TraversalConfig::default(),
+        Rng::from_seed(party.seed),
+    );
     // Each punched socket's own handle, kept to hand over: the set reads
     // a duplicate, so the very socket (and its NAT mapping) survives.
     let mut masters: BTreeMap<SocketAddr, std::net::UdpSocket> = BTreeMap::new();
@@ -90,19 +122,32 @@ pub async fn host_punch(
     Ok(())
 }
 
-/// Runs a client's rendezvous side on `socket` until `stop`: asks to be
-/// put through, punches, reports every event to `on_event`, and keeps
-/// answering the host's checks after the outcome.
+/// Runs a client's rendezvous side on a socket bound with `bind`: asks
+/// to be put through, punches, reports every event to `on_event`, and
+/// keeps answering the host's checks until `stop`. Returns the punched
+/// socket (a handle to the very socket, for QUIC to use next).
 pub async fn client_punch(
     runtime: Arc<dyn quinn::Runtime>,
-    socket: std::net::UdpSocket,
-    make: impl FnOnce(wormhole_core::Instant, SocketAddr) -> ClientRendezvous,
+    party: PunchParty,
+    bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
     mut on_event: impl FnMut(&ClientEvent),
     stop: impl Future<Output = ()>,
-) -> io::Result<()> {
+) -> io::Result<std::net::UdpSocket> {
+    let socket = bind_toward(party.rendezvous, &bind)?;
+    let master = socket.try_clone()?;
     let mut udp = UdpSet::new(&*runtime, vec![socket])?;
     let mut clock = CoreClock::new(runtime);
-    let mut machine = make(clock.now(), udp.locals()[0]);
+    let local = udp.locals()[0];
+    let mut machine = ClientRendezvous::new(
+        clock.now(),
+        party.rendezvous,
+        local,
+        vec![local],
+        &party.fingerprint,
+        &party.secret,
+        TraversalConfig::default(),
+        Rng::from_seed(party.seed),
+    );
     let drive = core::future::poll_fn(|cx| {
         poll_passes(cx, |cx| {
             let now = clock.now();
@@ -123,5 +168,5 @@ pub async fn client_punch(
         })
     });
     futures_lite::future::or(stop, drive).await;
-    Ok(())
+    Ok(master)
 }

@@ -230,6 +230,36 @@ pub(crate) fn hole_punching_across_every_pair_of_kernel_nats(bin: &Path, tag: &s
     assert!(wrong.is_empty(), "cells against expectation: {wrong:#?}");
 }
 
+/// `bin` run in namespace `ns`'s network only (`nsenter --net`, unlike
+/// `ip netns exec`, keeps the mount namespace: a FUSE mount it makes is
+/// the test's to see).
+fn in_namespace(bin: &Path, ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin);
+    c
+}
+
+/// Starts `wormhole host DIR/share --rendezvous RV` as `cmd` says (in a
+/// home), kept by `guard`; returns its stdout lines.
+fn start_host_in(
+    mut cmd: Command,
+    dir: &Path,
+    rendezvous: &str,
+    guard: &mut Cleanup,
+) -> std::sync::mpsc::Receiver<String> {
+    let mut host = cmd
+        .args(["host"])
+        .arg(dir.join("share"))
+        .args(["--rendezvous", rendezvous])
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the host");
+    let host_out = lines(&mut host);
+    guard.children.push(host);
+    host_out
+}
+
 /// The real thing: `wormhole host --rendezvous` behind one port-restricted
 /// NAT, `wormhole mount` behind another (neither can reach the other's
 /// address), the mount punches through and a file is read and written
@@ -242,23 +272,8 @@ pub(crate) fn a_folder_is_mounted_across_two_nats(bin: &Path, tag: &str) {
     let dir = guard.dir.clone();
     std::fs::write(dir.join("share/hello.txt"), b"hello across two NATs\n")
         .expect("seed the share");
-    let in_home = |home: usize| {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", net.homes[home].ns))
-            .arg("--")
-            .arg(bin);
-        c
-    };
-    let mut host = in_home(0)
-        .args(["host"])
-        .arg(dir.join("share"))
-        .args(["--rendezvous", &rendezvous])
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the host");
-    let host_out = lines(&mut host);
-    guard.children.push(host);
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let host_out = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
     let ticket = line_where(&host_out, "the ticket", |l| {
         l.trim_start().starts_with("wormhole1-")
     })
@@ -302,23 +317,8 @@ pub(crate) fn a_mount_says_why_the_rendezvous_path_fails(bin: &Path, tag: &str) 
     let mut guard = scratch("nat-errors", bin);
     let rendezvous = start_rendezvous(bin, &net, &mut guard);
     let dir = guard.dir.clone();
-    let in_home = |home: usize| {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", net.homes[home].ns))
-            .arg("--")
-            .arg(bin);
-        c
-    };
-    let mut host = in_home(0)
-        .args(["host"])
-        .arg(dir.join("share"))
-        .args(["--rendezvous", &rendezvous])
-        .env("XDG_CONFIG_HOME", dir.join("config"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the host");
-    let host_out = lines(&mut host);
-    guard.children.push(host);
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let host_out = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
     let text = line_where(&host_out, "the ticket", |l| {
         l.trim_start().starts_with("wormhole1-")
     });
