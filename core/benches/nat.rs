@@ -45,7 +45,7 @@ fn checks(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("check_answered", |b| {
         b.iter(|| {
-            t.handle_datagram(Instant::ZERO, peer, black_box(&request));
+            t.handle_datagram(Instant::ZERO, local, peer, black_box(&request));
             while let Some(out) = t.poll_transmit() {
                 black_box(out);
             }
@@ -53,7 +53,7 @@ fn checks(c: &mut Criterion) {
     });
     let forged = stun::check_request(TxId::new(78), &CheckKey::new(&[4; 32]), 1, false);
     group.bench_function("forged_check_dropped", |b| {
-        b.iter(|| t.handle_datagram(Instant::ZERO, peer, black_box(&forged)))
+        b.iter(|| t.handle_datagram(Instant::ZERO, local, peer, black_box(&forged)))
     });
     group.finish();
 }
@@ -76,7 +76,7 @@ fn rendezvous(c: &mut Criterion) {
         host,
         token,
         session: 9,
-        candidates: vec![],
+        offer: Default::default(),
     }
     .encode();
     let mut group = c.benchmark_group("rendezvous");

@@ -13,9 +13,8 @@
 //! `debug_assert!`s). Checked at the end (liveness): both sides have ended
 //! (connected or failed) within the deadline; on a loss-free network both
 //! agree, on the same path, and the outcome is the one the cell's NAT pair
-//! allows (without birthday punching: no path between an endpoint-dependent
-//! NAT and an address-and-port-dependent filter, or two endpoint-dependent
-//! NATs).
+//! allows: every pair but two endpoint-dependent (symmetric) NATs, and
+//! birthday punching where one symmetric NAT meets a port-restricted one.
 
 use crate::seeds::Simulation;
 use bytes::Bytes;
@@ -53,7 +52,9 @@ impl Router {
         Router::Symmetric,
     ];
 
-    fn model(self, public: IpAddr, inside: IpAddr) -> NatModel {
+    /// The router's NAT; a symmetric one draws its ports at random from
+    /// `rng`, like the kernel matrix's `masquerade random-fully`.
+    fn model(self, public: IpAddr, inside: IpAddr, rng: &mut Rng) -> NatModel {
         let (mapping, filtering, ip) = match self {
             Router::Public => (Mapping::None, Filtering::EndpointIndependent, inside),
             Router::FullCone => (
@@ -72,23 +73,44 @@ impl Router {
                 public,
             ),
         };
-        NatModel::new(mapping, filtering, ip, 20000)
+        let nat = NatModel::new(mapping, filtering, ip, 20000);
+        if self == Router::Symmetric {
+            nat.with_random_ports(Rng::from_u64(rng.next_u64()))
+        } else {
+            nat
+        }
     }
 
-    /// Whether a direct path exists between these two routers without
-    /// birthday punching.
+    /// Whether a direct path exists between these two routers.
     pub fn punchable(a: Router, b: Router) -> bool {
+        !(a == Router::Symmetric && b == Router::Symmetric)
+    }
+
+    /// Whether only birthday punching finds the path.
+    pub fn needs_birthday(a: Router, b: Router) -> bool {
         use Router::*;
-        !matches!(
+        matches!(
             (a, b),
-            (Symmetric, Symmetric) | (Symmetric, PortRestricted) | (PortRestricted, Symmetric)
+            (Symmetric, PortRestricted) | (PortRestricted, Symmetric)
+        )
+    }
+
+    /// Whether birthday punching may run at all: one side symmetric, the
+    /// other behind an endpoint-independent NAT (with a public side the
+    /// ordinary checks always work).
+    pub fn may_birthday(a: Router, b: Router) -> bool {
+        use Router::*;
+        matches!(
+            (a, b),
+            (Symmetric, PortRestricted | FullCone) | (PortRestricted | FullCone, Symmetric)
         )
     }
 }
 
 /// Datagrams one input may make at most: an answer, a triggered check, a
-/// retransmission or paced check, and the rendezvous request.
-const MAX_PER_INPUT: usize = 4;
+/// retransmission or paced check, the rendezvous request, and a burst of
+/// birthday punching.
+const MAX_PER_INPUT: usize = 4 + 8;
 /// Where forged checks come from.
 const ATTACKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66)), 6666);
 
@@ -112,6 +134,8 @@ pub struct NatSimStats {
     /// Runs connected through a peer-reflexive address (a punched hole
     /// found from the other side's check).
     pub via_peer_reflexive: u64,
+    /// Runs connected by birthday punching.
+    pub via_birthday: u64,
 }
 
 /// A broken property.
@@ -155,6 +179,22 @@ struct Peer {
     outcome: Option<bool>,
     /// How the client's path was learned.
     via: Option<CandidateKind>,
+    /// The client's path was found by birthday punching.
+    birthday: bool,
+    /// The inside port the next socket the peer binds gets.
+    next_port: u16,
+}
+
+/// Binds `count` fresh sockets on the inside IP of a peer whose sockets
+/// are `sockets`, numbered from `next_port`.
+fn bind(sockets: &mut Vec<SocketAddr>, next_port: &mut u16, count: u16) -> Vec<SocketAddr> {
+    let ip = sockets[0].ip();
+    let locals: Vec<SocketAddr> = (0..count)
+        .map(|k| SocketAddr::new(ip, next_port.wrapping_add(k)))
+        .collect();
+    *next_port = next_port.wrapping_add(count);
+    sockets.extend(&locals);
+    locals
 }
 
 /// One run's world.
@@ -203,7 +243,7 @@ impl NatWorld {
         rng.fill(&mut secret);
         let secret = TicketSecret(secret);
         let addrs = ServerAddrs::one_ip(ip(198, 18, 0, 1), [3478, 3479]);
-        let peer = |i: usize| {
+        let mut peer = |i: usize| {
             let router = routers[i];
             let k = u8::try_from(i).unwrap_or(0) + 1;
             let inside_ip = if router == Router::Public {
@@ -212,7 +252,8 @@ impl NatWorld {
                 ip(10, k, 0, 2)
             };
             let inside = SocketAddr::new(inside_ip, 40000 + u16::from(k));
-            (inside, router.model(ip(198, 18, k, 1), inside_ip), router)
+            let nat = router.model(ip(198, 18, k, 1), inside_ip, &mut rng);
+            (inside, nat, router)
         };
         let (host_inside, host_nat, host_router) = peer(0);
         let (client_inside, client_nat, client_router) = peer(1);
@@ -234,6 +275,8 @@ impl NatWorld {
                 router: host_router,
                 outcome: None,
                 via: None,
+                birthday: false,
+                next_port: 41000,
             },
             Peer {
                 side: Side::Client(None),
@@ -243,6 +286,8 @@ impl NatWorld {
                 router: client_router,
                 outcome: None,
                 via: None,
+                birthday: false,
+                next_port: 41000,
             },
         ];
         NatWorld {
@@ -308,15 +353,21 @@ impl NatWorld {
         let mut transmits = Vec::new();
         let mut host_events = Vec::new();
         let mut client_events = Vec::new();
-        match &mut self.peers[i].side {
+        let peer = &mut self.peers[i];
+        match &mut peer.side {
             Side::Host(h) => {
                 while let Some(e) = h.poll_event() {
-                    if let HostEvent::NeedSocket { session } = e {
-                        // A fresh socket of the host for this client.
-                        let n = u16::try_from(self.peers[i].sockets.len()).unwrap_or(0);
-                        let local = SocketAddr::new(self.peers[i].inside.ip(), 41000 + n);
-                        self.peers[i].sockets.push(local);
-                        h.add_socket(now, session, local, vec![local]);
+                    match e {
+                        HostEvent::NeedSocket { session } => {
+                            // A fresh socket of the host for this client.
+                            let local = bind(&mut peer.sockets, &mut peer.next_port, 1)[0];
+                            h.add_socket(now, session, local, vec![local]);
+                        }
+                        HostEvent::NeedSprayers { session, count } => {
+                            let locals = bind(&mut peer.sockets, &mut peer.next_port, count);
+                            h.add_sprayers(now, session, &locals);
+                        }
+                        _ => {}
                     }
                     host_events.push(e);
                 }
@@ -325,11 +376,15 @@ impl NatWorld {
                 }
             }
             Side::Client(Some(c)) => {
+                while let Some(e) = c.poll_event() {
+                    if let ClientEvent::NeedSprayers(count) = e {
+                        let locals = bind(&mut peer.sockets, &mut peer.next_port, count);
+                        c.add_sprayers(now, &locals);
+                    }
+                    client_events.push(e);
+                }
                 while let Some(t) = c.poll_transmit() {
                     transmits.push(t);
-                }
-                while let Some(e) = c.poll_event() {
-                    client_events.push(e);
                 }
             }
             Side::Client(None) => {}
@@ -363,11 +418,16 @@ impl NatWorld {
                     }
                     self.peers[0].outcome = Some(matches!(e, HostEvent::Connected { .. }));
                 }
-                HostEvent::NeedSocket { .. } | HostEvent::RendezvousSilent => {}
+                HostEvent::NeedSocket { .. }
+                | HostEvent::NeedSprayers { .. }
+                | HostEvent::RendezvousSilent => {}
             }
         }
         for e in client_events {
             self.log(|| format!("client {e:?}"));
+            if matches!(e, ClientEvent::NeedSprayers(_)) {
+                continue;
+            }
             if matches!(e, ClientEvent::Settled) {
                 if self.peers[1].outcome != Some(true) {
                     return Err(NatViolation("the client settled without a path".into()));
@@ -383,17 +443,18 @@ impl NatWorld {
                 return Err(NatViolation("the client ended twice".into()));
             }
             match e {
-                ClientEvent::Connected { kind, .. } => {
+                ClientEvent::Connected { kind, birthday, .. } => {
                     self.peers[1].outcome = Some(true);
                     self.peers[1].via = Some(kind);
+                    self.peers[1].birthday = birthday;
                 }
                 ClientEvent::Failed(_) => self.peers[1].outcome = Some(false),
                 ClientEvent::Refused(why) => {
                     return Err(NatViolation(format!("the rendezvous refused: {why:?}")));
                 }
-                ClientEvent::RendezvousSilent | ClientEvent::Settled => {
-                    self.peers[1].outcome = Some(false)
-                }
+                ClientEvent::RendezvousSilent
+                | ClientEvent::Settled
+                | ClientEvent::NeedSprayers(_) => self.peers[1].outcome = Some(false),
             }
         }
         Ok(())
@@ -429,7 +490,7 @@ impl NatWorld {
                     h.handle_datagram(now, inside, from, payload);
                 }
                 Side::Client(Some(c)) => {
-                    c.handle_datagram(now, from, payload);
+                    c.handle_datagram(now, inside, from, payload);
                 }
                 Side::Client(None) => {}
             }
@@ -513,7 +574,7 @@ impl NatWorld {
                                     h.handle_datagram(now, local, ATTACKER, &forged);
                                 }
                                 Side::Client(Some(c)) => {
-                                    c.handle_datagram(now, ATTACKER, &forged);
+                                    c.handle_datagram(now, local, ATTACKER, &forged);
                                 }
                                 Side::Client(None) => {}
                             }
@@ -559,6 +620,23 @@ impl NatWorld {
         entry.1 += u64::from(host && client);
         if self.peers[1].via == Some(CandidateKind::PeerReflexive) {
             self.stats.via_peer_reflexive += 1;
+        }
+        if client && self.peers[1].birthday {
+            self.stats.via_birthday += 1;
+            if !Router::may_birthday(routers.0, routers.1) {
+                return Err(NatViolation(format!(
+                    "{routers:?} connected by birthday punching, which it never runs"
+                )));
+            }
+        }
+        if client
+            && self.loss == 0
+            && Router::needs_birthday(routers.0, routers.1)
+            && !self.peers[1].birthday
+        {
+            return Err(NatViolation(format!(
+                "{routers:?} connected without birthday punching"
+            )));
         }
         self.stats.converged += 1;
         let lossless = self.loss == 0;
@@ -623,6 +701,7 @@ impl Simulation for NatSim {
         into.lossy_disagreements += from.lossy_disagreements;
         into.via_peer_reflexive += from.via_peer_reflexive;
         into.settled += from.settled;
+        into.via_birthday += from.via_birthday;
     }
 
     fn converged(stats: &NatSimStats) -> u64 {
@@ -648,6 +727,7 @@ impl Simulation for NatSim {
             stats.via_peer_reflexive > 0,
             "no hole was found from the other side"
         );
+        assert!(stats.via_birthday > 0, "no birthday punching connected");
         assert!(
             stats.lossy_disagreements * 100 <= stats.converged,
             "the sides disagreed in {} of {} runs",

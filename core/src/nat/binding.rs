@@ -189,8 +189,7 @@ impl BindingClient {
             return Err(BindingError::TooMany);
         }
         let tx = loop {
-            let bits = (u128::from(self.rng.next_u64()) << 64) | u128::from(self.rng.next_u64());
-            let tx = TxId::new(bits);
+            let tx = TxId::draw(&mut self.rng);
             if !self.pending.contains_key(&tx) {
                 break tx;
             }

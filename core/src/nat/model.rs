@@ -7,7 +7,7 @@
 //! deliberately strict reading).
 
 use super::classify::{Filtering, Mapping};
-use crate::Instant;
+use crate::{Instant, Rng};
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::BTreeMap;
@@ -37,12 +37,17 @@ pub struct NatModel {
     owners: BTreeMap<u16, SocketAddr>,
     /// (public port, remote) → last outbound use: who may send in.
     sent_to: BTreeMap<(u16, SocketAddr), Instant>,
+    /// When state was last swept for expiry.
+    swept: Instant,
+    /// Ports drawn at random (Linux's `random-fully`) instead of in
+    /// sequence.
+    random_ports: Option<Rng>,
 }
 
 impl NatModel {
     /// A NAT with the given behaviour; ports are handed out from
-    /// `first_port` on (a symmetric NAT's ports are thus predictable in a
-    /// model, which the birthday approach does not rely on).
+    /// `first_port` on, in sequence unless
+    /// [`with_random_ports`](Self::with_random_ports) says otherwise.
     pub fn new(mapping: Mapping, filtering: Filtering, public_ip: IpAddr, first_port: u16) -> Self {
         NatModel {
             mapping,
@@ -54,7 +59,16 @@ impl NatModel {
             maps: BTreeMap::new(),
             owners: BTreeMap::new(),
             sent_to: BTreeMap::new(),
+            swept: Instant::ZERO,
+            random_ports: None,
         }
+    }
+
+    /// The same NAT handing out public ports at random from 1024 up, as
+    /// Linux does with `masquerade random-fully`.
+    pub fn with_random_ports(mut self, rng: Rng) -> Self {
+        self.random_ports = Some(rng);
+        self
     }
 
     /// Translates a datagram leaving `inside` for `to`: the public source
@@ -101,6 +115,14 @@ impl NatModel {
     }
 
     fn fresh_port(&mut self) -> u16 {
+        if let Some(rng) = self.random_ports.as_mut() {
+            loop {
+                let port = 1024 + u16::try_from(rng.below(64512)).unwrap_or(0);
+                if !self.owners.contains_key(&port) {
+                    return port;
+                }
+            }
+        }
         loop {
             let port = self.next_port;
             self.next_port = self.next_port.checked_add(1).unwrap_or(1024);
@@ -110,12 +132,19 @@ impl NatModel {
         }
     }
 
+    /// Forgets idle state, at most once a simulated second (so a NAT
+    /// holding thousands of mappings stays cheap), which makes lifetimes
+    /// up to a second longer than `timeout`.
     fn expire(&mut self, now: Instant) {
+        if now < self.swept + Duration::from_secs(1) {
+            return;
+        }
+        self.swept = now;
         let timeout = self.timeout;
         let live = |last: &Instant| now.saturating_duration_since(*last) < timeout;
         self.maps.retain(|_, (_, last)| live(last));
         self.sent_to.retain(|_, last| live(last));
-        let used: Vec<u16> = self.sent_to.keys().map(|(p, _)| *p).collect();
+        let used: std::collections::BTreeSet<u16> = self.sent_to.keys().map(|(p, _)| *p).collect();
         self.owners.retain(|port, _| used.contains(port));
     }
 }

@@ -52,6 +52,12 @@ impl TxId {
         TxId(bits & ((1 << 96) - 1))
     }
 
+    /// A fresh id from the caller's seeded `Rng`: never the thread RNG
+    /// (`TransactionId::generate`), so a seed replays byte for byte.
+    pub fn draw(rng: &mut crate::Rng) -> TxId {
+        TxId::new((u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64()))
+    }
+
     /// The id's 96 bits.
     pub fn bits(self) -> u128 {
         self.0

@@ -1,6 +1,5 @@
 //! Hole punching: candidates and authenticated connectivity checks (seed
-//! 002 §7, after RFC 8445), on the one socket that will carry the
-//! connection.
+//! 002 §7, after RFC 8445), on the socket that will carry the connection.
 //!
 //! States: `Initial` → `Probing` (asking the rendezvous for our public
 //! address) → `Candidates` (checks in both directions) → `Connected`, or
@@ -8,6 +7,14 @@
 //! deviations from the seed, on purpose: a rendezvous that does not answer
 //! does not end the traversal (host candidates still work on a LAN), and
 //! `RelayFallback` arrives with relays (the next issue).
+//!
+//! Gathering asks the rendezvous twice, at its two ports: if the two
+//! answers name different public ports, our NAT's mapping varies with the
+//! destination (endpoint-dependent, "symmetric"), and the peer is told so
+//! with our candidates ([`Offer`]). With one side symmetric and the other
+//! not, ordinary checks cannot find a path through a port-restricted
+//! filter, and [birthday punching](super::birthday) starts after a short
+//! grace.
 //!
 //! Checks are STUN Binding requests with PRIORITY, USE-CANDIDATE and a
 //! MESSAGE-INTEGRITY-SHA256 under a key both peers derived for this
@@ -25,6 +32,7 @@
 //! other side catches up, and checks keep being answered.
 
 use super::binding::{BindingClient, BindingConfig, BindingEvent};
+use super::birthday::{BirthdayConfig, PortWalk};
 use super::stun::{self, Change, Check, CheckKey, TxId};
 use crate::pair::Transmit;
 use crate::{Instant, Rng};
@@ -35,6 +43,12 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Remote candidates and peer-reflexive addresses kept at most.
 pub const MAX_PATHS: usize = 32;
+/// Birthday datagrams whose answer is still awaited, at most (the oldest
+/// is forgotten first: at 800 a second this is over a second of them).
+const PROBES_KEPT: usize = 1024;
+/// How long gathering waits for the second answer that tells whether our
+/// mapping varies; without it, it is taken not to.
+const CLASSIFY_WAIT: Duration = Duration::from_secs(1);
 
 /// A candidate's type (seed 002 §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -85,6 +99,18 @@ impl Candidate {
     }
 }
 
+/// What one side tells the other through the rendezvous.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Offer {
+    /// Where we may be reached.
+    pub candidates: Vec<Candidate>,
+    /// Our NAT gives each destination its own public port (the two
+    /// rendezvous ports saw different ones): our server-reflexive
+    /// candidate only works for the rendezvous.
+    pub mapping_varies: bool,
+}
+
 /// The seed's (and RFC 8445 §5.1.2.1's) candidate priority for component
 /// 1: `type_pref << 24 | local_pref << 8 | 255`.
 pub fn priority(kind: CandidateKind, local_pref: u16) -> u32 {
@@ -125,6 +151,8 @@ pub struct TraversalConfig {
     pub deadline: Duration,
     /// Checks sent on the chosen path after connecting.
     pub linger: u32,
+    /// Birthday punching, for one symmetric side.
+    pub birthday: BirthdayConfig,
 }
 
 impl Default for TraversalConfig {
@@ -139,6 +167,7 @@ impl Default for TraversalConfig {
             check_sends: 10,
             deadline: Duration::from_secs(10),
             linger: 3,
+            birthday: BirthdayConfig::default(),
         }
     }
 }
@@ -154,6 +183,8 @@ pub enum TraversalState {
     Candidates,
     /// A path works.
     Connected {
+        /// Our socket on it.
+        local: SocketAddr,
         /// The peer's address on it.
         remote: SocketAddr,
     },
@@ -168,21 +199,29 @@ pub enum FailReason {
     NoRemoteCandidates,
     /// Every path was checked and none answered (or the deadline passed).
     NoPathAnswered,
+    /// Both NATs map each destination to its own port: no direct path can
+    /// be punched (a relay can carry it, in the next issue).
+    BothSymmetric,
 }
 
 /// What the traversal tells its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraversalEvent {
     /// Our candidates, for the peer (through the rendezvous).
-    LocalCandidates(Vec<Candidate>),
-    /// A path works; the socket may now carry the connection.
+    LocalCandidates(Offer),
+    /// Birthday punching wants this many more UDP sockets, bound like the
+    /// first: pass them to [`Traversal::add_sprayers`] (fewer is fine).
+    NeedSprayers(u16),
+    /// A path works; its socket may now carry the connection.
     Connected {
-        /// Our socket.
+        /// Our socket (the first one, or a sprayer).
         local: SocketAddr,
         /// The peer's address on the path.
         remote: SocketAddr,
         /// How the peer's address was learned.
         kind: CandidateKind,
+        /// Found by birthday punching.
+        birthday: bool,
     },
     /// No direct path.
     Failed(FailReason),
@@ -205,6 +244,8 @@ pub struct TraversalStats {
     pub stray: u64,
     /// New paths refused beyond [`MAX_PATHS`] or of the other IP family.
     pub refused_paths: u64,
+    /// Birthday datagrams sent (scan probes or sprays).
+    pub birthday_sent: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,21 +258,41 @@ enum PathState {
 
 #[derive(Clone, Debug)]
 struct Path {
+    local: SocketAddr,
     remote: SocketAddr,
     kind: CandidateKind,
     priority: u64,
     state: PathState,
     /// The peer nominated this path (controlled side).
     nominated_by_peer: bool,
+    /// Found by birthday punching (a sprayer's, or a scan's find).
+    birthday: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
+    local: SocketAddr,
     remote: SocketAddr,
     nominate: bool,
     sends: u32,
     rto: Duration,
     next: Instant,
+}
+
+/// Birthday punching's part in a traversal.
+#[derive(Clone, Debug)]
+enum Birthday {
+    /// Not (yet) needed.
+    Off,
+    /// Our mapping varies: our sprayers send to the peer's public address.
+    Spray { target: SocketAddr, next: usize },
+    /// The peer's mapping varies: walk the ports of its public IP.
+    Scan {
+        target: core::net::IpAddr,
+        walk: PortWalk,
+    },
+    /// Budget spent, or a path found.
+    Done,
 }
 
 /// One side's hole punching toward one peer.
@@ -245,16 +306,38 @@ pub struct Traversal {
     rng: Rng,
     binding: BindingClient,
     gather: Option<TxId>,
+    /// The second gathering request (to the rendezvous's other port), and
+    /// when to stop waiting for it.
+    classify: Option<(TxId, Instant)>,
+    /// Our public address, as the rendezvous saw it.
+    public: Option<SocketAddr>,
+    mapping_varies: bool,
     state: TraversalState,
     deadline: Option<Instant>,
     next_check: Instant,
     paths: Vec<Path>,
-    remote_known: bool,
+    /// The peer's offer arrived, then.
+    remote_since: Option<Instant>,
+    remote_varies: bool,
     in_flight: BTreeMap<TxId, InFlight>,
     nominating: bool,
     linger_left: u32,
     /// `Settled` has been reported.
     settled: bool,
+    birthday: Birthday,
+    /// Our extra sockets for spraying.
+    sprayers: Vec<SocketAddr>,
+    /// The IP our scan probes (once it started): a new address there is
+    /// the scan's find, whichever check crossed first.
+    scanned: Option<core::net::IpAddr>,
+    /// Where our sprayers send (once they started): a path there, even
+    /// from our first socket, is one the peer's scan opened.
+    sprayed: Option<SocketAddr>,
+    /// Birthday datagrams awaiting an answer, oldest first: (local, remote).
+    probes: BTreeMap<TxId, (SocketAddr, SocketAddr)>,
+    probe_order: VecDeque<TxId>,
+    birthday_left: u32,
+    next_burst: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TraversalEvent>,
     stats: TraversalStats,
@@ -281,15 +364,27 @@ impl Traversal {
             rng,
             binding,
             gather: None,
+            classify: None,
+            public: None,
+            mapping_varies: false,
             state: TraversalState::Initial,
             deadline: None,
             next_check: Instant::ZERO,
             paths: Vec::new(),
-            remote_known: false,
+            remote_since: None,
+            remote_varies: false,
             in_flight: BTreeMap::new(),
             nominating: false,
             linger_left: 0,
             settled: false,
+            birthday: Birthday::Off,
+            sprayers: Vec::new(),
+            scanned: None,
+            sprayed: None,
+            probes: BTreeMap::new(),
+            probe_order: VecDeque::new(),
+            birthday_left: config.birthday.probes,
+            next_burst: Instant::ZERO,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TraversalStats::default(),
@@ -308,30 +403,51 @@ impl Traversal {
             Some(tx) => {
                 self.gather = Some(tx);
                 self.state = TraversalState::Probing;
-                self.flush_binding();
+                self.flush_binding(now);
             }
-            None => self.gathered(None),
+            None => self.gathered(),
         }
         self.check();
     }
 
-    /// The peer's candidates, from the rendezvous. Later calls add to them.
-    pub fn add_remote_candidates(&mut self, now: Instant, candidates: &[Candidate]) {
+    /// The peer's offer, from the rendezvous. Later calls add to it.
+    pub fn add_remote_candidates(&mut self, now: Instant, offer: &Offer) {
         if self.finished() {
             return;
         }
-        for c in candidates {
-            self.learn(c.addr, c.kind, c.priority);
+        for c in &offer.candidates {
+            self.learn(self.local, c.addr, c.kind, c.priority, false);
         }
-        self.remote_known = true;
+        self.remote_varies |= offer.mapping_varies;
+        self.remote_since.get_or_insert(now);
         self.next_check = self.next_check.max(now);
         self.check();
     }
 
-    /// Offers a datagram that arrived on our socket; returns whether it
-    /// was STUN for this traversal (a check, or the rendezvous's answer).
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> bool {
-        if !stun::looks_like_stun(datagram) {
+    /// The sockets asked for with [`TraversalEvent::NeedSprayers`], bound:
+    /// spraying starts from them.
+    pub fn add_sprayers(&mut self, locals: &[SocketAddr]) {
+        let room = usize::from(self.config.birthday.sprayers).saturating_sub(self.sprayers.len());
+        self.sprayers.extend(
+            locals
+                .iter()
+                .filter(|l| **l != self.local && l.is_ipv4() == self.local.is_ipv4())
+                .take(room),
+        );
+        self.check();
+    }
+
+    /// Offers a datagram that arrived on our socket `local`; returns
+    /// whether it was STUN for this traversal (a check, or the
+    /// rendezvous's answer).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> bool {
+        if !stun::looks_like_stun(datagram) || !self.owns(local) {
             return false;
         }
         match stun::decode_check(datagram, &self.key) {
@@ -339,11 +455,11 @@ impl Traversal {
                 tx,
                 priority,
                 nominate,
-            }) => self.on_request(now, from, tx, priority, nominate),
+            }) => self.on_request(now, local, from, tx, priority, nominate),
             Some(Check::Success { tx, .. }) => self.on_success(now, tx),
             None => {
-                if self.binding.handle_datagram(self.local, from, datagram) {
-                    self.flush_binding();
+                if local == self.local && self.binding.handle_datagram(local, from, datagram) {
+                    self.flush_binding(now);
                 } else {
                     self.stats.unauthenticated += 1;
                 }
@@ -353,17 +469,21 @@ impl Traversal {
         true
     }
 
-    /// Retransmits, paces new checks, lingers and ends at the deadline.
+    /// Retransmits, paces new checks, punches birthday bursts, lingers
+    /// and ends at the deadline.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.binding.handle_timeout(now);
-        self.flush_binding();
-        if let TraversalState::Connected { remote } = self.state {
+        self.flush_binding(now);
+        if self.classify.is_some_and(|(_, until)| until <= now) {
+            self.gathered();
+        }
+        if let TraversalState::Connected { local, remote } = self.state {
             if self.next_check <= now {
                 if self.linger_left > 0 {
                     self.linger_left -= 1;
                     self.next_check = now + self.config.pace * 5;
                     let tx = self.fresh_tx();
-                    self.send_check(tx, remote, false);
+                    self.send_check(tx, local, remote, false);
                 } else if !self.settled {
                     self.settled = true;
                     self.events.push_back(TraversalEvent::Settled);
@@ -376,8 +496,8 @@ impl Traversal {
             return;
         }
         if self.deadline.is_some_and(|d| now >= d) {
-            let why = if self.remote_known {
-                FailReason::NoPathAnswered
+            let why = if self.remote_since.is_some() {
+                self.no_path()
             } else {
                 FailReason::NoRemoteCandidates
             };
@@ -402,30 +522,33 @@ impl Traversal {
                 .iter()
                 .filter(|p| p.state == PathState::Succeeded)
                 .max_by_key(|p| p.priority)
-                .map(|p| p.remote);
-            if let Some(remote) = best {
+                .map(|p| (p.local, p.remote));
+            if let Some((local, remote)) = best {
                 self.nominating = true;
-                self.start_check(now, remote, true);
+                self.start_check(now, local, remote, true);
             }
         }
         if self.next_check <= now {
             if let Some(i) = self.best_waiting() {
                 self.paths[i].state = PathState::InProgress;
-                let remote = self.paths[i].remote;
-                self.start_check(now, remote, false);
+                let (local, remote) = (self.paths[i].local, self.paths[i].remote);
+                self.start_check(now, local, remote, false);
             }
             self.next_check = now + self.config.pace;
         }
-        if self.remote_known
+        self.birthday_tick(now);
+        if self.remote_since.is_some()
             && !self.paths.is_empty()
             && self.paths.iter().all(|p| p.state == PathState::Failed)
+            && matches!(self.birthday, Birthday::Off | Birthday::Done)
+            && self.birthday_start().is_none()
         {
-            self.fail(FailReason::NoPathAnswered);
+            self.fail(self.no_path());
         }
         self.check();
     }
 
-    /// The next datagram to send, from our socket.
+    /// The next datagram to send, from one of our sockets.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
     }
@@ -444,10 +567,17 @@ impl Traversal {
             TraversalState::Probing | TraversalState::Candidates => {
                 let retransmit = self.in_flight.values().map(|f| f.next).min();
                 let pace = self.best_waiting().map(|_| self.next_check);
-                [self.deadline, retransmit, pace]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                let classify = self.classify.map(|(_, until)| until);
+                [
+                    self.deadline,
+                    retransmit,
+                    pace,
+                    classify,
+                    self.birthday_due(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
             }
         };
         [binding, own].into_iter().flatten().min()
@@ -463,6 +593,15 @@ impl Traversal {
         self.stats
     }
 
+    /// Our sockets: the first, then the sprayers.
+    pub fn locals(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        core::iter::once(self.local).chain(self.sprayers.iter().copied())
+    }
+
+    fn owns(&self, local: SocketAddr) -> bool {
+        local == self.local || self.sprayers.contains(&local)
+    }
+
     fn finished(&self) -> bool {
         matches!(
             self.state,
@@ -470,25 +609,55 @@ impl Traversal {
         )
     }
 
-    fn flush_binding(&mut self) {
+    fn flush_binding(&mut self, now: Instant) {
         while let Some(t) = self.binding.poll_transmit() {
             self.transmits.push_back(t);
         }
         while let Some(event) = self.binding.poll_event() {
             match event {
-                BindingEvent::Mapped { tx, mapped, .. } if Some(tx) == self.gather => {
-                    self.gathered(Some(mapped));
+                BindingEvent::Mapped {
+                    tx,
+                    mapped,
+                    from,
+                    other,
+                    ..
+                } if Some(tx) == self.gather => {
+                    self.gather = None;
+                    self.public = Some(mapped);
+                    // The rendezvous's other port tells whether our
+                    // mapping depends on the destination.
+                    let second = other
+                        .filter(|o| *o != from && o.is_ipv4() == from.is_ipv4())
+                        .and_then(|o| self.binding.request(now, self.local, o, Change::NONE).ok());
+                    match second {
+                        Some(tx) => self.classify = Some((tx, now + CLASSIFY_WAIT)),
+                        None => self.gathered(),
+                    }
                 }
-                BindingEvent::Failed { tx, .. } if Some(tx) == self.gather => self.gathered(None),
+                BindingEvent::Mapped { tx, mapped, .. }
+                    if self.classify.is_some_and(|(c, _)| c == tx) =>
+                {
+                    self.mapping_varies = self.public != Some(mapped);
+                    self.gathered();
+                }
+                BindingEvent::Failed { tx, .. }
+                    if Some(tx) == self.gather || self.classify.is_some_and(|(c, _)| c == tx) =>
+                {
+                    self.gather = None;
+                    self.gathered();
+                }
                 _ => {}
             }
+        }
+        while let Some(t) = self.binding.poll_transmit() {
+            self.transmits.push_back(t);
         }
     }
 
     /// Gathering ended (with our public address, if the rendezvous gave
     /// it): our candidates go to the peer.
-    fn gathered(&mut self, public: Option<SocketAddr>) {
-        self.gather = None;
+    fn gathered(&mut self) {
+        self.classify = None;
         let mut candidates: Vec<Candidate> = self
             .host_addrs
             .iter()
@@ -498,7 +667,7 @@ impl Traversal {
                 Candidate::new(CandidateKind::Host, *a, pref)
             })
             .collect();
-        if let Some(public) = public.filter(|p| !self.host_addrs.contains(p)) {
+        if let Some(public) = self.public.filter(|p| !self.host_addrs.contains(p)) {
             candidates.push(Candidate::new(
                 CandidateKind::ServerReflexive,
                 public,
@@ -509,35 +678,46 @@ impl Traversal {
             self.state = TraversalState::Candidates;
         }
         self.events
-            .push_back(TraversalEvent::LocalCandidates(candidates));
+            .push_back(TraversalEvent::LocalCandidates(Offer {
+                candidates,
+                mapping_varies: self.mapping_varies,
+            }));
     }
 
     /// A peer address, from its candidates or a check that came from it.
     fn learn(
         &mut self,
+        local: SocketAddr,
         addr: SocketAddr,
         kind: CandidateKind,
         remote_priority: u32,
+        birthday: bool,
     ) -> Option<usize> {
-        if let Some(i) = self.paths.iter().position(|p| p.remote == addr) {
+        if let Some(i) = self
+            .paths
+            .iter()
+            .position(|p| p.local == local && p.remote == addr)
+        {
             return Some(i);
         }
-        if self.paths.len() >= MAX_PATHS || addr.is_ipv4() != self.local.is_ipv4() {
+        if self.paths.len() >= MAX_PATHS || addr.is_ipv4() != local.is_ipv4() {
             self.stats.refused_paths += 1;
             return None;
         }
-        // Our side of every path is the one socket, as a host candidate.
+        // Our side of a path is a socket, as a host candidate.
         let ours = priority(CandidateKind::Host, u16::MAX);
         let priority = match self.role {
             Role::Controlling => pair_priority(ours, remote_priority),
             Role::Controlled => pair_priority(remote_priority, ours),
         };
         self.paths.push(Path {
+            local,
             remote: addr,
             kind,
             priority,
             state: PathState::Waiting,
             nominated_by_peer: false,
+            birthday: birthday || local != self.local || self.scanned == Some(addr.ip()),
         });
         Some(self.paths.len() - 1)
     }
@@ -551,10 +731,18 @@ impl Traversal {
             .map(|(i, _)| i)
     }
 
-    fn on_request(&mut self, now: Instant, from: SocketAddr, tx: TxId, prio: u32, nominate: bool) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        tx: TxId,
+        prio: u32,
+        nominate: bool,
+    ) {
         // Always answered, also once connected: the peer may still need it.
         self.transmits.push_back(Transmit {
-            local: self.local,
+            local,
             remote: from,
             payload: stun::check_success(tx, &self.key, from),
         });
@@ -562,7 +750,7 @@ impl Traversal {
         if self.finished() {
             return;
         }
-        let Some(i) = self.learn(from, CandidateKind::PeerReflexive, prio) else {
+        let Some(i) = self.learn(local, from, CandidateKind::PeerReflexive, prio, false) else {
             return;
         };
         if nominate && self.role == Role::Controlled {
@@ -575,28 +763,41 @@ impl Traversal {
             // ours will too, now.
             PathState::Waiting | PathState::Failed => {
                 self.paths[i].state = PathState::InProgress;
-                self.start_check(now, from, false);
+                self.start_check(now, local, from, false);
             }
         }
     }
 
     fn on_success(&mut self, now: Instant, tx: TxId) {
-        let Some(flight) = self.in_flight.remove(&tx) else {
+        let flight = match self.in_flight.remove(&tx) {
+            Some(f) => Some((f.local, f.remote, f.nominate)),
+            None => self.probes.remove(&tx).map(|(l, r)| (l, r, false)),
+        };
+        let Some((local, remote, nominate)) = flight else {
             self.stats.stray += 1;
             return;
         };
         if self.finished() {
             return;
         }
-        let Some(i) = self.paths.iter().position(|p| p.remote == flight.remote) else {
-            return;
+        let i = match self
+            .paths
+            .iter()
+            .position(|p| p.local == local && p.remote == remote)
+        {
+            Some(i) => i,
+            // A birthday probe found a path.
+            None => match self.learn(local, remote, CandidateKind::PeerReflexive, 0, true) {
+                Some(i) => i,
+                None => return,
+            },
         };
         self.paths[i].state = PathState::Succeeded;
         match self.role {
-            Role::Controlling if flight.nominate => self.connect(i),
+            Role::Controlling if nominate => self.connect(i),
             Role::Controlling if !self.nominating => {
                 self.nominating = true;
-                self.start_check(now, flight.remote, true);
+                self.start_check(now, local, remote, true);
             }
             Role::Controlling => {}
             Role::Controlled => self.maybe_connect(i),
@@ -610,33 +811,146 @@ impl Traversal {
     }
 
     fn connect(&mut self, i: usize) {
-        let (remote, kind) = (self.paths[i].remote, self.paths[i].kind);
-        self.state = TraversalState::Connected { remote };
+        let p = &self.paths[i];
+        let (local, remote, kind) = (p.local, p.remote, p.kind);
+        let birthday = p.birthday || self.sprayed == Some(remote);
+        self.state = TraversalState::Connected { local, remote };
         self.in_flight.clear();
+        self.end_birthday();
         self.linger_left = self.config.linger;
         self.events.push_back(TraversalEvent::Connected {
-            local: self.local,
+            local,
             remote,
             kind,
+            birthday,
         });
     }
 
     fn fail(&mut self, why: FailReason) {
+        if self.finished() {
+            return;
+        }
         self.state = TraversalState::DirectFailed(why);
         self.in_flight.clear();
+        self.end_birthday();
         self.events.push_back(TraversalEvent::Failed(why));
     }
 
-    fn fresh_tx(&mut self) -> TxId {
-        let bits = (u128::from(self.rng.next_u64()) << 64) | u128::from(self.rng.next_u64());
-        TxId::new(bits)
+    /// Why no path was found, once none was.
+    fn no_path(&self) -> FailReason {
+        if self.mapping_varies && self.remote_varies {
+            FailReason::BothSymmetric
+        } else {
+            FailReason::NoPathAnswered
+        }
     }
 
-    fn start_check(&mut self, now: Instant, remote: SocketAddr, nominate: bool) {
+    /// When birthday punching starts, if it applies: exactly one side's
+    /// mapping varies, both sides are behind a NAT (each has a
+    /// server-reflexive address), and the ordinary checks had their grace.
+    fn birthday_start(&self) -> Option<Instant> {
+        let since = self.remote_since?;
+        let natted = self.public.is_some_and(|p| !self.host_addrs.contains(&p));
+        (matches!(self.birthday, Birthday::Off)
+            && self.mapping_varies != self.remote_varies
+            && natted
+            && self.peer_public().is_some())
+        .then_some(since + self.config.birthday.after)
+    }
+
+    fn peer_public(&self) -> Option<SocketAddr> {
+        self.paths
+            .iter()
+            .find(|p| p.kind == CandidateKind::ServerReflexive && p.local == self.local)
+            .map(|p| p.remote)
+    }
+
+    fn birthday_due(&self) -> Option<Instant> {
+        match self.birthday {
+            Birthday::Off => self.birthday_start(),
+            Birthday::Spray { .. } if self.sprayers.is_empty() => None,
+            Birthday::Spray { .. } | Birthday::Scan { .. } => Some(self.next_burst),
+            Birthday::Done => None,
+        }
+    }
+
+    fn birthday_tick(&mut self, now: Instant) {
+        if let Some(start) = self.birthday_start() {
+            let Some(target) = self.peer_public().filter(|_| start <= now) else {
+                return;
+            };
+            self.next_burst = now;
+            self.birthday = if self.mapping_varies {
+                self.events
+                    .push_back(TraversalEvent::NeedSprayers(self.config.birthday.sprayers));
+                self.sprayed = Some(target);
+                Birthday::Spray { target, next: 0 }
+            } else {
+                self.scanned = Some(target.ip());
+                Birthday::Scan {
+                    target: target.ip(),
+                    walk: PortWalk::new(&mut self.rng, target.port()),
+                }
+            };
+        }
+        if self.next_burst > now {
+            return;
+        }
+        self.next_burst = now + self.config.birthday.tick;
+        for _ in 0..self.config.birthday.burst {
+            if self.birthday_left == 0 {
+                self.birthday = Birthday::Done;
+                return;
+            }
+            let (local, remote) = match &mut self.birthday {
+                Birthday::Spray { target, next } => {
+                    let Some(local) = self.sprayers.get(*next % self.sprayers.len().max(1)) else {
+                        return;
+                    };
+                    *next += 1;
+                    (*local, *target)
+                }
+                Birthday::Scan { target, walk } => match walk.next() {
+                    Some(port) => (self.local, SocketAddr::new(*target, port)),
+                    None => {
+                        self.birthday = Birthday::Done;
+                        return;
+                    }
+                },
+                Birthday::Off | Birthday::Done => return,
+            };
+            self.birthday_left -= 1;
+            let tx = self.fresh_tx();
+            if self.probe_order.len() >= PROBES_KEPT
+                && let Some(old) = self.probe_order.pop_front()
+            {
+                self.probes.remove(&old);
+            }
+            self.probes.insert(tx, (local, remote));
+            self.probe_order.push_back(tx);
+            self.stats.birthday_sent += 1;
+            self.send_check(tx, local, remote, false);
+        }
+    }
+
+    fn end_birthday(&mut self) {
+        if !matches!(self.birthday, Birthday::Off) {
+            self.birthday = Birthday::Done;
+        }
+        self.probes.clear();
+        self.probe_order.clear();
+    }
+
+    fn fresh_tx(&mut self) -> TxId {
+        TxId::draw(&mut self.rng)
+    }
+
+    fn start_check(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, nominate: bool) {
         let tx = self.fresh_tx();
         self.in_flight.insert(
             tx,
             InFlight {
+                local,
                 remote,
                 nominate,
                 sends: 1,
@@ -644,7 +958,7 @@ impl Traversal {
                 next: now + self.config.check_rto,
             },
         );
-        self.send_check(tx, remote, nominate);
+        self.send_check(tx, local, remote, nominate);
     }
 
     fn retransmit(&mut self, now: Instant, tx: TxId) {
@@ -657,8 +971,14 @@ impl Traversal {
                 self.nominating = false;
             }
             // The path fails only if no other check of it is in flight.
-            let others = self.in_flight.values().any(|o| o.remote == f.remote);
-            if let Some(p) = self.paths.iter_mut().find(|p| p.remote == f.remote)
+            let others = self
+                .in_flight
+                .values()
+                .any(|o| o.local == f.local && o.remote == f.remote);
+            if let Some(p) = self
+                .paths
+                .iter_mut()
+                .find(|p| p.local == f.local && p.remote == f.remote)
                 && !others
                 && p.state == PathState::InProgress
             {
@@ -670,13 +990,13 @@ impl Traversal {
         f.rto = (f.rto * 2).min(self.config.max_rto);
         f.next = now + f.rto;
         self.in_flight.insert(tx, f);
-        self.send_check(tx, f.remote, f.nominate);
+        self.send_check(tx, f.local, f.remote, f.nominate);
     }
 
-    fn send_check(&mut self, tx: TxId, remote: SocketAddr, nominate: bool) {
+    fn send_check(&mut self, tx: TxId, local: SocketAddr, remote: SocketAddr, nominate: bool) {
         let ours = priority(CandidateKind::PeerReflexive, u16::MAX);
         self.transmits.push_back(Transmit {
-            local: self.local,
+            local,
             remote,
             payload: stun::check_request(tx, &self.key, ours, nominate),
         });
@@ -688,22 +1008,28 @@ impl Traversal {
         debug_assert!(self.paths.len() <= MAX_PATHS);
         // One check in flight per path at most, plus one nomination.
         debug_assert!(self.in_flight.len() <= self.paths.len() + 1);
-        debug_assert!(
-            self.in_flight
-                .values()
-                .all(|f| self.paths.iter().any(|p| p.remote == f.remote))
-        );
-        if let TraversalState::Connected { remote } = self.state {
+        debug_assert!(self.in_flight.values().all(|f| {
+            self.paths
+                .iter()
+                .any(|p| p.local == f.local && p.remote == f.remote)
+        }));
+        debug_assert!(self.sprayers.len() <= usize::from(self.config.birthday.sprayers));
+        // The order may still name probes answered since.
+        debug_assert!(self.probes.len() <= self.probe_order.len());
+        debug_assert!(self.probe_order.len() <= PROBES_KEPT);
+        debug_assert!(self.stats.birthday_sent <= u64::from(self.config.birthday.probes));
+        debug_assert!(self.paths.iter().all(|p| self.owns(p.local)));
+        if let TraversalState::Connected { local, remote } = self.state {
             debug_assert!(
-                self.paths
-                    .iter()
-                    .any(|p| p.remote == remote && p.state == PathState::Succeeded),
+                self.paths.iter().any(|p| p.local == local
+                    && p.remote == remote
+                    && p.state == PathState::Succeeded),
                 "connected on a path that never answered"
             );
-            debug_assert!(self.in_flight.is_empty());
+            debug_assert!(self.in_flight.is_empty() && self.probes.is_empty());
         }
         if matches!(self.state, TraversalState::DirectFailed(_)) {
-            debug_assert!(self.in_flight.is_empty());
+            debug_assert!(self.in_flight.is_empty() && self.probes.is_empty());
         }
     }
 }
@@ -765,17 +1091,17 @@ mod tests {
         b.add_remote_candidates(now, &ca);
         let forger = addr("192.168.1.66:666");
         let forged = stun::check_request(TxId::new(5), &CheckKey::new(&[2; 32]), 1, true);
-        assert!(a.handle_datagram(now, forger, &forged));
+        assert!(a.handle_datagram(now, a_addr, forger, &forged));
         for _ in 0..200 {
             let mut moved = false;
             while let Some(t) = a.poll_transmit() {
                 assert_ne!(t.remote, forger, "a forged check was answered");
                 moved = true;
-                b.handle_datagram(now, t.local, &t.payload);
+                b.handle_datagram(now, t.remote, t.local, &t.payload);
             }
             while let Some(t) = b.poll_transmit() {
                 moved = true;
-                a.handle_datagram(now, t.local, &t.payload);
+                a.handle_datagram(now, t.remote, t.local, &t.payload);
             }
             if !moved {
                 let Some(next) = [a.poll_timeout(), b.poll_timeout()]
@@ -790,9 +1116,225 @@ mod tests {
                 b.handle_timeout(now);
             }
         }
-        assert_eq!(a.state(), TraversalState::Connected { remote: b_addr });
-        assert_eq!(b.state(), TraversalState::Connected { remote: a_addr });
+        assert_eq!(
+            a.state(),
+            TraversalState::Connected {
+                local: a_addr,
+                remote: b_addr
+            }
+        );
+        assert_eq!(
+            b.state(),
+            TraversalState::Connected {
+                local: b_addr,
+                remote: a_addr
+            }
+        );
         assert_eq!(a.stats().unauthenticated, 1, "the forgery was counted");
         assert!(now < Instant::ZERO + Duration::from_secs(1), "took {now:?}");
+    }
+
+    use crate::nat::model::NatModel;
+    use crate::nat::{Filtering, Mapping};
+    use core::net::IpAddr;
+
+    /// Where the STUN stand-in listens: one IP, two ports.
+    const RV: [&str; 2] = ["198.51.100.1:3478", "198.51.100.1:3479"];
+
+    /// Two traversals behind NATs of the given behaviours, with a STUN
+    /// stand-in at two ports and a 10 ms network, run until both have
+    /// ended and settled (or 20 s have passed).
+    fn punch_behind(
+        host: (Mapping, Filtering),
+        mount: (Mapping, Filtering),
+        seed: u64,
+    ) -> [(Traversal, Vec<TraversalEvent>); 2] {
+        let key = CheckKey::new(&[7; 32]);
+        let rv: Vec<SocketAddr> = RV.iter().map(|a| addr(a)).collect();
+        let insides = [addr("10.1.0.2:40000"), addr("10.2.0.2:40000")];
+        let nats = [host, mount];
+        let mut models: Vec<NatModel> = (0..2)
+            .map(|i| {
+                let (m, f) = nats[i];
+                let public: IpAddr = ["203.0.113.1", "203.0.113.2"][i].parse().expect("ip");
+                let nat = NatModel::new(m, f, public, 20000);
+                if m == Mapping::AddressAndPortDependent {
+                    nat.with_random_ports(Rng::from_u64(seed + 100 * i as u64))
+                } else {
+                    nat
+                }
+            })
+            .collect();
+        let mut sides: Vec<(Traversal, Vec<TraversalEvent>)> = (0..2)
+            .map(|i| {
+                let role = [Role::Controlled, Role::Controlling][i];
+                let t = Traversal::new(
+                    TraversalConfig::default(),
+                    role,
+                    key.clone(),
+                    insides[i],
+                    vec![insides[i]],
+                    Rng::from_u64(seed * 2 + i as u64),
+                );
+                (t, Vec::new())
+            })
+            .collect();
+        let mut now = Instant::ZERO;
+        for (t, _) in &mut sides {
+            t.start(now, Some(rv[0]));
+        }
+        // (arrival, sequence) → (from, to public, payload)
+        let mut wire: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, bytes::Bytes)> =
+            BTreeMap::new();
+        let mut seq = 0u64;
+        let delay = Duration::from_millis(10);
+        let end = Instant::ZERO + Duration::from_secs(20);
+        while now < end {
+            for i in 0..2 {
+                let mut sent = 0;
+                while let Some(t) = sides[i].0.poll_transmit() {
+                    sent += 1;
+                    let src = models[i].outbound(now, t.local, t.remote);
+                    seq += 1;
+                    wire.insert((now + delay, seq), (src, t.remote, t.payload));
+                }
+                let burst = usize::from(TraversalConfig::default().birthday.burst);
+                assert!(sent <= burst + 4, "{sent} datagrams for one input");
+                while let Some(e) = sides[i].0.poll_event() {
+                    match &e {
+                        TraversalEvent::LocalCandidates(offer) => {
+                            let offer = offer.clone();
+                            sides[1 - i].0.add_remote_candidates(now, &offer);
+                        }
+                        TraversalEvent::NeedSprayers(n) => {
+                            let ip = insides[i].ip();
+                            let socks: Vec<SocketAddr> =
+                                (0..*n).map(|k| SocketAddr::new(ip, 50000 + k)).collect();
+                            sides[i].0.add_sprayers(&socks);
+                        }
+                        _ => {}
+                    }
+                    sides[i].1.push(e);
+                }
+            }
+            let done = sides.iter().all(|(t, ev)| {
+                matches!(t.state(), TraversalState::DirectFailed(_))
+                    || ev.contains(&TraversalEvent::Settled)
+            });
+            if done {
+                break;
+            }
+            let next = sides
+                .iter()
+                .filter_map(|(t, _)| t.poll_timeout())
+                .chain(wire.keys().next().map(|(t, _)| *t))
+                .min()
+                .expect("something is pending");
+            now = now.max(next);
+            if let Some(((at, _), _)) = wire.first_key_value()
+                && *at <= now
+            {
+                let Some((_, (from, to, payload))) = wire.pop_first() else {
+                    break;
+                };
+                if let Some(port) = rv.iter().position(|a| *a == to) {
+                    if let Ok(stun::Stun::Request { tx, .. }) = stun::decode(&payload) {
+                        seq += 1;
+                        let other = rv[1 - port];
+                        let answer = stun::binding_success(tx, from, Some(other), to);
+                        wire.insert((now + delay, seq), (to, from, answer));
+                    }
+                    continue;
+                }
+                for i in 0..2 {
+                    if models[i].public_ip == to.ip()
+                        && let Some(inside) = models[i].inbound(now, from, to.port())
+                    {
+                        sides[i].0.handle_datagram(now, inside, from, &payload);
+                    }
+                }
+            } else {
+                for (t, _) in &mut sides {
+                    if t.poll_timeout().is_some_and(|d| d <= now) {
+                        t.handle_timeout(now);
+                    }
+                }
+            }
+        }
+        let [a, b]: [(Traversal, Vec<TraversalEvent>); 2] = sides
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("two sides"));
+        [a, b]
+    }
+
+    fn connected(events: &[TraversalEvent]) -> Option<(SocketAddr, bool)> {
+        events.iter().find_map(|e| match e {
+            TraversalEvent::Connected {
+                local, birthday, ..
+            } => Some((*local, *birthday)),
+            _ => None,
+        })
+    }
+
+    const PORT_RESTRICTED: (Mapping, Filtering) = (
+        Mapping::EndpointIndependent,
+        Filtering::AddressAndPortDependent,
+    );
+    const SYMMETRIC: (Mapping, Filtering) = (
+        Mapping::AddressAndPortDependent,
+        Filtering::AddressAndPortDependent,
+    );
+
+    /// A port-restricted NAT against a symmetric one, both ways round:
+    /// ordinary checks cannot pass, birthday punching finds a path, on a
+    /// sprayer of the symmetric side, within the budget.
+    #[test]
+    fn birthday_punching_joins_a_symmetric_and_a_port_restricted_nat() {
+        for seed in 0..4 {
+            for (host, mount, sym) in [
+                (PORT_RESTRICTED, SYMMETRIC, 1),
+                (SYMMETRIC, PORT_RESTRICTED, 0),
+            ] {
+                let sides = punch_behind(host, mount, seed);
+                let ends: Vec<_> = sides.iter().map(|(_, ev)| connected(ev)).collect();
+                let (_, birthday) = ends[sym].expect("the symmetric side connected");
+                assert!(birthday, "found by birthday punching");
+                let (other_local, _) = ends[1 - sym].expect("the other side connected");
+                assert_eq!(other_local.port(), 40000, "the scan's own socket");
+                let cfg = TraversalConfig::default().birthday;
+                for (t, _) in &sides {
+                    assert!(t.stats().birthday_sent <= u64::from(cfg.probes));
+                    assert!(t.stats().birthday_sent > 0);
+                }
+            }
+        }
+    }
+
+    /// Two symmetric NATs: no sprayers asked, and the failure says why.
+    #[test]
+    fn two_symmetric_nats_fail_saying_so() {
+        let sides = punch_behind(SYMMETRIC, SYMMETRIC, 1);
+        for (t, events) in &sides {
+            assert_eq!(
+                t.state(),
+                TraversalState::DirectFailed(FailReason::BothSymmetric)
+            );
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, TraversalEvent::NeedSprayers(_)))
+            );
+            assert_eq!(t.stats().birthday_sent, 0);
+        }
+    }
+
+    /// Two port-restricted NATs punch the ordinary way: no birthday.
+    #[test]
+    fn endpoint_independent_nats_need_no_birthday() {
+        let sides = punch_behind(PORT_RESTRICTED, PORT_RESTRICTED, 2);
+        for (t, events) in &sides {
+            assert_eq!(connected(events).map(|c| c.1), Some(false));
+            assert_eq!(t.stats().birthday_sent, 0);
+        }
     }
 }

@@ -284,12 +284,12 @@ impl Rendezvous {
                 host,
                 token,
                 session,
-                candidates,
-            } => self.connect(now, local, from, host, token, session, candidates),
+                offer,
+            } => self.connect(now, local, from, host, token, session, offer),
             Signalling::Answer {
                 host,
                 session,
-                candidates,
+                offer,
             } => {
                 let from_host = self.hosts.get(&host).is_some_and(|r| r.addr == from);
                 let client = self
@@ -302,14 +302,7 @@ impl Rendezvous {
                 };
                 s.expires = now + self.config.session_ttl;
                 let to = s.client;
-                self.send(
-                    local,
-                    to,
-                    Signalling::Answered {
-                        session,
-                        candidates,
-                    },
-                );
+                self.send(local, to, Signalling::Answered { session, offer });
             }
             Signalling::Registered { .. }
             | Signalling::Incoming { .. }
@@ -327,7 +320,7 @@ impl Rendezvous {
         host: HostId,
         token: Token,
         session: u64,
-        candidates: Vec<crate::nat::Candidate>,
+        offer: crate::nat::Offer,
     ) {
         let refusal = match self.hosts.get(&host) {
             None => Some(Refusal::NotRegistered),
@@ -357,14 +350,7 @@ impl Rendezvous {
             return;
         };
         self.stats.put_through += 1;
-        self.send(
-            local,
-            host_addr,
-            Signalling::Incoming {
-                session,
-                candidates,
-            },
-        );
+        self.send(local, host_addr, Signalling::Incoming { session, offer });
     }
 
     fn send(&mut self, local: SocketAddr, to: SocketAddr, msg: Signalling) {

@@ -5,14 +5,15 @@
 //! The host keeps its registration on one socket and punches toward each
 //! client from a fresh socket of its own (asked of the shell with
 //! [`HostEvent::NeedSocket`]), because a punched socket goes on to carry
-//! that client's connection. The client punches from the one socket it
-//! asks from.
+//! that client's connection. The client punches from the socket it asks
+//! from. Either side may be asked for more sockets for birthday punching
+//! (`NeedSprayers`); the punched path may then be on one of those.
 
 use super::wire::{HostId, MAX_CANDIDATES, Refusal, Signalling, Token, check_key};
 use crate::conn::auth::TicketSecret;
 use crate::nat::stun;
 use crate::nat::{
-    Candidate, CandidateKind, FailReason, Role, Traversal, TraversalConfig, TraversalEvent,
+    CandidateKind, FailReason, Offer, Role, Traversal, TraversalConfig, TraversalEvent,
 };
 use crate::pair::Transmit;
 use crate::{Instant, Rng};
@@ -52,6 +53,14 @@ pub enum HostEvent {
         /// The client's session.
         session: u64,
     },
+    /// Birthday punching toward a client wants more sockets, bound like
+    /// the session's first: pass them to [`HostRendezvous::add_sprayers`].
+    NeedSprayers {
+        /// The client's session.
+        session: u64,
+        /// How many (fewer is fine).
+        count: u16,
+    },
     /// A punched path to a client: the socket `local` now belongs to it.
     Connected {
         /// The session.
@@ -62,24 +71,28 @@ pub enum HostEvent {
         remote: SocketAddr,
         /// How that address was learned.
         kind: CandidateKind,
+        /// Found by birthday punching.
+        birthday: bool,
+        /// The session's other sockets, to close.
+        unused: Vec<SocketAddr>,
     },
-    /// No direct path to a client; its socket may be closed.
+    /// No direct path to a client; its sockets may be closed.
     Failed {
         /// The session.
         session: u64,
-        /// The punched socket.
-        local: SocketAddr,
+        /// The session's sockets.
+        sockets: Vec<SocketAddr>,
         /// Why.
         why: FailReason,
     },
 }
 
 struct HostSession {
-    /// The client's candidates, until the socket exists.
-    candidates: Vec<Candidate>,
+    /// The client's offer, until the socket exists.
+    offer: Offer,
     traversal: Option<Traversal>,
     /// Our answer, resent when the client repeats its Connect.
-    answer: Option<Vec<Candidate>>,
+    answer: Option<Offer>,
 }
 
 /// A host's side: registration with the rendezvous, and one traversal
@@ -162,7 +175,7 @@ impl HostRendezvous {
                 .sessions
                 .get_mut(&session)
                 .and_then(|s| s.traversal.as_mut())
-                .is_some_and(|t| t.handle_datagram(now, from, data));
+                .is_some_and(|t| t.handle_datagram(now, local, from, data));
             self.collect(session);
             return consumed;
         }
@@ -179,16 +192,13 @@ impl HostRendezvous {
                 self.silent_reported = false;
                 self.next_register = now + REGISTER_EVERY;
             }
-            Ok(Signalling::Incoming {
-                session,
-                candidates,
-            }) => self.incoming(session, candidates),
+            Ok(Signalling::Incoming { session, offer }) => self.incoming(session, offer),
             _ => {}
         }
         true
     }
 
-    fn incoming(&mut self, session: u64, candidates: Vec<Candidate>) {
+    fn incoming(&mut self, session: u64, offer: Offer) {
         if let Some(s) = self.sessions.get(&session) {
             // The client repeated its Connect: our answer was lost.
             if let Some(answer) = s.answer.clone() {
@@ -202,7 +212,7 @@ impl HostRendezvous {
         self.sessions.insert(
             session,
             HostSession {
-                candidates,
+                offer,
                 traversal: None,
                 answer: None,
             },
@@ -234,9 +244,28 @@ impl HostRendezvous {
             Rng::from_u64(self.rng.next_u64()),
         );
         t.start(now, Some(self.rendezvous));
-        t.add_remote_candidates(now, &s.candidates);
+        t.add_remote_candidates(now, &s.offer);
         s.traversal = Some(t);
         self.by_local.insert(local, session);
+        self.collect(session);
+    }
+
+    /// The sockets asked for with [`HostEvent::NeedSprayers`], bound.
+    pub fn add_sprayers(&mut self, now: Instant, session: u64, locals: &[SocketAddr]) {
+        let Some(t) = self
+            .sessions
+            .get_mut(&session)
+            .and_then(|s| s.traversal.as_mut())
+        else {
+            return;
+        };
+        t.add_sprayers(locals);
+        for local in t.locals() {
+            self.by_local.insert(local, session);
+        }
+        if t.poll_timeout().is_some_and(|d| d <= now) {
+            t.handle_timeout(now);
+        }
         self.collect(session);
     }
 
@@ -295,37 +324,38 @@ impl HostRendezvous {
         let mut answer = None;
         while let Some(event) = t.poll_event() {
             match event {
-                TraversalEvent::LocalCandidates(mut c) => {
-                    c.truncate(MAX_CANDIDATES);
-                    answer = Some(c);
+                TraversalEvent::LocalCandidates(mut offer) => {
+                    offer.candidates.truncate(MAX_CANDIDATES);
+                    answer = Some(offer);
+                }
+                TraversalEvent::NeedSprayers(count) => {
+                    self.events
+                        .push_back(HostEvent::NeedSprayers { session, count });
                 }
                 TraversalEvent::Connected {
                     local,
                     remote,
                     kind,
+                    birthday,
                 } => {
+                    let unused = t.locals().filter(|l| *l != local).collect();
                     self.events.push_back(HostEvent::Connected {
                         session,
                         local,
                         remote,
                         kind,
+                        birthday,
+                        unused,
                     });
                 }
                 // The socket left for the connection at `Connected`.
                 TraversalEvent::Settled => {}
                 TraversalEvent::Failed(why) => {
-                    if let Some(local) = self
-                        .by_local
-                        .iter()
-                        .find(|(_, s)| **s == session)
-                        .map(|(l, _)| *l)
-                    {
-                        self.events.push_back(HostEvent::Failed {
-                            session,
-                            local,
-                            why,
-                        });
-                    }
+                    self.events.push_back(HostEvent::Failed {
+                        session,
+                        sockets: t.locals().collect(),
+                        why,
+                    });
                 }
             }
         }
@@ -335,11 +365,11 @@ impl HostRendezvous {
         }
     }
 
-    fn send_answer(&mut self, session: u64, candidates: Vec<Candidate>) {
+    fn send_answer(&mut self, session: u64, offer: Offer) {
         let msg = Signalling::Answer {
             host: self.host,
             session,
-            candidates,
+            offer,
         };
         self.transmits.push_back(Transmit {
             local: self.local,
@@ -371,12 +401,19 @@ impl HostRendezvous {
 /// What a client's rendezvous side reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientEvent {
+    /// Birthday punching wants more sockets, bound like the first: pass
+    /// them to [`ClientRendezvous::add_sprayers`].
+    NeedSprayers(u16),
     /// A punched path to the host.
     Connected {
+        /// Our socket on the path (the first, or a sprayer).
+        local: SocketAddr,
         /// The peer's address on the path.
         remote: SocketAddr,
         /// How that address was learned.
         kind: CandidateKind,
+        /// Found by birthday punching.
+        birthday: bool,
     },
     /// The rendezvous refused.
     Refused(Refusal),
@@ -390,7 +427,7 @@ pub enum ClientEvent {
 }
 
 /// A client's side: ask the rendezvous to be put through to a host, and
-/// punch toward the candidates it answers with, from one socket.
+/// punch toward the candidates it answers with.
 pub struct ClientRendezvous {
     rendezvous: SocketAddr,
     local: SocketAddr,
@@ -398,7 +435,7 @@ pub struct ClientRendezvous {
     token: Token,
     session: u64,
     traversal: Traversal,
-    candidates: Option<Vec<Candidate>>,
+    offer: Option<Offer>,
     sends: u32,
     next_connect: Option<Instant>,
     answered: bool,
@@ -454,7 +491,7 @@ impl ClientRendezvous {
             token: Token::of(secret),
             session,
             traversal,
-            candidates: None,
+            offer: None,
             sends: 0,
             next_connect: None,
             answered: false,
@@ -467,20 +504,26 @@ impl ClientRendezvous {
         c
     }
 
-    /// Offers a datagram that arrived on our socket.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) -> bool {
-        if from == self.rendezvous {
+    /// Offers a datagram that arrived on our socket `local`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let signalling = local == self.local && from == self.rendezvous;
+        if signalling {
             self.heard = true;
         }
-        let consumed = if from == self.rendezvous && !stun::looks_like_stun(data) {
+        let consumed = if signalling && !stun::looks_like_stun(data) {
             match Signalling::decode(data) {
-                Ok(Signalling::Answered {
-                    session,
-                    candidates,
-                }) if session == self.session && !self.answered => {
+                Ok(Signalling::Answered { session, offer })
+                    if session == self.session && !self.answered =>
+                {
                     self.answered = true;
                     self.next_connect = None;
-                    self.traversal.add_remote_candidates(now, &candidates);
+                    self.traversal.add_remote_candidates(now, &offer);
                 }
                 Ok(Signalling::Refused { session, why })
                     if session == self.session && !self.done =>
@@ -493,10 +536,19 @@ impl ClientRendezvous {
             }
             true
         } else {
-            self.traversal.handle_datagram(now, from, data)
+            self.traversal.handle_datagram(now, local, from, data)
         };
         self.collect(now);
         consumed
+    }
+
+    /// The sockets asked for with [`ClientEvent::NeedSprayers`], bound.
+    pub fn add_sprayers(&mut self, now: Instant, locals: &[SocketAddr]) {
+        self.traversal.add_sprayers(locals);
+        if self.traversal.poll_timeout().is_some_and(|t| t <= now) {
+            self.traversal.handle_timeout(now);
+        }
+        self.collect(now);
     }
 
     /// Repeats Connect and drives the traversal's timers.
@@ -519,7 +571,7 @@ impl ClientRendezvous {
     }
 
     fn send_connect(&mut self, now: Instant) {
-        let Some(candidates) = self.candidates.clone() else {
+        let Some(offer) = self.offer.clone() else {
             return;
         };
         self.sends += 1;
@@ -528,7 +580,7 @@ impl ClientRendezvous {
             host: self.host,
             token: self.token,
             session: self.session,
-            candidates,
+            offer,
         };
         self.transmits.push_back(Transmit {
             local: self.local,
@@ -549,15 +601,27 @@ impl ClientRendezvous {
                     self.done = true;
                     self.events.push_back(ClientEvent::RendezvousSilent);
                 }
-                TraversalEvent::LocalCandidates(mut c) => {
-                    c.truncate(MAX_CANDIDATES);
-                    self.candidates = Some(c);
+                TraversalEvent::LocalCandidates(mut offer) => {
+                    offer.candidates.truncate(MAX_CANDIDATES);
+                    self.offer = Some(offer);
                     self.send_connect(now);
                 }
-                TraversalEvent::Connected { remote, kind, .. } if !self.done => {
+                TraversalEvent::NeedSprayers(count) if !self.done => {
+                    self.events.push_back(ClientEvent::NeedSprayers(count));
+                }
+                TraversalEvent::Connected {
+                    local,
+                    remote,
+                    kind,
+                    birthday,
+                } if !self.done => {
                     self.done = true;
-                    self.events
-                        .push_back(ClientEvent::Connected { remote, kind });
+                    self.events.push_back(ClientEvent::Connected {
+                        local,
+                        remote,
+                        kind,
+                        birthday,
+                    });
                 }
                 TraversalEvent::Failed(why) if !self.done => {
                     self.done = true;

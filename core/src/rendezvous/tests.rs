@@ -409,7 +409,7 @@ mod signalling {
                 if t.remote == rv_addr {
                     rv.handle_datagram(now, rv_addr, t.local, &t.payload);
                 } else if t.remote == client_addr {
-                    client.handle_datagram(now, t.local, &t.payload);
+                    client.handle_datagram(now, t.remote, t.local, &t.payload);
                 } else if let Some(h) = host.as_mut() {
                     h.handle_datagram(now, t.remote, t.local, &t.payload);
                 }
@@ -490,7 +490,7 @@ mod signalling {
             host,
             token,
             session: 7,
-            candidates: vec![],
+            offer: Default::default(),
         }
         .encode();
         rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.20:5000"), &connect);
@@ -498,7 +498,7 @@ mod signalling {
         let forged = Signalling::Answer {
             host,
             session: 7,
-            candidates: vec![],
+            offer: Default::default(),
         }
         .encode();
         rv.handle_datagram(Instant::ZERO, local, addr("192.0.2.66:6666"), &forged);

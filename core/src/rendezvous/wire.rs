@@ -16,7 +16,7 @@
 
 use crate::codec::{self, CodecError, WireMessage};
 use crate::conn::auth::TicketSecret;
-use crate::nat::{Candidate, CheckKey};
+use crate::nat::{CheckKey, Offer};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -111,14 +111,14 @@ pub enum Signalling {
         /// The client's name for this attempt (random).
         session: u64,
         /// The client's candidates.
-        candidates: Vec<Candidate>,
+        offer: Offer,
     },
     /// Rendezvous → host: a client wants in.
     Incoming {
         /// The client's session.
         session: u64,
         /// The client's candidates.
-        candidates: Vec<Candidate>,
+        offer: Offer,
     },
     /// Host → rendezvous: my candidates for `session`.
     Answer {
@@ -127,14 +127,14 @@ pub enum Signalling {
         /// The session answered.
         session: u64,
         /// The host's candidates.
-        candidates: Vec<Candidate>,
+        offer: Offer,
     },
     /// Rendezvous → client: the host's candidates.
     Answered {
         /// The session.
         session: u64,
         /// The host's candidates.
-        candidates: Vec<Candidate>,
+        offer: Offer,
     },
     /// Rendezvous → client: not put through.
     Refused {
@@ -146,7 +146,8 @@ pub enum Signalling {
 }
 
 impl WireMessage for Signalling {
-    // Eight candidates of at most 1 + 1 + 17 + 2 + 5 bytes, plus two ids.
+    // Eight candidates of at most 1 + 1 + 17 + 2 + 5 bytes, a flag, plus
+    // two ids.
     const MAX_SIZE: usize = 512;
 }
 
@@ -163,10 +164,10 @@ impl Signalling {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let msg: Signalling = codec::decode(bytes)?;
         let too_many = match &msg {
-            Signalling::Connect { candidates, .. }
-            | Signalling::Incoming { candidates, .. }
-            | Signalling::Answer { candidates, .. }
-            | Signalling::Answered { candidates, .. } => candidates.len() > MAX_CANDIDATES,
+            Signalling::Connect { offer, .. }
+            | Signalling::Incoming { offer, .. }
+            | Signalling::Answer { offer, .. }
+            | Signalling::Answered { offer, .. } => offer.candidates.len() > MAX_CANDIDATES,
             _ => false,
         };
         if too_many {

@@ -241,14 +241,20 @@ async fn punch_for_clients<S: Shell>(
         HostEvent::Registered => say(format!(
             "Registered with the rendezvous {rendezvous}: clients behind NATs can punch through."
         )),
-        HostEvent::Connected { remote, kind, .. } => {
+        HostEvent::Connected {
+            remote,
+            kind,
+            birthday,
+            ..
+        } => {
             let served = socket
                 .ok_or_else(|| std::io::Error::other("no socket"))
                 .and_then(|s| host.serve_socket(s));
             match served {
                 Ok(()) => say(format!(
-                    "A client punched through from {remote} ({}).",
-                    kind_words(*kind)
+                    "A client punched through from {remote} ({}{}).",
+                    kind_words(*kind),
+                    if *birthday { ", birthday punching" } else { "" }
                 )),
                 Err(e) => eprintln!("warning: cannot serve the client at {remote}: {e}"),
             }
@@ -257,7 +263,7 @@ async fn punch_for_clients<S: Shell>(
         HostEvent::RendezvousSilent => eprintln!(
             "warning: the rendezvous {rendezvous} does not answer over UDP; still trying (clients behind NATs cannot reach this host meanwhile)"
         ),
-        HostEvent::NeedSocket { .. } => {}
+        HostEvent::NeedSocket { .. } | HostEvent::NeedSprayers { .. } => {}
     };
     crate::nat::host_punch(
         shell.runtime(),
@@ -271,12 +277,13 @@ async fn punch_for_clients<S: Shell>(
 }
 
 /// Punches a path to the host through `rendezvous`; returns the punched
-/// socket (to carry the connection) and the host's address on it.
+/// socket (to carry the connection), the host's address on it, and
+/// whether birthday punching found it.
 async fn punch_to_host<S: Shell>(
     shell: &S,
     ticket: &Ticket,
     rendezvous: SocketAddr,
-) -> Result<(std::net::UdpSocket, SocketAddr)> {
+) -> Result<(std::net::UdpSocket, SocketAddr, bool)> {
     use wormhole_core::nat::FailReason;
     use wormhole_core::rendezvous::peer::ClientEvent;
     use wormhole_core::rendezvous::wire::Refusal;
@@ -296,7 +303,7 @@ async fn punch_to_host<S: Shell>(
         party,
         |a| shell.bind_udp(a),
         |event| {
-            if outcome.is_none() {
+            if outcome.is_none() && !matches!(event, ClientEvent::NeedSprayers(_)) {
                 outcome = Some(event.clone());
             }
             let connected = matches!(outcome, Some(ClientEvent::Connected { .. }));
@@ -311,7 +318,9 @@ async fn punch_to_host<S: Shell>(
     .await
     .with_context(|| format!("cannot use the rendezvous {rendezvous}"))?;
     match outcome {
-        Some(ClientEvent::Connected { remote, .. }) => Ok((socket, remote)),
+        Some(ClientEvent::Connected {
+            remote, birthday, ..
+        }) => Ok((socket, remote, birthday)),
         Some(ClientEvent::Refused(Refusal::NotRegistered)) => bail!(
             "the host is not registered with the rendezvous {rendezvous} (is `wormhole host --rendezvous {rendezvous}` running?)"
         ),
@@ -328,9 +337,14 @@ async fn punch_to_host<S: Shell>(
             bail!("the host did not answer through the rendezvous {rendezvous}")
         }
         Some(ClientEvent::Failed(FailReason::NoPathAnswered)) => bail!(
-            "hole punching failed: no path answered (both NATs may map ports per destination; relaying is not built yet)"
+            "hole punching failed: no path answered (a firewall may drop UDP; relaying is not built yet)"
         ),
-        Some(ClientEvent::Settled) | None => bail!("punching ended without an outcome"),
+        Some(ClientEvent::Failed(FailReason::BothSymmetric)) => bail!(
+            "hole punching failed: both NATs map ports per destination (symmetric), so no direct path exists; relaying is not built yet"
+        ),
+        Some(ClientEvent::Settled | ClientEvent::NeedSprayers(_)) | None => {
+            bail!("punching ended without an outcome")
+        }
     }
 }
 
@@ -473,14 +487,17 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             None => direct.await?,
             Some(rendezvous) => {
                 let punched = async {
-                    let (socket, remote) = punch_to_host(shell, &ticket, rendezvous).await?;
+                    let (socket, remote, birthday) =
+                        punch_to_host(shell, &ticket, rendezvous).await?;
                     let transport =
                         QuicTransport::new(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
                     transport.probe(&ticket.secret).await?;
-                    anyhow::Ok((
-                        transport,
-                        format!("directly, via hole punching to {remote}"),
-                    ))
+                    let how = if birthday {
+                        "birthday punching"
+                    } else {
+                        "hole punching"
+                    };
+                    anyhow::Ok((transport, format!("directly, via {how} to {remote}")))
                 };
                 first_ok(direct, punched).await.map_err(|(d, p)| {
                     anyhow!("cannot reach the host: directly: {d:#}; through the rendezvous: {p:#}")

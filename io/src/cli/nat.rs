@@ -180,10 +180,19 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
             let on_event = |event: &HostEvent, _: Option<std::net::UdpSocket>| match event {
                 HostEvent::Registered => say("registered".into(), out),
                 HostEvent::RendezvousSilent => say("silent".into(), out),
-                HostEvent::NeedSocket { .. } => {}
-                HostEvent::Connected { remote, kind, .. } => {
+                HostEvent::NeedSocket { .. } | HostEvent::NeedSprayers { .. } => {}
+                HostEvent::Connected {
+                    remote,
+                    kind,
+                    birthday,
+                    ..
+                } => {
                     say(
-                        format!("connected {remote} {} {}", kind_name(*kind), ms()),
+                        format!(
+                            "connected {remote} {} {}",
+                            kind_name(*kind, *birthday),
+                            ms()
+                        ),
                         out,
                     );
                 }
@@ -200,9 +209,16 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
         PunchRole::Mount => {
             let on_event = |event: &ClientEvent| {
                 let line = match event {
-                    ClientEvent::Connected { remote, kind } => {
-                        format!("connected {remote} {} {}", kind_name(*kind), ms())
-                    }
+                    ClientEvent::Connected {
+                        remote,
+                        kind,
+                        birthday,
+                        ..
+                    } => format!(
+                        "connected {remote} {} {}",
+                        kind_name(*kind, *birthday),
+                        ms()
+                    ),
                     ClientEvent::Refused(why) => {
                         ok = false;
                         format!("refused {why:?}")
@@ -215,7 +231,7 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
                         ok = false;
                         format!("failed {why:?}")
                     }
-                    ClientEvent::Settled => return,
+                    ClientEvent::Settled | ClientEvent::NeedSprayers(_) => return,
                 };
                 say(line, out);
             };
@@ -245,8 +261,13 @@ fn parse_key(hex: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-fn kind_name(kind: wormhole_core::nat::CandidateKind) -> &'static str {
+/// The path's short name in `debug-punch` lines: the peer's candidate
+/// type, or `birthday` when birthday punching found it.
+fn kind_name(kind: wormhole_core::nat::CandidateKind, birthday: bool) -> &'static str {
     use wormhole_core::nat::CandidateKind as K;
+    if birthday {
+        return "birthday";
+    }
     match kind {
         K::Host => "host",
         K::ServerReflexive => "srflx",

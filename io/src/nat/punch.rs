@@ -37,6 +37,37 @@ fn bind_toward(
     bind(SocketAddr::new(super::route_to(rendezvous)?, 0))
 }
 
+/// Binds up to `count` more sockets on `ip` for birthday punching, adds
+/// them to `udp` and keeps a handle of each in `masters`; returns their
+/// addresses. Fewer is fine (a low descriptor limit, say): punching
+/// works with what it gets.
+fn bind_sprayers(
+    runtime: &dyn quinn::Runtime,
+    ip: core::net::IpAddr,
+    count: u16,
+    bind: &impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
+    udp: &mut UdpSet,
+    masters: &mut BTreeMap<SocketAddr, std::net::UdpSocket>,
+) -> Vec<SocketAddr> {
+    let mut locals = Vec::new();
+    for _ in 0..count {
+        let added = bind(SocketAddr::new(ip, 0)).and_then(|s| {
+            let master = s.try_clone()?;
+            let local = udp.add(runtime, s)?;
+            masters.insert(local, master);
+            Ok(local)
+        });
+        match added {
+            Ok(local) => locals.push(local),
+            Err(e) => {
+                warn!(error = %e, bound = locals.len(), "fewer sockets for birthday punching");
+                break;
+            }
+        }
+    }
+    locals
+}
+
 /// Runs a host's rendezvous side until `stop`: registration from a socket
 /// of its own, and for each client put through a fresh socket (all bound
 /// with `bind`) that punches toward it. Every event goes to `on_event`;
@@ -97,15 +128,34 @@ pub async fn host_punch(
                         }
                         None
                     }
-                    HostEvent::Connected { session, local, .. } => {
+                    HostEvent::NeedSprayers { session, count } => {
+                        let locals =
+                            bind_sprayers(&*runtime, ip, *count, &bind, &mut udp, &mut masters);
+                        machine.add_sprayers(now, *session, &locals);
+                        None
+                    }
+                    HostEvent::Connected {
+                        session,
+                        local,
+                        unused,
+                        ..
+                    } => {
                         machine.forget(*session);
+                        for other in unused {
+                            udp.remove(*other);
+                            masters.remove(other);
+                        }
                         udp.remove(*local);
                         masters.remove(local)
                     }
-                    HostEvent::Failed { session, local, .. } => {
+                    HostEvent::Failed {
+                        session, sockets, ..
+                    } => {
                         machine.forget(*session);
-                        udp.remove(*local);
-                        masters.remove(local);
+                        for local in sockets {
+                            udp.remove(*local);
+                            masters.remove(local);
+                        }
                         None
                     }
                     HostEvent::Registered | HostEvent::RendezvousSilent => None,
@@ -123,9 +173,11 @@ pub async fn host_punch(
 }
 
 /// Runs a client's rendezvous side on a socket bound with `bind`: asks
-/// to be put through, punches, reports every event to `on_event`, and
-/// keeps answering the host's checks until `stop`. Returns the punched
-/// socket (a handle to the very socket, for QUIC to use next).
+/// to be put through, punches (from more sockets if birthday punching
+/// asks), reports every event to `on_event`, and keeps answering the
+/// host's checks until `stop`. Returns the punched socket (a handle to
+/// the very socket, for QUIC to use next), or the first one if none was
+/// punched.
 pub async fn client_punch(
     runtime: Arc<dyn quinn::Runtime>,
     party: PunchParty,
@@ -134,10 +186,13 @@ pub async fn client_punch(
     stop: impl Future<Output = ()>,
 ) -> io::Result<std::net::UdpSocket> {
     let socket = bind_toward(party.rendezvous, &bind)?;
-    let master = socket.try_clone()?;
+    let ip = socket.local_addr()?.ip();
+    let first = socket.try_clone()?;
     let mut udp = UdpSet::new(&*runtime, vec![socket])?;
-    let mut clock = CoreClock::new(runtime);
+    let mut clock = CoreClock::new(runtime.clone());
     let local = udp.locals()[0];
+    let mut masters = BTreeMap::from([(local, first)]);
+    let mut punched = local;
     let mut machine = ClientRendezvous::new(
         clock.now(),
         party.rendezvous,
@@ -151,8 +206,8 @@ pub async fn client_punch(
     let drive = core::future::poll_fn(|cx| {
         poll_passes(cx, |cx| {
             let now = clock.now();
-            let mut busy = udp.poll_recv(cx, |_, from, datagram| {
-                machine.handle_datagram(now, from, datagram);
+            let mut busy = udp.poll_recv(cx, |local, from, datagram| {
+                machine.handle_datagram(now, local, from, datagram);
             });
             if let Some(now) = clock.poll_due(cx, machine.poll_timeout()) {
                 machine.handle_timeout(now);
@@ -162,11 +217,27 @@ pub async fn client_punch(
                 udp.send(t.local, t.remote, &t.payload);
             }
             while let Some(event) = machine.poll_event() {
+                busy = true;
+                match &event {
+                    ClientEvent::NeedSprayers(count) => {
+                        let locals =
+                            bind_sprayers(&*runtime, ip, *count, &bind, &mut udp, &mut masters);
+                        machine.add_sprayers(now, &locals);
+                    }
+                    ClientEvent::Connected { local, .. } => punched = *local,
+                    _ => {}
+                }
                 on_event(&event);
+            }
+            while let Some(t) = machine.poll_transmit() {
+                udp.send(t.local, t.remote, &t.payload);
             }
             Pass::from_busy(busy)
         })
     });
     futures_lite::future::or(stop, drive).await;
-    Ok(master)
+    // The other sockets close here, with the set and their handles.
+    masters
+        .remove(&punched)
+        .ok_or_else(|| io::Error::other("the punched socket is gone"))
 }

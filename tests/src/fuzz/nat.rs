@@ -103,12 +103,12 @@ pub fn rendezvous_signalling(data: &[u8]) {
             Ok(msg),
             "encode∘decode"
         );
-        if let Signalling::Connect { candidates, .. }
-        | Signalling::Incoming { candidates, .. }
-        | Signalling::Answer { candidates, .. }
-        | Signalling::Answered { candidates, .. } = msg
+        if let Signalling::Connect { offer, .. }
+        | Signalling::Incoming { offer, .. }
+        | Signalling::Answer { offer, .. }
+        | Signalling::Answered { offer, .. } = msg
         {
-            assert!(candidates.len() <= MAX_CANDIDATES);
+            assert!(offer.candidates.len() <= MAX_CANDIDATES);
         }
     }
     let addrs = ServerAddrs::one_ip("198.51.100.1".parse().expect("ip"), [3478, 3479]);
@@ -141,8 +141,9 @@ pub fn rendezvous_signalling(data: &[u8]) {
 /// One input to a traversal under the fuzzer.
 #[derive(Debug, arbitrary::Arbitrary)]
 pub enum TraversalInput {
-    /// The peer's candidates (addresses from a small set).
-    Candidates(Vec<(u8, bool)>),
+    /// The peer's candidates (addresses from a small set), and whether
+    /// its mapping varies.
+    Candidates(Vec<(u8, bool)>, bool),
     /// A check request from address `from`, under the right key or not.
     Request {
         /// Sender (index into a small set).
@@ -159,8 +160,18 @@ pub enum TraversalInput {
         /// Signed with the session key.
         signed: bool,
     },
-    /// The rendezvous's Binding answer.
+    /// A Binding answer to no request of ours.
     Mapped(u8),
+    /// The rendezvous answers the traversal's latest Binding request with
+    /// this public port, naming its other port or not.
+    Gathered {
+        /// Our public port as the rendezvous saw it.
+        port: u16,
+        /// The answer names the rendezvous's other port.
+        other: bool,
+    },
+    /// The shell binds this many sprayers (when asked or not).
+    Sprayers(u8),
     /// Arbitrary bytes from anyone.
     Bytes(u8, Vec<u8>),
     /// Time passes (milliseconds) and timers run.
@@ -182,14 +193,15 @@ pub struct TraversalFuzz {
 /// postconditions run after each (debug assertions); besides: each input
 /// makes a bounded number of datagrams, nothing is ever sent to an
 /// address the traversal did not learn from the peer's candidates, an
-/// authenticated check or the rendezvous, and it ends within its deadline
-/// once time passes.
+/// authenticated check or the rendezvous (birthday probes: any port of a
+/// server-reflexive candidate's IP), no more birthday datagrams than the
+/// budget, and it ends within its deadline once time passes.
 pub fn traversal_machine(data: &[u8]) {
     use arbitrary::{Arbitrary, Unstructured};
     use wormhole_core::nat::stun::CheckKey;
     use wormhole_core::nat::traversal::MAX_PATHS;
     use wormhole_core::nat::{
-        Candidate, CandidateKind, Role, Traversal, TraversalConfig, TraversalState, TxId,
+        Candidate, CandidateKind, Offer, Role, Traversal, TraversalConfig, TraversalState, TxId,
     };
     let Ok(fuzz) = TraversalFuzz::arbitrary(&mut Unstructured::new(data)) else {
         return;
@@ -198,6 +210,7 @@ pub fn traversal_machine(data: &[u8]) {
     let wrong = CheckKey::new(&[2; 32]);
     let peer = |i: u8| SocketAddr::from(([203, 0, 113, i % 8], 4000 + u16::from(i % 4)));
     let rendezvous = SocketAddr::from(([198, 51, 100, 1], 3478));
+    let rendezvous_other = SocketAddr::from(([198, 51, 100, 1], 3479));
     let local = SocketAddr::from(([10, 0, 0, 2], 5000));
     let role = if fuzz.controlling {
         Role::Controlling
@@ -215,28 +228,39 @@ pub fn traversal_machine(data: &[u8]) {
     );
     let mut now = Instant::ZERO;
     t.start(now, fuzz.with_rendezvous.then_some(rendezvous));
-    let mut allowed: Vec<SocketAddr> = vec![rendezvous];
+    let mut allowed: Vec<SocketAddr> = vec![rendezvous, rendezvous_other];
+    // The IPs of the peer's server-reflexive candidates: birthday probes
+    // may go to any of their ports.
+    let mut scan_ips: Vec<core::net::IpAddr> = Vec::new();
     let mut sent: Vec<TxId> = Vec::new();
-    let drain = |t: &mut Traversal, allowed: &[SocketAddr], sent: &mut Vec<TxId>| {
+    let mut gathers: Vec<(TxId, SocketAddr)> = Vec::new();
+    let burst = usize::from(config.birthday.burst);
+    let drain = |t: &mut Traversal,
+                 allowed: &[SocketAddr],
+                 scan_ips: &[core::net::IpAddr],
+                 sent: &mut Vec<TxId>,
+                 gathers: &mut Vec<(TxId, SocketAddr)>| {
         let mut n = 0;
         while let Some(out) = t.poll_transmit() {
             n += 1;
             assert!(
-                allowed.contains(&out.remote),
+                allowed.contains(&out.remote) || scan_ips.contains(&out.remote.ip()),
                 "sent to {} which it never learned",
                 out.remote
             );
             if let Some(stun::Check::Request { tx, .. }) = stun::decode_check(&out.payload, &key) {
                 sent.push(tx);
+            } else if let Ok(stun::Stun::Request { tx, .. }) = stun::decode(&out.payload) {
+                gathers.push((tx, out.remote));
             }
         }
-        assert!(n <= MAX_PATHS + 4, "{n} datagrams for one input");
+        assert!(n <= MAX_PATHS + burst + 4, "{n} datagrams for one input");
         while t.poll_event().is_some() {}
     };
-    drain(&mut t, &allowed, &mut sent);
+    drain(&mut t, &allowed, &scan_ips, &mut sent, &mut gathers);
     for input in fuzz.inputs.into_iter().take(256) {
         match input {
-            TraversalInput::Candidates(list) => {
+            TraversalInput::Candidates(list, mapping_varies) => {
                 let c: Vec<Candidate> = list
                     .into_iter()
                     .take(16)
@@ -250,7 +274,16 @@ pub fn traversal_machine(data: &[u8]) {
                     })
                     .collect();
                 allowed.extend(c.iter().map(|c| c.addr));
-                t.add_remote_candidates(now, &c);
+                scan_ips.extend(
+                    c.iter()
+                        .filter(|c| c.kind == CandidateKind::ServerReflexive)
+                        .map(|c| c.addr.ip()),
+                );
+                let offer = Offer {
+                    candidates: c,
+                    mapping_varies,
+                };
+                t.add_remote_candidates(now, &offer);
             }
             TraversalInput::Request {
                 from,
@@ -262,34 +295,57 @@ pub fn traversal_machine(data: &[u8]) {
                     allowed.push(peer(from));
                 }
                 let tx = TxId::new(u128::from(from) << 64 | u128::from(nominate));
-                t.handle_datagram(now, peer(from), &stun::check_request(tx, k, 7, nominate));
+                t.handle_datagram(
+                    now,
+                    local,
+                    peer(from),
+                    &stun::check_request(tx, k, 7, nominate),
+                );
             }
             TraversalInput::Answer { nth, signed } => {
                 if let Some(tx) = sent.get(usize::from(nth) % sent.len().max(1)).copied() {
                     let k = if signed { &key } else { &wrong };
-                    t.handle_datagram(now, peer(0), &stun::check_success(tx, k, local));
+                    t.handle_datagram(now, local, peer(0), &stun::check_success(tx, k, local));
                 }
             }
             TraversalInput::Mapped(i) => {
                 // Not the gathering transaction's id: a stray, dropped.
                 let answer =
                     stun::binding_success(TxId::new(u128::from(i)), peer(i), None, rendezvous);
-                t.handle_datagram(now, rendezvous, &answer);
+                t.handle_datagram(now, local, rendezvous, &answer);
+            }
+            TraversalInput::Gathered { port, other } => {
+                if let Some((tx, server)) = gathers.pop() {
+                    let mapped = SocketAddr::from(([192, 0, 2, 1], port));
+                    let other = other.then_some(rendezvous_other);
+                    let answer = stun::binding_success(tx, mapped, other, server);
+                    t.handle_datagram(now, local, server, &answer);
+                }
+            }
+            TraversalInput::Sprayers(n) => {
+                let sprayers: Vec<SocketAddr> = (0..u16::from(n))
+                    .map(|i| SocketAddr::from(([10, 0, 0, 2], 6000 + i)))
+                    .collect();
+                t.add_sprayers(&sprayers);
             }
             TraversalInput::Bytes(from, bytes) => {
-                t.handle_datagram(now, peer(from), &bytes);
+                t.handle_datagram(now, local, peer(from), &bytes);
             }
             TraversalInput::Wait(ms) => {
                 now += core::time::Duration::from_millis(u64::from(ms));
                 t.handle_timeout(now);
             }
         }
-        drain(&mut t, &allowed, &mut sent);
+        drain(&mut t, &allowed, &scan_ips, &mut sent, &mut gathers);
     }
     // Liveness: past the deadline, it has ended.
     now += config.deadline + core::time::Duration::from_secs(1);
     t.handle_timeout(now);
-    drain(&mut t, &allowed, &mut sent);
+    drain(&mut t, &allowed, &scan_ips, &mut sent, &mut gathers);
+    assert!(
+        t.stats().birthday_sent <= u64::from(config.birthday.probes),
+        "over the birthday budget"
+    );
     assert!(
         matches!(
             t.state(),
