@@ -306,8 +306,12 @@ async fn punch_to_host<S: Shell>(
             if outcome.is_none() && !matches!(event, ClientEvent::NeedSprayers(_)) {
                 outcome = Some(event.clone());
             }
-            let connected = matches!(outcome, Some(ClientEvent::Connected { .. }));
-            if !connected || matches!(event, ClientEvent::Settled) {
+            let ended = match &outcome {
+                None => false,
+                Some(ClientEvent::Connected { .. }) => matches!(event, ClientEvent::Settled),
+                Some(_) => true,
+            };
+            if ended {
                 let _ = end_tx.try_send(());
             }
         },
