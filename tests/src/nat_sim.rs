@@ -26,6 +26,7 @@ use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::nat::model::NatModel;
 use wormhole_core::nat::stun::CheckKey;
 use wormhole_core::nat::{CandidateKind, Filtering, Mapping, TraversalConfig};
+use wormhole_core::pair::PairState;
 use wormhole_core::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, HostRendezvous};
 use wormhole_core::rendezvous::{Rendezvous, ServerAddrs};
 use wormhole_core::{Instant, Rng};
@@ -109,8 +110,8 @@ impl Router {
 
 /// Datagrams one input may make at most: an answer, a triggered check, a
 /// retransmission or paced check, the rendezvous request, and a burst of
-/// birthday punching.
-const MAX_PER_INPUT: usize = 4 + 8;
+/// birthday punching, and the pair pool's keepalive and signal.
+const MAX_PER_INPUT: usize = 4 + 8 + 2;
 /// Where forged checks come from.
 const ATTACKER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66)), 6666);
 
@@ -129,8 +130,9 @@ pub struct NatSimStats {
     pub forged: u64,
     /// Runs on a lossy network where the two sides disagreed at the end.
     pub lossy_disagreements: u64,
-    /// Runs where the client, connected, reported it had settled.
-    pub settled: u64,
+    /// Runs where the client took the punched pair through the handover,
+    /// and the host's pool held it in use by then.
+    pub taken: u64,
     /// Runs connected through a peer-reflexive address (a punched hole
     /// found from the other side's check).
     pub via_peer_reflexive: u64,
@@ -210,8 +212,6 @@ pub struct NatWorld {
     loss: u64,
     dup: u64,
     client_started: Option<Instant>,
-    /// The connected client said its socket may go to the connection.
-    client_settled: bool,
     trace: Vec<String>,
     tracing: bool,
     echo: bool,
@@ -302,7 +302,6 @@ impl NatWorld {
             loss,
             dup,
             client_started: None,
-            client_settled: false,
             trace: Vec::new(),
             tracing: trace,
             echo,
@@ -428,22 +427,23 @@ impl NatWorld {
             if matches!(e, ClientEvent::NeedSprayers(_)) {
                 continue;
             }
-            if matches!(e, ClientEvent::Settled) {
-                if self.peers[1].outcome != Some(true) {
-                    return Err(NatViolation("the client settled without a path".into()));
-                }
-                if self.client_settled {
-                    return Err(NatViolation("the client settled twice".into()));
-                }
-                self.client_settled = true;
-                self.stats.settled += 1;
-                continue;
-            }
             if self.peers[1].outcome.is_some() {
                 return Err(NatViolation("the client ended twice".into()));
             }
             match e {
                 ClientEvent::Connected { kind, birthday, .. } => {
+                    // Used by both or neither: the client takes the pair
+                    // only after the host confirmed it in use.
+                    let host_uses = match &self.peers[0].side {
+                        Side::Host(h) => h.pool().pairs().any(|p| p.state() == PairState::InUse),
+                        Side::Client(_) => false,
+                    };
+                    if !host_uses || self.peers[0].outcome != Some(true) {
+                        return Err(NatViolation(
+                            "the client took a pair the host does not use".into(),
+                        ));
+                    }
+                    self.stats.taken += 1;
                     self.peers[1].outcome = Some(true);
                     self.peers[1].via = Some(kind);
                     self.peers[1].birthday = birthday;
@@ -452,9 +452,9 @@ impl NatWorld {
                 ClientEvent::Refused(why) => {
                     return Err(NatViolation(format!("the rendezvous refused: {why:?}")));
                 }
-                ClientEvent::RendezvousSilent
-                | ClientEvent::Settled
-                | ClientEvent::NeedSprayers(_) => self.peers[1].outcome = Some(false),
+                ClientEvent::RendezvousSilent | ClientEvent::NeedSprayers(_) => {
+                    self.peers[1].outcome = Some(false)
+                }
             }
         }
         Ok(())
@@ -515,12 +515,7 @@ impl NatWorld {
         }
         let limit = TraversalConfig::default().deadline + Duration::from_secs(15);
         loop {
-            let client_done = match self.peers[1].outcome {
-                Some(true) => self.client_settled,
-                Some(false) => true,
-                None => false,
-            };
-            if self.peers[0].outcome.is_some() && client_done {
+            if self.peers[0].outcome.is_some() && self.peers[1].outcome.is_some() {
                 break;
             }
             let end = self
@@ -611,9 +606,6 @@ impl NatWorld {
         let Some(client) = outcomes[1] else {
             return Err(NatViolation("the client never ended".into()));
         };
-        if client && !self.client_settled {
-            return Err(NatViolation("the connected client never settled".into()));
-        }
         let cell = (routers.0 as u8, routers.1 as u8);
         let entry = self.stats.cells.entry(cell).or_default();
         entry.0 += 1;
@@ -700,7 +692,7 @@ impl Simulation for NatSim {
         into.forged += from.forged;
         into.lossy_disagreements += from.lossy_disagreements;
         into.via_peer_reflexive += from.via_peer_reflexive;
-        into.settled += from.settled;
+        into.taken += from.taken;
         into.via_birthday += from.via_birthday;
     }
 

@@ -202,6 +202,9 @@ pub enum FailReason {
     /// Both NATs map each destination to its own port: no direct path can
     /// be punched (a relay can carry it, in the next issue).
     BothSymmetric,
+    /// A path was punched, but the two sides did not agree to use it: the
+    /// pair's handover through the rendezvous failed.
+    NotTaken,
 }
 
 /// What the traversal tells its owner.
@@ -277,6 +280,8 @@ struct InFlight {
     sends: u32,
     rto: Duration,
     next: Instant,
+    /// When it was last sent.
+    sent: Instant,
 }
 
 /// Birthday punching's part in a traversal.
@@ -758,7 +763,22 @@ impl Traversal {
         }
         match self.paths[i].state {
             PathState::Succeeded => self.maybe_connect(i),
-            PathState::InProgress => {}
+            // A check of this path is backing off (its first sends were
+            // filtered before the peer's NAT had seen us): send it again
+            // now, as the same transaction, rather than wait out its
+            // timer; at most once a pace, so two sides cannot volley.
+            PathState::InProgress => {
+                let stale = self.in_flight.iter().find(|(_, f)| {
+                    !f.nominate
+                        && f.local == local
+                        && f.remote == from
+                        && now >= f.sent + self.config.pace
+                });
+                if let Some((tx, f)) = stale.map(|(tx, f)| (*tx, *f)) {
+                    self.in_flight.insert(tx, InFlight { sent: now, ..f });
+                    self.send_check(tx, local, from, false);
+                }
+            }
             // A triggered check: the peer's packet just came through, so
             // ours will too, now.
             PathState::Waiting | PathState::Failed => {
@@ -956,6 +976,7 @@ impl Traversal {
                 sends: 1,
                 rto: self.config.check_rto,
                 next: now + self.config.check_rto,
+                sent: now,
             },
         );
         self.send_check(tx, local, remote, nominate);
@@ -989,6 +1010,7 @@ impl Traversal {
         f.sends += 1;
         f.rto = (f.rto * 2).min(self.config.max_rto);
         f.next = now + f.rto;
+        f.sent = now;
         self.in_flight.insert(tx, f);
         self.send_check(tx, f.local, f.remote, f.nominate);
     }

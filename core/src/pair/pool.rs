@@ -1,7 +1,7 @@
 //! One node's registry of pairs, and the machine the shell drives.
 
 use super::frame::KeepaliveFrame;
-use super::handover::{FailReason, HandoverCtx, PairHandover};
+use super::handover::{FailReason, HandoverCtx, HandoverRole, PairHandover};
 use super::{
     BusyReason, EndpointPair, HandoverId, HandoverState, PairConfig, PairEntry, PairNonce,
     PairState, PeerId, Signal, SignalKind, Transmit,
@@ -482,6 +482,24 @@ impl PairPool {
                             }));
                             None
                         }
+                    }
+                    // The peer started a newer handover of this pair while
+                    // we still answer an older one that never reached use:
+                    // it gave that one up (an initiator takes again only
+                    // once its side is Idle, so it is neither in use nor
+                    // waiting on a Take), perhaps after a duplicate of its
+                    // old Lock reached us late. Roll ours back as its Abort
+                    // would, and answer the new one.
+                    Some(theirs)
+                        if theirs.id().initiator == from
+                            && theirs.role() == HandoverRole::Responder
+                            && matches!(
+                                theirs.state(),
+                                HandoverState::Locking | HandoverState::Locked
+                            ) =>
+                    {
+                        theirs.on_signal(SignalKind::Abort, &mut ctx);
+                        None
                     }
                     Some(_) => Some(BusyReason::AlreadyLocked),
                 };

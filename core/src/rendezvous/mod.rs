@@ -139,6 +139,8 @@ pub struct RendezvousStats {
     pub registered: u64,
     /// Clients put through (Incoming sent to a host).
     pub put_through: u64,
+    /// Pair handover signals forwarded.
+    pub pair_signals: u64,
     /// Clients refused.
     pub refused_clients: u64,
 }
@@ -303,6 +305,44 @@ impl Rendezvous {
                 s.expires = now + self.config.session_ttl;
                 let to = s.client;
                 self.send(local, to, Signalling::Answered { session, offer });
+            }
+            Signalling::PairSignal {
+                host,
+                session,
+                signal,
+                mac,
+            } => {
+                let host_addr = self.hosts.get(&host).map(|r| r.addr);
+                let to = self
+                    .sessions
+                    .get_mut(&session)
+                    .filter(|s| s.host == host)
+                    .and_then(|s| {
+                        let to = if from == s.client {
+                            host_addr
+                        } else if Some(from) == host_addr {
+                            Some(s.client)
+                        } else {
+                            None
+                        };
+                        if to.is_some() {
+                            s.expires = now + self.config.session_ttl;
+                        }
+                        to
+                    });
+                match to {
+                    Some(to) => {
+                        self.stats.pair_signals += 1;
+                        let msg = Signalling::PairSignal {
+                            host,
+                            session,
+                            signal,
+                            mac,
+                        };
+                        self.send(local, to, msg);
+                    }
+                    None => self.stats.dropped += 1,
+                }
             }
             Signalling::Registered { .. }
             | Signalling::Incoming { .. }

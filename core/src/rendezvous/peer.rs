@@ -8,14 +8,29 @@
 //! that client's connection. The client punches from the socket it asks
 //! from. Either side may be asked for more sockets for birthday punching
 //! (`NeedSprayers`); the punched path may then be on one of those.
+//!
+//! A punched path is not used at once: both sides add it to their
+//! [`PairPool`] (the client pings, the host answers), and the client takes
+//! it through the pool's lock/take handover, whose signals travel through
+//! the rendezvous, signed with the session's pair key. Only when the pool
+//! says `Taken` is the path reported as connected and its socket given to
+//! QUIC: the handover is what makes the two sides agree that the path is
+//! theirs (after a lossy punch one side may have connected and the other
+//! not; the handover then fails on both).
 
-use super::wire::{HostId, MAX_CANDIDATES, Refusal, Signalling, Token, check_key};
+use super::wire::{
+    HostId, MAX_CANDIDATES, Refusal, Signalling, Token, check_key, client_peer, host_peer,
+    pair_signal_mac, session_pair,
+};
 use crate::conn::auth::TicketSecret;
 use crate::nat::stun;
 use crate::nat::{
     CandidateKind, FailReason, Offer, Role, Traversal, TraversalConfig, TraversalEvent,
 };
-use crate::pair::Transmit;
+use crate::pair::{
+    BusyReason, EndpointPair, FailReason as HandoverFail, Output, PairConfig, PairEvent, PairKey,
+    PairNonce, PairPool, PingRole, Signal, Transmit,
+};
 use crate::{Instant, Rng};
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -34,6 +49,14 @@ const REGISTER_RETRY: Duration = Duration::from_secs(1);
 const SILENT_AFTER: Duration = Duration::from_secs(5);
 /// Connect is repeated this often until answered...
 const CONNECT_EVERY: Duration = Duration::from_millis(500);
+/// A take refused because the host has not added the pair yet (its side
+/// of the punch finishes a moment after ours) is tried again after this...
+const RETAKE_AFTER: Duration = Duration::from_millis(200);
+/// ...this many times in all.
+const MAX_TAKES: u32 = 10;
+/// A pair handed to its connection stays in the host's pool this long, so
+/// that a client repeating its Take (our TakeOk lost) is answered.
+const TAKEN_LINGER: Duration = Duration::from_secs(10);
 /// ...this many times.
 const CONNECT_SENDS: u32 = 10;
 
@@ -93,6 +116,19 @@ struct HostSession {
     traversal: Option<Traversal>,
     /// Our answer, resent when the client repeats its Connect.
     answer: Option<Offer>,
+    /// The session's pair in the pool: its nonce and key.
+    pair: (PairNonce, PairKey),
+    /// The punched path, once there is one: handed over when taken.
+    punched: Option<Punched>,
+}
+
+/// A punched path waiting for its handover.
+#[derive(Clone, Copy, Debug)]
+struct Punched {
+    local: SocketAddr,
+    remote: SocketAddr,
+    kind: CandidateKind,
+    birthday: bool,
 }
 
 /// A host's side: registration with the rendezvous, and one traversal
@@ -113,6 +149,11 @@ pub struct HostRendezvous {
     silent_reported: bool,
     sessions: BTreeMap<u64, HostSession>,
     by_local: BTreeMap<SocketAddr, u64>,
+    /// Punched pairs, each answering its client's pings and handovers.
+    pool: PairPool,
+    /// Pairs handed to their connection, removed from the pool at these
+    /// times.
+    taken: VecDeque<(Instant, PairNonce)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<HostEvent>,
 }
@@ -138,12 +179,18 @@ impl HostRendezvous {
         fingerprint: &[u8; 32],
         secret: TicketSecret,
         config: TraversalConfig,
-        rng: Rng,
+        mut rng: Rng,
     ) -> Self {
+        let id = HostId::of(fingerprint);
+        let pool = PairPool::new(
+            host_peer(id),
+            PairConfig::default(),
+            Rng::from_u64(rng.next_u64()),
+        );
         let mut host = HostRendezvous {
             rendezvous,
             local,
-            host: HostId::of(fingerprint),
+            host: id,
             token: Token::of(&secret),
             secret,
             config,
@@ -154,6 +201,8 @@ impl HostRendezvous {
             silent_reported: false,
             sessions: BTreeMap::new(),
             by_local: BTreeMap::new(),
+            pool,
+            taken: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -171,13 +220,18 @@ impl HostRendezvous {
         data: &[u8],
     ) -> bool {
         if let Some(session) = self.by_local.get(&local).copied() {
-            let consumed = self
+            let stun = self
                 .sessions
                 .get_mut(&session)
                 .and_then(|s| s.traversal.as_mut())
                 .is_some_and(|t| t.handle_datagram(now, local, from, data));
-            self.collect(session);
-            return consumed;
+            if !stun {
+                // The punched pair's keepalive.
+                self.pool.handle_datagram(now, local, from, data);
+            }
+            self.collect(now, session);
+            self.drain_pool();
+            return true;
         }
         if local != self.local || from != self.rendezvous || stun::looks_like_stun(data) {
             return false;
@@ -193,6 +247,20 @@ impl HostRendezvous {
                 self.next_register = now + REGISTER_EVERY;
             }
             Ok(Signalling::Incoming { session, offer }) => self.incoming(session, offer),
+            Ok(Signalling::PairSignal {
+                host,
+                session,
+                signal,
+                mac,
+            }) if host == self.host => {
+                let key = self.sessions.get(&session).map(|s| s.pair.1.clone());
+                let valid =
+                    key.is_some_and(|k| pair_signal_mac(&k, session, false, &signal) == mac);
+                if let (true, Ok(signal)) = (valid, Signal::decode(&signal)) {
+                    self.pool.handle_signal(now, client_peer(session), signal);
+                    self.drain_pool();
+                }
+            }
             _ => {}
         }
         true
@@ -215,6 +283,8 @@ impl HostRendezvous {
                 offer,
                 traversal: None,
                 answer: None,
+                pair: session_pair(&self.secret, session),
+                punched: None,
             },
         );
         self.events.push_back(HostEvent::NeedSocket { session });
@@ -247,7 +317,8 @@ impl HostRendezvous {
         t.add_remote_candidates(now, &s.offer);
         s.traversal = Some(t);
         self.by_local.insert(local, session);
-        self.collect(session);
+        self.collect(now, session);
+        self.drain_pool();
     }
 
     /// The sockets asked for with [`HostEvent::NeedSprayers`], bound.
@@ -266,13 +337,18 @@ impl HostRendezvous {
         if t.poll_timeout().is_some_and(|d| d <= now) {
             t.handle_timeout(now);
         }
-        self.collect(session);
+        self.collect(now, session);
+        self.drain_pool();
     }
 
-    /// Ends a session: its socket is no longer ours to read (it carries the
-    /// connection, or was closed).
-    pub fn forget(&mut self, session: u64) {
-        self.sessions.remove(&session);
+    /// Ends a session: its sockets are no longer ours to read (the
+    /// punched one carries the connection, the others were closed). A
+    /// taken pair stays in the pool a little longer, for the client's
+    /// repeated Take.
+    pub fn forget(&mut self, now: Instant, session: u64) {
+        if let Some(s) = self.sessions.remove(&session) {
+            self.taken.push_back((now + TAKEN_LINGER, s.pair.0));
+        }
         self.by_local.retain(|_, s| *s != session);
     }
 
@@ -307,11 +383,94 @@ impl HostRendezvous {
             {
                 t.handle_timeout(now);
             }
-            self.collect(session);
+            self.collect(now, session);
+        }
+        while let Some((at, nonce)) = self.taken.front().copied() {
+            if at > now {
+                break;
+            }
+            self.taken.pop_front();
+            self.pool.remove(nonce);
+        }
+        if self.pool.poll_timeout().is_some_and(|t| t <= now) {
+            self.pool.handle_timeout(now);
+        }
+        self.drain_pool();
+    }
+
+    /// Carries out what the pool asks: keepalive datagrams, signals to
+    /// clients through the rendezvous, and the end of handovers.
+    fn drain_pool(&mut self) {
+        while let Some(output) = self.pool.poll_output() {
+            match output {
+                Output::Transmit(t) => self.transmits.push_back(t),
+                Output::Signal { to, signal } => {
+                    let Some((session, s)) = self
+                        .sessions
+                        .iter()
+                        .find(|(session, _)| client_peer(**session) == to)
+                    else {
+                        continue;
+                    };
+                    let bytes = signal.encode().to_vec();
+                    let mac = pair_signal_mac(&s.pair.1, *session, true, &bytes);
+                    let msg = Signalling::PairSignal {
+                        host: self.host,
+                        session: *session,
+                        signal: bytes,
+                        mac,
+                    };
+                    self.transmits.push_back(Transmit {
+                        local: self.local,
+                        remote: self.rendezvous,
+                        payload: msg.encode(),
+                    });
+                }
+                Output::Event(PairEvent::Taken { pair, .. }) => {
+                    let Some((session, s)) = self.sessions.iter().find(|(_, s)| s.pair.0 == pair)
+                    else {
+                        continue;
+                    };
+                    let (Some(p), Some(t)) = (s.punched, s.traversal.as_ref()) else {
+                        continue;
+                    };
+                    let unused = t.locals().filter(|l| *l != p.local).collect();
+                    self.events.push_back(HostEvent::Connected {
+                        session: *session,
+                        local: p.local,
+                        remote: p.remote,
+                        kind: p.kind,
+                        birthday: p.birthday,
+                        unused,
+                    });
+                }
+                // A failed handover is the client's to try again; the
+                // pair stays, until it expires because the client is gone.
+                Output::Event(PairEvent::HandoverFailed { .. } | PairEvent::Released { .. }) => {}
+                Output::Event(PairEvent::Expired { pair }) => {
+                    let failed = self
+                        .sessions
+                        .iter()
+                        .find(|(_, s)| s.pair.0 == pair && s.punched.is_some());
+                    if let Some((session, s)) = failed {
+                        let sockets = s.traversal.as_ref().map(|t| t.locals().collect());
+                        self.events.push_back(HostEvent::Failed {
+                            session: *session,
+                            sockets: sockets.unwrap_or_default(),
+                            why: FailReason::NotTaken,
+                        });
+                        let session = *session;
+                        if let Some(s) = self.sessions.get_mut(&session) {
+                            s.punched = None;
+                        }
+                        self.pool.remove(pair);
+                    }
+                }
+            }
         }
     }
 
-    fn collect(&mut self, session: u64) {
+    fn collect(&mut self, now: Instant, session: u64) {
         let Some(s) = self.sessions.get_mut(&session) else {
             return;
         };
@@ -338,15 +497,29 @@ impl HostRendezvous {
                     kind,
                     birthday,
                 } => {
-                    let unused = t.locals().filter(|l| *l != local).collect();
-                    self.events.push_back(HostEvent::Connected {
-                        session,
+                    // Into the pool; the client takes it from there.
+                    let pair = EndpointPair {
+                        nonce: s.pair.0,
                         local,
                         remote,
-                        kind,
-                        birthday,
-                        unused,
-                    });
+                        peer: client_peer(session),
+                        key: s.pair.1.clone(),
+                        role: PingRole::Ponger,
+                    };
+                    if self.pool.add(now, pair).is_ok() {
+                        s.punched = Some(Punched {
+                            local,
+                            remote,
+                            kind,
+                            birthday,
+                        });
+                    } else {
+                        self.events.push_back(HostEvent::Failed {
+                            session,
+                            sockets: t.locals().collect(),
+                            why: FailReason::NotTaken,
+                        });
+                    }
                 }
                 // The socket left for the connection at `Connected`.
                 TraversalEvent::Settled => {}
@@ -394,7 +567,14 @@ impl HostRendezvous {
             .values()
             .filter_map(|s| s.traversal.as_ref()?.poll_timeout())
             .chain([self.next_register])
+            .chain(self.pool.poll_timeout())
+            .chain(self.taken.front().map(|(at, _)| *at))
             .min()
+    }
+
+    /// The pool of punched pairs (for reports and tests).
+    pub fn pool(&self) -> &PairPool {
+        &self.pool
     }
 }
 
@@ -404,7 +584,8 @@ pub enum ClientEvent {
     /// Birthday punching wants more sockets, bound like the first: pass
     /// them to [`ClientRendezvous::add_sprayers`].
     NeedSprayers(u16),
-    /// A punched path to the host.
+    /// A punched path to the host, taken through the pair handover: its
+    /// socket may go to QUIC now.
     Connected {
         /// Our socket on the path (the first, or a sprayer).
         local: SocketAddr,
@@ -421,9 +602,6 @@ pub enum ClientEvent {
     RendezvousSilent,
     /// No direct path.
     Failed(FailReason),
-    /// After `Connected`: the host has had time to finish its side; the
-    /// socket may now go to QUIC.
-    Settled,
 }
 
 /// A client's side: ask the rendezvous to be put through to a host, and
@@ -436,6 +614,13 @@ pub struct ClientRendezvous {
     session: u64,
     traversal: Traversal,
     offer: Option<Offer>,
+    /// The punched pair, taken through this pool.
+    pool: PairPool,
+    pair: (PairNonce, PairKey),
+    punched: Option<Punched>,
+    /// Takes started, and when the next is due.
+    takes: u32,
+    retake_at: Option<Instant>,
     sends: u32,
     next_connect: Option<Instant>,
     answered: bool,
@@ -484,14 +669,25 @@ impl ClientRendezvous {
             Rng::from_u64(rng.next_u64()),
         );
         traversal.start(now, Some(rendezvous));
+        let host = HostId::of(fingerprint);
+        let pool = PairPool::new(
+            client_peer(session),
+            PairConfig::default(),
+            Rng::from_u64(rng.next_u64()),
+        );
         let mut c = ClientRendezvous {
             rendezvous,
             local,
-            host: HostId::of(fingerprint),
+            host,
             token: Token::of(secret),
             session,
             traversal,
             offer: None,
+            pool,
+            pair: session_pair(secret, session),
+            punched: None,
+            takes: 0,
+            retake_at: None,
             sends: 0,
             next_connect: None,
             answered: false,
@@ -532,11 +728,26 @@ impl ClientRendezvous {
                     self.next_connect = None;
                     self.events.push_back(ClientEvent::Refused(why));
                 }
+                Ok(Signalling::PairSignal {
+                    host,
+                    session,
+                    signal,
+                    mac,
+                }) if session == self.session && host == self.host => {
+                    let valid = pair_signal_mac(&self.pair.1, session, true, &signal) == mac;
+                    if let (true, Ok(signal)) = (valid, Signal::decode(&signal)) {
+                        self.pool.handle_signal(now, host_peer(host), signal);
+                    }
+                }
                 _ => {}
             }
             true
+        } else if self.traversal.handle_datagram(now, local, from, data) {
+            true
         } else {
-            self.traversal.handle_datagram(now, local, from, data)
+            // The punched pair's keepalive.
+            self.pool.handle_datagram(now, local, from, data);
+            self.punched.is_some()
         };
         self.collect(now);
         consumed
@@ -567,7 +778,41 @@ impl ClientRendezvous {
         if self.traversal.poll_timeout().is_some_and(|t| t <= now) {
             self.traversal.handle_timeout(now);
         }
+        if self.pool.poll_timeout().is_some_and(|t| t <= now) {
+            self.pool.handle_timeout(now);
+        }
+        if self.retake_at.is_some_and(|t| t <= now) {
+            self.retake_at = None;
+            self.take(now);
+        }
         self.collect(now);
+    }
+
+    /// Puts the punched pair into the pool, fresh, and starts its
+    /// handover. Fresh each time: a pair rolled back by a failed take pings
+    /// at once, and a ping the host cannot answer yet (it has no such pair
+    /// so far) would hold the next take for the pool's whole drain wait.
+    fn take(&mut self, now: Instant) {
+        let Some(p) = self.punched else {
+            return;
+        };
+        self.takes += 1;
+        self.pool.remove(self.pair.0);
+        let pair = EndpointPair {
+            nonce: self.pair.0,
+            local: p.local,
+            remote: p.remote,
+            peer: host_peer(self.host),
+            key: self.pair.1.clone(),
+            role: PingRole::Pinger,
+        };
+        let taken =
+            self.pool.add(now, pair).is_ok() && self.pool.take_pair(now, self.pair.0).is_ok();
+        if !taken && !self.done {
+            self.done = true;
+            self.events
+                .push_back(ClientEvent::Failed(FailReason::NotTaken));
+        }
     }
 
     fn send_connect(&mut self, now: Instant) {
@@ -615,20 +860,67 @@ impl ClientRendezvous {
                     kind,
                     birthday,
                 } if !self.done => {
-                    self.done = true;
-                    self.events.push_back(ClientEvent::Connected {
+                    // Into the pool, and take it: the host learns through
+                    // the handover that this path is the one.
+                    self.punched = Some(Punched {
                         local,
                         remote,
                         kind,
                         birthday,
                     });
+                    self.take(now);
                 }
                 TraversalEvent::Failed(why) if !self.done => {
                     self.done = true;
                     self.events.push_back(ClientEvent::Failed(why));
                 }
-                TraversalEvent::Settled => self.events.push_back(ClientEvent::Settled),
                 _ => {}
+            }
+        }
+        while let Some(output) = self.pool.poll_output() {
+            match output {
+                Output::Transmit(t) => self.transmits.push_back(t),
+                Output::Signal { signal, .. } => {
+                    let bytes = signal.encode().to_vec();
+                    let mac = pair_signal_mac(&self.pair.1, self.session, false, &bytes);
+                    let msg = Signalling::PairSignal {
+                        host: self.host,
+                        session: self.session,
+                        signal: bytes,
+                        mac,
+                    };
+                    self.transmits.push_back(Transmit {
+                        local: self.local,
+                        remote: self.rendezvous,
+                        payload: msg.encode(),
+                    });
+                }
+                Output::Event(PairEvent::Taken { .. }) if !self.done => {
+                    if let Some(p) = self.punched {
+                        self.done = true;
+                        self.events.push_back(ClientEvent::Connected {
+                            local: p.local,
+                            remote: p.remote,
+                            kind: p.kind,
+                            birthday: p.birthday,
+                        });
+                    }
+                }
+                Output::Event(PairEvent::HandoverFailed {
+                    reason: HandoverFail::Busy(BusyReason::UnknownPair),
+                    ..
+                }) if !self.done && self.takes < MAX_TAKES => {
+                    // The host's side of the punch is not done yet.
+                    self.retake_at = Some(now + RETAKE_AFTER);
+                }
+                Output::Event(PairEvent::HandoverFailed { .. } | PairEvent::Expired { .. })
+                    if !self.done =>
+                {
+                    self.done = true;
+                    self.events
+                        .push_back(ClientEvent::Failed(FailReason::NotTaken));
+                }
+                Output::Event(_) => {}
             }
         }
     }
@@ -645,9 +937,19 @@ impl ClientRendezvous {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.next_connect, self.traversal.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_connect,
+            self.traversal.poll_timeout(),
+            self.pool.poll_timeout(),
+            self.retake_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The pool the punched pair is taken through (for reports and tests).
+    pub fn pool(&self) -> &PairPool {
+        &self.pool
     }
 }

@@ -508,6 +508,99 @@ mod signalling {
         assert_eq!(answered.remote, addr("192.0.2.20:5000"));
     }
 
+    /// Pair signals go between a session's client and its registered host
+    /// only, in both directions; a third party's is dropped.
+    #[test]
+    fn pair_signals_pass_only_between_the_session_ends() {
+        let mut rv = Rendezvous::new(one_ip_server());
+        let local = addr("198.51.100.1:3478");
+        let (host_addr, client_addr, stranger) = (
+            addr("192.0.2.10:4000"),
+            addr("192.0.2.20:5000"),
+            addr("192.0.2.66:6666"),
+        );
+        let host = crate::rendezvous::wire::HostId([1; 32]);
+        let token = crate::rendezvous::wire::Token([2; 32]);
+        let reg = Signalling::Register {
+            host,
+            verifier: token.verifier(),
+        };
+        rv.handle_datagram(Instant::ZERO, local, host_addr, &reg.encode());
+        let connect = Signalling::Connect {
+            host,
+            token,
+            session: 7,
+            offer: Default::default(),
+        };
+        rv.handle_datagram(Instant::ZERO, local, client_addr, &connect.encode());
+        while rv.poll_transmit().is_some() {}
+        let signal = Signalling::PairSignal {
+            host,
+            session: 7,
+            signal: vec![1, 2, 3],
+            mac: [9; 16],
+        }
+        .encode();
+        for (from, to) in [
+            (client_addr, Some(host_addr)),
+            (host_addr, Some(client_addr)),
+            (stranger, None),
+        ] {
+            rv.handle_datagram(Instant::ZERO, local, from, &signal);
+            assert_eq!(rv.poll_transmit().map(|t| t.remote), to, "from {from}");
+        }
+        assert_eq!(rv.stats().pair_signals, 2);
+    }
+
+    /// A pair signal under a wrong MAC (forged by the rendezvous, say)
+    /// never reaches the host's pool.
+    #[test]
+    fn a_host_drops_a_pair_signal_it_cannot_verify() {
+        let rv = addr("198.51.100.1:3478");
+        let local = addr("192.0.2.10:4000");
+        let secret = TicketSecret([9; 32]);
+        let mut host = HostRendezvous::new(
+            Instant::ZERO,
+            rv,
+            local,
+            &FINGERPRINT,
+            secret.clone(),
+            TraversalConfig::default(),
+            Rng::from_u64(1),
+        );
+        let id = crate::rendezvous::wire::HostId::of(&FINGERPRINT);
+        let incoming = Signalling::Incoming {
+            session: 7,
+            offer: Default::default(),
+        };
+        host.handle_datagram(Instant::ZERO, local, rv, &incoming.encode());
+        while host.poll_event().is_some() {}
+        while host.poll_transmit().is_some() {}
+        let (nonce, key) = crate::rendezvous::wire::session_pair(&secret, 7);
+        let lock = crate::pair::Signal {
+            pair: nonce,
+            handover: crate::pair::HandoverId {
+                initiator: crate::rendezvous::wire::client_peer(7),
+                seq: 1,
+            },
+            kind: crate::pair::SignalKind::Lock,
+        }
+        .encode()
+        .to_vec();
+        let signed = |mac| Signalling::PairSignal {
+            host: id,
+            session: 7,
+            signal: lock.clone(),
+            mac,
+        };
+        host.handle_datagram(Instant::ZERO, local, rv, &signed([0; 16]).encode());
+        assert_eq!(host.poll_transmit(), None, "a forged Lock is not answered");
+        let mac = crate::rendezvous::wire::pair_signal_mac(&key, 7, false, &lock);
+        host.handle_datagram(Instant::ZERO, local, rv, &signed(mac).encode());
+        let answer = host.poll_transmit().expect("the genuine Lock is answered");
+        assert_eq!(answer.remote, rv, "through the rendezvous");
+    }
+
     #[test]
     fn registrations_are_bounded_and_lapse() {
         let config = crate::rendezvous::RendezvousConfig {

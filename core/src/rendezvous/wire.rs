@@ -17,6 +17,7 @@
 use crate::codec::{self, CodecError, WireMessage};
 use crate::conn::auth::TicketSecret;
 use crate::nat::{CheckKey, Offer};
+use crate::pair::{PairKey, PairNonce, PeerId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,52 @@ pub fn check_key(secret: &TicketSecret, session: u64) -> CheckKey {
     hasher.update(&secret.0);
     hasher.update(&session.to_le_bytes());
     CheckKey::new(hasher.finalize().as_bytes())
+}
+
+/// The punched pair of one session as both sides name it in their pair
+/// pools: its nonce and key, derived from the ticket secret (so the
+/// rendezvous knows neither).
+pub fn session_pair(secret: &TicketSecret, session: u64) -> (PairNonce, PairKey) {
+    let mut hasher = blake3::Hasher::new_derive_key("wormhole/1 punched pair");
+    hasher.update(&secret.0);
+    hasher.update(&session.to_le_bytes());
+    let mut out = [0u8; 40];
+    hasher.finalize_xof().fill(&mut out);
+    let mut nonce = [0u8; 8];
+    nonce.copy_from_slice(&out[..8]);
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&out[8..]);
+    // A zero nonce is refused by the pool; one in 2^64.
+    (PairNonce(u64::from_le_bytes(nonce).max(1)), PairKey(key))
+}
+
+/// The host's id in pair pools: the first half of its [`HostId`].
+pub fn host_peer(host: HostId) -> PeerId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&host.0[..16]);
+    PeerId(id)
+}
+
+/// A client's id in pair pools, for one session.
+pub fn client_peer(session: u64) -> PeerId {
+    let hash = blake3::derive_key("wormhole/1 client peer id", &session.to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash[..16]);
+    PeerId(id)
+}
+
+/// The MAC of a pair signal sent through the rendezvous for `session`, by
+/// the host (`from_host`) or the client, under the session's pair key: the
+/// rendezvous can drop signals but not forge, alter or reflect one.
+pub fn pair_signal_mac(key: &PairKey, session: u64, from_host: bool, signal: &[u8]) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new_keyed(&key.0);
+    hasher.update(b"wormhole/1 pair signal");
+    hasher.update(&session.to_le_bytes());
+    hasher.update(&[u8::from(from_host)]);
+    hasher.update(signal);
+    let mut mac = [0u8; 16];
+    mac.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    mac
 }
 
 /// Why the rendezvous refused to put a client through.
@@ -135,6 +182,20 @@ pub enum Signalling {
         session: u64,
         /// The host's candidates.
         offer: Offer,
+    },
+    /// Host ↔ client, through the rendezvous: a pair handover signal
+    /// (docs/pairs.md) for the punched pair of `session`. The rendezvous
+    /// forwards it between the session's client and the registered host,
+    /// whichever sent it; the MAC ([`pair_signal_mac`]) is for the peer.
+    PairSignal {
+        /// The host.
+        host: HostId,
+        /// The session.
+        session: u64,
+        /// The encoded [`Signal`](crate::pair::Signal).
+        signal: Vec<u8>,
+        /// Its MAC.
+        mac: [u8; 16],
     },
     /// Rendezvous → client: not put through.
     Refused {

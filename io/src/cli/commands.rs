@@ -306,12 +306,7 @@ async fn punch_to_host<S: Shell>(
             if outcome.is_none() && !matches!(event, ClientEvent::NeedSprayers(_)) {
                 outcome = Some(event.clone());
             }
-            let ended = match &outcome {
-                None => false,
-                Some(ClientEvent::Connected { .. }) => matches!(event, ClientEvent::Settled),
-                Some(_) => true,
-            };
-            if ended {
+            if outcome.is_some() {
                 let _ = end_tx.try_send(());
             }
         },
@@ -346,7 +341,10 @@ async fn punch_to_host<S: Shell>(
         Some(ClientEvent::Failed(FailReason::BothSymmetric)) => bail!(
             "hole punching failed: both NATs map ports per destination (symmetric), so no direct path exists; relaying is not built yet"
         ),
-        Some(ClientEvent::Settled | ClientEvent::NeedSprayers(_)) | None => {
+        Some(ClientEvent::Failed(FailReason::NotTaken)) => bail!(
+            "hole punching found a path, but the host did not take it over through the rendezvous {rendezvous}"
+        ),
+        Some(ClientEvent::NeedSprayers(_)) | None => {
             bail!("punching ended without an outcome")
         }
     }

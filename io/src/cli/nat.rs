@@ -231,7 +231,7 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
                         ok = false;
                         format!("failed {why:?}")
                     }
-                    ClientEvent::Settled | ClientEvent::NeedSprayers(_) => return,
+                    ClientEvent::NeedSprayers(_) => return,
                 };
                 say(line, out);
             };

@@ -140,7 +140,7 @@ pub async fn host_punch(
                         unused,
                         ..
                     } => {
-                        machine.forget(*session);
+                        machine.forget(now, *session);
                         for other in unused {
                             udp.remove(*other);
                             masters.remove(other);
@@ -151,7 +151,7 @@ pub async fn host_punch(
                     HostEvent::Failed {
                         session, sockets, ..
                     } => {
-                        machine.forget(*session);
+                        machine.forget(now, *session);
                         for local in sockets {
                             udp.remove(*local);
                             masters.remove(local);

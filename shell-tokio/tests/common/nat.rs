@@ -312,8 +312,8 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
     std::fs::write(dir.join("share/big.bin"), &big).expect("seed the big file");
     let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
     println!(
-        "{:<16} {:<16} {:<44} {:>10} {:>10}",
-        "host behind", "mount behind", "connected", "1st byte", "64 MiB"
+        "{:<16} {:<16} {:<52} {:>10} {:>10}",
+        "host behind", "mount behind", "connected (first answer)", "1st byte", "64 MiB"
     );
     let mut wrong = Vec::new();
     for h in 0..4 {
@@ -341,7 +341,7 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
             mount.arg("mount").arg(&ticket).arg(&mnt);
             let row = |how: &str, first: &str, rate: &str| {
                 println!(
-                    "{:<16} {:<16} {how:<44} {first:>10} {rate:>10}",
+                    "{:<16} {:<16} {how:<52} {first:>10} {rate:>10}",
                     a.name(),
                     b.name()
                 );
@@ -379,15 +379,16 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
             assert!(unmounted.is_ok_and(|s| s.success()), "unmount");
             let on_host = std::fs::read(dir.join("share").join(&back)).expect("the host has it");
             assert_eq!(on_host, b"and back\n");
-            // "Connected directly, via birthday punching to 198.18.1.1:4, …"
-            let path = how
+            // "Connected directly, via birthday punching to 198.18.1.1:4,
+            // 38 ms to the host's first answer."
+            let (path, answer) = how
                 .trim_start_matches("Connected ")
-                .split(" to ")
-                .next()
-                .unwrap_or("?")
-                .trim_end_matches(',');
+                .rsplit_once(", ")
+                .unwrap_or((&how, "?"));
+            let path = path.split(" to ").next().unwrap_or(path);
+            let answer = answer.split(" ms").next().unwrap_or("?");
             row(
-                path,
+                &format!("{path} (answer {answer} ms)"),
                 &format!("{} ms", first.as_millis()),
                 &format!("{rate:.0} MB/s"),
             );
