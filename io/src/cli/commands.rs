@@ -15,7 +15,7 @@ use crate::claim::{ClaimError, DirClaim};
 use crate::host::keys::{HostKeys, config_dir};
 use crate::host::{Host, HostOptions};
 use crate::mount::{Mount, MountOptions};
-use crate::net::{QuicTransport, Ticket};
+use crate::net::{QuicTransport, RenewRequest, RenewingTransport, Ticket};
 use crate::{Shell, timeout};
 
 /// The port a host listens on unless told otherwise: fixed, so a ticket
@@ -456,54 +456,70 @@ fn check_mountpoint(at: &Path) -> Result<DirClaim> {
     Ok(claim)
 }
 
+/// Finds a working path to the ticket's host: its own addresses and the
+/// rendezvous (if the ticket names one) are tried at once, and the first
+/// path whose probe succeeds (the pinned certificate, the secret's proof)
+/// is returned, with how it was reached. Used to mount, and again when a
+/// mount's path has died.
+async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<(QuicTransport, String)> {
+    let rt = shell.runtime();
+    let direct = async {
+        let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
+            "0.0.0.0:0".parse()?
+        } else {
+            "[::]:0".parse()?
+        };
+        let socket = shell.bind_udp(any).context("cannot open a UDP socket")?;
+        let transport =
+            QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
+        transport.probe(&ticket.secret).await?;
+        let local = ticket.addrs.iter().all(|a| is_local_network(a.ip()));
+        let how = if local {
+            "directly on the local network"
+        } else {
+            "directly"
+        };
+        anyhow::Ok((transport, how.to_owned()))
+    };
+    let Some(rendezvous) = ticket.rendezvous else {
+        return direct.await;
+    };
+    let punched = async {
+        let (socket, remote, birthday) = punch_to_host(shell, ticket, rendezvous).await?;
+        let transport = QuicTransport::new(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
+        transport.probe(&ticket.secret).await?;
+        let how = if birthday {
+            "birthday punching"
+        } else {
+            "hole punching"
+        };
+        anyhow::Ok((transport, format!("directly, via {how} to {remote}")))
+    };
+    first_ok(direct, punched).await.map_err(|(d, p)| {
+        anyhow!("cannot reach the host: directly: {d:#}; through the rendezvous: {p:#}")
+    })
+}
+
 /// Runs `wormhole mount`.
 pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Write) -> Result<()> {
     let ticket = Ticket::parse(&args.ticket)?;
     let _claim = check_mountpoint(&args.mountpoint)?;
-    let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let socket = shell.bind_udp(any).context("cannot open a UDP socket")?;
     shell.block_on(async {
         let rt = shell.runtime();
         let started = rt.now();
         // Fail now, with the reason, rather than mount a drive that only
-        // ever answers errors. The host's own addresses and the rendezvous
-        // (if the ticket names one) are tried at once; the first path that
-        // works is used.
-        let direct = async {
-            let transport =
-                QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
-            transport.probe(&ticket.secret).await?;
-            let local = ticket.addrs.iter().all(|a| is_local_network(a.ip()));
-            let how = if local {
-                "directly on the local network"
-            } else {
-                "directly"
-            };
-            anyhow::Ok((transport, how.to_owned()))
-        };
-        let (transport, how) = match ticket.rendezvous {
-            None => direct.await?,
-            Some(rendezvous) => {
-                let punched = async {
-                    let (socket, remote, birthday) =
-                        punch_to_host(shell, &ticket, rendezvous).await?;
-                    let transport =
-                        QuicTransport::new(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
-                    transport.probe(&ticket.secret).await?;
-                    let how = if birthday {
-                        "birthday punching"
-                    } else {
-                        "hole punching"
-                    };
-                    anyhow::Ok((transport, format!("directly, via {how} to {remote}")))
-                };
-                first_ok(direct, punched).await.map_err(|(d, p)| {
-                    anyhow!("cannot reach the host: directly: {d:#}; through the rendezvous: {p:#}")
-                })?
+        // ever answers errors.
+        let (transport, how) = find_path(shell, &ticket).await?;
+        // When the path dies for good, the transport asks for a new one.
+        let (renew_tx, renew_rx) = async_channel::bounded::<RenewRequest>(1);
+        let transport = RenewingTransport::new(transport, renew_tx);
+        let renew = async {
+            while let Ok(answer) = renew_rx.recv().await {
+                let fresh = find_path(shell, &ticket)
+                    .await
+                    .map(|(transport, _)| transport)
+                    .map_err(|e| std::io::Error::other(format!("{e:#}")));
+                let _ = answer.send(fresh).await;
             }
         };
         let ms = rt.now().saturating_duration_since(started).as_millis();
@@ -536,7 +552,8 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                     false
                 },
                 async {
-                    news::tell_connection_news(&events, out).await;
+                    futures_lite::future::zip(news::tell_connection_news(&events, out), renew)
+                        .await;
                     // No more news: the driver is gone; wait for the stop.
                     core::future::pending().await
                 },

@@ -296,3 +296,69 @@ impl Transport for QuicTransport {
         })
     }
 }
+
+/// Asks for a fresh path to the host; the answer comes back on the
+/// enclosed sender.
+pub type RenewRequest = async_channel::Sender<io::Result<QuicTransport>>;
+
+/// A mount's transport over a path that can be found anew: a punched path
+/// dies with the host process that held its other end, or with a NAT that
+/// forgot the mapping, and redialling the same addresses then never
+/// works. Each connect tries the current path; a connect after one that
+/// did not succeed asks `renew` (the mount, which punches again through
+/// the rendezvous) for a fresh path and connects over that one.
+#[derive(Clone, Debug)]
+pub struct RenewingTransport {
+    current: Arc<std::sync::Mutex<QuicTransport>>,
+    /// The last connect did not succeed (set before each attempt: the
+    /// connection machine drops an attempt that outlives its timeout).
+    stale: Arc<std::sync::atomic::AtomicBool>,
+    renew: async_channel::Sender<RenewRequest>,
+}
+
+impl RenewingTransport {
+    /// Starts on `current`; fresh paths come from whoever reads `renew`.
+    pub fn new(current: QuicTransport, renew: async_channel::Sender<RenewRequest>) -> Self {
+        RenewingTransport {
+            current: Arc::new(std::sync::Mutex::new(current)),
+            stale: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            renew,
+        }
+    }
+
+    fn current(&self) -> QuicTransport {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Transport for RenewingTransport {
+    fn connect(&mut self) -> BoxFuture<io::Result<HostLink>> {
+        use std::sync::atomic::Ordering;
+        let this = self.clone();
+        Box::pin(async move {
+            let mut transport = this.current();
+            if this.stale.swap(true, Ordering::SeqCst) {
+                let (answer, fresh) = async_channel::bounded(1);
+                this.renew
+                    .send(answer)
+                    .await
+                    .map_err(|_| io::Error::other("no way to find a new path to the host"))?;
+                transport = fresh
+                    .recv()
+                    .await
+                    .map_err(|_| io::Error::other("finding a new path to the host stopped"))??;
+                *this
+                    .current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = transport.clone();
+                debug!("connecting over a new path to the host");
+            }
+            let link = transport.connect().await?;
+            this.stale.store(false, Ordering::SeqCst);
+            Ok(link)
+        })
+    }
+}

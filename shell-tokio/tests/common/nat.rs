@@ -6,9 +6,10 @@
 //! without them; CI installs them).
 
 use super::netns::{Behaviour, Internet, RENDEZVOUS_IPS};
-use super::procs::{Cleanup, STEP, exited, line_where, lines, scratch};
+use super::procs::{Cleanup, STEP, exited, line_where, line_within, lines, scratch};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Starts `wormhole rendezvous` in the internet on both its addresses and
 /// waits until it listens.
@@ -401,6 +402,72 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
     assert!(wrong.is_empty(), "cells against expectation: {wrong:#?}");
 }
 
+/// A mount across two port-restricted NATs whose host restarts: the
+/// punched path dies with the host process (its socket, and the NAT
+/// mapping the punch opened, are gone), so redialling it cannot work; the
+/// mount finds a new path through the rendezvous by itself, says it
+/// reconnected, and files work again.
+pub(crate) fn a_mount_punches_again_when_its_host_restarts(bin: &Path, tag: &str) {
+    let net = Internet::new(tag, &[Behaviour::PortRestricted, Behaviour::PortRestricted]);
+    let mut guard = scratch("nat-repunch", bin);
+    let rendezvous = start_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    std::fs::write(dir.join("share/hello.txt"), b"hello across two NATs\n")
+        .expect("seed the share");
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let start_host = |guard: &mut Cleanup| {
+        let host_out = start_host_in(in_home(0), &dir, &rendezvous, guard);
+        let ticket = line_where(&host_out, "the ticket", |l| {
+            l.trim_start().starts_with("wormhole1-")
+        })
+        .trim()
+        .to_owned();
+        line_where(&host_out, "the registration", |l| {
+            l.starts_with("Registered with the rendezvous")
+        });
+        ticket
+    };
+    let ticket = start_host(&mut guard);
+    let mnt = dir.join("mnt");
+    let mut mount = in_home(1)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the mount");
+    let mount_out = lines(&mut mount);
+    let how = line_where(&mount_out, "how it connected", |l| {
+        l.starts_with("Connected")
+    });
+    assert!(how.contains("via hole punching"), "{how}");
+    line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
+    let read = std::fs::read_to_string(mnt.join("hello.txt")).expect("read through the mount");
+    assert_eq!(read, "hello across two NATs\n");
+    // The host stops (Ctrl-C) and starts again: same identity and
+    // ticket, a new process, new sockets, new NAT mappings.
+    let host = guard.children.pop().expect("the host");
+    super::procs::interrupt(host, "the host");
+    let again = start_host(&mut guard);
+    assert_eq!(again, ticket, "the same ticket after a restart");
+    guard.children.push(mount);
+    // The mount learns of the loss from the host's close; its first
+    // redial of the dead path fails, the next punches anew.
+    line_within(
+        &mount_out,
+        "the reconnection",
+        Duration::from_secs(90),
+        |l| l.starts_with("Reconnected to the host"),
+    );
+    let read = std::fs::read_to_string(mnt.join("hello.txt")).expect("read after the restart");
+    assert_eq!(read, "hello across two NATs\n");
+    std::fs::write(mnt.join("after.txt"), b"written after the restart\n")
+        .expect("write after the restart");
+    let on_host = std::fs::read(dir.join("share/after.txt")).expect("the host has it");
+    assert_eq!(on_host, b"written after the restart\n");
+    let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
+}
+
 /// What a person is told when the punched path cannot work: a host not
 /// registered with the ticket's rendezvous, and a rendezvous that does not
 /// answer. One line each, naming the rendezvous, exit status 1.
@@ -471,6 +538,14 @@ macro_rules! nat_tests {
             nat::a_folder_is_mounted_across_every_pair_of_kernel_nats(
                 std::path::Path::new($bin),
                 concat!($tag, "m"),
+            );
+        }
+
+        #[test]
+        fn a_mount_punches_again_when_its_host_restarts() {
+            nat::a_mount_punches_again_when_its_host_restarts(
+                std::path::Path::new($bin),
+                concat!($tag, "r"),
             );
         }
 
