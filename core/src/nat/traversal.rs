@@ -350,7 +350,10 @@ pub struct Traversal {
 
 impl Traversal {
     /// A traversal on the socket bound to `local`; `host_addrs` are the
-    /// machine's own addresses for that socket (its host candidates).
+    /// machine's own addresses: those of `local`'s IP family are that
+    /// socket's host candidates; one of the other family is a second
+    /// socket, bound to exactly that address, for peers of that family
+    /// (IPv6 beside IPv4: no NAT to punch, usually a stateful firewall).
     pub fn new(
         config: TraversalConfig,
         role: Role,
@@ -421,7 +424,12 @@ impl Traversal {
             return;
         }
         for c in &offer.candidates {
-            self.learn(self.local, c.addr, c.kind, c.priority, false);
+            match self.socket_for(c.addr) {
+                Some(local) => {
+                    self.learn(local, c.addr, c.kind, c.priority, false);
+                }
+                None => self.stats.refused_paths += 1,
+            }
         }
         self.remote_varies |= offer.mapping_varies;
         self.remote_since.get_or_insert(now);
@@ -598,13 +606,35 @@ impl Traversal {
         self.stats
     }
 
-    /// Our sockets: the first, then the sprayers.
+    /// Our sockets: the first, the other family's (if any), then the
+    /// sprayers.
     pub fn locals(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        core::iter::once(self.local).chain(self.sprayers.iter().copied())
+        core::iter::once(self.local)
+            .chain(self.other_family())
+            .chain(self.sprayers.iter().copied())
+    }
+
+    /// The socket of the other IP family: a host address of that family
+    /// is a socket of its own (the first socket cannot reach it).
+    fn other_family(&self) -> Option<SocketAddr> {
+        self.host_addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() != self.local.is_ipv4())
+    }
+
+    /// Our socket for a peer address: the first one, or the one of the
+    /// address's family.
+    fn socket_for(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        if remote.is_ipv4() == self.local.is_ipv4() {
+            Some(self.local)
+        } else {
+            self.other_family()
+        }
     }
 
     fn owns(&self, local: SocketAddr) -> bool {
-        local == self.local || self.sprayers.contains(&local)
+        local == self.local || self.sprayers.contains(&local) || self.other_family() == Some(local)
     }
 
     fn finished(&self) -> bool {
@@ -722,7 +752,7 @@ impl Traversal {
             priority,
             state: PathState::Waiting,
             nominated_by_peer: false,
-            birthday: birthday || local != self.local || self.scanned == Some(addr.ip()),
+            birthday: birthday || self.sprayers.contains(&local) || self.scanned == Some(addr.ip()),
         });
         Some(self.paths.len() - 1)
     }
@@ -1154,6 +1184,99 @@ mod tests {
         );
         assert_eq!(a.stats().unauthenticated, 1, "the forgery was counted");
         assert!(now < Instant::ZERO + Duration::from_secs(1), "took {now:?}");
+    }
+
+    /// Each peer has an IPv4 socket and an IPv6 one; IPv4 between them is
+    /// dropped (two NATs with no way through, say), IPv6 passes: the IPv6
+    /// host candidates are checked like any other and the two connect
+    /// over IPv6, on the IPv6 sockets.
+    #[test]
+    fn ipv6_host_candidates_connect_where_ipv4_cannot() {
+        let key = CheckKey::new(&[4; 32]);
+        let a4 = addr("10.1.0.2:5000");
+        let a6 = addr("[2001:db8:1::2]:5001");
+        let b4 = addr("10.2.0.2:6000");
+        let b6 = addr("[2001:db8:2::2]:6001");
+        let config = TraversalConfig::default();
+        let mut a = Traversal::new(
+            config,
+            Role::Controlled,
+            key.clone(),
+            a4,
+            vec![a4, a6],
+            Rng::from_u64(1),
+        );
+        let mut b = Traversal::new(
+            config,
+            Role::Controlling,
+            key,
+            b4,
+            vec![b4, b6],
+            Rng::from_u64(2),
+        );
+        let mut now = Instant::ZERO;
+        a.start(now, None);
+        b.start(now, None);
+        let offer = |t: &mut Traversal| match t.poll_event() {
+            Some(TraversalEvent::LocalCandidates(o)) => o,
+            other => panic!("expected candidates, got {other:?}"),
+        };
+        let (oa, ob) = (offer(&mut a), offer(&mut b));
+        assert!(oa.candidates.iter().any(|c| c.addr == a6), "{oa:?}");
+        a.add_remote_candidates(now, &ob);
+        b.add_remote_candidates(now, &oa);
+        let mut dropped = 0;
+        for _ in 0..400 {
+            let mut moved = false;
+            for a_sends in [true, false] {
+                let (from, to) = if a_sends {
+                    (&mut a, &mut b)
+                } else {
+                    (&mut b, &mut a)
+                };
+                while let Some(t) = from.poll_transmit() {
+                    assert_eq!(
+                        t.local.is_ipv4(),
+                        t.remote.is_ipv4(),
+                        "sent from a socket of the other family"
+                    );
+                    moved = true;
+                    if t.remote.is_ipv4() {
+                        dropped += 1;
+                        continue;
+                    }
+                    to.handle_datagram(now, t.remote, t.local, &t.payload);
+                }
+            }
+            if !moved {
+                let Some(next) = [a.poll_timeout(), b.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                else {
+                    break;
+                };
+                now = next;
+                a.handle_timeout(now);
+                b.handle_timeout(now);
+            }
+        }
+        assert!(dropped > 0, "the IPv4 paths were tried");
+        assert_eq!(
+            a.state(),
+            TraversalState::Connected {
+                local: a6,
+                remote: b6
+            }
+        );
+        assert_eq!(
+            b.state(),
+            TraversalState::Connected {
+                local: b6,
+                remote: a6
+            }
+        );
+        assert_eq!(a.locals().collect::<Vec<_>>(), [a4, a6]);
     }
 
     use crate::nat::model::NatModel;

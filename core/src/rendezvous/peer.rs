@@ -291,7 +291,8 @@ impl HostRendezvous {
     }
 
     /// The fresh socket for `session` (bound to `local`, reachable at
-    /// `host_addrs` on this machine): punching starts.
+    /// `host_addrs` on this machine; an address there of the other IP
+    /// family is a second socket, bound to it): punching starts.
     pub fn add_socket(
         &mut self,
         now: Instant,
@@ -315,8 +316,10 @@ impl HostRendezvous {
         );
         t.start(now, Some(self.rendezvous));
         t.add_remote_candidates(now, &s.offer);
+        for l in t.locals() {
+            self.by_local.insert(l, session);
+        }
         s.traversal = Some(t);
-        self.by_local.insert(local, session);
         self.collect(now, session);
         self.drain_pool();
     }

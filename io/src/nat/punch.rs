@@ -37,6 +37,34 @@ fn bind_toward(
     bind(SocketAddr::new(super::route_to(rendezvous)?, 0))
 }
 
+/// Binds, with `bind`, a socket on this machine's IPv6 address (the one
+/// that routes to the wider IPv6 internet) when the punching socket is
+/// IPv4 and the machine has such an address: its address becomes a host
+/// candidate, so two peers with IPv6 meet there even when their IPv4 NATs
+/// leave no way through. `None` without IPv6 (no route; a loopback,
+/// link-local or unspecified source).
+fn bind_ipv6_beside(
+    first: SocketAddr,
+    bind: &impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
+) -> Option<std::net::UdpSocket> {
+    if first.is_ipv6() {
+        return None;
+    }
+    // A documentation address: connecting only asks for the route.
+    let anywhere = SocketAddr::new(
+        core::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+        9,
+    );
+    let ip = super::route_to(anywhere).ok()?;
+    let usable = match ip {
+        core::net::IpAddr::V6(v6) => {
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_unicast_link_local())
+        }
+        core::net::IpAddr::V4(_) => false,
+    };
+    usable.then(|| bind(SocketAddr::new(ip, 0)).ok()).flatten()
+}
+
 /// Binds up to `count` more sockets on `ip` for birthday punching, adds
 /// them to `udp` and keeps a handle of each in `masters`; returns their
 /// addresses. Fewer is fine (a low descriptor limit, say): punching
@@ -116,14 +144,18 @@ pub async fn host_punch(
                 busy = true;
                 let socket = match &event {
                     HostEvent::NeedSocket { session } => {
-                        let added = bind(SocketAddr::new(ip, 0)).and_then(|s| {
+                        let mut add = |s: std::net::UdpSocket| -> io::Result<SocketAddr> {
                             let master = s.try_clone()?;
                             let local = udp.add(&*runtime, s)?;
                             masters.insert(local, master);
                             Ok(local)
-                        });
-                        match added {
-                            Ok(local) => machine.add_socket(now, *session, local, vec![local]),
+                        };
+                        match bind(SocketAddr::new(ip, 0)).and_then(&mut add) {
+                            Ok(local) => {
+                                let v6 = bind_ipv6_beside(local, &bind).and_then(|s| add(s).ok());
+                                let host_addrs = core::iter::once(local).chain(v6).collect();
+                                machine.add_socket(now, *session, local, host_addrs);
+                            }
                             Err(e) => warn!(error = %e, "no socket for a client"),
                         }
                         None
@@ -193,11 +225,18 @@ pub async fn client_punch(
     let local = udp.locals()[0];
     let mut masters = BTreeMap::from([(local, first)]);
     let mut punched = local;
+    let mut host_addrs = vec![local];
+    if let Some(v6) = bind_ipv6_beside(local, &bind) {
+        let master = v6.try_clone()?;
+        let at = udp.add(&*runtime, v6)?;
+        masters.insert(at, master);
+        host_addrs.push(at);
+    }
     let mut machine = ClientRendezvous::new(
         clock.now(),
         party.rendezvous,
         local,
-        vec![local],
+        host_addrs,
         &party.fingerprint,
         &party.secret,
         TraversalConfig::default(),

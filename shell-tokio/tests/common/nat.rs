@@ -468,6 +468,54 @@ pub(crate) fn a_mount_punches_again_when_its_host_restarts(bin: &Path, tag: &str
     let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
 }
 
+/// Two homes behind symmetric IPv4 NATs, which no punching can join,
+/// but with IPv6 behind stateful firewalls (as many homes have): the
+/// IPv6 host candidates are checked like any other, the firewalls let
+/// the crossing checks through, and the mount runs over IPv6.
+pub(crate) fn ipv6_joins_two_homes_behind_symmetric_nats(bin: &Path, tag: &str) {
+    let net = Internet::new(tag, &[Behaviour::Symmetric, Behaviour::Symmetric]);
+    net.add_ipv6();
+    let mut guard = scratch("nat-ipv6", bin);
+    let rendezvous = start_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    std::fs::write(dir.join("share/hello.txt"), b"hello over IPv6\n").expect("seed the share");
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let host_out = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
+    let ticket = line_where(&host_out, "the ticket", |l| {
+        l.trim_start().starts_with("wormhole1-")
+    })
+    .trim()
+    .to_owned();
+    line_where(&host_out, "the registration", |l| {
+        l.starts_with("Registered with the rendezvous")
+    });
+    let mnt = dir.join("mnt");
+    let mut mount = in_home(1)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the mount");
+    let mount_out = lines(&mut mount);
+    guard.children.push(mount);
+    let how = line_where(&mount_out, "how it connected", |l| {
+        l.starts_with("Connected")
+    });
+    println!("{how}");
+    assert!(
+        how.contains("via hole punching to [2001:db8:1::2]"),
+        "{how}"
+    );
+    line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
+    let read = std::fs::read_to_string(mnt.join("hello.txt")).expect("read through the mount");
+    assert_eq!(read, "hello over IPv6\n");
+    std::fs::write(mnt.join("back.txt"), b"and back\n").expect("write through the mount");
+    let on_host = std::fs::read(dir.join("share/back.txt")).expect("the host has it");
+    assert_eq!(on_host, b"and back\n");
+    let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
+}
+
 /// What a person is told when the punched path cannot work: a host not
 /// registered with the ticket's rendezvous, and a rendezvous that does not
 /// answer. One line each, naming the rendezvous, exit status 1.
@@ -546,6 +594,14 @@ macro_rules! nat_tests {
             nat::a_mount_punches_again_when_its_host_restarts(
                 std::path::Path::new($bin),
                 concat!($tag, "r"),
+            );
+        }
+
+        #[test]
+        fn ipv6_joins_two_homes_behind_symmetric_nats() {
+            nat::ipv6_joins_two_homes_behind_symmetric_nats(
+                std::path::Path::new($bin),
+                concat!($tag, "6"),
             );
         }
 

@@ -295,6 +295,80 @@ impl Internet {
         net
     }
 
+    /// Gives the internet and every home IPv6 as many homes have it
+    /// beside a NATed IPv4: a global address on the home's machine, routed
+    /// (no NAT66), behind a router that forwards only flows the home
+    /// started (`ct state established`), as home routers filter IPv6.
+    /// Home `k` is `2001:db8:k::2`.
+    pub(crate) fn add_ipv6(&self) {
+        run_in(
+            &self.ns,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        );
+        for (i, home) in self.homes.iter().enumerate() {
+            let k = i + 1;
+            let (router, ns) = (&home.router, &home.ns);
+            let uplink = format!("r{k}");
+            let addr = |ns: &str, a: String, dev: &str| {
+                run_in(ns, &["ip", "-6", "addr", "add", &a, "dev", dev, "nodad"]);
+            };
+            addr(&self.ns, format!("2001:db8:ffff:{k}::254/64"), &uplink);
+            addr(router, format!("2001:db8:ffff:{k}::1/64"), "wan");
+            addr(router, format!("2001:db8:{k}::1/64"), "lan");
+            addr(ns, format!("2001:db8:{k}::2/64"), "eth0");
+            run_in(router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+            run_in(
+                router,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("2001:db8:ffff:{k}::254"),
+                ],
+            );
+            run_in(
+                ns,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("2001:db8:{k}::1"),
+                ],
+            );
+            run_in(
+                &self.ns,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("2001:db8:{k}::/64"),
+                    "via",
+                    &format!("2001:db8:ffff:{k}::1"),
+                ],
+            );
+            let rules = "table ip6 wh6 {
+  chain filter_forward {
+    type filter hook forward priority filter; policy accept;
+    iifname \"wan\" ct state established,related accept
+    iifname \"wan\" meta l4proto ipv6-icmp accept
+    iifname \"wan\" drop
+  }
+}
+";
+            let path = std::env::temp_dir().join(format!("{router}-6.nft"));
+            std::fs::write(&path, rules).expect("write the IPv6 ruleset");
+            run_in(router, &["nft", "-f", path.to_str().expect("utf-8 path")]);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
     fn add_ns(&mut self, name: &str) {
         // A namespace left over by a killed earlier run of this pid.
         let _ = Command::new("ip")
