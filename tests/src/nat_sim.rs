@@ -3,14 +3,17 @@
 //! behaviours the kernel matrix builds (public, full cone, port-restricted,
 //! symmetric), the rendezvous machine (STUN and signalling), and a network
 //! that delays, loses, duplicates and reorders every datagram, signalling
-//! included. The host registers; once registered the mount asks to be put
-//! through; both punch. Seed `s` runs cell `s % 16`.
+//! included; in a quarter of the lossy runs the rendezvous goes down for
+//! up to 3 s; a third party injects forged checks and datagrams that are
+//! not STUN at all into every socket. The host registers; once registered
+//! the mount asks to be put through; both punch, and the mount takes the
+//! punched pair through the pair pools. Seed `s` runs cell `s % 16`.
 //!
 //! Checked at every step: each input makes a bounded number of datagrams;
-//! nothing is ever sent to a third party that injects checks under a wrong
-//! key (no forged check is answered, no forged candidate is tried); a side
-//! connects only on a path that answered (the machine's own
-//! `debug_assert!`s). Checked at the end (liveness): both sides have ended
+//! nothing is ever sent to the third party (no forged check is answered,
+//! no forged candidate is tried, junk is never answered); a side connects
+//! only on a path that answered (the machine's own `debug_assert!`s); the
+//! mount takes a pair only when the host's pool holds it in use. Checked at the end (liveness): both sides have ended
 //! (connected or failed) within the deadline; on a loss-free network both
 //! agree, on the same path, and the outcome is the one the cell's NAT pair
 //! allows: every pair but two endpoint-dependent (symmetric) NATs, and
@@ -128,6 +131,11 @@ pub struct NatSimStats {
     pub duplicated: u64,
     /// Forged checks injected.
     pub forged: u64,
+    /// Datagrams that are not STUN (junk, or another protocol's) injected
+    /// into the peers' sockets.
+    pub junk: u64,
+    /// Datagrams the rendezvous lost to an outage.
+    pub outage_drops: u64,
     /// Runs on a lossy network where the two sides disagreed at the end.
     pub lossy_disagreements: u64,
     /// Runs where the client took the punched pair through the handover,
@@ -161,6 +169,8 @@ enum Ev {
     StartClient,
     /// A forged check arrives at a peer's socket.
     Forged { to: usize },
+    /// A datagram that is not STUN arrives at every socket of a peer.
+    Junk { to: usize },
 }
 
 /// Either side's machine.
@@ -211,6 +221,8 @@ pub struct NatWorld {
     seq: u64,
     loss: u64,
     dup: u64,
+    /// When the rendezvous is down, if it is in this run.
+    outage: Option<(Instant, Instant)>,
     client_started: Option<Instant>,
     trace: Vec<String>,
     tracing: bool,
@@ -239,6 +251,12 @@ impl NatWorld {
         } else {
             (rng.below(11), rng.below(6))
         };
+        // A quarter of the lossy runs lose the rendezvous for a while
+        // (0.5–3 s, somewhere in the first 3 s): it drops what reaches it.
+        let outage = (!lossless && rng.below(4) == 0).then(|| {
+            let from = Instant::ZERO + Duration::from_millis(rng.below(3000));
+            (from, from + Duration::from_millis(500 + rng.below(2500)))
+        });
         let mut secret = [0u8; 32];
         rng.fill(&mut secret);
         let secret = TicketSecret(secret);
@@ -301,6 +319,7 @@ impl NatWorld {
             seq: 0,
             loss,
             dup,
+            outage,
             client_started: None,
             trace: Vec::new(),
             tracing: trace,
@@ -468,6 +487,13 @@ impl NatWorld {
     ) -> Result<(), NatViolation> {
         let now = self.now;
         if self.rendezvous_addrs.contains(&to) {
+            if self
+                .outage
+                .is_some_and(|(from, until)| (from..until).contains(&now))
+            {
+                self.stats.outage_drops += 1;
+                return Ok(());
+            }
             self.rendezvous.handle_datagram(now, to, from, payload);
             while let Some(t) = self.rendezvous.poll_transmit() {
                 self.send(t.local, t.remote, t.payload);
@@ -512,6 +538,10 @@ impl NatWorld {
         for to in 0..2 {
             let at = Duration::from_millis(self.rng.below(5000));
             self.schedule(at, Ev::Forged { to });
+            for _ in 0..3 {
+                let at = Duration::from_millis(self.rng.below(5000));
+                self.schedule(at, Ev::Junk { to });
+            }
         }
         let limit = TraversalConfig::default().deadline + Duration::from_secs(15);
         loop {
@@ -551,6 +581,28 @@ impl NatWorld {
                         );
                         self.peers[1].side = Side::Client(Some(Box::new(c)));
                         self.drain(1)?;
+                    }
+                    Ev::Junk { to } => {
+                        self.stats.junk += 1;
+                        // QUIC's first byte (0x40–0xff), a keepalive's
+                        // (the version), or anything, then random bytes.
+                        let len = 1 + self.rng.below(200) as usize;
+                        let mut junk = vec![0u8; len];
+                        self.rng.fill(&mut junk);
+                        let now = self.now;
+                        let sockets = self.peers[to].sockets.clone();
+                        for local in sockets {
+                            match &mut self.peers[to].side {
+                                Side::Host(h) => {
+                                    h.handle_datagram(now, local, ATTACKER, &junk);
+                                }
+                                Side::Client(Some(c)) => {
+                                    c.handle_datagram(now, local, ATTACKER, &junk);
+                                }
+                                Side::Client(None) => {}
+                            }
+                            self.drain(to)?;
+                        }
                     }
                     Ev::Forged { to } => {
                         self.stats.forged += 1;
@@ -690,6 +742,8 @@ impl Simulation for NatSim {
         into.lost += from.lost;
         into.duplicated += from.duplicated;
         into.forged += from.forged;
+        into.junk += from.junk;
+        into.outage_drops += from.outage_drops;
         into.lossy_disagreements += from.lossy_disagreements;
         into.via_peer_reflexive += from.via_peer_reflexive;
         into.taken += from.taken;
@@ -715,6 +769,8 @@ impl Simulation for NatSim {
             }
         }
         assert!(stats.lost > 0 && stats.duplicated > 0 && stats.forged > 0);
+        assert!(stats.junk > 0, "no junk was injected");
+        assert!(stats.outage_drops > 0, "the rendezvous never went down");
         assert!(
             stats.via_peer_reflexive > 0,
             "no hole was found from the other side"
