@@ -188,9 +188,10 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
         )?;
         out.flush()?;
         let events = host.events().clone();
+        let (lines_tx, lines) = async_channel::bounded::<String>(64);
         let punching = async {
             if let Some(rendezvous) = args.rendezvous {
-                let result = punch_for_clients(shell, &host, rendezvous, &state).await;
+                let result = punch_for_clients(shell, &host, rendezvous, &state, lines_tx).await;
                 if let Err(e) = result {
                     eprintln!("error: the rendezvous {rendezvous} cannot be used: {e:#}");
                 }
@@ -202,7 +203,7 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
                 interrupted(&mut signals).await;
                 None
             },
-            futures_lite::future::or(news::tell_host_news(&events, out), punching),
+            futures_lite::future::or(news::tell_host_news(&events, &lines, out), punching),
         )
         .await;
         let rt = shell.runtime();
@@ -218,13 +219,14 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
 }
 
 /// Keeps the host registered with `rendezvous` and serves every client
-/// that punches through on its punched socket. Its lines go to stdout
-/// directly: the host's other news holds `out`.
+/// that punches through on its punched socket. Its news goes to `lines`
+/// (the host's news writer prints it); warnings go to stderr.
 async fn punch_for_clients<S: Shell>(
     shell: &S,
     host: &Host,
     rendezvous: SocketAddr,
     keys: &HostKeys,
+    lines: async_channel::Sender<String>,
 ) -> Result<()> {
     use wormhole_core::rendezvous::peer::HostEvent;
     let party = crate::nat::PunchParty {
@@ -233,9 +235,10 @@ async fn punch_for_clients<S: Shell>(
         secret: keys.secret.clone(),
         seed: crate::runtime::os_seed()?,
     };
+    // A news writer that falls behind loses lines rather than holding up
+    // punching.
     let say = |line: String| {
-        let mut stdout = std::io::stdout();
-        let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+        let _ = lines.try_send(line);
     };
     let on_event = |event: &HostEvent, socket: Option<std::net::UdpSocket>| match event {
         HostEvent::Registered => say(format!(

@@ -79,24 +79,37 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
     })
 }
 
-/// Tells the person running `host` who comes and goes, a line each;
-/// returns why the host stopped if it stopped by itself (the shared folder
-/// could not be read).
+/// Tells the person running `host` who comes and goes, a line each, and
+/// writes the other lines it is given (`lines`: news from the rendezvous
+/// side); returns why the host stopped if it stopped by itself (the shared
+/// folder could not be read).
 pub(crate) async fn tell_host_news(
     events: &async_channel::Receiver<HostEvent>,
+    lines: &async_channel::Receiver<String>,
     out: &mut dyn Write,
 ) -> Option<Errno> {
     let mut sessions = 0usize;
-    while let Ok(event) = events.recv().await {
-        if let HostEvent::ScanFailed(errno) = event {
-            return Some(errno);
-        }
-        if let Some(line) = host_news(&event, &mut sessions) {
+    loop {
+        let next = futures_lite::future::or(async { events.recv().await.map(Ok) }, async {
+            match lines.recv().await {
+                Ok(line) => Ok(Err(line)),
+                // Nobody sends lines (no rendezvous): events only.
+                Err(_) => core::future::pending().await,
+            }
+        })
+        .await;
+        let line = match next {
+            // The host's driver is gone; only Ctrl-C is left to wait for.
+            Err(_) => break,
+            Ok(Ok(HostEvent::ScanFailed(errno))) => return Some(errno),
+            Ok(Ok(event)) => host_news(&event, &mut sessions),
+            Ok(Err(line)) => Some(line),
+        };
+        if let Some(line) = line {
             let _ = writeln!(out, "{line}");
             let _ = out.flush();
         }
     }
-    // The host's driver is gone; only Ctrl-C is left to wait for.
     core::future::pending().await
 }
 
