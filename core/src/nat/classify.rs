@@ -160,6 +160,37 @@ impl Probe {
     }
 }
 
+/// The RFC 5780 tests, one Binding transaction each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Test {
+    /// A → server: our public address, and the server's other address.
+    First,
+    /// A → the other port (or IP): does the mapping change?
+    Second,
+    /// A → the other IP and port (two-IP servers only).
+    Third,
+    /// A → our own public address: does it come back?
+    Hairpin,
+    /// B → server: the filtering socket is reachable at all.
+    Reachable,
+    /// B → server, answered from the other IP and port.
+    ChangeBoth,
+    /// B → server, answered from the other port.
+    ChangePort,
+}
+
+impl Test {
+    const ALL: [Test; 7] = [
+        Test::First,
+        Test::Second,
+        Test::Third,
+        Test::Hairpin,
+        Test::Reachable,
+        Test::ChangeBoth,
+        Test::ChangePort,
+    ];
+}
+
 /// Runs the RFC 5780 tests from two sockets the shell owns and reports a
 /// [`NatBehaviour`].
 #[derive(Debug)]
@@ -169,14 +200,9 @@ pub struct Classifier {
     /// Socket A (mapping, hairpin) and socket B (filtering).
     mapping_socket: SocketAddr,
     filtering_socket: SocketAddr,
-    first: Probe,
     other: Option<SocketAddr>,
-    second: Probe,
-    third: Probe,
-    hairpin: Probe,
-    reachable: Probe,
-    change_both: Probe,
-    change_port: Probe,
+    /// One Binding transaction per test, indexed by [`Test`].
+    probes: [Probe; Test::ALL.len()],
     result: Option<Result<NatBehaviour, ClassifyError>>,
     reported: bool,
 }
@@ -199,18 +225,12 @@ impl Classifier {
             server,
             mapping_socket,
             filtering_socket,
-            first: Probe::default(),
             other: None,
-            second: Probe::default(),
-            third: Probe::default(),
-            hairpin: Probe::default(),
-            reachable: Probe::default(),
-            change_both: Probe::default(),
-            change_port: Probe::default(),
+            probes: Default::default(),
             result: None,
             reported: false,
         };
-        c.first.tx = c
+        c.probes[Test::First as usize].tx = c
             .client
             .request(now, mapping_socket, server, Change::NONE)
             .ok();
@@ -266,7 +286,7 @@ impl Classifier {
                 BindingEvent::Mapped {
                     tx, mapped, other, ..
                 } => {
-                    if Some(tx) == self.first.tx {
+                    if Some(tx) == self.probe(Test::First).tx {
                         // A server bound to a wildcard address cannot name
                         // its own IP; its other port is then on the IP we
                         // reached it at.
@@ -283,7 +303,7 @@ impl Classifier {
                 BindingEvent::HairpinArrived { tx } => (tx, Answer::Mapped(self.mapping_socket)),
                 BindingEvent::Failed { tx, .. } => (tx, Answer::Silent),
             };
-            for probe in self.probes_mut() {
+            for probe in &mut self.probes {
                 if probe.tx == Some(tx) {
                     probe.answer = answer;
                 }
@@ -292,17 +312,17 @@ impl Classifier {
         if self.result.is_some() {
             return;
         }
-        match (self.first.answer, self.other) {
+        match (self.probe(Test::First).answer, self.other) {
             (Answer::Waiting, _) => {}
             (Answer::Silent, _) => self.result = Some(Err(ClassifyError::Unreachable(self.server))),
             (Answer::Mapped(_), None) => {
                 self.result = Some(Err(ClassifyError::NoOtherAddress(self.server)))
             }
             (Answer::Mapped(public), Some(other)) => {
-                if self.second.tx.is_none() {
+                if self.probe(Test::Second).tx.is_none() {
                     self.start_second_round(now, public, other);
                 }
-                if self.probes().iter().all(Probe::done) {
+                if self.probes.iter().all(Probe::done) {
                     self.result = Some(self.conclude(public, other));
                 }
             }
@@ -319,16 +339,17 @@ impl Classifier {
             SocketAddr::new(server.ip(), other.port())
         };
         let c = &mut self.client;
-        self.second.tx = c.request(now, a, second_to, Change::NONE).ok();
+        self.probes[Test::Second as usize].tx = c.request(now, a, second_to, Change::NONE).ok();
         if other_ip {
-            self.third.tx = c.request(now, a, other, Change::NONE).ok();
+            self.probes[Test::Third as usize].tx = c.request(now, a, other, Change::NONE).ok();
         }
-        self.hairpin.tx = c.hairpin(now, a, public).ok();
-        self.reachable.tx = c.request(now, b, server, Change::NONE).ok();
+        self.probes[Test::Hairpin as usize].tx = c.hairpin(now, a, public).ok();
+        self.probes[Test::Reachable as usize].tx = c.request(now, b, server, Change::NONE).ok();
         if other_ip {
-            self.change_both.tx = c.request(now, b, server, Change::IP_AND_PORT).ok();
+            self.probes[Test::ChangeBoth as usize].tx =
+                c.request(now, b, server, Change::IP_AND_PORT).ok();
         }
-        self.change_port.tx = c.request(now, b, server, Change::PORT).ok();
+        self.probes[Test::ChangePort as usize].tx = c.request(now, b, server, Change::PORT).ok();
     }
 
     fn conclude(
@@ -336,9 +357,9 @@ impl Classifier {
         public: SocketAddr,
         other: SocketAddr,
     ) -> Result<NatBehaviour, ClassifyError> {
-        let other_ip_tested = self.third.tx.is_some();
+        let other_ip_tested = self.probe(Test::Third).tx.is_some();
         let silent = || ClassifyError::OtherSilent(other);
-        let m2 = self.second.mapped().ok_or_else(silent)?;
+        let m2 = self.probe(Test::Second).mapped().ok_or_else(silent)?;
         let mapping = if public == self.mapping_socket {
             Mapping::None
         } else if m2 == public {
@@ -346,17 +367,17 @@ impl Classifier {
         } else if !other_ip_tested {
             // With one server IP the second test changed only the port.
             Mapping::AddressAndPortDependent
-        } else if self.third.mapped().ok_or_else(silent)? == m2 {
+        } else if self.probe(Test::Third).mapped().ok_or_else(silent)? == m2 {
             Mapping::AddressDependent
         } else {
             Mapping::AddressAndPortDependent
         };
-        if self.reachable.mapped().is_none() {
+        if self.probe(Test::Reachable).mapped().is_none() {
             return Err(ClassifyError::Unreachable(self.server));
         }
-        let filtering = if self.change_both.mapped().is_some() {
+        let filtering = if self.probe(Test::ChangeBoth).mapped().is_some() {
             Filtering::EndpointIndependent
-        } else if self.change_port.mapped().is_some() {
+        } else if self.probe(Test::ChangePort).mapped().is_some() {
             Filtering::AddressDependent
         } else {
             Filtering::AddressAndPortDependent
@@ -366,33 +387,13 @@ impl Classifier {
             public,
             mapping,
             filtering,
-            hairpin: self.hairpin.mapped().is_some(),
+            hairpin: self.probe(Test::Hairpin).mapped().is_some(),
             other_ip_tested,
         })
     }
 
-    fn probes(&self) -> [Probe; 7] {
-        [
-            self.first,
-            self.second,
-            self.third,
-            self.hairpin,
-            self.reachable,
-            self.change_both,
-            self.change_port,
-        ]
-    }
-
-    fn probes_mut(&mut self) -> [&mut Probe; 7] {
-        [
-            &mut self.first,
-            &mut self.second,
-            &mut self.third,
-            &mut self.hairpin,
-            &mut self.reachable,
-            &mut self.change_both,
-            &mut self.change_port,
-        ]
+    fn probe(&self, test: Test) -> Probe {
+        self.probes[test as usize]
     }
 }
 

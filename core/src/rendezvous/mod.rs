@@ -33,7 +33,6 @@ const MAX_QUEUED: usize = 1024;
 pub struct ServerAddrs {
     ips: [IpAddr; 2],
     ports: [u16; 2],
-    two_ips: bool,
 }
 
 impl ServerAddrs {
@@ -42,22 +41,22 @@ impl ServerAddrs {
         ServerAddrs {
             ips: [ip, ip],
             ports,
-            two_ips: false,
         }
     }
 
     /// Two ports of each of two addresses (a full RFC 5780 server).
     pub fn two_ips(ips: [IpAddr; 2], ports: [u16; 2]) -> Self {
-        ServerAddrs {
-            ips,
-            ports,
-            two_ips: ips[0] != ips[1],
-        }
+        ServerAddrs { ips, ports }
+    }
+
+    /// Whether the two IPs differ (a change of IP can be answered).
+    pub fn has_two_ips(&self) -> bool {
+        self.ips[0] != self.ips[1]
     }
 
     /// Every socket address to listen on (two or four).
     pub fn sockets(&self) -> Vec<SocketAddr> {
-        let ips = if self.two_ips {
+        let ips = if self.has_two_ips() {
             &self.ips[..]
         } else {
             &self.ips[..1]
@@ -220,7 +219,7 @@ impl Rendezvous {
             self.stats.dropped += 1;
             return;
         };
-        if change.ip && !self.addrs.two_ips {
+        if change.ip && !self.addrs.has_two_ips() {
             // RFC 5780 clients learn from OTHER-ADDRESS that there is no
             // second IP; one that asks anyway is told at once.
             self.transmits.push_back(Transmit {
@@ -240,7 +239,7 @@ impl Rendezvous {
             .at(ip ^ usize::from(change_ip), port ^ usize::from(change_port));
         let other = self
             .addrs
-            .at(ip ^ usize::from(self.addrs.two_ips), port ^ 1);
+            .at(ip ^ usize::from(self.addrs.has_two_ips()), port ^ 1);
         // RESPONSE-PORT (RFC 5780 §7.5) may move the answer to another
         // port of the sender's own IP, never to another IP.
         let to = SocketAddr::new(from.ip(), response_port.unwrap_or(from.port()));
