@@ -12,7 +12,7 @@
 pub mod check;
 pub mod punch;
 pub mod rendezvous;
-mod udp;
+pub(crate) mod udp;
 
 pub use check::{CheckError, nat_check, route_to};
 pub use punch::{PunchParty, client_punch, host_punch};

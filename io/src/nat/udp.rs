@@ -1,5 +1,6 @@
-//! A few UDP sockets read and written as one, for the small NAT drivers
-//! (the pair agent and QUIC have their own, tuned paths).
+//! A few UDP sockets read and written as one, for the small NAT drivers,
+//! and the one batched read of a socket that they and the pair agent's
+//! driver share ([`recv_batch`]); QUIC has its own path.
 
 use core::net::SocketAddr;
 use core::task::{Context, Poll};
@@ -9,11 +10,60 @@ use std::io::{self, IoSliceMut};
 use std::sync::Arc;
 use tracing::debug;
 
-/// Datagrams read from one socket per call, so that one busy socket
-/// cannot starve the others.
-const RECV_BATCH: usize = 64;
+/// Reads from one socket per batch, so that one busy socket cannot starve
+/// the others.
+const RECV_BATCH: usize = 32;
 /// Receive errors in a row after which a socket is left for this pass.
 const MAX_RECV_ERRORS: usize = 4;
+
+/// How a [`recv_batch`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Batch {
+    /// Nothing more to read: the socket's wake-up is registered.
+    Drained,
+    /// The batch ran out with datagrams perhaps still waiting: read again
+    /// (after the other sockets had their turn).
+    More,
+    /// Reads kept failing; the socket is left until its next wake-up
+    /// instead of spinning on it.
+    Failing,
+}
+
+/// Reads what `socket` has, at most [`RECV_BATCH`] reads so that one busy
+/// socket cannot starve the others, calling `on(from, datagram)` for each
+/// datagram (a GRO read holds several, `stride` bytes each). Receive
+/// errors (ICMP errors surface here) are logged and read past, up to
+/// [`MAX_RECV_ERRORS`] in a row.
+pub(crate) fn recv_batch(
+    socket: &dyn AsyncUdpSocket,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+    mut on: impl FnMut(SocketAddr, &[u8]),
+) -> Batch {
+    let mut errors = 0;
+    for _ in 0..RECV_BATCH {
+        let mut meta = [RecvMeta::default()];
+        let mut bufs = [IoSliceMut::new(buf)];
+        match socket.poll_recv(cx, &mut bufs, &mut meta) {
+            Poll::Ready(Ok(count)) => {
+                for m in &meta[..count] {
+                    for datagram in buf[..m.len].chunks(m.stride.max(1)) {
+                        on(m.addr, datagram);
+                    }
+                }
+            }
+            Poll::Ready(Err(e)) => {
+                debug!(error = %e, "receive error");
+                errors += 1;
+                if errors == MAX_RECV_ERRORS {
+                    return Batch::Failing;
+                }
+            }
+            Poll::Pending => return Batch::Drained,
+        }
+    }
+    Batch::More
+}
 
 struct Bound {
     local: SocketAddr,
@@ -81,34 +131,10 @@ impl UdpSet {
     ) -> bool {
         let mut more = false;
         for bound in &self.sockets {
-            let mut errors = 0;
-            for n in 0.. {
-                if n == RECV_BATCH {
-                    more = true;
-                    break;
-                }
-                let mut meta = [RecvMeta::default()];
-                let mut bufs = [IoSliceMut::new(&mut self.buf)];
-                match bound.socket.poll_recv(cx, &mut bufs, &mut meta) {
-                    Poll::Ready(Ok(count)) => {
-                        for m in &meta[..count] {
-                            // With GRO one read may hold several datagrams.
-                            for datagram in self.buf[..m.len].chunks(m.stride.max(1)) {
-                                on(bound.local, m.addr, datagram);
-                            }
-                        }
-                    }
-                    Poll::Ready(Err(e)) => {
-                        // ICMP errors surface here; UDP reads on.
-                        debug!(local = %bound.local, error = %e, "receive error");
-                        errors += 1;
-                        if errors == MAX_RECV_ERRORS {
-                            break;
-                        }
-                    }
-                    Poll::Pending => break,
-                }
-            }
+            let batch = recv_batch(&*bound.socket, cx, &mut self.buf, |from, datagram| {
+                on(bound.local, from, datagram);
+            });
+            more |= batch == Batch::More;
         }
         more
     }

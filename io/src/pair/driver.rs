@@ -16,6 +16,7 @@ use super::agent::{
 };
 use super::quic;
 use crate::drive::{Pass, poll_passes};
+use crate::nat::udp::{Batch, recv_batch};
 use crate::net::identity::{Fingerprint, Identity};
 use crate::runtime::{BoxFuture, CoreClock, SignalStream, timeout};
 use bytes::Bytes;
@@ -24,10 +25,10 @@ use core::pin::Pin;
 use core::task::{Context, Poll};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::stream::Stream;
-use quinn::udp::{RecvMeta, Transmit as UdpTransmit};
+use quinn::udp::Transmit as UdpTransmit;
 use quinn::{AsyncUdpSocket, UdpPoller};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, trace, warn};
@@ -38,12 +39,8 @@ use wormhole_core::pair::{
 };
 use wormhole_core::{Instant, Rng};
 
-/// Datagrams read from one socket per pass.
-const RECV_BATCH: usize = 32;
 /// Commands handled per pass.
 const COMMAND_BATCH: usize = 64;
-/// Receive errors in a row after which a socket is left alone for a pass.
-const MAX_RECV_ERRORS: usize = 4;
 /// Reads from one signalling stream per pass.
 const LINK_READ_BATCH: usize = 8;
 /// Keepalive datagrams waiting for a socket (writable again, or back from
@@ -328,44 +325,19 @@ impl PairDriver {
             let Mode::Keepalive { socket, .. } = &io.mode else {
                 continue;
             };
-            let mut errors = 0;
-            for n in 0.. {
-                if n == RECV_BATCH {
-                    busy = true;
-                    break;
-                }
-                let mut meta = [RecvMeta::default()];
-                let mut bufs = [IoSliceMut::new(&mut self.buf)];
-                match socket.poll_recv(cx, &mut bufs, &mut meta) {
-                    Poll::Ready(Ok(count)) => {
-                        for m in &meta[..count] {
-                            // With GRO, one read may hold several datagrams
-                            // of `stride` bytes each.
-                            let stride = m.stride.max(1);
-                            let from = same_family(m.addr, io.pair.remote);
-                            for datagram in self.buf[..m.len].chunks(stride) {
-                                trace!(pair = ?io.pair.nonce, %from, len = datagram.len(), "datagram");
-                                self.io.datagrams_in += 1;
-                                self.pool
-                                    .handle_datagram(now, io.pair.local, from, datagram);
-                            }
-                        }
-                    }
-                    Poll::Ready(Err(e)) => {
-                        // ICMP errors and the like surface here; UDP has no
-                        // connection to lose, so read on. A socket that
-                        // keeps failing is left until the next wake-up
-                        // (the pool's timer comes at least once an
-                        // interval) instead of spinning on it.
-                        debug!(pair = ?io.pair.nonce, error = %e, "receive error");
-                        errors += 1;
-                        if errors == MAX_RECV_ERRORS {
-                            warn!(pair = ?io.pair.nonce, error = %e, "socket keeps failing");
-                            break;
-                        }
-                    }
-                    Poll::Pending => break,
-                }
+            let (pool, stats, pair) = (&mut self.pool, &mut self.io, &io.pair);
+            let batch = recv_batch(&**socket, cx, &mut self.buf, |from, datagram| {
+                let from = same_family(from, pair.remote);
+                trace!(pair = ?pair.nonce, %from, len = datagram.len(), "datagram");
+                stats.datagrams_in += 1;
+                pool.handle_datagram(now, pair.local, from, datagram);
+            });
+            match batch {
+                Batch::More => busy = true,
+                // Left until the next wake-up (the pool's timer comes at
+                // least once an interval).
+                Batch::Failing => warn!(pair = ?io.pair.nonce, "socket keeps failing"),
+                Batch::Drained => {}
             }
         }
         busy
