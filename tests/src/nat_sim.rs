@@ -699,6 +699,31 @@ impl NatWorld {
                 if client { "do not allow" } else { "allow" }
             )));
         }
+        // Loss-free, the pair is in both pools, in use on both, or in
+        // neither. (Under loss one side may add a pair the other never
+        // does, the two generals' problem; it is never used, and expires.)
+        if lossless {
+            let in_use = |pool: &wormhole_core::pair::PairPool| {
+                pool.pairs()
+                    .filter(|p| p.state() == PairState::InUse)
+                    .map(|p| p.pair().nonce)
+                    .collect::<Vec<_>>()
+            };
+            let host_pairs = match &self.peers[0].side {
+                Side::Host(h) => in_use(h.pool()),
+                Side::Client(_) => Vec::new(),
+            };
+            let client_pairs = match &self.peers[1].side {
+                Side::Client(Some(c)) => in_use(c.pool()),
+                _ => Vec::new(),
+            };
+            let expected = usize::from(client);
+            if host_pairs != client_pairs || client_pairs.len() != expected {
+                return Err(NatViolation(format!(
+                    "pairs in use: host {host_pairs:?}, client {client_pairs:?}"
+                )));
+            }
+        }
         Ok(())
     }
 }
