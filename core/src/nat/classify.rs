@@ -26,7 +26,7 @@
 //! address-and-port-dependent.
 
 use super::binding::{BindingClient, BindingConfig, BindingEvent};
-use super::stun::{Change, TxId};
+use super::stun::{self, Change, TxId};
 use crate::pair::Transmit;
 use crate::{Instant, Rng};
 use core::fmt;
@@ -290,13 +290,7 @@ impl Classifier {
                         // A server bound to a wildcard address cannot name
                         // its own IP; its other port is then on the IP we
                         // reached it at.
-                        self.other = other.map(|o| {
-                            if o.ip().is_unspecified() {
-                                SocketAddr::new(self.server.ip(), o.port())
-                            } else {
-                                o
-                            }
-                        });
+                        self.other = other.map(|o| stun::other_address(o, self.server));
                     }
                     (tx, Answer::Mapped(mapped))
                 }

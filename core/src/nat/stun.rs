@@ -68,6 +68,17 @@ impl TxId {
     }
 }
 
+/// The server's alternate address (OTHER-ADDRESS) as a socket to send
+/// to: a server bound to a wildcard address cannot name its own IP, so
+/// its other port is then on the IP we reached it at.
+pub fn other_address(other: SocketAddr, reached: SocketAddr) -> SocketAddr {
+    if other.ip().is_unspecified() {
+        SocketAddr::new(reached.ip(), other.port())
+    } else {
+        other
+    }
+}
+
 /// Which of its addresses a server is asked to answer from (RFC 5780).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

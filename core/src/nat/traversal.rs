@@ -662,6 +662,7 @@ impl Traversal {
                     // The rendezvous's other port tells whether our
                     // mapping depends on the destination.
                     let second = other
+                        .map(|o| stun::other_address(o, from))
                         .filter(|o| *o != from && o.is_ipv4() == from.is_ipv4())
                         .and_then(|o| self.binding.request(now, self.local, o, Change::NONE).ok());
                     match second {
