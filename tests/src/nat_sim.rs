@@ -7,17 +7,25 @@
 //! up to 3 s; a third party injects forged checks and datagrams that are
 //! not STUN at all into every socket. The host registers; once registered
 //! the mount asks to be put through; both punch, and the mount takes the
-//! punched pair through the pair pools. Seed `s` runs cell `s % 16`.
+//! punched pair through the pair pools; the host forgets the session
+//! when it reports it, as the shell does. Seed `s` runs cell `s % 16`;
+//! every other block of 16 seeds the rendezvous listens on the wildcard
+//! address (it names its other port as `0.0.0.0:port`, and its answers
+//! leave from the address it was reached at, as a kernel sends them).
 //!
 //! Checked at every step: each input makes a bounded number of datagrams;
 //! nothing is ever sent to the third party (no forged check is answered,
 //! no forged candidate is tried, junk is never answered); a side connects
 //! only on a path that answered (the machine's own `debug_assert!`s); the
-//! mount takes a pair only when the host's pool holds it in use. Checked at the end (liveness): both sides have ended
-//! (connected or failed) within the deadline; on a loss-free network both
-//! agree, on the same path, and the outcome is the one the cell's NAT pair
-//! allows: every pair but two endpoint-dependent (symmetric) NATs, and
-//! birthday punching where one symmetric NAT meets a port-restricted one.
+//! mount takes a pair only when the host's pool holds it in use, on the
+//! same path (the mount's remote is where the NAT shows the host's socket
+//! of the pair, and the host's remote where it shows the mount's).
+//! Checked at the end (liveness): both sides have ended (connected or
+//! failed) within the deadline; on a loss-free network both agree, with
+//! the same pair in use in both pools, and the outcome is the one the
+//! cell's NAT pair allows: every pair but two endpoint-dependent
+//! (symmetric) NATs, and birthday punching where one symmetric NAT meets
+//! a port-restricted one.
 
 use crate::seeds::Simulation;
 use bytes::Bytes;
@@ -215,7 +223,10 @@ pub struct NatWorld {
     now: Instant,
     peers: [Peer; 2],
     rendezvous: Rendezvous,
+    /// Where the rendezvous is reached.
     rendezvous_addrs: Vec<SocketAddr>,
+    /// The rendezvous listens on the wildcard address.
+    wildcard: bool,
     secret: TicketSecret,
     queue: BTreeMap<(Instant, u64), Ev>,
     seq: u64,
@@ -261,6 +272,12 @@ impl NatWorld {
         rng.fill(&mut secret);
         let secret = TicketSecret(secret);
         let addrs = ServerAddrs::one_ip(ip(198, 18, 0, 1), [3478, 3479]);
+        let wildcard = (seed / 16) % 2 == 1;
+        let listening = if wildcard {
+            ServerAddrs::one_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED), [3478, 3479])
+        } else {
+            addrs
+        };
         let mut peer = |i: usize| {
             let router = routers[i];
             let k = u8::try_from(i).unwrap_or(0) + 1;
@@ -312,8 +329,9 @@ impl NatWorld {
             rng,
             now: Instant::ZERO,
             peers,
-            rendezvous: Rendezvous::new(addrs),
+            rendezvous: Rendezvous::new(listening),
             rendezvous_addrs: addrs.sockets(),
+            wildcard,
             secret,
             queue: BTreeMap::new(),
             seq: 0,
@@ -385,7 +403,12 @@ impl NatWorld {
                             let locals = bind(&mut peer.sockets, &mut peer.next_port, count);
                             h.add_sprayers(now, session, &locals);
                         }
-                        _ => {}
+                        // Its sockets go to the connection, or are closed.
+                        HostEvent::Connected { session, .. }
+                        | HostEvent::Failed { session, .. } => {
+                            h.forget(now, session);
+                        }
+                        HostEvent::Registered | HostEvent::RendezvousSilent => {}
                     }
                     host_events.push(e);
                 }
@@ -450,17 +473,38 @@ impl NatWorld {
                 return Err(NatViolation("the client ended twice".into()));
             }
             match e {
-                ClientEvent::Connected { kind, birthday, .. } => {
+                ClientEvent::Connected {
+                    local,
+                    remote,
+                    kind,
+                    birthday,
+                } => {
                     // Used by both or neither: the client takes the pair
-                    // only after the host confirmed it in use.
-                    let host_uses = match &self.peers[0].side {
-                        Side::Host(h) => h.pool().pairs().any(|p| p.state() == PairState::InUse),
-                        Side::Client(_) => false,
+                    // only after the host confirmed it in use, on the
+                    // path the client takes.
+                    let host_path = match &self.peers[0].side {
+                        Side::Host(h) => h
+                            .pool()
+                            .pairs()
+                            .find(|p| p.state() == PairState::InUse)
+                            .map(|p| (p.pair().local, p.pair().remote)),
+                        Side::Client(_) => None,
                     };
-                    if !host_uses || self.peers[0].outcome != Some(true) {
+                    let Some((host_local, host_remote)) = host_path else {
                         return Err(NatViolation(
                             "the client took a pair the host does not use".into(),
                         ));
+                    };
+                    let seen_host = self.peers[0].nat.mapped(host_local, host_remote);
+                    let seen_client = self.peers[1].nat.mapped(local, remote);
+                    if self.peers[0].outcome != Some(true)
+                        || seen_host != Some(remote)
+                        || seen_client != Some(host_remote)
+                    {
+                        return Err(NatViolation(format!(
+                            "the client took {local} -> {remote}, the host uses \
+                             {host_local} -> {host_remote} ({seen_host:?}, {seen_client:?})"
+                        )));
                     }
                     self.stats.taken += 1;
                     self.peers[1].outcome = Some(true);
@@ -494,9 +538,16 @@ impl NatWorld {
                 self.stats.outage_drops += 1;
                 return Ok(());
             }
-            self.rendezvous.handle_datagram(now, to, from, payload);
+            let local = if self.wildcard {
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), to.port())
+            } else {
+                to
+            };
+            self.rendezvous.handle_datagram(now, local, from, payload);
             while let Some(t) = self.rendezvous.poll_transmit() {
-                self.send(t.local, t.remote, t.payload);
+                // A wildcard socket sends from the address it was reached at.
+                let origin = SocketAddr::new(to.ip(), t.local.port());
+                self.send(origin, t.remote, t.payload);
             }
             return Ok(());
         }

@@ -98,6 +98,20 @@ impl NatModel {
         SocketAddr::new(self.public_ip, port)
     }
 
+    /// The public address a datagram from `inside` to `to` would leave
+    /// with, if a mapping for it exists now (creating none, unlike
+    /// [`Self::outbound`]).
+    pub fn mapped(&self, inside: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        let key = match self.mapping {
+            Mapping::None => return Some(inside),
+            Mapping::EndpointIndependent => (inside, None, None),
+            Mapping::AddressDependent => (inside, Some(to.ip()), None),
+            Mapping::AddressAndPortDependent => (inside, Some(to.ip()), Some(to.port())),
+        };
+        let (port, _) = self.maps.get(&key)?;
+        Some(SocketAddr::new(self.public_ip, *port))
+    }
+
     /// Translates a datagram arriving from `from` at public port `port`:
     /// the inside socket it goes to, or `None` if filtered.
     pub fn inbound(&mut self, now: Instant, from: SocketAddr, port: u16) -> Option<SocketAddr> {

@@ -148,6 +148,16 @@ impl PairEntry {
         }
     }
 
+    /// An Idle pinger's ping outside its schedule (the next scheduled one
+    /// is a whole interval later). `None` in any other state or role.
+    pub(super) fn probe(&mut self, now: Instant, cfg: &PairConfig) -> Option<Transmit> {
+        if self.state != PairState::Idle || self.pair.role != PingRole::Pinger {
+            return None;
+        }
+        self.next_ping = now + cfg.ping_interval;
+        Some(self.ping(now))
+    }
+
     fn ping(&mut self, now: Instant) -> Transmit {
         self.ping_seq += 1;
         if self.in_flight.len() == MAX_IN_FLIGHT {

@@ -361,6 +361,23 @@ impl PairPool {
         Ok(id)
     }
 
+    /// Pings an Idle pair we ping at once, outside its schedule: a pair
+    /// whose peer may not have it yet (its side of the punch still
+    /// running) is probed until a pong proves the peer holds the same
+    /// path. Returns false, sending nothing, unless the pair is an Idle
+    /// pair we ping.
+    pub fn probe(&mut self, now: Instant, nonce: PairNonce) -> bool {
+        let Some(slot) = self.slots.get_mut(&nonce) else {
+            return false;
+        };
+        let Some(tx) = slot.entry.probe(now, &self.cfg) else {
+            return false;
+        };
+        self.out.push_back(Output::Transmit(tx));
+        self.settle(now, nonce);
+        true
+    }
+
     /// Our connection on this pair is closed and its socket is back with
     /// the shell: stay silent until the peer confirms, then resume
     /// keepalive.

@@ -10,9 +10,11 @@
 //! (`NeedSprayers`); the punched path may then be on one of those.
 //!
 //! A punched path is not used at once: both sides add it to their
-//! [`PairPool`] (the client pings, the host answers), and the client takes
-//! it through the pool's lock/take handover, whose signals travel through
-//! the rendezvous, signed with the session's pair key. Only when the pool
+//! [`PairPool`] (the client pings, the host answers). The client probes
+//! its path until the host answers (proof that the host holds the same
+//! path, not another it nominated), then takes it through the pool's
+//! lock/take handover, whose signals travel through the rendezvous, sealed
+//! with the session's pair key. Only when the pool
 //! says `Taken` is the path reported as connected and its socket given to
 //! QUIC: the handover is what makes the two sides agree that the path is
 //! theirs (after a lossy punch one side may have connected and the other
@@ -20,7 +22,7 @@
 
 use super::wire::{
     HostId, MAX_CANDIDATES, Refusal, Signalling, Token, check_key, client_peer, host_peer,
-    pair_signal_mac, session_pair,
+    open_pair_signal, session_pair,
 };
 use crate::conn::auth::TicketSecret;
 use crate::nat::stun;
@@ -28,8 +30,7 @@ use crate::nat::{
     CandidateKind, FailReason, Offer, Role, Traversal, TraversalConfig, TraversalEvent,
 };
 use crate::pair::{
-    BusyReason, EndpointPair, FailReason as HandoverFail, Output, PairConfig, PairEvent, PairKey,
-    PairNonce, PairPool, PingRole, Signal, Transmit,
+    EndpointPair, Output, PairConfig, PairEvent, PairKey, PairNonce, PairPool, PingRole, Transmit,
 };
 use crate::{Instant, Rng};
 use core::net::SocketAddr;
@@ -49,13 +50,19 @@ const REGISTER_RETRY: Duration = Duration::from_secs(1);
 const SILENT_AFTER: Duration = Duration::from_secs(5);
 /// Connect is repeated this often until answered...
 const CONNECT_EVERY: Duration = Duration::from_millis(500);
-/// A take refused because the host has not added the pair yet (its side
-/// of the punch finishes a moment after ours) is tried again after this...
+/// The punched path is probed this often until the host answers: it adds
+/// the pair when its own side of the punch finishes, a moment after ours...
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// ...this many times in all (5 s).
+const MAX_PROBES: u32 = 25;
+/// A handover that failed (its signals lost on the way) is tried again
+/// after this...
 const RETAKE_AFTER: Duration = Duration::from_millis(200);
 /// ...this many times in all.
 const MAX_TAKES: u32 = 10;
-/// A pair handed to its connection stays in the host's pool this long, so
-/// that a client repeating its Take (our TakeOk lost) is answered.
+/// A pair handed to its connection stays in the host's pool this long,
+/// with the key that verifies its signals, so that a client repeating its
+/// Take (our TakeOk lost) is answered.
 const TAKEN_LINGER: Duration = Duration::from_secs(10);
 /// ...this many times.
 const CONNECT_SENDS: u32 = 10;
@@ -122,6 +129,15 @@ struct HostSession {
     punched: Option<Punched>,
 }
 
+/// A session whose pair went to its connection: the pool still answers a
+/// repeated Take for it until `until`.
+#[derive(Debug)]
+struct Taken {
+    until: Instant,
+    session: u64,
+    pair: (PairNonce, PairKey),
+}
+
 /// A punched path waiting for its handover.
 #[derive(Clone, Copy, Debug)]
 struct Punched {
@@ -151,9 +167,9 @@ pub struct HostRendezvous {
     by_local: BTreeMap<SocketAddr, u64>,
     /// Punched pairs, each answering its client's pings and handovers.
     pool: PairPool,
-    /// Pairs handed to their connection, removed from the pool at these
-    /// times.
-    taken: VecDeque<(Instant, PairNonce)>,
+    /// Sessions whose pair went to its connection, until their pair
+    /// leaves the pool, oldest first.
+    taken: VecDeque<Taken>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<HostEvent>,
 }
@@ -253,10 +269,10 @@ impl HostRendezvous {
                 signal,
                 mac,
             }) if host == self.host => {
-                let key = self.sessions.get(&session).map(|s| s.pair.1.clone());
-                let valid =
-                    key.is_some_and(|k| pair_signal_mac(&k, session, false, &signal) == mac);
-                if let (true, Ok(signal)) = (valid, Signal::decode(&signal)) {
+                let signal = self
+                    .pair_key(session)
+                    .and_then(|key| open_pair_signal(key, session, false, &signal, &mac));
+                if let Some(signal) = signal {
                     self.pool.handle_signal(now, client_peer(session), signal);
                     self.drain_pool();
                 }
@@ -274,7 +290,11 @@ impl HostRendezvous {
             }
             return;
         }
-        if self.sessions.len() >= MAX_HOST_SESSIONS {
+        // A late repeat of a Connect whose session is already connected
+        // must not start it again.
+        if self.sessions.len() >= MAX_HOST_SESSIONS
+            || self.taken.iter().any(|t| t.session == session)
+        {
             return;
         }
         self.sessions.insert(
@@ -350,9 +370,20 @@ impl HostRendezvous {
     /// repeated Take.
     pub fn forget(&mut self, now: Instant, session: u64) {
         if let Some(s) = self.sessions.remove(&session) {
-            self.taken.push_back((now + TAKEN_LINGER, s.pair.0));
+            self.taken.push_back(Taken {
+                until: now + TAKEN_LINGER,
+                session,
+                pair: s.pair,
+            });
         }
         self.by_local.retain(|_, s| *s != session);
+    }
+
+    /// The pair key of a session, running or taken.
+    fn pair_key(&self, session: u64) -> Option<&PairKey> {
+        let taken = self.taken.iter().find(|t| t.session == session);
+        let pair = self.sessions.get(&session).map(|s| &s.pair);
+        pair.or(taken.map(|t| &t.pair)).map(|(_, key)| key)
     }
 
     /// Keeps the registration fresh and drives the traversals' timers.
@@ -388,12 +419,10 @@ impl HostRendezvous {
             }
             self.collect(now, session);
         }
-        while let Some((at, nonce)) = self.taken.front().copied() {
-            if at > now {
-                break;
+        while self.taken.front().is_some_and(|t| t.until <= now) {
+            if let Some(t) = self.taken.pop_front() {
+                self.pool.remove(t.pair.0);
             }
-            self.taken.pop_front();
-            self.pool.remove(nonce);
         }
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
@@ -408,21 +437,15 @@ impl HostRendezvous {
             match output {
                 Output::Transmit(t) => self.transmits.push_back(t),
                 Output::Signal { to, signal } => {
-                    let Some((session, s)) = self
-                        .sessions
-                        .iter()
-                        .find(|(session, _)| client_peer(**session) == to)
-                    else {
+                    let running = self.sessions.keys().copied();
+                    let taken = self.taken.iter().map(|t| t.session);
+                    let Some(session) = running.chain(taken).find(|s| client_peer(*s) == to) else {
                         continue;
                     };
-                    let bytes = signal.encode().to_vec();
-                    let mac = pair_signal_mac(&s.pair.1, *session, true, &bytes);
-                    let msg = Signalling::PairSignal {
-                        host: self.host,
-                        session: *session,
-                        signal: bytes,
-                        mac,
+                    let Some(key) = self.pair_key(session) else {
+                        continue;
                     };
+                    let msg = Signalling::seal_pair_signal(self.host, session, key, true, &signal);
                     self.transmits.push_back(Transmit {
                         local: self.local,
                         remote: self.rendezvous,
@@ -571,7 +594,7 @@ impl HostRendezvous {
             .filter_map(|s| s.traversal.as_ref()?.poll_timeout())
             .chain([self.next_register])
             .chain(self.pool.poll_timeout())
-            .chain(self.taken.front().map(|(at, _)| *at))
+            .chain(self.taken.front().map(|t| t.until))
             .min()
     }
 
@@ -607,6 +630,15 @@ pub enum ClientEvent {
     Failed(FailReason),
 }
 
+/// How far the client is in handing the punched path over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handing {
+    /// Probes sent, none answered yet.
+    Probing(u32),
+    /// The host answered a probe on our path; takes started.
+    Taking(u32),
+}
+
 /// A client's side: ask the rendezvous to be put through to a host, and
 /// punch toward the candidates it answers with.
 pub struct ClientRendezvous {
@@ -621,9 +653,10 @@ pub struct ClientRendezvous {
     pool: PairPool,
     pair: (PairNonce, PairKey),
     punched: Option<Punched>,
-    /// Takes started, and when the next is due.
-    takes: u32,
-    retake_at: Option<Instant>,
+    /// Probing the punched path, then taking it.
+    handing: Handing,
+    /// When the next probe or take is due.
+    next_try: Option<Instant>,
     sends: u32,
     next_connect: Option<Instant>,
     answered: bool,
@@ -689,8 +722,8 @@ impl ClientRendezvous {
             pool,
             pair: session_pair(secret, session),
             punched: None,
-            takes: 0,
-            retake_at: None,
+            handing: Handing::Probing(0),
+            next_try: None,
             sends: 0,
             next_connect: None,
             answered: false,
@@ -737,8 +770,9 @@ impl ClientRendezvous {
                     signal,
                     mac,
                 }) if session == self.session && host == self.host => {
-                    let valid = pair_signal_mac(&self.pair.1, session, true, &signal) == mac;
-                    if let (true, Ok(signal)) = (valid, Signal::decode(&signal)) {
+                    if let Some(signal) =
+                        open_pair_signal(&self.pair.1, session, true, &signal, &mac)
+                    {
                         self.pool.handle_signal(now, host_peer(host), signal);
                     }
                 }
@@ -784,37 +818,49 @@ impl ClientRendezvous {
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
         }
-        if self.retake_at.is_some_and(|t| t <= now) {
-            self.retake_at = None;
-            self.take(now);
+        if self.next_try.is_some_and(|t| t <= now) {
+            self.next_try = None;
+            match self.handing {
+                Handing::Probing(_) => self.probe(now),
+                Handing::Taking(_) => self.take(now),
+            }
         }
         self.collect(now);
     }
 
-    /// Puts the punched pair into the pool, fresh, and starts its
-    /// handover. Fresh each time: a pair rolled back by a failed take pings
-    /// at once, and a ping the host cannot answer yet (it has no such pair
-    /// so far) would hold the next take for the pool's whole drain wait.
-    fn take(&mut self, now: Instant) {
-        let Some(p) = self.punched else {
+    /// Pings the punched path (outside the pool's schedule) until the
+    /// host answers: its answer proves it has added the same path to its
+    /// pool, so the take that follows locks the pair both sides use.
+    fn probe(&mut self, now: Instant) {
+        let Handing::Probing(sent) = self.handing else {
             return;
         };
-        self.takes += 1;
-        self.pool.remove(self.pair.0);
-        let pair = EndpointPair {
-            nonce: self.pair.0,
-            local: p.local,
-            remote: p.remote,
-            peer: host_peer(self.host),
-            key: self.pair.1.clone(),
-            role: PingRole::Pinger,
+        if sent >= MAX_PROBES || !self.pool.probe(now, self.pair.0) {
+            return self.fail(FailReason::NotTaken);
+        }
+        self.handing = Handing::Probing(sent + 1);
+        self.next_try = Some(now + PROBE_EVERY);
+    }
+
+    /// Starts (or starts again) the handover of the punched pair. Its
+    /// handover ids grow with each take, so a late answer to an earlier
+    /// take never matches this one.
+    fn take(&mut self, now: Instant) {
+        let takes = match self.handing {
+            Handing::Probing(_) => 0,
+            Handing::Taking(takes) => takes,
         };
-        let taken =
-            self.pool.add(now, pair).is_ok() && self.pool.take_pair(now, self.pair.0).is_ok();
-        if !taken && !self.done {
+        self.handing = Handing::Taking(takes + 1);
+        if self.pool.take_pair(now, self.pair.0).is_err() {
+            self.fail(FailReason::NotTaken);
+        }
+    }
+
+    fn fail(&mut self, why: FailReason) {
+        self.next_try = None;
+        if !self.done {
             self.done = true;
-            self.events
-                .push_back(ClientEvent::Failed(FailReason::NotTaken));
+            self.events.push_back(ClientEvent::Failed(why));
         }
     }
 
@@ -863,15 +909,27 @@ impl ClientRendezvous {
                     kind,
                     birthday,
                 } if !self.done => {
-                    // Into the pool, and take it: the host learns through
-                    // the handover that this path is the one.
+                    // Into the pool; probed, then taken: the host learns
+                    // through the handover that this path is the one.
                     self.punched = Some(Punched {
                         local,
                         remote,
                         kind,
                         birthday,
                     });
-                    self.take(now);
+                    let pair = EndpointPair {
+                        nonce: self.pair.0,
+                        local,
+                        remote,
+                        peer: host_peer(self.host),
+                        key: self.pair.1.clone(),
+                        role: PingRole::Pinger,
+                    };
+                    if self.pool.add(now, pair).is_ok() {
+                        self.probe(now);
+                    } else {
+                        self.fail(FailReason::NotTaken);
+                    }
                 }
                 TraversalEvent::Failed(why) if !self.done => {
                     self.done = true;
@@ -880,18 +938,25 @@ impl ClientRendezvous {
                 _ => {}
             }
         }
+        let answered = self
+            .pool
+            .get(self.pair.0)
+            .is_some_and(|p| p.stats().frames_accepted > 0);
+        if answered && matches!(self.handing, Handing::Probing(_)) && !self.done {
+            self.next_try = None;
+            self.take(now);
+        }
         while let Some(output) = self.pool.poll_output() {
             match output {
                 Output::Transmit(t) => self.transmits.push_back(t),
                 Output::Signal { signal, .. } => {
-                    let bytes = signal.encode().to_vec();
-                    let mac = pair_signal_mac(&self.pair.1, self.session, false, &bytes);
-                    let msg = Signalling::PairSignal {
-                        host: self.host,
-                        session: self.session,
-                        signal: bytes,
-                        mac,
-                    };
+                    let msg = Signalling::seal_pair_signal(
+                        self.host,
+                        self.session,
+                        &self.pair.1,
+                        false,
+                        &signal,
+                    );
                     self.transmits.push_back(Transmit {
                         local: self.local,
                         remote: self.rendezvous,
@@ -909,19 +974,16 @@ impl ClientRendezvous {
                         });
                     }
                 }
-                Output::Event(PairEvent::HandoverFailed {
-                    reason: HandoverFail::Busy(BusyReason::UnknownPair),
-                    ..
-                }) if !self.done && self.takes < MAX_TAKES => {
-                    // The host's side of the punch is not done yet.
-                    self.retake_at = Some(now + RETAKE_AFTER);
-                }
-                Output::Event(PairEvent::HandoverFailed { .. } | PairEvent::Expired { .. })
-                    if !self.done =>
+                Output::Event(PairEvent::HandoverFailed { .. })
+                    if !self.done
+                        && matches!(self.handing, Handing::Taking(n) if n < MAX_TAKES) =>
                 {
-                    self.done = true;
-                    self.events
-                        .push_back(ClientEvent::Failed(FailReason::NotTaken));
+                    // Signals lost on the way, or the host still busy with
+                    // an earlier take of ours: the pair is Idle again.
+                    self.next_try = Some(now + RETAKE_AFTER);
+                }
+                Output::Event(PairEvent::HandoverFailed { .. } | PairEvent::Expired { .. }) => {
+                    self.fail(FailReason::NotTaken);
                 }
                 Output::Event(_) => {}
             }
@@ -944,7 +1006,7 @@ impl ClientRendezvous {
             self.next_connect,
             self.traversal.poll_timeout(),
             self.pool.poll_timeout(),
-            self.retake_at,
+            self.next_try,
         ]
         .into_iter()
         .flatten()

@@ -316,6 +316,7 @@ mod signalling {
     use super::*;
     use crate::conn::auth::TicketSecret;
     use crate::nat::TraversalConfig;
+    use crate::pair::{FrameKind, KeepaliveFrame, Signal, SignalKind, Transmit};
     use crate::rendezvous::peer::{ClientEvent, ClientRendezvous, HostEvent, HostRendezvous};
     use crate::rendezvous::wire::{Refusal, Signalling};
 
@@ -324,6 +325,25 @@ mod signalling {
     /// Host, client and rendezvous on one flat network; returns the
     /// client's outcome and the host's events.
     fn run(client_secret: TicketSecret, register: bool) -> (ClientEvent, Vec<HostEvent>) {
+        run_lossy(client_secret, register, |_| false)
+    }
+
+    /// The pair signal inside a datagram, if it carries one.
+    fn pair_signal(payload: &[u8]) -> Option<Signal> {
+        match Signalling::decode(payload) {
+            Ok(Signalling::PairSignal { signal, .. }) => Signal::decode(&signal).ok(),
+            _ => None,
+        }
+    }
+
+    /// As [`run`], with the ticket's secret, dropping every datagram
+    /// `lose` picks. The host forgets a session when it reports it
+    /// connected, as the shell does.
+    fn run_lossy(
+        client_secret: TicketSecret,
+        register: bool,
+        mut lose: impl FnMut(&Transmit) -> bool,
+    ) -> (ClientEvent, Vec<HostEvent>) {
         let secret = TicketSecret([9; 32]);
         let server = one_ip_server();
         let rv_addr = server.primary();
@@ -364,8 +384,12 @@ mod signalling {
                     packets.push(t);
                 }
                 while let Some(e) = h.poll_event() {
-                    if let HostEvent::NeedSocket { session } = e {
-                        h.add_socket(now, session, host_punch, vec![host_punch]);
+                    match e {
+                        HostEvent::NeedSocket { session } => {
+                            h.add_socket(now, session, host_punch, vec![host_punch]);
+                        }
+                        HostEvent::Connected { session, .. } => h.forget(now, session),
+                        _ => {}
                     }
                     host_events.push(e);
                 }
@@ -389,6 +413,7 @@ mod signalling {
             while let Some(t) = rv.poll_transmit() {
                 packets.push(t);
             }
+            packets.retain(|t| !lose(t));
             if packets.is_empty() {
                 let next = [
                     client.poll_timeout(),
@@ -416,6 +441,82 @@ mod signalling {
             }
         }
         panic!("no outcome");
+    }
+
+    /// The host's TakeOk is lost after the host has handed the pair to its
+    /// connection and forgotten the session: the client's repeated Take
+    /// is still verified and answered, and the client connects.
+    #[test]
+    fn a_take_repeated_after_the_host_forgot_the_session_is_answered() {
+        let mut lost_take_oks = 0;
+        let (outcome, host_events) = run_lossy(TicketSecret([9; 32]), true, |t| {
+            let take_ok = pair_signal(&t.payload).is_some_and(|s| s.kind == SignalKind::TakeOk);
+            if take_ok && lost_take_oks < 2 && t.remote != addr("198.51.100.1:3478") {
+                lost_take_oks += 1;
+                return true;
+            }
+            false
+        });
+        assert_eq!(lost_take_oks, 2, "the first two TakeOks were lost");
+        assert!(
+            matches!(outcome, ClientEvent::Connected { .. }),
+            "{outcome:?}"
+        );
+        assert!(
+            host_events
+                .iter()
+                .any(|e| matches!(e, HostEvent::Connected { .. })),
+            "{host_events:?}"
+        );
+    }
+
+    /// A client takes its path only once the host has answered a probe on
+    /// it: with every keepalive answer lost, it never sends a Lock and
+    /// gives up saying why.
+    #[test]
+    fn a_path_the_host_never_answers_on_is_never_taken() {
+        let mut locks = 0;
+        let (outcome, host_events) = run_lossy(TicketSecret([9; 32]), true, |t| {
+            if pair_signal(&t.payload).is_some_and(|s| s.kind == SignalKind::Lock) {
+                locks += 1;
+            }
+            KeepaliveFrame::decode(&t.payload).is_ok_and(|f| f.kind == FrameKind::Pong)
+        });
+        assert_eq!(
+            outcome,
+            ClientEvent::Failed(crate::nat::FailReason::NotTaken)
+        );
+        assert_eq!(locks, 0, "no take without an answer on the path");
+        assert!(
+            !host_events
+                .iter()
+                .any(|e| matches!(e, HostEvent::Connected { .. })),
+            "{host_events:?}"
+        );
+    }
+
+    /// Every Lock of the first take is lost, so it times out; the take
+    /// after it has a newer handover id, so nothing late from the first
+    /// can be mistaken for an answer to the second.
+    #[test]
+    fn a_take_after_a_failed_one_has_a_newer_handover_id() {
+        let mut seqs = Vec::new();
+        let (outcome, _) = run_lossy(TicketSecret([9; 32]), true, |t| {
+            let Some(s) = pair_signal(&t.payload).filter(|s| s.kind == SignalKind::Lock) else {
+                return false;
+            };
+            if t.remote != addr("198.51.100.1:3478") {
+                return false;
+            }
+            seqs.push(s.handover.seq);
+            s.handover.seq == 1
+        });
+        assert!(
+            matches!(outcome, ClientEvent::Connected { .. }),
+            "{outcome:?}"
+        );
+        assert!(seqs.contains(&1) && seqs.contains(&2), "{seqs:?}");
+        assert!(seqs.windows(2).all(|w| w[0] <= w[1]), "{seqs:?}");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use crate::codec::{self, CodecError, WireMessage};
 use crate::conn::auth::TicketSecret;
 use crate::nat::{CheckKey, Offer};
-use crate::pair::{PairKey, PairNonce, PeerId};
+use crate::pair::{PairKey, PairNonce, PeerId, Signal};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -109,7 +109,12 @@ pub fn client_peer(session: u64) -> PeerId {
 /// The MAC of a pair signal sent through the rendezvous for `session`, by
 /// the host (`from_host`) or the client, under the session's pair key: the
 /// rendezvous can drop signals but not forge, alter or reflect one.
-pub fn pair_signal_mac(key: &PairKey, session: u64, from_host: bool, signal: &[u8]) -> [u8; 16] {
+pub(crate) fn pair_signal_mac(
+    key: &PairKey,
+    session: u64,
+    from_host: bool,
+    signal: &[u8],
+) -> [u8; 16] {
     let mut hasher = blake3::Hasher::new_keyed(&key.0);
     hasher.update(b"wormhole/1 pair signal");
     hasher.update(&session.to_le_bytes());
@@ -118,6 +123,49 @@ pub fn pair_signal_mac(key: &PairKey, session: u64, from_host: bool, signal: &[u
     let mut mac = [0u8; 16];
     mac.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
     mac
+}
+
+impl Signalling {
+    /// A pair handover signal for `session`'s punched pair, sealed under
+    /// its key by the host (`from_host`) or the client.
+    pub fn seal_pair_signal(
+        host: HostId,
+        session: u64,
+        key: &PairKey,
+        from_host: bool,
+        signal: &Signal,
+    ) -> Self {
+        let signal = signal.encode().to_vec();
+        let mac = pair_signal_mac(key, session, from_host, &signal);
+        Signalling::PairSignal {
+            host,
+            session,
+            signal,
+            mac,
+        }
+    }
+}
+
+/// The signal inside a [`Signalling::PairSignal`], if its MAC verifies
+/// under `key` as sent by the host (`from_host`) or the client, and it
+/// decodes.
+pub fn open_pair_signal(
+    key: &PairKey,
+    session: u64,
+    from_host: bool,
+    signal: &[u8],
+    mac: &[u8; 16],
+) -> Option<Signal> {
+    let expected = pair_signal_mac(key, session, from_host, signal);
+    // Compared without an early exit: a MAC's bytes leak nothing by timing.
+    let diff = expected
+        .iter()
+        .zip(mac)
+        .fold(0, |acc, (a, b)| acc | (a ^ b));
+    if diff != 0 {
+        return None;
+    }
+    Signal::decode(signal).ok()
 }
 
 /// Why the rendezvous refused to put a client through.
