@@ -53,6 +53,8 @@ wormhole_tests::both_shells! {
     read_only_host: read_only;
 
     bad_frames_reset_one_stream: bad_frames;
+
+    a_path_found_after_its_connect_gave_up_is_kept: renewal_outlives_its_connect;
 }
 
 fn quic_mount<S: Shell>(shell: &S) {
@@ -346,6 +348,49 @@ fn host_restart<S: Shell>(shell: &S) {
         );
     });
     guard.unmount_all(shell);
+    stop_host(shell, host);
+}
+
+/// A renewing transport whose path fails asks for a fresh one; the
+/// connect that asked is given up (as the connection machine gives up an
+/// attempt that outlives its timeout) before the path is found. The path
+/// found is kept: the next connect goes over it without asking again.
+fn renewal_outlives_its_connect<S: Shell>(shell: &S) {
+    use futures_lite::future;
+    use wormhole_io::net::{QuicTransport, RenewingTransport, Transport};
+    wormhole_io::cli::init_tracing();
+    let dir = scratch("renewal", shell.name());
+    let identity = Identity::generate().expect("identity");
+    let host = start_host(shell, &dir, &identity);
+    let good = ticket(&host, &identity);
+    // The same host under another pin: every handshake fails at once.
+    let mut wrong = good.clone();
+    wrong.fingerprint = Identity::generate().expect("identity").fingerprint();
+    let (renew_tx, renew_rx) = async_channel::bounded(1);
+    let mut t = RenewingTransport::new(transport(shell, &wrong), renew_tx);
+    within(shell, STEP, "the first connect", t.connect())
+        .expect_err("the wrong pin fails the first connect");
+    let renewal = within(shell, STEP, "a renewal is asked for", async {
+        let asking = t.connect();
+        future::or(
+            async {
+                let _ = asking.await;
+                None
+            },
+            async { renew_rx.recv().await.ok() },
+        )
+        .await
+    })
+    .expect("the second connect asks for a new path");
+    // The asking connect is gone; its path arrives now.
+    let fresh: QuicTransport = transport(shell, &good);
+    renewal.found(Ok(fresh));
+    within(shell, STEP, "the connect after the renewal", t.connect())
+        .expect("the next connect goes over the path found");
+    assert!(
+        renew_rx.try_recv().is_err(),
+        "no new search for a path that was found"
+    );
     stop_host(shell, host);
 }
 

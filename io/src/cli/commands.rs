@@ -15,7 +15,7 @@ use crate::claim::{ClaimError, DirClaim};
 use crate::host::keys::{HostKeys, config_dir};
 use crate::host::{Host, HostOptions};
 use crate::mount::{Mount, MountOptions};
-use crate::net::{QuicTransport, RenewRequest, RenewingTransport, Ticket};
+use crate::net::{QuicTransport, Renewal, RenewingTransport, Ticket};
 use crate::{Shell, timeout};
 
 /// The port a host listens on unless told otherwise: fixed, so a ticket
@@ -514,15 +514,20 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
         // ever answers errors.
         let (transport, how) = find_path(shell, &ticket).await?;
         // When the path dies for good, the transport asks for a new one.
-        let (renew_tx, renew_rx) = async_channel::bounded::<RenewRequest>(1);
+        let (renew_tx, renew_rx) = async_channel::bounded::<Renewal>(1);
         let transport = RenewingTransport::new(transport, renew_tx);
         let renew = async {
-            while let Ok(answer) = renew_rx.recv().await {
+            while let Ok(renewal) = renew_rx.recv().await {
+                if !renewal.wanted() {
+                    // The search for an earlier request found a path.
+                    renewal.found_earlier();
+                    continue;
+                }
                 let fresh = find_path(shell, &ticket)
                     .await
                     .map(|(transport, _)| transport)
                     .map_err(|e| std::io::Error::other(format!("{e:#}")));
-                let _ = answer.send(fresh).await;
+                renewal.found(fresh);
             }
         };
         let ms = rt.now().saturating_duration_since(started).as_millis();

@@ -297,37 +297,83 @@ impl Transport for QuicTransport {
     }
 }
 
-/// Asks for a fresh path to the host; the answer comes back on the
-/// enclosed sender.
-pub type RenewRequest = async_channel::Sender<io::Result<QuicTransport>>;
+/// The path a [`RenewingTransport`] connects over, shared with the
+/// [`Renewal`]s it hands out.
+#[derive(Debug)]
+struct PathSlot {
+    current: std::sync::Mutex<QuicTransport>,
+    /// The last connect did not succeed (set before each attempt: the
+    /// connection machine drops an attempt that outlives its timeout).
+    stale: std::sync::atomic::AtomicBool,
+}
+
+/// A request for a fresh path to the host. Whoever finds one hands it to
+/// [`Renewal::found`], which makes it the transport's path at once: a path
+/// found after the connect that asked was given up (finding one can take
+/// longer than a connect may) is used by the next connect, not lost.
+#[derive(Debug)]
+pub struct Renewal {
+    slot: Arc<PathSlot>,
+    answer: async_channel::Sender<io::Result<()>>,
+}
+
+impl Renewal {
+    /// Whether a fresh path is still wanted: an earlier renewal may have
+    /// found one since this was asked for.
+    pub fn wanted(&self) -> bool {
+        self.slot.stale.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// An earlier renewal found the path this one asks for: the waiting
+    /// connect goes on over it.
+    pub fn found_earlier(self) {
+        let _ = self.answer.try_send(Ok(()));
+    }
+
+    /// The outcome of the search: a fresh path becomes the transport's
+    /// current one, and the waiting connect (if still there) goes on.
+    pub fn found(self, path: io::Result<QuicTransport>) {
+        let answer = path.map(|transport| {
+            *self
+                .slot
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = transport;
+            self.slot
+                .stale
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        });
+        let _ = self.answer.try_send(answer);
+    }
+}
 
 /// A mount's transport over a path that can be found anew: a punched path
 /// dies with the host process that held its other end, or with a NAT that
 /// forgot the mapping, and redialling the same addresses then never
 /// works. Each connect tries the current path; a connect after one that
-/// did not succeed asks `renew` (the mount, which punches again through
-/// the rendezvous) for a fresh path and connects over that one.
+/// did not succeed sends a [`Renewal`] on `renew` (to the mount, which
+/// punches again through the rendezvous) and connects over what it finds.
 #[derive(Clone, Debug)]
 pub struct RenewingTransport {
-    current: Arc<std::sync::Mutex<QuicTransport>>,
-    /// The last connect did not succeed (set before each attempt: the
-    /// connection machine drops an attempt that outlives its timeout).
-    stale: Arc<std::sync::atomic::AtomicBool>,
-    renew: async_channel::Sender<RenewRequest>,
+    slot: Arc<PathSlot>,
+    renew: async_channel::Sender<Renewal>,
 }
 
 impl RenewingTransport {
     /// Starts on `current`; fresh paths come from whoever reads `renew`.
-    pub fn new(current: QuicTransport, renew: async_channel::Sender<RenewRequest>) -> Self {
+    pub fn new(current: QuicTransport, renew: async_channel::Sender<Renewal>) -> Self {
         RenewingTransport {
-            current: Arc::new(std::sync::Mutex::new(current)),
-            stale: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            slot: Arc::new(PathSlot {
+                current: std::sync::Mutex::new(current),
+                stale: std::sync::atomic::AtomicBool::new(false),
+            }),
             renew,
         }
     }
 
     fn current(&self) -> QuicTransport {
-        self.current
+        self.slot
+            .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
@@ -339,25 +385,24 @@ impl Transport for RenewingTransport {
         use std::sync::atomic::Ordering;
         let this = self.clone();
         Box::pin(async move {
-            let mut transport = this.current();
-            if this.stale.swap(true, Ordering::SeqCst) {
-                let (answer, fresh) = async_channel::bounded(1);
+            if this.slot.stale.swap(true, Ordering::SeqCst) {
+                let (answer, found) = async_channel::bounded(1);
+                let renewal = Renewal {
+                    slot: this.slot.clone(),
+                    answer,
+                };
                 this.renew
-                    .send(answer)
+                    .send(renewal)
                     .await
                     .map_err(|_| io::Error::other("no way to find a new path to the host"))?;
-                transport = fresh
+                found
                     .recv()
                     .await
                     .map_err(|_| io::Error::other("finding a new path to the host stopped"))??;
-                *this
-                    .current
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = transport.clone();
                 debug!("connecting over a new path to the host");
             }
-            let link = transport.connect().await?;
-            this.stale.store(false, Ordering::SeqCst);
+            let link = this.current().connect().await?;
+            this.slot.stale.store(false, Ordering::SeqCst);
             Ok(link)
         })
     }
