@@ -296,7 +296,10 @@ enum Birthday {
         target: core::net::IpAddr,
         walk: PortWalk,
     },
-    /// Budget spent, or a path found.
+    /// Budget spent: answers to the last bursts may still arrive until
+    /// then (one `max_rto`, a check's longest wait).
+    Draining(Instant),
+    /// Budget spent and drained, or a path found.
     Done,
 }
 
@@ -324,6 +327,11 @@ pub struct Traversal {
     /// The peer's offer arrived, then.
     remote_since: Option<Instant>,
     remote_varies: bool,
+    /// The peer's public (server-reflexive) address of our first socket's
+    /// family, from its offer: what birthday punching aims at. Kept apart
+    /// from the paths, where the same address may already stand as
+    /// peer-reflexive (a check from it arrived before the offer did).
+    remote_public: Option<SocketAddr>,
     in_flight: BTreeMap<TxId, InFlight>,
     nominating: bool,
     linger_left: u32,
@@ -381,6 +389,7 @@ impl Traversal {
             paths: Vec::new(),
             remote_since: None,
             remote_varies: false,
+            remote_public: None,
             in_flight: BTreeMap::new(),
             nominating: false,
             linger_left: 0,
@@ -432,6 +441,12 @@ impl Traversal {
             }
         }
         self.remote_varies |= offer.mapping_varies;
+        let public = offer.candidates.iter().find(|c| {
+            c.kind == CandidateKind::ServerReflexive && c.addr.is_ipv4() == self.local.is_ipv4()
+        });
+        if let (None, Some(c)) = (self.remote_public, public) {
+            self.remote_public = Some(c.addr);
+        }
         self.remote_since.get_or_insert(now);
         self.next_check = self.next_check.max(now);
         self.check();
@@ -599,6 +614,11 @@ impl Traversal {
     /// Where it stands.
     pub fn state(&self) -> TraversalState {
         self.state
+    }
+
+    /// Whether it may still punch by birthday: running, with a budget.
+    pub fn may_birthday(&self) -> bool {
+        !self.finished() && self.config.birthday.probes > 0
     }
 
     /// Counters.
@@ -903,17 +923,11 @@ impl Traversal {
         let since = self.remote_since?;
         let natted = self.public.is_some_and(|p| !self.host_addrs.contains(&p));
         (matches!(self.birthday, Birthday::Off)
+            && self.config.birthday.probes > 0
             && self.mapping_varies != self.remote_varies
             && natted
-            && self.peer_public().is_some())
+            && self.remote_public.is_some())
         .then_some(since + self.config.birthday.after)
-    }
-
-    fn peer_public(&self) -> Option<SocketAddr> {
-        self.paths
-            .iter()
-            .find(|p| p.kind == CandidateKind::ServerReflexive && p.local == self.local)
-            .map(|p| p.remote)
     }
 
     fn birthday_due(&self) -> Option<Instant> {
@@ -921,13 +935,14 @@ impl Traversal {
             Birthday::Off => self.birthday_start(),
             Birthday::Spray { .. } if self.sprayers.is_empty() => None,
             Birthday::Spray { .. } | Birthday::Scan { .. } => Some(self.next_burst),
+            Birthday::Draining(until) => Some(until),
             Birthday::Done => None,
         }
     }
 
     fn birthday_tick(&mut self, now: Instant) {
         if let Some(start) = self.birthday_start() {
-            let Some(target) = self.peer_public().filter(|_| start <= now) else {
+            let Some(target) = self.remote_public.filter(|_| start <= now) else {
                 return;
             };
             self.next_burst = now;
@@ -944,13 +959,20 @@ impl Traversal {
                 }
             };
         }
+        if let Birthday::Draining(until) = self.birthday {
+            if until <= now {
+                self.birthday = Birthday::Done;
+            }
+            return;
+        }
         if self.next_burst > now {
             return;
         }
         self.next_burst = now + self.config.birthday.tick;
+        let drained = Birthday::Draining(now + self.config.max_rto);
         for _ in 0..self.config.birthday.burst {
             if self.birthday_left == 0 {
-                self.birthday = Birthday::Done;
+                self.birthday = drained;
                 return;
             }
             let (local, remote) = match &mut self.birthday {
@@ -964,11 +986,11 @@ impl Traversal {
                 Birthday::Scan { target, walk } => match walk.next() {
                     Some(port) => (self.local, SocketAddr::new(*target, port)),
                     None => {
-                        self.birthday = Birthday::Done;
+                        self.birthday = drained;
                         return;
                     }
                 },
-                Birthday::Off | Birthday::Done => return,
+                Birthday::Off | Birthday::Draining(_) | Birthday::Done => return,
             };
             self.birthday_left -= 1;
             let tx = self.fresh_tx();
@@ -1454,6 +1476,165 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Answers the rendezvous's Binding requests among `t`'s transmits at
+    /// once (from its port `i` the mapped address is `publics[i]`), and
+    /// returns the other transmits.
+    fn answer_rendezvous(
+        t: &mut Traversal,
+        now: Instant,
+        publics: [SocketAddr; 2],
+    ) -> Vec<Transmit> {
+        let rv: Vec<SocketAddr> = RV.iter().map(|a| addr(a)).collect();
+        let mut others = Vec::new();
+        while let Some(tx) = t.poll_transmit() {
+            match (
+                rv.iter().position(|a| *a == tx.remote),
+                stun::decode(&tx.payload),
+            ) {
+                (Some(i), Ok(stun::Stun::Request { tx: id, .. })) => {
+                    let answer = stun::binding_success(id, publics[i], Some(rv[1 - i]), tx.remote);
+                    t.handle_datagram(now, tx.local, tx.remote, &answer);
+                }
+                _ => others.push(tx),
+            }
+        }
+        others
+    }
+
+    /// The scan's last burst still gets a check's longest wait for its
+    /// answers: one that arrives then connects, instead of finding the
+    /// traversal already failed.
+    #[test]
+    fn the_last_birthday_burst_is_given_time_to_be_answered() {
+        let key = CheckKey::new(&[3; 32]);
+        let local = addr("10.0.0.2:40000");
+        let (public, peer) = (addr("203.0.113.9:20000"), addr("198.51.100.7:30000"));
+        let config = TraversalConfig::default();
+        let mut t = Traversal::new(
+            config,
+            Role::Controlling,
+            key.clone(),
+            local,
+            vec![local],
+            Rng::from_u64(5),
+        );
+        let mut now = Instant::ZERO;
+        t.start(now, Some(addr(RV[0])));
+        // The scan's probes: transaction, port probed, when.
+        let mut probes = Vec::new();
+        let end = Instant::ZERO + Duration::from_secs(30);
+        while now < end && t.stats().birthday_sent < u64::from(config.birthday.probes) {
+            for tx in answer_rendezvous(&mut t, now, [public; 2]) {
+                if let Ok(stun::Stun::Request { tx: id, .. }) = stun::decode(&tx.payload)
+                    && tx.remote != peer
+                {
+                    probes.push((id, tx.remote, now));
+                }
+            }
+            while let Some(e) = t.poll_event() {
+                if matches!(e, TraversalEvent::LocalCandidates(_)) {
+                    // The peer is behind a NAT whose mapping varies.
+                    let offer = Offer {
+                        candidates: vec![Candidate::new(CandidateKind::ServerReflexive, peer, 0)],
+                        mapping_varies: true,
+                    };
+                    t.add_remote_candidates(now, &offer);
+                }
+            }
+            let Some(next) = t.poll_timeout() else {
+                break;
+            };
+            now = now.max(next);
+            t.handle_timeout(now);
+        }
+        let &(last, port, sent) = probes.last().expect("the scan ran");
+        assert_eq!(t.stats().birthday_sent, u64::from(config.birthday.probes));
+        // Time passes up to just before the answer to the last probe.
+        let answer_at = sent + (config.max_rto - Duration::from_millis(1));
+        while let Some(next) = t.poll_timeout().filter(|n| *n < answer_at) {
+            now = now.max(next);
+            t.handle_timeout(now);
+            while t.poll_transmit().is_some() {}
+        }
+        assert!(
+            !matches!(t.state(), TraversalState::DirectFailed(_)),
+            "failed before the last burst could be answered"
+        );
+        let answer = stun::check_success(last, &key, public);
+        t.handle_datagram(answer_at, local, port, &answer);
+        // The path is nominated; the nomination is answered too.
+        while let Some(tx) = t.poll_transmit() {
+            if let Ok(stun::Stun::Request { tx: id, .. }) = stun::decode(&tx.payload)
+                && tx.remote == port
+            {
+                let answer = stun::check_success(id, &key, public);
+                t.handle_datagram(answer_at, local, port, &answer);
+            }
+        }
+        assert_eq!(
+            t.state(),
+            TraversalState::Connected {
+                local,
+                remote: port
+            }
+        );
+    }
+
+    /// The peer's check arrives from its public address before its offer
+    /// names that address: the path is learned as peer-reflexive first,
+    /// and birthday punching still aims at the public address the offer
+    /// gives.
+    #[test]
+    fn birthday_aims_at_the_offered_public_address_even_if_it_was_seen_first() {
+        let key = CheckKey::new(&[4; 32]);
+        let local = addr("10.0.0.2:40000");
+        let peer = addr("198.51.100.7:30000");
+        // Our mapping varies: each rendezvous port sees another port.
+        let publics = [addr("203.0.113.9:20000"), addr("203.0.113.9:20001")];
+        let mut t = Traversal::new(
+            TraversalConfig::default(),
+            Role::Controlled,
+            key.clone(),
+            local,
+            vec![local],
+            Rng::from_u64(6),
+        );
+        let mut now = Instant::ZERO;
+        t.start(now, Some(addr(RV[0])));
+        let mut offer = None;
+        for _ in 0..100 {
+            answer_rendezvous(&mut t, now, publics);
+            while let Some(e) = t.poll_event() {
+                if let TraversalEvent::LocalCandidates(o) = e {
+                    offer = Some(o);
+                }
+            }
+            if offer.is_some() {
+                break;
+            }
+            now = t.poll_timeout().map_or(now, |n| now.max(n));
+            t.handle_timeout(now);
+        }
+        assert!(offer.expect("gathered").mapping_varies);
+        let check = stun::check_request(TxId::new(77), &key, 5, false);
+        t.handle_datagram(now, local, peer, &check);
+        let offer = Offer {
+            candidates: vec![Candidate::new(CandidateKind::ServerReflexive, peer, 0)],
+            mapping_varies: false,
+        };
+        t.add_remote_candidates(now, &offer);
+        let end = now + Duration::from_secs(2);
+        let mut asked = false;
+        while now < end && !asked {
+            answer_rendezvous(&mut t, now, publics);
+            asked = core::iter::from_fn(|| t.poll_event())
+                .any(|e| matches!(e, TraversalEvent::NeedSprayers(_)));
+            now = t.poll_timeout().map_or(end, |n| now.max(n));
+            t.handle_timeout(now);
+        }
+        assert!(asked, "birthday punching asked for its sprayers");
     }
 
     /// Two symmetric NATs: no sprayers asked, and the failure says why.

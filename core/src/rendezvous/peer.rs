@@ -40,6 +40,13 @@ use std::collections::{BTreeMap, VecDeque};
 /// Punching sessions a host runs at once; more clients wait for their
 /// Connect to be repeated.
 pub const MAX_HOST_SESSIONS: usize = 16;
+/// Of those, how many may punch by birthday at once. Birthday punching
+/// sends up to 4,096 datagrams toward the public IP the client's offer
+/// names, and whoever holds the ticket writes that offer: the cap bounds
+/// what one ticket holder can make the host send to a third party. A
+/// session beyond it punches without birthday (and fails if only birthday
+/// would have worked; the mount's next attempt finds room).
+pub const MAX_BIRTHDAY_SESSIONS: usize = 2;
 /// Registration refresh: well inside the rendezvous's 60 s and common NAT
 /// UDP timeouts (30 s and up), so the host's mapping stays open.
 const REGISTER_EVERY: Duration = Duration::from_secs(15);
@@ -326,8 +333,21 @@ impl HostRendezvous {
         if s.traversal.is_some() {
             return;
         }
+        let birthdays = self
+            .sessions
+            .values()
+            .filter_map(|s| s.traversal.as_ref())
+            .filter(|t| t.may_birthday())
+            .count();
+        let mut config = self.config;
+        if birthdays >= MAX_BIRTHDAY_SESSIONS {
+            config.birthday.probes = 0;
+        }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         let mut t = Traversal::new(
-            self.config,
+            config,
             Role::Controlled,
             check_key(&self.secret, session),
             local,

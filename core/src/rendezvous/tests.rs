@@ -702,6 +702,72 @@ mod signalling {
         assert_eq!(answer.remote, rv, "through the rendezvous");
     }
 
+    /// Three clients behind symmetric NATs at once: the host, behind an
+    /// endpoint-independent NAT, scans for the first two by birthday and
+    /// not for the third, so one ticket holder cannot make it send more
+    /// than two budgets' worth of datagrams to third parties.
+    #[test]
+    fn birthday_punching_runs_for_at_most_two_sessions_at_once() {
+        use crate::nat::{Candidate, CandidateKind, Offer, stun};
+        use crate::rendezvous::peer::MAX_BIRTHDAY_SESSIONS;
+        let rv = addr("198.51.100.1:3478");
+        let rv_ports = [rv, addr("198.51.100.1:3479")];
+        let local = addr("10.0.0.2:4000");
+        let mut host = HostRendezvous::new(
+            Instant::ZERO,
+            rv,
+            local,
+            &FINGERPRINT,
+            TicketSecret([9; 32]),
+            TraversalConfig::default(),
+            Rng::from_u64(3),
+        );
+        let mut now = Instant::ZERO;
+        for session in 1..=3u64 {
+            let offer = Offer {
+                candidates: vec![Candidate::new(
+                    CandidateKind::ServerReflexive,
+                    SocketAddr::new([198, 51, 100, 9].into(), 3000),
+                    0,
+                )],
+                mapping_varies: true,
+            };
+            let incoming = Signalling::Incoming { session, offer }.encode();
+            host.handle_datagram(now, local, rv, &incoming);
+        }
+        // Each client's probes, by the host socket that sends them.
+        let mut scanning = std::collections::BTreeSet::new();
+        let end = now + Duration::from_secs(4);
+        while now < end {
+            while let Some(e) = host.poll_event() {
+                if let HostEvent::NeedSocket { session } = e {
+                    let socket = SocketAddr::new(local.ip(), 5000 + session as u16);
+                    host.add_socket(now, session, socket, vec![socket]);
+                }
+            }
+            while let Some(t) = host.poll_transmit() {
+                let port = rv_ports.iter().position(|a| *a == t.remote);
+                match (port, stun::decode(&t.payload)) {
+                    // The rendezvous: the host's NAT maps every socket to
+                    // one public port (endpoint-independent).
+                    (Some(i), Ok(stun::Stun::Request { tx, .. })) => {
+                        let public = SocketAddr::new([203, 0, 113, 5].into(), t.local.port());
+                        let answer =
+                            stun::binding_success(tx, public, Some(rv_ports[1 - i]), t.remote);
+                        host.handle_datagram(now, t.local, t.remote, &answer);
+                    }
+                    (None, Ok(stun::Stun::Request { .. })) if t.remote.port() != 3000 => {
+                        scanning.insert(t.local);
+                    }
+                    _ => {}
+                }
+            }
+            now = host.poll_timeout().map_or(end, |n| now.max(n));
+            host.handle_timeout(now);
+        }
+        assert_eq!(scanning.len(), MAX_BIRTHDAY_SESSIONS, "{scanning:?}");
+    }
+
     #[test]
     fn registrations_are_bounded_and_lapse() {
         let config = crate::rendezvous::RendezvousConfig {

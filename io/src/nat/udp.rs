@@ -13,7 +13,8 @@ use tracing::debug;
 /// Reads from one socket per batch, so that one busy socket cannot starve
 /// the others.
 const RECV_BATCH: usize = 32;
-/// Receive errors in a row after which a socket is left for this pass.
+/// Receive errors in a row (an ICMP error each, say) after which a socket
+/// is left for this pass.
 const MAX_RECV_ERRORS: usize = 4;
 
 /// How a [`recv_batch`] ended.
@@ -24,8 +25,10 @@ pub(crate) enum Batch {
     /// The batch ran out with datagrams perhaps still waiting: read again
     /// (after the other sockets had their turn).
     More,
-    /// Reads kept failing; the socket is left until its next wake-up
-    /// instead of spinning on it.
+    /// Reads failed [`MAX_RECV_ERRORS`] times in a row. No wake-up is
+    /// registered: the socket is read again on the caller's next pass
+    /// (its next timer, or another socket's wake-up) instead of being
+    /// spun on.
     Failing,
 }
 
@@ -46,6 +49,7 @@ pub(crate) fn recv_batch(
         let mut bufs = [IoSliceMut::new(buf)];
         match socket.poll_recv(cx, &mut bufs, &mut meta) {
             Poll::Ready(Ok(count)) => {
+                errors = 0;
                 for m in &meta[..count] {
                     for datagram in buf[..m.len].chunks(m.stride.max(1)) {
                         on(m.addr, datagram);

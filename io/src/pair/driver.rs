@@ -334,8 +334,8 @@ impl PairDriver {
             });
             match batch {
                 Batch::More => busy = true,
-                // Left until the next wake-up (the pool's timer comes at
-                // least once an interval).
+                // Read again on the next pass: the pool's timer comes at
+                // least once an interval.
                 Batch::Failing => warn!(pair = ?io.pair.nonce, "socket keeps failing"),
                 Batch::Drained => {}
             }
