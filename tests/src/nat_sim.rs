@@ -576,6 +576,26 @@ impl NatWorld {
         Ok(())
     }
 
+    /// The third party's datagram, into every socket peer `to` has, as if
+    /// it had come on path.
+    fn inject(&mut self, to: usize, payload: &[u8]) -> Result<(), NatViolation> {
+        let now = self.now;
+        let sockets = self.peers[to].sockets.clone();
+        for local in sockets {
+            match &mut self.peers[to].side {
+                Side::Host(h) => {
+                    h.handle_datagram(now, local, ATTACKER, payload);
+                }
+                Side::Client(Some(c)) => {
+                    c.handle_datagram(now, local, ATTACKER, payload);
+                }
+                Side::Client(None) => {}
+            }
+            self.drain(to)?;
+        }
+        Ok(())
+    }
+
     fn timeout_of(&self, i: usize) -> Option<Instant> {
         match &self.peers[i].side {
             Side::Host(h) => h.poll_timeout(),
@@ -640,20 +660,7 @@ impl NatWorld {
                         let len = 1 + self.rng.below(200) as usize;
                         let mut junk = vec![0u8; len];
                         self.rng.fill(&mut junk);
-                        let now = self.now;
-                        let sockets = self.peers[to].sockets.clone();
-                        for local in sockets {
-                            match &mut self.peers[to].side {
-                                Side::Host(h) => {
-                                    h.handle_datagram(now, local, ATTACKER, &junk);
-                                }
-                                Side::Client(Some(c)) => {
-                                    c.handle_datagram(now, local, ATTACKER, &junk);
-                                }
-                                Side::Client(None) => {}
-                            }
-                            self.drain(to)?;
-                        }
+                        self.inject(to, &junk)?;
                     }
                     Ev::Forged { to } => {
                         self.stats.forged += 1;
@@ -663,21 +670,7 @@ impl NatWorld {
                             1,
                             true,
                         );
-                        let now = self.now;
-                        // Into every socket the peer has, as if on path.
-                        let sockets = self.peers[to].sockets.clone();
-                        for local in sockets {
-                            match &mut self.peers[to].side {
-                                Side::Host(h) => {
-                                    h.handle_datagram(now, local, ATTACKER, &forged);
-                                }
-                                Side::Client(Some(c)) => {
-                                    c.handle_datagram(now, local, ATTACKER, &forged);
-                                }
-                                Side::Client(None) => {}
-                            }
-                            self.drain(to)?;
-                        }
+                        self.inject(to, &forged)?;
                     }
                 }
             } else {

@@ -338,7 +338,8 @@ pub struct Traversal {
     /// `Settled` has been reported.
     settled: bool,
     birthday: Birthday,
-    /// Our extra sockets for spraying.
+    /// Our extra sockets for spraying, sorted: every datagram asks
+    /// whether it arrived on one ([`Self::is_sprayer`]).
     sprayers: Vec<SocketAddr>,
     /// The IP our scan probes (once it started): a new address there is
     /// the scan's find, whichever check crossed first.
@@ -462,6 +463,8 @@ impl Traversal {
                 .filter(|l| **l != self.local && l.is_ipv4() == self.local.is_ipv4())
                 .take(room),
         );
+        self.sprayers.sort_unstable();
+        self.sprayers.dedup();
         self.check();
     }
 
@@ -654,7 +657,11 @@ impl Traversal {
     }
 
     fn owns(&self, local: SocketAddr) -> bool {
-        local == self.local || self.sprayers.contains(&local) || self.other_family() == Some(local)
+        local == self.local || self.is_sprayer(local) || self.other_family() == Some(local)
+    }
+
+    fn is_sprayer(&self, local: SocketAddr) -> bool {
+        self.sprayers.binary_search(&local).is_ok()
     }
 
     fn finished(&self) -> bool {
@@ -773,7 +780,7 @@ impl Traversal {
             priority,
             state: PathState::Waiting,
             nominated_by_peer: false,
-            birthday: birthday || self.sprayers.contains(&local) || self.scanned == Some(addr.ip()),
+            birthday: birthday || self.is_sprayer(local) || self.scanned == Some(addr.ip()),
         });
         Some(self.paths.len() - 1)
     }
@@ -1089,6 +1096,10 @@ impl Traversal {
                 .any(|p| p.local == f.local && p.remote == f.remote)
         }));
         debug_assert!(self.sprayers.len() <= usize::from(self.config.birthday.sprayers));
+        debug_assert!(
+            self.sprayers.windows(2).all(|w| w[0] < w[1]),
+            "sorted, once each"
+        );
         // The order may still name probes answered since.
         debug_assert!(self.probes.len() <= self.probe_order.len());
         debug_assert!(self.probe_order.len() <= PROBES_KEPT);
@@ -1130,53 +1141,61 @@ mod tests {
         assert_eq!(pair_priority(9, 5), (5 << 32) + 18 + 1);
     }
 
-    /// Two peers on one network, no NAT: the controlling side nominates,
-    /// both connect on each other's host candidate; a forged check is
-    /// neither answered nor learned from.
-    #[test]
-    fn two_peers_on_a_lan_connect_and_a_forger_is_ignored() {
-        let key = CheckKey::new(&[1; 32]);
-        let (a_addr, b_addr) = (addr("192.168.1.2:5000"), addr("192.168.1.3:6000"));
+    /// Two started traversals on no NAT that have exchanged offers: `a`
+    /// controlled on sockets `a_socks`, `b` controlling on `b_socks` (the
+    /// first of each is its main socket); and `a`'s offer.
+    fn two_peers(
+        key: &CheckKey,
+        a_socks: &[SocketAddr],
+        b_socks: &[SocketAddr],
+    ) -> (Traversal, Traversal, Offer) {
         let config = TraversalConfig::default();
-        let mut a = Traversal::new(
-            config,
-            Role::Controlled,
-            key.clone(),
-            a_addr,
-            vec![a_addr],
-            Rng::from_u64(1),
-        );
-        let mut b = Traversal::new(
-            config,
-            Role::Controlling,
-            key,
-            b_addr,
-            vec![b_addr],
-            Rng::from_u64(2),
-        );
-        let mut now = Instant::ZERO;
-        a.start(now, None);
-        b.start(now, None);
-        let cands = |t: &mut Traversal| match t.poll_event() {
-            Some(TraversalEvent::LocalCandidates(c)) => c,
-            other => panic!("expected candidates, got {other:?}"),
+        let side = |role, socks: &[SocketAddr], seed| {
+            let mut t = Traversal::new(
+                config,
+                role,
+                key.clone(),
+                socks[0],
+                socks.to_vec(),
+                Rng::from_u64(seed),
+            );
+            t.start(Instant::ZERO, None);
+            let offer = match t.poll_event() {
+                Some(TraversalEvent::LocalCandidates(o)) => o,
+                other => panic!("expected candidates, got {other:?}"),
+            };
+            (t, offer)
         };
-        let (ca, cb) = (cands(&mut a), cands(&mut b));
-        a.add_remote_candidates(now, &cb);
-        b.add_remote_candidates(now, &ca);
-        let forger = addr("192.168.1.66:666");
-        let forged = stun::check_request(TxId::new(5), &CheckKey::new(&[2; 32]), 1, true);
-        assert!(a.handle_datagram(now, a_addr, forger, &forged));
-        for _ in 0..200 {
+        let (mut a, oa) = side(Role::Controlled, a_socks, 1);
+        let (mut b, ob) = side(Role::Controlling, b_socks, 2);
+        a.add_remote_candidates(Instant::ZERO, &ob);
+        b.add_remote_candidates(Instant::ZERO, &oa);
+        (a, b, oa)
+    }
+
+    /// Runs `a` and `b` on a flat, instant network that delivers what
+    /// `pass` lets through, until nothing is pending (at most 400 rounds);
+    /// returns the time it ended at.
+    fn run_flat(
+        a: &mut Traversal,
+        b: &mut Traversal,
+        mut pass: impl FnMut(&Transmit) -> bool,
+    ) -> Instant {
+        let mut now = Instant::ZERO;
+        for _ in 0..400 {
             let mut moved = false;
-            while let Some(t) = a.poll_transmit() {
-                assert_ne!(t.remote, forger, "a forged check was answered");
-                moved = true;
-                b.handle_datagram(now, t.remote, t.local, &t.payload);
-            }
-            while let Some(t) = b.poll_transmit() {
-                moved = true;
-                a.handle_datagram(now, t.remote, t.local, &t.payload);
+            for a_sends in [true, false] {
+                let (from, to) = if a_sends {
+                    (&mut *a, &mut *b)
+                } else {
+                    (&mut *b, &mut *a)
+                };
+                while let Some(t) = from.poll_transmit() {
+                    moved = true;
+                    if pass(&t) {
+                        to.handle_datagram(now, t.remote, t.local, &t.payload);
+                    }
+                }
             }
             if !moved {
                 let Some(next) = [a.poll_timeout(), b.poll_timeout()]
@@ -1191,6 +1210,23 @@ mod tests {
                 b.handle_timeout(now);
             }
         }
+        now
+    }
+
+    /// Two peers on one network, no NAT: the controlling side nominates,
+    /// both connect on each other's host candidate; a forged check is
+    /// neither answered nor learned from.
+    #[test]
+    fn two_peers_on_a_lan_connect_and_a_forger_is_ignored() {
+        let (a_addr, b_addr) = (addr("192.168.1.2:5000"), addr("192.168.1.3:6000"));
+        let (mut a, mut b, _) = two_peers(&CheckKey::new(&[1; 32]), &[a_addr], &[b_addr]);
+        let forger = addr("192.168.1.66:666");
+        let forged = stun::check_request(TxId::new(5), &CheckKey::new(&[2; 32]), 1, true);
+        assert!(a.handle_datagram(Instant::ZERO, a_addr, forger, &forged));
+        let now = run_flat(&mut a, &mut b, |t| {
+            assert_ne!(t.remote, forger, "a forged check was answered");
+            true
+        });
         assert_eq!(
             a.state(),
             TraversalState::Connected {
@@ -1215,75 +1251,22 @@ mod tests {
     /// over IPv6, on the IPv6 sockets.
     #[test]
     fn ipv6_host_candidates_connect_where_ipv4_cannot() {
-        let key = CheckKey::new(&[4; 32]);
         let a4 = addr("10.1.0.2:5000");
         let a6 = addr("[2001:db8:1::2]:5001");
         let b4 = addr("10.2.0.2:6000");
         let b6 = addr("[2001:db8:2::2]:6001");
-        let config = TraversalConfig::default();
-        let mut a = Traversal::new(
-            config,
-            Role::Controlled,
-            key.clone(),
-            a4,
-            vec![a4, a6],
-            Rng::from_u64(1),
-        );
-        let mut b = Traversal::new(
-            config,
-            Role::Controlling,
-            key,
-            b4,
-            vec![b4, b6],
-            Rng::from_u64(2),
-        );
-        let mut now = Instant::ZERO;
-        a.start(now, None);
-        b.start(now, None);
-        let offer = |t: &mut Traversal| match t.poll_event() {
-            Some(TraversalEvent::LocalCandidates(o)) => o,
-            other => panic!("expected candidates, got {other:?}"),
-        };
-        let (oa, ob) = (offer(&mut a), offer(&mut b));
+        let (mut a, mut b, oa) = two_peers(&CheckKey::new(&[4; 32]), &[a4, a6], &[b4, b6]);
         assert!(oa.candidates.iter().any(|c| c.addr == a6), "{oa:?}");
-        a.add_remote_candidates(now, &ob);
-        b.add_remote_candidates(now, &oa);
         let mut dropped = 0;
-        for _ in 0..400 {
-            let mut moved = false;
-            for a_sends in [true, false] {
-                let (from, to) = if a_sends {
-                    (&mut a, &mut b)
-                } else {
-                    (&mut b, &mut a)
-                };
-                while let Some(t) = from.poll_transmit() {
-                    assert_eq!(
-                        t.local.is_ipv4(),
-                        t.remote.is_ipv4(),
-                        "sent from a socket of the other family"
-                    );
-                    moved = true;
-                    if t.remote.is_ipv4() {
-                        dropped += 1;
-                        continue;
-                    }
-                    to.handle_datagram(now, t.remote, t.local, &t.payload);
-                }
-            }
-            if !moved {
-                let Some(next) = [a.poll_timeout(), b.poll_timeout()]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                else {
-                    break;
-                };
-                now = next;
-                a.handle_timeout(now);
-                b.handle_timeout(now);
-            }
-        }
+        run_flat(&mut a, &mut b, |t| {
+            assert_eq!(
+                t.local.is_ipv4(),
+                t.remote.is_ipv4(),
+                "sent from a socket of the other family"
+            );
+            dropped += u32::from(t.remote.is_ipv4());
+            t.remote.is_ipv6()
+        });
         assert!(dropped > 0, "the IPv4 paths were tried");
         assert_eq!(
             a.state(),

@@ -264,13 +264,9 @@ fn in_namespace(bin: &Path, ns: &str) -> Command {
 }
 
 /// Starts `wormhole host DIR/share --rendezvous RV` as `cmd` says (in a
-/// home), kept by `guard`; returns its stdout lines.
-fn start_host_in(
-    mut cmd: Command,
-    dir: &Path,
-    rendezvous: &str,
-    guard: &mut Cleanup,
-) -> std::sync::mpsc::Receiver<String> {
+/// home), kept by `guard`, and waits until it has registered; returns its
+/// ticket.
+fn start_host_in(mut cmd: Command, dir: &Path, rendezvous: &str, guard: &mut Cleanup) -> String {
     let mut host = cmd
         .args(["host"])
         .arg(dir.join("share"))
@@ -281,7 +277,15 @@ fn start_host_in(
         .expect("run the host");
     let host_out = lines(&mut host);
     guard.children.push(host);
-    host_out
+    let ticket = line_where(&host_out, "the ticket", |l| {
+        l.trim_start().starts_with("wormhole1-")
+    })
+    .trim()
+    .to_owned();
+    line_where(&host_out, "the registration", |l| {
+        l.starts_with("Registered with the rendezvous")
+    });
+    ticket
 }
 
 /// Bytes of the file each cell of the mount matrix reads.
@@ -328,15 +332,7 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
             };
             let mnt = cell.dir.join("mnt");
             std::fs::create_dir_all(&mnt).expect("the cell's mountpoint");
-            let host_out = start_host_in(in_home(h), &dir, &rendezvous, &mut cell);
-            let ticket = line_where(&host_out, "the ticket", |l| {
-                l.trim_start().starts_with("wormhole1-")
-            })
-            .trim()
-            .to_owned();
-            line_where(&host_out, "the registration", |l| {
-                l.starts_with("Registered with the rendezvous")
-            });
+            let ticket = start_host_in(in_home(h), &dir, &rendezvous, &mut cell);
             let started = std::time::Instant::now();
             let mut mount = in_home(m);
             mount.arg("mount").arg(&ticket).arg(&mnt);
@@ -415,18 +411,7 @@ pub(crate) fn a_mount_punches_again_when_its_host_restarts(bin: &Path, tag: &str
     std::fs::write(dir.join("share/hello.txt"), b"hello across two NATs\n")
         .expect("seed the share");
     let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
-    let start_host = |guard: &mut Cleanup| {
-        let host_out = start_host_in(in_home(0), &dir, &rendezvous, guard);
-        let ticket = line_where(&host_out, "the ticket", |l| {
-            l.trim_start().starts_with("wormhole1-")
-        })
-        .trim()
-        .to_owned();
-        line_where(&host_out, "the registration", |l| {
-            l.starts_with("Registered with the rendezvous")
-        });
-        ticket
-    };
+    let start_host = |guard: &mut Cleanup| start_host_in(in_home(0), &dir, &rendezvous, guard);
     let ticket = start_host(&mut guard);
     let mnt = dir.join("mnt");
     let mut mount = in_home(1)
@@ -480,15 +465,7 @@ pub(crate) fn ipv6_joins_two_homes_behind_symmetric_nats(bin: &Path, tag: &str) 
     let dir = guard.dir.clone();
     std::fs::write(dir.join("share/hello.txt"), b"hello over IPv6\n").expect("seed the share");
     let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
-    let host_out = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
-    let ticket = line_where(&host_out, "the ticket", |l| {
-        l.trim_start().starts_with("wormhole1-")
-    })
-    .trim()
-    .to_owned();
-    line_where(&host_out, "the registration", |l| {
-        l.starts_with("Registered with the rendezvous")
-    });
+    let ticket = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
     let mnt = dir.join("mnt");
     let mut mount = in_home(1)
         .arg("mount")
@@ -525,14 +502,8 @@ pub(crate) fn a_mount_says_why_the_rendezvous_path_fails(bin: &Path, tag: &str) 
     let rendezvous = start_rendezvous(bin, &net, &mut guard);
     let dir = guard.dir.clone();
     let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
-    let host_out = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
-    let text = line_where(&host_out, "the ticket", |l| {
-        l.trim_start().starts_with("wormhole1-")
-    });
+    let text = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
     let ticket = wormhole_io::Ticket::parse(&text).expect("the host's ticket");
-    line_where(&host_out, "the registration", |l| {
-        l.starts_with("Registered with the rendezvous")
-    });
     // A second rendezvous on which nobody registered, and an address where
     // no rendezvous runs.
     let primary = format!("{}:3490", RENDEZVOUS_IPS[0]);

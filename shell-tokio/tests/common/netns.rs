@@ -317,41 +317,15 @@ impl Internet {
             addr(router, format!("2001:db8:{k}::1/64"), "lan");
             addr(ns, format!("2001:db8:{k}::2/64"), "eth0");
             run_in(router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
-            run_in(
-                router,
-                &[
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("2001:db8:ffff:{k}::254"),
-                ],
-            );
-            run_in(
-                ns,
-                &[
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("2001:db8:{k}::1"),
-                ],
-            );
-            run_in(
+            let route = |ns: &str, to: &str, via: String| {
+                run_in(ns, &["ip", "-6", "route", "add", to, "via", &via]);
+            };
+            route(router, "default", format!("2001:db8:ffff:{k}::254"));
+            route(ns, "default", format!("2001:db8:{k}::1"));
+            route(
                 &self.ns,
-                &[
-                    "ip",
-                    "-6",
-                    "route",
-                    "add",
-                    &format!("2001:db8:{k}::/64"),
-                    "via",
-                    &format!("2001:db8:ffff:{k}::1"),
-                ],
+                &format!("2001:db8:{k}::/64"),
+                format!("2001:db8:ffff:{k}::1"),
             );
             let rules = "table ip6 wh6 {
   chain filter_forward {
