@@ -124,6 +124,7 @@ pub mod rng;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod time;
+pub mod turn;
 pub mod vfs;
 pub mod write;
 

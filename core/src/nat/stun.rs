@@ -63,7 +63,7 @@ impl TxId {
         self.0
     }
 
-    fn stun(self) -> TransactionId {
+    pub(crate) fn stun(self) -> TransactionId {
         self.0.into()
     }
 }
@@ -407,12 +407,12 @@ pub fn decode(datagram: &[u8]) -> Result<Stun, StunError> {
 /// Adds an attribute the builder has room and rules for. Our own messages
 /// only ever hold a few fixed attributes before FINGERPRINT, so a refusal
 /// would be a bug in this module, not bad input.
-fn add(msg: &mut MessageWriteVec, attr: &dyn stun_types::attribute::AttributeWrite) {
+pub(crate) fn add(msg: &mut MessageWriteVec, attr: &dyn stun_types::attribute::AttributeWrite) {
     let added = msg.add_attribute(attr);
     debug_assert!(added.is_ok(), "attribute refused: {added:?}");
 }
 
-fn finish(mut msg: MessageWriteVec) -> Bytes {
+pub(crate) fn finish(mut msg: MessageWriteVec) -> Bytes {
     let added = msg.add_fingerprint();
     debug_assert!(added.is_ok(), "fingerprint refused: {added:?}");
     Bytes::from(msg.finish())
