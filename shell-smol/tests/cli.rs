@@ -22,3 +22,8 @@ fn a_failed_step_is_one_error_line_and_a_nonzero_exit() {
 fn help_explains_pair_demo() {
     cli::help_explains_pair_demo(Path::new(BIN), "wormhole-smol");
 }
+
+#[test]
+fn a_rendezvous_relay_needs_its_secret_file() {
+    cli::a_rendezvous_relay_needs_its_secret_file(Path::new(BIN));
+}

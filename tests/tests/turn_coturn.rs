@@ -4,7 +4,8 @@
 //! machine is driven over blocking std sockets (it is sans-IO; the shells'
 //! relayed sockets build on the same machine).
 //!
-//! Checked: an allocation with minted credentials (through the 401 →
+//! Checked: an allocation with credentials minted by the rendezvous
+//! machine configured with coturn's secret (through the 401 →
 //! realm/nonce → signed retry dance), a channel to a peer socket, data
 //! both ways through the relay; expired credentials and credentials under
 //! another secret are refused with the error that says so.
@@ -119,12 +120,59 @@ fn client_for(server: SocketAddr, credentials: TurnCredentials) -> (TurnClient, 
     (client, socket)
 }
 
+/// What a mount is given: the rendezvous machine, configured with the
+/// secret coturn has, answers a ticket holder's `TurnAsk`.
+fn credentials_from_a_rendezvous(turn: SocketAddr) -> (SocketAddr, TurnCredentials) {
+    use wormhole_core::rendezvous::wire::{HostId, Signalling, Token};
+    use wormhole_core::rendezvous::{Rendezvous, ServerAddrs, TurnService};
+    let addrs = ServerAddrs::one_ip(LOOPBACK, [3478, 3479]);
+    let mut rv = Rendezvous::new(addrs);
+    rv.set_turn(TurnService {
+        server: turn,
+        secret: SECRET.as_bytes().to_vec(),
+        ttl: Duration::from_secs(600),
+        unix_at_origin: unix_now(),
+    });
+    let (host, token) = (HostId([1; 32]), Token([2; 32]));
+    let (host_addr, mount) = (
+        SocketAddr::new(LOOPBACK, 4000),
+        SocketAddr::new(LOOPBACK, 5000),
+    );
+    let register = Signalling::Register {
+        host,
+        verifier: token.verifier(),
+    };
+    rv.handle_datagram(
+        Instant::ZERO,
+        addrs.primary(),
+        host_addr,
+        &register.encode(),
+    );
+    while rv.poll_transmit().is_some() {}
+    let ask = Signalling::TurnAsk {
+        host,
+        token: Some(token),
+        session: 42,
+    };
+    rv.handle_datagram(Instant::ZERO, addrs.primary(), mount, &ask.encode());
+    let answer = rv.poll_transmit().expect("the rendezvous answers");
+    match Signalling::decode(&answer.payload) {
+        Ok(Signalling::TurnGrant {
+            server,
+            credentials,
+            ..
+        }) => (server, credentials),
+        other => panic!("no grant: {other:?}"),
+    }
+}
+
 #[test]
 fn coturn_allocates_binds_and_relays_both_ways_with_minted_credentials() {
     let coturn = coturn();
     let start = std::time::Instant::now();
-    let credentials = TurnCredentials::mint(SECRET.as_bytes(), unix_now() + 600, "mount");
-    let (mut client, socket) = client_for(coturn.1, credentials);
+    let (server, credentials) = credentials_from_a_rendezvous(coturn.1);
+    assert_eq!(server, coturn.1);
+    let (mut client, socket) = client_for(server, credentials);
     let mut relayed_addr = None;
     drive(&mut client, &socket, start, |e| {
         if let TurnEvent::Allocated { relayed, .. } = e {

@@ -12,6 +12,10 @@
 //!   token is put through: its candidates go to the host, the host's come
 //!   back. State is bounded (hosts and sessions, each with a lifetime);
 //!   nothing is stored on disk.
+//! * **Relay credentials**: given a [`TurnService`], it mints short-lived
+//!   credentials for that TURN server (the secret it shares with it never
+//!   leaves) for the clients that show a registered host's token, and for
+//!   that host from its registered address.
 
 pub mod peer;
 pub mod wire;
@@ -108,6 +112,31 @@ impl Default for RendezvousConfig {
     }
 }
 
+/// A TURN server the rendezvous mints credentials for (coturn with
+/// `use-auth-secret` and the same `static-auth-secret`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnService {
+    /// Where peers reach the TURN server.
+    pub server: SocketAddr,
+    /// The secret shared with it.
+    pub secret: Vec<u8>,
+    /// How long minted credentials stay valid.
+    pub ttl: Duration,
+    /// Unix time, in seconds, at the machine's `Instant::ZERO`: the core
+    /// reads no wall clock, so the shell tells it this once, and expiries
+    /// are this plus the machine's own time.
+    pub unix_at_origin: u64,
+}
+
+impl core::fmt::Debug for TurnService {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TurnService")
+            .field("server", &self.server)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct Registration {
     addr: SocketAddr,
@@ -142,6 +171,8 @@ pub struct RendezvousStats {
     pub pair_signals: u64,
     /// Clients refused.
     pub refused_clients: u64,
+    /// Relay credentials minted.
+    pub turn_grants: u64,
 }
 
 /// The rendezvous machine.
@@ -151,6 +182,7 @@ pub struct Rendezvous {
     config: RendezvousConfig,
     hosts: BTreeMap<HostId, Registration>,
     sessions: BTreeMap<u64, Session>,
+    turn: Option<TurnService>,
     /// When expired entries were last swept (at most once a second, so a
     /// flood cannot make every message walk the tables).
     swept: Option<Instant>,
@@ -171,10 +203,16 @@ impl Rendezvous {
             config,
             hosts: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            turn: None,
             swept: None,
             transmits: VecDeque::new(),
             stats: RendezvousStats::default(),
         }
+    }
+
+    /// From now on, mints credentials for `turn` to those who may relay.
+    pub fn set_turn(&mut self, turn: TurnService) {
+        self.turn = Some(turn);
     }
 
     /// Registered hosts right now (expired ones may linger until a sweep).
@@ -343,10 +381,16 @@ impl Rendezvous {
                     None => self.stats.dropped += 1,
                 }
             }
+            Signalling::TurnAsk {
+                host,
+                token,
+                session,
+            } => self.turn_ask(now, local, from, host, token, session),
             Signalling::Registered { .. }
             | Signalling::Incoming { .. }
             | Signalling::Answered { .. }
-            | Signalling::Refused { .. } => self.stats.dropped += 1,
+            | Signalling::Refused { .. }
+            | Signalling::TurnGrant { .. } => self.stats.dropped += 1,
         }
     }
 
@@ -390,6 +434,43 @@ impl Rendezvous {
         };
         self.stats.put_through += 1;
         self.send(local, host_addr, Signalling::Incoming { session, offer });
+    }
+
+    /// Relay credentials for the host itself (from its registered
+    /// address) or a client showing its token; refused otherwise.
+    fn turn_ask(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        host: HostId,
+        token: Option<Token>,
+        session: u64,
+    ) {
+        let refusal = match (self.hosts.get(&host), &self.turn) {
+            (None, _) => Some(Refusal::NotRegistered),
+            (Some(r), _) if r.addr != from && token.is_none_or(|t| t.verifier() != r.verifier) => {
+                Some(Refusal::BadToken)
+            }
+            (Some(_), None) => Some(Refusal::NoRelay),
+            (Some(_), Some(_)) => None,
+        };
+        let Some(turn) = self.turn.as_ref().filter(|_| refusal.is_none()) else {
+            self.stats.refused_clients += 1;
+            let why = refusal.unwrap_or(Refusal::NoRelay);
+            self.send(local, from, Signalling::Refused { session, why });
+            return;
+        };
+        let expiry = turn.unix_at_origin + (now.since_origin() + turn.ttl).as_secs();
+        let credentials =
+            crate::turn::TurnCredentials::mint(&turn.secret, expiry, &format!("{session:016x}"));
+        let grant = Signalling::TurnGrant {
+            session,
+            server: turn.server,
+            credentials,
+        };
+        self.stats.turn_grants += 1;
+        self.send(local, from, grant);
     }
 
     fn send(&mut self, local: SocketAddr, to: SocketAddr, msg: Signalling) {

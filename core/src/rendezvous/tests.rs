@@ -312,6 +312,78 @@ fn response_port_moves_the_answer_to_another_port_of_the_same_ip() {
     assert!(matches!(stun::decode(&t.payload), Ok(Stun::Success { mapped, .. }) if mapped == from));
 }
 
+/// Relay credentials go to the registered host (from its address) and
+/// to whoever shows its token, minted for the configured TURN server with
+/// the expiry the shared secret signs; everyone else is refused saying
+/// why, and a rendezvous without a relay says that.
+#[test]
+fn relay_credentials_go_to_the_host_and_its_ticket_holders_only() {
+    use crate::rendezvous::wire::{HostId, Refusal, Signalling, Token};
+    use crate::turn::TurnCredentials;
+    let local = addr("198.51.100.1:3478");
+    let (host_addr, client, stranger) = (
+        addr("192.0.2.10:4000"),
+        addr("192.0.2.20:5000"),
+        addr("192.0.2.66:6666"),
+    );
+    let turn = TurnService {
+        server: addr("198.51.100.5:3478"),
+        secret: b"shared".to_vec(),
+        ttl: Duration::from_secs(600),
+        unix_at_origin: 1_800_000_000,
+    };
+    let (host, token) = (HostId([1; 32]), Token([2; 32]));
+    let mut with = Rendezvous::new(one_ip_server());
+    with.set_turn(turn.clone());
+    let mut without = Rendezvous::new(one_ip_server());
+    let now = Instant::ZERO + Duration::from_secs(5);
+    let register = Signalling::Register {
+        host,
+        verifier: token.verifier(),
+    }
+    .encode();
+    for rv in [&mut with, &mut without] {
+        rv.handle_datagram(now, local, host_addr, &register);
+        while rv.poll_transmit().is_some() {}
+    }
+    let ask = |rv: &mut Rendezvous, from, host, token| {
+        let msg = Signalling::TurnAsk {
+            host,
+            token,
+            session: 7,
+        };
+        rv.handle_datagram(now, local, from, &msg.encode());
+        let answer = rv.poll_transmit().expect("an answer");
+        assert_eq!(answer.remote, from);
+        Signalling::decode(&answer.payload).expect("signalling")
+    };
+    let expected = Signalling::TurnGrant {
+        session: 7,
+        server: turn.server,
+        credentials: TurnCredentials::mint(b"shared", 1_800_000_605, "0000000000000007"),
+    };
+    assert_eq!(ask(&mut with, client, host, Some(token)), expected);
+    assert_eq!(ask(&mut with, host_addr, host, None), expected);
+    let refused = |why| Signalling::Refused { session: 7, why };
+    assert_eq!(
+        ask(&mut with, stranger, host, Some(Token([3; 32]))),
+        refused(Refusal::BadToken)
+    );
+    assert_eq!(
+        ask(&mut with, stranger, host, None),
+        refused(Refusal::BadToken)
+    );
+    assert_eq!(
+        ask(&mut with, client, HostId([9; 32]), Some(token)),
+        refused(Refusal::NotRegistered)
+    );
+    assert_eq!(
+        ask(&mut without, client, host, Some(token)),
+        refused(Refusal::NoRelay)
+    );
+    assert_eq!(with.stats().turn_grants, 2);
+}
+
 mod signalling {
     use super::*;
     use crate::conn::auth::TicketSecret;

@@ -18,7 +18,9 @@ use crate::codec::{self, CodecError, WireMessage};
 use crate::conn::auth::TicketSecret;
 use crate::nat::{CheckKey, Offer};
 use crate::pair::{PairKey, PairNonce, PeerId, Signal};
+use crate::turn::TurnCredentials;
 use bytes::Bytes;
+use core::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// Candidates one side may send at most.
@@ -179,6 +181,9 @@ pub enum Refusal {
     BadToken,
     /// The rendezvous is full.
     Busy,
+    /// This rendezvous hands out no relay credentials (started without
+    /// `--turn`).
+    NoRelay,
 }
 
 /// A signalling message.
@@ -251,6 +256,28 @@ pub enum Signalling {
         session: u64,
         /// Why.
         why: Refusal,
+    },
+    /// Host or client → rendezvous: credentials for the TURN server, to
+    /// relay `session` through. A client shows the ticket's token for a
+    /// registered host; the host asks from the address it registered
+    /// from. Answered with [`Signalling::TurnGrant`] or `Refused`.
+    TurnAsk {
+        /// The host the session is with.
+        host: HostId,
+        /// The ticket's proof (a client), or none (the host itself).
+        token: Option<Token>,
+        /// The session.
+        session: u64,
+    },
+    /// Rendezvous → asker: where the TURN server is, and credentials it
+    /// accepts for a while (minted, never stored).
+    TurnGrant {
+        /// The session asked for.
+        session: u64,
+        /// The TURN server.
+        server: SocketAddr,
+        /// Short-lived credentials.
+        credentials: TurnCredentials,
     },
 }
 

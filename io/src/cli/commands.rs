@@ -332,6 +332,9 @@ async fn punch_to_host<S: Shell>(
         Some(ClientEvent::Refused(Refusal::Busy)) => {
             bail!("the rendezvous {rendezvous} is full; try again later")
         }
+        Some(ClientEvent::Refused(Refusal::NoRelay)) => {
+            bail!("the rendezvous {rendezvous} offers no relay (it runs without --turn)")
+        }
         Some(ClientEvent::RendezvousSilent) => {
             bail!("the rendezvous {rendezvous} does not answer over UDP")
         }

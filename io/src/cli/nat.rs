@@ -27,6 +27,20 @@ pub struct RendezvousArgs {
     /// --bind address.
     #[arg(long, value_name = "IP", requires = "bind")]
     pub other_ip: Option<IpAddr>,
+    /// A TURN server (coturn with `use-auth-secret`) that peers relay
+    /// through when no direct path exists; the rendezvous gives them
+    /// short-lived credentials for it.
+    #[arg(long, value_name = "ADDR:PORT", requires = "turn_secret_file")]
+    pub turn: Option<SocketAddr>,
+    /// The file holding the TURN server's `static-auth-secret` (its first
+    /// line). Kept in a file, not on the command line, where other local
+    /// users could read it.
+    #[arg(long, value_name = "FILE", requires = "turn")]
+    pub turn_secret_file: Option<std::path::PathBuf>,
+    /// How long the credentials given out stay valid, in seconds. A relayed
+    /// mount asks again before they run out.
+    #[arg(long, value_name = "SECONDS", default_value_t = 12 * 3600)]
+    pub turn_ttl: u64,
 }
 
 /// `wormhole nat-check`.
@@ -57,15 +71,39 @@ pub fn rendezvous<S: Shell>(shell: &S, args: &RendezvousArgs, out: &mut dyn Writ
             args.bind.ip()
         );
     }
+    let turn = match (args.turn, &args.turn_secret_file) {
+        (Some(server), Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the TURN secret from {}", file.display()))?;
+            let secret = text.lines().next().unwrap_or("").trim();
+            if secret.is_empty() {
+                anyhow::bail!("the TURN secret file {} is empty", file.display());
+            }
+            Some((server, secret.as_bytes().to_vec()))
+        }
+        _ => None,
+    };
     shell.block_on(async {
         let mut signals = catch_interrupts()?;
-        let server = RendezvousServer::bind(shell.runtime(), start, |a| shell.bind_udp(a))?;
+        let mut server = RendezvousServer::bind(shell.runtime(), start, |a| shell.bind_udp(a))?;
+        let ttl = std::time::Duration::from_secs(args.turn_ttl);
+        if let Some((turn, secret)) = turn.clone() {
+            server = server.with_turn(turn, secret, ttl);
+        }
         let locals: Vec<String> = server.locals().iter().map(ToString::to_string).collect();
         writeln!(
             out,
-            "Rendezvous listening on UDP {} (STUN and NAT classification).\nCtrl-C stops it.",
+            "Rendezvous listening on UDP {} (STUN and NAT classification).",
             locals.join(", ")
         )?;
+        if let Some((turn, _)) = &turn {
+            writeln!(
+                out,
+                "Relaying through the TURN server {turn}: credentials valid {} s.",
+                args.turn_ttl
+            )?;
+        }
+        writeln!(out, "Ctrl-C stops it.")?;
         out.flush()?;
         let stats = server.serve(interrupted(&mut signals)).await;
         writeln!(out, "Stopped after answering {} requests.", stats.answered)?;

@@ -7,7 +7,8 @@ use core::future::Future;
 use core::net::SocketAddr;
 use std::io;
 use std::sync::Arc;
-use wormhole_core::rendezvous::{Rendezvous, RendezvousStats, ServerAddrs};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wormhole_core::rendezvous::{Rendezvous, RendezvousStats, ServerAddrs, TurnService};
 
 /// Where a rendezvous listens: a primary address, a second port on it,
 /// and optionally a second IP (with the same two ports) for full RFC 5780
@@ -73,6 +74,25 @@ impl RendezvousServer {
             machine: Rendezvous::new(addrs),
             udp,
         })
+    }
+
+    /// Mints credentials for the TURN server at `server`, which shares
+    /// `secret` (coturn's `static-auth-secret`), valid for `ttl`.
+    pub fn with_turn(mut self, server: SocketAddr, secret: Vec<u8>, ttl: Duration) -> Self {
+        // The core keeps no wall clock: it is told the Unix time at its
+        // origin once.
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let since_origin = self.clock.now().since_origin().as_secs();
+        let turn = TurnService {
+            server,
+            secret,
+            ttl,
+            unix_at_origin: unix_now.saturating_sub(since_origin),
+        };
+        self.machine.set_turn(turn);
+        self
     }
 
     /// The addresses it listens on.

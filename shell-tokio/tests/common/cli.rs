@@ -59,3 +59,37 @@ pub(crate) fn help_explains_pair_demo(bin: &Path, name: &str) {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("keepalive resumes"), "{help}");
 }
+
+/// `rendezvous --turn` without a readable secret file refuses in one
+/// line naming the file; without `--turn-secret-file` at all clap says
+/// what is missing.
+pub(crate) fn a_rendezvous_relay_needs_its_secret_file(bin: &Path) {
+    let missing = std::env::temp_dir().join("wormhole-no-such-secret");
+    let out = Command::new(bin)
+        .args([
+            "rendezvous",
+            "--bind",
+            "127.0.0.1:0",
+            "--turn",
+            "127.0.0.1:3478",
+        ])
+        .arg("--turn-secret-file")
+        .arg(&missing)
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot read the TURN secret")
+            && stderr.contains("wormhole-no-such-secret"),
+        "{stderr}"
+    );
+    let out = Command::new(bin)
+        .args(["rendezvous", "--turn", "127.0.0.1:3478"])
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--turn-secret-file"), "{stderr}");
+}
