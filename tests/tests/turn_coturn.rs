@@ -187,7 +187,7 @@ fn coturn_allocates_binds_and_relays_both_ways_with_minted_credentials() {
     let peer = UdpSocket::bind((LOOPBACK, 0)).expect("bind the peer");
     let peer_addr = peer.local_addr().expect("peer address");
     let now = Instant::from_nanos(u64::try_from(start.elapsed().as_nanos()).unwrap_or(0));
-    assert!(client.permit(now, peer_addr));
+    assert!(client.bind(now, peer_addr));
     drive(&mut client, &socket, start, |e| {
         assert!(!matches!(e, TurnEvent::Failed(_)), "{e:?}");
         *e == TurnEvent::Bound { peer: peer_addr }

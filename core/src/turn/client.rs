@@ -5,12 +5,14 @@
 //! goes without, the server answers 401 with its realm and a nonce, the
 //! request is repeated signed; 438 Stale Nonce takes the new nonce and
 //! repeats it again), Refresh before the allocation's lifetime runs out,
-//! and a channel per peer (ChannelBind, which installs the peer's
-//! permission too, refreshed every four minutes: permissions last five,
+//! permissions per peer IP (CreatePermission: whoever sends from that IP
+//! is relayed to us, at whatever port, which is how a peer behind a
+//! symmetric NAT is first heard from) and channels per peer address
+//! (ChannelBind), each renewed every four minutes (permissions last five,
 //! channels ten). Data to a bound peer goes as ChannelData (4 bytes of
-//! header); before the channel is bound it goes in a Send indication, and
-//! what the server relays arrives as either, checked to come from the
-//! server.
+//! header), to a permitted one in a Send indication; what the server
+//! relays arrives as either, checked to come from the server and from a
+//! peer we allowed.
 //!
 //! Built on the `stun-types`/`turn-types` codec rather than
 //! `turn-client-proto`, whose client draws transaction ids from the thread
@@ -24,7 +26,7 @@ use crate::nat::stun::{self, TxId};
 use crate::pair::Transmit;
 use crate::{Instant, Rng};
 use bytes::Bytes;
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 use std::collections::VecDeque;
 use stun_types::attribute::{ErrorCode, Nonce, Realm, Username, XorMappedAddress};
@@ -37,7 +39,7 @@ use turn_types::attribute::{
     ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayedAddress,
 };
 use turn_types::channel::ChannelData;
-use turn_types::message::{ALLOCATE, CHANNEL_BIND, DATA, REFRESH, SEND};
+use turn_types::message::{ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND};
 
 /// The allocation lifetime asked for (the server may grant less).
 const LIFETIME: Duration = Duration::from_secs(600);
@@ -49,7 +51,8 @@ const CHANNEL_REFRESH: Duration = Duration::from_secs(240);
 /// Channel numbers (RFC 8656 §12: 0x4000 through 0x4FFF).
 const FIRST_CHANNEL: u16 = 0x4000;
 const LAST_CHANNEL: u16 = 0x4fff;
-/// Peers one allocation relays to, at most.
+/// Peer IPs permitted, and peer addresses bound to channels, at most
+/// (each).
 pub const MAX_PEERS: usize = 64;
 /// Stale-nonce answers in a row after which a request gives up.
 const MAX_STALE: u8 = 3;
@@ -87,7 +90,8 @@ pub enum TurnEvent {
         /// Our address as the server saw it.
         mapped: Option<SocketAddr>,
     },
-    /// A channel to `peer` is bound: the server relays its datagrams.
+    /// A channel to `peer` is bound: data to and from it is framed with
+    /// four bytes instead of a whole indication.
     Bound {
         /// The peer.
         peer: SocketAddr,
@@ -125,6 +129,7 @@ enum Kind {
     Allocate,
     Refresh { lifetime: u32 },
     ChannelBind { channel: u16 },
+    CreatePermission { ip: IpAddr },
 }
 
 #[derive(Debug)]
@@ -150,6 +155,14 @@ enum State {
 }
 
 #[derive(Clone, Copy, Debug)]
+struct Permission {
+    ip: IpAddr,
+    installed: bool,
+    /// When it is renewed next (while installed).
+    renew: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
 struct Channel {
     peer: SocketAddr,
     number: u16,
@@ -170,6 +183,7 @@ pub struct TurnClient {
     realm: Option<(String, String)>,
     state: State,
     pending: Vec<Pending>,
+    permissions: Vec<Permission>,
     channels: Vec<Channel>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TurnEvent>,
@@ -195,6 +209,7 @@ impl TurnClient {
             realm: None,
             state: State::Allocating,
             pending: Vec::new(),
+            permissions: Vec::new(),
             channels: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -227,14 +242,37 @@ impl TurnClient {
         self.stats
     }
 
-    /// Lets `peer` reach us through the relay, and us it: binds a channel
-    /// (once allocated; asked for earlier, it waits). Returns false if
-    /// [`MAX_PEERS`] peers are bound already or the allocation is over.
-    pub fn permit(&mut self, now: Instant, peer: SocketAddr) -> bool {
+    /// Lets whoever sends from `ip` reach us through the relay, and us
+    /// them (CreatePermission; asked before the allocation exists, it
+    /// waits). Returns false if [`MAX_PEERS`] IPs are permitted already or
+    /// the allocation is over.
+    pub fn permit(&mut self, now: Instant, ip: IpAddr) -> bool {
+        if self.permissions.iter().any(|p| p.ip == ip) {
+            return true;
+        }
+        if self.permissions.len() >= MAX_PEERS || self.state == State::Over {
+            return false;
+        }
+        self.permissions.push(Permission {
+            ip,
+            installed: false,
+            renew: now,
+        });
+        if matches!(self.state, State::Allocated { .. }) {
+            self.start(now, Kind::CreatePermission { ip });
+        }
+        self.check();
+        true
+    }
+
+    /// Binds a channel to `peer` (its IP permitted too): what we send it
+    /// and it sends us then travels with a 4-byte header. Returns false if
+    /// [`MAX_PEERS`] channels are bound already or the allocation is over.
+    pub fn bind(&mut self, now: Instant, peer: SocketAddr) -> bool {
         if self.channels.iter().any(|c| c.peer == peer) {
             return true;
         }
-        if self.channels.len() >= MAX_PEERS || self.state == State::Over {
+        if self.channels.len() >= MAX_PEERS || !self.permit(now, peer.ip()) {
             return false;
         }
         let number = FIRST_CHANNEL + u16::try_from(self.channels.len()).unwrap_or(0);
@@ -252,15 +290,19 @@ impl TurnClient {
         true
     }
 
-    /// Wraps `data` for `peer` (which must have been permitted): a
-    /// ChannelData message once the channel is bound, a Send indication
-    /// before. `None` if the allocation is not ready or `peer` unknown.
+    fn permitted(&self, ip: IpAddr) -> bool {
+        self.permissions.iter().any(|p| p.ip == ip && p.installed)
+    }
+
+    /// Wraps `data` for `peer`: a ChannelData message if a channel to it
+    /// is bound, a Send indication if its IP is permitted. `None` if the
+    /// allocation is not ready or `peer` not allowed (yet).
     pub fn send(&mut self, peer: SocketAddr, data: &[u8]) -> Option<Transmit> {
         if !matches!(self.state, State::Allocated { .. }) {
             return None;
         }
-        let channel = self.channels.iter().find(|c| c.peer == peer)?;
-        let payload = if channel.bound {
+        let channel = self.channels.iter().find(|c| c.peer == peer && c.bound);
+        let payload = if let Some(channel) = channel {
             // RFC 8656 §12.4: channel number, length, data; over UDP the
             // padding to four bytes may be left out.
             let len = u16::try_from(data.len()).ok()?;
@@ -269,7 +311,7 @@ impl TurnClient {
             buf.extend_from_slice(&len.to_be_bytes());
             buf.extend_from_slice(data);
             Bytes::from(buf)
-        } else {
+        } else if self.permitted(peer.ip()) {
             let tx = TxId::draw(&mut self.rng);
             let mut msg = Message::builder(
                 MessageType::from_class_method(MessageClass::Indication, SEND),
@@ -279,6 +321,8 @@ impl TurnClient {
             stun::add(&mut msg, &XorPeerAddress::new(peer, tx.stun()));
             stun::add(&mut msg, &Data::new(data));
             stun::finish(msg)
+        } else {
+            return None;
         };
         self.stats.relayed_out += 1;
         Some(Transmit {
@@ -342,7 +386,7 @@ impl TurnClient {
                 .map(|a| a.addr(msg.transaction_id()));
             let payload = msg.attribute::<Data>().ok().map(|d| d.data().to_vec());
             return match (peer, payload) {
-                (Some(peer), Some(payload)) if self.channels.iter().any(|c| c.peer == peer) => {
+                (Some(peer), Some(payload)) if self.permitted(peer.ip()) => {
                     self.stats.relayed_in += 1;
                     Some(Relayed {
                         peer,
@@ -400,6 +444,10 @@ impl TurnClient {
                 };
                 self.events
                     .push_back(TurnEvent::Allocated { relayed, mapped });
+                let ips: Vec<IpAddr> = self.permissions.iter().map(|p| p.ip).collect();
+                for ip in ips {
+                    self.start(now, Kind::CreatePermission { ip });
+                }
                 let waiting: Vec<u16> = self.channels.iter().map(|c| c.number).collect();
                 for channel in waiting {
                     self.start(now, Kind::ChannelBind { channel });
@@ -423,6 +471,12 @@ impl TurnClient {
                         let peer = c.peer;
                         self.events.push_back(TurnEvent::Bound { peer });
                     }
+                }
+            }
+            Kind::CreatePermission { ip } => {
+                if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
+                    p.installed = true;
+                    p.renew = now + CHANNEL_REFRESH;
                 }
             }
         }
@@ -457,8 +511,9 @@ impl TurnClient {
                 Kind::Allocate => self.fail(TurnError::Refused { code, reason }),
                 Kind::Refresh { lifetime: 0 } => {}
                 Kind::Refresh { .. } => self.fail(TurnError::Lost),
-                // The peer stays unbound; data to it is not relayed.
-                Kind::ChannelBind { .. } => self.stats.dropped += 1,
+                // The peer stays unbound (or unpermitted); data to it is
+                // not relayed.
+                Kind::ChannelBind { .. } | Kind::CreatePermission { .. } => self.stats.dropped += 1,
             },
         }
     }
@@ -507,7 +562,7 @@ impl TurnClient {
             match kind {
                 Kind::Allocate => self.fail(TurnError::Unreachable(self.server)),
                 Kind::Refresh { .. } => self.fail(TurnError::Lost),
-                Kind::ChannelBind { .. } => {}
+                Kind::ChannelBind { .. } | Kind::CreatePermission { .. } => {}
             }
         }
         if let State::Allocated { expires, .. } = self.state {
@@ -529,13 +584,16 @@ impl TurnClient {
                 .filter(|c| c.bound && c.renew <= now)
                 .map(|c| c.number)
                 .collect();
-            for channel in due {
-                let busy = self
-                    .pending
-                    .iter()
-                    .any(|p| p.kind == Kind::ChannelBind { channel });
-                if !busy {
-                    self.start(now, Kind::ChannelBind { channel });
+            let due = due.into_iter().map(|channel| Kind::ChannelBind { channel });
+            let ips: Vec<Kind> = self
+                .permissions
+                .iter()
+                .filter(|p| p.installed && p.renew <= now)
+                .map(|p| Kind::CreatePermission { ip: p.ip })
+                .collect();
+            for kind in due.chain(ips) {
+                if !self.pending.iter().any(|p| p.kind == kind) {
+                    self.start(now, kind);
                 }
             }
         }
@@ -561,7 +619,15 @@ impl TurnClient {
                     .as_nanos()
                     .saturating_sub(u64::try_from(REFRESH_AHEAD.as_nanos()).unwrap_or(u64::MAX));
                 let channels = self.channels.iter().filter(|c| c.bound).map(|c| c.renew);
-                channels.chain([Instant::from_nanos(refresh)]).min()
+                let ips = self
+                    .permissions
+                    .iter()
+                    .filter(|p| p.installed)
+                    .map(|p| p.renew);
+                channels
+                    .chain(ips)
+                    .chain([Instant::from_nanos(refresh)])
+                    .min()
             }
             State::Allocating | State::Over => None,
         };
@@ -597,6 +663,7 @@ impl TurnClient {
             Kind::Allocate => ALLOCATE,
             Kind::Refresh { .. } => REFRESH,
             Kind::ChannelBind { .. } => CHANNEL_BIND,
+            Kind::CreatePermission { .. } => CREATE_PERMISSION,
         };
         let mut msg = Message::builder(
             MessageType::from_class_method(MessageClass::Request, method),
@@ -619,6 +686,11 @@ impl TurnClient {
                     return;
                 };
                 stun::add(&mut msg, &ChannelNumber::new(channel));
+                stun::add(&mut msg, &XorPeerAddress::new(peer, tx.stun()));
+            }
+            Kind::CreatePermission { ip } => {
+                // The port of XOR-PEER-ADDRESS is ignored (RFC 8656 §9).
+                let peer = SocketAddr::new(ip, 0);
                 stun::add(&mut msg, &XorPeerAddress::new(peer, tx.stun()));
             }
         }
@@ -659,9 +731,16 @@ impl TurnClient {
     /// Postconditions of every input.
     fn check(&self) {
         debug_assert!(self.channels.len() <= MAX_PEERS);
+        debug_assert!(self.permissions.len() <= MAX_PEERS);
         debug_assert!(
-            self.pending.len() <= 2 + self.channels.len(),
+            self.pending.len() <= 2 + self.channels.len() + self.permissions.len(),
             "one request per purpose"
+        );
+        debug_assert!(
+            self.channels
+                .iter()
+                .all(|c| self.permissions.iter().any(|p| p.ip == c.peer.ip())),
+            "a channel's IP is permitted"
         );
         debug_assert!(self.state != State::Over || self.pending.is_empty());
         debug_assert!(

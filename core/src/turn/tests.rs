@@ -244,45 +244,52 @@ fn the_allocation_is_refreshed_before_it_expires() {
     assert!(c.relayed().is_none());
 }
 
-/// Relayed data is accepted only on a bound channel, only from the
-/// server; anything else is dropped and counted, never a panic.
+/// Relayed data is accepted only from the server, and only from a peer
+/// we allowed: by IP once its permission is installed (a Data
+/// indication), on a channel once it is bound (ChannelData); anything
+/// else is dropped and counted, never a panic.
 #[test]
-fn relayed_data_comes_only_through_a_bound_channel() {
+fn relayed_data_comes_only_from_allowed_peers() {
     let mut c = allocated(600);
     let peer = addr("198.51.100.9:7000");
-    assert!(c.permit(Instant::ZERO, peer));
-    assert!(
-        c.send(peer, b"early").is_some(),
-        "a Send indication before the channel"
+    assert!(c.bind(Instant::ZERO, peer));
+    assert!(c.send(peer, b"early").is_none(), "nothing allowed yet");
+    let requests: Vec<_> = core::iter::from_fn(|| c.poll_transmit()).collect();
+    let of = |method| {
+        requests
+            .iter()
+            .find(|t| Message::from_bytes(&t.payload).is_ok_and(|m| m.method() == method))
+            .expect("a request")
+            .payload
+            .clone()
+    };
+    let (permission, bind) = (
+        of(turn_types::message::CREATE_PERMISSION),
+        of(turn_types::message::CHANNEL_BIND),
     );
-    let bind = core::iter::from_fn(|| c.poll_transmit())
-        .find(|t| {
-            Message::from_bytes(&t.payload)
-                .is_ok_and(|m| m.method() == turn_types::message::CHANNEL_BIND)
-        })
-        .expect("ChannelBind");
     let channel_data = |ch: u16, data: &[u8]| {
         let mut v = ch.to_be_bytes().to_vec();
         v.extend_from_slice(&u16::try_from(data.len()).expect("short").to_be_bytes());
         v.extend_from_slice(data);
         v
     };
-    // Not bound yet: dropped.
+    let ok = Answer::Success {
+        lifetime: 600,
+        signed: true,
+    };
+    c.handle_datagram(Instant::ZERO, server(), &answer(&permission, ok));
+    let indication = c.send(peer, b"permitted").expect("a Send indication");
+    assert!(Message::from_bytes(&indication.payload).is_ok());
+    // Not bound yet: ChannelData is dropped.
     assert_eq!(
         c.handle_datagram(Instant::ZERO, server(), &channel_data(0x4000, b"x")),
         None
     );
-    c.handle_datagram(
-        Instant::ZERO,
-        server(),
-        &answer(
-            &bind.payload,
-            Answer::Success {
-                lifetime: 600,
-                signed: true,
-            },
-        ),
-    );
+    let ok = Answer::Success {
+        lifetime: 600,
+        signed: true,
+    };
+    c.handle_datagram(Instant::ZERO, server(), &answer(&bind, ok));
     assert_eq!(c.poll_event(), Some(TurnEvent::Bound { peer }));
     let got = c.handle_datagram(Instant::ZERO, server(), &channel_data(0x4000, b"hi"));
     assert_eq!(
