@@ -44,6 +44,7 @@ pub mod net;
 pub mod pair;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod turn;
 
 pub use host::{Host, HostError, HostOptions};
 pub use mount::{Mount, MountError, MountOptions};

@@ -143,6 +143,11 @@ impl CoreClock {
         )
     }
 
+    /// The runtime instant of a core deadline on this clock.
+    pub(crate) fn instant_at(&self, deadline: wormhole_core::Instant) -> std::time::Instant {
+        self.origin + deadline.since_origin()
+    }
+
     /// The deadline the timer is armed for (`None`: none, or it fired and
     /// the next is not armed yet). A deadline earlier than this one needs
     /// the owning task to poll again.

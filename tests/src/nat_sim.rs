@@ -478,6 +478,7 @@ impl NatWorld {
                     remote,
                     kind,
                     birthday,
+                    ..
                 } => {
                     // Used by both or neither: the client takes the pair
                     // only after the host confirmed it in use, on the
@@ -511,7 +512,9 @@ impl NatWorld {
                     self.peers[1].via = Some(kind);
                     self.peers[1].birthday = birthday;
                 }
-                ClientEvent::Failed(_) => self.peers[1].outcome = Some(false),
+                ClientEvent::Failed(_) | ClientEvent::RelayFailed { .. } => {
+                    self.peers[1].outcome = Some(false)
+                }
                 ClientEvent::Refused(why) => {
                     return Err(NatViolation(format!("the rendezvous refused: {why:?}")));
                 }

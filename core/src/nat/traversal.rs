@@ -338,6 +338,8 @@ pub struct Traversal {
     /// `Settled` has been reported.
     settled: bool,
     birthday: Birthday,
+    /// Our local address is a TURN allocation's relayed address.
+    relay: bool,
     /// Our extra sockets for spraying, sorted: every datagram asks
     /// whether it arrived on one ([`Self::is_sprayer`]).
     sprayers: Vec<SocketAddr>,
@@ -403,10 +405,28 @@ impl Traversal {
             probe_order: VecDeque::new(),
             birthday_left: config.birthday.probes,
             next_burst: Instant::ZERO,
+            relay: false,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: TraversalStats::default(),
         }
+    }
+
+    /// A traversal whose one local address is `relayed`, an allocation on
+    /// a TURN server: its only candidate is that relayed address (type
+    /// preference 0), and what it sends from `relayed` the caller relays.
+    /// Birthday punching does not apply. Start it with no rendezvous.
+    pub fn relayed(
+        mut config: TraversalConfig,
+        role: Role,
+        key: CheckKey,
+        relayed: SocketAddr,
+        rng: Rng,
+    ) -> Self {
+        config.birthday.probes = 0;
+        let mut t = Traversal::new(config, role, key, relayed, Vec::new(), rng);
+        t.relay = true;
+        t
     }
 
     /// Starts: asks `rendezvous` (if any) for our public address, and arms
@@ -737,6 +757,9 @@ impl Traversal {
                 u16::MAX,
             ));
         }
+        if self.relay {
+            candidates.push(Candidate::new(CandidateKind::Relay, self.local, u16::MAX));
+        }
         if self.state == TraversalState::Initial || self.state == TraversalState::Probing {
             self.state = TraversalState::Candidates;
         }
@@ -767,8 +790,14 @@ impl Traversal {
             self.stats.refused_paths += 1;
             return None;
         }
-        // Our side of a path is a socket, as a host candidate.
-        let ours = priority(CandidateKind::Host, u16::MAX);
+        // Our side of a path is a socket, as a host candidate, or the
+        // relayed address.
+        let our_kind = if self.relay {
+            CandidateKind::Relay
+        } else {
+            CandidateKind::Host
+        };
+        let ours = priority(our_kind, u16::MAX);
         let priority = match self.role {
             Role::Controlling => pair_priority(ours, remote_priority),
             Role::Controlled => pair_priority(remote_priority, ours),

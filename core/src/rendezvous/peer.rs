@@ -25,6 +25,7 @@ use super::wire::{
     open_pair_signal, session_pair,
 };
 use crate::conn::auth::TicketSecret;
+use crate::nat::binding::BindingConfig;
 use crate::nat::stun;
 use crate::nat::{
     CandidateKind, FailReason, Offer, Role, Traversal, TraversalConfig, TraversalEvent,
@@ -32,6 +33,7 @@ use crate::nat::{
 use crate::pair::{
     EndpointPair, Output, PairConfig, PairEvent, PairKey, PairNonce, PairPool, PingRole, Transmit,
 };
+use crate::turn::{TurnClient, TurnError, TurnEvent};
 use crate::{Instant, Rng};
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -630,17 +632,29 @@ pub enum ClientEvent {
     /// Birthday punching wants more sockets, bound like the first: pass
     /// them to [`ClientRendezvous::add_sprayers`].
     NeedSprayers(u16),
-    /// A punched path to the host, taken through the pair handover: its
-    /// socket may go to QUIC now.
+    /// A path to the host, taken through the pair handover: its socket
+    /// may go to QUIC now (through the relay, if `relayed`: take the
+    /// allocation with [`ClientRendezvous::take_relay`]).
     Connected {
-        /// Our socket on the path (the first, or a sprayer).
+        /// Our socket on the path (the first, or a sprayer), or, relayed,
+        /// the relayed address.
         local: SocketAddr,
-        /// The peer's address on the path.
+        /// The peer's address on the path (relayed: as the TURN server
+        /// sees it).
         remote: SocketAddr,
         /// How that address was learned.
         kind: CandidateKind,
         /// Found by birthday punching.
         birthday: bool,
+        /// Through the TURN server.
+        relayed: bool,
+    },
+    /// No direct path, and relaying failed too.
+    RelayFailed {
+        /// Why no direct path was found.
+        direct: FailReason,
+        /// Why the relay did not work.
+        relay: TurnError,
     },
     /// The rendezvous refused.
     Refused(Refusal),
@@ -666,6 +680,9 @@ pub struct ClientRendezvous {
     local: SocketAddr,
     host: HostId,
     token: Token,
+    secret: TicketSecret,
+    config: TraversalConfig,
+    rng: Rng,
     session: u64,
     traversal: Traversal,
     offer: Option<Offer>,
@@ -683,8 +700,31 @@ pub struct ClientRendezvous {
     /// Anything at all came from the rendezvous (its STUN answer first).
     heard: bool,
     done: bool,
+    /// The fallback through a TURN server, once direct punching failed.
+    relay: Relay,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ClientEvent>,
+}
+
+/// The client's relay fallback.
+#[derive(Debug)]
+enum Relay {
+    /// Not needed (yet).
+    Off,
+    /// Direct punching failed for `direct`; credentials asked for.
+    Asking {
+        direct: FailReason,
+        ask: u64,
+        sends: u32,
+        next: Instant,
+    },
+    /// Allocating, then punching again over the relayed address.
+    On {
+        direct: FailReason,
+        turn: Box<TurnClient>,
+    },
+    /// The allocation went to the shell with the connection.
+    Given,
 }
 
 impl core::fmt::Debug for ClientRendezvous {
@@ -736,6 +776,9 @@ impl ClientRendezvous {
             local,
             host,
             token: Token::of(secret),
+            secret: secret.clone(),
+            config,
+            rng,
             session,
             traversal,
             offer: None,
@@ -749,11 +792,102 @@ impl ClientRendezvous {
             answered: false,
             heard: false,
             done: false,
+            relay: Relay::Off,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
         c.collect(now);
         c
+    }
+
+    /// The TURN allocation a relayed connection runs over, once
+    /// [`ClientEvent::Connected`] said `relayed`: it goes to the shell's
+    /// relayed socket, which keeps it refreshed.
+    pub fn take_relay(&mut self) -> Option<TurnClient> {
+        match core::mem::replace(&mut self.relay, Relay::Given) {
+            Relay::On { turn, .. } if self.done => Some(*turn),
+            other => {
+                self.relay = other;
+                None
+            }
+        }
+    }
+
+    /// The relayed address we punch from, while relaying.
+    fn relayed(&self) -> Option<SocketAddr> {
+        match &self.relay {
+            Relay::On { turn, .. } => turn.relayed(),
+            _ => None,
+        }
+    }
+
+    /// Direct punching failed: ask the rendezvous for relay credentials.
+    fn ask_relay(&mut self, now: Instant, direct: FailReason) {
+        self.relay = Relay::Asking {
+            direct,
+            ask: self.rng.next_u64(),
+            sends: 0,
+            next: now,
+        };
+        self.send_ask(now);
+    }
+
+    fn send_ask(&mut self, now: Instant) {
+        let Relay::Asking {
+            direct,
+            ask,
+            sends,
+            next,
+        } = &mut self.relay
+        else {
+            return;
+        };
+        if *sends >= CONNECT_SENDS {
+            let direct = *direct;
+            self.relay = Relay::Off;
+            return self.fail(direct);
+        }
+        *sends += 1;
+        *next = now + CONNECT_EVERY;
+        let msg = Signalling::TurnAsk {
+            host: self.host,
+            token: Some(self.token),
+            session: *ask,
+        };
+        self.transmits.push_back(Transmit {
+            local: self.local,
+            remote: self.rendezvous,
+            payload: msg.encode(),
+        });
+    }
+
+    /// The allocation exists: a new session, punched from the relayed
+    /// address (the host sees a client whose one candidate is it).
+    fn punch_over_relay(&mut self, now: Instant, relayed: SocketAddr) {
+        let session = self.rng.next_u64();
+        let mut traversal = Traversal::relayed(
+            self.config,
+            Role::Controlling,
+            check_key(&self.secret, session),
+            relayed,
+            Rng::from_u64(self.rng.next_u64()),
+        );
+        traversal.start(now, None);
+        self.session = session;
+        self.traversal = traversal;
+        self.pool = PairPool::new(
+            client_peer(session),
+            PairConfig::default(),
+            Rng::from_u64(self.rng.next_u64()),
+        );
+        self.pair = session_pair(&self.secret, session);
+        self.offer = None;
+        self.punched = None;
+        self.handing = Handing::Probing(0);
+        self.next_try = None;
+        self.sends = 0;
+        self.next_connect = None;
+        self.answered = false;
     }
 
     /// Offers a datagram that arrived on our socket `local`.
@@ -764,6 +898,22 @@ impl ClientRendezvous {
         from: SocketAddr,
         data: &[u8],
     ) -> bool {
+        if let Relay::On { turn, .. } = &mut self.relay
+            && local == self.local
+            && from == turn.server()
+        {
+            let relayed = turn.relayed();
+            if let (Some(r), Some(relayed)) = (turn.handle_datagram(now, from, data), relayed)
+                && !self
+                    .traversal
+                    .handle_datagram(now, relayed, r.peer, &r.data)
+            {
+                // The punched pair's keepalive, relayed.
+                self.pool.handle_datagram(now, relayed, r.peer, &r.data);
+            }
+            self.collect(now);
+            return true;
+        }
         let signalling = local == self.local && from == self.rendezvous;
         if signalling {
             self.heard = true;
@@ -775,7 +925,46 @@ impl ClientRendezvous {
                 {
                     self.answered = true;
                     self.next_connect = None;
+                    if let Relay::On { turn, .. } = &mut self.relay {
+                        // The host's checks reach the relay from these IPs
+                        // (at ports its NAT picks): let them through.
+                        for c in &offer.candidates {
+                            turn.permit(now, c.addr.ip());
+                        }
+                    }
                     self.traversal.add_remote_candidates(now, &offer);
+                }
+                Ok(Signalling::TurnGrant {
+                    session,
+                    server,
+                    credentials,
+                }) if matches!(self.relay, Relay::Asking { ask, .. } if ask == session) => {
+                    if let Relay::Asking { direct, .. } = self.relay {
+                        let turn = TurnClient::new(
+                            now,
+                            BindingConfig::interactive(),
+                            self.local,
+                            server,
+                            credentials,
+                            Rng::from_u64(self.rng.next_u64()),
+                        );
+                        self.relay = Relay::On {
+                            direct,
+                            turn: Box::new(turn),
+                        };
+                    }
+                }
+                Ok(Signalling::Refused { session, why }) if matches!(self.relay, Relay::Asking { ask, .. } if ask == session) => {
+                    if let Relay::Asking { direct, .. } = self.relay {
+                        self.relay = Relay::Off;
+                        match why {
+                            Refusal::NoRelay => self.fail(direct),
+                            _ => {
+                                self.done = true;
+                                self.events.push_back(ClientEvent::Refused(why));
+                            }
+                        }
+                    }
                 }
                 Ok(Signalling::Refused { session, why })
                     if session == self.session && !self.done =>
@@ -837,6 +1026,14 @@ impl ClientRendezvous {
         }
         if self.pool.poll_timeout().is_some_and(|t| t <= now) {
             self.pool.handle_timeout(now);
+        }
+        if matches!(self.relay, Relay::Asking { next, .. } if next <= now) {
+            self.send_ask(now);
+        }
+        if let Relay::On { turn, .. } = &mut self.relay
+            && turn.poll_timeout().is_some_and(|t| t <= now)
+        {
+            turn.handle_timeout(now);
         }
         if self.next_try.is_some_and(|t| t <= now) {
             self.next_try = None;
@@ -903,9 +1100,50 @@ impl ClientRendezvous {
         });
     }
 
+    /// Queues a datagram of the traversal or the pool: one from the
+    /// relayed address goes through the TURN server.
+    fn emit(&mut self, now: Instant, t: Transmit) {
+        if let Relay::On { turn, .. } = &mut self.relay
+            && turn.relayed() == Some(t.local)
+        {
+            // A peer address learned from a check came through the relay,
+            // so its IP is permitted; anything else is allowed first.
+            turn.permit(now, t.remote.ip());
+            if let Some(wrapped) = turn.send(t.remote, &t.payload) {
+                self.transmits.push_back(wrapped);
+            }
+            return;
+        }
+        self.transmits.push_back(t);
+    }
+
     fn collect(&mut self, now: Instant) {
+        if let Relay::On { direct, turn } = &mut self.relay {
+            let direct = *direct;
+            let mut events = Vec::new();
+            while let Some(t) = turn.poll_transmit() {
+                self.transmits.push_back(t);
+            }
+            while let Some(e) = turn.poll_event() {
+                events.push(e);
+            }
+            for e in events {
+                match e {
+                    TurnEvent::Allocated { relayed, .. } if !self.done => {
+                        self.punch_over_relay(now, relayed);
+                    }
+                    TurnEvent::Failed(relay) if !self.done => {
+                        self.done = true;
+                        self.next_try = None;
+                        self.events
+                            .push_back(ClientEvent::RelayFailed { direct, relay });
+                    }
+                    _ => {}
+                }
+            }
+        }
         while let Some(t) = self.traversal.poll_transmit() {
-            self.transmits.push_back(t);
+            self.emit(now, t);
         }
         while let Some(event) = self.traversal.poll_event() {
             match event {
@@ -951,9 +1189,27 @@ impl ClientRendezvous {
                         self.fail(FailReason::NotTaken);
                     }
                 }
+                // No direct path: relay, unless relaying is what failed, or
+                // the host never answered at all.
+                TraversalEvent::Failed(why)
+                    if !self.done
+                        && matches!(self.relay, Relay::Off)
+                        && why != FailReason::NoRemoteCandidates =>
+                {
+                    self.ask_relay(now, why);
+                }
                 TraversalEvent::Failed(why) if !self.done => {
-                    self.done = true;
-                    self.events.push_back(ClientEvent::Failed(why));
+                    if let Relay::On { direct, .. } = self.relay {
+                        self.done = true;
+                        let relay = TurnError::Refused {
+                            code: 0,
+                            reason: format!("no path through the relay ({why:?})"),
+                        };
+                        self.events
+                            .push_back(ClientEvent::RelayFailed { direct, relay });
+                    } else {
+                        self.fail(why);
+                    }
                 }
                 _ => {}
             }
@@ -968,7 +1224,7 @@ impl ClientRendezvous {
         }
         while let Some(output) = self.pool.poll_output() {
             match output {
-                Output::Transmit(t) => self.transmits.push_back(t),
+                Output::Transmit(t) => self.emit(now, t),
                 Output::Signal { signal, .. } => {
                     let msg = Signalling::seal_pair_signal(
                         self.host,
@@ -986,11 +1242,13 @@ impl ClientRendezvous {
                 Output::Event(PairEvent::Taken { .. }) if !self.done => {
                     if let Some(p) = self.punched {
                         self.done = true;
+                        let relayed = self.relayed() == Some(p.local);
                         self.events.push_back(ClientEvent::Connected {
                             local: p.local,
                             remote: p.remote,
                             kind: p.kind,
                             birthday: p.birthday,
+                            relayed,
                         });
                     }
                 }
@@ -1022,11 +1280,17 @@ impl ClientRendezvous {
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let relay = match &self.relay {
+            Relay::Asking { next, .. } => Some(*next),
+            Relay::On { turn, .. } => turn.poll_timeout(),
+            Relay::Off | Relay::Given => None,
+        };
         [
             self.next_connect,
             self.traversal.poll_timeout(),
             self.pool.poll_timeout(),
             self.next_try,
+            relay,
         ]
         .into_iter()
         .flatten()

@@ -279,14 +279,23 @@ async fn punch_for_clients<S: Shell>(
     Ok(())
 }
 
-/// Punches a path to the host through `rendezvous`; returns the punched
-/// socket (to carry the connection), the host's address on it, and
-/// whether birthday punching found it.
+/// A path to the host found through the rendezvous.
+struct PunchedPath {
+    /// The socket (and relay, if relayed) to carry the connection.
+    punched: crate::nat::Punched,
+    /// The host's address on the path.
+    remote: SocketAddr,
+    /// Found by birthday punching.
+    birthday: bool,
+}
+
+/// Punches a path to the host through `rendezvous` (relayed through its
+/// TURN server if no direct path exists).
 async fn punch_to_host<S: Shell>(
     shell: &S,
     ticket: &Ticket,
     rendezvous: SocketAddr,
-) -> Result<(std::net::UdpSocket, SocketAddr, bool)> {
+) -> Result<PunchedPath> {
     use wormhole_core::nat::FailReason;
     use wormhole_core::rendezvous::peer::ClientEvent;
     use wormhole_core::rendezvous::wire::Refusal;
@@ -301,7 +310,7 @@ async fn punch_to_host<S: Shell>(
     // socket goes to QUIC.
     let (end_tx, end_rx) = async_channel::bounded::<()>(1);
     let mut outcome = None;
-    let socket = crate::nat::client_punch(
+    let punched = crate::nat::client_punch(
         shell.runtime(),
         party,
         |a| shell.bind_udp(a),
@@ -322,7 +331,15 @@ async fn punch_to_host<S: Shell>(
     match outcome {
         Some(ClientEvent::Connected {
             remote, birthday, ..
-        }) => Ok((socket, remote, birthday)),
+        }) => Ok(PunchedPath {
+            punched,
+            remote,
+            birthday,
+        }),
+        Some(ClientEvent::RelayFailed { direct, relay }) => bail!(
+            "no direct path to the host ({}), and relaying through the rendezvous's TURN server failed: {relay}",
+            direct_failure(direct)
+        ),
         Some(ClientEvent::Refused(Refusal::NotRegistered)) => bail!(
             "the host is not registered with the rendezvous {rendezvous} (is `wormhole host --rendezvous {rendezvous}` running?)"
         ),
@@ -341,18 +358,33 @@ async fn punch_to_host<S: Shell>(
         Some(ClientEvent::Failed(FailReason::NoRemoteCandidates)) => {
             bail!("the host did not answer through the rendezvous {rendezvous}")
         }
-        Some(ClientEvent::Failed(FailReason::NoPathAnswered)) => bail!(
-            "hole punching failed: no path answered (a firewall may drop UDP; relaying is not built yet)"
-        ),
-        Some(ClientEvent::Failed(FailReason::BothSymmetric)) => bail!(
-            "hole punching failed: both NATs map ports per destination (symmetric), so no direct path exists; relaying is not built yet"
-        ),
+        Some(ClientEvent::Failed(
+            why @ (FailReason::NoPathAnswered | FailReason::BothSymmetric),
+        )) => {
+            bail!(
+                "hole punching failed: {}; the rendezvous {rendezvous} offers no relay (start it with --turn)",
+                direct_failure(why)
+            )
+        }
         Some(ClientEvent::Failed(FailReason::NotTaken)) => bail!(
             "hole punching found a path, but the host did not take it over through the rendezvous {rendezvous}"
         ),
         Some(ClientEvent::NeedSprayers(_)) | None => {
             bail!("punching ended without an outcome")
         }
+    }
+}
+
+/// Why no direct path exists, as a person reads it.
+fn direct_failure(why: wormhole_core::nat::FailReason) -> &'static str {
+    use wormhole_core::nat::FailReason;
+    match why {
+        FailReason::BothSymmetric => {
+            "both NATs map ports per destination (symmetric), so no direct path exists"
+        }
+        FailReason::NoPathAnswered => "no path answered (a firewall may drop UDP)",
+        FailReason::NoRemoteCandidates => "the host did not answer",
+        FailReason::NotTaken => "the host did not take the punched path over",
     }
 }
 
@@ -491,15 +523,32 @@ async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<(QuicTranspor
         return direct.await;
     };
     let punched = async {
-        let (socket, remote, birthday) = punch_to_host(shell, ticket, rendezvous).await?;
-        let transport = QuicTransport::new(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
-        transport.probe(&ticket.secret).await?;
-        let how = if birthday {
-            "birthday punching"
-        } else {
-            "hole punching"
+        let path = punch_to_host(shell, ticket, rendezvous).await?;
+        let remote = path.remote;
+        let (transport, how) = match path.punched.relay {
+            Some(relay) => {
+                let server = relay.server();
+                let socket = relay.socket(rt.clone(), path.punched.socket, remote)?;
+                let t = QuicTransport::over(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
+                (t, format!("relayed through the TURN server {server}"))
+            }
+            None => {
+                let t = QuicTransport::new(
+                    rt.clone(),
+                    path.punched.socket,
+                    vec![remote],
+                    ticket.fingerprint,
+                )?;
+                let how = if path.birthday {
+                    "birthday punching"
+                } else {
+                    "hole punching"
+                };
+                (t, format!("directly, via {how} to {remote}"))
+            }
         };
-        anyhow::Ok((transport, format!("directly, via {how} to {remote}")))
+        transport.probe(&ticket.secret).await?;
+        anyhow::Ok((transport, how))
     };
     first_ok(direct, punched).await.map_err(|(d, p)| {
         anyhow!("cannot reach the host: directly: {d:#}; through the rendezvous: {p:#}")

@@ -269,6 +269,10 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
                         ok = false;
                         format!("failed {why:?}")
                     }
+                    ClientEvent::RelayFailed { direct, relay } => {
+                        ok = false;
+                        format!("failed {direct:?}; relay: {relay}")
+                    }
                     ClientEvent::NeedSprayers(_) => return,
                 };
                 say(line, out);

@@ -204,19 +204,62 @@ pub async fn host_punch(
     Ok(())
 }
 
+/// What a client's punch leaves for the connection.
+#[derive(Debug)]
+pub struct Punched {
+    /// The punched socket (a handle to the very socket), or the first one
+    /// if none was punched.
+    pub socket: std::net::UdpSocket,
+    /// The TURN allocation the path runs through, if it is relayed.
+    pub relay: Option<Relay>,
+}
+
+/// A TURN allocation taken over from the punch, with the clock its
+/// deadlines were set on.
+pub struct Relay {
+    pub(crate) turn: wormhole_core::turn::TurnClient,
+    pub(crate) clock: CoreClock,
+}
+
+impl core::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Relay")
+            .field("server", &self.turn.server())
+            .field("relayed", &self.turn.relayed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// The TURN server.
+    pub fn server(&self) -> SocketAddr {
+        self.turn.server()
+    }
+
+    /// The socket QUIC uses to reach `peer` through the relay, over
+    /// `socket` (the one the allocation was made from).
+    pub fn socket(
+        self,
+        runtime: Arc<dyn quinn::Runtime>,
+        socket: std::net::UdpSocket,
+        peer: SocketAddr,
+    ) -> io::Result<Arc<crate::turn::RelayedSocket>> {
+        crate::turn::RelayedSocket::new(runtime, socket, self.turn, self.clock, peer)
+    }
+}
+
 /// Runs a client's rendezvous side on a socket bound with `bind`: asks
 /// to be put through, punches (from more sockets if birthday punching
-/// asks), reports every event to `on_event`, and keeps answering the
-/// host's checks until `stop`. Returns the punched socket (a handle to
-/// the very socket, for QUIC to use next), or the first one if none was
-/// punched.
+/// asks; through a TURN relay if no direct path exists and the rendezvous
+/// offers one), reports every event to `on_event`, and keeps answering
+/// the host's checks until `stop`.
 pub async fn client_punch(
     runtime: Arc<dyn quinn::Runtime>,
     party: PunchParty,
     bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
     mut on_event: impl FnMut(&ClientEvent),
     stop: impl Future<Output = ()>,
-) -> io::Result<std::net::UdpSocket> {
+) -> io::Result<Punched> {
     let socket = bind_toward(party.rendezvous, &bind)?;
     let ip = socket.local_addr()?.ip();
     let first = socket.try_clone()?;
@@ -263,7 +306,12 @@ pub async fn client_punch(
                             bind_sprayers(&*runtime, ip, *count, &bind, &mut udp, &mut masters);
                         machine.add_sprayers(now, &locals);
                     }
-                    ClientEvent::Connected { local, .. } => punched = *local,
+                    // A relayed path runs on our first socket.
+                    ClientEvent::Connected {
+                        local,
+                        relayed: false,
+                        ..
+                    } => punched = *local,
                     _ => {}
                 }
                 on_event(&event);
@@ -275,8 +323,10 @@ pub async fn client_punch(
         })
     });
     futures_lite::future::or(stop, drive).await;
+    let relay = machine.take_relay().map(|turn| Relay { turn, clock });
     // The other sockets close here, with the set and their handles.
-    masters
+    let socket = masters
         .remove(&punched)
-        .ok_or_else(|| io::Error::other("the punched socket is gone"))
+        .ok_or_else(|| io::Error::other("the punched socket is gone"))?;
+    Ok(Punched { socket, relay })
 }

@@ -111,9 +111,20 @@ impl QuicTransport {
         addrs: Vec<SocketAddr>,
         pin: Fingerprint,
     ) -> io::Result<Self> {
-        let config = host_client_config(pin).map_err(io::Error::other)?;
         size_socket_buffers(&socket);
         let socket = runtime.wrap_udp_socket(socket)?;
+        Self::over(runtime, socket, addrs, pin)
+    }
+
+    /// The same over a socket already wrapped for quinn (a relayed one,
+    /// say).
+    pub fn over(
+        runtime: Arc<dyn quinn::Runtime>,
+        socket: Arc<dyn quinn::AsyncUdpSocket>,
+        addrs: Vec<SocketAddr>,
+        pin: Fingerprint,
+    ) -> io::Result<Self> {
+        let config = host_client_config(pin).map_err(io::Error::other)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
             None,
