@@ -27,3 +27,14 @@ pub use traversal::{
     Candidate, CandidateKind, FailReason, Offer, Role, Traversal, TraversalConfig, TraversalEvent,
     TraversalState,
 };
+
+use core::net::IpAddr;
+
+/// Whether `ip` is on this machine or a private network (RFC 1918,
+/// RFC 4193, link-local): reachable on a LAN, never through the internet.
+pub fn is_local_network(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}

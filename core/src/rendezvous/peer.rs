@@ -925,9 +925,18 @@ impl ClientRendezvous {
                 {
                     self.answered = true;
                     self.next_connect = None;
+                    let mut offer = offer;
                     if let Relay::On { turn, .. } = &mut self.relay {
-                        // The host's checks reach the relay from these IPs
-                        // (at ports its NAT picks): let them through.
+                        // The host's private addresses were tried directly
+                        // (a LAN path); from the relay they are at best
+                        // unreachable, and a TURN server without a route
+                        // to them may drop the whole allocation (coturn
+                        // does). Its public addresses remain; its checks
+                        // reach the relay from their IPs, at ports its NAT
+                        // picks: let those IPs through.
+                        offer
+                            .candidates
+                            .retain(|c| !crate::nat::is_local_network(c.addr.ip()));
                         for c in &offer.candidates {
                             turn.permit(now, c.addr.ip());
                         }

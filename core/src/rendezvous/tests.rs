@@ -515,6 +515,142 @@ mod signalling {
         panic!("no outcome");
     }
 
+    /// No datagram passes between the client's and the host's sockets
+    /// directly (as between two symmetric NATs): the client asks the
+    /// rendezvous for relay credentials, allocates on the (modelled) TURN
+    /// server, punches again from the relayed address, and takes the pair
+    /// through the relay; the host sees a path to the relayed address.
+    #[test]
+    fn with_no_direct_path_the_client_connects_through_the_relay() {
+        use crate::rendezvous::TurnService;
+        use crate::turn::server_model::TurnServerModel;
+        let secret = TicketSecret([9; 32]);
+        let server = one_ip_server();
+        let rv_addr = server.primary();
+        let turn_addr = addr("198.51.100.5:3478");
+        let mut rv = Rendezvous::new(server);
+        rv.set_turn(TurnService {
+            server: turn_addr,
+            secret: b"relay".to_vec(),
+            ttl: Duration::from_secs(600),
+            unix_at_origin: 1_800_000_000,
+        });
+        let mut turn = TurnServerModel::new(turn_addr, b"relay");
+        let (host_reg, host_punch, client_addr) = (
+            addr("192.0.2.10:4000"),
+            addr("192.0.2.10:4001"),
+            addr("192.0.2.20:5000"),
+        );
+        let mut now = Instant::ZERO;
+        let config = TraversalConfig::default();
+        let mut host = HostRendezvous::new(
+            now,
+            rv_addr,
+            host_reg,
+            &FINGERPRINT,
+            secret.clone(),
+            config,
+            Rng::from_u64(1),
+        );
+        let mut client = ClientRendezvous::new(
+            now,
+            rv_addr,
+            client_addr,
+            vec![client_addr],
+            &FINGERPRINT,
+            &secret,
+            config,
+            Rng::from_u64(2),
+        );
+        let mut host_events = Vec::new();
+        let mut outcome = None;
+        let mut host_sockets = vec![host_reg];
+        for _ in 0..100_000 {
+            let mut packets = Vec::new();
+            while let Some(t) = host.poll_transmit() {
+                packets.push(t);
+            }
+            while let Some(e) = host.poll_event() {
+                match e {
+                    HostEvent::NeedSocket { session } => {
+                        let socket = SocketAddr::new(host_punch.ip(), 4001 + session as u16 % 1000);
+                        host_sockets.push(socket);
+                        host.add_socket(now, session, socket, vec![socket]);
+                    }
+                    HostEvent::Connected { session, .. } | HostEvent::Failed { session, .. } => {
+                        host.forget(now, session);
+                    }
+                    _ => {}
+                }
+                host_events.push(e);
+            }
+            while let Some(t) = client.poll_transmit() {
+                packets.push(t);
+            }
+            if let Some(e) = client.poll_event() {
+                outcome = Some(e);
+                break;
+            }
+            while let Some(t) = rv.poll_transmit() {
+                packets.push(t);
+            }
+            while let Some(t) = turn.poll_transmit() {
+                packets.push(t);
+            }
+            // No direct path.
+            packets.retain(|t| {
+                let between =
+                    |a: SocketAddr, b: SocketAddr| a == client_addr && host_sockets.contains(&b);
+                !between(t.local, t.remote) && !between(t.remote, t.local)
+            });
+            if packets.is_empty() {
+                let next = [client.poll_timeout(), host.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .expect("something is pending");
+                now = now.max(next);
+                client.handle_timeout(now);
+                host.handle_timeout(now);
+                continue;
+            }
+            for t in packets {
+                if t.remote == rv_addr {
+                    rv.handle_datagram(now, rv_addr, t.local, &t.payload);
+                } else if t.remote == turn_addr {
+                    turn.handle_client(t.local, &t.payload);
+                } else if turn.relays(t.remote) {
+                    turn.handle_peer(t.local, t.remote, &t.payload);
+                } else if t.remote == client_addr {
+                    client.handle_datagram(now, t.remote, t.local, &t.payload);
+                } else {
+                    host.handle_datagram(now, t.remote, t.local, &t.payload);
+                }
+            }
+        }
+        let outcome = outcome.expect("the client ended");
+        let ClientEvent::Connected {
+            local,
+            relayed: true,
+            ..
+        } = outcome
+        else {
+            panic!("{outcome:?} {host_events:?}");
+        };
+        assert!(turn.relays(local), "the path starts at the relayed address");
+        assert!(
+            client.take_relay().is_some(),
+            "the allocation goes to the shell"
+        );
+        assert!(
+            host_events
+                .iter()
+                .any(|e| matches!(e, HostEvent::Connected { remote, .. } if *remote == local)),
+            "{host_events:?}"
+        );
+        assert!(turn.relayed > 0);
+    }
+
     /// The host's TakeOk is lost after the host has handed the pair to its
     /// connection and forgotten the session: the client's repeated Take
     /// is still verified and answered, and the client connects.

@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod credentials;
+#[cfg(any(test, feature = "testkit"))]
+pub mod server_model;
 
 pub use client::{MAX_PEERS, Relayed, TurnClient, TurnError, TurnEvent, TurnStats};
 pub use credentials::TurnCredentials;

@@ -388,15 +388,6 @@ fn direct_failure(why: wormhole_core::nat::FailReason) -> &'static str {
     }
 }
 
-/// Whether `ip` is on this machine or a private network (RFC 1918,
-/// RFC 4193, link-local): a host reached there is on the LAN.
-fn is_local_network(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
-    }
-}
-
 /// The first of two fallible futures to succeed, or both errors.
 async fn first_ok<T>(
     a: impl core::future::Future<Output = Result<T>>,
@@ -511,7 +502,10 @@ async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<(QuicTranspor
         let transport =
             QuicTransport::new(rt.clone(), socket, ticket.addrs.clone(), ticket.fingerprint)?;
         transport.probe(&ticket.secret).await?;
-        let local = ticket.addrs.iter().all(|a| is_local_network(a.ip()));
+        let local = ticket
+            .addrs
+            .iter()
+            .all(|a| wormhole_core::nat::is_local_network(a.ip()));
         let how = if local {
             "directly on the local network"
         } else {

@@ -444,6 +444,45 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
     assert!(wrong.is_empty(), "cells against expectation: {wrong:#?}");
 }
 
+/// Two homes behind symmetric NATs, where no punching can work: the
+/// mount asks the rendezvous for credentials, allocates on coturn, and
+/// the folder is mounted through the relay, read and written.
+pub(crate) fn two_symmetric_nats_mount_through_coturn(bin: &Path, tag: &str) {
+    let net = Internet::new(tag, &[Behaviour::Symmetric, Behaviour::Symmetric]);
+    let mut guard = scratch("nat-relay", bin);
+    let rendezvous = start_relaying_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    std::fs::write(dir.join("share/hello.txt"), b"hello through the relay\n")
+        .expect("seed the share");
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let ticket = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
+    let mnt = dir.join("mnt");
+    let mut mount = in_home(1)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the mount");
+    let mount_out = lines(&mut mount);
+    guard.children.push(mount);
+    let how = line_within(
+        &mount_out,
+        "how it connected",
+        Duration::from_secs(60),
+        |l| l.starts_with("Connected"),
+    );
+    println!("{how}");
+    assert!(how.contains("relayed through the TURN server"), "{how}");
+    line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
+    let read = std::fs::read_to_string(mnt.join("hello.txt")).expect("read through the relay");
+    assert_eq!(read, "hello through the relay\n");
+    std::fs::write(mnt.join("back.txt"), b"and back\n").expect("write through the relay");
+    let on_host = std::fs::read(dir.join("share/back.txt")).expect("the host has it");
+    assert_eq!(on_host, b"and back\n");
+    let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
+}
+
 /// A mount across two port-restricted NATs whose host restarts: the
 /// punched path dies with the host process (its socket, and the NAT
 /// mapping the punch opened, are gone), so redialling it cannot work; the
@@ -603,6 +642,14 @@ macro_rules! nat_tests {
             nat::a_folder_is_mounted_across_every_pair_of_kernel_nats(
                 std::path::Path::new($bin),
                 concat!($tag, "m"),
+            );
+        }
+
+        #[test]
+        fn two_symmetric_nats_mount_through_coturn() {
+            nat::two_symmetric_nats_mount_through_coturn(
+                std::path::Path::new($bin),
+                concat!($tag, "t"),
             );
         }
 
