@@ -153,7 +153,8 @@ pub(crate) fn every_kernel_nat_is_classified_as_what_it_is(bin: &Path, tag: &str
         let expected = match home.behaviour {
             Behaviour::Public => ("no NAT", "none (public address)", "endpoint-independent"),
             Behaviour::FullCone => ("full cone", "endpoint-independent", "endpoint-independent"),
-            Behaviour::PortRestricted => (
+            // Its rendezvous is the one address it may reach.
+            Behaviour::PortRestricted | Behaviour::RelayOnly => (
                 "port-restricted cone",
                 "endpoint-independent",
                 "address-and-port-dependent",
@@ -448,7 +449,19 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
 /// mount asks the rendezvous for credentials, allocates on coturn, and
 /// the folder is mounted through the relay, read and written.
 pub(crate) fn two_symmetric_nats_mount_through_coturn(bin: &Path, tag: &str) {
-    let net = Internet::new(tag, &[Behaviour::Symmetric, Behaviour::Symmetric]);
+    mounts_through_coturn(bin, tag, Behaviour::Symmetric, Behaviour::Symmetric);
+}
+
+/// The mount's network lets UDP out only to the relay's address: nothing
+/// direct can work, the relay does.
+pub(crate) fn udp_blocked_except_to_the_relay_mounts_relayed(bin: &Path, tag: &str) {
+    mounts_through_coturn(bin, tag, Behaviour::PortRestricted, Behaviour::RelayOnly);
+}
+
+/// A host behind `host`, a mount behind `mount`: the mount says it is
+/// relayed through coturn, reads and writes.
+fn mounts_through_coturn(bin: &Path, tag: &str, host: Behaviour, mount: Behaviour) {
+    let net = Internet::new(tag, &[host, mount]);
     let mut guard = scratch("nat-relay", bin);
     let rendezvous = start_relaying_rendezvous(bin, &net, &mut guard);
     let dir = guard.dir.clone();
@@ -457,22 +470,22 @@ pub(crate) fn two_symmetric_nats_mount_through_coturn(bin: &Path, tag: &str) {
     let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
     let ticket = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
     let mnt = dir.join("mnt");
-    let mut mount = in_home(1)
+    let mut child = in_home(1)
         .arg("mount")
         .arg(&ticket)
         .arg(&mnt)
         .stdout(Stdio::piped())
         .spawn()
         .expect("run the mount");
-    let mount_out = lines(&mut mount);
-    guard.children.push(mount);
+    let mount_out = lines(&mut child);
+    guard.children.push(child);
     let how = line_within(
         &mount_out,
         "how it connected",
         Duration::from_secs(60),
         |l| l.starts_with("Connected"),
     );
-    println!("{how}");
+    println!("{} × {}: {how}", host.name(), mount.name());
     assert!(how.contains("relayed through the TURN server"), "{how}");
     line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
     let read = std::fs::read_to_string(mnt.join("hello.txt")).expect("read through the relay");
@@ -650,6 +663,14 @@ macro_rules! nat_tests {
             nat::two_symmetric_nats_mount_through_coturn(
                 std::path::Path::new($bin),
                 concat!($tag, "t"),
+            );
+        }
+
+        #[test]
+        fn udp_blocked_except_to_the_relay_mounts_relayed() {
+            nat::udp_blocked_except_to_the_relay_mounts_relayed(
+                std::path::Path::new($bin),
+                concat!($tag, "b"),
             );
         }
 

@@ -41,6 +41,10 @@ pub(crate) enum Behaviour {
     PortRestricted,
     /// Endpoint-dependent mapping: masquerade with fully random ports.
     Symmetric,
+    /// A port-restricted NAT whose firewall lets UDP out only to the
+    /// rendezvous's first address, where the relay runs too (as networks
+    /// that allow one known server do). Not in [`Behaviour::ALL`].
+    RelayOnly,
 }
 
 impl Behaviour {
@@ -59,6 +63,7 @@ impl Behaviour {
             Behaviour::FullCone => "full cone",
             Behaviour::PortRestricted => "port-restricted",
             Behaviour::Symmetric => "symmetric",
+            Behaviour::RelayOnly => "UDP to relay only",
         }
     }
 
@@ -70,8 +75,16 @@ impl Behaviour {
                 "masquerade",
                 format!("iifname \"wan\" meta l4proto udp dnat to {home_ip}"),
             ),
-            Behaviour::PortRestricted => ("masquerade", String::new()),
+            Behaviour::PortRestricted | Behaviour::RelayOnly => ("masquerade", String::new()),
             Behaviour::Symmetric => ("masquerade fully-random", String::new()),
+        };
+        let outbound = if self == Behaviour::RelayOnly {
+            format!(
+                "oifname \"wan\" meta l4proto udp ip daddr != {} drop",
+                RENDEZVOUS_IPS[0]
+            )
+        } else {
+            String::new()
         };
         Some(format!(
             "table ip wh {{
@@ -85,6 +98,7 @@ impl Behaviour {
   }}
   chain filter_forward {{
     type filter hook forward priority filter; policy accept;
+    {outbound}
     iifname \"wan\" ct state established,related accept
     iifname \"wan\" ct status dnat accept
     iifname \"wan\" drop
