@@ -921,6 +921,21 @@ impl ClientRendezvous {
         let consumed = if signalling && !stun::looks_like_stun(data) {
             match Signalling::decode(data) {
                 Ok(Signalling::Answered { session, offer })
+                    if session == self.session
+                        && !self.answered
+                        && matches!(self.relay, Relay::Off)
+                        && offer.mapping_varies
+                        && self.offer.as_ref().is_some_and(|o| o.mapping_varies) =>
+                {
+                    // Both NATs map per destination: no punching can
+                    // work, so relay at once instead of after the checks
+                    // give up. (Two machines behind one such NAT meet on
+                    // the ticket's own addresses, tried beside this.)
+                    self.answered = true;
+                    self.next_connect = None;
+                    self.ask_relay(now, FailReason::BothSymmetric);
+                }
+                Ok(Signalling::Answered { session, offer })
                     if session == self.session && !self.answered =>
                 {
                     self.answered = true;
@@ -1198,17 +1213,16 @@ impl ClientRendezvous {
                         self.fail(FailReason::NotTaken);
                     }
                 }
-                // No direct path: relay, unless relaying is what failed, or
-                // the host never answered at all.
-                TraversalEvent::Failed(why)
-                    if !self.done
-                        && matches!(self.relay, Relay::Off)
-                        && why != FailReason::NoRemoteCandidates =>
-                {
-                    self.ask_relay(now, why);
-                }
-                TraversalEvent::Failed(why) if !self.done => {
-                    if let Relay::On { direct, .. } = self.relay {
+                TraversalEvent::Failed(why) if !self.done => match &self.relay {
+                    // No direct path: relay, unless the host never
+                    // answered at all.
+                    Relay::Off if why != FailReason::NoRemoteCandidates => {
+                        self.ask_relay(now, why);
+                    }
+                    Relay::Off => self.fail(why),
+                    // The relayed session's traversal failed.
+                    Relay::On { direct, turn } if turn.relayed().is_some() => {
+                        let direct = *direct;
                         self.done = true;
                         let relay = TurnError::Refused {
                             code: 0,
@@ -1216,10 +1230,11 @@ impl ClientRendezvous {
                         };
                         self.events
                             .push_back(ClientEvent::RelayFailed { direct, relay });
-                    } else {
-                        self.fail(why);
                     }
-                }
+                    // The direct traversal, given up already: the relay
+                    // decides now.
+                    Relay::Asking { .. } | Relay::On { .. } | Relay::Given => {}
+                },
                 _ => {}
             }
         }
