@@ -664,6 +664,13 @@ pub enum ClientEvent {
     Failed(FailReason),
 }
 
+/// Whether both offers name an IPv6 address: a path of that family may
+/// exist whatever the IPv4 NATs do.
+fn both_have_ipv6(ours: &Offer, theirs: &Offer) -> bool {
+    let v6 = |o: &Offer| o.candidates.iter().any(|c| c.addr.is_ipv6());
+    v6(ours) && v6(theirs)
+}
+
 /// How far the client is in handing the punched path over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Handing {
@@ -925,12 +932,17 @@ impl ClientRendezvous {
                         && !self.answered
                         && matches!(self.relay, Relay::Off)
                         && offer.mapping_varies
-                        && self.offer.as_ref().is_some_and(|o| o.mapping_varies) =>
+                        && self
+                            .offer
+                            .as_ref()
+                            .is_some_and(|o| o.mapping_varies && !both_have_ipv6(o, &offer)) =>
                 {
-                    // Both NATs map per destination: no punching can
-                    // work, so relay at once instead of after the checks
-                    // give up. (Two machines behind one such NAT meet on
-                    // the ticket's own addresses, tried beside this.)
+                    // Both NATs map per destination and there is no
+                    // second family to try (IPv6 needs no NAT): no
+                    // punching can work, so relay at once instead of
+                    // after the checks give up. (Two machines behind one
+                    // such NAT meet on the ticket's own addresses, tried
+                    // beside this.)
                     self.answered = true;
                     self.next_connect = None;
                     self.ask_relay(now, FailReason::BothSymmetric);
