@@ -100,6 +100,9 @@ enum Wire {
     FsDone(FsOpId, FsResult),
     /// The host's file watcher reporting a local program's change.
     Watched(crate::host::RelPath),
+    /// The host learns that a connection its client left for a new path
+    /// has closed (late: the close travels the old path).
+    Closed(ConnId),
 }
 
 /// The simulated world.
@@ -126,6 +129,12 @@ pub struct World {
     pub silenced: BTreeSet<usize>,
     /// Clients whose connect attempt waits for the host.
     dialing: BTreeSet<usize>,
+    /// Clients moving to a new path: their next closed connection lingers
+    /// at the host (what is on its way there still arrives) until its
+    /// close gets there.
+    moving: BTreeSet<usize>,
+    /// Moves to a new path made.
+    pub path_moves: u64,
     /// Whether the host process is running.
     pub host_up: bool,
     /// Percent of file operations the host hands to its worker pool, as
@@ -194,6 +203,8 @@ impl World {
             partitioned: BTreeSet::new(),
             silenced: BTreeSet::new(),
             dialing: BTreeSet::new(),
+            moving: BTreeSet::new(),
+            path_moves: 0,
             host_up: true,
             fs_late_percent: 0,
             wire: BTreeMap::new(),
@@ -376,6 +387,11 @@ impl World {
                     self.host.local_change(now, &path);
                 }
             }
+            Wire::Closed(conn) => {
+                if self.conns.remove(&conn).is_some() && self.host_up {
+                    self.host.conn_closed(now, conn);
+                }
+            }
             Wire::ToClient(c, conn, bytes) => {
                 if self.clients[c].conn == Some(conn) {
                     if self.record_attrs {
@@ -483,6 +499,13 @@ impl World {
                 }
                 self.open_transport(c);
             }
+            ClientOutput::CloseTransport if self.moving.remove(&c) => {
+                self.dialing.remove(&c);
+                if let Some(conn) = self.clients[c].conn.take() {
+                    self.path_moves += 1;
+                    self.post(Wire::Closed(conn));
+                }
+            }
             ClientOutput::CloseTransport => {
                 self.dialing.remove(&c);
                 if let Some(conn) = self.clients[c].conn.take() {
@@ -526,6 +549,21 @@ impl World {
             self.clients[c].conn = None;
             self.clients[c].core.transport_lost(now);
         }
+    }
+
+    /// A better path to the host appears for client `c` (a direct one
+    /// while relayed): the client moves its session there. The old
+    /// connection closes at the client at once, while the host keeps it
+    /// until the close reaches it (after a seeded delay, like every
+    /// message): what was on its way still arrives, and the new
+    /// connection's Hello may come first.
+    pub fn move_path(&mut self, c: usize) {
+        let now = self.now;
+        if self.clients[c].core.is_ready() {
+            self.moving.insert(c);
+        }
+        self.clients[c].core.move_path(now);
+        self.pump();
     }
 
     /// Cuts client `c` off: its connection drops now and reconnects fail
@@ -620,6 +658,7 @@ impl World {
     /// Client `c` dies: the host sees its connection close.
     pub fn crash_client(&mut self, c: usize) {
         self.dialing.remove(&c);
+        self.moving.remove(&c);
         if let Some(conn) = self.clients[c].conn.take() {
             self.conns.remove(&conn);
             if self.host_up {

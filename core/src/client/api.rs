@@ -307,6 +307,14 @@ pub enum ClientEvent {
         /// Whether the session was resumed.
         resumed: bool,
     },
+    /// The session moved to a better path ([`super::ClientCore::move_path`]);
+    /// `resumed` if the host kept it (else, as after
+    /// [`ClientEvent::Connected`] with `resumed: false`, inodes are
+    /// re-bound).
+    Moved {
+        /// Whether the session was resumed.
+        resumed: bool,
+    },
     /// The connection was lost; reconnecting.
     Lost,
     /// The host has not answered for [`ClientConfig::unreachable_after`]

@@ -57,6 +57,11 @@ use std::time::Duration;
 /// every request on it fails with ESTALE.
 const UNBOUND: NodeId = NodeId(0);
 
+/// How long a move to a better path holds new requests back while those
+/// in flight are answered over the old path: long enough for the answers
+/// a working path gives, short enough that the wait is not noticed.
+const MOVE_DRAIN: Duration = Duration::from_secs(1);
+
 /// An open file.
 #[derive(Clone, Debug)]
 struct Handle {
@@ -321,7 +326,23 @@ pub struct ClientCore {
     probing: bool,
     /// Since when the host is unreachable: no connection, or silence.
     unreachable_since: Option<Instant>,
+    /// A move to a better path in progress ([`Self::move_path`]).
+    moving: Option<Moving>,
     out: VecDeque<ClientOutput>,
+}
+
+/// Where a move to a better path stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moving {
+    /// New requests wait while those in flight are answered over the old
+    /// path, until `deadline` at most.
+    Draining { deadline: Instant },
+    /// Requests were still in flight at the deadline (a slow host
+    /// operation): they flow normally until `until`, then the move drains
+    /// again.
+    Postponed { until: Instant },
+    /// The old transport is closed and the new one opening.
+    Switching,
 }
 
 impl ClientCore {
@@ -353,6 +374,7 @@ impl ClientCore {
             heard_at: Instant::ZERO,
             probing: false,
             unreachable_since: None,
+            moving: None,
             out: VecDeque::new(),
         }
     }
@@ -411,6 +433,57 @@ impl ClientCore {
         self.phase.lost();
         self.conn.transport_lost(now);
         self.drain(now);
+    }
+
+    /// A better path to the host exists (a direct one found while relayed)
+    /// and the transport will connect over it: move the session there
+    /// without a request failing, being lost or running twice. New
+    /// requests wait while those in flight are answered over the old path;
+    /// once none is left the transport reconnects at once and resumes the
+    /// session. No request is ever in flight across the switch, so none is
+    /// sent twice: if some are still out after [`MOVE_DRAIN`] (a slow host
+    /// operation), requests flow again and the move drains anew later.
+    /// Only when Ready.
+    pub fn move_path(&mut self, now: Instant) {
+        if self.phase == Phase::Ready && self.moving.is_none() {
+            self.moving = Some(Moving::Draining {
+                deadline: now + MOVE_DRAIN,
+            });
+        }
+        self.drain(now);
+    }
+
+    /// Starts the switch of a draining move once nothing is in flight or
+    /// its time is up; a connection lost meanwhile ends the move.
+    fn settle_move(&mut self, now: Instant) {
+        let deadline = match self.moving {
+            Some(Moving::Draining { deadline }) => deadline,
+            Some(Moving::Postponed { until }) if now >= until => {
+                let deadline = now + MOVE_DRAIN;
+                self.moving = Some(Moving::Draining { deadline });
+                deadline
+            }
+            _ => return,
+        };
+        if self.phase != Phase::Ready {
+            self.moving = None;
+            return;
+        }
+        // Pings and answers nobody waits for may be lost with the old path.
+        let answered = self
+            .in_flight
+            .values()
+            .all(|f| matches!(f.purpose, Purpose::Probe | Purpose::Abandoned));
+        if answered {
+            self.moving = Some(Moving::Switching);
+            self.requeue_in_flight();
+            self.conn.move_path(now);
+        } else if now >= deadline {
+            self.moving = Some(Moving::Postponed {
+                until: now + MOVE_DRAIN,
+            });
+            self.flush_queue(now);
+        }
     }
 
     /// The shell read a chunk from the disk cache.
@@ -482,6 +555,12 @@ impl ClientCore {
             writes,
             self.conn.poll_timeout(),
             self.phase.redial_at(),
+            match self.moving {
+                Some(Moving::Draining { deadline: at } | Moving::Postponed { until: at }) => {
+                    Some(at)
+                }
+                _ => None,
+            },
             self.cache.poll_timeout(),
             self.ahead.poll_timeout(),
             self.watch_timeout(),
@@ -556,7 +635,12 @@ impl ClientCore {
             return self.fail_purpose(now, purpose, Errno::NotConn);
         }
         let restoring = self.rebinding.is_some();
-        if !self.is_ready() || (restoring && !matches!(purpose, Purpose::Rebind { .. })) {
+        let draining = matches!(
+            self.moving,
+            Some(Moving::Draining { .. } | Moving::Switching)
+        );
+        let waiting = !self.is_ready() || draining;
+        if waiting || (restoring && !matches!(purpose, Purpose::Rebind { .. })) {
             if self.queued.len() >= self.cfg.max_queued {
                 return self.fail_purpose(now, purpose, Errno::Again);
             }
@@ -586,6 +670,7 @@ impl ClientCore {
 
     /// Runs every machine's outputs to quiescence.
     fn drain(&mut self, now: Instant) {
+        self.settle_move(now);
         // Each pass handles what the previous one produced; the machines
         // only produce outputs for inputs, so this ends.
         for _ in 0..64 {
@@ -609,7 +694,10 @@ impl ClientCore {
             ConnOutput::OpenTransport => self.out.push_back(ClientOutput::OpenTransport),
             ConnOutput::CloseTransport => {
                 self.phase.lost();
-                self.connection_gone(now);
+                // A move is not a loss: nothing is served stale meanwhile.
+                if self.moving != Some(Moving::Switching) {
+                    self.connection_gone(now);
+                }
                 self.out.push_back(ClientOutput::CloseTransport);
             }
             ConnOutput::Send(request @ Request::Hello { .. }) => {
@@ -639,6 +727,7 @@ impl ClientCore {
                 self.on_ready(now, resumed, root)
             }
             ConnOutput::Event(ConnEvent::Lost) => {
+                self.moving = None;
                 self.phase.lost();
                 self.requeue_in_flight();
                 self.connection_gone(now);
@@ -652,6 +741,7 @@ impl ClientCore {
                     }));
             }
             ConnOutput::Event(ConnEvent::Disconnected(reason)) => {
+                self.moving = None;
                 self.phase = Phase::GaveUp { redial_at: None };
                 self.fail_everything(now, Errno::NotConn);
                 let redial_in = self.cfg.redial.filter(|_| reason.may_recover());
@@ -705,8 +795,11 @@ impl ClientCore {
     fn on_ready(&mut self, now: Instant, resumed: bool, root: Attr) {
         self.phase = Phase::Ready;
         self.connection_back(now);
-        self.out
-            .push_back(ClientOutput::Event(ClientEvent::Connected { resumed }));
+        let event = match self.moving.take() {
+            Some(_) => ClientEvent::Moved { resumed },
+            None => ClientEvent::Connected { resumed },
+        };
+        self.out.push_back(ClientOutput::Event(event));
         let first = self.vfs.is_none();
         if first {
             self.vfs = Some(Vfs::new(root.node, self.cfg.max_inodes));

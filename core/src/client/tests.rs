@@ -653,6 +653,76 @@ fn a_resumed_session_revalidates_its_cache_and_locks() {
     );
 }
 
+/// A move to a better path keeps the session, its transaction and lock:
+/// the request in flight is answered over the old path, the one asked
+/// meanwhile waits and goes over the new one, and nothing is sent twice.
+#[test]
+fn a_move_to_a_new_path_loses_and_repeats_nothing() {
+    let mut w = world(&[("a", b"0123"), ("b", b"4567")], 1);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let fh = open(&mut w, 0, a);
+    write(&mut w, 0, fh, 0, b"AB");
+    w.settle();
+    let sent = w.clients[0].sent;
+    // In flight when the move starts: a lookup nobody has cached.
+    let first = w.op(0, Op::Lookup {
+        parent: Ino::ROOT,
+        name: name("b"),
+    });
+    w.move_path(0);
+    let second = w.op(0, Op::GetAttr { ino: a });
+    assert_eq!(w.clients[0].sent, sent + 1, "the getattr waits for the move");
+    assert!(matches!(w.wait(0, first), Ok(Answer::Entry { .. })));
+    assert!(matches!(w.wait(0, second), Ok(Answer::Attr { .. })));
+    w.settle();
+    assert_eq!(w.path_moves, 1);
+    // The lookup, the Hello on the new path, the getattr: nothing twice.
+    assert_eq!(w.clients[0].sent, sent + 3);
+    assert!(
+        w.clients[0]
+            .events
+            .contains(&ClientEvent::Moved { resumed: true }),
+        "{:?}",
+        w.clients[0].events
+    );
+    assert!(!w.clients[0].events.contains(&ClientEvent::Lost));
+    // The transaction (and its lock) moved along: the commit succeeds.
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("a")])),
+        Some(&b"AB23"[..])
+    );
+}
+
+/// A request the host is slow to answer does not hold the others back
+/// for long, and is not sent twice: the move waits for a quiet moment.
+#[test]
+fn a_move_waits_for_a_slow_answer_without_holding_requests_back() {
+    let mut w = world(&[("a", b"0123")], 1);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    w.settle();
+    // Everything toward the host is lost for a while: the lookup below
+    // stays in flight past the move's drain.
+    w.silence(0);
+    let slow = w.op(0, Op::Lookup {
+        parent: Ino::ROOT,
+        name: name("slow"),
+    });
+    w.move_path(0);
+    let held = w.op(0, Op::GetAttr { ino: a });
+    let sent = w.clients[0].sent;
+    w.run_for(MOVE_DRAIN + Duration::from_millis(1));
+    assert!(
+        w.clients[0].sent > sent,
+        "held requests go out once the drain is given up"
+    );
+    w.heal();
+    let _ = w.wait(0, slow);
+    let _ = w.wait(0, held);
+    w.run_for(Duration::from_secs(60));
+    assert!(w.clients[0].core.is_ready());
+}
+
 /// On a real disk, unlinking a file moves its ctime (its link count
 /// changed), so the host reports a new version for the very same bytes.
 /// The orphan has no name to refresh its attributes through: its reads

@@ -284,6 +284,20 @@ impl Connection {
         }
     }
 
+    /// Shell: a better path to the host exists (a direct one found while
+    /// relayed): close the transport and open one over the new path now,
+    /// resuming the session. Nothing is lost, so no [`ConnEvent::Lost`];
+    /// if the new path fails, the attempts go on as after a loss. Only
+    /// when Ready: a machine still connecting takes the new path anyway.
+    pub fn move_path(&mut self, now: Instant) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        self.out.push_back(ConnOutput::CloseTransport);
+        self.attempt = Some(0);
+        self.open(now);
+    }
+
     /// The host said Goodbye: a clean end, no reconnect.
     pub fn host_goodbye(&mut self, _now: Instant) {
         if self.phase != Phase::Idle {

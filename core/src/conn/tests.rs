@@ -251,6 +251,45 @@ fn reconnect_resumes_the_session_and_says_whether_it_was_restored() {
 }
 
 #[test]
+fn moving_to_a_better_path_reconnects_at_once_and_resumes() {
+    let mut c = machine();
+    ready(&mut c, t(0), S1);
+    c.move_path(t(5));
+    // No loss to report, no backoff: the new transport opens at once.
+    assert_eq!(
+        drain(&mut c),
+        vec![ConnOutput::CloseTransport, ConnOutput::OpenTransport]
+    );
+    c.transport_established(t(6), &[9; 32]);
+    assert!(matches!(
+        drain(&mut c)[..],
+        [ConnOutput::Send(Request::Hello {
+            resume: Some(S1),
+            ..
+        })]
+    ));
+    c.hello_ack(t(7), S1, root(), limits());
+    assert!(matches!(
+        drain(&mut c)[..],
+        [ConnOutput::Event(ConnEvent::Ready { resumed: true, .. })]
+    ));
+    // A move that fails goes on as a lost connection would: retries.
+    c.move_path(t(10));
+    drain(&mut c);
+    c.transport_lost(t(11));
+    assert!(matches!(
+        drain(&mut c)[..],
+        [
+            ConnOutput::CloseTransport,
+            ConnOutput::Event(ConnEvent::Retrying { attempt: 1, .. })
+        ]
+    ));
+    // Not Ready: nothing to move.
+    c.move_path(t(12));
+    assert_eq!(drain(&mut c), vec![]);
+}
+
+#[test]
 fn a_successful_reconnect_resets_the_retry_budget() {
     let mut c = machine();
     ready(&mut c, t(0), S1);

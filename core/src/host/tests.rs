@@ -386,6 +386,54 @@ fn a_reconnect_resumes_its_session_with_its_locks() {
     ));
 }
 
+/// A client that moved to a new path says Hello there before this host
+/// saw its old connection close: the session (and its locks) moves with
+/// it, the old connection is closed, and its answers go to the new one.
+#[test]
+fn a_hello_resuming_a_session_still_connected_takes_it_over() {
+    let mut r = rig();
+    let c = r.client(1);
+    let Some(HostMessage::Reply {
+        result: Ok(Reply::HelloAck { session, .. }),
+        ..
+    }) = r.inbox[&c].first().cloned()
+    else {
+        panic!("hello ack")
+    };
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c, a.node);
+    let c2 = ConnId(2);
+    r.host.conn_opened(r.now, c2, [2; 32]);
+    let reply = r.call(
+        c2,
+        Request::Hello {
+            version: u16::from(crate::codec::PROTOCOL_VERSION),
+            proof: auth::proof(&SECRET, &[2; 32]),
+            resume: Some(session),
+        },
+    );
+    assert!(matches!(reply, Ok(Reply::HelloAck { session: s, .. }) if s == session));
+    assert_eq!(r.closed, vec![c], "the old connection is closed");
+    assert!(matches!(
+        r.call(c2, Request::RefreshLock { token }),
+        Ok(Reply::LockGranted { .. })
+    ));
+    // The old connection's late close does not detach the session.
+    r.host.conn_closed(r.now, c);
+    r.pump();
+    assert_eq!(r.host.state(), HostState::Hosting);
+    // Past the grace a detached session gets: it would end, and its lock
+    // with it.
+    for _ in 0..3 {
+        r.advance(Duration::from_secs(14));
+        assert!(matches!(
+            r.call(c2, Request::RefreshLock { token }),
+            Ok(Reply::LockGranted { .. })
+        ));
+    }
+    assert_eq!(r.host.locks().len(), 1, "the session lives on");
+}
+
 #[test]
 fn reserved_names_are_invisible_and_untouchable() {
     let mut r = Rig::new(

@@ -44,6 +44,11 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
         ClientEvent::Connected { resumed: false } => {
             "Reconnected to the host (a new session).".to_owned()
         }
+        // Whoever moved the path says why ("Now direct …").
+        ClientEvent::Moved { resumed: true } => return None,
+        ClientEvent::Moved { resumed: false } => {
+            "Moved to the new path to the host (a new session).".to_owned()
+        }
         ClientEvent::Lost => {
             "Lost the connection to the host; reconnecting. Cached files still answer.".to_owned()
         }

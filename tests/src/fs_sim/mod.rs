@@ -8,7 +8,10 @@
 //! directories, truncates and forgets, from every client at once, while the
 //! network delays and reorders messages (a seeded `max_delay` per seed), a
 //! client is partitioned away for less or more than the 30 s lock ttl, the
-//! host crashes and restarts on what its disk kept, and clients crash.
+//! host crashes and restarts on what its disk kept, clients crash, and a
+//! client moves its session to a new path (a relayed mount going direct)
+//! while the old connection's messages are still on their way and its
+//! close reaches the host late.
 //!
 //! [`Sim`] checks, after every single event of the world, each invariant
 //! by its own means (never by asking the code under test to validate

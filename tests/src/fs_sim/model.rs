@@ -66,6 +66,8 @@ pub struct FsStats {
     pub host_crashes: u64,
     /// Client crashes.
     pub client_crashes: u64,
+    /// Sessions moved to a new path (a relayed mount going direct).
+    pub path_moves: u64,
     /// Commits replayed from their staging operations and found whole.
     pub commits_replayed: u64,
     /// Flushes that reported a loss, whose epoch was checked for holes.
@@ -108,6 +110,7 @@ impl FsStats {
         self.silent_partitions += o.silent_partitions;
         self.host_crashes += o.host_crashes;
         self.client_crashes += o.client_crashes;
+        self.path_moves += o.path_moves;
         self.converged += o.converged;
     }
 }
@@ -909,6 +912,14 @@ impl Sim {
         self.check()
     }
 
+    /// A better path to the host appears for client `c`: it moves its
+    /// session there (see [`wormhole_core::testkit::World::move_path`]).
+    pub fn move_path(&mut self, c: usize) -> Result<(), Violation> {
+        self.note(|| format!("c{c} moves to a new path"));
+        self.w.move_path(c);
+        self.check()
+    }
+
     /// Client `c` crashes and is mounted again (a new kernel, a new
     /// client machine).
     pub fn crash_client(&mut self, c: usize) -> Result<(), Violation> {
@@ -931,6 +942,7 @@ impl Sim {
         for d in std::mem::take(&mut self.w.attr_log) {
             self.delivered.insert((d.client, d.node, d.version), d.at);
         }
+        self.stats.path_moves = self.w.path_moves;
         self.check_fs_log()?;
         self.check_locks()?;
         self.check_answers()

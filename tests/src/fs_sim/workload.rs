@@ -305,6 +305,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                 }
             }
             960..975 => sim.crash_client(c)?,
+            975..990 => sim.move_path(c)?,
             _ => {
                 sim.advance(Duration::from_secs(1 + rng.below(40)))?;
             }
@@ -446,6 +447,7 @@ impl Simulation for FsSim {
             ("answers while the host was unreachable", s.offline_answers),
             ("host crashes", s.host_crashes),
             ("client crashes", s.client_crashes),
+            ("moves to a new path", s.path_moves),
             ("commits replayed from their staging", s.commits_replayed),
             ("reported losses checked for holes", s.losses_checked),
             ("local programs' changes", s.local_changes),

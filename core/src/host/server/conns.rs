@@ -103,7 +103,22 @@ impl HostServer {
             self.conns.remove(&conn);
             return;
         }
-        let resumable = resume.filter(|s| self.sessions.get(s).is_some_and(|s| s.conn.is_none()));
+        // A session still attached to another connection is taken over:
+        // its client moved to a new path (or lost the old one before this
+        // host noticed). Only that client knows the session id, sent to it
+        // inside its authenticated connection, so a ticket alone does not
+        // let anyone else take it. Requests in flight on the old connection
+        // are answered on the new one; the client sent nothing there while
+        // moving, or re-sends after resuming.
+        let resumable = resume.filter(|s| self.sessions.contains_key(s));
+        if let Some(old) = resumable
+            .and_then(|s| self.sessions.get(&s))
+            .and_then(|s| s.conn)
+            .filter(|&old| old != conn)
+        {
+            self.conns.remove(&old);
+            self.out.push_back(HostOutput::Close { conn: old });
+        }
         let (session, resumed) = match resumable {
             Some(s) => (s, true),
             None => {
