@@ -10,7 +10,7 @@
 //! its connection lives. Partitions and crashes are what break
 //! connections, as in real life.
 
-use crate::client::{Answer, ClientConfig, ClientCore, ClientOutput, Op, Req};
+use crate::client::{Answer, ClientConfig, ClientCore, ClientEvent, ClientOutput, Op, Req};
 use crate::conn::auth::{self, TicketSecret};
 use crate::host::memfs::MemFs;
 use crate::host::{
@@ -135,6 +135,12 @@ pub struct World {
     moving: BTreeSet<usize>,
     /// Moves to a new path made.
     pub path_moves: u64,
+    /// Moves that ended in a new session although the host ran on: the
+    /// client's locks and transactions were lost (a bug: the old
+    /// connection's late close must not cost the session).
+    pub sessions_lost_by_moves: u64,
+    /// The host run each moving client started its move in.
+    move_runs: BTreeMap<usize, u64>,
     /// Whether the host process is running.
     pub host_up: bool,
     /// Percent of file operations the host hands to its worker pool, as
@@ -205,6 +211,8 @@ impl World {
             dialing: BTreeSet::new(),
             moving: BTreeSet::new(),
             path_moves: 0,
+            sessions_lost_by_moves: 0,
+            move_runs: BTreeMap::new(),
             host_up: true,
             fs_late_percent: 0,
             wire: BTreeMap::new(),
@@ -532,7 +540,15 @@ impl World {
             ClientOutput::InvalidateInode { .. } | ClientOutput::InvalidateEntry { .. } => {
                 self.clients[c].invalidations += 1;
             }
-            ClientOutput::Event(e) => self.clients[c].events.push(e),
+            ClientOutput::Event(e) => {
+                if let ClientEvent::Moved { resumed } = e
+                    && self.move_runs.remove(&c) == Some(self.host_runs)
+                    && !resumed
+                {
+                    self.sessions_lost_by_moves += 1;
+                }
+                self.clients[c].events.push(e);
+            }
         }
     }
 
@@ -561,6 +577,7 @@ impl World {
         let now = self.now;
         if self.clients[c].core.is_ready() {
             self.moving.insert(c);
+            self.move_runs.insert(c, self.host_runs);
         }
         self.clients[c].core.move_path(now);
         self.pump();

@@ -734,6 +734,10 @@ impl ClientCore {
                 self.out.push_back(ClientOutput::Event(ClientEvent::Lost));
             }
             ConnOutput::Event(ConnEvent::Retrying { attempt, delay }) => {
+                // The new path failed: no longer a move but a reconnect.
+                if self.moving.take() == Some(Moving::Switching) {
+                    self.connection_gone(now);
+                }
                 self.out
                     .push_back(ClientOutput::Event(ClientEvent::Retrying {
                         attempt,

@@ -718,6 +718,8 @@ pub struct ClientRendezvous {
 enum Relay {
     /// Not needed (yet).
     Off,
+    /// Not wanted: a relayed mount looking for a direct path.
+    Never,
     /// Direct punching failed for `direct`; credentials asked for.
     Asking {
         direct: FailReason,
@@ -805,6 +807,15 @@ impl ClientRendezvous {
         };
         c.collect(now);
         c
+    }
+
+    /// Punches for a direct path only, never through a relay: what a
+    /// relayed mount does now and then to find its way to direct.
+    pub fn without_relay(mut self) -> Self {
+        if matches!(self.relay, Relay::Off) {
+            self.relay = Relay::Never;
+        }
+        self
     }
 
     /// The TURN allocation a relayed connection runs over, once
@@ -1231,7 +1242,7 @@ impl ClientRendezvous {
                     Relay::Off if why != FailReason::NoRemoteCandidates => {
                         self.ask_relay(now, why);
                     }
-                    Relay::Off => self.fail(why),
+                    Relay::Off | Relay::Never => self.fail(why),
                     // The relayed session's traversal failed.
                     Relay::On { direct, turn } if turn.relayed().is_some() => {
                         let direct = *direct;
@@ -1319,7 +1330,7 @@ impl ClientRendezvous {
         let relay = match &self.relay {
             Relay::Asking { next, .. } => Some(*next),
             Relay::On { turn, .. } => turn.poll_timeout(),
-            Relay::Off | Relay::Given => None,
+            Relay::Off | Relay::Never | Relay::Given => None,
         };
         [
             self.next_connect,

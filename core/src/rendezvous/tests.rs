@@ -522,6 +522,58 @@ mod signalling {
     /// through the relay; the host sees a path to the relayed address.
     #[test]
     fn with_no_direct_path_the_client_connects_through_the_relay() {
+        let (outcome, mut client, turn, host_events) = punch_without_a_direct_path(false);
+        let ClientEvent::Connected {
+            local,
+            relayed: true,
+            ..
+        } = outcome
+        else {
+            panic!("{outcome:?} {host_events:?}");
+        };
+        assert!(turn.relays(local), "the path starts at the relayed address");
+        assert!(
+            client.take_relay().is_some(),
+            "the allocation goes to the shell"
+        );
+        assert!(
+            host_events
+                .iter()
+                .any(|e| matches!(e, HostEvent::Connected { remote, .. } if *remote == local)),
+            "{host_events:?}"
+        );
+        assert!(turn.relayed > 0);
+    }
+
+    /// A relayed mount looking for a direct path punches without a relay:
+    /// with none to be found it fails, and never allocates.
+    #[test]
+    fn a_punch_without_relay_fails_instead_of_relaying() {
+        let (outcome, mut client, turn, _) = punch_without_a_direct_path(true);
+        assert!(
+            matches!(
+                outcome,
+                ClientEvent::Failed(
+                    crate::nat::FailReason::NoPathAnswered | crate::nat::FailReason::BothSymmetric
+                )
+            ),
+            "{outcome:?}"
+        );
+        assert!(client.take_relay().is_none());
+        assert_eq!(turn.relayed, 0, "nothing went through the relay");
+    }
+
+    /// A client and host between which no datagram passes directly, a
+    /// rendezvous offering a (modelled) TURN server: the client's first
+    /// event, the client, the server and the host's events.
+    fn punch_without_a_direct_path(
+        without_relay: bool,
+    ) -> (
+        ClientEvent,
+        ClientRendezvous,
+        crate::turn::server_model::TurnServerModel,
+        Vec<HostEvent>,
+    ) {
         use crate::rendezvous::TurnService;
         use crate::turn::server_model::TurnServerModel;
         let secret = TicketSecret([9; 32]);
@@ -562,6 +614,9 @@ mod signalling {
             config,
             Rng::from_u64(2),
         );
+        if without_relay {
+            client = client.without_relay();
+        }
         let mut host_events = Vec::new();
         let mut outcome = None;
         let mut host_sockets = vec![host_reg];
@@ -629,26 +684,7 @@ mod signalling {
             }
         }
         let outcome = outcome.expect("the client ended");
-        let ClientEvent::Connected {
-            local,
-            relayed: true,
-            ..
-        } = outcome
-        else {
-            panic!("{outcome:?} {host_events:?}");
-        };
-        assert!(turn.relays(local), "the path starts at the relayed address");
-        assert!(
-            client.take_relay().is_some(),
-            "the allocation goes to the shell"
-        );
-        assert!(
-            host_events
-                .iter()
-                .any(|e| matches!(e, HostEvent::Connected { remote, .. } if *remote == local)),
-            "{host_events:?}"
-        );
-        assert!(turn.relayed > 0);
+        (outcome, client, turn, host_events)
     }
 
     /// The host's TakeOk is lost after the host has handed the pair to its

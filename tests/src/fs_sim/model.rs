@@ -943,6 +943,11 @@ impl Sim {
             self.delivered.insert((d.client, d.node, d.version), d.at);
         }
         self.stats.path_moves = self.w.path_moves;
+        if self.w.sessions_lost_by_moves > 0 {
+            return Err(self.violation(
+                "a move to a new path lost the session while the host ran on".to_string(),
+            ));
+        }
         self.check_fs_log()?;
         self.check_locks()?;
         self.check_answers()
