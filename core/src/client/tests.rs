@@ -665,13 +665,20 @@ fn a_move_to_a_new_path_loses_and_repeats_nothing() {
     w.settle();
     let sent = w.clients[0].sent;
     // In flight when the move starts: a lookup nobody has cached.
-    let first = w.op(0, Op::Lookup {
-        parent: Ino::ROOT,
-        name: name("b"),
-    });
+    let first = w.op(
+        0,
+        Op::Lookup {
+            parent: Ino::ROOT,
+            name: name("b"),
+        },
+    );
     w.move_path(0);
     let second = w.op(0, Op::GetAttr { ino: a });
-    assert_eq!(w.clients[0].sent, sent + 1, "the getattr waits for the move");
+    assert_eq!(
+        w.clients[0].sent,
+        sent + 1,
+        "the getattr waits for the move"
+    );
     assert!(matches!(w.wait(0, first), Ok(Answer::Entry { .. })));
     assert!(matches!(w.wait(0, second), Ok(Answer::Attr { .. })));
     w.settle();
@@ -704,10 +711,13 @@ fn a_move_waits_for_a_slow_answer_without_holding_requests_back() {
     // Everything toward the host is lost for a while: the lookup below
     // stays in flight past the move's drain.
     w.silence(0);
-    let slow = w.op(0, Op::Lookup {
-        parent: Ino::ROOT,
-        name: name("slow"),
-    });
+    let slow = w.op(
+        0,
+        Op::Lookup {
+            parent: Ino::ROOT,
+            name: name("slow"),
+        },
+    );
     w.move_path(0);
     let held = w.op(0, Op::GetAttr { ino: a });
     let sent = w.clients[0].sent;

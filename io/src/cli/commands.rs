@@ -234,6 +234,7 @@ async fn punch_for_clients<S: Shell>(
         fingerprint: keys.identity.fingerprint().0,
         secret: keys.secret.clone(),
         seed: crate::runtime::os_seed()?,
+        may_relay: false,
     };
     // A news writer that falls behind loses lines rather than holding up
     // punching.
@@ -290,11 +291,12 @@ struct PunchedPath {
 }
 
 /// Punches a path to the host through `rendezvous` (relayed through its
-/// TURN server if no direct path exists).
+/// TURN server if no direct path exists and `may_relay`).
 async fn punch_to_host<S: Shell>(
     shell: &S,
     ticket: &Ticket,
     rendezvous: SocketAddr,
+    may_relay: bool,
 ) -> Result<PunchedPath> {
     use wormhole_core::nat::FailReason;
     use wormhole_core::rendezvous::peer::ClientEvent;
@@ -304,6 +306,7 @@ async fn punch_to_host<S: Shell>(
         fingerprint: ticket.fingerprint.0,
         secret: ticket.secret.clone(),
         seed: crate::runtime::os_seed()?,
+        may_relay,
     };
     // Punching ends at a failure, or once connected and settled (the core
     // says when the host has had time to finish its side); then the
@@ -485,12 +488,21 @@ fn check_mountpoint(at: &Path) -> Result<DirClaim> {
     Ok(claim)
 }
 
+/// A working path to the host.
+struct FoundPath {
+    transport: QuicTransport,
+    /// How it was reached, for people.
+    how: String,
+    /// Through a TURN relay (a direct path is looked for meanwhile).
+    relayed: bool,
+}
+
 /// Finds a working path to the ticket's host: its own addresses and the
 /// rendezvous (if the ticket names one) are tried at once, and the first
 /// path whose probe succeeds (the pinned certificate, the secret's proof)
 /// is returned, with how it was reached. Used to mount, and again when a
 /// mount's path has died.
-async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<(QuicTransport, String)> {
+async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<FoundPath> {
     let rt = shell.runtime();
     let direct = async {
         let any: SocketAddr = if ticket.addrs.iter().all(SocketAddr::is_ipv4) {
@@ -511,42 +523,121 @@ async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<(QuicTranspor
         } else {
             "directly"
         };
-        anyhow::Ok((transport, how.to_owned()))
+        anyhow::Ok(FoundPath {
+            transport,
+            how: how.to_owned(),
+            relayed: false,
+        })
     };
     let Some(rendezvous) = ticket.rendezvous else {
         return direct.await;
     };
     let punched = async {
-        let path = punch_to_host(shell, ticket, rendezvous).await?;
-        let remote = path.remote;
-        let (transport, how) = match path.punched.relay {
-            Some(relay) => {
-                let server = relay.server();
-                let socket = relay.socket(rt.clone(), path.punched.socket, remote)?;
-                let t = QuicTransport::over(rt.clone(), socket, vec![remote], ticket.fingerprint)?;
-                (t, format!("relayed through the TURN server {server}"))
-            }
-            None => {
-                let t = QuicTransport::new(
-                    rt.clone(),
-                    path.punched.socket,
-                    vec![remote],
-                    ticket.fingerprint,
-                )?;
-                let how = if path.birthday {
-                    "birthday punching"
-                } else {
-                    "hole punching"
-                };
-                (t, format!("directly, via {how} to {remote}"))
-            }
-        };
-        transport.probe(&ticket.secret).await?;
-        anyhow::Ok((transport, how))
+        let path = punch_to_host(shell, ticket, rendezvous, true).await?;
+        let found = open_punched(shell, ticket, path)?;
+        found.transport.probe(&ticket.secret).await?;
+        anyhow::Ok(found)
     };
     first_ok(direct, punched).await.map_err(|(d, p)| {
         anyhow!("cannot reach the host: directly: {d:#}; through the rendezvous: {p:#}")
     })
+}
+
+/// The QUIC transport over a punched (or relayed) path.
+fn open_punched<S: Shell>(shell: &S, ticket: &Ticket, path: PunchedPath) -> Result<FoundPath> {
+    let rt = shell.runtime();
+    let remote = path.remote;
+    Ok(match path.punched.relay {
+        Some(relay) => {
+            let server = relay.server();
+            let socket = relay.socket(rt.clone(), path.punched.socket, remote)?;
+            FoundPath {
+                transport: QuicTransport::over(rt, socket, vec![remote], ticket.fingerprint)?,
+                how: format!("relayed through the TURN server {server}"),
+                relayed: true,
+            }
+        }
+        None => {
+            let how = if path.birthday {
+                "birthday punching"
+            } else {
+                "hole punching"
+            };
+            FoundPath {
+                transport: QuicTransport::new(
+                    rt,
+                    path.punched.socket,
+                    vec![remote],
+                    ticket.fingerprint,
+                )?,
+                how: format!("directly, via {how} to {remote}"),
+                relayed: false,
+            }
+        }
+    })
+}
+
+/// How soon a relayed mount first looks for a direct path, and how the
+/// wait grows after each miss (doubling, up to `UPGRADE_MAX`): a NAT that
+/// changed, or a router rebooted into another mode, is found within
+/// seconds, and a pair of NATs that never allow a direct path costs the
+/// rendezvous one punch every few minutes.
+const UPGRADE_FIRST: Duration = Duration::from_secs(5);
+const UPGRADE_MAX: Duration = Duration::from_secs(300);
+
+/// While the mount's path is relayed (`relayed`), looks for a direct one
+/// through `rendezvous`, at once when this machine's address changes,
+/// else at a slow pace; hands a direct path found to `upgrade` (the mount
+/// moves there without a request failing) and says so on `lines`.
+async fn upgrade_to_direct<S: Shell>(
+    shell: &S,
+    ticket: &Ticket,
+    rendezvous: SocketAddr,
+    relayed: &std::sync::atomic::AtomicBool,
+    upgrade: crate::net::PathUpgrade,
+    lines: async_channel::Sender<String>,
+) {
+    use std::sync::atomic::Ordering;
+    let rt = shell.runtime();
+    let mut wait = UPGRADE_FIRST;
+    let mut next = rt.now() + wait;
+    let mut address = crate::nat::route_to(rendezvous).ok();
+    loop {
+        crate::runtime::sleep(&*rt, UPGRADE_FIRST).await;
+        if !relayed.load(Ordering::SeqCst) {
+            wait = UPGRADE_FIRST;
+            next = rt.now() + wait;
+            continue;
+        }
+        let now_address = crate::nat::route_to(rendezvous).ok();
+        let moved = now_address != address;
+        address = now_address;
+        if !moved && rt.now() < next {
+            continue;
+        }
+        let found = async {
+            let path = punch_to_host(shell, ticket, rendezvous, false).await?;
+            let found = open_punched(shell, ticket, path)?;
+            found.transport.probe(&ticket.secret).await?;
+            anyhow::Ok(found)
+        }
+        .await;
+        match found {
+            Ok(found) if relayed.swap(false, Ordering::SeqCst) => {
+                upgrade.upgrade(found.transport);
+                let _ = lines.try_send(format!(
+                    "Now direct ({}); the relay is no longer used.",
+                    found.how.trim_start_matches("directly, ")
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "no direct path yet");
+                wait = (wait * 2).min(UPGRADE_MAX);
+                next = rt.now() + wait;
+            }
+        }
+    }
 }
 
 /// Runs `wormhole mount`.
@@ -558,7 +649,12 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
         let started = rt.now();
         // Fail now, with the reason, rather than mount a drive that only
         // ever answers errors.
-        let (transport, how) = find_path(shell, &ticket).await?;
+        let FoundPath {
+            transport,
+            how,
+            relayed,
+        } = find_path(shell, &ticket).await?;
+        let relayed = std::sync::atomic::AtomicBool::new(relayed);
         // When the path dies for good, the transport asks for a new one.
         let (renew_tx, renew_rx) = async_channel::bounded::<Renewal>(1);
         let transport = RenewingTransport::new(transport, renew_tx);
@@ -571,9 +667,24 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                 }
                 let fresh = find_path(shell, &ticket)
                     .await
-                    .map(|(transport, _)| transport)
+                    .map(|found| {
+                        relayed.store(found.relayed, std::sync::atomic::Ordering::SeqCst);
+                        found.transport
+                    })
                     .map_err(|e| std::io::Error::other(format!("{e:#}")));
                 renewal.found(fresh);
+            }
+        };
+        // News from the upgrade to a direct path, for the news writer.
+        let (lines_tx, lines) = async_channel::bounded::<String>(8);
+        let upgrades = transport.upgrades();
+        let upgrade = async {
+            match ticket.rendezvous {
+                Some(rendezvous) => {
+                    upgrade_to_direct(shell, &ticket, rendezvous, &relayed, upgrades, lines_tx)
+                        .await
+                }
+                None => drop(lines_tx),
             }
         };
         let ms = rt.now().saturating_duration_since(started).as_millis();
@@ -606,8 +717,11 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                     false
                 },
                 async {
-                    futures_lite::future::zip(news::tell_connection_news(&events, out), renew)
-                        .await;
+                    futures_lite::future::zip(
+                        news::tell_connection_news(&events, &lines, out),
+                        futures_lite::future::zip(renew, upgrade),
+                    )
+                    .await;
                     // No more news: the driver is gone; wait for the stop.
                     core::future::pending().await
                 },

@@ -192,6 +192,7 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
         fingerprint: *blake3::hash(&secret.0).as_bytes(),
         secret,
         seed: crate::runtime::os_seed()?,
+        may_relay: true,
     };
     let (eof_tx, eof_rx) = async_channel::bounded::<()>(1);
     std::thread::spawn(move || {

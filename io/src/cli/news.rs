@@ -10,19 +10,36 @@ use wormhole_core::host::HostEvent;
 use wormhole_core::proto::Errno;
 
 /// Tells the person running `mount` what happens to the connection, a
-/// line per change, until the mount's driver ends.
+/// line per change (and each of `lines`, news from elsewhere in the
+/// mount), until the mount's driver ends.
 pub(crate) async fn tell_connection_news(
     events: &async_channel::Receiver<ClientEvent>,
+    lines: &async_channel::Receiver<String>,
     out: &mut dyn Write,
 ) {
     // The first connect is the mount itself ("Mounted at" said so).
     let mut connected_before = false;
     let mut last = String::new();
-    while let Ok(event) = events.recv().await {
-        let first = !connected_before;
-        connected_before |= matches!(event, ClientEvent::Connected { .. });
-        let Some(line) = connection_news(&event, first) else {
-            continue;
+    loop {
+        let event = async { events.recv().await.map(Ok).ok() };
+        let line = async {
+            match lines.recv().await {
+                Ok(line) => Some(Err(line)),
+                // Nobody else has news: only the events are left.
+                Err(_) => core::future::pending().await,
+            }
+        };
+        let line = match futures_lite::future::or(event, line).await {
+            None => break,
+            Some(Err(line)) => line,
+            Some(Ok(event)) => {
+                let first = !connected_before;
+                connected_before |= matches!(event, ClientEvent::Connected { .. });
+                match connection_news(&event, first) {
+                    Some(line) => line,
+                    None => continue,
+                }
+            }
         };
         // A host that stays away fails every redial the same way.
         if line != last {

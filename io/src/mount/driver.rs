@@ -151,6 +151,8 @@ pub(super) struct State {
     clock: CoreClock,
     core: ClientCore,
     transport: Box<dyn Transport>,
+    /// Says when the transport has a better path ([`Transport::better_paths`]).
+    better_paths: Option<Pin<Box<async_channel::Receiver<()>>>>,
     /// Kernel requests the core has not answered yet.
     pending: BTreeMap<Req, KernelReply>,
     next_req: u64,
@@ -187,7 +189,7 @@ impl State {
 
     fn new(
         runtime: Arc<dyn quinn::Runtime>,
-        transport: Box<dyn Transport>,
+        mut transport: Box<dyn Transport>,
         options: MountOptions,
         events: async_channel::Sender<ClientEvent>,
         disk: Option<DiskCache>,
@@ -209,6 +211,7 @@ impl State {
         Ok(State {
             clock: CoreClock::new(runtime),
             core,
+            better_paths: transport.better_paths().map(Box::pin),
             transport,
             pending: BTreeMap::new(),
             next_req: 1,
@@ -326,6 +329,26 @@ impl State {
             }
         }
         true
+    }
+
+    /// A better path to the host: the core moves the session there.
+    fn poll_better_path(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(better) = self.better_paths.as_mut() else {
+            return false;
+        };
+        match better.as_mut().poll_next(cx) {
+            Poll::Ready(Some(())) => {
+                info!("moving to a better path to the host");
+                let now = self.now();
+                self.core.move_path(now);
+                true
+            }
+            Poll::Ready(None) => {
+                self.better_paths = None;
+                false
+            }
+            Poll::Pending => false,
+        }
     }
 
     fn poll_disk(&mut self, cx: &mut Context<'_>) -> bool {
@@ -499,6 +522,7 @@ impl MountDriver {
         let mut busy = s.poll_kernel(cx);
         busy |= s.poll_link(cx);
         busy |= s.poll_connect(cx);
+        busy |= s.poll_better_path(cx);
         busy |= s.poll_disk(cx);
         // Outputs may start a connect or a link that must be polled
         // (to register its wake-up) before this task sleeps.

@@ -26,6 +26,9 @@ pub struct PunchParty {
     pub secret: TicketSecret,
     /// Seed of the core's Rng.
     pub seed: [u8; 32],
+    /// Whether a client may fall back to the rendezvous's TURN relay (no
+    /// when a relayed mount looks for a direct path).
+    pub may_relay: bool,
 }
 
 /// Binds a socket (with `bind`, the shell's) on the address that routes
@@ -285,6 +288,9 @@ pub async fn client_punch(
         TraversalConfig::default(),
         Rng::from_seed(party.seed),
     );
+    if !party.may_relay {
+        machine = machine.without_relay();
+    }
     let drive = core::future::poll_fn(|cx| {
         poll_passes(cx, |cx| {
             let now = clock.now();

@@ -10,4 +10,4 @@ pub mod transport;
 
 pub use identity::{Fingerprint, Identity, QuicConfigError};
 pub use ticket::{Ticket, TicketError};
-pub use transport::{HostLink, QuicTransport, Renewal, RenewingTransport, Transport};
+pub use transport::{HostLink, PathUpgrade, QuicTransport, Renewal, RenewingTransport, Transport};

@@ -67,6 +67,14 @@ pub trait Transport: Send + 'static {
     /// Opens a connection. The driver waits for the future, polling
     /// everything else meanwhile, and tells the core how it went.
     fn connect(&mut self) -> BoxFuture<io::Result<HostLink>>;
+
+    /// Yields each time a better path to the host is ready, over which
+    /// the next [`Self::connect`] goes: the driver then moves the session
+    /// there (`ClientCore::move_path`). Asked once; `None` (the default)
+    /// for a transport whose path never improves.
+    fn better_paths(&mut self) -> Option<async_channel::Receiver<()>> {
+        None
+    }
 }
 
 /// How long one address gets to complete a handshake.
@@ -344,17 +352,37 @@ impl Renewal {
     /// The outcome of the search: a fresh path becomes the transport's
     /// current one, and the waiting connect (if still there) goes on.
     pub fn found(self, path: io::Result<QuicTransport>) {
-        let answer = path.map(|transport| {
-            *self
-                .slot
-                .current
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = transport;
-            self.slot
-                .stale
-                .store(false, std::sync::atomic::Ordering::SeqCst);
-        });
+        let answer = path.map(|transport| self.slot.replace(transport));
         let _ = self.answer.try_send(answer);
+    }
+}
+
+impl PathSlot {
+    /// Makes `transport` the path the next connect goes over.
+    fn replace(&self, transport: QuicTransport) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = transport;
+        self.stale.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Hands a [`RenewingTransport`] a better path than the one it is on (a
+/// direct one while relayed): the mount moves its session there without
+/// a request failing.
+#[derive(Clone, Debug)]
+pub struct PathUpgrade {
+    slot: Arc<PathSlot>,
+    better: async_channel::Sender<()>,
+}
+
+impl PathUpgrade {
+    /// Makes `path` the transport's path and has the mount move to it.
+    pub fn upgrade(&self, path: QuicTransport) {
+        self.slot.replace(path);
+        // Full: a move is pending already, and it takes this path.
+        let _ = self.better.try_send(());
     }
 }
 
@@ -368,17 +396,31 @@ impl Renewal {
 pub struct RenewingTransport {
     slot: Arc<PathSlot>,
     renew: async_channel::Sender<Renewal>,
+    /// [`PathUpgrade`]'s signal, until the driver takes it.
+    better: Option<async_channel::Receiver<()>>,
+    better_tx: async_channel::Sender<()>,
 }
 
 impl RenewingTransport {
     /// Starts on `current`; fresh paths come from whoever reads `renew`.
     pub fn new(current: QuicTransport, renew: async_channel::Sender<Renewal>) -> Self {
+        let (better_tx, better) = async_channel::bounded(1);
         RenewingTransport {
             slot: Arc::new(PathSlot {
                 current: std::sync::Mutex::new(current),
                 stale: std::sync::atomic::AtomicBool::new(false),
             }),
             renew,
+            better: Some(better),
+            better_tx,
+        }
+    }
+
+    /// What hands this transport a better path.
+    pub fn upgrades(&self) -> PathUpgrade {
+        PathUpgrade {
+            slot: self.slot.clone(),
+            better: self.better_tx.clone(),
         }
     }
 
@@ -416,5 +458,9 @@ impl Transport for RenewingTransport {
             this.slot.stale.store(false, Ordering::SeqCst);
             Ok(link)
         })
+    }
+
+    fn better_paths(&mut self) -> Option<async_channel::Receiver<()>> {
+        self.better.take()
     }
 }

@@ -496,6 +496,128 @@ fn mounts_through_coturn(bin: &Path, tag: &str, host: Behaviour, mount: Behaviou
     let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
 }
 
+/// A mount relayed between two symmetric NATs while the host's router
+/// turns into a full-cone one (a new router, or its settings changed):
+/// the mount finds the direct path by itself, says "Now direct", and
+/// moves its session there while a program keeps writing and reading
+/// files through it, without an error reaching that program or a byte
+/// lost.
+pub(crate) fn a_relayed_mount_goes_direct_when_the_nat_allows(bin: &Path, tag: &str) {
+    let mut net = Internet::new(tag, &[Behaviour::Symmetric, Behaviour::Symmetric]);
+    let mut guard = scratch("nat-upgrade", bin);
+    let rendezvous = start_relaying_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let ticket = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
+    let mnt = dir.join("mnt");
+    let mut child = in_home(1)
+        .arg("mount")
+        .arg(&ticket)
+        .arg(&mnt)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the mount");
+    let mount_out = lines(&mut child);
+    guard.children.push(child);
+    let how = line_within(
+        &mount_out,
+        "how it connected",
+        Duration::from_secs(60),
+        |l| l.starts_with("Connected"),
+    );
+    assert!(how.contains("relayed through the TURN server"), "{how}");
+    line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
+    // A program writing and reading back files all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Files done so far, or what went wrong.
+    let (progress_tx, progress) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let worker = {
+        let (stop, mnt) = (stop.clone(), mnt.clone());
+        std::thread::spawn(move || {
+            let mut done = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = mnt.join(format!("f{}.txt", done % 50));
+                let text = format!("file {done} written through the mount\n");
+                let outcome = std::fs::write(&name, &text)
+                    .map_err(|e| format!("write {done}: {e}"))
+                    .and_then(|()| {
+                        std::fs::read_to_string(&name).map_err(|e| format!("read {done}: {e}"))
+                    })
+                    .and_then(|back| {
+                        (back == text)
+                            .then_some(done + 1)
+                            .ok_or_else(|| format!("file {done} read back as {back:?}"))
+                    });
+                let failed = outcome.is_err();
+                let _ = progress_tx.send(outcome);
+                if failed {
+                    break;
+                }
+                done += 1;
+            }
+            done
+        })
+    };
+    net.switch(0, Behaviour::FullCone);
+    let switched = std::time::Instant::now();
+    let now_direct = line_within(
+        &mount_out,
+        "the upgrade to a direct path",
+        Duration::from_secs(60),
+        |l| l.starts_with("Now direct"),
+    );
+    println!(
+        "relayed, then {now_direct:?} {} ms after the switch",
+        switched.elapsed().as_millis()
+    );
+    // The program goes on over the new path: a hundred more files.
+    // A hundred more files from `from` on, without an error.
+    let go_on = |from: usize| loop {
+        match progress.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(done)) if done >= from + 100 => return done,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("an error reached the program: {e}"),
+            Err(e) => panic!("the program is stuck: {e}"),
+        }
+    };
+    let mut at_upgrade = 0;
+    for outcome in progress.try_iter() {
+        at_upgrade = outcome.unwrap_or_else(|e| panic!("an error reached the program: {e}"));
+    }
+    let moved = go_on(at_upgrade);
+    // The relay is no longer used: with the mount's home cut off from
+    // it, files still work.
+    super::netns::run_in(
+        &net.homes[1].router,
+        &[
+            "nft",
+            "insert",
+            "rule",
+            "ip",
+            "wh",
+            "filter_forward",
+            "udp",
+            "dport",
+            &TURN_PORT.to_string(),
+            "drop",
+        ],
+    );
+    go_on(moved);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let done = worker.join().expect("the worker");
+    assert!(done > 0, "the program wrote nothing");
+    for i in 0..done.min(50) {
+        let last = (0..done).rev().find(|n| n % 50 == i).expect("written");
+        let on_host =
+            std::fs::read_to_string(dir.join(format!("share/f{i}.txt"))).expect("the host has it");
+        assert_eq!(on_host, format!("file {last} written through the mount\n"));
+    }
+    std::fs::write(mnt.join("after.txt"), b"direct now\n").expect("write after the upgrade");
+    let on_host = std::fs::read(dir.join("share/after.txt")).expect("the host has it");
+    assert_eq!(on_host, b"direct now\n");
+    let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
+}
+
 /// A mount across two port-restricted NATs whose host restarts: the
 /// punched path dies with the host process (its socket, and the NAT
 /// mapping the punch opened, are gone), so redialling it cannot work; the
@@ -671,6 +793,14 @@ macro_rules! nat_tests {
             nat::udp_blocked_except_to_the_relay_mounts_relayed(
                 std::path::Path::new($bin),
                 concat!($tag, "b"),
+            );
+        }
+
+        #[test]
+        fn a_relayed_mount_goes_direct_when_the_nat_allows() {
+            nat::a_relayed_mount_goes_direct_when_the_nat_allows(
+                std::path::Path::new($bin),
+                concat!($tag, "u"),
             );
         }
 

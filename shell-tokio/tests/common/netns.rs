@@ -367,6 +367,27 @@ impl Internet {
         self.all.push(name.to_owned());
     }
 
+    /// Turns home `home`'s router into one that behaves as `to`, in one
+    /// nftables transaction, keeping the flows it has (a router whose
+    /// settings change, or a new one behind the same address): mappings
+    /// made before keep working, new ones follow the new rules.
+    pub(crate) fn switch(&mut self, home: usize, to: Behaviour) {
+        let h = &mut self.homes[home];
+        assert!(
+            h.behaviour != Behaviour::Public && to != Behaviour::Public,
+            "a router stays a router"
+        );
+        let rules = to.ruleset(&h.ip.to_string()).expect("a NAT's rules");
+        let path = std::env::temp_dir().join(format!("{}-switch.nft", h.router));
+        std::fs::write(&path, format!("delete table ip wh\n{rules}")).expect("write the ruleset");
+        run_in(
+            &h.router,
+            &["nft", "-f", path.to_str().expect("utf-8 path")],
+        );
+        let _ = std::fs::remove_file(&path);
+        h.behaviour = to;
+    }
+
     /// Forgets every NAT mapping and flow, as between two matrix cells.
     pub(crate) fn flush_conntrack(&self) {
         for home in &self.homes {
