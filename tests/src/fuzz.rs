@@ -12,7 +12,10 @@ pub use fs::{
     ClientFuzz, ClientInput, HostFuzz, HostInput, client_machine, host_machine,
     proto_client_message, proto_host_message,
 };
-pub use nat::{TraversalFuzz, TraversalInput, rendezvous_signalling, stun, traversal_machine};
+pub use nat::{
+    TraversalFuzz, TraversalInput, rendezvous_signalling, stun, traversal_machine, turn_client,
+    turn_client_relays,
+};
 
 use crate::pair_sim::{FuzzWorld, HoldPolicy, LinkParams, SimConfig, World};
 use arbitrary::{Arbitrary, Unstructured};

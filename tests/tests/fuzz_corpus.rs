@@ -183,6 +183,19 @@ fn stun_corpus() {
 }
 
 #[test]
+fn turn_client_corpus() {
+    let n = replay("turn_client", wormhole_tests::fuzz::turn_client);
+    assert!(n >= 10, "the corpus has only {n} files");
+    // Worth replaying only if peers' data (ChannelData and Data
+    // indications) gets through in some of it.
+    let relaying = corpus("turn_client")
+        .iter()
+        .filter(|(_, d)| wormhole_tests::fuzz::turn_client_relays(d) > 0)
+        .count();
+    assert!(relaying >= 3, "only {relaying} corpus files relay data");
+}
+
+#[test]
 fn rendezvous_signalling_corpus() {
     let n = replay(
         "rendezvous_signalling",

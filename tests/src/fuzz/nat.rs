@@ -355,3 +355,84 @@ pub fn traversal_machine(data: &[u8]) {
         t.state()
     );
 }
+
+/// `turn_client`: a [`TurnClient`](wormhole_core::turn::TurnClient)
+/// allocated on the modelled TURN server, with a permission for one peer
+/// IP and a channel to one peer, fed arbitrary datagrams. The input is a
+/// sequence of records `[who, len_hi, len_lo, bytes…]`: `who` picks the
+/// sender (the server, or a third address) and whether a second passes
+/// first. Nothing panics; data is handed up only from datagrams of the
+/// server and only for a permitted peer; every datagram the client sends
+/// goes from its socket to the server; what it has queued stays bounded.
+pub fn turn_client(data: &[u8]) {
+    turn_client_relays(data);
+}
+
+/// [`turn_client`], returning how many datagrams the client handed up as
+/// a peer's data (a corpus worth replaying has some).
+pub fn turn_client_relays(data: &[u8]) -> usize {
+    use wormhole_core::turn::server_model::TurnServerModel;
+    use wormhole_core::turn::{TurnClient, TurnCredentials};
+    let local: SocketAddr = "192.0.2.20:5000".parse().expect("address");
+    let server_addr: SocketAddr = "198.51.100.5:3478".parse().expect("address");
+    let peer: SocketAddr = "203.0.113.9:7000".parse().expect("address");
+    let stranger: SocketAddr = "203.0.113.66:9".parse().expect("address");
+    let mut server = TurnServerModel::new(server_addr, b"relay");
+    let mut now = Instant::ZERO;
+    let credentials = TurnCredentials::mint(b"relay", 2_000_000_000, "fuzz");
+    let mut client = TurnClient::new(
+        now,
+        BindingConfig::interactive(),
+        local,
+        server_addr,
+        credentials,
+        Rng::from_u64(1),
+    );
+    client.bind(now, peer);
+    // The handshake with the model: allocate, permit, bind.
+    for _ in 0..16 {
+        while let Some(t) = client.poll_transmit() {
+            server.handle_client(t.local, &t.payload);
+        }
+        while let Some(t) = server.poll_transmit() {
+            let _ = client.handle_datagram(now, t.local, &t.payload);
+        }
+    }
+    assert!(client.relayed().is_some(), "the model allocates");
+    while client.poll_event().is_some() {}
+    let mut rest = data;
+    let mut relays = 0;
+    while let [who, hi, lo, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])).min(tail.len());
+        let (datagram, next) = tail.split_at(len);
+        rest = next;
+        if who & 0x80 != 0 {
+            now += core::time::Duration::from_secs(1);
+            client.handle_timeout(now);
+        }
+        let from = if who & 1 == 0 { server_addr } else { stranger };
+        if let Some(relayed) = client.handle_datagram(now, from, datagram) {
+            assert_eq!(from, server_addr, "data only through the server");
+            assert_eq!(
+                relayed.peer.ip(),
+                peer.ip(),
+                "data only from a permitted peer"
+            );
+            assert!(relayed.data.len() <= datagram.len());
+            relays += 1;
+        }
+        let mut queued = 0;
+        while let Some(t) = client.poll_transmit() {
+            assert_eq!((t.local, t.remote), (local, server_addr));
+            queued += 1;
+        }
+        assert!(queued <= 8, "{queued} datagrams for one input");
+        while client.poll_event().is_some() {}
+    }
+    // Sending works or says no; never to anyone but the server.
+    if let Some(t) = client.send(peer, b"after the input") {
+        assert_eq!(t.remote, server_addr);
+    }
+    assert!(client.send(stranger, b"to a stranger").is_none());
+    relays
+}
