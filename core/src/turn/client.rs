@@ -237,6 +237,13 @@ impl TurnClient {
         self.server
     }
 
+    /// The Unix time (seconds) the credentials expire at, if they say:
+    /// the server refuses the allocation's next refresh after it, so a
+    /// long-lived user allocates anew before.
+    pub fn credentials_expiry(&self) -> Option<u64> {
+        self.credentials.expiry()
+    }
+
     /// Counters.
     pub fn stats(&self) -> TurnStats {
         self.stats

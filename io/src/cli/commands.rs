@@ -493,8 +493,32 @@ struct FoundPath {
     transport: QuicTransport,
     /// How it was reached, for people.
     how: String,
-    /// Through a TURN relay (a direct path is looked for meanwhile).
-    relayed: bool,
+    /// Direct, or through a TURN relay (and until when).
+    kind: PathKind,
+}
+
+/// What kind of path a mount is on, for [`improve_path`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathKind {
+    Direct,
+    /// Through a TURN relay: a direct path is looked for meanwhile, and
+    /// a new allocation made at `renew_at` (three quarters into its
+    /// credentials' life), before the server refuses their refreshes.
+    Relayed {
+        renew_at: Option<std::time::SystemTime>,
+    },
+}
+
+impl PathKind {
+    /// A relayed path whose credentials expire at `expires`.
+    fn relayed(expires: Option<std::time::SystemTime>) -> Self {
+        let now = std::time::SystemTime::now();
+        let renew_at = expires.map(|at| {
+            let left = at.duration_since(now).unwrap_or_default();
+            now + left * 3 / 4
+        });
+        PathKind::Relayed { renew_at }
+    }
 }
 
 /// Finds a working path to the ticket's host: its own addresses and the
@@ -526,7 +550,7 @@ async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<FoundPath> {
         anyhow::Ok(FoundPath {
             transport,
             how: how.to_owned(),
-            relayed: false,
+            kind: PathKind::Direct,
         })
     };
     let Some(rendezvous) = ticket.rendezvous else {
@@ -550,11 +574,12 @@ fn open_punched<S: Shell>(shell: &S, ticket: &Ticket, path: PunchedPath) -> Resu
     Ok(match path.punched.relay {
         Some(relay) => {
             let server = relay.server();
+            let kind = PathKind::relayed(relay.expires());
             let socket = relay.socket(rt.clone(), path.punched.socket, remote)?;
             FoundPath {
                 transport: QuicTransport::over(rt, socket, vec![remote], ticket.fingerprint)?,
                 how: format!("relayed through the TURN server {server}"),
-                relayed: true,
+                kind,
             }
         }
         None => {
@@ -571,7 +596,7 @@ fn open_punched<S: Shell>(shell: &S, ticket: &Ticket, path: PunchedPath) -> Resu
                     ticket.fingerprint,
                 )?,
                 how: format!("directly, via {how} to {remote}"),
-                relayed: false,
+                kind: PathKind::Direct,
             }
         }
     })
@@ -585,28 +610,70 @@ fn open_punched<S: Shell>(shell: &S, ticket: &Ticket, path: PunchedPath) -> Resu
 const UPGRADE_FIRST: Duration = Duration::from_secs(5);
 const UPGRADE_MAX: Duration = Duration::from_secs(300);
 
-/// While the mount's path is relayed (`relayed`), looks for a direct one
-/// through `rendezvous`, at once when this machine's address changes,
-/// else at a slow pace; hands a direct path found to `upgrade` (the mount
-/// moves there without a request failing) and says so on `lines`.
-async fn upgrade_to_direct<S: Shell>(
+/// How soon a relay whose renewal failed is renewed again.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// Keeps a mount's path (`path`, what kind it is now) as good as it can
+/// be, through `rendezvous`. While relayed it looks for a direct path (at
+/// once when this machine's address changes, else at a slow pace), and
+/// makes a new allocation before the relay's credentials expire; each
+/// better path goes to `upgrade` (the mount moves there without a request
+/// failing) and is told on `lines`.
+async fn improve_path<S: Shell>(
     shell: &S,
     ticket: &Ticket,
     rendezvous: SocketAddr,
-    relayed: &std::sync::atomic::AtomicBool,
+    path: &std::sync::Mutex<PathKind>,
     upgrade: crate::net::PathUpgrade,
     lines: async_channel::Sender<String>,
 ) {
-    use std::sync::atomic::Ordering;
     let rt = shell.runtime();
+    let kind = || {
+        *path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let set = |to: PathKind| {
+        *path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = to
+    };
     let mut wait = UPGRADE_FIRST;
     let mut next = rt.now() + wait;
     let mut address = crate::nat::route_to(rendezvous).ok();
     loop {
         crate::runtime::sleep(&*rt, UPGRADE_FIRST).await;
-        if !relayed.load(Ordering::SeqCst) {
+        let PathKind::Relayed { renew_at } = kind() else {
             wait = UPGRADE_FIRST;
             next = rt.now() + wait;
+            continue;
+        };
+        if renew_at.is_some_and(|at| std::time::SystemTime::now() >= at) {
+            // Any path will do: direct if one exists now, else a new
+            // allocation with fresh credentials.
+            match find_path(shell, ticket).await {
+                Ok(found) => {
+                    set(found.kind);
+                    upgrade.upgrade(found.transport);
+                    let _ = lines.try_send(match found.kind {
+                        PathKind::Direct => format!(
+                            "Now direct ({}); the relay is no longer used.",
+                            found.how.trim_start_matches("directly, ")
+                        ),
+                        PathKind::Relayed { .. } => {
+                            "Renewed the relay (a new allocation, fresh credentials).".to_owned()
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = lines.try_send(format!(
+                        "Cannot renew the relay before its credentials expire ({e:#}); trying again."
+                    ));
+                    set(PathKind::Relayed {
+                        renew_at: Some(std::time::SystemTime::now() + RENEW_RETRY),
+                    });
+                }
+            }
             continue;
         }
         let now_address = crate::nat::route_to(rendezvous).ok();
@@ -623,7 +690,9 @@ async fn upgrade_to_direct<S: Shell>(
         }
         .await;
         match found {
-            Ok(found) if relayed.swap(false, Ordering::SeqCst) => {
+            // Still relayed (a renewal found no other path meanwhile).
+            Ok(found) if matches!(kind(), PathKind::Relayed { .. }) => {
+                set(PathKind::Direct);
                 upgrade.upgrade(found.transport);
                 let _ = lines.try_send(format!(
                     "Now direct ({}); the relay is no longer used.",
@@ -652,9 +721,9 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
         let FoundPath {
             transport,
             how,
-            relayed,
+            kind,
         } = find_path(shell, &ticket).await?;
-        let relayed = std::sync::atomic::AtomicBool::new(relayed);
+        let path = std::sync::Mutex::new(kind);
         // When the path dies for good, the transport asks for a new one.
         let (renew_tx, renew_rx) = async_channel::bounded::<Renewal>(1);
         let transport = RenewingTransport::new(transport, renew_tx);
@@ -668,7 +737,9 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                 let fresh = find_path(shell, &ticket)
                     .await
                     .map(|found| {
-                        relayed.store(found.relayed, std::sync::atomic::Ordering::SeqCst);
+                        *path
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = found.kind;
                         found.transport
                     })
                     .map_err(|e| std::io::Error::other(format!("{e:#}")));
@@ -681,8 +752,7 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
         let upgrade = async {
             match ticket.rendezvous {
                 Some(rendezvous) => {
-                    upgrade_to_direct(shell, &ticket, rendezvous, &relayed, upgrades, lines_tx)
-                        .await
+                    improve_path(shell, &ticket, rendezvous, &path, upgrades, lines_tx).await
                 }
                 None => drop(lines_tx),
             }

@@ -239,6 +239,13 @@ impl Relay {
         self.turn.server()
     }
 
+    /// When the allocation's credentials expire (its refreshes are refused
+    /// from then on), if they say.
+    pub fn expires(&self) -> Option<std::time::SystemTime> {
+        let secs = self.turn.credentials_expiry()?;
+        std::time::UNIX_EPOCH.checked_add(core::time::Duration::from_secs(secs))
+    }
+
     /// The socket QUIC uses to reach `peer` through the relay, over
     /// `socket` (the one the allocation was made from).
     pub fn socket(

@@ -43,6 +43,16 @@ const TURN_PORT: u16 = 3480;
 /// rendezvous's first address) and `wormhole rendezvous --turn` with the
 /// same secret, and waits until both listen.
 fn start_relaying_rendezvous(bin: &Path, net: &Internet, guard: &mut Cleanup) -> String {
+    start_relaying_rendezvous_with(bin, net, guard, &[])
+}
+
+/// [`start_relaying_rendezvous`], the rendezvous with `args` more.
+fn start_relaying_rendezvous_with(
+    bin: &Path,
+    net: &Internet,
+    guard: &mut Cleanup,
+    args: &[&str],
+) -> String {
     let secret = guard.dir.join("turn-secret");
     std::fs::write(&secret, "kernel-matrix-secret\n").expect("write the TURN secret");
     let ip = RENDEZVOUS_IPS[0];
@@ -82,6 +92,7 @@ fn start_relaying_rendezvous(bin: &Path, net: &Internet, guard: &mut Cleanup) ->
         .args(["--turn", &format!("{ip}:{TURN_PORT}")])
         .arg("--turn-secret-file")
         .arg(&secret)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the rendezvous");
@@ -496,16 +507,116 @@ fn mounts_through_coturn(bin: &Path, tag: &str, host: Behaviour, mount: Behaviou
     let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
 }
 
-/// A mount relayed between two symmetric NATs while the host's router
-/// turns into a full-cone one (a new router, or its settings changed):
-/// the mount finds the direct path by itself, says "Now direct", and
-/// moves its session there while a program keeps writing and reading
-/// files through it, without an error reaching that program or a byte
-/// lost.
-pub(crate) fn a_relayed_mount_goes_direct_when_the_nat_allows(bin: &Path, tag: &str) {
-    let mut net = Internet::new(tag, &[Behaviour::Symmetric, Behaviour::Symmetric]);
-    let mut guard = scratch("nat-upgrade", bin);
-    let rendezvous = start_relaying_rendezvous(bin, &net, &mut guard);
+/// A program writing files through a mount and reading each back, all
+/// along, until dropped or [`Program::finish`]ed.
+struct Program {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Files done so far, or what went wrong.
+    progress: std::sync::mpsc::Receiver<Result<usize, String>>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+    /// Files done as of the last look.
+    done: usize,
+}
+
+impl Program {
+    /// Files the program cycles through (`f0.txt`…).
+    const FILES: usize = 50;
+
+    fn start(mnt: &Path) -> Program {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, progress) = std::sync::mpsc::channel();
+        let thread = {
+            let (stop, mnt) = (stop.clone(), mnt.to_owned());
+            std::thread::spawn(move || {
+                let mut done = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let name = mnt.join(format!("f{}.txt", done % Self::FILES));
+                    let text = Self::content(done);
+                    let outcome = std::fs::write(&name, &text)
+                        .map_err(|e| format!("write {done}: {e}"))
+                        .and_then(|()| {
+                            std::fs::read_to_string(&name).map_err(|e| format!("read {done}: {e}"))
+                        })
+                        .and_then(|back| {
+                            (back == text)
+                                .then_some(done + 1)
+                                .ok_or_else(|| format!("file {done} read back as {back:?}"))
+                        });
+                    let failed = outcome.is_err();
+                    let _ = tx.send(outcome);
+                    if failed {
+                        break;
+                    }
+                    done += 1;
+                }
+                done
+            })
+        };
+        Program {
+            stop,
+            progress,
+            thread: Some(thread),
+            done: 0,
+        }
+    }
+
+    fn content(n: usize) -> String {
+        format!("file {n} written through the mount\n")
+    }
+
+    /// Waits for a hundred more files, none failing.
+    fn go_on(&mut self) {
+        let target = self.done + 100;
+        while self.done < target {
+            match self.progress.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(done)) => self.done = done,
+                Ok(Err(e)) => panic!("an error reached the program: {e}"),
+                Err(e) => panic!("the program is stuck: {e}"),
+            }
+        }
+    }
+
+    /// Stops it; checks the host has each file's last content.
+    fn finish(mut self, share: &Path) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let done = self.thread.take().map(|t| t.join().expect("the program"));
+        let done = done.unwrap_or(0);
+        assert!(done > 0, "the program wrote nothing");
+        for i in 0..done.min(Self::FILES) {
+            let last = (0..done)
+                .rev()
+                .find(|n| n % Self::FILES == i)
+                .expect("written");
+            let on_host =
+                std::fs::read_to_string(share.join(format!("f{i}.txt"))).expect("the host has it");
+            assert_eq!(on_host, Self::content(last));
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A mount relayed through coturn between two symmetric NATs (the
+/// rendezvous started with `rendezvous_args` more): the network, the
+/// scratch (host, mount and relay processes in it), the mountpoint and
+/// the mount's output.
+fn relayed_mount(
+    bin: &Path,
+    tag: &str,
+    rendezvous_args: &[&str],
+) -> (
+    Internet,
+    Cleanup,
+    std::path::PathBuf,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let net = Internet::new(tag, &[Behaviour::Symmetric, Behaviour::Symmetric]);
+    let mut guard = scratch("nat-relayed", bin);
+    let rendezvous = start_relaying_rendezvous_with(bin, &net, &mut guard, rendezvous_args);
     let dir = guard.dir.clone();
     let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
     let ticket = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
@@ -527,37 +638,19 @@ pub(crate) fn a_relayed_mount_goes_direct_when_the_nat_allows(bin: &Path, tag: &
     );
     assert!(how.contains("relayed through the TURN server"), "{how}");
     line_where(&mount_out, "the mount", |l| l.starts_with("Mounted at"));
-    // A program writing and reading back files all along.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // Files done so far, or what went wrong.
-    let (progress_tx, progress) = std::sync::mpsc::channel::<Result<usize, String>>();
-    let worker = {
-        let (stop, mnt) = (stop.clone(), mnt.clone());
-        std::thread::spawn(move || {
-            let mut done = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let name = mnt.join(format!("f{}.txt", done % 50));
-                let text = format!("file {done} written through the mount\n");
-                let outcome = std::fs::write(&name, &text)
-                    .map_err(|e| format!("write {done}: {e}"))
-                    .and_then(|()| {
-                        std::fs::read_to_string(&name).map_err(|e| format!("read {done}: {e}"))
-                    })
-                    .and_then(|back| {
-                        (back == text)
-                            .then_some(done + 1)
-                            .ok_or_else(|| format!("file {done} read back as {back:?}"))
-                    });
-                let failed = outcome.is_err();
-                let _ = progress_tx.send(outcome);
-                if failed {
-                    break;
-                }
-                done += 1;
-            }
-            done
-        })
-    };
+    (net, guard, mnt, mount_out)
+}
+
+/// A mount relayed between two symmetric NATs while the host's router
+/// turns into a full-cone one (a new router, or its settings changed):
+/// the mount finds the direct path by itself, says "Now direct", and
+/// moves its session there while a program keeps writing and reading
+/// files through it, without an error reaching that program or a byte
+/// lost; then the relay is cut off from the mount's home, and files
+/// still work.
+pub(crate) fn a_relayed_mount_goes_direct_when_the_nat_allows(bin: &Path, tag: &str) {
+    let (mut net, guard, mnt, mount_out) = relayed_mount(bin, tag, &[]);
+    let mut program = Program::start(&mnt);
     net.switch(0, Behaviour::FullCone);
     let switched = std::time::Instant::now();
     let now_direct = line_within(
@@ -570,23 +663,7 @@ pub(crate) fn a_relayed_mount_goes_direct_when_the_nat_allows(bin: &Path, tag: &
         "relayed, then {now_direct:?} {} ms after the switch",
         switched.elapsed().as_millis()
     );
-    // The program goes on over the new path: a hundred more files.
-    // A hundred more files from `from` on, without an error.
-    let go_on = |from: usize| loop {
-        match progress.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(done)) if done >= from + 100 => return done,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("an error reached the program: {e}"),
-            Err(e) => panic!("the program is stuck: {e}"),
-        }
-    };
-    let mut at_upgrade = 0;
-    for outcome in progress.try_iter() {
-        at_upgrade = outcome.unwrap_or_else(|e| panic!("an error reached the program: {e}"));
-    }
-    let moved = go_on(at_upgrade);
-    // The relay is no longer used: with the mount's home cut off from
-    // it, files still work.
+    program.go_on();
     super::netns::run_in(
         &net.homes[1].router,
         &[
@@ -602,19 +679,36 @@ pub(crate) fn a_relayed_mount_goes_direct_when_the_nat_allows(bin: &Path, tag: &
             "drop",
         ],
     );
-    go_on(moved);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let done = worker.join().expect("the worker");
-    assert!(done > 0, "the program wrote nothing");
-    for i in 0..done.min(50) {
-        let last = (0..done).rev().find(|n| n % 50 == i).expect("written");
-        let on_host =
-            std::fs::read_to_string(dir.join(format!("share/f{i}.txt"))).expect("the host has it");
-        assert_eq!(on_host, format!("file {last} written through the mount\n"));
-    }
-    std::fs::write(mnt.join("after.txt"), b"direct now\n").expect("write after the upgrade");
-    let on_host = std::fs::read(dir.join("share/after.txt")).expect("the host has it");
-    assert_eq!(on_host, b"direct now\n");
+    program.go_on();
+    program.finish(&guard.dir.join("share"));
+    let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
+}
+
+/// A relayed mount whose rendezvous mints credentials for 20 s only:
+/// before they expire (and coturn would refuse the allocation's next
+/// refresh), the mount makes a new allocation with fresh ones and moves
+/// its session there, while a program keeps writing and reading files
+/// without an error.
+pub(crate) fn a_relayed_mount_renews_its_relay_before_the_credentials_expire(
+    bin: &Path,
+    tag: &str,
+) {
+    let (_net, guard, mnt, mount_out) = relayed_mount(bin, tag, &["--turn-ttl", "20"]);
+    let mut program = Program::start(&mnt);
+    let started = std::time::Instant::now();
+    line_within(
+        &mount_out,
+        "the relay's renewal",
+        Duration::from_secs(60),
+        |l| l.starts_with("Renewed the relay"),
+    );
+    let renewed = started.elapsed();
+    assert!(
+        renewed < Duration::from_secs(20),
+        "renewed {renewed:?} after mounting: after the credentials expired"
+    );
+    program.go_on();
+    program.finish(&guard.dir.join("share"));
     let _ = Command::new(bin).arg("unmount").arg(&mnt).status();
 }
 
@@ -801,6 +895,14 @@ macro_rules! nat_tests {
             nat::a_relayed_mount_goes_direct_when_the_nat_allows(
                 std::path::Path::new($bin),
                 concat!($tag, "u"),
+            );
+        }
+
+        #[test]
+        fn a_relayed_mount_renews_its_relay_before_the_credentials_expire() {
+            nat::a_relayed_mount_renews_its_relay_before_the_credentials_expire(
+                std::path::Path::new($bin),
+                concat!($tag, "c"),
             );
         }
 
