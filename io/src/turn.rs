@@ -86,6 +86,68 @@ impl RelayedSocket {
         Ok(this)
     }
 
+    /// Allocates on the TURN `server` with `credentials` from `socket`
+    /// and wraps it for traffic to `peer`: a relayed socket without
+    /// punching (the mount's come from [`crate::nat::client_punch`]), for
+    /// measuring and testing the relayed path on its own.
+    pub async fn allocate(
+        runtime: Arc<dyn quinn::Runtime>,
+        socket: std::net::UdpSocket,
+        server: SocketAddr,
+        credentials: wormhole_core::turn::TurnCredentials,
+        peer: SocketAddr,
+    ) -> io::Result<Arc<Self>> {
+        use crate::drive::{Pass, poll_passes};
+        let local = socket.local_addr()?;
+        let master = socket.try_clone()?;
+        let mut udp = crate::nat::udp::UdpSet::new(&*runtime, vec![socket])?;
+        let mut clock = CoreClock::new(runtime.clone());
+        let mut turn = TurnClient::new(
+            clock.now(),
+            wormhole_core::nat::BindingConfig::interactive(),
+            local,
+            server,
+            credentials,
+            wormhole_core::Rng::from_seed(crate::runtime::os_seed()?),
+        );
+        let outcome = core::future::poll_fn(|cx| {
+            let mut outcome = None;
+            let _ = poll_passes(cx, |cx| {
+                let now = clock.now();
+                let mut busy = udp.poll_recv(cx, |_, from, datagram| {
+                    let _ = turn.handle_datagram(now, from, datagram);
+                });
+                if let Some(now) = clock.poll_due(cx, turn.poll_timeout()) {
+                    turn.handle_timeout(now);
+                    busy = true;
+                }
+                while let Some(t) = turn.poll_transmit() {
+                    udp.send(t.local, t.remote, &t.payload);
+                }
+                while let Some(event) = turn.poll_event() {
+                    match event {
+                        TurnEvent::Allocated { .. } => outcome = Some(Ok(())),
+                        TurnEvent::Failed(why) => {
+                            outcome = Some(Err(io::Error::other(why.to_string())));
+                        }
+                        TurnEvent::Bound { .. } => {}
+                    }
+                }
+                if outcome.is_some() {
+                    return Pass::Done;
+                }
+                Pass::from_busy(busy)
+            });
+            // Without an outcome the sources' wake-ups are registered (or
+            // the task woke itself to yield).
+            outcome.map_or(Poll::Pending, Poll::Ready)
+        })
+        .await;
+        outcome?;
+        drop(udp);
+        Self::new(runtime, master, turn, clock, peer)
+    }
+
     fn relay(&self) -> std::sync::MutexGuard<'_, Relay> {
         self.relay
             .lock()
@@ -118,6 +180,19 @@ impl RelayedSocket {
         if let Err(e) = self.inner.try_send(&transmit) {
             debug!(error = %e, "relay datagram not sent");
         }
+    }
+}
+
+impl Drop for RelayedSocket {
+    /// Frees the allocation at once: the server would keep it (and its
+    /// relayed port) until its lifetime ran out.
+    fn drop(&mut self) {
+        {
+            let mut relay = self.relay();
+            let now = relay.clock.now();
+            relay.turn.close(now);
+        }
+        self.flush();
     }
 }
 
@@ -188,22 +263,30 @@ impl AsyncUdpSocket for RelayedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) else {
-            return Poll::Ready(Ok(0));
-        };
+        // As many datagrams as quinn has room for: one per call would
+        // cost a lock and a wake-up each.
+        let room = bufs.len().min(meta.len());
+        let mut filled = 0;
         loop {
             let mut guard = self.relay();
-            if let Some(datagram) = guard.queued.pop_front() {
+            while filled < room {
+                let Some(datagram) = guard.queued.pop_front() else {
+                    break;
+                };
+                let buf = &mut bufs[filled];
                 let len = datagram.len().min(buf.len());
                 buf[..len].copy_from_slice(&datagram[..len]);
-                *slot = RecvMeta {
+                meta[filled] = RecvMeta {
                     addr: self.peer,
                     len,
                     stride: len,
                     ecn: None,
                     dst_ip: None,
                 };
-                return Poll::Ready(Ok(1));
+                filled += 1;
+            }
+            if filled == room {
+                return Poll::Ready(Ok(filled));
             }
             let relay = &mut *guard;
             let mut raw_meta = [RecvMeta::default()];
@@ -211,6 +294,12 @@ impl AsyncUdpSocket for RelayedSocket {
                 let mut raw_bufs = [IoSliceMut::new(&mut relay.raw)];
                 match self.inner.poll_recv(cx, &mut raw_bufs, &mut raw_meta) {
                     Poll::Ready(Ok(count)) => count,
+                    // What was unwrapped already goes up; a receive error
+                    // (an ICMP report) is dropped, as quinn logs and reads
+                    // past one anyway.
+                    Poll::Ready(Err(_)) | Poll::Pending if filled > 0 => {
+                        return Poll::Ready(Ok(filled));
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }

@@ -1,6 +1,7 @@
 //! Deterministic simulations, fuzz target bodies and end-to-end test
 //! helpers of Wormhole.
 
+pub mod coturn;
 pub mod doomed;
 pub mod e2e;
 pub mod fs_sim;

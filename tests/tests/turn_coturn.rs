@@ -12,57 +12,16 @@
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use wormhole_core::nat::binding::BindingConfig;
 use wormhole_core::turn::{TurnClient, TurnCredentials, TurnError, TurnEvent};
 use wormhole_core::{Instant, Rng};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-const SECRET: &str = "wormhole-test-secret";
+use wormhole_tests::coturn::{Coturn, SECRET, unix_now};
 
-/// A `turnserver` killed when dropped.
-struct Coturn(Child, SocketAddr);
-
-impl Drop for Coturn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// coturn on a free loopback port, relaying on loopback (which it refuses
-/// by default: `--allow-loopback-peers`).
 fn coturn() -> Coturn {
-    let port = UdpSocket::bind((LOOPBACK, 0))
-        .and_then(|s| s.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new("turnserver")
-        .args([
-            "-n",
-            "--no-cli",
-            "--no-tls",
-            "--no-dtls",
-            "--log-file",
-            "stdout",
-        ])
-        .args(["-L", "127.0.0.1", "--relay-ip", "127.0.0.1"])
-        .args(["-p", &port.to_string(), "--pidfile", "/dev/null"])
-        .args(["--use-auth-secret", "--static-auth-secret", SECRET])
-        .args(["--realm", "wormhole.test", "--allow-loopback-peers"])
-        .args(["--min-port", "49152", "--max-port", "65535"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start turnserver (apt-get install coturn)");
-    Coturn(child, SocketAddr::new(LOOPBACK, port))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    Coturn::start()
 }
 
 /// Drives `client` over `socket` until `done` says so (given each event)
@@ -170,8 +129,8 @@ fn credentials_from_a_rendezvous(turn: SocketAddr) -> (SocketAddr, TurnCredentia
 fn coturn_allocates_binds_and_relays_both_ways_with_minted_credentials() {
     let coturn = coturn();
     let start = std::time::Instant::now();
-    let (server, credentials) = credentials_from_a_rendezvous(coturn.1);
-    assert_eq!(server, coturn.1);
+    let (server, credentials) = credentials_from_a_rendezvous(coturn.addr);
+    assert_eq!(server, coturn.addr);
     let (mut client, socket) = client_for(server, credentials);
     let mut relayed_addr = None;
     drive(&mut client, &socket, start, |e| {
@@ -248,7 +207,7 @@ fn coturn_refuses_expired_or_foreign_credentials_saying_so() {
         ),
     ] {
         let start = std::time::Instant::now();
-        let (mut client, socket) = client_for(coturn.1, credentials);
+        let (mut client, socket) = client_for(coturn.addr, credentials);
         let mut outcome = None;
         drive(&mut client, &socket, start, |e| {
             outcome = Some(e.clone());
