@@ -196,3 +196,17 @@ pub(crate) fn os_seed() -> io::Result<[u8; 32]> {
         .map_err(|_| io::Error::other("the operating system gave no randomness"))?;
     Ok(seed)
 }
+
+/// Runs every future of `futures` to its end, concurrently on this task.
+pub(crate) async fn join_all<F: Future<Output = ()>>(futures: impl IntoIterator<Item = F>) {
+    let mut running: Vec<core::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    core::future::poll_fn(|cx| {
+        running.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if running.is_empty() {
+            core::task::Poll::Ready(())
+        } else {
+            core::task::Poll::Pending
+        }
+    })
+    .await;
+}

@@ -164,6 +164,9 @@ pub struct NatSimStats {
     pub via_birthday: u64,
     /// Runs connected through the relay.
     pub via_relay: u64,
+    /// Runs whose client punched a spare, held it, and connected by
+    /// taking it later.
+    pub spares_taken: u64,
 }
 
 /// A broken property.
@@ -189,6 +192,8 @@ enum Ev {
     Forged { to: usize },
     /// A datagram that is not STUN arrives at every socket of a peer.
     Junk { to: usize },
+    /// The mount takes its held spare (its path died, say).
+    TakeSpare,
 }
 
 /// Either side's machine.
@@ -251,6 +256,11 @@ pub struct NatWorld {
     /// When the rendezvous is down, if it is in this run.
     outage: Option<(Instant, Instant)>,
     client_started: Option<Instant>,
+    /// The client punches a spare (`ClientRendezvous::spare`), holds it
+    /// for a while and then takes it.
+    spare: bool,
+    /// When the spare is to be taken, once it is ready.
+    take_at: Option<Instant>,
     trace: Vec<String>,
     tracing: bool,
     echo: bool,
@@ -289,6 +299,10 @@ impl NatWorld {
         let secret = TicketSecret(secret);
         let addrs = ServerAddrs::one_ip(ip(198, 18, 0, 1), [3478, 3479]);
         let wildcard = (seed / 16) % 2 == 1;
+        // A quarter of the runs between NATs that allow a direct path
+        // punch a spare instead: held, kept alive across the
+        // rendezvous's session lifetime, and taken up to a minute later.
+        let spare = (seed / 32).is_multiple_of(4) && Router::punchable(routers[0], routers[1]);
         let listening = if wildcard {
             ServerAddrs::one_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED), [3478, 3479])
         } else {
@@ -366,6 +380,8 @@ impl NatWorld {
             outage,
             host_ended: std::collections::BTreeSet::new(),
             client_started: None,
+            spare,
+            take_at: None,
             trace: Vec::new(),
             tracing: trace,
             echo,
@@ -499,6 +515,15 @@ impl NatWorld {
             if matches!(e, ClientEvent::NeedSprayers(_)) {
                 continue;
             }
+            if let ClientEvent::SpareReady { .. } = e {
+                if !self.spare || self.take_at.is_some() {
+                    return Err(NatViolation("a spare nobody asked for was ready".into()));
+                }
+                let hold = Duration::from_millis(self.rng.below(60_000));
+                self.take_at = Some(self.now + hold);
+                self.schedule(hold, Ev::TakeSpare);
+                continue;
+            }
             if self.peers[1].outcome.is_some() {
                 return Err(NatViolation("the client ended twice".into()));
             }
@@ -510,6 +535,9 @@ impl NatWorld {
                     birthday,
                     relayed,
                 } => {
+                    if self.spare && self.take_at.is_none_or(|at| at > self.now) {
+                        return Err(NatViolation("a spare was taken before it was asked".into()));
+                    }
                     // Used by both or neither: the client takes the pair
                     // only after the host confirmed it in use, on the
                     // path the client takes.
@@ -555,9 +583,9 @@ impl NatWorld {
                 ClientEvent::Refused(why) => {
                     return Err(NatViolation(format!("the rendezvous refused: {why:?}")));
                 }
-                ClientEvent::RendezvousSilent | ClientEvent::NeedSprayers(_) => {
-                    self.peers[1].outcome = Some(false)
-                }
+                ClientEvent::RendezvousSilent
+                | ClientEvent::NeedSprayers(_)
+                | ClientEvent::SpareReady { .. } => self.peers[1].outcome = Some(false),
             }
         }
         Ok(())
@@ -673,6 +701,7 @@ impl NatWorld {
             let end = self
                 .client_started
                 .unwrap_or(Instant::ZERO + Duration::from_secs(30))
+                .max(self.take_at.unwrap_or(Instant::ZERO))
                 + limit;
             let timers = (0..2).filter_map(|i| self.timeout_of(i)).min();
             let next_ev = self.queue.keys().next().map(|(t, _)| *t);
@@ -701,7 +730,16 @@ impl NatWorld {
                             TraversalConfig::default(),
                             Rng::from_u64(self.rng.next_u64()),
                         );
+                        let c = if self.spare { c.spare() } else { c };
                         self.peers[1].side = Side::Client(Some(Box::new(c)));
+                        self.drain(1)?;
+                    }
+                    Ev::TakeSpare => {
+                        let now = self.now;
+                        if let Side::Client(Some(c)) = &mut self.peers[1].side {
+                            let taking = c.take_spare(now);
+                            self.log(|| format!("client takes its spare: {taking}"));
+                        }
                         self.drain(1)?;
                     }
                     Ev::Junk { to } => {
@@ -791,6 +829,9 @@ impl NatWorld {
         let relayed = self.peers[1].relayed;
         if client && relayed {
             self.stats.via_relay += 1;
+        }
+        if client && self.spare {
+            self.stats.spares_taken += 1;
         }
         if lossless && !client {
             return Err(NatViolation(format!(
@@ -882,6 +923,7 @@ impl Simulation for NatSim {
         into.taken += from.taken;
         into.via_birthday += from.via_birthday;
         into.via_relay += from.via_relay;
+        into.spares_taken += from.spares_taken;
     }
 
     fn converged(stats: &NatSimStats) -> u64 {
@@ -907,6 +949,7 @@ impl Simulation for NatSim {
         );
         assert!(stats.via_birthday > 0, "no birthday punching connected");
         assert!(stats.via_relay > 0, "nothing connected through the relay");
+        assert!(stats.spares_taken > 0, "no spare was held and taken");
         assert!(
             stats.lossy_disagreements * 100 <= stats.converged,
             "the sides disagreed in {} of {} runs",

@@ -75,6 +75,11 @@ const MAX_TAKES: u32 = 10;
 const TAKEN_LINGER: Duration = Duration::from_secs(10);
 /// ...this many times.
 const CONNECT_SENDS: u32 = 10;
+/// A spare pair's Connect is repeated this often while it waits: it keeps
+/// the rendezvous's session (30 s) open, which carries the handover's
+/// signals when the spare is taken, and our NAT's mapping toward the
+/// rendezvous with it. The host answers a repeat with its Answer again.
+const SPARE_REFRESH: Duration = Duration::from_secs(10);
 
 /// What a host's rendezvous side reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -662,6 +667,17 @@ pub enum ClientEvent {
     RendezvousSilent,
     /// No direct path.
     Failed(FailReason),
+    /// A spare ([`ClientRendezvous::spare`]): the path is punched and in
+    /// both pools, kept alive there, and taken at
+    /// [`ClientRendezvous::take_spare`] (then `Connected`). A spare that
+    /// dies meanwhile (the host gone, a NAT that forgot it) reports
+    /// `Failed`.
+    SpareReady {
+        /// Our socket on the path.
+        local: SocketAddr,
+        /// The peer's address on the path.
+        remote: SocketAddr,
+    },
 }
 
 /// Whether both offers name an IPv6 address: a path of that family may
@@ -678,6 +694,9 @@ enum Handing {
     Probing(u32),
     /// The host answered a probe on our path; takes started.
     Taking(u32),
+    /// A spare: the host answered a probe on our path, which waits in
+    /// both pools until taken.
+    Held,
 }
 
 /// A client's side: ask the rendezvous to be put through to a host, and
@@ -701,6 +720,10 @@ pub struct ClientRendezvous {
     handing: Handing,
     /// When the next probe or take is due.
     next_try: Option<Instant>,
+    /// A spare: hold the path once the host answers, until taken.
+    spare: bool,
+    /// When a held spare next repeats its Connect.
+    next_refresh: Option<Instant>,
     sends: u32,
     next_connect: Option<Instant>,
     answered: bool,
@@ -796,6 +819,8 @@ impl ClientRendezvous {
             punched: None,
             handing: Handing::Probing(0),
             next_try: None,
+            spare: false,
+            next_refresh: None,
             sends: 0,
             next_connect: None,
             answered: false,
@@ -816,6 +841,27 @@ impl ClientRendezvous {
             self.relay = Relay::Never;
         }
         self
+    }
+
+    /// Punches a spare path: direct only, held in both pools once the
+    /// host has answered on it ([`ClientEvent::SpareReady`]) and taken
+    /// only at [`take_spare`](Self::take_spare), so a mount whose path
+    /// dies moves to one without gathering or punching again.
+    pub fn spare(mut self) -> Self {
+        self.spare = true;
+        self.without_relay()
+    }
+
+    /// Takes a held spare through the pair handover: `Connected` follows
+    /// (or `Failed`). False if there is no spare ready to take.
+    pub fn take_spare(&mut self, now: Instant) -> bool {
+        if self.handing != Handing::Held || self.done {
+            return false;
+        }
+        self.next_refresh = None;
+        self.take(now);
+        self.collect(now);
+        true
     }
 
     /// The TURN allocation a relayed connection runs over, once
@@ -1082,11 +1128,19 @@ impl ClientRendezvous {
         {
             turn.handle_timeout(now);
         }
+        if self.next_refresh.is_some_and(|t| t <= now) {
+            // A spare that ended (refused, expired) refreshes nothing.
+            self.next_refresh = (!self.done).then_some(now + SPARE_REFRESH);
+            if !self.done {
+                self.push_connect();
+            }
+        }
         if self.next_try.is_some_and(|t| t <= now) {
             self.next_try = None;
             match self.handing {
                 Handing::Probing(_) => self.probe(now),
                 Handing::Taking(_) => self.take(now),
+                Handing::Held => {}
             }
         }
         self.collect(now);
@@ -1111,7 +1165,7 @@ impl ClientRendezvous {
     /// take never matches this one.
     fn take(&mut self, now: Instant) {
         let takes = match self.handing {
-            Handing::Probing(_) => 0,
+            Handing::Probing(_) | Handing::Held => 0,
             Handing::Taking(takes) => takes,
         };
         self.handing = Handing::Taking(takes + 1);
@@ -1122,6 +1176,7 @@ impl ClientRendezvous {
 
     fn fail(&mut self, why: FailReason) {
         self.next_try = None;
+        self.next_refresh = None;
         if !self.done {
             self.done = true;
             self.events.push_back(ClientEvent::Failed(why));
@@ -1129,11 +1184,17 @@ impl ClientRendezvous {
     }
 
     fn send_connect(&mut self, now: Instant) {
+        if self.push_connect() {
+            self.sends += 1;
+            self.next_connect = Some(now + CONNECT_EVERY);
+        }
+    }
+
+    /// Queues our Connect (false before gathering has made an offer).
+    fn push_connect(&mut self) -> bool {
         let Some(offer) = self.offer.clone() else {
-            return;
+            return false;
         };
-        self.sends += 1;
-        self.next_connect = Some(now + CONNECT_EVERY);
         let msg = Signalling::Connect {
             host: self.host,
             token: self.token,
@@ -1145,6 +1206,7 @@ impl ClientRendezvous {
             remote: self.rendezvous,
             payload: msg.encode(),
         });
+        true
     }
 
     /// Queues a datagram of the traversal or the pool: one from the
@@ -1267,7 +1329,21 @@ impl ClientRendezvous {
             .is_some_and(|p| p.stats().frames_accepted > 0);
         if answered && matches!(self.handing, Handing::Probing(_)) && !self.done {
             self.next_try = None;
-            self.take(now);
+            match self.punched {
+                Some(p) if self.spare => {
+                    // The host answered on the path, so it has our
+                    // session: Connect need not be repeated until then
+                    // (the refresh takes over).
+                    self.next_connect = None;
+                    self.handing = Handing::Held;
+                    self.next_refresh = Some(now + SPARE_REFRESH);
+                    self.events.push_back(ClientEvent::SpareReady {
+                        local: p.local,
+                        remote: p.remote,
+                    });
+                }
+                _ => self.take(now),
+            }
         }
         while let Some(output) = self.pool.poll_output() {
             match output {
@@ -1337,6 +1413,7 @@ impl ClientRendezvous {
             self.traversal.poll_timeout(),
             self.pool.poll_timeout(),
             self.next_try,
+            self.next_refresh,
             relay,
         ]
         .into_iter()

@@ -515,6 +515,216 @@ mod signalling {
         panic!("no outcome");
     }
 
+    /// Rendezvous, host and client on one flat network, run in steps.
+    struct Flat {
+        rv: Rendezvous,
+        rv_addr: SocketAddr,
+        host: HostRendezvous,
+        client: ClientRendezvous,
+        client_addr: SocketAddr,
+        now: Instant,
+        host_events: Vec<HostEvent>,
+        client_events: Vec<ClientEvent>,
+    }
+
+    impl Flat {
+        /// A client punching a spare path to a registered host.
+        fn spare() -> Self {
+            let secret = TicketSecret([9; 32]);
+            let server = one_ip_server();
+            let rv_addr = server.primary();
+            let (host_reg, client_addr) = (addr("192.0.2.10:4000"), addr("192.0.2.20:5000"));
+            let now = Instant::ZERO;
+            let config = TraversalConfig::default();
+            let host = HostRendezvous::new(
+                now,
+                rv_addr,
+                host_reg,
+                &FINGERPRINT,
+                secret.clone(),
+                config,
+                Rng::from_u64(1),
+            );
+            let client = ClientRendezvous::new(
+                now,
+                rv_addr,
+                client_addr,
+                vec![client_addr],
+                &FINGERPRINT,
+                &secret,
+                config,
+                Rng::from_u64(2),
+            )
+            .spare();
+            Flat {
+                rv: Rendezvous::new(server),
+                rv_addr,
+                host,
+                client,
+                client_addr,
+                now,
+                host_events: Vec::new(),
+                client_events: Vec::new(),
+            }
+        }
+
+        /// Runs until `stop` holds or the clock passes `until`, dropping
+        /// what `lose` picks. The host's shell gives each session a fresh
+        /// socket and forgets a session it reports connected.
+        fn run(
+            &mut self,
+            until: Instant,
+            mut lose: impl FnMut(&Transmit) -> bool,
+            stop: impl Fn(&Flat) -> bool,
+        ) {
+            let mut sockets = 4001;
+            loop {
+                while let Some(e) = self.host.poll_event() {
+                    match e {
+                        HostEvent::NeedSocket { session } => {
+                            let local = addr(&format!("192.0.2.10:{sockets}"));
+                            sockets += 1;
+                            self.host.add_socket(self.now, session, local, vec![local]);
+                        }
+                        HostEvent::Connected { session, .. } => self.host.forget(self.now, session),
+                        _ => {}
+                    }
+                    self.host_events.push(e);
+                }
+                while let Some(e) = self.client.poll_event() {
+                    self.client_events.push(e);
+                }
+                if stop(self) || self.now > until {
+                    return;
+                }
+                let mut packets = Vec::new();
+                while let Some(t) = self.host.poll_transmit() {
+                    packets.push(t);
+                }
+                while let Some(t) = self.client.poll_transmit() {
+                    packets.push(t);
+                }
+                while let Some(t) = self.rv.poll_transmit() {
+                    packets.push(t);
+                }
+                packets.retain(|t| !lose(t));
+                if packets.is_empty() {
+                    let next = [self.client.poll_timeout(), self.host.poll_timeout()]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .expect("something is pending");
+                    self.now = self.now.max(next);
+                    self.client.handle_timeout(self.now);
+                    self.host.handle_timeout(self.now);
+                    continue;
+                }
+                for t in packets {
+                    if t.remote == self.rv_addr {
+                        self.rv
+                            .handle_datagram(self.now, self.rv_addr, t.local, &t.payload);
+                    } else if t.remote == self.client_addr {
+                        self.client
+                            .handle_datagram(self.now, t.remote, t.local, &t.payload);
+                    } else {
+                        self.host
+                            .handle_datagram(self.now, t.remote, t.local, &t.payload);
+                    }
+                }
+            }
+        }
+
+        fn client_saw(&self, what: impl Fn(&ClientEvent) -> bool) -> bool {
+            self.client_events.iter().any(what)
+        }
+    }
+
+    /// A spare is punched and held in both pools without being taken,
+    /// stays alive there for minutes (keepalive, and the rendezvous's
+    /// session kept open by repeated Connects), and is taken at once when
+    /// asked: the host connects on the same path.
+    #[test]
+    fn a_spare_path_is_held_alive_and_taken_when_asked() {
+        let mut w = Flat::spare();
+        w.run(
+            Instant::ZERO + Duration::from_secs(10),
+            |_| false,
+            |w| w.client_saw(|e| matches!(e, ClientEvent::SpareReady { .. })),
+        );
+        let Some(&ClientEvent::SpareReady { local, remote }) = w.client_events.last() else {
+            panic!("no spare: {:?}", w.client_events);
+        };
+        assert!(
+            !w.host_events
+                .iter()
+                .any(|e| matches!(e, HostEvent::Connected { .. })),
+            "a spare is not taken before it is asked for"
+        );
+        // Five minutes: ten times the rendezvous's session lifetime and
+        // the pair's silence limit.
+        let ready_at = w.now;
+        w.run(ready_at + Duration::from_secs(300), |_| false, |_| false);
+        assert_eq!(w.client_events.len(), 1, "{:?}", w.client_events);
+        let taken_at = w.now;
+        assert!(w.client.take_spare(taken_at), "the spare is there to take");
+        w.run(
+            taken_at + Duration::from_secs(5),
+            |_| false,
+            |w| w.client_saw(|e| matches!(e, ClientEvent::Connected { .. })),
+        );
+        assert!(
+            matches!(
+                w.client_events.last(),
+                Some(ClientEvent::Connected { local: l, remote: r, .. }) if *l == local && *r == remote
+            ),
+            "{:?}",
+            w.client_events
+        );
+        // Two round trips through the rendezvous, nothing gathered or
+        // punched again.
+        assert!(
+            w.now - taken_at < Duration::from_millis(100),
+            "{:?}",
+            w.now - taken_at
+        );
+        let host_took = w.host_events.iter().find_map(|e| match e {
+            HostEvent::Connected { remote, .. } => Some(*remote),
+            _ => None,
+        });
+        assert_eq!(host_took, Some(local), "the host took the same path");
+        assert!(!w.client.take_spare(w.now), "a spare is taken once");
+    }
+
+    /// A held spare whose host goes silent (gone, or its NAT forgot the
+    /// path) is reported failed, so the shell does not count on it.
+    #[test]
+    fn a_spare_whose_host_goes_silent_fails() {
+        let mut w = Flat::spare();
+        w.run(
+            Instant::ZERO + Duration::from_secs(10),
+            |_| false,
+            |w| w.client_saw(|e| matches!(e, ClientEvent::SpareReady { .. })),
+        );
+        let host = addr("192.0.2.10:4001");
+        let silent_from = w.now;
+        w.run(
+            silent_from + Duration::from_secs(120),
+            |t| t.local == host || t.local.ip() == host.ip(),
+            |w| w.client_saw(|e| matches!(e, ClientEvent::Failed(_))),
+        );
+        assert!(
+            w.client_saw(|e| *e == ClientEvent::Failed(crate::nat::FailReason::NotTaken)),
+            "{:?}",
+            w.client_events
+        );
+        assert!(
+            w.now - silent_from <= Duration::from_secs(45),
+            "{:?}",
+            w.now - silent_from
+        );
+        assert!(!w.client.take_spare(w.now), "nothing to take");
+    }
+
     /// No datagram passes between the client's and the host's sockets
     /// directly (as between two symmetric NATs): the client asks the
     /// rendezvous for relay credentials, allocates on the (modelled) TURN

@@ -11,6 +11,7 @@ use clap::Args;
 use futures_lite::StreamExt;
 
 use super::news;
+use super::spares::{Spares, keep_spare};
 use crate::claim::{ClaimError, DirClaim};
 use crate::host::keys::{HostKeys, config_dir};
 use crate::host::{Host, HostOptions};
@@ -64,6 +65,12 @@ pub struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Spare punched paths to keep to a host reached through a
+    /// rendezvous: each is held open by a small keepalive (about 8 bytes
+    /// a second), and a reconnect takes one at once instead of punching
+    /// again. 0 turns them off.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub spares: usize,
 }
 
 /// Parses a size as people write one: `1073741824`, `512M`, `20G`,
@@ -281,13 +288,13 @@ async fn punch_for_clients<S: Shell>(
 }
 
 /// A path to the host found through the rendezvous.
-struct PunchedPath {
+pub(super) struct PunchedPath {
     /// The socket (and relay, if relayed) to carry the connection.
-    punched: crate::nat::Punched,
+    pub(super) punched: crate::nat::Punched,
     /// The host's address on the path.
-    remote: SocketAddr,
+    pub(super) remote: SocketAddr,
     /// Found by birthday punching.
-    birthday: bool,
+    pub(super) birthday: bool,
 }
 
 /// Punches a path to the host through `rendezvous` (relayed through its
@@ -372,7 +379,7 @@ async fn punch_to_host<S: Shell>(
         Some(ClientEvent::Failed(FailReason::NotTaken)) => bail!(
             "hole punching found a path, but the host did not take it over through the rendezvous {rendezvous}"
         ),
-        Some(ClientEvent::NeedSprayers(_)) | None => {
+        Some(ClientEvent::NeedSprayers(_) | ClientEvent::SpareReady { .. }) | None => {
             bail!("punching ended without an outcome")
         }
     }
@@ -724,9 +731,18 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             kind,
         } = find_path(shell, &ticket).await?;
         let path = std::sync::Mutex::new(kind);
+        let kind_now = || {
+            *path
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        // News from the path's keepers (upgrade, spares), for the writer.
+        let (lines_tx, lines) = async_channel::bounded::<String>(8);
+        let spares = Spares::new(args.spares, lines_tx.clone());
         // When the path dies for good, the transport asks for a new one.
         let (renew_tx, renew_rx) = async_channel::bounded::<Renewal>(1);
-        let transport = RenewingTransport::new(transport, renew_tx);
+        let transport = RenewingTransport::new(transport, renew_tx).renew_first_when(spares.flag());
+        let spare_news = lines_tx.clone();
         let renew = async {
             while let Ok(renewal) = renew_rx.recv().await {
                 if !renewal.wanted() {
@@ -734,8 +750,21 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                     renewal.found_earlier();
                     continue;
                 }
-                let fresh = find_path(shell, &ticket)
-                    .await
+                let spare = match spares.take(&*rt).await {
+                    Some(taken) => taken.and_then(|p| open_punched(shell, &ticket, p)),
+                    None => Err(anyhow!("no spare path")),
+                };
+                let found = match spare {
+                    Ok(found) => {
+                        let _ = spare_news.try_send(format!("Took a spare path ({}).", found.how));
+                        Ok(found)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %format!("{e:#}"), "finding a path anew");
+                        find_path(shell, &ticket).await
+                    }
+                };
+                let fresh = found
                     .map(|found| {
                         *path
                             .lock()
@@ -746,13 +775,20 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                 renewal.found(fresh);
             }
         };
-        // News from the upgrade to a direct path, for the news writer.
-        let (lines_tx, lines) = async_channel::bounded::<String>(8);
         let upgrades = transport.upgrades();
         let upgrade = async {
             match ticket.rendezvous {
                 Some(rendezvous) => {
-                    improve_path(shell, &ticket, rendezvous, &path, upgrades, lines_tx).await
+                    let keepers = (0..args.spares).map(|_| {
+                        keep_spare(shell, &ticket, rendezvous, &spares, || {
+                            kind_now() == PathKind::Direct
+                        })
+                    });
+                    futures_lite::future::zip(
+                        improve_path(shell, &ticket, rendezvous, &path, upgrades, lines_tx),
+                        crate::runtime::join_all(keepers),
+                    )
+                    .await;
                 }
                 None => drop(lines_tx),
             }

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod demo;
 pub mod nat;
 mod news;
+mod spares;
 
 use crate::Shell;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

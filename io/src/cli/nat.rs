@@ -274,7 +274,8 @@ pub fn debug_punch<S: Shell>(shell: &S, args: &PunchArgs, out: &mut dyn Write) -
                         ok = false;
                         format!("failed {direct:?}; relay: {relay}")
                     }
-                    ClientEvent::NeedSprayers(_) => return,
+                    // This punch is never a spare.
+                    ClientEvent::NeedSprayers(_) | ClientEvent::SpareReady { .. } => return,
                 };
                 say(line, out);
             };

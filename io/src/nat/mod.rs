@@ -15,5 +15,5 @@ pub mod rendezvous;
 pub(crate) mod udp;
 
 pub use check::{CheckError, nat_check, route_to};
-pub use punch::{PunchParty, Punched, Relay, client_punch, host_punch};
+pub use punch::{PunchParty, Punched, Relay, client_punch, client_spare, host_punch};
 pub use rendezvous::{RendezvousServer, RendezvousStart};

@@ -267,9 +267,36 @@ pub async fn client_punch(
     runtime: Arc<dyn quinn::Runtime>,
     party: PunchParty,
     bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
-    mut on_event: impl FnMut(&ClientEvent),
+    on_event: impl FnMut(&ClientEvent),
     stop: impl Future<Output = ()>,
 ) -> io::Result<Punched> {
+    punch(runtime, party, bind, on_event, None, stop).await
+}
+
+/// As [`client_punch`], for a spare path (`ClientRendezvous::spare`):
+/// direct only, held alive in both pools from
+/// [`ClientEvent::SpareReady`] on, and taken through the pair handover
+/// (then `Connected`) when `take` yields.
+pub async fn client_spare(
+    runtime: Arc<dyn quinn::Runtime>,
+    party: PunchParty,
+    bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
+    on_event: impl FnMut(&ClientEvent),
+    take: async_channel::Receiver<()>,
+    stop: impl Future<Output = ()>,
+) -> io::Result<Punched> {
+    punch(runtime, party, bind, on_event, Some(take), stop).await
+}
+
+async fn punch(
+    runtime: Arc<dyn quinn::Runtime>,
+    party: PunchParty,
+    bind: impl Fn(SocketAddr) -> io::Result<std::net::UdpSocket>,
+    mut on_event: impl FnMut(&ClientEvent),
+    take: Option<async_channel::Receiver<()>>,
+    stop: impl Future<Output = ()>,
+) -> io::Result<Punched> {
+    let mut take = take.map(Box::pin);
     let socket = bind_toward(party.rendezvous, &bind)?;
     let ip = socket.local_addr()?.ip();
     let first = socket.try_clone()?;
@@ -295,7 +322,9 @@ pub async fn client_punch(
         TraversalConfig::default(),
         Rng::from_seed(party.seed),
     );
-    if !party.may_relay {
+    if take.is_some() {
+        machine = machine.spare();
+    } else if !party.may_relay {
         machine = machine.without_relay();
     }
     let drive = core::future::poll_fn(|cx| {
@@ -306,6 +335,16 @@ pub async fn client_punch(
             });
             if let Some(now) = clock.poll_due(cx, machine.poll_timeout()) {
                 machine.handle_timeout(now);
+                busy = true;
+            }
+            if let Some(rx) = take.as_mut()
+                && let core::task::Poll::Ready(asked) = futures_lite::StreamExt::poll_next(rx, cx)
+            {
+                // Asked once (or never again: the asker is gone).
+                take = None;
+                if asked.is_some() {
+                    machine.take_spare(clock.now());
+                }
                 busy = true;
             }
             while let Some(t) = machine.poll_transmit() {

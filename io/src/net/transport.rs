@@ -324,6 +324,8 @@ struct PathSlot {
     /// The last connect did not succeed (set before each attempt: the
     /// connection machine drops an attempt that outlives its timeout).
     stale: std::sync::atomic::AtomicBool,
+    /// `current` was just upgraded: the next connect is a move onto it.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 /// A request for a fresh path to the host. Whoever finds one hands it to
@@ -381,6 +383,9 @@ impl PathUpgrade {
     /// Makes `path` the transport's path and has the mount move to it.
     pub fn upgrade(&self, path: QuicTransport) {
         self.slot.replace(path);
+        self.slot
+            .upgraded
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         // Full: a move is pending already, and it takes this path.
         let _ = self.better.try_send(());
     }
@@ -399,6 +404,9 @@ pub struct RenewingTransport {
     /// [`PathUpgrade`]'s signal, until the driver takes it.
     better: Option<async_channel::Receiver<()>>,
     better_tx: async_channel::Sender<()>,
+    /// Set while the mount holds a spare path ready (see
+    /// [`Self::renew_first_when`]).
+    spare_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RenewingTransport {
@@ -409,11 +417,23 @@ impl RenewingTransport {
             slot: Arc::new(PathSlot {
                 current: std::sync::Mutex::new(current),
                 stale: std::sync::atomic::AtomicBool::new(false),
+                upgraded: std::sync::atomic::AtomicBool::new(false),
             }),
             renew,
             better: Some(better),
             better_tx,
+            spare_ready: Arc::default(),
         }
+    }
+
+    /// While `spare_ready` holds, a connect after a lost connection asks
+    /// for a [`Renewal`] at once instead of redialling the path that was
+    /// just lost: a spare path, alive by its keepalive seconds ago, is
+    /// the better bet, and a dead path costs a whole handshake timeout
+    /// to find out. A move onto an upgraded path still connects there.
+    pub fn renew_first_when(mut self, spare_ready: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.spare_ready = spare_ready;
+        self
     }
 
     /// What hands this transport a better path.
@@ -438,7 +458,9 @@ impl Transport for RenewingTransport {
         use std::sync::atomic::Ordering;
         let this = self.clone();
         Box::pin(async move {
-            if this.slot.stale.swap(true, Ordering::SeqCst) {
+            let moving = this.slot.upgraded.swap(false, Ordering::SeqCst);
+            let spare = !moving && this.spare_ready.load(Ordering::SeqCst);
+            if this.slot.stale.swap(true, Ordering::SeqCst) || spare {
                 let (answer, found) = async_channel::bounded(1);
                 let renewal = Renewal {
                     slot: this.slot.clone(),
