@@ -210,3 +210,18 @@ pub(crate) async fn join_all<F: Future<Output = ()>>(futures: impl IntoIterator<
     })
     .await;
 }
+
+/// Runs blocking `work` on a thread of its own and waits for it without
+/// blocking the executor; `None` if the thread could not start or died.
+pub(crate) async fn on_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = async_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("wormhole-blocking".into())
+        .spawn(move || {
+            let _ = tx.send_blocking(work());
+        })
+        .ok()?;
+    rx.recv().await.ok()
+}

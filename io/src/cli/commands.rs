@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures_lite::StreamExt;
 
+use super::desk;
 use super::news;
 use super::spares::{Spares, keep_spare};
 use crate::claim::{ClaimError, DirClaim};
@@ -574,6 +575,32 @@ async fn find_path<S: Shell>(shell: &S, ticket: &Ticket) -> Result<FoundPath> {
     })
 }
 
+/// A spare path another mount of the ticket's host on this machine hands
+/// over (`desk`), checked with a probe: `None` if there is none.
+async fn from_another_mount<S: Shell>(shell: &S, ticket: &Ticket) -> Option<FoundPath> {
+    ticket.rendezvous?;
+    let fingerprint = ticket.fingerprint.0;
+    let handed = crate::runtime::on_thread(move || desk::ask(&fingerprint))
+        .await
+        .flatten()?;
+    let remote = handed.remote;
+    let path = PunchedPath {
+        punched: crate::nat::Punched {
+            socket: handed.socket,
+            relay: None,
+        },
+        remote,
+        birthday: handed.birthday,
+    };
+    let mut found = open_punched(shell, ticket, path).ok()?;
+    if let Err(e) = found.transport.probe(&ticket.secret).await {
+        tracing::debug!(error = %e, "the spare from another mount does not work");
+        return None;
+    }
+    found.how = format!("directly, via a spare path another mount of this host kept ({remote})");
+    Some(found)
+}
+
 /// The QUIC transport over a punched (or relayed) path.
 fn open_punched<S: Shell>(shell: &S, ticket: &Ticket, path: PunchedPath) -> Result<FoundPath> {
     let rt = shell.runtime();
@@ -729,7 +756,10 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             transport,
             how,
             kind,
-        } = find_path(shell, &ticket).await?;
+        } = match from_another_mount(shell, &ticket).await {
+            Some(found) => found,
+            None => find_path(shell, &ticket).await?,
+        };
         let path = std::sync::Mutex::new(kind);
         let kind_now = || {
             *path
@@ -775,6 +805,23 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                 renewal.found(fresh);
             }
         };
+        // Another mount of this host on this machine may ask for a spare.
+        let (desk_tx, desk_rx) = async_channel::bounded(1);
+        let _desk = (args.spares > 0 && ticket.rendezvous.is_some())
+            .then(|| desk::Desk::open(&ticket.fingerprint.0))
+            .flatten()
+            .map(|desk| desk.serve(desk_tx));
+        let desk_news = spare_news.clone();
+        let desk_served = async {
+            while let Ok(answer) = desk_rx.recv().await {
+                let spare = spares.take(&*rt).await.and_then(Result::ok);
+                if spare.is_some() {
+                    let _ = desk_news
+                        .try_send("Handed a spare path to another mount of this host.".to_owned());
+                }
+                let _ = answer.send(spare).await;
+            }
+        };
         let upgrades = transport.upgrades();
         let upgrade = async {
             match ticket.rendezvous {
@@ -786,7 +833,7 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
                     });
                     futures_lite::future::zip(
                         improve_path(shell, &ticket, rendezvous, &path, upgrades, lines_tx),
-                        crate::runtime::join_all(keepers),
+                        futures_lite::future::zip(crate::runtime::join_all(keepers), desk_served),
                     )
                     .await;
                 }

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod demo;
+mod desk;
 pub mod nat;
 mod news;
 mod spares;

@@ -1011,6 +1011,62 @@ pub(crate) fn a_mount_takes_a_spare_path_when_its_path_dies(bin: &Path, tag: &st
     );
 }
 
+/// Two mounts of one host in the same home: the first keeps spare
+/// paths, and the second, started after they are ready, takes one of
+/// them from it (the punched socket handed over on this machine) instead
+/// of punching, says so, and reads and writes.
+pub(crate) fn a_second_mount_of_the_same_host_takes_a_spare(bin: &Path, tag: &str) {
+    let net = Internet::new(tag, &[Behaviour::PortRestricted, Behaviour::PortRestricted]);
+    let mut guard = scratch("nat-second", bin);
+    let rendezvous = start_rendezvous(bin, &net, &mut guard);
+    let dir = guard.dir.clone();
+    std::fs::write(dir.join("share/hello.txt"), b"hello\n").expect("seed the share");
+    let in_home = |home: usize| in_namespace(bin, &net.homes[home].ns);
+    let ticket = start_host_in(in_home(0), &dir, &rendezvous, &mut guard);
+    let mount = |mnt: &Path, guard: &mut Cleanup| {
+        let mut child = in_home(1)
+            .arg("mount")
+            .arg(&ticket)
+            .arg(mnt)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run the mount");
+        let out = lines(&mut child);
+        guard.children.push(child);
+        let connected = line_within(&out, "how it connected", Duration::from_secs(60), |l| {
+            l.starts_with("Connected")
+        });
+        line_where(&out, "the mount", |l| l.starts_with("Mounted at"));
+        (connected, out)
+    };
+    let (first_mnt, second_mnt) = (dir.join("mnt1"), dir.join("mnt2"));
+    for mnt in [&first_mnt, &second_mnt] {
+        std::fs::create_dir_all(mnt).expect("a mountpoint");
+    }
+    let (first, first_out) = mount(&first_mnt, &mut guard);
+    line_within(&first_out, "the spares", Duration::from_secs(60), |l| {
+        l.contains("spare paths to the host kept ready")
+    });
+    let (second, _) = mount(&second_mnt, &mut guard);
+    println!("first: {first}\nsecond: {second}");
+    assert!(first.contains("via hole punching"), "{first}");
+    assert!(
+        second.contains("via a spare path another mount of this host kept"),
+        "{second}"
+    );
+    line_where(&first_out, "the hand-over", |l| {
+        l.starts_with("Handed a spare path to another mount")
+    });
+    let hello = std::fs::read(second_mnt.join("hello.txt")).expect("read through the second");
+    assert_eq!(hello, b"hello\n");
+    std::fs::write(second_mnt.join("two.txt"), b"two\n").expect("write through the second");
+    let seen = std::fs::read(first_mnt.join("two.txt")).expect("the first mount sees it");
+    assert_eq!(seen, b"two\n");
+    for mnt in [&second_mnt, &first_mnt] {
+        let _ = Command::new(bin).arg("unmount").arg(mnt).status();
+    }
+}
+
 /// The figures of docs/relay.md's reconnect table: the time from a lost
 /// connection to the next byte read with a spare path, punching anew,
 /// and through the relay. A measurement, run by hand:
@@ -1108,6 +1164,14 @@ macro_rules! nat_tests {
             nat::a_mount_takes_a_spare_path_when_its_path_dies(
                 std::path::Path::new($bin),
                 concat!($tag, "s"),
+            );
+        }
+
+        #[test]
+        fn a_second_mount_of_the_same_host_takes_a_spare() {
+            nat::a_second_mount_of_the_same_host_takes_a_spare(
+                std::path::Path::new($bin),
+                concat!($tag, "2"),
             );
         }
 
