@@ -677,6 +677,9 @@ pub enum ClientEvent {
         local: SocketAddr,
         /// The peer's address on the path.
         remote: SocketAddr,
+        /// Found by birthday punching (whose many sockets stay open on
+        /// both sides while the spare is held).
+        birthday: bool,
     },
 }
 
@@ -1340,6 +1343,7 @@ impl ClientRendezvous {
                     self.events.push_back(ClientEvent::SpareReady {
                         local: p.local,
                         remote: p.remote,
+                        birthday: p.birthday,
                     });
                 }
                 _ => self.take(now),

@@ -651,7 +651,7 @@ mod signalling {
             |_| false,
             |w| w.client_saw(|e| matches!(e, ClientEvent::SpareReady { .. })),
         );
-        let Some(&ClientEvent::SpareReady { local, remote }) = w.client_events.last() else {
+        let Some(&ClientEvent::SpareReady { local, remote, .. }) = w.client_events.last() else {
             panic!("no spare: {:?}", w.client_events);
         };
         assert!(

@@ -218,8 +218,9 @@ mod tests {
         std::thread::spawn(move || {
             let (stream, _) = listener.accept().expect("a request");
             let mount = std::thread::spawn(move || {
-                let reply: async_channel::Sender<Option<PunchedPath>> =
-                    asked.recv_blocking().expect("the request reaches the mount");
+                let reply: async_channel::Sender<Option<PunchedPath>> = asked
+                    .recv_blocking()
+                    .expect("the request reaches the mount");
                 reply.send_blocking(spare).expect("answered");
             });
             answer(stream, &requests).expect("the answer goes out");

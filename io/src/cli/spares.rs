@@ -118,7 +118,7 @@ impl Spares {
 /// `spares` for as long as it runs: punches it (while `direct()` says the
 /// mount is on a direct path: between NATs that need a relay no spare
 /// can be punched), holds it, and punches the next once it is taken or
-/// dies.
+/// dies. Gives up where only birthday punching finds a path.
 pub(super) async fn keep_spare<S: Shell>(
     shell: &S,
     ticket: &Ticket,
@@ -157,11 +157,19 @@ pub(super) async fn keep_spare<S: Shell>(
             path: path_rx,
         });
         let mut outcome = None;
+        let mut birthday = false;
         let punched = crate::nat::client_spare(
             rt.clone(),
             party,
             |a| shell.bind_udp(a),
             |event| match event {
+                // Birthday punching leaves hundreds of sockets open on
+                // both sides for as long as the path is held: too dear
+                // for a spare.
+                ClientEvent::SpareReady { birthday: true, .. } => {
+                    birthday = true;
+                    let _ = end_tx.try_send(());
+                }
                 ClientEvent::SpareReady { .. } => {
                     if let Some(r) = ready.take() {
                         spares.offer(r);
@@ -180,6 +188,10 @@ pub(super) async fn keep_spare<S: Shell>(
         )
         .await;
         spares.withdraw(id);
+        if birthday {
+            tracing::info!("no spare paths: this host is reached by birthday punching only");
+            return;
+        }
         let path = match (punched, outcome) {
             (
                 Ok(punched),
