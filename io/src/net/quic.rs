@@ -167,6 +167,92 @@ pub fn exporter(conn: &quinn::Connection) -> io::Result<[u8; 32]> {
     Ok(out)
 }
 
+/// A reference for benchmarks: the time one QUIC stream takes to carry
+/// `bytes` from a host endpoint to a client endpoint over loopback, with
+/// exactly the file protocol's configuration (endpoints, transport, TLS,
+/// socket buffers), counted from the client's first byte to its last (the
+/// handshake excluded). A cold read through a mount is this plus
+/// everything Wormhole does, so the ratio of the two says how much of
+/// the transport's speed the file system keeps.
+pub async fn loopback_stream_time(
+    runtime: Arc<dyn quinn::Runtime>,
+    bytes: usize,
+) -> io::Result<Duration> {
+    use crate::net::identity::SERVER_NAME;
+    let identity = Identity::generate().map_err(io::Error::other)?;
+    let bind = || -> io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        size_socket_buffers(&socket);
+        runtime.wrap_udp_socket(socket)
+    };
+    let server_config = host_server_config(&identity).map_err(io::Error::other)?;
+    let host = quinn::Endpoint::new_with_abstract_socket(
+        host_endpoint_config(&identity),
+        Some(server_config),
+        bind()?,
+        runtime.clone(),
+    )?;
+    let client = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(),
+        None,
+        bind()?,
+        runtime.clone(),
+    )?;
+    let client_config = host_client_config(identity.fingerprint()).map_err(io::Error::other)?;
+    let at = host.local_addr()?;
+    let send = async {
+        let incoming = host
+            .accept()
+            .await
+            .ok_or_else(|| io::Error::other("no client"))?;
+        let conn = incoming.await?;
+        let mut stream = conn.open_uni().await?;
+        // Read replies are 128 KiB chunks.
+        let chunk = bytes::Bytes::from(vec![0x5a; 128 << 10]);
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            stream
+                .write_chunk(chunk.slice(..n))
+                .await
+                .map_err(io::Error::other)?;
+            left -= n;
+        }
+        stream.finish().map_err(io::Error::other)?;
+        // Until the client has it all (it closes the connection).
+        let _ = conn.closed().await;
+        io::Result::Ok(())
+    };
+    let receive = async {
+        let conn = client
+            .connect_with(client_config, at, SERVER_NAME)
+            .map_err(io::Error::other)?
+            .await?;
+        let mut stream = conn.accept_uni().await?;
+        let mut got = 0;
+        let mut started = None;
+        while let Some(chunk) = stream
+            .read_chunk(usize::MAX, true)
+            .await
+            .map_err(io::Error::other)?
+        {
+            started.get_or_insert_with(|| runtime.now());
+            got += chunk.bytes.len();
+        }
+        let took = started
+            .map(|t| runtime.now().saturating_duration_since(t))
+            .unwrap_or_default();
+        conn.close(CLOSE_OK, b"done");
+        if got != bytes {
+            return Err(io::Error::other(format!("{got} of {bytes} bytes arrived")));
+        }
+        io::Result::Ok(took)
+    };
+    let (sent, took) = futures_lite::future::zip(send, receive).await;
+    sent?;
+    took
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
