@@ -69,8 +69,10 @@ pub struct MountArgs {
     /// Spare punched paths to keep to a host reached through a
     /// rendezvous: each is held open by a small keepalive (about 8 bytes
     /// a second), and a reconnect takes one at once instead of punching
-    /// again. 0 turns them off.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    /// again. 0 turns them off; at most 4 (each holds one of the host's
+    /// 16 punching sessions).
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=4))]
     pub spares: usize,
 }
 

@@ -171,6 +171,8 @@ pub(super) async fn keep_spare<S: Shell>(
                     let _ = end_tx.try_send(());
                 }
                 ClientEvent::SpareReady { .. } => {
+                    // Punching works again: a later loss starts afresh.
+                    wait = RETRY_FIRST;
                     if let Some(r) = ready.take() {
                         spares.offer(r);
                     }

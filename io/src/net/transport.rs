@@ -326,6 +326,8 @@ struct PathSlot {
     stale: std::sync::atomic::AtomicBool,
     /// `current` was just upgraded: the next connect is a move onto it.
     upgraded: std::sync::atomic::AtomicBool,
+    /// `current` was just found by a renewal and not tried yet.
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 /// A request for a fresh path to the host. Whoever finds one hands it to
@@ -354,7 +356,14 @@ impl Renewal {
     /// The outcome of the search: a fresh path becomes the transport's
     /// current one, and the waiting connect (if still there) goes on.
     pub fn found(self, path: io::Result<QuicTransport>) {
-        let answer = path.map(|transport| self.slot.replace(transport));
+        let answer = path.map(|transport| {
+            self.slot.replace(transport);
+            // Fresh and untried: the next connect goes over it, not over
+            // a spare.
+            self.slot
+                .fresh
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        });
         let _ = self.answer.try_send(answer);
     }
 }
@@ -418,6 +427,7 @@ impl RenewingTransport {
                 current: std::sync::Mutex::new(current),
                 stale: std::sync::atomic::AtomicBool::new(false),
                 upgraded: std::sync::atomic::AtomicBool::new(false),
+                fresh: std::sync::atomic::AtomicBool::new(false),
             }),
             renew,
             better: Some(better),
@@ -459,7 +469,8 @@ impl Transport for RenewingTransport {
         let this = self.clone();
         Box::pin(async move {
             let moving = this.slot.upgraded.swap(false, Ordering::SeqCst);
-            let spare = !moving && this.spare_ready.load(Ordering::SeqCst);
+            let fresh = this.slot.fresh.swap(false, Ordering::SeqCst);
+            let spare = !moving && !fresh && this.spare_ready.load(Ordering::SeqCst);
             if this.slot.stale.swap(true, Ordering::SeqCst) || spare {
                 let (answer, found) = async_channel::bounded(1);
                 let renewal = Renewal {
@@ -478,6 +489,9 @@ impl Transport for RenewingTransport {
             }
             let link = this.current().connect().await?;
             this.slot.stale.store(false, Ordering::SeqCst);
+            // A move the core did not make (it was not connected) must
+            // not make the next loss redial instead of taking a spare.
+            this.slot.upgraded.store(false, Ordering::SeqCst);
             Ok(link)
         })
     }
