@@ -187,14 +187,16 @@ pub struct AttrDelivery {
 }
 
 impl World {
-    /// A running host on `disk` and `clients` connected mounts.
+    /// A running host on `disk` and `clients` connected mounts. What
+    /// `disk` holds was there before the host started: it is durable.
     pub fn new(
         seed: u64,
-        disk: MemFs,
+        mut disk: MemFs,
         clients: usize,
         host_cfg: HostConfig,
         client_cfg: ClientConfig,
     ) -> Self {
+        let _ = disk.execute(crate::host::FsOp::Sync);
         let mut rng = Rng::from_u64(seed);
         let host = HostServer::new(host_cfg.clone(), SECRET, Rng::from_u64(rng.next_u64()));
         let mut w = World {
@@ -650,7 +652,10 @@ impl World {
     /// connection drops.
     pub fn crash_host(&mut self) {
         self.host_up = false;
-        self.disk.crash();
+        // The disk keeps what was synced and some prefix of what came
+        // after, any prefix as likely as another.
+        let keep = self.rng.below(self.disk.unsynced() as u64 + 1) as usize;
+        self.disk.crash(keep);
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
             self.drop_conn(conn);

@@ -63,9 +63,10 @@ fn time(rng: &mut Rng) -> Option<SetTime> {
 fn op(rng: &mut Rng) -> FsOp {
     let txn = TxnId(rng.below(3));
     let handle = FsHandle(rng.below(4));
-    match rng.below(22) {
+    match rng.below(23) {
         0 | 1 => FsOp::Stat { path: path(rng) },
         21 => FsOp::StatFs,
+        22 => FsOp::Sync,
         2 => FsOp::List {
             path: path(rng),
             cookie: rng.below(4),
@@ -380,7 +381,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     println!("succeeded at least once: {worked:?}");
     assert_eq!(
         worked.len(),
-        19,
+        20,
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
@@ -424,7 +425,7 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
     println!("8000 operations on tmpfs agreed; {ok} succeeded");
-    assert_eq!(worked.len(), 19, "{worked:?}");
+    assert_eq!(worked.len(), 20, "{worked:?}");
 }
 
 #[test]
@@ -524,6 +525,7 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             base,
         },
         FsOp::StageAbort { txn: x } => FsOp::StageAbort { txn: txn(x) },
+        FsOp::Sync => FsOp::Sync,
         // Global: its figures depend on the other threads.
         FsOp::StatFs => FsOp::Stat {
             path: RelPath::from(vec![top.clone()]),

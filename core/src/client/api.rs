@@ -217,6 +217,9 @@ pub enum Op {
     },
     /// File system statistics.
     Statfs,
+    /// fsyncdir(2): everything the host applied so far made durable (a
+    /// directory's entries are among it).
+    SyncAll,
 }
 
 impl Op {

@@ -319,6 +319,9 @@ impl ClientCore {
                     self.reply(req, Ok(Answer::Done));
                     return Ok(());
                 }
+                if matches!(op, Op::Fsync { .. }) {
+                    self.fsyncs.insert(req, *fh);
+                }
                 self.commit_then(now, node, AfterCommit::Reply(req, *fh))?;
             }
             Op::Release { fh } => {
@@ -421,6 +424,7 @@ impl ClientCore {
                 );
             }
             Op::Statfs => self.send(now, Purpose::kernel_op(req, &op), Request::Statfs),
+            Op::SyncAll => self.send(now, Purpose::kernel_op(req, &op), Request::Sync),
         }
         Ok(())
     }

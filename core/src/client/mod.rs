@@ -76,6 +76,11 @@ struct Handle {
     /// every handle open on a file when its writes were lost reports the
     /// loss once, whichever handle wrote them.
     error: Option<Errno>,
+    /// A commit of its file was applied since this handle's last fsync:
+    /// if the host restarts before one, that commit may not have reached
+    /// its disk, and the handle reports EIO once (a delayed write error,
+    /// as a local disk's writeback failure would be).
+    unsynced: bool,
 }
 
 /// Why a request was sent: what to do with its reply.
@@ -142,6 +147,9 @@ enum OpPart {
     First,
     /// Create's second request: open the new file.
     OpenCreated { ino: Ino },
+    /// Fsync's second request, once its commit is applied: make it
+    /// durable.
+    Sync,
     /// SetAttr's mode/time part after its size part committed.
     Rest,
     /// A read's attributes refresh after its chunks changed version.
@@ -297,6 +305,12 @@ pub struct ClientCore {
     next_fh: u64,
     writes: BTreeMap<NodeId, WriteTxn>,
     after_commit: BTreeMap<NodeId, Vec<AfterCommit>>,
+    /// Fsyncs whose commit is not over yet: its success is answered by a
+    /// Sync, not by the commit.
+    fsyncs: BTreeMap<Req, Fh>,
+    /// Fsyncs whose commit succeeded: their Sync goes out at the next
+    /// drain.
+    to_sync: Vec<(Req, Fh)>,
     /// Per file, operations waiting for a commit to end, in kernel order.
     blocked: BTreeMap<NodeId, VecDeque<Blocked>>,
     in_flight: BTreeMap<RequestId, InFlight>,
@@ -359,6 +373,8 @@ impl ClientCore {
             next_fh: 1,
             writes: BTreeMap::new(),
             after_commit: BTreeMap::new(),
+            fsyncs: BTreeMap::new(),
+            to_sync: Vec::new(),
             blocked: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             queued: VecDeque::new(),
@@ -619,6 +635,13 @@ impl ClientCore {
     // --------------------------------------------------------- plumbing
 
     fn reply(&mut self, req: Req, result: Result<Answer, Errno>) {
+        if let Some(fh) = self.fsyncs.remove(&req)
+            && result == Ok(Answer::Done)
+        {
+            // The commit is applied; the fsync answers once it is durable.
+            self.to_sync.push((req, fh));
+            return;
+        }
         self.out.push_back(ClientOutput::Reply { req, result });
     }
 
@@ -675,6 +698,15 @@ impl ClientCore {
         // only produce outputs for inputs, so this ends.
         for _ in 0..64 {
             let mut moved = false;
+            for (req, fh) in std::mem::take(&mut self.to_sync) {
+                moved = true;
+                let purpose = Purpose::Op {
+                    req,
+                    op: Op::Fsync { fh },
+                    part: OpPart::Sync,
+                };
+                self.send(now, purpose, Request::Sync);
+            }
             while let Some(o) = self.conn.poll_output() {
                 moved = true;
                 self.on_conn(now, o);
@@ -853,6 +885,13 @@ impl ClientCore {
         let queued: Vec<(Purpose, Request, Instant)> = self.queued.drain(..).collect();
         for (purpose, request, _) in queued {
             match purpose {
+                // What it was to make durable was applied by a host run
+                // that is gone, perhaps with it.
+                Purpose::Op {
+                    req,
+                    part: OpPart::Sync,
+                    ..
+                } => self.reply(req, Err(Errno::Io)),
                 Purpose::Op { req, op, .. } => self.deferred.push_back((req, op)),
                 Purpose::Write { node, op } => {
                     if let Some(w) = self.writes.get_mut(&node) {
@@ -871,6 +910,13 @@ impl ClientCore {
                     let _ = request;
                     self.fail_purpose(now, other, Errno::Stale);
                 }
+            }
+        }
+        // Commits the old run applied but perhaps never made durable: the
+        // handles they were made through say so once.
+        for h in self.handles.values_mut() {
+            if std::mem::take(&mut h.unsynced) {
+                h.error.get_or_insert(Errno::Io);
             }
         }
         // Writes waiting for an old transaction's commit would start a new

@@ -233,6 +233,8 @@ fn a_cut_off_handle_flushes_with_estale() {
     let (_, fh) = open(&mut w, 0, "a");
     let (_, other) = open(&mut w, 1, "a");
     write(&mut w, 1, other, b"new");
+    // Durable, so the crash cannot take the rewrite back.
+    assert_eq!(w.call(1, Op::Fsync { fh: other }), Ok(Answer::Done));
     assert_eq!(w.call(1, Op::Release { fh: other }), Ok(Answer::Done));
     w.crash_host();
     w.restart_host();

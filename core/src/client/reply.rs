@@ -412,6 +412,13 @@ impl ClientCore {
             }
             (Op::Readlink { .. }, _, Ok(Reply::Link(target))) => Some(Ok(Answer::Link(target))),
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
+            (Op::SyncAll, _, Ok(Reply::Done)) => Some(Ok(Answer::Done)),
+            (Op::Fsync { fh }, OpPart::Sync, Ok(Reply::Done)) => {
+                if let Some(h) = self.handles.get_mut(fh) {
+                    h.unsynced = false;
+                }
+                Some(Ok(Answer::Done))
+            }
             (Op::Read { .. }, OpPart::RefreshRead, Ok(Reply::Attr(a))) => {
                 // Handles on this file now read the new version: those that
                 // read by node, and those whose host handle holds that very
@@ -548,6 +555,7 @@ impl ClientCore {
                 host,
                 attr,
                 error: None,
+                unsynced: false,
             },
         );
         fh
@@ -825,6 +833,11 @@ impl ClientCore {
         result: Result<Attr, Errno>,
     ) {
         let waiting = self.after_commit.remove(&node).unwrap_or_default();
+        if result.is_ok() {
+            for h in self.handles.values_mut().filter(|h| h.node == node) {
+                h.unsynced = true;
+            }
+        }
         if let Err(e) = result {
             // Every handle open on the file reports the loss once: the
             // flushes waiting for this commit, or queued behind it, now;

@@ -375,6 +375,8 @@ fn the_mount_survives_a_host_restart_and_keeps_acknowledged_data() {
     let mut w = world(&[], 1);
     let (_, fh) = create(&mut w, 0, "kept");
     write(&mut w, 0, fh, 0, b"acknowledged");
+    // Durable once fsync says so (a close only makes it visible).
+    assert_eq!(w.call(0, Op::Fsync { fh }), Ok(Answer::Done));
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "kept").expect("kept");
     w.crash_host();
@@ -1173,4 +1175,45 @@ fn a_silent_partition_is_answered_from_the_cache_then_healed() {
     assert_eq!(read_all(&mut w, 0, fh, 10), b"never read");
     assert!(w.now - start < Duration::from_secs(1), "at once");
     assert!(w.clients[0].events.contains(&ClientEvent::Reachable));
+}
+
+/// fsync answers only once the host's disk has what it covers; a close
+/// answers once the commit is applied (docs/filesystem.md,
+/// "Durability").
+#[test]
+fn an_fsync_answers_once_the_hosts_disk_has_the_commit() {
+    let mut w = world(&[], 1);
+    let (_, fh) = create(&mut w, 0, "f");
+    write(&mut w, 0, fh, 0, b"data");
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("f")])),
+        Some(&b"data"[..]),
+        "visible"
+    );
+    assert!(w.disk.unsynced() > 0, "not yet durable");
+    assert_eq!(w.call(0, Op::Fsync { fh }), Ok(Answer::Done));
+    assert_eq!(w.disk.unsynced(), 0, "durable when fsync answers");
+}
+
+/// A commit applied by a host run that crashed before syncing it may be
+/// gone: the handle it was made through says so once (EIO), as a local
+/// disk's failed writeback would, instead of a silent success.
+#[test]
+fn a_commit_a_host_crash_may_have_lost_is_reported_once() {
+    let mut w = world(&[("f", b"old")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let fh = open(&mut w, 0, ino);
+    write(&mut w, 0, fh, 0, b"new");
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    w.crash_host();
+    w.restart_host();
+    w.run_for(Duration::from_secs(40));
+    assert!(w.clients[0].core.is_ready());
+    assert_eq!(w.call(0, Op::Fsync { fh }), Err(Errno::Io));
+    assert_ne!(
+        w.call(0, Op::Fsync { fh }),
+        Err(Errno::Io),
+        "reported once, not forever"
+    );
 }

@@ -258,12 +258,14 @@ pub enum FsOp {
         /// New size.
         size: u64,
     },
-    /// Make the staged copy the file, atomically and durably: set its size,
-    /// fsync it, rename it over `path`, fsync the directory. Only then is
-    /// the commit acknowledged, so a crash leaves old or new, never a mix.
-    /// If the file at `path` is no longer `base` (another file was put
-    /// there, or it was changed in place), nothing is renamed: ESTALE,
-    /// and the staging is dropped.
+    /// Make the staged copy the file, atomically: set its size and rename
+    /// it over `path`, so that a crash at any later moment leaves the old
+    /// content or the whole new one, never a mix (the staged bytes reach
+    /// the disk before the rename does: by an fsync first, or by the file
+    /// system's own ordering where it promises that). Durable only after
+    /// the next [`FsOp::Sync`]. If the file at `path` is no longer `base`
+    /// (another file was put there, or it was changed in place), nothing
+    /// is renamed: ESTALE, and the staging is dropped.
     StageCommit {
         /// The transaction.
         txn: TxnId,
@@ -279,6 +281,29 @@ pub enum FsOp {
         /// The transaction.
         txn: TxnId,
     },
+    /// Make every change whose result was reported before this operation
+    /// was issued durable (the group commit): answered `Done` once the
+    /// disk has it, or with the error the disk gave.
+    Sync,
+}
+
+impl FsOp {
+    /// Whether it changes what the disk keeps (and so must be synced to
+    /// survive a crash). Staging is not: it is thrown away by a crash
+    /// anyway, and its commit is.
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            FsOp::Create { .. }
+                | FsOp::Mkdir { .. }
+                | FsOp::Unlink { .. }
+                | FsOp::Rmdir { .. }
+                | FsOp::Rename { .. }
+                | FsOp::Symlink { .. }
+                | FsOp::SetAttr { .. }
+                | FsOp::StageCommit { .. }
+        )
+    }
 }
 
 /// The result of an [`FsOp`].
@@ -304,7 +329,7 @@ pub enum FsOk {
     /// Statistics (StatFs).
     StatFs(StatFs),
     /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
-    /// StageTruncate, StageAbort).
+    /// StageTruncate, StageAbort, Sync).
     Done,
 }
 

@@ -1,11 +1,15 @@
 //! An in-memory disk that executes [`FsOp`]s exactly as the shell must:
-//! beneath the root, never following a symlink, every reported mutation
-//! durable, staging files volatile until committed.
+//! beneath the root, never following a symlink, staging files volatile
+//! until committed, mutations durable at the next [`FsOp::Sync`].
 //!
 //! It is the reference for the shell's file executor and the disk of the
 //! simulations: [`MemFs::crash`] throws away everything a real crash could
-//! (open handles, staging files), and nothing else, because the shell
-//! reports a mutation only after it is on disk. For the simulations it
+//! and nothing else: open handles, staging files, and the mutations since
+//! the last sync beyond some prefix of them. A journaling file system
+//! (ext4's jbd2) commits metadata in order, so what a crash keeps is the
+//! state after some prefix of the operations; each of those states holds
+//! every file at one whole version, because a commit's bytes reach the
+//! disk before its rename does (docs/filesystem.md, "Durability"). For the simulations it
 //! also plays what happens to a real disk behind the core's back: local
 //! programs ([`MemFs::local_replace`] and its neighbours), a disk that
 //! fills up ([`MemFs::set_capacity`]) and one that fails
@@ -53,7 +57,25 @@ pub struct MemFs {
     capacity: Option<u64>,
     /// The next this many data writes fail with this errno.
     failing: Option<(Errno, u32)>,
+    /// What the disk holds for certain: the tree at the last sync.
+    durable: Tree,
+    /// The tree after each mutation since the last sync, oldest first
+    /// (thinned out past [`MAX_CRASH_POINTS`]): the states a crash may
+    /// leave beside `durable`.
+    since_sync: Vec<Tree>,
 }
+
+/// The persistent part of the disk: inodes and the next inode number.
+#[derive(Clone, Debug)]
+struct Tree {
+    inodes: BTreeMap<u64, Inode>,
+    next_ino: u64,
+}
+
+/// Crash points kept between syncs: when more accumulate, every other one
+/// is dropped, so a long window costs bounded memory and a crash still
+/// lands anywhere in it.
+const MAX_CRASH_POINTS: usize = 32;
 
 const ROOT: u64 = 1;
 const DEV: u64 = 7;
@@ -64,6 +86,11 @@ impl MemFs {
         let mut inodes = BTreeMap::new();
         inodes.insert(ROOT, Inode::new(FileKind::Dir, 0o755, Timestamp::default()));
         MemFs {
+            durable: Tree {
+                inodes: inodes.clone(),
+                next_ino: ROOT + 1,
+            },
+            since_sync: Vec::new(),
             inodes,
             next_ino: ROOT + 1,
             handles: BTreeMap::new(),
@@ -206,12 +233,57 @@ impl MemFs {
         .map(|_| ())
     }
 
+    /// Mutations since the last sync: a crash keeps some prefix of them
+    /// (see [`MemFs::crash`]).
+    pub fn unsynced(&self) -> usize {
+        self.since_sync.len()
+    }
+
     /// A power cut: open handles and staging files vanish (unlinked-but-open
-    /// files with them); everything whose result was reported survives.
-    pub fn crash(&mut self) {
+    /// files with them), and of the mutations since the last sync only the
+    /// first `keep` survive (of those still recorded: at most
+    /// [`MemFs::unsynced`]; more keeps them all).
+    pub fn crash(&mut self, keep: usize) {
+        let tree = match keep.checked_sub(1) {
+            None => self.durable.clone(),
+            Some(i) => self.since_sync.get(i).cloned().unwrap_or_else(|| Tree {
+                inodes: self.inodes.clone(),
+                next_ino: self.next_ino,
+            }),
+        };
+        self.inodes = tree.inodes;
+        // Inode numbers are never reused within the disk's life, crash or
+        // not: a file made after the kept state must not share its number
+        // with one made again later.
+        self.next_ino = self.next_ino.max(tree.next_ino);
         self.handles.clear();
         self.staged.clear();
         self.collect();
+        self.synced();
+    }
+
+    /// Everything so far is durable.
+    fn synced(&mut self) {
+        self.since_sync.clear();
+        self.durable = Tree {
+            inodes: self.inodes.clone(),
+            next_ino: self.next_ino,
+        };
+    }
+
+    /// Records the state after a mutation as a point a crash may leave.
+    fn mutated(&mut self) {
+        if self.since_sync.len() >= MAX_CRASH_POINTS {
+            let mut i = 0;
+            self.since_sync.retain(|_| {
+                i += 1;
+                i % 2 == 0
+            });
+        }
+        self.since_sync.push(Tree {
+            inodes: self.inodes.clone(),
+            next_ino: self.next_ino,
+        });
     }
 
     /// The content of a regular file, following no symlink (for checks).
@@ -327,6 +399,15 @@ impl MemFs {
     /// Executes one operation.
     pub fn execute(&mut self, op: FsOp) -> FsResult {
         self.tick();
+        let mutation = op.mutates();
+        let result = self.run(op);
+        if mutation && result.is_ok() {
+            self.mutated();
+        }
+        result
+    }
+
+    fn run(&mut self, op: FsOp) -> FsResult {
         match op {
             FsOp::Stat { path } => Ok(FsOk::Attr(self.attr(self.resolve(&path)?)?)),
             FsOp::List { path, cookie, max } => {
@@ -641,6 +722,16 @@ impl MemFs {
             }
             FsOp::StageAbort { txn } => {
                 self.staged.remove(&txn);
+                Ok(FsOk::Done)
+            }
+            FsOp::Sync => {
+                if let Some((errno, left)) = self.failing {
+                    // A failing disk fails the flush too; nothing is
+                    // known durable.
+                    self.failing = (left > 1).then_some((errno, left - 1));
+                    return Err(errno);
+                }
+                self.synced();
                 Ok(FsOk::Done)
             }
         }

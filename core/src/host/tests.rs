@@ -217,6 +217,8 @@ fn disk_with(files: &[(&[&str], &[u8])], dirs: &[&[&str]]) -> MemFs {
     for (p, data) in files {
         disk.local_replace(&path(p), data).expect("seed a file");
     }
+    // There before the host started: durable.
+    disk.execute(FsOp::Sync).expect("sync");
     disk
 }
 
@@ -687,7 +689,7 @@ fn a_crash_mid_transaction_leaves_the_old_content() {
     let token = r.lock(c, a.node);
     let txn = r.begin(c, a.node, token);
     r.chunk(c, txn, 0, 0, b"NEW!!").expect("chunk");
-    r.disk.crash();
+    r.disk.crash(usize::MAX);
     assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
     assert_eq!(r.disk.staged(), 0);
 }
@@ -1414,4 +1416,145 @@ fn a_directory_moved_on_the_host_is_followed_at_its_next_lookup() {
         Ok(dir.node)
     );
     assert_eq!(r.lookup(c, NodeId::ROOT, "dir").err(), Some(Errno::NoEnt));
+}
+
+// ------------------------------------------------------------ group commit
+
+/// Commits `data` as the whole new content of `node`, releasing the lock.
+fn commit(r: &mut Rig, c: ConnId, node: NodeId, data: &[u8]) -> Result<Reply, Errno> {
+    let token = r.lock(c, node);
+    let txn = r.begin(c, node, token);
+    r.chunk(c, txn, 0, 0, data).expect("chunk");
+    let reply = r.call(
+        c,
+        Request::CommitWrite {
+            txn,
+            size: data.len() as u64,
+        },
+    );
+    r.call(c, Request::ReleaseLock { token }).expect("release");
+    reply
+}
+
+/// The content `p` would have after a crash that keeps only what was
+/// synced.
+fn after_crash(disk: &MemFs, p: &[&str]) -> Option<Vec<u8>> {
+    let mut lost = disk.clone();
+    lost.crash(0);
+    lost.read_file(&path(p)).map(<[u8]>::to_vec)
+}
+
+#[test]
+fn a_commit_is_answered_before_the_disk_has_it_and_a_sync_after() {
+    let mut r = rig();
+    let c = r.client(1);
+    assert_eq!(r.disk.unsynced(), 0, "the seeded files are durable");
+    assert_eq!(r.call(c, Request::Sync), Ok(Reply::Done), "nothing to sync");
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    assert!(matches!(
+        commit(&mut r, c, a.node, b"NEW"),
+        Ok(Reply::Attr(_))
+    ));
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"NEW"[..]));
+    assert_eq!(
+        after_crash(&r.disk, &["a.txt"]).as_deref(),
+        Some(&b"hello"[..]),
+        "applied, visible, not yet durable"
+    );
+    assert_eq!(r.call(c, Request::Sync), Ok(Reply::Done));
+    assert_eq!(
+        after_crash(&r.disk, &["a.txt"]).as_deref(),
+        Some(&b"NEW"[..])
+    );
+}
+
+#[test]
+fn the_group_commit_syncs_a_window_after_the_first_change() {
+    let mut r = rig();
+    let c = r.client(1);
+    r.call(c, Request::Sync).expect("sync");
+    let start = r.now;
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    commit(&mut r, c, a.node, b"NEW").expect("commit");
+    assert_eq!(
+        r.host.poll_timeout(),
+        Some(start + HostConfig::default().sync_window),
+        "due a window after the change"
+    );
+    r.advance(Duration::from_millis(999));
+    assert!(r.disk.unsynced() > 0, "not before the window ends");
+    r.advance(Duration::from_millis(1));
+    assert_eq!(r.disk.unsynced(), 0, "synced when it ends");
+    assert_eq!(
+        after_crash(&r.disk, &["a.txt"]).as_deref(),
+        Some(&b"NEW"[..])
+    );
+}
+
+#[test]
+fn with_no_window_a_change_is_answered_only_once_on_disk() {
+    let mut r = Rig::new(
+        HostConfig {
+            sync_window: Duration::ZERO,
+            ..HostConfig::default()
+        },
+        disk_with(&[], &[]),
+    );
+    let c = r.client(1);
+    r.hold = true;
+    let id = r.send(
+        c,
+        Request::Create {
+            parent: NodeId::ROOT,
+            name: name("new"),
+            mode: 0o644,
+            exclusive: true,
+        },
+    );
+    assert!(matches!(r.held[..], [(_, FsOp::Create { .. })]));
+    r.release_held();
+    assert_eq!(r.reply(c, id), None, "made, but not on disk yet");
+    assert!(matches!(r.held[..], [(_, FsOp::Sync)]), "{:?}", r.held);
+    r.release_held();
+    assert!(matches!(r.reply(c, id), Some(Ok(Reply::Attr(_)))));
+    assert!(after_crash(&r.disk, &["new"]).is_some());
+}
+
+#[test]
+fn fsyncs_waiting_together_share_one_flush() {
+    let mut r = rig();
+    let (c1, c2) = (r.client(1), r.client(2));
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    commit(&mut r, c1, a.node, b"NEW").expect("commit");
+    r.hold = true;
+    let ids = [
+        (c1, r.send(c1, Request::Sync)),
+        (c2, r.send(c2, Request::Sync)),
+        (c1, r.send(c1, Request::Sync)),
+    ];
+    assert!(matches!(r.held[..], [(_, FsOp::Sync)]), "{:?}", r.held);
+    r.release_held();
+    for (c, id) in ids {
+        assert_eq!(r.reply(c, id), Some(Ok(Reply::Done)));
+    }
+    assert!(r.held.is_empty(), "nothing left to sync");
+}
+
+#[test]
+fn a_sync_the_disk_fails_reports_its_error_and_the_next_one_retries() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    commit(&mut r, c, a.node, b"NEW").expect("commit");
+    r.disk.fail_next(Errno::Io, 1);
+    assert_eq!(r.call(c, Request::Sync), Err(Errno::Io));
+    assert_eq!(
+        after_crash(&r.disk, &["a.txt"]).as_deref(),
+        Some(&b"hello"[..])
+    );
+    assert_eq!(r.call(c, Request::Sync), Ok(Reply::Done));
+    assert_eq!(
+        after_crash(&r.disk, &["a.txt"]).as_deref(),
+        Some(&b"NEW"[..])
+    );
 }

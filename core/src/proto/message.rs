@@ -427,8 +427,9 @@ pub enum Request {
         /// New staged size.
         size: u64,
     },
-    /// Apply the transaction atomically and durably; the file ends `size`
-    /// bytes long.
+    /// Apply the transaction atomically; the file ends `size` bytes long.
+    /// Answered once the new content is visible to everyone (durable only
+    /// by the next [`Request::Sync`] or the host's group commit).
     CommitWrite {
         /// The transaction.
         txn: TxnId,
@@ -446,6 +447,10 @@ pub enum Request {
     /// a client that has heard nothing for a while tells a slow disk from
     /// an unreachable host by it.
     Ping,
+    /// Make durable everything the host applied before it received this
+    /// (fsync, fdatasync, fsyncdir): answered `Done` once its disk says so,
+    /// or with the error the disk gave.
+    Sync,
 }
 
 /// A successful reply.

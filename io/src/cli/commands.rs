@@ -37,6 +37,20 @@ pub struct HostArgs {
     /// Refuse every change (clients get EROFS).
     #[arg(long)]
     pub read_only: bool,
+    /// Make clients' changes durable on this disk at most this many
+    /// milliseconds after they are made (a group commit: one flush for
+    /// all of them). A client's fsync makes them durable at once, and a
+    /// close makes them visible to everyone at once; a crash of this
+    /// machine loses at most this window of closed but not fsynced work,
+    /// never part of a file.
+    #[arg(long, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..=60_000))]
+    pub sync_window: u64,
+    /// Answer every change (each close, create, rename…) only once it is
+    /// on disk, as if every program fsynced everything: slower for many
+    /// small files, and a host crash loses nothing a client was told.
+    #[arg(long, conflicts_with = "sync_window")]
+    pub sync_every_close: bool,
     /// Make a new host key, certificate and secret: every ticket handed
     /// out before stops working.
     #[arg(long)]
@@ -181,6 +195,11 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             state.secret.clone(),
         );
         options.config.read_only = args.read_only;
+        options.config.sync_window = if args.sync_every_close {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(args.sync_window)
+        };
         let mut signals = catch_interrupts()?;
         let host = Host::spawn(shell.runtime(), socket, options)?;
         let ticket = Ticket {

@@ -637,8 +637,9 @@ impl fuser::Filesystem for WormholeFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // The host fsyncs a directory after every change it makes to it.
-        reply.ok();
+        // The host makes every change durable at once: a directory's
+        // entries are among them.
+        self.op(Op::SyncAll, KernelReply::Empty(reply));
     }
 
     // Extended attributes and access(2): the protocol has neither.

@@ -64,6 +64,11 @@ pub struct FsStats {
     pub offline_answers: u64,
     /// Host crashes.
     pub host_crashes: u64,
+    /// Files a host crash took back to an older commit (closed, not
+    /// fsynced, inside the group commit's window).
+    pub rolled_back: u64,
+    /// Files an acknowledged fsync covered, checked after a host crash.
+    pub fsyncs_kept: u64,
     /// Client crashes.
     pub client_crashes: u64,
     /// Sessions moved to a new path (a relayed mount going direct).
@@ -109,6 +114,8 @@ impl FsStats {
         self.offline_answers += o.offline_answers;
         self.silent_partitions += o.silent_partitions;
         self.host_crashes += o.host_crashes;
+        self.rolled_back += o.rolled_back;
+        self.fsyncs_kept += o.fsyncs_kept;
         self.client_crashes += o.client_crashes;
         self.path_moves += o.path_moves;
         self.converged += o.converged;
@@ -272,6 +279,9 @@ struct Files {
     commits: Vec<(usize, usize, Option<usize>)>,
     /// Per file: the history index an acknowledged close requires.
     acked: BTreeMap<usize, usize>,
+    /// Per file: the history index an acknowledged fsync requires to
+    /// survive a host crash (a close only makes a commit visible).
+    durable: BTreeMap<usize, usize>,
 }
 
 impl Files {
@@ -1245,7 +1255,8 @@ impl Sim {
                 | Op::Release { .. }
                 | Op::Unlink { .. }
                 | Op::Rmdir { .. }
-                | Op::Rename { .. },
+                | Op::Rename { .. }
+                | Op::SyncAll,
                 Ok(Answer::Done),
             ) => true,
             (Op::Readlink { .. }, Ok(Answer::Link(_))) => true,
@@ -1318,7 +1329,11 @@ impl Sim {
                     }
                     self.check_no_hole(c, file, &writes)?;
                 } else if !writes.is_empty() {
-                    self.check_durable(c, file, &writes)?;
+                    let need = self.check_durable(c, file, &writes)?;
+                    if let (Op::Fsync { .. }, Some(f)) = (&p.op, file) {
+                        let d = self.files.durable.entry(f).or_default();
+                        *d = (*d).max(need);
+                    }
                 }
             }
             (
@@ -1425,13 +1440,14 @@ impl Sim {
     }
 
     /// An acknowledged flush: each write is in a commit of that file that
-    /// the disk executed after the write was sent.
+    /// the disk executed after the write was sent. Gives the latest commit
+    /// that holds one of them.
     fn check_durable(
         &mut self,
         c: usize,
         file: Option<usize>,
         writes: &[WriteRec],
-    ) -> Result<(), Violation> {
+    ) -> Result<usize, Violation> {
         self.stats.acks_checked += 1;
         let mut need = 0;
         // A later write (or truncate) sent to the file overwrites an
@@ -1480,7 +1496,7 @@ impl Sim {
             let a = self.files.acked.entry(f).or_default();
             *a = (*a).max(need);
         }
-        Ok(())
+        Ok(need)
     }
 
     /// Invariant 9, a loss leaves no hole: the writes a failed flush
@@ -1614,7 +1630,11 @@ impl Sim {
         Ok(())
     }
 
-    /// After a crash: every file on the disk holds its last commit.
+    /// After a crash: every file on the disk holds one whole commit of
+    /// it, no older than the one its last acknowledged fsync covered
+    /// (docs/filesystem.md, "Durability"). A file the crash took back to
+    /// an older commit has that content again as its newest: to the
+    /// clients it is changed behind their backs, as by a local program.
     fn check_disk(&mut self) -> Result<(), Violation> {
         let mut found = Vec::new();
         walk(&mut self.w.disk, &RelPath::root(), &mut found);
@@ -1625,13 +1645,36 @@ impl Sim {
             let Some(&file) = self.files.by_key.get(&a.key) else {
                 return Err(self.violation(format!("{path:?} on disk is no file the log made")));
             };
-            let content = self.w.disk.read_file(&path).unwrap_or_default();
-            if let Some(last) = self.files.history[file].last()
-                && last[..] != content[..]
-            {
-                return Err(self.violation(format!(
-                    "after the crash {path:?} (file {file}) does not hold its last commit"
-                )));
+            let content = self.w.disk.read_file(&path).unwrap_or_default().to_vec();
+            let history = &self.files.history[file];
+            if history.is_empty() {
+                continue;
+            }
+            let floor = self.files.durable.get(&file).copied().unwrap_or(0);
+            if self.files.durable.contains_key(&file) {
+                self.stats.fsyncs_kept += 1;
+            }
+            match history.iter().rposition(|v| v[..] == content[..]) {
+                Some(i) if i >= floor => {
+                    if i + 1 < history.len() {
+                        self.stats.rolled_back += 1;
+                        self.local_seq.insert(file, self.seq);
+                        let h = &mut self.files.history[file];
+                        h.push(content);
+                        let idx = h.len() - 1;
+                        self.files.commits.push((file, idx, None));
+                    }
+                }
+                Some(i) => {
+                    return Err(self.violation(format!(
+                        "after the crash {path:?} (file {file}) is back at commit #{i}, older than #{floor}, which an fsync was acknowledged for"
+                    )));
+                }
+                None => {
+                    return Err(self.violation(format!(
+                        "after the crash {path:?} (file {file}) holds no whole commit of it"
+                    )));
+                }
             }
         }
         Ok(())

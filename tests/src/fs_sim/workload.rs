@@ -446,6 +446,8 @@ impl Simulation for FsSim {
             ("silent partitions", s.silent_partitions),
             ("answers while the host was unreachable", s.offline_answers),
             ("host crashes", s.host_crashes),
+            ("files rolled back by a crash", s.rolled_back),
+            ("fsynced files checked after a crash", s.fsyncs_kept),
             ("client crashes", s.client_crashes),
             ("moves to a new path", s.path_moves),
             ("commits replayed from their staging", s.commits_replayed),

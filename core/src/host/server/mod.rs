@@ -3,11 +3,12 @@
 //! Here the machine's types, its lifecycle and its outputs; the inputs
 //! each have a module: [`conns`] (connections and sessions), [`requests`],
 //! [`results`] (finished file operations) and [`time`] (timers and local
-//! changes).
+//! changes); [`sync`] decides when what was applied becomes durable.
 
 mod conns;
 mod requests;
 mod results;
+mod sync;
 mod time;
 
 use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
@@ -59,6 +60,12 @@ pub struct HostConfig {
     pub session_grace: Duration,
     /// A transaction with no activity for this long is aborted.
     pub txn_idle_timeout: Duration,
+    /// Group commit: changes are applied (visible to every client) at
+    /// once and made durable together at most this long after the first
+    /// of them; a client's fsync makes them durable at once. Zero: every
+    /// change is durable before its reply (docs/filesystem.md,
+    /// "Durability").
+    pub sync_window: Duration,
 }
 
 impl Default for HostConfig {
@@ -75,6 +82,7 @@ impl Default for HostConfig {
             max_txns_per_session: 64,
             session_grace: Duration::from_secs(30),
             txn_idle_timeout: Duration::from_secs(60),
+            sync_window: Duration::from_secs(1),
         }
     }
 }
@@ -210,6 +218,8 @@ enum Purpose {
     },
     /// Clean-up with no one to answer (closing handles, dropping staging).
     Housekeeping,
+    /// The group commit's flush ([`sync`]).
+    Sync,
     /// What a local program put at `parent/name`, where no node is: a
     /// directory it moved there is followed ([`HostServer::local_change`]).
     Follow {
@@ -299,6 +309,8 @@ pub struct HostServer {
     /// operations in any order). Kept while such an operation is out.
     recommitted: BTreeMap<NodeId, u64>,
     scan_queue: VecDeque<(NodeId, u64)>,
+    /// What is applied and what durable ([`sync`]).
+    group: sync::GroupCommit,
     next_op: u64,
     next_handle: u64,
     next_txn: u64,
@@ -324,6 +336,7 @@ impl HostServer {
             ops: BTreeMap::new(),
             recommitted: BTreeMap::new(),
             scan_queue: VecDeque::new(),
+            group: sync::GroupCommit::default(),
             next_op: 1,
             next_handle: 1,
             next_txn: 1,
@@ -379,6 +392,7 @@ impl HostServer {
             s.ops += 1;
         }
         self.ops.insert(op, purpose);
+        self.group.issued(op, &fs);
         self.out.push_back(HostOutput::Fs { op, fs });
         op
     }
@@ -414,6 +428,7 @@ impl HostServer {
             self.end_session(now, s);
         }
         self.scan_queue.clear();
+        self.forget_syncs();
         self.set_state(HostState::Stopped);
     }
 

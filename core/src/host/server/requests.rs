@@ -389,6 +389,7 @@ impl HostServer {
                 self.end_session(now, session);
             }
             Request::Ping => self.answer(session, id, Ok(Reply::Done)),
+            Request::Sync => self.after_sync(now, session, id, Ok(Reply::Done)),
         }
         Ok(())
     }

@@ -9,18 +9,25 @@ impl HostServer {
         let Some(purpose) = self.ops.remove(&op) else {
             return;
         };
+        let hold = self.applied(now, op);
         match purpose {
             Purpose::ScanRoot | Purpose::ScanList { .. } => self.scan_result(purpose, result),
             Purpose::Housekeeping => {}
+            Purpose::Sync => self.synced(now, op, result),
             Purpose::Follow { parent, name } => self.follow(parent, name, result),
             Purpose::Answer { session, id, then } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.ops = s.ops.saturating_sub(1);
                 }
                 let reply = self.complete(now, op, session, then, result);
-                self.answer(session, id, reply);
+                if hold {
+                    self.after_sync(now, session, id, reply);
+                } else {
+                    self.answer(session, id, reply);
+                }
             }
         }
+        self.sync_due(now);
         if !self.recommitted.is_empty() {
             self.forget_old_commits();
         }

@@ -81,15 +81,16 @@ impl HostServer {
             .filter(|t| t.phase == TxnPhase::Open)
             .map(|t| t.last_activity + self.cfg.txn_idle_timeout)
             .min();
-        [grace, txn, self.locks.poll_timeout()]
+        [grace, txn, self.locks.poll_timeout(), self.sync_timeout()]
             .into_iter()
             .flatten()
             .min()
     }
 
     /// Fires due timers: lock expiry and waits, ended grace periods, idle
-    /// transactions.
+    /// transactions, the group commit.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.sync_due(now);
         self.locks.handle_timeout(now);
         self.drain_locks();
         let expired: Vec<SessionId> = self

@@ -29,18 +29,22 @@
 //!
 //! # Durability
 //!
-//! A result is reported only once it is on disk: every mutation fsyncs what
-//! it changed (the new file or directory and its parent directory; both
-//! parents of a rename). Staging files are volatile: a crash may leave one
-//! behind (invisible to clients: `.wormhole.` names are reserved), and the
-//! next `StageBegin` of the same transaction number replaces it. A commit
-//! sets the staged copy's size and mode, fsyncs it, renames it over the
-//! target and fsyncs the directory, in that order, so a crash at any point
-//! leaves the old content or the new one.
+//! A change is reported once it is made, not once it is on disk: the
+//! core's group commit asks for [`FsOp::Sync`] (one `syncfs` of the
+//! shared folder's file system) when a client fsyncs or a window after
+//! the first unsynced change (docs/filesystem.md, "Durability"). A crash
+//! loses what came after the last Sync, never part of a file: a commit
+//! sets the staged copy's size and mode and renames it over the target,
+//! and the staged bytes reach the disk before the rename does, by the file
+//! system's own ordering where it promises it (ext4's default,
+//! [`durability`]) or by an fsync of the staged copy first. Staging files
+//! are volatile: a crash may leave one behind (invisible to clients:
+//! `.wormhole.` names are reserved), and the first listing that meets it
+//! removes it.
 //!
 //! # Threads
 //!
-//! Every call blocks (fsync can take long), so it must not run on an async
+//! Many calls block (a read from disk, a Sync), so they must not run on an async
 //! executor's threads. [`FsPool`] is a small bounded pool of threads for
 //! that, shared by both shells; [`HostFs`] itself is `Sync` and may also be
 //! called from a runtime's own blocking pool. Operations sent at the same
@@ -59,6 +63,7 @@
 //! (`walk`), the operations (`ops`), staging and write-behind
 //! (`staging`), and the thread pool ([`FsPool`]).
 
+mod durability;
 mod ops;
 mod pool;
 mod staging;
@@ -119,6 +124,10 @@ pub struct HostFs {
     staging_prefix: Vec<u8>,
     handles: Mutex<HashMap<FsHandle, Arc<File>>>,
     staged: Mutex<HashMap<TxnId, Arc<Staged>>>,
+    /// The file system writes a file's data before a rename over another
+    /// file is durable ([`durability`]); otherwise a commit flushes the
+    /// staged copy before its rename.
+    ordered: bool,
 }
 
 impl std::fmt::Debug for HostFs {
@@ -146,7 +155,13 @@ impl HostFs {
             ^ (u64::from(std::process::id()) << 40);
         let mut staging_prefix = RESERVED_PREFIX.to_vec();
         staging_prefix.extend_from_slice(format!("{run:016x}.").as_bytes());
+        let ordered = durability::orders_data_before_rename(&fd);
+        tracing::debug!(
+            ordered,
+            "staged data before a replacing rename, by the file system"
+        );
         Ok(HostFs {
+            ordered,
             root: fd,
             cfg,
             staging_prefix,
@@ -171,18 +186,33 @@ impl HostFs {
     /// * attributes, link texts, file-system statistics and closes run:
     ///   they read inodes, which a busy share keeps in memory (an inode
     ///   that is not costs one small read, as a `stat` does);
+    /// * so do the changes of names and attributes (create, mkdir, unlink,
+    ///   rmdir, rename, symlink, setattr without a size, and beginning a
+    ///   transaction): they change inodes and directories in memory; the
+    ///   disk sees them at the next [`FsOp::Sync`];
     /// * an open runs if the bytes it brings along (a small file's) are in
     ///   the page cache, and a read through a handle if its bytes are;
     /// * everything else (listings, which stat a whole page of entries,
-    ///   reads by path, and every change, since changes fsync) is given
-    ///   back.
+    ///   reads by path, staging writes and commits, which may copy or
+    ///   flush data, truncation and Sync) is given back.
     ///
     /// A result is final, exactly as [`HostFs::execute`] would give it.
     pub fn try_execute(&self, op: FsOp) -> Result<FsResult, FsOp> {
         let done = match op {
-            FsOp::Stat { .. } | FsOp::Close { .. } | FsOp::Readlink { .. } | FsOp::StatFs => {
+            FsOp::Stat { .. }
+            | FsOp::Close { .. }
+            | FsOp::Readlink { .. }
+            | FsOp::StatFs
+            | FsOp::Create { .. }
+            | FsOp::Mkdir { .. }
+            | FsOp::Unlink { .. }
+            | FsOp::Rmdir { .. }
+            | FsOp::Rename { .. }
+            | FsOp::Symlink { .. }
+            | FsOp::StageBegin { .. } => {
                 return Ok(self.execute(op));
             }
+            FsOp::SetAttr { ref set, .. } if set.size.is_none() => return Ok(self.execute(op)),
             FsOp::Open {
                 ref path,
                 mode,
@@ -282,6 +312,10 @@ impl HostFs {
                 lock(&self.staged).remove(&txn);
                 Ok(FsOk::Done)
             }
+            FsOp::Sync => {
+                rfs::syncfs(&self.root).map_err(sys)?;
+                Ok(FsOk::Done)
+            }
         }
     }
 }
@@ -365,13 +399,6 @@ fn attr(st: &Stat) -> Option<FsAttr> {
 fn fd_attr(fd: impl AsFd) -> FsResult {
     let st = rfs::fstat(fd).map_err(sys)?;
     attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
-}
-
-fn same_file(a: impl AsFd, b: impl AsFd) -> bool {
-    match (rfs::fstat(a), rfs::fstat(b)) {
-        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-        _ => false,
-    }
 }
 
 fn timespec(t: Option<SetTime>) -> rfs::Timespec {

@@ -11,7 +11,7 @@ use wormhole_core::host::{FsHandle, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, R
 use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr};
 
 use super::staging::purge_staging;
-use super::{HostFs, attr, fd_attr, kind_of, lock, os, same_file, sys, timespec};
+use super::{HostFs, attr, fd_attr, kind_of, lock, os, sys, timespec};
 
 impl HostFs {
     pub(super) fn list(&self, path: &RelPath, cookie: u64, max: u32) -> FsResult {
@@ -176,8 +176,6 @@ impl HostFs {
                 // Exactly the requested bits: the client's umask was applied
                 // on the client; the host's must not be applied again.
                 rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
-                rfs::fsync(&fd).map_err(sys)?;
-                rfs::fsync(&dir).map_err(sys)?;
                 fd_attr(&fd)
             }
             Err(SysErrno::EXIST) if !exclusive => {
@@ -205,8 +203,6 @@ impl HostFs {
         )
         .map_err(sys)?;
         rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
-        rfs::fsync(&fd).map_err(sys)?;
-        rfs::fsync(&dir).map_err(sys)?;
         fd_attr(&fd)
     }
 
@@ -215,7 +211,6 @@ impl HostFs {
         let n = os(name.as_bytes());
         // The text is stored, never resolved.
         rfs::symlinkat(os(target), &dir, n).map_err(sys)?;
-        rfs::fsync(&dir).map_err(sys)?;
         let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
         attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
@@ -232,7 +227,6 @@ impl HostFs {
             }
             r => r.map_err(sys)?,
         }
-        rfs::fsync(&dir).map_err(sys)?;
         Ok(FsOk::Done)
     }
 
@@ -266,10 +260,6 @@ impl HostFs {
             }
             r => r.map_err(sys)?,
         }
-        rfs::fsync(&tdir).map_err(sys)?;
-        if !same_file(&fdir, &tdir) {
-            rfs::fsync(&fdir).map_err(sys)?;
-        }
         Ok(FsOk::Done)
     }
 
@@ -297,7 +287,6 @@ impl HostFs {
             let n = os(name.as_bytes());
             if let Some(t) = &times {
                 rfs::utimensat(&dir, n, t, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
-                rfs::fsync(&dir).map_err(sys)?;
             }
             let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
             return attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt);
@@ -319,7 +308,6 @@ impl HostFs {
         if let Some(t) = &times {
             rfs::futimens(&fd, t).map_err(sys)?;
         }
-        rfs::fsync(&fd).map_err(sys)?;
         fd_attr(&fd)
     }
 }

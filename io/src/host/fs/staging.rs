@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use wormhole_core::host::{FileStamp, FsOk, FsResult, RESERVED_PREFIX, RelPath};
 use wormhole_core::proto::{Errno, FileKind, TxnId};
 
-use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, same_file, sys};
+use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys};
 
 /// A staged new version of a file: a hidden file beside it.
 pub(super) struct Staged {
@@ -223,9 +223,12 @@ impl HostFs {
         // The file keeps its permissions, as MemFs: those of the file at
         // commit time.
         rfs::fchmod(&staged.file, Mode::from_raw_mode(old.st_mode & 0o7777)).map_err(sys)?;
-        // Content and size on disk before the name points at them: after a
-        // crash the name shows the old file or the complete new one.
-        staged.file.sync_all().map_err(io)?;
+        // Content and size on disk before the name points at them, so a
+        // crash shows the old file or the complete new one: the file
+        // system orders that itself ([`super::durability`]), or we do.
+        if !self.ordered {
+            staged.file.sync_data().map_err(io)?;
+        }
         // Only over the content it was staged from, checked as late as
         // can be: a local program that saved the file meanwhile (a new
         // identity) or changed it in place (a new size or mtime) keeps
@@ -241,11 +244,7 @@ impl HostFs {
         staged
             .committed
             .store(true, std::sync::atomic::Ordering::Release);
-        // The rename itself is durable only once the directory is.
-        rfs::fsync(&dir).map_err(sys)?;
-        if !same_file(&staged.dir, &dir) {
-            rfs::fsync(&staged.dir).map_err(sys)?;
-        }
+        // The rename is durable at the next Sync (the group commit).
         fd_attr(&staged.file)
     }
 }
