@@ -28,8 +28,9 @@ Options (each also settable through the environment variable in brackets):
   --files N       number of small files                      [FILES=10000]
   --file-kb N     size of each small file, KiB               [FILE_KB=4]
   --runtime S     fio runtime per run, seconds               [FIO_RUNTIME=20]
-  --only LIST     comma list of: seqread,seqwrite,randread,small,findstat,untar
-                                                             [ONLY=all]
+  --only LIST     comma list of: seqread,seqwrite,randread,small,findstat,
+                  untar,tiny,cp                              [ONLY=all]
+  --tiny N        files of 1 KiB in the tiny-file tarball    [TINY_FILES=10000]
   --no-local      skip the reference column on the local disk [LOCAL=0]
   --no-build      use the existing binary, do not run cargo   [BUILD=0]
   --keep          keep the temporary directory               [KEEP=1]
@@ -68,6 +69,7 @@ EOF
 SIZE_MB=${SIZE_MB:-1024}
 FILES=${FILES:-10000}
 FILE_KB=${FILE_KB:-4}
+TINY_FILES=${TINY_FILES:-10000}
 FIO_RUNTIME=${FIO_RUNTIME:-20}
 ONLY=${ONLY:-all}
 LOCAL=${LOCAL:-1}
@@ -94,6 +96,7 @@ while (($#)); do
     --size-mb) SIZE_MB=$2; shift 2 ;;
     --files) FILES=$2; shift 2 ;;
     --file-kb) FILE_KB=$2; shift 2 ;;
+    --tiny) TINY_FILES=$2; shift 2 ;;
     --runtime) FIO_RUNTIME=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --no-local) LOCAL=0; shift ;;
@@ -104,7 +107,7 @@ while (($#)); do
     esac
 done
 
-for v in SIZE_MB FILES FILE_KB FIO_RUNTIME STEP_TIMEOUT; do
+for v in SIZE_MB FILES FILE_KB TINY_FILES FIO_RUNTIME STEP_TIMEOUT; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "$v must be a positive integer, not '${!v}'" >&2; exit 2; }
 done
 [[ $WAIT_IDLE =~ ^[0-9]+$ ]] || { echo "WAIT_IDLE must be a number of seconds, not '$WAIT_IDLE'" >&2; exit 2; }
@@ -328,6 +331,19 @@ make_data() {
     tar -xf "$T/local/src.tar" -C "$T/local/untar-ref"
     UNTAR_FILES=$(find "$T/local/untar-ref" -type f | wc -l)
     UNTAR_MB=$(du -sm --apparent-size "$T/local/untar-ref" | cut -f1)
+    # $TINY_FILES files of 1 KiB, 100 per directory: a checkout, a
+    # node_modules, a mail folder.
+    local tiny=$T/local/tiny-ref/tiny
+    n=0 leaf=0
+    while ((n < TINY_FILES)); do
+        k=$((TINY_FILES - n < 100 ? TINY_FILES - n : 100))
+        dir=$(printf '%s/d%03d' "$tiny" "$leaf")
+        mkdir -p "$dir"
+        head -c $((k * 1024)) /dev/urandom | (cd "$dir" && split -b 1024 -a 3 -d - f)
+        n=$((n + k))
+        leaf=$((leaf + 1))
+    done
+    tar -cf "$T/local/tiny.tar" -C "$T/local/tiny-ref" tiny
     sync
 }
 
@@ -793,6 +809,49 @@ test_untar() {
     rm -rf "$SHARE"/untar-*
 }
 
+# Tiny files: untar $TINY_FILES files of 1 KiB without fsync (what a
+# person unpacking an archive waits for), the same followed by one
+# `sync -f` of the tree, and `rm -rf` of the tree. Linux passes syncfs(2)
+# to no FUSE daemon (only to virtiofs), so for both mounts `sync -f`
+# writes back the kernel's dirty pages and waits for nothing on the server.
+test_tiny() {
+    local sys m d
+    for sys in "${SYSTEMS[@]}"; do
+        CURRENT_TEST=tiny
+        log "untar of $TINY_FILES files of 1 KiB, then rm -rf, $sys"
+        fresh "$sys" || { failed "$sys" untar_tiny FAIL "cannot mount"; continue; }
+        m=$(root_of "$sys")
+        d=$m/tiny-$sys
+        mkdir "$d" || { failed "$sys" untar_tiny FAIL "mkdir $d failed"; continue; }
+        step "$sys" untar_tiny s "tar --no-same-owner -xf $(q "$T/local/tiny.tar") -C $(q "$d")" "e" || continue
+        verify "$sys" untar_tiny "diff -r $(q "$T/local/tiny-ref") $(q "$SHARE/tiny-$sys")" || true
+        step "$sys" rm_tiny s "rm -rf $(q "$d/tiny")" "e" || continue
+        verify "$sys" rm_tiny "test -z \"\$(ls -A $(q "$SHARE/tiny-$sys"))\"" || true
+        step "$sys" untar_tiny_sync s "tar --no-same-owner -xf $(q "$T/local/tiny.tar") -C $(q "$d") && sync -f $(q "$d")" "e" || continue
+        verify "$sys" untar_tiny_sync "diff -r $(q "$T/local/tiny-ref") $(q "$SHARE/tiny-$sys")" || true
+    done
+    wh_down
+    ss_down
+    rm -rf "$SHARE"/tiny-*
+}
+
+# cp of the big file within the mount: copy_file_range, which wormhole
+# runs on the host and sshfs runs through the client.
+test_cp() {
+    local sys m bytes=$((SIZE_MB * 1024 * 1024))
+    for sys in "${SYSTEMS[@]}"; do
+        CURRENT_TEST=cp
+        log "cp of $SIZE_MB MiB within the mount, $sys"
+        fresh "$sys" || { failed "$sys" cp FAIL "cannot mount"; continue; }
+        m=$(root_of "$sys")
+        step "$sys" cp MB/s "cp $(q "$m/seq.bin") $(q "$m/copy-$sys.bin")" "$bytes / 1e6 / e" || continue
+        verify "$sys" cp "cmp $(q "$T/local/src.bin") $(q "$SHARE/copy-$sys.bin")" || true
+    done
+    wh_down
+    ss_down
+    rm -f "$SHARE"/copy-*
+}
+
 # ---------------------------------------------------------------- main
 
 HZ=$(getconf CLK_TCK)
@@ -838,6 +897,8 @@ want randread && test_randread
 want small && test_small
 want findstat && test_findstat
 want untar && test_untar
+want tiny && test_tiny
+want cp && test_cp
 wh_down
 ss_down
 
@@ -858,6 +919,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
     printf '#meta\tsize_mb\t%s\n#meta\tfiles\t%s\n#meta\tfile_kb\t%s\n#meta\tfio_runtime\t%s\n' \
         "$SIZE_MB" "$FILES" "$FILE_KB" "$FIO_RUNTIME"
     printf '#meta\tuntar\t%s files, %s MB: %s\n' "${UNTAR_FILES:-?}" "${UNTAR_MB:-?}" "${UNTAR_WHAT:-?}"
+    printf '#meta\ttiny_files\t%s\n' "$TINY_FILES"
     printf '#meta\tload\t%s at start, %s at end\n' "$LOAD_START" "$LOAD_END"
     paused=""
     ((${#PAUSED_DAMON[@]})) && paused="DAMON proactive reclaim"

@@ -20,7 +20,11 @@ TESTS = [
     ("randread_4", "4 KiB random read, fio, 4 jobs, {fio_runtime} s", "rate", 1.0),
     ("small", "Read {files} files of {file_kb} KiB, cold", "time", 2.0),
     ("findstat", "find + stat over {files} files, cold", "time", None),
-    ("untar", "untar {untar_short} + fsync each file", "time", None),
+    ("untar", "untar {untar_short} + fsync each file", "time", 1.5),
+    ("untar_tiny", "untar {tiny} files of 1 KiB", "time", 5.0),
+    ("rm_tiny", "rm -rf of those {tiny} files", "time", 5.0),
+    ("untar_tiny_sync", "untar {tiny} files of 1 KiB + sync -f", "time", 3.0),
+    ("cp", "cp {size} within the mount", "rate", 5.0),
 ]
 SYSTEMS = ["wormhole", "sshfs", "local"]
 
@@ -85,6 +89,7 @@ def main():
         "file_kb": meta.get("file_kb", "?"),
         "fio_runtime": meta.get("fio_runtime", "?"),
         "untar_short": meta.get("untar", "?").split(":")[0],
+        "tiny": f"{int(meta.get('tiny_files', '0') or 0):,}",
     }
     stall_limit = float(meta.get("stall_limit", "5") or 5)
     quiet_limit = float(meta.get("quiet_limit", "0.15") or 0.15)

@@ -735,6 +735,16 @@ impl ClientCore {
 
     /// Carries out a write transaction's outputs.
     pub(super) fn drain_write(&mut self, now: Instant, node: crate::proto::NodeId) {
+        self.drain_write_outputs(now, node);
+        // A spent transaction goes: kept, every timer and scan would visit
+        // each file this mount ever wrote (an untar of 10,000 files spent
+        // most of its CPU in them).
+        if self.writes.get(&node).is_some_and(WriteTxn::is_spent) {
+            self.writes.remove(&node);
+        }
+    }
+
+    fn drain_write_outputs(&mut self, now: Instant, node: crate::proto::NodeId) {
         loop {
             let Some(o) = self.writes.get_mut(&node).and_then(|w| w.poll_output()) else {
                 break;

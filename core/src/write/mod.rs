@@ -243,6 +243,15 @@ impl WriteTxn {
         matches!(self.state, WriteState::Complete | WriteState::Aborted(_))
     }
 
+    /// Finished, with nothing in flight, nothing left to send and no lock
+    /// held or asked for: forgetting it loses nothing.
+    pub fn is_spent(&self) -> bool {
+        self.is_finished()
+            && self.in_flight.is_empty()
+            && self.out.is_empty()
+            && self.lock.state() == ClientLockState::Unlocked
+    }
+
     fn ended(&self) -> Option<Errno> {
         match &self.state {
             WriteState::Aborted(r) => Some(r.errno()),
