@@ -799,6 +799,7 @@ impl Issued {
         let txn_id = match fs {
             FsOp::StageBegin { txn, .. }
             | FsOp::StageWrite { txn, .. }
+            | FsOp::StageCopy { txn, .. }
             | FsOp::StageTruncate { txn, .. }
             | FsOp::StageCommit { txn, .. }
             | FsOp::StageAbort { txn } => Some(*txn),

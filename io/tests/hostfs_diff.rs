@@ -63,10 +63,22 @@ fn time(rng: &mut Rng) -> Option<SetTime> {
 fn op(rng: &mut Rng) -> FsOp {
     let txn = TxnId(rng.below(3));
     let handle = FsHandle(rng.below(4));
-    match rng.below(23) {
+    match rng.below(24) {
         0 | 1 => FsOp::Stat { path: path(rng) },
         21 => FsOp::StatFs,
         22 => FsOp::Sync,
+        23 => FsOp::StageCopy {
+            txn,
+            from: if rng.below(2) == 0 {
+                ReadFrom::Path(path(rng))
+            } else {
+                ReadFrom::Handle(handle)
+            },
+            from_offset: rng.below(4),
+            offset: rng.below(300),
+            // Often nothing or little: the sources are small.
+            len: *rng.pick(&[0, 0, 1, 3, 7, 23]),
+        },
         2 => FsOp::List {
             path: path(rng),
             cookie: rng.below(4),
@@ -381,7 +393,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     println!("succeeded at least once: {worked:?}");
     assert_eq!(
         worked.len(),
-        20,
+        21,
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
@@ -425,7 +437,7 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
     println!("8000 operations on tmpfs agreed; {ok} succeeded");
-    assert_eq!(worked.len(), 20, "{worked:?}");
+    assert_eq!(worked.len(), 21, "{worked:?}");
 }
 
 #[test]
@@ -526,6 +538,22 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         },
         FsOp::StageAbort { txn: x } => FsOp::StageAbort { txn: txn(x) },
         FsOp::Sync => FsOp::Sync,
+        FsOp::StageCopy {
+            txn: x,
+            from,
+            from_offset,
+            offset,
+            len,
+        } => FsOp::StageCopy {
+            txn: txn(x),
+            from: match from {
+                ReadFrom::Path(x) => ReadFrom::Path(p(x)),
+                ReadFrom::Handle(x) => ReadFrom::Handle(h(x)),
+            },
+            from_offset,
+            offset,
+            len,
+        },
         // Global: its figures depend on the other threads.
         FsOp::StatFs => FsOp::Stat {
             path: RelPath::from(vec![top.clone()]),

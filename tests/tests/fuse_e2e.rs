@@ -13,6 +13,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wormhole_tests::e2e::{Steps, pattern, run_bounded, wait_until};
 
@@ -113,17 +115,41 @@ fn unmount<S: Shell>(shell: &S, guard: &mut Guard) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The in-memory disk, counting the bytes that reach staging copies by
+/// each way: sent by a client (`StageWrite`) or copied on the host
+/// (`StageCopy`).
+struct Counting {
+    disk: MemFs,
+    written: Arc<AtomicU64>,
+    copied: Arc<AtomicU64>,
+}
+
+impl wormhole_io::testkit::FsExecutor for Counting {
+    fn execute(&mut self, op: FsOp) -> wormhole_core::host::FsResult {
+        match &op {
+            FsOp::StageWrite { data, .. } => {
+                self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            FsOp::StageCopy { len, .. } => {
+                self.copied.fetch_add(*len, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        wormhole_io::testkit::FsExecutor::execute(&mut self.disk, op)
+    }
+}
+
 fn fuse_mount<S: Shell>(shell: &S) {
     wormhole_io::cli::init_tracing();
     let dir = scratch(shell.name());
+    let (written, copied) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let disk = Counting {
+        disk: MemFs::new(1 << 30),
+        written: written.clone(),
+        copied: copied.clone(),
+    };
     let host = shell.block_on(async {
-        LocalHost::spawn(
-            shell.runtime(),
-            MemFs::new(1 << 30),
-            SECRET,
-            HostConfig::default(),
-            7,
-        )
+        LocalHost::spawn(shell.runtime(), disk, SECRET, HostConfig::default(), 7)
     });
     let mut guard = Guard {
         mount: Some(mount_at(shell, &host, &dir, Duration::from_secs(1))),
@@ -131,6 +157,35 @@ fn fuse_mount<S: Shell>(shell: &S) {
     };
     let root = dir.join("mnt");
     run_bounded(&root, SUITE, workout);
+    // copy_file_range within the mount (what `cp` and `std::fs::copy`
+    // use): the host copies, the bytes do not cross the network.
+    run_bounded(&root, SUITE, |root, steps| {
+        steps.at("copy: the source");
+        fs::write(root.join("copy-src"), pattern(BIG, 99)).expect("write the source");
+    });
+    let (written_before, copied_before) = (
+        written.load(Ordering::Relaxed),
+        copied.load(Ordering::Relaxed),
+    );
+    run_bounded(&root, SUITE, |root, steps| {
+        steps.at("copy: std::fs::copy within the mount");
+        let n = fs::copy(root.join("copy-src"), root.join("copy-dst")).expect("copy");
+        assert_eq!(n, BIG as u64);
+        assert!(
+            fs::read(root.join("copy-dst")).expect("read the copy") == pattern(BIG, 99),
+            "copy differs"
+        );
+    });
+    assert_eq!(
+        copied.load(Ordering::Relaxed) - copied_before,
+        BIG as u64,
+        "the host copied every byte"
+    );
+    assert_eq!(
+        written.load(Ordering::Relaxed),
+        written_before,
+        "no byte of the copy was sent"
+    );
     unmount(shell, &mut guard);
 
     // The disk cache survives: the remount finds the chunks the first

@@ -147,6 +147,20 @@ pub enum Op {
         /// The handle.
         fh: Fh,
     },
+    /// `copy_file_range(2)` from one open file to another of this mount:
+    /// the host copies, the bytes never cross the network.
+    CopyRange {
+        /// The source's handle.
+        fh_in: Fh,
+        /// Where in the source.
+        offset_in: u64,
+        /// The destination's handle (open for writing).
+        fh_out: Fh,
+        /// Where in the destination.
+        offset_out: u64,
+        /// How many bytes at most.
+        len: u64,
+    },
     /// The last descriptor of a handle is gone.
     Release {
         /// The handle.

@@ -293,6 +293,49 @@ impl ClientCore {
                     self.run_blocked(now, node, b)?;
                 }
             }
+            Op::CopyRange {
+                fh_in,
+                offset_in,
+                fh_out,
+                offset_out,
+                len,
+            } => {
+                let src = self.handle(*fh_in)?;
+                let (src_node, src_host, src_size) = (src.node, src.host, src.attr.size);
+                let node = self.handle(*fh_out)?.node;
+                // The host can copy only what it holds: a source with
+                // writes of this mount not yet committed, or a copy within
+                // one file, goes through the kernel's own copy (it reads
+                // and writes) when told EOPNOTSUPP.
+                let dirty = self.writes.get(&src_node).is_some_and(|w| !w.is_finished())
+                    || self.blocked.contains_key(&src_node);
+                if src_node == node || dirty || src_node == super::UNBOUND {
+                    return Err(Errno::NotSup);
+                }
+                // What the source holds in the version this handle reads.
+                let n = (*len)
+                    .min(src_size.saturating_sub(*offset_in))
+                    .min(crate::proto::MAX_COPY);
+                if n == 0 {
+                    self.reply(req, Ok(Answer::Written(0)));
+                    return Ok(());
+                }
+                let from = match src_host {
+                    Some(h) => crate::proto::FileRef::Handle(h),
+                    None => crate::proto::FileRef::Node(src_node),
+                };
+                let b = Blocked::Copy {
+                    req,
+                    fh: *fh_out,
+                    from,
+                    from_offset: *offset_in,
+                    offset: *offset_out,
+                    len: n,
+                };
+                if !self.wait_for_commit(node, b.clone()) {
+                    self.run_blocked(now, node, b)?;
+                }
+            }
             Op::Flush { fh } | Op::Fsync { fh } => {
                 if let Some(e) = self.handles.get_mut(fh).and_then(|h| h.error.take()) {
                     return Err(e);
@@ -537,6 +580,24 @@ impl ClientCore {
                     Some(_) => self.start_read(now, req)?,
                     None => {}
                 }
+            }
+            Blocked::Copy {
+                req,
+                fh,
+                from,
+                from_offset,
+                offset,
+                len,
+            } => {
+                // As for a write: a handle with a loss to report first.
+                if let Some(e) = self.handles.get(&fh).and_then(|h| h.error) {
+                    return Err(e);
+                }
+                self.txn(node, now)?
+                    .copy(now, from, from_offset, offset, len)
+                    .map_err(write_errno)?;
+                // At most MAX_COPY, which fits.
+                self.reply(req, Ok(Answer::Written(len as u32)));
             }
             Blocked::Write {
                 req,

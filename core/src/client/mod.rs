@@ -221,6 +221,16 @@ enum Blocked {
         offset: u64,
         data: Bytes,
     },
+    /// A `copy_file_range` into the file through `fh`, from another file
+    /// as the host holds it.
+    Copy {
+        req: Req,
+        fh: Fh,
+        from: crate::proto::FileRef,
+        from_offset: u64,
+        offset: u64,
+        len: u64,
+    },
     /// A size change (with the other attributes to set after it).
     Truncate {
         req: Req,
@@ -245,6 +255,7 @@ impl Blocked {
     fn req(&self) -> Option<Req> {
         match self {
             Blocked::Write { req, .. }
+            | Blocked::Copy { req, .. }
             | Blocked::Truncate { req, .. }
             | Blocked::Read { req }
             | Blocked::Commit {

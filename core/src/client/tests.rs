@@ -1217,3 +1217,75 @@ fn a_commit_a_host_crash_may_have_lost_is_reported_once() {
         "reported once, not forever"
     );
 }
+
+/// `copy_file_range` within the mount runs on the host: the copied bytes
+/// never travel, and the destination's writes before and after the copy
+/// land in the order they were made.
+#[test]
+fn a_copy_runs_on_the_host_in_order_with_the_writes_around_it() {
+    let src: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut w = world(&[("src", &src)], 1);
+    w.record_fs = true;
+    let (sino, _) = lookup(&mut w, 0, Ino::ROOT, "src").expect("src");
+    let sfh = open(&mut w, 0, sino);
+    let (_, dfh) = create(&mut w, 0, "dst");
+    write(&mut w, 0, dfh, 0, &[b'a'; 20]); // partly replaced by the copy
+    let copy = Op::CopyRange {
+        fh_in: sfh,
+        offset_in: 5,
+        fh_out: dfh,
+        offset_out: 10,
+        len: 1 << 40, // to the end of the source
+    };
+    let n = src.len() - 5;
+    assert_eq!(w.call(0, copy), Ok(Answer::Written(n as u32)));
+    write(&mut w, 0, dfh, 100, b"after"); // lands over the copy
+    let mut want = vec![b'a'; 10];
+    want.extend_from_slice(&src[5..]);
+    want[100..105].copy_from_slice(b"after");
+    // The writer reads what it made (the copied bytes are only on the
+    // host, so this commits first).
+    assert!(
+        read_all(&mut w, 0, dfh, want.len() + 1) == want,
+        "read back"
+    );
+    assert_eq!(w.call(0, Op::Release { fh: dfh }), Ok(Answer::Done));
+    assert!(
+        w.disk.read_file(&RelPath::from(vec![name("dst")])) == Some(&want[..]),
+        "on the host's disk"
+    );
+    let (mut written, mut copied) = (0, 0);
+    for r in &w.fs_log {
+        match &r.op {
+            FsOp::StageWrite { data, .. } => written += data.len(),
+            FsOp::StageCopy { len, .. } => copied += *len as usize,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        written,
+        10 + 5,
+        "only the bytes written crossed the network"
+    );
+    assert_eq!(copied, n, "the rest the host copied");
+}
+
+/// The host can copy only what it holds: from a file with uncommitted
+/// writes of this mount, the kernel is told to copy through reads and
+/// writes itself.
+#[test]
+fn a_copy_from_a_file_with_uncommitted_writes_is_left_to_the_kernel() {
+    let mut w = world(&[("src", b"0123456789")], 1);
+    let (sino, _) = lookup(&mut w, 0, Ino::ROOT, "src").expect("src");
+    let sfh = open(&mut w, 0, sino);
+    write(&mut w, 0, sfh, 0, b"X");
+    let (_, dfh) = create(&mut w, 0, "dst");
+    let copy = Op::CopyRange {
+        fh_in: sfh,
+        offset_in: 0,
+        fh_out: dfh,
+        offset_out: 0,
+        len: 10,
+    };
+    assert_eq!(w.call(0, copy), Err(Errno::NotSup));
+}

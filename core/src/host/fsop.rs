@@ -251,6 +251,22 @@ pub enum FsOp {
         /// The bytes.
         data: Bytes,
     },
+    /// Copy `len` bytes of a file beneath the root (never a special file)
+    /// at `from_offset` into the staged copy at `offset`: a reflink or an
+    /// in-kernel copy where the file system can. Fewer than `len` bytes
+    /// in the source is EIO (the client promised them all).
+    StageCopy {
+        /// The transaction.
+        txn: TxnId,
+        /// The source.
+        from: ReadFrom,
+        /// Where in the source.
+        from_offset: u64,
+        /// Where in the staged copy.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
     /// Set the staged copy's size (cut, or extend with zeros).
     StageTruncate {
         /// The transaction.
@@ -329,7 +345,7 @@ pub enum FsOk {
     /// Statistics (StatFs).
     StatFs(StatFs),
     /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
-    /// StageTruncate, StageAbort, Sync).
+    /// StageCopy, StageTruncate, StageAbort, Sync).
     Done,
 }
 

@@ -670,6 +670,47 @@ impl MemFs {
                 buf[start..end].copy_from_slice(&data);
                 Ok(FsOk::Done)
             }
+            FsOp::StageCopy {
+                txn,
+                from,
+                from_offset,
+                offset,
+                len,
+            } => {
+                // Checked in the shell's order: the target, the staging,
+                // the source.
+                let to = offset.checked_add(len).ok_or(Errno::FBig)?;
+                if to > self.max_file {
+                    return Err(Errno::FBig);
+                }
+                let staged_len = self.staged.get(&txn).ok_or(Errno::BadF)?.len();
+                let ino = match from {
+                    ReadFrom::Path(p) => self.resolve(&p)?,
+                    ReadFrom::Handle(h) => *self.handles.get(&h).ok_or(Errno::BadF)?,
+                };
+                let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
+                match n.kind {
+                    FileKind::File => {}
+                    FileKind::Dir => return Err(Errno::IsDir),
+                    FileKind::Symlink => return Err(Errno::Loop),
+                }
+                let end = from_offset.saturating_add(len);
+                if len == 0 {
+                    return Ok(FsOk::Done);
+                }
+                if end > n.data.len() as u64 {
+                    // Fewer bytes than promised.
+                    return Err(Errno::Io);
+                }
+                let bytes = n.data[from_offset as usize..end as usize].to_vec();
+                self.room(staged_len, staged_len.max(to as usize))?;
+                let buf = self.staged.get_mut(&txn).ok_or(Errno::BadF)?;
+                if buf.len() < to as usize {
+                    buf.resize(to as usize, 0);
+                }
+                buf[offset as usize..to as usize].copy_from_slice(&bytes);
+                Ok(FsOk::Done)
+            }
             FsOp::StageTruncate { txn, size } => {
                 if size > self.max_file {
                     return Err(Errno::FBig);

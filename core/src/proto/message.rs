@@ -451,6 +451,26 @@ pub enum Request {
     /// (fsync, fdatasync, fsyncdir): answered `Done` once its disk says so,
     /// or with the error the disk gave.
     Sync,
+    /// Copy `len` bytes of `from` at `from_offset` into the staged content
+    /// at `offset`, on the host (a reflink where its file system can):
+    /// `copy_file_range` within one mount, without the bytes crossing the
+    /// network. At most [`MAX_COPY`](super::MAX_COPY) bytes; fewer in the source is an
+    /// error (EIO), since the client promised the kernel all of them.
+    /// (Added after `Sync`: new variants go last, so the wire bytes of
+    /// the others stay as they were.)
+    CopyWrite {
+        /// The transaction.
+        txn: TxnId,
+        /// The file copied from (its open handle: the version the client
+        /// read; or its node).
+        from: FileRef,
+        /// Where in it.
+        from_offset: u64,
+        /// Where in the staged content.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+    },
 }
 
 /// A successful reply.

@@ -34,6 +34,11 @@ pub const CHUNK_SIZE: usize = 128 * 1024;
 /// builds: 717–749 MB/s with 128 KiB pieces, 864–914 MB/s with 1 MiB).
 pub const MAX_WRITE_PIECE: usize = 8 * CHUNK_SIZE;
 
+/// The most bytes one [`Request::CopyWrite`] copies: enough that a copy
+/// costs few requests, little enough that one host thread is not held
+/// for long (the kernel asks again for the rest).
+pub const MAX_COPY: u64 = 64 << 20;
+
 /// Directory entries per [`Reply::DirPage`] at most.
 pub const MAX_DIR_PAGE: usize = 512;
 

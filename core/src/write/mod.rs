@@ -32,8 +32,8 @@ use crate::lock::{
     ClientLock, ClientLockConfig, ClientLockEvent, ClientLockOutput, ClientLockState, LockOpId,
 };
 use crate::proto::{
-    Attr, CHUNK_SIZE, Errno, LockKind, LockScope, LockToken, MAX_WRITE_PIECE, NodeId, Reply,
-    Request, TxnId,
+    Attr, CHUNK_SIZE, Errno, FileRef, LockKind, LockScope, LockToken, MAX_WRITE_PIECE, NodeId,
+    Reply, Request, TxnId,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -152,8 +152,24 @@ enum Sent {
     Begin,
     Piece { start: u64, len: u64 },
     Truncate,
+    Copy { start: u64, len: u64 },
     Commit,
     Abort,
+}
+
+/// A change that goes out alone, after every piece before it is
+/// acknowledged and before any written after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Barrier {
+    /// Cut or extend the staged content.
+    Truncate(u64),
+    /// Copy from another file on the host into the staged content.
+    Copy {
+        from: FileRef,
+        from_offset: u64,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// One write transaction on one file.
@@ -171,8 +187,8 @@ pub struct WriteTxn {
     /// Ranges acknowledged and dropped (`keep_acked`), start → end:
     /// only the host's staging copy holds them.
     spilled: BTreeMap<u64, u64>,
-    /// Truncations not yet sent, in order (each a barrier).
-    truncates: VecDeque<u64>,
+    /// Truncations and copies not yet sent, in order.
+    barriers: VecDeque<Barrier>,
     /// The file's size as the writer sees it.
     size: u64,
     /// Whether anything was written (or a size set other than the first
@@ -205,7 +221,7 @@ impl WriteTxn {
             pending: Extents::new(),
             sent: Extents::new(),
             spilled: BTreeMap::new(),
-            truncates: VecDeque::new(),
+            barriers: VecDeque::new(),
             size,
             written: false,
             emptied_at_open: false,
@@ -321,7 +337,7 @@ impl WriteTxn {
         // then only restates it, and the simulation can replay a
         // transaction from its staging operations alone).
         if size != self.size || from_empty {
-            self.truncates.push_back(size);
+            self.barriers.push_back(Barrier::Truncate(size));
         }
         // Emptying a file that holds only the open's truncation changes
         // nothing: a bare FLUSH still commits nothing.
@@ -330,6 +346,44 @@ impl WriteTxn {
             self.written = true;
         }
         self.size = size;
+        self.start(now);
+        self.pump(now);
+        Ok(())
+    }
+
+    /// `copy_file_range` into this file: `len` bytes of `from` (another
+    /// file on the host, with nothing of this client's uncommitted in
+    /// it) at `from_offset` go to `offset`, copied by the host into the
+    /// staged content. What was written there before is replaced; the
+    /// copied bytes live only in the host's staging copy, so the writer
+    /// reading them commits first, as for spilled bytes.
+    pub fn copy(
+        &mut self,
+        now: Instant,
+        from: FileRef,
+        from_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), WriteError> {
+        if let Some(e) = self.ended() {
+            return Err(WriteError::Ended(e));
+        }
+        let end = offset
+            .checked_add(len)
+            .ok_or(WriteError::Ended(Errno::FBig))?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.pending.cut(offset, end);
+        self.sent.cut(offset, end);
+        self.size = self.size.max(end);
+        self.written = true;
+        self.barriers.push_back(Barrier::Copy {
+            from,
+            from_offset,
+            offset,
+            len,
+        });
         self.start(now);
         self.pump(now);
         Ok(())
@@ -376,13 +430,23 @@ impl WriteTxn {
     }
 
     /// Whether some of `[start, end)` was written, acknowledged and
-    /// dropped: only the host's staging copy has it, so the writer must
-    /// commit before it reads there.
+    /// dropped, or copied by the host (or is about to be): only the host's
+    /// staging copy has it, so the writer must commit before it reads
+    /// there.
     pub fn spilled_overlaps(&self, start: u64, end: u64) -> bool {
+        let overlaps = |s: u64, len: u64| s < end && s.saturating_add(len) > start;
         self.spilled
             .range(..end)
             .next_back()
             .is_some_and(|(_, &e)| e > start)
+            || self.barriers.iter().any(|b| match b {
+                Barrier::Copy { offset, len, .. } => overlaps(*offset, *len),
+                Barrier::Truncate(_) => false,
+            })
+            || self.in_flight.values().any(|s| match s {
+                Sent::Copy { start, len } => overlaps(*start, *len),
+                _ => false,
+            })
     }
 
     /// Records `[start, end)` as spilled, merged with its neighbours.
@@ -450,16 +514,36 @@ impl WriteTxn {
             let busy = self
                 .in_flight
                 .values()
-                .any(|s| matches!(s, Sent::Truncate | Sent::Commit));
+                .any(|s| matches!(s, Sent::Truncate | Sent::Copy { .. } | Sent::Commit));
             if busy {
                 return;
             }
-            if let Some(&size) = self.truncates.front() {
-                // Barrier: wait for every piece before it; pending bytes
-                // written after the truncate are already trimmed to it.
+            if self.barriers.front().is_some() {
+                // Wait for every piece before it; pending bytes written
+                // after a truncate are already trimmed to it, and those
+                // written before a copy over them were cut.
                 if self.in_flight.is_empty() {
-                    self.truncates.pop_front();
-                    self.send(Sent::Truncate, Request::TruncateWrite { txn, size });
+                    match self.barriers.pop_front() {
+                        Some(Barrier::Truncate(size)) => {
+                            self.send(Sent::Truncate, Request::TruncateWrite { txn, size });
+                        }
+                        Some(Barrier::Copy {
+                            from,
+                            from_offset,
+                            offset,
+                            len,
+                        }) => self.send(
+                            Sent::Copy { start: offset, len },
+                            Request::CopyWrite {
+                                txn,
+                                from,
+                                from_offset,
+                                offset,
+                                len,
+                            },
+                        ),
+                        None => {}
+                    }
                 }
                 return;
             }
@@ -500,7 +584,7 @@ impl WriteTxn {
         }
         if self.commit_wanted
             && self.pending.is_empty()
-            && self.truncates.is_empty()
+            && self.barriers.is_empty()
             && self.in_flight.is_empty()
         {
             // The lock must still be ours when the host checks the token;
@@ -539,6 +623,8 @@ impl WriteTxn {
                 }
             }
             (Sent::Truncate, Ok(Reply::Done)) => {}
+            // Only the staging copy holds the copied bytes.
+            (Sent::Copy { start, len }, Ok(Reply::Done)) => self.spill(start, start + len),
             (Sent::Commit, Ok(Reply::Attr(attr))) => {
                 self.state = WriteState::Complete;
                 self.pending = Extents::new();

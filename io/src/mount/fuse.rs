@@ -560,6 +560,33 @@ impl fuser::Filesystem for WormholeFs {
         );
     }
 
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The host copies; where it cannot, EOPNOTSUPP makes the kernel
+        // copy through reads and writes instead.
+        self.op(
+            Op::CopyRange {
+                fh_in: Fh(fh_in.0),
+                offset_in,
+                fh_out: Fh(fh_out.0),
+                offset_out,
+                len,
+            },
+            KernelReply::Write(reply),
+        );
+    }
+
     fn flush(
         &self,
         _req: &Request,

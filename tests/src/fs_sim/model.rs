@@ -978,6 +978,7 @@ impl Sim {
             r.op,
             FsOp::StageBegin { .. }
                 | FsOp::StageWrite { .. }
+                | FsOp::StageCopy { .. }
                 | FsOp::StageTruncate { .. }
                 | FsOp::StageCommit { .. }
         );

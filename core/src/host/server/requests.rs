@@ -320,6 +320,44 @@ impl HostServer {
                     },
                 );
             }
+            Request::CopyWrite {
+                txn,
+                from,
+                from_offset,
+                offset,
+                len,
+            } => {
+                let t = self.live_txn(now, session, txn)?;
+                if t.phase != TxnPhase::Open || t.writes > 0 {
+                    // A barrier, like a truncate: nothing else in flight.
+                    return Err(Errno::Busy);
+                }
+                if len > crate::proto::MAX_COPY {
+                    return Err(Errno::Inval);
+                }
+                offset
+                    .checked_add(len)
+                    .zip(from_offset.checked_add(len))
+                    .ok_or(Errno::FBig)?;
+                let from = match from {
+                    FileRef::Node(node) => ReadFrom::Path(self.path_of(node)?),
+                    FileRef::Handle(handle) => ReadFrom::Handle(self.own_handle(session, handle)?),
+                };
+                if let Some(t) = self.txns.get_mut(&txn) {
+                    t.writes += 1;
+                    t.last_activity = now;
+                }
+                self.fs(
+                    answer(ReplyAs::StageWrite { txn }),
+                    FsOp::StageCopy {
+                        txn,
+                        from,
+                        from_offset,
+                        offset,
+                        len,
+                    },
+                );
+            }
             Request::TruncateWrite { txn, size } => {
                 let t = self.live_txn(now, session, txn)?;
                 if t.phase != TxnPhase::Open || t.writes > 0 {

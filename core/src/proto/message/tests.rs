@@ -145,6 +145,14 @@ fn every_request() -> Vec<Request> {
         },
         Request::AbortWrite { txn: TxnId(3) },
         Request::Goodbye,
+        Request::Sync,
+        Request::CopyWrite {
+            txn: TxnId(5),
+            from: FileRef::Handle(HandleId(9)),
+            from_offset: 4096,
+            offset: 1 << 20,
+            len: 1 << 26,
+        },
     ]
 }
 

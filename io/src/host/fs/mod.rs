@@ -294,6 +294,13 @@ impl HostFs {
                 staged.wrote(offset, data.len() as u64);
                 Ok(FsOk::Done)
             }
+            FsOp::StageCopy {
+                txn,
+                from,
+                from_offset,
+                offset,
+                len,
+            } => self.stage_copy(txn, from, from_offset, offset, len),
             FsOp::StageTruncate { txn, size } => {
                 if size > self.cfg.max_file {
                     return Err(Errno::FBig);

@@ -71,7 +71,7 @@ impl HostFs {
 
     /// Opens a regular file for reading (a directory is EISDIR, a symlink
     /// ELOOP, anything else invisible).
-    fn open_file(&self, path: &RelPath) -> Result<(File, Stat), Errno> {
+    pub(super) fn open_file(&self, path: &RelPath) -> Result<(File, Stat), Errno> {
         // NONBLOCK: opening a fifo a local program left in the share must
         // not hang a worker; it is then refused as invisible.
         let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-use wormhole_core::host::{FileStamp, FsOk, FsResult, RESERVED_PREFIX, RelPath};
+use wormhole_core::host::{FileStamp, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, RelPath};
 use wormhole_core::proto::{Errno, FileKind, TxnId};
 
 use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys};
@@ -249,6 +249,38 @@ impl HostFs {
     }
 }
 
+impl HostFs {
+    /// `copy_file_range` into a transaction's staged copy: from a file
+    /// beneath the root (by path, no-follow, a regular file only) or an
+    /// open handle, on this machine; the bytes never cross the network.
+    pub(super) fn stage_copy(
+        &self,
+        txn: TxnId,
+        from: ReadFrom,
+        from_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> FsResult {
+        let end = offset.checked_add(len).ok_or(Errno::FBig)?;
+        if end > self.cfg.max_file {
+            return Err(Errno::FBig);
+        }
+        let staged = self.staging(txn)?;
+        let src = match from {
+            ReadFrom::Path(p) => Arc::new(self.open_file(&p)?.0),
+            ReadFrom::Handle(h) => self.handle(h)?,
+        };
+        staged.settle().map_err(io)?;
+        let copied = copy_range(&src, from_offset, &staged.file, offset, len).map_err(io)?;
+        if copied < len {
+            // The client told its kernel all of them were copied.
+            return Err(Errno::Io);
+        }
+        staged.wrote(offset, len);
+        Ok(FsOk::Done)
+    }
+}
+
 /// How old a staging file of another run must be before a listing that
 /// meets it removes it, unless this host is known to be the folder's only
 /// one ([`HostFsConfig::sole_host`](super::HostFsConfig::sole_host)): a
@@ -342,13 +374,29 @@ fn copy_content(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
         // stat: cut it to what was seen.
         return dst.set_len(len);
     }
-    let (mut off_in, mut off_out) = (0u64, 0u64);
-    while off_in < len {
-        let chunk = usize::try_from(len - off_in)
+    // The file may have shrunk meanwhile: what is left is copied.
+    copy_range(src, 0, dst, 0, len).map(|_| ())
+}
+
+/// Copies up to `len` bytes of `src` at `src_off` to `dst` at `dst_off`,
+/// in the kernel where it can (`copy_file_range`: a reflink on file
+/// systems that share blocks), else through a buffer. Returns how many
+/// were copied: fewer only if `src` ends first.
+fn copy_range(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> std::io::Result<u64> {
+    let (mut off_in, mut off_out) = (src_off, dst_off);
+    let end = src_off.saturating_add(len);
+    while off_in < end {
+        let chunk = usize::try_from(end - off_in)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
         match rfs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
-            Ok(0) => return Ok(()), // the file shrank meanwhile
+            Ok(0) => break, // the source ends here
             Ok(_) => {}
             Err(SysErrno::INTR) => {}
             Err(
@@ -357,27 +405,39 @@ fn copy_content(src: &File, dst: &File, len: u64) -> std::io::Result<()> {
                 | SysErrno::INVAL
                 | SysErrno::OPNOTSUPP
                 | SysErrno::PERM,
-            ) => return copy_buffered(src, dst, off_in, len),
+            ) => {
+                let done = off_in - src_off;
+                return copy_buffered(src, off_in, dst, off_out, len - done).map(|n| done + n);
+            }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(off_in - src_off)
 }
 
-fn copy_buffered(src: &File, dst: &File, mut off: u64, len: u64) -> std::io::Result<()> {
+fn copy_buffered(
+    src: &File,
+    mut off_in: u64,
+    dst: &File,
+    mut off_out: u64,
+    len: u64,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 128 * 1024];
-    while off < len {
-        let want = usize::try_from(len - off)
+    let mut done = 0;
+    while done < len {
+        let want = usize::try_from(len - done)
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        let n = match src.read_at(&mut buf[..want], off) {
-            Ok(0) => return Ok(()),
+        let n = match src.read_at(&mut buf[..want], off_in) {
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        dst.write_all_at(&buf[..n], off)?;
-        off += n as u64;
+        dst.write_all_at(&buf[..n], off_out)?;
+        off_in += n as u64;
+        off_out += n as u64;
+        done += n as u64;
     }
-    Ok(())
+    Ok(done)
 }
