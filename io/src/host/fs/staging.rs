@@ -276,7 +276,10 @@ impl HostFs {
             // The client told its kernel all of them were copied.
             return Err(Errno::Io);
         }
-        staged.wrote(offset, len);
+        // No write-behind (`Staged::wrote`) for copies: started at once,
+        // the disk writes competed with the copy's own reads of the
+        // source (1 GiB cold: 1,218-1,742 MB/s with it, 1,658-1,703
+        // without, four runs each, 2026-12-05).
         Ok(FsOk::Done)
     }
 }
