@@ -488,10 +488,10 @@ impl ClientCore {
         }
         if !self.writes.contains_key(&node) {
             let (size, base) = self.current_content(node);
-            self.writes.insert(
-                node,
-                WriteTxn::new(node, size, base, self.cfg.write.clone()),
-            );
+            let mut txn = WriteTxn::new(node, size, base, self.cfg.write.clone());
+            txn.allow_whole(self.next_tag);
+            self.next_tag += 1;
+            self.writes.insert(node, txn);
         }
         self.writes.get_mut(&node).ok_or(Errno::Io)
     }

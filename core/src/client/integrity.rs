@@ -104,6 +104,10 @@ fn a_write_to_a_file_the_host_replaced_fails_and_the_new_file_stays_whole() {
 #[test]
 fn a_commit_over_a_file_replaced_since_it_began_is_refused() {
     let mut w = world(&[("doc", b"version2 longer\n")], None);
+    // The ordinary path's steps are what this checks.
+    for c in &mut w.clients {
+        c.core.cfg.write.whole_writes = false;
+    }
     let ino = lookup(&mut w, "doc");
     let fh = open(&mut w, ino, OpenFor::Write, false);
     assert_eq!(write(&mut w, fh, 0, b"CLIENT"), Ok(Answer::Written(6)));
@@ -252,6 +256,10 @@ fn a_full_disk_leaves_a_new_file_empty_not_full_of_holes() {
 #[test]
 fn after_a_reported_loss_a_handle_writes_again_on_the_intact_file() {
     let mut w = world(&[("f", b"0123456789")], None);
+    // The ordinary path's steps are what this checks.
+    for c in &mut w.clients {
+        c.core.cfg.write.whole_writes = false;
+    }
     let ino = lookup(&mut w, "f");
     let fh = open(&mut w, ino, OpenFor::Write, false);
     w.disk.fail_next(Errno::Io, 1);

@@ -316,6 +316,9 @@ pub struct ClientCore {
     next_fh: u64,
     writes: BTreeMap<NodeId, WriteTxn>,
     after_commit: BTreeMap<NodeId, Vec<AfterCommit>>,
+    /// Names the next whole write ([`WriteTxn::allow_whole`]): unique for
+    /// the client's life, so within every session.
+    next_tag: u64,
     /// Fsyncs whose commit is not over yet: its success is answered by a
     /// Sync, not by the commit.
     fsyncs: BTreeMap<Req, Fh>,
@@ -384,6 +387,7 @@ impl ClientCore {
             next_fh: 1,
             writes: BTreeMap::new(),
             after_commit: BTreeMap::new(),
+            next_tag: 1,
             fsyncs: BTreeMap::new(),
             to_sync: Vec::new(),
             blocked: BTreeMap::new(),

@@ -497,6 +497,10 @@ fn a_mount_that_gave_up_redials_until_the_host_is_back() {
 #[test]
 fn a_crashed_client_releases_its_locks_at_the_host() {
     let mut w = world(&[("f", b"")], 2);
+    // The ordinary path's steps are what this checks.
+    for c in &mut w.clients {
+        c.core.cfg.write.whole_writes = false;
+    }
     let (i0, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let f0 = open(&mut w, 0, i0);
     write(&mut w, 0, f0, 0, b"never committed");
@@ -661,6 +665,10 @@ fn a_resumed_session_revalidates_its_cache_and_locks() {
 #[test]
 fn a_move_to_a_new_path_loses_and_repeats_nothing() {
     let mut w = world(&[("a", b"0123"), ("b", b"4567")], 1);
+    // The ordinary path's steps are what this checks.
+    for c in &mut w.clients {
+        c.core.cfg.write.whole_writes = false;
+    }
     let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
     let fh = open(&mut w, 0, a);
     write(&mut w, 0, fh, 0, b"AB");
@@ -870,6 +878,10 @@ fn reading_back_bytes_only_the_host_holds_commits_first() {
     let mut cfg = ClientConfig::default();
     cfg.write.keep_acked = 0;
     let mut w = World::new(7, disk(&[]), 1, HostConfig::default(), cfg);
+    // The ordinary path's steps are what this checks.
+    for c in &mut w.clients {
+        c.core.cfg.write.whole_writes = false;
+    }
     let (_, fh) = create(&mut w, 0, "f");
     let data = pattern(3 * CHUNK_SIZE + 5, 3);
     write(&mut w, 0, fh, 0, &data);
@@ -1288,4 +1300,50 @@ fn a_copy_from_a_file_with_uncommitted_writes_is_left_to_the_kernel() {
         len: 10,
     };
     assert_eq!(w.call(0, copy), Err(Errno::NotSup));
+}
+
+/// A small file written and closed costs one request for its content
+/// (a whole write), not a lock, a begin, a piece, a commit and a release.
+#[test]
+fn a_small_write_commits_in_one_request() {
+    let mut w = world(&[], 1);
+    let (_, fh) = create(&mut w, 0, "small");
+    write(&mut w, 0, fh, 0, &[7; 512]);
+    write(&mut w, 0, fh, 512, &[8; 512]);
+    let before = w.clients[0].sent;
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    // The whole write, and the close of the host handle the commit left
+    // on the old file (sent without waiting for it).
+    assert_eq!(w.clients[0].sent - before, 2, "one round trip");
+    let mut want = vec![7; 512];
+    want.extend_from_slice(&[8; 512]);
+    assert!(w.disk.read_file(&RelPath::from(vec![name("small")])) == Some(&want[..]));
+    // A large one goes the ordinary way.
+    write(&mut w, 0, fh, 0, &vec![9; 2 << 20]);
+    let before = w.clients[0].sent;
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert!(
+        w.clients[0].sent - before > 3,
+        "locked, begun, pieces, committed"
+    );
+}
+
+/// A small write to a file another client has locked waits for the lock
+/// as any write does (the host's EBUSY is not the writer's answer).
+#[test]
+fn a_small_write_to_a_locked_file_waits_for_the_lock() {
+    let mut w = world(&[("f", b"old")], 2);
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let fh1 = open(&mut w, 1, ino1);
+    write(&mut w, 1, fh1, 0, &vec![1; 2 << 20]); // locks: large
+    w.run_for(Duration::from_millis(100));
+    let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let fh0 = open(&mut w, 0, ino0);
+    write(&mut w, 0, fh0, 0, b"mine");
+    let flush = w.op(0, Op::Flush { fh: fh0 });
+    w.run_for(Duration::from_millis(500));
+    assert_eq!(w.answer(0, flush), None, "waiting for the other's lock");
+    assert_eq!(w.call(1, Op::Release { fh: fh1 }), Ok(Answer::Done));
+    // Then it runs; the other's commit replaced the version it wrote to.
+    assert_eq!(w.wait(0, flush), Err(Errno::Stale));
 }

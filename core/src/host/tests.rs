@@ -1558,3 +1558,72 @@ fn a_sync_the_disk_fails_reports_its_error_and_the_next_one_retries() {
         Some(&b"NEW"[..])
     );
 }
+
+// ------------------------------------------------------------ whole writes
+
+fn whole(node: NodeId, base: Option<u64>, tag: u64, data: &[u8]) -> Request {
+    Request::WriteWhole {
+        node,
+        base,
+        tag,
+        truncate: Some(0),
+        offset: 0,
+        data: Bytes::copy_from_slice(data),
+        size: data.len() as u64,
+    }
+}
+
+#[test]
+fn a_whole_write_commits_in_one_request_and_releases_its_lock() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let reply = r.call(c, whole(a.node, Some(a.version), 7, b"whole"));
+    assert!(
+        matches!(reply, Ok(Reply::Attr(ref n)) if n.size == 5),
+        "{reply:?}"
+    );
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"whole"[..]));
+    assert_eq!(r.disk.staged(), 0);
+    assert_eq!(r.host.open_txns(), 0);
+    // The lock went with it: another session takes it at once.
+    let c2 = r.client(2);
+    r.lock(c2, a.node);
+}
+
+#[test]
+fn a_whole_write_sent_again_gets_its_answer_and_runs_once() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let first = r.call(c, whole(a.node, Some(a.version), 7, b"once"));
+    let commits = |r: &Rig| r.disk.unsynced();
+    let before = commits(&r);
+    // The same tag again (a lost reply): staged from the old version,
+    // running it again would fail with ESTALE; it is answered instead.
+    let again = r.call(c, whole(a.node, Some(a.version), 7, b"once"));
+    assert_eq!(again, first);
+    assert_eq!(commits(&r), before, "nothing ran twice");
+}
+
+#[test]
+fn a_whole_write_to_a_locked_file_is_busy_and_to_a_changed_one_stale() {
+    let mut r = rig();
+    let (c1, c2) = (r.client(1), r.client(2));
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    let token = r.lock(c2, a.node);
+    assert_eq!(
+        r.call(c1, whole(a.node, Some(a.version), 1, b"x")),
+        Err(Errno::Again),
+        "locked by another: the client waits for the lock its own way"
+    );
+    r.call(c2, Request::ReleaseLock { token }).expect("release");
+    assert_eq!(
+        r.call(c1, whole(a.node, Some(a.version ^ 1), 2, b"x")),
+        Err(Errno::Stale),
+        "built on another version"
+    );
+    assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
+    assert_eq!((r.host.open_txns(), r.disk.staged()), (0, 0));
+    r.lock(c2, a.node);
+}

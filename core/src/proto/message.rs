@@ -471,6 +471,34 @@ pub enum Request {
         /// How many bytes.
         len: u64,
     },
+    /// A whole small rewrite in one round trip: the host takes the file's
+    /// exclusive lock (without waiting: EAGAIN if another holds it), stages
+    /// from the content version `base` (ESTALE if the file holds another),
+    /// cuts the staged content to `truncate` if given, writes `data` at
+    /// `offset`, commits with `size` and releases the lock. What
+    /// AcquireLock, BeginWrite, TruncateWrite, WriteChunk, CommitWrite and
+    /// ReleaseLock do, answered like CommitWrite. `tag` names it within
+    /// the session: sent again after a lost reply, it gets the answer
+    /// instead of running twice.
+    WriteWhole {
+        /// The file.
+        node: NodeId,
+        /// The content version the writes build on (`None`: they replace
+        /// all of it).
+        base: Option<u64>,
+        /// The client's name for this write.
+        tag: u64,
+        /// Cut or extend the content to this size first.
+        truncate: Option<u64>,
+        /// Where `data` goes.
+        offset: u64,
+        /// At most [`MAX_WRITE_PIECE`] bytes.
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
+        #[serde(with = "codec::shared")]
+        data: Bytes,
+        /// The file's size when done.
+        size: u64,
+    },
 }
 
 /// A successful reply.

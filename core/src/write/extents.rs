@@ -146,6 +146,26 @@ impl Extents {
         }
     }
 
+    /// Everything held as one run of bytes, if the extents leave no gap
+    /// between them (a gap must not become zeros over the file's own
+    /// bytes), with its start.
+    pub fn contiguous(&self) -> Option<(u64, Bytes)> {
+        let (&start, first) = self.map.iter().next()?;
+        if self.map.len() == 1 {
+            return Some((start, first.clone()));
+        }
+        let mut run = BytesMut::with_capacity(self.bytes);
+        let mut at = start;
+        for (&s, d) in &self.map {
+            if s != at {
+                return None;
+            }
+            run.extend_from_slice(d);
+            at += d.len() as u64;
+        }
+        Some((start, run.freeze()))
+    }
+
     /// The extents, in order (for tests and checks).
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Bytes)> + '_ {
         self.map.iter().map(|(&s, d)| (s, d))

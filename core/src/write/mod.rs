@@ -54,6 +54,10 @@ pub struct WriteConfig {
     pub keep_acked: usize,
     /// With no reply for this long, the transaction is aborted.
     pub stall_timeout: Duration,
+    /// Small transactions commit as one request
+    /// ([`WriteTxn::allow_whole`]); off, every transaction locks at its
+    /// first write.
+    pub whole_writes: bool,
     /// The lock machine's timing.
     pub lock: ClientLockConfig,
 }
@@ -65,6 +69,7 @@ impl Default for WriteConfig {
             max_dirty: 256 << 20,
             keep_acked: 32 << 20,
             stall_timeout: Duration::from_secs(60),
+            whole_writes: true,
             lock: ClientLockConfig::default(),
         }
     }
@@ -150,10 +155,18 @@ pub enum WriteOutput {
 enum Sent {
     Lock(LockOpId),
     Begin,
-    Piece { start: u64, len: u64 },
+    Piece {
+        start: u64,
+        len: u64,
+    },
     Truncate,
-    Copy { start: u64, len: u64 },
+    Copy {
+        start: u64,
+        len: u64,
+    },
     Commit,
+    /// The whole transaction in one request ([`Request::WriteWhole`]).
+    Whole,
     Abort,
 }
 
@@ -203,6 +216,11 @@ pub struct WriteTxn {
     /// Set by `commit`: commit once everything is acknowledged.
     commit_wanted: bool,
     in_flight: BTreeMap<WriteOp, Sent>,
+    /// While `Some`: the transaction has not locked yet, and if it is
+    /// still small when committed it goes as one [`Request::WriteWhole`]
+    /// under this tag instead of a lock, a begin, pieces and a commit
+    /// ([`WriteTxn::allow_whole`]).
+    whole_tag: Option<u64>,
     next_op: u64,
     last_progress: Instant,
     out: VecDeque<WriteOutput>,
@@ -228,6 +246,7 @@ impl WriteTxn {
             base,
             commit_wanted: false,
             in_flight: BTreeMap::new(),
+            whole_tag: None,
             next_op: 1,
             last_progress: Instant::ZERO,
             out: VecDeque::new(),
@@ -252,6 +271,53 @@ impl WriteTxn {
     /// Uncommitted bytes held.
     pub fn dirty(&self) -> usize {
         self.pending.bytes() + self.sent.bytes()
+    }
+
+    /// Lets the transaction wait to lock until it is committed, and then,
+    /// if what it holds is small (one run of at most [`MAX_WRITE_PIECE`]
+    /// bytes, after at most one size change), commit it as one
+    /// [`Request::WriteWhole`] named `tag` (unique within the session):
+    /// one round trip instead of four for the small files most programs
+    /// write. A host that finds the file locked by another answers EAGAIN,
+    /// and the transaction then waits for the lock as any other.
+    pub fn allow_whole(&mut self, tag: u64) {
+        if self.state == WriteState::Idle && self.cfg.whole_writes {
+            self.whole_tag = Some(tag);
+        }
+    }
+
+    /// What a whole write would send, if the transaction may and is
+    /// small enough: the size change first, then one run of bytes.
+    fn whole(&self) -> Option<(Option<u64>, u64, Bytes)> {
+        self.whole_tag?;
+        if self.state != WriteState::Idle || !self.sent.is_empty() || !self.spilled.is_empty() {
+            return None;
+        }
+        let truncate = match self.barriers.iter().collect::<Vec<_>>()[..] {
+            [] => None,
+            [Barrier::Truncate(size)] => Some(*size),
+            _ => return None,
+        };
+        // Large, or a good part of the buffer: the ordinary way, which
+        // streams pieces while the writer goes on.
+        if self.pending.bytes() > MAX_WRITE_PIECE || self.dirty() * 4 > self.cfg.max_dirty {
+            return None;
+        }
+        let (offset, data) = if self.pending.is_empty() {
+            (0, Bytes::new())
+        } else {
+            // Runs with gaps between them go the ordinary way.
+            self.pending.contiguous()?
+        };
+        Some((truncate, offset, data))
+    }
+
+    /// Starts locking unless the transaction may still go whole.
+    fn start_unless_whole(&mut self, now: Instant) {
+        if self.whole().is_none() {
+            self.whole_tag = None;
+            self.start(now);
+        }
     }
 
     /// Whether the transaction has ended (Complete or Aborted).
@@ -311,7 +377,7 @@ impl WriteTxn {
         self.size = self.size.max(end);
         self.written = true;
         self.pending.write(offset, data);
-        self.start(now);
+        self.start_unless_whole(now);
         self.pump(now);
         Ok(())
     }
@@ -346,7 +412,7 @@ impl WriteTxn {
             self.written = true;
         }
         self.size = size;
-        self.start(now);
+        self.start_unless_whole(now);
         self.pump(now);
         Ok(())
     }
@@ -384,6 +450,7 @@ impl WriteTxn {
             offset,
             len,
         });
+        self.whole_tag = None;
         self.start(now);
         self.pump(now);
         Ok(())
@@ -395,6 +462,22 @@ impl WriteTxn {
             return Err(WriteError::Ended(e));
         }
         self.commit_wanted = true;
+        if let (Some(tag), Some((truncate, offset, data))) = (self.whole_tag, self.whole()) {
+            self.state = WriteState::Committing;
+            self.last_progress = now;
+            let request = Request::WriteWhole {
+                node: self.node,
+                base: self.base,
+                tag,
+                truncate,
+                offset,
+                data,
+                size: self.size,
+            };
+            self.send(Sent::Whole, request);
+            return Ok(());
+        }
+        self.whole_tag = None;
         self.start(now);
         self.pump(now);
         Ok(())
@@ -625,6 +708,20 @@ impl WriteTxn {
             (Sent::Truncate, Ok(Reply::Done)) => {}
             // Only the staging copy holds the copied bytes.
             (Sent::Copy { start, len }, Ok(Reply::Done)) => self.spill(start, start + len),
+            (Sent::Whole, Ok(Reply::Attr(attr))) => {
+                // Nothing was locked: nothing to release.
+                self.state = WriteState::Complete;
+                self.pending = Extents::new();
+                self.barriers.clear();
+                self.out.push_back(WriteOutput::Committed(attr));
+            }
+            (Sent::Whole, Err(Errno::Again)) => {
+                // Another holds the file's lock: wait for it as any
+                // transaction does, then commit what is held.
+                self.whole_tag = None;
+                self.state = WriteState::Idle;
+                self.start(now);
+            }
             (Sent::Commit, Ok(Reply::Attr(attr))) => {
                 self.state = WriteState::Complete;
                 self.pending = Extents::new();

@@ -506,13 +506,28 @@ impl Sim {
         if seed % 2 == 1 {
             client_cfg.write.keep_acked = 0;
         }
+        // Half the seeds commit small files as one whole write, half
+        // always take the lock first.
+        if seed % 4 >= 2 {
+            client_cfg.write.whole_writes = false;
+        }
+        // A third of the seeds hold every change's reply until the disk
+        // has it (`--sync-every-close`); the rest use the group commit.
+        let host_cfg = HostConfig {
+            sync_window: if seed.is_multiple_of(3) {
+                Duration::ZERO
+            } else {
+                HostConfig::default().sync_window
+            },
+            ..HostConfig::default()
+        };
         // Attributes reach the kernel from the attribute cache and from
         // cached listings.
         let attr_ttl = client_cfg
             .cache
             .ttl(Kind::Attr)
             .max(client_cfg.cache.ttl(Kind::Dir));
-        let mut w = World::new(seed, disk, 0, HostConfig::default(), client_cfg);
+        let mut w = World::new(seed, disk, 0, host_cfg, client_cfg);
         w.record_fs = true;
         w.record_attrs = true;
         w.max_delay = max_delay;

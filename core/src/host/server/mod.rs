@@ -10,6 +10,7 @@ mod requests;
 mod results;
 mod sync;
 mod time;
+mod whole;
 
 use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
 use super::nodes::NodeTable;
@@ -173,6 +174,8 @@ struct Session {
     /// Results of recent commits, so a commit retried after a lost reply
     /// gets its answer instead of an error (bounded).
     committed: VecDeque<(TxnId, Attr)>,
+    /// The same for whole writes, by the client's tag.
+    wholes: VecDeque<(u64, Attr)>,
     ops: usize,
 }
 
@@ -207,6 +210,8 @@ struct Txn {
     /// The content staged from, once StageBegin has answered: the commit
     /// replaces only that.
     base: Option<FileStamp>,
+    /// A whole write the host runs itself ([`whole`]).
+    whole: Option<whole::Whole>,
 }
 
 /// What an operation in flight is for.
@@ -220,6 +225,12 @@ enum Purpose {
     Housekeeping,
     /// The group commit's flush ([`sync`]).
     Sync,
+    /// A step of a whole write ([`whole`]).
+    Whole {
+        session: SessionId,
+        txn: TxnId,
+        step: whole::WholeStep,
+    },
     /// What a local program put at `parent/name`, where no node is: a
     /// directory it moved there is followed ([`HostServer::local_change`]).
     Follow {

@@ -4,7 +4,7 @@
 use super::*;
 
 impl HostServer {
-    fn path_of(&self, node: NodeId) -> Result<RelPath, Errno> {
+    pub(super) fn path_of(&self, node: NodeId) -> Result<RelPath, Errno> {
         self.nodes.path(node).ok_or(Errno::Stale)
     }
 
@@ -16,7 +16,7 @@ impl HostServer {
         }
     }
 
-    fn writable(&self) -> Result<(), Errno> {
+    pub(super) fn writable(&self) -> Result<(), Errno> {
         if self.cfg.read_only {
             Err(Errno::RoFs)
         } else {
@@ -280,6 +280,7 @@ impl HostServer {
                         writes: 0,
                         last_activity: now,
                         base: None,
+                        whole: None,
                     },
                 );
                 if let Some(s) = self.sessions.get_mut(&session) {
@@ -428,6 +429,17 @@ impl HostServer {
             }
             Request::Ping => self.answer(session, id, Ok(Reply::Done)),
             Request::Sync => self.after_sync(now, session, id, Ok(Reply::Done)),
+            Request::WriteWhole {
+                node,
+                base,
+                tag,
+                truncate,
+                offset,
+                data,
+                size,
+            } => self.write_whole(
+                now, session, id, node, base, tag, truncate, offset, data, size,
+            )?,
         }
         Ok(())
     }

@@ -14,6 +14,9 @@ impl HostServer {
             Purpose::ScanRoot | Purpose::ScanList { .. } => self.scan_result(purpose, result),
             Purpose::Housekeeping => {}
             Purpose::Sync => self.synced(now, op, result),
+            Purpose::Whole { session, txn, step } => {
+                self.whole_step(now, op, session, txn, step, result);
+            }
             Purpose::Follow { parent, name } => self.follow(parent, name, result),
             Purpose::Answer { session, id, then } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
@@ -88,7 +91,7 @@ impl HostServer {
         self.recommitted.retain(|_, &mut mark| oldest < mark);
     }
 
-    fn complete(
+    pub(super) fn complete(
         &mut self,
         now: Instant,
         op: FsOpId,
