@@ -182,7 +182,7 @@ pub(crate) fn a_host_side_save_during_a_write_keeps_one_whole_version(bin: &Path
             // More than a whole write holds, so the transaction locks and
             // begins at the host before the save (a small write would
             // wait for its flush, and be refused there the same way).
-            f.write_all(&LARGE_WRITE).expect("write");
+            f.write_all(&LARGE_WRITE[..]).expect("write");
             // Let the transaction begin at the host before the save.
             wait_for(&share, STEP, "the transaction to begin", || {
                 !staging(&share).is_empty()
@@ -748,7 +748,7 @@ pub(crate) fn a_host_side_delete_during_a_write_is_not_undone(bin: &Path) {
             .open(mnt.join("doomed.txt"))
             .expect("open r+");
         if write_first {
-            f.write_all(&LARGE_WRITE).expect("write");
+            f.write_all(&LARGE_WRITE[..]).expect("write");
             wait_for(&share, STEP, "the transaction to begin", || {
                 !staging(&share).is_empty()
             });
@@ -942,4 +942,4 @@ pub(crate) use fault_tests;
 
 /// A write larger than one whole write (1 MiB): its transaction locks and
 /// begins at the host at once instead of at the flush.
-const LARGE_WRITE: [u8; (1 << 20) + 1] = [b'C'; (1 << 20) + 1];
+static LARGE_WRITE: [u8; (1 << 20) + 1] = [b'C'; (1 << 20) + 1];
