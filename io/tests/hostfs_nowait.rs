@@ -1,11 +1,11 @@
 //! [`HostFs::try_execute`], what the host driver runs on its own thread:
 //! it answers exactly as [`HostFs::execute`] would when it needs no disk
 //! wait, and gives the operation back when it would (the bytes are not in
-//! the page cache) or when it changes something.
+//! the page cache, or it may write or flush data).
 
 use std::os::unix::fs::FileExt;
 use wormhole_core::host::{FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
-use wormhole_core::proto::Name;
+use wormhole_core::proto::{Name, SetAttr};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
 fn path(name: &str) -> RelPath {
@@ -188,29 +188,53 @@ fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
     ));
     assert_eq!(disk.open_handles(), 2);
 
-    // Listings and changes always go to the pool.
+    // Listings, reads by path, size changes and flushes always go to the
+    // pool: they may wait for the disk.
     for op in [
         FsOp::List {
             path: RelPath::root(),
             cookie: 0,
             max: 10,
         },
-        FsOp::Mkdir {
-            path: path("d"),
-            mode: 0o755,
-        },
-        FsOp::Unlink {
-            path: path("small"),
-        },
         FsOp::Read {
             from: ReadFrom::Path(path("small")),
             offset: 0,
             len: 10,
         },
+        FsOp::SetAttr {
+            path: path("small"),
+            set: SetAttr {
+                size: Some(1),
+                ..SetAttr::default()
+            },
+        },
+        FsOp::Sync,
     ] {
         let back = disk.try_execute(op.clone());
         assert_eq!(back, Err(op), "given back untouched");
     }
-    assert!(tmp.path().join("small").exists());
-    assert!(!tmp.path().join("d").exists());
+    assert_eq!(
+        std::fs::metadata(tmp.path().join("small"))
+            .expect("small")
+            .len(),
+        small.len() as u64
+    );
+
+    // Changes of names run at once: no fsync in them any more (the group
+    // commit makes them durable), only inodes and directories in memory.
+    assert!(matches!(
+        disk.try_execute(FsOp::Mkdir {
+            path: path("d"),
+            mode: 0o755,
+        }),
+        Ok(Ok(FsOk::Attr(_)))
+    ));
+    assert!(tmp.path().join("d").is_dir());
+    assert!(matches!(
+        disk.try_execute(FsOp::Unlink {
+            path: path("small"),
+        }),
+        Ok(Ok(FsOk::Done))
+    ));
+    assert!(!tmp.path().join("small").exists());
 }
