@@ -28,8 +28,8 @@ Options (each also settable through the environment variable in brackets):
   --files N       number of small files                      [FILES=10000]
   --file-kb N     size of each small file, KiB               [FILE_KB=4]
   --runtime S     fio runtime per run, seconds               [FIO_RUNTIME=20]
-  --only LIST     comma list of: seqread,seqwrite,randread,small,findstat,
-                  untar,tiny,cp                              [ONLY=all]
+  --only LIST     comma list of: rawquic,seqread,seqwrite,randread,small,
+                  findstat,untar,tiny,cp                     [ONLY=all]
   --tiny N        files of 1 KiB in the tiny-file tarball    [TINY_FILES=10000]
   --no-local      skip the reference column on the local disk [LOCAL=0]
   --no-build      use the existing binary, do not run cargo   [BUILD=0]
@@ -852,6 +852,24 @@ test_cp() {
     rm -f "$SHARE"/copy-*
 }
 
+# Raw QUIC: one stream of 1 GiB over loopback with the file protocol's
+# configuration, on the build's runtime (`cargo bench --bench quic_raw`,
+# median of three): the reference a cold read is stated against.
+test_rawquic() {
+    local shell=tokio mbs
+    [[ $(basename "$WH_SRC") == *smol* ]] && shell=smol
+    CURRENT_TEST=rawquic
+    log "raw QUIC over loopback ($shell), the reference"
+    wh_down
+    ss_down
+    CLIENT_PIDS="" SERVER_PIDS=""
+    measure wormhole rawquic "cd $(q "$REPO") && QUIC_RAW_SHELLS=$shell QUIC_RAW_MB=$SIZE_MB cargo bench -q -p wormhole-tests --bench quic_raw" ||
+        { failed wormhole rawquic FAIL "cargo bench --bench quic_raw failed"; return; }
+    mbs=$(awk -v s="$shell" '$1 == "median" && $2 == s { print $3 }' "$LOGS/wormhole.rawquic.out")
+    [[ -n $mbs ]] || { failed wormhole rawquic FAIL "no median in the bench's output"; return; }
+    record rawquic wormhole "$mbs" MB/s ok
+}
+
 # ---------------------------------------------------------------- main
 
 HZ=$(getconf CLK_TCK)
@@ -860,6 +878,11 @@ install_missing
 if ((BUILD)); then
     log "cargo build --release -p wormhole-tokio"
     (cd "$REPO" && cargo build --release -p wormhole-tokio) || die "cargo build failed"
+fi
+if want rawquic; then
+    # Built now, so that no step measures a compiler.
+    log "cargo bench --no-run -p wormhole-tests --bench quic_raw"
+    (cd "$REPO" && cargo bench -q --no-run -p wormhole-tests --bench quic_raw) || die "cargo bench --no-run failed"
 fi
 # The tree the binary was built from (others may commit during the run).
 WH_REV="$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?') at $(date -u '+%H:%M UTC')"
@@ -891,6 +914,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 MAX_RUSTC=$(pgrep -c rustc || true)
 T_START=$(now)
 
+want rawquic && test_rawquic
 want seqread && test_seqread
 want seqwrite && test_seqwrite
 want randread && test_randread

@@ -13,6 +13,7 @@ import sys
 # kind "rate": higher is better, ratio = wormhole / sshfs;
 # kind "time": seconds, lower is better, ratio = sshfs / wormhole.
 TESTS = [
+    ("rawquic", "Raw QUIC, one stream of {size} over loopback (reference)", "rate", None),
     ("seqread_cold", "Sequential read {size}, cold", "rate", 1.5),
     ("seqread_warm", "Sequential re-read {size}, warm (same mount)", "rate", 5.0),
     ("seqwrite", "Sequential write {size} + fsync", "rate", 1.5),
@@ -137,6 +138,12 @@ def main():
             print(f"* {k}: {meta[k]}")
     print()
     print("\n".join(out))
+    raw, cold = rows.get(("rawquic", "wormhole")), rows.get(("seqread_cold", "wormhole"))
+    if raw and cold and raw["value"] and cold["value"]:
+        share = cold["value"] / raw["value"]
+        print()
+        print(f"Cold sequential read = {share:.0%} of raw QUIC in the same run"
+              f" (target ≥ 70 %: {'met' if share >= 0.7 else 'not met'}).")
     print()
     print("Ratio: wormhole/sshfs for rates, sshfs time / wormhole time for times:")
     print("higher is better for wormhole. MB/s = 10^6 bytes/s.")

@@ -3,7 +3,9 @@
 //! raw QUIC): one QUIC stream carrying 1 GiB over loopback with the file
 //! protocol's exact configuration, on both shells, three runs each.
 //! `cargo bench -p wormhole-tests --bench quic_raw`; `QUIC_RAW_MB` sets
-//! the size. Prints MB/s; nothing here passes or fails on speed.
+//! the size, `QUIC_RAW_SHELLS` which shells (`tokio,smol`). Prints MB/s
+//! per run and a `median SHELL MB/s` line per shell (`bench/sshfs.sh`
+//! reads it); nothing here passes or fails on speed.
 
 use wormhole_io::Shell;
 use wormhole_io::net::quic::loopback_stream_time;
@@ -14,29 +16,42 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
+    let shells = std::env::var("QUIC_RAW_SHELLS").unwrap_or_else(|_| "tokio,smol".into());
     println!(
         "{:<6} {:>10} {:>10} {:>10}",
         "shell", "run 1", "run 2", "run 3"
     );
-    run(&TokioShell::new().expect("tokio"), mb);
-    run(&SmolShell::new().expect("smol"), mb);
+    let mut medians = Vec::new();
+    for name in shells.split(',') {
+        match name {
+            "tokio" => medians.push(run(&TokioShell::new().expect("tokio"), mb)),
+            "smol" => medians.push(run(&SmolShell::new().expect("smol"), mb)),
+            other => eprintln!("unknown shell {other:?} (tokio or smol)"),
+        }
+    }
+    for (shell, median) in medians {
+        println!("median {shell} {median:.0}");
+    }
 }
 
-fn run<S: Shell>(shell: &S, mb: usize) {
+/// Three runs; prints them and gives the median, MB/s.
+fn run<S: Shell>(shell: &S, mb: usize) -> (&'static str, f64) {
     let bytes = mb << 20;
-    let runs: Vec<String> = (0..3)
+    let mut runs: Vec<f64> = (0..3)
         .map(|_| {
             let took = shell
                 .block_on(loopback_stream_time(shell.runtime(), bytes))
                 .expect("a stream over loopback");
-            format!("{:.0} MB/s", bytes as f64 / took.as_secs_f64() / 1e6)
+            bytes as f64 / took.as_secs_f64() / 1e6
         })
         .collect();
     println!(
         "{:<6} {:>10} {:>10} {:>10}",
         shell.name(),
-        runs[0],
-        runs[1],
-        runs[2]
+        format!("{:.0} MB/s", runs[0]),
+        format!("{:.0} MB/s", runs[1]),
+        format!("{:.0} MB/s", runs[2])
     );
+    runs.sort_by(f64::total_cmp);
+    (shell.name(), runs[1])
 }
