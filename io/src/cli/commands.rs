@@ -526,13 +526,21 @@ struct FoundPath {
     kind: PathKind,
 }
 
+/// How long a relay's renewal may take: a direct attempt first (its checks
+/// time out after a few seconds when no direct path exists), then a new
+/// allocation, then the move's drain. With short-lived credentials a
+/// quarter of their life is less than that (a kernel test with 20 s
+/// credentials renewed at 15 s finished at 20.05 s, after they expired).
+const RENEW_MARGIN: Duration = Duration::from_secs(10);
+
 /// What kind of path a mount is on, for [`improve_path`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PathKind {
     Direct,
     /// Through a TURN relay: a direct path is looked for meanwhile, and
     /// a new allocation made at `renew_at` (three quarters into its
-    /// credentials' life), before the server refuses their refreshes.
+    /// credentials' life, and at least [`RENEW_MARGIN`] before its end),
+    /// before the server refuses their refreshes.
     Relayed {
         renew_at: Option<std::time::SystemTime>,
     },
@@ -544,7 +552,7 @@ impl PathKind {
         let now = std::time::SystemTime::now();
         let renew_at = expires.map(|at| {
             let left = at.duration_since(now).unwrap_or_default();
-            now + left * 3 / 4
+            now + (left * 3 / 4).min(left.saturating_sub(RENEW_MARGIN))
         });
         PathKind::Relayed { renew_at }
     }
