@@ -396,6 +396,19 @@ impl MemFs {
         }
     }
 
+    /// The regular file `from` names (a path, no-follow, or a handle).
+    fn file_of(&self, from: &ReadFrom) -> Result<u64, Errno> {
+        let ino = match from {
+            ReadFrom::Path(p) => self.resolve(p)?,
+            ReadFrom::Handle(h) => *self.handles.get(h).ok_or(Errno::BadF)?,
+        };
+        match self.inodes.get(&ino).ok_or(Errno::NoEnt)?.kind {
+            FileKind::File => Ok(ino),
+            FileKind::Dir => Err(Errno::IsDir),
+            FileKind::Symlink => Err(Errno::Loop),
+        }
+    }
+
     /// Executes one operation.
     pub fn execute(&mut self, op: FsOp) -> FsResult {
         self.tick();
@@ -462,16 +475,8 @@ impl MemFs {
                 Ok(FsOk::Done)
             }
             FsOp::Read { from, offset, len } => {
-                let ino = match from {
-                    ReadFrom::Path(p) => self.resolve(&p)?,
-                    ReadFrom::Handle(h) => *self.handles.get(&h).ok_or(Errno::BadF)?,
-                };
+                let ino = self.file_of(&from)?;
                 let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
-                match n.kind {
-                    FileKind::File => {}
-                    FileKind::Dir => return Err(Errno::IsDir),
-                    FileKind::Symlink => return Err(Errno::Loop),
-                }
                 let start = usize::try_from(offset)
                     .unwrap_or(usize::MAX)
                     .min(n.data.len());
@@ -684,16 +689,8 @@ impl MemFs {
                     return Err(Errno::FBig);
                 }
                 let staged_len = self.staged.get(&txn).ok_or(Errno::BadF)?.len();
-                let ino = match from {
-                    ReadFrom::Path(p) => self.resolve(&p)?,
-                    ReadFrom::Handle(h) => *self.handles.get(&h).ok_or(Errno::BadF)?,
-                };
+                let ino = self.file_of(&from)?;
                 let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
-                match n.kind {
-                    FileKind::File => {}
-                    FileKind::Dir => return Err(Errno::IsDir),
-                    FileKind::Symlink => return Err(Errno::Loop),
-                }
                 let end = from_offset.saturating_add(len);
                 if len == 0 {
                     return Ok(FsOk::Done);

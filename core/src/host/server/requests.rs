@@ -268,24 +268,7 @@ impl HostServer {
                     return Err(Errno::Again);
                 }
                 let path = self.path_of(node)?;
-                let txn = TxnId(self.next_txn);
-                self.next_txn += 1;
-                self.txns.insert(
-                    txn,
-                    Txn {
-                        session,
-                        node,
-                        token,
-                        phase: TxnPhase::Staging,
-                        writes: 0,
-                        last_activity: now,
-                        base: None,
-                        whole: None,
-                    },
-                );
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.txns.insert(txn);
-                }
+                let txn = self.new_txn(now, session, node, token, None);
                 self.fs(
                     answer(ReplyAs::StageBegin { txn, expect: base }),
                     FsOp::StageBegin { txn, path },
@@ -511,6 +494,37 @@ impl HostServer {
         self.locks
             .validate(now, session, t.token, t.node, &ancestors)?;
         Ok(t)
+    }
+
+    /// A transaction of `session` on `node` under the lock `token`, about
+    /// to stage (a client's own, or a whole write the host runs).
+    pub(super) fn new_txn(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        node: NodeId,
+        token: LockToken,
+        whole: Option<super::whole::Whole>,
+    ) -> TxnId {
+        let txn = TxnId(self.next_txn);
+        self.next_txn += 1;
+        self.txns.insert(
+            txn,
+            Txn {
+                session,
+                node,
+                token,
+                phase: TxnPhase::Staging,
+                writes: 0,
+                last_activity: now,
+                base: None,
+                whole,
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.txns.insert(txn);
+        }
+        txn
     }
 
     pub(super) fn drop_txn(&mut self, txn: TxnId) {

@@ -106,33 +106,17 @@ impl HostServer {
             Acquired::Granted(grant) => grant.token,
             Acquired::Queued(_) => return Err(Errno::Again),
         };
-        let txn = TxnId(self.next_txn);
-        self.next_txn += 1;
-        self.txns.insert(
-            txn,
-            Txn {
-                session,
-                node,
-                token,
-                phase: TxnPhase::Staging,
-                writes: 0,
-                last_activity: now,
-                base: None,
-                whole: Some(Whole {
-                    id,
-                    tag,
-                    rest: Some(WholeRest {
-                        truncate,
-                        offset,
-                        data,
-                        size,
-                    }),
-                }),
-            },
-        );
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.txns.insert(txn);
-        }
+        let whole = Whole {
+            id,
+            tag,
+            rest: Some(WholeRest {
+                truncate,
+                offset,
+                data,
+                size,
+            }),
+        };
+        let txn = self.new_txn(now, session, node, token, Some(whole));
         self.fs(
             Purpose::Whole {
                 session,
