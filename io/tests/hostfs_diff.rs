@@ -155,6 +155,12 @@ fn op(rng: &mut Rng) -> FsOp {
             size: rng.below(MAX_FILE + 50),
             // Each side's own, from its StageBegin (see `Stamps`).
             base: NO_STAMP,
+            set: Box::new(SetAttr {
+                size: None,
+                mode: (rng.below(2) == 0).then(|| *rng.pick(&[0o644, 0o600, 0o2755])),
+                atime: time(rng),
+                mtime: time(rng),
+            }),
         },
         _ => FsOp::StageAbort { txn },
     }
@@ -249,12 +255,17 @@ impl Stamps {
     fn with_base(op: &FsOp, stamps: &BTreeMap<TxnId, FileStamp>) -> FsOp {
         match op.clone() {
             FsOp::StageCommit {
-                txn, path, size, ..
+                txn,
+                path,
+                size,
+                set,
+                ..
             } => FsOp::StageCommit {
                 txn,
                 path,
                 size,
                 base: stamps.get(&txn).copied().unwrap_or(NO_STAMP),
+                set,
             },
             op => op,
         }
@@ -530,11 +541,13 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             path,
             size,
             base,
+            set,
         } => FsOp::StageCommit {
             txn: txn(x),
             path: p(path),
             size,
             base,
+            set,
         },
         FsOp::StageAbort { txn: x } => FsOp::StageAbort { txn: txn(x) },
         FsOp::Sync => FsOp::Sync,

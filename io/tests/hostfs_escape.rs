@@ -344,6 +344,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 path: link.clone(),
                 size: 11,
                 base,
+                set: Default::default(),
             },
             Err(Errno::Stale),
         );
@@ -521,6 +522,7 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
             path: rel("f"),
             size: 19,
             base,
+            set: Default::default(),
         }) {
             Ok(FsOk::Attr(a)) => a,
             other => panic!("commit: {other:?}"),
@@ -543,6 +545,7 @@ fn commit_replaces_durably_and_interruption_keeps_the_old_content() {
                 path: rel("f"),
                 size: 1,
                 base,
+                set: Default::default(),
             }),
             Err(Errno::BadF),
             "a transaction commits once"
@@ -706,6 +709,7 @@ fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
         path: rel("f"),
         size: 7,
         base,
+        set: Default::default(),
     });
     assert_eq!(
         std::fs::read(tmp.path().join("f")).expect("read"),
@@ -720,8 +724,57 @@ fn a_truncating_transaction_keeps_only_what_the_truncate_keeps() {
         path: rel("f"),
         size: 0,
         base,
+        set: Default::default(),
     });
     assert_eq!(std::fs::read(tmp.path().join("f")).expect("read"), b"");
+}
+
+/// Mode and times a writer set while writing reach the disk with the
+/// content, after the last write (which would otherwise move the mtime).
+#[test]
+fn a_commit_gives_the_new_content_the_mode_and_times_set_while_writing() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-setcommit")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("f"), b"old").expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let txn = TxnId(5);
+    let base = begin(&fs, txn, "f");
+    fs.execute(FsOp::StageWrite {
+        txn,
+        offset: 0,
+        data: Bytes::from_static(b"new content"),
+    })
+    .expect("write");
+    let at = Timestamp {
+        secs: 1_500_000_000,
+        nanos: 250,
+    };
+    let attr = match fs.execute(FsOp::StageCommit {
+        txn,
+        path: rel("f"),
+        size: 11,
+        base,
+        set: Box::new(SetAttr {
+            size: None,
+            mode: Some(0o600),
+            atime: None,
+            mtime: Some(SetTime::At(at)),
+        }),
+    }) {
+        Ok(FsOk::Attr(a)) => a,
+        other => panic!("commit: {other:?}"),
+    };
+    assert_eq!((attr.mode, attr.mtime), (0o600, at));
+    let meta = std::fs::metadata(tmp.path().join("f")).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_500_000_000, 250));
+    assert_eq!(
+        std::fs::read(tmp.path().join("f")).expect("read"),
+        b"new content"
+    );
 }
 
 #[test]
@@ -804,6 +857,7 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
         path: file.clone(),
         size: 4,
         base,
+        set: Default::default(),
     })
     .expect("commit");
     match fs.execute(FsOp::Read {

@@ -233,6 +233,7 @@ fn fuse_mount<S: Shell>(shell: &S) {
                 path: path(),
                 size: changed.len() as u64,
                 base: FileStamp::from(&was),
+                set: Default::default(),
             })
             .expect("commit");
         }),

@@ -372,6 +372,7 @@ fn killed_client<S: Shell>(shell: &S) {
             c.call(Request::CommitWrite {
                 txn,
                 size: content.len() as u64,
+                set: Default::default(),
             })
             .await,
             "commit",

@@ -752,7 +752,11 @@ async fn never_given_out(c: &mut RawClient) {
             data: bytes::Bytes::from_static(b"evil"),
         },
         Request::TruncateWrite { txn, size: 0 },
-        Request::CommitWrite { txn, size: 0 },
+        Request::CommitWrite {
+            txn,
+            size: 0,
+            set: Default::default(),
+        },
         Request::AbortWrite { txn },
     ] {
         refused(c, request).await;
@@ -877,7 +881,11 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
             data: bytes::Bytes::copy_from_slice(&evil_bytes),
         },
         Request::TruncateWrite { txn, size: 1 },
-        Request::CommitWrite { txn, size: 1 },
+        Request::CommitWrite {
+            txn,
+            size: 1,
+            set: Default::default(),
+        },
         Request::AbortWrite { txn },
     ] {
         refused(c, request).await;
@@ -943,6 +951,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
         .call(Request::CommitWrite {
             txn,
             size: content.len() as u64,
+            set: Default::default(),
         })
         .await
     {

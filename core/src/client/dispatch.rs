@@ -5,8 +5,8 @@ use super::{
     AfterCommit, Answer, Blocked, CacheWait, ClientCore, Fh, Handle, Op, Purpose, ReadJob, Req,
 };
 use crate::Instant;
-use crate::cache::{CacheKey, ChunkKey, Kind, Lookup, Miss, Value};
-use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, OpenFor, Request, SetAttr};
+use crate::cache::{CacheKey, ChunkKey, EntryState, Kind, Lookup, Miss, Value};
+use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, OpenFor, Request, SetAttr, SetTime};
 use crate::vfs::Ino;
 use crate::write::{WriteError, WriteTxn};
 use bytes::{Bytes, BytesMut};
@@ -124,7 +124,7 @@ impl ClientCore {
                         // (POSIX); only its handles know it now.
                         let h = self.handles.values().find(|h| h.ino == *ino);
                         let mut attr = h
-                            .map(|h| self.with_local_size(&h.attr))
+                            .map(|h| self.with_local_changes(&h.attr))
                             .ok_or(Errno::NoEnt)?;
                         attr.nlink = 0;
                         let ttl = std::time::Duration::ZERO;
@@ -137,7 +137,7 @@ impl ClientCore {
                 match self.cache.lookup(now, &CacheKey::Attr(node), w) {
                     Ok(Lookup::Hit(Value::Attr(a))) => {
                         self.waits.remove(&w);
-                        let attr = self.with_local_size(&a);
+                        let attr = self.with_local_changes(&a);
                         let ttl = self.kernel_ttl(Kind::Attr);
                         self.reply(req, Ok(Answer::Attr { attr, ttl }));
                     }
@@ -172,6 +172,15 @@ impl ClientCore {
                         if !self.wait_for_commit(node, b.clone()) {
                             self.run_blocked(now, node, b)?;
                         }
+                    }
+                    None if self.folds_into_commit(now, node, set) => {
+                        let attr = self.fresh_attr(now, node).ok_or(Errno::Io)?;
+                        if let Some(w) = self.writes.get_mut(&node) {
+                            w.set_at_commit(*set).map_err(|_| Errno::Io)?;
+                        }
+                        let attr = self.with_local_changes(&attr);
+                        let ttl = self.kernel_ttl(Kind::Attr);
+                        self.reply(req, Ok(Answer::Attr { attr, ttl }));
                     }
                     None if self.writes.get(&node).is_some_and(|w| !w.is_finished()) => {
                         // Mode and times apply to the content the writer
@@ -512,11 +521,45 @@ impl ClientCore {
             .unwrap_or((0, None))
     }
 
-    /// Attributes with this client's uncommitted size laid over them.
-    pub(super) fn with_local_size(&self, attr: &Attr) -> Attr {
+    /// Whether `set` (no size) can join the file's open transaction
+    /// ([`WriteTxn::set_at_commit`]) and be answered at once: a write is
+    /// open and not committing, nothing waits for its commit, and no time
+    /// is "now" (the host's clock, which this client cannot read).
+    fn folds_into_commit(&self, now: Instant, node: NodeId, set: &SetAttr) -> bool {
+        let open = self
+            .writes
+            .get(&node)
+            .is_some_and(|w| !w.is_finished() && !w.is_committing());
+        let queued = self.blocked.get(&node).is_some_and(|q| !q.is_empty());
+        let now_time = [set.atime, set.mtime].contains(&Some(SetTime::Now));
+        open && !queued && !now_time && set.size.is_none() && self.fresh_attr(now, node).is_some()
+    }
+
+    /// The file's attributes, if the cache holds them fresh (within the
+    /// ttl the kernel may serve them for).
+    fn fresh_attr(&self, now: Instant, node: NodeId) -> Option<Attr> {
+        let key = CacheKey::Attr(node);
+        (self.cache.state(now, &key) == EntryState::Cached)
+            .then(|| self.cache.peek_attr(node).cloned())
+            .flatten()
+    }
+
+    /// Attributes with this client's uncommitted size, mode and times laid
+    /// over them.
+    pub(super) fn with_local_changes(&self, attr: &Attr) -> Attr {
         let mut a = attr.clone();
         if let Some(w) = self.writes.get(&attr.node).filter(|w| !w.is_finished()) {
             a.size = w.size();
+            let set = w.pending_set();
+            if let Some(mode) = set.mode {
+                a.mode = (a.mode & !0o7777) | (mode & 0o7777);
+            }
+            if let Some(SetTime::At(t)) = set.atime {
+                a.atime = t;
+            }
+            if let Some(SetTime::At(t)) = set.mtime {
+                a.mtime = t;
+            }
         }
         a
     }

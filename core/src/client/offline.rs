@@ -287,7 +287,7 @@ impl ClientCore {
                 else {
                     return false;
                 };
-                let attr = self.with_local_size(&attr);
+                let attr = self.with_local_changes(&attr);
                 self.reply(
                     req,
                     Ok(Answer::Entry {

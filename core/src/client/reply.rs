@@ -262,7 +262,7 @@ impl ClientCore {
                     self.entry(now, *parent, op, a.clone(), true)
                         .map(|ino| Answer::Entry {
                             ino,
-                            attr: self.with_local_size(&a),
+                            attr: self.with_local_changes(&a),
                             ttl: attr_ttl,
                         }),
                 )
@@ -327,7 +327,7 @@ impl ClientCore {
                 }
                 Some(Ok(Answer::Created {
                     ino,
-                    attr: self.with_local_size(&attr),
+                    attr: self.with_local_changes(&attr),
                     ttl: attr_ttl,
                     fh,
                 }))
@@ -368,7 +368,7 @@ impl ClientCore {
                     }
                 }
                 Some(Ok(Answer::Attr {
-                    attr: self.with_local_size(&a),
+                    attr: self.with_local_changes(&a),
                     ttl: attr_ttl,
                 }))
             }
@@ -612,7 +612,7 @@ impl ClientCore {
     fn resume(&mut self, now: Instant, cont: CacheWait, result: Result<Value, Errno>) {
         match (cont, result) {
             (CacheWait::GetAttr { req }, Ok(Value::Attr(a))) => {
-                let attr = self.with_local_size(&a);
+                let attr = self.with_local_changes(&a);
                 let ttl = self.kernel_ttl(Kind::Attr);
                 self.reply(req, Ok(Answer::Attr { attr, ttl }));
             }

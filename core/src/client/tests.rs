@@ -4,7 +4,7 @@ use super::*;
 use crate::conn::DisconnectReason;
 use crate::host::memfs::MemFs;
 use crate::host::{FsOp, HostConfig, RelPath};
-use crate::proto::{CHUNK_SIZE, FileKind, Name};
+use crate::proto::{CHUNK_SIZE, FileKind, Name, SetTime};
 use crate::testkit::World;
 
 fn name(s: &str) -> Name {
@@ -1346,4 +1346,78 @@ fn a_small_write_to_a_locked_file_waits_for_the_lock() {
     assert_eq!(w.call(1, Op::Release { fh: fh1 }), Ok(Answer::Done));
     // Then it runs; the other's commit replaced the version it wrote to.
     assert_eq!(w.wait(0, flush), Err(Errno::Stale));
+}
+
+/// Times and mode set on a file being written are answered at once and
+/// reach the host with the commit, applied after the last byte: `tar`,
+/// `cp -p` and `rsync` pay no round trip for them.
+#[test]
+fn times_and_mode_set_while_writing_go_with_the_commit() {
+    let mut w = world(&[], 1);
+    let (ino, fh) = create(&mut w, 0, "f");
+    write(&mut w, 0, fh, 0, b"hello");
+    let at = crate::proto::Timestamp {
+        secs: 1_600_000_000,
+        nanos: 7,
+    };
+    let set = SetAttr {
+        size: None,
+        mode: Some(0o600),
+        atime: None,
+        mtime: Some(SetTime::At(at)),
+    };
+    w.record_fs = true;
+    let req = w.op(0, Op::SetAttr { ino, set });
+    let Some(Ok(Answer::Attr { attr, .. })) = w.answer(0, req) else {
+        panic!("not answered at once");
+    };
+    assert_eq!((attr.size, attr.mode & 0o7777, attr.mtime), (5, 0o600, at));
+    let Ok(Answer::Attr { attr, .. }) = w.call(0, Op::GetAttr { ino }) else {
+        panic!("getattr");
+    };
+    assert_eq!(
+        (attr.mode & 0o7777, attr.mtime),
+        (0o600, at),
+        "stat sees them"
+    );
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    w.settle();
+    let ops: Vec<&FsOp> = w.fs_log.iter().map(|r| &r.op).collect();
+    assert!(
+        !ops.iter().any(|o| matches!(o, FsOp::SetAttr { .. })),
+        "no separate SetAttr: {ops:?}"
+    );
+    let path = RelPath::from(vec![name("f")]);
+    assert_eq!(w.disk.read_file(&path), Some(&b"hello"[..]));
+    let Ok(crate::host::FsOk::Attr(a)) = w.disk.execute(FsOp::Stat { path }) else {
+        panic!("stat on the host");
+    };
+    assert_eq!((a.mode, a.mtime, a.size), (0o600, at, 5));
+}
+
+/// A time of "now" is the host's clock: it is set after the commit, as
+/// before, not guessed by the client.
+#[test]
+fn a_time_of_now_set_while_writing_waits_for_the_commit() {
+    let mut w = world(&[], 1);
+    let (ino, fh) = create(&mut w, 0, "f");
+    write(&mut w, 0, fh, 0, b"hello");
+    let set = SetAttr {
+        mtime: Some(SetTime::Now),
+        ..SetAttr::default()
+    };
+    w.record_fs = true;
+    let req = w.op(0, Op::SetAttr { ino, set });
+    assert_eq!(w.answer(0, req), None, "not answered before the host");
+    assert!(matches!(w.wait(0, req), Ok(Answer::Attr { .. })));
+    let ops: Vec<&FsOp> = w.fs_log.iter().map(|r| &r.op).collect();
+    assert!(
+        matches!(
+            &ops[..],
+            [.., FsOp::StageCommit { .. }, FsOp::SetAttr { .. }]
+        ),
+        "{ops:?}"
+    );
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
 }

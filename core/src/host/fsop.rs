@@ -291,6 +291,11 @@ pub enum FsOp {
         size: u64,
         /// The content the transaction was staged from.
         base: FileStamp,
+        /// Mode and times for the new content, set before it replaces
+        /// the old (its `size` is not used); unset, the file keeps the
+        /// mode it has at commit time. (Boxed: it would make every
+        /// operation larger, and commits are few.)
+        set: Box<SetAttr>,
     },
     /// Delete the staged copy; the file is untouched.
     StageAbort {

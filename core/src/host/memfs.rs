@@ -723,6 +723,7 @@ impl MemFs {
                 path,
                 size,
                 base,
+                set,
             } => {
                 if size > self.max_file {
                     return Err(Errno::FBig);
@@ -750,10 +751,16 @@ impl MemFs {
                 if FileStamp::from(&self.attr(old)?) != base {
                     return Err(Errno::Stale);
                 }
-                let mode = self.inodes.get(&old).map_or(0o644, |n| n.mode);
+                let mode = set
+                    .mode
+                    .unwrap_or_else(|| self.inodes.get(&old).map_or(0o644, |n| n.mode));
+                let atime = set.atime.map(|t| self.time(t));
+                let mtime = set.mtime.map(|t| self.time(t));
                 self.detach(dir, name);
                 let mut node = Inode::new(FileKind::File, mode, self.now);
                 node.data = data;
+                node.atime = atime.unwrap_or(node.atime);
+                node.mtime = mtime.unwrap_or(node.mtime);
                 let ino = self.add(dir, name, node)?;
                 self.collect();
                 Ok(FsOk::Attr(self.attr(ino)?))

@@ -593,7 +593,14 @@ fn a_write_transaction_commits_atomically() {
         "nothing visible yet"
     );
     let size = (CHUNK_SIZE + 6) as u64;
-    let committed = r.call(c, Request::CommitWrite { txn, size });
+    let committed = r.call(
+        c,
+        Request::CommitWrite {
+            txn,
+            size,
+            set: SetAttr::default(),
+        },
+    );
     let Ok(Reply::Attr(attr)) = committed.clone() else {
         panic!("{committed:?}")
     };
@@ -603,7 +610,17 @@ fn a_write_transaction_commits_atomically() {
     assert_eq!(data[CHUNK_SIZE + 5], b'!');
     assert_eq!(r.disk.staged(), 0);
     // A retried commit (lost reply) gets the same answer.
-    assert_eq!(r.call(c, Request::CommitWrite { txn, size }), committed);
+    assert_eq!(
+        r.call(
+            c,
+            Request::CommitWrite {
+                txn,
+                size,
+                set: SetAttr::default(),
+            }
+        ),
+        committed
+    );
     assert_ne!(attr.version, a.version, "the version changed");
 }
 
@@ -638,7 +655,14 @@ fn writes_are_fenced_by_a_live_exclusive_token() {
         "stale token refused"
     );
     assert_eq!(
-        r.call(c1, Request::CommitWrite { txn, size: 5 }),
+        r.call(
+            c1,
+            Request::CommitWrite {
+                txn,
+                size: 5,
+                set: SetAttr::default(),
+            }
+        ),
         Err(Errno::Stale)
     );
     assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
@@ -1053,7 +1077,14 @@ fn a_truncate_inside_a_transaction_zeroes_what_it_cut() {
     );
     r.chunk(c, txn, 0, 4, b"Z").expect("chunk");
     assert!(matches!(
-        r.call(c, Request::CommitWrite { txn, size: 5 }),
+        r.call(
+            c,
+            Request::CommitWrite {
+                txn,
+                size: 5,
+                set: SetAttr::default(),
+            }
+        ),
         Ok(Reply::Attr(_))
     ));
     assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"he\0\0Z"[..]));
@@ -1172,6 +1203,7 @@ fn write_session_trace() {
         Request::CommitWrite {
             txn: TxnId(1),
             size: 3,
+            set: SetAttr::default(),
         },
     );
     run(&mut host, &mut trace, "CommitWrite");
@@ -1244,7 +1276,14 @@ fn an_open_racing_the_hosts_own_commit_is_not_stale() {
     // The rename runs first; the open's result arrives first.
     let (mut r, c1, c2, node, txn) = commit_ready();
     r.hold = true;
-    let commit = r.send(c1, Request::CommitWrite { txn, size: 5 });
+    let commit = r.send(
+        c1,
+        Request::CommitWrite {
+            txn,
+            size: 5,
+            set: SetAttr::default(),
+        },
+    );
     let open = open_for_read(&mut r, c2, node);
     let renamed = r.run_held(is_commit);
     let opened = r.run_held(is_open);
@@ -1261,7 +1300,14 @@ fn an_open_racing_the_hosts_own_commit_is_not_stale() {
     let (mut r, c1, c2, node, txn) = commit_ready();
     r.hold = true;
     let open = open_for_read(&mut r, c2, node);
-    let commit = r.send(c1, Request::CommitWrite { txn, size: 5 });
+    let commit = r.send(
+        c1,
+        Request::CommitWrite {
+            txn,
+            size: 5,
+            set: SetAttr::default(),
+        },
+    );
     let opened = r.run_held(is_open);
     let renamed = r.run_held(is_commit);
     r.deliver(renamed);
@@ -1430,6 +1476,7 @@ fn commit(r: &mut Rig, c: ConnId, node: NodeId, data: &[u8]) -> Result<Reply, Er
         Request::CommitWrite {
             txn,
             size: data.len() as u64,
+            set: SetAttr::default(),
         },
     );
     r.call(c, Request::ReleaseLock { token }).expect("release");
@@ -1570,6 +1617,7 @@ fn whole(node: NodeId, base: Option<u64>, tag: u64, data: &[u8]) -> Request {
         offset: 0,
         data: Bytes::copy_from_slice(data),
         size: data.len() as u64,
+        set: SetAttr::default(),
     }
 }
 

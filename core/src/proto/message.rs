@@ -435,6 +435,10 @@ pub enum Request {
         txn: TxnId,
         /// Final size.
         size: u64,
+        /// Mode and times set on the file while it was being written,
+        /// applied to the new content before it replaces the old (`size`
+        /// is ignored: the commit's own size stands).
+        set: SetAttr,
     },
     /// Drop the transaction; the file keeps its old content.
     AbortWrite {
@@ -498,6 +502,9 @@ pub enum Request {
         data: Bytes,
         /// The file's size when done.
         size: u64,
+        /// Mode and times to give the new content, as with
+        /// [`Request::CommitWrite`].
+        set: SetAttr,
     },
 }
 

@@ -33,7 +33,7 @@ use crate::lock::{
 };
 use crate::proto::{
     Attr, CHUNK_SIZE, Errno, FileRef, LockKind, LockScope, LockToken, MAX_WRITE_PIECE, NodeId,
-    Reply, Request, TxnId,
+    Reply, Request, SetAttr, TxnId,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -209,6 +209,8 @@ pub struct WriteTxn {
     written: bool,
     /// It began with the truncation of a truncating open.
     emptied_at_open: bool,
+    /// Mode and times set while writing ([`WriteTxn::set_at_commit`]).
+    set: SetAttr,
     /// The content version the writes build on (told to the host, which
     /// refuses the transaction if the file holds another); `None` once
     /// the transaction truncates to nothing before anything is written.
@@ -243,6 +245,7 @@ impl WriteTxn {
             size,
             written: false,
             emptied_at_open: false,
+            set: SetAttr::default(),
             base,
             commit_wanted: false,
             in_flight: BTreeMap::new(),
@@ -266,6 +269,33 @@ impl WriteTxn {
     /// The file's size including uncommitted writes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Mode and times set while writing, to go with the commit.
+    pub fn pending_set(&self) -> &SetAttr {
+        &self.set
+    }
+
+    /// Mode and times (never a size: that is [`Self::set_size`]) to give
+    /// the new content at commit, answered at once instead of committing
+    /// first and setting them after: a program that writes a file and
+    /// then sets its times (`tar`, `cp -p`, `rsync`) costs one round trip
+    /// instead of two. Later values replace earlier ones. Refused once
+    /// the commit is under way: the caller then sets them after it.
+    pub fn set_at_commit(&mut self, set: SetAttr) -> Result<(), WriteError> {
+        if let Some(e) = self.ended() {
+            return Err(WriteError::Ended(e));
+        }
+        debug_assert!(set.size.is_none(), "a size goes through set_size");
+        self.set = SetAttr {
+            size: None,
+            mode: set.mode.or(self.set.mode),
+            atime: set.atime.or(self.set.atime),
+            mtime: set.mtime.or(self.set.mtime),
+        };
+        // A change to commit even with no byte written.
+        self.written = true;
+        Ok(())
     }
 
     /// Uncommitted bytes held.
@@ -473,6 +503,7 @@ impl WriteTxn {
                 offset,
                 data,
                 size: self.size,
+                set: self.set,
             };
             self.send(Sent::Whole, request);
             return Ok(());
@@ -676,8 +707,8 @@ impl WriteTxn {
                 return self.fail(now, AbortReason::LockLost);
             }
             self.state = WriteState::Committing;
-            let size = self.size;
-            self.send(Sent::Commit, Request::CommitWrite { txn, size });
+            let (size, set) = (self.size, self.set);
+            self.send(Sent::Commit, Request::CommitWrite { txn, size, set });
         }
     }
 

@@ -11,7 +11,7 @@ use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{FsAttr, FsOk, FsOp, HostConfig, RelPath};
 use wormhole_core::lock::scope_node;
 use wormhole_core::proto::{
-    Attr, Errno, FileKey, FileKind, LockKind, LockScope, Name, NodeId, SetAttr,
+    Attr, Errno, FileKey, FileKind, LockKind, LockScope, Name, NodeId, SetAttr, SetTime,
 };
 use wormhole_core::testkit::{FsRecord, World};
 use wormhole_core::vfs::Ino;
@@ -75,6 +75,9 @@ pub struct FsStats {
     pub path_moves: u64,
     /// Commits replayed from their staging operations and found whole.
     pub commits_replayed: u64,
+    /// Commits that carried mode and times set while writing, checked on
+    /// the committed file.
+    pub sets_committed: u64,
     /// Flushes that reported a loss, whose epoch was checked for holes.
     pub losses_checked: u64,
     /// Changes made by local programs on the host.
@@ -99,6 +102,7 @@ impl FsStats {
         }
         self.commits += o.commits;
         self.commits_replayed += o.commits_replayed;
+        self.sets_committed += o.sets_committed;
         self.losses_checked += o.losses_checked;
         self.local_changes += o.local_changes;
         self.disk_full += o.disk_full;
@@ -1062,11 +1066,30 @@ impl Sim {
                     x.staged.resize(*size as usize, 0);
                 }
             }
-            (F::StageCommit { txn, size, .. }, Ok(_)) => {
+            (F::StageCommit { txn, size, set, .. }, Ok(result)) => {
                 let Some(x) = self.replays.remove(txn) else {
                     return Err(self.violation(format!("{txn:?} committed but never staged")));
                 };
                 self.stats.commits_replayed += 1;
+                if set.mode.is_some() || set.mtime.is_some() {
+                    // Mode and times set while writing: the new content
+                    // has them, whatever the last write did.
+                    let FsOk::Attr(a) = result else {
+                        return Err(self.violation(format!("{txn:?} committed without attributes")));
+                    };
+                    let mode_ok = set.mode.is_none_or(|m| a.mode == m & 0o7777);
+                    let mtime_ok = match set.mtime {
+                        Some(SetTime::At(t)) => a.mtime == t,
+                        _ => true,
+                    };
+                    if !(mode_ok && mtime_ok) {
+                        return Err(self.violation(format!(
+                            "{txn:?} committed with {set:?} but the file has mode {:o}, mtime {:?}",
+                            a.mode, a.mtime
+                        )));
+                    }
+                    self.stats.sets_committed += 1;
+                }
                 if r.replaced != Some(x.base_key) || r.replaced_content.as_deref() != Some(&x.base)
                 {
                     return Err(self.violation(format!(

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use std::time::Duration;
 use wormhole_core::client::Op;
 use wormhole_core::host::RelPath;
-use wormhole_core::proto::{CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr};
+use wormhole_core::proto::{
+    CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp,
+};
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
 
@@ -264,9 +266,22 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                     } else {
                         rng.below(5000)
                     };
-                    let set = SetAttr {
-                        size: Some(size),
-                        ..SetAttr::default()
+                    let set = if rng.below(3) == 0 {
+                        // What `tar` and `cp -p` do after writing: on a
+                        // file with an open write it joins the commit.
+                        SetAttr {
+                            mode: Some([0o644, 0o600, 0o755][rng.below(3) as usize]),
+                            mtime: Some(SetTime::At(Timestamp {
+                                secs: 1_600_000_000 + rng.below(1000) as i64,
+                                nanos: 0,
+                            })),
+                            ..SetAttr::default()
+                        }
+                    } else {
+                        SetAttr {
+                            size: Some(size),
+                            ..SetAttr::default()
+                        }
                     };
                     sim.op(c, Op::SetAttr { ino, set })?;
                 }
@@ -451,6 +466,10 @@ impl Simulation for FsSim {
             ("client crashes", s.client_crashes),
             ("moves to a new path", s.path_moves),
             ("commits replayed from their staging", s.commits_replayed),
+            (
+                "mode and times committed with the content",
+                s.sets_committed,
+            ),
             ("reported losses checked for holes", s.losses_checked),
             ("local programs' changes", s.local_changes),
             ("full disks", s.disk_full),

@@ -1,6 +1,7 @@
 //! Requests: each client request checked (session, confinement, locks,
 //! transactions) and turned into file operations or an answer.
 
+use super::whole::WholeRest;
 use super::*;
 
 impl HostServer {
@@ -358,7 +359,7 @@ impl HostServer {
                     FsOp::StageTruncate { txn, size },
                 );
             }
-            Request::CommitWrite { txn, size } => {
+            Request::CommitWrite { txn, size, set } => {
                 if let Some(attr) = self.sessions.get(&session).and_then(|s| {
                     s.committed
                         .iter()
@@ -391,6 +392,7 @@ impl HostServer {
                         path,
                         size,
                         base,
+                        set: Box::new(set),
                     },
                 );
             }
@@ -420,8 +422,21 @@ impl HostServer {
                 offset,
                 data,
                 size,
+                set,
             } => self.write_whole(
-                now, session, id, node, base, tag, truncate, offset, data, size,
+                now,
+                session,
+                id,
+                node,
+                base,
+                tag,
+                WholeRest {
+                    truncate,
+                    offset,
+                    data,
+                    size,
+                    set,
+                },
             )?,
         }
         Ok(())

@@ -10,15 +10,17 @@
 //! gets the recorded answer, or joins the chain still running.
 
 use super::*;
+use crate::proto::SetAttr;
 use bytes::Bytes;
 
 /// What a whole write still has to do after its current step.
 #[derive(Debug)]
 pub(super) struct WholeRest {
-    truncate: Option<u64>,
-    offset: u64,
-    data: Bytes,
-    size: u64,
+    pub(super) truncate: Option<u64>,
+    pub(super) offset: u64,
+    pub(super) data: Bytes,
+    pub(super) size: u64,
+    pub(super) set: SetAttr,
 }
 
 /// The step a whole write's file operation is.
@@ -51,10 +53,7 @@ impl HostServer {
         node: NodeId,
         base: Option<u64>,
         tag: u64,
-        truncate: Option<u64>,
-        offset: u64,
-        data: Bytes,
-        size: u64,
+        rest: WholeRest,
     ) -> Result<(), Errno> {
         let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
         if let Some(attr) = s
@@ -83,10 +82,12 @@ impl HostServer {
             Some(_) => return Err(Errno::IsDir),
             None => return Err(Errno::Stale),
         }
-        if data.len() > MAX_WRITE_PIECE {
+        if rest.data.len() > MAX_WRITE_PIECE {
             return Err(Errno::Inval);
         }
-        offset.checked_add(data.len() as u64).ok_or(Errno::FBig)?;
+        rest.offset
+            .checked_add(rest.data.len() as u64)
+            .ok_or(Errno::FBig)?;
         if s.txns.len() >= self.cfg.max_txns_per_session {
             return Err(Errno::Again);
         }
@@ -109,12 +110,7 @@ impl HostServer {
         let whole = Whole {
             id,
             tag,
-            rest: Some(WholeRest {
-                truncate,
-                offset,
-                data,
-                size,
-            }),
+            rest: Some(rest),
         };
         let txn = self.new_txn(now, session, node, token, Some(whole));
         self.fs(
@@ -231,7 +227,7 @@ impl HostServer {
             );
             return Ok(());
         }
-        let size = rest.size;
+        let (size, set) = (rest.size, rest.set);
         let t = self.txns.get(&txn).ok_or(())?;
         let base = t.base.ok_or(())?;
         // The path now (the writer may have renamed the file).
@@ -248,6 +244,7 @@ impl HostServer {
                 path,
                 size,
                 base,
+                set: Box::new(set),
             },
         );
         Ok(())

@@ -142,6 +142,15 @@ fn every_request() -> Vec<Request> {
         Request::CommitWrite {
             txn: TxnId(3),
             size: 262_149,
+            set: SetAttr {
+                size: None,
+                mode: Some(0o640),
+                atime: None,
+                mtime: Some(SetTime::At(Timestamp {
+                    secs: 1_796_491_883,
+                    nanos: 0,
+                })),
+            },
         },
         Request::AbortWrite { txn: TxnId(3) },
         Request::Goodbye,

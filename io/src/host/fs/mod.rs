@@ -86,7 +86,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use wormhole_core::host::{FsAttr, FsHandle, FsOk, FsOp, FsResult, RESERVED_PREFIX, ReadFrom};
-use wormhole_core::proto::{Errno, FileKey, FileKind, SetTime, StatFs, Timestamp, TxnId};
+use wormhole_core::proto::{Errno, FileKey, FileKind, SetAttr, SetTime, StatFs, Timestamp, TxnId};
 
 /// Bounds of a [`HostFs`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,7 +313,8 @@ impl HostFs {
                 path,
                 size,
                 base,
-            } => self.stage_commit(txn, &path, size, base),
+                set,
+            } => self.stage_commit(txn, &path, size, base, *set),
             FsOp::StageAbort { txn } => {
                 // Dropping the last reference unlinks the staging file.
                 lock(&self.staged).remove(&txn);
@@ -406,6 +407,14 @@ fn attr(st: &Stat) -> Option<FsAttr> {
 fn fd_attr(fd: impl AsFd) -> FsResult {
     let st = rfs::fstat(fd).map_err(sys)?;
     attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
+}
+
+/// The times `set` changes, for `utimensat`/`futimens`; `None` if neither.
+fn times(set: &SetAttr) -> Option<rfs::Timestamps> {
+    (set.atime.is_some() || set.mtime.is_some()).then(|| rfs::Timestamps {
+        last_access: timespec(set.atime),
+        last_modification: timespec(set.mtime),
+    })
 }
 
 fn timespec(t: Option<SetTime>) -> rfs::Timespec {

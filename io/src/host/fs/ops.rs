@@ -11,7 +11,7 @@ use wormhole_core::host::{FsHandle, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, R
 use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr};
 
 use super::staging::purge_staging;
-use super::{HostFs, attr, fd_attr, kind_of, lock, os, sys, timespec};
+use super::{HostFs, attr, fd_attr, kind_of, lock, os, sys, times};
 
 impl HostFs {
     pub(super) fn list(&self, path: &RelPath, cookie: u64, max: u32) -> FsResult {
@@ -274,10 +274,7 @@ impl HostFs {
                 return Err(Errno::FBig);
             }
         }
-        let times = (set.atime.is_some() || set.mtime.is_some()).then(|| rfs::Timestamps {
-            last_access: timespec(set.atime),
-            last_modification: timespec(set.mtime),
-        });
+        let times = times(&set);
         if kind == FileKind::Symlink {
             // Linux keeps a symlink's mode at 0777 and cannot change it.
             if set.mode.is_some() {

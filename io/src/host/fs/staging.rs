@@ -11,9 +11,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use wormhole_core::host::{FileStamp, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, RelPath};
-use wormhole_core::proto::{Errno, FileKind, TxnId};
+use wormhole_core::proto::{Errno, FileKind, SetAttr, TxnId};
 
-use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys};
+use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys, times};
 
 /// A staged new version of a file: a hidden file beside it.
 pub(super) struct Staged {
@@ -205,6 +205,7 @@ impl HostFs {
         path: &RelPath,
         size: u64,
         base: FileStamp,
+        set: SetAttr,
     ) -> FsResult {
         if size > self.cfg.max_file {
             return Err(Errno::FBig);
@@ -221,8 +222,14 @@ impl HostFs {
             return Err(Errno::IsDir);
         }
         // The file keeps its permissions, as MemFs: those of the file at
-        // commit time.
-        rfs::fchmod(&staged.file, Mode::from_raw_mode(old.st_mode & 0o7777)).map_err(sys)?;
+        // commit time, unless the writer set others while writing.
+        let mode = set.mode.unwrap_or(old.st_mode);
+        rfs::fchmod(&staged.file, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        // Times last: every write and the size are in place (`settle`,
+        // `set_len`), so nothing moves the mtime after it.
+        if let Some(t) = times(&set) {
+            rfs::futimens(&staged.file, &t).map_err(sys)?;
+        }
         // Content and size on disk before the name points at them, so a
         // crash shows the old file or the complete new one: the file
         // system orders that itself ([`super::durability`]), or we do.
