@@ -27,6 +27,7 @@ fn warm_client() -> (World, Ino) {
         path: RelPath::from(vec![name.clone()]),
         mode: 0o644,
         exclusive: true,
+        open: None,
     })
     .expect("create");
     let mut w = World::new(1, disk, 1, HostConfig::default(), ClientConfig::default());

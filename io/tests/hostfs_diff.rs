@@ -8,7 +8,9 @@
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::host::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use wormhole_core::host::{
+    FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, OpenAs, ReadFrom, RelPath,
+};
 use wormhole_core::proto::{FileKey, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp, TxnId};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
@@ -104,6 +106,11 @@ fn op(rng: &mut Rng) -> FsOp {
             path: path(rng),
             mode: *rng.pick(&[0o644, 0o600, 0o755, 0o4750]),
             exclusive: rng.below(2) == 0,
+            // A create that opens names a handle, as an open does.
+            open: (rng.below(2) == 0).then(|| OpenAs {
+                handle,
+                inline_max: [0, 4, 1 << 20][rng.below(3) as usize],
+            }),
         },
         8 | 9 => FsOp::Mkdir {
             path: path(rng),
@@ -501,10 +508,15 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             path,
             mode,
             exclusive,
+            open,
         } => FsOp::Create {
             path: p(path),
             mode,
             exclusive,
+            open: open.map(|o| OpenAs {
+                handle: h(o.handle),
+                inline_max: o.inline_max,
+            }),
         },
         FsOp::Mkdir { path, mode } => FsOp::Mkdir {
             path: p(path),

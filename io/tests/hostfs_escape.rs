@@ -219,6 +219,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 path: new.clone(),
                 mode: 0o644,
                 exclusive: false,
+                open: None,
             },
             Err(Errno::Loop),
         );
@@ -274,6 +275,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 path: link.clone(),
                 mode: 0o644,
                 exclusive: false,
+                open: None,
             },
             Err(Errno::Loop),
         );
@@ -282,6 +284,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 path: link.clone(),
                 mode: 0o644,
                 exclusive: true,
+                open: None,
             },
             Err(Errno::Exist),
         );
@@ -795,6 +798,7 @@ fn the_pool_runs_operations_off_the_caller() {
                     path: rel(&name),
                     mode: 0o644,
                     exclusive: true,
+                    open: None,
                 },
             )
             .await
@@ -836,6 +840,7 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
         path: file.clone(),
         mode: 0o644,
         exclusive: true,
+        open: None,
     })
     .expect("create deep");
     let txn = TxnId(1);

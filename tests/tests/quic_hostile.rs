@@ -95,6 +95,7 @@ fn named_requests(n: Name) -> Vec<Request> {
             name: n.clone(),
             mode: 0o644,
             exclusive: false,
+            open: false,
         },
         Request::Mkdir {
             parent: root,
@@ -524,6 +525,7 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
                     name: name(link),
                     mode: 0o644,
                     exclusive,
+                    open: false,
                 },
             )
             .await;
@@ -574,6 +576,7 @@ fn reaching_through(dir: NodeId, file: NodeId, there: &str) -> Vec<Request> {
             name: name(&evil("file")),
             mode: 0o644,
             exclusive: false,
+            open: false,
         },
         Request::Mkdir {
             parent: dir,
@@ -708,6 +711,7 @@ async fn never_given_out(c: &mut RawClient) {
                 name: name(&evil("file")),
                 mode: 0o644,
                 exclusive: false,
+                open: false,
             },
             Request::Mkdir {
                 parent: node,
@@ -913,6 +917,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
                 name: n.clone(),
                 mode: 0o644,
                 exclusive: false,
+                open: false,
             },
             Request::Rename {
                 parent: root,

@@ -413,6 +413,7 @@ impl ClientCore {
                     name: name.clone(),
                     mode: *mode,
                     exclusive: *exclusive,
+                    open: true,
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }

@@ -145,8 +145,6 @@ impl Purpose {
 enum OpPart {
     /// The operation's own request (for most, the only one).
     First,
-    /// Create's second request: open the new file.
-    OpenCreated { ino: Ino },
     /// Fsync's second request, once its commit is applied: make it
     /// durable.
     Sync,

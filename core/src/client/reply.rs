@@ -288,37 +288,23 @@ impl ClientCore {
                         }),
                 )
             }
-            (Op::Create { parent, .. }, OpPart::First, Ok(Reply::Attr(a))) => {
-                self.entries_changed(now, *parent);
-                match self.entry(now, *parent, op, a.clone(), true) {
-                    Ok(ino) => {
-                        let node = a.node;
-                        self.send(
-                            now,
-                            Purpose::Op {
-                                req,
-                                op: op.clone(),
-                                part: OpPart::OpenCreated { ino },
-                            },
-                            crate::proto::Request::Open {
-                                node,
-                                mode: crate::proto::OpenFor::Read,
-                            },
-                        );
-                        None
-                    }
-                    Err(e) => Some(Err(e)),
-                }
-            }
             (
-                Op::Create { .. },
-                OpPart::OpenCreated { ino },
+                Op::Create { parent, .. },
+                _,
                 Ok(Reply::Opened {
                     handle,
                     attr,
                     inline,
                 }),
             ) => {
+                self.entries_changed(now, *parent);
+                let ino = match self.entry(now, *parent, op, attr.clone(), true) {
+                    Ok(ino) => ino,
+                    Err(e) => {
+                        self.close_host_handles(now, vec![handle]);
+                        return Some(Err(e));
+                    }
+                };
                 let (node, size) = (attr.node, attr.size);
                 let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;

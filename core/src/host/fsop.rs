@@ -122,6 +122,15 @@ impl From<&FsAttr> for FileStamp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FsHandle(pub u64);
 
+/// How [`FsOp::Create`] opens the file it made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenAs {
+    /// The handle the core will use.
+    pub handle: FsHandle,
+    /// As [`FsOp::Open`]'s `inline_max`.
+    pub inline_max: u32,
+}
+
 /// What to read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadFrom {
@@ -187,6 +196,9 @@ pub enum FsOp {
         mode: u32,
         /// Fail if it exists.
         exclusive: bool,
+        /// Open the file for reading too, under this handle, as
+        /// [`FsOp::Open`] would (the result is then [`FsOk::Opened`]).
+        open: Option<OpenAs>,
     },
     /// Create a directory.
     Mkdir {

@@ -490,18 +490,29 @@ impl MemFs {
                 path,
                 mode,
                 exclusive,
+                open,
             } => {
                 let (dir, name) = self.parent_of(&path)?;
-                if let Some(&ino) = self.inodes.get(&dir).and_then(|d| d.children.get(name)) {
-                    return match (exclusive, self.inodes.get(&ino).map(|n| n.kind)) {
-                        (true, _) => Err(Errno::Exist),
-                        (false, Some(FileKind::File)) => Ok(FsOk::Attr(self.attr(ino)?)),
-                        (false, Some(FileKind::Dir)) => Err(Errno::IsDir),
-                        (false, _) => Err(Errno::Loop),
-                    };
-                }
-                let ino = self.add(dir, name, Inode::new(FileKind::File, mode, self.now))?;
-                Ok(FsOk::Attr(self.attr(ino)?))
+                let ino = match self.inodes.get(&dir).and_then(|d| d.children.get(name)) {
+                    Some(&ino) => match (exclusive, self.inodes.get(&ino).map(|n| n.kind)) {
+                        (true, _) => return Err(Errno::Exist),
+                        (false, Some(FileKind::File)) => ino,
+                        (false, Some(FileKind::Dir)) => return Err(Errno::IsDir),
+                        (false, _) => return Err(Errno::Loop),
+                    },
+                    None => self.add(dir, name, Inode::new(FileKind::File, mode, self.now))?,
+                };
+                let Some(open) = open else {
+                    return Ok(FsOk::Attr(self.attr(ino)?));
+                };
+                let data = &self.inodes.get(&ino).ok_or(Errno::NoEnt)?.data;
+                let inline = if data.len() <= open.inline_max as usize {
+                    Bytes::copy_from_slice(data)
+                } else {
+                    Bytes::new()
+                };
+                self.handles.insert(open.handle, ino);
+                Ok(FsOk::Opened(self.attr(ino)?, inline))
             }
             FsOp::Mkdir { path, mode } => {
                 let (dir, name) = self.parent_of(&path)?;

@@ -33,7 +33,9 @@ mod server;
 #[cfg(test)]
 mod tests;
 
-pub use fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
+pub use fsop::{
+    FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, OpenAs, ReadFrom, RelPath,
+};
 pub use nodes::NodeTable;
 pub use pump::HostIo;
 pub use server::{

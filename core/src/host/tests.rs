@@ -270,6 +270,7 @@ fn the_scan_is_bounded_and_the_rest_is_found_on_demand() {
             path: p,
             mode: 0o644,
             exclusive: true,
+            open: None,
         })
         .expect("create");
     }
@@ -465,7 +466,8 @@ fn reserved_names_are_invisible_and_untouchable() {
                 parent: NodeId::ROOT,
                 name: name(".wormhole.x"),
                 mode: 0o644,
-                exclusive: true
+                exclusive: true,
+                open: false,
             }
         ),
         Err(Errno::Acces)
@@ -547,6 +549,7 @@ fn large_directories_are_paged_completely() {
             path: path(&["big", &format!("e{i:04}")]),
             mode: 0o644,
             exclusive: true,
+            open: None,
         })
         .expect("create");
     }
@@ -736,6 +739,7 @@ fn read_only_hosts_refuse_every_change() {
             name: name("n"),
             mode: 0o644,
             exclusive: true,
+            open: false,
         },
         Request::Mkdir {
             parent: NodeId::ROOT,
@@ -930,7 +934,8 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 parent: d.node,
                 name: name("x"),
                 mode: 0o644,
-                exclusive: true
+                exclusive: true,
+                open: false,
             }
         ),
         Err(Errno::Busy)
@@ -942,7 +947,8 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 parent: d.node,
                 name: name("x"),
                 mode: 0o644,
-                exclusive: true
+                exclusive: true,
+                open: false,
             }
         ),
         Ok(Reply::Attr(_))
@@ -956,7 +962,8 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 parent: d.node,
                 name: name("y"),
                 mode: 0o644,
-                exclusive: true
+                exclusive: true,
+                open: false,
             }
         ),
         Ok(Reply::Attr(_))
@@ -1425,6 +1432,7 @@ fn a_directory_moved_on_the_host_is_followed() {
             name: name("new.txt"),
             mode: 0o644,
             exclusive: true,
+            open: false,
         },
     );
     assert!(created.is_ok(), "{created:?}");
@@ -1556,6 +1564,7 @@ fn with_no_window_a_change_is_answered_only_once_on_disk() {
             name: name("new"),
             mode: 0o644,
             exclusive: true,
+            open: false,
         },
     );
     assert!(matches!(r.held[..], [(_, FsOp::Create { .. })]));
@@ -1674,4 +1683,53 @@ fn a_whole_write_to_a_locked_file_is_busy_and_to_a_changed_one_stale() {
     assert_eq!(r.disk.read_file(&path(&["a.txt"])), Some(&b"hello"[..]));
     assert_eq!((r.host.open_txns(), r.disk.staged()), (0, 0));
     r.lock(c2, a.node);
+}
+
+/// A create that opens answers as an open does: the new file's node and a
+/// handle that reads it, counted against the session's handle limit.
+#[test]
+fn a_create_that_opens_answers_with_a_handle() {
+    let mut r = Rig::new(
+        HostConfig {
+            max_handles_per_session: 1,
+            ..HostConfig::default()
+        },
+        disk_with(&[], &[]),
+    );
+    let c = r.client(1);
+    let create = |n: &str| Request::Create {
+        parent: NodeId::ROOT,
+        name: name(n),
+        mode: 0o640,
+        exclusive: true,
+        open: true,
+    };
+    let Ok(Reply::Opened {
+        handle,
+        attr,
+        inline,
+    }) = r.call(c, create("new"))
+    else {
+        panic!("create and open");
+    };
+    assert_eq!((attr.size, attr.mode, inline.len()), (0, 0o640, 0));
+    assert_eq!(
+        r.lookup(c, NodeId::ROOT, "new").map(|a| a.node),
+        Ok(attr.node)
+    );
+    let read = Request::Read {
+        file: crate::proto::FileRef::Handle(handle),
+        offset: 0,
+        len: 10,
+    };
+    assert!(matches!(r.call(c, read), Ok(Reply::Data { .. })));
+    // The session's one handle is taken: the next create that opens is
+    // refused before it touches the disk.
+    assert_eq!(r.call(c, create("second")), Err(Errno::Again));
+    assert_eq!(r.lookup(c, NodeId::ROOT, "second"), Err(Errno::NoEnt));
+    assert_eq!(r.call(c, Request::Close { handle }), Ok(Reply::Done));
+    assert!(matches!(
+        r.call(c, create("second")),
+        Ok(Reply::Opened { .. })
+    ));
 }

@@ -309,7 +309,9 @@ pub enum Request {
         /// Byte count.
         len: u32,
     },
-    /// Create a regular file.
+    /// Create a regular file. Answered with its attributes, or, with
+    /// `open`, as [`Request::Open`] for reading is: the handle a new file
+    /// needs comes with it, one round trip instead of two.
     Create {
         /// Directory.
         parent: NodeId,
@@ -319,6 +321,8 @@ pub enum Request {
         mode: u32,
         /// Fail with EEXIST if it exists (O_EXCL).
         exclusive: bool,
+        /// Open it too ([`Reply::Opened`]).
+        open: bool,
     },
     /// Create a directory.
     Mkdir {

@@ -108,6 +108,7 @@ pub fn host_machine(data: &[u8]) {
             path,
             mode: 0o644,
             exclusive: true,
+            open: None,
         });
     }
     let mut host = HostServer::new(HostConfig::default(), SECRET, Rng::from_u64(input.seed));

@@ -12,7 +12,9 @@ mod sync;
 mod time;
 mod whole;
 
-use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, ReadFrom, RelPath};
+use super::fsop::{
+    FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, OpenAs, ReadFrom, RelPath,
+};
 use super::nodes::NodeTable;
 use crate::codec::CodecError;
 use crate::conn::auth::{self, TicketSecret};
@@ -269,9 +271,12 @@ enum ReplyAs {
     Read {
         node: Option<NodeId>,
     },
+    /// A create, mkdir or symlink; a create that opens too names the
+    /// handle it opens.
     Created {
         parent: NodeId,
         name: Name,
+        open: Option<(HandleId, FsHandle)>,
     },
     Removed {
         parent: NodeId,

@@ -96,13 +96,7 @@ impl HostServer {
                     self.writable()?;
                 }
                 let path = self.path_of(node)?;
-                let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
-                if s.handles.len() >= self.cfg.max_handles_per_session {
-                    return Err(Errno::Again);
-                }
-                let handle = HandleId(self.next_handle);
-                let fs = FsHandle(self.next_handle);
-                self.next_handle += 1;
+                let (handle, fs) = self.new_handle(session)?;
                 self.fs(
                     answer(ReplyAs::Open { node, handle, fs }),
                     FsOp::Open {
@@ -137,16 +131,27 @@ impl HostServer {
                 name,
                 mode,
                 exclusive,
+                open,
             } => {
                 self.writable()?;
                 let path = self.dir_path(parent)?.join(visible(&name)?);
                 self.guard(session, parent, true)?;
+                let open = if open {
+                    let (handle, fs) = self.new_handle(session)?;
+                    Some((handle, fs))
+                } else {
+                    None
+                };
                 self.fs(
-                    answer(ReplyAs::Created { parent, name }),
+                    answer(ReplyAs::Created { parent, name, open }),
                     FsOp::Create {
                         path,
                         mode: mode & 0o7777,
                         exclusive,
+                        open: open.map(|(_, handle)| OpenAs {
+                            handle,
+                            inline_max: CHUNK_SIZE as u32,
+                        }),
                     },
                 );
             }
@@ -155,7 +160,11 @@ impl HostServer {
                 let path = self.dir_path(parent)?.join(visible(&name)?);
                 self.guard(session, parent, true)?;
                 self.fs(
-                    answer(ReplyAs::Created { parent, name }),
+                    answer(ReplyAs::Created {
+                        parent,
+                        name,
+                        open: None,
+                    }),
                     FsOp::Mkdir {
                         path,
                         mode: mode & 0o7777,
@@ -174,7 +183,11 @@ impl HostServer {
                 let path = self.dir_path(parent)?.join(visible(&name)?);
                 self.guard(session, parent, true)?;
                 self.fs(
-                    answer(ReplyAs::Created { parent, name }),
+                    answer(ReplyAs::Created {
+                        parent,
+                        name,
+                        open: None,
+                    }),
                     FsOp::Symlink { path, target },
                 );
             }
@@ -487,6 +500,17 @@ impl HostServer {
                 n == node || self.nodes.ancestors(n).contains(&node)
             }
         })
+    }
+
+    /// Numbers for a handle `session` is about to open, within its limit.
+    fn new_handle(&mut self, session: SessionId) -> Result<(HandleId, FsHandle), Errno> {
+        let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
+        if s.handles.len() >= self.cfg.max_handles_per_session {
+            return Err(Errno::Again);
+        }
+        let n = self.next_handle;
+        self.next_handle += 1;
+        Ok((HandleId(n), FsHandle(n)))
     }
 
     fn own_handle(&self, session: SessionId, handle: HandleId) -> Result<FsHandle, Errno> {

@@ -2,6 +2,7 @@
 //! index and turned into the reply its request waits for.
 
 use super::*;
+use bytes::Bytes;
 
 impl HostServer {
     /// The shell finished file operation `op`.
@@ -42,6 +43,29 @@ impl HostServer {
             .learn(parent, name, attr.key, attr.kind)
             .ok_or(Errno::NoSpc)?;
         Ok(to_attr(id, attr))
+    }
+
+    /// A handle opened for `session`: kept, and the answer to its open;
+    /// closed again if the session ended while the file was opening.
+    fn opened(
+        &mut self,
+        session: SessionId,
+        handle: HandleId,
+        fs: FsHandle,
+        attr: Attr,
+        inline: Bytes,
+    ) -> Result<Reply, Errno> {
+        let Some(s) = self.sessions.get_mut(&session) else {
+            self.fs(Purpose::Housekeeping, FsOp::Close { handle: fs });
+            return Err(Errno::BadF);
+        };
+        s.handles.insert(handle);
+        self.handles.insert(handle, Handle { session, fs });
+        Ok(Reply::Opened {
+            handle,
+            attr,
+            inline,
+        })
     }
 
     /// The node whose file a result describes, for results by path.
@@ -135,19 +159,8 @@ impl HostServer {
                 Ok(Reply::DirPage { entries: out, next })
             }
             (ReplyAs::Open { node, handle, fs }, Ok(FsOk::Opened(a, inline))) => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.handles.insert(handle);
-                    self.handles.insert(handle, Handle { session, fs });
-                    Ok(Reply::Opened {
-                        handle,
-                        attr: to_attr(node, &a),
-                        inline,
-                    })
-                } else {
-                    // The session ended while the file was opening.
-                    self.fs(Purpose::Housekeeping, FsOp::Close { handle: fs });
-                    Err(Errno::BadF)
-                }
+                let attr = to_attr(node, &a);
+                self.opened(session, handle, fs, attr, inline)
             }
             (ReplyAs::Close { handle }, Ok(_)) => {
                 if let Some(h) = self.handles.remove(&handle)
@@ -161,10 +174,34 @@ impl HostServer {
                 let version = to_attr(NodeId::ROOT, &attr).version;
                 Ok(Reply::Data { data, version })
             }
-            (ReplyAs::Created { parent, name }, Ok(FsOk::Attr(a))) => {
+            (
+                ReplyAs::Created {
+                    parent,
+                    name,
+                    open: None,
+                },
+                Ok(FsOk::Attr(a)),
+            ) => {
                 let attr = self.learn(parent, &name, &a)?;
                 self.broadcast(Some(session), parent, Invalidation::Entries);
                 Ok(Reply::Attr(attr))
+            }
+            (
+                ReplyAs::Created {
+                    parent,
+                    name,
+                    open: Some((handle, fs)),
+                },
+                Ok(FsOk::Opened(a, inline)),
+            ) => {
+                self.broadcast(Some(session), parent, Invalidation::Entries);
+                match self.learn(parent, &name, &a) {
+                    Ok(attr) => self.opened(session, handle, fs, attr, inline),
+                    Err(e) => {
+                        self.fs(Purpose::Housekeeping, FsOp::Close { handle: fs });
+                        Err(e)
+                    }
+                }
             }
             (ReplyAs::Removed { parent, name }, Ok(_)) => {
                 for gone in self.nodes.remove(parent, &name) {

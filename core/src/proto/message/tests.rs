@@ -84,6 +84,7 @@ fn every_request() -> Vec<Request> {
             name: name("n"),
             mode: 0o644,
             exclusive: true,
+            open: false,
         },
         Request::Mkdir {
             parent: NodeId::ROOT,

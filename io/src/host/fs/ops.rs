@@ -7,7 +7,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno as SysErrno;
 use std::fs::File;
 use std::sync::Arc;
-use wormhole_core::host::{FsHandle, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, RelPath};
+use wormhole_core::host::{FsHandle, FsOk, FsResult, OpenAs, RESERVED_PREFIX, ReadFrom, RelPath};
 use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr};
 
 use super::staging::purge_staging;
@@ -118,14 +118,19 @@ impl HostFs {
         } else {
             Bytes::new()
         };
+        self.keep_handle(handle, file)?;
+        let a = attr(&st).ok_or(Errno::NoEnt)?;
+        Ok(Some(FsOk::Opened(a, inline)))
+    }
+
+    /// Keeps `file` open as `handle`, within the handle limit.
+    fn keep_handle(&self, handle: FsHandle, file: File) -> Result<(), Errno> {
         let mut handles = lock(&self.handles);
         if !handles.contains_key(&handle) && handles.len() >= self.cfg.max_handles {
             return Err(Errno::Again);
         }
         handles.insert(handle, Arc::new(file));
-        drop(handles);
-        let a = attr(&st).ok_or(Errno::NoEnt)?;
-        Ok(Some(FsOk::Opened(a, inline)))
+        Ok(())
     }
 
     /// The open file behind `handle`.
@@ -162,7 +167,13 @@ impl HostFs {
         Ok(Some(FsOk::Data(data, a)))
     }
 
-    pub(super) fn create(&self, path: &RelPath, mode: u32, exclusive: bool) -> FsResult {
+    pub(super) fn create(
+        &self,
+        path: &RelPath,
+        mode: u32,
+        exclusive: bool,
+        open: Option<OpenAs>,
+    ) -> FsResult {
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());
         let flags = OFlags::RDONLY
@@ -176,15 +187,36 @@ impl HostFs {
                 // Exactly the requested bits: the client's umask was applied
                 // on the client; the host's must not be applied again.
                 rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
-                fd_attr(&fd)
+                let Some(open) = open else {
+                    return fd_attr(&fd);
+                };
+                // The descriptor that made it is the handle (read-only, as
+                // every handle: writes go to staging copies).
+                let st = rfs::fstat(&fd).map_err(sys)?;
+                let a = attr(&st).ok_or(Errno::NoEnt)?;
+                self.keep_handle(open.handle, File::from(fd))?;
+                Ok(FsOk::Opened(a, Bytes::new()))
             }
             Err(SysErrno::EXIST) if !exclusive => {
                 let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
                 match kind_of(&st) {
-                    Some(FileKind::File) => attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt),
-                    Some(FileKind::Dir) => Err(Errno::IsDir),
-                    Some(FileKind::Symlink) => Err(Errno::Loop),
-                    None => Err(Errno::Exist),
+                    Some(FileKind::File) => {}
+                    Some(FileKind::Dir) => return Err(Errno::IsDir),
+                    Some(FileKind::Symlink) => return Err(Errno::Loop),
+                    None => return Err(Errno::Exist),
+                }
+                match open {
+                    None => attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt),
+                    // Someone made it first: opened as it is.
+                    Some(open) => self
+                        .open_handle(
+                            path,
+                            OpenFor::Read,
+                            open.handle,
+                            open.inline_max,
+                            Reading::Wait,
+                        )?
+                        .ok_or(Errno::Io),
                 }
             }
             Err(e) => Err(sys(e)),
