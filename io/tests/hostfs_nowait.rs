@@ -4,9 +4,9 @@
 //! the page cache, or it may write or flush data).
 
 use std::os::unix::fs::FileExt;
-use wormhole_core::host::{FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
-use wormhole_core::proto::{Name, SetAttr};
-use wormhole_io::host::fs::{HostFs, HostFsConfig};
+use wormhole_core::host::{FileStamp, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use wormhole_core::proto::{Name, SetAttr, TxnId};
+use wormhole_io::host::fs::{HostFs, HostFsConfig, INLINE_STAGE_WRITE};
 
 fn path(name: &str) -> RelPath {
     RelPath::from(vec![Name::new(name.as_bytes()).expect("name")])
@@ -237,4 +237,60 @@ fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
         Ok(Ok(FsOk::Done))
     ));
     assert!(!tmp.path().join("small").exists());
+}
+
+/// A small file's staging runs at once when it owes no old content (a new
+/// file): its write and, on a file system that orders data before the
+/// rename, its commit. A write into a staging copy that still owes the
+/// old content (a copy first) is given back, as is a large one.
+#[test]
+fn a_small_new_files_staging_runs_at_once() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-nowait-stage")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("new"), b"").expect("new");
+    std::fs::write(tmp.path().join("old"), pattern(10_000, 1)).expect("old");
+    let disk = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let begin = |txn: u64, name: &str| match disk.try_execute(FsOp::StageBegin {
+        txn: TxnId(txn),
+        path: path(name),
+    }) {
+        Ok(Ok(FsOk::Attr(a))) => FileStamp::from(&a),
+        other => panic!("begin: {other:?}"),
+    };
+    let write = |txn: u64, len: usize| FsOp::StageWrite {
+        txn: TxnId(txn),
+        offset: 0,
+        data: pattern(len, 2).into(),
+    };
+    let base = begin(1, "new");
+    assert_eq!(disk.try_execute(write(1, 1024)), Ok(Ok(FsOk::Done)));
+    let big = write(1, (INLINE_STAGE_WRITE + 1) as usize);
+    assert_eq!(
+        disk.try_execute(big.clone()),
+        Err(big),
+        "a large write waits"
+    );
+    let commit = FsOp::StageCommit {
+        txn: TxnId(1),
+        path: path("new"),
+        size: 1024,
+        base,
+        set: Default::default(),
+    };
+    match disk.try_execute(commit.clone()) {
+        Ok(Ok(FsOk::Attr(a))) => assert_eq!(a.size, 1024),
+        // A file system that does not order data before a rename needs an
+        // fdatasync at commit, which may wait.
+        Err(back) => assert_eq!(back, commit),
+        other => panic!("commit: {other:?}"),
+    }
+    begin(2, "old");
+    let owed = write(2, 10);
+    assert_eq!(
+        disk.try_execute(owed.clone()),
+        Err(owed),
+        "the old content is copied first"
+    );
 }

@@ -27,7 +27,7 @@ pub(super) struct Staged {
     /// copied at the first write or the commit, not at begin, so that a
     /// transaction that starts by truncating (a rewrite with `O_TRUNC`)
     /// copies only what the truncate keeps.
-    base: Mutex<Option<(File, u64)>>,
+    pub(super) base: Mutex<Option<(File, u64)>>,
     /// Set once renamed over the target, so dropping it unlinks nothing.
     committed: std::sync::atomic::AtomicBool,
     /// Where bytes were written since their disk write was last started,
