@@ -376,6 +376,7 @@ impl World {
                 }
             }
             Wire::FsRun(op, fs, issued) => {
+                let watched = watched_paths(&fs);
                 let result = match issued {
                     None => self.disk.execute(fs),
                     Some(issued) => {
@@ -385,6 +386,11 @@ impl World {
                         result
                     }
                 };
+                if result.is_ok() {
+                    for path in watched {
+                        self.post(Wire::Watched(path));
+                    }
+                }
                 self.post(Wire::FsDone(op, result));
             }
             Wire::FsDone(op, result) => {
@@ -452,9 +458,13 @@ impl World {
                     late_percent: self.fs_late_percent,
                     late: Vec::new(),
                     wire: Vec::new(),
+                    watched: Vec::new(),
                 };
                 moved |= self.host.pump(self.now, &mut io) > 0;
                 let (late, wire) = (io.late, io.wire);
+                for path in io.watched {
+                    self.post(Wire::Watched(path));
+                }
                 for (op, fs, issued) in late {
                     self.post(Wire::FsRun(op, fs, issued.map(Box::new)));
                 }
@@ -738,6 +748,25 @@ struct SimHostIo<'w> {
     late: Vec<(FsOpId, FsOp, Option<Issued>)>,
     /// Messages to send (`Some`) and connections to close (`None`).
     wire: Vec<(ConnId, Option<HostMessage>)>,
+    /// Paths the host's own changes touched, which its watcher reports
+    /// back as it does a local program's ([`watched_paths`]).
+    watched: Vec<crate::host::RelPath>,
+}
+
+/// The paths a watcher reports after `fs` succeeds: inotify cannot tell
+/// the host's own changes from anyone else's.
+fn watched_paths(fs: &FsOp) -> Vec<crate::host::RelPath> {
+    match fs {
+        FsOp::Create { path, .. }
+        | FsOp::Mkdir { path, .. }
+        | FsOp::Symlink { path, .. }
+        | FsOp::SetAttr { path, .. }
+        | FsOp::StageCommit { path, .. }
+        | FsOp::Unlink { path }
+        | FsOp::Rmdir { path } => vec![path.clone()],
+        FsOp::Rename { from, to } => vec![from.clone(), to.clone()],
+        _ => Vec::new(),
+    }
 }
 
 impl HostIo for SimHostIo<'_> {
@@ -750,7 +779,8 @@ impl HostIo for SimHostIo<'_> {
             self.late.push((op, fs, issued));
             return None;
         }
-        Some(match (self.log.as_deref_mut(), issued) {
+        let watched = watched_paths(&fs);
+        let result = match (self.log.as_deref_mut(), issued) {
             (Some(log), Some(issued)) => {
                 let record = execute_recorded(issued, self.disk, self.now, fs);
                 let result = record.result.clone();
@@ -758,7 +788,11 @@ impl HostIo for SimHostIo<'_> {
                 result
             }
             _ => self.disk.execute(fs),
-        })
+        };
+        if result.is_ok() {
+            self.watched.extend(watched);
+        }
+        Some(result)
     }
 
     fn send(&mut self, conn: ConnId, msg: HostMessage) {

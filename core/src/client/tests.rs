@@ -1418,3 +1418,23 @@ fn a_time_of_now_set_while_writing_waits_for_the_commit() {
     assert!(commit.is_some() && set > commit, "{ops:?}");
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
 }
+
+/// The host's watcher reports the host's own changes back like anyone
+/// else's (the simulated world does too): the writer hears nothing of
+/// its own create, write and close, while a local program's change right
+/// after them is announced.
+#[test]
+fn the_hosts_own_changes_are_not_announced_again() {
+    let mut w = world(&[], 1);
+    let (_, fh) = create(&mut w, 0, "f");
+    write(&mut w, 0, fh, 0, b"hello");
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(w.clients[0].invalidations, 0, "own changes came back");
+    let path = RelPath::from(vec![name("f")]);
+    w.disk.local_replace(&path, b"local").expect("local save");
+    w.local_change(path);
+    w.settle();
+    assert!(w.clients[0].invalidations > 0, "a local save went unseen");
+}

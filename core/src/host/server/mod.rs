@@ -6,6 +6,7 @@
 //! changes); [`sync`] decides when what was applied becomes durable.
 
 mod conns;
+mod echo;
 mod requests;
 mod results;
 mod sync;
@@ -233,6 +234,11 @@ enum Purpose {
         txn: TxnId,
         step: whole::WholeStep,
     },
+    /// A look at a path the watcher reported, to tell the echo of the
+    /// host's own change from a local program's ([`echo`]).
+    Echo {
+        path: RelPath,
+    },
     /// What a local program put at `parent/name`, where no node is: a
     /// directory it moved there is followed ([`HostServer::local_change`]).
     Follow {
@@ -327,6 +333,8 @@ pub struct HostServer {
     scan_queue: VecDeque<(NodeId, u64)>,
     /// What is applied and what durable ([`sync`]).
     group: sync::GroupCommit,
+    /// The host's own changes, to know their echoes from the watcher.
+    echoes: echo::Echoes,
     next_op: u64,
     next_handle: u64,
     next_txn: u64,
@@ -353,6 +361,7 @@ impl HostServer {
             recommitted: BTreeMap::new(),
             scan_queue: VecDeque::new(),
             group: sync::GroupCommit::default(),
+            echoes: echo::Echoes::default(),
             next_op: 1,
             next_handle: 1,
             next_txn: 1,
@@ -409,6 +418,7 @@ impl HostServer {
         }
         self.ops.insert(op, purpose);
         self.group.issued(op, &fs);
+        self.echoes.issued(op, &fs);
         self.out.push_back(HostOutput::Fs { op, fs });
         op
     }

@@ -11,7 +11,13 @@ impl HostServer {
             return;
         };
         let hold = self.applied(now, op);
+        self.echoes.done(now, op, &result);
         match purpose {
+            Purpose::Echo { path } => {
+                if !self.echoes.is_echo(now, &path, &result) {
+                    self.announce(&path);
+                }
+            }
             Purpose::ScanRoot | Purpose::ScanList { .. } => self.scan_result(purpose, result),
             Purpose::Housekeeping => {}
             Purpose::Sync => self.synced(now, op, result),

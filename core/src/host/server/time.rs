@@ -5,8 +5,19 @@ use super::*;
 
 impl HostServer {
     /// A local program changed `path` on the host (from the shell's file
-    /// watcher): tell every client.
-    pub fn local_change(&mut self, _now: Instant, path: &RelPath) {
+    /// watcher): tell every client, unless it is the echo of the host's
+    /// own change ([`echo`]).
+    pub fn local_change(&mut self, now: Instant, path: &RelPath) {
+        if self.echoes.expected(now, path) {
+            let look = Purpose::Echo { path: path.clone() };
+            self.fs(look, FsOp::Stat { path: path.clone() });
+            return;
+        }
+        self.announce(path);
+    }
+
+    /// Tells every client that `path` changed.
+    pub(super) fn announce(&mut self, path: &RelPath) {
         let mut at = NodeId::ROOT;
         let names = path.names();
         for (i, name) in names.iter().enumerate() {

@@ -1,0 +1,125 @@
+//! The host's own changes, as its watcher reports them back.
+//!
+//! The watcher cannot tell the host's changes from a local program's: a
+//! client's create, commit or unlink comes back as a change of its path,
+//! which the host would announce to every client (the writer included),
+//! costing each an invalidation and its next lookup in that directory a
+//! round trip. So the host notes what each of its own changes left at
+//! its path (the file's identity, size and mtime, or nothing), and when
+//! the watcher reports that path within [`ECHO_WINDOW`], it looks again
+//! ([`Purpose::Echo`]): only if the path holds exactly what the host left
+//! there is the report its own echo, and dropped. Anything else (a local
+//! program wrote, replaced or removed the file after the host's change)
+//! is announced as before. A local change that keeps the file's identity,
+//! size and mtime within the file system's timestamp tick goes unseen,
+//! as it does in the commit's own check ([`FsOp::StageCommit`]); clients
+//! then see it when their cached attributes expire.
+
+use super::*;
+
+/// How long after the host's own change a report of its path is checked
+/// against it; later reports are announced.
+pub(super) const ECHO_WINDOW: Duration = Duration::from_secs(5);
+
+/// Paths whose expected state is remembered at most; beyond, reports
+/// are announced.
+const MAX_ECHOES: usize = 4096;
+
+/// What one of the host's own changes left at a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Left {
+    /// This file (or directory, or symlink).
+    File(FileStamp),
+    /// Nothing.
+    Gone,
+}
+
+/// What a change under way will leave at a path, once it succeeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaves {
+    /// The file its result describes.
+    Result,
+    /// Nothing.
+    Gone,
+}
+
+/// The host's own changes by path (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct Echoes {
+    /// Mutating operations out, and what they will leave where.
+    out: BTreeMap<FsOpId, Vec<(RelPath, Leaves)>>,
+    /// What the host's last change of each path left there, and when.
+    left: BTreeMap<RelPath, (Left, Instant)>,
+}
+
+impl Echoes {
+    /// Notes an operation issued, if it changes what a path holds.
+    pub(super) fn issued(&mut self, op: FsOpId, fs: &FsOp) {
+        let paths = match fs {
+            FsOp::Create { path, .. }
+            | FsOp::Mkdir { path, .. }
+            | FsOp::Symlink { path, .. }
+            | FsOp::SetAttr { path, .. }
+            | FsOp::StageCommit { path, .. } => vec![(path.clone(), Leaves::Result)],
+            FsOp::Unlink { path } | FsOp::Rmdir { path } => vec![(path.clone(), Leaves::Gone)],
+            // What a rename leaves at its target is the source's file,
+            // which the result does not describe: its target's report is
+            // announced.
+            FsOp::Rename { from, .. } => vec![(from.clone(), Leaves::Gone)],
+            _ => return,
+        };
+        self.out.insert(op, paths);
+    }
+
+    /// Operation `op` finished: what it left is remembered if it
+    /// succeeded.
+    pub(super) fn done(&mut self, now: Instant, op: FsOpId, result: &FsResult) {
+        let Some(paths) = self.out.remove(&op) else {
+            return;
+        };
+        for (path, leaves) in paths {
+            let left = match (leaves, result) {
+                (Leaves::Gone, Ok(_)) => Left::Gone,
+                (Leaves::Result, Ok(FsOk::Attr(a) | FsOk::Opened(a, _))) => {
+                    Left::File(FileStamp::from(a))
+                }
+                // Failed, or no attributes to compare with: whatever the
+                // path holds now is not known to be the host's doing.
+                _ => {
+                    self.left.remove(&path);
+                    continue;
+                }
+            };
+            if self.left.len() >= MAX_ECHOES && !self.left.contains_key(&path) {
+                self.left
+                    .retain(|_, (_, at)| now.saturating_duration_since(*at) < ECHO_WINDOW);
+                if self.left.len() >= MAX_ECHOES {
+                    continue;
+                }
+            }
+            self.left.insert(path, (left, now));
+        }
+        debug_assert!(self.left.len() <= MAX_ECHOES, "echoes unbounded");
+    }
+
+    /// Whether a report of `path` now may be the echo of the host's own
+    /// change, to be checked before it is announced.
+    pub(super) fn expected(&self, now: Instant, path: &RelPath) -> bool {
+        self.left
+            .get(path)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < ECHO_WINDOW)
+    }
+
+    /// Whether `found` (a Stat of `path` made after the report) is
+    /// exactly what the host's own last change left there.
+    pub(super) fn is_echo(&self, now: Instant, path: &RelPath, found: &FsResult) -> bool {
+        if !self.expected(now, path) {
+            return false;
+        }
+        match (self.left.get(path).map(|(l, _)| *l), found) {
+            (Some(Left::File(stamp)), Ok(FsOk::Attr(a))) => FileStamp::from(a) == stamp,
+            (Some(Left::Gone), Err(Errno::NoEnt)) => true,
+            _ => false,
+        }
+    }
+}
