@@ -744,6 +744,57 @@ impl Cache {
         }
     }
 
+    /// The client itself added `entry` to directory `dir` (a create,
+    /// mkdir or symlink the host confirmed): a listing held fresh takes it
+    /// (appended, so a readdir under way keeps its offsets; replacing an
+    /// entry of the same name) and stays fresh for what is left of its
+    /// ttl, so the next lookups of new names there are answered from it.
+    /// A listing not fresh, or being fetched, is marked stale instead.
+    /// The name's negative entry goes either way.
+    pub fn add_entry(&mut self, now: Instant, dir: NodeId, entry: DirEntry) {
+        self.drop_key(&CacheKey::Negative {
+            parent: dir,
+            name: entry.name.clone(),
+        });
+        let key = CacheKey::Dir(dir);
+        if self.state(now, &key) != EntryState::Cached {
+            self.mark_stale(now, &key);
+            return;
+        }
+        let Some(e) = self.l1.get_mut(&key) else {
+            return;
+        };
+        let Some(Value::Dir(old)) = e.value.take() else {
+            return;
+        };
+        let mut entries: Vec<DirEntry> = old
+            .iter()
+            .filter(|d| d.name != entry.name)
+            .cloned()
+            .collect();
+        self.learn_file(&entry.attr);
+        entries.push(entry);
+        let value = Value::Dir(entries.into());
+        let charge = charge(&key, Some(&value));
+        if let Some(e) = self.l1.get_mut(&key) {
+            self.l1_bytes = self.l1_bytes - e.charge + charge;
+            e.charge = charge;
+            e.value = Some(value);
+        }
+        self.enforce_l1(now);
+    }
+
+    /// Whether `dir`'s listing, held fresh, has no entry `name`: a lookup
+    /// of it is then answered ENOENT without asking the host.
+    pub fn lacks(&self, now: Instant, dir: NodeId, name: &Name) -> bool {
+        let key = CacheKey::Dir(dir);
+        self.state(now, &key) == EntryState::Cached
+            && matches!(
+                self.l1.get(&key).and_then(|e| e.value.as_ref()),
+                Some(Value::Dir(entries)) if !entries.iter().any(|d| &d.name == name)
+            )
+    }
+
     /// Drops one key (the client changed it itself, e.g. created the name
     /// of a negative entry). A fetch in flight is poisoned instead.
     pub fn remove(&mut self, key: &CacheKey) {

@@ -104,7 +104,9 @@ impl ClientCore {
                     parent: pnode,
                     name: name.clone(),
                 };
-                if self.cache.state(now, &neg) == crate::cache::EntryState::Cached {
+                if self.cache.state(now, &neg) == crate::cache::EntryState::Cached
+                    || self.cache.lacks(now, pnode, name)
+                {
                     return Err(Errno::NoEnt);
                 }
                 if self.unreachable() && self.answer_from_cache(now, req, &op) {

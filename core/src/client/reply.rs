@@ -7,7 +7,9 @@ use super::{
 };
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
-use crate::proto::{Attr, CHUNK_SIZE, Errno, HostMessage, Invalidation, NodeId, Reply, RequestId};
+use crate::proto::{
+    Attr, CHUNK_SIZE, DirEntry, Errno, HostMessage, Invalidation, Name, NodeId, Reply, RequestId,
+};
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
 use bytes::Bytes;
@@ -277,8 +279,19 @@ impl ClientCore {
                 }
                 Some(Err(Errno::NoEnt))
             }
-            (Op::Mkdir { parent, .. } | Op::Symlink { parent, .. }, _, Ok(Reply::Attr(a))) => {
-                self.entries_changed(now, *parent);
+            (
+                Op::Mkdir { parent, name, .. } | Op::Symlink { parent, name, .. },
+                _,
+                Ok(Reply::Attr(a)),
+            ) => {
+                self.entry_added(now, *parent, name, &a);
+                if matches!(op, Op::Mkdir { .. }) {
+                    // Made empty just now: lookups of new names in it
+                    // need not ask (another client's create there comes
+                    // as an invalidation, as for any listing).
+                    let empty = Value::Dir(Arc::from(Vec::new()));
+                    let _ = self.cache.fill(now, CacheKey::Dir(a.node), empty);
+                }
                 Some(
                     self.entry(now, *parent, op, a.clone(), true)
                         .map(|ino| Answer::Entry {
@@ -289,7 +302,7 @@ impl ClientCore {
                 )
             }
             (
-                Op::Create { parent, .. },
+                Op::Create { parent, name, .. },
                 _,
                 Ok(Reply::Opened {
                     handle,
@@ -297,7 +310,7 @@ impl ClientCore {
                     inline,
                 }),
             ) => {
-                self.entries_changed(now, *parent);
+                self.entry_added(now, *parent, name, &attr);
                 let ino = match self.entry(now, *parent, op, attr.clone(), true) {
                     Ok(ino) => ino,
                     Err(e) => {
@@ -435,6 +448,18 @@ impl ClientCore {
     }
 
     /// This client changed a directory's entries: its listing is stale.
+    /// This client added `name` to `dir` (the host confirmed it): a
+    /// fresh listing of `dir` takes it ([`crate::cache::Cache::add_entry`]).
+    fn entry_added(&mut self, now: Instant, dir: Ino, name: &Name, attr: &Attr) {
+        if let Some(node) = self.vfs.as_ref().and_then(|v| v.node(dir)) {
+            let entry = DirEntry {
+                name: name.clone(),
+                attr: attr.clone(),
+            };
+            self.cache.add_entry(now, node, entry);
+        }
+    }
+
     fn entries_changed(&mut self, now: Instant, dir: Ino) {
         if let Some(node) = self.vfs.as_ref().and_then(|v| v.node(dir)) {
             self.cache.invalidate(now, node, Invalidation::Entries);

@@ -1438,3 +1438,67 @@ fn the_hosts_own_changes_are_not_announced_again() {
     w.settle();
     assert!(w.clients[0].invalidations > 0, "a local save went unseen");
 }
+
+/// In a directory this client made, and in one whose listing it holds,
+/// its own creates keep the listing whole: the lookup of a new name (what
+/// every create begins with) is answered without asking the host, while a
+/// name another client creates there is found.
+#[test]
+fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
+    let mut w = world(&[], 2);
+    let dir = match w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+        },
+    ) {
+        Ok(Answer::Entry { ino, .. }) => ino,
+        other => panic!("mkdir: {other:?}"),
+    };
+    let lookup_now = |w: &mut World, n: &str| {
+        let req = w.op(
+            0,
+            Op::Lookup {
+                parent: dir,
+                name: name(n),
+            },
+        );
+        w.answer(0, req)
+    };
+    assert_eq!(lookup_now(&mut w, "a"), Some(Err(Errno::NoEnt)), "empty since made");
+    let fh = match w.call(
+        0,
+        Op::Create {
+            parent: dir,
+            name: name("a"),
+            mode: 0o644,
+            exclusive: true,
+            truncate: false,
+        },
+    ) {
+        Ok(Answer::Created { fh, .. }) => fh,
+        other => panic!("create: {other:?}"),
+    };
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    assert_eq!(lookup_now(&mut w, "b"), Some(Err(Errno::NoEnt)), "b is still new");
+    assert!(lookup(&mut w, 0, dir, "a").is_ok(), "its own create is listed");
+    // Another client creates "c" there: the host tells the first.
+    let (dir1, _) = lookup(&mut w, 1, Ino::ROOT, "d").expect("d");
+    match w.call(
+        1,
+        Op::Create {
+            parent: dir1,
+            name: name("c"),
+            mode: 0o644,
+            exclusive: true,
+            truncate: false,
+        },
+    ) {
+        Ok(Answer::Created { .. }) => {}
+        other => panic!("create elsewhere: {other:?}"),
+    }
+    w.settle();
+    assert!(lookup(&mut w, 0, dir, "c").is_ok(), "another's create is found");
+}
