@@ -1467,7 +1467,11 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
         );
         w.answer(0, req)
     };
-    assert_eq!(lookup_now(&mut w, "a"), Some(Err(Errno::NoEnt)), "empty since made");
+    assert_eq!(
+        lookup_now(&mut w, "a"),
+        Some(Err(Errno::NoEnt)),
+        "empty since made"
+    );
     let fh = match w.call(
         0,
         Op::Create {
@@ -1482,8 +1486,15 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
         other => panic!("create: {other:?}"),
     };
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
-    assert_eq!(lookup_now(&mut w, "b"), Some(Err(Errno::NoEnt)), "b is still new");
-    assert!(lookup(&mut w, 0, dir, "a").is_ok(), "its own create is listed");
+    assert_eq!(
+        lookup_now(&mut w, "b"),
+        Some(Err(Errno::NoEnt)),
+        "b is still new"
+    );
+    assert!(
+        lookup(&mut w, 0, dir, "a").is_ok(),
+        "its own create is listed"
+    );
     // Another client creates "c" there: the host tells the first.
     let (dir1, _) = lookup(&mut w, 1, Ino::ROOT, "d").expect("d");
     match w.call(
@@ -1500,5 +1511,8 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
         other => panic!("create elsewhere: {other:?}"),
     }
     w.settle();
-    assert!(lookup(&mut w, 0, dir, "c").is_ok(), "another's create is found");
+    assert!(
+        lookup(&mut w, 0, dir, "c").is_ok(),
+        "another's create is found"
+    );
 }
