@@ -175,12 +175,7 @@ impl ClientCore {
                             self.run_blocked(now, node, b)?;
                         }
                     }
-                    None if self.folds_into_commit(now, node, set) => {
-                        let attr = self.fresh_attr(now, node).ok_or(Errno::Io)?;
-                        if let Some(w) = self.writes.get_mut(&node) {
-                            w.set_at_commit(*set).map_err(|_| Errno::Io)?;
-                        }
-                        let attr = self.with_local_changes(&attr);
+                    None if let Some(attr) = self.fold_into_commit(now, node, set) => {
                         let ttl = self.kernel_ttl(Kind::Attr);
                         self.reply(req, Ok(Answer::Attr { attr, ttl }));
                     }
@@ -524,18 +519,25 @@ impl ClientCore {
             .unwrap_or((0, None))
     }
 
-    /// Whether `set` (no size) can join the file's open transaction
-    /// ([`WriteTxn::set_at_commit`]) and be answered at once: a write is
-    /// open and not committing, nothing waits for its commit, and no time
-    /// is "now" (the host's clock, which this client cannot read).
-    fn folds_into_commit(&self, now: Instant, node: NodeId, set: &SetAttr) -> bool {
-        let open = self
-            .writes
-            .get(&node)
-            .is_some_and(|w| !w.is_finished() && !w.is_committing());
+    /// Joins `set` (no size) to the file's open transaction
+    /// ([`WriteTxn::set_at_commit`]) if it can be answered at once, and
+    /// gives the attributes to answer with: a write is open and not
+    /// committing, nothing waits for its commit, no time is "now" (the
+    /// host's clock, which this client cannot read), and the cache holds
+    /// the file's attributes fresh.
+    fn fold_into_commit(&mut self, now: Instant, node: NodeId, set: &SetAttr) -> Option<Attr> {
         let queued = self.blocked.get(&node).is_some_and(|q| !q.is_empty());
         let now_time = [set.atime, set.mtime].contains(&Some(SetTime::Now));
-        open && !queued && !now_time && set.size.is_none() && self.fresh_attr(now, node).is_some()
+        if queued || now_time || set.size.is_some() {
+            return None;
+        }
+        let attr = self.fresh_attr(now, node)?;
+        let w = self
+            .writes
+            .get_mut(&node)
+            .filter(|w| !w.is_finished() && !w.is_committing())?;
+        w.set_at_commit(*set).ok()?;
+        Some(self.with_local_changes(&attr))
     }
 
     /// The file's attributes, if the cache holds them fresh (within the

@@ -3,6 +3,7 @@
 
 use super::whole::WholeRest;
 use super::*;
+use crate::proto::SetAttr;
 
 impl HostServer {
     pub(super) fn path_of(&self, node: NodeId) -> Result<RelPath, Errno> {
@@ -388,26 +389,7 @@ impl HostServer {
                     // every chunk is acknowledged.
                     return Err(Errno::Busy);
                 }
-                // The file's path now, not at BeginWrite: the writer itself
-                // may have renamed it since (its lock does not stop its own
-                // renames), and committing to the old path would replace
-                // whatever file is there now.
-                let base = t.base.ok_or(Errno::Inval)?;
-                let path = self.path_of(t.node)?;
-                if let Some(t) = self.txns.get_mut(&txn) {
-                    t.phase = TxnPhase::Committing;
-                    t.last_activity = now;
-                }
-                self.fs(
-                    answer(ReplyAs::Commit { txn }),
-                    FsOp::StageCommit {
-                        txn,
-                        path,
-                        size,
-                        base,
-                        set: Box::new(set),
-                    },
-                );
+                self.commit_txn(now, txn, size, set, answer(ReplyAs::Commit { txn }))?;
             }
             Request::AbortWrite { txn } => {
                 let t = self
@@ -564,6 +546,38 @@ impl HostServer {
             s.txns.insert(txn);
         }
         txn
+    }
+
+    /// Renames `txn`'s staged copy over its file, giving it `set`'s mode
+    /// and times first. At the file's path now, not at BeginWrite: the
+    /// writer itself may have renamed it since (its lock does not stop
+    /// its own renames), and committing to the old path would replace
+    /// whatever file is there now.
+    pub(super) fn commit_txn(
+        &mut self,
+        now: Instant,
+        txn: TxnId,
+        size: u64,
+        set: SetAttr,
+        purpose: Purpose,
+    ) -> Result<(), Errno> {
+        let t = self.txns.get(&txn).ok_or(Errno::BadF)?;
+        let base = t.base.ok_or(Errno::Inval)?;
+        let path = self.path_of(t.node)?;
+        if let Some(t) = self.txns.get_mut(&txn) {
+            t.phase = TxnPhase::Committing;
+            t.last_activity = now;
+        }
+        let set = Box::new(set);
+        let commit = FsOp::StageCommit {
+            txn,
+            path,
+            size,
+            base,
+            set,
+        };
+        self.fs(purpose, commit);
+        Ok(())
     }
 
     pub(super) fn drop_txn(&mut self, txn: TxnId) {

@@ -228,25 +228,9 @@ impl HostServer {
             return Ok(());
         }
         let (size, set) = (rest.size, rest.set);
-        let t = self.txns.get(&txn).ok_or(())?;
-        let base = t.base.ok_or(())?;
-        // The path now (the writer may have renamed the file).
-        let path = self.path_of(node).map_err(|_| ())?;
-        if let Some(t) = self.txns.get_mut(&txn) {
-            t.phase = TxnPhase::Committing;
-            t.last_activity = now;
-        }
         whole.rest = None;
-        self.fs(
-            purpose(WholeStep::Commit),
-            FsOp::StageCommit {
-                txn,
-                path,
-                size,
-                base,
-                set: Box::new(set),
-            },
-        );
+        self.commit_txn(now, txn, size, set, purpose(WholeStep::Commit))
+            .map_err(|_| ())?;
         Ok(())
     }
 
