@@ -4,7 +4,7 @@
 //! the page cache, or it may write or flush data).
 
 use std::os::unix::fs::FileExt;
-use wormhole_core::host::{FileStamp, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use wormhole_core::host::{FileStamp, FsHandle, FsOk, FsOp, FsResult, OpenAs, ReadFrom, RelPath};
 use wormhole_core::proto::{Name, SetAttr, TxnId};
 use wormhole_io::host::fs::{HostFs, HostFsConfig, INLINE_STAGE_WRITE};
 
@@ -293,4 +293,45 @@ fn a_small_new_files_staging_runs_at_once() {
         Err(owed),
         "the old content is copied first"
     );
+}
+
+/// A create that opens runs at once; if someone made the file first and
+/// its small content would come from the disk, it is given back, like an
+/// open, and the pool's run opens the file as it is.
+#[test]
+fn a_create_of_a_file_someone_made_first_waits_like_an_open() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-nowait-create")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let small = pattern(3000, 3);
+    let file = write_synced(tmp.path(), "there", &small);
+    let disk = HostFs::open(tmp.path(), HostFsConfig::default()).expect("share");
+    let create = |name: &str, handle: u64| FsOp::Create {
+        path: path(name),
+        mode: 0o644,
+        exclusive: false,
+        open: Some(OpenAs {
+            handle: FsHandle(handle),
+            inline_max: 128 << 10,
+        }),
+    };
+    assert!(matches!(
+        disk.try_execute(create("new", 1)),
+        Ok(Ok(FsOk::Opened(a, ref b))) if a.size == 0 && b.is_empty()
+    ));
+    let mut next = 10;
+    let back = given_back_once_evicted(
+        &disk,
+        &file,
+        |_| {
+            next += 1;
+            create("there", next)
+        },
+        |answer| match answer {
+            Ok(FsOk::Opened(_, bytes)) => assert_eq!(&bytes[..], &small[..]),
+            other => panic!("create that ran anyway: {other:?}"),
+        },
+    );
+    assert!(matches!(disk.execute(back), Ok(FsOk::Opened(_, ref b)) if b[..] == small[..]));
 }

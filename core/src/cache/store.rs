@@ -136,6 +136,14 @@ struct L2Entry {
     access_count: u64,
 }
 
+/// The largest listing the client's own creates keep whole and that
+/// answers lookups of missing names ([`Cache::add_entry`],
+/// [`Cache::lacks`]): each is a scan, and each added entry a copy, of the
+/// whole listing, so a directory of many thousands would make an untar
+/// into it quadratic. Larger listings are marked stale by a create, as
+/// before.
+pub(super) const SMALL_LISTING: usize = 512;
+
 /// Bookkeeping charged to L1 for every entry besides its data, so that a
 /// flood of tiny entries is bounded by the byte budget too.
 const ENTRY_OVERHEAD: u64 = (size_of::<CacheKey>() + size_of::<Entry>()) as u64;
@@ -745,19 +753,20 @@ impl Cache {
     }
 
     /// The client itself added `entry` to directory `dir` (a create,
-    /// mkdir or symlink the host confirmed): a listing held fresh takes it
-    /// (appended, so a readdir under way keeps its offsets; replacing an
-    /// entry of the same name) and stays fresh for what is left of its
-    /// ttl, so the next lookups of new names there are answered from it.
-    /// A listing not fresh, or being fetched, is marked stale instead.
-    /// The name's negative entry goes either way.
+    /// mkdir or symlink the host confirmed): a listing held fresh, of at
+    /// most [`SMALL_LISTING`] entries, takes it (appended, so a readdir
+    /// under way keeps its offsets; replacing an entry of the same name)
+    /// and stays fresh for what is left of its ttl, so the next lookups
+    /// of new names there are answered from it. Any other listing is
+    /// marked stale instead. The name's negative entry goes either way.
     pub fn add_entry(&mut self, now: Instant, dir: NodeId, entry: DirEntry) {
         self.drop_key(&CacheKey::Negative {
             parent: dir,
             name: entry.name.clone(),
         });
         let key = CacheKey::Dir(dir);
-        if self.state(now, &key) != EntryState::Cached {
+        let small = |e: &Entry| matches!(&e.value, Some(Value::Dir(d)) if d.len() < SMALL_LISTING);
+        if self.state(now, &key) != EntryState::Cached || !self.l1.get(&key).is_some_and(small) {
             self.mark_stale(now, &key);
             return;
         }
@@ -784,14 +793,16 @@ impl Cache {
         self.enforce_l1(now);
     }
 
-    /// Whether `dir`'s listing, held fresh, has no entry `name`: a lookup
-    /// of it is then answered ENOENT without asking the host.
+    /// Whether `dir`'s listing, held fresh and of at most
+    /// [`SMALL_LISTING`] entries, has no entry `name`: a lookup of it is
+    /// then answered ENOENT without asking the host.
     pub fn lacks(&self, now: Instant, dir: NodeId, name: &Name) -> bool {
         let key = CacheKey::Dir(dir);
         self.state(now, &key) == EntryState::Cached
             && matches!(
                 self.l1.get(&key).and_then(|e| e.value.as_ref()),
-                Some(Value::Dir(entries)) if !entries.iter().any(|d| &d.name == name)
+                Some(Value::Dir(entries))
+                    if entries.len() <= SMALL_LISTING && !entries.iter().any(|d| &d.name == name)
             )
     }
 

@@ -1231,3 +1231,40 @@ fn representative_trace() {
 
     insta::assert_snapshot!("cache_trace", t.log);
 }
+
+/// The client's own create keeps a small fresh listing whole (and a
+/// lookup of a name it lacks is answered from it), but only marks a large
+/// one stale: keeping it would copy the whole listing on every create.
+#[test]
+fn own_creates_keep_small_listings_whole_and_mark_large_ones_stale() {
+    let mut c = cache();
+    let dir = NodeId(3);
+    c.fill(at(0), CacheKey::Dir(dir), dir_value(&["a"]))
+        .expect("fill");
+    assert!(c.lacks(at(1), dir, &name("b")));
+    assert!(!c.lacks(at(1), dir, &name("a")));
+    let entry = |n: &str| DirEntry {
+        name: name(n),
+        attr: attr(9, 1),
+    };
+    c.add_entry(at(2), dir, entry("b"));
+    assert_eq!(c.state(at(2), &CacheKey::Dir(dir)), EntryState::Cached);
+    assert!(!c.lacks(at(2), dir, &name("b")), "b is listed now");
+    assert!(c.lacks(at(2), dir, &name("c")));
+
+    let names: Vec<String> = (0..store::SMALL_LISTING).map(|i| format!("f{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let big = NodeId(4);
+    c.fill(at(3), CacheKey::Dir(big), dir_value(&refs))
+        .expect("fill");
+    assert!(
+        c.lacks(at(3), big, &name("new")),
+        "at the limit, still answered"
+    );
+    c.add_entry(at(4), big, entry("new"));
+    assert_eq!(c.state(at(4), &CacheKey::Dir(big)), EntryState::Stale);
+    assert!(
+        !c.lacks(at(4), big, &name("other")),
+        "a stale listing answers nothing"
+    );
+}

@@ -225,7 +225,6 @@ impl HostFs {
             | FsOp::Close { .. }
             | FsOp::Readlink { .. }
             | FsOp::StatFs
-            | FsOp::Create { .. }
             | FsOp::Mkdir { .. }
             | FsOp::Unlink { .. }
             | FsOp::Rmdir { .. }
@@ -241,6 +240,15 @@ impl HostFs {
                 handle,
                 inline_max,
             } => self.open_handle(path, mode, handle, inline_max, Reading::CachedOnly),
+            // Given back only if the file existed and its bytes would
+            // wait: then it exists when the pool creates it again, and is
+            // opened there.
+            FsOp::Create {
+                ref path,
+                mode,
+                exclusive,
+                open,
+            } => self.create(path, mode, exclusive, open, Reading::CachedOnly),
             FsOp::Read {
                 from: ReadFrom::Handle(h),
                 offset,
@@ -281,7 +289,7 @@ impl HostFs {
                 mode,
                 exclusive,
                 open,
-            } => self.create(&path, mode, exclusive, open),
+            } => waited(self.create(&path, mode, exclusive, open, Reading::Wait)),
             FsOp::Mkdir { path, mode } => self.mkdir(&path, mode),
             FsOp::Unlink { path } => self.remove(&path, AtFlags::empty()),
             FsOp::Rmdir { path } => self.remove(&path, AtFlags::REMOVEDIR),

@@ -167,13 +167,17 @@ impl HostFs {
         Ok(Some(FsOk::Data(data, a)))
     }
 
+    /// Creates a regular file, and opens it with `open`; `Ok(None)` if a
+    /// file made first by someone else is small and its bytes would wait
+    /// for the disk while `reading` says they may not (as an open).
     pub(super) fn create(
         &self,
         path: &RelPath,
         mode: u32,
         exclusive: bool,
         open: Option<OpenAs>,
-    ) -> FsResult {
+        reading: Reading,
+    ) -> Result<Option<FsOk>, Errno> {
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());
         let flags = OFlags::RDONLY
@@ -188,14 +192,14 @@ impl HostFs {
                 // on the client; the host's must not be applied again.
                 rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
                 let Some(open) = open else {
-                    return fd_attr(&fd);
+                    return fd_attr(&fd).map(Some);
                 };
                 // The descriptor that made it is the handle (read-only, as
                 // every handle: writes go to staging copies).
                 let st = rfs::fstat(&fd).map_err(sys)?;
                 let a = attr(&st).ok_or(Errno::NoEnt)?;
                 self.keep_handle(open.handle, File::from(fd))?;
-                Ok(FsOk::Opened(a, Bytes::new()))
+                Ok(Some(FsOk::Opened(a, Bytes::new())))
             }
             Err(SysErrno::EXIST) if !exclusive => {
                 let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
@@ -206,17 +210,11 @@ impl HostFs {
                     None => return Err(Errno::Exist),
                 }
                 match open {
-                    None => attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt),
+                    None => attr(&st).map(|a| Some(FsOk::Attr(a))).ok_or(Errno::NoEnt),
                     // Someone made it first: opened as it is.
-                    Some(open) => self
-                        .open_handle(
-                            path,
-                            OpenFor::Read,
-                            open.handle,
-                            open.inline_max,
-                            Reading::Wait,
-                        )?
-                        .ok_or(Errno::Io),
+                    Some(open) => {
+                        self.open_handle(path, OpenFor::Read, open.handle, open.inline_max, reading)
+                    }
                 }
             }
             Err(e) => Err(sys(e)),
