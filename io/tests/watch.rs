@@ -165,3 +165,87 @@ fn changed_is_a_future_for_any_executor() {
     let batch = batch.expect("no change reported within the timeout");
     assert!(batch.contains(&rel("async.txt")), "{batch:?}");
 }
+
+/// Writes `file` (relative to `dir`) until the watcher reports `want`:
+/// each round waits for an event, so this ends as soon as the watch that
+/// sees it is in place.
+fn reported_after_writes(
+    w: &TreeWatcher,
+    dir: &std::path::Path,
+    file: &str,
+    want: &RelPath,
+) -> bool {
+    for i in 0..20 {
+        std::fs::write(dir.join(file), format!("{i}")).expect("write");
+        if w.wait(Duration::from_millis(500)).contains(want) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_directory_moved_within_the_share_reports_under_its_new_name() {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("a/deep")).expect("mkdir");
+    let w = TreeWatcher::new(dir.path(), WatchConfig::default()).expect("watch");
+    std::fs::rename(dir.path().join("a"), dir.path().join("b")).expect("mv");
+    let seen = wait_for(&w, &rel("b"));
+    assert!(seen.contains(&rel("a")), "old name: {seen:?}");
+    // The watches beneath it moved with it: a write deep inside names the
+    // new path, never the old one.
+    assert!(
+        reported_after_writes(&w, dir.path(), "b/deep/f", &rel("b/deep/f")),
+        "no event under the moved directory's new name"
+    );
+    std::fs::write(dir.path().join("b/deep/g"), b"x").expect("write");
+    let seen = wait_for(&w, &rel("b/deep/g"));
+    assert!(
+        seen.iter().all(|p| !p.starts_with(&rel("a"))),
+        "stale name after the move: {seen:?}"
+    );
+}
+
+#[test]
+fn a_directory_moved_in_from_outside_is_watched() {
+    let outside = tempdir();
+    std::fs::create_dir_all(outside.path().join("x/inner")).expect("mkdir");
+    let dir = tempdir();
+    let w = TreeWatcher::new(dir.path(), WatchConfig::default()).expect("watch");
+    std::fs::rename(outside.path().join("x"), dir.path().join("x")).expect("mv in");
+    assert!(wait_for(&w, &rel("x")).contains(&rel("x")));
+    assert!(
+        reported_after_writes(&w, dir.path(), "x/inner/f", &rel("x/inner/f")),
+        "no event from a directory moved into the share"
+    );
+}
+
+#[test]
+fn a_directory_moved_out_is_no_longer_reported() {
+    let dir = tempdir();
+    std::fs::create_dir_all(dir.path().join("d")).expect("mkdir");
+    let outside = tempdir();
+    let w = TreeWatcher::new(dir.path(), WatchConfig::default()).expect("watch");
+    std::fs::rename(dir.path().join("d"), outside.path().join("d")).expect("mv out");
+    assert!(wait_for(&w, &rel("d")).contains(&rel("d")));
+    std::fs::write(outside.path().join("d/f"), b"x").expect("write outside");
+    std::fs::write(dir.path().join("marker"), b"").expect("marker");
+    let seen = wait_for(&w, &rel("marker"));
+    assert!(
+        seen.iter().all(|p| !p.starts_with(&rel("d"))),
+        "a change outside the share was reported: {seen:?}"
+    );
+}
+
+#[test]
+fn opening_and_reading_a_file_is_not_a_change() {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("quiet"), b"x").expect("write");
+    let w = TreeWatcher::new(dir.path(), WatchConfig::default()).expect("watch");
+    for _ in 0..10 {
+        assert_eq!(std::fs::read(dir.path().join("quiet")).expect("read"), b"x");
+    }
+    std::fs::write(dir.path().join("marker"), b"").expect("marker");
+    let seen = wait_for(&w, &rel("marker"));
+    assert!(!seen.contains(&rel("quiet")), "{seen:?}");
+}
