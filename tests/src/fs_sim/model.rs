@@ -49,6 +49,9 @@ pub struct FsStats {
     pub acks_checked: u64,
     /// Whole-file reads checked against the history (close-to-open).
     pub reads_checked: u64,
+    /// Small reads inside a file (a random reader's) checked as a slice
+    /// of one commit.
+    pub slices_checked: u64,
     /// Attributes answered to a kernel whose age was checked against the
     /// cache ttl.
     pub attrs_checked: u64,
@@ -111,6 +114,7 @@ impl FsStats {
         self.fenced += o.fenced;
         self.acks_checked += o.acks_checked;
         self.reads_checked += o.reads_checked;
+        self.slices_checked += o.slices_checked;
         self.attrs_checked += o.attrs_checked;
         self.reads_after_ack += o.reads_after_ack;
         self.short_partitions += o.short_partitions;
@@ -1397,18 +1401,20 @@ impl Sim {
                 }
             }
             (Ctx::Read { fh, checkable }, Ok(Answer::Data(data))) => {
-                let Op::Read {
-                    offset: 0, size, ..
-                } = p.op
-                else {
+                let Op::Read { offset, size, .. } = p.op else {
                     return Ok(());
                 };
                 let still_clean = self.kernels[c]
                     .handles
                     .get(&fh)
                     .is_some_and(|h| self.kernels[c].clean(h.ino));
-                if checkable && still_clean && (data.len() as u64) < u64::from(size) {
+                if !(checkable && still_clean) {
+                    return Ok(());
+                }
+                if offset == 0 && (data.len() as u64) < u64::from(size) {
                     self.check_read(c, fh, &data)?;
+                } else if offset > 0 {
+                    self.check_slice(c, fh, offset, size, &data)?;
                 }
             }
             _ => {}
@@ -1665,6 +1671,44 @@ impl Sim {
                 h.min_index,
                 history.len()
             ) + &format!("; it is (file, commit) {elsewhere:?}; first difference from the last commit at {:?}", history.last().and_then(|l| l.iter().zip(data.iter()).position(|(a, b)| a != b).map(|i| (i, l.len())))) ));
+        }
+        Ok(())
+    }
+
+    /// A read at `offset` gave `data`: it must be that range of one
+    /// commit the handle may see (never bytes of two versions, never
+    /// another file's), short only at that commit's end.
+    fn check_slice(
+        &mut self,
+        c: usize,
+        fh: Fh,
+        offset: u64,
+        size: u32,
+        data: &[u8],
+    ) -> Result<(), Violation> {
+        let Some(h) = self.kernels[c].handles.get(&fh) else {
+            return Ok(());
+        };
+        let Some(file) = h.file else { return Ok(()) };
+        let history = &self.files.history[file];
+        if history.is_empty() {
+            return Ok(());
+        }
+        self.stats.slices_checked += 1;
+        let fits = |v: &Vec<u8>| {
+            let from = usize::try_from(offset).unwrap_or(usize::MAX).min(v.len());
+            let to = from.saturating_add(size as usize).min(v.len());
+            v[from..to] == data[..]
+        };
+        if !history[h.min_index.min(history.len())..].iter().any(fits) {
+            let older = history.iter().position(fits);
+            return Err(self.violation(format!(
+                "client {c}: read of file {file} through {fh:?} at {offset} (+{size}) gave {} bytes ({:016x}) that are not that range of commit ≥ #{} of it (matches #{older:?}; {} commits)",
+                data.len(),
+                crate::seeds::hash(data),
+                h.min_index,
+                history.len()
+            )));
         }
         Ok(())
     }

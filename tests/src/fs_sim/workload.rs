@@ -191,14 +191,17 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
             }
             600..690 => {
                 if let Some(fh) = pick(rng, &handles) {
-                    sim.op(
-                        c,
-                        Op::Read {
-                            fh,
-                            offset: 0,
-                            size: 4 * CHUNK_SIZE as u32,
-                        },
-                    )?;
+                    // A whole-file read, or a random reader's small one
+                    // somewhere inside (the client fetches only its pages
+                    // when it jumps).
+                    let (offset, size) = match rng.below(3) {
+                        0 => (
+                            1 + rng.below(3 * CHUNK_SIZE as u64),
+                            1 + rng.below(16 * 1024) as u32,
+                        ),
+                        _ => (0, 4 * CHUNK_SIZE as u32),
+                    };
+                    sim.op(c, Op::Read { fh, offset, size })?;
                 }
             }
             690..730 => {
@@ -454,6 +457,7 @@ impl Simulation for FsSim {
             ("fenced staging operations", s.fenced),
             ("acknowledged flushes checked", s.acks_checked),
             ("whole-file reads checked", s.reads_checked),
+            ("small reads inside a file checked", s.slices_checked),
             ("attributes checked against the ttl", s.attrs_checked),
             ("reads after an acknowledged close", s.reads_after_ack),
             ("short partitions", s.short_partitions),
