@@ -32,24 +32,18 @@ use std::sync::Arc;
 use wormhole_io::{BoxFuture, Shell, SignalStream, StreamPair};
 
 /// The smol shell. Spawned tasks (quinn's endpoint and connection
-/// drivers among them) run on an executor of its own, which the thread in
-/// [`Shell::block_on`] runs along with the future it waits for;
-/// `SMOL_THREADS` adds threads that run nothing else.
+/// drivers among them) run on an executor of its own; see
+/// [`SmolShell::new`] and [`SmolShell::on_this_thread`] for which
+/// threads run it.
 #[derive(Debug, Default)]
-pub struct SmolShell;
+pub struct SmolShell {
+    /// [`Shell::block_on`] runs the executor's tasks too.
+    tasks_here: bool,
+}
 
-/// The shell's executor. By default no thread of its own: the thread
-/// blocked in [`Shell::block_on`] (the CLI's main thread, with the host's
-/// or the mount's driver) runs every task, so a message from quinn's
-/// connection to the driver and back is a call on one thread, not a
-/// wake-up of another. Measured on the 2-vCPU benchmark VM (untar of
-/// 10,000 files of 1 KiB / `rm -rf` / one QUIC stream over loopback):
-/// tasks on a separate single thread, 7.6 s / 3.1 s / 560 MB/s; on one
-/// thread per CPU besides the main one, 9.6 s / 3.6 s; on the main
-/// thread alone, 6.2 s / 1.8 s / 1,126 MB/s (tokio: 5.3 s / 1.7 s /
-/// 1,298 MB/s). `SMOL_THREADS=n` adds n threads, for a host with many
-/// clients on a machine with cores to spare.
-fn executor() -> &'static smol::Executor<'static> {
+/// The shell's executor, started by the first shell made in the process
+/// with `threads` threads of its own (`SMOL_THREADS` overrides).
+fn executor_with(threads: usize) -> &'static smol::Executor<'static> {
     static EXECUTOR: std::sync::OnceLock<&'static smol::Executor<'static>> =
         std::sync::OnceLock::new();
     EXECUTOR.get_or_init(|| {
@@ -57,7 +51,7 @@ fn executor() -> &'static smol::Executor<'static> {
         let threads = std::env::var("SMOL_THREADS")
             .ok()
             .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+            .unwrap_or(threads);
         for n in 0..threads {
             let started = std::thread::Builder::new()
                 .name(format!("wormhole-smol-{n}"))
@@ -70,6 +64,17 @@ fn executor() -> &'static smol::Executor<'static> {
         }
         executor
     })
+}
+
+/// One executor thread per CPU: what a shell made with [`SmolShell::new`]
+/// starts.
+fn threads_per_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The executor, started with a thread per CPU if no shell started it.
+fn executor() -> &'static smol::Executor<'static> {
+    executor_with(threads_per_cpu())
 }
 
 /// quinn's smol runtime (its timers and sockets), spawning onto the
@@ -95,9 +100,28 @@ impl quinn::Runtime for Runtime {
 }
 
 impl SmolShell {
-    /// A shell on smol's global executor.
+    /// A shell whose tasks run on executor threads of their own, one per
+    /// CPU (`SMOL_THREADS` sets how many): they go on while the caller
+    /// blocks outside [`Shell::block_on`] (a test reading a mount's files
+    /// with `std::fs`).
     pub fn new() -> io::Result<Self> {
-        Ok(SmolShell)
+        executor_with(threads_per_cpu());
+        Ok(SmolShell { tasks_here: false })
+    }
+
+    /// A shell for a program whose thread spends its life in
+    /// [`Shell::block_on`] (the command line): that thread runs every
+    /// task, and the executor has no thread of its own unless
+    /// `SMOL_THREADS` asks for some. A message from quinn's connection to
+    /// the driver and back is then a call on one thread, not a wake-up of
+    /// another. Measured on the 2-vCPU benchmark VM (untar of 10,000
+    /// files of 1 KiB / `rm -rf` / one QUIC stream over loopback): tasks
+    /// on executor threads, 7.6 s / 3.1 s / 1,139 MB/s; on the main
+    /// thread alone, 6.2 s / 1.8 s / 1,126 MB/s (tokio: 5.3 s / 1.7 s /
+    /// 1,298 MB/s). Tasks do not run while no thread is in `block_on`.
+    pub fn on_this_thread() -> io::Result<Self> {
+        executor_with(0);
+        Ok(SmolShell { tasks_here: true })
     }
 }
 
@@ -111,7 +135,11 @@ impl Shell for SmolShell {
     }
 
     fn block_on<F: Future>(&self, fut: F) -> F::Output {
-        smol::block_on(executor().run(fut))
+        if self.tasks_here {
+            smol::block_on(executor().run(fut))
+        } else {
+            smol::block_on(fut)
+        }
     }
 
     fn bind_udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {

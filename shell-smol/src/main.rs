@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    wormhole_io::cli::main("wormhole-smol", wormhole_smol::SmolShell::new)
+    wormhole_io::cli::main("wormhole-smol", wormhole_smol::SmolShell::on_this_thread)
 }

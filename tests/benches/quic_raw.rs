@@ -25,7 +25,8 @@ fn main() {
     for name in shells.split(',') {
         match name {
             "tokio" => medians.push(run(&TokioShell::new().expect("tokio"), mb)),
-            "smol" => medians.push(run(&SmolShell::new().expect("smol"), mb)),
+            // Each shell as the command line makes it.
+            "smol" => medians.push(run(&SmolShell::on_this_thread().expect("smol"), mb)),
             other => eprintln!("unknown shell {other:?} (tokio or smol)"),
         }
     }
