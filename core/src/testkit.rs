@@ -431,6 +431,7 @@ impl World {
                 vec![a]
             }
             Reply::DirPage { entries, .. } => entries.iter().map(|e| &e.attr).collect(),
+            Reply::Applied(results) => results.iter().filter_map(|r| r.as_ref().ok()).collect(),
             _ => Vec::new(),
         };
         for a in attrs {

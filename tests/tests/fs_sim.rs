@@ -12,3 +12,16 @@
 use wormhole_tests::fs_sim::workload::FsSim;
 
 wormhole_tests::simulation_tests!(FsSim);
+
+/// Seeds beyond the default range that once failed, each for a bug of
+/// its own: a blocked write run after its handle's release committed
+/// over a version it never saw (58600); a lookup that trusted any
+/// identity while a commit raced handed out an inode number for another
+/// file (6403, 8119; the fix was not kept, the seeds were).
+#[test]
+fn seeds_that_once_failed() {
+    for seed in [58600, 6403, 8119] {
+        let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
+        assert!(res.is_ok(), "seed {seed}: {res:?}");
+    }
+}

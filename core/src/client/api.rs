@@ -33,6 +33,10 @@ pub struct ClientConfig {
     pub max_inodes: usize,
     /// Entries of one directory listing at most (larger: EFBIG).
     pub max_dir_entries: usize,
+    /// Take directory leases where files are being created, and answer
+    /// those creates without a round trip (docs/filesystem.md,
+    /// "Asynchronous directory operations").
+    pub leases: bool,
     /// When the connection machine has given up on a host that may come
     /// back (it went away or said goodbye; not a refused ticket, not our
     /// own disconnect), connect again this long after, and again after
@@ -63,6 +67,7 @@ impl Default for ClientConfig {
             max_queued: 4096,
             max_inodes: 1 << 20,
             max_dir_entries: 1 << 20,
+            leases: true,
             redial: Some(Duration::from_secs(30)),
             unreachable_after: Duration::from_secs(3),
             unreachable_wait: Duration::from_secs(10),
@@ -347,6 +352,16 @@ pub enum ClientEvent {
         attempt: u32,
         /// Delay before it.
         delay: Duration,
+    },
+    /// A file this mount created under a directory lease, and answered
+    /// the program for, was refused by the host after every handle on it
+    /// had closed (a local program on the host took the name, or its disk
+    /// was full): nobody was left to report it to.
+    CreateLost {
+        /// Its name.
+        name: Name,
+        /// Why.
+        errno: Errno,
     },
     /// Given up: every request fails with ENOTCONN until the next
     /// connect.

@@ -100,6 +100,9 @@ impl ClientCore {
         match &op {
             Op::Lookup { parent, name } => {
                 let pnode = self.node(*parent)?;
+                if self.lookup_locally(now, req, pnode, name) {
+                    return Ok(());
+                }
                 let neg = CacheKey::Negative {
                     parent: pnode,
                     name: name.clone(),
@@ -396,7 +399,11 @@ impl ClientCore {
                     return Err(Errno::Stale);
                 }
                 self.commit_then(now, h.node, AfterCommit::Reply(req, *fh))?;
+                if self.leases.is_unapplied(h.node) {
+                    self.closed_locally(now, h.node);
+                }
             }
+            Op::Create { .. } if self.create_locally(now, req, &op) => {}
             Op::Create {
                 parent,
                 name,
@@ -507,6 +514,17 @@ impl ClientCore {
     /// it: its open handles' (their reads show that version), else the
     /// cached attributes'. A file never seen has no version to build on.
     fn current_content(&self, node: NodeId) -> (u64, Option<u64>) {
+        if self.leases.is_unapplied(node) {
+            // Made here, empty at first: its version is not the host's,
+            // and nothing but this client's writes can be in it.
+            return (
+                self.handles
+                    .values()
+                    .find(|h| h.node == node)
+                    .map_or(0, |h| h.attr.size),
+                None,
+            );
+        }
         self.handles
             .values()
             .find(|h| h.node == node)
@@ -637,9 +655,12 @@ impl ClientCore {
                 offset,
                 len,
             } => {
-                // As for a write: a handle with a loss to report first.
-                if let Some(e) = self.handles.get(&fh).and_then(|h| h.error) {
-                    return Err(e);
+                // As for a write: a handle with a loss to report first,
+                // and none after its release.
+                match self.handles.get(&fh).map(|h| h.error) {
+                    None => return Err(Errno::BadF),
+                    Some(Some(e)) => return Err(e),
+                    Some(None) => {}
                 }
                 self.txn(node, now)?
                     .copy(now, from, from_offset, offset, len)
@@ -657,9 +678,16 @@ impl ClientCore {
                 // failing disk, a refused transaction) fails its writes
                 // until it has reported the loss: a write after them must
                 // not start a new transaction that commits it without
-                // them, over holes.
-                if let Some(e) = self.handles.get(&fh).and_then(|h| h.error) {
-                    return Err(e);
+                // them, over holes. A write that waited past its
+                // handle's release (only a caller that does not wait for
+                // its writes sends one) fails too: a transaction started
+                // now would know neither the file's size nor its version,
+                // and could commit the write over a version it never saw,
+                // cut to its own idea of the size (fs_sim, seed 58600).
+                match self.handles.get(&fh).map(|h| h.error) {
+                    None => return Err(Errno::BadF),
+                    Some(Some(e)) => return Err(e),
+                    Some(None) => {}
                 }
                 let len = data.len() as u32;
                 let txn = self.txn(node, now)?;

@@ -30,6 +30,7 @@ mod api;
 mod dispatch;
 #[cfg(test)]
 mod integrity;
+mod lease;
 mod offline;
 #[cfg(test)]
 mod regressions;
@@ -112,6 +113,11 @@ enum Purpose {
     /// Open a file ahead of the kernel ([`ahead`]).
     OpenAhead {
         node: NodeId,
+    },
+    /// A directory lease's request ([`lease`]).
+    Lease {
+        dir: NodeId,
+        step: lease::LeaseStep,
     },
     /// Nobody waits (closing a host handle).
     Forget,
@@ -354,6 +360,8 @@ pub struct ClientCore {
     unreachable_since: Option<Instant>,
     /// A move to a better path in progress ([`Self::move_path`]).
     moving: Option<Moving>,
+    /// Directory leases and the files made under them ([`lease`]).
+    leases: lease::Leases,
     out: VecDeque<ClientOutput>,
 }
 
@@ -404,6 +412,7 @@ impl ClientCore {
             probing: false,
             unreachable_since: None,
             moving: None,
+            leases: lease::Leases::default(),
             out: VecDeque::new(),
         }
     }
@@ -593,6 +602,7 @@ impl ClientCore {
             self.cache.poll_timeout(),
             self.ahead.poll_timeout(),
             self.watch_timeout(),
+            self.leases.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -642,7 +652,12 @@ impl ClientCore {
             }
         }
         self.watch_host(now);
+        self.lease_timeout(now);
         self.drain(now);
+        debug_assert!(
+            self.leases.poll_timeout().is_none_or(|t| t > now),
+            "a lease timer that fired is still due"
+        );
     }
 
     // --------------------------------------------------------- plumbing
@@ -670,6 +685,9 @@ impl ClientCore {
         if self.phase.gave_up() {
             return self.fail_purpose(now, purpose, Errno::NotConn);
         }
+        let Some((purpose, request)) = self.hold_for_leases(now, purpose, request) else {
+            return;
+        };
         let restoring = self.rebinding.is_some();
         let draining = matches!(
             self.moving,
@@ -895,6 +913,7 @@ impl ClientCore {
         // A new session: the host may have restarted, so node ids, locks
         // and transactions are gone; inodes are re-bound by path before any
         // queued operation runs again.
+        self.leases_lost(now);
         let queued: Vec<(Purpose, Request, Instant)> = self.queued.drain(..).collect();
         for (purpose, request, _) in queued {
             match purpose {
@@ -1030,6 +1049,7 @@ impl ClientCore {
                 }
                 self.drain_write(now, node);
             }
+            Purpose::Lease { dir, step } => self.lease_failed(now, dir, step, errno),
             Purpose::Rebind { ino } => {
                 self.rebind_answered();
                 if let Some(v) = self.vfs.as_mut() {

@@ -23,6 +23,7 @@ impl ClientCore {
         match msg {
             HostMessage::Reply { id, result } => self.on_reply(now, id, result),
             HostMessage::Invalidate { node, what } => self.on_invalidate(now, node, what),
+            HostMessage::Recall { token } => self.on_recall(now, token),
         }
         self.drain(now);
     }
@@ -88,6 +89,7 @@ impl ClientCore {
                 Err(e) => self.conn.hello_refused(now, e),
             },
             Purpose::Forget => {}
+            Purpose::Lease { dir, step } => self.on_lease_reply(now, dir, step, result),
             Purpose::Probe => self.probing = false,
             Purpose::ReadThrough { req, slot } => match result {
                 Ok(Reply::Data { data, .. }) => {
@@ -218,7 +220,7 @@ impl ClientCore {
         }
     }
 
-    fn entry(
+    pub(super) fn entry(
         &mut self,
         now: Instant,
         parent: Ino,
@@ -311,6 +313,9 @@ impl ClientCore {
                 }),
             ) => {
                 self.entry_added(now, *parent, name, &attr);
+                if let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) {
+                    self.created_remotely(now, pnode);
+                }
                 let ino = match self.entry(now, *parent, op, attr.clone(), true) {
                     Ok(ino) => ino,
                     Err(e) => {
@@ -450,7 +455,7 @@ impl ClientCore {
     /// This client changed a directory's entries: its listing is stale.
     /// This client added `name` to `dir` (the host confirmed it): a
     /// fresh listing of `dir` takes it ([`crate::cache::Cache::add_entry`]).
-    fn entry_added(&mut self, now: Instant, dir: Ino, name: &Name, attr: &Attr) {
+    pub(super) fn entry_added(&mut self, now: Instant, dir: Ino, name: &Name, attr: &Attr) {
         if let Some(node) = self.vfs.as_ref().and_then(|v| v.node(dir)) {
             let entry = DirEntry {
                 name: name.clone(),
@@ -762,7 +767,9 @@ impl ClientCore {
             };
             match o {
                 WriteOutput::Send { op, request } => {
-                    self.send(now, Purpose::Write { node, op }, request)
+                    if let Some(request) = self.stream_whole(now, node, op, request) {
+                        self.send(now, Purpose::Write { node, op }, request);
+                    }
                 }
                 WriteOutput::Committed(attr) => {
                     // The commit gave the file a new identity.

@@ -1516,3 +1516,5 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
         "another's create is found"
     );
 }
+
+mod leases;

@@ -140,6 +140,20 @@ pub enum ReadFrom {
     Handle(FsHandle),
 }
 
+/// One file of [`FsOp::CreateFiles`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewFile {
+    /// Its name.
+    pub name: Name,
+    /// Permission bits.
+    pub mode: u32,
+    /// Access and modification times to give it (its `size` and `mode`
+    /// are not used).
+    pub times: SetAttr,
+    /// Its content.
+    pub data: Bytes,
+}
+
 /// One operation on the shared folder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FsOp {
@@ -314,6 +328,17 @@ pub enum FsOp {
         /// The transaction.
         txn: TxnId,
     },
+    /// New regular files in `dir`, in order, each made as one inode: its
+    /// content, mode and times written to a hidden file which is then
+    /// linked at its name only if the name is free (EEXIST otherwise), the
+    /// data ordered before the name as a commit's is. One result per
+    /// file, in [`FsOk::Created`].
+    CreateFiles {
+        /// The directory.
+        dir: RelPath,
+        /// The files.
+        files: Vec<NewFile>,
+    },
     /// Make every change whose result was reported before this operation
     /// was issued durable (the group commit): answered `Done` once the
     /// disk has it, or with the error the disk gave.
@@ -335,6 +360,7 @@ impl FsOp {
                 | FsOp::Symlink { .. }
                 | FsOp::SetAttr { .. }
                 | FsOp::StageCommit { .. }
+                | FsOp::CreateFiles { .. }
         )
     }
 }
@@ -361,6 +387,8 @@ pub enum FsOk {
     Link(Vec<u8>),
     /// Statistics (StatFs).
     StatFs(StatFs),
+    /// One outcome per file of [`FsOp::CreateFiles`], in order.
+    Created(Vec<Result<FsAttr, Errno>>),
     /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
     /// StageCopy, StageTruncate, StageAbort, Sync).
     Done,

@@ -19,7 +19,7 @@
 //! before (at least by a nanosecond), so a change in place always moves
 //! the file's modification time, as a [`FileStamp`] needs.
 
-use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, ReadFrom, RelPath};
+use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath};
 use crate::proto::{Errno, FileKey, FileKind, Name, SetTime, StatFs, Timestamp, TxnId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -412,12 +412,59 @@ impl MemFs {
     /// Executes one operation.
     pub fn execute(&mut self, op: FsOp) -> FsResult {
         self.tick();
+        if let FsOp::CreateFiles { dir, files } = op {
+            // A directory that is not there fails the whole batch.
+            let parent = self.resolve(&dir)?;
+            match self.inodes.get(&parent).map(|d| d.kind) {
+                Some(FileKind::Dir) => {}
+                // Never followed, as on the disk.
+                Some(FileKind::Symlink) => return Err(Errno::Loop),
+                _ => return Err(Errno::NotDir),
+            }
+            // Each file is its own mutation: a crash keeps a prefix of
+            // them, as of any other operations.
+            let items = files
+                .into_iter()
+                .map(|f| {
+                    self.tick();
+                    let made = self.create_file(parent, f);
+                    if made.is_ok() {
+                        self.mutated();
+                    }
+                    made
+                })
+                .collect();
+            return Ok(FsOk::Created(items));
+        }
         let mutation = op.mutates();
         let result = self.run(op);
         if mutation && result.is_ok() {
             self.mutated();
         }
         result
+    }
+
+    /// One file of [`FsOp::CreateFiles`]: a new inode with its content,
+    /// at its name only if the name is free.
+    fn create_file(&mut self, parent: u64, f: NewFile) -> Result<FsAttr, Errno> {
+        if f.data.len() as u64 > self.max_file {
+            return Err(Errno::FBig);
+        }
+        let d = self.inodes.get(&parent).ok_or(Errno::NoEnt)?;
+        if d.children.contains_key(&f.name) {
+            return Err(Errno::Exist);
+        }
+        self.room(0, f.data.len())?;
+        let mut node = Inode::new(FileKind::File, f.mode & 0o7777, self.now);
+        node.data = f.data.to_vec();
+        if let Some(t) = f.times.atime {
+            node.atime = self.time(t);
+        }
+        if let Some(t) = f.times.mtime {
+            node.mtime = self.time(t);
+        }
+        let ino = self.add(parent, &f.name, node)?;
+        self.attr(ino)
     }
 
     fn run(&mut self, op: FsOp) -> FsResult {
@@ -780,6 +827,8 @@ impl MemFs {
                 self.staged.remove(&txn);
                 Ok(FsOk::Done)
             }
+            // Run by `execute`, file by file.
+            FsOp::CreateFiles { .. } => Err(Errno::Inval),
             FsOp::Sync => {
                 if let Some((errno, left)) = self.failing {
                     // A failing disk fails the flush too; nothing is

@@ -34,7 +34,7 @@ mod server;
 mod tests;
 
 pub use fsop::{
-    FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, OpenAs, ReadFrom, RelPath,
+    FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, NewFile, OpenAs, ReadFrom, RelPath,
 };
 pub use nodes::NodeTable;
 pub use pump::HostIo;

@@ -151,6 +151,12 @@ impl NodeTable {
         }
         let id = NodeId(self.next);
         self.next += 1;
+        self.insert(id, parent, name, key, kind);
+        Some(id)
+    }
+
+    /// Records node `id` at `parent/name`, where no node is.
+    fn insert(&mut self, id: NodeId, parent: NodeId, name: &Name, key: FileKey, kind: FileKind) {
         self.nodes.insert(
             id,
             Node {
@@ -163,7 +169,31 @@ impl NodeTable {
         if kind == FileKind::Dir {
             self.dirs.insert(key, id);
         }
-        Some(id)
+    }
+
+    /// Sets aside `count` ids for a lease holder to give the files it
+    /// creates ([`Self::bind`]); `None` if the table could not hold them
+    /// all. The ids are never handed out by [`Self::learn`]; those the
+    /// holder leaves unused are simply never seen.
+    pub fn reserve(&mut self, count: u32) -> Option<NodeId> {
+        if self.nodes.len() + count as usize > self.max_nodes {
+            return None;
+        }
+        let first = NodeId(self.next);
+        self.next += u64::from(count);
+        Some(first)
+    }
+
+    /// Records that a file the host just created at `parent/name` is node
+    /// `id`, reserved earlier ([`Self::reserve`]) and not yet used. A
+    /// stale record of that name is replaced, as [`Self::learn`] does.
+    /// Not bounded by `max_nodes`: the reservation was.
+    pub fn bind(&mut self, id: NodeId, parent: NodeId, name: &Name, key: FileKey, kind: FileKind) {
+        debug_assert!(id.0 < self.next && !self.nodes.contains_key(&id));
+        if let Some(old) = self.child(parent, name) {
+            self.forget(old);
+        }
+        self.insert(id, parent, name, key, kind);
     }
 
     /// The indexed directory with identity `key`, if any (the root is

@@ -127,7 +127,7 @@ impl Rig {
             .flatten()
             .filter_map(|m| match m {
                 HostMessage::Invalidate { node, what } => Some((*node, *what)),
-                HostMessage::Reply { .. } => None,
+                HostMessage::Reply { .. } | HostMessage::Recall { .. } => None,
             })
             .collect()
     }
@@ -1344,6 +1344,124 @@ fn an_open_racing_the_hosts_own_commit_is_not_stale() {
     ));
 }
 
+/// A listing (or lookup) a worker ran while a commit renamed its new
+/// file into place shows that file before the commit's result: its
+/// answer waits for the commit's, and the node stays (the writer's next
+/// request on it is not ESTALE). Run before the rename and answered
+/// after, it shows the replaced file: the node stays too.
+#[test]
+fn a_listing_racing_the_hosts_own_commit_keeps_the_node() {
+    for (lookup, rename_first) in [(false, true), (true, true), (false, false), (true, false)] {
+        let case = format!("lookup {lookup}, rename first {rename_first}");
+        let (mut r, c1, _c2, node, txn) = commit_ready();
+        r.hold = true;
+        let commit = r.send(
+            c1,
+            Request::CommitWrite {
+                txn,
+                size: 5,
+                set: SetAttr::default(),
+            },
+        );
+        let look = if lookup {
+            r.send(
+                c1,
+                Request::Lookup {
+                    parent: NodeId::ROOT,
+                    name: name("a.txt"),
+                },
+            )
+        } else {
+            r.send(
+                c1,
+                Request::ReadDir {
+                    dir: NodeId::ROOT,
+                    cookie: 0,
+                },
+            )
+        };
+        let is_look = |fs: &FsOp| matches!(fs, FsOp::List { .. } | FsOp::Stat { .. });
+        if rename_first {
+            let renamed = r.run_held(is_commit);
+            let seen = r.run_held(is_look);
+            r.deliver(seen);
+            assert_eq!(r.reply(c1, look), None, "{case}: waits for the commit");
+            r.deliver(renamed);
+        } else {
+            let seen = r.run_held(is_look);
+            let renamed = r.run_held(is_commit);
+            r.deliver(renamed);
+            r.deliver(seen);
+        }
+        assert!(
+            matches!(r.reply(c1, commit), Some(Ok(Reply::Attr(_)))),
+            "{case}"
+        );
+        let seen_node = match r.reply(c1, look) {
+            Some(Ok(Reply::DirPage { entries, .. })) => entries
+                .iter()
+                .find(|e| e.name == name("a.txt"))
+                .map(|e| e.attr.node),
+            Some(Ok(Reply::Attr(a))) => Some(a.node),
+            other => panic!("{case}: {other:?}"),
+        };
+        assert_eq!(seen_node, Some(node), "{case}: the same node");
+        r.hold = false;
+        let next = r.call(
+            c1,
+            Request::SetAttr {
+                node,
+                set: SetAttr {
+                    mode: Some(0o600),
+                    ..SetAttr::default()
+                },
+                token: None,
+            },
+        );
+        assert!(matches!(next, Ok(Reply::Attr(_))), "{case}: {next:?}");
+    }
+}
+
+/// A local program's save that races one of this host's commits is not
+/// taken for the commit's file: a lookup that found it gives it a node
+/// of its own.
+#[test]
+fn a_local_save_racing_a_commit_is_another_file() {
+    let (mut r, c1, _c2, node, txn) = commit_ready();
+    r.hold = true;
+    let commit = r.send(
+        c1,
+        Request::CommitWrite {
+            txn,
+            size: 5,
+            set: SetAttr::default(),
+        },
+    );
+    let look = r.send(
+        c1,
+        Request::Lookup {
+            parent: NodeId::ROOT,
+            name: name("a.txt"),
+        },
+    );
+    // The commit's rename, then a local save over it, then the lookup.
+    let renamed = r.run_held(is_commit);
+    r.disk
+        .local_replace(&path(&["a.txt"]), b"local")
+        .expect("local save");
+    let seen = r.run_held(|fs| matches!(fs, FsOp::Stat { .. }));
+    r.deliver(seen);
+    r.deliver(renamed);
+    assert!(matches!(r.reply(c1, commit), Some(Ok(Reply::Attr(_)))));
+    match r.reply(c1, look) {
+        Some(Ok(Reply::Attr(a))) => {
+            assert_ne!(a.node, node, "the local file is another file");
+            assert_eq!(a.size, 5);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A lookup that found a local program's file at a node's path gives the
 /// path a new node; an open of the old node that a worker ran meanwhile
 /// is ESTALE even when its result comes after (it opened the new file).
@@ -1733,3 +1851,5 @@ fn a_create_that_opens_answers_with_a_handle() {
         Ok(Reply::Opened { .. })
     ));
 }
+
+mod leases;

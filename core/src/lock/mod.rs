@@ -97,6 +97,6 @@ pub fn compatible(a: LockKind, b: LockKind) -> bool {
 
 /// Milliseconds for the wire, saturating: a `Duration` beyond `u32`
 /// milliseconds (49 days) is a configuration error, not a panic.
-fn millis(d: std::time::Duration) -> u32 {
+pub(crate) fn millis(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }

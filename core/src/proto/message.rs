@@ -244,6 +244,47 @@ pub enum Invalidation {
     Gone,
 }
 
+/// An operation a lease holder answered itself ([`Request::Apply`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum LeaseOp {
+    /// A new regular file with its whole content, made as one inode and
+    /// put at its name only if the name is free (EEXIST otherwise: a
+    /// local program on the host took it meanwhile).
+    CreateFile {
+        /// The node id the holder gave it, from one of its ranges, each
+        /// higher than the last it used from that range.
+        node: NodeId,
+        /// Its name in the leased directory.
+        name: Name,
+        /// Permission bits.
+        mode: u32,
+        /// Access and modification times, if set (else the host's now).
+        times: SetAttr,
+        /// The content.
+        #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
+        #[serde(with = "codec::shared")]
+        data: Bytes,
+    },
+}
+
+/// Node ids reserved for one lease: `first` and the `count - 1` after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct NodeRange {
+    /// The first id.
+    pub first: NodeId,
+    /// How many.
+    pub count: u32,
+}
+
+impl NodeRange {
+    /// Whether `node` is in the range.
+    pub fn contains(&self, node: NodeId) -> bool {
+        node.0 >= self.first.0 && node.0 - self.first.0 < u64::from(self.count)
+    }
+}
+
 /// A client's request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -510,6 +551,38 @@ pub enum Request {
         /// [`Request::CommitWrite`].
         set: SetAttr,
     },
+    /// Take a lease on a directory: an exclusive [`LockScope::Directory`]
+    /// lock (refreshed and released as any lock, by its token) and a
+    /// range of node ids only this session may give the files it creates
+    /// there. While the lease lives, the holder answers creates in the
+    /// directory itself and sends them in [`Request::Apply`] batches;
+    /// another session's request that touches the directory's entries
+    /// waits while the host sends [`HostMessage::Recall`] to the holder,
+    /// and runs once the lease is released (docs/filesystem.md,
+    /// "Asynchronous directory operations"). Never waits: EAGAIN if a
+    /// lock there is held. Answered [`Reply::Leased`].
+    Lease {
+        /// The directory.
+        dir: NodeId,
+    },
+    /// Operations a lease holder answered itself in `dir`, to be applied
+    /// in order. Their node ids come from ranges this session was given
+    /// with its leases; a range outlives a lease that expired (a holder
+    /// cut off past its lease still sends what it answered, and a name
+    /// taken meanwhile is EEXIST, never overwritten) and ends when the
+    /// holder releases the lease or the session ends. Waits, as any
+    /// change of the directory's entries, while another session holds a
+    /// lease there. `tag` names the batch within the session: sent again
+    /// after a lost reply, it gets the answer instead of running twice.
+    /// Answered [`Reply::Applied`], one result per operation.
+    Apply {
+        /// The directory.
+        dir: NodeId,
+        /// The batch's name within the session.
+        tag: u64,
+        /// The operations, in the order the holder answered them.
+        ops: Vec<LeaseOp>,
+    },
 }
 
 /// A successful reply.
@@ -579,6 +652,18 @@ pub enum Reply {
     /// Done (Close, Unlink, Rmdir, Rename, ReleaseLock, WriteChunk,
     /// TruncateWrite, AbortWrite, Goodbye).
     Done,
+    /// A lease granted ([`Request::Lease`]).
+    Leased {
+        /// Its fencing token (a lock's: refreshed and released as one).
+        token: LockToken,
+        /// Time until it expires unless refreshed, in milliseconds.
+        ttl_ms: u32,
+        /// The node ids the holder gives the files it creates.
+        nodes: NodeRange,
+    },
+    /// The outcome of each operation of an [`Request::Apply`], in order:
+    /// the new file's attributes, or why the host refused it.
+    Applied(Vec<Result<Attr, Errno>>),
 }
 
 /// Client → host.
@@ -613,6 +698,12 @@ pub enum HostMessage {
         node: NodeId,
         /// What changed.
         what: Invalidation,
+    },
+    /// Another session waits for the directory of lease `token`: send
+    /// what is still to apply, then release the lease.
+    Recall {
+        /// The lease.
+        token: LockToken,
     },
 }
 

@@ -379,6 +379,19 @@ impl WriteTxn {
         self.emptied_at_open && !self.written
     }
 
+    /// The file this transaction writes became content version `base`
+    /// at the host before the transaction asked anything of it (a file
+    /// made under a directory lease, applied meanwhile): its writes build
+    /// on that version, and the host refuses them if a local program
+    /// changed the file since. A truncation to nothing keeps `None`: its
+    /// result does not depend on what was there.
+    pub fn rebase(&mut self, base: u64) {
+        let begun = self.in_flight.values().any(|s| !matches!(s, Sent::Lock(_)));
+        if !begun && self.txn.is_none() && !self.emptied_at_open {
+            self.base = Some(base);
+        }
+    }
+
     /// `O_TRUNC`: the file's content goes, as the transaction's first
     /// change.
     pub fn empty_at_open(&mut self, now: Instant) -> Result<(), WriteError> {

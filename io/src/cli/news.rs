@@ -73,6 +73,11 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
                                      other requests fail with ETIMEDOUT within seconds."
             .to_owned(),
         ClientEvent::Reachable => "The host answers again.".to_owned(),
+        ClientEvent::CreateLost { ref name, errno } => format!(
+            "The host refused the new file {:?} ({errno}) after it was closed: it is not \
+             there. A program on the host may have made that name meanwhile, or its disk is full.",
+            String::from_utf8_lossy(name.as_bytes())
+        ),
         ClientEvent::Retrying { attempt, delay } => {
             format!(
                 "Reconnect attempt {attempt} in {:.1} s.",

@@ -208,8 +208,21 @@ impl State {
             None => None,
         };
         core.load_l2(Instant::ZERO, found);
+        let clock = CoreClock::new(runtime);
+        // Files made under a directory lease carry this clock's times
+        // until the host has them.
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        core.set_wall_clock(
+            clock.now(),
+            wormhole_core::proto::Timestamp {
+                secs: i64::try_from(wall.as_secs()).unwrap_or(i64::MAX),
+                nanos: wall.subsec_nanos(),
+            },
+        );
         Ok(State {
-            clock: CoreClock::new(runtime),
+            clock,
             core,
             better_paths: transport.better_paths().map(Box::pin),
             transport,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 use wormhole_core::Instant;
 use wormhole_core::cache::Kind;
-use wormhole_core::client::{Answer, ClientConfig, Fh, Op, Req};
+use wormhole_core::client::{Answer, ClientConfig, ClientEvent, Fh, Op, Req};
 use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{FsAttr, FsOk, FsOp, HostConfig, RelPath};
 use wormhole_core::lock::scope_node;
@@ -93,6 +93,15 @@ pub struct FsStats {
     pub truncating_opens: u64,
     /// Runs whose liveness phase converged.
     pub converged: u64,
+    /// Files a client created under a directory lease and the host
+    /// applied from its stream.
+    pub files_streamed: u64,
+    /// Acknowledged closes checked once the host applied what they
+    /// covered (a lease holder answers closes before that).
+    pub acks_deferred: u64,
+    /// Files answered under a lease and refused by the host afterwards,
+    /// reported to nobody's handle (a `CreateLost` event).
+    pub creates_lost: u64,
 }
 
 impl FsStats {
@@ -127,6 +136,9 @@ impl FsStats {
         self.client_crashes += o.client_crashes;
         self.path_moves += o.path_moves;
         self.converged += o.converged;
+        self.files_streamed += o.files_streamed;
+        self.acks_deferred += o.acks_deferred;
+        self.creates_lost += o.creates_lost;
     }
 }
 
@@ -343,6 +355,18 @@ impl fmt::Debug for Local {
     }
 }
 
+/// An acknowledged close whose writes the host did not have yet: a lease
+/// holder answers closes of the files it creates before its stream is
+/// applied. Checked again after every event; it must hold by the end of
+/// the liveness phase unless its client crashed, the host crashed, or the
+/// client reported a refused create.
+#[derive(Clone, Debug)]
+struct Deferred {
+    client: usize,
+    file: Option<usize>,
+    writes: Vec<WriteRec>,
+}
+
 /// A transaction replayed from the disk's log: the content it was staged
 /// from, and that content with the transaction's staging operations
 /// applied, in the order the disk executed them.
@@ -372,6 +396,8 @@ pub struct Sim {
     replays: BTreeMap<wormhole_core::proto::TxnId, Replay>,
     /// Losses reported so far.
     losses: Vec<Loss>,
+    /// Acknowledged closes waiting for the host to apply a lease's stream.
+    deferred: Vec<Deferred>,
     /// Per file: the request sequence at its last change by a local
     /// program (which may cut or replace what clients wrote).
     local_seq: BTreeMap<usize, u64>,
@@ -384,6 +410,10 @@ pub struct Sim {
 fn name(s: &str) -> Name {
     Name::new(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
+
+/// The device number a client gives the files it makes under a lease
+/// until the host has them (`LOCAL_DEV` in the client's lease module).
+const LOCAL_DEV: u64 = u64::MAX;
 
 /// The parts of `[start, end)` that none of `covered` covers.
 fn uncovered(start: usize, end: usize, covered: &[(usize, usize)]) -> Vec<(usize, usize)> {
@@ -519,6 +549,8 @@ impl Sim {
         if seed % 4 >= 2 {
             client_cfg.write.whole_writes = false;
         }
+        // Most seeds take directory leases where files are created.
+        client_cfg.leases = seed % 5 != 4;
         // A third of the seeds hold every change's reply until the disk
         // has it (`--sync-every-close`); the rest use the group commit.
         let host_cfg = HostConfig {
@@ -555,6 +587,7 @@ impl Sim {
             attr_ttl,
             replays: BTreeMap::new(),
             losses: Vec::new(),
+            deferred: Vec::new(),
             local_seq: BTreeMap::new(),
             asked: BTreeMap::new(),
         };
@@ -857,6 +890,9 @@ impl Sim {
         self.w.crash_host();
         // Staging dies with the host; the next run numbers its own.
         self.replays.clear();
+        // The clients' leases die with its sessions: what they answered
+        // and had not sent is refused, each reported at its handles.
+        self.deferred.clear();
         self.check()?;
         self.check_disk()
     }
@@ -960,6 +996,9 @@ impl Sim {
         self.note(|| format!("c{c} crash"));
         // Its kernel's requests die with it.
         self.pending.retain(|(pc, _), _| *pc != c);
+        // What it answered under a lease and had not sent is lost with it,
+        // as a crashed machine's unwritten page cache.
+        self.deferred.retain(|d| d.client != c);
         self.kernels[c] = Kernel::default();
         self.w.crash_client(c);
         let now = self.w.now;
@@ -982,6 +1021,7 @@ impl Sim {
             ));
         }
         self.check_fs_log()?;
+        self.check_deferred();
         self.check_locks()?;
         self.check_answers()
     }
@@ -1165,6 +1205,48 @@ impl Sim {
                     }
                 }
             }
+            (FsOp::CreateFiles { dir, files }, Ok(FsOk::Created(items))) => {
+                let nodes = self.w.host.nodes();
+                let parent = dir
+                    .names()
+                    .iter()
+                    .try_fold(NodeId::ROOT, |at, n| nodes.child(at, n));
+                for (new, made) in files.iter().zip(items) {
+                    let Ok(a) = made else {
+                        continue;
+                    };
+                    // The file its client has handed out under the node
+                    // id it gave it, if any.
+                    // The host binds the node once the batch's result is
+                    // in (a worker may report it late); until then the
+                    // client that made it knows it.
+                    let local = parent
+                        .and_then(|p| {
+                            self.w
+                                .clients
+                                .iter()
+                                .find_map(|cl| cl.core.unapplied_node(p, &new.name))
+                                .or_else(|| nodes.child(p, &new.name))
+                        })
+                        .map(|node| FileKey {
+                            dev: LOCAL_DEV,
+                            ino: node.0,
+                        })
+                        .and_then(|k| self.files.by_key.get(&k).copied());
+                    let content = new.data.to_vec();
+                    let (f, idx) = match local {
+                        Some(f) => {
+                            self.files.by_key.insert(a.key, f);
+                            let h = &mut self.files.history[f];
+                            h.push(content);
+                            (f, h.len() - 1)
+                        }
+                        None => (self.files.register(a.key, a.kind, Some(content)), 0),
+                    };
+                    self.files.commits.push((f, idx, None));
+                    self.stats.files_streamed += 1;
+                }
+            }
             (_, Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a))) => {
                 self.files.register(a.key, a.kind, fresh_content);
             }
@@ -1246,6 +1328,11 @@ impl Sim {
         kind: FileKind,
         lookup: bool,
     ) -> Result<(), Violation> {
+        if key.dev == LOCAL_DEV && !self.files.by_key.contains_key(&key) {
+            // Made by this client under a lease: a new, empty file until
+            // the host applies it (`learn_record` joins the two).
+            self.files.register(key, kind, Some(Vec::new()));
+        }
         let Some(&file) = self.files.by_key.get(&key) else {
             return Err(self.violation(format!(
                 "client {c} handed out {ino:?} for unknown file {key:?}"
@@ -1370,7 +1457,22 @@ impl Sim {
                     for h in k.handles.values_mut().filter(|h| h.ino == ino) {
                         h.writes.clear();
                     }
+                    // Including a refused create answered under a lease.
+                    self.deferred.retain(|d| d.client != c || d.file != file);
                     self.check_no_hole(c, file, &writes)?;
+                } else if !writes.is_empty()
+                    && !matches!(p.op, Op::Fsync { .. })
+                    && self.w.clients[c].core.unapplied() > 0
+                    && self.durable_in(c, file, &writes).is_err()
+                {
+                    // A lease holder's close, answered before its stream
+                    // reached the host: checked once it has.
+                    self.stats.acks_deferred += 1;
+                    self.deferred.push(Deferred {
+                        client: c,
+                        file,
+                        writes,
+                    });
                 } else if !writes.is_empty() {
                     let need = self.check_durable(c, file, &writes)?;
                     if let (Op::Fsync { .. }, Some(f)) = (&p.op, file) {
@@ -1440,6 +1542,10 @@ impl Sim {
         };
         // An unlinked file open here (nlink 0) is answered from its
         // handle: with no name, no other client's commit can change it.
+        // A file made under a lease and not applied yet is this client's
+        // alone: nobody else can see it, let alone change it.
+        let own = |a: &Attr| self.w.clients[c].core.is_unapplied(a.node);
+        let attrs: Vec<&Attr> = attrs.into_iter().filter(|a| !own(a)).collect();
         for a in attrs.into_iter().filter(|a| a.nlink > 0) {
             self.stats.attrs_checked += 1;
             let age = self
@@ -1494,6 +1600,25 @@ impl Sim {
         writes: &[WriteRec],
     ) -> Result<usize, Violation> {
         self.stats.acks_checked += 1;
+        match self.durable_in(c, file, writes) {
+            Ok(need) => Ok(need),
+            Err(w) => Err(self.violation(format!(
+                "client {c}: flush acknowledged, but a write of {} bytes at {} (file {file:?}) is in no commit of that file",
+                w.data.len(),
+                w.offset
+            ))),
+        }
+    }
+
+    /// The latest commit holding one of `writes`, each of which must be in
+    /// a commit (else the first write that is not), and the file's acked
+    /// index raised to it.
+    fn durable_in(
+        &mut self,
+        c: usize,
+        file: Option<usize>,
+        writes: &[WriteRec],
+    ) -> Result<usize, WriteRec> {
         let mut need = 0;
         // A later write (or truncate) sent to the file overwrites an
         // earlier one, whichever handle and flush it went through, and may
@@ -1528,13 +1653,7 @@ impl Sim {
                 });
             match found {
                 Some((_, i)) => need = need.max(i),
-                None => {
-                    return Err(self.violation(format!(
-                        "client {c}: flush acknowledged, but a write of {} bytes at {} (file {file:?}) is in no commit of that file",
-                        w.data.len(),
-                        w.offset
-                    )));
-                }
+                None => return Err(w.clone()),
             }
         }
         if let Some(f) = file {
@@ -1542,6 +1661,32 @@ impl Sim {
             *a = (*a).max(need);
         }
         Ok(need)
+    }
+
+    /// Acknowledged closes a lease holder answered before the host had
+    /// their files: checked again now; those the host has applied are
+    /// done.
+    fn check_deferred(&mut self) {
+        for c in 0..self.kernels.len() {
+            let lost = self.w.clients[c]
+                .events
+                .iter()
+                .filter(|e| matches!(e, ClientEvent::CreateLost { .. }))
+                .count();
+            if lost > 0 {
+                // Reported: the client said the file is not there.
+                self.stats.creates_lost += lost as u64;
+                self.w.clients[c]
+                    .events
+                    .retain(|e| !matches!(e, ClientEvent::CreateLost { .. }));
+                self.deferred.retain(|d| d.client != c);
+            }
+        }
+        for d in std::mem::take(&mut self.deferred) {
+            if self.durable_in(d.client, d.file, &d.writes).is_err() {
+                self.deferred.push(d);
+            }
+        }
     }
 
     /// Invariant 9, a loss leaves no hole: the writes a failed flush
@@ -1835,6 +1980,14 @@ impl Sim {
                     self.violation(format!("liveness: client {c} still has writes in flight"))
                 );
             }
+        }
+        if let Some(d) = self.deferred.first() {
+            return Err(self.violation(format!(
+                "liveness: client {}'s acknowledged close of file {:?} never reached the host ({} writes)",
+                d.client,
+                d.file,
+                d.writes.len()
+            )));
         }
         if self.w.disk.staged() != 0 {
             return Err(self.violation(format!(

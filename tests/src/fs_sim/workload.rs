@@ -45,6 +45,51 @@ fn payload(tag: u64, len: usize) -> Bytes {
     )
 }
 
+/// What `tar` does: new files one after another in one directory, each
+/// created exclusively, written and closed (a client that makes several
+/// takes a directory lease and answers them itself).
+fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Result<(), Violation> {
+    let first = rng.below(NAMES.len() as u64) as usize;
+    for i in 0..NAMES.len() {
+        let n = Name::new(NAMES[(first + i) % NAMES.len()]).unwrap_or_else(|e| panic!("{e}"));
+        let before = sim.handles(c);
+        sim.op(
+            c,
+            Op::Create {
+                parent: dir,
+                name: n,
+                mode: 0o644,
+                exclusive: true,
+                truncate: false,
+            },
+        )?;
+        // An ordinary create waits for the host; one under a lease not.
+        for _ in 0..20 {
+            if sim.handles(c).len() > before.len() {
+                break;
+            }
+            sim.advance(Duration::from_millis(50))?;
+        }
+        let Some(fh) = sim.handles(c).into_iter().find(|h| !before.contains(h)) else {
+            continue;
+        };
+        *tag += 1;
+        let len = 1 + rng.below(3000) as usize;
+        let data = payload(tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sim_salt(rng), len);
+        sim.op(
+            c,
+            Op::Write {
+                fh,
+                offset: 0,
+                data,
+            },
+        )?;
+        sim.op(c, Op::Flush { fh })?;
+        sim.op(c, Op::Release { fh })?;
+    }
+    Ok(())
+}
+
 /// Runs seed `seed`: random world and workload, then liveness. With
 /// `trace`, records the trace (printing it as it goes if `echo`).
 pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violation>) {
@@ -123,7 +168,11 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                     },
                 )?;
             }
-            150..220 => {
+            150..175 => {
+                tag += 1;
+                burst(sim, rng, c, dir, &mut tag)?;
+            }
+            175..220 => {
                 let n = name(rng, false);
                 sim.op(
                     c,
@@ -479,6 +528,11 @@ impl Simulation for FsSim {
             ("full disks", s.disk_full),
             ("failing disk writes", s.disk_failures),
             ("opens with O_TRUNC", s.truncating_opens),
+            ("files created under a directory lease", s.files_streamed),
+            (
+                "closes acknowledged before their lease's stream",
+                s.acks_deferred,
+            ),
         ];
         for (what, n) in checks {
             assert!(n > 0, "the workload never produced {what}: {s:#?}");

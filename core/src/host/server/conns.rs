@@ -167,6 +167,9 @@ impl HostServer {
                 session,
                 resumed,
             }));
+        if resumed {
+            self.recall_again(session);
+        }
         self.update_hosting();
     }
 
@@ -197,6 +200,13 @@ impl HostServer {
     ) {
         if let Some(conn) = self.sessions.get(&session).and_then(|s| s.conn) {
             self.send(conn, id, result);
+        }
+    }
+
+    /// Sends `msg` to `session` on its current connection, if it has one.
+    pub(super) fn push(&mut self, session: SessionId, msg: HostMessage) {
+        if let Some(conn) = self.sessions.get(&session).and_then(|s| s.conn) {
+            self.out.push_back(HostOutput::Send { conn, msg });
         }
     }
 
@@ -242,7 +252,7 @@ impl HostServer {
         }
         self.out
             .push_back(HostOutput::Event(HostEvent::SessionEnded { session }));
-        self.drain_locks();
+        self.drain_locks(now);
         self.update_hosting();
     }
 }

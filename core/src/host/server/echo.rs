@@ -23,7 +23,9 @@ pub(super) const ECHO_WINDOW: Duration = Duration::from_secs(5);
 
 /// Paths whose expected state is remembered at most; beyond, reports
 /// are announced.
-const MAX_ECHOES: usize = 4096;
+/// An untar makes thousands of files within the window (each remembered
+/// with its path: a few MiB at most).
+const MAX_ECHOES: usize = 1 << 16;
 
 /// What one of the host's own changes left at a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ enum Leaves {
     Result,
     /// Nothing.
     Gone,
+    /// The file the `i`th result of a batch describes.
+    Item(usize),
 }
 
 /// The host's own changes by path (see the module docs).
@@ -66,6 +70,11 @@ impl Echoes {
             // which the result does not describe: its target's report is
             // announced.
             FsOp::Rename { from, .. } => vec![(from.clone(), Leaves::Gone)],
+            FsOp::CreateFiles { dir, files } => files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (dir.join(&f.name), Leaves::Item(i)))
+                .collect(),
             _ => return,
         };
         self.out.insert(op, paths);
@@ -83,6 +92,13 @@ impl Echoes {
                 (Leaves::Result, Ok(FsOk::Attr(a) | FsOk::Opened(a, _))) => {
                     Left::File(FileStamp::from(a))
                 }
+                (Leaves::Item(i), Ok(FsOk::Created(items))) => match items.get(i) {
+                    Some(Ok(a)) => Left::File(FileStamp::from(a)),
+                    _ => {
+                        self.left.remove(&path);
+                        continue;
+                    }
+                },
                 // Failed, or no attributes to compare with: whatever the
                 // path holds now is not known to be the host's doing.
                 _ => {

@@ -7,6 +7,7 @@
 
 mod conns;
 mod echo;
+mod lease;
 mod requests;
 mod results;
 mod sync;
@@ -179,6 +180,13 @@ struct Session {
     committed: VecDeque<(TxnId, Attr)>,
     /// The same for whole writes, by the client's tag.
     wholes: VecDeque<(u64, Attr)>,
+    /// The same for lease batches ([`lease`]), by the client's tag.
+    applied: VecDeque<(u64, Vec<Result<Attr, Errno>>)>,
+    /// Lease batches being applied, and the requests that asked for each
+    /// (more than one if the client sent it again meanwhile).
+    applying: BTreeMap<u64, Vec<RequestId>>,
+    /// Node ids reserved for this session's leases, by first id.
+    reserved: BTreeMap<u64, lease::Reserved>,
     ops: usize,
 }
 
@@ -250,6 +258,26 @@ enum Purpose {
         id: RequestId,
         then: ReplyAs,
     },
+    /// A lease holder's batch ([`lease`]): the files it made and their
+    /// nodes.
+    Applied {
+        session: SessionId,
+        dir: NodeId,
+        tag: u64,
+        made: Vec<(NodeId, Name)>,
+    },
+}
+
+/// A result held until a commit racing it has ended ([`HostServer::racing`]).
+#[derive(Debug)]
+struct Racing {
+    op: FsOpId,
+    session: SessionId,
+    id: RequestId,
+    then: ReplyAs,
+    result: FsResult,
+    /// Its reply waits for the disk (the group commit's `hold`).
+    hold: bool,
 }
 
 /// How to turn an operation's result into a reply.
@@ -326,15 +354,23 @@ pub struct HostServer {
     txns: BTreeMap<TxnId, Txn>,
     ops: BTreeMap<FsOpId, Purpose>,
     /// Files this host's own commits replaced, each with the first
-    /// operation id issued after the commit's result: an operation issued
-    /// earlier may still report the file the commit replaced (workers run
-    /// operations in any order). Kept while such an operation is out.
-    recommitted: BTreeMap<NodeId, u64>,
+    /// operation id issued after its latest commit's result and the
+    /// identities its commits replaced: an operation issued earlier may
+    /// still report one of them (workers run operations in any order).
+    /// Kept while such an operation is out.
+    recommitted: BTreeMap<NodeId, (u64, BTreeSet<FileKey>)>,
+    /// Lookup and listing results that found a file of another identity
+    /// at a node whose commit was under way: they wait for the commit's
+    /// result, which says whether that file was the commit's own
+    /// ([`results`]).
+    racing: Vec<Racing>,
     scan_queue: VecDeque<(NodeId, u64)>,
     /// What is applied and what durable ([`sync`]).
     group: sync::GroupCommit,
     /// The host's own changes, to know their echoes from the watcher.
     echoes: echo::Echoes,
+    /// Directory leases and the requests waiting for them.
+    leases: lease::Leases,
     next_op: u64,
     next_handle: u64,
     next_txn: u64,
@@ -359,9 +395,11 @@ impl HostServer {
             txns: BTreeMap::new(),
             ops: BTreeMap::new(),
             recommitted: BTreeMap::new(),
+            racing: Vec::new(),
             scan_queue: VecDeque::new(),
             group: sync::GroupCommit::default(),
             echoes: echo::Echoes::default(),
+            leases: lease::Leases::default(),
             next_op: 1,
             next_handle: 1,
             next_txn: 1,

@@ -10,7 +10,7 @@ impl HostServer {
         self.nodes.path(node).ok_or(Errno::Stale)
     }
 
-    fn dir_path(&self, node: NodeId) -> Result<RelPath, Errno> {
+    pub(super) fn dir_path(&self, node: NodeId) -> Result<RelPath, Errno> {
         match self.nodes.kind(node) {
             None => Err(Errno::Stale),
             Some(FileKind::Dir) => self.path_of(node),
@@ -55,6 +55,9 @@ impl HostServer {
         id: RequestId,
         request: Request,
     ) -> Result<(), Errno> {
+        let Some(request) = self.park_if_leased(now, session, id, request)? else {
+            return Ok(());
+        };
         let answer = |then| Purpose::Answer { session, id, then };
         match request {
             Request::Hello { .. } => return Err(Errno::Inval),
@@ -256,7 +259,7 @@ impl HostServer {
                     Acquired::Granted(grant) => self.answer(session, id, Ok(grant.reply())),
                     Acquired::Queued(_) => {}
                 }
-                self.drain_locks();
+                self.drain_locks(now);
             }
             Request::RefreshLock { token } => {
                 let grant = self.locks.refresh(now, session, token)?;
@@ -264,8 +267,9 @@ impl HostServer {
             }
             Request::ReleaseLock { token } => {
                 self.locks.release(now, session, token)?;
+                self.lease_returned(session, token);
                 self.answer(session, id, Ok(Reply::Done));
-                self.drain_locks();
+                self.drain_locks(now);
             }
             Request::BeginWrite { node, token, base } => {
                 self.writable()?;
@@ -433,6 +437,8 @@ impl HostServer {
                     set,
                 },
             )?,
+            Request::Lease { dir } => self.take_lease(now, session, id, dir)?,
+            Request::Apply { dir, tag, ops } => self.apply(session, id, dir, tag, ops)?,
         }
         Ok(())
     }
@@ -588,7 +594,7 @@ impl HostServer {
         }
     }
 
-    pub(super) fn drain_locks(&mut self) {
+    pub(super) fn drain_locks(&mut self, now: Instant) {
         while let Some(out) = self.locks.poll_output() {
             if let Some((session, id, result)) = out.reply() {
                 self.answer(session, id, result);
@@ -608,5 +614,7 @@ impl HostServer {
                 }
             }
         }
+        // A lease ends with its lock.
+        self.settle_leases(now);
     }
 }

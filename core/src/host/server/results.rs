@@ -25,21 +25,106 @@ impl HostServer {
                 self.whole_step(now, op, session, txn, step, result);
             }
             Purpose::Follow { parent, name } => self.follow(parent, name, result),
+            Purpose::Applied {
+                session,
+                dir,
+                tag,
+                made,
+            } => {
+                let (ids, reply) = self.lease_applied(session, dir, tag, made, result);
+                for id in ids {
+                    if hold {
+                        self.after_sync(now, session, id, reply.clone());
+                    } else {
+                        self.answer(session, id, reply.clone());
+                    }
+                }
+                // The lease may have ended while its batch ran.
+                self.settle_leases(now);
+            }
             Purpose::Answer { session, id, then } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.ops = s.ops.saturating_sub(1);
                 }
-                let reply = self.complete(now, op, session, then, result);
-                if hold {
-                    self.after_sync(now, session, id, reply);
+                if self.races_own_commit(&then, &result) {
+                    self.racing.push(Racing {
+                        op,
+                        session,
+                        id,
+                        then,
+                        result,
+                        hold,
+                    });
                 } else {
-                    self.answer(session, id, reply);
+                    let reply = self.complete(now, op, session, then, result);
+                    self.reply_held(now, session, id, reply, hold);
                 }
             }
         }
+        self.rerun_racing(now);
         self.sync_due(now);
         if !self.recommitted.is_empty() {
             self.forget_old_commits();
+        }
+    }
+
+    fn reply_held(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        id: RequestId,
+        reply: Result<Reply, Errno>,
+        hold: bool,
+    ) {
+        if hold {
+            self.after_sync(now, session, id, reply);
+        } else {
+            self.answer(session, id, reply);
+        }
+    }
+
+    /// Whether a lookup's or listing's result found, at a node whose
+    /// commit is under way, a file of another identity than the node's:
+    /// the commit's new file (the worker ran after its rename) or a local
+    /// program's. Only the commit's result can tell, so the result waits
+    /// for it ([`Self::rerun_racing`]). Judged now, the new file would
+    /// look like a local program's, and the node, forgotten, would fail
+    /// the writer's next request with ESTALE.
+    fn races_own_commit(&self, then: &ReplyAs, result: &FsResult) -> bool {
+        let committing = |node: NodeId| {
+            self.txns
+                .values()
+                .any(|t| t.node == node && t.phase == TxnPhase::Committing)
+        };
+        if !self.txns.values().any(|t| t.phase == TxnPhase::Committing) {
+            return false;
+        }
+        let differs = |parent: NodeId, name: &Name, key: FileKey| {
+            self.nodes
+                .child(parent, name)
+                .is_some_and(|n| self.nodes.key(n) != Some(key) && committing(n))
+        };
+        match (then, result) {
+            (ReplyAs::Lookup { parent, name }, Ok(FsOk::Attr(a))) => differs(*parent, name, a.key),
+            (ReplyAs::ReadDir { dir }, Ok(FsOk::Listing { entries, .. })) => {
+                entries.iter().any(|(n, a)| differs(*dir, n, a.key))
+            }
+            _ => false,
+        }
+    }
+
+    /// Completes the held results whose racing commits have ended.
+    fn rerun_racing(&mut self, now: Instant) {
+        if self.racing.is_empty() {
+            return;
+        }
+        for r in std::mem::take(&mut self.racing) {
+            if self.races_own_commit(&r.then, &r.result) {
+                self.racing.push(r);
+                continue;
+            }
+            let reply = self.complete(now, r.op, r.session, r.then, r.result);
+            self.reply_held(now, r.session, r.id, reply, r.hold);
         }
     }
 
@@ -104,21 +189,60 @@ impl HostServer {
         let Some(key) = self.nodes.key(node) else {
             return Some(node);
         };
-        // (Checked in order of cost: this runs for every result by path.)
-        let ours = || {
-            self.recommitted.get(&node).is_some_and(|&m| op.0 < m)
-                || self
-                    .txns
-                    .values()
-                    .any(|t| t.node == node && t.phase == TxnPhase::Committing)
-        };
-        (key != found && !ours()).then_some(node)
+        (key != found && !self.own_version(node, op, found)).then_some(node)
     }
 
-    /// Forgets own commits that no operation still out was issued before.
+    /// Whether `found`, reported for `node` by operation `op`, may be one
+    /// of the node's own versions: a commit of it is under way (the
+    /// file may be its new one, or the one it replaces), or a commit
+    /// ended after `op` was issued and replaced exactly `found`.
+    fn own_version(&self, node: NodeId, op: FsOpId, found: FileKey) -> bool {
+        // (Checked in order of cost: this runs for every result by path.)
+        self.recommitted
+            .get(&node)
+            .is_some_and(|(m, replaced)| op.0 < *m && replaced.contains(&found))
+            || self
+                .txns
+                .values()
+                .any(|t| t.node == node && t.phase == TxnPhase::Committing)
+    }
+
+    /// Learns what a lookup or listing (operation `op`) found at
+    /// `parent/name`. A file of another identity than the node's is
+    /// another file (the node is forgotten; the file gets a new one),
+    /// unless it is the file one of this host's commits replaced and the
+    /// operation may have run before that commit's rename.
+    fn learn_found(
+        &mut self,
+        op: FsOpId,
+        parent: NodeId,
+        name: &Name,
+        attr: &FsAttr,
+    ) -> Result<Attr, Errno> {
+        if let Some(node) = self.nodes.child(parent, name)
+            && self.nodes.key(node).is_some_and(|k| k != attr.key)
+            && self.nodes.kind(node) == Some(attr.kind)
+            && self
+                .recommitted
+                .get(&node)
+                .is_some_and(|(m, replaced)| op.0 < *m && replaced.contains(&attr.key))
+        {
+            return Ok(to_attr(node, attr));
+        }
+        self.learn(parent, name, attr)
+    }
+
+    /// Forgets own commits that no operation still out (or held racing
+    /// one) was issued before.
     fn forget_old_commits(&mut self) {
-        let oldest = self.ops.keys().next().map_or(u64::MAX, |o| o.0);
-        self.recommitted.retain(|_, &mut mark| oldest < mark);
+        let oldest = self
+            .ops
+            .keys()
+            .chain(self.racing.iter().map(|r| &r.op))
+            .map(|o| o.0)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.recommitted.retain(|_, (mark, _)| oldest < *mark);
     }
 
     pub(super) fn complete(
@@ -145,7 +269,7 @@ impl HostServer {
         }
         match (then, result) {
             (ReplyAs::Lookup { parent, name }, Ok(FsOk::Attr(a))) => {
-                Ok(Reply::Attr(self.learn(parent, &name, &a)?))
+                Ok(Reply::Attr(self.learn_found(op, parent, &name, &a)?))
             }
             (ReplyAs::Lookup { parent, name }, Err(Errno::NoEnt)) => {
                 self.nodes.remove(parent, &name);
@@ -158,7 +282,7 @@ impl HostServer {
                     if is_reserved(&name) {
                         continue;
                     }
-                    if let Ok(attr) = self.learn(dir, &name, &attr) {
+                    if let Ok(attr) = self.learn_found(op, dir, &name, &attr) {
                         out.push(DirEntry { name, attr });
                     }
                 }
@@ -274,8 +398,13 @@ impl HostServer {
                 // The commit put a new file (identity) at the node's path:
                 // the index follows, so the next lookup keeps the node id
                 // (and the writer's lock and handles stay valid).
+                if let Some(replaced) = self.nodes.key(node) {
+                    let mark = self.next_op;
+                    let e = self.recommitted.entry(node).or_default();
+                    e.0 = mark;
+                    e.1.insert(replaced);
+                }
                 self.nodes.rekey(node, a.key);
-                self.recommitted.insert(node, self.next_op);
                 let attr = to_attr(node, &a);
                 if let Some(s) = self.sessions.get_mut(&session) {
                     if s.committed.len() == COMMITTED_MEMORY {

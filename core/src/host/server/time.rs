@@ -27,6 +27,7 @@ impl HostServer {
                     // Not indexed: its directory's listing changed, and it
                     // may be a directory moved here (see `follow`).
                     if i + 1 == names.len() {
+                        self.recall(at);
                         self.broadcast(None, at, Invalidation::Entries);
                         let follow = Purpose::Follow {
                             parent: at,
@@ -40,6 +41,8 @@ impl HostServer {
         }
         self.broadcast(None, at, Invalidation::Data);
         if let Some(parent) = self.nodes.ancestors(at).first().copied() {
+            // The lease holder's idea of the entries is out of date.
+            self.recall(parent);
             self.broadcast(None, parent, Invalidation::Entries);
         }
     }
@@ -92,10 +95,16 @@ impl HostServer {
             .filter(|t| t.phase == TxnPhase::Open)
             .map(|t| t.last_activity + self.cfg.txn_idle_timeout)
             .min();
-        [grace, txn, self.locks.poll_timeout(), self.sync_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            grace,
+            txn,
+            self.locks.poll_timeout(),
+            self.sync_timeout(),
+            self.leases.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Fires due timers: lock expiry and waits, ended grace periods, idle
@@ -103,7 +112,7 @@ impl HostServer {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sync_due(now);
         self.locks.handle_timeout(now);
-        self.drain_locks();
+        self.drain_locks(now);
         let expired: Vec<SessionId> = self
             .sessions
             .iter()

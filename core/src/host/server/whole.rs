@@ -171,7 +171,7 @@ impl HostServer {
         }
         if let Some(token) = token {
             let _ = self.locks.release(now, session, token);
-            self.drain_locks();
+            self.drain_locks(now);
         }
         if let (Ok(a), Some(s)) = (&outcome, self.sessions.get_mut(&session)) {
             if s.wholes.len() == COMMITTED_MEMORY {

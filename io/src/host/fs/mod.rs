@@ -128,6 +128,8 @@ pub struct HostFs {
     /// file is durable ([`durability`]); otherwise a commit flushes the
     /// staged copy before its rename.
     ordered: bool,
+    /// Numbers the staging names of [`FsOp::CreateFiles`].
+    next_new: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for HostFs {
@@ -166,6 +168,7 @@ impl HostFs {
         );
         Ok(HostFs {
             ordered,
+            next_new: 0.into(),
             root: fd,
             cfg,
             staging_prefix,
@@ -358,6 +361,7 @@ impl HostFs {
                 lock(&self.staged).remove(&txn);
                 Ok(FsOk::Done)
             }
+            FsOp::CreateFiles { dir, files } => self.create_files(&dir, files),
             FsOp::Sync => {
                 rfs::syncfs(&self.root).map_err(sys)?;
                 Ok(FsOk::Done)

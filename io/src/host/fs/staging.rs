@@ -10,7 +10,9 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
-use wormhole_core::host::{FileStamp, FsOk, FsResult, RESERVED_PREFIX, ReadFrom, RelPath};
+use wormhole_core::host::{
+    FileStamp, FsAttr, FsOk, FsResult, NewFile, RESERVED_PREFIX, ReadFrom, RelPath,
+};
 use wormhole_core::proto::{Errno, FileKind, SetAttr, TxnId};
 
 use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys, times};
@@ -257,6 +259,61 @@ impl HostFs {
 }
 
 impl HostFs {
+    /// [`FsOp::CreateFiles`](wormhole_core::host::FsOp::CreateFiles): each
+    /// file written whole under a staging name, then linked at its name
+    /// with `renameat2(RENAME_NOREPLACE)`, so a name a local program took
+    /// meanwhile is EEXIST, not overwritten, and a crash leaves the whole
+    /// file or none (its data ordered before the rename as a commit's).
+    pub(super) fn create_files(&self, dir: &RelPath, files: Vec<NewFile>) -> FsResult {
+        let dir = self.dir(dir)?;
+        let items = files
+            .into_iter()
+            .map(|f| self.create_file(&dir, f))
+            .collect();
+        Ok(FsOk::Created(items))
+    }
+
+    fn create_file(&self, dir: &OwnedFd, f: NewFile) -> Result<FsAttr, Errno> {
+        if f.data.len() as u64 > self.cfg.max_file {
+            return Err(Errno::FBig);
+        }
+        let mut sname = self.staging_prefix.clone();
+        let n = self
+            .next_new
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sname.extend_from_slice(format!("n{n}").as_bytes());
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(dir, os(&sname), flags, Mode::from_raw_mode(0o600)).map_err(sys)?;
+        let file = File::from(fd);
+        let made = (|| {
+            file.write_all_at(&f.data, 0).map_err(io)?;
+            // Exactly the requested bits: the client applied its umask.
+            rfs::fchmod(&file, Mode::from_raw_mode(f.mode & 0o7777)).map_err(sys)?;
+            if let Some(t) = times(&f.times) {
+                rfs::futimens(&file, &t).map_err(sys)?;
+            }
+            if !self.ordered {
+                file.sync_data().map_err(io)?;
+            }
+            rfs::renameat_with(
+                dir,
+                os(&sname),
+                dir,
+                os(f.name.as_bytes()),
+                rfs::RenameFlags::NOREPLACE,
+            )
+            .map_err(sys)
+        })();
+        if let Err(e) = made {
+            let _ = rfs::unlinkat(dir, os(&sname), AtFlags::empty());
+            return Err(e);
+        }
+        // Durable at the next Sync (the group commit), as every change.
+        let st = rfs::fstat(&file).map_err(sys)?;
+        attr(&st).ok_or(Errno::Io)
+    }
+
     /// `copy_file_range` into a transaction's staged copy: from a file
     /// beneath the root (by path, no-follow, a regular file only) or an
     /// open handle, on this machine; the bytes never cross the network.

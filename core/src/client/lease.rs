@@ -1,0 +1,1083 @@
+//! Directory leases, the client side (docs/filesystem.md, "Asynchronous
+//! directory operations").
+//!
+//! A client that creates several files in one directory asks the host for
+//! a lease on it: an exclusive lock on the directory's entries and a
+//! range of node ids. While it holds one, nobody else can look at the
+//! directory without the host recalling the lease first, so the client
+//! answers there itself, without a round trip:
+//!
+//! * a lookup of a name its listing lacks (ENOENT), and the create of
+//!   such a name ([`ClientCore::create_locally`]): the new file gets a
+//!   node id of the range and attributes made here;
+//! * the file's writes, mode and times go to its write transaction as any
+//!   file's; its whole write, at close, becomes a `CreateFile` in the
+//!   directory's *stream* and the close is answered at once
+//!   ([`ClientCore::stream_whole`]).
+//!
+//! The stream goes to the host in order as [`Request::Apply`] batches, one
+//! at a time per directory; what closes while one is out gathers into the
+//! next. Until the host has applied a file, every request about it (or
+//! about its name, or a listing or `fsync` that must include it) waits
+//! ([`ClientCore::hold_for_leases`]); a request waiting on a file still
+//! open sends that file's create first, empty, and its writes then go the
+//! ordinary way. A file the host refuses (a local program took the name,
+//! the disk is full) is a delayed error: the next flush, fsync or close
+//! of a handle on it reports it, or, with none left, the mount reports
+//! [`ClientEvent::CreateLost`] and forgets the name.
+//!
+//! A recalled, idle or lost lease is given back once its stream is
+//! applied. The node ids outlive a lost lease at the host, so what was
+//! answered is still sent; a name taken meanwhile is refused, never
+//! overwritten.
+
+use super::{Answer, ClientCore, ClientEvent, ClientOutput, Op, Purpose, Req};
+use crate::Instant;
+use crate::cache::{CacheKey, Value};
+use crate::proto::{
+    Attr, DirEntry, Errno, FileKey, FileKind, FileRef, LeaseOp, LockScope, LockToken, Name, NodeId,
+    NodeRange, Reply, Request, SetAttr, SetTime, Timestamp,
+};
+use crate::vfs::Ino;
+use crate::write::WriteOp;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Creates sent the ordinary way in one directory within [`HOT_WINDOW`]
+/// before a lease is asked for: one file is not worth a lease.
+const HOT_CREATES: u32 = 2;
+
+/// See [`HOT_CREATES`].
+const HOT_WINDOW: Duration = Duration::from_secs(2);
+
+/// A lease with no local create for this long is given back, so other
+/// clients need not recall it.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// After a refused lease, how long before asking again for that
+/// directory.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Leases held at once.
+const MAX_LEASES: usize = 16;
+
+/// Files answered here and not yet applied, in all: beyond, creates go
+/// the ordinary way until the host catches up.
+const MAX_UNAPPLIED: usize = 4096;
+
+/// Largest file whose content goes in the stream; a larger one is
+/// created empty and written the ordinary way.
+const MAX_STREAMED_FILE: u64 = 256 << 10;
+
+/// Bytes of file content in one batch (the message is bounded by
+/// [`crate::proto::MAX_WRITE_PIECE`]), and files in one batch.
+const MAX_BATCH_BYTES: usize = 768 << 10;
+const MAX_BATCH_FILES: usize = 512;
+
+/// Ask for more node ids when fewer than this are left.
+const LOW_IDS: u64 = 64;
+
+/// The device number of attributes made here: no host file has it, so a
+/// file's made-up identity never names another.
+const LOCAL_DEV: u64 = u64::MAX;
+
+/// A lease's request, for its reply.
+#[derive(Clone, Debug)]
+pub(super) enum LeaseStep {
+    /// [`Request::Lease`]: the first, or more ids for a held lease.
+    Take,
+    /// The directory's listing, taken once the lease is granted.
+    Listing { acc: Vec<DirEntry> },
+    /// A batch of the stream (kept to be sent again, same tag, if its
+    /// answer does not come in time: the host answers a batch it ran from
+    /// its record).
+    Apply { tag: u64, ops: Vec<LeaseOp> },
+    /// [`Request::RefreshLock`].
+    Refresh,
+    /// [`Request::ReleaseLock`].
+    Release,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Lease asked for.
+    Asking,
+    /// Granted; its listing is being read.
+    Listing,
+    /// Creates are answered here.
+    Held,
+    /// Recalled, idle or lost: the stream is finished, then the lease
+    /// given back; no new local create.
+    Returning,
+}
+
+#[derive(Debug)]
+struct DirLease {
+    state: State,
+    token: Option<LockToken>,
+    /// Unused ids: `next..end` of the current range, then the ranges
+    /// granted after it.
+    next: u64,
+    end: u64,
+    more: VecDeque<NodeRange>,
+    asking_more: bool,
+    /// Every name the directory may hold (a superset): its listing when
+    /// the lease began, plus every name this client made or asked to make
+    /// there since. A name not in it does not exist.
+    names: BTreeSet<Name>,
+    /// Files closed and waiting to be sent, in order.
+    stream: VecDeque<LeaseOp>,
+    /// The batch the host is applying.
+    in_flight: bool,
+    /// The lock is valid until then (a conservative estimate).
+    expires_at: Instant,
+    refresh_at: Instant,
+    refreshing: bool,
+    last_create: Instant,
+    /// The lock is gone at the host (expired, or the session's).
+    lost: bool,
+}
+
+/// A file answered here and not yet applied by the host.
+#[derive(Debug)]
+struct Unapplied {
+    dir: NodeId,
+    name: Name,
+    ino: Ino,
+    parent: Ino,
+    mode: u32,
+    /// Its create is in the stream or sent.
+    queued: bool,
+}
+
+/// A request waiting for files to be applied.
+#[derive(Debug)]
+struct Held {
+    waiting_for: BTreeSet<NodeId>,
+    purpose: Purpose,
+    request: Request,
+}
+
+/// The client's leases (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct Leases {
+    dirs: BTreeMap<NodeId, DirLease>,
+    unapplied: BTreeMap<NodeId, Unapplied>,
+    held: Vec<Held>,
+    /// Ordinary creates per directory: since when, how many.
+    recent: BTreeMap<NodeId, (Instant, u32)>,
+    refused_until: BTreeMap<NodeId, Instant>,
+    next_tag: u64,
+    /// Wall-clock time at an instant, for the times of files made here
+    /// (`None`: the instant itself, for simulations).
+    wall: Option<(Instant, Timestamp)>,
+}
+
+impl Leases {
+    /// Files answered here and not yet applied.
+    pub(super) fn unapplied(&self) -> usize {
+        self.unapplied.len()
+    }
+
+    /// Whether `node` is a file answered here, not yet applied.
+    pub(super) fn is_unapplied(&self, node: NodeId) -> bool {
+        self.unapplied.contains_key(&node)
+    }
+
+    /// The earliest lease timer.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        // A lost lease has no timer: it only finishes its stream.
+        self.dirs
+            .values()
+            .filter(|l| l.token.is_some() && !l.lost)
+            .map(|l| match l.state {
+                State::Held if !l.refreshing => l.refresh_at.min(l.last_create + IDLE),
+                _ if !l.refreshing => l.refresh_at,
+                _ => l.expires_at,
+            })
+            .min()
+    }
+
+    /// The invariants: every unapplied file belongs to a lease; every held
+    /// request waits for something unapplied.
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (node, u) in &self.unapplied {
+            if !self.dirs.contains_key(&u.dir) {
+                return Err(format!("{node:?} unapplied without its lease"));
+            }
+        }
+        for h in &self.held {
+            if h.waiting_for.is_empty()
+                || h.waiting_for
+                    .iter()
+                    .any(|n| !self.unapplied.contains_key(n))
+            {
+                return Err(format!("a held request waits for nothing: {:?}", h.request));
+            }
+        }
+        for (dir, l) in &self.dirs {
+            if l.next > l.end {
+                return Err(format!("lease of {dir:?} past its ids"));
+            }
+        }
+        Ok(())
+    }
+
+    fn wall(&self, now: Instant) -> Timestamp {
+        let (at, wall) = self.wall.unwrap_or((Instant::ZERO, Timestamp::default()));
+        let d = now.saturating_duration_since(at);
+        let nanos = u64::from(wall.nanos) + u64::from(d.subsec_nanos());
+        Timestamp {
+            secs: wall.secs + d.as_secs() as i64 + (nanos / 1_000_000_000) as i64,
+            nanos: (nanos % 1_000_000_000) as u32,
+        }
+    }
+}
+
+/// The attributes of a file made here, until the host's replace them.
+fn local_attr(node: NodeId, size: u64, mode: u32, t: Timestamp, owner: Option<(u32, u32)>) -> Attr {
+    Attr {
+        node,
+        key: FileKey {
+            dev: LOCAL_DEV,
+            ino: node.0,
+        },
+        kind: FileKind::File,
+        size,
+        mode: 0o100000 | (mode & 0o7777),
+        nlink: 1,
+        uid: owner.map_or(0, |o| o.0),
+        gid: owner.map_or(0, |o| o.1),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        version: local_version(node, size),
+    }
+}
+
+/// A made-up content version: never a host's (those hash real file
+/// identities), different per file and size.
+fn local_version(node: NodeId, size: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"wormhole local file");
+    h.update(&node.0.to_le_bytes());
+    h.update(&size.to_le_bytes());
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(v)
+}
+
+impl ClientCore {
+    /// Tells the client the wall-clock time at `now`, for the times of
+    /// files it creates under a lease until the host has them.
+    pub fn set_wall_clock(&mut self, now: Instant, wall: Timestamp) {
+        self.leases.wall = Some((now, wall));
+    }
+
+    /// Files this client answered the kernel for under a lease and the
+    /// host has not applied yet.
+    pub fn unapplied(&self) -> usize {
+        self.leases.unapplied()
+    }
+
+    /// Whether `node` is a file this client made under a lease and the
+    /// host has not applied yet: its attributes are this client's own.
+    pub fn is_unapplied(&self, node: NodeId) -> bool {
+        self.leases.is_unapplied(node)
+    }
+
+    /// The node of the file this client made as `name` in `dir` under a
+    /// lease, if the host has not applied it yet (for simulations).
+    pub fn unapplied_node(&self, dir: NodeId, name: &Name) -> Option<NodeId> {
+        self.leases
+            .unapplied
+            .iter()
+            .find(|(_, u)| u.dir == dir && u.name == *name)
+            .map(|(n, _)| *n)
+    }
+
+    fn lease_send(&mut self, now: Instant, dir: NodeId, step: LeaseStep, request: Request) {
+        self.send(now, Purpose::Lease { dir, step }, request);
+    }
+
+    /// An ordinary create in `dir` succeeded: the second within
+    /// [`HOT_WINDOW`] asks for a lease there.
+    pub(super) fn created_remotely(&mut self, now: Instant, dir: NodeId) {
+        if !self.cfg.leases || self.leases.dirs.contains_key(&dir) {
+            return;
+        }
+        if self
+            .leases
+            .refused_until
+            .get(&dir)
+            .is_some_and(|&t| now < t)
+        {
+            return;
+        }
+        let (since, n) = self.leases.recent.entry(dir).or_insert((now, 0));
+        if now.saturating_duration_since(*since) > HOT_WINDOW {
+            *since = now;
+            *n = 0;
+        }
+        *n += 1;
+        if *n < HOT_CREATES || self.leases.dirs.len() >= MAX_LEASES {
+            return;
+        }
+        self.leases.recent.remove(&dir);
+        // Bounded: one entry per directory created in, pruned here.
+        if self.leases.recent.len() > 1024 {
+            self.leases
+                .recent
+                .retain(|_, (t, _)| now.saturating_duration_since(*t) <= HOT_WINDOW);
+        }
+        self.leases.dirs.insert(
+            dir,
+            DirLease {
+                state: State::Asking,
+                token: None,
+                next: 0,
+                end: 0,
+                more: VecDeque::new(),
+                asking_more: false,
+                names: BTreeSet::new(),
+                stream: VecDeque::new(),
+                in_flight: false,
+                expires_at: now,
+                refresh_at: now,
+                refreshing: false,
+                last_create: now,
+                lost: false,
+            },
+        );
+        self.lease_send(now, dir, LeaseStep::Take, Request::Lease { dir });
+    }
+
+    /// Answers a lookup of a name the leased directory cannot hold, or of
+    /// a file made here. Returns whether it answered.
+    pub(super) fn lookup_locally(
+        &mut self,
+        now: Instant,
+        req: Req,
+        pnode: NodeId,
+        name: &Name,
+    ) -> bool {
+        let Some(l) = self.leases.dirs.get(&pnode) else {
+            return false;
+        };
+        if !matches!(l.state, State::Held | State::Returning) {
+            return false;
+        }
+        if !l.names.contains(name) {
+            let _ = self.cache.fill(
+                now,
+                CacheKey::Negative {
+                    parent: pnode,
+                    name: name.clone(),
+                },
+                Value::Negative,
+            );
+            self.reply(req, Err(Errno::NoEnt));
+            return true;
+        }
+        false
+    }
+
+    /// Answers the kernel's create of `name` in `parent` here, if a held
+    /// lease lets it (see the module docs). Returns whether it did.
+    pub(super) fn create_locally(&mut self, now: Instant, req: Req, op: &Op) -> bool {
+        let Op::Create {
+            parent, name, mode, ..
+        } = op
+        else {
+            return false;
+        };
+        let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) else {
+            return false;
+        };
+        let full = self.leases.unapplied.len() >= MAX_UNAPPLIED;
+        let Some(l) = self.leases.dirs.get_mut(&pnode) else {
+            return false;
+        };
+        if l.state != State::Held || l.names.contains(name) || full {
+            return false;
+        }
+        if l.next == l.end {
+            match l.more.pop_front() {
+                Some(r) => {
+                    l.next = r.first.0;
+                    l.end = r.first.0 + u64::from(r.count);
+                }
+                None => return false,
+            }
+        }
+        let node = NodeId(l.next);
+        l.next += 1;
+        l.last_create = now;
+        l.names.insert(name.clone());
+        let more = l.end - l.next + l.more.iter().map(|r| u64::from(r.count)).sum::<u64>();
+        let ask_more = more < LOW_IDS && !l.asking_more && !l.lost;
+        if ask_more {
+            l.asking_more = true;
+        }
+        // Owned as the directory is: the host's user, as the host would
+        // make it.
+        let owner = self.cache.peek_attr(pnode).map(|a| (a.uid, a.gid));
+        let mode = mode & 0o7777;
+        let attr = local_attr(node, 0, mode, self.leases.wall(now), owner);
+        self.entry_added(now, *parent, name, &attr);
+        let ino = match self.entry(now, *parent, op, attr.clone(), true) {
+            Ok(ino) => ino,
+            Err(e) => {
+                self.reply(req, Err(e));
+                return true;
+            }
+        };
+        self.leases.unapplied.insert(
+            node,
+            Unapplied {
+                dir: pnode,
+                name: name.clone(),
+                ino,
+                parent: *parent,
+                mode,
+                queued: false,
+            },
+        );
+        let fh = self.open_handle(now, ino, None, attr.clone(), Bytes::new());
+        let ttl = self.kernel_ttl(crate::cache::Kind::Attr);
+        self.reply(req, Ok(Answer::Created { ino, attr, ttl, fh }));
+        if ask_more {
+            self.lease_send(now, pnode, LeaseStep::Take, Request::Lease { dir: pnode });
+        }
+        true
+    }
+
+    /// A write transaction's request for `node`: if it is the whole write
+    /// of a file made here and not yet sent, it becomes the file's
+    /// `CreateFile` in the stream and is answered at once (the commit is
+    /// applied here; the host applies it in order). Otherwise the request
+    /// is given back, to be sent (and held, if it must wait).
+    pub(super) fn stream_whole(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        op: WriteOp,
+        request: Request,
+    ) -> Option<Request> {
+        let Request::WriteWhole {
+            truncate,
+            offset,
+            data,
+            size,
+            set,
+            ..
+        } = &request
+        else {
+            return Some(request);
+        };
+        let Some(u) = self.leases.unapplied.get(&node).filter(|u| !u.queued) else {
+            return Some(request);
+        };
+        let end = offset.saturating_add(data.len() as u64);
+        if *size > MAX_STREAMED_FILE || end > *size {
+            return Some(request);
+        }
+        // The new file's content: empty, cut or extended to `truncate`,
+        // then `data` at `offset`, `size` bytes in all.
+        let mut content = vec![0u8; *size as usize];
+        let _ = truncate;
+        content[*offset as usize..end as usize].copy_from_slice(data);
+        let mode = set.mode.map_or(u.mode, |m| m & 0o7777);
+        let times = SetAttr {
+            size: None,
+            mode: None,
+            atime: set.atime,
+            mtime: set.mtime,
+        };
+        let (dir, name) = (u.dir, u.name.clone());
+        let create = LeaseOp::CreateFile {
+            node,
+            name,
+            mode,
+            times,
+            data: Bytes::from(content),
+        };
+        if let Some(u) = self.leases.unapplied.get_mut(&node) {
+            u.queued = true;
+        }
+        if let Some(l) = self.leases.dirs.get_mut(&dir) {
+            l.stream.push_back(create);
+        }
+        // Answered now: what the host will hold once it applies the file.
+        let t = self.leases.wall(now);
+        let time = |s: Option<SetTime>| match s {
+            Some(SetTime::At(at)) => at,
+            _ => t,
+        };
+        let owner = self.cache.peek_attr(node).map(|a| (a.uid, a.gid));
+        let mut attr = local_attr(node, *size, mode, t, owner);
+        attr.atime = time(set.atime);
+        attr.mtime = time(set.mtime);
+        if let Some(w) = self.writes.get_mut(&node) {
+            w.handle_reply(now, op, Ok(Reply::Attr(attr)));
+        }
+        self.pump_stream(now, dir);
+        None
+    }
+
+    /// Holds `request` if it must wait for files made here to be applied
+    /// (see the module docs); gives it back otherwise.
+    pub(super) fn hold_for_leases(
+        &mut self,
+        now: Instant,
+        purpose: Purpose,
+        request: Request,
+    ) -> Option<(Purpose, Request)> {
+        if matches!(purpose, Purpose::Lease { .. }) {
+            return Some((purpose, request));
+        }
+        if self.leases.unapplied.is_empty() {
+            self.note_names(&request);
+            return Some((purpose, request));
+        }
+        let waiting_for = self.waits_for(&request);
+        if waiting_for.is_empty() {
+            self.note_names(&request);
+            return Some((purpose, request));
+        }
+        // What it waits for must be on its way: a file still open sends
+        // its create now, empty; its writes follow the ordinary way.
+        let mut dirs = BTreeSet::new();
+        for node in &waiting_for {
+            dirs.extend(self.queue_empty(*node));
+        }
+        self.leases.held.push(Held {
+            waiting_for,
+            purpose,
+            request,
+        });
+        for dir in dirs {
+            self.pump_stream(now, dir);
+        }
+        None
+    }
+
+    /// Puts the create of unapplied `node`, if not yet on its way, in its
+    /// directory's stream as it stands (empty: the writes of a file still
+    /// open follow the ordinary way once the host has it). Returns the
+    /// directory.
+    fn queue_empty(&mut self, node: NodeId) -> Option<NodeId> {
+        let u = self.leases.unapplied.get_mut(&node)?;
+        if !u.queued {
+            u.queued = true;
+            let create = LeaseOp::CreateFile {
+                node,
+                name: u.name.clone(),
+                mode: u.mode,
+                times: SetAttr::default(),
+                data: Bytes::new(),
+            };
+            if let Some(l) = self.leases.dirs.get_mut(&u.dir) {
+                l.stream.push_back(create);
+            }
+        }
+        Some(u.dir)
+    }
+
+    /// The last handle on `node` closed: a file made here that nothing
+    /// wrote (`touch`) goes in the stream as it is.
+    pub(super) fn closed_locally(&mut self, now: Instant, node: NodeId) {
+        let open = self.handles.values().any(|h| h.node == node);
+        let writing = self.writes.get(&node).is_some_and(|w| !w.is_finished());
+        if open || writing {
+            return;
+        }
+        if let Some(dir) = self.queue_empty(node) {
+            self.pump_stream(now, dir);
+        }
+    }
+
+    /// The unapplied files `request` must wait for.
+    fn waits_for(&self, request: &Request) -> BTreeSet<NodeId> {
+        let un = &self.leases.unapplied;
+        let node = |n: &NodeId| un.contains_key(n).then_some(*n);
+        let named = |dir: &NodeId, name: &Name| {
+            un.iter()
+                .find(|(_, u)| u.dir == *dir && u.name == *name)
+                .map(|(n, _)| *n)
+        };
+        let all_in = |dir: &NodeId| -> BTreeSet<NodeId> {
+            un.iter()
+                .filter(|(_, u)| u.dir == *dir)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        match request {
+            Request::GetAttr { node: n }
+            | Request::Open { node: n, .. }
+            | Request::Readlink { node: n }
+            | Request::BeginWrite { node: n, .. }
+            | Request::WriteWhole { node: n, .. } => node(n).into_iter().collect(),
+            Request::SetAttr { node: n, .. } => {
+                // Times set on a directory come after the files made in
+                // it, as on a local disk (tar sets them last).
+                let mut w = all_in(n);
+                w.extend(node(n));
+                w
+            }
+            Request::Read {
+                file: FileRef::Node(n),
+                ..
+            } => node(n).into_iter().collect(),
+            Request::CopyWrite {
+                from: FileRef::Node(n),
+                ..
+            } => node(n).into_iter().collect(),
+            Request::AcquireLock { scope, .. } => match *scope {
+                LockScope::File(n) => node(&n).into_iter().collect(),
+                LockScope::Directory(d) | LockScope::Subtree(d) => all_in(&d),
+            },
+            Request::Lookup { parent, name }
+            | Request::Create { parent, name, .. }
+            | Request::Mkdir { parent, name, .. }
+            | Request::Symlink { parent, name, .. }
+            | Request::Unlink { parent, name }
+            | Request::Rmdir { parent, name } => named(parent, name).into_iter().collect(),
+            Request::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+            } => named(parent, name)
+                .into_iter()
+                .chain(named(new_parent, new_name))
+                .collect(),
+            Request::ReadDir { dir, .. } => all_in(dir),
+            // Durable must include every file answered before it.
+            Request::Sync => un.keys().copied().collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    /// A request this client sends about names in a leased directory:
+    /// the names join the lease's set (a superset of what is there).
+    fn note_names(&mut self, request: &Request) {
+        let (dir, name) = match request {
+            Request::Create { parent, name, .. }
+            | Request::Mkdir { parent, name, .. }
+            | Request::Symlink { parent, name, .. } => (parent, name),
+            Request::Rename {
+                new_parent,
+                new_name,
+                ..
+            } => (new_parent, new_name),
+            _ => return,
+        };
+        if let Some(l) = self.leases.dirs.get_mut(dir) {
+            l.names.insert(name.clone());
+        }
+    }
+
+    /// Sends the next batch of `dir`'s stream if none is out; gives the
+    /// lease back once a returning lease's stream is done.
+    fn pump_stream(&mut self, now: Instant, dir: NodeId) {
+        let Some(l) = self.leases.dirs.get_mut(&dir) else {
+            return;
+        };
+        if l.in_flight {
+            return;
+        }
+        if l.stream.is_empty() {
+            if l.state == State::Returning && !self.leases.unapplied.values().any(|u| u.dir == dir)
+            {
+                self.end_lease(now, dir);
+            }
+            return;
+        }
+        let mut ops = Vec::new();
+        let mut bytes = 0;
+        while let Some(LeaseOp::CreateFile { data, .. }) = l.stream.front() {
+            let full = bytes + data.len() > MAX_BATCH_BYTES || ops.len() >= MAX_BATCH_FILES;
+            if !ops.is_empty() && full {
+                break;
+            }
+            bytes += data.len();
+            ops.extend(l.stream.pop_front());
+        }
+        l.in_flight = true;
+        let tag = self.leases.next_tag;
+        self.leases.next_tag += 1;
+        let request = Request::Apply {
+            dir,
+            tag,
+            ops: ops.clone(),
+        };
+        self.lease_send(now, dir, LeaseStep::Apply { tag, ops }, request);
+    }
+
+    /// Gives the lease on `dir` back (its stream is applied).
+    fn end_lease(&mut self, now: Instant, dir: NodeId) {
+        let Some(l) = self.leases.dirs.remove(&dir) else {
+            return;
+        };
+        if let (Some(token), false) = (l.token, l.lost) {
+            // Sent after the leases map forgot it: the reply needs no lease.
+            self.lease_send(now, dir, LeaseStep::Release, Request::ReleaseLock { token });
+        }
+    }
+
+    /// Starts giving the lease on `dir` back.
+    fn return_lease(&mut self, now: Instant, dir: NodeId) {
+        let Some(l) = self.leases.dirs.get_mut(&dir) else {
+            return;
+        };
+        l.state = State::Returning;
+        // Files still open go now, empty; their writes follow the
+        // ordinary way once the host has them.
+        let open: Vec<NodeId> = self
+            .leases
+            .unapplied
+            .iter()
+            .filter(|(_, u)| u.dir == dir && !u.queued)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in open {
+            self.queue_empty(node);
+        }
+        self.pump_stream(now, dir);
+    }
+
+    /// The host recalls lease `token`.
+    pub(super) fn on_recall(&mut self, now: Instant, token: LockToken) {
+        let dir = self
+            .leases
+            .dirs
+            .iter()
+            .find(|(_, l)| l.token == Some(token))
+            .map(|(d, _)| *d);
+        if let Some(dir) = dir {
+            self.return_lease(now, dir);
+        }
+    }
+
+    /// Lease timers: refreshes, and idle leases given back.
+    pub(super) fn lease_timeout(&mut self, now: Instant) {
+        let dirs: Vec<NodeId> = self.leases.dirs.keys().copied().collect();
+        for dir in dirs {
+            let Some(l) = self.leases.dirs.get_mut(&dir) else {
+                continue;
+            };
+            let Some(token) = l.token else {
+                continue;
+            };
+            if l.lost {
+                continue;
+            }
+            if now >= l.expires_at {
+                // Not refreshed in time: the host may have given the
+                // directory to someone else. What was answered still goes.
+                l.lost = true;
+                self.return_lease(now, dir);
+                continue;
+            }
+            if now >= l.refresh_at && !l.refreshing {
+                l.refreshing = true;
+                self.lease_send(now, dir, LeaseStep::Refresh, Request::RefreshLock { token });
+            }
+            if let Some(l) = self.leases.dirs.get(&dir)
+                && l.state == State::Held
+                && now >= l.last_create + IDLE
+            {
+                self.return_lease(now, dir);
+            }
+        }
+    }
+
+    /// The reply to a lease's request.
+    pub(super) fn on_lease_reply(
+        &mut self,
+        now: Instant,
+        dir: NodeId,
+        step: LeaseStep,
+        result: Result<Reply, Errno>,
+    ) {
+        match step {
+            LeaseStep::Take => self.on_granted(now, dir, result),
+            LeaseStep::Listing { mut acc } => match result {
+                Ok(Reply::DirPage { entries, next }) => {
+                    acc.extend(entries);
+                    if acc.len() > self.cfg.max_dir_entries {
+                        return self.return_lease(now, dir);
+                    }
+                    match next {
+                        Some(cookie) => self.lease_send(
+                            now,
+                            dir,
+                            LeaseStep::Listing { acc },
+                            Request::ReadDir { dir, cookie },
+                        ),
+                        None => self.listed(now, dir, acc),
+                    }
+                }
+                _ => self.return_lease(now, dir),
+            },
+            LeaseStep::Apply { ops, .. } => self.on_applied(now, dir, &ops, result),
+            LeaseStep::Refresh => {
+                let Some(l) = self.leases.dirs.get_mut(&dir) else {
+                    return;
+                };
+                l.refreshing = false;
+                match result {
+                    Ok(Reply::LockGranted { ttl_ms, .. }) => {
+                        let ttl = Duration::from_millis(u64::from(ttl_ms));
+                        // From when the refresh was due, which its send
+                        // (and so the host's new expiry) cannot precede.
+                        l.expires_at = l.refresh_at + ttl;
+                        l.refresh_at = now + ttl / 2;
+                    }
+                    _ => {
+                        l.lost = true;
+                        self.return_lease(now, dir);
+                    }
+                }
+            }
+            LeaseStep::Release => {}
+        }
+    }
+
+    fn on_granted(&mut self, now: Instant, dir: NodeId, result: Result<Reply, Errno>) {
+        let Some(l) = self.leases.dirs.get_mut(&dir) else {
+            // Given back before the grant came (a new session): release.
+            if let Ok(Reply::Leased { token, .. }) = result {
+                self.lease_send(now, dir, LeaseStep::Release, Request::ReleaseLock { token });
+            }
+            return;
+        };
+        match result {
+            Ok(Reply::Leased {
+                token,
+                ttl_ms,
+                nodes,
+            }) if l.token.is_none() || l.token == Some(token) => {
+                if l.token.is_none() {
+                    let ttl = Duration::from_millis(u64::from(ttl_ms));
+                    l.token = Some(token);
+                    l.next = nodes.first.0;
+                    l.end = nodes.first.0 + u64::from(nodes.count);
+                    l.expires_at = now + ttl;
+                    l.refresh_at = now + ttl / 2;
+                    if l.state == State::Returning {
+                        return self.pump_stream(now, dir);
+                    }
+                    l.state = State::Listing;
+                    // The listing read under the lease is complete: nobody
+                    // can change the entries without recalling it first.
+                    self.lease_send(
+                        now,
+                        dir,
+                        LeaseStep::Listing { acc: Vec::new() },
+                        Request::ReadDir { dir, cookie: 0 },
+                    );
+                } else {
+                    l.asking_more = false;
+                    l.more.push_back(nodes);
+                }
+            }
+            _ if l.token.is_some() => l.asking_more = false,
+            _ => {
+                self.leases.dirs.remove(&dir);
+                self.leases.refused_until.insert(dir, now + REFUSED_BACKOFF);
+            }
+        }
+    }
+
+    /// The lease's listing is read: creates are answered here from now on.
+    fn listed(&mut self, now: Instant, dir: NodeId, entries: Vec<DirEntry>) {
+        let Some(l) = self.leases.dirs.get_mut(&dir) else {
+            return;
+        };
+        if l.state != State::Listing {
+            return self.pump_stream(now, dir);
+        }
+        // Names this client asked for while the listing was read may be
+        // missing from it: they stay in the set. The listing is cached
+        // only if there are none (it would lack them).
+        let noted = std::mem::take(&mut l.names);
+        l.names = entries.iter().map(|e| e.name.clone()).collect();
+        let fresh = noted.is_subset(&l.names);
+        l.names.extend(noted);
+        l.state = State::Held;
+        l.last_create = now;
+        if fresh {
+            let _ = self
+                .cache
+                .fill(now, CacheKey::Dir(dir), Value::Dir(entries.into()));
+        }
+    }
+
+    fn on_applied(
+        &mut self,
+        now: Instant,
+        dir: NodeId,
+        ops: &[LeaseOp],
+        result: Result<Reply, Errno>,
+    ) {
+        let nodes = ops.iter().map(|LeaseOp::CreateFile { node, .. }| *node);
+        let results: Vec<Result<Attr, Errno>> = match result {
+            Ok(Reply::Applied(r)) if r.len() == ops.len() => r,
+            Ok(_) => ops.iter().map(|_| Err(Errno::Io)).collect(),
+            Err(e) => ops.iter().map(|_| Err(e)).collect(),
+        };
+        if let Some(l) = self.leases.dirs.get_mut(&dir) {
+            l.in_flight = false;
+        }
+        for (node, r) in nodes.zip(results) {
+            match r {
+                Ok(attr) if attr.node == node => self.file_applied(now, attr),
+                Ok(_) => self.file_refused(node, Errno::Io),
+                Err(e) => self.file_refused(node, e),
+            }
+        }
+        self.release_held(now);
+        self.pump_stream(now, dir);
+        debug_assert_eq!(self.leases.check(), Ok(()));
+    }
+
+    /// The host has `attr`'s file: it is an ordinary file from now on.
+    fn file_applied(&mut self, now: Instant, attr: Attr) {
+        let node = attr.node;
+        let Some(u) = self.leases.unapplied.remove(&node) else {
+            return;
+        };
+        // The listing holds what this client made up at the create: it
+        // must not be served again, not even stale while the host is
+        // unreachable.
+        let entry = DirEntry {
+            name: u.name,
+            attr: attr.clone(),
+        };
+        self.cache.add_entry(now, u.dir, entry);
+        let listing = CacheKey::Dir(u.dir);
+        if self.cache.state(now, &listing) != crate::cache::EntryState::Cached {
+            self.cache.remove(&listing);
+        }
+        // The host's attributes replace those made here, unless a write
+        // of this client is under way (its commit brings newer ones).
+        self.files.insert(attr.key, node);
+        if let Some(v) = self.vfs.as_mut()
+            && let Some(ino) = v.ino_of(node)
+        {
+            v.set_key(ino, attr.key);
+        }
+        for h in self.handles.values_mut() {
+            if h.node == node {
+                h.attr = attr.clone();
+            }
+        }
+        if let Some(w) = self.writes.get_mut(&node) {
+            w.rebase(attr.version);
+        }
+        let _ = self
+            .cache
+            .fill(now, CacheKey::Attr(node), Value::Attr(Arc::new(attr)));
+    }
+
+    /// The host refused a file made here: a delayed error (module docs).
+    fn file_refused(&mut self, node: NodeId, errno: Errno) {
+        let Some(u) = self.leases.unapplied.remove(&node) else {
+            return;
+        };
+        let mut told = false;
+        for h in self.handles.values_mut() {
+            if h.node == node {
+                h.error.get_or_insert(errno);
+                told = true;
+            }
+        }
+        if !told {
+            self.out
+                .push_back(ClientOutput::Event(ClientEvent::CreateLost {
+                    name: u.name.clone(),
+                    errno,
+                }));
+        }
+        // The name is not what this client said: everyone forgets it.
+        self.cache.remove(&CacheKey::Attr(node));
+        self.cache.remove(&CacheKey::Dir(u.dir));
+        if let Some(v) = self.vfs.as_mut() {
+            v.node_gone(node);
+        }
+        self.out.push_back(ClientOutput::InvalidateEntry {
+            parent: u.parent,
+            name: u.name,
+        });
+        self.out
+            .push_back(ClientOutput::InvalidateInode { ino: u.ino });
+    }
+
+    /// Sends the held requests that no longer wait (in the order held).
+    fn release_held(&mut self, now: Instant) {
+        let un = &self.leases.unapplied;
+        for h in &mut self.leases.held {
+            h.waiting_for.retain(|n| un.contains_key(n));
+        }
+        let (ready, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.leases.held)
+            .into_iter()
+            .partition(|h| h.waiting_for.is_empty());
+        self.leases.held = keep;
+        for mut h in ready {
+            // A whole write built while the file was this client's alone
+            // names no version; it builds on the one the host applied.
+            if let Request::WriteWhole {
+                node,
+                base: base @ None,
+                ..
+            } = &mut h.request
+                && let Some(a) = self.cache.peek_attr(*node)
+                && a.key.dev != LOCAL_DEV
+            {
+                *base = Some(a.version);
+            }
+            self.send(now, h.purpose, h.request);
+        }
+    }
+
+    /// A new session (the host restarted): leases, and the files not yet
+    /// applied, are gone with the old one.
+    pub(super) fn leases_lost(&mut self, now: Instant) {
+        let dirs = std::mem::take(&mut self.leases.dirs);
+        let _ = dirs;
+        let nodes: Vec<NodeId> = self.leases.unapplied.keys().copied().collect();
+        for node in nodes {
+            self.file_refused(node, Errno::Io);
+        }
+        for h in std::mem::take(&mut self.leases.held) {
+            self.fail_purpose(now, h.purpose, Errno::Stale);
+        }
+    }
+
+    /// A lease request that will never be answered.
+    pub(super) fn lease_failed(
+        &mut self,
+        now: Instant,
+        dir: NodeId,
+        step: LeaseStep,
+        errno: Errno,
+    ) {
+        match step {
+            // Sent again under its tag: if the host ran it, it answers
+            // from its record.
+            LeaseStep::Apply { tag, ops } if errno == Errno::TimedOut => {
+                let request = Request::Apply {
+                    dir,
+                    tag,
+                    ops: ops.clone(),
+                };
+                self.lease_send(now, dir, LeaseStep::Apply { tag, ops }, request);
+            }
+            step => self.on_lease_reply(now, dir, step, Err(errno)),
+        }
+    }
+}

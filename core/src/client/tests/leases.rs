@@ -1,0 +1,291 @@
+//! Directory leases: creates answered without a round trip, applied in
+//! order, recalled for other clients, refused names reported late.
+
+use super::*;
+
+fn leasing(clients: usize) -> World {
+    World::new(
+        7,
+        disk(&[("old", b"here before")]),
+        clients,
+        HostConfig::default(),
+        ClientConfig {
+            leases: true,
+            ..ClientConfig::default()
+        },
+    )
+}
+
+fn create_in(w: &mut World, c: usize, n: &str) -> Result<(Ino, Fh), Errno> {
+    match w.call(
+        c,
+        Op::Create {
+            parent: Ino::ROOT,
+            name: name(n),
+            mode: 0o640,
+            exclusive: true,
+            truncate: false,
+        },
+    )? {
+        Answer::Created { ino, fh, .. } => Ok((ino, fh)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Writes `data` to a new file and closes it, as `tar` does.
+fn save(w: &mut World, c: usize, n: &str, data: &[u8]) -> Result<Ino, Errno> {
+    let (ino, fh) = create_in(w, c, n)?;
+    write(w, c, fh, 0, data);
+    let at = SetTime::At(crate::proto::Timestamp {
+        secs: 1_600_000_000,
+        nanos: 0,
+    });
+    w.call(
+        c,
+        Op::SetAttr {
+            ino,
+            set: SetAttr {
+                mtime: Some(at),
+                ..SetAttr::default()
+            },
+        },
+    )?;
+    w.call(c, Op::Flush { fh })?;
+    w.call(c, Op::Release { fh })?;
+    Ok(ino)
+}
+
+fn on_disk(w: &World, n: &str) -> Option<Vec<u8>> {
+    w.disk
+        .read_file(&RelPath::from(vec![name(n)]))
+        .map(<[u8]>::to_vec)
+}
+
+/// Files saved until the client holds a lease (the first two go the
+/// ordinary way and earn it).
+fn warm_up(w: &mut World) {
+    save(w, 0, "w1", b"1").expect("w1");
+    save(w, 0, "w2", b"2").expect("w2");
+    w.settle();
+    assert_eq!(w.host.leases(), 1, "two creates earn a lease");
+}
+
+#[test]
+fn creates_in_a_leased_directory_need_no_round_trip_and_arrive_whole() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let sent = w.clients[0].sent;
+    for i in 0..20 {
+        // A lookup of the new name is answered too (ENOENT).
+        assert_eq!(
+            lookup(&mut w, 0, Ino::ROOT, &format!("f{i}")).map(|_| ()),
+            Err(Errno::NoEnt)
+        );
+        save(&mut w, 0, &format!("f{i}"), &pattern(1000 + i, i as u8)).expect("saved");
+    }
+    let during = w.clients[0].sent - sent;
+    assert!(during < 20, "{during} requests for 20 files: batched");
+    w.settle();
+    for i in 0..20 {
+        assert_eq!(
+            on_disk(&w, &format!("f{i}")),
+            Some(pattern(1000 + i, i as u8)),
+            "f{i}"
+        );
+    }
+    assert_eq!(w.clients[0].core.unapplied(), 0);
+    // The file is the node the client gave it: its attributes now are
+    // the host's, its content reads back.
+    let (ino, attr) = lookup(&mut w, 0, Ino::ROOT, "f3").expect("f3");
+    assert_eq!(
+        (attr.size, attr.mode & 0o7777, attr.mtime.secs),
+        (1003, 0o640, 1_600_000_000)
+    );
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 1003), pattern(1003, 3));
+}
+
+#[test]
+fn an_exclusive_create_of_a_name_there_is_eexist_without_asking() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    save(&mut w, 0, "mine", b"x").expect("made here");
+    assert_eq!(create_in(&mut w, 0, "mine").map(|_| ()), Err(Errno::Exist));
+    assert_eq!(create_in(&mut w, 0, "old").map(|_| ()), Err(Errno::Exist));
+    w.settle();
+    assert_eq!(on_disk(&w, "mine"), Some(b"x".to_vec()));
+}
+
+#[test]
+fn another_client_sees_every_closed_file_the_holder_answered() {
+    let mut w = leasing(2);
+    warm_up(&mut w);
+    for i in 0..10 {
+        save(&mut w, 0, &format!("n{i}"), &[i as u8; 100]).expect("saved");
+    }
+    // Close-to-open across clients: the other client's lookup recalls the
+    // lease, which sends what is left first.
+    for i in 0..10 {
+        let (ino, attr) = lookup(&mut w, 1, Ino::ROOT, &format!("n{i}")).expect("seen");
+        assert_eq!(attr.size, 100);
+        let fh = open(&mut w, 1, ino);
+        assert_eq!(read_all(&mut w, 1, fh, 100), vec![i as u8; 100]);
+    }
+    w.settle();
+    assert_eq!(w.host.leases(), 0, "recalled and given back");
+    // The holder goes on the ordinary way, and earns a lease again.
+    save(&mut w, 0, "after", b"a").expect("after");
+    assert_eq!(on_disk(&w, "after"), Some(b"a".to_vec()));
+}
+
+#[test]
+fn an_fsync_answers_once_the_file_is_applied_and_durable() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let (_, fh) = create_in(&mut w, 0, "sync-me").expect("created");
+    write(&mut w, 0, fh, 0, b"durable");
+    assert_eq!(w.call(0, Op::Fsync { fh }), Ok(Answer::Done));
+    let mut crashed = w.disk.clone();
+    crashed.crash(0);
+    assert_eq!(
+        crashed.read_file(&RelPath::from(vec![name("sync-me")])),
+        Some(&b"durable"[..])
+    );
+    // Its later writes go the ordinary way.
+    write(&mut w, 0, fh, 7, b"!");
+    w.call(0, Op::Release { fh }).expect("closed");
+    w.settle();
+    assert_eq!(on_disk(&w, "sync-me"), Some(b"durable!".to_vec()));
+}
+
+#[test]
+fn a_file_read_or_reopened_before_it_is_applied_waits_for_it() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let ino = save(&mut w, 0, "back", &pattern(3000, 9)).expect("saved");
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 3000), pattern(3000, 9));
+    // A second handle while the first is still writing.
+    let (ino2, fh2) = create_in(&mut w, 0, "two-handles").expect("created");
+    write(&mut w, 0, fh2, 0, b"first");
+    let fh3 = open(&mut w, 0, ino2);
+    w.call(0, Op::Release { fh: fh2 }).expect("closed");
+    assert_eq!(read_all(&mut w, 0, fh3, 5), b"first".to_vec());
+    w.call(0, Op::Release { fh: fh3 }).expect("closed");
+    // An empty file, never written (`touch`).
+    let (_, fh4) = create_in(&mut w, 0, "empty").expect("created");
+    w.call(0, Op::Release { fh: fh4 }).expect("closed");
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(on_disk(&w, "empty"), Some(Vec::new()));
+    assert_eq!(w.host.leases(), 0, "idle, given back");
+}
+
+#[test]
+fn a_name_a_host_program_took_is_reported_at_the_next_close() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let (_, fh) = create_in(&mut w, 0, "clash").expect("created here");
+    write(&mut w, 0, fh, 0, b"client");
+    // A program on the host makes the same name (and the watcher's
+    // report recalls the lease).
+    w.disk
+        .local_replace(&RelPath::from(vec![name("clash")]), b"host")
+        .expect("local");
+    w.local_change(RelPath::from(vec![name("clash")]));
+    w.settle();
+    let flushed = w.call(0, Op::Flush { fh });
+    let closed = w.call(0, Op::Release { fh });
+    assert!(
+        flushed.is_err() || closed.is_err(),
+        "flush {flushed:?}, close {closed:?}: the loss is reported"
+    );
+    assert_eq!(
+        on_disk(&w, "clash"),
+        Some(b"host".to_vec()),
+        "never overwritten"
+    );
+}
+
+#[test]
+fn a_refused_file_with_no_handle_left_is_an_event() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    // The host's disk fills: the batch is refused after the close was
+    // answered.
+    w.disk.set_capacity(Some(w.disk.used()));
+    save(&mut w, 0, "too-big", &[1; 4096]).expect("answered here");
+    w.settle();
+    assert!(
+        w.clients[0].events.iter().any(|e| matches!(
+            e,
+            ClientEvent::CreateLost {
+                errno: Errno::NoSpc,
+                ..
+            }
+        )),
+        "{:?}",
+        w.clients[0].events
+    );
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "too-big").map(|_| ()),
+        Err(Errno::NoEnt),
+        "the name is forgotten"
+    );
+}
+
+/// `tar` sets a file's times through its descriptor before closing it;
+/// however long after its create that comes, the times reach the host.
+#[test]
+fn times_set_before_the_close_reach_the_host_whenever_they_come() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let at = crate::proto::Timestamp {
+        secs: 1_600_000_000,
+        nanos: 0,
+    };
+    for i in 0..15 {
+        let (ino, fh) = create_in(&mut w, 0, &format!("s{i}")).expect("created");
+        write(&mut w, 0, fh, 0, &[1; 1024]);
+        // Past the attribute ttl for the later ones.
+        w.run_for(Duration::from_millis(150 * i));
+        let set = SetAttr {
+            mtime: Some(SetTime::At(at)),
+            ..SetAttr::default()
+        };
+        let r = w.call(0, Op::SetAttr { ino, set });
+        assert!(r.is_ok(), "{i}: {r:?}");
+        w.call(0, Op::Flush { fh }).expect("flush");
+        w.call(0, Op::Release { fh }).expect("release");
+    }
+    w.settle();
+    for i in 0..15 {
+        let path = RelPath::from(vec![name(&format!("s{i}"))]);
+        match w.disk.execute(FsOp::Stat { path }) {
+            Ok(crate::host::FsOk::Attr(a)) => assert_eq!(a.mtime, at, "s{i}"),
+            other => panic!("s{i}: {other:?}"),
+        }
+    }
+}
+
+/// Names this client makes while its lease's listing is being read count
+/// as there, whatever the listing says: an exclusive create of one of
+/// them is EEXIST.
+#[test]
+fn a_name_made_while_the_lease_was_taken_is_not_made_again() {
+    let mut w = leasing(1);
+    save(&mut w, 0, "w1", b"1").expect("w1");
+    save(&mut w, 0, "w2", b"2").expect("w2");
+    // The lease is being asked for and its listing read: these go the
+    // ordinary way, racing the listing at the host.
+    for n in ["r1", "r2", "r3"] {
+        save(&mut w, 0, n, b"r").expect("made");
+    }
+    w.settle();
+    for n in ["w1", "w2", "r1", "r2", "r3"] {
+        assert_eq!(
+            create_in(&mut w, 0, n).map(|_| ()),
+            Err(Errno::Exist),
+            "{n}"
+        );
+    }
+}
