@@ -80,6 +80,8 @@ fn op(rng: &mut Rng) -> FsOp {
                         mode: None,
                         atime: time(rng),
                         mtime: time(rng),
+                        uid: None,
+                        gid: None,
                     },
                     // Sometimes beyond the largest file.
                     data: Bytes::from(vec![b'n'; rng.below(MAX_FILE + 50) as usize]),
@@ -154,6 +156,8 @@ fn op(rng: &mut Rng) -> FsOp {
                 mode: (rng.below(2) == 0).then(|| *rng.pick(&[0o644, 0o600, 0o2755])),
                 atime: time(rng),
                 mtime: time(rng),
+                uid: None,
+                gid: None,
             },
         },
         16 => FsOp::StageBegin {
@@ -184,6 +188,8 @@ fn op(rng: &mut Rng) -> FsOp {
                 mode: (rng.below(2) == 0).then(|| *rng.pick(&[0o644, 0o600, 0o2755])),
                 atime: time(rng),
                 mtime: time(rng),
+                uid: None,
+                gid: None,
             }),
         },
         _ => FsOp::StageAbort { txn },

@@ -765,6 +765,8 @@ fn a_commit_gives_the_new_content_the_mode_and_times_set_while_writing() {
             mode: Some(0o600),
             atime: None,
             mtime: Some(SetTime::At(at)),
+            uid: None,
+            gid: None,
         }),
     }) {
         Ok(FsOk::Attr(a)) => a,

@@ -54,6 +54,10 @@ pub struct ClientConfig {
     /// answer fails with ETIMEDOUT this long after it was made (or after
     /// the host went quiet, if that was later).
     pub unreachable_wait: Duration,
+    /// The local user the host's user is shown as, when the host acts
+    /// as one user for all its clients (`client::owners`); `None`
+    /// shows the host's ids as they are.
+    pub local_user: Option<super::LocalUser>,
 }
 
 impl Default for ClientConfig {
@@ -71,6 +75,7 @@ impl Default for ClientConfig {
             redial: Some(Duration::from_secs(30)),
             unreachable_after: Duration::from_secs(3),
             unreachable_wait: Duration::from_secs(10),
+            local_user: None,
         }
     }
 }

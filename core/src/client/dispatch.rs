@@ -166,6 +166,7 @@ impl ClientCore {
             }
             Op::SetAttr { ino, set } => {
                 let node = self.node(*ino)?;
+                let set = &self.chown_for_host(set, self.cache.peek_attr(node))?;
                 match set.size {
                     Some(size) => {
                         let b = Blocked::Truncate {
@@ -546,7 +547,7 @@ impl ClientCore {
     fn fold_into_commit(&mut self, now: Instant, node: NodeId, set: &SetAttr) -> Option<Attr> {
         let queued = self.blocked.get(&node).is_some_and(|q| !q.is_empty());
         let now_time = [set.atime, set.mtime].contains(&Some(SetTime::Now));
-        if queued || now_time || set.size.is_some() {
+        if queued || now_time || set.size.is_some() || set.chowns() {
             return None;
         }
         let attr = self.fresh_attr(now, node)?;

@@ -421,9 +421,7 @@ impl ClientCore {
         if ask_more {
             l.asking_more = true;
         }
-        // Owned as the directory is: the host's user, as the host would
-        // make it.
-        let owner = self.cache.peek_attr(pnode).map(|a| (a.uid, a.gid));
+        let owner = self.new_file_owner(pnode);
         let mode = mode & 0o7777;
         let attr = local_attr(node, 0, mode, self.leases.wall(now), owner);
         self.entry_added(now, *parent, name, &attr);
@@ -495,6 +493,8 @@ impl ClientCore {
             mode: None,
             atime: set.atime,
             mtime: set.mtime,
+            uid: None,
+            gid: None,
         };
         let (dir, name) = (u.dir, u.name.clone());
         let create = LeaseOp::CreateFile {

@@ -32,6 +32,7 @@ mod dispatch;
 mod integrity;
 mod lease;
 mod offline;
+mod owners;
 #[cfg(test)]
 mod regressions;
 mod reply;
@@ -39,6 +40,7 @@ mod reply;
 mod tests;
 
 pub use api::{Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, Op, Req};
+pub use owners::LocalUser;
 
 use crate::cache::{Cache, CacheKey, ChunkKey, ReadAhead, WaiterId};
 use crate::conn::auth::TicketSecret;
@@ -362,6 +364,8 @@ pub struct ClientCore {
     moving: Option<Moving>,
     /// Directory leases and the files made under them ([`lease`]).
     leases: lease::Leases,
+    /// How the host treats owners, from its hello ([`owners`]).
+    owners: Option<crate::proto::Owners>,
     out: VecDeque<ClientOutput>,
 }
 
@@ -412,6 +416,7 @@ impl ClientCore {
             probing: false,
             unreachable_since: None,
             moving: None,
+            owners: None,
             leases: lease::Leases::default(),
             out: VecDeque::new(),
         }
@@ -662,13 +667,16 @@ impl ClientCore {
 
     // --------------------------------------------------------- plumbing
 
-    fn reply(&mut self, req: Req, result: Result<Answer, Errno>) {
+    fn reply(&mut self, req: Req, mut result: Result<Answer, Errno>) {
         if let Some(fh) = self.fsyncs.remove(&req)
             && result == Ok(Answer::Done)
         {
             // The commit is applied; the fsync answers once it is durable.
             self.to_sync.push((req, fh));
             return;
+        }
+        if let Ok(answer) = &mut result {
+            self.show_answer(answer);
         }
         self.out.push_back(ClientOutput::Reply { req, result });
     }
@@ -786,7 +794,13 @@ impl ClientCore {
                 self.out
                     .push_back(ClientOutput::Send(ClientMessage { id, request }));
             }
-            ConnOutput::Event(ConnEvent::Ready { resumed, root, .. }) => {
+            ConnOutput::Event(ConnEvent::Ready {
+                resumed,
+                root,
+                limits,
+                ..
+            }) => {
+                self.owners = Some(limits.owners);
                 self.on_ready(now, resumed, root)
             }
             ConnOutput::Event(ConnEvent::Lost) => {

@@ -1365,6 +1365,8 @@ fn times_and_mode_set_while_writing_go_with_the_commit() {
         mode: Some(0o600),
         atime: None,
         mtime: Some(SetTime::At(at)),
+        uid: None,
+        gid: None,
     };
     w.record_fs = true;
     let req = w.op(0, Op::SetAttr { ino, set });
@@ -1518,3 +1520,4 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
 }
 
 mod leases;
+mod owners;

@@ -25,6 +25,10 @@ fn limits() -> Limits {
         max_dir_page: 512,
         lock_ttl_ms: 30_000,
         read_only: false,
+        owners: crate::proto::Owners::HostUser {
+            uid: 1000,
+            gid: 1000,
+        },
     }
 }
 

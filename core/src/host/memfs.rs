@@ -31,6 +31,9 @@ struct Inode {
     target: Vec<u8>,
     mode: u32,
     nlink: u32,
+    /// Owner and group: those of the host's user (0) unless changed.
+    uid: u32,
+    gid: u32,
     atime: Timestamp,
     mtime: Timestamp,
     ctime: Timestamp,
@@ -293,6 +296,12 @@ impl MemFs {
         (node.kind == FileKind::File).then_some(&node.data[..])
     }
 
+    /// The owner and group of `path`.
+    pub fn owner(&self, path: &RelPath) -> Option<(u32, u32)> {
+        let node = self.inodes.get(&self.resolve(path).ok()?)?;
+        Some((node.uid, node.gid))
+    }
+
     /// Number of open handles (the host closes what it no longer needs).
     pub fn open_handles(&self) -> usize {
         self.handles.len()
@@ -341,8 +350,8 @@ impl MemFs {
             },
             mode: n.mode,
             nlink: n.nlink,
-            uid: 0,
-            gid: 0,
+            uid: n.uid,
+            gid: n.gid,
             atime: n.atime,
             mtime: n.mtime,
             ctime: n.ctime,
@@ -688,6 +697,14 @@ impl MemFs {
                     }
                     n.mode = mode & 0o7777;
                 }
+                // As root does: any owner (the host core refuses chown
+                // unless owners are preserved).
+                if let Some(uid) = set.uid {
+                    n.uid = uid;
+                }
+                if let Some(gid) = set.gid {
+                    n.gid = gid;
+                }
                 if let Some(t) = atime {
                     n.atime = t;
                 }
@@ -851,6 +868,8 @@ impl Inode {
             target: Vec::new(),
             mode: mode & 0o7777,
             nlink: if kind == FileKind::Dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
             atime: now,
             mtime: now,
             ctime: now,

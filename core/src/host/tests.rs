@@ -795,6 +795,53 @@ fn read_only_hosts_refuse_every_change() {
 }
 
 #[test]
+fn owners_change_only_where_the_host_preserves_them() {
+    let chown = |node| Request::SetAttr {
+        node,
+        set: SetAttr {
+            uid: Some(1000),
+            gid: Some(100),
+            ..SetAttr::default()
+        },
+        token: None,
+    };
+    // Acting as its user for every client, the host gives nothing away,
+    // whatever a client asks (a well-behaved mount refuses first); a
+    // commit never carries owners.
+    let mut r = Rig::new(HostConfig::default(), disk_with(&[(&["a"], b"x")], &[]));
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a").expect("a");
+    assert_eq!(r.call(c, chown(a.node)), Err(Errno::Perm));
+    assert_eq!(r.disk.owner(&path(&["a"])), Some((0, 0)));
+    let (mut r, c, _, _, txn) = commit_ready();
+    let commit = Request::CommitWrite {
+        txn,
+        size: 5,
+        set: SetAttr {
+            uid: Some(1000),
+            ..SetAttr::default()
+        },
+    };
+    assert_eq!(r.call(c, commit), Err(Errno::Inval));
+    assert_eq!(r.disk.owner(&path(&["a.txt"])), Some((0, 0)));
+    // Preserving owners, a chown is carried out.
+    let mut r = Rig::new(
+        HostConfig {
+            owners: crate::proto::Owners::Preserved,
+            ..HostConfig::default()
+        },
+        disk_with(&[(&["a"], b"x")], &[]),
+    );
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a").expect("a");
+    match r.call(c, chown(a.node)) {
+        Ok(Reply::Attr(attr)) => assert_eq!((attr.uid, attr.gid), (1000, 100)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.disk.owner(&path(&["a"])), Some((1000, 100)));
+}
+
+#[test]
 fn an_unlinked_open_file_stays_readable_through_its_handle() {
     let mut r = rig();
     let c = r.client(1);

@@ -129,6 +129,17 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
+    /// New owner (chown).
+    pub uid: Option<u32>,
+    /// New group (chown, chgrp).
+    pub gid: Option<u32>,
+}
+
+impl SetAttr {
+    /// Whether it changes the owner or the group.
+    pub fn chowns(&self) -> bool {
+        self.uid.is_some() || self.gid.is_some()
+    }
 }
 
 /// One directory entry, with its attributes (readdirplus).
@@ -173,6 +184,27 @@ pub struct Limits {
     pub lock_ttl_ms: u32,
     /// The host refuses every change (EROFS).
     pub read_only: bool,
+    /// Whose the files are ([`Owners`]).
+    pub owners: Owners,
+}
+
+/// How a host treats file owners (`docs/permissions.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Owners {
+    /// The host acts for every client as one user, this one (the
+    /// ticket is the capability, as an ssh login is for sshfs): a mount
+    /// shows files of this user and group as its own user's, and no
+    /// client may give a file to anyone else.
+    HostUser {
+        /// The host's user id.
+        uid: u32,
+        /// The host's group id.
+        gid: u32,
+    },
+    /// Owners are the clients' own ids, unmapped, and a client may
+    /// change them (`wormhole host --preserve-owners`, as root).
+    Preserved,
 }
 
 /// One client session at the host.

@@ -292,6 +292,8 @@ impl WriteTxn {
             mode: set.mode.or(self.set.mode),
             atime: set.atime.or(self.set.atime),
             mtime: set.mtime.or(self.set.mtime),
+            uid: None,
+            gid: None,
         };
         // A change to commit even with no byte written.
         self.written = true;

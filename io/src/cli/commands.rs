@@ -80,6 +80,14 @@ pub struct MountArgs {
     /// Mount read-only.
     #[arg(long)]
     pub read_only: bool,
+    /// Let every user of this machine use the mount, each checked by the
+    /// kernel against the owners and permissions the files show, as on a
+    /// local disk. Without it only the user who mounts can use it (with
+    /// sudo: only root). Files of the host's user show as the mounting
+    /// user's (the one who ran sudo, under sudo). An ordinary user needs
+    /// `user_allow_other` in /etc/fuse.conf for it.
+    #[arg(long)]
+    pub allow_other: bool,
     /// Spare punched paths to keep to a host reached through a
     /// rendezvous: each is held open by a small keepalive (about 8 bytes
     /// a second), and a reconnect takes one at once instead of punching
@@ -210,7 +218,7 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
         };
         writeln!(
             out,
-            "Sharing {}{} on {}.\n\nTicket:\n  {ticket}\n\nOn the other computer, as root:\n  {bin} mount {ticket} /mnt/wormhole\n\nCtrl-C stops sharing.",
+            "Sharing {}{} on {}.\n\nTicket:\n  {ticket}\n\nOn the other computer, as root:\n  {bin} mount {ticket} /mnt/wormhole --allow-other\n\nCtrl-C stops sharing.",
             args.dir.display(),
             if args.read_only { " (read-only)" } else { "" },
             host.local_addr(),
@@ -877,6 +885,7 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             options.client.cache.l2_max_bytes = size;
         }
         options.read_only = args.read_only;
+        options.allow_other = args.allow_other;
         let mut signals = catch_interrupts()?;
         let mount = Mount::new(rt.clone(), transport, &args.mountpoint, options)?;
         writeln!(
@@ -885,6 +894,17 @@ pub fn mount<S: Shell>(shell: &S, bin: &str, args: &MountArgs, out: &mut dyn Wri
             args.mountpoint.display(),
             args.mountpoint.display()
         )?;
+        if args.allow_other {
+            writeln!(
+                out,
+                "Every user of this machine may use it, as the files' owners and permissions allow."
+            )?;
+        } else if rustix::process::getuid().is_root() && std::env::var_os("SUDO_UID").is_some() {
+            writeln!(
+                out,
+                "Only root can use it; mount with --allow-other to let other users (you) in."
+            )?;
+        }
         out.flush()?;
         let stopped = mount.stopped();
         let events = mount.events().clone();

@@ -72,7 +72,14 @@ impl HostOptions {
             root,
             identity,
             secret,
-            config: HostConfig::default(),
+            config: HostConfig {
+                // Clients act as the user this host runs as.
+                owners: wormhole_core::proto::Owners::HostUser {
+                    uid: rustix::process::geteuid().as_raw(),
+                    gid: rustix::process::getegid().as_raw(),
+                },
+                ..HostConfig::default()
+            },
             fs: HostFsConfig::default(),
             workers: 4,
             seed: u64::from_le_bytes(seed),

@@ -364,15 +364,13 @@ impl fuser::Filesystem for WormholeFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if uid.is_some() || gid.is_some() {
-            // The protocol has no chown: files belong to the host's user.
-            return reply.error(fuser::Errno::EPERM);
-        }
         let set = SetAttr {
             size,
             mode: mode.map(|m| m & 0o7777),
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
+            uid,
+            gid,
         };
         self.op(
             Op::SetAttr { ino: ino(i), set },

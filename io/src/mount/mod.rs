@@ -39,7 +39,7 @@ use std::sync::Arc;
 use futures_lite::future::Future;
 use thiserror::Error;
 use tracing::{info, warn};
-use wormhole_core::client::{ClientConfig, ClientEvent};
+use wormhole_core::client::{ClientConfig, ClientEvent, LocalUser};
 use wormhole_core::conn::auth::TicketSecret;
 
 use crate::net::Transport;
@@ -61,6 +61,10 @@ pub struct MountOptions {
     pub cache_dir: Option<PathBuf>,
     /// Mount read-only in the kernel as well.
     pub read_only: bool,
+    /// Let every local user use the mount (FUSE's `allow_other`), each
+    /// checked by the kernel against the owners and modes it shows
+    /// (`default_permissions`). Without it only the mounting user can.
+    pub allow_other: bool,
     /// Seed of the client's PRNG.
     pub seed: [u8; 32],
 }
@@ -72,14 +76,58 @@ impl MountOptions {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .map_err(|_| MountError::NoRandomness)?;
         Ok(MountOptions {
-            client: ClientConfig::default(),
+            client: ClientConfig {
+                local_user: Some(mounting_user()),
+                ..ClientConfig::default()
+            },
             secret,
             cache_dir: None,
             read_only: false,
+            allow_other: false,
             seed,
         })
     }
 }
+
+/// Who is mounting: the user the host's user is shown as. Under `sudo`
+/// (root, with `SUDO_UID` set) it is the person who ran sudo, not root:
+/// the README mounts with sudo, and the files are theirs.
+pub fn mounting_user() -> LocalUser {
+    let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
+    let from_sudo = |var: &str| std::env::var(var).ok()?.parse::<u32>().ok();
+    match (uid.is_root(), from_sudo("SUDO_UID"), from_sudo("SUDO_GID")) {
+        (true, Some(uid), Some(gid)) => LocalUser { uid, gid },
+        _ => LocalUser {
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+        },
+    }
+}
+
+/// Whether `/etc/fuse.conf`'s text lets ordinary users mount with
+/// `allow_other` (a `user_allow_other` line that is not a comment).
+fn fuse_conf_allows_other(text: &str) -> bool {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .any(|l| l == "user_allow_other")
+}
+
+/// Refuses, with what to do, an `allow_other` mount fusermount3 would
+/// refuse: by an ordinary user on a system whose `/etc/fuse.conf` does
+/// not allow it.
+fn check_allow_other() -> Result<(), MountError> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let conf = std::fs::read_to_string(FUSE_CONF).unwrap_or_default();
+    if fuse_conf_allows_other(&conf) {
+        Ok(())
+    } else {
+        Err(MountError::AllowOther)
+    }
+}
+
+const FUSE_CONF: &str = "/etc/fuse.conf";
 
 /// Why a mount failed.
 #[derive(Debug, Error)]
@@ -109,6 +157,12 @@ pub enum MountError {
     /// The OS gave no randomness for the PRNG seed.
     #[error("the operating system gave no randomness")]
     NoRandomness,
+    /// `allow_other` asked for by a user the system does not allow it.
+    #[error(
+        "--allow-other needs root, or a line `user_allow_other` in /etc/fuse.conf (as root: \
+         echo user_allow_other >> /etc/fuse.conf)"
+    )]
+    AllowOther,
 }
 
 /// A mounted Wormhole. Dropping it unmounts (lazily if busy); prefer
@@ -169,6 +223,16 @@ impl Mount {
                 fuser::MountOption::RW
             },
         ];
+        if options.allow_other {
+            check_allow_other()?;
+            // Other users in, each checked by the kernel as on a local
+            // disk: without `default_permissions` FUSE checks nothing and
+            // every user could do what the mounting user can.
+            config.acl = fuser::SessionACL::All;
+            config
+                .mount_options
+                .push(fuser::MountOption::DefaultPermissions);
+        }
         let session = fuser::Session::new(WormholeFs::new(shared.clone()), mountpoint, &config)
             .map_err(|source| MountError::Fuse {
                 mountpoint: mountpoint.to_owned(),
@@ -276,5 +340,16 @@ mod tests {
         assert!(!still_our_mount(Path::new("/")));
         assert!(!still_our_mount(Path::new("/proc")));
         assert!(!still_our_mount(Path::new("/no/such/mount/point")));
+    }
+
+    #[test]
+    fn fuse_conf_allows_other_only_with_an_uncommented_line() {
+        assert!(fuse_conf_allows_other("user_allow_other\n"));
+        assert!(fuse_conf_allows_other(
+            "# mount_max = 1000\n  user_allow_other  # for wormhole\n"
+        ));
+        assert!(!fuse_conf_allows_other(""));
+        assert!(!fuse_conf_allows_other("#user_allow_other\n"));
+        assert!(!fuse_conf_allows_other("user_allow_other_not\n"));
     }
 }

@@ -126,10 +126,24 @@ pub(crate) fn start_host(
 /// Runs `mount` and waits until it says it is mounted; its later lines
 /// come on the receiver.
 pub(crate) fn mounted(bin: &Path, ticket: &str, mnt: &Path) -> (Child, mpsc::Receiver<String>) {
+    mounted_with(bin, ticket, mnt, &[])
+}
+
+/// [`mounted`] with more arguments. The mount is not told it runs under
+/// sudo even if the tests do: the owners it shows are root's.
+pub(crate) fn mounted_with(
+    bin: &Path,
+    ticket: &str,
+    mnt: &Path,
+    extra: &[&str],
+) -> (Child, mpsc::Receiver<String>) {
     let mut mount = Command::new(bin)
         .arg("mount")
         .arg(ticket)
         .arg(mnt)
+        .args(extra)
+        .env_remove("SUDO_UID")
+        .env_remove("SUDO_GID")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

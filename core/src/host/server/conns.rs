@@ -158,6 +158,7 @@ impl HostServer {
                     max_dir_page: MAX_DIR_PAGE as u32,
                     lock_ttl_ms: u32::try_from(self.cfg.lock.ttl.as_millis()).unwrap_or(u32::MAX),
                     read_only: self.cfg.read_only,
+                    owners: self.cfg.owners,
                 },
             }),
         );

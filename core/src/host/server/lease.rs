@@ -511,6 +511,9 @@ impl HostServer {
                 .ok_or(Errno::Inval)?;
             r.unused = node.0 + 1;
             visible(&name)?;
+            if times.chowns() || times.size.is_some() || times.mode.is_some() {
+                return Err(Errno::Inval);
+            }
             made.push((node, name.clone()));
             files.push(NewFile {
                 name,

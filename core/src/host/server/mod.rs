@@ -24,7 +24,7 @@ use crate::lock::{Acquired, LockConfig, LockOutput, LockRequest, LockTable, scop
 use crate::proto::{
     Attr, CHUNK_SIZE, ClientMessage, DirEntry, Errno, FileKey, FileKind, FileRef, HandleId,
     HostMessage, Invalidation, Limits, LockScope, LockToken, MAX_DIR_PAGE, MAX_SYMLINK_LEN,
-    MAX_WRITE_PIECE, Name, NodeId, OpenFor, Reply, Request, RequestId, SessionId, TxnId,
+    MAX_WRITE_PIECE, Name, NodeId, OpenFor, Owners, Reply, Request, RequestId, SessionId, TxnId,
 };
 use crate::{Instant, Rng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -71,6 +71,9 @@ pub struct HostConfig {
     /// change is durable before its reply (docs/filesystem.md,
     /// "Durability").
     pub sync_window: Duration,
+    /// Whose the files are, announced to clients: the shell sets the
+    /// user it runs as, or [`Owners::Preserved`] if asked.
+    pub owners: Owners,
 }
 
 impl Default for HostConfig {
@@ -88,6 +91,7 @@ impl Default for HostConfig {
             session_grace: Duration::from_secs(30),
             txn_idle_timeout: Duration::from_secs(60),
             sync_window: Duration::from_secs(1),
+            owners: Owners::HostUser { uid: 0, gid: 0 },
         }
     }
 }

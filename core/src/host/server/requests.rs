@@ -74,6 +74,12 @@ impl HostServer {
             }
             Request::SetAttr { node, set, token } => {
                 self.writable()?;
+                if set.chowns() && self.cfg.owners != Owners::Preserved {
+                    // Every client acts as the host's user, who may not
+                    // give a file away (a client's mount refuses first;
+                    // this is for clients that do not).
+                    return Err(Errno::Perm);
+                }
                 let path = self.path_of(node)?;
                 match token {
                     Some(token) => {
@@ -376,6 +382,11 @@ impl HostServer {
                     answer(ReplyAs::StageWrite { txn }),
                     FsOp::StageTruncate { txn, size },
                 );
+            }
+            // A commit's mode and times come with its content; owners
+            // never do (a client sends a chown as a SetAttr of its own).
+            Request::CommitWrite { set, .. } | Request::WriteWhole { set, .. } if set.chowns() => {
+                return Err(Errno::Inval);
             }
             Request::CommitWrite { txn, size, set } => {
                 if let Some(attr) = self.sessions.get(&session).and_then(|s| {

@@ -312,6 +312,16 @@ impl HostFs {
             }
             let (dir, name) = self.entry(path)?;
             let n = os(name.as_bytes());
+            if set.chowns() {
+                rfs::chownat(
+                    &dir,
+                    n,
+                    uid(set.uid),
+                    gid(set.gid),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(sys)?;
+            }
             if let Some(t) = &times {
                 rfs::utimensat(&dir, n, t, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
             }
@@ -329,6 +339,11 @@ impl HostFs {
         if let Some(size) = set.size {
             rfs::ftruncate(&fd, size).map_err(sys)?;
         }
+        // Owner before mode: a chown clears the set-id bits, a mode set
+        // with it is meant to hold after it.
+        if set.chowns() {
+            rfs::fchown(&fd, uid(set.uid), gid(set.gid)).map_err(sys)?;
+        }
         if let Some(mode) = set.mode {
             rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
         }
@@ -337,6 +352,14 @@ impl HostFs {
         }
         fd_attr(&fd)
     }
+}
+
+fn uid(id: Option<u32>) -> Option<rfs::Uid> {
+    id.map(rfs::Uid::from_raw)
+}
+
+fn gid(id: Option<u32>) -> Option<rfs::Gid> {
+    id.map(rfs::Gid::from_raw)
 }
 
 /// Up to `want` bytes of `file` from `offset` (fewer at end of file),

@@ -1,0 +1,13 @@
+//! Who may use a mount: other local users with `--allow-other`, checked
+//! by the kernel as on a local disk (the body is shared with the tokio
+//! binary's test).
+
+#[path = "../../shell-tokio/tests/common/permissions.rs"]
+mod permissions;
+#[path = "../../shell-tokio/tests/common/procs.rs"]
+mod procs;
+
+#[test]
+fn other_users_are_let_in_only_when_asked_and_as_the_modes_say() {
+    permissions::other_users(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole-smol")));
+}

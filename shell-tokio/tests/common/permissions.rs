@@ -1,0 +1,142 @@
+//! The body of the permissions test, shared by both binaries: who may
+//! use a mount, and what the kernel lets each user do there.
+//!
+//! As root (the tests' user) it shares a folder, mounts it, and runs
+//! programs as `nobody` (uid and gid 65534, no other groups) against the
+//! mount: refused outright without `--allow-other`; with it, let in and
+//! checked against the owners and modes the mount shows, as on a local
+//! disk. Also: a chown to another user is refused where every client
+//! acts as the host's user.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::procs::{ANY_PORT, interrupt, mounted, mounted_with, scratch, start_host, ticket_of};
+
+const NOBODY: u32 = 65534;
+
+/// Runs `sh -c script` as nobody.
+fn as_nobody(script: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", script])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run sh as nobody")
+}
+
+fn refused(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Permission denied"),
+        "{what}: refused with EACCES, got {out:?}"
+    );
+}
+
+fn allowed(out: &Output, what: &str) -> String {
+    assert!(out.status.success(), "{what}: allowed, got {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The whole story for the binary `bin`.
+pub(crate) fn other_users(bin: &Path) {
+    let mut cleanup = scratch("perm", bin);
+    let dir = cleanup.dir.clone();
+    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
+    for d in [&dir, &share, &mnt] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    for (name, mode, text) in [
+        ("public.txt", 0o644, "for everyone to read"),
+        ("private.txt", 0o600, "for the owner only"),
+        ("open.txt", 0o666, "anyone may write"),
+    ] {
+        let path = share.join(name);
+        std::fs::write(&path, text).expect("a shared file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let dropbox = share.join("dropbox");
+    std::fs::create_dir(&dropbox).expect("mkdir");
+    std::fs::set_permissions(&dropbox, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    let m = mnt.display();
+
+    // Without --allow-other, nobody else gets in at all.
+    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+    refused(&as_nobody(&format!("ls {m}")), "ls without --allow-other");
+    let mount = cleanup.children.pop().expect("the mount");
+    interrupt(mount, "the first mount on Ctrl-C");
+
+    // With it, everyone gets in, as the modes say.
+    let (mount, out) = mounted_with(bin, &ticket, &mnt, &["--allow-other"]);
+    cleanup.children.push(mount);
+    let said = out
+        .recv_timeout(super::procs::STEP)
+        .expect("the mount says who may use it");
+    assert!(said.contains("Every user of this machine"), "{said}");
+    let listing = allowed(&as_nobody(&format!("ls {m}")), "ls");
+    for name in ["public.txt", "private.txt", "open.txt", "dropbox"] {
+        assert!(listing.contains(name), "{name} listed: {listing}");
+    }
+    let text = allowed(&as_nobody(&format!("cat {m}/public.txt")), "read 0644");
+    assert_eq!(text, "for everyone to read");
+    refused(&as_nobody(&format!("cat {m}/private.txt")), "read 0600");
+    refused(
+        &as_nobody(&format!("echo more >> {m}/public.txt")),
+        "append to 0644",
+    );
+    refused(
+        &as_nobody(&format!("echo new > {m}/new.txt")),
+        "create in a 0755 directory of another user",
+    );
+    allowed(
+        &as_nobody(&format!("echo mine > {m}/open.txt")),
+        "write to 0666",
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("open.txt")).expect("on the host"),
+        "mine\n"
+    );
+    allowed(
+        &as_nobody(&format!("echo dropped > {m}/dropbox/note.txt")),
+        "create in a 0777 directory",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dropbox.join("note.txt")).expect("on the host"),
+        "dropped\n"
+    );
+    // The owners shown are the mounting user's (root here, with no
+    // sudo), for every file of the host's user.
+    let long = allowed(&as_nobody(&format!("ls -ln {m}")), "ls -ln");
+    for line in long.lines().skip(1) {
+        let owner: Vec<&str> = line.split_whitespace().skip(2).take(2).collect();
+        assert_eq!(owner, ["0", "0"], "{line}");
+    }
+
+    // Every client acts as the host's user: giving a file away is
+    // refused, even to the mount's root.
+    let out = Command::new("chown")
+        .args(["1234", &format!("{m}/public.txt")])
+        .output()
+        .expect("run chown");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Operation not permitted"),
+        "chown to another user: EPERM, got {out:?}"
+    );
+    let out = Command::new("chown")
+        .args(["0:0", &format!("{m}/public.txt")])
+        .output()
+        .expect("run chown");
+    assert!(out.status.success(), "chown to the owner it has: {out:?}");
+
+    let mount = cleanup.children.pop().expect("the mount");
+    interrupt(mount, "the second mount on Ctrl-C");
+    let host = cleanup.children.pop().expect("the host");
+    interrupt(host, "the host on Ctrl-C");
+}

@@ -1,0 +1,13 @@
+//! Who may use a mount: other local users with `--allow-other`, checked
+//! by the kernel as on a local disk (the body is shared with the smol
+//! binary's test).
+
+mod common {
+    pub(crate) mod permissions;
+    pub(crate) mod procs;
+}
+
+#[test]
+fn other_users_are_let_in_only_when_asked_and_as_the_modes_say() {
+    common::permissions::other_users(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole")));
+}
