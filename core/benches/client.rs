@@ -28,6 +28,7 @@ fn warm_client() -> (World, Ino) {
         mode: 0o644,
         exclusive: true,
         open: None,
+        owner: None,
     })
     .expect("create");
     let mut w = World::new(1, disk, 1, HostConfig::default(), ClientConfig::default());

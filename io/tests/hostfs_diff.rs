@@ -11,7 +11,9 @@ use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{
     FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, OpenAs, ReadFrom, RelPath,
 };
-use wormhole_core::proto::{FileKey, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp, TxnId};
+use wormhole_core::proto::{
+    FileKey, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, Timestamp, TxnId,
+};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
 const MAX_FILE: u64 = 1024;
@@ -62,6 +64,19 @@ fn time(rng: &mut Rng) -> Option<SetTime> {
     }
 }
 
+/// Whose a new file is: the host's user (root here) or a client's, as
+/// where owners are preserved.
+fn owner(rng: &mut Rng) -> Option<Owner> {
+    *rng.pick(&[
+        None,
+        Some(Owner {
+            uid: 1000,
+            gid: 100,
+        }),
+        Some(Owner { uid: 7, gid: 7 }),
+    ])
+}
+
 fn op(rng: &mut Rng) -> FsOp {
     let txn = TxnId(rng.below(3));
     let handle = FsHandle(rng.below(4));
@@ -75,6 +90,7 @@ fn op(rng: &mut Rng) -> FsOp {
                 .map(|_| NewFile {
                     name: name(NAMES[rng.below(NAMES.len() as u64) as usize]),
                     mode: *rng.pick(&[0o644, 0o600, 0o2755]),
+                    owner: owner(rng),
                     times: SetAttr {
                         size: None,
                         mode: None,
@@ -130,10 +146,12 @@ fn op(rng: &mut Rng) -> FsOp {
                 handle,
                 inline_max: [0, 4, 1 << 20][rng.below(3) as usize],
             }),
+            owner: owner(rng),
         },
         8 | 9 => FsOp::Mkdir {
             path: path(rng),
-            mode: *rng.pick(&[0o755, 0o700, 0o1777]),
+            mode: *rng.pick(&[0o755, 0o700, 0o1777, 0o2775]),
+            owner: owner(rng),
         },
         10 => FsOp::Unlink { path: path(rng) },
         11 => FsOp::Rmdir { path: path(rng) },
@@ -147,17 +165,18 @@ fn op(rng: &mut Rng) -> FsOp {
                 .pick(&["/", "..", "a", "a/b", "/etc/passwd", "../../x"])
                 .as_bytes()
                 .to_vec(),
+            owner: owner(rng),
         },
         14 => FsOp::Readlink { path: path(rng) },
         15 => FsOp::SetAttr {
             path: path(rng),
             set: SetAttr {
                 size: (rng.below(4) == 0).then(|| rng.below(MAX_FILE + 200)),
-                mode: (rng.below(2) == 0).then(|| *rng.pick(&[0o644, 0o600, 0o2755])),
+                mode: (rng.below(2) == 0).then(|| *rng.pick(&[0o644, 0o600, 0o2755, 0o4755])),
                 atime: time(rng),
                 mtime: time(rng),
-                uid: None,
-                gid: None,
+                uid: *rng.pick(&[None, None, Some(0), Some(1000)]),
+                gid: *rng.pick(&[None, None, Some(0), Some(100)]),
             },
         },
         16 => FsOp::StageBegin {
@@ -203,6 +222,7 @@ struct Seen {
     size: Option<u64>,
     mode: u32,
     nlink: Option<u32>,
+    owner: (u32, u32),
 }
 
 fn seen(a: &FsAttr) -> Seen {
@@ -212,6 +232,7 @@ fn seen(a: &FsAttr) -> Seen {
         size: (!dir).then_some(a.size),
         mode: a.mode,
         nlink: (!dir).then_some(a.nlink),
+        owner: (a.uid, a.gid),
     }
 }
 
@@ -487,10 +508,10 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
     let _mounted = Mounted(tmp.path().to_path_buf());
     let mut worked = std::collections::BTreeSet::new();
     let mut ok = 0;
-    for seed in 1000..1020 {
+    for seed in 1000..1030 {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
-    println!("8000 operations on tmpfs agreed; {ok} succeeded");
+    println!("12000 operations on tmpfs agreed; {ok} succeeded");
     assert_eq!(worked.len(), 22, "{worked:?}");
 }
 
@@ -543,6 +564,7 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         FsOp::Create {
             path,
             mode,
+            owner,
             exclusive,
             open,
         } => FsOp::Create {
@@ -553,10 +575,12 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
                 handle: h(o.handle),
                 inline_max: o.inline_max,
             }),
+            owner,
         },
-        FsOp::Mkdir { path, mode } => FsOp::Mkdir {
+        FsOp::Mkdir { path, mode, owner } => FsOp::Mkdir {
             path: p(path),
             mode,
+            owner,
         },
         FsOp::Unlink { path } => FsOp::Unlink { path: p(path) },
         FsOp::Rmdir { path } => FsOp::Rmdir { path: p(path) },
@@ -564,9 +588,14 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             from: p(from),
             to: p(to),
         },
-        FsOp::Symlink { path, target } => FsOp::Symlink {
+        FsOp::Symlink {
+            path,
+            target,
+            owner,
+        } => FsOp::Symlink {
             path: p(path),
             target,
+            owner,
         },
         FsOp::Readlink { path } => FsOp::Readlink { path: p(path) },
         FsOp::SetAttr { path, set } => FsOp::SetAttr { path: p(path), set },
@@ -649,6 +678,7 @@ fn concurrent_users_of_one_disk_each_get_memfs_results() {
                 let mkdir = FsOp::Mkdir {
                     path: RelPath::from(vec![top.clone()]),
                     mode: 0o755,
+                    owner: None,
                 };
                 let mut mem = MemFs::new(MAX_FILE);
                 mem.execute(mkdir.clone()).expect("mem mkdir");

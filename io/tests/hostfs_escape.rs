@@ -220,6 +220,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 mode: 0o644,
                 exclusive: false,
                 open: None,
+                owner: None,
             },
             Err(Errno::Loop),
         );
@@ -227,6 +228,7 @@ fn symlinks_in_the_share_are_never_followed() {
             FsOp::Mkdir {
                 path: new.clone(),
                 mode: 0o755,
+                owner: None,
             },
             Err(Errno::Loop),
         );
@@ -234,6 +236,7 @@ fn symlinks_in_the_share_are_never_followed() {
             FsOp::Symlink {
                 path: new.clone(),
                 target: b"x".to_vec(),
+                owner: None,
             },
             Err(Errno::Loop),
         );
@@ -276,6 +279,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 mode: 0o644,
                 exclusive: false,
                 open: None,
+                owner: None,
             },
             Err(Errno::Loop),
         );
@@ -285,6 +289,7 @@ fn symlinks_in_the_share_are_never_followed() {
                 mode: 0o644,
                 exclusive: true,
                 open: None,
+                owner: None,
             },
             Err(Errno::Exist),
         );
@@ -292,6 +297,7 @@ fn symlinks_in_the_share_are_never_followed() {
             FsOp::Mkdir {
                 path: link.clone(),
                 mode: 0o755,
+                owner: None,
             },
             Err(Errno::Exist),
         );
@@ -801,6 +807,7 @@ fn the_pool_runs_operations_off_the_caller() {
                     mode: 0o644,
                     exclusive: true,
                     open: None,
+                    owner: None,
                 },
             )
             .await
@@ -832,6 +839,7 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
         fs.execute(FsOp::Mkdir {
             path: path.clone(),
             mode: 0o755,
+            owner: None,
         })
         .unwrap_or_else(|e| panic!("mkdir at depth {i}: {e:?}"));
     }
@@ -843,6 +851,7 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
         mode: 0o644,
         exclusive: true,
         open: None,
+        owner: None,
     })
     .expect("create deep");
     let txn = TxnId(1);
@@ -885,6 +894,7 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
     fs.execute(FsOp::Symlink {
         path: link.clone(),
         target: b"/".to_vec(),
+        owner: None,
     })
     .expect("symlink");
     let mut through = link.clone();

@@ -226,6 +226,7 @@ fn cached_reads_and_metadata_run_at_once_the_rest_is_given_back() {
         disk.try_execute(FsOp::Mkdir {
             path: path("d"),
             mode: 0o755,
+            owner: None,
         }),
         Ok(Ok(FsOk::Attr(_)))
     ));
@@ -310,6 +311,7 @@ fn a_create_of_a_file_someone_made_first_waits_like_an_open() {
     let create = |name: &str, handle: u64| FsOp::Create {
         path: path(name),
         mode: 0o644,
+        owner: None,
         exclusive: false,
         open: Some(OpenAs {
             handle: FsHandle(handle),

@@ -500,6 +500,7 @@ fn read_only<S: Shell>(shell: &S) {
                 parent: NodeId::ROOT,
                 name: Name::new(b"new".to_vec()).expect("name"),
                 mode: 0o755,
+                owner: None,
             })
             .await;
         assert_eq!(reply, Err(Errno::RoFs));

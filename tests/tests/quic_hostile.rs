@@ -96,16 +96,19 @@ fn named_requests(n: Name) -> Vec<Request> {
             mode: 0o644,
             exclusive: false,
             open: false,
+            owner: None,
         },
         Request::Mkdir {
             parent: root,
             name: n.clone(),
             mode: 0o755,
+            owner: None,
         },
         Request::Symlink {
             parent: root,
             name: n.clone(),
             target: b"victim".to_vec(),
+            owner: None,
         },
         Request::Unlink {
             parent: root,
@@ -526,6 +529,7 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
                     mode: 0o644,
                     exclusive,
                     open: false,
+                    owner: None,
                 },
             )
             .await;
@@ -577,16 +581,19 @@ fn reaching_through(dir: NodeId, file: NodeId, there: &str) -> Vec<Request> {
             mode: 0o644,
             exclusive: false,
             open: false,
+            owner: None,
         },
         Request::Mkdir {
             parent: dir,
             name: name(&evil("dir")),
             mode: 0o755,
+            owner: None,
         },
         Request::Symlink {
             parent: dir,
             name: name(&evil("link")),
             target: b"x".to_vec(),
+            owner: None,
         },
         Request::Unlink {
             parent: dir,
@@ -712,11 +719,13 @@ async fn never_given_out(c: &mut RawClient) {
                 mode: 0o644,
                 exclusive: false,
                 open: false,
+                owner: None,
             },
             Request::Mkdir {
                 parent: node,
                 name: name(&evil("dir")),
                 mode: 0o755,
+                owner: None,
             },
             Request::SetAttr {
                 node,
@@ -918,6 +927,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
                 mode: 0o644,
                 exclusive: false,
                 open: false,
+                owner: None,
             },
             Request::Rename {
                 parent: root,

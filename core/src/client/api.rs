@@ -4,7 +4,7 @@
 use crate::cache::{CacheConfig, ChunkKey, ReadAheadConfig};
 use crate::conn::{ConnConfig, DisconnectReason};
 use crate::proto::{
-    Attr, Checksum, ClientMessage, Errno, FileKind, Name, OpenFor, SetAttr, StatFs,
+    Attr, Checksum, ClientMessage, Errno, FileKind, Name, OpenFor, Owner, SetAttr, StatFs,
 };
 use crate::vfs::Ino;
 use crate::write::WriteConfig;
@@ -57,7 +57,7 @@ pub struct ClientConfig {
     /// The local user the host's user is shown as, when the host acts
     /// as one user for all its clients (`client::owners`); `None`
     /// shows the host's ids as they are.
-    pub local_user: Option<super::LocalUser>,
+    pub local_user: Option<Owner>,
 }
 
 impl Default for ClientConfig {
@@ -184,6 +184,9 @@ pub enum Op {
         name: Name,
         /// Permission bits.
         mode: u32,
+        /// The calling process's user and group: the new file's owner
+        /// where the host preserves owners.
+        caller: Option<Owner>,
         /// `O_EXCL`: fail with EEXIST if the name exists (otherwise an
         /// existing file is opened).
         exclusive: bool,
@@ -199,6 +202,8 @@ pub enum Op {
         name: Name,
         /// Permission bits.
         mode: u32,
+        /// The calling process's user and group (as for [`Op::Create`]).
+        caller: Option<Owner>,
     },
     /// Remove a file.
     Unlink {
@@ -233,6 +238,8 @@ pub enum Op {
         name: Name,
         /// Target text.
         target: Vec<u8>,
+        /// The calling process's user and group (as for [`Op::Create`]).
+        caller: Option<Owner>,
     },
     /// A symlink's target.
     Readlink {

@@ -409,6 +409,7 @@ impl ClientCore {
                 parent,
                 name,
                 mode,
+                caller,
                 exclusive,
                 truncate: _,
             } => {
@@ -419,15 +420,22 @@ impl ClientCore {
                     mode: *mode,
                     exclusive: *exclusive,
                     open: true,
+                    owner: self.owner_for_host(*caller),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }
-            Op::Mkdir { parent, name, mode } => {
+            Op::Mkdir {
+                parent,
+                name,
+                mode,
+                caller,
+            } => {
                 let pnode = self.node(*parent)?;
                 let request = Request::Mkdir {
                     parent: pnode,
                     name: name.clone(),
                     mode: *mode,
+                    owner: self.owner_for_host(*caller),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }
@@ -435,12 +443,14 @@ impl ClientCore {
                 parent,
                 name,
                 target,
+                caller,
             } => {
                 let pnode = self.node(*parent)?;
                 let request = Request::Symlink {
                     parent: pnode,
                     name: name.clone(),
                     target: target.clone(),
+                    owner: self.owner_for_host(*caller),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }

@@ -228,6 +228,7 @@ fn a_full_disk_leaves_a_new_file_empty_not_full_of_holes() {
             mode: 0o644,
             exclusive: true,
             truncate: true,
+            caller: None,
         },
     ) {
         Ok(Answer::Created { ino, fh, .. }) => (ino, fh),

@@ -148,6 +148,8 @@ struct Unapplied {
     ino: Ino,
     parent: Ino,
     mode: u32,
+    /// The owner to ask the host for ([`ClientCore::owner_for_host`]).
+    owner: Option<crate::proto::Owner>,
     /// Its create is in the stream or sent.
     queued: bool,
 }
@@ -388,7 +390,11 @@ impl ClientCore {
     /// lease lets it (see the module docs). Returns whether it did.
     pub(super) fn create_locally(&mut self, now: Instant, req: Req, op: &Op) -> bool {
         let Op::Create {
-            parent, name, mode, ..
+            parent,
+            name,
+            mode,
+            caller,
+            ..
         } = op
         else {
             return false;
@@ -421,9 +427,9 @@ impl ClientCore {
         if ask_more {
             l.asking_more = true;
         }
-        let owner = self.new_file_owner(pnode);
+        let shown = self.new_file_owner(pnode, *caller);
         let mode = mode & 0o7777;
-        let attr = local_attr(node, 0, mode, self.leases.wall(now), owner);
+        let attr = local_attr(node, 0, mode, self.leases.wall(now), shown);
         self.entry_added(now, *parent, name, &attr);
         let ino = match self.entry(now, *parent, op, attr.clone(), true) {
             Ok(ino) => ino,
@@ -440,6 +446,7 @@ impl ClientCore {
                 ino,
                 parent: *parent,
                 mode,
+                owner: self.owner_for_host(*caller),
                 queued: false,
             },
         );
@@ -496,13 +503,14 @@ impl ClientCore {
             uid: None,
             gid: None,
         };
-        let (dir, name) = (u.dir, u.name.clone());
+        let (dir, name, owner) = (u.dir, u.name.clone(), u.owner);
         let create = LeaseOp::CreateFile {
             node,
             name,
             mode,
             times,
             data: Bytes::from(content),
+            owner,
         };
         if let Some(u) = self.leases.unapplied.get_mut(&node) {
             u.queued = true;
@@ -578,6 +586,7 @@ impl ClientCore {
                 mode: u.mode,
                 times: SetAttr::default(),
                 data: Bytes::new(),
+                owner: u.owner,
             };
             if let Some(l) = self.leases.dirs.get_mut(&u.dir) {
                 l.stream.push_back(create);

@@ -40,7 +40,6 @@ mod reply;
 mod tests;
 
 pub use api::{Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, Op, Req};
-pub use owners::LocalUser;
 
 use crate::cache::{Cache, CacheKey, ChunkKey, ReadAhead, WaiterId};
 use crate::conn::auth::TicketSecret;

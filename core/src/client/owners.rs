@@ -11,21 +11,12 @@
 //! host's); only answers to the kernel are mapped, in one place.
 
 use super::{Answer, ClientCore};
-use crate::proto::{Attr, Errno, NodeId, Owners, SetAttr};
-
-/// A local user and group, as the kernel numbers them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LocalUser {
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
+use crate::proto::{Attr, Errno, NodeId, Owner, Owners, SetAttr};
 
 impl ClientCore {
     /// The host's user, if it acts as one and this mount maps it to its
     /// own ([`super::ClientConfig::local_user`]).
-    fn mapped(&self) -> Option<(LocalUser, u32, u32)> {
+    fn mapped(&self) -> Option<(Owner, u32, u32)> {
         match (self.cfg.local_user, self.owners?) {
             (Some(local), Owners::HostUser { uid, gid }) => Some((local, uid, gid)),
             _ => None,
@@ -60,13 +51,30 @@ impl ClientCore {
         }
     }
 
-    /// The owner and group the host gives a file this client makes in
-    /// directory `dir`: its user's, if it acts as one; else (not known
-    /// here) the directory's.
-    pub(super) fn new_file_owner(&self, dir: NodeId) -> Option<(u32, u32)> {
+    /// The owner to ask the host to give a new file, for a kernel
+    /// request by `caller`: the caller, where the host preserves owners;
+    /// else none (the host's user owns it).
+    pub(super) fn owner_for_host(&self, caller: Option<Owner>) -> Option<Owner> {
         match self.owners {
-            Some(Owners::HostUser { uid, gid }) => Some((uid, gid)),
-            _ => self.cache.peek_attr(dir).map(|a| (a.uid, a.gid)),
+            Some(Owners::Preserved) => caller,
+            _ => None,
+        }
+    }
+
+    /// The owner and group the host gives a file this client makes in
+    /// directory `dir` for `caller`: its user's, if it acts as one; the
+    /// caller's where owners are preserved (the group the directory's,
+    /// if it has the set-group-ID bit); else, not known here, the
+    /// directory's.
+    pub(super) fn new_file_owner(&self, dir: NodeId, caller: Option<Owner>) -> Option<(u32, u32)> {
+        let dir = self.cache.peek_attr(dir).map(|a| (a.uid, a.gid, a.mode));
+        match (self.owners, caller, dir) {
+            (Some(Owners::HostUser { uid, gid }), _, _) => Some((uid, gid)),
+            (Some(Owners::Preserved), Some(c), Some((_, gid, mode))) if mode & 0o2000 != 0 => {
+                Some((c.uid, gid))
+            }
+            (Some(Owners::Preserved), Some(c), _) => Some((c.uid, c.gid)),
+            (_, _, dir) => dir.map(|(uid, gid, _)| (uid, gid)),
         }
     }
 

@@ -192,6 +192,7 @@ fn a_replaced_file_reads_its_own_commit_or_fails() {
             mode: 0o644,
             exclusive: false,
             truncate: false,
+            caller: None,
         },
     ) {
         Ok(Answer::Created { fh, .. }) => fh,
@@ -285,6 +286,7 @@ fn a_read_never_mixes_two_versions_of_a_file() {
             mode: 0o644,
             exclusive: false,
             truncate: false,
+            caller: None,
         },
     );
     assert!(matches!(w.wait(0, create), Ok(Answer::Created { .. })));
@@ -417,6 +419,7 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
             mode: 0o644,
             exclusive: false,
             truncate: false,
+            caller: None,
         },
     ) {
         Ok(Answer::Created { fh, .. }) => fh,

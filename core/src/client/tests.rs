@@ -59,6 +59,7 @@ fn create(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
             mode: 0o644,
             exclusive: false,
             truncate: false,
+            caller: None,
         },
     ) {
         Ok(Answer::Created { ino, fh, .. }) => (ino, fh),
@@ -527,6 +528,7 @@ fn symlinks_round_trip_and_are_not_followed() {
             parent: Ino::ROOT,
             name: name("l"),
             target: b"../../etc/passwd".to_vec(),
+            caller: None,
         },
     );
     let Ok(Answer::Entry { ino, attr, .. }) = r else {
@@ -549,6 +551,7 @@ fn mkdir_rmdir_and_errno_behaviour() {
             parent: Ino::ROOT,
             name: name("d"),
             mode: 0o755,
+            caller: None,
         },
     );
     let Ok(Answer::Entry { ino: d, .. }) = r else {
@@ -560,7 +563,8 @@ fn mkdir_rmdir_and_errno_behaviour() {
             Op::Mkdir {
                 parent: Ino::ROOT,
                 name: name("d"),
-                mode: 0o755
+                mode: 0o755,
+                caller: None,
             }
         )
         .err(),
@@ -574,6 +578,7 @@ fn mkdir_rmdir_and_errno_behaviour() {
             mode: 0o644,
             exclusive: false,
             truncate: false,
+            caller: None,
         },
     ) else {
         panic!("create")
@@ -790,6 +795,7 @@ fn an_exclusive_create_of_an_existing_name_fails_with_eexist() {
         mode: 0o644,
         exclusive: true,
         truncate: false,
+        caller: None,
     };
     assert_eq!(w.call(0, exclusive), Err(Errno::Exist));
     let (_, fh) = create(&mut w, 0, "a");
@@ -1177,6 +1183,7 @@ fn a_silent_partition_is_answered_from_the_cache_then_healed() {
             mode: 0o644,
             exclusive: false,
             truncate: false,
+            caller: None,
         },
     );
     assert_eq!(created.err(), Some(Errno::TimedOut));
@@ -1454,6 +1461,7 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
             parent: Ino::ROOT,
             name: name("d"),
             mode: 0o755,
+            caller: None,
         },
     ) {
         Ok(Answer::Entry { ino, .. }) => ino,
@@ -1482,6 +1490,7 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
             mode: 0o644,
             exclusive: true,
             truncate: false,
+            caller: None,
         },
     ) {
         Ok(Answer::Created { fh, .. }) => fh,
@@ -1507,6 +1516,7 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
             mode: 0o644,
             exclusive: true,
             truncate: false,
+            caller: None,
         },
     ) {
         Ok(Answer::Created { .. }) => {}

@@ -10,7 +10,9 @@
 //! path to take. That is the whole of the confinement rule, and it is why a
 //! host never calls into a mount that a symlink points at.
 
-use crate::proto::{Errno, FileKey, FileKind, Name, OpenFor, SetAttr, StatFs, Timestamp, TxnId};
+use crate::proto::{
+    Errno, FileKey, FileKind, Name, OpenFor, Owner, SetAttr, StatFs, Timestamp, TxnId,
+};
 use bytes::Bytes;
 use core::fmt;
 
@@ -147,6 +149,8 @@ pub struct NewFile {
     pub name: Name,
     /// Permission bits.
     pub mode: u32,
+    /// Its owner, if not the host's user.
+    pub owner: Option<Owner>,
     /// Access and modification times to give it (its `size` and `mode`
     /// are not used).
     pub times: SetAttr,
@@ -208,6 +212,9 @@ pub enum FsOp {
         path: RelPath,
         /// Permission bits.
         mode: u32,
+        /// Its owner, if not the host's user (a directory with the
+        /// set-group-ID bit keeps giving its group).
+        owner: Option<Owner>,
         /// Fail if it exists.
         exclusive: bool,
         /// Open the file for reading too, under this handle, as
@@ -220,6 +227,8 @@ pub enum FsOp {
         path: RelPath,
         /// Permission bits.
         mode: u32,
+        /// Its owner, if not the host's user.
+        owner: Option<Owner>,
     },
     /// Remove a non-directory (a symlink itself, never its target).
     Unlink {
@@ -244,6 +253,8 @@ pub enum FsOp {
         path: RelPath,
         /// The link text.
         target: Vec<u8>,
+        /// Its owner, if not the host's user.
+        owner: Option<Owner>,
     },
     /// A symlink's text.
     Readlink {

@@ -20,7 +20,7 @@
 //! the file's modification time, as a [`FileStamp`] needs.
 
 use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath};
-use crate::proto::{Errno, FileKey, FileKind, Name, SetTime, StatFs, Timestamp, TxnId};
+use crate::proto::{Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
@@ -453,6 +453,27 @@ impl MemFs {
         result
     }
 
+    /// A new inode for directory `dir`, owned as Linux would own it made
+    /// by a process of `owner` (or by the host's user, root here): the
+    /// group the directory's where it has the set-group-ID bit, which a
+    /// new directory inherits too.
+    fn born(&self, dir: u64, kind: FileKind, mode: u32, owner: Option<Owner>) -> Inode {
+        let mut node = Inode::new(kind, mode, self.now);
+        if let Some(o) = owner {
+            node.uid = o.uid;
+            node.gid = o.gid;
+        }
+        if let Some(d) = self.inodes.get(&dir)
+            && d.mode & 0o2000 != 0
+        {
+            node.gid = d.gid;
+            if kind == FileKind::Dir {
+                node.mode |= 0o2000;
+            }
+        }
+        node
+    }
+
     /// One file of [`FsOp::CreateFiles`]: a new inode with its content,
     /// at its name only if the name is free.
     fn create_file(&mut self, parent: u64, f: NewFile) -> Result<FsAttr, Errno> {
@@ -464,7 +485,7 @@ impl MemFs {
             return Err(Errno::Exist);
         }
         self.room(0, f.data.len())?;
-        let mut node = Inode::new(FileKind::File, f.mode & 0o7777, self.now);
+        let mut node = self.born(parent, FileKind::File, f.mode & 0o7777, f.owner);
         node.data = f.data.to_vec();
         if let Some(t) = f.times.atime {
             node.atime = self.time(t);
@@ -545,6 +566,7 @@ impl MemFs {
             FsOp::Create {
                 path,
                 mode,
+                owner,
                 exclusive,
                 open,
             } => {
@@ -556,7 +578,10 @@ impl MemFs {
                         (false, Some(FileKind::Dir)) => return Err(Errno::IsDir),
                         (false, _) => return Err(Errno::Loop),
                     },
-                    None => self.add(dir, name, Inode::new(FileKind::File, mode, self.now))?,
+                    None => {
+                        let node = self.born(dir, FileKind::File, mode, owner);
+                        self.add(dir, name, node)?
+                    }
                 };
                 let Some(open) = open else {
                     return Ok(FsOk::Attr(self.attr(ino)?));
@@ -570,7 +595,7 @@ impl MemFs {
                 self.handles.insert(open.handle, ino);
                 Ok(FsOk::Opened(self.attr(ino)?, inline))
             }
-            FsOp::Mkdir { path, mode } => {
+            FsOp::Mkdir { path, mode, owner } => {
                 let (dir, name) = self.parent_of(&path)?;
                 if self
                     .inodes
@@ -579,10 +604,15 @@ impl MemFs {
                 {
                     return Err(Errno::Exist);
                 }
-                let ino = self.add(dir, name, Inode::new(FileKind::Dir, mode, self.now))?;
+                let node = self.born(dir, FileKind::Dir, mode, owner);
+                let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
-            FsOp::Symlink { path, target } => {
+            FsOp::Symlink {
+                path,
+                target,
+                owner,
+            } => {
                 let (dir, name) = self.parent_of(&path)?;
                 if self
                     .inodes
@@ -591,7 +621,7 @@ impl MemFs {
                 {
                     return Err(Errno::Exist);
                 }
-                let mut node = Inode::new(FileKind::Symlink, 0o777, self.now);
+                let mut node = self.born(dir, FileKind::Symlink, 0o777, owner);
                 node.target = target;
                 let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
@@ -689,21 +719,29 @@ impl MemFs {
                     n.data.resize(size as usize, 0);
                     n.mtime = now;
                 }
-                if let Some(mode) = set.mode {
+                if set.mode.is_some() && n.kind == FileKind::Symlink {
                     // Linux has no mode on a symlink (fchmodat with
                     // AT_SYMLINK_NOFOLLOW refuses).
-                    if n.kind == FileKind::Symlink {
-                        return Err(Errno::NotSup);
-                    }
-                    n.mode = mode & 0o7777;
+                    return Err(Errno::NotSup);
                 }
                 // As root does: any owner (the host core refuses chown
-                // unless owners are preserved).
-                if let Some(uid) = set.uid {
-                    n.uid = uid;
+                // unless owners are preserved). Linux's chown of a file
+                // that is not a directory drops its set-user-ID bit, and
+                // its set-group-ID bit where group execution is on, even
+                // for root; a mode set with it comes after, as the host
+                // does it.
+                if set.chowns() {
+                    n.uid = set.uid.unwrap_or(n.uid);
+                    n.gid = set.gid.unwrap_or(n.gid);
+                    if n.kind == FileKind::File {
+                        n.mode &= !0o4000;
+                        if n.mode & 0o010 != 0 {
+                            n.mode &= !0o2000;
+                        }
+                    }
                 }
-                if let Some(gid) = set.gid {
-                    n.gid = gid;
+                if let Some(mode) = set.mode {
+                    n.mode = mode & 0o7777;
                 }
                 if let Some(t) = atime {
                     n.atime = t;
@@ -831,8 +869,12 @@ impl MemFs {
                     .unwrap_or_else(|| self.inodes.get(&old).map_or(0o644, |n| n.mode));
                 let atime = set.atime.map(|t| self.time(t));
                 let mtime = set.mtime.map(|t| self.time(t));
+                let (uid, gid) = self.inodes.get(&old).map_or((0, 0), |n| (n.uid, n.gid));
                 self.detach(dir, name);
+                // The new content keeps the file's owner, as the host's
+                // staging file does.
                 let mut node = Inode::new(FileKind::File, mode, self.now);
+                (node.uid, node.gid) = (uid, gid);
                 node.data = data;
                 node.atime = atime.unwrap_or(node.atime);
                 node.mtime = mtime.unwrap_or(node.mtime);

@@ -211,6 +211,7 @@ fn disk_with(files: &[(&[&str], &[u8])], dirs: &[&[&str]]) -> MemFs {
         disk.execute(FsOp::Mkdir {
             path: path(d),
             mode: 0o755,
+            owner: None,
         })
         .expect("mkdir");
     }
@@ -271,6 +272,7 @@ fn the_scan_is_bounded_and_the_rest_is_found_on_demand() {
             mode: 0o644,
             exclusive: true,
             open: None,
+            owner: None,
         })
         .expect("create");
     }
@@ -468,6 +470,7 @@ fn reserved_names_are_invisible_and_untouchable() {
                 mode: 0o644,
                 exclusive: true,
                 open: false,
+                owner: None,
             }
         ),
         Err(Errno::Acces)
@@ -484,6 +487,7 @@ fn symlinks_are_reported_never_followed() {
             parent: NodeId::ROOT,
             name: name("up"),
             target: b"/etc".to_vec(),
+            owner: None,
         },
     ) {
         Ok(Reply::Attr(a)) => a,
@@ -542,6 +546,7 @@ fn large_directories_are_paged_completely() {
     disk.execute(FsOp::Mkdir {
         path: path(&["big"]),
         mode: 0o755,
+        owner: None,
     })
     .expect("mkdir");
     for i in 0..1300 {
@@ -550,6 +555,7 @@ fn large_directories_are_paged_completely() {
             mode: 0o644,
             exclusive: true,
             open: None,
+            owner: None,
         })
         .expect("create");
     }
@@ -740,11 +746,13 @@ fn read_only_hosts_refuse_every_change() {
             mode: 0o644,
             exclusive: true,
             open: false,
+            owner: None,
         },
         Request::Mkdir {
             parent: NodeId::ROOT,
             name: name("n"),
             mode: 0o755,
+            owner: None,
         },
         Request::Unlink {
             parent: NodeId::ROOT,
@@ -764,6 +772,7 @@ fn read_only_hosts_refuse_every_change() {
             parent: NodeId::ROOT,
             name: name("l"),
             target: b"a".to_vec(),
+            owner: None,
         },
         Request::SetAttr {
             node: a.node,
@@ -983,6 +992,7 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 mode: 0o644,
                 exclusive: true,
                 open: false,
+                owner: None,
             }
         ),
         Err(Errno::Busy)
@@ -996,6 +1006,7 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 mode: 0o644,
                 exclusive: true,
                 open: false,
+                owner: None,
             }
         ),
         Ok(Reply::Attr(_))
@@ -1011,6 +1022,7 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 mode: 0o644,
                 exclusive: true,
                 open: false,
+                owner: None,
             }
         ),
         Ok(Reply::Attr(_))
@@ -1598,6 +1610,7 @@ fn a_directory_moved_on_the_host_is_followed() {
             mode: 0o644,
             exclusive: true,
             open: false,
+            owner: None,
         },
     );
     assert!(created.is_ok(), "{created:?}");
@@ -1730,6 +1743,7 @@ fn with_no_window_a_change_is_answered_only_once_on_disk() {
             mode: 0o644,
             exclusive: true,
             open: false,
+            owner: None,
         },
     );
     assert!(matches!(r.held[..], [(_, FsOp::Create { .. })]));
@@ -1866,6 +1880,7 @@ fn a_create_that_opens_answers_with_a_handle() {
         parent: NodeId::ROOT,
         name: name(n),
         mode: 0o640,
+        owner: None,
         exclusive: true,
         open: true,
     };

@@ -188,6 +188,16 @@ pub struct Limits {
     pub owners: Owners,
 }
 
+/// A user and group, as the client's kernel numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
 /// How a host treats file owners (`docs/permissions.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -291,6 +301,8 @@ pub enum LeaseOp {
         name: Name,
         /// Permission bits.
         mode: u32,
+        /// Whose it is, where the host preserves owners (else `None`).
+        owner: Option<Owner>,
         /// Access and modification times, if set (else the host's now).
         times: SetAttr,
         /// The content.
@@ -392,6 +404,8 @@ pub enum Request {
         name: Name,
         /// Permission bits.
         mode: u32,
+        /// Whose it is, where the host preserves owners (else `None`).
+        owner: Option<Owner>,
         /// Fail with EEXIST if it exists (O_EXCL).
         exclusive: bool,
         /// Open it too ([`Reply::Opened`]).
@@ -405,6 +419,8 @@ pub enum Request {
         name: Name,
         /// Permission bits.
         mode: u32,
+        /// Whose it is, where the host preserves owners (else `None`).
+        owner: Option<Owner>,
     },
     /// Remove a non-directory.
     Unlink {
@@ -439,6 +455,8 @@ pub enum Request {
         name: Name,
         /// Link target, at most [`super::MAX_SYMLINK_LEN`] bytes.
         target: Vec<u8>,
+        /// Whose it is, where the host preserves owners (else `None`).
+        owner: Option<Owner>,
     },
     /// A symlink's target.
     Readlink {

@@ -51,6 +51,13 @@ pub struct HostArgs {
     /// small files, and a host crash loses nothing a client was told.
     #[arg(long, conflicts_with = "sync_window")]
     pub sync_every_close: bool,
+    /// Keep each file's owner as the client that made it says (its user
+    /// and group ids), and let clients chown: for a host running as root
+    /// that serves a trusted machine whose users are this machine's (as
+    /// NFS with no_root_squash). Without it every client acts as the
+    /// user this host runs as.
+    #[arg(long)]
+    pub preserve_owners: bool,
     /// Make a new host key, certificate and secret: every ticket handed
     /// out before stops working.
     #[arg(long)]
@@ -191,6 +198,11 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
     if !meta.is_dir() {
         bail!("cannot share {}: not a directory", args.dir.display());
     }
+    if args.preserve_owners && !rustix::process::geteuid().is_root() {
+        bail!(
+            "--preserve-owners needs the host to run as root (only root can give files to other users)"
+        );
+    }
     let state = HostKeys::load_or_create(&config_dir()?, args.new_identity)?;
     crate::host::fs::raise_fd_limit();
     let socket = shell
@@ -203,6 +215,9 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
             state.secret.clone(),
         );
         options.config.read_only = args.read_only;
+        if args.preserve_owners {
+            options.config.owners = wormhole_core::proto::Owners::Preserved;
+        }
         options.config.sync_window = if args.sync_every_close {
             Duration::ZERO
         } else {

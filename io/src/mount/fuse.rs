@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
 use wormhole_core::proto::{
-    Attr, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr, SetTime, StatFs, Timestamp,
+    Attr, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, StatFs, Timestamp,
 };
 use wormhole_core::vfs::Ino;
 
@@ -272,6 +272,14 @@ impl WormholeFs {
     }
 }
 
+/// The user and group of the process that made a request.
+fn caller(req: &Request) -> Owner {
+    Owner {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
 fn ino(i: INodeNo) -> Ino {
     Ino(i.0)
 }
@@ -384,7 +392,7 @@ impl fuser::Filesystem for WormholeFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -397,6 +405,7 @@ impl fuser::Filesystem for WormholeFs {
                     parent: ino(parent),
                     name,
                     mode: perm(mode, umask),
+                    caller: Some(caller(req)),
                 },
                 KernelReply::Entry(reply),
             ),
@@ -432,7 +441,7 @@ impl fuser::Filesystem for WormholeFs {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -444,6 +453,7 @@ impl fuser::Filesystem for WormholeFs {
                     parent: ino(parent),
                     name,
                     target: target.as_os_str().as_bytes().to_vec(),
+                    caller: Some(caller(req)),
                 },
                 KernelReply::Entry(reply),
             ),
@@ -712,7 +722,7 @@ impl fuser::Filesystem for WormholeFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -730,6 +740,7 @@ impl fuser::Filesystem for WormholeFs {
                     // free, which another client may have changed since.
                     exclusive: flags & rustix::fs::OFlags::EXCL.bits() as i32 != 0,
                     truncate: flags & rustix::fs::OFlags::TRUNC.bits() as i32 != 0,
+                    caller: Some(caller(req)),
                 },
                 KernelReply::Create(reply),
             ),

@@ -39,8 +39,9 @@ use std::sync::Arc;
 use futures_lite::future::Future;
 use thiserror::Error;
 use tracing::{info, warn};
-use wormhole_core::client::{ClientConfig, ClientEvent, LocalUser};
+use wormhole_core::client::{ClientConfig, ClientEvent};
 use wormhole_core::conn::auth::TicketSecret;
+use wormhole_core::proto::Owner;
 
 use crate::net::Transport;
 use disk_cache::DiskCache;
@@ -92,12 +93,12 @@ impl MountOptions {
 /// Who is mounting: the user the host's user is shown as. Under `sudo`
 /// (root, with `SUDO_UID` set) it is the person who ran sudo, not root:
 /// the README mounts with sudo, and the files are theirs.
-pub fn mounting_user() -> LocalUser {
+pub fn mounting_user() -> Owner {
     let (uid, gid) = (rustix::process::getuid(), rustix::process::getgid());
     let from_sudo = |var: &str| std::env::var(var).ok()?.parse::<u32>().ok();
     match (uid.is_root(), from_sudo("SUDO_UID"), from_sudo("SUDO_GID")) {
-        (true, Some(uid), Some(gid)) => LocalUser { uid, gid },
-        _ => LocalUser {
+        (true, Some(uid), Some(gid)) => Owner { uid, gid },
+        _ => Owner {
             uid: uid.as_raw(),
             gid: gid.as_raw(),
         },

@@ -35,7 +35,13 @@ pub(crate) fn host_and_mount(bin: &Path) {
     for (cmd, words) in [
         (
             "host",
-            &["ticket", "--new-identity", "--read-only", "--bind"][..],
+            &[
+                "ticket",
+                "--new-identity",
+                "--read-only",
+                "--bind",
+                "--preserve-owners",
+            ][..],
         ),
         (
             "mount",
@@ -44,6 +50,7 @@ pub(crate) fn host_and_mount(bin: &Path) {
                 "MOUNTPOINT",
                 "--cache-dir",
                 "--cache-size",
+                "--allow-other",
                 "unmount",
             ][..],
         ),

@@ -8,7 +8,7 @@
 //! disk. Also: a chown to another user is refused where every client
 //! acts as the host's user.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -139,4 +139,51 @@ pub(crate) fn other_users(bin: &Path) {
     interrupt(mount, "the second mount on Ctrl-C");
     let host = cleanup.children.pop().expect("the host");
     interrupt(host, "the host on Ctrl-C");
+
+    // A host that preserves owners: what a user makes is theirs on the
+    // host, and root's chown through the mount is carried out.
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &["--preserve-owners"]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    cleanup
+        .children
+        .push(mounted_with(bin, &ticket, &mnt, &["--allow-other"]).0);
+    allowed(
+        &as_nobody(&format!(
+            "echo made > {m}/dropbox/made.txt && mkdir {m}/dropbox/sub && ln -s made.txt {m}/dropbox/link"
+        )),
+        "create, mkdir, symlink in a 0777 directory",
+    );
+    for name in ["made.txt", "sub", "link"] {
+        let meta = std::fs::symlink_metadata(dropbox.join(name)).expect("on the host");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (NOBODY, NOBODY),
+            "{name} belongs to its maker on the host"
+        );
+    }
+    let long = allowed(&as_nobody(&format!("ls -ln {m}/dropbox")), "ls -ln");
+    assert!(
+        long.lines()
+            .filter(|l| l.contains("made.txt"))
+            .all(|l| l.split_whitespace().nth(2) == Some("65534")),
+        "the mount shows the real owner: {long}"
+    );
+    let out = Command::new("chown")
+        .args(["1234:1234", &format!("{m}/public.txt")])
+        .output()
+        .expect("run chown");
+    assert!(out.status.success(), "root's chown: {out:?}");
+    let meta = std::fs::metadata(share.join("public.txt")).expect("on the host");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (1234, 1234),
+        "chowned on the host"
+    );
+    refused(
+        &as_nobody(&format!("cat {m}/private.txt")),
+        "a private file, with owners preserved",
+    );
+    let mount = cleanup.children.pop().expect("the mount");
+    interrupt(mount, "the third mount on Ctrl-C");
 }

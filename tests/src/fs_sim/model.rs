@@ -521,6 +521,7 @@ impl Sim {
                     let _ = disk.execute(FsOp::Mkdir {
                         path: d,
                         mode: 0o755,
+                        owner: None,
                     });
                 }
             }

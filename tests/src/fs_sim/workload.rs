@@ -61,6 +61,7 @@ fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Res
                 mode: 0o644,
                 exclusive: true,
                 truncate: false,
+                caller: None,
             },
         )?;
         // An ordinary create waits for the host; one under a lease not.
@@ -182,6 +183,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         mode: 0o644,
                         exclusive: rng.below(4) == 0,
                         truncate: false,
+                        caller: None,
                     },
                 )?;
             }
@@ -307,6 +309,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                             parent: Ino::ROOT,
                             name: n,
                             mode: 0o755,
+                            caller: None,
                         },
                     )?;
                 }

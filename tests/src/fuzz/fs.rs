@@ -109,6 +109,7 @@ pub fn host_machine(data: &[u8]) {
             mode: 0o644,
             exclusive: true,
             open: None,
+            owner: None,
         });
     }
     let mut host = HostServer::new(HostConfig::default(), SECRET, Rng::from_u64(input.seed));
@@ -345,11 +346,13 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             mode: 0o644,
             exclusive: n.is_multiple_of(2),
             truncate: false,
+            caller: None,
         },
         11 => Op::Mkdir {
             parent: Ino::ROOT,
             name,
             mode: 0o755,
+            caller: None,
         },
         12 => Op::Unlink {
             parent: Ino::ROOT,

@@ -25,6 +25,7 @@ fn create_in(w: &mut World, c: usize, n: &str) -> Result<(Ino, Fh), Errno> {
             mode: 0o640,
             exclusive: true,
             truncate: false,
+            caller: None,
         },
     )? {
         Answer::Created { ino, fh, .. } => Ok((ino, fh)),

@@ -3,9 +3,9 @@
 //! owners.
 
 use super::*;
-use crate::proto::Owners;
+use crate::proto::{Owner, Owners};
 
-const ME: LocalUser = LocalUser {
+const ME: Owner = Owner {
     uid: 1000,
     gid: 100,
 };
@@ -107,4 +107,87 @@ fn with_owners_preserved_a_chown_reaches_the_host() {
         w.disk.owner(&RelPath::from(vec![name("a")])),
         Some((1000, 100))
     );
+}
+
+fn create_as(w: &mut World, n: &str, caller: Owner) -> Result<Attr, Errno> {
+    match w.call(
+        0,
+        Op::Create {
+            parent: Ino::ROOT,
+            name: name(n),
+            mode: 0o644,
+            caller: Some(caller),
+            exclusive: true,
+            truncate: false,
+        },
+    )? {
+        Answer::Created { attr, fh, .. } => {
+            w.call(0, Op::Release { fh })?;
+            Ok(attr)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+const ALICE: Owner = Owner {
+    uid: 1001,
+    gid: 1001,
+};
+
+#[test]
+fn with_owners_preserved_new_files_are_their_makers() {
+    let mut w = owned(Owners::Preserved);
+    // Enough creates in one directory that the client takes a lease and
+    // makes the later ones itself: those keep their maker too.
+    for i in 0..6 {
+        let attr = create_as(&mut w, &format!("f{i}"), ALICE).expect("create");
+        assert_eq!(owner_of(&attr), (ALICE.uid, ALICE.gid), "f{i} as answered");
+    }
+    let Ok(Answer::Entry { .. }) = w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: Some(ALICE),
+        },
+    ) else {
+        panic!("mkdir")
+    };
+    let Ok(Answer::Entry { .. }) = w.call(
+        0,
+        Op::Symlink {
+            parent: Ino::ROOT,
+            name: name("l"),
+            target: b"f0".to_vec(),
+            caller: Some(ALICE),
+        },
+    ) else {
+        panic!("symlink")
+    };
+    w.settle();
+    for n in ["f0", "f1", "f2", "f3", "f4", "f5", "d", "l"] {
+        assert_eq!(
+            w.disk.owner(&RelPath::from(vec![name(n)])),
+            Some((ALICE.uid, ALICE.gid)),
+            "{n} on the host"
+        );
+    }
+}
+
+#[test]
+fn acting_as_the_hosts_user_new_files_are_the_hosts_users() {
+    let mut w = owned(Owners::HostUser { uid: 0, gid: 0 });
+    for i in 0..6 {
+        let attr = create_as(&mut w, &format!("f{i}"), ALICE).expect("create");
+        assert_eq!(owner_of(&attr), (ME.uid, ME.gid), "f{i} shown as mine");
+    }
+    w.settle();
+    for i in 0..6 {
+        assert_eq!(
+            w.disk.owner(&RelPath::from(vec![name(&format!("f{i}"))])),
+            Some((0, 0)),
+            "f{i} on the host"
+        );
+    }
 }

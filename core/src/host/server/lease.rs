@@ -492,6 +492,7 @@ impl HostServer {
             Some(_) => return Err(Errno::Busy),
             None => {}
         }
+        let owners = self.cfg.owners;
         let mut reserved = s.reserved.clone();
         let mut files = Vec::with_capacity(ops.len());
         let mut made = Vec::with_capacity(ops.len());
@@ -500,9 +501,11 @@ impl HostServer {
                 node,
                 name,
                 mode,
+                owner,
                 times,
                 data,
             } = op;
+            let owner = super::requests::owner_to_give(owners, owner)?;
             let r = reserved
                 .range_mut(..=node.0)
                 .next_back()
@@ -520,6 +523,7 @@ impl HostServer {
                 mode: mode & 0o7777,
                 times,
                 data,
+                owner,
             });
         }
         s.reserved = reserved;

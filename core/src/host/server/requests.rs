@@ -3,7 +3,16 @@
 
 use super::whole::WholeRest;
 use super::*;
-use crate::proto::SetAttr;
+use crate::proto::{Owner, SetAttr};
+
+/// The owner a client asks a new file to have: only where owners are
+/// preserved; acting as its user, the host gives nothing away.
+pub(super) fn owner_to_give(owners: Owners, owner: Option<Owner>) -> Result<Option<Owner>, Errno> {
+    match owner {
+        Some(_) if owners != Owners::Preserved => Err(Errno::Perm),
+        owner => Ok(owner),
+    }
+}
 
 impl HostServer {
     pub(super) fn path_of(&self, node: NodeId) -> Result<RelPath, Errno> {
@@ -140,10 +149,12 @@ impl HostServer {
                 parent,
                 name,
                 mode,
+                owner,
                 exclusive,
                 open,
             } => {
                 self.writable()?;
+                let owner = owner_to_give(self.cfg.owners, owner)?;
                 let path = self.dir_path(parent)?.join(visible(&name)?);
                 self.guard(session, parent, true)?;
                 let open = if open {
@@ -162,11 +173,18 @@ impl HostServer {
                             handle,
                             inline_max: CHUNK_SIZE as u32,
                         }),
+                        owner,
                     },
                 );
             }
-            Request::Mkdir { parent, name, mode } => {
+            Request::Mkdir {
+                parent,
+                name,
+                mode,
+                owner,
+            } => {
                 self.writable()?;
+                let owner = owner_to_give(self.cfg.owners, owner)?;
                 let path = self.dir_path(parent)?.join(visible(&name)?);
                 self.guard(session, parent, true)?;
                 self.fs(
@@ -178,6 +196,7 @@ impl HostServer {
                     FsOp::Mkdir {
                         path,
                         mode: mode & 0o7777,
+                        owner,
                     },
                 );
             }
@@ -185,8 +204,10 @@ impl HostServer {
                 parent,
                 name,
                 target,
+                owner,
             } => {
                 self.writable()?;
+                let owner = owner_to_give(self.cfg.owners, owner)?;
                 if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
                     return Err(Errno::Inval);
                 }
@@ -198,7 +219,11 @@ impl HostServer {
                         name,
                         open: None,
                     }),
-                    FsOp::Symlink { path, target },
+                    FsOp::Symlink {
+                        path,
+                        target,
+                        owner,
+                    },
                 );
             }
             Request::Unlink { parent, name } => self.remove(session, id, parent, name, false)?,

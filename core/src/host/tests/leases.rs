@@ -18,6 +18,7 @@ fn new_file(node: NodeId, n: &str, data: &[u8]) -> LeaseOp {
         mode: 0o640,
         times: SetAttr::default(),
         data: Bytes::copy_from_slice(data),
+        owner: None,
     }
 }
 
@@ -212,6 +213,7 @@ fn a_holder_cut_off_past_its_lease_still_applies_and_never_overwrites() {
             mode: 0o644,
             exclusive: true,
             open: false,
+            owner: None,
         },
     );
     assert!(theirs.is_ok(), "{theirs:?}");
@@ -266,6 +268,7 @@ fn another_sessions_look_waits_for_the_recalled_lease_and_sees_its_files() {
             mode: 0o644,
             exclusive: true,
             open: false,
+            owner: None,
         },
     );
     assert_eq!(r.reply(other, look), None, "parked");

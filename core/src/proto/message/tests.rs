@@ -87,11 +87,13 @@ fn every_request() -> Vec<Request> {
             mode: 0o644,
             exclusive: true,
             open: false,
+            owner: None,
         },
         Request::Mkdir {
             parent: NodeId::ROOT,
             name: name("d"),
             mode: 0o755,
+            owner: None,
         },
         Request::Unlink {
             parent: NodeId::ROOT,
@@ -111,6 +113,10 @@ fn every_request() -> Vec<Request> {
             parent: NodeId::ROOT,
             name: name("l"),
             target: b"../x".to_vec(),
+            owner: Some(Owner {
+                uid: 1000,
+                gid: 100,
+            }),
         },
         Request::Readlink { node: NodeId(6) },
         Request::Statfs,

@@ -249,9 +249,10 @@ impl HostFs {
             FsOp::Create {
                 ref path,
                 mode,
+                owner,
                 exclusive,
                 open,
-            } => self.create(path, mode, exclusive, open, Reading::CachedOnly),
+            } => self.create(path, mode, owner, exclusive, open, Reading::CachedOnly),
             FsOp::Read {
                 from: ReadFrom::Handle(h),
                 offset,
@@ -290,14 +291,19 @@ impl HostFs {
             FsOp::Create {
                 path,
                 mode,
+                owner,
                 exclusive,
                 open,
-            } => waited(self.create(&path, mode, exclusive, open, Reading::Wait)),
-            FsOp::Mkdir { path, mode } => self.mkdir(&path, mode),
+            } => waited(self.create(&path, mode, owner, exclusive, open, Reading::Wait)),
+            FsOp::Mkdir { path, mode, owner } => self.mkdir(&path, mode, owner),
             FsOp::Unlink { path } => self.remove(&path, AtFlags::empty()),
             FsOp::Rmdir { path } => self.remove(&path, AtFlags::REMOVEDIR),
             FsOp::Rename { from, to } => self.rename(&from, &to),
-            FsOp::Symlink { path, target } => self.symlink(&path, &target),
+            FsOp::Symlink {
+                path,
+                target,
+                owner,
+            } => self.symlink(&path, &target, owner),
             FsOp::Readlink { path } => {
                 let Some((dir, name)) = self.parent(&path)? else {
                     return Err(Errno::Inval);

@@ -6,9 +6,10 @@ use bytes::Bytes;
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno as SysErrno;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use wormhole_core::host::{FsHandle, FsOk, FsResult, OpenAs, RESERVED_PREFIX, ReadFrom, RelPath};
-use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr};
+use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, Owner, SetAttr};
 
 use super::staging::purge_staging;
 use super::{HostFs, attr, fd_attr, kind_of, lock, os, sys, times};
@@ -174,6 +175,7 @@ impl HostFs {
         &self,
         path: &RelPath,
         mode: u32,
+        owner: Option<Owner>,
         exclusive: bool,
         open: Option<OpenAs>,
         reading: Reading,
@@ -188,6 +190,7 @@ impl HostFs {
             | OFlags::NONBLOCK;
         match rfs::openat(&dir, n, flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => {
+                give(&fd, &dir, owner)?;
                 // Exactly the requested bits: the client's umask was applied
                 // on the client; the host's must not be applied again.
                 rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
@@ -221,7 +224,7 @@ impl HostFs {
         }
     }
 
-    pub(super) fn mkdir(&self, path: &RelPath, mode: u32) -> FsResult {
+    pub(super) fn mkdir(&self, path: &RelPath, mode: u32, owner: Option<Owner>) -> FsResult {
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());
         rfs::mkdirat(&dir, n, Mode::from_raw_mode(0o700)).map_err(sys)?;
@@ -232,15 +235,30 @@ impl HostFs {
             Mode::empty(),
         )
         .map_err(sys)?;
-        rfs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        give(&fd, &dir, owner)?;
+        // A directory made in one with the set-group-ID bit inherits it
+        // (Linux sets it at mkdir; the exact mode set here must keep it).
+        let inherited = if set_gid(&dir) { 0o2000 } else { 0 };
+        rfs::fchmod(&fd, Mode::from_raw_mode((mode & 0o7777) | inherited)).map_err(sys)?;
         fd_attr(&fd)
     }
 
-    pub(super) fn symlink(&self, path: &RelPath, target: &[u8]) -> FsResult {
+    pub(super) fn symlink(&self, path: &RelPath, target: &[u8], owner: Option<Owner>) -> FsResult {
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());
         // The text is stored, never resolved.
         rfs::symlinkat(os(target), &dir, n).map_err(sys)?;
+        if let Some(o) = owner {
+            let gid = (!set_gid(&dir)).then_some(rfs::Gid::from_raw(o.gid));
+            rfs::chownat(
+                &dir,
+                n,
+                Some(rfs::Uid::from_raw(o.uid)),
+                gid,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(sys)?;
+        }
         let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
         attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
@@ -352,6 +370,23 @@ impl HostFs {
         }
         fd_attr(&fd)
     }
+}
+
+/// Gives the new file `fd`, made in `dir`, to `owner` (where the host
+/// preserves owners): before its mode is set, as a chown clears the
+/// set-id bits. Its group stays the directory's where the directory has
+/// the set-group-ID bit, as Linux made it.
+pub(super) fn give(fd: impl AsFd, dir: impl AsFd, owner: Option<Owner>) -> Result<(), Errno> {
+    let Some(o) = owner else {
+        return Ok(());
+    };
+    let gid = (!set_gid(dir)).then_some(rfs::Gid::from_raw(o.gid));
+    rfs::fchown(fd, Some(rfs::Uid::from_raw(o.uid)), gid).map_err(sys)
+}
+
+/// Whether directory `dir` has the set-group-ID bit.
+fn set_gid(dir: impl AsFd) -> bool {
+    rfs::fstat(dir).is_ok_and(|st| st.st_mode & 0o2000 != 0)
 }
 
 fn uid(id: Option<u32>) -> Option<rfs::Uid> {

@@ -288,6 +288,7 @@ impl HostFs {
         let file = File::from(fd);
         let made = (|| {
             file.write_all_at(&f.data, 0).map_err(io)?;
+            super::ops::give(&file, dir, f.owner)?;
             // Exactly the requested bits: the client applied its umask.
             rfs::fchmod(&file, Mode::from_raw_mode(f.mode & 0o7777)).map_err(sys)?;
             if let Some(t) = times(&f.times) {
