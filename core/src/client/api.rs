@@ -274,12 +274,44 @@ pub struct DirItem {
     /// Its kind.
     pub kind: FileKind,
     /// Its name.
-    pub name: Name,
-    /// Its attributes.
+    pub name: ListedName,
+    /// Its attributes (for `.` and `..`, what the cache last held: the
+    /// kernel uses neither their attributes nor a reference to them).
     pub attr: Attr,
     /// How long the kernel may keep the entry and its attributes (for a
     /// readdirplus answer, which hands the kernel both).
     pub ttl: Duration,
+}
+
+/// A name in a listing: every directory lists itself and its parent
+/// first, as on a local disk, then its entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListedName {
+    /// `.`: the directory itself.
+    Dot,
+    /// `..`: its parent (the root's is the root).
+    DotDot,
+    /// An entry.
+    Entry(Name),
+}
+
+impl ListedName {
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            ListedName::Dot => b".",
+            ListedName::DotDot => b"..",
+            ListedName::Entry(n) => n.as_bytes(),
+        }
+    }
+
+    /// The entry's name; `None` for `.` and `..`.
+    pub fn entry(&self) -> Option<&Name> {
+        match self {
+            ListedName::Entry(n) => Some(n),
+            ListedName::Dot | ListedName::DotDot => None,
+        }
+    }
 }
 
 /// A successful answer to the kernel.

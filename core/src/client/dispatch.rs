@@ -2,11 +2,14 @@
 
 use super::ahead::Take;
 use super::{
-    AfterCommit, Answer, Blocked, CacheWait, ClientCore, Fh, Handle, Op, Purpose, ReadJob, Req,
+    AfterCommit, Answer, Blocked, CacheWait, ClientCore, Fh, Handle, ListedName, Op, Purpose,
+    ReadJob, Req,
 };
 use crate::Instant;
 use crate::cache::{CacheKey, ChunkKey, EntryState, Kind, Lookup, Miss, Value};
-use crate::proto::{Attr, CHUNK_SIZE, Errno, FileRef, NodeId, OpenFor, Request, SetAttr, SetTime};
+use crate::proto::{
+    Attr, CHUNK_SIZE, Errno, FileKind, FileRef, NodeId, OpenFor, Request, SetAttr, SetTime,
+};
 use crate::vfs::Ino;
 use crate::write::{WriteError, WriteTxn};
 use bytes::{Bytes, BytesMut};
@@ -806,9 +809,31 @@ impl ClientCore {
         let Some(vfs) = self.vfs.as_mut() else {
             return self.reply(req, Err(Errno::NotConn));
         };
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         let ttl = self.cache.config().ttl(Kind::Attr);
         let mut items = Vec::new();
+        // `.` at offset 0 and `..` at 1, as a local disk lists them; the
+        // entries follow from offset 2.
+        let parent = vfs
+            .get(ino)
+            .and_then(|i| i.link.as_ref())
+            .map_or(ino, |(p, _)| *p);
+        for (at, dot, of) in [(0, ListedName::Dot, ino), (1, ListedName::DotDot, parent)] {
+            let attr = vfs
+                .node(of)
+                .and_then(|n| self.cache.peek_attr(n))
+                .filter(|_| offset <= at);
+            if let Some(attr) = attr {
+                items.push(super::DirItem {
+                    ino: of,
+                    next: at + 1,
+                    kind: FileKind::Dir,
+                    name: dot,
+                    attr: attr.clone(),
+                    ttl,
+                });
+            }
+        }
+        let skip = usize::try_from(offset.saturating_sub(DOTS)).unwrap_or(usize::MAX);
         for (i, e) in entries
             .iter()
             .enumerate()
@@ -818,9 +843,9 @@ impl ClientCore {
             match vfs.learn(ino, e.name.clone(), &e.attr, false) {
                 Ok(child) => items.push(super::DirItem {
                     ino: child,
-                    next: i as u64 + 1,
+                    next: i as u64 + 1 + DOTS,
                     kind: e.attr.kind,
-                    name: e.name.clone(),
+                    name: ListedName::Entry(e.name.clone()),
                     attr: e.attr.clone(),
                     ttl,
                 }),
@@ -1041,6 +1066,9 @@ impl ClientCore {
 /// last offset it took, until an answer is empty; building the whole rest
 /// of a 10,000-entry listing on every call made reading it quadratic.
 pub(super) const DIR_ITEMS_PER_ANSWER: usize = 256;
+
+/// Offsets a listing gives `.` and `..` before its entries.
+const DOTS: u64 = 2;
 
 /// The errno a refused write command reports.
 pub(super) fn write_errno(e: WriteError) -> Errno {

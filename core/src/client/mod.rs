@@ -39,7 +39,7 @@ mod reply;
 #[cfg(test)]
 mod tests;
 
-pub use api::{Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, Op, Req};
+pub use api::{Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, ListedName, Op, Req};
 
 use crate::cache::{Cache, CacheKey, ChunkKey, ReadAhead, WaiterId};
 use crate::conn::auth::TicketSecret;

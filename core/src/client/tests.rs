@@ -107,7 +107,8 @@ fn write(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8]) {
     }
 }
 
-/// Client 0's kernel reads the root directory from `offset`.
+/// Client 0's kernel reads the root directory from `offset`: the
+/// entries, without `.` and `..`.
 fn read_root(w: &mut World, offset: u64) -> Vec<DirItem> {
     match w.call(
         0,
@@ -116,7 +117,10 @@ fn read_root(w: &mut World, offset: u64) -> Vec<DirItem> {
             offset,
         },
     ) {
-        Ok(Answer::Dir(items)) => items,
+        Ok(Answer::Dir(items)) => items
+            .into_iter()
+            .filter(|i| i.name.entry().is_some())
+            .collect(),
         other => panic!("readdir: {other:?}"),
     }
 }
@@ -1531,3 +1535,62 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
 
 mod leases;
 mod owners;
+
+/// Every listing starts with `.` and `..`, as a local disk's: `ls -a`
+/// shows them and programs that walk trees expect them.
+#[test]
+fn listings_start_with_dot_and_dot_dot() {
+    let mut w = world(&[("a", b"1")], 1);
+    let Ok(Answer::Entry { ino: d, .. }) = w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: None,
+        },
+    ) else {
+        panic!("mkdir")
+    };
+    create(&mut w, 0, "x");
+    let list = |w: &mut World, ino, offset| match w.call(0, Op::ReadDir { ino, offset }) {
+        Ok(Answer::Dir(items)) => items
+            .iter()
+            .map(|i| {
+                (
+                    String::from_utf8_lossy(i.name.as_bytes()).into_owned(),
+                    i.ino,
+                    i.next,
+                )
+            })
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let root = list(&mut w, Ino::ROOT, 0);
+    assert_eq!(root[0], (".".to_owned(), Ino::ROOT, 1));
+    assert_eq!(
+        root[1],
+        ("..".to_owned(), Ino::ROOT, 2),
+        "the root is its own parent"
+    );
+    let names: Vec<&str> = root.iter().map(|(n, ..)| n.as_str()).collect();
+    assert_eq!(names, [".", "..", "a", "d", "x"]);
+    let sub = list(&mut w, d, 0);
+    assert_eq!(
+        sub,
+        [(".".to_owned(), d, 1), ("..".to_owned(), Ino::ROOT, 2)],
+        "an empty directory lists only its dots"
+    );
+    // The kernel comes back from any offset it was given.
+    let from_one: Vec<String> = list(&mut w, Ino::ROOT, 1)
+        .into_iter()
+        .map(|(n, ..)| n)
+        .collect();
+    assert_eq!(from_one, ["..", "a", "d", "x"]);
+    let from_three: Vec<String> = list(&mut w, Ino::ROOT, 3)
+        .into_iter()
+        .map(|(n, ..)| n)
+        .collect();
+    assert_eq!(from_three, ["d", "x"]);
+    assert!(list(&mut w, Ino::ROOT, 5).is_empty(), "past the end");
+}

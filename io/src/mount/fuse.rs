@@ -118,7 +118,10 @@ impl KernelReply {
                     ) {
                         break;
                     }
-                    taken.push(item.ino);
+                    // The kernel takes no reference to `.` and `..`.
+                    if item.name.entry().is_some() {
+                        taken.push(item.ino);
+                    }
                 }
                 r.ok();
             }

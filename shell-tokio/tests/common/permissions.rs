@@ -79,9 +79,10 @@ pub(crate) fn other_users(bin: &Path) {
         .recv_timeout(super::procs::STEP)
         .expect("the mount says who may use it");
     assert!(said.contains("Every user of this machine"), "{said}");
-    let listing = allowed(&as_nobody(&format!("ls {m}")), "ls");
-    for name in ["public.txt", "private.txt", "open.txt", "dropbox"] {
-        assert!(listing.contains(name), "{name} listed: {listing}");
+    let listing = allowed(&as_nobody(&format!("ls -a {m}")), "ls -a");
+    let names: Vec<&str> = listing.lines().collect();
+    for name in [".", "..", "public.txt", "private.txt", "open.txt", "dropbox"] {
+        assert!(names.contains(&name), "{name} listed: {listing}");
     }
     let text = allowed(&as_nobody(&format!("cat {m}/public.txt")), "read 0644");
     assert_eq!(text, "for everyone to read");

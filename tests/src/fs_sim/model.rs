@@ -1405,7 +1405,9 @@ impl Sim {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
             }
             (Ctx::Plain, Ok(Answer::Dir(items))) => {
-                for i in items {
+                // `.` and `..` give the kernel nothing but a number to
+                // show (no reference, no attributes it keeps).
+                for i in items.iter().filter(|i| i.name.entry().is_some()) {
                     self.hand_out(c, i.ino, i.attr.key, i.attr.kind, false)?;
                 }
             }
@@ -1538,7 +1540,11 @@ impl Sim {
             | Answer::Created { attr, .. } => {
                 vec![attr]
             }
-            Answer::Dir(items) => items.iter().map(|i| &i.attr).collect(),
+            Answer::Dir(items) => items
+                .iter()
+                .filter(|i| i.name.entry().is_some())
+                .map(|i| &i.attr)
+                .collect(),
             _ => Vec::new(),
         };
         // An unlinked file open here (nlink 0) is answered from its
