@@ -761,6 +761,7 @@ fn watched_paths(fs: &FsOp) -> Vec<crate::host::RelPath> {
         FsOp::Create { path, .. }
         | FsOp::Mkdir { path, .. }
         | FsOp::Symlink { path, .. }
+        | FsOp::Mknod { path, .. }
         | FsOp::SetAttr { path, .. }
         | FsOp::StageCommit { path, .. }
         | FsOp::Unlink { path }

@@ -80,7 +80,13 @@ fn owner(rng: &mut Rng) -> Option<Owner> {
 fn op(rng: &mut Rng) -> FsOp {
     let txn = TxnId(rng.below(3));
     let handle = FsHandle(rng.below(4));
-    match rng.below(25) {
+    match rng.below(27) {
+        25 | 26 => FsOp::Mknod {
+            path: path(rng),
+            kind: *rng.pick(&[FileKind::Fifo, FileKind::Socket, FileKind::File]),
+            mode: *rng.pick(&[0o644, 0o600, 0o2755]),
+            owner: owner(rng),
+        },
         0 | 1 => FsOp::Stat { path: path(rng) },
         21 => FsOp::StatFs,
         22 => FsOp::Sync,
@@ -412,6 +418,10 @@ fn run(
         };
         stamps.learn(&o, &mem_result, &disk_result);
         let (want, got) = (norm(mem_result), norm(disk_result));
+        // `DIFF_TRACE=<seed>` prints every step of that seed.
+        if std::env::var("DIFF_TRACE").is_ok_and(|v| v == seed.to_string()) {
+            eprintln!("TRACE {step}: {o:?} -> {got:?}");
+        }
         assert_eq!(
             got, want,
             "seed {seed} step {step}: {o:?}\n  disk: {got:?}\n  memfs: {want:?}"
@@ -468,7 +478,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     println!("succeeded at least once: {worked:?}");
     assert_eq!(
         worked.len(),
-        22,
+        23,
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
@@ -508,11 +518,11 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
     let _mounted = Mounted(tmp.path().to_path_buf());
     let mut worked = std::collections::BTreeSet::new();
     let mut ok = 0;
-    for seed in 1000..1030 {
+    for seed in 1000..1050 {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
-    println!("12000 operations on tmpfs agreed; {ok} succeeded");
-    assert_eq!(worked.len(), 22, "{worked:?}");
+    println!("20000 operations on tmpfs agreed; {ok} succeeded");
+    assert_eq!(worked.len(), 23, "{worked:?}");
 }
 
 #[test]
@@ -595,6 +605,17 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         } => FsOp::Symlink {
             path: p(path),
             target,
+            owner,
+        },
+        FsOp::Mknod {
+            path,
+            kind,
+            mode,
+            owner,
+        } => FsOp::Mknod {
+            path: p(path),
+            kind,
+            mode,
             owner,
         },
         FsOp::Readlink { path } => FsOp::Readlink { path: p(path) },

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wormhole_core::host::{FileStamp, FsHandle, FsOk, FsOp, ReadFrom, RelPath};
-use wormhole_core::proto::{Errno, FileKind, Name, SetAttr, SetTime, Timestamp, TxnId};
+use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp, TxnId};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
 /// Begins staging `path` as `txn`, returning what its commit replaces.
@@ -914,4 +914,127 @@ fn trees_deeper_than_path_max_work_and_stay_confined() {
         }),
         Err(Errno::Loop)
     );
+}
+
+/// A FIFO and a device node a local program put in the share are never
+/// opened by the host, whatever a client asks: an open of a FIFO would
+/// release a writer waiting for a reader (or take its data), and an open
+/// of a device runs its driver. inotify reports every open of the two
+/// (an `O_PATH` probe is none), so the test sees any. The FIFO is shown
+/// as what it is and its mode can change; the device node stays
+/// invisible.
+#[test]
+fn special_files_in_the_share_are_never_opened() {
+    use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+    use rustix::fs::{CWD, FileType, Mode};
+    if !is_root() {
+        panic!("NOT ROOT: this test makes a device node; run it as root (CI does).");
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let share = tmp.path();
+    let (pipe, zero) = (share.join("pipe"), share.join("zero"));
+    rustix::fs::mknodat(CWD, &pipe, FileType::Fifo, Mode::from_raw_mode(0o644), 0).expect("mkfifo");
+    let dev = rustix::fs::makedev(1, 5); // /dev/zero
+    rustix::fs::mknodat(
+        CWD,
+        &zero,
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o666),
+        dev,
+    )
+    .expect("mknod");
+    let watch = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).expect("inotify");
+    for p in [&pipe, &zero] {
+        inotify::add_watch(&watch, p, WatchFlags::OPEN | WatchFlags::ACCESS).expect("watch");
+    }
+    let fs = HostFs::open(share, HostFsConfig::default()).expect("share");
+
+    let refused = |op: FsOp, want: Errno| {
+        let what = format!("{op:?}");
+        assert_eq!(fs.execute(op).err(), Some(want), "{what}");
+    };
+    for (name, absent) in [("pipe", Errno::Perm), ("zero", Errno::Perm)] {
+        for mode in [OpenFor::Read, OpenFor::Write, OpenFor::Append] {
+            refused(
+                FsOp::Open {
+                    path: rel(name),
+                    mode,
+                    handle: FsHandle(1),
+                    inline_max: 1 << 20,
+                },
+                absent,
+            );
+        }
+        refused(
+            FsOp::Read {
+                from: ReadFrom::Path(rel(name)),
+                offset: 0,
+                len: 4096,
+            },
+            absent,
+        );
+        refused(
+            FsOp::StageBegin {
+                txn: TxnId(1),
+                path: rel(name),
+            },
+            absent,
+        );
+    }
+    refused(
+        FsOp::SetAttr {
+            path: rel("pipe"),
+            set: SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            },
+        },
+        Errno::Inval,
+    );
+    // Shown, and changed, without being opened.
+    match fs.execute(FsOp::SetAttr {
+        path: rel("pipe"),
+        set: SetAttr {
+            mode: Some(0o600),
+            mtime: Some(SetTime::Now),
+            ..SetAttr::default()
+        },
+    }) {
+        Ok(FsOk::Attr(a)) => assert_eq!((a.kind, a.mode & 0o7777), (FileKind::Fifo, 0o600)),
+        other => panic!("chmod of the FIFO: {other:?}"),
+    }
+    match fs.execute(FsOp::List {
+        path: RelPath::root(),
+        cookie: 0,
+        max: 10,
+    }) {
+        Ok(FsOk::Listing { entries, .. }) => {
+            let names: Vec<(&[u8], FileKind)> = entries
+                .iter()
+                .map(|(n, a)| (n.as_bytes(), a.kind))
+                .collect();
+            assert_eq!(
+                names,
+                [(&b"pipe"[..], FileKind::Fifo)],
+                "the device node is not shown"
+            );
+        }
+        other => panic!("list: {other:?}"),
+    }
+    assert_eq!(
+        fs.execute(FsOp::Stat { path: rel("zero") }).err(),
+        Some(Errno::NoEnt)
+    );
+
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let mut events = inotify::Reader::new(&watch, &mut buf);
+    match events.next() {
+        Err(rustix::io::Errno::AGAIN) => {}
+        Ok(ev) => panic!(
+            "the host opened a special file: {:?} (watch {})",
+            ev.events() & (ReadFlags::OPEN | ReadFlags::ACCESS),
+            ev.wd()
+        ),
+        Err(e) => panic!("inotify: {e}"),
+    }
 }

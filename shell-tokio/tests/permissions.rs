@@ -11,3 +11,8 @@ mod common {
 fn other_users_are_let_in_only_when_asked_and_as_the_modes_say() {
     common::permissions::other_users(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole")));
 }
+
+#[test]
+fn fifos_and_sockets_work_and_device_nodes_are_refused() {
+    common::permissions::special_files(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole")));
+}

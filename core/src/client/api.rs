@@ -205,6 +205,19 @@ pub enum Op {
         /// The calling process's user and group (as for [`Op::Create`]).
         caller: Option<Owner>,
     },
+    /// Make a FIFO, a socket's name or an empty regular file (`mknod`).
+    Mknod {
+        /// Directory.
+        parent: Ino,
+        /// Name.
+        name: Name,
+        /// [`FileKind::Fifo`], [`FileKind::Socket`] or [`FileKind::File`].
+        kind: FileKind,
+        /// Permission bits.
+        mode: u32,
+        /// The calling process's user and group (as for [`Op::Create`]).
+        caller: Option<Owner>,
+    },
     /// Remove a file.
     Unlink {
         /// Directory.

@@ -457,6 +457,26 @@ impl ClientCore {
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }
+            Op::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                caller,
+            } => {
+                if !kind.is_special() && *kind != FileKind::File {
+                    return Err(Errno::Inval);
+                }
+                let pnode = self.node(*parent)?;
+                let request = Request::Mknod {
+                    parent: pnode,
+                    name: name.clone(),
+                    kind: *kind,
+                    mode: *mode,
+                    owner: self.owner_for_host(*caller),
+                };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
             Op::Unlink { parent, name } | Op::Rmdir { parent, name } => {
                 let pnode = self.node(*parent)?;
                 let request = if matches!(op, Op::Unlink { .. }) {

@@ -652,6 +652,7 @@ impl ClientCore {
             | Request::Create { parent, name, .. }
             | Request::Mkdir { parent, name, .. }
             | Request::Symlink { parent, name, .. }
+            | Request::Mknod { parent, name, .. }
             | Request::Unlink { parent, name }
             | Request::Rmdir { parent, name } => named(parent, name).into_iter().collect(),
             Request::Rename {
@@ -676,7 +677,8 @@ impl ClientCore {
         let (dir, name) = match request {
             Request::Create { parent, name, .. }
             | Request::Mkdir { parent, name, .. }
-            | Request::Symlink { parent, name, .. } => (parent, name),
+            | Request::Symlink { parent, name, .. }
+            | Request::Mknod { parent, name, .. } => (parent, name),
             Request::Rename {
                 new_parent,
                 new_name,

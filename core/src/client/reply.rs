@@ -232,7 +232,8 @@ impl ClientCore {
             Op::Lookup { name, .. }
             | Op::Create { name, .. }
             | Op::Mkdir { name, .. }
-            | Op::Symlink { name, .. } => name.clone(),
+            | Op::Symlink { name, .. }
+            | Op::Mknod { name, .. } => name.clone(),
             _ => return Err(Errno::Io),
         };
         let vfs = self.vfs.as_mut().ok_or(Errno::NotConn)?;
@@ -282,7 +283,9 @@ impl ClientCore {
                 Some(Err(Errno::NoEnt))
             }
             (
-                Op::Mkdir { parent, name, .. } | Op::Symlink { parent, name, .. },
+                Op::Mkdir { parent, name, .. }
+                | Op::Symlink { parent, name, .. }
+                | Op::Mknod { parent, name, .. },
                 _,
                 Ok(Reply::Attr(a)),
             ) => {

@@ -1594,3 +1594,52 @@ fn listings_start_with_dot_and_dot_dot() {
     assert_eq!(from_three, ["d", "x"]);
     assert!(list(&mut w, Ino::ROOT, 5).is_empty(), "past the end");
 }
+
+/// `mknod` makes FIFOs and sockets' names on the host as what they are
+/// (the kernel opens them locally); they are listed, looked up and
+/// removed as any name.
+#[test]
+fn fifos_and_sockets_are_made_as_what_they_are() {
+    let mut w = world(&[], 1);
+    for (n, kind) in [("pipe", FileKind::Fifo), ("sock", FileKind::Socket)] {
+        let r = w.call(
+            0,
+            Op::Mknod {
+                parent: Ino::ROOT,
+                name: name(n),
+                kind,
+                mode: 0o640,
+                caller: None,
+            },
+        );
+        let Ok(Answer::Entry { attr, .. }) = r else {
+            panic!("mknod {n}: {r:?}")
+        };
+        assert_eq!((attr.kind, attr.mode & 0o7777, attr.size), (kind, 0o640, 0));
+        let (_, found) = lookup(&mut w, 0, Ino::ROOT, n).expect("found");
+        assert_eq!(found.kind, kind);
+    }
+    let r = w.call(
+        0,
+        Op::Mknod {
+            parent: Ino::ROOT,
+            name: name("d"),
+            kind: FileKind::Dir,
+            mode: 0o755,
+            caller: None,
+        },
+    );
+    assert_eq!(r, Err(Errno::Inval), "mknod makes no directory");
+    w.call(
+        0,
+        Op::Unlink {
+            parent: Ino::ROOT,
+            name: name("pipe"),
+        },
+    )
+    .expect("unlink the FIFO");
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "pipe").err(),
+        Some(Errno::NoEnt)
+    );
+}

@@ -230,6 +230,17 @@ pub enum FsOp {
         /// Its owner, if not the host's user.
         owner: Option<Owner>,
     },
+    /// Create a FIFO or socket name (`mknod`), or an empty regular file.
+    Mknod {
+        /// Where.
+        path: RelPath,
+        /// [`FileKind::Fifo`], [`FileKind::Socket`] or [`FileKind::File`].
+        kind: FileKind,
+        /// Permission bits.
+        mode: u32,
+        /// Its owner, if not the host's user.
+        owner: Option<Owner>,
+    },
     /// Remove a non-directory (a symlink itself, never its target).
     Unlink {
         /// What.
@@ -369,6 +380,7 @@ impl FsOp {
                 | FsOp::Rmdir { .. }
                 | FsOp::Rename { .. }
                 | FsOp::Symlink { .. }
+                | FsOp::Mknod { .. }
                 | FsOp::SetAttr { .. }
                 | FsOp::StageCommit { .. }
                 | FsOp::CreateFiles { .. }

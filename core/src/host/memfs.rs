@@ -321,7 +321,7 @@ impl MemFs {
                 // RESOLVE_NO_SYMLINKS: a symlink inside a path is an error,
                 // never a detour.
                 FileKind::Symlink => return Err(Errno::Loop),
-                FileKind::File => return Err(Errno::NotDir),
+                FileKind::File | FileKind::Fifo | FileKind::Socket => return Err(Errno::NotDir),
             }
             at = *node.children.get(name).ok_or(Errno::NoEnt)?;
         }
@@ -347,6 +347,7 @@ impl MemFs {
                 FileKind::File => n.data.len() as u64,
                 FileKind::Symlink => n.target.len() as u64,
                 FileKind::Dir => 4096,
+                FileKind::Fifo | FileKind::Socket => 0,
             },
             mode: n.mode,
             nlink: n.nlink,
@@ -415,6 +416,8 @@ impl MemFs {
             FileKind::File => Ok(ino),
             FileKind::Dir => Err(Errno::IsDir),
             FileKind::Symlink => Err(Errno::Loop),
+            // The host never opens one (`docs/permissions.md`).
+            FileKind::Fifo | FileKind::Socket => Err(Errno::Perm),
         }
     }
 
@@ -537,6 +540,7 @@ impl MemFs {
                     FileKind::Dir => return Err(Errno::IsDir),
                     // O_NOFOLLOW on a symlink.
                     FileKind::Symlink => return Err(Errno::Loop),
+                    FileKind::Fifo | FileKind::Socket => return Err(Errno::Perm),
                 }
                 let inline = if n.data.len() <= inline_max as usize {
                     Bytes::copy_from_slice(&n.data)
@@ -576,6 +580,9 @@ impl MemFs {
                         (true, _) => return Err(Errno::Exist),
                         (false, Some(FileKind::File)) => ino,
                         (false, Some(FileKind::Dir)) => return Err(Errno::IsDir),
+                        (false, Some(FileKind::Fifo | FileKind::Socket)) => {
+                            return Err(Errno::Exist);
+                        }
                         (false, _) => return Err(Errno::Loop),
                     },
                     None => {
@@ -623,6 +630,24 @@ impl MemFs {
                 }
                 let mut node = self.born(dir, FileKind::Symlink, 0o777, owner);
                 node.target = target;
+                let ino = self.add(dir, name, node)?;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::Mknod {
+                path,
+                kind,
+                mode,
+                owner,
+            } => {
+                let (dir, name) = self.parent_of(&path)?;
+                if self
+                    .inodes
+                    .get(&dir)
+                    .is_some_and(|d| d.children.contains_key(name))
+                {
+                    return Err(Errno::Exist);
+                }
+                let node = self.born(dir, kind, mode, owner);
                 let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
@@ -710,8 +735,11 @@ impl MemFs {
                 let mtime = set.mtime.map(|t| self.time(t));
                 let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
                 if let Some(size) = set.size {
-                    if n.kind != FileKind::File {
-                        return Err(Errno::IsDir);
+                    match n.kind {
+                        FileKind::File => {}
+                        // truncate(2) of a FIFO or socket.
+                        FileKind::Fifo | FileKind::Socket => return Err(Errno::Inval),
+                        FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
                     }
                     if size > max {
                         return Err(Errno::FBig);
@@ -725,15 +753,15 @@ impl MemFs {
                     return Err(Errno::NotSup);
                 }
                 // As root does: any owner (the host core refuses chown
-                // unless owners are preserved). Linux's chown of a file
-                // that is not a directory drops its set-user-ID bit, and
+                // unless owners are preserved). Linux's chown of anything
+                // but a directory drops its set-user-ID bit, and
                 // its set-group-ID bit where group execution is on, even
                 // for root; a mode set with it comes after, as the host
                 // does it.
                 if set.chowns() {
                     n.uid = set.uid.unwrap_or(n.uid);
                     n.gid = set.gid.unwrap_or(n.gid);
-                    if n.kind == FileKind::File {
+                    if n.kind != FileKind::Dir {
                         n.mode &= !0o4000;
                         if n.mode & 0o010 != 0 {
                             n.mode &= !0o2000;
@@ -764,8 +792,10 @@ impl MemFs {
             FsOp::StageBegin { txn, path } => {
                 let ino = self.resolve(&path)?;
                 let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
-                if n.kind != FileKind::File {
-                    return Err(Errno::IsDir);
+                match n.kind {
+                    FileKind::File => {}
+                    FileKind::Fifo | FileKind::Socket => return Err(Errno::Perm),
+                    FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
                 }
                 let copy = n.data.clone();
                 self.room(0, copy.len())?;

@@ -61,6 +61,20 @@ pub enum FileKind {
     Dir,
     /// A symbolic link (never followed by the host).
     Symlink,
+    /// A named pipe. Its data never crosses the network: a client's
+    /// kernel opens it locally, the host never opens it
+    /// (`docs/permissions.md`, "Special files").
+    Fifo,
+    /// A Unix socket's name, likewise opened by nobody but local programs.
+    Socket,
+}
+
+impl FileKind {
+    /// A FIFO or socket: a name and attributes only, its I/O local to
+    /// each machine.
+    pub fn is_special(self) -> bool {
+        matches!(self, FileKind::Fifo | FileKind::Socket)
+    }
 }
 
 /// A point in wall-clock time, as file systems store it.
@@ -417,6 +431,20 @@ pub enum Request {
         parent: NodeId,
         /// New name.
         name: Name,
+        /// Permission bits.
+        mode: u32,
+        /// Whose it is, where the host preserves owners (else `None`).
+        owner: Option<Owner>,
+    },
+    /// Create a FIFO, a socket's name or an empty regular file
+    /// (`mknod`; device nodes are not made).
+    Mknod {
+        /// Directory.
+        parent: NodeId,
+        /// New name.
+        name: Name,
+        /// [`FileKind::Fifo`], [`FileKind::Socket`] or [`FileKind::File`].
+        kind: FileKind,
         /// Permission bits.
         mode: u32,
         /// Whose it is, where the host preserves owners (else `None`).

@@ -185,6 +185,8 @@ fn file_type(kind: FileKind) -> FileType {
         FileKind::File => FileType::RegularFile,
         FileKind::Dir => FileType::Directory,
         FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
     }
 }
 
@@ -407,6 +409,43 @@ impl fuser::Filesystem for WormholeFs {
                 Op::Mkdir {
                     parent: ino(parent),
                     name,
+                    mode: perm(mode, umask),
+                    caller: Some(caller(req)),
+                },
+                KernelReply::Entry(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// FIFOs and sockets are made on the host as what they are; the
+    /// kernel opens them here, never through us. A regular file is made
+    /// empty. Device nodes are refused (`docs/permissions.md`).
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match rustix::fs::FileType::from_raw_mode(mode) {
+            rustix::fs::FileType::Fifo => FileKind::Fifo,
+            rustix::fs::FileType::Socket => FileKind::Socket,
+            rustix::fs::FileType::RegularFile => FileKind::File,
+            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => {
+                return reply.error(fuser::Errno::EPERM);
+            }
+            _ => return reply.error(fuser::Errno::EINVAL),
+        };
+        match Self::name(name) {
+            Ok(name) => self.op(
+                Op::Mknod {
+                    parent: ino(parent),
+                    name,
+                    kind,
                     mode: perm(mode, umask),
                     caller: Some(caller(req)),
                 },

@@ -13,7 +13,9 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use super::procs::{ANY_PORT, interrupt, mounted, mounted_with, scratch, start_host, ticket_of};
+use super::procs::{
+    ANY_PORT, exit_of, interrupt, mounted, mounted_with, scratch, start_host, ticket_of,
+};
 
 const NOBODY: u32 = 65534;
 
@@ -81,7 +83,14 @@ pub(crate) fn other_users(bin: &Path) {
     assert!(said.contains("Every user of this machine"), "{said}");
     let listing = allowed(&as_nobody(&format!("ls -a {m}")), "ls -a");
     let names: Vec<&str> = listing.lines().collect();
-    for name in [".", "..", "public.txt", "private.txt", "open.txt", "dropbox"] {
+    for name in [
+        ".",
+        "..",
+        "public.txt",
+        "private.txt",
+        "open.txt",
+        "dropbox",
+    ] {
         assert!(names.contains(&name), "{name} listed: {listing}");
     }
     let text = allowed(&as_nobody(&format!("cat {m}/public.txt")), "read 0644");
@@ -187,4 +196,77 @@ pub(crate) fn other_users(bin: &Path) {
     );
     let mount = cleanup.children.pop().expect("the mount");
     interrupt(mount, "the third mount on Ctrl-C");
+}
+
+/// Special files through a mount: a FIFO carries data between two
+/// programs on the client (the kernel opens it there; the host holds
+/// only its name), a socket's name works as one, and a device node is
+/// refused.
+pub(crate) fn special_files(bin: &Path) {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileTypeExt;
+    let mut cleanup = scratch("special", bin);
+    let dir = cleanup.dir.clone();
+    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+    let m = mnt.display();
+
+    let out = Command::new("mkfifo")
+        .arg(mnt.join("pipe"))
+        .output()
+        .expect("run mkfifo");
+    assert!(out.status.success(), "mkfifo: {out:?}");
+    assert!(
+        std::fs::symlink_metadata(share.join("pipe"))
+            .expect("on the host")
+            .file_type()
+            .is_fifo(),
+        "a FIFO on the host"
+    );
+    let writer = Command::new("sh")
+        .args(["-c", &format!("echo through the pipe > {m}/pipe")])
+        .spawn()
+        .expect("run the writer");
+    let read = Command::new("cat")
+        .arg(mnt.join("pipe"))
+        .output()
+        .expect("run the reader");
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "through the pipe\n");
+    let status = exit_of(writer, "the FIFO's writer");
+    assert!(status.success(), "{status:?}");
+
+    let sock = mnt.join("sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind in the mount");
+    assert!(
+        std::fs::symlink_metadata(share.join("sock"))
+            .expect("on the host")
+            .file_type()
+            .is_socket(),
+        "a socket on the host"
+    );
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(b"hello").expect("write");
+    let mut got = [0u8; 5];
+    server.read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"hello");
+    // A bound socket holds the mount (as on any file system).
+    drop((listener, client, server));
+
+    let out = Command::new("mknod")
+        .args([&format!("{m}/zero"), "c", "1", "5"])
+        .output()
+        .expect("run mknod");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Operation not permitted"),
+        "a device node is refused: {out:?}"
+    );
+    assert!(!share.join("zero").exists());
+
+    let mount = cleanup.children.pop().expect("the mount");
+    interrupt(mount, "the mount on Ctrl-C");
 }

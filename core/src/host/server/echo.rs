@@ -63,6 +63,7 @@ impl Echoes {
             FsOp::Create { path, .. }
             | FsOp::Mkdir { path, .. }
             | FsOp::Symlink { path, .. }
+            | FsOp::Mknod { path, .. }
             | FsOp::SetAttr { path, .. }
             | FsOp::StageCommit { path, .. } => vec![(path.clone(), Leaves::Result)],
             FsOp::Unlink { path } | FsOp::Rmdir { path } => vec![(path.clone(), Leaves::Gone)],

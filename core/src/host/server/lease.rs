@@ -275,7 +275,8 @@ impl HostServer {
             Request::Lookup { parent, .. }
             | Request::Create { parent, .. }
             | Request::Mkdir { parent, .. }
-            | Request::Symlink { parent, .. } => &[*parent],
+            | Request::Symlink { parent, .. }
+            | Request::Mknod { parent, .. } => &[*parent],
             Request::ReadDir { dir, .. } | Request::Apply { dir, .. } => &[*dir],
             Request::Unlink { parent, name } | Request::Rmdir { parent, name } => {
                 if other(parent) {

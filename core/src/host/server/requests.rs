@@ -226,6 +226,34 @@ impl HostServer {
                     },
                 );
             }
+            Request::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                owner,
+            } => {
+                self.writable()?;
+                if !kind.is_special() && kind != FileKind::File {
+                    return Err(Errno::Inval);
+                }
+                let owner = owner_to_give(self.cfg.owners, owner)?;
+                let path = self.dir_path(parent)?.join(visible(&name)?);
+                self.guard(session, parent, true)?;
+                self.fs(
+                    answer(ReplyAs::Created {
+                        parent,
+                        name,
+                        open: None,
+                    }),
+                    FsOp::Mknod {
+                        path,
+                        kind,
+                        mode: mode & 0o7777,
+                        owner,
+                    },
+                );
+            }
             Request::Unlink { parent, name } => self.remove(session, id, parent, name, false)?,
             Request::Rmdir { parent, name } => self.remove(session, id, parent, name, true)?,
             Request::Rename {

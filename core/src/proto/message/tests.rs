@@ -118,6 +118,13 @@ fn every_request() -> Vec<Request> {
                 gid: 100,
             }),
         },
+        Request::Mknod {
+            parent: NodeId::ROOT,
+            name: name("p"),
+            kind: FileKind::Fifo,
+            mode: 0o640,
+            owner: None,
+        },
         Request::Readlink { node: NodeId(6) },
         Request::Statfs,
         Request::AcquireLock {

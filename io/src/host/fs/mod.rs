@@ -130,6 +130,9 @@ pub struct HostFs {
     ordered: bool,
     /// Numbers the staging names of [`FsOp::CreateFiles`].
     next_new: std::sync::atomic::AtomicU64,
+    /// `/proc/self/fd`: an `O_PATH` descriptor is opened again through
+    /// it, once its type is known ([`HostFs::regular`]).
+    proc_fds: OwnedFd,
 }
 
 impl std::fmt::Debug for HostFs {
@@ -161,6 +164,17 @@ impl HostFs {
             ^ (u64::from(std::process::id()) << 40);
         let mut staging_prefix = RESERVED_PREFIX.to_vec();
         staging_prefix.extend_from_slice(format!("{run:016x}.").as_bytes());
+        let proc_fds = rfs::open(
+            "/proc/self/fd",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open /proc/self/fd, which the host needs (is /proc mounted?): {e}"),
+            )
+        })?;
         let ordered = durability::orders_data_before_rename(&fd);
         tracing::debug!(
             ordered,
@@ -169,6 +183,7 @@ impl HostFs {
         Ok(HostFs {
             ordered,
             next_new: 0.into(),
+            proc_fds,
             root: fd,
             cfg,
             staging_prefix,
@@ -304,6 +319,12 @@ impl HostFs {
                 target,
                 owner,
             } => self.symlink(&path, &target, owner),
+            FsOp::Mknod {
+                path,
+                kind,
+                mode,
+                owner,
+            } => self.mknod(&path, kind, mode, owner),
             FsOp::Readlink { path } => {
                 let Some((dir, name)) = self.parent(&path)? else {
                     return Err(Errno::Inval);
@@ -421,6 +442,9 @@ fn kind_of(st: &Stat) -> Option<FileKind> {
         FileType::RegularFile => Some(FileKind::File),
         FileType::Directory => Some(FileKind::Dir),
         FileType::Symlink => Some(FileKind::Symlink),
+        FileType::Fifo => Some(FileKind::Fifo),
+        FileType::Socket => Some(FileKind::Socket),
+        // Device nodes stay invisible to clients (`docs/permissions.md`).
         _ => None,
     }
 }

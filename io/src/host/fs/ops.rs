@@ -40,7 +40,11 @@ impl HostFs {
                 continue;
             }
             let shown = match entry.file_type() {
-                FileType::RegularFile | FileType::Directory | FileType::Symlink => true,
+                FileType::RegularFile
+                | FileType::Directory
+                | FileType::Symlink
+                | FileType::Fifo
+                | FileType::Socket => true,
                 // Some file systems do not fill d_type: ask.
                 FileType::Unknown => rfs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
                     .ok()
@@ -71,18 +75,11 @@ impl HostFs {
     }
 
     /// Opens a regular file for reading (a directory is EISDIR, a symlink
-    /// ELOOP, anything else invisible).
+    /// ELOOP, a special file EPERM and never opened: [`HostFs::regular`]).
     pub(super) fn open_file(&self, path: &RelPath) -> Result<(File, Stat), Errno> {
-        // NONBLOCK: opening a fifo a local program left in the share must
-        // not hang a worker; it is then refused as invisible.
-        let fd = self.open_beneath(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY)?;
-        let st = rfs::fstat(&fd).map_err(sys)?;
-        match kind_of(&st) {
-            Some(FileKind::File) => Ok((File::from(fd), st)),
-            Some(FileKind::Dir) => Err(Errno::IsDir),
-            Some(FileKind::Symlink) => Err(Errno::Loop),
-            None => Err(Errno::NoEnt),
-        }
+        let probe = self.open_beneath(path, OFlags::PATH)?;
+        let (fd, st) = self.regular(&probe, OFlags::RDONLY | OFlags::NOCTTY)?;
+        Ok((File::from(fd), st))
     }
 
     /// Opens `path` as `handle`; `Ok(None)` if its inline bytes would
@@ -105,7 +102,8 @@ impl HostFs {
         if let Some(flags) = write {
             // Opened only to ask; closed at once. Writes go to a staging
             // copy, never through a descriptor of the file itself.
-            drop(self.open_beneath(path, flags | OFlags::NONBLOCK | OFlags::NOCTTY)?);
+            let probe = self.open_beneath(path, OFlags::PATH)?;
+            drop(self.regular(&probe, flags | OFlags::NOCTTY)?);
         }
         let (file, st) = self.open_file(path)?;
         let size = u64::try_from(st.st_size).unwrap_or(0);
@@ -210,7 +208,9 @@ impl HostFs {
                     Some(FileKind::File) => {}
                     Some(FileKind::Dir) => return Err(Errno::IsDir),
                     Some(FileKind::Symlink) => return Err(Errno::Loop),
-                    None => return Err(Errno::Exist),
+                    // The client's kernel opens a FIFO or socket itself,
+                    // once it has looked it up.
+                    Some(FileKind::Fifo | FileKind::Socket) | None => return Err(Errno::Exist),
                 }
                 match open {
                     None => attr(&st).map(|a| Some(FsOk::Attr(a))).ok_or(Errno::NoEnt),
@@ -263,6 +263,58 @@ impl HostFs {
         attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
 
+    /// A FIFO, a socket's name or an empty regular file, exactly `mode`
+    /// (set after, through its /proc/self/fd link: `mknodat` applies the
+    /// host's umask), given to `owner` first.
+    pub(super) fn mknod(
+        &self,
+        path: &RelPath,
+        kind: FileKind,
+        mode: u32,
+        owner: Option<Owner>,
+    ) -> FsResult {
+        let file_type = match kind {
+            FileKind::Fifo => FileType::Fifo,
+            FileKind::Socket => FileType::Socket,
+            FileKind::File => FileType::RegularFile,
+            FileKind::Dir | FileKind::Symlink => return Err(Errno::Inval),
+        };
+        let (dir, name) = self.entry(path)?;
+        let n = os(name.as_bytes());
+        rfs::mknodat(&dir, n, file_type, Mode::from_raw_mode(0o600), 0).map_err(sys)?;
+        let probe = rfs::openat(
+            &dir,
+            n,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        if FileType::from_raw_mode(rfs::fstat(&probe).map_err(sys)?.st_mode) != file_type {
+            // Replaced in the instant since: not ours to change.
+            return Err(Errno::Exist);
+        }
+        let (fds, link) = (self.proc_fds(), self.fd_name(&probe));
+        if let Some(o) = owner {
+            let gid = (!set_gid(&dir)).then_some(rfs::Gid::from_raw(o.gid));
+            rfs::chownat(
+                fds,
+                link.as_str(),
+                Some(rfs::Uid::from_raw(o.uid)),
+                gid,
+                AtFlags::empty(),
+            )
+            .map_err(sys)?;
+        }
+        rfs::chmodat(
+            fds,
+            link.as_str(),
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .map_err(sys)?;
+        fd_attr(&probe)
+    }
+
     pub(super) fn remove(&self, path: &RelPath, flags: AtFlags) -> FsResult {
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());
@@ -312,11 +364,18 @@ impl HostFs {
     }
 
     pub(super) fn set_attr(&self, path: &RelPath, set: SetAttr) -> FsResult {
-        let st = self.lstat(path)?;
+        // One O_PATH descriptor names the file throughout: it opens
+        // nothing (a FIFO gets no reader), and a name swapped meanwhile
+        // changes nothing here.
+        let probe = self.open_beneath(path, OFlags::PATH)?;
+        let st = rfs::fstat(&probe).map_err(sys)?;
         let kind = kind_of(&st).ok_or(Errno::NoEnt)?;
         if let Some(size) = set.size {
-            if kind != FileKind::File {
-                return Err(Errno::IsDir);
+            match kind {
+                FileKind::File => {}
+                // truncate(2) of a FIFO or socket.
+                FileKind::Fifo | FileKind::Socket => return Err(Errno::Inval),
+                FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
             }
             if size > self.cfg.max_file {
                 return Err(Errno::FBig);
@@ -346,14 +405,42 @@ impl HostFs {
             let st = rfs::statat(&dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
             return attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt);
         }
-        // A file or directory: change it through a descriptor (O_NOFOLLOW:
-        // if it became a symlink meanwhile, this is ELOOP, not a detour).
+        if kind.is_special() {
+            // Changed through its /proc/self/fd link, which reaches the
+            // inode without opening it.
+            let (fds, n) = (self.proc_fds(), self.fd_name(&probe));
+            if set.chowns() {
+                rfs::chownat(
+                    fds,
+                    n.as_str(),
+                    uid(set.uid),
+                    gid(set.gid),
+                    AtFlags::empty(),
+                )
+                .map_err(sys)?;
+            }
+            if let Some(mode) = set.mode {
+                rfs::chmodat(
+                    fds,
+                    n.as_str(),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )
+                .map_err(sys)?;
+            }
+            if let Some(t) = &times {
+                rfs::utimensat(fds, n.as_str(), t, AtFlags::empty()).map_err(sys)?;
+            }
+            return fd_attr(&probe);
+        }
+        // A file or directory: changed through a descriptor of the same
+        // file.
         let access = if set.size.is_some() {
             OFlags::WRONLY
         } else {
             OFlags::RDONLY
         };
-        let fd = self.open_beneath(path, access | OFlags::NONBLOCK | OFlags::NOCTTY)?;
+        let fd = self.reopen(&probe, access | OFlags::NOCTTY)?;
         if let Some(size) = set.size {
             rfs::ftruncate(&fd, size).map_err(sys)?;
         }

@@ -133,21 +133,20 @@ impl HostFs {
     pub(super) fn stage_begin(&self, txn: TxnId, path: &RelPath) -> FsResult {
         // MemFs: the root is found, and is not a file.
         let (dir, name) = self.parent(path)?.ok_or(Errno::IsDir)?;
-        let src = match rfs::openat(
+        let probe = rfs::openat(
             &dir,
             os(name.as_bytes()),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        ) {
-            Ok(fd) => File::from(fd),
-            // MemFs: staging anything but a regular file is EISDIR.
-            Err(SysErrno::LOOP) => return Err(Errno::IsDir),
-            Err(e) => return Err(sys(e)),
+        )
+        .map_err(sys)?;
+        let (src, st) = match self.regular(&probe, OFlags::RDONLY | OFlags::NOCTTY) {
+            Ok((fd, st)) => (File::from(fd), st),
+            // MemFs: staging a directory or symlink is EISDIR; a special
+            // file EPERM, never opened.
+            Err(Errno::Loop) => return Err(Errno::IsDir),
+            Err(e) => return Err(e),
         };
-        let st = rfs::fstat(&src).map_err(sys)?;
-        if kind_of(&st) != Some(FileKind::File) {
-            return Err(Errno::IsDir);
-        }
         // A transaction begun again starts over: its old staging file goes
         // now (outside the lock: dropping it unlinks), before the new one
         // takes its name.

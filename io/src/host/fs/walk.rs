@@ -2,9 +2,9 @@
 //! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 //! RESOLVE_NO_MAGICLINKS)`, in pieces short enough for the kernel.
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno as SysErrno;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use wormhole_core::host::{FsAttr, RelPath};
 use wormhole_core::proto::{Errno, Name};
 
@@ -49,6 +49,48 @@ impl HostFs {
             None => openat2_retry(&self.root, last, flags),
             Some(fd) => openat2_retry(fd, last, flags),
         }
+    }
+
+    /// Opens the regular file `probe` (an `O_PATH` descriptor, which
+    /// opened nothing: no FIFO reader appeared, no device driver ran) for
+    /// `flags`, after checking its type: the same file, through
+    /// `/proc/self/fd`, so nothing can be swapped in between. The host
+    /// never opens anything else a local program may have put in the
+    /// share: a FIFO, socket or device node is EPERM, a directory EISDIR,
+    /// a symlink ELOOP.
+    pub(super) fn regular(&self, probe: &OwnedFd, flags: OFlags) -> Result<(OwnedFd, Stat), Errno> {
+        let st = rfs::fstat(probe).map_err(sys)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {}
+            FileType::Directory => return Err(Errno::IsDir),
+            FileType::Symlink => return Err(Errno::Loop),
+            _ => return Err(Errno::Perm),
+        }
+        Ok((self.reopen(probe, flags)?, st))
+    }
+
+    /// `probe`'s file opened again for `flags` (not following: the magic
+    /// link is the descriptor's own file).
+    pub(super) fn reopen(&self, probe: &OwnedFd, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let n = self.fd_name(probe);
+        rfs::openat(
+            &self.proc_fds,
+            n.as_str(),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)
+    }
+
+    /// The name of `fd` in `/proc/self/fd` ([`Self::proc_fds`]): calls
+    /// that take a path reach the descriptor's file through it.
+    pub(super) fn fd_name(&self, fd: &OwnedFd) -> String {
+        fd.as_raw_fd().to_string()
+    }
+
+    /// The `/proc/self/fd` directory.
+    pub(super) fn proc_fds(&self) -> &OwnedFd {
+        &self.proc_fds
     }
 
     /// The directory `path` (a symlink there is ELOOP, a file ENOTDIR).
