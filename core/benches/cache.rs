@@ -31,6 +31,7 @@ fn attr(node: u64) -> Attr {
         mtime: Timestamp::default(),
         ctime: Timestamp::default(),
         version: 1,
+        rdev: 0,
     }
 }
 

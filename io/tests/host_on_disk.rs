@@ -1,7 +1,8 @@
 //! The host machine on a real disk: `HostServer`'s start-up scan, driven
 //! through [`FsPool`] and [`HostFs`] over a real tree (a directory larger
-//! than one listing page, nested directories, symlinks, a fifo, a staging
-//! file left by a crash), indexes exactly what clients may see.
+//! than one listing page, nested directories, symlinks, a fifo, a device
+//! node, a staging file left by a crash), indexes exactly what clients
+//! may see.
 
 use std::sync::Arc;
 use wormhole_core::conn::auth::TicketSecret;
@@ -36,8 +37,7 @@ fn the_scan_indexes_the_real_tree() {
     std::os::unix::fs::symlink("/", root.join("to_root")).expect("symlink");
     std::os::unix::fs::symlink("..", root.join("d0/up")).expect("symlink");
     visible += 2;
-    // Invisible: a fifo (not a file, directory or symlink) and a staging
-    // file a crash left behind.
+    // A FIFO is shown as one (the host never opens it).
     rustix::fs::mknodat(
         rustix::fs::CWD,
         root.join("fifo"),
@@ -46,6 +46,17 @@ fn the_scan_indexes_the_real_tree() {
         0,
     )
     .expect("mkfifo");
+    visible += 1;
+    // Invisible: a device node (this host does not allow them) and a
+    // staging file a crash left behind.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("zero"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 5),
+    )
+    .expect("mknod (as root)");
     std::fs::write(root.join(".wormhole.3"), b"fresh").expect("write");
     // One a crash left long ago: the first scan sweeps it.
     std::fs::write(root.join(".wormhole.old"), b"stale").expect("write");
@@ -112,7 +123,8 @@ fn the_scan_indexes_the_real_tree() {
             .is_some(),
         "the last page was read"
     );
-    assert!(host.nodes().child(NodeId::ROOT, &name("fifo")).is_none());
+    assert!(host.nodes().child(NodeId::ROOT, &name("fifo")).is_some());
+    assert!(host.nodes().child(NodeId::ROOT, &name("zero")).is_none());
     assert!(
         host.nodes()
             .child(NodeId::ROOT, &name(".wormhole.3"))

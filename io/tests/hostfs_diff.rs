@@ -83,8 +83,16 @@ fn op(rng: &mut Rng) -> FsOp {
     match rng.below(27) {
         25 | 26 => FsOp::Mknod {
             path: path(rng),
-            kind: *rng.pick(&[FileKind::Fifo, FileKind::Socket, FileKind::File]),
+            kind: *rng.pick(&[
+                FileKind::Fifo,
+                FileKind::Socket,
+                FileKind::File,
+                FileKind::CharDevice,
+                FileKind::BlockDevice,
+            ]),
             mode: *rng.pick(&[0o644, 0o600, 0o2755]),
+            // /dev/zero's number; only a device node keeps it.
+            rdev: rustix::fs::makedev(1, 5),
             owner: owner(rng),
         },
         0 | 1 => FsOp::Stat { path: path(rng) },
@@ -229,6 +237,7 @@ struct Seen {
     mode: u32,
     nlink: Option<u32>,
     owner: (u32, u32),
+    rdev: u64,
 }
 
 fn seen(a: &FsAttr) -> Seen {
@@ -239,6 +248,7 @@ fn seen(a: &FsAttr) -> Seen {
         mode: a.mode,
         nlink: (!dir).then_some(a.nlink),
         owner: (a.uid, a.gid),
+        rdev: a.rdev,
     }
 }
 
@@ -611,11 +621,13 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             path,
             kind,
             mode,
+            rdev,
             owner,
         } => FsOp::Mknod {
             path: p(path),
             kind,
             mode,
+            rdev,
             owner,
         },
         FsOp::Readlink { path } => FsOp::Readlink { path: p(path) },

@@ -7,7 +7,7 @@
 # the list only shrinks): the list is the truth about what is missing.
 # A listed case whose reason starts with "(flaky)" may pass or fail.
 #
-#   sudo tests/posix/pjdfstest.sh            # owners preserved (the gate)
+#   sudo tests/posix/pjdfstest.sh            # owners preserved, device nodes allowed (the gate)
 #   sudo MODE=default tests/posix/pjdfstest.sh   # the default host mode, a score only
 #   sudo tests/posix/pjdfstest.sh chmod      # only cases matching a pattern, no gate
 #
@@ -107,7 +107,7 @@ suite "$WORK/local" "$WORK/local.out"
 echo "passed $(count "$WORK/local.out" ok), failed $(count "$WORK/local.out" FAILED), skipped $(count "$WORK/local.out" skipped)"
 
 host_args=()
-[ "$MODE" = preserve ] && host_args+=(--preserve-owners)
+[ "$MODE" = preserve ] && host_args+=(--preserve-owners --allow-device-nodes)
 echo "== pjdfstest on a Wormhole mount of the same kind of directory (host ${host_args[*]:-default mode}, mount --allow-other)"
 XDG_CONFIG_HOME="$WORK/config" "$BIN" host "$WORK/share" --bind 127.0.0.1:0 "${host_args[@]}" \
   >"$WORK/host.log" 2>&1 &

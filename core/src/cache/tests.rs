@@ -49,6 +49,7 @@ fn attr(node: u64, version: u64) -> Attr {
         mtime: Timestamp::default(),
         ctime: Timestamp::default(),
         version,
+        rdev: 0,
     }
 }
 fn attr_value(node: u64, version: u64) -> Value {

@@ -211,10 +211,12 @@ pub enum Op {
         parent: Ino,
         /// Name.
         name: Name,
-        /// [`FileKind::Fifo`], [`FileKind::Socket`] or [`FileKind::File`].
+        /// Any kind but a directory or symlink.
         kind: FileKind,
         /// Permission bits.
         mode: u32,
+        /// The device, for a device node.
+        rdev: u64,
         /// The calling process's user and group (as for [`Op::Create`]).
         caller: Option<Owner>,
     },

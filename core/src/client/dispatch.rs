@@ -462,6 +462,7 @@ impl ClientCore {
                 name,
                 kind,
                 mode,
+                rdev,
                 caller,
             } => {
                 if !kind.is_special() && *kind != FileKind::File {
@@ -473,6 +474,7 @@ impl ClientCore {
                     name: name.clone(),
                     kind: *kind,
                     mode: *mode,
+                    rdev: *rdev,
                     owner: self.owner_for_host(*caller),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);

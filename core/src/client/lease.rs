@@ -255,6 +255,7 @@ fn local_attr(node: NodeId, size: u64, mode: u32, t: Timestamp, owner: Option<(u
         atime: t,
         mtime: t,
         ctime: t,
+        rdev: 0,
         version: local_version(node, size),
     }
 }

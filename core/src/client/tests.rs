@@ -1609,6 +1609,7 @@ fn fifos_and_sockets_are_made_as_what_they_are() {
                 name: name(n),
                 kind,
                 mode: 0o640,
+                rdev: 0,
                 caller: None,
             },
         );
@@ -1626,6 +1627,7 @@ fn fifos_and_sockets_are_made_as_what_they_are() {
             name: name("d"),
             kind: FileKind::Dir,
             mode: 0o755,
+            rdev: 0,
             caller: None,
         },
     );

@@ -16,6 +16,7 @@ fn root() -> Attr {
         mtime: Timestamp::default(),
         ctime: Timestamp::default(),
         version: 1,
+        rdev: 0,
     }
 }
 

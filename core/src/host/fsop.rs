@@ -74,8 +74,8 @@ impl fmt::Debug for RelPath {
 pub struct FsAttr {
     /// Device and inode.
     pub key: FileKey,
-    /// Kind; anything that is not a regular file, directory or symlink
-    /// (devices, sockets, fifos) is never reported: the shell skips it.
+    /// Kind (a device node the host does not allow is not reported: the
+    /// host core drops it).
     pub kind: FileKind,
     /// Size in bytes.
     pub size: u64,
@@ -87,6 +87,8 @@ pub struct FsAttr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// The device a device node stands for (else 0).
+    pub rdev: u64,
     /// Access time.
     pub atime: Timestamp,
     /// Modification time.
@@ -234,10 +236,12 @@ pub enum FsOp {
     Mknod {
         /// Where.
         path: RelPath,
-        /// [`FileKind::Fifo`], [`FileKind::Socket`] or [`FileKind::File`].
+        /// Any kind but a directory or symlink.
         kind: FileKind,
         /// Permission bits.
         mode: u32,
+        /// The device, for a device node.
+        rdev: u64,
         /// Its owner, if not the host's user.
         owner: Option<Owner>,
     },

@@ -34,6 +34,8 @@ struct Inode {
     /// Owner and group: those of the host's user (0) unless changed.
     uid: u32,
     gid: u32,
+    /// The device of a device node.
+    rdev: u64,
     atime: Timestamp,
     mtime: Timestamp,
     ctime: Timestamp,
@@ -321,7 +323,11 @@ impl MemFs {
                 // RESOLVE_NO_SYMLINKS: a symlink inside a path is an error,
                 // never a detour.
                 FileKind::Symlink => return Err(Errno::Loop),
-                FileKind::File | FileKind::Fifo | FileKind::Socket => return Err(Errno::NotDir),
+                FileKind::File
+                | FileKind::Fifo
+                | FileKind::Socket
+                | FileKind::CharDevice
+                | FileKind::BlockDevice => return Err(Errno::NotDir),
             }
             at = *node.children.get(name).ok_or(Errno::NoEnt)?;
         }
@@ -347,7 +353,10 @@ impl MemFs {
                 FileKind::File => n.data.len() as u64,
                 FileKind::Symlink => n.target.len() as u64,
                 FileKind::Dir => 4096,
-                FileKind::Fifo | FileKind::Socket => 0,
+                FileKind::Fifo
+                | FileKind::Socket
+                | FileKind::CharDevice
+                | FileKind::BlockDevice => 0,
             },
             mode: n.mode,
             nlink: n.nlink,
@@ -356,6 +365,7 @@ impl MemFs {
             atime: n.atime,
             mtime: n.mtime,
             ctime: n.ctime,
+            rdev: n.rdev,
         })
     }
 
@@ -417,7 +427,9 @@ impl MemFs {
             FileKind::Dir => Err(Errno::IsDir),
             FileKind::Symlink => Err(Errno::Loop),
             // The host never opens one (`docs/permissions.md`).
-            FileKind::Fifo | FileKind::Socket => Err(Errno::Perm),
+            FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice => {
+                Err(Errno::Perm)
+            }
         }
     }
 
@@ -540,7 +552,10 @@ impl MemFs {
                     FileKind::Dir => return Err(Errno::IsDir),
                     // O_NOFOLLOW on a symlink.
                     FileKind::Symlink => return Err(Errno::Loop),
-                    FileKind::Fifo | FileKind::Socket => return Err(Errno::Perm),
+                    FileKind::Fifo
+                    | FileKind::Socket
+                    | FileKind::CharDevice
+                    | FileKind::BlockDevice => return Err(Errno::Perm),
                 }
                 let inline = if n.data.len() <= inline_max as usize {
                     Bytes::copy_from_slice(&n.data)
@@ -580,7 +595,15 @@ impl MemFs {
                         (true, _) => return Err(Errno::Exist),
                         (false, Some(FileKind::File)) => ino,
                         (false, Some(FileKind::Dir)) => return Err(Errno::IsDir),
-                        (false, Some(FileKind::Fifo | FileKind::Socket)) => {
+                        (
+                            false,
+                            Some(
+                                FileKind::Fifo
+                                | FileKind::Socket
+                                | FileKind::CharDevice
+                                | FileKind::BlockDevice,
+                            ),
+                        ) => {
                             return Err(Errno::Exist);
                         }
                         (false, _) => return Err(Errno::Loop),
@@ -637,6 +660,7 @@ impl MemFs {
                 path,
                 kind,
                 mode,
+                rdev,
                 owner,
             } => {
                 let (dir, name) = self.parent_of(&path)?;
@@ -647,7 +671,11 @@ impl MemFs {
                 {
                     return Err(Errno::Exist);
                 }
-                let node = self.born(dir, kind, mode, owner);
+                if kind == FileKind::Dir || kind == FileKind::Symlink {
+                    return Err(Errno::Inval);
+                }
+                let mut node = self.born(dir, kind, mode, owner);
+                node.rdev = if kind.is_device() { rdev } else { 0 };
                 let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
@@ -738,7 +766,10 @@ impl MemFs {
                     match n.kind {
                         FileKind::File => {}
                         // truncate(2) of a FIFO or socket.
-                        FileKind::Fifo | FileKind::Socket => return Err(Errno::Inval),
+                        FileKind::Fifo
+                        | FileKind::Socket
+                        | FileKind::CharDevice
+                        | FileKind::BlockDevice => return Err(Errno::Inval),
                         FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
                     }
                     if size > max {
@@ -794,7 +825,10 @@ impl MemFs {
                 let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
                 match n.kind {
                     FileKind::File => {}
-                    FileKind::Fifo | FileKind::Socket => return Err(Errno::Perm),
+                    FileKind::Fifo
+                    | FileKind::Socket
+                    | FileKind::CharDevice
+                    | FileKind::BlockDevice => return Err(Errno::Perm),
                     FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
                 }
                 let copy = n.data.clone();
@@ -942,6 +976,7 @@ impl Inode {
             nlink: if kind == FileKind::Dir { 2 } else { 1 },
             uid: 0,
             gid: 0,
+            rdev: 0,
             atime: now,
             mtime: now,
             ctime: now,

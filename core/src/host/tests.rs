@@ -851,6 +851,65 @@ fn owners_change_only_where_the_host_preserves_them() {
 }
 
 #[test]
+fn device_nodes_only_where_the_host_allows_them() {
+    let mknod = |name_: &str| Request::Mknod {
+        parent: NodeId::ROOT,
+        name: name(name_),
+        kind: FileKind::CharDevice,
+        mode: 0o600,
+        rdev: 0x105,
+        owner: None,
+    };
+    let mut planted = disk_with(&[], &[]);
+    planted
+        .execute(FsOp::Mknod {
+            path: path(&["zero"]),
+            kind: FileKind::CharDevice,
+            mode: 0o666,
+            rdev: 0x105,
+            owner: None,
+        })
+        .expect("a local mknod");
+    // By default: refused, and one already on the disk is not there.
+    let mut r = Rig::new(
+        HostConfig {
+            owners: crate::proto::Owners::Preserved,
+            ..HostConfig::default()
+        },
+        planted.clone(),
+    );
+    let c = r.client(1);
+    assert_eq!(r.call(c, mknod("dev")), Err(Errno::Perm));
+    assert_eq!(r.lookup(c, NodeId::ROOT, "zero").err(), Some(Errno::NoEnt));
+    match r.call(
+        c,
+        Request::ReadDir {
+            dir: NodeId::ROOT,
+            cookie: 0,
+        },
+    ) {
+        Ok(Reply::DirPage { entries, .. }) => assert!(entries.is_empty(), "{entries:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Allowed (with owners preserved): made and shown with its number.
+    let mut r = Rig::new(
+        HostConfig {
+            owners: crate::proto::Owners::Preserved,
+            allow_device_nodes: true,
+            ..HostConfig::default()
+        },
+        planted,
+    );
+    let c = r.client(1);
+    match r.call(c, mknod("dev")) {
+        Ok(Reply::Attr(a)) => assert_eq!((a.kind, a.rdev), (FileKind::CharDevice, 0x105)),
+        other => panic!("{other:?}"),
+    }
+    let zero = r.lookup(c, NodeId::ROOT, "zero").expect("shown");
+    assert_eq!((zero.kind, zero.rdev), (FileKind::CharDevice, 0x105));
+}
+
+#[test]
 fn an_unlinked_open_file_stays_readable_through_its_handle() {
     let mut r = rig();
     let c = r.client(1);

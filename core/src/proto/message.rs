@@ -67,13 +67,27 @@ pub enum FileKind {
     Fifo,
     /// A Unix socket's name, likewise opened by nobody but local programs.
     Socket,
+    /// A character device node: made and shown only by a host that allows
+    /// them (`--allow-device-nodes`); opened by each client's kernel as
+    /// that client's own device, never by the host.
+    CharDevice,
+    /// A block device node, as a character device node.
+    BlockDevice,
 }
 
 impl FileKind {
-    /// A FIFO or socket: a name and attributes only, its I/O local to
-    /// each machine.
+    /// A FIFO, socket or device node: a name and attributes only, its
+    /// I/O local to each machine.
     pub fn is_special(self) -> bool {
-        matches!(self, FileKind::Fifo | FileKind::Socket)
+        matches!(
+            self,
+            FileKind::Fifo | FileKind::Socket | FileKind::CharDevice | FileKind::BlockDevice
+        )
+    }
+
+    /// A device node.
+    pub fn is_device(self) -> bool {
+        matches!(self, FileKind::CharDevice | FileKind::BlockDevice)
     }
 }
 
@@ -109,6 +123,8 @@ pub struct Attr {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// The device a device node stands for (else 0).
+    pub rdev: u64,
     /// Last access.
     pub atime: Timestamp,
     /// Last content change.
@@ -443,10 +459,13 @@ pub enum Request {
         parent: NodeId,
         /// New name.
         name: Name,
-        /// [`FileKind::Fifo`], [`FileKind::Socket`] or [`FileKind::File`].
+        /// Any kind but a directory or symlink (a device node only where
+        /// the host allows them).
         kind: FileKind,
         /// Permission bits.
         mode: u32,
+        /// The device, for a device node.
+        rdev: u64,
         /// Whose it is, where the host preserves owners (else `None`).
         owner: Option<Owner>,
     },

@@ -19,6 +19,7 @@ fn attr(node: u64, kind: FileKind) -> Attr {
         mtime: Timestamp::default(),
         ctime: Timestamp::default(),
         version: 1,
+        rdev: 0,
     }
 }
 

@@ -24,6 +24,7 @@ fn attr(size: u64) -> Attr {
         mtime: Timestamp::default(),
         ctime: Timestamp::default(),
         version: 2,
+        rdev: 0,
     }
 }
 

@@ -58,6 +58,14 @@ pub struct HostArgs {
     /// user this host runs as.
     #[arg(long)]
     pub preserve_owners: bool,
+    /// Let clients make character and block device nodes, and show those
+    /// in the folder (with --preserve-owners only). The host never opens
+    /// one, and a mount never opens one either (it mounts with nodev):
+    /// they are names, for backups and system images. Without it
+    /// clients' mknod of a device is refused and device nodes in the
+    /// folder are not shown.
+    #[arg(long, requires = "preserve_owners")]
+    pub allow_device_nodes: bool,
     /// Make a new host key, certificate and secret: every ticket handed
     /// out before stops working.
     #[arg(long)]
@@ -218,6 +226,7 @@ pub fn host<S: Shell>(shell: &S, bin: &str, args: &HostArgs, out: &mut dyn Write
         if args.preserve_owners {
             options.config.owners = wormhole_core::proto::Owners::Preserved;
         }
+        options.config.allow_device_nodes = args.allow_device_nodes;
         options.config.sync_window = if args.sync_every_close {
             Duration::ZERO
         } else {

@@ -187,6 +187,8 @@ fn file_type(kind: FileKind) -> FileType {
         FileKind::Symlink => FileType::Symlink,
         FileKind::Fifo => FileType::NamedPipe,
         FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -233,7 +235,8 @@ fn file_attr(ino: Ino, a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        // The kernel's device number is 32 bits (major 12, minor 20).
+        rdev: u32::try_from(a.rdev).unwrap_or(0),
         // Programs that size their I/O by st_blksize (cp, cat) then move
         // whole chunks.
         blksize: CHUNK_SIZE as u32,
@@ -418,9 +421,9 @@ impl fuser::Filesystem for WormholeFs {
         }
     }
 
-    /// FIFOs and sockets are made on the host as what they are; the
-    /// kernel opens them here, never through us. A regular file is made
-    /// empty. Device nodes are refused (`docs/permissions.md`).
+    /// FIFOs, sockets and device nodes are made on the host as what they
+    /// are (device nodes only where the host allows them); the kernel
+    /// opens them here, never through us. A regular file is made empty.
     fn mknod(
         &self,
         req: &Request,
@@ -428,16 +431,15 @@ impl fuser::Filesystem for WormholeFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
         let kind = match rustix::fs::FileType::from_raw_mode(mode) {
             rustix::fs::FileType::Fifo => FileKind::Fifo,
             rustix::fs::FileType::Socket => FileKind::Socket,
+            rustix::fs::FileType::CharacterDevice => FileKind::CharDevice,
+            rustix::fs::FileType::BlockDevice => FileKind::BlockDevice,
             rustix::fs::FileType::RegularFile => FileKind::File,
-            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => {
-                return reply.error(fuser::Errno::EPERM);
-            }
             _ => return reply.error(fuser::Errno::EINVAL),
         };
         match Self::name(name) {
@@ -447,6 +449,7 @@ impl fuser::Filesystem for WormholeFs {
                     name,
                     kind,
                     mode: perm(mode, umask),
+                    rdev: u64::from(rdev),
                     caller: Some(caller(req)),
                 },
                 KernelReply::Entry(reply),

@@ -74,6 +74,10 @@ pub struct HostConfig {
     /// Whose the files are, announced to clients: the shell sets the
     /// user it runs as, or [`Owners::Preserved`] if asked.
     pub owners: Owners,
+    /// Let clients make device nodes, and show those on the disk (only
+    /// with owners preserved: `--allow-device-nodes`). Otherwise a
+    /// client's mknod of one is EPERM and one on the disk is invisible.
+    pub allow_device_nodes: bool,
 }
 
 impl Default for HostConfig {
@@ -92,6 +96,7 @@ impl Default for HostConfig {
             txn_idle_timeout: Duration::from_secs(60),
             sync_window: Duration::from_secs(1),
             owners: Owners::HostUser { uid: 0, gid: 0 },
+            allow_device_nodes: false,
         }
     }
 }
@@ -628,5 +633,6 @@ fn to_attr(node: NodeId, a: &FsAttr) -> Attr {
         mtime: a.mtime,
         ctime: a.ctime,
         version: u64::from_le_bytes(v),
+        rdev: a.rdev,
     }
 }

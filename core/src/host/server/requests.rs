@@ -231,11 +231,17 @@ impl HostServer {
                 name,
                 kind,
                 mode,
+                rdev,
                 owner,
             } => {
                 self.writable()?;
                 if !kind.is_special() && kind != FileKind::File {
                     return Err(Errno::Inval);
+                }
+                if kind.is_device()
+                    && !(self.cfg.allow_device_nodes && self.cfg.owners == Owners::Preserved)
+                {
+                    return Err(Errno::Perm);
                 }
                 let owner = owner_to_give(self.cfg.owners, owner)?;
                 let path = self.dir_path(parent)?.join(visible(&name)?);
@@ -250,6 +256,7 @@ impl HostServer {
                         path,
                         kind,
                         mode: mode & 0o7777,
+                        rdev: if kind.is_device() { rdev } else { 0 },
                         owner,
                     },
                 );

@@ -18,7 +18,14 @@ impl HostServer {
                     self.announce(&path);
                 }
             }
-            Purpose::ScanRoot | Purpose::ScanList { .. } => self.scan_result(purpose, result),
+            Purpose::ScanRoot | Purpose::ScanList { .. } => {
+                let result = if self.cfg.allow_device_nodes {
+                    result
+                } else {
+                    hide_devices(result)
+                };
+                self.scan_result(purpose, result);
+            }
             Purpose::Housekeeping => {}
             Purpose::Sync => self.synced(now, op, result),
             Purpose::Whole { session, txn, step } => {
@@ -253,6 +260,11 @@ impl HostServer {
         then: ReplyAs,
         result: FsResult,
     ) -> Result<Reply, Errno> {
+        let result = if self.cfg.allow_device_nodes {
+            result
+        } else {
+            hide_devices(result)
+        };
         if let Some(node) = self.replaced_meanwhile(op, &then, &result) {
             // Another file is at the node's path now: a local program
             // saved one over it (or moved one there). The node's file is
@@ -446,5 +458,20 @@ impl HostServer {
             // rather than guess.
             (_, Ok(_)) => Err(Errno::Io),
         }
+    }
+}
+
+/// A device node a local program put in the share, where the host does
+/// not allow them: not there, for clients (`docs/permissions.md`).
+fn hide_devices(result: FsResult) -> FsResult {
+    match result {
+        Ok(FsOk::Attr(a) | FsOk::Opened(a, _) | FsOk::Data(_, a)) if a.kind.is_device() => {
+            Err(Errno::NoEnt)
+        }
+        Ok(FsOk::Listing { mut entries, next }) => {
+            entries.retain(|(_, a)| !a.kind.is_device());
+            Ok(FsOk::Listing { entries, next })
+        }
+        other => other,
     }
 }

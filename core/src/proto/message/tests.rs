@@ -32,6 +32,7 @@ fn attr() -> Attr {
             nanos: 3,
         },
         version: 77,
+        rdev: 0,
     }
 }
 
@@ -123,6 +124,7 @@ fn every_request() -> Vec<Request> {
             name: name("p"),
             kind: FileKind::Fifo,
             mode: 0o640,
+            rdev: 0,
             owner: None,
         },
         Request::Readlink { node: NodeId(6) },

@@ -323,8 +323,9 @@ impl HostFs {
                 path,
                 kind,
                 mode,
+                rdev,
                 owner,
-            } => self.mknod(&path, kind, mode, owner),
+            } => self.mknod(&path, kind, mode, rdev, owner),
             FsOp::Readlink { path } => {
                 let Some((dir, name)) = self.parent(&path)? else {
                     return Err(Errno::Inval);
@@ -444,7 +445,10 @@ fn kind_of(st: &Stat) -> Option<FileKind> {
         FileType::Symlink => Some(FileKind::Symlink),
         FileType::Fifo => Some(FileKind::Fifo),
         FileType::Socket => Some(FileKind::Socket),
-        // Device nodes stay invisible to clients (`docs/permissions.md`).
+        // Shown to clients only where the host allows them (the host
+        // core hides them otherwise).
+        FileType::CharacterDevice => Some(FileKind::CharDevice),
+        FileType::BlockDevice => Some(FileKind::BlockDevice),
         _ => None,
     }
 }
@@ -473,6 +477,7 @@ fn attr(st: &Stat) -> Option<FsAttr> {
         atime: ts(st.st_atime as i64, st.st_atime_nsec as u64),
         mtime: ts(st.st_mtime as i64, st.st_mtime_nsec as u64),
         ctime: ts(st.st_ctime as i64, st.st_ctime_nsec as u64),
+        rdev: st.st_rdev,
     })
 }
 

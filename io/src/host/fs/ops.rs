@@ -39,19 +39,13 @@ impl HostFs {
                 self.sweep_leftover(&fd, entry.file_name());
                 continue;
             }
-            let shown = match entry.file_type() {
-                FileType::RegularFile
-                | FileType::Directory
-                | FileType::Symlink
-                | FileType::Fifo
-                | FileType::Socket => true,
-                // Some file systems do not fill d_type: ask.
-                FileType::Unknown => rfs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+            // Every type has a kind now; a file system that does not
+            // fill d_type is asked.
+            let shown = entry.file_type() != FileType::Unknown
+                || rfs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
                     .ok()
                     .and_then(|st| kind_of(&st))
-                    .is_some(),
-                _ => false,
-            };
+                    .is_some();
             if shown && let Ok(name) = Name::new(bytes) {
                 names.push(name);
             }
@@ -210,7 +204,13 @@ impl HostFs {
                     Some(FileKind::Symlink) => return Err(Errno::Loop),
                     // The client's kernel opens a FIFO or socket itself,
                     // once it has looked it up.
-                    Some(FileKind::Fifo | FileKind::Socket) | None => return Err(Errno::Exist),
+                    Some(
+                        FileKind::Fifo
+                        | FileKind::Socket
+                        | FileKind::CharDevice
+                        | FileKind::BlockDevice,
+                    )
+                    | None => return Err(Errno::Exist),
                 }
                 match open {
                     None => attr(&st).map(|a| Some(FsOk::Attr(a))).ok_or(Errno::NoEnt),
@@ -263,25 +263,30 @@ impl HostFs {
         attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
 
-    /// A FIFO, a socket's name or an empty regular file, exactly `mode`
-    /// (set after, through its /proc/self/fd link: `mknodat` applies the
-    /// host's umask), given to `owner` first.
+    /// A FIFO, a socket's name, a device node (the host core allows it
+    /// or not) or an empty regular file, exactly `mode` (set after,
+    /// through its /proc/self/fd link: `mknodat` applies the host's
+    /// umask), given to `owner` first.
     pub(super) fn mknod(
         &self,
         path: &RelPath,
         kind: FileKind,
         mode: u32,
+        rdev: u64,
         owner: Option<Owner>,
     ) -> FsResult {
         let file_type = match kind {
             FileKind::Fifo => FileType::Fifo,
             FileKind::Socket => FileType::Socket,
+            FileKind::CharDevice => FileType::CharacterDevice,
+            FileKind::BlockDevice => FileType::BlockDevice,
             FileKind::File => FileType::RegularFile,
             FileKind::Dir | FileKind::Symlink => return Err(Errno::Inval),
         };
+        let rdev = if kind.is_device() { rdev } else { 0 };
         let (dir, name) = self.entry(path)?;
         let n = os(name.as_bytes());
-        rfs::mknodat(&dir, n, file_type, Mode::from_raw_mode(0o600), 0).map_err(sys)?;
+        rfs::mknodat(&dir, n, file_type, Mode::from_raw_mode(0o600), rdev).map_err(sys)?;
         let probe = rfs::openat(
             &dir,
             n,
@@ -374,7 +379,10 @@ impl HostFs {
             match kind {
                 FileKind::File => {}
                 // truncate(2) of a FIFO or socket.
-                FileKind::Fifo | FileKind::Socket => return Err(Errno::Inval),
+                FileKind::Fifo
+                | FileKind::Socket
+                | FileKind::CharDevice
+                | FileKind::BlockDevice => return Err(Errno::Inval),
                 FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
             }
             if size > self.cfg.max_file {
