@@ -218,7 +218,7 @@ impl ClientCore {
                 match self.cache.lookup(now, &CacheKey::Dir(node), w) {
                     Ok(Lookup::Hit(Value::Dir(entries))) => {
                         self.waits.remove(&w);
-                        self.answer_dir(req, *ino, *offset, &entries);
+                        self.answer_dir(now, req, *ino, *offset, &entries);
                     }
                     Ok(Lookup::Hit(_)) => return Err(Errno::Io),
                     Ok(Lookup::Stale(_))
@@ -823,6 +823,7 @@ impl ClientCore {
     /// the inode table (without a kernel reference).
     pub(super) fn answer_dir(
         &mut self,
+        now: Instant,
         req: Req,
         ino: Ino,
         offset: u64,
@@ -856,19 +857,36 @@ impl ClientCore {
             }
         }
         let skip = usize::try_from(offset.saturating_sub(DOTS)).unwrap_or(usize::MAX);
-        for (i, e) in entries
+        let page: Vec<(usize, &crate::proto::DirEntry)> = entries
             .iter()
             .enumerate()
             .skip(skip)
             .take(DIR_ITEMS_PER_ANSWER)
-        {
-            match vfs.learn(ino, e.name.clone(), &e.attr, false) {
+            .collect();
+        // What the kernel is told of each entry is what a getattr would
+        // answer: the file's own attributes where the cache holds them
+        // fresh (a listing entry is as old as the listing: a file this
+        // client wrote since, under a lease or not, has grown), with this
+        // client's uncommitted changes laid over them. The kernel takes a
+        // readdirplus entry's size as the file's.
+        let shown: Vec<Attr> = page
+            .iter()
+            .map(|(_, e)| {
+                let own = self.fresh_attr(now, e.attr.node);
+                self.with_local_changes(own.as_ref().unwrap_or(&e.attr))
+            })
+            .collect();
+        let Some(vfs) = self.vfs.as_mut() else {
+            return self.reply(req, Err(Errno::NotConn));
+        };
+        for ((i, e), attr) in page.into_iter().zip(shown) {
+            match vfs.learn(ino, e.name.clone(), &attr, false) {
                 Ok(child) => items.push(super::DirItem {
                     ino: child,
                     next: i as u64 + 1 + DOTS,
-                    kind: e.attr.kind,
+                    kind: attr.kind,
                     name: ListedName::Entry(e.name.clone()),
-                    attr: e.attr.clone(),
+                    attr,
                     ttl,
                 }),
                 Err(_) => break,

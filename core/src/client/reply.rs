@@ -636,7 +636,7 @@ impl ClientCore {
                 self.reply(req, Ok(Answer::Attr { attr, ttl }));
             }
             (CacheWait::ReadDir { req, ino, offset }, Ok(Value::Dir(entries))) => {
-                self.answer_dir(req, ino, offset, &entries);
+                self.answer_dir(now, req, ino, offset, &entries);
             }
             (CacheWait::ReadPart { req, slot, attempt }, Ok(Value::Chunk(c))) => {
                 // Answers for an attempt that was restarted are ignored.
