@@ -468,6 +468,20 @@ impl MemFs {
         result
     }
 
+    /// The parent directory and name of `path`, a name not taken yet
+    /// (EEXIST otherwise), as mkdir, symlink and mknod want it.
+    fn free_name<'p>(&self, path: &'p RelPath) -> Result<(u64, &'p Name), Errno> {
+        let (dir, name) = self.parent_of(path)?;
+        if self
+            .inodes
+            .get(&dir)
+            .is_some_and(|d| d.children.contains_key(name))
+        {
+            return Err(Errno::Exist);
+        }
+        Ok((dir, name))
+    }
+
     /// A new inode for directory `dir`, owned as Linux would own it made
     /// by a process of `owner` (or by the host's user, root here): the
     /// group the directory's where it has the set-group-ID bit, which a
@@ -626,14 +640,7 @@ impl MemFs {
                 Ok(FsOk::Opened(self.attr(ino)?, inline))
             }
             FsOp::Mkdir { path, mode, owner } => {
-                let (dir, name) = self.parent_of(&path)?;
-                if self
-                    .inodes
-                    .get(&dir)
-                    .is_some_and(|d| d.children.contains_key(name))
-                {
-                    return Err(Errno::Exist);
-                }
+                let (dir, name) = self.free_name(&path)?;
                 let node = self.born(dir, FileKind::Dir, mode, owner);
                 let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
@@ -643,14 +650,7 @@ impl MemFs {
                 target,
                 owner,
             } => {
-                let (dir, name) = self.parent_of(&path)?;
-                if self
-                    .inodes
-                    .get(&dir)
-                    .is_some_and(|d| d.children.contains_key(name))
-                {
-                    return Err(Errno::Exist);
-                }
+                let (dir, name) = self.free_name(&path)?;
                 let mut node = self.born(dir, FileKind::Symlink, 0o777, owner);
                 node.target = target;
                 let ino = self.add(dir, name, node)?;
@@ -663,14 +663,7 @@ impl MemFs {
                 rdev,
                 owner,
             } => {
-                let (dir, name) = self.parent_of(&path)?;
-                if self
-                    .inodes
-                    .get(&dir)
-                    .is_some_and(|d| d.children.contains_key(name))
-                {
-                    return Err(Errno::Exist);
-                }
+                let (dir, name) = self.free_name(&path)?;
                 if kind == FileKind::Dir || kind == FileKind::Symlink {
                     return Err(Errno::Inval);
                 }

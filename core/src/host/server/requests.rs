@@ -27,6 +27,24 @@ impl HostServer {
         }
     }
 
+    /// What every request that makes a name checks first: the host takes
+    /// changes, the owner asked for may be given, the name is one a client
+    /// may make, and no other session's lock covers the directory's
+    /// entries. Gives the new entry's path and its owner.
+    fn new_entry(
+        &self,
+        session: SessionId,
+        parent: NodeId,
+        name: &Name,
+        owner: Option<Owner>,
+    ) -> Result<(RelPath, Option<Owner>), Errno> {
+        self.writable()?;
+        let owner = owner_to_give(self.cfg.owners, owner)?;
+        let path = self.dir_path(parent)?.join(visible(name)?);
+        self.guard(session, parent, true)?;
+        Ok((path, owner))
+    }
+
     pub(super) fn writable(&self) -> Result<(), Errno> {
         if self.cfg.read_only {
             Err(Errno::RoFs)
@@ -153,10 +171,7 @@ impl HostServer {
                 exclusive,
                 open,
             } => {
-                self.writable()?;
-                let owner = owner_to_give(self.cfg.owners, owner)?;
-                let path = self.dir_path(parent)?.join(visible(&name)?);
-                self.guard(session, parent, true)?;
+                let (path, owner) = self.new_entry(session, parent, &name, owner)?;
                 let open = if open {
                     let (handle, fs) = self.new_handle(session)?;
                     Some((handle, fs))
@@ -183,10 +198,7 @@ impl HostServer {
                 mode,
                 owner,
             } => {
-                self.writable()?;
-                let owner = owner_to_give(self.cfg.owners, owner)?;
-                let path = self.dir_path(parent)?.join(visible(&name)?);
-                self.guard(session, parent, true)?;
+                let (path, owner) = self.new_entry(session, parent, &name, owner)?;
                 self.fs(
                     answer(ReplyAs::Created {
                         parent,
@@ -206,13 +218,10 @@ impl HostServer {
                 target,
                 owner,
             } => {
-                self.writable()?;
-                let owner = owner_to_give(self.cfg.owners, owner)?;
+                let (path, owner) = self.new_entry(session, parent, &name, owner)?;
                 if target.is_empty() || target.len() > MAX_SYMLINK_LEN || target.contains(&0) {
                     return Err(Errno::Inval);
                 }
-                let path = self.dir_path(parent)?.join(visible(&name)?);
-                self.guard(session, parent, true)?;
                 self.fs(
                     answer(ReplyAs::Created {
                         parent,
@@ -234,7 +243,7 @@ impl HostServer {
                 rdev,
                 owner,
             } => {
-                self.writable()?;
+                let (path, owner) = self.new_entry(session, parent, &name, owner)?;
                 if !kind.is_special() && kind != FileKind::File {
                     return Err(Errno::Inval);
                 }
@@ -243,9 +252,6 @@ impl HostServer {
                 {
                     return Err(Errno::Perm);
                 }
-                let owner = owner_to_give(self.cfg.owners, owner)?;
-                let path = self.dir_path(parent)?.join(visible(&name)?);
-                self.guard(session, parent, true)?;
                 self.fs(
                     answer(ReplyAs::Created {
                         parent,
