@@ -80,7 +80,11 @@ fn owner(rng: &mut Rng) -> Option<Owner> {
 fn op(rng: &mut Rng) -> FsOp {
     let txn = TxnId(rng.below(3));
     let handle = FsHandle(rng.below(4));
-    match rng.below(27) {
+    match rng.below(29) {
+        27 | 28 => FsOp::Link {
+            path: path(rng),
+            to: path(rng),
+        },
         25 | 26 => FsOp::Mknod {
             path: path(rng),
             kind: *rng.pick(&[
@@ -488,7 +492,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     println!("succeeded at least once: {worked:?}");
     assert_eq!(
         worked.len(),
-        23,
+        24,
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
@@ -532,7 +536,7 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
     println!("20000 operations on tmpfs agreed; {ok} succeeded");
-    assert_eq!(worked.len(), 23, "{worked:?}");
+    assert_eq!(worked.len(), 24, "{worked:?}");
 }
 
 #[test]
@@ -606,6 +610,10 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         FsOp::Rmdir { path } => FsOp::Rmdir { path: p(path) },
         FsOp::Rename { from, to } => FsOp::Rename {
             from: p(from),
+            to: p(to),
+        },
+        FsOp::Link { path, to } => FsOp::Link {
+            path: p(path),
             to: p(to),
         },
         FsOp::Symlink {

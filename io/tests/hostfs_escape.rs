@@ -788,6 +788,78 @@ fn a_commit_gives_the_new_content_the_mode_and_times_set_while_writing() {
     );
 }
 
+/// A file with two names, committed through one: written in place, so
+/// both names still show one file with the new content (a rename would
+/// have left the old content under the other name); the same on MemFs.
+#[test]
+fn a_commit_of_a_file_with_hard_links_writes_it_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    use wormhole_core::host::memfs::MemFs;
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-linkcommit")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("a"), b"old content").expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let mut mem = MemFs::new(1 << 20);
+    mem.local_replace(&rel("a"), b"old content").expect("seed");
+    let link = FsOp::Link {
+        path: rel("a"),
+        to: rel("b"),
+    };
+    let commit = |base| FsOp::StageCommit {
+        txn: TxnId(1),
+        path: rel("b"),
+        size: 3,
+        base,
+        set: Box::new(SetAttr::default()),
+    };
+    let write = FsOp::StageWrite {
+        txn: TxnId(1),
+        offset: 0,
+        data: Bytes::from_static(b"new"),
+    };
+    for run in [&mut |o: FsOp| fs.execute(o), &mut |o: FsOp| mem.execute(o)]
+        as [&mut dyn FnMut(FsOp) -> Result<FsOk, Errno>; 2]
+    {
+        let Ok(FsOk::Attr(linked)) = run(link.clone()) else {
+            panic!("link")
+        };
+        assert_eq!(linked.nlink, 2);
+        let Ok(FsOk::Attr(base)) = run(FsOp::StageBegin {
+            txn: TxnId(1),
+            path: rel("b"),
+        }) else {
+            panic!("begin")
+        };
+        run(write.clone()).expect("write");
+        let Ok(FsOk::Attr(after)) = run(commit(FileStamp::from(&base))) else {
+            panic!("commit")
+        };
+        assert_eq!((after.key, after.nlink, after.size), (linked.key, 2, 3));
+        for n in ["a", "b"] {
+            let read = run(FsOp::Read {
+                from: ReadFrom::Path(rel(n)),
+                offset: 0,
+                len: 64,
+            });
+            let Ok(FsOk::Data(data, _)) = read else {
+                panic!("read {n}: {read:?}")
+            };
+            assert_eq!(&data[..], b"new", "{n}");
+        }
+    }
+    let (a, b) = (
+        std::fs::metadata(tmp.path().join("a")).expect("a"),
+        std::fs::metadata(tmp.path().join("b")).expect("b"),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+    assert!(
+        staging_files(tmp.path()).is_empty(),
+        "the staging file is gone"
+    );
+}
+
 #[test]
 fn the_pool_runs_operations_off_the_caller() {
     let tmp = tempfile::Builder::new()

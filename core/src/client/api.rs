@@ -245,6 +245,15 @@ pub enum Op {
         /// Target name.
         new_name: Name,
     },
+    /// Give a file another name (a hard link).
+    Link {
+        /// The file.
+        ino: Ino,
+        /// Directory of the new name.
+        new_parent: Ino,
+        /// The new name.
+        new_name: Name,
+    },
     /// Make a symlink.
     Symlink {
         /// Directory.

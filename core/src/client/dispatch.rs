@@ -80,7 +80,7 @@ impl ClientCore {
             .vfs
             .as_ref()
             .and_then(|v| v.get(ino))
-            .and_then(|i| i.link.clone())
+            .and_then(|i| i.link().cloned())
         else {
             return;
         };
@@ -454,6 +454,18 @@ impl ClientCore {
                     name: name.clone(),
                     target: target.clone(),
                     owner: self.owner_for_host(*caller),
+                };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
+            Op::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
+                let request = Request::Link {
+                    node: self.node(*ino)?,
+                    parent: self.node(*new_parent)?,
+                    name: new_name.clone(),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }
@@ -836,10 +848,7 @@ impl ClientCore {
         let mut items = Vec::new();
         // `.` at offset 0 and `..` at 1, as a local disk lists them; the
         // entries follow from offset 2.
-        let parent = vfs
-            .get(ino)
-            .and_then(|i| i.link.as_ref())
-            .map_or(ino, |(p, _)| *p);
+        let parent = vfs.get(ino).and_then(|i| i.link()).map_or(ino, |(p, _)| *p);
         for (at, dot, of) in [(0, ListedName::Dot, ino), (1, ListedName::DotDot, parent)] {
             let attr = vfs
                 .node(of)

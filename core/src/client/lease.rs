@@ -665,6 +665,11 @@ impl ClientCore {
                 .into_iter()
                 .chain(named(new_parent, new_name))
                 .collect(),
+            Request::Link {
+                node: n,
+                parent,
+                name,
+            } => node(n).into_iter().chain(named(parent, name)).collect(),
             Request::ReadDir { dir, .. } => all_in(dir),
             // Durable must include every file answered before it.
             Request::Sync => un.keys().copied().collect(),
@@ -679,7 +684,8 @@ impl ClientCore {
             Request::Create { parent, name, .. }
             | Request::Mkdir { parent, name, .. }
             | Request::Symlink { parent, name, .. }
-            | Request::Mknod { parent, name, .. } => (parent, name),
+            | Request::Mknod { parent, name, .. }
+            | Request::Link { parent, name, .. } => (parent, name),
             Request::Rename {
                 new_parent,
                 new_name,

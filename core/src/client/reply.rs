@@ -8,7 +8,8 @@ use super::{
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
 use crate::proto::{
-    Attr, CHUNK_SIZE, DirEntry, Errno, HostMessage, Invalidation, Name, NodeId, Reply, RequestId,
+    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, Reply,
+    RequestId,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
@@ -63,7 +64,7 @@ impl ClientCore {
         };
         match what {
             Invalidation::Gone => {
-                if let Some((parent, name)) = vfs.get(ino).and_then(|i| i.link.clone()) {
+                for (parent, name) in vfs.get(ino).map(|i| i.links.clone()).unwrap_or_default() {
                     self.out
                         .push_back(ClientOutput::InvalidateEntry { parent, name });
                 }
@@ -233,7 +234,8 @@ impl ClientCore {
             | Op::Create { name, .. }
             | Op::Mkdir { name, .. }
             | Op::Symlink { name, .. }
-            | Op::Mknod { name, .. } => name.clone(),
+            | Op::Mknod { name, .. }
+            | Op::Link { new_name: name, .. } => name.clone(),
             _ => return Err(Errno::Io),
         };
         let vfs = self.vfs.as_mut().ok_or(Errno::NotConn)?;
@@ -379,16 +381,30 @@ impl ClientCore {
                     ttl: attr_ttl,
                 }))
             }
+            (
+                Op::Link {
+                    new_parent,
+                    new_name,
+                    ..
+                },
+                _,
+                Ok(Reply::Attr(a)),
+            ) => {
+                self.entry_added(now, *new_parent, new_name, &a);
+                self.learn_attr(&a);
+                Some(
+                    self.entry(now, *new_parent, op, a.clone(), true)
+                        .map(|ino| Answer::Entry {
+                            ino,
+                            attr: self.with_local_changes(&a),
+                            ttl: attr_ttl,
+                        }),
+                )
+            }
             (Op::Unlink { parent, name } | Op::Rmdir { parent, name }, _, Ok(Reply::Done)) => {
                 self.entries_changed(now, *parent);
+                self.name_removed(now, *parent, name);
                 if let Some(v) = self.vfs.as_mut() {
-                    if let Some(node) = v
-                        .child(*parent, name)
-                        .and_then(|c| v.get(c))
-                        .map(|i| i.node)
-                    {
-                        self.cache.invalidate(now, node, Invalidation::Gone);
-                    }
                     v.unlink(*parent, name);
                 }
                 Some(Ok(Answer::Done))
@@ -405,14 +421,15 @@ impl ClientCore {
             ) => {
                 self.entries_changed(now, *parent);
                 self.entries_changed(now, *new_parent);
+                let moved = self.child_node(*parent, name);
+                if moved.is_none() || moved != self.child_node(*new_parent, new_name) {
+                    self.name_removed(now, *new_parent, new_name);
+                }
+                if let Some(node) = moved {
+                    // A rename moves the file's ctime.
+                    self.cache.invalidate(now, node, Invalidation::Attr);
+                }
                 if let Some(v) = self.vfs.as_mut() {
-                    if let Some(node) = v
-                        .child(*new_parent, new_name)
-                        .and_then(|c| v.get(c))
-                        .map(|i| i.node)
-                    {
-                        self.cache.invalidate(now, node, Invalidation::Gone);
-                    }
                     v.rename(*parent, name, *new_parent, new_name.clone());
                 }
                 Some(Ok(Answer::Done))
@@ -466,6 +483,37 @@ impl ClientCore {
             };
             self.cache.add_entry(now, node, entry);
         }
+    }
+
+    /// The node named `parent/name` here, if known.
+    fn child_node(&self, parent: Ino, name: &Name) -> Option<NodeId> {
+        let v = self.vfs.as_ref()?;
+        v.child(parent, name).and_then(|c| v.get(c)).map(|i| i.node)
+    }
+
+    /// `parent/name` is about to lose its file (unlink, rmdir, a rename
+    /// over it): the file is gone, or, where it has other names, its
+    /// link count and ctime changed.
+    fn name_removed(&mut self, now: Instant, parent: Ino, name: &Name) {
+        let Some(node) = self.child_node(parent, name) else {
+            return;
+        };
+        let names = self.vfs.as_ref().map_or(0, |v| {
+            v.child(parent, name)
+                .and_then(|c| v.get(c))
+                .map_or(0, |i| i.links.len())
+        });
+        let linked = names > 1
+            || self
+                .cache
+                .peek_attr(node)
+                .is_some_and(|a| a.kind != FileKind::Dir && a.nlink > 1);
+        let what = if linked {
+            Invalidation::Attr
+        } else {
+            Invalidation::Gone
+        };
+        self.cache.invalidate(now, node, what);
     }
 
     fn entries_changed(&mut self, now: Instant, dir: Ino) {

@@ -1534,6 +1534,7 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
 }
 
 mod leases;
+mod links;
 mod owners;
 
 /// Every listing starts with `.` and `..`, as a local disk's: `ls -a`

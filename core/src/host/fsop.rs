@@ -271,6 +271,15 @@ pub enum FsOp {
         /// Its owner, if not the host's user.
         owner: Option<Owner>,
     },
+    /// Give the non-directory at `from` a second name `to` (a hard link;
+    /// a symlink is linked itself, never followed). Answers the file's
+    /// attributes ([`FsOk::Attr`]), its link count raised.
+    Link {
+        /// The file.
+        path: RelPath,
+        /// The new name.
+        to: RelPath,
+    },
     /// A symlink's text.
     Readlink {
         /// The symlink.
@@ -334,6 +343,10 @@ pub enum FsOp {
     /// the next [`FsOp::Sync`]. If the file at `path` is no longer `base`
     /// (another file was put there, or it was changed in place), nothing
     /// is renamed: ESTALE, and the staging is dropped.
+    ///
+    /// A file with other hard links is written in place instead (every
+    /// name must keep showing one file): the staged content is copied
+    /// into it, so only there can a crash leave a mix, as on a local disk.
     StageCommit {
         /// The transaction.
         txn: TxnId,
@@ -384,6 +397,7 @@ impl FsOp {
                 | FsOp::Rmdir { .. }
                 | FsOp::Rename { .. }
                 | FsOp::Symlink { .. }
+                | FsOp::Link { .. }
                 | FsOp::Mknod { .. }
                 | FsOp::SetAttr { .. }
                 | FsOp::StageCommit { .. }
@@ -395,7 +409,7 @@ impl FsOp {
 /// The result of an [`FsOp`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FsOk {
-    /// Attributes (Stat, Create, Mkdir, Symlink, SetAttr, StageCommit).
+    /// Attributes (Stat, Create, Mkdir, Symlink, Link, SetAttr, StageCommit).
     Attr(FsAttr),
     /// A directory page; `next` is the cookie of the next page.
     Listing {

@@ -672,6 +672,26 @@ impl MemFs {
                 let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
+            FsOp::Link { path, to } => {
+                // In linkat(2)'s order: both parents, the source, the
+                // free target name, then the source's kind.
+                self.parent_of(&path)?;
+                self.parent_of(&to)?;
+                let ino = self.resolve(&path)?;
+                let (dir, name) = self.free_name(&to)?;
+                if self.inodes.get(&ino).map(|n| n.kind) == Some(FileKind::Dir) {
+                    return Err(Errno::Perm);
+                }
+                let now = self.now;
+                let d = self.inodes.get_mut(&dir).ok_or(Errno::NoEnt)?;
+                d.children.insert(name.clone(), ino);
+                d.mtime = now;
+                d.ctime = now;
+                let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
+                n.nlink += 1;
+                n.ctime = now;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
             FsOp::Unlink { path } => {
                 let (dir, name) = self.parent_of(&path)?;
                 let ino = *self
@@ -719,7 +739,12 @@ impl MemFs {
                     return Ok(FsOk::Done);
                 }
                 let moving_dir = self.inodes.get(&ino).map(|n| n.kind) == Some(FileKind::Dir);
-                if let Some(&target) = self.inodes.get(&tdir).and_then(|d| d.children.get(tname)) {
+                let target = self.inodes.get(&tdir).and_then(|d| d.children.get(tname));
+                // Two names of one file: rename(2) does nothing at all.
+                if target == Some(&ino) {
+                    return Ok(FsOk::Done);
+                }
+                if let Some(&target) = target {
                     let t = self.inodes.get(&target).ok_or(Errno::NoEnt)?;
                     match (moving_dir, t.kind == FileKind::Dir) {
                         (true, false) => return Err(Errno::NotDir),
@@ -926,6 +951,19 @@ impl MemFs {
                     .unwrap_or_else(|| self.inodes.get(&old).map_or(0o644, |n| n.mode));
                 let atime = set.atime.map(|t| self.time(t));
                 let mtime = set.mtime.map(|t| self.time(t));
+                // A file with other names is written in place, so that
+                // every name keeps showing one file.
+                let now = self.now;
+                if let Some(n) = self.inodes.get_mut(&old)
+                    && n.nlink > 1
+                {
+                    n.data = data;
+                    n.mode = mode & 0o7777;
+                    n.atime = atime.unwrap_or(n.atime);
+                    n.mtime = mtime.unwrap_or(now);
+                    n.ctime = now;
+                    return Ok(FsOk::Attr(self.attr(old)?));
+                }
                 let (uid, gid) = self.inodes.get(&old).map_or((0, 0), |n| (n.uid, n.gid));
                 self.detach(dir, name);
                 // The new content keeps the file's owner, as the host's

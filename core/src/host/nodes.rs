@@ -1,10 +1,12 @@
 //! The host's file index: node ids ↔ paths beneath the shared root.
 //!
 //! Clients name files by [`NodeId`]; the disk knows paths. A node records
-//! its parent and its name, so a rename re-points one record and the whole
-//! subtree moves with it, and a path is rebuilt by walking up (depth is
-//! bounded by the table size). Ids are never reused within a host run, so
-//! a stale id held by a client can only miss, never name another file.
+//! its names (parent and name), so a rename re-points one record and the
+//! whole subtree moves with it, and a path is rebuilt by walking up
+//! (depth is bounded by the table size). A directory has one name; a
+//! file with hard links has one node with several, so every name shows
+//! one file to clients. Ids are never reused within a host run, so a
+//! stale id held by a client can only miss, never name another file.
 
 use super::fsop::RelPath;
 use crate::proto::{FileKey, FileKind, Name, NodeId};
@@ -12,8 +14,9 @@ use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Node {
-    /// Parent and name; `None` for the root.
-    link: Option<(NodeId, Name)>,
+    /// Parent and name of each of its names, the one paths are built
+    /// from first; empty for the root.
+    links: Vec<(NodeId, Name)>,
     key: FileKey,
     kind: FileKind,
 }
@@ -23,9 +26,10 @@ struct Node {
 pub struct NodeTable {
     nodes: BTreeMap<NodeId, Node>,
     children: BTreeMap<(NodeId, Name), NodeId>,
-    /// Directories by identity (a directory has one name, no hard links),
-    /// to follow one a local program moved ([`Self::dir_by_key`]).
-    dirs: BTreeMap<FileKey, NodeId>,
+    /// Nodes by identity: to follow a directory a local program moved
+    /// ([`Self::dir_by_key`]), and to find the node of a file seen under
+    /// another of its names (a hard link).
+    by_key: BTreeMap<FileKey, NodeId>,
     next: u64,
     max_nodes: usize,
 }
@@ -37,7 +41,7 @@ impl NodeTable {
         nodes.insert(
             NodeId::ROOT,
             Node {
-                link: None,
+                links: Vec::new(),
                 key: root_key,
                 kind: FileKind::Dir,
             },
@@ -45,7 +49,7 @@ impl NodeTable {
         NodeTable {
             nodes,
             children: BTreeMap::new(),
-            dirs: BTreeMap::new(),
+            by_key: BTreeMap::new(),
             next: NodeId::ROOT.0 + 1,
             max_nodes: max_nodes.max(1),
         }
@@ -71,17 +75,18 @@ impl NodeTable {
         self.nodes.get(&node).map(|n| n.kind)
     }
 
-    /// The path of a node.
+    /// The path of a node (by its first name).
     pub fn path(&self, node: NodeId) -> Option<RelPath> {
         let mut names = Vec::new();
         let mut at = node;
         for _ in 0..=self.nodes.len() {
             let n = self.nodes.get(&at)?;
-            match &n.link {
-                None => {
+            match n.links.first() {
+                None if at == NodeId::ROOT => {
                     names.reverse();
                     return Some(RelPath::from(names));
                 }
+                None => return None,
                 Some((parent, name)) => {
                     names.push(name.clone());
                     at = *parent;
@@ -92,11 +97,11 @@ impl NodeTable {
     }
 
     /// The ancestors of a node, parent first, root last (for subtree
-    /// locks).
+    /// locks; by its first name).
     pub fn ancestors(&self, node: NodeId) -> Vec<NodeId> {
         let mut out = Vec::new();
         let mut at = node;
-        while let Some((parent, _)) = self.nodes.get(&at).and_then(|n| n.link.as_ref()) {
+        while let Some((parent, _)) = self.nodes.get(&at).and_then(|n| n.links.first()) {
             if out.len() > self.nodes.len() {
                 break;
             }
@@ -111,17 +116,24 @@ impl NodeTable {
         self.children.get(&(parent, name.clone())).copied()
     }
 
-    /// Records that `parent/name` exists with this identity and returns its
-    /// node id: the existing one if the same file is already indexed there,
-    /// a new one otherwise (a different file under a known name replaces
-    /// the old record). `None` when the table is full: the caller answers
-    /// the request with a transient error.
+    /// How many names of `node` are indexed.
+    pub fn names(&self, node: NodeId) -> usize {
+        self.nodes.get(&node).map_or(0, |n| n.links.len())
+    }
+
+    /// Records that `parent/name` exists with this identity and link
+    /// count, and returns its node id: the existing one if the same file
+    /// is already indexed there, or (a file with other names) under
+    /// another name; a new one otherwise (a different file under a known
+    /// name replaces the old record). `None` when the table is full: the
+    /// caller answers the request with a transient error.
     pub fn learn(
         &mut self,
         parent: NodeId,
         name: &Name,
         key: FileKey,
         kind: FileKind,
+        nlink: u32,
     ) -> Option<NodeId> {
         if let Some(id) = self.child(parent, name)
             && self
@@ -131,11 +143,16 @@ impl NodeTable {
         {
             return Some(id);
         }
+        let known = self
+            .by_key
+            .get(&key)
+            .copied()
+            .filter(|id| self.kind(*id) == Some(kind));
         // A directory has one name: one indexed elsewhere with this
         // identity was moved here (by a local program; its watcher event
         // may not have come yet). Its node follows, with what is beneath.
         if kind == FileKind::Dir
-            && let Some(moved) = self.dirs.get(&key).copied()
+            && let Some(moved) = known
             && let Some((old_parent, old_name)) = self.link(moved)
             && moved != parent
             && !self.ancestors(parent).contains(&moved)
@@ -143,8 +160,19 @@ impl NodeTable {
             self.rename(old_parent, &old_name, parent, name);
             return Some(moved);
         }
-        if let Some(id) = self.child(parent, name) {
-            self.forget(id);
+        self.unname(parent, name);
+        // A file with more names than one: indexed under another, it is
+        // the same node. (With one name, a node of that identity is a
+        // stale record of a file gone, whose inode number was reused.)
+        if kind != FileKind::Dir
+            && nlink > 1
+            && let Some(same) = known
+            && let Some(n) = self.nodes.get_mut(&same)
+        {
+            // Paths are built from the name just seen to exist.
+            n.links.insert(0, (parent, name.clone()));
+            self.children.insert((parent, name.clone()), same);
+            return Some(same);
         }
         if self.nodes.len() >= self.max_nodes {
             return None;
@@ -160,15 +188,13 @@ impl NodeTable {
         self.nodes.insert(
             id,
             Node {
-                link: Some((parent, name.clone())),
+                links: vec![(parent, name.clone())],
                 key,
                 kind,
             },
         );
         self.children.insert((parent, name.clone()), id);
-        if kind == FileKind::Dir {
-            self.dirs.insert(key, id);
-        }
+        self.by_key.insert(key, id);
     }
 
     /// Sets aside `count` ids for a lease holder to give the files it
@@ -190,21 +216,23 @@ impl NodeTable {
     /// Not bounded by `max_nodes`: the reservation was.
     pub fn bind(&mut self, id: NodeId, parent: NodeId, name: &Name, key: FileKey, kind: FileKind) {
         debug_assert!(id.0 < self.next && !self.nodes.contains_key(&id));
-        if let Some(old) = self.child(parent, name) {
-            self.forget(old);
-        }
+        self.unname(parent, name);
         self.insert(id, parent, name, key, kind);
     }
 
     /// The indexed directory with identity `key`, if any (the root is
     /// not: it never moves).
     pub fn dir_by_key(&self, key: FileKey) -> Option<NodeId> {
-        self.dirs.get(&key).copied()
+        self.by_key
+            .get(&key)
+            .copied()
+            .filter(|id| *id != NodeId::ROOT && self.kind(*id) == Some(FileKind::Dir))
     }
 
-    /// A node's parent and name; `None` for the root and unknown nodes.
+    /// A node's parent and name (its first); `None` for the root and
+    /// unknown nodes.
     pub fn link(&self, node: NodeId) -> Option<(NodeId, Name)> {
-        self.nodes.get(&node).and_then(|n| n.link.clone())
+        self.nodes.get(&node).and_then(|n| n.links.first().cloned())
     }
 
     /// The file at `node`'s path was replaced by a new version of itself
@@ -212,7 +240,11 @@ impl NodeTable {
     /// identity.
     pub fn rekey(&mut self, node: NodeId, key: FileKey) {
         if let Some(n) = self.nodes.get_mut(&node) {
+            if self.by_key.get(&n.key) == Some(&node) {
+                self.by_key.remove(&n.key);
+            }
             n.key = key;
+            self.by_key.insert(key, node);
         }
     }
 
@@ -221,18 +253,32 @@ impl NodeTable {
         self.nodes.get(&node).map(|n| n.key)
     }
 
-    /// The node is gone (its path holds another file now): forget it and
-    /// everything beneath it. Returns the forgotten ids.
+    /// The node is gone (its path holds another file now): forget it,
+    /// every name of it, and everything beneath it. Returns the
+    /// forgotten ids.
     pub fn forget_node(&mut self, node: NodeId) -> Vec<NodeId> {
         self.forget(node)
     }
 
-    /// `parent/name` is gone: forget it and everything beneath it. Returns
-    /// the forgotten ids (so clients can be told).
+    /// `parent/name` is gone: that name is forgotten, and with its last
+    /// name the node and everything beneath it. Returns the forgotten ids
+    /// (so clients can be told); none where the file keeps another name.
     pub fn remove(&mut self, parent: NodeId, name: &Name) -> Vec<NodeId> {
-        match self.child(parent, name) {
-            Some(id) => self.forget(id),
-            None => Vec::new(),
+        self.unname(parent, name)
+    }
+
+    fn unname(&mut self, parent: NodeId, name: &Name) -> Vec<NodeId> {
+        let link = (parent, name.clone());
+        let Some(id) = self.children.get(&link).copied() else {
+            return Vec::new();
+        };
+        match self.nodes.get_mut(&id) {
+            Some(n) if n.links.len() > 1 => {
+                n.links.retain(|l| *l != link);
+                self.children.remove(&link);
+                Vec::new()
+            }
+            _ => self.forget(id),
         }
     }
 
@@ -246,19 +292,30 @@ impl NodeTable {
             let Some(node) = self.nodes.remove(&id) else {
                 continue;
             };
-            if let Some(link) = node.link {
-                self.children.remove(&link);
+            for link in &node.links {
+                self.children.remove(link);
             }
-            if self.dirs.get(&node.key) == Some(&id) {
-                self.dirs.remove(&node.key);
+            if self.by_key.get(&node.key) == Some(&id) {
+                self.by_key.remove(&node.key);
             }
-            let kids: Vec<NodeId> = self
+            let kids: Vec<(Name, NodeId)> = self
                 .children
                 .range((id, Name::new(vec![1u8]).unwrap_or_else(|_| unreachable!()))..)
                 .take_while(|((p, _), _)| *p == id)
-                .map(|(_, &c)| c)
+                .map(|((_, name), &c)| (name.clone(), c))
                 .collect();
-            stack.extend(kids);
+            for (name, kid) in kids {
+                let link = (id, name);
+                self.children.remove(&link);
+                // A file linked from outside this directory too keeps
+                // its other names.
+                if let Some(k) = self.nodes.get_mut(&kid) {
+                    k.links.retain(|l| *l != link);
+                    if k.links.is_empty() {
+                        stack.push(kid);
+                    }
+                }
+            }
             gone.push(id);
         }
         gone
@@ -274,18 +331,22 @@ impl NodeTable {
         new_name: &Name,
     ) -> Vec<NodeId> {
         let moved = self.child(parent, name);
-        let mut gone = Vec::new();
-        if let Some(target) = self.child(new_parent, new_name)
-            && Some(target) != moved
-        {
-            gone = self.forget(target);
+        if moved.is_some() && moved == self.child(new_parent, new_name) {
+            // Two names of one file: rename(2) leaves both.
+            return Vec::new();
         }
+        let gone = self.unname(new_parent, new_name);
         if let Some(id) = moved {
-            self.children.remove(&(parent, name.clone()));
+            let (from, to) = ((parent, name.clone()), (new_parent, new_name.clone()));
+            self.children.remove(&from);
             if let Some(node) = self.nodes.get_mut(&id) {
-                node.link = Some((new_parent, new_name.clone()));
+                for link in &mut node.links {
+                    if *link == from {
+                        *link = to.clone();
+                    }
+                }
             }
-            self.children.insert((new_parent, new_name.clone()), id);
+            self.children.insert(to, id);
         }
         gone
     }
@@ -307,15 +368,15 @@ mod tests {
     fn paths_follow_renames_of_whole_subtrees() {
         let mut t = NodeTable::new(key(1), 100);
         let d = t
-            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir)
+            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir, 1)
             .expect("room");
         let f = t
-            .learn(d, &name("f"), key(3), FileKind::File)
+            .learn(d, &name("f"), key(3), FileKind::File, 1)
             .expect("room");
         assert_eq!(format!("{:?}", t.path(f).expect("path")), "/d/f");
         assert_eq!(t.ancestors(f), vec![d, NodeId::ROOT]);
         let e = t
-            .learn(NodeId::ROOT, &name("e"), key(4), FileKind::Dir)
+            .learn(NodeId::ROOT, &name("e"), key(4), FileKind::Dir, 1)
             .expect("room");
         t.rename(NodeId::ROOT, &name("d"), e, &name("d2"));
         assert_eq!(format!("{:?}", t.path(f).expect("path")), "/e/d2/f");
@@ -326,14 +387,14 @@ mod tests {
     fn same_file_same_id_and_replaced_files_get_new_ids() {
         let mut t = NodeTable::new(key(1), 100);
         let a = t
-            .learn(NodeId::ROOT, &name("a"), key(2), FileKind::File)
+            .learn(NodeId::ROOT, &name("a"), key(2), FileKind::File, 1)
             .expect("room");
         assert_eq!(
-            t.learn(NodeId::ROOT, &name("a"), key(2), FileKind::File),
+            t.learn(NodeId::ROOT, &name("a"), key(2), FileKind::File, 1),
             Some(a)
         );
         let b = t
-            .learn(NodeId::ROOT, &name("a"), key(9), FileKind::File)
+            .learn(NodeId::ROOT, &name("a"), key(9), FileKind::File, 1)
             .expect("room");
         assert_ne!(a, b, "another file under the same name");
         assert!(!t.contains(a), "ids are never reused");
@@ -343,19 +404,19 @@ mod tests {
     fn removal_and_replacing_renames_forget_subtrees() {
         let mut t = NodeTable::new(key(1), 100);
         let d = t
-            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir)
+            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir, 1)
             .expect("room");
         let f = t
-            .learn(d, &name("f"), key(3), FileKind::File)
+            .learn(d, &name("f"), key(3), FileKind::File, 1)
             .expect("room");
         let g = t
-            .learn(NodeId::ROOT, &name("g"), key(4), FileKind::File)
+            .learn(NodeId::ROOT, &name("g"), key(4), FileKind::File, 1)
             .expect("room");
         let mut gone = t.remove(NodeId::ROOT, &name("d"));
         gone.sort();
         assert_eq!(gone, vec![d, f]);
         let h = t
-            .learn(NodeId::ROOT, &name("h"), key(5), FileKind::File)
+            .learn(NodeId::ROOT, &name("h"), key(5), FileKind::File, 1)
             .expect("room");
         assert_eq!(
             t.rename(NodeId::ROOT, &name("h"), NodeId::ROOT, &name("g")),
@@ -366,14 +427,59 @@ mod tests {
     }
 
     #[test]
+    fn names_of_one_file_are_one_node_until_the_last_goes() {
+        let mut t = NodeTable::new(key(1), 100);
+        let d = t
+            .learn(NodeId::ROOT, &name("d"), key(2), FileKind::Dir, 2)
+            .expect("room");
+        let a = t
+            .learn(NodeId::ROOT, &name("a"), key(3), FileKind::File, 2)
+            .expect("room");
+        let b = t.learn(d, &name("b"), key(3), FileKind::File, 2);
+        assert_eq!(b, Some(a), "a second name of the file is its node");
+        assert_eq!(t.names(a), 2);
+        assert_eq!(format!("{:?}", t.path(a).expect("path")), "/d/b");
+        // Renaming one name onto the other is no change at all.
+        assert!(t.rename(d, &name("b"), NodeId::ROOT, &name("a")).is_empty());
+        assert_eq!(t.names(a), 2);
+        // The directory goes: the file keeps its name outside it.
+        let mut gone = t.remove(NodeId::ROOT, &name("d"));
+        gone.sort();
+        assert_eq!(gone, vec![d]);
+        assert_eq!(format!("{:?}", t.path(a).expect("path")), "/a");
+        assert_eq!(t.child(d, &name("b")), None);
+        assert_eq!(t.remove(NodeId::ROOT, &name("a")), vec![a]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn an_identity_with_one_name_is_a_new_file() {
+        let mut t = NodeTable::new(key(1), 100);
+        let a = t
+            .learn(NodeId::ROOT, &name("a"), key(3), FileKind::File, 1)
+            .expect("room");
+        // Same inode number, one link: `a` was deleted unseen and its
+        // number reused; joining them would show two files as one.
+        let c = t
+            .learn(NodeId::ROOT, &name("c"), key(3), FileKind::File, 1)
+            .expect("room");
+        assert_ne!(a, c);
+        // Nor does a second name join a node of another kind.
+        let s = t
+            .learn(NodeId::ROOT, &name("s"), key(3), FileKind::Fifo, 2)
+            .expect("room");
+        assert_ne!(s, c);
+    }
+
+    #[test]
     fn the_table_is_bounded() {
         let mut t = NodeTable::new(key(1), 2);
         assert!(
-            t.learn(NodeId::ROOT, &name("a"), key(2), FileKind::File)
+            t.learn(NodeId::ROOT, &name("a"), key(2), FileKind::File, 1)
                 .is_some()
         );
         assert_eq!(
-            t.learn(NodeId::ROOT, &name("b"), key(3), FileKind::File),
+            t.learn(NodeId::ROOT, &name("b"), key(3), FileKind::File, 1),
             None
         );
     }

@@ -680,6 +680,17 @@ pub enum Request {
         /// The operations, in the order the holder answered them.
         ops: Vec<LeaseOp>,
     },
+    /// Give a non-directory another name (a hard link). Both names are
+    /// then one node: the answer ([`Reply::Attr`]) carries the node the
+    /// file already had, with its new link count.
+    Link {
+        /// The file.
+        node: NodeId,
+        /// Directory of the new name.
+        parent: NodeId,
+        /// The new name.
+        name: Name,
+    },
 }
 
 /// A successful reply.

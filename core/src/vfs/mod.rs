@@ -55,8 +55,10 @@ pub struct Inode {
     /// The identity of the file on the host's disk, as last learned (a
     /// re-bind after a host restart requires the same one).
     pub key: FileKey,
-    /// Parent directory and name; `None` for the root and for orphans.
-    pub link: Option<(Ino, Name)>,
+    /// Parent directory and name of each of its names (a file with hard
+    /// links has several, a directory one); empty for the root and for
+    /// orphans.
+    pub links: Vec<(Ino, Name)>,
     /// File, directory or symlink.
     pub kind: FileKind,
     /// Lookups the kernel has not yet forgotten.
@@ -68,6 +70,13 @@ pub struct Inode {
     /// Whether `node` is valid for the current host session (false after
     /// the host restarted, until the inode is looked up again).
     pub bound: bool,
+}
+
+impl Inode {
+    /// Its first name: parent directory and name.
+    pub fn link(&self) -> Option<&(Ino, Name)> {
+        self.links.first()
+    }
 }
 
 /// Why an inode operation was refused.
@@ -142,7 +151,7 @@ impl Vfs {
                 ino: Ino::ROOT,
                 node: root,
                 key: FileKey { dev: 0, ino: 0 },
-                link: None,
+                links: Vec::new(),
                 kind: FileKind::Dir,
                 // The kernel never forgets the root.
                 nlookup: 1,
@@ -202,7 +211,7 @@ impl Vfs {
         // Depth is bounded by the number of inodes, so a corrupted cycle
         // cannot loop forever.
         for _ in 0..=self.inodes.len() {
-            match &at.link {
+            match at.link() {
                 None if at.ino == Ino::ROOT => {
                     names.reverse();
                     return Some(names);
@@ -242,6 +251,11 @@ impl Vfs {
             self.detach(old);
         }
         let ino = match self.by_node.get(&attr.node).copied() {
+            Some(ino) if attr.kind != FileKind::Dir && attr.nlink > 1 => {
+                // Known node: one more name of a file with several.
+                self.add_link(ino, parent, name);
+                ino
+            }
             Some(ino) => {
                 // Known node, possibly under another name (renamed on the
                 // host): move it here.
@@ -259,7 +273,7 @@ impl Vfs {
                         ino,
                         node: attr.node,
                         key: attr.key,
-                        link: None,
+                        links: Vec::new(),
                         kind: attr.kind,
                         nlookup: 0,
                         open: 0,
@@ -284,14 +298,26 @@ impl Vfs {
         Ok(ino)
     }
 
+    /// Gives `ino` `parent/name` as its only name.
     fn relink(&mut self, ino: Ino, parent: Ino, name: Name) {
         let Some(inode) = self.inodes.get_mut(&ino) else {
             return;
         };
-        if let Some(old) = inode.link.take() {
+        for old in inode.links.drain(..) {
             self.children.remove(&old);
         }
-        inode.link = Some((parent, name.clone()));
+        self.add_link(ino, parent, name);
+    }
+
+    /// Gives `ino` the name `parent/name` besides those it has.
+    fn add_link(&mut self, ino: Ino, parent: Ino, name: Name) {
+        let Some(inode) = self.inodes.get_mut(&ino) else {
+            return;
+        };
+        let link = (parent, name);
+        if !inode.links.contains(&link) {
+            inode.links.push(link.clone());
+        }
         if inode.state == InodeState::Orphan {
             inode.state = if inode.nlookup > 0 {
                 InodeState::Active
@@ -299,7 +325,20 @@ impl Vfs {
                 InodeState::Allocated
             };
         }
-        self.children.insert((parent, name), ino);
+        self.children.insert(link, ino);
+    }
+
+    /// Takes the name `parent/name` from `ino`; with its last name gone
+    /// it is detached ([`Self::detach`]).
+    fn unname(&mut self, ino: Ino, parent: Ino, name: &Name) {
+        let link = (parent, name.clone());
+        match self.inodes.get_mut(&ino) {
+            Some(inode) if inode.links.len() > 1 => {
+                inode.links.retain(|l| *l != link);
+                self.children.remove(&link);
+            }
+            _ => self.detach(ino),
+        }
     }
 
     /// The kernel forgets `n` lookups of `ino`.
@@ -355,11 +394,11 @@ impl Vfs {
     }
 
     /// The name `name` in `parent` was removed (unlink, rmdir, or replaced
-    /// by a rename). Its inode loses its name; if it is still referenced it
-    /// lives on as an Orphan.
+    /// by a rename). Its inode loses that name; with its last one gone, if
+    /// it is still referenced it lives on as an Orphan.
     pub fn unlink(&mut self, parent: Ino, name: &Name) {
         if let Some(ino) = self.children.get(&(parent, name.clone())).copied() {
-            self.detach(ino);
+            self.unname(ino, parent, name);
         }
     }
 
@@ -380,24 +419,30 @@ impl Vfs {
             self.unlink(new_parent, &new_name);
             return;
         };
-        if let Some(target) = self.children.get(&(new_parent, new_name.clone())).copied()
-            && target != ino
-        {
-            self.detach(target);
+        match self.children.get(&(new_parent, new_name.clone())).copied() {
+            // Two names of one file: rename(2) leaves both.
+            Some(target) if target == ino => return,
+            Some(target) => self.unname(target, new_parent, &new_name),
+            None => {}
         }
-        self.relink(ino, new_parent, new_name);
+        let from = (parent, name.clone());
+        self.children.remove(&from);
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.links.retain(|l| *l != from);
+        }
+        self.add_link(ino, new_parent, new_name);
     }
 
-    /// Removes an inode's name and its node mapping: it is either freed at
-    /// once or kept as an orphan while referenced. Its children (if a
-    /// directory) lose their names too.
+    /// Removes an inode's names and its node mapping: it is either freed
+    /// at once or kept as an orphan while referenced. Its children (if a
+    /// directory) lose their names there too.
     fn detach(&mut self, ino: Ino) {
         let mut stack = vec![ino];
         while let Some(ino) = stack.pop() {
             let Some(inode) = self.inodes.get_mut(&ino) else {
                 continue;
             };
-            if let Some(link) = inode.link.take() {
+            for link in inode.links.drain(..) {
                 self.children.remove(&link);
             }
             // The node mapping stays while the inode lives: the host never
@@ -406,13 +451,24 @@ impl Vfs {
             // requests arrive in any order), and `learn` gives the kernel
             // back the same inode instead of a second one for one file.
             inode.state = InodeState::Orphan;
-            let kids: Vec<Ino> = self
+            let kids: Vec<(Name, Ino)> = self
                 .children
                 .range((ino, Name::min())..)
                 .take_while(|((p, _), _)| *p == ino)
-                .map(|(_, &c)| c)
+                .map(|((_, name), &c)| (name.clone(), c))
                 .collect();
-            stack.extend(kids);
+            for (name, kid) in kids {
+                let link = (ino, name);
+                self.children.remove(&link);
+                // A file linked from another directory too keeps that
+                // name.
+                if let Some(k) = self.inodes.get_mut(&kid) {
+                    k.links.retain(|l| *l != link);
+                    if k.links.is_empty() {
+                        stack.push(kid);
+                    }
+                }
+            }
             self.maybe_free(ino);
         }
     }
@@ -429,12 +485,12 @@ impl Vfs {
         }
         // Allocated entries with a name are kept (they make the next
         // lookup cheap) until they are forgotten on purpose or orphaned.
-        if inode.state == InodeState::Allocated && inode.link.is_some() {
+        if inode.state == InodeState::Allocated && !inode.links.is_empty() {
             return;
         }
         let inode = self.inodes.remove(&ino).expect("checked above");
-        if let Some(link) = inode.link {
-            self.children.remove(&link);
+        for link in &inode.links {
+            self.children.remove(link);
         }
         if self.by_node.get(&inode.node) == Some(&ino) {
             self.by_node.remove(&inode.node);
@@ -480,7 +536,7 @@ impl Vfs {
             .values()
             .filter(|i| !i.bound)
             .filter_map(|i| {
-                let (parent, name) = i.link.as_ref()?;
+                let (parent, name) = i.link()?;
                 let p = self.inodes.get(parent).filter(|p| p.bound)?;
                 Some((i.ino, p.node, name.clone()))
             })

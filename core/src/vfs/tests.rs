@@ -333,11 +333,28 @@ fn no_number_is_reused_while_referenced() {
                     let _ = v.close(ino);
                 }
                 5 => v.unlink(Ino::ROOT, &nm),
+                6 if !live.is_empty() && rng.below(2) == 0 => {
+                    // Another name of a file this table knows (a hard
+                    // link), as a lookup would learn it.
+                    let ino = pick(&mut rng);
+                    if let Some(i) = v.get(ino).filter(|i| i.kind == FileKind::File) {
+                        let linked = Attr {
+                            nlink: 2,
+                            ..attr(i.node.0, FileKind::File)
+                        };
+                        let _ = v.learn(Ino::ROOT, nm, &linked, true);
+                    }
+                }
                 _ => v.rename(Ino::ROOT, &nm, Ino::ROOT, name("z")),
             }
             for (key, &ino) in &v.children {
                 let inode = v.inodes.get(&ino).expect("children point at live inodes");
-                assert_eq!(inode.link.as_ref(), Some(key));
+                assert!(inode.links.contains(key));
+            }
+            for inode in v.inodes.values() {
+                for link in &inode.links {
+                    assert_eq!(v.children.get(link), Some(&inode.ino), "{inode:?}");
+                }
             }
             for (&node, &ino) in &v.by_node {
                 assert_eq!(v.inodes.get(&ino).map(|i| i.node), Some(node));
@@ -352,4 +369,38 @@ fn no_number_is_reused_while_referenced() {
             }
         }
     }
+}
+
+#[test]
+fn names_of_one_file_are_one_inode_until_the_last_goes() {
+    let mut v = vfs();
+    let d = v
+        .learn(Ino::ROOT, name("d"), &attr(5, FileKind::Dir), true)
+        .expect("d");
+    let linked = Attr {
+        nlink: 2,
+        ..attr(10, FileKind::File)
+    };
+    let a = v.learn(Ino::ROOT, name("a"), &linked, true).expect("a");
+    let b = v.learn(d, name("b"), &linked, true).expect("b");
+    assert_eq!(b, a);
+    assert_eq!(v.child(Ino::ROOT, &name("a")), Some(a), "both names stay");
+    assert_eq!(v.child(d, &name("b")), Some(a));
+    // Renamed onto its other name: nothing changes (rename(2)).
+    v.rename(d, &name("b"), Ino::ROOT, name("a"));
+    assert_eq!(v.child(d, &name("b")), Some(a));
+    // Its directory goes: the name outside it stays.
+    v.unlink(Ino::ROOT, &name("d"));
+    assert_eq!(v.path(a), Some(vec![name("a")]));
+    assert_eq!(v.get(a).map(|i| i.state), Some(InodeState::Active));
+    v.unlink(Ino::ROOT, &name("a"));
+    assert_eq!(v.get(a).map(|i| i.state), Some(InodeState::Orphan));
+    // A file with one link seen under a new name was moved there.
+    let c = v
+        .learn(Ino::ROOT, name("c"), &attr(11, FileKind::File), true)
+        .expect("c");
+    v.learn(Ino::ROOT, name("e"), &attr(11, FileKind::File), true)
+        .expect("e");
+    assert_eq!(v.child(Ino::ROOT, &name("c")), None);
+    assert_eq!(v.child(Ino::ROOT, &name("e")), Some(c));
 }

@@ -506,6 +506,27 @@ impl fuser::Filesystem for WormholeFs {
         }
     }
 
+    fn link(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match Self::name(newname) {
+            Ok(new_name) => self.op(
+                Op::Link {
+                    ino: ino(i),
+                    new_parent: ino(newparent),
+                    new_name,
+                },
+                KernelReply::Entry(reply),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn rename(
         &self,
         _req: &Request,

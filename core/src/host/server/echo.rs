@@ -66,6 +66,10 @@ impl Echoes {
             | FsOp::Mknod { path, .. }
             | FsOp::SetAttr { path, .. }
             | FsOp::StageCommit { path, .. } => vec![(path.clone(), Leaves::Result)],
+            // Both names hold the file the result describes.
+            FsOp::Link { path, to } => {
+                vec![(path.clone(), Leaves::Result), (to.clone(), Leaves::Result)]
+            }
             FsOp::Unlink { path } | FsOp::Rmdir { path } => vec![(path.clone(), Leaves::Gone)],
             // What a rename leaves at its target is the source's file,
             // which the result does not describe: its target's report is

@@ -276,6 +276,7 @@ impl HostServer {
             | Request::Create { parent, .. }
             | Request::Mkdir { parent, .. }
             | Request::Symlink { parent, .. }
+            | Request::Link { parent, .. }
             | Request::Mknod { parent, .. } => &[*parent],
             Request::ReadDir { dir, .. } | Request::Apply { dir, .. } => &[*dir],
             Request::Unlink { parent, name } | Request::Rmdir { parent, name } => {

@@ -321,6 +321,12 @@ enum ReplyAs {
         name: Name,
         open: Option<(HandleId, FsHandle)>,
     },
+    /// A hard link of `node` made at `parent/name`.
+    Linked {
+        node: NodeId,
+        parent: NodeId,
+        name: Name,
+    },
     Removed {
         parent: NodeId,
         name: Name,
@@ -554,7 +560,9 @@ impl HostServer {
                     if is_reserved(&name) || self.nodes.len() >= self.cfg.scan_limit {
                         continue;
                     }
-                    if let Some(id) = self.nodes.learn(dir, &name, attr.key, attr.kind)
+                    if let Some(id) = self
+                        .nodes
+                        .learn(dir, &name, attr.key, attr.kind, attr.nlink)
                         && attr.kind == FileKind::Dir
                     {
                         self.scan_queue.push_back((id, 0));

@@ -300,6 +300,19 @@ impl HostServer {
                     FsOp::Rename { from, to },
                 );
             }
+            Request::Link { node, parent, name } => {
+                let (to, _) = self.new_entry(session, parent, &name, None)?;
+                if self.nodes.kind(node) == Some(FileKind::Dir) {
+                    return Err(Errno::Perm);
+                }
+                let path = self.path_of(node)?;
+                // Its link count and ctime change: a change to the file.
+                self.guard(session, node, false)?;
+                self.fs(
+                    answer(ReplyAs::Linked { node, parent, name }),
+                    FsOp::Link { path, to },
+                );
+            }
             Request::Readlink { node } => {
                 let path = self.path_of(node)?;
                 self.fs(answer(ReplyAs::Readlink), FsOp::Readlink { path });

@@ -138,9 +138,29 @@ impl HostServer {
     fn learn(&mut self, parent: NodeId, name: &Name, attr: &FsAttr) -> Result<Attr, Errno> {
         let id = self
             .nodes
-            .learn(parent, name, attr.key, attr.kind)
+            .learn(parent, name, attr.key, attr.kind, attr.nlink)
             .ok_or(Errno::NoSpc)?;
         Ok(to_attr(id, attr))
+    }
+
+    /// `parent/name` was removed by `session`: other sessions learn which
+    /// nodes went with it, or, where the file keeps other names, that
+    /// its link count changed.
+    fn unnamed(&mut self, session: SessionId, parent: NodeId, name: &Name) {
+        let node = self.nodes.child(parent, name);
+        let gone = self.nodes.remove(parent, name);
+        self.told_gone(session, node, gone);
+    }
+
+    fn told_gone(&mut self, session: SessionId, node: Option<NodeId>, gone: Vec<NodeId>) {
+        if let Some(node) = node
+            && !gone.contains(&node)
+        {
+            self.broadcast(Some(session), node, Invalidation::Attr);
+        }
+        for gone in gone {
+            self.broadcast(Some(session), gone, Invalidation::Gone);
+        }
     }
 
     /// A handle opened for `session`: kept, and the answer to its open;
@@ -345,10 +365,21 @@ impl HostServer {
                     }
                 }
             }
-            (ReplyAs::Removed { parent, name }, Ok(_)) => {
-                for gone in self.nodes.remove(parent, &name) {
-                    self.broadcast(Some(session), gone, Invalidation::Gone);
+            (ReplyAs::Linked { node, parent, name }, Ok(FsOk::Attr(a))) => {
+                let attr = self.learn(parent, &name, &a)?;
+                self.broadcast(Some(session), parent, Invalidation::Entries);
+                // Every name shows the new link count and ctime.
+                self.broadcast(Some(session), attr.node, Invalidation::Attr);
+                if attr.node != node {
+                    // The file at the node's path is not the one the
+                    // client linked (replaced by a local program
+                    // meanwhile): its node is stale.
+                    self.broadcast(Some(session), node, Invalidation::Attr);
                 }
+                Ok(Reply::Attr(attr))
+            }
+            (ReplyAs::Removed { parent, name }, Ok(_)) => {
+                self.unnamed(session, parent, &name);
                 self.broadcast(Some(session), parent, Invalidation::Entries);
                 Ok(Reply::Done)
             }
@@ -361,9 +392,9 @@ impl HostServer {
                 },
                 Ok(_),
             ) => {
-                for gone in self.nodes.rename(parent, &name, new_parent, &new_name) {
-                    self.broadcast(Some(session), gone, Invalidation::Gone);
-                }
+                let target = self.nodes.child(new_parent, &new_name);
+                let gone = self.nodes.rename(parent, &name, new_parent, &new_name);
+                self.told_gone(session, target, gone);
                 self.broadcast(Some(session), parent, Invalidation::Entries);
                 if new_parent != parent {
                     self.broadcast(Some(session), new_parent, Invalidation::Entries);

@@ -128,6 +128,11 @@ fn every_request() -> Vec<Request> {
             owner: None,
         },
         Request::Readlink { node: NodeId(6) },
+        Request::Link {
+            node: NodeId(6),
+            parent: NodeId::ROOT,
+            name: name("hard"),
+        },
         Request::Statfs,
         Request::AcquireLock {
             scope: LockScope::File(NodeId(5)),

@@ -248,6 +248,7 @@ impl HostFs {
             | FsOp::Rmdir { .. }
             | FsOp::Rename { .. }
             | FsOp::Symlink { .. }
+            | FsOp::Link { .. }
             | FsOp::StageBegin { .. } => {
                 return Ok(self.execute(op));
             }
@@ -326,6 +327,7 @@ impl HostFs {
                 rdev,
                 owner,
             } => self.mknod(&path, kind, mode, rdev, owner),
+            FsOp::Link { path, to } => self.link(&path, &to),
             FsOp::Readlink { path } => {
                 let Some((dir, name)) = self.parent(&path)? else {
                     return Err(Errno::Inval);

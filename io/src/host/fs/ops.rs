@@ -263,6 +263,26 @@ impl HostFs {
         attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
 
+    /// A second name for the file at `path` (never a directory: the
+    /// kernel refuses with EPERM). `linkat` without `AT_SYMLINK_FOLLOW`
+    /// links a symlink itself, so nothing outside the share is reached:
+    /// both names are entries of directories opened beneath the root.
+    pub(super) fn link(&self, path: &RelPath, to: &RelPath) -> FsResult {
+        let (from_dir, from) = self.entry(path)?;
+        let (to_dir, to) = self.entry(to)?;
+        let to = os(to.as_bytes());
+        rfs::linkat(
+            &from_dir,
+            os(from.as_bytes()),
+            &to_dir,
+            to,
+            AtFlags::empty(),
+        )
+        .map_err(sys)?;
+        let st = rfs::statat(&to_dir, to, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+        attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
+    }
+
     /// A FIFO, a socket's name, a device node (the host core allows it
     /// or not) or an empty regular file, exactly `mode` (set after,
     /// through its /proc/self/fd link: `mknodat` applies the host's

@@ -3,7 +3,7 @@
 //! keeps the disk busy while a long write arrives; and the sweep of
 //! staging files an earlier run left.
 
-use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno as SysErrno;
 use std::ffi::OsStr;
 use std::fs::File;
@@ -225,6 +225,17 @@ impl HostFs {
         // The file keeps its permissions, as MemFs: those of the file at
         // commit time, unless the writer set others while writing.
         let mode = set.mode.unwrap_or(old.st_mode);
+        if old.st_nlink > 1 {
+            return self.commit_in_place(&staged, &dir, n, size, (&old, base), &set);
+        }
+        // And its owner at commit time (a chown may have come since the
+        // staging began). Only root can give a file away; otherwise the
+        // host's user owns both.
+        let _ = rfs::fchown(
+            &staged.file,
+            Some(rfs::Uid::from_raw(old.st_uid)),
+            Some(rfs::Gid::from_raw(old.st_gid)),
+        );
         rfs::fchmod(&staged.file, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
         // Times last: every write and the size are in place (`settle`,
         // `set_len`), so nothing moves the mtime after it.
@@ -258,6 +269,50 @@ impl HostFs {
 }
 
 impl HostFs {
+    /// The commit of a file with other hard links: its staged content is
+    /// copied into it, since a rename would give this name a new file
+    /// and leave the old content under the others. The staging file goes
+    /// with `staged`. (Not atomic: a crash may leave a mix, as it may on
+    /// a local disk written in place.)
+    fn commit_in_place(
+        &self,
+        staged: &Staged,
+        dir: &OwnedFd,
+        name: &OsStr,
+        size: u64,
+        (old, base): (&Stat, FileStamp),
+        set: &SetAttr,
+    ) -> FsResult {
+        let stale = |st: &Stat| attr(st).map(|a| FileStamp::from(&a)) != Some(base);
+        if stale(old) {
+            return Err(Errno::Stale);
+        }
+        let probe = rfs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys)?;
+        let (fd, now) = self.regular(&probe, OFlags::WRONLY)?;
+        if stale(&now) {
+            return Err(Errno::Stale);
+        }
+        let file = File::from(fd);
+        if copy_range(&staged.file, 0, &file, 0, size).map_err(io)? != size {
+            return Err(Errno::Io);
+        }
+        file.set_len(size).map_err(io)?;
+        // The mode only if the writer set one: the file keeps its own.
+        if let Some(mode) = set.mode {
+            rfs::fchmod(&file, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+        }
+        if let Some(t) = times(set) {
+            rfs::futimens(&file, &t).map_err(sys)?;
+        }
+        fd_attr(&file)
+    }
+
     /// [`FsOp::CreateFiles`](wormhole_core::host::FsOp::CreateFiles): each
     /// file written whole under a staging name, then linked at its name
     /// with `renameat2(RENAME_NOREPLACE)`, so a name a local program took

@@ -1,0 +1,113 @@
+//! Hard links: one inode under every name of a file, on every client, and
+//! a write through one name read through the others.
+
+use super::*;
+
+fn link(w: &mut World, c: usize, ino: Ino, to: &str) -> Result<(Ino, Attr), Errno> {
+    match w.call(
+        c,
+        Op::Link {
+            ino,
+            new_parent: Ino::ROOT,
+            new_name: name(to),
+        },
+    )? {
+        Answer::Entry { ino, attr, .. } => Ok((ino, attr)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn getattr(w: &mut World, c: usize, ino: Ino) -> Attr {
+    match w.call(c, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => attr,
+        other => panic!("getattr: {other:?}"),
+    }
+}
+
+fn unlink(w: &mut World, c: usize, n: &str) {
+    let op = Op::Unlink {
+        parent: Ino::ROOT,
+        name: name(n),
+    };
+    assert_eq!(w.call(c, op), Ok(Answer::Done), "unlink {n}");
+}
+
+fn path(n: &str) -> RelPath {
+    RelPath::from(vec![name(n)])
+}
+
+#[test]
+fn a_hard_link_is_one_inode_under_both_names_on_every_client() {
+    let mut w = world(&[("a", b"one")], 2);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let (b, attr) = link(&mut w, 0, a, "b").expect("link");
+    assert_eq!(b, a, "the new name is the same inode");
+    assert_eq!(attr.nlink, 2);
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "b").expect("b").0, a);
+    // Another client sees one file under both names too.
+    let (a1, attr1) = lookup(&mut w, 1, Ino::ROOT, "a").expect("a");
+    let (b1, _) = lookup(&mut w, 1, Ino::ROOT, "b").expect("b");
+    assert_eq!((b1, attr1.nlink), (a1, 2));
+
+    // Written through one name, read through the other: the host wrote
+    // the file in place, so both names still hold one file.
+    let fh = open(&mut w, 0, b);
+    write(&mut w, 0, fh, 0, b"two, longer");
+    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    w.call(0, Op::Release { fh }).expect("release");
+    for n in ["a", "b"] {
+        assert_eq!(w.disk.read_file(&path(n)), Some(&b"two, longer"[..]));
+    }
+    let fh = open(&mut w, 1, a1);
+    assert_eq!(read_all(&mut w, 1, fh, 64), b"two, longer");
+    w.call(1, Op::Release { fh }).expect("release");
+    assert_eq!(getattr(&mut w, 1, b1).nlink, 2, "still one file");
+
+    // One name goes: the other keeps the inode, one link fewer, on the
+    // client that unlinked and (once told) on the other.
+    unlink(&mut w, 0, "a");
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "a").err(), Some(Errno::NoEnt));
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "b").expect("b").0, a);
+    assert_eq!(getattr(&mut w, 0, a).nlink, 1);
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(getattr(&mut w, 1, b1).nlink, 1);
+    assert_eq!(w.disk.read_file(&path("b")), Some(&b"two, longer"[..]));
+}
+
+#[test]
+fn renaming_a_name_onto_another_of_the_same_file_changes_nothing() {
+    let mut w = world(&[("a", b"x")], 1);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    link(&mut w, 0, a, "b").expect("link");
+    let op = Op::Rename {
+        parent: Ino::ROOT,
+        name: name("a"),
+        new_parent: Ino::ROOT,
+        new_name: name("b"),
+    };
+    assert_eq!(w.call(0, op), Ok(Answer::Done));
+    for n in ["a", "b"] {
+        assert_eq!(lookup(&mut w, 0, Ino::ROOT, n).expect(n).0, a, "{n}");
+    }
+    assert_eq!(getattr(&mut w, 0, a).nlink, 2);
+}
+
+#[test]
+fn directories_and_taken_names_are_not_linked() {
+    let mut w = world(&[("a", b"x"), ("b", b"y")], 1);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    assert_eq!(link(&mut w, 0, a, "b").err(), Some(Errno::Exist));
+    let r = w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: None,
+        },
+    );
+    let Ok(Answer::Entry { ino: d, .. }) = r else {
+        panic!("mkdir: {r:?}")
+    };
+    assert_eq!(link(&mut w, 0, d, "e").err(), Some(Errno::Perm));
+}
