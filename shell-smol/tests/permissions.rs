@@ -16,3 +16,8 @@ fn other_users_are_let_in_only_when_asked_and_as_the_modes_say() {
 fn fifos_and_sockets_work_and_device_nodes_are_refused() {
     permissions::special_files(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole-smol")));
 }
+
+#[test]
+fn hard_links_are_one_file_under_every_name() {
+    permissions::hard_links(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole-smol")));
+}

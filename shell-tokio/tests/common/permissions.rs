@@ -270,3 +270,56 @@ pub(crate) fn special_files(bin: &Path) {
     let mount = cleanup.children.pop().expect("the mount");
     interrupt(mount, "the mount on Ctrl-C");
 }
+
+/// Hard links through the mount: `ln` makes a host hard link, both names
+/// show one inode and link count, a write through one name is read
+/// through the other (on the mount and on the host's disk), and `rm` of
+/// one name leaves the other.
+pub(crate) fn hard_links(bin: &Path) {
+    let mut cleanup = scratch("links", bin);
+    let dir = cleanup.dir.clone();
+    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+
+    std::fs::write(mnt.join("a"), "one").expect("write a");
+    std::fs::hard_link(mnt.join("a"), mnt.join("b")).expect("ln a b");
+    let (a, b) = (
+        std::fs::metadata(mnt.join("a")).expect("stat a"),
+        std::fs::metadata(mnt.join("b")).expect("stat b"),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one inode, two names");
+    let on_host = |n: &str| std::fs::metadata(share.join(n)).expect("on the host");
+    assert_eq!(on_host("a").ino(), on_host("b").ino(), "a host hard link");
+
+    std::fs::write(mnt.join("b"), "two, through b").expect("write b");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("a")).expect("read a"),
+        "two, through b"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("a")).expect("read a on the host"),
+        "two, through b"
+    );
+    assert_eq!(
+        (on_host("a").ino(), on_host("a").nlink()),
+        (on_host("b").ino(), 2),
+        "still one file on the host"
+    );
+
+    std::fs::remove_file(mnt.join("a")).expect("rm a");
+    assert_eq!(
+        std::fs::metadata(mnt.join("b")).expect("stat b").nlink(),
+        1
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("b")).expect("read b"),
+        "two, through b"
+    );
+    std::fs::create_dir(mnt.join("d")).expect("mkdir");
+    let err = std::fs::hard_link(mnt.join("d"), mnt.join("e")).expect_err("ln of a directory");
+    const EPERM: i32 = 1;
+    assert_eq!(err.raw_os_error(), Some(EPERM), "{err}");
+}
