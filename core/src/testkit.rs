@@ -426,14 +426,18 @@ impl World {
         else {
             return;
         };
-        let attrs: Vec<&Attr> = match &reply {
-            Reply::Attr(a) | Reply::Opened { attr: a, .. } | Reply::HelloAck { root: a, .. } => {
+        let mut attrs: Vec<&Attr> = match &reply {
+            Reply::Attr(a)
+            | Reply::Opened { attr: a, .. }
+            | Reply::Made { attr: a, .. }
+            | Reply::HelloAck { root: a, .. } => {
                 vec![a]
             }
             Reply::DirPage { entries, .. } => entries.iter().map(|e| &e.attr).collect(),
             Reply::Applied(results) => results.iter().filter_map(|r| r.as_ref().ok()).collect(),
             _ => Vec::new(),
         };
+        attrs.extend(reply.dirs());
         for a in attrs {
             self.attr_log.push(AttrDelivery {
                 at: self.now,

@@ -266,6 +266,8 @@ enum Norm {
     StatFs,
     Done,
     Created(Vec<Result<Seen, wormhole_core::proto::Errno>>),
+    /// A result and the directories it changed, as they are after it.
+    InDirs(Box<Norm>, Vec<Seen>),
     Err(wormhole_core::proto::Errno),
 }
 
@@ -287,6 +289,9 @@ fn norm(r: FsResult) -> Norm {
                 .map(|i| i.as_ref().map(seen).map_err(|e| *e))
                 .collect(),
         ),
+        Ok(FsOk::InDirs { ok, dirs }) => {
+            Norm::InDirs(Box::new(norm(Ok(*ok))), dirs.iter().map(seen).collect())
+        }
         Err(e) => Norm::Err(e),
     }
 }

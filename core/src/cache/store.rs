@@ -735,6 +735,8 @@ impl Cache {
                 }
             }
             Invalidation::Entries => {
+                // A change of entries moves the directory's times too.
+                self.mark_stale(now, &CacheKey::Attr(node));
                 self.mark_stale(now, &CacheKey::Dir(node));
                 self.drop_negatives(node);
             }

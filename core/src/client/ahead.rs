@@ -41,6 +41,7 @@ impl Opened {
                 handle,
                 attr,
                 inline,
+                ..
             } => Some(Opened {
                 handle,
                 attr,

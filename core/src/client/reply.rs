@@ -176,7 +176,13 @@ impl ClientCore {
                 }
             }
             Purpose::Op { req, op, part } => {
+                let dirs = result.as_ref().map_or(&[][..], Reply::dirs).to_vec();
                 let answer = self.on_op_reply(now, req, &op, part, result);
+                // After the answer's own invalidations: the directories'
+                // new times stand, and the kernel's getattr (it drops its
+                // copy of a changed directory's attributes) needs no
+                // round trip.
+                self.dirs_changed(now, &dirs);
                 if let Some(answer) = answer {
                     self.reply(req, answer);
                 }
@@ -289,7 +295,7 @@ impl ClientCore {
                 | Op::Symlink { parent, name, .. }
                 | Op::Mknod { parent, name, .. },
                 _,
-                Ok(Reply::Attr(a)),
+                Ok(Reply::Made { attr: a, .. }),
             ) => {
                 self.entry_added(now, *parent, name, &a);
                 if matches!(op, Op::Mkdir { .. }) {
@@ -315,6 +321,7 @@ impl ClientCore {
                     handle,
                     attr,
                     inline,
+                    ..
                 }),
             ) => {
                 self.entry_added(now, *parent, name, &attr);
@@ -348,6 +355,7 @@ impl ClientCore {
                     handle,
                     attr,
                     inline,
+                    ..
                 }),
             ) => {
                 let (node, size) = (attr.node, attr.size);
@@ -388,7 +396,7 @@ impl ClientCore {
                     ..
                 },
                 _,
-                Ok(Reply::Attr(a)),
+                Ok(Reply::Made { attr: a, .. }),
             ) => {
                 self.entry_added(now, *new_parent, new_name, &a);
                 self.learn_attr(&a);
@@ -401,7 +409,11 @@ impl ClientCore {
                         }),
                 )
             }
-            (Op::Unlink { parent, name } | Op::Rmdir { parent, name }, _, Ok(Reply::Done)) => {
+            (
+                Op::Unlink { parent, name } | Op::Rmdir { parent, name },
+                _,
+                Ok(Reply::Unnamed { .. }),
+            ) => {
                 self.entries_changed(now, *parent);
                 self.name_removed(now, *parent, name);
                 if let Some(v) = self.vfs.as_mut() {
@@ -417,7 +429,7 @@ impl ClientCore {
                     new_name,
                 },
                 _,
-                Ok(Reply::Done),
+                Ok(Reply::Unnamed { .. }),
             ) => {
                 self.entries_changed(now, *parent);
                 self.entries_changed(now, *new_parent);
@@ -482,6 +494,16 @@ impl ClientCore {
                 attr: attr.clone(),
             };
             self.cache.add_entry(now, node, entry);
+        }
+    }
+
+    /// New attributes of directories a reply said changed, up to two
+    /// (more would be a host's bug: ignored).
+    fn dirs_changed(&mut self, now: Instant, dirs: &[Attr]) {
+        for d in dirs.iter().take(2).filter(|d| d.kind == FileKind::Dir) {
+            self.learn_attr(d);
+            let value = Value::Attr(Arc::new(d.clone()));
+            let _ = self.cache.fill(now, CacheKey::Attr(d.node), value);
         }
     }
 

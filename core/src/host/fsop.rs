@@ -385,6 +385,30 @@ pub enum FsOp {
 }
 
 impl FsOp {
+    /// The directories whose entries it changes: the shell answers their
+    /// new attributes with its result ([`FsOk::InDirs`]), so a client sees
+    /// a directory's new times and link count at once, as NFS's
+    /// after-attributes give them.
+    pub fn dirs_changed(&self) -> Vec<RelPath> {
+        let parent = |p: &RelPath| p.split_last().map(|(dir, _)| dir);
+        match self {
+            FsOp::Create { path, .. }
+            | FsOp::Mkdir { path, .. }
+            | FsOp::Mknod { path, .. }
+            | FsOp::Symlink { path, .. }
+            | FsOp::Unlink { path }
+            | FsOp::Rmdir { path }
+            | FsOp::Link { to: path, .. } => parent(path).into_iter().collect(),
+            FsOp::Rename { from, to } => {
+                let (from, to) = (parent(from), parent(to));
+                let mut dirs: Vec<RelPath> = from.into_iter().collect();
+                dirs.extend(to.filter(|t| !dirs.contains(t)));
+                dirs
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether it changes what the disk keeps (and so must be synced to
     /// survive a crash). Staging is not: it is thrown away by a crash
     /// anyway, and its commit is.
@@ -433,6 +457,23 @@ pub enum FsOk {
     /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
     /// StageCopy, StageTruncate, StageAbort, Sync).
     Done,
+    /// The result of an operation that changed directories' entries,
+    /// with their attributes after it, in [`FsOp::dirs_changed`]'s order
+    /// (none if one could not be read).
+    InDirs {
+        /// The operation's own result.
+        ok: Box<FsOk>,
+        /// The directories' new attributes.
+        dirs: Vec<FsAttr>,
+    },
+}
+
+/// A result without its directories' attributes, and those.
+pub fn split_dirs(result: FsResult) -> (FsResult, Vec<FsAttr>) {
+    match result {
+        Ok(FsOk::InDirs { ok, dirs }) => (Ok(*ok), dirs),
+        other => (other, Vec::new()),
+    }
 }
 
 /// What the shell reports for one operation.

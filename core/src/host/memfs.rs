@@ -461,11 +461,25 @@ impl MemFs {
             return Ok(FsOk::Created(items));
         }
         let mutation = op.mutates();
+        let dirs = op.dirs_changed();
         let result = self.run(op);
         if mutation && result.is_ok() {
             self.mutated();
         }
-        result
+        match result {
+            Ok(ok) if !dirs.is_empty() => {
+                let dirs = dirs
+                    .iter()
+                    .map(|d| self.resolve(d).and_then(|ino| self.attr(ino)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap_or_default();
+                Ok(FsOk::InDirs {
+                    ok: Box::new(ok),
+                    dirs,
+                })
+            }
+            other => other,
+        }
     }
 
     /// The parent directory and name of `path`, a name not taken yet

@@ -490,7 +490,7 @@ fn symlinks_are_reported_never_followed() {
             owner: None,
         },
     ) {
-        Ok(Reply::Attr(a)) => a,
+        Ok(Reply::Made { attr: a, .. }) => a,
         other => panic!("{other:?}"),
     };
     assert_eq!(l.kind, FileKind::Symlink);
@@ -902,7 +902,9 @@ fn device_nodes_only_where_the_host_allows_them() {
     );
     let c = r.client(1);
     match r.call(c, mknod("dev")) {
-        Ok(Reply::Attr(a)) => assert_eq!((a.kind, a.rdev), (FileKind::CharDevice, 0x105)),
+        Ok(Reply::Made { attr: a, .. }) => {
+            assert_eq!((a.kind, a.rdev), (FileKind::CharDevice, 0x105))
+        }
         other => panic!("{other:?}"),
     }
     let zero = r.lookup(c, NodeId::ROOT, "zero").expect("shown");
@@ -923,7 +925,7 @@ fn an_unlinked_open_file_stays_readable_through_its_handle() {
     ) else {
         panic!("open")
     };
-    assert_eq!(
+    assert!(matches!(
         r.call(
             c,
             Request::Unlink {
@@ -931,8 +933,8 @@ fn an_unlinked_open_file_stays_readable_through_its_handle() {
                 name: name("a.txt")
             }
         ),
-        Ok(Reply::Done)
-    );
+        Ok(Reply::Unnamed { .. })
+    ));
     assert_eq!(r.lookup(c, NodeId::ROOT, "a.txt"), Err(Errno::NoEnt));
     let read = r.call(
         c,
@@ -1003,7 +1005,19 @@ fn rename_replaces_the_target_and_tells_other_clients() {
             new_name: name("b"),
         },
     );
-    assert_eq!(reply, Ok(Reply::Done));
+    // The reply carries the directory's attributes after the rename.
+    let Ok(Reply::Unnamed { dirs }) = &reply else {
+        panic!("{reply:?}")
+    };
+    let Ok(FsOk::Attr(root)) = r.disk.execute(FsOp::Stat {
+        path: RelPath::root(),
+    }) else {
+        panic!("stat the root")
+    };
+    assert_eq!(
+        dirs.iter().map(|d| (d.node, d.mtime)).collect::<Vec<_>>(),
+        vec![(NodeId::ROOT, root.mtime)]
+    );
     assert_eq!(r.disk.read_file(&path(&["b"])), Some(&b"A"[..]));
     let seen = r.invalidations(c2);
     assert!(seen.contains(&(b.node, Invalidation::Gone)), "{seen:?}");
@@ -1012,7 +1026,7 @@ fn rename_replaces_the_target_and_tells_other_clients() {
         r.invalidations(c1).is_empty(),
         "the actor is not told its own change"
     );
-    assert_eq!(
+    assert!(matches!(
         r.call(
             c1,
             Request::Rename {
@@ -1022,8 +1036,8 @@ fn rename_replaces_the_target_and_tells_other_clients() {
                 new_name: name("b")
             }
         ),
-        Ok(Reply::Done)
-    );
+        Ok(Reply::Unnamed { .. })
+    ));
 }
 
 #[test]
@@ -1068,7 +1082,7 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 owner: None,
             }
         ),
-        Ok(Reply::Attr(_))
+        Ok(Reply::Made { .. })
     ));
     // Goodbye releases c1's lock at once.
     assert_eq!(r.call(c1, Request::Goodbye), Ok(Reply::Done));
@@ -1084,7 +1098,7 @@ fn a_directory_lock_blocks_other_sessions_entry_changes() {
                 owner: None,
             }
         ),
-        Ok(Reply::Attr(_))
+        Ok(Reply::Made { .. })
     ));
 }
 
@@ -1810,7 +1824,7 @@ fn with_no_window_a_change_is_answered_only_once_on_disk() {
     assert_eq!(r.reply(c, id), None, "made, but not on disk yet");
     assert!(matches!(r.held[..], [(_, FsOp::Sync)]), "{:?}", r.held);
     r.release_held();
-    assert!(matches!(r.reply(c, id), Some(Ok(Reply::Attr(_)))));
+    assert!(matches!(r.reply(c, id), Some(Ok(Reply::Made { .. }))));
     assert!(after_crash(&r.disk, &["new"]).is_some());
 }
 
@@ -1947,6 +1961,7 @@ fn a_create_that_opens_answers_with_a_handle() {
         handle,
         attr,
         inline,
+        ..
     }) = r.call(c, create("new"))
     else {
         panic!("create and open");

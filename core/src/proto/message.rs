@@ -706,8 +706,7 @@ pub enum Reply {
         /// The host's limits.
         limits: Limits,
     },
-    /// A node's attributes (Lookup, GetAttr, SetAttr, Create, Mkdir,
-    /// Symlink, CommitWrite).
+    /// A node's attributes (Lookup, GetAttr, SetAttr, CommitWrite).
     Attr(Attr),
     /// A directory page; `next` is the cookie of the following page, or
     /// `None` at the end.
@@ -751,6 +750,9 @@ pub enum Reply {
         #[cfg_attr(feature = "arbitrary", arbitrary(with = arbitrary_bytes))]
         #[serde(with = "codec::shared")]
         inline: Bytes,
+        /// For a create that opens: its directory's new attributes, as
+        /// in [`Reply::Made`]; empty for an open.
+        dirs: Vec<Attr>,
     },
     /// A write transaction started.
     WriteBegun {
@@ -772,6 +774,34 @@ pub enum Reply {
     /// The outcome of each operation of an [`Request::Apply`], in order:
     /// the new file's attributes, or why the host refused it.
     Applied(Vec<Result<Attr, Errno>>),
+    /// A name made (Create, Mkdir, Symlink, Mknod, Link): the file's
+    /// attributes, and its directory's after the change (its new times
+    /// and link count, as NFS's after-attributes; empty if the host
+    /// could not read them).
+    Made {
+        /// The file's attributes.
+        attr: Attr,
+        /// The directory's, at most one.
+        dirs: Vec<Attr>,
+    },
+    /// Names removed or moved (Unlink, Rmdir, Rename): done, with the
+    /// attributes of the directories changed, after the change (a
+    /// rename's source directory first; empty if the host could not read
+    /// them).
+    Unnamed {
+        /// The directories' attributes, at most two.
+        dirs: Vec<Attr>,
+    },
+}
+
+impl Reply {
+    /// The attributes of directories this reply says changed.
+    pub fn dirs(&self) -> &[Attr] {
+        match self {
+            Reply::Made { dirs, .. } | Reply::Opened { dirs, .. } | Reply::Unnamed { dirs } => dirs,
+            _ => &[],
+        }
+    }
 }
 
 /// Client → host.

@@ -310,10 +310,7 @@ pub(crate) fn hard_links(bin: &Path) {
     );
 
     std::fs::remove_file(mnt.join("a")).expect("rm a");
-    assert_eq!(
-        std::fs::metadata(mnt.join("b")).expect("stat b").nlink(),
-        1
-    );
+    assert_eq!(std::fs::metadata(mnt.join("b")).expect("stat b").nlink(), 1);
     assert_eq!(
         std::fs::read_to_string(mnt.join("b")).expect("read b"),
         "two, through b"

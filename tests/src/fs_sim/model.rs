@@ -1165,7 +1165,9 @@ impl Sim {
     fn learn_record(&mut self, r: FsRecord) -> Result<(), Violation> {
         self.replay(&r)?;
         let fresh_content = matches!(r.op, FsOp::Create { .. }).then(Vec::new);
-        match (&r.op, &r.result) {
+        // The directories' attributes beside a result say nothing of files.
+        let (result, _) = wormhole_core::host::split_dirs(r.result.clone());
+        match (&r.op, &result) {
             (FsOp::StageCommit { .. }, Ok(FsOk::Attr(a))) => {
                 let file = match r.replaced.and_then(|k| self.files.by_key.get(&k).copied()) {
                     Some(f) => f,

@@ -111,3 +111,59 @@ fn directories_and_taken_names_are_not_linked() {
     };
     assert_eq!(link(&mut w, 0, d, "e").err(), Some(Errno::Perm));
 }
+
+/// Every change of a directory's entries answers with the directory's
+/// new attributes: a getattr right after shows its new mtime and link
+/// count, as a local disk would, without asking the host again.
+#[test]
+fn a_directory_shows_its_new_times_right_after_each_change_in_it() {
+    let mut w = world(&[("a", b"x")], 1);
+    let root_on_disk = |w: &mut World| match w.disk.execute(FsOp::Stat {
+        path: RelPath::root(),
+    }) {
+        Ok(crate::host::FsOk::Attr(a)) => (a.mtime, a.nlink),
+        other => panic!("{other:?}"),
+    };
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let mkdir = Op::Mkdir {
+        parent: Ino::ROOT,
+        name: name("d"),
+        mode: 0o755,
+        caller: None,
+    };
+    let rename = Op::Rename {
+        parent: Ino::ROOT,
+        name: name("b"),
+        new_parent: Ino::ROOT,
+        new_name: name("c"),
+    };
+    for i in 0..5 {
+        // The directory's attributes are cached, then its entries change
+        // (the world's clock moves between operations).
+        getattr(&mut w, 0, Ino::ROOT);
+        w.run_for(Duration::from_millis(5));
+        match i {
+            0 => {
+                let _ = create(&mut w, 0, "new");
+            }
+            1 => {
+                link(&mut w, 0, a, "b").expect("link");
+            }
+            2 => {
+                w.call(0, mkdir.clone()).expect("mkdir");
+            }
+            3 => {
+                w.call(0, rename.clone()).expect("rename");
+            }
+            _ => unlink(&mut w, 0, "c"),
+        }
+        w.record_fs = true;
+        let seen = getattr(&mut w, 0, Ino::ROOT);
+        w.record_fs = false;
+        assert!(
+            std::mem::take(&mut w.fs_log).is_empty(),
+            "change {i}: answered from the cache"
+        );
+        assert_eq!((seen.mtime, seen.nlink), root_on_disk(&mut w), "change {i}");
+    }
+}

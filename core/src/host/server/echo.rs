@@ -91,6 +91,10 @@ impl Echoes {
         let Some(paths) = self.out.remove(&op) else {
             return;
         };
+        let result = match result {
+            Ok(FsOk::InDirs { ok, .. }) => Ok(&**ok),
+            other => other.as_ref(),
+        };
         for (path, leaves) in paths {
             let left = match (leaves, result) {
                 (Leaves::Gone, Ok(_)) => Left::Gone,

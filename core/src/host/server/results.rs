@@ -2,6 +2,7 @@
 //! index and turned into the reply its request waits for.
 
 use super::*;
+use crate::host::split_dirs;
 use bytes::Bytes;
 
 impl HostServer {
@@ -172,6 +173,7 @@ impl HostServer {
         fs: FsHandle,
         attr: Attr,
         inline: Bytes,
+        dirs: Vec<Attr>,
     ) -> Result<Reply, Errno> {
         let Some(s) = self.sessions.get_mut(&session) else {
             self.fs(Purpose::Housekeeping, FsOp::Close { handle: fs });
@@ -183,7 +185,24 @@ impl HostServer {
             handle,
             attr,
             inline,
+            dirs,
         })
+    }
+
+    /// The directories' attributes a result carried, as the nodes
+    /// `dirs` (in [`FsOp::dirs_changed`]'s order, a rename's two
+    /// directories one if they are the same); none if they do not match.
+    fn dir_attrs(dirs: &[NodeId], attrs: Vec<FsAttr>) -> Vec<Attr> {
+        let mut nodes = dirs.to_vec();
+        nodes.dedup();
+        if nodes.len() != attrs.len() {
+            return Vec::new();
+        }
+        nodes
+            .iter()
+            .zip(&attrs)
+            .map(|(n, a)| to_attr(*n, a))
+            .collect()
     }
 
     /// The node whose file a result describes, for results by path.
@@ -280,6 +299,7 @@ impl HostServer {
         then: ReplyAs,
         result: FsResult,
     ) -> Result<Reply, Errno> {
+        let (result, dirs) = split_dirs(result);
         let result = if self.cfg.allow_device_nodes {
             result
         } else {
@@ -322,7 +342,7 @@ impl HostServer {
             }
             (ReplyAs::Open { node, handle, fs }, Ok(FsOk::Opened(a, inline))) => {
                 let attr = to_attr(node, &a);
-                self.opened(session, handle, fs, attr, inline)
+                self.opened(session, handle, fs, attr, inline, Vec::new())
             }
             (ReplyAs::Close { handle }, Ok(_)) => {
                 if let Some(h) = self.handles.remove(&handle)
@@ -346,7 +366,10 @@ impl HostServer {
             ) => {
                 let attr = self.learn(parent, &name, &a)?;
                 self.broadcast(Some(session), parent, Invalidation::Entries);
-                Ok(Reply::Attr(attr))
+                Ok(Reply::Made {
+                    attr,
+                    dirs: Self::dir_attrs(&[parent], dirs),
+                })
             }
             (
                 ReplyAs::Created {
@@ -358,7 +381,10 @@ impl HostServer {
             ) => {
                 self.broadcast(Some(session), parent, Invalidation::Entries);
                 match self.learn(parent, &name, &a) {
-                    Ok(attr) => self.opened(session, handle, fs, attr, inline),
+                    Ok(attr) => {
+                        let dirs = Self::dir_attrs(&[parent], dirs);
+                        self.opened(session, handle, fs, attr, inline, dirs)
+                    }
                     Err(e) => {
                         self.fs(Purpose::Housekeeping, FsOp::Close { handle: fs });
                         Err(e)
@@ -376,12 +402,17 @@ impl HostServer {
                     // meanwhile): its node is stale.
                     self.broadcast(Some(session), node, Invalidation::Attr);
                 }
-                Ok(Reply::Attr(attr))
+                Ok(Reply::Made {
+                    attr,
+                    dirs: Self::dir_attrs(&[parent], dirs),
+                })
             }
             (ReplyAs::Removed { parent, name }, Ok(_)) => {
                 self.unnamed(session, parent, &name);
                 self.broadcast(Some(session), parent, Invalidation::Entries);
-                Ok(Reply::Done)
+                Ok(Reply::Unnamed {
+                    dirs: Self::dir_attrs(&[parent], dirs),
+                })
             }
             (
                 ReplyAs::Renamed {
@@ -399,7 +430,9 @@ impl HostServer {
                 if new_parent != parent {
                     self.broadcast(Some(session), new_parent, Invalidation::Entries);
                 }
-                Ok(Reply::Done)
+                Ok(Reply::Unnamed {
+                    dirs: Self::dir_attrs(&[parent, new_parent], dirs),
+                })
             }
             (ReplyAs::Readlink, Ok(FsOk::Link(target))) => Ok(Reply::Link(target)),
             (ReplyAs::Statfs, Ok(FsOk::StatFs(s))) => Ok(Reply::StatFs(s)),

@@ -245,9 +245,17 @@ fn every_host_message() -> Vec<HostMessage> {
             handle: HandleId(8),
             attr: attr(),
             inline: Bytes::from_static(b"small"),
+            dirs: vec![attr()],
         }),
         reply(Reply::WriteBegun { txn: TxnId(3) }),
         reply(Reply::Done),
+        reply(Reply::Made {
+            attr: attr(),
+            dirs: vec![attr()],
+        }),
+        reply(Reply::Unnamed {
+            dirs: vec![attr(), attr()],
+        }),
     ];
     all.extend(Errno::ALL.iter().take(3).map(|&e| HostMessage::Reply {
         id: RequestId(42),

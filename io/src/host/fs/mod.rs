@@ -85,7 +85,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use wormhole_core::host::{FsAttr, FsHandle, FsOk, FsOp, FsResult, RESERVED_PREFIX, ReadFrom};
+use wormhole_core::host::{
+    FsAttr, FsHandle, FsOk, FsOp, FsResult, RESERVED_PREFIX, ReadFrom, RelPath,
+};
 use wormhole_core::proto::{Errno, FileKey, FileKind, SetAttr, SetTime, StatFs, Timestamp, TxnId};
 
 /// Bounds of a [`HostFs`].
@@ -228,6 +230,7 @@ impl HostFs {
     ///
     /// A result is final, exactly as [`HostFs::execute`] would give it.
     pub fn try_execute(&self, op: FsOp) -> Result<FsResult, FsOp> {
+        let dirs = op.dirs_changed();
         let done = match op {
             FsOp::StageWrite { txn, ref data, .. }
                 if data.len() as u64 <= INLINE_STAGE_WRITE && self.owes_nothing(txn) =>
@@ -278,7 +281,27 @@ impl HostFs {
                 .and_then(|file| self.read_through(&file, offset, len, Reading::CachedOnly)),
             other => return Err(other),
         };
-        done.transpose().ok_or(op)
+        let done = done.transpose().ok_or(op)?;
+        Ok(self.in_dirs(dirs, done))
+    }
+
+    /// `result` with the new attributes of the directories `dirs` (what
+    /// its operation changed: [`FsOp::dirs_changed`]).
+    fn in_dirs(&self, dirs: Vec<RelPath>, result: FsResult) -> FsResult {
+        match result {
+            Ok(ok) if !dirs.is_empty() => {
+                let dirs = dirs
+                    .iter()
+                    .map(|d| self.stat(d))
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap_or_default();
+                Ok(FsOk::InDirs {
+                    ok: Box::new(ok),
+                    dirs,
+                })
+            }
+            other => other,
+        }
     }
 
     /// Whether `txn`'s staging copy owes none of the old content (so a
@@ -290,6 +313,12 @@ impl HostFs {
 
     /// Executes one operation; blocks (see the module docs).
     pub fn execute(&self, op: FsOp) -> FsResult {
+        let dirs = op.dirs_changed();
+        let result = self.run(op);
+        self.in_dirs(dirs, result)
+    }
+
+    fn run(&self, op: FsOp) -> FsResult {
         match op {
             FsOp::Stat { path } => self.stat(&path).map(FsOk::Attr),
             FsOp::List { path, cookie, max } => self.list(&path, cookie, max),
