@@ -770,7 +770,7 @@ fn watched_paths(fs: &FsOp) -> Vec<crate::host::RelPath> {
         | FsOp::StageCommit { path, .. }
         | FsOp::Unlink { path }
         | FsOp::Rmdir { path } => vec![path.clone()],
-        FsOp::Rename { from, to } | FsOp::Link { path: from, to } => {
+        FsOp::Rename { from, to } | FsOp::Link { path: from, to, .. } => {
             vec![from.clone(), to.clone()]
         }
         _ => Vec::new(),

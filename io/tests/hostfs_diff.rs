@@ -12,7 +12,7 @@ use wormhole_core::host::{
     FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, OpenAs, ReadFrom, RelPath,
 };
 use wormhole_core::proto::{
-    FileKey, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, Timestamp, TxnId,
+    FileKey, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, Timestamp, TxnId, XattrSet,
 };
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
@@ -80,10 +80,31 @@ fn owner(rng: &mut Rng) -> Option<Owner> {
 fn op(rng: &mut Rng) -> FsOp {
     let txn = TxnId(rng.below(3));
     let handle = FsHandle(rng.below(4));
-    match rng.below(29) {
+    // Two names in the one namespace every file system here serves
+    // (root may use `trusted.` too, but tmpfs before Linux 6.6 has only
+    // those two).
+    let xattr = |rng: &mut Rng| rng.pick(&[&b"user.a"[..], b"user.b"]).to_vec();
+    match rng.below(33) {
+        29 => FsOp::GetXattr {
+            path: path(rng),
+            name: xattr(rng),
+        },
+        30 => FsOp::ListXattr { path: path(rng) },
+        31 => FsOp::SetXattr {
+            path: path(rng),
+            name: xattr(rng),
+            value: rng.pick(&[&b""[..], b"v", b"a longer value"]).to_vec(),
+            how: *rng.pick(&[XattrSet::Either, XattrSet::Create, XattrSet::Replace]),
+        },
+        32 => FsOp::RemoveXattr {
+            path: path(rng),
+            name: xattr(rng),
+        },
         27 | 28 => FsOp::Link {
             path: path(rng),
             to: path(rng),
+            // Each side's own, from a stat just before (see `keyed`).
+            key: NO_STAMP.key,
         },
         25 | 26 => FsOp::Mknod {
             path: path(rng),
@@ -263,6 +284,9 @@ enum Norm {
     Listing(Vec<(Name, Seen)>, Option<u64>),
     Data(Bytes, Seen),
     Link(Vec<u8>),
+    /// A value, or a list of names (sorted: file systems list them in
+    /// their own order).
+    Xattr(Vec<u8>),
     StatFs,
     Done,
     Created(Vec<Result<Seen, wormhole_core::proto::Errno>>),
@@ -281,6 +305,7 @@ fn norm(r: FsResult) -> Norm {
         ),
         Ok(FsOk::Data(b, a)) => Norm::Data(b, seen(&a)),
         Ok(FsOk::Link(l)) => Norm::Link(l),
+        Ok(FsOk::Xattr(bytes)) => Norm::Xattr(bytes),
         Ok(FsOk::StatFs(_)) => Norm::StatFs,
         Ok(FsOk::Done) => Norm::Done,
         Ok(FsOk::Created(items)) => Norm::Created(
@@ -294,6 +319,25 @@ fn norm(r: FsResult) -> Norm {
         }
         Err(e) => Norm::Err(e),
     }
+}
+
+/// Both results of `o`, comparable: a list of extended attribute names
+/// in one order (file systems list them in their own).
+fn compared(o: &FsOp, mem: FsResult, disk: FsResult) -> (Norm, Norm) {
+    let sorted = |r: FsResult| match r {
+        Ok(FsOk::Xattr(list)) if matches!(o, FsOp::ListXattr { .. }) => {
+            let mut names: Vec<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+            names.sort();
+            Ok(FsOk::Xattr(
+                names
+                    .iter()
+                    .flat_map(|n| n.iter().copied().chain([0]))
+                    .collect(),
+            ))
+        }
+        other => other,
+    };
+    (norm(sorted(mem)), norm(sorted(disk)))
 }
 
 /// A stamp no file has.
@@ -352,6 +396,21 @@ impl Stamps {
             },
             op => op,
         }
+    }
+}
+
+/// `op` with a link's `key` set to the identity of the file at its path
+/// on one side (as the host core passes the one it knows), read by `stat`.
+fn keyed(op: FsOp, stat: impl FnOnce(FsOp) -> FsResult) -> FsOp {
+    match op {
+        FsOp::Link { path, to, .. } => {
+            let key = match stat(FsOp::Stat { path: path.clone() }) {
+                Ok(FsOk::Attr(a)) => a.key,
+                _ => NO_STAMP.key,
+            };
+            FsOp::Link { path, to, key }
+        }
+        op => op,
     }
 }
 
@@ -425,10 +484,11 @@ fn run(
     let mut stamps = Stamps::default();
     for step in 0..steps {
         let o = steer(op(&mut rng), &mut mem, &stamps);
-        let mem_result = mem.execute(Stamps::with_base(&o, &stamps.mem));
+        let om = keyed(Stamps::with_base(&o, &stamps.mem), |s| mem.execute(s));
+        let mem_result = mem.execute(om);
         // Odd steps the host driver's way: at once if no disk wait is
         // needed, else on the pool. Either must agree with MemFs.
-        let od = Stamps::with_base(&o, &stamps.disk);
+        let od = keyed(Stamps::with_base(&o, &stamps.disk), |s| disk.execute(s));
         let disk_result = if step % 2 == 1 {
             disk.try_execute(od)
                 .unwrap_or_else(|back| disk.execute(back))
@@ -436,7 +496,7 @@ fn run(
             disk.execute(od)
         };
         stamps.learn(&o, &mem_result, &disk_result);
-        let (want, got) = (norm(mem_result), norm(disk_result));
+        let (want, got) = compared(&o, mem_result, disk_result);
         // `DIFF_TRACE=<seed>` prints every step of that seed.
         if std::env::var("DIFF_TRACE").is_ok_and(|v| v == seed.to_string()) {
             eprintln!("TRACE {step}: {o:?} -> {got:?}");
@@ -497,7 +557,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     println!("succeeded at least once: {worked:?}");
     assert_eq!(
         worked.len(),
-        24,
+        28,
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
@@ -541,7 +601,7 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
     println!("20000 operations on tmpfs agreed; {ok} succeeded");
-    assert_eq!(worked.len(), 24, "{worked:?}");
+    assert_eq!(worked.len(), 28, "{worked:?}");
 }
 
 #[test]
@@ -617,9 +677,30 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             from: p(from),
             to: p(to),
         },
-        FsOp::Link { path, to } => FsOp::Link {
+        FsOp::Link { path, to, key } => FsOp::Link {
             path: p(path),
             to: p(to),
+            key,
+        },
+        FsOp::GetXattr { path, name } => FsOp::GetXattr {
+            path: p(path),
+            name,
+        },
+        FsOp::ListXattr { path } => FsOp::ListXattr { path: p(path) },
+        FsOp::SetXattr {
+            path,
+            name,
+            value,
+            how,
+        } => FsOp::SetXattr {
+            path: p(path),
+            name,
+            value,
+            how,
+        },
+        FsOp::RemoveXattr { path, name } => FsOp::RemoveXattr {
+            path: p(path),
+            name,
         },
         FsOp::Symlink {
             path,
@@ -734,10 +815,12 @@ fn concurrent_users_of_one_disk_each_get_memfs_results() {
                 let mut stamps = Stamps::default();
                 for step in 0..1500 {
                     let o = steer(confine(op(&mut rng), &top, t), &mut mem, &stamps);
-                    let mem_result = mem.execute(Stamps::with_base(&o, &stamps.mem));
-                    let disk_result = disk.execute(Stamps::with_base(&o, &stamps.disk));
+                    let om = keyed(Stamps::with_base(&o, &stamps.mem), |s| mem.execute(s));
+                    let mem_result = mem.execute(om);
+                    let od = keyed(Stamps::with_base(&o, &stamps.disk), |s| disk.execute(s));
+                    let disk_result = disk.execute(od);
                     stamps.learn(&o, &mem_result, &disk_result);
-                    let (want, got) = (norm(mem_result), norm(disk_result));
+                    let (want, got) = compared(&o, mem_result, disk_result);
                     assert_eq!(got, want, "thread {t} step {step}: {o:?}");
                     ok += usize::from(!matches!(want, Norm::Err(_)));
                 }

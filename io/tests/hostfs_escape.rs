@@ -17,7 +17,9 @@ use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use wormhole_core::host::{FileStamp, FsHandle, FsOk, FsOp, ReadFrom, RelPath, split_dirs};
-use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp, TxnId};
+use wormhole_core::proto::{
+    Errno, FileKey, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp, TxnId,
+};
 use wormhole_io::host::fs::{HostFs, HostFsConfig};
 
 /// Begins staging `path` as `txn`, returning what its commit replaces.
@@ -803,9 +805,10 @@ fn a_commit_of_a_file_with_hard_links_writes_it_in_place() {
     let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
     let mut mem = MemFs::new(1 << 20);
     mem.local_replace(&rel("a"), b"old content").expect("seed");
-    let link = FsOp::Link {
+    let link = |key| FsOp::Link {
         path: rel("a"),
         to: rel("b"),
+        key,
     };
     let commit = |base| FsOp::StageCommit {
         txn: TxnId(1),
@@ -822,7 +825,16 @@ fn a_commit_of_a_file_with_hard_links_writes_it_in_place() {
     for run in [&mut |o: FsOp| fs.execute(o), &mut |o: FsOp| mem.execute(o)]
         as [&mut dyn FnMut(FsOp) -> Result<FsOk, Errno>; 2]
     {
-        let Ok(FsOk::Attr(linked)) = split_dirs(run(link.clone())).0 else {
+        let Ok(FsOk::Attr(a)) = run(FsOp::Stat { path: rel("a") }) else {
+            panic!("stat")
+        };
+        // Linked only as the file the caller means.
+        let other = FileKey {
+            ino: a.key.ino + 1,
+            ..a.key
+        };
+        assert_eq!(run(link(other)), Err(Errno::Stale));
+        let Ok(FsOk::Attr(linked)) = split_dirs(run(link(a.key))).0 else {
             panic!("link")
         };
         assert_eq!(linked.nlink, 2);

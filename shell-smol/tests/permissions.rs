@@ -21,3 +21,8 @@ fn fifos_and_sockets_work_and_device_nodes_are_refused() {
 fn hard_links_are_one_file_under_every_name() {
     permissions::hard_links(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole-smol")));
 }
+
+#[test]
+fn user_extended_attributes_reach_the_hosts_file() {
+    permissions::extended_attributes(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole-smol")));
+}

@@ -4,7 +4,7 @@
 use crate::cache::{CacheConfig, ChunkKey, ReadAheadConfig};
 use crate::conn::{ConnConfig, DisconnectReason};
 use crate::proto::{
-    Attr, Checksum, ClientMessage, Errno, FileKind, Name, OpenFor, Owner, SetAttr, StatFs,
+    Attr, Checksum, ClientMessage, Errno, FileKind, Name, OpenFor, Owner, SetAttr, StatFs, XattrSet,
 };
 use crate::vfs::Ino;
 use crate::write::WriteConfig;
@@ -245,6 +245,42 @@ pub enum Op {
         /// Target name.
         new_name: Name,
     },
+    /// An extended attribute's value: its size if `size` is 0, else the
+    /// value (ERANGE if longer than `size`).
+    GetXattr {
+        /// The file or directory.
+        ino: Ino,
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// The caller's buffer.
+        size: u32,
+    },
+    /// The names of the extended attributes, each NUL-ended: their size
+    /// if `size` is 0, else the list (ERANGE if longer than `size`).
+    ListXattr {
+        /// The file or directory.
+        ino: Ino,
+        /// The caller's buffer.
+        size: u32,
+    },
+    /// Set an extended attribute.
+    SetXattr {
+        /// The file or directory.
+        ino: Ino,
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// Its value.
+        value: Vec<u8>,
+        /// Create, replace, or either.
+        how: XattrSet,
+    },
+    /// Remove an extended attribute.
+    RemoveXattr {
+        /// The file or directory.
+        ino: Ino,
+        /// The attribute's name.
+        name: Vec<u8>,
+    },
     /// Give a file another name (a hard link).
     Link {
         /// The file.
@@ -385,6 +421,10 @@ pub enum Answer {
     Link(Vec<u8>),
     /// Statfs.
     StatFs(StatFs),
+    /// GetXattr, ListXattr with a buffer: the value or list.
+    Xattr(Vec<u8>),
+    /// GetXattr, ListXattr without a buffer: the size one needs.
+    XattrSize(u32),
     /// Done.
     Done,
 }

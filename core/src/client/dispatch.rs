@@ -8,7 +8,8 @@ use super::{
 use crate::Instant;
 use crate::cache::{CacheKey, ChunkKey, EntryState, Kind, Lookup, Miss, Value};
 use crate::proto::{
-    Attr, CHUNK_SIZE, Errno, FileKind, FileRef, NodeId, OpenFor, Request, SetAttr, SetTime,
+    Attr, CHUNK_SIZE, Errno, FileKind, FileRef, MAX_XATTR_NAME, MAX_XATTR_SIZE, NodeId, OpenFor,
+    Request, SetAttr, SetTime,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteError, WriteTxn};
@@ -66,6 +67,20 @@ impl ClientCore {
         match vfs.get(ino) {
             None => Err(Errno::Stale),
             Some(_) => vfs.node(ino).ok_or(Errno::NoEnt),
+        }
+    }
+
+    /// An extended attribute name the host serves (its namespace, as the
+    /// host announced how it treats owners): ERANGE for a name of no or
+    /// too many bytes, EOPNOTSUPP for another namespace.
+    fn xattr_served(&self, name: &[u8]) -> Result<(), Errno> {
+        if name.is_empty() || name.len() > MAX_XATTR_NAME {
+            return Err(Errno::Range);
+        }
+        if self.owners.ok_or(Errno::NotConn)?.serves_xattr(name) {
+            Ok(())
+        } else {
+            Err(Errno::NotSup)
         }
     }
 
@@ -454,6 +469,49 @@ impl ClientCore {
                     name: name.clone(),
                     target: target.clone(),
                     owner: self.owner_for_host(*caller),
+                };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
+            Op::GetXattr { ino, name, .. } => {
+                // Namespaces the host does not serve have nothing in
+                // them, answered here: `ls -l` asks every file for its
+                // security label and ACL.
+                self.xattr_served(name).map_err(|_| Errno::NoData)?;
+                let request = Request::GetXattr {
+                    node: self.node(*ino)?,
+                    name: name.clone(),
+                };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
+            Op::ListXattr { ino, .. } => {
+                let request = Request::ListXattr {
+                    node: self.node(*ino)?,
+                };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                how,
+            } => {
+                self.xattr_served(name)?;
+                if value.len() > MAX_XATTR_SIZE {
+                    return Err(Errno::TooBig);
+                }
+                let request = Request::SetXattr {
+                    node: self.node(*ino)?,
+                    name: name.clone(),
+                    value: value.clone(),
+                    how: *how,
+                };
+                self.send(now, Purpose::kernel_op(req, &op), request);
+            }
+            Op::RemoveXattr { ino, name } => {
+                self.xattr_served(name)?;
+                let request = Request::RemoveXattr {
+                    node: self.node(*ino)?,
+                    name: name.clone(),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }

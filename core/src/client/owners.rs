@@ -47,6 +47,8 @@ impl ClientCore {
             | Answer::Written(_)
             | Answer::Link(_)
             | Answer::StatFs(_)
+            | Answer::Xattr(_)
+            | Answer::XattrSize(_)
             | Answer::Done => {}
         }
     }

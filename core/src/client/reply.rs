@@ -447,6 +447,19 @@ impl ClientCore {
                 Some(Ok(Answer::Done))
             }
             (Op::Readlink { .. }, _, Ok(Reply::Link(target))) => Some(Ok(Answer::Link(target))),
+            (
+                Op::GetXattr { size, .. } | Op::ListXattr { size, .. },
+                _,
+                Ok(Reply::Xattr(bytes)),
+            ) => Some(sized(bytes, *size)),
+            (Op::SetXattr { .. } | Op::RemoveXattr { .. }, _, Ok(Reply::Attr(a))) => {
+                // Its ctime moved; the content did not.
+                self.learn_attr(&a);
+                let _ = self
+                    .cache
+                    .fill(now, CacheKey::Attr(a.node), Value::Attr(Arc::new(a)));
+                Some(Ok(Answer::Done))
+            }
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
             (Op::SyncAll, _, Ok(Reply::Done)) => Some(Ok(Answer::Done)),
             (Op::Fsync { fh }, OpPart::Sync, Ok(Reply::Done)) => {
@@ -1001,5 +1014,19 @@ impl ClientCore {
         }
         // Writes that waited for room start the next transaction.
         self.retry_blocked(now, node);
+    }
+}
+
+/// An extended attribute's value or list for a caller's buffer of `size`
+/// bytes: the size it needs when it asks with none, ERANGE when it is too
+/// small, as getxattr(2) and listxattr(2) say.
+fn sized(bytes: Vec<u8>, size: u32) -> Result<Answer, Errno> {
+    let len = u32::try_from(bytes.len()).map_err(|_| Errno::Range)?;
+    if size == 0 {
+        Ok(Answer::XattrSize(len))
+    } else if len > size {
+        Err(Errno::Range)
+    } else {
+        Ok(Answer::Xattr(bytes))
     }
 }

@@ -1536,6 +1536,7 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
 mod leases;
 mod links;
 mod owners;
+mod xattrs;
 
 /// Every listing starts with `.` and `..`, as a local disk's: `ls -a`
 /// shows them and programs that walk trees expect them.

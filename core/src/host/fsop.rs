@@ -11,7 +11,7 @@
 //! host never calls into a mount that a symlink points at.
 
 use crate::proto::{
-    Errno, FileKey, FileKind, Name, OpenFor, Owner, SetAttr, StatFs, Timestamp, TxnId,
+    Errno, FileKey, FileKind, Name, OpenFor, Owner, SetAttr, StatFs, Timestamp, TxnId, XattrSet,
 };
 use bytes::Bytes;
 use core::fmt;
@@ -271,14 +271,51 @@ pub enum FsOp {
         /// Its owner, if not the host's user.
         owner: Option<Owner>,
     },
-    /// Give the non-directory at `from` a second name `to` (a hard link;
-    /// a symlink is linked itself, never followed). Answers the file's
-    /// attributes ([`FsOk::Attr`]), its link count raised.
+    /// Give the non-directory at `path` a second name `to` (a hard link;
+    /// a symlink is linked itself, never followed), only if it is still
+    /// the file `key`: ESTALE if another took its name (the host's index
+    /// may lag behind a local program). Answers the file's attributes
+    /// ([`FsOk::Attr`]), its link count raised.
     Link {
         /// The file.
         path: RelPath,
         /// The new name.
         to: RelPath,
+        /// The identity the host knows the file by.
+        key: FileKey,
+    },
+    /// An extended attribute's value ([`FsOk::Xattr`]; ENODATA if it
+    /// has none of that name). Of a regular file or directory only: the
+    /// host never opens anything else.
+    GetXattr {
+        /// The file or directory.
+        path: RelPath,
+        /// The attribute's name.
+        name: Vec<u8>,
+    },
+    /// The names of its extended attributes, each ended by a NUL
+    /// ([`FsOk::Xattr`]; of a regular file or directory only).
+    ListXattr {
+        /// The file or directory.
+        path: RelPath,
+    },
+    /// Set an extended attribute; answers the attributes after it.
+    SetXattr {
+        /// The file or directory.
+        path: RelPath,
+        /// The attribute's name.
+        name: Vec<u8>,
+        /// Its value.
+        value: Vec<u8>,
+        /// Create, replace, or either.
+        how: XattrSet,
+    },
+    /// Remove an extended attribute; answers the attributes after it.
+    RemoveXattr {
+        /// The file or directory.
+        path: RelPath,
+        /// The attribute's name.
+        name: Vec<u8>,
     },
     /// A symlink's text.
     Readlink {
@@ -423,6 +460,8 @@ impl FsOp {
                 | FsOp::Symlink { .. }
                 | FsOp::Link { .. }
                 | FsOp::Mknod { .. }
+                | FsOp::SetXattr { .. }
+                | FsOp::RemoveXattr { .. }
                 | FsOp::SetAttr { .. }
                 | FsOp::StageCommit { .. }
                 | FsOp::CreateFiles { .. }
@@ -450,6 +489,9 @@ pub enum FsOk {
     Data(Bytes, FsAttr),
     /// Link text (Readlink).
     Link(Vec<u8>),
+    /// An extended attribute's value, or a list of names (GetXattr,
+    /// ListXattr).
+    Xattr(Vec<u8>),
     /// Statistics (StatFs).
     StatFs(StatFs),
     /// One outcome per file of [`FsOp::CreateFiles`], in order.

@@ -20,7 +20,9 @@
 //! the file's modification time, as a [`FileStamp`] needs.
 
 use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath};
-use crate::proto::{Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId};
+use crate::proto::{
+    Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId, XattrSet,
+};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 
@@ -40,6 +42,8 @@ struct Inode {
     mtime: Timestamp,
     ctime: Timestamp,
     children: BTreeMap<Name, u64>,
+    /// Extended attributes.
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 /// An in-memory file system.
@@ -482,6 +486,18 @@ impl MemFs {
         }
     }
 
+    /// The regular file or directory at `path`, whose extended
+    /// attributes the host reads and writes: anything else is EPERM, as
+    /// Linux answers for the `user.` namespace (the host never opens a
+    /// special file, and a symlink is not followed).
+    fn xattr_holder(&self, path: &RelPath) -> Result<&Inode, Errno> {
+        let n = self.inodes.get(&self.resolve(path)?).ok_or(Errno::NoEnt)?;
+        match n.kind {
+            FileKind::File | FileKind::Dir => Ok(n),
+            _ => Err(Errno::Perm),
+        }
+    }
+
     /// The parent directory and name of `path`, a name not taken yet
     /// (EEXIST otherwise), as mkdir, symlink and mknod want it.
     fn free_name<'p>(&self, path: &'p RelPath) -> Result<(u64, &'p Name), Errno> {
@@ -686,12 +702,66 @@ impl MemFs {
                 let ino = self.add(dir, name, node)?;
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
-            FsOp::Link { path, to } => {
-                // In linkat(2)'s order: both parents, the source, the
-                // free target name, then the source's kind.
-                self.parent_of(&path)?;
-                self.parent_of(&to)?;
+            // Of anything else, as Linux reads the `user.` namespace:
+            // nothing there.
+            FsOp::GetXattr { path, name } => match self.xattr_holder(&path) {
+                Ok(n) => n
+                    .xattrs
+                    .get(&name)
+                    .cloned()
+                    .map(FsOk::Xattr)
+                    .ok_or(Errno::NoData),
+                Err(Errno::Perm) => Err(Errno::NoData),
+                Err(e) => Err(e),
+            },
+            FsOp::ListXattr { path } => {
+                let n = match self.xattr_holder(&path) {
+                    Err(Errno::Perm) => return Ok(FsOk::Xattr(Vec::new())),
+                    other => other?,
+                };
+                let mut list = Vec::new();
+                for name in n.xattrs.keys() {
+                    list.extend_from_slice(name);
+                    list.push(0);
+                }
+                Ok(FsOk::Xattr(list))
+            }
+            FsOp::SetXattr {
+                path,
+                name,
+                value,
+                how,
+            } => {
                 let ino = self.resolve(&path)?;
+                self.xattr_holder(&path)?;
+                let now = self.now;
+                let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
+                match (how, n.xattrs.contains_key(&name)) {
+                    (XattrSet::Create, true) => return Err(Errno::Exist),
+                    (XattrSet::Replace, false) => return Err(Errno::NoData),
+                    _ => {}
+                }
+                n.xattrs.insert(name, value);
+                n.ctime = now;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::RemoveXattr { path, name } => {
+                let ino = self.resolve(&path)?;
+                self.xattr_holder(&path)?;
+                let now = self.now;
+                let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
+                n.xattrs.remove(&name).ok_or(Errno::NoData)?;
+                n.ctime = now;
+                Ok(FsOk::Attr(self.attr(ino)?))
+            }
+            FsOp::Link { path, to, key } => {
+                // In the disk's order: the source (and that it is the
+                // file meant), the target's directory and free name, then
+                // the source's kind (linkat(2) itself).
+                let ino = self.resolve(&path)?;
+                if (FileKey { dev: DEV, ino }) != key {
+                    return Err(Errno::Stale);
+                }
                 let (dir, name) = self.free_name(&to)?;
                 if self.inodes.get(&ino).map(|n| n.kind) == Some(FileKind::Dir) {
                     return Err(Errno::Perm);
@@ -1026,6 +1096,7 @@ impl Inode {
             mtime: now,
             ctime: now,
             children: BTreeMap::new(),
+            xattrs: BTreeMap::new(),
         }
     }
 }

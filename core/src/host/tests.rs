@@ -1989,3 +1989,71 @@ fn a_create_that_opens_answers_with_a_handle() {
 }
 
 mod leases;
+
+/// The host serves `user.` extended attributes to every client, and
+/// `trusted.`/`security.` only where it preserves owners; a list shows
+/// only what it serves, and no client gets a namespace by asking anyway.
+#[test]
+fn extended_attributes_only_in_the_namespaces_the_host_serves() {
+    let set = |node, name: &[u8]| Request::SetXattr {
+        node,
+        name: name.to_vec(),
+        value: b"1".to_vec(),
+        how: crate::proto::XattrSet::Either,
+    };
+    let disk = || {
+        let mut d = disk_with(&[(&["a"], b"x")], &[]);
+        // A local program's root-only attribute on the file.
+        let put = FsOp::SetXattr {
+            path: path(&["a"]),
+            name: b"trusted.local".to_vec(),
+            value: b"secret".to_vec(),
+            how: crate::proto::XattrSet::Either,
+        };
+        d.execute(put).expect("set on the disk");
+        d
+    };
+    for (owners, trusted) in [
+        (crate::proto::Owners::HostUser { uid: 0, gid: 0 }, false),
+        (crate::proto::Owners::Preserved, true),
+    ] {
+        let mut r = Rig::new(
+            HostConfig {
+                owners,
+                ..HostConfig::default()
+            },
+            disk(),
+        );
+        let c = r.client(1);
+        let a = r.lookup(c, NodeId::ROOT, "a").expect("a");
+        assert!(matches!(
+            r.call(c, set(a.node, b"user.x")),
+            Ok(Reply::Attr(_))
+        ));
+        let made = r.call(c, set(a.node, b"trusted.y"));
+        assert_eq!(made.is_ok(), trusted, "{owners:?}: {made:?}");
+        if !trusted {
+            assert_eq!(made, Err(Errno::NotSup));
+        }
+        let read = r.call(
+            c,
+            Request::GetXattr {
+                node: a.node,
+                name: b"trusted.local".to_vec(),
+            },
+        );
+        let want = if trusted {
+            Ok(Reply::Xattr(b"secret".to_vec()))
+        } else {
+            Err(Errno::NoData)
+        };
+        assert_eq!(read, want, "{owners:?}");
+        let list = r.call(c, Request::ListXattr { node: a.node });
+        let want: &[u8] = if trusted {
+            b"trusted.local\0trusted.y\0user.x\0"
+        } else {
+            b"user.x\0"
+        };
+        assert_eq!(list, Ok(Reply::Xattr(want.to_vec())), "{owners:?}");
+    }
+}

@@ -78,11 +78,21 @@ pub enum Errno {
     /// the file was replaced).
     #[error("stale file handle")]
     Stale,
+    /// E2BIG: an extended attribute's value is too large.
+    #[error("argument list too long")]
+    TooBig,
+    /// ERANGE: an extended attribute's name is too long, or its value or
+    /// list larger than the buffer asked with.
+    #[error("result out of range")]
+    Range,
+    /// ENODATA: no such extended attribute.
+    #[error("no data available")]
+    NoData,
 }
 
 impl Errno {
     /// Every errno, for tests and tables.
-    pub const ALL: [Errno; 23] = [
+    pub const ALL: [Errno; 26] = [
         Errno::Perm,
         Errno::NoEnt,
         Errno::Io,
@@ -106,6 +116,9 @@ impl Errno {
         Errno::NotConn,
         Errno::TimedOut,
         Errno::Stale,
+        Errno::TooBig,
+        Errno::Range,
+        Errno::NoData,
     ];
 
     /// The Linux errno number.
@@ -134,6 +147,9 @@ impl Errno {
             Errno::NotConn => 107,
             Errno::TimedOut => 110,
             Errno::Stale => 116,
+            Errno::TooBig => 7,
+            Errno::Range => 34,
+            Errno::NoData => 61,
         }
     }
 

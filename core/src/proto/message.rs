@@ -51,6 +51,20 @@ pub enum OpenFor {
     Append,
 }
 
+/// How a [`Request::SetXattr`] treats an attribute already there (or
+/// not), as `setxattr(2)`'s flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum XattrSet {
+    /// Create it or replace it.
+    #[default]
+    Either,
+    /// Only create it: EEXIST if it is there (`XATTR_CREATE`).
+    Create,
+    /// Only replace it: ENODATA if it is not (`XATTR_REPLACE`).
+    Replace,
+}
+
 /// What kind of node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -245,6 +259,19 @@ pub enum Owners {
     /// Owners are the clients' own ids, unmapped, and a client may
     /// change them (`wormhole host --preserve-owners`, as root).
     Preserved,
+}
+
+impl Owners {
+    /// Whether a host that treats owners so serves the extended
+    /// attribute `name`: the `user.` namespace always; `trusted.` and
+    /// `security.` where it preserves owners (it runs as root for its
+    /// clients, as NFS with `no_root_squash`); never `system.` (ACLs,
+    /// which the host's kernel would apply to the host's own checks).
+    pub fn serves_xattr(self, name: &[u8]) -> bool {
+        name.starts_with(b"user.")
+            || (self == Owners::Preserved
+                && (name.starts_with(b"trusted.") || name.starts_with(b"security.")))
+    }
 }
 
 /// One client session at the host.
@@ -680,6 +707,41 @@ pub enum Request {
         /// The operations, in the order the holder answered them.
         ops: Vec<LeaseOp>,
     },
+    /// An extended attribute's value, whole (at most
+    /// [`super::MAX_XATTR_SIZE`] bytes): [`Reply::Xattr`], or ENODATA.
+    /// Only the `user.` namespace, and `trusted.` and `security.` where
+    /// the host preserves owners, are served.
+    GetXattr {
+        /// The file or directory.
+        node: NodeId,
+        /// The attribute's name, namespace included.
+        name: Vec<u8>,
+    },
+    /// The names of a node's extended attributes in the namespaces the
+    /// host serves, each ended by a NUL: [`Reply::Xattr`].
+    ListXattr {
+        /// The file or directory.
+        node: NodeId,
+    },
+    /// Set an extended attribute: answered with the node's new
+    /// attributes ([`Reply::Attr`]; its ctime moved).
+    SetXattr {
+        /// The file or directory.
+        node: NodeId,
+        /// The attribute's name, namespace included.
+        name: Vec<u8>,
+        /// Its value, at most [`super::MAX_XATTR_SIZE`] bytes.
+        value: Vec<u8>,
+        /// Create, replace, or either.
+        how: XattrSet,
+    },
+    /// Remove an extended attribute: [`Reply::Attr`], or ENODATA.
+    RemoveXattr {
+        /// The file or directory.
+        node: NodeId,
+        /// The attribute's name, namespace included.
+        name: Vec<u8>,
+    },
     /// Give a non-directory another name (a hard link). Both names are
     /// then one node: the answer ([`Reply::Attr`]) carries the node the
     /// file already had, with its new link count.
@@ -784,6 +846,9 @@ pub enum Reply {
         /// The directory's, at most one.
         dirs: Vec<Attr>,
     },
+    /// An extended attribute's value, or a list of names
+    /// ([`Request::GetXattr`], [`Request::ListXattr`]).
+    Xattr(Vec<u8>),
     /// Names removed or moved (Unlink, Rmdir, Rename): done, with the
     /// attributes of the directories changed, after the change (a
     /// rename's source directory first; empty if the host could not read

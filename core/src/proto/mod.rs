@@ -45,6 +45,14 @@ pub const MAX_DIR_PAGE: usize = 512;
 /// Longest symlink target accepted (Linux PATH_MAX).
 pub const MAX_SYMLINK_LEN: usize = 4096;
 
+/// Longest extended attribute name, namespace included (Linux
+/// XATTR_NAME_MAX); a longer one is ERANGE.
+pub const MAX_XATTR_NAME: usize = 255;
+
+/// Largest extended attribute value, and largest list of a file's
+/// attribute names (Linux XATTR_SIZE_MAX); a larger value is E2BIG.
+pub const MAX_XATTR_SIZE: usize = 65536;
+
 /// A BLAKE3 hash of a chunk's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

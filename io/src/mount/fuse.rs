@@ -19,13 +19,15 @@ use bytes::Bytes;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use std::sync::Arc;
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
 use wormhole_core::proto::{
     Attr, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, StatFs, Timestamp,
+    XattrSet,
 };
 use wormhole_core::vfs::Ino;
 
@@ -62,6 +64,8 @@ pub(crate) enum KernelReply {
     Create(ReplyCreate),
     /// statfs.
     Statfs(ReplyStatfs),
+    /// getxattr, listxattr.
+    Xattr(ReplyXattr),
 }
 
 /// The kernel's errno for a core errno (the same Linux numbers).
@@ -149,6 +153,8 @@ impl KernelReply {
                 );
             }
             (KernelReply::Statfs(r), Answer::StatFs(s)) => statfs(r, &s),
+            (KernelReply::Xattr(r), Answer::Xattr(bytes)) => r.data(&bytes),
+            (KernelReply::Xattr(r), Answer::XattrSize(n)) => r.size(n),
             (reply, answer) => {
                 warn!(?answer, "core answer does not fit the kernel request");
                 reply.error(fuser::Errno::EIO);
@@ -170,6 +176,7 @@ impl KernelReply {
             KernelReply::Empty(r) => r.error(e),
             KernelReply::Create(r) => r.error(e),
             KernelReply::Statfs(r) => r.error(e),
+            KernelReply::Xattr(r) => r.error(e),
         }
     }
 }
@@ -506,6 +513,67 @@ impl fuser::Filesystem for WormholeFs {
         }
     }
 
+    fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.op(
+            Op::GetXattr {
+                ino: ino(i),
+                name: name.as_bytes().to_vec(),
+                size,
+            },
+            KernelReply::Xattr(reply),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        self.op(
+            Op::ListXattr { ino: ino(i), size },
+            KernelReply::Xattr(reply),
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        // XATTR_CREATE and XATTR_REPLACE; `position` is macOS's. Names
+        // of namespaces the host does not serve are answered by the
+        // core without asking it (`ls -l` asks every file for two).
+        let how = match flags {
+            0 => XattrSet::Either,
+            1 => XattrSet::Create,
+            2 => XattrSet::Replace,
+            _ => return reply.error(fuser::Errno::EINVAL),
+        };
+        if position != 0 {
+            return reply.error(fuser::Errno::EINVAL);
+        }
+        self.op(
+            Op::SetXattr {
+                ino: ino(i),
+                name: name.as_bytes().to_vec(),
+                value: value.to_vec(),
+                how,
+            },
+            KernelReply::Empty(reply),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.op(
+            Op::RemoveXattr {
+                ino: ino(i),
+                name: name.as_bytes().to_vec(),
+            },
+            KernelReply::Empty(reply),
+        );
+    }
+
     fn link(
         &self,
         _req: &Request,
@@ -743,41 +811,8 @@ impl fuser::Filesystem for WormholeFs {
         self.op(Op::SyncAll, KernelReply::Empty(reply));
     }
 
-    // Extended attributes and access(2): the protocol has neither.
-    // ENOSYS (not ENOTSUP) makes the kernel stop asking for the whole
-    // mount; for access it then allows what the mode bits allow.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: fuser::ReplyXattr,
-    ) {
-        reply.error(fuser::Errno::ENOSYS);
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(fuser::Errno::ENOSYS);
-    }
-
-    fn setxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(fuser::Errno::ENOSYS);
-    }
-
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(fuser::Errno::ENOSYS);
-    }
-
+    // access(2): ENOSYS makes the kernel stop asking for the whole
+    // mount and allow what the mode bits allow.
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.error(fuser::Errno::ENOSYS);
     }

@@ -320,3 +320,36 @@ pub(crate) fn hard_links(bin: &Path) {
     const EPERM: i32 = 1;
     assert_eq!(err.raw_os_error(), Some(EPERM), "{err}");
 }
+
+/// Extended attributes through the mount: a `user.` attribute set on the
+/// mount is on the host's file and reads back, a list shows it, a
+/// removal removes it, and a namespace the host does not serve is
+/// refused with EOPNOTSUPP.
+pub(crate) fn extended_attributes(bin: &Path) {
+    use rustix::fs::{XattrFlags, getxattr, listxattr, removexattr, setxattr};
+    let mut cleanup = scratch("xattr", bin);
+    let dir = cleanup.dir.clone();
+    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
+    std::fs::write(share.join("f"), "data").expect("a shared file");
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+    let (f, on_host) = (mnt.join("f"), share.join("f"));
+
+    setxattr(&f, "user.colour", b"blue", XattrFlags::empty()).expect("setxattr");
+    let mut buf = [0u8; 64];
+    let n = getxattr(&on_host, "user.colour", &mut buf[..]).expect("on the host");
+    assert_eq!(&buf[..n], b"blue");
+    let n = getxattr(&f, "user.colour", &mut buf[..]).expect("through the mount");
+    assert_eq!(&buf[..n], b"blue");
+    let n = listxattr(&f, &mut buf[..]).expect("listxattr");
+    assert_eq!(&buf[..n], b"user.colour\0");
+    let err = setxattr(&f, "user.colour", b"red", XattrFlags::CREATE).expect_err("exists");
+    assert_eq!(err, rustix::io::Errno::EXIST);
+    removexattr(&f, "user.colour").expect("removexattr");
+    let err = getxattr(&on_host, "user.colour", &mut buf[..]).expect_err("gone on the host");
+    assert_eq!(err, rustix::io::Errno::NODATA);
+    let err = setxattr(&f, "trusted.x", b"1", XattrFlags::empty()).expect_err("not served");
+    assert_eq!(err, rustix::io::Errno::NOTSUP);
+}

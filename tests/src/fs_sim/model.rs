@@ -99,6 +99,10 @@ pub struct FsStats {
     /// Acknowledged closes checked once the host applied what they
     /// covered (a lease holder answers closes before that).
     pub acks_deferred: u64,
+    /// Hard links made (`link` answered).
+    pub links: u64,
+    /// Commits of a file with several names (written in place).
+    pub in_place_commits: u64,
     /// Files answered under a lease and refused by the host afterwards,
     /// reported to nobody's handle (a `CreateLost` event).
     pub creates_lost: u64,
@@ -115,6 +119,8 @@ impl FsStats {
         self.commits += o.commits;
         self.commits_replayed += o.commits_replayed;
         self.sets_committed += o.sets_committed;
+        self.links += o.links;
+        self.in_place_commits += o.in_place_commits;
         self.losses_checked += o.losses_checked;
         self.local_changes += o.local_changes;
         self.disk_full += o.disk_full;
@@ -666,13 +672,15 @@ impl Sim {
         self.kernels[c].handles.keys().copied().collect()
     }
 
-    /// Whether client `c` has a handle or a pending open on `ino`.
+    /// Whether client `c` has a handle, or a pending open or link, on
+    /// `ino` (its kernel holds the inode meanwhile).
     pub fn busy(&self, c: usize, ino: Ino) -> bool {
+        // A link holds its source too: the answer names the same inode.
         self.kernels[c].open.get(&ino).is_some_and(|&n| n > 0)
-            || self
-                .pending
-                .iter()
-                .any(|((pc, _), p)| *pc == c && matches!(p.op, Op::Open { ino: i, .. } if i == ino))
+            || self.pending.iter().any(|((pc, _), p)| {
+                *pc == c
+                    && matches!(p.op, Op::Open { ino: i, .. } | Op::Link { ino: i, .. } if i == ino)
+            })
     }
 
     // ------------------------------------------------------------- inputs
@@ -1169,6 +1177,9 @@ impl Sim {
         let (result, _) = wormhole_core::host::split_dirs(r.result.clone());
         match (&r.op, &result) {
             (FsOp::StageCommit { .. }, Ok(FsOk::Attr(a))) => {
+                if a.nlink > 1 {
+                    self.stats.in_place_commits += 1;
+                }
                 let file = match r.replaced.and_then(|k| self.files.by_key.get(&k).copied()) {
                     Some(f) => f,
                     None => {
@@ -1376,6 +1387,11 @@ impl Sim {
                 Op::Lookup { .. } | Op::Mkdir { .. } | Op::Symlink { .. },
                 Ok(Answer::Entry { .. }),
             ) => true,
+            (Op::Link { ino, .. }, Ok(Answer::Entry { ino: linked, .. })) => {
+                // The new name is the file's own inode.
+                self.stats.links += 1;
+                ino == linked
+            }
             (Op::Create { .. }, Ok(Answer::Created { .. })) => true,
             (Op::GetAttr { .. } | Op::SetAttr { .. }, Ok(Answer::Attr { .. })) => true,
             (Op::ReadDir { .. }, Ok(Answer::Dir(_))) => true,

@@ -282,7 +282,21 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                     },
                 )?;
             }
-            800..835 => {
+            800..812 => {
+                if let Some(ino) = pick(rng, &files) {
+                    let to = pick(rng, &dirs).unwrap_or(Ino::ROOT);
+                    let new_name = name(rng, false);
+                    sim.op(
+                        c,
+                        Op::Link {
+                            ino,
+                            new_parent: to,
+                            new_name,
+                        },
+                    )?;
+                }
+            }
+            812..835 => {
                 let n = name(rng, false);
                 sim.op(
                     c,
@@ -531,6 +545,8 @@ impl Simulation for FsSim {
             ("full disks", s.disk_full),
             ("failing disk writes", s.disk_failures),
             ("opens with O_TRUNC", s.truncating_opens),
+            ("hard links", s.links),
+            ("commits of files with several names", s.in_place_commits),
             ("files created under a directory lease", s.files_streamed),
             (
                 "closes acknowledged before their lease's stream",

@@ -244,7 +244,7 @@ fn check_paths(fs: &FsOp) {
         | FsOp::SetAttr { path, .. }
         | FsOp::StageBegin { path, .. }
         | FsOp::StageCommit { path, .. } => vec![path],
-        FsOp::Rename { from, to } | FsOp::Link { path: from, to } => vec![from, to],
+        FsOp::Rename { from, to } | FsOp::Link { path: from, to, .. } => vec![from, to],
         _ => vec![],
     };
     for p in paths {

@@ -67,7 +67,7 @@ impl Echoes {
             | FsOp::SetAttr { path, .. }
             | FsOp::StageCommit { path, .. } => vec![(path.clone(), Leaves::Result)],
             // Both names hold the file the result describes.
-            FsOp::Link { path, to } => {
+            FsOp::Link { path, to, .. } => {
                 vec![(path.clone(), Leaves::Result), (to.clone(), Leaves::Result)]
             }
             FsOp::Unlink { path } | FsOp::Rmdir { path } => vec![(path.clone(), Leaves::Gone)],

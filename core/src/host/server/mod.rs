@@ -338,6 +338,10 @@ enum ReplyAs {
         new_name: Name,
     },
     Readlink,
+    /// An extended attribute's value, or (`list`) a list of names.
+    Xattr {
+        list: bool,
+    },
     Statfs,
     StageBegin {
         txn: TxnId,

@@ -3,6 +3,7 @@
 
 use super::whole::WholeRest;
 use super::*;
+use crate::proto::{MAX_XATTR_NAME, MAX_XATTR_SIZE};
 use crate::proto::{Owner, SetAttr};
 
 /// The owner a client asks a new file to have: only where owners are
@@ -43,6 +44,20 @@ impl HostServer {
         let path = self.dir_path(parent)?.join(visible(name)?);
         self.guard(session, parent, true)?;
         Ok((path, owner))
+    }
+
+    /// An extended attribute name clients may use: of valid length, in
+    /// a namespace the host serves (`user.`; `trusted.` and `security.`
+    /// too where it preserves owners, as root). Others are EOPNOTSUPP.
+    fn xattr_name(&self, name: &[u8]) -> Result<(), Errno> {
+        if name.is_empty() || name.len() > MAX_XATTR_NAME || name.contains(&0) {
+            return Err(Errno::Range);
+        }
+        if self.cfg.owners.serves_xattr(name) {
+            Ok(())
+        } else {
+            Err(Errno::NotSup)
+        }
     }
 
     pub(super) fn writable(&self) -> Result<(), Errno> {
@@ -300,17 +315,68 @@ impl HostServer {
                     FsOp::Rename { from, to },
                 );
             }
+            Request::GetXattr { node, name } => {
+                // A namespace not served has nothing in it (`ls` asks
+                // for security labels and ACLs of every file).
+                self.xattr_name(&name).map_err(|_| Errno::NoData)?;
+                let path = self.path_of(node)?;
+                self.fs(
+                    answer(ReplyAs::Xattr { list: false }),
+                    FsOp::GetXattr { path, name },
+                );
+            }
+            Request::ListXattr { node } => {
+                let path = self.path_of(node)?;
+                self.fs(
+                    answer(ReplyAs::Xattr { list: true }),
+                    FsOp::ListXattr { path },
+                );
+            }
+            Request::SetXattr {
+                node,
+                name,
+                value,
+                how,
+            } => {
+                self.writable()?;
+                self.xattr_name(&name)?;
+                if value.len() > MAX_XATTR_SIZE {
+                    return Err(Errno::TooBig);
+                }
+                let path = self.path_of(node)?;
+                self.guard(session, node, false)?;
+                self.fs(
+                    answer(ReplyAs::Stat { node }),
+                    FsOp::SetXattr {
+                        path,
+                        name,
+                        value,
+                        how,
+                    },
+                );
+            }
+            Request::RemoveXattr { node, name } => {
+                self.writable()?;
+                self.xattr_name(&name)?;
+                let path = self.path_of(node)?;
+                self.guard(session, node, false)?;
+                self.fs(
+                    answer(ReplyAs::Stat { node }),
+                    FsOp::RemoveXattr { path, name },
+                );
+            }
             Request::Link { node, parent, name } => {
                 let (to, _) = self.new_entry(session, parent, &name, None)?;
                 if self.nodes.kind(node) == Some(FileKind::Dir) {
                     return Err(Errno::Perm);
                 }
                 let path = self.path_of(node)?;
+                let key = self.nodes.key(node).ok_or(Errno::Stale)?;
                 // Its link count and ctime change: a change to the file.
                 self.guard(session, node, false)?;
                 self.fs(
                     answer(ReplyAs::Linked { node, parent, name }),
-                    FsOp::Link { path, to },
+                    FsOp::Link { path, to, key },
                 );
             }
             Request::Readlink { node } => {

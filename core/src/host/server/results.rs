@@ -144,6 +144,19 @@ impl HostServer {
         Ok(to_attr(id, attr))
     }
 
+    /// A list of extended attribute names (each NUL-ended), keeping only
+    /// the namespaces the host serves.
+    fn served_xattrs(&self, names: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if self.cfg.owners.serves_xattr(name) {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        out
+    }
+
     /// `parent/name` was removed by `session`: other sessions learn which
     /// nodes went with it, or, where the file keeps other names, that
     /// its link count changed.
@@ -435,6 +448,10 @@ impl HostServer {
                 })
             }
             (ReplyAs::Readlink, Ok(FsOk::Link(target))) => Ok(Reply::Link(target)),
+            (ReplyAs::Xattr { list: false }, Ok(FsOk::Xattr(value))) => Ok(Reply::Xattr(value)),
+            (ReplyAs::Xattr { list: true }, Ok(FsOk::Xattr(names))) => {
+                Ok(Reply::Xattr(self.served_xattrs(&names)))
+            }
             (ReplyAs::Statfs, Ok(FsOk::StatFs(s))) => Ok(Reply::StatFs(s)),
             (ReplyAs::StageBegin { txn, expect }, Ok(FsOk::Attr(a))) => {
                 // The writes were made to the version the client holds;

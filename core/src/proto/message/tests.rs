@@ -133,6 +133,21 @@ fn every_request() -> Vec<Request> {
             parent: NodeId::ROOT,
             name: name("hard"),
         },
+        Request::GetXattr {
+            node: NodeId(6),
+            name: b"user.tag".to_vec(),
+        },
+        Request::ListXattr { node: NodeId(6) },
+        Request::SetXattr {
+            node: NodeId(6),
+            name: b"user.tag".to_vec(),
+            value: b"blue".to_vec(),
+            how: XattrSet::Create,
+        },
+        Request::RemoveXattr {
+            node: NodeId(6),
+            name: b"user.tag".to_vec(),
+        },
         Request::Statfs,
         Request::AcquireLock {
             scope: LockScope::File(NodeId(5)),
@@ -256,6 +271,7 @@ fn every_host_message() -> Vec<HostMessage> {
         reply(Reply::Unnamed {
             dirs: vec![attr(), attr()],
         }),
+        reply(Reply::Xattr(b"user.a\0user.b\0".to_vec())),
     ];
     all.extend(Errno::ALL.iter().take(3).map(|&e| HostMessage::Reply {
         id: RequestId(42),

@@ -68,6 +68,7 @@ mod ops;
 mod pool;
 mod staging;
 mod walk;
+mod xattr;
 
 pub use pool::{FsPool, PoolClosed};
 pub use staging::LEFTOVER_AGE;
@@ -356,7 +357,16 @@ impl HostFs {
                 rdev,
                 owner,
             } => self.mknod(&path, kind, mode, rdev, owner),
-            FsOp::Link { path, to } => self.link(&path, &to),
+            FsOp::Link { path, to, key } => self.link(&path, &to, key),
+            FsOp::GetXattr { path, name } => self.get_xattr(&path, &name),
+            FsOp::ListXattr { path } => self.list_xattr(&path),
+            FsOp::SetXattr {
+                path,
+                name,
+                value,
+                how,
+            } => self.set_xattr(&path, &name, &value, how),
+            FsOp::RemoveXattr { path, name } => self.remove_xattr(&path, &name),
             FsOp::Readlink { path } => {
                 let Some((dir, name)) = self.parent(&path)? else {
                     return Err(Errno::Inval);

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use wormhole_core::host::{FsHandle, FsOk, FsResult, OpenAs, RESERVED_PREFIX, ReadFrom, RelPath};
-use wormhole_core::proto::{Errno, FileKind, Name, OpenFor, Owner, SetAttr};
+use wormhole_core::proto::{Errno, FileKey, FileKind, Name, OpenFor, Owner, SetAttr};
 
 use super::staging::purge_staging;
 use super::{HostFs, attr, fd_attr, kind_of, lock, os, sys, times};
@@ -263,20 +263,27 @@ impl HostFs {
         attr(&st).map(FsOk::Attr).ok_or(Errno::NoEnt)
     }
 
-    /// A second name for the file at `path` (never a directory: the
-    /// kernel refuses with EPERM). `linkat` without `AT_SYMLINK_FOLLOW`
-    /// links a symlink itself, so nothing outside the share is reached:
-    /// both names are entries of directories opened beneath the root.
-    pub(super) fn link(&self, path: &RelPath, to: &RelPath) -> FsResult {
-        let (from_dir, from) = self.entry(path)?;
+    /// A second name for the file at `path` if it is the file `key`
+    /// (never a directory: the kernel refuses with EPERM). The file is
+    /// pinned first (an `O_PATH` descriptor, not following a symlink, so
+    /// a symlink is linked itself) and its identity checked; the link is
+    /// then made to that descriptor's file through `/proc/self/fd`, so no
+    /// file put at the name meanwhile can get the new name. Nothing is
+    /// opened and nothing outside the share is reached.
+    pub(super) fn link(&self, path: &RelPath, to: &RelPath, key: FileKey) -> FsResult {
+        let probe = self.open_beneath(path, OFlags::PATH)?;
+        let st = rfs::fstat(&probe).map_err(sys)?;
+        if attr(&st).map(|a| a.key) != Some(key) {
+            return Err(Errno::Stale);
+        }
         let (to_dir, to) = self.entry(to)?;
         let to = os(to.as_bytes());
         rfs::linkat(
-            &from_dir,
-            os(from.as_bytes()),
+            self.proc_fds(),
+            self.fd_name(&probe).as_str(),
             &to_dir,
             to,
-            AtFlags::empty(),
+            AtFlags::SYMLINK_FOLLOW,
         )
         .map_err(sys)?;
         let st = rfs::statat(&to_dir, to, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
