@@ -872,6 +872,63 @@ fn a_commit_of_a_file_with_hard_links_writes_it_in_place() {
     );
 }
 
+/// A commit makes a new version of the file: it keeps the extended
+/// attributes the file has at the commit (one set while writing too),
+/// and drops the capability, as a write does; the same on MemFs.
+#[test]
+fn a_commit_keeps_extended_attributes_but_not_a_capability() {
+    use wormhole_core::host::memfs::MemFs;
+    use wormhole_core::proto::XattrSet;
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-xattrcommit")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("f"), b"old").expect("write");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let mut mem = MemFs::new(1 << 20);
+    mem.local_replace(&rel("f"), b"old").expect("seed");
+    let set = |name: &[u8], value: &[u8]| FsOp::SetXattr {
+        path: rel("f"),
+        name: name.to_vec(),
+        value: value.to_vec(),
+        how: XattrSet::Either,
+    };
+    // A capability set as root would be, in the format the kernel checks
+    // (VFS_CAP_REVISION_2, no bits).
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
+    for run in [&mut |o: FsOp| fs.execute(o), &mut |o: FsOp| mem.execute(o)]
+        as [&mut dyn FnMut(FsOp) -> Result<FsOk, Errno>; 2]
+    {
+        run(set(b"user.before", b"1")).expect("set before");
+        run(set(b"security.capability", &cap)).expect("set a capability");
+        let Ok(FsOk::Attr(base)) = run(FsOp::StageBegin {
+            txn: TxnId(1),
+            path: rel("f"),
+        }) else {
+            panic!("begin")
+        };
+        run(set(b"user.during", b"2")).expect("set while writing");
+        let commit = FsOp::StageCommit {
+            txn: TxnId(1),
+            path: rel("f"),
+            size: 3,
+            base: FileStamp::from(&base),
+            set: Box::new(SetAttr::default()),
+        };
+        let Ok(FsOk::Attr(after)) = run(commit) else {
+            panic!("commit")
+        };
+        assert_ne!(after.key, base.key, "a new version");
+        let Ok(FsOk::Xattr(list)) = run(FsOp::ListXattr { path: rel("f") }) else {
+            panic!("list")
+        };
+        let mut names: Vec<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+        names.sort();
+        assert_eq!(names, vec![&b"user.before"[..], b"user.during"]);
+    }
+}
+
 #[test]
 fn the_pool_runs_operations_off_the_caller() {
     let tmp = tempfile::Builder::new()

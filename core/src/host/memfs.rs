@@ -21,7 +21,8 @@
 
 use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath};
 use crate::proto::{
-    Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId, XattrSet,
+    CAPABILITY_XATTR, Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId,
+    XattrSet,
 };
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -484,6 +485,18 @@ impl MemFs {
             }
             other => other,
         }
+    }
+
+    /// The extended attributes a commit of `ino` keeps: all but the
+    /// capability, which a write drops.
+    fn carried_xattrs(&self, ino: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut xattrs = self
+            .inodes
+            .get(&ino)
+            .map(|n| n.xattrs.clone())
+            .unwrap_or_default();
+        xattrs.remove(CAPABILITY_XATTR);
+        xattrs
     }
 
     /// The regular file or directory at `path`, whose extended
@@ -1038,10 +1051,12 @@ impl MemFs {
                 // A file with other names is written in place, so that
                 // every name keeps showing one file.
                 let now = self.now;
+                let xattrs = self.carried_xattrs(old);
                 if let Some(n) = self.inodes.get_mut(&old)
                     && n.nlink > 1
                 {
                     n.data = data;
+                    n.xattrs = xattrs;
                     n.mode = mode & 0o7777;
                     n.atime = atime.unwrap_or(n.atime);
                     n.mtime = mtime.unwrap_or(now);
@@ -1049,11 +1064,13 @@ impl MemFs {
                     return Ok(FsOk::Attr(self.attr(old)?));
                 }
                 let (uid, gid) = self.inodes.get(&old).map_or((0, 0), |n| (n.uid, n.gid));
+                let xattrs = self.carried_xattrs(old);
                 self.detach(dir, name);
-                // The new content keeps the file's owner, as the host's
-                // staging file does.
+                // The new content keeps the file's owner and extended
+                // attributes, as the host's staging file does.
                 let mut node = Inode::new(FileKind::File, mode, self.now);
                 (node.uid, node.gid) = (uid, gid);
+                node.xattrs = xattrs;
                 node.data = data;
                 node.atime = atime.unwrap_or(node.atime);
                 node.mtime = mtime.unwrap_or(node.mtime);

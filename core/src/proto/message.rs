@@ -270,6 +270,7 @@ impl Owners {
     pub fn serves_xattr(self, name: &[u8]) -> bool {
         name.starts_with(b"user.")
             || (self == Owners::Preserved
+                && name != super::CAPABILITY_XATTR
                 && (name.starts_with(b"trusted.") || name.starts_with(b"security.")))
     }
 }

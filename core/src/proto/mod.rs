@@ -49,6 +49,13 @@ pub const MAX_SYMLINK_LEN: usize = 4096;
 /// XATTR_NAME_MAX); a longer one is ERANGE.
 pub const MAX_XATTR_NAME: usize = 255;
 
+/// The extended attribute that grants a program file capabilities. A
+/// write drops it, as Linux's does for anyone but root: the host's
+/// commits never carry it to the new content, and a mount answers that
+/// no file has it (the kernel asks before every write), so the kernel
+/// never waits on the host for it. Not served in any mode.
+pub const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
 /// Largest extended attribute value, and largest list of a file's
 /// attribute names (Linux XATTR_SIZE_MAX); a larger value is E2BIG.
 pub const MAX_XATTR_SIZE: usize = 65536;

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
 use wormhole_core::proto::{
-    Attr, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, StatFs, Timestamp,
-    XattrSet,
+    Attr, CAPABILITY_XATTR, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, Owner, SetAttr, SetTime,
+    StatFs, Timestamp, XattrSet,
 };
 use wormhole_core::vfs::Ino;
 
@@ -514,6 +514,11 @@ impl fuser::Filesystem for WormholeFs {
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // The kernel asks this before every write (to drop it); it is
+        // never served, so it is answered here without the core.
+        if name.as_bytes() == CAPABILITY_XATTR {
+            return reply.error(fuser::Errno::ENODATA);
+        }
         self.op(
             Op::GetXattr {
                 ino: ino(i),

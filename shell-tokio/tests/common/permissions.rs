@@ -322,9 +322,9 @@ pub(crate) fn hard_links(bin: &Path) {
 }
 
 /// Extended attributes through the mount: a `user.` attribute set on the
-/// mount is on the host's file and reads back, a list shows it, a
-/// removal removes it, and a namespace the host does not serve is
-/// refused with EOPNOTSUPP.
+/// mount is on the host's file and reads back, a list shows it, a write
+/// of the file keeps it, a removal removes it, and a namespace the host
+/// does not serve is refused with EOPNOTSUPP.
 pub(crate) fn extended_attributes(bin: &Path) {
     use rustix::fs::{XattrFlags, getxattr, listxattr, removexattr, setxattr};
     let mut cleanup = scratch("xattr", bin);
@@ -347,6 +347,15 @@ pub(crate) fn extended_attributes(bin: &Path) {
     assert_eq!(&buf[..n], b"user.colour\0");
     let err = setxattr(&f, "user.colour", b"red", XattrFlags::CREATE).expect_err("exists");
     assert_eq!(err, rustix::io::Errno::EXIST);
+    // A write through the mount (a new version of the file on the host)
+    // keeps them.
+    std::fs::write(&f, "new data").expect("write through the mount");
+    assert_eq!(
+        std::fs::read(&on_host).expect("read on the host"),
+        b"new data"
+    );
+    let n = getxattr(&on_host, "user.colour", &mut buf[..]).expect("kept by the write");
+    assert_eq!(&buf[..n], b"blue");
     removexattr(&f, "user.colour").expect("removexattr");
     let err = getxattr(&on_host, "user.colour", &mut buf[..]).expect_err("gone on the host");
     assert_eq!(err, rustix::io::Errno::NODATA);

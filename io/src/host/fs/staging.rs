@@ -228,9 +228,10 @@ impl HostFs {
         if old.st_nlink > 1 {
             return self.commit_in_place(&staged, &dir, n, size, (&old, base), &set);
         }
-        // And its owner at commit time (a chown may have come since the
-        // staging began). Only root can give a file away; otherwise the
-        // host's user owns both.
+        // Its extended attributes and owner as they are now (a setxattr
+        // or chown may have come since the staging began). Only root can
+        // give a file away; otherwise the host's user owns both.
+        super::xattr::copy_xattrs(&dir, name.as_bytes(), &staged.file);
         let _ = rfs::fchown(
             &staged.file,
             Some(rfs::Uid::from_raw(old.st_uid)),

@@ -8,11 +8,53 @@
 //! [`FsOp::GetXattr`]: wormhole_core::host::FsOp::GetXattr
 
 use rustix::fs::{self as rfs, FileType, OFlags, XattrFlags};
-use std::os::fd::OwnedFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use wormhole_core::host::{FsOk, FsResult, RelPath};
-use wormhole_core::proto::{Errno, MAX_XATTR_SIZE, XattrSet};
+use wormhole_core::proto::{CAPABILITY_XATTR, Errno, MAX_XATTR_SIZE, XattrSet};
 
 use super::{HostFs, fd_attr, os, sys};
+
+/// Gives the staged copy of the file `name` in `dir` the file's
+/// extended attributes, as they are at its commit: all but the
+/// capability, which a write drops ([`CAPABILITY_XATTR`]). Read by path
+/// through the directory's descriptor, without following a symlink and
+/// without opening the file: one system call when it has none, the
+/// usual case. Best effort, as `cp --preserve=xattr`: one the host may
+/// not read or write (another namespace, as an ordinary user) is left
+/// behind.
+pub(super) fn copy_xattrs(dir: &OwnedFd, name: &[u8], to: &File) {
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    let path = os(&path);
+    let mut names = [0u8; 4096];
+    let len = match rfs::llistxattr(path, &mut names[..]) {
+        Ok(0) => return,
+        Ok(len) => len,
+        // More names than fit here: read them all.
+        Err(rustix::io::Errno::RANGE) => {
+            let mut all = vec![0u8; MAX_XATTR_SIZE];
+            let Ok(len) = rfs::llistxattr(path, &mut all[..]) else {
+                return;
+            };
+            return copy_named(path, &all[..len], to);
+        }
+        Err(_) => return,
+    };
+    copy_named(path, &names[..len], to);
+}
+
+fn copy_named(path: &std::ffi::OsStr, names: &[u8], to: &File) {
+    let mut value = vec![0u8; MAX_XATTR_SIZE];
+    for name in names.split(|&b| b == 0) {
+        if name.is_empty() || name == CAPABILITY_XATTR {
+            continue;
+        }
+        if let Ok(n) = rfs::lgetxattr(path, os(name), &mut value[..]) {
+            let _ = rfs::fsetxattr(to, os(name), &value[..n], XattrFlags::empty());
+        }
+    }
+}
 
 impl HostFs {
     /// The regular file or directory at `path` (not following a final
