@@ -17,6 +17,9 @@
 //!   but nothing goes through it;
 //! * a directory the host has indexed, swapped for a symlink to the
 //!   outside behind its back;
+//! * a FIFO and a device node put in the share: never opened, the device
+//!   not even shown; hard links and extended attributes through
+//!   symlinks;
 //! * node ids, handles and transactions the host never gave out, a forged
 //!   lock token, and another session's token, transaction and handle.
 //!
@@ -34,7 +37,7 @@ use wormhole_core::host::RESERVED_PREFIX;
 use wormhole_core::proto::{
     Attr, CHUNK_SIZE, Checksum, Errno, FileKind, FileRef, HandleId, HostMessage, LockKind,
     LockScope, LockToken, Name, NodeId, OpenFor, Reply, Request, SetAttr, SetTime, Timestamp,
-    TxnId,
+    TxnId, XattrSet,
 };
 use wormhole_io::{Identity, Shell};
 use wormhole_tests::quic::{
@@ -126,9 +129,22 @@ fn named_requests(n: Name) -> Vec<Request> {
         },
         Request::Rename {
             parent: root,
-            name: n,
+            name: n.clone(),
             new_parent: root,
             new_name: name("renamed"),
+        },
+        Request::Mknod {
+            parent: root,
+            name: n.clone(),
+            kind: FileKind::Fifo,
+            mode: 0o644,
+            rdev: 0,
+            owner: None,
+        },
+        Request::Link {
+            node: root,
+            parent: root,
+            name: n,
         },
     ]
 }
@@ -234,6 +250,16 @@ fn hostile<S: Shell>(shell: &S) {
     fs::write(share.join("victim"), b"victim content").expect("victim");
     fs::write(share.join("movable"), b"movable").expect("movable");
     fs::create_dir(share.join("swap")).expect("mkdir swap");
+    // Special files a local program made: a FIFO, and /dev/zero's twin
+    // (making one needs root, as the rest of this suite does).
+    for args in [&["mkfifo", "pipe"][..], &["mknod", "zero", "c", "1", "5"]] {
+        let status = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(&share)
+            .status()
+            .expect("run mkfifo or mknod");
+        assert!(status.success(), "{args:?}");
+    }
     fs::write(share.join("swap/inside"), b"inside").expect("a file in swap");
     let abs = |p: &Path| p.to_str().expect("utf-8 temp dir").to_owned();
     // (link name, target, names to look up through it: one that exists
@@ -303,6 +329,7 @@ fn hostile<S: Shell>(shell: &S) {
         through_links(&mut c, &links, &share).await;
         swapped_dir(&mut c, &dir).await;
         never_given_out(&mut c).await;
+        special_files(&mut c).await;
         other_sessions(&mut c, &mut honest, &share).await;
         // Still a working connection: the refusals were refusals, not a
         // dead host.
@@ -615,7 +642,91 @@ fn reaching_through(dir: NodeId, file: NodeId, there: &str) -> Vec<Request> {
             new_parent: dir,
             new_name: name(&evil("moved")),
         },
+        Request::Link {
+            node: file,
+            parent: dir,
+            name: name(&evil("hardlink")),
+        },
+        // A symlink's extended attributes are its own (none are served
+        // for one), never its target's.
+        Request::SetXattr {
+            node: file,
+            name: b"user.evil".to_vec(),
+            value: b"1".to_vec(),
+            how: XattrSet::Either,
+        },
+        Request::GetXattr {
+            node: file,
+            name: b"user.evil".to_vec(),
+        },
+        Request::RemoveXattr {
+            node: file,
+            name: b"user.evil".to_vec(),
+        },
     ]
+}
+
+/// A FIFO and a device node a local program put in the share: the FIFO
+/// is shown as what it is and never opened (an open for reading would
+/// wait for a writer forever, and the test's time limit would fail it);
+/// the device node is not even shown (the host does not allow them), so
+/// its bytes are unreachable by any request.
+async fn special_files(c: &mut RawClient) {
+    let root = NodeId::ROOT;
+    let pipe = lookup(c, root, "pipe").await;
+    assert_eq!(pipe.kind, FileKind::Fifo);
+    let node = pipe.node;
+    for mode in [OpenFor::Read, OpenFor::Write, OpenFor::Append] {
+        refused(c, Request::Open { node, mode }).await;
+    }
+    refused(
+        c,
+        Request::Read {
+            file: FileRef::Node(node),
+            offset: 0,
+            len: 4096,
+        },
+    )
+    .await;
+    for request in [
+        Request::GetXattr {
+            node,
+            name: b"user.x".to_vec(),
+        },
+        Request::SetXattr {
+            node,
+            name: b"user.x".to_vec(),
+            value: b"1".to_vec(),
+            how: XattrSet::Either,
+        },
+    ] {
+        refused(c, request).await;
+    }
+    assert_eq!(
+        refused(
+            c,
+            Request::Lookup {
+                parent: root,
+                name: name("zero"),
+            },
+        )
+        .await,
+        Errno::NoEnt,
+        "a device node is not shown"
+    );
+    match c
+        .call(Request::ReadDir {
+            dir: root,
+            cookie: 0,
+        })
+        .await
+    {
+        Ok(Reply::DirPage { entries, .. }) => assert!(
+            entries.iter().all(|e| e.name.as_bytes() != b"zero"),
+            "a device node is not listed"
+        ),
+        other => panic!("readdir: {other:?}"),
+    }
 }
 
 /// A directory the host indexed, swapped for a symlink to the outside by
