@@ -26,3 +26,8 @@ fn hard_links_are_one_file_under_every_name() {
 fn user_extended_attributes_reach_the_hosts_file() {
     common::permissions::extended_attributes(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole")));
 }
+
+#[test]
+fn an_ordinary_user_mounts_where_the_system_lets_users_use_fuse() {
+    common::permissions::ordinary_user_mounts(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole")));
+}

@@ -130,6 +130,8 @@ fn check_allow_other() -> Result<(), MountError> {
 
 const FUSE_CONF: &str = "/etc/fuse.conf";
 
+const DEV_FUSE: &str = "/dev/fuse";
+
 /// Why a mount failed.
 #[derive(Debug, Error)]
 pub enum MountError {
@@ -164,6 +166,15 @@ pub enum MountError {
          echo user_allow_other >> /etc/fuse.conf)"
     )]
     AllowOther,
+    /// An ordinary user on a system where only root may open
+    /// `/dev/fuse` (fusermount3 opens it as the user too).
+    #[error(
+        "only root may use /dev/fuse on this system, so an ordinary user cannot mount (not even \
+         through fusermount3): mount with sudo (add --allow-other to let other users in), or \
+         have an administrator make /dev/fuse usable by users (chmod 0666 /dev/fuse, as most \
+         distributions ship it)"
+    )]
+    DevFuseRootOnly,
 }
 
 /// A mounted Wormhole. Dropping it unmounts (lazily if busy); prefer
@@ -233,6 +244,16 @@ impl Mount {
             config
                 .mount_options
                 .push(fuser::MountOption::DefaultPermissions);
+        }
+        if !rustix::process::geteuid().is_root()
+            && rustix::fs::access(
+                DEV_FUSE,
+                rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+            )
+            .is_err()
+            && Path::new(DEV_FUSE).exists()
+        {
+            return Err(MountError::DevFuseRootOnly);
         }
         let session = fuser::Session::new(WormholeFs::new(shared.clone()), mountpoint, &config)
             .map_err(|source| MountError::Fuse {

@@ -362,3 +362,77 @@ pub(crate) fn extended_attributes(bin: &Path) {
     let err = setxattr(&f, "trusted.x", b"1", XattrFlags::empty()).expect_err("not served");
     assert_eq!(err, rustix::io::Errno::NOTSUP);
 }
+
+/// An ordinary user mounts without sudo where the system lets users use
+/// FUSE (`/dev/fuse` readable and writable by all, as most distributions
+/// ship it: fusermount3 does the mount), and reads and writes there as
+/// itself. Where only root may open `/dev/fuse`, even fusermount3
+/// cannot (it opens it as the user), and the mount says so and what to
+/// do instead of a bare "Permission denied".
+pub(crate) fn ordinary_user_mounts(bin: &Path) {
+    let mut cleanup = scratch("user", bin);
+    let dir = cleanup.dir.clone();
+    let (share, mnt, home) = (dir.join("share"), dir.join("mnt"), dir.join("nobody"));
+    std::fs::write(share.join("hello"), "hi").expect("a shared file");
+    std::fs::create_dir(&home).expect("nobody's home");
+    for d in [&mnt, &home] {
+        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A copy nobody may run wherever the build is.
+    let prog = dir.join("wormhole");
+    std::fs::copy(bin, &prog).expect("copy the program");
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    let nobody_runs = |args: &[&std::ffi::OsStr]| {
+        let mut c = Command::new(&prog);
+        c.args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", &home)
+            .env("XDG_CACHE_HOME", &home)
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID");
+        c
+    };
+    let mut mount = nobody_runs(&["mount".as_ref(), ticket.as_ref(), mnt.as_os_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the mount as nobody");
+    let users_may =
+        std::fs::metadata("/dev/fuse").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006);
+    if !users_may {
+        let out = mount.wait_with_output().expect("the mount's end");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "no mount: {out:?}");
+        assert!(
+            said.contains("only root may use /dev/fuse") && said.contains("chmod 0666 /dev/fuse"),
+            "the refusal says why and what to do: {said}"
+        );
+        return;
+    }
+    let out = super::procs::lines(&mut mount);
+    cleanup.children.push(mount);
+    super::procs::line_where(&out, "\"Mounted at\"", |l| l.starts_with("Mounted at"));
+    let m = mnt.display();
+    let read = allowed(
+        &as_nobody(&format!("cat {m}/hello && echo mine > {m}/made")),
+        "nobody's mount, used by nobody",
+    );
+    assert_eq!(read, "hi");
+    assert_eq!(
+        std::fs::read_to_string(share.join("made")).expect("on the host"),
+        "mine\n"
+    );
+    let unmounted = nobody_runs(&["unmount".as_ref(), mnt.as_os_str()])
+        .output()
+        .expect("run unmount as nobody");
+    assert!(unmounted.status.success(), "{unmounted:?}");
+    let mount = cleanup.children.pop().expect("the mount");
+    let status = exit_of(mount, "nobody's mount after its unmount");
+    assert!(status.success(), "{status:?}");
+}
