@@ -116,6 +116,27 @@ impl NodeTable {
         self.children.get(&(parent, name.clone())).copied()
     }
 
+    /// Whether `id`'s names and the name index agree (each name of it
+    /// leads back to it, none twice, a directory has one): the
+    /// postcondition of each change of names below.
+    fn consistent(&self, id: NodeId) -> bool {
+        match self.nodes.get(&id) {
+            // (Gone: its names went with it in `forget`.)
+            None => true,
+            Some(n) => {
+                let unique = n
+                    .links
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    == n.links.len();
+                unique
+                    && (n.kind != FileKind::Dir || n.links.len() <= 1)
+                    && n.links.iter().all(|l| self.children.get(l) == Some(&id))
+            }
+        }
+    }
+
     /// How many names of `node` are indexed.
     pub fn names(&self, node: NodeId) -> usize {
         self.nodes.get(&node).map_or(0, |n| n.links.len())
@@ -172,6 +193,7 @@ impl NodeTable {
             // Paths are built from the name just seen to exist.
             n.links.insert(0, (parent, name.clone()));
             self.children.insert((parent, name.clone()), same);
+            debug_assert!(self.consistent(same));
             return Some(same);
         }
         if self.nodes.len() >= self.max_nodes {
@@ -195,6 +217,7 @@ impl NodeTable {
         );
         self.children.insert((parent, name.clone()), id);
         self.by_key.insert(key, id);
+        debug_assert!(self.consistent(id));
     }
 
     /// Sets aside `count` ids for a lease holder to give the files it
@@ -276,6 +299,7 @@ impl NodeTable {
             Some(n) if n.links.len() > 1 => {
                 n.links.retain(|l| *l != link);
                 self.children.remove(&link);
+                debug_assert!(self.consistent(id));
                 Vec::new()
             }
             _ => self.forget(id),
@@ -347,6 +371,7 @@ impl NodeTable {
                 }
             }
             self.children.insert(to, id);
+            debug_assert!(self.consistent(id));
         }
         gone
     }

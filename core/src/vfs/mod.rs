@@ -326,6 +326,29 @@ impl Vfs {
             };
         }
         self.children.insert(link, ino);
+        debug_assert!(self.consistent(ino));
+    }
+
+    /// Whether `ino`'s names and the name index agree (each name leads
+    /// back to it, none twice, a directory has one, an orphan none): the
+    /// postcondition of each change of names.
+    fn consistent(&self, ino: Ino) -> bool {
+        match self.inodes.get(&ino) {
+            // (Gone: its names went with it in `detach`.)
+            None => true,
+            Some(i) => {
+                let unique = i
+                    .links
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    == i.links.len();
+                unique
+                    && (i.kind != FileKind::Dir || i.links.len() <= 1)
+                    && (i.state != InodeState::Orphan || i.links.is_empty())
+                    && i.links.iter().all(|l| self.children.get(l) == Some(&ino))
+            }
+        }
     }
 
     /// Takes the name `parent/name` from `ino`; with its last name gone
@@ -339,6 +362,7 @@ impl Vfs {
             }
             _ => self.detach(ino),
         }
+        debug_assert!(self.consistent(ino));
     }
 
     /// The kernel forgets `n` lookups of `ino`.
