@@ -17,10 +17,13 @@ wormhole_tests::simulation_tests!(FsSim);
 /// its own: a blocked write run after its handle's release committed
 /// over a version it never saw (58600); a lookup that trusted any
 /// identity while a commit raced handed out an inode number for another
-/// file (6403, 8119; the fix was not kept, the seeds were).
+/// file (6403, 8119; the fix was not kept, the seeds were); a hard link
+/// answered with a new inode because the host had processed the unlink
+/// of the file's other name first and forgotten its node (2024, 6894,
+/// with the workload of 2026-12-06 that made local links).
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [58600, 6403, 8119] {
+    for seed in [58600, 6403, 8119, 2024, 6894] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");
     }

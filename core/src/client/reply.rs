@@ -391,13 +391,23 @@ impl ClientCore {
             }
             (
                 Op::Link {
+                    ino,
                     new_parent,
                     new_name,
-                    ..
                 },
                 _,
                 Ok(Reply::Made { attr: a, .. }),
             ) => {
+                // The host linked the very file it knew the node as (it
+                // checks); if it answers another node, it forgot the old
+                // one meanwhile (an unlink of the file's other name ran
+                // first): the kernel's inode is that file, now this node.
+                if let Some(v) = self.vfs.as_mut()
+                    && v.get(*ino)
+                        .is_some_and(|i| i.node != a.node && i.key == a.key)
+                {
+                    v.rebind(*ino, a.node);
+                }
                 self.entry_added(now, *new_parent, new_name, &a);
                 self.learn_attr(&a);
                 Some(

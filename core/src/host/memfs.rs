@@ -234,6 +234,21 @@ impl MemFs {
             .map(|_| ())
     }
 
+    /// A local program gives the file at `from` another name, `to` (a
+    /// hard link).
+    pub fn local_link(&mut self, from: &RelPath, to: &RelPath) -> Result<(), Errno> {
+        let key = match self.execute(FsOp::Stat { path: from.clone() })? {
+            FsOk::Attr(a) => a.key,
+            _ => return Err(Errno::Io),
+        };
+        self.execute(FsOp::Link {
+            path: from.clone(),
+            to: to.clone(),
+            key,
+        })
+        .map(|_| ())
+    }
+
     /// A local program renames `from` to `to`.
     pub fn local_rename(&mut self, from: &RelPath, to: &RelPath) -> Result<(), Errno> {
         self.execute(FsOp::Rename {

@@ -336,6 +336,8 @@ pub enum Local {
     Delete(RelPath),
     /// Renames.
     Rename(RelPath, RelPath),
+    /// Gives a file another name (a hard link).
+    Link(RelPath, RelPath),
 }
 
 /// Writes a failed flush reported lost, kept to check every commit of
@@ -357,6 +359,7 @@ impl fmt::Debug for Local {
             Local::Truncate(p, n) => write!(f, "Truncate({p:?}, {n})"),
             Local::Delete(p) => write!(f, "Delete({p:?})"),
             Local::Rename(a, b) => write!(f, "Rename({a:?}, {b:?})"),
+            Local::Link(a, b) => write!(f, "Link({a:?}, {b:?})"),
         }
     }
 }
@@ -936,6 +939,7 @@ impl Sim {
             Local::Rename(from, to) => {
                 (disk.local_rename(from, to), vec![from.clone(), to.clone()])
             }
+            Local::Link(from, to) => (disk.local_link(from, to), vec![from.clone(), to.clone()]),
         };
         if done.is_err() {
             return Ok(());

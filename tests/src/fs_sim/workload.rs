@@ -452,7 +452,11 @@ fn host_side(
         }
         7 => {
             let (from, to) = (some_path(rng), some_path(rng));
-            sim.local(Local::Rename(from, to))
+            if rng.below(3) == 0 {
+                sim.local(Local::Link(from, to))
+            } else {
+                sim.local(Local::Rename(from, to))
+            }
         }
         8 => {
             if room_at.is_none() {
