@@ -510,6 +510,28 @@ pub enum FsOk {
     },
 }
 
+/// `result` of an operation that changed the directories `dirs`
+/// ([`FsOp::dirs_changed`]) with their attributes now, read by `stat`
+/// ([`FsOk::InDirs`]; none if one cannot be read). What every shell's
+/// executor does after each operation.
+pub fn with_dirs(
+    result: FsResult,
+    dirs: &[RelPath],
+    mut stat: impl FnMut(&RelPath) -> Result<FsAttr, Errno>,
+) -> FsResult {
+    match result {
+        Ok(ok) if !dirs.is_empty() => Ok(FsOk::InDirs {
+            ok: Box::new(ok),
+            dirs: dirs
+                .iter()
+                .map(&mut stat)
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap_or_default(),
+        }),
+        other => other,
+    }
+}
+
 /// A result without its directories' attributes, and those.
 pub fn split_dirs(result: FsResult) -> (FsResult, Vec<FsAttr>) {
     match result {

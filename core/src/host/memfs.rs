@@ -486,20 +486,9 @@ impl MemFs {
         if mutation && result.is_ok() {
             self.mutated();
         }
-        match result {
-            Ok(ok) if !dirs.is_empty() => {
-                let dirs = dirs
-                    .iter()
-                    .map(|d| self.resolve(d).and_then(|ino| self.attr(ino)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap_or_default();
-                Ok(FsOk::InDirs {
-                    ok: Box::new(ok),
-                    dirs,
-                })
-            }
-            other => other,
-        }
+        super::fsop::with_dirs(result, &dirs, |d| {
+            self.resolve(d).and_then(|ino| self.attr(ino))
+        })
     }
 
     /// The extended attributes a commit of `ino` keeps: all but the
@@ -893,15 +882,7 @@ impl MemFs {
                 let mtime = set.mtime.map(|t| self.time(t));
                 let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
                 if let Some(size) = set.size {
-                    match n.kind {
-                        FileKind::File => {}
-                        // truncate(2) of a FIFO or socket.
-                        FileKind::Fifo
-                        | FileKind::Socket
-                        | FileKind::CharDevice
-                        | FileKind::BlockDevice => return Err(Errno::Inval),
-                        FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
-                    }
+                    n.kind.truncatable()?;
                     if size > max {
                         return Err(Errno::FBig);
                     }

@@ -35,7 +35,7 @@ mod tests;
 
 pub use fsop::{
     FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, NewFile, OpenAs, ReadFrom, RelPath,
-    split_dirs,
+    split_dirs, with_dirs,
 };
 pub use nodes::NodeTable;
 pub use pump::HostIo;

@@ -103,6 +103,16 @@ impl FileKind {
     pub fn is_device(self) -> bool {
         matches!(self, FileKind::CharDevice | FileKind::BlockDevice)
     }
+
+    /// Whether truncate(2) may set its size: only a regular file's; a
+    /// special file's is EINVAL, a directory's or symlink's EISDIR.
+    pub fn truncatable(self) -> Result<(), crate::proto::Errno> {
+        match self {
+            FileKind::File => Ok(()),
+            FileKind::Dir | FileKind::Symlink => Err(crate::proto::Errno::IsDir),
+            _ => Err(crate::proto::Errno::Inval),
+        }
+    }
 }
 
 /// A point in wall-clock time, as file systems store it.

@@ -87,7 +87,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use wormhole_core::host::{
-    FsAttr, FsHandle, FsOk, FsOp, FsResult, RESERVED_PREFIX, ReadFrom, RelPath,
+    FsAttr, FsHandle, FsOk, FsOp, FsResult, RESERVED_PREFIX, ReadFrom, with_dirs,
 };
 use wormhole_core::proto::{Errno, FileKey, FileKind, SetAttr, SetTime, StatFs, Timestamp, TxnId};
 
@@ -283,26 +283,7 @@ impl HostFs {
             other => return Err(other),
         };
         let done = done.transpose().ok_or(op)?;
-        Ok(self.in_dirs(dirs, done))
-    }
-
-    /// `result` with the new attributes of the directories `dirs` (what
-    /// its operation changed: [`FsOp::dirs_changed`]).
-    fn in_dirs(&self, dirs: Vec<RelPath>, result: FsResult) -> FsResult {
-        match result {
-            Ok(ok) if !dirs.is_empty() => {
-                let dirs = dirs
-                    .iter()
-                    .map(|d| self.stat(d))
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap_or_default();
-                Ok(FsOk::InDirs {
-                    ok: Box::new(ok),
-                    dirs,
-                })
-            }
-            other => other,
-        }
+        Ok(with_dirs(done, &dirs, |d| self.stat(d)))
     }
 
     /// Whether `txn`'s staging copy owes none of the old content (so a
@@ -316,7 +297,7 @@ impl HostFs {
     pub fn execute(&self, op: FsOp) -> FsResult {
         let dirs = op.dirs_changed();
         let result = self.run(op);
-        self.in_dirs(dirs, result)
+        with_dirs(result, &dirs, |d| self.stat(d))
     }
 
     fn run(&self, op: FsOp) -> FsResult {

@@ -403,15 +403,7 @@ impl HostFs {
         let st = rfs::fstat(&probe).map_err(sys)?;
         let kind = kind_of(&st).ok_or(Errno::NoEnt)?;
         if let Some(size) = set.size {
-            match kind {
-                FileKind::File => {}
-                // truncate(2) of a FIFO or socket.
-                FileKind::Fifo
-                | FileKind::Socket
-                | FileKind::CharDevice
-                | FileKind::BlockDevice => return Err(Errno::Inval),
-                FileKind::Dir | FileKind::Symlink => return Err(Errno::IsDir),
-            }
+            kind.truncatable()?;
             if size > self.cfg.max_file {
                 return Err(Errno::FBig);
             }
