@@ -4,7 +4,8 @@
 use crate::cache::{CacheConfig, ChunkKey, ReadAheadConfig};
 use crate::conn::{ConnConfig, DisconnectReason};
 use crate::proto::{
-    Attr, Checksum, ClientMessage, Errno, FileKind, Name, OpenFor, Owner, SetAttr, StatFs, XattrSet,
+    Attr, ByteRange, Checksum, ClientMessage, Errno, FileKind, LockKind, Name, OpenFor, Owner,
+    RangeHeld, SetAttr, StatFs, XattrSet,
 };
 use crate::vfs::Ino;
 use crate::write::WriteConfig;
@@ -147,10 +148,43 @@ pub enum Op {
         /// The bytes.
         data: Bytes,
     },
-    /// close(2) on a descriptor: commit, report the outcome.
+    /// close(2) on a descriptor: commit, report the outcome; then the
+    /// closing owner's record locks on the file go, as POSIX says.
     Flush {
         /// The handle.
         fh: Fh,
+        /// The kernel's lock owner closing it (the process), if known.
+        owner: Option<u64>,
+    },
+    /// Take or release an advisory record lock (`fcntl` F_SETLK and
+    /// F_SETLKW, OFD locks, `flock`), shared with every client of the
+    /// host. Data follows the locks, as on NFS: the file's writes are
+    /// committed first, and a lock taken drops what was cached of the
+    /// file, so its holder reads every write committed before it.
+    SetLock {
+        /// The handle it is taken through.
+        fh: Fh,
+        /// The kernel's lock owner (a process, or an open file).
+        owner: u64,
+        /// The bytes.
+        range: ByteRange,
+        /// Shared or exclusive; `None` unlocks.
+        kind: Option<LockKind>,
+        /// Wait for it rather than fail with EAGAIN (F_SETLKW). The wait
+        /// is not interruptible: FUSE through fuser passes no interrupt.
+        wait: bool,
+    },
+    /// Which lock of another owner stops `owner` taking `kind` on
+    /// `range` (F_GETLK): [`Answer::Lock`].
+    GetLock {
+        /// The handle.
+        fh: Fh,
+        /// The kernel's lock owner asking.
+        owner: u64,
+        /// The bytes.
+        range: ByteRange,
+        /// The lock it would take.
+        kind: LockKind,
     },
     /// fsync(2): commit, report the outcome.
     Fsync {
@@ -425,6 +459,8 @@ pub enum Answer {
     Xattr(Vec<u8>),
     /// GetXattr, ListXattr without a buffer: the size one needs.
     XattrSize(u32),
+    /// GetLock: the lock in the way, or `None`.
+    Lock(Option<RangeHeld>),
     /// Done.
     Done,
 }

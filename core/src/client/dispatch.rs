@@ -364,7 +364,7 @@ impl ClientCore {
                     self.run_blocked(now, node, b)?;
                 }
             }
-            Op::Flush { fh } | Op::Fsync { fh } => {
+            Op::Flush { fh, .. } | Op::Fsync { fh } => {
                 if let Some(e) = self.handles.get_mut(fh).and_then(|h| h.error.take()) {
                     return Err(e);
                 }
@@ -394,6 +394,12 @@ impl ClientCore {
                     self.fsyncs.insert(req, *fh);
                 }
                 self.commit_then(now, node, AfterCommit::Reply(req, *fh))?;
+                if let Op::Flush {
+                    owner: Some(owner), ..
+                } = op
+                {
+                    self.release_locks(now, node, Some(owner), None)?;
+                }
             }
             Op::Release { fh } => {
                 let h = self.handles.remove(fh).ok_or(Errno::BadF)?;
@@ -418,6 +424,8 @@ impl ClientCore {
                     return Err(Errno::Stale);
                 }
                 self.commit_then(now, h.node, AfterCommit::Reply(req, *fh))?;
+                // A `flock` goes with its open file.
+                self.release_locks(now, h.node, None, Some(*fh))?;
                 if self.leases.is_unapplied(h.node) {
                     self.closed_locally(now, h.node);
                 }
@@ -587,6 +595,7 @@ impl ClientCore {
                 );
             }
             Op::Statfs => self.send(now, Purpose::kernel_op(req, &op), Request::Statfs),
+            Op::SetLock { .. } | Op::GetLock { .. } => self.record_lock(now, req, &op)?,
             Op::SyncAll => self.send(now, Purpose::kernel_op(req, &op), Request::Sync),
         }
         Ok(())
@@ -698,7 +707,12 @@ impl ClientCore {
     /// error, if one is unreported. Behind a commit under way (or
     /// operations waiting for it) it waits its turn, so that it covers
     /// every write sent before it.
-    fn commit_then(&mut self, now: Instant, node: NodeId, then: AfterCommit) -> Result<(), Errno> {
+    pub(super) fn commit_then(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        then: AfterCommit,
+    ) -> Result<(), Errno> {
         let b = Blocked::Commit { then, lost: None };
         if self.wait_for_commit(node, b.clone()) {
             return Ok(());
@@ -856,6 +870,9 @@ impl ClientCore {
                     match then {
                         AfterCommit::Reply(req, _) => self.reply(req, Ok(Answer::Done)),
                         AfterCommit::Quiet => {}
+                        AfterCommit::Lock { kernel, request } => {
+                            self.send_lock(now, kernel, request);
+                        }
                         // A mode or time change that waited for a commit
                         // already over.
                         AfterCommit::SetAttr { req, ino, rest, .. } => {

@@ -289,15 +289,15 @@ fn a_flush_before_the_first_write_of_a_rewrite_commits_nothing() {
     let mut w = world(&[("f", b"old content")], None);
     let ino = lookup(&mut w, "f");
     let fh = open(&mut w, ino, OpenFor::Write, true);
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(on_disk(&w, "f"), b"old content", "nothing committed yet");
     assert_eq!(write(&mut w, fh, 0, b"new"), Ok(Answer::Written(3)));
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(on_disk(&w, "f"), b"new");
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     // `: > f`: truncated at its close.
     let fh = open(&mut w, ino, OpenFor::Write, true);
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     assert_eq!(on_disk(&w, "f"), b"");
 }

@@ -31,6 +31,7 @@ mod dispatch;
 #[cfg(test)]
 mod integrity;
 mod lease;
+mod locks;
 mod offline;
 mod owners;
 #[cfg(test)]
@@ -159,6 +160,9 @@ enum OpPart {
     Rest,
     /// A read's attributes refresh after its chunks changed version.
     RefreshRead,
+    /// A lock's open of the file's current version, for the handles to
+    /// read ([`locks`]).
+    Repoint,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +215,13 @@ enum AfterCommit {
     /// Nobody waits (a close already answered): a failure waits for the
     /// next flush.
     Quiet,
+    /// Send a record-lock request ([`locks`]), whatever the commit's
+    /// outcome: for the kernel's lock request `kernel`, or for none (the
+    /// release at a close).
+    Lock {
+        kernel: Option<(Req, Op)>,
+        request: Request,
+    },
 }
 
 /// A file's operation that must wait for the commit under way (or for
@@ -264,11 +275,17 @@ impl Blocked {
             | Blocked::Truncate { req, .. }
             | Blocked::Read { req }
             | Blocked::Commit {
-                then: AfterCommit::Reply(req, _) | AfterCommit::SetAttr { req, .. },
+                then:
+                    AfterCommit::Reply(req, _)
+                    | AfterCommit::SetAttr { req, .. }
+                    | AfterCommit::Lock {
+                        kernel: Some((req, _)),
+                        ..
+                    },
                 ..
             } => Some(*req),
             Blocked::Commit {
-                then: AfterCommit::Quiet,
+                then: AfterCommit::Quiet | AfterCommit::Lock { kernel: None, .. },
                 ..
             } => None,
         }
@@ -309,6 +326,10 @@ impl Phase {
     }
 }
 
+/// How long a waiting record lock (F_SETLKW) may wait for its holder:
+/// for ever, in practice.
+const LOCK_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The mount client.
 #[derive(Debug)]
 pub struct ClientCore {
@@ -321,6 +342,9 @@ pub struct ClientCore {
     next_fh: u64,
     writes: BTreeMap<NodeId, WriteTxn>,
     after_commit: BTreeMap<NodeId, Vec<AfterCommit>>,
+    /// Lock owners that may hold record locks on a file, each with the
+    /// handle it last locked through ([`locks`]): released at close.
+    lockers: BTreeMap<(NodeId, u64), Fh>,
     /// Names the next whole write ([`WriteTxn::allow_whole`]): unique for
     /// the client's life, so within every session.
     next_tag: u64,
@@ -396,6 +420,7 @@ impl ClientCore {
             next_fh: 1,
             writes: BTreeMap::new(),
             after_commit: BTreeMap::new(),
+            lockers: BTreeMap::new(),
             next_tag: 1,
             fsyncs: BTreeMap::new(),
             to_sync: Vec::new(),
@@ -719,12 +744,18 @@ impl ClientCore {
             id,
             request: request.clone(),
         }));
+        // A lock that waits for its holder waits as long as it takes (and
+        // past a reconnect): it is no sign of a silent host.
+        let timeout = match request {
+            Request::SetLock { wait: true, .. } => LOCK_WAIT,
+            _ => self.cfg.request_timeout,
+        };
         self.in_flight.insert(
             id,
             InFlight {
                 request,
                 purpose,
-                deadline: now + self.cfg.request_timeout,
+                deadline: now + timeout,
             },
         );
     }

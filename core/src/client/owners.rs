@@ -49,6 +49,7 @@ impl ClientCore {
             | Answer::StatFs(_)
             | Answer::Xattr(_)
             | Answer::XattrSize(_)
+            | Answer::Lock(_)
             | Answer::Done => {}
         }
     }

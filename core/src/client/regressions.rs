@@ -94,7 +94,7 @@ fn a_commit_never_lands_on_a_file_renamed_over_the_written_one() {
     assert_eq!(w.call(0, rename), Ok(Answer::Done));
     // The written file has no name any more: its commit fails, and the
     // file now called "a" keeps its own content.
-    assert!(w.call(0, Op::Flush { fh }).is_err());
+    assert!(w.call(0, Op::Flush { fh, owner: None }).is_err());
     assert_eq!(w.disk.read_file(&path("a")), Some(&b"dddd"[..]));
 }
 
@@ -111,7 +111,7 @@ fn a_commit_follows_its_writers_own_rename() {
         new_name: name("e"),
     };
     assert_eq!(w.call(0, rename), Ok(Answer::Done));
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(w.disk.read_file(&path("e")), Some(&b"NEW a"[..]));
     assert_eq!(w.disk.read_file(&path("a")), None);
 }
@@ -124,10 +124,10 @@ fn a_writer_keeps_writing_after_its_commit_is_looked_up() {
     let mut w = world(&[("a", b"old a")], 2);
     let (_, fh) = open(&mut w, 0, "a");
     write(&mut w, 0, fh, b"one");
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     lookup(&mut w, 1, "a");
     write(&mut w, 0, fh, b"two");
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(w.disk.read_file(&path("a")), Some(&b"two a"[..]));
 }
 
@@ -169,7 +169,7 @@ fn a_close_during_a_commit_waits_for_it() {
     w.max_delay = Duration::from_millis(20);
     let (_, fh) = open(&mut w, 0, "a");
     write(&mut w, 0, fh, b"NEW");
-    let flush = w.op(0, Op::Flush { fh });
+    let flush = w.op(0, Op::Flush { fh, owner: None });
     w.run_for(Duration::from_millis(45));
     let release = w.op(0, Op::Release { fh });
     assert_eq!(w.wait(0, flush), Ok(Answer::Done));
@@ -241,7 +241,7 @@ fn a_cut_off_handle_flushes_with_estale() {
     w.restart_host();
     w.run_for(Duration::from_secs(40));
     assert!(w.clients[0].core.is_ready());
-    assert_eq!(w.call(0, Op::Flush { fh }), Err(Errno::Stale));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Err(Errno::Stale));
     assert_eq!(w.call(0, Op::Release { fh }), Err(Errno::Stale));
 }
 
@@ -316,7 +316,7 @@ fn a_close_covers_a_write_that_waited_for_a_commit() {
     w.max_delay = Duration::from_millis(20);
     let (_, fh) = open(&mut w, 0, "a");
     write(&mut w, 0, fh, b"one");
-    let flush = w.op(0, Op::Flush { fh });
+    let flush = w.op(0, Op::Flush { fh, owner: None });
     w.run_for(Duration::from_millis(45));
     assert!(
         w.answer(0, flush).is_none(),
@@ -348,7 +348,7 @@ fn a_truncate_during_a_commit_waits_for_it() {
     w.max_delay = Duration::from_millis(20);
     let (ino, fh) = open(&mut w, 0, "a");
     write(&mut w, 0, fh, b"one two");
-    let flush = w.op(0, Op::Flush { fh });
+    let flush = w.op(0, Op::Flush { fh, owner: None });
     let limit = w.now + Duration::from_secs(5);
     while !w.clients[0]
         .core
@@ -394,10 +394,46 @@ fn every_handle_reports_lost_writes_once() {
         new_name: name("a"),
     };
     assert_eq!(w.call(1, rename), Ok(Answer::Done));
-    assert!(w.call(0, Op::Flush { fh: first }).is_err());
-    assert!(w.call(0, Op::Flush { fh: second }).is_err());
-    assert_eq!(w.call(0, Op::Flush { fh: first }), Ok(Answer::Done));
-    assert_eq!(w.call(0, Op::Flush { fh: second }), Ok(Answer::Done));
+    assert!(
+        w.call(
+            0,
+            Op::Flush {
+                fh: first,
+                owner: None
+            }
+        )
+        .is_err()
+    );
+    assert!(
+        w.call(
+            0,
+            Op::Flush {
+                fh: second,
+                owner: None
+            }
+        )
+        .is_err()
+    );
+    assert_eq!(
+        w.call(
+            0,
+            Op::Flush {
+                fh: first,
+                owner: None
+            }
+        ),
+        Ok(Answer::Done)
+    );
+    assert_eq!(
+        w.call(
+            0,
+            Op::Flush {
+                fh: second,
+                owner: None
+            }
+        ),
+        Ok(Answer::Done)
+    );
     assert_eq!(w.disk.read_file(&path("a")), Some(&b"dddd"[..]));
 }
 
@@ -439,7 +475,7 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
         );
         assert_eq!(r, Ok(Answer::Written(128 << 10)));
     }
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     let took = w.now.saturating_duration_since(start);
     assert!(
         took < Duration::from_secs(5),

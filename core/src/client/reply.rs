@@ -267,6 +267,9 @@ impl ClientCore {
         part: OpPart,
         result: Result<Reply, Errno>,
     ) -> Option<Result<Answer, Errno>> {
+        if matches!(op, Op::SetLock { .. } | Op::GetLock { .. }) {
+            return self.on_lock_reply(now, req, op, part, result);
+        }
         let attr_ttl = self.kernel_ttl(Kind::Attr);
         match (op, part, result) {
             (Op::Lookup { parent, name }, _, Ok(Reply::Attr(a))) => {
@@ -1020,6 +1023,9 @@ impl ClientCore {
                 }
                 // A failure is kept for the next flush above.
                 (AfterCommit::Quiet, _) => {}
+                (AfterCommit::Lock { kernel, request }, _) => {
+                    self.send_lock(now, kernel, request);
+                }
             }
         }
         // Writes that waited for room start the next transaction.

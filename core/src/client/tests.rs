@@ -188,7 +188,7 @@ fn files_of_every_boundary_size_round_trip() {
         let data = pattern(len, i as u8);
         let (_, fh) = create(&mut w, 0, &n);
         write(&mut w, 0, fh, 0, &data);
-        assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+        assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
         assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
         // Another client opens after the close: it sees the new content.
         let (ino, attr) = lookup(&mut w, 1, Ino::ROOT, &n).expect("lookup");
@@ -333,8 +333,20 @@ fn of_two_writers_of_one_version_the_first_commits_and_the_second_is_told() {
         write(&mut w, 0, fa, s as u64, &a[s..s + CHUNK_SIZE]);
         write(&mut w, 1, fb, s as u64, &b[s..s + CHUNK_SIZE]);
     }
-    let ra = w.op(0, Op::Flush { fh: fa });
-    let rb = w.op(1, Op::Flush { fh: fb });
+    let ra = w.op(
+        0,
+        Op::Flush {
+            fh: fa,
+            owner: None,
+        },
+    );
+    let rb = w.op(
+        1,
+        Op::Flush {
+            fh: fb,
+            owner: None,
+        },
+    );
     let (da, db) = (w.wait(0, ra), w.wait(1, rb));
     let on_disk = w
         .disk
@@ -516,7 +528,16 @@ fn a_crashed_client_releases_its_locks_at_the_host() {
     let f1 = open(&mut w, 1, i1);
     write(&mut w, 1, f1, 0, b"second");
     // The lock frees when client 0's session grace ends; the flush waits.
-    assert_eq!(w.call(1, Op::Flush { fh: f1 }), Ok(Answer::Done));
+    assert_eq!(
+        w.call(
+            1,
+            Op::Flush {
+                fh: f1,
+                owner: None
+            }
+        ),
+        Ok(Answer::Done)
+    );
     assert_eq!(
         w.disk.read_file(&RelPath::from(vec![name("f")])),
         Some(&b"second"[..])
@@ -661,7 +682,7 @@ fn a_resumed_session_revalidates_its_cache_and_locks() {
     w.call(0, Op::GetAttr { ino }).expect("attr");
     assert!(w.clients[0].sent > sent);
     // The transaction (and its lock) survived: the commit succeeds.
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(
         w.disk.read_file(&RelPath::from(vec![name("a")])),
         Some(&b"AB23"[..])
@@ -713,7 +734,7 @@ fn a_move_to_a_new_path_loses_and_repeats_nothing() {
     );
     assert!(!w.clients[0].events.contains(&ClientEvent::Lost));
     // The transaction (and its lock) moved along: the commit succeeds.
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(
         w.disk.read_file(&RelPath::from(vec![name("a")])),
         Some(&b"AB23"[..])
@@ -1078,7 +1099,7 @@ fn a_file_changed_after_its_open_ahead_is_read_as_it_is_now() {
     let (ino, _) = lookup(&mut w, 1, Ino::ROOT, "f02").expect("f02");
     let fh = open(&mut w, 1, ino);
     write(&mut w, 1, fh, 0, b"new content");
-    assert_eq!(w.call(1, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(1, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     w.call(1, Op::Release { fh }).expect("release");
     w.run_for(THINK);
     let mut want = content(2);
@@ -1208,7 +1229,7 @@ fn an_fsync_answers_once_the_hosts_disk_has_the_commit() {
     let mut w = world(&[], 1);
     let (_, fh) = create(&mut w, 0, "f");
     write(&mut w, 0, fh, 0, b"data");
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(
         w.disk.read_file(&RelPath::from(vec![name("f")])),
         Some(&b"data"[..]),
@@ -1228,7 +1249,7 @@ fn a_commit_a_host_crash_may_have_lost_is_reported_once() {
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let fh = open(&mut w, 0, ino);
     write(&mut w, 0, fh, 0, b"new");
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     w.crash_host();
     w.restart_host();
     w.run_for(Duration::from_secs(40));
@@ -1322,7 +1343,7 @@ fn a_small_write_commits_in_one_request() {
     write(&mut w, 0, fh, 0, &[7; 512]);
     write(&mut w, 0, fh, 512, &[8; 512]);
     let before = w.clients[0].sent;
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     // The whole write, and the close of the host handle the commit left
     // on the old file (sent without waiting for it).
     assert_eq!(w.clients[0].sent - before, 2, "one round trip");
@@ -1332,7 +1353,7 @@ fn a_small_write_commits_in_one_request() {
     // A large one goes the ordinary way.
     write(&mut w, 0, fh, 0, &vec![9; 2 << 20]);
     let before = w.clients[0].sent;
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert!(
         w.clients[0].sent - before > 3,
         "locked, begun, pieces, committed"
@@ -1351,7 +1372,13 @@ fn a_small_write_to_a_locked_file_waits_for_the_lock() {
     let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let fh0 = open(&mut w, 0, ino0);
     write(&mut w, 0, fh0, 0, b"mine");
-    let flush = w.op(0, Op::Flush { fh: fh0 });
+    let flush = w.op(
+        0,
+        Op::Flush {
+            fh: fh0,
+            owner: None,
+        },
+    );
     w.run_for(Duration::from_millis(500));
     assert_eq!(w.answer(0, flush), None, "waiting for the other's lock");
     assert_eq!(w.call(1, Op::Release { fh: fh1 }), Ok(Answer::Done));
@@ -1393,7 +1420,7 @@ fn times_and_mode_set_while_writing_go_with_the_commit() {
         (0o600, at),
         "stat sees them"
     );
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     w.settle();
     let ops: Vec<&FsOp> = w.fs_log.iter().map(|r| &r.op).collect();
@@ -1441,7 +1468,7 @@ fn the_hosts_own_changes_are_not_announced_again() {
     let mut w = world(&[], 1);
     let (_, fh) = create(&mut w, 0, "f");
     write(&mut w, 0, fh, 0, b"hello");
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     w.settle();
     assert_eq!(w.clients[0].invalidations, 0, "own changes came back");

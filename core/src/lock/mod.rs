@@ -4,6 +4,9 @@
 //!   releases locks for client sessions, queues waiting requests in strict
 //!   FIFO order, and answers whether a write carrying a token may proceed
 //!   (tokens are fencing tokens).
+//! * [`range::RangeLocks`] is the host's table of advisory record locks
+//!   (`fcntl`, `flock`) that programs on every client share: POSIX's
+//!   rules, byte ranges, owners, waiters; no ttl, no fencing.
 //! * [`ClientLock`] is one lock as a client sees it: Unlocked → Waiting →
 //!   Held → (Released) → Unlocked. It sends AcquireLock / RefreshLock /
 //!   ReleaseLock, refreshes before expiry and gives the lock up on its own
@@ -67,6 +70,7 @@
 //! table; a release additionally visits only the waiters it could unblock.
 
 mod client;
+pub mod range;
 mod table;
 #[cfg(test)]
 mod tests;

@@ -88,11 +88,15 @@ pub enum Errno {
     /// ENODATA: no such extended attribute.
     #[error("no data available")]
     NoData,
+    /// EDEADLK: waiting for this record lock would deadlock (its holder
+    /// waits, through others, for a lock the caller holds).
+    #[error("resource deadlock avoided")]
+    DeadLk,
 }
 
 impl Errno {
     /// Every errno, for tests and tables.
-    pub const ALL: [Errno; 26] = [
+    pub const ALL: [Errno; 27] = [
         Errno::Perm,
         Errno::NoEnt,
         Errno::Io,
@@ -119,6 +123,7 @@ impl Errno {
         Errno::TooBig,
         Errno::Range,
         Errno::NoData,
+        Errno::DeadLk,
     ];
 
     /// The Linux errno number.
@@ -150,6 +155,7 @@ impl Errno {
             Errno::TooBig => 7,
             Errno::Range => 34,
             Errno::NoData => 61,
+            Errno::DeadLk => 35,
         }
     }
 

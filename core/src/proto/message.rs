@@ -306,6 +306,44 @@ pub enum LockKind {
     Exclusive,
 }
 
+/// The bytes an advisory record lock covers (`fcntl`'s `struct flock`,
+/// as FUSE gives it): `start..=end`, both included. The kernel's
+/// `OFFSET_MAX` (`i64::MAX`) as the end reaches past the end of the file
+/// however it grows; a `flock` is [`ByteRange::WHOLE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ByteRange {
+    /// The first byte.
+    pub start: u64,
+    /// The last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Every byte, now and later (`flock`, or the release at close), as
+    /// the kernel says it: up to `OFFSET_MAX`, which it accepts back in
+    /// an F_GETLK answer (a larger end would be EIO).
+    pub const WHOLE: ByteRange = ByteRange {
+        start: 0,
+        end: i64::MAX as u64,
+    };
+
+    /// Whether the two share a byte.
+    pub fn overlaps(&self, other: &ByteRange) -> bool {
+        self.start <= other.end && other.start <= self.end
+    }
+}
+
+/// A record lock another owner holds ([`Reply::LockTest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RangeHeld {
+    /// The bytes it covers.
+    pub range: ByteRange,
+    /// Shared (a read lock) or exclusive (a write lock).
+    pub kind: LockKind,
+}
+
 /// What a lock covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -753,6 +791,48 @@ pub enum Request {
         /// The attribute's name, namespace included.
         name: Vec<u8>,
     },
+    /// Take an advisory record lock (`fcntl` F_SETLK/F_SETLKW, OFD
+    /// locks, `flock`) on `range` for `owner` (the kernel's lock owner:
+    /// a process's, an open file's): [`Reply::Done`] once held. An
+    /// owner's new lock replaces its own locks on those bytes, as POSIX
+    /// says. Held by another owner of any client: EAGAIN, or with `wait`
+    /// the reply comes when the lock is granted (EDEADLK if waiting would
+    /// deadlock). Locks go when the owner unlocks them, or with the
+    /// session.
+    SetLock {
+        /// The file.
+        node: NodeId,
+        /// The kernel's lock owner, unique within this session.
+        owner: u64,
+        /// The bytes.
+        range: ByteRange,
+        /// Shared (read) or exclusive (write).
+        kind: LockKind,
+        /// Wait for it (F_SETLKW) rather than fail with EAGAIN.
+        wait: bool,
+    },
+    /// Release `owner`'s record locks on `range` (F_UNLCK; the whole file
+    /// at close): [`Reply::Done`].
+    Unlock {
+        /// The file.
+        node: NodeId,
+        /// The kernel's lock owner.
+        owner: u64,
+        /// The bytes.
+        range: ByteRange,
+    },
+    /// Which lock of another owner would stop `owner` taking `kind` on
+    /// `range` (F_GETLK): [`Reply::LockTest`].
+    TestLock {
+        /// The file.
+        node: NodeId,
+        /// The kernel's lock owner asking.
+        owner: u64,
+        /// The bytes.
+        range: ByteRange,
+        /// The lock it would take.
+        kind: LockKind,
+    },
     /// Give a non-directory another name (a hard link). Both names are
     /// then one node: the answer ([`Reply::Attr`]) carries the node the
     /// file already had, with its new link count.
@@ -860,6 +940,9 @@ pub enum Reply {
     /// An extended attribute's value, or a list of names
     /// ([`Request::GetXattr`], [`Request::ListXattr`]).
     Xattr(Vec<u8>),
+    /// The answer to [`Request::TestLock`]: the first lock in the way,
+    /// or `None` if the lock could be taken now.
+    LockTest(Option<RangeHeld>),
     /// Names removed or moved (Unlink, Rmdir, Rename): done, with the
     /// attributes of the directories changed, after the change (a
     /// rename's source directory first; empty if the host could not read

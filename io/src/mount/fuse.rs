@@ -19,15 +19,15 @@ use bytes::Bytes;
 use fuser::{
     FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::sync::Arc;
 use tracing::{trace, warn};
 use wormhole_core::client::{Answer, Fh, Op};
 use wormhole_core::proto::{
-    Attr, CAPABILITY_XATTR, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, Owner, SetAttr, SetTime,
-    StatFs, Timestamp, XattrSet,
+    Attr, ByteRange, CAPABILITY_XATTR, CHUNK_SIZE, Errno, FileKind, LockKind, Name, OpenFor, Owner,
+    SetAttr, SetTime, StatFs, Timestamp, XattrSet,
 };
 use wormhole_core::vfs::Ino;
 
@@ -66,6 +66,8 @@ pub(crate) enum KernelReply {
     Statfs(ReplyStatfs),
     /// getxattr, listxattr.
     Xattr(ReplyXattr),
+    /// getlk.
+    Lock(ReplyLock),
 }
 
 /// The kernel's errno for a core errno (the same Linux numbers).
@@ -155,6 +157,17 @@ impl KernelReply {
             (KernelReply::Statfs(r), Answer::StatFs(s)) => statfs(r, &s),
             (KernelReply::Xattr(r), Answer::Xattr(bytes)) => r.data(&bytes),
             (KernelReply::Xattr(r), Answer::XattrSize(n)) => r.size(n),
+            // Held on another client, or by another owner here: its
+            // process is not one of this machine's (pid 0, as NFS says).
+            (KernelReply::Lock(r), Answer::Lock(Some(held))) => {
+                r.locked(
+                    held.range.start,
+                    held.range.end,
+                    lock_type(Some(held.kind)),
+                    0,
+                );
+            }
+            (KernelReply::Lock(r), Answer::Lock(None)) => r.locked(0, 0, lock_type(None), 0),
             (reply, answer) => {
                 warn!(?answer, "core answer does not fit the kernel request");
                 reply.error(fuser::Errno::EIO);
@@ -177,8 +190,35 @@ impl KernelReply {
             KernelReply::Create(r) => r.error(e),
             KernelReply::Statfs(r) => r.error(e),
             KernelReply::Xattr(r) => r.error(e),
+            KernelReply::Lock(r) => r.error(e),
         }
     }
+}
+
+/// `struct flock`'s `l_type` for a lock kind (`None`: F_UNLCK).
+fn lock_type(kind: Option<LockKind>) -> i32 {
+    match kind {
+        Some(LockKind::Shared) => libc_lock::F_RDLCK,
+        Some(LockKind::Exclusive) => libc_lock::F_WRLCK,
+        None => libc_lock::F_UNLCK,
+    }
+}
+
+/// The lock kind of a `struct flock`'s `l_type`: `None` unlocks.
+fn lock_kind(typ: i32) -> Result<Option<LockKind>, fuser::Errno> {
+    match typ {
+        libc_lock::F_RDLCK => Ok(Some(LockKind::Shared)),
+        libc_lock::F_WRLCK => Ok(Some(LockKind::Exclusive)),
+        libc_lock::F_UNLCK => Ok(None),
+        _ => Err(fuser::Errno::EINVAL),
+    }
+}
+
+/// Linux's `l_type` values (the same on every architecture).
+mod libc_lock {
+    pub(super) const F_RDLCK: i32 = 0;
+    pub(super) const F_WRLCK: i32 = 1;
+    pub(super) const F_UNLCK: i32 = 2;
 }
 
 fn statfs(r: ReplyStatfs, s: &StatFs) {
@@ -326,6 +366,10 @@ impl fuser::Filesystem for WormholeFs {
         //   target is a new file on the host).
         // * readdirplus (adaptive): a listing carries the attributes, so
         //   `ls -l` and `find -ls` need no lookup per entry.
+        // * POSIX and flock locks: the kernel sends every `fcntl` lock
+        //   and every `flock` here, to be held at the host for all
+        //   clients (a `flock` as a lock of the whole file, owned by
+        //   its open file), instead of keeping them to this machine.
         // * atomic O_TRUNC: the kernel passes O_TRUNC with the open
         //   instead of truncating first with a SETATTR of its own, so the
         //   truncate joins the writes' transaction and the old content
@@ -337,6 +381,8 @@ impl fuser::Filesystem for WormholeFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_POSIX_LOCKS,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -739,10 +785,66 @@ impl fuser::Filesystem for WormholeFs {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: fuser::LockOwner,
+        lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.op(Op::Flush { fh: Fh(fh.0) }, KernelReply::Empty(reply));
+        let op = Op::Flush {
+            fh: Fh(fh.0),
+            owner: Some(lock_owner.0),
+        };
+        self.op(op, KernelReply::Empty(reply));
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: fuser::LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let kind = match lock_kind(typ) {
+            Ok(Some(kind)) => kind,
+            Ok(None) | Err(_) => return reply.error(fuser::Errno::EINVAL),
+        };
+        let op = Op::GetLock {
+            fh: Fh(fh.0),
+            owner: lock_owner.0,
+            range: ByteRange { start, end },
+            kind,
+        };
+        self.op(op, KernelReply::Lock(reply));
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: fuser::LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let kind = match lock_kind(typ) {
+            Ok(kind) => kind,
+            Err(e) => return reply.error(e),
+        };
+        let op = Op::SetLock {
+            fh: Fh(fh.0),
+            owner: lock_owner.0,
+            range: ByteRange { start, end },
+            kind,
+            wait: sleep,
+        };
+        self.op(op, KernelReply::Empty(reply));
     }
 
     fn release(

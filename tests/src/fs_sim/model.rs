@@ -697,7 +697,7 @@ impl Sim {
         let may_commit = match &op {
             Op::Write { fh, .. }
             | Op::Read { fh, .. }
-            | Op::Flush { fh }
+            | Op::Flush { fh, owner: None }
             | Op::Fsync { fh }
             | Op::Release { fh } => k.handles.get(fh).and_then(|h| h.file),
             Op::SetAttr { ino, .. } => k.identity.get(ino).copied(),
@@ -746,7 +746,7 @@ impl Sim {
                     },
                 }
             }
-            Op::Flush { fh } | Op::Fsync { fh } | Op::Release { fh } => {
+            Op::Flush { fh, .. } | Op::Fsync { fh } | Op::Release { fh } => {
                 match k.handles.get(fh).map(|h| h.ino) {
                     Some(ino) => {
                         // A close vouches for what was written through its

@@ -85,7 +85,7 @@ fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Res
                 data,
             },
         )?;
-        sim.op(c, Op::Flush { fh })?;
+        sim.op(c, Op::Flush { fh, owner: None })?;
         sim.op(c, Op::Release { fh })?;
     }
     Ok(())
@@ -227,7 +227,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                     let op = if rng.below(3) == 0 {
                         Op::Fsync { fh }
                     } else {
-                        Op::Flush { fh }
+                        Op::Flush { fh, owner: None }
                     };
                     sim.op(c, op)?;
                 }
@@ -235,7 +235,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
             530..600 => {
                 if let Some(fh) = pick(rng, &handles) {
                     if rng.below(2) == 0 {
-                        sim.op(c, Op::Flush { fh })?;
+                        sim.op(c, Op::Flush { fh, owner: None })?;
                     }
                     sim.op(c, Op::Release { fh })?;
                 }

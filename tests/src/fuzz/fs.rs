@@ -337,7 +337,7 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             offset: n64,
             data: Bytes::from(vec![name.as_bytes()[0]; usize::from(n % 3000) + 1]),
         },
-        7 => Op::Flush { fh },
+        7 => Op::Flush { fh, owner: None },
         8 => Op::Fsync { fh },
         9 => Op::Release { fh },
         10 => Op::Create {

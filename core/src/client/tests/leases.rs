@@ -51,7 +51,7 @@ fn save(w: &mut World, c: usize, n: &str, data: &[u8]) -> Result<Ino, Errno> {
             },
         },
     )?;
-    w.call(c, Op::Flush { fh })?;
+    w.call(c, Op::Flush { fh, owner: None })?;
     w.call(c, Op::Release { fh })?;
     Ok(ino)
 }
@@ -194,7 +194,7 @@ fn a_name_a_host_program_took_is_reported_at_the_next_close() {
         .expect("local");
     w.local_change(RelPath::from(vec![name("clash")]));
     w.settle();
-    let flushed = w.call(0, Op::Flush { fh });
+    let flushed = w.call(0, Op::Flush { fh, owner: None });
     let closed = w.call(0, Op::Release { fh });
     assert!(
         flushed.is_err() || closed.is_err(),
@@ -255,7 +255,7 @@ fn times_set_before_the_close_reach_the_host_whenever_they_come() {
         };
         let r = w.call(0, Op::SetAttr { ino, set });
         assert!(r.is_ok(), "{i}: {r:?}");
-        w.call(0, Op::Flush { fh }).expect("flush");
+        w.call(0, Op::Flush { fh, owner: None }).expect("flush");
         w.call(0, Op::Release { fh }).expect("release");
     }
     w.settle();

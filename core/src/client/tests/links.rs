@@ -53,7 +53,7 @@ fn a_hard_link_is_one_inode_under_both_names_on_every_client() {
     // the file in place, so both names still hold one file.
     let fh = open(&mut w, 0, b);
     write(&mut w, 0, fh, 0, b"two, longer");
-    assert_eq!(w.call(0, Op::Flush { fh }), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     w.call(0, Op::Release { fh }).expect("release");
     for n in ["a", "b"] {
         assert_eq!(w.disk.read_file(&path(n)), Some(&b"two, longer"[..]));

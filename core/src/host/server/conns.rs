@@ -237,6 +237,8 @@ impl HostServer {
             return;
         };
         self.locks.release_session(now, session);
+        self.ranges.release_session(session);
+        self.drain_record_locks();
         for h in s.handles {
             if let Some(handle) = self.handles.remove(&h) {
                 self.fs(Purpose::Housekeeping, FsOp::Close { handle: handle.fs });

@@ -20,6 +20,7 @@ use super::fsop::{
 use super::nodes::NodeTable;
 use crate::codec::CodecError;
 use crate::conn::auth::{self, TicketSecret};
+use crate::lock::range::{RangeLockConfig, RangeLocks};
 use crate::lock::{Acquired, LockConfig, LockOutput, LockRequest, LockTable, scope_node};
 use crate::proto::{
     Attr, CHUNK_SIZE, ClientMessage, DirEntry, Errno, FileKey, FileKind, FileRef, HandleId,
@@ -74,6 +75,8 @@ pub struct HostConfig {
     /// Whose the files are, announced to clients: the shell sets the
     /// user it runs as, or [`Owners::Preserved`] if asked.
     pub owners: Owners,
+    /// Bounds of the advisory record locks (`fcntl`, `flock`).
+    pub record_locks: RangeLockConfig,
     /// Let clients make device nodes, and show those on the disk (only
     /// with owners preserved: `--allow-device-nodes`). Otherwise a
     /// client's mknod of one is EPERM and one on the disk is invisible.
@@ -97,6 +100,7 @@ impl Default for HostConfig {
             sync_window: Duration::from_secs(1),
             owners: Owners::HostUser { uid: 0, gid: 0 },
             allow_device_nodes: false,
+            record_locks: RangeLockConfig::default(),
         }
     }
 }
@@ -367,6 +371,8 @@ pub struct HostServer {
     nodes: NodeTable,
     root: Option<FsAttr>,
     locks: LockTable,
+    /// Programs' advisory record locks, shared by every client.
+    ranges: RangeLocks,
     conns: BTreeMap<ConnId, Conn>,
     sessions: BTreeMap<SessionId, Session>,
     handles: BTreeMap<HandleId, Handle>,
@@ -402,6 +408,7 @@ impl HostServer {
         let lock_rng = Rng::from_u64(rng.next_u64());
         HostServer {
             locks: LockTable::new(cfg.lock.clone(), lock_rng),
+            ranges: RangeLocks::new(cfg.record_locks.clone()),
             nodes: NodeTable::new(FileKey { dev: 0, ino: 0 }, cfg.max_nodes),
             cfg,
             secret,
@@ -439,6 +446,11 @@ impl HostServer {
     /// The lock table.
     pub fn locks(&self) -> &LockTable {
         &self.locks
+    }
+
+    /// The advisory record locks.
+    pub fn record_locks(&self) -> &RangeLocks {
+        &self.ranges
     }
 
     /// Sessions alive (connected or within their grace period).

@@ -3,6 +3,7 @@
 
 use super::whole::WholeRest;
 use super::*;
+use crate::lock::range::{RangeOutcome, RangeOwner};
 use crate::proto::{MAX_XATTR_NAME, MAX_XATTR_SIZE};
 use crate::proto::{Owner, SetAttr};
 
@@ -422,6 +423,42 @@ impl HostServer {
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_locks(now);
             }
+            Request::SetLock {
+                node,
+                owner,
+                range,
+                kind,
+                wait,
+            } => {
+                if self.nodes.kind(node).is_none() {
+                    return Err(Errno::Stale);
+                }
+                let owner = RangeOwner { session, owner };
+                let wait = wait.then_some(id);
+                if self.ranges.lock(owner, node, range, kind, wait)? == RangeOutcome::Granted {
+                    self.answer(session, id, Ok(Reply::Done));
+                }
+                self.drain_record_locks();
+            }
+            Request::Unlock { node, owner, range } => {
+                // Never refused: a file gone from the index (unlinked
+                // while open) still has its locks released at close.
+                self.ranges
+                    .unlock(RangeOwner { session, owner }, node, range);
+                self.answer(session, id, Ok(Reply::Done));
+                self.drain_record_locks();
+            }
+            Request::TestLock {
+                node,
+                owner,
+                range,
+                kind,
+            } => {
+                let held = self
+                    .ranges
+                    .test(RangeOwner { session, owner }, node, range, kind);
+                self.answer(session, id, Ok(Reply::LockTest(held)));
+            }
             Request::BeginWrite { node, token, base } => {
                 self.writable()?;
                 if self.nodes.kind(node) != Some(FileKind::File) {
@@ -747,6 +784,13 @@ impl HostServer {
             && let Some(s) = self.sessions.get_mut(&t.session)
         {
             s.txns.remove(&txn);
+        }
+    }
+
+    /// Answers the record-lock requests that waited and are now granted.
+    pub(super) fn drain_record_locks(&mut self) {
+        while let Some(g) = self.ranges.poll_grant() {
+            self.answer(g.session, g.request, g.result.map(|()| Reply::Done));
         }
     }
 

@@ -148,6 +148,24 @@ fn every_request() -> Vec<Request> {
             node: NodeId(6),
             name: b"user.tag".to_vec(),
         },
+        Request::SetLock {
+            node: NodeId(6),
+            owner: 0xfeed,
+            range: ByteRange { start: 10, end: 19 },
+            kind: LockKind::Exclusive,
+            wait: true,
+        },
+        Request::Unlock {
+            node: NodeId(6),
+            owner: 0xfeed,
+            range: ByteRange::WHOLE,
+        },
+        Request::TestLock {
+            node: NodeId(6),
+            owner: 0xbeef,
+            range: ByteRange { start: 0, end: 0 },
+            kind: LockKind::Shared,
+        },
         Request::Statfs,
         Request::AcquireLock {
             scope: LockScope::File(NodeId(5)),
@@ -272,6 +290,11 @@ fn every_host_message() -> Vec<HostMessage> {
             dirs: vec![attr(), attr()],
         }),
         reply(Reply::Xattr(b"user.a\0user.b\0".to_vec())),
+        reply(Reply::LockTest(Some(RangeHeld {
+            range: ByteRange::WHOLE,
+            kind: LockKind::Exclusive,
+        }))),
+        reply(Reply::LockTest(None)),
     ];
     all.extend(Errno::ALL.iter().take(3).map(|&e| HostMessage::Reply {
         id: RequestId(42),

@@ -1,0 +1,217 @@
+//! Advisory record locks (`fcntl`, `flock`) for the kernel: held at the
+//! host ([`crate::lock::range`]), so programs on every client exclude each
+//! other (docs/filesystem.md, "Advisory locks").
+//!
+//! Data follows the locks, as on NFS, or a database two mounts share
+//! would be corrupted: every lock request waits for the file's writes to
+//! be committed first (an unlock publishes what was written under the
+//! lock), and a lock taken drops what this client cached of the file (the
+//! kernel's pages and attributes, and the version its open handles read)
+//! so its holder reads every write committed before it.
+//!
+//! The client remembers which owners may hold locks on which file, so a
+//! close releases them (POSIX: closing any descriptor of a file releases
+//! the process's locks on it; a `flock` goes with its open file) without
+//! a round trip for the files nobody locked.
+
+use super::{AfterCommit, Answer, ClientCore, Fh, OpPart, Purpose, Req};
+use crate::Instant;
+use crate::proto::{ByteRange, Errno, Invalidation, NodeId, OpenFor, Reply, Request};
+
+use super::Op;
+
+/// Owners that may hold locks on files, at most: a program that takes
+/// locks under more owners than this gets ENOLCK.
+pub(super) const MAX_LOCKERS: usize = 4096;
+
+impl ClientCore {
+    /// [`Op::SetLock`] and [`Op::GetLock`].
+    pub(super) fn record_lock(&mut self, now: Instant, req: Req, op: &Op) -> Result<(), Errno> {
+        let (fh, owner) = match op {
+            Op::SetLock { fh, owner, .. } | Op::GetLock { fh, owner, .. } => (*fh, *owner),
+            _ => return Err(Errno::Inval),
+        };
+        let node = self.handles.get(&fh).ok_or(Errno::BadF)?.node;
+        if node == super::UNBOUND {
+            return Err(Errno::Stale);
+        }
+        let request = match *op {
+            Op::GetLock { range, kind, .. } => {
+                check(range)?;
+                let request = Request::TestLock {
+                    node,
+                    owner,
+                    range,
+                    kind,
+                };
+                self.send(now, Purpose::kernel_op(req, op), request);
+                return Ok(());
+            }
+            Op::SetLock {
+                range,
+                kind: Some(kind),
+                wait,
+                ..
+            } => {
+                check(range)?;
+                if !self.lockers.contains_key(&(node, owner)) && self.lockers.len() >= MAX_LOCKERS {
+                    return Err(Errno::NoLck);
+                }
+                self.lockers.insert((node, owner), fh);
+                Request::SetLock {
+                    node,
+                    owner,
+                    range,
+                    kind,
+                    wait,
+                }
+            }
+            Op::SetLock {
+                range, kind: None, ..
+            } => {
+                check(range)?;
+                if range == ByteRange::WHOLE {
+                    self.lockers.remove(&(node, owner));
+                }
+                Request::Unlock { node, owner, range }
+            }
+            _ => return Err(Errno::Inval),
+        };
+        // After the file's writes, whatever became of them (a loss is for
+        // the writers' next flush to report).
+        let then = AfterCommit::Lock {
+            kernel: Some((req, op.clone())),
+            request,
+        };
+        self.commit_then(now, node, then)
+    }
+
+    /// A close by `owner` of a descriptor of `node`, or the release of
+    /// handle `fh`: the record locks it took go once the commit queued
+    /// before this is over.
+    pub(super) fn release_locks(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        owner: Option<u64>,
+        fh: Option<Fh>,
+    ) -> Result<(), Errno> {
+        let owners: Vec<u64> = self
+            .lockers
+            .iter()
+            .filter(|&(&(n, o), &f)| n == node && (Some(o) == owner || Some(f) == fh))
+            .map(|(&(_, o), _)| o)
+            .collect();
+        for owner in owners {
+            self.lockers.remove(&(node, owner));
+            let then = AfterCommit::Lock {
+                kernel: None,
+                request: Request::Unlock {
+                    node,
+                    owner,
+                    range: ByteRange::WHOLE,
+                },
+            };
+            self.commit_then(now, node, then)?;
+        }
+        Ok(())
+    }
+
+    /// The commit before a lock request is over: send it.
+    pub(super) fn send_lock(&mut self, now: Instant, kernel: Option<(Req, Op)>, request: Request) {
+        let purpose = match kernel {
+            Some((req, op)) => Purpose::kernel_op(req, &op),
+            None => Purpose::Forget,
+        };
+        self.send(now, purpose, request);
+    }
+
+    /// The host's answer to a lock request: a lock taken drops what is
+    /// cached of the file and re-points the open handles at its current
+    /// version before the kernel hears of it.
+    pub(super) fn on_lock_reply(
+        &mut self,
+        now: Instant,
+        req: Req,
+        op: &Op,
+        part: OpPart,
+        result: Result<Reply, Errno>,
+    ) -> Option<Result<Answer, Errno>> {
+        let Op::SetLock { fh, kind, .. } = op else {
+            return Some(match result {
+                Ok(Reply::LockTest(held)) => Ok(Answer::Lock(held)),
+                Ok(_) => Err(Errno::Io),
+                Err(e) => Err(e),
+            });
+        };
+        match (part, result) {
+            (OpPart::First, Ok(Reply::Done)) if kind.is_some() => {
+                let Some(node) = self.handles.get(fh).map(|h| h.node) else {
+                    return Some(Ok(Answer::Done));
+                };
+                self.cache.invalidate(now, node, Invalidation::Data);
+                if let Some(ino) = self.vfs.as_ref().and_then(|v| v.ino_of(node)) {
+                    self.out
+                        .push_back(super::ClientOutput::InvalidateInode { ino });
+                }
+                if self.writes.get(&node).is_some_and(|w| !w.is_finished()) {
+                    // Written to since the lock was asked for: the handles
+                    // keep the version those writes build on.
+                    return Some(Ok(Answer::Done));
+                }
+                let purpose = Purpose::Op {
+                    req,
+                    op: op.clone(),
+                    part: OpPart::Repoint,
+                };
+                let request = Request::Open {
+                    node,
+                    mode: OpenFor::Read,
+                };
+                self.send(now, purpose, request);
+                None
+            }
+            (OpPart::First, Ok(Reply::Done)) => Some(Ok(Answer::Done)),
+            (OpPart::First, Ok(_)) => Some(Err(Errno::Io)),
+            (OpPart::First, Err(e)) => Some(Err(e)),
+            (_, result) => {
+                // The lock is held whatever this open found (a handle open
+                // for writing only may not read): the handles that read
+                // another version now read the current one.
+                if let Ok(Reply::Opened { handle, attr, .. }) = result {
+                    self.repoint(now, handle, attr);
+                }
+                Some(Ok(Answer::Done))
+            }
+        }
+    }
+
+    /// Open handles on `attr`'s file that read another version read this
+    /// one, through the host handle `host` (closed if none needs it).
+    fn repoint(&mut self, now: Instant, host: crate::proto::HandleId, attr: crate::proto::Attr) {
+        let mut spare = Some(host);
+        let mut old = Vec::new();
+        for h in self.handles.values_mut().filter(|h| h.node == attr.node) {
+            if h.attr.key == attr.key && h.attr.version == attr.version {
+                continue;
+            }
+            old.extend(h.host.take());
+            // One host handle keeps the version open; the other handles
+            // read it by node while it is current.
+            h.host = spare.take();
+            h.attr = attr.clone();
+        }
+        self.files.insert(attr.key, attr.node);
+        old.extend(spare);
+        self.close_host_handles(now, old);
+    }
+}
+
+/// A range the kernel could send: its start not past its end.
+fn check(range: ByteRange) -> Result<(), Errno> {
+    if range.start > range.end {
+        Err(Errno::Inval)
+    } else {
+        Ok(())
+    }
+}
