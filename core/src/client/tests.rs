@@ -1562,6 +1562,7 @@ fn lookups_of_new_names_in_a_fresh_listing_need_no_round_trip() {
 
 mod leases;
 mod links;
+mod locks;
 mod owners;
 mod xattrs;
 

@@ -628,8 +628,10 @@ mod tests {
         let (a, a2, b) = (owner(1, 1), owner(1, 2), owner(2, 1));
         t.lock(a, F, r(0, 9), W, None).expect("granted");
         t.lock(a2, NodeId(8), r(0, 9), R, None).expect("granted");
-        t.lock(b, F, r(5, 5), R, Some(RequestId(3))).expect("granted");
-        t.lock(a2, F, r(5, 5), W, Some(RequestId(4))).expect("granted");
+        t.lock(b, F, r(5, 5), R, Some(RequestId(3)))
+            .expect("granted");
+        t.lock(a2, F, r(5, 5), W, Some(RequestId(4)))
+            .expect("granted");
         t.release_session(a.session);
         let g = t.poll_grant().expect("a grant");
         assert_eq!((g.session, g.request), (b.session, RequestId(3)));

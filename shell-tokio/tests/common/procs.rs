@@ -30,8 +30,12 @@ impl Drop for Cleanup {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let mnt = self.dir.join("mnt");
-        let _ = Command::new("umount").arg("-l").arg(&mnt).output();
+        // A test may mount a second client at `mnt2`.
+        for mnt in ["mnt", "mnt2"].map(|m| self.dir.join(m)) {
+            if mnt.exists() {
+                let _ = Command::new("umount").arg("-l").arg(&mnt).output();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,0 +1,157 @@
+//! Advisory record locks across clients: one client's lock keeps the
+//! others out, waiters are woken, closes and ended sessions release, and
+//! data follows the locks (a holder reads what the last holder wrote).
+
+use super::*;
+use crate::proto::{ByteRange, LockKind, OpenFor, RangeHeld};
+
+fn open_rw(w: &mut World, c: usize, ino: Ino) -> Fh {
+    let op = Op::Open {
+        ino,
+        mode: OpenFor::Write,
+        truncate: false,
+    };
+    match w.call(c, op) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn set(fh: Fh, owner: u64, kind: Option<LockKind>, wait: bool) -> Op {
+    Op::SetLock {
+        fh,
+        owner,
+        range: ByteRange::WHOLE,
+        kind,
+        wait,
+    }
+}
+
+const W: Option<LockKind> = Some(LockKind::Exclusive);
+const R: Option<LockKind> = Some(LockKind::Shared);
+
+/// Two clients with `f` open on each, read-write.
+fn two_open(content: &[u8]) -> (World, [Fh; 2]) {
+    let mut w = world(&[("f", content)], 2);
+    let fhs = [0, 1].map(|c| {
+        let (ino, _) = lookup(&mut w, c, Ino::ROOT, "f").expect("f");
+        open_rw(&mut w, c, ino)
+    });
+    (w, fhs)
+}
+
+#[test]
+fn a_lock_on_one_client_keeps_the_others_out_until_it_goes() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    assert_eq!(w.call(1, set(b, 1, R, false)), Err(Errno::Again));
+    let test = Op::GetLock {
+        fh: b,
+        owner: 1,
+        range: ByteRange { start: 5, end: 5 },
+        kind: LockKind::Shared,
+    };
+    assert_eq!(
+        w.call(1, test),
+        Ok(Answer::Lock(Some(RangeHeld {
+            range: ByteRange::WHOLE,
+            kind: LockKind::Exclusive
+        })))
+    );
+    // A waiter waits, however long, and goes when the lock does.
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(300));
+    assert_eq!(w.answer(1, waiting), None, "still held");
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    assert_eq!(w.wait(1, waiting), Ok(Answer::Done));
+    assert_eq!(w.call(0, set(a, 2, R, false)), Err(Errno::Again));
+    // Two owners on one client exclude each other too.
+    assert_eq!(w.call(1, set(b, 2, R, false)), Err(Errno::Again));
+}
+
+#[test]
+fn a_close_releases_the_closing_owners_locks_and_only_its() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let other = Op::Flush {
+        fh: a,
+        owner: Some(2),
+    };
+    assert_eq!(w.call(0, other), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(w.call(1, set(b, 9, R, false)), Err(Errno::Again));
+    let mine = Op::Flush {
+        fh: a,
+        owner: Some(1),
+    };
+    assert_eq!(w.call(0, mine), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(w.call(1, set(b, 9, R, false)), Ok(Answer::Done));
+}
+
+#[test]
+fn a_flock_goes_with_its_open_file() {
+    let (mut w, [a, b]) = two_open(b"x");
+    // A flock's owner is its open file; no flush names it.
+    assert_eq!(w.call(0, set(a, 77, W, false)), Ok(Answer::Done));
+    assert_eq!(w.call(0, Op::Release { fh: a }), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(w.call(1, set(b, 9, W, false)), Ok(Answer::Done));
+}
+
+#[test]
+fn a_client_that_dies_frees_its_locks_after_its_grace() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.crash_client(0);
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.answer(1, waiting), None, "the session may still resume");
+    w.run_for(HostConfig::default().session_grace);
+    assert_eq!(w.wait(1, waiting), Ok(Answer::Done));
+}
+
+/// The pattern of SQLite and of every program that shares a file by
+/// locking it: lock, read, write, unlock. The second client's handle was
+/// opened (and its data read) before the first one's writes.
+#[test]
+fn a_lock_holder_reads_what_the_last_holder_wrote() {
+    let (mut w, [a, b]) = two_open(b"version one");
+    assert_eq!(read_all(&mut w, 1, b, 64), b"version one");
+
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    write(&mut w, 0, a, 0, b"version two, longer");
+    // The unlock publishes the writes: no close, no fsync.
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("f")])),
+        Some(&b"version two, longer"[..])
+    );
+
+    let before = w.clients[1].invalidations;
+    assert_eq!(w.call(1, set(b, 1, R, false)), Ok(Answer::Done));
+    assert!(
+        w.clients[1].invalidations > before,
+        "the kernel's pages of the file are dropped"
+    );
+    assert_eq!(read_all(&mut w, 1, b, 64), b"version two, longer");
+    let ino = lookup(&mut w, 1, Ino::ROOT, "f").expect("f").0;
+    match w.call(1, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => assert_eq!(attr.size, 19),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_lock_request_with_no_bytes_is_refused() {
+    let (mut w, [a, _]) = two_open(b"x");
+    let op = Op::SetLock {
+        fh: a,
+        owner: 1,
+        range: ByteRange { start: 9, end: 3 },
+        kind: W,
+        wait: false,
+    };
+    assert_eq!(w.call(0, op), Err(Errno::Inval));
+    assert_eq!(w.call(0, set(Fh(999), 1, W, false)), Err(Errno::BadF));
+}
