@@ -398,7 +398,7 @@ impl ClientCore {
                     owner: Some(owner), ..
                 } = op
                 {
-                    self.release_locks(now, node, Some(owner), None)?;
+                    self.release_locks(now, Some(node), Some(owner), None)?;
                 }
             }
             Op::Release { fh } => {
@@ -418,14 +418,16 @@ impl ClientCore {
                     // written since still commits (a failure of that is
                     // for the file's other handles to report).
                     let _ = self.commit_then(now, h.node, AfterCommit::Quiet);
+                    let _ = self.release_locks(now, None, None, Some(*fh));
                     return Err(e);
                 }
                 if h.node == super::UNBOUND {
+                    let _ = self.release_locks(now, None, None, Some(*fh));
                     return Err(Errno::Stale);
                 }
                 self.commit_then(now, h.node, AfterCommit::Reply(req, *fh))?;
                 // A `flock` goes with its open file.
-                self.release_locks(now, h.node, None, Some(*fh))?;
+                self.release_locks(now, None, None, Some(*fh))?;
                 if self.leases.is_unapplied(h.node) {
                     self.closed_locally(now, h.node);
                 }

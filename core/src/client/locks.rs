@@ -20,6 +20,10 @@ use crate::proto::{ByteRange, Errno, Invalidation, NodeId, OpenFor, Reply, Reque
 
 use super::Op;
 
+/// A lock request held until the client's own unlocks of its owner on
+/// its file are answered: the kernel's request, and the host's.
+pub(super) type Parked = (Option<(Req, Op)>, Request);
+
 /// Owners that may hold locks on files, at most: a program that takes
 /// locks under more owners than this gets ENOLCK.
 pub(super) const MAX_LOCKERS: usize = 4096;
@@ -58,6 +62,7 @@ impl ClientCore {
                     return Err(Errno::NoLck);
                 }
                 self.lockers.insert((node, owner), fh);
+                self.locking.insert(req, (node, owner, range));
                 Request::SetLock {
                     node,
                     owner,
@@ -87,22 +92,23 @@ impl ClientCore {
     }
 
     /// A close by `owner` of a descriptor of `node`, or the release of
-    /// handle `fh`: the record locks it took go once the commit queued
-    /// before this is over.
+    /// handle `fh`: the record locks the owner holds on the file, or those
+    /// taken through the handle (on whatever node it was bound to then),
+    /// go once the commit queued before this is over.
     pub(super) fn release_locks(
         &mut self,
         now: Instant,
-        node: NodeId,
+        node: Option<NodeId>,
         owner: Option<u64>,
         fh: Option<Fh>,
     ) -> Result<(), Errno> {
-        let owners: Vec<u64> = self
+        let gone: Vec<(NodeId, u64)> = self
             .lockers
             .iter()
-            .filter(|&(&(n, o), &f)| n == node && (Some(o) == owner || Some(f) == fh))
-            .map(|(&(_, o), _)| o)
+            .filter(|&(&(n, o), &f)| (Some(n) == node && Some(o) == owner) || Some(f) == fh)
+            .map(|(&k, _)| k)
             .collect();
-        for owner in owners {
+        for (node, owner) in gone {
             self.lockers.remove(&(node, owner));
             let then = AfterCommit::Lock {
                 kernel: None,
@@ -117,13 +123,51 @@ impl ClientCore {
         Ok(())
     }
 
-    /// The commit before a lock request is over: send it.
+    /// The commit before a lock request is over: send it, unless the
+    /// owner's lock request must wait for an unlock of the client's own
+    /// on the file to be answered first.
     pub(super) fn send_lock(&mut self, now: Instant, kernel: Option<(Req, Op)>, request: Request) {
-        let purpose = match kernel {
-            Some((req, op)) => Purpose::kernel_op(req, &op),
-            None => Purpose::Forget,
+        let Some((req, op)) = kernel else {
+            return self.send_unlock(now, request);
         };
-        self.send(now, purpose, request);
+        if let Request::SetLock { node, owner, .. } = request
+            && let Some((_, parked)) = self.unlocking.get_mut(&(node, owner))
+        {
+            parked.push((Some((req, op)), request));
+            return;
+        }
+        self.send(now, Purpose::kernel_op(req, &op), request);
+    }
+
+    /// Sends an unlock of the client's own (a close's, a withdrawal): the
+    /// owner's lock requests on the file wait until it is answered.
+    pub(super) fn send_unlock(&mut self, now: Instant, request: Request) {
+        let Request::Unlock { node, owner, .. } = request else {
+            return;
+        };
+        self.unlocking.entry((node, owner)).or_default().0 += 1;
+        self.send(now, Purpose::Withdraw { node, owner }, request);
+    }
+
+    /// One of the client's own unlocks was answered (or is moot: a new
+    /// session holds no locks): the owner's held lock requests go once
+    /// none is left.
+    pub(super) fn unlocked(&mut self, now: Instant, node: NodeId, owner: u64) {
+        let Some((n, _)) = self.unlocking.get_mut(&(node, owner)) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n > 0 {
+            return;
+        }
+        let parked = self
+            .unlocking
+            .remove(&(node, owner))
+            .map(|(_, p)| p)
+            .unwrap_or_default();
+        for (kernel, request) in parked {
+            self.send_lock(now, kernel, request);
+        }
     }
 
     /// The host's answer to a lock request: a lock taken drops what is
@@ -144,11 +188,30 @@ impl ClientCore {
                 Err(e) => Err(e),
             });
         };
+        // The host answered: nothing to withdraw.
+        let locking = match part {
+            OpPart::First => self.locking.remove(&req),
+            _ => None,
+        };
         match (part, result) {
             (OpPart::First, Ok(Reply::Done)) if kind.is_some() => {
                 let Some(node) = self.handles.get(fh).map(|h| h.node) else {
+                    // Its handle was released while it waited (another
+                    // thread closed the file): nobody can unlock it now.
+                    if let Some((node, owner, range)) = locking {
+                        self.send_unlock(now, Request::Unlock { node, owner, range });
+                    }
                     return Some(Ok(Answer::Done));
                 };
+                if node == super::UNBOUND {
+                    // Cut off from its file by a new session while it
+                    // waited: it cannot read what the lock protects, so
+                    // it does not get the lock either.
+                    if let Some((node, owner, range)) = locking {
+                        self.send_unlock(now, Request::Unlock { node, owner, range });
+                    }
+                    return Some(Err(Errno::Stale));
+                }
                 self.cache.invalidate(now, node, Invalidation::Data);
                 if let Some(ino) = self.vfs.as_ref().and_then(|v| v.ino_of(node)) {
                     self.out
@@ -214,4 +277,22 @@ fn check(range: ByteRange) -> Result<(), Errno> {
     } else {
         Ok(())
     }
+}
+
+/// Requests sent again when their answer is late rather than failed: a
+/// lock that waits for its holder (the host keeps one waiter per owner and
+/// bytes, answering the latest request), and an unlock (harmless twice).
+pub(super) fn asked_again(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::SetLock { wait: true, .. } | Request::Unlock { .. }
+    )
+}
+
+/// Requests that never fail here, however long the host is out of reach:
+/// an unlock. Given up, it would leave the lock held at the host for as
+/// long as the session lives, and the kernel believing it free; it waits
+/// for the host like a write does.
+pub(super) fn never_fails(request: &Request) -> bool {
+    matches!(request, Request::Unlock { .. })
 }

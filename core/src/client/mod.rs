@@ -123,6 +123,13 @@ enum Purpose {
     },
     /// Nobody waits (closing a host handle).
     Forget,
+    /// An unlock the client sends on its own (at a close, or withdrawing a
+    /// lock request the kernel was failed for): the owner's next lock
+    /// request on the file waits for its answer ([`locks`]).
+    Withdraw {
+        node: NodeId,
+        owner: u64,
+    },
     /// Is the silent host still there? ([`offline`])
     Probe,
     /// One chunk of a read served through its open's host handle,
@@ -326,10 +333,6 @@ impl Phase {
     }
 }
 
-/// How long a waiting record lock (F_SETLKW) may wait for its holder:
-/// for ever, in practice.
-const LOCK_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 /// The mount client.
 #[derive(Debug)]
 pub struct ClientCore {
@@ -345,6 +348,17 @@ pub struct ClientCore {
     /// Lock owners that may hold record locks on a file, each with the
     /// handle it last locked through ([`locks`]): released at close.
     lockers: BTreeMap<(NodeId, u64), Fh>,
+    /// What each kernel lock request in progress asks for (file, owner,
+    /// bytes): a lock granted after its handle was released is let go at
+    /// once, and a request that fails here (the host silent too long)
+    /// is withdrawn at the host, which may still hold it waiting.
+    locking: BTreeMap<Req, (NodeId, u64, crate::proto::ByteRange)>,
+    /// Those withdrawals, sent at the next drain.
+    withdraw: Vec<Request>,
+    /// Per file and lock owner, the client's own unlocks not answered
+    /// yet, and the owner's lock requests held until they are: otherwise
+    /// a late unlock could release a lock granted after it.
+    unlocking: BTreeMap<(NodeId, u64), (u32, Vec<locks::Parked>)>,
     /// Names the next whole write ([`WriteTxn::allow_whole`]): unique for
     /// the client's life, so within every session.
     next_tag: u64,
@@ -421,6 +435,9 @@ impl ClientCore {
             writes: BTreeMap::new(),
             after_commit: BTreeMap::new(),
             lockers: BTreeMap::new(),
+            locking: BTreeMap::new(),
+            withdraw: Vec::new(),
+            unlocking: BTreeMap::new(),
             next_tag: 1,
             fsyncs: BTreeMap::new(),
             to_sync: Vec::new(),
@@ -608,7 +625,7 @@ impl ClientCore {
             .chain(
                 self.queued
                     .iter()
-                    .filter(|q| !matches!(q.0, Purpose::Rebind { .. }))
+                    .filter(|q| !matches!(q.0, Purpose::Rebind { .. }) && !locks::never_fails(&q.1))
                     .map(|q| q.2),
             )
             .min();
@@ -663,16 +680,27 @@ impl ClientCore {
             .map(|(&id, _)| id)
             .collect();
         for id in late {
-            if let Some(f) = self.in_flight.remove(&id) {
-                self.fail_purpose(now, f.purpose, Errno::TimedOut);
+            match self.in_flight.remove(&id) {
+                // A lock that waits for its holder, and an unlock, are
+                // asked for again: the host keeps one waiter per request,
+                // and unlocks twice as harmlessly as once.
+                Some(f)
+                    if locks::asked_again(&f.request)
+                        && matches!(f.purpose, Purpose::Op { .. } | Purpose::Withdraw { .. }) =>
+                {
+                    self.send(now, f.purpose, f.request);
+                }
+                Some(f) => self.fail_purpose(now, f.purpose, Errno::TimedOut),
+                None => {}
             }
         }
         // Waiting for a connection counts too: a lost host gives a clear
         // error within `request_timeout`, not a hang until the connection
         // machine gives up.
         // (Re-binding lookups are exempt: a new session redoes them.)
-        let late =
-            |q: &(Purpose, Request, Instant)| now >= q.2 && !matches!(q.0, Purpose::Rebind { .. });
+        let late = |q: &(Purpose, Request, Instant)| {
+            now >= q.2 && !matches!(q.0, Purpose::Rebind { .. }) && !locks::never_fails(&q.1)
+        };
         if self.queued.iter().any(late) {
             let (late, keep) = std::mem::take(&mut self.queued).into_iter().partition(late);
             self.queued = keep;
@@ -701,6 +729,14 @@ impl ClientCore {
         }
         if let Ok(answer) = &mut result {
             self.show_answer(answer);
+        }
+        // Failed here, not by the host's answer (which took it out of
+        // `locking` first): withdraw it, or a grant nobody hears of would
+        // hold the lock for as long as the session lives. (This also drops
+        // what the owner held of those bytes before: its lock is in doubt
+        // anyway once the host has been out of reach this long.)
+        if let Some((node, owner, range)) = self.locking.remove(&req) {
+            self.withdraw.push(Request::Unlock { node, owner, range });
         }
         self.out.push_back(ClientOutput::Reply { req, result });
     }
@@ -744,18 +780,12 @@ impl ClientCore {
             id,
             request: request.clone(),
         }));
-        // A lock that waits for its holder waits as long as it takes (and
-        // past a reconnect): it is no sign of a silent host.
-        let timeout = match request {
-            Request::SetLock { wait: true, .. } => LOCK_WAIT,
-            _ => self.cfg.request_timeout,
-        };
         self.in_flight.insert(
             id,
             InFlight {
                 request,
                 purpose,
-                deadline: now + timeout,
+                deadline: now + self.cfg.request_timeout,
             },
         );
     }
@@ -767,6 +797,10 @@ impl ClientCore {
         // only produce outputs for inputs, so this ends.
         for _ in 0..64 {
             let mut moved = false;
+            for request in std::mem::take(&mut self.withdraw) {
+                moved = true;
+                self.send_unlock(now, request);
+            }
             for (req, fh) in std::mem::take(&mut self.to_sync) {
                 moved = true;
                 let purpose = Purpose::Op {
@@ -1066,6 +1100,7 @@ impl ClientCore {
     fn fail_purpose(&mut self, now: Instant, purpose: Purpose, errno: Errno) {
         match purpose {
             Purpose::Hello | Purpose::Forget | Purpose::Abandoned => {}
+            Purpose::Withdraw { node, owner } => self.unlocked(now, node, owner),
             Purpose::Probe => self.probing = false,
             Purpose::Fetch(key) => {
                 let _ = self.cache.fail(now, &key, errno);

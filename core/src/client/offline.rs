@@ -118,12 +118,12 @@ impl ClientCore {
             let flights = self
                 .in_flight
                 .values()
-                .filter(|f| for_the_kernel(&f.purpose))
+                .filter(|f| for_the_kernel(&f.purpose) && !super::locks::never_fails(&f.request))
                 .map(|f| f.deadline);
             let queued = self
                 .queued
                 .iter()
-                .filter(|q| for_the_kernel(&q.0))
+                .filter(|q| for_the_kernel(&q.0) && !super::locks::never_fails(&q.1))
                 .map(|q| q.2);
             flights
                 .chain(queued)
@@ -157,7 +157,9 @@ impl ClientCore {
             .in_flight
             .iter()
             .filter(|(_, f)| {
-                for_the_kernel(&f.purpose) && now >= self.unreachable_deadline(since, f.deadline)
+                for_the_kernel(&f.purpose)
+                    && !super::locks::never_fails(&f.request)
+                    && now >= self.unreachable_deadline(since, f.deadline)
             })
             .map(|(&id, _)| id)
             .collect();
@@ -171,7 +173,9 @@ impl ClientCore {
         }
         let (timeout, wait) = (self.cfg.request_timeout, self.cfg.unreachable_wait);
         let is_late = |q: &(Purpose, Request, Instant)| {
-            for_the_kernel(&q.0) && now >= q.2.saturating_sub(timeout).max(since) + wait
+            for_the_kernel(&q.0)
+                && !super::locks::never_fails(&q.1)
+                && now >= q.2.saturating_sub(timeout).max(since) + wait
         };
         if self.queued.iter().any(is_late) {
             let (late, keep) = std::mem::take(&mut self.queued)

@@ -90,6 +90,7 @@ impl ClientCore {
                 Err(e) => self.conn.hello_refused(now, e),
             },
             Purpose::Forget => {}
+            Purpose::Withdraw { node, owner } => self.unlocked(now, node, owner),
             Purpose::Lease { dir, step } => self.on_lease_reply(now, dir, step, result),
             Purpose::Probe => self.probing = false,
             Purpose::ReadThrough { req, slot } => match result {
@@ -106,11 +107,23 @@ impl ClientCore {
                     }
                 }
             },
-            Purpose::Abandoned => {
-                if let Ok(Reply::Opened { handle, .. }) = result {
+            Purpose::Abandoned => match (result, flight.request) {
+                (Ok(Reply::Opened { handle, .. }), _) => {
                     self.close_host_handles(now, vec![handle]);
                 }
-            }
+                // A lock granted after its kernel request gave up (its
+                // withdrawal may have reached the host first): let it go.
+                (
+                    Ok(Reply::Done),
+                    crate::proto::Request::SetLock {
+                        node, owner, range, ..
+                    },
+                ) => {
+                    let request = crate::proto::Request::Unlock { node, owner, range };
+                    self.send_unlock(now, request);
+                }
+                _ => {}
+            },
             Purpose::OpenAhead { node } => self.on_open_ahead(now, node, result),
             Purpose::Fetch(key) => self.on_fetch(now, key, result),
             Purpose::DirPage { node, mut acc } => match result {

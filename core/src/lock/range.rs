@@ -210,6 +210,16 @@ impl RangeLocks {
                 self.drop_if_empty(node);
                 return Err(Errno::Again);
             };
+            if let Some(w) = self.files.get_mut(&node).and_then(|f| {
+                f.waiting
+                    .iter_mut()
+                    .find(|w| w.owner == owner && w.range == range && w.kind == kind)
+            }) {
+                // Asked again (the client heard nothing for a while): the
+                // waiter keeps its place and answers the new request.
+                w.request = request;
+                return Ok(RangeOutcome::Queued);
+            }
             let refused = if self.would_deadlock(owner, node, range, kind) {
                 Some(Errno::DeadLk)
             } else if self.used(owner.session) >= self.cfg.max_per_session {
@@ -240,8 +250,18 @@ impl RangeLocks {
 
     /// Releases `owner`'s locks on `range` of `node` (all of them with
     /// [`ByteRange::WHOLE`]) and wakes the waiters that can now go.
-    /// Releasing what is not held is no error, as in POSIX.
+    /// Releasing what is not held is no error, as in POSIX. The owner's
+    /// own requests waiting for those bytes are withdrawn: an owner that
+    /// unlocks is not waiting (a client that gave up on a wait says so
+    /// this way, and a grant it would never hear of cannot linger).
     pub fn unlock(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
+        if let Some(file) = self.files.get_mut(&node) {
+            let before = file.waiting.len();
+            file.waiting
+                .retain(|w| w.owner != owner || !w.range.overlaps(&range));
+            let withdrawn = before - file.waiting.len();
+            self.adjust(owner.session, withdrawn, 0);
+        }
         if let Some(file) = self.files.get(&node) {
             let held = file.without(owner, range);
             // Removing never splits more than one range in two, and an
@@ -605,6 +625,43 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_asked_for_again_keeps_its_place_and_answers_the_new_request() {
+        let mut t = RangeLocks::default();
+        let (a, b, c) = (owner(1, 1), owner(2, 1), owner(3, 1));
+        t.lock(a, F, r(0, 0), W, None).expect("granted");
+        t.lock(b, F, r(0, 0), W, Some(RequestId(1)))
+            .expect("queued");
+        t.lock(c, F, r(0, 0), W, Some(RequestId(2)))
+            .expect("queued");
+        assert_eq!(
+            t.lock(b, F, r(0, 0), W, Some(RequestId(3))),
+            Ok(RangeOutcome::Queued)
+        );
+        assert_eq!(t.len(), 3, "one waiter for b, not two");
+        t.unlock(a, F, ByteRange::WHOLE);
+        let g = t.poll_grant().expect("a grant");
+        assert_eq!((g.session, g.request), (b.session, RequestId(3)));
+        assert_eq!(t.poll_grant(), None);
+    }
+
+    #[test]
+    fn an_unlock_withdraws_the_owners_waits_on_those_bytes() {
+        let mut t = RangeLocks::default();
+        let (a, b) = (owner(1, 1), owner(2, 1));
+        t.lock(a, F, r(0, 9), W, None).expect("granted");
+        t.lock(b, F, r(0, 0), W, Some(RequestId(1)))
+            .expect("queued");
+        t.lock(b, F, r(5, 5), W, Some(RequestId(2)))
+            .expect("queued");
+        t.unlock(b, F, r(4, 6));
+        assert_eq!(t.len(), 2, "the wait on byte 5 is withdrawn");
+        t.unlock(a, F, ByteRange::WHOLE);
+        let g = t.poll_grant().expect("a grant");
+        assert_eq!(g.request, RequestId(1));
+        assert_eq!(t.poll_grant(), None);
+    }
+
+    #[test]
     fn a_wait_that_would_close_a_cycle_is_edeadlk() {
         let mut t = RangeLocks::default();
         let (a, b) = (owner(1, 1), owner(2, 1));
@@ -688,6 +745,7 @@ mod tests {
                     0 => {
                         t.unlock(owners[who], F, range);
                         model[who][s..=e].fill(None);
+                        waiting.retain(|w| w.0 != who || w.2 < s || w.1 > e);
                         granted = true;
                     }
                     op => {
@@ -702,7 +760,14 @@ mod tests {
                             }
                             Ok(RangeOutcome::Queued) => {
                                 assert!(busy, "seed {seed}");
-                                waiting.push((who, s, e, kind, next));
+                                // The same request again keeps its place.
+                                match waiting
+                                    .iter_mut()
+                                    .find(|w| (w.0, w.1, w.2, w.3) == (who, s, e, kind))
+                                {
+                                    Some(w) => w.4 = next,
+                                    None => waiting.push((who, s, e, kind, next)),
+                                }
                             }
                             Err(Errno::Again) => assert!(busy && wait.is_none(), "seed {seed}"),
                             Err(Errno::DeadLk) => assert!(busy, "seed {seed}"),

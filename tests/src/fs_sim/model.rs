@@ -93,6 +93,10 @@ pub struct FsStats {
     pub truncating_opens: u64,
     /// Runs whose liveness phase converged.
     pub converged: u64,
+    /// Advisory locks granted to locked updates, checked for exclusion.
+    pub locks_granted: u64,
+    /// Reads under such a lock checked against the last holder's write.
+    pub locked_reads: u64,
     /// Files a client created under a directory lease and the host
     /// applied from its stream.
     pub files_streamed: u64,
@@ -121,6 +125,8 @@ impl FsStats {
         self.sets_committed += o.sets_committed;
         self.links += o.links;
         self.in_place_commits += o.in_place_commits;
+        self.locks_granted += o.locks_granted;
+        self.locked_reads += o.locked_reads;
         self.losses_checked += o.losses_checked;
         self.local_changes += o.local_changes;
         self.disk_full += o.disk_full;
@@ -169,6 +175,10 @@ struct HandleModel {
     file: Option<usize>,
     /// The oldest commit of that file a read through it may show.
     min_index: usize,
+    /// The same, from the record lock its client took since (invariant
+    /// 9): an answer the cache gives while the host is out of reach is
+    /// held to `min_index` only.
+    locked_min: usize,
     /// Writes acknowledged and not yet covered by a flush.
     writes: Vec<WriteRec>,
     /// The last request sent before it existed (its open was answered).
@@ -282,6 +292,12 @@ enum Ctx {
     Read {
         fh: Fh,
         checkable: bool,
+    },
+    /// An unlock: it commits what was written before it first.
+    Unlock {
+        ino: Ino,
+        file: Option<usize>,
+        seq: u64,
     },
 }
 
@@ -414,7 +430,12 @@ pub struct Sim {
     /// write, read, flush, fsync, close or attribute change), less the
     /// commits made.
     asked: BTreeMap<(usize, usize), u64>,
+    /// The locked updates of [`LOCKED`] ([`locks`]).
+    locks: locks::LockModel,
 }
+
+mod locks;
+pub(super) use locks::LOCKED;
 
 fn name(s: &str) -> Name {
     Name::new(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
@@ -544,9 +565,13 @@ impl Sim {
             found.push((RelPath::root(), root));
         }
         walk(&mut disk, &RelPath::root(), &mut found);
+        let mut lock_model = locks::LockModel::default();
         for (p, a) in found {
             let content = disk.read_file(&p).map(<[u8]>::to_vec);
-            fs.register(a.key, a.kind, content);
+            let f = fs.register(a.key, a.kind, content);
+            if p == RelPath::from(vec![name(LOCKED)]) {
+                lock_model.file = Some(f);
+            }
         }
         let mut client_cfg = ClientConfig::default();
         // Every other seed, writes keep nothing the host acknowledged, so
@@ -600,6 +625,7 @@ impl Sim {
             deferred: Vec::new(),
             local_seq: BTreeMap::new(),
             asked: BTreeMap::new(),
+            locks: lock_model,
         };
         // The root (and the scan's listing) came before recording started
         // for nothing: register what the log holds.
@@ -663,6 +689,7 @@ impl Sim {
             .iter()
             .filter(|&(ino, &n)| n > 0 && k.kinds.get(ino) == Some(&kind))
             .map(|(&i, _)| i)
+            .filter(|&i| self.workload_kind(c, i, kind))
             .collect();
         if kind == FileKind::Dir {
             v.insert(0, Ino::ROOT);
@@ -672,7 +699,12 @@ impl Sim {
 
     /// Open handles of client `c`.
     pub fn handles(&self, c: usize) -> Vec<Fh> {
-        self.kernels[c].handles.keys().copied().collect()
+        self.kernels[c]
+            .handles
+            .iter()
+            .filter(|(_, h)| h.file.is_none() || h.file != self.locks.file)
+            .map(|(&fh, _)| fh)
+            .collect()
     }
 
     /// Whether client `c` has a handle, or a pending open or link, on
@@ -692,6 +724,7 @@ impl Sim {
     pub fn op(&mut self, c: usize, op: Op) -> Result<Req, Violation> {
         self.seq += 1;
         let seq = self.seq;
+        self.lock_issued(c, &op);
         // Invariant 10's record: which files this request may commit.
         let k = &self.kernels[c];
         let may_commit = match &op {
@@ -823,6 +856,14 @@ impl Sim {
             Op::Create { .. } => Ctx::Create {
                 acked: self.files.acked.clone(),
             },
+            Op::SetLock { fh, kind: None, .. } => match k.handles.get(fh) {
+                Some(h) => Ctx::Unlock {
+                    ino: h.ino,
+                    file: h.file,
+                    seq,
+                },
+                None => Ctx::Plain,
+            },
             _ => Ctx::Plain,
         };
         self.stats.ops += 1;
@@ -862,6 +903,7 @@ impl Sim {
             self.stats.short_partitions += 1;
         }
         self.note(|| format!("partition c{c} ({})", if long { "long" } else { "short" }));
+        self.locks.fault();
         self.w.partition(c);
         self.check()
     }
@@ -871,6 +913,7 @@ impl Sim {
     pub fn silence(&mut self, c: usize, long: bool) -> Result<(), Violation> {
         self.stats.silent_partitions += 1;
         self.note(|| format!("silence c{c} ({})", if long { "long" } else { "short" }));
+        self.locks.fault();
         self.w.silence(c);
         self.check()
     }
@@ -899,6 +942,7 @@ impl Sim {
         self.stats.host_crashes += 1;
         self.note(|| "host crash".to_string());
         self.check()?;
+        self.locks.fault();
         self.w.crash_host();
         // Staging dies with the host; the next run numbers its own.
         self.replays.clear();
@@ -906,7 +950,11 @@ impl Sim {
         // and had not sent is refused, each reported at its handles.
         self.deferred.clear();
         self.check()?;
-        self.check_disk()
+        self.check_disk()?;
+        // A holder's last commit may be gone with the group commit's
+        // window: only commits from here on show what it wrote.
+        self.locks.since = self.files.commits.len();
+        Ok(())
     }
 
     /// The host starts again.
@@ -998,6 +1046,7 @@ impl Sim {
     /// session there (see [`wormhole_core::testkit::World::move_path`]).
     pub fn move_path(&mut self, c: usize) -> Result<(), Violation> {
         self.note(|| format!("c{c} moves to a new path"));
+        self.locks.fault();
         self.w.move_path(c);
         self.check()
     }
@@ -1013,6 +1062,7 @@ impl Sim {
         // as a crashed machine's unwritten page cache.
         self.deferred.retain(|d| d.client != c);
         self.kernels[c] = Kernel::default();
+        self.locks_crashed(c);
         self.w.crash_client(c);
         let now = self.w.now;
         self.w.clients[c].core.connect(now);
@@ -1413,6 +1463,8 @@ impl Sim {
                 Ok(Answer::Done),
             ) => true,
             (Op::Readlink { .. }, Ok(Answer::Link(_))) => true,
+            (Op::SetLock { .. }, Ok(Answer::Done)) => true,
+            (Op::GetLock { .. }, Ok(Answer::Lock(_))) => true,
             (Op::Statfs, Ok(Answer::StatFs(_))) => true,
             _ => false,
         };
@@ -1422,7 +1474,13 @@ impl Sim {
         if let Ok(answer) = &result {
             self.check_fresh(c, answer, offline)?;
         }
+        self.lock_answered(c, &p.op, &p.ctx, &result)?;
         match (p.ctx, result) {
+            (Ctx::Unlock { ino, file, seq }, Ok(_)) => {
+                // Its commit is over: what was written before it is on
+                // the host (or lost, which a later close reports).
+                self.kernels[c].cleaned(ino, file, seq);
+            }
             (Ctx::Plain, Ok(Answer::Entry { ino, attr, .. })) => {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
             }
@@ -1539,9 +1597,9 @@ impl Sim {
                     return Ok(());
                 }
                 if offset == 0 && (data.len() as u64) < u64::from(size) {
-                    self.check_read(c, fh, &data)?;
+                    self.check_read(c, fh, &data, offline)?;
                 } else if offset > 0 {
-                    self.check_slice(c, fh, offset, size, &data)?;
+                    self.check_slice(c, fh, offset, size, &data, offline)?;
                 }
             }
             _ => {}
@@ -1612,6 +1670,7 @@ impl Sim {
                 ino,
                 file,
                 min_index,
+                locked_min: 0,
                 writes: Vec::new(),
                 opened,
             },
@@ -1808,9 +1867,20 @@ impl Sim {
     /// A whole-file read through a clean handle: exactly one committed
     /// content of its file, no older than what was acknowledged before
     /// it was opened.
-    fn check_read(&mut self, c: usize, fh: Fh, data: &[u8]) -> Result<(), Violation> {
+    fn check_read(
+        &mut self,
+        c: usize,
+        fh: Fh,
+        data: &[u8],
+        offline: bool,
+    ) -> Result<(), Violation> {
         let Some(h) = self.kernels[c].handles.get(&fh) else {
             return Ok(());
+        };
+        let min_index = if offline {
+            h.min_index
+        } else {
+            h.min_index.max(h.locked_min)
         };
         let Some(file) = h.file else { return Ok(()) };
         let history = &self.files.history[file];
@@ -1818,10 +1888,10 @@ impl Sim {
             return Ok(());
         }
         self.stats.reads_checked += 1;
-        if h.min_index > 0 {
+        if min_index > 0 {
             self.stats.reads_after_ack += 1;
         }
-        if !history[h.min_index.min(history.len())..]
+        if !history[min_index.min(history.len())..]
             .iter()
             .any(|v| v[..] == data[..])
         {
@@ -1842,7 +1912,7 @@ impl Sim {
                 "client {c}: read of file {file} through {fh:?} gave {} bytes ({:016x}) that are not commit ≥ #{} of it (matches #{older:?}; {} commits)",
                 data.len(),
                 crate::seeds::hash(data),
-                h.min_index,
+                min_index,
                 history.len()
             ) + &format!("; it is (file, commit) {elsewhere:?}; first difference from the last commit at {:?}", history.last().and_then(|l| l.iter().zip(data.iter()).position(|(a, b)| a != b).map(|i| (i, l.len())))) ));
         }
@@ -1859,9 +1929,15 @@ impl Sim {
         offset: u64,
         size: u32,
         data: &[u8],
+        offline: bool,
     ) -> Result<(), Violation> {
         let Some(h) = self.kernels[c].handles.get(&fh) else {
             return Ok(());
+        };
+        let min_index = if offline {
+            h.min_index
+        } else {
+            h.min_index.max(h.locked_min)
         };
         let Some(file) = h.file else { return Ok(()) };
         let history = &self.files.history[file];
@@ -1874,13 +1950,13 @@ impl Sim {
             let to = from.saturating_add(size as usize).min(v.len());
             v[from..to] == data[..]
         };
-        if !history[h.min_index.min(history.len())..].iter().any(fits) {
+        if !history[min_index.min(history.len())..].iter().any(fits) {
             let older = history.iter().position(fits);
             return Err(self.violation(format!(
                 "client {c}: read of file {file} through {fh:?} at {offset} (+{size}) gave {} bytes ({:016x}) that are not that range of commit ≥ #{} of it (matches #{older:?}; {} commits)",
                 data.len(),
                 crate::seeds::hash(data),
-                h.min_index,
+                min_index,
                 history.len()
             )));
         }
@@ -1954,7 +2030,7 @@ impl Sim {
         self.reconnect_all();
         self.advance(Duration::from_secs(40))?;
         for c in 0..self.kernels.len() {
-            for fh in self.handles(c) {
+            for fh in self.kernels[c].handles.keys().copied().collect::<Vec<_>>() {
                 self.op(c, Op::Release { fh })?;
             }
             let inos: Vec<Ino> = self.kernels[c].nlookup.keys().copied().collect();
@@ -1972,9 +2048,10 @@ impl Sim {
         self.advance(Duration::from_secs(5))?;
         if let Some(((c, req), p)) = self.pending.iter().next() {
             return Err(self.violation(format!(
-                "liveness: client {c}'s {req:?} ({}) never answered ({} pending)",
+                "liveness: client {c}'s {req:?} ({}) never answered ({} pending; record locks at the host: {:?})",
                 op_summary(&p.op),
-                self.pending.len()
+                self.pending.len(),
+                self.w.host.record_locks()
             )));
         }
         if self.w.host.open_txns() != 0 {

@@ -3,7 +3,7 @@
 //! chosen as the run goes from what the kernels hold (their inodes and
 //! handles), then the liveness phase.
 
-use super::model::{FsStats, Local, Sim, Violation};
+use super::model::{FsStats, LOCKED, Local, Sim, Violation};
 use crate::seeds::Simulation;
 use bytes::Bytes;
 use std::time::Duration;
@@ -103,10 +103,12 @@ pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violatio
         _ => Duration::from_millis(400),
     };
     let big = vec![7u8; CHUNK_SIZE + 100];
-    let files: [(&[&str], &[u8]); 3] = [
+    let files: [(&[&str], &[u8]); 4] = [
         (&["a"], b"initial a"),
         (&["x", "b"], b"initial x/b"),
         (&["c"], &big),
+        // Locked updates' own file (see the model's `locks`).
+        (&[LOCKED], b"before any locked update"),
     ];
     let mut sim = Sim::new(seed, clients, max_delay, &files);
     // The host's worker pool: some seeds run every file operation in
@@ -131,6 +133,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
     let mut restart_at: Option<Instant> = None;
     let mut room_at: Option<Instant> = None;
     let mut tag = 0u64;
+    let mut locking = Rng::from_u64(rng.next_u64());
     for _ in 0..actions {
         let now = sim.w.now;
         if heal_at.is_some_and(|t| now >= t) {
@@ -152,6 +155,20 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
             host_side(sim, rng, tag, &mut room_at)?;
         }
         let c = rng.below(sim.clients() as u64) as usize;
+        // Now and then, a step of a client's locked update: lock, read,
+        // write, unlock, as SQLite does (or, rarely, a close). Drawn from
+        // a generator of their own, so the rest of the workload draws
+        // what it drew before locked updates were added.
+        if locking.below(100) < 12 {
+            let lc = locking.below(sim.clients() as u64) as usize;
+            if locking.below(12) == 0 {
+                sim.locked_close(lc)?;
+            } else {
+                let len = 1 + locking.below(3000) as usize;
+                let data = payload(locking.next_u64(), len);
+                sim.locked_step(lc, data)?;
+            }
+        }
         let files = sim.referenced(c, FileKind::File);
         let dirs = sim.referenced(c, FileKind::Dir);
         let handles = sim.handles(c);
@@ -551,6 +568,8 @@ impl Simulation for FsSim {
             ("opens with O_TRUNC", s.truncating_opens),
             ("hard links", s.links),
             ("commits of files with several names", s.in_place_commits),
+            ("record locks granted to locked updates", s.locks_granted),
+            ("reads under a record lock checked", s.locked_reads),
             ("files created under a directory lease", s.files_streamed),
             (
                 "closes acknowledged before their lease's stream",

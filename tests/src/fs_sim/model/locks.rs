@@ -1,0 +1,303 @@
+//! Advisory locks in the simulation: every client now and then takes a
+//! step of a *locked update* of one file, [`LOCKED`], that no other action
+//! touches: open it, lock it exclusively (waiting), read it whole, write
+//! it, unlock, and sometimes close. One step per action, so clients
+//! contend, wait and hand the lock over while messages are delayed and
+//! reordered, clients are cut off, and hosts and clients crash.
+//!
+//! Two invariants, from the kernels' side:
+//!
+//! 8. **Mutual exclusion**: when a client is granted the lock, no other
+//!    client's kernel holds it (from its grant until it asks to unlock or
+//!    closes). A session that ends loses its locks, as documented, so a
+//!    lock held across a fault (a partition, a crash, a host restart, a
+//!    path move) is void from then on: only locks granted since count.
+//! 9. **Data follows the locks**: a read under the lock returns what the
+//!    last holder wrote (committed by its unlock), or something newer,
+//!    even through a handle opened before that holder wrote.
+
+use super::{Ctx, Sim, Violation};
+use wormhole_core::client::{Answer, Fh, Op};
+use wormhole_core::proto::{ByteRange, Errno, FileKind, LockKind, OpenFor};
+use wormhole_core::vfs::Ino;
+
+/// The file locked updates share.
+pub(crate) const LOCKED: &str = "L";
+
+/// Each client's lock owner for its locked updates.
+const OWNER: u64 = 0x10c0;
+
+/// Where a client's locked update stands; each step waits for the answer
+/// to the previous one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(super) enum Step {
+    /// Nothing open.
+    #[default]
+    Idle,
+    /// Looking the file up, or opening it.
+    Opening,
+    /// Open, not locked.
+    Open(Fh),
+    /// Waiting for the lock.
+    Locking(Fh),
+    /// Holding it, not read yet.
+    Locked(Fh),
+    /// Read under the lock: next, write.
+    Read(Fh),
+    /// Written under the lock: next, unlock.
+    Written(Fh),
+    /// The unlock is on its way.
+    Unlocking(Fh),
+}
+
+/// The kernels' side of the locked updates.
+#[derive(Clone, Debug, Default)]
+pub(super) struct LockModel {
+    /// The file, once the sim knows its identity.
+    pub(super) file: Option<usize>,
+    /// Per client.
+    pub(super) steps: Vec<Step>,
+    /// Clients whose kernel holds the lock, and whether that lock still
+    /// counts (false: held across a fault).
+    pub(super) holders: std::collections::BTreeMap<usize, bool>,
+    /// Where in the disk's commits the last host crash left off: a crash
+    /// may roll the file back to an older commit.
+    pub(super) since: usize,
+    /// A request of the current step is out.
+    pub(super) waiting: Vec<bool>,
+}
+
+impl LockModel {
+    /// A fault: every lock held now no longer counts.
+    pub(super) fn fault(&mut self) {
+        for live in self.holders.values_mut() {
+            *live = false;
+        }
+    }
+}
+
+impl Sim {
+    /// One step of client `c`'s locked update of [`LOCKED`].
+    pub fn locked_step(&mut self, c: usize, data: bytes::Bytes) -> Result<(), Violation> {
+        if self.locks.steps.len() < self.kernels.len() {
+            self.locks.steps.resize(self.kernels.len(), Step::Idle);
+            self.locks.waiting.resize(self.kernels.len(), false);
+        }
+        if self.locks.waiting[c] {
+            return Ok(());
+        }
+        let whole = |fh, kind| Op::SetLock {
+            fh,
+            owner: OWNER,
+            range: ByteRange::WHOLE,
+            kind,
+            wait: true,
+        };
+        let op = match self.locks.steps[c] {
+            Step::Idle | Step::Opening => match self.locked_ino(c) {
+                None => Op::Lookup {
+                    parent: Ino::ROOT,
+                    name: super::name(LOCKED),
+                },
+                Some(ino) => Op::Open {
+                    ino,
+                    mode: OpenFor::Write,
+                    truncate: false,
+                },
+            },
+            Step::Open(fh) => whole(fh, Some(LockKind::Exclusive)),
+            Step::Locking(_) => return Ok(()),
+            Step::Locked(fh) => Op::Read {
+                fh,
+                offset: 0,
+                size: 4 * wormhole_core::proto::CHUNK_SIZE as u32,
+            },
+            Step::Read(fh) => Op::Write {
+                fh,
+                offset: 0,
+                data,
+            },
+            Step::Written(fh) => whole(fh, None),
+            Step::Unlocking(_) => return Ok(()),
+        };
+        self.locks.steps[c] = match (self.locks.steps[c], &op) {
+            (Step::Idle | Step::Opening, _) => Step::Opening,
+            (Step::Open(fh), _) => Step::Locking(fh),
+            (Step::Written(fh), _) => Step::Unlocking(fh),
+            (s, _) => s,
+        };
+        self.locks.waiting[c] = true;
+        self.op(c, op).map(|_| ())
+    }
+
+    /// Client `c` closes its handle of [`LOCKED`] (which releases its
+    /// lock) if it has one.
+    pub fn locked_close(&mut self, c: usize) -> Result<(), Violation> {
+        let fh = match self.locks.steps.get(c) {
+            Some(
+                Step::Open(fh)
+                | Step::Locked(fh)
+                | Step::Read(fh)
+                | Step::Written(fh)
+                | Step::Unlocking(fh)
+                | Step::Locking(fh),
+            ) => *fh,
+            _ => return Ok(()),
+        };
+        if self.locks.waiting[c] {
+            return Ok(());
+        }
+        self.locks.steps[c] = Step::Idle;
+        self.op(c, Op::Release { fh }).map(|_| ())
+    }
+
+    /// The inode client `c`'s kernel holds for [`LOCKED`].
+    fn locked_ino(&self, c: usize) -> Option<Ino> {
+        let file = self.locks.file?;
+        let k = &self.kernels[c];
+        k.identity
+            .iter()
+            .find(|&(ino, &f)| f == file && k.nlookup.get(ino).is_some_and(|&n| n > 0))
+            .map(|(&ino, _)| ino)
+    }
+
+    /// Whether `ino` of client `c` is [`LOCKED`] (kept from the random
+    /// workload).
+    pub(super) fn is_locked_file(&self, c: usize, ino: Ino) -> bool {
+        self.locks.file.is_some() && self.kernels[c].identity.get(&ino) == self.locks.file.as_ref()
+    }
+
+    /// A kernel request is about to go: an unlock or a close ends the
+    /// kernel's hold on the lock from now on (it no longer relies on it).
+    pub(super) fn lock_issued(&mut self, c: usize, op: &Op) {
+        let ends = match op {
+            Op::SetLock { kind: None, fh, .. } | Op::Release { fh } => {
+                let file = self.kernels[c].handles.get(fh).and_then(|h| h.file);
+                file.is_some() && file == self.locks.file
+            }
+            _ => false,
+        };
+        if ends {
+            self.locks.holders.remove(&c);
+        }
+    }
+
+    /// A kernel request of a locked update was answered: move its step on
+    /// and check invariants 8 and 9.
+    pub(super) fn lock_answered(
+        &mut self,
+        c: usize,
+        op: &Op,
+        ctx: &Ctx,
+        result: &Result<Answer, Errno>,
+    ) -> Result<(), Violation> {
+        let Some(step) = self.locks.steps.get(c).copied() else {
+            return Ok(());
+        };
+        let ours = match (step, op) {
+            (Step::Opening, Op::Lookup { name, .. }) => name.as_bytes() == LOCKED.as_bytes(),
+            (Step::Opening, Op::Open { ino, .. }) => self.is_locked_file(c, *ino),
+            (Step::Locking(a), Op::SetLock { fh, .. })
+            | (Step::Unlocking(a), Op::SetLock { fh, .. })
+            | (Step::Locked(a), Op::Read { fh, .. })
+            | (Step::Read(a), Op::Write { fh, .. }) => a == *fh,
+            _ => false,
+        };
+        if !ours {
+            return Ok(());
+        }
+        self.locks.waiting[c] = false;
+        self.locks.steps[c] = match (step, op, result) {
+            (Step::Opening, Op::Open { .. }, Ok(Answer::Opened { fh, .. })) => Step::Open(*fh),
+            (Step::Opening, _, _) => Step::Opening,
+            // Granted after its handle was closed (a close while the
+            // lock waited): the client lets it go at once.
+            (Step::Locking(fh), _, Ok(Answer::Done))
+                if !self.kernels[c].handles.contains_key(&fh) =>
+            {
+                Step::Idle
+            }
+            (Step::Locking(fh), _, Ok(Answer::Done)) => {
+                self.granted(c)?;
+                Step::Locked(fh)
+            }
+            (Step::Locking(fh), _, Err(_)) => Step::Open(fh),
+            (Step::Locked(fh), _, Ok(_)) => {
+                if matches!(
+                    ctx,
+                    Ctx::Read {
+                        checkable: true,
+                        ..
+                    }
+                ) {
+                    self.stats.locked_reads += 1;
+                }
+                Step::Read(fh)
+            }
+            (Step::Read(fh), _, Ok(_)) => Step::Written(fh),
+            (Step::Locked(fh) | Step::Read(fh), _, Err(_)) => Step::Written(fh),
+            (Step::Unlocking(fh), _, _) => Step::Open(fh),
+            (s, _, _) => s,
+        };
+        Ok(())
+    }
+
+    /// Client `c` was granted the lock: no other kernel may hold it, and
+    /// its handles on the file read what the last holder published.
+    fn granted(&mut self, c: usize) -> Result<(), Violation> {
+        self.stats.locks_granted += 1;
+        if let Some((&other, _)) = self
+            .locks
+            .holders
+            .iter()
+            .find(|&(&o, &live)| o != c && live)
+        {
+            return Err(self.violation(format!(
+                "client {c} was granted the lock on {LOCKED} that client {other} holds"
+            )));
+        }
+        let void = self.locks.holders.values().any(|&live| !live);
+        self.locks.holders.insert(c, true);
+        let Some(file) = self.locks.file else {
+            return Ok(());
+        };
+        if void {
+            // A holder from before a fault may still write: what the file
+            // holds is anyone's guess until it lets go.
+            return Ok(());
+        }
+        // Only holders write the file, each before its unlock reaches the
+        // host, so the last commit the disk made of it (since the host
+        // last crashed and may have rolled it back) is the last holder's:
+        // this holder must read it, or something newer.
+        let floor = self.files.commits[self.locks.since..]
+            .iter()
+            .rev()
+            .find(|(f, _, by)| *f == file && by.is_some())
+            .map(|&(_, i, _)| i);
+        if let Some(floor) = floor {
+            for h in self.kernels[c].handles.values_mut() {
+                if h.file == Some(file) {
+                    h.locked_min = h.locked_min.max(floor);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Client `c`'s kernel is gone (a crash): its locked update with it.
+    pub(super) fn locks_crashed(&mut self, c: usize) {
+        if let Some(s) = self.locks.steps.get_mut(c) {
+            *s = Step::Idle;
+            self.locks.waiting[c] = false;
+        }
+        self.locks.holders.remove(&c);
+        self.locks.fault();
+    }
+
+    /// Inodes the random workload may use: [`LOCKED`] is the locked
+    /// updates' own.
+    pub(super) fn workload_kind(&self, c: usize, ino: Ino, kind: FileKind) -> bool {
+        kind != FileKind::File || !self.is_locked_file(c, ino)
+    }
+}
