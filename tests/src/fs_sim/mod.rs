@@ -47,6 +47,13 @@
 //!    unlinked file answered from its open handle is exempt (nothing but
 //!    this client can change it).
 //!
+//! Invariants 8–10 (whole versions, no holes after a loss, commits only
+//! by a client that asked) are in `model.rs`; 11 and 12 are the record
+//! locks' (`model/locks.rs`): each client now and then takes a step of a
+//! locked update of one file (lock, read, write, unlock), and no two
+//! kernels may hold the lock at once, and a read under it returns the
+//! last holder's commit or a newer one.
+//!
 //! **Liveness** ([`Sim::converge`]): heal everything, restart the host if
 //! it is down, reconnect every client, release every handle and forget
 //! every lookup, let time run; then every request is answered, every write

@@ -176,7 +176,7 @@ struct HandleModel {
     /// The oldest commit of that file a read through it may show.
     min_index: usize,
     /// The same, from the record lock its client took since (invariant
-    /// 9): an answer the cache gives while the host is out of reach is
+    /// 12): an answer the cache gives while the host is out of reach is
     /// held to `min_index` only.
     locked_min: usize,
     /// Writes acknowledged and not yet covered by a flush.

@@ -7,12 +7,12 @@
 //!
 //! Two invariants, from the kernels' side:
 //!
-//! 8. **Mutual exclusion**: when a client is granted the lock, no other
+//! 11. **Mutual exclusion**: when a client is granted the lock, no other
 //!    client's kernel holds it (from its grant until it asks to unlock or
 //!    closes). A session that ends loses its locks, as documented, so a
 //!    lock held across a fault (a partition, a crash, a host restart, a
 //!    path move) is void from then on: only locks granted since count.
-//! 9. **Data follows the locks**: a read under the lock returns what the
+//! 12. **Data follows the locks**: a read under the lock returns what the
 //!    last holder wrote (committed by its unlock), or something newer,
 //!    even through a handle opened before that holder wrote.
 
@@ -183,7 +183,7 @@ impl Sim {
     }
 
     /// A kernel request of a locked update was answered: move its step on
-    /// and check invariants 8 and 9.
+    /// and check invariants 11 and 12.
     pub(super) fn lock_answered(
         &mut self,
         c: usize,
