@@ -331,6 +331,7 @@ fn hostile<S: Shell>(shell: &S) {
         never_given_out(&mut c).await;
         special_files(&mut c).await;
         other_sessions(&mut c, &mut honest, &share).await;
+        record_locks(&mut c, &mut honest).await;
         // Still a working connection: the refusals were refusals, not a
         // dead host.
         let root = c.call(Request::GetAttr { node: NodeId::ROOT }).await;
@@ -360,6 +361,46 @@ fn hostile<S: Shell>(shell: &S) {
         "nothing was moved in from outside"
     );
     stop_host(shell, host);
+}
+
+/// Record locks from a hostile session: a file that does not exist and a
+/// range that ends before it starts are refused; the table holds at most
+/// 4,096 ranges per session (ENOLCK after, nothing else changed); what
+/// it holds keeps an honest session out, as a lock should, until it is
+/// let go.
+async fn record_locks(c: &mut RawClient, honest: &mut RawClient) {
+    use wormhole_core::proto::{ByteRange, LockKind};
+    let victim = lookup(c, NodeId::ROOT, "victim").await.node;
+    let lock = |node, start, end| Request::SetLock {
+        node,
+        owner: 7,
+        range: ByteRange { start, end },
+        kind: LockKind::Exclusive,
+        wait: false,
+    };
+    assert_eq!(refused(c, lock(NodeId(u64::MAX), 0, 0)).await, Errno::Stale);
+    assert_eq!(refused(c, lock(victim, 9, 3)).await, Errno::Inval);
+    // Ranges two bytes apart never merge: each is one entry.
+    for i in 0..4096u64 {
+        let got = c.call(lock(victim, 2 * i, 2 * i)).await;
+        assert_eq!(got, Ok(Reply::Done), "lock {i}");
+    }
+    assert_eq!(refused(c, lock(victim, 9000, 9000)).await, Errno::NoLck);
+    let theirs = Request::SetLock {
+        node: victim,
+        owner: 1,
+        range: ByteRange { start: 4, end: 4 },
+        kind: LockKind::Shared,
+        wait: false,
+    };
+    assert_eq!(refused(honest, theirs.clone()).await, Errno::Again);
+    let unlock = Request::Unlock {
+        node: victim,
+        owner: 7,
+        range: ByteRange::WHOLE,
+    };
+    assert_eq!(c.call(unlock).await, Ok(Reply::Done));
+    assert_eq!(honest.call(theirs).await, Ok(Reply::Done));
 }
 
 /// Names that are not one component, in every request that carries a

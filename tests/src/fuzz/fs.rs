@@ -309,7 +309,15 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
     let fh = wormhole_core::client::Fh(u64::from(fh % 6) + 1);
     let name = Name::new(["a", "b", "c", "d"][usize::from(name % 4)]).expect("name");
     let n64 = u64::from(n);
-    match kind % 16 {
+    let range = wormhole_core::proto::ByteRange {
+        start: n64 % 64,
+        end: (n64 % 64) + n64 / 1024,
+    };
+    let lock_kind = [
+        wormhole_core::proto::LockKind::Shared,
+        wormhole_core::proto::LockKind::Exclusive,
+    ][usize::from(n % 2)];
+    match kind % 19 {
         0 => Op::Lookup {
             parent: Ino::ROOT,
             name,
@@ -367,6 +375,25 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             name,
             new_parent: ino,
             new_name: Name::new("e").expect("name"),
+        },
+        // Record locks never wait here: a wait for a holder that never
+        // lets go would rightly never be answered.
+        15 => Op::SetLock {
+            fh,
+            owner: u64::from(name.as_bytes()[0] % 2),
+            range,
+            kind: (n % 3 != 0).then_some(lock_kind),
+            wait: false,
+        },
+        16 => Op::GetLock {
+            fh,
+            owner: u64::from(name.as_bytes()[0] % 2),
+            range,
+            kind: lock_kind,
+        },
+        17 => Op::Flush {
+            fh,
+            owner: Some(u64::from(name.as_bytes()[0] % 2)),
         },
         _ => Op::Statfs,
     }

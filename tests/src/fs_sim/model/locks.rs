@@ -1,5 +1,5 @@
 //! Advisory locks in the simulation: every client now and then takes a
-//! step of a *locked update* of one file, [`LOCKED`], that no other action
+//! step of a *locked update* of one file, `LOCKED`, that no other action
 //! touches: open it, lock it exclusively (waiting), read it whole, write
 //! it, unlock, and sometimes close. One step per action, so clients
 //! contend, wait and hand the lock over while messages are delayed and
@@ -77,7 +77,7 @@ impl LockModel {
 }
 
 impl Sim {
-    /// One step of client `c`'s locked update of [`LOCKED`].
+    /// One step of client `c`'s locked update of `LOCKED`.
     pub fn locked_step(&mut self, c: usize, data: bytes::Bytes) -> Result<(), Violation> {
         if self.locks.steps.len() < self.kernels.len() {
             self.locks.steps.resize(self.kernels.len(), Step::Idle);
@@ -130,7 +130,7 @@ impl Sim {
         self.op(c, op).map(|_| ())
     }
 
-    /// Client `c` closes its handle of [`LOCKED`] (which releases its
+    /// Client `c` closes its handle of `LOCKED` (which releases its
     /// lock) if it has one.
     pub fn locked_close(&mut self, c: usize) -> Result<(), Violation> {
         let fh = match self.locks.steps.get(c) {
@@ -151,7 +151,7 @@ impl Sim {
         self.op(c, Op::Release { fh }).map(|_| ())
     }
 
-    /// The inode client `c`'s kernel holds for [`LOCKED`].
+    /// The inode client `c`'s kernel holds for `LOCKED`.
     fn locked_ino(&self, c: usize) -> Option<Ino> {
         let file = self.locks.file?;
         let k = &self.kernels[c];
@@ -161,7 +161,7 @@ impl Sim {
             .map(|(&ino, _)| ino)
     }
 
-    /// Whether `ino` of client `c` is [`LOCKED`] (kept from the random
+    /// Whether `ino` of client `c` is `LOCKED` (kept from the random
     /// workload).
     pub(super) fn is_locked_file(&self, c: usize, ino: Ino) -> bool {
         self.locks.file.is_some() && self.kernels[c].identity.get(&ino) == self.locks.file.as_ref()
@@ -295,7 +295,7 @@ impl Sim {
         self.locks.fault();
     }
 
-    /// Inodes the random workload may use: [`LOCKED`] is the locked
+    /// Inodes the random workload may use: `LOCKED` is the locked
     /// updates' own.
     pub(super) fn workload_kind(&self, c: usize, ino: Ino, kind: FileKind) -> bool {
         kind != FileKind::File || !self.is_locked_file(c, ino)
