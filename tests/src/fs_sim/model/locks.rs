@@ -8,13 +8,13 @@
 //! Two invariants, from the kernels' side:
 //!
 //! 11. **Mutual exclusion**: when a client is granted the lock, no other
-//!    client's kernel holds it (from its grant until it asks to unlock or
-//!    closes). A session that ends loses its locks, as documented, so a
-//!    lock held across a fault (a partition, a crash, a host restart, a
-//!    path move) is void from then on: only locks granted since count.
+//!     client's kernel holds it (from its grant until it asks to unlock or
+//!     closes). A session that ends loses its locks, as documented, so a
+//!     lock held across a fault (a partition, a crash, a host restart, a
+//!     path move) is void from then on: only locks granted since count.
 //! 12. **Data follows the locks**: a read under the lock returns what the
-//!    last holder wrote (committed by its unlock), or something newer,
-//!    even through a handle opened before that holder wrote.
+//!     last holder wrote (committed by its unlock), or something newer,
+//!     even through a handle opened before that holder wrote.
 
 use super::{Ctx, Sim, Violation};
 use wormhole_core::client::{Answer, Fh, Op};
