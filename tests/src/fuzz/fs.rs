@@ -382,7 +382,7 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             fh,
             owner: u64::from(name.as_bytes()[0] % 2),
             range,
-            kind: (n % 3 != 0).then_some(lock_kind),
+            kind: (!n.is_multiple_of(3)).then_some(lock_kind),
             wait: false,
         },
         16 => Op::GetLock {
