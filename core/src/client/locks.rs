@@ -22,7 +22,7 @@ use super::Op;
 
 /// A lock request held until the client's own unlocks of its owner on
 /// its file are answered: the kernel's request, and the host's.
-pub(super) type Parked = (Option<(Req, Op)>, Request);
+pub(super) type Parked = (Req, Op, Request);
 
 /// Owners that may hold locks on files, at most: a program that takes
 /// locks under more owners than this gets ENOLCK.
@@ -133,7 +133,7 @@ impl ClientCore {
         if let Request::SetLock { node, owner, .. } = request
             && let Some((_, parked)) = self.unlocking.get_mut(&(node, owner))
         {
-            parked.push((Some((req, op)), request));
+            parked.push((req, op, request));
             return;
         }
         self.send(now, Purpose::kernel_op(req, &op), request);
@@ -165,8 +165,8 @@ impl ClientCore {
             .remove(&(node, owner))
             .map(|(_, p)| p)
             .unwrap_or_default();
-        for (kernel, request) in parked {
-            self.send_lock(now, kernel, request);
+        for (req, op, request) in parked {
+            self.send_lock(now, Some((req, op)), request);
         }
     }
 
