@@ -9,7 +9,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{
-    FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, OpenAs, ReadFrom, RelPath,
+    BatchOp, FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, OpenAs, ReadFrom, RelPath,
 };
 use wormhole_core::proto::{
     FileKey, FileKind, Name, OpenFor, Owner, SetAttr, SetTime, Timestamp, TxnId, XattrSet,
@@ -123,23 +123,29 @@ fn op(rng: &mut Rng) -> FsOp {
         0 | 1 => FsOp::Stat { path: path(rng) },
         21 => FsOp::StatFs,
         22 => FsOp::Sync,
-        24 => FsOp::CreateFiles {
+        24 => FsOp::Batch {
             dir: path(rng),
-            files: (0..rng.below(4))
-                .map(|_| NewFile {
-                    name: name(NAMES[rng.below(NAMES.len() as u64) as usize]),
-                    mode: *rng.pick(&[0o644, 0o600, 0o2755]),
-                    owner: owner(rng),
-                    times: SetAttr {
-                        size: None,
-                        mode: None,
-                        atime: time(rng),
-                        mtime: time(rng),
-                        uid: None,
-                        gid: None,
-                    },
-                    // Sometimes beyond the largest file.
-                    data: Bytes::from(vec![b'n'; rng.below(MAX_FILE + 50) as usize]),
+            ops: (0..rng.below(4))
+                .map(|_| {
+                    let name = name(NAMES[rng.below(NAMES.len() as u64) as usize]);
+                    if rng.below(3) == 0 {
+                        return BatchOp::Unlink(name);
+                    }
+                    BatchOp::Create(NewFile {
+                        name,
+                        mode: *rng.pick(&[0o644, 0o600, 0o2755]),
+                        owner: owner(rng),
+                        times: SetAttr {
+                            size: None,
+                            mode: None,
+                            atime: time(rng),
+                            mtime: time(rng),
+                            uid: None,
+                            gid: None,
+                        },
+                        // Sometimes beyond the largest file.
+                        data: Bytes::from(vec![b'n'; rng.below(MAX_FILE + 50) as usize]),
+                    })
                 })
                 .collect(),
         },
@@ -289,7 +295,7 @@ enum Norm {
     Xattr(Vec<u8>),
     StatFs,
     Done,
-    Created(Vec<Result<Seen, wormhole_core::proto::Errno>>),
+    Batch(Vec<Result<Seen, wormhole_core::proto::Errno>>),
     /// A result and the directories it changed, as they are after it.
     InDirs(Box<Norm>, Vec<Seen>),
     Err(wormhole_core::proto::Errno),
@@ -308,7 +314,7 @@ fn norm(r: FsResult) -> Norm {
         Ok(FsOk::Xattr(bytes)) => Norm::Xattr(bytes),
         Ok(FsOk::StatFs(_)) => Norm::StatFs,
         Ok(FsOk::Done) => Norm::Done,
-        Ok(FsOk::Created(items)) => Norm::Created(
+        Ok(FsOk::Batch(items)) => Norm::Batch(
             items
                 .iter()
                 .map(|i| i.as_ref().map(seen).map_err(|e| *e))
@@ -508,7 +514,7 @@ fn run(
         // A batch worked if it made a file.
         let failed = match &want {
             Norm::Err(_) => true,
-            Norm::Created(items) => items.iter().all(Result::is_err),
+            Norm::Batch(items) => items.iter().all(Result::is_err),
             _ => false,
         };
         if !failed {
@@ -771,7 +777,7 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             offset,
             len,
         },
-        FsOp::CreateFiles { dir, files } => FsOp::CreateFiles { dir: p(dir), files },
+        FsOp::Batch { dir, ops } => FsOp::Batch { dir: p(dir), ops },
         // Global: its figures depend on the other threads.
         FsOp::StatFs => FsOp::Stat {
             path: RelPath::from(vec![top.clone()]),

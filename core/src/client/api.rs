@@ -507,6 +507,16 @@ pub enum ClientEvent {
         /// Why.
         errno: Errno,
     },
+    /// An unlink this client answered under a directory lease was not
+    /// applied by the host (another client's lock on the file, a disk
+    /// error, or a host restart before it was confirmed): the name may
+    /// still be there.
+    RemoveLost {
+        /// The name.
+        name: Name,
+        /// Why.
+        errno: Errno,
+    },
     /// Given up: every request fails with ENOTCONN until the next
     /// connect.
     Disconnected {

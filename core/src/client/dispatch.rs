@@ -433,6 +433,7 @@ impl ClientCore {
                 }
             }
             Op::Create { .. } if self.create_locally(now, req, &op) => {}
+            Op::Unlink { .. } if self.unlink_locally(now, req, &op) => {}
             Op::Create {
                 parent,
                 name,

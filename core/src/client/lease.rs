@@ -13,7 +13,10 @@
 //! * the file's writes, mode and times go to its write transaction as any
 //!   file's; its whole write, at close, becomes a `CreateFile` in the
 //!   directory's *stream* and the close is answered at once
-//!   ([`ClientCore::stream_whole`]).
+//!   ([`ClientCore::stream_whole`]);
+//! * the unlink of a name its listing holds, if the name is a file of the
+//!   host's that is not a directory and not open here
+//!   ([`ClientCore::unlink_locally`]): an `Unlink` in the stream.
 //!
 //! The stream goes to the host in order as [`Request::Apply`] batches, one
 //! at a time per directory; what closes while one is out gathers into the
@@ -26,6 +29,10 @@
 //! of a handle on it reports it, or, with none left, the mount reports
 //! [`ClientEvent::CreateLost`] and forgets the name.
 //!
+//! An unlink the host refuses (another client's lock on the file, a
+//! disk error) puts the name back: the mount reports
+//! [`ClientEvent::RemoveLost`].
+//!
 //! A recalled, idle or lost lease is given back once its stream is
 //! applied. The node ids outlive a lost lease at the host, so what was
 //! answered is still sent; a name taken meanwhile is refused, never
@@ -35,8 +42,8 @@ use super::{Answer, ClientCore, ClientEvent, ClientOutput, Op, Purpose, Req};
 use crate::Instant;
 use crate::cache::{CacheKey, Value};
 use crate::proto::{
-    Attr, DirEntry, Errno, FileKey, FileKind, FileRef, LeaseOp, LockScope, LockToken, Name, NodeId,
-    NodeRange, Reply, Request, SetAttr, SetTime, Timestamp,
+    Attr, DirEntry, Errno, FileKey, FileKind, FileRef, Invalidation, LeaseOp, LockScope, LockToken,
+    Name, NodeId, NodeRange, Reply, Request, SetAttr, SetTime, Timestamp,
 };
 use crate::vfs::Ino;
 use crate::write::WriteOp;
@@ -45,15 +52,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Creates sent the ordinary way in one directory within [`HOT_WINDOW`]
-/// before a lease is asked for: one file is not worth a lease.
-const HOT_CREATES: u32 = 2;
+/// Creates or unlinks sent the ordinary way in one directory within
+/// [`HOT_WINDOW`] before a lease is asked for: one is not worth a lease.
+const HOT_CHANGES: u32 = 2;
 
-/// See [`HOT_CREATES`].
+/// See [`HOT_CHANGES`].
 const HOT_WINDOW: Duration = Duration::from_secs(2);
 
-/// A lease with no local create for this long is given back, so other
-/// clients need not recall it.
+/// A lease with no local create or unlink for this long is given back,
+/// so other clients need not recall it.
 const IDLE: Duration = Duration::from_secs(2);
 
 /// After a refused lease, how long before asking again for that
@@ -63,8 +70,8 @@ const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
 /// Leases held at once.
 const MAX_LEASES: usize = 16;
 
-/// Files answered here and not yet applied, in all: beyond, creates go
-/// the ordinary way until the host catches up.
+/// Files and unlinks answered here and not yet applied, in all: beyond,
+/// they go the ordinary way until the host catches up.
 const MAX_UNAPPLIED: usize = 4096;
 
 /// Largest file whose content goes in the stream; a larger one is
@@ -72,9 +79,9 @@ const MAX_UNAPPLIED: usize = 4096;
 const MAX_STREAMED_FILE: u64 = 256 << 10;
 
 /// Bytes of file content in one batch (the message is bounded by
-/// [`crate::proto::MAX_WRITE_PIECE`]), and files in one batch.
+/// [`crate::proto::MAX_WRITE_PIECE`]), and operations in one batch.
 const MAX_BATCH_BYTES: usize = 768 << 10;
-const MAX_BATCH_FILES: usize = 512;
+const MAX_BATCH_OPS: usize = 512;
 
 /// Ask for more node ids when fewer than this are left.
 const LOW_IDS: u64 = 64;
@@ -106,10 +113,10 @@ enum State {
     Asking,
     /// Granted; its listing is being read.
     Listing,
-    /// Creates are answered here.
+    /// Creates and unlinks are answered here.
     Held,
     /// Recalled, idle or lost: the stream is finished, then the lease
-    /// given back; no new local create.
+    /// given back; no new local create or unlink.
     Returning,
 }
 
@@ -127,7 +134,7 @@ struct DirLease {
     /// the lease began, plus every name this client made or asked to make
     /// there since. A name not in it does not exist.
     names: BTreeSet<Name>,
-    /// Files closed and waiting to be sent, in order.
+    /// Files closed and names unlinked, waiting to be sent, in order.
     stream: VecDeque<LeaseOp>,
     /// The batch the host is applying.
     in_flight: bool,
@@ -135,7 +142,8 @@ struct DirLease {
     expires_at: Instant,
     refresh_at: Instant,
     refreshing: bool,
-    last_create: Instant,
+    /// The last create or unlink answered here.
+    last_local: Instant,
     /// The lock is gone at the host (expired, or the session's).
     lost: bool,
 }
@@ -154,7 +162,15 @@ struct Unapplied {
     queued: bool,
 }
 
-/// A request waiting for files to be applied.
+/// An unlink answered here and not yet applied by the host.
+#[derive(Debug)]
+struct Unlinked {
+    dir: NodeId,
+    name: Name,
+    parent: Ino,
+}
+
+/// A request waiting for files or unlinks to be applied.
 #[derive(Debug)]
 struct Held {
     waiting_for: BTreeSet<NodeId>,
@@ -167,6 +183,8 @@ struct Held {
 pub(super) struct Leases {
     dirs: BTreeMap<NodeId, DirLease>,
     unapplied: BTreeMap<NodeId, Unapplied>,
+    /// Unlinks answered here, by the node the name held.
+    unlinking: BTreeMap<NodeId, Unlinked>,
     held: Vec<Held>,
     /// Ordinary creates per directory: since when, how many.
     recent: BTreeMap<NodeId, (Instant, u32)>,
@@ -188,6 +206,19 @@ impl Leases {
         self.unapplied.contains_key(&node)
     }
 
+    /// Whether `node` has a create or an unlink answered here and not
+    /// yet applied.
+    fn pending(&self, node: NodeId) -> bool {
+        self.unapplied.contains_key(&node) || self.unlinking.contains_key(&node)
+    }
+
+    /// Operations answered here in `dir`, not yet applied.
+    fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        let made = self.unapplied.iter().filter(move |(_, u)| u.dir == dir);
+        let gone = self.unlinking.iter().filter(move |(_, u)| u.dir == dir);
+        made.map(|(n, _)| *n).chain(gone.map(|(n, _)| *n))
+    }
+
     /// The earliest lease timer.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         // A lost lease has no timer: it only finishes its stream.
@@ -195,27 +226,34 @@ impl Leases {
             .values()
             .filter(|l| l.token.is_some() && !l.lost)
             .map(|l| match l.state {
-                State::Held if !l.refreshing => l.refresh_at.min(l.last_create + IDLE),
+                State::Held if !l.refreshing => l.refresh_at.min(l.last_local + IDLE),
                 _ if !l.refreshing => l.refresh_at,
                 _ => l.expires_at,
             })
             .min()
     }
 
-    /// The invariants: every unapplied file belongs to a lease; every held
-    /// request waits for something unapplied.
+    /// The invariants: every unapplied file and unlink belongs to a
+    /// lease, and no node is both; every held request waits for something
+    /// unapplied.
     pub(super) fn check(&self) -> Result<(), String> {
         for (node, u) in &self.unapplied {
             if !self.dirs.contains_key(&u.dir) {
                 return Err(format!("{node:?} unapplied without its lease"));
             }
+            if self.unlinking.contains_key(node) {
+                return Err(format!("{node:?} both made and unlinked here"));
+            }
+        }
+        if let Some((node, _)) = self
+            .unlinking
+            .iter()
+            .find(|(_, u)| !self.dirs.contains_key(&u.dir))
+        {
+            return Err(format!("unlink of {node:?} without its lease"));
         }
         for h in &self.held {
-            if h.waiting_for.is_empty()
-                || h.waiting_for
-                    .iter()
-                    .any(|n| !self.unapplied.contains_key(n))
-            {
+            if h.waiting_for.is_empty() || h.waiting_for.iter().any(|n| !self.pending(*n)) {
                 return Err(format!("a held request waits for nothing: {:?}", h.request));
             }
         }
@@ -305,9 +343,9 @@ impl ClientCore {
         self.send(now, Purpose::Lease { dir, step }, request);
     }
 
-    /// An ordinary create in `dir` succeeded: the second within
+    /// An ordinary create or unlink in `dir` succeeded: the second within
     /// [`HOT_WINDOW`] asks for a lease there.
-    pub(super) fn created_remotely(&mut self, now: Instant, dir: NodeId) {
+    pub(super) fn changed_remotely(&mut self, now: Instant, dir: NodeId) {
         if !self.cfg.leases || self.leases.dirs.contains_key(&dir) {
             return;
         }
@@ -325,7 +363,7 @@ impl ClientCore {
             *n = 0;
         }
         *n += 1;
-        if *n < HOT_CREATES || self.leases.dirs.len() >= MAX_LEASES {
+        if *n < HOT_CHANGES || self.leases.dirs.len() >= MAX_LEASES {
             return;
         }
         self.leases.recent.remove(&dir);
@@ -350,7 +388,7 @@ impl ClientCore {
                 expires_at: now,
                 refresh_at: now,
                 refreshing: false,
-                last_create: now,
+                last_local: now,
                 lost: false,
             },
         );
@@ -421,7 +459,7 @@ impl ClientCore {
         }
         let node = NodeId(l.next);
         l.next += 1;
-        l.last_create = now;
+        l.last_local = now;
         l.names.insert(name.clone());
         let more = l.end - l.next + l.more.iter().map(|r| u64::from(r.count)).sum::<u64>();
         let ask_more = more < LOW_IDS && !l.asking_more && !l.lost;
@@ -458,6 +496,69 @@ impl ClientCore {
             self.lease_send(now, pnode, LeaseStep::Take, Request::Lease { dir: pnode });
         }
         true
+    }
+
+    /// Answers the kernel's unlink of `name` in `parent` here, if a held
+    /// lease lets it: the name is in the listing, holds a file of the
+    /// host's that is no directory, has no create or unlink of its own
+    /// under way, and is not open here (its writes would race the
+    /// unlink). Returns whether it did.
+    pub(super) fn unlink_locally(&mut self, now: Instant, req: Req, op: &Op) -> bool {
+        let Op::Unlink { parent, name } = op else {
+            return false;
+        };
+        let Some(v) = self.vfs.as_ref() else {
+            return false;
+        };
+        let (Some(pnode), Some(inode)) = (
+            v.node(*parent),
+            v.child(*parent, name).and_then(|c| v.get(c)),
+        ) else {
+            return false;
+        };
+        let node = inode.node;
+        let busy = inode.kind == FileKind::Dir
+            || !inode.bound
+            || inode.open > 0
+            || self.leases.pending(node)
+            || self.handles.values().any(|h| h.node == node)
+            || self.writes.get(&node).is_some_and(|w| !w.is_finished())
+            || self.leases.unapplied.len() + self.leases.unlinking.len() >= MAX_UNAPPLIED;
+        let Some(l) = self.leases.dirs.get_mut(&pnode) else {
+            return false;
+        };
+        if busy || l.state != State::Held || !l.names.remove(name) {
+            return false;
+        }
+        l.last_local = now;
+        l.stream.push_back(LeaseOp::Unlink {
+            node,
+            name: name.clone(),
+        });
+        self.leases.unlinking.insert(
+            node,
+            Unlinked {
+                dir: pnode,
+                name: name.clone(),
+                parent: *parent,
+            },
+        );
+        // What the host's answer would have done, now.
+        self.entries_changed(now, *parent);
+        self.name_removed(now, *parent, name);
+        if let Some(v) = self.vfs.as_mut() {
+            v.unlink(*parent, name);
+        }
+        self.reply(req, Ok(Answer::Done));
+        self.pump_stream(now, pnode);
+        true
+    }
+
+    /// The node named `name` in directory `dir` here, if known.
+    fn child_of(&self, dir: NodeId, name: &Name) -> Option<NodeId> {
+        let v = self.vfs.as_ref()?;
+        let c = v.child(v.ino_of(dir)?, name)?;
+        v.get(c).map(|i| i.node)
     }
 
     /// A write transaction's request for `node`: if it is the whole write
@@ -547,7 +648,7 @@ impl ClientCore {
         if matches!(purpose, Purpose::Lease { .. }) {
             return Some((purpose, request));
         }
-        if self.leases.unapplied.is_empty() {
+        if self.leases.unapplied.is_empty() && self.leases.unlinking.is_empty() {
             self.note_names(&request);
             return Some((purpose, request));
         }
@@ -611,19 +712,19 @@ impl ClientCore {
 
     /// The unapplied files `request` must wait for.
     fn waits_for(&self, request: &Request) -> BTreeSet<NodeId> {
-        let un = &self.leases.unapplied;
-        let node = |n: &NodeId| un.contains_key(n).then_some(*n);
+        let leases = &self.leases;
+        let node = |n: &NodeId| leases.pending(*n).then_some(*n);
+        // The file made as `name`, or the file whose unlink as `name` is
+        // not yet applied (a new name must wait for the old to go).
         let named = |dir: &NodeId, name: &Name| {
-            un.iter()
-                .find(|(_, u)| u.dir == *dir && u.name == *name)
-                .map(|(n, _)| *n)
+            let made = leases.unapplied.iter().map(|(n, u)| (n, u.dir, &u.name));
+            let gone = leases.unlinking.iter().map(|(n, u)| (n, u.dir, &u.name));
+            made.chain(gone)
+                .filter(|(_, d, nm)| d == dir && *nm == name)
+                .map(|(n, _, _)| *n)
+                .collect::<BTreeSet<NodeId>>()
         };
-        let all_in = |dir: &NodeId| -> BTreeSet<NodeId> {
-            un.iter()
-                .filter(|(_, u)| u.dir == *dir)
-                .map(|(n, _)| *n)
-                .collect()
-        };
+        let all_in = |dir: &NodeId| -> BTreeSet<NodeId> { leases.pending_in(*dir).collect() };
         match request {
             Request::GetAttr { node: n }
             | Request::Open { node: n, .. }
@@ -654,8 +755,16 @@ impl ClientCore {
             | Request::Mkdir { parent, name, .. }
             | Request::Symlink { parent, name, .. }
             | Request::Mknod { parent, name, .. }
-            | Request::Unlink { parent, name }
-            | Request::Rmdir { parent, name } => named(parent, name).into_iter().collect(),
+            | Request::Unlink { parent, name } => named(parent, name),
+            // A directory is empty at the host once what was unlinked in
+            // it here is applied.
+            Request::Rmdir { parent, name } => {
+                let mut w = named(parent, name);
+                if let Some(d) = self.child_of(*parent, name) {
+                    w.extend(all_in(&d));
+                }
+                w
+            }
             Request::Rename {
                 parent,
                 name,
@@ -671,8 +780,13 @@ impl ClientCore {
                 name,
             } => node(n).into_iter().chain(named(parent, name)).collect(),
             Request::ReadDir { dir, .. } => all_in(dir),
-            // Durable must include every file answered before it.
-            Request::Sync => un.keys().copied().collect(),
+            // Durable must include everything answered before it.
+            Request::Sync => leases
+                .unapplied
+                .keys()
+                .chain(leases.unlinking.keys())
+                .copied()
+                .collect(),
             _ => BTreeSet::new(),
         }
     }
@@ -708,20 +822,23 @@ impl ClientCore {
             return;
         }
         if l.stream.is_empty() {
-            if l.state == State::Returning && !self.leases.unapplied.values().any(|u| u.dir == dir)
-            {
+            if l.state == State::Returning && self.leases.pending_in(dir).next().is_none() {
                 self.end_lease(now, dir);
             }
             return;
         }
         let mut ops = Vec::new();
         let mut bytes = 0;
-        while let Some(LeaseOp::CreateFile { data, .. }) = l.stream.front() {
-            let full = bytes + data.len() > MAX_BATCH_BYTES || ops.len() >= MAX_BATCH_FILES;
+        while let Some(op) = l.stream.front() {
+            let size = match op {
+                LeaseOp::CreateFile { data, .. } => data.len(),
+                LeaseOp::Unlink { .. } => 0,
+            };
+            let full = bytes + size > MAX_BATCH_BYTES || ops.len() >= MAX_BATCH_OPS;
             if !ops.is_empty() && full {
                 break;
             }
-            bytes += data.len();
+            bytes += size;
             ops.extend(l.stream.pop_front());
         }
         l.in_flight = true;
@@ -806,7 +923,7 @@ impl ClientCore {
             }
             if let Some(l) = self.leases.dirs.get(&dir)
                 && l.state == State::Held
-                && now >= l.last_create + IDLE
+                && now >= l.last_local + IDLE
             {
                 self.return_lease(now, dir);
             }
@@ -927,7 +1044,7 @@ impl ClientCore {
         let fresh = noted.is_subset(&l.names);
         l.names.extend(noted);
         l.state = State::Held;
-        l.last_create = now;
+        l.last_local = now;
         if fresh {
             let _ = self
                 .cache
@@ -942,7 +1059,6 @@ impl ClientCore {
         ops: &[LeaseOp],
         result: Result<Reply, Errno>,
     ) {
-        let nodes = ops.iter().map(|LeaseOp::CreateFile { node, .. }| *node);
         let results: Vec<Result<Attr, Errno>> = match result {
             Ok(Reply::Applied(r)) if r.len() == ops.len() => r,
             Ok(_) => ops.iter().map(|_| Err(Errno::Io)).collect(),
@@ -951,13 +1067,22 @@ impl ClientCore {
         if let Some(l) = self.leases.dirs.get_mut(&dir) {
             l.in_flight = false;
         }
-        for (node, r) in nodes.zip(results) {
-            match r {
-                Ok(attr) if attr.node == node => self.file_applied(now, attr),
-                Ok(_) => self.file_refused(node, Errno::Io),
-                Err(e) => self.file_refused(node, e),
+        for (op, r) in ops.iter().zip(results) {
+            match (op, r) {
+                (LeaseOp::CreateFile { node, .. }, Ok(attr)) if attr.node == *node => {
+                    self.file_applied(now, attr)
+                }
+                (LeaseOp::CreateFile { node, .. }, Ok(_)) => self.file_refused(*node, Errno::Io),
+                (LeaseOp::CreateFile { node, .. }, Err(e)) => self.file_refused(*node, e),
+                // Gone either way: the name is not there.
+                (LeaseOp::Unlink { node, .. }, Ok(_) | Err(Errno::NoEnt)) => {
+                    self.unlink_applied(now, *node)
+                }
+                (LeaseOp::Unlink { node, .. }, Err(e)) => self.unlink_refused(now, *node, e),
             }
         }
+        // The directory's times and link count moved at the host.
+        self.cache.invalidate(now, dir, Invalidation::Attr);
         self.release_held(now);
         self.pump_stream(now, dir);
         debug_assert_eq!(self.leases.check(), Ok(()));
@@ -1035,11 +1160,52 @@ impl ClientCore {
             .push_back(ClientOutput::InvalidateInode { ino: u.ino });
     }
 
+    /// The host removed a name this client unlinked: what it knew of the
+    /// file is out of date (its link count moved).
+    fn unlink_applied(&mut self, now: Instant, node: NodeId) {
+        if self.leases.unlinking.remove(&node).is_some() {
+            self.cache.invalidate(now, node, Invalidation::Attr);
+        }
+    }
+
+    /// The host refused an unlink answered here: the name is back, for
+    /// this client and its kernel, and the mount says so.
+    fn unlink_refused(&mut self, now: Instant, node: NodeId, errno: Errno) {
+        let Some(u) = self.leases.unlinking.remove(&node) else {
+            return;
+        };
+        if let Some(l) = self.leases.dirs.get_mut(&u.dir) {
+            l.names.insert(u.name.clone());
+        }
+        self.out
+            .push_back(ClientOutput::Event(ClientEvent::RemoveLost {
+                name: u.name.clone(),
+                errno,
+            }));
+        self.cache.invalidate(now, u.dir, Invalidation::Entries);
+        self.cache.invalidate(now, node, Invalidation::Attr);
+        self.out.push_back(ClientOutput::InvalidateEntry {
+            parent: u.parent,
+            name: u.name,
+        });
+    }
+
     /// Sends the held requests that no longer wait (in the order held).
     fn release_held(&mut self, now: Instant) {
-        let un = &self.leases.unapplied;
-        for h in &mut self.leases.held {
-            h.waiting_for.retain(|n| un.contains_key(n));
+        let leases = &self.leases;
+        let waiting: Vec<BTreeSet<NodeId>> = leases
+            .held
+            .iter()
+            .map(|h| {
+                h.waiting_for
+                    .iter()
+                    .copied()
+                    .filter(|n| leases.pending(*n))
+                    .collect()
+            })
+            .collect();
+        for (h, w) in self.leases.held.iter_mut().zip(waiting) {
+            h.waiting_for = w;
         }
         let (ready, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.leases.held)
             .into_iter()
@@ -1070,6 +1236,10 @@ impl ClientCore {
         let nodes: Vec<NodeId> = self.leases.unapplied.keys().copied().collect();
         for node in nodes {
             self.file_refused(node, Errno::Io);
+        }
+        let gone: Vec<NodeId> = self.leases.unlinking.keys().copied().collect();
+        for node in gone {
+            self.unlink_refused(now, node, Errno::Io);
         }
         for h in std::mem::take(&mut self.leases.held) {
             self.fail_purpose(now, h.purpose, Errno::Stale);

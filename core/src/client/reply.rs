@@ -342,7 +342,7 @@ impl ClientCore {
             ) => {
                 self.entry_added(now, *parent, name, &attr);
                 if let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) {
-                    self.created_remotely(now, pnode);
+                    self.changed_remotely(now, pnode);
                 }
                 let ino = match self.entry(now, *parent, op, attr.clone(), true) {
                     Ok(ino) => ino,
@@ -440,6 +440,11 @@ impl ClientCore {
                 _,
                 Ok(Reply::Unnamed { .. }),
             ) => {
+                if matches!(op, Op::Unlink { .. })
+                    && let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent))
+                {
+                    self.changed_remotely(now, pnode);
+                }
                 self.entries_changed(now, *parent);
                 self.name_removed(now, *parent, name);
                 if let Some(v) = self.vfs.as_mut() {
@@ -555,7 +560,7 @@ impl ClientCore {
     /// `parent/name` is about to lose its file (unlink, rmdir, a rename
     /// over it): the file is gone, or, where it has other names, its
     /// link count and ctime changed.
-    fn name_removed(&mut self, now: Instant, parent: Ino, name: &Name) {
+    pub(super) fn name_removed(&mut self, now: Instant, parent: Ino, name: &Name) {
         let Some(node) = self.child_node(parent, name) else {
             return;
         };
@@ -577,7 +582,7 @@ impl ClientCore {
         self.cache.invalidate(now, node, what);
     }
 
-    fn entries_changed(&mut self, now: Instant, dir: Ino) {
+    pub(super) fn entries_changed(&mut self, now: Instant, dir: Ino) {
         if let Some(node) = self.vfs.as_ref().and_then(|v| v.node(dir)) {
             self.cache.invalidate(now, node, Invalidation::Entries);
         }

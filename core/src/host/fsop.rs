@@ -144,7 +144,7 @@ pub enum ReadFrom {
     Handle(FsHandle),
 }
 
-/// One file of [`FsOp::CreateFiles`].
+/// A new file of a [`BatchOp::Create`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewFile {
     /// Its name.
@@ -158,6 +158,20 @@ pub struct NewFile {
     pub times: SetAttr,
     /// Its content.
     pub data: Bytes,
+}
+
+/// One operation of [`FsOp::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// A new regular file, made as one inode: its content, mode and times
+    /// written to a hidden file which is then linked at its name only if
+    /// the name is free (EEXIST otherwise), the data ordered before the
+    /// name as a commit's is. Its result is the new file's attributes.
+    Create(NewFile),
+    /// Remove a name that does not hold a directory (EISDIR if it does),
+    /// as [`FsOp::Unlink`]. Its result is the attributes the file had,
+    /// its link count less one.
+    Unlink(Name),
 }
 
 /// One operation on the shared folder.
@@ -404,16 +418,14 @@ pub enum FsOp {
         /// The transaction.
         txn: TxnId,
     },
-    /// New regular files in `dir`, in order, each made as one inode: its
-    /// content, mode and times written to a hidden file which is then
-    /// linked at its name only if the name is free (EEXIST otherwise), the
-    /// data ordered before the name as a commit's is. One result per
-    /// file, in [`FsOk::Created`].
-    CreateFiles {
+    /// Operations in `dir` a lease holder answered itself
+    /// ([`BatchOp`]), run in order, each on its own: one result per
+    /// operation, in [`FsOk::Batch`].
+    Batch {
         /// The directory.
         dir: RelPath,
-        /// The files.
-        files: Vec<NewFile>,
+        /// The operations.
+        ops: Vec<BatchOp>,
     },
     /// Make every change whose result was reported before this operation
     /// was issued durable (the group commit): answered `Done` once the
@@ -464,7 +476,7 @@ impl FsOp {
                 | FsOp::RemoveXattr { .. }
                 | FsOp::SetAttr { .. }
                 | FsOp::StageCommit { .. }
-                | FsOp::CreateFiles { .. }
+                | FsOp::Batch { .. }
         )
     }
 }
@@ -494,8 +506,8 @@ pub enum FsOk {
     Xattr(Vec<u8>),
     /// Statistics (StatFs).
     StatFs(StatFs),
-    /// One outcome per file of [`FsOp::CreateFiles`], in order.
-    Created(Vec<Result<FsAttr, Errno>>),
+    /// One outcome per operation of [`FsOp::Batch`], in order.
+    Batch(Vec<Result<FsAttr, Errno>>),
     /// Done (Close, Unlink, Rmdir, Rename, StageBegin, StageWrite,
     /// StageCopy, StageTruncate, StageAbort, Sync).
     Done,

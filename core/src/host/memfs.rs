@@ -19,7 +19,9 @@
 //! before (at least by a nanosecond), so a change in place always moves
 //! the file's modification time, as a [`FileStamp`] needs.
 
-use super::fsop::{FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath};
+use super::fsop::{
+    BatchOp, FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath,
+};
 use crate::proto::{
     CAPABILITY_XATTR, Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId,
     XattrSet,
@@ -456,7 +458,7 @@ impl MemFs {
     /// Executes one operation.
     pub fn execute(&mut self, op: FsOp) -> FsResult {
         self.tick();
-        if let FsOp::CreateFiles { dir, files } = op {
+        if let FsOp::Batch { dir, ops } = op {
             // A directory that is not there fails the whole batch.
             let parent = self.resolve(&dir)?;
             match self.inodes.get(&parent).map(|d| d.kind) {
@@ -465,20 +467,23 @@ impl MemFs {
                 Some(FileKind::Symlink) => return Err(Errno::Loop),
                 _ => return Err(Errno::NotDir),
             }
-            // Each file is its own mutation: a crash keeps a prefix of
-            // them, as of any other operations.
-            let items = files
+            // Each operation is its own mutation: a crash keeps a prefix
+            // of them, as of any other operations.
+            let items = ops
                 .into_iter()
-                .map(|f| {
+                .map(|op| {
                     self.tick();
-                    let made = self.create_file(parent, f);
-                    if made.is_ok() {
+                    let done = match op {
+                        BatchOp::Create(f) => self.create_file(parent, f),
+                        BatchOp::Unlink(name) => self.unlink_in(parent, &name),
+                    };
+                    if done.is_ok() {
                         self.mutated();
                     }
-                    made
+                    done
                 })
                 .collect();
-            return Ok(FsOk::Created(items));
+            return Ok(FsOk::Batch(items));
         }
         let mutation = op.mutates();
         let dirs = op.dirs_changed();
@@ -550,7 +555,22 @@ impl MemFs {
         node
     }
 
-    /// One file of [`FsOp::CreateFiles`]: a new inode with its content,
+    /// A [`BatchOp::Unlink`]: the attributes the file had, its link count
+    /// less one.
+    fn unlink_in(&mut self, parent: u64, name: &Name) -> Result<FsAttr, Errno> {
+        let d = self.inodes.get(&parent).ok_or(Errno::NoEnt)?;
+        let ino = *d.children.get(name).ok_or(Errno::NoEnt)?;
+        let mut attr = self.attr(ino)?;
+        if attr.kind == FileKind::Dir {
+            return Err(Errno::IsDir);
+        }
+        attr.nlink = attr.nlink.saturating_sub(1);
+        self.detach(parent, name);
+        self.collect();
+        Ok(attr)
+    }
+
+    /// A [`BatchOp::Create`]: a new inode with its content,
     /// at its name only if the name is free.
     fn create_file(&mut self, parent: u64, f: NewFile) -> Result<FsAttr, Errno> {
         if f.data.len() as u64 > self.max_file {
@@ -1079,7 +1099,7 @@ impl MemFs {
                 Ok(FsOk::Done)
             }
             // Run by `execute`, file by file.
-            FsOp::CreateFiles { .. } => Err(Errno::Inval),
+            FsOp::Batch { .. } => Err(Errno::Inval),
             FsOp::Sync => {
                 if let Some((errno, left)) = self.failing {
                     // A failing disk fails the flush too; nothing is

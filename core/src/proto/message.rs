@@ -416,6 +416,17 @@ pub enum LeaseOp {
         #[serde(with = "codec::shared")]
         data: Bytes,
     },
+    /// Remove the name `name`, which the holder saw naming `node`, a file
+    /// that is not a directory (an unlink the holder answered itself).
+    /// The name goes whatever it names by then, as an ordinary unlink's
+    /// does; the result is the node's attributes with its link count
+    /// less one.
+    Unlink {
+        /// The node the name held when the holder answered.
+        node: NodeId,
+        /// Its name in the leased directory.
+        name: Name,
+    },
 }
 
 /// Node ids reserved for one lease: `first` and the `count - 1` after it.

@@ -78,6 +78,11 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
              there. A program on the host may have made that name meanwhile, or its disk is full.",
             String::from_utf8_lossy(name.as_bytes())
         ),
+        ClientEvent::RemoveLost { ref name, errno } => format!(
+            "The host did not remove {:?} ({errno}) after the mount said it had: the name may \
+             still be there. Another client may hold a lock on it, or the host restarted.",
+            String::from_utf8_lossy(name.as_bytes())
+        ),
         ClientEvent::Retrying { attempt, delay } => {
             format!(
                 "Reconnect attempt {attempt} in {:.1} s.",

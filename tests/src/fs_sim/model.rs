@@ -8,7 +8,7 @@ use wormhole_core::Instant;
 use wormhole_core::cache::Kind;
 use wormhole_core::client::{Answer, ClientConfig, ClientEvent, Fh, Op, Req};
 use wormhole_core::host::memfs::MemFs;
-use wormhole_core::host::{FsAttr, FsOk, FsOp, HostConfig, RelPath};
+use wormhole_core::host::{BatchOp, FsAttr, FsOk, FsOp, HostConfig, RelPath};
 use wormhole_core::lock::scope_node;
 use wormhole_core::proto::{
     Attr, Errno, FileKey, FileKind, LockKind, LockScope, Name, NodeId, SetAttr, SetTime,
@@ -100,6 +100,8 @@ pub struct FsStats {
     /// Files a client created under a directory lease and the host
     /// applied from its stream.
     pub files_streamed: u64,
+    /// Unlinks answered under a directory lease and applied by the host.
+    pub unlinks_streamed: u64,
     /// Acknowledged closes checked once the host applied what they
     /// covered (a lease holder answers closes before that).
     pub acks_deferred: u64,
@@ -149,6 +151,7 @@ impl FsStats {
         self.path_moves += o.path_moves;
         self.converged += o.converged;
         self.files_streamed += o.files_streamed;
+        self.unlinks_streamed += o.unlinks_streamed;
         self.acks_deferred += o.acks_deferred;
         self.creates_lost += o.creates_lost;
     }
@@ -961,6 +964,11 @@ impl Sim {
     pub fn restart_host(&mut self) -> Result<(), Violation> {
         self.note(|| "host restart".to_string());
         self.w.restart_host();
+        // The new host reserves node ids anew, so a file made under a
+        // lease from now on may get the node id (and so the made-up key)
+        // of one made before: those keys name nobody now (a new session
+        // ends every lease, and files not applied are refused).
+        self.files.by_key.retain(|k, _| k.dev != LOCAL_DEV);
         self.check()
     }
 
@@ -1273,14 +1281,17 @@ impl Sim {
                     }
                 }
             }
-            (FsOp::CreateFiles { dir, files }, Ok(FsOk::Created(items))) => {
+            (FsOp::Batch { dir, ops }, Ok(FsOk::Batch(items))) => {
                 let nodes = self.w.host.nodes();
                 let parent = dir
                     .names()
                     .iter()
                     .try_fold(NodeId::ROOT, |at, n| nodes.child(at, n));
-                for (new, made) in files.iter().zip(items) {
-                    let Ok(a) = made else {
+                for (op, made) in ops.iter().zip(items) {
+                    let (BatchOp::Create(new), Ok(a)) = (op, made) else {
+                        if let (BatchOp::Unlink(_), Ok(_)) = (op, made) {
+                            self.stats.unlinks_streamed += 1;
+                        }
                         continue;
                     };
                     // The file its client has handed out under the node

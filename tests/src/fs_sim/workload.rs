@@ -91,6 +91,32 @@ fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Res
     Ok(())
 }
 
+/// What `rm -r` does: every name of a directory looked up and unlinked,
+/// one after another (a client that unlinks several takes a directory
+/// lease and answers them itself).
+fn sweep(sim: &mut Sim, c: usize, dir: Ino) -> Result<(), Violation> {
+    for n in NAMES {
+        let n = Name::new(n).unwrap_or_else(|e| panic!("{e}"));
+        sim.op(
+            c,
+            Op::Lookup {
+                parent: dir,
+                name: n.clone(),
+            },
+        )?;
+        sim.advance(Duration::from_millis(20))?;
+        sim.op(
+            c,
+            Op::Unlink {
+                parent: dir,
+                name: n,
+            },
+        )?;
+        sim.advance(Duration::from_millis(5))?;
+    }
+    Ok(())
+}
+
 /// Runs seed `seed`: random world and workload, then liveness. With
 /// `trace`, records the trace (printing it as it goes if `echo`).
 pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violation>) {
@@ -186,10 +212,11 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                     },
                 )?;
             }
-            150..175 => {
+            150..168 => {
                 tag += 1;
                 burst(sim, rng, c, dir, &mut tag)?;
             }
+            168..175 => sweep(sim, c, dir)?,
             175..220 => {
                 let n = name(rng, false);
                 sim.op(
@@ -571,6 +598,10 @@ impl Simulation for FsSim {
             ("record locks granted to locked updates", s.locks_granted),
             ("reads under a record lock checked", s.locked_reads),
             ("files created under a directory lease", s.files_streamed),
+            (
+                "unlinks answered under a directory lease",
+                s.unlinks_streamed,
+            ),
             (
                 "closes acknowledged before their lease's stream",
                 s.acks_deferred,

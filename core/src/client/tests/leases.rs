@@ -332,3 +332,151 @@ fn a_listing_shows_the_size_of_files_written_here() {
         assert_eq!(item.attr.size, d.len() as u64, "{n}'s size as listed");
     }
 }
+
+fn unlink(w: &mut World, c: usize, parent: Ino, n: &str) -> Result<Answer, Errno> {
+    w.call(
+        c,
+        Op::Unlink {
+            parent,
+            name: name(n),
+        },
+    )
+}
+
+#[test]
+fn unlinks_in_a_leased_directory_need_no_round_trip_and_reach_the_host() {
+    let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    let mut w = World::new(
+        7,
+        disk(&files),
+        2,
+        HostConfig::default(),
+        ClientConfig {
+            leases: true,
+            ..ClientConfig::default()
+        },
+    );
+    // `rm` looks each name up first (the kernel does).
+    for n in &names {
+        lookup(&mut w, 0, Ino::ROOT, n).expect("there");
+    }
+    // Two unlinks the ordinary way earn a lease.
+    for n in &names[..2] {
+        assert_eq!(unlink(&mut w, 0, Ino::ROOT, n), Ok(Answer::Done));
+    }
+    w.settle();
+    assert_eq!(w.host.leases(), 1, "two unlinks earn a lease");
+    let sent = w.clients[0].sent;
+    for n in &names[2..] {
+        assert_eq!(unlink(&mut w, 0, Ino::ROOT, n), Ok(Answer::Done));
+        assert_eq!(
+            lookup(&mut w, 0, Ino::ROOT, n).map(|_| ()),
+            Err(Errno::NoEnt),
+            "{n} is gone here at once"
+        );
+    }
+    let during = w.clients[0].sent - sent;
+    assert!(during < 18, "{during} requests for 18 unlinks: batched");
+    // A name unlinked here can be made again here: after the unlink.
+    save(&mut w, 0, "u7", b"new").expect("saved");
+    w.settle();
+    for n in &names {
+        let want = (n == "u7").then(|| b"new".to_vec());
+        assert_eq!(on_disk(&w, n), want, "{n} on the host");
+    }
+    // Another client's look recalls the lease: it sees the host's truth.
+    assert_eq!(
+        lookup(&mut w, 1, Ino::ROOT, "u3").map(|_| ()),
+        Err(Errno::NoEnt)
+    );
+    assert!(lookup(&mut w, 1, Ino::ROOT, "u7").is_ok());
+}
+
+#[test]
+fn a_directory_emptied_here_is_removed_once_its_unlinks_are_applied() {
+    let mut w = leasing(1);
+    let Ok(Answer::Entry { ino: d, .. }) = w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: None,
+        },
+    ) else {
+        panic!("mkdir")
+    };
+    let mut saved = Vec::new();
+    for i in 0..6 {
+        let n = format!("f{i}");
+        let (ino, fh) = match w.call(
+            0,
+            Op::Create {
+                parent: d,
+                name: name(&n),
+                mode: 0o644,
+                exclusive: true,
+                truncate: false,
+                caller: None,
+            },
+        ) {
+            Ok(Answer::Created { ino, fh, .. }) => (ino, fh),
+            other => panic!("{other:?}"),
+        };
+        write(&mut w, 0, fh, 0, b"data");
+        w.call(0, Op::Release { fh }).expect("closed");
+        saved.push((n, ino));
+    }
+    w.settle();
+    assert_eq!(w.clients[0].core.unapplied(), 0);
+    let sent = w.clients[0].sent;
+    for (n, _) in &saved {
+        assert_eq!(unlink(&mut w, 0, d, n), Ok(Answer::Done));
+    }
+    assert!(w.clients[0].sent - sent < 6, "answered under the lease");
+    // rmdir waits for the stream: the host would find the files there.
+    assert_eq!(
+        w.call(
+            0,
+            Op::Rmdir {
+                parent: Ino::ROOT,
+                name: name("d"),
+            }
+        ),
+        Ok(Answer::Done)
+    );
+    let gone = w.disk.execute(crate::host::FsOp::Stat {
+        path: RelPath::from(vec![name("d")]),
+    });
+    assert_eq!(gone, Err(Errno::NoEnt));
+}
+
+#[test]
+fn an_unlink_the_host_never_applied_brings_the_name_back_and_is_reported() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    lookup(&mut w, 0, Ino::ROOT, "old").expect("old");
+    // Answered here while the batch cannot reach the host, which then
+    // restarts: the old session, its lease and the unlink are gone.
+    w.silence(0);
+    assert_eq!(unlink(&mut w, 0, Ino::ROOT, "old"), Ok(Answer::Done));
+    w.crash_host();
+    w.restart_host();
+    w.heal();
+    w.run_for(Duration::from_secs(30));
+    let events = std::mem::take(&mut w.clients[0].events);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ClientEvent::RemoveLost { name: n, errno: Errno::Io } if n.as_bytes() == b"old"
+        )),
+        "reported: {events:?}"
+    );
+    assert_eq!(on_disk(&w, "old"), Some(b"here before".to_vec()));
+    // The name is back: looked up at the host again.
+    let (ino, attr) = lookup(&mut w, 0, Ino::ROOT, "old").expect("back");
+    assert_eq!(attr.size, 11);
+    let fh = open(&mut w, 0, ino);
+    assert_eq!(read_all(&mut w, 0, fh, 11), b"here before".to_vec());
+}

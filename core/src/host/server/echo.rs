@@ -16,6 +16,7 @@
 //! then see it when their cached attributes expire.
 
 use super::*;
+use crate::host::fsop::BatchOp;
 
 /// How long after the host's own change a report of its path is checked
 /// against it; later reports are announced.
@@ -45,6 +46,8 @@ enum Leaves {
     Gone,
     /// The file the `i`th result of a batch describes.
     Item(usize),
+    /// Nothing, if the `i`th operation of a batch succeeded.
+    ItemGone(usize),
 }
 
 /// The host's own changes by path (see the module docs).
@@ -75,10 +78,13 @@ impl Echoes {
             // which the result does not describe: its target's report is
             // announced.
             FsOp::Rename { from, .. } => vec![(from.clone(), Leaves::Gone)],
-            FsOp::CreateFiles { dir, files } => files
+            FsOp::Batch { dir, ops } => ops
                 .iter()
                 .enumerate()
-                .map(|(i, f)| (dir.join(&f.name), Leaves::Item(i)))
+                .map(|(i, op)| match op {
+                    BatchOp::Create(f) => (dir.join(&f.name), Leaves::Item(i)),
+                    BatchOp::Unlink(name) => (dir.join(name), Leaves::ItemGone(i)),
+                })
                 .collect(),
             _ => return,
         };
@@ -101,8 +107,15 @@ impl Echoes {
                 (Leaves::Result, Ok(FsOk::Attr(a) | FsOk::Opened(a, _))) => {
                     Left::File(FileStamp::from(a))
                 }
-                (Leaves::Item(i), Ok(FsOk::Created(items))) => match items.get(i) {
+                (Leaves::Item(i), Ok(FsOk::Batch(items))) => match items.get(i) {
                     Some(Ok(a)) => Left::File(FileStamp::from(a)),
+                    _ => {
+                        self.left.remove(&path);
+                        continue;
+                    }
+                },
+                (Leaves::ItemGone(i), Ok(FsOk::Batch(items))) => match items.get(i) {
+                    Some(Ok(_)) => Left::Gone,
                     _ => {
                         self.left.remove(&path);
                         continue;

@@ -24,12 +24,13 @@
 //!   does so once everything is applied) or with the session; ranges
 //!   count against [`MAX_LEASES_PER_SESSION`].
 //! * **Apply.** The holder's batches of operations it answered itself,
-//!   run in order as one file operation ([`FsOp::CreateFiles`]); each new
-//!   file becomes the node the holder gave it. A batch is a change of the
+//!   run in order as one file operation ([`FsOp::Batch`]); each new
+//!   file becomes the node the holder gave it, each unlinked name is
+//!   forgotten. A batch is a change of the
 //!   directory's entries: it waits while another session leases it.
 
 use super::*;
-use crate::host::fsop::NewFile;
+use crate::host::fsop::{BatchOp, NewFile};
 use crate::proto::{LeaseOp, NodeRange};
 
 /// Node ids reserved per lease. A holder that uses them up takes a new
@@ -45,6 +46,17 @@ pub(super) const MAX_PARKED: usize = 4096;
 /// Applied batches remembered per session, for a batch sent again after
 /// a lost reply.
 const APPLIED_MEMORY: usize = 16;
+
+/// One operation of a batch being applied, for its result.
+#[derive(Debug)]
+pub(crate) enum BatchStep {
+    /// A new file, to become this node.
+    Made(NodeId, Name),
+    /// A name removed, which held this node.
+    Unnamed(NodeId, Name),
+    /// Refused before it ran.
+    Refused(Errno),
+}
 
 /// One lease.
 #[derive(Debug)]
@@ -496,38 +508,57 @@ impl HostServer {
         }
         let owners = self.cfg.owners;
         let mut reserved = s.reserved.clone();
-        let mut files = Vec::with_capacity(ops.len());
-        let mut made = Vec::with_capacity(ops.len());
+        let mut fs_ops = Vec::with_capacity(ops.len());
+        let mut steps = Vec::with_capacity(ops.len());
         for op in ops {
-            let LeaseOp::CreateFile {
-                node,
-                name,
-                mode,
-                owner,
-                times,
-                data,
-            } = op;
-            let owner = super::requests::owner_to_give(owners, owner)?;
-            let r = reserved
-                .range_mut(..=node.0)
-                .next_back()
-                .map(|(_, r)| r)
-                .filter(|r| node.0 >= r.unused && node.0 < r.end)
-                .ok_or(Errno::Inval)?;
-            r.unused = node.0 + 1;
-            visible(&name)?;
-            if times.chowns() || times.size.is_some() || times.mode.is_some() {
-                return Err(Errno::Inval);
+            match op {
+                LeaseOp::CreateFile {
+                    node,
+                    name,
+                    mode,
+                    owner,
+                    times,
+                    data,
+                } => {
+                    let owner = super::requests::owner_to_give(owners, owner)?;
+                    let r = reserved
+                        .range_mut(..=node.0)
+                        .next_back()
+                        .map(|(_, r)| r)
+                        .filter(|r| node.0 >= r.unused && node.0 < r.end)
+                        .ok_or(Errno::Inval)?;
+                    r.unused = node.0 + 1;
+                    visible(&name)?;
+                    if times.chowns() || times.size.is_some() || times.mode.is_some() {
+                        return Err(Errno::Inval);
+                    }
+                    steps.push(BatchStep::Made(node, name.clone()));
+                    fs_ops.push(BatchOp::Create(NewFile {
+                        name,
+                        mode: mode & 0o7777,
+                        times,
+                        data,
+                        owner,
+                    }));
+                }
+                LeaseOp::Unlink { node, name } => {
+                    visible(&name)?;
+                    // As an ordinary unlink: not while another session
+                    // holds a lock on the file.
+                    let child = self.nodes.child(dir, &name);
+                    match child.map_or(Ok(()), |c| self.guard(session, c, false)) {
+                        Ok(()) => {
+                            steps.push(BatchStep::Unnamed(child.unwrap_or(node), name.clone()));
+                            fs_ops.push(BatchOp::Unlink(name));
+                        }
+                        Err(e) => steps.push(BatchStep::Refused(e)),
+                    }
+                }
             }
-            made.push((node, name.clone()));
-            files.push(NewFile {
-                name,
-                mode: mode & 0o7777,
-                times,
-                data,
-                owner,
-            });
         }
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return Err(Errno::BadF);
+        };
         s.reserved = reserved;
         s.applying.insert(tag, vec![id]);
         self.leases.applying.insert((session, dir), tag);
@@ -536,37 +567,62 @@ impl HostServer {
                 session,
                 dir,
                 tag,
-                made,
+                steps,
             },
-            FsOp::CreateFiles { dir: path, files },
+            FsOp::Batch {
+                dir: path,
+                ops: fs_ops,
+            },
         );
         Ok(())
     }
 
     /// A batch of [`Self::apply`] finished: its new files become their
-    /// nodes. Returns the requests that asked for it and their reply.
+    /// nodes, its removed names are forgotten. Returns the requests that
+    /// asked for it and their reply.
     pub(super) fn lease_applied(
         &mut self,
         session: SessionId,
         dir: NodeId,
         tag: u64,
-        made: Vec<(NodeId, Name)>,
+        steps: Vec<BatchStep>,
         result: FsResult,
     ) -> (Vec<RequestId>, Result<Reply, Errno>) {
-        let results: Vec<Result<Attr, Errno>> = match result {
-            Ok(FsOk::Created(items)) if items.len() == made.len() => made
-                .iter()
-                .zip(items)
-                .map(|((node, name), item)| {
-                    item.map(|a| {
-                        self.nodes.bind(*node, dir, name, a.key, a.kind);
-                        to_attr(*node, &a)
+        let ran = steps
+            .iter()
+            .filter(|s| !matches!(s, BatchStep::Refused(_)))
+            .count();
+        let mut items = match result {
+            Ok(FsOk::Batch(items)) if items.len() == ran => items.into_iter().map(Some).collect(),
+            Ok(_) => vec![Some(Err(Errno::Io)); ran],
+            Err(e) => vec![Some(Err(e)); ran],
+        }
+        .into_iter();
+        let mut changed = false;
+        let mut results = Vec::with_capacity(steps.len());
+        for step in steps {
+            let r = match step {
+                BatchStep::Refused(e) => Err(e),
+                BatchStep::Made(node, name) => {
+                    items.next().flatten().unwrap_or(Err(Errno::Io)).map(|a| {
+                        changed = true;
+                        self.nodes.bind(node, dir, &name, a.key, a.kind);
+                        to_attr(node, &a)
                     })
-                })
-                .collect(),
-            Ok(_) => made.iter().map(|_| Err(Errno::Io)).collect(),
-            Err(e) => made.iter().map(|_| Err(e)).collect(),
-        };
+                }
+                BatchStep::Unnamed(node, name) => {
+                    items.next().flatten().unwrap_or(Err(Errno::Io)).map(|a| {
+                        changed = true;
+                        self.unnamed(session, dir, &name);
+                        to_attr(node, &a)
+                    })
+                }
+            };
+            results.push(r);
+        }
+        if changed {
+            self.broadcast(Some(session), dir, Invalidation::Entries);
+        }
         self.leases.applying.remove(&(session, dir));
         let mut ids = Vec::new();
         if let Some(s) = self.sessions.get_mut(&session) {

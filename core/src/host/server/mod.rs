@@ -271,13 +271,12 @@ enum Purpose {
         id: RequestId,
         then: ReplyAs,
     },
-    /// A lease holder's batch ([`lease`]): the files it made and their
-    /// nodes.
+    /// A lease holder's batch ([`lease`]): what each operation was.
     Applied {
         session: SessionId,
         dir: NodeId,
         tag: u64,
-        made: Vec<(NodeId, Name)>,
+        steps: Vec<lease::BatchStep>,
     },
 }
 

@@ -73,7 +73,12 @@ impl HostServer {
     /// covers it: with `entries`, a directory-entry change (a Directory or
     /// Subtree lock on it, or a subtree lock above it, blocks it); without,
     /// a change to the node itself (any lock on it or a subtree above).
-    fn guard(&self, session: SessionId, node: NodeId, entries: bool) -> Result<(), Errno> {
+    pub(super) fn guard(
+        &self,
+        session: SessionId,
+        node: NodeId,
+        entries: bool,
+    ) -> Result<(), Errno> {
         let ancestors = self.nodes.ancestors(node);
         for lock in self.locks.locks() {
             if lock.session == session {

@@ -37,9 +37,9 @@ impl HostServer {
                 session,
                 dir,
                 tag,
-                made,
+                steps,
             } => {
-                let (ids, reply) = self.lease_applied(session, dir, tag, made, result);
+                let (ids, reply) = self.lease_applied(session, dir, tag, steps, result);
                 for id in ids {
                     if hold {
                         self.after_sync(now, session, id, reply.clone());
@@ -160,7 +160,7 @@ impl HostServer {
     /// `parent/name` was removed by `session`: other sessions learn which
     /// nodes went with it, or, where the file keeps other names, that
     /// its link count changed.
-    fn unnamed(&mut self, session: SessionId, parent: NodeId, name: &Name) {
+    pub(super) fn unnamed(&mut self, session: SessionId, parent: NodeId, name: &Name) {
         let node = self.nodes.child(parent, name);
         let gone = self.nodes.remove(parent, name);
         self.told_gone(session, node, gone);

@@ -495,3 +495,81 @@ fn the_holders_own_batch_is_no_local_change() {
     r.pump();
     assert_eq!(recalls(&r, holder), vec![], "no recall for an echo");
 }
+
+#[test]
+fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
+    let mut r = rig();
+    let holder = r.client(1);
+    let other = r.client(2);
+    let d = r.lookup(holder, NodeId::ROOT, "d").expect("d");
+    let f = r.lookup(holder, d.node, "f").expect("f");
+    let (_, nodes) = lease(&mut r, holder, d.node).expect("leased");
+    let one = nth(nodes, 0);
+    let unlink = |node, n: &str| LeaseOp::Unlink {
+        node,
+        name: name(n),
+    };
+    // Made, unlinked, made again under the same name: in order.
+    let results = applied(r.call(
+        holder,
+        Request::Apply {
+            dir: d.node,
+            tag: 1,
+            ops: vec![
+                new_file(one, "tmp", b"first"),
+                unlink(one, "tmp"),
+                new_file(nth(nodes, 1), "tmp", b"second"),
+                unlink(f.node, "f"),
+            ],
+        },
+    ));
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[1].as_ref().map(|a| (a.node, a.nlink)), Ok((one, 0)));
+    assert!(results[2].is_ok());
+    assert_eq!(results[3].as_ref().map(|a| a.node), Ok(f.node));
+    assert_eq!(r.disk.read_file(&path(&["d", "tmp"])), Some(&b"second"[..]));
+    assert_eq!(r.disk.read_file(&path(&["d", "f"])), None);
+    assert_eq!(r.host.nodes().child(d.node, &name("f")), None, "forgotten");
+    assert_eq!(
+        r.call(holder, Request::GetAttr { node: f.node }),
+        Err(Errno::Stale)
+    );
+    // A file another session holds the lock of is not unlinked, as an
+    // ordinary unlink would not be; the rest of the batch runs.
+    let tmp = nth(nodes, 1);
+    r.lock(other, tmp);
+    let results = applied(r.call(
+        holder,
+        Request::Apply {
+            dir: d.node,
+            tag: 2,
+            ops: vec![unlink(tmp, "tmp"), unlink(tmp, "gone")],
+        },
+    ));
+    assert_eq!(results, vec![Err(Errno::Busy), Err(Errno::NoEnt)]);
+    assert_eq!(r.disk.read_file(&path(&["d", "tmp"])), Some(&b"second"[..]));
+    // A directory is not unlinked.
+    let ops = vec![LeaseOp::Unlink {
+        node: d.node,
+        name: name("sub"),
+    }];
+    r.call(
+        holder,
+        Request::Mkdir {
+            parent: d.node,
+            name: name("sub"),
+            mode: 0o755,
+            owner: None,
+        },
+    )
+    .expect("made");
+    let results = applied(r.call(
+        holder,
+        Request::Apply {
+            dir: d.node,
+            tag: 3,
+            ops,
+        },
+    ));
+    assert_eq!(results, vec![Err(Errno::IsDir)]);
+}

@@ -167,6 +167,25 @@ fn every_request() -> Vec<Request> {
             kind: LockKind::Shared,
         },
         Request::Statfs,
+        Request::Lease { dir: NodeId(2) },
+        Request::Apply {
+            dir: NodeId(2),
+            tag: 3,
+            ops: vec![
+                LeaseOp::Unlink {
+                    node: NodeId(9),
+                    name: name("old.txt"),
+                },
+                LeaseOp::CreateFile {
+                    node: NodeId(1025),
+                    name: name("new.txt"),
+                    mode: 0o644,
+                    owner: None,
+                    times: SetAttr::default(),
+                    data: Bytes::from_static(b"hi"),
+                },
+            ],
+        },
         Request::AcquireLock {
             scope: LockScope::File(NodeId(5)),
             kind: LockKind::Exclusive,

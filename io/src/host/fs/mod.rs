@@ -131,7 +131,7 @@ pub struct HostFs {
     /// file is durable ([`durability`]); otherwise a commit flushes the
     /// staged copy before its rename.
     ordered: bool,
-    /// Numbers the staging names of [`FsOp::CreateFiles`].
+    /// Numbers the staging names of [`FsOp::Batch`]'s new files.
     next_new: std::sync::atomic::AtomicU64,
     /// `/proc/self/fd`: an `O_PATH` descriptor is opened again through
     /// it, once its type is known ([`HostFs::regular`]).
@@ -411,7 +411,7 @@ impl HostFs {
                 lock(&self.staged).remove(&txn);
                 Ok(FsOk::Done)
             }
-            FsOp::CreateFiles { dir, files } => self.create_files(&dir, files),
+            FsOp::Batch { dir, ops } => self.batch(&dir, ops),
             FsOp::Sync => {
                 rfs::syncfs(&self.root).map_err(sys)?;
                 Ok(FsOk::Done)

@@ -11,9 +11,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 use wormhole_core::host::{
-    FileStamp, FsAttr, FsOk, FsResult, NewFile, RESERVED_PREFIX, ReadFrom, RelPath,
+    BatchOp, FileStamp, FsAttr, FsOk, FsResult, NewFile, RESERVED_PREFIX, ReadFrom, RelPath,
 };
-use wormhole_core::proto::{Errno, FileKind, SetAttr, TxnId};
+use wormhole_core::proto::{Errno, FileKind, Name, SetAttr, TxnId};
 
 use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys, times};
 
@@ -314,18 +314,22 @@ impl HostFs {
         fd_attr(&file)
     }
 
-    /// [`FsOp::CreateFiles`](wormhole_core::host::FsOp::CreateFiles): each
-    /// file written whole under a staging name, then linked at its name
-    /// with `renameat2(RENAME_NOREPLACE)`, so a name a local program took
-    /// meanwhile is EEXIST, not overwritten, and a crash leaves the whole
-    /// file or none (its data ordered before the rename as a commit's).
-    pub(super) fn create_files(&self, dir: &RelPath, files: Vec<NewFile>) -> FsResult {
+    /// [`FsOp::Batch`](wormhole_core::host::FsOp::Batch), in order. Each
+    /// new file is written whole under a staging name, then linked at its
+    /// name with `renameat2(RENAME_NOREPLACE)`, so a name a local program
+    /// took meanwhile is EEXIST, not overwritten, and a crash leaves the
+    /// whole file or none (its data ordered before the rename as a
+    /// commit's).
+    pub(super) fn batch(&self, dir: &RelPath, ops: Vec<BatchOp>) -> FsResult {
         let dir = self.dir(dir)?;
-        let items = files
+        let items = ops
             .into_iter()
-            .map(|f| self.create_file(&dir, f))
+            .map(|op| match op {
+                BatchOp::Create(f) => self.create_file(&dir, f),
+                BatchOp::Unlink(name) => unlink_in(&dir, &name),
+            })
             .collect();
-        Ok(FsOk::Created(items))
+        Ok(FsOk::Batch(items))
     }
 
     fn create_file(&self, dir: &OwnedFd, f: NewFile) -> Result<FsAttr, Errno> {
@@ -563,4 +567,19 @@ fn copy_buffered(
         done += n as u64;
     }
     Ok(done)
+}
+
+/// A [`BatchOp::Unlink`]: the attributes the file had, its link count
+/// less one. Asked first, so a directory is EISDIR as unlink(2) says and
+/// as [`MemFs`](wormhole_core::host::MemFs) answers.
+fn unlink_in(dir: &OwnedFd, name: &Name) -> Result<FsAttr, Errno> {
+    let n = os(name.as_bytes());
+    let st = rfs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+    let mut a = attr(&st).ok_or(Errno::NoEnt)?;
+    if a.kind == FileKind::Dir {
+        return Err(Errno::IsDir);
+    }
+    rfs::unlinkat(dir, n, AtFlags::empty()).map_err(sys)?;
+    a.nlink = a.nlink.saturating_sub(1);
+    Ok(a)
 }
