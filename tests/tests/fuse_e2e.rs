@@ -157,6 +157,55 @@ fn fuse_mount<S: Shell>(shell: &S) {
     };
     let root = dir.join("mnt");
     run_bounded(&root, SUITE, workout);
+    // What tar and rm -r do: the mount takes the directory's lease and
+    // answers the creates and unlinks itself, streaming them in order.
+    run_bounded(&root, SUITE, |root, steps| {
+        let tree = root.join("tree");
+        for round in 0..2 {
+            steps.at("tree: files made in a new directory");
+            fs::create_dir(&tree).expect("mkdir tree");
+            for i in 0..200 {
+                fs::write(tree.join(format!("f{i}")), format!("{round}/{i}")).expect("write");
+            }
+            steps.at("tree: the same names unlinked and made again");
+            for i in 0..100 {
+                fs::remove_file(tree.join(format!("f{i}"))).expect("unlink");
+                expect_errno(fs::metadata(tree.join(format!("f{i}"))), ENOENT, "unlinked");
+            }
+            for i in 0..50 {
+                fs::write(tree.join(format!("f{i}")), format!("again {i}")).expect("write");
+            }
+            let mut names: Vec<String> = fs::read_dir(&tree)
+                .expect("readdir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            let mut want: Vec<String> = (0..50).chain(100..200).map(|i| format!("f{i}")).collect();
+            want.sort();
+            assert_eq!(names, want, "listed after the unlinks");
+            assert_eq!(fs::read(tree.join("f7")).expect("read"), b"again 7");
+            assert_eq!(
+                fs::read(tree.join("f150")).expect("read"),
+                format!("{round}/150").as_bytes()
+            );
+            steps.at("tree: rm -r");
+            fs::remove_dir_all(&tree).expect("rm -r tree");
+            expect_errno(fs::metadata(&tree), ENOENT, "removed tree");
+        }
+    });
+    // The rmdir was answered after the host removed the directory, so
+    // every unlink in it had been applied.
+    let (seen, gone) = async_channel::bounded(1);
+    shell.block_on(host.local_change(RelPath::from(vec![]), move |fs| {
+        let tree = RelPath::from(vec![Name::new("tree").expect("name")]);
+        let _ = seen.try_send(fs.execute(FsOp::Stat { path: tree }));
+    }));
+    let stat = shell.block_on(gone.recv()).expect("the host looked");
+    assert_eq!(
+        stat,
+        Err(wormhole_core::proto::Errno::NoEnt),
+        "tree on the host"
+    );
     // copy_file_range within the mount (what `cp` and `std::fs::copy`
     // use): the host copies, the bytes do not cross the network.
     run_bounded(&root, SUITE, |root, steps| {
