@@ -89,6 +89,31 @@ pub struct Req(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Fh(pub u64);
 
+/// What a [`Op::Allocate`] asks for (`fallocate(2)`'s modes that
+/// Wormhole serves; the others are EOPNOTSUPP at the mount).
+///
+/// Space is not reserved on the host's disk: a commit writes a new
+/// version of the file whole, so a reservation made on the old one would
+/// not carry over. What each mode does to the file's *content and size*
+/// is done exactly, through the file's write transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocate {
+    /// Mode 0 (`posix_fallocate`): the file grows to the range's end if
+    /// it is shorter (the new bytes read as zeros).
+    Extend,
+    /// `FALLOC_FL_KEEP_SIZE` alone: nothing changes.
+    KeepSize,
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`: the range's bytes
+    /// within the file read as zeros; the size stays.
+    PunchHole,
+    /// `FALLOC_FL_ZERO_RANGE`: the range reads as zeros; the file grows
+    /// to its end unless `keep_size`.
+    ZeroRange {
+        /// `FALLOC_FL_KEEP_SIZE` too.
+        keep_size: bool,
+    },
+}
+
 /// A kernel file operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -204,6 +229,17 @@ pub enum Op {
         offset_out: u64,
         /// How many bytes at most.
         len: u64,
+    },
+    /// `fallocate(2)` on an open file. Answered [`Answer::Done`].
+    Allocate {
+        /// The handle (open for writing).
+        fh: Fh,
+        /// Where the range starts.
+        offset: u64,
+        /// Its length (more than zero).
+        length: u64,
+        /// What to do with it.
+        how: Allocate,
     },
     /// The last descriptor of a handle is gone.
     Release {

@@ -2,8 +2,8 @@
 
 use super::ahead::Take;
 use super::{
-    AfterCommit, Answer, Blocked, CacheWait, ClientCore, Fh, Handle, ListedName, Op, Purpose,
-    ReadJob, Req,
+    AfterCommit, Allocate, Answer, Blocked, CacheWait, ClientCore, Fh, Handle, ListedName, Op,
+    Purpose, ReadJob, Req,
 };
 use crate::Instant;
 use crate::cache::{CacheKey, ChunkKey, EntryState, Kind, Lookup, Miss, Value};
@@ -320,6 +320,23 @@ impl ClientCore {
                 if !self.wait_for_commit(node, b.clone()) {
                     self.run_blocked(now, node, b)?;
                 }
+            }
+            Op::Allocate {
+                fh,
+                offset,
+                length,
+                how,
+            } => {
+                let h = self.handle(*fh)?;
+                let (ino, node) = (h.ino, h.node);
+                let known = self.cache.peek_attr(node).unwrap_or(&h.attr).clone();
+                let size = self.with_local_changes(&known).size;
+                let Some(inner) = allocation(*fh, ino, size, *offset, *length, *how)? else {
+                    self.reply(req, Ok(Answer::Done));
+                    return Ok(());
+                };
+                self.allocating.insert(req);
+                return self.run(now, req, inner);
             }
             Op::CopyRange {
                 fh_in,
@@ -1202,5 +1219,52 @@ pub(super) fn write_errno(e: WriteError) -> Errno {
     match e {
         WriteError::Full => Errno::Again,
         WriteError::Ended(e) => e,
+    }
+}
+
+/// Most bytes a punched hole or zeroed range may cover: they are written
+/// as zeros through the write transaction (beyond, EOPNOTSUPP, which
+/// programs treat as "not here" and work around).
+const MAX_ZEROED: u64 = 16 << 20;
+
+/// The kernel operation a `fallocate` of `[offset, offset + length)` on
+/// a file of `size` bytes amounts to (see [`Allocate`]), if any.
+fn allocation(
+    fh: Fh,
+    ino: Ino,
+    size: u64,
+    offset: u64,
+    length: u64,
+    how: Allocate,
+) -> Result<Option<Op>, Errno> {
+    if length == 0 {
+        return Err(Errno::Inval);
+    }
+    let end = offset.checked_add(length).ok_or(Errno::FBig)?;
+    let zeros = |to: u64| -> Result<Option<Op>, Errno> {
+        if to <= offset {
+            return Ok(None);
+        }
+        if to - offset > MAX_ZEROED {
+            return Err(Errno::NotSup);
+        }
+        Ok(Some(Op::Write {
+            fh,
+            offset,
+            data: Bytes::from(vec![0u8; (to - offset) as usize]),
+        }))
+    };
+    match how {
+        Allocate::KeepSize => Ok(None),
+        Allocate::Extend if end <= size => Ok(None),
+        Allocate::Extend => Ok(Some(Op::SetAttr {
+            ino,
+            set: SetAttr {
+                size: Some(end),
+                ..SetAttr::default()
+            },
+        })),
+        Allocate::PunchHole | Allocate::ZeroRange { keep_size: true } => zeros(end.min(size)),
+        Allocate::ZeroRange { keep_size: false } => zeros(end),
     }
 }

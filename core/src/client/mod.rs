@@ -40,7 +40,9 @@ mod reply;
 #[cfg(test)]
 mod tests;
 
-pub use api::{Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, ListedName, Op, Req};
+pub use api::{
+    Allocate, Answer, ClientConfig, ClientEvent, ClientOutput, DirItem, Fh, ListedName, Op, Req,
+};
 
 use crate::cache::{Cache, CacheKey, ChunkKey, ReadAhead, WaiterId};
 use crate::conn::auth::TicketSecret;
@@ -52,7 +54,7 @@ use crate::vfs::{Ino, Vfs};
 use crate::write::{WriteOp, WriteTxn};
 use crate::{Instant, Rng};
 use bytes::Bytes;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 /// The node of a handle whose file is not (yet) bound in the current host
@@ -365,6 +367,9 @@ pub struct ClientCore {
     /// Fsyncs whose commit is not over yet: its success is answered by a
     /// Sync, not by the commit.
     fsyncs: BTreeMap<Req, Fh>,
+    /// Kernel `fallocate`s running as the write or size change they
+    /// amount to: answered [`Answer::Done`] whatever that answers.
+    allocating: BTreeSet<Req>,
     /// Fsyncs whose commit succeeded: their Sync goes out at the next
     /// drain.
     to_sync: Vec<(Req, Fh)>,
@@ -440,6 +445,7 @@ impl ClientCore {
             unlocking: BTreeMap::new(),
             next_tag: 1,
             fsyncs: BTreeMap::new(),
+            allocating: BTreeSet::new(),
             to_sync: Vec::new(),
             blocked: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -726,6 +732,9 @@ impl ClientCore {
             // The commit is applied; the fsync answers once it is durable.
             self.to_sync.push((req, fh));
             return;
+        }
+        if self.allocating.remove(&req) {
+            result = result.map(|_| Answer::Done);
         }
         if let Ok(answer) = &mut result {
             self.show_answer(answer);

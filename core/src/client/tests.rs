@@ -1675,3 +1675,63 @@ fn fifos_and_sockets_are_made_as_what_they_are() {
         Some(Errno::NoEnt)
     );
 }
+
+#[test]
+fn fallocate_changes_size_and_zeros_as_its_mode_says() {
+    use super::Allocate;
+    let mut w = world(&[], 1);
+    let (ino, fh) = create(&mut w, 0, "f");
+    write(&mut w, 0, fh, 0, b"0123456789");
+    let mut alloc = |w: &mut World, offset: u64, length: u64, how: Allocate| {
+        w.call(
+            0,
+            Op::Allocate {
+                fh,
+                offset,
+                length,
+                how,
+            },
+        )
+    };
+    let size = |w: &mut World| match w.call(0, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => attr.size,
+        other => panic!("{other:?}"),
+    };
+    // posix_fallocate: grows the file, never shrinks it.
+    assert_eq!(alloc(&mut w, 4, 16, Allocate::Extend), Ok(Answer::Done));
+    assert_eq!(size(&mut w), 20);
+    assert_eq!(alloc(&mut w, 0, 5, Allocate::Extend), Ok(Answer::Done));
+    assert_eq!(size(&mut w), 20);
+    assert_eq!(alloc(&mut w, 0, 100, Allocate::KeepSize), Ok(Answer::Done));
+    assert_eq!(size(&mut w), 20);
+    // A hole reads as zeros; the size stays, even past the end.
+    assert_eq!(alloc(&mut w, 2, 3, Allocate::PunchHole), Ok(Answer::Done));
+    assert_eq!(
+        alloc(&mut w, 8, 50, Allocate::ZeroRange { keep_size: true }),
+        Ok(Answer::Done)
+    );
+    assert_eq!(size(&mut w), 20);
+    assert_eq!(
+        alloc(&mut w, 25, 5, Allocate::ZeroRange { keep_size: false }),
+        Ok(Answer::Done)
+    );
+    assert_eq!(size(&mut w), 30);
+    assert_eq!(alloc(&mut w, 0, 0, Allocate::Extend), Err(Errno::Inval));
+    assert_eq!(
+        alloc(&mut w, 0, 1 << 30, Allocate::ZeroRange { keep_size: false }),
+        Err(Errno::NotSup),
+        "zeros too many to write"
+    );
+    // A hole is cut to the file's end: a large one in a small file is
+    // a few zeros.
+    assert_eq!(alloc(&mut w, 29, 1 << 30, Allocate::PunchHole), Ok(Answer::Done));
+    let mut want = b"01\0\0\0567".to_vec();
+    want.resize(30, 0);
+    assert_eq!(read_all(&mut w, 0, fh, 30), want);
+    w.call(0, Op::Release { fh }).expect("closed");
+    w.settle();
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("f")])),
+        Some(&want[..])
+    );
+}

@@ -24,7 +24,7 @@ use fuser::{
 };
 use std::sync::Arc;
 use tracing::{trace, warn};
-use wormhole_core::client::{Answer, Fh, Op};
+use wormhole_core::client::{Allocate, Answer, Fh, Op};
 use wormhole_core::proto::{
     Attr, ByteRange, CAPABILITY_XATTR, CHUNK_SIZE, Errno, FileKind, LockKind, Name, OpenFor, Owner,
     SetAttr, SetTime, StatFs, Timestamp, XattrSet,
@@ -858,6 +858,39 @@ impl fuser::Filesystem for WormholeFs {
         reply: ReplyEmpty,
     ) {
         self.op(Op::Release { fh: Fh(fh.0) }, KernelReply::Empty(reply));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // fallocate(2)'s mode bits (linux/falloc.h).
+        const KEEP_SIZE: i32 = 0x01;
+        const PUNCH_HOLE: i32 = 0x02;
+        const ZERO_RANGE: i32 = 0x10;
+        let how = match mode {
+            0 => Allocate::Extend,
+            KEEP_SIZE => Allocate::KeepSize,
+            m if m == PUNCH_HOLE | KEEP_SIZE => Allocate::PunchHole,
+            ZERO_RANGE => Allocate::ZeroRange { keep_size: false },
+            m if m == ZERO_RANGE | KEEP_SIZE => Allocate::ZeroRange { keep_size: true },
+            // Collapsing or inserting ranges, unsharing, or a hole that
+            // would change the size (the kernel refuses that one itself).
+            _ => return reply.error(errno(Errno::NotSup)),
+        };
+        let op = Op::Allocate {
+            fh: Fh(fh.0),
+            offset,
+            length,
+            how,
+        };
+        self.op(op, KernelReply::Empty(reply));
     }
 
     fn fsync(
