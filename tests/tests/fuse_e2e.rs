@@ -315,6 +315,7 @@ const EEXIST: i32 = 17;
 const ENOTDIR: i32 = 20;
 const EISDIR: i32 = 21;
 const ENOTEMPTY: i32 = 39;
+const EOPNOTSUPP: i32 = 95;
 
 fn workout(root: &Path, steps: &Steps) {
     steps.at("sizes: write and read back");
@@ -521,6 +522,30 @@ fn workout(root: &Path, steps: &Steps) {
     let e = fs::read_dir(root.join("old")).expect_err("opendir a file");
     assert_eq!(errno(&e), ENOTDIR, "{e}");
     assert_eq!(e.kind(), ErrorKind::NotADirectory);
+
+    steps.at("fallocate");
+    {
+        use rustix::fs::{FallocateFlags, fallocate};
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(root.join("alloc"))
+            .expect("create alloc");
+        f.write_all(b"0123456789").expect("write");
+        fallocate(&f, FallocateFlags::empty(), 0, 100).expect("posix_fallocate");
+        assert_eq!(f.metadata().expect("fstat").len(), 100);
+        let punch = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        fallocate(&f, punch, 2, 3).expect("punch a hole");
+        assert_eq!(f.metadata().expect("fstat").len(), 100);
+        let err = fallocate(&f, FallocateFlags::COLLAPSE_RANGE, 0, 4096).expect_err("collapse");
+        assert_eq!(err.raw_os_error(), EOPNOTSUPP, "collapse: {err}");
+        drop(f);
+        let mut want = b"01\0\0\056789".to_vec();
+        want.resize(100, 0);
+        assert_eq!(fs::read(root.join("alloc")).expect("read alloc"), want);
+        fs::remove_file(root.join("alloc")).expect("unlink alloc");
+    }
 
     steps.at("rmdir and unlink");
     fs::remove_file(deep.join("leaf")).expect("unlink leaf");

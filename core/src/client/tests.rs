@@ -1724,7 +1724,10 @@ fn fallocate_changes_size_and_zeros_as_its_mode_says() {
     );
     // A hole is cut to the file's end: a large one in a small file is
     // a few zeros.
-    assert_eq!(alloc(&mut w, 29, 1 << 30, Allocate::PunchHole), Ok(Answer::Done));
+    assert_eq!(
+        alloc(&mut w, 29, 1 << 30, Allocate::PunchHole),
+        Ok(Answer::Done)
+    );
     let mut want = b"01\0\0\0567".to_vec();
     want.resize(30, 0);
     assert_eq!(read_all(&mut w, 0, fh, 30), want);
