@@ -470,6 +470,9 @@ impl ClientCore {
         let mode = mode & 0o7777;
         let attr = local_attr(node, 0, mode, self.leases.wall(now), shown);
         self.entry_added(now, *parent, name, &attr);
+        // The directory's times move: its attributes come from the host
+        // once the stream is applied (a `stat` of it waits for that).
+        self.cache.invalidate(now, pnode, Invalidation::Attr);
         let ino = match self.entry(now, *parent, op, attr.clone(), true) {
             Ok(ino) => ino,
             Err(e) => {
@@ -726,8 +729,14 @@ impl ClientCore {
         };
         let all_in = |dir: &NodeId| -> BTreeSet<NodeId> { leases.pending_in(*dir).collect() };
         match request {
-            Request::GetAttr { node: n }
-            | Request::Open { node: n, .. }
+            // A directory's times and size move with what is made and
+            // unlinked in it: its attributes come after those.
+            Request::GetAttr { node: n } => {
+                let mut w = all_in(n);
+                w.extend(node(n));
+                w
+            }
+            Request::Open { node: n, .. }
             | Request::Readlink { node: n }
             | Request::BeginWrite { node: n, .. }
             | Request::WriteWhole { node: n, .. } => node(n).into_iter().collect(),

@@ -480,3 +480,35 @@ fn an_unlink_the_host_never_applied_brings_the_name_back_and_is_reported() {
     let fh = open(&mut w, 0, ino);
     assert_eq!(read_all(&mut w, 0, fh, 11), b"here before".to_vec());
 }
+
+#[test]
+fn a_directory_stat_after_creates_and_unlinks_here_shows_their_times() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let mtime = |w: &mut World| match w.call(0, Op::GetAttr { ino: Ino::ROOT }) {
+        Ok(Answer::Attr { attr, .. }) => attr.mtime,
+        other => panic!("{other:?}"),
+    };
+    // The directory's mtime as the host's disk has it, once everything
+    // answered here is applied.
+    let on_host = |w: &mut World| {
+        w.settle();
+        match w.disk.execute(crate::host::FsOp::Stat {
+            path: RelPath::from(vec![]),
+        }) {
+            Ok(crate::host::FsOk::Attr(a)) => a.mtime,
+            other => panic!("{other:?}"),
+        }
+    };
+    lookup(&mut w, 0, Ino::ROOT, "old").expect("old");
+    // Fresh in the cache: only what the create does can make it stale.
+    let before = mtime(&mut w);
+    save(&mut w, 0, "new", b"n").expect("made here");
+    let made = mtime(&mut w);
+    assert_ne!(made, before, "a create moves the directory's mtime");
+    assert_eq!(made, on_host(&mut w), "the host's, after the create");
+    assert_eq!(unlink(&mut w, 0, Ino::ROOT, "old"), Ok(Answer::Done));
+    let unlinked = mtime(&mut w);
+    assert_ne!(unlinked, made, "an unlink moves it again");
+    assert_eq!(unlinked, on_host(&mut w), "the host's, after the unlink");
+}
