@@ -920,10 +920,34 @@ impl ClientCore {
                         CacheKey::Attr(node),
                         Value::Attr(Arc::new(attr.clone())),
                     );
+                    self.commit_moved_dirs(now, node);
                     self.finish_commit(now, node, Ok(attr));
                 }
                 WriteOutput::Aborted(reason) => self.finish_commit(now, node, Err(reason.errno())),
             }
+        }
+    }
+
+    /// A commit renamed a new version of `node` over the old one in its
+    /// directory, which moves that directory's times on the host (a
+    /// local disk's write would not: docs/filesystem.md, "Write
+    /// transactions"). Its cached attributes, and the kernel's, are out
+    /// of date: the next `stat` of it asks the host.
+    fn commit_moved_dirs(&mut self, now: Instant, node: crate::proto::NodeId) {
+        let Some(v) = self.vfs.as_ref() else {
+            return;
+        };
+        let Some(parents) = v.ino_of(node).and_then(|i| v.get(i)).map(|i| {
+            i.links
+                .iter()
+                .filter_map(|(p, _)| v.node(*p).map(|n| (*p, n)))
+                .collect::<Vec<_>>()
+        }) else {
+            return;
+        };
+        for (ino, dir) in parents {
+            self.cache.invalidate(now, dir, Invalidation::Attr);
+            self.out.push_back(ClientOutput::InvalidateInode { ino });
         }
     }
 
