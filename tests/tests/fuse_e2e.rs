@@ -541,7 +541,7 @@ fn workout(root: &Path, steps: &Steps) {
         let err = fallocate(&f, FallocateFlags::COLLAPSE_RANGE, 0, 4096).expect_err("collapse");
         assert_eq!(err.raw_os_error(), EOPNOTSUPP, "collapse: {err}");
         drop(f);
-        let mut want = b"01\0\0\056789".to_vec();
+        let mut want = b"01\0\0\x0056789".to_vec();
         want.resize(100, 0);
         assert_eq!(fs::read(root.join("alloc")).expect("read alloc"), want);
         fs::remove_file(root.join("alloc")).expect("unlink alloc");

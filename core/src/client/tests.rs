@@ -1682,7 +1682,7 @@ fn fallocate_changes_size_and_zeros_as_its_mode_says() {
     let mut w = world(&[], 1);
     let (ino, fh) = create(&mut w, 0, "f");
     write(&mut w, 0, fh, 0, b"0123456789");
-    let mut alloc = |w: &mut World, offset: u64, length: u64, how: Allocate| {
+    let alloc = |w: &mut World, offset: u64, length: u64, how: Allocate| {
         w.call(
             0,
             Op::Allocate {
@@ -1728,7 +1728,7 @@ fn fallocate_changes_size_and_zeros_as_its_mode_says() {
         alloc(&mut w, 29, 1 << 30, Allocate::PunchHole),
         Ok(Answer::Done)
     );
-    let mut want = b"01\0\0\0567".to_vec();
+    let mut want = b"01\0\0\x00567".to_vec();
     want.resize(30, 0);
     assert_eq!(read_all(&mut w, 0, fh, 30), want);
     w.call(0, Op::Release { fh }).expect("closed");
