@@ -41,6 +41,8 @@ pub struct SimClient {
     pub l2: BTreeMap<crate::cache::ChunkKey, (Bytes, crate::proto::Checksum)>,
     /// Kernel invalidations received.
     pub invalidations: usize,
+    /// The inodes of those that were `InvalidateInode`, in order.
+    pub invalidated: Vec<crate::vfs::Ino>,
     /// Messages sent to the host.
     pub sent: u64,
     /// Kernel replies produced, counted before [`Self::answers`] keeps
@@ -250,6 +252,7 @@ impl World {
             answers: BTreeMap::new(),
             l2: BTreeMap::new(),
             invalidations: 0,
+            invalidated: Vec::new(),
             sent: 0,
             replies: 0,
             events: Vec::new(),
@@ -554,7 +557,11 @@ impl World {
                 Some((data, checksum)) => self.clients[c].core.l2_loaded(now, key, data, checksum),
                 None => self.clients[c].core.l2_read_failed(now, key),
             },
-            ClientOutput::InvalidateInode { .. } | ClientOutput::InvalidateEntry { .. } => {
+            ClientOutput::InvalidateInode { ino } => {
+                self.clients[c].invalidations += 1;
+                self.clients[c].invalidated.push(ino);
+            }
+            ClientOutput::InvalidateEntry { .. } => {
                 self.clients[c].invalidations += 1;
             }
             ClientOutput::Event(e) => {
@@ -714,6 +721,7 @@ impl World {
             answers: BTreeMap::new(),
             l2: BTreeMap::new(),
             invalidations: 0,
+            invalidated: Vec::new(),
             sent: 0,
             replies: 0,
             events: Vec::new(),
