@@ -129,7 +129,16 @@ fn op(rng: &mut Rng) -> FsOp {
                 .map(|_| {
                     let name = name(NAMES[rng.below(NAMES.len() as u64) as usize]);
                     if rng.below(3) == 0 {
-                        return BatchOp::Unlink(name);
+                        // The file at the name, as the host core passes
+                        // it (see `keyed`), except for one name, which is
+                        // given another file's (no draw of its own, so
+                        // the sequences stay what they were).
+                        let key = if name.as_bytes() == NAMES[0].as_bytes() {
+                            FileKey { dev: 1, ino: 1 }
+                        } else {
+                            NO_STAMP.key
+                        };
+                        return BatchOp::Unlink { name, key };
                     }
                     BatchOp::Create(NewFile {
                         name,
@@ -407,14 +416,29 @@ impl Stamps {
 
 /// `op` with a link's `key` set to the identity of the file at its path
 /// on one side (as the host core passes the one it knows), read by `stat`.
-fn keyed(op: FsOp, stat: impl FnOnce(FsOp) -> FsResult) -> FsOp {
+/// The same for a batch's unlinks that name no other file.
+fn keyed(op: FsOp, mut stat: impl FnMut(FsOp) -> FsResult) -> FsOp {
+    let mut key_at = |path: RelPath| match stat(FsOp::Stat { path }) {
+        Ok(FsOk::Attr(a)) => a.key,
+        _ => NO_STAMP.key,
+    };
     match op {
         FsOp::Link { path, to, .. } => {
-            let key = match stat(FsOp::Stat { path: path.clone() }) {
-                Ok(FsOk::Attr(a)) => a.key,
-                _ => NO_STAMP.key,
-            };
+            let key = key_at(path.clone());
             FsOp::Link { path, to, key }
+        }
+        FsOp::Batch { dir, ops } => {
+            let ops = ops
+                .into_iter()
+                .map(|op| match op {
+                    BatchOp::Unlink { name, key } if key == NO_STAMP.key => {
+                        let key = key_at(dir.join(&name));
+                        BatchOp::Unlink { name, key }
+                    }
+                    op => op,
+                })
+                .collect();
+            FsOp::Batch { dir, ops }
         }
         op => op,
     }

@@ -169,9 +169,16 @@ pub enum BatchOp {
     /// name as a commit's is. Its result is the new file's attributes.
     Create(NewFile),
     /// Remove a name that does not hold a directory (EISDIR if it does),
-    /// as [`FsOp::Unlink`]. Its result is the attributes the file had,
-    /// its link count less one.
-    Unlink(Name),
+    /// as [`FsOp::Unlink`], if it still holds the file `key` (ESTALE if
+    /// another file took the name: a lease holder's unlink, applied
+    /// late, must not remove a file made after it). Its result is the
+    /// attributes the file had, its link count less one.
+    Unlink {
+        /// The name.
+        name: Name,
+        /// The file it must hold.
+        key: FileKey,
+    },
 }
 
 /// One operation on the shared folder.

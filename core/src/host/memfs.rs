@@ -475,7 +475,7 @@ impl MemFs {
                     self.tick();
                     let done = match op {
                         BatchOp::Create(f) => self.create_file(parent, f),
-                        BatchOp::Unlink(name) => self.unlink_in(parent, &name),
+                        BatchOp::Unlink { name, key } => self.unlink_in(parent, &name, key),
                     };
                     if done.is_ok() {
                         self.mutated();
@@ -557,12 +557,15 @@ impl MemFs {
 
     /// A [`BatchOp::Unlink`]: the attributes the file had, its link count
     /// less one.
-    fn unlink_in(&mut self, parent: u64, name: &Name) -> Result<FsAttr, Errno> {
+    fn unlink_in(&mut self, parent: u64, name: &Name, key: FileKey) -> Result<FsAttr, Errno> {
         let d = self.inodes.get(&parent).ok_or(Errno::NoEnt)?;
         let ino = *d.children.get(name).ok_or(Errno::NoEnt)?;
         let mut attr = self.attr(ino)?;
         if attr.kind == FileKind::Dir {
             return Err(Errno::IsDir);
+        }
+        if attr.key != key {
+            return Err(Errno::Stale);
         }
         attr.nlink = attr.nlink.saturating_sub(1);
         self.detach(parent, name);

@@ -418,9 +418,10 @@ pub enum LeaseOp {
     },
     /// Remove the name `name`, which the holder saw naming `node`, a file
     /// that is not a directory (an unlink the holder answered itself).
-    /// The name goes whatever it names by then, as an ordinary unlink's
-    /// does; the result is the node's attributes with its link count
-    /// less one.
+    /// Only if it still names `node`'s file: ESTALE if another file took
+    /// the name (applied after the lease was lost, the unlink must not
+    /// remove a file made since), ENOENT if none has it. The result is
+    /// the node's attributes with its link count less one.
     Unlink {
         /// The node the name held when the holder answered.
         node: NodeId,

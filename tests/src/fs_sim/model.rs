@@ -1289,7 +1289,7 @@ impl Sim {
                     .try_fold(NodeId::ROOT, |at, n| nodes.child(at, n));
                 for (op, made) in ops.iter().zip(items) {
                     let (BatchOp::Create(new), Ok(a)) = (op, made) else {
-                        if let (BatchOp::Unlink(_), Ok(_)) = (op, made) {
+                        if let (BatchOp::Unlink { .. }, Ok(_)) = (op, made) {
                             self.stats.unlinks_streamed += 1;
                         }
                         continue;

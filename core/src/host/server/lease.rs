@@ -543,13 +543,21 @@ impl HostServer {
                 }
                 LeaseOp::Unlink { node, name } => {
                     visible(&name)?;
-                    // As an ordinary unlink: not while another session
-                    // holds a lock on the file.
-                    let child = self.nodes.child(dir, &name);
-                    match child.map_or(Ok(()), |c| self.guard(session, c, false)) {
-                        Ok(()) => {
-                            steps.push(BatchStep::Unnamed(child.unwrap_or(node), name.clone()));
-                            fs_ops.push(BatchOp::Unlink(name));
+                    // Only the file the holder saw there (applied late,
+                    // after its lease was lost, an unlink must not remove
+                    // a file made since), and, as an ordinary unlink, not
+                    // while another session holds a lock on it.
+                    let key = match self.nodes.child(dir, &name) {
+                        None => Err(Errno::NoEnt),
+                        Some(c) if c != node => Err(Errno::Stale),
+                        Some(c) => self
+                            .guard(session, c, false)
+                            .and_then(|()| self.nodes.key(c).ok_or(Errno::Stale)),
+                    };
+                    match key {
+                        Ok(key) => {
+                            steps.push(BatchStep::Unnamed(node, name.clone()));
+                            fs_ops.push(BatchOp::Unlink { name, key });
                         }
                         Err(e) => steps.push(BatchStep::Refused(e)),
                     }

@@ -509,24 +509,36 @@ fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
         node,
         name: name(n),
     };
-    // Made, unlinked, made again under the same name: in order.
-    let results = applied(r.call(
+    // Made, then unlinked and made again under the same name: in order.
+    let made = applied(r.call(
         holder,
         Request::Apply {
             dir: d.node,
             tag: 1,
+            ops: vec![new_file(one, "tmp", b"first")],
+        },
+    ));
+    assert!(made[0].is_ok());
+    let results = applied(r.call(
+        holder,
+        Request::Apply {
+            dir: d.node,
+            tag: 2,
             ops: vec![
-                new_file(one, "tmp", b"first"),
                 unlink(one, "tmp"),
                 new_file(nth(nodes, 1), "tmp", b"second"),
                 unlink(f.node, "f"),
+                // Not the file the name holds (the holder's idea is out
+                // of date): kept.
+                unlink(f.node, "tmp"),
             ],
         },
     ));
     assert_eq!(results.len(), 4);
-    assert_eq!(results[1].as_ref().map(|a| (a.node, a.nlink)), Ok((one, 0)));
-    assert!(results[2].is_ok());
-    assert_eq!(results[3].as_ref().map(|a| a.node), Ok(f.node));
+    assert_eq!(results[0].as_ref().map(|a| (a.node, a.nlink)), Ok((one, 0)));
+    assert!(results[1].is_ok());
+    assert_eq!(results[2].as_ref().map(|a| a.node), Ok(f.node));
+    assert_eq!(results[3], Err(Errno::Stale));
     assert_eq!(r.disk.read_file(&path(&["d", "tmp"])), Some(&b"second"[..]));
     assert_eq!(r.disk.read_file(&path(&["d", "f"])), None);
     assert_eq!(r.host.nodes().child(d.node, &name("f")), None, "forgotten");
@@ -542,17 +554,13 @@ fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
         holder,
         Request::Apply {
             dir: d.node,
-            tag: 2,
+            tag: 3,
             ops: vec![unlink(tmp, "tmp"), unlink(tmp, "gone")],
         },
     ));
     assert_eq!(results, vec![Err(Errno::Busy), Err(Errno::NoEnt)]);
     assert_eq!(r.disk.read_file(&path(&["d", "tmp"])), Some(&b"second"[..]));
     // A directory is not unlinked.
-    let ops = vec![LeaseOp::Unlink {
-        node: d.node,
-        name: name("sub"),
-    }];
     r.call(
         holder,
         Request::Mkdir {
@@ -563,12 +571,13 @@ fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
         },
     )
     .expect("made");
+    let sub = r.lookup(holder, d.node, "sub").expect("sub");
     let results = applied(r.call(
         holder,
         Request::Apply {
             dir: d.node,
-            tag: 3,
-            ops,
+            tag: 4,
+            ops: vec![unlink(sub.node, "sub")],
         },
     ));
     assert_eq!(results, vec![Err(Errno::IsDir)]);

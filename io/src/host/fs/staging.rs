@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use wormhole_core::host::{
     BatchOp, FileStamp, FsAttr, FsOk, FsResult, NewFile, RESERVED_PREFIX, ReadFrom, RelPath,
 };
-use wormhole_core::proto::{Errno, FileKind, Name, SetAttr, TxnId};
+use wormhole_core::proto::{Errno, FileKey, FileKind, Name, SetAttr, TxnId};
 
 use super::{HostFs, attr, fd_attr, io, kind_of, lock, os, sys, times};
 
@@ -326,7 +326,7 @@ impl HostFs {
             .into_iter()
             .map(|op| match op {
                 BatchOp::Create(f) => self.create_file(&dir, f),
-                BatchOp::Unlink(name) => unlink_in(&dir, &name),
+                BatchOp::Unlink { name, key } => unlink_in(&dir, &name, key),
             })
             .collect();
         Ok(FsOk::Batch(items))
@@ -571,13 +571,19 @@ fn copy_buffered(
 
 /// A [`BatchOp::Unlink`]: the attributes the file had, its link count
 /// less one. Asked first, so a directory is EISDIR as unlink(2) says and
-/// as [`MemFs`](wormhole_core::host::MemFs) answers.
-fn unlink_in(dir: &OwnedFd, name: &Name) -> Result<FsAttr, Errno> {
+/// as [`MemFs`](wormhole_core::host::MemFs) answers, and another file at
+/// the name is ESTALE. (A local program may still swap the file between
+/// the `stat` and the `unlinkat`; it recalled the lease, so its change is
+/// reported, as for any unlink racing a local program.)
+fn unlink_in(dir: &OwnedFd, name: &Name, key: FileKey) -> Result<FsAttr, Errno> {
     let n = os(name.as_bytes());
     let st = rfs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
     let mut a = attr(&st).ok_or(Errno::NoEnt)?;
     if a.kind == FileKind::Dir {
         return Err(Errno::IsDir);
+    }
+    if a.key != key {
+        return Err(Errno::Stale);
     }
     rfs::unlinkat(dir, n, AtFlags::empty()).map_err(sys)?;
     a.nlink = a.nlink.saturating_sub(1);
