@@ -512,3 +512,51 @@ fn a_directory_stat_after_creates_and_unlinks_here_shows_their_times() {
     assert_ne!(unlinked, made, "an unlink moves it again");
     assert_eq!(unlinked, on_host(&mut w), "the host's, after the unlink");
 }
+
+#[test]
+fn a_late_unlink_leaves_the_file_made_at_the_name_since() {
+    let host = HostConfig {
+        lock: crate::lock::LockConfig {
+            ttl: Duration::from_secs(5),
+            ..crate::lock::LockConfig::default()
+        },
+        session_grace: Duration::from_secs(300),
+        ..HostConfig::default()
+    };
+    let mut w = World::new(
+        7,
+        disk(&[("old", b"here before")]),
+        2,
+        host,
+        ClientConfig {
+            leases: true,
+            ..ClientConfig::default()
+        },
+    );
+    warm_up(&mut w);
+    lookup(&mut w, 0, Ino::ROOT, "old").expect("old");
+    // Answered here; the batch is lost with everything else the holder
+    // sends until the heal, so its lease expires at the host.
+    w.silence(0);
+    assert_eq!(unlink(&mut w, 0, Ino::ROOT, "old"), Ok(Answer::Done));
+    // Another client then replaces the name (its look waits for the
+    // lease to expire).
+    lookup(&mut w, 1, Ino::ROOT, "old").expect("still there for the other client");
+    assert_eq!(unlink(&mut w, 1, Ino::ROOT, "old"), Ok(Answer::Done));
+    save(&mut w, 1, "old", b"newer").expect("made again");
+    w.heal();
+    w.run_for(Duration::from_secs(60));
+    // The holder's unlink, applied late, leaves the newer file, and the
+    // holder's mount says its unlink did not happen.
+    assert_eq!(on_disk(&w, "old"), Some(b"newer".to_vec()));
+    let events = std::mem::take(&mut w.clients[0].events);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ClientEvent::RemoveLost { name: n, .. } if n.as_bytes() == b"old"
+        )),
+        "reported: {events:?}"
+    );
+    let (_, attr) = lookup(&mut w, 0, Ino::ROOT, "old").expect("the newer file");
+    assert_eq!(attr.size, 5);
+}
