@@ -447,8 +447,14 @@ pub(crate) fn a_folder_is_mounted_across_every_pair_of_kernel_nats(bin: &Path, t
                 &format!("{rate:.0} MB/s"),
             );
             let by_birthday = how.contains("birthday punching");
+            let by_punching = how.contains("directly, via hole punching");
             let relayed = how.contains("relayed through the TURN server");
-            if needs_birthday(a, b) && !by_birthday || punchable(a, b) == relayed {
+            // Where the model says only birthday punching finds a path,
+            // plain punching found one once in CI (2026-12-06: symmetric
+            // × port-restricted, after 730 ms of checks; the kernel's
+            // symmetric NAT gave the host the port it had already shown).
+            // Direct either way is what the cell promises.
+            if needs_birthday(a, b) && !(by_birthday || by_punching) || punchable(a, b) == relayed {
                 wrong.push(format!("{} × {}: {how}", a.name(), b.name()));
             }
         }
