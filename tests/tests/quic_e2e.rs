@@ -360,6 +360,7 @@ fn renewal_outlives_its_connect<S: Shell>(shell: &S) {
     use wormhole_io::net::{QuicTransport, RenewingTransport, Transport};
     wormhole_io::cli::init_tracing();
     let dir = scratch("renewal", shell.name());
+    let _guard = Guard::new(&dir);
     let identity = Identity::generate().expect("identity");
     let host = start_host(shell, &dir, &identity);
     let good = ticket(&host, &identity);
