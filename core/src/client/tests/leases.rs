@@ -17,10 +17,14 @@ fn leasing(clients: usize) -> World {
 }
 
 fn create_in(w: &mut World, c: usize, n: &str) -> Result<(Ino, Fh), Errno> {
+    create_at(w, c, Ino::ROOT, n)
+}
+
+fn create_at(w: &mut World, c: usize, parent: Ino, n: &str) -> Result<(Ino, Fh), Errno> {
     match w.call(
         c,
         Op::Create {
-            parent: Ino::ROOT,
+            parent,
             name: name(n),
             mode: 0o640,
             exclusive: true,
@@ -35,7 +39,11 @@ fn create_in(w: &mut World, c: usize, n: &str) -> Result<(Ino, Fh), Errno> {
 
 /// Writes `data` to a new file and closes it, as `tar` does.
 fn save(w: &mut World, c: usize, n: &str, data: &[u8]) -> Result<Ino, Errno> {
-    let (ino, fh) = create_in(w, c, n)?;
+    save_at(w, c, Ino::ROOT, n, data)
+}
+
+fn save_at(w: &mut World, c: usize, parent: Ino, n: &str, data: &[u8]) -> Result<Ino, Errno> {
+    let (ino, fh) = create_at(w, c, parent, n)?;
     write(w, c, fh, 0, data);
     let at = SetTime::At(crate::proto::Timestamp {
         secs: 1_600_000_000,
@@ -104,6 +112,75 @@ fn creates_in_a_leased_directory_need_no_round_trip_and_arrive_whole() {
     );
     let fh = open(&mut w, 0, ino);
     assert_eq!(read_all(&mut w, 0, fh, 1003), pattern(1003, 3));
+}
+
+#[test]
+fn a_stream_gathers_until_something_waits_for_it_or_its_time_is_up() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let gather = Duration::from_millis(10);
+    // Files closed one after another, as tar closes them: nothing goes
+    // until the stream has gathered, then all of them in one batch.
+    let sent = w.clients[0].sent;
+    for i in 0..20 {
+        save(&mut w, 0, &format!("f{i}"), b"x").expect("saved");
+    }
+    assert_eq!(w.clients[0].sent - sent, 0, "nothing sent while gathering");
+    w.run_for(gather / 2);
+    assert_eq!(w.clients[0].sent - sent, 0, "still gathering");
+    w.run_for(gather);
+    assert_eq!(w.clients[0].sent - sent, 1, "one batch for the 20 files");
+    w.settle();
+    assert_eq!(on_disk(&w, "f19"), Some(b"x".to_vec()));
+    // Something that must see the stream sends it at once: a stat of the
+    // directory waits for it, and the batch goes as it is asked.
+    save(&mut w, 0, "g", b"y").expect("saved");
+    let sent = w.clients[0].sent;
+    let stat = w.op(0, Op::GetAttr { ino: Ino::ROOT });
+    assert_eq!(w.clients[0].sent - sent, 1, "the batch went with the stat");
+    let Ok(Answer::Attr { .. }) = w.wait(0, stat) else {
+        panic!("the directory's attributes");
+    };
+    assert_eq!(on_disk(&w, "g"), Some(b"y".to_vec()));
+}
+
+#[test]
+fn a_tree_of_more_directories_than_leases_gets_a_lease_in_each() {
+    let mut w = leasing(1);
+    // As tar unpacks a tree: a directory, its files, the next directory;
+    // none of them idle long enough for its lease to be given back.
+    for d in 0..40 {
+        let dir = match w.call(
+            0,
+            Op::Mkdir {
+                parent: Ino::ROOT,
+                name: name(&format!("d{d}")),
+                mode: 0o755,
+                caller: None,
+            },
+        ) {
+            Ok(Answer::Entry { ino, .. }) => ino,
+            other => panic!("{other:?}"),
+        };
+        for i in 0..2 {
+            save_at(&mut w, 0, dir, &format!("w{i}"), b"w").expect("earns the lease");
+        }
+        // Time for the grant and the listing, far from the idle timeout.
+        w.run_for(Duration::from_millis(50));
+        let sent = w.clients[0].sent;
+        for i in 0..10 {
+            save_at(&mut w, 0, dir, &format!("f{i}"), b"f").expect("saved");
+        }
+        let during = w.clients[0].sent - sent;
+        assert!(during < 10, "directory {d}: {during} requests for 10 files");
+    }
+    w.settle();
+    assert!(w.host.leases() <= 16, "{} leases held", w.host.leases());
+    let f = RelPath::from(vec![name("d39"), name("f9")]);
+    assert_eq!(
+        w.disk.read_file(&f).map(<[u8]>::to_vec),
+        Some(b"f".to_vec())
+    );
 }
 
 #[test]
