@@ -19,8 +19,8 @@
 //!   ([`ClientCore::unlink_locally`]): an `Unlink` in the stream.
 //!
 //! The stream goes to the host in order as [`Request::Apply`] batches, one
-//! at a time per directory; a batch gathers until something waits for it,
-//! it is full, or [`GATHER`] has passed. Until the host has applied a file, every request about it (or
+//! at a time per directory; what closes while one is out gathers into the
+//! next. Until the host has applied a file, every request about it (or
 //! about its name, or a listing or `fsync` that must include it) waits
 //! ([`ClientCore::hold_for_leases`]); a request waiting on a file still
 //! open sends that file's create first, empty, and its writes then go the
@@ -82,13 +82,6 @@ const MAX_STREAMED_FILE: u64 = 256 << 10;
 /// [`crate::proto::MAX_WRITE_PIECE`]), and operations in one batch.
 const MAX_BATCH_BYTES: usize = 768 << 10;
 const MAX_BATCH_OPS: usize = 512;
-/// How long a stream gathers before its batch goes when nothing waits for
-/// it: an untar makes a file every few hundred microseconds, and each
-/// batch costs both processes a wake-up, a datagram and a worker hand-over
-/// whatever it holds, so sending each file as it closes cost more than the
-/// file. Short enough that the host's own programs see a closed file
-/// practically at once, and far inside the durability window.
-const GATHER: Duration = Duration::from_millis(10);
 
 /// Ask for more node ids when fewer than this are left.
 const LOW_IDS: u64 = 64;
@@ -143,9 +136,6 @@ struct DirLease {
     names: BTreeSet<Name>,
     /// Files closed and names unlinked, waiting to be sent, in order.
     stream: VecDeque<LeaseOp>,
-    /// When the stream's oldest operation must be sent even if nothing
-    /// waits for it ([`GATHER`] after it joined an empty stream).
-    send_by: Option<Instant>,
     /// The batch the host is applying.
     in_flight: bool,
     /// The lock is valid until then (a conservative estimate).
@@ -156,30 +146,6 @@ struct DirLease {
     last_local: Instant,
     /// The lock is gone at the host (expired, or the session's).
     lost: bool,
-}
-
-/// The bytes of content `op` carries.
-fn content_len(op: &LeaseOp) -> usize {
-    match op {
-        LeaseOp::CreateFile { data, .. } => data.len(),
-        LeaseOp::Unlink { .. } => 0,
-    }
-}
-
-impl DirLease {
-    /// Appends `op` to the stream; an empty stream starts gathering.
-    fn push(&mut self, now: Instant, op: LeaseOp) {
-        if self.stream.is_empty() {
-            self.send_by = Some(now + GATHER);
-        }
-        self.stream.push_back(op);
-    }
-
-    /// Whether the stream holds a full batch.
-    fn full(&self) -> bool {
-        self.stream.len() >= MAX_BATCH_OPS
-            || self.stream.iter().map(content_len).sum::<usize>() >= MAX_BATCH_BYTES
-    }
 }
 
 /// A file answered here and not yet applied by the host.
@@ -256,30 +222,15 @@ impl Leases {
     /// The earliest lease timer.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         // A lost lease has no timer: it only finishes its stream.
-        let lease = self
-            .dirs
+        self.dirs
             .values()
             .filter(|l| l.token.is_some() && !l.lost)
             .map(|l| match l.state {
                 State::Held if !l.refreshing => l.refresh_at.min(l.last_local + IDLE),
                 _ if !l.refreshing => l.refresh_at,
                 _ => l.expires_at,
-            });
-        let gathered = self
-            .dirs
-            .values()
-            .filter(|l| !l.in_flight)
-            .filter_map(|l| l.send_by);
-        lease.chain(gathered).min()
-    }
-
-    /// Whether a request waits for an operation answered in `dir`.
-    fn awaited_in(&self, dir: NodeId) -> bool {
-        let in_dir = |n: &NodeId| {
-            self.unapplied.get(n).map(|u| u.dir) == Some(dir)
-                || self.unlinking.get(n).map(|u| u.dir) == Some(dir)
-        };
-        self.held.iter().any(|h| h.waiting_for.iter().any(in_dir))
+            })
+            .min()
     }
 
     /// The invariants: every unapplied file and unlink belongs to a
@@ -466,7 +417,6 @@ impl ClientCore {
                 asking_more: false,
                 names: BTreeSet::new(),
                 stream: VecDeque::new(),
-                send_by: None,
                 in_flight: false,
                 expires_at: now,
                 refresh_at: now,
@@ -617,13 +567,10 @@ impl ClientCore {
             return false;
         }
         l.last_local = now;
-        l.push(
-            now,
-            LeaseOp::Unlink {
-                node,
-                name: name.clone(),
-            },
-        );
+        l.stream.push_back(LeaseOp::Unlink {
+            node,
+            name: name.clone(),
+        });
         self.leases.unlinking.insert(
             node,
             Unlinked {
@@ -707,7 +654,7 @@ impl ClientCore {
             u.queued = true;
         }
         if let Some(l) = self.leases.dirs.get_mut(&dir) {
-            l.push(now, create);
+            l.stream.push_back(create);
         }
         // Answered now: what the host will hold once it applies the file.
         let t = self.leases.wall(now);
@@ -750,7 +697,7 @@ impl ClientCore {
         // its create now, empty; its writes follow the ordinary way.
         let mut dirs = BTreeSet::new();
         for node in &waiting_for {
-            dirs.extend(self.queue_empty(now, *node));
+            dirs.extend(self.queue_empty(*node));
         }
         self.leases.held.push(Held {
             waiting_for,
@@ -767,7 +714,7 @@ impl ClientCore {
     /// directory's stream as it stands (empty: the writes of a file still
     /// open follow the ordinary way once the host has it). Returns the
     /// directory.
-    fn queue_empty(&mut self, now: Instant, node: NodeId) -> Option<NodeId> {
+    fn queue_empty(&mut self, node: NodeId) -> Option<NodeId> {
         let u = self.leases.unapplied.get_mut(&node)?;
         if !u.queued {
             u.queued = true;
@@ -780,7 +727,7 @@ impl ClientCore {
                 owner: u.owner,
             };
             if let Some(l) = self.leases.dirs.get_mut(&u.dir) {
-                l.push(now, create);
+                l.stream.push_back(create);
             }
         }
         Some(u.dir)
@@ -794,7 +741,7 @@ impl ClientCore {
         if open || writing {
             return;
         }
-        if let Some(dir) = self.queue_empty(now, node) {
+        if let Some(dir) = self.queue_empty(node) {
             self.pump_stream(now, dir);
         }
     }
@@ -907,12 +854,9 @@ impl ClientCore {
         }
     }
 
-    /// Sends the next batch of `dir`'s stream if none is out and it is
-    /// due: something waits for it, the lease is being given back, a
-    /// batch is full, or it has gathered for [`GATHER`]. Gives the lease
-    /// back once a returning lease's stream is done.
+    /// Sends the next batch of `dir`'s stream if none is out; gives the
+    /// lease back once a returning lease's stream is done.
     fn pump_stream(&mut self, now: Instant, dir: NodeId) {
-        let awaited = self.leases.awaited_in(dir);
         let Some(l) = self.leases.dirs.get_mut(&dir) else {
             return;
         };
@@ -925,26 +869,19 @@ impl ClientCore {
             }
             return;
         }
-        let due =
-            awaited || l.state != State::Held || l.send_by.is_none_or(|t| now >= t) || l.full();
-        if !due {
-            return;
-        }
         let mut ops = Vec::new();
         let mut bytes = 0;
         while let Some(op) = l.stream.front() {
-            let size = content_len(op);
+            let size = match op {
+                LeaseOp::CreateFile { data, .. } => data.len(),
+                LeaseOp::Unlink { .. } => 0,
+            };
             let full = bytes + size > MAX_BATCH_BYTES || ops.len() >= MAX_BATCH_OPS;
             if !ops.is_empty() && full {
                 break;
             }
             bytes += size;
             ops.extend(l.stream.pop_front());
-        }
-        // What is left was gathered long enough: it goes when this
-        // batch's answer comes.
-        if l.stream.is_empty() {
-            l.send_by = None;
         }
         l.in_flight = true;
         let tag = self.leases.next_tag;
@@ -984,7 +921,7 @@ impl ClientCore {
             .map(|(n, _)| *n)
             .collect();
         for node in open {
-            self.queue_empty(now, node);
+            self.queue_empty(node);
         }
         self.pump_stream(now, dir);
     }
@@ -1002,12 +939,10 @@ impl ClientCore {
         }
     }
 
-    /// Lease timers: gathered streams sent, refreshes, and idle leases
-    /// given back.
+    /// Lease timers: refreshes, and idle leases given back.
     pub(super) fn lease_timeout(&mut self, now: Instant) {
         let dirs: Vec<NodeId> = self.leases.dirs.keys().copied().collect();
         for dir in dirs {
-            self.pump_stream(now, dir);
             let Some(l) = self.leases.dirs.get_mut(&dir) else {
                 continue;
             };

@@ -115,36 +115,6 @@ fn creates_in_a_leased_directory_need_no_round_trip_and_arrive_whole() {
 }
 
 #[test]
-fn a_stream_gathers_until_something_waits_for_it_or_its_time_is_up() {
-    let mut w = leasing(1);
-    warm_up(&mut w);
-    let gather = Duration::from_millis(10);
-    // Files closed one after another, as tar closes them: nothing goes
-    // until the stream has gathered, then all of them in one batch.
-    let sent = w.clients[0].sent;
-    for i in 0..20 {
-        save(&mut w, 0, &format!("f{i}"), b"x").expect("saved");
-    }
-    assert_eq!(w.clients[0].sent - sent, 0, "nothing sent while gathering");
-    w.run_for(gather / 2);
-    assert_eq!(w.clients[0].sent - sent, 0, "still gathering");
-    w.run_for(gather);
-    assert_eq!(w.clients[0].sent - sent, 1, "one batch for the 20 files");
-    w.settle();
-    assert_eq!(on_disk(&w, "f19"), Some(b"x".to_vec()));
-    // Something that must see the stream sends it at once: a stat of the
-    // directory waits for it, and the batch goes as it is asked.
-    save(&mut w, 0, "g", b"y").expect("saved");
-    let sent = w.clients[0].sent;
-    let stat = w.op(0, Op::GetAttr { ino: Ino::ROOT });
-    assert_eq!(w.clients[0].sent - sent, 1, "the batch went with the stat");
-    let Ok(Answer::Attr { .. }) = w.wait(0, stat) else {
-        panic!("the directory's attributes");
-    };
-    assert_eq!(on_disk(&w, "g"), Some(b"y".to_vec()));
-}
-
-#[test]
 fn a_tree_of_more_directories_than_leases_gets_a_lease_in_each() {
     let mut w = leasing(1);
     // As tar unpacks a tree: a directory, its files, the next directory;
