@@ -920,7 +920,13 @@ impl ClientCore {
                         CacheKey::Attr(node),
                         Value::Attr(Arc::new(attr.clone())),
                     );
-                    self.commit_moved_dirs(now, node);
+                    // A file made here under a lease commits into its
+                    // create in the stream: no rename at the host, and the
+                    // kernel dropped the directory's attributes itself
+                    // when it sent the create.
+                    if !self.leases.is_unapplied(node) {
+                        self.commit_moved_dirs(now, node);
+                    }
                     self.finish_commit(now, node, Ok(attr));
                 }
                 WriteOutput::Aborted(reason) => self.finish_commit(now, node, Err(reason.errno())),
