@@ -715,6 +715,19 @@ impl ClientCore {
             if let Some(SetTime::At(t)) = set.atime {
                 a.atime = t;
             }
+            if let Some(at) = w.changed_at() {
+                // Its times as a local disk's would be until the host's
+                // replace them at the commit (a truncating open commits
+                // only at the release, which the kernel sends after
+                // `close` returns). Always later than the host's: this
+                // client's clock may lag the host's.
+                let t = self.leases.wall(at);
+                let later = |old: crate::proto::Timestamp| {
+                    if t > old { t } else { old.plus_nanos(1) }
+                };
+                a.mtime = later(a.mtime);
+                a.ctime = later(a.ctime);
+            }
             if let Some(SetTime::At(t)) = set.mtime {
                 a.mtime = t;
             }

@@ -268,7 +268,8 @@ impl Leases {
         Ok(())
     }
 
-    fn wall(&self, now: Instant) -> Timestamp {
+    /// The wall-clock time at `now`, as this client's machine tells it.
+    pub(super) fn wall(&self, now: Instant) -> Timestamp {
         let (at, wall) = self.wall.unwrap_or((Instant::ZERO, Timestamp::default()));
         let d = now.saturating_duration_since(at);
         let nanos = u64::from(wall.nanos) + u64::from(d.subsec_nanos());

@@ -1459,6 +1459,44 @@ fn a_time_of_now_set_while_writing_waits_for_the_commit() {
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
 }
 
+/// A truncating open empties the file at its commit, which waits for the
+/// release (the kernel sends it after `close` returns); until then a
+/// `stat` shows the times moved, as a local disk's truncation would
+/// (pjdfstest's `open::open_trunc`).
+#[test]
+fn a_truncating_open_moves_the_times_before_its_commit() {
+    let mut w = world(&[("f", b"data")], 1);
+    let stat = |w: &mut World, ino: Ino| match w.call(0, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => attr,
+        other => panic!("{other:?}"),
+    };
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let before = stat(&mut w, ino);
+    w.run_for(Duration::from_secs(1));
+    let fh = match w.call(
+        0,
+        Op::Open {
+            ino,
+            mode: crate::proto::OpenFor::Write,
+            truncate: true,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
+    let open = stat(&mut w, ino);
+    assert_eq!(open.size, 0);
+    assert!(open.mtime > before.mtime, "{open:?} after {before:?}");
+    assert!(open.ctime > before.ctime, "{open:?} after {before:?}");
+    assert_eq!(stat(&mut w, ino), open, "the same until the commit");
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    w.settle();
+    let committed = stat(&mut w, ino);
+    assert_eq!(committed.size, 0);
+    assert!(committed.mtime > before.mtime && committed.ctime > before.ctime);
+}
+
 /// The host's watcher reports the host's own changes back like anyone
 /// else's (the simulated world does too): the writer hears nothing of
 /// its own create, write and close, while a local program's change right

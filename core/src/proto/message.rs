@@ -127,6 +127,17 @@ pub struct Timestamp {
     pub nanos: u32,
 }
 
+impl Timestamp {
+    /// The time `n` nanoseconds later.
+    pub fn plus_nanos(self, n: u32) -> Timestamp {
+        let nanos = u64::from(self.nanos) + u64::from(n);
+        Timestamp {
+            secs: self.secs.saturating_add((nanos / 1_000_000_000) as i64),
+            nanos: (nanos % 1_000_000_000) as u32,
+        }
+    }
+}
+
 /// A node's attributes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

@@ -209,6 +209,9 @@ pub struct WriteTxn {
     written: bool,
     /// It began with the truncation of a truncating open.
     emptied_at_open: bool,
+    /// When the content or size last changed here: until the commit, the
+    /// file shows that as its mtime and ctime, as a local disk would.
+    changed_at: Option<Instant>,
     /// Mode and times set while writing ([`WriteTxn::set_at_commit`]).
     set: SetAttr,
     /// The content version the writes build on (told to the host, which
@@ -245,6 +248,7 @@ impl WriteTxn {
             size,
             written: false,
             emptied_at_open: false,
+            changed_at: None,
             set: SetAttr::default(),
             base,
             commit_wanted: false,
@@ -274,6 +278,12 @@ impl WriteTxn {
     /// Mode and times set while writing, to go with the commit.
     pub fn pending_set(&self) -> &SetAttr {
         &self.set
+    }
+
+    /// When a write, truncation or copy last changed the file here, if
+    /// one did.
+    pub fn changed_at(&self) -> Option<Instant> {
+        self.changed_at
     }
 
     /// Mode and times (never a size: that is [`Self::set_size`]) to give
@@ -421,6 +431,7 @@ impl WriteTxn {
             .ok_or(WriteError::Ended(Errno::FBig))?;
         self.size = self.size.max(end);
         self.written = true;
+        self.changed_at = Some(now);
         self.pending.write(offset, data);
         self.start_unless_whole(now);
         self.pump(now);
@@ -456,6 +467,9 @@ impl WriteTxn {
         if !(from_empty || empties_the_emptied) {
             self.written = true;
         }
+        if size != self.size || from_empty {
+            self.changed_at = Some(now);
+        }
         self.size = size;
         self.start_unless_whole(now);
         self.pump(now);
@@ -489,6 +503,7 @@ impl WriteTxn {
         self.sent.cut(offset, end);
         self.size = self.size.max(end);
         self.written = true;
+        self.changed_at = Some(now);
         self.barriers.push_back(Barrier::Copy {
             from,
             from_offset,

@@ -21,11 +21,26 @@ use super::procs::{ANY_PORT, mounted, scratch, start_host, ticket_of};
 /// and in each.
 const NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "d/x", "d/y", "e/x", "e/y"];
 
-/// Between steps: Linux stamps times from a clock that ticks every few
-/// milliseconds, so a change right after the previous step could carry
-/// the same time and look like none. This spaces the steps; it waits
-/// for nothing.
-const TICK: Duration = Duration::from_millis(15);
+/// Waits until the file system's clock has moved past every time the
+/// last step stamped. Linux stamps times from a clock that ticks every
+/// few milliseconds, so a change right after the previous step could
+/// carry the same time and look like none. `probe` (on the same file
+/// system as both trees, in neither) is written until its mtime differs
+/// from the first write's: every time the last step stamped is at most
+/// the first, every time the next step stamps at least the last.
+fn clock_tick(probe: &Path) {
+    let stamp = || {
+        fs::write(probe, b"t").expect("write the clock probe");
+        let m = fs::metadata(probe).expect("stat the clock probe");
+        (m.mtime(), m.mtime_nsec())
+    };
+    let first = stamp();
+    // A poll of the clock, not a wait for another thread: the probe's
+    // time is the condition.
+    while stamp() == first {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
 
 /// A time a program sets (2001-09-09): far from any the clock gives.
 const SET_SECS: i64 = 1_000_000_000;
@@ -205,7 +220,7 @@ fn seen(before: &Option<(Shown, Times)>, now: &Option<(Shown, Times)>) -> Seen {
 
 /// Runs `steps` random steps from `seed` on the mount and on the local
 /// directory, comparing after each.
-fn differential(mnt: &Path, local: &Path, seed: u64, steps: usize) {
+fn differential(mnt: &Path, local: &Path, probe: &Path, seed: u64, steps: usize) {
     let mut g = Gen(seed | 1);
     let mut done = Vec::new();
     for i in 0..steps {
@@ -220,7 +235,7 @@ fn differential(mnt: &Path, local: &Path, seed: u64, steps: usize) {
             Step::Truncate(..) | Step::Chmod(..) | Step::SetTimes(..) => true,
             _ => false,
         };
-        std::thread::sleep(TICK);
+        clock_tick(probe);
         // Taken now rather than after the last step: the kernel hears of
         // a directory's times moved by a commit a moment after the close
         // returns (the mount's invalidation thread tells it).
@@ -272,6 +287,6 @@ pub(crate) fn metadata_like_a_local_disk(bin: &Path) {
         let (m, l) = (mnt.join(format!("s{seed}")), local.join(format!("s{seed}")));
         fs::create_dir_all(&m).expect("mount's tree");
         fs::create_dir_all(&l).expect("local tree");
-        differential(&m, &l, seed, 150);
+        differential(&m, &l, &dir.join("clock"), seed, 150);
     }
 }

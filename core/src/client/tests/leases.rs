@@ -4,16 +4,20 @@
 use super::*;
 
 fn leasing(clients: usize) -> World {
-    World::new(
-        7,
+    leasing_with(
         disk(&[("old", b"here before")]),
         clients,
         HostConfig::default(),
-        ClientConfig {
-            leases: true,
-            ..ClientConfig::default()
-        },
     )
+}
+
+/// A world whose clients take directory leases, over `disk` and `host`.
+fn leasing_with(disk: MemFs, clients: usize, host: HostConfig) -> World {
+    let client = ClientConfig {
+        leases: true,
+        ..ClientConfig::default()
+    };
+    World::new(7, disk, clients, host, client)
 }
 
 fn create_in(w: &mut World, c: usize, n: &str) -> Result<(Ino, Fh), Errno> {
@@ -420,16 +424,7 @@ fn unlink(w: &mut World, c: usize, parent: Ino, n: &str) -> Result<Answer, Errno
 fn unlinks_in_a_leased_directory_need_no_round_trip_and_reach_the_host() {
     let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
     let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
-    let mut w = World::new(
-        7,
-        disk(&files),
-        2,
-        HostConfig::default(),
-        ClientConfig {
-            leases: true,
-            ..ClientConfig::default()
-        },
-    );
+    let mut w = leasing_with(disk(&files), 2, HostConfig::default());
     // `rm` looks each name up first (the kernel does).
     for n in &names {
         lookup(&mut w, 0, Ino::ROOT, n).expect("there");
@@ -596,16 +591,7 @@ fn a_late_unlink_leaves_the_file_made_at_the_name_since() {
         session_grace: Duration::from_secs(300),
         ..HostConfig::default()
     };
-    let mut w = World::new(
-        7,
-        disk(&[("old", b"here before")]),
-        2,
-        host,
-        ClientConfig {
-            leases: true,
-            ..ClientConfig::default()
-        },
-    );
+    let mut w = leasing_with(disk(&[("old", b"here before")]), 2, host);
     warm_up(&mut w);
     lookup(&mut w, 0, Ino::ROOT, "old").expect("old");
     // Answered here; the batch is lost with everything else the holder
