@@ -320,57 +320,105 @@ impl HostFs {
     /// took meanwhile is EEXIST, not overwritten, and a crash leaves the
     /// whole file or none (its data ordered before the rename as a
     /// commit's).
+    ///
+    /// Where the file system does not order data before a rename, every
+    /// new file of the batch is written first and one `syncfs` makes all
+    /// of them durable before any is linked: a `fdatasync` each, waited
+    /// for one after another, made an untar of 10,000 files on an ext4
+    /// without a journal wait for 10,000 disk writes in turn.
     pub(super) fn batch(&self, dir: &RelPath, ops: Vec<BatchOp>) -> FsResult {
         let dir = self.dir(dir)?;
-        let items = ops
+        let creates = ops
+            .iter()
+            .filter(|op| matches!(op, BatchOp::Create(_)))
+            .count();
+        let sync_once = !self.ordered && creates > 1;
+        let mut steps: Vec<Step> = ops
             .into_iter()
             .map(|op| match op {
-                BatchOp::Create(f) => self.create_file(&dir, f),
-                BatchOp::Unlink { name, key } => unlink_in(&dir, &name, key),
+                BatchOp::Create(f) => Step::Link(self.stage_new(&dir, &f, !sync_once), f.name),
+                BatchOp::Unlink { name, key } => Step::Unlink(name, key),
+            })
+            .collect();
+        let any_staged = steps.iter().any(|s| matches!(s, Step::Link(Ok(_), _)));
+        if sync_once && any_staged && rfs::syncfs(&dir).is_err() {
+            // Whether their data reached the disk is unknown: none is
+            // linked, and each is refused as a failed write would be.
+            for step in &mut steps {
+                if let Step::Link(staged, _) = step
+                    && let Ok(file) = std::mem::replace(staged, Err(Errno::Io))
+                {
+                    file.discard(&dir);
+                }
+            }
+        }
+        let items = steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Link(Ok(file), name) => Self::link_new(&dir, file, &name),
+                Step::Link(Err(e), _) => Err(e),
+                Step::Unlink(name, key) => unlink_in(&dir, &name, key),
             })
             .collect();
         Ok(FsOk::Batch(items))
     }
 
-    fn create_file(&self, dir: &OwnedFd, f: NewFile) -> Result<FsAttr, Errno> {
+    /// Writes a new file of a batch whole under a staging name in `dir`,
+    /// with its owner, mode and times; its data made durable here if
+    /// `sync` (else the caller syncs before linking it).
+    fn stage_new(&self, dir: &OwnedFd, f: &NewFile, sync: bool) -> Result<StagedNew, Errno> {
         if f.data.len() as u64 > self.cfg.max_file {
             return Err(Errno::FBig);
         }
-        let mut sname = self.staging_prefix.clone();
+        let mut name = self.staging_prefix.clone();
         let n = self
             .next_new
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        sname.extend_from_slice(format!("n{n}").as_bytes());
+        name.extend_from_slice(format!("n{n}").as_bytes());
         let flags =
             OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rfs::openat(dir, os(&sname), flags, Mode::from_raw_mode(0o600)).map_err(sys)?;
-        let file = File::from(fd);
+        let fd = rfs::openat(dir, os(&name), flags, Mode::from_raw_mode(0o600)).map_err(sys)?;
+        let staged = StagedNew {
+            name,
+            file: File::from(fd),
+        };
         let made = (|| {
-            file.write_all_at(&f.data, 0).map_err(io)?;
-            super::ops::give(&file, dir, f.owner)?;
+            staged.file.write_all_at(&f.data, 0).map_err(io)?;
+            super::ops::give(&staged.file, dir, f.owner)?;
             // Exactly the requested bits: the client applied its umask.
-            rfs::fchmod(&file, Mode::from_raw_mode(f.mode & 0o7777)).map_err(sys)?;
+            rfs::fchmod(&staged.file, Mode::from_raw_mode(f.mode & 0o7777)).map_err(sys)?;
             if let Some(t) = times(&f.times) {
-                rfs::futimens(&file, &t).map_err(sys)?;
+                rfs::futimens(&staged.file, &t).map_err(sys)?;
             }
-            if !self.ordered {
-                file.sync_data().map_err(io)?;
+            if sync && !self.ordered {
+                staged.file.sync_data().map_err(io)?;
             }
-            rfs::renameat_with(
-                dir,
-                os(&sname),
-                dir,
-                os(f.name.as_bytes()),
-                rfs::RenameFlags::NOREPLACE,
-            )
-            .map_err(sys)
+            Ok(())
         })();
-        if let Err(e) = made {
-            let _ = rfs::unlinkat(dir, os(&sname), AtFlags::empty());
-            return Err(e);
+        match made {
+            Ok(()) => Ok(staged),
+            Err(e) => {
+                staged.discard(dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Links a staged new file at `name`, only if the name is free.
+    fn link_new(dir: &OwnedFd, staged: StagedNew, name: &Name) -> Result<FsAttr, Errno> {
+        let linked = rfs::renameat_with(
+            dir,
+            os(&staged.name),
+            dir,
+            os(name.as_bytes()),
+            rfs::RenameFlags::NOREPLACE,
+        );
+        if let Err(e) = linked {
+            staged.discard(dir);
+            return Err(sys(e));
         }
         // Durable at the next Sync (the group commit), as every change.
-        let st = rfs::fstat(&file).map_err(sys)?;
+        let st = rfs::fstat(&staged.file).map_err(sys)?;
         attr(&st).ok_or(Errno::Io)
     }
 
@@ -575,6 +623,28 @@ fn copy_buffered(
 /// the name is ESTALE. (A local program may still swap the file between
 /// the `stat` and the `unlinkat`; it recalled the lease, so its change is
 /// reported, as for any unlink racing a local program.)
+/// A batch's operation, its new file (if any) already staged.
+enum Step {
+    /// Link the staged file at the name.
+    Link(Result<StagedNew, Errno>, Name),
+    /// Remove the name if it holds the file of this identity.
+    Unlink(Name, FileKey),
+}
+
+/// A new file of a batch, written whole under its staging name and not
+/// yet linked at its own.
+struct StagedNew {
+    name: Vec<u8>,
+    file: File,
+}
+
+impl StagedNew {
+    /// Removes the staging name: the file is not made.
+    fn discard(self, dir: &OwnedFd) {
+        let _ = rfs::unlinkat(dir, os(&self.name), AtFlags::empty());
+    }
+}
+
 fn unlink_in(dir: &OwnedFd, name: &Name, key: FileKey) -> Result<FsAttr, Errno> {
     let n = os(name.as_bytes());
     let st = rfs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
