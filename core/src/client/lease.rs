@@ -401,6 +401,21 @@ impl ClientCore {
             return;
         }
         self.leases.recent.remove(&dir);
+        self.ask_lease(now, dir);
+    }
+
+    /// A directory this client just made: files usually follow (tar,
+    /// `cp -r`, a checkout), so its lease is asked for at once instead
+    /// of after two ordinary creates there, each a round trip for the
+    /// create and one for the close.
+    pub(super) fn made_dir(&mut self, now: Instant, dir: NodeId) {
+        if self.cfg.leases && !self.leases.dirs.contains_key(&dir) && self.room_for_lease(now) {
+            self.ask_lease(now, dir);
+        }
+    }
+
+    /// Asks the host for a lease on `dir`.
+    fn ask_lease(&mut self, now: Instant, dir: NodeId) {
         // Bounded: one entry per directory created in, pruned here.
         if self.leases.recent.len() > 1024 {
             self.leases

@@ -320,6 +320,7 @@ impl ClientCore {
                     // as an invalidation, as for any listing).
                     let empty = Value::Dir(Arc::from(Vec::new()));
                     let _ = self.cache.fill(now, CacheKey::Dir(a.node), empty);
+                    self.made_dir(now, a.node);
                 }
                 Some(
                     self.entry(now, *parent, op, a.clone(), true)

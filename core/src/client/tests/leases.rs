@@ -183,6 +183,43 @@ fn a_file_saved_under_a_lease_tells_the_kernel_nothing_more() {
     assert!(w.clients[0].invalidated.contains(&Ino::ROOT));
 }
 
+/// A directory made here is leased at once: its first files need no
+/// round trip either (tar makes a directory, then fills it).
+#[test]
+fn a_directory_made_here_is_leased_before_its_first_file() {
+    let mut w = leasing(1);
+    let dir = match w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: None,
+        },
+    ) {
+        Ok(Answer::Entry { ino, .. }) => ino,
+        other => panic!("{other:?}"),
+    };
+    // The grant and the listing, asked for with the mkdir's answer.
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.host.leases(), 1, "leased without a create there");
+    let sent = w.clients[0].sent;
+    for i in 0..5 {
+        save_at(&mut w, 0, dir, &format!("f{i}"), b"f").expect("saved");
+    }
+    let during = w.clients[0].sent - sent;
+    assert!(
+        during <= 1,
+        "{during} requests for 5 files: one batch at most"
+    );
+    w.settle();
+    let f = RelPath::from(vec![name("d"), name("f0")]);
+    assert_eq!(
+        w.disk.read_file(&f).map(<[u8]>::to_vec),
+        Some(b"f".to_vec())
+    );
+}
+
 #[test]
 fn an_exclusive_create_of_a_name_there_is_eexist_without_asking() {
     let mut w = leasing(1);
