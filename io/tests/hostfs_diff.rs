@@ -138,6 +138,11 @@ fn op(rng: &mut Rng) -> FsOp {
                         } else {
                             NO_STAMP.key
                         };
+                        // One name is removed as a directory (no draw of
+                        // its own either): ENOTDIR, ENOTEMPTY or gone.
+                        if name.as_bytes() == NAMES[1].as_bytes() {
+                            return BatchOp::Rmdir { name, key };
+                        }
                         return BatchOp::Unlink { name, key };
                     }
                     BatchOp::Create(NewFile {
@@ -434,6 +439,10 @@ fn keyed(op: FsOp, mut stat: impl FnMut(FsOp) -> FsResult) -> FsOp {
                     BatchOp::Unlink { name, key } if key == NO_STAMP.key => {
                         let key = key_at(dir.join(&name));
                         BatchOp::Unlink { name, key }
+                    }
+                    BatchOp::Rmdir { name, key } if key == NO_STAMP.key => {
+                        let key = key_at(dir.join(&name));
+                        BatchOp::Rmdir { name, key }
                     }
                     op => op,
                 })

@@ -156,6 +156,15 @@ impl ClientCore {
                     }
                     Err(e) => return Err(e),
                 };
+                if self.leases.is_unapplied(node) {
+                    // Made under a lease and not yet applied: its times
+                    // so far are this client's clock, and the host's
+                    // differ. Shown, they would jump when it is applied
+                    // (a time a program left alone would look changed),
+                    // so a stat waits for the host's.
+                    self.cache
+                        .invalidate(now, node, crate::proto::Invalidation::Attr);
+                }
                 let w = self.waiter(CacheWait::GetAttr { req });
                 match self.cache.lookup(now, &CacheKey::Attr(node), w) {
                     Ok(Lookup::Hit(Value::Attr(a))) => {
@@ -451,6 +460,7 @@ impl ClientCore {
             }
             Op::Create { .. } if self.create_locally(now, req, &op) => {}
             Op::Unlink { .. } if self.unlink_locally(now, req, &op) => {}
+            Op::Rmdir { .. } if self.rmdir_locally(now, req, &op) => {}
             Op::Create {
                 parent,
                 name,

@@ -16,7 +16,11 @@
 //!   ([`ClientCore::stream_whole`]);
 //! * the unlink of a name its listing holds, if the name is a file of the
 //!   host's that is not a directory and not open here
-//!   ([`ClientCore::unlink_locally`]): an `Unlink` in the stream.
+//!   ([`ClientCore::unlink_locally`]): an `Unlink` in the stream;
+//! * the `rmdir` of a directory whose lease it holds too and whose names
+//!   it has all removed ([`ClientCore::rmdir_locally`]): an `Rmdir` in
+//!   the parent's stream, sent once that directory's own stream is
+//!   applied.
 //!
 //! The stream goes to the host in order as [`Request::Apply`] batches, one
 //! at a time per directory; what closes while one is out gathers into the
@@ -542,7 +546,9 @@ impl ClientCore {
             },
         );
         let fh = self.open_handle(now, ino, None, attr.clone(), Bytes::new());
-        let ttl = self.kernel_ttl(crate::cache::Kind::Attr);
+        // Not for the kernel to keep: its `stat` must come here, to wait
+        // for the host's times (see `Op::GetAttr`).
+        let ttl = Duration::ZERO;
         self.reply(req, Ok(Answer::Created { ino, attr, ttl, fh }));
         if ask_more {
             self.lease_send(now, pnode, LeaseStep::Take, Request::Lease { dir: pnode });
@@ -602,6 +608,68 @@ impl ClientCore {
             v.unlink(*parent, name);
         }
         self.reply(req, Ok(Answer::Done));
+        self.pump_stream(now, pnode);
+        true
+    }
+
+    /// Answers `rmdir` in a directory whose lease this client holds if it
+    /// can vouch for the result: the name is in its listing and holds a
+    /// directory of the host's that this client holds the lease of too,
+    /// and whose names this client has all removed (its set is a superset
+    /// of what is there, so empty means empty once its own stream is
+    /// applied). The `Rmdir` joins the parent's stream, sent only after
+    /// the directory's own stream is applied (its unlinks first, as `rm
+    /// -r` issued them); the directory's lease is given back. Returns
+    /// whether it answered.
+    pub(super) fn rmdir_locally(&mut self, now: Instant, req: Req, op: &Op) -> bool {
+        let Op::Rmdir { parent, name } = op else {
+            return false;
+        };
+        let Some(v) = self.vfs.as_ref() else {
+            return false;
+        };
+        let (Some(pnode), Some(inode)) = (
+            v.node(*parent),
+            v.child(*parent, name).and_then(|c| v.get(c)),
+        ) else {
+            return false;
+        };
+        let node = inode.node;
+        let emptied = self.leases.dirs.get(&node).is_some_and(|l| {
+            matches!(l.state, State::Held | State::Returning) && !l.lost && l.names.is_empty()
+        });
+        let busy = inode.kind != FileKind::Dir
+            || !inode.bound
+            || !emptied
+            || self.leases.pending(node)
+            || self.leases.unapplied.len() + self.leases.unlinking.len() >= MAX_UNAPPLIED;
+        let Some(l) = self.leases.dirs.get_mut(&pnode) else {
+            return false;
+        };
+        if busy || l.state != State::Held || !l.names.remove(name) {
+            return false;
+        }
+        l.last_local = now;
+        l.stream.push_back(LeaseOp::Rmdir {
+            node,
+            name: name.clone(),
+        });
+        self.leases.unlinking.insert(
+            node,
+            Unlinked {
+                dir: pnode,
+                name: name.clone(),
+                parent: *parent,
+            },
+        );
+        self.entries_changed(now, *parent);
+        self.name_removed(now, *parent, name);
+        if let Some(v) = self.vfs.as_mut() {
+            v.unlink(*parent, name);
+        }
+        self.reply(req, Ok(Answer::Done));
+        // Nothing more is made in it here; its stream goes first.
+        self.return_lease(now, node);
         self.pump_stream(now, pnode);
         true
     }
@@ -887,10 +955,20 @@ impl ClientCore {
         }
         let mut ops = Vec::new();
         let mut bytes = 0;
+        let pending = |d: NodeId| {
+            let made = self.leases.unapplied.values().any(|u| u.dir == d);
+            made || self.leases.unlinking.values().any(|u| u.dir == d)
+        };
         while let Some(op) = l.stream.front() {
+            // A directory's removal waits for what was done in it.
+            if let LeaseOp::Rmdir { node, .. } = op
+                && pending(*node)
+            {
+                break;
+            }
             let size = match op {
                 LeaseOp::CreateFile { data, .. } => data.len(),
-                LeaseOp::Unlink { .. } => 0,
+                LeaseOp::Unlink { .. } | LeaseOp::Rmdir { .. } => 0,
             };
             let full = bytes + size > MAX_BATCH_BYTES || ops.len() >= MAX_BATCH_OPS;
             if !ops.is_empty() && full {
@@ -898,6 +976,9 @@ impl ClientCore {
             }
             bytes += size;
             ops.extend(l.stream.pop_front());
+        }
+        if ops.is_empty() {
+            return;
         }
         l.in_flight = true;
         let tag = self.leases.next_tag;
@@ -1133,16 +1214,34 @@ impl ClientCore {
                 (LeaseOp::CreateFile { node, .. }, Ok(_)) => self.file_refused(*node, Errno::Io),
                 (LeaseOp::CreateFile { node, .. }, Err(e)) => self.file_refused(*node, e),
                 // Gone either way: the name is not there.
-                (LeaseOp::Unlink { node, .. }, Ok(_) | Err(Errno::NoEnt)) => {
-                    self.unlink_applied(now, *node)
+                (
+                    LeaseOp::Unlink { node, .. } | LeaseOp::Rmdir { node, .. },
+                    Ok(_) | Err(Errno::NoEnt),
+                ) => self.unlink_applied(now, *node),
+                (LeaseOp::Unlink { node, .. } | LeaseOp::Rmdir { node, .. }, Err(e)) => {
+                    self.unlink_refused(now, *node, e)
                 }
-                (LeaseOp::Unlink { node, .. }, Err(e)) => self.unlink_refused(now, *node, e),
             }
         }
         // The directory's times and link count moved at the host.
         self.cache.invalidate(now, dir, Invalidation::Attr);
         self.release_held(now);
         self.pump_stream(now, dir);
+        // A removal of this directory waiting in its parent's stream.
+        let parents: Vec<NodeId> = self
+            .leases
+            .dirs
+            .iter()
+            .filter(|(_, l)| {
+                l.stream
+                    .iter()
+                    .any(|op| matches!(op, LeaseOp::Rmdir { node, .. } if *node == dir))
+            })
+            .map(|(d, _)| *d)
+            .collect();
+        for parent in parents {
+            self.pump_stream(now, parent);
+        }
         debug_assert_eq!(self.leases.check(), Ok(()));
     }
 

@@ -441,9 +441,7 @@ impl ClientCore {
                 _,
                 Ok(Reply::Unnamed { .. }),
             ) => {
-                if matches!(op, Op::Unlink { .. })
-                    && let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent))
-                {
+                if let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) {
                     self.changed_remotely(now, pnode);
                 }
                 self.entries_changed(now, *parent);

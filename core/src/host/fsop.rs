@@ -179,6 +179,16 @@ pub enum BatchOp {
         /// The file it must hold.
         key: FileKey,
     },
+    /// Remove a name that holds an empty directory (ENOTDIR if it holds
+    /// something else, ENOTEMPTY if it is not empty), as [`FsOp::Rmdir`],
+    /// if it still holds the directory `key` (ESTALE otherwise). Its
+    /// result is the attributes the directory had.
+    Rmdir {
+        /// The name.
+        name: Name,
+        /// The directory it must hold.
+        key: FileKey,
+    },
 }
 
 /// One operation on the shared folder.

@@ -476,6 +476,7 @@ impl MemFs {
                     let done = match op {
                         BatchOp::Create(f) => self.create_file(parent, f),
                         BatchOp::Unlink { name, key } => self.unlink_in(parent, &name, key),
+                        BatchOp::Rmdir { name, key } => self.rmdir_in(parent, &name, key),
                     };
                     if done.is_ok() {
                         self.mutated();
@@ -568,6 +569,30 @@ impl MemFs {
             return Err(Errno::Stale);
         }
         attr.nlink = attr.nlink.saturating_sub(1);
+        self.detach(parent, name);
+        self.collect();
+        Ok(attr)
+    }
+
+    /// A [`BatchOp::Rmdir`]: the empty directory `name` of `parent`, if
+    /// it is the directory `key`.
+    fn rmdir_in(&mut self, parent: u64, name: &Name, key: FileKey) -> Result<FsAttr, Errno> {
+        let d = self.inodes.get(&parent).ok_or(Errno::NoEnt)?;
+        let ino = *d.children.get(name).ok_or(Errno::NoEnt)?;
+        let attr = self.attr(ino)?;
+        if attr.kind != FileKind::Dir {
+            return Err(Errno::NotDir);
+        }
+        if attr.key != key {
+            return Err(Errno::Stale);
+        }
+        if self
+            .inodes
+            .get(&ino)
+            .is_some_and(|n| !n.children.is_empty())
+        {
+            return Err(Errno::NotEmpty);
+        }
         self.detach(parent, name);
         self.collect();
         Ok(attr)

@@ -439,6 +439,18 @@ pub enum LeaseOp {
         /// Its name in the leased directory.
         name: Name,
     },
+    /// Remove the empty directory `name`, which the holder saw naming
+    /// `node` and held the lease of (an `rmdir` the holder answered
+    /// itself, sent once that directory's own stream is applied). Only
+    /// if it still names `node`'s directory: ESTALE if another took the
+    /// name, ENOENT if none has it, ENOTEMPTY if something was made in it
+    /// meanwhile. The result is the directory's attributes.
+    Rmdir {
+        /// The directory the name held when the holder answered.
+        node: NodeId,
+        /// Its name in the leased directory.
+        name: Name,
+    },
 }
 
 /// Node ids reserved for one lease: `first` and the `count - 1` after it.

@@ -467,7 +467,9 @@ impl WriteTxn {
         if !(from_empty || empties_the_emptied) {
             self.written = true;
         }
-        if size != self.size || from_empty {
+        // Only a real change: a truncating open of a file already empty
+        // (a create with O_TRUNC) moves no times.
+        if size != self.size {
             self.changed_at = Some(now);
         }
         self.size = size;

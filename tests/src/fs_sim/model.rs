@@ -102,6 +102,8 @@ pub struct FsStats {
     pub files_streamed: u64,
     /// Unlinks answered under a directory lease and applied by the host.
     pub unlinks_streamed: u64,
+    /// Directories removed under a directory lease and applied by the host.
+    pub rmdirs_streamed: u64,
     /// Acknowledged closes checked once the host applied what they
     /// covered (a lease holder answers closes before that).
     pub acks_deferred: u64,
@@ -152,6 +154,7 @@ impl FsStats {
         self.converged += o.converged;
         self.files_streamed += o.files_streamed;
         self.unlinks_streamed += o.unlinks_streamed;
+        self.rmdirs_streamed += o.rmdirs_streamed;
         self.acks_deferred += o.acks_deferred;
         self.creates_lost += o.creates_lost;
     }
@@ -698,6 +701,11 @@ impl Sim {
             v.insert(0, Ino::ROOT);
         }
         v
+    }
+
+    /// The inode client `c` knows `parent`'s entry `name` as, if any.
+    pub fn child(&self, c: usize, parent: Ino, name: &Name) -> Option<Ino> {
+        self.w.clients[c].core.vfs()?.child(parent, name)
     }
 
     /// Open handles of client `c`.
@@ -1289,8 +1297,10 @@ impl Sim {
                     .try_fold(NodeId::ROOT, |at, n| nodes.child(at, n));
                 for (op, made) in ops.iter().zip(items) {
                     let (BatchOp::Create(new), Ok(a)) = (op, made) else {
-                        if let (BatchOp::Unlink { .. }, Ok(_)) = (op, made) {
-                            self.stats.unlinks_streamed += 1;
+                        match (op, made) {
+                            (BatchOp::Unlink { .. }, Ok(_)) => self.stats.unlinks_streamed += 1,
+                            (BatchOp::Rmdir { .. }, Ok(_)) => self.stats.rmdirs_streamed += 1,
+                            _ => {}
                         }
                         continue;
                     };

@@ -117,6 +117,41 @@ fn sweep(sim: &mut Sim, c: usize, dir: Ino) -> Result<(), Violation> {
     Ok(())
 }
 
+/// A tree made and removed at the top, as an untar then `rm -r` does:
+/// files in the root (so that a client holds its lease), a directory
+/// made and filled (leased at its mkdir), then emptied and removed (the
+/// rmdir answered under the root's lease, applied once the directory's
+/// own stream is in).
+fn tree(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Violation> {
+    burst(sim, rng, c, Ino::ROOT, tag)?;
+    let n = name(rng, true);
+    sim.op(
+        c,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: n.clone(),
+            mode: 0o755,
+            caller: None,
+        },
+    )?;
+    sim.advance(Duration::from_millis(50))?;
+    let Some(sub) = sim.child(c, Ino::ROOT, &n) else {
+        return Ok(());
+    };
+    *tag += 1;
+    burst(sim, rng, c, sub, tag)?;
+    sim.advance(Duration::from_millis(100))?;
+    sweep(sim, c, sub)?;
+    sim.op(
+        c,
+        Op::Rmdir {
+            parent: Ino::ROOT,
+            name: n,
+        },
+    )?;
+    Ok(())
+}
+
 /// Runs seed `seed`: random world and workload, then liveness. With
 /// `trace`, records the trace (printing it as it goes if `echo`).
 pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violation>) {
@@ -216,7 +251,11 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                 tag += 1;
                 burst(sim, rng, c, dir, &mut tag)?;
             }
-            168..175 => sweep(sim, c, dir)?,
+            168..172 => sweep(sim, c, dir)?,
+            172..175 => {
+                tag += 1;
+                tree(sim, rng, c, &mut tag)?;
+            }
             175..220 => {
                 let n = name(rng, false);
                 sim.op(
@@ -602,6 +641,7 @@ impl Simulation for FsSim {
                 "unlinks answered under a directory lease",
                 s.unlinks_streamed,
             ),
+            ("rmdirs answered under a directory lease", s.rmdirs_streamed),
             (
                 "closes acknowledged before their lease's stream",
                 s.acks_deferred,

@@ -220,6 +220,37 @@ fn a_directory_made_here_is_leased_before_its_first_file() {
     );
 }
 
+/// A file made here shows the host's times from its first `stat`: its
+/// `stat` waits for the host to apply it, and the kernel is not given
+/// the client's guess to keep. Shown, the guess would jump to the host's
+/// times when the file is applied, as if a program had changed them
+/// (pjdfstest's `utimensat::utime_omit` saw exactly that).
+#[test]
+fn a_stat_of_a_file_made_here_shows_the_hosts_times_from_the_first() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    w.run_for(Duration::from_millis(1));
+    let (ino, fh) = create_in(&mut w, 0, "t").expect("made here");
+    assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
+    let req = w.op(0, Op::GetAttr { ino });
+    assert_eq!(w.answer(0, req), None, "waits for the host");
+    let Ok(Answer::Attr { attr: first, .. }) = w.wait(0, req) else {
+        panic!("attributes");
+    };
+    let on_host = match w.disk.execute(crate::host::FsOp::Stat {
+        path: RelPath::from(vec![name("t")]),
+    }) {
+        Ok(crate::host::FsOk::Attr(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((first.mtime, first.ctime), (on_host.mtime, on_host.ctime));
+    w.settle();
+    let Ok(Answer::Attr { attr: later, .. }) = w.call(0, Op::GetAttr { ino }) else {
+        panic!("attributes");
+    };
+    assert_eq!((later.mtime, later.ctime), (first.mtime, first.ctime));
+}
+
 #[test]
 fn an_exclusive_create_of_a_name_there_is_eexist_without_asking() {
     let mut w = leasing(1);
@@ -555,6 +586,173 @@ fn a_directory_emptied_here_is_removed_once_its_unlinks_are_applied() {
         path: RelPath::from(vec![name("d")]),
     });
     assert_eq!(gone, Err(Errno::NoEnt));
+}
+
+/// `rm -r` of a tree this client holds the leases of: every unlink and
+/// every `rmdir` is answered at once, and the host applies them bottom
+/// up (a directory's removal waits for what was removed in it).
+#[test]
+fn a_tree_removed_here_is_answered_at_once_and_removed_bottom_up() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let mkdir = |w: &mut World, parent: Ino, n: &str| match w.call(
+        0,
+        Op::Mkdir {
+            parent,
+            name: name(n),
+            mode: 0o755,
+            caller: None,
+        },
+    ) {
+        Ok(Answer::Entry { ino, .. }) => ino,
+        other => panic!("{other:?}"),
+    };
+    let d = mkdir(&mut w, Ino::ROOT, "d");
+    w.run_for(Duration::from_millis(50));
+    let e = mkdir(&mut w, d, "e");
+    w.run_for(Duration::from_millis(50));
+    for i in 0..4 {
+        save_at(&mut w, 0, d, &format!("f{i}"), b"d").expect("saved in d");
+        save_at(&mut w, 0, e, &format!("g{i}"), b"e").expect("saved in e");
+    }
+    // Applied, well within the leases' idle time.
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.clients[0].core.unapplied(), 0);
+    assert_eq!(w.host.leases(), 3, "root, d and e leased");
+    // As rm -r: the deepest first, each directory emptied then removed.
+    let at_once = |w: &mut World, op: Op| {
+        let req = w.op(0, op);
+        w.answer(0, req)
+    };
+    for i in 0..4 {
+        let op = Op::Unlink {
+            parent: e,
+            name: name(&format!("g{i}")),
+        };
+        assert_eq!(at_once(&mut w, op), Some(Ok(Answer::Done)), "g{i}");
+    }
+    let rmdir = |parent, n: &str| Op::Rmdir {
+        parent,
+        name: name(n),
+    };
+    assert_eq!(at_once(&mut w, rmdir(d, "e")), Some(Ok(Answer::Done)));
+    for i in 0..4 {
+        let op = Op::Unlink {
+            parent: d,
+            name: name(&format!("f{i}")),
+        };
+        assert_eq!(at_once(&mut w, op), Some(Ok(Answer::Done)), "f{i}");
+    }
+    assert_eq!(
+        at_once(&mut w, rmdir(Ino::ROOT, "d")),
+        Some(Ok(Answer::Done))
+    );
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "d").map(|_| ()),
+        Err(Errno::NoEnt),
+        "gone here at once"
+    );
+    w.settle();
+    let d_on_host = w.disk.execute(crate::host::FsOp::Stat {
+        path: RelPath::from(vec![name("d")]),
+    });
+    assert_eq!(d_on_host, Err(Errno::NoEnt), "gone at the host");
+    assert!(
+        !w.clients[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::RemoveLost { .. })),
+        "nothing refused: {:?}",
+        w.clients[0].events
+    );
+    assert_eq!(w.clients[0].core.unapplied(), 0);
+}
+
+/// `rm -r` of a tree whose top this client did not make: two ordinary
+/// `rmdir`s in a directory earn its lease, as two unlinks do.
+#[test]
+fn two_rmdirs_earn_the_lease() {
+    let mut w = leasing(1);
+    for n in ["a1", "a2", "a3"] {
+        w.disk
+            .execute(crate::host::FsOp::Mkdir {
+                path: RelPath::from(vec![name(n)]),
+                mode: 0o755,
+                owner: None,
+            })
+            .expect("a directory");
+    }
+    for n in ["a1", "a2"] {
+        lookup(&mut w, 0, Ino::ROOT, n).expect("there");
+        let rm = Op::Rmdir {
+            parent: Ino::ROOT,
+            name: name(n),
+        };
+        assert_eq!(w.call(0, rm), Ok(Answer::Done));
+    }
+    w.run_for(Duration::from_millis(50));
+    assert_eq!(w.host.leases(), 1, "the root is leased");
+}
+
+/// A directory a program on the host put a file in after this client
+/// emptied it: the `rmdir` answered here is refused (ENOTEMPTY), the
+/// name comes back and the mount says so.
+#[test]
+fn a_directory_refilled_on_the_host_comes_back_and_is_reported() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    let d = match w.call(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: None,
+        },
+    ) {
+        Ok(Answer::Entry { ino, .. }) => ino,
+        other => panic!("{other:?}"),
+    };
+    w.run_for(Duration::from_millis(50));
+    save_at(&mut w, 0, d, "f", b"d").expect("saved");
+    // Applied, well within the leases' idle time.
+    w.run_for(Duration::from_millis(100));
+    assert_eq!(w.host.leases(), 2, "root and d leased");
+    assert_eq!(unlink(&mut w, 0, d, "f"), Ok(Answer::Done));
+    // A host program's file, before its watcher has told anyone (the
+    // recall would come too late for this rmdir anyway).
+    let late = RelPath::from(vec![name("d"), name("local")]);
+    w.disk
+        .local_replace(&late, b"host")
+        .expect("a host program's file");
+    let req = w.op(
+        0,
+        Op::Rmdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+        },
+    );
+    assert_eq!(w.answer(0, req), Some(Ok(Answer::Done)), "answered here");
+    w.settle();
+    assert!(
+        w.clients[0].events.iter().any(|e| matches!(
+            e,
+            ClientEvent::RemoveLost {
+                errno: Errno::NotEmpty,
+                ..
+            }
+        )),
+        "{:?}",
+        w.clients[0].events
+    );
+    assert!(
+        lookup(&mut w, 0, Ino::ROOT, "d").is_ok(),
+        "the name is back"
+    );
+    assert_eq!(
+        w.disk.read_file(&late).map(<[u8]>::to_vec),
+        Some(b"host".to_vec())
+    );
 }
 
 #[test]

@@ -83,7 +83,9 @@ impl Echoes {
                 .enumerate()
                 .map(|(i, op)| match op {
                     BatchOp::Create(f) => (dir.join(&f.name), Leaves::Item(i)),
-                    BatchOp::Unlink { name, .. } => (dir.join(name), Leaves::ItemGone(i)),
+                    BatchOp::Unlink { name, .. } | BatchOp::Rmdir { name, .. } => {
+                        (dir.join(name), Leaves::ItemGone(i))
+                    }
                 })
                 .collect(),
             _ => return,

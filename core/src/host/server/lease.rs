@@ -562,6 +562,27 @@ impl HostServer {
                         Err(e) => steps.push(BatchStep::Refused(e)),
                     }
                 }
+                LeaseOp::Rmdir { node, name } => {
+                    visible(&name)?;
+                    // As for an unlink: only the directory the holder
+                    // saw there, and, as an ordinary rmdir, not while
+                    // another session holds a lock on it or beneath it.
+                    let key = match self.nodes.child(dir, &name) {
+                        None => Err(Errno::NoEnt),
+                        Some(c) if c != node => Err(Errno::Stale),
+                        Some(c) if self.locked_below_by_other(session, c) => Err(Errno::Busy),
+                        Some(c) => self
+                            .guard(session, c, false)
+                            .and_then(|()| self.nodes.key(c).ok_or(Errno::Stale)),
+                    };
+                    match key {
+                        Ok(key) => {
+                            steps.push(BatchStep::Unnamed(node, name.clone()));
+                            fs_ops.push(BatchOp::Rmdir { name, key });
+                        }
+                        Err(e) => steps.push(BatchStep::Refused(e)),
+                    }
+                }
             }
         }
         let Some(s) = self.sessions.get_mut(&session) else {

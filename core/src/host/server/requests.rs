@@ -679,7 +679,7 @@ impl HostServer {
 
     /// Whether a session other than `session` holds a lock on `node` or on
     /// anything beneath it (what moving or removing `node` would disturb).
-    fn locked_below_by_other(&self, session: SessionId, node: NodeId) -> bool {
+    pub(super) fn locked_below_by_other(&self, session: SessionId, node: NodeId) -> bool {
         self.locks.locks().any(|l| {
             l.session != session && {
                 let n = scope_node(l.scope);

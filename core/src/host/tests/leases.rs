@@ -582,3 +582,71 @@ fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
     ));
     assert_eq!(results, vec![Err(Errno::IsDir)]);
 }
+
+#[test]
+fn a_batch_removes_an_empty_directory_only_if_it_is_the_one_seen() {
+    let mut r = rig();
+    let holder = r.client(1);
+    let d = r.lookup(holder, NodeId::ROOT, "d").expect("d");
+    let f = r.lookup(holder, d.node, "f").expect("f");
+    let (_, _) = lease(&mut r, holder, d.node).expect("leased");
+    let mkdir = |r: &mut Rig, n: &str| {
+        r.call(
+            holder,
+            Request::Mkdir {
+                parent: d.node,
+                name: name(n),
+                mode: 0o755,
+                owner: None,
+            },
+        )
+        .expect("made");
+        r.lookup(holder, d.node, n).expect("looked up")
+    };
+    let empty = mkdir(&mut r, "empty");
+    let full = mkdir(&mut r, "full");
+    r.disk
+        .local_replace(&path(&["d", "full", "x"]), b"x")
+        .expect("a file in it");
+    let rmdir = |node, n: &str| LeaseOp::Rmdir {
+        node,
+        name: name(n),
+    };
+    let results = applied(r.call(
+        holder,
+        Request::Apply {
+            dir: d.node,
+            tag: 1,
+            ops: vec![
+                // Not the directory the name holds: kept.
+                rmdir(full.node, "empty"),
+                rmdir(full.node, "full"),
+                rmdir(f.node, "f"),
+                rmdir(empty.node, "empty"),
+                rmdir(empty.node, "empty"),
+            ],
+        },
+    ));
+    assert_eq!(
+        results
+            .iter()
+            .map(|r| r.as_ref().map(|a| a.node).map_err(|e| *e))
+            .collect::<Vec<_>>(),
+        vec![
+            Err(Errno::Stale),
+            Err(Errno::NotEmpty),
+            Err(Errno::NotDir),
+            Ok(empty.node),
+            Err(Errno::NoEnt),
+        ]
+    );
+    assert_eq!(
+        r.host.nodes().child(d.node, &name("empty")),
+        None,
+        "forgotten"
+    );
+    assert_eq!(
+        r.disk.read_file(&path(&["d", "full", "x"])),
+        Some(&b"x"[..])
+    );
+}

@@ -176,6 +176,10 @@ fn every_request() -> Vec<Request> {
                     node: NodeId(9),
                     name: name("old.txt"),
                 },
+                LeaseOp::Rmdir {
+                    node: NodeId(10),
+                    name: name("emptied"),
+                },
                 LeaseOp::CreateFile {
                     node: NodeId(1025),
                     name: name("new.txt"),

@@ -338,6 +338,7 @@ impl HostFs {
             .map(|op| match op {
                 BatchOp::Create(f) => Step::Link(self.stage_new(&dir, &f, !sync_once), f.name),
                 BatchOp::Unlink { name, key } => Step::Unlink(name, key),
+                BatchOp::Rmdir { name, key } => Step::Rmdir(name, key),
             })
             .collect();
         let any_staged = steps.iter().any(|s| matches!(s, Step::Link(Ok(_), _)));
@@ -358,6 +359,7 @@ impl HostFs {
                 Step::Link(Ok(file), name) => Self::link_new(&dir, file, &name),
                 Step::Link(Err(e), _) => Err(e),
                 Step::Unlink(name, key) => unlink_in(&dir, &name, key),
+                Step::Rmdir(name, key) => rmdir_in(&dir, &name, key),
             })
             .collect();
         Ok(FsOk::Batch(items))
@@ -629,6 +631,8 @@ enum Step {
     Link(Result<StagedNew, Errno>, Name),
     /// Remove the name if it holds the file of this identity.
     Unlink(Name, FileKey),
+    /// Remove the name if it holds the empty directory of this identity.
+    Rmdir(Name, FileKey),
 }
 
 /// A new file of a batch, written whole under its staging name and not
@@ -643,6 +647,20 @@ impl StagedNew {
     fn discard(self, dir: &OwnedFd) {
         let _ = rfs::unlinkat(dir, os(&self.name), AtFlags::empty());
     }
+}
+
+fn rmdir_in(dir: &OwnedFd, name: &Name, key: FileKey) -> Result<FsAttr, Errno> {
+    let n = os(name.as_bytes());
+    let st = rfs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW).map_err(sys)?;
+    let a = attr(&st).ok_or(Errno::NoEnt)?;
+    if a.kind != FileKind::Dir {
+        return Err(Errno::NotDir);
+    }
+    if a.key != key {
+        return Err(Errno::Stale);
+    }
+    rfs::unlinkat(dir, n, AtFlags::REMOVEDIR).map_err(sys)?;
+    Ok(a)
 }
 
 fn unlink_in(dir: &OwnedFd, name: &Name, key: FileKey) -> Result<FsAttr, Errno> {
