@@ -156,12 +156,16 @@ impl ClientCore {
                     }
                     Err(e) => return Err(e),
                 };
-                if self.leases.is_unapplied(node) {
-                    // Made under a lease and not yet applied: its times
-                    // so far are this client's clock, and the host's
-                    // differ. Shown, they would jump when it is applied
-                    // (a time a program left alone would look changed),
-                    // so a stat waits for the host's.
+                let open = self.handles.values().any(|h| h.node == node);
+                if self.leases.is_unapplied(node) && !open {
+                    // Made under a lease, closed and not yet applied: its
+                    // times so far are this client's clock, and the
+                    // host's differ. Shown, they would jump when it is
+                    // applied (a time a program left alone would look
+                    // changed), so a stat waits for the host's. Not while
+                    // it is open: `cp` stats the file it is about to
+                    // write, whose times move anyway, and waiting there
+                    // would send its create ahead of its content.
                     self.cache
                         .invalidate(now, node, crate::proto::Invalidation::Attr);
                 }
@@ -170,7 +174,15 @@ impl ClientCore {
                     Ok(Lookup::Hit(Value::Attr(a))) => {
                         self.waits.remove(&w);
                         let attr = self.with_local_changes(&a);
-                        let ttl = self.kernel_ttl(Kind::Attr);
+                        // This client's guess, while the file is not yet
+                        // applied: not for the kernel to keep past the
+                        // close (it sends the release after `close`
+                        // returns).
+                        let ttl = if self.leases.is_unapplied(node) {
+                            std::time::Duration::ZERO
+                        } else {
+                            self.kernel_ttl(Kind::Attr)
+                        };
                         self.reply(req, Ok(Answer::Attr { attr, ttl }));
                     }
                     Ok(Lookup::Hit(_)) => return Err(Errno::Io),
@@ -458,6 +470,16 @@ impl ClientCore {
                     self.closed_locally(now, h.node);
                 }
             }
+            // A directory removed here, its rmdir not yet applied: nothing
+            // is made in it (a program whose working directory it is
+            // gets ENOENT, as on a local disk, not a late ENOTEMPTY).
+            Op::Create { parent, .. }
+            | Op::Mkdir { parent, .. }
+            | Op::Mknod { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Link {
+                new_parent: parent, ..
+            } if self.removed_here(*parent) => return Err(Errno::NoEnt),
             Op::Create { .. } if self.create_locally(now, req, &op) => {}
             Op::Unlink { .. } if self.unlink_locally(now, req, &op) => {}
             Op::Rmdir { .. } if self.rmdir_locally(now, req, &op) => {}

@@ -360,12 +360,12 @@ impl ClientCore {
     /// directories cannot grow the map without bound.
     fn room_for_lease(&mut self, now: Instant) -> bool {
         let dirs = &self.leases.dirs;
+        if dirs.len() >= 2 * MAX_LEASES {
+            return false;
+        }
         let active = dirs.values().filter(|l| l.state != State::Returning);
         if active.count() < MAX_LEASES {
             return true;
-        }
-        if dirs.len() >= 2 * MAX_LEASES {
-            return false;
         }
         let coldest = dirs
             .iter()
@@ -413,7 +413,14 @@ impl ClientCore {
     /// of after two ordinary creates there, each a round trip for the
     /// create and one for the close.
     pub(super) fn made_dir(&mut self, now: Instant, dir: NodeId) {
-        if self.cfg.leases && !self.leases.dirs.contains_key(&dir) && self.room_for_lease(now) {
+        // A host that refused a lease lately (read-only, or leases off)
+        // is not asked again for every directory made.
+        let refused = self.leases.refused_until.values().any(|&t| now < t);
+        if self.cfg.leases
+            && !refused
+            && !self.leases.dirs.contains_key(&dir)
+            && self.room_for_lease(now)
+        {
             self.ask_lease(now, dir);
         }
     }
@@ -672,6 +679,13 @@ impl ClientCore {
         self.return_lease(now, node);
         self.pump_stream(now, pnode);
         true
+    }
+
+    /// Whether directory `ino` was removed here and its rmdir is not yet
+    /// applied.
+    pub(super) fn removed_here(&self, ino: Ino) -> bool {
+        let node = self.vfs.as_ref().and_then(|v| v.node(ino));
+        node.is_some_and(|n| self.leases.unlinking.contains_key(&n))
     }
 
     /// The node named `name` in directory `dir` here, if known.

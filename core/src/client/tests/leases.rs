@@ -231,9 +231,13 @@ fn a_stat_of_a_file_made_here_shows_the_hosts_times_from_the_first() {
     warm_up(&mut w);
     w.run_for(Duration::from_millis(1));
     let (ino, fh) = create_in(&mut w, 0, "t").expect("made here");
+    // While it is open (`cp` stats the file it is about to write), at
+    // once: its times move with its writes anyway.
+    let open = w.op(0, Op::GetAttr { ino });
+    assert!(w.answer(0, open).is_some(), "answered here while open");
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     let req = w.op(0, Op::GetAttr { ino });
-    assert_eq!(w.answer(0, req), None, "waits for the host");
+    assert_eq!(w.answer(0, req), None, "waits for the host once closed");
     let Ok(Answer::Attr { attr: first, .. }) = w.wait(0, req) else {
         panic!("attributes");
     };
@@ -646,6 +650,12 @@ fn a_tree_removed_here_is_answered_at_once_and_removed_bottom_up() {
     assert_eq!(
         at_once(&mut w, rmdir(Ino::ROOT, "d")),
         Some(Ok(Answer::Done))
+    );
+    // A program whose working directory it was makes nothing there.
+    assert_eq!(
+        create_at(&mut w, 0, d, "late").map(|_| ()),
+        Err(Errno::NoEnt),
+        "nothing is made in a directory removed here"
     );
     assert_eq!(
         lookup(&mut w, 0, Ino::ROOT, "d").map(|_| ()),
