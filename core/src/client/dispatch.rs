@@ -156,8 +156,8 @@ impl ClientCore {
                     }
                     Err(e) => return Err(e),
                 };
-                let open = self.handles.values().any(|h| h.node == node);
-                if self.leases.is_unapplied(node) && !open {
+                if self.leases.is_unapplied(node) && !self.handles.values().any(|h| h.node == node)
+                {
                     // Made under a lease, closed and not yet applied: its
                     // times so far are this client's clock, and the
                     // host's differ. Shown, they would jump when it is

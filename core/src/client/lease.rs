@@ -596,27 +596,48 @@ impl ClientCore {
             return false;
         }
         l.last_local = now;
-        l.stream.push_back(LeaseOp::Unlink {
+        let op = LeaseOp::Unlink {
             node,
             name: name.clone(),
-        });
+        };
+        self.removed_locally(now, req, (pnode, *parent), name, op);
+        self.pump_stream(now, pnode);
+        true
+    }
+
+    /// The removal `op` of `name` in `parent` (node `pnode`), answered
+    /// here: it joins the stream, and what the host's answer would have
+    /// done is done now.
+    fn removed_locally(
+        &mut self,
+        now: Instant,
+        req: Req,
+        (pnode, parent): (NodeId, Ino),
+        name: &Name,
+        op: LeaseOp,
+    ) {
+        let node = match &op {
+            LeaseOp::Unlink { node, .. } | LeaseOp::Rmdir { node, .. } => *node,
+            LeaseOp::CreateFile { .. } => return,
+        };
+        if let Some(l) = self.leases.dirs.get_mut(&pnode) {
+            l.stream.push_back(op);
+        }
+        let name = name.clone();
         self.leases.unlinking.insert(
             node,
             Unlinked {
                 dir: pnode,
                 name: name.clone(),
-                parent: *parent,
+                parent,
             },
         );
-        // What the host's answer would have done, now.
-        self.entries_changed(now, *parent);
-        self.name_removed(now, *parent, name);
+        self.entries_changed(now, parent);
+        self.name_removed(now, parent, &name);
         if let Some(v) = self.vfs.as_mut() {
-            v.unlink(*parent, name);
+            v.unlink(parent, &name);
         }
         self.reply(req, Ok(Answer::Done));
-        self.pump_stream(now, pnode);
-        true
     }
 
     /// Answers `rmdir` in a directory whose lease this client holds if it
@@ -657,24 +678,11 @@ impl ClientCore {
             return false;
         }
         l.last_local = now;
-        l.stream.push_back(LeaseOp::Rmdir {
+        let op = LeaseOp::Rmdir {
             node,
             name: name.clone(),
-        });
-        self.leases.unlinking.insert(
-            node,
-            Unlinked {
-                dir: pnode,
-                name: name.clone(),
-                parent: *parent,
-            },
-        );
-        self.entries_changed(now, *parent);
-        self.name_removed(now, *parent, name);
-        if let Some(v) = self.vfs.as_mut() {
-            v.unlink(*parent, name);
-        }
-        self.reply(req, Ok(Answer::Done));
+        };
+        self.removed_locally(now, req, (pnode, *parent), name, op);
         // Nothing more is made in it here; its stream goes first.
         self.return_lease(now, node);
         self.pump_stream(now, pnode);

@@ -68,6 +68,23 @@ fn save_at(w: &mut World, c: usize, parent: Ino, n: &str, data: &[u8]) -> Result
     Ok(ino)
 }
 
+/// A directory made by client 0 (leased at once, see `made_dir`).
+fn mkdir_at(w: &mut World, parent: Ino, n: &str) -> Ino {
+    let made = w.call(
+        0,
+        Op::Mkdir {
+            parent,
+            name: name(n),
+            mode: 0o755,
+            caller: None,
+        },
+    );
+    match made {
+        Ok(Answer::Entry { ino, .. }) => ino,
+        other => panic!("mkdir {n}: {other:?}"),
+    }
+}
+
 fn on_disk(w: &World, n: &str) -> Option<Vec<u8>> {
     w.disk
         .read_file(&RelPath::from(vec![name(n)]))
@@ -124,18 +141,7 @@ fn a_tree_of_more_directories_than_leases_gets_a_lease_in_each() {
     // As tar unpacks a tree: a directory, its files, the next directory;
     // none of them idle long enough for its lease to be given back.
     for d in 0..40 {
-        let dir = match w.call(
-            0,
-            Op::Mkdir {
-                parent: Ino::ROOT,
-                name: name(&format!("d{d}")),
-                mode: 0o755,
-                caller: None,
-            },
-        ) {
-            Ok(Answer::Entry { ino, .. }) => ino,
-            other => panic!("{other:?}"),
-        };
+        let dir = mkdir_at(&mut w, Ino::ROOT, &format!("d{d}"));
         for i in 0..2 {
             save_at(&mut w, 0, dir, &format!("w{i}"), b"w").expect("earns the lease");
         }
@@ -188,18 +194,7 @@ fn a_file_saved_under_a_lease_tells_the_kernel_nothing_more() {
 #[test]
 fn a_directory_made_here_is_leased_before_its_first_file() {
     let mut w = leasing(1);
-    let dir = match w.call(
-        0,
-        Op::Mkdir {
-            parent: Ino::ROOT,
-            name: name("d"),
-            mode: 0o755,
-            caller: None,
-        },
-    ) {
-        Ok(Answer::Entry { ino, .. }) => ino,
-        other => panic!("{other:?}"),
-    };
+    let dir = mkdir_at(&mut w, Ino::ROOT, "d");
     // The grant and the listing, asked for with the mkdir's answer.
     w.run_for(Duration::from_millis(50));
     assert_eq!(w.host.leases(), 1, "leased without a create there");
@@ -536,17 +531,7 @@ fn unlinks_in_a_leased_directory_need_no_round_trip_and_reach_the_host() {
 #[test]
 fn a_directory_emptied_here_is_removed_once_its_unlinks_are_applied() {
     let mut w = leasing(1);
-    let Ok(Answer::Entry { ino: d, .. }) = w.call(
-        0,
-        Op::Mkdir {
-            parent: Ino::ROOT,
-            name: name("d"),
-            mode: 0o755,
-            caller: None,
-        },
-    ) else {
-        panic!("mkdir")
-    };
+    let d = mkdir_at(&mut w, Ino::ROOT, "d");
     let mut saved = Vec::new();
     for i in 0..6 {
         let n = format!("f{i}");
@@ -599,21 +584,9 @@ fn a_directory_emptied_here_is_removed_once_its_unlinks_are_applied() {
 fn a_tree_removed_here_is_answered_at_once_and_removed_bottom_up() {
     let mut w = leasing(1);
     warm_up(&mut w);
-    let mkdir = |w: &mut World, parent: Ino, n: &str| match w.call(
-        0,
-        Op::Mkdir {
-            parent,
-            name: name(n),
-            mode: 0o755,
-            caller: None,
-        },
-    ) {
-        Ok(Answer::Entry { ino, .. }) => ino,
-        other => panic!("{other:?}"),
-    };
-    let d = mkdir(&mut w, Ino::ROOT, "d");
+    let d = mkdir_at(&mut w, Ino::ROOT, "d");
     w.run_for(Duration::from_millis(50));
-    let e = mkdir(&mut w, d, "e");
+    let e = mkdir_at(&mut w, d, "e");
     w.run_for(Duration::from_millis(50));
     for i in 0..4 {
         save_at(&mut w, 0, d, &format!("f{i}"), b"d").expect("saved in d");
@@ -711,18 +684,7 @@ fn two_rmdirs_earn_the_lease() {
 fn a_directory_refilled_on_the_host_comes_back_and_is_reported() {
     let mut w = leasing(1);
     warm_up(&mut w);
-    let d = match w.call(
-        0,
-        Op::Mkdir {
-            parent: Ino::ROOT,
-            name: name("d"),
-            mode: 0o755,
-            caller: None,
-        },
-    ) {
-        Ok(Answer::Entry { ino, .. }) => ino,
-        other => panic!("{other:?}"),
-    };
+    let d = mkdir_at(&mut w, Ino::ROOT, "d");
     w.run_for(Duration::from_millis(50));
     save_at(&mut w, 0, d, "f", b"d").expect("saved");
     // Applied, well within the leases' idle time.

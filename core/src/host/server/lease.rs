@@ -543,18 +543,7 @@ impl HostServer {
                 }
                 LeaseOp::Unlink { node, name } => {
                     visible(&name)?;
-                    // Only the file the holder saw there (applied late,
-                    // after its lease was lost, an unlink must not remove
-                    // a file made since), and, as an ordinary unlink, not
-                    // while another session holds a lock on it.
-                    let key = match self.nodes.child(dir, &name) {
-                        None => Err(Errno::NoEnt),
-                        Some(c) if c != node => Err(Errno::Stale),
-                        Some(c) => self
-                            .guard(session, c, false)
-                            .and_then(|()| self.nodes.key(c).ok_or(Errno::Stale)),
-                    };
-                    match key {
+                    match self.removal_key(session, dir, node, &name, false) {
                         Ok(key) => {
                             steps.push(BatchStep::Unnamed(node, name.clone()));
                             fs_ops.push(BatchOp::Unlink { name, key });
@@ -564,18 +553,7 @@ impl HostServer {
                 }
                 LeaseOp::Rmdir { node, name } => {
                     visible(&name)?;
-                    // As for an unlink: only the directory the holder
-                    // saw there, and, as an ordinary rmdir, not while
-                    // another session holds a lock on it or beneath it.
-                    let key = match self.nodes.child(dir, &name) {
-                        None => Err(Errno::NoEnt),
-                        Some(c) if c != node => Err(Errno::Stale),
-                        Some(c) if self.locked_below_by_other(session, c) => Err(Errno::Busy),
-                        Some(c) => self
-                            .guard(session, c, false)
-                            .and_then(|()| self.nodes.key(c).ok_or(Errno::Stale)),
-                    };
-                    match key {
+                    match self.removal_key(session, dir, node, &name, true) {
                         Ok(key) => {
                             steps.push(BatchStep::Unnamed(node, name.clone()));
                             fs_ops.push(BatchOp::Rmdir { name, key });
@@ -604,6 +582,30 @@ impl HostServer {
             },
         );
         Ok(())
+    }
+
+    /// The identity the disk must find at `name` in `dir` for a holder's
+    /// unlink (or, `tree`, rmdir) of `node` to run: only the file the
+    /// holder saw there (applied late, after its lease was lost, a
+    /// removal must not take a file made since: ESTALE), and, as an
+    /// ordinary removal, not while another session holds a lock on it
+    /// (or, for a directory, beneath it: EBUSY).
+    fn removal_key(
+        &self,
+        session: SessionId,
+        dir: NodeId,
+        node: NodeId,
+        name: &Name,
+        tree: bool,
+    ) -> Result<FileKey, Errno> {
+        match self.nodes.child(dir, name) {
+            None => Err(Errno::NoEnt),
+            Some(c) if c != node => Err(Errno::Stale),
+            Some(c) if tree && self.locked_below_by_other(session, c) => Err(Errno::Busy),
+            Some(c) => self
+                .guard(session, c, false)
+                .and_then(|()| self.nodes.key(c).ok_or(Errno::Stale)),
+        }
     }
 
     /// A batch of [`Self::apply`] finished: its new files become their
