@@ -389,10 +389,8 @@ impl World {
                         result
                     }
                 };
-                if result.is_ok() {
-                    for path in watched {
-                        self.post(Wire::Watched(path));
-                    }
+                for path in reported(watched, &result) {
+                    self.post(Wire::Watched(path));
                 }
                 self.post(Wire::FsDone(op, result));
             }
@@ -762,13 +760,14 @@ struct SimHostIo<'w> {
     /// Messages to send (`Some`) and connections to close (`None`).
     wire: Vec<(ConnId, Option<HostMessage>)>,
     /// Paths the host's own changes touched, which its watcher reports
-    /// back as it does a local program's ([`watched_paths`]).
+    /// back as it does a local program's ([`watched_paths`], [`reported`]).
     watched: Vec<crate::host::RelPath>,
 }
 
-/// The paths a watcher reports after `fs` succeeds: inotify cannot tell
-/// the host's own changes from anyone else's.
-fn watched_paths(fs: &FsOp) -> Vec<crate::host::RelPath> {
+/// The paths a watcher may report after `fs` runs, each with the item of
+/// a batch it belongs to: inotify cannot tell the host's own changes from
+/// anyone else's. [`reported`] keeps those the result says happened.
+fn watched_paths(fs: &FsOp) -> Vec<(crate::host::RelPath, Option<usize>)> {
     match fs {
         FsOp::Create { path, .. }
         | FsOp::Mkdir { path, .. }
@@ -777,12 +776,48 @@ fn watched_paths(fs: &FsOp) -> Vec<crate::host::RelPath> {
         | FsOp::SetAttr { path, .. }
         | FsOp::StageCommit { path, .. }
         | FsOp::Unlink { path }
-        | FsOp::Rmdir { path } => vec![path.clone()],
+        | FsOp::Rmdir { path } => vec![(path.clone(), None)],
         FsOp::Rename { from, to } | FsOp::Link { path: from, to, .. } => {
-            vec![from.clone(), to.clone()]
+            vec![(from.clone(), None), (to.clone(), None)]
         }
+        // A lease's batch: each create, unlink and rmdir is reported as
+        // it happens, often before the batch's result is back.
+        FsOp::Batch { dir, ops } => ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let name = match op {
+                    crate::host::BatchOp::Create(f) => &f.name,
+                    crate::host::BatchOp::Unlink { name, .. }
+                    | crate::host::BatchOp::Rmdir { name, .. } => name,
+                };
+                (dir.join(name), Some(i))
+            })
+            .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The watched paths of an operation that gave `result`: none if it
+/// failed, and of a batch only the items that succeeded.
+fn reported(
+    watched: Vec<(crate::host::RelPath, Option<usize>)>,
+    result: &FsResult,
+) -> Vec<crate::host::RelPath> {
+    let ok = match result {
+        Ok(FsOk::InDirs { ok, .. }) => &**ok,
+        Ok(ok) => ok,
+        Err(_) => return Vec::new(),
+    };
+    watched
+        .into_iter()
+        .filter(|(_, item)| match (item, ok) {
+            (None, _) => true,
+            (Some(i), FsOk::Batch(items)) => items.get(*i).is_some_and(|r| r.is_ok()),
+            (Some(_), _) => false,
+        })
+        .map(|(path, _)| path)
+        .collect()
 }
 
 impl HostIo for SimHostIo<'_> {
@@ -805,9 +840,7 @@ impl HostIo for SimHostIo<'_> {
             }
             _ => self.disk.execute(fs),
         };
-        if result.is_ok() {
-            self.watched.extend(watched);
-        }
+        self.watched.extend(reported(watched, &result));
         Some(result)
     }
 

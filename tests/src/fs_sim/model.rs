@@ -318,6 +318,10 @@ struct Pending {
 #[derive(Clone, Debug, Default)]
 struct Files {
     by_key: BTreeMap<FileKey, usize>,
+    /// Files made under a lease before the host restarted, by their
+    /// made-up keys: a client that has not yet reconnected still answers
+    /// for them (see [`Sim::restart_host`]).
+    before_restart: BTreeMap<FileKey, usize>,
     kinds: Vec<FileKind>,
     /// Per file: its contents in commit order (a created file starts
     /// empty).
@@ -976,7 +980,17 @@ impl Sim {
         // lease from now on may get the node id (and so the made-up key)
         // of one made before: those keys name nobody now (a new session
         // ends every lease, and files not applied are refused).
-        self.files.by_key.retain(|k, _| k.dev != LOCAL_DEV);
+        let local: Vec<(FileKey, usize)> = self
+            .files
+            .by_key
+            .iter()
+            .filter(|(k, _)| k.dev == LOCAL_DEV)
+            .map(|(k, f)| (*k, *f))
+            .collect();
+        for (key, file) in local {
+            self.files.by_key.remove(&key);
+            self.files.before_restart.insert(key, file);
+        }
         self.check()
     }
 
@@ -1418,9 +1432,22 @@ impl Sim {
         lookup: bool,
     ) -> Result<(), Violation> {
         if key.dev == LOCAL_DEV && !self.files.by_key.contains_key(&key) {
-            // Made by this client under a lease: a new, empty file until
-            // the host applies it (`learn_record` joins the two).
-            self.files.register(key, kind, Some(Vec::new()));
+            let k = &self.kernels[c];
+            let before = self.files.before_restart.get(&key).copied();
+            match before.filter(|f| k.referenced(ino) && k.identity.get(&ino) == Some(f)) {
+                // Made before the host restarted, by a client that has
+                // not reconnected yet: the same file it answered for.
+                Some(f) => {
+                    self.files.before_restart.remove(&key);
+                    self.files.by_key.insert(key, f);
+                }
+                // Made by this client under a lease: a new, empty file
+                // until the host applies it (`learn_record` joins the
+                // two).
+                None => {
+                    self.files.register(key, kind, Some(Vec::new()));
+                }
+            }
         }
         let Some(&file) = self.files.by_key.get(&key) else {
             return Err(self.violation(format!(

@@ -10,7 +10,14 @@
 //! ([`Purpose::Echo`]): only if the path holds exactly what the host left
 //! there is the report its own echo, and dropped. Anything else (a local
 //! program wrote, replaced or removed the file after the host's change)
-//! is announced as before. A local change that keeps the file's identity,
+//! is announced as before. A report that comes while one of the host's
+//! own operations on that path is still running (inotify reports each
+//! unlink of a batch as it happens, long before the batch's result) is
+//! checked once that operation is done: checked at once it would compare
+//! the path with what the host's previous change left there, and every
+//! such report was announced (and recalled the lease of the client whose
+//! batch it was: in an `rm -rf` of 10,000 files, 258 recalls).
+//! A local change that keeps the file's identity,
 //! size and mtime within the file system's timestamp tick goes unseen,
 //! as it does in the commit's own check ([`FsOp::StageCommit`]); clients
 //! then see it when their cached attributes expire.
@@ -57,6 +64,10 @@ pub(super) struct Echoes {
     out: BTreeMap<FsOpId, Vec<(RelPath, Leaves)>>,
     /// What the host's last change of each path left there, and when.
     left: BTreeMap<RelPath, (Left, Instant)>,
+    /// Paths that operations under way change, with how many of them.
+    busy: BTreeMap<RelPath, u32>,
+    /// Reports of busy paths, to be checked once they are not.
+    deferred: BTreeSet<RelPath>,
 }
 
 impl Echoes {
@@ -90,15 +101,52 @@ impl Echoes {
                 .collect(),
             _ => return,
         };
+        for (path, _) in &paths {
+            *self.busy.entry(path.clone()).or_default() += 1;
+        }
         self.out.insert(op, paths);
     }
 
+    /// Holds back a report of `path` while an operation of the host's
+    /// changes it; returns whether it did. [`Echoes::done`] gives it
+    /// back once the last such operation is done.
+    pub(super) fn defer(&mut self, path: &RelPath) -> bool {
+        if !self.busy.contains_key(path) {
+            return false;
+        }
+        self.deferred.insert(path.clone());
+        true
+    }
+
     /// Operation `op` finished: what it left is remembered if it
-    /// succeeded.
-    pub(super) fn done(&mut self, now: Instant, op: FsOpId, result: &FsResult) {
+    /// succeeded. Returns the reports held back for it ([`Echoes::defer`])
+    /// that no other operation holds back: to be checked now.
+    pub(super) fn done(&mut self, now: Instant, op: FsOpId, result: &FsResult) -> Vec<RelPath> {
         let Some(paths) = self.out.remove(&op) else {
-            return;
+            return Vec::new();
         };
+        let mut ready = Vec::new();
+        for (path, _) in &paths {
+            if let Some(n) = self.busy.get_mut(path) {
+                *n -= 1;
+                if *n == 0 {
+                    self.busy.remove(path);
+                    if self.deferred.remove(path) {
+                        ready.push(path.clone());
+                    }
+                }
+            }
+        }
+        self.remember(now, paths, result);
+        debug_assert!(
+            self.deferred.iter().all(|p| self.busy.contains_key(p)),
+            "a report held back for no operation"
+        );
+        ready
+    }
+
+    /// What the paths of a finished operation hold now, by its result.
+    fn remember(&mut self, now: Instant, paths: Vec<(RelPath, Leaves)>, result: &FsResult) {
         let result = match result {
             Ok(FsOk::InDirs { ok, .. }) => Ok(&**ok),
             other => other.as_ref(),

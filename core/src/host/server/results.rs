@@ -12,7 +12,9 @@ impl HostServer {
             return;
         };
         let hold = self.applied(now, op);
-        self.echoes.done(now, op, &result);
+        for path in self.echoes.done(now, op, &result) {
+            self.check_report(now, &path);
+        }
         match purpose {
             Purpose::Echo { path } => {
                 if !self.echoes.is_echo(now, &path, &result) {

@@ -8,6 +8,14 @@ impl HostServer {
     /// watcher): tell every client, unless it is the echo of the host's
     /// own change ([`echo`]).
     pub fn local_change(&mut self, now: Instant, path: &RelPath) {
+        if !self.echoes.defer(path) {
+            self.check_report(now, path);
+        }
+    }
+
+    /// A report of `path` from the watcher, no operation of the host's
+    /// changing it now: announced unless it may be the host's own echo.
+    pub(super) fn check_report(&mut self, now: Instant, path: &RelPath) {
         if self.echoes.expected(now, path) {
             let look = Purpose::Echo { path: path.clone() };
             self.fs(look, FsOp::Stat { path: path.clone() });

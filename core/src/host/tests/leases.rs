@@ -496,6 +496,58 @@ fn the_holders_own_batch_is_no_local_change() {
     assert_eq!(recalls(&r, holder), vec![], "no recall for an echo");
 }
 
+/// The holder of `d`'s lease sends a batch unlinking `d/f`; the batch
+/// runs on the disk, and `between` happens before its result is back
+/// (the watcher's report comes while the batch still runs). Returns the
+/// recalls the holder got.
+fn unlink_reported_while_running(between: impl FnOnce(&mut Rig)) -> Vec<LockToken> {
+    let mut r = rig();
+    let holder = r.client(1);
+    let d = r.lookup(holder, NodeId::ROOT, "d").expect("d");
+    let f = r.lookup(holder, d.node, "f").expect("f");
+    lease(&mut r, holder, d.node).expect("leased");
+    r.hold = true;
+    let id = r.send(
+        holder,
+        Request::Apply {
+            dir: d.node,
+            tag: 1,
+            ops: vec![LeaseOp::Unlink {
+                node: f.node,
+                name: name("f"),
+            }],
+        },
+    );
+    let ran = r.run_held(|fs| matches!(fs, FsOp::Batch { .. }));
+    between(&mut r);
+    r.host.local_change(r.now, &path(&["d", "f"]));
+    r.pump();
+    r.deliver(ran);
+    r.hold = false;
+    r.release_held();
+    assert!(applied(r.reply(holder, id).expect("answered"))[0].is_ok());
+    recalls(&r, holder)
+}
+
+#[test]
+fn a_report_that_comes_while_the_batch_runs_is_its_echo() {
+    assert_eq!(
+        unlink_reported_while_running(|_| {}),
+        vec![],
+        "the holder's own unlink recalled its lease"
+    );
+}
+
+#[test]
+fn a_local_change_while_the_batch_runs_still_recalls() {
+    let recalled = unlink_reported_while_running(|r| {
+        r.disk
+            .local_replace(&path(&["d", "f"]), b"made again by a local program")
+            .expect("local write");
+    });
+    assert_eq!(recalled.len(), 1, "a local program's file went unseen");
+}
+
 #[test]
 fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
     let mut r = rig();
