@@ -114,7 +114,7 @@ impl ClientCore {
         }
     }
 
-    fn run(&mut self, now: Instant, req: Req, op: Op) -> Result<(), Errno> {
+    pub(super) fn run(&mut self, now: Instant, req: Req, op: Op) -> Result<(), Errno> {
         match &op {
             Op::Lookup { parent, name } => {
                 let pnode = self.node(*parent)?;
@@ -483,6 +483,8 @@ impl ClientCore {
             Op::Create { .. } if self.create_locally(now, req, &op) => {}
             Op::Unlink { .. } if self.unlink_locally(now, req, &op) => {}
             Op::Rmdir { .. } if self.rmdir_locally(now, req, &op) => {}
+            Op::Create { .. } | Op::Unlink { .. } | Op::Rmdir { .. }
+                if self.wait_for_lease(now, req, &op) => {}
             Op::Create {
                 parent,
                 name,

@@ -37,6 +37,15 @@
 //! disk error) puts the name back: the mount reports
 //! [`ClientEvent::RemoveLost`].
 //!
+//! A create, unlink or `rmdir` in a directory whose lease is being taken
+//! (asked for, or its listing read) waits for it, at most
+//! [`WAIT_FOR_LEASE`] ([`ClientCore::wait_for_lease`]), and is then
+//! answered under it. Sent the ordinary way meanwhile, its name could be
+//! in the lease's listing or not (the host may read the listing before
+//! or after it applies the unlink), so the lease's set of names would
+//! keep it, and the directory would never look empty here: `rm -r`'s
+//! `rmdir` then waited for the host.
+//!
 //! A recalled, idle or lost lease is given back once its stream is
 //! applied. The node ids outlive a lost lease at the host, so what was
 //! answered is still sent; a name taken meanwhile is refused, never
@@ -70,6 +79,15 @@ const IDLE: Duration = Duration::from_secs(2);
 /// After a refused lease, how long before asking again for that
 /// directory.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a create, unlink or `rmdir` waits for its directory's lease
+/// to be taken before it goes the ordinary way (two round trips, unless
+/// the host or the link is slow).
+const WAIT_FOR_LEASE: Duration = Duration::from_millis(500);
+
+/// Kernel requests waiting for leases at most; beyond, they go the
+/// ordinary way.
+const MAX_WAITING: usize = 64;
 
 /// Leases held at once.
 const MAX_LEASES: usize = 16;
@@ -190,6 +208,13 @@ pub(super) struct Leases {
     /// Unlinks answered here, by the node the name held.
     unlinking: BTreeMap<NodeId, Unlinked>,
     held: Vec<Held>,
+    /// Kernel requests waiting for the lease of a directory to be taken
+    /// ([`ClientCore::wait_for_lease`]), with the directory and until
+    /// when they wait.
+    waiting: Vec<(Req, Op, NodeId, Instant)>,
+    /// The request being run after its wait ran out: it does not wait
+    /// again.
+    waiting_over: Option<Req>,
     /// Ordinary creates per directory: since when, how many.
     recent: BTreeMap<NodeId, (Instant, u32)>,
     refused_until: BTreeMap<NodeId, Instant>,
@@ -226,15 +251,25 @@ impl Leases {
     /// The earliest lease timer.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         // A lost lease has no timer: it only finishes its stream.
-        self.dirs
+        let leases = self
+            .dirs
             .values()
             .filter(|l| l.token.is_some() && !l.lost)
             .map(|l| match l.state {
                 State::Held if !l.refreshing => l.refresh_at.min(l.last_local + IDLE),
                 _ if !l.refreshing => l.refresh_at,
                 _ => l.expires_at,
-            })
-            .min()
+            });
+        let waiting = self.waiting.iter().map(|(.., until)| *until);
+        leases.chain(waiting).min()
+    }
+
+    /// Whether the lease of `dir` is being taken: asked for, or its
+    /// listing read.
+    fn taking(&self, dir: NodeId) -> bool {
+        self.dirs
+            .get(&dir)
+            .is_some_and(|l| matches!(l.state, State::Asking | State::Listing))
     }
 
     /// The invariants: every unapplied file and unlink belongs to a
@@ -260,6 +295,9 @@ impl Leases {
             if h.waiting_for.is_empty() || h.waiting_for.iter().any(|n| !self.pending(*n)) {
                 return Err(format!("a held request waits for nothing: {:?}", h.request));
             }
+        }
+        if self.waiting.len() > MAX_WAITING {
+            return Err(format!("{} requests wait for leases", self.waiting.len()));
         }
         if self.dirs.len() > 2 * MAX_LEASES {
             return Err(format!("{} leases", self.dirs.len()));
@@ -453,6 +491,55 @@ impl ClientCore {
             },
         );
         self.lease_send(now, dir, LeaseStep::Take, Request::Lease { dir });
+    }
+
+    /// Holds a create, unlink or `rmdir` in a directory whose lease is
+    /// being taken, to be answered under it (see the module docs).
+    /// Returns whether it did.
+    pub(super) fn wait_for_lease(&mut self, now: Instant, req: Req, op: &Op) -> bool {
+        let (Op::Create { parent, .. } | Op::Unlink { parent, .. } | Op::Rmdir { parent, .. }) = op
+        else {
+            return false;
+        };
+        let Some(dir) = self.vfs.as_ref().and_then(|v| v.node(*parent)) else {
+            return false;
+        };
+        if !self.leases.taking(dir)
+            || self.leases.waiting.len() >= MAX_WAITING
+            || self.leases.waiting_over == Some(req)
+        {
+            return false;
+        }
+        let until = now + WAIT_FOR_LEASE;
+        self.leases.waiting.push((req, op.clone(), dir, until));
+        true
+    }
+
+    /// Runs the requests whose lease is taken (or refused, or given up
+    /// on) or whose wait is over, in the order they came. Returns whether
+    /// it ran any.
+    pub(super) fn resume_waiting(&mut self, now: Instant) -> bool {
+        let leases = &self.leases;
+        let ready =
+            |(_, _, dir, until): &(Req, Op, NodeId, Instant)| now >= *until || !leases.taking(*dir);
+        if !leases.waiting.iter().any(ready) {
+            return false;
+        }
+        let (go, stay): (Vec<_>, Vec<_>) = leases.waiting.iter().cloned().partition(ready);
+        self.leases.waiting = stay;
+        for (req, op, dir, _) in go {
+            // Past its wait, it goes the ordinary way even if the lease
+            // comes later; never waits twice.
+            let waited_out = self.leases.taking(dir);
+            if waited_out {
+                self.leases.waiting_over = Some(req);
+            }
+            if let Err(e) = self.run(now, req, op) {
+                self.reply(req, Err(e));
+            }
+            self.leases.waiting_over = None;
+        }
+        true
     }
 
     /// Answers a lookup of a name the leased directory cannot hold, or of

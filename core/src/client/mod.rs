@@ -805,7 +805,7 @@ impl ClientCore {
         // Each pass handles what the previous one produced; the machines
         // only produce outputs for inputs, so this ends.
         for _ in 0..64 {
-            let mut moved = false;
+            let mut moved = self.resume_waiting(now);
             for request in std::mem::take(&mut self.withdraw) {
                 moved = true;
                 self.send_unlock(now, request);

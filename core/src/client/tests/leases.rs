@@ -677,6 +677,77 @@ fn two_rmdirs_earn_the_lease() {
     assert_eq!(w.host.leases(), 1, "the root is leased");
 }
 
+/// `rm -r` of a tree made elsewhere, as it runs: each directory's first
+/// two unlinks go the ordinary way and earn its lease, the next waits
+/// for the lease to be taken, the rest are answered here; after two
+/// ordinary `rmdir`s the parent is leased too, and each later `rmdir` is
+/// answered at once (its directory emptied under its lease), never
+/// waiting for the host.
+#[test]
+fn rm_r_of_a_tree_made_elsewhere_is_answered_here_after_the_first_directories() {
+    let mut disk = MemFs::new(1 << 30);
+    let dirs = ["s0", "s1", "s2", "s3", "s4"];
+    let files: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+    let mkdir = |disk: &mut MemFs, path: RelPath| {
+        disk.execute(crate::host::FsOp::Mkdir {
+            path,
+            mode: 0o755,
+            owner: None,
+        })
+        .expect("a directory");
+    };
+    mkdir(&mut disk, RelPath::from(vec![name("top")]));
+    for d in dirs {
+        mkdir(&mut disk, RelPath::from(vec![name("top"), name(d)]));
+        for f in &files {
+            let p = RelPath::from(vec![name("top"), name(d), name(f)]);
+            disk.local_replace(&p, b"made elsewhere").expect("a file");
+        }
+    }
+    let mut w = leasing_with(disk, 1, HostConfig::default());
+    let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
+    let mut at_once = Vec::new();
+    for d in dirs {
+        let (sub, _) = lookup(&mut w, 0, top, d).expect("a directory");
+        for f in &files {
+            lookup(&mut w, 0, sub, f).expect("a file");
+        }
+        for f in &files {
+            assert_eq!(unlink(&mut w, 0, sub, f), Ok(Answer::Done), "{d}/{f}");
+        }
+        let req = w.op(
+            0,
+            Op::Rmdir {
+                parent: top,
+                name: name(d),
+            },
+        );
+        let now = w.answer(0, req);
+        at_once.push(now.is_some());
+        w.settle();
+        let answer = now.or_else(|| w.answer(0, req));
+        assert_eq!(answer, Some(Ok(Answer::Done)), "rmdir {d}");
+    }
+    assert_eq!(
+        at_once,
+        [false, false, true, true, true],
+        "rmdirs answered without the host"
+    );
+    w.settle();
+    let gone = w.disk.execute(crate::host::FsOp::Stat {
+        path: RelPath::from(vec![name("top"), name("s4")]),
+    });
+    assert_eq!(gone, Err(Errno::NoEnt), "removed at the host too");
+    assert!(
+        !w.clients[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::RemoveLost { .. })),
+        "{:?}",
+        w.clients[0].events
+    );
+}
+
 /// A directory a program on the host put a file in after this client
 /// emptied it: the `rmdir` answered here is refused (ENOTEMPTY), the
 /// name comes back and the mount says so.
