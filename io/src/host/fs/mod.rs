@@ -83,7 +83,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use wormhole_core::host::{
@@ -381,7 +380,7 @@ impl HostFs {
                     return Err(Errno::FBig);
                 }
                 staged.settle().map_err(io)?;
-                staged.file.write_all_at(&data, offset).map_err(io)?;
+                staged.write_at(&data, offset).map_err(io)?;
                 staged.wrote(offset, data.len() as u64);
                 Ok(FsOk::Done)
             }
