@@ -212,9 +212,9 @@ pub(super) struct Leases {
     /// ([`ClientCore::wait_for_lease`]), with the directory and until
     /// when they wait.
     waiting: Vec<(Req, Op, NodeId, Instant)>,
-    /// The request being run after its wait ran out: it does not wait
+    /// Requests being run after their wait ran out: they do not wait
     /// again.
-    waiting_over: Option<Req>,
+    waited_out: BTreeSet<Req>,
     /// Ordinary creates per directory: since when, how many.
     recent: BTreeMap<NodeId, (Instant, u32)>,
     refused_until: BTreeMap<NodeId, Instant>,
@@ -506,7 +506,7 @@ impl ClientCore {
         };
         if !self.leases.taking(dir)
             || self.leases.waiting.len() >= MAX_WAITING
-            || self.leases.waiting_over == Some(req)
+            || self.leases.waited_out.contains(&req)
         {
             return false;
         }
@@ -528,16 +528,22 @@ impl ClientCore {
         let (go, stay): (Vec<_>, Vec<_>) = leases.waiting.iter().cloned().partition(ready);
         self.leases.waiting = stay;
         for (req, op, dir, _) in go {
+            if self.vfs.is_none() || self.rebinding.is_some() {
+                // A new session began: node ids mean something again
+                // once its inodes are re-bound, and it runs then.
+                self.deferred.push_back((req, op));
+                continue;
+            }
             // Past its wait, it goes the ordinary way even if the lease
-            // comes later; never waits twice.
+            // comes later; it never waits twice.
             let waited_out = self.leases.taking(dir);
             if waited_out {
-                self.leases.waiting_over = Some(req);
+                self.leases.waited_out.insert(req);
             }
             if let Err(e) = self.run(now, req, op) {
                 self.reply(req, Err(e));
             }
-            self.leases.waiting_over = None;
+            self.leases.waited_out.remove(&req);
         }
         true
     }
@@ -1499,6 +1505,11 @@ impl ClientCore {
     pub(super) fn leases_lost(&mut self, now: Instant) {
         let dirs = std::mem::take(&mut self.leases.dirs);
         let _ = dirs;
+        // Their node ids are the old session's: they run once inodes are
+        // re-bound, with the other requests that waited.
+        for (req, op, ..) in std::mem::take(&mut self.leases.waiting) {
+            self.deferred.push_back((req, op));
+        }
         let nodes: Vec<NodeId> = self.leases.unapplied.keys().copied().collect();
         for node in nodes {
             self.file_refused(node, Errno::Io);

@@ -1152,6 +1152,46 @@ fn local_changes_reach_every_client() {
     );
 }
 
+/// A local program writes a file while the host's own `chmod` of it
+/// waits for a worker: the `chmod`'s result already shows the write, so
+/// the watcher's report must be announced, not taken for the host's
+/// echo.
+#[test]
+fn a_local_write_during_the_hosts_own_chmod_is_announced() {
+    let mut r = rig();
+    let writer = r.client(1);
+    let reader = r.client(2);
+    let a = r.lookup(writer, NodeId::ROOT, "a.txt").expect("a");
+    r.lookup(reader, NodeId::ROOT, "a.txt").expect("a");
+    r.hold = true;
+    r.send(
+        writer,
+        Request::SetAttr {
+            node: a.node,
+            set: SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+            token: None,
+        },
+    );
+    r.disk
+        .local_append(&path(&["a.txt"]), b" and more")
+        .expect("a local write");
+    r.host.local_change(r.now, &path(&["a.txt"]));
+    r.pump();
+    let chmod = r.run_held(|fs| matches!(fs, FsOp::SetAttr { .. }));
+    r.deliver(chmod);
+    r.hold = false;
+    r.release_held();
+    assert!(
+        r.invalidations(reader)
+            .contains(&(a.node, Invalidation::Data)),
+        "the reader never hears of the local write: {:?}",
+        r.invalidations(reader)
+    );
+}
+
 #[test]
 fn malformed_messages_fail_alone() {
     let mut r = rig();

@@ -748,6 +748,71 @@ fn rm_r_of_a_tree_made_elsewhere_is_answered_here_after_the_first_directories() 
     );
 }
 
+/// An unlink waiting for its directory's lease when the host restarts
+/// is answered, and removes the file in its own directory although the
+/// new host numbers the tree anew. (Here the lost connection ends the
+/// wait and the unlink is queued for the next session; a wait ended by
+/// the new session itself is deferred the same way, `leases_lost`.)
+#[test]
+fn a_change_waiting_for_a_lease_runs_after_a_host_restart_in_the_right_place() {
+    let mut disk = MemFs::new(1 << 30);
+    let at = |parts: &[&str]| RelPath::from(parts.iter().map(|p| name(p)).collect::<Vec<_>>());
+    disk.execute(crate::host::FsOp::Mkdir {
+        path: at(&["d"]),
+        mode: 0o755,
+        owner: None,
+    })
+    .expect("d");
+    for f in ["f0", "f1", "f2"] {
+        disk.local_replace(&at(&["d", f]), b"x").expect("a file");
+    }
+    let mut w = leasing_with(disk, 1, HostConfig::default());
+    let (d, _) = lookup(&mut w, 0, Ino::ROOT, "d").expect("d");
+    for f in ["f0", "f1", "f2"] {
+        lookup(&mut w, 0, d, f).expect("a file");
+    }
+    for f in ["f0", "f1"] {
+        assert_eq!(unlink(&mut w, 0, d, f), Ok(Answer::Done), "{f}");
+    }
+    let req = w.op(
+        0,
+        Op::Unlink {
+            parent: d,
+            name: name("f2"),
+        },
+    );
+    assert_eq!(w.answer(0, req), None, "waits for the lease");
+    // The new host numbers the tree anew, a directory made meanwhile
+    // first.
+    w.crash_host();
+    for p in [&["a"][..], &["a", "f2"][..]] {
+        let made = if p.len() == 1 {
+            w.disk.execute(crate::host::FsOp::Mkdir {
+                path: at(p),
+                mode: 0o755,
+                owner: None,
+            })
+        } else {
+            w.disk
+                .local_replace(&at(p), b"not yours")
+                .map(|_| crate::host::FsOk::Done)
+        };
+        made.expect("made while the host was down");
+    }
+    w.restart_host();
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(w.answer(0, req), Some(Ok(Answer::Done)));
+    assert!(
+        w.disk.read_file(&at(&["d", "f2"])).is_none(),
+        "d/f2 removed"
+    );
+    assert_eq!(
+        w.disk.read_file(&at(&["a", "f2"])),
+        Some(&b"not yours"[..]),
+        "another directory's file kept"
+    );
+}
+
 /// A directory a program on the host put a file in after this client
 /// emptied it: the `rmdir` answered here is refused (ENOTEMPTY), the
 /// name comes back and the mount says so.

@@ -11,12 +11,16 @@
 //! there is the report its own echo, and dropped. Anything else (a local
 //! program wrote, replaced or removed the file after the host's change)
 //! is announced as before. A report that comes while one of the host's
-//! own operations on that path is still running (inotify reports each
-//! unlink of a batch as it happens, long before the batch's result) is
-//! checked once that operation is done: checked at once it would compare
-//! the path with what the host's previous change left there, and every
-//! such report was announced (and recalled the lease of the client whose
-//! batch it was: in an `rm -rf` of 10,000 files, 258 recalls).
+//! own operations is still removing that name, or making it anew in a
+//! batch (inotify reports each unlink of a batch as it happens, long
+//! before the batch's result), is checked once that operation is done:
+//! checked at once it would compare the path with what the host's
+//! previous change left there, and every such report was announced (and
+//! recalled the lease of the client whose batch it was: in an `rm -rf` of
+//! 10,000 files, 258 recalls). Reports during an operation that leaves a
+//! file it describes by its result (a commit, a `chmod`) are not held
+//! back: its result may already include a local program's write made
+//! meanwhile, which the check would then take for the host's own.
 //! A local change that keeps the file's identity,
 //! size and mtime within the file system's timestamp tick goes unseen,
 //! as it does in the commit's own check ([`FsOp::StageCommit`]); clients
@@ -57,6 +61,14 @@ enum Leaves {
     ItemGone(usize),
 }
 
+impl Leaves {
+    /// Whether a report of the path waits for the operation (see the
+    /// module docs): only where it removes the name or makes it anew.
+    fn holds_back(self) -> bool {
+        !matches!(self, Leaves::Result)
+    }
+}
+
 /// The host's own changes by path (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Echoes {
@@ -64,7 +76,8 @@ pub(super) struct Echoes {
     out: BTreeMap<FsOpId, Vec<(RelPath, Leaves)>>,
     /// What the host's last change of each path left there, and when.
     left: BTreeMap<RelPath, (Left, Instant)>,
-    /// Paths that operations under way change, with how many of them.
+    /// Paths that operations under way remove or make anew, with how
+    /// many of them.
     busy: BTreeMap<RelPath, u32>,
     /// Reports of busy paths, to be checked once they are not.
     deferred: BTreeSet<RelPath>,
@@ -101,14 +114,14 @@ impl Echoes {
                 .collect(),
             _ => return,
         };
-        for (path, _) in &paths {
+        for (path, _) in paths.iter().filter(|(_, l)| l.holds_back()) {
             *self.busy.entry(path.clone()).or_default() += 1;
         }
         self.out.insert(op, paths);
     }
 
     /// Holds back a report of `path` while an operation of the host's
-    /// changes it; returns whether it did. [`Echoes::done`] gives it
+    /// removes or makes that name; returns whether it did. [`Echoes::done`] gives it
     /// back once the last such operation is done.
     pub(super) fn defer(&mut self, path: &RelPath) -> bool {
         if !self.busy.contains_key(path) {
@@ -126,7 +139,7 @@ impl Echoes {
             return Vec::new();
         };
         let mut ready = Vec::new();
-        for (path, _) in &paths {
+        for (path, _) in paths.iter().filter(|(_, l)| l.holds_back()) {
             if let Some(n) = self.busy.get_mut(path) {
                 *n -= 1;
                 if *n == 0 {
@@ -136,12 +149,12 @@ impl Echoes {
                     }
                 }
             }
+            debug_assert!(
+                self.busy.contains_key(path) || !self.deferred.contains(path),
+                "a report held back for no operation"
+            );
         }
         self.remember(now, paths, result);
-        debug_assert!(
-            self.deferred.iter().all(|p| self.busy.contains_key(p)),
-            "a report held back for no operation"
-        );
         ready
     }
 

@@ -77,6 +77,37 @@ impl Staged {
         Ok(())
     }
 
+    /// Writes `data` at `offset` of the staging file. A run of zeros of
+    /// at least [`MIN_HOLE`] becomes a hole where the file system can
+    /// punch one: a program's punched hole reaches the host as zeros
+    /// (docs/filesystem.md, "fallocate"), and a zeroed range of a disk
+    /// image or a sparse file takes no space this way, as on a local disk.
+    /// The content is the same either way.
+    pub(super) fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        if data.len() >= MIN_HOLE && all_zeros(data) && self.punch(offset, data.len() as u64)? {
+            return Ok(());
+        }
+        self.file.write_all_at(data, offset)
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros without writing them
+    /// all; false if the file system cannot punch a hole.
+    fn punch(&self, offset: u64, len: u64) -> std::io::Result<bool> {
+        // No overflow: the caller bounds `offset + len` by the largest file.
+        let last = offset + (len - 1);
+        // Its last byte written makes the file at least this long; a
+        // positioned write never shortens it, whatever the transaction's
+        // other writes (which run concurrently) have made of its size.
+        self.file.write_all_at(&[0], last)?;
+        Ok(rfs::fallocate(
+            &self.file,
+            rfs::FallocateFlags::PUNCH_HOLE | rfs::FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .is_ok())
+    }
+
     /// Notes `len` bytes written at `offset`, and every [`WRITE_BEHIND`]
     /// bytes starts the disk write of the range they were written in,
     /// without waiting for it. Otherwise a long write sits in the page
@@ -91,45 +122,6 @@ impl Staged {
     /// `WB_SYNC_NONE`), and drops only pages already clean, which pages
     /// just written are not. It is advice: if it fails, the fsync at the
     /// commit still writes everything.
-    /// Writes `data` at `offset` of the staging file. A run of zeros of
-    /// at least [`MIN_HOLE`] becomes a hole where the file system can
-    /// punch one: a program's punched hole reaches the host as zeros
-    /// (docs/filesystem.md, "fallocate"), and a zeroed range of a disk
-    /// image or a sparse file takes no space this way, as on a local disk.
-    /// The content is the same either way.
-    pub(super) fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        if data.len() >= MIN_HOLE && all_zeros(data) && self.punch(offset, data.len() as u64) {
-            return Ok(());
-        }
-        self.file.write_all_at(data, offset)
-    }
-
-    /// Makes `len` bytes at `offset` read as zeros without writing them;
-    /// false if the file system cannot (then nothing changed that matters:
-    /// at most the file was extended with zeros the write puts there
-    /// anyway).
-    fn punch(&self, offset: u64, len: u64) -> bool {
-        let Ok(size) = self.file.metadata().map(|m| m.len()) else {
-            return false;
-        };
-        let Some(end) = offset.checked_add(len) else {
-            return false;
-        };
-        // Past the end, extending the file is the hole.
-        if end > size && self.file.set_len(end).is_err() {
-            return false;
-        }
-        let inside = size.min(end).saturating_sub(offset);
-        inside == 0
-            || rfs::fallocate(
-                &self.file,
-                rfs::FallocateFlags::PUNCH_HOLE | rfs::FallocateFlags::KEEP_SIZE,
-                offset,
-                inside,
-            )
-            .is_ok()
-    }
-
     pub(super) fn wrote(&self, offset: u64, len: u64) {
         let (start, end) = {
             let mut b = lock(&self.behind);
