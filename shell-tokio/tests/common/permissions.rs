@@ -10,14 +10,64 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use super::procs::{
-    ANY_PORT, exit_of, interrupt, mounted, mounted_with, scratch, start_host, ticket_of,
+    ANY_PORT, Cleanup, exit_of, interrupt, mounted_with, scratch, start_host, ticket_of,
 };
 
 const NOBODY: u32 = 65534;
+
+/// A scratch directory for `test`: its cleanup, the folder to share and
+/// the mount point.
+fn scratch_share(test: &str, bin: &Path) -> (Cleanup, PathBuf, PathBuf) {
+    let cleanup = scratch(test, bin);
+    let (share, mnt) = (cleanup.dir.join("share"), cleanup.dir.join("mnt"));
+    (cleanup, share, mnt)
+}
+
+/// Starts a host of the scratch share (with `host_flags`) and, unless
+/// `mount_flags` is `None`, a mount of it (with those flags); both stop
+/// with `cleanup`. Returns the ticket.
+fn serve(
+    cleanup: &mut Cleanup,
+    bin: &Path,
+    host_flags: &[&str],
+    mount_flags: Option<&[&str]>,
+) -> String {
+    let (host, host_out) = start_host(bin, &cleanup.dir, ANY_PORT, host_flags);
+    cleanup.children.push(host);
+    let ticket = ticket_of(&host_out);
+    if let Some(flags) = mount_flags {
+        let mount = mounted_with(bin, &ticket, &cleanup.dir.join("mnt"), flags).0;
+        cleanup.children.push(mount);
+    }
+    ticket
+}
+
+/// Stops the process started last, as Ctrl-C does.
+fn stop_last(cleanup: &mut Cleanup, what: &str) {
+    let child = cleanup.children.pop().expect("a process to stop");
+    interrupt(child, what);
+}
+
+/// Runs `program` with `args` as root.
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// The command failed with EPERM.
+fn not_permitted(out: &Output, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Operation not permitted"),
+        "{what}: EPERM, got {out:?}"
+    );
+}
 
 /// Runs `sh -c script` as nobody.
 fn as_nobody(script: &str) -> Output {
@@ -44,10 +94,8 @@ fn allowed(out: &Output, what: &str) -> String {
 
 /// The whole story for the binary `bin`.
 pub(crate) fn other_users(bin: &Path) {
-    let mut cleanup = scratch("perm", bin);
-    let dir = cleanup.dir.clone();
-    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
-    for d in [&dir, &share, &mnt] {
+    let (mut cleanup, share, mnt) = scratch_share("perm", bin);
+    for d in [&cleanup.dir, &share, &mnt] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     for (name, mode, text) in [
@@ -63,16 +111,12 @@ pub(crate) fn other_users(bin: &Path) {
     std::fs::create_dir(&dropbox).expect("mkdir");
     std::fs::set_permissions(&dropbox, std::fs::Permissions::from_mode(0o777)).expect("chmod");
 
-    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
-    cleanup.children.push(host);
-    let ticket = ticket_of(&host_out);
+    let ticket = serve(&mut cleanup, bin, &[], Some(&[]));
     let m = mnt.display();
 
     // Without --allow-other, nobody else gets in at all.
-    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
     refused(&as_nobody(&format!("ls {m}")), "ls without --allow-other");
-    let mount = cleanup.children.pop().expect("the mount");
-    interrupt(mount, "the first mount on Ctrl-C");
+    stop_last(&mut cleanup, "the first mount on Ctrl-C");
 
     // With it, everyone gets in, as the modes say.
     let (mount, out) = mounted_with(bin, &ticket, &mnt, &["--allow-other"]);
@@ -130,34 +174,22 @@ pub(crate) fn other_users(bin: &Path) {
 
     // Every client acts as the host's user: giving a file away is
     // refused, even to the mount's root.
-    let out = Command::new("chown")
-        .args(["1234", &format!("{m}/public.txt")])
-        .output()
-        .expect("run chown");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("Operation not permitted"),
-        "chown to another user: EPERM, got {out:?}"
-    );
-    let out = Command::new("chown")
-        .args(["0:0", &format!("{m}/public.txt")])
-        .output()
-        .expect("run chown");
+    let public = format!("{m}/public.txt");
+    not_permitted(&run("chown", &["1234", &public]), "chown to another user");
+    let out = run("chown", &["0:0", &public]);
     assert!(out.status.success(), "chown to the owner it has: {out:?}");
 
-    let mount = cleanup.children.pop().expect("the mount");
-    interrupt(mount, "the second mount on Ctrl-C");
-    let host = cleanup.children.pop().expect("the host");
-    interrupt(host, "the host on Ctrl-C");
+    stop_last(&mut cleanup, "the second mount on Ctrl-C");
+    stop_last(&mut cleanup, "the host on Ctrl-C");
 
     // A host that preserves owners: what a user makes is theirs on the
     // host, and root's chown through the mount is carried out.
-    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &["--preserve-owners"]);
-    cleanup.children.push(host);
-    let ticket = ticket_of(&host_out);
-    cleanup
-        .children
-        .push(mounted_with(bin, &ticket, &mnt, &["--allow-other"]).0);
+    serve(
+        &mut cleanup,
+        bin,
+        &["--preserve-owners"],
+        Some(&["--allow-other"]),
+    );
     allowed(
         &as_nobody(&format!(
             "echo made > {m}/dropbox/made.txt && mkdir {m}/dropbox/sub && ln -s made.txt {m}/dropbox/link"
@@ -179,10 +211,7 @@ pub(crate) fn other_users(bin: &Path) {
             .all(|l| l.split_whitespace().nth(2) == Some("65534")),
         "the mount shows the real owner: {long}"
     );
-    let out = Command::new("chown")
-        .args(["1234:1234", &format!("{m}/public.txt")])
-        .output()
-        .expect("run chown");
+    let out = run("chown", &["1234:1234", &public]);
     assert!(out.status.success(), "root's chown: {out:?}");
     let meta = std::fs::metadata(share.join("public.txt")).expect("on the host");
     assert_eq!(
@@ -194,8 +223,7 @@ pub(crate) fn other_users(bin: &Path) {
         &as_nobody(&format!("cat {m}/private.txt")),
         "a private file, with owners preserved",
     );
-    let mount = cleanup.children.pop().expect("the mount");
-    interrupt(mount, "the third mount on Ctrl-C");
+    stop_last(&mut cleanup, "the third mount on Ctrl-C");
 }
 
 /// Special files through a mount: a FIFO carries data between two
@@ -205,19 +233,11 @@ pub(crate) fn other_users(bin: &Path) {
 pub(crate) fn special_files(bin: &Path) {
     use std::io::{Read, Write};
     use std::os::unix::fs::FileTypeExt;
-    let mut cleanup = scratch("special", bin);
-    let dir = cleanup.dir.clone();
-    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
-    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
-    cleanup.children.push(host);
-    let ticket = ticket_of(&host_out);
-    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+    let (mut cleanup, share, mnt) = scratch_share("special", bin);
+    serve(&mut cleanup, bin, &[], Some(&[]));
     let m = mnt.display();
 
-    let out = Command::new("mkfifo")
-        .arg(mnt.join("pipe"))
-        .output()
-        .expect("run mkfifo");
+    let out = run("mkfifo", &[&format!("{m}/pipe")]);
     assert!(out.status.success(), "mkfifo: {out:?}");
     assert!(
         std::fs::symlink_metadata(share.join("pipe"))
@@ -256,19 +276,11 @@ pub(crate) fn special_files(bin: &Path) {
     // A bound socket holds the mount (as on any file system).
     drop((listener, client, server));
 
-    let out = Command::new("mknod")
-        .args([&format!("{m}/zero"), "c", "1", "5"])
-        .output()
-        .expect("run mknod");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("Operation not permitted"),
-        "a device node is refused: {out:?}"
-    );
+    let zero = format!("{m}/zero");
+    not_permitted(&run("mknod", &[&zero, "c", "1", "5"]), "a device node");
     assert!(!share.join("zero").exists());
 
-    let mount = cleanup.children.pop().expect("the mount");
-    interrupt(mount, "the mount on Ctrl-C");
+    stop_last(&mut cleanup, "the mount on Ctrl-C");
 }
 
 /// Hard links through the mount: `ln` makes a host hard link, both names
@@ -276,13 +288,8 @@ pub(crate) fn special_files(bin: &Path) {
 /// through the other (on the mount and on the host's disk), and `rm` of
 /// one name leaves the other.
 pub(crate) fn hard_links(bin: &Path) {
-    let mut cleanup = scratch("links", bin);
-    let dir = cleanup.dir.clone();
-    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
-    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
-    cleanup.children.push(host);
-    let ticket = ticket_of(&host_out);
-    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+    let (mut cleanup, share, mnt) = scratch_share("links", bin);
+    serve(&mut cleanup, bin, &[], Some(&[]));
 
     std::fs::write(mnt.join("a"), "one").expect("write a");
     std::fs::hard_link(mnt.join("a"), mnt.join("b")).expect("ln a b");
@@ -327,14 +334,9 @@ pub(crate) fn hard_links(bin: &Path) {
 /// does not serve is refused with EOPNOTSUPP.
 pub(crate) fn extended_attributes(bin: &Path) {
     use rustix::fs::{XattrFlags, getxattr, listxattr, removexattr, setxattr};
-    let mut cleanup = scratch("xattr", bin);
-    let dir = cleanup.dir.clone();
-    let (share, mnt) = (dir.join("share"), dir.join("mnt"));
+    let (mut cleanup, share, mnt) = scratch_share("xattr", bin);
     std::fs::write(share.join("f"), "data").expect("a shared file");
-    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
-    cleanup.children.push(host);
-    let ticket = ticket_of(&host_out);
-    cleanup.children.push(mounted(bin, &ticket, &mnt).0);
+    serve(&mut cleanup, bin, &[], Some(&[]));
     let (f, on_host) = (mnt.join("f"), share.join("f"));
 
     setxattr(&f, "user.colour", b"blue", XattrFlags::empty()).expect("setxattr");
@@ -370,9 +372,9 @@ pub(crate) fn extended_attributes(bin: &Path) {
 /// cannot (it opens it as the user), and the mount says so and what to
 /// do instead of a bare "Permission denied".
 pub(crate) fn ordinary_user_mounts(bin: &Path) {
-    let mut cleanup = scratch("user", bin);
+    let (mut cleanup, share, mnt) = scratch_share("user", bin);
     let dir = cleanup.dir.clone();
-    let (share, mnt, home) = (dir.join("share"), dir.join("mnt"), dir.join("nobody"));
+    let home = dir.join("nobody");
     std::fs::write(share.join("hello"), "hi").expect("a shared file");
     std::fs::create_dir(&home).expect("nobody's home");
     for d in [&mnt, &home] {
@@ -383,9 +385,7 @@ pub(crate) fn ordinary_user_mounts(bin: &Path) {
     let prog = dir.join("wormhole");
     std::fs::copy(bin, &prog).expect("copy the program");
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let (host, host_out) = start_host(bin, &dir, ANY_PORT, &[]);
-    cleanup.children.push(host);
-    let ticket = ticket_of(&host_out);
+    let ticket = serve(&mut cleanup, bin, &[], None);
     let nobody_runs = |args: &[&std::ffi::OsStr]| {
         let mut c = Command::new(&prog);
         c.args(args)
