@@ -114,6 +114,10 @@ pub struct FsStats {
     /// Files answered under a lease and refused by the host afterwards,
     /// reported to nobody's handle (a `CreateLost` event).
     pub creates_lost: u64,
+    /// Directories made while the host held 16 or more leases (a
+    /// client's table full: the next lease takes the coldest one's
+    /// place).
+    pub leases_full: u64,
 }
 
 impl FsStats {
@@ -126,6 +130,7 @@ impl FsStats {
         }
         self.commits += o.commits;
         self.commits_replayed += o.commits_replayed;
+        self.leases_full += o.leases_full;
         self.sets_committed += o.sets_committed;
         self.links += o.links;
         self.in_place_commits += o.in_place_commits;
@@ -710,6 +715,14 @@ impl Sim {
     /// The inode client `c` knows `parent`'s entry `name` as, if any.
     pub fn child(&self, c: usize, parent: Ino, name: &Name) -> Option<Ino> {
         self.w.clients[c].core.vfs()?.child(parent, name)
+    }
+
+    /// Counts a directory made while the host holds at least `full`
+    /// leases.
+    pub fn note_leases(&mut self, full: usize) {
+        if self.w.host_up && self.w.host.leases() >= full {
+            self.stats.leases_full += 1;
+        }
     }
 
     /// Open handles of client `c`.

@@ -152,6 +152,43 @@ fn tree(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Vio
     Ok(())
 }
 
+/// A chain of directories deeper than a client holds leases (16), each
+/// made here (so leased at its mkdir) with files in it, then emptied and
+/// removed from the bottom up: leases are given back to make room while
+/// their streams may still be out, and each rmdir is answered under a
+/// lease that may be the one just given back.
+fn deep(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Violation> {
+    let mut chain = vec![(Ino::ROOT, None)];
+    for _ in 0..18 {
+        let parent = chain.last().map_or(Ino::ROOT, |(d, _)| *d);
+        let n = name(rng, true);
+        sim.op(
+            c,
+            Op::Mkdir {
+                parent,
+                name: n.clone(),
+                mode: 0o755,
+                caller: None,
+            },
+        )?;
+        sim.advance(Duration::from_millis(20))?;
+        let Some(dir) = sim.child(c, parent, &n) else {
+            break;
+        };
+        sim.note_leases(16);
+        *tag += 1;
+        burst(sim, rng, c, dir, tag)?;
+        chain.push((dir, Some(n)));
+    }
+    while let Some((dir, Some(n))) = chain.pop() {
+        sweep(sim, c, dir)?;
+        let parent = chain.last().map_or(Ino::ROOT, |(d, _)| *d);
+        sim.op(c, Op::Rmdir { parent, name: n })?;
+        sim.advance(Duration::from_millis(5))?;
+    }
+    Ok(())
+}
+
 /// Runs seed `seed`: random world and workload, then liveness. With
 /// `trace`, records the trace (printing it as it goes if `echo`).
 pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violation>) {
@@ -256,7 +293,8 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                 tag += 1;
                 tree(sim, rng, c, &mut tag)?;
             }
-            175..220 => {
+            175 => deep(sim, rng, c, &mut tag)?,
+            176..220 => {
                 let n = name(rng, false);
                 sim.op(
                     c,
@@ -642,6 +680,10 @@ impl Simulation for FsSim {
                 s.unlinks_streamed,
             ),
             ("rmdirs answered under a directory lease", s.rmdirs_streamed),
+            (
+                "directories made with 16 leases held (the table full)",
+                s.leases_full,
+            ),
             (
                 "closes acknowledged before their lease's stream",
                 s.acks_deferred,
