@@ -1011,10 +1011,20 @@ impl ClientCore {
                 name,
                 new_parent,
                 new_name,
-            } => named(parent, name)
-                .into_iter()
-                .chain(named(new_parent, new_name))
-                .collect(),
+            } => {
+                let mut w = named(parent, name);
+                w.extend(named(new_parent, new_name));
+                // A directory the rename replaces must hold at the host
+                // what it holds here (a file made in it makes the rename
+                // ENOTEMPTY, as on a local disk), and one it moves takes
+                // what was made in it along.
+                for (dir, n) in [(parent, name), (new_parent, new_name)] {
+                    if let Some(d) = self.child_of(*dir, n) {
+                        w.extend(all_in(&d));
+                    }
+                }
+                w
+            }
             Request::Link {
                 node: n,
                 parent,

@@ -813,6 +813,35 @@ fn a_change_waiting_for_a_lease_runs_after_a_host_restart_in_the_right_place() {
     );
 }
 
+/// A directory renamed over one that holds a file made here under its
+/// lease is refused with ENOTEMPTY, as on a local disk: the rename waits
+/// until the host has the file (pjdfstest's
+/// `rename::eexist_enotempty_to_non_empty`).
+#[test]
+fn a_rename_over_a_directory_with_a_file_made_here_is_enotempty() {
+    let mut w = leasing(1);
+    warm_up(&mut w);
+    mkdir_at(&mut w, Ino::ROOT, "from");
+    let to = mkdir_at(&mut w, Ino::ROOT, "to");
+    w.run_for(Duration::from_millis(50));
+    let (_, fh) = create_at(&mut w, 0, to, "f").expect("a file made under to's lease");
+    w.call(0, Op::Release { fh }).expect("closed");
+    assert_eq!(w.clients[0].core.unapplied(), 1, "the host has no f yet");
+    let renamed = w.call(
+        0,
+        Op::Rename {
+            parent: Ino::ROOT,
+            name: name("from"),
+            new_parent: Ino::ROOT,
+            new_name: name("to"),
+        },
+    );
+    assert!(
+        matches!(renamed, Err(Errno::NotEmpty | Errno::Exist)),
+        "{renamed:?}"
+    );
+}
+
 /// A directory a program on the host put a file in after this client
 /// emptied it: the `rmdir` answered here is refused (ENOTEMPTY), the
 /// name comes back and the mount says so.
