@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// Version of the wire protocol; the first byte of every encoded message.
-pub const PROTOCOL_VERSION: u8 = 8;
+pub const PROTOCOL_VERSION: u8 = 9;
 
 /// The largest message any decoder accepts, whatever its type (above
 /// every type's own limit: a write piece and its envelope, a page of a
@@ -515,8 +515,10 @@ mod tests {
     fn rejects_bad_input_with_typed_errors() {
         assert_eq!(decode::<Small>(&[]), Err(CodecError::Empty));
         assert_eq!(
-            decode::<Small>(&[9, 0, 0]),
-            Err(CodecError::Version { got: 9 })
+            decode::<Small>(&[PROTOCOL_VERSION + 1, 0, 0]),
+            Err(CodecError::Version {
+                got: PROTOCOL_VERSION + 1
+            })
         );
         assert!(matches!(
             decode::<Small>(&[PROTOCOL_VERSION; 40]),

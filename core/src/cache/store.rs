@@ -728,7 +728,7 @@ impl Cache {
         self.stats.invalidations += 1;
         match what {
             Invalidation::Attr => self.mark_stale(now, &CacheKey::Attr(node)),
-            Invalidation::Data => {
+            Invalidation::Data | Invalidation::Replaced => {
                 self.mark_stale(now, &CacheKey::Attr(node));
                 if let Some(file) = self.file_of(node) {
                     self.drop_chunks(file, None);

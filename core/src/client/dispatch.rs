@@ -66,6 +66,8 @@ impl ClientCore {
         let vfs = self.vfs.as_ref().ok_or(Errno::NotConn)?;
         match vfs.get(ino) {
             None => Err(Errno::Stale),
+            // Another file has its name now: the kernel looks it up again.
+            Some(i) if i.replaced => Err(Errno::Stale),
             Some(_) => vfs.node(ino).ok_or(Errno::NoEnt),
         }
     }
@@ -142,13 +144,11 @@ impl ClientCore {
             Op::GetAttr { ino } => {
                 let node = match self.node(*ino) {
                     Ok(node) => node,
-                    Err(Errno::NoEnt) => {
-                        // fstat(2) on a file unlinked while open works
-                        // (POSIX); only its handles know it now.
+                    Err(e @ (Errno::NoEnt | Errno::Stale)) => {
+                        // fstat(2) on a file unlinked (or replaced) while
+                        // open works (POSIX); only its handles know it now.
                         let h = self.handles.values().find(|h| h.ino == *ino);
-                        let mut attr = h
-                            .map(|h| self.with_local_changes(&h.attr))
-                            .ok_or(Errno::NoEnt)?;
+                        let mut attr = h.map(|h| self.with_local_changes(&h.attr)).ok_or(e)?;
                         attr.nlink = 0;
                         let ttl = std::time::Duration::ZERO;
                         self.reply(req, Ok(Answer::Attr { attr, ttl }));
@@ -292,7 +292,7 @@ impl ClientCore {
                 let mut stale = Vec::new();
                 match self.ahead.take(now, node, req, *ino, valid, &mut stale) {
                     Take::Ready(opened) => {
-                        let answer = self.opened(now, *ino, opened);
+                        let answer = self.opened(now, *ino, opened, false);
                         self.reply(req, Ok(answer));
                     }
                     Take::Joined => {}

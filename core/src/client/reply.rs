@@ -8,8 +8,8 @@ use super::{
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
 use crate::proto::{
-    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, Reply,
-    RequestId,
+    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, OpenFor,
+    Reply, RequestId,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
@@ -56,12 +56,24 @@ impl ClientCore {
             self.close_host_handles(now, vec![handle]);
         }
         self.cache.invalidate(now, node, what);
+        let set_aside = what == Invalidation::Replaced && self.only_read_here(node);
         let Some(vfs) = self.vfs.as_mut() else {
             return;
         };
         let Some(ino) = vfs.ino_of(node) else {
             return;
         };
+        if set_aside {
+            // The readers keep the old file, under the inode the kernel
+            // gave them; the name leads to a new inode (`Vfs::set_aside`).
+            let links = vfs.get(ino).map(|i| i.links.clone()).unwrap_or_default();
+            vfs.set_aside(ino);
+            for (parent, name) in links {
+                self.out
+                    .push_back(ClientOutput::InvalidateEntry { parent, name });
+            }
+            return;
+        }
         match what {
             Invalidation::Gone => {
                 for (parent, name) in vfs.get(ino).map(|i| i.links.clone()).unwrap_or_default() {
@@ -70,9 +82,26 @@ impl ClientCore {
                 }
                 vfs.node_gone(node);
             }
-            Invalidation::Attr | Invalidation::Data | Invalidation::Entries => {}
+            Invalidation::Attr
+            | Invalidation::Data
+            | Invalidation::Entries
+            | Invalidation::Replaced => {}
         }
         self.out.push_back(ClientOutput::InvalidateInode { ino });
+    }
+
+    /// Whether `node` is a file open here only for reading, each handle
+    /// through a host handle of its own (which keeps the file it opened
+    /// when another takes its place), with no write or lock of this
+    /// client on it: what may be set aside when it is replaced.
+    fn only_read_here(&self, node: crate::proto::NodeId) -> bool {
+        let mut handles = self.handles.values().filter(|h| h.node == node).peekable();
+        handles.peek().is_some()
+            && handles.all(|h| !h.write && h.host.is_some() && h.attr.kind == FileKind::File)
+            && !self.writes.contains_key(&node)
+            && !self.lockers.keys().any(|(n, _)| *n == node)
+            && !self.locking.values().any(|(n, _, _)| *n == node)
+            && !self.unlocking.keys().any(|(n, _)| *n == node)
     }
 
     fn on_reply(&mut self, now: Instant, id: RequestId, result: Result<Reply, Errno>) {
@@ -353,7 +382,7 @@ impl ClientCore {
                     }
                 };
                 let (node, size) = (attr.node, attr.size);
-                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
+                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, true);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));
@@ -366,7 +395,11 @@ impl ClientCore {
                 }))
             }
             (
-                Op::Open { ino, truncate, .. },
+                Op::Open {
+                    ino,
+                    truncate,
+                    mode,
+                },
                 _,
                 Ok(Reply::Opened {
                     handle,
@@ -384,6 +417,7 @@ impl ClientCore {
                         attr,
                         inline,
                     },
+                    *mode != OpenFor::Read || *truncate,
                 );
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
@@ -588,8 +622,8 @@ impl ClientCore {
     }
 
     /// The kernel's open of `ino` is answered by the host's `opened`
-    /// (asked for it or ahead of it).
-    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened) -> Answer {
+    /// (asked for it or ahead of it), `write` if it opens for writing.
+    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened, write: bool) -> Answer {
         let Opened {
             handle,
             attr,
@@ -601,7 +635,7 @@ impl ClientCore {
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
+        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, write);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -619,7 +653,7 @@ impl ClientCore {
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
             Answered::Waiting(req, ino, opened) => {
-                let answer = self.opened(now, ino, opened);
+                let answer = self.opened(now, ino, opened, false);
                 self.reply(req, Ok(answer));
             }
             Answered::Kept => {}
@@ -664,6 +698,7 @@ impl ClientCore {
         host: Option<crate::proto::HandleId>,
         attr: Attr,
         inline: Bytes,
+        write: bool,
     ) -> Fh {
         if !inline.is_empty() && inline.len() as u64 == attr.size {
             let key = CacheKey::Chunk(ChunkKey {
@@ -685,6 +720,7 @@ impl ClientCore {
                 ino,
                 node: attr.node,
                 host,
+                write,
                 attr,
                 error: None,
                 unsynced: false,

@@ -4,7 +4,7 @@ use super::*;
 use crate::conn::DisconnectReason;
 use crate::host::memfs::MemFs;
 use crate::host::{FsOp, HostConfig, RelPath};
-use crate::proto::{CHUNK_SIZE, FileKind, Name, SetTime};
+use crate::proto::{CHUNK_SIZE, FileKind, Name, OpenFor, SetTime};
 use crate::testkit::World;
 
 fn name(s: &str) -> Name {
@@ -293,6 +293,109 @@ fn an_unlinked_open_file_stays_readable_until_released() {
         w.clients[0].core.vfs().expect("vfs").get(ino).is_none(),
         "freed after release and forget"
     );
+}
+
+/// Another client's commit puts a new, shorter version in the place of
+/// a file a reader here has open: the reader keeps the old file whole
+/// under its inode (the kernel is told only that the name changed, so
+/// its size and pages stay the old version's), and the name leads to a
+/// new inode with the new version, as on a local disk after a rename
+/// over an open file. With one inode for both, the new size cut the old
+/// version's read short (`quic_clients::reads_during_the_race`).
+#[test]
+fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
+    let old = pattern(5 * CHUNK_SIZE / 2, 1);
+    let new = pattern(CHUNK_SIZE, 2);
+    let mut w = world(&[("f", &old)], 2);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let reader = open(&mut w, 0, ino);
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let writer = match w.call(
+        1,
+        Op::Open {
+            ino: ino1,
+            mode: OpenFor::Write,
+            truncate: true,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    write(&mut w, 1, writer, 0, &new);
+    w.call(1, Op::Release { fh: writer })
+        .expect("commit at close");
+    w.settle();
+
+    assert!(
+        !w.clients[0].invalidated.contains(&ino),
+        "the reader's inode keeps its size and pages"
+    );
+    assert_eq!(
+        read_all(&mut w, 0, reader, old.len()),
+        old,
+        "the old version, whole"
+    );
+    match w.call(0, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => {
+            assert_eq!((attr.size, attr.nlink), (old.len() as u64, 0));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (now_ino, attr) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    assert_ne!(now_ino, ino, "the name leads to a new inode");
+    assert_eq!(attr.size, new.len() as u64);
+    let fh = open(&mut w, 0, now_ino);
+    assert_eq!(read_all(&mut w, 0, fh, new.len()), new);
+
+    w.call(0, Op::Release { fh: reader }).expect("release");
+    // The kernel may still reach the old inode through the name until it
+    // drops it: ESTALE makes it look the name up again (ENOENT would
+    // fail the open of a file that exists).
+    assert_eq!(w.call(0, Op::open(ino)).err(), Some(Errno::Stale));
+    assert_eq!(w.call(0, Op::GetAttr { ino }).err(), Some(Errno::Stale));
+    w.forget_all(0, ino);
+    let vfs = w.clients[0].core.vfs().expect("vfs");
+    assert!(vfs.get(ino).is_none(), "the old inode is freed");
+    assert_eq!(vfs.ino_of(attr.node), Some(now_ino));
+}
+
+/// A file open here for writing is not set aside when replaced: its
+/// writes follow the file (they build on the new version).
+#[test]
+fn a_file_replaced_while_open_here_for_writing_keeps_its_inode() {
+    let mut w = world(&[("f", b"old content")], 2);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let mine = match w.call(
+        0,
+        Op::Open {
+            ino,
+            mode: OpenFor::Write,
+            truncate: false,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let theirs = match w.call(
+        1,
+        Op::Open {
+            ino: ino1,
+            mode: OpenFor::Write,
+            truncate: true,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    write(&mut w, 1, theirs, 0, b"new");
+    w.call(1, Op::Release { fh: theirs })
+        .expect("commit at close");
+    w.settle();
+    assert!(w.clients[0].invalidated.contains(&ino), "told as before");
+    let (now_ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    assert_eq!(now_ino, ino);
+    w.call(0, Op::Release { fh: mine }).expect("release");
 }
 
 #[test]
@@ -1477,7 +1580,7 @@ fn a_truncating_open_moves_the_times_before_its_commit() {
         0,
         Op::Open {
             ino,
-            mode: crate::proto::OpenFor::Write,
+            mode: OpenFor::Write,
             truncate: true,
         },
     ) {

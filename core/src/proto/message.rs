@@ -401,6 +401,10 @@ pub enum Invalidation {
     Entries,
     /// The node is gone.
     Gone,
+    /// Content (and so attributes), by a new file put in the old one's
+    /// place (a commit renames its new version over the file): a handle
+    /// open on the old file keeps reading it, as on a local disk.
+    Replaced,
 }
 
 /// An operation a lease holder answered itself ([`Request::Apply`]).

@@ -70,6 +70,11 @@ pub struct Inode {
     /// Whether `node` is valid for the current host session (false after
     /// the host restarted, until the inode is looked up again).
     pub bound: bool,
+    /// An orphan because another file took its place ([`Vfs::set_aside`]),
+    /// not because it was deleted: the kernel, which may still reach it
+    /// through a name it has not dropped yet, is told to look the name
+    /// up again (ESTALE) rather than that it is gone.
+    pub replaced: bool,
 }
 
 impl Inode {
@@ -158,6 +163,7 @@ impl Vfs {
                 open: 0,
                 state: InodeState::Active,
                 bound: true,
+                replaced: false,
             },
         );
         vfs.by_node.insert(root, Ino::ROOT);
@@ -279,6 +285,7 @@ impl Vfs {
                         open: 0,
                         state: InodeState::Allocated,
                         bound: true,
+                        replaced: false,
                     },
                 );
                 self.by_node.insert(attr.node, ino);
@@ -432,6 +439,28 @@ impl Vfs {
             && ino != Ino::ROOT
         {
             self.detach(ino);
+        }
+    }
+
+    /// Another file took the place of `ino`'s on the host (a commit
+    /// renamed a new version over it) while handles here still read the
+    /// old one: `ino` keeps the old file for them as an orphan, and the
+    /// node's next lookup gets a new inode. A local disk does the same
+    /// for a file renamed over an open one; sharing one inode would let
+    /// the new version's size cut the old one's reads short.
+    pub fn set_aside(&mut self, ino: Ino) {
+        let Some(node) = self.inodes.get(&ino).map(|i| i.node) else {
+            return;
+        };
+        if ino == Ino::ROOT {
+            return;
+        }
+        self.detach(ino);
+        if self.by_node.get(&node) == Some(&ino) {
+            self.by_node.remove(&node);
+        }
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.replaced = true;
         }
     }
 

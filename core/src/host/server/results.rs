@@ -493,7 +493,8 @@ impl HostServer {
                 // The commit put a new file (identity) at the node's path:
                 // the index follows, so the next lookup keeps the node id
                 // (and the writer's lock and handles stay valid).
-                if let Some(replaced) = self.nodes.key(node) {
+                let old_key = self.nodes.key(node);
+                if let Some(replaced) = old_key {
                     let mark = self.next_op;
                     let e = self.recommitted.entry(node).or_default();
                     e.0 = mark;
@@ -507,7 +508,14 @@ impl HostServer {
                     }
                     s.committed.push_back((txn, attr.clone()));
                 }
-                self.broadcast(Some(session), node, Invalidation::Data);
+                // A new file in the old one's place, unless the commit
+                // wrote in place (a file with several names).
+                let what = if old_key.is_some_and(|k| k != attr.key) {
+                    Invalidation::Replaced
+                } else {
+                    Invalidation::Data
+                };
+                self.broadcast(Some(session), node, what);
                 Ok(Reply::Attr(attr))
             }
             (ReplyAs::Abort, Ok(_)) => Ok(Reply::Done),
