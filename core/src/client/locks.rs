@@ -17,6 +17,8 @@
 use super::{AfterCommit, Answer, ClientCore, Fh, OpPart, Purpose, Req};
 use crate::Instant;
 use crate::proto::{ByteRange, Errno, Invalidation, NodeId, OpenFor, Reply, Request};
+use crate::vfs::Ino;
+use std::collections::BTreeSet;
 
 use super::Op;
 
@@ -213,7 +215,17 @@ impl ClientCore {
                     return Some(Err(Errno::Stale));
                 }
                 self.cache.invalidate(now, node, Invalidation::Data);
-                if let Some(ino) = self.vfs.as_ref().and_then(|v| v.ino_of(node)) {
+                // The file's inode, and any its handles here were set
+                // aside on (`Vfs::set_aside`): they read the current
+                // version from now on.
+                let mut inos: BTreeSet<Ino> = self
+                    .handles
+                    .values()
+                    .filter(|h| h.node == node)
+                    .map(|h| h.ino)
+                    .collect();
+                inos.extend(self.vfs.as_ref().and_then(|v| v.ino_of(node)));
+                for ino in inos {
                     self.out
                         .push_back(super::ClientOutput::InvalidateInode { ino });
                 }

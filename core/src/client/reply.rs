@@ -8,8 +8,8 @@ use super::{
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
 use crate::proto::{
-    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, OpenFor,
-    Reply, RequestId,
+    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, Reply,
+    RequestId,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
@@ -56,7 +56,7 @@ impl ClientCore {
             self.close_host_handles(now, vec![handle]);
         }
         self.cache.invalidate(now, node, what);
-        let set_aside = what == Invalidation::Replaced && self.only_read_here(node);
+        let set_aside = what == Invalidation::Replaced && self.may_set_aside(node);
         let Some(vfs) = self.vfs.as_mut() else {
             return;
         };
@@ -90,14 +90,17 @@ impl ClientCore {
         self.out.push_back(ClientOutput::InvalidateInode { ino });
     }
 
-    /// Whether `node` is a file open here only for reading, each handle
-    /// through a host handle of its own (which keeps the file it opened
-    /// when another takes its place), with no write or lock of this
-    /// client on it: what may be set aside when it is replaced.
-    fn only_read_here(&self, node: crate::proto::NodeId) -> bool {
+    /// Whether `node` is a file open here with nothing written to it yet,
+    /// each handle reading through a host handle of its own (which keeps
+    /// the file it opened when another takes its place), and no lock of
+    /// this client on it: what may be set aside when it is replaced. (A
+    /// handle open for writing is set aside too: it reads the old file,
+    /// and a write through it is refused at its commit, as ever, as one
+    /// built on a version another commit replaced.)
+    fn may_set_aside(&self, node: crate::proto::NodeId) -> bool {
         let mut handles = self.handles.values().filter(|h| h.node == node).peekable();
         handles.peek().is_some()
-            && handles.all(|h| !h.write && h.host.is_some() && h.attr.kind == FileKind::File)
+            && handles.all(|h| h.host.is_some() && h.attr.kind == FileKind::File)
             && !self.writes.contains_key(&node)
             && !self.lockers.keys().any(|(n, _)| *n == node)
             && !self.locking.values().any(|(n, _, _)| *n == node)
@@ -382,7 +385,7 @@ impl ClientCore {
                     }
                 };
                 let (node, size) = (attr.node, attr.size);
-                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, true);
+                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));
@@ -395,11 +398,7 @@ impl ClientCore {
                 }))
             }
             (
-                Op::Open {
-                    ino,
-                    truncate,
-                    mode,
-                },
+                Op::Open { ino, truncate, .. },
                 _,
                 Ok(Reply::Opened {
                     handle,
@@ -417,7 +416,6 @@ impl ClientCore {
                         attr,
                         inline,
                     },
-                    *mode != OpenFor::Read || *truncate,
                 );
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
@@ -622,8 +620,8 @@ impl ClientCore {
     }
 
     /// The kernel's open of `ino` is answered by the host's `opened`
-    /// (asked for it or ahead of it), `write` if it opens for writing.
-    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened, write: bool) -> Answer {
+    /// (asked for it or ahead of it).
+    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened) -> Answer {
         let Opened {
             handle,
             attr,
@@ -635,7 +633,7 @@ impl ClientCore {
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, write);
+        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -653,7 +651,7 @@ impl ClientCore {
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
             Answered::Waiting(req, ino, opened) => {
-                let answer = self.opened(now, ino, opened, false);
+                let answer = self.opened(now, ino, opened);
                 self.reply(req, Ok(answer));
             }
             Answered::Kept => {}
@@ -698,7 +696,6 @@ impl ClientCore {
         host: Option<crate::proto::HandleId>,
         attr: Attr,
         inline: Bytes,
-        write: bool,
     ) -> Fh {
         if !inline.is_empty() && inline.len() as u64 == attr.size {
             let key = CacheKey::Chunk(ChunkKey {
@@ -720,7 +717,6 @@ impl ClientCore {
                 ino,
                 node: attr.node,
                 host,
-                write,
                 attr,
                 error: None,
                 unsynced: false,

@@ -359,10 +359,12 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
     assert_eq!(vfs.ino_of(attr.node), Some(now_ino));
 }
 
-/// A file open here for writing is not set aside when replaced: its
-/// writes follow the file (they build on the new version).
+/// A file open here for writing, with nothing written yet, is set aside
+/// too: its reads keep the old file, and a write through it is refused at
+/// its commit as one built on a version another commit replaced (as it
+/// was before set-asides), leaving the new version alone.
 #[test]
-fn a_file_replaced_while_open_here_for_writing_keeps_its_inode() {
+fn a_file_replaced_while_open_here_for_writing_reads_the_old_and_writes_nothing() {
     let mut w = world(&[("f", b"old content")], 2);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let mine = match w.call(
@@ -392,10 +394,15 @@ fn a_file_replaced_while_open_here_for_writing_keeps_its_inode() {
     w.call(1, Op::Release { fh: theirs })
         .expect("commit at close");
     w.settle();
-    assert!(w.clients[0].invalidated.contains(&ino), "told as before");
+    assert!(!w.clients[0].invalidated.contains(&ino), "set aside");
+    assert_eq!(read_all(&mut w, 0, mine, 11), b"old content");
+    write(&mut w, 0, mine, 0, b"XY");
+    assert_eq!(w.call(0, Op::Release { fh: mine }), Err(Errno::Stale));
+    w.settle();
     let (now_ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
-    assert_eq!(now_ino, ino);
-    w.call(0, Op::Release { fh: mine }).expect("release");
+    assert_ne!(now_ino, ino);
+    let fh = open(&mut w, 0, now_ino);
+    assert_eq!(read_all(&mut w, 0, fh, 3), b"new");
 }
 
 #[test]

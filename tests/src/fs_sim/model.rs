@@ -49,6 +49,9 @@ pub struct FsStats {
     pub acks_checked: u64,
     /// Whole-file reads checked against the history (close-to-open).
     pub reads_checked: u64,
+    /// Reads that gave the program less than the client answered,
+    /// because its kernel's size for the inode was smaller.
+    pub reads_cut_by_kernel_size: u64,
     /// Small reads inside a file (a random reader's) checked as a slice
     /// of one commit.
     pub slices_checked: u64,
@@ -144,6 +147,7 @@ impl FsStats {
         self.fenced += o.fenced;
         self.acks_checked += o.acks_checked;
         self.reads_checked += o.reads_checked;
+        self.reads_cut_by_kernel_size += o.reads_cut_by_kernel_size;
         self.slices_checked += o.slices_checked;
         self.attrs_checked += o.attrs_checked;
         self.reads_after_ack += o.reads_after_ack;
@@ -223,6 +227,15 @@ struct Kernel {
     /// Keyed by file, not inode: two inodes (one orphaned) may stand for
     /// one file, and their writes share its transaction.
     issued: BTreeMap<Option<usize>, Vec<(u64, usize, usize)>>,
+    /// The size of each inode as this kernel has it, and until when it
+    /// trusts it (the ttl of the answer that brought it). Linux reads
+    /// nothing past an inode's size; with `auto_inval_data` it asks the
+    /// size again before a read only once it no longer trusts it. An
+    /// inode without one here is one the kernel would ask about first:
+    /// its reads are taken whole.
+    sizes: BTreeMap<Ino, (u64, Instant)>,
+    /// How many of its client's inode invalidations it has applied.
+    invalidations_applied: usize,
 }
 
 impl Kernel {
@@ -316,6 +329,10 @@ enum Ctx {
 struct Pending {
     op: Op,
     ctx: Ctx,
+    /// The client's count of inode invalidations when it was sent: the
+    /// kernel ignores attributes answered to a request sent before an
+    /// invalidation of their inode (Linux's `attr_version`).
+    invalidations: usize,
 }
 
 /// File identities and their committed contents, rebuilt from the disk's
@@ -735,6 +752,11 @@ impl Sim {
             .collect()
     }
 
+    /// The inode client `c`'s handle `fh` is open on.
+    pub fn handle_ino(&self, c: usize, fh: Fh) -> Option<Ino> {
+        self.kernels[c].handles.get(&fh).map(|h| h.ino)
+    }
+
     /// Whether client `c` has a handle, or a pending open or link, on
     /// `ino` (its kernel holds the inode meanwhile).
     pub fn busy(&self, c: usize, ino: Ino) -> bool {
@@ -776,6 +798,7 @@ impl Sim {
                     .and_then(|f| self.files.acked.get(&f).copied())
                     .unwrap_or(0);
                 if *truncate {
+                    k.sizes.remove(ino);
                     // O_TRUNC: a size change that lasts until the handle's
                     // first flush commits it (the file stays dirty, from
                     // the open's answer: the truncation joins a
@@ -791,6 +814,8 @@ impl Sim {
             }
             Op::Write { fh, offset, data } => {
                 if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
+                    // A write moves the size and drops the attributes.
+                    k.sizes.remove(&ino);
                     k.dirtied(ino, file, seq);
                     k.emptied.remove(&file);
                     let (s, e) = (*offset as usize, *offset as usize + data.len());
@@ -897,7 +922,13 @@ impl Sim {
         self.stats.ops += 1;
         self.note(|| format!("c{c} → {}", op_summary(&op)));
         let req = self.w.op(c, op.clone());
-        if self.pending.insert((c, req), Pending { op, ctx }).is_some() {
+        let invalidations = self.w.clients[c].invalidated.len();
+        let pending = Pending {
+            op,
+            ctx,
+            invalidations,
+        };
+        if self.pending.insert((c, req), pending).is_some() {
             return Err(self.violation(format!("request {req:?} of client {c} issued twice")));
         }
         self.check()?;
@@ -1402,6 +1433,11 @@ impl Sim {
     fn check_answers(&mut self) -> Result<(), Violation> {
         for c in 0..self.kernels.len() {
             let answers = std::mem::take(&mut self.w.clients[c].answers);
+            let k = &mut self.kernels[c];
+            for ino in &self.w.clients[c].invalidated[k.invalidations_applied..] {
+                k.sizes.remove(ino);
+            }
+            k.invalidations_applied = self.w.clients[c].invalidated.len();
             for (req, result) in answers {
                 self.kernels[c].answered += 1;
                 let Some(p) = self.pending.remove(&(c, req)) else {
@@ -1534,6 +1570,7 @@ impl Sim {
         }
         if let Ok(answer) = &result {
             self.check_fresh(c, answer, offline)?;
+            self.learn_size(c, &p, answer);
         }
         self.lock_answered(c, &p.op, &p.ctx, &result)?;
         match (p.ctx, result) {
@@ -1650,6 +1687,7 @@ impl Sim {
                 let Op::Read { offset, size, .. } = p.op else {
                     return Ok(());
                 };
+                let data = self.within_kernel_size(c, fh, offset, data);
                 let still_clean = self.kernels[c]
                     .handles
                     .get(&fh)
@@ -1666,6 +1704,50 @@ impl Sim {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The kernel takes the size an answer brings for its inode.
+    fn learn_size(&mut self, c: usize, p: &Pending, answer: &Answer) {
+        let (ino, attr, ttl) = match (&p.op, answer) {
+            (_, Answer::Entry { ino, attr, ttl, .. } | Answer::Created { ino, attr, ttl, .. }) => {
+                (*ino, attr, *ttl)
+            }
+            (Op::GetAttr { ino } | Op::SetAttr { ino, .. }, Answer::Attr { attr, ttl }) => {
+                (*ino, attr, *ttl)
+            }
+            _ => return,
+        };
+        let raced = self.w.clients[c].invalidated[p.invalidations..].contains(&ino);
+        let k = &mut self.kernels[c];
+        if raced || attr.kind != FileKind::File {
+            k.sizes.remove(&ino);
+        } else {
+            k.sizes.insert(ino, (attr.size, self.w.now + ttl));
+        }
+    }
+
+    /// What a program gets of `data`, read at `offset` through `fh`: none
+    /// of it past the size the kernel trusts for the handle's inode.
+    fn within_kernel_size(
+        &mut self,
+        c: usize,
+        fh: Fh,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> bytes::Bytes {
+        let k = &self.kernels[c];
+        let Some(&(size, until)) = k.handles.get(&fh).and_then(|h| k.sizes.get(&h.ino)) else {
+            return data;
+        };
+        if self.w.now >= until {
+            return data;
+        }
+        let end = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
+        if end < data.len() {
+            self.stats.reads_cut_by_kernel_size += 1;
+            return data.slice(..end);
+        }
+        data
     }
 
     /// Invariant 7, no cached entry is served past its ttl: every

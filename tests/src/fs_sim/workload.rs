@@ -373,6 +373,14 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         ),
                         _ => (0, 4 * CHUNK_SIZE as u32),
                     };
+                    if offset == 0
+                        && let Some(ino) = sim.handle_ino(c, fh)
+                    {
+                        // What `cat` and `fs::read` do first (and the
+                        // kernel before a read, once it no longer trusts
+                        // the size): the size it then reads up to.
+                        sim.op(c, Op::GetAttr { ino })?;
+                    }
                     sim.op(c, Op::Read { fh, offset, size })?;
                 }
             }
@@ -649,6 +657,10 @@ impl Simulation for FsSim {
             ("acknowledged flushes checked", s.acks_checked),
             ("whole-file reads checked", s.reads_checked),
             ("small reads inside a file checked", s.slices_checked),
+            (
+                "reads cut at their kernel's size",
+                s.reads_cut_by_kernel_size,
+            ),
             ("attributes checked against the ttl", s.attrs_checked),
             ("reads after an acknowledged close", s.reads_after_ack),
             ("short partitions", s.short_partitions),
