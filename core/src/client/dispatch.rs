@@ -292,7 +292,7 @@ impl ClientCore {
                 let mut stale = Vec::new();
                 match self.ahead.take(now, node, req, *ino, valid, &mut stale) {
                     Take::Ready(opened) => {
-                        let answer = self.opened(now, *ino, opened);
+                        let answer = self.opened(now, *ino, opened, false);
                         self.reply(req, Ok(answer));
                     }
                     Take::Joined => {}

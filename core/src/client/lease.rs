@@ -645,7 +645,7 @@ impl ClientCore {
                 queued: false,
             },
         );
-        let fh = self.open_handle(now, ino, None, attr.clone(), Bytes::new());
+        let fh = self.open_handle(now, ino, None, attr.clone(), Bytes::new(), true);
         // Not for the kernel to keep: its `stat` must come here, to wait
         // for the host's times (see `Op::GetAttr`).
         let ttl = Duration::ZERO;

@@ -74,6 +74,9 @@ struct Handle {
     node: NodeId,
     /// The host's handle (keeps an unlinked file readable).
     host: Option<HandleId>,
+    /// Opened for writing (or made by a create): its writes follow the
+    /// file, so it is never set aside with an old version.
+    write: bool,
     /// The file's attributes as last learned (version keys its chunks).
     attr: Attr,
     /// A write failure this handle has not reported yet: its next flush,

@@ -8,8 +8,8 @@ use super::{
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
 use crate::proto::{
-    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, Reply,
-    RequestId,
+    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, OpenFor,
+    Reply, RequestId,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
@@ -57,6 +57,13 @@ impl ClientCore {
         }
         self.cache.invalidate(now, node, what);
         let set_aside = what == Invalidation::Replaced && self.may_set_aside(node);
+        if what == Invalidation::Replaced && !set_aside && !self.writes.contains_key(&node) {
+            // Open for writing here (or beside such a handle): the file is
+            // written in place as far as this client's programs can tell,
+            // so its handles follow it and read the new version, as after
+            // this client's own commit, not the file that was replaced.
+            self.follow_file(now, node);
+        }
         let Some(vfs) = self.vfs.as_mut() else {
             return;
         };
@@ -90,17 +97,34 @@ impl ClientCore {
         self.out.push_back(ClientOutput::InvalidateInode { ino });
     }
 
-    /// Whether `node` is a file open here with nothing written to it yet,
-    /// each handle reading through a host handle of its own (which keeps
-    /// the file it opened when another takes its place), and no lock of
-    /// this client on it: what may be set aside when it is replaced. (A
-    /// handle open for writing is set aside too: it reads the old file,
-    /// and a write through it is refused at its commit, as ever, as one
-    /// built on a version another commit replaced.)
+    /// The host's handles on `node` hold a file a commit replaced (it
+    /// renames a new one over it): reading through them would show the
+    /// old bytes. They are closed; the handles read by node from then on,
+    /// and fail with ESTALE rather than return old bytes if it is gone.
+    fn follow_file(&mut self, now: Instant, node: crate::proto::NodeId) {
+        let stale: Vec<_> = self
+            .handles
+            .values_mut()
+            .filter(|h| h.node == node)
+            .filter_map(|h| h.host.take())
+            .collect();
+        for handle in stale {
+            self.send(
+                now,
+                Purpose::Forget,
+                crate::proto::Request::Close { handle },
+            );
+        }
+    }
+
+    /// Whether `node` is a file open here only for reading, each handle
+    /// through a host handle of its own (which keeps the file it opened
+    /// when another takes its place), with no write or lock of this
+    /// client on it: what may be set aside when it is replaced.
     fn may_set_aside(&self, node: crate::proto::NodeId) -> bool {
         let mut handles = self.handles.values().filter(|h| h.node == node).peekable();
         handles.peek().is_some()
-            && handles.all(|h| h.host.is_some() && h.attr.kind == FileKind::File)
+            && handles.all(|h| !h.write && h.host.is_some() && h.attr.kind == FileKind::File)
             && !self.writes.contains_key(&node)
             && !self.lockers.keys().any(|(n, _)| *n == node)
             && !self.locking.values().any(|(n, _, _)| *n == node)
@@ -385,7 +409,7 @@ impl ClientCore {
                     }
                 };
                 let (node, size) = (attr.node, attr.size);
-                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
+                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, true);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));
@@ -398,7 +422,11 @@ impl ClientCore {
                 }))
             }
             (
-                Op::Open { ino, truncate, .. },
+                Op::Open {
+                    ino,
+                    truncate,
+                    mode,
+                },
                 _,
                 Ok(Reply::Opened {
                     handle,
@@ -416,6 +444,7 @@ impl ClientCore {
                         attr,
                         inline,
                     },
+                    *mode != OpenFor::Read || *truncate,
                 );
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
@@ -620,8 +649,8 @@ impl ClientCore {
     }
 
     /// The kernel's open of `ino` is answered by the host's `opened`
-    /// (asked for it or ahead of it).
-    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened) -> Answer {
+    /// (asked for it or ahead of it), `write` if it opens for writing.
+    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened, write: bool) -> Answer {
         let Opened {
             handle,
             attr,
@@ -633,7 +662,7 @@ impl ClientCore {
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline);
+        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, write);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -651,7 +680,7 @@ impl ClientCore {
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
             Answered::Waiting(req, ino, opened) => {
-                let answer = self.opened(now, ino, opened);
+                let answer = self.opened(now, ino, opened, false);
                 self.reply(req, Ok(answer));
             }
             Answered::Kept => {}
@@ -696,6 +725,7 @@ impl ClientCore {
         host: Option<crate::proto::HandleId>,
         attr: Attr,
         inline: Bytes,
+        write: bool,
     ) -> Fh {
         if !inline.is_empty() && inline.len() as u64 == attr.size {
             let key = CacheKey::Chunk(ChunkKey {
@@ -717,6 +747,7 @@ impl ClientCore {
                 ino,
                 node: attr.node,
                 host,
+                write,
                 attr,
                 error: None,
                 unsynced: false,
@@ -926,25 +957,10 @@ impl ClientCore {
                     {
                         v.set_key(ino, attr.key);
                     }
-                    // The host's handles still hold the replaced file (a
-                    // commit renames a new one over it): reading through
-                    // them would show pre-commit bytes once the file has
-                    // no name. Close them; reads go by node, and fail with
-                    // ESTALE rather than return old bytes if it is gone.
-                    let mut stale = Vec::new();
-                    for h in self.handles.values_mut() {
-                        if h.node == node {
-                            h.attr = attr.clone();
-                            stale.extend(h.host.take());
-                        }
+                    for h in self.handles.values_mut().filter(|h| h.node == node) {
+                        h.attr = attr.clone();
                     }
-                    for handle in stale {
-                        self.send(
-                            now,
-                            Purpose::Forget,
-                            crate::proto::Request::Close { handle },
-                        );
-                    }
+                    self.follow_file(now, node);
                     self.files.insert(attr.key, node);
                     let _ = self.cache.fill(
                         now,
