@@ -694,9 +694,15 @@ impl ClientCore {
                 None,
             );
         }
-        self.handles
-            .values()
-            .find(|h| h.node == node)
+        // A handle on the file as it is now before one set aside (which
+        // reads a file that was replaced): a write through the latter
+        // alone builds on that replaced version, and is refused for it.
+        let mut on_node = self.handles.values().filter(|h| h.node == node);
+        let vfs = self.vfs.as_ref();
+        on_node
+            .clone()
+            .find(|h| !super::set_aside(vfs, h.ino))
+            .or_else(|| on_node.next())
             .map(|h| (h.attr.size, Some(h.attr.version)))
             .or_else(|| {
                 self.cache

@@ -67,6 +67,13 @@ const UNBOUND: NodeId = NodeId(0);
 /// a working path gives, short enough that the wait is not noticed.
 const MOVE_DRAIN: Duration = Duration::from_secs(1);
 
+/// Whether inode `ino` was set aside (`Vfs::set_aside`): its handles
+/// hold a file another commit replaced, and are no longer handles on
+/// their node's file as it is now.
+fn set_aside(vfs: Option<&Vfs>, ino: Ino) -> bool {
+    vfs.and_then(|v| v.get(ino)).is_some_and(|i| i.replaced)
+}
+
 /// An open file.
 #[derive(Clone, Debug)]
 struct Handle {

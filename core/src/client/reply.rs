@@ -57,7 +57,8 @@ impl ClientCore {
         }
         self.cache.invalidate(now, node, what);
         let set_aside = what == Invalidation::Replaced && self.may_set_aside(node);
-        if what == Invalidation::Replaced && !set_aside && !self.writes.contains_key(&node) {
+        let writing = self.writes.get(&node).is_some_and(|w| !w.is_finished());
+        if what == Invalidation::Replaced && !set_aside && !writing {
             // Open for writing here (or beside such a handle): the file is
             // written in place as far as this client's programs can tell,
             // so its handles follow it and read the new version, as after
@@ -102,10 +103,11 @@ impl ClientCore {
     /// old bytes. They are closed; the handles read by node from then on,
     /// and fail with ESTALE rather than return old bytes if it is gone.
     fn follow_file(&mut self, now: Instant, node: crate::proto::NodeId) {
+        let vfs = self.vfs.as_ref();
         let stale: Vec<_> = self
             .handles
             .values_mut()
-            .filter(|h| h.node == node)
+            .filter(|h| h.node == node && !super::set_aside(vfs, h.ino))
             .filter_map(|h| h.host.take())
             .collect();
         for handle in stale {
@@ -122,10 +124,15 @@ impl ClientCore {
     /// when another takes its place), with no write or lock of this
     /// client on it: what may be set aside when it is replaced.
     fn may_set_aside(&self, node: crate::proto::NodeId) -> bool {
-        let mut handles = self.handles.values().filter(|h| h.node == node).peekable();
+        let vfs = self.vfs.as_ref();
+        let mut handles = self
+            .handles
+            .values()
+            .filter(|h| h.node == node && !super::set_aside(vfs, h.ino))
+            .peekable();
         handles.peek().is_some()
             && handles.all(|h| !h.write && h.host.is_some() && h.attr.kind == FileKind::File)
-            && !self.writes.contains_key(&node)
+            && self.writes.get(&node).is_none_or(|w| w.is_finished())
             && !self.lockers.keys().any(|(n, _)| *n == node)
             && !self.locking.values().any(|(n, _, _)| *n == node)
             && !self.unlocking.keys().any(|(n, _)| *n == node)
@@ -957,8 +964,11 @@ impl ClientCore {
                     {
                         v.set_key(ino, attr.key);
                     }
-                    for h in self.handles.values_mut().filter(|h| h.node == node) {
-                        h.attr = attr.clone();
+                    let vfs = self.vfs.as_ref();
+                    for h in self.handles.values_mut() {
+                        if h.node == node && !super::set_aside(vfs, h.ino) {
+                            h.attr = attr.clone();
+                        }
                     }
                     self.follow_file(now, node);
                     self.files.insert(attr.key, node);

@@ -359,6 +359,59 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
     assert_eq!(vfs.ino_of(attr.node), Some(now_ino));
 }
 
+/// A reader set aside keeps the old file through this client's own
+/// later commit of the new one: that commit's handles are the new
+/// inode's, and the writer builds on the new version, not on the
+/// reader's.
+#[test]
+fn a_reader_set_aside_keeps_the_old_file_through_a_commit_here() {
+    let old = pattern(2 * CHUNK_SIZE, 1);
+    let mut w = world(&[("f", &old)], 2);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    let reader = open(&mut w, 0, ino);
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let theirs = match w.call(
+        1,
+        Op::Open {
+            ino: ino1,
+            mode: OpenFor::Write,
+            truncate: true,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    write(&mut w, 1, theirs, 0, b"theirs");
+    w.call(1, Op::Release { fh: theirs }).expect("their commit");
+    w.settle();
+    let (now_ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
+    assert_ne!(now_ino, ino, "set aside");
+    let mine = match w.call(
+        0,
+        Op::Open {
+            ino: now_ino,
+            mode: OpenFor::Write,
+            truncate: false,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    };
+    write(&mut w, 0, mine, 0, b"MINE");
+    w.call(0, Op::Release { fh: mine })
+        .expect("my commit builds on theirs");
+    w.settle();
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("f")])),
+        Some(&b"MINErs"[..])
+    );
+    assert_eq!(
+        read_all(&mut w, 0, reader, old.len()),
+        old,
+        "still the old file"
+    );
+}
+
 /// A file open here for writing is not set aside when replaced: to this
 /// client's programs it is written in place (SQLite keeps its database
 /// open and would take a file with no links for one moved away), so its

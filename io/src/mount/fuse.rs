@@ -1012,16 +1012,7 @@ pub(super) fn start_notifier(
                 // The kernel may have dropped the inode or entry
                 // already; nothing to do then.
                 let result = match &notice {
-                    // Attributes only (a negative offset): the kernel then
-                    // asks for them before its next read, and with auto
-                    // inval data drops the pages itself when the mtime or
-                    // size changed (opens drop them by `keep_cache`).
-                    // Dropping pages here waits for each locked one, and a
-                    // page stays locked while its read waits for this
-                    // process: killed then (SIGKILL), the process could
-                    // never end, this thread stuck in the kernel holding
-                    // /dev/fuse open, and the read waiting for it.
-                    Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), -1, 0),
+                    Notice::Inode(ino) => notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0),
                     Notice::Entry(parent, name) => notifier.inval_entry(
                         fuser::INodeNo(parent.0),
                         std::os::unix::ffi::OsStrExt::from_bytes(name.as_bytes()),

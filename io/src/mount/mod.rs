@@ -18,8 +18,6 @@
 //! * Kernel invalidations are sent from their own thread: the kernel may
 //!   hold the inode's lock while it waits for a reply from us, so a
 //!   notification written from the driver could wait for the driver.
-//!   An inode's invalidation drops its attributes only, never its pages
-//!   (see [`fuse`]'s `start_notifier`).
 //!
 //! The transport is a small trait: [`Transport::connect`] gives a
 //! [`HostLink`](crate::net::HostLink), two channels of encoded messages.

@@ -26,6 +26,14 @@ pub(crate) struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        // Fail what the kernel still waits for from the mounts first: a
+        // mount killed while its invalidation thread waits in the kernel
+        // for a page a pending read holds locked can never exit (that
+        // thread keeps /dev/fuse open, so the read is never failed), and
+        // `wait` would wait forever (seen once in CI).
+        for mnt in ["mnt", "mnt2"].map(|m| self.dir.join(m)) {
+            abort_fuse_connection(&mnt);
+        }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -39,6 +47,36 @@ impl Drop for Cleanup {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Aborts the FUSE connection of the mount at `mnt`, if there is one:
+/// every request it has pending fails, as when its daemon's device is
+/// closed. Found by the mount's device number in `/proc/self/mountinfo`
+/// (a `stat` of a stuck mount would hang), through fusectl, mounted for
+/// it if need be (root only, as the mounts are).
+fn abort_fuse_connection(mnt: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let Some(dev) = info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (dev, point) = (fields.get(2)?, fields.get(4)?);
+        let fuse = line.split(" - ").nth(1)?.starts_with("fuse");
+        (fuse && Path::new(point) == mnt).then(|| dev.to_string())
+    }) else {
+        return;
+    };
+    let Some(minor) = dev.split(':').nth(1) else {
+        return;
+    };
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(connections).map_or(true, |mut d| d.next().is_none()) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "fusectl"])
+            .arg(connections)
+            .output();
+    }
+    let _ = std::fs::write(connections.join(minor).join("abort"), b"1");
 }
 
 /// Reads `child`'s stdout lines on a thread, so they can be awaited with

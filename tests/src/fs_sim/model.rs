@@ -236,9 +236,21 @@ struct Kernel {
     sizes: BTreeMap<Ino, (u64, Instant)>,
     /// How many of its client's inode invalidations it has applied.
     invalidations_applied: usize,
+    /// Changes of a size made here (writes, truncates, `O_TRUNC`
+    /// opens), counted, and the count at each inode's last one: Linux
+    /// ignores attributes answered to a request sent before one.
+    size_changes: u64,
+    size_changed: BTreeMap<Ino, u64>,
 }
 
 impl Kernel {
+    /// This kernel changed `ino`'s size itself: what it trusted is gone.
+    fn size_changed_here(&mut self, ino: Ino) {
+        self.sizes.remove(&ino);
+        self.size_changes += 1;
+        self.size_changed.insert(ino, self.size_changes);
+    }
+
     fn referenced(&self, ino: Ino) -> bool {
         self.nlookup.get(&ino).is_some_and(|&n| n > 0)
             || self.open.get(&ino).is_some_and(|&n| n > 0)
@@ -333,6 +345,9 @@ struct Pending {
     /// kernel ignores attributes answered to a request sent before an
     /// invalidation of their inode (Linux's `attr_version`).
     invalidations: usize,
+    /// The kernel's count of size changes made here when it was sent
+    /// (the same rule).
+    size_changes: u64,
 }
 
 /// File identities and their committed contents, rebuilt from the disk's
@@ -798,7 +813,7 @@ impl Sim {
                     .and_then(|f| self.files.acked.get(&f).copied())
                     .unwrap_or(0);
                 if *truncate {
-                    k.sizes.remove(ino);
+                    k.size_changed_here(*ino);
                     // O_TRUNC: a size change that lasts until the handle's
                     // first flush commits it (the file stays dirty, from
                     // the open's answer: the truncation joins a
@@ -815,7 +830,7 @@ impl Sim {
             Op::Write { fh, offset, data } => {
                 if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
                     // A write moves the size and drops the attributes.
-                    k.sizes.remove(&ino);
+                    k.size_changed_here(ino);
                     k.dirtied(ino, file, seq);
                     k.emptied.remove(&file);
                     let (s, e) = (*offset as usize, *offset as usize + data.len());
@@ -884,6 +899,7 @@ impl Sim {
                 // It may join the transaction a flush is committing: what
                 // lies beyond `size` need not survive.
                 let cut = usize::try_from(*size).unwrap_or(usize::MAX);
+                k.size_changed_here(*ino);
                 let file = k.identity.get(ino).copied();
                 k.dirtied(*ino, file, seq);
                 k.issued
@@ -923,10 +939,12 @@ impl Sim {
         self.note(|| format!("c{c} → {}", op_summary(&op)));
         let req = self.w.op(c, op.clone());
         let invalidations = self.w.clients[c].invalidated.len();
+        let size_changes = self.kernels[c].size_changes;
         let pending = Pending {
             op,
             ctx,
             invalidations,
+            size_changes,
         };
         if self.pending.insert((c, req), pending).is_some() {
             return Err(self.violation(format!("request {req:?} of client {c} issued twice")));
@@ -938,6 +956,8 @@ impl Sim {
     /// The kernel of client `c` forgets every lookup of `ino`.
     pub fn forget(&mut self, c: usize, ino: Ino) {
         let n = self.kernels[c].nlookup.remove(&ino).unwrap_or(0);
+        // The inode goes, and its number may come back for another file.
+        self.kernels[c].sizes.remove(&ino);
         if n > 0 {
             self.note(|| format!("c{c} forget {ino:?} ×{n}"));
             self.w.clients[c].core.forget(ino, n);
@@ -1717,8 +1737,11 @@ impl Sim {
             }
             _ => return,
         };
-        let raced = self.w.clients[c].invalidated[p.invalidations..].contains(&ino);
         let k = &mut self.kernels[c];
+        let raced = self.w.clients[c].invalidated[p.invalidations..].contains(&ino)
+            || k.size_changed
+                .get(&ino)
+                .is_some_and(|&at| at > p.size_changes);
         if raced || attr.kind != FileKind::File {
             k.sizes.remove(&ino);
         } else {
