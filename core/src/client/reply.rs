@@ -71,29 +71,21 @@ impl ClientCore {
         let Some(ino) = vfs.ino_of(node) else {
             return;
         };
-        if set_aside {
-            // The readers keep the old file, under the inode the kernel
-            // gave them; the name leads to a new inode (`Vfs::set_aside`).
-            let links = vfs.get(ino).map(|i| i.links.clone()).unwrap_or_default();
-            vfs.set_aside(ino);
-            for (parent, name) in links {
+        if set_aside || what == Invalidation::Gone {
+            // The kernel drops the names: they lead nowhere (gone), or to
+            // a new inode while the readers keep the old file under the
+            // one the kernel gave them (`Vfs::set_aside`).
+            for (parent, name) in vfs.get(ino).map(|i| i.links.clone()).unwrap_or_default() {
                 self.out
                     .push_back(ClientOutput::InvalidateEntry { parent, name });
             }
+        }
+        if set_aside {
+            vfs.set_aside(ino);
             return;
         }
-        match what {
-            Invalidation::Gone => {
-                for (parent, name) in vfs.get(ino).map(|i| i.links.clone()).unwrap_or_default() {
-                    self.out
-                        .push_back(ClientOutput::InvalidateEntry { parent, name });
-                }
-                vfs.node_gone(node);
-            }
-            Invalidation::Attr
-            | Invalidation::Data
-            | Invalidation::Entries
-            | Invalidation::Replaced => {}
+        if what == Invalidation::Gone {
+            vfs.node_gone(node);
         }
         self.out.push_back(ClientOutput::InvalidateInode { ino });
     }
