@@ -331,7 +331,13 @@ impl ClientCore {
                 }
             }
             Op::Write { fh, offset, data } => {
-                let node = self.handle(*fh)?.node;
+                let h = self.handle(*fh)?;
+                if super::set_aside(self.vfs.as_ref(), h.ino) {
+                    // Only handles open for reading are set aside: the
+                    // kernel sends no write through one.
+                    return Err(Errno::BadF);
+                }
+                let node = h.node;
                 let b = Blocked::Write {
                     req,
                     fh: *fh,
@@ -694,15 +700,12 @@ impl ClientCore {
                 None,
             );
         }
-        // A handle on the file as it is now before one set aside (which
-        // reads a file that was replaced): a write through the latter
-        // alone builds on that replaced version, and is refused for it.
-        let mut on_node = self.handles.values().filter(|h| h.node == node);
+        // (Not a handle set aside: it reads a file that was replaced, and
+        // nothing writes through it.)
         let vfs = self.vfs.as_ref();
-        on_node
-            .clone()
-            .find(|h| !super::set_aside(vfs, h.ino))
-            .or_else(|| on_node.next())
+        self.handles
+            .values()
+            .find(|h| h.node == node && !super::set_aside(vfs, h.ino))
             .map(|h| (h.attr.size, Some(h.attr.version)))
             .or_else(|| {
                 self.cache

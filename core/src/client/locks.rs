@@ -216,8 +216,11 @@ impl ClientCore {
                 }
                 self.cache.invalidate(now, node, Invalidation::Data);
                 // The file's inode, and any its handles here were set
-                // aside on (`Vfs::set_aside`): they read the current
-                // version from now on.
+                // aside on (`Vfs::set_aside`): every one of them reads the
+                // current version once the lock is held (repointed below,
+                // at each grant: a set-aside handle is not followed by
+                // later commits, but a program that locks to read, as
+                // SQLite does, locks again before its next read).
                 let mut inos: BTreeSet<Ino> = self
                     .handles
                     .values()

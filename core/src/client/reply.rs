@@ -94,6 +94,7 @@ impl ClientCore {
     /// renames a new one over it): reading through them would show the
     /// old bytes. They are closed; the handles read by node from then on,
     /// and fail with ESTALE rather than return old bytes if it is gone.
+    /// Handles set aside keep theirs: the old file is what they read.
     fn follow_file(&mut self, now: Instant, node: crate::proto::NodeId) {
         let vfs = self.vfs.as_ref();
         let stale: Vec<_> = self
@@ -1057,8 +1058,11 @@ impl ClientCore {
         result: Result<Attr, Errno>,
     ) {
         let waiting = self.after_commit.remove(&node).unwrap_or_default();
+        // (Handles set aside hold a file this commit did not write.)
+        let vfs = self.vfs.as_ref();
+        let on_file = |h: &Handle| h.node == node && !super::set_aside(vfs, h.ino);
         if result.is_ok() {
-            for h in self.handles.values_mut().filter(|h| h.node == node) {
+            for h in self.handles.values_mut().filter(|h| on_file(h)) {
                 h.unsynced = true;
             }
         }
@@ -1086,7 +1090,7 @@ impl ClientCore {
                 }
             }
             for (fh, h) in &mut self.handles {
-                if h.node == node && !told.contains(fh) {
+                if on_file(h) && !told.contains(fh) {
                     h.error.get_or_insert(e);
                 }
             }

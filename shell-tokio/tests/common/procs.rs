@@ -31,9 +31,7 @@ impl Drop for Cleanup {
         // for a page a pending read holds locked can never exit (that
         // thread keeps /dev/fuse open, so the read is never failed), and
         // `wait` would wait forever (seen once in CI).
-        for mnt in ["mnt", "mnt2"].map(|m| self.dir.join(m)) {
-            abort_fuse_connection(&mnt);
-        }
+        abort_fuse_connections_under(&self.dir);
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -49,26 +47,30 @@ impl Drop for Cleanup {
     }
 }
 
-/// Aborts the FUSE connection of the mount at `mnt`, if there is one:
-/// every request it has pending fails, as when its daemon's device is
-/// closed. Found by the mount's device number in `/proc/self/mountinfo`
-/// (a `stat` of a stuck mount would hang), through fusectl, mounted for
-/// it if need be (root only, as the mounts are).
-fn abort_fuse_connection(mnt: &Path) {
+/// Aborts the FUSE connection of every mount under `dir`: each request
+/// it has pending fails, as when its daemon's device is closed. Found by
+/// the mount's device number in `/proc/self/mountinfo` (a `stat` of a
+/// stuck mount would hang; FUSE's major number is 0, so the minor names
+/// the connection), through fusectl, mounted for it if need be (root
+/// only, as the mounts are).
+fn abort_fuse_connections_under(dir: &Path) {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
-    let Some(dev) = info.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let (dev, point) = (fields.get(2)?, fields.get(4)?);
-        let fuse = line.split(" - ").nth(1)?.starts_with("fuse");
-        (fuse && Path::new(point) == mnt).then(|| dev.to_string())
-    }) else {
+    let minors: Vec<String> = info
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (dev, point) = (fields.get(2)?, fields.get(4)?);
+            let fuse = line.split(" - ").nth(1)?.starts_with("fuse");
+            let minor = dev.split(':').nth(1)?;
+            (fuse && Path::new(point).starts_with(&dir)).then(|| minor.to_owned())
+        })
+        .collect();
+    if minors.is_empty() {
         return;
-    };
-    let Some(minor) = dev.split(':').nth(1) else {
-        return;
-    };
+    }
     let connections = Path::new("/sys/fs/fuse/connections");
     if std::fs::read_dir(connections).map_or(true, |mut d| d.next().is_none()) {
         let _ = Command::new("mount")
@@ -76,7 +78,9 @@ fn abort_fuse_connection(mnt: &Path) {
             .arg(connections)
             .output();
     }
-    let _ = std::fs::write(connections.join(minor).join("abort"), b"1");
+    for minor in minors {
+        let _ = std::fs::write(connections.join(minor).join("abort"), b"1");
+    }
 }
 
 /// Reads `child`'s stdout lines on a thread, so they can be awaited with
