@@ -50,6 +50,31 @@ fn open(w: &mut World, c: usize, ino: Ino) -> Fh {
     }
 }
 
+/// Client `c` opens `ino` for writing (with `O_TRUNC` if `truncate`).
+fn open_for_write(w: &mut World, c: usize, ino: Ino, truncate: bool) -> Fh {
+    match w.call(
+        c,
+        Op::Open {
+            ino,
+            mode: OpenFor::Write,
+            truncate,
+        },
+    ) {
+        Ok(Answer::Opened { fh, .. }) => fh,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Client `c` rewrites the top-level file `n` with `data` (`O_TRUNC`,
+/// write, close) and the world settles: another version in its place.
+fn replace_from(w: &mut World, c: usize, n: &str, data: &[u8]) {
+    let (ino, _) = lookup(w, c, Ino::ROOT, n).expect("the file");
+    let fh = open_for_write(w, c, ino, true);
+    write(w, c, fh, 0, data);
+    w.call(c, Op::Release { fh }).expect("the commit at close");
+    w.settle();
+}
+
 fn create(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
     match w.call(
         c,
@@ -309,22 +334,7 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
     let mut w = world(&[("f", &old)], 2);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let reader = open(&mut w, 0, ino);
-    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let writer = match w.call(
-        1,
-        Op::Open {
-            ino: ino1,
-            mode: OpenFor::Write,
-            truncate: true,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("{other:?}"),
-    };
-    write(&mut w, 1, writer, 0, &new);
-    w.call(1, Op::Release { fh: writer })
-        .expect("commit at close");
-    w.settle();
+    replace_from(&mut w, 1, "f", &new);
 
     assert!(
         !w.clients[0].invalidated.contains(&ino),
@@ -369,34 +379,10 @@ fn a_reader_set_aside_keeps_the_old_file_through_a_commit_here() {
     let mut w = world(&[("f", &old)], 2);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let reader = open(&mut w, 0, ino);
-    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let theirs = match w.call(
-        1,
-        Op::Open {
-            ino: ino1,
-            mode: OpenFor::Write,
-            truncate: true,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("{other:?}"),
-    };
-    write(&mut w, 1, theirs, 0, b"theirs");
-    w.call(1, Op::Release { fh: theirs }).expect("their commit");
-    w.settle();
+    replace_from(&mut w, 1, "f", b"theirs");
     let (now_ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     assert_ne!(now_ino, ino, "set aside");
-    let mine = match w.call(
-        0,
-        Op::Open {
-            ino: now_ino,
-            mode: OpenFor::Write,
-            truncate: false,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("{other:?}"),
-    };
+    let mine = open_for_write(&mut w, 0, now_ino, false);
     write(&mut w, 0, mine, 0, b"MINE");
     w.call(0, Op::Release { fh: mine })
         .expect("my commit builds on theirs");
@@ -421,33 +407,8 @@ fn a_reader_set_aside_keeps_the_old_file_through_a_commit_here() {
 fn a_file_replaced_while_open_here_for_writing_is_followed_in_place() {
     let mut w = world(&[("f", b"old content")], 2);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
-    let mine = match w.call(
-        0,
-        Op::Open {
-            ino,
-            mode: OpenFor::Write,
-            truncate: false,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("{other:?}"),
-    };
-    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let theirs = match w.call(
-        1,
-        Op::Open {
-            ino: ino1,
-            mode: OpenFor::Write,
-            truncate: true,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("{other:?}"),
-    };
-    write(&mut w, 1, theirs, 0, b"new");
-    w.call(1, Op::Release { fh: theirs })
-        .expect("commit at close");
-    w.settle();
+    let mine = open_for_write(&mut w, 0, ino, false);
+    replace_from(&mut w, 1, "f", b"new");
     assert!(w.clients[0].invalidated.contains(&ino), "told as before");
     assert_eq!(
         read_all(&mut w, 0, mine, 11),
@@ -1644,17 +1605,7 @@ fn a_truncating_open_moves_the_times_before_its_commit() {
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let before = stat(&mut w, ino);
     w.run_for(Duration::from_secs(1));
-    let fh = match w.call(
-        0,
-        Op::Open {
-            ino,
-            mode: OpenFor::Write,
-            truncate: true,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("{other:?}"),
-    };
+    let fh = open_for_write(&mut w, 0, ino, true);
     assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     let open = stat(&mut w, ino);
     assert_eq!(open.size, 0);
