@@ -705,7 +705,7 @@ impl ClientCore {
         let vfs = self.vfs.as_ref();
         self.handles
             .values()
-            .find(|h| h.node == node && !super::set_aside(vfs, h.ino))
+            .find(|h| super::on_file(vfs, h, node))
             .map(|h| (h.attr.size, Some(h.attr.version)))
             .or_else(|| {
                 self.cache

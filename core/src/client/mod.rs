@@ -74,6 +74,12 @@ fn set_aside(vfs: Option<&Vfs>, ino: Ino) -> bool {
     vfs.and_then(|v| v.get(ino)).is_some_and(|i| i.replaced)
 }
 
+/// Whether `h` is a handle on `node`'s file as it is now (not one set
+/// aside with a file that was replaced).
+fn on_file(vfs: Option<&Vfs>, h: &Handle, node: NodeId) -> bool {
+    h.node == node && !set_aside(vfs, h.ino)
+}
+
 /// An open file.
 #[derive(Clone, Debug)]
 struct Handle {

@@ -100,7 +100,7 @@ impl ClientCore {
         let stale: Vec<_> = self
             .handles
             .values_mut()
-            .filter(|h| h.node == node && !super::set_aside(vfs, h.ino))
+            .filter(|h| super::on_file(vfs, h, node))
             .filter_map(|h| h.host.take())
             .collect();
         for handle in stale {
@@ -121,7 +121,7 @@ impl ClientCore {
         let mut handles = self
             .handles
             .values()
-            .filter(|h| h.node == node && !super::set_aside(vfs, h.ino))
+            .filter(|h| super::on_file(vfs, h, node))
             .peekable();
         handles.peek().is_some()
             && handles.all(|h| !h.write && h.host.is_some() && h.attr.kind == FileKind::File)
@@ -959,7 +959,7 @@ impl ClientCore {
                     }
                     let vfs = self.vfs.as_ref();
                     for h in self.handles.values_mut() {
-                        if h.node == node && !super::set_aside(vfs, h.ino) {
+                        if super::on_file(vfs, h, node) {
                             h.attr = attr.clone();
                         }
                     }
@@ -1060,9 +1060,12 @@ impl ClientCore {
         let waiting = self.after_commit.remove(&node).unwrap_or_default();
         // (Handles set aside hold a file this commit did not write.)
         let vfs = self.vfs.as_ref();
-        let on_file = |h: &Handle| h.node == node && !super::set_aside(vfs, h.ino);
         if result.is_ok() {
-            for h in self.handles.values_mut().filter(|h| on_file(h)) {
+            for h in self
+                .handles
+                .values_mut()
+                .filter(|h| super::on_file(vfs, h, node))
+            {
                 h.unsynced = true;
             }
         }
@@ -1090,7 +1093,7 @@ impl ClientCore {
                 }
             }
             for (fh, h) in &mut self.handles {
-                if on_file(h) && !told.contains(fh) {
+                if super::on_file(vfs, h, node) && !told.contains(fh) {
                     h.error.get_or_insert(e);
                 }
             }
