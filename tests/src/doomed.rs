@@ -121,6 +121,7 @@ pub fn run<S: Shell>(shell: &S, ticket: &Ticket) {
                 node: victim.node,
                 token,
                 base: None,
+                append_from: None,
             })
             .await,
             "begin a write",

@@ -352,6 +352,7 @@ fn killed_client<S: Shell>(shell: &S) {
                 node: victim,
                 token: dead_token,
                 base: None,
+                append_from: None,
             })
             .await;
         assert!(stolen.is_err(), "a dead session's token: {stolen:?}");
@@ -360,6 +361,7 @@ fn killed_client<S: Shell>(shell: &S) {
                 node: victim,
                 token,
                 base: None,
+                append_from: None,
             })
             .await,
             "begin the survivor's write",

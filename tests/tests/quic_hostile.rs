@@ -518,6 +518,7 @@ async fn through_links(c: &mut RawClient, links: &[(&str, String, [String; 2])],
                     node,
                     token,
                     base: None,
+                    append_from: None,
                 },
             )
             .await;
@@ -834,6 +835,7 @@ async fn swapped_dir(c: &mut RawClient, dir: &Path) {
                 node: i,
                 token,
                 base: None,
+                append_from: None,
             },
         )
         .await;
@@ -949,6 +951,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
             node: victim,
             token: forged,
             base: None,
+            append_from: None,
         },
     )
     .await;
@@ -985,6 +988,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
             node: victim,
             token,
             base: None,
+            append_from: None,
         })
         .await
     {
@@ -1011,6 +1015,7 @@ async fn other_sessions(c: &mut RawClient, honest: &mut RawClient, share: &Path)
             node: victim,
             token,
             base: None,
+            append_from: None,
         },
     )
     .await;

@@ -292,7 +292,7 @@ impl ClientCore {
                 let mut stale = Vec::new();
                 match self.ahead.take(now, node, req, *ino, valid, &mut stale) {
                     Take::Ready(opened) => {
-                        let answer = self.opened(now, *ino, opened, false);
+                        let answer = self.opened(now, *ino, opened, OpenFor::Read);
                         self.reply(req, Ok(answer));
                     }
                     Take::Joined => {}
@@ -880,14 +880,19 @@ impl ClientCore {
                 // now would know neither the file's size nor its version,
                 // and could commit the write over a version it never saw,
                 // cut to its own idea of the size (fs_sim, seed 58600).
-                match self.handles.get(&fh).map(|h| h.error) {
+                let append = match self.handles.get(&fh).map(|h| (h.error, h.append)) {
                     None => return Err(Errno::BadF),
-                    Some(Some(e)) => return Err(e),
-                    Some(None) => {}
-                }
+                    Some((Some(e), _)) => return Err(e),
+                    Some((None, append)) => append,
+                };
                 let len = data.len() as u32;
                 let txn = self.txn(node, now)?;
-                match txn.write(now, offset, data.clone()) {
+                let written = if append {
+                    txn.append(now, offset, data.clone())
+                } else {
+                    txn.write(now, offset, data.clone())
+                };
+                match written {
                     Ok(()) => self.reply(req, Ok(Answer::Written(len))),
                     Err(WriteError::Full) => {
                         // Room comes back with the host's acknowledgements

@@ -56,7 +56,7 @@ use crate::Instant;
 use crate::cache::{CacheKey, Value};
 use crate::proto::{
     Attr, DirEntry, Errno, FileKey, FileKind, FileRef, Invalidation, LeaseOp, LockScope, LockToken,
-    Name, NodeId, NodeRange, Reply, Request, SetAttr, SetTime, Timestamp,
+    Name, NodeId, NodeRange, OpenFor, Reply, Request, SetAttr, SetTime, Timestamp,
 };
 use crate::vfs::Ino;
 use crate::write::WriteOp;
@@ -645,7 +645,7 @@ impl ClientCore {
                 queued: false,
             },
         );
-        let fh = self.open_handle(now, ino, None, attr.clone(), Bytes::new(), true);
+        let fh = self.open_handle(now, ino, None, attr.clone(), Bytes::new(), OpenFor::Write);
         // Not for the kernel to keep: its `stat` must come here, to wait
         // for the host's times (see `Op::GetAttr`).
         let ttl = Duration::ZERO;

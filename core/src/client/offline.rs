@@ -330,7 +330,7 @@ impl ClientCore {
                 if !whole {
                     return false;
                 }
-                let fh = self.open_handle(now, *ino, None, attr, Bytes::new(), false);
+                let fh = self.open_handle(now, *ino, None, attr, Bytes::new(), OpenFor::Read);
                 self.reply(
                     req,
                     Ok(Answer::Opened {

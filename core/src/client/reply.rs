@@ -409,7 +409,14 @@ impl ClientCore {
                     }
                 };
                 let (node, size) = (attr.node, attr.size);
-                let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, true);
+                let fh = self.open_handle(
+                    now,
+                    ino,
+                    Some(handle),
+                    attr.clone(),
+                    inline,
+                    OpenFor::Write,
+                );
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));
@@ -444,7 +451,11 @@ impl ClientCore {
                         attr,
                         inline,
                     },
-                    *mode != OpenFor::Read || *truncate,
+                    // (`O_RDONLY|O_TRUNC` truncates: a write.)
+                    match (*mode, *truncate) {
+                        (OpenFor::Read, true) => OpenFor::Write,
+                        (mode, _) => mode,
+                    },
                 );
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
@@ -650,7 +661,13 @@ impl ClientCore {
 
     /// The kernel's open of `ino` is answered by the host's `opened`
     /// (asked for it or ahead of it), `write` if it opens for writing.
-    pub(super) fn opened(&mut self, now: Instant, ino: Ino, opened: Opened, write: bool) -> Answer {
+    pub(super) fn opened(
+        &mut self,
+        now: Instant,
+        ino: Ino,
+        opened: Opened,
+        access: OpenFor,
+    ) -> Answer {
         let Opened {
             handle,
             attr,
@@ -662,7 +679,7 @@ impl ClientCore {
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, write);
+        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, access);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -680,7 +697,7 @@ impl ClientCore {
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
             Answered::Waiting(req, ino, opened) => {
-                let answer = self.opened(now, ino, opened, false);
+                let answer = self.opened(now, ino, opened, OpenFor::Read);
                 self.reply(req, Ok(answer));
             }
             Answered::Kept => {}
@@ -725,7 +742,7 @@ impl ClientCore {
         host: Option<crate::proto::HandleId>,
         attr: Attr,
         inline: Bytes,
-        write: bool,
+        access: OpenFor,
     ) -> Fh {
         if !inline.is_empty() && inline.len() as u64 == attr.size {
             let key = CacheKey::Chunk(ChunkKey {
@@ -747,7 +764,8 @@ impl ClientCore {
                 ino,
                 node: attr.node,
                 host,
-                write,
+                write: access != OpenFor::Read,
+                append: access == OpenFor::Append,
                 attr,
                 error: None,
                 unsynced: false,
@@ -951,11 +969,20 @@ impl ClientCore {
                     }
                 }
                 WriteOutput::Committed(attr) => {
+                    let moved = self
+                        .writes
+                        .get(&node)
+                        .is_some_and(|t| t.moved_appends(&attr));
                     // The commit gave the file a new identity.
                     if let Some(v) = self.vfs.as_mut()
                         && let Some(ino) = v.ino_of(node)
                     {
                         v.set_key(ino, attr.key);
+                        if moved {
+                            // Its appends are not where the kernel wrote
+                            // them (docs/filesystem.md, "Appends").
+                            self.out.push_back(ClientOutput::InvalidateInode { ino });
+                        }
                     }
                     let vfs = self.vfs.as_ref();
                     for h in self.handles.values_mut() {

@@ -52,11 +52,15 @@ fn open(w: &mut World, c: usize, ino: Ino) -> Fh {
 
 /// Client `c` opens `ino` for writing (with `O_TRUNC` if `truncate`).
 fn open_for_write(w: &mut World, c: usize, ino: Ino, truncate: bool) -> Fh {
+    open_with(w, c, ino, OpenFor::Write, truncate)
+}
+
+fn open_with(w: &mut World, c: usize, ino: Ino, mode: OpenFor, truncate: bool) -> Fh {
     match w.call(
         c,
         Op::Open {
             ino,
-            mode: OpenFor::Write,
+            mode,
             truncate,
         },
     ) {
@@ -425,6 +429,68 @@ fn a_file_replaced_while_open_here_for_writing_is_followed_in_place() {
     );
     let (now_ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     assert_eq!(now_ino, ino);
+}
+
+/// Two clients append to one log, each through `O_APPEND` as its kernel
+/// sends it (at the size that kernel knows): both lines are in the file,
+/// neither over the other, whichever commits first.
+#[test]
+fn appends_of_two_clients_both_land_at_the_end() {
+    let mut w = world(&[("log", b"log\n")], 2);
+    let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "log").expect("log");
+    let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
+    let second = open_with(&mut w, 1, ino1, OpenFor::Append, false);
+    // Written before the first commit: made on the version both opened.
+    write(&mut w, 1, second, 4, b"second\n");
+    write(&mut w, 0, first, 4, b"first\n");
+    w.call(0, Op::Release { fh: first }).expect("commit");
+    w.settle();
+    w.clients[1].invalidated.clear();
+    w.call(1, Op::Release { fh: second })
+        .expect("appended at the new end, not refused");
+    w.settle();
+    let p = RelPath::from(vec![name("log")]);
+    assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\nsecond\n"[..]));
+    assert!(
+        w.clients[1].invalidated.contains(&ino1),
+        "its kernel wrote the line elsewhere: told to drop the inode"
+    );
+    // Opened and written after the other's commit, at the size its
+    // kernel still had (an open tells the kernel no size): the client
+    // puts it at the end it knows.
+    let again = open_with(&mut w, 0, ino0, OpenFor::Append, false);
+    write(&mut w, 0, again, 17, b"third\n");
+    w.call(0, Op::Release { fh: again }).expect("commit");
+    w.settle();
+    let other = open_with(&mut w, 1, ino1, OpenFor::Append, false);
+    write(&mut w, 1, other, 17, b"fourth\n");
+    w.call(1, Op::Release { fh: other }).expect("commit");
+    w.settle();
+    assert_eq!(
+        w.disk.read_file(&p),
+        Some(&b"log\nfirst\nsecond\nthird\nfourth\n"[..])
+    );
+}
+
+/// An append transaction that also writes below the end it appended
+/// to builds on content it saw: if the file moved on meanwhile, it is
+/// refused as any stale rewrite, and the other client's line survives.
+#[test]
+fn a_rewrite_mixed_with_appends_is_still_refused_when_stale() {
+    let mut w = world(&[("log", b"log\n")], 2);
+    let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "log").expect("log");
+    let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
+    let second = open_for_write(&mut w, 1, ino1, false);
+    write(&mut w, 1, second, 0, b"LOG\n");
+    write(&mut w, 0, first, 4, b"first\n");
+    w.call(0, Op::Release { fh: first }).expect("commit");
+    w.settle();
+    assert_eq!(w.call(1, Op::Release { fh: second }), Err(Errno::Stale));
+    w.settle();
+    let p = RelPath::from(vec![name("log")]);
+    assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
 }
 
 #[test]

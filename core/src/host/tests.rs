@@ -177,6 +177,7 @@ impl Rig {
                 node,
                 token,
                 base: None,
+                append_from: None,
             },
         ) {
             Ok(Reply::WriteBegun { txn }) => txn,
@@ -649,6 +650,7 @@ fn writes_are_fenced_by_a_live_exclusive_token() {
                 node: a.node,
                 token: t1,
                 base: None,
+                append_from: None,
             }
         ),
         Err(Errno::Stale)
@@ -786,6 +788,7 @@ fn read_only_hosts_refuse_every_change() {
             node: a.node,
             token,
             base: None,
+            append_from: None,
         },
     ] {
         assert_eq!(r.call(c, req.clone()), Err(Errno::RoFs), "{req:?}");
@@ -1363,6 +1366,7 @@ fn write_session_trace() {
             node,
             token,
             base: None,
+            append_from: None,
         },
     );
     run(&mut host, &mut trace, "BeginWrite");
@@ -1913,6 +1917,7 @@ fn whole(node: NodeId, base: Option<u64>, tag: u64, data: &[u8]) -> Request {
     Request::WriteWhole {
         node,
         base,
+        append_from: None,
         tag,
         truncate: Some(0),
         offset: 0,
@@ -2096,4 +2101,90 @@ fn extended_attributes_only_in_the_namespaces_the_host_serves() {
         };
         assert_eq!(list, Ok(Reply::Xattr(want.to_vec())), "{owners:?}");
     }
+}
+
+/// Two clients append to one file: the second one's transaction was
+/// made on the version before the first one's commit. Its appends go at
+/// the new end instead of being refused, and nothing of it may touch
+/// what lies below that end (content it never saw).
+#[test]
+fn appends_made_to_an_older_version_go_at_the_newer_end() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    commit(&mut r, c1, a.node, b"hello, c1").expect("c1's commit");
+    let token = r.lock(c2, a.node);
+    let begin = |append_from| Request::BeginWrite {
+        node: a.node,
+        token,
+        base: Some(a.version),
+        append_from,
+    };
+    assert_eq!(
+        r.call(c2, begin(None)),
+        Err(Errno::Stale),
+        "a rewrite of the old version is refused"
+    );
+    let txn = match r.call(c2, begin(Some(5))) {
+        Ok(Reply::WriteBegun { txn }) => txn,
+        other => panic!("begin: {other:?}"),
+    };
+    assert_eq!(r.chunk(c2, txn, 0, 5, b", c2"), Ok(Reply::Done));
+    assert_eq!(
+        r.chunk(c2, txn, 0, 4, b"!"),
+        Err(Errno::Stale),
+        "below the appends"
+    );
+    assert_eq!(
+        r.call(c2, Request::TruncateWrite { txn, size: 2 }),
+        Err(Errno::Stale)
+    );
+    match r.call(
+        c2,
+        Request::CommitWrite {
+            txn,
+            size: 9,
+            set: SetAttr::default(),
+        },
+    ) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 13, "moved by c1's four bytes"),
+        other => panic!("commit: {other:?}"),
+    }
+    assert_eq!(
+        r.disk.read_file(&path(&["a.txt"])),
+        Some(&b"hello, c1, c2"[..])
+    );
+}
+
+/// The same in one request, as a client sends a small append.
+#[test]
+fn a_whole_append_to_an_older_version_goes_at_the_newer_end() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
+    commit(&mut r, c1, a.node, b"hello, c1").expect("c1's commit");
+    let whole = |append_from, tag| Request::WriteWhole {
+        node: a.node,
+        base: Some(a.version),
+        append_from,
+        tag,
+        truncate: None,
+        offset: 5,
+        data: Bytes::from_static(b", c2"),
+        size: 9,
+        set: SetAttr::default(),
+    };
+    assert_eq!(r.call(c2, whole(None, 1)), Err(Errno::Stale));
+    match r.call(c2, whole(Some(5), 2)) {
+        Ok(Reply::Attr(attr)) => assert_eq!(attr.size, 13),
+        other => panic!("whole write: {other:?}"),
+    }
+    assert_eq!(
+        r.disk.read_file(&path(&["a.txt"])),
+        Some(&b"hello, c1, c2"[..])
+    );
 }

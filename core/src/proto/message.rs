@@ -659,6 +659,15 @@ pub enum Request {
         /// for a transaction that first truncates the file to nothing,
         /// whose result does not depend on what was there.
         base: Option<u64>,
+        /// Set when the writes only add bytes at or past this offset, the
+        /// end of `base` (`O_APPEND`). If the file holds another version
+        /// by then, the host does not refuse the transaction: it stages
+        /// from that version and moves every later piece, and the
+        /// commit's size, by the difference of the two ends, so an
+        /// append lands at the file's end and never over another
+        /// writer's append. A piece below this offset, a truncate or a
+        /// copy in a transaction so moved is refused (ESTALE).
+        append_from: Option<u64>,
     },
     /// New content for a range of the file, starting in chunk `index`
     /// and running on into the chunks after it. Pieces of one transaction
@@ -747,6 +756,9 @@ pub enum Request {
         /// The content version the writes build on (`None`: they replace
         /// all of it).
         base: Option<u64>,
+        /// Appends only, from this offset: moved to the file's end if it
+        /// holds another version, as for [`Request::BeginWrite`].
+        append_from: Option<u64>,
         /// The client's name for this write.
         tag: u64,
         /// Cut or extend the content to this size first.

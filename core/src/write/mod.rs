@@ -218,6 +218,15 @@ pub struct WriteTxn {
     /// refuses the transaction if the file holds another); `None` once
     /// the transaction truncates to nothing before anything is written.
     base: Option<u64>,
+    /// The base's size, while every change only appended there
+    /// ([`WriteTxn::append`]): the host may then move the appends to the
+    /// end of a newer version instead of refusing them
+    /// ([`Request::BeginWrite`]'s `append_from`).
+    appends_from: Option<u64>,
+    /// An append went somewhere other than where the kernel wrote it:
+    /// the kernel's pages and size for the file are wrong until its
+    /// inode is invalidated ([`WriteTxn::moved_appends`]).
+    appends_moved: bool,
     /// Set by `commit`: commit once everything is acknowledged.
     commit_wanted: bool,
     in_flight: BTreeMap<WriteOp, Sent>,
@@ -251,6 +260,8 @@ impl WriteTxn {
             changed_at: None,
             set: SetAttr::default(),
             base,
+            appends_from: Some(size),
+            appends_moved: false,
             commit_wanted: false,
             in_flight: BTreeMap::new(),
             whole_tag: None,
@@ -420,6 +431,46 @@ impl WriteTxn {
 
     /// The application wrote `data` at `offset`.
     pub fn write(&mut self, now: Instant, offset: u64, data: Bytes) -> Result<(), WriteError> {
+        self.put(now, offset, data)?;
+        self.appends_from = None;
+        Ok(())
+    }
+
+    /// The application wrote `data` through a handle opened with
+    /// `O_APPEND`, which the kernel sent for `offset` (its own idea of the
+    /// file's end, which may be older than this client's): it goes at
+    /// the end of the file as this transaction sees it. The transaction
+    /// stays an append while it only appends, and the host then places
+    /// it at the end of whatever version the file holds when it begins
+    /// ([`Request::BeginWrite`]), so two clients' appends never overwrite
+    /// each other.
+    pub fn append(&mut self, now: Instant, offset: u64, data: Bytes) -> Result<(), WriteError> {
+        let end = self.size;
+        self.put(now, end, data)?;
+        if offset != end {
+            self.appends_moved = true;
+        }
+        Ok(())
+    }
+
+    /// Whether an append went elsewhere than the kernel sent it, or the
+    /// host moved the appends to a newer version's end: the kernel's
+    /// cached pages and size of the file are then wrong, and the caller
+    /// invalidates its inode once the transaction has committed. (Not
+    /// before: the kernel holds a page locked while it waits for a write's
+    /// answer, so an invalidation sent meanwhile could wait for it.)
+    pub fn moved_appends(&self, committed: &Attr) -> bool {
+        // The host commits the size it is sent, moved only with appends.
+        self.appends_moved || committed.size != self.size
+    }
+
+    /// What [`Request::BeginWrite`] says of appends: only a transaction
+    /// that builds on a version and has only appended to it may move.
+    fn append_from(&self) -> Option<u64> {
+        self.appends_from.filter(|_| self.base.is_some())
+    }
+
+    fn put(&mut self, now: Instant, offset: u64, data: Bytes) -> Result<(), WriteError> {
         if let Some(e) = self.ended() {
             return Err(WriteError::Ended(e));
         }
@@ -443,6 +494,7 @@ impl WriteTxn {
         if let Some(e) = self.ended() {
             return Err(WriteError::Ended(e));
         }
+        self.appends_from = None;
         let from_empty =
             size == 0 && self.pending.is_empty() && self.sent.is_empty() && self.txn.is_none();
         if from_empty {
@@ -501,6 +553,7 @@ impl WriteTxn {
         if len == 0 {
             return Ok(());
         }
+        self.appends_from = None;
         self.pending.cut(offset, end);
         self.sent.cut(offset, end);
         self.size = self.size.max(end);
@@ -530,6 +583,7 @@ impl WriteTxn {
             let request = Request::WriteWhole {
                 node: self.node,
                 base: self.base,
+                append_from: self.append_from(),
                 tag,
                 truncate,
                 offset,
@@ -810,7 +864,16 @@ impl WriteTxn {
                 ClientLockOutput::Event(ClientLockEvent::Granted { token, .. }) => {
                     if self.state == WriteState::Locking {
                         let (node, base) = (self.node, self.base);
-                        self.send(Sent::Begin, Request::BeginWrite { node, token, base });
+                        let append_from = self.append_from();
+                        self.send(
+                            Sent::Begin,
+                            Request::BeginWrite {
+                                node,
+                                token,
+                                base,
+                                append_from,
+                            },
+                        );
                     }
                 }
                 ClientLockOutput::Event(ClientLockEvent::Refreshed { .. }) => {}

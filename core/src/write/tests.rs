@@ -75,6 +75,7 @@ fn writing(cfg: WriteConfig) -> WriteTxn {
                 node: NODE,
                 token: TOKEN,
                 base: Some(BASE),
+                append_from: None,
             },
         ),
     ] = &sends(&outs)[..]

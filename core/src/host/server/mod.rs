@@ -236,6 +236,38 @@ struct Txn {
     base: Option<FileStamp>,
     /// A whole write the host runs itself ([`whole`]).
     whole: Option<whole::Whole>,
+    /// The client's writes only append, from this offset (the end of the
+    /// version it wrote to: `append_from` of [`Request::BeginWrite`]).
+    appends_from: Option<u64>,
+    /// Staged from a newer version than the client's, ending here: its
+    /// appends go here instead ([`Txn::place`]).
+    moved_to: Option<u64>,
+}
+
+impl Txn {
+    /// Where the client's byte `at` goes in the staged content: where it
+    /// says, unless its appends were moved to a newer version's end.
+    /// Below the appends of a moved transaction is content the client
+    /// never saw: ESTALE.
+    fn place(&self, at: u64) -> Result<u64, Errno> {
+        match (self.appends_from, self.moved_to) {
+            (Some(from), Some(to)) => at
+                .checked_sub(from)
+                .ok_or(Errno::Stale)?
+                .checked_add(to)
+                .ok_or(Errno::FBig),
+            _ => Ok(at),
+        }
+    }
+
+    /// Refuses what only makes sense on the client's own version (a
+    /// truncate, a copy) once the appends were moved.
+    fn unmoved(&self) -> Result<(), Errno> {
+        match self.moved_to {
+            Some(_) => Err(Errno::Stale),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What an operation in flight is for.

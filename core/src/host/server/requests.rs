@@ -464,7 +464,12 @@ impl HostServer {
                     .test(RangeOwner { session, owner }, node, range, kind);
                 self.answer(session, id, Ok(Reply::LockTest(held)));
             }
-            Request::BeginWrite { node, token, base } => {
+            Request::BeginWrite {
+                node,
+                token,
+                base,
+                append_from,
+            } => {
                 self.writable()?;
                 if self.nodes.kind(node) != Some(FileKind::File) {
                     return Err(if self.nodes.kind(node).is_none() {
@@ -480,7 +485,7 @@ impl HostServer {
                     return Err(Errno::Again);
                 }
                 let path = self.path_of(node)?;
-                let txn = self.new_txn(now, session, node, token, None);
+                let txn = self.new_txn(now, session, node, token, append_from, None);
                 self.fs(
                     answer(ReplyAs::StageBegin { txn, expect: base }),
                     FsOp::StageBegin { txn, path },
@@ -503,6 +508,8 @@ impl HostServer {
                     .checked_mul(CHUNK_SIZE as u64)
                     .and_then(|b| b.checked_add(u64::from(offset)))
                     .ok_or(Errno::FBig)?;
+                let at = t.place(at)?;
+                at.checked_add(data.len() as u64).ok_or(Errno::FBig)?;
                 if let Some(t) = self.txns.get_mut(&txn) {
                     t.writes += 1;
                     t.last_activity = now;
@@ -528,6 +535,7 @@ impl HostServer {
                     // A barrier, like a truncate: nothing else in flight.
                     return Err(Errno::Busy);
                 }
+                t.unmoved()?;
                 if len > crate::proto::MAX_COPY {
                     return Err(Errno::Inval);
                 }
@@ -561,6 +569,7 @@ impl HostServer {
                     // after it: the client sends it with none in flight.
                     return Err(Errno::Busy);
                 }
+                t.unmoved()?;
                 if let Some(t) = self.txns.get_mut(&txn) {
                     t.writes += 1;
                     t.last_activity = now;
@@ -591,6 +600,7 @@ impl HostServer {
                     // every chunk is acknowledged.
                     return Err(Errno::Busy);
                 }
+                let size = t.place(size)?;
                 self.commit_txn(now, txn, size, set, answer(ReplyAs::Commit { txn }))?;
             }
             Request::AbortWrite { txn } => {
@@ -614,6 +624,7 @@ impl HostServer {
             Request::WriteWhole {
                 node,
                 base,
+                append_from,
                 tag,
                 truncate,
                 offset,
@@ -625,7 +636,7 @@ impl HostServer {
                 session,
                 id,
                 node,
-                base,
+                (base, append_from),
                 tag,
                 WholeRest {
                     truncate,
@@ -729,6 +740,7 @@ impl HostServer {
         session: SessionId,
         node: NodeId,
         token: LockToken,
+        appends_from: Option<u64>,
         whole: Option<super::whole::Whole>,
     ) -> TxnId {
         let txn = TxnId(self.next_txn);
@@ -744,6 +756,8 @@ impl HostServer {
                 last_activity: now,
                 base: None,
                 whole,
+                appends_from,
+                moved_to: None,
             },
         );
         if let Some(s) = self.sessions.get_mut(&session) {

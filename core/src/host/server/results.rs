@@ -460,12 +460,15 @@ impl HostServer {
                 // staged from any other, they would make a version that
                 // never was (a local save or another client's commit came
                 // in between): refused, the file keeps what it holds.
+                // Appends are the exception: they go at the end of
+                // whatever version is there (`Request::BeginWrite`).
                 let moved = expect.is_some_and(|v| v != to_attr(NodeId::ROOT, &a).version);
                 match self.txns.get_mut(&txn) {
-                    Some(t) if !moved => {
+                    Some(t) if !moved || t.appends_from.is_some() => {
                         t.phase = TxnPhase::Open;
                         t.last_activity = now;
                         t.base = Some(FileStamp::from(&a));
+                        t.moved_to = moved.then_some(a.size);
                         Ok(Reply::WriteBegun { txn })
                     }
                     _ => {

@@ -51,7 +51,7 @@ impl HostServer {
         session: SessionId,
         id: RequestId,
         node: NodeId,
-        base: Option<u64>,
+        (base, append_from): (Option<u64>, Option<u64>),
         tag: u64,
         rest: WholeRest,
     ) -> Result<(), Errno> {
@@ -112,7 +112,7 @@ impl HostServer {
             tag,
             rest: Some(rest),
         };
-        let txn = self.new_txn(now, session, node, token, Some(whole));
+        let txn = self.new_txn(now, session, node, token, append_from, Some(whole));
         self.fs(
             Purpose::Whole {
                 session,
@@ -140,6 +140,7 @@ impl HostServer {
             WholeStep::Commit => ReplyAs::Commit { txn },
         };
         let committing = matches!(then, ReplyAs::Commit { .. });
+        let begun = matches!(then, ReplyAs::StageBegin { .. });
         // Taken before `complete` may drop the transaction.
         let whole = self.txns.get_mut(&txn).and_then(|t| t.whole.take());
         let token = self.txns.get(&txn).map(|t| t.token);
@@ -153,6 +154,9 @@ impl HostServer {
             (Err(e), _) => Err(e),
             (Ok(Reply::Attr(a)), true) => Ok(a),
             (Ok(_), true) => Err(Errno::Io),
+            (Ok(_), false) if begun && self.place_whole(txn, &mut whole).is_err() => {
+                Err(Errno::Stale)
+            }
             (Ok(_), false) => match self.whole_next(now, session, txn, &mut whole) {
                 Ok(()) => {
                     if let Some(t) = self.txns.get_mut(&txn) {
@@ -231,6 +235,25 @@ impl HostServer {
         whole.rest = None;
         self.commit_txn(now, txn, size, set, purpose(WholeStep::Commit))
             .map_err(|_| ())?;
+        Ok(())
+    }
+
+    /// Once staged: where the whole write's bytes and size go, moved to a
+    /// newer version's end if its appends were ([`Txn::place`]). ESTALE
+    /// for a moved one that also truncates (the client sends none).
+    fn place_whole(&self, txn: TxnId, whole: &mut Whole) -> Result<(), Errno> {
+        let (Some(t), Some(rest)) = (self.txns.get(&txn), whole.rest.as_mut()) else {
+            return Ok(());
+        };
+        if rest.truncate.is_some() {
+            t.unmoved()?;
+        }
+        let offset = t.place(rest.offset)?;
+        offset
+            .checked_add(rest.data.len() as u64)
+            .ok_or(Errno::FBig)?;
+        rest.offset = offset;
+        rest.size = t.place(rest.size)?;
         Ok(())
     }
 

@@ -211,6 +211,7 @@ fn every_request() -> Vec<Request> {
             node: NodeId(5),
             token,
             base: Some(0x1234_5678_9abc_def0),
+            append_from: None,
         },
         Request::WriteChunk {
             txn: TxnId(3),
