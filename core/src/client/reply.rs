@@ -409,14 +409,8 @@ impl ClientCore {
                     }
                 };
                 let (node, size) = (attr.node, attr.size);
-                let fh = self.open_handle(
-                    now,
-                    ino,
-                    Some(handle),
-                    attr.clone(),
-                    inline,
-                    OpenFor::Write,
-                );
+                let fh =
+                    self.open_handle(now, ino, Some(handle), attr.clone(), inline, OpenFor::Write);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));

@@ -11,7 +11,7 @@ use wormhole_core::host::memfs::MemFs;
 use wormhole_core::host::{BatchOp, FsAttr, FsOk, FsOp, HostConfig, RelPath};
 use wormhole_core::lock::scope_node;
 use wormhole_core::proto::{
-    Attr, Errno, FileKey, FileKind, LockKind, LockScope, Name, NodeId, SetAttr, SetTime,
+    Attr, Errno, FileKey, FileKind, LockKind, LockScope, Name, NodeId, OpenFor, SetAttr, SetTime,
 };
 use wormhole_core::testkit::{FsRecord, World};
 use wormhole_core::vfs::Ino;
@@ -52,6 +52,9 @@ pub struct FsStats {
     /// Reads that gave the program less than the client answered,
     /// because its kernel's size for the inode was smaller.
     pub reads_cut_by_kernel_size: u64,
+    /// Appends found at the end of a version another writer committed
+    /// after they were written (two clients appending to one file).
+    pub appends_after_another: u64,
     /// Small reads inside a file (a random reader's) checked as a slice
     /// of one commit.
     pub slices_checked: u64,
@@ -148,6 +151,7 @@ impl FsStats {
         self.acks_checked += o.acks_checked;
         self.reads_checked += o.reads_checked;
         self.reads_cut_by_kernel_size += o.reads_cut_by_kernel_size;
+        self.appends_after_another += o.appends_after_another;
         self.slices_checked += o.slices_checked;
         self.attrs_checked += o.attrs_checked;
         self.reads_after_ack += o.reads_after_ack;
@@ -180,6 +184,13 @@ struct WriteRec {
     offset: u64,
     data: Vec<u8>,
     after: usize,
+    /// Through an `O_APPEND` handle: it goes at the file's end, wherever
+    /// the kernel sent it.
+    append: bool,
+    /// The smallest size the file was cut to by this kernel since its
+    /// last flush of it (an append then may start below the end of the
+    /// version its commit replaces: the cut comes first).
+    cut: Option<usize>,
 }
 
 /// An open file handle in a kernel model.
@@ -198,6 +209,8 @@ struct HandleModel {
     writes: Vec<WriteRec>,
     /// The last request sent before it existed (its open was answered).
     opened: u64,
+    /// Opened with `O_APPEND`.
+    append: bool,
 }
 
 /// What the kernel of one mount holds.
@@ -234,6 +247,10 @@ struct Kernel {
     /// inode without one here is one the kernel would ask about first:
     /// its reads are taken whole.
     sizes: BTreeMap<Ino, (u64, Instant)>,
+    /// The size of each inode as Linux keeps it (`i_size`): the last one
+    /// answered or made by its own writes and truncates, trusted or not.
+    /// An `O_APPEND` write is sent at it.
+    i_size: BTreeMap<Ino, u64>,
     /// How many of its client's inode invalidations it has applied.
     invalidations_applied: usize,
     /// Changes of a size made here (writes, truncates, `O_TRUNC`
@@ -767,6 +784,18 @@ impl Sim {
             .collect()
     }
 
+    /// Where client `c`'s kernel sends a write through `fh` that a
+    /// program makes at `offset`: at the inode's size for an `O_APPEND`
+    /// handle, as Linux does (its own idea of the size, which may be
+    /// older than the file's).
+    pub fn write_offset(&self, c: usize, fh: Fh, offset: u64) -> u64 {
+        let k = &self.kernels[c];
+        match k.handles.get(&fh) {
+            Some(h) if h.append => k.i_size.get(&h.ino).copied().unwrap_or(0),
+            _ => offset,
+        }
+    }
+
     /// The inode client `c`'s handle `fh` is open on.
     pub fn handle_ino(&self, c: usize, fh: Fh) -> Option<Ino> {
         self.kernels[c].handles.get(&fh).map(|h| h.ino)
@@ -814,6 +843,7 @@ impl Sim {
                     .unwrap_or(0);
                 if *truncate {
                     k.size_changed_here(*ino);
+                    k.i_size.insert(*ino, 0);
                     // O_TRUNC: a size change that lasts until the handle's
                     // first flush commits it (the file stays dirty, from
                     // the open's answer: the truncation joins a
@@ -828,13 +858,31 @@ impl Sim {
                 Ctx::Open { file, min_index }
             }
             Op::Write { fh, offset, data } => {
+                let append = k.handles.get(fh).is_some_and(|h| h.append);
+                let file = k.handles.get(fh).and_then(|h| h.file);
+                let flushed = file
+                    .and_then(|f| k.dirty_files.get(&f))
+                    .map_or(0, |d| d.1);
+                let cut = k
+                    .issued
+                    .get(&file)
+                    .into_iter()
+                    .flatten()
+                    .filter(|&&(s, _, e)| s > flushed && e == usize::MAX)
+                    .map(|&(_, at, _)| at)
+                    .min();
                 if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
                     // A write moves the size and drops the attributes.
                     k.size_changed_here(ino);
                     k.dirtied(ino, file, seq);
                     k.emptied.remove(&file);
                     let (s, e) = (*offset as usize, *offset as usize + data.len());
-                    k.issued.entry(file).or_default().push((seq, s, e));
+                    let i_size = k.i_size.entry(ino).or_default();
+                    *i_size = (*i_size).max(e as u64);
+                    // An append overwrites nothing, wherever it was sent.
+                    if !append {
+                        k.issued.entry(file).or_default().push((seq, s, e));
+                    }
                 }
                 Ctx::Write {
                     fh: *fh,
@@ -844,6 +892,8 @@ impl Sim {
                         offset: *offset,
                         data: data.to_vec(),
                         after: commits,
+                        append,
+                        cut,
                     },
                 }
             }
@@ -900,6 +950,7 @@ impl Sim {
                 // lies beyond `size` need not survive.
                 let cut = usize::try_from(*size).unwrap_or(usize::MAX);
                 k.size_changed_here(*ino);
+                k.i_size.insert(*ino, *size);
                 let file = k.identity.get(ino).copied();
                 k.dirtied(*ino, file, seq);
                 k.issued
@@ -958,6 +1009,7 @@ impl Sim {
         let n = self.kernels[c].nlookup.remove(&ino).unwrap_or(0);
         // The inode goes, and its number may come back for another file.
         self.kernels[c].sizes.remove(&ino);
+        self.kernels[c].i_size.remove(&ino);
         if n > 0 {
             self.note(|| format!("c{c} forget {ino:?} ×{n}"));
             self.w.clients[c].core.forget(ino, n);
@@ -1613,10 +1665,10 @@ impl Sim {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
                 let file = self.files.by_key.get(&attr.key).copied();
                 let min_index = file.and_then(|f| acked.get(&f).copied()).unwrap_or(0);
-                self.new_handle(c, fh, ino, file, min_index, self.seq)?;
+                self.new_handle(c, fh, ino, file, min_index, self.seq, false)?;
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
-                let Op::Open { ino, .. } = p.op else {
+                let Op::Open { ino, mode, .. } = p.op else {
                     unreachable!("shape checked")
                 };
                 // Close-to-open needs the host: an open the cache answered
@@ -1630,7 +1682,8 @@ impl Sim {
                     k.dirtied(ino, file, at);
                     k.emptied.insert(file, at);
                 }
-                self.new_handle(c, fh, ino, file, min_index, self.seq)?;
+                let append = mode == OpenFor::Append;
+                self.new_handle(c, fh, ino, file, min_index, self.seq, append)?;
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
                 if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
@@ -1746,6 +1799,7 @@ impl Sim {
             k.sizes.remove(&ino);
         } else {
             k.sizes.insert(ino, (attr.size, self.w.now + ttl));
+            k.i_size.insert(ino, attr.size);
         }
     }
 
@@ -1824,6 +1878,7 @@ impl Sim {
         file: Option<usize>,
         min_index: usize,
         opened: u64,
+        append: bool,
     ) -> Result<(), Violation> {
         let k = &mut self.kernels[c];
         if k.handles.contains_key(&fh) {
@@ -1839,6 +1894,7 @@ impl Sim {
                 locked_min: 0,
                 writes: Vec::new(),
                 opened,
+                append,
             },
         );
         Ok(())
@@ -1890,6 +1946,19 @@ impl Sim {
                 .filter(|&&(seq, _, _)| seq > w.seq)
                 .map(|&(_, s, e)| (s, e))
                 .collect();
+            if w.append {
+                if !later.is_empty() {
+                    // A write or truncate sent after it may have replaced
+                    // some of it, at a place the kernel's offsets do not
+                    // tell: not checked byte for byte.
+                    continue;
+                }
+                match self.appended_in(c, file, w) {
+                    Some(i) => need = need.max(i),
+                    None => return Err(w.clone()),
+                }
+                continue;
+            }
             let parts = uncovered(start, end, &later);
             if parts.is_empty() {
                 continue;
@@ -1915,6 +1984,35 @@ impl Sim {
             *a = (*a).max(need);
         }
         Ok(need)
+    }
+
+    /// The commit of `file` holding append `w` of client `c` past the end
+    /// of the version that commit replaced: an append lands whole at the
+    /// end, never over anything (another client's append above all),
+    /// wherever its kernel sent it.
+    fn appended_in(&mut self, c: usize, file: Option<usize>, w: &WriteRec) -> Option<usize> {
+        let commits = self.files.commits.get(w.after..).unwrap_or_default();
+        let (at, f, i) = commits.iter().enumerate().find_map(|(at, &(f, i, _))| {
+            if file.is_some_and(|want| want != f) {
+                return None;
+            }
+            let history = &self.files.history[f];
+            let replaced = i.checked_sub(1).map_or(0, |p| history[p].len());
+            let content = history[i].get(replaced.min(w.cut.unwrap_or(usize::MAX))..)?;
+            content
+                .windows(w.data.len().max(1))
+                .any(|x| x == &w.data[..])
+                .then_some((at, f, i))
+        })?;
+        // Did another writer commit the file between this append and the
+        // commit that holds it?
+        let after_another = commits[..at]
+            .iter()
+            .any(|&(cf, ci, writer)| cf == f && ci + 1 == i && writer != Some(c));
+        if after_another {
+            self.stats.appends_after_another += 1;
+        }
+        Some(i)
     }
 
     /// Acknowledged closes a lease holder answered before the host had
@@ -2000,7 +2098,8 @@ impl Sim {
         let content = &self.files.history[file][i];
         let mut missing: BTreeMap<Fh, &WriteRec> = BTreeMap::new();
         for w in &loss.writes {
-            if w.seq < loss.local {
+            // (An append's place is not its kernel's offset.)
+            if w.seq < loss.local || w.append {
                 continue;
             }
             let (start, end) = (w.offset as usize, w.offset as usize + w.data.len());

@@ -338,6 +338,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         0 => rng.below(2 * CHUNK_SIZE as u64),
                         _ => 0,
                     };
+                    let offset = sim.write_offset(c, fh, offset);
                     let data =
                         payload(tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sim_salt(rng), len);
                     sim.op(c, Op::Write { fh, offset, data })?;
@@ -660,6 +661,10 @@ impl Simulation for FsSim {
             (
                 "reads cut at their kernel's size",
                 s.reads_cut_by_kernel_size,
+            ),
+            (
+                "appends at the end of another writer's commit",
+                s.appends_after_another,
             ),
             ("attributes checked against the ttl", s.attrs_checked),
             ("reads after an acknowledged close", s.reads_after_ack),
