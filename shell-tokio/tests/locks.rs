@@ -1,6 +1,7 @@
 //! Advisory locks (`flock`, OFD and POSIX byte-range `fcntl` locks) held
-//! across two mounts of one host, and SQLite sharing a database through
-//! both (the body is shared with the smol binary's test).
+//! across two mounts of one host, SQLite sharing a database through
+//! both, and both appending to one log (the body is shared with the
+//! smol binary's test).
 
 mod common {
     pub(crate) mod locks;
@@ -8,6 +9,6 @@ mod common {
 }
 
 #[test]
-fn locks_hold_across_mounts_and_sqlite_shares_a_database() {
+fn locks_sqlite_and_appends_are_shared_across_mounts() {
     common::locks::locks_across_mounts(std::path::Path::new(env!("CARGO_BIN_EXE_wormhole")));
 }

@@ -860,9 +860,7 @@ impl Sim {
             Op::Write { fh, offset, data } => {
                 let append = k.handles.get(fh).is_some_and(|h| h.append);
                 let file = k.handles.get(fh).and_then(|h| h.file);
-                let flushed = file
-                    .and_then(|f| k.dirty_files.get(&f))
-                    .map_or(0, |d| d.1);
+                let flushed = file.and_then(|f| k.dirty_files.get(&f)).map_or(0, |d| d.1);
                 let cut = k
                     .issued
                     .get(&file)
