@@ -1663,7 +1663,7 @@ impl Sim {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
                 let file = self.files.by_key.get(&attr.key).copied();
                 let min_index = file.and_then(|f| acked.get(&f).copied()).unwrap_or(0);
-                self.new_handle(c, fh, ino, file, min_index, self.seq, false)?;
+                self.new_handle(c, fh, ino, file, min_index, self.seq)?;
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
                 let Op::Open { ino, mode, .. } = p.op else {
@@ -1680,8 +1680,10 @@ impl Sim {
                     k.dirtied(ino, file, at);
                     k.emptied.insert(file, at);
                 }
-                let append = mode == OpenFor::Append;
-                self.new_handle(c, fh, ino, file, min_index, self.seq, append)?;
+                self.new_handle(c, fh, ino, file, min_index, self.seq)?;
+                if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
+                    h.append = mode == OpenFor::Append;
+                }
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
                 if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
@@ -1876,7 +1878,6 @@ impl Sim {
         file: Option<usize>,
         min_index: usize,
         opened: u64,
-        append: bool,
     ) -> Result<(), Violation> {
         let k = &mut self.kernels[c];
         if k.handles.contains_key(&fh) {
@@ -1892,7 +1893,7 @@ impl Sim {
                 locked_min: 0,
                 writes: Vec::new(),
                 opened,
-                append,
+                append: false,
             },
         );
         Ok(())
