@@ -172,6 +172,12 @@ pub enum Op {
         offset: u64,
         /// The bytes.
         data: Bytes,
+        /// A program's write to a file it holds with `O_APPEND` (the
+        /// kernel sends the file's flags with each write; a page written
+        /// back from the page cache, or a zeroed range, is never one):
+        /// it goes at the file's end, whatever `offset` says
+        /// ([`crate::write::WriteTxn::append`]).
+        append: bool,
     },
     /// close(2) on a descriptor: commit, report the outcome; then the
     /// closing owner's record locks on the file go, as POSIX says.

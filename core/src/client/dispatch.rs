@@ -330,7 +330,12 @@ impl ClientCore {
                     self.start_read(now, req)?;
                 }
             }
-            Op::Write { fh, offset, data } => {
+            Op::Write {
+                fh,
+                offset,
+                data,
+                append,
+            } => {
                 let h = self.handle(*fh)?;
                 if super::set_aside(self.vfs.as_ref(), h.ino) {
                     // Only handles open for reading are set aside: the
@@ -343,6 +348,7 @@ impl ClientCore {
                     fh: *fh,
                     offset: *offset,
                     data: data.clone(),
+                    append: *append,
                 };
                 if !self.wait_for_commit(node, b.clone()) {
                     self.run_blocked(now, node, b)?;
@@ -869,6 +875,7 @@ impl ClientCore {
                 fh,
                 offset,
                 data,
+                append,
             } => {
                 // A handle whose earlier writes were lost (a full or
                 // failing disk, a refused transaction) fails its writes
@@ -880,11 +887,11 @@ impl ClientCore {
                 // now would know neither the file's size nor its version,
                 // and could commit the write over a version it never saw,
                 // cut to its own idea of the size (fs_sim, seed 58600).
-                let append = match self.handles.get(&fh).map(|h| (h.error, h.append)) {
+                match self.handles.get(&fh).map(|h| h.error) {
                     None => return Err(Errno::BadF),
-                    Some((Some(e), _)) => return Err(e),
-                    Some((None, append)) => append,
-                };
+                    Some(Some(e)) => return Err(e),
+                    Some(None) => {}
+                }
                 let len = data.len() as u32;
                 let txn = self.txn(node, now)?;
                 let written = if append {
@@ -909,6 +916,7 @@ impl ClientCore {
                                 fh,
                                 offset,
                                 data,
+                                append,
                             });
                     }
                     Err(WriteError::Ended(e)) => return Err(e),
@@ -1309,10 +1317,12 @@ fn allocation(
         if to - offset > MAX_ZEROED {
             return Err(Errno::NotSup);
         }
+        // In place, even through an `O_APPEND` handle.
         Ok(Some(Op::Write {
             fh,
             offset,
             data: Bytes::from(vec![0u8; (to - offset) as usize]),
+            append: false,
         }))
     };
     match how {

@@ -62,6 +62,7 @@ fn write(w: &mut World, fh: Fh, offset: u64, data: &[u8]) -> Result<Answer, Errn
             fh,
             offset,
             data: Bytes::copy_from_slice(data),
+            append: false,
         },
     )
 }

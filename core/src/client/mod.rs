@@ -90,9 +90,6 @@ struct Handle {
     /// Opened for writing (or made by a create): its writes follow the
     /// file, so it is never set aside with an old version.
     write: bool,
-    /// Opened with `O_APPEND`: its writes go at the file's end
-    /// ([`crate::write::WriteTxn::append`]).
-    append: bool,
     /// The file's attributes as last learned (version keys its chunks).
     attr: Attr,
     /// A write failure this handle has not reported yet: its next flush,
@@ -264,6 +261,7 @@ enum Blocked {
         fh: Fh,
         offset: u64,
         data: Bytes,
+        append: bool,
     },
     /// A `copy_file_range` into the file through `fh`, from another file
     /// as the host holds it.

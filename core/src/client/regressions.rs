@@ -58,6 +58,7 @@ fn write(w: &mut World, c: usize, fh: Fh, data: &[u8]) {
             fh,
             offset: 0,
             data: Bytes::copy_from_slice(data),
+            append: false,
         },
     );
     assert_eq!(r, Ok(Answer::Written(data.len() as u32)));
@@ -328,6 +329,7 @@ fn a_close_covers_a_write_that_waited_for_a_commit() {
             fh,
             offset: 0,
             data: Bytes::from_static(b"TWO"),
+            append: false,
         },
     );
     let release = w.op(0, Op::Release { fh });
@@ -471,6 +473,7 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
                 fh,
                 offset: i * (128 << 10),
                 data: piece.clone(),
+                append: false,
             },
         );
         assert_eq!(r, Ok(Answer::Written(128 << 10)));

@@ -759,7 +759,6 @@ impl ClientCore {
                 node: attr.node,
                 host,
                 write: access != OpenFor::Read,
-                append: access == OpenFor::Append,
                 attr,
                 error: None,
                 unsynced: false,

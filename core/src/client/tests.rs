@@ -121,6 +121,16 @@ fn read_all(w: &mut World, c: usize, fh: Fh, len: usize) -> Vec<u8> {
 }
 
 fn write(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8]) {
+    write_as(w, c, fh, offset, data, false);
+}
+
+/// A write through an `O_APPEND` file, sent at `offset` (its kernel's
+/// idea of the size).
+fn append(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8]) {
+    write_as(w, c, fh, offset, data, true);
+}
+
+fn write_as(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8], append: bool) {
     // The kernel writes at most 128 KiB at a time.
     for (i, piece) in data.chunks(CHUNK_SIZE).enumerate() {
         let at = offset + (i * CHUNK_SIZE) as u64;
@@ -130,6 +140,7 @@ fn write(w: &mut World, c: usize, fh: Fh, offset: u64, data: &[u8]) {
                 fh,
                 offset: at,
                 data: Bytes::copy_from_slice(piece),
+                append,
             },
         );
         assert_eq!(r, Ok(Answer::Written(piece.len() as u32)));
@@ -442,8 +453,8 @@ fn appends_of_two_clients_both_land_at_the_end() {
     let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
     let second = open_with(&mut w, 1, ino1, OpenFor::Append, false);
     // Written before the first commit: made on the version both opened.
-    write(&mut w, 1, second, 4, b"second\n");
-    write(&mut w, 0, first, 4, b"first\n");
+    append(&mut w, 1, second, 4, b"second\n");
+    append(&mut w, 0, first, 4, b"first\n");
     w.call(0, Op::Release { fh: first }).expect("commit");
     w.settle();
     w.clients[1].invalidated.clear();
@@ -460,11 +471,11 @@ fn appends_of_two_clients_both_land_at_the_end() {
     // kernel still had (an open tells the kernel no size): the client
     // puts it at the end it knows.
     let again = open_with(&mut w, 0, ino0, OpenFor::Append, false);
-    write(&mut w, 0, again, 17, b"third\n");
+    append(&mut w, 0, again, 17, b"third\n");
     w.call(0, Op::Release { fh: again }).expect("commit");
     w.settle();
     let other = open_with(&mut w, 1, ino1, OpenFor::Append, false);
-    write(&mut w, 1, other, 17, b"fourth\n");
+    append(&mut w, 1, other, 17, b"fourth\n");
     w.call(1, Op::Release { fh: other }).expect("commit");
     w.settle();
     assert_eq!(
@@ -484,13 +495,39 @@ fn a_rewrite_mixed_with_appends_is_still_refused_when_stale() {
     let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
     let second = open_for_write(&mut w, 1, ino1, false);
     write(&mut w, 1, second, 0, b"LOG\n");
-    write(&mut w, 0, first, 4, b"first\n");
+    append(&mut w, 0, first, 4, b"first\n");
     w.call(0, Op::Release { fh: first }).expect("commit");
     w.settle();
     assert_eq!(w.call(1, Op::Release { fh: second }), Err(Errno::Stale));
     w.settle();
     let p = RelPath::from(vec![name("log")]);
     assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
+}
+
+/// A range zeroed through an `O_APPEND` file (`fallocate`) is zeroed in
+/// place: only a program's own writes go to the end.
+#[test]
+fn a_range_zeroed_through_an_append_file_stays_in_place() {
+    let mut w = world(&[("log", b"abcdefgh")], 1);
+    let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
+    let fh = open_with(&mut w, 0, ino, OpenFor::Append, false);
+    let zeroed = w.call(
+        0,
+        Op::Allocate {
+            fh,
+            offset: 2,
+            length: 3,
+            how: crate::client::Allocate::ZeroRange { keep_size: true },
+        },
+    );
+    assert_eq!(zeroed, Ok(Answer::Done));
+    append(&mut w, 0, fh, 8, b"!");
+    w.call(0, Op::Release { fh }).expect("commit");
+    w.settle();
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("log")])),
+        Some(&b"ab\0\0\0fgh!"[..])
+    );
 }
 
 #[test]
@@ -1151,6 +1188,7 @@ fn a_long_write_is_one_transaction() {
                 fh,
                 offset: (i * CHUNK_SIZE) as u64,
                 data: Bytes::copy_from_slice(piece),
+                append: false,
             };
             (w.op(0, op), piece.len())
         })

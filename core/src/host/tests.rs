@@ -2188,3 +2188,38 @@ fn a_whole_append_to_an_older_version_goes_at_the_newer_end() {
         Some(&b"hello, c1, c2"[..])
     );
 }
+
+/// Whole writes are remembered by tag only so long: one sent again after
+/// its record was dropped is refused, never run a second time (an
+/// append would land twice).
+#[test]
+fn a_whole_write_sent_again_after_it_is_forgotten_is_refused() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a");
+    let whole = |tag: u64| Request::WriteWhole {
+        node: a.node,
+        base: None,
+        append_from: None,
+        tag,
+        truncate: Some(0),
+        offset: 0,
+        data: Bytes::from(tag.to_string()),
+        size: tag.to_string().len() as u64,
+        set: SetAttr::default(),
+    };
+    for tag in 1..=server::COMMITTED_MEMORY as u64 {
+        r.call(c, whole(tag)).expect("whole write");
+    }
+    assert!(
+        matches!(r.call(c, whole(1)), Ok(Reply::Attr(_))),
+        "still remembered: its answer again"
+    );
+    let next = server::COMMITTED_MEMORY as u64 + 1;
+    r.call(c, whole(next)).expect("one more");
+    assert_eq!(r.call(c, whole(1)), Err(Errno::Stale), "forgotten");
+    assert_eq!(
+        r.disk.read_file(&path(&["a.txt"])),
+        Some(next.to_string().as_bytes())
+    );
+}

@@ -456,9 +456,10 @@ impl WriteTxn {
     /// Whether an append went elsewhere than the kernel sent it, or the
     /// host moved the appends to a newer version's end: the kernel's
     /// cached pages and size of the file are then wrong, and the caller
-    /// invalidates its inode once the transaction has committed. (Not
-    /// before: the kernel holds a page locked while it waits for a write's
-    /// answer, so an invalidation sent meanwhile could wait for it.)
+    /// invalidates its inode once the transaction has committed, when
+    /// the pages it wrote are no longer in flight. (A move by zero bytes
+    /// is not seen here; the commit that made the newer version told
+    /// this client already.)
     pub fn moved_appends(&self, committed: &Attr) -> bool {
         // The host commits the size it is sent, moved only with appends.
         self.appends_moved || committed.size != self.size

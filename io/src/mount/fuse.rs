@@ -738,16 +738,23 @@ impl fuser::Filesystem for WormholeFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The file's flags now (`fcntl(F_SETFL)` may have changed them
+        // since the open). A page the kernel writes back from its cache
+        // (a shared mmap) goes in place through whichever handle it
+        // picks, `O_APPEND` or not.
+        let append = flags.0 & rustix::fs::OFlags::APPEND.bits() as i32 != 0
+            && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         self.op(
             Op::Write {
                 fh: Fh(fh.0),
                 offset,
                 data: Bytes::copy_from_slice(data),
+                append,
             },
             KernelReply::Write(reply),
         );

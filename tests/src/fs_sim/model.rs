@@ -191,6 +191,10 @@ struct WriteRec {
     /// last flush of it (an append then may start below the end of the
     /// version its commit replaces: the cut comes first).
     cut: Option<usize>,
+    /// This kernel sent the file nothing but appends since its last
+    /// flush of it: the commit that holds the append keeps the version it
+    /// replaced whole, below it.
+    keeps_base: bool,
 }
 
 /// An open file handle in a kernel model.
@@ -585,8 +589,14 @@ fn summary(r: &Result<Answer, Errno>) -> String {
 
 fn op_summary(op: &Op) -> String {
     match op {
-        Op::Write { fh, offset, data } => {
-            format!("Write({fh:?}, @{offset}, {} bytes)", data.len())
+        Op::Write {
+            fh,
+            offset,
+            data,
+            append,
+        } => {
+            let how = if *append { " appended" } else { "" };
+            format!("Write({fh:?}, @{offset}, {} bytes{how})", data.len())
         }
         Op::Lookup { parent, name } | Op::Unlink { parent, name } => format!(
             "{}({parent:?}, {})",
@@ -785,14 +795,14 @@ impl Sim {
     }
 
     /// Where client `c`'s kernel sends a write through `fh` that a
-    /// program makes at `offset`: at the inode's size for an `O_APPEND`
-    /// handle, as Linux does (its own idea of the size, which may be
-    /// older than the file's).
-    pub fn write_offset(&self, c: usize, fh: Fh, offset: u64) -> u64 {
+    /// program makes at `offset`, and whether as an append: at the
+    /// inode's size for an `O_APPEND` handle, as Linux does (its own idea
+    /// of the size, which may be older than the file's).
+    pub fn write_offset(&self, c: usize, fh: Fh, offset: u64) -> (u64, bool) {
         let k = &self.kernels[c];
         match k.handles.get(&fh) {
-            Some(h) if h.append => k.i_size.get(&h.ino).copied().unwrap_or(0),
-            _ => offset,
+            Some(h) if h.append => (k.i_size.get(&h.ino).copied().unwrap_or(0), true),
+            _ => (offset, false),
         }
     }
 
@@ -857,18 +867,29 @@ impl Sim {
                 }
                 Ctx::Open { file, min_index }
             }
-            Op::Write { fh, offset, data } => {
-                let append = k.handles.get(fh).is_some_and(|h| h.append);
+            Op::Write {
+                fh,
+                offset,
+                data,
+                append,
+            } => {
+                let append = *append;
                 let file = k.handles.get(fh).and_then(|h| h.file);
                 let flushed = file.and_then(|f| k.dirty_files.get(&f)).map_or(0, |d| d.1);
-                let cut = k
+                let since_flush: Vec<(usize, usize)> = k
                     .issued
                     .get(&file)
                     .into_iter()
                     .flatten()
-                    .filter(|&&(s, _, e)| s > flushed && e == usize::MAX)
-                    .map(|&(_, at, _)| at)
+                    .filter(|&&(s, _, _)| s > flushed)
+                    .map(|&(_, at, end)| (at, end))
+                    .collect();
+                let cut = since_flush
+                    .iter()
+                    .filter(|&&(_, end)| end == usize::MAX)
+                    .map(|&(at, _)| at)
                     .min();
+                let keeps_base = since_flush.is_empty();
                 if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
                     // A write moves the size and drops the attributes.
                     k.size_changed_here(ino);
@@ -892,6 +913,7 @@ impl Sim {
                         after: commits,
                         append,
                         cut,
+                        keeps_base,
                     },
                 }
             }
@@ -1912,9 +1934,14 @@ impl Sim {
         match self.durable_in(c, file, writes) {
             Ok(need) => Ok(need),
             Err(w) => Err(self.violation(format!(
-                "client {c}: flush acknowledged, but a write of {} bytes at {} (file {file:?}) is in no commit of that file",
+                "client {c}: flush acknowledged, but a write of {} bytes at {} (file {file:?}) is in no commit of that file{}",
                 w.data.len(),
-                w.offset
+                w.offset,
+                if w.append {
+                    " (as an append: whole, past the end of the version its commit replaced, which that commit keeps)"
+                } else {
+                    ""
+                }
             ))),
         }
     }
@@ -1986,9 +2013,10 @@ impl Sim {
     }
 
     /// The commit of `file` holding append `w` of client `c` past the end
-    /// of the version that commit replaced: an append lands whole at the
-    /// end, never over anything (another client's append above all),
-    /// wherever its kernel sent it.
+    /// of the version that commit replaced (and keeping that version
+    /// whole below it, where this kernel sent nothing else since its last
+    /// flush): an append lands whole at the end, never over anything
+    /// (another client's append above all), wherever its kernel sent it.
     fn appended_in(&mut self, c: usize, file: Option<usize>, w: &WriteRec) -> Option<usize> {
         let commits = self.files.commits.get(w.after..).unwrap_or_default();
         let (at, f, i) = commits.iter().enumerate().find_map(|(at, &(f, i, _))| {
@@ -1996,7 +2024,11 @@ impl Sim {
                 return None;
             }
             let history = &self.files.history[f];
-            let replaced = i.checked_sub(1).map_or(0, |p| history[p].len());
+            let before = i.checked_sub(1).map(|p| &history[p][..]);
+            if w.keeps_base && before.is_some_and(|b| !history[i].starts_with(b)) {
+                return None;
+            }
+            let replaced = before.map_or(0, <[u8]>::len);
             let content = history[i].get(replaced.min(w.cut.unwrap_or(usize::MAX))..)?;
             content
                 .windows(w.data.len().max(1))

@@ -83,6 +83,7 @@ fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Res
                 fh,
                 offset: 0,
                 data,
+                append: false,
             },
         )?;
         sim.op(c, Op::Flush { fh, owner: None })?;
@@ -338,10 +339,18 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         0 => rng.below(2 * CHUNK_SIZE as u64),
                         _ => 0,
                     };
-                    let offset = sim.write_offset(c, fh, offset);
+                    let (offset, append) = sim.write_offset(c, fh, offset);
                     let data =
                         payload(tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ sim_salt(rng), len);
-                    sim.op(c, Op::Write { fh, offset, data })?;
+                    sim.op(
+                        c,
+                        Op::Write {
+                            fh,
+                            offset,
+                            data,
+                            append,
+                        },
+                    )?;
                 }
             }
             460..530 => {

@@ -344,6 +344,7 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             fh,
             offset: n64,
             data: Bytes::from(vec![name.as_bytes()[0]; usize::from(n % 3000) + 1]),
+            append: n.is_multiple_of(5),
         },
         7 => Op::Flush { fh, owner: None },
         8 => Op::Fsync { fh },

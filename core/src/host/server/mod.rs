@@ -193,6 +193,11 @@ struct Session {
     committed: VecDeque<(TxnId, Attr)>,
     /// The same for whole writes, by the client's tag.
     wholes: VecDeque<(u64, Attr)>,
+    /// The highest tag dropped from `wholes` to bound it: a whole write
+    /// sent again with a tag no higher, and no longer remembered, may have
+    /// run, and is refused rather than run twice (a second run of an
+    /// append would be moved to the end and add its bytes again).
+    wholes_forgotten: Option<u64>,
     /// The same for lease batches ([`lease`]), by the client's tag.
     applied: VecDeque<(u64, Vec<Result<Attr, Errno>>)>,
     /// Lease batches being applied, and the requests that asked for each
@@ -204,7 +209,7 @@ struct Session {
 }
 
 /// Commit results remembered per session for retried commits.
-const COMMITTED_MEMORY: usize = 64;
+pub(crate) const COMMITTED_MEMORY: usize = 64;
 
 #[derive(Debug)]
 struct Handle {

@@ -76,6 +76,13 @@ impl HostServer {
             w.id = id;
             return Ok(());
         }
+        let s = self.sessions.get(&session).ok_or(Errno::BadF)?;
+        if s.wholes_forgotten.is_some_and(|f| tag <= f) {
+            // The client's tags only grow: one this old was sent long
+            // ago, and may have run (its answer lost, and since
+            // forgotten).
+            return Err(Errno::Stale);
+        }
         self.writable()?;
         match self.nodes.kind(node) {
             Some(FileKind::File) => {}
@@ -178,8 +185,10 @@ impl HostServer {
             self.drain_locks(now);
         }
         if let (Ok(a), Some(s)) = (&outcome, self.sessions.get_mut(&session)) {
-            if s.wholes.len() == COMMITTED_MEMORY {
-                s.wholes.pop_front();
+            if s.wholes.len() == COMMITTED_MEMORY
+                && let Some((old, _)) = s.wholes.pop_front()
+            {
+                s.wholes_forgotten = s.wholes_forgotten.max(Some(old));
             }
             s.wholes.push_back((whole.tag, a.clone()));
         }

@@ -116,6 +116,7 @@ impl Sim {
                 fh,
                 offset: 0,
                 data,
+                append: false,
             },
             Step::Written(fh) => whole(fh, None),
             Step::Unlocking(_) => return Ok(()),
