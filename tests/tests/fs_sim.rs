@@ -23,7 +23,7 @@ wormhole_tests::simulation_tests!(FsSim);
 /// with the workload of 2026-12-06 that made local links).
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [58600, 6403, 8119, 2024, 6894] {
+    for seed in [58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");
     }

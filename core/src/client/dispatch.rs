@@ -145,13 +145,8 @@ impl ClientCore {
                 let node = match self.node(*ino) {
                     Ok(node) => node,
                     Err(e @ (Errno::NoEnt | Errno::Stale)) => {
-                        // fstat(2) on a file unlinked (or replaced) while
-                        // open works (POSIX); only its handles know it now.
-                        let h = self.handles.values().find(|h| h.ino == *ino);
-                        let mut attr = h.map(|h| self.with_local_changes(&h.attr)).ok_or(e)?;
-                        attr.nlink = 0;
-                        let ttl = std::time::Duration::ZERO;
-                        self.reply(req, Ok(Answer::Attr { attr, ttl }));
+                        let answer = self.orphan_attr(*ino).ok_or(e)?;
+                        self.reply(req, Ok(answer));
                         return Ok(());
                     }
                     Err(e) => return Err(e),
@@ -169,7 +164,7 @@ impl ClientCore {
                     self.cache
                         .invalidate(now, node, crate::proto::Invalidation::Attr);
                 }
-                let w = self.waiter(CacheWait::GetAttr { req });
+                let w = self.waiter(CacheWait::GetAttr { req, ino: *ino });
                 match self.cache.lookup(now, &CacheKey::Attr(node), w) {
                     Ok(Lookup::Hit(Value::Attr(a))) => {
                         self.waits.remove(&w);

@@ -200,7 +200,7 @@ struct InFlight {
 /// What a cache waiter is for.
 #[derive(Clone, Debug)]
 enum CacheWait {
-    GetAttr { req: Req },
+    GetAttr { req: Req, ino: Ino },
     ReadPart { req: Req, slot: usize, attempt: u8 },
     ReadDir { req: Req, ino: Ino, offset: u64 },
 }

@@ -52,6 +52,11 @@ pub struct FsStats {
     /// Reads that gave the program less than the client answered,
     /// because its kernel's size for the inode was smaller.
     pub reads_cut_by_kernel_size: u64,
+    /// Reads of extended attributes checked against what was set.
+    pub xattr_reads_checked: u64,
+    /// Of those, reads of a value set before a commit of the file (which
+    /// must carry it).
+    pub xattrs_across_commits: u64,
     /// Appends found at the end of a version another writer committed
     /// after they were written (two clients appending to one file).
     pub appends_after_another: u64,
@@ -151,6 +156,8 @@ impl FsStats {
         self.acks_checked += o.acks_checked;
         self.reads_checked += o.reads_checked;
         self.reads_cut_by_kernel_size += o.reads_cut_by_kernel_size;
+        self.xattr_reads_checked += o.xattr_reads_checked;
+        self.xattrs_across_commits += o.xattrs_across_commits;
         self.appends_after_another += o.appends_after_another;
         self.slices_checked += o.slices_checked;
         self.attrs_checked += o.attrs_checked;
@@ -238,6 +245,10 @@ struct Kernel {
     /// (with the open's sequence): a plain FLUSH leaves them as they are
     /// (see the client's dispatch).
     emptied: BTreeMap<Option<usize>, u64>,
+    /// Per file: when an `O_TRUNC` open of it was last answered (its
+    /// truncation joins the handle's first transaction, so it stays
+    /// pending, whatever was sent since, until a flush after it).
+    truncated_at_open: BTreeMap<usize, u64>,
     /// Answers taken from the world (to compare with its reply count).
     answered: u64,
     /// Every write sent, per inode: (sequence, start, end).
@@ -327,6 +338,8 @@ enum Ctx {
         fh: Fh,
         rec: WriteRec,
     },
+    /// An extended attribute's change or read ([`xattrs`]).
+    Xattr(xattrs::XattrCtx),
     /// Flush, Fsync, Release: the writes it must have made durable.
     Flush {
         ino: Ino,
@@ -500,10 +513,14 @@ pub struct Sim {
     asked: BTreeMap<(usize, usize), u64>,
     /// The locked updates of [`LOCKED`] ([`locks`]).
     locks: locks::LockModel,
+    /// Extended attributes ([`xattrs`]).
+    xattrs: xattrs::XattrModel,
 }
 
 mod locks;
 pub(super) use locks::LOCKED;
+mod xattrs;
+pub(super) use xattrs::xattr_op;
 
 fn name(s: &str) -> Name {
     Name::new(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
@@ -700,6 +717,7 @@ impl Sim {
             local_seq: BTreeMap::new(),
             asked: BTreeMap::new(),
             locks: lock_model,
+            xattrs: xattrs::XattrModel::default(),
         };
         // The root (and the scan's listing) came before recording started
         // for nothing: register what the log holds.
@@ -844,8 +862,12 @@ impl Sim {
             *self.asked.entry((c, f)).or_default() += 1;
         }
         let commits = self.files.commits.len();
+        let mut xattr = self.xattr_sent(c, &op, seq);
         let k = &mut self.kernels[c];
         let ctx = match &op {
+            Op::SetXattr { .. } | Op::RemoveXattr { .. } | Op::GetXattr { .. } => {
+                xattr.take().map_or(Ctx::Plain, Ctx::Xattr)
+            }
             Op::Open { ino, truncate, .. } => {
                 let file = k.identity.get(ino).copied();
                 let min_index = file
@@ -884,12 +906,16 @@ impl Sim {
                     .filter(|&&(s, _, _)| s > flushed)
                     .map(|&(_, at, end)| (at, end))
                     .collect();
+                let opened_empty = file
+                    .and_then(|f| k.truncated_at_open.get(&f))
+                    .is_some_and(|&at| at > flushed);
                 let cut = since_flush
                     .iter()
                     .filter(|&&(_, end)| end == usize::MAX)
                     .map(|&(at, _)| at)
+                    .chain(opened_empty.then_some(0))
                     .min();
-                let keeps_base = since_flush.is_empty();
+                let keeps_base = since_flush.is_empty() && !opened_empty;
                 if let Some((ino, file)) = k.handles.get(fh).map(|h| (h.ino, h.file)) {
                     // A write moves the size and drops the attributes.
                     k.size_changed_here(ino);
@@ -1094,6 +1120,7 @@ impl Sim {
         self.note(|| "host crash".to_string());
         self.check()?;
         self.locks.fault();
+        self.xattrs.fault(self.seq);
         self.w.crash_host();
         // Staging dies with the host; the next run numbers its own.
         self.replays.clear();
@@ -1106,6 +1133,20 @@ impl Sim {
         // window: only commits from here on show what it wrote.
         self.locks.since = self.files.commits.len();
         Ok(())
+    }
+
+    /// The files at `paths` on the disk now, as far as the model knows
+    /// them.
+    fn files_at(&mut self, paths: &[RelPath]) -> Vec<usize> {
+        paths
+            .iter()
+            .filter_map(
+                |p| match self.w.disk.execute(FsOp::Stat { path: p.clone() }) {
+                    Ok(FsOk::Attr(a)) => self.files.by_key.get(&a.key).copied(),
+                    _ => None,
+                },
+            )
+            .collect()
     }
 
     /// The host starts again.
@@ -1144,6 +1185,17 @@ impl Sim {
         self.check()?;
         self.stats.local_changes += 1;
         self.note(|| format!("local: {change:?}"));
+        let paths = match &change {
+            Local::Replace(p, _)
+            | Local::Append(p, _)
+            | Local::Truncate(p, _)
+            | Local::Delete(p) => {
+                vec![p.clone()]
+            }
+            Local::Rename(from, to) | Local::Link(from, to) => vec![from.clone(), to.clone()],
+        };
+        let before = self.files_at(&paths);
+        self.xattrs.touched(before);
         let disk = &mut self.w.disk;
         let (done, touched) = match &change {
             Local::Replace(p, data) => (disk.local_replace(p, data), vec![p.clone()]),
@@ -1175,6 +1227,9 @@ impl Sim {
                 }
             }
         }
+        // (Once a saved file is registered.)
+        let after = self.files_at(&paths);
+        self.xattrs.touched(after);
         if self.w.host_up {
             for p in touched {
                 self.w.local_change(p);
@@ -1655,6 +1710,8 @@ impl Sim {
             (Op::SetLock { .. }, Ok(Answer::Done)) => true,
             (Op::GetLock { .. }, Ok(Answer::Lock(_))) => true,
             (Op::Statfs, Ok(Answer::StatFs(_))) => true,
+            (Op::SetXattr { .. } | Op::RemoveXattr { .. }, Ok(Answer::Done)) => true,
+            (Op::GetXattr { .. }, Ok(Answer::Xattr(_) | Answer::XattrSize(_))) => true,
             _ => false,
         };
         if !shape_ok {
@@ -1665,6 +1722,9 @@ impl Sim {
             self.learn_size(c, &p, answer);
         }
         self.lock_answered(c, &p.op, &p.ctx, &result)?;
+        if let Ctx::Xattr(x) = &p.ctx {
+            self.xattr_answered(c, &p.op, x, &result)?;
+        }
         match (p.ctx, result) {
             (Ctx::Unlock { ino, file, seq }, Ok(_)) => {
                 // Its commit is over: what was written before it is on
@@ -1701,6 +1761,9 @@ impl Sim {
                     let k = &mut self.kernels[c];
                     k.dirtied(ino, file, at);
                     k.emptied.insert(file, at);
+                    if let Some(f) = file {
+                        k.truncated_at_open.insert(f, at);
+                    }
                 }
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
                 if let Some(h) = self.kernels[c].handles.get_mut(&fh) {

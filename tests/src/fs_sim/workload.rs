@@ -3,7 +3,7 @@
 //! chosen as the run goes from what the kernels hold (their inodes and
 //! handles), then the liveness phase.
 
-use super::model::{FsStats, LOCKED, Local, Sim, Violation};
+use super::model::{FsStats, LOCKED, Local, Sim, Violation, xattr_op};
 use crate::seeds::Simulation;
 use bytes::Bytes;
 use std::time::Duration;
@@ -221,12 +221,15 @@ pub fn run_seed(seed: u64, trace: bool, echo: bool) -> (Sim, Result<(), Violatio
     if trace {
         sim = sim.with_trace(echo);
     }
-    let res = workload(&mut sim, &mut rng).and_then(|()| sim.converge());
+    // Extended attributes draw from a generator of their own (see
+    // `locking` below), seeded apart from the workload's.
+    let xattrs = Rng::from_u64(seed ^ 0x7a77_0000_0000_0013);
+    let res = workload(&mut sim, &mut rng, xattrs).and_then(|()| sim.converge());
     (sim, res)
 }
 
 /// The random phase: 80–200 actions, each followed by a random pause.
-fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
+fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violation> {
     let actions = 80 + rng.below(121);
     let mut heal_at: Option<Instant> = None;
     let mut restart_at: Option<Instant> = None;
@@ -266,6 +269,20 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                 let len = 1 + locking.below(3000) as usize;
                 let data = payload(locking.next_u64(), len);
                 sim.locked_step(lc, data)?;
+            }
+        }
+        // Now and then, a client sets, removes or reads an extended
+        // attribute of a file its kernel knows.
+        if xattrs.below(100) < 8 {
+            let xc = xattrs.below(sim.clients() as u64) as usize;
+            let known = sim.referenced(xc, FileKind::File);
+            let (roll, k) = (xattrs.below(10), xattrs.below(2));
+            let reader_of = xattrs.below(sim.clients() as u64) as usize;
+            let value = format!("{xc}:{}", xattrs.next_u64()).into_bytes();
+            if let Some(ino) = pick(&mut xattrs, &known)
+                && let Some(op) = xattr_op(sim, xc, ino, roll, k, reader_of, value)
+            {
+                sim.op(xc, op)?;
             }
         }
         let files = sim.referenced(c, FileKind::File);
@@ -390,6 +407,12 @@ fn workload(sim: &mut Sim, rng: &mut Rng) -> Result<(), Violation> {
                         // kernel before a read, once it no longer trusts
                         // the size): the size it then reads up to.
                         sim.op(c, Op::GetAttr { ino })?;
+                        // Sometimes the program dawdles between the two
+                        // while others write (`tail -f`): its kernel
+                        // keeps the size it got, and cuts the read there.
+                        if rng.below(4) == 0 {
+                            sim.advance(Duration::from_millis(rng.below(800)))?;
+                        }
                     }
                     sim.op(c, Op::Read { fh, offset, size })?;
                 }
@@ -674,6 +697,11 @@ impl Simulation for FsSim {
             (
                 "appends at the end of another writer's commit",
                 s.appends_after_another,
+            ),
+            ("extended attributes read back", s.xattr_reads_checked),
+            (
+                "extended attributes read back across a commit",
+                s.xattrs_across_commits,
             ),
             ("attributes checked against the ttl", s.attrs_checked),
             ("reads after an acknowledged close", s.reads_after_ack),
