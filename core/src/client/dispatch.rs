@@ -686,6 +686,21 @@ impl ClientCore {
         self.writes.get_mut(&node).ok_or(Errno::Io)
     }
 
+    /// Commits `node`'s transaction, if it has one. A whole write is
+    /// named when it is sent, not when its transaction began (a file may
+    /// stay open, written, while many others are written whole): the host
+    /// refuses a name no higher than one it has forgotten, taking it for
+    /// one sent again that may have run.
+    fn commit_write(&mut self, now: Instant, node: NodeId) -> Result<(), Errno> {
+        let tag = self.next_tag;
+        let Some(txn) = self.writes.get_mut(&node) else {
+            return Ok(());
+        };
+        self.next_tag += 1;
+        txn.allow_whole(tag);
+        txn.commit(now).map_err(write_errno)
+    }
+
     /// The file's size and content version as this client's writes see
     /// it: its open handles' (their reads show that version), else the
     /// cached attributes'. A file never seen has no version to build on.
@@ -834,7 +849,8 @@ impl ClientCore {
                     .map(|j| (j.offset, j.offset + u64::from(j.size)));
                 match range {
                     Some((start, end)) if self.spilled(node, start, end) => {
-                        self.txn(node, now)?.commit(now).map_err(write_errno)?;
+                        self.txn(node, now)?;
+                        self.commit_write(now, node)?;
                         self.blocked
                             .entry(node)
                             .or_default()
@@ -901,7 +917,7 @@ impl ClientCore {
                         // (see `WriteConfig::keep_acked`); only when none
                         // will free any does a commit make room.
                         if !txn.frees_on_ack() {
-                            txn.commit(now).map_err(write_errno)?;
+                            self.commit_write(now, node)?;
                         }
                         self.blocked
                             .entry(node)
@@ -927,7 +943,7 @@ impl ClientCore {
                 // file's transaction and answers after the commit.
                 let txn = self.txn(node, now)?;
                 txn.set_size(now, size).map_err(write_errno)?;
-                txn.commit(now).map_err(write_errno)?;
+                self.commit_write(now, node)?;
                 self.after_commit
                     .entry(node)
                     .or_default()
@@ -965,9 +981,7 @@ impl ClientCore {
                     }
                     return Ok(());
                 }
-                if let Some(w) = self.writes.get_mut(&node) {
-                    w.commit(now).map_err(write_errno)?;
-                }
+                self.commit_write(now, node)?;
                 self.after_commit.entry(node).or_default().push(then);
             }
         }

@@ -90,6 +90,9 @@ struct Handle {
     /// Opened for writing (or made by a create): its writes follow the
     /// file, so it is never set aside with an old version.
     write: bool,
+    /// The first request id not sent yet when it was opened: a reply to
+    /// an older request may show the file as it was before this open.
+    opened_at: u64,
     /// The file's attributes as last learned (version keys its chunks).
     attr: Attr,
     /// A write failure this handle has not reported yet: its next flush,

@@ -181,7 +181,7 @@ impl ClientCore {
                 _ => {}
             },
             Purpose::OpenAhead { node } => self.on_open_ahead(now, node, result),
-            Purpose::Fetch(key) => self.on_fetch(now, key, result),
+            Purpose::Fetch(key) => self.on_fetch(now, id, key, result),
             Purpose::DirPage { node, mut acc } => match result {
                 Ok(Reply::DirPage { entries, next }) => {
                     acc.extend(entries);
@@ -246,7 +246,7 @@ impl ClientCore {
             }
             Purpose::Op { req, op, part } => {
                 let dirs = result.as_ref().map_or(&[][..], Reply::dirs).to_vec();
-                let answer = self.on_op_reply(now, req, &op, part, result);
+                let answer = self.on_op_reply(now, id, req, &op, part, result);
                 // After the answer's own invalidations: the directories'
                 // new times stand, and the kernel's getattr (it drops its
                 // copy of a changed directory's attributes) needs no
@@ -259,10 +259,16 @@ impl ClientCore {
         }
     }
 
-    fn on_fetch(&mut self, now: Instant, key: CacheKey, result: Result<Reply, Errno>) {
+    fn on_fetch(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        key: CacheKey,
+        result: Result<Reply, Errno>,
+    ) {
         match (&key, result) {
             (CacheKey::Attr(_), Ok(Reply::Attr(a))) => {
-                self.notice_replaced(now, &a);
+                self.notice_replaced(now, id, &a);
                 self.learn_attr(&a);
                 let _ = self.cache.fill(now, key, Value::Attr(Arc::new(a)));
             }
@@ -292,15 +298,23 @@ impl ClientCore {
     /// file was replaced. Taken as that news (`Invalidation::Replaced`)
     /// before the attributes are used, so that a reader set aside never
     /// has its kernel learn the new file's size: one version's bytes cut
-    /// at another's length (fs_sim, seed 1918 of the xattr workload). This
-    /// client's own commits drop those host handles as they land, so an
-    /// old reply about its own file never triggers it.
-    fn notice_replaced(&mut self, now: Instant, a: &Attr) {
+    /// at another's length (fs_sim, seed 57718). Only handles opened
+    /// before request `id` was sent count (a reply older than the open
+    /// may show the file the open replaced); this client's own commits
+    /// drop their host handles as they land; and a file this client is
+    /// writing waits for the news itself (nothing is set aside or
+    /// followed then, so each reply would only drop the cache again).
+    fn notice_replaced(&mut self, now: Instant, id: RequestId, a: &Attr) {
+        if self.writes.get(&a.node).is_some_and(|w| !w.is_finished()) {
+            return;
+        }
         let vfs = self.vfs.as_ref();
-        let replaced = self
-            .handles
-            .values()
-            .any(|h| super::on_file(vfs, h, a.node) && h.host.is_some() && h.attr.key != a.key);
+        let replaced = self.handles.values().any(|h| {
+            super::on_file(vfs, h, a.node)
+                && h.host.is_some()
+                && h.opened_at <= id.0
+                && h.attr.key != a.key
+        });
         if replaced {
             self.on_invalidate(now, a.node, Invalidation::Replaced);
         }
@@ -310,7 +324,12 @@ impl ClientCore {
     /// open works (POSIX); only its handles know it now.
     pub(super) fn orphan_attr(&self, ino: Ino) -> Option<Answer> {
         let h = self.handles.values().find(|h| h.ino == ino)?;
-        let mut attr = self.with_local_changes(&h.attr);
+        // A set-aside file has no writes here (its node's have another).
+        let mut attr = if super::set_aside(self.vfs.as_ref(), ino) {
+            h.attr.clone()
+        } else {
+            self.with_local_changes(&h.attr)
+        };
         attr.nlink = 0;
         let ttl = std::time::Duration::ZERO;
         Some(Answer::Attr { attr, ttl })
@@ -362,6 +381,7 @@ impl ClientCore {
     fn on_op_reply(
         &mut self,
         now: Instant,
+        id: RequestId,
         req: Req,
         op: &Op,
         part: OpPart,
@@ -596,6 +616,7 @@ impl ClientCore {
                 Some(Ok(Answer::Done))
             }
             (Op::Read { .. }, OpPart::RefreshRead, Ok(Reply::Attr(a))) => {
+                self.notice_replaced(now, id, &a);
                 // Handles on this file now read the new version: those that
                 // read by node, and those whose host handle holds that very
                 // file (changed in place). A host handle on a file that was
@@ -790,6 +811,7 @@ impl ClientCore {
                 node: attr.node,
                 host,
                 write: access != OpenFor::Read,
+                opened_at: self.next_id,
                 attr,
                 error: None,
                 unsynced: false,

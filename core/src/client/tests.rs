@@ -530,6 +530,35 @@ fn a_range_zeroed_through_an_append_file_stays_in_place() {
     );
 }
 
+/// A file written and kept open while more files than the host
+/// remembers whole writes for are written and closed: its own whole
+/// write, sent last, is not taken for an old one sent again.
+#[test]
+fn a_file_kept_open_past_many_whole_writes_still_commits() {
+    // Without directory leases: files made under one are streamed with
+    // their creates, not written whole.
+    let cfg = ClientConfig {
+        leases: false,
+        ..ClientConfig::default()
+    };
+    let mut w = World::new(7, disk(&[]), 1, HostConfig::default(), cfg);
+    let (_, first) = create(&mut w, 0, "first");
+    write(&mut w, 0, first, 0, b"kept open");
+    for i in 0..80 {
+        let (_, fh) = create(&mut w, 0, &format!("f{i}"));
+        write(&mut w, 0, fh, 0, b"small");
+        w.call(0, Op::Release { fh }).expect("commit");
+    }
+    w.settle();
+    w.call(0, Op::Release { fh: first })
+        .expect("committed, not refused as a repeat");
+    w.settle();
+    assert_eq!(
+        w.disk.read_file(&RelPath::from(vec![name("first")])),
+        Some(&b"kept open"[..])
+    );
+}
+
 #[test]
 fn rename_over_an_existing_file_replaces_it() {
     let mut w = world(&[("a", b"AAA"), ("b", b"BBB")], 2);

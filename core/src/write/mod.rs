@@ -329,9 +329,10 @@ impl WriteTxn {
     /// Lets the transaction wait to lock until it is committed, and then,
     /// if what it holds is small (one run of at most [`MAX_WRITE_PIECE`]
     /// bytes, after at most one size change), commit it as one
-    /// [`Request::WriteWhole`] named `tag` (unique within the session):
-    /// one round trip instead of four for the small files most programs
-    /// write. A host that finds the file locked by another answers EAGAIN,
+    /// [`Request::WriteWhole`] named `tag` (unique within the session,
+    /// and higher than any sent before it: the client names it again as
+    /// it commits): one round trip instead of four for the small files
+    /// most programs write. A host that finds the file locked by another answers EAGAIN,
     /// and the transaction then waits for the lock as any other.
     pub fn allow_whole(&mut self, tag: u64) {
         if self.state == WriteState::Idle && self.cfg.whole_writes {

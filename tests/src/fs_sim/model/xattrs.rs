@@ -205,12 +205,22 @@ impl Sim {
         let Some((value, commits_then)) = settled else {
             return Ok(());
         };
-        let maybe = known.changes.iter().any(|ch| {
+        // In flight while the read was; or failed, and not yet overwritten
+        // by a later change acknowledged before the read was sent (it may
+        // have landed, even late).
+        let maybe = known.changes.iter().enumerate().any(|(i, ch)| {
             ch.value == read
                 && ch.sent <= now
                 && match ch.answered {
                     None => true,
-                    Some((a, ok)) => a >= sent || !ok,
+                    Some((a, true)) => a >= sent,
+                    Some((a, false)) => {
+                        a >= sent
+                            || !known.changes[i + 1..].iter().any(|later| {
+                                later.sent > a
+                                    && later.answered.is_some_and(|(la, ok)| ok && la < sent)
+                            })
+                    }
                 }
         });
         self.stats.xattr_reads_checked += 1;
