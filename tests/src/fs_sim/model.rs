@@ -232,6 +232,9 @@ struct Kernel {
     open: BTreeMap<Ino, u32>,
     /// The file each inode stands for, as the kernel was told.
     identity: BTreeMap<Ino, usize>,
+    /// When each inode's identity was last told (sequence number): a
+    /// host restart rebinds inodes by path, perhaps to other files.
+    identity_at: BTreeMap<Ino, u64>,
     kinds: BTreeMap<Ino, FileKind>,
     handles: BTreeMap<Fh, HandleModel>,
     /// Per inode: sequence of the last write or truncate sent, and of the
@@ -1152,6 +1155,7 @@ impl Sim {
     /// The host starts again.
     pub fn restart_host(&mut self) -> Result<(), Violation> {
         self.note(|| "host restart".to_string());
+        self.xattrs.restarted(self.seq);
         self.w.restart_host();
         // The new host reserves node ids anew, so a file made under a
         // lease from now on may get the node id (and so the made-up key)
@@ -1663,6 +1667,7 @@ impl Sim {
             )));
         }
         k.identity.insert(ino, file);
+        k.identity_at.insert(ino, self.seq);
         k.kinds.insert(ino, kind);
         if lookup {
             *k.nlookup.entry(ino).or_default() += 1;

@@ -57,6 +57,9 @@ pub(super) struct XattrModel {
     /// the change to whatever file the node stands for now, which the
     /// kernel cannot tell, so reads of those names are not checked.
     adrift: BTreeSet<Vec<u8>>,
+    /// When the host last restarted: inodes are bound again by path then,
+    /// perhaps to other files than their kernels were told.
+    restarted_at: u64,
 }
 
 /// Why an xattr request was sent, for checking its answer.
@@ -77,6 +80,11 @@ impl XattrModel {
         for k in self.names.values_mut() {
             k.fault = seq;
         }
+    }
+
+    /// The host restarted.
+    pub(super) fn restarted(&mut self, seq: u64) {
+        self.restarted_at = seq;
     }
 
     /// A local program changed `files` (before and after the change).
@@ -105,9 +113,19 @@ impl Sim {
             Op::GetXattr { ino, .. } => (*ino, None),
             _ => return None,
         };
-        let file = self.kernels[c].identity.get(&ino).copied();
-        if let (Some(f), Some((name, _))) = (file, &change)
-            && self.xattrs.touched.contains(&f)
+        let k = &self.kernels[c];
+        let learned = k.identity_at.get(&ino).copied().unwrap_or(0);
+        // An inode the host may have bound to another file since.
+        let file = k
+            .identity
+            .get(&ino)
+            .copied()
+            .filter(|_| learned >= self.xattrs.restarted_at);
+        // Sent through an inode whose file the kernel does not know (or
+        // knew before the host restarted), or one a local program
+        // changed: it lands on a file the model cannot name.
+        if let Some((name, _)) = &change
+            && file.is_none_or(|f| self.xattrs.touched.contains(&f))
         {
             self.xattrs.adrift.insert(name.to_vec());
         }
