@@ -2103,18 +2103,25 @@ fn extended_attributes_only_in_the_namespaces_the_host_serves() {
     }
 }
 
-/// Two clients append to one file: the second one's transaction was
-/// made on the version before the first one's commit. Its appends go at
-/// the new end instead of being refused, and nothing of it may touch
-/// what lies below that end (content it never saw).
-#[test]
-fn appends_made_to_an_older_version_go_at_the_newer_end() {
+/// `a.txt` ("hello") as client 2 learnt it, and client 1's commit of
+/// "hello, c1" since: client 2's writes are made to an older version.
+fn committed_by_another() -> (Rig, ConnId, crate::proto::Attr) {
     let mut r = rig();
     let c1 = r.client(1);
     let c2 = r.client(2);
     let a = r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
     r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
     commit(&mut r, c1, a.node, b"hello, c1").expect("c1's commit");
+    (r, c2, a)
+}
+
+/// Two clients append to one file: the second one's transaction was
+/// made on the version before the first one's commit. Its appends go at
+/// the new end instead of being refused, and nothing of it may touch
+/// what lies below that end (content it never saw).
+#[test]
+fn appends_made_to_an_older_version_go_at_the_newer_end() {
+    let (mut r, c2, a) = committed_by_another();
     let token = r.lock(c2, a.node);
     let begin = |append_from| Request::BeginWrite {
         node: a.node,
@@ -2161,12 +2168,7 @@ fn appends_made_to_an_older_version_go_at_the_newer_end() {
 /// The same in one request, as a client sends a small append.
 #[test]
 fn a_whole_append_to_an_older_version_goes_at_the_newer_end() {
-    let mut r = rig();
-    let c1 = r.client(1);
-    let c2 = r.client(2);
-    let a = r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
-    r.lookup(c1, NodeId::ROOT, "a.txt").expect("a");
-    commit(&mut r, c1, a.node, b"hello, c1").expect("c1's commit");
+    let (mut r, c2, a) = committed_by_another();
     let whole = |append_from, tag| Request::WriteWhole {
         node: a.node,
         base: Some(a.version),
