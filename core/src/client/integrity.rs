@@ -42,17 +42,7 @@ fn lookup(w: &mut World, n: &str) -> Ino {
 }
 
 fn open(w: &mut World, ino: Ino, mode: OpenFor, truncate: bool) -> Fh {
-    match w.call(
-        0,
-        Op::Open {
-            ino,
-            mode,
-            truncate,
-        },
-    ) {
-        Ok(Answer::Opened { fh, .. }) => fh,
-        other => panic!("open: {other:?}"),
-    }
+    super::tests::open_with(w, 0, ino, mode, truncate)
 }
 
 fn write(w: &mut World, fh: Fh, offset: u64, data: &[u8]) -> Result<Answer, Errno> {

@@ -55,7 +55,8 @@ fn open_for_write(w: &mut World, c: usize, ino: Ino, truncate: bool) -> Fh {
     open_with(w, c, ino, OpenFor::Write, truncate)
 }
 
-fn open_with(w: &mut World, c: usize, ino: Ino, mode: OpenFor, truncate: bool) -> Fh {
+/// Client `c` opens `ino` for `mode` (`O_TRUNC` with `truncate`).
+pub(super) fn open_with(w: &mut World, c: usize, ino: Ino, mode: OpenFor, truncate: bool) -> Fh {
     match w.call(
         c,
         Op::Open {
