@@ -489,3 +489,35 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
         Some(8 << 20)
     );
 }
+
+/// A getattr the host ran before this client's commit, answered after
+/// it, put the replaced version's attributes back in the cache: the
+/// writer's next `stat` showed the old size, and once the host was out
+/// of reach the cache's old size cut reads of the new version (fs_sim,
+/// seed 54283). The wire's random delays order the two replies
+/// differently from seed to seed.
+#[test]
+fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
+    const NEW: &[u8] = b"a longer, newer content";
+    for seed in 0..8 {
+        let mut d = MemFs::new(1 << 30);
+        d.local_replace(&path("f"), b"old").expect("seed the disk");
+        let mut w = World::new(seed, d, 1, HostConfig::default(), ClientConfig::default());
+        w.max_delay = std::time::Duration::from_millis(20);
+        let (ino, fh) = open(&mut w, 0, "f");
+        write(&mut w, 0, fh, NEW);
+        // Past the attributes' TTL: the getattr goes to the host.
+        w.run_for(std::time::Duration::from_secs(2));
+        let getattr = w.op(0, Op::GetAttr { ino });
+        let flush = w.op(0, Op::Flush { fh, owner: None });
+        assert_eq!(w.wait(0, flush), Ok(Answer::Done));
+        assert!(w.wait(0, getattr).is_ok());
+        w.settle();
+        match w.call(0, Op::GetAttr { ino }) {
+            Ok(Answer::Attr { attr, .. }) => {
+                assert_eq!(attr.size, NEW.len() as u64, "seed {seed}");
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+    }
+}

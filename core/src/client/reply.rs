@@ -335,6 +335,27 @@ impl ClientCore {
         Some(Answer::Attr { attr, ttl })
     }
 
+    /// Fills the attributes a reply about this client's own change
+    /// carries (a commit, a setattr, an xattr change, a directory's times
+    /// after a change of its names). A getattr sent before the change may
+    /// be answered after it, with the attributes the change replaced (the
+    /// host ran it first): the fill answers that fetch's waiters, and its
+    /// late reply is dropped rather than put the old attributes back.
+    /// (fs_sim, seed 54283: a commit's size was lost that way, and once
+    /// the host was out of reach the cache's old size cut reads of the
+    /// new version.)
+    fn fill_changed_attr(&mut self, now: Instant, attr: Attr) {
+        let key = CacheKey::Attr(attr.node);
+        if self.cache.state(now, &key) == cache::EntryState::Fetching {
+            for f in self.in_flight.values_mut() {
+                if matches!(&f.purpose, Purpose::Fetch(k) if *k == key) {
+                    f.purpose = Purpose::Abandoned;
+                }
+            }
+        }
+        let _ = self.cache.fill(now, key, Value::Attr(Arc::new(attr)));
+    }
+
     /// New attributes of a file: open handles on it learn them if its
     /// content is unchanged for them (same version: e.g. a chmod); a new
     /// version waits for the next open (close-to-open).
@@ -505,11 +526,7 @@ impl ClientCore {
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
             (Op::SetAttr { .. }, _, Ok(Reply::Attr(a))) => {
-                let _ = self.cache.fill(
-                    now,
-                    CacheKey::Attr(a.node),
-                    Value::Attr(Arc::new(a.clone())),
-                );
+                self.fill_changed_attr(now, a.clone());
                 // Our own change (a new mtime is a new version): the
                 // handles on the same file learn it, so that their next
                 // transaction builds on it rather than fail as stale.
@@ -602,9 +619,7 @@ impl ClientCore {
             (Op::SetXattr { .. } | Op::RemoveXattr { .. }, _, Ok(Reply::Attr(a))) => {
                 // Its ctime moved; the content did not.
                 self.learn_attr(&a);
-                let _ = self
-                    .cache
-                    .fill(now, CacheKey::Attr(a.node), Value::Attr(Arc::new(a)));
+                self.fill_changed_attr(now, a);
                 Some(Ok(Answer::Done))
             }
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
@@ -663,8 +678,7 @@ impl ClientCore {
     fn dirs_changed(&mut self, now: Instant, dirs: &[Attr]) {
         for d in dirs.iter().take(2).filter(|d| d.kind == FileKind::Dir) {
             self.learn_attr(d);
-            let value = Value::Attr(Arc::new(d.clone()));
-            let _ = self.cache.fill(now, CacheKey::Attr(d.node), value);
+            self.fill_changed_attr(now, d.clone());
         }
     }
 
@@ -1045,11 +1059,7 @@ impl ClientCore {
                     }
                     self.follow_file(now, node);
                     self.files.insert(attr.key, node);
-                    let _ = self.cache.fill(
-                        now,
-                        CacheKey::Attr(node),
-                        Value::Attr(Arc::new(attr.clone())),
-                    );
+                    self.fill_changed_attr(now, attr.clone());
                     // A file made here under a lease commits into its
                     // create in the stream: no rename at the host, and the
                     // kernel dropped the directory's attributes itself
