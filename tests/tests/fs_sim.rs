@@ -29,10 +29,12 @@ wormhole_tests::simulation_tests!(FsSim);
 /// `O_TRUNC` still pending (10145) and an attribute set through a file a
 /// local save replaced (40156); a `getattr` the host ran before the
 /// client's own commit, answered after it, put the old size back in the
-/// cache, which later cut a read of the new version (54283).
+/// cache, which later cut a read of the new version (54283); the model
+/// took a FLUSH after an `fsync` still waiting for the file's lock as
+/// committing an `O_TRUNC` (59203, the model's error).
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283] {
+    for seed in [58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");
     }

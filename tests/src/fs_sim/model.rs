@@ -968,10 +968,11 @@ impl Sim {
                             file = file.or(h.file);
                         }
                         writes.sort_by_key(|w| w.seq);
+                        // (The truncation stays pending until a flush that
+                        // is not bare is answered: a FLUSH sent while an
+                        // `fsync` still waits for the file's lock is bare
+                        // to the client too.)
                         let bare = matches!(op, Op::Flush { .. }) && k.emptied.contains_key(&file);
-                        if !bare {
-                            k.emptied.remove(&file);
-                        }
                         if matches!(op, Op::Release { .. }) {
                             k.handles.remove(fh);
                             if let Some(n) = k.open.get_mut(&ino) {
@@ -1795,6 +1796,9 @@ impl Sim {
                     // Everything written before it is on the host now (a
                     // failed flush may leave later writes buffered).
                     k.cleaned(ino, file, seq);
+                    if k.emptied.get(&file).is_some_and(|&at| at < seq) {
+                        k.emptied.remove(&file);
+                    }
                 }
                 if result.is_err() {
                     // The error reports the loss of every write so far.
