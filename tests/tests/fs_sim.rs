@@ -34,7 +34,9 @@ wormhole_tests::simulation_tests!(FsSim);
 /// committing an `O_TRUNC` (59203, the model's error).
 #[test]
 fn seeds_that_once_failed() {
-    for seed in [58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203] {
+    for seed in [
+        58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203,
+    ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");
     }

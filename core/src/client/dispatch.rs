@@ -331,6 +331,7 @@ impl ClientCore {
                 data,
                 append,
             } => {
+                self.fenced(*fh)?;
                 let h = self.handle(*fh)?;
                 if super::set_aside(self.vfs.as_ref(), h.ino) {
                     // Only handles open for reading are set aside: the
@@ -355,6 +356,7 @@ impl ClientCore {
                 length,
                 how,
             } => {
+                self.fenced(*fh)?;
                 let h = self.handle(*fh)?;
                 let (ino, node) = (h.ino, h.node);
                 let known = self.cache.peek_attr(node).unwrap_or(&h.attr).clone();
@@ -373,6 +375,7 @@ impl ClientCore {
                 offset_out,
                 len,
             } => {
+                self.fenced(*fh_out)?;
                 let src = self.handle(*fh_in)?;
                 let (src_node, src_host, src_size) = (src.node, src.host, src.attr.size);
                 let node = self.handle(*fh_out)?.node;
@@ -443,6 +446,7 @@ impl ClientCore {
                     owner: Some(owner), ..
                 } = op
                 {
+                    self.let_go_of_lost_locks(*fh);
                     self.release_locks(now, Some(node), Some(owner), None)?;
                 }
             }

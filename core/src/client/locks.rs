@@ -79,6 +79,7 @@ impl ClientCore {
                 check(range)?;
                 if range == ByteRange::WHOLE {
                     self.lockers.remove(&(node, owner));
+                    self.let_go_of_lost_locks(fh);
                 }
                 Request::Unlock { node, owner, range }
             }
@@ -123,6 +124,53 @@ impl ClientCore {
             self.commit_then(now, node, then)?;
         }
         Ok(())
+    }
+
+    /// A new session holds none of the old one's record locks, and the
+    /// programs that took them were not told (POSIX has no way to): the
+    /// handles they were taken through refuse writes from now on (see
+    /// `Handle::lock_lost`). Otherwise a program that read a file under
+    /// its lock, lost the lock to a host restart while another client
+    /// took and changed the file, would write back what it computed from
+    /// the old content over the other's change: the update the lock
+    /// exists to prevent (fs_sim's invariant 14). Linux's NFS client
+    /// does the same with a lock it cannot reclaim. An owner whose lock
+    /// request still waits keeps its place: the request is asked again in
+    /// the new session, and what it is granted there is a lock its
+    /// program may write under (and must release at close).
+    pub(super) fn record_locks_lost(&mut self) {
+        let waiting: BTreeSet<(NodeId, u64)> =
+            self.locking.values().map(|&(n, o, _)| (n, o)).collect();
+        let lost: Vec<((NodeId, u64), Fh)> = self
+            .lockers
+            .iter()
+            .filter(|(key, _)| !waiting.contains(key))
+            .map(|(&key, &fh)| (key, fh))
+            .collect();
+        for (key, fh) in lost {
+            self.lockers.remove(&key);
+            if let Some(h) = self.handles.get_mut(&fh) {
+                h.lock_lost = true;
+            }
+        }
+    }
+
+    /// The program let go of its locks through handle `fh` (an unlock of
+    /// the whole file, or a close): what it writes next it no longer
+    /// writes under a lock it lost.
+    pub(super) fn let_go_of_lost_locks(&mut self, fh: Fh) {
+        if let Some(h) = self.handles.get_mut(&fh) {
+            h.lock_lost = false;
+        }
+    }
+
+    /// Writes through handle `fh` are refused: a lock taken through it
+    /// was lost ([`Self::record_locks_lost`]).
+    pub(super) fn fenced(&self, fh: Fh) -> Result<(), Errno> {
+        match self.handles.get(&fh) {
+            Some(h) if h.lock_lost => Err(Errno::Io),
+            _ => Ok(()),
+        }
     }
 
     /// The commit before a lock request is over: send it, unless the

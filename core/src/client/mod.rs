@@ -105,6 +105,14 @@ struct Handle {
     /// its disk, and the handle reports EIO once (a delayed write error,
     /// as a local disk's writeback failure would be).
     unsynced: bool,
+    /// A record lock taken through this handle went with the host
+    /// session that held it (the host restarted, or this client was away
+    /// past the session grace), and its program was not told: writes
+    /// through the handle fail with EIO until the program lets go of its
+    /// locks on the file (an unlock of the whole file, or a close), so
+    /// nothing written in the belief that the lock still excludes others
+    /// reaches the file (docs/filesystem.md, "Advisory locks").
+    lock_lost: bool,
 }
 
 /// Why a request was sent: what to do with its reply.
@@ -1021,6 +1029,7 @@ impl ClientCore {
         // and transactions are gone; inodes are re-bound by path before any
         // queued operation runs again.
         self.leases_lost(now);
+        self.record_locks_lost();
         let queued: Vec<(Purpose, Request, Instant)> = self.queued.drain(..).collect();
         for (purpose, request, _) in queued {
             match purpose {

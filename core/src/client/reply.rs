@@ -829,6 +829,7 @@ impl ClientCore {
                 attr,
                 error: None,
                 unsynced: false,
+                lock_lost: false,
             },
         );
         fh

@@ -108,6 +108,9 @@ pub struct FsStats {
     pub locks_granted: u64,
     /// Reads under such a lock checked against the last holder's write.
     pub locked_reads: u64,
+    /// Writes of locked updates refused because their lock was lost with
+    /// its session (invariant 14).
+    pub lost_lock_writes: u64,
     /// Files a client created under a directory lease and the host
     /// applied from its stream.
     pub files_streamed: u64,
@@ -147,6 +150,7 @@ impl FsStats {
         self.in_place_commits += o.in_place_commits;
         self.locks_granted += o.locks_granted;
         self.locked_reads += o.locked_reads;
+        self.lost_lock_writes += o.lost_lock_writes;
         self.losses_checked += o.losses_checked;
         self.local_changes += o.local_changes;
         self.disk_full += o.disk_full;
@@ -1488,6 +1492,7 @@ impl Sim {
                         )));
                     }
                     *asked -= 1;
+                    self.commit_under_lock(c, file, idx)?;
                     let losses: Vec<Loss> = self
                         .losses
                         .iter()

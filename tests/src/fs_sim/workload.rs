@@ -728,6 +728,10 @@ impl Simulation for FsSim {
             ("commits of files with several names", s.in_place_commits),
             ("record locks granted to locked updates", s.locks_granted),
             ("reads under a record lock checked", s.locked_reads),
+            (
+                "writes under a lost record lock refused",
+                s.lost_lock_writes,
+            ),
             ("files created under a directory lease", s.files_streamed),
             (
                 "unlinks answered under a directory lease",

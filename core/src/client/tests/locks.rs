@@ -142,6 +142,43 @@ fn a_lock_holder_reads_what_the_last_holder_wrote() {
     }
 }
 
+/// A lock lost with its session (here to a host restart) is not kept
+/// in secret: the program that held it still believes it does, and what
+/// it writes back, computed from what it read under the lock, must not
+/// land over the update of the client that took the lock meanwhile.
+#[test]
+fn writes_under_a_lock_lost_with_its_session_are_refused() {
+    let f = || RelPath::from(vec![name("f")]);
+    let (mut w, [a, b]) = two_open(b"counter 1");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    assert_eq!(read_all(&mut w, 0, a, 64), b"counter 1");
+    w.crash_host();
+    w.restart_host();
+    // Both clients are back, in new sessions.
+    w.run_for(Duration::from_secs(30));
+    // The restart freed the lock: the other client takes it and updates.
+    assert_eq!(w.call(1, set(b, 1, W, false)), Ok(Answer::Done));
+    write(&mut w, 1, b, 0, b"counter 2");
+    assert_eq!(w.call(1, set(b, 1, None, false)), Ok(Answer::Done));
+    // The first program's increment of what it read is refused.
+    let stale = Op::Write {
+        fh: a,
+        offset: 0,
+        data: Bytes::from_static(b"counter 2"),
+        append: false,
+    };
+    assert_eq!(w.call(0, stale), Err(Errno::Io));
+    assert_eq!(w.disk.read_file(&f()), Some(&b"counter 2"[..]));
+    // Once it lets go of its lock, it locks again, reads the other's
+    // update, and writes under the new lock.
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    assert_eq!(read_all(&mut w, 0, a, 64), b"counter 2");
+    write(&mut w, 0, a, 0, b"counter 3");
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    assert_eq!(w.disk.read_file(&f()), Some(&b"counter 3"[..]));
+}
+
 #[test]
 fn a_lock_request_with_no_bytes_is_refused() {
     let (mut w, [a, _]) = two_open(b"x");

@@ -5,7 +5,7 @@
 //! contend, wait and hand the lock over while messages are delayed and
 //! reordered, clients are cut off, and hosts and clients crash.
 //!
-//! Two invariants, from the kernels' side:
+//! Three invariants, from the kernels' side:
 //!
 //! 11. **Mutual exclusion**: when a client is granted the lock, no other
 //!     client's kernel holds it (from its grant until it asks to unlock or
@@ -15,6 +15,9 @@
 //! 12. **Data follows the locks**: a read under the lock returns what the
 //!     last holder wrote (committed by its unlock), or something newer,
 //!     even through a handle opened before that holder wrote.
+//! 14. **Fencing**: no client's commit of the file reaches the disk
+//!     while another client holds the lock by a grant since the last
+//!     fault: writes made under a lock that was lost are refused.
 
 use super::{Ctx, Sim, Violation};
 use wormhole_core::client::{Answer, Fh, Op};
@@ -236,6 +239,10 @@ impl Sim {
                 Step::Read(fh)
             }
             (Step::Read(fh), _, Ok(_)) => Step::Written(fh),
+            (Step::Read(fh), _, Err(Errno::Io)) => {
+                self.stats.lost_lock_writes += 1;
+                Step::Written(fh)
+            }
             (Step::Locked(fh) | Step::Read(fh), _, Err(_)) => Step::Written(fh),
             (Step::Unlocking(fh), _, _) => Step::Open(fh),
             (s, _, _) => s,
@@ -282,6 +289,33 @@ impl Sim {
                     h.locked_min = h.locked_min.max(floor);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Invariant 14, **fencing**: client `c`'s commit of `file` (#`idx`)
+    /// reached the disk. If `file` is the locked updates' file, no other
+    /// kernel holds the lock by a grant since the last fault: a writer
+    /// whose lock was lost (its session ended, the lock went to another)
+    /// must not commit what it wrote believing it still held it.
+    pub(super) fn commit_under_lock(
+        &mut self,
+        c: usize,
+        file: usize,
+        idx: usize,
+    ) -> Result<(), Violation> {
+        if self.locks.file != Some(file) {
+            return Ok(());
+        }
+        if let Some((&other, _)) = self
+            .locks
+            .holders
+            .iter()
+            .find(|&(&o, &live)| o != c && live)
+        {
+            return Err(self.violation(format!(
+                "client {c} committed #{idx} of {LOCKED} while client {other} holds its lock"
+            )));
         }
         Ok(())
     }
