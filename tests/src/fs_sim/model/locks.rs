@@ -264,20 +264,16 @@ impl Sim {
                 "client {c} was granted the lock on {LOCKED} that client {other} holds"
             )));
         }
-        let void = self.locks.holders.values().any(|&live| !live);
         self.locks.holders.insert(c, true);
         let Some(file) = self.locks.file else {
             return Ok(());
         };
-        if void {
-            // A holder from before a fault may still write: what the file
-            // holds is anyone's guess until it lets go.
-            return Ok(());
-        }
         // Only holders write the file, each before its unlock reaches the
-        // host, so the last commit the disk made of it (since the host
-        // last crashed and may have rolled it back) is the last holder's:
-        // this holder must read it, or something newer.
+        // host, and a holder whose lock was lost across a fault writes
+        // nothing more (invariant 14), so the last commit the disk made
+        // of it (since the host last crashed and may have rolled it back)
+        // is the last holder's: this holder must read it, or something
+        // newer.
         let floor = self.files.commits[self.locks.since..]
             .iter()
             .rev()
