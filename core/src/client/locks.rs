@@ -126,6 +126,55 @@ impl ClientCore {
         Ok(())
     }
 
+    /// The kernel interrupted request `req`: a signal reached the program
+    /// waiting for it. A lock request that still waits (for another
+    /// owner's lock, for the file's commit, or for the host) ends with
+    /// EINTR, as `F_SETLKW` and `flock` do on a local disk, and is
+    /// withdrawn at the host (as a wait the host took too long for is,
+    /// see [`ClientCore::reply`]); a grant already on its way is let go
+    /// when it comes. Any other request goes on: each ends by itself, and
+    /// FUSE lets a file system finish an interrupted request.
+    pub fn interrupt(&mut self, now: Instant, req: Req) {
+        if !self.locking.contains_key(&req) {
+            return;
+        }
+        let ours = |p: &Purpose| matches!(p, Purpose::Op { req: r, .. } if *r == req);
+        for f in self.in_flight.values_mut() {
+            if ours(&f.purpose) {
+                f.purpose = Purpose::Abandoned;
+            }
+        }
+        for q in &mut self.queued {
+            if ours(&q.0) {
+                q.0 = Purpose::Abandoned;
+            }
+        }
+        self.deferred.retain(|(r, _)| *r != req);
+        for (_, parked) in self.unlocking.values_mut() {
+            parked.retain(|(r, _, _)| *r != req);
+        }
+        // Waiting behind the file's commit: sent as nothing when it ends.
+        let unhook = |then: &mut AfterCommit| {
+            if let AfterCommit::Lock { kernel, .. } = then
+                && kernel.as_ref().is_some_and(|(r, _)| *r == req)
+            {
+                *kernel = None;
+            }
+        };
+        for waiting in self.after_commit.values_mut() {
+            waiting.iter_mut().for_each(unhook);
+        }
+        for queue in self.blocked.values_mut() {
+            for b in queue.iter_mut() {
+                if let super::Blocked::Commit { then, .. } = b {
+                    unhook(then);
+                }
+            }
+        }
+        self.reply(req, Err(Errno::Intr));
+        self.drain(now);
+    }
+
     /// A new session holds none of the old one's record locks, and the
     /// programs that took them were not told (POSIX has no way to): the
     /// handles they were taken through refuse writes from now on (see

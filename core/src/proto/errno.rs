@@ -92,11 +92,15 @@ pub enum Errno {
     /// waits, through others, for a lock the caller holds).
     #[error("resource deadlock avoided")]
     DeadLk,
+    /// EINTR: a signal interrupted the wait (a lock request waiting for
+    /// another's lock). Never sent by a host: the client answers it.
+    #[error("interrupted system call")]
+    Intr,
 }
 
 impl Errno {
     /// Every errno, for tests and tables.
-    pub const ALL: [Errno; 27] = [
+    pub const ALL: [Errno; 28] = [
         Errno::Perm,
         Errno::NoEnt,
         Errno::Io,
@@ -124,6 +128,7 @@ impl Errno {
         Errno::Range,
         Errno::NoData,
         Errno::DeadLk,
+        Errno::Intr,
     ];
 
     /// The Linux errno number.
@@ -156,6 +161,7 @@ impl Errno {
             Errno::Range => 34,
             Errno::NoData => 61,
             Errno::DeadLk => 35,
+            Errno::Intr => 4,
         }
     }
 

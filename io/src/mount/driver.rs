@@ -79,7 +79,26 @@ impl Shared {
     /// A kernel operation, from fuser's thread: answered before this
     /// returns if the core can, else when the host replies.
     pub(crate) fn op(&self, op: Op, reply: KernelReply) {
-        self.kernel(Kernel::Op { op, reply });
+        self.kernel(Kernel::Op {
+            op,
+            reply,
+            unique: None,
+        });
+    }
+
+    /// Feeds an operation the kernel may interrupt (a lock request that
+    /// waits), known to the kernel as request `unique`.
+    pub(crate) fn interruptible_op(&self, op: Op, reply: KernelReply, unique: u64) {
+        self.kernel(Kernel::Op {
+            op,
+            reply,
+            unique: Some(unique),
+        });
+    }
+
+    /// The kernel interrupted its request `unique`.
+    pub(crate) fn interrupt(&self, unique: u64) {
+        self.kernel(Kernel::Interrupt { unique });
     }
 
     /// The kernel dropped `n` lookup references of `ino`.
@@ -140,8 +159,15 @@ impl Shared {
 
 /// A kernel request on its way to the core.
 enum Kernel {
-    /// An operation and where its answer goes.
-    Op { op: Op, reply: KernelReply },
+    /// An operation, where its answer goes, and the kernel's number for
+    /// it if the kernel may interrupt it.
+    Op {
+        op: Op,
+        reply: KernelReply,
+        unique: Option<u64>,
+    },
+    /// The kernel interrupted its request `unique`.
+    Interrupt { unique: u64 },
     /// The kernel dropped `n` lookup references of `ino`.
     Forget { ino: Ino, n: u64 },
 }
@@ -155,6 +181,8 @@ pub(super) struct State {
     better_paths: Option<Pin<Box<async_channel::Receiver<()>>>>,
     /// Kernel requests the core has not answered yet.
     pending: BTreeMap<Req, KernelReply>,
+    /// The kernel's numbers of pending requests it may interrupt.
+    interruptible: BTreeMap<u64, Req>,
     next_req: u64,
     connecting: Option<BoxFuture<io::Result<HostLink>>>,
     /// `connecting` was started outside the driver, which has not polled
@@ -227,6 +255,7 @@ impl State {
             better_paths: transport.better_paths().map(Box::pin),
             transport,
             pending: BTreeMap::new(),
+            interruptible: BTreeMap::new(),
             next_req: 1,
             connecting: None,
             connect_unpolled: false,
@@ -249,13 +278,25 @@ impl State {
     /// Feeds one kernel request to the core.
     fn kernel(&mut self, request: Kernel) {
         match request {
-            Kernel::Op { op, reply } => {
+            Kernel::Op { op, reply, unique } => {
                 let req = Req(self.next_req);
                 self.next_req += 1;
                 trace!(?req, ?op, "kernel request");
                 self.pending.insert(req, reply);
+                if let Some(unique) = unique {
+                    self.interruptible.insert(unique, req);
+                }
                 let now = self.now();
                 self.core.op(now, req, op);
+            }
+            Kernel::Interrupt { unique } => {
+                // (One the core already answered is no longer here: the
+                // kernel reuses its numbers.)
+                if let Some(req) = self.interruptible.remove(&unique) {
+                    trace!(?req, "kernel interrupt");
+                    let now = self.now();
+                    self.core.interrupt(now, req);
+                }
             }
             Kernel::Forget { ino, n } => self.core.forget(ino, n),
         }
@@ -390,6 +431,9 @@ impl State {
             match o {
                 ClientOutput::Reply { req, result } => match self.pending.remove(&req) {
                     Some(reply) => {
+                        if !self.interruptible.is_empty() {
+                            self.interruptible.retain(|_, r| *r != req);
+                        }
                         if result.is_err() {
                             debug!(?req, ?result, "kernel request failed");
                         }

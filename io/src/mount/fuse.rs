@@ -829,7 +829,7 @@ impl fuser::Filesystem for WormholeFs {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         lock_owner: fuser::LockOwner,
@@ -851,7 +851,24 @@ impl fuser::Filesystem for WormholeFs {
             kind,
             wait: sleep,
         };
-        self.op(op, KernelReply::Empty(reply));
+        if sleep {
+            // A wait for another's lock, which a signal ends.
+            let unique = req.unique().0;
+            self.core
+                .interruptible_op(op, KernelReply::Empty(reply), unique);
+        } else {
+            self.op(op, KernelReply::Empty(reply));
+        }
+    }
+
+    /// A signal reached a program waiting on request `unique`: the core
+    /// ends a lock wait with EINTR and lets the rest finish. (fuser
+    /// itself answers ENOSYS, after which Linux sends no more interrupts
+    /// and a program waiting for another machine's lock cannot be
+    /// killed: see io/vendor/fuser.)
+    fn interrupt(&self, _req: &Request, unique: fuser::RequestId) -> Result<(), fuser::Errno> {
+        self.core.interrupt(unique.0);
+        Ok(())
     }
 
     fn release(

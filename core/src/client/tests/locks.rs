@@ -179,6 +179,36 @@ fn writes_under_a_lock_lost_with_its_session_are_refused() {
     assert_eq!(w.disk.read_file(&f()), Some(&b"counter 3"[..]));
 }
 
+/// A signal ends a wait for another client's lock with EINTR, as on a
+/// local disk, and the withdrawn request is never granted behind the
+/// program's back: the lock is free for others once its holder lets go.
+#[test]
+fn an_interrupted_lock_wait_ends_with_eintr_and_takes_nothing() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.answer(1, waiting), None, "waits for the holder");
+    let now = w.now;
+    w.clients[1].core.interrupt(now, waiting);
+    w.pump();
+    assert_eq!(w.wait(1, waiting), Err(Errno::Intr));
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    w.settle();
+    // Nobody holds it: the first client takes it again, and the second
+    // client's owner finds it taken.
+    assert_eq!(w.call(0, set(a, 2, W, false)), Ok(Answer::Done));
+    assert_eq!(w.call(1, set(b, 1, W, false)), Err(Errno::Again));
+    // An interrupt that comes after the grant changes nothing.
+    assert_eq!(w.call(0, set(a, 2, None, false)), Ok(Answer::Done));
+    let granted = w.op(1, set(b, 1, W, true));
+    assert_eq!(w.wait(1, granted), Ok(Answer::Done));
+    let now = w.now;
+    w.clients[1].core.interrupt(now, granted);
+    w.pump();
+    assert_eq!(w.call(0, set(a, 1, W, false)), Err(Errno::Again));
+}
+
 #[test]
 fn a_lock_request_with_no_bytes_is_refused() {
     let (mut w, [a, _]) = two_open(b"x");
