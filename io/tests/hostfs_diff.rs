@@ -85,20 +85,27 @@ fn op(rng: &mut Rng) -> FsOp {
     // those two).
     let xattr = |rng: &mut Rng| rng.pick(&[&b"user.a"[..], b"user.b"]).to_vec();
     match rng.below(33) {
+        // (No identity: the two disks number their files apart.)
         29 => FsOp::GetXattr {
             path: path(rng),
             name: xattr(rng),
+            key: None,
         },
-        30 => FsOp::ListXattr { path: path(rng) },
+        30 => FsOp::ListXattr {
+            path: path(rng),
+            key: None,
+        },
         31 => FsOp::SetXattr {
             path: path(rng),
             name: xattr(rng),
             value: rng.pick(&[&b""[..], b"v", b"a longer value"]).to_vec(),
             how: *rng.pick(&[XattrSet::Either, XattrSet::Create, XattrSet::Replace]),
+            key: None,
         },
         32 => FsOp::RemoveXattr {
             path: path(rng),
             name: xattr(rng),
+            key: None,
         },
         27 | 28 => FsOp::Link {
             path: path(rng),
@@ -721,25 +728,29 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
             to: p(to),
             key,
         },
-        FsOp::GetXattr { path, name } => FsOp::GetXattr {
+        FsOp::GetXattr { path, name, key } => FsOp::GetXattr {
             path: p(path),
             name,
+            key,
         },
-        FsOp::ListXattr { path } => FsOp::ListXattr { path: p(path) },
+        FsOp::ListXattr { path, key } => FsOp::ListXattr { path: p(path), key },
         FsOp::SetXattr {
             path,
             name,
             value,
             how,
+            key,
         } => FsOp::SetXattr {
             path: p(path),
             name,
             value,
             how,
+            key,
         },
-        FsOp::RemoveXattr { path, name } => FsOp::RemoveXattr {
+        FsOp::RemoveXattr { path, name, key } => FsOp::RemoveXattr {
             path: p(path),
             name,
+            key,
         },
         FsOp::Symlink {
             path,

@@ -892,6 +892,7 @@ fn a_commit_keeps_extended_attributes_but_not_a_capability() {
         name: name.to_vec(),
         value: value.to_vec(),
         how: XattrSet::Either,
+        key: None,
     };
     // A capability set as root would be, in the format the kernel checks
     // (VFS_CAP_REVISION_2, no bits).
@@ -920,13 +921,49 @@ fn a_commit_keeps_extended_attributes_but_not_a_capability() {
             panic!("commit")
         };
         assert_ne!(after.key, base.key, "a new version");
-        let Ok(FsOk::Xattr(list)) = run(FsOp::ListXattr { path: rel("f") }) else {
+        let Ok(FsOk::Xattr(list)) = run(FsOp::ListXattr {
+            path: rel("f"),
+            key: None,
+        }) else {
             panic!("list")
         };
         let mut names: Vec<&[u8]> = list.split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
         names.sort();
         assert_eq!(names, vec![&b"user.before"[..], b"user.during"]);
     }
+}
+
+/// An attribute is read or changed only on the file the host knows its
+/// node by (the key it sends): another file renamed onto the path is
+/// ESTALE, on the real disk as on MemFs.
+#[test]
+fn extended_attributes_are_only_of_the_file_named() {
+    let tmp = tempfile::Builder::new()
+        .prefix("wormhole-xattrkey")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::fs::write(tmp.path().join("a"), b"x").expect("write a");
+    std::fs::write(tmp.path().join("b"), b"y").expect("write b");
+    let fs = HostFs::open(tmp.path(), HostFsConfig::default()).expect("open");
+    let Ok(FsOk::Attr(a)) = fs.execute(FsOp::Stat { path: rel("a") }) else {
+        panic!("stat a")
+    };
+    let get = || FsOp::GetXattr {
+        path: rel("a"),
+        name: b"user.tag".to_vec(),
+        key: Some(a.key),
+    };
+    assert_eq!(fs.execute(get()).err(), Some(Errno::NoData));
+    std::fs::rename(tmp.path().join("b"), tmp.path().join("a")).expect("b over a");
+    assert_eq!(fs.execute(get()).err(), Some(Errno::Stale));
+    let set = FsOp::SetXattr {
+        path: rel("a"),
+        name: b"user.tag".to_vec(),
+        value: b"v".to_vec(),
+        how: wormhole_core::proto::XattrSet::Either,
+        key: Some(a.key),
+    };
+    assert_eq!(fs.execute(set).err(), Some(Errno::Stale));
 }
 
 #[test]

@@ -323,12 +323,22 @@ pub enum FsOp {
         path: RelPath,
         /// The attribute's name.
         name: Vec<u8>,
+        /// The identity the host knows the file by: another file at
+        /// `path` (renamed there after the request was made) is ESTALE,
+        /// so one file's attributes are never read or changed through
+        /// another's node. `None`: not checked.
+        key: Option<FileKey>,
     },
     /// The names of its extended attributes, each ended by a NUL
     /// ([`FsOk::Xattr`]; of a regular file or directory only).
     ListXattr {
         /// The file or directory.
         path: RelPath,
+        /// The identity the host knows the file by: another file at
+        /// `path` (renamed there after the request was made) is ESTALE,
+        /// so one file's attributes are never read or changed through
+        /// another's node. `None`: not checked.
+        key: Option<FileKey>,
     },
     /// Set an extended attribute; answers the attributes after it.
     SetXattr {
@@ -340,6 +350,11 @@ pub enum FsOp {
         value: Vec<u8>,
         /// Create, replace, or either.
         how: XattrSet,
+        /// The identity the host knows the file by: another file at
+        /// `path` (renamed there after the request was made) is ESTALE,
+        /// so one file's attributes are never read or changed through
+        /// another's node. `None`: not checked.
+        key: Option<FileKey>,
     },
     /// Remove an extended attribute; answers the attributes after it.
     RemoveXattr {
@@ -347,6 +362,11 @@ pub enum FsOp {
         path: RelPath,
         /// The attribute's name.
         name: Vec<u8>,
+        /// The identity the host knows the file by: another file at
+        /// `path` (renamed there after the request was made) is ESTALE,
+        /// so one file's attributes are never read or changed through
+        /// another's node. `None`: not checked.
+        key: Option<FileKey>,
     },
     /// A symlink's text.
     Readlink {

@@ -513,8 +513,12 @@ impl MemFs {
     /// attributes the host reads and writes: anything else is EPERM, as
     /// Linux answers for the `user.` namespace (the host never opens a
     /// special file, and a symlink is not followed).
-    fn xattr_holder(&self, path: &RelPath) -> Result<&Inode, Errno> {
-        let n = self.inodes.get(&self.resolve(path)?).ok_or(Errno::NoEnt)?;
+    fn xattr_holder(&self, path: &RelPath, key: Option<FileKey>) -> Result<&Inode, Errno> {
+        let ino = self.resolve(path)?;
+        if key.is_some_and(|k| k != (FileKey { dev: DEV, ino })) {
+            return Err(Errno::Stale);
+        }
+        let n = self.inodes.get(&ino).ok_or(Errno::NoEnt)?;
         match n.kind {
             FileKind::File | FileKind::Dir => Ok(n),
             _ => Err(Errno::Perm),
@@ -769,7 +773,7 @@ impl MemFs {
             }
             // Of anything else, as Linux reads the `user.` namespace:
             // nothing there.
-            FsOp::GetXattr { path, name } => match self.xattr_holder(&path) {
+            FsOp::GetXattr { path, name, key } => match self.xattr_holder(&path, key) {
                 Ok(n) => n
                     .xattrs
                     .get(&name)
@@ -779,8 +783,8 @@ impl MemFs {
                 Err(Errno::Perm) => Err(Errno::NoData),
                 Err(e) => Err(e),
             },
-            FsOp::ListXattr { path } => {
-                let n = match self.xattr_holder(&path) {
+            FsOp::ListXattr { path, key } => {
+                let n = match self.xattr_holder(&path, key) {
                     Err(Errno::Perm) => return Ok(FsOk::Xattr(Vec::new())),
                     other => other?,
                 };
@@ -796,9 +800,10 @@ impl MemFs {
                 name,
                 value,
                 how,
+                key,
             } => {
                 let ino = self.resolve(&path)?;
-                self.xattr_holder(&path)?;
+                self.xattr_holder(&path, key)?;
                 let now = self.now;
                 let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
                 match (how, n.xattrs.contains_key(&name)) {
@@ -810,9 +815,9 @@ impl MemFs {
                 n.ctime = now;
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
-            FsOp::RemoveXattr { path, name } => {
+            FsOp::RemoveXattr { path, name, key } => {
                 let ino = self.resolve(&path)?;
-                self.xattr_holder(&path)?;
+                self.xattr_holder(&path, key)?;
                 let now = self.now;
                 let n = self.inodes.get_mut(&ino).ok_or(Errno::NoEnt)?;
                 n.xattrs.remove(&name).ok_or(Errno::NoData)?;

@@ -326,16 +326,18 @@ impl HostServer {
                 // for security labels and ACLs of every file).
                 self.xattr_name(&name).map_err(|_| Errno::NoData)?;
                 let path = self.path_of(node)?;
+                let key = self.nodes.key(node);
                 self.fs(
                     answer(ReplyAs::Xattr { list: false }),
-                    FsOp::GetXattr { path, name },
+                    FsOp::GetXattr { path, name, key },
                 );
             }
             Request::ListXattr { node } => {
                 let path = self.path_of(node)?;
+                let key = self.nodes.key(node);
                 self.fs(
                     answer(ReplyAs::Xattr { list: true }),
-                    FsOp::ListXattr { path },
+                    FsOp::ListXattr { path, key },
                 );
             }
             Request::SetXattr {
@@ -358,6 +360,7 @@ impl HostServer {
                         name,
                         value,
                         how,
+                        key: self.nodes.key(node),
                     },
                 );
             }
@@ -368,7 +371,11 @@ impl HostServer {
                 self.guard(session, node, false)?;
                 self.fs(
                     answer(ReplyAs::Stat { node }),
-                    FsOp::RemoveXattr { path, name },
+                    FsOp::RemoveXattr {
+                        path,
+                        name,
+                        key: self.nodes.key(node),
+                    },
                 );
             }
             Request::Link { node, parent, name } => {

@@ -338,15 +338,16 @@ impl HostFs {
                 owner,
             } => self.mknod(&path, kind, mode, rdev, owner),
             FsOp::Link { path, to, key } => self.link(&path, &to, key),
-            FsOp::GetXattr { path, name } => self.get_xattr(&path, &name),
-            FsOp::ListXattr { path } => self.list_xattr(&path),
+            FsOp::GetXattr { path, name, key } => self.get_xattr(&path, key, &name),
+            FsOp::ListXattr { path, key } => self.list_xattr(&path, key),
             FsOp::SetXattr {
                 path,
                 name,
                 value,
                 how,
-            } => self.set_xattr(&path, &name, &value, how),
-            FsOp::RemoveXattr { path, name } => self.remove_xattr(&path, &name),
+                key,
+            } => self.set_xattr(&path, key, &name, &value, how),
+            FsOp::RemoveXattr { path, name, key } => self.remove_xattr(&path, key, &name),
             FsOp::Readlink { path } => {
                 let Some((dir, name)) = self.parent(&path)? else {
                     return Err(Errno::Inval);

@@ -11,9 +11,9 @@ use rustix::fs::{self as rfs, FileType, OFlags, XattrFlags};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use wormhole_core::host::{FsOk, FsResult, RelPath};
-use wormhole_core::proto::{CAPABILITY_XATTR, Errno, MAX_XATTR_SIZE, XattrSet};
+use wormhole_core::proto::{CAPABILITY_XATTR, Errno, FileKey, MAX_XATTR_SIZE, XattrSet};
 
-use super::{HostFs, fd_attr, os, sys};
+use super::{HostFs, attr, fd_attr, os, sys};
 
 /// Gives the staged copy of the file `name` in `dir` the file's
 /// extended attributes, as they are at its commit: all but the
@@ -58,10 +58,14 @@ fn copy_named(path: &std::ffi::OsStr, names: &[u8], to: &File) {
 
 impl HostFs {
     /// The regular file or directory at `path` (not following a final
-    /// symlink), opened for reading; EPERM for anything else.
-    fn xattr_fd(&self, path: &RelPath) -> Result<OwnedFd, Errno> {
+    /// symlink), opened for reading; ESTALE if it is not the file `key`
+    /// names (another was renamed there), EPERM for anything else.
+    fn xattr_fd(&self, path: &RelPath, key: Option<FileKey>) -> Result<OwnedFd, Errno> {
         let probe = self.open_beneath(path, OFlags::PATH)?;
         let st = rfs::fstat(&probe).map_err(sys)?;
+        if key.is_some() && attr(&st).map(|a| a.key) != key {
+            return Err(Errno::Stale);
+        }
         match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => Ok(self.regular(&probe, OFlags::RDONLY | OFlags::NOCTTY)?.0),
             FileType::Directory => self.reopen(&probe, OFlags::RDONLY | OFlags::DIRECTORY),
@@ -69,8 +73,8 @@ impl HostFs {
         }
     }
 
-    pub(super) fn get_xattr(&self, path: &RelPath, name: &[u8]) -> FsResult {
-        let fd = match self.xattr_fd(path) {
+    pub(super) fn get_xattr(&self, path: &RelPath, key: Option<FileKey>, name: &[u8]) -> FsResult {
+        let fd = match self.xattr_fd(path, key) {
             Err(Errno::Perm) => return Err(Errno::NoData),
             other => other?,
         };
@@ -80,8 +84,8 @@ impl HostFs {
         Ok(FsOk::Xattr(buf))
     }
 
-    pub(super) fn list_xattr(&self, path: &RelPath) -> FsResult {
-        let fd = match self.xattr_fd(path) {
+    pub(super) fn list_xattr(&self, path: &RelPath, key: Option<FileKey>) -> FsResult {
+        let fd = match self.xattr_fd(path, key) {
             Err(Errno::Perm) => return Ok(FsOk::Xattr(Vec::new())),
             other => other?,
         };
@@ -94,11 +98,12 @@ impl HostFs {
     pub(super) fn set_xattr(
         &self,
         path: &RelPath,
+        key: Option<FileKey>,
         name: &[u8],
         value: &[u8],
         how: XattrSet,
     ) -> FsResult {
-        let fd = self.xattr_fd(path)?;
+        let fd = self.xattr_fd(path, key)?;
         let flags = match how {
             XattrSet::Either => XattrFlags::empty(),
             XattrSet::Create => XattrFlags::CREATE,
@@ -108,8 +113,13 @@ impl HostFs {
         fd_attr(&fd)
     }
 
-    pub(super) fn remove_xattr(&self, path: &RelPath, name: &[u8]) -> FsResult {
-        let fd = self.xattr_fd(path)?;
+    pub(super) fn remove_xattr(
+        &self,
+        path: &RelPath,
+        key: Option<FileKey>,
+        name: &[u8],
+    ) -> FsResult {
+        let fd = self.xattr_fd(path, key)?;
         rfs::fremovexattr(&fd, os(name)).map_err(sys)?;
         fd_attr(&fd)
     }
