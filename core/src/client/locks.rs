@@ -171,6 +171,12 @@ impl ClientCore {
                 }
             }
         }
+        // Taken back, not unlocked: what the owner already held of those
+        // bytes (a read lock it waited to upgrade) stays held, as an
+        // interrupted F_SETLKW leaves it on a local disk.
+        if let Some((node, owner, range)) = self.locking.remove(&req) {
+            self.send_unlock(now, Request::Withdraw { node, owner, range });
+        }
         self.reply(req, Err(Errno::Intr));
         self.drain(now);
     }
@@ -235,13 +241,39 @@ impl ClientCore {
             parked.push((req, op, request));
             return;
         }
+        if let Request::SetLock { node, owner, .. } = request {
+            // A grant still on its way for an earlier request of this
+            // owner that nobody waits for any more (interrupted, or given
+            // up) would be let go with an unlock when it comes, and the
+            // unlock would release what this request is granted (fs_sim,
+            // seed 7378 of the signals' workload). The owner's newest
+            // request decides what it holds; the earlier grant is kept,
+            // and goes with the owner's locks at its unlock or close.
+            let earlier = |p: &Purpose, r: &Request| {
+                matches!(p, Purpose::Abandoned)
+                    && matches!(r, Request::SetLock { node: n, owner: o, .. } if *n == node && *o == owner)
+            };
+            for f in self.in_flight.values_mut() {
+                if earlier(&f.purpose, &f.request) {
+                    f.purpose = Purpose::Forget;
+                }
+            }
+            for q in &mut self.queued {
+                if earlier(&q.0, &q.1) {
+                    q.0 = Purpose::Forget;
+                }
+            }
+        }
         self.send(now, Purpose::kernel_op(req, &op), request);
     }
 
-    /// Sends an unlock of the client's own (a close's, a withdrawal): the
-    /// owner's lock requests on the file wait until it is answered.
+    /// Sends an unlock of the client's own (a close's, a withdrawal), or
+    /// the withdrawal of an interrupted wait: the owner's lock requests on
+    /// the file wait until it is answered (a late withdrawal would
+    /// otherwise take back the request a restarted `F_SETLKW` sends).
     pub(super) fn send_unlock(&mut self, now: Instant, request: Request) {
-        let Request::Unlock { node, owner, .. } = request else {
+        let (Request::Unlock { node, owner, .. } | Request::Withdraw { node, owner, .. }) = request
+        else {
             return;
         };
         self.unlocking.entry((node, owner)).or_default().0 += 1;
@@ -393,18 +425,19 @@ fn check(range: ByteRange) -> Result<(), Errno> {
 
 /// Requests sent again when their answer is late rather than failed: a
 /// lock that waits for its holder (the host keeps one waiter per owner and
-/// bytes, answering the latest request), and an unlock (harmless twice).
+/// bytes, answering the latest request), and an unlock or withdrawal
+/// (harmless twice).
 pub(super) fn asked_again(request: &Request) -> bool {
     matches!(
         request,
-        Request::SetLock { wait: true, .. } | Request::Unlock { .. }
+        Request::SetLock { wait: true, .. } | Request::Unlock { .. } | Request::Withdraw { .. }
     )
 }
 
 /// Requests that never fail here, however long the host is out of reach:
-/// an unlock. Given up, it would leave the lock held at the host for as
+/// an unlock (and a withdrawal, which the owner's next lock waits for). Given up, it would leave the lock held at the host for as
 /// long as the session lives, and the kernel believing it free; it waits
 /// for the host like a write does.
 pub(super) fn never_fails(request: &Request) -> bool {
-    matches!(request, Request::Unlock { .. })
+    matches!(request, Request::Unlock { .. } | Request::Withdraw { .. })
 }

@@ -255,13 +255,7 @@ impl RangeLocks {
     /// unlocks is not waiting (a client that gave up on a wait says so
     /// this way, and a grant it would never hear of cannot linger).
     pub fn unlock(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
-        if let Some(file) = self.files.get_mut(&node) {
-            let before = file.waiting.len();
-            file.waiting
-                .retain(|w| w.owner != owner || !w.range.overlaps(&range));
-            let withdrawn = before - file.waiting.len();
-            self.adjust(owner.session, withdrawn, 0);
-        }
+        self.take_back(owner, node, range);
         if let Some(file) = self.files.get(&node) {
             let held = file.without(owner, range);
             // Removing never splits more than one range in two, and an
@@ -283,6 +277,26 @@ impl RangeLocks {
             self.wake(node);
         }
         debug_assert!(self.consistent());
+    }
+
+    /// Withdraws `owner`'s requests waiting for bytes of `range` on
+    /// `node`, leaving the locks it holds (a wait its program gave up on,
+    /// interrupted by a signal), and wakes the waiters that can now go.
+    pub fn withdraw(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
+        self.take_back(owner, node, range);
+        self.wake(node);
+        debug_assert!(self.consistent());
+    }
+
+    /// Drops `owner`'s waiting requests for bytes of `range` on `node`.
+    fn take_back(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
+        if let Some(file) = self.files.get_mut(&node) {
+            let before = file.waiting.len();
+            file.waiting
+                .retain(|w| w.owner != owner || !w.range.overlaps(&range));
+            let withdrawn = before - file.waiting.len();
+            self.adjust(owner.session, withdrawn, 0);
+        }
     }
 
     /// The first lock of another owner that stops `owner` taking `kind`
@@ -659,6 +673,28 @@ mod tests {
         let g = t.poll_grant().expect("a grant");
         assert_eq!(g.request, RequestId(1));
         assert_eq!(t.poll_grant(), None);
+    }
+
+    #[test]
+    fn a_withdrawal_takes_back_the_wait_and_keeps_what_is_held() {
+        let mut t = RangeLocks::default();
+        let (a, b) = (owner(1, 1), owner(2, 1));
+        t.lock(a, F, r(0, 9), R, None).expect("granted");
+        t.lock(b, F, r(0, 9), R, None).expect("granted");
+        assert_eq!(
+            t.lock(a, F, r(0, 9), W, Some(RequestId(1))),
+            Ok(RangeOutcome::Queued),
+            "an upgrade waits for the other reader"
+        );
+        t.withdraw(a, F, r(0, 9));
+        assert_eq!(t.held_by(a, F), vec![(r(0, 9), R)]);
+        t.unlock(b, F, ByteRange::WHOLE);
+        assert_eq!(t.poll_grant(), None, "nothing waits any more");
+        assert_eq!(
+            t.lock(b, F, r(0, 9), W, None),
+            Err(Errno::Again),
+            "the read lock still keeps writers out"
+        );
     }
 
     #[test]

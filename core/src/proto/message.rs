@@ -895,6 +895,17 @@ pub enum Request {
         /// The new name.
         name: Name,
     },
+    /// Take back `owner`'s lock requests on `range` that still wait (a
+    /// signal interrupted the program's `F_SETLKW`), leaving the locks
+    /// it holds as they are: [`Reply::Done`].
+    Withdraw {
+        /// The file.
+        node: NodeId,
+        /// The kernel's lock owner.
+        owner: u64,
+        /// The bytes the request asked for.
+        range: ByteRange,
+    },
 }
 
 /// A successful reply.

@@ -209,6 +209,34 @@ fn an_interrupted_lock_wait_ends_with_eintr_and_takes_nothing() {
     assert_eq!(w.call(0, set(a, 1, W, false)), Err(Errno::Again));
 }
 
+/// An interrupted wait to upgrade a read lock to a write lock leaves the
+/// read lock held, as on a local disk: the wait is taken back, not the
+/// bytes unlocked.
+#[test]
+fn an_interrupted_upgrade_keeps_the_lock_held_before() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, R, false)), Ok(Answer::Done));
+    assert_eq!(w.call(1, set(b, 1, R, false)), Ok(Answer::Done));
+    let upgrade = w.op(0, set(a, 1, W, true));
+    w.run_for(Duration::from_secs(5));
+    assert_eq!(w.answer(0, upgrade), None, "waits for the other reader");
+    let now = w.now;
+    w.clients[0].core.interrupt(now, upgrade);
+    w.pump();
+    assert_eq!(w.wait(0, upgrade), Err(Errno::Intr));
+    w.settle();
+    assert_eq!(
+        w.call(1, set(b, 1, W, false)),
+        Err(Errno::Again),
+        "the first client still holds its read lock"
+    );
+    // A wait asked again at once (SA_RESTART) is not taken back by the
+    // withdrawal before it: it waits, and gets the lock when it is free.
+    let again = w.op(0, set(a, 1, W, true));
+    assert_eq!(w.call(1, set(b, 1, None, false)), Ok(Answer::Done));
+    assert_eq!(w.wait(0, again), Ok(Answer::Done));
+}
+
 #[test]
 fn a_lock_request_with_no_bytes_is_refused() {
     let (mut w, [a, _]) = two_open(b"x");

@@ -460,6 +460,12 @@ impl HostServer {
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_record_locks();
             }
+            Request::Withdraw { node, owner, range } => {
+                self.ranges
+                    .withdraw(RangeOwner { session, owner }, node, range);
+                self.answer(session, id, Ok(Reply::Done));
+                self.drain_record_locks();
+            }
             Request::TestLock {
                 node,
                 owner,

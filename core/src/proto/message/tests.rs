@@ -160,6 +160,11 @@ fn every_request() -> Vec<Request> {
             owner: 0xfeed,
             range: ByteRange::WHOLE,
         },
+        Request::Withdraw {
+            node: NodeId(6),
+            owner: 0xfeed,
+            range: ByteRange { start: 10, end: 19 },
+        },
         Request::TestLock {
             node: NodeId(6),
             owner: 0xbeef,
