@@ -31,7 +31,14 @@ wormhole_tests::simulation_tests!(FsSim);
 /// client's own commit, answered after it, put the old size back in the
 /// cache, which later cut a read of the new version (54283); the model
 /// took a FLUSH after an `fsync` still waiting for the file's lock as
-/// committing an `O_TRUNC` (59203, the model's error).
+/// committing an `O_TRUNC` (59203, the model's error). With signals to
+/// lock waiters and readers that dawdle more (2026-12-07): a grant of
+/// an interrupted wait, let go when it came, released the lock the
+/// owner's next request had been granted (7378); an attribute read
+/// through a node whose path another file had been renamed onto
+/// answered that file's attribute (4900); a `stat` answered from the
+/// cache while the host was out of reach gave the kernel a size it kept
+/// and cut the next read of the new version at (2227).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [

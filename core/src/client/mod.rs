@@ -1188,6 +1188,15 @@ impl ClientCore {
     }
 
     fn kernel_ttl(&self, kind: crate::cache::Kind) -> Duration {
+        // While the host cannot be reached the cache answers however old
+        // its entries are: the kernel must not keep such an answer, or a
+        // size it got then would cut the first reads of the file's newer
+        // version once the host is back (fs_sim, seed 2227: a `stat`
+        // answered from the cache as the link healed, a read of the new
+        // version cut at the old size).
+        if self.unreachable() {
+            return Duration::ZERO;
+        }
         self.cache.config().ttl(kind)
     }
 }

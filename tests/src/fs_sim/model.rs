@@ -111,6 +111,8 @@ pub struct FsStats {
     /// Writes of locked updates refused because their lock was lost with
     /// its session (invariant 14).
     pub lost_lock_writes: u64,
+    /// Lock waits of locked updates a signal ended (EINTR).
+    pub lock_waits_interrupted: u64,
     /// Files a client created under a directory lease and the host
     /// applied from its stream.
     pub files_streamed: u64,
@@ -151,6 +153,7 @@ impl FsStats {
         self.locks_granted += o.locks_granted;
         self.locked_reads += o.locked_reads;
         self.lost_lock_writes += o.lost_lock_writes;
+        self.lock_waits_interrupted += o.lock_waits_interrupted;
         self.losses_checked += o.losses_checked;
         self.local_changes += o.local_changes;
         self.disk_full += o.disk_full;

@@ -4,7 +4,7 @@
 //! handles), then the liveness phase.
 
 use super::model::{FsStats, LOCKED, Local, Sim, Violation, xattr_op};
-use crate::seeds::Simulation;
+use crate::seeds::{SHARDS, Simulation};
 use bytes::Bytes;
 use std::time::Duration;
 use wormhole_core::client::Op;
@@ -236,6 +236,9 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
     let mut room_at: Option<Instant> = None;
     let mut tag = 0u64;
     let mut locking = Rng::from_u64(rng.next_u64());
+    // Signals to programs waiting for a lock: a generator of their own,
+    // so the other draws stay as they were.
+    let mut signals = Rng::from_u64(locking.next_u64() ^ 0x5167_0000_0000_0014);
     for _ in 0..actions {
         let now = sim.w.now;
         if heal_at.is_some_and(|t| now >= t) {
@@ -270,6 +273,12 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
                 let data = payload(locking.next_u64(), len);
                 sim.locked_step(lc, data)?;
             }
+        }
+        // Now and then, a signal reaches a program waiting for the lock
+        // (F_SETLKW ends with EINTR).
+        if signals.below(100) < 3 {
+            let sc = signals.below(sim.clients() as u64) as usize;
+            sim.locked_interrupt(sc);
         }
         // Now and then, a client sets, removes or reads an extended
         // attribute of a file its kernel knows.
@@ -410,7 +419,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
                         // Sometimes the program dawdles between the two
                         // while others write (`tail -f`): its kernel
                         // keeps the size it got, and cuts the read there.
-                        if rng.below(4) == 0 {
+                        if rng.below(2) == 0 {
                             sim.advance(Duration::from_millis(rng.below(800)))?;
                         }
                     }
@@ -691,10 +700,6 @@ impl Simulation for FsSim {
             ("whole-file reads checked", s.reads_checked),
             ("small reads inside a file checked", s.slices_checked),
             (
-                "reads cut at their kernel's size",
-                s.reads_cut_by_kernel_size,
-            ),
-            (
                 "appends at the end of another writer's commit",
                 s.appends_after_another,
             ),
@@ -732,6 +737,7 @@ impl Simulation for FsSim {
                 "writes under a lost record lock refused",
                 s.lost_lock_writes,
             ),
+            ("lock waits ended by a signal", s.lock_waits_interrupted),
             ("files created under a directory lease", s.files_streamed),
             (
                 "unlinks answered under a directory lease",
@@ -751,5 +757,28 @@ impl Simulation for FsSim {
             assert!(n > 0, "the workload never produced {what}: {s:#?}");
         }
         assert!(s.ok > s.ops / 2, "most operations should succeed: {s:#?}");
+        rare_coverage(s);
+    }
+}
+
+/// Coverage of what a race makes rare, summed over the shards of one
+/// run: a read legitimately cut at its kernel's size needs another
+/// client's growing commit to land between a `stat` and the read, and
+/// the client's news of it not to (0–4 per shard of 2,500 seeds since
+/// answers given while the host is out of reach are not kept by the
+/// kernel). The last of the run's [`SHARDS`] shards to finish checks the
+/// sum; a run of fewer shards (a filter) checks nothing here.
+fn rare_coverage(s: &FsStats) {
+    static SUM: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
+    let mut sum = SUM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    sum.0 += 1;
+    sum.1 += s.reads_cut_by_kernel_size;
+    if sum.0 == SHARDS {
+        assert!(
+            sum.1 > 0,
+            "the run's shards never produced reads cut at their kernel's size"
+        );
     }
 }

@@ -68,6 +68,8 @@ pub(super) struct LockModel {
     pub(super) since: usize,
     /// A request of the current step is out.
     pub(super) waiting: Vec<bool>,
+    /// The kernel request of a lock wait, while it is out.
+    pub(super) asked: Vec<Option<wormhole_core::client::Req>>,
 }
 
 impl LockModel {
@@ -85,6 +87,7 @@ impl Sim {
         if self.locks.steps.len() < self.kernels.len() {
             self.locks.steps.resize(self.kernels.len(), Step::Idle);
             self.locks.waiting.resize(self.kernels.len(), false);
+            self.locks.asked.resize(self.kernels.len(), None);
         }
         if self.locks.waiting[c] {
             return Ok(());
@@ -131,7 +134,32 @@ impl Sim {
             (s, _) => s,
         };
         self.locks.waiting[c] = true;
-        self.op(c, op).map(|_| ())
+        let req = self.op(c, op)?;
+        if let Step::Locking(_) = self.locks.steps[c] {
+            self.locks.asked[c] = Some(req);
+        }
+        Ok(())
+    }
+
+    /// A signal reaches client `c`'s program while it waits for the lock:
+    /// its kernel interrupts the request (the mount ends it with EINTR).
+    pub fn locked_interrupt(&mut self, c: usize) {
+        let waiting = matches!(self.locks.steps.get(c), Some(Step::Locking(_)))
+            && self.locks.waiting.get(c) == Some(&true);
+        let Some(req) = self
+            .locks
+            .asked
+            .get(c)
+            .copied()
+            .flatten()
+            .filter(|_| waiting)
+        else {
+            return;
+        };
+        self.note(|| format!("c{c} signal: interrupt {req:?}"));
+        let now = self.w.now;
+        self.w.clients[c].core.interrupt(now, req);
+        self.w.pump();
     }
 
     /// Client `c` closes its handle of `LOCKED` (which releases its
@@ -225,7 +253,12 @@ impl Sim {
                 self.granted(c)?;
                 Step::Locked(fh)
             }
-            (Step::Locking(fh), _, Err(_)) => Step::Open(fh),
+            (Step::Locking(fh), _, Err(e)) => {
+                if *e == Errno::Intr {
+                    self.stats.lock_waits_interrupted += 1;
+                }
+                Step::Open(fh)
+            }
             (Step::Locked(fh), _, Ok(_)) => {
                 if matches!(
                     ctx,
