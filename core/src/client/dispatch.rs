@@ -446,7 +446,7 @@ impl ClientCore {
                     owner: Some(owner), ..
                 } = op
                 {
-                    self.let_go_of_lost_locks(*fh);
+                    self.let_go_of_lost_locks(*fh, owner);
                     self.release_locks(now, Some(node), Some(owner), None)?;
                 }
             }
@@ -1018,10 +1018,10 @@ impl ClientCore {
         offset: u64,
         entries: &[crate::proto::DirEntry],
     ) {
+        let ttl = self.kernel_ttl(Kind::Attr);
         let Some(vfs) = self.vfs.as_mut() else {
             return self.reply(req, Err(Errno::NotConn));
         };
-        let ttl = self.cache.config().ttl(Kind::Attr);
         let mut items = Vec::new();
         // `.` at offset 0 and `..` at 1, as a local disk lists them; the
         // entries follow from offset 2.

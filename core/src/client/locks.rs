@@ -79,7 +79,8 @@ impl ClientCore {
                 check(range)?;
                 if range == ByteRange::WHOLE {
                     self.lockers.remove(&(node, owner));
-                    self.let_go_of_lost_locks(fh);
+                    self.granted.remove(&(node, owner));
+                    self.let_go_of_lost_locks(fh, owner);
                 }
                 Request::Unlock { node, owner, range }
             }
@@ -113,6 +114,7 @@ impl ClientCore {
             .collect();
         for (node, owner) in gone {
             self.lockers.remove(&(node, owner));
+            self.granted.remove(&(node, owner));
             let then = AfterCommit::Lock {
                 kernel: None,
                 request: Request::Unlock {
@@ -139,16 +141,16 @@ impl ClientCore {
             return;
         }
         let ours = |p: &Purpose| matches!(p, Purpose::Op { req: r, .. } if *r == req);
+        let mut sent = false;
         for f in self.in_flight.values_mut() {
             if ours(&f.purpose) {
                 f.purpose = Purpose::Abandoned;
+                sent = true;
             }
         }
-        for q in &mut self.queued {
-            if ours(&q.0) {
-                q.0 = Purpose::Abandoned;
-            }
-        }
+        // Not sent yet: never sent (granted later, it would be let go
+        // with an unlock of its bytes, and so of what the owner holds).
+        self.queued.retain(|q| !ours(&q.0));
         self.deferred.retain(|(r, _)| *r != req);
         for (_, parked) in self.unlocking.values_mut() {
             parked.retain(|(r, _, _)| *r != req);
@@ -174,7 +176,9 @@ impl ClientCore {
         // Taken back, not unlocked: what the owner already held of those
         // bytes (a read lock it waited to upgrade) stays held, as an
         // interrupted F_SETLKW leaves it on a local disk.
-        if let Some((node, owner, range)) = self.locking.remove(&req) {
+        if let Some((node, owner, range)) = self.locking.remove(&req)
+            && sent
+        {
             self.send_unlock(now, Request::Withdraw { node, owner, range });
         }
         self.reply(req, Err(Errno::Intr));
@@ -189,33 +193,39 @@ impl ClientCore {
     /// took and changed the file, would write back what it computed from
     /// the old content over the other's change: the update the lock
     /// exists to prevent (fs_sim's invariant 14). Linux's NFS client
-    /// does the same with a lock it cannot reclaim. An owner whose lock
-    /// request still waits keeps its place: the request is asked again in
-    /// the new session, and what it is granted there is a lock its
-    /// program may write under (and must release at close).
+    /// does the same with a lock it cannot reclaim. Only owners that were
+    /// granted a lock count (a request refused or given up took nothing
+    /// to lose), including one whose further request still waits (SQLite
+    /// holding SHARED while it asks for RESERVED: what it read under the
+    /// lost SHARED lock is as stale as any). A waiting owner keeps its
+    /// place in `lockers`: its request is asked again in the new session
+    /// as it is, and what it is granted there it must release at close.
     pub(super) fn record_locks_lost(&mut self) {
         let waiting: BTreeSet<(NodeId, u64)> =
             self.locking.values().map(|&(n, o, _)| (n, o)).collect();
-        let lost: Vec<((NodeId, u64), Fh)> = self
-            .lockers
-            .iter()
-            .filter(|(key, _)| !waiting.contains(key))
-            .map(|(&key, &fh)| (key, fh))
-            .collect();
-        for (key, fh) in lost {
-            self.lockers.remove(&key);
-            if let Some(h) = self.handles.get_mut(&fh) {
-                h.lock_lost = true;
+        let granted = std::mem::take(&mut self.granted);
+        let known: Vec<((NodeId, u64), Fh)> =
+            self.lockers.iter().map(|(&key, &fh)| (key, fh)).collect();
+        for (key, fh) in known {
+            if granted.contains(&key)
+                && let Some(h) = self.handles.get_mut(&fh)
+            {
+                h.lock_lost = Some(key.1);
+            }
+            if !waiting.contains(&key) {
+                self.lockers.remove(&key);
             }
         }
     }
 
-    /// The program let go of its locks through handle `fh` (an unlock of
-    /// the whole file, or a close): what it writes next it no longer
-    /// writes under a lock it lost.
-    pub(super) fn let_go_of_lost_locks(&mut self, fh: Fh) {
-        if let Some(h) = self.handles.get_mut(&fh) {
-            h.lock_lost = false;
+    /// Lock owner `owner` let go of its locks through handle `fh` (an
+    /// unlock of the whole file, or a close): what it writes next it no
+    /// longer writes under a lock it lost.
+    pub(super) fn let_go_of_lost_locks(&mut self, fh: Fh, owner: u64) {
+        if let Some(h) = self.handles.get_mut(&fh)
+            && h.lock_lost == Some(owner)
+        {
+            h.lock_lost = None;
         }
     }
 
@@ -223,7 +233,7 @@ impl ClientCore {
     /// was lost ([`Self::record_locks_lost`]).
     pub(super) fn fenced(&self, fh: Fh) -> Result<(), Errno> {
         match self.handles.get(&fh) {
-            Some(h) if h.lock_lost => Err(Errno::Io),
+            Some(h) if h.lock_lost.is_some() => Err(Errno::Io),
             _ => Ok(()),
         }
     }
@@ -343,6 +353,9 @@ impl ClientCore {
                     }
                     return Some(Err(Errno::Stale));
                 }
+                if let Some((node, owner, _)) = locking {
+                    self.granted.insert((node, owner));
+                }
                 self.cache.invalidate(now, node, Invalidation::Data);
                 // The file's inode, and any its handles here were set
                 // aside on (`Vfs::set_aside`): every one of them reads the
@@ -435,9 +448,11 @@ pub(super) fn asked_again(request: &Request) -> bool {
 }
 
 /// Requests that never fail here, however long the host is out of reach:
-/// an unlock (and a withdrawal, which the owner's next lock waits for). Given up, it would leave the lock held at the host for as
-/// long as the session lives, and the kernel believing it free; it waits
-/// for the host like a write does.
+/// an unlock, and a withdrawal. Given up, an unlock would leave the lock
+/// held at the host for as long as the session lives, and the kernel
+/// believing it free; a withdrawal, a wait nobody wants. Each waits for
+/// the host like a write does (and the owner's next lock request on the
+/// file waits for it, see [`ClientCore::send_unlock`]).
 pub(super) fn never_fails(request: &Request) -> bool {
     matches!(request, Request::Unlock { .. } | Request::Withdraw { .. })
 }

@@ -111,8 +111,10 @@ struct Handle {
     /// through the handle fail with EIO until the program lets go of its
     /// locks on the file (an unlock of the whole file, or a close), so
     /// nothing written in the belief that the lock still excludes others
-    /// reaches the file (docs/filesystem.md, "Advisory locks").
-    lock_lost: bool,
+    /// reaches the file (docs/filesystem.md, "Advisory locks"). The
+    /// lock owner whose lock was lost: only its letting go clears it (a
+    /// forked child closing its copy of the descriptor does not).
+    lock_lost: Option<u64>,
 }
 
 /// Why a request was sent: what to do with its reply.
@@ -378,6 +380,10 @@ pub struct ClientCore {
     /// Lock owners that may hold record locks on a file, each with the
     /// handle it last locked through ([`locks`]): released at close.
     lockers: BTreeMap<(NodeId, u64), Fh>,
+    /// Of those, the owners granted a lock on the file in this session
+    /// and not let go of it since (a whole-file unlock, a close): whose
+    /// handles a new session fences ([`locks`]).
+    granted: BTreeSet<(NodeId, u64)>,
     /// What each kernel lock request in progress asks for (file, owner,
     /// bytes): a lock granted after its handle was released is let go at
     /// once, and a request that fails here (the host silent too long)
@@ -468,6 +474,7 @@ impl ClientCore {
             writes: BTreeMap::new(),
             after_commit: BTreeMap::new(),
             lockers: BTreeMap::new(),
+            granted: BTreeSet::new(),
             locking: BTreeMap::new(),
             withdraw: Vec::new(),
             unlocking: BTreeMap::new(),

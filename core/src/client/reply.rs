@@ -829,7 +829,7 @@ impl ClientCore {
                 attr,
                 error: None,
                 unsynced: false,
-                lock_lost: false,
+                lock_lost: None,
             },
         );
         fh

@@ -334,10 +334,7 @@ pub enum FsOp {
     ListXattr {
         /// The file or directory.
         path: RelPath,
-        /// The identity the host knows the file by: another file at
-        /// `path` (renamed there after the request was made) is ESTALE,
-        /// so one file's attributes are never read or changed through
-        /// another's node. `None`: not checked.
+        /// As for [`FsOp::GetXattr`]'s `key`.
         key: Option<FileKey>,
     },
     /// Set an extended attribute; answers the attributes after it.
@@ -350,10 +347,7 @@ pub enum FsOp {
         value: Vec<u8>,
         /// Create, replace, or either.
         how: XattrSet,
-        /// The identity the host knows the file by: another file at
-        /// `path` (renamed there after the request was made) is ESTALE,
-        /// so one file's attributes are never read or changed through
-        /// another's node. `None`: not checked.
+        /// As for [`FsOp::GetXattr`]'s `key`.
         key: Option<FileKey>,
     },
     /// Remove an extended attribute; answers the attributes after it.
@@ -362,10 +356,7 @@ pub enum FsOp {
         path: RelPath,
         /// The attribute's name.
         name: Vec<u8>,
-        /// The identity the host knows the file by: another file at
-        /// `path` (renamed there after the request was made) is ESTALE,
-        /// so one file's attributes are never read or changed through
-        /// another's node. `None`: not checked.
+        /// As for [`FsOp::GetXattr`]'s `key`.
         key: Option<FileKey>,
     },
     /// A symlink's text.

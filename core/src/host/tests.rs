@@ -2035,9 +2035,6 @@ fn a_create_that_opens_answers_with_a_handle() {
 
 mod leases;
 
-/// The host serves `user.` extended attributes to every client, and
-/// `trusted.`/`security.` only where it preserves owners; a list shows
-/// only what it serves, and no client gets a namespace by asking anyway.
 /// An attribute is read or changed only on the file the host knows its
 /// node by: another file renamed onto the node's path since the request
 /// was made is ESTALE, never answered for (fs_sim, seed 4900: another
@@ -2089,6 +2086,9 @@ fn extended_attributes_are_only_of_the_file_the_node_names() {
     ));
 }
 
+/// The host serves `user.` extended attributes to every client, and
+/// `trusted.`/`security.` only where it preserves owners; a list shows
+/// only what it serves, and no client gets a namespace by asking anyway.
 #[test]
 fn extended_attributes_only_in_the_namespaces_the_host_serves() {
     let set = |node, name: &[u8]| Request::SetXattr {

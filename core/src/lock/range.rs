@@ -255,7 +255,7 @@ impl RangeLocks {
     /// unlocks is not waiting (a client that gave up on a wait says so
     /// this way, and a grant it would never hear of cannot linger).
     pub fn unlock(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
-        self.take_back(owner, node, range);
+        self.take_back(owner, node, |w| w.overlaps(&range));
         if let Some(file) = self.files.get(&node) {
             let held = file.without(owner, range);
             // Removing never splits more than one range in two, and an
@@ -279,21 +279,23 @@ impl RangeLocks {
         debug_assert!(self.consistent());
     }
 
-    /// Withdraws `owner`'s requests waiting for bytes of `range` on
-    /// `node`, leaving the locks it holds (a wait its program gave up on,
+    /// Withdraws `owner`'s request waiting for exactly `range` of `node`,
+    /// leaving the locks it holds (a wait its program gave up on,
     /// interrupted by a signal), and wakes the waiters that can now go.
+    /// Exactly: another thread of an owner (OFD locks, threads sharing a
+    /// process's locks) may wait for other bytes meanwhile.
     pub fn withdraw(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
-        self.take_back(owner, node, range);
+        self.take_back(owner, node, |w| w == range);
         self.wake(node);
         debug_assert!(self.consistent());
     }
 
-    /// Drops `owner`'s waiting requests for bytes of `range` on `node`.
-    fn take_back(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
+    /// Drops `owner`'s waiting requests on `node` for the bytes `which`
+    /// accepts.
+    fn take_back(&mut self, owner: RangeOwner, node: NodeId, which: impl Fn(ByteRange) -> bool) {
         if let Some(file) = self.files.get_mut(&node) {
             let before = file.waiting.len();
-            file.waiting
-                .retain(|w| w.owner != owner || !w.range.overlaps(&range));
+            file.waiting.retain(|w| w.owner != owner || !which(w.range));
             let withdrawn = before - file.waiting.len();
             self.adjust(owner.session, withdrawn, 0);
         }

@@ -290,8 +290,8 @@ impl State {
                 self.core.op(now, req, op);
             }
             Kernel::Interrupt { unique } => {
-                // (One the core already answered is no longer here: the
-                // kernel reuses its numbers.)
+                // (One the core already answered is no longer here, and
+                // nothing is left to interrupt.)
                 if let Some(req) = self.interruptible.remove(&unique) {
                     trace!(?req, "kernel interrupt");
                     let now = self.now();

@@ -767,7 +767,9 @@ impl Simulation for FsSim {
 /// the client's news of it not to (0–4 per shard of 2,500 seeds since
 /// answers given while the host is out of reach are not kept by the
 /// kernel). The last of the run's [`SHARDS`] shards to finish checks the
-/// sum; a run of fewer shards (a filter) checks nothing here.
+/// sum, kept in this process: a run of fewer shards (a filter), or a
+/// runner that puts each test in a process of its own, checks nothing
+/// here (`cargo test`, which CI runs, runs them in one).
 fn rare_coverage(s: &FsStats) {
     static SUM: std::sync::Mutex<(u64, u64)> = std::sync::Mutex::new((0, 0));
     let mut sum = SUM

@@ -179,6 +179,48 @@ fn writes_under_a_lock_lost_with_its_session_are_refused() {
     assert_eq!(w.disk.read_file(&f()), Some(&b"counter 3"[..]));
 }
 
+/// Only a lock that was held is fenced when its session ends: a request
+/// the host refused took nothing to lose, and its program's writes go
+/// on; and the fence is lifted by its own owner's letting go only.
+#[test]
+fn only_locks_that_were_held_are_fenced() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(1, set(b, 1, W, false)), Ok(Answer::Done));
+    assert_eq!(w.call(0, set(a, 1, W, false)), Err(Errno::Again));
+    assert_eq!(w.call(0, set(a, 2, R, false)), Err(Errno::Again));
+    w.crash_host();
+    w.restart_host();
+    w.run_for(Duration::from_secs(30));
+    // Client 0 never held a lock: it writes.
+    write(&mut w, 0, a, 0, b"written");
+    // Client 1 held one: fenced, and another owner's close does not
+    // lift it.
+    let write_b = |w: &mut World| {
+        w.call(
+            1,
+            Op::Write {
+                fh: b,
+                offset: 0,
+                data: Bytes::from_static(b"late"),
+                append: false,
+            },
+        )
+    };
+    assert_eq!(write_b(&mut w), Err(Errno::Io));
+    let other = Op::Flush {
+        fh: b,
+        owner: Some(7),
+    };
+    assert_eq!(w.call(1, other), Ok(Answer::Done));
+    assert_eq!(write_b(&mut w), Err(Errno::Io));
+    let own = Op::Flush {
+        fh: b,
+        owner: Some(1),
+    };
+    assert_eq!(w.call(1, own), Ok(Answer::Done));
+    assert_eq!(write_b(&mut w), Ok(Answer::Written(4)));
+}
+
 /// A signal ends a wait for another client's lock with EINTR, as on a
 /// local disk, and the withdrawn request is never granted behind the
 /// program's back: the lock is free for others once its holder lets go.
