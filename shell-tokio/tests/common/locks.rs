@@ -18,7 +18,9 @@ use std::time::Duration;
 use rustix::fs::{FlockOperation, fcntl_lock, flock};
 use rustix::io::Errno;
 
-use super::procs::{ANY_PORT, STEP, exited, mounted, scratch, start_host, ticket_of};
+use super::procs::{
+    ANY_PORT, STEP, WAIT_FOR_LOCK, exited, in_fcntl, mounted, scratch, start_host, ticket_of,
+};
 
 /// Long enough for a lock request to cross to the host and back many
 /// times over: a blocked taker that has not got its lock by then is
@@ -102,52 +104,15 @@ fn flock_excludes_and_waits(mnt1: &Path, mnt2: &Path) {
     flock(&again, FlockOperation::NonBlockingLockExclusive).expect("free again");
 }
 
-/// The system call number of `fcntl`, to see a program inside it.
-#[cfg(target_arch = "x86_64")]
-const SYS_FCNTL: &str = "72";
-#[cfg(target_arch = "aarch64")]
-const SYS_FCNTL: &str = "25";
-
-/// Waits until process `pid` is inside `fcntl` (its lock request is with
-/// the mount): `/proc/PID/syscall` names the call a blocked process is
-/// in. Nothing announces that, so it is polled (every 10 ms: the sleep
-/// paces the poll, it does not stand in for an event).
-fn in_fcntl(pid: u32) {
-    let path = format!("/proc/{pid}/syscall");
-    let start = std::time::Instant::now();
-    loop {
-        let now = std::fs::read_to_string(&path).unwrap_or_default();
-        if now.split_whitespace().next() == Some(SYS_FCNTL) {
-            return;
-        }
-        assert!(start.elapsed() < STEP, "{pid} never waited in fcntl: {now}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// A signal ends a wait for another mount's lock, as on a local disk: a
 /// handled signal makes `F_SETLKW` fail with EINTR, and SIGKILL ends
 /// the waiting process. (Without FUSE interrupts neither would, until
 /// the holder let go.) Neither takes the lock behind anyone's back.
 fn a_signal_ends_a_wait(mnt1: &Path, mnt2: &Path) {
-    const WAIT: &str = r#"
-import errno, fcntl, signal, sys
-class Interrupted(Exception):
-    pass
-def on_signal(*_):
-    raise Interrupted()
-signal.signal(signal.SIGUSR1, on_signal)
-f = open(sys.argv[1], "r+")
-try:
-    fcntl.lockf(f, fcntl.LOCK_EX)
-    print("locked")
-except Interrupted:
-    print("interrupted")
-"#;
     let held = rw(&mnt1.join("f"));
     flock(&held, FlockOperation::LockExclusive).expect("flock on mount 1");
 
-    let waiter = python(WAIT, &[text(&mnt2.join("f"))]);
+    let waiter = python(WAIT_FOR_LOCK, &[text(&mnt2.join("f"))]);
     in_fcntl(waiter.id());
     let sent = Command::new("kill")
         .args(["-USR1", &waiter.id().to_string()])
@@ -157,7 +122,7 @@ except Interrupted:
     let out = exited(waiter, STEP, "a waiter sent SIGUSR1");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "interrupted");
 
-    let mut killed = python(WAIT, &[text(&mnt2.join("f"))]);
+    let mut killed = python(WAIT_FOR_LOCK, &[text(&mnt2.join("f"))]);
     in_fcntl(killed.id());
     killed.kill().expect("SIGKILL");
     exited(killed, STEP, "a waiter sent SIGKILL");

@@ -428,11 +428,46 @@ pub(crate) fn ordinary_user_mounts(bin: &Path) {
         std::fs::read_to_string(share.join("made")).expect("on the host"),
         "mine\n"
     );
+    a_signal_ends_a_wait_on_a_users_mount(&mnt.join("made"));
     let unmounted = nobody_runs(&["unmount".as_ref(), mnt.as_os_str()])
         .output()
         .expect("run unmount as nobody");
     assert!(unmounted.status.success(), "{unmounted:?}");
     let mount = cleanup.children.pop().expect("the mount");
     let status = exit_of(mount, "nobody's mount after its unmount");
+    assert!(status.success(), "{status:?}");
+}
+
+/// On an ordinary user's mount, a signal ends that user's wait for a
+/// lock another of its programs holds: the kernel's FUSE_INTERRUPT,
+/// which carries no uid, reaches the file system (fuser refused it as
+/// coming from another user; `io/vendor/fuser`).
+fn a_signal_ends_a_wait_on_a_users_mount(file: &Path) {
+    const HOLD: &str = "import fcntl, sys\nf = open(sys.argv[1], 'r+')\nfcntl.lockf(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.readline()";
+    let as_nobody = |script: &str| {
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(file)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run python3 as nobody")
+    };
+    let mut holder = as_nobody(HOLD);
+    let said = super::procs::lines(&mut holder);
+    super::procs::line_where(&said, "the holder's \"locked\"", |l| l == "locked");
+    let waiter = as_nobody(super::procs::WAIT_FOR_LOCK);
+    super::procs::in_fcntl(waiter.id());
+    let sent = Command::new("kill")
+        .args(["-USR1", &waiter.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let out = super::procs::exited(waiter, super::procs::STEP, "nobody's waiter sent SIGUSR1");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "interrupted");
+    drop(holder.stdin.take());
+    let status = exit_of(holder, "the lock's holder");
     assert!(status.success(), "{status:?}");
 }

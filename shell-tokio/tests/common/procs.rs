@@ -263,3 +263,44 @@ pub(crate) fn scratch(test: &str, bin: &Path) -> Cleanup {
         dir,
     }
 }
+
+/// The system call number of `fcntl`, to see a program inside it.
+#[cfg(target_arch = "x86_64")]
+const SYS_FCNTL: &str = "72";
+#[cfg(target_arch = "aarch64")]
+const SYS_FCNTL: &str = "25";
+
+/// Waits until process `pid` is inside `fcntl` (its lock request is with
+/// the mount): `/proc/PID/syscall` names the call a blocked process is
+/// in. Nothing announces that, so it is polled (every 10 ms: the sleep
+/// paces the poll, it does not stand in for an event).
+pub(crate) fn in_fcntl(pid: u32) {
+    let path = format!("/proc/{pid}/syscall");
+    let start = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now.split_whitespace().next() == Some(SYS_FCNTL) {
+            return;
+        }
+        assert!(start.elapsed() < STEP, "{pid} never waited in fcntl: {now}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A Python program that waits for an exclusive `fcntl` lock of the
+/// file it is given and prints `locked`, or `interrupted` if SIGUSR1
+/// ends the wait (its handler raises, so the call is not restarted).
+pub(crate) const WAIT_FOR_LOCK: &str = r#"
+import errno, fcntl, signal, sys
+class Interrupted(Exception):
+    pass
+def on_signal(*_):
+    raise Interrupted()
+signal.signal(signal.SIGUSR1, on_signal)
+f = open(sys.argv[1], "r+")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX)
+    print("locked")
+except Interrupted:
+    print("interrupted")
+"#;
