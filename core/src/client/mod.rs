@@ -384,6 +384,12 @@ pub struct ClientCore {
     /// and not let go of it since (a whole-file unlock, a close): whose
     /// handles a new session fences ([`locks`]).
     granted: BTreeSet<(NodeId, u64)>,
+    /// Per node, the first request id not yet sent when this client's own
+    /// change of it last answered with new attributes: replies to older
+    /// requests may show the node as it was before (see
+    /// `reply::fill_changed_attr`). Pruned of what no request in flight
+    /// is older than.
+    changed_after: BTreeMap<NodeId, u64>,
     /// What each kernel lock request in progress asks for (file, owner,
     /// bytes): a lock granted after its handle was released is let go at
     /// once, and a request that fails here (the host silent too long)
@@ -475,6 +481,7 @@ impl ClientCore {
             after_commit: BTreeMap::new(),
             lockers: BTreeMap::new(),
             granted: BTreeSet::new(),
+            changed_after: BTreeMap::new(),
             locking: BTreeMap::new(),
             withdraw: Vec::new(),
             unlocking: BTreeMap::new(),

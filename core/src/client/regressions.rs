@@ -521,3 +521,41 @@ fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
         }
     }
 }
+
+/// The same for a lookup the host ran before the commit, answered after
+/// it: its attributes (the replaced version's size) went to the kernel
+/// and the cache (fs_sim, seed 10667).
+#[test]
+fn a_lookup_answered_after_the_commit_keeps_the_commits_size() {
+    const NEW: &[u8] = b"a longer, newer content";
+    for seed in 0..8 {
+        let mut d = MemFs::new(1 << 30);
+        d.local_replace(&path("f"), b"old").expect("seed the disk");
+        let mut w = World::new(seed, d, 1, HostConfig::default(), ClientConfig::default());
+        w.max_delay = std::time::Duration::from_millis(20);
+        let (ino, fh) = open(&mut w, 0, "f");
+        write(&mut w, 0, fh, NEW);
+        let flush = w.op(0, Op::Flush { fh, owner: None });
+        let look = w.op(
+            0,
+            Op::Lookup {
+                parent: Ino::ROOT,
+                name: name("f"),
+            },
+        );
+        assert_eq!(w.wait(0, flush), Ok(Answer::Done));
+        match w.wait(0, look) {
+            Ok(Answer::Entry { attr, .. }) => {
+                assert_eq!(attr.size, NEW.len() as u64, "seed {seed}: the lookup");
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+        w.settle();
+        match w.call(0, Op::GetAttr { ino }) {
+            Ok(Answer::Attr { attr, .. }) => {
+                assert_eq!(attr.size, NEW.len() as u64, "seed {seed}: the cache");
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+    }
+}

@@ -345,6 +345,11 @@ impl ClientCore {
     /// the host was out of reach the cache's old size cut reads of the
     /// new version.)
     fn fill_changed_attr(&mut self, now: Instant, attr: Attr) {
+        if self.changed_after.len() >= 1024 {
+            let oldest = self.in_flight.keys().next().map_or(u64::MAX, |r| r.0);
+            self.changed_after.retain(|_, &mut at| at > oldest);
+        }
+        self.changed_after.insert(attr.node, self.next_id);
         let key = CacheKey::Attr(attr.node);
         if self.cache.state(now, &key) == cache::EntryState::Fetching {
             for f in self.in_flight.values_mut() {
@@ -354,6 +359,25 @@ impl ClientCore {
             }
         }
         let _ = self.cache.fill(now, key, Value::Attr(Arc::new(attr)));
+    }
+
+    /// Attributes `a` a reply to request `id` brought, unless this
+    /// client's own change of the node was answered after `id` was sent:
+    /// then the newer ones that change brought. (A lookup the host ran
+    /// before this client's commit, answered after it, gave the kernel
+    /// and the cache the replaced version's size, which cut the next read
+    /// of the new version: fs_sim, seed 10667.) Only while the newer
+    /// ones are fresh: past their TTL they are no answer either, and the
+    /// reply's are the host's last word.
+    fn not_older(&self, now: Instant, id: RequestId, a: Attr) -> Attr {
+        let fresh = self.cache.state(now, &CacheKey::Attr(a.node)) == cache::EntryState::Cached;
+        match (
+            self.changed_after.get(&a.node),
+            self.cache.peek_attr(a.node),
+        ) {
+            (Some(&at), Some(newer)) if id.0 < at && fresh => newer.clone(),
+            _ => a,
+        }
     }
 
     /// New attributes of a file: open handles on it learn them if its
@@ -415,6 +439,7 @@ impl ClientCore {
         match (op, part, result) {
             (Op::Lookup { parent, name }, _, Ok(Reply::Attr(a))) => {
                 let _ = name;
+                let a = self.not_older(now, id, a);
                 Some(
                     self.entry(now, *parent, op, a.clone(), true)
                         .map(|ino| Answer::Entry {
