@@ -490,6 +490,18 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
     );
 }
 
+/// One client with `f` ("old") open and `data` written to it, not yet
+/// committed, on a wire whose delays (up to 20 ms) reorder replies.
+fn written_with_slow_wire(seed: u64, data: &[u8]) -> (World, Ino, Fh) {
+    let mut d = MemFs::new(1 << 30);
+    d.local_replace(&path("f"), b"old").expect("seed the disk");
+    let mut w = World::new(seed, d, 1, HostConfig::default(), ClientConfig::default());
+    w.max_delay = std::time::Duration::from_millis(20);
+    let (ino, fh) = open(&mut w, 0, "f");
+    write(&mut w, 0, fh, data);
+    (w, ino, fh)
+}
+
 /// A getattr the host ran before this client's commit, answered after
 /// it, put the replaced version's attributes back in the cache: the
 /// writer's next `stat` showed the old size, and once the host was out
@@ -500,12 +512,7 @@ fn a_long_write_never_waits_for_its_own_old_lock() {
 fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
     const NEW: &[u8] = b"a longer, newer content";
     for seed in 0..8 {
-        let mut d = MemFs::new(1 << 30);
-        d.local_replace(&path("f"), b"old").expect("seed the disk");
-        let mut w = World::new(seed, d, 1, HostConfig::default(), ClientConfig::default());
-        w.max_delay = std::time::Duration::from_millis(20);
-        let (ino, fh) = open(&mut w, 0, "f");
-        write(&mut w, 0, fh, NEW);
+        let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
         // Past the attributes' TTL: the getattr goes to the host.
         w.run_for(std::time::Duration::from_secs(2));
         let getattr = w.op(0, Op::GetAttr { ino });
@@ -529,12 +536,7 @@ fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
 fn a_lookup_answered_after_the_commit_keeps_the_commits_size() {
     const NEW: &[u8] = b"a longer, newer content";
     for seed in 0..8 {
-        let mut d = MemFs::new(1 << 30);
-        d.local_replace(&path("f"), b"old").expect("seed the disk");
-        let mut w = World::new(seed, d, 1, HostConfig::default(), ClientConfig::default());
-        w.max_delay = std::time::Duration::from_millis(20);
-        let (ino, fh) = open(&mut w, 0, "f");
-        write(&mut w, 0, fh, NEW);
+        let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
         let flush = w.op(0, Op::Flush { fh, owner: None });
         let look = w.op(
             0,

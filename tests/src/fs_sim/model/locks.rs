@@ -73,6 +73,15 @@ pub(super) struct LockModel {
 }
 
 impl LockModel {
+    /// A client other than `c` whose kernel holds the lock by a grant
+    /// since the last fault.
+    fn live_holder_besides(&self, c: usize) -> Option<usize> {
+        self.holders
+            .iter()
+            .find(|&(&o, &live)| o != c && live)
+            .map(|(&o, _)| o)
+    }
+
     /// A fault: every lock held now no longer counts.
     pub(super) fn fault(&mut self) {
         for live in self.holders.values_mut() {
@@ -287,12 +296,7 @@ impl Sim {
     /// its handles on the file read what the last holder published.
     fn granted(&mut self, c: usize) -> Result<(), Violation> {
         self.stats.locks_granted += 1;
-        if let Some((&other, _)) = self
-            .locks
-            .holders
-            .iter()
-            .find(|&(&o, &live)| o != c && live)
-        {
+        if let Some(other) = self.locks.live_holder_besides(c) {
             return Err(self.violation(format!(
                 "client {c} was granted the lock on {LOCKED} that client {other} holds"
             )));
@@ -336,12 +340,7 @@ impl Sim {
         if self.locks.file != Some(file) {
             return Ok(());
         }
-        if let Some((&other, _)) = self
-            .locks
-            .holders
-            .iter()
-            .find(|&(&o, &live)| o != c && live)
-        {
+        if let Some(other) = self.locks.live_holder_besides(c) {
             return Err(self.violation(format!(
                 "client {c} committed #{idx} of {LOCKED} while client {other} holds its lock"
             )));
