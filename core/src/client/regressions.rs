@@ -561,3 +561,38 @@ fn a_lookup_answered_after_the_commit_keeps_the_commits_size() {
         }
     }
 }
+
+/// What `fill_changed_attr` remembers stays bounded even while a request
+/// stays in flight all along (here a lock wait), which keeps every later
+/// entry from being pruned as answered.
+#[test]
+fn the_memory_of_own_changes_is_bounded_under_a_long_wait() {
+    let names: Vec<String> = (0..1100).map(|i| format!("f{i}")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b"x"[..])).collect();
+    let mut w = world(&files, 2);
+    let (_, held) = open(&mut w, 0, "f0");
+    let (_, waits) = open(&mut w, 1, "f0");
+    let lock = |fh| Op::SetLock {
+        fh,
+        owner: 1,
+        range: crate::proto::ByteRange::WHOLE,
+        kind: Some(crate::proto::LockKind::Exclusive),
+        wait: true,
+    };
+    assert_eq!(w.call(0, lock(held)), Ok(Answer::Done));
+    let waiting = w.op(1, lock(waits));
+    for n in &names {
+        let ino = lookup(&mut w, 1, n);
+        let chmod = Op::SetAttr {
+            ino,
+            set: SetAttr {
+                mode: Some(0o600),
+                ..SetAttr::default()
+            },
+        };
+        assert!(matches!(w.call(1, chmod), Ok(Answer::Attr { .. })));
+    }
+    assert_eq!(w.answer(1, waiting), None, "still waiting");
+    let remembered = w.clients[1].core.changed_after.len();
+    assert!(remembered < 1024, "{remembered} nodes remembered");
+}

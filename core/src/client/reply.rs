@@ -335,6 +335,9 @@ impl ClientCore {
         Some(Answer::Attr { attr, ttl })
     }
 
+    /// Nodes [`ClientCore::fill_changed_attr`] remembers at most.
+    const CHANGED_AFTER_MAX: usize = 1024;
+
     /// Fills the attributes a reply about this client's own change
     /// carries (a commit, a setattr, an xattr change, a directory's times
     /// after a change of its names). A getattr sent before the change may
@@ -345,9 +348,18 @@ impl ClientCore {
     /// the host was out of reach the cache's old size cut reads of the
     /// new version.)
     fn fill_changed_attr(&mut self, now: Instant, attr: Attr) {
-        if self.changed_after.len() >= 1024 {
+        if self.changed_after.len() >= Self::CHANGED_AFTER_MAX {
             let oldest = self.in_flight.keys().next().map_or(u64::MAX, |r| r.0);
             self.changed_after.retain(|_, &mut at| at > oldest);
+            // A request that stays in flight (a lock wait of hours) keeps
+            // everything younger: forget the older half, whose nodes then
+            // take a late reply's attributes as before (bounded memory,
+            // and a prune per half-bound of inserts, not per insert).
+            if self.changed_after.len() >= Self::CHANGED_AFTER_MAX {
+                let mut ats: Vec<u64> = self.changed_after.values().copied().collect();
+                let (_, &mut median, _) = ats.select_nth_unstable(Self::CHANGED_AFTER_MAX / 2);
+                self.changed_after.retain(|_, &mut at| at > median);
+            }
         }
         self.changed_after.insert(attr.node, self.next_id);
         let key = CacheKey::Attr(attr.node);
