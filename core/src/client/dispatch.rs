@@ -287,6 +287,9 @@ impl ClientCore {
                 let mut stale = Vec::new();
                 match self.ahead.take(now, node, req, *ino, valid, &mut stale) {
                     Take::Ready(opened) => {
+                        // `valid` checked it is not older than what this
+                        // client knows.
+                        let opened = (Some(opened.handle), opened.attr, opened.inline);
                         let answer = self.opened(now, *ino, opened, OpenFor::Read);
                         self.reply(req, Ok(answer));
                     }

@@ -596,3 +596,49 @@ fn the_memory_of_own_changes_is_bounded_under_a_long_wait() {
     let remembered = w.clients[1].core.changed_after.len();
     assert!(remembered < 1024, "{remembered} nodes remembered");
 }
+
+/// The same for a non-exclusive create of the file (an open of it) sent
+/// before the commit and answered after it: the host opened the replaced
+/// version, whose size went to the kernel and cut the next read of the
+/// new version through the writer's own handle (fs_sim, seed 11778). The
+/// new handle now follows the file: it shows and reads the new version.
+#[test]
+fn an_open_answered_after_the_commit_reads_the_commits_version() {
+    const NEW: &[u8] = b"a longer, newer content";
+    for seed in 0..8 {
+        let (mut w, _, fh) = written_with_slow_wire(seed, NEW);
+        let flush = w.op(0, Op::Flush { fh, owner: None });
+        let create = w.op(
+            0,
+            Op::Create {
+                parent: Ino::ROOT,
+                name: name("f"),
+                mode: 0o644,
+                exclusive: false,
+                truncate: false,
+                caller: None,
+            },
+        );
+        assert_eq!(w.wait(0, flush), Ok(Answer::Done));
+        let opened = match w.wait(0, create) {
+            Ok(Answer::Created { attr, fh, .. }) => {
+                assert_eq!(
+                    attr.size,
+                    NEW.len() as u64,
+                    "seed {seed}: the kernel's size"
+                );
+                fh
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        };
+        let read = Op::Read {
+            fh: opened,
+            offset: 0,
+            size: 100,
+        };
+        match w.call(0, read) {
+            Ok(Answer::Data(d)) => assert_eq!(&d[..], NEW, "seed {seed}: the new handle"),
+            other => panic!("seed {seed}: {other:?}"),
+        }
+    }
+}

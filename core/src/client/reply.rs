@@ -8,8 +8,8 @@ use super::{
 use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
 use crate::proto::{
-    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HostMessage, Invalidation, Name, NodeId, OpenFor,
-    Reply, RequestId,
+    Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HandleId, HostMessage, Invalidation, Name, NodeId,
+    OpenFor, Reply, RequestId,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
@@ -180,7 +180,7 @@ impl ClientCore {
                 }
                 _ => {}
             },
-            Purpose::OpenAhead { node } => self.on_open_ahead(now, node, result),
+            Purpose::OpenAhead { node } => self.on_open_ahead(now, id, node, result),
             Purpose::Fetch(key) => self.on_fetch(now, id, key, result),
             Purpose::DirPage { node, mut acc } => match result {
                 Ok(Reply::DirPage { entries, next }) => {
@@ -510,16 +510,24 @@ impl ClientCore {
                 if let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) {
                     self.changed_remotely(now, pnode);
                 }
+                let (host, attr, inline) = self.not_older_open(
+                    now,
+                    id,
+                    Opened {
+                        handle,
+                        attr,
+                        inline,
+                    },
+                );
                 let ino = match self.entry(now, *parent, op, attr.clone(), true) {
                     Ok(ino) => ino,
                     Err(e) => {
-                        self.close_host_handles(now, vec![handle]);
+                        self.close_host_handles(now, host.into_iter().collect());
                         return Some(Err(e));
                     }
                 };
                 let (node, size) = (attr.node, attr.size);
-                let fh =
-                    self.open_handle(now, ino, Some(handle), attr.clone(), inline, OpenFor::Write);
+                let fh = self.open_handle(now, ino, host, attr.clone(), inline, OpenFor::Write);
                 let truncate = matches!(op, Op::Create { truncate: true, .. }) && size > 0;
                 if let Err(e) = self.truncate_at_open(now, node, truncate, Ok(Answer::Done)) {
                     return Some(Err(e));
@@ -545,15 +553,20 @@ impl ClientCore {
                     ..
                 }),
             ) => {
-                let (node, size) = (attr.node, attr.size);
-                let answer = self.opened(
+                let opened = self.not_older_open(
                     now,
-                    *ino,
+                    id,
                     Opened {
                         handle,
                         attr,
                         inline,
                     },
+                );
+                let (node, size) = (opened.1.node, opened.1.size);
+                let answer = self.opened(
+                    now,
+                    *ino,
+                    opened,
                     // (`O_RDONLY|O_TRUNC` truncates: a write.)
                     match (*mode, *truncate) {
                         (OpenFor::Read, true) => OpenFor::Write,
@@ -762,29 +775,59 @@ impl ClientCore {
         &mut self,
         now: Instant,
         ino: Ino,
-        opened: Opened,
+        (host, attr, inline): (Option<HandleId>, Attr, Bytes),
         access: OpenFor,
     ) -> Answer {
-        let Opened {
-            handle,
-            attr,
-            inline,
-        } = opened;
         // Close-to-open: the kernel keeps its cached pages only if the
         // file is at the version it last saw.
         let keep_cache = self
             .cache
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
-        let fh = self.open_handle(now, ino, Some(handle), attr.clone(), inline, access);
+        let fh = self.open_handle(now, ino, host, attr.clone(), inline, access);
         let _ = self
             .cache
             .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
         Answer::Opened { fh, keep_cache }
     }
 
-    /// The host answered the open-ahead of `node`.
-    fn on_open_ahead(&mut self, now: Instant, node: NodeId, result: Result<Reply, Errno>) {
+    /// What an open's reply to request `id` gives the new handle: the
+    /// host's handle, the file's attributes and its inline bytes; unless
+    /// this client's own commit of the file was answered after `id` was
+    /// sent. The host then opened the version that commit replaced, and
+    /// its size, given to the kernel, cut the next read of the new
+    /// version through the writer's own handle (fs_sim, seed 11778). The
+    /// new handle follows the file instead, as the writer's handles do
+    /// ([`ClientCore::follow_file`]): it takes the commit's attributes and
+    /// reads by node, and the host's handle on the replaced file is
+    /// closed. (The open and the commit raced: the program may see either
+    /// version, so long as it is a whole one.)
+    fn not_older_open(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        o: Opened,
+    ) -> (Option<HandleId>, Attr, Bytes) {
+        let attr = self.not_older(now, id, o.attr.clone());
+        if attr.key == o.attr.key && attr.version == o.attr.version {
+            return (Some(o.handle), o.attr, o.inline);
+        }
+        self.send(
+            now,
+            Purpose::Forget,
+            crate::proto::Request::Close { handle: o.handle },
+        );
+        (None, attr, Bytes::new())
+    }
+
+    /// The host answered the open-ahead `id` of `node`.
+    fn on_open_ahead(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        node: NodeId,
+        result: Result<Reply, Errno>,
+    ) {
         let Some(opened) = result.ok().and_then(Opened::from_reply) else {
             if let Some((req, ino)) = self.ahead.failed(node) {
                 self.open_at_host(now, req, ino);
@@ -794,6 +837,7 @@ impl ClientCore {
         let expires = now + self.kernel_ttl(Kind::Attr);
         match self.ahead.answered(node, opened, expires) {
             Answered::Waiting(req, ino, opened) => {
+                let opened = self.not_older_open(now, id, opened);
                 let answer = self.opened(now, ino, opened, OpenFor::Read);
                 self.reply(req, Ok(answer));
             }
