@@ -41,12 +41,13 @@ wormhole_tests::simulation_tests!(FsSim);
 /// and cut the next read of the new version at (2227); a lookup the host
 /// ran before the client's own commit, answered after it, did the same
 /// (10667, past the 10,000 CI runs), and so did an open of the file
-/// through a non-exclusive create (11778).
+/// through a non-exclusive create (11778); a write elsewhere after an
+/// append transaction began was moved with it (16895, 20799).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [
         58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203, 7378, 4900, 2227, 10667,
-        11778,
+        11778, 16895, 20799,
     ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");

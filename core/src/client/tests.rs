@@ -505,6 +505,34 @@ fn a_rewrite_mixed_with_appends_is_still_refused_when_stale() {
     assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
 }
 
+/// The same when the rewrite comes after the append transaction began:
+/// the host moved it to the end of the other client's commit, and would
+/// have moved the rewrite with it, away from where the program wrote it
+/// (fs_sim, seed 16895). It is refused; the other client's line
+/// survives.
+#[test]
+fn a_rewrite_after_a_moved_append_began_is_refused() {
+    let mut w = world(&[("log", b"log\n")], 2);
+    let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "log").expect("log");
+    let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
+    let second = open_with(&mut w, 1, ino1, OpenFor::Append, false);
+    append(&mut w, 0, first, 4, b"first\n");
+    w.call(0, Op::Release { fh: first }).expect("commit");
+    w.settle();
+    // Too large for one whole write: the transaction begins now, at the
+    // version client 1 opened, and the host moves it past "first\n".
+    let big = pattern(crate::proto::MAX_WRITE_PIECE + 1, 7);
+    append(&mut w, 1, second, 4, &big);
+    w.settle();
+    let end = 4 + big.len() as u64;
+    write(&mut w, 1, second, end + 10, b"tail");
+    assert_eq!(w.call(1, Op::Release { fh: second }), Err(Errno::Stale));
+    w.settle();
+    let p = RelPath::from(vec![name("log")]);
+    assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
+}
+
 /// A range zeroed through an `O_APPEND` file (`fallocate`) is zeroed in
 /// place: only a program's own writes go to the end.
 #[test]

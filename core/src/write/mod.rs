@@ -223,6 +223,10 @@ pub struct WriteTxn {
     /// end of a newer version instead of refusing them
     /// ([`Request::BeginWrite`]'s `append_from`).
     appends_from: Option<u64>,
+    /// [`Request::BeginWrite`] went out with `append_from`: the host may
+    /// have moved the transaction to a newer version's end, and moves
+    /// every piece staged in it since ([`WriteTxn::write`]).
+    begun_appending: bool,
     /// An append went somewhere other than where the kernel wrote it:
     /// the kernel's pages and size for the file are wrong until its
     /// inode is invalidated ([`WriteTxn::moved_appends`]).
@@ -261,6 +265,7 @@ impl WriteTxn {
             set: SetAttr::default(),
             base,
             appends_from: Some(size),
+            begun_appending: false,
             appends_moved: false,
             commit_wanted: false,
             in_flight: BTreeMap::new(),
@@ -432,6 +437,17 @@ impl WriteTxn {
 
     /// The application wrote `data` at `offset`.
     pub fn write(&mut self, now: Instant, offset: u64, data: Bytes) -> Result<(), WriteError> {
+        if self.begun_appending && self.appends_from.is_some() {
+            // The host may have moved this transaction to the end of a
+            // newer version, and would move this write with it: it would
+            // land elsewhere than the program wrote it (fs_sim, seed
+            // 16895). A rewrite mixed with appends on a version that
+            // moved on is refused, as when it is mixed before the begin;
+            // the host refuses a truncate in a moved transaction, so the
+            // first write that is not an append restates the size: ESTALE
+            // if the transaction was moved, a no-op if not.
+            self.barriers.push_back(Barrier::Truncate(self.size));
+        }
         self.put(now, offset, data)?;
         self.appends_from = None;
         Ok(())
@@ -867,6 +883,7 @@ impl WriteTxn {
                     if self.state == WriteState::Locking {
                         let (node, base) = (self.node, self.base);
                         let append_from = self.append_from();
+                        self.begun_appending = append_from.is_some();
                         self.send(
                             Sent::Begin,
                             Request::BeginWrite {

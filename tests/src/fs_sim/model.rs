@@ -60,6 +60,8 @@ pub struct FsStats {
     /// Appends found at the end of a version another writer committed
     /// after they were written (two clients appending to one file).
     pub appends_after_another: u64,
+    /// Files created and opened with `O_APPEND` (a shell's `>>`).
+    pub append_creates: u64,
     /// Small reads inside a file (a random reader's) checked as a slice
     /// of one commit.
     pub slices_checked: u64,
@@ -166,6 +168,7 @@ impl FsStats {
         self.xattr_reads_checked += o.xattr_reads_checked;
         self.xattrs_across_commits += o.xattrs_across_commits;
         self.appends_after_another += o.appends_after_another;
+        self.append_creates += o.append_creates;
         self.slices_checked += o.slices_checked;
         self.attrs_checked += o.attrs_checked;
         self.reads_after_ack += o.reads_after_ack;
@@ -337,6 +340,8 @@ enum Ctx {
     /// which file it opens is known only from its answer.
     Create {
         acked: BTreeMap<usize, usize>,
+        /// With `O_APPEND` (FUSE tells the client with each write).
+        append: bool,
     },
     /// Open: the file the kernel meant, and the commit a read must reach.
     Open {
@@ -525,6 +530,9 @@ pub struct Sim {
     locks: locks::LockModel,
     /// Extended attributes ([`xattrs`]).
     xattrs: xattrs::XattrModel,
+    /// The next create opens its file with `O_APPEND`
+    /// ([`Sim::create_appending`]).
+    create_appends: bool,
 }
 
 mod locks;
@@ -728,6 +736,7 @@ impl Sim {
             asked: BTreeMap::new(),
             locks: lock_model,
             xattrs: xattrs::XattrModel::default(),
+            create_appends: false,
         };
         // The root (and the scan's listing) came before recording started
         // for nothing: register what the log holds.
@@ -851,6 +860,17 @@ impl Sim {
     }
 
     // ------------------------------------------------------------- inputs
+
+    /// Sends create `op` from client `c` as `open(O_CREAT|O_APPEND)` does
+    /// (a shell's `>>`): the client learns `O_APPEND` only from the
+    /// flags each write carries, whether the file is new or not.
+    pub fn create_appending(&mut self, c: usize, op: Op) -> Result<Req, Violation> {
+        debug_assert!(matches!(op, Op::Create { .. }));
+        self.create_appends = true;
+        let sent = self.op(c, op);
+        self.create_appends = false;
+        sent
+    }
 
     /// Sends a kernel operation from client `c`, then checks everything.
     pub fn op(&mut self, c: usize, op: Op) -> Result<Req, Violation> {
@@ -1032,6 +1052,7 @@ impl Sim {
             }
             Op::Create { .. } => Ctx::Create {
                 acked: self.files.acked.clone(),
+                append: std::mem::take(&mut self.create_appends),
             },
             Op::SetLock { fh, kind: None, .. } => match k.handles.get(fh) {
                 Some(h) => Ctx::Unlock {
@@ -1755,11 +1776,15 @@ impl Sim {
                     self.hand_out(c, i.ino, i.attr.key, i.attr.kind, false)?;
                 }
             }
-            (Ctx::Create { acked }, Ok(Answer::Created { ino, attr, fh, .. })) => {
+            (Ctx::Create { acked, append }, Ok(Answer::Created { ino, attr, fh, .. })) => {
                 self.hand_out(c, ino, attr.key, attr.kind, true)?;
                 let file = self.files.by_key.get(&attr.key).copied();
                 let min_index = file.and_then(|f| acked.get(&f).copied()).unwrap_or(0);
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
+                if append && let Some(h) = self.kernels[c].handles.get_mut(&fh) {
+                    h.append = true;
+                    self.stats.append_creates += 1;
+                }
             }
             (Ctx::Open { file, min_index }, Ok(Answer::Opened { fh, .. })) => {
                 let Op::Open { ino, mode, .. } = p.op else {

@@ -239,6 +239,8 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
     // Signals to programs waiting for a lock: a generator of their own,
     // so the other draws stay as they were.
     let mut signals = Rng::from_u64(locking.next_u64() ^ 0x5167_0000_0000_0014);
+    // Which creates open with `O_APPEND`: a generator of its own too.
+    let mut appending = Rng::from_u64(signals.next_u64() ^ 0x0a99_e4d0_0000_0015);
     for _ in 0..actions {
         let now = sim.w.now;
         if heal_at.is_some_and(|t| now >= t) {
@@ -323,17 +325,19 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
             175 => deep(sim, rng, c, &mut tag)?,
             176..220 => {
                 let n = name(rng, false);
-                sim.op(
-                    c,
-                    Op::Create {
-                        parent: dir,
-                        name: n,
-                        mode: 0o644,
-                        exclusive: rng.below(4) == 0,
-                        truncate: false,
-                        caller: None,
-                    },
-                )?;
+                let create = Op::Create {
+                    parent: dir,
+                    name: n,
+                    mode: 0o644,
+                    exclusive: rng.below(4) == 0,
+                    truncate: false,
+                    caller: None,
+                };
+                if appending.below(3) == 0 {
+                    sim.create_appending(c, create)?;
+                } else {
+                    sim.op(c, create)?;
+                }
             }
             220..310 => {
                 if let Some(ino) = pick(rng, &files).filter(|&i| !sim.busy(c, i)) {
@@ -703,6 +707,7 @@ impl Simulation for FsSim {
                 "appends at the end of another writer's commit",
                 s.appends_after_another,
             ),
+            ("files created for appending", s.append_creates),
             ("extended attributes read back", s.xattr_reads_checked),
             (
                 "extended attributes read back across a commit",
