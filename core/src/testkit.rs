@@ -826,7 +826,10 @@ impl HostIo for SimHostIo<'_> {
             .log
             .is_some()
             .then(|| Issued::now(host, self.sessions, self.now, &fs));
-        if self.late_percent > 0 && self.rng.below(100) < self.late_percent {
+        // (Held locks never wait: the shell runs them at once, in order,
+        // as `FsOp::HoldLocks` asks.)
+        let at_once = matches!(fs, FsOp::HoldLocks { .. });
+        if !at_once && self.late_percent > 0 && self.rng.below(100) < self.late_percent {
             self.late.push((op, fs, issued));
             return None;
         }

@@ -84,7 +84,31 @@ fn op(rng: &mut Rng) -> FsOp {
     // (root may use `trusted.` too, but tmpfs before Linux 6.6 has only
     // those two).
     let xattr = |rng: &mut Rng| rng.pick(&[&b"user.a"[..], b"user.b"]).to_vec();
-    match rng.below(33) {
+    match rng.below(34) {
+        33 => {
+            let r = |start, end| wormhole_core::proto::ByteRange { start, end };
+            let kind = |rng: &mut Rng| {
+                *rng.pick(&[
+                    wormhole_core::proto::LockKind::Shared,
+                    wormhole_core::proto::LockKind::Exclusive,
+                ])
+            };
+            let locks = match rng.below(4) {
+                0 => vec![],
+                1 => vec![(r(0, i64::MAX as u64), kind(rng))],
+                2 => vec![(r(0, 9), kind(rng))],
+                _ => vec![(r(0, 9), kind(rng)), (r(20, 29), kind(rng))],
+            };
+            FsOp::HoldLocks {
+                path: Some(path(rng)),
+                holder: wormhole_core::host::LockHolder {
+                    session: wormhole_core::proto::SessionId([1; 16]),
+                    owner: rng.below(3),
+                    node: wormhole_core::proto::NodeId(1),
+                },
+                locks,
+            }
+        }
         // (No identity: the two disks number their files apart.)
         29 => FsOp::GetXattr {
             path: path(rng),
@@ -603,7 +627,7 @@ fn hostfs_agrees_with_memfs_on_random_sequences() {
     println!("succeeded at least once: {worked:?}");
     assert_eq!(
         worked.len(),
-        28,
+        29,
         "some operations never succeeded: {worked:?}"
     );
     assert!(ok > total / 6, "only {ok} of {total} operations succeeded");
@@ -647,7 +671,7 @@ fn hostfs_agrees_with_memfs_on_tmpfs() {
         ok += run(tmp.path(), seed, 400, &mut worked);
     }
     println!("20000 operations on tmpfs agreed; {ok} succeeded");
-    assert_eq!(worked.len(), 28, "{worked:?}");
+    assert_eq!(worked.len(), 29, "{worked:?}");
 }
 
 #[test]
@@ -805,6 +829,18 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         },
         FsOp::StageAbort { txn: x } => FsOp::StageAbort { txn: txn(x) },
         FsOp::Sync => FsOp::Sync,
+        FsOp::HoldLocks {
+            path: at,
+            holder,
+            locks,
+        } => FsOp::HoldLocks {
+            path: at.map(p),
+            holder: wormhole_core::host::LockHolder {
+                owner: holder.owner + 100 * t,
+                ..holder
+            },
+            locks,
+        },
         FsOp::StageCopy {
             txn: x,
             from,
@@ -863,7 +899,7 @@ fn concurrent_users_of_one_disk_each_get_memfs_results() {
                 let mut rng = Rng(7000 + t);
                 let mut ok = 0;
                 let mut stamps = Stamps::default();
-                for step in 0..1500 {
+                for step in 0..1600 {
                     let o = steer(confine(op(&mut rng), &top, t), &mut mem, &stamps);
                     let om = keyed(Stamps::with_base(&o, &stamps.mem), |s| mem.execute(s));
                     let mem_result = mem.execute(om);

@@ -11,7 +11,8 @@
 //! host never calls into a mount that a symlink points at.
 
 use crate::proto::{
-    Errno, FileKey, FileKind, Name, OpenFor, Owner, SetAttr, StatFs, Timestamp, TxnId, XattrSet,
+    ByteRange, Errno, FileKey, FileKind, LockKind, Name, NodeId, OpenFor, Owner, SessionId,
+    SetAttr, StatFs, Timestamp, TxnId, XattrSet,
 };
 use bytes::Bytes;
 use core::fmt;
@@ -459,6 +460,37 @@ pub enum FsOp {
     /// was issued durable (the group commit): answered `Done` once the
     /// disk has it, or with the error the disk gave.
     Sync,
+    /// Hold on the host's own file exactly the record locks `locks` of
+    /// one client lock owner (none: let go of them), so that the host's
+    /// local programs are kept out of what clients lock, as clients are
+    /// (docs/filesystem.md, "Programs on the host"). `Done` once held;
+    /// EAGAIN if a local program's lock is in the way, and then nothing
+    /// changed; another error if the file cannot be opened (nothing is
+    /// held). If the file at `path` is no longer the one the holder's
+    /// locks are on (a commit replaced it), they move to the new one.
+    /// The shell runs it at once, in the order issued (a few
+    /// non-blocking `fcntl`s): a later one for the same holder says what
+    /// it holds from then on.
+    HoldLocks {
+        /// The file; `None` only to let go (its name is gone).
+        path: Option<RelPath>,
+        /// Whose locks.
+        holder: LockHolder,
+        /// Every range the holder holds on the file, in order, disjoint.
+        locks: Vec<(ByteRange, LockKind)>,
+    },
+}
+
+/// Who holds record locks on a host file through [`FsOp::HoldLocks`]:
+/// one kernel lock owner of one client session, on one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LockHolder {
+    /// The client's session.
+    pub session: SessionId,
+    /// The kernel's lock owner there.
+    pub owner: u64,
+    /// The file.
+    pub node: NodeId,
 }
 
 impl FsOp {

@@ -20,11 +20,12 @@
 //! the file's modification time, as a [`FileStamp`] needs.
 
 use super::fsop::{
-    BatchOp, FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, NewFile, ReadFrom, RelPath,
+    BatchOp, FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsResult, LockHolder, NewFile, ReadFrom,
+    RelPath,
 };
 use crate::proto::{
-    CAPABILITY_XATTR, Errno, FileKey, FileKind, Name, Owner, SetTime, StatFs, Timestamp, TxnId,
-    XattrSet,
+    ByteRange, CAPABILITY_XATTR, Errno, FileKey, FileKind, LockKind, Name, Owner, SetTime, StatFs,
+    Timestamp, TxnId, XattrSet,
 };
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -75,6 +76,24 @@ pub struct MemFs {
     /// (thinned out past [`MAX_CRASH_POINTS`]): the states a crash may
     /// leave beside `durable`.
     since_sync: Vec<Tree>,
+    /// Record locks on files (volatile, as the kernel's): the clients'
+    /// the host holds ([`FsOp::HoldLocks`]), by holder: the inode and the
+    /// ranges.
+    held: BTreeMap<LockHolder, (u64, Locks)>,
+    /// Local programs' record locks, by inode ([`MemFs::local_lock`]).
+    local_locks: BTreeMap<u64, Locks>,
+}
+
+/// Record locks of one owner on one file.
+type Locks = Vec<(ByteRange, LockKind)>;
+
+/// Whether two sets of record locks of different owners conflict.
+fn locks_conflict(a: &[(ByteRange, LockKind)], b: &[(ByteRange, LockKind)]) -> bool {
+    a.iter().any(|(ra, ka)| {
+        b.iter().any(|(rb, kb)| {
+            ra.overlaps(rb) && !matches!((ka, kb), (LockKind::Shared, LockKind::Shared))
+        })
+    })
 }
 
 /// The persistent part of the disk: inodes and the next inode number.
@@ -112,7 +131,90 @@ impl MemFs {
             max_file,
             capacity: None,
             failing: None,
+            held: BTreeMap::new(),
+            local_locks: BTreeMap::new(),
         }
+    }
+
+    /// A local program locks `range` of the file at `path` (`fcntl`
+    /// `F_SETLK`, one program per file): `Ok(false)` if a lock the host
+    /// holds for a client is in the way.
+    pub fn local_lock(
+        &mut self,
+        path: &RelPath,
+        range: ByteRange,
+        kind: LockKind,
+    ) -> Result<bool, Errno> {
+        let ino = self.resolve(path)?;
+        let wanted = [(range, kind)];
+        if self
+            .held
+            .values()
+            .any(|(i, locks)| *i == ino && locks_conflict(locks, &wanted))
+        {
+            return Ok(false);
+        }
+        self.local_locks.entry(ino).or_default().push((range, kind));
+        Ok(true)
+    }
+
+    /// The local program of the file at `path` lets go of its locks.
+    pub fn local_unlock(&mut self, path: &RelPath) -> Result<(), Errno> {
+        let ino = self.resolve(path)?;
+        self.local_locks.remove(&ino);
+        Ok(())
+    }
+
+    /// The ranges the host holds for client lock owners on the file at
+    /// `path`, all owners together.
+    pub fn held_locks(&self, path: &RelPath) -> Vec<(ByteRange, LockKind)> {
+        let Ok(ino) = self.resolve(path) else {
+            return Vec::new();
+        };
+        self.held
+            .values()
+            .filter(|(i, _)| *i == ino)
+            .flat_map(|(_, locks)| locks.iter().copied())
+            .collect()
+    }
+
+    /// [`FsOp::HoldLocks`].
+    fn hold_locks(
+        &mut self,
+        path: Option<RelPath>,
+        holder: LockHolder,
+        locks: Vec<(ByteRange, LockKind)>,
+    ) -> FsResult {
+        if locks.is_empty() {
+            self.held.remove(&holder);
+            return Ok(FsOk::Done);
+        }
+        let ino = self.resolve(&path.ok_or(Errno::NoEnt)?)?;
+        match self.inodes.get(&ino).map(|n| n.kind) {
+            Some(FileKind::File) => {}
+            Some(FileKind::Dir) => return Err(Errno::IsDir),
+            Some(FileKind::Symlink) => return Err(Errno::Loop),
+            // Never opened: a special file is no file to lock.
+            _ => return Err(Errno::Perm),
+        }
+        // Another holder's locks are another open file description's, and
+        // conflict as the kernel's do (the host core never asks for such
+        // a conflict between clients, whose table decides first).
+        let others = self
+            .held
+            .iter()
+            .filter(|(h, (i, _))| **h != holder && *i == ino)
+            .any(|(_, (_, l))| locks_conflict(l, &locks));
+        if others
+            || self
+                .local_locks
+                .get(&ino)
+                .is_some_and(|l| locks_conflict(l, &locks))
+        {
+            return Err(Errno::Again);
+        }
+        self.held.insert(holder, (ino, locks));
+        Ok(FsOk::Done)
     }
 
     /// Sets the clock used for file times: operations from now on happen
@@ -285,6 +387,9 @@ impl MemFs {
         self.next_ino = self.next_ino.max(tree.next_ino);
         self.handles.clear();
         self.staged.clear();
+        // The processes went with the power.
+        self.held.clear();
+        self.local_locks.clear();
         self.collect();
         self.synced();
     }
@@ -1143,6 +1248,11 @@ impl MemFs {
                 self.synced();
                 Ok(FsOk::Done)
             }
+            FsOp::HoldLocks {
+                path,
+                holder,
+                locks,
+            } => self.hold_locks(path, holder, locks),
         }
     }
 }

@@ -34,8 +34,8 @@ mod server;
 mod tests;
 
 pub use fsop::{
-    BatchOp, FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, NewFile, OpenAs, ReadFrom,
-    RelPath, split_dirs, with_dirs,
+    BatchOp, FileStamp, FsAttr, FsHandle, FsOk, FsOp, FsOpId, FsResult, LockHolder, NewFile,
+    OpenAs, ReadFrom, RelPath, split_dirs, with_dirs,
 };
 pub use nodes::NodeTable;
 pub use pump::HostIo;

@@ -2033,6 +2033,7 @@ fn a_create_that_opens_answers_with_a_handle() {
     ));
 }
 
+mod host_locks;
 mod leases;
 
 /// An attribute is read or changed only on the file the host knows its

@@ -69,6 +69,10 @@ pub enum RangeOutcome {
 pub struct RangeGrant {
     /// The requester's session.
     pub session: SessionId,
+    /// The requester.
+    pub owner: RangeOwner,
+    /// The file.
+    pub node: NodeId,
     /// Its request.
     pub request: RequestId,
     /// Held, or why not after all (ENOLCK: the session's bound).
@@ -301,6 +305,47 @@ impl RangeLocks {
         }
     }
 
+    /// The ranges `owner` would hold on `node` once it took `kind` on
+    /// `range`, if no other owner's lock is in the way (what the host
+    /// takes on its own file first, so that its local programs are
+    /// excluded too).
+    pub fn would_hold(
+        &self,
+        owner: RangeOwner,
+        node: NodeId,
+        range: ByteRange,
+        kind: LockKind,
+    ) -> Option<Vec<(ByteRange, LockKind)>> {
+        let empty = FileLocks::default();
+        let file = self.files.get(&node).unwrap_or(&empty);
+        if range.start > range.end || file.blocker(owner, range, kind).is_some() {
+            return None;
+        }
+        let mut v: Vec<(ByteRange, LockKind)> = file
+            .with(owner, range, kind)
+            .into_iter()
+            .filter(|h| h.owner == owner)
+            .map(|h| (h.range, h.kind))
+            .collect();
+        v.sort_by_key(|(r, _)| r.start);
+        Some(v)
+    }
+
+    /// Every owner holding a range of `node`, and every file a session's
+    /// owners hold ranges of (`None`: of every session).
+    pub fn holders(
+        &self,
+        node: Option<NodeId>,
+        session: Option<SessionId>,
+    ) -> BTreeSet<(RangeOwner, NodeId)> {
+        self.files
+            .iter()
+            .filter(|(n, _)| node.is_none_or(|m| m == **n))
+            .flat_map(|(&n, f)| f.held.iter().map(move |h| (h.owner, n)))
+            .filter(|(o, _)| session.is_none_or(|s| s == o.session))
+            .collect()
+    }
+
     /// The first lock of another owner that stops `owner` taking `kind`
     /// on `range` (F_GETLK), if any.
     pub fn test(
@@ -427,6 +472,8 @@ impl RangeLocks {
             let result = self.replace(w.owner.session, node, held);
             self.grants.push_back(RangeGrant {
                 session: w.owner.session,
+                owner: w.owner,
+                node,
                 request: w.request,
                 result,
             });

@@ -70,6 +70,7 @@ pub(crate) fn locks_across_mounts(bin: &Path) {
     a_signal_ends_a_wait(&mnt1, &mnt2);
     ofd_locks_share_and_exclude(&mnt1, &mnt2);
     posix_byte_ranges(&mnt1, &mnt2);
+    programs_on_the_host(&dir.join("share"), &mnt1);
     sqlite_from_both_mounts(&mnt1, &mnt2);
     appends_from_both_mounts(&mnt1, &mnt2);
 }
@@ -220,6 +221,131 @@ print("getlk", "write" if t == fcntl.F_WRLCK else t, start, length, pid)
     .wait()
     .expect("after the holder");
     assert!(free.success(), "the holder's exit freed its bytes");
+}
+
+/// Takes a POSIX lock of `len` bytes at `start` on `path` and holds it
+/// until told (a line on its stdin); prints "locked", or the errno.
+const HOLD_AT: &str = r#"
+import errno, fcntl, sys
+f = open(sys.argv[1], "r+")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]))
+    print("locked", flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+    sys.exit(0)
+sys.stdin.readline()
+"#;
+
+/// The first line a program prints, within [`STEP`].
+fn first_line(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut out);
+        let _ = tx.send(out);
+    });
+    match rx.recv_timeout(STEP) {
+        Ok(line) => line.trim().to_string(),
+        Err(_) => panic!("pid {} printed nothing within {STEP:?}", child.id()),
+    }
+}
+
+/// Tells a holder to let go, and waits for it.
+fn let_go(mut holder: std::process::Child) {
+    holder
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"\n")
+        .expect("tell the holder");
+    assert!(holder.wait().expect("holder").success());
+}
+
+/// A program on the host itself and a program on a mount keep each
+/// other out of the bytes they lock, as two programs on one disk do:
+/// the host holds the mount's locks on its own file. A write committed
+/// through the mount (which puts a new file in the old one's place)
+/// keeps the lock on the host; a wait on the mount for the host
+/// program's lock ends when it lets go.
+fn programs_on_the_host(share: &Path, mnt: &Path) {
+    let (on_host, on_mount) = (share.join("f"), mnt.join("f"));
+    let hold = |p: &Path, start: &str, len: &str| python(HOLD_AT, &[text(p), start, len]);
+
+    let mut host_program = hold(&on_host, "0", "10");
+    assert_eq!(first_line(&mut host_program), "locked");
+    let mut refused = hold(&on_mount, "5", "10");
+    assert_eq!(
+        first_line(&mut refused),
+        "EAGAIN",
+        "the host program's bytes"
+    );
+    assert!(refused.wait().expect("refused").success());
+    let mut beside = hold(&on_mount, "10", "10");
+    assert_eq!(first_line(&mut beside), "locked", "the bytes beside them");
+    let_go(beside);
+
+    // A blocking take on the mount waits for the host program.
+    let waiter = python(
+        // (The file kept open: closing any of its descriptors ends a
+        // process's POSIX locks.)
+        "import fcntl, sys\nf = open(sys.argv[1], 'r+')\nfcntl.lockf(f, fcntl.LOCK_EX, 10, 0)\nprint('got', flush=True)\nsys.stdin.readline()",
+        &[text(&on_mount)],
+    );
+    in_fcntl(waiter.id());
+    let_go(host_program);
+    let mut waiter = waiter;
+    assert_eq!(
+        first_line(&mut waiter),
+        "got",
+        "woken once the host program let go"
+    );
+    let mut kept_out = hold(&on_host, "0", "1");
+    assert_eq!(
+        first_line(&mut kept_out),
+        "EAGAIN",
+        "the mount's lock, on the host"
+    );
+    assert!(kept_out.wait().expect("kept out").success());
+    let_go(waiter);
+
+    // Locked through the mount, written and committed (fsync) while
+    // held: the host's new file is locked too.
+    let mut writer = python(
+        r#"
+import fcntl, os, sys
+f = open(sys.argv[1], "r+")
+fcntl.lockf(f, fcntl.LOCK_EX, 0, 0)
+f.write("rewritten under the lock")
+f.flush()
+os.fsync(f.fileno())
+print("committed", flush=True)
+sys.stdin.readline()
+"#,
+        &[text(&on_mount)],
+    );
+    assert_eq!(first_line(&mut writer), "committed");
+    let mut after = hold(&on_host, "0", "1");
+    assert_eq!(
+        first_line(&mut after),
+        "EAGAIN",
+        "the new file is locked too"
+    );
+    assert!(after.wait().expect("after").success());
+    // The writer's exit lets go (its release reaches the host a moment
+    // later): a host program waiting for the lock gets it.
+    let host_waiter = python(
+        "import fcntl, sys\nfcntl.lockf(open(sys.argv[1], 'r+'), fcntl.LOCK_EX, 1, 0)\nprint('got')",
+        &[text(&on_host)],
+    );
+    let_go(writer);
+    let out = exited(
+        host_waiter,
+        STEP,
+        "a host program waiting for the mount's lock",
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got");
 }
 
 /// Two processes, one per mount, each add 1 to a counter in one SQLite

@@ -237,7 +237,9 @@ impl HostServer {
             return;
         };
         self.locks.release_session(now, session);
+        let held = self.ranges.holders(None, Some(session));
         self.ranges.release_session(session);
+        self.session_gone_from_host(session, held);
         self.drain_record_locks();
         for h in s.handles {
             if let Some(handle) = self.handles.remove(&h) {

@@ -7,6 +7,7 @@
 
 mod conns;
 mod echo;
+mod host_locks;
 mod lease;
 mod requests;
 mod results;
@@ -81,6 +82,10 @@ pub struct HostConfig {
     /// with owners preserved: `--allow-device-nodes`). Otherwise a
     /// client's mknod of one is EPERM and one on the disk is invisible.
     pub allow_device_nodes: bool,
+    /// Hold clients' record locks on the host's own files too, so that
+    /// the host's local programs and the clients keep each other out
+    /// ([`host_locks`]).
+    pub lock_host_files: bool,
 }
 
 impl Default for HostConfig {
@@ -101,6 +106,7 @@ impl Default for HostConfig {
             owners: Owners::HostUser { uid: 0, gid: 0 },
             allow_device_nodes: false,
             record_locks: RangeLockConfig::default(),
+            lock_host_files: true,
         }
     }
 }
@@ -308,6 +314,9 @@ enum Purpose {
         id: RequestId,
         then: ReplyAs,
     },
+    /// A lock request's range taken on the host's file before the
+    /// clients' table grants it ([`host_locks`]).
+    TakeOnHost(host_locks::Taking),
     /// A lease holder's batch ([`lease`]): what each operation was.
     Applied {
         session: SessionId,
@@ -409,6 +418,9 @@ pub struct HostServer {
     locks: LockTable,
     /// Programs' advisory record locks, shared by every client.
     ranges: RangeLocks,
+    /// The same held on the host's files, and requests local programs'
+    /// locks keep waiting.
+    host_locks: host_locks::HostLocks,
     conns: BTreeMap<ConnId, Conn>,
     sessions: BTreeMap<SessionId, Session>,
     handles: BTreeMap<HandleId, Handle>,
@@ -445,6 +457,7 @@ impl HostServer {
         HostServer {
             locks: LockTable::new(cfg.lock.clone(), lock_rng),
             ranges: RangeLocks::new(cfg.record_locks.clone()),
+            host_locks: host_locks::HostLocks::default(),
             nodes: NodeTable::new(FileKey { dev: 0, ino: 0 }, cfg.max_nodes),
             cfg,
             secret,

@@ -3,7 +3,7 @@
 
 use super::whole::WholeRest;
 use super::*;
-use crate::lock::range::{RangeOutcome, RangeOwner};
+use crate::lock::range::RangeOwner;
 use crate::proto::{MAX_XATTR_NAME, MAX_XATTR_SIZE};
 use crate::proto::{Owner, SetAttr};
 
@@ -446,23 +446,22 @@ impl HostServer {
                     return Err(Errno::Stale);
                 }
                 let owner = RangeOwner { session, owner };
-                let wait = wait.then_some(id);
-                if self.ranges.lock(owner, node, range, kind, wait)? == RangeOutcome::Granted {
-                    self.answer(session, id, Ok(Reply::Done));
-                }
-                self.drain_record_locks();
+                self.set_lock(now, session, id, owner, node, range, kind, wait)?;
             }
             Request::Unlock { node, owner, range } => {
                 // Never refused: a file gone from the index (unlinked
                 // while open) still has its locks released at close.
-                self.ranges
-                    .unlock(RangeOwner { session, owner }, node, range);
+                let owner = RangeOwner { session, owner };
+                self.ranges.unlock(owner, node, range);
+                self.stop_waiting_on_host(owner, node, range, true);
+                self.mirror(owner, node);
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_record_locks();
             }
             Request::Withdraw { node, owner, range } => {
-                self.ranges
-                    .withdraw(RangeOwner { session, owner }, node, range);
+                let owner = RangeOwner { session, owner };
+                self.ranges.withdraw(owner, node, range);
+                self.stop_waiting_on_host(owner, node, range, false);
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_record_locks();
             }
@@ -822,6 +821,9 @@ impl HostServer {
     /// Answers the record-lock requests that waited and are now granted.
     pub(super) fn drain_record_locks(&mut self) {
         while let Some(g) = self.ranges.poll_grant() {
+            if g.result.is_ok() {
+                self.mirror(g.owner, g.node);
+            }
             self.answer(g.session, g.request, g.result.map(|()| Reply::Done));
         }
     }

@@ -35,6 +35,7 @@ impl HostServer {
                 self.whole_step(now, op, session, txn, step, result);
             }
             Purpose::Follow { parent, name } => self.follow(parent, name, result),
+            Purpose::TakeOnHost(taking) => self.taken_on_host(now, taking, result),
             Purpose::Applied {
                 session,
                 dir,
@@ -519,6 +520,7 @@ impl HostServer {
                     Invalidation::Data
                 };
                 self.broadcast(Some(session), node, what);
+                self.file_replaced_on_host(node);
                 Ok(Reply::Attr(attr))
             }
             (ReplyAs::Abort, Ok(_)) => Ok(Reply::Done),

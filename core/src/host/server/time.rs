@@ -109,6 +109,7 @@ impl HostServer {
             self.locks.poll_timeout(),
             self.sync_timeout(),
             self.leases.poll_timeout(),
+            self.host_locks.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -121,6 +122,7 @@ impl HostServer {
         self.sync_due(now);
         self.locks.handle_timeout(now);
         self.drain_locks(now);
+        self.retry_blocked(now);
         let expired: Vec<SessionId> = self
             .sessions
             .iter()

@@ -64,6 +64,7 @@
 //! (`staging`), and the thread pool ([`FsPool`]).
 
 mod durability;
+mod locks;
 mod ops;
 mod pool;
 mod staging;
@@ -126,6 +127,8 @@ pub struct HostFs {
     staging_prefix: Vec<u8>,
     handles: Mutex<HashMap<FsHandle, Arc<File>>>,
     staged: Mutex<HashMap<TxnId, Arc<Staged>>>,
+    /// Clients' record locks held on the files ([`locks`]).
+    held_locks: Mutex<locks::Holders>,
     /// The file system writes a file's data before a rename over another
     /// file is durable ([`durability`]); otherwise a commit flushes the
     /// staged copy before its rename.
@@ -191,6 +194,7 @@ impl HostFs {
             staging_prefix,
             handles: Mutex::new(HashMap::new()),
             staged: Mutex::new(HashMap::new()),
+            held_locks: Mutex::new(HashMap::new()),
         })
     }
 
@@ -252,7 +256,9 @@ impl HostFs {
             | FsOp::Rename { .. }
             | FsOp::Symlink { .. }
             | FsOp::Link { .. }
-            | FsOp::StageBegin { .. } => {
+            | FsOp::StageBegin { .. }
+            // A few non-blocking `fcntl`s, in order per holder.
+            | FsOp::HoldLocks { .. } => {
                 return Ok(self.execute(op));
             }
             FsOp::SetAttr { ref set, .. } if set.size.is_none() => return Ok(self.execute(op)),
@@ -412,6 +418,11 @@ impl HostFs {
                 Ok(FsOk::Done)
             }
             FsOp::Batch { dir, ops } => self.batch(&dir, ops),
+            FsOp::HoldLocks {
+                path,
+                holder,
+                locks,
+            } => self.hold_locks(path, holder, locks),
             FsOp::Sync => {
                 rfs::syncfs(&self.root).map_err(sys)?;
                 Ok(FsOk::Done)

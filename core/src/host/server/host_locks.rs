@@ -1,0 +1,279 @@
+//! Clients' record locks held on the host's own files too, so that a
+//! program on the host that locks a shared file (SQLite, a mail tool) is
+//! kept out of what a client locks, and keeps clients out of what it
+//! locks (docs/filesystem.md, "Programs on the host").
+//!
+//! The clients' table ([`RangeLocks`]) stays the one that decides between
+//! clients. The host holds each client lock owner's ranges on a file of
+//! its own ([`FsOp::HoldLocks`]: the shell gives every holder an open file
+//! description, so these are OFD locks, which conflict with a local
+//! program's `fcntl` locks as another process's would):
+//!
+//! * **Before** a lock is granted at once, the host takes it on its file.
+//!   A local program's lock in the way makes it EAGAIN, or, for a waiting
+//!   request, a wait: nothing announces that a local program let go, so
+//!   the request is tried again every [`LOCAL_RETRY`].
+//! * **After** every other change of an owner's ranges (an unlock, a
+//!   waiter's grant, the session's end, a commit that put a new file in
+//!   the old one's place), the host holds what the table says.
+//!
+//! A waiter granted as another client lets go is held on the host's file
+//! just after the table grants it; a local program that takes the bytes
+//! in between (the host's two file operations run back to back) is not
+//! seen, and the host's copy of that grant fails. That window, and
+//! `flock` (Linux keeps `flock` and `fcntl` locks apart: a local program
+//! using `flock` is not kept out), are the limits.
+
+use super::*;
+use crate::host::fsop::LockHolder;
+use crate::lock::range::{RangeOutcome, RangeOwner};
+use crate::proto::{ByteRange, LockKind};
+
+/// How often a request a local program's lock keeps waiting is tried
+/// again.
+pub(super) const LOCAL_RETRY: Duration = Duration::from_millis(200);
+
+/// A lock request waiting for a local program's lock.
+#[derive(Clone, Debug)]
+pub(super) struct Blocked {
+    session: SessionId,
+    id: RequestId,
+    owner: RangeOwner,
+    node: NodeId,
+    range: ByteRange,
+    kind: LockKind,
+    /// When it is tried again.
+    at: Instant,
+}
+
+/// A lock request whose range the host is taking on its own file before
+/// the table grants it.
+#[derive(Clone, Debug)]
+pub(super) struct Taking {
+    session: SessionId,
+    id: RequestId,
+    owner: RangeOwner,
+    node: NodeId,
+    range: ByteRange,
+    kind: LockKind,
+    wait: bool,
+}
+
+/// The requests waiting for local programs.
+#[derive(Debug, Default)]
+pub(super) struct HostLocks {
+    blocked: Vec<Blocked>,
+}
+
+impl HostLocks {
+    /// When the next blocked request is tried again.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.blocked.iter().map(|b| b.at).min()
+    }
+}
+
+impl HostServer {
+    /// A client's `F_SETLK`/`F_SETLKW` (and `flock`, OFD locks).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn set_lock(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        id: RequestId,
+        owner: RangeOwner,
+        node: NodeId,
+        range: ByteRange,
+        kind: LockKind,
+        wait: bool,
+    ) -> Result<(), Errno> {
+        // The request replaces one of the same that waits for a local
+        // program (a client asks again when it heard nothing for a while).
+        self.host_locks
+            .blocked
+            .retain(|b| !(b.owner == owner && b.node == node && b.range == range));
+        if self.cfg.lock_host_files
+            && let Some(locks) = self.ranges.would_hold(owner, node, range, kind)
+            && let Ok(path) = self.path_of(node)
+        {
+            let taking = Taking {
+                session,
+                id,
+                owner,
+                node,
+                range,
+                kind,
+                wait,
+            };
+            self.hold(Purpose::TakeOnHost(taking), Some(path), owner, node, locks);
+            return Ok(());
+        }
+        self.lock_in_table(now, session, id, owner, node, range, kind, wait)
+    }
+
+    /// Takes the lock in the clients' table; once granted, the host's file
+    /// holds the owner's ranges as the table says.
+    #[allow(clippy::too_many_arguments)]
+    fn lock_in_table(
+        &mut self,
+        _now: Instant,
+        session: SessionId,
+        id: RequestId,
+        owner: RangeOwner,
+        node: NodeId,
+        range: ByteRange,
+        kind: LockKind,
+        wait: bool,
+    ) -> Result<(), Errno> {
+        let outcome = self
+            .ranges
+            .lock(owner, node, range, kind, wait.then_some(id));
+        if outcome == Ok(RangeOutcome::Granted) {
+            self.answer(session, id, Ok(Reply::Done));
+        }
+        // Granted: held on the host's file (again, if taken first); else
+        // what was taken first goes back to what the table holds.
+        self.mirror(owner, node);
+        self.drain_record_locks();
+        outcome.map(|_| ())
+    }
+
+    /// The host's file answered a take before the grant.
+    pub(super) fn taken_on_host(&mut self, now: Instant, t: Taking, result: FsResult) {
+        if !self.sessions.contains_key(&t.session) {
+            // Gone meanwhile: let go of what was taken for it.
+            self.mirror(t.owner, t.node);
+            return;
+        }
+        if result == Err(Errno::Again) {
+            if !t.wait {
+                self.answer(t.session, t.id, Err(Errno::Again));
+                return;
+            }
+            let waiting = self
+                .host_locks
+                .blocked
+                .iter()
+                .filter(|b| b.session == t.session)
+                .count();
+            if waiting >= self.cfg.record_locks.max_per_session {
+                self.answer(t.session, t.id, Err(Errno::NoLck));
+                return;
+            }
+            self.host_locks.blocked.push(Blocked {
+                session: t.session,
+                id: t.id,
+                owner: t.owner,
+                node: t.node,
+                range: t.range,
+                kind: t.kind,
+                at: now + LOCAL_RETRY,
+            });
+            return;
+        }
+        // Held; or the host cannot hold it (a file it may not open): the
+        // clients' table decides alone then.
+        let Taking {
+            session,
+            id,
+            owner,
+            node,
+            range,
+            kind,
+            wait,
+        } = t;
+        if let Err(e) = self.lock_in_table(now, session, id, owner, node, range, kind, wait) {
+            self.answer(session, id, Err(e));
+        }
+    }
+
+    /// Tries again the requests local programs kept waiting.
+    pub(super) fn retry_blocked(&mut self, now: Instant) {
+        let (due, later): (Vec<Blocked>, Vec<Blocked>) =
+            std::mem::take(&mut self.host_locks.blocked)
+                .into_iter()
+                .partition(|b| b.at <= now);
+        self.host_locks.blocked = later;
+        for b in due {
+            if !self.sessions.contains_key(&b.session) {
+                continue;
+            }
+            if let Err(e) =
+                self.set_lock(now, b.session, b.id, b.owner, b.node, b.range, b.kind, true)
+            {
+                self.answer(b.session, b.id, Err(e));
+            }
+        }
+    }
+
+    /// `owner` no longer waits for `range` of `node` (`any`: for any bytes
+    /// of it): an unlock or a withdrawal.
+    pub(super) fn stop_waiting_on_host(
+        &mut self,
+        owner: RangeOwner,
+        node: NodeId,
+        range: ByteRange,
+        any: bool,
+    ) {
+        self.host_locks.blocked.retain(|b| {
+            !(b.owner == owner
+                && b.node == node
+                && if any {
+                    b.range.overlaps(&range)
+                } else {
+                    b.range == range
+                })
+        });
+    }
+
+    /// A session ended: its requests stop waiting, and the host lets go
+    /// of its locks (`held`: its holders, from before the table let go).
+    pub(super) fn session_gone_from_host(
+        &mut self,
+        session: SessionId,
+        held: BTreeSet<(RangeOwner, NodeId)>,
+    ) {
+        self.host_locks.blocked.retain(|b| b.session != session);
+        for (owner, node) in held {
+            self.mirror(owner, node);
+        }
+    }
+
+    /// A commit put a new file at `node`'s path: the locks held on the old
+    /// one move to it.
+    pub(super) fn file_replaced_on_host(&mut self, node: NodeId) {
+        for (owner, node) in self.ranges.holders(Some(node), None) {
+            self.mirror(owner, node);
+        }
+    }
+
+    /// Holds on the host's file what the table says `owner` holds on
+    /// `node`.
+    pub(super) fn mirror(&mut self, owner: RangeOwner, node: NodeId) {
+        if !self.cfg.lock_host_files {
+            return;
+        }
+        let locks = self.ranges.held_by(owner, node);
+        let path = self.path_of(node).ok();
+        self.hold(Purpose::Housekeeping, path, owner, node, locks);
+    }
+
+    fn hold(
+        &mut self,
+        purpose: Purpose,
+        path: Option<RelPath>,
+        owner: RangeOwner,
+        node: NodeId,
+        locks: Vec<(ByteRange, LockKind)>,
+    ) {
+        let op = FsOp::HoldLocks {
+            path,
+            holder: LockHolder {
+                session: owner.session,
+                owner: owner.owner,
+                node,
+            },
+            locks,
+        };
+        self.fs(purpose, op);
+    }
+}

@@ -1,0 +1,174 @@
+//! Clients' record locks held on the host's own files: a program on the
+//! host and the clients keep each other out ([`super::server`]'s
+//! `host_locks`).
+
+use super::*;
+use crate::proto::ByteRange;
+
+fn set_lock(
+    r: &mut Rig,
+    conn: ConnId,
+    node: NodeId,
+    range: ByteRange,
+    kind: LockKind,
+    wait: bool,
+) -> RequestId {
+    r.send(
+        conn,
+        Request::SetLock {
+            node,
+            owner: 7,
+            range,
+            kind,
+            wait,
+        },
+    )
+}
+
+fn unlock(r: &mut Rig, conn: ConnId, node: NodeId) -> Result<Reply, Errno> {
+    r.call(
+        conn,
+        Request::Unlock {
+            node,
+            owner: 7,
+            range: ByteRange::WHOLE,
+        },
+    )
+}
+
+const FIRST_TEN: ByteRange = ByteRange { start: 0, end: 9 };
+
+/// A client's lock keeps a program on the host out of those bytes, and
+/// only those, until the client lets go; a commit that puts a new file
+/// in the old one's place takes the lock with it.
+#[test]
+fn a_clients_lock_keeps_a_program_on_the_host_out() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    let p = path(&["a.txt"]);
+    let got = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c, got), Some(Ok(Reply::Done)));
+    assert_eq!(
+        r.disk
+            .local_lock(&p, ByteRange { start: 5, end: 5 }, LockKind::Shared),
+        Ok(false)
+    );
+    assert_eq!(
+        r.disk
+            .local_lock(&p, ByteRange { start: 10, end: 20 }, LockKind::Exclusive),
+        Ok(true),
+        "the bytes beside the client's"
+    );
+    r.disk.local_unlock(&p).expect("a.txt");
+
+    // A commit by the lock's holder replaces the file: still kept out.
+    let token = r.lock(c, a);
+    let txn = r.begin(c, a, token);
+    r.chunk(c, txn, 0, 0, b"HELLO").expect("staged");
+    let committed = r.call(
+        c,
+        Request::CommitWrite {
+            txn,
+            size: 5,
+            set: SetAttr::default(),
+        },
+    );
+    assert!(matches!(committed, Ok(Reply::Attr(_))), "{committed:?}");
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared),
+        Ok(false)
+    );
+
+    assert_eq!(unlock(&mut r, c, a), Ok(Reply::Done));
+    assert!(r.disk.held_locks(&p).is_empty());
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Exclusive),
+        Ok(true)
+    );
+}
+
+/// A program on the host that holds a lock keeps clients out: a request
+/// that does not wait is refused with EAGAIN, and one that waits is
+/// granted once the program lets go.
+#[test]
+fn a_program_on_the_host_keeps_clients_out() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    let p = path(&["a.txt"]);
+    assert_eq!(r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared), Ok(true));
+
+    let refused = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c, refused), Some(Err(Errno::Again)));
+    let shared = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Shared, false);
+    assert_eq!(r.reply(c, shared), Some(Ok(Reply::Done)), "readers share");
+    assert_eq!(unlock(&mut r, c, a), Ok(Reply::Done));
+
+    let waits = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, true);
+    r.advance(Duration::from_secs(2));
+    assert_eq!(r.reply(c, waits), None, "waits for the program");
+    r.disk.local_unlock(&p).expect("a.txt");
+    r.advance(Duration::from_secs(1));
+    assert_eq!(r.reply(c, waits), Some(Ok(Reply::Done)));
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared),
+        Ok(false)
+    );
+}
+
+/// A client's wait for a program on the host ends with its session (a
+/// crashed client) or its withdrawal (a signal), and takes nothing.
+#[test]
+fn a_wait_for_a_program_on_the_host_ends_with_the_client() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
+    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    let p = path(&["a.txt"]);
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Exclusive),
+        Ok(true)
+    );
+    let waits = set_lock(&mut r, c1, a, FIRST_TEN, LockKind::Exclusive, true);
+    let withdrawn = r.call(
+        c1,
+        Request::Withdraw {
+            node: a,
+            owner: 7,
+            range: FIRST_TEN,
+        },
+    );
+    assert_eq!(withdrawn, Ok(Reply::Done));
+    let other = set_lock(&mut r, c2, a, FIRST_TEN, LockKind::Exclusive, true);
+    r.host.conn_closed(r.now, c2);
+    r.advance(Duration::from_secs(60));
+    r.disk.local_unlock(&p).expect("a.txt");
+    r.advance(Duration::from_secs(1));
+    assert_eq!(r.reply(c1, waits), None, "withdrawn: never granted");
+    assert_eq!(r.reply(c2, other), None, "its session ended");
+    assert!(r.disk.held_locks(&p).is_empty());
+    assert!(r.host.record_locks().is_empty());
+}
+
+/// A client's lock on a host that does not hold them on its files
+/// (`lock_host_files` off) leaves the host's programs alone.
+#[test]
+fn a_host_may_leave_its_files_unlocked() {
+    let disk = disk_with(&[(&["a.txt"], b"hello")], &[]);
+    let cfg = HostConfig {
+        lock_host_files: false,
+        ..HostConfig::default()
+    };
+    let mut r = Rig::new(cfg, disk);
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    let got = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c, got), Some(Ok(Reply::Done)));
+    let p = path(&["a.txt"]);
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Exclusive),
+        Ok(true)
+    );
+}
