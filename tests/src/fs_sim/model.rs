@@ -62,6 +62,10 @@ pub struct FsStats {
     pub appends_after_another: u64,
     /// Files created and opened with `O_APPEND` (a shell's `>>`).
     pub append_creates: u64,
+    /// Locks a program on the host took on the locked updates' file.
+    pub host_program_locks: u64,
+    /// Its tries a client's lock kept out.
+    pub host_program_refused: u64,
     /// Small reads inside a file (a random reader's) checked as a slice
     /// of one commit.
     pub slices_checked: u64,
@@ -169,6 +173,8 @@ impl FsStats {
         self.xattrs_across_commits += o.xattrs_across_commits;
         self.appends_after_another += o.appends_after_another;
         self.append_creates += o.append_creates;
+        self.host_program_locks += o.host_program_locks;
+        self.host_program_refused += o.host_program_refused;
         self.slices_checked += o.slices_checked;
         self.attrs_checked += o.attrs_checked;
         self.reads_after_ack += o.reads_after_ack;
@@ -1151,7 +1157,7 @@ impl Sim {
         self.stats.host_crashes += 1;
         self.note(|| "host crash".to_string());
         self.check()?;
-        self.locks.fault();
+        self.locks.host_crashed();
         self.xattrs.fault(self.seq);
         self.w.crash_host();
         // Staging dies with the host; the next run numbers its own.
@@ -2420,6 +2426,10 @@ impl Sim {
     /// everything, let time run; then everything must have ended.
     pub fn converge(&mut self) -> Result<(), Violation> {
         self.note(|| "liveness phase".to_string());
+        if self.locks.host_program {
+            // The program on the host ends: clients' waits may go on.
+            self.host_program_step()?;
+        }
         self.w.heal();
         self.w.disk.set_capacity(None);
         self.w.disk.fail_next(Errno::Io, 0);

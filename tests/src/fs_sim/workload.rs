@@ -241,6 +241,8 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
     let mut signals = Rng::from_u64(locking.next_u64() ^ 0x5167_0000_0000_0014);
     // Which creates open with `O_APPEND`: a generator of its own too.
     let mut appending = Rng::from_u64(signals.next_u64() ^ 0x0a99_e4d0_0000_0015);
+    // When the program on the host takes or lets go of the lock.
+    let mut host_locking = Rng::from_u64(appending.next_u64() ^ 0x1057_10c0_0000_0016);
     for _ in 0..actions {
         let now = sim.w.now;
         if heal_at.is_some_and(|t| now >= t) {
@@ -275,6 +277,11 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
                 let data = payload(locking.next_u64(), len);
                 sim.locked_step(lc, data)?;
             }
+        }
+        // Now and then, the program on the host takes or lets go of the
+        // lock on the host's file.
+        if host_locking.below(100) < 3 {
+            sim.host_program_step()?;
         }
         // Now and then, a signal reaches a program waiting for the lock
         // (F_SETLKW ends with EINTR).
@@ -708,6 +715,11 @@ impl Simulation for FsSim {
                 s.appends_after_another,
             ),
             ("files created for appending", s.append_creates),
+            ("locks a program on the host took", s.host_program_locks),
+            (
+                "a program on the host kept out by a client's lock",
+                s.host_program_refused,
+            ),
             ("extended attributes read back", s.xattr_reads_checked),
             (
                 "extended attributes read back across a commit",

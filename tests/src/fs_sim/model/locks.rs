@@ -18,6 +18,12 @@
 //! 14. **Fencing**: no client's commit of the file reaches the disk
 //!     while another client holds the lock by a grant since the last
 //!     fault: writes made under a lock that was lost are refused.
+//!
+//! A program on the host takes and lets go of the same lock now and then
+//! (`fcntl` on the host's file, [`Sim::host_program_step`]): invariant 11
+//! holds it too. No client is granted the lock while it holds it, and it
+//! gets the lock only while no client holds it by a grant since the last
+//! fault.
 
 use super::{Ctx, Sim, Violation};
 use wormhole_core::client::{Answer, Fh, Op};
@@ -70,6 +76,8 @@ pub(super) struct LockModel {
     pub(super) waiting: Vec<bool>,
     /// The kernel request of a lock wait, while it is out.
     pub(super) asked: Vec<Option<wormhole_core::client::Req>>,
+    /// A program on the host holds the lock on the host's file.
+    pub(super) host_program: bool,
 }
 
 impl LockModel {
@@ -80,6 +88,12 @@ impl LockModel {
             .iter()
             .find(|&(&o, &live)| o != c && live)
             .map(|(&o, _)| o)
+    }
+
+    /// The host's processes died with it: the program on the host too.
+    pub(super) fn host_crashed(&mut self) {
+        self.host_program = false;
+        self.fault();
     }
 
     /// A fault: every lock held now no longer counts.
@@ -146,6 +160,41 @@ impl Sim {
         let req = self.op(c, op)?;
         if let Step::Locking(_) = self.locks.steps[c] {
             self.locks.asked[c] = Some(req);
+        }
+        Ok(())
+    }
+
+    /// A step of the program on the host: it lets go of the lock if it
+    /// holds it, else tries to take it (`F_SETLK` on the host's file).
+    pub fn host_program_step(&mut self) -> Result<(), Violation> {
+        let path = wormhole_core::host::RelPath::from(vec![super::name(LOCKED)]);
+        if self.locks.host_program {
+            self.note(|| "local: the host program lets go of its lock".to_string());
+            self.locks.host_program = false;
+            let _ = self.w.disk.local_unlock(&path);
+            // The host tries a client's wait again on its own timer.
+            return Ok(());
+        }
+        match self
+            .w
+            .disk
+            .local_lock(&path, ByteRange::WHOLE, LockKind::Exclusive)
+        {
+            Ok(true) => {
+                self.note(|| "local: the host program locks".to_string());
+                if let Some(c) = self.locks.live_holder_besides(usize::MAX) {
+                    return Err(self.violation(format!(
+                        "a program on the host took the lock on {LOCKED} that client {c} holds"
+                    )));
+                }
+                self.locks.host_program = true;
+                self.stats.host_program_locks += 1;
+            }
+            Ok(false) => {
+                self.note(|| "local: the host program is refused the lock".to_string());
+                self.stats.host_program_refused += 1;
+            }
+            Err(_) => {}
         }
         Ok(())
     }
@@ -296,6 +345,11 @@ impl Sim {
     /// its handles on the file read what the last holder published.
     fn granted(&mut self, c: usize) -> Result<(), Violation> {
         self.stats.locks_granted += 1;
+        if self.locks.host_program {
+            return Err(self.violation(format!(
+                "client {c} was granted the lock on {LOCKED} that a program on the host holds"
+            )));
+        }
         if let Some(other) = self.locks.live_holder_besides(c) {
             return Err(self.violation(format!(
                 "client {c} was granted the lock on {LOCKED} that client {other} holds"
