@@ -106,6 +106,8 @@ fn op(rng: &mut Rng) -> FsOp {
                     owner: rng.below(3),
                     node: wormhole_core::proto::NodeId(1),
                 },
+                // (No identity: the two disks number their files apart.)
+                key: None,
                 locks,
             }
         }
@@ -832,6 +834,7 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
         FsOp::HoldLocks {
             path: at,
             holder,
+            key,
             locks,
         } => FsOp::HoldLocks {
             path: at.map(p),
@@ -839,6 +842,7 @@ fn confine(op: FsOp, top: &Name, t: u64) -> FsOp {
                 owner: holder.owner + 100 * t,
                 ..holder
             },
+            key,
             locks,
         },
         FsOp::StageCopy {

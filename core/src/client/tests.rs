@@ -533,6 +533,37 @@ fn a_rewrite_after_a_moved_append_began_is_refused() {
     assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
 }
 
+/// The same when the size is set, even to the size the file has
+/// (`ftruncate(fd, st_size)`, found in review): that is no append
+/// either, and is refused.
+#[test]
+fn a_size_set_after_a_moved_append_began_is_refused() {
+    let mut w = world(&[("log", b"log\n")], 2);
+    let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
+    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "log").expect("log");
+    let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
+    let second = open_with(&mut w, 1, ino1, OpenFor::Append, false);
+    append(&mut w, 0, first, 4, b"first\n");
+    w.call(0, Op::Release { fh: first }).expect("commit");
+    w.settle();
+    let big = pattern(crate::proto::MAX_WRITE_PIECE + 1, 7);
+    append(&mut w, 1, second, 4, &big);
+    w.settle();
+    let end = 4 + big.len() as u64;
+    let same_size = Op::SetAttr {
+        ino: ino1,
+        set: SetAttr {
+            size: Some(end),
+            ..SetAttr::default()
+        },
+    };
+    // Refused as soon as the host sees it: the transaction was moved.
+    assert_eq!(w.call(1, same_size), Err(Errno::Stale));
+    w.settle();
+    let p = RelPath::from(vec![name("log")]);
+    assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
+}
+
 /// A range zeroed through an `O_APPEND` file (`fallocate`) is zeroed in
 /// place: only a program's own writes go to the end.
 #[test]

@@ -463,11 +463,14 @@ pub enum FsOp {
     /// Hold on the host's own file exactly the record locks `locks` of
     /// one client lock owner (none: let go of them), so that the host's
     /// local programs are kept out of what clients lock, as clients are
-    /// (docs/filesystem.md, "Programs on the host"). `Done` once held;
-    /// EAGAIN if a local program's lock is in the way, and then nothing
-    /// changed; another error if the file cannot be opened (nothing is
-    /// held). If the file at `path` is no longer the one the holder's
-    /// locks are on (a commit replaced it), they move to the new one.
+    /// (docs/filesystem.md, "Programs on the host"). Answers the
+    /// attributes of the file at `path` (`Done` if there is none: the
+    /// host's watcher then knows the close of its descriptor for its own
+    /// echo); EAGAIN if a lock is in the way, and then nothing changed;
+    /// ESTALE if the file at `path` is not `key`; another error if the
+    /// file cannot be opened (nothing is held). If the file at `path` is
+    /// no longer the one the holder's locks are on (a local program
+    /// replaced it), they move to the new one.
     /// The shell runs it at once, in the order issued (a few
     /// non-blocking `fcntl`s): a later one for the same holder says what
     /// it holds from then on.
@@ -476,6 +479,8 @@ pub enum FsOp {
         path: Option<RelPath>,
         /// Whose locks.
         holder: LockHolder,
+        /// The file's identity, as the host knows it.
+        key: Option<FileKey>,
         /// Every range the holder holds on the file, in order, disjoint.
         locks: Vec<(ByteRange, LockKind)>,
     },

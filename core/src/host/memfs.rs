@@ -183,19 +183,31 @@ impl MemFs {
         &mut self,
         path: Option<RelPath>,
         holder: LockHolder,
+        key: Option<FileKey>,
         locks: Vec<(ByteRange, LockKind)>,
     ) -> FsResult {
+        // What the file at the path is now, for the host's echo check.
+        let now_there = |fs: &Self, path: &Option<RelPath>| match path {
+            Some(p) => fs
+                .resolve(p)
+                .and_then(|i| fs.attr(i))
+                .map_or(Ok(FsOk::Done), |a| Ok(FsOk::Attr(a))),
+            None => Ok(FsOk::Done),
+        };
         if locks.is_empty() {
             self.held.remove(&holder);
-            return Ok(FsOk::Done);
+            return now_there(self, &path);
         }
-        let ino = self.resolve(&path.ok_or(Errno::NoEnt)?)?;
+        let ino = self.resolve(path.as_ref().ok_or(Errno::NoEnt)?)?;
         match self.inodes.get(&ino).map(|n| n.kind) {
             Some(FileKind::File) => {}
             Some(FileKind::Dir) => return Err(Errno::IsDir),
             Some(FileKind::Symlink) => return Err(Errno::Loop),
             // Never opened: a special file is no file to lock.
             _ => return Err(Errno::Perm),
+        }
+        if key.is_some_and(|k| k != (FileKey { dev: DEV, ino })) {
+            return Err(Errno::Stale);
         }
         // Another holder's locks are another open file description's, and
         // conflict as the kernel's do (the host core never asks for such
@@ -214,7 +226,7 @@ impl MemFs {
             return Err(Errno::Again);
         }
         self.held.insert(holder, (ino, locks));
-        Ok(FsOk::Done)
+        now_there(self, &path)
     }
 
     /// Sets the clock used for file times: operations from now on happen
@@ -1229,6 +1241,13 @@ impl MemFs {
                 node.atime = atime.unwrap_or(node.atime);
                 node.mtime = mtime.unwrap_or(node.mtime);
                 let ino = self.add(dir, name, node)?;
+                // Locks the host holds on the file go to the new one with
+                // the rename, as the shell's do.
+                for (i, _) in self.held.values_mut() {
+                    if *i == old {
+                        *i = ino;
+                    }
+                }
                 self.collect();
                 Ok(FsOk::Attr(self.attr(ino)?))
             }
@@ -1251,8 +1270,9 @@ impl MemFs {
             FsOp::HoldLocks {
                 path,
                 holder,
+                key,
                 locks,
-            } => self.hold_locks(path, holder, locks),
+            } => self.hold_locks(path, holder, key, locks),
         }
     }
 }

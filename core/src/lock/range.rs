@@ -65,7 +65,7 @@ pub enum RangeOutcome {
 }
 
 /// The answer to a request that waited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeGrant {
     /// The requester's session.
     pub session: SessionId,
@@ -73,6 +73,12 @@ pub struct RangeGrant {
     pub owner: RangeOwner,
     /// The file.
     pub node: NodeId,
+    /// What it asked for.
+    pub range: ByteRange,
+    /// How.
+    pub kind: LockKind,
+    /// What the owner held on the file before ([`RangeLocks::restore`]).
+    pub before: Vec<(ByteRange, LockKind)>,
     /// Its request.
     pub request: RequestId,
     /// Held, or why not after all (ENOLCK: the session's bound).
@@ -331,6 +337,32 @@ impl RangeLocks {
         Some(v)
     }
 
+    /// Puts `owner`'s ranges on `node` back to `before`, what it held
+    /// before a grant the host could not also hold on its own file (a
+    /// local program's lock was in the way), and wakes the waiters that
+    /// can now go. Only what no other owner's lock conflicts with comes
+    /// back: a lock granted meanwhile on the strength of the grant (a
+    /// downgrade) is not taken away.
+    pub fn restore(&mut self, owner: RangeOwner, node: NodeId, before: &[(ByteRange, LockKind)]) {
+        let file = self.files.entry(node).or_default();
+        let mut held = file.without(owner, ByteRange::WHOLE);
+        for &(range, kind) in before {
+            if !held
+                .iter()
+                .any(|h| h.range.overlaps(&range) && conflicts(h.kind, kind))
+            {
+                held.push(Held { owner, range, kind });
+            }
+        }
+        let mine = |h: &&Held| h.owner.session == owner.session;
+        let was = file.held.iter().filter(mine).count();
+        let now = held.iter().filter(mine).count();
+        file.held = held;
+        self.adjust(owner.session, was, now);
+        self.wake(node);
+        debug_assert!(self.consistent());
+    }
+
     /// Every owner holding a range of `node`, and every file a session's
     /// owners hold ranges of (`None`: of every session).
     pub fn holders(
@@ -384,6 +416,11 @@ impl RangeLocks {
     /// The next answer for a request that waited.
     pub fn poll_grant(&mut self) -> Option<RangeGrant> {
         self.grants.pop_front()
+    }
+
+    /// Ranges held and requests waiting of `session`.
+    pub fn used_by(&self, session: SessionId) -> usize {
+        self.used(session)
     }
 
     /// Ranges held and requests waiting, in all.
@@ -464,6 +501,7 @@ impl RangeLocks {
                 continue;
             }
             let held = file.with(w.owner, w.range, w.kind);
+            let before = self.held_by(w.owner, node);
             if let Some(file) = self.files.get_mut(&node) {
                 file.waiting.remove(i);
             }
@@ -474,6 +512,9 @@ impl RangeLocks {
                 session: w.owner.session,
                 owner: w.owner,
                 node,
+                range: w.range,
+                kind: w.kind,
+                before,
                 request: w.request,
                 result,
             });

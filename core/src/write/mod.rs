@@ -512,6 +512,9 @@ impl WriteTxn {
         if let Some(e) = self.ended() {
             return Err(WriteError::Ended(e));
         }
+        // Even to the size it has: a size set after an append began is
+        // not an append ([`WriteTxn::write`]).
+        let restate = self.begun_appending && self.appends_from.is_some();
         self.appends_from = None;
         let from_empty =
             size == 0 && self.pending.is_empty() && self.sent.is_empty() && self.txn.is_none();
@@ -528,7 +531,7 @@ impl WriteTxn {
         // holds every size change the commit's size stands for (the commit
         // then only restates it, and the simulation can replay a
         // transaction from its staging operations alone).
-        if size != self.size || from_empty {
+        if size != self.size || from_empty || restate {
             self.barriers.push_back(Barrier::Truncate(size));
         }
         // Emptying a file that holds only the open's truncation changes

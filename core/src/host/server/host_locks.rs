@@ -17,12 +17,14 @@
 //!   waiter's grant, the session's end, a commit that put a new file in
 //!   the old one's place), the host holds what the table says.
 //!
-//! A waiter granted as another client lets go is held on the host's file
-//! just after the table grants it; a local program that takes the bytes
-//! in between (the host's two file operations run back to back) is not
-//! seen, and the host's copy of that grant fails. That window, and
-//! `flock` (Linux keeps `flock` and `fcntl` locks apart: a local program
-//! using `flock` is not kept out), are the limits.
+//! A waiter the table grants as another client lets go is answered only
+//! once the host's file holds it too; if a local program took the bytes
+//! in between, the grant goes back ([`RangeLocks::restore`]) and the
+//! request waits for the program. A commit's rename carries the locks to
+//! the new file (the shell takes them on the staged file first), so no
+//! local program can lock the new file in between. The limit: `flock`
+//! (Linux keeps `flock` and `fcntl` locks apart: a local program using
+//! `flock` is neither kept out nor keeps clients out).
 
 use super::*;
 use crate::host::fsop::LockHolder;
@@ -46,8 +48,9 @@ pub(super) struct Blocked {
     at: Instant,
 }
 
-/// A lock request whose range the host is taking on its own file before
-/// the table grants it.
+/// A lock request whose range the host is taking on its own file: before
+/// the table grants it, or, for a waiter the table granted, before it is
+/// answered.
 #[derive(Clone, Debug)]
 pub(super) struct Taking {
     session: SessionId,
@@ -57,12 +60,21 @@ pub(super) struct Taking {
     range: ByteRange,
     kind: LockKind,
     wait: bool,
+    /// A waiter the table granted: what its owner held before, put back
+    /// if a local program's lock is in the way.
+    granted_over: Option<Vec<(ByteRange, LockKind)>>,
 }
 
-/// The requests waiting for local programs.
+/// The requests waiting for local programs, and the takes under way.
 #[derive(Debug, Default)]
 pub(super) struct HostLocks {
     blocked: Vec<Blocked>,
+    /// Per owner and file with a take under way: the owner's lock
+    /// requests on the file that came meanwhile, parked in order. The
+    /// host's file and the table then change in the order the owner
+    /// asked: a take and an unlock, or two takes, each sending the whole
+    /// set the owner holds, would otherwise undo each other on the file.
+    taking: BTreeMap<(RangeOwner, NodeId), VecDeque<(RequestId, Request)>>,
 }
 
 impl HostLocks {
@@ -86,11 +98,13 @@ impl HostServer {
         kind: LockKind,
         wait: bool,
     ) -> Result<(), Errno> {
-        // The request replaces one of the same that waits for a local
-        // program (a client asks again when it heard nothing for a while).
-        self.host_locks
-            .blocked
-            .retain(|b| !(b.owner == owner && b.node == node && b.range == range));
+        if wait {
+            // It replaces one of the same that waits for a local program
+            // (a client asks again when it heard nothing for a while).
+            self.host_locks
+                .blocked
+                .retain(|b| !(b.owner == owner && b.node == node && b.range == range));
+        }
         if self.cfg.lock_host_files
             && let Some(locks) = self.ranges.would_hold(owner, node, range, kind)
             && let Ok(path) = self.path_of(node)
@@ -103,6 +117,7 @@ impl HostServer {
                 range,
                 kind,
                 wait,
+                granted_over: None,
             };
             self.hold(Purpose::TakeOnHost(taking), Some(path), owner, node, locks);
             return Ok(());
@@ -137,25 +152,97 @@ impl HostServer {
         outcome.map(|_| ())
     }
 
-    /// The host's file answered a take before the grant.
+    /// A waiter the table granted: held on the host's file first, then
+    /// answered ([`Self::taken_on_host`]).
+    pub(super) fn hold_granted(&mut self, g: crate::lock::range::RangeGrant) {
+        let locks = self.ranges.held_by(g.owner, g.node);
+        let path = self.path_of(g.node).ok();
+        let taking = Taking {
+            session: g.session,
+            id: g.request,
+            owner: g.owner,
+            node: g.node,
+            range: g.range,
+            kind: g.kind,
+            wait: true,
+            granted_over: Some(g.before),
+        };
+        self.hold(Purpose::TakeOnHost(taking), path, g.owner, g.node, locks);
+    }
+
+    /// Parks `request` if it is a lock request of an owner on a file with
+    /// a take under way ([`HostLocks::taking`]); gives it back otherwise.
+    pub(super) fn park_if_taking(
+        &mut self,
+        session: SessionId,
+        id: RequestId,
+        request: Request,
+    ) -> Option<Request> {
+        let (Request::SetLock { node, owner, .. }
+        | Request::Unlock { node, owner, .. }
+        | Request::Withdraw { node, owner, .. }) = request
+        else {
+            return Some(request);
+        };
+        let owner = RangeOwner { session, owner };
+        match self.host_locks.taking.get_mut(&(owner, node)) {
+            Some(parked) => {
+                parked.push_back((id, request));
+                None
+            }
+            None => Some(request),
+        }
+    }
+
+    /// The host's file answered a take.
     pub(super) fn taken_on_host(&mut self, now: Instant, t: Taking, result: FsResult) {
+        let parked = self
+            .host_locks
+            .taking
+            .remove(&(t.owner, t.node))
+            .unwrap_or_default();
+        self.take_answered(now, t.clone(), result);
+        for (id, request) in parked {
+            if !self.sessions.contains_key(&t.session) {
+                break;
+            }
+            if let Err(e) = self.dispatch(now, t.session, id, request) {
+                self.answer(t.session, id, Err(e));
+            }
+        }
+    }
+
+    fn take_answered(&mut self, now: Instant, t: Taking, result: FsResult) {
         if !self.sessions.contains_key(&t.session) {
             // Gone meanwhile: let go of what was taken for it.
             self.mirror(t.owner, t.node);
             return;
+        }
+        if let Some(before) = &t.granted_over {
+            if result != Err(Errno::Again) {
+                // Held (or the host cannot hold it: the table decides).
+                self.answer(t.session, t.id, Ok(Reply::Done));
+                return;
+            }
+            // A local program took the bytes as the other client let go:
+            // the grant goes back, and the request waits for the program.
+            self.ranges.restore(t.owner, t.node, before);
+            self.drain_record_locks();
         }
         if result == Err(Errno::Again) {
             if !t.wait {
                 self.answer(t.session, t.id, Err(Errno::Again));
                 return;
             }
+            // Within the session's bound of locks, with those it holds
+            // and waits for among clients.
             let waiting = self
                 .host_locks
                 .blocked
                 .iter()
                 .filter(|b| b.session == t.session)
                 .count();
-            if waiting >= self.cfg.record_locks.max_per_session {
+            if waiting + self.ranges.used_by(t.session) >= self.cfg.record_locks.max_per_session {
                 self.answer(t.session, t.id, Err(Errno::NoLck));
                 return;
             }
@@ -180,6 +267,7 @@ impl HostServer {
             range,
             kind,
             wait,
+            ..
         } = t;
         if let Err(e) = self.lock_in_table(now, session, id, owner, node, range, kind, wait) {
             self.answer(session, id, Err(e));
@@ -265,6 +353,9 @@ impl HostServer {
         node: NodeId,
         locks: Vec<(ByteRange, LockKind)>,
     ) {
+        if matches!(purpose, Purpose::TakeOnHost(_)) {
+            self.host_locks.taking.entry((owner, node)).or_default();
+        }
         let op = FsOp::HoldLocks {
             path,
             holder: LockHolder {
@@ -272,6 +363,7 @@ impl HostServer {
                 owner: owner.owner,
                 node,
             },
+            key: self.nodes.key(node),
             locks,
         };
         self.fs(purpose, op);

@@ -106,6 +106,9 @@ impl HostServer {
         let Some(request) = self.park_if_leased(now, session, id, request)? else {
             return Ok(());
         };
+        let Some(request) = self.park_if_taking(session, id, request) else {
+            return Ok(());
+        };
         let answer = |then| Purpose::Answer { session, id, then };
         match request {
             Request::Hello { .. } => return Err(Errno::Inval),
@@ -821,10 +824,12 @@ impl HostServer {
     /// Answers the record-lock requests that waited and are now granted.
     pub(super) fn drain_record_locks(&mut self) {
         while let Some(g) = self.ranges.poll_grant() {
-            if g.result.is_ok() {
-                self.mirror(g.owner, g.node);
+            if g.result.is_ok() && self.cfg.lock_host_files {
+                // Answered once the host's file holds it too.
+                self.hold_granted(g);
+            } else {
+                self.answer(g.session, g.request, g.result.map(|()| Reply::Done));
             }
-            self.answer(g.session, g.request, g.result.map(|()| Reply::Done));
         }
     }
 

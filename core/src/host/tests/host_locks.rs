@@ -172,3 +172,92 @@ fn a_host_may_leave_its_files_unlocked() {
         Ok(true)
     );
 }
+
+/// Runs the first file operation the rig holds back.
+fn run_first_held(r: &mut Rig) {
+    let (op, fs) = r.held.remove(0);
+    let result = r.disk.execute(fs);
+    r.host.handle_fs(r.now, op, result);
+}
+
+/// A waiter the table grants as another client lets go is answered only
+/// once the host's file holds it: a program on the host that took the
+/// bytes in between keeps it waiting, and the grant goes back.
+#[test]
+fn a_waiter_granted_as_a_program_on_the_host_takes_the_bytes_waits_for_it() {
+    let mut r = rig();
+    let c1 = r.client(1);
+    let c2 = r.client(2);
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
+    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    let p = path(&["a.txt"]);
+    let held = set_lock(&mut r, c1, a, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c1, held), Some(Ok(Reply::Done)));
+    let waits = set_lock(&mut r, c2, a, FIRST_TEN, LockKind::Exclusive, true);
+    assert_eq!(r.reply(c2, waits), None);
+
+    r.hold = true;
+    let unlocked = r.send(
+        c1,
+        Request::Unlock {
+            node: a,
+            owner: 7,
+            range: ByteRange::WHOLE,
+        },
+    );
+    assert_eq!(r.reply(c1, unlocked), Some(Ok(Reply::Done)));
+    // The host lets go of client 1's lock on its file; a program there
+    // takes the bytes before the host takes them for client 2.
+    run_first_held(&mut r);
+    assert_eq!(r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared), Ok(true));
+    r.hold = false;
+    r.release_held();
+    assert_eq!(r.reply(c2, waits), None, "waits for the program");
+    let c1_again = set_lock(&mut r, c1, a, FIRST_TEN, LockKind::Shared, false);
+    assert_eq!(
+        r.reply(c1, c1_again),
+        Some(Ok(Reply::Done)),
+        "the grant went back: the bytes are free among clients"
+    );
+    assert_eq!(unlock(&mut r, c1, a), Ok(Reply::Done));
+
+    r.disk.local_unlock(&p).expect("a.txt");
+    r.advance(Duration::from_secs(1));
+    assert_eq!(r.reply(c2, waits), Some(Ok(Reply::Done)));
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared),
+        Ok(false)
+    );
+}
+
+/// An owner's unlock that comes while the host is still taking its lock
+/// on its own file waits for the take: the lock is granted, then let go,
+/// in the order the owner asked, on the file as in the table.
+#[test]
+fn an_unlock_during_a_take_waits_for_it() {
+    let mut r = rig();
+    let c = r.client(1);
+    let a = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    let p = path(&["a.txt"]);
+    r.hold = true;
+    let got = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, false);
+    let let_go = r.send(
+        c,
+        Request::Unlock {
+            node: a,
+            owner: 7,
+            range: ByteRange::WHOLE,
+        },
+    );
+    assert_eq!(r.reply(c, let_go), None, "parked behind the take");
+    r.hold = false;
+    r.release_held();
+    assert_eq!(r.reply(c, got), Some(Ok(Reply::Done)));
+    assert_eq!(r.reply(c, let_go), Some(Ok(Reply::Done)));
+    assert!(r.host.record_locks().is_empty());
+    assert!(r.disk.held_locks(&p).is_empty());
+    assert_eq!(
+        r.disk.local_lock(&p, FIRST_TEN, LockKind::Exclusive),
+        Ok(true)
+    );
+}

@@ -13,13 +13,16 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 
+use rustix::fs::Stat;
+
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
 use rustix::fs::{self as rfs, OFlags};
 use wormhole_core::host::{FsOk, FsResult, LockHolder, RelPath};
+use wormhole_core::proto::FileKey;
 use wormhole_core::proto::{ByteRange, Errno, LockKind};
 
-use super::{HostFs, lock};
+use super::{HostFs, lock, sys};
 
 /// One holder's descriptor and what it holds.
 #[derive(Debug)]
@@ -38,8 +41,8 @@ enum Set {
     Unlock,
 }
 
-/// `F_OFD_SETLK` of `range` on `file`.
-fn set(file: &File, range: ByteRange, how: Set) -> Result<(), Errno> {
+/// The `struct flock` of `range`, to lock as `how`.
+fn flock_of(range: ByteRange, how: Set) -> Result<libc::flock, Errno> {
     let start = i64::try_from(range.start).map_err(|_| Errno::Inval)?;
     // To the end of every file, however it grows: length 0.
     let len = if range.end >= i64::MAX as u64 {
@@ -57,6 +60,12 @@ fn set(file: &File, range: ByteRange, how: Set) -> Result<(), Errno> {
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = start;
     fl.l_len = len;
+    Ok(fl)
+}
+
+/// `F_OFD_SETLK` of `range` on `file`.
+fn set(file: &File, range: ByteRange, how: Set) -> Result<(), Errno> {
+    let fl = flock_of(range, how)?;
     fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&fl))
         .map(|_| ())
         .map_err(|e| match e {
@@ -120,30 +129,68 @@ fn hold(
     })
 }
 
+/// Gives the holders the descriptors [`HostFs::locks_onto`] locked, once
+/// the rename put their file in place.
+pub(super) fn moved(holders: &mut Holders, moving: Vec<(LockHolder, File)>) {
+    for (holder, file) in moving {
+        if let Some(h) = holders.get_mut(&holder) {
+            h.file = file;
+        }
+    }
+}
+
 impl HostFs {
+    /// Before a commit's rename puts `staged` in the place of the file
+    /// `old`: each holder's locks on `old` taken on `staged` through a
+    /// new description of it, for [`moved`] once the rename is done
+    /// (dropped if it fails, which lets go of them). A holder whose
+    /// locks cannot be taken there (nothing else has the staged file
+    /// open) keeps the old file; the core holds its locks again after
+    /// the commit.
+    pub(super) fn locks_onto(
+        &self,
+        holders: &Holders,
+        old: &Stat,
+        staged: &File,
+    ) -> Vec<(LockHolder, File)> {
+        holders
+            .iter()
+            .filter(|(_, h)| {
+                rfs::fstat(&h.file).is_ok_and(|s| (s.st_dev, s.st_ino) == (old.st_dev, old.st_ino))
+            })
+            .filter_map(|(&holder, h)| {
+                let fd = self
+                    .reopen(staged, OFlags::RDWR)
+                    .or_else(|_| self.reopen(staged, OFlags::RDONLY))
+                    .ok()?;
+                let file = File::from(fd);
+                hold(&file, &[], &h.locks).ok()?;
+                Some((holder, file))
+            })
+            .collect()
+    }
+
     /// [`FsOp::HoldLocks`](wormhole_core::host::FsOp::HoldLocks).
     pub(super) fn hold_locks(
         &self,
         path: Option<RelPath>,
         holder: LockHolder,
+        key: Option<FileKey>,
         locks: Vec<(ByteRange, LockKind)>,
     ) -> FsResult {
         let mut holders = lock(&self.held_locks);
         if locks.is_empty() {
             // Closing the descriptor lets go of all it holds.
             holders.remove(&holder);
-            return Ok(FsOk::Done);
+            drop(holders);
+            return Ok(self.now_there(path.as_ref()));
         }
         let path = path.ok_or(Errno::NoEnt)?;
-        // Never a special file (the host opens none for a client); for
-        // writing where it may, as a write lock needs.
         let probe = self.open_beneath(&path, OFlags::PATH)?;
-        let (fd, st) = match self.regular(&probe, OFlags::RDWR | OFlags::NOCTTY) {
-            Err(Errno::Acces | Errno::Perm | Errno::RoFs) => {
-                self.regular(&probe, OFlags::RDONLY | OFlags::NOCTTY)?
-            }
-            other => other?,
-        };
+        let st = rfs::fstat(&probe).map_err(sys)?;
+        if key.is_some_and(|k| (k.dev, k.ino) != (st.st_dev, st.st_ino)) {
+            return Err(Errno::Stale);
+        }
         let same = holders.get(&holder).is_some_and(|h| {
             rfs::fstat(&h.file)
                 .is_ok_and(|held| (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino))
@@ -154,16 +201,54 @@ impl HostFs {
                 h.locks = locks;
             }
             _ => {
-                // A new file at the path (or a first lock): held on a
+                // Asked first through a descriptor that is not for
+                // writing: a refused take then closes nothing the
+                // watcher reports (every retry of a wait would otherwise
+                // tell every client the file changed).
+                let (reader, _) = self.regular(&probe, OFlags::RDONLY | OFlags::NOCTTY)?;
+                if in_the_way(&File::from(reader), &locks)? {
+                    return Err(Errno::Again);
+                }
+                // For writing where it may, as a write lock needs. A
+                // new file at the path (or a first lock): held on a
                 // descriptor of it; the old one's close lets go of the
                 // file the path no longer names.
+                let (fd, _) = match self.regular(&probe, OFlags::RDWR | OFlags::NOCTTY) {
+                    Err(Errno::Acces | Errno::Perm | Errno::RoFs) => {
+                        self.regular(&probe, OFlags::RDONLY | OFlags::NOCTTY)?
+                    }
+                    other => other?,
+                };
                 let file = File::from(fd);
                 hold(&file, &[], &locks)?;
                 holders.insert(holder, Holder { file, locks });
             }
         }
-        Ok(FsOk::Done)
+        drop(holders);
+        Ok(self.now_there(Some(&path)))
     }
+
+    /// The attributes of the file at `path`, or `Done` if there is none:
+    /// what [`FsOp::HoldLocks`](wormhole_core::host::FsOp::HoldLocks)
+    /// answers, for the host's echo check of its own closes.
+    fn now_there(&self, path: Option<&RelPath>) -> FsOk {
+        path.and_then(|p| self.stat(p).ok())
+            .map_or(FsOk::Done, FsOk::Attr)
+    }
+}
+
+/// Whether another description's or process's lock is in the way of
+/// `locks` (`F_OFD_GETLK`, which any descriptor may ask).
+fn in_the_way(file: &File, locks: &[(ByteRange, LockKind)]) -> Result<bool, Errno> {
+    for &(range, kind) in locks {
+        let mut fl = flock_of(range, Set::Lock(kind))?;
+        fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl))
+            .map_err(|e| Errno::from_raw(e as i32))?;
+        if i32::from(fl.l_type) != libc::F_UNLCK {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -421,8 +421,9 @@ impl HostFs {
             FsOp::HoldLocks {
                 path,
                 holder,
+                key,
                 locks,
-            } => self.hold_locks(path, holder, locks),
+            } => self.hold_locks(path, holder, key, locks),
             FsOp::Sync => {
                 rfs::syncfs(&self.root).map_err(sys)?;
                 Ok(FsOk::Done)

@@ -302,7 +302,13 @@ impl HostFs {
         if attr(&now).map(|a| FileStamp::from(&a)) != Some(base) {
             return Err(Errno::Stale);
         }
+        // Clients' locks on the file go to the new one with the rename, so
+        // that no program on the host can lock it in between.
+        let mut holders = lock(&self.held_locks);
+        let moving = self.locks_onto(&holders, &now, &staged.file);
         rfs::renameat(&staged.dir, os(&staged.name), &dir, n).map_err(sys)?;
+        super::locks::moved(&mut holders, moving);
+        drop(holders);
         staged
             .committed
             .store(true, std::sync::atomic::Ordering::Release);

@@ -71,7 +71,7 @@ impl HostFs {
 
     /// `probe`'s file opened again for `flags` (not following: the magic
     /// link is the descriptor's own file).
-    pub(super) fn reopen(&self, probe: &OwnedFd, flags: OFlags) -> Result<OwnedFd, Errno> {
+    pub(super) fn reopen(&self, probe: &impl AsRawFd, flags: OFlags) -> Result<OwnedFd, Errno> {
         let n = self.fd_name(probe);
         rfs::openat(
             &self.proc_fds,
@@ -84,7 +84,7 @@ impl HostFs {
 
     /// The name of `fd` in `/proc/self/fd` ([`Self::proc_fds`]): calls
     /// that take a path reach the descriptor's file through it.
-    pub(super) fn fd_name(&self, fd: &OwnedFd) -> String {
+    pub(super) fn fd_name(&self, fd: &impl AsRawFd) -> String {
         fd.as_raw_fd().to_string()
     }
 
