@@ -42,12 +42,14 @@ wormhole_tests::simulation_tests!(FsSim);
 /// ran before the client's own commit, answered after it, did the same
 /// (10667, past the 10,000 CI runs), and so did an open of the file
 /// through a non-exclusive create (11778); a write elsewhere after an
-/// append transaction began was moved with it (16895, 20799).
+/// append transaction began was moved with it (16895, 20799); a waiter
+/// was granted the lock a program on the host had taken as the holder
+/// let go (18531, 31678).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [
         58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203, 7378, 4900, 2227, 10667,
-        11778, 16895, 20799,
+        11778, 16895, 20799, 18531, 31678,
     ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");

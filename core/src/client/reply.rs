@@ -380,14 +380,19 @@ impl ClientCore {
     /// and the cache the replaced version's size, which cut the next read
     /// of the new version: fs_sim, seed 10667.) Only while the newer
     /// ones are fresh: past their TTL they are no answer either, and the
-    /// reply's are the host's last word.
+    /// reply's are the host's last word. And only if the reply's are no
+    /// newer by the host's clock: another client's commit after this
+    /// client's, which the host ran the request after, is the newer one
+    /// (its news may still be on its way).
     fn not_older(&self, now: Instant, id: RequestId, a: Attr) -> Attr {
         let fresh = self.cache.state(now, &CacheKey::Attr(a.node)) == cache::EntryState::Cached;
         match (
             self.changed_after.get(&a.node),
             self.cache.peek_attr(a.node),
         ) {
-            (Some(&at), Some(newer)) if id.0 < at && fresh => newer.clone(),
+            (Some(&at), Some(newer)) if id.0 < at && fresh && a.ctime <= newer.ctime => {
+                newer.clone()
+            }
             _ => a,
         }
     }
