@@ -118,6 +118,36 @@ pub struct RangeLocks {
     grants: VecDeque<RangeGrant>,
 }
 
+/// The parts of `range` that none of `cut` overlaps, in order.
+fn minus(range: ByteRange, cut: &[ByteRange]) -> Vec<ByteRange> {
+    let mut parts = vec![range];
+    for c in cut {
+        parts = parts
+            .into_iter()
+            .flat_map(|p| {
+                if !p.overlaps(c) {
+                    return vec![p];
+                }
+                let mut left = Vec::new();
+                if p.start < c.start {
+                    left.push(ByteRange {
+                        start: p.start,
+                        end: c.start - 1,
+                    });
+                }
+                if p.end > c.end {
+                    left.push(ByteRange {
+                        start: c.end + 1,
+                        end: p.end,
+                    });
+                }
+                left
+            })
+            .collect();
+    }
+    parts
+}
+
 fn conflicts(a: LockKind, b: LockKind) -> bool {
     !matches!((a, b), (LockKind::Shared, LockKind::Shared))
 }
@@ -337,23 +367,49 @@ impl RangeLocks {
         Some(v)
     }
 
-    /// Puts `owner`'s ranges on `node` back to `before`, what it held
-    /// before a grant the host could not also hold on its own file (a
-    /// local program's lock was in the way), and wakes the waiters that
-    /// can now go. Only what no other owner's lock conflicts with comes
-    /// back: a lock granted meanwhile on the strength of the grant (a
-    /// downgrade) is not taken away.
-    pub fn restore(&mut self, owner: RangeOwner, node: NodeId, before: &[(ByteRange, LockKind)]) {
+    /// Takes back `grant`, which the host could not also hold on its own
+    /// file (a local program's lock was in the way): on the bytes it
+    /// covered, `owner` holds again what it held before (`before`, its
+    /// ranges then); its other ranges stay as they are now (another
+    /// grant of its own may have changed them since). Bytes where a lock
+    /// granted meanwhile on the strength of the grant (after a
+    /// downgrade) conflicts with what was held before keep the granted
+    /// kind: weaker than before, but never two conflicting holders. Wakes
+    /// the waiters that can now go.
+    pub fn restore(
+        &mut self,
+        owner: RangeOwner,
+        node: NodeId,
+        grant: (ByteRange, LockKind),
+        before: &[(ByteRange, LockKind)],
+    ) {
+        let (range, granted) = grant;
         let file = self.files.entry(node).or_default();
-        let mut held = file.without(owner, ByteRange::WHOLE);
-        for &(range, kind) in before {
-            if !held
+        let mut back = FileLocks {
+            held: file.without(owner, range),
+            waiting: VecDeque::new(),
+        };
+        for &(r, kind) in before {
+            let start = r.start.max(range.start);
+            let end = r.end.min(range.end);
+            if start > end {
+                continue;
+            }
+            let part = ByteRange { start, end };
+            let in_the_way: Vec<ByteRange> = back
+                .held
                 .iter()
-                .any(|h| h.range.overlaps(&range) && conflicts(h.kind, kind))
-            {
-                held.push(Held { owner, range, kind });
+                .filter(|h| h.owner != owner && h.range.overlaps(&part) && conflicts(h.kind, kind))
+                .map(|h| h.range)
+                .collect();
+            if !in_the_way.is_empty() {
+                back.held = back.with(owner, part, granted);
+            }
+            for free in minus(part, &in_the_way) {
+                back.held = back.with(owner, free, kind);
             }
         }
+        let held = back.held;
         let mine = |h: &&Held| h.owner.session == owner.session;
         let was = file.held.iter().filter(mine).count();
         let now = held.iter().filter(mine).count();
@@ -785,6 +841,43 @@ mod tests {
             Err(Errno::Again),
             "the read lock still keeps writers out"
         );
+    }
+
+    /// A waiter's grant taken back (the host could not hold it on its
+    /// own file) leaves the owner as it was on those bytes, and nothing
+    /// else changed: not its other ranges, not another owner's grant
+    /// made on the strength of it, which keeps its kind there.
+    #[test]
+    fn a_grant_taken_back_restores_only_its_own_bytes() {
+        let mut t = RangeLocks::default();
+        let (a, b, c) = (owner(1, 1), owner(2, 1), owner(3, 1));
+        t.lock(a, F, r(0, 9), W, None).expect("granted");
+        t.lock(a, F, r(50, 59), R, None).expect("granted");
+        t.lock(b, F, r(10, 19), W, None).expect("granted");
+        // A downgrades and extends its lock: it waits for B's bytes; C
+        // waits to read A's.
+        assert_eq!(
+            t.lock(a, F, r(0, 19), R, Some(RequestId(1))),
+            Ok(RangeOutcome::Queued)
+        );
+        assert_eq!(
+            t.lock(c, F, r(0, 4), R, Some(RequestId(2))),
+            Ok(RangeOutcome::Queued)
+        );
+        t.unlock(b, F, ByteRange::WHOLE);
+        let g = t.poll_grant().expect("A granted");
+        assert_eq!((g.owner, g.range, g.kind), (a, r(0, 19), R));
+        assert_eq!(g.before, vec![(r(0, 9), W), (r(50, 59), R)]);
+        assert_eq!(t.poll_grant().map(|g| g.owner), Some(c), "C reads beside A");
+        t.restore(a, F, (g.range, g.kind), &g.before);
+        assert!(t.consistent());
+        assert_eq!(
+            t.held_by(a, F),
+            vec![(r(0, 4), R), (r(5, 9), W), (r(50, 59), R)],
+            "a write lock again where C does not read; bytes 10..19 free"
+        );
+        assert_eq!(t.held_by(c, F), vec![(r(0, 4), R)]);
+        assert_eq!(t.lock(b, F, r(10, 19), W, None), Ok(RangeOutcome::Granted));
     }
 
     #[test]

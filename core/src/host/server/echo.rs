@@ -92,12 +92,7 @@ impl Echoes {
             | FsOp::Symlink { path, .. }
             | FsOp::Mknod { path, .. }
             | FsOp::SetAttr { path, .. }
-            | FsOp::StageCommit { path, .. }
-            // Closing a descriptor it locked through, opened for writing,
-            // is reported as a change.
-            | FsOp::HoldLocks {
-                path: Some(path), ..
-            } => vec![(path.clone(), Leaves::Result)],
+            | FsOp::StageCommit { path, .. } => vec![(path.clone(), Leaves::Result)],
             // Both names hold the file the result describes.
             FsOp::Link { path, to, .. } => {
                 vec![(path.clone(), Leaves::Result), (to.clone(), Leaves::Result)]

@@ -65,16 +65,20 @@ pub(super) struct Taking {
     granted_over: Option<Vec<(ByteRange, LockKind)>>,
 }
 
+/// An owner's lock requests on a file, parked while a take is under way.
+type Parked = VecDeque<(RequestId, Request)>;
+
 /// The requests waiting for local programs, and the takes under way.
 #[derive(Debug, Default)]
 pub(super) struct HostLocks {
     blocked: Vec<Blocked>,
-    /// Per owner and file with a take under way: the owner's lock
-    /// requests on the file that came meanwhile, parked in order. The
-    /// host's file and the table then change in the order the owner
-    /// asked: a take and an unlock, or two takes, each sending the whole
-    /// set the owner holds, would otherwise undo each other on the file.
-    taking: BTreeMap<(RangeOwner, NodeId), VecDeque<(RequestId, Request)>>,
+    /// Per owner and file with takes under way: how many, and the owner's
+    /// lock requests on the file that came meanwhile, parked in order.
+    /// The host's file and the table then change in the order the owner
+    /// asked: a take and an unlock, each sending the whole set the owner
+    /// holds, would otherwise undo each other on the file. (Two takes at
+    /// once come only from one pass of waiters granted together.)
+    taking: BTreeMap<(RangeOwner, NodeId), (usize, Parked)>,
 }
 
 impl HostLocks {
@@ -186,7 +190,7 @@ impl HostServer {
         };
         let owner = RangeOwner { session, owner };
         match self.host_locks.taking.get_mut(&(owner, node)) {
-            Some(parked) => {
+            Some((_, parked)) => {
                 parked.push_back((id, request));
                 None
             }
@@ -196,11 +200,23 @@ impl HostServer {
 
     /// The host's file answered a take.
     pub(super) fn taken_on_host(&mut self, now: Instant, t: Taking, result: FsResult) {
-        let parked = self
-            .host_locks
-            .taking
-            .remove(&(t.owner, t.node))
-            .unwrap_or_default();
+        let key = (t.owner, t.node);
+        let last = match self.host_locks.taking.get_mut(&key) {
+            Some((n, _)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => true,
+        };
+        let parked = if last {
+            self.host_locks
+                .taking
+                .remove(&key)
+                .map(|(_, p)| p)
+                .unwrap_or_default()
+        } else {
+            VecDeque::new()
+        };
         self.take_answered(now, t.clone(), result);
         for (id, request) in parked {
             if !self.sessions.contains_key(&t.session) {
@@ -226,7 +242,11 @@ impl HostServer {
             }
             // A local program took the bytes as the other client let go:
             // the grant goes back, and the request waits for the program.
-            self.ranges.restore(t.owner, t.node, before);
+            // (The failed take changed nothing on the host's file; it is
+            // brought to what the table now says.)
+            self.ranges
+                .restore(t.owner, t.node, (t.range, t.kind), before);
+            self.mirror(t.owner, t.node);
             self.drain_record_locks();
         }
         if result == Err(Errno::Again) {
@@ -354,7 +374,7 @@ impl HostServer {
         locks: Vec<(ByteRange, LockKind)>,
     ) {
         if matches!(purpose, Purpose::TakeOnHost(_)) {
-            self.host_locks.taking.entry((owner, node)).or_default();
+            self.host_locks.taking.entry((owner, node)).or_default().0 += 1;
         }
         let op = FsOp::HoldLocks {
             path,

@@ -34,6 +34,14 @@ pub(super) struct Holder {
 /// The holders, each with its descriptor.
 pub(super) type Holders = HashMap<LockHolder, Holder>;
 
+/// Descriptors kept open, holding nothing, for holders that let go. A
+/// descriptor open for writing is reported by the watcher when it is
+/// closed, as if the file had changed (`IN_CLOSE_WRITE`), and the host
+/// would tell every client so; a program that locks and unlocks a file
+/// over and over (SQLite) keeps its owner's descriptor instead. Beyond
+/// this many, idle ones are closed.
+const MAX_IDLE: usize = 64;
+
 /// What a range is locked as, or unlocked.
 #[derive(Clone, Copy)]
 enum Set {
@@ -156,7 +164,9 @@ impl HostFs {
         holders
             .iter()
             .filter(|(_, h)| {
-                rfs::fstat(&h.file).is_ok_and(|s| (s.st_dev, s.st_ino) == (old.st_dev, old.st_ino))
+                !h.locks.is_empty()
+                    && rfs::fstat(&h.file)
+                        .is_ok_and(|s| (s.st_dev, s.st_ino) == (old.st_dev, old.st_ino))
             })
             .filter_map(|(&holder, h)| {
                 let fd = self
@@ -180,8 +190,22 @@ impl HostFs {
     ) -> FsResult {
         let mut holders = lock(&self.held_locks);
         if locks.is_empty() {
-            // Closing the descriptor lets go of all it holds.
-            holders.remove(&holder);
+            if let Some(h) = holders.get_mut(&holder) {
+                // Kept open, holding nothing ([`MAX_IDLE`]).
+                if hold(&h.file, &h.locks, &[]).is_err() {
+                    holders.remove(&holder);
+                } else {
+                    h.locks.clear();
+                }
+            }
+            let idle: Vec<LockHolder> = holders
+                .iter()
+                .filter(|(_, h)| h.locks.is_empty())
+                .map(|(&k, _)| k)
+                .collect();
+            for k in idle.iter().skip(MAX_IDLE) {
+                holders.remove(k);
+            }
             drop(holders);
             return Ok(self.now_there(path.as_ref()));
         }
