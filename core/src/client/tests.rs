@@ -505,13 +505,12 @@ fn a_rewrite_mixed_with_appends_is_still_refused_when_stale() {
     assert_eq!(w.disk.read_file(&p), Some(&b"log\nfirst\n"[..]));
 }
 
-/// The same when the rewrite comes after the append transaction began:
-/// the host moved it to the end of the other client's commit, and would
-/// have moved the rewrite with it, away from where the program wrote it
-/// (fs_sim, seed 16895). It is refused; the other client's line
-/// survives.
-#[test]
-fn a_rewrite_after_a_moved_append_began_is_refused() {
+/// Client 1 appends to a log, through `O_APPEND`, more than one whole
+/// write holds, after client 0's line committed: its transaction begins
+/// at the version client 1 opened, and the host moves it past "first".
+/// Gives the world, client 1's inode and handle, and the end it wrote
+/// to.
+fn append_moved_after_it_began() -> (World, Ino, Fh, u64) {
     let mut w = world(&[("log", b"log\n")], 2);
     let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
     let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "log").expect("log");
@@ -520,12 +519,20 @@ fn a_rewrite_after_a_moved_append_began_is_refused() {
     append(&mut w, 0, first, 4, b"first\n");
     w.call(0, Op::Release { fh: first }).expect("commit");
     w.settle();
-    // Too large for one whole write: the transaction begins now, at the
-    // version client 1 opened, and the host moves it past "first\n".
     let big = pattern(crate::proto::MAX_WRITE_PIECE + 1, 7);
     append(&mut w, 1, second, 4, &big);
     w.settle();
-    let end = 4 + big.len() as u64;
+    (w, ino1, second, 4 + big.len() as u64)
+}
+
+/// The same when the rewrite comes after the append transaction began:
+/// the host moved it to the end of the other client's commit, and would
+/// have moved the rewrite with it, away from where the program wrote it
+/// (fs_sim, seed 16895). It is refused; the other client's line
+/// survives.
+#[test]
+fn a_rewrite_after_a_moved_append_began_is_refused() {
+    let (mut w, _, second, end) = append_moved_after_it_began();
     write(&mut w, 1, second, end + 10, b"tail");
     assert_eq!(w.call(1, Op::Release { fh: second }), Err(Errno::Stale));
     w.settle();
@@ -538,18 +545,7 @@ fn a_rewrite_after_a_moved_append_began_is_refused() {
 /// either, and is refused.
 #[test]
 fn a_size_set_after_a_moved_append_began_is_refused() {
-    let mut w = world(&[("log", b"log\n")], 2);
-    let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "log").expect("log");
-    let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "log").expect("log");
-    let first = open_with(&mut w, 0, ino0, OpenFor::Append, false);
-    let second = open_with(&mut w, 1, ino1, OpenFor::Append, false);
-    append(&mut w, 0, first, 4, b"first\n");
-    w.call(0, Op::Release { fh: first }).expect("commit");
-    w.settle();
-    let big = pattern(crate::proto::MAX_WRITE_PIECE + 1, 7);
-    append(&mut w, 1, second, 4, &big);
-    w.settle();
-    let end = 4 + big.len() as u64;
+    let (mut w, ino1, _, end) = append_moved_after_it_began();
     let same_size = Op::SetAttr {
         ino: ino1,
         set: SetAttr {

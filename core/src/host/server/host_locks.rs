@@ -35,15 +35,22 @@ use crate::proto::{ByteRange, LockKind};
 /// again.
 pub(super) const LOCAL_RETRY: Duration = Duration::from_millis(200);
 
+/// A client's lock request (`F_SETLK`, `F_SETLKW`, `flock`, OFD).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LockAsk {
+    pub(super) session: SessionId,
+    pub(super) id: RequestId,
+    pub(super) owner: RangeOwner,
+    pub(super) node: NodeId,
+    pub(super) range: ByteRange,
+    pub(super) kind: LockKind,
+    pub(super) wait: bool,
+}
+
 /// A lock request waiting for a local program's lock.
 #[derive(Clone, Debug)]
 pub(super) struct Blocked {
-    session: SessionId,
-    id: RequestId,
-    owner: RangeOwner,
-    node: NodeId,
-    range: ByteRange,
-    kind: LockKind,
+    ask: LockAsk,
     /// When it is tried again.
     at: Instant,
 }
@@ -53,13 +60,7 @@ pub(super) struct Blocked {
 /// answered.
 #[derive(Clone, Debug)]
 pub(super) struct Taking {
-    session: SessionId,
-    id: RequestId,
-    owner: RangeOwner,
-    node: NodeId,
-    range: ByteRange,
-    kind: LockKind,
-    wait: bool,
+    ask: LockAsk,
     /// A waiter the table granted: what its owner held before, put back
     /// if a local program's lock is in the way.
     granted_over: Option<Vec<(ByteRange, LockKind)>>,
@@ -89,63 +90,49 @@ impl HostLocks {
 }
 
 impl HostServer {
-    /// A client's `F_SETLK`/`F_SETLKW` (and `flock`, OFD locks).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn set_lock(
-        &mut self,
-        now: Instant,
-        session: SessionId,
-        id: RequestId,
-        owner: RangeOwner,
-        node: NodeId,
-        range: ByteRange,
-        kind: LockKind,
-        wait: bool,
-    ) -> Result<(), Errno> {
-        if wait {
+    /// A client's lock request.
+    pub(super) fn set_lock(&mut self, ask: LockAsk) -> Result<(), Errno> {
+        let LockAsk {
+            owner,
+            node,
+            range,
+            kind,
+            ..
+        } = ask;
+        if ask.wait {
             // It replaces one of the same that waits for a local program
             // (a client asks again when it heard nothing for a while).
             self.host_locks
                 .blocked
-                .retain(|b| !(b.owner == owner && b.node == node && b.range == range));
+                .retain(|b| !(b.ask.owner == owner && b.ask.node == node && b.ask.range == range));
         }
         if self.cfg.lock_host_files
             && let Some(locks) = self.ranges.would_hold(owner, node, range, kind)
             && let Ok(path) = self.path_of(node)
         {
             let taking = Taking {
-                session,
-                id,
-                owner,
-                node,
-                range,
-                kind,
-                wait,
+                ask,
                 granted_over: None,
             };
             self.hold(Purpose::TakeOnHost(taking), Some(path), owner, node, locks);
             return Ok(());
         }
-        self.lock_in_table(now, session, id, owner, node, range, kind, wait)
+        self.lock_in_table(ask)
     }
 
     /// Takes the lock in the clients' table; once granted, the host's file
     /// holds the owner's ranges as the table says.
-    #[allow(clippy::too_many_arguments)]
-    fn lock_in_table(
-        &mut self,
-        _now: Instant,
-        session: SessionId,
-        id: RequestId,
-        owner: RangeOwner,
-        node: NodeId,
-        range: ByteRange,
-        kind: LockKind,
-        wait: bool,
-    ) -> Result<(), Errno> {
+    fn lock_in_table(&mut self, ask: LockAsk) -> Result<(), Errno> {
+        let LockAsk {
+            session,
+            id,
+            owner,
+            node,
+            ..
+        } = ask;
         let outcome = self
             .ranges
-            .lock(owner, node, range, kind, wait.then_some(id));
+            .lock(owner, node, ask.range, ask.kind, ask.wait.then_some(id));
         if outcome == Ok(RangeOutcome::Granted) {
             self.answer(session, id, Ok(Reply::Done));
         }
@@ -162,13 +149,15 @@ impl HostServer {
         let locks = self.ranges.held_by(g.owner, g.node);
         let path = self.path_of(g.node).ok();
         let taking = Taking {
-            session: g.session,
-            id: g.request,
-            owner: g.owner,
-            node: g.node,
-            range: g.range,
-            kind: g.kind,
-            wait: true,
+            ask: LockAsk {
+                session: g.session,
+                id: g.request,
+                owner: g.owner,
+                node: g.node,
+                range: g.range,
+                kind: g.kind,
+                wait: true,
+            },
             granted_over: Some(g.before),
         };
         self.hold(Purpose::TakeOnHost(taking), path, g.owner, g.node, locks);
@@ -200,7 +189,8 @@ impl HostServer {
 
     /// The host's file answered a take.
     pub(super) fn taken_on_host(&mut self, now: Instant, t: Taking, result: FsResult) {
-        let key = (t.owner, t.node);
+        let session = t.ask.session;
+        let key = (t.ask.owner, t.ask.node);
         let last = match self.host_locks.taking.get_mut(&key) {
             Some((n, _)) => {
                 *n -= 1;
@@ -217,27 +207,28 @@ impl HostServer {
         } else {
             VecDeque::new()
         };
-        self.take_answered(now, t.clone(), result);
+        self.take_answered(now, t, result);
         for (id, request) in parked {
-            if !self.sessions.contains_key(&t.session) {
+            if !self.sessions.contains_key(&session) {
                 break;
             }
-            if let Err(e) = self.dispatch(now, t.session, id, request) {
-                self.answer(t.session, id, Err(e));
+            if let Err(e) = self.dispatch(now, session, id, request) {
+                self.answer(session, id, Err(e));
             }
         }
     }
 
     fn take_answered(&mut self, now: Instant, t: Taking, result: FsResult) {
-        if !self.sessions.contains_key(&t.session) {
+        let ask = t.ask;
+        if !self.sessions.contains_key(&ask.session) {
             // Gone meanwhile: let go of what was taken for it.
-            self.mirror(t.owner, t.node);
+            self.mirror(ask.owner, ask.node);
             return;
         }
         if let Some(before) = &t.granted_over {
             if result != Err(Errno::Again) {
                 // Held (or the host cannot hold it: the table decides).
-                self.answer(t.session, t.id, Ok(Reply::Done));
+                self.answer(ask.session, ask.id, Ok(Reply::Done));
                 return;
             }
             // A local program took the bytes as the other client let go:
@@ -245,13 +236,13 @@ impl HostServer {
             // (The failed take changed nothing on the host's file; it is
             // brought to what the table now says.)
             self.ranges
-                .restore(t.owner, t.node, (t.range, t.kind), before);
-            self.mirror(t.owner, t.node);
+                .restore(ask.owner, ask.node, (ask.range, ask.kind), before);
+            self.mirror(ask.owner, ask.node);
             self.drain_record_locks();
         }
         if result == Err(Errno::Again) {
-            if !t.wait {
-                self.answer(t.session, t.id, Err(Errno::Again));
+            if !ask.wait {
+                self.answer(ask.session, ask.id, Err(Errno::Again));
                 return;
             }
             // Within the session's bound of locks, with those it holds
@@ -260,37 +251,22 @@ impl HostServer {
                 .host_locks
                 .blocked
                 .iter()
-                .filter(|b| b.session == t.session)
+                .filter(|b| b.ask.session == ask.session)
                 .count();
-            if waiting + self.ranges.used_by(t.session) >= self.cfg.record_locks.max_per_session {
-                self.answer(t.session, t.id, Err(Errno::NoLck));
+            if waiting + self.ranges.used_by(ask.session) >= self.cfg.record_locks.max_per_session {
+                self.answer(ask.session, ask.id, Err(Errno::NoLck));
                 return;
             }
             self.host_locks.blocked.push(Blocked {
-                session: t.session,
-                id: t.id,
-                owner: t.owner,
-                node: t.node,
-                range: t.range,
-                kind: t.kind,
+                ask,
                 at: now + LOCAL_RETRY,
             });
             return;
         }
         // Held; or the host cannot hold it (a file it may not open): the
         // clients' table decides alone then.
-        let Taking {
-            session,
-            id,
-            owner,
-            node,
-            range,
-            kind,
-            wait,
-            ..
-        } = t;
-        if let Err(e) = self.lock_in_table(now, session, id, owner, node, range, kind, wait) {
-            self.answer(session, id, Err(e));
+        if let Err(e) = self.lock_in_table(ask) {
+            self.answer(ask.session, ask.id, Err(e));
         }
     }
 
@@ -301,14 +277,12 @@ impl HostServer {
                 .into_iter()
                 .partition(|b| b.at <= now);
         self.host_locks.blocked = later;
-        for b in due {
-            if !self.sessions.contains_key(&b.session) {
+        for Blocked { ask, .. } in due {
+            if !self.sessions.contains_key(&ask.session) {
                 continue;
             }
-            if let Err(e) =
-                self.set_lock(now, b.session, b.id, b.owner, b.node, b.range, b.kind, true)
-            {
-                self.answer(b.session, b.id, Err(e));
+            if let Err(e) = self.set_lock(ask) {
+                self.answer(ask.session, ask.id, Err(e));
             }
         }
     }
@@ -323,12 +297,12 @@ impl HostServer {
         any: bool,
     ) {
         self.host_locks.blocked.retain(|b| {
-            !(b.owner == owner
-                && b.node == node
+            !(b.ask.owner == owner
+                && b.ask.node == node
                 && if any {
-                    b.range.overlaps(&range)
+                    b.ask.range.overlaps(&range)
                 } else {
-                    b.range == range
+                    b.ask.range == range
                 })
         });
     }
@@ -340,7 +314,7 @@ impl HostServer {
         session: SessionId,
         held: BTreeSet<(RangeOwner, NodeId)>,
     ) {
-        self.host_locks.blocked.retain(|b| b.session != session);
+        self.host_locks.blocked.retain(|b| b.ask.session != session);
         for (owner, node) in held {
             self.mirror(owner, node);
         }

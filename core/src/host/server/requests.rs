@@ -449,7 +449,15 @@ impl HostServer {
                     return Err(Errno::Stale);
                 }
                 let owner = RangeOwner { session, owner };
-                self.set_lock(now, session, id, owner, node, range, kind, wait)?;
+                self.set_lock(host_locks::LockAsk {
+                    session,
+                    id,
+                    owner,
+                    node,
+                    range,
+                    kind,
+                    wait,
+                })?;
             }
             Request::Unlock { node, owner, range } => {
                 // Never refused: a file gone from the index (unlinked
