@@ -25,15 +25,17 @@ fn set_lock(
     )
 }
 
+/// Owner 7's unlock of all of `node`.
+fn unlock_all(node: NodeId) -> Request {
+    Request::Unlock {
+        node,
+        owner: 7,
+        range: ByteRange::WHOLE,
+    }
+}
+
 fn unlock(r: &mut Rig, conn: ConnId, node: NodeId) -> Result<Reply, Errno> {
-    r.call(
-        conn,
-        Request::Unlock {
-            node,
-            owner: 7,
-            range: ByteRange::WHOLE,
-        },
-    )
+    r.call(conn, unlock_all(node))
 }
 
 const FIRST_TEN: ByteRange = ByteRange { start: 0, end: 9 };
@@ -197,14 +199,7 @@ fn a_waiter_granted_as_a_program_on_the_host_takes_the_bytes_waits_for_it() {
     assert_eq!(r.reply(c2, waits), None);
 
     r.hold = true;
-    let unlocked = r.send(
-        c1,
-        Request::Unlock {
-            node: a,
-            owner: 7,
-            range: ByteRange::WHOLE,
-        },
-    );
+    let unlocked = r.send(c1, unlock_all(a));
     assert_eq!(r.reply(c1, unlocked), Some(Ok(Reply::Done)));
     // The host lets go of client 1's lock on its file; a program there
     // takes the bytes before the host takes them for client 2.
@@ -241,14 +236,7 @@ fn an_unlock_during_a_take_waits_for_it() {
     let p = path(&["a.txt"]);
     r.hold = true;
     let got = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, false);
-    let let_go = r.send(
-        c,
-        Request::Unlock {
-            node: a,
-            owner: 7,
-            range: ByteRange::WHOLE,
-        },
-    );
+    let let_go = r.send(c, unlock_all(a));
     assert_eq!(r.reply(c, let_go), None, "parked behind the take");
     r.hold = false;
     r.release_held();
