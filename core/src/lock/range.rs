@@ -118,36 +118,6 @@ pub struct RangeLocks {
     grants: VecDeque<RangeGrant>,
 }
 
-/// The parts of `range` that none of `cut` overlaps, in order.
-fn minus(range: ByteRange, cut: &[ByteRange]) -> Vec<ByteRange> {
-    let mut parts = vec![range];
-    for c in cut {
-        parts = parts
-            .into_iter()
-            .flat_map(|p| {
-                if !p.overlaps(c) {
-                    return vec![p];
-                }
-                let mut left = Vec::new();
-                if p.start < c.start {
-                    left.push(ByteRange {
-                        start: p.start,
-                        end: c.start - 1,
-                    });
-                }
-                if p.end > c.end {
-                    left.push(ByteRange {
-                        start: c.end + 1,
-                        end: p.end,
-                    });
-                }
-                left
-            })
-            .collect();
-    }
-    parts
-}
-
 fn conflicts(a: LockKind, b: LockKind) -> bool {
     !matches!((a, b), (LockKind::Shared, LockKind::Shared))
 }
@@ -405,7 +375,7 @@ impl RangeLocks {
             if !in_the_way.is_empty() {
                 back.held = back.with(owner, part, granted);
             }
-            for free in minus(part, &in_the_way) {
+            for free in part.minus(&in_the_way) {
                 back.held = back.with(owner, free, kind);
             }
         }

@@ -343,6 +343,36 @@ impl ByteRange {
     pub fn overlaps(&self, other: &ByteRange) -> bool {
         self.start <= other.end && other.start <= self.end
     }
+
+    /// The parts of this range that none of `cut` overlaps, in order.
+    pub fn minus(self, cut: &[ByteRange]) -> Vec<ByteRange> {
+        let mut parts = vec![self];
+        for c in cut {
+            parts = parts
+                .into_iter()
+                .flat_map(|p| {
+                    if !p.overlaps(c) {
+                        return vec![p];
+                    }
+                    let mut left = Vec::new();
+                    if p.start < c.start {
+                        left.push(ByteRange {
+                            start: p.start,
+                            end: c.start - 1,
+                        });
+                    }
+                    if p.end > c.end {
+                        left.push(ByteRange {
+                            start: c.end + 1,
+                            end: p.end,
+                        });
+                    }
+                    left
+                })
+                .collect();
+        }
+        parts
+    }
 }
 
 /// A record lock another owner holds ([`Reply::LockTest`]).

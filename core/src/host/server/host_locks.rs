@@ -117,12 +117,13 @@ impl HostServer {
             self.hold(Purpose::TakeOnHost(taking), Some(path), owner, node, locks);
             return Ok(());
         }
-        self.lock_in_table(ask)
+        self.lock_in_table(ask, false)
     }
 
-    /// Takes the lock in the clients' table; once granted, the host's file
-    /// holds the owner's ranges as the table says.
-    fn lock_in_table(&mut self, ask: LockAsk) -> Result<(), Errno> {
+    /// Takes the lock in the clients' table; then the host's file holds
+    /// the owner's ranges as the table says (`taken`: the host took what
+    /// a grant makes them first, and only a refusal changes them back).
+    fn lock_in_table(&mut self, ask: LockAsk, taken: bool) -> Result<(), Errno> {
         let LockAsk {
             session,
             id,
@@ -133,12 +134,13 @@ impl HostServer {
         let outcome = self
             .ranges
             .lock(owner, node, ask.range, ask.kind, ask.wait.then_some(id));
-        if outcome == Ok(RangeOutcome::Granted) {
+        let granted = outcome == Ok(RangeOutcome::Granted);
+        if granted {
             self.answer(session, id, Ok(Reply::Done));
         }
-        // Granted: held on the host's file (again, if taken first); else
-        // what was taken first goes back to what the table holds.
-        self.mirror(owner, node);
+        if !(granted && taken) {
+            self.mirror(owner, node);
+        }
         self.drain_record_locks();
         outcome.map(|_| ())
     }
@@ -265,7 +267,7 @@ impl HostServer {
         }
         // Held; or the host cannot hold it (a file it may not open): the
         // clients' table decides alone then.
-        if let Err(e) = self.lock_in_table(ask) {
+        if let Err(e) = self.lock_in_table(ask, result.is_ok()) {
             self.answer(ask.session, ask.id, Err(e));
         }
     }

@@ -114,26 +114,51 @@ fn gaps(locks: &[(ByteRange, LockKind)]) -> Vec<ByteRange> {
     out
 }
 
-/// Makes `file` hold exactly `locks`, from `held`. If a lock is in the
-/// way (EAGAIN), `held` is put back.
+/// Makes `file` hold exactly `locks`, from `held`, changing only what
+/// differs (an owner may hold thousands of ranges, and each request
+/// sends them all). If a lock is in the way (EAGAIN), `held` is put
+/// back.
 fn hold(
     file: &File,
     held: &[(ByteRange, LockKind)],
     locks: &[(ByteRange, LockKind)],
 ) -> Result<(), Errno> {
-    let apply = |locks: &[(ByteRange, LockKind)]| -> Result<(), Errno> {
-        for &(r, k) in locks {
-            set(file, r, Set::Lock(k))?;
+    // Both in order and disjoint: one range per start.
+    let within = |set: &[(ByteRange, LockKind)], l: &(ByteRange, LockKind)| {
+        set.binary_search_by_key(&l.0.start, |(r, _)| r.start)
+            .is_ok_and(|i| set[i] == *l)
+    };
+    let change = || -> Result<(), Errno> {
+        for l in locks.iter().filter(|l| !within(held, l)) {
+            set(file, l.0, Set::Lock(l.1))?;
         }
-        for g in gaps(locks) {
-            set(file, g, Set::Unlock)?;
+        // A range no longer held as it was: its bytes the new set does
+        // not cover go (those it covers were set above).
+        for l in held.iter().filter(|l| !within(locks, l)) {
+            let from = locks.partition_point(|(r, _)| r.end < l.0.start);
+            let over: Vec<ByteRange> = locks[from..]
+                .iter()
+                .take_while(|(r, _)| r.start <= l.0.end)
+                .map(|(r, _)| *r)
+                .collect();
+            for part in l.0.minus(&over) {
+                set(file, part, Set::Unlock)?;
+            }
         }
         Ok(())
     };
-    apply(locks).inspect_err(|_| {
-        // Back to what was held: this takes nothing new, so only a lock
-        // held here before and given up above could now be in the way.
-        let _ = apply(held);
+    change().inspect_err(|_| {
+        // Back to what was held, every range: this takes nothing new, so
+        // only a lock held here before and given up above could now be
+        // in the way.
+        let _ = held
+            .iter()
+            .try_for_each(|&(r, k)| set(file, r, Set::Lock(k)))
+            .and_then(|()| {
+                gaps(held)
+                    .into_iter()
+                    .try_for_each(|g| set(file, g, Set::Unlock))
+            });
     })
 }
 
