@@ -463,10 +463,8 @@ pub enum FsOp {
     /// Hold on the host's own file exactly the record locks `locks` of
     /// one client lock owner (none: let go of them), so that the host's
     /// local programs are kept out of what clients lock, as clients are
-    /// (docs/filesystem.md, "Programs on the host"). Answers the
-    /// attributes of the file at `path` (`Done` if there is none: the
-    /// host's watcher then knows the close of its descriptor for its own
-    /// echo); EAGAIN if a lock is in the way, and then nothing changed;
+    /// (docs/filesystem.md, "Programs on the host"). `Done` once held;
+    /// EAGAIN if a lock is in the way, and then nothing changed;
     /// ESTALE if the file at `path` is not `key`; another error if the
     /// file cannot be opened (nothing is held). If the file at `path` is
     /// no longer the one the holder's locks are on (a local program
