@@ -241,6 +241,9 @@ impl ClientCore {
             }
             Op::ReadDir { ino, offset } => {
                 let node = self.node(*ino)?;
+                if *offset == 0 {
+                    self.listing_begins(now, *ino);
+                }
                 let w = self.waiter(CacheWait::ReadDir {
                     req,
                     ino: *ino,

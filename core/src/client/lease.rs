@@ -166,6 +166,10 @@ struct DirLease {
     refreshing: bool,
     /// The last create or unlink answered here.
     last_local: Instant,
+    /// The last unlink or `rmdir` here, answered here or by the host: a
+    /// sweep (`rm -r`) under way, whose next directory's lease is asked
+    /// for as it is listed ([`ClientCore::listing_begins`]).
+    removed_at: Option<Instant>,
     /// The lock is gone at the host (expired, or the session's).
     lost: bool,
 }
@@ -242,7 +246,7 @@ impl Leases {
     }
 
     /// Operations answered here in `dir`, not yet applied.
-    fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+    pub(super) fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         let made = self.unapplied.iter().filter(move |(_, u)| u.dir == dir);
         let gone = self.unlinking.iter().filter(move |(_, u)| u.dir == dir);
         made.map(|(n, _)| *n).chain(gone.map(|(n, _)| *n))
@@ -446,6 +450,15 @@ impl ClientCore {
         self.ask_lease(now, dir);
     }
 
+    /// An ordinary unlink or `rmdir` in `dir` succeeded (after
+    /// [`Self::changed_remotely`]): a lease there, held or asked for,
+    /// notes a sweep under way (`removed_at`).
+    pub(super) fn removed_remotely(&mut self, now: Instant, dir: NodeId) {
+        if let Some(l) = self.leases.dirs.get_mut(&dir) {
+            l.removed_at = Some(now);
+        }
+    }
+
     /// A directory this client just made: files usually follow (tar,
     /// `cp -r`, a checkout), so its lease is asked for at once instead
     /// of after two ordinary creates there, each a round trip for the
@@ -455,6 +468,48 @@ impl ClientCore {
         // is not asked again for every directory made.
         let refused = self.leases.refused_until.values().any(|&t| now < t);
         if self.cfg.leases
+            && !refused
+            && !self.leases.dirs.contains_key(&dir)
+            && self.room_for_lease(now)
+        {
+            self.ask_lease(now, dir);
+        }
+    }
+
+    /// A program begins to list directory `ino`. If this client holds
+    /// the lease of its parent and removed something there within
+    /// [`HOT_WINDOW`], a sweep (`rm -r`, `find -delete`) is under way,
+    /// and it lists a directory to remove everything in it next: its
+    /// lease is asked for now, beside the listing, so that those unlinks
+    /// wait for it and are answered here. Otherwise the first two of
+    /// them went to the host (each applied there before its answer) to
+    /// earn it, in every directory of the tree.
+    pub(super) fn listing_begins(&mut self, now: Instant, ino: Ino) {
+        let Some(v) = self.vfs.as_ref() else {
+            return;
+        };
+        let Some(inode) = v.get(ino) else {
+            return;
+        };
+        let (dir, sweeping) = match inode.link() {
+            Some((parent, _)) if inode.kind == FileKind::Dir && inode.bound => {
+                let parent_lease = v.node(*parent).and_then(|p| self.leases.dirs.get(&p));
+                let sweeping = parent_lease.is_some_and(|l| {
+                    l.state == State::Held
+                        && l.removed_at
+                            .is_some_and(|t| now.saturating_duration_since(t) <= HOT_WINDOW)
+                });
+                (inode.node, sweeping)
+            }
+            _ => return,
+        };
+        let refused = self
+            .leases
+            .refused_until
+            .get(&dir)
+            .is_some_and(|&t| now < t);
+        if self.cfg.leases
+            && sweeping
             && !refused
             && !self.leases.dirs.contains_key(&dir)
             && self.room_for_lease(now)
@@ -487,6 +542,7 @@ impl ClientCore {
                 refresh_at: now,
                 refreshing: false,
                 last_local: now,
+                removed_at: None,
                 lost: false,
             },
         );
@@ -715,6 +771,7 @@ impl ClientCore {
         };
         if let Some(l) = self.leases.dirs.get_mut(&pnode) {
             l.stream.push_back(op);
+            l.removed_at = Some(now);
         }
         let name = name.clone();
         self.leases.unlinking.insert(

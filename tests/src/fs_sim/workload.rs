@@ -92,10 +92,20 @@ fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Res
     Ok(())
 }
 
-/// What `rm -r` does: every name of a directory looked up and unlinked,
-/// one after another (a client that unlinks several takes a directory
-/// lease and answers them itself).
+/// What `rm -r` does: the directory listed and `fstat`ed, then every
+/// name looked up and unlinked, one after another (a client that unlinks
+/// several takes a directory lease and answers them itself; one sweeping
+/// the parent under its lease asks for this directory's as it lists it).
 fn sweep(sim: &mut Sim, c: usize, dir: Ino) -> Result<(), Violation> {
+    sim.op(
+        c,
+        Op::ReadDir {
+            ino: dir,
+            offset: 0,
+        },
+    )?;
+    sim.op(c, Op::GetAttr { ino: dir })?;
+    sim.advance(Duration::from_millis(5))?;
     for n in NAMES {
         let n = Name::new(n).unwrap_or_else(|e| panic!("{e}"));
         sim.op(
@@ -148,6 +158,61 @@ fn tree(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Vio
         Op::Rmdir {
             parent: Ino::ROOT,
             name: n,
+        },
+    )?;
+    Ok(())
+}
+
+/// Sibling directories made here and filled, left until their leases
+/// idle out, then removed as `rm -r` does: each listed, emptied and
+/// removed in turn. Once two ordinary `rmdir`s earn the top's lease, the
+/// listing of each next sibling asks for that sibling's lease (a sweep),
+/// and its unlinks wait for it and are answered under it.
+fn wide(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Violation> {
+    let mkdir = |sim: &mut Sim, parent: Ino, name: Name| {
+        sim.op(
+            c,
+            Op::Mkdir {
+                parent,
+                name,
+                mode: 0o755,
+                caller: None,
+            },
+        )
+    };
+    let top = name(rng, true);
+    mkdir(sim, Ino::ROOT, top.clone())?;
+    sim.advance(Duration::from_millis(20))?;
+    let Some(t) = sim.child(c, Ino::ROOT, &top) else {
+        return Ok(());
+    };
+    let mut subs = Vec::new();
+    // Every name there is, so that there are siblings to sweep after
+    // the top's lease is earned (the oracle does not model names: a
+    // directory may take a file's).
+    for n in NAMES.into_iter().chain(DIRS) {
+        let n = Name::new(n).unwrap_or_else(|e| panic!("{e}"));
+        mkdir(sim, t, n.clone())?;
+        sim.advance(Duration::from_millis(20))?;
+        if let Some(s) = sim.child(c, t, &n) {
+            *tag += 1;
+            burst(sim, rng, c, s, tag)?;
+            subs.push((s, n));
+        }
+    }
+    // Past a lease's idle time: the removal begins without leases, as
+    // of a tree made elsewhere.
+    sim.advance(Duration::from_secs(3))?;
+    for (s, n) in subs {
+        sweep(sim, c, s)?;
+        sim.op(c, Op::Rmdir { parent: t, name: n })?;
+        sim.advance(Duration::from_millis(5))?;
+    }
+    sim.op(
+        c,
+        Op::Rmdir {
+            parent: Ino::ROOT,
+            name: top,
         },
     )?;
     Ok(())
@@ -325,12 +390,13 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
                 burst(sim, rng, c, dir, &mut tag)?;
             }
             168..172 => sweep(sim, c, dir)?,
-            172..175 => {
+            172..174 => {
                 tag += 1;
                 tree(sim, rng, c, &mut tag)?;
             }
-            175 => deep(sim, rng, c, &mut tag)?,
-            176..220 => {
+            174..176 => wide(sim, rng, c, &mut tag)?,
+            176 => deep(sim, rng, c, &mut tag)?,
+            177..220 => {
                 let n = name(rng, false);
                 let create = Op::Create {
                     parent: dir,

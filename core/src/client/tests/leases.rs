@@ -748,6 +748,83 @@ fn rm_r_of_a_tree_made_elsewhere_is_answered_here_after_the_first_directories() 
     );
 }
 
+/// `rm -r` lists each directory before it empties it. Once it removes
+/// under the parent's lease (after two ordinary `rmdir`s earned it), each
+/// directory's listing asks for that directory's lease, so none of its
+/// unlinks goes to the host the ordinary way; before, the first two of
+/// every directory did, to earn the lease. A listing outside a sweep
+/// asks for nothing.
+#[test]
+fn a_sweep_asks_each_directorys_lease_as_it_lists_it() {
+    let mut disk = MemFs::new(1 << 30);
+    let dirs = ["s0", "s1", "s2", "s3", "s4", "t"];
+    let files: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    let at = |parts: &[&str]| RelPath::from(parts.iter().map(|p| name(p)).collect::<Vec<_>>());
+    let mkdir = |disk: &mut MemFs, path: RelPath| {
+        disk.execute(crate::host::FsOp::Mkdir {
+            path,
+            mode: 0o755,
+            owner: None,
+        })
+        .expect("a directory");
+    };
+    mkdir(&mut disk, at(&["top"]));
+    for d in dirs {
+        mkdir(&mut disk, at(&["top", d]));
+        for f in &files {
+            disk.local_replace(&at(&["top", d, f]), b"made elsewhere")
+                .expect("a file");
+        }
+    }
+    let mut w = leasing_with(disk, 1, HostConfig::default());
+    w.record_fs = true;
+    let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
+    let list = |w: &mut World, ino: Ino| {
+        let listed = w.call(0, Op::ReadDir { ino, offset: 0 });
+        assert!(matches!(listed, Ok(Answer::Dir(_))), "{listed:?}");
+    };
+    // Listed outside a sweep: no lease.
+    let (t, _) = lookup(&mut w, 0, top, "t").expect("t");
+    list(&mut w, t);
+    w.settle();
+    assert_eq!(w.host.leases(), 0, "a listing alone asks for no lease");
+    let mut ordinary = Vec::new();
+    for d in &dirs[..5] {
+        let (sub, _) = lookup(&mut w, 0, top, d).expect("a directory");
+        list(&mut w, sub);
+        for f in &files {
+            lookup(&mut w, 0, sub, f).expect("a file");
+        }
+        let before = w.fs_log.len();
+        for f in &files {
+            assert_eq!(unlink(&mut w, 0, sub, f), Ok(Answer::Done), "{d}/{f}");
+        }
+        let rmdir = Op::Rmdir {
+            parent: top,
+            name: name(d),
+        };
+        assert_eq!(w.call(0, rmdir), Ok(Answer::Done), "rmdir {d}");
+        w.settle();
+        let unlinks = w.fs_log[before..]
+            .iter()
+            .filter(|r| matches!(r.op, crate::host::FsOp::Unlink { .. }))
+            .count();
+        ordinary.push(unlinks);
+    }
+    assert_eq!(
+        ordinary,
+        [2, 2, 0, 0, 0],
+        "ordinary unlinks per directory: after the first two earn the \
+         parent's lease, each listing earns its directory's"
+    );
+    for d in &dirs[..5] {
+        let gone = w.disk.execute(crate::host::FsOp::Stat {
+            path: at(&["top", d]),
+        });
+        assert_eq!(gone, Err(Errno::NoEnt), "{d} removed at the host too");
+    }
+}
+
 /// An unlink waiting for its directory's lease when the host restarts
 /// is answered, and removes the file in its own directory although the
 /// new host numbers the tree anew. (Here the lost connection ends the
