@@ -1164,13 +1164,27 @@ impl Cache {
     }
 
     /// Removes an idle entry (no demotion: its data is known to be wrong);
-    /// an in-flight one is poisoned and goes when its fetch ends.
+    /// an in-flight one is poisoned and goes when its fetch ends. The old
+    /// value a fetch revalidates goes at once, but for a chunk's (keyed
+    /// by version, its bytes are that version's, and a revalidation
+    /// compares against them): kept, [`Self::serve_stale`] would hand it
+    /// out while the host is unreachable. (fs_sim, seed 27083: a listing
+    /// under revalidation kept the attributes this client had made up
+    /// for files created under a lease, after those files were gone, and
+    /// served them once the host crashed.)
     fn drop_key(&mut self, key: &CacheKey) {
-        match self.l1.get_mut(key).and_then(|e| e.fetch.as_mut()) {
-            Some(fetch) => fetch.poisoned = true,
-            None => {
-                self.remove_entry(key);
-            }
+        let Some(entry) = self.l1.get_mut(key) else {
+            return;
+        };
+        let Some(fetch) = entry.fetch.as_mut() else {
+            self.remove_entry(key);
+            return;
+        };
+        fetch.poisoned = true;
+        if !matches!(key, CacheKey::Chunk(_)) && entry.value.take().is_some() {
+            let charge = charge(key, None);
+            self.l1_bytes = self.l1_bytes - entry.charge + charge;
+            entry.charge = charge;
         }
     }
 

@@ -1269,3 +1269,28 @@ fn own_creates_keep_small_listings_whole_and_mark_large_ones_stale() {
         "a stale listing answers nothing"
     );
 }
+
+/// A key this client removes while it is being revalidated is not served
+/// stale afterwards (the host unreachable): its old value went with it.
+/// A chunk's old bytes stay, being that version's (fs_sim, seed 27083:
+/// a listing under revalidation kept made-up entries and served them).
+#[test]
+fn a_key_removed_while_revalidated_is_not_served_stale() {
+    let mut c = cache();
+    let dir = CacheKey::Dir(NodeId(5));
+    c.fill(at(0), dir.clone(), dir_value(&["a", "b"]))
+        .expect("filled");
+    let later = at(0) + secs(5);
+    assert!(matches!(c.lookup(later, &dir, W1), Ok(Lookup::Stale(_))));
+    c.remove(&dir);
+    assert!(!c.serve_stale(later, &dir), "the removed listing is gone");
+    assert_eq!(c.state(later, &dir), EntryState::Fetching, "still asked");
+
+    let key = chunk_key(1, 1, 0);
+    c.fill(at(0), key.clone(), chunk_value(7, 100))
+        .expect("filled");
+    let past_ttl = at(0) + CacheConfig::default().chunk_ttl;
+    assert!(matches!(c.lookup(past_ttl, &key, W2), Ok(Lookup::Stale(_))));
+    c.remove(&key);
+    assert!(c.serve_stale(past_ttl, &key), "a version's bytes stay");
+}
