@@ -731,19 +731,10 @@ impl ClientCore {
             match self.in_flight.remove(&id) {
                 // A lock that waits for its holder, and an unlock, are
                 // asked for again: the host keeps one waiter per request,
-                // and unlocks twice as harmlessly as once. So is a wait
-                // nobody waits for any more (interrupted): its withdrawal
-                // may have reached the host before it, and its grant,
-                // whenever it comes, must find a request to be let go by
-                // (fs_sim, seed 14573: dropped here, the grant came to no
-                // request and the lock stayed held, every other client
-                // waiting for it for good).
+                // and unlocks twice as harmlessly as once.
                 Some(f)
                     if locks::asked_again(&f.request)
-                        && matches!(
-                            f.purpose,
-                            Purpose::Op { .. } | Purpose::Withdraw { .. } | Purpose::Abandoned
-                        ) =>
+                        && matches!(f.purpose, Purpose::Op { .. } | Purpose::Withdraw { .. }) =>
                 {
                     self.send(now, f.purpose, f.request);
                 }

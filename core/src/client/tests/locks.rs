@@ -251,44 +251,6 @@ fn an_interrupted_lock_wait_ends_with_eintr_and_takes_nothing() {
     assert_eq!(w.call(0, set(a, 1, W, false)), Err(Errno::Again));
 }
 
-/// A wait interrupted as soon as it is sent: on a wire that reorders
-/// messages its withdrawal can reach the host first, which then queues
-/// the wait after all. The client keeps asking for it past its request
-/// timeout, so that its grant, when the holder lets go, finds a request
-/// that lets it go; dropped at the timeout, the grant came to no
-/// request and the lock stayed held for good (fs_sim, seed 14573).
-#[test]
-fn a_wait_withdrawn_before_it_arrived_never_keeps_the_lock() {
-    for seed in 0..12 {
-        let mut w = World::new(
-            seed,
-            disk(&[("f", b"x")]),
-            3,
-            HostConfig::default(),
-            ClientConfig::default(),
-        );
-        w.max_delay = Duration::from_millis(20);
-        let fhs = [0, 1, 2].map(|c| {
-            let (ino, _) = lookup(&mut w, c, Ino::ROOT, "f").expect("f");
-            open_rw(&mut w, c, ino)
-        });
-        assert_eq!(w.call(0, set(fhs[0], 1, W, false)), Ok(Answer::Done));
-        let waiting = w.op(1, set(fhs[1], 1, W, true));
-        let now = w.now;
-        w.clients[1].core.interrupt(now, waiting);
-        assert_eq!(w.wait(1, waiting), Err(Errno::Intr));
-        // Past several request timeouts while the holder keeps it.
-        w.run_for(Duration::from_secs(120));
-        assert_eq!(w.call(0, set(fhs[0], 1, None, false)), Ok(Answer::Done));
-        w.run_for(Duration::from_secs(5));
-        assert_eq!(
-            w.call(2, set(fhs[2], 1, W, false)),
-            Ok(Answer::Done),
-            "seed {seed}: free once its holder let go"
-        );
-    }
-}
-
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
 /// read lock held, as on a local disk: the wait is taken back, not the
 /// bytes unlocked.
