@@ -809,7 +809,8 @@ impl Cache {
     }
 
     /// Drops one key (the client changed it itself, e.g. created the name
-    /// of a negative entry). A fetch in flight is poisoned instead.
+    /// of a negative entry). A fetch in flight is poisoned instead, and
+    /// the old value it revalidates dropped (a chunk's kept).
     pub fn remove(&mut self, key: &CacheKey) {
         self.drop_key(key);
     }
@@ -1165,10 +1166,10 @@ impl Cache {
 
     /// Removes an idle entry (no demotion: its data is known to be wrong);
     /// an in-flight one is poisoned and goes when its fetch ends. The old
-    /// value a fetch revalidates goes at once, but for a chunk's (keyed
-    /// by version, its bytes are that version's, and a revalidation
-    /// compares against them): kept, [`Self::serve_stale`] would hand it
-    /// out while the host is unreachable. (fs_sim, seed 27083: a listing
+    /// value a fetch revalidates goes at once, except a chunk's (keyed by
+    /// version, its bytes are that version's, and a revalidation compares
+    /// against them): kept, [`Self::serve_stale`] would hand it out while
+    /// the host is unreachable. (fs_sim, seed 27083: a listing
     /// under revalidation kept the attributes this client had made up
     /// for files created under a lease, after those files were gone, and
     /// served them once the host crashed.)

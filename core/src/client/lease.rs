@@ -246,7 +246,7 @@ impl Leases {
     }
 
     /// Operations answered here in `dir`, not yet applied.
-    pub(super) fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+    fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         let made = self.unapplied.iter().filter(move |(_, u)| u.dir == dir);
         let gone = self.unlinking.iter().filter(move |(_, u)| u.dir == dir);
         made.map(|(n, _)| *n).chain(gone.map(|(n, _)| *n))
@@ -508,12 +508,12 @@ impl ClientCore {
             .refused_until
             .get(&dir)
             .is_some_and(|&t| now < t);
-        if self.cfg.leases
-            && sweeping
-            && !refused
-            && !self.leases.dirs.contains_key(&dir)
-            && self.room_for_lease(now)
-        {
+        // A guess: it takes a free place, never another lease's (which
+        // may be the parent's, whose `rmdir`s the sweep needs next).
+        let dirs = &self.leases.dirs;
+        let active = dirs.values().filter(|l| l.state != State::Returning);
+        let room = dirs.len() < 2 * MAX_LEASES && active.count() < MAX_LEASES;
+        if self.cfg.leases && sweeping && !refused && !dirs.contains_key(&dir) && room {
             self.ask_lease(now, dir);
         }
     }

@@ -184,7 +184,6 @@ impl ClientCore {
             Purpose::Fetch(key) => self.on_fetch(now, id, key, result),
             Purpose::DirPage { node, mut acc } => match result {
                 Ok(Reply::DirPage { entries, next }) => {
-                    let entries_here = entries.len();
                     acc.extend(entries);
                     if acc.len() > self.cfg.max_dir_entries {
                         let _ = self.cache.fail(now, &CacheKey::Dir(node), Errno::FBig);
@@ -197,9 +196,6 @@ impl ClientCore {
                             crate::proto::Request::ReadDir { dir: node, cookie },
                         ),
                         None => {
-                            if acc.len() == entries_here {
-                                self.cache_listed_dirs(now, id, &acc);
-                            }
                             let _ =
                                 self.cache
                                     .fill(now, CacheKey::Dir(node), Value::Dir(acc.into()));
@@ -771,32 +767,6 @@ impl ClientCore {
             Invalidation::Gone
         };
         self.cache.invalidate(now, node, what);
-    }
-
-    /// Caches the attributes a one-page listing (read by request `id`)
-    /// gives of its subdirectories, where the cache has none or stale
-    /// ones. The kernel takes them from the listing too, but forgets a
-    /// directory's atime once it is read, and asks again: `rm -r` and
-    /// `find` list a directory and then `fstat` it, which without this
-    /// cost a round trip per directory. Only directories (a file's size
-    /// bounds reads); not over a fetch under way; not if the listing was
-    /// asked before this client's own last change there
-    /// ([`Self::fill_changed_attr`]), nor while changes of its own there
-    /// wait to be applied (the times are the host's to tell).
-    fn cache_listed_dirs(&mut self, now: Instant, id: RequestId, entries: &[DirEntry]) {
-        use crate::cache::EntryState;
-        for e in entries.iter().filter(|e| e.attr.kind == FileKind::Dir) {
-            let (node, key) = (e.attr.node, CacheKey::Attr(e.attr.node));
-            let known = self.cache.state(now, &key);
-            if matches!(known, EntryState::Unknown | EntryState::Stale)
-                && self.changed_after.get(&node).is_none_or(|&at| id.0 >= at)
-                && self.leases.pending_in(node).next().is_none()
-            {
-                let _ = self
-                    .cache
-                    .fill(now, key, Value::Attr(Arc::new(e.attr.clone())));
-            }
-        }
     }
 
     pub(super) fn entries_changed(&mut self, now: Instant, dir: Ino) {

@@ -1831,40 +1831,6 @@ fn the_hosts_own_changes_are_not_announced_again() {
     assert!(w.clients[0].invalidations > 0, "a local save went unseen");
 }
 
-/// A directory's listing gives its subdirectories' attributes, and the
-/// kernel, which forgets a directory's atime once it reads it, asks
-/// again (`rm -r` and `find` list a directory, then `fstat` it): the
-/// answer comes from the listing, not from a round trip each, also where
-/// the cache's own attributes had gone stale.
-#[test]
-fn a_directory_listed_then_stated_needs_no_round_trip() {
-    let mut d = disk(&[("f", b"x")]);
-    d.execute(crate::host::FsOp::Mkdir {
-        path: RelPath::from(vec![name("sub")]),
-        mode: 0o751,
-        owner: None,
-    })
-    .expect("a directory");
-    let mut w = World::new(3, d, 1, HostConfig::default(), ClientConfig::default());
-    let (sub, _) = lookup(&mut w, 0, Ino::ROOT, "sub").expect("sub");
-    for round in 0..2 {
-        // Past every TTL: the listing goes to the host, the cache's
-        // attributes of `sub` (from the lookup, then the listing) are
-        // stale.
-        w.run_for(std::time::Duration::from_secs(2));
-        let listed = read_root(&mut w, 0);
-        assert!(listed.iter().any(|i| i.ino == sub), "round {round}: listed");
-        let sent = w.clients[0].sent;
-        match w.call(0, Op::GetAttr { ino: sub }) {
-            Ok(Answer::Attr { attr, .. }) => {
-                assert_eq!(attr.mode & 0o7777, 0o751, "round {round}");
-            }
-            other => panic!("round {round}: {other:?}"),
-        }
-        assert_eq!(w.clients[0].sent, sent, "round {round}: no round trip");
-    }
-}
-
 /// In a directory this client made, and in one whose listing it holds,
 /// its own creates keep the listing whole: the lookup of a new name (what
 /// every create begins with) is answered without asking the host, while a
