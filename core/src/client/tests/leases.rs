@@ -677,6 +677,33 @@ fn two_rmdirs_earn_the_lease() {
     assert_eq!(w.host.leases(), 1, "the root is leased");
 }
 
+/// A disk holding `top/<d>/f0…` for each of `dirs`, `files` files in
+/// each, made by a program on the host (not by a client).
+fn tree_made_elsewhere(dirs: &[&str], files: usize) -> MemFs {
+    let mut disk = MemFs::new(1 << 30);
+    let at = |parts: &[&str]| RelPath::from(parts.iter().map(|p| name(p)).collect::<Vec<_>>());
+    let mut mkdir = |path: RelPath| {
+        disk.execute(crate::host::FsOp::Mkdir {
+            path,
+            mode: 0o755,
+            owner: None,
+        })
+        .expect("a directory");
+    };
+    mkdir(at(&["top"]));
+    for d in dirs {
+        mkdir(at(&["top", d]));
+    }
+    for d in dirs {
+        for f in 0..files {
+            let f = format!("f{f}");
+            disk.local_replace(&at(&["top", d, &f]), b"made elsewhere")
+                .expect("a file");
+        }
+    }
+    disk
+}
+
 /// `rm -r` of a tree made elsewhere, as it runs: each directory's first
 /// two unlinks go the ordinary way and earn its lease, the next waits
 /// for the lease to be taken, the rest are answered here; after two
@@ -685,25 +712,9 @@ fn two_rmdirs_earn_the_lease() {
 /// waiting for the host.
 #[test]
 fn rm_r_of_a_tree_made_elsewhere_is_answered_here_after_the_first_directories() {
-    let mut disk = MemFs::new(1 << 30);
     let dirs = ["s0", "s1", "s2", "s3", "s4"];
     let files: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
-    let mkdir = |disk: &mut MemFs, path: RelPath| {
-        disk.execute(crate::host::FsOp::Mkdir {
-            path,
-            mode: 0o755,
-            owner: None,
-        })
-        .expect("a directory");
-    };
-    mkdir(&mut disk, RelPath::from(vec![name("top")]));
-    for d in dirs {
-        mkdir(&mut disk, RelPath::from(vec![name("top"), name(d)]));
-        for f in &files {
-            let p = RelPath::from(vec![name("top"), name(d), name(f)]);
-            disk.local_replace(&p, b"made elsewhere").expect("a file");
-        }
-    }
+    let disk = tree_made_elsewhere(&dirs, files.len());
     let mut w = leasing_with(disk, 1, HostConfig::default());
     let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
     let mut at_once = Vec::new();
@@ -756,26 +767,10 @@ fn rm_r_of_a_tree_made_elsewhere_is_answered_here_after_the_first_directories() 
 /// asks for nothing.
 #[test]
 fn a_sweep_asks_each_directorys_lease_as_it_lists_it() {
-    let mut disk = MemFs::new(1 << 30);
     let dirs = ["s0", "s1", "s2", "s3", "s4", "t"];
     let files: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    let disk = tree_made_elsewhere(&dirs, files.len());
     let at = |parts: &[&str]| RelPath::from(parts.iter().map(|p| name(p)).collect::<Vec<_>>());
-    let mkdir = |disk: &mut MemFs, path: RelPath| {
-        disk.execute(crate::host::FsOp::Mkdir {
-            path,
-            mode: 0o755,
-            owner: None,
-        })
-        .expect("a directory");
-    };
-    mkdir(&mut disk, at(&["top"]));
-    for d in dirs {
-        mkdir(&mut disk, at(&["top", d]));
-        for f in &files {
-            disk.local_replace(&at(&["top", d, f]), b"made elsewhere")
-                .expect("a file");
-        }
-    }
     let mut w = leasing_with(disk, 1, HostConfig::default());
     w.record_fs = true;
     let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
