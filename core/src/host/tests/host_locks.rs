@@ -110,13 +110,7 @@ fn a_program_on_the_host_keeps_clients_out() {
     let waits = set_lock(&mut r, c, a, FIRST_TEN, LockKind::Exclusive, true);
     r.advance(Duration::from_secs(2));
     assert_eq!(r.reply(c, waits), None, "waits for the program");
-    r.disk.local_unlock(&p).expect("a.txt");
-    r.advance(Duration::from_secs(1));
-    assert_eq!(r.reply(c, waits), Some(Ok(Reply::Done)));
-    assert_eq!(
-        r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared),
-        Ok(false)
-    );
+    program_lets_go_and_the_waiter_has_it(&mut r, c, waits, &p);
 }
 
 /// A client's wait for a program on the host ends with its session (a
@@ -216,13 +210,7 @@ fn a_waiter_granted_as_a_program_on_the_host_takes_the_bytes_waits_for_it() {
     );
     assert_eq!(unlock(&mut r, c1, a), Ok(Reply::Done));
 
-    r.disk.local_unlock(&p).expect("a.txt");
-    r.advance(Duration::from_secs(1));
-    assert_eq!(r.reply(c2, waits), Some(Ok(Reply::Done)));
-    assert_eq!(
-        r.disk.local_lock(&p, FIRST_TEN, LockKind::Shared),
-        Ok(false)
-    );
+    program_lets_go_and_the_waiter_has_it(&mut r, c2, waits, &p);
 }
 
 /// An owner's unlock that comes while the host is still taking its lock
@@ -248,4 +236,13 @@ fn an_unlock_during_a_take_waits_for_it() {
         r.disk.local_lock(&p, FIRST_TEN, LockKind::Exclusive),
         Ok(true)
     );
+}
+
+/// The program on the host lets go of `p`: within the host's retry the
+/// client's wait `waits` is granted, and the program is kept out.
+fn program_lets_go_and_the_waiter_has_it(r: &mut Rig, c: ConnId, waits: RequestId, p: &RelPath) {
+    r.disk.local_unlock(p).expect("a.txt");
+    r.advance(Duration::from_secs(1));
+    assert_eq!(r.reply(c, waits), Some(Ok(Reply::Done)));
+    assert_eq!(r.disk.local_lock(p, FIRST_TEN, LockKind::Shared), Ok(false));
 }
