@@ -117,12 +117,7 @@ fn a_program_on_the_host_keeps_clients_out() {
 /// crashed client) or its withdrawal (a signal), and takes nothing.
 #[test]
 fn a_wait_for_a_program_on_the_host_ends_with_the_client() {
-    let mut r = rig();
-    let c1 = r.client(1);
-    let c2 = r.client(2);
-    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
-    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
-    let p = path(&["a.txt"]);
+    let (mut r, [c1, c2], a, p) = two_clients_on_a();
     assert_eq!(
         r.disk.local_lock(&p, FIRST_TEN, LockKind::Exclusive),
         Ok(true)
@@ -181,12 +176,7 @@ fn run_first_held(r: &mut Rig) {
 /// bytes in between keeps it waiting, and the grant goes back.
 #[test]
 fn a_waiter_granted_as_a_program_on_the_host_takes_the_bytes_waits_for_it() {
-    let mut r = rig();
-    let c1 = r.client(1);
-    let c2 = r.client(2);
-    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
-    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
-    let p = path(&["a.txt"]);
+    let (mut r, [c1, c2], a, p) = two_clients_on_a();
     let held = set_lock(&mut r, c1, a, FIRST_TEN, LockKind::Exclusive, false);
     assert_eq!(r.reply(c1, held), Some(Ok(Reply::Done)));
     let waits = set_lock(&mut r, c2, a, FIRST_TEN, LockKind::Exclusive, true);
@@ -245,4 +235,14 @@ fn program_lets_go_and_the_waiter_has_it(r: &mut Rig, c: ConnId, waits: RequestI
     r.advance(Duration::from_secs(1));
     assert_eq!(r.reply(c, waits), Some(Ok(Reply::Done)));
     assert_eq!(r.disk.local_lock(p, FIRST_TEN, LockKind::Shared), Ok(false));
+}
+
+/// A rig with two clients that both looked up `a.txt`: the clients, its
+/// node and its path.
+fn two_clients_on_a() -> (Rig, [ConnId; 2], NodeId, RelPath) {
+    let mut r = rig();
+    let (c1, c2) = (r.client(1), r.client(2));
+    let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
+    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    (r, [c1, c2], a, path(&["a.txt"]))
 }
