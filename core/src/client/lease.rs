@@ -246,6 +246,13 @@ impl Leases {
     }
 
     /// Operations answered here in `dir`, not yet applied.
+    /// Fewer than [`MAX_LEASES`] leases held or being taken, and room
+    /// in the map (those being given back count up to twice the limit).
+    fn free_place(&self) -> bool {
+        let active = self.dirs.values().filter(|l| l.state != State::Returning);
+        self.dirs.len() < 2 * MAX_LEASES && active.count() < MAX_LEASES
+    }
+
     fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         let made = self.unapplied.iter().filter(move |(_, u)| u.dir == dir);
         let gone = self.unlinking.iter().filter(move |(_, u)| u.dir == dir);
@@ -401,15 +408,15 @@ impl ClientCore {
     /// given back still count, up to twice the limit, so a burst of
     /// directories cannot grow the map without bound.
     fn room_for_lease(&mut self, now: Instant) -> bool {
-        let dirs = &self.leases.dirs;
-        if dirs.len() >= 2 * MAX_LEASES {
+        if self.leases.dirs.len() >= 2 * MAX_LEASES {
             return false;
         }
-        let active = dirs.values().filter(|l| l.state != State::Returning);
-        if active.count() < MAX_LEASES {
+        if self.leases.free_place() {
             return true;
         }
-        let coldest = dirs
+        let coldest = self
+            .leases
+            .dirs
             .iter()
             .filter(|(_, l)| l.state == State::Held)
             .min_by_key(|(_, l)| l.last_local)
@@ -510,10 +517,8 @@ impl ClientCore {
             .is_some_and(|&t| now < t);
         // A guess: it takes a free place, never another lease's (which
         // may be the parent's, whose `rmdir`s the sweep needs next).
-        let dirs = &self.leases.dirs;
-        let active = dirs.values().filter(|l| l.state != State::Returning);
-        let room = dirs.len() < 2 * MAX_LEASES && active.count() < MAX_LEASES;
-        if self.cfg.leases && sweeping && !refused && !dirs.contains_key(&dir) && room {
+        let room = self.leases.free_place();
+        if self.cfg.leases && sweeping && !refused && !self.leases.dirs.contains_key(&dir) && room {
             self.ask_lease(now, dir);
         }
     }
