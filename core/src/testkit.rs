@@ -153,6 +153,11 @@ pub struct World {
     /// results already handled (0 by default: in order, at once).
     pub fs_late_percent: u64,
     wire: BTreeMap<(Instant, u64), Wire>,
+    /// Clients whose messages to the host wait in [`Self::held_back`]
+    /// until [`Self::let_through`]: a stream that lost packets while
+    /// the ones sent after it got through.
+    pub holding: BTreeSet<usize>,
+    held_back: Vec<Wire>,
     seq: u64,
     conns: BTreeMap<ConnId, usize>,
     next_conn: u64,
@@ -220,6 +225,8 @@ impl World {
             host_up: true,
             fs_late_percent: 0,
             wire: BTreeMap::new(),
+            holding: BTreeSet::new(),
+            held_back: Vec::new(),
             seq: 0,
             conns: BTreeMap::new(),
             next_conn: 1,
@@ -512,7 +519,11 @@ impl World {
                 self.clients[c].sent += 1;
                 if let Some(conn) = self.clients[c].conn {
                     let bytes = msg.encode().unwrap_or_default();
-                    self.post(Wire::ToHost(conn, bytes));
+                    if self.holding.contains(&c) {
+                        self.held_back.push(Wire::ToHost(conn, bytes));
+                    } else {
+                        self.post(Wire::ToHost(conn, bytes));
+                    }
                 }
             }
             ClientOutput::OpenTransport => {
@@ -602,6 +613,14 @@ impl World {
             self.move_runs.insert(c, self.host_runs);
         }
         self.clients[c].core.move_path(now);
+        self.pump();
+    }
+
+    /// Sends now the messages [`Self::holding`] kept back.
+    pub fn let_through(&mut self) {
+        for wire in std::mem::take(&mut self.held_back) {
+            self.post(wire);
+        }
         self.pump();
     }
 

@@ -447,6 +447,25 @@ pub(super) fn asked_again(request: &Request) -> bool {
     )
 }
 
+/// The withdrawal of `request` if it is a lock wait given up on
+/// ([`Purpose::Abandoned`]): until the host answers it, it may be waiting
+/// there, its first withdrawal having overtaken it.
+pub(super) fn withdrawn_wait(purpose: &Purpose, request: &Request) -> Option<Request> {
+    match (purpose, request) {
+        (
+            Purpose::Abandoned,
+            &Request::SetLock {
+                node,
+                owner,
+                range,
+                wait: true,
+                ..
+            },
+        ) => Some(Request::Withdraw { node, owner, range }),
+        _ => None,
+    }
+}
+
 /// Requests that never fail here, however long the host is out of reach:
 /// an unlock, and a withdrawal. Given up, an unlock would leave the lock
 /// held at the host for as long as the session lives, and the kernel

@@ -728,6 +728,23 @@ impl ClientCore {
             .map(|(&id, _)| id)
             .collect();
         for id in late {
+            if let Some(f) = self.in_flight.get_mut(&id)
+                && let Some(withdrawal) = locks::withdrawn_wait(&f.purpose, &f.request)
+            {
+                // A wait given up on, and not answered yet: its
+                // withdrawal may have overtaken it, so that it waits at
+                // the host still. It is withdrawn again (exactly its
+                // bytes, and never beside another withdrawal of its
+                // owner's, which keeps the owner's next request from
+                // being taken back), and kept until the host answers it.
+                f.deadline = now + self.cfg.request_timeout;
+                if let Request::Withdraw { node, owner, .. } = withdrawal
+                    && !self.unlocking.contains_key(&(node, owner))
+                {
+                    self.send_unlock(now, withdrawal);
+                }
+                continue;
+            }
             match self.in_flight.remove(&id) {
                 // A lock that waits for its holder, and an unlock, are
                 // asked for again: the host keeps one waiter per request,
@@ -957,6 +974,13 @@ impl ClientCore {
     /// to be re-sent (or rebuilt) after the reconnect.
     fn requeue_in_flight(&mut self) {
         let flights = std::mem::take(&mut self.in_flight);
+        // A wait given up on may still wait at the host, in a session
+        // resumed: withdrawn there once the client is back.
+        self.withdraw.extend(
+            flights
+                .values()
+                .filter_map(|f| locks::withdrawn_wait(&f.purpose, &f.request)),
+        );
         let mut back: Vec<(Purpose, Request, Instant)> = flights
             .into_values()
             .filter(|f| {

@@ -265,7 +265,8 @@ impl RangeLocks {
     /// unlocks is not waiting (a client that gave up on a wait says so
     /// this way, and a grant it would never hear of cannot linger).
     pub fn unlock(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
-        self.take_back(owner, node, |w| w.overlaps(&range));
+        // Not answered: the client that unlocks answers its own waits.
+        let _ = self.take_back(owner, node, |w| w.overlaps(&range));
         if let Some(file) = self.files.get(&node) {
             let held = file.without(owner, range);
             // Removing never splits more than one range in two, and an
@@ -293,22 +294,42 @@ impl RangeLocks {
     /// leaving the locks it holds (a wait its program gave up on,
     /// interrupted by a signal), and wakes the waiters that can now go.
     /// Exactly: another thread of an owner (OFD locks, threads sharing a
-    /// process's locks) may wait for other bytes meanwhile.
-    pub fn withdraw(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
-        self.take_back(owner, node, |w| w == range);
+    /// process's locks) may wait for other bytes meanwhile. Returns the
+    /// requests taken back, which the host answers (EINTR): the client
+    /// keeps a withdrawn wait until it hears how it ended.
+    pub fn withdraw(
+        &mut self,
+        owner: RangeOwner,
+        node: NodeId,
+        range: ByteRange,
+    ) -> Vec<RequestId> {
+        let taken = self.take_back(owner, node, |w| w == range);
         self.wake(node);
         debug_assert!(self.consistent());
+        taken
     }
 
     /// Drops `owner`'s waiting requests on `node` for the bytes `which`
-    /// accepts.
-    fn take_back(&mut self, owner: RangeOwner, node: NodeId, which: impl Fn(ByteRange) -> bool) {
-        if let Some(file) = self.files.get_mut(&node) {
-            let before = file.waiting.len();
-            file.waiting.retain(|w| w.owner != owner || !which(w.range));
-            let withdrawn = before - file.waiting.len();
-            self.adjust(owner.session, withdrawn, 0);
-        }
+    /// accepts, and returns them.
+    fn take_back(
+        &mut self,
+        owner: RangeOwner,
+        node: NodeId,
+        which: impl Fn(ByteRange) -> bool,
+    ) -> Vec<RequestId> {
+        let Some(file) = self.files.get_mut(&node) else {
+            return Vec::new();
+        };
+        let mut taken = Vec::new();
+        file.waiting.retain(|w| {
+            let ours = w.owner == owner && which(w.range);
+            if ours {
+                taken.push(w.request);
+            }
+            !ours
+        });
+        self.adjust(owner.session, taken.len(), 0);
+        taken
     }
 
     /// The ranges `owner` would hold on `node` once it took `kind` on

@@ -925,9 +925,11 @@ pub enum Request {
         /// The new name.
         name: Name,
     },
-    /// Take back `owner`'s lock requests on `range` that still wait (a
-    /// signal interrupted the program's `F_SETLKW`), leaving the locks
-    /// it holds as they are: [`Reply::Done`].
+    /// Take back `owner`'s lock requests on exactly `range` that still
+    /// wait (a signal interrupted the program's `F_SETLKW`), leaving the
+    /// locks it holds as they are: [`Reply::Done`]. Each request taken
+    /// back is answered first, with EINTR, so that a client knows its
+    /// wait is over even when the withdrawal overtook it on the way.
     Withdraw {
         /// The file.
         node: NodeId,

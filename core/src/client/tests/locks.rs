@@ -251,6 +251,33 @@ fn an_interrupted_lock_wait_ends_with_eintr_and_takes_nothing() {
     assert_eq!(w.call(0, set(a, 1, W, false)), Err(Errno::Again));
 }
 
+/// A wait whose withdrawal overtakes it on the way (another stream, its
+/// packets lost) waits at the host after all. The client keeps it until
+/// the host answers it, withdrawing it again at the request timeout, so
+/// it is never granted to nobody (fs_sim, seed 14573: the lock was then
+/// held for good, and the next client waited forever).
+#[test]
+fn a_wait_its_withdrawal_overtook_is_withdrawn_again() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    w.holding.insert(1);
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.holding.clear();
+    let now = w.now;
+    w.clients[1].core.interrupt(now, waiting);
+    w.settle();
+    assert_eq!(w.wait(1, waiting), Err(Errno::Intr));
+    w.let_through();
+    w.run_for(Duration::from_secs(90));
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(
+        w.call(0, set(a, 2, W, false)),
+        Ok(Answer::Done),
+        "the withdrawn wait was not granted when the holder let go"
+    );
+}
+
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
 /// read lock held, as on a local disk: the wait is taken back, not the
 /// bytes unlocked.

@@ -297,16 +297,22 @@ impl HostServer {
         node: NodeId,
         range: ByteRange,
         any: bool,
-    ) {
+    ) -> Vec<RequestId> {
+        let mut taken = Vec::new();
         self.host_locks.blocked.retain(|b| {
-            !(b.ask.owner == owner
+            let ours = b.ask.owner == owner
                 && b.ask.node == node
                 && if any {
                     b.ask.range.overlaps(&range)
                 } else {
                     b.ask.range == range
-                })
+                };
+            if ours {
+                taken.push(b.ask.id);
+            }
+            !ours
         });
+        taken
     }
 
     /// A session ended: its requests stop waiting, and the host lets go

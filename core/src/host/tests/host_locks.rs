@@ -132,12 +132,17 @@ fn a_wait_for_a_program_on_the_host_ends_with_the_client() {
         },
     );
     assert_eq!(withdrawn, Ok(Reply::Done));
+    assert_eq!(r.reply(c1, waits), Some(Err(Errno::Intr)), "answered");
     let other = set_lock(&mut r, c2, a, FIRST_TEN, LockKind::Exclusive, true);
     r.host.conn_closed(r.now, c2);
     r.advance(Duration::from_secs(60));
     r.disk.local_unlock(&p).expect("a.txt");
     r.advance(Duration::from_secs(1));
-    assert_eq!(r.reply(c1, waits), None, "withdrawn: never granted");
+    assert_eq!(
+        r.reply(c1, waits),
+        Some(Err(Errno::Intr)),
+        "withdrawn: never granted"
+    );
     assert_eq!(r.reply(c2, other), None, "its session ended");
     assert!(r.disk.held_locks(&p).is_empty());
     assert!(r.host.record_locks().is_empty());
@@ -245,4 +250,27 @@ fn two_clients_on_a() -> (Rig, [ConnId; 2], NodeId, RelPath) {
     let a = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
     r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
     (r, [c1, c2], a, path(&["a.txt"]))
+}
+
+/// A withdrawal answers the wait it takes back (EINTR), so that a client
+/// whose withdrawal overtook its wait on the way learns, when it
+/// withdraws again, that the wait is over; one that finds nothing to
+/// take back answers only itself.
+#[test]
+fn a_withdrawal_answers_the_wait_it_takes_back() {
+    let (mut r, [c1, c2], a, _) = two_clients_on_a();
+    let held = set_lock(&mut r, c1, a, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c1, held), Some(Ok(Reply::Done)));
+    let withdraw = Request::Withdraw {
+        node: a,
+        owner: 7,
+        range: FIRST_TEN,
+    };
+    assert_eq!(r.call(c2, withdraw.clone()), Ok(Reply::Done), "overtook");
+    let waits = set_lock(&mut r, c2, a, FIRST_TEN, LockKind::Exclusive, true);
+    assert_eq!(r.reply(c2, waits), None, "waits after all");
+    assert_eq!(r.call(c2, withdraw), Ok(Reply::Done));
+    assert_eq!(r.reply(c2, waits), Some(Err(Errno::Intr)));
+    assert_eq!(unlock(&mut r, c1, a), Ok(Reply::Done));
+    assert!(r.host.record_locks().is_empty(), "granted to nobody");
 }
