@@ -90,6 +90,19 @@ impl ClientCore {
         self.handles.get(&fh).ok_or(Errno::BadF)
     }
 
+    /// Handle `fh`, if it was opened for writing: EBADF otherwise, as the
+    /// kernel answers a program itself. Nothing else is written through:
+    /// a handle open only for reading may be set aside with the version
+    /// it opened when another commit replaces its file, and a write
+    /// through it would change a file its mount no longer follows (fs_sim,
+    /// seed 16557, whose workload wrote through any handle).
+    fn writable(&self, fh: Fh) -> Result<&Handle, Errno> {
+        self.fenced(fh)?;
+        Some(self.handle(fh)?)
+            .filter(|h| h.write)
+            .ok_or(Errno::BadF)
+    }
+
     /// After the kernel opened `ino`: opens ahead the small files that
     /// follow it in its directory's listing, if the opens sweep through it.
     fn open_ahead(&mut self, now: Instant, ino: Ino) {
@@ -337,14 +350,7 @@ impl ClientCore {
                 data,
                 append,
             } => {
-                self.fenced(*fh)?;
-                let h = self.handle(*fh)?;
-                if super::set_aside(self.vfs.as_ref(), h.ino) {
-                    // Only handles open for reading are set aside: the
-                    // kernel sends no write through one.
-                    return Err(Errno::BadF);
-                }
-                let node = h.node;
+                let node = self.writable(*fh)?.node;
                 let b = Blocked::Write {
                     req,
                     fh: *fh,
@@ -362,8 +368,7 @@ impl ClientCore {
                 length,
                 how,
             } => {
-                self.fenced(*fh)?;
-                let h = self.handle(*fh)?;
+                let h = self.writable(*fh)?;
                 let (ino, node) = (h.ino, h.node);
                 let known = self.cache.peek_attr(node).unwrap_or(&h.attr).clone();
                 let size = self.with_local_changes(&known).size;
@@ -381,10 +386,9 @@ impl ClientCore {
                 offset_out,
                 len,
             } => {
-                self.fenced(*fh_out)?;
+                let node = self.writable(*fh_out)?.node;
                 let src = self.handle(*fh_in)?;
                 let (src_node, src_host, src_size) = (src.node, src.host, src.attr.size);
-                let node = self.handle(*fh_out)?.node;
                 // The host can copy only what it holds: a source with
                 // writes of this mount not yet committed, or a copy within
                 // one file, goes through the kernel's own copy (it reads

@@ -43,9 +43,15 @@ fn lookup(w: &mut World, c: usize, n: &str) -> Ino {
     }
 }
 
+/// Client `c` opens `n` for reading and writing.
 fn open(w: &mut World, c: usize, n: &str) -> (Ino, Fh) {
     let ino = lookup(w, c, n);
-    match w.call(c, Op::open(ino)) {
+    let open = Op::Open {
+        ino,
+        mode: crate::proto::OpenFor::Write,
+        truncate: false,
+    };
+    match w.call(c, open) {
         Ok(Answer::Opened { fh, .. }) => (ino, fh),
         other => panic!("open {n}: {other:?}"),
     }

@@ -244,7 +244,7 @@ fn files_of_every_boundary_size_round_trip() {
 fn the_writer_reads_its_own_uncommitted_writes() {
     let mut w = world(&[("a", b"0123456789")], 1);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    let fh = open(&mut w, 0, ino);
+    let fh = open_for_write(&mut w, 0, ino, false);
     write(&mut w, 0, fh, 8, b"XYZ");
     assert_eq!(read_all(&mut w, 0, fh, 11), b"01234567XYZ");
     let Ok(Answer::Attr { attr, .. }) = w.call(0, Op::GetAttr { ino }) else {
@@ -645,8 +645,8 @@ fn of_two_writers_of_one_version_the_first_commits_and_the_second_is_told() {
     let b = pattern(3 * CHUNK_SIZE, 2);
     let (ia, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
     let (ib, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let fa = open(&mut w, 0, ia);
-    let fb = open(&mut w, 1, ib);
+    let fa = open_for_write(&mut w, 0, ia, false);
+    let fb = open_for_write(&mut w, 1, ib, false);
     // Interleave the writes, then close both at once.
     for i in 0..3 {
         let s = i * CHUNK_SIZE;
@@ -839,13 +839,13 @@ fn a_crashed_client_releases_its_locks_at_the_host() {
         c.core.cfg.write.whole_writes = false;
     }
     let (i0, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
-    let f0 = open(&mut w, 0, i0);
+    let f0 = open_for_write(&mut w, 0, i0, false);
     write(&mut w, 0, f0, 0, b"never committed");
     w.settle();
     assert_eq!(w.host.locks().len(), 1, "client 0 holds the write lock");
     w.crash_client(0);
     let (i1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let f1 = open(&mut w, 1, i1);
+    let f1 = open_for_write(&mut w, 1, i1, false);
     write(&mut w, 1, f1, 0, b"second");
     // The lock frees when client 0's session grace ends; the flush waits.
     assert_eq!(
@@ -989,7 +989,7 @@ fn mkdir_rmdir_and_errno_behaviour() {
 fn a_resumed_session_revalidates_its_cache_and_locks() {
     let mut w = world(&[("a", b"0123")], 1);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    let fh = open(&mut w, 0, ino);
+    let fh = open_for_write(&mut w, 0, ino, false);
     write(&mut w, 0, fh, 0, b"AB");
     w.settle();
     // A short partition: the session survives at the host (grace period).
@@ -1020,7 +1020,7 @@ fn a_move_to_a_new_path_loses_and_repeats_nothing() {
         c.core.cfg.write.whole_writes = false;
     }
     let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    let fh = open(&mut w, 0, a);
+    let fh = open_for_write(&mut w, 0, a, false);
     write(&mut w, 0, fh, 0, b"AB");
     w.settle();
     let sent = w.clients[0].sent;
@@ -1418,7 +1418,7 @@ fn a_file_changed_after_its_open_ahead_is_read_as_it_is_now() {
     w.run_for(THINK);
     // Another client rewrites f02 (opened ahead by client 0) and closes.
     let (ino, _) = lookup(&mut w, 1, Ino::ROOT, "f02").expect("f02");
-    let fh = open(&mut w, 1, ino);
+    let fh = open_for_write(&mut w, 1, ino, false);
     write(&mut w, 1, fh, 0, b"new content");
     assert_eq!(w.call(1, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     w.call(1, Op::Release { fh }).expect("release");
@@ -1568,7 +1568,7 @@ fn an_fsync_answers_once_the_hosts_disk_has_the_commit() {
 fn a_commit_a_host_crash_may_have_lost_is_reported_once() {
     let mut w = world(&[("f", b"old")], 1);
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
-    let fh = open(&mut w, 0, ino);
+    let fh = open_for_write(&mut w, 0, ino, false);
     write(&mut w, 0, fh, 0, b"new");
     assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     w.crash_host();
@@ -1642,7 +1642,7 @@ fn a_copy_runs_on_the_host_in_order_with_the_writes_around_it() {
 fn a_copy_from_a_file_with_uncommitted_writes_is_left_to_the_kernel() {
     let mut w = world(&[("src", b"0123456789")], 1);
     let (sino, _) = lookup(&mut w, 0, Ino::ROOT, "src").expect("src");
-    let sfh = open(&mut w, 0, sino);
+    let sfh = open_for_write(&mut w, 0, sino, false);
     write(&mut w, 0, sfh, 0, b"X");
     let (_, dfh) = create(&mut w, 0, "dst");
     let copy = Op::CopyRange {
@@ -1687,11 +1687,11 @@ fn a_small_write_commits_in_one_request() {
 fn a_small_write_to_a_locked_file_waits_for_the_lock() {
     let mut w = world(&[("f", b"old")], 2);
     let (ino1, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let fh1 = open(&mut w, 1, ino1);
+    let fh1 = open_for_write(&mut w, 1, ino1, false);
     write(&mut w, 1, fh1, 0, &vec![1; 2 << 20]); // locks: large
     w.run_for(Duration::from_millis(100));
     let (ino0, _) = lookup(&mut w, 0, Ino::ROOT, "f").expect("f");
-    let fh0 = open(&mut w, 0, ino0);
+    let fh0 = open_for_write(&mut w, 0, ino0, false);
     write(&mut w, 0, fh0, 0, b"mine");
     let flush = w.op(
         0,

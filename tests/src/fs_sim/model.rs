@@ -238,6 +238,9 @@ struct HandleModel {
     opened: u64,
     /// Opened with `O_APPEND`.
     append: bool,
+    /// Opened for writing (or made by a create): the kernel sends writes
+    /// through no other.
+    write: bool,
 }
 
 /// What the kernel of one mount holds.
@@ -834,6 +837,15 @@ impl Sim {
             .iter()
             .filter(|(_, h)| h.file.is_none() || h.file != self.locks.file)
             .map(|(&fh, _)| fh)
+            .collect()
+    }
+
+    /// Client `c`'s open handles that its kernel sends writes through.
+    pub fn writable_handles(&self, c: usize) -> Vec<Fh> {
+        let handles = self.handles(c);
+        handles
+            .into_iter()
+            .filter(|fh| self.kernels[c].handles.get(fh).is_some_and(|h| h.write))
             .collect()
     }
 
@@ -1813,6 +1825,7 @@ impl Sim {
                 self.new_handle(c, fh, ino, file, min_index, self.seq)?;
                 if let Some(h) = self.kernels[c].handles.get_mut(&fh) {
                     h.append = mode == OpenFor::Append;
+                    h.write = mode != OpenFor::Read;
                 }
             }
             (Ctx::Write { fh, rec }, Ok(_)) => {
@@ -2027,6 +2040,7 @@ impl Sim {
                 writes: Vec::new(),
                 opened,
                 append: false,
+                write: true,
             },
         );
         Ok(())

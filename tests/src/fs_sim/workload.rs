@@ -371,6 +371,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
         let files = sim.referenced(c, FileKind::File);
         let dirs = sim.referenced(c, FileKind::Dir);
         let handles = sim.handles(c);
+        let writable = sim.writable_handles(c);
         let dir = pick(rng, &dirs).unwrap_or(Ino::ROOT);
         let roll = rng.below(1000);
         match roll {
@@ -431,7 +432,7 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
                 }
             }
             310..460 => {
-                if let Some(fh) = pick(rng, &handles) {
+                if let Some(fh) = pick(rng, &writable) {
                     tag += 1;
                     let len = match rng.below(10) {
                         0 => CHUNK_SIZE,

@@ -182,7 +182,7 @@ fn a_file_saved_under_a_lease_tells_the_kernel_nothing_more() {
     // A file of the host's rewritten here is a commit: its rename moved
     // the directory's times, which the kernel learns from the mount.
     let (ino, _) = lookup(&mut w, 0, Ino::ROOT, "old").expect("old");
-    let fh = open(&mut w, 0, ino);
+    let fh = open_for_write(&mut w, 0, ino, false);
     write(&mut w, 0, fh, 0, b"new");
     assert_eq!(w.call(0, Op::Release { fh }), Ok(Answer::Done));
     w.settle();

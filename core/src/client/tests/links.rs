@@ -51,7 +51,7 @@ fn a_hard_link_is_one_inode_under_both_names_on_every_client() {
 
     // Written through one name, read through the other: the host wrote
     // the file in place, so both names still hold one file.
-    let fh = open(&mut w, 0, b);
+    let fh = open_for_write(&mut w, 0, b, false);
     write(&mut w, 0, fh, 0, b"two, longer");
     assert_eq!(w.call(0, Op::Flush { fh, owner: None }), Ok(Answer::Done));
     w.call(0, Op::Release { fh }).expect("release");
