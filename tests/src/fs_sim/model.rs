@@ -470,6 +470,11 @@ struct Loss {
     /// The file's last local change when the loss was reported.
     local: u64,
     writes: Vec<WriteRec>,
+    /// The writes (by sequence number) a commit of the writer was seen
+    /// to hold: they were not lost, whatever replaced them since (the
+    /// commit before an unlock lands what no flush vouched for, and a
+    /// failed close after it reports everything since its last flush).
+    landed: BTreeSet<u64>,
 }
 
 impl fmt::Debug for Local {
@@ -1535,14 +1540,12 @@ impl Sim {
                     }
                     *asked -= 1;
                     self.commit_under_lock(c, file, idx)?;
-                    let losses: Vec<Loss> = self
-                        .losses
-                        .iter()
-                        .filter(|l| l.client == c && l.file == file)
-                        .cloned()
-                        .collect();
-                    for loss in &losses {
-                        self.check_loss(loss, file, idx)?;
+                    for n in 0..self.losses.len() {
+                        let loss = &self.losses[n];
+                        if loss.client == c && loss.file == file {
+                            let landed = self.check_loss(loss, file, idx)?;
+                            self.losses[n].landed.extend(landed);
+                        }
                     }
                 }
             }
@@ -2214,11 +2217,12 @@ impl Sim {
             return Ok(());
         };
         self.stats.losses_checked += 1;
-        let loss = Loss {
+        let mut loss = Loss {
             client: c,
             file,
             local: self.local_seq.get(&file).copied().unwrap_or(0),
             writes: writes.to_vec(),
+            landed: BTreeSet::new(),
         };
         // The commits already made, and (see `learn_record`) every later
         // one of this writer and file.
@@ -2232,7 +2236,8 @@ impl Sim {
             .map(|&(_, i, _)| i)
             .collect();
         for i in past {
-            self.check_loss(&loss, file, i)?;
+            let landed = self.check_loss(&loss, file, i)?;
+            loss.landed.extend(landed);
         }
         self.losses.push(loss);
         Ok(())
@@ -2241,10 +2246,12 @@ impl Sim {
     /// Whether commit `i` of `file` holds a later write of `loss` without
     /// an earlier one made through the same handle. Only what no later
     /// write or truncate of the writer replaced must be there; what a
-    /// local program changed since may be gone for good.
-    fn check_loss(&self, loss: &Loss, file: usize, i: usize) -> Result<(), Violation> {
+    /// local program changed since may be gone for good, and so may a
+    /// write an earlier commit was seen to hold (another client's commit
+    /// may have replaced it since). Returns the writes it holds.
+    fn check_loss(&self, loss: &Loss, file: usize, i: usize) -> Result<Vec<u64>, Violation> {
         if self.local_seq.get(&file).is_some_and(|&l| l > loss.local) {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let issued = self.kernels[loss.client]
             .issued
@@ -2253,6 +2260,7 @@ impl Sim {
             .unwrap_or_default();
         let content = &self.files.history[file][i];
         let mut missing: BTreeMap<Fh, &WriteRec> = BTreeMap::new();
+        let mut held = Vec::new();
         for w in &loss.writes {
             // (An append's place is not its kernel's offset.)
             if w.seq < loss.local || w.append {
@@ -2278,11 +2286,12 @@ impl Sim {
                         loss.client, w.offset, w.seq, e.offset, e.seq, w.fh
                     )));
                 }
-            } else {
+                held.push(w.seq);
+            } else if !loss.landed.contains(&w.seq) {
                 missing.entry(w.fh).or_insert(w);
             }
         }
-        Ok(())
+        Ok(held)
     }
 
     /// A whole-file read through a clean handle: exactly one committed
