@@ -535,6 +535,47 @@ fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
     }
 }
 
+/// The same for an extended attribute's change and a chmod: their
+/// replies carry the file's attributes as the host saw them when it ran
+/// them (fs_sim, seed 48011, through `setxattr`).
+#[test]
+fn metadata_changes_answered_after_the_commit_keep_the_commits_size() {
+    const NEW: &[u8] = b"a longer, newer content";
+    let changes = |ino| {
+        [
+            Op::SetXattr {
+                ino,
+                name: b"user.t".to_vec(),
+                value: b"v".to_vec(),
+                how: crate::proto::XattrSet::Either,
+            },
+            Op::SetAttr {
+                ino,
+                set: crate::proto::SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+            },
+        ]
+    };
+    for seed in 0..8 {
+        for which in 0..2 {
+            let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
+            let change = w.op(0, changes(ino)[which].clone());
+            let flush = w.op(0, Op::Flush { fh, owner: None });
+            assert_eq!(w.wait(0, flush), Ok(Answer::Done));
+            assert!(w.wait(0, change).is_ok());
+            w.settle();
+            match w.call(0, Op::GetAttr { ino }) {
+                Ok(Answer::Attr { attr, .. }) => {
+                    assert_eq!(attr.size, NEW.len() as u64, "seed {seed}, change {which}");
+                }
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+    }
+}
+
 /// The same for a lookup the host ran before the commit, answered after
 /// it: its attributes (the replaced version's size) went to the kernel
 /// and the cache (fs_sim, seed 10667).

@@ -581,6 +581,11 @@ impl ClientCore {
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
             (Op::SetAttr { .. }, _, Ok(Reply::Attr(a))) => {
+                // Run before this client's own commit, answered after it
+                // (a chmod sent while the commit was on its way): the
+                // commit's attributes stand, for the cache and for the
+                // handles, whose next transaction builds on them.
+                let a = self.not_older(now, id, a);
                 self.fill_changed_attr(now, a.clone());
                 // Our own change (a new mtime is a new version): the
                 // handles on the same file learn it, so that their next
@@ -673,7 +678,11 @@ impl ClientCore {
                 Ok(Reply::Xattr(bytes)),
             ) => Some(sized(bytes, *size)),
             (Op::SetXattr { .. } | Op::RemoveXattr { .. }, _, Ok(Reply::Attr(a))) => {
-                // Its ctime moved; the content did not.
+                // Its ctime moved; the content did not. Run before this
+                // client's own commit and answered after it, it brings
+                // the old size: the commit's attributes stand (fs_sim,
+                // seed 48011, as for lookups in seed 10667).
+                let a = self.not_older(now, id, a);
                 self.learn_attr(&a);
                 self.fill_changed_attr(now, a);
                 Some(Ok(Answer::Done))
