@@ -129,6 +129,18 @@ impl ClientCore {
             && !self.lockers.keys().any(|(n, _)| *n == node)
             && !self.locking.values().any(|(n, _, _)| *n == node)
             && !self.unlocking.keys().any(|(n, _)| *n == node)
+            && !self.linking(node)
+    }
+
+    /// Whether a hard link of `node` is on its way. The host links
+    /// whatever file the node is when it runs it (after a replace, the
+    /// new one), and the kernel must get back the inode it linked: that
+    /// inode follows the node rather than be set aside with the old file
+    /// (fs_sim, seeds 36225 and 49497, where it came back as a new one).
+    fn linking(&self, node: crate::proto::NodeId) -> bool {
+        let link = |r: &crate::proto::Request| matches!(r, crate::proto::Request::Link { node: n, .. } if *n == node);
+        self.in_flight.values().any(|f| link(&f.request))
+            || self.queued.iter().any(|(_, r, _)| link(r))
     }
 
     fn on_reply(&mut self, now: Instant, id: RequestId, result: Result<Reply, Errno>) {

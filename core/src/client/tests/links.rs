@@ -167,3 +167,34 @@ fn a_directory_shows_its_new_times_right_after_each_change_in_it() {
         assert_eq!((seen.mtime, seen.nlink), root_on_disk(&mut w), "change {i}");
     }
 }
+
+/// A link answered after another client's commit replaced the file
+/// answers the inode the kernel linked, which follows the file, rather
+/// than a new one (fs_sim, seeds 36225 and 49497: a reader's inode was
+/// set aside while its link was on the way).
+#[test]
+fn a_link_racing_another_clients_commit_answers_the_inode_linked() {
+    let mut w = world(&[("a", b"old content")], 2);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let reader = open(&mut w, 0, a);
+    w.holding.insert(0);
+    let link = w.op(
+        0,
+        Op::Link {
+            ino: a,
+            new_parent: Ino::ROOT,
+            new_name: name("b"),
+        },
+    );
+    w.holding.clear();
+    replace_from(&mut w, 1, "a", b"new");
+    w.let_through();
+    match w.wait(0, link) {
+        Ok(Answer::Entry { ino, attr, .. }) => {
+            assert_eq!((ino, attr.nlink), (a, 2), "the inode the kernel linked");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "b").expect("b").0, a);
+    assert_eq!(read_all(&mut w, 0, reader, 64), b"new", "follows the file");
+}
