@@ -687,7 +687,7 @@ impl ClientCore {
         // The directory's times move: its attributes come from the host
         // once the stream is applied (a `stat` of it waits for that).
         self.cache.invalidate(now, pnode, Invalidation::Attr);
-        let ino = match self.entry(now, *parent, op, attr.clone(), true) {
+        let ino = match self.entry(now, *parent, op, attr.clone(), true, true) {
             Ok(ino) => ino,
             Err(e) => {
                 self.reply(req, Err(e));

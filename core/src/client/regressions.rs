@@ -576,6 +576,67 @@ fn metadata_changes_answered_after_the_commit_keep_the_commits_size() {
     }
 }
 
+/// The commit's attributes that such a late reply leaves standing keep
+/// their age: served from the cache only within the TTL of the reply
+/// that brought them (fs_sim, seed 76230: filled again at the late
+/// lookup's answer, they were served past it).
+#[test]
+fn attributes_kept_over_a_late_reply_keep_their_age() {
+    const NEW: &[u8] = b"a longer, newer content";
+    let ttl = crate::cache::CacheConfig::default().attr_ttl;
+    for seed in 0..16 {
+        for which in 0..3 {
+            let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
+            w.record_attrs = true;
+            let late = match which {
+                0 => Op::Lookup {
+                    parent: Ino::ROOT,
+                    name: name("f"),
+                },
+                1 => Op::SetXattr {
+                    ino,
+                    name: b"user.t".to_vec(),
+                    value: b"v".to_vec(),
+                    how: crate::proto::XattrSet::Either,
+                },
+                _ => Op::SetAttr {
+                    ino,
+                    set: crate::proto::SetAttr {
+                        mode: Some(0o600),
+                        ..Default::default()
+                    },
+                },
+            };
+            let late = w.op(0, late);
+            let flush = w.op(0, Op::Flush { fh, owner: None });
+            assert_eq!(w.wait(0, flush), Ok(Answer::Done));
+            assert!(w.wait(0, late).is_ok());
+            let deadline = w.now + (ttl - std::time::Duration::from_millis(1));
+            while w.now < deadline {
+                let sent = w.clients[0].sent;
+                let Ok(Answer::Attr { attr, .. }) = w.call(0, Op::GetAttr { ino }) else {
+                    panic!("seed {seed}: getattr");
+                };
+                if w.clients[0].sent == sent {
+                    let came = w
+                        .attr_log
+                        .iter()
+                        .filter(|d| d.client == 0 && d.node == attr.node)
+                        .filter(|d| d.version == attr.version)
+                        .map(|d| d.at)
+                        .max();
+                    assert!(
+                        came.is_some_and(|at| w.now.saturating_duration_since(at) <= ttl),
+                        "seed {seed}, late reply {which}: served {:?} after they came",
+                        came.map(|at| w.now.saturating_duration_since(at))
+                    );
+                }
+                w.run_for(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+}
+
 /// The same for a lookup the host ran before the commit, answered after
 /// it: its attributes (the replaced version's size) went to the kernel
 /// and the cache (fs_sim, seed 10667).

@@ -396,16 +396,21 @@ impl ClientCore {
     /// newer by the host's clock: another client's commit after this
     /// client's, which the host ran the request after, is the newer one
     /// (its news may still be on its way).
-    fn not_older(&self, now: Instant, id: RequestId, a: Attr) -> Attr {
+    ///
+    /// Returns the attributes, and whether they are the reply's: the
+    /// cache's newer ones stand as they are, their age counted from when
+    /// they came (filled again, they would be served past their TTL:
+    /// fs_sim, seed 76230).
+    fn not_older(&self, now: Instant, id: RequestId, a: Attr) -> (Attr, bool) {
         let fresh = self.cache.state(now, &CacheKey::Attr(a.node)) == cache::EntryState::Cached;
         match (
             self.changed_after.get(&a.node),
             self.cache.peek_attr(a.node),
         ) {
             (Some(&at), Some(newer)) if id.0 < at && fresh && a.ctime <= newer.ctime => {
-                newer.clone()
+                (newer.clone(), false)
             }
-            _ => a,
+            _ => (a, true),
         }
     }
 
@@ -427,6 +432,7 @@ impl ClientCore {
         op: &Op,
         attr: Attr,
         lookup: bool,
+        from_reply: bool,
     ) -> Result<Ino, Errno> {
         let name = match op {
             Op::Lookup { name, .. }
@@ -446,9 +452,11 @@ impl ClientCore {
             parent: pnode,
             name,
         });
-        let _ = self
-            .cache
-            .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+        if from_reply {
+            let _ = self
+                .cache
+                .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+        }
         Ok(ino)
     }
 
@@ -468,9 +476,9 @@ impl ClientCore {
         match (op, part, result) {
             (Op::Lookup { parent, name }, _, Ok(Reply::Attr(a))) => {
                 let _ = name;
-                let a = self.not_older(now, id, a);
+                let (a, from_reply) = self.not_older(now, id, a);
                 Some(
-                    self.entry(now, *parent, op, a.clone(), true)
+                    self.entry(now, *parent, op, a.clone(), true, from_reply)
                         .map(|ino| Answer::Entry {
                             ino,
                             attr: self.with_local_changes(&a),
@@ -505,7 +513,7 @@ impl ClientCore {
                     self.made_dir(now, a.node);
                 }
                 Some(
-                    self.entry(now, *parent, op, a.clone(), true)
+                    self.entry(now, *parent, op, a.clone(), true, true)
                         .map(|ino| Answer::Entry {
                             ino,
                             attr: a,
@@ -536,7 +544,7 @@ impl ClientCore {
                         inline,
                     },
                 );
-                let ino = match self.entry(now, *parent, op, attr.clone(), true) {
+                let ino = match self.entry(now, *parent, op, attr.clone(), true, host.is_some()) {
                     Ok(ino) => ino,
                     Err(e) => {
                         self.close_host_handles(now, host.into_iter().collect());
@@ -597,8 +605,10 @@ impl ClientCore {
                 // (a chmod sent while the commit was on its way): the
                 // commit's attributes stand, for the cache and for the
                 // handles, whose next transaction builds on them.
-                let a = self.not_older(now, id, a);
-                self.fill_changed_attr(now, a.clone());
+                let (a, from_reply) = self.not_older(now, id, a);
+                if from_reply {
+                    self.fill_changed_attr(now, a.clone());
+                }
                 // Our own change (a new mtime is a new version): the
                 // handles on the same file learn it, so that their next
                 // transaction builds on it rather than fail as stale.
@@ -634,7 +644,7 @@ impl ClientCore {
                 self.entry_added(now, *new_parent, new_name, &a);
                 self.learn_attr(&a);
                 Some(
-                    self.entry(now, *new_parent, op, a.clone(), true)
+                    self.entry(now, *new_parent, op, a.clone(), true, true)
                         .map(|ino| Answer::Entry {
                             ino,
                             attr: self.with_local_changes(&a),
@@ -694,9 +704,11 @@ impl ClientCore {
                 // client's own commit and answered after it, it brings
                 // the old size: the commit's attributes stand (fs_sim,
                 // seed 48011, as for lookups in seed 10667).
-                let a = self.not_older(now, id, a);
-                self.learn_attr(&a);
-                self.fill_changed_attr(now, a);
+                let (a, from_reply) = self.not_older(now, id, a);
+                if from_reply {
+                    self.learn_attr(&a);
+                    self.fill_changed_attr(now, a);
+                }
                 Some(Ok(Answer::Done))
             }
             (Op::Statfs, _, Ok(Reply::StatFs(s))) => Some(Ok(Answer::StatFs(s))),
@@ -812,9 +824,13 @@ impl ClientCore {
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
         let fh = self.open_handle(now, ino, host, attr.clone(), inline, access);
-        let _ = self
-            .cache
-            .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+        // Without the host's handle the attributes are the cache's own
+        // (see `not_older_open`), and keep their age.
+        if host.is_some() {
+            let _ = self
+                .cache
+                .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
+        }
         Answer::Opened { fh, keep_cache }
     }
 
@@ -835,7 +851,7 @@ impl ClientCore {
         id: RequestId,
         o: Opened,
     ) -> (Option<HandleId>, Attr, Bytes) {
-        let attr = self.not_older(now, id, o.attr.clone());
+        let (attr, _) = self.not_older(now, id, o.attr.clone());
         if attr.key == o.attr.key && attr.version == o.attr.version {
             return (Some(o.handle), o.attr, o.inline);
         }
