@@ -57,12 +57,16 @@ wormhole_tests::simulation_tests!(FsSim);
 /// commit, answered after it, put the old size back in the cache (48011);
 /// a reader's inode was set aside while its link was on the way, and the
 /// link came back as a new inode (36225, 49497); the model took writes an
-/// unlock's commit had landed as lost at a failed close (58226).
+/// unlock's commit had landed as lost at a failed close (58226); the
+/// commit's attributes kept over a late lookup's reply were filled into
+/// the cache again and served past their TTL (76230); a link whose node
+/// the host forgot came back as a new inode because the client's key
+/// for the file predated another client's commit (95558).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [
         58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203, 7378, 4900, 2227, 10667,
-        11778, 16895, 20799, 18531, 31678, 27083, 14573, 48011, 36225, 49497, 58226,
+        11778, 16895, 20799, 18531, 31678, 27083, 14573, 48011, 36225, 49497, 58226, 76230, 95558,
     ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");

@@ -632,12 +632,16 @@ impl ClientCore {
                 Ok(Reply::Made { attr: a, .. }),
             ) => {
                 // The host linked the very file it knew the node as (it
-                // checks); if it answers another node, it forgot the old
-                // one meanwhile (an unlink of the file's other name ran
-                // first): the kernel's inode is that file, now this node.
+                // checks), and the kernel's inode follows the node while
+                // its link is on the way (`linking`); if the host answers
+                // another node, it forgot the old one meanwhile (an
+                // unlink or rename of the file's other name ran first):
+                // the kernel's inode is that file, now this node. (Not by
+                // key: the inode's may predate another client's commit,
+                // whose news brings none: fs_sim, seed 95558.)
                 if let Some(v) = self.vfs.as_mut()
-                    && v.get(*ino)
-                        .is_some_and(|i| i.node != a.node && i.key == a.key)
+                    && v.get(*ino).is_some_and(|i| i.node != a.node && !i.replaced)
+                    && v.ino_of(a.node).is_none()
                 {
                     v.rebind(*ino, a.node);
                 }

@@ -604,9 +604,14 @@ impl Vfs {
         }
     }
 
-    /// Binds an inode to its node in the new host session.
+    /// Binds an inode to its node in the new host session, or to the
+    /// node the host gave its file after forgetting the old one (news of
+    /// the old node no longer reaches it).
     pub fn rebind(&mut self, ino: Ino, node: NodeId) {
         if let Some(inode) = self.inodes.get_mut(&ino) {
+            if self.by_node.get(&inode.node) == Some(&ino) {
+                self.by_node.remove(&inode.node);
+            }
             inode.node = node;
             inode.bound = true;
             self.by_node.insert(node, ino);

@@ -198,3 +198,54 @@ fn a_link_racing_another_clients_commit_answers_the_inode_linked() {
     assert_eq!(lookup(&mut w, 0, Ino::ROOT, "b").expect("b").0, a);
     assert_eq!(read_all(&mut w, 0, reader, 64), b"new", "follows the file");
 }
+
+/// A link the host answers with a new node, having forgotten the file's
+/// old one meanwhile (another client renamed the new name over the old
+/// one before the link's result reached the host's loop), after another
+/// client's commit gave the file a new key, answers the inode linked
+/// (fs_sim, seed 95558: the inode's key, older than that commit, no
+/// longer matched, and the link came back as a new inode).
+#[test]
+fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
+    let mut w = world(&[("a", b"old")], 2);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    // Open for writing here: the inode follows its file through the
+    // other client's commit, whose news brings no key.
+    let _writer = open_for_write(&mut w, 0, a, false);
+    replace_from(&mut w, 1, "a", b"newer");
+    // The link runs on the disk, its result late to the host's loop.
+    w.max_delay = Duration::from_secs(1);
+    w.fs_late_percent = 100;
+    let link = w.op(
+        0,
+        Op::Link {
+            ino: a,
+            new_parent: Ino::ROOT,
+            new_name: name("b"),
+        },
+    );
+    let limit = w.now + Duration::from_secs(10);
+    while w.disk.read_file(&path("b")).is_none() {
+        assert!(w.step(limit), "the link never ran");
+    }
+    assert!(w.answer(0, link).is_none());
+    // The rename's result comes first: the host forgets a's node.
+    w.fs_late_percent = 0;
+    w.max_delay = Duration::ZERO;
+    let rename = w.op(
+        1,
+        Op::Rename {
+            parent: Ino::ROOT,
+            name: name("b"),
+            new_parent: Ino::ROOT,
+            new_name: name("a"),
+        },
+    );
+    assert_eq!(w.wait(1, rename), Ok(Answer::Done));
+    w.max_delay = Duration::from_millis(5);
+    match w.wait(0, link) {
+        Ok(Answer::Entry { ino, attr, .. }) => assert_eq!((ino, attr.nlink), (a, 2)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(lookup(&mut w, 0, Ino::ROOT, "a").expect("a").0, a);
+}
