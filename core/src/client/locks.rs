@@ -322,7 +322,7 @@ impl ClientCore {
         part: OpPart,
         result: Result<Reply, Errno>,
     ) -> Option<Result<Answer, Errno>> {
-        let Op::SetLock { fh, kind, .. } = op else {
+        let Op::SetLock { fh, kind, wait, .. } = op else {
             return Some(match result {
                 Ok(Reply::LockTest(held)) => Ok(Answer::Lock(held)),
                 Ok(_) => Err(Errno::Io),
@@ -393,6 +393,26 @@ impl ClientCore {
             }
             (OpPart::First, Ok(Reply::Done)) => Some(Ok(Answer::Done)),
             (OpPart::First, Ok(_)) => Some(Err(Errno::Io)),
+            (OpPart::First, Err(Errno::Intr)) if *wait => {
+                // Taken back at the host by an unlock or withdrawal of its
+                // owner's own (another thread let go of those bytes, or
+                // gave up a wait for the same ones), not by a signal to
+                // this program, which still waits: asked again, once that
+                // unlock is answered (`send_lock` holds it until then).
+                let (Some((node, owner, range)), Some(kind)) = (locking, *kind) else {
+                    return Some(Err(Errno::Intr));
+                };
+                self.locking.insert(req, (node, owner, range));
+                let request = Request::SetLock {
+                    node,
+                    owner,
+                    range,
+                    kind,
+                    wait: true,
+                };
+                self.send_lock(now, Some((req, op.clone())), request);
+                None
+            }
             (OpPart::First, Err(e)) => Some(Err(e)),
             (_, result) => {
                 // The lock is held whatever this open found (a handle open

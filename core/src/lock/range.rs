@@ -264,9 +264,10 @@ impl RangeLocks {
     /// own requests waiting for those bytes are withdrawn: an owner that
     /// unlocks is not waiting (a client that gave up on a wait says so
     /// this way, and a grant it would never hear of cannot linger).
-    pub fn unlock(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) {
-        // Not answered: the client that unlocks answers its own waits.
-        let _ = self.take_back(owner, node, |w| w.overlaps(&range));
+    /// Returns the requests taken back, which the host answers (EINTR),
+    /// as for [`RangeLocks::withdraw`].
+    pub fn unlock(&mut self, owner: RangeOwner, node: NodeId, range: ByteRange) -> Vec<RequestId> {
+        let taken = self.take_back(owner, node, |w| w.overlaps(&range));
         if let Some(file) = self.files.get(&node) {
             let held = file.without(owner, range);
             // Removing never splits more than one range in two, and an
@@ -288,6 +289,7 @@ impl RangeLocks {
             self.wake(node);
         }
         debug_assert!(self.consistent());
+        taken
     }
 
     /// Withdraws `owner`'s request waiting for exactly `range` of `node`,

@@ -278,6 +278,44 @@ fn a_wait_its_withdrawal_overtook_is_withdrawn_again() {
     );
 }
 
+/// An interrupted wait whose withdrawal overtook it, taken back by its
+/// owner's unlock at close, is over once the host says so: the client
+/// stops withdrawing it.
+#[test]
+fn a_wait_taken_back_by_its_owners_unlock_is_over() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    w.holding.insert(1);
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.holding.clear();
+    let now = w.now;
+    w.clients[1].core.interrupt(now, waiting);
+    w.settle();
+    w.let_through();
+    w.settle();
+    let sent = w.clients[1].sent;
+    assert_eq!(w.call(1, set(b, 1, None, false)), Ok(Answer::Done));
+    w.run_for(Duration::from_secs(300));
+    assert_eq!(w.clients[1].sent, sent + 1, "the unlock, nothing to withdraw");
+}
+
+/// A wait its owner's other thread takes back at the host (an unlock of
+/// the same bytes) goes on: the program was not interrupted, and the
+/// client asks for the lock again rather than answer EINTR.
+#[test]
+fn a_wait_another_thread_unlocked_under_goes_on() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.call(1, set(b, 1, None, false)), Ok(Answer::Done));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.answer(1, waiting), None, "still waits");
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.answer(1, waiting), Some(Ok(Answer::Done)));
+}
+
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
 /// read lock held, as on a local disk: the wait is taken back, not the
 /// bytes unlocked.

@@ -315,6 +315,17 @@ impl HostServer {
         taken
     }
 
+    /// Answers the lock waits of `session` an unlock or a withdrawal of
+    /// their owner took back (EINTR), before that unlock's own answer:
+    /// the client keeps a wait it gave up on until it hears how it ended,
+    /// as its withdrawal may have overtaken it on the way (fs_sim, seed
+    /// 14573), and asks a wait it still has again.
+    pub(super) fn took_back(&mut self, session: SessionId, waits: Vec<RequestId>) {
+        for wait in waits {
+            self.answer(session, wait, Err(Errno::Intr));
+        }
+    }
+
     /// A session ended: its requests stop waiting, and the host lets go
     /// of its locks (`held`: its holders, from before the table let go).
     pub(super) fn session_gone_from_host(

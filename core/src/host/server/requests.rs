@@ -463,22 +463,18 @@ impl HostServer {
                 // Never refused: a file gone from the index (unlinked
                 // while open) still has its locks released at close.
                 let owner = RangeOwner { session, owner };
-                self.ranges.unlock(owner, node, range);
-                let _ = self.stop_waiting_on_host(owner, node, range, true);
+                let mut taken = self.ranges.unlock(owner, node, range);
+                taken.extend(self.stop_waiting_on_host(owner, node, range, true));
                 self.mirror(owner, node);
+                self.took_back(session, taken);
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_record_locks();
             }
             Request::Withdraw { node, owner, range } => {
                 let owner = RangeOwner { session, owner };
-                // Each wait taken back is answered, before the withdrawal:
-                // its client keeps it until then, as the withdrawal may
-                // have overtaken it on the way (fs_sim, seed 14573).
                 let mut taken = self.ranges.withdraw(owner, node, range);
                 taken.extend(self.stop_waiting_on_host(owner, node, range, false));
-                for wait in taken {
-                    self.answer(session, wait, Err(Errno::Intr));
-                }
+                self.took_back(session, taken);
                 self.answer(session, id, Ok(Reply::Done));
                 self.drain_record_locks();
             }
