@@ -98,9 +98,14 @@ impl ClientCore {
     /// seed 16557, whose workload wrote through any handle).
     fn writable(&self, fh: Fh) -> Result<&Handle, Errno> {
         self.fenced(fh)?;
-        Some(self.handle(fh)?)
+        let h = Some(self.handle(fh)?)
             .filter(|h| h.write)
-            .ok_or(Errno::BadF)
+            .ok_or(Errno::BadF)?;
+        debug_assert!(
+            !super::set_aside(self.vfs.as_ref(), h.ino),
+            "a handle open for writing was set aside"
+        );
+        Ok(h)
     }
 
     /// After the kernel opened `ino`: opens ahead the small files that
@@ -306,7 +311,7 @@ impl ClientCore {
                         // `valid` checked it is not older than what this
                         // client knows.
                         let opened = (Some(opened.handle), opened.attr, opened.inline);
-                        let answer = self.opened(now, *ino, opened, OpenFor::Read);
+                        let answer = self.opened(now, *ino, opened, OpenFor::Read, false);
                         self.reply(req, Ok(answer));
                     }
                     Take::Joined => {}

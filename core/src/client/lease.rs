@@ -229,6 +229,12 @@ pub(super) struct Leases {
 }
 
 impl Leases {
+    /// Whether a request held for files or unlinks to be applied is one
+    /// `which` picks.
+    pub(super) fn holds(&self, which: impl Fn(&Request) -> bool) -> bool {
+        self.held.iter().any(|h| which(&h.request))
+    }
+
     /// Files answered here and not yet applied.
     pub(super) fn unapplied(&self) -> usize {
         self.unapplied.len()

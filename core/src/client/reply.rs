@@ -9,7 +9,7 @@ use crate::Instant;
 use crate::cache::{self, CacheKey, ChunkKey, Kind, Value};
 use crate::proto::{
     Attr, CHUNK_SIZE, DirEntry, Errno, FileKind, HandleId, HostMessage, Invalidation, Name, NodeId,
-    OpenFor, Reply, RequestId,
+    OpenFor, Reply, Request, RequestId,
 };
 use crate::vfs::Ino;
 use crate::write::{WriteOutput, WriteTxn};
@@ -137,10 +137,11 @@ impl ClientCore {
     /// new one), and the kernel must get back the inode it linked: that
     /// inode follows the node rather than be set aside with the old file
     /// (fs_sim, seeds 36225 and 49497, where it came back as a new one).
-    fn linking(&self, node: crate::proto::NodeId) -> bool {
-        let link = |r: &crate::proto::Request| matches!(r, crate::proto::Request::Link { node: n, .. } if *n == node);
+    fn linking(&self, node: NodeId) -> bool {
+        let link = |r: &Request| matches!(r, Request::Link { node: n, .. } if *n == node);
         self.in_flight.values().any(|f| link(&f.request))
             || self.queued.iter().any(|(_, r, _)| link(r))
+            || self.leases.holds(link)
     }
 
     fn on_reply(&mut self, now: Instant, id: RequestId, result: Result<Reply, Errno>) {
@@ -407,7 +408,14 @@ impl ClientCore {
             self.changed_after.get(&a.node),
             self.cache.peek_attr(a.node),
         ) {
-            (Some(&at), Some(newer)) if id.0 < at && fresh && a.ctime <= newer.ctime => {
+            // (The same version and file: the reply is no older, and
+            // may carry a change made in the same clock tick.)
+            (Some(&at), Some(newer))
+                if id.0 < at
+                    && fresh
+                    && a.ctime <= newer.ctime
+                    && (a.key, a.version) != (newer.key, newer.version) =>
+            {
                 (newer.clone(), false)
             }
             _ => (a, true),
@@ -588,6 +596,7 @@ impl ClientCore {
                     },
                 );
                 let (node, size) = (opened.1.node, opened.1.size);
+                let just_came = opened.0.is_some();
                 let answer = self.opened(
                     now,
                     *ino,
@@ -597,6 +606,7 @@ impl ClientCore {
                         (OpenFor::Read, true) => OpenFor::Write,
                         (mode, _) => mode,
                     },
+                    just_came,
                 );
                 Some(self.truncate_at_open(now, node, *truncate && size > 0, Ok(answer)))
             }
@@ -640,10 +650,19 @@ impl ClientCore {
                 // key: the inode's may predate another client's commit,
                 // whose news brings none: fs_sim, seed 95558.)
                 if let Some(v) = self.vfs.as_mut()
-                    && v.get(*ino).is_some_and(|i| i.node != a.node && !i.replaced)
+                    && let Some(old) = v.get(*ino).filter(|i| !i.replaced).map(|i| i.node)
+                    && old != a.node
                     && v.ino_of(a.node).is_none()
                 {
                     v.rebind(*ino, a.node);
+                    // Its handles follow the file too (a writer's, which
+                    // kept the inode from being set aside).
+                    for h in self.handles.values_mut() {
+                        if h.ino == *ino && h.node == old {
+                            h.node = a.node;
+                        }
+                    }
+                    self.files.insert(a.key, a.node);
                 }
                 self.entry_added(now, *new_parent, new_name, &a);
                 self.learn_attr(&a);
@@ -814,12 +833,16 @@ impl ClientCore {
 
     /// The kernel's open of `ino` is answered by the host's `opened`
     /// (asked for it or ahead of it), `write` if it opens for writing.
+    /// The cache takes its attributes if they `just_came` from the host:
+    /// not the cache's own kept over a late reply (`not_older_open`), nor
+    /// an open-ahead's, which came earlier and keep the age they have.
     pub(super) fn opened(
         &mut self,
         now: Instant,
         ino: Ino,
         (host, attr, inline): (Option<HandleId>, Attr, Bytes),
         access: OpenFor,
+        just_came: bool,
     ) -> Answer {
         // Close-to-open: the kernel keeps its cached pages only if the
         // file is at the version it last saw.
@@ -828,9 +851,7 @@ impl ClientCore {
             .peek_attr(attr.node)
             .is_some_and(|c| c.version == attr.version);
         let fh = self.open_handle(now, ino, host, attr.clone(), inline, access);
-        // Without the host's handle the attributes are the cache's own
-        // (see `not_older_open`), and keep their age.
-        if host.is_some() {
+        if just_came {
             let _ = self
                 .cache
                 .fill(now, CacheKey::Attr(attr.node), Value::Attr(Arc::new(attr)));
@@ -848,7 +869,8 @@ impl ClientCore {
     /// ([`ClientCore::follow_file`]): it takes the commit's attributes and
     /// reads by node, and the host's handle on the replaced file is
     /// closed. (The open and the commit raced: the program may see either
-    /// version, so long as it is a whole one.)
+    /// version, so long as it is a whole one.) Without the host's handle,
+    /// then, the attributes are the cache's own.
     fn not_older_open(
         &mut self,
         now: Instant,
@@ -885,7 +907,8 @@ impl ClientCore {
         match self.ahead.answered(node, opened, expires) {
             Answered::Waiting(req, ino, opened) => {
                 let opened = self.not_older_open(now, id, opened);
-                let answer = self.opened(now, ino, opened, OpenFor::Read);
+                let just_came = opened.0.is_some();
+                let answer = self.opened(now, ino, opened, OpenFor::Read, just_came);
                 self.reply(req, Ok(answer));
             }
             Answered::Kept => {}

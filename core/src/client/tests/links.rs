@@ -211,7 +211,7 @@ fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
     let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
     // Open for writing here: the inode follows its file through the
     // other client's commit, whose news brings no key.
-    let _writer = open_for_write(&mut w, 0, a, false);
+    let writer = open_for_write(&mut w, 0, a, false);
     replace_from(&mut w, 1, "a", b"newer");
     // The link runs on the disk, its result late to the host's loop.
     w.max_delay = Duration::from_secs(1);
@@ -248,4 +248,7 @@ fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
         other => panic!("{other:?}"),
     }
     assert_eq!(lookup(&mut w, 0, Ino::ROOT, "a").expect("a").0, a);
+    // The writer's handle went with the inode to the new node: it reads
+    // the file the other client committed.
+    assert_eq!(read_all(&mut w, 0, writer, 64), b"newer");
 }
