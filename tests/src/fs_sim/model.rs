@@ -471,10 +471,12 @@ struct Loss {
     local: u64,
     writes: Vec<WriteRec>,
     /// The writes (by sequence number) a commit of the writer was seen
-    /// to hold: they were not lost, whatever replaced them since (the
-    /// commit before an unlock lands what no flush vouched for, and a
-    /// failed close after it reports everything since its last flush).
-    landed: BTreeSet<u64>,
+    /// to hold, and the first such commit (its index in the file's
+    /// history): they were not lost, and another writer's commit after
+    /// that one may have replaced them (the commit before an unlock lands
+    /// what no flush vouched for, and a failed close after it reports
+    /// everything since its last flush).
+    landed: BTreeMap<u64, usize>,
 }
 
 impl fmt::Debug for Local {
@@ -1544,7 +1546,9 @@ impl Sim {
                         let loss = &self.losses[n];
                         if loss.client == c && loss.file == file {
                             let landed = self.check_loss(loss, file, idx)?;
-                            self.losses[n].landed.extend(landed);
+                            for seq in landed {
+                                self.losses[n].landed.entry(seq).or_insert(idx);
+                            }
                         }
                     }
                 }
@@ -2222,7 +2226,7 @@ impl Sim {
             file,
             local: self.local_seq.get(&file).copied().unwrap_or(0),
             writes: writes.to_vec(),
-            landed: BTreeSet::new(),
+            landed: BTreeMap::new(),
         };
         // The commits already made, and (see `learn_record`) every later
         // one of this writer and file.
@@ -2237,7 +2241,9 @@ impl Sim {
             .collect();
         for i in past {
             let landed = self.check_loss(&loss, file, i)?;
-            loss.landed.extend(landed);
+            for seq in landed {
+                loss.landed.entry(seq).or_insert(i);
+            }
         }
         self.losses.push(loss);
         Ok(())
@@ -2247,8 +2253,9 @@ impl Sim {
     /// an earlier one made through the same handle. Only what no later
     /// write or truncate of the writer replaced must be there; what a
     /// local program changed since may be gone for good, and so may a
-    /// write an earlier commit was seen to hold (another client's commit
-    /// may have replaced it since). Returns the writes it holds.
+    /// write an earlier commit of the writer was seen to hold if another
+    /// writer's commit came between (it may have replaced the write).
+    /// Returns the writes it holds.
     fn check_loss(&self, loss: &Loss, file: usize, i: usize) -> Result<Vec<u64>, Violation> {
         if self.local_seq.get(&file).is_some_and(|&l| l > loss.local) {
             return Ok(Vec::new());
@@ -2261,6 +2268,11 @@ impl Sim {
         let content = &self.files.history[file][i];
         let mut missing: BTreeMap<Fh, &WriteRec> = BTreeMap::new();
         let mut held = Vec::new();
+        let replaced_since = |landed: usize| {
+            self.files.commits.iter().any(|&(f, k, writer)| {
+                f == file && landed < k && k < i && writer != Some(loss.client)
+            })
+        };
         for w in &loss.writes {
             // (An append's place is not its kernel's offset.)
             if w.seq < loss.local || w.append {
@@ -2287,7 +2299,11 @@ impl Sim {
                     )));
                 }
                 held.push(w.seq);
-            } else if !loss.landed.contains(&w.seq) {
+            } else if !loss
+                .landed
+                .get(&w.seq)
+                .is_some_and(|&at| replaced_since(at))
+            {
                 missing.entry(w.fh).or_insert(w);
             }
         }

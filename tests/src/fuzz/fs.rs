@@ -11,7 +11,7 @@ use wormhole_core::host::{
     ConnId, FsOp, FsOpId, FsResult, HostConfig, HostEvent, HostIo, HostServer, RESERVED_PREFIX,
 };
 use wormhole_core::proto::{
-    ClientMessage, Errno, HostMessage, Name, Request, RequestId, SessionId, SetAttr,
+    ClientMessage, Errno, HostMessage, Name, OpenFor, Request, RequestId, SessionId, SetAttr,
 };
 use wormhole_core::testkit::{SECRET, World};
 use wormhole_core::vfs::Ino;
@@ -334,7 +334,17 @@ fn fuzz_op(kind: u8, ino: u8, fh: u8, name: u8, n: u16) -> Op {
             ino,
             offset: n64 % 8,
         },
-        4 => Op::open(ino),
+        // For reading or writing: the client takes writes only through
+        // a handle open for writing.
+        4 => Op::Open {
+            ino,
+            mode: if n.is_multiple_of(2) {
+                OpenFor::Read
+            } else {
+                OpenFor::Write
+            },
+            truncate: false,
+        },
         5 => Op::Read {
             fh,
             offset: n64,
