@@ -656,13 +656,19 @@ impl ClientCore {
                 {
                     v.rebind(*ino, a.node);
                     // Its handles follow the file too (a writer's, which
-                    // kept the inode from being set aside).
-                    for h in self.handles.values_mut() {
-                        if h.ino == *ino && h.node == old {
-                            h.node = a.node;
+                    // kept the inode from being set aside); but not while
+                    // writes of theirs are still to commit: those belong
+                    // to the old node's transaction, and its commit tells
+                    // them how it went (moved, the handles' next flush
+                    // committed without them: fs_sim, seed 125426).
+                    if self.writes.get(&old).is_none_or(WriteTxn::is_finished) {
+                        for h in self.handles.values_mut() {
+                            if h.ino == *ino && h.node == old {
+                                h.node = a.node;
+                            }
                         }
+                        self.files.insert(a.key, a.node);
                     }
-                    self.files.insert(a.key, a.node);
                 }
                 self.entry_added(now, *new_parent, new_name, &a);
                 self.learn_attr(&a);

@@ -199,20 +199,27 @@ fn a_link_racing_another_clients_commit_answers_the_inode_linked() {
     assert_eq!(read_all(&mut w, 0, reader, 64), b"new", "follows the file");
 }
 
-/// A link the host answers with a new node, having forgotten the file's
-/// old one meanwhile (another client renamed the new name over the old
-/// one before the link's result reached the host's loop), after another
-/// client's commit gave the file a new key, answers the inode linked
-/// (fs_sim, seed 95558: the inode's key, older than that commit, no
-/// longer matched, and the link came back as a new inode).
-#[test]
-fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
+/// Client 0 links `a` (open for writing here, with `pending` written
+/// through it and not yet committed; replaced by client 1 first if
+/// `replaced`), and the host forgets `a`'s node before the link's result
+/// reaches its loop (client 1 renames the new name over the old one):
+/// the link is answered with a new node. Returns the world, `a`'s inode,
+/// the writer's handle and the link's answer.
+fn link_of_a_forgotten_node(
+    pending: &[u8],
+    replaced: bool,
+) -> (World, Ino, Fh, Result<Answer, Errno>) {
     let mut w = world(&[("a", b"old")], 2);
     let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
     // Open for writing here: the inode follows its file through the
     // other client's commit, whose news brings no key.
     let writer = open_for_write(&mut w, 0, a, false);
-    replace_from(&mut w, 1, "a", b"newer");
+    if !pending.is_empty() {
+        write(&mut w, 0, writer, 0, pending);
+    }
+    if replaced {
+        replace_from(&mut w, 1, "a", b"newer");
+    }
     // The link runs on the disk, its result late to the host's loop.
     w.max_delay = Duration::from_secs(1);
     w.fs_late_percent = 100;
@@ -243,7 +250,19 @@ fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
     );
     assert_eq!(w.wait(1, rename), Ok(Answer::Done));
     w.max_delay = Duration::from_millis(5);
-    match w.wait(0, link) {
+    let answer = w.wait(0, link);
+    (w, a, writer, answer)
+}
+
+/// A link the host answers with a new node, having forgotten the file's
+/// old one meanwhile, after another client's commit gave the file a new
+/// key, answers the inode linked (fs_sim, seed 95558: the inode's key,
+/// older than that commit, no longer matched, and the link came back as
+/// a new inode); the writer's handle goes with it.
+#[test]
+fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
+    let (mut w, a, writer, answer) = link_of_a_forgotten_node(b"", true);
+    match answer {
         Ok(Answer::Entry { ino, attr, .. }) => assert_eq!((ino, attr.nlink), (a, 2)),
         other => panic!("{other:?}"),
     }
@@ -251,4 +270,35 @@ fn a_link_whose_node_the_host_forgot_answers_the_inode_linked() {
     // The writer's handle went with the inode to the new node: it reads
     // the file the other client committed.
     assert_eq!(read_all(&mut w, 0, writer, 64), b"newer");
+}
+
+/// The same, not replaced, with writes through the writer's handle still
+/// to commit: they stay with the old node's transaction, and its flush
+/// reports how they went (here ESTALE: the host forgot that node); an
+/// acknowledged flush would have them on the disk (fs_sim, seed 125426:
+/// with the handle moved, the flush committed the later write without
+/// them, and said Done).
+#[test]
+fn a_link_whose_node_the_host_forgot_loses_no_write_to_commit() {
+    let (mut w, _, writer, answer) = link_of_a_forgotten_node(b"mine, not yet committed", false);
+    assert!(answer.is_ok(), "{answer:?}");
+    write(&mut w, 0, writer, 0, b"MINE");
+    let flushed = w.call(
+        0,
+        Op::Flush {
+            fh: writer,
+            owner: None,
+        },
+    );
+    match flushed {
+        Ok(Answer::Done) => {
+            let on_disk = [w.disk.read_file(&path("a")), w.disk.read_file(&path("b"))];
+            assert!(
+                on_disk.contains(&Some(&b"MINE, not yet committed"[..])),
+                "acknowledged, so committed whole: {on_disk:?}"
+            );
+        }
+        Err(e) => assert!(matches!(e, Errno::Stale | Errno::Io), "{e:?}"),
+        Ok(other) => panic!("{other:?}"),
+    }
 }

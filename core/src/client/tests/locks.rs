@@ -296,7 +296,11 @@ fn a_wait_taken_back_by_its_owners_unlock_is_over() {
     let sent = w.clients[1].sent;
     assert_eq!(w.call(1, set(b, 1, None, false)), Ok(Answer::Done));
     w.run_for(Duration::from_secs(300));
-    assert_eq!(w.clients[1].sent, sent + 1, "the unlock, nothing to withdraw");
+    assert_eq!(
+        w.clients[1].sent,
+        sent + 1,
+        "the unlock, nothing to withdraw"
+    );
 }
 
 /// A wait its owner's other thread takes back at the host (an unlock of
