@@ -231,7 +231,7 @@ pub(super) struct Leases {
 impl Leases {
     /// Whether a request held for files or unlinks to be applied is one
     /// `which` picks.
-    pub(super) fn holds(&self, which: impl Fn(&Request) -> bool) -> bool {
+    pub(super) fn holds(&self, which: &impl Fn(&Request) -> bool) -> bool {
         self.held.iter().any(|h| which(&h.request))
     }
 

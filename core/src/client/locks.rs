@@ -397,11 +397,18 @@ impl ClientCore {
                 // Taken back at the host by an unlock or withdrawal of its
                 // owner's own (another thread let go of those bytes, or
                 // gave up a wait for the same ones), not by a signal to
-                // this program, which still waits: asked again, once that
-                // unlock is answered (`send_lock` holds it until then).
+                // this program, which still waits: asked again (the host
+                // answered it while handling that unlock, so the new
+                // request comes after it). The owner locks through its
+                // handle again: the unlock may have dropped it from
+                // `lockers`, and a grant must go at its close.
                 let (Some((node, owner, range)), Some(kind)) = (locking, *kind) else {
                     return Some(Err(Errno::Intr));
                 };
+                if !self.handles.contains_key(fh) {
+                    return Some(Err(Errno::Intr));
+                }
+                self.lockers.insert((node, owner), *fh);
                 self.locking.insert(req, (node, owner, range));
                 let request = Request::SetLock {
                     node,

@@ -516,22 +516,14 @@ fn written_with_slow_wire(seed: u64, data: &[u8]) -> (World, Ino, Fh) {
 /// differently from seed to seed.
 #[test]
 fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
-    const NEW: &[u8] = b"a longer, newer content";
     for seed in 0..8 {
-        let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
-        // Past the attributes' TTL: the getattr goes to the host.
-        w.run_for(std::time::Duration::from_secs(2));
-        let getattr = w.op(0, Op::GetAttr { ino });
-        let flush = w.op(0, Op::Flush { fh, owner: None });
-        assert_eq!(w.wait(0, flush), Ok(Answer::Done));
-        assert!(w.wait(0, getattr).is_ok());
+        let (mut w, ino) = sent_before_the_commit(seed, |w, ino| {
+            // Past the attributes' TTL: the getattr goes to the host.
+            w.run_for(std::time::Duration::from_secs(2));
+            Op::GetAttr { ino }
+        });
         w.settle();
-        match w.call(0, Op::GetAttr { ino }) {
-            Ok(Answer::Attr { attr, .. }) => {
-                assert_eq!(attr.size, NEW.len() as u64, "seed {seed}");
-            }
-            other => panic!("seed {seed}: {other:?}"),
-        }
+        assert_eq!(size_served(&mut w, ino), NEW.len() as u64, "seed {seed}");
     }
 }
 
@@ -540,38 +532,12 @@ fn a_getattr_answered_after_the_commit_keeps_the_commits_size() {
 /// them (fs_sim, seed 48011, through `setxattr`).
 #[test]
 fn metadata_changes_answered_after_the_commit_keep_the_commits_size() {
-    const NEW: &[u8] = b"a longer, newer content";
-    let changes = |ino| {
-        [
-            Op::SetXattr {
-                ino,
-                name: b"user.t".to_vec(),
-                value: b"v".to_vec(),
-                how: crate::proto::XattrSet::Either,
-            },
-            Op::SetAttr {
-                ino,
-                set: crate::proto::SetAttr {
-                    mode: Some(0o600),
-                    ..Default::default()
-                },
-            },
-        ]
-    };
     for seed in 0..8 {
-        for which in 0..2 {
-            let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
-            let change = w.op(0, changes(ino)[which].clone());
-            let flush = w.op(0, Op::Flush { fh, owner: None });
-            assert_eq!(w.wait(0, flush), Ok(Answer::Done));
-            assert!(w.wait(0, change).is_ok());
+        for which in [1, 2] {
+            let (mut w, ino) = sent_before_the_commit(seed, |_, ino| late_reply(which, ino));
             w.settle();
-            match w.call(0, Op::GetAttr { ino }) {
-                Ok(Answer::Attr { attr, .. }) => {
-                    assert_eq!(attr.size, NEW.len() as u64, "seed {seed}, change {which}");
-                }
-                other => panic!("seed {seed}: {other:?}"),
-            }
+            let size = size_served(&mut w, ino);
+            assert_eq!(size, NEW.len() as u64, "seed {seed}, change {which}");
         }
     }
 }
@@ -582,35 +548,10 @@ fn metadata_changes_answered_after_the_commit_keep_the_commits_size() {
 /// lookup's answer, they were served past it).
 #[test]
 fn attributes_kept_over_a_late_reply_keep_their_age() {
-    const NEW: &[u8] = b"a longer, newer content";
     let ttl = crate::cache::CacheConfig::default().attr_ttl;
     for seed in 0..16 {
         for which in 0..3 {
-            let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
-            w.record_attrs = true;
-            let late = match which {
-                0 => Op::Lookup {
-                    parent: Ino::ROOT,
-                    name: name("f"),
-                },
-                1 => Op::SetXattr {
-                    ino,
-                    name: b"user.t".to_vec(),
-                    value: b"v".to_vec(),
-                    how: crate::proto::XattrSet::Either,
-                },
-                _ => Op::SetAttr {
-                    ino,
-                    set: crate::proto::SetAttr {
-                        mode: Some(0o600),
-                        ..Default::default()
-                    },
-                },
-            };
-            let late = w.op(0, late);
-            let flush = w.op(0, Op::Flush { fh, owner: None });
-            assert_eq!(w.wait(0, flush), Ok(Answer::Done));
-            assert!(w.wait(0, late).is_ok());
+            let (mut w, ino) = sent_before_the_commit(seed, |_, ino| late_reply(which, ino));
             let deadline = w.now + (ttl - std::time::Duration::from_millis(1));
             while w.now < deadline {
                 let sent = w.clients[0].sent;
@@ -637,12 +578,61 @@ fn attributes_kept_over_a_late_reply_keep_their_age() {
     }
 }
 
+/// What the writer's uncommitted write holds: longer than "old".
+const NEW: &[u8] = b"a longer, newer content";
+
+/// A request whose reply carries `f`'s attributes: a lookup (0), an
+/// extended attribute's change (1), a chmod (2).
+fn late_reply(which: u8, ino: Ino) -> Op {
+    match which {
+        0 => Op::Lookup {
+            parent: Ino::ROOT,
+            name: name("f"),
+        },
+        1 => Op::SetXattr {
+            ino,
+            name: b"user.t".to_vec(),
+            value: b"v".to_vec(),
+            how: crate::proto::XattrSet::Either,
+        },
+        _ => Op::SetAttr {
+            ino,
+            set: crate::proto::SetAttr {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        },
+    }
+}
+
+/// [`written_with_slow_wire`]'s file with [`NEW`] written, and the
+/// request `late` makes sent just before the flush that commits it: the
+/// wire's delays answer it before or after the commit, by seed. Both
+/// are answered, with attribute deliveries recorded.
+fn sent_before_the_commit(seed: u64, late: impl FnOnce(&mut World, Ino) -> Op) -> (World, Ino) {
+    let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
+    w.record_attrs = true;
+    let op = late(&mut w, ino);
+    let late = w.op(0, op);
+    let flush = w.op(0, Op::Flush { fh, owner: None });
+    assert_eq!(w.wait(0, flush), Ok(Answer::Done), "seed {seed}");
+    assert!(w.wait(0, late).is_ok(), "seed {seed}");
+    (w, ino)
+}
+
+/// The size client 0 answers a `stat` of `ino` with.
+fn size_served(w: &mut World, ino: Ino) -> u64 {
+    match w.call(0, Op::GetAttr { ino }) {
+        Ok(Answer::Attr { attr, .. }) => attr.size,
+        other => panic!("{other:?}"),
+    }
+}
+
 /// The same for a lookup the host ran before the commit, answered after
 /// it: its attributes (the replaced version's size) went to the kernel
 /// and the cache (fs_sim, seed 10667).
 #[test]
 fn a_lookup_answered_after_the_commit_keeps_the_commits_size() {
-    const NEW: &[u8] = b"a longer, newer content";
     for seed in 0..8 {
         let (mut w, ino, fh) = written_with_slow_wire(seed, NEW);
         let flush = w.op(0, Op::Flush { fh, owner: None });
@@ -661,12 +651,8 @@ fn a_lookup_answered_after_the_commit_keeps_the_commits_size() {
             other => panic!("seed {seed}: {other:?}"),
         }
         w.settle();
-        match w.call(0, Op::GetAttr { ino }) {
-            Ok(Answer::Attr { attr, .. }) => {
-                assert_eq!(attr.size, NEW.len() as u64, "seed {seed}: the cache");
-            }
-            other => panic!("seed {seed}: {other:?}"),
-        }
+        let size = size_served(&mut w, ino);
+        assert_eq!(size, NEW.len() as u64, "seed {seed}: the cache");
     }
 }
 
@@ -712,7 +698,6 @@ fn the_memory_of_own_changes_is_bounded_under_a_long_wait() {
 /// new handle now follows the file: it shows and reads the new version.
 #[test]
 fn an_open_answered_after_the_commit_reads_the_commits_version() {
-    const NEW: &[u8] = b"a longer, newer content";
     for seed in 0..8 {
         let (mut w, _, fh) = written_with_slow_wire(seed, NEW);
         let flush = w.op(0, Op::Flush { fh, owner: None });

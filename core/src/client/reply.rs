@@ -129,19 +129,24 @@ impl ClientCore {
             && !self.lockers.keys().any(|(n, _)| *n == node)
             && !self.locking.values().any(|(n, _, _)| *n == node)
             && !self.unlocking.keys().any(|(n, _)| *n == node)
-            && !self.linking(node)
+            && !self.on_its_way(|r| match r {
+                // The host links whatever file the node is when it runs
+                // the link (after a replace, the new one), and the kernel
+                // must get back the inode it linked (fs_sim, seeds 36225
+                // and 49497, where it came back as a new one).
+                Request::Link { node: n, .. } => *n == node,
+                // A handle open for writing is never set aside.
+                Request::Open { node: n, mode } => *n == node && *mode != OpenFor::Read,
+                _ => false,
+            })
     }
 
-    /// Whether a hard link of `node` is on its way. The host links
-    /// whatever file the node is when it runs it (after a replace, the
-    /// new one), and the kernel must get back the inode it linked: that
-    /// inode follows the node rather than be set aside with the old file
-    /// (fs_sim, seeds 36225 and 49497, where it came back as a new one).
-    fn linking(&self, node: NodeId) -> bool {
-        let link = |r: &Request| matches!(r, Request::Link { node: n, .. } if *n == node);
-        self.in_flight.values().any(|f| link(&f.request))
-            || self.queued.iter().any(|(_, r, _)| link(r))
-            || self.leases.holds(link)
+    /// Whether a request that `which` picks is on its way to the host:
+    /// sent, waiting for the connection, or held for a lease's changes.
+    fn on_its_way(&self, which: impl Fn(&Request) -> bool) -> bool {
+        self.in_flight.values().any(|f| which(&f.request))
+            || self.queued.iter().any(|(_, r, _)| which(r))
+            || self.leases.holds(&which)
     }
 
     fn on_reply(&mut self, now: Instant, id: RequestId, result: Result<Reply, Errno>) {
@@ -408,13 +413,14 @@ impl ClientCore {
             self.changed_after.get(&a.node),
             self.cache.peek_attr(a.node),
         ) {
-            // (The same version and file: the reply is no older, and
-            // may carry a change made in the same clock tick.)
+            // (Of the same clock tick, the same version and file: the
+            // reply may carry a change made in that tick, a chmod.)
             (Some(&at), Some(newer))
                 if id.0 < at
                     && fresh
-                    && a.ctime <= newer.ctime
-                    && (a.key, a.version) != (newer.key, newer.version) =>
+                    && (a.ctime < newer.ctime
+                        || (a.ctime == newer.ctime
+                            && (a.key, a.version) != (newer.key, newer.version))) =>
             {
                 (newer.clone(), false)
             }
@@ -643,7 +649,7 @@ impl ClientCore {
             ) => {
                 // The host linked the very file it knew the node as (it
                 // checks), and the kernel's inode follows the node while
-                // its link is on the way (`linking`); if the host answers
+                // its link is on the way (`may_set_aside`); if the host answers
                 // another node, it forgot the old one meanwhile (an
                 // unlink or rename of the file's other name ran first):
                 // the kernel's inode is that file, now this node. (Not by
@@ -660,8 +666,13 @@ impl ClientCore {
                     // writes of theirs are still to commit: those belong
                     // to the old node's transaction, and its commit tells
                     // them how it went (moved, the handles' next flush
-                    // committed without them: fs_sim, seed 125426).
-                    if self.writes.get(&old).is_none_or(WriteTxn::is_finished) {
+                    // committed without them: fs_sim, seed 125426); nor
+                    // while locks are held or asked through them on the
+                    // old node, which their close lets go by node.
+                    let locked = self.lockers.keys().any(|&(n, _)| n == old)
+                        || self.locking.values().any(|&(n, _, _)| n == old)
+                        || self.unlocking.keys().any(|&(n, _)| n == old);
+                    if self.writes.get(&old).is_none_or(WriteTxn::is_finished) && !locked {
                         for h in self.handles.values_mut() {
                             if h.ino == *ino && h.node == old {
                                 h.node = a.node;

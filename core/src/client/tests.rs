@@ -388,6 +388,48 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
 /// A reader set aside keeps the old file through this client's own
 /// later commit of the new one: that commit's handles are the new
 /// inode's, and the writer builds on the new version, not on the
+/// A file open here only for reading, with an open for writing on its
+/// way when another client's commit replaces it, is not set aside: a
+/// handle open for writing follows its file, and one made on an inode
+/// set aside would write a file this mount no longer follows (review,
+/// 2026-12-07).
+#[test]
+fn an_open_for_writing_on_its_way_keeps_the_inode_following() {
+    let mut w = world(&[("a", b"old")], 2);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let _reader = open(&mut w, 0, a);
+    w.holding.insert(0);
+    let opening = w.op(
+        0,
+        Op::Open {
+            ino: a,
+            mode: OpenFor::Write,
+            truncate: false,
+        },
+    );
+    w.holding.clear();
+    replace_from(&mut w, 1, "a", b"newer");
+    w.let_through();
+    let Ok(Answer::Opened { fh, .. }) = w.wait(0, opening) else {
+        panic!("the open for writing");
+    };
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "a").expect("a").0,
+        a,
+        "not set aside"
+    );
+    write(&mut w, 0, fh, 0, b"N");
+    // (The reader's handle, older, may give the transaction its base:
+    // then the commit is refused as stale, and says so.)
+    match w.call(0, Op::Flush { fh, owner: None }) {
+        Ok(Answer::Done) => assert_eq!(
+            w.disk.read_file(&RelPath::from(vec![name("a")])),
+            Some(&b"Newer"[..])
+        ),
+        other => assert_eq!(other, Err(Errno::Stale)),
+    }
+}
+
 /// reader's.
 #[test]
 fn a_reader_set_aside_keeps_the_old_file_through_a_commit_here() {

@@ -471,7 +471,7 @@ struct Loss {
     local: u64,
     writes: Vec<WriteRec>,
     /// The writes (by sequence number) a commit of the writer was seen
-    /// to hold, and the first such commit (its index in the file's
+    /// to hold, and the last such commit (its index in the file's
     /// history): they were not lost, and another writer's commit after
     /// that one may have replaced them (the commit before an unlock lands
     /// what no flush vouched for, and a failed close after it reports
@@ -1547,7 +1547,7 @@ impl Sim {
                         if loss.client == c && loss.file == file {
                             let landed = self.check_loss(loss, file, idx)?;
                             for seq in landed {
-                                self.losses[n].landed.entry(seq).or_insert(idx);
+                                self.losses[n].landed.insert(seq, idx);
                             }
                         }
                     }
@@ -2242,7 +2242,7 @@ impl Sim {
         for i in past {
             let landed = self.check_loss(&loss, file, i)?;
             for seq in landed {
-                loss.landed.entry(seq).or_insert(i);
+                loss.landed.insert(seq, i);
             }
         }
         self.losses.push(loss);

@@ -251,13 +251,10 @@ fn an_interrupted_lock_wait_ends_with_eintr_and_takes_nothing() {
     assert_eq!(w.call(0, set(a, 1, W, false)), Err(Errno::Again));
 }
 
-/// A wait whose withdrawal overtakes it on the way (another stream, its
-/// packets lost) waits at the host after all. The client keeps it until
-/// the host answers it, withdrawing it again at the request timeout, so
-/// it is never granted to nobody (fs_sim, seed 14573: the lock was then
-/// held for good, and the next client waited forever).
-#[test]
-fn a_wait_its_withdrawal_overtook_is_withdrawn_again() {
+/// Client 0 holds the lock through `a`; client 1's wait for it through
+/// `b` is interrupted, and its withdrawal reaches the host first: the
+/// host queues the wait after all.
+fn overtaken_wait() -> (World, [Fh; 2]) {
     let (mut w, [a, b]) = two_open(b"x");
     assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
     w.holding.insert(1);
@@ -268,6 +265,17 @@ fn a_wait_its_withdrawal_overtook_is_withdrawn_again() {
     w.settle();
     assert_eq!(w.wait(1, waiting), Err(Errno::Intr));
     w.let_through();
+    (w, [a, b])
+}
+
+/// A wait whose withdrawal overtakes it on the way (another stream, its
+/// packets lost) waits at the host after all. The client keeps it until
+/// the host answers it, withdrawing it again at the request timeout, so
+/// it is never granted to nobody (fs_sim, seed 14573: the lock was then
+/// held for good, and the next client waited forever).
+#[test]
+fn a_wait_its_withdrawal_overtook_is_withdrawn_again() {
+    let (mut w, [a, _]) = overtaken_wait();
     w.run_for(Duration::from_secs(90));
     assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
     w.settle();
@@ -283,15 +291,7 @@ fn a_wait_its_withdrawal_overtook_is_withdrawn_again() {
 /// stops withdrawing it.
 #[test]
 fn a_wait_taken_back_by_its_owners_unlock_is_over() {
-    let (mut w, [a, b]) = two_open(b"x");
-    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
-    w.holding.insert(1);
-    let waiting = w.op(1, set(b, 1, W, true));
-    w.holding.clear();
-    let now = w.now;
-    w.clients[1].core.interrupt(now, waiting);
-    w.settle();
-    w.let_through();
+    let (mut w, [_, b]) = overtaken_wait();
     w.settle();
     let sent = w.clients[1].sent;
     assert_eq!(w.call(1, set(b, 1, None, false)), Ok(Answer::Done));
@@ -318,6 +318,14 @@ fn a_wait_another_thread_unlocked_under_goes_on() {
     assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.answer(1, waiting), Some(Ok(Answer::Done)));
+    // Granted after its owner's unlock: its close lets it go.
+    let close = Op::Flush {
+        fh: b,
+        owner: Some(1),
+    };
+    assert_eq!(w.call(1, close), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(w.call(0, set(a, 2, W, false)), Ok(Answer::Done));
 }
 
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
