@@ -230,9 +230,9 @@ pub(super) struct Leases {
 
 impl Leases {
     /// Whether a request held for files or unlinks to be applied is one
-    /// `which` picks.
-    pub(super) fn holds(&self, which: &impl Fn(&Request) -> bool) -> bool {
-        self.held.iter().any(|h| which(&h.request))
+    /// `which` picks (by its purpose and itself).
+    pub(super) fn holds(&self, which: &impl Fn(&Purpose, &Request) -> bool) -> bool {
+        self.held.iter().any(|h| which(&h.purpose, &h.request))
     }
 
     /// Files answered here and not yet applied.

@@ -129,23 +129,36 @@ impl ClientCore {
             && !self.lockers.keys().any(|(n, _)| *n == node)
             && !self.locking.values().any(|(n, _, _)| *n == node)
             && !self.unlocking.keys().any(|(n, _)| *n == node)
-            && !self.on_its_way(|r| match r {
+            && !self.on_its_way(|p, r| match r {
                 // The host links whatever file the node is when it runs
                 // the link (after a replace, the new one), and the kernel
                 // must get back the inode it linked (fs_sim, seeds 36225
                 // and 49497, where it came back as a new one).
                 Request::Link { node: n, .. } => *n == node,
-                // A handle open for writing is never set aside.
-                Request::Open { node: n, mode } => *n == node && *mode != OpenFor::Read,
+                // A handle open for writing is never set aside (nor one
+                // opened `O_RDONLY|O_TRUNC`, which truncates: a write).
+                Request::Open { node: n, mode } => {
+                    let truncating = matches!(
+                        p,
+                        Purpose::Op {
+                            op: Op::Open { truncate: true, .. },
+                            ..
+                        }
+                    );
+                    *n == node && (*mode != OpenFor::Read || truncating)
+                }
                 _ => false,
             })
     }
 
-    /// Whether a request that `which` picks is on its way to the host:
-    /// sent, waiting for the connection, or held for a lease's changes.
-    fn on_its_way(&self, which: impl Fn(&Request) -> bool) -> bool {
-        self.in_flight.values().any(|f| which(&f.request))
-            || self.queued.iter().any(|(_, r, _)| which(r))
+    /// Whether a request that `which` picks (by its purpose and itself)
+    /// is on its way to the host: sent, waiting for the connection, or
+    /// held for a lease's changes.
+    fn on_its_way(&self, which: impl Fn(&Purpose, &Request) -> bool) -> bool {
+        self.in_flight
+            .values()
+            .any(|f| which(&f.purpose, &f.request))
+            || self.queued.iter().any(|(p, r, _)| which(p, r))
             || self.leases.holds(&which)
     }
 

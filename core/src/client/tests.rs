@@ -385,16 +385,35 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
     assert_eq!(vfs.ino_of(attr.node), Some(now_ino));
 }
 
-/// A reader set aside keeps the old file through this client's own
-/// later commit of the new one: that commit's handles are the new
-/// inode's, and the writer builds on the new version, not on the
 /// A file open here only for reading, with an open for writing on its
 /// way when another client's commit replaces it, is not set aside: a
 /// handle open for writing follows its file, and one made on an inode
 /// set aside would write a file this mount no longer follows (review,
-/// 2026-12-07).
+/// 2026-12-07). So does an `O_RDONLY|O_TRUNC` open, which truncates.
 #[test]
 fn an_open_for_writing_on_its_way_keeps_the_inode_following() {
+    let mut w = world(&[("a", b"old")], 2);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let _reader = open(&mut w, 0, a);
+    w.holding.insert(0);
+    let truncating = w.op(
+        0,
+        Op::Open {
+            ino: a,
+            mode: OpenFor::Read,
+            truncate: true,
+        },
+    );
+    w.holding.clear();
+    replace_from(&mut w, 1, "a", b"newer");
+    w.let_through();
+    assert!(matches!(w.wait(0, truncating), Ok(Answer::Opened { .. })));
+    assert_eq!(
+        lookup(&mut w, 0, Ino::ROOT, "a").expect("a").0,
+        a,
+        "O_TRUNC: not set aside"
+    );
+
     let mut w = world(&[("a", b"old")], 2);
     let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
     let _reader = open(&mut w, 0, a);
@@ -430,6 +449,9 @@ fn an_open_for_writing_on_its_way_keeps_the_inode_following() {
     }
 }
 
+/// A reader set aside keeps the old file through this client's own
+/// later commit of the new one: that commit's handles are the new
+/// inode's, and the writer builds on the new version, not on the
 /// reader's.
 #[test]
 fn a_reader_set_aside_keeps_the_old_file_through_a_commit_here() {
