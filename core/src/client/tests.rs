@@ -385,6 +385,25 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
     assert_eq!(vfs.ino_of(attr.node), Some(now_ino));
 }
 
+/// Client 0, with `a` ("old") open for reading, sends `op(a)`, which
+/// reaches the host only after client 1's commit replaced `a` with
+/// `new`. Returns the world, `a`'s inode, the reader's handle and
+/// client 0's request.
+pub(super) fn sent_across_a_replace(
+    new: &[u8],
+    op: impl FnOnce(Ino) -> Op,
+) -> (World, Ino, Fh, Req) {
+    let mut w = world(&[("a", b"old")], 2);
+    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
+    let reader = open(&mut w, 0, a);
+    w.holding.insert(0);
+    let req = w.op(0, op(a));
+    w.holding.clear();
+    replace_from(&mut w, 1, "a", new);
+    w.let_through();
+    (w, a, reader, req)
+}
+
 /// A file open here only for reading, with an open for writing on its
 /// way when another client's commit replaces it, is not set aside: a
 /// handle open for writing follows its file, and one made on an inode
@@ -392,21 +411,14 @@ fn a_file_replaced_while_open_here_keeps_its_old_version_for_the_reader() {
 /// 2026-12-07). So does an `O_RDONLY|O_TRUNC` open, which truncates.
 #[test]
 fn an_open_for_writing_on_its_way_keeps_the_inode_following() {
-    let mut w = world(&[("a", b"old")], 2);
-    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    let _reader = open(&mut w, 0, a);
-    w.holding.insert(0);
-    let truncating = w.op(
-        0,
-        Op::Open {
-            ino: a,
-            mode: OpenFor::Read,
-            truncate: true,
-        },
-    );
-    w.holding.clear();
-    replace_from(&mut w, 1, "a", b"newer");
-    w.let_through();
+    let open_as = |mode, truncate| {
+        move |ino| Op::Open {
+            ino,
+            mode,
+            truncate,
+        }
+    };
+    let (mut w, a, _, truncating) = sent_across_a_replace(b"newer", open_as(OpenFor::Read, true));
     assert!(matches!(w.wait(0, truncating), Ok(Answer::Opened { .. })));
     assert_eq!(
         lookup(&mut w, 0, Ino::ROOT, "a").expect("a").0,
@@ -414,21 +426,7 @@ fn an_open_for_writing_on_its_way_keeps_the_inode_following() {
         "O_TRUNC: not set aside"
     );
 
-    let mut w = world(&[("a", b"old")], 2);
-    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    let _reader = open(&mut w, 0, a);
-    w.holding.insert(0);
-    let opening = w.op(
-        0,
-        Op::Open {
-            ino: a,
-            mode: OpenFor::Write,
-            truncate: false,
-        },
-    );
-    w.holding.clear();
-    replace_from(&mut w, 1, "a", b"newer");
-    w.let_through();
+    let (mut w, a, _, opening) = sent_across_a_replace(b"newer", open_as(OpenFor::Write, false));
     let Ok(Answer::Opened { fh, .. }) = w.wait(0, opening) else {
         panic!("the open for writing");
     };

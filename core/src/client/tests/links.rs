@@ -174,21 +174,11 @@ fn a_directory_shows_its_new_times_right_after_each_change_in_it() {
 /// set aside while its link was on the way).
 #[test]
 fn a_link_racing_another_clients_commit_answers_the_inode_linked() {
-    let mut w = world(&[("a", b"old content")], 2);
-    let (a, _) = lookup(&mut w, 0, Ino::ROOT, "a").expect("a");
-    let reader = open(&mut w, 0, a);
-    w.holding.insert(0);
-    let link = w.op(
-        0,
-        Op::Link {
-            ino: a,
-            new_parent: Ino::ROOT,
-            new_name: name("b"),
-        },
-    );
-    w.holding.clear();
-    replace_from(&mut w, 1, "a", b"new");
-    w.let_through();
+    let (mut w, a, reader, link) = sent_across_a_replace(b"new", |ino| Op::Link {
+        ino,
+        new_parent: Ino::ROOT,
+        new_name: name("b"),
+    });
     match w.wait(0, link) {
         Ok(Answer::Entry { ino, attr, .. }) => {
             assert_eq!((ino, attr.nlink), (a, 2), "the inode the kernel linked");
