@@ -126,9 +126,7 @@ impl ClientCore {
         handles.peek().is_some()
             && handles.all(|h| !h.write && h.host.is_some() && h.attr.kind == FileKind::File)
             && self.writes.get(&node).is_none_or(|w| w.is_finished())
-            && !self.lockers.keys().any(|(n, _)| *n == node)
-            && !self.locking.values().any(|(n, _, _)| *n == node)
-            && !self.unlocking.keys().any(|(n, _)| *n == node)
+            && !self.lock_state_on(node)
             && !self.on_its_way(|p, r| match r {
                 // The host links whatever file the node is when it runs
                 // the link (after a replace, the new one), and the kernel
@@ -149,6 +147,15 @@ impl ClientCore {
                 }
                 _ => false,
             })
+    }
+
+    /// Whether any lock of this client on `node` is held, being asked
+    /// for or being let go: its owners' closes let it go by node, so the
+    /// node must stay the one their handles name.
+    fn lock_state_on(&self, node: crate::proto::NodeId) -> bool {
+        self.lockers.keys().any(|&(n, _)| n == node)
+            || self.locking.values().any(|&(n, _, _)| n == node)
+            || self.unlocking.keys().any(|&(n, _)| n == node)
     }
 
     /// Whether a request that `which` picks (by its purpose and itself)
@@ -682,10 +689,9 @@ impl ClientCore {
                     // committed without them: fs_sim, seed 125426); nor
                     // while locks are held or asked through them on the
                     // old node, which their close lets go by node.
-                    let locked = self.lockers.keys().any(|&(n, _)| n == old)
-                        || self.locking.values().any(|&(n, _, _)| n == old)
-                        || self.unlocking.keys().any(|&(n, _)| n == old);
-                    if self.writes.get(&old).is_none_or(WriteTxn::is_finished) && !locked {
+                    if self.writes.get(&old).is_none_or(WriteTxn::is_finished)
+                        && !self.lock_state_on(old)
+                    {
                         for h in self.handles.values_mut() {
                             if h.ino == *ino && h.node == old {
                                 h.node = a.node;
