@@ -723,6 +723,11 @@ impl ClientCore {
     /// The file's size and content version as this client's writes see
     /// it: its open handles' (their reads show that version), else the
     /// cached attributes'. A file never seen has no version to build on.
+    /// Of several handles, the newest open for writing gives it: a
+    /// reader keeps the version it opened until it opens again
+    /// (close-to-open), and when another client replaced the file in
+    /// between, the writer's commit would be refused as stale on the
+    /// reader's account.
     fn current_content(&self, node: NodeId) -> (u64, Option<u64>) {
         if self.leases.is_unapplied(node) {
             // Made here, empty at first: its version is not the host's,
@@ -738,9 +743,15 @@ impl ClientCore {
         // (Not a handle set aside: it reads a file that was replaced, and
         // nothing writes through it.)
         let vfs = self.vfs.as_ref();
-        self.handles
-            .values()
-            .find(|h| super::on_file(vfs, h, node))
+        let on_it = || {
+            self.handles
+                .values()
+                .filter(move |h| super::on_file(vfs, h, node))
+        };
+        on_it()
+            .filter(|h| h.write)
+            .max_by_key(|h| h.attr.ctime)
+            .or_else(|| on_it().max_by_key(|h| h.attr.ctime))
             .map(|h| (h.attr.size, Some(h.attr.version)))
             .or_else(|| {
                 self.cache
