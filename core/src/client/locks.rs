@@ -82,6 +82,15 @@ impl ClientCore {
                     self.granted.remove(&(node, owner));
                     self.let_go_of_lost_locks(fh, owner);
                 }
+                // Counted from now, not from when it is sent after the
+                // file's commit: a grant that comes meanwhile is crossed
+                // too, and asked again after it.
+                // (Once: a request put off while the host restarts comes
+                // here again.)
+                self.cross(node, owner, range);
+                if self.kernel_unlocks.insert(req, (node, owner)).is_none() {
+                    self.unlocking.entry((node, owner)).or_default().0 += 1;
+                }
                 Request::Unlock { node, owner, range }
             }
             _ => return Err(Errno::Inval),
@@ -176,6 +185,7 @@ impl ClientCore {
         // Taken back, not unlocked: what the owner already held of those
         // bytes (a read lock it waited to upgrade) stays held, as an
         // interrupted F_SETLKW leaves it on a local disk.
+        self.crossed.remove(&req);
         if let Some((node, owner, range)) = self.locking.remove(&req)
             && sent
         {
@@ -286,8 +296,35 @@ impl ClientCore {
         else {
             return;
         };
+        if let Request::Unlock { range, .. } = request {
+            self.cross(node, owner, range);
+        }
         self.unlocking.entry((node, owner)).or_default().0 += 1;
         self.send(now, Purpose::Withdraw { node, owner }, request);
+    }
+
+    /// An unlock of `owner`'s `range` of `node` is made while requests of
+    /// the owner for those bytes are out: the host may grant one before
+    /// the unlock runs there, and the unlock then lets go of the grant,
+    /// where on a local disk the unlock came first and let go of nothing
+    /// (`a_grant_that_crosses_another_threads_unlock_still_holds`). Such a
+    /// grant is asked for again once the unlock is answered
+    /// ([`Self::on_lock_reply`]).
+    fn cross(&mut self, node: NodeId, owner: u64, range: ByteRange) {
+        for (&r, &(n, o, asked)) in &self.locking {
+            if (n, o) == (node, owner) && asked.overlaps(&range) {
+                self.crossed.insert(r);
+            }
+        }
+    }
+
+    /// A kernel unlock is answered (by the host, or failed): the owner's
+    /// lock requests held for it may go ([`Self::unlocked`], at the next
+    /// drain).
+    pub(super) fn kernel_unlock_over(&mut self, req: Req) {
+        if let Some(key) = self.kernel_unlocks.remove(&req) {
+            self.unlocks_over.push(key);
+        }
     }
 
     /// One of the client's own unlocks was answered (or is moot: a new
@@ -330,11 +367,26 @@ impl ClientCore {
             });
         };
         // The host answered: nothing to withdraw.
-        let locking = match part {
-            OpPart::First => self.locking.remove(&req),
-            _ => None,
+        let (locking, crossed) = match part {
+            OpPart::First => (self.locking.remove(&req), self.crossed.remove(&req)),
+            _ => (None, false),
         };
         match (part, result) {
+            (OpPart::First, Ok(Reply::Done))
+                if crossed
+                    && self
+                        .handles
+                        .get(fh)
+                        .is_some_and(|h| h.node != super::UNBOUND)
+                    && let (Some(asked), Some(kind)) = (locking, *kind) =>
+            {
+                // Granted, but an unlock of the owner's own sent after the
+                // request may have let go of it at the host (a test in the
+                // world, `a_grant_that_crosses_another_threads_unlock_still_holds`):
+                // asked again, after that unlock, so that what the program
+                // is told it holds is held.
+                self.reask(now, req, op, asked, kind)
+            }
             (OpPart::First, Ok(Reply::Done)) if kind.is_some() => {
                 let Some(node) = self.handles.get(fh).map(|h| h.node) else {
                     // Its handle was released while it waited (another
@@ -402,23 +454,13 @@ impl ClientCore {
                 // request comes after it). The owner locks through its
                 // handle again: the unlock may have dropped it from
                 // `lockers`, and a grant must go at its close.
-                let (Some((node, owner, range)), Some(kind)) = (locking, *kind) else {
+                let (Some(asked), Some(kind)) = (locking, *kind) else {
                     return Some(Err(Errno::Intr));
                 };
                 if !self.handles.contains_key(fh) {
                     return Some(Err(Errno::Intr));
                 }
-                self.lockers.insert((node, owner), *fh);
-                self.locking.insert(req, (node, owner, range));
-                let request = Request::SetLock {
-                    node,
-                    owner,
-                    range,
-                    kind,
-                    wait: true,
-                };
-                self.send_lock(now, Some((req, op.clone())), request);
-                None
+                self.reask(now, req, op, asked, kind)
             }
             (OpPart::First, Err(e)) => Some(Err(e)),
             (_, result) => {
@@ -431,6 +473,34 @@ impl ClientCore {
                 Some(Ok(Answer::Done))
             }
         }
+    }
+
+    /// Asks the host again for the lock kernel request `req` (`op`, a
+    /// wait or not, as the program asked) wants: the owner's held
+    /// requests and its handle's lock state as when it was first sent.
+    /// Sent after the owner's unlocks on the file are answered.
+    fn reask(
+        &mut self,
+        now: Instant,
+        req: Req,
+        op: &Op,
+        (node, owner, range): (NodeId, u64, ByteRange),
+        kind: crate::proto::LockKind,
+    ) -> Option<Result<Answer, Errno>> {
+        let Op::SetLock { fh, wait, .. } = *op else {
+            return Some(Err(Errno::Inval));
+        };
+        self.lockers.insert((node, owner), fh);
+        self.locking.insert(req, (node, owner, range));
+        let request = Request::SetLock {
+            node,
+            owner,
+            range,
+            kind,
+            wait,
+        };
+        self.send_lock(now, Some((req, op.clone())), request);
+        None
     }
 
     /// Open handles on `attr`'s file that read another version read this

@@ -395,6 +395,16 @@ pub struct ClientCore {
     /// once, and a request that fails here (the host silent too long)
     /// is withdrawn at the host, which may still hold it waiting.
     locking: BTreeMap<Req, (NodeId, u64, crate::proto::ByteRange)>,
+    /// Of those, the ones an unlock of their owner's own (another
+    /// thread's, or a close of another descriptor) was sent after: the
+    /// host may run it after granting them, and so let go of the grant
+    /// ([`locks`]). A subset of `locking`'s keys.
+    crossed: BTreeSet<Req>,
+    /// Kernel unlocks not answered yet, by file and owner: each counts in
+    /// `unlocking` until it is.
+    kernel_unlocks: BTreeMap<Req, (NodeId, u64)>,
+    /// Those answered since the last drain.
+    unlocks_over: Vec<(NodeId, u64)>,
     /// Those withdrawals, sent at the next drain.
     withdraw: Vec<Request>,
     /// Per file and lock owner, the client's own unlocks not answered
@@ -483,6 +493,9 @@ impl ClientCore {
             granted: BTreeSet::new(),
             changed_after: BTreeMap::new(),
             locking: BTreeMap::new(),
+            crossed: BTreeSet::new(),
+            kernel_unlocks: BTreeMap::new(),
+            unlocks_over: Vec::new(),
             withdraw: Vec::new(),
             unlocking: BTreeMap::new(),
             next_tag: 1,
@@ -519,6 +532,12 @@ impl ClientCore {
     /// The cache.
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    /// The host session this client has (or last had): what the host's
+    /// record locks are held under.
+    pub fn session(&self) -> Option<crate::proto::SessionId> {
+        self.conn.session()
     }
 
     /// Whether connected and authenticated.
@@ -803,6 +822,8 @@ impl ClientCore {
         // hold the lock for as long as the session lives. (This also drops
         // what the owner held of those bytes before: its lock is in doubt
         // anyway once the host has been out of reach this long.)
+        self.crossed.remove(&req);
+        self.kernel_unlock_over(req);
         if let Some((node, owner, range)) = self.locking.remove(&req) {
             self.withdraw.push(Request::Unlock { node, owner, range });
         }
@@ -869,6 +890,10 @@ impl ClientCore {
                 moved = true;
                 self.send_unlock(now, request);
             }
+            for (node, owner) in std::mem::take(&mut self.unlocks_over) {
+                moved = true;
+                self.unlocked(now, node, owner);
+            }
             for (req, fh) in std::mem::take(&mut self.to_sync) {
                 moved = true;
                 let purpose = Purpose::Op {
@@ -887,6 +912,16 @@ impl ClientCore {
                 self.on_cache(now, o);
             }
             if !moved {
+                debug_assert!(
+                    self.crossed.iter().all(|r| self.locking.contains_key(r)),
+                    "a lock request crossed by an unlock is no longer asked for"
+                );
+                debug_assert!(
+                    self.kernel_unlocks
+                        .values()
+                        .all(|k| self.unlocking.get(k).is_some_and(|(n, _)| *n > 0)),
+                    "a kernel unlock on its way does not hold its owner's requests"
+                );
                 return;
             }
         }

@@ -119,6 +119,8 @@ pub struct FsStats {
     pub lost_lock_writes: u64,
     /// Lock waits of locked updates a signal ended (EINTR).
     pub lock_waits_interrupted: u64,
+    /// Unlocks another thread made while a locked update waited.
+    pub other_thread_unlocks: u64,
     /// Files a client created under a directory lease and the host
     /// applied from its stream.
     pub files_streamed: u64,
@@ -160,6 +162,7 @@ impl FsStats {
         self.locked_reads += o.locked_reads;
         self.lost_lock_writes += o.lost_lock_writes;
         self.lock_waits_interrupted += o.lock_waits_interrupted;
+        self.other_thread_unlocks += o.other_thread_unlocks;
         self.losses_checked += o.losses_checked;
         self.local_changes += o.local_changes;
         self.disk_full += o.disk_full;
@@ -397,6 +400,8 @@ enum Ctx {
 
 #[derive(Clone, Debug)]
 struct Pending {
+    /// The kernel's request.
+    req: Req,
     op: Op,
     ctx: Ctx,
     /// The client's count of inode invalidations when it was sent: the
@@ -1095,6 +1100,7 @@ impl Sim {
         let invalidations = self.w.clients[c].invalidated.len();
         let size_changes = self.kernels[c].size_changes;
         let pending = Pending {
+            req,
             op,
             ctx,
             invalidations,
@@ -1781,7 +1787,7 @@ impl Sim {
             self.check_fresh(c, answer, offline)?;
             self.learn_size(c, &p, answer);
         }
-        self.lock_answered(c, &p.op, &p.ctx, &result)?;
+        self.lock_answered(c, p.req, &p.op, &p.ctx, &result)?;
         if let Ctx::Xattr(x) = &p.ctx {
             self.xattr_answered(c, &p.op, x, &result)?;
         }

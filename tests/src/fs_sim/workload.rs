@@ -10,7 +10,7 @@ use std::time::Duration;
 use wormhole_core::client::Op;
 use wormhole_core::host::RelPath;
 use wormhole_core::proto::{
-    CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp,
+    ByteRange, CHUNK_SIZE, Errno, FileKind, Name, OpenFor, SetAttr, SetTime, Timestamp,
 };
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
@@ -308,6 +308,9 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
     let mut appending = Rng::from_u64(signals.next_u64() ^ 0x0a99_e4d0_0000_0015);
     // When the program on the host takes or lets go of the lock.
     let mut host_locking = Rng::from_u64(appending.next_u64() ^ 0x1057_10c0_0000_0016);
+    // When another thread of a program unlocks while its first waits: a
+    // generator of its own, made without drawing from the others.
+    let mut threads = Rng::from_u64(host_locking.clone().next_u64() ^ 0x7412_ead5_0000_0017);
     for _ in 0..actions {
         let now = sim.w.now;
         if heal_at.is_some_and(|t| now >= t) {
@@ -347,6 +350,22 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
         // lock on the host's file.
         if host_locking.below(100) < 3 {
             sim.host_program_step()?;
+        }
+        // Now and then, another thread of a program waiting for the lock
+        // unlocks some of its bytes (or all): it holds none of them.
+        if threads.below(100) < 3 {
+            let tc = threads.below(sim.clients() as u64) as usize;
+            let range = match threads.below(3) {
+                0 => ByteRange::WHOLE,
+                _ => {
+                    let start = threads.below(8);
+                    ByteRange {
+                        start,
+                        end: start + threads.below(8),
+                    }
+                }
+            };
+            sim.locked_other_thread(tc, range)?;
         }
         // Now and then, a signal reaches a program waiting for the lock
         // (F_SETLKW ends with EINTR).
@@ -822,6 +841,10 @@ impl Simulation for FsSim {
                 s.lost_lock_writes,
             ),
             ("lock waits ended by a signal", s.lock_waits_interrupted),
+            (
+                "unlocks by another thread while a lock waited",
+                s.other_thread_unlocks,
+            ),
             ("files created under a directory lease", s.files_streamed),
             (
                 "unlinks answered under a directory lease",

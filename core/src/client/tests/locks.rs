@@ -328,6 +328,32 @@ fn a_wait_another_thread_unlocked_under_goes_on() {
     assert_eq!(w.call(0, set(a, 2, W, false)), Ok(Answer::Done));
 }
 
+/// The same, when the host grants the wait before the other thread's
+/// unlock reaches it: the unlock was made while the wait waited, so on a
+/// local disk it let go of nothing and the grant that came after stands.
+/// At the host it comes after the grant and lets go of it; the client
+/// must not tell the program it holds a lock the host let go.
+#[test]
+fn a_grant_that_crosses_another_threads_unlock_still_holds() {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(1));
+    w.holding.insert(1);
+    let unlock = w.op(1, set(b, 1, None, false));
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    w.run_for(Duration::from_secs(1));
+    w.holding.clear();
+    w.let_through();
+    assert_eq!(w.wait(1, unlock), Ok(Answer::Done));
+    assert_eq!(w.wait(1, waiting), Ok(Answer::Done));
+    assert_eq!(
+        w.call(0, set(a, 2, W, false)),
+        Err(Errno::Again),
+        "client 1's program holds the lock"
+    );
+}
+
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
 /// read lock held, as on a local disk: the wait is taken back, not the
 /// bytes unlocked.

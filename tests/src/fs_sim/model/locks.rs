@@ -19,6 +19,19 @@
 //!     while another client holds the lock by a grant since the last
 //!     fault: writes made under a lock that was lost are refused.
 //!
+//! 15. **No EINTR without a signal**: a lock wait ends with EINTR only
+//!     if a signal reached its program while it waited.
+//!
+//! Another thread of a client's program now and then unlocks bytes of
+//! the file while the first waits for the lock (the same lock owner, as
+//! threads of one process are). If the host has not granted the wait
+//! yet, that lets go of nothing the waiter is granted later, as on a
+//! local disk, and invariants 11, 12 and 14 hold for its grant. If it
+//! has (the answer is on its way), the unlock may let go of the grant,
+//! as on a local disk when the kernel grants a lock just before another
+//! thread's unlock: the program's own race, so its grant counts for
+//! nothing.
+//!
 //! A program on the host takes and lets go of the same lock now and then
 //! (`fcntl` on the host's file, [`Sim::host_program_step`]): invariant 11
 //! holds it too. No client is granted the lock while it holds it, and it
@@ -26,7 +39,7 @@
 //! fault.
 
 use super::{Ctx, Sim, Violation};
-use wormhole_core::client::{Answer, Fh, Op};
+use wormhole_core::client::{Answer, Fh, Op, Req};
 use wormhole_core::proto::{ByteRange, Errno, FileKind, LockKind, OpenFor};
 use wormhole_core::vfs::Ino;
 
@@ -78,6 +91,16 @@ pub(super) struct LockModel {
     pub(super) asked: Vec<Option<wormhole_core::client::Req>>,
     /// A program on the host holds the lock on the host's file.
     pub(super) host_program: bool,
+    /// Per client, whether a signal reached the program during its
+    /// current wait.
+    pub(super) signaled: Vec<bool>,
+    /// Unlocks another thread of a client's program made while the first
+    /// waited, not answered yet.
+    pub(super) other_thread: std::collections::BTreeSet<(usize, Req)>,
+    /// Clients whose wait the host had granted when another thread of
+    /// their program unlocked, and then whose hold of that grant: it may
+    /// be let go, and counts for nothing.
+    pub(super) raced: std::collections::BTreeSet<usize>,
 }
 
 impl LockModel {
@@ -86,7 +109,7 @@ impl LockModel {
     fn live_holder_besides(&self, c: usize) -> Option<usize> {
         self.holders
             .iter()
-            .find(|&(&o, &live)| o != c && live)
+            .find(|&(&o, &live)| o != c && live && !self.raced.contains(&o))
             .map(|(&o, _)| o)
     }
 
@@ -111,6 +134,7 @@ impl Sim {
             self.locks.steps.resize(self.kernels.len(), Step::Idle);
             self.locks.waiting.resize(self.kernels.len(), false);
             self.locks.asked.resize(self.kernels.len(), None);
+            self.locks.signaled.resize(self.kernels.len(), false);
         }
         if self.locks.waiting[c] {
             return Ok(());
@@ -160,7 +184,35 @@ impl Sim {
         let req = self.op(c, op)?;
         if let Step::Locking(_) = self.locks.steps[c] {
             self.locks.asked[c] = Some(req);
+            self.locks.signaled[c] = false;
         }
+        Ok(())
+    }
+
+    /// Another thread of client `c`'s program unlocks `range` of the file
+    /// (through the same descriptor, under the same owner) while the
+    /// locked update waits for the lock: it holds none of it, so this
+    /// lets go of nothing, and the wait goes on.
+    pub fn locked_other_thread(&mut self, c: usize, range: ByteRange) -> Result<(), Violation> {
+        let Some(&Step::Locking(fh)) = self.locks.steps.get(c) else {
+            return Ok(());
+        };
+        if !self.locks.waiting[c] {
+            return Ok(());
+        }
+        self.stats.other_thread_unlocks += 1;
+        if self.granted_at_host(c, fh) {
+            self.locks.raced.insert(c);
+        }
+        let op = Op::SetLock {
+            fh,
+            owner: OWNER,
+            range,
+            kind: None,
+            wait: false,
+        };
+        let req = self.op(c, op)?;
+        self.locks.other_thread.insert((c, req));
         Ok(())
     }
 
@@ -199,6 +251,24 @@ impl Sim {
         Ok(())
     }
 
+    /// Whether the host holds a lock for client `c`'s locked updates on
+    /// the file handle `fh` is open on.
+    fn granted_at_host(&self, c: usize, fh: Fh) -> bool {
+        let core = &self.w.clients[c].core;
+        let node = self.kernels[c]
+            .handles
+            .get(&fh)
+            .and_then(|h| core.vfs()?.node(h.ino));
+        let (Some(session), Some(node)) = (core.session(), node) else {
+            return false;
+        };
+        let owner = wormhole_core::lock::range::RangeOwner {
+            session,
+            owner: OWNER,
+        };
+        !self.w.host.record_locks().held_by(owner, node).is_empty()
+    }
+
     /// A signal reaches client `c`'s program while it waits for the lock:
     /// its kernel interrupts the request (the mount ends it with EINTR).
     pub fn locked_interrupt(&mut self, c: usize) {
@@ -215,6 +285,7 @@ impl Sim {
             return;
         };
         self.note(|| format!("c{c} signal: interrupt {req:?}"));
+        self.locks.signaled[c] = true;
         let now = self.w.now;
         self.w.clients[c].core.interrupt(now, req);
         self.w.pump();
@@ -267,8 +338,13 @@ impl Sim {
             }
             _ => false,
         };
-        if ends {
+        // (Another thread's unlock while the wait is out ends nothing the
+        // kernel holds: `locked_other_thread`.)
+        let other_thread = matches!(op, Op::SetLock { .. })
+            && matches!(self.locks.steps.get(c), Some(Step::Locking(_)));
+        if ends && !other_thread {
             self.locks.holders.remove(&c);
+            self.locks.raced.remove(&c);
         }
     }
 
@@ -277,10 +353,16 @@ impl Sim {
     pub(super) fn lock_answered(
         &mut self,
         c: usize,
+        req: Req,
         op: &Op,
         ctx: &Ctx,
         result: &Result<Answer, Errno>,
     ) -> Result<(), Violation> {
+        if self.locks.other_thread.remove(&(c, req)) {
+            // Its answer moves nothing on: the waiting thread's is the
+            // locked update's.
+            return Ok(());
+        }
         let Some(step) = self.locks.steps.get(c).copied() else {
             return Ok(());
         };
@@ -312,7 +394,16 @@ impl Sim {
                 Step::Locked(fh)
             }
             (Step::Locking(fh), _, Err(e)) => {
+                self.locks.raced.remove(&c);
                 if *e == Errno::Intr {
+                    // Invariant 15 (a wait whose descriptor another
+                    // thread closed ends too: the liveness phase closes
+                    // every handle).
+                    if !self.locks.signaled[c] && self.kernels[c].handles.contains_key(&fh) {
+                        return Err(self.violation(format!(
+                            "client {c}'s lock wait ended with EINTR, and no signal came"
+                        )));
+                    }
                     self.stats.lock_waits_interrupted += 1;
                 }
                 Step::Open(fh)
@@ -394,7 +485,11 @@ impl Sim {
         if self.locks.file != Some(file) {
             return Ok(());
         }
-        if let Some(other) = self.locks.live_holder_besides(c) {
+        if let Some(other) = self
+            .locks
+            .live_holder_besides(c)
+            .filter(|_| !self.locks.raced.contains(&c))
+        {
             return Err(self.violation(format!(
                 "client {c} committed #{idx} of {LOCKED} while client {other} holds its lock"
             )));
@@ -409,6 +504,8 @@ impl Sim {
             self.locks.waiting[c] = false;
         }
         self.locks.holders.remove(&c);
+        self.locks.raced.remove(&c);
+        self.locks.other_thread.retain(|&(o, _)| o != c);
         self.locks.fault();
     }
 
