@@ -158,6 +158,13 @@ impl MemFs {
         Ok(true)
     }
 
+    /// Whether a local program holds a lock on the file now at `path`
+    /// (one it took on a file since replaced there is on that file).
+    pub fn local_locked(&self, path: &RelPath) -> bool {
+        self.resolve(path)
+            .is_ok_and(|ino| self.local_locks.get(&ino).is_some_and(|l| !l.is_empty()))
+    }
+
     /// The local program of the file at `path` lets go of its locks.
     pub fn local_unlock(&mut self, path: &RelPath) -> Result<(), Errno> {
         let ino = self.resolve(path)?;

@@ -101,6 +101,9 @@ pub(super) struct LockModel {
     /// their program unlocked, and then whose hold of that grant: it may
     /// be let go, and counts for nothing.
     pub(super) raced: std::collections::BTreeSet<usize>,
+    /// Such a grant was passed on in this run: its holder may have
+    /// written the file while the program on the host held the lock.
+    pub(super) raced_ever: bool,
 }
 
 impl LockModel {
@@ -219,6 +222,7 @@ impl Sim {
     /// A step of the program on the host: it lets go of the lock if it
     /// holds it, else tries to take it (`F_SETLK` on the host's file).
     pub fn host_program_step(&mut self) -> Result<(), Violation> {
+        self.host_program_lock_replaced()?;
         let path = wormhole_core::host::RelPath::from(vec![super::name(LOCKED)]);
         if self.locks.host_program {
             self.note(|| "local: the host program lets go of its lock".to_string());
@@ -267,6 +271,29 @@ impl Sim {
             owner: OWNER,
         };
         !self.w.host.record_locks().held_by(owner, node).is_empty()
+    }
+
+    /// The program on the host holds its lock on a file a client's
+    /// commit has since replaced at `LOCKED`'s path: it holds nothing on
+    /// the file there now (a commit puts a new file in the old one's
+    /// place, and a local program's lock stays with the file it opened;
+    /// docs/filesystem.md, "Programs on the host"). Only a client whose
+    /// grant another thread of its program let go writes while the
+    /// program holds the lock, so in a run without such a grant this is
+    /// a violation of mutual exclusion that went unseen until now.
+    fn host_program_lock_replaced(&mut self) -> Result<(), Violation> {
+        let path = wormhole_core::host::RelPath::from(vec![super::name(LOCKED)]);
+        if !self.locks.host_program || self.w.disk.local_locked(&path) {
+            return Ok(());
+        }
+        if !self.locks.raced_ever {
+            return Err(self.violation(format!(
+                "a commit replaced {LOCKED} while the program on the host held its lock"
+            )));
+        }
+        self.note(|| "local: the host program's lock stayed on the replaced file".to_string());
+        self.locks.host_program = false;
+        Ok(())
     }
 
     /// A signal reaches client `c`'s program while it waits for the lock:
@@ -436,6 +463,10 @@ impl Sim {
     /// its handles on the file read what the last holder published.
     fn granted(&mut self, c: usize) -> Result<(), Violation> {
         self.stats.locks_granted += 1;
+        if self.locks.raced.contains(&c) {
+            self.locks.raced_ever = true;
+        }
+        self.host_program_lock_replaced()?;
         if self.locks.host_program {
             return Err(self.violation(format!(
                 "client {c} was granted the lock on {LOCKED} that a program on the host holds"
