@@ -67,13 +67,16 @@ wormhole_tests::simulation_tests!(FsSim);
 /// those writes from the next flush's commit (125426). With another
 /// thread of a waiting program unlocking (2026-12-07, sixth session): a grant the host
 /// made before that unlock reached it, which the unlock then let go, was
-/// passed on to the program as held (615, 7790).
+/// passed on to the program as held (615, 7790); and the model's own:
+/// a write under such a grant, made while the program on the host held
+/// the lock, put a new file in the old one's place, and the host
+/// program's lock stayed on the old one (33595).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [
         58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203, 7378, 4900, 2227, 10667,
         11778, 16895, 20799, 18531, 31678, 27083, 14573, 48011, 36225, 49497, 58226, 76230, 95558,
-        125426, 615, 7790,
+        125426, 615, 7790, 33595,
     ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");
