@@ -82,15 +82,10 @@ impl ClientCore {
                     self.granted.remove(&(node, owner));
                     self.let_go_of_lost_locks(fh, owner);
                 }
-                // Counted from now, not from when it is sent after the
-                // file's commit: a grant that comes meanwhile is crossed
-                // too, and asked again after it.
-                // (Once: a request put off while the host restarts comes
-                // here again.)
+                // Crossed from now, not from when it is sent after the
+                // file's commit: a grant that comes meanwhile is asked
+                // for again too, behind it.
                 self.cross(node, owner, range);
-                if self.kernel_unlocks.insert(req, (node, owner)).is_none() {
-                    self.unlocking.entry((node, owner)).or_default().0 += 1;
-                }
                 Request::Unlock { node, owner, range }
             }
             _ => return Err(Errno::Inval),
@@ -124,6 +119,9 @@ impl ClientCore {
         for (node, owner) in gone {
             self.lockers.remove(&(node, owner));
             self.granted.remove(&(node, owner));
+            // On a local disk the close came before any grant that comes
+            // while its commit runs (`record_lock`'s unlocks, the same).
+            self.cross(node, owner, ByteRange::WHOLE);
             let then = AfterCommit::Lock {
                 kernel: None,
                 request: Request::Unlock {
@@ -260,6 +258,15 @@ impl ClientCore {
         {
             parked.push((req, op, request));
             return;
+        }
+        if let Request::Unlock { node, owner, .. } = request {
+            // The kernel's unlock holds the owner's lock requests as the
+            // client's own do, until the kernel has its answer (a crossed
+            // grant is asked for again behind it).
+            if let Some(before) = self.kernel_unlocks.insert(req, (node, owner)) {
+                self.unlocks_over.push(before);
+            }
+            self.unlocking.entry((node, owner)).or_default().0 += 1;
         }
         if let Request::SetLock { node, owner, .. } = request {
             // A grant still on its way for an earlier request of this
@@ -499,8 +506,17 @@ impl ClientCore {
             kind,
             wait,
         };
-        self.send_lock(now, Some((req, op.clone())), request);
-        None
+        // Behind whatever waits for the file's commit (an unlock that
+        // crossed it, a close's), then behind the owner's unlocks on
+        // their way ([`Self::send_lock`]).
+        let then = AfterCommit::Lock {
+            kernel: Some((req, op.clone())),
+            request,
+        };
+        match self.commit_then(now, node, then) {
+            Ok(()) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Open handles on `attr`'s file that read another version read this

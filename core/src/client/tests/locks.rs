@@ -354,6 +354,40 @@ fn a_grant_that_crosses_another_threads_unlock_still_holds() {
     );
 }
 
+/// The same for a close of another descriptor of the file by the same
+/// process (POSIX: it lets go of the process's locks on the file), whose
+/// unlock waits for the file's commit: a grant that comes meanwhile was
+/// made after the close, and holds.
+#[test]
+fn a_grant_that_comes_while_a_close_commits_still_holds() {
+    let (mut w, [a, b]) = two_open(b"x");
+    let (ino, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
+    let other = open_rw(&mut w, 1, ino);
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(1));
+    super::write(&mut w, 1, other, 0, b"y");
+    w.holding.insert(1);
+    let close = w.op(
+        1,
+        Op::Flush {
+            fh: other,
+            owner: Some(1),
+        },
+    );
+    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
+    w.run_for(Duration::from_secs(1));
+    w.holding.clear();
+    w.let_through();
+    assert_eq!(w.wait(1, close), Ok(Answer::Done));
+    assert_eq!(w.wait(1, waiting), Ok(Answer::Done));
+    assert_eq!(
+        w.call(0, set(a, 2, W, false)),
+        Err(Errno::Again),
+        "client 1's program holds the lock"
+    );
+}
+
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
 /// read lock held, as on a local disk: the wait is taken back, not the
 /// bytes unlocked.

@@ -417,6 +417,14 @@ impl Sim {
                 Step::Idle
             }
             (Step::Locking(fh), _, Ok(Answer::Done)) => {
+                // Held at the host as the program hears of it, once the
+                // other thread's unlock is answered: a grant like any
+                // other (the client asked again behind that unlock),
+                // checked as any other.
+                let unlocking = self.locks.other_thread.iter().any(|&(o, _)| o == c);
+                if !unlocking && self.granted_at_host(c, fh) {
+                    self.locks.raced.remove(&c);
+                }
                 self.granted(c)?;
                 Step::Locked(fh)
             }
@@ -464,7 +472,11 @@ impl Sim {
     fn granted(&mut self, c: usize) -> Result<(), Violation> {
         self.stats.locks_granted += 1;
         if self.locks.raced.contains(&c) {
+            // Let go by the other thread's unlock at the host, perhaps
+            // given to another meanwhile: nothing to check.
             self.locks.raced_ever = true;
+            self.locks.holders.insert(c, true);
+            return Ok(());
         }
         self.host_program_lock_replaced()?;
         if self.locks.host_program {
