@@ -337,6 +337,7 @@ impl ClientCore {
                         parts: Vec::new(),
                         retries: 0,
                         through: false,
+                        planned: None,
                     },
                 );
                 let end = offset.saturating_add(u64::from(*size));
@@ -1111,11 +1112,9 @@ impl ClientCore {
     pub(super) fn start_read(&mut self, now: Instant, req: Req) -> Result<(), Errno> {
         let job = self.reads.get(&req).cloned().ok_or(Errno::Io)?;
         let h = self.handles.get(&job.fh).cloned().ok_or(Errno::BadF)?;
-        let size = self
-            .writes
-            .get(&h.node)
-            .filter(|w| !w.is_finished())
-            .map_or(h.attr.size, WriteTxn::size);
+        let writing = self.writes.get(&h.node).filter(|w| !w.is_finished());
+        let size = writing.map_or(h.attr.size, WriteTxn::size);
+        let planned = Some((h.attr.key, h.attr.version, writing.is_some()));
         let end = job.offset.saturating_add(u64::from(job.size)).min(size);
         if job.offset >= end {
             self.reads.remove(&req);
@@ -1139,6 +1138,7 @@ impl ClientCore {
         }
         if let Some(j) = self.reads.get_mut(&req) {
             j.parts = parts;
+            j.planned = planned;
         }
         self.files.insert(h.attr.key, h.node);
         for (slot, index) in to_fetch {
@@ -1187,12 +1187,12 @@ impl ClientCore {
                 _ => {}
             }
         }
-        self.finish_read(req);
+        self.finish_read(now, req);
         Ok(())
     }
 
     /// Replies to a read whose chunks have all arrived.
-    pub(super) fn finish_read(&mut self, req: Req) {
+    pub(super) fn finish_read(&mut self, now: Instant, req: Req) {
         let done = self
             .reads
             .get(&req)
@@ -1207,6 +1207,14 @@ impl ClientCore {
             return self.reply(req, Err(Errno::BadF));
         };
         let writing = self.writes.get(&h.node).filter(|w| !w.is_finished());
+        if !job.through && job.planned != Some((h.attr.key, h.attr.version, writing.is_some())) {
+            // Its chunks are of the version it was planned against, its
+            // size and overlay would be the new one's: a commit came
+            // meanwhile (this client's own, or one it was told of). Read
+            // again, as a read whose chunks changed version is.
+            self.reads.insert(req, job);
+            return self.replan_read(now, req);
+        }
         let size = writing.map_or(h.attr.size, WriteTxn::size);
         let chunk = CHUNK_SIZE as u64;
         let mut end = job.offset.saturating_add(u64::from(job.size)).min(size);

@@ -231,6 +231,10 @@ struct ReadJob {
     /// file may have shrunk since its size was learned, and a short chunk
     /// is its end.
     through: bool,
+    /// The handle's file and version when its chunks were asked for, and
+    /// whether a write of this client's was open: a read finished against
+    /// another (a commit came while its chunks did) is read again.
+    planned: Option<(crate::proto::FileKey, u64, bool)>,
 }
 
 /// Kernel requests waiting for a write transaction's commit.

@@ -193,7 +193,7 @@ impl ClientCore {
                     {
                         part.1 = Some(data);
                     }
-                    self.finish_read(req);
+                    self.finish_read(now, req);
                 }
                 other => {
                     if self.reads.remove(&req).is_some() {
@@ -320,6 +320,13 @@ impl ClientCore {
                 } else {
                     let _ = self.cache.fill(now, key, Value::Chunk(data));
                 }
+            }
+            (CacheKey::Chunk(_), Err(Errno::BadF)) => {
+                // Asked through a host handle this client closed before
+                // the host read it (its own commit re-pointed the file's
+                // readers at the new version): readers refresh and retry,
+                // as for bytes of another version.
+                let _ = self.cache.fail(now, &key, Errno::Stale);
             }
             (_, Err(e)) => {
                 let _ = self.cache.fail(now, &key, e);
@@ -1094,7 +1101,7 @@ impl ClientCore {
                 {
                     part.1 = Some(c);
                 }
-                self.finish_read(req);
+                self.finish_read(now, req);
             }
             (CacheWait::ReadPart { req, attempt, .. }, result) => {
                 if self.reads.get(&req).is_some_and(|j| j.retries == attempt) {
@@ -1148,6 +1155,23 @@ impl ClientCore {
             },
             crate::proto::Request::GetAttr { node },
         );
+    }
+
+    /// A read planned against a version its handle no longer has: planned
+    /// again against the current one (twice at most, then read through).
+    pub(super) fn replan_read(&mut self, now: Instant, req: Req) {
+        let Some(job) = self.reads.get_mut(&req) else {
+            return;
+        };
+        if job.retries >= 2 {
+            return self.read_through(now, req);
+        }
+        job.retries += 1;
+        job.parts.clear();
+        if let Err(e) = self.start_read(now, req) {
+            self.reads.remove(&req);
+            self.reply(req, Err(e));
+        }
     }
 
     /// A read whose chunks changed version on every try: the file keeps
