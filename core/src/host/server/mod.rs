@@ -309,6 +309,14 @@ enum Purpose {
         parent: NodeId,
         name: Name,
     },
+    /// A name of a file with several names, which a local program's
+    /// change reported: dropped from the node unless it still holds the
+    /// file ([`HostServer::local_change`]).
+    CheckName {
+        node: NodeId,
+        parent: NodeId,
+        name: Name,
+    },
     Answer {
         session: SessionId,
         id: RequestId,

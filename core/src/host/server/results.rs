@@ -35,6 +35,9 @@ impl HostServer {
                 self.whole_step(now, op, session, txn, step, result);
             }
             Purpose::Follow { parent, name } => self.follow(parent, name, result),
+            Purpose::CheckName { node, parent, name } => {
+                self.check_name(node, parent, name, result);
+            }
             Purpose::TakeOnHost(taking) => self.taken_on_host(now, taking, result),
             Purpose::Applied {
                 session,

@@ -27,10 +27,11 @@ impl HostServer {
     /// Tells every client that `path` changed.
     pub(super) fn announce(&mut self, path: &RelPath) {
         let mut at = NodeId::ROOT;
+        let mut parent = NodeId::ROOT;
         let names = path.names();
         for (i, name) in names.iter().enumerate() {
             match self.nodes.child(at, name) {
-                Some(child) => at = child,
+                Some(child) => (parent, at) = (at, child),
                 None => {
                     // Not indexed: its directory's listing changed, and it
                     // may be a directory moved here (see `follow`).
@@ -46,6 +47,21 @@ impl HostServer {
                     return;
                 }
             }
+        }
+        if self.nodes.names(at) > 1
+            && let Some(name) = names.last()
+        {
+            // One of several names: if it no longer holds the file, the
+            // node's path must not be built from it (the host would look
+            // for the file where it is not; a lock taken on the host's
+            // file there found nothing, and the clients' table granted
+            // alone over a program's lock on another name).
+            let check = Purpose::CheckName {
+                node: at,
+                parent,
+                name: name.clone(),
+            };
+            self.fs(check, FsOp::Stat { path: path.clone() });
         }
         self.broadcast(None, at, Invalidation::Data);
         if let Some(parent) = self.nodes.ancestors(at).first().copied() {
@@ -86,6 +102,32 @@ impl HostServer {
             self.broadcast(None, gone, Invalidation::Gone);
         }
         self.broadcast(None, old_parent, Invalidation::Entries);
+        self.broadcast(None, parent, Invalidation::Entries);
+    }
+
+    /// What a local program left at `parent/name`, one of `node`'s
+    /// several names: if it is not the node's file any more (moved away,
+    /// or another file put there), that name goes from the node, whose
+    /// other names stay (a file at the name is learned at its next
+    /// lookup, as any a local program makes).
+    pub(super) fn check_name(
+        &mut self,
+        node: NodeId,
+        parent: NodeId,
+        name: Name,
+        result: FsResult,
+    ) {
+        let elsewhere = match &result {
+            Ok(FsOk::Attr(a)) => Some(a.key) != self.nodes.key(node),
+            // (Not a disk that failed to answer: the name may hold it.)
+            Err(e) => matches!(e, Errno::NoEnt | Errno::NotDir),
+            Ok(_) => false,
+        };
+        if !elsewhere || self.nodes.child(parent, &name) != Some(node) || self.nodes.names(node) < 2
+        {
+            return;
+        }
+        self.nodes.remove(parent, &name);
         self.broadcast(None, parent, Invalidation::Entries);
     }
 

@@ -274,3 +274,30 @@ fn a_withdrawal_answers_the_wait_it_takes_back() {
     assert_eq!(unlock(&mut r, c1, a), Ok(Reply::Done));
     assert!(r.host.record_locks().is_empty(), "granted to nobody");
 }
+
+/// A file with two names, the name the host builds its path from moved
+/// away by a program on the host: a client's lock on it is still taken
+/// on the host's file, so a program's lock there keeps the client out.
+/// (The host built the path from the moved name, found nothing there,
+/// and let the clients' table grant alone: fs_sim, with links to the
+/// locked file, 2026-12-07.)
+#[test]
+fn a_lock_on_a_file_whose_other_name_moved_is_still_taken_on_the_host() {
+    let mut r = rig();
+    let c = r.client(1);
+    let (a, b) = (path(&["a.txt"]), path(&["b"]));
+    r.disk.local_link(&a, &b).expect("a second name");
+    let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    // Learned last, the new name comes first.
+    assert_eq!(r.lookup(c, NodeId::ROOT, "b").expect("b").node, node);
+    r.disk.local_rename(&b, &path(&["e"])).expect("moved");
+    r.host.local_change(r.now, &b);
+    r.host.local_change(r.now, &path(&["e"]));
+    r.pump();
+    assert_eq!(
+        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
+        Ok(true)
+    );
+    let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
+}
