@@ -82,10 +82,21 @@ impl ClientCore {
                     self.granted.remove(&(node, owner));
                     self.let_go_of_lost_locks(fh, owner);
                 }
-                // Crossed from now, not from when it is sent after the
-                // file's commit: a grant that comes meanwhile is asked
-                // for again too, behind it.
+                // Crossed and counted from now, not from when it is sent
+                // after the file's commit: a grant that comes meanwhile
+                // is asked for again too, and the owner's lock requests
+                // wait, behind it, until the kernel has its answer. (A
+                // request run again in a new session comes here again,
+                // perhaps on another node: counted once, under the node
+                // it is sent for.)
                 self.cross(node, owner, range);
+                match self.kernel_unlocks.insert(req, (node, owner)) {
+                    Some(before) if before == (node, owner) => {}
+                    before => {
+                        self.unlocks_over.extend(before);
+                        self.unlocking.entry((node, owner)).or_default().0 += 1;
+                    }
+                }
                 Request::Unlock { node, owner, range }
             }
             _ => return Err(Errno::Inval),
@@ -258,15 +269,6 @@ impl ClientCore {
         {
             parked.push((req, op, request));
             return;
-        }
-        if let Request::Unlock { node, owner, .. } = request {
-            // The kernel's unlock holds the owner's lock requests as the
-            // client's own do, until the kernel has its answer (a crossed
-            // grant is asked for again behind it).
-            if let Some(before) = self.kernel_unlocks.insert(req, (node, owner)) {
-                self.unlocks_over.push(before);
-            }
-            self.unlocking.entry((node, owner)).or_default().0 += 1;
         }
         if let Request::SetLock { node, owner, .. } = request {
             // A grant still on its way for an earlier request of this

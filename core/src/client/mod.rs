@@ -404,8 +404,8 @@ pub struct ClientCore {
     /// host may run it after granting them, and so let go of the grant
     /// ([`locks`]). A subset of `locking`'s keys.
     crossed: BTreeSet<Req>,
-    /// Kernel unlocks sent and not answered yet, by file and owner: each
-    /// counts in `unlocking` until it is.
+    /// Kernel unlocks not answered yet, by file and owner: each counts in
+    /// `unlocking` until it is.
     kernel_unlocks: BTreeMap<Req, (NodeId, u64)>,
     /// Those answered since the last drain.
     unlocks_over: Vec<(NodeId, u64)>,
@@ -1117,12 +1117,7 @@ impl ClientCore {
                     part: OpPart::Sync,
                     ..
                 } => self.reply(req, Err(Errno::Io)),
-                Purpose::Op { req, op, .. } => {
-                    // Run again once inodes are re-bound, perhaps on
-                    // another node: a kernel unlock counts from then.
-                    self.kernel_unlock_over(req);
-                    self.deferred.push_back((req, op));
-                }
+                Purpose::Op { req, op, .. } => self.deferred.push_back((req, op)),
                 Purpose::Write { node, op } => {
                     if let Some(w) = self.writes.get_mut(&node) {
                         w.handle_reply(now, op, Err(Errno::Stale));

@@ -61,6 +61,8 @@ pub(super) struct Blocked {
 #[derive(Clone, Debug)]
 pub(super) struct Taking {
     ask: LockAsk,
+    /// The path the take went to (the node's first name then).
+    path: Option<RelPath>,
     /// A waiter the table granted: what its owner held before, put back
     /// if a local program's lock is in the way.
     granted_over: Option<Vec<(ByteRange, LockKind)>>,
@@ -112,6 +114,7 @@ impl HostServer {
         {
             let taking = Taking {
                 ask,
+                path: Some(path.clone()),
                 granted_over: None,
             };
             self.hold(Purpose::TakeOnHost(taking), Some(path), owner, node, locks);
@@ -151,6 +154,7 @@ impl HostServer {
         let locks = self.ranges.held_by(g.owner, g.node);
         let path = self.path_of(g.node).ok();
         let taking = Taking {
+            path: path.clone(),
             ask: LockAsk {
                 session: g.session,
                 id: g.request,
@@ -225,6 +229,37 @@ impl HostServer {
         if !self.sessions.contains_key(&ask.session) {
             // Gone meanwhile: let go of what was taken for it.
             self.mirror(ask.owner, ask.node);
+            return;
+        }
+        if matches!(result, Err(Errno::Stale | Errno::NoEnt))
+            && self.nodes.names(ask.node) > 1
+            && t.path.is_some()
+            && t.path == self.path_of(ask.node).ok()
+            && let Some((parent, name)) = self.nodes.link(ask.node)
+        {
+            // Not the file at the name the node's path was built from (a
+            // program on the host moved it, or saved another file over
+            // it, and the watcher has not said so yet): that name goes,
+            // as the report would have it go (`check_name`), and the
+            // take goes to the file's other name. Deciding in the table
+            // alone would grant over a program's lock there.
+            self.nodes.remove(parent, &name);
+            self.broadcast(None, parent, Invalidation::Entries);
+            let path = self.path_of(ask.node).ok();
+            let locks = self.ranges.held_by(ask.owner, ask.node);
+            let again = Taking {
+                path: path.clone(),
+                ..t
+            };
+            match again.granted_over {
+                // Granted in the table already: held again, then answered.
+                Some(_) => self.hold(Purpose::TakeOnHost(again), path, ask.owner, ask.node, locks),
+                None => {
+                    if let Err(e) = self.set_lock(ask) {
+                        self.answer(ask.session, ask.id, Err(e));
+                    }
+                }
+            }
             return;
         }
         if let Some(before) = &t.granted_over {

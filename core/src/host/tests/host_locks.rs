@@ -301,3 +301,26 @@ fn a_lock_on_a_file_whose_other_name_moved_is_still_taken_on_the_host() {
     let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
     assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
 }
+
+/// The same before the watcher reports the change: the take meets
+/// another file at the name (ESTALE) and tries the file's other name,
+/// rather than let the clients' table grant alone (fs_sim, seed 4715
+/// with links to the locked file).
+#[test]
+fn a_lock_meeting_another_file_at_one_name_is_taken_through_another() {
+    let mut r = rig();
+    let c = r.client(1);
+    let (a, b) = (path(&["a.txt"]), path(&["b"]));
+    r.disk.local_link(&a, &b).expect("a second name");
+    let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    assert_eq!(r.lookup(c, NodeId::ROOT, "b").expect("b").node, node);
+    r.disk
+        .local_replace(&b, b"another file")
+        .expect("saved over");
+    assert_eq!(
+        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
+        Ok(true)
+    );
+    let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
+    assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
+}
