@@ -724,7 +724,8 @@ impl ClientCore {
     /// The file's size and content version as this client's writes see
     /// it: its open handles' (their reads show that version), else the
     /// cached attributes'. A file never seen has no version to build on.
-    /// Of several handles, the newest open for writing gives it: a
+    /// Of several handles, one open for writing gives it, the one whose
+    /// version changed last (by the host's ctime): a
     /// reader keeps the version it opened until it opens again
     /// (close-to-open), and when another client replaced the file in
     /// between, the writer's commit would be refused as stale on the

@@ -1137,6 +1137,15 @@ impl ClientCore {
                 }
             }
         }
+        // Lock requests held behind an unlock of the old session name its
+        // node ids: asked again once inodes are re-bound, as the others
+        // are, behind the unlocks that run again then (sent as they were,
+        // they would lock another file, or none).
+        for (_, parked) in self.unlocking.values_mut() {
+            for (req, op, _) in parked.drain(..) {
+                self.deferred.push_back((req, op));
+            }
+        }
         // Commits the old run applied but perhaps never made durable: the
         // handles they were made through say so once.
         for h in self.handles.values_mut() {

@@ -335,23 +335,7 @@ fn a_wait_another_thread_unlocked_under_goes_on() {
 /// must not tell the program it holds a lock the host let go.
 #[test]
 fn a_grant_that_crosses_another_threads_unlock_still_holds() {
-    let (mut w, [a, b]) = two_open(b"x");
-    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
-    let waiting = w.op(1, set(b, 1, W, true));
-    w.run_for(Duration::from_secs(1));
-    w.holding.insert(1);
-    let unlock = w.op(1, set(b, 1, None, false));
-    assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
-    w.run_for(Duration::from_secs(1));
-    w.holding.clear();
-    w.let_through();
-    assert_eq!(w.wait(1, unlock), Ok(Answer::Done));
-    assert_eq!(w.wait(1, waiting), Ok(Answer::Done));
-    assert_eq!(
-        w.call(0, set(a, 2, W, false)),
-        Err(Errno::Again),
-        "client 1's program holds the lock"
-    );
+    granted_across(|_, b| set(b, 1, None, false));
 }
 
 /// The same for a close of another descriptor of the file by the same
@@ -360,26 +344,34 @@ fn a_grant_that_crosses_another_threads_unlock_still_holds() {
 /// made after the close, and holds.
 #[test]
 fn a_grant_that_comes_while_a_close_commits_still_holds() {
-    let (mut w, [a, b]) = two_open(b"x");
-    let (ino, _) = lookup(&mut w, 1, Ino::ROOT, "f").expect("f");
-    let other = open_rw(&mut w, 1, ino);
-    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
-    let waiting = w.op(1, set(b, 1, W, true));
-    w.run_for(Duration::from_secs(1));
-    super::write(&mut w, 1, other, 0, b"y");
-    w.holding.insert(1);
-    let close = w.op(
-        1,
+    granted_across(|w, _| {
+        let (ino, _) = lookup(w, 1, Ino::ROOT, "f").expect("f");
+        let other = open_rw(w, 1, ino);
+        super::write(w, 1, other, 0, b"y");
         Op::Flush {
             fh: other,
             owner: Some(1),
-        },
-    );
+        }
+    });
+}
+
+/// Client 1's program waits for client 0's lock (owner 1 on both), then
+/// makes `crossing` (through the handle it waits through), which is held
+/// back until client 0 has let go and the host has granted the wait:
+/// the program must hold the lock it is told it holds.
+fn granted_across(crossing: impl FnOnce(&mut World, Fh) -> Op) {
+    let (mut w, [a, b]) = two_open(b"x");
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    let waiting = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(1));
+    let op = crossing(&mut w, b);
+    w.holding.insert(1);
+    let crossing = w.op(1, op);
     assert_eq!(w.call(0, set(a, 1, None, false)), Ok(Answer::Done));
     w.run_for(Duration::from_secs(1));
     w.holding.clear();
     w.let_through();
-    assert_eq!(w.wait(1, close), Ok(Answer::Done));
+    assert_eq!(w.wait(1, crossing), Ok(Answer::Done));
     assert_eq!(w.wait(1, waiting), Ok(Answer::Done));
     assert_eq!(
         w.call(0, set(a, 2, W, false)),

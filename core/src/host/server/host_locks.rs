@@ -243,8 +243,7 @@ impl HostServer {
             // as the report would have it go (`check_name`), and the
             // take goes to the file's other name. Deciding in the table
             // alone would grant over a program's lock there.
-            self.nodes.remove(parent, &name);
-            self.broadcast(None, parent, Invalidation::Entries);
+            self.drop_name(ask.node, parent, &name);
             let path = self.path_of(ask.node).ok();
             let locks = self.ranges.held_by(ask.owner, ask.node);
             let again = Taking {

@@ -123,11 +123,20 @@ impl HostServer {
             Err(e) => matches!(e, Errno::NoEnt | Errno::NotDir),
             Ok(_) => false,
         };
-        if !elsewhere || self.nodes.child(parent, &name) != Some(node) || self.nodes.names(node) < 2
-        {
+        if elsewhere {
+            self.drop_name(node, parent, &name);
+        }
+    }
+
+    /// `parent/name`, one of `node`'s several names, no longer holds its
+    /// file: the name goes from the node (whose path is then built from
+    /// another), and the directory's listing is news.
+    pub(super) fn drop_name(&mut self, node: NodeId, parent: NodeId, name: &Name) {
+        if self.nodes.child(parent, name) != Some(node) || self.nodes.names(node) < 2 {
             return;
         }
-        self.nodes.remove(parent, &name);
+        self.nodes.remove(parent, name);
+        self.recall(parent);
         self.broadcast(None, parent, Invalidation::Entries);
     }
 

@@ -276,24 +276,28 @@ fn a_withdrawal_answers_the_wait_it_takes_back() {
 }
 
 /// A file with two names, the name the host builds its path from moved
-/// away by a program on the host: a client's lock on it is still taken
-/// on the host's file, so a program's lock there keeps the client out.
+/// away by a program on the host: the host finds the file by its other
+/// name once the watcher reports the move (a link of it works), and a
+/// client's lock on it is still taken on the host's file, so a program's
+/// lock there keeps the client out.
 /// (The host built the path from the moved name, found nothing there,
 /// and let the clients' table grant alone: fs_sim, with links to the
 /// locked file, 2026-12-07.)
 #[test]
 fn a_lock_on_a_file_whose_other_name_moved_is_still_taken_on_the_host() {
-    let mut r = rig();
-    let c = r.client(1);
-    let (a, b) = (path(&["a.txt"]), path(&["b"]));
-    r.disk.local_link(&a, &b).expect("a second name");
-    let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
-    // Learned last, the new name comes first.
-    assert_eq!(r.lookup(c, NodeId::ROOT, "b").expect("b").node, node);
+    let (mut r, c, node, a, b) = two_names();
     r.disk.local_rename(&b, &path(&["e"])).expect("moved");
     r.host.local_change(r.now, &b);
     r.host.local_change(r.now, &path(&["e"]));
     r.pump();
+    // The host finds the file by its path: a link of it works.
+    let link = Request::Link {
+        node,
+        parent: NodeId::ROOT,
+        name: Name::new("g").expect("g"),
+    };
+    let linked = r.call(c, link);
+    assert!(matches!(linked, Ok(Reply::Made { .. })), "{linked:?}");
     assert_eq!(
         r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
         Ok(true)
@@ -308,12 +312,7 @@ fn a_lock_on_a_file_whose_other_name_moved_is_still_taken_on_the_host() {
 /// with links to the locked file).
 #[test]
 fn a_lock_meeting_another_file_at_one_name_is_taken_through_another() {
-    let mut r = rig();
-    let c = r.client(1);
-    let (a, b) = (path(&["a.txt"]), path(&["b"]));
-    r.disk.local_link(&a, &b).expect("a second name");
-    let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
-    assert_eq!(r.lookup(c, NodeId::ROOT, "b").expect("b").node, node);
+    let (mut r, c, node, a, b) = two_names();
     r.disk
         .local_replace(&b, b"another file")
         .expect("saved over");
@@ -323,4 +322,16 @@ fn a_lock_meeting_another_file_at_one_name_is_taken_through_another() {
     );
     let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
     assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
+}
+
+/// `a.txt` and `b`, one file, its node learned by a client (`b` last, so
+/// the host builds the node's path from it).
+fn two_names() -> (Rig, ConnId, NodeId, RelPath, RelPath) {
+    let mut r = rig();
+    let c = r.client(1);
+    let (a, b) = (path(&["a.txt"]), path(&["b"]));
+    r.disk.local_link(&a, &b).expect("a second name");
+    let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    assert_eq!(r.lookup(c, NodeId::ROOT, "b").expect("b").node, node);
+    (r, c, node, a, b)
 }
