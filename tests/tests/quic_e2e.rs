@@ -506,6 +506,7 @@ fn read_only<S: Shell>(shell: &S) {
                 name: Name::new(b"new".to_vec()).expect("name"),
                 mode: 0o755,
                 owner: None,
+                lease: true,
             })
             .await;
         assert_eq!(reply, Err(Errno::RoFs));

@@ -106,6 +106,7 @@ fn named_requests(n: Name) -> Vec<Request> {
             name: n.clone(),
             mode: 0o755,
             owner: None,
+            lease: true,
         },
         Request::Symlink {
             parent: root,
@@ -657,6 +658,7 @@ fn reaching_through(dir: NodeId, file: NodeId, there: &str) -> Vec<Request> {
             name: name(&evil("dir")),
             mode: 0o755,
             owner: None,
+            lease: false,
         },
         Request::Symlink {
             parent: dir,
@@ -880,6 +882,7 @@ async fn never_given_out(c: &mut RawClient) {
                 name: name(&evil("dir")),
                 mode: 0o755,
                 owner: None,
+                lease: false,
             },
             Request::SetAttr {
                 node,

@@ -543,6 +543,7 @@ impl ClientCore {
                     name: name.clone(),
                     mode: *mode,
                     owner: self.owner_for_host(*caller),
+                    lease: self.lease_with_mkdir(now),
                 };
                 self.send(now, Purpose::kernel_op(req, &op), request);
             }

@@ -55,8 +55,9 @@ use super::{Answer, ClientCore, ClientEvent, ClientOutput, Op, Purpose, Req};
 use crate::Instant;
 use crate::cache::{CacheKey, Value};
 use crate::proto::{
-    Attr, DirEntry, Errno, FileKey, FileKind, FileRef, Invalidation, LeaseOp, LockScope, LockToken,
-    Name, NodeId, NodeRange, OpenFor, Reply, Request, SetAttr, SetTime, Timestamp,
+    Attr, DirEntry, Errno, FileKey, FileKind, FileRef, Invalidation, LeaseGrant, LeaseOp,
+    LockScope, LockToken, Name, NodeId, NodeRange, OpenFor, Reply, Request, SetAttr, SetTime,
+    Timestamp,
 };
 use crate::vfs::Ino;
 use crate::write::WriteOp;
@@ -172,6 +173,39 @@ struct DirLease {
     removed_at: Option<Instant>,
     /// The lock is gone at the host (expired, or the session's).
     lost: bool,
+}
+
+impl DirLease {
+    /// A lease just asked for.
+    fn asking(now: Instant) -> Self {
+        DirLease {
+            state: State::Asking,
+            token: None,
+            next: 0,
+            end: 0,
+            more: VecDeque::new(),
+            asking_more: false,
+            names: BTreeSet::new(),
+            stream: VecDeque::new(),
+            in_flight: false,
+            expires_at: now,
+            refresh_at: now,
+            refreshing: false,
+            last_local: now,
+            removed_at: None,
+            lost: false,
+        }
+    }
+
+    /// The lease's grant came: its lock and its first ids.
+    fn granted(&mut self, now: Instant, grant: &LeaseGrant) {
+        let ttl = Duration::from_millis(u64::from(grant.ttl_ms));
+        self.token = Some(grant.token);
+        self.next = grant.nodes.first.0;
+        self.end = grant.nodes.first.0 + u64::from(grant.nodes.count);
+        self.expires_at = now + ttl;
+        self.refresh_at = now + ttl / 2;
+    }
 }
 
 /// A file answered here and not yet applied by the host.
@@ -392,6 +426,15 @@ impl ClientCore {
         self.leases.is_unapplied(node)
     }
 
+    /// Whether this client holds the lease of directory `dir` and answers
+    /// creates there itself (for simulations).
+    pub fn holds_lease(&self, dir: NodeId) -> bool {
+        self.leases
+            .dirs
+            .get(&dir)
+            .is_some_and(|l| l.state == State::Held)
+    }
+
     /// The node of the file this client made as `name` in `dir` under a
     /// lease, if the host has not applied it yet (for simulations).
     pub fn unapplied_node(&self, dir: NodeId, name: &Name) -> Option<NodeId> {
@@ -472,21 +515,33 @@ impl ClientCore {
         }
     }
 
-    /// A directory this client just made: files usually follow (tar,
-    /// `cp -r`, a checkout), so its lease is asked for at once instead
-    /// of after two ordinary creates there, each a round trip for the
-    /// create and one for the close.
-    pub(super) fn made_dir(&mut self, now: Instant, dir: NodeId) {
+    /// Whether a directory made now asks for its lease with its mkdir
+    /// ([`Request::Mkdir`]'s `lease`): files usually follow a new
+    /// directory (tar, `cp -r`, a checkout), and so the lease comes at
+    /// once, with no round trip of its own, instead of after two ordinary
+    /// creates there (each a round trip for the create and one for the
+    /// close), or after asking for it and reading its listing (two more).
+    pub(super) fn lease_with_mkdir(&self, now: Instant) -> bool {
         // A host that refused a lease lately (read-only, or leases off)
         // is not asked again for every directory made.
         let refused = self.leases.refused_until.values().any(|&t| now < t);
-        if self.cfg.leases
-            && !refused
-            && !self.leases.dirs.contains_key(&dir)
-            && self.room_for_lease(now)
-        {
-            self.ask_lease(now, dir);
+        let room =
+            self.leases.free_place() || self.leases.dirs.values().any(|l| l.state == State::Held);
+        self.cfg.leases && !refused && self.leases.dirs.len() < 2 * MAX_LEASES && room
+    }
+
+    /// A directory this client just made came with its lease: held from
+    /// now on, with no names (the host read it empty once it granted the
+    /// lease). Given back at once if there is no room for it after all.
+    pub(super) fn made_dir_leased(&mut self, now: Instant, dir: NodeId, grant: LeaseGrant) {
+        if self.leases.dirs.contains_key(&dir) || !self.room_for_lease(now) {
+            let token = grant.token;
+            return self.lease_send(now, dir, LeaseStep::Release, Request::ReleaseLock { token });
         }
+        let mut l = DirLease::asking(now);
+        l.granted(now, &grant);
+        l.state = State::Held;
+        self.leases.dirs.insert(dir, l);
     }
 
     /// A program begins to list directory `ino`. If this client holds
@@ -537,26 +592,7 @@ impl ClientCore {
                 .recent
                 .retain(|_, (t, _)| now.saturating_duration_since(*t) <= HOT_WINDOW);
         }
-        self.leases.dirs.insert(
-            dir,
-            DirLease {
-                state: State::Asking,
-                token: None,
-                next: 0,
-                end: 0,
-                more: VecDeque::new(),
-                asking_more: false,
-                names: BTreeSet::new(),
-                stream: VecDeque::new(),
-                in_flight: false,
-                expires_at: now,
-                refresh_at: now,
-                refreshing: false,
-                last_local: now,
-                removed_at: None,
-                lost: false,
-            },
-        );
+        self.leases.dirs.insert(dir, DirLease::asking(now));
         self.lease_send(now, dir, LeaseStep::Take, Request::Lease { dir });
     }
 
@@ -1317,24 +1353,15 @@ impl ClientCore {
     fn on_granted(&mut self, now: Instant, dir: NodeId, result: Result<Reply, Errno>) {
         let Some(l) = self.leases.dirs.get_mut(&dir) else {
             // Given back before the grant came (a new session): release.
-            if let Ok(Reply::Leased { token, .. }) = result {
+            if let Ok(Reply::Leased(LeaseGrant { token, .. })) = result {
                 self.lease_send(now, dir, LeaseStep::Release, Request::ReleaseLock { token });
             }
             return;
         };
         match result {
-            Ok(Reply::Leased {
-                token,
-                ttl_ms,
-                nodes,
-            }) if l.token.is_none() || l.token == Some(token) => {
+            Ok(Reply::Leased(grant)) if l.token.is_none() || l.token == Some(grant.token) => {
                 if l.token.is_none() {
-                    let ttl = Duration::from_millis(u64::from(ttl_ms));
-                    l.token = Some(token);
-                    l.next = nodes.first.0;
-                    l.end = nodes.first.0 + u64::from(nodes.count);
-                    l.expires_at = now + ttl;
-                    l.refresh_at = now + ttl / 2;
+                    l.granted(now, &grant);
                     if l.state == State::Returning {
                         return self.pump_stream(now, dir);
                     }
@@ -1349,7 +1376,7 @@ impl ClientCore {
                     );
                 } else {
                     l.asking_more = false;
-                    l.more.push_back(nodes);
+                    l.more.push_back(grant.nodes);
                 }
             }
             _ if l.token.is_some() => l.asking_more = false,

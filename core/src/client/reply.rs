@@ -542,7 +542,7 @@ impl ClientCore {
                 | Op::Symlink { parent, name, .. }
                 | Op::Mknod { parent, name, .. },
                 _,
-                Ok(Reply::Made { attr: a, .. }),
+                Ok(Reply::Made { attr: a, lease, .. }),
             ) => {
                 self.entry_added(now, *parent, name, &a);
                 if matches!(op, Op::Mkdir { .. }) {
@@ -551,7 +551,9 @@ impl ClientCore {
                     // as an invalidation, as for any listing).
                     let empty = Value::Dir(Arc::from(Vec::new()));
                     let _ = self.cache.fill(now, CacheKey::Dir(a.node), empty);
-                    self.made_dir(now, a.node);
+                }
+                if let Some(grant) = lease {
+                    self.made_dir_leased(now, a.node, grant);
                 }
                 Some(
                     self.entry(now, *parent, op, a.clone(), true, true)

@@ -755,6 +755,7 @@ fn read_only_hosts_refuse_every_change() {
             name: name("n"),
             mode: 0o755,
             owner: None,
+            lease: false,
         },
         Request::Unlink {
             parent: NodeId::ROOT,

@@ -497,6 +497,19 @@ pub struct NodeRange {
     pub count: u32,
 }
 
+/// A directory lease granted ([`Reply::Leased`], or with a new
+/// directory in [`Reply::Made`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct LeaseGrant {
+    /// Its fencing token (a lock's: refreshed and released as one).
+    pub token: LockToken,
+    /// Time until it expires unless refreshed, in milliseconds.
+    pub ttl_ms: u32,
+    /// The node ids the holder gives the files it creates.
+    pub nodes: NodeRange,
+}
+
 impl NodeRange {
     /// Whether `node` is in the range.
     pub fn contains(&self, node: NodeId) -> bool {
@@ -596,6 +609,13 @@ pub enum Request {
         mode: u32,
         /// Whose it is, where the host preserves owners (else `None`).
         owner: Option<Owner>,
+        /// Lease the new directory to this session too, as
+        /// [`Request::Lease`] would, if it can be granted at once and the
+        /// directory is still empty once it is (the lease then comes in
+        /// [`Reply::Made`]; without it the directory is made all the same).
+        /// Files usually follow a new directory: this saves asking for
+        /// the lease and reading its listing, two round trips.
+        lease: bool,
     },
     /// Create a FIFO, a socket's name or an empty regular file
     /// (`mknod`; device nodes are not made).
@@ -1010,14 +1030,7 @@ pub enum Reply {
     /// TruncateWrite, AbortWrite, Goodbye).
     Done,
     /// A lease granted ([`Request::Lease`]).
-    Leased {
-        /// Its fencing token (a lock's: refreshed and released as one).
-        token: LockToken,
-        /// Time until it expires unless refreshed, in milliseconds.
-        ttl_ms: u32,
-        /// The node ids the holder gives the files it creates.
-        nodes: NodeRange,
-    },
+    Leased(LeaseGrant),
     /// The outcome of each operation of an [`Request::Apply`], in order:
     /// the new file's attributes, or why the host refused it.
     Applied(Vec<Result<Attr, Errno>>),
@@ -1030,6 +1043,9 @@ pub enum Reply {
         attr: Attr,
         /// The directory's, at most one.
         dirs: Vec<Attr>,
+        /// The new directory's lease, for a [`Request::Mkdir`] that asked
+        /// and got it: the directory was empty once it was granted.
+        lease: Option<LeaseGrant>,
     },
     /// An extended attribute's value, or a list of names
     /// ([`Request::GetXattr`], [`Request::ListXattr`]).

@@ -128,6 +128,8 @@ pub struct FsStats {
     pub unlinks_streamed: u64,
     /// Directories removed under a directory lease and applied by the host.
     pub rmdirs_streamed: u64,
+    /// Directories whose lease came with their mkdir's answer.
+    pub dirs_leased_with_mkdir: u64,
     /// Acknowledged closes checked once the host applied what they
     /// covered (a lease holder answers closes before that).
     pub acks_deferred: u64,
@@ -194,6 +196,7 @@ impl FsStats {
         self.files_streamed += o.files_streamed;
         self.unlinks_streamed += o.unlinks_streamed;
         self.rmdirs_streamed += o.rmdirs_streamed;
+        self.dirs_leased_with_mkdir += o.dirs_leased_with_mkdir;
         self.acks_deferred += o.acks_deferred;
         self.creates_lost += o.creates_lost;
     }
@@ -1747,10 +1750,14 @@ impl Sim {
     ) -> Result<(), Violation> {
         let shape_ok = match (&p.op, &result) {
             (_, Err(_)) => true,
-            (
-                Op::Lookup { .. } | Op::Mkdir { .. } | Op::Symlink { .. },
-                Ok(Answer::Entry { .. }),
-            ) => true,
+            (Op::Mkdir { .. }, Ok(Answer::Entry { attr, .. })) => {
+                // Leased with its answer, not asked for after it.
+                if self.w.clients[c].core.holds_lease(attr.node) {
+                    self.stats.dirs_leased_with_mkdir += 1;
+                }
+                true
+            }
+            (Op::Lookup { .. } | Op::Symlink { .. }, Ok(Answer::Entry { .. })) => true,
             (Op::Link { ino, .. }, Ok(Answer::Entry { ino: linked, .. })) => {
                 // The new name is the file's own inode.
                 self.stats.links += 1;

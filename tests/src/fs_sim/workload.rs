@@ -852,6 +852,10 @@ impl Simulation for FsSim {
             ),
             ("rmdirs answered under a directory lease", s.rmdirs_streamed),
             (
+                "directories leased with their mkdir",
+                s.dirs_leased_with_mkdir,
+            ),
+            (
                 "directories made with 16 leases held (the table full)",
                 s.leases_full,
             ),

@@ -31,7 +31,7 @@
 
 use super::*;
 use crate::host::fsop::{BatchOp, NewFile};
-use crate::proto::{LeaseOp, NodeRange};
+use crate::proto::{LeaseGrant, LeaseOp, NodeRange};
 
 /// Node ids reserved per lease. A holder that uses them up takes a new
 /// lease (or creates the ordinary way).
@@ -168,16 +168,7 @@ impl HostServer {
             Some(FileKind::Dir) => {}
             Some(_) => return Err(Errno::NotDir),
         }
-        let held = self
-            .sessions
-            .get(&session)
-            .map_or(usize::MAX, |s| s.reserved.len());
-        // While any request waits for a lease, none is granted: a new one
-        // could be in its way again and starve it. Leases only save round
-        // trips; waiting requests are rare.
-        if held >= MAX_LEASES_PER_SESSION || self.leases.parked_count > 0 {
-            return Err(Errno::Again);
-        }
+        self.may_lease(session)?;
         // Asked again by its holder: more ids, the same lease.
         if let Some(l) = self
             .leases
@@ -192,14 +183,42 @@ impl HostServer {
             self.answer(
                 session,
                 id,
-                Ok(Reply::Leased {
+                Ok(Reply::Leased(LeaseGrant {
                     token,
                     ttl_ms: crate::lock::millis(ttl),
                     nodes,
-                }),
+                })),
             );
             return Ok(());
         }
+        let grant = self.grant_lease(now, session, id, dir)?;
+        self.answer(session, id, Ok(Reply::Leased(grant)));
+        Ok(())
+    }
+
+    /// Whether `session` may be granted another lease.
+    fn may_lease(&self, session: SessionId) -> Result<(), Errno> {
+        let held = self
+            .sessions
+            .get(&session)
+            .map_or(usize::MAX, |s| s.reserved.len());
+        // While any request waits for a lease, none is granted: a new one
+        // could be in its way again and starve it. Leases only save round
+        // trips; waiting requests are rare.
+        if held >= MAX_LEASES_PER_SESSION || self.leases.parked_count > 0 {
+            return Err(Errno::Again);
+        }
+        Ok(())
+    }
+
+    /// A new lease on `dir` for `session`, if its lock can be taken now.
+    fn grant_lease(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        id: RequestId,
+        dir: NodeId,
+    ) -> Result<LeaseGrant, Errno> {
         let ancestors = self.nodes.ancestors(dir);
         let req = LockRequest {
             session,
@@ -231,16 +250,97 @@ impl HostServer {
                 return Err(e);
             }
         };
-        self.answer(
-            session,
-            id,
-            Ok(Reply::Leased {
-                token: grant.token,
-                ttl_ms: crate::lock::millis(grant.ttl),
-                nodes,
-            }),
-        );
-        Ok(())
+        Ok(LeaseGrant {
+            token: grant.token,
+            ttl_ms: crate::lock::millis(grant.ttl),
+            nodes,
+        })
+    }
+
+    /// A directory `session` just made with [`Request::Mkdir`] asking
+    /// for its lease: granted if it can be now, then the directory is
+    /// read. The holder of a lease knows every name there; this one will
+    /// take the directory for empty, and a local program may have made a
+    /// file in it between the mkdir and the grant, whose watcher report
+    /// recalled nothing (there was no lease yet). So the reply waits for
+    /// that listing, as a [`Request::Lease`]'s holder reads its own.
+    pub(super) fn lease_new_dir(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        id: RequestId,
+        made: (Attr, Vec<Attr>),
+        hold: bool,
+    ) {
+        let dir = made.0.node;
+        let path = self.dir_path(dir);
+        let grant = self
+            .may_lease(session)
+            .and_then(|()| path.clone())
+            .and_then(|_| self.grant_lease(now, session, id, dir));
+        match (grant, path) {
+            (Ok(grant), Ok(path)) => {
+                self.fs(
+                    Purpose::NewDirListed {
+                        session,
+                        id,
+                        made,
+                        grant,
+                        hold,
+                    },
+                    FsOp::List {
+                        path,
+                        cookie: 0,
+                        max: 2,
+                    },
+                );
+            }
+            _ => {
+                let (attr, dirs) = made;
+                let reply = Reply::Made {
+                    attr,
+                    dirs,
+                    lease: None,
+                };
+                self.reply_held(now, session, id, Ok(reply), hold);
+            }
+        }
+    }
+
+    /// The listing of a directory leased with its mkdir
+    /// ([`Self::lease_new_dir`]): the lease goes with the reply if the
+    /// directory is empty and the lease still unrecalled; it is given back
+    /// otherwise, and the holder learns the directory the ordinary way.
+    pub(super) fn new_dir_listed(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        dir: NodeId,
+        grant: LeaseGrant,
+        result: &FsResult,
+    ) -> Option<LeaseGrant> {
+        let empty = matches!(result, Ok(FsOk::Listing { entries, next: None })
+            if entries.iter().all(|(name, _)| is_reserved(name)));
+        let held = self
+            .leases
+            .by_dir
+            .get(&dir)
+            .is_some_and(|l| l.token == grant.token && l.session == session && !l.recalled);
+        if let Some(lock) = self.locks.lock(grant.token)
+            && empty
+            && held
+        {
+            let ttl = lock.expires_at.saturating_duration_since(now);
+            return Some(LeaseGrant {
+                ttl_ms: crate::lock::millis(ttl),
+                ..grant
+            });
+        }
+        if self.locks.release(now, session, grant.token).is_ok() {
+            self.lease_returned(session, grant.token);
+            self.drain_locks(now);
+        }
+        None
     }
 
     /// A new range of ids for `session`'s lease on `dir`.

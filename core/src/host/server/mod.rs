@@ -325,6 +325,16 @@ enum Purpose {
     /// A lock request's range taken on the host's file before the
     /// clients' table grants it ([`host_locks`]).
     TakeOnHost(host_locks::Taking),
+    /// The listing of a directory leased with its mkdir, and the
+    /// mkdir's reply waiting for it ([`HostServer::lease_new_dir`]).
+    NewDirListed {
+        session: SessionId,
+        id: RequestId,
+        made: (Attr, Vec<Attr>),
+        grant: crate::proto::LeaseGrant,
+        /// Its reply waits for the disk (the group commit's `hold`).
+        hold: bool,
+    },
     /// A lease holder's batch ([`lease`]): what each operation was.
     Applied {
         session: SessionId,
@@ -372,11 +382,13 @@ enum ReplyAs {
         node: Option<NodeId>,
     },
     /// A create, mkdir or symlink; a create that opens too names the
-    /// handle it opens.
+    /// handle it opens, a mkdir that asks for the new directory's lease
+    /// says so.
     Created {
         parent: NodeId,
         name: Name,
         open: Option<(HandleId, FsHandle)>,
+        lease: bool,
     },
     /// A hard link of `node` made at `parent/name`.
     Linked {

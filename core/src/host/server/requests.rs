@@ -203,7 +203,12 @@ impl HostServer {
                     None
                 };
                 self.fs(
-                    answer(ReplyAs::Created { parent, name, open }),
+                    answer(ReplyAs::Created {
+                        parent,
+                        name,
+                        open,
+                        lease: false,
+                    }),
                     FsOp::Create {
                         path,
                         mode: mode & 0o7777,
@@ -221,6 +226,7 @@ impl HostServer {
                 name,
                 mode,
                 owner,
+                lease,
             } => {
                 let (path, owner) = self.new_entry(session, parent, &name, owner)?;
                 self.fs(
@@ -228,6 +234,7 @@ impl HostServer {
                         parent,
                         name,
                         open: None,
+                        lease,
                     }),
                     FsOp::Mkdir {
                         path,
@@ -251,6 +258,7 @@ impl HostServer {
                         parent,
                         name,
                         open: None,
+                        lease: false,
                     }),
                     FsOp::Symlink {
                         path,
@@ -281,6 +289,7 @@ impl HostServer {
                         parent,
                         name,
                         open: None,
+                        lease: false,
                     }),
                     FsOp::Mknod {
                         path,

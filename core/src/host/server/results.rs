@@ -56,6 +56,17 @@ impl HostServer {
                 // The lease may have ended while its batch ran.
                 self.settle_leases(now);
             }
+            Purpose::NewDirListed {
+                session,
+                id,
+                made: (attr, dirs),
+                grant,
+                hold,
+            } => {
+                let lease = self.new_dir_listed(now, session, attr.node, grant, &result);
+                let reply = Reply::Made { attr, dirs, lease };
+                self.reply_held(now, session, id, Ok(reply), hold);
+            }
             Purpose::Answer { session, id, then } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.ops = s.ops.saturating_sub(1);
@@ -70,8 +81,7 @@ impl HostServer {
                         hold,
                     });
                 } else {
-                    let reply = self.complete(now, op, session, then, result);
-                    self.reply_held(now, session, id, reply, hold);
+                    self.finish(now, op, session, id, then, result, hold);
                 }
             }
         }
@@ -82,7 +92,7 @@ impl HostServer {
         }
     }
 
-    fn reply_held(
+    pub(super) fn reply_held(
         &mut self,
         now: Instant,
         session: SessionId,
@@ -137,8 +147,29 @@ impl HostServer {
                 self.racing.push(r);
                 continue;
             }
-            let reply = self.complete(now, r.op, r.session, r.then, r.result);
-            self.reply_held(now, r.session, r.id, reply, r.hold);
+            self.finish(now, r.op, r.session, r.id, r.then, r.result, r.hold);
+        }
+    }
+
+    /// Answers request `id` with operation `op`'s result; a new directory
+    /// whose lease was asked for is leased first.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        now: Instant,
+        op: FsOpId,
+        session: SessionId,
+        id: RequestId,
+        then: ReplyAs,
+        result: FsResult,
+        hold: bool,
+    ) {
+        let lease = matches!(then, ReplyAs::Created { lease: true, .. });
+        match self.complete(now, op, session, then, result) {
+            Ok(Reply::Made { attr, dirs, .. }) if lease => {
+                self.lease_new_dir(now, session, id, (attr, dirs), hold);
+            }
+            reply => self.reply_held(now, session, id, reply, hold),
         }
     }
 
@@ -380,6 +411,7 @@ impl HostServer {
                     parent,
                     name,
                     open: None,
+                    ..
                 },
                 Ok(FsOk::Attr(a)),
             ) => {
@@ -388,6 +420,7 @@ impl HostServer {
                 Ok(Reply::Made {
                     attr,
                     dirs: Self::dir_attrs(&[parent], dirs),
+                    lease: None,
                 })
             }
             (
@@ -395,6 +428,7 @@ impl HostServer {
                     parent,
                     name,
                     open: Some((handle, fs)),
+                    ..
                 },
                 Ok(FsOk::Opened(a, inline)),
             ) => {
@@ -424,6 +458,7 @@ impl HostServer {
                 Ok(Reply::Made {
                     attr,
                     dirs: Self::dir_attrs(&[parent], dirs),
+                    lease: None,
                 })
             }
             (ReplyAs::Removed { parent, name }, Ok(_)) => {

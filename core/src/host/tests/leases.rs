@@ -6,7 +6,7 @@ use crate::proto::{LeaseOp, LockToken, NodeRange};
 
 fn lease(r: &mut Rig, conn: ConnId, dir: NodeId) -> Result<(LockToken, NodeRange), Errno> {
     match r.call(conn, Request::Lease { dir })? {
-        Reply::Leased { token, nodes, .. } => Ok((token, nodes)),
+        Reply::Leased(g) => Ok((g.token, g.nodes)),
         other => panic!("lease answered {other:?}"),
     }
 }
@@ -620,6 +620,7 @@ fn a_batch_unlinks_in_order_and_refuses_a_file_another_session_locked() {
             name: name("sub"),
             mode: 0o755,
             owner: None,
+            lease: false,
         },
     )
     .expect("made");
@@ -650,6 +651,7 @@ fn a_batch_removes_an_empty_directory_only_if_it_is_the_one_seen() {
                 name: name(n),
                 mode: 0o755,
                 owner: None,
+                lease: false,
             },
         )
         .expect("made");
@@ -701,4 +703,97 @@ fn a_batch_removes_an_empty_directory_only_if_it_is_the_one_seen() {
         r.disk.read_file(&path(&["d", "full", "x"])),
         Some(&b"x"[..])
     );
+}
+
+fn mkdir_asking(r: &mut Rig, conn: ConnId, n: &str) -> RequestId {
+    r.send(
+        conn,
+        Request::Mkdir {
+            parent: NodeId::ROOT,
+            name: name(n),
+            mode: 0o755,
+            owner: None,
+            lease: true,
+        },
+    )
+}
+
+/// A mkdir that asks for the new directory's lease gets it with its
+/// reply, no round trip of its own: the holder's batch there is applied
+/// with the grant's ids, and another session's look into the directory
+/// waits for the holder, who is recalled.
+#[test]
+fn a_mkdir_that_asks_brings_the_new_directorys_lease() {
+    let mut r = rig();
+    let holder = r.client(1);
+    let other = r.client(2);
+    let id = mkdir_asking(&mut r, holder, "new");
+    let Some(Ok(Reply::Made {
+        attr: dir,
+        lease: Some(grant),
+        ..
+    })) = r.reply(holder, id)
+    else {
+        panic!("not leased: {:?}", r.reply(holder, id));
+    };
+    assert_eq!(r.host.leases(), 1);
+    let results = applied(r.call(
+        holder,
+        Request::Apply {
+            dir: dir.node,
+            tag: 1,
+            ops: vec![new_file(nth(grant.nodes, 0), "f", b"made")],
+        },
+    ));
+    assert_eq!(results[0].as_ref().map(|a| a.node), Ok(nth(grant.nodes, 0)));
+    let look = r.send(
+        other,
+        Request::Lookup {
+            parent: dir.node,
+            name: name("f"),
+        },
+    );
+    assert_eq!(r.reply(other, look), None, "waits for the holder");
+    assert_eq!(recalls(&r, holder), vec![grant.token]);
+    let released = r.call(holder, Request::ReleaseLock { token: grant.token });
+    assert_eq!(released, Ok(Reply::Done));
+    assert!(
+        matches!(r.reply(other, look), Some(Ok(Reply::Attr(_)))),
+        "{:?}",
+        r.reply(other, look)
+    );
+}
+
+/// A program on the host that makes a file in the new directory before
+/// the host has granted its lease: the holder would take the directory
+/// for empty, and no recall would tell it otherwise (the watcher's
+/// report came while there was no lease). So the reply comes without
+/// the lease, which is given back: the holder learns the directory the
+/// ordinary way, and another session may lease it.
+#[test]
+fn a_new_directory_filled_before_its_lease_comes_without_it() {
+    let mut r = rig();
+    let holder = r.client(1);
+    let other = r.client(2);
+    r.hold = true;
+    let id = mkdir_asking(&mut r, holder, "new");
+    let made = r.run_held(|fs| matches!(fs, FsOp::Mkdir { .. }));
+    r.disk
+        .local_replace(&path(&["new", "local"]), b"mine")
+        .expect("a program on the host");
+    r.deliver(made);
+    let listed = r.run_held(|fs| matches!(fs, FsOp::List { .. }));
+    r.hold = false;
+    r.deliver(listed);
+    let Some(Ok(Reply::Made {
+        attr: dir,
+        lease: grant,
+        ..
+    })) = r.reply(holder, id)
+    else {
+        panic!("{:?}", r.reply(holder, id));
+    };
+    assert_eq!(grant, None);
+    assert_eq!(r.host.leases(), 0, "the lease was given back");
+    assert!(lease(&mut r, other, dir.node).is_ok());
 }

@@ -95,6 +95,7 @@ fn every_request() -> Vec<Request> {
             name: name("d"),
             mode: 0o755,
             owner: None,
+            lease: true,
         },
         Request::Unlink {
             parent: NodeId::ROOT,
@@ -314,6 +315,14 @@ fn every_host_message() -> Vec<HostMessage> {
         reply(Reply::Made {
             attr: attr(),
             dirs: vec![attr()],
+            lease: Some(LeaseGrant {
+                token: LockToken([0xef; 16]),
+                ttl_ms: 30_000,
+                nodes: NodeRange {
+                    first: NodeId(1 << 40),
+                    count: 1024,
+                },
+            }),
         }),
         reply(Reply::Unnamed {
             dirs: vec![attr(), attr()],
