@@ -205,6 +205,26 @@ impl ClientCore {
                 (Ok(Reply::Opened { handle, .. }), _) => {
                     self.close_host_handles(now, vec![handle]);
                 }
+                // A directory's lease that came with a mkdir the kernel
+                // gave up on: nobody here knows the directory, so it is
+                // given back rather than held until it expires, with the
+                // host recalling it in vain meanwhile.
+                (
+                    Ok(Reply::Made {
+                        attr,
+                        lease: Some(grant),
+                        ..
+                    }),
+                    _,
+                ) => {
+                    let request = crate::proto::Request::ReleaseLock { token: grant.token };
+                    let step = super::lease::LeaseStep::Release;
+                    let purpose = Purpose::Lease {
+                        dir: attr.node,
+                        step,
+                    };
+                    self.send(now, purpose, request);
+                }
                 // A lock granted after its kernel request gave up (its
                 // withdrawal may have reached the host first): let it go.
                 (

@@ -1062,3 +1062,35 @@ fn a_late_unlink_leaves_the_file_made_at_the_name_since() {
     let (_, attr) = lookup(&mut w, 0, Ino::ROOT, "old").expect("the newer file");
     assert_eq!(attr.size, 5);
 }
+
+/// A mkdir the kernel was answered for already (the host out of reach
+/// past `unreachable_wait`) whose reply comes later with the new
+/// directory's lease: the lease is given back at once, not held by
+/// nobody until it expires while the host recalls it in vain.
+#[test]
+fn a_lease_that_comes_with_an_abandoned_mkdir_is_given_back() {
+    let mut w = leasing(1);
+    w.holding.insert(0);
+    let made = w.op(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("late"),
+            mode: 0o755,
+            caller: None,
+        },
+    );
+    assert_eq!(w.wait(0, made).err(), Some(Errno::TimedOut));
+    w.holding.clear();
+    w.let_through();
+    w.settle();
+    let on_host = RelPath::from(vec![name("late")]);
+    assert!(
+        matches!(
+            w.disk.execute(crate::host::FsOp::Stat { path: on_host }),
+            Ok(crate::host::FsOk::Attr(_))
+        ),
+        "made on the host all the same"
+    );
+    assert_eq!(w.host.leases(), 0, "its lease given back");
+}
