@@ -34,7 +34,7 @@ EOF
 [[ ${1:-} == -h || ${1:-} == --help || $# -eq 0 ]] && { usage; exit 0; }
 [[ $(id -u) == 0 ]] || { echo "needs root (FUSE, iptables)" >&2; exit 1; }
 command -v iptables >/dev/null || apt-get install -y iptables >/dev/null
-command -v python3 >/dev/null || apt-get install -y python3 >/dev/null
+[[ -x /usr/bin/python3 ]] || apt-get install -y python3 >/dev/null
 
 DELAY_MS=${DELAY_MS:-2.5}
 FILES=${FILES:-1000}
@@ -67,7 +67,7 @@ for ((d = 0; d < DIRS; d++)); do
 done
 tar -C "$T/src" -cf "$T/tree.tar" tree
 
-runuser -u nobody -- python3 "$HERE/delay_proxy.py" "$RELAY_PORT" "$HOST_PORT" "$DELAY_MS" &
+setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 "$HERE/delay_proxy.py" "$RELAY_PORT" "$HOST_PORT" "$DELAY_MS" &
 PIDS+=($!)
 iptables -t nat -A "${RULE[@]}"
 

@@ -76,13 +76,17 @@ wormhole_tests::simulation_tests!(FsSim);
 /// committed write was (130784). A kernel unlock counted only once it
 /// was sent, not from when the kernel asked, let a wait the program
 /// made after it go first across a host restart, and the unlock let go
-/// of its grant (33414, 12699, 57635: found in the review's mend).
+/// of its grant (33414, 12699, 57635: found in the review's mend). A
+/// wait held behind a timed-out wait's withdrawal across a host restart
+/// went out at once in the new session, ahead of the re-binding, so the
+/// other thread's unlock, deferred behind the re-binding, did not cross
+/// its grant, and let go of it (129542, 2026-12-07, seventh session).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [
         58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203, 7378, 4900, 2227, 10667,
         11778, 16895, 20799, 18531, 31678, 27083, 14573, 48011, 36225, 49497, 58226, 76230, 95558,
-        125426, 615, 7790, 33595, 130784, 33414, 12699, 57635,
+        125426, 615, 7790, 33595, 130784, 33414, 12699, 57635, 129542,
     ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");

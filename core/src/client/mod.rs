@@ -1107,6 +1107,39 @@ impl ClientCore {
         // queued operation runs again.
         self.leases_lost(now);
         self.record_locks_lost();
+        // Lock requests held behind an unlock of the old session name its
+        // node ids: asked again once inodes are re-bound, as the others
+        // are, behind the unlocks that run again then (sent as they were,
+        // they would lock another file, or none). Taken out before the
+        // queued requests below are failed: an unlock of the client's own
+        // (a withdrawal) fails there, moot in a new session, and the last
+        // one of an owner's would send them at once, on their old node
+        // ids and ahead of the re-binding, where an unlock the kernel
+        // makes meanwhile (deferred behind it) would not cross them
+        // (fs_sim, seed 129542: the grant it let go of was passed on).
+        let parked: Vec<(Req, Op)> = self
+            .unlocking
+            .values_mut()
+            .flat_map(|(_, parked)| parked.drain(..))
+            .map(|(req, op, _)| (req, op))
+            .collect();
+        // The same for those waiting for an old transaction's commit: the
+        // abort below would send them at once, on their old node ids (a
+        // close's unlock, moot in a new session, goes).
+        let mut behind_commits: Vec<(Req, Op)> = Vec::new();
+        for waiting in self.after_commit.values_mut() {
+            waiting.retain(|then| match then {
+                AfterCommit::Lock {
+                    kernel: Some((req, op)),
+                    ..
+                } => {
+                    behind_commits.push((*req, op.clone()));
+                    false
+                }
+                AfterCommit::Lock { kernel: None, .. } => false,
+                _ => true,
+            });
+        }
         let queued: Vec<(Purpose, Request, Instant)> = self.queued.drain(..).collect();
         for (purpose, request, _) in queued {
             match purpose {
@@ -1137,15 +1170,11 @@ impl ClientCore {
                 }
             }
         }
-        // Lock requests held behind an unlock of the old session name its
-        // node ids: asked again once inodes are re-bound, as the others
-        // are, behind the unlocks that run again then (sent as they were,
-        // they would lock another file, or none).
-        for (_, parked) in self.unlocking.values_mut() {
-            for (req, op, _) in parked.drain(..) {
-                self.deferred.push_back((req, op));
-            }
-        }
+        // In the order the kernel made them (its request ids grow).
+        let mut held = parked;
+        held.extend(behind_commits);
+        held.sort_by_key(|(req, _)| *req);
+        self.deferred.extend(held);
         // Commits the old run applied but perhaps never made durable: the
         // handles they were made through say so once.
         for h in self.handles.values_mut() {

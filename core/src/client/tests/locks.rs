@@ -380,6 +380,97 @@ fn granted_across(crossing: impl FnOnce(&mut World, Fh) -> Op) {
     );
 }
 
+/// Two clients with `f` open for reading and writing; client 1 also
+/// knows a file three names deep, so that re-binding after a host restart
+/// takes three round trips and a lock wait (one) is answered meanwhile.
+/// Client 0 holds the write lock on `f`.
+fn locked_before_a_restart() -> (World, Fh, Fh) {
+    let path = |names: &[&str]| RelPath::from(names.iter().map(|n| name(n)).collect::<Vec<_>>());
+    let mut d = disk(&[("f", b"x")]);
+    for dir in [&["d"][..], &["d", "e"]] {
+        let _ = d.execute(FsOp::Mkdir {
+            path: path(dir),
+            mode: 0o755,
+            owner: None,
+        });
+    }
+    d.local_replace(&path(&["d", "e", "g"]), b"y").expect("g");
+    let mut w = World::new(7, d, 2, HostConfig::default(), ClientConfig::default());
+    let [a, b] = [0, 1].map(|c| {
+        let (ino, _) = lookup(&mut w, c, Ino::ROOT, "f").expect("f");
+        open_rw(&mut w, c, ino)
+    });
+    let mut parent = Ino::ROOT;
+    for n in ["d", "e", "g"] {
+        parent = lookup(&mut w, 1, parent, n).expect(n).0;
+    }
+    assert_eq!(w.call(0, set(a, 1, W, false)), Ok(Answer::Done));
+    (w, a, b)
+}
+
+/// [`locked_before_a_restart`]'s host restarted with client 1's wait
+/// `again` out: client 0 re-binds first (so that the old node id of `f`
+/// names it in the new run too, as in fs_sim's seed), then client 1,
+/// and while it re-binds another thread of its program lets go of the
+/// bytes. The wait was made first, and holds.
+fn unlocked_while_rebinding(mut w: World, a: Fh, b: Fh, again: Req) {
+    w.partition(1);
+    w.restart_host();
+    w.run_for(Duration::from_secs(2));
+    w.clients[1].events.clear();
+    w.heal();
+    let limit = w.now + Duration::from_secs(120);
+    while !w.clients[1]
+        .events
+        .contains(&ClientEvent::Connected { resumed: false })
+    {
+        assert!(w.step(limit), "client 1 reconnects");
+    }
+    let unlock = w.op(1, set(b, 1, None, false));
+    assert_eq!(w.wait(1, unlock), Ok(Answer::Done));
+    assert_eq!(w.wait(1, again), Ok(Answer::Done));
+    w.settle();
+    assert_eq!(
+        w.call(0, set(a, 2, W, false)),
+        Err(Errno::Again),
+        "client 1's program holds the lock"
+    );
+}
+
+/// A lock wait the program makes while the host is down, held behind
+/// the withdrawal of a wait that timed out before it, is asked again in
+/// the new session after a host restart as every waiting request is:
+/// once inodes are re-bound, in the order the kernel made them. An
+/// unlock another thread makes while the client re-binds (deferred too)
+/// then crosses it, and the grant stands (fs_sim, seed 129542: the held
+/// wait went out at once, on its old node id, ahead of the re-binding;
+/// granted before the deferred unlock ran, it was not crossed, and the
+/// unlock let go of a lock the program was told it holds).
+#[test]
+fn a_wait_held_over_a_host_restart_is_crossed_by_an_unlock_made_while_rebinding() {
+    let (mut w, a, b) = locked_before_a_restart();
+    let first = w.op(1, set(b, 1, W, true));
+    w.run_for(Duration::from_secs(1));
+    w.crash_host();
+    // The wait fails while the host is unreachable; its withdrawal waits
+    // for the host, and the program's next wait is held behind it.
+    assert_eq!(w.wait(1, first), Err(Errno::TimedOut));
+    let again = w.op(1, set(b, 1, W, true));
+    unlocked_while_rebinding(w, a, b, again);
+}
+
+/// The same for a wait held behind the file's commit when the host
+/// restarts: the commit fails in the new session, and the wait, sent
+/// then, went out ahead of the re-binding too.
+#[test]
+fn a_wait_behind_a_commit_over_a_host_restart_is_crossed_by_an_unlock_made_while_rebinding() {
+    let (mut w, a, b) = locked_before_a_restart();
+    write(&mut w, 1, b, 0, b"written");
+    let again = w.op(1, set(b, 1, W, true));
+    w.crash_host();
+    unlocked_while_rebinding(w, a, b, again);
+}
+
 /// An interrupted wait to upgrade a read lock to a write lock leaves the
 /// read lock held, as on a local disk: the wait is taken back, not the
 /// bytes unlocked.
