@@ -232,18 +232,26 @@ impl HostServer {
             return;
         }
         if matches!(result, Err(Errno::Stale | Errno::NoEnt))
-            && self.nodes.names(ask.node) > 1
-            && t.path.is_some()
-            && t.path == self.path_of(ask.node).ok()
-            && let Some((parent, name)) = self.nodes.link(ask.node)
+            && let Some(went) = t.path.clone()
+            && let Ok(now_at) = self.path_of(ask.node)
+            && (went != now_at || self.nodes.names(ask.node) > 1)
         {
-            // Not the file at the name the node's path was built from (a
-            // program on the host moved it, or saved another file over
-            // it, and the watcher has not said so yet): that name goes,
-            // as the report would have it go (`check_name`), and the
-            // take goes to the file's other name. Deciding in the table
-            // alone would grant over a program's lock there.
-            self.drop_name(ask.node, parent, &name);
+            if went == now_at
+                && let Some((parent, name)) = self.nodes.link(ask.node)
+            {
+                // Not the file at the name the node's path was built from
+                // (a program on the host moved it, or saved another file
+                // over it, and the watcher has not said so yet): that
+                // name goes, as the report would have it go
+                // (`check_name`), and the take goes to the file's other
+                // name.
+                self.drop_name(ask.node, parent, &name);
+            }
+            // Otherwise the node's path changed since the take went out
+            // (a rename over the name it went through, or that name's
+            // removal, whose result came first): the take goes to the
+            // path now. Either way, deciding in the table alone would
+            // grant over a program's lock on the file.
             let path = self.path_of(ask.node).ok();
             let locks = self.ranges.held_by(ask.owner, ask.node);
             let again = Taking {

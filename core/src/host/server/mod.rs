@@ -365,6 +365,8 @@ enum ReplyAs {
     },
     Stat {
         node: NodeId,
+        /// The path the operation went to (the node's when issued).
+        path: RelPath,
     },
     ReadDir {
         dir: NodeId,
@@ -373,13 +375,16 @@ enum ReplyAs {
         node: NodeId,
         handle: HandleId,
         fs: FsHandle,
+        /// The path the open went to (the node's when issued).
+        path: RelPath,
     },
     Close {
         handle: HandleId,
     },
-    /// By path (`node`) or through a handle (`None`).
+    /// By path (`node`, and the path the read went to) or through a
+    /// handle (`None`).
     Read {
-        node: Option<NodeId>,
+        node: Option<(NodeId, RelPath)>,
     },
     /// A create, mkdir or symlink; a create that opens too names the
     /// handle it opens, a mkdir that asks for the new directory's lease

@@ -121,7 +121,11 @@ impl HostServer {
             }
             Request::GetAttr { node } => {
                 let path = self.path_of(node)?;
-                self.fs(answer(ReplyAs::Stat { node }), FsOp::Stat { path });
+                let then = ReplyAs::Stat {
+                    node,
+                    path: path.clone(),
+                };
+                self.fs(answer(then), FsOp::Stat { path });
             }
             Request::SetAttr { node, set, token } => {
                 self.writable()?;
@@ -139,7 +143,11 @@ impl HostServer {
                     }
                     None => self.guard(session, node, false)?,
                 }
-                self.fs(answer(ReplyAs::Stat { node }), FsOp::SetAttr { path, set });
+                let then = ReplyAs::Stat {
+                    node,
+                    path: path.clone(),
+                };
+                self.fs(answer(then), FsOp::SetAttr { path, set });
             }
             Request::ReadDir { dir, cookie } => {
                 let path = self.dir_path(dir)?;
@@ -159,7 +167,12 @@ impl HostServer {
                 let path = self.path_of(node)?;
                 let (handle, fs) = self.new_handle(session)?;
                 self.fs(
-                    answer(ReplyAs::Open { node, handle, fs }),
+                    answer(ReplyAs::Open {
+                        node,
+                        handle,
+                        fs,
+                        path: path.clone(),
+                    }),
                     FsOp::Open {
                         path,
                         mode,
@@ -177,7 +190,10 @@ impl HostServer {
                     return Err(Errno::Inval);
                 }
                 let (from, node) = match file {
-                    FileRef::Node(node) => (ReadFrom::Path(self.path_of(node)?), Some(node)),
+                    FileRef::Node(node) => {
+                        let path = self.path_of(node)?;
+                        (ReadFrom::Path(path.clone()), Some((node, path)))
+                    }
                     FileRef::Handle(handle) => {
                         (ReadFrom::Handle(self.own_handle(session, handle)?), None)
                     }
@@ -366,7 +382,10 @@ impl HostServer {
                 let path = self.path_of(node)?;
                 self.guard(session, node, false)?;
                 self.fs(
-                    answer(ReplyAs::Stat { node }),
+                    answer(ReplyAs::Stat {
+                        node,
+                        path: path.clone(),
+                    }),
                     FsOp::SetXattr {
                         path,
                         name,
@@ -382,7 +401,10 @@ impl HostServer {
                 let path = self.path_of(node)?;
                 self.guard(session, node, false)?;
                 self.fs(
-                    answer(ReplyAs::Stat { node }),
+                    answer(ReplyAs::Stat {
+                        node,
+                        path: path.clone(),
+                    }),
                     FsOp::RemoveXattr {
                         path,
                         name,

@@ -258,9 +258,11 @@ impl HostServer {
     /// The node whose file a result describes, for results by path.
     fn described(&self, then: &ReplyAs) -> Option<NodeId> {
         match then {
-            ReplyAs::Stat { node }
+            ReplyAs::Stat { node, .. }
             | ReplyAs::Open { node, .. }
-            | ReplyAs::Read { node: Some(node) } => Some(*node),
+            | ReplyAs::Read {
+                node: Some((node, _)),
+            } => Some(*node),
             ReplyAs::StageBegin { txn, .. } => self.txns.get(txn).map(|t| t.node),
             _ => None,
         }
@@ -356,14 +358,38 @@ impl HostServer {
             hide_devices(result)
         };
         if let Some(node) = self.replaced_meanwhile(op, &then, &result) {
-            // Another file is at the node's path now: a local program
-            // saved one over it (or moved one there). The node's file is
-            // gone, as after an unlink: ESTALE, and the new file gets a
-            // node of its own at its next lookup, so a client never takes
-            // one file for the other (an inode that changes identity, a
-            // handle that reads another file's bytes, a rewrite that
-            // replaces a file it never opened).
-            self.nodes.forget_node(node);
+            // Another file is at the path the operation went to: ESTALE.
+            let now_at = self.nodes.path(node);
+            let went = issued_path(&then);
+            if went.is_some() && now_at.is_some() && went != now_at.as_ref() {
+                // The node's path changed since the operation went out (a
+                // rename over the name it was built from, or that name's
+                // removal, whose result came first; a file with several
+                // names keeps its others): what the old path holds says
+                // nothing of the node's file, and the node stays.
+                // Forgotten, a file still at its other name would have no
+                // node, and a client's lock on it would be decided in the
+                // clients' table alone, over a program's lock on the
+                // host's file (fs_sim, seed 6255 with links to the locked
+                // file).
+            } else if self.nodes.names(node) > 1
+                && let Some((parent, name)) = self.nodes.link(node)
+            {
+                // One of several names holds another file (a program on
+                // the host saved or moved one there): that name goes, as
+                // the watcher's report would have it go (`check_name`),
+                // and the file keeps its others.
+                self.drop_name(node, parent, &name);
+            } else {
+                // A local program saved another file over the node's
+                // (or moved one there). The node's file is gone, as after
+                // an unlink, and the new file gets a node of its own at
+                // its next lookup, so a client never takes one file for
+                // the other (an inode that changes identity, a handle
+                // that reads another file's bytes, a rewrite that
+                // replaces a file it never opened).
+                self.nodes.forget_node(node);
+            }
             if let (ReplyAs::Open { fs, .. }, Ok(FsOk::Opened(..))) = (&then, &result) {
                 self.fs(Purpose::Housekeeping, FsOp::Close { handle: *fs });
             }
@@ -377,7 +403,7 @@ impl HostServer {
                 self.nodes.remove(parent, &name);
                 Err(Errno::NoEnt)
             }
-            (ReplyAs::Stat { node }, Ok(FsOk::Attr(a))) => Ok(Reply::Attr(to_attr(node, &a))),
+            (ReplyAs::Stat { node, .. }, Ok(FsOk::Attr(a))) => Ok(Reply::Attr(to_attr(node, &a))),
             (ReplyAs::ReadDir { dir }, Ok(FsOk::Listing { entries, next })) => {
                 let mut out = Vec::with_capacity(entries.len());
                 for (name, attr) in entries {
@@ -390,7 +416,12 @@ impl HostServer {
                 }
                 Ok(Reply::DirPage { entries: out, next })
             }
-            (ReplyAs::Open { node, handle, fs }, Ok(FsOk::Opened(a, inline))) => {
+            (
+                ReplyAs::Open {
+                    node, handle, fs, ..
+                },
+                Ok(FsOk::Opened(a, inline)),
+            ) => {
                 let attr = to_attr(node, &a);
                 self.opened(session, handle, fs, attr, inline, Vec::new())
             }
@@ -573,7 +604,7 @@ impl HostServer {
                             t.writes = t.writes.saturating_sub(1);
                         }
                     }
-                    ReplyAs::Stat { node } if e == Errno::NoEnt => {
+                    ReplyAs::Stat { node, .. } if e == Errno::NoEnt => {
                         // Deleted behind our back: forget it.
                         let parent = self.nodes.ancestors(node).first().copied();
                         let path = self.nodes.path(node);
@@ -592,6 +623,19 @@ impl HostServer {
             // rather than guess.
             (_, Ok(_)) => Err(Errno::Io),
         }
+    }
+}
+
+/// The path an operation by path went to (the node's path when it was
+/// issued), where the reply keeps it.
+fn issued_path(then: &ReplyAs) -> Option<&RelPath> {
+    match then {
+        ReplyAs::Stat { path, .. }
+        | ReplyAs::Open { path, .. }
+        | ReplyAs::Read {
+            node: Some((_, path)),
+        } => Some(path),
+        _ => None,
     }
 }
 

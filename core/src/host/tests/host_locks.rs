@@ -324,6 +324,90 @@ fn a_lock_meeting_another_file_at_one_name_is_taken_through_another() {
     assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
 }
 
+/// A client renames another file over `b`, the name the node's path is
+/// built from, while an open of the node through `b` is out; a worker
+/// runs the open after the rename, and the rename's result comes first.
+/// The open met another file (ESTALE), but the file keeps its node under
+/// `a.txt`, and a client's wait for a program's lock on it goes on
+/// waiting. (The open's result forgot the node, and the wait, tried
+/// again with no path to take it on, was granted in the clients' table
+/// alone: fs_sim, seed 6255 with links to the locked file.)
+#[test]
+fn an_open_through_a_name_renamed_over_keeps_the_files_other_name() {
+    let (mut r, c, node, a, _) = two_names();
+    assert_eq!(
+        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
+        Ok(true)
+    );
+    let waits = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, true);
+    assert_eq!(r.reply(c, waits), None, "waits for the program");
+    r.disk
+        .local_replace(&path(&["x"]), b"another file")
+        .expect("x");
+    r.lookup(c, NodeId::ROOT, "x").expect("x");
+
+    r.hold = true;
+    let open = open_for_read(&mut r, c, node);
+    let rename = Request::Rename {
+        parent: NodeId::ROOT,
+        name: name("x"),
+        new_parent: NodeId::ROOT,
+        new_name: name("b"),
+    };
+    r.send(c, rename);
+    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
+    let opened = r.run_held(is_open);
+    r.deliver(renamed);
+    r.deliver(opened);
+    assert_eq!(r.reply(c, open), Some(Err(Errno::Stale)));
+    r.hold = false;
+    r.release_held();
+
+    r.advance(Duration::from_secs(2));
+    assert_eq!(r.reply(c, waits), None, "still waits for the program");
+    assert_eq!(
+        r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node,
+        node,
+        "the file keeps its node"
+    );
+    program_lets_go_and_the_waiter_has_it(&mut r, c, waits, &a);
+}
+
+/// The same race with the take itself: it goes to `b`, a worker runs it
+/// after a client's rename of another file over `b`, and the rename's
+/// result comes first (the node's path is `a.txt` by then). The take
+/// meets another file and goes to the file's path now, rather than let
+/// the clients' table grant alone over the program's lock.
+#[test]
+fn a_take_through_a_name_renamed_over_goes_to_the_files_path_now() {
+    let (mut r, c, node, a, _) = two_names();
+    assert_eq!(
+        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
+        Ok(true)
+    );
+    r.disk
+        .local_replace(&path(&["x"]), b"another file")
+        .expect("x");
+    r.lookup(c, NodeId::ROOT, "x").expect("x");
+
+    r.hold = true;
+    let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
+    let rename = Request::Rename {
+        parent: NodeId::ROOT,
+        name: name("x"),
+        new_parent: NodeId::ROOT,
+        new_name: name("b"),
+    };
+    r.send(c, rename);
+    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
+    let taken = r.run_held(|fs| matches!(fs, FsOp::HoldLocks { .. }));
+    r.deliver(renamed);
+    r.deliver(taken);
+    r.hold = false;
+    r.release_held();
+    assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
+}
+
 /// `a.txt` and `b`, one file, its node learned by a client (`b` last, so
 /// the host builds the node's path from it).
 fn two_names() -> (Rig, ConnId, NodeId, RelPath, RelPath) {
