@@ -81,12 +81,21 @@ wormhole_tests::simulation_tests!(FsSim);
 /// went out at once in the new session, ahead of the re-binding, so the
 /// other thread's unlock, deferred behind the re-binding, did not cross
 /// its grant, and let go of it (129542, 2026-12-07, seventh session).
+/// With clients making hard links to the locked file (same session): a
+/// stat, open or read by a path the node had left (a rename over the
+/// name its path was built from) forgot the node, so its other name had
+/// none and a lock there was granted over a program's on the host
+/// (6255); a link back to the name a program on the host had moved the
+/// file from was answered with the stale record's node, another inode
+/// (33039); and the model's own: a write under a grant another thread's
+/// unlock let go commits behind that unlock, and counted as a violation
+/// (61276).
 #[test]
 fn seeds_that_once_failed() {
     for seed in [
         58600, 6403, 8119, 2024, 6894, 57718, 10145, 40156, 54283, 59203, 7378, 4900, 2227, 10667,
         11778, 16895, 20799, 18531, 31678, 27083, 14573, 48011, 36225, 49497, 58226, 76230, 95558,
-        125426, 615, 7790, 33595, 130784, 33414, 12699, 57635, 129542,
+        125426, 615, 7790, 33595, 130784, 33414, 12699, 57635, 129542, 6255, 33039, 61276,
     ] {
         let (_, res) = wormhole_tests::fs_sim::workload::run_seed(seed, false, false);
         assert!(res.is_ok(), "seed {seed}: {res:?}");

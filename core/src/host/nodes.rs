@@ -233,6 +233,34 @@ impl NodeTable {
         Some(first)
     }
 
+    /// Records that the host just made `parent/name` another name of node
+    /// `id`'s file (a hard link, the file's identity checked): the node
+    /// has that name, paths built from it first (as [`Self::learn`] does
+    /// for a name seen). A record left at that name goes: a stale one of
+    /// the same identity, a file a local program moved away (files are not
+    /// followed: it keeps its node under its old name), would otherwise be
+    /// taken for the file there, one file under two nodes. Returns the ids
+    /// forgotten with it; `None` (nothing changed) if `id` is not a known
+    /// file, or a directory's record holds the name.
+    pub fn add_name(&mut self, id: NodeId, parent: NodeId, name: &Name) -> Option<Vec<NodeId>> {
+        let key = self.nodes.get(&id).filter(|n| n.kind != FileKind::Dir)?.key;
+        match self.child(parent, name) {
+            Some(there) if there == id => return Some(Vec::new()),
+            // (Forgetting it would take its subtree; a link never goes
+            // where a directory is.)
+            Some(there) if self.kind(there) == Some(FileKind::Dir) => return None,
+            _ => {}
+        }
+        // A file's record: it goes alone, `id` stays.
+        let gone = self.unname(parent, name);
+        let n = self.nodes.get_mut(&id)?;
+        n.links.insert(0, (parent, name.clone()));
+        self.children.insert((parent, name.clone()), id);
+        self.by_key.insert(key, id);
+        debug_assert!(self.consistent(id));
+        Some(gone)
+    }
+
     /// Records that a file the host just created at `parent/name` is node
     /// `id`, reserved earlier ([`Self::reserve`]) and not yet used. A
     /// stale record of that name is replaced, as [`Self::learn`] does.
@@ -494,6 +522,27 @@ mod tests {
             .learn(NodeId::ROOT, &name("s"), key(3), FileKind::Fifo, 2)
             .expect("room");
         assert_ne!(s, c);
+    }
+
+    #[test]
+    fn a_name_linked_to_a_node_replaces_a_stale_record_of_its_file() {
+        let mut t = NodeTable::new(key(1), 100);
+        let old = t.learn(NodeId::ROOT, &name("c"), key(10), FileKind::File, 1);
+        let old = old.expect("room");
+        // A local program moved c to a: a lookup of a makes a new node
+        // (one name: not joined), c's record stays.
+        let new = t.learn(NodeId::ROOT, &name("a"), key(10), FileKind::File, 1);
+        let new = new.expect("room");
+        assert_ne!(new, old);
+        // The host links `new` as c: c is `new`'s, the stale record goes.
+        assert_eq!(t.add_name(new, NodeId::ROOT, &name("c")), Some(vec![old]));
+        assert_eq!(t.child(NodeId::ROOT, &name("c")), Some(new));
+        assert_eq!(t.names(new), 2);
+        assert!(!t.contains(old));
+        assert_eq!(
+            t.learn(NodeId::ROOT, &name("c"), key(10), FileKind::File, 2),
+            Some(new)
+        );
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub struct FsStats {
     pub unlinks_streamed: u64,
     /// Directories removed under a directory lease and applied by the host.
     pub rmdirs_streamed: u64,
+    /// Hard links made to the locked file.
+    pub locked_file_links: u64,
     /// Directories whose lease came with their mkdir's answer.
     pub dirs_leased_with_mkdir: u64,
     /// Acknowledged closes checked once the host applied what they
@@ -197,6 +199,7 @@ impl FsStats {
         self.unlinks_streamed += o.unlinks_streamed;
         self.rmdirs_streamed += o.rmdirs_streamed;
         self.dirs_leased_with_mkdir += o.dirs_leased_with_mkdir;
+        self.locked_file_links += o.locked_file_links;
         self.acks_deferred += o.acks_deferred;
         self.creates_lost += o.creates_lost;
     }

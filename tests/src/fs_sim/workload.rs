@@ -311,6 +311,9 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
     // When another thread of a program unlocks while its first waits: a
     // generator of its own, made without drawing from the others.
     let mut threads = Rng::from_u64(host_locking.clone().next_u64() ^ 0x7412_ead5_0000_0017);
+    // When a client gives the locked file another name (a hard link), so
+    // that the host finds it under several: a generator of its own too.
+    let mut linking = Rng::from_u64(threads.clone().next_u64() ^ 0x11a4_ed00_0000_0018);
     for _ in 0..actions {
         let now = sim.w.now;
         if heal_at.is_some_and(|t| now >= t) {
@@ -366,6 +369,15 @@ fn workload(sim: &mut Sim, rng: &mut Rng, mut xattrs: Rng) -> Result<(), Violati
                 }
             };
             sim.locked_other_thread(tc, range)?;
+        }
+        // Now and then, a client links the locked file under another
+        // name, in a directory it knows.
+        if linking.below(100) < 2 {
+            let kc = linking.below(sim.clients() as u64) as usize;
+            let dirs = sim.referenced(kc, FileKind::Dir);
+            let parent = pick(&mut linking, &dirs).unwrap_or(Ino::ROOT);
+            let n = name(&mut linking, false);
+            sim.locked_link(kc, parent, n)?;
         }
         // Now and then, a signal reaches a program waiting for the lock
         // (F_SETLKW ends with EINTR).
@@ -845,6 +857,7 @@ impl Simulation for FsSim {
                 "unlocks by another thread while a lock waited",
                 s.other_thread_unlocks,
             ),
+            ("links to the locked file", s.locked_file_links),
             ("files created under a directory lease", s.files_streamed),
             (
                 "unlinks answered under a directory lease",

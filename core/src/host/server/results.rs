@@ -476,14 +476,37 @@ impl HostServer {
                 }
             }
             (ReplyAs::Linked { node, parent, name }, Ok(FsOk::Attr(a))) => {
-                let attr = self.learn(parent, &name, &a)?;
+                // The host linked the very file it knew the node as
+                // (`FsOp::Link` checks its identity): the new name is the
+                // node's. Learned by name, a record left there of the same
+                // identity would answer instead: a file a local program
+                // moved away keeps its node under its old name (files are
+                // not followed), and linked back to that name it was one
+                // file under two nodes, the client's new name another
+                // inode than the one it linked (fs_sim, seed 33039). That
+                // record goes.
+                let named = if self.nodes.key(node) == Some(a.key) {
+                    self.nodes.add_name(node, parent, &name)
+                } else {
+                    None
+                };
+                let attr = match named {
+                    Some(gone) => {
+                        for gone in gone {
+                            self.broadcast(None, gone, Invalidation::Gone);
+                        }
+                        to_attr(node, &a)
+                    }
+                    // The node was forgotten meanwhile (an unlink or
+                    // rename of its other name ran first), or a commit
+                    // gave it a new file: the name is learned as any.
+                    None => self.learn(parent, &name, &a)?,
+                };
                 self.broadcast(Some(session), parent, Invalidation::Entries);
                 // Every name shows the new link count and ctime.
                 self.broadcast(Some(session), attr.node, Invalidation::Attr);
                 if attr.node != node {
-                    // The file at the node's path is not the one the
-                    // client linked (replaced by a local program
-                    // meanwhile): its node is stale.
+                    // The node no longer stands for the file linked.
                     self.broadcast(Some(session), node, Invalidation::Attr);
                 }
                 Ok(Reply::Made {

@@ -419,3 +419,41 @@ fn two_names() -> (Rig, ConnId, NodeId, RelPath, RelPath) {
     assert_eq!(r.lookup(c, NodeId::ROOT, "b").expect("b").node, node);
     (r, c, node, a, b)
 }
+
+/// A program on the host moves `a.txt` to `b`: the file's node stays
+/// under `a.txt` (files are not followed), and a lookup of `b` gives it
+/// a new one. A client links that back as `a.txt`: the link answers the
+/// node it linked, which `a.txt` is then a name of, and the stale record
+/// goes, with every client told. (The link was answered with the stale
+/// node, which the client knew as another inode: one file under two,
+/// fs_sim, seed 33039 with links to the locked file.)
+#[test]
+fn a_link_back_to_the_name_its_file_was_moved_from_answers_the_linked_node() {
+    let mut r = rig();
+    let (c1, c2) = (r.client(1), r.client(2));
+    let old = r.lookup(c1, NodeId::ROOT, "a.txt").expect("a").node;
+    r.lookup(c2, NodeId::ROOT, "a.txt").expect("a");
+    let (a, b) = (path(&["a.txt"]), path(&["b"]));
+    r.disk.local_rename(&a, &b).expect("moved");
+    r.host.local_change(r.now, &a);
+    r.host.local_change(r.now, &b);
+    r.pump();
+    let new = r.lookup(c1, NodeId::ROOT, "b").expect("b").node;
+    assert_ne!(new, old, "a file of one name is not joined by identity");
+    let link = Request::Link {
+        node: new,
+        parent: NodeId::ROOT,
+        name: Name::new("a.txt").expect("a.txt"),
+    };
+    match r.call(c1, link) {
+        Ok(Reply::Made { attr, .. }) => {
+            assert_eq!(attr.node, new, "the node linked");
+            assert_eq!(attr.nlink, 2);
+        }
+        other => panic!("link answered {other:?}"),
+    }
+    assert_eq!(r.lookup(c2, NodeId::ROOT, "a.txt").expect("a").node, new);
+    assert_eq!(r.lookup(c2, NodeId::ROOT, "b").expect("b").node, new);
+    assert!(!r.host.nodes().contains(old));
+    assert!(r.invalidations(c2).contains(&(old, Invalidation::Gone)));
+}

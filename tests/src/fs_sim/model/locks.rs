@@ -40,7 +40,7 @@
 
 use super::{Ctx, Sim, Violation};
 use wormhole_core::client::{Answer, Fh, Op, Req};
-use wormhole_core::proto::{ByteRange, Errno, FileKind, LockKind, OpenFor};
+use wormhole_core::proto::{ByteRange, Errno, FileKind, LockKind, Name, OpenFor};
 use wormhole_core::vfs::Ino;
 
 /// The file locked updates share.
@@ -104,6 +104,13 @@ pub(super) struct LockModel {
     /// Such a grant was passed on in this run: its holder may have
     /// written the file while the program on the host held the lock.
     pub(super) raced_ever: bool,
+    /// Clients that let go of such a grant (an unlock or a close): what
+    /// they wrote under it commits behind that unlock (an unlock waits
+    /// for the file's commit), so after their kernel asked. It counts for
+    /// nothing in invariant 14 either, until they are granted again: a
+    /// lock request waits for the file's commit too, so every commit of
+    /// those writes lands before that grant.
+    pub(super) raced_unlocked: std::collections::BTreeSet<usize>,
 }
 
 impl LockModel {
@@ -217,6 +224,22 @@ impl Sim {
         let req = self.op(c, op)?;
         self.locks.other_thread.insert((c, req));
         Ok(())
+    }
+
+    /// Client `c` gives the locked file another name, `name` in
+    /// `parent` (`ln`): the host then knows it under several, and builds
+    /// its path from one of them.
+    pub fn locked_link(&mut self, c: usize, parent: Ino, name: Name) -> Result<(), Violation> {
+        let Some(ino) = self.locked_ino(c) else {
+            return Ok(());
+        };
+        self.stats.locked_file_links += 1;
+        let op = Op::Link {
+            ino,
+            new_parent: parent,
+            new_name: name,
+        };
+        self.op(c, op).map(|_| ())
     }
 
     /// A step of the program on the host: it lets go of the lock if it
@@ -371,7 +394,9 @@ impl Sim {
             && matches!(self.locks.steps.get(c), Some(Step::Locking(_)));
         if ends && !other_thread {
             self.locks.holders.remove(&c);
-            self.locks.raced.remove(&c);
+            if self.locks.raced.remove(&c) {
+                self.locks.raced_unlocked.insert(c);
+            }
         }
     }
 
@@ -471,6 +496,8 @@ impl Sim {
     /// its handles on the file read what the last holder published.
     fn granted(&mut self, c: usize) -> Result<(), Violation> {
         self.stats.locks_granted += 1;
+        // What it wrote under a grant it let go of has committed by now.
+        self.locks.raced_unlocked.remove(&c);
         if self.locks.raced.contains(&c) {
             // Let go by the other thread's unlock at the host, perhaps
             // given to another meanwhile: nothing to check.
@@ -518,7 +545,11 @@ impl Sim {
     /// reached the disk. If `file` is the locked updates' file, no other
     /// kernel holds the lock by a grant since the last fault: a writer
     /// whose lock was lost (its session ended, the lock went to another)
-    /// must not commit what it wrote believing it still held it.
+    /// must not commit what it wrote believing it still held it. A
+    /// writer whose grant another thread of its program let go (`raced`)
+    /// wrote without the lock, its program's own race: its commits count
+    /// for nothing, also those that land behind its unlock or close
+    /// (`raced_unlocked`; fs_sim seed 61276).
     pub(super) fn commit_under_lock(
         &mut self,
         c: usize,
@@ -531,7 +562,7 @@ impl Sim {
         if let Some(other) = self
             .locks
             .live_holder_besides(c)
-            .filter(|_| !self.locks.raced.contains(&c))
+            .filter(|_| !self.locks.raced.contains(&c) && !self.locks.raced_unlocked.contains(&c))
         {
             return Err(self.violation(format!(
                 "client {c} committed #{idx} of {LOCKED} while client {other} holds its lock"
@@ -548,6 +579,7 @@ impl Sim {
         }
         self.locks.holders.remove(&c);
         self.locks.raced.remove(&c);
+        self.locks.raced_unlocked.remove(&c);
         self.locks.other_thread.retain(|&(o, _)| o != c);
         self.locks.fault();
     }
