@@ -106,6 +106,9 @@ const MAX_STREAMED_FILE: u64 = 256 << 10;
 const MAX_BATCH_BYTES: usize = 768 << 10;
 const MAX_BATCH_OPS: usize = 512;
 
+/// Recalls of leases not known yet kept ([`Leases::recalled_early`]).
+const MAX_EARLY_RECALLS: usize = 32;
+
 /// Ask for more node ids when fewer than this are left.
 const LOW_IDS: u64 = 64;
 
@@ -256,6 +259,10 @@ pub(super) struct Leases {
     /// Ordinary creates per directory: since when, how many.
     recent: BTreeMap<NodeId, (Instant, u32)>,
     refused_until: BTreeMap<NodeId, Instant>,
+    /// Recalls of leases not known here yet: a recall can overtake its
+    /// lease's grant on the wire (another stream); the grant, when it
+    /// comes, is given back at once. The most recent few only.
+    recalled_early: VecDeque<LockToken>,
     next_tag: u64,
     /// Wall-clock time at an instant, for the times of files made here
     /// (`None`: the instant itself, for simulations).
@@ -515,6 +522,13 @@ impl ClientCore {
         }
     }
 
+    /// Gives back at once a lease on `dir` granted with a mkdir that
+    /// nobody here will hold.
+    pub(super) fn give_back_grant(&mut self, now: Instant, dir: NodeId, grant: LeaseGrant) {
+        let token = grant.token;
+        self.lease_send(now, dir, LeaseStep::Release, Request::ReleaseLock { token });
+    }
+
     /// Whether a directory made now asks for its lease with its mkdir
     /// ([`Request::Mkdir`]'s `lease`): files usually follow a new
     /// directory (tar, `cp -r`, a checkout), and so the lease comes at
@@ -535,13 +549,15 @@ impl ClientCore {
     /// lease). Given back at once if there is no room for it after all.
     pub(super) fn made_dir_leased(&mut self, now: Instant, dir: NodeId, grant: LeaseGrant) {
         if self.leases.dirs.contains_key(&dir) || !self.room_for_lease(now) {
-            let token = grant.token;
-            return self.lease_send(now, dir, LeaseStep::Release, Request::ReleaseLock { token });
+            return self.give_back_grant(now, dir, grant);
         }
         let mut l = DirLease::asking(now);
         l.granted(now, &grant);
         l.state = State::Held;
         self.leases.dirs.insert(dir, l);
+        if self.recalled_early(grant.token) {
+            self.return_lease(now, dir);
+        }
     }
 
     /// A program begins to list directory `ino`. If this client holds
@@ -1260,9 +1276,23 @@ impl ClientCore {
             .iter()
             .find(|(_, l)| l.token == Some(token))
             .map(|(d, _)| *d);
-        if let Some(dir) = dir {
-            self.return_lease(now, dir);
+        match dir {
+            Some(dir) => self.return_lease(now, dir),
+            None => {
+                if self.leases.recalled_early.len() == MAX_EARLY_RECALLS {
+                    self.leases.recalled_early.pop_front();
+                }
+                self.leases.recalled_early.push_back(token);
+            }
         }
+    }
+
+    /// Whether lease `token`, just granted, was recalled before its grant
+    /// came (forgetting the recall).
+    fn recalled_early(&mut self, token: LockToken) -> bool {
+        let at = self.leases.recalled_early.iter().position(|t| *t == token);
+        at.and_then(|i| self.leases.recalled_early.remove(i))
+            .is_some()
     }
 
     /// Lease timers: refreshes, and idle leases given back.
@@ -1362,6 +1392,12 @@ impl ClientCore {
             Ok(Reply::Leased(grant)) if l.token.is_none() || l.token == Some(grant.token) => {
                 if l.token.is_none() {
                     l.granted(now, &grant);
+                    if self.recalled_early(grant.token) {
+                        return self.return_lease(now, dir);
+                    }
+                    let Some(l) = self.leases.dirs.get_mut(&dir) else {
+                        return;
+                    };
                     if l.state == State::Returning {
                         return self.pump_stream(now, dir);
                     }

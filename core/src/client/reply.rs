@@ -216,15 +216,7 @@ impl ClientCore {
                         ..
                     }),
                     _,
-                ) => {
-                    let request = crate::proto::Request::ReleaseLock { token: grant.token };
-                    let step = super::lease::LeaseStep::Release;
-                    let purpose = Purpose::Lease {
-                        dir: attr.node,
-                        step,
-                    };
-                    self.send(now, purpose, request);
-                }
+                ) => self.give_back_grant(now, attr.node, grant),
                 // A lock granted after its kernel request gave up (its
                 // withdrawal may have reached the host first): let it go.
                 (
@@ -565,24 +557,29 @@ impl ClientCore {
                 Ok(Reply::Made { attr: a, lease, .. }),
             ) => {
                 self.entry_added(now, *parent, name, &a);
-                if matches!(op, Op::Mkdir { .. }) {
-                    // Made empty just now: lookups of new names in it
-                    // need not ask (another client's create there comes
-                    // as an invalidation, as for any listing).
+                // Made empty just now: lookups of new names in it need not
+                // ask (another client's create there comes as an
+                // invalidation, as for any listing). Not where a lease was
+                // asked for and not granted: the host may have found the
+                // directory filled by a program on the host before its
+                // answer, whose invalidation came before it, unheeded.
+                if matches!(op, Op::Mkdir { .. }) && (lease.is_some() || !self.cfg.leases) {
                     let empty = Value::Dir(Arc::from(Vec::new()));
                     let _ = self.cache.fill(now, CacheKey::Dir(a.node), empty);
                 }
+                let entry = self.entry(now, *parent, op, a.clone(), true, true);
                 if let Some(grant) = lease {
-                    self.made_dir_leased(now, a.node, grant);
+                    if entry.is_ok() {
+                        self.made_dir_leased(now, a.node, grant);
+                    } else {
+                        self.give_back_grant(now, a.node, grant);
+                    }
                 }
-                Some(
-                    self.entry(now, *parent, op, a.clone(), true, true)
-                        .map(|ino| Answer::Entry {
-                            ino,
-                            attr: a,
-                            ttl: attr_ttl,
-                        }),
-                )
+                Some(entry.map(|ino| Answer::Entry {
+                    ino,
+                    attr: a,
+                    ttl: attr_ttl,
+                }))
             }
             (
                 Op::Create { parent, name, .. },

@@ -610,9 +610,11 @@ pub enum Request {
         /// Whose it is, where the host preserves owners (else `None`).
         owner: Option<Owner>,
         /// Lease the new directory to this session too, as
-        /// [`Request::Lease`] would, if it can be granted at once and the
-        /// directory is still empty once it is (the lease then comes in
-        /// [`Reply::Made`]; without it the directory is made all the same).
+        /// [`Request::Lease`] would, if it can be granted at once, the
+        /// directory is still empty once it is, the lease was not recalled
+        /// meanwhile and the reply does not wait for the disk (the lease
+        /// then comes in [`Reply::Made`]; without it the directory is made
+        /// all the same).
         /// Files usually follow a new directory: this saves asking for
         /// the lease and reading its listing, two round trips.
         lease: bool,

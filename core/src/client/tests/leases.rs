@@ -1082,7 +1082,15 @@ fn a_lease_that_comes_with_an_abandoned_mkdir_is_given_back() {
     );
     assert_eq!(w.wait(0, made).err(), Some(Errno::TimedOut));
     w.holding.clear();
+    w.max_delay = Duration::from_millis(5);
     w.let_through();
+    // The host grants it (seen between the steps), then has it back.
+    let limit = w.now + Duration::from_secs(10);
+    let mut granted = false;
+    while w.step(limit) {
+        granted |= w.host.leases() == 1;
+    }
+    assert!(granted, "the mkdir brought a lease");
     w.settle();
     let on_host = RelPath::from(vec![name("late")]);
     assert!(
@@ -1093,4 +1101,48 @@ fn a_lease_that_comes_with_an_abandoned_mkdir_is_given_back() {
         "made on the host all the same"
     );
     assert_eq!(w.host.leases(), 0, "its lease given back");
+}
+
+/// A recall that overtakes its lease's grant on the wire (it travels
+/// another stream) is heeded when the grant comes: the lease is given
+/// back at once, not held as if nobody wanted it while the host waits.
+#[test]
+fn a_recall_that_overtakes_its_grant_gives_the_lease_back() {
+    let mut w = leasing(1);
+    w.max_delay = Duration::from_millis(5);
+    let made = w.op(
+        0,
+        Op::Mkdir {
+            parent: Ino::ROOT,
+            name: name("d"),
+            mode: 0o755,
+            caller: None,
+        },
+    );
+    // Granted with the mkdir at the host; its reply is still on its way
+    // (the directory is read first) when the recall gets here.
+    let limit = w.now + Duration::from_secs(10);
+    while w.host.leases() == 0 {
+        assert!(w.step(limit), "the host grants the lease");
+    }
+    let token = w
+        .host
+        .locks()
+        .locks()
+        .next()
+        .expect("the lease's lock")
+        .token;
+    let now = w.now;
+    w.clients[0]
+        .core
+        .handle_message(now, crate::proto::HostMessage::Recall { token });
+    let Ok(Answer::Entry { attr, .. }) = w.wait(0, made) else {
+        panic!("mkdir");
+    };
+    assert!(
+        !w.clients[0].core.holds_lease(attr.node),
+        "the lease is given back"
+    );
+    w.settle();
+    assert_eq!(w.host.leases(), 0);
 }

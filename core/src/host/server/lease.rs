@@ -274,10 +274,16 @@ impl HostServer {
     ) {
         let dir = made.0.node;
         let path = self.dir_path(dir);
-        let grant = self
-            .may_lease(session)
-            .and_then(|()| path.clone())
-            .and_then(|_| self.grant_lease(now, session, id, dir));
+        // A reply held for the disk (`--sync-every-close`) comes after a
+        // recall sent meanwhile, which its holder, not knowing the lease
+        // yet, could not heed: no lease then.
+        let grant = if hold {
+            Err(Errno::Again)
+        } else {
+            self.may_lease(session)
+                .and_then(|()| path.clone())
+                .and_then(|_| self.grant_lease(now, session, id, dir))
+        };
         match (grant, path) {
             (Ok(grant), Ok(path)) => {
                 self.fs(
@@ -339,6 +345,11 @@ impl HostServer {
         if self.locks.release(now, session, grant.token).is_ok() {
             self.lease_returned(session, grant.token);
             self.drain_locks(now);
+        }
+        // The holder never learns of the range: it ends here, even if the
+        // lock expired meanwhile.
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.reserved.remove(&grant.nodes.first.0);
         }
         None
     }

@@ -627,8 +627,12 @@ impl HostServer {
                             t.writes = t.writes.saturating_sub(1);
                         }
                     }
-                    ReplyAs::Stat { node, .. } if e == Errno::NoEnt => {
-                        // Deleted behind our back: forget it.
+                    // Deleted behind our back: forget it, unless the
+                    // node's path changed since (a rename away, whose
+                    // result came first: the file is at its new name).
+                    ReplyAs::Stat { node, path: went }
+                        if e == Errno::NoEnt && self.nodes.path(node).as_ref() == Some(&went) =>
+                    {
                         let parent = self.nodes.ancestors(node).first().copied();
                         let path = self.nodes.path(node);
                         if let (Some(parent), Some((_, name))) =

@@ -408,6 +408,36 @@ fn a_take_through_a_name_renamed_over_goes_to_the_files_path_now() {
     assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
 }
 
+/// A client renames `a.txt` away to `c` while a stat of its node
+/// through `a.txt` is out; a worker runs the stat after the rename, and
+/// the rename's result comes first. The stat finds nothing (ENOENT), but
+/// the file is at `c`: its node stays. (Forgotten, its name had none,
+/// and the next lookup made it another node.)
+#[test]
+fn a_stat_through_a_name_renamed_away_keeps_the_node() {
+    let mut r = rig();
+    let c = r.client(1);
+    let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
+    r.hold = true;
+    let stat = r.send(c, Request::GetAttr { node });
+    let rename = Request::Rename {
+        parent: NodeId::ROOT,
+        name: name("a.txt"),
+        new_parent: NodeId::ROOT,
+        new_name: name("c"),
+    };
+    r.send(c, rename);
+    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
+    let statted = r.run_held(|fs| matches!(fs, FsOp::Stat { .. }));
+    r.deliver(renamed);
+    r.deliver(statted);
+    r.hold = false;
+    r.release_held();
+    assert_eq!(r.reply(c, stat), Some(Err(Errno::NoEnt)));
+    assert!(r.host.nodes().contains(node), "the file keeps its node");
+    assert_eq!(r.lookup(c, NodeId::ROOT, "c").expect("c").node, node);
+}
+
 /// `a.txt` and `b`, one file, its node learned by a client (`b` last, so
 /// the host builds the node's path from it).
 fn two_names() -> (Rig, ConnId, NodeId, RelPath, RelPath) {

@@ -797,3 +797,26 @@ fn a_new_directory_filled_before_its_lease_comes_without_it() {
     assert_eq!(r.host.leases(), 0, "the lease was given back");
     assert!(lease(&mut r, other, dir.node).is_ok());
 }
+
+/// A mkdir whose reply waits for the disk (`--sync-every-close`) does
+/// not bring a lease: a recall sent while the reply waits would reach a
+/// holder that does not know the lease yet, and be lost.
+#[test]
+fn a_mkdir_held_for_the_disk_comes_without_a_lease() {
+    let cfg = HostConfig {
+        sync_window: Duration::ZERO,
+        ..HostConfig::default()
+    };
+    let mut r = Rig::new(cfg, disk_with(&[(&["a.txt"], b"hello")], &[]));
+    let holder = r.client(1);
+    let id = mkdir_asking(&mut r, holder, "new");
+    assert!(
+        matches!(
+            r.reply(holder, id),
+            Some(Ok(Reply::Made { lease: None, .. }))
+        ),
+        "{:?}",
+        r.reply(holder, id)
+    );
+    assert_eq!(r.host.leases(), 0);
+}
