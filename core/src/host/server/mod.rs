@@ -344,9 +344,10 @@ enum Purpose {
     },
 }
 
-/// A result held until a commit racing it has ended ([`HostServer::racing`]).
+/// An operation's result and the request it answers: finished at once,
+/// or held until a commit racing it has ended ([`HostServer::racing`]).
 #[derive(Debug)]
-struct Racing {
+struct Outcome {
     op: FsOpId,
     session: SessionId,
     id: RequestId,
@@ -461,7 +462,7 @@ pub struct HostServer {
     /// at a node whose commit was under way: they wait for the commit's
     /// result, which says whether that file was the commit's own
     /// ([`results`]).
-    racing: Vec<Racing>,
+    racing: Vec<Outcome>,
     scan_queue: VecDeque<(NodeId, u64)>,
     /// What is applied and what durable ([`sync`]).
     group: sync::GroupCommit,

@@ -71,17 +71,18 @@ impl HostServer {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.ops = s.ops.saturating_sub(1);
                 }
-                if self.races_own_commit(&then, &result) {
-                    self.racing.push(Racing {
-                        op,
-                        session,
-                        id,
-                        then,
-                        result,
-                        hold,
-                    });
+                let outcome = Outcome {
+                    op,
+                    session,
+                    id,
+                    then,
+                    result,
+                    hold,
+                };
+                if self.races_own_commit(&outcome.then, &outcome.result) {
+                    self.racing.push(outcome);
                 } else {
-                    self.finish(now, op, session, id, then, result, hold);
+                    self.finish(now, outcome);
                 }
             }
         }
@@ -147,23 +148,21 @@ impl HostServer {
                 self.racing.push(r);
                 continue;
             }
-            self.finish(now, r.op, r.session, r.id, r.then, r.result, r.hold);
+            self.finish(now, r);
         }
     }
 
     /// Answers request `id` with operation `op`'s result; a new directory
     /// whose lease was asked for is leased first.
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
-        &mut self,
-        now: Instant,
-        op: FsOpId,
-        session: SessionId,
-        id: RequestId,
-        then: ReplyAs,
-        result: FsResult,
-        hold: bool,
-    ) {
+    fn finish(&mut self, now: Instant, outcome: Outcome) {
+        let Outcome {
+            op,
+            session,
+            id,
+            then,
+            result,
+            hold,
+        } = outcome;
         let lease = matches!(then, ReplyAs::Created { lease: true, .. });
         match self.complete(now, op, session, then, result) {
             Ok(Reply::Made { attr, dirs, .. }) if lease => {

@@ -324,6 +324,26 @@ fn a_lock_meeting_another_file_at_one_name_is_taken_through_another() {
     assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
 }
 
+/// With file operations held and another operation of client `c` out:
+/// `c` renames `from` to `to`, a worker runs the rename, then the held
+/// operation `pick` selects, and the rename's result reaches the host
+/// first. Returns with nothing held.
+fn renamed_first(r: &mut Rig, c: ConnId, from: &str, to: &str, pick: impl Fn(&FsOp) -> bool) {
+    let rename = Request::Rename {
+        parent: NodeId::ROOT,
+        name: name(from),
+        new_parent: NodeId::ROOT,
+        new_name: name(to),
+    };
+    r.send(c, rename);
+    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
+    let other = r.run_held(pick);
+    r.deliver(renamed);
+    r.deliver(other);
+    r.hold = false;
+    r.release_held();
+}
+
 /// A client renames another file over `b`, the name the node's path is
 /// built from, while an open of the node through `b` is out; a worker
 /// runs the open after the rename, and the rename's result comes first.
@@ -348,20 +368,8 @@ fn an_open_through_a_name_renamed_over_keeps_the_files_other_name() {
 
     r.hold = true;
     let open = open_for_read(&mut r, c, node);
-    let rename = Request::Rename {
-        parent: NodeId::ROOT,
-        name: name("x"),
-        new_parent: NodeId::ROOT,
-        new_name: name("b"),
-    };
-    r.send(c, rename);
-    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
-    let opened = r.run_held(is_open);
-    r.deliver(renamed);
-    r.deliver(opened);
+    renamed_first(&mut r, c, "x", "b", is_open);
     assert_eq!(r.reply(c, open), Some(Err(Errno::Stale)));
-    r.hold = false;
-    r.release_held();
 
     r.advance(Duration::from_secs(2));
     assert_eq!(r.reply(c, waits), None, "still waits for the program");
@@ -392,19 +400,9 @@ fn a_take_through_a_name_renamed_over_goes_to_the_files_path_now() {
 
     r.hold = true;
     let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
-    let rename = Request::Rename {
-        parent: NodeId::ROOT,
-        name: name("x"),
-        new_parent: NodeId::ROOT,
-        new_name: name("b"),
-    };
-    r.send(c, rename);
-    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
-    let taken = r.run_held(|fs| matches!(fs, FsOp::HoldLocks { .. }));
-    r.deliver(renamed);
-    r.deliver(taken);
-    r.hold = false;
-    r.release_held();
+    renamed_first(&mut r, c, "x", "b", |fs| {
+        matches!(fs, FsOp::HoldLocks { .. })
+    });
     assert_eq!(r.reply(c, asked), Some(Err(Errno::Again)));
 }
 
@@ -420,19 +418,9 @@ fn a_stat_through_a_name_renamed_away_keeps_the_node() {
     let node = r.lookup(c, NodeId::ROOT, "a.txt").expect("a").node;
     r.hold = true;
     let stat = r.send(c, Request::GetAttr { node });
-    let rename = Request::Rename {
-        parent: NodeId::ROOT,
-        name: name("a.txt"),
-        new_parent: NodeId::ROOT,
-        new_name: name("c"),
-    };
-    r.send(c, rename);
-    let renamed = r.run_held(|fs| matches!(fs, FsOp::Rename { .. }));
-    let statted = r.run_held(|fs| matches!(fs, FsOp::Stat { .. }));
-    r.deliver(renamed);
-    r.deliver(statted);
-    r.hold = false;
-    r.release_held();
+    renamed_first(&mut r, c, "a.txt", "c", |fs| {
+        matches!(fs, FsOp::Stat { .. })
+    });
     assert_eq!(r.reply(c, stat), Some(Err(Errno::NoEnt)));
     assert!(r.host.nodes().contains(node), "the file keeps its node");
     assert_eq!(r.lookup(c, NodeId::ROOT, "c").expect("c").node, node);
