@@ -548,6 +548,13 @@ impl ClientCore {
     /// now on, with no names (the host read it empty once it granted the
     /// lease). Given back at once if there is no room for it after all.
     pub(super) fn made_dir_leased(&mut self, now: Instant, dir: NodeId, grant: LeaseGrant) {
+        if self.recalled_early(grant.token) {
+            // Recalled before this answer: a change there may have come
+            // before it too, its invalidation unheeded (the directory was
+            // unknown here), so it is not taken for empty either.
+            self.cache.remove(&CacheKey::Dir(dir));
+            return self.give_back_grant(now, dir, grant);
+        }
         if self.leases.dirs.contains_key(&dir) || !self.room_for_lease(now) {
             return self.give_back_grant(now, dir, grant);
         }
@@ -555,9 +562,6 @@ impl ClientCore {
         l.granted(now, &grant);
         l.state = State::Held;
         self.leases.dirs.insert(dir, l);
-        if self.recalled_early(grant.token) {
-            self.return_lease(now, dir);
-        }
     }
 
     /// A program begins to list directory `ino`. If this client holds

@@ -241,9 +241,14 @@ impl NodeTable {
     /// followed: it keeps its node under its old name), would otherwise be
     /// taken for the file there, one file under two nodes. Returns the ids
     /// forgotten with it; `None` (nothing changed) if `id` is not a known
-    /// file, or a directory's record holds the name.
+    /// file, or a directory's record holds the name. A name in a
+    /// directory no longer known here (moved or removed meanwhile) is not
+    /// recorded: its path would lead nowhere.
     pub fn add_name(&mut self, id: NodeId, parent: NodeId, name: &Name) -> Option<Vec<NodeId>> {
         let key = self.nodes.get(&id).filter(|n| n.kind != FileKind::Dir)?.key;
+        if self.kind(parent) != Some(FileKind::Dir) {
+            return Some(Vec::new());
+        }
         match self.child(parent, name) {
             Some(there) if there == id => return Some(Vec::new()),
             // (Forgetting it would take its subtree; a link never goes
@@ -543,6 +548,16 @@ mod tests {
             t.learn(NodeId::ROOT, &name("c"), key(10), FileKind::File, 2),
             Some(new)
         );
+    }
+
+    #[test]
+    fn a_name_linked_in_a_directory_gone_here_is_not_recorded() {
+        let mut t = NodeTable::new(key(1), 100);
+        let f = t.learn(NodeId::ROOT, &name("f"), key(10), FileKind::File, 1);
+        let f = f.expect("room");
+        assert_eq!(t.add_name(f, NodeId(77), &name("g")), Some(Vec::new()));
+        assert_eq!(t.names(f), 1);
+        assert_eq!(t.child(NodeId(77), &name("g")), None);
     }
 
     #[test]

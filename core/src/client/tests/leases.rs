@@ -1136,12 +1136,20 @@ fn a_recall_that_overtakes_its_grant_gives_the_lease_back() {
     w.clients[0]
         .core
         .handle_message(now, crate::proto::HostMessage::Recall { token });
-    let Ok(Answer::Entry { attr, .. }) = w.wait(0, made) else {
+    let Ok(Answer::Entry { ino, attr, .. }) = w.wait(0, made) else {
         panic!("mkdir");
     };
     assert!(
         !w.clients[0].core.holds_lease(attr.node),
         "the lease is given back"
+    );
+    // Nor is the directory taken for empty: what was recalled for may be
+    // there already (a program on the host, its report not yet heard).
+    let on_host = RelPath::from(vec![name("d"), name("f")]);
+    w.disk.local_replace(&on_host, b"made there").expect("f");
+    assert!(
+        lookup(&mut w, 0, ino, "f").is_ok(),
+        "f is looked for on the host"
     );
     w.settle();
     assert_eq!(w.host.leases(), 0);

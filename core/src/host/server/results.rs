@@ -152,8 +152,8 @@ impl HostServer {
         }
     }
 
-    /// Answers request `id` with operation `op`'s result; a new directory
-    /// whose lease was asked for is leased first.
+    /// Answers the request of `outcome` with its operation's result; a
+    /// new directory whose lease was asked for is leased first.
     fn finish(&mut self, now: Instant, outcome: Outcome) {
         let Outcome {
             op,

@@ -107,9 +107,9 @@ pub(super) struct LockModel {
     /// Clients that let go of such a grant (an unlock or a close): what
     /// they wrote under it commits behind that unlock (an unlock waits
     /// for the file's commit), so after their kernel asked. It counts for
-    /// nothing in invariant 14 either, until they are granted again: a
-    /// lock request waits for the file's commit too, so every commit of
-    /// those writes lands before that grant.
+    /// nothing in invariant 14 either, until the unlock is answered, they
+    /// are granted again (a lock request waits for the file's commit
+    /// too), or the host restarts (the old run's writes are lost).
     pub(super) raced_unlocked: std::collections::BTreeSet<usize>,
 }
 
@@ -126,6 +126,8 @@ impl LockModel {
     /// The host's processes died with it: the program on the host too.
     pub(super) fn host_crashed(&mut self) {
         self.host_program = false;
+        // Writes of the old run not yet committed are lost with it.
+        self.raced_unlocked.clear();
         self.fault();
     }
 
@@ -486,7 +488,12 @@ impl Sim {
                 Step::Written(fh)
             }
             (Step::Locked(fh) | Step::Read(fh), _, Err(_)) => Step::Written(fh),
-            (Step::Unlocking(fh), _, _) => Step::Open(fh),
+            (Step::Unlocking(fh), _, _) => {
+                // What it wrote under a raced grant went before this
+                // unlock (an unlock waits for the file's commit).
+                self.locks.raced_unlocked.remove(&c);
+                Step::Open(fh)
+            }
             (s, _, _) => s,
         };
         Ok(())
