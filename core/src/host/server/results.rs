@@ -152,23 +152,15 @@ impl HostServer {
         }
     }
 
-    /// Answers the request of `outcome` with its operation's result; a
-    /// new directory whose lease was asked for is leased first.
-    fn finish(&mut self, now: Instant, outcome: Outcome) {
-        let Outcome {
-            op,
-            session,
-            id,
-            then,
-            result,
-            hold,
-        } = outcome;
-        let lease = matches!(then, ReplyAs::Created { lease: true, .. });
-        match self.complete(now, op, session, then, result) {
+    /// Answers `o`'s request with its operation's result; a new directory
+    /// whose lease was asked for is leased first.
+    fn finish(&mut self, now: Instant, o: Outcome) {
+        let lease = matches!(o.then, ReplyAs::Created { lease: true, .. });
+        match self.complete(now, o.op, o.session, o.then, o.result) {
             Ok(Reply::Made { attr, dirs, .. }) if lease => {
-                self.lease_new_dir(now, session, id, (attr, dirs), hold);
+                self.lease_new_dir(now, o.session, o.id, (attr, dirs), o.hold);
             }
-            reply => self.reply_held(now, session, id, reply, hold),
+            reply => self.reply_held(now, o.session, o.id, reply, o.hold),
         }
     }
 
