@@ -344,6 +344,22 @@ fn renamed_first(r: &mut Rig, c: ConnId, from: &str, to: &str, pick: impl Fn(&Fs
     r.release_held();
 }
 
+/// [`two_names`]'s file locked whole by a program on the host (through
+/// `a.txt`, returned), and another file `x` the client knows, to rename
+/// over `b`.
+fn locked_on_the_host_beside_x() -> (Rig, ConnId, NodeId, RelPath) {
+    let (mut r, c, node, a, _) = two_names();
+    assert_eq!(
+        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
+        Ok(true)
+    );
+    r.disk
+        .local_replace(&path(&["x"]), b"another file")
+        .expect("x");
+    r.lookup(c, NodeId::ROOT, "x").expect("x");
+    (r, c, node, a)
+}
+
 /// A client renames another file over `b`, the name the node's path is
 /// built from, while an open of the node through `b` is out; a worker
 /// runs the open after the rename, and the rename's result comes first.
@@ -354,17 +370,9 @@ fn renamed_first(r: &mut Rig, c: ConnId, from: &str, to: &str, pick: impl Fn(&Fs
 /// alone: fs_sim, seed 6255 with links to the locked file.)
 #[test]
 fn an_open_through_a_name_renamed_over_keeps_the_files_other_name() {
-    let (mut r, c, node, a, _) = two_names();
-    assert_eq!(
-        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
-        Ok(true)
-    );
+    let (mut r, c, node, a) = locked_on_the_host_beside_x();
     let waits = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, true);
     assert_eq!(r.reply(c, waits), None, "waits for the program");
-    r.disk
-        .local_replace(&path(&["x"]), b"another file")
-        .expect("x");
-    r.lookup(c, NodeId::ROOT, "x").expect("x");
 
     r.hold = true;
     let open = open_for_read(&mut r, c, node);
@@ -388,15 +396,7 @@ fn an_open_through_a_name_renamed_over_keeps_the_files_other_name() {
 /// the clients' table grant alone over the program's lock.
 #[test]
 fn a_take_through_a_name_renamed_over_goes_to_the_files_path_now() {
-    let (mut r, c, node, a, _) = two_names();
-    assert_eq!(
-        r.disk.local_lock(&a, ByteRange::WHOLE, LockKind::Exclusive),
-        Ok(true)
-    );
-    r.disk
-        .local_replace(&path(&["x"]), b"another file")
-        .expect("x");
-    r.lookup(c, NodeId::ROOT, "x").expect("x");
+    let (mut r, c, node, _) = locked_on_the_host_beside_x();
 
     r.hold = true;
     let asked = set_lock(&mut r, c, node, FIRST_TEN, LockKind::Exclusive, false);
