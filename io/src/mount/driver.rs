@@ -11,12 +11,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_lite::stream::Stream;
 use tracing::{debug, info, trace, warn};
+use wormhole_core::cache::ChunkKey;
 use wormhole_core::client::{ClientCore, ClientEvent, ClientOutput, Op, Req};
 use wormhole_core::codec::Pieces;
 use wormhole_core::vfs::Ino;
 use wormhole_core::{Instant, Rng};
 
-use super::disk_cache::{DiskCache, DiskQueue, DiskRead};
+use super::disk_cache::{DiskCache, DiskQueue, DiskRead, DiskReader};
 use super::fuse::{KernelReply, Notice};
 use super::{MountError, MountOptions};
 use crate::drive::{Pass, poll_passes};
@@ -28,6 +29,12 @@ use crate::runtime::{BoxFuture, CoreClock};
 const KERNEL_QUEUE: usize = 1024;
 /// Kernel requests, host messages or disk reads taken per pass, each.
 const BATCH: usize = 64;
+/// Disk-cache reads fuser's thread does itself per pass, at most
+/// ([`Shared::read_here`]): the first, which is the chunk the request
+/// waits for. Further ones (read-ahead) go to the reading thread: read
+/// here as well, they held up the reply, and sequential re-reads from the
+/// disk cache were 8 % slower.
+const READS_HERE: usize = 1;
 
 /// Host messages of the established connection (boxed: the receiver is
 /// `!Unpin` and the state moves between threads).
@@ -42,11 +49,17 @@ type Incoming = Pin<Box<async_channel::Receiver<Bytes>>>;
 /// The driver task keeps what only a task can do: waiting for host
 /// messages, a connect, disk-cache reads and the core's timer. A request
 /// that finds the driver at work is queued for it rather than waiting for
-/// the lock ([`Shared::kernel`]).
+/// the lock ([`Shared::kernel`]). A chunk such a request needs from the
+/// disk cache is read on fuser's thread too, when neither the disk
+/// cache's reading thread nor the kernel has anything else waiting
+/// ([`Shared::read_here`]).
 pub(crate) struct Shared {
     state: std::sync::Mutex<State>,
     /// Kernel requests that met a busy driver, in the kernel's order.
     queue: async_channel::Sender<Kernel>,
+    /// Reads chunk files on fuser's thread; `None` without a disk cache
+    /// (then no pass asks fuser's thread to read one).
+    disk: Option<DiskReader>,
 }
 
 impl Shared {
@@ -60,11 +73,11 @@ impl Shared {
         notices: std::sync::mpsc::Sender<Notice>,
     ) -> Result<Shared, MountError> {
         let (queue, queued) = async_channel::bounded(KERNEL_QUEUE);
+        let state = State::new(runtime, transport, options, events, disk, notices, queued)?;
         Ok(Shared {
             queue,
-            state: std::sync::Mutex::new(State::new(
-                runtime, transport, options, events, disk, notices, queued,
-            )?),
+            disk: state.disk.as_ref().map(DiskQueue::reader),
+            state: std::sync::Mutex::new(state),
         })
     }
 
@@ -125,12 +138,9 @@ impl Shared {
                 && !s.stopped
             {
                 s.kernel(request);
-                s.outputs();
-                let wake = s.driver_to_wake();
-                drop(s);
-                if let Some(waker) = wake {
-                    waker.wake();
-                }
+                let mut reads = Vec::new();
+                s.carry_out(Some(&mut reads));
+                self.read_here(s, reads);
                 return;
             }
         }
@@ -142,6 +152,61 @@ impl Shared {
             reply.error(fuser::Errno::from_i32(
                 wormhole_core::proto::Errno::NotConn.raw(),
             ));
+        }
+    }
+
+    /// Finishes a pass on fuser's thread: reads the chunks it left for
+    /// this thread (`keys`, see [`State::carry_out`]) with the lock
+    /// released, feeds them to the core and carries out what follows,
+    /// until no read is left; then wakes the driver if it must arm its
+    /// timer or poll a connect.
+    ///
+    /// At queue depth 1 a request for a chunk in the disk cache was four
+    /// wake-ups of idle threads (fuser's, the reading thread, the driver
+    /// to arm a timer for the disk read's deadline, the driver again for
+    /// the chunk); here it is fuser's own. The driver is not woken for
+    /// the read's deadline: the read is over before this returns, and its
+    /// deadline with it, so the wake-up is decided only after the reads.
+    ///
+    /// The lock is not held while reading (the driver goes on meanwhile),
+    /// and it is only tried again, as in [`Shared::kernel`]: results that
+    /// find it taken are handed to the driver, which is at work and takes
+    /// them in its next pass. So this thread never waits for the lock,
+    /// nor, holding it, for anything else. Reads overtake queued writes
+    /// and deletes as the reading thread's do (see `disk_cache`).
+    fn read_here<'a>(&'a self, mut s: std::sync::MutexGuard<'a, State>, mut keys: Vec<ChunkKey>) {
+        loop {
+            let disk = match &self.disk {
+                Some(disk) if !keys.is_empty() => disk,
+                // (Keys are left for this thread only when there is a
+                // disk cache.)
+                _ => break,
+            };
+            drop(s);
+            let reads: Vec<DiskRead> = keys.drain(..).map(|key| disk.read(key)).collect();
+            s = match self.state.try_lock() {
+                Ok(s) => s,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    for read in reads {
+                        disk.hand_over(read);
+                    }
+                    return;
+                }
+            };
+            if s.stopped {
+                // The driver failed the requests these were for.
+                return;
+            }
+            for read in reads {
+                s.disk_read(read);
+            }
+            s.carry_out(Some(&mut keys));
+        }
+        let wake = s.driver_to_wake();
+        drop(s);
+        if let Some(waker) = wake {
+            waker.wake();
         }
     }
 
@@ -207,6 +272,10 @@ pub(super) struct State {
     unmounted: bool,
     /// The driver has stopped: requests fail at once.
     stopped: bool,
+    /// A second descriptor of the FUSE device, only ever polled: whether
+    /// the kernel has more requests waiting for fuser's thread
+    /// ([`State::kernel_waiting`]). Set once the session exists.
+    kernel_device: Option<std::os::fd::OwnedFd>,
 }
 
 impl State {
@@ -268,6 +337,7 @@ impl State {
             driver: None,
             unmounted: false,
             stopped: false,
+            kernel_device: None,
         })
     }
 
@@ -315,6 +385,32 @@ impl State {
             }
         }
         busy
+    }
+
+    /// Lets [`State::kernel_waiting`] look at the kernel's queue through
+    /// `device`, a second descriptor of the session's FUSE device.
+    pub(super) fn watch_kernel_queue(&mut self, device: std::os::fd::OwnedFd) {
+        self.kernel_device = Some(device);
+    }
+
+    /// Whether the kernel has requests waiting that fuser's thread has not
+    /// read yet (or, unable to tell, says so). A chunk read on fuser's
+    /// thread would hold them up, where the reading thread reads beside
+    /// it: at four jobs of random reads, reading on fuser's thread
+    /// whenever the reading thread was idle cost a quarter to a half of
+    /// the reads per second.
+    fn kernel_waiting(&self) -> bool {
+        let Some(device) = &self.kernel_device else {
+            return true;
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            device,
+            rustix::event::PollFlags::IN,
+        )];
+        !matches!(
+            rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())),
+            Ok(0)
+        )
     }
 
     /// The driver's waker, if what was just done needs the driver: a
@@ -409,13 +505,9 @@ impl State {
         let mut busy = false;
         for _ in 0..BATCH {
             match self.disk_reads.as_mut().poll_next(cx) {
-                Poll::Ready(Some((key, got))) => {
+                Poll::Ready(Some(read)) => {
                     busy = true;
-                    let now = self.now();
-                    match got {
-                        Some((data, checksum)) => self.core.l2_loaded(now, key, data, checksum),
-                        None => self.core.l2_read_failed(now, key),
-                    }
+                    self.disk_read(read);
                 }
                 _ => break,
             }
@@ -423,8 +515,32 @@ impl State {
         busy
     }
 
+    /// Feeds a chunk read back from the disk cache to the core (which
+    /// verifies its checksum).
+    fn disk_read(&mut self, (key, got): DiskRead) {
+        let now = self.now();
+        match got {
+            Some((data, checksum)) => self.core.l2_loaded(now, key, data, checksum),
+            None => self.core.l2_read_failed(now, key),
+        }
+    }
+
     /// Carries out every output of the core; true if there was one.
     fn outputs(&mut self) -> bool {
+        self.carry_out(None)
+    }
+
+    /// Carries out every output of the core; true if there was one. With
+    /// `here` (a pass on fuser's thread), up to [`READS_HERE`] disk-cache
+    /// reads are left in it for the caller to do once the lock is
+    /// released ([`Shared::read_here`]), if the reading thread is idle
+    /// and no other kernel request waits: waking the thread, and then the
+    /// driver for the chunk, is what such a read would cost otherwise. A
+    /// reading thread at work takes them (that wakes nobody), and so does
+    /// an idle one while the kernel has more requests for fuser's thread.
+    /// The driver passes no `here`: its runtime thread must not block on
+    /// the disk.
+    fn carry_out(&mut self, mut here: Option<&mut Vec<ChunkKey>>) -> bool {
         let mut any = false;
         while let Some(o) = self.core.poll_output() {
             any = true;
@@ -480,7 +596,19 @@ impl State {
                     }
                 }
                 ClientOutput::L2Read { key } => {
-                    if !self.disk.as_ref().is_some_and(|d| d.read(key)) {
+                    let asked = match (&self.disk, here.as_deref_mut()) {
+                        (Some(disk), Some(here))
+                            if here.len() < READS_HERE
+                                && disk.reader_idle()
+                                && !self.kernel_waiting() =>
+                        {
+                            here.push(key);
+                            true
+                        }
+                        (Some(disk), _) => disk.read(key),
+                        (None, _) => false,
+                    };
+                    if !asked {
                         let now = self.now();
                         self.core.l2_read_failed(now, key);
                     }

@@ -13,8 +13,12 @@
 //!   the core itself ([`fuse`]): what the core answers from its
 //!   cache is answered there and then, without waking another thread;
 //!   the rest is answered by the driver when the host replies.
-//! * The disk cache runs on its own thread: chunk files are written and
+//! * The disk cache runs on its own threads: chunk files are written and
 //!   read with blocking calls, which must not stall the driver's runtime.
+//!   fuser's thread, which blocks on the kernel anyway, reads a chunk a
+//!   request of its own needs itself when the reading thread is idle and
+//!   no other kernel request waits (waking that thread, and then the
+//!   driver, cost more than the read).
 //! * Kernel invalidations are sent from their own thread: the kernel may
 //!   hold the inode's lock while it waits for a reply from us, so a
 //!   notification written from the driver could wait for the driver.
@@ -38,7 +42,7 @@ use std::sync::Arc;
 
 use futures_lite::future::Future;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wormhole_core::client::{ClientConfig, ClientEvent};
 use wormhole_core::conn::auth::TicketSecret;
 use wormhole_core::proto::Owner;
@@ -261,6 +265,11 @@ impl Mount {
                 source,
             })?;
         start_notifier(notice_rx, session.notifier())?;
+        match std::os::fd::AsFd::as_fd(&session).try_clone_to_owned() {
+            Ok(device) => shared.lock().watch_kernel_queue(device),
+            // Chunks are then read on the disk cache's thread only.
+            Err(e) => debug!(error = %e, "no second descriptor of the FUSE device"),
+        }
         let driver = MountDriver::new(shared.clone());
         runtime.spawn(Box::pin(async move {
             driver.run().await;
