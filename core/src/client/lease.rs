@@ -106,6 +106,10 @@ const MAX_STREAMED_FILE: u64 = 256 << 10;
 const MAX_BATCH_BYTES: usize = 768 << 10;
 const MAX_BATCH_OPS: usize = 512;
 
+/// Directories a sweep's leases are asked for ahead of it
+/// ([`ClientCore::listing_begins`]).
+const SWEEP_AHEAD: usize = 4;
+
 /// Recalls of leases not known yet kept ([`Leases::recalled_early`]).
 const MAX_EARLY_RECALLS: usize = 32;
 
@@ -571,7 +575,9 @@ impl ClientCore {
     /// lease is asked for now, beside the listing, so that those unlinks
     /// wait for it and are answered here. Otherwise the first two of
     /// them went to the host (each applied there before its answer) to
-    /// earn it, in every directory of the tree.
+    /// earn it, in every directory of the tree. The leases of the next
+    /// [`SWEEP_AHEAD`] subdirectories in the parent's listing are asked
+    /// for as well, ahead of the sweep.
     pub(super) fn listing_begins(&mut self, now: Instant, ino: Ino) {
         let Some(v) = self.vfs.as_ref() else {
             return;
@@ -579,28 +585,51 @@ impl ClientCore {
         let Some(inode) = v.get(ino) else {
             return;
         };
-        let (dir, sweeping) = match inode.link() {
+        let (dir, parent) = match inode.link() {
             Some((parent, _)) if inode.kind == FileKind::Dir && inode.bound => {
-                let parent_lease = v.node(*parent).and_then(|p| self.leases.dirs.get(&p));
-                let sweeping = parent_lease.is_some_and(|l| {
-                    l.state == State::Held
-                        && l.removed_at
-                            .is_some_and(|t| now.saturating_duration_since(t) <= HOT_WINDOW)
-                });
-                (inode.node, sweeping)
+                let Some(parent) = v.node(*parent) else {
+                    return;
+                };
+                (inode.node, parent)
             }
             _ => return,
         };
-        let refused = self
-            .leases
-            .refused_until
-            .get(&dir)
-            .is_some_and(|&t| now < t);
-        // A guess: it takes a free place, never another lease's (which
-        // may be the parent's, whose `rmdir`s the sweep needs next).
-        let room = self.leases.free_place();
-        if self.cfg.leases && sweeping && !refused && !self.leases.dirs.contains_key(&dir) && room {
-            self.ask_lease(now, dir);
+        let sweeping = self.leases.dirs.get(&parent).is_some_and(|l| {
+            l.state == State::Held
+                && l.removed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) <= HOT_WINDOW)
+        });
+        if !self.cfg.leases || !sweeping {
+            return;
+        }
+        // The sweep goes through the parent's subdirectories in the order
+        // of its listing (`rm -r` does not sort), so the next few are
+        // asked for too: each one's lease and the listing read under it
+        // come while the sweep empties this one, and its own listing and
+        // unlinks are then answered here. Without, every directory waited
+        // two round trips for the host (the listing beside the lease).
+        let ahead: Vec<NodeId> = self
+            .cache
+            .peek_dir(parent)
+            .into_iter()
+            .flatten()
+            .skip_while(|e| e.attr.node != dir)
+            .skip(1)
+            .filter(|e| e.attr.kind == FileKind::Dir)
+            .map(|e| e.attr.node)
+            .take(SWEEP_AHEAD)
+            .collect();
+        for next in std::iter::once(dir).chain(ahead) {
+            let refused = self
+                .leases
+                .refused_until
+                .get(&next)
+                .is_some_and(|&t| now < t);
+            // A guess: it takes a free place, never another lease's (which
+            // may be the parent's, whose `rmdir`s the sweep needs next).
+            if !refused && !self.leases.dirs.contains_key(&next) && self.leases.free_place() {
+                self.ask_lease(now, next);
+            }
         }
     }
 

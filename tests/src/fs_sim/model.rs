@@ -132,6 +132,8 @@ pub struct FsStats {
     pub locked_file_links: u64,
     /// Directories whose lease came with their mkdir's answer.
     pub dirs_leased_with_mkdir: u64,
+    /// Directories a sweep came to with their lease taken ahead.
+    pub dirs_leased_ahead: u64,
     /// Acknowledged closes checked once the host applied what they
     /// covered (a lease holder answers closes before that).
     pub acks_deferred: u64,
@@ -199,6 +201,7 @@ impl FsStats {
         self.unlinks_streamed += o.unlinks_streamed;
         self.rmdirs_streamed += o.rmdirs_streamed;
         self.dirs_leased_with_mkdir += o.dirs_leased_with_mkdir;
+        self.dirs_leased_ahead += o.dirs_leased_ahead;
         self.locked_file_links += o.locked_file_links;
         self.acks_deferred += o.acks_deferred;
         self.creates_lost += o.creates_lost;
@@ -838,6 +841,17 @@ impl Sim {
     /// The inode client `c` knows `parent`'s entry `name` as, if any.
     pub fn child(&self, c: usize, parent: Ino, name: &Name) -> Option<Ino> {
         self.w.clients[c].core.vfs()?.child(parent, name)
+    }
+
+    /// Counts a directory a sweep comes to with its lease already held
+    /// by client `c`: asked for ahead, as the sweep listed an earlier
+    /// sibling.
+    pub fn note_swept_ahead(&mut self, c: usize, dir: Ino) {
+        let core = &self.w.clients[c].core;
+        let node = core.vfs().and_then(|v| v.get(dir)).map(|i| i.node);
+        if node.is_some_and(|n| core.holds_lease(n)) {
+            self.stats.dirs_leased_ahead += 1;
+        }
     }
 
     /// Counts a directory made while the host holds at least `full`

@@ -204,6 +204,7 @@ fn wide(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Vio
     // of a tree made elsewhere.
     sim.advance(Duration::from_secs(3))?;
     for (s, n) in subs {
+        sim.note_swept_ahead(c, s);
         sweep(sim, c, s)?;
         sim.op(c, Op::Rmdir { parent: t, name: n })?;
         sim.advance(Duration::from_millis(5))?;
@@ -867,6 +868,10 @@ impl Simulation for FsSim {
             (
                 "directories leased with their mkdir",
                 s.dirs_leased_with_mkdir,
+            ),
+            (
+                "directories a sweep leased ahead of it",
+                s.dirs_leased_ahead,
             ),
             (
                 "directories made with 16 leases held (the table full)",

@@ -819,6 +819,72 @@ fn a_sweep_asks_each_directorys_lease_as_it_lists_it() {
     }
 }
 
+/// Time enough for a few round trips of the test world.
+const BRIEFLY: Duration = Duration::from_millis(100);
+
+/// A sweep asks the leases of the directories it will come to next, in
+/// the parent's listing's order: their listings are read at the host
+/// while it empties the one before, and when `rm -r` lists them they are
+/// answered here, without waiting for the host. (Each step runs the world
+/// for [`BRIEFLY`], as `rm` comes to the next directory within
+/// milliseconds: leases idle for two seconds are given back.)
+#[test]
+fn a_sweep_reads_the_next_directories_ahead() {
+    let dirs = ["s0", "s1", "s2", "s3", "s4", "s5"];
+    let files: Vec<String> = (0..4).map(|i| format!("f{i}")).collect();
+    let disk = tree_made_elsewhere(&dirs, files.len());
+    let mut w = leasing_with(disk, 1, HostConfig::default());
+    w.record_fs = true;
+    let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
+    let mut listed_at_host = Vec::new();
+    for d in dirs {
+        let (sub, _) = lookup(&mut w, 0, top, d).expect("a directory");
+        let before = w.fs_log.len();
+        let req = w.op(
+            0,
+            Op::ReadDir {
+                ino: sub,
+                offset: 0,
+            },
+        );
+        let at_once = w.answer(0, req);
+        w.run_for(BRIEFLY);
+        let answer = at_once.clone().or_else(|| w.answer(0, req));
+        assert!(
+            matches!(answer, Some(Ok(Answer::Dir(_)))),
+            "{d}: {answer:?}"
+        );
+        let read_now = w.fs_log[before..].iter().any(|r| {
+            matches!(&r.op, crate::host::FsOp::List { path, .. }
+                if path.names().last() == Some(&name(d)))
+        });
+        listed_at_host.push(at_once.is_none() || read_now);
+        for f in &files {
+            lookup(&mut w, 0, sub, f).expect("a file");
+            assert_eq!(unlink(&mut w, 0, sub, f), Ok(Answer::Done), "{d}/{f}");
+        }
+        let rmdir = Op::Rmdir {
+            parent: top,
+            name: name(d),
+        };
+        assert_eq!(w.call(0, rmdir), Ok(Answer::Done), "rmdir {d}");
+        w.run_for(BRIEFLY);
+    }
+    assert_eq!(
+        listed_at_host,
+        [true, true, true, false, false, false],
+        "listings that waited for the host: once the sweep holds the \
+         parent's lease (from the third), the next ones are read ahead"
+    );
+    w.settle();
+    for d in dirs {
+        let gone = w.disk.execute(crate::host::FsOp::Stat {
+            path: RelPath::from(vec![name("top"), name(d)]),
+        });
+        assert_eq!(gone, Err(Errno::NoEnt), "{d} removed at the host too");
+    }
+}
+
 /// An unlink waiting for its directory's lease when the host restarts
 /// is answered, and removes the file in its own directory although the
 /// new host numbers the tree anew. (Here the lost connection ends the
