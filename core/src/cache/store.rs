@@ -360,16 +360,7 @@ impl Cache {
                 // Stale → Fetching: this consumer revalidates, with the old
                 // value in hand to compare against.
                 let value = value.clone();
-                let deadline = now + self.cfg.fetch_timeout;
-                self.in_flight += 1;
-                entry.fetch = Some(Box::new(Fetch {
-                    waiters: vec![waiter],
-                    deadline,
-                    source: Source::Network,
-                    poisoned: false,
-                }));
-                self.timers.insert((deadline, key.clone()));
-                self.stats.stale += 1;
+                self.revalidate(now, key, Some(waiter));
                 return Ok(Lookup::Stale(value));
             }
             // An entry with neither data nor fetch cannot exist; should it
@@ -389,6 +380,43 @@ impl Cache {
             return Ok(None);
         }
         self.start_fetch(now, key, None).map(Some)
+    }
+
+    /// Starts fetching `node`'s attributes nobody waits for yet (a
+    /// `stat` expected soon): [`Miss::Fetch`] if the caller is to ask the
+    /// host, `None` if they are fresh or in flight already. Stale ones are
+    /// fetched anew as a lookup would.
+    pub fn prefetch_attr(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+    ) -> Result<Option<Miss>, CacheError> {
+        let key = CacheKey::Attr(node);
+        match self.l1.get(&key) {
+            None => self.start_fetch(now, key, None).map(Some),
+            Some(e) if e.fetch.is_some() || now < e.expires || e.value.is_none() => Ok(None),
+            Some(_) => {
+                self.revalidate(now, &key, None);
+                Ok(Some(Miss::Fetch))
+            }
+        }
+    }
+
+    /// Stale → Fetching from the host, for `waiter` if any.
+    fn revalidate(&mut self, now: Instant, key: &CacheKey, waiter: Option<WaiterId>) {
+        let Some(entry) = self.l1.get_mut(key) else {
+            return;
+        };
+        let deadline = now + self.cfg.fetch_timeout;
+        self.in_flight += 1;
+        entry.fetch = Some(Box::new(Fetch {
+            waiters: waiter.into_iter().collect(),
+            deadline,
+            source: Source::Network,
+            poisoned: false,
+        }));
+        self.timers.insert((deadline, key.clone()));
+        self.stats.stale += 1;
     }
 
     /// Unknown → Fetching: a new in-flight entry, from disk if L2 has it.

@@ -53,7 +53,7 @@
 
 use super::{Answer, ClientCore, ClientEvent, ClientOutput, Op, Purpose, Req};
 use crate::Instant;
-use crate::cache::{CacheKey, Value};
+use crate::cache::{CacheKey, Miss, Value};
 use crate::proto::{
     Attr, DirEntry, Errno, FileKey, FileKind, FileRef, Invalidation, LeaseGrant, LeaseOp,
     LockScope, LockToken, Name, NodeId, NodeRange, OpenFor, Reply, Request, SetAttr, SetTime,
@@ -619,7 +619,20 @@ impl ClientCore {
             .map(|e| e.attr.node)
             .take(SWEEP_AHEAD)
             .collect();
+        // `rm` `fstat`s each directory it lists (the kernel, having
+        // dropped the atime the listing changed, asks here), so the
+        // attributes are fetched ahead too, with the listing. (Ahead of a
+        // slow sweep, of large directories, they may be past their ttl
+        // when it comes, and the `fstat` asks the host as before.)
+        let attrs_ahead = !self.unreachable();
         for next in std::iter::once(dir).chain(ahead) {
+            if attrs_ahead && let Ok(Some(Miss::Fetch)) = self.cache.prefetch_attr(now, next) {
+                self.send(
+                    now,
+                    Purpose::Fetch(CacheKey::Attr(next)),
+                    Request::GetAttr { node: next },
+                );
+            }
             let refused = self
                 .leases
                 .refused_until

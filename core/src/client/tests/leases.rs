@@ -820,14 +820,15 @@ fn a_sweep_asks_each_directorys_lease_as_it_lists_it() {
 }
 
 /// Time enough for a few round trips of the test world.
-const BRIEFLY: Duration = Duration::from_millis(100);
+const BRIEFLY: Duration = Duration::from_millis(40);
 
 /// A sweep asks the leases of the directories it will come to next, in
-/// the parent's listing's order: their listings are read at the host
-/// while it empties the one before, and when `rm -r` lists them they are
-/// answered here, without waiting for the host. (Each step runs the world
-/// for [`BRIEFLY`], as `rm` comes to the next directory within
-/// milliseconds: leases idle for two seconds are given back.)
+/// the parent's listing's order, and their attributes: their listings are
+/// read at the host while it empties the one before, and when `rm -r`
+/// lists and `fstat`s them both are answered here, without waiting for
+/// the host. (Each step runs the world for [`BRIEFLY`], as `rm` comes to
+/// the next directory within milliseconds: leases idle for two seconds
+/// are given back.)
 #[test]
 fn a_sweep_reads_the_next_directories_ahead() {
     let dirs = ["s0", "s1", "s2", "s3", "s4", "s5"];
@@ -836,29 +837,44 @@ fn a_sweep_reads_the_next_directories_ahead() {
     let mut w = leasing_with(disk, 1, HostConfig::default());
     w.record_fs = true;
     let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
-    let mut listed_at_host = Vec::new();
-    for d in dirs {
-        let (sub, _) = lookup(&mut w, 0, top, d).expect("a directory");
-        let before = w.fs_log.len();
-        let req = w.op(
-            0,
-            Op::ReadDir {
-                ino: sub,
-                offset: 0,
-            },
-        );
-        let at_once = w.answer(0, req);
-        w.run_for(BRIEFLY);
-        let answer = at_once.clone().or_else(|| w.answer(0, req));
-        assert!(
-            matches!(answer, Some(Ok(Answer::Dir(_)))),
-            "{d}: {answer:?}"
-        );
-        let read_now = w.fs_log[before..].iter().any(|r| {
-            matches!(&r.op, crate::host::FsOp::List { path, .. }
-                if path.names().last() == Some(&name(d)))
-        });
-        listed_at_host.push(at_once.is_none() || read_now);
+    let subs: Vec<Ino> = dirs
+        .iter()
+        .map(|d| lookup(&mut w, 0, top, d).expect("a directory").0)
+        .collect();
+    // The attributes the lookups brought are stale by the time `rm`
+    // comes to each directory, as those of a listing long read.
+    w.run_for(Duration::from_millis(1500));
+    let at_host = |w: &World, before: usize, d: &str, list: bool| {
+        w.fs_log[before..].iter().any(|r| match &r.op {
+            crate::host::FsOp::List { path, .. } if list => path.names().last() == Some(&name(d)),
+            crate::host::FsOp::Stat { path } if !list => path.names().last() == Some(&name(d)),
+            _ => false,
+        })
+    };
+    let (mut listed_at_host, mut statted_at_host) = (Vec::new(), Vec::new());
+    for (d, &sub) in dirs.iter().zip(&subs) {
+        for (op, list, waited) in [
+            (
+                Op::ReadDir {
+                    ino: sub,
+                    offset: 0,
+                },
+                true,
+                &mut listed_at_host,
+            ),
+            (Op::GetAttr { ino: sub }, false, &mut statted_at_host),
+        ] {
+            let before = w.fs_log.len();
+            let req = w.op(0, op);
+            let at_once = w.answer(0, req);
+            w.run_for(BRIEFLY);
+            let answer = at_once.clone().or_else(|| w.answer(0, req));
+            assert!(
+                matches!(answer, Some(Ok(Answer::Dir(_) | Answer::Attr { .. }))),
+                "{d}: {answer:?}"
+            );
+            waited.push(at_once.is_none() || at_host(&w, before, d, list));
+        }
         for f in &files {
             lookup(&mut w, 0, sub, f).expect("a file");
             assert_eq!(unlink(&mut w, 0, sub, f), Ok(Answer::Done), "{d}/{f}");
@@ -875,6 +891,12 @@ fn a_sweep_reads_the_next_directories_ahead() {
         [true, true, true, false, false, false],
         "listings that waited for the host: once the sweep holds the \
          parent's lease (from the third), the next ones are read ahead"
+    );
+    assert_eq!(
+        statted_at_host,
+        [true, true, false, false, false, false],
+        "`fstat`s that waited for the host: from the third, fetched with \
+         the listing or ahead of it"
     );
     w.settle();
     for d in dirs {
