@@ -153,7 +153,8 @@ const ENTRY_OVERHEAD: u64 = (size_of::<CacheKey>() + size_of::<Entry>()) as u64;
 pub struct CacheStats {
     /// Lookups answered with fresh data.
     pub hits: u64,
-    /// Lookups that found stale data and started a revalidation.
+    /// Lookups (and attribute prefetches) that found stale data and
+    /// started a revalidation.
     pub stale: u64,
     /// Lookups (and prefetches) that started a fetch.
     pub misses: u64,

@@ -962,6 +962,36 @@ fn a_corrupt_or_missing_disk_chunk_is_fetched_from_the_host() {
     assert_eq!(drain(&mut c), vec![]);
 }
 
+/// Attributes fetched ahead of a `stat`: once while in flight or fresh,
+/// anew once stale (the entry's old value kept for a lookup meanwhile,
+/// which joins the fetch), and a poisoned prefetch is not cached.
+#[test]
+fn attributes_prefetched_are_fetched_once_and_again_when_stale() {
+    let mut c = cache();
+    let ttl = CacheConfig::default().attr_ttl;
+    let key = CacheKey::Attr(NodeId(7));
+    assert_eq!(c.prefetch_attr(at(0), NodeId(7)), Ok(Some(Miss::Fetch)));
+    assert_eq!(c.prefetch_attr(at(0), NodeId(7)), Ok(None), "in flight");
+    c.fill(at(1), key.clone(), attr_value(7, 1)).expect("fill");
+    assert_eq!(drain(&mut c), vec![], "nobody waited");
+    assert_eq!(c.prefetch_attr(at(2), NodeId(7)), Ok(None), "fresh");
+    let stale = Instant::ZERO + ttl + Duration::from_millis(5);
+    assert_eq!(c.prefetch_attr(stale, NodeId(7)), Ok(Some(Miss::Fetch)));
+    assert_eq!(c.lookup(stale, &key, W1), Ok(Lookup::Miss(Miss::Wait)));
+    c.fill(stale, key.clone(), attr_value(7, 2)).expect("fill");
+    assert_eq!(
+        drain(&mut c),
+        vec![ready(key.clone(), &[1], Ok(attr_value(7, 2)))]
+    );
+    // Poisoned in flight: answered, not cached.
+    let later = stale + ttl + Duration::from_millis(5);
+    assert_eq!(c.prefetch_attr(later, NodeId(7)), Ok(Some(Miss::Fetch)));
+    c.invalidate(later, NodeId(7), Invalidation::Attr);
+    c.fill(later, key.clone(), attr_value(7, 3)).expect("fill");
+    assert_eq!(drain(&mut c), vec![]);
+    assert_ne!(c.state(later, &key), crate::cache::EntryState::Cached);
+}
+
 #[test]
 fn prefetch_fetches_once_and_answers_nobody() {
     let mut c = cache();

@@ -110,6 +110,12 @@ const MAX_BATCH_OPS: usize = 512;
 /// ([`ClientCore::listing_begins`]).
 const SWEEP_AHEAD: usize = 4;
 
+/// Entries of the parent's listing past the directory being listed that
+/// a sweep looks through for the next subdirectories, at most (a
+/// directory of many files is not scanned to its end for every
+/// subdirectory).
+const SWEEP_SCAN: usize = 1024;
+
 /// Recalls of leases not known yet kept ([`Leases::recalled_early`]).
 const MAX_EARLY_RECALLS: usize = 32;
 
@@ -176,8 +182,12 @@ struct DirLease {
     last_local: Instant,
     /// The last unlink or `rmdir` here, answered here or by the host: a
     /// sweep (`rm -r`) under way, whose next directory's lease is asked
-    /// for as it is listed ([`ClientCore::listing_begins`]).
+    /// for as it is listed, and the few after it ahead
+    /// ([`ClientCore::listing_begins`]).
     removed_at: Option<Instant>,
+    /// Where in this directory's cached listing the sweep was last: the
+    /// next directory it lists is looked for from there.
+    swept_to: usize,
     /// The lock is gone at the host (expired, or the session's).
     lost: bool,
 }
@@ -200,6 +210,7 @@ impl DirLease {
             refreshing: false,
             last_local: now,
             removed_at: None,
+            swept_to: 0,
             lost: false,
         }
     }
@@ -302,6 +313,16 @@ impl Leases {
     fn free_place(&self) -> bool {
         let active = self.dirs.values().filter(|l| l.state != State::Returning);
         self.dirs.len() < 2 * MAX_LEASES && active.count() < MAX_LEASES
+    }
+
+    /// Room for a lease a sweep asks for ahead of it: at most half the
+    /// places, so that a sweep deep in a tree, which asks ahead at every
+    /// level, leaves places for the directories it lists and for their
+    /// parents, whose `rmdir`s it needs (a full table gives back the
+    /// coldest, often such a parent: `ClientCore::room_for_lease`).
+    fn room_ahead(&self) -> bool {
+        let active = self.dirs.values().filter(|l| l.state != State::Returning);
+        self.dirs.len() < MAX_LEASES && active.count() < MAX_LEASES / 2
     }
 
     fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
@@ -585,12 +606,12 @@ impl ClientCore {
         let Some(inode) = v.get(ino) else {
             return;
         };
-        let (dir, parent) = match inode.link() {
-            Some((parent, _)) if inode.kind == FileKind::Dir && inode.bound => {
-                let Some(parent) = v.node(*parent) else {
+        let (dir, pino, parent) = match inode.link() {
+            Some((pino, _)) if inode.kind == FileKind::Dir && inode.bound => {
+                let Some(parent) = v.node(*pino) else {
                     return;
                 };
-                (inode.node, parent)
+                (inode.node, *pino, parent)
             }
             _ => return,
         };
@@ -608,25 +629,59 @@ impl ClientCore {
         // come while the sweep empties this one, and its own listing and
         // unlinks are then answered here. Without, every directory waited
         // two round trips for the host (the listing beside the lease).
-        let ahead: Vec<NodeId> = self
-            .cache
-            .peek_dir(parent)
-            .into_iter()
-            .flatten()
-            .skip_while(|e| e.attr.node != dir)
-            .skip(1)
-            .filter(|e| e.attr.kind == FileKind::Dir)
-            .map(|e| e.attr.node)
-            .take(SWEEP_AHEAD)
-            .collect();
+        // `dir` is looked for from where the sweep was last (from the
+        // start each time, a sweep of n subdirectories scanned the
+        // listing n times), and only directories still there as far as
+        // this client knows are guessed (one removed here out of the
+        // listing's order is still in the cached listing).
+        let entries = self.cache.peek_dir(parent).unwrap_or_default();
+        let hint = self
+            .leases
+            .dirs
+            .get(&parent)
+            .map_or(0, |l| l.swept_to)
+            .min(entries.len());
+        let at = entries[hint..]
+            .iter()
+            .position(|e| e.attr.node == dir)
+            .map(|i| hint + i)
+            .or_else(|| entries[..hint].iter().position(|e| e.attr.node == dir));
+        let ahead: Vec<NodeId> = match (at, self.vfs.as_ref()) {
+            (Some(at), Some(v)) => entries[at + 1..]
+                .iter()
+                .take(SWEEP_SCAN)
+                .filter(|e| e.attr.kind == FileKind::Dir)
+                .filter(|e| v.child(pino, &e.name).and_then(|c| v.node(c)) == Some(e.attr.node))
+                .map(|e| e.attr.node)
+                .take(SWEEP_AHEAD)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let (Some(at), Some(l)) = (at, self.leases.dirs.get_mut(&parent)) {
+            l.swept_to = at + 1;
+        }
         // `rm` `fstat`s each directory it lists (the kernel, having
         // dropped the atime the listing changed, asks here), so the
         // attributes are fetched ahead too, with the listing. (Ahead of a
         // slow sweep, of large directories, they may be past their ttl
         // when it comes, and the `fstat` asks the host as before.)
         let attrs_ahead = !self.unreachable();
-        for next in std::iter::once(dir).chain(ahead) {
-            if attrs_ahead && let Ok(Some(Miss::Fetch)) = self.cache.prefetch_attr(now, next) {
+        for (i, next) in std::iter::once(dir).chain(ahead).enumerate() {
+            // Not where this client already answers unlinks itself: one
+            // answered while the fetch is out poisons it, but a `stat`
+            // that joins it still gets the times from before the unlink
+            // (where its own fetch would wait for the unlink to be
+            // applied). Elsewhere the lease is asked for below, and the
+            // unlinks wait for it, behind the fetch.
+            let held = self
+                .leases
+                .dirs
+                .get(&next)
+                .is_some_and(|l| l.state == State::Held);
+            if attrs_ahead
+                && !held
+                && let Ok(Some(Miss::Fetch)) = self.cache.prefetch_attr(now, next)
+            {
                 self.send(
                     now,
                     Purpose::Fetch(CacheKey::Attr(next)),
@@ -639,8 +694,14 @@ impl ClientCore {
                 .get(&next)
                 .is_some_and(|&t| now < t);
             // A guess: it takes a free place, never another lease's (which
-            // may be the parent's, whose `rmdir`s the sweep needs next).
-            if !refused && !self.leases.dirs.contains_key(&next) && self.leases.free_place() {
+            // may be the parent's, whose `rmdir`s the sweep needs next);
+            // one ahead only while half the places are free.
+            let room = if i == 0 {
+                self.leases.free_place()
+            } else {
+                self.leases.room_ahead()
+            };
+            if !refused && !self.leases.dirs.contains_key(&next) && room {
                 self.ask_lease(now, next);
             }
         }
@@ -653,6 +714,9 @@ impl ClientCore {
             self.leases
                 .recent
                 .retain(|_, (t, _)| now.saturating_duration_since(*t) <= HOT_WINDOW);
+        }
+        if self.leases.refused_until.len() > 1024 {
+            self.leases.refused_until.retain(|_, &mut t| now < t);
         }
         self.leases.dirs.insert(dir, DirLease::asking(now));
         self.lease_send(now, dir, LeaseStep::Take, Request::Lease { dir });

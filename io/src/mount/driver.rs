@@ -137,10 +137,19 @@ impl Shared {
                 && self.queue.is_empty()
                 && !s.stopped
             {
-                s.kernel(request);
+                // Only a read may have a chunk read here, and only while
+                // the kernel waits for it ([`Shared::read_here`]).
+                let read = matches!(
+                    &request,
+                    Kernel::Op {
+                        op: Op::Read { .. },
+                        ..
+                    }
+                );
+                let waiting = s.kernel(request).filter(|_| read);
                 let mut reads = Vec::new();
-                s.carry_out(Some(&mut reads));
-                self.read_here(s, reads);
+                s.carry_out(waiting.is_some().then_some(&mut reads));
+                self.read_here(s, waiting, reads);
                 return;
             }
         }
@@ -174,7 +183,17 @@ impl Shared {
     /// them in its next pass. So this thread never waits for the lock,
     /// nor, holding it, for anything else. Reads overtake queued writes
     /// and deletes as the reading thread's do (see `disk_cache`).
-    fn read_here<'a>(&'a self, mut s: std::sync::MutexGuard<'a, State>, mut keys: Vec<ChunkKey>) {
+    ///
+    /// Only while kernel request `waiting` is unanswered: the first disk
+    /// read a pass asks for is not always its request's (a read whose
+    /// chunk is in memory asks only for read-ahead, before its reply),
+    /// and read-ahead goes to the reading thread.
+    fn read_here<'a>(
+        &'a self,
+        mut s: std::sync::MutexGuard<'a, State>,
+        waiting: Option<Req>,
+        mut keys: Vec<ChunkKey>,
+    ) {
         loop {
             let disk = match &self.disk {
                 Some(disk) if !keys.is_empty() => disk,
@@ -182,6 +201,10 @@ impl Shared {
                 // disk cache.)
                 _ => break,
             };
+            if !waiting.is_some_and(|req| s.pending.contains_key(&req)) {
+                s.read_elsewhere(std::mem::take(&mut keys));
+                break;
+            }
             drop(s);
             let reads: Vec<DiskRead> = keys.drain(..).map(|key| disk.read(key)).collect();
             s = match self.state.try_lock() {
@@ -345,8 +368,8 @@ impl State {
         self.clock.now()
     }
 
-    /// Feeds one kernel request to the core.
-    fn kernel(&mut self, request: Kernel) {
+    /// Feeds one kernel request to the core; an operation's number.
+    fn kernel(&mut self, request: Kernel) -> Option<Req> {
         match request {
             Kernel::Op { op, reply, unique } => {
                 let req = Req(self.next_req);
@@ -358,6 +381,7 @@ impl State {
                 }
                 let now = self.now();
                 self.core.op(now, req, op);
+                return Some(req);
             }
             Kernel::Interrupt { unique } => {
                 // (One the core already answered is no longer here, and
@@ -370,6 +394,7 @@ impl State {
             }
             Kernel::Forget { ino, n } => self.core.forget(ino, n),
         }
+        None
     }
 
     /// Kernel requests queued while the lock was taken.
@@ -379,7 +404,7 @@ impl State {
             match self.queued.as_mut().poll_next(cx) {
                 Poll::Ready(Some(request)) => {
                     busy = true;
-                    self.kernel(request);
+                    let _ = self.kernel(request);
                 }
                 _ => break,
             }
@@ -513,6 +538,18 @@ impl State {
             }
         }
         busy
+    }
+
+    /// Gives the reading thread the reads a pass left for fuser's thread
+    /// after all ([`Shared::read_here`]).
+    fn read_elsewhere(&mut self, keys: Vec<ChunkKey>) {
+        for key in keys {
+            if !self.disk.as_ref().is_some_and(|d| d.read(key)) {
+                let now = self.now();
+                self.core.l2_read_failed(now, key);
+            }
+        }
+        self.carry_out(None);
     }
 
     /// Feeds a chunk read back from the disk cache to the core (which
