@@ -25,7 +25,7 @@
 //! the kernel request waits for it anyway, and waking the idle reading
 //! thread and then the driver to carry the chunk back cost more than the
 //! read (random 4 KiB reads at queue depth 1 from a disk-cached file: 88–
-//! 111 µs of the mount's CPU per read before, 58–71 µs after). Otherwise
+//! 111 µs of the mount's CPU per read before, 59–76 µs after). Otherwise
 //! the reading thread takes it as before, so reads at a higher queue
 //! depth still go on beside fuser's thread.
 //!
