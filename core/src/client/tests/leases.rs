@@ -907,6 +907,127 @@ fn a_sweep_reads_the_next_directories_ahead() {
     }
 }
 
+/// A sweep deep in a tree asks ahead at every level, but leaves places
+/// for the directories it lists: `rm -r` of three levels of five
+/// directories (two files in each of the deepest) is answered, removes
+/// everything at the host, and sends no more unlinks the ordinary way
+/// than a sweep that asks nothing ahead (70 of 250: in each middle
+/// directory the first leaves' unlinks, and their `rmdir`s, earn the
+/// leases the rest are answered under). Leases asked ahead at each level
+/// while any place was free filled the table, and more went the
+/// ordinary way (76).
+#[test]
+fn a_deep_sweep_leaves_room_for_the_directories_it_lists() {
+    const WIDE: usize = 5;
+    let mut disk = MemFs::new(1 << 30);
+    let path = |parts: &[String]| RelPath::from(parts.iter().map(|p| name(p)).collect::<Vec<_>>());
+    let mut tree = vec![vec!["top".to_string()]];
+    for level in 0..3 {
+        let mut next = Vec::new();
+        for parent in tree.iter().filter(|p| p.len() == level + 1) {
+            for i in 0..WIDE {
+                let mut d = parent.clone();
+                d.push(format!("d{level}{i}"));
+                next.push(d);
+            }
+        }
+        tree.extend(next);
+    }
+    for d in &tree {
+        disk.execute(crate::host::FsOp::Mkdir {
+            path: path(d),
+            mode: 0o755,
+            owner: None,
+        })
+        .expect("a directory");
+        if d.len() == 4 {
+            for f in ["f0", "f1"] {
+                let mut p = d.clone();
+                p.push(f.to_string());
+                disk.local_replace(&path(&p), b"made elsewhere")
+                    .expect("a file");
+            }
+        }
+    }
+    let mut w = leasing_with(disk, 1, HostConfig::default());
+    w.record_fs = true;
+    let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
+    // `rm -r`: list a directory, `fstat` it, remove what is in it
+    // (directories first, depth first), then the directory itself.
+    fn sweep(w: &mut World, dir: Ino, depth: usize) {
+        let listed = w.op(
+            0,
+            Op::ReadDir {
+                ino: dir,
+                offset: 0,
+            },
+        );
+        w.run_for(BRIEFLY);
+        let entries = match w.answer(0, listed) {
+            Some(Ok(Answer::Dir(items))) => items,
+            other => panic!("a listing: {other:?}"),
+        };
+        let names: Vec<String> = entries
+            .iter()
+            .filter_map(|e| {
+                std::str::from_utf8(e.name.as_bytes())
+                    .ok()
+                    .map(str::to_string)
+            })
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        let stat = w.op(0, Op::GetAttr { ino: dir });
+        w.run_for(BRIEFLY);
+        assert!(matches!(w.answer(0, stat), Some(Ok(Answer::Attr { .. }))));
+        for n in names {
+            let (ino, attr) = lookup(w, 0, dir, &n).expect("an entry");
+            if attr.kind == FileKind::Dir {
+                sweep(w, ino, depth + 1);
+                let rmdir = w.op(
+                    0,
+                    Op::Rmdir {
+                        parent: dir,
+                        name: name(&n),
+                    },
+                );
+                w.run_for(BRIEFLY);
+                assert_eq!(w.answer(0, rmdir), Some(Ok(Answer::Done)), "rmdir {n}");
+            } else {
+                let req = w.op(
+                    0,
+                    Op::Unlink {
+                        parent: dir,
+                        name: name(&n),
+                    },
+                );
+                w.run_for(Duration::from_millis(1));
+                let answer = w.answer(0, req).or_else(|| {
+                    w.run_for(BRIEFLY);
+                    w.answer(0, req)
+                });
+                assert_eq!(answer, Some(Ok(Answer::Done)), "unlink {n}");
+            }
+        }
+    }
+    sweep(&mut w, top, 0);
+    w.settle();
+    let ordinary = w
+        .fs_log
+        .iter()
+        .filter(|r| matches!(r.op, crate::host::FsOp::Unlink { .. }))
+        .count();
+    let files = WIDE * WIDE * WIDE * 2;
+    assert!(
+        ordinary <= 70,
+        "{ordinary} of {files} unlinks went the ordinary way: the deepest \
+         directories found no place for their leases"
+    );
+    let gone = w.disk.execute(crate::host::FsOp::Stat {
+        path: RelPath::from(vec![name("top"), name("d00")]),
+    });
+    assert_eq!(gone, Err(Errno::NoEnt), "removed at the host too");
+}
+
 /// An unlink waiting for its directory's lease when the host restarts
 /// is answered, and removes the file in its own directory although the
 /// new host numbers the tree anew. (Here the lost connection ends the
