@@ -954,7 +954,7 @@ fn a_deep_sweep_leaves_room_for_the_directories_it_lists() {
     let (top, _) = lookup(&mut w, 0, Ino::ROOT, "top").expect("top");
     // `rm -r`: list a directory, `fstat` it, remove what is in it
     // (directories first, depth first), then the directory itself.
-    fn sweep(w: &mut World, dir: Ino, depth: usize) {
+    fn sweep(w: &mut World, dir: Ino) {
         let listed = w.op(
             0,
             Op::ReadDir {
@@ -982,7 +982,7 @@ fn a_deep_sweep_leaves_room_for_the_directories_it_lists() {
         for n in names {
             let (ino, attr) = lookup(w, 0, dir, &n).expect("an entry");
             if attr.kind == FileKind::Dir {
-                sweep(w, ino, depth + 1);
+                sweep(w, ino);
                 let rmdir = w.op(
                     0,
                     Op::Rmdir {
@@ -1009,7 +1009,7 @@ fn a_deep_sweep_leaves_room_for_the_directories_it_lists() {
             }
         }
     }
-    sweep(&mut w, top, 0);
+    sweep(&mut w, top);
     w.settle();
     let ordinary = w
         .fs_log
