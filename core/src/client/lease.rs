@@ -624,7 +624,7 @@ impl ClientCore {
             return;
         }
         // The sweep goes through the parent's subdirectories in the order
-        // of its listing (`rm -r` does not sort), so the next few are
+        // of its listing (GNU `rm -r` sorts none below 10,000 entries), so the next few are
         // asked for too: each one's lease and the listing read under it
         // come while the sweep empties this one, and its own listing and
         // unlinks are then answered here. Without, every directory waited
