@@ -192,9 +192,16 @@ fn fuse_mount<S: Shell>(shell: &S) {
             fs::remove_dir_all(&tree).expect("rm -r tree");
             expect_errno(fs::metadata(&tree), ENOENT, "removed tree");
         }
+        // The rmdir may have been answered under the root's lease (two
+        // ordinary changes there, the first round's rmdir and the second
+        // round's mkdir, earn it) and streamed after the tree's unlinks:
+        // an fsync of the root returns once the host applied that stream.
+        steps.at("tree: fsync of the root");
+        fs::File::open(root)
+            .and_then(|r| r.sync_all())
+            .expect("fsync the root");
     });
-    // The rmdir was answered after the host removed the directory, so
-    // every unlink in it had been applied.
+    // So the host has removed the directory, and every unlink in it.
     let (seen, gone) = async_channel::bounded(1);
     shell.block_on(host.local_change(RelPath::from(vec![]), move |fs| {
         let tree = RelPath::from(vec![Name::new("tree").expect("name")]);
