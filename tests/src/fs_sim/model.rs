@@ -134,6 +134,8 @@ pub struct FsStats {
     pub dirs_leased_with_mkdir: u64,
     /// Directories a sweep came to with their lease taken ahead.
     pub dirs_leased_ahead: u64,
+    /// Trees swept against their listing's order.
+    pub sweeps_reversed: u64,
     /// Acknowledged closes checked once the host applied what they
     /// covered (a lease holder answers closes before that).
     pub acks_deferred: u64,
@@ -202,6 +204,7 @@ impl FsStats {
         self.rmdirs_streamed += o.rmdirs_streamed;
         self.dirs_leased_with_mkdir += o.dirs_leased_with_mkdir;
         self.dirs_leased_ahead += o.dirs_leased_ahead;
+        self.sweeps_reversed += o.sweeps_reversed;
         self.locked_file_links += o.locked_file_links;
         self.acks_deferred += o.acks_deferred;
         self.creates_lost += o.creates_lost;
@@ -852,6 +855,11 @@ impl Sim {
         if node.is_some_and(|n| core.holds_lease(n)) {
             self.stats.dirs_leased_ahead += 1;
         }
+    }
+
+    /// Counts a tree swept against its listing's order.
+    pub fn note_sweep_reversed(&mut self) {
+        self.stats.sweeps_reversed += 1;
     }
 
     /// Counts a directory made while the host holds at least `full`

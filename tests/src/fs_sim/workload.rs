@@ -203,6 +203,15 @@ fn wide(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Vio
     // Past a lease's idle time: the removal begins without leases, as
     // of a tree made elsewhere.
     sim.advance(Duration::from_secs(3))?;
+    // Every other tree is swept against its listing's order (GNU `rm`
+    // sorts a directory of 10,000 entries or more by inode): the leases
+    // a sweep asks ahead of it are then guesses, some of them of
+    // directories already removed here. (Decided by the tag, not the
+    // seed's generator, so that the other draws stay as they were.)
+    if *tag % 2 == 1 {
+        subs.reverse();
+        sim.note_sweep_reversed();
+    }
     for (s, n) in subs {
         sim.note_swept_ahead(c, s);
         sweep(sim, c, s)?;
@@ -873,6 +882,7 @@ impl Simulation for FsSim {
                 "directories a sweep leased ahead of it",
                 s.dirs_leased_ahead,
             ),
+            ("sweeps against the listing's order", s.sweeps_reversed),
             (
                 "directories made with 16 leases held (the table full)",
                 s.leases_full,
