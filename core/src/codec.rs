@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 /// Version of the wire protocol; the first byte of every encoded message.
-pub const PROTOCOL_VERSION: u8 = 13;
+pub const PROTOCOL_VERSION: u8 = 14;
 
 /// The largest message any decoder accepts, whatever its type (above
 /// every type's own limit: a write piece and its envelope, a page of a

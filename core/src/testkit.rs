@@ -800,17 +800,19 @@ fn watched_paths(fs: &FsOp) -> Vec<(crate::host::RelPath, Option<usize>)> {
             vec![(from.clone(), None), (to.clone(), None)]
         }
         // A lease's batch: each create, unlink and rmdir is reported as
-        // it happens, often before the batch's result is back.
+        // it happens, often before the batch's result is back, and so is
+        // the directory's own mode or times set.
         FsOp::Batch { dir, ops } => ops
             .iter()
             .enumerate()
             .map(|(i, op)| {
-                let name = match op {
-                    crate::host::BatchOp::Create(f) => &f.name,
+                let path = match op {
+                    crate::host::BatchOp::Create(f) => dir.join(&f.name),
                     crate::host::BatchOp::Unlink { name, .. }
-                    | crate::host::BatchOp::Rmdir { name, .. } => name,
+                    | crate::host::BatchOp::Rmdir { name, .. } => dir.join(name),
+                    crate::host::BatchOp::SetAttr(_) => dir.clone(),
                 };
-                (dir.join(name), Some(i))
+                (path, Some(i))
             })
             .collect(),
         _ => Vec::new(),

@@ -559,6 +559,16 @@ pub enum ClientEvent {
         /// Why.
         errno: Errno,
     },
+    /// A directory's mode or times this client set under its lease, and
+    /// answered the program for, were not applied by the host (another
+    /// client's lock on it, a disk error, or a host restart before it
+    /// was confirmed).
+    AttrLost {
+        /// The directory's name (`None`: the shared folder itself).
+        name: Option<Name>,
+        /// Why.
+        errno: Errno,
+    },
     /// Given up: every request fails with ENOTCONN until the next
     /// connect.
     Disconnected {

@@ -231,6 +231,7 @@ impl ClientCore {
                             self.run_blocked(now, node, b)?;
                         }
                     }
+                    None if self.setattr_locally(now, req, *ino, set) => {}
                     None if let Some(attr) = self.fold_into_commit(now, node, set) => {
                         let ttl = self.kernel_ttl(Kind::Attr);
                         self.reply(req, Ok(Answer::Attr { attr, ttl }));

@@ -20,7 +20,10 @@
 //! * the `rmdir` of a directory whose lease it holds too and whose names
 //!   it has all removed ([`ClientCore::rmdir_locally`]): an `Rmdir` in
 //!   the parent's stream, sent once that directory's own stream is
-//!   applied.
+//!   applied;
+//! * the directory's own mode and times ([`ClientCore::setattr_locally`]):
+//!   a `SetAttr` in its stream, after the files made there, as tar sets
+//!   them once it has made a directory's files.
 //!
 //! The stream goes to the host in order as [`Request::Apply`] batches, one
 //! at a time per directory; what closes while one is out gathers into the
@@ -35,7 +38,8 @@
 //!
 //! An unlink the host refuses (another client's lock on the file, a
 //! disk error) puts the name back: the mount reports
-//! [`ClientEvent::RemoveLost`].
+//! [`ClientEvent::RemoveLost`]; a mode or times it refuses,
+//! [`ClientEvent::AttrLost`].
 //!
 //! A create, unlink or `rmdir` in a directory whose lease is being taken
 //! (asked for, or its listing read) waits for it, at most
@@ -93,8 +97,9 @@ const MAX_WAITING: usize = 64;
 /// Leases held at once.
 const MAX_LEASES: usize = 16;
 
-/// Files and unlinks answered here and not yet applied, in all: beyond,
-/// they go the ordinary way until the host catches up.
+/// Files, unlinks and directory modes or times answered here and not
+/// yet applied, in all: beyond, they go the ordinary way until the host
+/// catches up.
 const MAX_UNAPPLIED: usize = 4096;
 
 /// Largest file whose content goes in the stream; a larger one is
@@ -263,6 +268,10 @@ pub(super) struct Leases {
     unapplied: BTreeMap<NodeId, Unapplied>,
     /// Unlinks answered here, by the node the name held.
     unlinking: BTreeMap<NodeId, Unlinked>,
+    /// Leased directories whose own mode or times were set here and not
+    /// yet applied: how many such changes are out, and the attributes the
+    /// last gave (the next builds on them).
+    setting: BTreeMap<NodeId, (usize, Attr)>,
     held: Vec<Held>,
     /// Kernel requests waiting for the lease of a directory to be taken
     /// ([`ClientCore::wait_for_lease`]), with the directory and until
@@ -301,13 +310,20 @@ impl Leases {
         self.unapplied.contains_key(&node)
     }
 
-    /// Whether `node` has a create or an unlink answered here and not
-    /// yet applied.
+    /// Whether `node` has a create, an unlink or (a directory) a mode or
+    /// times change answered here and not yet applied.
     fn pending(&self, node: NodeId) -> bool {
-        self.unapplied.contains_key(&node) || self.unlinking.contains_key(&node)
+        self.unapplied.contains_key(&node)
+            || self.unlinking.contains_key(&node)
+            || self.setting.contains_key(&node)
     }
 
-    /// Operations answered here in `dir`, not yet applied.
+    /// Operations answered here and not yet applied, in all.
+    fn answered(&self) -> usize {
+        let set: usize = self.setting.values().map(|(n, _)| n).sum();
+        self.unapplied.len() + self.unlinking.len() + set
+    }
+
     /// Fewer than [`MAX_LEASES`] leases held or being taken, and room
     /// in the map (those being given back count up to twice the limit).
     fn free_place(&self) -> bool {
@@ -325,10 +341,15 @@ impl Leases {
         self.dirs.len() < MAX_LEASES && active.count() < MAX_LEASES / 2
     }
 
+    /// Operations answered here in `dir`'s stream, not yet applied: by
+    /// the nodes they are about (`dir` itself for its mode or times).
     fn pending_in(&self, dir: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         let made = self.unapplied.iter().filter(move |(_, u)| u.dir == dir);
         let gone = self.unlinking.iter().filter(move |(_, u)| u.dir == dir);
-        made.map(|(n, _)| *n).chain(gone.map(|(n, _)| *n))
+        let set = self.setting.contains_key(&dir).then_some(dir);
+        made.map(|(n, _)| *n)
+            .chain(gone.map(|(n, _)| *n))
+            .chain(set)
     }
 
     /// The earliest lease timer.
@@ -373,6 +394,13 @@ impl Leases {
             .find(|(_, u)| !self.dirs.contains_key(&u.dir))
         {
             return Err(format!("unlink of {node:?} without its lease"));
+        }
+        if let Some((dir, n)) = self
+            .setting
+            .iter()
+            .find(|(d, (n, _))| *n == 0 || !self.dirs.contains_key(d))
+        {
+            return Err(format!("{} changes of {dir:?} without its lease", n.0));
         }
         for h in &self.held {
             if h.waiting_for.is_empty() || h.waiting_for.iter().any(|n| !self.pending(*n)) {
@@ -823,7 +851,7 @@ impl ClientCore {
         let Some(pnode) = self.vfs.as_ref().and_then(|v| v.node(*parent)) else {
             return false;
         };
-        let full = self.leases.unapplied.len() >= MAX_UNAPPLIED;
+        let full = self.leases.answered() >= MAX_UNAPPLIED;
         let Some(l) = self.leases.dirs.get_mut(&pnode) else {
             return false;
         };
@@ -910,7 +938,7 @@ impl ClientCore {
             || self.leases.pending(node)
             || self.handles.values().any(|h| h.node == node)
             || self.writes.get(&node).is_some_and(|w| !w.is_finished())
-            || self.leases.unapplied.len() + self.leases.unlinking.len() >= MAX_UNAPPLIED;
+            || self.leases.answered() >= MAX_UNAPPLIED;
         let Some(l) = self.leases.dirs.get_mut(&pnode) else {
             return false;
         };
@@ -940,7 +968,7 @@ impl ClientCore {
     ) {
         let node = match &op {
             LeaseOp::Unlink { node, .. } | LeaseOp::Rmdir { node, .. } => *node,
-            LeaseOp::CreateFile { .. } => return,
+            LeaseOp::CreateFile { .. } | LeaseOp::SetAttr { .. } => return,
         };
         if let Some(l) = self.leases.dirs.get_mut(&pnode) {
             l.stream.push_back(op);
@@ -993,7 +1021,7 @@ impl ClientCore {
             || !inode.bound
             || !emptied
             || self.leases.pending(node)
-            || self.leases.unapplied.len() + self.leases.unlinking.len() >= MAX_UNAPPLIED;
+            || self.leases.answered() >= MAX_UNAPPLIED;
         let Some(l) = self.leases.dirs.get_mut(&pnode) else {
             return false;
         };
@@ -1009,6 +1037,74 @@ impl ClientCore {
         // Nothing more is made in it here; its stream goes first.
         self.return_lease(now, node);
         self.pump_stream(now, pnode);
+        true
+    }
+
+    /// Answers the kernel's change of directory `ino`'s own mode or
+    /// times (`set`, owners already mapped) here, if this client holds its
+    /// lease and knows its attributes: a `SetAttr` in its stream, after
+    /// what was made there. tar sets each directory's times (and mode)
+    /// once it has made its files; over a slow link each waited for the
+    /// directory's stream to be applied, then for a round trip. Owner and
+    /// size changes go the ordinary way. The kernel gets the attributes
+    /// this change gives, kept no time: the next `stat` waits for the
+    /// host's. Returns whether it answered.
+    pub(super) fn setattr_locally(
+        &mut self,
+        now: Instant,
+        req: Req,
+        ino: Ino,
+        set: &SetAttr,
+    ) -> bool {
+        if set.size.is_some() || set.chowns() {
+            return false;
+        }
+        let Some(inode) = self.vfs.as_ref().and_then(|v| v.get(ino)) else {
+            return false;
+        };
+        let node = inode.node;
+        let busy =
+            inode.kind != FileKind::Dir || !inode.bound || self.leases.answered() >= MAX_UNAPPLIED;
+        let known = match self.leases.setting.get(&node) {
+            Some((_, attr)) => Some(attr),
+            None => self.cache.peek_attr(node),
+        };
+        let Some(mut attr) = known.cloned() else {
+            return false;
+        };
+        let Some(l) = self.leases.dirs.get_mut(&node) else {
+            return false;
+        };
+        if busy || l.state != State::Held || l.lost {
+            return false;
+        }
+        l.last_local = now;
+        l.stream.push_back(LeaseOp::SetAttr { set: *set });
+        // What the host will hold once it applies it.
+        let t = self.leases.wall(now);
+        let time = |s: SetTime| match s {
+            SetTime::At(at) => at,
+            SetTime::Now => t,
+        };
+        if let Some(mode) = set.mode {
+            attr.mode = (attr.mode & !0o7777) | (mode & 0o7777);
+        }
+        attr.atime = set.atime.map_or(attr.atime, time);
+        attr.mtime = set.mtime.map_or(attr.mtime, time);
+        attr.ctime = t;
+        let out = self.leases.setting.get(&node).map_or(0, |(n, _)| *n);
+        self.leases.setting.insert(node, (out + 1, attr.clone()));
+        // Not the cached attributes any more, nor any fetched before: a
+        // `stat` asks the host once this is applied.
+        self.cache.invalidate(now, node, Invalidation::Attr);
+        self.reply(
+            req,
+            Ok(Answer::Attr {
+                attr,
+                ttl: Duration::ZERO,
+            }),
+        );
+        self.pump_stream(now, node);
         true
     }
 
@@ -1190,6 +1286,9 @@ impl ClientCore {
                 .collect::<BTreeSet<NodeId>>()
         };
         let all_in = |dir: &NodeId| -> BTreeSet<NodeId> { leases.pending_in(*dir).collect() };
+        // A change of a directory's entries moves its times: after a
+        // mode or times set here, it must reach the host after them.
+        let set = |dir: &NodeId| leases.setting.contains_key(dir).then_some(*dir);
         match request {
             // A directory's times and size move with what is made and
             // unlinked in it: its attributes come after those.
@@ -1221,16 +1320,21 @@ impl ClientCore {
                 LockScope::File(n) => node(&n).into_iter().collect(),
                 LockScope::Directory(d) | LockScope::Subtree(d) => all_in(&d),
             },
-            Request::Lookup { parent, name }
-            | Request::Create { parent, name, .. }
+            Request::Lookup { parent, name } => named(parent, name),
+            Request::Create { parent, name, .. }
             | Request::Mkdir { parent, name, .. }
             | Request::Symlink { parent, name, .. }
             | Request::Mknod { parent, name, .. }
-            | Request::Unlink { parent, name } => named(parent, name),
+            | Request::Unlink { parent, name } => {
+                let mut w = named(parent, name);
+                w.extend(set(parent));
+                w
+            }
             // A directory is empty at the host once what was unlinked in
             // it here is applied.
             Request::Rmdir { parent, name } => {
                 let mut w = named(parent, name);
+                w.extend(set(parent));
                 if let Some(d) = self.child_of(*parent, name) {
                     w.extend(all_in(&d));
                 }
@@ -1244,6 +1348,7 @@ impl ClientCore {
             } => {
                 let mut w = named(parent, name);
                 w.extend(named(new_parent, new_name));
+                w.extend(set(parent).into_iter().chain(set(new_parent)));
                 // A directory the rename replaces must hold at the host
                 // what it holds here (a file made in it makes the rename
                 // ENOTEMPTY, as on a local disk), and one it moves takes
@@ -1259,13 +1364,18 @@ impl ClientCore {
                 node: n,
                 parent,
                 name,
-            } => node(n).into_iter().chain(named(parent, name)).collect(),
+            } => node(n)
+                .into_iter()
+                .chain(named(parent, name))
+                .chain(set(parent))
+                .collect(),
             Request::ReadDir { dir, .. } => all_in(dir),
             // Durable must include everything answered before it.
             Request::Sync => leases
                 .unapplied
                 .keys()
                 .chain(leases.unlinking.keys())
+                .chain(leases.setting.keys())
                 .copied()
                 .collect(),
             _ => BTreeSet::new(),
@@ -1312,7 +1422,8 @@ impl ClientCore {
         let mut bytes = 0;
         let pending = |d: NodeId| {
             let made = self.leases.unapplied.values().any(|u| u.dir == d);
-            made || self.leases.unlinking.values().any(|u| u.dir == d)
+            let set = self.leases.setting.contains_key(&d);
+            made || set || self.leases.unlinking.values().any(|u| u.dir == d)
         };
         while let Some(op) = l.stream.front() {
             // A directory's removal waits for what was done in it.
@@ -1323,7 +1434,7 @@ impl ClientCore {
             }
             let size = match op {
                 LeaseOp::CreateFile { data, .. } => data.len(),
-                LeaseOp::Unlink { .. } | LeaseOp::Rmdir { .. } => 0,
+                LeaseOp::Unlink { .. } | LeaseOp::Rmdir { .. } | LeaseOp::SetAttr { .. } => 0,
             };
             let full = bytes + size > MAX_BATCH_BYTES || ops.len() >= MAX_BATCH_OPS;
             if !ops.is_empty() && full {
@@ -1587,6 +1698,7 @@ impl ClientCore {
                 (LeaseOp::Unlink { node, .. } | LeaseOp::Rmdir { node, .. }, Err(e)) => {
                     self.unlink_refused(now, *node, e)
                 }
+                (LeaseOp::SetAttr { .. }, r) => self.set_applied(dir, r.err()),
             }
         }
         // The directory's times and link count moved at the host.
@@ -1713,6 +1825,34 @@ impl ClientCore {
         });
     }
 
+    /// The host applied (or, with `refused`, did not) a change of `dir`'s
+    /// mode or times answered here: the mount says so if it did not (the
+    /// directory's attributes are fetched again either way, see
+    /// [`Self::on_applied`]).
+    fn set_applied(&mut self, dir: NodeId, refused: Option<Errno>) {
+        if let Some((n, _)) = self.leases.setting.get_mut(&dir) {
+            *n -= 1;
+            if *n == 0 {
+                self.leases.setting.remove(&dir);
+            }
+        }
+        if let Some(errno) = refused {
+            self.attr_lost(dir, errno);
+        }
+    }
+
+    /// Tells the mount that a mode or times of directory `dir` answered
+    /// here was not applied.
+    fn attr_lost(&mut self, dir: NodeId, errno: Errno) {
+        let v = self.vfs.as_ref();
+        let name = v
+            .and_then(|v| v.ino_of(dir))
+            .and_then(|ino| v.and_then(|v| v.get(ino)))
+            .and_then(|i| i.link().map(|(_, n)| n.clone()));
+        self.out
+            .push_back(ClientOutput::Event(ClientEvent::AttrLost { name, errno }));
+    }
+
     /// Sends the held requests that no longer wait (in the order held).
     fn release_held(&mut self, now: Instant) {
         let leases = &self.leases;
@@ -1768,6 +1908,10 @@ impl ClientCore {
         let gone: Vec<NodeId> = self.leases.unlinking.keys().copied().collect();
         for node in gone {
             self.unlink_refused(now, node, Errno::Io);
+        }
+        for dir in std::mem::take(&mut self.leases.setting).into_keys() {
+            self.cache.invalidate(now, dir, Invalidation::Attr);
+            self.attr_lost(dir, Errno::Io);
         }
         for h in std::mem::take(&mut self.leases.held) {
             self.fail_purpose(now, h.purpose, Errno::Stale);

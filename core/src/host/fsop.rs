@@ -190,6 +190,10 @@ pub enum BatchOp {
         /// The directory it must hold.
         key: FileKey,
     },
+    /// Set the batch's directory's own mode and times, as
+    /// [`FsOp::SetAttr`] (never its size or owner). Its result is the
+    /// directory's attributes.
+    SetAttr(SetAttr),
 }
 
 /// One operation on the shared folder.

@@ -593,6 +593,14 @@ impl MemFs {
                         BatchOp::Create(f) => self.create_file(parent, f),
                         BatchOp::Unlink { name, key } => self.unlink_in(parent, &name, key),
                         BatchOp::Rmdir { name, key } => self.rmdir_in(parent, &name, key),
+                        BatchOp::SetAttr(set) => match self.run(FsOp::SetAttr {
+                            path: dir.clone(),
+                            set,
+                        }) {
+                            Ok(FsOk::Attr(a)) => Ok(a),
+                            Ok(_) => Err(Errno::Io),
+                            Err(e) => Err(e),
+                        },
                     };
                     if done.is_ok() {
                         self.mutated();

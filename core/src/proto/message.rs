@@ -485,6 +485,16 @@ pub enum LeaseOp {
         /// Its name in the leased directory.
         name: Name,
     },
+    /// Set the mode and times of the leased directory itself (a `chmod`
+    /// or `utimensat` the holder answered itself), after what precedes
+    /// it in the stream: tar sets a directory's times once it has made
+    /// its files, and they must stay as it set them. Neither size nor
+    /// owner is set this way (EINVAL). The result is the directory's
+    /// attributes.
+    SetAttr {
+        /// The mode and times to set.
+        set: SetAttr,
+    },
 }
 
 /// Node ids reserved for one lease: `first` and the `count - 1` after it.

@@ -83,6 +83,15 @@ fn connection_news(event: &ClientEvent, first: bool) -> Option<String> {
              still be there. Another client may hold a lock on it, or the host restarted.",
             String::from_utf8_lossy(name.as_bytes())
         ),
+        ClientEvent::AttrLost { ref name, errno } => format!(
+            "The host did not set the mode or times of {} ({errno}) after the mount said it \
+             had. Another client may hold a lock on it, or the host restarted.",
+            name.as_ref()
+                .map_or("the shared folder".to_owned(), |n| format!(
+                    "the directory {:?}",
+                    String::from_utf8_lossy(n.as_bytes())
+                ))
+        ),
         ClientEvent::Retrying { attempt, delay } => {
             format!(
                 "Reconnect attempt {attempt} in {:.1} s.",

@@ -1363,3 +1363,185 @@ fn a_recall_that_overtakes_its_grant_gives_the_lease_back() {
     w.settle();
     assert_eq!(w.host.leases(), 0);
 }
+
+/// The attributes of `path` on the host's disk.
+fn disk_attr(w: &mut World, path: &[&str]) -> crate::host::FsAttr {
+    let path = RelPath::from(path.iter().map(|n| name(n)).collect::<Vec<_>>());
+    match w.disk.execute(crate::host::FsOp::Stat { path }) {
+        Ok(crate::host::FsOk::Attr(a)) => a,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Sends `set` for `ino` and returns its answer if it came at once,
+/// before anything reached the host.
+fn set_at_once(w: &mut World, ino: Ino, set: SetAttr) -> Option<Result<Answer, Errno>> {
+    let req = w.op(0, Op::SetAttr { ino, set });
+    let at_once = w.answer(0, req);
+    if at_once.is_none() {
+        // Let it finish, for the caller's later steps.
+        let _ = w.wait(0, req);
+    }
+    at_once
+}
+
+/// tar sets each directory's times and mode once it has made its files.
+/// With the directory's lease held both are answered at once, and reach
+/// the host after the files, in the directory's stream: the times stay
+/// as tar set them.
+#[test]
+fn a_leased_directorys_times_and_mode_are_answered_here_and_set_after_its_files() {
+    let mut w = leasing(1);
+    let dir = mkdir_at(&mut w, Ino::ROOT, "d");
+    for i in 0..5 {
+        save_at(&mut w, 0, dir, &format!("f{i}"), b"f").expect("saved");
+    }
+    let at = SetTime::At(crate::proto::Timestamp {
+        secs: 1_500_000_000,
+        nanos: 7,
+    });
+    let times = SetAttr {
+        atime: Some(at),
+        mtime: Some(at),
+        ..SetAttr::default()
+    };
+    let Some(Ok(Answer::Attr { attr, ttl })) = set_at_once(&mut w, dir, times) else {
+        panic!("the times were not answered at once");
+    };
+    assert_eq!((attr.mtime.secs, attr.mtime.nanos), (1_500_000_000, 7));
+    assert_eq!(ttl, Duration::ZERO, "the kernel asks again, for the host's");
+    let mode = SetAttr {
+        mode: Some(0o700),
+        ..SetAttr::default()
+    };
+    let Some(Ok(Answer::Attr { attr, .. })) = set_at_once(&mut w, dir, mode) else {
+        panic!("the mode was not answered at once");
+    };
+    assert_eq!(attr.mode & 0o7777, 0o700);
+    assert_eq!(attr.mtime.secs, 1_500_000_000, "the times set before kept");
+    // A stat waits for the host, which has them after the files.
+    match w.call(0, Op::GetAttr { ino: dir }) {
+        Ok(Answer::Attr { attr, .. }) => {
+            assert_eq!(
+                (attr.mode & 0o7777, attr.mtime.secs),
+                (0o700, 1_500_000_000)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    w.settle();
+    let on_host = disk_attr(&mut w, &["d"]);
+    assert_eq!(
+        (
+            on_host.mode & 0o7777,
+            on_host.mtime.secs,
+            on_host.mtime.nanos
+        ),
+        (0o700, 1_500_000_000, 7)
+    );
+    assert_eq!(
+        w.disk
+            .read_file(&RelPath::from(vec![name("d"), name("f4")]))
+            .map(<[u8]>::to_vec),
+        Some(b"f".to_vec())
+    );
+    assert_eq!(w.clients[0].core.unapplied(), 0);
+}
+
+/// A change of a directory's entries that goes to the host after its
+/// times were set here reaches the host after them too: the directory's
+/// mtime is the later change's, as on a local disk.
+#[test]
+fn a_mkdir_after_times_set_here_moves_the_directorys_mtime_after_them() {
+    let mut w = leasing(1);
+    let dir = mkdir_at(&mut w, Ino::ROOT, "d");
+    save_at(&mut w, 0, dir, "f", b"f").expect("saved");
+    let old = SetTime::At(crate::proto::Timestamp {
+        secs: 1_000_000_000,
+        nanos: 0,
+    });
+    let times = SetAttr {
+        mtime: Some(old),
+        ..SetAttr::default()
+    };
+    assert!(set_at_once(&mut w, dir, times).is_some(), "answered here");
+    // A mkdir goes to the host (it is not answered under a lease).
+    mkdir_at(&mut w, dir, "sub");
+    w.settle();
+    let on_host = disk_attr(&mut w, &["d"]);
+    assert_ne!(
+        on_host.mtime.secs, 1_000_000_000,
+        "the mkdir's mtime, not the one set before it"
+    );
+}
+
+/// Times set here that the host never applied (it restarted first) are
+/// reported, and the directory's attributes are the host's again.
+#[test]
+fn times_set_here_the_host_never_applied_are_reported() {
+    let mut w = leasing(1);
+    let dir = mkdir_at(&mut w, Ino::ROOT, "d");
+    save_at(&mut w, 0, dir, "f", b"f").expect("saved");
+    w.settle();
+    let before = disk_attr(&mut w, &["d"]).mtime;
+    w.silence(0);
+    let at = SetTime::At(crate::proto::Timestamp {
+        secs: 1_000_000_000,
+        nanos: 0,
+    });
+    let times = SetAttr {
+        mtime: Some(at),
+        ..SetAttr::default()
+    };
+    assert!(set_at_once(&mut w, dir, times).is_some(), "answered here");
+    w.crash_host();
+    w.restart_host();
+    w.heal();
+    w.run_for(Duration::from_secs(30));
+    let events = std::mem::take(&mut w.clients[0].events);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ClientEvent::AttrLost { name: Some(n), errno: Errno::Io } if n.as_bytes() == b"d"
+        )),
+        "reported: {events:?}"
+    );
+    assert_eq!(disk_attr(&mut w, &["d"]).mtime, before);
+    let (_, attr) = lookup(&mut w, 0, Ino::ROOT, "d").expect("d");
+    assert_eq!(attr.mtime, before, "the host's times, not those set here");
+}
+
+/// Another client's `chmod` of a directory whose holder set its mode
+/// here waits for the holder's stream (the host recalls the lease): the
+/// later change wins, not the one applied later.
+#[test]
+fn another_clients_chmod_comes_after_the_holders_mode_set_here() {
+    let mut w = leasing(2);
+    let dir = mkdir_at(&mut w, Ino::ROOT, "d");
+    let (on_1, _) = lookup(&mut w, 1, Ino::ROOT, "d").expect("d seen by 1");
+    // The files' batch is out when the mode is set: the change waits in
+    // the stream behind it.
+    for i in 0..3 {
+        save_at(&mut w, 0, dir, &format!("f{i}"), b"f").expect("saved");
+    }
+    let mode = |m| SetAttr {
+        mode: Some(m),
+        ..SetAttr::default()
+    };
+    assert!(
+        set_at_once(&mut w, dir, mode(0o700)).is_some(),
+        "answered here"
+    );
+    match w.call(
+        1,
+        Op::SetAttr {
+            ino: on_1,
+            set: mode(0o750),
+        },
+    ) {
+        Ok(Answer::Attr { attr, .. }) => assert_eq!(attr.mode & 0o7777, 0o750),
+        other => panic!("{other:?}"),
+    }
+    w.settle();
+    assert_eq!(disk_attr(&mut w, &["d"]).mode & 0o7777, 0o750);
+}

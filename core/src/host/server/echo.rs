@@ -110,6 +110,11 @@ impl Echoes {
                     BatchOp::Unlink { name, .. } | BatchOp::Rmdir { name, .. } => {
                         (dir.join(name), Leaves::ItemGone(i))
                     }
+                    // Held back, unlike an ordinary setattr's report: the
+                    // watcher reports the directory while the batch runs,
+                    // and checked then, against what the host left there
+                    // before, it would recall the holder's lease.
+                    BatchOp::SetAttr(_) => (dir.clone(), Leaves::Item(i)),
                 })
                 .collect(),
             _ => return,

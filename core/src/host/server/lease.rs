@@ -8,7 +8,9 @@
 //!
 //! * **Parking.** A request of another session that would look at or
 //!   change the directory's entries (a lookup, a listing, a create, an
-//!   unlink or rename there, a lock that conflicts) does not fail with
+//!   unlink or rename there, a lock that conflicts), or set the
+//!   directory's own attributes (its holder may have set them too, in its
+//!   stream), does not fail with
 //!   EBUSY: it waits, in arrival order, while the holder is sent
 //!   [`HostMessage::Recall`]. Once the lease is gone the waiting requests
 //!   run as if they had just arrived. They wait at most the lock table's
@@ -54,6 +56,8 @@ pub(crate) enum BatchStep {
     Made(NodeId, Name),
     /// A name removed, which held this node.
     Unnamed(NodeId, Name),
+    /// The directory's own mode or times set.
+    Set,
     /// Refused before it ran.
     Refused(Errno),
 }
@@ -402,6 +406,10 @@ impl HostServer {
             | Request::Link { parent, .. }
             | Request::Mknod { parent, .. } => &[*parent],
             Request::ReadDir { dir, .. } | Request::Apply { dir, .. } => &[*dir],
+            // A leased directory's own mode and times: its holder may
+            // have set them too, and its change, applied later, would
+            // undo this one.
+            Request::SetAttr { node, .. } => &[*node],
             Request::Unlink { parent, name } | Request::Rmdir { parent, name } => {
                 if other(parent) {
                     return Some(*parent);
@@ -672,6 +680,21 @@ impl HostServer {
                         Err(e) => steps.push(BatchStep::Refused(e)),
                     }
                 }
+                LeaseOp::SetAttr { set } => {
+                    if set.chowns() || set.size.is_some() {
+                        return Err(Errno::Inval);
+                    }
+                    // As an ordinary setattr: not while another session
+                    // holds a lock on the directory (a holder's, applied
+                    // after its lease was lost).
+                    match self.guard(session, dir, false) {
+                        Ok(()) => {
+                            steps.push(BatchStep::Set);
+                            fs_ops.push(BatchOp::SetAttr(set));
+                        }
+                        Err(e) => steps.push(BatchStep::Refused(e)),
+                    }
+                }
             }
         }
         let Some(s) = self.sessions.get_mut(&session) else {
@@ -740,7 +763,7 @@ impl HostServer {
             Err(e) => vec![Some(Err(e)); ran],
         }
         .into_iter();
-        let mut changed = false;
+        let (mut changed, mut set) = (false, false);
         let mut results = Vec::with_capacity(steps.len());
         for step in steps {
             let r = match step {
@@ -759,11 +782,18 @@ impl HostServer {
                         to_attr(node, &a)
                     })
                 }
+                BatchStep::Set => items.next().flatten().unwrap_or(Err(Errno::Io)).map(|a| {
+                    set = true;
+                    to_attr(dir, &a)
+                }),
             };
             results.push(r);
         }
         if changed {
             self.broadcast(Some(session), dir, Invalidation::Entries);
+        }
+        if set {
+            self.broadcast(Some(session), dir, Invalidation::Attr);
         }
         self.leases.applying.remove(&(session, dir));
         let mut ids = Vec::new();

@@ -194,6 +194,17 @@ fn every_request() -> Vec<Request> {
                     times: SetAttr::default(),
                     data: Bytes::from_static(b"hi"),
                 },
+                LeaseOp::SetAttr {
+                    set: SetAttr {
+                        mode: Some(0o755),
+                        mtime: Some(SetTime::At(Timestamp {
+                            secs: 1_700_000_000,
+                            nanos: 5,
+                        })),
+                        atime: Some(SetTime::Now),
+                        ..SetAttr::default()
+                    },
+                },
             ],
         },
         Request::AcquireLock {

@@ -405,6 +405,7 @@ impl HostFs {
                 BatchOp::Create(f) => Step::Link(self.stage_new(dir, &f, !sync_once), f.name),
                 BatchOp::Unlink { name, key } => Step::Unlink(name, key),
                 BatchOp::Rmdir { name, key } => Step::Rmdir(name, key),
+                BatchOp::SetAttr(set) => Step::SetAttr(set),
             })
             .collect();
         let any_staged = steps.iter().any(|s| matches!(s, Step::Link(Ok(_), _)));
@@ -426,6 +427,7 @@ impl HostFs {
                 Step::Link(Err(e), _) => Err(e),
                 Step::Unlink(name, key) => unlink_in(dir, &name, key),
                 Step::Rmdir(name, key) => rmdir_in(dir, &name, key),
+                Step::SetAttr(set) => set_own_attr(dir, &set),
             })
             .collect()
     }
@@ -695,6 +697,8 @@ enum Step {
     Unlink(Name, FileKey),
     /// Remove the name if it holds the empty directory of this identity.
     Rmdir(Name, FileKey),
+    /// Set the directory's own mode and times.
+    SetAttr(SetAttr),
 }
 
 /// A new file of a batch, written whole under its staging name and not
@@ -709,6 +713,23 @@ impl StagedNew {
     fn discard(self, dir: &OwnedFd) {
         let _ = rfs::unlinkat(dir, os(&self.name), AtFlags::empty());
     }
+}
+
+/// A [`BatchOp::SetAttr`]: the mode and times of directory `dir` itself
+/// (open for reading, so changed through it as any directory's are),
+/// then its attributes.
+fn set_own_attr(dir: &OwnedFd, set: &SetAttr) -> Result<FsAttr, Errno> {
+    if set.chowns() || set.size.is_some() {
+        return Err(Errno::Inval);
+    }
+    if let Some(mode) = set.mode {
+        rfs::fchmod(dir, Mode::from_raw_mode(mode & 0o7777)).map_err(sys)?;
+    }
+    if let Some(t) = times(set) {
+        rfs::futimens(dir, &t).map_err(sys)?;
+    }
+    let st = rfs::fstat(dir).map_err(sys)?;
+    attr(&st).ok_or(Errno::NoEnt)
 }
 
 /// A [`BatchOp::Rmdir`]: the attributes the directory had. Asked first,
