@@ -178,7 +178,7 @@ fn op(rng: &mut Rng) -> FsOp {
                         }
                         return BatchOp::Unlink { name, key };
                     }
-                    BatchOp::Create(NewFile {
+                    let new = NewFile {
                         name,
                         mode: *rng.pick(&[0o644, 0o600, 0o2755]),
                         owner: owner(rng),
@@ -192,7 +192,17 @@ fn op(rng: &mut Rng) -> FsOp {
                         },
                         // Sometimes beyond the largest file.
                         data: Bytes::from(vec![b'n'; rng.below(MAX_FILE + 50) as usize]),
-                    })
+                    };
+                    // One name sets the directory's own mode and times
+                    // instead, with the draws made for it (so the
+                    // sequences stay what they were).
+                    if new.name.as_bytes() == NAMES[2].as_bytes() {
+                        return BatchOp::SetAttr(SetAttr {
+                            mode: Some(new.mode | 0o700),
+                            ..new.times
+                        });
+                    }
+                    BatchOp::Create(new)
                 })
                 .collect(),
         },

@@ -253,6 +253,15 @@ struct Unlinked {
     parent: Ino,
 }
 
+/// A leased directory's own mode or times set here, not yet applied.
+#[derive(Debug)]
+struct Setting {
+    /// How many such changes are out.
+    out: usize,
+    /// The attributes the last gave, which the next builds on.
+    attr: Attr,
+}
+
 /// A request waiting for files or unlinks to be applied.
 #[derive(Debug)]
 struct Held {
@@ -269,9 +278,8 @@ pub(super) struct Leases {
     /// Unlinks answered here, by the node the name held.
     unlinking: BTreeMap<NodeId, Unlinked>,
     /// Leased directories whose own mode or times were set here and not
-    /// yet applied: how many such changes are out, and the attributes the
-    /// last gave (the next builds on them).
-    setting: BTreeMap<NodeId, (usize, Attr)>,
+    /// yet applied.
+    setting: BTreeMap<NodeId, Setting>,
     held: Vec<Held>,
     /// Kernel requests waiting for the lease of a directory to be taken
     /// ([`ClientCore::wait_for_lease`]), with the directory and until
@@ -320,7 +328,7 @@ impl Leases {
 
     /// Operations answered here and not yet applied, in all.
     fn answered(&self) -> usize {
-        let set: usize = self.setting.values().map(|(n, _)| n).sum();
+        let set: usize = self.setting.values().map(|s| s.out).sum();
         self.unapplied.len() + self.unlinking.len() + set
     }
 
@@ -398,9 +406,9 @@ impl Leases {
         if let Some((dir, n)) = self
             .setting
             .iter()
-            .find(|(d, (n, _))| *n == 0 || !self.dirs.contains_key(d))
+            .find(|(d, s)| s.out == 0 || !self.dirs.contains_key(d))
         {
-            return Err(format!("{} changes of {dir:?} without its lease", n.0));
+            return Err(format!("{} changes of {dir:?} without its lease", n.out));
         }
         for h in &self.held {
             if h.waiting_for.is_empty() || h.waiting_for.iter().any(|n| !self.pending(*n)) {
@@ -481,9 +489,11 @@ impl ClientCore {
     }
 
     /// Whether `node` is a file this client made under a lease and the
-    /// host has not applied yet: its attributes are this client's own.
+    /// host has not applied yet, or a leased directory whose mode or
+    /// times were set here and not yet applied: either's attributes are
+    /// this client's own, given to the kernel to keep no time.
     pub fn is_unapplied(&self, node: NodeId) -> bool {
-        self.leases.is_unapplied(node)
+        self.leases.is_unapplied(node) || self.leases.setting.contains_key(&node)
     }
 
     /// Whether this client holds the lease of directory `dir` and answers
@@ -1065,8 +1075,13 @@ impl ClientCore {
         let node = inode.node;
         let busy =
             inode.kind != FileKind::Dir || !inode.bound || self.leases.answered() >= MAX_UNAPPLIED;
+        // The answer is made here, as a file made here is, from the
+        // attributes last known, stale if the creates here made them so:
+        // its mode and times are those set, and the kernel keeps none of
+        // it (no time to live: with `default_permissions` it asks again
+        // before it checks a permission).
         let known = match self.leases.setting.get(&node) {
-            Some((_, attr)) => Some(attr),
+            Some(s) => Some(&s.attr),
             None => self.cache.peek_attr(node),
         };
         let Some(mut attr) = known.cloned() else {
@@ -1092,8 +1107,12 @@ impl ClientCore {
         attr.atime = set.atime.map_or(attr.atime, time);
         attr.mtime = set.mtime.map_or(attr.mtime, time);
         attr.ctime = t;
-        let out = self.leases.setting.get(&node).map_or(0, |(n, _)| *n);
-        self.leases.setting.insert(node, (out + 1, attr.clone()));
+        let out = self.leases.setting.get(&node).map_or(0, |s| s.out);
+        let setting = Setting {
+            out: out + 1,
+            attr: attr.clone(),
+        };
+        self.leases.setting.insert(node, setting);
         // Not the cached attributes any more, nor any fetched before: a
         // `stat` asks the host once this is applied.
         self.cache.invalidate(now, node, Invalidation::Attr);
@@ -1830,9 +1849,9 @@ impl ClientCore {
     /// directory's attributes are fetched again either way, see
     /// [`Self::on_applied`]).
     fn set_applied(&mut self, dir: NodeId, refused: Option<Errno>) {
-        if let Some((n, _)) = self.leases.setting.get_mut(&dir) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(s) = self.leases.setting.get_mut(&dir) {
+            s.out -= 1;
+            if s.out == 0 {
                 self.leases.setting.remove(&dir);
             }
         }

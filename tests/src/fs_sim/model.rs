@@ -128,6 +128,9 @@ pub struct FsStats {
     pub unlinks_streamed: u64,
     /// Directories removed under a directory lease and applied by the host.
     pub rmdirs_streamed: u64,
+    /// A leased directory's own mode and times set by its holder and
+    /// applied by the host from its stream.
+    pub dir_sets_streamed: u64,
     /// Hard links made to the locked file.
     pub locked_file_links: u64,
     /// Directories whose lease came with their mkdir's answer.
@@ -202,6 +205,7 @@ impl FsStats {
         self.files_streamed += o.files_streamed;
         self.unlinks_streamed += o.unlinks_streamed;
         self.rmdirs_streamed += o.rmdirs_streamed;
+        self.dir_sets_streamed += o.dir_sets_streamed;
         self.dirs_leased_with_mkdir += o.dirs_leased_with_mkdir;
         self.dirs_leased_ahead += o.dirs_leased_ahead;
         self.sweeps_reversed += o.sweeps_reversed;
@@ -1598,6 +1602,22 @@ impl Sim {
                         match (op, made) {
                             (BatchOp::Unlink { .. }, Ok(_)) => self.stats.unlinks_streamed += 1,
                             (BatchOp::Rmdir { .. }, Ok(_)) => self.stats.rmdirs_streamed += 1,
+                            (BatchOp::SetAttr(set), Ok(a)) => {
+                                // What the holder answered is what the
+                                // directory has, once applied.
+                                let mode_ok = set.mode.is_none_or(|m| a.mode == m & 0o7777);
+                                let mtime_ok = match set.mtime {
+                                    Some(SetTime::At(t)) => a.mtime == t,
+                                    _ => true,
+                                };
+                                if a.kind != FileKind::Dir || !(mode_ok && mtime_ok) {
+                                    return Err(self.violation(format!(
+                                        "{dir:?} set to {set:?} in its stream but it is {:?} with mode {:o}, mtime {:?}",
+                                        a.kind, a.mode, a.mtime
+                                    )));
+                                }
+                                self.stats.dir_sets_streamed += 1;
+                            }
                             _ => {}
                         }
                         continue;
@@ -2041,7 +2061,9 @@ impl Sim {
         // An unlinked file open here (nlink 0) is answered from its
         // handle: with no name, no other client's commit can change it.
         // A file made under a lease and not applied yet is this client's
-        // alone: nobody else can see it, let alone change it.
+        // alone: nobody else can see it, let alone change it. So are the
+        // attributes a holder answers for a leased directory whose mode
+        // or times it set (made here, kept by the kernel for no time).
         let own = |a: &Attr| self.w.clients[c].core.is_unapplied(a.node);
         let attrs: Vec<&Attr> = attrs.into_iter().filter(|a| !own(a)).collect();
         for a in attrs.into_iter().filter(|a| a.nlink > 0) {

@@ -92,6 +92,45 @@ fn burst(sim: &mut Sim, rng: &mut Rng, c: usize, dir: Ino, tag: &mut u64) -> Res
     Ok(())
 }
 
+/// What tar does once it has made a directory's files: their times and
+/// mode, as the archive has them (a client holding the directory's lease
+/// answers both itself and streams them after the files). Decided by the
+/// tag, not the seed's generator, so that the other draws stay as they
+/// were.
+fn restore_times(sim: &mut Sim, c: usize, dir: Ino, tag: u64) -> Result<(), Violation> {
+    if tag.is_multiple_of(4) {
+        return Ok(());
+    }
+    let at = SetTime::At(Timestamp {
+        secs: 1_500_000_000 + (tag % 100_000) as i64,
+        nanos: (tag % 1000) as u32,
+    });
+    let times = SetAttr {
+        atime: Some(at),
+        mtime: Some(at),
+        ..SetAttr::default()
+    };
+    sim.op(
+        c,
+        Op::SetAttr {
+            ino: dir,
+            set: times,
+        },
+    )?;
+    let mode = SetAttr {
+        mode: Some([0o755, 0o750, 0o700][(tag % 3) as usize]),
+        ..SetAttr::default()
+    };
+    sim.op(
+        c,
+        Op::SetAttr {
+            ino: dir,
+            set: mode,
+        },
+    )?;
+    Ok(())
+}
+
 /// What `rm -r` does: the directory listed and `fstat`ed, then every
 /// name looked up and unlinked, one after another (a client that unlinks
 /// several takes a directory lease and answers them itself; one sweeping
@@ -151,6 +190,7 @@ fn tree(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Vio
     };
     *tag += 1;
     burst(sim, rng, c, sub, tag)?;
+    restore_times(sim, c, sub, *tag)?;
     sim.advance(Duration::from_millis(100))?;
     sweep(sim, c, sub)?;
     sim.op(
@@ -197,6 +237,7 @@ fn wide(sim: &mut Sim, rng: &mut Rng, c: usize, tag: &mut u64) -> Result<(), Vio
         if let Some(s) = sim.child(c, t, &n) {
             *tag += 1;
             burst(sim, rng, c, s, tag)?;
+            restore_times(sim, c, s, *tag)?;
             subs.push((s, n));
         }
     }
@@ -874,6 +915,10 @@ impl Simulation for FsSim {
                 s.unlinks_streamed,
             ),
             ("rmdirs answered under a directory lease", s.rmdirs_streamed),
+            (
+                "directory modes and times set under its lease",
+                s.dir_sets_streamed,
+            ),
             (
                 "directories leased with their mkdir",
                 s.dirs_leased_with_mkdir,

@@ -384,7 +384,15 @@ impl HostFs {
         // A window at a time, so that a batch (whose length only the
         // message size bounds) holds at most this many files open.
         while !ops.is_empty() {
-            let rest = ops.split_off(ops.len().min(STAGED_AT_ONCE));
+            // A window ends at the directory's own mode change too: the
+            // files after it are made under it (a set-group-ID bit gives
+            // them the directory's group), as they are made one after
+            // another on a local disk.
+            let end = ops
+                .iter()
+                .position(|op| matches!(op, BatchOp::SetAttr(_)))
+                .map_or(ops.len(), |i| i + 1);
+            let rest = ops.split_off(end.min(STAGED_AT_ONCE));
             items.extend(self.batch_window(&dir, ops));
             ops = rest;
         }
