@@ -795,10 +795,26 @@ impl ClientCore {
             .flatten()
     }
 
-    /// Attributes with this client's uncommitted size, mode and times laid
-    /// over them.
+    /// Attributes with this client's uncommitted size, mode and times
+    /// laid over them, and a leased directory's mode and times set here
+    /// and not yet applied.
     pub(super) fn with_local_changes(&self, attr: &Attr) -> Attr {
         let mut a = attr.clone();
+        if let Some((set, ctime)) = self.set_here(attr.node) {
+            // A leased directory's mode and times set here: every answer
+            // shows them until the host has them (the host's own, until
+            // then, are older).
+            if let Some(mode) = set.mode {
+                a.mode = (a.mode & !0o7777) | (mode & 0o7777);
+            }
+            if let Some(SetTime::At(t)) = set.atime {
+                a.atime = t;
+            }
+            if let Some(SetTime::At(t)) = set.mtime {
+                a.mtime = t;
+            }
+            a.ctime = a.ctime.max(ctime);
+        }
         if let Some(w) = self.writes.get(&attr.node).filter(|w| !w.is_finished()) {
             a.size = w.size();
             let set = w.pending_set();

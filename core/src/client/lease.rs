@@ -258,8 +258,12 @@ struct Unlinked {
 struct Setting {
     /// How many such changes are out.
     out: usize,
-    /// The attributes the last gave, which the next builds on.
-    attr: Attr,
+    /// What they set, the later over the earlier (times as this
+    /// client's clock had them), laid over every answer about the
+    /// directory until the host has them (`ClientCore::with_local_changes`).
+    set: SetAttr,
+    /// When the last was made, by this client's clock.
+    ctime: Timestamp,
 }
 
 /// A request waiting for files or unlinks to be applied.
@@ -494,6 +498,14 @@ impl ClientCore {
     /// this client's own, given to the kernel to keep no time.
     pub fn is_unapplied(&self, node: NodeId) -> bool {
         self.leases.is_unapplied(node) || self.leases.setting.contains_key(&node)
+    }
+
+    /// What this client set of leased directory `node`'s own mode and
+    /// times and the host has not applied yet, and when, by this
+    /// client's clock.
+    pub(super) fn set_here(&self, node: NodeId) -> Option<(&SetAttr, Timestamp)> {
+        let s = self.leases.setting.get(&node)?;
+        Some((&s.set, s.ctime))
     }
 
     /// Whether this client holds the lease of directory `dir` and answers
@@ -1075,16 +1087,10 @@ impl ClientCore {
         let node = inode.node;
         let busy =
             inode.kind != FileKind::Dir || !inode.bound || self.leases.answered() >= MAX_UNAPPLIED;
-        // The answer is made here, as a file made here is, from the
-        // attributes last known, stale if the creates here made them so:
-        // its mode and times are those set, and the kernel keeps none of
-        // it (no time to live: with `default_permissions` it asks again
-        // before it checks a permission).
-        let known = match self.leases.setting.get(&node) {
-            Some(s) => Some(&s.attr),
-            None => self.cache.peek_attr(node),
-        };
-        let Some(mut attr) = known.cloned() else {
+        // The answer is made here, as a file's made here is, from the
+        // attributes last known with what was set here laid over them
+        // (`with_local_changes`).
+        let Some(known) = self.cache.peek_attr(node).cloned() else {
             return false;
         };
         let Some(l) = self.leases.dirs.get_mut(&node) else {
@@ -1095,34 +1101,33 @@ impl ClientCore {
         }
         l.last_local = now;
         l.stream.push_back(LeaseOp::SetAttr { set: *set });
-        // What the host will hold once it applies it.
+        // What the host will hold once it applies it: the times set (the
+        // host's now is a little later than this machine's), and a change
+        // time of this machine's clock.
         let t = self.leases.wall(now);
-        let time = |s: SetTime| match s {
-            SetTime::At(at) => at,
-            SetTime::Now => t,
+        let at = |s: SetTime| {
+            Some(SetTime::At(match s {
+                SetTime::At(at) => at,
+                SetTime::Now => t,
+            }))
         };
-        if let Some(mode) = set.mode {
-            attr.mode = (attr.mode & !0o7777) | (mode & 0o7777);
-        }
-        attr.atime = set.atime.map_or(attr.atime, time);
-        attr.mtime = set.mtime.map_or(attr.mtime, time);
-        attr.ctime = t;
-        let out = self.leases.setting.get(&node).map_or(0, |s| s.out);
-        let setting = Setting {
-            out: out + 1,
-            attr: attr.clone(),
-        };
-        self.leases.setting.insert(node, setting);
-        // Not the cached attributes any more, nor any fetched before: a
-        // `stat` asks the host once this is applied.
-        self.cache.invalidate(now, node, Invalidation::Attr);
-        self.reply(
-            req,
-            Ok(Answer::Attr {
-                attr,
-                ttl: Duration::ZERO,
-            }),
-        );
+        let s = self.leases.setting.entry(node).or_insert(Setting {
+            out: 0,
+            set: SetAttr::default(),
+            ctime: t,
+        });
+        s.out += 1;
+        s.set.mode = set.mode.or(s.set.mode);
+        s.set.atime = set.atime.and_then(at).or(s.set.atime);
+        s.set.mtime = set.mtime.and_then(at).or(s.set.mtime);
+        s.ctime = t;
+        let attr = self.with_local_changes(&known);
+        // As the host's answer would: the cache and the kernel take
+        // them, fetches under way are dropped (`fill_changed_attr`). Once
+        // applied, the host's replace them (`on_applied`).
+        self.fill_changed_attr(now, attr.clone());
+        let ttl = self.kernel_ttl(crate::cache::Kind::Attr);
+        self.reply(req, Ok(Answer::Attr { attr, ttl }));
         self.pump_stream(now, node);
         true
     }

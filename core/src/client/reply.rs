@@ -404,7 +404,7 @@ impl ClientCore {
     /// (fs_sim, seed 54283: a commit's size was lost that way, and once
     /// the host was out of reach the cache's old size cut reads of the
     /// new version.)
-    fn fill_changed_attr(&mut self, now: Instant, attr: Attr) {
+    pub(super) fn fill_changed_attr(&mut self, now: Instant, attr: Attr) {
         if self.changed_after.len() >= Self::CHANGED_AFTER_MAX {
             let oldest = self.in_flight.keys().next().map_or(u64::MAX, |r| r.0);
             self.changed_after.retain(|_, &mut at| at > oldest);
