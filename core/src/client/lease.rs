@@ -412,7 +412,11 @@ impl Leases {
             .iter()
             .find(|(d, s)| s.out == 0 || !self.dirs.contains_key(d))
         {
-            return Err(format!("{} changes of {dir:?} without its lease", n.out));
+            let held = self.dirs.contains_key(dir);
+            return Err(format!(
+                "{} changes of {dir:?} set here (lease held: {held})",
+                n.out
+            ));
         }
         for h in &self.held {
             if h.waiting_for.is_empty() || h.waiting_for.iter().any(|n| !self.pending(*n)) {
@@ -428,6 +432,15 @@ impl Leases {
         for (dir, l) in &self.dirs {
             if l.next > l.end {
                 return Err(format!("lease of {dir:?} past its ids"));
+            }
+            // Every set in the stream is counted (those in a batch out
+            // are too, and are not seen here).
+            let sets = l
+                .stream
+                .iter()
+                .filter(|op| matches!(op, LeaseOp::SetAttr { .. }));
+            if sets.count() > self.setting.get(dir).map_or(0, |s| s.out) {
+                return Err(format!("sets of {dir:?} in its stream not counted"));
             }
         }
         Ok(())
@@ -498,6 +511,12 @@ impl ClientCore {
     /// this client's own, given to the kernel to keep no time.
     pub fn is_unapplied(&self, node: NodeId) -> bool {
         self.leases.is_unapplied(node) || self.leases.setting.contains_key(&node)
+    }
+
+    /// Changes of leased directories' own mode or times answered here
+    /// and not yet applied or reported lost (for simulations).
+    pub fn sets_unapplied(&self) -> usize {
+        self.leases.setting.values().map(|s| s.out).sum()
     }
 
     /// What this client set of leased directory `node`'s own mode and
@@ -1068,9 +1087,13 @@ impl ClientCore {
     /// what was made there. tar sets each directory's times (and mode)
     /// once it has made its files; over a slow link each waited for the
     /// directory's stream to be applied, then for a round trip. Owner and
-    /// size changes go the ordinary way. The kernel gets the attributes
-    /// this change gives, kept no time: the next `stat` waits for the
-    /// host's. Returns whether it answered.
+    /// size changes go the ordinary way, and so does a time "now" (the
+    /// host's clock, which this client cannot read: shown from this
+    /// one's, the time would jump once applied, as `fold_into_commit`
+    /// knows). The kernel gets the attributes this change gives, with
+    /// the ordinary time to live; what was set is laid over every answer
+    /// until the host has it (`with_local_changes`). Returns whether it
+    /// answered.
     pub(super) fn setattr_locally(
         &mut self,
         now: Instant,
@@ -1078,7 +1101,8 @@ impl ClientCore {
         ino: Ino,
         set: &SetAttr,
     ) -> bool {
-        if set.size.is_some() || set.chowns() {
+        let now_time = [set.atime, set.mtime].contains(&Some(SetTime::Now));
+        if set.size.is_some() || set.chowns() || now_time {
             return false;
         }
         let Some(inode) = self.vfs.as_ref().and_then(|v| v.get(ino)) else {
@@ -1093,6 +1117,22 @@ impl ClientCore {
         let Some(known) = self.cache.peek_attr(node).cloned() else {
             return false;
         };
+        // Attributes made stale by a create or unlink here have the
+        // mtime from before it: filled fresh with a mode alone, a `stat`
+        // showed that old mtime, then the host's (`touch d/f; chmod 700
+        // d; stat d`). Unless an mtime set here covers it (tar sets the
+        // times first), such a change waits for the host's.
+        let fresh =
+            self.cache.state(now, &CacheKey::Attr(node)) == crate::cache::EntryState::Cached;
+        let mtime_set = set.mtime.is_some()
+            || self
+                .leases
+                .setting
+                .get(&node)
+                .is_some_and(|s| s.set.mtime.is_some());
+        if !fresh && !mtime_set {
+            return false;
+        }
         let Some(l) = self.leases.dirs.get_mut(&node) else {
             return false;
         };
@@ -1101,16 +1141,10 @@ impl ClientCore {
         }
         l.last_local = now;
         l.stream.push_back(LeaseOp::SetAttr { set: *set });
-        // What the host will hold once it applies it: the times set (the
-        // host's now is a little later than this machine's), and a change
-        // time of this machine's clock.
+        // What the host will hold once it applies it: the times set, and
+        // a change time of this machine's clock (the host's, a little
+        // later if the clocks agree).
         let t = self.leases.wall(now);
-        let at = |s: SetTime| {
-            Some(SetTime::At(match s {
-                SetTime::At(at) => at,
-                SetTime::Now => t,
-            }))
-        };
         let s = self.leases.setting.entry(node).or_insert(Setting {
             out: 0,
             set: SetAttr::default(),
@@ -1118,8 +1152,8 @@ impl ClientCore {
         });
         s.out += 1;
         s.set.mode = set.mode.or(s.set.mode);
-        s.set.atime = set.atime.and_then(at).or(s.set.atime);
-        s.set.mtime = set.mtime.and_then(at).or(s.set.mtime);
+        s.set.atime = set.atime.or(s.set.atime);
+        s.set.mtime = set.mtime.or(s.set.mtime);
         s.ctime = t;
         let attr = self.with_local_changes(&known);
         // As the host's answer would: the cache and the kernel take
@@ -1137,6 +1171,24 @@ impl ClientCore {
     pub(super) fn removed_here(&self, ino: Ino) -> bool {
         let node = self.vfs.as_ref().and_then(|v| v.node(ino));
         node.is_some_and(|n| self.leases.unlinking.contains_key(&n))
+    }
+
+    /// The directories in `dir` whose own mode or times were set here
+    /// and are not yet applied.
+    fn set_beneath(&self, dir: NodeId) -> Vec<NodeId> {
+        let Some(v) = self.vfs.as_ref() else {
+            return Vec::new();
+        };
+        let parent_of = |node: NodeId| {
+            let (parent, _) = v.get(v.ino_of(node)?)?.link()?;
+            v.node(*parent)
+        };
+        self.leases
+            .setting
+            .keys()
+            .copied()
+            .filter(|&n| parent_of(n) == Some(dir))
+            .collect()
     }
 
     /// The node named `name` in directory `dir` here, if known.
@@ -1233,7 +1285,13 @@ impl ClientCore {
         if matches!(purpose, Purpose::Lease { .. }) {
             return Some((purpose, request));
         }
-        if self.leases.unapplied.is_empty() && self.leases.unlinking.is_empty() {
+        // (A directory's mode or times set here is waited for too: with
+        // only those out, a `mkdir`, `rmdir`, rename, `fsync` or fetch
+        // of the directory went at once, ahead of its stream.)
+        if self.leases.unapplied.is_empty()
+            && self.leases.unlinking.is_empty()
+            && self.leases.setting.is_empty()
+        {
             self.note_names(&request);
             return Some((purpose, request));
         }
@@ -1344,7 +1402,14 @@ impl ClientCore {
                 LockScope::File(n) => node(&n).into_iter().collect(),
                 LockScope::Directory(d) | LockScope::Subtree(d) => all_in(&d),
             },
-            Request::Lookup { parent, name } => named(parent, name),
+            // Its answer carries the attributes the host has: not before
+            // it has what was set here (answered after the batch that
+            // applies it, it would undo it for the kernel).
+            Request::Lookup { parent, name } => {
+                let mut w = named(parent, name);
+                w.extend(self.child_of(*parent, name).and_then(|c| set(&c)));
+                w
+            }
             Request::Create { parent, name, .. }
             | Request::Mkdir { parent, name, .. }
             | Request::Symlink { parent, name, .. }
@@ -1393,7 +1458,11 @@ impl ClientCore {
                 .chain(named(parent, name))
                 .chain(set(parent))
                 .collect(),
-            Request::ReadDir { dir, .. } => all_in(dir),
+            Request::ReadDir { dir, .. } => {
+                let mut w = all_in(dir);
+                w.extend(self.set_beneath(*dir));
+                w
+            }
             // Durable must include everything answered before it.
             Request::Sync => leases
                 .unapplied
@@ -1449,11 +1518,22 @@ impl ClientCore {
             let set = self.leases.setting.contains_key(&d);
             made || set || self.leases.unlinking.values().any(|u| u.dir == d)
         };
+        // A set of the directory's own mode or times (or a run of them)
+        // ends its batch: the batch's last result is then what the
+        // directory is once it is applied, which `on_applied` keeps and
+        // the host's check of its watcher's report compares with (a
+        // create after it in the same batch moved the mtime past that
+        // result: announced, and the parent's lease recalled).
+        let mut after_set = false;
         while let Some(op) = l.stream.front() {
             // A directory's removal waits for what was done in it.
             if let LeaseOp::Rmdir { node, .. } = op
                 && pending(*node)
             {
+                break;
+            }
+            let is_set = matches!(op, LeaseOp::SetAttr { .. });
+            if after_set && !is_set {
                 break;
             }
             let size = match op {
@@ -1465,6 +1545,7 @@ impl ClientCore {
                 break;
             }
             bytes += size;
+            after_set = is_set;
             ops.extend(l.stream.pop_front());
         }
         if ops.is_empty() {
@@ -1707,6 +1788,7 @@ impl ClientCore {
         if let Some(l) = self.leases.dirs.get_mut(&dir) {
             l.in_flight = false;
         }
+        let last = results.last().cloned();
         for (op, r) in ops.iter().zip(results) {
             match (op, r) {
                 (LeaseOp::CreateFile { node, .. }, Ok(attr)) if attr.node == *node => {
@@ -1727,6 +1809,13 @@ impl ClientCore {
         }
         // The directory's times and link count moved at the host.
         self.cache.invalidate(now, dir, Invalidation::Attr);
+        // A batch that ends with its mode or times set says what the
+        // directory now is: taken as the answer to a setattr is, so that
+        // an answer the host gave before it applied them, arriving late,
+        // does not undo them (`not_older`).
+        if let (Some(LeaseOp::SetAttr { .. }), Some(Ok(attr))) = (ops.last(), &last) {
+            self.fill_changed_attr(now, attr.clone());
+        }
         self.release_held(now);
         self.pump_stream(now, dir);
         // A removal of this directory waiting in its parent's stream.
@@ -1854,11 +1943,14 @@ impl ClientCore {
     /// directory's attributes are fetched again either way, see
     /// [`Self::on_applied`]).
     fn set_applied(&mut self, dir: NodeId, refused: Option<Errno>) {
-        if let Some(s) = self.leases.setting.get_mut(&dir) {
-            s.out -= 1;
-            if s.out == 0 {
-                self.leases.setting.remove(&dir);
-            }
+        // Not known: a new session dropped it, and `leases_lost` reported
+        // it already (its batch, requeued, fails after that).
+        let Some(s) = self.leases.setting.get_mut(&dir) else {
+            return;
+        };
+        s.out -= 1;
+        if s.out == 0 {
+            self.leases.setting.remove(&dir);
         }
         if let Some(errno) = refused {
             self.attr_lost(dir, errno);
@@ -1869,12 +1961,17 @@ impl ClientCore {
     /// here was not applied.
     fn attr_lost(&mut self, dir: NodeId, errno: Errno) {
         let v = self.vfs.as_ref();
-        let name = v
-            .and_then(|v| v.ino_of(dir))
+        let ino = v.and_then(|v| v.ino_of(dir));
+        let name = ino
             .and_then(|ino| v.and_then(|v| v.get(ino)))
             .and_then(|i| i.link().map(|(_, n)| n.clone()));
         self.out
             .push_back(ClientOutput::Event(ClientEvent::AttrLost { name, errno }));
+        // The kernel keeps what it was answered for its ttl: not what
+        // the host refused.
+        if let Some(ino) = ino {
+            self.out.push_back(ClientOutput::InvalidateInode { ino });
+        }
     }
 
     /// Sends the held requests that no longer wait (in the order held).

@@ -2597,6 +2597,14 @@ impl Sim {
                 );
             }
         }
+        for c in 0..self.kernels.len() {
+            let sets = self.w.clients[c].core.sets_unapplied();
+            if sets != 0 {
+                return Err(self.violation(format!(
+                    "liveness: client {c}'s {sets} directory mode or times changes never applied nor reported"
+                )));
+            }
+        }
         if let Some(d) = self.deferred.first() {
             return Err(self.violation(format!(
                 "liveness: client {}'s acknowledged close of file {:?} never reached the host ({} writes)",

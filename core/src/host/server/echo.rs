@@ -113,7 +113,12 @@ impl Echoes {
                     // Held back, unlike an ordinary setattr's report: the
                     // watcher reports the directory while the batch runs,
                     // and checked then, against what the host left there
-                    // before, it would recall the holder's lease.
+                    // before, it would be announced: every client told,
+                    // and its parent's lease recalled (often the same
+                    // client's). Compared with this item's result, which
+                    // is what the directory is only if nothing after it
+                    // in the batch changes it (the client ends a batch
+                    // at a set).
                     BatchOp::SetAttr(_) => (dir.clone(), Leaves::Item(i)),
                 })
                 .collect(),

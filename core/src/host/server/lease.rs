@@ -684,10 +684,25 @@ impl HostServer {
                     if set.chowns() || set.size.is_some() {
                         return Err(Errno::Inval);
                     }
-                    // As an ordinary setattr: not while another session
-                    // holds a lock on the directory (a holder's, applied
-                    // after its lease was lost).
-                    match self.guard(session, dir, false) {
+                    // Only under the lease it was answered under: once it
+                    // is gone (expired while its holder was cut off),
+                    // another client or a program may have set the mode
+                    // or times since, and this late one would undo that
+                    // (a late create is refused rather than overwrite a
+                    // name, a late unlink rather than take another file).
+                    // And, as an ordinary setattr, not while another
+                    // session holds a lock on the directory.
+                    let leased = self
+                        .leases
+                        .by_dir
+                        .get(&dir)
+                        .is_some_and(|l| l.session == session);
+                    let allowed = if leased {
+                        self.guard(session, dir, false)
+                    } else {
+                        Err(Errno::Stale)
+                    };
+                    match allowed {
                         Ok(()) => {
                             steps.push(BatchStep::Set);
                             fs_ops.push(BatchOp::SetAttr(set));
