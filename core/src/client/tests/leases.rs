@@ -1564,3 +1564,54 @@ fn another_clients_chmod_comes_after_the_holders_mode_set_here() {
     w.settle();
     assert_eq!(disk_attr(&mut w, &["d"]).mode & 0o7777, 0o750);
 }
+
+/// A holder cut off past its lease sends its mode change late: by then
+/// another client may have changed the mode, which the late one must
+/// not undo. The host refuses it (ESTALE) and the holder reports it.
+#[test]
+fn a_mode_set_here_that_arrives_after_the_lease_is_gone_is_refused() {
+    let mut w = leasing(2);
+    let dir = mkdir_at(&mut w, Ino::ROOT, "d");
+    w.settle();
+    let (on_1, _) = lookup(&mut w, 1, Ino::ROOT, "d").expect("d seen by 1");
+    w.silence(0);
+    let tar_like = SetAttr {
+        mode: Some(0o700),
+        mtime: Some(SetTime::At(crate::proto::Timestamp {
+            secs: 1_500_000_000,
+            nanos: 0,
+        })),
+        ..SetAttr::default()
+    };
+    assert!(
+        set_at_once(&mut w, dir, tar_like).is_some(),
+        "answered here"
+    );
+    // The recall cannot reach the holder: the change runs once the lease
+    // has expired.
+    let later = SetAttr {
+        mode: Some(0o750),
+        ..SetAttr::default()
+    };
+    assert!(
+        w.call(
+            1,
+            Op::SetAttr {
+                ino: on_1,
+                set: later
+            }
+        )
+        .is_ok()
+    );
+    w.heal();
+    w.run_for(Duration::from_secs(60));
+    assert_eq!(disk_attr(&mut w, &["d"]).mode & 0o7777, 0o750);
+    let events = std::mem::take(&mut w.clients[0].events);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ClientEvent::AttrLost { name: Some(n), errno: Errno::Stale } if n.as_bytes() == b"d"
+        )),
+        "reported: {events:?}"
+    );
+}
