@@ -1812,8 +1812,13 @@ impl ClientCore {
         // A batch that ends with its mode or times set says what the
         // directory now is: taken as the answer to a setattr is, so that
         // an answer the host gave before it applied them, arriving late,
-        // does not undo them (`not_older`).
-        if let (Some(LeaseOp::SetAttr { .. }), Some(Ok(attr))) = (ops.last(), &last) {
+        // does not undo them (`not_older`). Only while the lease still
+        // holds: a batch re-sent after a reconnect is answered from the
+        // host's record, as old as the batch, and once the lease may have
+        // lapsed another client may have changed the directory since
+        // (its invalidation lost with the connection).
+        let held = self.leases.dirs.get(&dir).is_some_and(|l| !l.lost);
+        if let (Some(LeaseOp::SetAttr { .. }), Some(Ok(attr)), true) = (ops.last(), &last, held) {
             self.fill_changed_attr(now, attr.clone());
         }
         self.release_held(now);
@@ -1953,6 +1958,11 @@ impl ClientCore {
             self.leases.setting.remove(&dir);
         }
         if let Some(errno) = refused {
+            // The cache holds what was answered here (`setattr_locally`):
+            // made up, and now refused. Marked stale only, it would be
+            // served while the host is unreachable, and taken as the
+            // known attributes of the next set here.
+            self.cache.remove(&CacheKey::Attr(dir));
             self.attr_lost(dir, errno);
         }
     }
