@@ -508,7 +508,8 @@ impl ClientCore {
     /// Whether `node` is a file this client made under a lease and the
     /// host has not applied yet, or a leased directory whose mode or
     /// times were set here and not yet applied: either's attributes are
-    /// this client's own, given to the kernel to keep no time.
+    /// this client's own (for simulations, which check that every other
+    /// answer's came from the host within their time to live).
     pub fn is_unapplied(&self, node: NodeId) -> bool {
         self.leases.is_unapplied(node) || self.leases.setting.contains_key(&node)
     }
