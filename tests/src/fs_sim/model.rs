@@ -2063,9 +2063,8 @@ impl Sim {
         // A file made under a lease and not applied yet is this client's
         // alone: nobody else can see it, let alone change it. So are the
         // attributes a holder answers for a leased directory whose mode
-        // or times it set (made here; the host cannot have changed the
-        // directory's attributes since it granted the lease, as another
-        // client's setattr waits for it).
+        // or times it set (made here from what it last knew, which the
+        // lease keeps others from changing: their setattr waits for it).
         let own = |a: &Attr| self.w.clients[c].core.is_unapplied(a.node);
         let attrs: Vec<&Attr> = attrs.into_iter().filter(|a| !own(a)).collect();
         for a in attrs.into_iter().filter(|a| a.nlink > 0) {
